@@ -1,0 +1,23 @@
+# Quick start: `make demo` (set up, train a small model on the built-in shapes, write a sample grid)
+# and `make test`. Both create .venv on first use.
+PY := .venv/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test setup
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: .venv/.installed
+
+demo: setup
+	.venv/bin/ldmkit train-autoencoder --preset demo --out runs/demo/autoencoder
+	.venv/bin/ldmkit train --preset demo --autoencoder runs/demo/autoencoder --out runs/demo/model
+	.venv/bin/ldmkit generate "a red circle on the left" --model runs/demo/model --num-images 8 --out runs/demo/red_circle.png
+
+test: setup
+	$(PY) -m pytest

@@ -1,0 +1,267 @@
+"""Typed configuration: frozen dataclasses with defaults, read from and written to YAML.
+
+A preset (``ldmkit/configs/NAME.yaml``) holds one `Preset`: the data, the autoencoder and its
+training, and the diffusion model (UNet, text encoder, schedule) and its training. A trained model
+folder stores the parts it needs next to its weights, so a checkpoint folder describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value a user wrote is wrong; the message names the field and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from.
+
+    ``source`` is ``"shapes"`` (the built-in procedural dataset) or a path to a folder of images
+    with captions (``metadata.jsonl`` or sidecar ``.txt`` files).
+    """
+
+    source: str = "shapes"
+    image_size: int = 64
+    num_samples: int = 50_000  # length of the shapes dataset; images are drawn from (seed, index)
+    seed: int = 0
+    max_objects: int = 2  # shapes: one- and two-object scenes
+    hflip: bool = False  # random horizontal flips; off for shapes, where "left"/"right" are in captions
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Architecture and loss of the first stage E, D.
+
+    f = 2 ** (len(channel_mults) - 1); the latent is (H/f) x (W/f) x c.
+    """
+
+    kind: Literal["kl", "vq"] = "kl"
+    in_channels: int = 3
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
+    latent_channels: int = 4  # c
+    codebook_size: int = 256  # |Z|, VQ only
+    attention: bool = True  # self-attention in the middle block
+    # loss
+    l2_weight: float = 0.0  # L_rec = |x - x̂|_1 + l2_weight |x - x̂|_2^2
+    kl_weight: float = 1e-6  # KL only
+    commitment_weight: float = 0.25  # VQ only: beta |sg(z_q) - z_e|^2
+    codebook_ema_decay: float = 0.99  # VQ only: EMA codebook updates (0 turns EMA off: codebook loss instead)
+    dead_code_threshold: float = 1e-3  # VQ only: codes whose EMA usage (latent vectors per batch) falls below this restart
+    disc_start: int = -1  # step at which the PatchGAN discriminator turns on; -1: no discriminator
+    disc_weight: float = 0.5
+    disc_channels: int = 64
+    perceptual_weight: float = 0.0  # needs perceptual_weights_path (local LPIPS/VGG weights)
+    perceptual_weights_path: str = ""
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The prompt model tau_theta: a Transformer trained jointly with the UNet."""
+
+    vocab_size: int = 1024  # size of the tokenizer vocabulary trained on the captions
+    max_length: int = 24  # tokens per prompt, including start/end; longer prompts are truncated
+    width: int = 256  # d, the context dimension seen by cross-attention
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """eps_theta(z_t, t, tau_theta(y)).
+
+    One resolution level per entry of ``channel_mults``; ``attention_levels`` lists the levels
+    (0 = full latent resolution) that carry spatial-transformer blocks.
+    """
+
+    in_channels: int = 4  # latent channels (+ concatenated condition channels)
+    out_channels: int = 4
+    model_channels: int = 128
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1, 2)
+    head_dim: int = 32
+    transformer_depth: int = 1
+    context_dim: int = 256
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process q(z_t | z_0) and what the UNet predicts."""
+
+    num_timesteps: int = 1000  # T
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction: Literal["epsilon", "v"] = "epsilon"
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 4.5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    log_every: int = 50
+    sample_every: int = 500  # reconstruction grid
+    checkpoint_every: int = 500
+    scale_samples: int = 512  # images used to measure scale_factor = 1 / std(latents)
+    seed: int = 0
+    num_workers: int = 0
+    bf16: bool = True  # bf16 autocast (CPU with AVX-512 bf16, or GPU)
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    steps: int = 10_000
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1  # captions replaced by "" at this rate, for classifier-free guidance
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    sample_steps: int = 25
+    sample_guidance: float = 4.0
+    seed: int = 0
+    num_workers: int = 0
+    bf16: bool = True
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything one `ldmkit train-autoencoder` + `ldmkit train` run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    autoencoder_train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a trained latent diffusion model folder stores in ``config.yaml``."""
+
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    image_size: int = 64  # the size it was trained at: the default for sampling
+
+
+# --------------------------------------------------------------------------------------------------
+# (de)serialisation
+
+
+def to_dict(config) -> dict:
+    """A plain dict (tuples as lists) that YAML and JSON can hold."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise `ConfigError`."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where + '.' if where else ''}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where} = {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def save_yaml(config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_yaml(cls, path: str | Path):
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return from_dict(cls, data, "")
+
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> Preset:
+    """The preset ``ldmkit/configs/NAME.yaml``."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return load_yaml(Preset, path)

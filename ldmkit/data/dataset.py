@@ -1,0 +1,45 @@
+"""Choosing the training dataset from a `DataConfig`, and batching its items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ldmkit.config import DataConfig
+
+
+class DataError(ValueError):
+    """Training data that cannot be used: a missing or empty folder, a malformed caption file.
+
+    The message is one line naming the file or folder and what was expected.
+    """
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """`ShapesDataset` when ``cfg.source`` is "shapes", else an `ImageFolderDataset` of that folder."""
+    # Imported here, not at the top, because imagefolder.py imports DataError from this module.
+    from ldmkit.data.imagefolder import ImageFolderDataset
+    from ldmkit.data.shapes import ShapesDataset
+
+    if cfg.source == "shapes":
+        if cfg.hflip:
+            raise DataError("data.hflip must be false for the shapes dataset: flips make 'left'/'right' captions false")
+        return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects)
+    return ImageFolderDataset(Path(cfg.source).expanduser(), cfg.image_size, hflip=cfg.hflip)
+
+
+def collate(batch: list[dict]) -> dict:
+    """Items -> a batch with the same keys: "images" stacked to B×3×H×W, every other value a list.
+
+    Captions (str), scenes (`Scene`) and class names (str) stay Python lists of length B, which
+    the default PyTorch collate cannot do for scenes.
+    """
+    if not batch:
+        raise ValueError("collate needs at least one item")
+    out = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        out[key] = torch.stack(values) if key == "images" else values
+    return out

@@ -1,0 +1,297 @@
+"""Samplers: from z_T ~ N(0, I) back to z_0, one plain function each (after k-diffusion's sampling.py).
+
+Every sampler takes a denoiser ``denoise(z_t, t) -> ε̂`` (ε-space, guidance already applied, e.g. by
+`guided_denoiser`) where ``t`` is an int64 tensor [B] of timesteps in 0 … T−1 (see schedule.py for the
+convention). Samplers run under ``torch.no_grad``, compute in float32, return z_0 in float32, call
+``callback(i, n)`` after step i = 0 … n−1 of n, and draw any noise from ``generator`` (on the
+generator's own device, so a seed gives the same numbers on every device).
+
+Two spaces are used:
+
+- VP space (DDPM, DDIM) works on z_t directly, with ᾱ_t from the schedule.
+- σ space (Euler, DPM-Solver++(2M)) works on x = z_t / √ᾱ_t = z_0 + σ ε with σ = √((1 − ᾱ_t)/ᾱ_t)
+  (Karras et al. 2022's variance-exploding form). Going back, z_t = x / √(1 + σ²) because
+  1/ᾱ_t = 1 + σ². In particular the start x_T = z_T √(1 + σ_max²): z_T ~ N(0, I) has the variance of
+  the VP process at T−1 (≈ 1), and x_T must have variance ≈ 1 + σ_max² (k-diffusion's z·σ_max is the
+  large-σ approximation of this). The denoiser's ε̂ gives the data estimate D(x; σ) = x − σ ε̂, and
+  σ = 0 is x = z_0.
+
+The denoiser only accepts integer timesteps, so the σ grid of the σ-space samplers is snapped to the
+schedule: each σ is converted to a fractional timestep by interpolating log σ against the schedule's
+log σ_t (as k-diffusion's DiscreteSchedule.sigma_to_t does), rounded, and replaced by σ at that
+timestep. The solver then steps between exactly the noise levels the model was trained at.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ldmkit.diffusion.schedule import NoiseSchedule
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[int, int], None]
+
+
+def randn(
+    shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """ε ~ N(0, I) of ``shape`` on ``device``.
+
+    With a generator the numbers are drawn on the generator's device and then moved, so that a CPU
+    generator seeded the same way gives the same image on CPU and GPU.
+    """
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def spaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
+    """``num_steps`` timesteps from T−1 down, evenly spaced with "trailing" spacing (Lin et al. 2024):
+
+        t_i = round(T − i·T/n) − 1,  i = 0 … n−1   (T = 1000, n = 50: 999, 979, …, 19).
+
+    Trailing spacing always starts at T−1, where z_T ~ N(0, I) is the right distribution; the LDM's
+    "uniform" spacing (1, 21, …, 981) starts 18 steps short of it. For n = T this is T−1, …, 0.
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
+    return [round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)]
+
+
+def _timestep_tensor(timesteps: list[int], device: torch.device) -> Tensor:
+    # One host-to-device copy for the whole run; each step takes a view with .expand(B).
+    return torch.tensor(timesteps, dtype=torch.int64, device=device)
+
+
+# --------------------------------------------------------------------------------------------------
+# VP space: DDPM and DDIM
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    num_steps: int | None = None,
+) -> Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), p_θ(z_{t−1} | z_t) = N(μ_θ, σ_t² I):
+
+        μ_θ = 1/√α_t · (z_t − (1 − α_t)/√(1 − ᾱ_t) · ε̂),   σ_t² = (1 − ᾱ_{t−1})(1 − α_t)/(1 − ᾱ_t),
+        z_{t−1} = μ_θ + σ_t ξ,  ξ ~ N(0, I)  (no noise at the last step, which returns μ_θ = ẑ_0).
+
+    ``num_steps=None`` visits all T timesteps. A smaller ``num_steps`` visits `spaced_timesteps` and
+    treats each jump t → t' as one step of a respaced chain with α = ᾱ_t/ᾱ_{t'} (Nichol & Dhariwal 2021);
+    with every timestep visited this is exactly the formula above.
+    """
+    timesteps = spaced_timesteps(schedule.num_timesteps, schedule.num_timesteps if num_steps is None else num_steps)
+    n = len(timesteps)
+    ac = schedule.alphas_cumprod.double().tolist()
+    z = z_T.float()
+    ts = _timestep_tensor(timesteps, z.device)
+    for i, t in enumerate(timesteps):
+        a_t = ac[t]
+        a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0  # the last step lands on clean data
+        alpha = a_t / a_prev
+        eps = denoise(z, ts[i].expand(z.shape[0]))
+        z = (z - ((1 - alpha) / math.sqrt(1 - a_t)) * eps) * (1 / math.sqrt(alpha))
+        if i + 1 < n:
+            variance = (1 - a_prev) * (1 - alpha) / (1 - a_t)
+            z = z + math.sqrt(variance) * randn(z.shape, generator, z.device)
+        if callback is not None:
+            callback(i, n)
+    return z
+
+
+@torch.no_grad()
+def sample_ddim(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (trailing spacing):
+
+        ẑ_0 = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+        σ = η √((1 − ᾱ_t')/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_t')
+        z_t' = √ᾱ_t' ẑ_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ ξ,  ξ ~ N(0, I)
+
+    η = 0 is deterministic; η = 1 is the DDPM posterior variance (with all T steps it is `sample_ddpm`).
+    The last step goes to ᾱ_t' = 1, so it returns ẑ_0 (diffusers' ``set_alpha_to_one=True``).
+    """
+    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
+    n = len(timesteps)
+    ac = schedule.alphas_cumprod.double().tolist()
+    z = z_T.float()
+    ts = _timestep_tensor(timesteps, z.device)
+    for i, t in enumerate(timesteps):
+        a_t = ac[t]
+        a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0
+        eps = denoise(z, ts[i].expand(z.shape[0]))
+        z0 = (z - math.sqrt(1 - a_t) * eps) * (1 / math.sqrt(a_t))
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        z = math.sqrt(a_prev) * z0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            z = z + sigma * randn(z.shape, generator, z.device)
+        if callback is not None:
+            callback(i, n)
+    return z
+
+
+# --------------------------------------------------------------------------------------------------
+# σ space: Euler and DPM-Solver++(2M)
+
+
+def _sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
+    """Fractional timestep of each σ: linear interpolation of log σ against the increasing log σ_t."""
+    log_sigma = sigma.log()
+    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo_value, hi_value = log_sigmas[hi - 1], log_sigmas[hi]
+    w = ((log_sigma - lo_value) / (hi_value - lo_value)).clamp(0, 1)
+    return (hi - 1) + w
+
+
+def sigma_schedule(
+    schedule: NoiseSchedule, num_steps: int, karras: bool = False, rho: float = 7.0
+) -> tuple[list[int], list[float]]:
+    """Timesteps t_0 > … > t_{n−1} and noise levels σ_0 > … > σ_{n−1} > σ_n = 0 for the σ-space samplers.
+
+    Without ``karras``: t_i = round(linspace(T−1, 0, n)), as k-diffusion's DiscreteSchedule.get_sigmas.
+    With ``karras``: σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (Karras et al. 2022,
+    eq. 5), σ_max = σ_{T−1}, σ_min = σ_0, then snapped to the nearest timestep in log σ; timesteps that
+    snap together are kept once (so with many steps there may be fewer than n).
+    """
+    T = schedule.num_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {T}")
+    ac = schedule.alphas_cumprod.double().cpu()
+    sigmas = ((1 - ac) / ac).sqrt()
+    if karras and num_steps > 1:
+        ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+        lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
+        t = torch.unique_consecutive(_sigma_to_t(sigmas.log(), (hi + ramp * (lo - hi)) ** rho).round().long())
+    else:
+        t = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long()
+    return t.tolist(), sigmas[t].tolist() + [0.0]
+
+
+@torch.no_grad()
+def sample_euler(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    karras: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = ε̂ (Karras et al. 2022, Alg. 1):
+
+        x_{i+1} = x_i + (σ_{i+1} − σ_i) ε̂(x_i/√(1 + σ_i²), t_i),   x_0 = z_T √(1 + σ_0²).
+
+    Deterministic (no churn); ``generator`` is accepted for a uniform signature and draws nothing.
+    """
+    del generator
+    timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
+    n = len(timesteps)
+    x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
+    ts = _timestep_tensor(timesteps, x.device)
+    for i in range(n):
+        eps = denoise(x * (1 / math.sqrt(1 + sigmas[i] ** 2)), ts[i].expand(x.shape[0]))
+        x = x + (sigmas[i + 1] - sigmas[i]) * eps
+        if callback is not None:
+            callback(i, n)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    karras: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in λ = −log σ.
+
+    With D_i = x_i − σ_i ε̂_i, h_i = λ_{i+1} − λ_i and r_i = h_{i−1}/h_i:
+
+        D'_i = (1 + 1/(2 r_i)) D_i − 1/(2 r_i) D_{i−1}   (D'_i = D_i at the first step)
+        x_{i+1} = (σ_{i+1}/σ_i) x_i − (e^{−h_i} − 1) D'_i
+
+    and the last step (σ = 0) returns D_{n−1}, as k-diffusion does.
+    """
+    timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
+    n = len(timesteps)
+    x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
+    ts = _timestep_tensor(timesteps, x.device)
+    old_denoised = None
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        eps = denoise(x * (1 / math.sqrt(1 + s**2)), ts[i].expand(x.shape[0]))
+        denoised = x - s * eps
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            if old_denoised is None:
+                d = denoised
+            else:
+                r = math.log(sigmas[i - 1] / s) / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (s_next / s) * x - math.expm1(-h) * d
+        old_denoised = denoised
+        if callback is not None:
+            callback(i, n)
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# By name (for the CLI and configs; the only string dispatch)
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "dpmpp-2m": sample_dpmpp_2m,
+}
+
+
+def sample(
+    name: str,
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    karras: bool = False,
+) -> Tensor:
+    """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` applies to ddim only, ``karras`` to euler and
+    dpmpp-2m only; setting either for a sampler that ignores it is an error rather than a silent no-op."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if eta != 0.0 and name != "ddim":
+        raise ValueError(f"eta = {eta} applies to the ddim sampler only, not {name!r}")
+    if karras and name not in ("euler", "dpmpp-2m"):
+        raise ValueError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
+    if name == "ddpm":
+        return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps)
+    if name == "ddim":
+        return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback)
+    if name == "euler":
+        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback)
+    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback)

@@ -1,0 +1,104 @@
+"""The latent diffusion model as one object: frozen autoencoder, prompt model, UNet and schedule.
+
+A model folder (written by `ldmkit train`) holds::
+
+    config.yaml                 ModelConfig
+    autoencoder.safetensors     E, D and scale_factor (frozen)
+    text_encoder.safetensors    τθ (EMA weights)
+    unet.safetensors            εθ (EMA weights)
+    tokenizer.json              the vocabulary trained on the captions
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldmkit.autoencoder import build_autoencoder
+from ldmkit.config import ModelConfig
+from ldmkit.diffusion import NoiseSchedule, make_schedule
+from ldmkit.nn.unet import UNet
+from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
+from ldmkit.text import PromptTokenizer, TextEncoder
+
+
+class LatentDiffusion(nn.Module):
+    """E, D (frozen) + τθ + εθ + the noise schedule, and the conversions between their spaces."""
+
+    def __init__(self, config: ModelConfig, tokenizer: PromptTokenizer, autoencoder: nn.Module | None = None):
+        super().__init__()
+        if config.text.width != config.unet.context_dim:
+            raise ValueError(
+                f"text.width ({config.text.width}) must equal unet.context_dim ({config.unet.context_dim})"
+            )
+        self.config = config
+        self.tokenizer = tokenizer
+        self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(config.autoencoder)
+        self.autoencoder.requires_grad_(False).eval()
+        self.text_encoder = TextEncoder(config.text)
+        self.unet = UNet(config.unet)
+        self.schedule: NoiseSchedule = make_schedule(config.diffusion)
+
+    @property
+    def latent_factor(self) -> int:
+        """Image sizes must be multiples of this: f times the UNet's own downsampling."""
+        return self.autoencoder.downsample_factor * self.unet.downsample_factor
+
+    def check_image_size(self, height: int, width: int) -> None:
+        k = self.latent_factor
+        if height <= 0 or width <= 0 or height % k or width % k:
+            raise ValueError(
+                f"image size {height}x{width} is not allowed: height and width must be positive multiples "
+                f"of {k} (autoencoder f={self.autoencoder.downsample_factor} × UNet downsampling "
+                f"{self.unet.downsample_factor})"
+            )
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """τθ(y) for each prompt: context B×L×d.
+
+        The text encoder masks padding among its own tokens; the UNet's cross-attention then sees
+        all L positions, as in Stable Diffusion, so that a conditional and an unconditional context
+        batch together without masks.
+        """
+        token_ids, mask = self.tokenizer(prompts)
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(token_ids.to(device), mask.to(device))
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """z_0 = scale_factor · E(x)."""
+        return self.autoencoder.encode(images, sample=sample, generator=generator) * self.autoencoder.scale_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z_0 / scale_factor), clamped to [-1, 1]."""
+        return self.autoencoder.decode(latents / self.autoencoder.scale_factor).clamp(-1, 1)
+
+    # ---------------------------------------------------------------------------------------------
+    # folders
+
+    def save(self, folder: str | Path) -> None:
+        """Write the model folder (every file atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
+        save_weights(self.text_encoder.state_dict(), folder / "text_encoder.safetensors")
+        save_weights(self.unet.state_dict(), folder / "unet.safetensors")
+        self.tokenizer.save(folder / "tokenizer.json")
+        save_config(self.config, folder / "config.yaml")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LatentDiffusion":
+        folder = Path(folder)
+        config = load_config(ModelConfig, folder)
+        try:
+            tokenizer = PromptTokenizer.load(folder / "tokenizer.json")
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"{folder}: {e}") from None
+        model = cls(config, tokenizer)
+        load_weights(model.autoencoder, folder / "autoencoder.safetensors")
+        load_weights(model.text_encoder, folder / "text_encoder.safetensors")
+        load_weights(model.unet, folder / "unet.safetensors")
+        return model.eval()

@@ -1,0 +1,51 @@
+"""Multi-head attention through `torch.nn.functional.scaled_dot_product_attention`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmkit.nn.layers import group_norm
+
+
+class Attention(nn.Module):
+    """Attention(Q, K, V) = softmax(Q Kᵀ / √d) V, with Q = W_Q φ(z_t), K = W_K c, V = W_V c.
+
+    Self-attention when ``context`` is None (c = φ(z_t)); cross-attention otherwise, where c is
+    τθ(y) of width ``context_dim``. ``mask`` (B×L, True = keep) hides padding tokens of c.
+    """
+
+    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, query_dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        b = x.shape[0]
+        q, k, v = (u.view(b, -1, self.heads, u.shape[-1] // self.heads).transpose(1, 2) for u in (q, k, v))
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]))
+
+
+class SelfAttention2d(nn.Module):
+    """Residual single-head self-attention over the pixels of a feature map (autoencoder middle block)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.attn = Attention(channels, heads=1, head_dim=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        return x + self.attn(tokens).transpose(1, 2).reshape(b, c, h, w)

@@ -1,0 +1,221 @@
+"""The noise model εθ(z_t, t, τθ(y)): a UNet of ResBlocks with spatial-transformer blocks.
+
+Layout (LDM ``openaimodel``): an encoder of resolution levels, each ``num_res_blocks`` ResBlocks
+(each followed by a `SpatialTransformer` on attention levels) and a stride-2 Downsample between
+levels; a middle ResBlock–SpatialTransformer–ResBlock; a decoder mirroring the encoder with
+``num_res_blocks + 1`` ResBlocks per level, each taking one encoder activation by concatenation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmkit.config import ConfigError, UNetConfig
+from ldmkit.nn.embeddings import timestep_embedding
+from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm
+from ldmkit.nn.transformer import SpatialTransformer
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalars in ``module``'s parameters (only those with requires_grad if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class ResAttnBlock(nn.Module):
+    """h = SpatialTransformer(ResBlock(x, emb), c) on attention levels, h = ResBlock(x, emb) elsewhere."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, cfg: UNetConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, emb_dim, cfg.dropout)
+        self.attn = (
+            SpatialTransformer(
+                out_channels,
+                heads=out_channels // cfg.head_dim,
+                head_dim=cfg.head_dim,
+                context_dim=cfg.context_dim,
+                depth=cfg.transformer_depth,
+                dropout=cfg.dropout,
+            )
+            if attention
+            else None
+        )
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        h = self.res(x, emb)
+        return h if self.attn is None else self.attn(h, context, mask)
+
+
+class EncoderLevel(nn.Module):
+    """One resolution level going down; every block's output is pushed onto ``skips`` for the decoder."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, emb_dim: int, cfg: UNetConfig, attention: bool, downsample: bool
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResAttnBlock(in_channels if i == 0 else out_channels, out_channels, emb_dim, cfg, attention)
+            for i in range(cfg.num_res_blocks)
+        )
+        self.downsample = Downsample(out_channels) if downsample else None
+
+    def forward(self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor]) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, emb, context, mask)
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h)
+            skips.append(h)
+        return h
+
+
+class DecoderLevel(nn.Module):
+    """One resolution level going up: block j sees cat(h, skip_j), skips popped last-in first-out."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: list[int],
+        out_channels: int,
+        emb_dim: int,
+        cfg: UNetConfig,
+        attention: bool,
+        upsample: bool,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResAttnBlock((in_channels if j == 0 else out_channels) + s, out_channels, emb_dim, cfg, attention)
+            for j, s in enumerate(skip_channels)
+        )
+        self.upsample = Upsample(out_channels) if upsample else None
+
+    def forward(self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor]) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
+        if self.upsample is not None:
+            h = self.upsample(h)
+        return h
+
+
+class MiddleBlock(nn.Module):
+    """h = ResBlock(SpatialTransformer(ResBlock(x, emb), c), emb) at the lowest resolution."""
+
+    def __init__(self, channels: int, emb_dim: int, cfg: UNetConfig, attention: bool):
+        super().__init__()
+        self.block1 = ResAttnBlock(channels, channels, emb_dim, cfg, attention)
+        self.res2 = ResBlock(channels, channels, emb_dim, cfg.dropout)
+
+    def forward(self, h: torch.Tensor, emb, context, mask) -> torch.Tensor:
+        return self.res2(self.block1(h, emb, context, mask), emb)
+
+
+class UNet(nn.Module):
+    """ε̂ = εθ(z_t, t, τθ(y)), the noise predicted in z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε.
+
+    The timestep enters every ResBlock through emb = MLP(timestep_embedding(t)); the prompt enters
+    every `SpatialTransformer` (levels in ``cfg.attention_levels``, plus the middle block when that
+    list is non-empty) as the keys and values of cross-attention.
+
+    Initialisation: each SpatialTransformer's ``proj_out`` is zero, so a fresh UNet is a plain
+    ResBlock UNet that ignores the prompt. ``conv_out`` keeps PyTorch's default init (as diffusers;
+    LDM zeroes it): with a zero ``conv_out`` every gradient but its own is zero at the first step, and
+    the transformer internals, already behind a zero ``proj_out``, would wait two steps instead of one.
+    """
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        _check_config(cfg)
+        self.cfg = cfg
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+
+        last = len(cfg.channel_mults) - 1
+        skip_channels = [mc]  # conv_in's output is the first skip
+        ch = mc
+        self.encoder = nn.ModuleList()
+        for level, mult in enumerate(cfg.channel_mults):
+            out = mc * mult
+            self.encoder.append(EncoderLevel(ch, out, emb_dim, cfg, level in cfg.attention_levels, level != last))
+            skip_channels += [out] * (cfg.num_res_blocks + (level != last))
+            ch = out
+
+        self.middle = MiddleBlock(ch, emb_dim, cfg, attention=bool(cfg.attention_levels))
+
+        self.decoder = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            out = mc * mult
+            skips = [skip_channels.pop() for _ in range(cfg.num_res_blocks + 1)]
+            self.decoder.append(
+                DecoderLevel(ch, skips, out, emb_dim, cfg, level in cfg.attention_levels, upsample=level != 0)
+            )
+            ch = out
+
+        self.norm_out = group_norm(ch)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Latent height and width must be multiples of this: 2^(number of levels − 1)."""
+        return 2 ** (len(self.cfg.channel_mults) - 1)
+
+    @property
+    def context_dim(self) -> int:
+        return self.cfg.context_dim
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """z_t: [B, in_channels, h, w]; t: int64[B] in 0 … T−1 (a 0-d t is shared by the batch);
+        context: τθ(y), [B, L, context_dim] (None only for a UNet without attention levels);
+        context_mask: bool[B, L], True = real token, False = padding; every row needs one True (the
+        tokenizer's start and end tokens always are), or that sample's attention is 0/0 = NaN.
+        Returns ε̂: [B, out_channels, h, w].
+        """
+        b, _, height, width = z_t.shape
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise ValueError(f"latent size {height}x{width} is not divisible by the UNet's downsample factor {f}")
+        if context is None and self.cfg.attention_levels:
+            raise ValueError("this UNet has cross-attention (attention_levels is not empty): pass a context")
+        if context is not None and context.shape[-1] != self.cfg.context_dim:
+            raise ValueError(f"context width {context.shape[-1]} != UNet context_dim {self.cfg.context_dim}")
+        if t.ndim == 0:
+            t = t.expand(b)
+
+        # A class embedding or other global condition would be added to emb here (LDM's label_emb).
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
+        h = self.conv_in(z_t)
+        skips = [h]
+        for level in self.encoder:
+            h = level(h, emb, context, context_mask, skips)
+        h = self.middle(h, emb, context, context_mask)
+        for level in self.decoder:
+            h = level(h, emb, context, context_mask, skips)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _check_config(cfg: UNetConfig) -> None:
+    """Reject a UNetConfig the network cannot be built from, with a message naming the field."""
+    levels = len(cfg.channel_mults)
+    if levels == 0:
+        raise ConfigError("unet.channel_mults must have at least one entry")
+    if cfg.num_res_blocks < 1:
+        raise ConfigError(f"unet.num_res_blocks = {cfg.num_res_blocks}; must be at least 1")
+    for level in cfg.attention_levels:
+        if not 0 <= level < levels:
+            raise ConfigError(f"unet.attention_levels has {level}; levels are 0 … {levels - 1}")
+    attended = [cfg.model_channels * cfg.channel_mults[i] for i in cfg.attention_levels]
+    if cfg.attention_levels:
+        attended.append(cfg.model_channels * cfg.channel_mults[-1])  # the middle block
+    for ch in attended:
+        if ch % cfg.head_dim:
+            raise ConfigError(f"unet.head_dim = {cfg.head_dim} does not divide the width {ch} of an attention level")

@@ -1,0 +1,82 @@
+"""Files on disk: atomic writes, safetensors weights and typed YAML configs, with clear errors.
+
+Nothing here unpickles code: weights are safetensors, and training state is read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ldmkit.config import ConfigError, load_yaml, save_yaml
+
+
+class CheckpointError(ValueError):
+    """A model folder or weights file is missing, incomplete or corrupt."""
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
+
+    A crash mid-write leaves the old file (or none), never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Load a safetensors file into ``module``; every key must match."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path} does not fit the model in its config.yaml: {what}")
+
+
+def save_config(config, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        save_yaml(config, tmp)
+
+
+def load_config(cls, folder: str | Path):
+    """``folder/config.yaml`` as a ``cls``; a missing folder or file is a `CheckpointError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not an ldmkit model folder: it has no config.yaml")
+    try:
+        return load_yaml(cls, path)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
