@@ -14,24 +14,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import AutoencoderLoss, build_autoencoder, measure_scale_factor
-from ldmkit.config import AutoencoderConfig, Preset
+from ldmkit.autoencoder.folder import save_autoencoder
+from ldmkit.config import Preset
+from ldmkit.device import resolve_device
 from ldmkit.data import build_dataset, save_grid
-from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
+from ldmkit.storage import CheckpointError
 from ldmkit.train.common import (
-    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped, resolve_device,
+    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped,
     save_state, step_generator,
 )
-
-WEIGHTS = "autoencoder.safetensors"
-
-
-def load_autoencoder(folder: str | Path) -> torch.nn.Module:
-    """The frozen autoencoder of a folder written by `train_autoencoder`."""
-    folder = Path(folder)
-    model = build_autoencoder(load_config(AutoencoderConfig, folder))
-    load_weights(model, folder / WEIGHTS)
-    return model.requires_grad_(False).eval()
-
 
 def train_autoencoder(
     preset: Preset, out: str | Path, steps: int | None = None, resume: bool = False,
@@ -68,11 +59,10 @@ def train_autoencoder(
             opt_d.load_state_dict(state["optimizer_d"])
         start = int(state["step"])
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     log = CSVLog(out / "log.csv", ["loss", "rec", "lr"])
 
     def checkpoint(step: int) -> None:
-        save_weights(model.state_dict(), out / WEIGHTS)
+        save_autoencoder(model, out)
         save_state(out, {
             "kind": "autoencoder", "step": step, "model": model.state_dict(), "loss": loss_fn.state_dict(),
             "optimizer": opt.state_dict(), **({"optimizer_d": opt_d.state_dict()} if opt_d else {}),

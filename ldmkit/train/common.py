@@ -83,16 +83,6 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_pays(device))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available; use cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda")
-    return torch.device(name)
-
-
 def save_state(folder: Path, state: dict) -> None:
     """Write the resumable training state atomically."""
     with atomic_path(folder / STATE_FILE) as tmp:

@@ -17,16 +17,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.config import ModelConfig, Preset
+from ldmkit.device import resolve_device
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines.text_to_image import TextToImagePipeline
 from ldmkit.storage import CheckpointError, load_config
 from ldmkit.text import PromptTokenizer
-from ldmkit.train.autoencoder import load_autoencoder
 from ldmkit.train.common import (
-    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped, resolve_device,
+    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped,
     save_state, step_generator,
 )
 from ldmkit.train.ema import EMA
