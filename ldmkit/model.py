@@ -4,9 +4,11 @@ A model folder (written by `ldmkit train`) holds::
 
     config.yaml                 ModelConfig
     autoencoder.safetensors     E, D and scale_factor (frozen)
-    text_encoder.safetensors    τθ (EMA weights)
+    text_encoder.safetensors    τθ (EMA weights; empty for the frozen MiniLM, which its package provides)
     unet.safetensors            εθ (EMA weights)
-    tokenizer.json              the vocabulary trained on the captions
+    tokenizer.json              the vocabulary (trained on the captions, or the pretrained encoder's)
+
+`LatentDiffusion.load` also reads Stable Diffusion single files and diffusers folders (`ldmkit.convert`).
 """
 
 from __future__ import annotations
@@ -21,23 +23,31 @@ from ldmkit.config import ModelConfig
 from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
-from ldmkit.text import PromptTokenizer, TextEncoder
+from ldmkit.text import PromptTokenizer, build_text_encoder, load_tokenizer, pretrained_tokenizer
 
 
 class LatentDiffusion(nn.Module):
     """E, D (frozen) + τθ + εθ + the noise schedule, and the conversions between their spaces."""
 
-    def __init__(self, config: ModelConfig, tokenizer: PromptTokenizer, autoencoder: nn.Module | None = None):
+    def __init__(self, config: ModelConfig, tokenizer=None, autoencoder: nn.Module | None = None):
+        """``tokenizer``: the `PromptTokenizer` of a "transformer" text encoder; the pretrained kinds
+        (CLIP, MiniLM, LDM-BERT) bring their own vocabulary, built here when ``tokenizer`` is None or a
+        `PromptTokenizer` (which the training loop trains for every kind; the pretrained text encoder
+        could not read its ids)."""
         super().__init__()
         if config.text.width != config.unet.context_dim:
             raise ValueError(
                 f"text.width ({config.text.width}) must equal unet.context_dim ({config.unet.context_dim})"
             )
+        if config.text.kind != "transformer" and (tokenizer is None or isinstance(tokenizer, PromptTokenizer)):
+            tokenizer = pretrained_tokenizer(config.text)
+        if tokenizer is None:
+            raise ValueError("a 'transformer' text encoder needs the PromptTokenizer trained on its captions")
         self.config = config
         self.tokenizer = tokenizer
         self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(config.autoencoder)
         self.autoencoder.requires_grad_(False).eval()
-        self.text_encoder = TextEncoder(config.text)
+        self.text_encoder = build_text_encoder(config.text)
         self.unet = UNet(config.unet)
         self.schedule: NoiseSchedule = make_schedule(config.diffusion)
 
@@ -63,7 +73,7 @@ class LatentDiffusion(nn.Module):
         batch together without masks.
         """
         token_ids, mask = self.tokenizer(prompts)
-        device = next(self.text_encoder.parameters()).device
+        device = next(self.unet.parameters()).device  # the frozen MiniLM encoder has no parameters() of its own
         return self.text_encoder(token_ids.to(device), mask.to(device))
 
     @torch.no_grad()
@@ -90,11 +100,25 @@ class LatentDiffusion(nn.Module):
         save_config(self.config, folder / "config.yaml")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "LatentDiffusion":
+    def load(cls, folder: str | Path, ema: bool = True, prediction: str | None = None) -> "LatentDiffusion":
+        """The model at ``folder``: an ldmkit model folder, a Stable Diffusion single file
+        (``.safetensors``/``.ckpt``, architecture inferred) or a diffusers folder.
+
+        ``ema``: use a single file's EMA weights when it has them (folders hold one set of weights).
+        ``prediction`` ("epsilon"/"v") overrides what the model's config says or inference assumes.
+        """
         folder = Path(folder)
+        if not (folder / "config.yaml").is_file() and folder.exists():
+            from ldmkit.convert import load_model
+
+            return load_model(folder, ema=ema, prediction=prediction)
         config = load_config(ModelConfig, folder)
+        if prediction is not None:
+            from ldmkit.convert.checkpoint import with_prediction
+
+            config = with_prediction(config, prediction)
         try:
-            tokenizer = PromptTokenizer.load(folder / "tokenizer.json")
+            tokenizer = load_tokenizer(config.text, folder / "tokenizer.json")
         except (ValueError, OSError) as e:
             raise CheckpointError(f"{folder}: {e}") from None
         model = cls(config, tokenizer)

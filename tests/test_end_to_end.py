@@ -47,10 +47,10 @@ def test_training_lowers_both_losses(trained):
 
 def test_checkpoint_folders_are_complete(trained):
     _, ae, ldm = trained
-    assert {"config.yaml", "autoencoder.safetensors", "training_state.pt"} <= {p.name for p in ae.iterdir()}
+    assert {"config.yaml", "autoencoder.safetensors", "checkpoints"} <= {p.name for p in ae.iterdir()}
     names = {p.name for p in ldm.iterdir()}
     assert {"config.yaml", "autoencoder.safetensors", "unet.safetensors", "text_encoder.safetensors",
-            "tokenizer.json", "training_state.pt"} <= names
+            "tokenizer.json", "checkpoints"} <= names
     assert list((ldm / "samples").glob("step_*.png")), "no sample grid written"
     assert load_state(ldm)["step"] == STEPS
     scale = load_pipeline(ldm).model.autoencoder.scale_factor.item()

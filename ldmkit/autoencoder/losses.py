@@ -17,7 +17,11 @@ class AutoencoderLoss(nn.Module):
     Generator (autoencoder) objective:
         L = L_nll + reg + λ · (−mean D(x̂))            (GAN term only from step ``disc_start`` on)
         L_nll = |x − x̂|₁ + l2_weight · |x − x̂|₂² + perceptual_weight · LPIPS(x, x̂)   (pixel means)
-        reg = kl_weight · KL  (KL)   or   β‖z_e − sg(z_q)‖² (+ codebook term)  (VQ)
+        reg = kl_weight · KL / (C·H·W)  (KL)   or   β‖z_e − sg(z_q)‖² (+ codebook term)  (VQ)
+    The KL (summed over latent dimensions) is divided by the pixel count because L_nll is a pixel
+    mean: the LDM sums its NLL over pixels, so this keeps ``kl_weight`` = 1e-6 meaning what it
+    means there. (Without it the KL is 3·H·W times stronger, the posterior stays wide, and the
+    decoder learns to blur.)
         λ = disc_weight · clamp(‖∇_L L_nll‖ / (‖∇_L L_GAN‖ + 1e-4), 0, 1e4), ∇ at the decoder's last layer L
     Discriminator objective (hinge): ½ (mean relu(1 − D(x)) + mean relu(1 + D(x̂))).
 
@@ -67,7 +71,7 @@ class AutoencoderLoss(nn.Module):
         logs["nll"] = nll.item()
 
         if cfg.kind == "kl":
-            reg = cfg.kl_weight * aux["kl"]
+            reg = cfg.kl_weight * aux["kl"] / x[0].numel()
             logs["kl"] = aux["kl"].item()
         else:
             reg = aux["vq_loss"]  # β is already inside the quantiser's loss

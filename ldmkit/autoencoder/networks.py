@@ -12,11 +12,11 @@ from ldmkit.nn.attention import SelfAttention2d
 from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm
 
 
-def _middle(channels: int, attention: bool) -> nn.Sequential:
+def _middle(channels: int, cfg: AutoencoderConfig) -> nn.Sequential:
     # Identity keeps the state-dict keys of the second ResBlock the same with and without attention.
     return nn.Sequential(
         ResBlock(channels, channels),
-        SelfAttention2d(channels) if attention else nn.Identity(),
+        SelfAttention2d(channels, qkv_bias=cfg.attention_bias) if cfg.attention else nn.Identity(),
         ResBlock(channels, channels),
     )
 
@@ -40,9 +40,9 @@ class Encoder(nn.Module):
                 blocks.append(ResBlock(ch, width))
                 ch = width
             if level < len(widths) - 1:
-                blocks.append(Downsample(ch))
+                blocks.append(Downsample(ch, asymmetric=cfg.asymmetric_downsample))
             self.down.append(nn.Sequential(*blocks))
-        self.mid = _middle(ch, cfg.attention)
+        self.mid = _middle(ch, cfg)
         self.norm_out = group_norm(ch)
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
 
@@ -68,7 +68,7 @@ class Decoder(nn.Module):
         widths = [cfg.base_channels * m for m in cfg.channel_mults]
         ch = widths[-1]
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
-        self.mid = _middle(ch, cfg.attention)
+        self.mid = _middle(ch, cfg)
         self.up = nn.ModuleList()  # deepest level first, the order they run in
         for level in reversed(range(len(widths))):
             blocks: list[nn.Module] = []

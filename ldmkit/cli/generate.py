@@ -18,7 +18,7 @@ def cmd_generate(args) -> None:
     out = Path(args.out)
     if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder or a .png file")
-    pipe = load_pipeline(args.model, resolve_device(args.device))
+    pipe = load_pipeline(args.model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
     images = pipe(
         args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
         sampler=args.sampler, negative_prompt=args.negative_prompt, eta=args.eta,
@@ -37,7 +37,12 @@ def cmd_generate(args) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("generate", help="text-to-image sampling")
     p.add_argument("prompt")
-    p.add_argument("--model", required=True, help="a model folder written by `ldmkit train`")
+    p.add_argument(
+        "--model", required=True,
+        help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers folder",
+    )
+    p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
+    p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
     p.add_argument("--out", required=True, help="a .png file (several images form a grid) or a folder")
     p.add_argument("--num-images", type=positive_int, default=1)
     p.add_argument("--steps", type=positive_int, default=25)

@@ -1,17 +1,36 @@
-"""`ldmkit train-autoencoder` and `ldmkit train`."""
+"""`ldmkit train-autoencoder` and `ldmkit train`.
+
+Both run unchanged under ``torchrun --nproc_per_node=N -m ldmkit.cli train …`` (see docs/distributed.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 
 from ldmkit.cli.common import UsageError, positive_int
 from ldmkit.config import Preset, load_preset, load_yaml, preset_names
 
 
-def _preset(args) -> Preset:
+def _preset(args, section: str) -> Preset:
+    """The preset or config file, with the checkpoint flags written into its ``section`` (the train config)."""
     if bool(args.preset) == bool(args.config):
         raise UsageError(f"give exactly one of --preset NAME ({', '.join(preset_names())}) or --config FILE")
-    return load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)
+    preset = load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)
+    overrides = {}
+    if args.checkpoint_every is not None:
+        overrides["checkpoint_every"] = args.checkpoint_every
+    if args.keep_checkpoints is not None:
+        overrides["checkpoint_keep"] = args.keep_checkpoints
+    if overrides:
+        preset = dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **overrides)})
+    return preset
+
+
+def _resume(value: str | None):
+    """--resume absent: False; bare or "auto": "auto"; anything else: a checkpoint path."""
+    return False if value is None else value
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -19,25 +38,43 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file in the preset layout (missing keys take defaults)")
     p.add_argument("--out", required=True, help="the output folder")
     p.add_argument("--steps", type=positive_int, help="total training steps (overrides the preset)")
-    p.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--resume", nargs="?", const="auto", metavar="auto|PATH",
+        help="continue a run: 'auto' (the default when the flag is bare) takes the newest intact checkpoint "
+             "in --out/checkpoints and starts fresh if there is none; PATH is a checkpoint file or folder",
+    )
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="write a checkpoint every N steps (overrides the config)")
+    p.add_argument("--keep-checkpoints", type=positive_int, metavar="K",
+                   help="keep the newest K checkpoints (default: the config's checkpoint_keep, 3)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda; under torchrun each rank takes "
+                                                    "GPU LOCAL_RANK")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_train_autoencoder(args) -> None:
     from ldmkit.train.autoencoder import train_autoencoder
 
-    out = train_autoencoder(_preset(args), args.out, args.steps, args.resume, args.device, not args.no_progress)
-    print(f"autoencoder written to {out}")
+    out = train_autoencoder(_preset(args, "autoencoder_train"), args.out, args.steps, _resume(args.resume),
+                            args.device, not args.no_progress)
+    if _is_main():
+        print(f"autoencoder written to {out}")
 
 
 def cmd_train(args) -> None:
     from ldmkit.train.diffusion import train_diffusion
 
     out = train_diffusion(
-        _preset(args), args.autoencoder, args.out, args.steps, args.resume, args.device, not args.no_progress
+        _preset(args, "train"), args.autoencoder, args.out, args.steps, _resume(args.resume), args.device,
+        not args.no_progress,
     )
-    print(f"model written to {out} (samples in {out / 'samples'})")
+    if _is_main():
+        print(f"model written to {out} (samples in {out / 'samples'})")
+
+
+def _is_main() -> bool:
+    """Rank 0 of a torchrun launch (or a plain run): the one process that reports."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def add_parsers(sub) -> None:

@@ -18,15 +18,25 @@ class DataError(ValueError):
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
-    """`ShapesDataset` when ``cfg.source`` is "shapes", else an `ImageFolderDataset` of that folder."""
-    # Imported here, not at the top, because imagefolder.py imports DataError from this module.
+    """The dataset ``cfg.source`` names: `ShapesDataset` ("shapes"), `CocoCaptions` ("coco"), a
+    streamed `ShardDataset` (tar shards: a ``.tar`` path, URL or brace pattern, or a folder of
+    ``.tar`` files), else an `ImageFolderDataset` of that folder."""
+    # Imported here, not at the top, because those modules import DataError from this one.
+    from ldmkit.data.coco import CocoCaptions
     from ldmkit.data.imagefolder import ImageFolderDataset
     from ldmkit.data.shapes import ShapesDataset
+    from ldmkit.data.shards import ShardDataset, is_shard_source
 
     if cfg.source == "shapes":
         if cfg.hflip:
             raise DataError("data.hflip must be false for the shapes dataset: flips make 'left'/'right' captions false")
         return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects)
+    if cfg.source == "coco":
+        if not cfg.coco_annotations:
+            raise DataError("data.source coco needs data.coco_annotations (e.g. annotations/captions_train2017.json)")
+        return CocoCaptions(cfg.coco_annotations, cfg.coco_images or None, cfg.image_size, hflip=cfg.hflip)
+    if is_shard_source(cfg.source):
+        return ShardDataset(cfg.source, cfg.image_size, hflip=cfg.hflip, shuffle_buffer=cfg.shuffle_buffer)
     return ImageFolderDataset(Path(cfg.source).expanduser(), cfg.image_size, hflip=cfg.hflip)
 
 

@@ -14,15 +14,18 @@ class Attention(nn.Module):
 
     Self-attention when ``context`` is None (c = φ(z_t)); cross-attention otherwise, where c is
     τθ(y) of width ``context_dim``. ``mask`` (B×L, True = keep) hides padding tokens of c.
+    ``qkv_bias`` adds biases to W_Q, W_K, W_V (the LDM autoencoder's attention has them; the UNet's not).
     """
 
-    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None):
+    def __init__(
+        self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, qkv_bias: bool = False
+    ):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_q = nn.Linear(query_dim, inner, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, query_dim)
 
     def forward(
@@ -38,12 +41,16 @@ class Attention(nn.Module):
 
 
 class SelfAttention2d(nn.Module):
-    """Residual single-head self-attention over the pixels of a feature map (autoencoder middle block)."""
+    """Residual single-head self-attention over the pixels of a feature map (autoencoder middle block).
 
-    def __init__(self, channels: int):
+    ``qkv_bias``: Stable Diffusion's VAE computes q, k, v with biased 1×1 convolutions, the same map
+    as biased Linear layers over the pixels.
+    """
+
+    def __init__(self, channels: int, qkv_bias: bool = False):
         super().__init__()
         self.norm = group_norm(channels)
-        self.attn = Attention(channels, heads=1, head_dim=channels)
+        self.attn = Attention(channels, heads=1, head_dim=channels, qkv_bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

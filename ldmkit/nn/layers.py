@@ -7,31 +7,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with 32 groups where the width allows it (fewer for the tiny presets).
 
     Statistics are computed in fp32 even under bf16 autocast (PyTorch's autocast lists group_norm
-    as an fp32 op), which keeps the normalisation stable at low precision.
+    as an fp32 op), which keeps the normalisation stable at low precision. ``eps`` is 1e-6 as in the
+    LDM autoencoder and transformer blocks; Stable Diffusion's UNet ResBlocks use PyTorch's 1e-5.
     """
     groups = 32
     while channels % groups:
         groups //= 2
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 class ResBlock(nn.Module):
     """h = x + F(x, emb): GroupNorm → SiLU → conv3×3, (+ projected embedding), GroupNorm → SiLU →
     dropout → conv3×3, with a 1×1 skip projection when the width changes.
 
-    ``emb_dim`` is the size of the timestep embedding (UNet) or None (autoencoder).
+    ``emb_dim`` is the size of the timestep embedding (UNet) or None (autoencoder); ``eps`` that of
+    both GroupNorms.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None = None, dropout: float = 0.0):
+    def __init__(
+        self, in_channels: int, out_channels: int, emb_dim: int | None = None, dropout: float = 0.0, eps: float = 1e-6
+    ):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_channels) if emb_dim else None
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -45,13 +49,20 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3×3 convolution."""
+    """Halve H and W with a stride-2 3×3 convolution.
 
-    def __init__(self, channels: int):
+    ``asymmetric``: pad one row and column at the bottom and right only, then convolve without padding,
+    as the LDM / Stable Diffusion autoencoder does (its weights were trained with that alignment).
+    """
+
+    def __init__(self, channels: int, asymmetric: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.asymmetric = asymmetric
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.asymmetric:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 

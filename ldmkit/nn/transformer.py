@@ -69,23 +69,33 @@ class SpatialTransformer(nn.Module):
 
     The lecture's "Transformer layer inside the UNet": the feature map becomes h·w tokens, projected
     from C to d·n_h = ``heads · head_dim``, passes ``depth`` `BasicTransformerBlock`s, and is
-    projected back to C. The projections are Linear (Stable Diffusion v2's
-    ``use_linear_in_transformer``): the same map as a 1×1 conv, applied to tokens already in
-    [B, h·w, C] order. ``proj_out`` starts at zero, so a fresh block is the identity and a new UNet
-    ignores the prompt until training moves it.
+    projected back to C. With ``linear_projection`` (ldmkit's default, Stable Diffusion v2's
+    ``use_linear_in_transformer``) the projections are Linear layers applied to tokens already in
+    [B, h·w, C] order; otherwise they are 1×1 convolutions on the feature map (Stable Diffusion v1):
+    the same map, kept as convolutions so that SD v1 weights load with their own shapes.
+    ``proj_out`` starts at zero, so a fresh block is the identity and a new UNet ignores the prompt
+    until training moves it.
     """
 
     def __init__(
-        self, channels: int, heads: int, head_dim: int, context_dim: int, depth: int = 1, dropout: float = 0.0
+        self,
+        channels: int,
+        heads: int,
+        head_dim: int,
+        context_dim: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        linear_projection: bool = True,
     ):
         super().__init__()
         inner = heads * head_dim
+        self.linear_projection = linear_projection
         self.norm = group_norm(channels)
-        self.proj_in = nn.Linear(channels, inner)
+        self.proj_in = nn.Linear(channels, inner) if linear_projection else nn.Conv2d(channels, inner, 1)
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, head_dim, context_dim, dropout) for _ in range(depth)
         )
-        self.proj_out = nn.Linear(inner, channels)
+        self.proj_out = nn.Linear(inner, channels) if linear_projection else nn.Conv2d(inner, channels, 1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
@@ -94,8 +104,15 @@ class SpatialTransformer(nn.Module):
     ) -> torch.Tensor:
         b, c, h, w = x.shape
         # permute + reshape: free for channels_last input (already B·h·w·C in memory), a copy otherwise.
-        tokens = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c))
+        if self.linear_projection:
+            tokens = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c))
+        else:
+            hidden = self.proj_in(self.norm(x))
+            tokens = hidden.permute(0, 2, 3, 1).reshape(b, h * w, hidden.shape[1])
         for block in self.blocks:
             tokens = block(tokens, context, mask)
-        out = self.proj_out(tokens).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        if self.linear_projection:
+            out = self.proj_out(tokens).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        else:
+            out = self.proj_out(tokens.reshape(b, h, w, tokens.shape[-1]).permute(0, 3, 1, 2))
         return x + out

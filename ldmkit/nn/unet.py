@@ -23,20 +23,30 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def attention_heads(cfg: UNetConfig, channels: int) -> tuple[int, int]:
+    """(heads, head_dim) of a transformer block at a level of width ``channels``: a fixed head width
+    ``head_dim`` (ldmkit, SD 2.x: 64), or a fixed count ``num_heads`` when it is set (SD 1.x: 8)."""
+    if cfg.num_heads > 0:
+        return cfg.num_heads, channels // cfg.num_heads
+    return channels // cfg.head_dim, cfg.head_dim
+
+
 class ResAttnBlock(nn.Module):
     """h = SpatialTransformer(ResBlock(x, emb), c) on attention levels, h = ResBlock(x, emb) elsewhere."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, cfg: UNetConfig, attention: bool):
         super().__init__()
-        self.res = ResBlock(in_channels, out_channels, emb_dim, cfg.dropout)
+        self.res = ResBlock(in_channels, out_channels, emb_dim, cfg.dropout, cfg.norm_eps)
+        heads, head_dim = attention_heads(cfg, out_channels)
         self.attn = (
             SpatialTransformer(
                 out_channels,
-                heads=out_channels // cfg.head_dim,
-                head_dim=cfg.head_dim,
+                heads=heads,
+                head_dim=head_dim,
                 context_dim=cfg.context_dim,
                 depth=cfg.transformer_depth,
                 dropout=cfg.dropout,
+                linear_projection=cfg.linear_projection,
             )
             if attention
             else None
@@ -106,7 +116,7 @@ class MiddleBlock(nn.Module):
     def __init__(self, channels: int, emb_dim: int, cfg: UNetConfig, attention: bool):
         super().__init__()
         self.block1 = ResAttnBlock(channels, channels, emb_dim, cfg, attention)
-        self.res2 = ResBlock(channels, channels, emb_dim, cfg.dropout)
+        self.res2 = ResBlock(channels, channels, emb_dim, cfg.dropout, cfg.norm_eps)
 
     def forward(self, h: torch.Tensor, emb, context, mask) -> torch.Tensor:
         return self.res2(self.block1(h, emb, context, mask), emb)
@@ -155,7 +165,7 @@ class UNet(nn.Module):
             )
             ch = out
 
-        self.norm_out = group_norm(ch)
+        self.norm_out = group_norm(ch, cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
 
     @property
@@ -217,5 +227,10 @@ def _check_config(cfg: UNetConfig) -> None:
     if cfg.attention_levels:
         attended.append(cfg.model_channels * cfg.channel_mults[-1])  # the middle block
     for ch in attended:
-        if ch % cfg.head_dim:
+        if cfg.num_heads > 0:
+            if ch % cfg.num_heads:
+                raise ConfigError(
+                    f"unet.num_heads = {cfg.num_heads} does not divide the width {ch} of an attention level"
+                )
+        elif cfg.head_dim < 1 or ch % cfg.head_dim:
             raise ConfigError(f"unet.head_dim = {cfg.head_dim} does not divide the width {ch} of an attention level")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -25,8 +26,13 @@ class TextToImagePipeline:
         self.device = torch.device(device)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "TextToImagePipeline":
-        return cls(LatentDiffusion.load(folder), device)
+    def from_folder(
+        cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
+    ) -> "TextToImagePipeline":
+        """The pipeline of an ldmkit model folder, a Stable Diffusion single file (.safetensors/.ckpt) or
+        a diffusers folder; ``ema=False`` takes a single file's training weights instead of its EMA copy,
+        ``prediction`` ("epsilon"/"v") overrides the model's (see `LatentDiffusion.load`)."""
+        return cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device)
 
     @torch.inference_mode()
     def __call__(
@@ -42,9 +48,11 @@ class TextToImagePipeline:
         height: int | None = None,
         width: int | None = None,
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
-            prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress
+            prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
+            callback,
         )]
 
     @torch.inference_mode()
@@ -61,8 +69,13 @@ class TextToImagePipeline:
         height: int | None = None,
         width: int | None = None,
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``."""
+        """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
+
+        ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
+        there (the server cancels a job this way) and propagates to the caller.
+        """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_images < 1:
@@ -85,14 +98,25 @@ class TextToImagePipeline:
             model.unet, context, null_context, guidance, model.config.diffusion.prediction, model.schedule
         )
         bar = tqdm(total=steps, desc="sampling", leave=False, disable=not progress)
-        latents = sample(
-            sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
-            callback=lambda i, n: bar.update(1),
-        )
-        bar.close()
+
+        def on_step(i: int, n: int) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(i, n)
+
+        try:
+            latents = sample(
+                sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
+                callback=on_step,
+            )
+        finally:
+            bar.close()
         return model.decode_latents(latents).float().cpu()
 
 
-def load_pipeline(folder: str | Path, device: str | torch.device = "cpu") -> TextToImagePipeline:
-    """The text-to-image pipeline of a model folder written by `ldmkit train`."""
-    return TextToImagePipeline.from_folder(folder, device)
+def load_pipeline(
+    folder: str | Path, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
+) -> TextToImagePipeline:
+    """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
+    file or a diffusers folder (see `TextToImagePipeline.from_folder`)."""
+    return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction)

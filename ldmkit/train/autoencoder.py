@@ -1,8 +1,12 @@
 """Stage one: train the autoencoder E, D on images alone, then measure its scale factor.
 
 An autoencoder folder holds ``config.yaml`` (AutoencoderConfig), ``autoencoder.safetensors``
-(weights and ``scale_factor``), ``training_state.pt`` (for ``--resume``), ``log.csv`` and
-reconstruction grids in ``samples/``.
+(weights and ``scale_factor``), ``checkpoints/`` (the newest ``checkpoint_keep`` training states,
+for ``--resume``), ``log.csv``, ``tensorboard/`` and reconstruction grids in ``samples/``.
+
+Runs unchanged under ``torchrun`` (see `ldmkit.train.distributed`). The PatchGAN discriminator's
+gradients are averaged over ranks explicitly; a VQ codebook, which moves by moving averages rather
+than gradients, is copied from rank 0 to the others after every step.
 """
 
 from __future__ import annotations
@@ -11,28 +15,68 @@ import itertools
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from ldmkit.autoencoder import AutoencoderLoss, build_autoencoder, measure_scale_factor
+from ldmkit.autoencoder import AutoencoderLoss, KLAutoencoder, build_autoencoder, measure_scale_factor
 from ldmkit.autoencoder.folder import save_autoencoder
-from ldmkit.config import Preset
-from ldmkit.device import resolve_device
+from ldmkit.config import Preset, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.storage import CheckpointError
+from ldmkit.train import distributed
+from ldmkit.train.checkpoint import resume_state, restore_rng, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped,
-    save_state, step_generator,
+    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
+    step_generator, stream_readers, warn_if_stream_order_changed,
 )
+from ldmkit.train.logs import RunLog
+
+
+class Reconstruction(nn.Module):
+    """x ↦ (x̂, aux), the autoencoder's training forward with the posterior noise given: the module DDP wraps.
+
+    For a KL autoencoder x̂ = D(μ + σ ⊙ ε), as ``KLAutoencoder.forward`` computes it, except that ε
+    comes in as the sample's own row of the step's global draw, so sample i gets the same ε however
+    many ranks share the batch. A VQ autoencoder has no noise: its own forward runs.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, posterior_noise: torch.Tensor | None):
+        if isinstance(self.model, KLAutoencoder):
+            posterior = self.model.posterior(images)
+            z = posterior.mean + posterior.std * posterior_noise
+            return self.model.decode(z), {"kl": posterior.kl().mean()}
+        return self.model(images)
+
+
+def first_images(dataset, n: int):
+    """The first ``n`` images of the dataset (in file order for a stream), one 1×3×H×W tensor each."""
+    if hasattr(dataset, "batches"):  # a stream
+        return (item["images"][None] for item in itertools.islice(iter(dataset), n))
+    return (dataset[i]["images"][None] for i in range(min(len(dataset), n)))
+
 
 def train_autoencoder(
-    preset: Preset, out: str | Path, steps: int | None = None, resume: bool = False,
+    preset: Preset, out: str | Path, steps: int | None = None, resume: bool | str | Path = False,
     device: str = "auto", progress: bool = True,
 ) -> Path:
-    """Train E, D with L_rec (+ KL or VQ loss, + optional perceptual and PatchGAN terms)."""
-    out = Path(out)
+    """Train E, D with L_rec (+ KL or VQ loss, + optional perceptual and PatchGAN terms).
+
+    ``resume`` and ``device`` as in `ldmkit.train.diffusion.train_diffusion`.
+    """
+    with distributed.process_group(device) as ctx:
+        _train(preset, Path(out), steps, resume, ctx, progress)
+    return Path(out)
+
+
+def _train(preset: Preset, out: Path, steps: int | None, resume, ctx, progress: bool) -> None:
     cfg, tcfg = preset.autoencoder, preset.autoencoder_train
     total = steps if steps is not None else tcfg.steps
-    dev = resolve_device(device)
+    dev = ctx.device
+    micro = distributed.per_rank_batch(tcfg.batch_size, ctx, tcfg.grad_accum_steps)
     dataset = build_dataset(preset.data)
     if preset.data.image_size % cfg.downsample_factor:
         raise ValueError(
@@ -43,69 +87,110 @@ def train_autoencoder(
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = build_autoencoder(cfg).to(dev)
     loss_fn = AutoencoderLoss(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.5, 0.9), weight_decay=tcfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, betas=(0.5, 0.9), weight_decay=tcfg.weight_decay)
     disc_params = [p for p in loss_fn.parameters() if p.requires_grad]
     opt_d = torch.optim.AdamW(disc_params, lr=tcfg.lr, betas=(0.5, 0.9)) if disc_params else None
 
+    state = resume_state(resume, out, "autoencoder", ctx)
     start = 0
-    if resume:
-        state = load_state(out)
-        if state.get("kind") != "autoencoder":
-            raise CheckpointError(f"{out} holds a {state.get('kind')} training state, not an autoencoder's")
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
-        if opt_d is not None:
-            opt_d.load_state_dict(state["optimizer_d"])
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            loss_fn.load_state_dict(state["loss"])
+            opt.load_state_dict(state["optimizer"])
+            if opt_d is not None:
+                opt_d.load_state_dict(state["optimizer_d"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this autoencoder: {str(e).splitlines()[0]}") from None
         start = int(state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    log = CSVLog(out / "log.csv", ["loss", "rec", "lr"])
+        if start > total:
+            raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
+    ddp = distributed.wrap(Reconstruction(model), ctx)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, ["loss", "rec", "lr"], start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
 
     def checkpoint(step: int) -> None:
+        check_weights_finite(params, step)  # on every rank, so that all stop together
+        if not ctx.is_main:
+            return
         save_autoencoder(model, out)
-        save_state(out, {
+        save_checkpoint(out, {
             "kind": "autoencoder", "step": step, "model": model.state_dict(), "loss": loss_fn.state_dict(),
             "optimizer": opt.state_dict(), **({"optimizer_d": opt_d.state_dict()} if opt_d else {}),
-        })
+            "rng": rng_state(), "config": to_dict(cfg), "samples_seen": step * tcfg.batch_size,
+            "world_size": ctx.world_size, "readers": stream_readers(ctx, tcfg.num_workers),
+        }, tcfg.checkpoint_keep)
 
-    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers)
-    bar = tqdm(total=total, initial=start, desc="autoencoder", disable=not progress, dynamic_ncols=True)
+    f = cfg.downsample_factor
+    latent_shape = (cfg.latent_channels, preset.data.image_size // f, preset.data.image_size // f)
+    accum = tcfg.grad_accum_steps
+    share = tcfg.batch_size // ctx.world_size  # this rank's samples per step
+    posterior = isinstance(model, KLAutoencoder)
+    skips = SkipReport()
+    if state is not None:
+        restore_rng(state.get("rng", {}))
+    warn_if_stream_order_changed(dataset, state, stream_readers(ctx, tcfg.num_workers))
+    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers, ctx)
+    bar = tqdm(total=total, initial=start, desc="autoencoder", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
     model.train()
-    for step, batch in zip(itertools.count(start), loader):
-        images = batch["images"].to(dev)
-        step_generator(tcfg.seed, step)  # seeds the posterior samples of this step
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
-        with autocast(dev, tcfg.bf16):
-            reconstruction, aux = model(images, sample_posterior=True)
-            loss, logs = loss_fn.generator_loss(images, reconstruction, aux, step, model.last_layer_weight)
-        check_finite(loss, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if opt_d is not None and loss_fn.discriminator_active(step):
-            with autocast(dev, tcfg.bf16):
-                d_loss, d_logs = loss_fn.discriminator_loss(images, reconstruction.detach(), step)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            logs.update(d_logs)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % tcfg.log_every == 0 or done == total:
-            log.write(done, {"loss": loss.item(), "rec": logs.get("rec", ""), "lr": opt.param_groups[0]["lr"]})
-        if done % tcfg.sample_every == 0:
-            save_grid(torch.cat([images[:8], reconstruction[:8].detach().clamp(-1, 1)]).float().cpu(),
-                      out / "samples" / f"step_{done:06d}.png", nrow=min(8, len(images)))
-        if done % tcfg.checkpoint_every == 0 and done < total:
-            checkpoint(done)
-    bar.close()
+    try:
+        for step, batch in zip(range(start, total), loader):
+            skips.take(batch)
+            gen = step_generator(tcfg.seed, step, ctx.rank)  # also seeds VQ codebook restarts
+            # ε for the whole global batch, from which each rank takes its samples' rows
+            noise = torch.randn((tcfg.batch_size, *latent_shape), generator=gen) if posterior else None
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
+            opt.zero_grad(set_to_none=True)
+            pairs = []  # (images, x̂) of each micro-batch, for the discriminator and the sample grid
+            sums = torch.zeros(2, device=dev)  # loss, reconstruction term
+            for k, mb in enumerate(micro_batches(batch, accum)):
+                rows = slice(ctx.rank * share + k * micro, ctx.rank * share + (k + 1) * micro)
+                images = mb["images"].to(dev)
+                with distributed.sync_context(ddp, sync=k == accum - 1):
+                    with autocast(dev, tcfg.bf16):
+                        reconstruction, aux = ddp(images, noise[rows].to(dev) if posterior else None)
+                        loss, logs = loss_fn.generator_loss(images, reconstruction, aux, step, model.last_layer_weight)
+                    (loss / accum).backward()
+                pairs.append((images, reconstruction.detach()))
+                sums += torch.stack([loss.detach().float(), torch.tensor(logs["nll"], device=dev)])
+            loss_value, rec_value = distributed.mean(sums / accum, ctx).tolist()  # the global batch's
+            check_finite(loss_value, step)
+            opt.step()
+            if cfg.kind == "vq":
+                distributed.broadcast_state(model, ctx)
+            logs_d = {}
+            if opt_d is not None and loss_fn.discriminator_active(step):
+                opt_d.zero_grad(set_to_none=True)
+                for images, reconstruction in pairs:
+                    with autocast(dev, tcfg.bf16):
+                        d_loss, logs_d = loss_fn.discriminator_loss(images, reconstruction, step)
+                    (d_loss / accum).backward()
+                distributed.average_gradients(disc_params, ctx)
+                opt_d.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            done = step + 1
+            if done % tcfg.log_every == 0 or done == total:
+                log.write(done, {"loss": loss_value, "rec": rec_value, "lr": opt.param_groups[0]["lr"], **logs_d})
+            if ctx.is_main and done % tcfg.sample_every == 0:
+                images, reconstruction = pairs[0]
+                save_grid(torch.cat([images[:8], reconstruction[:8].clamp(-1, 1)]).float().cpu(),
+                          out / "samples" / f"step_{done:06d}.png", nrow=min(8, len(images)))
+            if done % tcfg.checkpoint_every == 0 and done < total:
+                checkpoint(done)
+        bar.close()
 
-    model.eval()
-    scale_batches = (dataset[i]["images"][None] for i in range(min(len(dataset), tcfg.scale_samples)))
-    with torch.no_grad():
-        model.scale_factor.fill_(measure_scale_factor(model, (b.to(dev) for b in scale_batches), tcfg.scale_samples))
-    checkpoint(total)
-    report_skipped(dataset)
-    return out
+        if ctx.is_main:  # the scale factor is measured once, on rank 0, which alone saves it
+            model.eval()
+            with torch.no_grad():
+                batches = (b.to(dev) for b in first_images(dataset, tcfg.scale_samples))
+                model.scale_factor.fill_(measure_scale_factor(model, batches, tcfg.scale_samples))
+        checkpoint(total)
+        skips.report(dataset, ctx)
+    finally:
+        log.close()
+    distributed.barrier(ctx)  # every rank returns once rank 0 has written the autoencoder

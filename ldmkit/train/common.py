@@ -1,64 +1,141 @@
-"""Pieces both training loops share: data order, per-step randomness, LR, state files, logs."""
+"""Pieces both training loops share: data order and its split across ranks, per-step randomness,
+LR, mixed precision, the finiteness checks and the report of skipped images."""
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
-import time
-from pathlib import Path
+import warnings
+from collections.abc import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldmkit.data import collate
-from ldmkit.storage import CheckpointError, atomic_path
+from ldmkit.data.shards import mix_seed
+from ldmkit.train.checkpoint import load_state  # noqa: F401  (callers read a run's state from here)
+from ldmkit.train.distributed import Distributed, gather_objects
 
-STATE_FILE = "training_state.pt"
 
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    """For steps ``start_step .. total_steps − 1``: this rank's share of each step's global batch.
 
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches of indices for steps ``start_step .. total_steps - 1``.
-
-    Batch k holds positions k·B … k·B + B − 1 of an endless stream of epochs, epoch e being a
-    permutation seeded by (seed, e). The order is a pure function of the step, so a resumed run
-    reads exactly the batches the interrupted one would have.
+    The global batch of step k holds positions k·B … k·B + B − 1 of an endless stream of epochs,
+    epoch e being a permutation seeded by (seed, e). Rank r of W takes positions
+    k·B + r·B/W … k·B + (r+1)·B/W − 1, so the union over ranks, and hence the step, does not depend
+    on W. Items are (position, index) pairs: the position seeds the item's own randomness
+    (`TrainingItems`). The order is a pure function of the step, so a resumed run reads exactly the
+    batches the interrupted one would have.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int):
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split into {world_size} equal parts")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.total_steps = start_step, total_steps
+        self.rank, self.world_size = rank, world_size
 
     def _epoch(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __iter__(self):
+        share = self.batch_size // self.world_size
         perm_epoch, perm = -1, None
         for step in range(self.start_step, self.total_steps):
+            first = step * self.batch_size + self.rank * share
             batch = []
-            for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
+            for pos in range(first, first + share):
                 epoch, i = divmod(pos, self.num_items)
                 if epoch != perm_epoch:
                     perm_epoch, perm = epoch, self._epoch(epoch)
-                batch.append(int(perm[i]))
+                batch.append((pos, int(perm[i])))
             yield batch
 
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step)
 
 
-def make_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int, total_steps: int, num_workers: int):
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start_step, total_steps)
+class TrainingItems(Dataset):
+    """A map-style dataset read at (position, index) pairs, for two things the plain dataset lacks.
+
+    - The torch RNG is seeded by (seed, position) before each item, so random augmentations (flips)
+      are a function of where the item sits in the data stream: the same after a resume, with any
+      number of DataLoader workers and any number of ranks.
+    - Images the dataset finds unreadable (its ``skipped`` set) travel with the item under
+      ``"skipped"``, so the main process learns of them even when a worker process read them.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+        self._reported: set = set()  # per process: each worker reports its own finds once
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        position, index = key
+        torch.manual_seed(mix_seed(self.seed, position))
+        item = dict(self.dataset[index])
+        new = set(getattr(self.dataset, "skipped", ())) - self._reported
+        self._reported |= new
+        item["skipped"] = sorted(str(p) for p in new)
+        return item
+
+
+def make_loader(dataset, batch_size: int, seed: int, start_step: int, total_steps: int, num_workers: int,
+                ctx: Distributed) -> Iterable[dict]:
+    """Batches of this rank's share (``batch_size`` / world size items) of every step's global
+    ``batch_size``, from ``start_step`` on. A map-style dataset is read in the `ResumableBatchSampler`
+    order; a stream (`ldmkit.data.shards.ShardDataset`) splits its shards across ranks and workers."""
+    # A dedicated generator: DataLoader otherwise draws its worker seed from the global RNG, which
+    # would make the data depend on everything drawn before the loader starts.
+    generator = torch.Generator().manual_seed(seed)
+    if hasattr(dataset, "batches"):  # a stream knows how to split itself
+        stream = dataset.batches(batch_size // ctx.world_size, seed, ctx.rank, ctx.world_size, start_step)
+        return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start_step, total_steps, ctx.rank, ctx.world_size)
     return DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        TrainingItems(dataset, seed), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+        persistent_workers=num_workers > 0, generator=generator,
     )
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
+def stream_readers(ctx: Distributed, num_workers: int) -> int:
+    """How many readers share a stream: one per DataLoader worker (or main process) per rank."""
+    return ctx.world_size * max(1, num_workers)
+
+
+def warn_if_stream_order_changed(dataset, state: dict | None, readers: int) -> None:
+    """A stream's order depends on its number of readers: resuming with another number continues
+    in a different order (a map-style dataset's order does not depend on it)."""
+    if state is None or not hasattr(dataset, "batches") or state.get("readers", readers) == readers:
+        return
+    warnings.warn(
+        f"the checkpoint was written by a run with {state['readers']} stream readers (processes × DataLoader "
+        f"workers), this run has {readers}: the stream continues in a different order, so part of the "
+        "interrupted epoch may be seen twice and part not at all",
+        stacklevel=2,
+    )
+
+
+def micro_batches(batch: dict, count: int) -> list[dict]:
+    """Split a batch (images tensor, other values lists) into ``count`` equal micro-batches."""
+    n = len(batch["images"])
+    size = n // count
+    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(count)]
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     """The CPU generator for one step's noise, timesteps and dropout: seeded by (seed, step), so
-    that a resumed run draws the same numbers as an uninterrupted one."""
-    torch.manual_seed(seed * 1_000_003 + step)  # for dropout layers, which use the global stream
+    that a resumed run draws the same numbers as an uninterrupted one.
+
+    The returned generator is the same on every rank: the loops draw each step's numbers for the
+    whole global batch from it and keep their rank's slice, so a sample gets the same noise however
+    many ranks share the batch. The global torch RNG (dropout, VQ codebook restarts) is seeded per
+    rank as well, so that ranks do not draw identical dropout masks for different samples.
+    """
+    torch.manual_seed(seed * 1_000_003 + step + rank * (1 << 40))
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
@@ -83,50 +160,43 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_pays(device))
 
 
-def save_state(folder: Path, state: dict) -> None:
-    """Write the resumable training state atomically."""
-    with atomic_path(folder / STATE_FILE) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(folder: Path) -> dict:
-    """The training state of ``folder``, read without unpickling code (``weights_only=True``)."""
-    path = folder / STATE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"nothing to resume: {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: torch raises several types
-        raise CheckpointError(f"{path} is corrupt or not an ldmkit training state ({type(e).__name__})") from None
-
-
-class CSVLog:
-    """Appends one row per logged step to ``log.csv``; keeps earlier rows when a run resumes."""
-
-    def __init__(self, path: Path, fields: list[str]):
-        self.path, self.fields = path, ["step", "time"] + fields
-        self.start = time.time()
-        if not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(self.fields)
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        with open(self.path, "a", newline="") as f:
-            row = [step, round(time.time() - self.start, 2)] + [values.get(k, "") for k in self.fields[2:]]
-            csv.writer(f).writerow(row)
-
-
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    if not math.isfinite(loss.item()):
+def check_finite(loss: torch.Tensor | float, step: int) -> None:
+    """Stop on a NaN or infinite loss, before the optimizer step that would spread it to the weights."""
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
         raise FloatingPointError(
-            f"loss became {loss.item()} at step {step}; training stopped, the last checkpoint is kept "
+            f"loss became {value} at step {step}; training stopped, the last checkpoint is kept "
             "(try a lower learning rate or bf16: false)"
         )
 
 
-def report_skipped(dataset) -> None:
-    """Say how many unreadable images training skipped (an image folder records them)."""
-    skipped = getattr(dataset, "skipped", ())
-    if skipped:
-        names = ", ".join(sorted(str(p) for p in skipped)[:5])
-        print(f"skipped {len(skipped)} unreadable image(s): {names}", file=sys.stderr)
+def check_weights_finite(params: Iterable[torch.Tensor], step: int) -> None:
+    """Refuse to checkpoint non-finite weights: a finite loss can still precede a NaN update (an
+    infinite gradient), and a poisoned checkpoint would replace the last good one."""
+    for p in params:
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(
+                f"the weights hold NaN or inf at step {step}; training stopped without writing a checkpoint, "
+                "the last one is kept (try a lower learning rate or bf16: false)"
+            )
+
+
+class SkipReport:
+    """Unreadable images met during training, collected from the batches' ``"skipped"`` lists."""
+
+    def __init__(self):
+        self.found: set[str] = set()
+
+    def take(self, batch: dict) -> dict:
+        """Record the batch's skips and return the batch without them."""
+        for names in batch.pop("skipped", ()):
+            self.found.update(names)
+        return batch
+
+    def report(self, dataset, ctx: Distributed) -> None:
+        """Print, on rank 0, how many unreadable images all ranks skipped (and a few names)."""
+        found = self.found | {str(p) for p in getattr(dataset, "skipped", ())}
+        merged = set().union(*gather_objects(sorted(found), ctx))
+        if merged and ctx.is_main:
+            names = ", ".join(sorted(merged)[:5])
+            print(f"skipped {len(merged)} unreadable image(s): {names}", file=sys.stderr)

@@ -4,68 +4,167 @@
     L_LDM = ‖ε − εθ(z_t, t, τθ(y))‖²,  with y replaced by "" at rate ``cond_drop_prob``
 
 The output folder is a model folder (see `ldmkit.model`) holding the EMA weights, plus
-``training_state.pt`` for ``--resume``, ``log.csv`` and sample grids in ``samples/``.
+``checkpoints/`` (the newest ``checkpoint_keep`` training states, for ``--resume``), ``log.csv``,
+``tensorboard/`` and sample grids in ``samples/``.
+
+Runs unchanged under ``torchrun``: each rank trains on its share of every global batch, DDP
+averages the gradients, and rank 0 alone writes files (see `ldmkit.train.distributed`).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
-from ldmkit.config import ModelConfig, Preset
-from ldmkit.device import resolve_device
+from ldmkit.config import ModelConfig, Preset, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines.text_to_image import TextToImagePipeline
-from ldmkit.storage import CheckpointError, load_config
+from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer
+from ldmkit.train import distributed
+from ldmkit.train.checkpoint import resume_state, restore_rng, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    CSVLog, autocast, check_finite, learning_rate, load_state, make_loader, report_skipped,
-    save_state, step_generator,
+    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
+    step_generator, stream_readers, warn_if_stream_order_changed,
 )
 from ldmkit.train.ema import EMA
+from ldmkit.train.logs import RunLog
 
 TOKENIZER_CAPTIONS = 5000  # captions the tokenizer's vocabulary is trained on
 
 
 def dataset_captions(dataset, limit: int) -> list[str]:
     """Up to ``limit`` captions, without decoding images where the dataset allows it."""
+    if hasattr(dataset, "read_captions"):  # a stream of shards reads the text entries only
+        return dataset.read_captions(limit)
     n = min(len(dataset), limit)
     if hasattr(dataset, "captions"):  # an image folder knows its captions without decoding images
         return list(dataset.captions[:n])
     return [dataset[i]["caption"] for i in range(n)]
 
 
+def caption_keep_mask(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """n booleans, each False (drop the caption) with probability p."""
+    return torch.rand(n, generator=generator) >= p
+
+
 def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
     """Replace each caption by the null prompt "" with probability p (for classifier-free guidance)."""
-    keep = torch.rand(len(captions), generator=generator) >= p
+    keep = caption_keep_mask(len(captions), p, generator)
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+@dataclass
+class StepDraws:
+    """Everything random in one step, for each of the B samples of the global batch.
+
+    Drawn whole on every rank from the step's generator; a rank uses the rows of its own samples,
+    so sample i gets the same timestep and noise whether one process or many share the batch.
+    """
+
+    keep_caption: torch.Tensor  # bool [B]
+    posterior_noise: torch.Tensor | None  # [B, c, h, w] for a KL autoencoder's z = μ + σ ε
+    t: torch.Tensor  # int64 [B]
+    noise: torch.Tensor  # ε, [B, c, h, w]
+
+
+def draw_step(generator: torch.Generator, batch_size: int, latent_shape: tuple[int, int, int],
+              num_timesteps: int, drop_prob: float, posterior: bool) -> StepDraws:
+    keep = caption_keep_mask(batch_size, drop_prob, generator)
+    posterior_noise = torch.randn((batch_size, *latent_shape), generator=generator) if posterior else None
+    t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
+    noise = torch.randn((batch_size, *latent_shape), generator=generator)
+    return StepDraws(keep, posterior_noise, t, noise)
+
+
+@torch.no_grad()
+def encode_latents(autoencoder: nn.Module, images: torch.Tensor, posterior_noise: torch.Tensor | None) -> torch.Tensor:
+    """z_0 = scale_factor · z with z = μ(x) + σ(x) ⊙ ε for a KL autoencoder (ε given), z = E(x) for VQ.
+
+    The posterior sample is formed here rather than by ``encode(sample=True)`` so that its noise is
+    the sample's own row of the global draw (`StepDraws`), not the next numbers of a stream.
+    """
+    if isinstance(autoencoder, KLAutoencoder):
+        posterior = autoencoder.posterior(images)
+        z = posterior.mean + posterior.std * posterior_noise
+    else:
+        z = autoencoder.encode(images)
+    return z * autoencoder.scale_factor
+
+
+class DenoisingLoss(nn.Module):
+    """L_LDM for a batch of latents, captions, timesteps and noise: the module DDP wraps.
+
+    Its only submodules are the trained ones, τθ (``text_encoder``) and εθ (``unet``), so its
+    state dict is exactly what a checkpoint stores as ``"model"``; the prompts go through the
+    model's own `encode_prompts`, which calls the same ``text_encoder``.
+    """
+
+    def __init__(self, model: LatentDiffusion):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+        self.unet = model.unet
+        self._encode_prompts = model.encode_prompts
+        self._schedule = model.schedule
+        self._prediction = model.config.diffusion.prediction
+
+    def forward(self, latents: torch.Tensor, captions: list[str], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        context = self._encode_prompts(captions)
+        return diffusion_loss(
+            lambda z_t, tt: self.unet(z_t, tt, context), latents, self._schedule,
+            prediction=self._prediction, t=t, noise=noise,
+        )
+
+
+def tokenizer_to_json(tokenizer: PromptTokenizer) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return tokenizer.save(Path(tmp) / "tokenizer.json").read_text(encoding="utf-8")
+
+
+def tokenizer_from_json(text: str) -> PromptTokenizer:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.json"
+        path.write_text(text, encoding="utf-8")
+        return PromptTokenizer.load(path)
 
 
 def train_diffusion(
     preset: Preset, autoencoder_dir: str | Path, out: str | Path, steps: int | None = None,
-    resume: bool = False, device: str = "auto", progress: bool = True,
+    resume: bool | str | Path = False, device: str = "auto", progress: bool = True,
 ) -> Path:
-    out = Path(out)
+    """Train τθ and εθ for ``steps`` (default ``preset.train.steps``) optimizer steps into ``out``.
+
+    ``resume``: False (fresh; refuses an ``out`` with checkpoints), True or "auto" (the newest intact
+    checkpoint of ``out``, fresh if none), or a checkpoint file or folder. ``device``: auto, cpu or
+    cuda. Under torchrun every rank calls this; the return value is ``out`` on all of them.
+    """
+    with distributed.process_group(device) as ctx:
+        _train(preset, Path(autoencoder_dir), Path(out), steps, resume, ctx, progress)
+    return Path(out)
+
+
+def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, resume, ctx, progress: bool) -> None:
     tcfg = preset.train
     total = steps if steps is not None else tcfg.steps
-    dev = resolve_device(device)
+    dev = ctx.device
+    micro = distributed.per_rank_batch(tcfg.batch_size, ctx, tcfg.grad_accum_steps)
     dataset = build_dataset(preset.data)
     autoencoder = load_autoencoder(autoencoder_dir)
 
-    if resume:
-        state = load_state(out)
-        if state.get("kind") != "diffusion":
-            raise CheckpointError(f"{out} holds a {state.get('kind')} training state, not a diffusion model's")
-        config = load_config(ModelConfig, out)
-        tokenizer = PromptTokenizer.load(out / "tokenizer.json")
+    state = resume_state(resume, out, "diffusion", ctx)
+    if state is not None:
+        config = from_dict(ModelConfig, state["config"], "config")
+        tokenizer = tokenizer_from_json(state["tokenizer"])
     else:
         config = ModelConfig(
             autoencoder=autoencoder.config, text=preset.text, unet=preset.unet,
@@ -76,38 +175,57 @@ def train_diffusion(
                 f"unet.in_channels ({config.unet.in_channels}) must equal the autoencoder's latent "
                 f"channels ({autoencoder.latent_channels})"
             )
-        tokenizer = PromptTokenizer.train(
-            dataset_captions(dataset, TOKENIZER_CAPTIONS), preset.text.vocab_size, preset.text.max_length
-        )
+        # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
+        # captions were split.
+        vocab = None
+        if ctx.is_main:
+            vocab = tokenizer_to_json(PromptTokenizer.train(
+                dataset_captions(dataset, TOKENIZER_CAPTIONS), preset.text.vocab_size, preset.text.max_length
+            ))
+        tokenizer = tokenizer_from_json(distributed.broadcast_object(vocab, ctx))
+    start = int(state["step"]) if state is not None else 0
+    if start > total:
+        raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
+
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
     model.to(dev)
-    trainable = nn.ModuleDict({"text_encoder": model.text_encoder, "unet": model.unet})
-    opt = torch.optim.AdamW(trainable.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    ema = EMA(trainable, tcfg.ema_decay)
-    start = 0
-    if resume:
-        trainable.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        start = int(state["step"])
+    objective = DenoisingLoss(model)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    ema = EMA(objective, tcfg.ema_decay) if ctx.is_main else None  # only rank 0 saves or samples
+    if state is not None:
+        try:
+            objective.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+    ddp = distributed.wrap(objective, ctx)
 
-    # the EMA weights live in a second copy of the model, which sampling and saving use
-    ema_model = copy.deepcopy(model)
-    ema_trainable = nn.ModuleDict({"text_encoder": ema_model.text_encoder, "unet": ema_model.unet})
-    sample_prompts = dataset_captions(dataset, 8)
-
-    out.mkdir(parents=True, exist_ok=True)
-    log = CSVLog(out / "log.csv", ["loss", "lr"])
+    ema_model = ema_trainable = sample_prompts = None
+    if ctx.is_main:
+        # the EMA weights live in a second copy of the model, which sampling and saving use
+        ema_model = copy.deepcopy(model)
+        ema_trainable = nn.ModuleDict({"text_encoder": ema_model.text_encoder, "unet": ema_model.unet})
+        sample_prompts = dataset_captions(dataset, 8)
+        out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, ["loss", "lr"], start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
 
     def checkpoint(step: int) -> None:
+        check_weights_finite(params, step)  # on every rank, so that all stop together
+        if not ctx.is_main:
+            return
         ema.copy_to(ema_trainable)
         ema_model.save(out)
-        save_state(out, {
-            "kind": "diffusion", "step": step, "model": trainable.state_dict(),
-            "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-        })
+        save_checkpoint(out, {
+            "kind": "diffusion", "step": step, "model": objective.state_dict(), "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(), "rng": rng_state(), "config": to_dict(config),
+            "tokenizer": tokenizer_to_json(tokenizer), "samples_seen": step * tcfg.batch_size,
+            "world_size": ctx.world_size, "readers": stream_readers(ctx, tcfg.num_workers),
+        }, tcfg.checkpoint_keep)
 
     def write_samples(step: int) -> None:
         ema.copy_to(ema_trainable)
@@ -116,40 +234,58 @@ def train_diffusion(
         )
         save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
 
-    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers)
-    bar = tqdm(total=total, initial=start, desc="diffusion", disable=not progress, dynamic_ncols=True)
-    model.text_encoder.train()
-    model.unet.train()
-    for step, batch in zip(itertools.count(start), loader):
-        gen = step_generator(tcfg.seed, step)
-        captions = drop_captions(batch["caption"], tcfg.cond_drop_prob, gen)
-        latents = model.encode_images(batch["images"].to(dev), sample=True, generator=gen)
-        lr = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with autocast(dev, tcfg.bf16):
-            context = model.encode_prompts(captions)
-            loss = diffusion_loss(
-                lambda z_t, t: model.unet(z_t, t, context), latents, model.schedule,
-                prediction=config.diffusion.prediction, generator=gen,
-            )
-        check_finite(loss, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tcfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(trainable.parameters(), tcfg.grad_clip)
-        opt.step()
-        ema.update(trainable)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % tcfg.log_every == 0 or done == total:
-            log.write(done, {"loss": loss.item(), "lr": lr})
-        if done % tcfg.sample_every == 0 or done == total:
-            write_samples(done)
-        if done % tcfg.checkpoint_every == 0 and done < total:
-            checkpoint(done)
-    bar.close()
-    checkpoint(total)
-    report_skipped(dataset)
-    return out
+    f = autoencoder.downsample_factor
+    latent_shape = (autoencoder.latent_channels, preset.data.image_size // f, preset.data.image_size // f)
+    accum = tcfg.grad_accum_steps
+    share = tcfg.batch_size // ctx.world_size  # this rank's samples per step
+    posterior = isinstance(autoencoder, KLAutoencoder)
+    skips = SkipReport()
+    if state is not None:
+        restore_rng(state.get("rng", {}))
+    warn_if_stream_order_changed(dataset, state, stream_readers(ctx, tcfg.num_workers))
+    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers, ctx)
+    bar = tqdm(total=total, initial=start, desc="diffusion", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
+    objective.train()
+    try:
+        for step, batch in zip(range(start, total), loader):
+            skips.take(batch)
+            draws = draw_step(step_generator(tcfg.seed, step, ctx.rank), tcfg.batch_size, latent_shape,
+                              config.diffusion.num_timesteps, tcfg.cond_drop_prob, posterior)
+            lr = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=dev)
+            for k, mb in enumerate(micro_batches(batch, accum)):
+                rows = slice(ctx.rank * share + k * micro, ctx.rank * share + (k + 1) * micro)
+                captions = [c if keep else "" for c, keep in zip(mb["caption"], draws.keep_caption[rows].tolist())]
+                noise = draws.posterior_noise[rows].to(dev) if posterior else None
+                latents = encode_latents(model.autoencoder, mb["images"].to(dev), noise)
+                with distributed.sync_context(ddp, sync=k == accum - 1):
+                    with autocast(dev, tcfg.bf16):
+                        loss = ddp(latents, captions, draws.t[rows].to(dev), draws.noise[rows].to(dev))
+                    (loss / accum).backward()
+                loss_sum += loss.detach().float()
+            loss_value = distributed.mean(loss_sum / accum, ctx).item()  # the global batch's loss
+            check_finite(loss_value, step)
+            if tcfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                ema.update(objective)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            done = step + 1
+            if done % tcfg.log_every == 0 or done == total:
+                log.write(done, {"loss": loss_value, "lr": lr})
+            if ctx.is_main and (done % tcfg.sample_every == 0 or done == total):
+                write_samples(done)
+            if done % tcfg.checkpoint_every == 0 and done < total:
+                checkpoint(done)
+        bar.close()
+        checkpoint(total)
+        skips.report(dataset, ctx)
+    finally:
+        log.close()
+    distributed.barrier(ctx)  # every rank returns once rank 0 has written the model

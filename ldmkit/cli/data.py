@@ -1,0 +1,42 @@
+"""`ldmkit data pack`: write WebDataset tar shards from an image folder or the built-in shapes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ldmkit.cli.common import UsageError, positive_int
+
+
+def cmd_pack(args) -> None:
+    from ldmkit.data.shards import folder_samples, shapes_samples, write_shards
+
+    skipped: list[str] = []
+    if args.src == "shapes":
+        samples = shapes_samples(args.num_samples, args.image_size or 64, args.seed)
+    elif Path(args.src).is_dir():
+        samples = folder_samples(args.src, args.image_size, skipped)
+    else:
+        raise UsageError(f"SRC {args.src!r} is neither 'shapes' nor a folder of images")
+    out = Path(args.out)
+    if out.is_dir() and any(out.glob("*.tar")):
+        raise UsageError(f"--out {out} already holds .tar shards; choose an empty folder")
+    shards = write_shards(samples, out, args.shard_size)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", file=sys.stderr)
+    print(f"wrote {len(shards)} shard(s) to {out}; train on them with data.source: {out}")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("data", help="prepare training data")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    pack = data_sub.add_parser("pack", help="write WebDataset tar shards (image + caption)")
+    pack.add_argument("src", help="'shapes' (the built-in dataset) or a folder of captioned images")
+    pack.add_argument("--out", required=True, help="the folder for the shards 000000.tar, 000001.tar, …")
+    pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
+    pack.add_argument("--image-size", type=positive_int,
+                      help="centre-crop and resize to this size, stored as PNG (shapes: default 64; "
+                           "a folder: default none, the files are stored as they are)")
+    pack.add_argument("--num-samples", type=positive_int, default=10_000, help="shapes: how many scenes")
+    pack.add_argument("--seed", type=int, default=0, help="shapes: the dataset seed")
+    pack.set_defaults(func=cmd_pack)

@@ -1,0 +1,89 @@
+"""`ldmkit eval autoencoder` and `ldmkit eval generate`: measure a trained model, print a table,
+optionally write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+
+
+def _networks(args) -> list:
+    """The feature networks: the shapes CNN always, Inception-v3 when its weights are given.
+    Built first, so that a bad weights file fails before any long work."""
+    from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
+
+    networks = [ShapesFeatures()]
+    if args.inception_weights:
+        networks.append(InceptionV3Features(args.inception_weights))
+    return networks
+
+
+def _run(args, evaluate) -> None:
+    from ldmkit.device import resolve_device
+
+    device = resolve_device(args.device)
+    networks = _networks(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # One plain line per warning, like the errors, instead of Python's file:line format.
+        warnings.showwarning = lambda message, *a, **k: print(f"ldmkit eval: warning: {message}", file=sys.stderr)
+        report = evaluate(networks, device)
+    print(report.format())
+    if args.json:
+        print(f"wrote {report.save_json(args.json)}")
+
+
+def cmd_eval_autoencoder(args) -> None:
+    from ldmkit.eval.autoencoder import evaluate_autoencoder
+
+    _run(args, lambda networks, device: evaluate_autoencoder(
+        args.model, args.num_images, args.image_size, networks, args.batch_size, device, not args.no_progress))
+
+
+def cmd_eval_generate(args) -> None:
+    from ldmkit.diffusion import SAMPLERS
+    from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed)
+    _run(args, lambda networks, device: evaluate_generation(
+        args.model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
+
+
+def _common(p: argparse.ArgumentParser, default_images: int) -> None:
+    p.add_argument("--num-images", type=positive_int, default=default_images,
+                   help=f"held-out images to evaluate on (default {default_images}; FID wants ≥ 1024 for shapes-cnn)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="local FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-*.pth): "
+                        "adds FID/KID/IS on Inception features; nothing is downloaded")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="measure a model: PSNR/SSIM/R-FID, or FID/KID/IS/prompt accuracy")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+
+    a = esub.add_parser("autoencoder", help="PSNR, SSIM, R-FID and R-IS of an autoencoder on held-out shapes")
+    a.add_argument("--model", required=True, help="an autoencoder folder written by `ldmkit train-autoencoder`")
+    a.add_argument("--image-size", type=positive_int, default=64,
+                   help="size of the held-out shapes (default 64; an autoencoder folder does not record the "
+                        "size it was trained at, so give it: 32 for the demo preset)")
+    _common(a, 1024)
+    a.set_defaults(func=cmd_eval_autoencoder)
+
+    g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
+    g.add_argument("--model", required=True, help="a model folder written by `ldmkit train`")
+    g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (ddpm: give T for the full chain)")
+    g.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
+    g.add_argument("--seed", type=int, default=0)
+    _common(g, 1024)
+    g.set_defaults(func=cmd_eval_generate)

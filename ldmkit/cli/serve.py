@@ -1,0 +1,104 @@
+"""`ldmkit serve`: the HTTP API and web page (ldmkit.serve) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from ldmkit.cli.common import UsageError, positive_int
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 … 65535, got {value}")
+    return value
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free port), or a one-line error.
+
+    Binding here, before the model loads, makes a busy port fail at once with a clear message, and
+    lets the caller print the real port when it asked for 0 (the tests and the load benchmark do).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def cmd_serve(args) -> None:
+    try:
+        import uvicorn
+
+        from ldmkit.serve import Limits, create_app
+    except ImportError as e:
+        raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
+                         f"pip install 'ldmkit[serve]'") from None
+    from ldmkit.device import resolve_device
+    from ldmkit.pipelines.text_to_image import load_pipeline
+
+    sock = bind(args.host, args.port)
+    try:
+        pipe = load_pipeline(args.model, resolve_device(args.device))
+        app = create_app(pipe, model_name=args.model, limits=Limits.from_pipeline(pipe, args.max_size),
+                         max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    # Flushed, and in this form, because the tests and benchmarks/load_serve.py read the port from it.
+    print(f"ldmkit serve: serving {args.model} at http://{shown}:{port}/ (API: /docs)", flush=True)
+    if not _is_loopback(args.host):
+        print(f"ldmkit serve: note: listening on {args.host}, not loopback: anyone who can reach this "
+              f"machine can use the model", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API and web page for text-to-image")
+    p.add_argument("--model", required=True, help="a model folder written by `ldmkit train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=7860, help="0 picks a free port (printed at start)")
+    p.add_argument("--max-queue", type=positive_int, default=8,
+                   help="jobs that may wait while one runs; more get 503 with Retry-After (default 8)")
+    p.add_argument("--timeout", type=positive_float, default=300.0,
+                   help="seconds a job may wait and run in all before it is stopped (default 300)")
+    p.add_argument("--max-size", type=positive_int,
+                   help="largest image height or width (default: 4× the size the model was trained at, "
+                        "at most 1024)")
+    p.add_argument("--output-dir", help="also save every job's images and settings to this folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request (the page polls several times a second)")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,53 @@
+"""What a `ModelConfig` looks like as tensors: its ldmkit keys and shapes, and the full rule set to the
+original or diffusers layout."""
+
+from __future__ import annotations
+
+import torch
+
+from ldmkit.autoencoder import build_autoencoder
+from ldmkit.config import ModelConfig
+from ldmkit.convert.rules import Rule
+from ldmkit.convert.text import text_rules
+from ldmkit.convert.unet import ema_key, unet_rules
+from ldmkit.convert.vae import SCALE_FACTOR, vae_rules
+from ldmkit.nn.unet import UNet
+from ldmkit.storage import CheckpointError
+from ldmkit.text import build_text_encoder
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every ldmkit state-dict key of the model ``config`` describes (``unet.``, ``autoencoder.``,
+    ``text_encoder.`` prefixes) with its shape. Built on the meta device: no memory, no init time."""
+    if config.autoencoder.kind != "kl":
+        raise CheckpointError("only KL autoencoders have Stable Diffusion / diffusers layouts")
+    parts = {}
+    with torch.device("meta"):
+        parts["unet"] = UNet(config.unet)
+        parts["autoencoder"] = build_autoencoder(config.autoencoder)
+        if config.text.kind != "minilm":  # the frozen MiniLM has no weights in the state dict
+            parts["text_encoder"] = build_text_encoder(config.text)
+    return {f"{name}.{k}": tuple(v.shape) for name, module in parts.items() for k, v in module.state_dict().items()}
+
+
+def layout_rules(
+    config: ModelConfig, shapes: dict[str, tuple[int, ...]], layout: str, unet_ema: bool = False
+) -> list[Rule]:
+    """All rules between ldmkit and ``layout`` ("original" or "diffusers") except ``scale_factor``.
+
+    ``unet_ema``: the UNet's weights are the ``model_ema.*`` copy of an original file.
+    """
+    keys = list(shapes)
+    unet = unet_rules(config.unet, [k for k in keys if k.startswith("unet.")], layout)
+    if unet_ema:
+        unet = [Rule(r.ldmkit, tuple(ema_key(k) for k in r.other), r.op) for r in unet]
+    vae = vae_rules(config.autoencoder, [k for k in keys if k.startswith("autoencoder.") and k != SCALE_FACTOR], layout)
+    text = text_rules(config.text, [k for k in keys if k.startswith("text_encoder.")], layout)
+    rules = unet + vae + text
+    seen: set[str] = set()
+    for rule in rules:  # a clash would silently drop a tensor; the LitEma naming makes one conceivable
+        for key in rule.other:
+            if key in seen:
+                raise CheckpointError(f"two ldmkit tensors map to the same {layout} key {key}")
+            seen.add(key)
+    return rules

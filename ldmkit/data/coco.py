@@ -1,0 +1,101 @@
+"""MS-COCO captions, the lecture's text-to-image benchmark format: an annotations JSON and an image folder.
+
+``captions_train2017.json`` holds ``{"images": [{"id": 9, "file_name": "000000000009.jpg", …}],
+"annotations": [{"image_id": 9, "id": 1, "caption": "A plate of food…"}, …]}``: about five captions
+per image. The standard layout is ``coco/annotations/captions_train2017.json`` beside the image
+folder ``coco/train2017/``, which is where the images are looked for unless given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ldmkit.data.dataset import DataError
+from ldmkit.data.images import image_to_tensor, load_image
+
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def default_image_folder(annotations: Path) -> Path:
+    """``coco/train2017`` for ``coco/annotations/captions_train2017.json`` (the split from the file name)."""
+    match = re.match(r"captions_(\w+)\.json$", annotations.name)
+    if not match:
+        raise DataError(f"cannot tell the image folder of {annotations}; set data.coco_images")
+    return annotations.parent.parent / match.group(1)
+
+
+def read_annotations(path: Path) -> tuple[list[str], list[str]]:
+    """(file name, caption) of every caption in a COCO captions file, sorted by file name then
+    annotation id, so the item order does not depend on the order inside the JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"COCO annotations not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("images"), list)
+            and isinstance(data.get("annotations"), list)):
+        raise DataError(f'{path} is not a COCO captions file: expected "images" and "annotations" lists')
+    try:
+        files = {image["id"]: image["file_name"] for image in data["images"]}
+        pairs = sorted(
+            (files[a["image_id"]], a.get("id", 0), str(a["caption"]).strip()) for a in data["annotations"]
+        )
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{path}: a malformed image or annotation record (missing {e})") from None
+    return [p[0] for p in pairs], [p[2] for p in pairs]
+
+
+class CocoCaptions(Dataset):
+    """One item per (image, caption) pair: ``{"images": 3×H×W in [-1, 1], "caption": str}``.
+
+    Each image is seen once per caption in an epoch, as the COCO text-to-image benchmarks pair them.
+    Missing or unreadable images do not stop training: the item falls through to the next readable
+    pair, the file goes into ``self.skipped`` and one warning is issued per bad file.
+    """
+
+    def __init__(self, annotations: str | Path, images: str | Path | None, image_size: int, hflip: bool = False):
+        self.annotations = Path(annotations).expanduser()
+        self.root = Path(images).expanduser() if images else default_image_folder(self.annotations)
+        if not self.root.is_dir():
+            raise DataError(f"COCO image folder not found: {self.root} (set data.coco_images)")
+        names, self.captions = read_annotations(self.annotations)
+        if not names:
+            raise DataError(f"{self.annotations} holds no captions")
+        self.paths = [self.root / name for name in names]
+        self.image_size, self.hflip = image_size, hflip
+        self.skipped: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.paths)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} captions")
+        index %= n
+        for k in range(index, index + n):  # wrap around until a readable image turns up
+            i = k % n
+            path = self.paths[i]
+            if path in self.skipped:
+                continue
+            try:
+                images = image_to_tensor(load_image(path), self.image_size)
+            except _UNREADABLE as e:
+                self.skipped.add(path)
+                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
+                continue
+            if self.hflip and torch.rand(()) < 0.5:
+                images = images.flip(-1)
+            return {"images": images, "caption": self.captions[i]}
+        raise DataError(f"none of the images of {self.annotations} in {self.root} could be read")
+
+    def __repr__(self) -> str:
+        return f"CocoCaptions({str(self.annotations)!r}, {str(self.root)!r}): {len(self.paths)} captions"

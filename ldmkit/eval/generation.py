@@ -1,0 +1,167 @@
+"""Evaluating text-to-image generation on shapes: generate one image for each held-out caption,
+then compare the images with the real renders of those same captions (FID, KID), score their
+spread (IS), and check each against its prompt with the shapes judge (prompt accuracy)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ldmkit.eval.attributes import AttributePredictor
+from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
+from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
+from ldmkit.eval.heldout import HELDOUT_SEED, HeldOut, heldout_shapes
+from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, kid
+from ldmkit.eval.prompt_accuracy import prompt_accuracy
+from ldmkit.eval.report import EvalReport, Metric
+
+
+@dataclass
+class SamplerSettings:
+    """How images are drawn: ``sampler`` is a name in `ldmkit.diffusion.SAMPLERS`; DDPM over the full
+    chain needs ``steps`` = T (``num_timesteps``), fewer steps respace it."""
+
+    sampler: str = "ddim"
+    steps: int = 25
+    guidance: float = 4.0
+    eta: float = 0.0
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}"
+
+
+def generate_for_prompts(
+    pipe, prompts: list[str], settings: SamplerSettings, batch_size: int = 32, progress: bool = False
+) -> torch.Tensor:
+    """One image per prompt (N×3×H×W in [-1, 1]); batch k is seeded with ``settings.seed + k``, so
+    a run is reproducible for a given batch size."""
+    out = []
+    with tqdm(total=len(prompts), desc=f"generating ({settings.describe()})", disable=not progress,
+              unit="img", leave=False) as bar:
+        for k, start in enumerate(range(0, len(prompts), batch_size)):
+            batch = prompts[start:start + batch_size]
+            out.append(pipe.generate_tensors(
+                batch, steps=settings.steps, guidance=settings.guidance, seed=settings.seed + k, num_images=1,
+                sampler=settings.sampler, eta=settings.eta,
+            ))
+            bar.update(len(batch))
+    return torch.cat(out)
+
+
+class RealReference:
+    """The held-out real images and their features under each network, computed once and reused
+    when one set of real images is compared with many generated sets (the benchmark).
+
+    It also measures the noise floor of FID: the FID between the held-out images and as many other
+    real images (held-out items from `FLOOR_START` on). A perfect generator scores about this,
+    not 0, because FID from N images is biased upwards (roughly like 1/N).
+    """
+
+    FLOOR_START = 10**6
+
+    def __init__(self, heldout: HeldOut, networks: list[FeatureNetwork], batch_size: int = 64, progress: bool = False):
+        self.heldout = heldout
+        self.networks = networks
+        n, size = len(heldout.images), heldout.images.shape[-1]
+        others = heldout_shapes(n, size, start=self.FLOOR_START).images
+        self.features, self.floor = {}, {}
+        for net in networks:
+            self.features[net.name] = extract(net, heldout.images, batch_size, progress, f"features of real ({net.name})")
+            other = extract(net, others, batch_size, progress, f"features of other real ({net.name})")[0]
+            self.floor[net.name] = fid(self.features[net.name][0], other) if n >= 2 else float("nan")
+
+
+def score_generated(
+    images: torch.Tensor,
+    reference: RealReference,
+    predictor: AttributePredictor,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> EvalReport:
+    """FID, KID and IS per network, and prompt accuracy, of ``images`` generated from
+    ``reference.heldout.captions`` (in that order)."""
+    n = len(images)
+    if n != len(reference.heldout.captions):
+        raise ValueError(f"{n} images for {len(reference.heldout.captions)} held-out captions")
+    report = EvalReport("text-to-image")
+    for net in reference.networks:
+        real_f, real_l = reference.features[net.name]
+        gen_f, gen_l = extract(net, images, batch_size, progress, f"features of generated ({net.name})")
+        k = kid(gen_f, real_f, subset_size=min(1000, max(2, n // 2)))
+        gen_is, real_is = inception_score(gen_l), inception_score(real_l)
+        report.metrics += [
+            Metric("FID", fid(gen_f, real_f), network=net.name, better="lower"),
+            Metric("FID floor, real vs real", reference.floor[net.name], network=net.name),
+            Metric("KID", k.mean, k.std, network=net.name, better="lower"),
+            Metric("IS", gen_is.mean, gen_is.std, network=net.name, better="higher"),
+            Metric("IS of the real images", real_is.mean, real_is.std, network=net.name),
+        ]
+        if (message := fid_sample_warning(n, net.feature_dim, net.recommended_images, net.name)):
+            report.warnings.append(message)
+    captions = reference.heldout.captions
+    accuracy = prompt_accuracy(captions, predictor(images))
+    # The judge read on the real renders of the same captions: the ceiling it allows, and a check
+    # that it is trustworthy at this image size.
+    judge = prompt_accuracy(captions, predictor(reference.heldout.images))
+    report.prompt_accuracy = accuracy.to_dict()
+    report.metrics += [
+        Metric("prompt accuracy, all attributes right", accuracy.all_right["all"].share, network="shapes judge",
+               better="higher"),
+        Metric("same, on the real renders", judge.all_right["all"].share, network="shapes judge"),
+    ]
+    return report
+
+
+def evaluate_generation(
+    model,
+    num_images: int = 1024,
+    settings: SamplerSettings | None = None,
+    networks: list[FeatureNetwork] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvalReport:
+    """FID, KID, IS and prompt accuracy of a text-to-image model (a folder written by `ldmkit train`,
+    or a `TextToImagePipeline`) on ``num_images`` held-out shapes captions.
+
+    ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
+    accuracy always uses the shapes judge.
+    """
+    from ldmkit.diffusion import SAMPLERS
+    from ldmkit.pipelines.text_to_image import load_pipeline
+
+    settings = settings or SamplerSettings()
+    if settings.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {settings.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if isinstance(model, (str, Path)):
+        require_kind(model, TEXT_TO_IMAGE)
+        pipe = load_pipeline(model, device)
+    else:
+        pipe = model
+    image_size = pipe.model.config.image_size
+    shapes = ShapesFeatures()
+    networks = networks if networks is not None else [shapes]
+    for net in networks:
+        net.to(device)
+    for net in networks:  # before the long work, so that a user can stop and ask for more images
+        if (message := fid_sample_warning(num_images, net.feature_dim, net.recommended_images, net.name)):
+            warnings.warn(message, stacklevel=2)
+    predictor = AttributePredictor(next((n.module for n in networks if isinstance(n, ShapesFeatures)), shapes.module))
+
+    reference = RealReference(heldout_shapes(num_images, image_size), networks, batch_size, progress)
+    start = time.time()
+    images = generate_for_prompts(pipe, reference.heldout.captions, settings, batch_size, progress)
+    seconds = time.time() - start
+    report = score_generated(images, reference, predictor, batch_size, progress)
+    report.title = f"text-to-image: {settings.describe()}"
+    report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
+                       "steps": settings.steps,
+                       "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
+                       "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+    return report

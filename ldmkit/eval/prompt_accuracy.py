@@ -1,0 +1,119 @@
+"""Prompt accuracy: the share of what a prompt states that the image shows.
+
+What a prompt states is `parse_prompt`'s scene; an attribute it leaves out (None) is not scored.
+The attributes are
+
+- ``objects``: the image shows as many objects as the prompt names;
+- ``shape``, ``color``, ``size``, ``position``: of each object the prompt names (positions are
+  only stated by one-object prompts; two-object prompts place their objects by the relation);
+- ``relation``: the two objects stand in the stated relation;
+
+and ``all`` is the share of prompts whose every statement holds (`prompt_matches_scene`).
+Each prompt object is compared with the predicted object it agrees with most (either order of
+two objects), so one wrong colour costs one colour mark, not every attribute of both objects.
+Results are split into one-object prompts, two-object prompts and all prompts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from ldmkit.data import INVERSE_RELATION, Scene, ShapeObject, parse_prompt, prompt_matches_scene
+
+ATTRIBUTES: tuple[str, ...] = ("objects", "shape", "color", "size", "position", "relation")
+GROUPS: tuple[str, ...] = ("one object", "two objects", "all")
+_OBJECT_FIELDS = ("shape", "color", "size", "position")
+
+
+@dataclass
+class Tally:
+    """Right / scored counts of one attribute."""
+
+    right: int = 0
+    scored: int = 0
+
+    def add(self, ok: bool) -> None:
+        self.right += int(ok)
+        self.scored += 1
+
+    @property
+    def share(self) -> float | None:
+        return self.right / self.scored if self.scored else None
+
+
+@dataclass
+class PromptScore:
+    """The marks of one prompt: ``marks[attribute]`` lists a bool per scored statement."""
+
+    num_objects: int
+    marks: dict[str, list[bool]]
+    all_right: bool
+
+
+def _relation_of(scene: Scene, i: int, j: int) -> str | None:
+    """The relation of scene object i to object j, when the scene has exactly those two."""
+    if len(scene.objects) != 2 or scene.relation is None:
+        return None
+    return scene.relation if (i, j) == (0, 1) else INVERSE_RELATION[scene.relation]
+
+
+def score_prompt(prompt: Scene, predicted: Scene | None) -> PromptScore:
+    """Mark every statement of ``prompt`` against the ``predicted`` scene of its image."""
+    objs: list[ShapeObject] = list(predicted.objects) if predicted is not None else []
+    best: dict[str, list[bool]] | None = None
+    # Every way of pairing prompt objects with distinct predicted objects (None: no partner left).
+    slots = list(range(len(objs))) + [None] * len(prompt.objects)
+    for pairing in dict.fromkeys(itertools.permutations(slots, len(prompt.objects))):  # unique, in order
+        marks: dict[str, list[bool]] = {"objects": [len(objs) == len(prompt.objects)]}
+        for p_obj, k in zip(prompt.objects, pairing):
+            for name in _OBJECT_FIELDS:
+                if getattr(p_obj, name) is not None:
+                    marks.setdefault(name, []).append(k is not None and getattr(objs[k], name) == getattr(p_obj, name))
+        if prompt.relation is not None:
+            i, j = pairing
+            marks["relation"] = [i is not None and j is not None and _relation_of(predicted, i, j) == prompt.relation]
+        if best is None or sum(map(sum, marks.values())) > sum(map(sum, best.values())):
+            best = marks
+    all_right = predicted is not None and prompt_matches_scene(prompt, predicted)
+    return PromptScore(len(prompt.objects), best, all_right)
+
+
+@dataclass
+class PromptAccuracy:
+    """Tallies per group ("one object", "two objects", "all") and attribute, plus "all right"."""
+
+    tallies: dict[str, dict[str, Tally]] = field(default_factory=lambda: {g: {a: Tally() for a in ATTRIBUTES} for g in GROUPS})
+    all_right: dict[str, Tally] = field(default_factory=lambda: {g: Tally() for g in GROUPS})
+    unparsed: list[str] = field(default_factory=list)
+
+    def add(self, score: PromptScore) -> None:
+        group = "one object" if score.num_objects == 1 else "two objects"
+        for g in (group, "all"):
+            for name, marks in score.marks.items():
+                for ok in marks:
+                    self.tallies[g][name].add(ok)
+            self.all_right[g].add(score.all_right)
+
+    def to_dict(self) -> dict:
+        """{group: {"prompts": n, "all": share, attribute: share or None}} (None: never stated)."""
+        return {
+            g: {"prompts": self.all_right[g].scored, "all": self.all_right[g].share,
+                **{a: t.share for a, t in self.tallies[g].items()}}
+            for g in GROUPS
+        } | {"unparsed prompts": len(self.unparsed)}
+
+
+def prompt_accuracy(prompts: list[str], predicted: list[Scene | None]) -> PromptAccuracy:
+    """Score each prompt against the scene predicted for its image; prompts `parse_prompt` cannot
+    read are left out and listed in ``unparsed``."""
+    if len(prompts) != len(predicted):
+        raise ValueError(f"{len(prompts)} prompts but {len(predicted)} predicted scenes")
+    result = PromptAccuracy()
+    for text, scene in zip(prompts, predicted):
+        stated = parse_prompt(text)
+        if stated is None:
+            result.unparsed.append(text)
+            continue
+        result.add(score_prompt(stated, scene))
+    return result

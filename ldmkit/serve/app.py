@@ -1,0 +1,257 @@
+"""The FastAPI app: routes that validate a request, hand it to the `JobQueue` and report on it.
+
+Routes (the OpenAPI schema at /openapi.json describes each):
+
+    GET    /                                 the web page
+    GET    /healthz                          liveness and queue length
+    GET    /v1/models                        the model served, and what a request may ask of it
+    POST   /v1/jobs                          queue a job → 202 and its id (the page uses this)
+    GET    /v1/jobs/{id}                     status, step of total, queue position, image URLs
+    DELETE /v1/jobs/{id}                     cancel (a running job stops at its next step)
+    GET    /v1/jobs/{id}/images/{k}.png      image k of a finished job
+    POST   /v1/generate                      queue a job and wait: the images as base64 PNGs
+
+Status codes a client should expect: 413 for a body over the limit, 422 naming the field for any
+invalid value, 503 with Retry-After when the queue is full, 504 when a job misses its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shlex
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ldmkit import __version__
+from ldmkit.diffusion import SAMPLERS
+from ldmkit.serve import schemas
+from ldmkit.serve.body_limit import BodyLimit
+from ldmkit.serve.jobs import Job, JobQueue, QueueFull
+from ldmkit.serve.limits import Limits
+from ldmkit.serve.outputs import folder_saver, image_filename
+from ldmkit.serve.schemas import (
+    ErrorMessage, GeneratedImage, GenerateRequest, GenerateResponse, Health, ImageInfo, JobInfo, JobState,
+    ModelInfo, ModelList, Settings,
+)
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 64 * 1024
+
+_QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full; the Retry-After header says when to retry"}}
+_NOT_FOUND = {404: {"model": ErrorMessage, "description": "no such job (or it was forgotten)"}}
+
+
+def pipeline_runner(pipe):
+    """The queue's ``run``: one pipeline call per job, so a job's images are one batch from one seed."""
+
+    def run(settings: Settings, on_step):
+        return pipe(
+            settings.prompt, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
+            num_images=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
+            height=settings.height, width=settings.width, callback=on_step,
+        )
+
+    return run
+
+
+def reproduce_command(settings: Settings, model: str) -> str:
+    """The `ldmkit generate` call that writes the same images (bit for bit) into ``out/``.
+
+    Text goes in as ``--option=value`` or after ``--`` so that a prompt starting with "-" is not
+    read as an option.
+    """
+    argv = ["ldmkit", "generate", f"--model={model}", "--out=out/", f"--steps={settings.steps}",
+            f"--guidance={settings.guidance!r}", f"--sampler={settings.sampler}", f"--seed={settings.seed}",
+            f"--num-images={settings.num_images}", f"--height={settings.height}", f"--width={settings.width}"]
+    if settings.negative_prompt:
+        argv.append(f"--negative-prompt={settings.negative_prompt}")
+    return shlex.join([*argv, "--", settings.prompt])
+
+
+def create_app(
+    pipeline,
+    *,
+    model_name: str = "model",
+    limits: Limits | None = None,
+    max_queue: int = 8,
+    timeout: float = 300.0,
+    output_dir: str | Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The app serving ``pipeline`` (a `TextToImagePipeline`, or anything called the same way).
+
+    ``limits`` defaults to `Limits.from_pipeline` (a stand-in pipeline without ``.model`` must pass
+    them). ``max_queue`` jobs may wait; each has ``timeout`` seconds from submission to finish.
+    With ``output_dir`` every finished job's images and settings are also written there.
+    The worker thread starts and stops with the app's lifespan (uvicorn, or ``with TestClient(app)``).
+    """
+    limits = limits if limits is not None else Limits.from_pipeline(pipeline)
+    queue = JobQueue(pipeline_runner(pipeline), max_queue=max_queue, timeout=timeout,
+                     on_done=folder_saver(output_dir) if output_dir is not None else None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        queue.start()
+        yield
+        await asyncio.to_thread(queue.close)
+
+    app = FastAPI(title="ldmkit", summary="Text-to-image with a latent diffusion model",
+                  version=__version__, lifespan=lifespan)
+    app.state.queue = queue
+    app.state.limits = limits
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ---------------------------------------------------------------------------------------------
+    # helpers shared by the routes
+
+    def settings_for(request: GenerateRequest) -> Settings:
+        errors = request.limit_errors(limits)
+        if errors:
+            raise RequestValidationError(errors)
+        return request.resolve(limits)
+
+    def submit(settings: Settings) -> Job:
+        try:
+            return queue.submit(settings)
+        except QueueFull as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+
+    def find(job_id: str) -> Job:
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}: unknown, or one of the oldest finished jobs, "
+                                     f"which the server forgets")
+        return job
+
+    def images_of(job: Job) -> list[ImageInfo]:
+        if job.state is not JobState.done:
+            return []
+        command = reproduce_command(job.settings, model_name)
+        return [ImageInfo(index=k, seed=job.settings.seed, url=f"/v1/jobs/{job.id}/images/{k}.png",
+                          filename=image_filename(job.settings.seed, k), command=command)
+                for k in range(len(job.images))]
+
+    def info(job: Job) -> JobInfo:
+        state = job.state  # read once: the worker may move it on while this runs
+        return JobInfo(id=job.id, status=state, step=job.step, total=job.total,
+                       queue_position=queue.position(job) if state is JobState.queued else None,
+                       settings=job.settings, images=images_of(job), error=job.error,
+                       elapsed_s=round(job.elapsed(queue.clock()), 3))
+
+    # ---------------------------------------------------------------------------------------------
+    # routes
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        queued, running = queue.load()
+        return Health(queued=queued, running=running, max_queue=queue.max_queue)
+
+    @app.get("/v1/models", response_model=ModelList)
+    def models() -> ModelList:
+        return ModelList(models=[ModelInfo(
+            id=model_name, default_size=limits.default_size, latent_factor=limits.latent_factor,
+            max_size=limits.max_size, samplers=list(SAMPLERS),
+            max_steps=min(schemas.MAX_STEPS, limits.num_timesteps), max_images=schemas.MAX_IMAGES,
+            max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,
+        )])
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobInfo, responses=_QUEUE_FULL)
+    def create_job(request: GenerateRequest) -> JobInfo:
+        """Queue a job and answer at once; follow it with GET /v1/jobs/{id}."""
+        return info(submit(settings_for(request)))
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=_NOT_FOUND)
+    def get_job(job_id: str) -> JobInfo:
+        return info(find(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=_NOT_FOUND)
+    def cancel_job(job_id: str) -> JobInfo:
+        """Cancel a job: a waiting one at once, a running one after its current sampler step."""
+        job = find(job_id)
+        queue.cancel(job)
+        return info(job)
+
+    @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG"}, **_NOT_FOUND})
+    def get_image(job_id: str, index: int) -> Response:
+        job = find(job_id)
+        if job.state is not JobState.done:
+            raise HTTPException(404, f"job {job_id} has no images: it is {job.state.value}")
+        if not 0 <= index < len(job.images):
+            raise HTTPException(404, f"job {job_id} has images 0 … {len(job.images) - 1}, not {index}")
+        filename = image_filename(job.settings.seed, index)
+        return Response(job.images[index], media_type="image/png", headers={
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "Cache-Control": "private, max-age=3600, immutable",  # a job's images never change
+        })
+
+    @app.post("/v1/generate", response_model=GenerateResponse, responses={
+        **_QUEUE_FULL,
+        504: {"model": ErrorMessage, "description": "the job did not finish within the server's timeout"},
+        409: {"model": ErrorMessage, "description": "the job was cancelled"},
+        500: {"model": ErrorMessage, "description": "the model failed"},
+    })
+    async def generate(request: GenerateRequest, http: Request) -> GenerateResponse:
+        """Queue a job and wait for its images (base64 PNGs, with the settings that reproduce them)."""
+        job = submit(settings_for(request))
+        while not job.state.finished:
+            left = job.deadline - queue.clock()
+            if left <= 0:
+                queue.cancel(job, JobState.timeout, queue.timeout_message())
+                await _wait_finished(job, 1.0)  # a running job stops at its next step; don't wait long
+                break
+            await _wait_finished(job, min(left, 0.5))
+            if not job.state.finished and await http.is_disconnected():
+                queue.cancel(job, message="the client went away")  # free the only worker for others
+                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        state = job.state
+        if state is JobState.done:
+            images = [GeneratedImage(**image.model_dump(), png_base64=base64.b64encode(job.images[image.index]).decode())
+                      for image in images_of(job)]
+            return GenerateResponse(id=job.id, settings=job.settings, images=images,
+                                    elapsed_s=round(job.elapsed(queue.clock()), 3))
+        if state is JobState.timeout or not state.finished:  # not finished: still in its last step
+            raise HTTPException(504, queue.timeout_message())
+        raise HTTPException(409 if state is JobState.cancelled else 500, job.error)
+
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without the echoed ``input``: echoing a rejected value back can fail (a NaN is not
+    JSON) and makes an over-long prompt travel twice. ``loc`` names the field, ``msg`` says why."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _wait_finished(job: Job, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``job`` to finish without holding a thread; True if it did."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def wake() -> None:  # runs in the worker thread
+        try:
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    job.add_listener(wake)
+    try:
+        await asyncio.wait_for(finished, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        job.remove_listener(wake)

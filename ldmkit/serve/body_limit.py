@@ -1,0 +1,59 @@
+"""Refuse request bodies over a size limit with 413, before the app parses them.
+
+A JSON request here is a prompt and a few numbers (well under 2 KiB), so a large body is a mistake or
+an attack; reading it whole into memory before refusing it is what this avoids. The middleware reads
+at most ``max_bytes + 1`` bytes, whether or not the client sent a Content-Length, then replays the
+buffered body to the app.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``max_bytes`` get 413 and a FastAPI-style error naming ``body``."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send):
+        payload = json.dumps({"detail": [{
+            "loc": ["body"], "type": "too_large",
+            "msg": f"the request body is larger than {self.max_bytes} bytes",
+        }]}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close"),
+        ]})
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,61 @@
+"""What a request may ask of the model being served: the bounds that depend on the model.
+
+The fixed bounds (prompt length, steps, guidance, number of images, seed) live in the request schema
+(schemas.py), where FastAPI checks them and lists them in the OpenAPI schema. The bounds here depend
+on the model (its latent factor and trained size), so they are checked after parsing, with errors in
+the same shape as FastAPI's 422 so that a client sees one format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Model-dependent bounds on a request.
+
+    ``latent_factor``: height and width must be multiples of it (autoencoder f × UNet downsampling).
+    ``default_size``: the size the model was trained at, used when a request gives none.
+    ``max_size``: the largest height or width; by default 4× the trained size but no more than 1024
+    (or the trained size, if larger), because time and memory grow with the pixel count (attention's
+    with its square) and a model draws poorly far from the size it was trained at.
+    ``num_timesteps``: T, the most sampler steps a schedule has.
+    """
+
+    latent_factor: int
+    default_size: int
+    max_size: int
+    num_timesteps: int
+
+    @classmethod
+    def from_pipeline(cls, pipe, max_size: int | None = None) -> "Limits":
+        model = pipe.model
+        size = model.config.image_size
+        k = model.latent_factor
+        cap = max_size if max_size is not None else max(size, min(4 * size, DEFAULT_MAX_SIDE))
+        if cap < size:
+            raise ValueError(f"max size {cap} is below the model's trained size {size}")
+        return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
+                   num_timesteps=model.schedule.num_timesteps)
+
+    def size_errors(self, field: str, value: int | None) -> list[dict]:
+        """FastAPI-style error entries for ``width`` or ``height``; empty when the value is allowed."""
+        if value is None:
+            return []
+        k = self.latent_factor
+        if value % k:
+            msg = f"{field} must be a multiple of {k} (the model's latent factor), got {value}"
+        elif value > self.max_size:
+            msg = f"{field} must be at most {self.max_size}, got {value}"
+        else:
+            return []
+        return [{"loc": ("body", field), "msg": msg, "type": "value_error"}]
+
+    def steps_errors(self, steps: int) -> list[dict]:
+        if steps <= self.num_timesteps:
+            return []
+        msg = f"steps must be at most the model's {self.num_timesteps} timesteps, got {steps}"
+        return [{"loc": ("body", "steps"), "msg": msg, "type": "value_error"}]

