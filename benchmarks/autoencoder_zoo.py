@@ -90,7 +90,8 @@ def run(entries, steps: int, width: int, batch_size: int, num_images: int, out: 
         train_seconds = time.time() - start
         report = evaluate_autoencoder(folder, num_images, base.data.image_size, [network], progress=progress)
         row = {"name": entry.name, "kind": entry.kind, "f": entry.f, "c": entry.c, "codebook_size": entry.codebook_size,
-               "steps": steps, "width": width, "batch_size": batch_size, "train_seconds": round(train_seconds, 1),
+               "steps": steps, "width": width, "batch_size": batch_size, "threads": torch.get_num_threads(),
+               "train_seconds": round(train_seconds, 1),
                "eval_seconds": round(time.time() - start - train_seconds, 1), **report.to_dict()}
         rows.append(row)
         print(report.format(), flush=True)
@@ -105,7 +106,8 @@ def markdown(rows: list[dict], command: str, num_images: int) -> str:
         "# Autoencoder zoo on shapes (the lecture's Table 8, small)",
         "",
         f"Made by `{command}` on {platform.machine()} CPU "
-        f"({torch.get_num_threads()} torch thread(s), shared with other jobs: times are wall-clock and only roughly "
+        f"({first['threads']} torch thread{'s' if first['threads'] > 1 else ''}, shared with other jobs: times are "
+        "wall-clock and only roughly "
         "comparable), torch " + torch.__version__.split("+")[0] + ".",
         "",
         f"Each autoencoder (the `shapes64` preset's design at base width {first['width']}) trained for the step count "
@@ -133,6 +135,8 @@ def markdown(rows: list[dict], command: str, num_images: int) -> str:
             f"| {100 * m['captions still true of the reconstructions (shapes judge)']['value']:.1f}% "
             f"| {r['steps']} | {r['train_seconds'] / 60:.1f} min | {r['eval_seconds']:.0f} s |"
         )
+    total = sum(r["train_seconds"] + r["eval_seconds"] for r in rows) / 60
+    lines += ["", f"Total: {total:.0f} min of training and scoring for {len(rows)} autoencoders."]
     return "\n".join(lines) + "\n"
 
 
