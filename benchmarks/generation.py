@@ -70,6 +70,7 @@ def _pct(share: float | None) -> str:
 
 def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: list[str]) -> str:
     first = rows[0]
+    largest = max(rows, key=lambda r: r["settings"]["images"])  # the judge on the most real renders
     threads = torch.get_num_threads()
     lines = [
         "# Generation benchmark on shapes",
@@ -82,8 +83,8 @@ def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: 
         "compares them with the real renders of the same captions. FID, KID (mean ± std over subsets) and IS are on "
         "the shapes-cnn features (256-d, 48 classes); *floor* is the FID between the real renders and as many other "
         "real images: what a perfect model would score at that image count. Prompt accuracy is the shapes judge's "
-        "share of prompts with every stated attribute right (on the real renders it reads "
-        f"{100 * first['metrics']['same, on the real renders (shapes judge)']['value']:.1f}%). "
+        f"share of prompts with every stated attribute right (on the {largest['settings']['images']} real renders it "
+        f"reads {100 * largest['metrics']['same, on the real renders (shapes judge)']['value']:.1f}%). "
         "*s / image*: sampling time per image, batches of 32.",
         "",
         "| sampler | steps | guidance | images | FID ↓ | floor | KID ↓ | IS ↑ "
