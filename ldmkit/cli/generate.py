@@ -12,13 +12,14 @@ def cmd_generate(args) -> None:
     from ldmkit.diffusion import SAMPLERS
     from ldmkit.pipelines.text_to_image import load_pipeline
     from ldmkit.device import resolve_device
+    from ldmkit.pretrained import shipped_model
 
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     out = Path(args.out)
     if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder or a .png file")
-    pipe = load_pipeline(args.model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
+    pipe = load_pipeline(args.model or shipped_model(), resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
     images = pipe(
         args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
         sampler=args.sampler, negative_prompt=args.negative_prompt, eta=args.eta,
@@ -38,8 +39,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("generate", help="text-to-image sampling")
     p.add_argument("prompt")
     p.add_argument(
-        "--model", required=True,
-        help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers folder",
+        "--model",
+        help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers "
+             "folder (default: the shapes64 model shipped with ldmkit)",
     )
     p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
     p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")

@@ -115,8 +115,12 @@ class TextToImagePipeline:
 
 
 def load_pipeline(
-    folder: str | Path, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
+    folder: str | Path | None = None, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
 ) -> TextToImagePipeline:
     """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
-    file or a diffusers folder (see `TextToImagePipeline.from_folder`)."""
+    file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model."""
+    if folder is None:
+        from ldmkit.pretrained import shipped_model
+
+        folder = shipped_model()
     return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction)

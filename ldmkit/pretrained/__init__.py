@@ -1,0 +1,74 @@
+"""The model shipped inside the package: ``shapes64``, trained on the built-in shapes data.
+
+``ldmkit generate PROMPT --out FILE`` uses it when no ``--model`` is given; so does
+``ldmkit.load_pipeline()`` with no folder. ``SHA256SUMS`` beside its files records their checksums;
+`verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
+with every large float tensor stored as float16 (loading casts back to float32), which halves the
+size to fit the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ldmkit.storage import CheckpointError, atomic_path, save_weights
+
+SHAPES64 = Path(__file__).parent / "shapes64"
+CHECKSUMS = "SHA256SUMS"
+WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
+OTHER_FILES = ("config.yaml", "tokenizer.json")
+HALF_MIN_NUMEL = 1024  # smaller tensors (norm scales, biases, scale_factor) stay float32
+
+
+def shipped_model() -> Path:
+    """The folder of the shipped ``shapes64`` model, or a `CheckpointError` if this install lacks it."""
+    if not (SHAPES64 / "config.yaml").is_file():
+        raise CheckpointError(f"this install has no shipped model ({SHAPES64} is missing); pass --model DIR")
+    return SHAPES64
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_checksums(folder: Path = SHAPES64) -> dict[str, str]:
+    """``file name -> sha256`` as written in ``folder/SHA256SUMS`` (the ``sha256sum`` format)."""
+    lines = (folder / CHECKSUMS).read_text().splitlines()
+    return {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in lines if line.strip())}
+
+
+def verify(folder: Path = SHAPES64) -> list[str]:
+    """The files of ``folder`` whose checksum differs from the recorded one (empty: all intact)."""
+    return [name for name, digest in recorded_checksums(folder).items()
+            if not (folder / name).is_file() or sha256(folder / name) != digest]
+
+
+def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Large floating-point tensors as float16; the rest unchanged."""
+    return {k: v.half() if v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v for k, v in state.items()}
+
+
+def pack(model_dir: str | Path, out: str | Path = SHAPES64) -> Path:
+    """Write the model folder ``model_dir`` to ``out`` in the shipped form, with ``SHA256SUMS``."""
+    model_dir, out = Path(model_dir), Path(out)
+    missing = [n for n in WEIGHT_FILES + OTHER_FILES if not (model_dir / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OTHER_FILES:
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(model_dir / name, tmp)
+    for name in WEIGHT_FILES:
+        save_weights(half_precision(load_file(str(model_dir / name))), out / name)
+    with atomic_path(out / CHECKSUMS) as tmp:
+        Path(tmp).write_text("".join(f"{sha256(out / n)}  {n}\n" for n in WEIGHT_FILES + OTHER_FILES))
+    return out
