@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup
+.PHONY: demo test setup shapes64
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -22,3 +22,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The shipped model: train shapes64 (both stages; --resume continues a stopped run), pack it into
+# ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md and
+# the README's results. About an hour on a 2-core CPU with nothing else running.
+RUNS64 := runs/shapes64
+shapes64: setup
+	.venv/bin/ldmkit train-autoencoder --preset shapes64 --out $(RUNS64)/autoencoder --resume --no-progress
+	.venv/bin/ldmkit train --preset shapes64 --autoencoder $(RUNS64)/autoencoder --out $(RUNS64)/model --resume --no-progress
+	$(PY) -m ldmkit.pretrained pack $(RUNS64)/model
+	$(PY) benchmarks/shapes64_results.py --runs $(RUNS64)

@@ -141,6 +141,42 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
+class ConditionConfig:
+    """What y is, and how it reaches εθ(z_t, t, τθ(y)) (see `ldmkit.condition`):
+
+    - ``"text"``: a prompt, through the text encoder τθ into cross-attention (text-to-image);
+    - ``"class"``: a class label, a learned embedding (``len(classes) + 1`` rows, the last the null
+      class ∅ of classifier-free guidance) given to cross-attention as one context token; no text encoder;
+    - ``"sr"``: super-resolution, the low-resolution image (``sr_factor`` times smaller) resized to the
+      latent grid and concatenated to z_t (3 channels), plus a prompt as for "text";
+    - ``"inpaint"``: inpainting and uncropping, the latent of the masked image and the mask at latent
+      resolution concatenated to z_t (c + 1 channels), plus a prompt;
+    - ``"colorize"``: the latent of the grayscale image concatenated to z_t (c channels), plus a prompt.
+
+    For the image kinds ``unet.in_channels`` = c + `concat_channels`.
+    """
+
+    kind: Literal["text", "class", "sr", "inpaint", "colorize"] = "text"
+    classes: tuple[str, ...] = ()  # class: the names; () = from the data (shapes: SHAPES; a folder: its subfolders)
+    sr_factor: int = 4  # sr: output side / input side
+
+    def concat_channels(self, latent_channels: int) -> int:
+        """Channels concatenated to z_t at the UNet's input: 3 (sr), c + 1 (inpaint), c (colorize), 0 else."""
+        if self.kind == "sr":
+            return 3
+        if self.kind == "inpaint":
+            return latent_channels + 1
+        if self.kind == "colorize":
+            return latent_channels
+        return 0
+
+    @property
+    def uses_text(self) -> bool:
+        """Whether the model has a text encoder (every kind but "class")."""
+        return self.kind != "class"
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     """The forward process q(z_t | z_0) and what the UNet predicts."""
 
@@ -190,7 +226,7 @@ class DiffusionTrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 200
     ema_decay: float = 0.999
-    cond_drop_prob: float = 0.1  # captions replaced by "" at this rate, for classifier-free guidance
+    cond_drop_prob: float = 0.1  # captions replaced by "" (class labels by ∅) at this rate, for classifier-free guidance
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
@@ -215,6 +251,7 @@ class Preset:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
 
 
 @dataclass(frozen=True)
@@ -226,6 +263,8 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     image_size: int = 64  # the size it was trained at: the default for sampling
+    # Last, and with a default, so that folders written before it existed load as text models.
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,27 +28,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ldmkit import load_pipeline  # noqa: E402
 from ldmkit.cli import main  # noqa: E402
-from ldmkit.config import ModelConfig, load_preset  # noqa: E402
-from ldmkit.model import LatentDiffusion  # noqa: E402
 from ldmkit.serve import JobState, Limits, create_app  # noqa: E402
-from ldmkit.text import PromptTokenizer  # noqa: E402
-
-CAPTIONS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle",
-            "a small purple star on the right", "a large orange circle below a white square"]
-
-
-def build_tiny_model(folder: Path) -> Path:
-    """A model folder on the `tiny` preset with random weights (seeded), written by the model's own save."""
-    if (folder / "config.yaml").is_file():  # built already by the other serve test file this session
-        return folder
-    preset = load_preset("tiny")
-    config = ModelConfig(autoencoder=preset.autoencoder, text=preset.text, unet=preset.unet,
-                         diffusion=preset.diffusion, image_size=preset.data.image_size)
-    tokenizer = PromptTokenizer.train(CAPTIONS * 20, preset.text.vocab_size, preset.text.max_length)
-    torch.manual_seed(0)
-    LatentDiffusion(config, tokenizer).save(folder)
-    return folder
-
+from tests.tiny_models import build_tiny_model  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:

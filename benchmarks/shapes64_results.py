@@ -1,0 +1,154 @@
+"""Results of the shipped shapes64 model: prompt accuracy, FID/KID, a sample grid, the time of one
+image and the training time. Writes ``benchmarks/SHAPES64.md``, ``benchmarks/shapes64_grid.png``
+and the results block of ``README.md`` (between its ``shapes64-results`` markers).
+
+    make shapes64                        # trains both stages, packs the model, then runs this
+    python benchmarks/shapes64_results.py --runs runs/shapes64   # only this (the shipped model)
+
+``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
+the training time and the number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ldmkit.data import save_grid
+from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.prompt_accuracy import ATTRIBUTES
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.pretrained import shipped_model
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID_PROMPTS = [
+    "a red circle on the left",
+    "a small blue square at the top",
+    "a large green triangle in the centre",
+    "a yellow star on the right",
+    "a purple diamond at the bottom",
+    "an orange cross on the left",
+    "a red circle above a blue square",
+    "a green star left of a yellow triangle",
+    "a white diamond below a purple circle",
+    "a blue cross right of an orange square",
+]
+README_START, README_END = "<!-- shapes64-results:start -->", "<!-- shapes64-results:end -->"
+
+
+def training_seconds(log: Path) -> tuple[float, int]:
+    """(wall seconds, last step) of a run from its ``log.csv``; a resumed run restarts the clock,
+    so each stretch's last time is summed."""
+    total, last_time, step = 0.0, 0.0, 0
+    with open(log) as f:
+        for row in csv.DictReader(f):
+            t = float(row["time"])
+            if t < last_time:
+                total += last_time
+            last_time, step = t, int(row["step"])
+    return total + last_time, step
+
+
+def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> float:
+    """Median wall time of generating one image (after one warm-up)."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        pipe("a red circle above a blue square", steps=settings.steps, guidance=settings.guidance,
+             sampler=settings.sampler, seed=i, num_images=1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def share(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(report, settings: SamplerSettings, per_image: float, train: dict, command: str, grid: str) -> str:
+    acc = report.prompt_accuracy
+    rows = ["| prompts | count | all right | " + " | ".join(ATTRIBUTES) + " |",
+            "|---|---:|---:|" + "---:|" * len(ATTRIBUTES)]
+    for group in ("one object", "two objects", "all"):
+        d = acc[group]
+        rows.append(f"| {group} | {d['prompts']} | **{share(d['all'])}** | "
+                    + " | ".join(share(d[a]) for a in ATTRIBUTES) + " |")
+    fid, floor, kid = report["FID (shapes-cnn)"], report["FID floor, real vs real (shapes-cnn)"], report["KID (shapes-cnn)"]
+    judge = report["same, on the real renders (shapes judge)"]
+    lines = [
+        f"Sampler: {settings.describe()}, on {report.settings['images']} held-out shapes captions "
+        f"(seed {report.settings['heldout_seed']}).",
+        "",
+        *rows,
+        "",
+        f"- FID (shapes-cnn features) {fid.formatted()}; real-vs-real floor at this count {floor.formatted()}; "
+        f"KID {kid.formatted()}",
+        f"- the judge on the real renders of the same captions: {share(judge.value)} all right",
+        f"- one 64×64 image ({settings.describe()}): {per_image:.2f} s on this CPU ({torch.get_num_threads()} threads)",
+        f"- training: autoencoder {train['ae_steps']} steps in {train['ae_minutes']:.0f} min, "
+        f"LDM {train['ldm_steps']} steps in {train['ldm_minutes']:.0f} min (wall time from the runs' log.csv)",
+        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "",
+        f"![shapes64 samples]({grid})",
+        "",
+        f"Regenerate: `{command}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
+    p.add_argument("--runs", default="runs/shapes64", help="the training folder, for the training time")
+    p.add_argument("--num-images", type=int, default=1024)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "SHAPES64.md"))
+    p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grid.png"))
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
+    args = p.parse_args(argv)
+
+    model = Path(args.model) if args.model else shipped_model()
+    runs = Path(args.runs)
+    ae_s, ae_steps = training_seconds(runs / "autoencoder" / "log.csv")
+    ldm_s, ldm_steps = training_seconds(runs / "model" / "log.csv")
+    train = {"ae_steps": ae_steps, "ae_minutes": ae_s / 60, "ldm_steps": ldm_steps, "ldm_minutes": ldm_s / 60}
+
+    settings = SamplerSettings(args.sampler, args.steps, args.guidance)
+    pipe = load_pipeline(model)
+    images = [pipe(prompt, steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, seed=s,
+                   num_images=1)[0] for s in range(4) for prompt in GRID_PROMPTS]
+    save_grid(images, args.grid, nrow=len(GRID_PROMPTS))
+    per_image = seconds_per_image(pipe, settings)
+    report = evaluate_generation(pipe, args.num_images, settings)
+    print(report.format())
+
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    grid_rel = Path(args.grid).name
+    body = markdown(report, settings, per_image, train, command, grid_rel)
+    header = (f"# shapes64: the shipped model\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
+              f"(rows: seeds 0–3).\n\n")
+    Path(args.results).write_text(header + body)
+    print(f"wrote {args.results} and {args.grid}")
+    if args.readme:
+        readme = Path(args.readme)
+        text = readme.read_text()
+        block = body.replace(f"]({grid_rel})", f"](benchmarks/{grid_rel})")
+        pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{readme} has no {README_START} … {README_END} block")
+        readme.write_text(pattern.sub(lambda _: f"{README_START}\n{block}{README_END}", text))
+        print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

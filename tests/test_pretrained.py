@@ -1,0 +1,70 @@
+"""The model shipped inside the package: intact, small enough, and generating without --model."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ldmkit import load_pipeline
+from ldmkit.cli import main
+from ldmkit.pretrained import CHECKSUMS, OTHER_FILES, SHAPES64, WEIGHT_FILES, pack, recorded_checksums, verify
+from tests.tiny_models import build_tiny_model
+
+MAX_SHIPPED_BYTES = 25 * 10**6
+
+
+def test_shipped_weights_match_their_recorded_checksums():
+    assert set(recorded_checksums()) == set(WEIGHT_FILES + OTHER_FILES)
+    assert verify() == [], "a shipped file differs from SHA256SUMS (re-run `make shapes64` or restore it)"
+
+
+def test_shipped_model_fits_the_size_budget():
+    total = sum(p.stat().st_size for p in SHAPES64.iterdir() if p.is_file())
+    assert total <= MAX_SHIPPED_BYTES, f"shipped model is {total / 1e6:.1f} MB"
+
+
+def test_generate_uses_the_shipped_model_without_model_flag(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["generate", "a red circle above a blue square", "--out", str(out), "--steps", "3",
+                 "--no-progress"]) == 0
+    assert Image.open(out).size == (64, 64)
+    pipe = load_pipeline()  # the Python API's default is the same model
+    assert pipe.model.config.image_size == 64 and pipe.model.unet.training is False
+
+
+def test_pack_halves_large_tensors_and_loads_back_close(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "model")
+    packed = pack(model_dir, tmp_path / "packed")
+    assert verify(packed) == []
+    for name in WEIGHT_FILES:
+        before, after = load_file(str(model_dir / name)), load_file(str(packed / name))
+        assert before.keys() == after.keys()
+        for key, value in after.items():
+            if value.numel() >= 1024 and value.is_floating_point():
+                assert value.dtype == torch.float16, key
+            torch.testing.assert_close(value.float(), before[key].float(), atol=1e-3, rtol=1e-3)
+    original, shipped = load_pipeline(model_dir), load_pipeline(packed)
+    a = original.generate_tensors(["a red circle"], steps=2, guidance=2.0, seed=0)
+    b = shipped.generate_tensors(["a red circle"], steps=2, guidance=2.0, seed=0)
+    assert (a - b).abs().max() < 0.05
+
+
+def test_verify_names_a_corrupted_file(tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(SHAPES64, copy)
+    data = bytearray((copy / "unet.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "unet.safetensors").write_bytes(bytes(data))
+    assert verify(copy) == ["unet.safetensors"]
+    assert (copy / CHECKSUMS).is_file()
+
+
+def test_pack_refuses_an_incomplete_folder(tmp_path):
+    from ldmkit.storage import CheckpointError
+
+    with pytest.raises(CheckpointError, match="missing"):
+        pack(tmp_path, tmp_path / "out")
