@@ -8,6 +8,9 @@ A model folder (written by `ldmkit train`) holds::
     unet.safetensors            εθ (EMA weights)
     tokenizer.json              the vocabulary (trained on the captions, or the pretrained encoder's)
 
+A class-conditional model (``condition.kind: class``) has ``class_embedding.safetensors`` (τθ: the
+class table, EMA weights) in place of the text encoder and tokenizer.
+
 `LatentDiffusion.load` also reads Stable Diffusion single files and diffusers folders (`ldmkit.convert`).
 """
 
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from ldmkit.autoencoder import build_autoencoder
+from ldmkit.condition import ClassEmbedding, class_index, concat_condition
 from ldmkit.config import ModelConfig
 from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
@@ -27,27 +31,37 @@ from ldmkit.text import PromptTokenizer, build_text_encoder, load_tokenizer, pre
 
 
 class LatentDiffusion(nn.Module):
-    """E, D (frozen) + τθ + εθ + the noise schedule, and the conversions between their spaces."""
+    """E, D (frozen) + τθ + εθ + the noise schedule, and the conversions between their spaces.
+
+    τθ is ``text_encoder`` (with ``tokenizer``) for every condition kind but "class", whose τθ is
+    ``class_embedding``; the other is None.
+    """
 
     def __init__(self, config: ModelConfig, tokenizer=None, autoencoder: nn.Module | None = None):
         """``tokenizer``: the `PromptTokenizer` of a "transformer" text encoder; the pretrained kinds
         (CLIP, MiniLM, LDM-BERT) bring their own vocabulary, built here when ``tokenizer`` is None or a
         `PromptTokenizer` (which the training loop trains for every kind; the pretrained text encoder
-        could not read its ids)."""
+        could not read its ids). A class model needs none."""
         super().__init__()
-        if config.text.width != config.unet.context_dim:
+        uses_text = config.condition.uses_text
+        if uses_text and config.text.width != config.unet.context_dim:
             raise ValueError(
                 f"text.width ({config.text.width}) must equal unet.context_dim ({config.unet.context_dim})"
             )
-        if config.text.kind != "transformer" and (tokenizer is None or isinstance(tokenizer, PromptTokenizer)):
+        if not uses_text:
+            tokenizer = None
+        elif config.text.kind != "transformer" and (tokenizer is None or isinstance(tokenizer, PromptTokenizer)):
             tokenizer = pretrained_tokenizer(config.text)
-        if tokenizer is None:
+        if uses_text and tokenizer is None:
             raise ValueError("a 'transformer' text encoder needs the PromptTokenizer trained on its captions")
         self.config = config
         self.tokenizer = tokenizer
         self.autoencoder = autoencoder if autoencoder is not None else build_autoencoder(config.autoencoder)
         self.autoencoder.requires_grad_(False).eval()
-        self.text_encoder = build_text_encoder(config.text)
+        self.text_encoder = build_text_encoder(config.text) if uses_text else None
+        self.class_embedding = (
+            None if uses_text else ClassEmbedding(len(config.condition.classes), config.unet.context_dim)
+        )
         self.unet = UNet(config.unet)
         self.schedule: NoiseSchedule = make_schedule(config.diffusion)
 
@@ -76,6 +90,31 @@ class LatentDiffusion(nn.Module):
         device = next(self.unet.parameters()).device  # the frozen MiniLM encoder has no parameters() of its own
         return self.text_encoder(token_ids.to(device), mask.to(device))
 
+    def encode_classes(self, classes: list[str] | torch.Tensor) -> torch.Tensor:
+        """τθ(y) = E[y] for class names (or indices, the null class ∅ being K): context B×1×d.
+        A name the model does not know is a ValueError listing the ones it does."""
+        if self.class_embedding is None:
+            raise ValueError(f"this is a {self.config.condition.kind!r} model, not a class-conditional one")
+        device = next(self.unet.parameters()).device
+        if not isinstance(classes, torch.Tensor):
+            names = self.config.condition.classes
+            classes = torch.tensor([class_index(names, c) for c in classes], dtype=torch.int64)
+        return self.class_embedding(classes.to(device))
+
+    def null_context(self, negative_prompt: str = "") -> torch.Tensor:
+        """The context of the dropped condition, 1×L×d: τθ(negative prompt) (the null prompt "" by
+        default), or the null class ∅ of a class model."""
+        if self.class_embedding is not None:
+            return self.encode_classes(torch.tensor([self.class_embedding.null_class]))
+        return self.encode_prompts([negative_prompt])
+
+    def image_condition(
+        self, source: torch.Tensor, latent_size: tuple[int, int], mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """c, concatenated to z_t of size ``latent_size`` (see `ldmkit.condition.concat_condition`);
+        None for text and class models."""
+        return concat_condition(self.config.condition, self.encode_images, source, latent_size, mask)
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """z_0 = scale_factor · E(x)."""
@@ -94,9 +133,12 @@ class LatentDiffusion(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
-        save_weights(self.text_encoder.state_dict(), folder / "text_encoder.safetensors")
+        if self.class_embedding is not None:
+            save_weights(self.class_embedding.state_dict(), folder / "class_embedding.safetensors")
+        else:
+            save_weights(self.text_encoder.state_dict(), folder / "text_encoder.safetensors")
+            self.tokenizer.save(folder / "tokenizer.json")
         save_weights(self.unet.state_dict(), folder / "unet.safetensors")
-        self.tokenizer.save(folder / "tokenizer.json")
         save_config(self.config, folder / "config.yaml")
 
     @classmethod
@@ -117,12 +159,17 @@ class LatentDiffusion(nn.Module):
             from ldmkit.convert.checkpoint import with_prediction
 
             config = with_prediction(config, prediction)
-        try:
-            tokenizer = load_tokenizer(config.text, folder / "tokenizer.json")
-        except (ValueError, OSError) as e:
-            raise CheckpointError(f"{folder}: {e}") from None
+        tokenizer = None
+        if config.condition.uses_text:
+            try:
+                tokenizer = load_tokenizer(config.text, folder / "tokenizer.json")
+            except (ValueError, OSError) as e:
+                raise CheckpointError(f"{folder}: {e}") from None
         model = cls(config, tokenizer)
         load_weights(model.autoencoder, folder / "autoencoder.safetensors")
-        load_weights(model.text_encoder, folder / "text_encoder.safetensors")
+        if model.class_embedding is not None:
+            load_weights(model.class_embedding, folder / "class_embedding.safetensors")
+        else:
+            load_weights(model.text_encoder, folder / "text_encoder.safetensors")
         load_weights(model.unet, folder / "unet.safetensors")
         return model.eval()

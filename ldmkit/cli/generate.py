@@ -1,4 +1,4 @@
-"""`ldmkit generate`: text-to-image sampling."""
+"""`ldmkit generate`: text-to-image sampling, or class-conditional sampling with ``--class NAME``."""
 
 from __future__ import annotations
 
@@ -16,15 +16,43 @@ def cmd_generate(args) -> None:
 
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if args.prompt is None and args.class_name is None:
+        raise UsageError("give a prompt (a text model) or --class NAME (a class-conditional model)")
+    if args.prompt is not None and args.class_name is not None:
+        raise UsageError("give a prompt or --class NAME, not both: a model is conditioned on one of them")
     out = Path(args.out)
     if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder or a .png file")
-    pipe = load_pipeline(args.model or shipped_model(), resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
-    images = pipe(
-        args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
-        sampler=args.sampler, negative_prompt=args.negative_prompt, eta=args.eta,
-        height=args.height, width=args.width, progress=not args.no_progress,
-    )
+    model = args.model or shipped_model()
+    kind = _condition_kind(model)
+    options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
+                   sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
+                   progress=not args.no_progress)
+    if kind == "class":
+        from ldmkit.pipelines import ClassConditionalPipeline
+
+        pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device))
+        if args.class_name is None:
+            raise UsageError(
+                f"{model} is a class-conditional model: give --class NAME instead of a prompt "
+                f"(classes: {', '.join(pipe.classes)})"
+            )
+        if args.negative_prompt:
+            raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
+        images = pipe(args.class_name, **options)
+    elif args.class_name is not None:
+        raise UsageError(
+            f"--class needs a class-conditional model (trained with --preset shapes64-class); {model} is a "
+            f"{kind!r} model"
+        )
+    else:
+        if kind != "text":
+            raise UsageError(
+                f"{model} is a {kind!r} model; `ldmkit generate` needs a text or class model "
+                f"(see `ldmkit {_COMMAND_OF_KIND[kind]} --help`)"
+            )
+        pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
+        images = pipe(args.prompt, negative_prompt=args.negative_prompt, **options)
     if out.suffix.lower() == ".png":
         save_grid(images, out)
         print(f"wrote {out}")
@@ -35,9 +63,25 @@ def cmd_generate(args) -> None:
         print(f"wrote {len(images)} images to {out}")
 
 
+_COMMAND_OF_KIND = {"sr": "upscale", "inpaint": "inpaint", "colorize": "colorize"}
+
+
+def _condition_kind(model) -> str:
+    """The condition kind of a model folder's config ("text" for converted Stable Diffusion weights)."""
+    from ldmkit.config import ModelConfig
+    from ldmkit.storage import load_config
+
+    folder = Path(model)
+    if not (folder / "config.yaml").is_file():
+        return "text"  # a single file or diffusers folder (LatentDiffusion.load reports what is missing)
+    return load_config(ModelConfig, folder).condition.kind
+
+
 def add_parsers(sub) -> None:
-    p = sub.add_parser("generate", help="text-to-image sampling")
-    p.add_argument("prompt")
+    p = sub.add_parser("generate", help="text-to-image sampling, or class-conditional with --class NAME")
+    p.add_argument("prompt", nargs="?", help="what to draw (text models)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="the class to draw (class-conditional models: --model must be one)")
     p.add_argument(
         "--model",
         help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers "

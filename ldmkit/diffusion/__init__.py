@@ -13,8 +13,11 @@ from ldmkit.diffusion.samplers import (
     sample_ddpm,
     sample_dpmpp_2m,
     sample_euler,
+    sample_from,
+    sampler_timesteps,
     sigma_schedule,
     spaced_timesteps,
+    start_index,
 )
 from ldmkit.diffusion.schedule import (
     NoiseSchedule,
@@ -48,8 +51,11 @@ __all__ = [
     "sample_ddpm",
     "sample_dpmpp_2m",
     "sample_euler",
+    "sample_from",
+    "sampler_timesteps",
     "sigma_schedule",
     "snr",
     "spaced_timesteps",
+    "start_index",
     "v_target",
 ]

@@ -16,6 +16,10 @@ Two spaces are used:
   large-σ approximation of this). The denoiser's ε̂ gives the data estimate D(x; σ) = x − σ ε̂, and
   σ = 0 is x = z_0.
 
+Image-to-image (SDEdit, Meng et al. 2022) starts part-way: every sampler takes ``start``, the index
+of the step list at which it begins, and ``z_T`` is then z_t at that step's timestep, made from a
+clean z_0 by q(z_t | z_0) (`sample_from`); ``callback(i, n)`` then counts the n − start steps run.
+
 The denoiser only accepts integer timesteps, so the σ grid of the σ-space samplers is snapped to the
 schedule: each σ is converted to a fractional timestep by interpolating log σ against the schedule's
 log σ_t (as k-diffusion's DiscreteSchedule.sigma_to_t does), rounded, and replaced by σ at that
@@ -70,6 +74,12 @@ def _timestep_tensor(timesteps: list[int], device: torch.device) -> Tensor:
     return torch.tensor(timesteps, dtype=torch.int64, device=device)
 
 
+def _check_start(start: int, n: int) -> int:
+    if not 0 <= start < n:
+        raise ValueError(f"start = {start}; must be a step index 0 … {n - 1}")
+    return start
+
+
 # --------------------------------------------------------------------------------------------------
 # VP space: DDPM and DDIM
 
@@ -82,6 +92,7 @@ def sample_ddpm(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     num_steps: int | None = None,
+    start: int = 0,
 ) -> Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), p_θ(z_{t−1} | z_t) = N(μ_θ, σ_t² I):
 
@@ -97,7 +108,8 @@ def sample_ddpm(
     ac = schedule.alphas_cumprod.double().tolist()
     z = z_T.float()
     ts = _timestep_tensor(timesteps, z.device)
-    for i, t in enumerate(timesteps):
+    for i in range(_check_start(start, n), n):
+        t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0  # the last step lands on clean data
         alpha = a_t / a_prev
@@ -107,7 +119,7 @@ def sample_ddpm(
             variance = (1 - a_prev) * (1 - alpha) / (1 - a_t)
             z = z + math.sqrt(variance) * randn(z.shape, generator, z.device)
         if callback is not None:
-            callback(i, n)
+            callback(i - start, n - start)
     return z
 
 
@@ -120,6 +132,7 @@ def sample_ddim(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (trailing spacing):
 
@@ -135,7 +148,8 @@ def sample_ddim(
     ac = schedule.alphas_cumprod.double().tolist()
     z = z_T.float()
     ts = _timestep_tensor(timesteps, z.device)
-    for i, t in enumerate(timesteps):
+    for i in range(_check_start(start, n), n):
+        t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0
         eps = denoise(z, ts[i].expand(z.shape[0]))
@@ -145,7 +159,7 @@ def sample_ddim(
         if sigma > 0:
             z = z + sigma * randn(z.shape, generator, z.device)
         if callback is not None:
-            callback(i, n)
+            callback(i - start, n - start)
     return z
 
 
@@ -195,6 +209,7 @@ def sample_euler(
     karras: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = ε̂ (Karras et al. 2022, Alg. 1):
 
@@ -205,13 +220,13 @@ def sample_euler(
     del generator
     timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
     n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
+    x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
     ts = _timestep_tensor(timesteps, x.device)
-    for i in range(n):
+    for i in range(start, n):
         eps = denoise(x * (1 / math.sqrt(1 + sigmas[i] ** 2)), ts[i].expand(x.shape[0]))
         x = x + (sigmas[i + 1] - sigmas[i]) * eps
         if callback is not None:
-            callback(i, n)
+            callback(i - start, n - start)
     return x
 
 
@@ -223,6 +238,7 @@ def sample_dpmpp_2m(
     num_steps: int,
     karras: bool = False,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in λ = −log σ.
 
@@ -235,10 +251,10 @@ def sample_dpmpp_2m(
     """
     timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
     n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
+    x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
     ts = _timestep_tensor(timesteps, x.device)
     old_denoised = None
-    for i in range(n):
+    for i in range(start, n):
         s, s_next = sigmas[i], sigmas[i + 1]
         eps = denoise(x * (1 / math.sqrt(1 + s**2)), ts[i].expand(x.shape[0]))
         denoised = x - s * eps
@@ -254,7 +270,7 @@ def sample_dpmpp_2m(
             x = (s_next / s) * x - math.expm1(-h) * d
         old_denoised = denoised
         if callback is not None:
-            callback(i, n)
+            callback(i - start, n - start)
     return x
 
 
@@ -279,9 +295,11 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     karras: bool = False,
+    start: int = 0,
 ) -> Tensor:
     """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` applies to ddim only, ``karras`` to euler and
-    dpmpp-2m only; setting either for a sampler that ignores it is an error rather than a silent no-op."""
+    dpmpp-2m only; setting either for a sampler that ignores it is an error rather than a silent no-op.
+    ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if eta != 0.0 and name != "ddim":
@@ -289,9 +307,60 @@ def sample(
     if karras and name not in ("euler", "dpmpp-2m"):
         raise ValueError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
     if name == "ddpm":
-        return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps)
+        return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
+                           start=start)
     if name == "ddim":
-        return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback)
+        return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback,
+                           start=start)
     if name == "euler":
-        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback)
-    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback)
+        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
+    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
+
+
+def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False) -> list[int]:
+    """The timesteps sampler ``name`` visits with ``num_steps`` steps, first to last."""
+    if name in ("ddpm", "ddim"):
+        return spaced_timesteps(schedule.num_timesteps, num_steps)
+    if name in SAMPLERS:
+        return sigma_schedule(schedule, num_steps, karras)[0]
+    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+def start_index(num_steps: int, strength: float) -> int:
+    """The first step SDEdit runs at ``strength`` s ∈ [0, 1]: n − round(s·n) of n steps, so that s = 1
+    runs them all and s = 0 none (the input comes back unchanged)."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength = {strength}; must be between 0 and 1")
+    return num_steps - round(strength * num_steps)
+
+
+def sample_from(
+    name: str,
+    denoise: Denoiser,
+    z_0: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    strength: float,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    karras: bool = False,
+) -> Tensor:
+    """SDEdit (Meng et al. 2022): noise a clean z_0 part-way and denoise from there.
+
+        k = n − round(s·n),  t = t_k (the k-th timestep of the sampler's grid),
+        z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε  (q(z_t | z_0), ε = ``noise``),  then steps k … n−1.
+
+    s = ``strength`` ∈ [0, 1]: s = 1 starts at the first timestep (T−1 for every sampler here, the
+    input then barely shows), s = 0 runs no step and returns z_0 itself.
+    """
+    timesteps = sampler_timesteps(name, schedule, num_steps, karras)  # Karras grids may hold fewer than n
+    start = start_index(len(timesteps), strength)
+    if start == len(timesteps):
+        return z_0.float()
+    t = timesteps[start]
+    ac = float(schedule.alphas_cumprod[t])
+    z_t = math.sqrt(ac) * z_0.float() + math.sqrt(1 - ac) * noise.float()
+    return sample(name, denoise, z_t, schedule, num_steps, eta=eta, generator=generator, callback=callback,
+                  karras=karras, start=start)

@@ -201,7 +201,8 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(b)
 
-        # A class embedding or other global condition would be added to emb here (LDM's label_emb).
+        # A global condition could be added to emb here (LDM's label_emb); ldmkit's class models pass
+        # their class embedding as a one-token context instead (ldmkit.condition.classes).
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
         h = self.conv_in(z_t)
         skips = [h]

@@ -1,0 +1,26 @@
+"""Pipelines: a trained model plus a sampler, one class per task (each checks the model's condition kind).
+
+- `TextToImagePipeline` (text models), `ImageToImagePipeline` (SDEdit with a text model);
+- `ClassConditionalPipeline` (class models);
+- `SuperResolutionPipeline`, `InpaintingPipeline` (and its ``uncrop``), `ColorizationPipeline`
+  (models with an image condition concatenated to z_t).
+
+Each has ``from_folder(folder, device)``.
+"""
+
+from ldmkit.pipelines.class_conditional import ClassConditionalPipeline
+from ldmkit.pipelines.colorization import ColorizationPipeline
+from ldmkit.pipelines.image_to_image import ImageToImagePipeline
+from ldmkit.pipelines.inpainting import InpaintingPipeline
+from ldmkit.pipelines.super_resolution import SuperResolutionPipeline
+from ldmkit.pipelines.text_to_image import TextToImagePipeline, load_pipeline
+
+__all__ = [
+    "ClassConditionalPipeline",
+    "ColorizationPipeline",
+    "ImageToImagePipeline",
+    "InpaintingPipeline",
+    "SuperResolutionPipeline",
+    "TextToImagePipeline",
+    "load_pipeline",
+]

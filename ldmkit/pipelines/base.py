@@ -1,0 +1,137 @@
+"""What every pipeline shares: the model on a device with its condition kind checked, inputs turned
+into tensors, and one guided sampling loop (z_T or SDEdit's noised z_0 → sampler → z_0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ldmkit.condition import check_images, check_mask
+from ldmkit.data.images import image_to_tensor
+from ldmkit.diffusion import guided_denoiser, sample, sample_from
+from ldmkit.model import LatentDiffusion
+
+ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
+
+
+class Pipeline:
+    """A trained model of one of the condition ``kinds`` on ``device``; subclasses add ``__call__``."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, model: LatentDiffusion, device: str | torch.device = "cpu"):
+        kind = model.config.condition.kind
+        if kind not in self.kinds:
+            wanted = self.kinds[0]
+            preset = "shapes64" if wanted == "text" else f"shapes64-{wanted}"
+            raise ValueError(
+                f"this is a {kind!r} model (condition.kind); {type(self).__name__} needs a {wanted!r} model, "
+                f"as `ldmkit train --preset {preset}` trains"
+            )
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True,
+                    prediction: str | None = None):
+        """The pipeline of a model folder written by `ldmkit train` (see `LatentDiffusion.load`)."""
+        return cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device)
+
+    # ---------------------------------------------------------------------------------------------
+    # inputs
+
+    def images(self, image: ImageInput, what: str = "image") -> torch.Tensor:
+        """PIL image(s) or a tensor (3×H×W or B×3×H×W in [-1, 1]) as B×3×H×W on the device."""
+        if isinstance(image, Image.Image):
+            image = image_to_tensor(image)
+        elif not isinstance(image, torch.Tensor):
+            image = torch.stack([image_to_tensor(i) for i in image])
+        return check_images(image, what).float().to(self.device)
+
+    def mask(self, mask: Image.Image | torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """A mask image (white = repaint; read as grey levels, > ½ repaints) or a tensor in [0, 1]
+        (H×W, 1×H×W or B×1×H×W) as B×1×H×W in {0, 1} matching ``images``."""
+        if isinstance(mask, Image.Image):
+            mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
+        mask = check_mask(mask.float().to(self.device), images)
+        return (mask > 0.5).to(images.dtype)
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of z_0 for an H×W image, after checking H and W are multiples of the latent factor."""
+        self.model.check_image_size(height, width)
+        f = self.model.autoencoder.downsample_factor
+        return height // f, width // f
+
+    def prompt_contexts(self, prompt: str | list[str], negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch."""
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
+        return self.model.encode_prompts(prompts), self.model.null_context(negative_prompt)
+
+    # ---------------------------------------------------------------------------------------------
+    # sampling
+
+    def sample_latents(
+        self,
+        context: torch.Tensor,
+        null_context: torch.Tensor,
+        latent_size: tuple[int, int],
+        steps: int = 25,
+        guidance: float = 4.0,
+        seed: int = 0,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        concat: torch.Tensor | None = None,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
+        progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
+
+            ε̂ = εθ(cat(z_t, c), t, ∅) + s (εθ(cat(z_t, c), t, τθ(y)) − εθ(cat(z_t, c), t, ∅))
+
+        with c = ``concat`` (the image condition, in both branches) or nothing. From z_T ~ N(0, I), or,
+        given ``init_latents`` z_0, from z_0 noised to ``strength`` (`sample_from`, SDEdit). ε is drawn
+        from a CPU generator seeded with ``seed``, so a seed gives the same image on every device.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        model = self.model
+        shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
+        generator = torch.Generator().manual_seed(seed)
+        z_T = torch.randn(shape, generator=generator).to(self.device)
+        unet = model.unet if concat is None else _with_concat(model.unet, concat)
+        denoise = guided_denoiser(unet, context, null_context, guidance, model.config.diffusion.prediction,
+                                  model.schedule)
+        bar = tqdm(total=steps, desc="sampling", leave=False, disable=not progress)
+
+        def on_step(i: int, n: int) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(i, n)
+
+        try:
+            if init_latents is None:
+                return sample(sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
+                              callback=on_step)
+            return sample_from(sampler, denoise, init_latents, z_T, model.schedule, steps, strength, eta=eta,
+                               generator=generator, callback=on_step)
+        finally:
+            bar.close()
+
+
+def _with_concat(unet, concat: torch.Tensor):
+    """εθ(cat(z_t, c), t, context), with c repeated when guidance doubles the batch."""
+
+    def model_fn(z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        c = concat if z_t.shape[0] == concat.shape[0] else concat.repeat(z_t.shape[0] // concat.shape[0], 1, 1, 1)
+        return unet(torch.cat([z_t, c.to(z_t.dtype)], dim=1), t, context)
+
+    return model_fn
