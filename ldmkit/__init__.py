@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 
 
-def load_pipeline(folder, device="cpu"):
-    """The text-to-image pipeline of a model folder: ``pipe(prompt, steps=…, guidance=…, seed=…,
-    num_images=…)`` returns a list of PIL images."""
+def load_pipeline(folder=None, device="cpu", ema=True, prediction=None, precision="fp32"):
+    """The text-to-image pipeline of a model folder (default: the shipped shapes64 model):
+    ``pipe(prompt, steps=…, guidance=…, seed=…, num_images=…)`` returns a list of PIL images.
+    See `ldmkit.pipelines.text_to_image.load_pipeline` for the arguments."""
     from ldmkit.pipelines.text_to_image import load_pipeline as _load
 
-    return _load(folder, device)
+    return _load(folder, device, ema=ema, prediction=prediction, precision=precision)

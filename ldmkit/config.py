@@ -238,6 +238,8 @@ class DiffusionTrainConfig:
     bf16: bool = True
     grad_clip: float = 1.0
     tensorboard: bool = True
+    min_snr_gamma: float = 0.0  # > 0: weight each sample's loss by min(SNR(t), γ)/SNR(t) (Hang et al. 2023; γ = 5); 0: off
+    fused_adamw: bool = True  # torch's fused AdamW kernel (one kernel for all parameters) where the device has it
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,22 @@ def test_guidance_formula_and_one_call_per_step(sched):
     assert model.batches == [2 * B] * 6
 
 
+def test_guidance_stops_below_the_given_timestep(sched):
+    """With unguided_below, the low-noise steps make one conditional call of batch B and return it;
+    the steps above are guided as before."""
+    B, L, d = 2, 5, 8
+    context, null = torch.randn(B, L, d, generator=gen(21)), torch.randn(1, L, d, generator=gen(22))
+    model = CountingModel()
+    guided = guided_denoiser(model, context, null, 5.0, unguided_below=300)
+    z = torch.randn(B, 4, 4, 4, generator=gen(23))
+    low, high = torch.tensor([299, 299]), torch.tensor([300, 300])
+    assert torch.equal(guided(z, low), model(z, low, context))
+    torch.testing.assert_close(guided(z, high), guided_denoiser(model, context, null, 5.0)(z, high))
+    model.batches.clear()
+    sample_ddim(guided, torch.randn(B, 4, 4, 4), sched, 10)  # timesteps 999, 899, …, 99: 3 of 10 below 300
+    assert model.batches == [2 * B] * 7 + [B] * 3
+
+
 def test_guidance_v_prediction(sched):
     z0 = torch.randn(2, 4, 4, 4, generator=gen(20))
     noise = torch.randn(2, 4, 4, 4, generator=gen(21))

@@ -9,21 +9,25 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit code 2."""
 
 
-def positive_int(text: str) -> int:
+def _parsed(text: str, convert, kind: str, ok, rule: str):
+    """``convert(text)`` if it parses and passes ``ok``; otherwise argparse's one-line error."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _parsed(text, int, "a positive integer", lambda v: v >= 1, "at least 1")
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
+    return _parsed(text, float, "a number", lambda v: v >= 0, "≥ 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    return _parsed(text, float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")

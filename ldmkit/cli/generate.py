@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+from ldmkit.cli.common import UsageError, fraction, non_negative_float, positive_int
+from ldmkit.device import PRECISIONS
 
 
 def cmd_generate(args) -> None:
@@ -27,11 +28,11 @@ def cmd_generate(args) -> None:
     kind = _condition_kind(model)
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
                    sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, guidance_stop=args.guidance_stop)
     if kind == "class":
         from ldmkit.pipelines import ClassConditionalPipeline
 
-        pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device))
+        pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), precision=args.precision)
         if args.class_name is None:
             raise UsageError(
                 f"{model} is a class-conditional model: give --class NAME instead of a prompt "
@@ -51,7 +52,8 @@ def cmd_generate(args) -> None:
                 f"{model} is a {kind!r} model; `ldmkit generate` needs a text or class model "
                 f"(see `ldmkit {_COMMAND_OF_KIND[kind]} --help`)"
             )
-        pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction)
+        pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
+                             precision=args.precision)
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, **options)
     if out.suffix.lower() == ".png":
         save_grid(images, out)
@@ -99,6 +101,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--height", type=positive_int, help="default: the size the model was trained at")
     p.add_argument("--width", type=positive_int)
+    p.add_argument("--guidance-stop", type=fraction, default=0.0, metavar="F",
+                   help="run the last fraction F of the steps (t < F·T) without guidance: one UNet pass instead of "
+                        "two there (default 0: guide every step)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
+                        "GPUs and AVX-512 CPUs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -19,6 +19,7 @@ def guided_denoiser(
     guidance_scale: float,
     prediction: str = "epsilon",
     schedule: NoiseSchedule | None = None,
+    unguided_below: int = 0,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """``denoise(z_t, t) -> ε̂`` for the samplers, with
 
@@ -32,6 +33,11 @@ def guided_denoiser(
 
     A v-prediction model (``prediction="v"``, needs ``schedule``) has its output turned into ε with
     ε = √ᾱ_t v + √(1 − ᾱ_t) z_t before the two are combined. z_t must have the batch size B of ``context``.
+
+    Steps at timesteps t < ``unguided_below`` use the conditional output alone (one model call on B, not
+    2B): guidance shapes the layout early in sampling and matters little for the last, low-noise steps,
+    so stopping it there saves their unconditional half. The model's output is taken in float32, so a
+    model run under bf16 autocast still combines the two passes in float32.
     """
     if prediction not in ("epsilon", "v"):
         raise ValueError(f"prediction = {prediction!r}; allowed: epsilon, v")
@@ -58,10 +64,10 @@ def guided_denoiser(
     def denoise(z_t: Tensor, t: Tensor) -> Tensor:
         if z_t.shape[0] != batch:
             raise ValueError(f"z_t batch {z_t.shape[0]} does not match the context batch {batch}")
-        if both_contexts is None:
-            return to_eps(model_fn(z_t, t, context), z_t, t)
+        if both_contexts is None or (unguided_below > 0 and int(t.max()) < unguided_below):
+            return to_eps(model_fn(z_t, t, context).float(), z_t, t)
         z_in, t_in = torch.cat([z_t, z_t]), torch.cat([t, t])
-        eps_uncond, eps_cond = to_eps(model_fn(z_in, t_in, both_contexts), z_in, t_in).chunk(2)
+        eps_uncond, eps_cond = to_eps(model_fn(z_in, t_in, both_contexts).float(), z_in, t_in).chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
     return denoise

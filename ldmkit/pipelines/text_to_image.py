@@ -23,12 +23,14 @@ class TextToImagePipeline(Pipeline):
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
+        cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None,
+        precision: str = "fp32",
     ) -> "TextToImagePipeline":
         """The pipeline of an ldmkit model folder, a Stable Diffusion single file (.safetensors/.ckpt) or
         a diffusers folder; ``ema=False`` takes a single file's training weights instead of its EMA copy,
-        ``prediction`` ("epsilon"/"v") overrides the model's (see `LatentDiffusion.load`)."""
-        return super().from_folder(folder, device, ema=ema, prediction=prediction)
+        ``prediction`` ("epsilon"/"v") overrides the model's (see `LatentDiffusion.load`); ``precision``
+        is fp32, bf16 or auto (see `Pipeline`)."""
+        return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
 
     @torch.inference_mode()
     def __call__(
@@ -45,10 +47,11 @@ class TextToImagePipeline(Pipeline):
         width: int | None = None,
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        guidance_stop: float = 0.0,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback,
+            callback, guidance_stop,
         )]
 
     @torch.inference_mode()
@@ -66,11 +69,13 @@ class TextToImagePipeline(Pipeline):
         width: int | None = None,
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        guidance_stop: float = 0.0,
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
         ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
-        there (the server cancels a job this way) and propagates to the caller.
+        there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
+        last fraction of the trajectory runs without guidance (see `Pipeline.sample_latents`).
         """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -82,13 +87,14 @@ class TextToImagePipeline(Pipeline):
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         latents = self.sample_latents(
             model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
-            sampler, eta, progress=progress, callback=callback,
+            sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
         )
         return model.decode_latents(latents).float().cpu()
 
 
 def load_pipeline(
-    folder: str | Path | None = None, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None
+    folder: str | Path | None = None, device: str | torch.device = "cpu", ema: bool = True, prediction: str | None = None,
+    precision: str = "fp32",
 ) -> TextToImagePipeline:
     """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
     file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model."""
@@ -96,4 +102,4 @@ def load_pipeline(
         from ldmkit.pretrained import shipped_model
 
         folder = shipped_model()
-    return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction)
+    return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldmkit.data import collate
 from ldmkit.data.shards import mix_seed
+from ldmkit.device import bf16_pays  # noqa: F401  (re-exported: the trainers and benchmarks read it here)
 from ldmkit.train.checkpoint import load_state  # noqa: F401  (callers read a run's state from here)
 from ldmkit.train.distributed import Distributed, gather_objects
 
@@ -146,13 +147,13 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr
 
 
-def bf16_pays(device: torch.device) -> bool:
-    """Whether bf16 runs faster than fp32 here: on GPUs with bf16, and on CPUs with AVX-512, where
-    bf16 matmuls and convolutions run 4–5× faster. On an AVX2-only CPU bf16 convolutions take a
-    slow path (measured 5–25× slower than fp32), so ``bf16: true`` in a config means "where it pays"."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+def adamw(params: list[torch.Tensor], lr: float, weight_decay: float, fused: bool = True,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW; with ``fused`` the update of all parameters runs as one kernel (torch's fused
+    implementation, on CPU and CUDA) instead of a loop of per-tensor ops. The update is the same
+    AdamW; only the order of floating-point operations differs."""
+    fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -43,7 +43,7 @@ from ldmkit.text import PromptTokenizer
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, restore_rng, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
+    SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
     step_generator, stream_readers, warn_if_stream_order_changed,
 )
 from ldmkit.train.ema import EMA
@@ -149,7 +149,7 @@ class DenoisingLoss(nn.Module):
     same modules.
     """
 
-    def __init__(self, model: LatentDiffusion):
+    def __init__(self, model: LatentDiffusion, min_snr_gamma: float = 0.0):
         super().__init__()
         self.text_encoder = model.text_encoder
         self.class_embedding = model.class_embedding
@@ -157,6 +157,7 @@ class DenoisingLoss(nn.Module):
         self._encode = model.encode_prompts if model.class_embedding is None else model.encode_classes
         self._schedule = model.schedule
         self._prediction = model.config.diffusion.prediction
+        self._min_snr_gamma = min_snr_gamma if min_snr_gamma > 0 else None
 
     def forward(self, latents: torch.Tensor, y: list[str] | torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                 concat: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,7 +168,8 @@ class DenoisingLoss(nn.Module):
             z_in = z_t if concat is None else torch.cat([z_t, concat.to(z_t.dtype)], dim=1)
             return self.unet(z_in, tt, context)
 
-        return diffusion_loss(eps, latents, self._schedule, prediction=self._prediction, t=t, noise=noise)
+        return diffusion_loss(eps, latents, self._schedule, prediction=self._prediction,
+                              min_snr_gamma=self._min_snr_gamma, t=t, noise=noise)
 
 
 @torch.no_grad()
@@ -270,9 +272,9 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
     model.to(dev)
-    objective = DenoisingLoss(model)
+    objective = DenoisingLoss(model, tcfg.min_snr_gamma)
     params = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = adamw(params, tcfg.lr, tcfg.weight_decay, tcfg.fused_adamw)
     ema = EMA(objective, tcfg.ema_decay) if ctx.is_main else None  # only rank 0 saves or samples
     if state is not None:
         try:
