@@ -272,6 +272,12 @@ def test_timestep_grids(sched):
     assert spaced_timesteps(1000, 1000) == list(range(999, -1, -1))
     with pytest.raises(ValueError):
         spaced_timesteps(1000, 1001)
+    # the original LDM's / Stable Diffusion's DDIM grid
+    assert spaced_timesteps(1000, 50, "leading")[:2] == [981, 961] and spaced_timesteps(1000, 50, "leading")[-1] == 1
+    assert spaced_timesteps(1000, 3, "leading") == [667, 334, 1]
+    for bad in ((1000, 1000, "leading"), (1000, 10, "uniform")):
+        with pytest.raises(ValueError):
+            spaced_timesteps(*bad)
     for karras in (False, True):
         ts, sigmas = sigma_schedule(sched, 10, karras=karras)
         assert ts[0] == 999 and ts[-1] == 0 and len(sigmas) == len(ts) + 1 and sigmas[-1] == 0.0

@@ -217,26 +217,27 @@ def test_models_match_diffusers(ref, fmt):
     assert model.config.diffusion.prediction == ("v" if ref["text"].config.hidden_act == "gelu" else "epsilon")
 
 
-def test_ddim_sampling_matches_diffusers_pipeline(ref):
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddim_sampling_matches_diffusers_pipeline(ref, spacing):
     """ldmkit's guided DDIM loop vs diffusers' StableDiffusionPipeline, same seed, steps and guidance.
 
-    ldmkit samples on "trailing" timesteps ending at ᾱ = 1; diffusers' DDIMScheduler does the same with
-    ``timestep_spacing="trailing", set_alpha_to_one=True`` when the step count divides T (diffusers steps
-    from t to t − T // n). SD's own defaults ("leading" with ``steps_offset=1`` and
-    ``set_alpha_to_one=False``) visit other timesteps and would need a sampler option in ldmkit.diffusion.
+    ldmkit's default "trailing" timesteps end at ᾱ = 1: diffusers' DDIMScheduler with
+    ``timestep_spacing="trailing", set_alpha_to_one=True`` (when the step count divides T). Its
+    ``spacing="leading"`` is Stable Diffusion's own scheduler setting ("leading", ``steps_offset=1``,
+    ``set_alpha_to_one=False``), as SD's scheduler_config.json holds it.
     """
     model = ldmkit_model(ref, "original")
     pipe = ref["pipe"]
-    pipe.scheduler = diffusers.DDIMScheduler.from_config(
-        pipe.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0
-    )
+    settings = (dict(timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0) if spacing == "trailing"
+                else dict(timestep_spacing="leading", set_alpha_to_one=False, steps_offset=1))
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, **settings)
     prompt, steps, guidance, seed = "a blue square above a yellow star", 5, 4.0, 3
     expected = pipe(
         prompt, height=IMAGE, width=IMAGE, num_inference_steps=steps, guidance_scale=guidance, negative_prompt="",
         generator=torch.Generator().manual_seed(seed), output_type="pt",
     ).images
     ours = TextToImagePipeline(model).generate_tensors(
-        prompt, steps=steps, guidance=guidance, seed=seed, height=IMAGE, width=IMAGE, sampler="ddim"
+        prompt, steps=steps, guidance=guidance, seed=seed, height=IMAGE, width=IMAGE, sampler="ddim", spacing=spacing
     )
     assert_close((ours + 1) / 2, expected, 1e-3)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ldmkit.cli.common import UsageError, fraction, non_negative_float, positive_int
 from ldmkit.device import PRECISIONS
+from ldmkit.diffusion.samplers import SPACINGS
 
 
 def cmd_generate(args) -> None:
@@ -54,7 +55,7 @@ def cmd_generate(args) -> None:
             )
         pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
                              precision=args.precision)
-        images = pipe(args.prompt, negative_prompt=args.negative_prompt, **options)
+        images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, **options)
     if out.suffix.lower() == ".png":
         save_grid(images, out)
         print(f"wrote {out}")
@@ -104,6 +105,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--guidance-stop", type=fraction, default=0.0, metavar="F",
                    help="run the last fraction F of the steps (t < F·T) without guidance: one UNet pass instead of "
                         "two there (default 0: guide every step)")
+    p.add_argument("--spacing", choices=SPACINGS, default="trailing",
+                   help="DDIM timesteps: trailing (default; starts at T−1) or leading (the original LDM's and "
+                        "Stable Diffusion's: 981, 961, …, 1 for 50 steps), to reproduce their images")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
                         "GPUs and AVX-512 CPUs)")

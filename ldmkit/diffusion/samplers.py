@@ -56,16 +56,33 @@ def randn(
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def spaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
-    """``num_steps`` timesteps from T−1 down, evenly spaced with "trailing" spacing (Lin et al. 2024):
+SPACINGS = ("trailing", "leading")
+
+
+def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
+    """``num_steps`` timesteps from high to low noise.
+
+    ``"trailing"`` (the default; Lin et al. 2024) spaces them evenly down from T−1:
 
         t_i = round(T − i·T/n) − 1,  i = 0 … n−1   (T = 1000, n = 50: 999, 979, …, 19).
 
-    Trailing spacing always starts at T−1, where z_T ~ N(0, I) is the right distribution; the LDM's
-    "uniform" spacing (1, 21, …, 981) starts 18 steps short of it. For n = T this is T−1, …, 0.
+    It always starts at T−1, where z_T ~ N(0, I) is the right distribution; for n = T it is T−1, …, 0.
+    ``"leading"`` is what the original LDM/Stable Diffusion DDIM sampler uses (CompVis "uniform";
+    diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``), needed to reproduce their images:
+
+        t_i = (n − 1 − i)·⌊T/n⌋ + 1   (T = 1000, n = 50: 981, 961, …, 1),
+
+    which starts 18 steps short of T−1 and needs n < T.
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
+    if spacing == "leading":
+        stride = num_timesteps // num_steps
+        if (num_steps - 1) * stride + 1 > num_timesteps - 1:
+            raise ValueError(f"leading spacing needs num_steps < num_timesteps = {num_timesteps}, got {num_steps}")
+        return [(num_steps - 1 - i) * stride + 1 for i in range(num_steps)]
     return [round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)]
 
 
@@ -133,25 +150,29 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     start: int = 0,
+    spacing: str = "trailing",
 ) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (trailing spacing):
+    """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (``spacing``, default trailing):
 
         ẑ_0 = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
         σ = η √((1 − ᾱ_t')/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_t')
         z_t' = √ᾱ_t' ẑ_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ ξ,  ξ ~ N(0, I)
 
     η = 0 is deterministic; η = 1 is the DDPM posterior variance (with all T steps it is `sample_ddpm`).
-    The last step goes to ᾱ_t' = 1, so it returns ẑ_0 (diffusers' ``set_alpha_to_one=True``).
+    With trailing spacing the last step goes to ᾱ_t' = 1, so it returns ẑ_0 (diffusers'
+    ``set_alpha_to_one=True``); with leading spacing it goes to ᾱ_0, as the original LDM sampler and
+    Stable Diffusion's scheduler (``set_alpha_to_one=False``) do.
     """
-    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
+    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
     n = len(timesteps)
     ac = schedule.alphas_cumprod.double().tolist()
+    final = 1.0 if spacing == "trailing" else ac[0]
     z = z_T.float()
     ts = _timestep_tensor(timesteps, z.device)
     for i in range(_check_start(start, n), n):
         t = timesteps[i]
         a_t = ac[t]
-        a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0
+        a_prev = ac[timesteps[i + 1]] if i + 1 < n else final
         eps = denoise(z, ts[i].expand(z.shape[0]))
         z0 = (z - math.sqrt(1 - a_t) * eps) * (1 / math.sqrt(a_t))
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
@@ -296,9 +317,11 @@ def sample(
     callback: Callback | None = None,
     karras: bool = False,
     start: int = 0,
+    spacing: str = "trailing",
 ) -> Tensor:
-    """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` applies to ddim only, ``karras`` to euler and
-    dpmpp-2m only; setting either for a sampler that ignores it is an error rather than a silent no-op.
+    """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` and ``spacing`` apply to ddim only, ``karras``
+    to euler and dpmpp-2m only; setting one for a sampler that ignores it is an error rather than a
+    silent no-op.
     ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
@@ -306,21 +329,24 @@ def sample(
         raise ValueError(f"eta = {eta} applies to the ddim sampler only, not {name!r}")
     if karras and name not in ("euler", "dpmpp-2m"):
         raise ValueError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
+    if spacing != "trailing" and name != "ddim":
+        raise ValueError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
         return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
                            start=start)
     if name == "ddim":
         return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback,
-                           start=start)
+                           start=start, spacing=spacing)
     if name == "euler":
         return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
     return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
 
 
-def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False) -> list[int]:
+def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
+                      spacing: str = "trailing") -> list[int]:
     """The timesteps sampler ``name`` visits with ``num_steps`` steps, first to last."""
     if name in ("ddpm", "ddim"):
-        return spaced_timesteps(schedule.num_timesteps, num_steps)
+        return spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
     if name in SAMPLERS:
         return sigma_schedule(schedule, num_steps, karras)[0]
     raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
@@ -346,6 +372,7 @@ def sample_from(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     karras: bool = False,
+    spacing: str = "trailing",
 ) -> Tensor:
     """SDEdit (Meng et al. 2022): noise a clean z_0 part-way and denoise from there.
 
@@ -355,7 +382,7 @@ def sample_from(
     s = ``strength`` ∈ [0, 1]: s = 1 starts at the first timestep (T−1 for every sampler here, the
     input then barely shows), s = 0 runs no step and returns z_0 itself.
     """
-    timesteps = sampler_timesteps(name, schedule, num_steps, karras)  # Karras grids may hold fewer than n
+    timesteps = sampler_timesteps(name, schedule, num_steps, karras, spacing)  # Karras grids may hold fewer than n
     start = start_index(len(timesteps), strength)
     if start == len(timesteps):
         return z_0.float()
@@ -363,4 +390,4 @@ def sample_from(
     ac = float(schedule.alphas_cumprod[t])
     z_t = math.sqrt(ac) * z_0.float() + math.sqrt(1 - ac) * noise.float()
     return sample(name, denoise, z_t, schedule, num_steps, eta=eta, generator=generator, callback=callback,
-                  karras=karras, start=start)
+                  karras=karras, start=start, spacing=spacing)

@@ -97,6 +97,7 @@ class Pipeline:
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
+        spacing: str = "trailing",
     ) -> torch.Tensor:
         """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
 
@@ -106,7 +107,8 @@ class Pipeline:
         given ``init_latents`` z_0, from z_0 noised to ``strength`` (`sample_from`, SDEdit). ε is drawn
         from a CPU generator seeded with ``seed``, so a seed gives the same image on every device.
         ``guidance_stop`` ∈ [0, 1): the steps at timesteps t < guidance_stop · T (about that fraction
-        of the steps, at the end) run unguided, one UNet pass instead of two.
+        of the steps, at the end) run unguided, one UNet pass instead of two. ``spacing`` (ddim only):
+        trailing, or leading to reproduce the original LDM / Stable Diffusion DDIM timesteps.
         """
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -131,9 +133,9 @@ class Pipeline:
         try:
             if init_latents is None:
                 return sample(sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
-                              callback=on_step)
+                              callback=on_step, spacing=spacing)
             return sample_from(sampler, denoise, init_latents, z_T, model.schedule, steps, strength, eta=eta,
-                               generator=generator, callback=on_step)
+                               generator=generator, callback=on_step, spacing=spacing)
         finally:
             bar.close()
 

@@ -48,10 +48,11 @@ class TextToImagePipeline(Pipeline):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
+        spacing: str = "trailing",
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback, guidance_stop,
+            callback, guidance_stop, spacing,
         )]
 
     @torch.inference_mode()
@@ -70,12 +71,14 @@ class TextToImagePipeline(Pipeline):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
+        spacing: str = "trailing",
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
         ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
         there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
-        last fraction of the trajectory runs without guidance (see `Pipeline.sample_latents`).
+        last fraction of the trajectory runs without guidance; ``spacing`` (ddim): trailing, or leading
+        as the original LDM and Stable Diffusion sample (see `Pipeline.sample_latents`).
         """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -88,6 +91,7 @@ class TextToImagePipeline(Pipeline):
         latents = self.sample_latents(
             model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
+            spacing=spacing,
         )
         return model.decode_latents(latents).float().cpu()
 
