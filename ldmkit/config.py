@@ -36,6 +36,10 @@ class DataConfig:
       ``*.tar`` files (as ``ldmkit data pack`` writes them);
     - ``"coco"``: MS-COCO captions, from ``coco_annotations`` (``captions_train2017.json``) and the
       image folder ``coco_images`` (default: ``train2017`` beside the ``annotations`` folder).
+
+    ``latent_cache``: a folder written by ``ldmkit data cache`` from this same data config; when set,
+    ``ldmkit train`` reads the stored posteriors (and captions) from it instead of encoding images
+    (`ldmkit.data.latent_cache`; text models only).
     """
 
     source: str = "shapes"
@@ -47,6 +51,7 @@ class DataConfig:
     coco_annotations: str = ""  # source "coco": the captions JSON
     coco_images: str = ""  # source "coco": the image folder ("" = train2017/val2017 beside annotations/)
     shuffle_buffer: int = 1000  # shards: samples mixed in a buffer on top of the shuffled shard order
+    latent_cache: str = ""  # a folder made by `ldmkit data cache`: train on its latents ("" = encode images)
 
 
 @dataclass(frozen=True)

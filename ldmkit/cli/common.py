@@ -1,8 +1,10 @@
-"""What every subcommand shares: the one-line error type and argument types."""
+"""What every subcommand shares: the one-line error type, argument types and reading a training config."""
 
 from __future__ import annotations
 
 import argparse
+
+from ldmkit.config import Preset, load_preset, load_yaml, preset_names
 
 
 class UsageError(Exception):
@@ -31,3 +33,10 @@ def non_negative_float(text: str) -> float:
 def fraction(text: str) -> float:
     """A number in [0, 1)."""
     return _parsed(text, float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def load_training_config(args) -> Preset:
+    """The preset ``--preset NAME`` or the config file ``--config FILE`` (exactly one of them)."""
+    if bool(args.preset) == bool(args.config):
+        raise UsageError(f"give exactly one of --preset NAME ({', '.join(preset_names())}) or --config FILE")
+    return load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)

@@ -9,15 +9,13 @@ import argparse
 import dataclasses
 import os
 
-from ldmkit.cli.common import UsageError, positive_int
-from ldmkit.config import Preset, load_preset, load_yaml, preset_names
+from ldmkit.cli.common import load_training_config, positive_int
+from ldmkit.config import Preset, preset_names
 
 
 def _preset(args, section: str) -> Preset:
     """The preset or config file, with the checkpoint flags written into its ``section`` (the train config)."""
-    if bool(args.preset) == bool(args.config):
-        raise UsageError(f"give exactly one of --preset NAME ({', '.join(preset_names())}) or --config FILE")
-    preset = load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)
+    preset = load_training_config(args)
     overrides = {}
     if args.checkpoint_every is not None:
         overrides["checkpoint_every"] = args.checkpoint_every

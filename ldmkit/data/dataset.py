@@ -41,7 +41,8 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 
 def collate(batch: list[dict]) -> dict:
-    """Items -> a batch with the same keys: "images" stacked to B×3×H×W, every other value a list.
+    """Items -> a batch with the same keys: tensors stacked ("images" to B×3×H×W, a latent cache's
+    "mean" and "std" to B×c×h×w), every other value a list.
 
     Captions (str), scenes (`Scene`) and class names (str) stay Python lists of length B, which
     the default PyTorch collate cannot do for scenes.
@@ -51,5 +52,5 @@ def collate(batch: list[dict]) -> dict:
     out = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
-        out[key] = torch.stack(values) if key == "images" else values
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out

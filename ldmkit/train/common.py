@@ -121,8 +121,8 @@ def warn_if_stream_order_changed(dataset, state: dict | None, readers: int) -> N
 
 
 def micro_batches(batch: dict, count: int) -> list[dict]:
-    """Split a batch (images tensor, other values lists) into ``count`` equal micro-batches."""
-    n = len(batch["images"])
+    """Split a batch (tensors and lists, all of length B) into ``count`` equal micro-batches."""
+    n = len(next(iter(batch.values())))
     size = n // count
     return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(count)]
 

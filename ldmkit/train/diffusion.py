@@ -12,6 +12,9 @@ The output folder is a model folder (see `ldmkit.model`) holding the EMA weights
 ``checkpoints/`` (the newest ``checkpoint_keep`` training states, for ``--resume``), ``log.csv``,
 ``tensorboard/`` and sample grids in ``samples/``.
 
+With ``data.latent_cache`` set (text models only) the images are not read: z_0 = s·(μ + σ ε) is formed
+from the cached posterior moments (`ldmkit.data.latent_cache`) with the same ε, flips and order.
+
 Runs unchanged under ``torchrun``: each rank trains on its share of every global batch, DDP
 averages the gradients, and rank 0 alone writes files (see `ldmkit.train.distributed`).
 """
@@ -33,6 +36,7 @@ from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.condition import class_labels, data_classes, downsample, grayscale, random_masks
 from ldmkit.config import ConditionConfig, ModelConfig, Preset, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
+from ldmkit.data.latent_cache import cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import (
@@ -232,8 +236,10 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     total = steps if steps is not None else tcfg.steps
     dev = ctx.device
     micro = distributed.per_rank_batch(tcfg.batch_size, ctx, tcfg.grad_accum_steps)
-    dataset = build_dataset(preset.data)
     autoencoder = load_autoencoder(autoencoder_dir)
+    cached = bool(preset.data.latent_cache)
+    dataset = open_latent_cache(preset.data, autoencoder_dir, preset.condition.kind) if cached \
+        else build_dataset(preset.data)
 
     state = resume_state(resume, out, "diffusion", ctx)
     if state is not None:
@@ -294,8 +300,8 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
                    "unet": ema_model.unet}
         ema_trainable = nn.ModuleDict({k: m for k, m in trained.items() if m is not None})
         sample_prompts = dataset_captions(dataset, 8) if config.condition.uses_text else None
-        sample_images = torch.stack([dataset[i]["images"] for i in range(8)]) if not hasattr(dataset, "batches") \
-            else None
+        sample_images = torch.stack([dataset[i]["images"] for i in range(8)]) \
+            if not (cached or hasattr(dataset, "batches")) else None
         out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, ["loss", "lr"], start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
 
@@ -346,8 +352,12 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
             for k, mb in enumerate(micro_batches(batch, accum)):
                 rows = slice(ctx.rank * share + k * micro, ctx.rank * share + (k + 1) * micro)
                 noise = draws.posterior_noise[rows].to(dev) if posterior else None
-                images = mb["images"].to(dev)
-                latents = encode_latents(model.autoencoder, images, noise)
+                if cached:
+                    images = None  # a text model needs no image condition
+                    latents = cached_latents(mb, noise, model.autoencoder.scale_factor, dev)
+                else:
+                    images = mb["images"].to(dev)
+                    latents = encode_latents(model.autoencoder, images, noise)
                 mask = draws.mask[rows].to(dev) if draws.mask is not None else None
                 y, concat = batch_condition(model, mb, draws.keep_caption[rows], images, mask, latent_shape[1:])
                 if isinstance(y, torch.Tensor):
