@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ldmkit.data.dataset import DataError
-from ldmkit.data.images import image_to_tensor, load_image
-
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+from ldmkit.data.imagefolder import first_readable
 
 
 def default_image_folder(annotations: Path) -> Path:
@@ -81,21 +76,11 @@ class CocoCaptions(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} captions")
         index %= n
-        for k in range(index, index + n):  # wrap around until a readable image turns up
-            i = k % n
-            path = self.paths[i]
-            if path in self.skipped:
-                continue
-            try:
-                images = image_to_tensor(load_image(path), self.image_size)
-            except _UNREADABLE as e:
-                self.skipped.add(path)
-                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
-                continue
-            if self.hflip and torch.rand(()) < 0.5:
-                images = images.flip(-1)
-            return {"images": images, "caption": self.captions[i]}
-        raise DataError(f"none of the images of {self.annotations} in {self.root} could be read")
+        found = first_readable(self.paths, index, self.skipped, self.image_size, self.hflip)
+        if found is None:
+            raise DataError(f"none of the images of {self.annotations} in {self.root} could be read")
+        i, images = found
+        return {"images": images, "caption": self.captions[i]}
 
     def __repr__(self) -> str:
         return f"CocoCaptions({str(self.annotations)!r}, {str(self.root)!r}): {len(self.paths)} captions"

@@ -67,6 +67,30 @@ def read_metadata(path: Path) -> dict[str, str]:
     return captions
 
 
+def first_readable(paths: list[Path], index: int, skipped: set[Path], image_size: int,
+                   hflip: bool) -> tuple[int, torch.Tensor] | None:
+    """(i, image 3×S×S in [-1, 1]) of the first readable image among paths[index], paths[index + 1], …
+    (wrapping around), or None if none is. An unreadable image is added to ``skipped`` (and skipped
+    from then on) with a warning. With ``hflip`` the image is mirrored with probability ½, drawn from
+    torch's RNG, which the training loader seeds per item."""
+    n = len(paths)
+    for k in range(index, index + n):
+        i = k % n
+        path = paths[i]
+        if path in skipped:
+            continue
+        try:
+            images = image_to_tensor(load_image(path), image_size)
+        except _UNREADABLE as e:
+            skipped.add(path)
+            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=3)
+            continue
+        if hflip and torch.rand(()) < 0.5:
+            images = images.flip(-1)
+        return i, images
+    return None
+
+
 class ImageFolderDataset(Dataset):
     """Every image under ``root`` (recursively), centre-cropped and resized to a square.
 
@@ -120,21 +144,11 @@ class ImageFolderDataset(Dataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
-        for k in range(index, index + n):  # wrap around until a readable image turns up
-            i = k % n
-            path = self.paths[i]
-            if path in self.skipped:
-                continue
-            try:
-                images = image_to_tensor(load_image(path), self.image_size)
-            except _UNREADABLE as e:
-                self.skipped.add(path)
-                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
-                continue
-            if self.hflip and torch.rand(()) < 0.5:  # torch's RNG, which DataLoader seeds per worker
-                images = images.flip(-1)
-            return {"images": images, "caption": self.captions[i], "class_name": self.class_names[i]}
-        raise DataError(f"none of the {n} images in {self.root} could be read")
+        found = first_readable(self.paths, index, self.skipped, self.image_size, self.hflip)
+        if found is None:
+            raise DataError(f"none of the {n} images in {self.root} could be read")
+        i, images = found
+        return {"images": images, "caption": self.captions[i], "class_name": self.class_names[i]}
 
     def __repr__(self) -> str:
         return (

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import AutoencoderLoss, KLAutoencoder, build_autoencoder, measure_scale_factor
 from ldmkit.autoencoder.folder import save_autoencoder
@@ -24,10 +23,10 @@ from ldmkit.config import Preset, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.storage import CheckpointError
 from ldmkit.train import distributed
-from ldmkit.train.checkpoint import resume_state, restore_rng, rng_state, save_checkpoint
+from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
-    step_generator, stream_readers, warn_if_stream_order_changed,
+    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, micro_batches, resumed_loader,
+    step_generator, stream_readers,
 )
 from ldmkit.train.logs import RunLog
 
@@ -129,12 +128,7 @@ def _train(preset: Preset, out: Path, steps: int | None, resume, ctx, progress: 
     share = tcfg.batch_size // ctx.world_size  # this rank's samples per step
     posterior = isinstance(model, KLAutoencoder)
     skips = SkipReport()
-    if state is not None:
-        restore_rng(state.get("rng", {}))
-    warn_if_stream_order_changed(dataset, state, stream_readers(ctx, tcfg.num_workers))
-    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers, ctx)
-    bar = tqdm(total=total, initial=start, desc="autoencoder", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+    loader, bar = resumed_loader(dataset, state, tcfg, start, total, ctx, "autoencoder", progress)
     model.train()
     try:
         for step, batch in zip(range(start, total), loader):

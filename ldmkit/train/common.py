@@ -10,11 +10,12 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from ldmkit.data import collate
 from ldmkit.data.shards import mix_seed
 from ldmkit.device import bf16_pays  # noqa: F401  (re-exported: the trainers and benchmarks read it here)
-from ldmkit.train.checkpoint import load_state  # noqa: F401  (callers read a run's state from here)
+from ldmkit.train.checkpoint import load_state, restore_rng  # noqa: F401  (callers read a run's state from here)
 from ldmkit.train.distributed import Distributed, gather_objects
 
 
@@ -118,6 +119,19 @@ def warn_if_stream_order_changed(dataset, state: dict | None, readers: int) -> N
         "interrupted epoch may be seen twice and part not at all",
         stacklevel=2,
     )
+
+
+def resumed_loader(dataset, state: dict | None, tcfg, start: int, total: int, ctx: Distributed, desc: str,
+                   progress: bool):
+    """(the batches of steps ``start`` … ``total`` − 1, a progress bar over the run). A resumed run
+    (``state``, its checkpoint) first gets back the random state it had saved, and a warning if its
+    stream of shards would now be read in another order."""
+    if state is not None:
+        restore_rng(state.get("rng", {}))
+    warn_if_stream_order_changed(dataset, state, stream_readers(ctx, tcfg.num_workers))
+    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers, ctx)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    return loader, bar
 
 
 def micro_batches(batch: dict, count: int) -> list[dict]:

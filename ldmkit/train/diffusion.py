@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
@@ -45,10 +44,10 @@ from ldmkit.pipelines import (
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer
 from ldmkit.train import distributed
-from ldmkit.train.checkpoint import resume_state, restore_rng, rng_state, save_checkpoint
+from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, make_loader, micro_batches,
-    step_generator, stream_readers, warn_if_stream_order_changed,
+    SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, micro_batches, resumed_loader,
+    step_generator, stream_readers,
 )
 from ldmkit.train.ema import EMA
 from ldmkit.train.logs import RunLog
@@ -332,12 +331,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     share = tcfg.batch_size // ctx.world_size  # this rank's samples per step
     posterior = isinstance(autoencoder, KLAutoencoder)
     skips = SkipReport()
-    if state is not None:
-        restore_rng(state.get("rng", {}))
-    warn_if_stream_order_changed(dataset, state, stream_readers(ctx, tcfg.num_workers))
-    loader = make_loader(dataset, tcfg.batch_size, tcfg.seed, start, total, tcfg.num_workers, ctx)
-    bar = tqdm(total=total, initial=start, desc="diffusion", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+    loader, bar = resumed_loader(dataset, state, tcfg, start, total, ctx, "diffusion", progress)
     objective.train()
     try:
         for step, batch in zip(range(start, total), loader):
