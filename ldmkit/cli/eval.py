@@ -46,12 +46,14 @@ def cmd_eval_autoencoder(args) -> None:
 def cmd_eval_generate(args) -> None:
     from ldmkit.diffusion import SAMPLERS
     from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+    from ldmkit.pretrained import shipped_model
 
+    model = args.model or shipped_model()
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed)
     _run(args, lambda networks, device: evaluate_generation(
-        args.model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
+        model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
 
 
 def _common(p: argparse.ArgumentParser, default_images: int) -> None:
@@ -79,7 +81,7 @@ def add_parsers(sub) -> None:
     a.set_defaults(func=cmd_eval_autoencoder)
 
     g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
-    g.add_argument("--model", required=True, help="a model folder written by `ldmkit train`")
+    g.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
     g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
     g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")

@@ -65,10 +65,13 @@ def cmd_serve(args) -> None:
     from ldmkit.device import resolve_device
     from ldmkit.pipelines.text_to_image import load_pipeline
 
+    from ldmkit.pretrained import shipped_model
+
+    model = args.model or shipped_model()
     sock = bind(args.host, args.port)
     try:
-        pipe = load_pipeline(args.model, resolve_device(args.device))
-        app = create_app(pipe, model_name=args.model, limits=Limits.from_pipeline(pipe, args.max_size),
+        pipe = load_pipeline(model, resolve_device(args.device))
+        app = create_app(pipe, model_name=args.model or "shapes64 (shipped)", limits=Limits.from_pipeline(pipe, args.max_size),
                          max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir)
     except BaseException:
         sock.close()
@@ -76,7 +79,7 @@ def cmd_serve(args) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     # Flushed, and in this form, because the tests and benchmarks/load_serve.py read the port from it.
-    print(f"ldmkit serve: serving {args.model} at http://{shown}:{port}/ (API: /docs)", flush=True)
+    print(f"ldmkit serve: serving {model} at http://{shown}:{port}/ (API: /docs)", flush=True)
     if not _is_loopback(args.host):
         print(f"ldmkit serve: note: listening on {args.host}, not loopback: anyone who can reach this "
               f"machine can use the model", file=sys.stderr, flush=True)
@@ -87,7 +90,7 @@ def cmd_serve(args) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page for text-to-image")
-    p.add_argument("--model", required=True, help="a model folder written by `ldmkit train`")
+    p.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=7860, help="0 picks a free port (printed at start)")
     p.add_argument("--max-queue", type=positive_int, default=8,
