@@ -6,6 +6,7 @@ Nothing here unpickles code: weights are safetensors, and training state is read
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -40,6 +41,15 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as ``sha256sum`` prints it (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -34,7 +34,6 @@ the order and flips of training from the shards. Cache the folder they were pack
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ldmkit.config import DataConfig, from_dict, to_dict
 from ldmkit.data.dataset import DataError, build_dataset, collate
-from ldmkit.storage import atomic_path
+from ldmkit.storage import atomic_path, sha256_file
 
 MANIFEST = "cache.json"
 CAPTIONS = "captions.json"
@@ -58,11 +57,7 @@ def autoencoder_checksum(autoencoder_dir: str | Path) -> str:
     """sha256 of the autoencoder folder's weights file (which also holds its scale_factor)."""
     from ldmkit.autoencoder.folder import WEIGHTS
 
-    digest = hashlib.sha256()
-    with open(Path(autoencoder_dir) / WEIGHTS, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(Path(autoencoder_dir) / WEIGHTS)
 
 
 def cache_key(data: DataConfig) -> DataConfig:

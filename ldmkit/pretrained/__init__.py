@@ -9,14 +9,13 @@ size to fit the package.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from ldmkit.storage import CheckpointError, atomic_path, save_weights
+from ldmkit.storage import CheckpointError, atomic_path, save_weights, sha256_file
 
 SHAPES64 = Path(__file__).parent / "shapes64"
 CHECKSUMS = "SHA256SUMS"
@@ -32,14 +31,6 @@ def shipped_model() -> Path:
     return SHAPES64
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def recorded_checksums(folder: Path = SHAPES64) -> dict[str, str]:
     """``file name -> sha256`` as written in ``folder/SHA256SUMS`` (the ``sha256sum`` format)."""
     lines = (folder / CHECKSUMS).read_text().splitlines()
@@ -49,7 +40,7 @@ def recorded_checksums(folder: Path = SHAPES64) -> dict[str, str]:
 def verify(folder: Path = SHAPES64) -> list[str]:
     """The files of ``folder`` whose checksum differs from the recorded one (empty: all intact)."""
     return [name for name, digest in recorded_checksums(folder).items()
-            if not (folder / name).is_file() or sha256(folder / name) != digest]
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest]
 
 
 def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,5 +61,5 @@ def pack(model_dir: str | Path, out: str | Path = SHAPES64) -> Path:
     for name in WEIGHT_FILES:
         save_weights(half_precision(load_file(str(model_dir / name))), out / name)
     with atomic_path(out / CHECKSUMS) as tmp:
-        Path(tmp).write_text("".join(f"{sha256(out / n)}  {n}\n" for n in WEIGHT_FILES + OTHER_FILES))
+        Path(tmp).write_text("".join(f"{sha256_file(out / n)}  {n}\n" for n in WEIGHT_FILES + OTHER_FILES))
     return out

@@ -13,7 +13,6 @@ uses ``torch.load(weights_only=True)``: no code is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.storage import CheckpointError, atomic_path
+from ldmkit.storage import CheckpointError, atomic_path, sha256_file
 from ldmkit.train.distributed import Distributed, broadcast_object
 
 CHECKPOINT_DIR = "checkpoints"
@@ -46,14 +45,6 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return sorted(found)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _digest_path(path: Path) -> Path:
@@ -81,7 +72,7 @@ def save_checkpoint(out: str | Path, state: dict, keep: int) -> Path:
         torch.save({**state, "format": FORMAT}, tmp)
     # Hashed after the rename, from the file itself: the digest vouches for what is on disk.
     with atomic_path(_digest_path(path)) as tmp:
-        tmp.write_text(f"{_sha256(path)}  {path.name}\n")
+        tmp.write_text(f"{sha256_file(path)}  {path.name}\n")
     _fsync_dir(path.parent)
     prune(out, keep)
     return path
@@ -107,7 +98,7 @@ def read_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     digest = _digest_path(path)
     if digest.is_file():
         expected = digest.read_text().split()[:1]
-        if expected != [_sha256(path)]:
+        if expected != [sha256_file(path)]:
             raise CheckpointError(f"{path} does not match its checksum {digest.name}: the file is damaged")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
