@@ -26,7 +26,7 @@ test: setup
 
 # The shipped model: train shapes64 (both stages; --resume continues a stopped run), pack it into
 # ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md and
-# the README's results. About an hour on a 2-core CPU with nothing else running.
+# the README's results. About 1.5 hours on a 2-core CPU with nothing else running.
 RUNS64 := runs/shapes64
 shapes64: setup
 	.venv/bin/ldmkit train-autoencoder --preset shapes64 --out $(RUNS64)/autoencoder --resume --no-progress
