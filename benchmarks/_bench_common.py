@@ -497,3 +497,24 @@ def write_results_section(path: str | Path, key: str, text: str) -> None:
 def fmt(value: float, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
+
+
+def run_benchmark(name: str, args, bench_model, report) -> None:
+    """What both benchmark scripts do: measure the matmul peaks, ``bench_model(model, args, peaks,
+    bf16_mode, tmp)`` for each selected configuration, print ``report(results, args, info, peaks,
+    bf16_note)`` and, with ``--results``, write it into that file's ``name`` section."""
+    import tempfile
+
+    models = select_models(args.models)
+    info = machine_info()
+    log("measuring the matmul peaks")
+    peaks = measure_peaks(args.quick)
+    bf16_mode, bf16_note = bf16_decision(args.bf16, peaks)
+    log(f"fp32 {peaks.fp32:.1f} GFLOP/s, bf16 {peaks.bf16:.2f} GFLOP/s; {bf16_note}")
+    with tempfile.TemporaryDirectory(prefix=f"{name}_") as tmp:
+        results = [bench_model(m, args, peaks, bf16_mode, Path(tmp)) for m in models]
+    text = report(results, args, info, peaks, bf16_note)
+    print(text)
+    if args.results:
+        write_results_section(args.results, name, text)
+        log(f"wrote the {name} section of {args.results}")

@@ -39,17 +39,16 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
-    BenchModel, bench_models, bf16_decision, build_diffusers_unet, build_diffusers_vae, build_ldmkit_autoencoder,
+    bench_models, BenchModel, build_diffusers_unet, build_diffusers_vae, build_ldmkit_autoencoder,
     build_ldmkit_unet, command_line, count_flops, diffusers_autocast, diffusers_configs, fmt, load_tensors, log,
-    machine_info, machine_lines, make_weights, markdown_table, measure_peaks, median, memory_report, run_worker,
-    save_tensors, select_models, start_work_memory, timed, write_result, write_results_section,
+    machine_lines, make_weights, markdown_table, median, memory_report, run_benchmark, run_worker, save_tensors,
+    start_work_memory, timed, write_result,
 )
 
 MODES = ("e2e", "cached")
@@ -342,20 +341,7 @@ def main(argv=None) -> None:
     if args.worker:
         worker(args.worker)
         return
-    models = select_models(args.models)
-    info = machine_info()
-    log("measuring the matmul peaks")
-    peaks = measure_peaks(args.quick)
-    bf16_mode, bf16_note = bf16_decision(args.bf16, peaks)
-    log(f"fp32 {peaks.fp32:.1f} GFLOP/s, bf16 {peaks.bf16:.2f} GFLOP/s; {bf16_note}")
-    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
-        results = [bench_model(m, args, peaks, bf16_mode, Path(tmp)) for m in models]
-    text = report(results, args, info, peaks, bf16_note)
-    print(text)
-    if args.results:
-        write_results_section(args.results, "bench_training", text)
-        log(f"wrote the bench_training section of {args.results}")
-
+    run_benchmark("bench_training", args, bench_model, report)
 
 if __name__ == "__main__":
     main()

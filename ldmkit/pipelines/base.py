@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
-from ldmkit.data.images import image_to_tensor
+from ldmkit.data.images import image_to_tensor, tensor_to_pil
 from ldmkit.device import use_bf16
 from ldmkit.diffusion import guided_denoiser, sample, sample_from
 from ldmkit.model import LatentDiffusion
@@ -138,6 +138,18 @@ class Pipeline:
                                generator=generator, callback=on_step, spacing=spacing)
         finally:
             bar.close()
+
+
+class ImageConditionedPipeline(Pipeline):
+    """A pipeline whose condition is one input image (super-resolution, colorization):
+    ``pipe(image, prompt="")`` → list of PIL images; subclasses define ``generate_tensors``."""
+
+    @torch.inference_mode()
+    def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
+                 seed: int = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+        return [tensor_to_pil(x) for x in self.generate_tensors(
+            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
 
 
 def _in_bf16(unet, device: torch.device):

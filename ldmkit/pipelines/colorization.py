@@ -5,25 +5,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from ldmkit.condition import grayscale
-from ldmkit.data.images import tensor_to_pil
-from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.base import ImageConditionedPipeline, ImageInput
 
 
-class ColorizationPipeline(Pipeline):
+class ColorizationPipeline(ImageConditionedPipeline):
     """``pipe(image)`` → list of PIL colour images of the same size; a colour input is turned grey first
     (Y = 0.299 R + 0.587 G + 0.114 B), so only its luma is used."""
 
     kinds = ("colorize",)
-
-    @torch.inference_mode()
-    def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
-                 seed: int = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
-            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25,

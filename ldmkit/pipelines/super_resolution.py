@@ -6,13 +6,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import Image
 
-from ldmkit.data.images import tensor_to_pil
-from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.base import ImageConditionedPipeline, ImageInput
 
 
-class SuperResolutionPipeline(Pipeline):
+class SuperResolutionPipeline(ImageConditionedPipeline):
     """``pipe(low_res_image)`` → list of PIL images, ``factor`` times larger (×4 on shapes: 16 → 64 px)."""
 
     kinds = ("sr",)
@@ -20,13 +18,6 @@ class SuperResolutionPipeline(Pipeline):
     @property
     def factor(self) -> int:
         return self.model.config.condition.sr_factor
-
-    @torch.inference_mode()
-    def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
-                 seed: int = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
-            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25,
