@@ -190,6 +190,9 @@ class DiffusionConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prediction: Literal["epsilon", "v"] = "epsilon"
+    # Rescale ᾱ_t so that ᾱ_{T−1} ≈ 0 (Lin et al. 2024): z_{T−1} is pure noise, as sampling assumes.
+    # Needs v-prediction (at SNR 0 the ε target is z_t itself and teaches nothing). See make_schedule.
+    zero_terminal_snr: bool = False
 
 
 # --------------------------------------------------------------------------------------------------

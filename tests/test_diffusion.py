@@ -40,9 +40,10 @@ SCHEDULES = {
     "linear": DiffusionConfig(schedule="linear"),  # config's betas 0.00085 … 0.012
     "linear_ddpm": DiffusionConfig(schedule="linear", beta_start=1e-4, beta_end=0.02),  # Ho et al.'s betas
     "cosine": DiffusionConfig(schedule="cosine"),
+    "zero_snr": DiffusionConfig(schedule="scaled_linear", prediction="v", zero_terminal_snr=True),
 }
 # ᾱ_{T−1} for T = 1000, measured: the last step must be close to pure noise.
-LAST_ALPHA_BAR_MAX = {"scaled_linear": 0.0047, "linear": 0.0016, "linear_ddpm": 4.1e-5, "cosine": 1e-8}
+LAST_ALPHA_BAR_MAX = {"scaled_linear": 0.0047, "linear": 0.0016, "linear_ddpm": 4.1e-5, "cosine": 1e-8, "zero_snr": 1e-7}
 
 
 def gen(seed: int) -> torch.Generator:
@@ -70,7 +71,8 @@ def test_schedule_shape_and_range(name):
     for v in (s.betas, s.alphas, s.alphas_cumprod):
         assert v.shape == (T,) and v.dtype == torch.float32
     assert (s.betas > 0).all() and (s.betas < 1).all()
-    assert (s.betas.diff() >= 0).all()  # all three are non-decreasing
+    # all three are non-decreasing (but for zero_snr's last β, set by ᾱ_{T−1} = 2⁻²⁴ rather than 0)
+    assert (s.betas[: -1 if name == "zero_snr" else None].diff() >= 0).all()
     assert (s.alphas_cumprod.diff() < 0).all()
     assert torch.allclose(s.alphas, 1 - s.betas)
     np.testing.assert_allclose(s.alphas_cumprod.numpy(), alpha_bar64(s), rtol=1e-5, atol=1e-12)
@@ -203,7 +205,7 @@ ALL_SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("schedule_name", ["scaled_linear", "cosine"])
+@pytest.mark.parametrize("schedule_name", ["scaled_linear", "cosine", "zero_snr"])
 @pytest.mark.parametrize("sampler", ALL_SAMPLERS)
 def test_samplers_recover_single_point(sampler, schedule_name):
     s = make_schedule(SCHEDULES[schedule_name])
@@ -236,6 +238,34 @@ def test_samplers_gaussian_data(sched, sampler):
     # z_T ~ N(0, I) is not exactly q(z_{T−1}) (√ᾱ_{T−1} μ ≈ 0.07 of signal is missing): mean ≈ 0.966.
     assert out.mean().item() == pytest.approx(mu, abs=0.06)
     assert out.std().item() == pytest.approx(std, abs=0.04)
+
+
+def test_zero_terminal_snr_rescales_and_removes_the_leak():
+    """Lin et al. 2024: √ᾱ rescaled so that ᾱ_0 is kept and ᾱ_{T−1} ≈ 0. Then N(0, I) is q(z_{T−1}), and the
+    sampler's mean is unbiased: with plain scaled_linear the 7% of signal left in z_{T−1} is missing from
+    z_T, and DDIM under an exact model lands measurably low."""
+    base, zero = make_schedule(SCHEDULES["scaled_linear"]), make_schedule(SCHEDULES["zero_snr"])
+    a, a_zero = base.alphas_cumprod.double().sqrt(), zero.alphas_cumprod.double().sqrt()
+    expected = (a - a[-1]) * a[0] / (a[0] - a[-1])
+    torch.testing.assert_close(a_zero[:-1], expected[:-1], rtol=1e-5, atol=1e-7)
+    assert zero.alphas_cumprod[0] == pytest.approx(base.alphas_cumprod[0].item(), rel=1e-6)
+    assert zero.alphas_cumprod[-1].item() == 2.0**-24
+    # v at the last timestep is −z_0: the model must draw the image from the prompt alone.
+    z0 = torch.randn(4, 4, 8, 8, generator=gen(1))
+    t = torch.full((4,), 999)
+    torch.testing.assert_close(v_target(zero, z0, t, torch.randn(z0.shape, generator=gen(2))), -z0, atol=1e-3, rtol=0)
+
+    mu, std = 1.0, 0.5
+    z_T = torch.randn(4096, 1, 4, 4, generator=gen(7))
+    means = {name: sample_ddim(gaussian_oracle(s, mu, std), z_T, s, 50).mean().item()
+             for name, s in (("scaled_linear", base), ("zero_snr", zero))}
+    assert means["zero_snr"] == pytest.approx(mu, abs=0.01)
+    assert means["scaled_linear"] < mu - 0.02
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction: v"):
+        make_schedule(DiffusionConfig(zero_terminal_snr=True))
 
 
 def test_ddim_eta0_is_deterministic(sched):
@@ -442,3 +472,19 @@ def test_min_snr_weighting(sched, prediction):
     np.testing.assert_allclose(weighted.numpy(), plain.numpy() * expected, rtol=1e-4)
     mean_loss = diffusion_loss(zero, latents, sched, prediction, t=t, noise=noise)
     assert mean_loss.item() == pytest.approx(plain.mean().item())
+
+
+def test_zero_terminal_snr_matches_diffusers_and_round_trips_its_scheduler_config():
+    """The same ᾱ_t as diffusers' ``rescale_betas_zero_snr`` (its Euler scheduler also sets ᾱ_{T−1} = 2⁻²⁴),
+    and a diffusers scheduler config that asks for it gives a zero-terminal-SNR DiffusionConfig."""
+    diffusers = pytest.importorskip("diffusers")
+    from ldmkit.convert.infer import schedule_from_diffusers
+
+    theirs = diffusers.EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+    )
+    ours = make_schedule(SCHEDULES["zero_snr"])
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod.float(), rtol=1e-5, atol=1e-9)
+    config = schedule_from_diffusers(dict(theirs.config))
+    assert config.zero_terminal_snr and config.prediction == "v"

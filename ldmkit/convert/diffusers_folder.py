@@ -187,6 +187,7 @@ def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
         "set_alpha_to_one": False,
         "steps_offset": 1,
         "timestep_spacing": "leading",
+        "rescale_betas_zero_snr": d.zero_terminal_snr,
     }
     if d.schedule not in ("linear", "scaled_linear"):
         raise CheckpointError(f"cannot write a diffusers folder: schedule {d.schedule!r} has no diffusers name here")

@@ -439,4 +439,5 @@ def schedule_from_diffusers(c: dict) -> DiffusionConfig:
         beta_start=float(c.get("beta_start", 0.00085)),
         beta_end=float(c.get("beta_end", 0.012)),
         prediction="v" if prediction == "v_prediction" else "epsilon",
+        zero_terminal_snr=bool(c.get("rescale_betas_zero_snr", False)),
     )

@@ -56,6 +56,9 @@ class NoiseSchedule:
         )
 
 
+TERMINAL_ALPHA_BAR = 2.0**-24  # ᾱ_{T−1} of a zero-terminal-SNR schedule (diffusers uses the same value)
+
+
 def make_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
     """The schedule named by ``cfg.schedule``:
 
@@ -63,6 +66,17 @@ def make_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
     - ``"scaled_linear"`` (LDM / Stable Diffusion): β_t = linspace(√beta_start, √beta_end, T)²;
     - ``"cosine"`` (Nichol & Dhariwal 2021): ᾱ(u) = f(u)/f(0), f(u) = cos²((u + s)/(1 + s) · π/2), s = 0.008,
       β_t = 1 − ᾱ((t+1)/T) / ᾱ(t/T), clipped at 0.999 (the last β would otherwise be 1 and ᾱ_{T−1} = 0).
+
+    ``cfg.zero_terminal_snr`` then rescales the schedule (Lin et al. 2024, "Common diffusion noise
+    schedules and sample steps are flawed", Alg. 1): with a_t = √ᾱ_t,
+
+        a'_t = (a_t − a_{T−1}) · a_0 / (a_0 − a_{T−1}),
+
+    which keeps ᾱ_0 and makes ᾱ_{T−1} = 0, so that the last training timestep is pure noise, as the
+    sampler's z_T ~ N(0, I) is. Without it, scaled_linear leaves √ᾱ_{T−1} ≈ 0.07 of the image in
+    z_{T−1}; on a small latent its low frequencies (where an object is) survive, the model learns to
+    read the layout from the noise, and at sampling the seed, not the prompt, decides the layout.
+    ᾱ_{T−1} is then set to 2⁻²⁴ rather than 0, so that σ_{T−1} and 1/√ᾱ_t stay finite in the samplers.
     """
     T = cfg.num_timesteps
     if T < 2:
@@ -84,8 +98,16 @@ def make_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
             f"diffusion betas must lie in (0, 1); got [{betas.min().item():.3g}, {betas.max().item():.3g}] "
             f"from beta_start={cfg.beta_start}, beta_end={cfg.beta_end}"
         )
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    if cfg.zero_terminal_snr:
+        if cfg.prediction != "v":
+            raise ValueError("diffusion.zero_terminal_snr needs prediction: v (at SNR 0 the ε target is z_t itself)")
+        a = alphas_cumprod.sqrt()
+        a = (a - a[-1]) * a[0] / (a[0] - a[-1])
+        alphas_cumprod = a**2
+        alphas_cumprod[-1] = TERMINAL_ALPHA_BAR
+        betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
     alphas = 1 - betas
-    alphas_cumprod = torch.cumprod(alphas, dim=0)
     return NoiseSchedule(betas.float(), alphas.float(), alphas_cumprod.float(), T)
 
 
