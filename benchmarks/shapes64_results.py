@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import re
 import statistics
 import sys
@@ -27,6 +26,9 @@ from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import ATTRIBUTES
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_PROMPTS = [
@@ -44,17 +46,33 @@ GRID_PROMPTS = [
 README_START, README_END = "<!-- shapes64-results:start -->", "<!-- shapes64-results:end -->"
 
 
-def training_seconds(log: Path) -> tuple[float, int]:
-    """(wall seconds, last step) of a run from its ``log.csv``; a resumed run restarts the clock,
-    so each stretch's last time is summed."""
-    total, last_time, step = 0.0, 0.0, 0
+def training_stretches(log: Path) -> list[dict]:
+    """The stretches of a run from its ``log.csv`` (a resumed run restarts the clock), each as
+    {"from": first step, "to": last step, "wall": seconds, "rate": median seconds per step}.
+
+    The rates say how fast each stretch ran; a stretch that shared the CPU with other work shows as
+    slower, so the fastest one is the machine's speed with the CPU to itself.
+    """
+    stretches, last_time, last_step, rates, start = [], 0.0, 0, [], 0
     with open(log) as f:
         for row in csv.DictReader(f):
-            t = float(row["time"])
-            if t < last_time:
-                total += last_time
-            last_time, step = t, int(row["step"])
-    return total + last_time, step
+            t, step = float(row["time"]), int(row["step"])
+            if t < last_time:  # a resumed stretch starts
+                stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
+                start, last_time, rates = last_step, 0.0, []
+            rates.append((t - last_time) / (step - last_step))
+            last_time, last_step = t, step
+    if rates:
+        stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
+    return stretches
+
+
+def describe_training(name: str, stretches: list[dict]) -> str:
+    wall = sum(s["wall"] for s in stretches)
+    parts = "; ".join(f"steps {s['from']}–{s['to']} at {s['rate']:.2f} s/step" for s in stretches)
+    fastest = min(s["rate"] for s in stretches)
+    return (f"- training, {name}: {stretches[-1]['to']} steps in {wall / 60:.0f} min of wall time ({parts}); "
+            f"{stretches[-1]['to'] * fastest / 60:.0f} min at the fastest stretch's rate")
 
 
 def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> float:
@@ -92,9 +110,9 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
         f"KID {kid.formatted()}",
         f"- the judge on the real renders of the same captions: {share(judge.value)} all right",
         f"- one 64×64 image ({settings.describe()}): {per_image:.2f} s on this CPU ({torch.get_num_threads()} threads)",
-        f"- training: autoencoder {train['ae_steps']} steps in {train['ae_minutes']:.0f} min, "
-        f"LDM {train['ldm_steps']} steps in {train['ldm_minutes']:.0f} min (wall time from the runs' log.csv)",
-        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        *(describe_training(name, stretches) for name, stretches in train.items()),
+        "  (from the runs' log.csv; a stretch is one run of the command, resumed from the last one's checkpoint)",
+        f"- machine: {machine_info()['cpu']}, torch {torch.__version__}",
         "",
         f"![shapes64 samples]({grid})",
         "",
@@ -118,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Path(args.model) if args.model else shipped_model()
     runs = Path(args.runs)
-    ae_s, ae_steps = training_seconds(runs / "autoencoder" / "log.csv")
-    ldm_s, ldm_steps = training_seconds(runs / "model" / "log.csv")
-    train = {"ae_steps": ae_steps, "ae_minutes": ae_s / 60, "ldm_steps": ldm_steps, "ldm_minutes": ldm_s / 60}
+    train = {name: training_stretches(runs / folder / "log.csv") for name, folder in (("autoencoder", "autoencoder"), ("LDM", "model"))}
 
     settings = SamplerSettings(args.sampler, args.steps, args.guidance)
     pipe = load_pipeline(model)
