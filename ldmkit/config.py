@@ -143,6 +143,10 @@ class UNetConfig:
     # (and ldmkit) with Linear layers: the same map, but the weights have different shapes.
     linear_projection: bool = True
     norm_eps: float = 1e-6  # eps of the ResBlocks' and the output's GroupNorm (SD: 1e-5)
+    # Two extra input channels holding each pixel's x and y in [−1, 1] (CoordConv, Liu et al. 2018), so
+    # that "on the left" can be drawn from pure noise on a small latent, where zero padding is the
+    # network's only other clue to where a pixel is. Not in Stable Diffusion's UNet.
+    coordinate_channels: bool = False
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,26 @@ def test_count_parameters():
     frozen = unet.conv_in.weight.numel() + unet.conv_in.bias.numel()
     assert count_parameters(unet, trainable_only=True) == count_parameters(unet) - frozen
     assert math.isclose(count_parameters(unet), 1_055_044, rel_tol=0.2)  # the size this config has today
+
+
+def test_coordinate_maps_run_left_to_right_and_top_to_bottom():
+    from ldmkit.nn.unet import coordinate_maps
+
+    maps = coordinate_maps(3, 4, 8, torch.zeros(1))
+    assert maps.shape == (3, 2, 4, 8)
+    x, y = maps[0]
+    torch.testing.assert_close(x[0], torch.linspace(-7 / 8, 7 / 8, 8))  # pixel centres, symmetric about 0
+    torch.testing.assert_close(y[:, 0], torch.linspace(-3 / 4, 3 / 4, 4))
+    assert (x == x[0]).all() and (y == y[:, :1]).all()  # x constant down a column, y along a row
+
+
+def test_coordinate_channels_reach_conv_in_and_train():
+    """conv_in takes the latent plus the two maps, and its weights on them get gradients."""
+    cfg = tiny(coordinate_channels=True)
+    unet = make_unet(cfg).train()
+    assert unet.conv_in.in_channels == cfg.in_channels + 2
+    z, t, c = inputs(cfg, 8, 12)
+    out = unet(z, t, c)
+    assert out.shape == z.shape
+    out.pow(2).mean().backward()
+    assert unet.conv_in.weight.grad[:, cfg.in_channels:].abs().sum() > 0

@@ -126,6 +126,8 @@ def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
         problems.append("diffusers' AutoencoderKL needs attention, attention_bias and asymmetric_downsample on")
     if config.text.kind not in ("clip", "openclip"):
         problems.append(f"a {config.text.kind!r} text encoder has no diffusers layout")
+    if u.coordinate_channels:
+        problems.append("diffusers' UNet2DConditionModel has no coordinate channels")
     if problems:
         raise CheckpointError("cannot write a diffusers folder: " + "; ".join(problems))
     levels = len(widths)

@@ -142,7 +142,7 @@ class UNet(nn.Module):
         mc = cfg.model_channels
         emb_dim = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels + 2 * cfg.coordinate_channels, mc, 3, padding=1)
 
         last = len(cfg.channel_mults) - 1
         skip_channels = [mc]  # conv_in's output is the first skip
@@ -204,6 +204,8 @@ class UNet(nn.Module):
         # A global condition could be added to emb here (LDM's label_emb); ldmkit's class models pass
         # their class embedding as a one-token context instead (ldmkit.condition.classes).
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
+        if self.cfg.coordinate_channels:
+            z_t = torch.cat([z_t, coordinate_maps(b, height, width, z_t)], dim=1)
         h = self.conv_in(z_t)
         skips = [h]
         for level in self.encoder:
@@ -212,6 +214,15 @@ class UNet(nn.Module):
         for level in self.decoder:
             h = level(h, emb, context, context_mask, skips)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def coordinate_maps(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """[B, 2, h, w]: channel 0 is each pixel's x, channel 1 its y, both from −1 (left, top) to 1 (right,
+    bottom) at pixel centres, on ``like``'s device and dtype."""
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=like.device, dtype=like.dtype)
+    grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
+    return grid.expand(batch, 2, height, width)
 
 
 def _check_config(cfg: UNetConfig) -> None:
