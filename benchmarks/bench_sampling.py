@@ -153,7 +153,8 @@ def diffusers_scheduler(sampler: str, model: BenchModel):
     if d.schedule not in ("linear", "scaled_linear"):
         raise SystemExit(f"{model.name}: schedule {d.schedule!r} has no exact diffusers counterpart")
     common = dict(num_train_timesteps=d.num_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
-                  beta_end=d.beta_end, prediction_type="v_prediction" if d.prediction == "v" else "epsilon")
+                  beta_end=d.beta_end, prediction_type="v_prediction" if d.prediction == "v" else "epsilon",
+                  rescale_betas_zero_snr=d.zero_terminal_snr)
     if sampler == "ddim":
         # trailing spacing ignores steps_offset (kept at 1, the value StableDiffusionPipeline insists on)
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="trailing")

@@ -179,7 +179,9 @@ def diffusers_step(spec: dict, model: BenchModel):
     encode = diffusers_encoder(spec, model, x["images"], weight_dtype) if spec["mode"] == "e2e" else None
     d = model.diffusion
     noise_scheduler = DDPMScheduler(num_train_timesteps=d.num_timesteps, beta_schedule=d.schedule,
-                                    beta_start=d.beta_start, beta_end=d.beta_end)
+                                    beta_start=d.beta_start, beta_end=d.beta_end,
+                                    prediction_type="v_prediction" if d.prediction == "v" else "epsilon",
+                                    rescale_betas_zero_snr=d.zero_terminal_snr)
     opt = torch.optim.AdamW(unet.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), weight_decay=tcfg.weight_decay, eps=1e-8)
     ema = EMAModel(unet.parameters(), decay=tcfg.ema_decay, foreach=True) if spec["ema"] else None
     context = x["context"]
@@ -191,7 +193,8 @@ def diffusers_step(spec: dict, model: BenchModel):
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         with diffusers_autocast(setting):  # accelerate's mixed precision wraps the UNet's forward
             pred = unet(noisy, timesteps, context, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        target = noise if d.prediction == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
         loss.backward()
         if tcfg.grad_clip > 0:  # its --max_grad_norm, the same norm as ldmkit's
             torch.nn.utils.clip_grad_norm_(unet.parameters(), tcfg.grad_clip)
