@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,9 +84,7 @@ def bench_models() -> dict[str, BenchModel]:
     diffusers' AutoencoderKL holds too.
     ``shapes64``: the UNet, autoencoder and schedule of ``ldmkit/configs/shapes64.yaml`` (UNet widths
     64/128/128, context 24×128, latent 4×16×16). Its KL-f4 autoencoder (widths 24/48/48, no attention,
-    symmetric downsampling) has no diffusers AutoencoderKL counterpart, so both sides encode with it;
-    its UNet's coordinate channels (two more inputs to conv_in) have none in UNet2DConditionModel, so
-    both sides run the UNet without them (a 0.1% difference in FLOPs).
+    symmetric downsampling) has no diffusers AutoencoderKL counterpart, so both sides encode with it.
     """
     from ldmkit.config import AutoencoderConfig, DiffusionConfig, UNetConfig, load_preset
 
@@ -105,7 +103,7 @@ def bench_models() -> dict[str, BenchModel]:
             sample_steps=20, sample_batch=4, guidance=7.5, train_batch=4,
         ),
         "shapes64": BenchModel(
-            "shapes64", replace(shapes.unet, coordinate_channels=False), shapes.autoencoder, shapes.diffusion,
+            "shapes64", shapes.unet, shapes.autoencoder, shapes.diffusion,
             latent_size=shapes.data.image_size // shapes.autoencoder.downsample_factor,
             context_length=shapes.text.max_length, sample_steps=shapes.train.sample_steps, sample_batch=8,
             guidance=shapes.train.sample_guidance, train_batch=shapes.train.batch_size,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "SHAPES64.md"))
     p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grid.png"))
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
+    p.add_argument("--title", default="the shipped model", help="what the results file's heading calls the model")
     args = p.parse_args(argv)
 
     model = Path(args.model) if args.model else shipped_model()
@@ -147,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_generation(pipe, args.num_images, settings)
     print(report.format())
 
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     grid_rel = Path(args.grid).name
     body = markdown(report, settings, per_image, train, command, grid_rel)
-    header = (f"# shapes64: the shipped model\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
+    header = (f"# shapes64: {args.title}\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
               f"(rows: seeds 0–3).\n\n")
     Path(args.results).write_text(header + body)
     print(f"wrote {args.results} and {args.grid}")
