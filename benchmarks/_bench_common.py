@@ -463,8 +463,18 @@ def write_result(spec: dict, result: dict) -> None:
 # Results
 
 
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script, quoted for a shell: ``python SCRIPT ARGS`` (``argv``: the
+    arguments a ``main(argv)`` was called with, default ``sys.argv[1:]``)."""
+    return "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])
+
+
+def diffusers_schedule_kwargs(d) -> dict:
+    """The keyword arguments that give a diffusers scheduler ldmkit's forward process ``d`` (a
+    `DiffusionConfig` with a linear or scaled_linear schedule)."""
+    return dict(num_train_timesteps=d.num_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
+                beta_end=d.beta_end, prediction_type="v_prediction" if d.prediction == "v" else "epsilon",
+                rescale_betas_zero_snr=d.zero_terminal_snr)
 
 
 def machine_lines(info: dict[str, str], peaks: Peaks) -> list[str]:

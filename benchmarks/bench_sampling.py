@@ -45,7 +45,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
     DIFFUSERS_SETTINGS, apply_diffusers_setting, bench_models, BenchModel, bf16_settings, build_diffusers_unet,
-    build_ldmkit_unet, command_line, count_flops, diffusers_autocast, diffusers_configs, fmt, load_tensors, log,
+    build_ldmkit_unet, command_line, count_flops, diffusers_autocast, diffusers_configs, diffusers_schedule_kwargs,
+    fmt, load_tensors, log,
     machine_lines, make_weights, markdown_table, median, memory_report, pick_fastest, run_benchmark, run_worker,
     save_tensors, start_work_memory, timed, write_result,
 )
@@ -152,9 +153,7 @@ def diffusers_scheduler(sampler: str, model: BenchModel):
     d = model.diffusion
     if d.schedule not in ("linear", "scaled_linear"):
         raise SystemExit(f"{model.name}: schedule {d.schedule!r} has no exact diffusers counterpart")
-    common = dict(num_train_timesteps=d.num_timesteps, beta_schedule=d.schedule, beta_start=d.beta_start,
-                  beta_end=d.beta_end, prediction_type="v_prediction" if d.prediction == "v" else "epsilon",
-                  rescale_betas_zero_snr=d.zero_terminal_snr)
+    common = diffusers_schedule_kwargs(d)
     if sampler == "ddim":
         # trailing spacing ignores steps_offset (kept at 1, the value StableDiffusionPipeline insists on)
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="trailing")

@@ -46,7 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
     bench_models, BenchModel, build_diffusers_unet, build_diffusers_vae, build_ldmkit_autoencoder,
-    build_ldmkit_unet, command_line, count_flops, diffusers_autocast, diffusers_configs, fmt, load_tensors, log,
+    build_ldmkit_unet, command_line, count_flops, diffusers_autocast, diffusers_configs, diffusers_schedule_kwargs,
+    fmt, load_tensors, log,
     machine_lines, make_weights, markdown_table, median, memory_report, run_benchmark, run_worker, save_tensors,
     start_work_memory, timed, write_result,
 )
@@ -178,10 +179,7 @@ def diffusers_step(spec: dict, model: BenchModel):
     unet = build_diffusers_unet(spec["unet_config"], spec["unet_weights"]).train()
     encode = diffusers_encoder(spec, model, x["images"], weight_dtype) if spec["mode"] == "e2e" else None
     d = model.diffusion
-    noise_scheduler = DDPMScheduler(num_train_timesteps=d.num_timesteps, beta_schedule=d.schedule,
-                                    beta_start=d.beta_start, beta_end=d.beta_end,
-                                    prediction_type="v_prediction" if d.prediction == "v" else "epsilon",
-                                    rescale_betas_zero_snr=d.zero_terminal_snr)
+    noise_scheduler = DDPMScheduler(**diffusers_schedule_kwargs(d))
     opt = torch.optim.AdamW(unet.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), weight_decay=tcfg.weight_decay, eps=1e-8)
     ema = EMAModel(unet.parameters(), decay=tcfg.ema_decay, foreach=True) if spec["ema"] else None
     context = x["context"]

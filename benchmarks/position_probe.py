@@ -10,13 +10,15 @@ from the starting noise draws it in the same place for every phrase of a seed.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ldmkit.pipelines.text_to_image import load_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import command_line  # noqa: E402
 
 PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = lambda c: "–" if c is None else f"({c[0]:.2f}, {c[1]:.2f})"  # noqa: E731
     lines = [
         "# Position probe: prompt or seed?", "",
-        f"Made by `python {shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])}`.",
+        f"Made by `{command_line(argv)}`.",
         f"Prompt \"a large red circle PHRASE\"; ddim, {args.steps} steps, guidance {args.guidance}. Cells: the drawn "
         "object's centroid (x, y), 0 = left / top. *Spread*: the largest distance between one seed's centroids "
         "(0: the phrase moved nothing).", "",

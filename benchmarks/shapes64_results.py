@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import shlex
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import machine_info  # noqa: E402
+from _bench_common import command_line, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_PROMPTS = [
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_generation(pipe, args.num_images, settings)
     print(report.format())
 
-    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(argv)
     grid_rel = Path(args.grid).name
     body = markdown(report, settings, per_image, train, command, grid_rel)
     header = (f"# shapes64: {args.title}\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
