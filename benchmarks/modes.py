@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,9 @@ from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import mean_std, psnr, ssim
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
 
 MODES = ("class", "sr", "inpaint", "colorize")
 MASK_SEED = 1234
@@ -146,9 +148,11 @@ def bench_colorize(folder: Path, n: int, args, predictor: AttributePredictor) ->
 
 def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str:
     lines = ["# Conditional modes on shapes", "",
-             f"Made by `{command}` on {platform.machine()} CPU, torch {torch.__version__}. Held-out shapes "
+             f"Made by `{command}` on {machine_info()['cpu']}, torch {torch.__version__}. Held-out shapes "
              f"(seed {HELDOUT_SEED}), DDIM with {args.sample_steps} steps, seed {args.seed}. Models: "
              + ", ".join(f"{m} `{f}`" for m, f in folders.items()) + ".", ""]
+    logs = {m: Path(f) / "log.csv" for m, f in folders.items()}
+    lines += [describe_training(m, training_stretches(log)) for m, log in logs.items() if log.is_file()] + [""]
     if "class" in results:
         r = results["class"]
         lines += ["## Class-conditional", "",
@@ -232,9 +236,8 @@ def main(argv: list[str] | None = None) -> None:
             results[mode] = bench_colorize(folders[mode], args.num_images, args, predictor)
         results[mode]["seconds"] = time.time() - start
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=vars) + "\n")
-    command = "python benchmarks/modes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(markdown(results, command.strip(), folders, args))
+    args.results.write_text(markdown(results, command_line(argv), folders, args))
     print(f"wrote {args.results}")
 
 

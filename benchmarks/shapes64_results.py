@@ -12,7 +12,6 @@ the training time and the number of steps.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import statistics
 import sys
@@ -28,7 +27,7 @@ from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, machine_info  # noqa: E402
+from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_PROMPTS = [
@@ -44,35 +43,6 @@ GRID_PROMPTS = [
     "a blue cross right of an orange square",
 ]
 README_START, README_END = "<!-- shapes64-results:start -->", "<!-- shapes64-results:end -->"
-
-
-def training_stretches(log: Path) -> list[dict]:
-    """The stretches of a run from its ``log.csv`` (a resumed run restarts the clock), each as
-    {"from": first step, "to": last step, "wall": seconds, "rate": median seconds per step}.
-
-    The rates say how fast each stretch ran; a stretch that shared the CPU with other work shows as
-    slower, so the fastest one is the machine's speed with the CPU to itself.
-    """
-    stretches, last_time, last_step, rates, start = [], 0.0, 0, [], 0
-    with open(log) as f:
-        for row in csv.DictReader(f):
-            t, step = float(row["time"]), int(row["step"])
-            if t < last_time:  # a resumed stretch starts
-                stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
-                start, last_time, rates = last_step, 0.0, []
-            rates.append((t - last_time) / (step - last_step))
-            last_time, last_step = t, step
-    if rates:
-        stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
-    return stretches
-
-
-def describe_training(name: str, stretches: list[dict]) -> str:
-    wall = sum(s["wall"] for s in stretches)
-    parts = "; ".join(f"steps {s['from']}–{s['to']} at {s['rate']:.2f} s/step" for s in stretches)
-    fastest = min(s["rate"] for s in stretches)
-    return (f"- training, {name}: {stretches[-1]['to']} steps in {wall / 60:.0f} min of wall time ({parts}); "
-            f"{stretches[-1]['to'] * fastest / 60:.0f} min at the fastest stretch's rate")
 
 
 def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> float:

@@ -78,6 +78,12 @@ class LatentDiffusion(nn.Module):
                 f"of {k} (autoencoder f={self.autoencoder.downsample_factor} × UNet downsampling "
                 f"{self.unet.downsample_factor})"
             )
+        f = self.autoencoder.downsample_factor
+        if (height // f) * (width // f) < self.unet.min_latent_area:  # only k×k can fail, with 1 channel per group
+            raise ValueError(
+                f"image size {height}x{width} is too small for this model: its UNet's lowest level would be 1x1, "
+                f"one value per GroupNorm group; the smallest sizes allowed are {k}x{2 * k} and {2 * k}x{k}"
+            )
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """τθ(y) for each prompt: context B×L×d.

@@ -254,6 +254,22 @@ def test_colorization_sees_only_the_grey_levels(models, image, tmp_path):
     assert Image.open(tmp_path / "c.png").mode == "RGB"
 
 
+def test_an_image_too_small_for_the_unet_is_refused_in_one_line(models, tmp_path, capsys):
+    # tiny: f = 4 and two UNet levels, so 8 divides every allowed size, but an 8×8 image would leave the
+    # UNet's lowest level 1×1, one value per GroupNorm group (PyTorch's own error says "when training")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    capsys.readouterr()
+    assert main(["colorize", str(tmp_path / "small.png"), "--model", str(models["colorize"]),
+                 "--out", str(tmp_path / "c.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "too small" in err and "8x16 and 16x8" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.png").exists()
+    Image.new("L", (16, 8)).save(tmp_path / "wide.png")
+    assert main(["colorize", str(tmp_path / "wide.png"), "--model", str(models["colorize"]),
+                 "--out", str(tmp_path / "c.png"), "--steps", "2", "--no-progress"]) == 0
+    assert Image.open(tmp_path / "c.png").size == (16, 8)
+
+
 def test_img2img_strength_zero_returns_the_autoencoded_input(models, image, tmp_path):
     pipe = ImageToImagePipeline.from_folder(models["text"])
     model = pipe.model

@@ -174,6 +174,16 @@ class UNet(nn.Module):
         return 2 ** (len(self.cfg.channel_mults) - 1)
 
     @property
+    def min_latent_area(self) -> int:
+        """The least h·w of a latent this UNet can take. GroupNorm needs more than one value per group;
+        at the lowest level, h·w / 4^(levels−1) pixels, the narrowest norm has C/G channels per group
+        (1 in the tiny presets, where a 1×1 lowest level would leave one value per group)."""
+        bottom = (self.encoder[-1], self.middle, self.decoder[0])
+        per_group = min(m.num_channels // m.num_groups for part in bottom for m in part.modules()
+                        if isinstance(m, nn.GroupNorm))
+        return (1 if per_group > 1 else 2) * self.downsample_factor ** 2
+
+    @property
     def context_dim(self) -> int:
         return self.cfg.context_dim
 
