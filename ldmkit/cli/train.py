@@ -64,7 +64,7 @@ def cmd_train(args) -> None:
 
     out = train_diffusion(
         _preset(args, "train"), args.autoencoder, args.out, args.steps, _resume(args.resume), args.device,
-        not args.no_progress,
+        not args.no_progress, args.init,
     )
     if _is_main():
         print(f"model written to {out} (samples in {out / 'samples'})")
@@ -83,4 +83,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="stage 2: train the UNet and text encoder on frozen latents")
     _add_training_options(p)
     p.add_argument("--autoencoder", required=True, help="folder written by `ldmkit train-autoencoder`")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this trained model's prompt model, vocabulary and UNet (it must "
+                        "use --autoencoder; the preset may change the prediction, the schedule and add input "
+                        "channels, which start at zero); a resumed run takes its checkpoint instead")
     p.set_defaults(func=cmd_train)

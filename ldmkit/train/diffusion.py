@@ -51,6 +51,7 @@ from ldmkit.train.common import (
 )
 from ldmkit.train.ema import EMA
 from ldmkit.train.logs import RunLog
+from ldmkit.train.warm_start import warm_start
 
 TOKENIZER_CAPTIONS = 5000  # captions the tokenizer's vocabulary is trained on
 
@@ -218,19 +219,23 @@ def tokenizer_from_json(text: str) -> PromptTokenizer:
 def train_diffusion(
     preset: Preset, autoencoder_dir: str | Path, out: str | Path, steps: int | None = None,
     resume: bool | str | Path = False, device: str = "auto", progress: bool = True,
+    init: str | Path | None = None,
 ) -> Path:
     """Train τθ and εθ for ``steps`` (default ``preset.train.steps``) optimizer steps into ``out``.
 
     ``resume``: False (fresh; refuses an ``out`` with checkpoints), True or "auto" (the newest intact
     checkpoint of ``out``, fresh if none), or a checkpoint file or folder. ``device``: auto, cpu or
-    cuda. Under torchrun every rank calls this; the return value is ``out`` on all of them.
+    cuda. ``init``: a trained model to fine-tune, whose prompt model, vocabulary and UNet weights a
+    fresh run starts from (`ldmkit.train.warm_start`; a resumed run takes its checkpoint's instead).
+    Under torchrun every rank calls this; the return value is ``out`` on all of them.
     """
     with distributed.process_group(device) as ctx:
-        _train(preset, Path(autoencoder_dir), Path(out), steps, resume, ctx, progress)
+        _train(preset, Path(autoencoder_dir), Path(out), steps, resume, ctx, progress, init)
     return Path(out)
 
 
-def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, resume, ctx, progress: bool) -> None:
+def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, resume, ctx, progress: bool,
+           init: str | Path | None = None) -> None:
     tcfg = preset.train
     total = steps if steps is not None else tcfg.steps
     dev = ctx.device
@@ -241,6 +246,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         else build_dataset(preset.data)
 
     state = resume_state(resume, out, "diffusion", ctx)
+    source = LatentDiffusion.load(init) if init is not None and state is None else None
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
         tokenizer = tokenizer_from_json(state["tokenizer"]) if config.condition.uses_text else None
@@ -259,8 +265,8 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
                 f"channels ({autoencoder.latent_channels})"
                 + (f" + the {extra} channels of the {condition.kind!r} condition" if extra else "")
             )
-        tokenizer = None
-        if condition.uses_text:
+        tokenizer = source.tokenizer if source is not None else None
+        if condition.uses_text and tokenizer is None:
             # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
             # captions were split.
             vocab = None
@@ -276,6 +282,9 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
+    if source is not None:
+        warm_start(model, source, f"--init {init}")
+        del source
     model.to(dev)
     objective = DenoisingLoss(model, tcfg.min_snr_gamma)
     params = [p for p in objective.parameters() if p.requires_grad]
