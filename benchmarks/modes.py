@@ -10,6 +10,9 @@
 - colorize: colour accuracy — the share of true objects whose colour the judge finds in the colorized
   image (beside the same on the real renders), and PSNR against the colour truth (beside the grey input).
 
+Each image mode is sampled twice: from the input's own guess at the output noised to t = T (the pipelines'
+default) and from pure noise.
+
     # train the autoencoder and the four shapes64-MODE models through the library, then measure:
     nice -n 10 python benchmarks/modes.py --out runs/modes
     # or measure models already trained:
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ldmkit.condition import downsample, grayscale, random_masks, resize_to
+from ldmkit.condition import downsample, grayscale, mean_fill, random_masks, resize_to
 from ldmkit.config import load_preset
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
@@ -104,24 +107,27 @@ def bench_sr(folder: Path, n: int, args) -> dict:
     bicubic = resize_to(low, *truth.shape[-2:]).clamp(-1, 1)
     model: LatentDiffusion = pipe.model
     recon = batched(lambda x: model.decode_latents(model.encode_images(x)).float(), [truth], args.batch_size)
-    sr = batched(lambda x: pipe.generate_tensors(x, steps=args.sample_steps, seed=args.seed), [low], args.batch_size)
+    sr, sr_noise = (batched(lambda x: pipe.generate_tensors(x, steps=args.sample_steps, seed=args.seed,
+                                                            start_from_input=informed), [low], args.batch_size)
+                    for informed in (True, False))
     return {"images": n, "input": list(low.shape[-2:]), "output": list(truth.shape[-2:]), **{
         name: {"psnr": mean_std(psnr(out, truth)), "ssim": mean_std(ssim(out, truth))}
-        for name, out in (("ldm", sr), ("bicubic", bicubic), ("autoencoder", recon))}}
+        for name, out in (("ldm", sr), ("ldm, noise start", sr_noise), ("bicubic", bicubic), ("autoencoder", recon))}}
 
 
 def bench_inpaint(folder: Path, n: int, args) -> dict:
     pipe = InpaintingPipeline.from_folder(folder)
     truth = heldout_shapes(n, pipe.model.config.image_size).images
     masks = random_masks(n, *truth.shape[-2:], torch.Generator().manual_seed(MASK_SEED))
-    raw = batched(lambda x, m: pipe.generate_tensors(x, m, steps=args.sample_steps, seed=args.seed, blend=False),
-                  [truth, masks], args.batch_size)
-    blended = masks * raw + (1 - masks) * truth
+    raw, raw_noise = (batched(lambda x, m: pipe.generate_tensors(x, m, steps=args.sample_steps, seed=args.seed,
+                                                                 blend=False, start_from_input=informed),
+                              [truth, masks], args.batch_size) for informed in (True, False))
+    blended, blended_noise = (masks * r + (1 - masks) * truth for r in (raw, raw_noise))
     known = 1 - masks
-    mean_fill = (truth * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
-    baseline = masks * mean_fill + known * truth
+    baseline = mean_fill(truth, masks)
     return {"images": n, "masked_share": float(masks.mean()),
             "inside": {"ldm": mean_std(masked_psnr(blended, truth, masks)),
+                       "ldm, noise start": mean_std(masked_psnr(blended_noise, truth, masks)),
                        "mean colour fill": mean_std(masked_psnr(baseline, truth, masks))},
             "outside_before_blend": mean_std(masked_psnr(raw, truth, known)),
             "outside_after_blend_max_abs_error": float(((blended - truth) * known).abs().max())}
@@ -131,7 +137,9 @@ def bench_colorize(folder: Path, n: int, args, predictor: AttributePredictor) ->
     pipe = ColorizationPipeline.from_folder(folder)
     held = heldout_shapes(n, pipe.model.config.image_size)
     gray = grayscale(held.images)
-    out = batched(lambda x: pipe.generate_tensors(x, steps=args.sample_steps, seed=args.seed), [gray], args.batch_size)
+    out, out_noise = (batched(lambda x: pipe.generate_tensors(x, steps=args.sample_steps, seed=args.seed,
+                                                              start_from_input=informed), [gray], args.batch_size)
+                      for informed in (True, False))
 
     def colour_accuracy(images: torch.Tensor) -> float:
         right = total = 0
@@ -141,16 +149,21 @@ def bench_colorize(folder: Path, n: int, args, predictor: AttributePredictor) ->
             total += len(scene.objects)
         return right / total
 
-    return {"images": n, "colour_accuracy": {"ldm": colour_accuracy(out), "real renders": colour_accuracy(held.images),
+    return {"images": n, "colour_accuracy": {"ldm": colour_accuracy(out), "ldm, noise start": colour_accuracy(out_noise),
+                                             "real renders": colour_accuracy(held.images),
                                              "grey input": colour_accuracy(gray.contiguous())},
-            "psnr": {"ldm": mean_std(psnr(out, held.images)), "grey input": mean_std(psnr(gray, held.images))}}
+            "psnr": {"ldm": mean_std(psnr(out, held.images)), "ldm, noise start": mean_std(psnr(out_noise, held.images)),
+                     "grey input": mean_std(psnr(gray, held.images))}}
 
 
 def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str:
     lines = ["# Conditional modes on shapes", "",
              f"Made by `{command}` on {machine_info()['cpu']}, torch {torch.__version__}. Held-out shapes "
              f"(seed {HELDOUT_SEED}), DDIM with {args.sample_steps} steps, seed {args.seed}. Models: "
-             + ", ".join(f"{m} `{f}`" for m, f in folders.items()) + ".", ""]
+             + ", ".join(f"{m} `{f}`" for m, f in folders.items()) + ".", "",
+             "The image modes' LDM rows start from z_T ~ q(z_T | E(x̃)), x̃ the input's own guess at the output "
+             "(the pipelines' default, `start_from_input`); the rows marked z_T ~ N(0, I) start from pure noise "
+             "(`--noise-start` on the CLI).", ""]
     logs = {m: Path(f) / "log.csv" for m, f in folders.items()}
     lines += [describe_training(m, training_stretches(log)) for m, log in logs.items() if log.is_file()] + [""]
     if "class" in results:
@@ -165,8 +178,9 @@ def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str
         lines += ["## Super-resolution", "",
                   f"×{r['output'][0] // r['input'][0]} ({r['input'][0]} → {r['output'][0]} px) on {r['images']} images; "
                   "mean ± std over images.", "", "| method | PSNR (dB) ↑ | SSIM ↑ |", "|---|---:|---:|"]
-        for name in ("ldm", "bicubic", "autoencoder"):
-            label = {"ldm": "LDM (sr)", "bicubic": "bicubic upsampling", "autoencoder": "D(E(x)) of the truth (ceiling)"}[name]
+        for name in ("ldm", "ldm, noise start", "bicubic", "autoencoder"):
+            label = {"ldm": "LDM (sr)", "ldm, noise start": "LDM (sr), z_T ~ N(0, I)", "bicubic": "bicubic upsampling",
+                     "autoencoder": "D(E(x)) of the truth (ceiling)"}[name]
             lines.append(f"| {label} | {fmt(r[name]['psnr'])} | {fmt(r[name]['ssim'])} |")
         lines.append("")
     if "inpaint" in results:
@@ -176,6 +190,7 @@ def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str
                   f"{r['masked_share']:.0%} of the pixels masked). PSNR (dB), mean ± std over images.", "",
                   "| | PSNR (dB) |", "|---|---:|",
                   f"| inside the mask, LDM | {fmt(r['inside']['ldm'])} |",
+                  f"| inside the mask, LDM, z_T ~ N(0, I) | {fmt(r['inside']['ldm, noise start'])} |",
                   f"| inside the mask, mean colour of the known pixels | {fmt(r['inside']['mean colour fill'])} |",
                   f"| outside the mask, decoder output before the blend | {fmt(r['outside_before_blend'])} |",
                   "", f"After the blend the known pixels are exact (largest error {r['outside_after_blend_max_abs_error']:g}).", ""]
@@ -186,6 +201,7 @@ def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str
                   f"{r['images']} images. Colour accuracy: the share of true objects whose colour the shapes judge finds.", "",
                   "| | colour accuracy ↑ | PSNR (dB) ↑ |", "|---|---:|---:|",
                   f"| LDM (colorize) | {ca['ldm']:.1%} | {fmt(r['psnr']['ldm'])} |",
+                  f"| LDM (colorize), z_T ~ N(0, I) | {ca['ldm, noise start']:.1%} | {fmt(r['psnr']['ldm, noise start'])} |",
                   f"| the grey input | {ca['grey input']:.1%} | {fmt(r['psnr']['grey input'])} |",
                   f"| the real renders | {ca['real renders']:.1%} | — |", ""]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from ldmkit.cli import main
-from ldmkit.condition import class_labels, random_masks, uncrop_mask
+from ldmkit.condition import class_labels, downsample, grayscale, mean_fill, random_masks, resize_to, uncrop_mask
 from ldmkit.config import ModelConfig, load_preset, save_yaml
 from ldmkit.data import SHAPES, Scene, ShapeObject, shapes_sample
 from ldmkit.data.images import image_to_tensor
@@ -268,6 +268,41 @@ def test_an_image_too_small_for_the_unet_is_refused_in_one_line(models, tmp_path
     assert main(["colorize", str(tmp_path / "wide.png"), "--model", str(models["colorize"]),
                  "--out", str(tmp_path / "c.png"), "--steps", "2", "--no-progress"]) == 0
     assert Image.open(tmp_path / "c.png").size == (16, 8)
+
+
+def test_image_modes_start_from_their_input_noised_to_T(models, image, monkeypatch, tmp_path):
+    # z_T ~ q(z_T | E(x̃)), x̃ the input's guess at the output; --noise-start / start_from_input=False: N(0, I)
+    import ldmkit.pipelines.base as base
+
+    starts = []
+    real = base.sample_from
+
+    def spy(name, denoise, z_0, noise, schedule, steps, strength, **kw):
+        starts.append((z_0, strength))
+        return real(name, denoise, z_0, noise, schedule, steps, strength, **kw)
+
+    monkeypatch.setattr(base, "sample_from", spy)
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 8:24, 4:20] = 1
+    low = downsample(image, 4)
+    cases = (
+        (SuperResolutionPipeline, "sr", (low,), resize_to(low, SIZE, SIZE).clamp(-1, 1)),
+        (ColorizationPipeline, "colorize", (image,), grayscale(image)),
+        (InpaintingPipeline, "inpaint", (image, mask), mean_fill(image, mask)),
+    )
+    for cls, mode, inputs, guess in cases:
+        pipe = cls.from_folder(models[mode])
+        informed = pipe.generate_tensors(*inputs, steps=2, seed=5)
+        z_0, strength = starts.pop()
+        assert strength == 1.0 and torch.equal(z_0, pipe.model.encode_images(guess)), mode
+        noise_start = pipe.generate_tensors(*inputs, steps=2, seed=5, start_from_input=False)
+        assert not starts and not torch.allclose(informed, noise_start), mode
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "low.png")
+    for flag in ([], ["--noise-start"]):
+        assert main(["upscale", str(tmp_path / "low.png"), "--model", str(models["sr"]), "--out",
+                     str(tmp_path / "up.png"), "--steps", "2", "--no-progress", *flag]) == 0
+        assert len(starts) == (0 if flag else 1)
+        starts.clear()
 
 
 def test_img2img_strength_zero_returns_the_autoencoded_input(models, image, tmp_path):

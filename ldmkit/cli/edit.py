@@ -71,7 +71,7 @@ def cmd_upscale(args) -> None:
 
     out, image = _out_path(args), _read_image(args.input)
     pipe = _pipeline(SuperResolutionPipeline, args)
-    _write(pipe(image, args.prompt, **_sampling(args)), out)
+    _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
 def cmd_inpaint(args) -> None:
@@ -84,7 +84,7 @@ def cmd_inpaint(args) -> None:
             "they must be the same size"
         )
     pipe = _pipeline(InpaintingPipeline, args)
-    _write(pipe(image, mask, args.prompt, **_sampling(args)), out)
+    _write(pipe(image, mask, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
 def cmd_uncrop(args) -> None:
@@ -94,7 +94,8 @@ def cmd_uncrop(args) -> None:
         raise UsageError(f"--amount {args.amount}: must be between 0 and 1 (the share of the image to paint)")
     out, image = _out_path(args), _read_image(args.input)
     pipe = _pipeline(InpaintingPipeline, args)
-    _write(pipe.uncrop(image, args.side, args.amount, args.prompt, **_sampling(args)), out)
+    _write(pipe.uncrop(image, args.side, args.amount, args.prompt, start_from_input=not args.noise_start,
+                       **_sampling(args)), out)
 
 
 def cmd_colorize(args) -> None:
@@ -102,7 +103,7 @@ def cmd_colorize(args) -> None:
 
     out, image = _out_path(args), _read_image(args.input)
     pipe = _pipeline(ColorizationPipeline, args)
-    _write(pipe(image, args.prompt, **_sampling(args)), out)
+    _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
 def cmd_img2img(args) -> None:
@@ -130,6 +131,12 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _start_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise-start", action="store_true",
+                   help="start from z_T ~ N(0, I) instead of the input's own guess at the output noised to t = T "
+                        "(the default, which keeps the layout the model expects in z_T)")
+
+
 class _TrailingPromptParser(argparse.ArgumentParser):
     """Reads ``inpaint IN.png --mask M.png --model DIR PROMPT``: argparse matches every positional at the
     first run of them (IN.png), so a prompt after the options would be left over; it is taken here."""
@@ -151,11 +158,13 @@ def _unit_float(text: str) -> float:
 def add_parsers(sub) -> None:
     p = sub.add_parser("upscale", help="super-resolution with an 'sr' model (×4 on shapes: 16 → 64 px)")
     _common(p, 1.0, "preset *-sr")
+    _start_option(p)
     p.add_argument("--prompt", default="", help="an optional caption of the image")
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("inpaint", help="repaint where the mask is white, with an 'inpaint' model")
     _common(p, 1.0, "preset *-inpaint")
+    _start_option(p)
     p.add_argument("--mask", required=True, help="a mask image of the input's size: white = repaint, black = keep")
     p.add_argument("prompt", nargs="?", default="", help="an optional caption of the result")
     p.__class__ = _TrailingPromptParser  # the prompt may come after the options, as the usage line shows
@@ -163,6 +172,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("uncrop", help="paint beyond one border, with an 'inpaint' model")
     _common(p, 1.0, "preset *-inpaint")
+    _start_option(p)
     p.add_argument("--side", required=True, choices=["left", "right", "top", "bottom"],
                    help="the border to paint beyond")
     p.add_argument("--amount", type=_unit_float, default=0.5,
@@ -172,6 +182,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("colorize", help="colour a grayscale image, with a 'colorize' model")
     _common(p, 1.0, "preset *-colorize")
+    _start_option(p)
     p.add_argument("--prompt", default="", help="an optional caption of the image")
     p.set_defaults(func=cmd_colorize)
 

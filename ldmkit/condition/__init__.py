@@ -8,7 +8,7 @@
 from ldmkit.condition.classes import ClassEmbedding, class_index, class_labels, data_classes
 from ldmkit.condition.images import (
     check_images, check_mask, concat_condition, downsample, grayscale, mask_to_latent, masked_images,
-    resize_to,
+    mean_fill, resize_to,
 )
 from ldmkit.condition.masks import SIDES, random_masks, uncrop_mask
 
@@ -25,6 +25,7 @@ __all__ = [
     "grayscale",
     "mask_to_latent",
     "masked_images",
+    "mean_fill",
     "random_masks",
     "resize_to",
     "uncrop_mask",

@@ -72,6 +72,14 @@ def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     return resize_to(images, h // factor, w // factor).clamp(-1, 1)
 
 
+def mean_fill(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``images`` with the pixels to repaint (m = 1) set to the mean colour of each image's known ones:
+    the simplest guess at the hole, the baseline an inpainting model must beat."""
+    known = 1 - mask
+    mean = (images * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
+    return mask * mean + known * images
+
+
 def masked_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x ⊙ (1 − m): the pixels to repaint (m = 1) set to 0, mid-grey in [-1, 1]."""
     return images * (1 - mask)

@@ -140,6 +140,18 @@ class Pipeline:
             bar.close()
 
 
+    def input_start(self, estimate: torch.Tensor, start_from_input: bool) -> torch.Tensor | None:
+        """The z_0 whose q(z_T | z_0) an image-conditioned sample starts from: E(x̃) for the input's own
+        estimate x̃ of the output (the upsampled low-resolution image, the grey image, the image with
+        its hole), or None for z_T ~ N(0, I) when ``start_from_input`` is False.
+
+        Why: unless the schedule has zero terminal SNR, the UNet only ever saw z_T = √ᾱ_T z_0 +
+        √(1 − ᾱ_T) ε in training (scaled_linear: √ᾱ_T ≈ 0.07), and on small latents it reads the layout
+        from those few per cent. Pure noise then tells it a random layout that fights the condition;
+        for some seeds the sample falls apart (`benchmarks/MODES.md` measures both starts)."""
+        return self.model.encode_images(estimate) if start_from_input else None
+
+
 class ImageConditionedPipeline(Pipeline):
     """A pipeline whose condition is one input image (super-resolution, colorization):
     ``pipe(image, prompt="")`` → list of PIL images; subclasses define ``generate_tensors``."""
@@ -147,9 +159,11 @@ class ImageConditionedPipeline(Pipeline):
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
                  seed: int = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None,
+                 start_from_input: bool = True) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
-            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
+            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
+            start_from_input=start_from_input)]
 
 
 def _in_bf16(unet, device: torch.device):

@@ -20,12 +20,15 @@ class ColorizationPipeline(ImageConditionedPipeline):
     def generate_tensors(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25,
                          guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
                          negative_prompt: str = "", progress: bool = False,
-                         callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """B×3×H×W in [-1, 1]; c = scale · E(gray(x))."""
+                         callback: Callable[[int, int], None] | None = None,
+                         start_from_input: bool = True) -> torch.Tensor:
+        """B×3×H×W in [-1, 1]; c = scale · E(gray(x)). ``start_from_input``: z_T ~ q(z_T | E(gray(x)))
+        (default), else N(0, I) (see `input_start`)."""
         gray = grayscale(self.images(image))
         latent_size = self.latent_size(*gray.shape[-2:])
         context, null_context = self.prompt_contexts(prompt, negative_prompt, gray.shape[0])
         concat = self.model.image_condition(gray, latent_size)
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
-                                      concat=concat, progress=progress, callback=callback)
+                                      concat=concat, init_latents=self.input_start(gray, start_from_input),
+                                      progress=progress, callback=callback)
         return self.model.decode_latents(latents).float().cpu()
