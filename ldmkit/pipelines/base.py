@@ -139,7 +139,6 @@ class Pipeline:
         finally:
             bar.close()
 
-
     def input_start(self, estimate: torch.Tensor, start_from_input: bool) -> torch.Tensor | None:
         """The z_0 whose q(z_T | z_0) an image-conditioned sample starts from: E(x̃) for the input's own
         estimate x̃ of the output (the upsampled low-resolution image, the grey image, the image with
