@@ -203,7 +203,9 @@ def markdown(results: dict, command: str, folders: dict[str, Path], args) -> str
                   f"| LDM (colorize) | {ca['ldm']:.1%} | {fmt(r['psnr']['ldm'])} |",
                   f"| LDM (colorize), z_T ~ N(0, I) | {ca['ldm, noise start']:.1%} | {fmt(r['psnr']['ldm, noise start'])} |",
                   f"| the grey input | {ca['grey input']:.1%} | {fmt(r['psnr']['grey input'])} |",
-                  f"| the real renders | {ca['real renders']:.1%} | — |", ""]
+                  f"| the real renders | {ca['real renders']:.1%} | — |", "",
+                  "The grey input's PSNR is huge on images whose objects are all white (grey equals colour "
+                  "there, up to rounding), hence its spread.", ""]
     return "\n".join(lines)
 
 
