@@ -23,6 +23,15 @@ class CheckpointError(ValueError):
     """A model folder or weights file is missing, incomplete or corrupt."""
 
 
+MAX_NAMED = 5  # offending keys named in an error message
+
+
+def first_keys(keys: list[str]) -> str:
+    """The first `MAX_NAMED` of ``keys`` for an error message, and how many more there are."""
+    more = f" and {len(keys) - MAX_NAMED} more" if len(keys) > MAX_NAMED else ""
+    return ", ".join(keys[:MAX_NAMED]) + more
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -69,7 +78,7 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        what = f"missing {first_keys(missing)}" if missing else f"unexpected {first_keys(unexpected)}"
         raise CheckpointError(f"{path} does not fit the model in its config.yaml: {what}")
 
 

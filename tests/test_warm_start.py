@@ -75,7 +75,7 @@ def test_a_model_that_does_not_fit_is_refused(trained, tmp_path, capsys):
     source = LatentDiffusion.load(trained["text"])
     wider = load_preset("tiny")
     wider = dataclasses.replace(wider, unet=dataclasses.replace(wider.unet, model_channels=48))
-    with pytest.raises(CheckpointError, match=r"unet: time_embed.0.weight is \(128, 32\) there, \(192, 48\) here"):
+    with pytest.raises(CheckpointError, match=r"unet: wrong shapes: time_embed.0.weight is \(128, 32\) there, \(192, 48\) here"):
         warm_start(fresh(wider, source), source)
     capsys.readouterr()
     assert main(["train", "--preset", "tiny-class", "--autoencoder", str(trained["ae"]), "--init",

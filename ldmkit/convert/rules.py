@@ -15,10 +15,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ldmkit.storage import CheckpointError
+from ldmkit.storage import CheckpointError, first_keys
 
 Op = Literal["rename", "conv1x1", "stack"]
-MAX_NAMED = 5  # offending keys named in an error message
 
 
 @dataclass(frozen=True)
@@ -59,11 +58,6 @@ class Rule:
         return [(sum(s[0] for s in shapes), *shapes[0][1:])]
 
 
-def _named(keys: list[str]) -> str:
-    more = f" and {len(keys) - MAX_NAMED} more" if len(keys) > MAX_NAMED else ""
-    return ", ".join(keys[:MAX_NAMED]) + more
-
-
 def apply_to_ldmkit(
     rules: list[Rule],
     source: dict[str, Tensor],
@@ -99,11 +93,11 @@ def apply_to_ldmkit(
     unexpected = [k for k in rest if not passthrough(k)]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_named(missing)}")
+        problems.append(f"missing keys: {first_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_named(unexpected)}")
+        problems.append(f"unexpected keys: {first_keys(unexpected)}")
     if wrong:
-        problems.append(f"wrong shapes: {_named(wrong)}")
+        problems.append(f"wrong shapes: {first_keys(wrong)}")
     if problems:
         raise CheckpointError(f"{what} does not fit the architecture: " + "; ".join(problems))
     return weights, rest
@@ -116,8 +110,8 @@ def apply_to_other(rules: list[Rule], weights: dict[str, Tensor], what: str) -> 
     covered = {k for r in rules for k in r.ldmkit}
     unexpected = [k for k in weights if k not in covered]
     if missing or unexpected:
-        parts = ([f"missing keys: {_named(missing)}"] if missing else []) + (
-            [f"keys the other layout has no place for: {_named(unexpected)}"] if unexpected else []
+        parts = ([f"missing keys: {first_keys(missing)}"] if missing else []) + (
+            [f"keys the other layout has no place for: {first_keys(unexpected)}"] if unexpected else []
         )
         raise CheckpointError(f"{what}: " + "; ".join(parts))
     for rule in rules:

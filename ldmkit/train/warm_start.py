@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ldmkit.model import LatentDiffusion
-from ldmkit.storage import CheckpointError
+from ldmkit.storage import CheckpointError, first_keys
 
 
 def input_parts(model: LatentDiffusion) -> list[tuple[str, int]]:
@@ -54,8 +54,9 @@ def _first_mismatches(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]
     unexpected = [k for k in old if k not in new]
     shapes = [f"{k} is {tuple(old[k].shape)} there, {tuple(v.shape)} here" for k, v in new.items()
               if k in old and old[k].shape != v.shape]
-    problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
-               ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + shapes[:3]
+    problems = ([f"missing {first_keys(missing)}"] if missing else []) + \
+               ([f"unexpected {first_keys(unexpected)}"] if unexpected else []) + \
+               ([f"wrong shapes: {first_keys(shapes)}"] if shapes else [])
     return f"{what}: " + "; ".join(problems) if problems else ""
 
 
