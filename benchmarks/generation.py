@@ -8,12 +8,13 @@ prompts and seeds in every row).
     # or measure a model that is already trained:
     nice -n 10 python benchmarks/generation.py --model runs/shapes64/model --out runs/genbench
 
-Rows: the sampler sweep — DDPM over the full chain (T steps), DDIM at 50/20/10 steps, Euler and
+Rows: the sampler sweep — DDPM over the full chain (T steps), DDIM at 250/50/20/10 steps, Euler and
 DPM-Solver++(2M) at 20/10 steps, all at guidance ``--guidance`` (4) — then the guidance sweep:
 ``--sweep-sampler`` (DDIM, 20 steps) at each of ``--sweep-guidance`` (1, 2, 8; s = 1 is no
 guidance). DDPM's T steps cost T/50 times a DDIM-50 row, so ``--ddpm-images`` can give it fewer
 images; every row states its image count and the FID floor at that count (FID of real vs real
-images), and KID is unbiased, so rows of different counts stay comparable.
+images), and KID is unbiased, so rows of different counts stay comparable. Quality per step: how far
+DPM-Solver++(2M) at 20 steps lands from DDIM at 250 steps in FID and KID, when both rows ran.
 Results go to ``--results`` (markdown, with the command) and ``--grid`` (PNG); the raw numbers to
 ``OUT/results.json`` after every row.
 """
@@ -38,7 +39,7 @@ from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.pipelines.text_to_image import load_pipeline
 
-DEFAULT_SAMPLERS = ("ddpm:T", "ddim:50", "ddim:20", "ddim:10", "euler:20", "euler:10", "dpmpp-2m:20", "dpmpp-2m:10")
+DEFAULT_SAMPLERS = ("ddpm:T", "ddim:250", "ddim:50", "ddim:20", "ddim:10", "euler:20", "euler:10", "dpmpp-2m:20", "dpmpp-2m:10")
 GRID_PROMPTS = 8  # the first held-out captions, one column each
 
 
@@ -66,6 +67,20 @@ def train_model(preset_name: str, out: Path, ae_steps: int | None, steps: int | 
 
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{100 * share:.1f}%"
+
+
+def quality_per_step(rows: list[dict], fast=("dpmpp-2m", 20), slow=("ddim", 250)) -> list[str]:
+    """A line comparing ``fast`` with ``slow`` (sampler, steps) at the main guidance, FID relative to slow's."""
+    found = {(r["sampler"], r["steps"]): r for r in rows if r["guidance"] == rows[0]["guidance"]}
+    if fast not in found or slow not in found:
+        return []
+    f, s = (found[k]["metrics"] for k in (fast, slow))
+    fid_f, fid_s = f["FID (shapes-cnn)"]["value"], s["FID (shapes-cnn)"]["value"]
+    return ["", f"Quality per step: {fast[0]} at {fast[1]} steps has FID {fid_f:.1f} against {slow[0]} at {slow[1]} "
+            f"steps' {fid_s:.1f} ({100 * (fid_f - fid_s) / fid_s:+.1f}%), KID {f['KID (shapes-cnn)']['value']:.2f} "
+            f"against {s['KID (shapes-cnn)']['value']:.2f}, at {slow[1] / fast[1]:.1f}× fewer UNet calls. At "
+            f"{found[slow]['settings']['images']} images both FIDs sit near the real-vs-real floor "
+            f"({s['FID floor, real vs real (shapes-cnn)']['value']:.1f}), so KID is the finer comparison."]
 
 
 def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: list[str]) -> str:
@@ -101,6 +116,7 @@ def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: 
             f"| {_pct(acc['one object']['all'])} | {_pct(acc['two objects']['all'])} "
             f"| {_pct(acc['all']['all'])} | {r['seconds_per_image']:.2f} |"
         )
+    lines += quality_per_step(rows)
     attrs = ("objects", "shape", "color", "size", "position", "relation")
     lines += ["", "Per attribute (all prompts; share of the stated attributes the images show):", "",
               "| sampler | steps | guidance | " + " | ".join(attrs) + " |", "|---|---:|---:|" + "---:|" * len(attrs)]

@@ -290,6 +290,18 @@ def test_generation_benchmark_writes_table_and_grid(folders, tmp_path):
     assert grid.is_file() and len(json.loads((tmp_path / "run" / "results.json").read_text())) == 3
 
 
+def test_generation_benchmark_compares_dpmpp_20_with_ddim_250():
+    def row(sampler, steps, fid, guidance=4.0):
+        metrics = {"FID (shapes-cnn)": {"value": fid}, "KID (shapes-cnn)": {"value": fid / 100},
+                   "FID floor, real vs real (shapes-cnn)": {"value": 50.0}}
+        return {"sampler": sampler, "steps": steps, "guidance": guidance, "settings": {"images": 256}, "metrics": metrics}
+
+    quality_per_step = _script("generation").quality_per_step
+    line = quality_per_step([row("ddim", 250, 200.0), row("dpmpp-2m", 20, 210.0), row("dpmpp-2m", 20, 90.0, 1.0)])[-1]
+    assert "FID 210.0 against ddim at 250 steps' 200.0 (+5.0%)" in line and "12.5× fewer" in line
+    assert quality_per_step([row("ddim", 50, 200.0), row("dpmpp-2m", 20, 210.0)]) == []
+
+
 def test_autoencoder_zoo_benchmark_writes_table(tmp_path):
     table = tmp_path / "ZOO.md"
     with pytest.warns(UserWarning, match="from 8 images"):
