@@ -24,8 +24,8 @@ whose colour, shape, position (when stated) and everything at once are right, th
 from __future__ import annotations
 
 import argparse
+import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +36,9 @@ import torch
 from ldmkit.data import BACKGROUND, RGB, parse_prompt
 from ldmkit.data import save_grid
 from ldmkit.pipelines.text_to_image import load_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import command_line  # noqa: E402
 
 # (unseen-word prompt, the same prompt in the captions' words). None of the unseen words (crimson,
 # scarlet, ruby, disc, round shape, azure, navy, box, lime, emerald, golden, tangerine, snow-white,
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="benchmarks/UNSEEN_WORDS.md")
-    parser.add_argument("--grid-dir", default="runs/unseen_words", help="sample grids, one per model and prompt set")
+    parser.add_argument("--grid-dir", default="benchmarks/unseen_words", help="sample grids, one per model and prompt set")
     args = parser.parse_args(argv)
     names = args.names or [Path(m).name for m in args.models]
     judge = attribute_judge()
@@ -174,18 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     unseen = list(PAIRS)
     seen = [(truth, truth) for _, truth in PAIRS]
-    rows, detail = [], []
+    rows, detail, grids = [], [], []
     started = time.time()
     for name, folder in zip(names, args.models):
         pipe = load_pipeline(folder)
         kind = pipe.model.config.text.kind
         for label, prompts in (("unseen words", unseen), ("seen words", seen)):
             total, per_prompt, grid = evaluate(pipe, judge, prompts, args)
-            save_grid(grid, Path(args.grid_dir) / f"{name}_{label.replace(' ', '_')}.png", nrow=8)
+            grid_path = Path(args.grid_dir) / f"{name}_{label.replace(' ', '_')}.png"
+            save_grid(grid, grid_path, nrow=8)
+            grids.append(f"![{name}, {label}]({Path(os.path.relpath(grid_path, Path(args.results).parent)).as_posix()})")
             rows.append(f"| {name} ({kind}) | {label} | " + " | ".join(total.share(k) for k in ("color", "shape", "size", "position", "all")) + " |")
             for prompt, marks in per_prompt.items():
                 detail.append(f"| {name} | {prompt} | " + " | ".join(marks.share(k) for k in ("color", "shape", "position", "all")) + " |")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(argv)
     text = "\n".join([
         "# Unseen words: frozen MiniLM vs a jointly trained prompt model",
         "",
@@ -209,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---:|---:|---:|---:|",
         *detail,
         "",
+        f"Samples, one grid per model and prompt set: a row per prompt in the order above, the first "
+        f"{min(8, args.num_images)} seeds.",
+        "",
+        *grids,
+        "",
     ])
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(text, encoding="utf-8")
     print(text)
     return 0

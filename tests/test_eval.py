@@ -290,6 +290,19 @@ def test_generation_benchmark_writes_table_and_grid(folders, tmp_path):
     assert grid.is_file() and len(json.loads((tmp_path / "run" / "results.json").read_text())) == 3
 
 
+def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp_path):
+    _, ldm = folders
+    results = tmp_path / "out" / "UNSEEN.md"
+    _script("unseen_words").main([str(ldm), str(ldm), "--names", "a", "b", "--num-images", "1", "--steps", "1",
+                                  "--results", str(results), "--grid-dir", str(tmp_path / "grids")])
+    text = results.read_text()
+    for name in ("a", "b"):
+        assert f"| {name} (transformer) | unseen words |" in text and f"| {name} | a crimson disc |" in text
+        assert f"![{name}, seen words](../grids/{name}_seen_words.png)" in text
+        assert (tmp_path / "grids" / f"{name}_unseen_words.png").is_file()
+    assert f"{ldm} {ldm} --names a b --num-images 1" in text  # the command that made it
+
+
 def test_generation_benchmark_compares_dpmpp_20_with_ddim_250():
     def row(sampler, steps, fid, guidance=4.0):
         metrics = {"FID (shapes-cnn)": {"value": fid}, "KID (shapes-cnn)": {"value": fid / 100},
