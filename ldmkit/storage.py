@@ -32,11 +32,16 @@ def first_keys(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_NAMED]) + more
 
 
+_UMASK = os.umask(0o022)  # read the process's umask (only a call that sets it returns it) and put it back
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
-    A crash mid-write leaves the old file (or none), never half a file.
+    A crash mid-write leaves the old file (or none), never half a file. The file gets the mode a plain
+    ``open(path, "w")`` would give it (0666 less the umask), not the temporary file's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +51,7 @@ def atomic_path(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

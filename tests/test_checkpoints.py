@@ -207,3 +207,12 @@ def test_logs_drop_rows_past_the_resumed_step_and_tensorboard_is_optional(tmp_pa
     for _ in range(2):
         assert logs.RunLog(tmp_path / "x", ["loss"], 0, enabled=True, tensorboard=True).tb is None
     assert capsys.readouterr().err.count("pip install tensorboard") == 1
+
+
+def test_written_files_get_the_umask_mode_not_the_temporary_files_0600(tmp_path):
+    import ldmkit.storage
+
+    with ldmkit.storage.atomic_path(tmp_path / "out.png") as tmp:
+        tmp.write_bytes(b"image")
+    # what open(path, "w") would give: 0644 under the usual umask 022, so other users can read outputs
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~ldmkit.storage._UMASK
