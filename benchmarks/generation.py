@@ -79,8 +79,8 @@ def quality_per_step(rows: list[dict], fast=("dpmpp-2m", 20), slow=("ddim", 250)
     return ["", f"Quality per step: {fast[0]} at {fast[1]} steps has FID {fid_f:.1f} against {slow[0]} at {slow[1]} "
             f"steps' {fid_s:.1f} ({100 * (fid_f - fid_s) / fid_s:+.1f}%), KID {f['KID (shapes-cnn)']['value']:.2f} "
             f"against {s['KID (shapes-cnn)']['value']:.2f}, at {slow[1] / fast[1]:.1f}× fewer UNet calls. At "
-            f"{found[slow]['settings']['images']} images both FIDs sit near the real-vs-real floor "
-            f"({s['FID floor, real vs real (shapes-cnn)']['value']:.1f}), so KID is the finer comparison."]
+            f"{found[slow]['settings']['images']} images FID's bias is large (real-vs-real floor "
+            f"{s['FID floor, real vs real (shapes-cnn)']['value']:.1f}); KID is unbiased, so it is the finer comparison."]
 
 
 def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: list[str]) -> str:
