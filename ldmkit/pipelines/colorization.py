@@ -27,8 +27,8 @@ class ColorizationPipeline(ImageConditionedPipeline):
         gray = grayscale(self.images(image))
         latent_size = self.latent_size(*gray.shape[-2:])
         context, null_context = self.prompt_contexts(prompt, negative_prompt, gray.shape[0])
-        concat = self.model.image_condition(gray, latent_size)
+        concat = self.model.image_condition(gray, latent_size)  # c = scale · E(gray), also the start's z_0
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
-                                      concat=concat, init_latents=self.input_start(gray, start_from_input),
+                                      concat=concat, init_latents=concat if start_from_input else None,
                                       progress=progress, callback=callback)
         return self.model.decode_latents(latents).float().cpu()
