@@ -23,6 +23,7 @@ import torch
 from ldmkit.data import save_grid
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import ATTRIBUTES
+from ldmkit.eval.report import failures_line
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
 
@@ -76,6 +77,7 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
         "",
         *rows,
         "",
+        f"- {failures_line(acc) or 'every two-object prompt all right'}",
         f"- FID (shapes-cnn features) {fid.formatted()}; real-vs-real floor at this count {floor.formatted()}; "
         f"KID {kid.formatted()}",
         f"- the judge on the real renders of the same captions: {share(judge.value)} all right",

@@ -18,7 +18,8 @@ from ldmkit.eval.inception import FIDInceptionV3
 from ldmkit.eval.metrics import (
     feature_statistics, fid, fid_sample_warning, frechet_distance, inception_score, kid, mmd2_unbiased, psnr, ssim,
 )
-from ldmkit.eval.prompt_accuracy import prompt_accuracy, score_prompt
+from ldmkit.eval.prompt_accuracy import prompt_accuracy, score_prompt, two_object_failure
+from ldmkit.eval.report import failures_line
 from ldmkit.data import Scene, ShapeObject, parse_prompt
 from ldmkit.storage import CheckpointError
 
@@ -148,6 +149,34 @@ def test_prompt_scoring_marks_each_stated_attribute():
     nothing = score_prompt(parse_prompt("a green cross"), None)
     assert not nothing.all_right and nothing.marks["shape"] == [False]
     assert relation_between((0.2, 0.5), (0.8, 0.6)) == "left of"
+
+
+def test_two_object_failures_say_why_the_image_is_wrong():
+    prompt = parse_prompt("a red circle above a blue square")
+    red_circle, blue_square = ShapeObject("circle", "red", "large", "top"), ShapeObject("square", "blue", "small", "bottom")
+    cases = {
+        None: Scene((red_circle, blue_square), "above"),
+        "number of objects": Scene((red_circle,)),
+        "relation": Scene((blue_square, red_circle), "left of"),
+        "attributes swapped": Scene((ShapeObject("circle", "blue", "large", "top"),
+                                     ShapeObject("square", "red", "small", "bottom")), "above"),
+        "attribute missing": Scene((red_circle, ShapeObject("square", "green", "small", "bottom")), "above"),
+    }
+    for why, image in cases.items():
+        assert two_object_failure(prompt, image) == why, why
+    assert two_object_failure(prompt, None) == "number of objects"
+    # Two squares asked for, a square and a circle shown: one square is missing, not swapped.
+    squares = parse_prompt("a red square above a blue square")
+    assert two_object_failure(squares, Scene((ShapeObject("square", "red"), ShapeObject("circle", "blue")), "above")) \
+        == "attribute missing"
+    assert two_object_failure(parse_prompt("a red circle"), None) is None  # one object: not this breakdown
+    counts = prompt_accuracy(["a red circle above a blue square"] * 2 + ["a red circle"],
+                             [cases["relation"], cases["relation"], None]).to_dict()["two-object failures"]
+    assert counts == {"number of objects": 0, "relation": 2, "attributes swapped": 0, "attribute missing": 0}
+    assert failures_line({"two-object failures": counts}) == (
+        "two-object prompts not all right (2): number of objects 0 (0%), relation 2 (100%), "
+        "attributes swapped 0 (0%), attribute missing 0 (0%)")
+    assert failures_line({"two-object failures": dict.fromkeys(counts, 0)}) == ""
     assert relation_between((0.5, 0.8), (0.45, 0.2)) == "below"
 
 

@@ -129,7 +129,8 @@ class Scene:
         return Scene((self.objects[1], self.objects[0]), relation)
 
 
-def _object_matches(prompt: ShapeObject, truth: ShapeObject) -> bool:
+def object_matches(prompt: ShapeObject, truth: ShapeObject) -> bool:
+    """True when ``truth`` has every attribute ``prompt`` states (None fields claim nothing)."""
     return all(
         getattr(prompt, name) is None or getattr(prompt, name) == getattr(truth, name)
         for name in ("shape", "color", "size", "position")
@@ -147,7 +148,7 @@ def prompt_matches_scene(prompt: Scene, scene: Scene) -> bool:
     def same_order(p: Scene, s: Scene) -> bool:
         if p.relation is not None and p.relation != s.relation:
             return False
-        return all(_object_matches(po, so) for po, so in zip(p.objects, s.objects))
+        return all(object_matches(po, so) for po, so in zip(p.objects, s.objects))
 
     return same_order(prompt, scene) or (len(scene.objects) == 2 and same_order(prompt, scene.flipped()))
 

@@ -9,6 +9,7 @@ The attributes are
 - ``relation``: the two objects stand in the stated relation;
 
 and ``all`` is the share of prompts whose every statement holds (`prompt_matches_scene`).
+Two-object prompts that are not all right are also sorted by why (`two_object_failure`).
 Each prompt object is compared with the predicted object it agrees with most (either order of
 two objects), so one wrong colour costs one colour mark, not every attribute of both objects.
 Results are split into one-object prompts, two-object prompts and all prompts.
@@ -17,13 +18,15 @@ Results are split into one-object prompts, two-object prompts and all prompts.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
-from ldmkit.data import INVERSE_RELATION, Scene, ShapeObject, parse_prompt, prompt_matches_scene
+from ldmkit.data import INVERSE_RELATION, Scene, ShapeObject, object_matches, parse_prompt, prompt_matches_scene
 
 ATTRIBUTES: tuple[str, ...] = ("objects", "shape", "color", "size", "position", "relation")
 GROUPS: tuple[str, ...] = ("one object", "two objects", "all")
 _OBJECT_FIELDS = ("shape", "color", "size", "position")
+FAILURES: tuple[str, ...] = ("number of objects", "relation", "attributes swapped", "attribute missing")
 
 
 @dataclass
@@ -79,6 +82,32 @@ def score_prompt(prompt: Scene, predicted: Scene | None) -> PromptScore:
     return PromptScore(len(prompt.objects), best, all_right)
 
 
+def two_object_failure(prompt: Scene, predicted: Scene | None) -> str | None:
+    """Why the image of a two-object relational prompt (A r B) is not all right: the first of
+    `FAILURES` that applies, or None when it is all right (or the prompt is not of that kind).
+
+    - "number of objects": the image does not show two objects;
+    - "relation": both objects are right, in some order, but they stand in another relation;
+    - "attributes swapped": every stated shape, colour and size is shown, but some on the other
+      object ("a red circle above a blue square" drawn as a blue circle and a red square);
+    - "attribute missing": a stated shape, colour or size is on neither object.
+    """
+    if len(prompt.objects) != 2 or prompt.relation is None:
+        return None
+    if predicted is not None and prompt_matches_scene(prompt, predicted):
+        return None
+    if predicted is None or len(predicted.objects) != 2:
+        return "number of objects"
+    (a, b), (p, q) = prompt.objects, predicted.objects
+    if (object_matches(a, p) and object_matches(b, q)) or (object_matches(a, q) and object_matches(b, p)):
+        return "relation"
+    for name in ("shape", "color", "size"):
+        stated = Counter(v for v in (getattr(a, name), getattr(b, name)) if v is not None)
+        if stated - Counter((getattr(p, name), getattr(q, name))):  # a stated value (with its count) not shown
+            return "attribute missing"
+    return "attributes swapped"
+
+
 @dataclass
 class PromptAccuracy:
     """Tallies per group ("one object", "two objects", "all") and attribute, plus "all right"."""
@@ -86,6 +115,7 @@ class PromptAccuracy:
     tallies: dict[str, dict[str, Tally]] = field(default_factory=lambda: {g: {a: Tally() for a in ATTRIBUTES} for g in GROUPS})
     all_right: dict[str, Tally] = field(default_factory=lambda: {g: Tally() for g in GROUPS})
     unparsed: list[str] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)  # two-object prompts not all right, by `two_object_failure`
 
     def add(self, score: PromptScore) -> None:
         group = "one object" if score.num_objects == 1 else "two objects"
@@ -96,12 +126,14 @@ class PromptAccuracy:
             self.all_right[g].add(score.all_right)
 
     def to_dict(self) -> dict:
-        """{group: {"prompts": n, "all": share, attribute: share or None}} (None: never stated)."""
+        """{group: {"prompts": n, "all": share, attribute: share or None}} (None: never stated), the
+        number of unparsed prompts, and {"two-object failures": {failure: count}} in `FAILURES` order."""
         return {
             g: {"prompts": self.all_right[g].scored, "all": self.all_right[g].share,
                 **{a: t.share for a, t in self.tallies[g].items()}}
             for g in GROUPS
-        } | {"unparsed prompts": len(self.unparsed)}
+        } | {"unparsed prompts": len(self.unparsed),
+             "two-object failures": {f: self.failures[f] for f in FAILURES}}
 
 
 def prompt_accuracy(prompts: list[str], predicted: list[Scene | None]) -> PromptAccuracy:
@@ -116,4 +148,6 @@ def prompt_accuracy(prompts: list[str], predicted: list[Scene | None]) -> Prompt
             result.unparsed.append(text)
             continue
         result.add(score_prompt(stated, scene))
+        if (failure := two_object_failure(stated, scene)) is not None:
+            result.failures[failure] += 1
     return result

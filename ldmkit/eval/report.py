@@ -88,9 +88,21 @@ class EvalReport:
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             for r in rows:
                 lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            if (why := failures_line(self.prompt_accuracy)):
+                lines.append("  " + why)
         if self.settings:
             lines += ["", "  " + ", ".join(f"{k}={v}" for k, v in self.settings.items())]
         return "\n".join(lines)
+
+
+def failures_line(accuracy: dict) -> str:
+    """"two-object prompts not all right (N): number of objects a, relation b, …" ("" if none)."""
+    failures = accuracy.get("two-object failures", {})
+    total = sum(failures.values())
+    if not total:
+        return ""
+    return (f"two-object prompts not all right ({total}): "
+            + ", ".join(f"{why} {n} ({100 * n / total:.0f}%)" for why, n in failures.items()))
 
 
 def _share(x: float | None) -> str:
