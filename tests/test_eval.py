@@ -3,6 +3,7 @@ their errors."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -330,6 +331,28 @@ def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp
         assert f"![{name}, seen words](../grids/{name}_seen_words.png)" in text
         assert (tmp_path / "grids" / f"{name}_unseen_words.png").is_file()
     assert f"{ldm} {ldm} --names a b --num-images 1" in text  # the command that made it
+
+
+def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeypatch):
+    _, ldm = folders
+    results = tmp_path / "TWO.md"
+    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5", "--num-images", "8", "--out", str(tmp_path / "runs"),
+            "--results", str(results), "--note", "Untrained."]
+    two_objects = _script("two_objects")
+    two_objects.main(argv)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5.json"]
+    text = results.read_text()
+    assert f"| a (`{ldm}`) | 4 | " in text and f"| b (`{ldm}`) | 1.5 | " in text and "\nUntrained.\n" in text
+    assert "--row a=" in text  # the command that made it
+    # Run again, it re-renders from the saved reports and generates nothing.
+    monkeypatch.setattr(two_objects, "evaluate_generation", lambda *a, **k: pytest.fail("measured again"))
+    results.unlink()
+    two_objects.main(argv)
+    assert results.read_text() == text
+    with pytest.raises(SystemExit, match="another measurement"):
+        two_objects.main([*argv[:2], "--num-images", "16", "--out", str(tmp_path / "runs")])
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL_FOLDER@GUIDANCE"):
+        two_objects.parse_row("runs/ldm")
 
 
 def test_generation_benchmark_compares_dpmpp_20_with_ddim_250():
