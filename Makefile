@@ -26,8 +26,9 @@ test: setup
 
 # The shipped model: train shapes64-minilm (both stages; --resume continues a stopped run), pack it
 # into ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md
-# and the README's results. About 2.5 hours on a 2-core CPU with nothing else running.
-RUNS64 := runs/shapes64-minilm
+# and the README's results. About 3 hours on a 2-core CPU with nothing else running (autoencoder
+# ~31 min, LDM 8000 steps ~136 min, measuring ~15 min).
+RUNS64 := runs/shapes64-minilm-8k
 shapes64: setup
 	.venv/bin/ldmkit train-autoencoder --preset shapes64-minilm --out $(RUNS64)/autoencoder --resume --no-progress
 	.venv/bin/ldmkit train --preset shapes64-minilm --autoencoder $(RUNS64)/autoencoder --out $(RUNS64)/model --resume --no-progress
