@@ -23,7 +23,7 @@ import torch
 from ldmkit.data import save_grid
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import ATTRIBUTES
-from ldmkit.eval.report import failures_line
+from ldmkit.eval.report import failures_line, percent
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
 
@@ -57,9 +57,6 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
-def share(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
 
 def markdown(report, settings: SamplerSettings, per_image: float, train: dict, command: str, grid: str) -> str:
     acc = report.prompt_accuracy
@@ -67,8 +64,8 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
             "|---|---:|---:|" + "---:|" * len(ATTRIBUTES)]
     for group in ("one object", "two objects", "all"):
         d = acc[group]
-        rows.append(f"| {group} | {d['prompts']} | **{share(d['all'])}** | "
-                    + " | ".join(share(d[a]) for a in ATTRIBUTES) + " |")
+        rows.append(f"| {group} | {d['prompts']} | **{percent(d['all'])}** | "
+                    + " | ".join(percent(d[a]) for a in ATTRIBUTES) + " |")
     fid, floor, kid = report["FID (shapes-cnn)"], report["FID floor, real vs real (shapes-cnn)"], report["KID (shapes-cnn)"]
     judge = report["same, on the real renders (shapes judge)"]
     lines = [
@@ -80,7 +77,7 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
         f"- {failures_line(acc) or 'every two-object prompt all right'}",
         f"- FID (shapes-cnn features) {fid.formatted()}; real-vs-real floor at this count {floor.formatted()}; "
         f"KID {kid.formatted()}",
-        f"- the judge on the real renders of the same captions: {share(judge.value)} all right",
+        f"- the judge on the real renders of the same captions: {percent(judge.value)} all right",
         f"- one 64×64 image ({settings.describe()}): {per_image:.2f} s on this CPU ({torch.get_num_threads()} threads)",
         *(describe_training(name, stretches) for name, stretches in train.items()),
         "  (from the runs' log.csv; a stretch is one run of the command, resumed from the last one's checkpoint)",

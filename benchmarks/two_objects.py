@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
+from ldmkit.eval.report import percent
 from ldmkit.storage import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +59,8 @@ def measure(row: Row, out: Path, num_images: int) -> dict:
     path = out / f"{row.stem}.json"
     if path.exists():
         report = json.loads(path.read_text())
-        if report["settings"]["images"] != num_images or report["settings"]["guidance"] != row.guidance:
+        wanted = {"images": num_images, "sampler": "ddim", "steps": 25, "guidance": row.guidance}
+        if any(report["settings"].get(k) != v for k, v in wanted.items()):
             raise SystemExit(f"{path} holds another measurement ({report['settings']}); delete it or change --out")
         return report
     report = evaluate_generation(row.model, num_images, SamplerSettings("ddim", 25, row.guidance), progress=True)
@@ -66,9 +68,6 @@ def measure(row: Row, out: Path, num_images: int) -> dict:
     report.save_json(path)
     return report.to_dict()
 
-
-def share(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "") -> str:
@@ -78,8 +77,9 @@ def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "")
     for row, report in zip(rows, reports):
         one, two = report["prompt_accuracy"]["one object"], report["prompt_accuracy"]["two objects"]
         failures = report["prompt_accuracy"]["two-object failures"]
-        body.append([f"{row.name} (`{row.model}`)", f"{row.guidance:g}", share(one["all"]), f"**{share(two['all'])}**",
-                     share(two["shape"]), share(two["color"]), share(two["size"]), share(two["relation"]),
+        body.append([f"{row.name} (`{row.model}`)", f"{row.guidance:g}", percent(one["all"]),
+                     f"**{percent(two['all'])}**",
+                     percent(two["shape"]), percent(two["color"]), percent(two["size"]), percent(two["relation"]),
                      *(str(failures[f]) for f in FAILURES),
                      f"{report['metrics']['FID (shapes-cnn)']['value']:.1f}"])
     settings = reports[0]["settings"]

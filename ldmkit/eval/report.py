@@ -84,7 +84,7 @@ class EvalReport:
             rows = [header]
             for g in GROUPS:
                 d = self.prompt_accuracy[g]
-                rows.append([g, str(d["prompts"]), _share(d["all"])] + [_share(d[a]) for a in ATTRIBUTES])
+                rows.append([g, str(d["prompts"]), percent(d["all"])] + [percent(d[a]) for a in ATTRIBUTES])
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             for r in rows:
                 lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
@@ -96,7 +96,8 @@ class EvalReport:
 
 
 def failures_line(accuracy: dict) -> str:
-    """"two-object prompts not all right (N): number of objects a, relation b, …" ("" if none)."""
+    """The line "two-object prompts not all right (N): number of objects a (x%), relation b (y%), …"
+    of a `PromptAccuracy.to_dict()`, or "" when every two-object prompt is all right."""
     failures = accuracy.get("two-object failures", {})
     total = sum(failures.values())
     if not total:
@@ -105,5 +106,6 @@ def failures_line(accuracy: dict) -> str:
             + ", ".join(f"{why} {n} ({100 * n / total:.0f}%)" for why, n in failures.items()))
 
 
-def _share(x: float | None) -> str:
+def percent(x: float | None) -> str:
+    """A share as "12.3%", or "–" for None (never stated)."""
     return "–" if x is None else f"{100 * x:.1f}%"
