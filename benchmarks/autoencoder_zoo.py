@@ -30,6 +30,7 @@ from ldmkit.config import AutoencoderConfig, Preset, load_preset
 from ldmkit.eval.autoencoder import evaluate_autoencoder
 from ldmkit.eval.features import ShapesFeatures
 from ldmkit.train.autoencoder import train_autoencoder
+from ldmkit.storage import write_text_atomic
 
 CHANNEL_MULTS = {4: (1, 2, 2), 8: (1, 2, 2, 4), 16: (1, 2, 2, 4, 4)}  # f = 2^(levels − 1)
 
@@ -95,7 +96,7 @@ def run(entries, steps: int, width: int, batch_size: int, num_images: int, out: 
                "eval_seconds": round(time.time() - start - train_seconds, 1), **report.to_dict()}
         rows.append(row)
         print(report.format(), flush=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")  # after each, in case of a stop
+        write_text_atomic(out / "results.json", json.dumps(rows, indent=2) + "\n")  # after each, in case of a stop
     return rows
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(entries, args.steps, args.width, args.batch_size, args.num_images, args.out, not args.no_progress)
     command = "python benchmarks/autoencoder_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(markdown(rows, command.strip(), args.num_images))
+    write_text_atomic(args.table, markdown(rows, command.strip(), args.num_images))
     print(f"wrote {args.table}")
 
 

@@ -38,6 +38,7 @@ from ldmkit.eval.features import ShapesFeatures
 from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.storage import write_text_atomic
 
 DEFAULT_SAMPLERS = ("ddpm:T", "ddim:250", "ddim:50", "ddim:20", "ddim:10", "euler:20", "euler:10", "dpmpp-2m:20", "dpmpp-2m:10")
 GRID_PROMPTS = 8  # the first held-out captions, one column each
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         print(report.format(), flush=True)
         rows.append({"sampler": name, "steps": steps, "guidance": guidance, "seconds_per_image": seconds / n,
                      **report.to_dict()})
-        (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_text_atomic(args.out / "results.json", json.dumps(rows, indent=2) + "\n")
         if guidance == args.guidance:
             if not grid_images:
                 grid_images.append(reference.heldout.images[:GRID_PROMPTS])
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         save_grid(torch.cat(grid_images), args.grid, nrow=min(GRID_PROMPTS, len(grid_images[0])))
     command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(markdown(rows, command.strip(), str(model_dir), args.grid, grid_rows))
+    write_text_atomic(args.results, markdown(rows, command.strip(), str(model_dir), args.grid, grid_rows))
     print(f"wrote {args.results}" + (f" and {args.grid}" if grid_images else ""))
 
 

@@ -38,6 +38,7 @@ from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import mean_std, psnr, ssim
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline
+from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
@@ -253,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             results[mode] = bench_colorize(folders[mode], args.num_images, args, predictor)
         results[mode]["seconds"] = time.time() - start
-        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=vars) + "\n")
+        write_text_atomic(args.out / "results.json", json.dumps(results, indent=2, default=vars) + "\n")
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(markdown(results, command_line(argv), folders, args))
+    write_text_atomic(args.results, markdown(results, command_line(argv), folders, args))
     print(f"wrote {args.results}")
 
 

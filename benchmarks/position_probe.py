@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line  # noqa: E402
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in points) + f" | {spreads[-1]:.2f} |")
         lines += ["", f"Mean spread: {np.mean(spreads):.2f}", ""]
         print(f"{name}: mean spread {np.mean(spreads):.2f}")
-    Path(args.out).write_text("\n".join(lines))
+    write_text_atomic(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
     return 0
 

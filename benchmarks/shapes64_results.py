@@ -26,6 +26,7 @@ from ldmkit.eval.prompt_accuracy import ATTRIBUTES
 from ldmkit.eval.report import failures_line, percent
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
+from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     body = markdown(report, settings, per_image, train, command, grid_rel)
     header = (f"# shapes64: {args.title}\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
               f"(rows: seeds 0–3).\n\n")
-    Path(args.results).write_text(header + body)
+    write_text_atomic(args.results, header + body)
     print(f"wrote {args.results} and {args.grid}")
     if args.readme:
         readme = Path(args.readme)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
         if not pattern.search(text):
             raise SystemExit(f"{readme} has no {README_START} … {README_END} block")
-        readme.write_text(pattern.sub(lambda _: f"{README_START}\n{block}{README_END}", text))
+        write_text_atomic(readme, pattern.sub(lambda _: f"{README_START}\n{block}{README_END}", text))
         print(f"updated {readme}")
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
 from ldmkit.eval.report import percent
-from ldmkit.storage import atomic_path
+from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line, markdown_table  # noqa: E402
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(args.row, reports, command_line(argv), args.note)
     print(text)
     if args.results:
-        with atomic_path(args.results) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        write_text_atomic(args.results, text)
         print(f"wrote {args.results}")
     return 0
 

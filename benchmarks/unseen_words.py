@@ -37,6 +37,7 @@ import torch
 from ldmkit.data import BACKGROUND, RGB, parse_prompt
 from ldmkit.data import save_grid
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line  # noqa: E402
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(text, encoding="utf-8")
+    write_text_atomic(args.results, text)
     print(text)
     return 0
 

@@ -58,6 +58,13 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through `atomic_path`: the old file or the whole new one, never half."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def sha256_file(path: str | Path) -> str:
     """The sha256 of a file's bytes, as ``sha256sum`` prints it (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
