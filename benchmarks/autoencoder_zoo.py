@@ -29,8 +29,8 @@ import torch
 from ldmkit.config import AutoencoderConfig, Preset, load_preset
 from ldmkit.eval.autoencoder import evaluate_autoencoder
 from ldmkit.eval.features import ShapesFeatures
-from ldmkit.train.autoencoder import train_autoencoder
 from ldmkit.storage import write_text_atomic
+from ldmkit.train.autoencoder import train_autoencoder
 
 CHANNEL_MULTS = {4: (1, 2, 2), 8: (1, 2, 2, 4), 16: (1, 2, 2, 4, 4)}  # f = 2^(levels − 1)
 
@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(entries, args.steps, args.width, args.batch_size, args.num_images, args.out, not args.no_progress)
     command = "python benchmarks/autoencoder_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.table.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.table, markdown(rows, command.strip(), args.num_images))
     print(f"wrote {args.table}")
 

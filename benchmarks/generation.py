@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> None:
     if grid_images:
         save_grid(torch.cat(grid_images), args.grid, nrow=min(GRID_PROMPTS, len(grid_images[0])))
     command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results, markdown(rows, command.strip(), str(model_dir), args.grid, grid_rows))
     print(f"wrote {args.results}" + (f" and {args.grid}" if grid_images else ""))
 

@@ -255,7 +255,6 @@ def main(argv: list[str] | None = None) -> None:
             results[mode] = bench_colorize(folders[mode], args.num_images, args, predictor)
         results[mode]["seconds"] = time.time() - start
         write_text_atomic(args.out / "results.json", json.dumps(results, indent=2, default=vars) + "\n")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results, markdown(results, command_line(argv), folders, args))
     print(f"wrote {args.results}")
 

@@ -58,7 +58,6 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
-
 def markdown(report, settings: SamplerSettings, per_image: float, train: dict, command: str, grid: str) -> str:
     acc = report.prompt_accuracy
     rows = ["| prompts | count | all right | " + " | ".join(ATTRIBUTES) + " |",

@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         *grids,
         "",
     ])
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results, text)
     print(text)
     return 0
