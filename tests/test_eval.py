@@ -150,6 +150,7 @@ def test_prompt_scoring_marks_each_stated_attribute():
     nothing = score_prompt(parse_prompt("a green cross"), None)
     assert not nothing.all_right and nothing.marks["shape"] == [False]
     assert relation_between((0.2, 0.5), (0.8, 0.6)) == "left of"
+    assert relation_between((0.5, 0.8), (0.45, 0.2)) == "below"
 
 
 def test_two_object_failures_say_why_the_image_is_wrong():
@@ -178,7 +179,6 @@ def test_two_object_failures_say_why_the_image_is_wrong():
         "two-object prompts not all right (2): number of objects 0 (0%), relation 2 (100%), "
         "attributes swapped 0 (0%), attribute missing 0 (0%)")
     assert failures_line({"two-object failures": dict.fromkeys(counts, 0)}) == ""
-    assert relation_between((0.5, 0.8), (0.45, 0.2)) == "below"
 
 
 def test_shapes_features_shapes_and_sizes(shapes_features):
