@@ -57,13 +57,14 @@ def parse_row(text: str) -> Row:
 def measure(row: Row, out: Path, num_images: int) -> dict:
     """The row's report as a dict: read from ``out`` when there, else measured and saved there."""
     path = out / f"{row.stem}.json"
+    settings = SamplerSettings("ddim", 25, row.guidance)
     if path.exists():
         report = json.loads(path.read_text())
-        wanted = {"images": num_images, "sampler": "ddim", "steps": 25, "guidance": row.guidance}
+        wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance}
         if any(report["settings"].get(k) != v for k, v in wanted.items()):
             raise SystemExit(f"{path} holds another measurement ({report['settings']}); delete it or change --out")
         return report
-    report = evaluate_generation(row.model, num_images, SamplerSettings("ddim", 25, row.guidance), progress=True)
+    report = evaluate_generation(row.model, num_images, settings, progress=True)
     print(report.format())
     report.save_json(path)
     return report.to_dict()
