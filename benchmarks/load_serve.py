@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldmkit.storage import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle",
            "a small purple star on the right", "a large orange circle below a white square"]
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     text = report(scenarios, args, command)
     if not args.no_write:
-        Path(args.results).write_text(text)
+        write_text_atomic(args.results, text)
         print(f"wrote {args.results}")
     bad = sum(s.count("lost") + s.count("error") for s in scenarios)
     return 1 if bad else 0

@@ -107,6 +107,8 @@ class TextEncoderConfig:
 
     ``vocab_size``, ``width``, ``layers``, ``heads`` describe the network for "transformer", "ldm-bert",
     "clip" and "openclip"; "minilm" reads its own from the package (``width`` must be 384).
+    ``adapter_layers`` (minilm only) puts that many Transformer blocks of ``heads`` heads, trained with the
+    UNet, on top of the frozen MiniLM: τθ(y) = Adapter(MiniLM(y)).
     """
 
     kind: Literal["transformer", "clip", "openclip", "minilm", "ldm-bert"] = "transformer"
@@ -118,6 +120,7 @@ class TextEncoderConfig:
     head_dim: int = 0  # ldm-bert: width of one head; 0 means width / heads (the LDM's BERT: 8 heads of 64)
     ff_width: int = 0  # inner width of each MLP (clip/openclip); 0 means 4 * width
     activation: Literal["gelu", "quick_gelu"] = "gelu"  # clip/openclip MLP (OpenAI CLIP: quick_gelu)
+    adapter_layers: int = 0  # minilm: trained blocks on the frozen token vectors; 0 = the frozen vectors as they are
 
 
 @dataclass(frozen=True)

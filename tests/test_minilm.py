@@ -71,38 +71,84 @@ def test_encoder_is_frozen_and_outside_the_state_dict(encoder):
     assert not any(p.requires_grad for p in twin.bert.parameters())
 
 
-def test_minilm_model_trains_only_the_unet_and_round_trips(config, tmp_path):
-    from ldmkit.diffusion import diffusion_loss
+CAPTIONS = ["a red circle on the left", "a blue square above a yellow star"]
+
+
+def _small_model(config, adapter_layers: int = 0):
+    """The preset's text model (with ``adapter_layers``) and a smaller UNet, for speed."""
     from ldmkit.model import LatentDiffusion
     from ldmkit.text import PromptTokenizer
-    from ldmkit.text.minilm import WordPieceTokenizer
 
-    # the preset's text model with a smaller UNet, for speed
-    config = replace(config, unet=replace(config.unet, model_channels=32, channel_mults=(1, 2), num_res_blocks=1,
-                                          attention_levels=(1,), head_dim=16))
-    # what the training loop does today: it trains a caption BPE for every kind and passes it in
-    captions = ["a red circle on the left", "a blue square above a yellow star"]
+    config = replace(config, text=replace(config.text, adapter_layers=adapter_layers),
+                     unet=replace(config.unet, model_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                                  attention_levels=(1,), head_dim=16))
     torch.manual_seed(0)
-    model = LatentDiffusion(config, PromptTokenizer.train(captions, 256, config.text.max_length))
-    assert isinstance(model.tokenizer, WordPieceTokenizer)
-    assert not any(k.startswith("text_encoder.") for k in model.state_dict())
-    opt = torch.optim.AdamW([*model.text_encoder.parameters(), *model.unet.parameters()], lr=1e-3)
-    latents = torch.randn(2, 4, 8, 8)
-    before = model.encode_prompts(captions)
-    loss = diffusion_loss(lambda z, t: model.unet(z, t, model.encode_prompts(captions)), latents, model.schedule)
-    loss.backward()
-    opt.step()
-    assert torch.equal(model.encode_prompts(captions), before)  # the prompt model did not move
+    # what the training loop does today: it trains a caption BPE for every kind and passes it in
+    return LatentDiffusion(config, PromptTokenizer.train(CAPTIONS, 256, config.text.max_length))
 
-    model.save(tmp_path)
-    assert (tmp_path / "text_encoder.safetensors").stat().st_size < 100  # no frozen weights in the folder
-    loaded = LatentDiffusion.load(tmp_path)
-    assert isinstance(loaded.tokenizer, WordPieceTokenizer)
+
+def _train(model, steps: int) -> None:
+    from ldmkit.diffusion import diffusion_loss
+
+    opt = torch.optim.AdamW([*model.text_encoder.parameters(), *model.unet.parameters()], lr=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = diffusion_loss(lambda z, t: model.unet(z, t, model.encode_prompts(CAPTIONS)),
+                              torch.randn(2, 4, 8, 8), model.schedule)
+        loss.backward()
+        opt.step()
+
+
+def _assert_round_trips(model, folder) -> None:
+    from ldmkit.model import LatentDiffusion
+
+    model.save(folder)
+    loaded = LatentDiffusion.load(folder)
     torch.testing.assert_close(loaded.encode_prompts(["a crimson disc"]), model.encode_prompts(["a crimson disc"]))
     z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
     c = model.encode_prompts(["a crimson disc"])
     with torch.no_grad():
         torch.testing.assert_close(loaded.unet(z, t, c), model.unet(z, t, c))
+
+
+def test_minilm_model_trains_only_the_unet_and_round_trips(config, tmp_path):
+    from ldmkit.text.minilm import WordPieceTokenizer
+
+    model = _small_model(config)
+    assert isinstance(model.tokenizer, WordPieceTokenizer)
+    assert not any(k.startswith("text_encoder.") for k in model.state_dict())
+    before = model.encode_prompts(CAPTIONS)
+    _train(model, steps=2)
+    assert torch.equal(model.encode_prompts(CAPTIONS), before)  # the prompt model did not move
+
+    _assert_round_trips(model, tmp_path)
+    assert (tmp_path / "text_encoder.safetensors").stat().st_size < 100  # no frozen weights in the folder
+
+
+def test_adapter_starts_as_minilm_then_trains_and_round_trips(config, encoder, tmp_path):
+    """``text.adapter_layers``: trained blocks on the frozen vectors start as the identity (a new model's
+    τθ(y) is MiniLM's), learn with the UNet, and are saved in the model folder (MiniLM still is not)."""
+    model = _small_model(config, adapter_layers=2)
+    assert len(model.text_encoder.adapter) == 2
+    names = [k for k in model.state_dict() if k.startswith("text_encoder.")]
+    assert names and all(k.startswith("text_encoder.adapter.") for k in names)
+    ids, mask = model.tokenizer(CAPTIONS)
+    with torch.no_grad():
+        frozen = encoder(ids, mask)
+    torch.testing.assert_close(model.encode_prompts(CAPTIONS), frozen)
+    _train(model, steps=2)  # the UNet's zero-initialised attention outputs pass no gradient to τθ at first
+    assert not torch.allclose(model.encode_prompts(CAPTIONS), frozen)  # the adapter moved
+    _assert_round_trips(model, tmp_path)
+
+
+def test_adapter_needs_minilm_and_a_fitting_head_count(config):
+    from ldmkit.config import ConfigError, TextEncoderConfig
+    from ldmkit.text import build_text_encoder
+
+    with pytest.raises(ConfigError, match="adapter_layers = 1 needs text.kind minilm"):
+        build_text_encoder(TextEncoderConfig(kind="transformer", adapter_layers=1))
+    with pytest.raises(ConfigError, match="heads dividing 384"):
+        build_text_encoder(replace(config.text, adapter_layers=1, heads=5))
 
 
 def test_words_never_in_the_captions_land_near_their_synonyms(encoder):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ldmkit.config import TextEncoderConfig
+from ldmkit.config import ConfigError, TextEncoderConfig
 from ldmkit.text.encoder import TextEncoder, TextTransformerBlock, check_text_unet
 from ldmkit.text.tokenizer import PromptTokenizer
 
@@ -64,6 +64,8 @@ def uses_pretrained_tokenizer(cfg: TextEncoderConfig) -> bool:
 
 def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:
     """τθ for ``cfg.kind``, with fresh weights (frozen pretrained ones for "minilm")."""
+    if cfg.adapter_layers and cfg.kind != "minilm":
+        raise ConfigError(f"text.adapter_layers = {cfg.adapter_layers} needs text.kind minilm, not {cfg.kind!r}")
     if cfg.kind == "transformer":
         return TextEncoder(cfg)
     if cfg.kind == "ldm-bert":

