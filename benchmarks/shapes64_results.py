@@ -6,7 +6,8 @@ and the results block of ``README.md`` (between its ``shapes64-results`` markers
     python benchmarks/shapes64_results.py --runs runs/shapes64-minilm-8k   # only this (the shipped model)
 
 ``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
-the training time and the number of steps.
+the training time and the number of steps; a stage without its log (an autoencoder taken from an
+earlier run) is reported as not timed.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
         f"KID {kid.formatted()}",
         f"- the judge on the real renders of the same captions: {percent(judge.value)} all right",
         f"- one 64×64 image ({settings.describe()}): {per_image:.2f} s on this CPU ({torch.get_num_threads()} threads)",
-        *(describe_training(name, stretches) for name, stretches in train.items()),
+        *(describe_training(name, stretches) if isinstance(stretches, list) else f"- training, {name}: {stretches}"
+          for name, stretches in train.items()),
         "  (from the runs' log.csv; a stretch is one run of the command, resumed from the last one's checkpoint)",
         f"- machine: {machine_info()['cpu']}, torch {torch.__version__}",
         "",
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Path(args.model) if args.model else shipped_model()
     runs = Path(args.runs)
-    train = {name: training_stretches(runs / folder / "log.csv") for name, folder in (("autoencoder", "autoencoder"), ("LDM", "model"))}
+    train = {name: training_stretches(log) if log.is_file() else f"not timed here (no {log})"
+             for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))}
 
     settings = SamplerSettings(args.sampler, args.steps, args.guidance)
     pipe = load_pipeline(model)

@@ -47,6 +47,7 @@ class DataConfig:
     num_samples: int = 50_000  # length of the shapes dataset; images are drawn from (seed, index)
     seed: int = 0
     max_objects: int = 2  # shapes: one- and two-object scenes
+    two_object_share: float = 0.5  # shapes with max_objects 2: the share of two-object scenes
     hflip: bool = False  # random horizontal flips; off for shapes, where "left"/"right" are in captions
     coco_annotations: str = ""  # source "coco": the captions JSON
     coco_images: str = ""  # source "coco": the image folder ("" = train2017/val2017 beside annotations/)

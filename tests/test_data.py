@@ -200,6 +200,25 @@ def test_scene_validation():
         Scene((ShapeObject("circle"),), "above")
     with pytest.raises(ValueError):
         sample_scene(random.Random(0), max_objects=3)
+    with pytest.raises(ValueError, match="two_object_share = 1.5"):
+        sample_scene(random.Random(0), two_object_share=1.5)
+
+
+def test_two_object_share_sets_how_many_scenes_have_two_objects():
+    """``data.two_object_share`` reaches the dataset; the default 0.5 leaves every item as it was."""
+    def share(dataset) -> float:
+        return sum(len(dataset[i]["scene"].objects) == 2 for i in range(len(dataset))) / len(dataset)
+
+    weighted = build_dataset(DataConfig(image_size=16, num_samples=400, two_object_share=0.8))
+    assert 0.74 < share(weighted) < 0.86
+    assert share(ShapesDataset(16, 50, two_object_share=1.0)) == 1.0
+    assert share(ShapesDataset(16, 50, two_object_share=0.0)) == 0.0
+    assert share(ShapesDataset(16, 50, max_objects=1, two_object_share=1.0)) == 0.0
+    # the items every trained model (the shipped one too) saw before the option existed
+    default = ShapesDataset(16, 6)
+    assert [default[i]["caption"] for i in range(4)] == [
+        "there is a red circle above a blue square", "a small cyan circle above a small orange triangle",
+        "there is a yellow diamond to the right of a purple circle", "an image of a large white diamond"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source == "shapes":
         if cfg.hflip:
             raise DataError("data.hflip must be false for the shapes dataset: flips make 'left'/'right' captions false")
-        return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects)
+        return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects, cfg.two_object_share)
     if cfg.source == "coco":
         if not cfg.coco_annotations:
             raise DataError("data.source coco needs data.coco_annotations (e.g. annotations/captions_train2017.json)")

@@ -179,14 +179,17 @@ def _chance(rng: Rng, p: float) -> bool:
 # Sampling
 
 
-def sample_scene(rng: Rng, max_objects: int = 2) -> Scene:
-    """A random scene: one object (half the time when ``max_objects`` is 2) or two, related.
+def sample_scene(rng: Rng, max_objects: int = 2, two_object_share: float = 0.5) -> Scene:
+    """A random scene: one object, or (with probability ``two_object_share`` when ``max_objects`` is 2)
+    two, related.
 
     Every attribute is uniform over its tuple; in a two-object scene the colours differ.
     """
     if max_objects not in (1, 2):
         raise ValueError(f"max_objects = {max_objects}; the shapes dataset draws 1 or 2 objects")
-    if max_objects == 1 or _chance(rng, 0.5):
+    if not 0.0 <= two_object_share <= 1.0:
+        raise ValueError(f"two_object_share = {two_object_share}; allowed: 0 … 1")
+    if max_objects == 1 or _chance(rng, 1.0 - two_object_share):
         return Scene((ShapeObject(_pick(rng, SHAPES), _pick(rng, COLORS), _pick(rng, SIZES), _pick(rng, POSITIONS)),))
     relation = _pick(rng, RELATIONS)
     pos0, pos1 = _RELATION_POSITIONS[relation]
@@ -431,12 +434,13 @@ def parse_prompt(text: str) -> Scene | None:
 # Dataset
 
 
-def shapes_sample(seed: int, index: int, image_size: int = 64, max_objects: int = 2) -> tuple[Image.Image, str, Scene]:
+def shapes_sample(seed: int, index: int, image_size: int = 64, max_objects: int = 2,
+                  two_object_share: float = 0.5) -> tuple[Image.Image, str, Scene]:
     """(image, caption, scene) of item ``index`` of the shapes dataset: a function of its arguments."""
     # A string seed is hashed with SHA-512 by `random.seed`: stable across processes and Python
     # runs (unlike hash()), and distinct for every (seed, index) pair, negative ones included.
     rng = random.Random(f"ldmkit.shapes:{seed}:{index}")
-    scene = sample_scene(rng, max_objects)
+    scene = sample_scene(rng, max_objects, two_object_share)
     image = render_scene(scene, image_size, rng)
     return image, caption_scene(scene, rng), scene
 
@@ -448,17 +452,21 @@ class ShapesDataset(Dataset):
     Nothing is cached: rendering a 64×64 item takes a fraction of a millisecond.
     """
 
-    def __init__(self, image_size: int = 64, num_samples: int = 50_000, seed: int = 0, max_objects: int = 2):
+    def __init__(self, image_size: int = 64, num_samples: int = 50_000, seed: int = 0, max_objects: int = 2,
+                 two_object_share: float = 0.5):
         if image_size < 8:
             raise ValueError(f"image_size = {image_size}; the shapes dataset needs at least 8 pixels")
         if num_samples < 1:
             raise ValueError(f"num_samples = {num_samples}; must be at least 1")
         if max_objects not in (1, 2):
             raise ValueError(f"max_objects = {max_objects}; the shapes dataset draws 1 or 2 objects")
+        if not 0.0 <= two_object_share <= 1.0:
+            raise ValueError(f"two_object_share = {two_object_share}; allowed: 0 … 1")
         self.image_size = image_size
         self.num_samples = num_samples
         self.seed = seed
         self.max_objects = max_objects
+        self.two_object_share = two_object_share
 
     def __len__(self) -> int:
         return self.num_samples
@@ -468,11 +476,11 @@ class ShapesDataset(Dataset):
             index += self.num_samples
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        image, caption, scene = shapes_sample(self.seed, index, self.image_size, self.max_objects)
+        image, caption, scene = shapes_sample(self.seed, index, self.image_size, self.max_objects, self.two_object_share)
         return {"images": image_to_tensor(image), "caption": caption, "scene": scene}
 
     def __repr__(self) -> str:
         return (
             f"ShapesDataset(image_size={self.image_size}, num_samples={self.num_samples}, "
-            f"seed={self.seed}, max_objects={self.max_objects})"
+            f"seed={self.seed}, max_objects={self.max_objects}, two_object_share={self.two_object_share})"
         )
