@@ -70,8 +70,10 @@ def measure(row: Row, out: Path, num_images: int) -> dict:
     return report.to_dict()
 
 
+TITLE = "Two-object prompts: training steps and guidance"
 
-def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "") -> str:
+
+def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "", title: str = TITLE) -> str:
     header = ["model", "guidance", "1-object all right", "2-object all right", "shape", "colour", "size",
               "relation", *(f"not right: {f}" for f in FAILURES), "FID (shapes-cnn)"]
     body = []
@@ -86,7 +88,7 @@ def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "")
     settings = reports[0]["settings"]
     two = reports[0]["prompt_accuracy"]["two objects"]["prompts"]
     return "\n".join([
-        "# Two-object prompts: training steps and guidance",
+        f"# {title}",
         "",
         f"ddim, 25 steps, on the first {settings['images']} held-out shapes captions ({two} of them two-object; "
         f"seed {settings['heldout_seed']}), the same captions and seeds for every row. The *not right* columns "
@@ -111,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for each row's JSON report")
     p.add_argument("--results", type=Path, default=None, help="write the markdown table here")
     p.add_argument("--note", default="", help="a paragraph under the heading: what the models are")
+    p.add_argument("--title", default=TITLE, help="the results file's heading")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     reports = [measure(row, args.out, args.num_images) for row in args.row]
-    text = markdown(args.row, reports, command_line(argv), args.note)
+    text = markdown(args.row, reports, command_line(argv), args.note, args.title)
     print(text)
     if args.results:
         write_text_atomic(args.results, text)
