@@ -149,6 +149,7 @@ def test_adapter_needs_minilm_and_a_fitting_head_count(config):
         build_text_encoder(TextEncoderConfig(kind="transformer", adapter_layers=1))
     with pytest.raises(ConfigError, match="heads dividing 384"):
         build_text_encoder(replace(config.text, adapter_layers=1, heads=5))
+    assert len(build_text_encoder(replace(config.text, heads=5)).adapter) == 0  # heads only matter to an adapter
 
 
 def test_words_never_in_the_captions_land_near_their_synonyms(encoder):

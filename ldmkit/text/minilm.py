@@ -80,7 +80,7 @@ class MiniLMTextEncoder(nn.Module):
     """context = τθ(y) = Adapter(MiniLM(ids, mask).last_hidden_state), [B, L, 384]: one vector per token
     (as Imagen uses T5), padding masked inside MiniLM, which is frozen.
 
-    Adapter is ``cfg.adapter_layers`` `TextTransformerBlock` s trained with the UNet (none by default:
+    Adapter is ``cfg.adapter_layers`` `TextTransformerBlock` layers trained with the UNet (none by default:
     the frozen vectors as they are). MiniLM was trained for one mean-pooled sentence vector, not for
     telling the UNet which words describe which object; the blocks may learn that, on top. Their output
     projections start at zero, so a new adapter starts as the identity.
@@ -102,7 +102,7 @@ class MiniLMTextEncoder(nn.Module):
             raise ConfigError(f"text.max_length = {cfg.max_length} exceeds MiniLM's {bert.config.max_position_embeddings}")
         bert.requires_grad_(False).eval()
         object.__setattr__(self, "bert", bert)  # bypass nn.Module registration (see the class docstring)
-        if cfg.adapter_layers < 0 or WIDTH % cfg.heads:
+        if cfg.adapter_layers < 0 or (cfg.adapter_layers and (cfg.heads < 1 or WIDTH % cfg.heads)):
             raise ConfigError(
                 f"text.adapter_layers = {cfg.adapter_layers}, text.heads = {cfg.heads}; allowed: adapter_layers ≥ 0 "
                 f"and heads dividing {WIDTH}"
