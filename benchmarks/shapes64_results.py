@@ -59,7 +59,7 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
-def markdown(report, settings: SamplerSettings, per_image: float, train: dict, command: str, grid: str) -> str:
+def markdown(report, settings: SamplerSettings, per_image: float, training: list[str], command: str, grid: str) -> str:
     acc = report.prompt_accuracy
     rows = ["| prompts | count | all right | " + " | ".join(ATTRIBUTES) + " |",
             "|---|---:|---:|" + "---:|" * len(ATTRIBUTES)]
@@ -80,8 +80,7 @@ def markdown(report, settings: SamplerSettings, per_image: float, train: dict, c
         f"KID {kid.formatted()}",
         f"- the judge on the real renders of the same captions: {percent(judge.value)} all right",
         f"- one 64×64 image ({settings.describe()}): {per_image:.2f} s on this CPU ({torch.get_num_threads()} threads)",
-        *(describe_training(name, stretches) if isinstance(stretches, list) else f"- training, {name}: {stretches}"
-          for name, stretches in train.items()),
+        *training,
         "  (from the runs' log.csv; a stretch is one run of the command, resumed from the last one's checkpoint)",
         f"- machine: {machine_info()['cpu']}, torch {torch.__version__}",
         "",
@@ -108,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Path(args.model) if args.model else shipped_model()
     runs = Path(args.runs)
-    train = {name: training_stretches(log) if log.is_file() else f"not timed here (no {log})"
-             for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))}
+    training = [describe_training(name, training_stretches(log)) if log.is_file()
+                else f"- training, {name}: not timed here (no {log})"
+                for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
 
     settings = SamplerSettings(args.sampler, args.steps, args.guidance)
     pipe = load_pipeline(model)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = command_line(argv)
     grid_rel = Path(args.grid).name
-    body = markdown(report, settings, per_image, train, command, grid_rel)
+    body = markdown(report, settings, per_image, training, command, grid_rel)
     header = (f"# shapes64: {args.title}\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
               f"(rows: seeds 0–3).\n\n")
     write_text_atomic(args.results, header + body)

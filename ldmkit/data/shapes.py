@@ -179,16 +179,21 @@ def _chance(rng: Rng, p: float) -> bool:
 # Sampling
 
 
+def check_scene_options(max_objects: int, two_object_share: float) -> None:
+    """ValueError naming the option unless 1 ≤ max_objects ≤ 2 and 0 ≤ two_object_share ≤ 1."""
+    if max_objects not in (1, 2):
+        raise ValueError(f"max_objects = {max_objects}; the shapes dataset draws 1 or 2 objects")
+    if not 0.0 <= two_object_share <= 1.0:
+        raise ValueError(f"two_object_share = {two_object_share}; allowed: 0 … 1")
+
+
 def sample_scene(rng: Rng, max_objects: int = 2, two_object_share: float = 0.5) -> Scene:
     """A random scene: one object, or (with probability ``two_object_share`` when ``max_objects`` is 2)
     two, related.
 
     Every attribute is uniform over its tuple; in a two-object scene the colours differ.
     """
-    if max_objects not in (1, 2):
-        raise ValueError(f"max_objects = {max_objects}; the shapes dataset draws 1 or 2 objects")
-    if not 0.0 <= two_object_share <= 1.0:
-        raise ValueError(f"two_object_share = {two_object_share}; allowed: 0 … 1")
+    check_scene_options(max_objects, two_object_share)
     if max_objects == 1 or _chance(rng, 1.0 - two_object_share):
         return Scene((ShapeObject(_pick(rng, SHAPES), _pick(rng, COLORS), _pick(rng, SIZES), _pick(rng, POSITIONS)),))
     relation = _pick(rng, RELATIONS)
@@ -458,10 +463,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"image_size = {image_size}; the shapes dataset needs at least 8 pixels")
         if num_samples < 1:
             raise ValueError(f"num_samples = {num_samples}; must be at least 1")
-        if max_objects not in (1, 2):
-            raise ValueError(f"max_objects = {max_objects}; the shapes dataset draws 1 or 2 objects")
-        if not 0.0 <= two_object_share <= 1.0:
-            raise ValueError(f"two_object_share = {two_object_share}; allowed: 0 … 1")
+        check_scene_options(max_objects, two_object_share)  # now, not at the first item
         self.image_size = image_size
         self.num_samples = num_samples
         self.seed = seed
