@@ -20,6 +20,7 @@ from ldmkit.cli import main
 from ldmkit.config import DataConfig, load_preset
 from ldmkit.data import DataError, build_dataset, image_to_tensor, shapes_sample
 from ldmkit.data.coco import CocoCaptions
+from ldmkit.data.shapes import ShapesDataset
 from ldmkit.data.shards import ShardDataset, expand_shards, is_shard_source
 from ldmkit.train.common import SkipReport, make_loader
 from ldmkit.train.distributed import Distributed
@@ -67,6 +68,24 @@ def test_pack_shapes_and_read_back(tmp_path):
     assert ShardDataset(str(out), 16).read_captions(3) == [it["caption"] for it in items[:3]]
     with pytest.raises(DataError, match="shard not found"):
         expand_shards(str(out / "{000000..000005}.tar"))
+
+
+def test_pack_shapes_holds_the_dataset_items_of_the_same_scene_options(tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(["data", "pack", "shapes", "--out", str(out), "--num-samples", "12", "--image-size", "16",
+                 "--seed", "3", "--two-object-share", "1"]) == 0
+    expected = ShapesDataset(16, 12, seed=3, max_objects=2, two_object_share=1.0)
+    items = list(ShardDataset(str(out), image_size=16))
+    assert [it["caption"] for it in items] == [expected[i]["caption"] for i in range(12)]
+    assert all(len(expected[i]["scene"].objects) == 2 for i in range(12))
+    assert main(["data", "pack", "shapes", "--out", str(tmp_path / "one"), "--num-samples", "6",
+                 "--image-size", "16", "--max-objects", "1"]) == 0
+    one = ShapesDataset(16, 6, max_objects=1)
+    assert [it["caption"] for it in ShardDataset(str(tmp_path / "one"), 16)] == [one[i]["caption"] for i in range(6)]
+    with pytest.raises(SystemExit) as e:
+        main(["data", "pack", "shapes", "--out", str(tmp_path / "bad"), "--two-object-share", "1.5"])
+    assert e.value.code == 2 and "in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pack_folder_leaves_out_unreadable_files(tmp_path, capsys):

@@ -35,6 +35,11 @@ def fraction(text: str) -> float:
     return _parsed(text, float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1]."""
+    return _parsed(text, float, "a number", lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
 def load_training_config(args) -> Preset:
     """The preset ``--preset NAME`` or the config file ``--config FILE`` (exactly one of them)."""
     if bool(args.preset) == bool(args.config):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ldmkit.cli.common import UsageError, load_training_config, positive_int
+from ldmkit.cli.common import UsageError, load_training_config, positive_int, unit_interval
 
 
 def cmd_pack(args) -> None:
@@ -14,7 +14,8 @@ def cmd_pack(args) -> None:
 
     skipped: list[str] = []
     if args.src == "shapes":
-        samples = shapes_samples(args.num_samples, args.image_size or 64, args.seed)
+        samples = shapes_samples(args.num_samples, args.image_size or 64, args.seed, args.max_objects,
+                                 args.two_object_share)
     elif Path(args.src).is_dir():
         samples = folder_samples(args.src, args.image_size, skipped)
     else:
@@ -52,6 +53,11 @@ def add_parsers(sub) -> None:
                            "a folder: default none, the files are stored as they are)")
     pack.add_argument("--num-samples", type=positive_int, default=10_000, help="shapes: how many scenes")
     pack.add_argument("--seed", type=int, default=0, help="shapes: the dataset seed")
+    pack.add_argument("--max-objects", type=int, choices=(1, 2), default=2,
+                      help="shapes: at most this many objects per scene (default 2; data.max_objects)")
+    pack.add_argument("--two-object-share", type=unit_interval, default=0.5,
+                      help="shapes: the share of two-object scenes when --max-objects is 2 "
+                           "(default 0.5; data.two_object_share)")
     pack.set_defaults(func=cmd_pack)
 
     cache = data_sub.add_parser("cache", help="encode the training data once with the frozen autoencoder "

@@ -313,12 +313,15 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def shapes_samples(num_samples: int, image_size: int, seed: int = 0, max_objects: int = 2) -> Iterator[ShardSample]:
-    """The built-in shapes scenes 0 … num_samples − 1 as PNG samples."""
-    from ldmkit.data.shapes import shapes_sample
+def shapes_samples(num_samples: int, image_size: int, seed: int = 0, max_objects: int = 2,
+                   two_object_share: float = 0.5) -> Iterator[ShardSample]:
+    """The built-in shapes scenes 0 … num_samples − 1 as PNG samples: the items of
+    ``ShapesDataset(image_size, num_samples, seed, max_objects, two_object_share)``."""
+    from ldmkit.data.shapes import check_scene_options, shapes_sample
 
+    check_scene_options(max_objects, two_object_share)  # now, not at the first sample
     for i in range(num_samples):
-        image, caption, _ = shapes_sample(seed, i, image_size, max_objects)
+        image, caption, _ = shapes_sample(seed, i, image_size, max_objects, two_object_share)
         yield ShardSample(f"{i:08d}", encode_png(image), "png", caption)
 
 
