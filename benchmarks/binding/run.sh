@@ -9,13 +9,7 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/binding}
 HERE=benchmarks/binding
-if [ ! -f "$OUT/autoencoder/config.yaml" ]; then
-  $PY -c "import sys
-from ldmkit.autoencoder.folder import save_autoencoder
-from ldmkit.model import LatentDiffusion
-from ldmkit.pretrained import shipped_model
-save_autoencoder(LatentDiffusion.load(shipped_model()).autoencoder.float(), sys.argv[1])" "$OUT/autoencoder"
-fi
+bash $HERE/shipped_autoencoder.sh "$OUT/autoencoder"
 $PY -m ldmkit.cli train --config $HERE/adapter.yaml --autoencoder "$OUT/autoencoder" --out "$OUT/adapter" --resume --no-progress
 $PY -m ldmkit.cli train --config $HERE/share.yaml --autoencoder "$OUT/autoencoder" --init ldmkit/pretrained/shapes64 \
   --out "$OUT/share" --resume --no-progress

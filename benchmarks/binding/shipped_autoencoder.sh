@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Write the shipped model's autoencoder (ldmkit/pretrained/shapes64) out as an autoencoder folder, unless
+# the folder is there already: the binding experiments train their UNets on it.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+if [ ! -f "$1/config.yaml" ]; then
+  $PY -c "import sys
+from ldmkit.autoencoder.folder import save_autoencoder
+from ldmkit.model import LatentDiffusion
+from ldmkit.pretrained import shipped_model
+save_autoencoder(LatentDiffusion.load(shipped_model()).autoencoder.float(), sys.argv[1])" "$1"
+fi
