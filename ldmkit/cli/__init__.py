@@ -11,12 +11,12 @@ import argparse
 import os
 import sys
 
-from ldmkit.cli import convert, data, edit, eval, generate, serve, train
+from ldmkit.cli import attention, convert, data, edit, eval, generate, serve, train
 from ldmkit.cli.common import UsageError
 from ldmkit.config import ConfigError
 
 EXIT_USAGE = 2
-COMMAND_MODULES = (train, generate, edit, serve, data, convert, eval)
+COMMAND_MODULES = (train, generate, attention, edit, serve, data, convert, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,6 +112,12 @@ class FixedLengthTokenizer:
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
         return ids, mask
 
+    def tokens(self, prompt: str) -> tuple[list[str], int]:
+        """The ``max_length`` token strings of one prompt as the text encoder sees them (special tokens and
+        padding included), and how many of them are the prompt's (the rest are padding)."""
+        encoding = self._tok.encode(str(prompt))
+        return list(encoding.tokens), sum(encoding.attention_mask)
+
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """The normalised text of each row of token_ids (special tokens and padding dropped)."""
         return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())

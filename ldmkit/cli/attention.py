@@ -1,0 +1,45 @@
+"""`ldmkit attention`: sample one image and draw where each prompt token's cross-attention lands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+
+
+def cmd_attention(args) -> None:
+    from ldmkit.storage import atomic_path
+    from ldmkit.device import resolve_device
+    from ldmkit.diffusion import SAMPLERS
+    from ldmkit.eval.attention_maps import attention_figure, cross_attention_maps
+    from ldmkit.pipelines.text_to_image import load_pipeline
+
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: give a .png file for the figure")
+    pipe = load_pipeline(args.model, resolve_device(args.device))
+    result = cross_attention_maps(pipe, args.prompt, args.steps, args.guidance, args.seed, args.sampler,
+                                  progress=not args.no_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        attention_figure(result).save(tmp, format="PNG")
+    shares = result.share()
+    listing = ", ".join(f"{result.tokens[j]} {100 * float(shares[j]):.0f}%" for j in range(result.real_tokens))
+    print(f"wrote {out}; attention shares: {listing}, padding {100 * float(shares[result.real_tokens:].sum()):.0f}%")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("attention", help="sample one image and show each prompt token's cross-attention map")
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
+                                   "(default: the shapes64 model shipped with ldmkit)")
+    p.add_argument("--out", required=True, help="the figure, a .png file")
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_attention)

@@ -1,0 +1,89 @@
+"""Cross-attention maps (`ldmkit attention`): a faithful, read-only record of where each prompt token's
+attention lands, oriented as the image is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ldmkit.cli import main
+from ldmkit.eval.attention_maps import _CrossAttentionRecorder, cross_attention_maps
+from ldmkit.nn.attention import Attention
+from ldmkit.nn.transformer import BasicTransformerBlock
+from ldmkit.pipelines.text_to_image import load_pipeline
+from tests.tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("attention") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_folder):
+    return load_pipeline(tiny_folder)
+
+
+def test_recorded_weights_are_the_ones_the_layer_uses():
+    """With one head and the layer's own grid, A · (W_V c) through W_out is the layer's output."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=1, head_dim=8, context_dim=6)
+    x, context = torch.randn(1, 12, 8), torch.randn(1, 5, 6)  # a 3×4 feature map, 5 tokens
+    recorder = _CrossAttentionRecorder((3, 4))
+    handle = attn.register_forward_hook(recorder, with_kwargs=True)
+    out = attn(x, context)
+    handle.remove()
+    a = recorder.total.reshape(5, 12).T  # [pixels, tokens], pixel order row-major as the UNet flattens
+    assert torch.allclose(a.sum(-1), torch.ones(12), atol=1e-5)
+    assert torch.allclose(attn.to_out(a @ attn.to_v(context)[0]), out[0], atol=1e-5)
+
+
+def test_maps_of_the_tiny_model(tiny_pipe):
+    prompt = "a red circle on the left"
+    result = cross_attention_maps(tiny_pipe, prompt, steps=3, guidance=4.0, seed=1)
+    tokens, real = tiny_pipe.model.tokenizer.tokens(prompt)
+    assert result.tokens == tokens and result.real_tokens == real
+    h, w = tiny_pipe.latent_size(tiny_pipe.model.config.image_size, tiny_pipe.model.config.image_size)
+    assert result.maps.shape == (len(tokens), h, w)
+    assert torch.allclose(result.maps.sum(0), torch.ones(h, w), atol=1e-4)  # each pixel's weights sum to 1
+    assert torch.isclose(result.share().sum(), torch.tensor(1.0), atol=1e-4)
+    # read-only: the same image as without the hooks, and no hook left behind
+    plain = tiny_pipe(prompt, steps=3, guidance=4.0, seed=1)[0]
+    assert list(result.image.getdata()) == list(plain.getdata())
+    blocks = [m for m in tiny_pipe.model.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    assert blocks and all(not b.attn2._forward_hooks for b in blocks)
+
+
+def test_cli_writes_the_figure_and_refuses_bad_options(tiny_folder, tiny_pipe, tmp_path, capsys):
+    folder = tiny_folder
+    out = tmp_path / "maps.png"
+    assert main(["attention", "a blue square above a yellow star", "--model", str(folder), "--out", str(out),
+                 "--steps", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "attention shares:" in printed and "square" in printed
+    _, real = tiny_pipe.model.tokenizer.tokens("a blue square above a yellow star")
+    panels = 1 + real + 1  # the image, each real token, the padding
+    with Image.open(out) as figure:
+        assert figure.size == (min(panels, 8) * 130 + 2, -(-panels // 8) * 144 + 2)
+    for bad, message in ((["--out", str(tmp_path / "maps.jpg")], "give a .png file"),
+                         (["--out", str(out), "--sampler", "heun"], "unknown sampler 'heun'")):
+        assert main(["attention", "a red circle", "--model", str(folder), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_shipped_model_attends_where_it_draws():
+    """The shape word's map sits on the side the prompt names: the maps are oriented as the image is."""
+    pipe = load_pipeline()
+
+    def share(prompt: str, rows: bool) -> float:
+        result = cross_attention_maps(pipe, prompt, seed=0)
+        m = result.maps[result.tokens.index(prompt.split()[2])]
+        half = (m.shape[0] if rows else m.shape[1]) // 2
+        return float((m[:half] if rows else m[:, :half]).sum() / m.sum())
+
+    assert share("a red circle on the left", rows=False) > 0.6 > 0.4 > share("a red circle on the right", rows=False)
+    assert share("a blue square at the top", rows=True) > 0.6 > 0.4 > share("a blue square at the bottom", rows=True)
