@@ -7,8 +7,9 @@ two-object prompts that are not all right sorted by why (`two_object_failure`).
         --row 8k=runs/shapes64-minilm-8k/model@4 --row 8k=runs/shapes64-minilm-8k/model@6 \\
         --row 8k=runs/shapes64-minilm-8k/model@8 --results benchmarks/TWO_OBJECTS.md
 
-Each row is ``NAME=MODEL_FOLDER@GUIDANCE`` (DDIM, 25 steps). Its report is saved as
-``OUT/NAME-gGUIDANCE.json`` (what ``ldmkit eval generate --json`` writes) and reused when the file
+Each row is ``NAME=MODEL_FOLDER@GUIDANCE`` (DDIM, 25 steps), or ``NAME=MODEL_FOLDER@GUIDANCE@BINDING``
+with attribute-binding guidance of scale BINDING (`ldmkit.diffusion.binding`). Its report is saved as
+``OUT/NAME-gGUIDANCE[-bBINDING].json`` (what ``ldmkit eval generate --json`` writes) and reused when the file
 is there, so a stopped run goes on where it was and the table can be re-rendered without
 regenerating; delete the JSON files to measure again.
 """
@@ -35,33 +36,36 @@ class Row:
     name: str
     model: Path
     guidance: float
+    binding: float = 0.0
 
     @property
     def stem(self) -> str:
-        return f"{self.name}-g{self.guidance:g}"
+        return f"{self.name}-g{self.guidance:g}" + (f"-b{self.binding:g}" if self.binding else "")
 
 
 def parse_row(text: str) -> Row:
-    """``NAME=FOLDER@GUIDANCE`` → Row; anything else is an argparse error naming the form."""
+    """``NAME=FOLDER@GUIDANCE[@BINDING]`` → Row; anything else is an argparse error naming the form."""
     name, eq, rest = text.partition("=")
-    folder, at, guidance = rest.rpartition("@")
+    folder, *numbers = rest.split("@")
     try:
-        value = float(guidance)
+        values = [float(v) for v in numbers]
     except ValueError:
-        value = None
-    if not (eq and at and name and folder) or value is None:
-        raise argparse.ArgumentTypeError(f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE, e.g. 8k=runs/ldm@4")
-    return Row(name, Path(folder), value)
+        values = []
+    if not (eq and name and folder and 1 <= len(values) <= 2 and min(values) >= 0):
+        raise argparse.ArgumentTypeError(
+            f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE[@BINDING], e.g. 8k=runs/ldm@4 or 8k=runs/ldm@4@500")
+    return Row(name, Path(folder), *values)
 
 
 def measure(row: Row, out: Path, num_images: int) -> dict:
     """The row's report as a dict: read from ``out`` when there, else measured and saved there."""
     path = out / f"{row.stem}.json"
-    settings = SamplerSettings("ddim", 25, row.guidance)
+    settings = SamplerSettings("ddim", 25, row.guidance, binding=row.binding)
     if path.exists():
         report = json.loads(path.read_text())
-        wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance}
-        if any(report["settings"].get(k) != v for k, v in wanted.items()):
+        wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
+                  "binding": settings.binding}
+        if any(report["settings"].get(k, 0.0 if k == "binding" else None) != v for k, v in wanted.items()):
             raise SystemExit(f"{path} holds another measurement ({report['settings']}); delete it or change --out")
         return report
     report = evaluate_generation(row.model, num_images, settings, progress=True)
@@ -74,13 +78,14 @@ TITLE = "Two-object prompts: training steps and guidance"
 
 
 def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "", title: str = TITLE) -> str:
-    header = ["model", "guidance", "1-object all right", "2-object all right", "shape", "colour", "size",
+    header = ["model", "guidance", "binding λ", "1-object all right", "2-object all right", "shape", "colour", "size",
               "relation", *(f"not right: {f}" for f in FAILURES), "FID (shapes-cnn)"]
     body = []
     for row, report in zip(rows, reports):
         one, two = report["prompt_accuracy"]["one object"], report["prompt_accuracy"]["two objects"]
         failures = report["prompt_accuracy"]["two-object failures"]
-        body.append([f"{row.name} (`{row.model}`)", f"{row.guidance:g}", percent(one["all"]),
+        body.append([f"{row.name} (`{row.model}`)", f"{row.guidance:g}", f"{row.binding:g}" if row.binding else "–",
+                     percent(one["all"]),
                      f"**{percent(two['all'])}**",
                      percent(two["shape"]), percent(two["color"]), percent(two["size"]), percent(two["relation"]),
                      *(str(failures[f]) for f in FAILURES),

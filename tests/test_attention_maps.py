@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ldmkit.cli import main
-from ldmkit.eval.attention_maps import _CrossAttentionRecorder, cross_attention_maps
+from ldmkit.eval.attention_maps import cross_attention_maps
 from ldmkit.nn.attention import Attention
-from ldmkit.nn.transformer import BasicTransformerBlock
+from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, cross_attention_layers
 from ldmkit.pipelines.text_to_image import load_pipeline
 from tests.tiny_models import build_tiny_model
 
@@ -32,11 +32,11 @@ def test_recorded_weights_are_the_ones_the_layer_uses():
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=1, head_dim=8, context_dim=6)
     x, context = torch.randn(1, 12, 8), torch.randn(1, 5, 6)  # a 3×4 feature map, 5 tokens
-    recorder = _CrossAttentionRecorder((3, 4))
+    recorder = CrossAttentionRecorder((3, 4))
     handle = attn.register_forward_hook(recorder, with_kwargs=True)
     out = attn(x, context)
     handle.remove()
-    a = recorder.total.reshape(5, 12).T  # [pixels, tokens], pixel order row-major as the UNet flattens
+    a = recorder.mean()[0].reshape(5, 12).T  # [pixels, tokens], pixel order row-major as the UNet flattens
     assert torch.allclose(a.sum(-1), torch.ones(12), atol=1e-5)
     assert torch.allclose(attn.to_out(a @ attn.to_v(context)[0]), out[0], atol=1e-5)
 
@@ -53,8 +53,8 @@ def test_maps_of_the_tiny_model(tiny_pipe):
     # read-only: the same image as without the hooks, and no hook left behind
     plain = tiny_pipe(prompt, steps=3, guidance=4.0, seed=1)[0]
     assert list(result.image.getdata()) == list(plain.getdata())
-    blocks = [m for m in tiny_pipe.model.unet.modules() if isinstance(m, BasicTransformerBlock)]
-    assert blocks and all(not b.attn2._forward_hooks for b in blocks)
+    layers = cross_attention_layers(tiny_pipe.model.unet)
+    assert layers and all(not layer._forward_hooks for layer in layers)
 
 
 def test_cli_writes_the_figure_and_refuses_bad_options(tiny_folder, tiny_pipe, tmp_path, capsys):

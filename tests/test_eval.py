@@ -336,13 +336,13 @@ def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp
 def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeypatch):
     _, ldm = folders
     results = tmp_path / "TWO.md"
-    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5", "--num-images", "8", "--out", str(tmp_path / "runs"),
+    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@100", "--num-images", "8", "--out", str(tmp_path / "runs"),
             "--results", str(results), "--note", "Untrained."]
     two_objects = _script("two_objects")
     two_objects.main(argv)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b100.json"]
     text = results.read_text()
-    assert f"| a (`{ldm}`) | 4 | " in text and f"| b (`{ldm}`) | 1.5 | " in text and "\nUntrained.\n" in text
+    assert f"| a (`{ldm}`) | 4 | – | " in text and f"| b (`{ldm}`) | 1.5 | 100 | " in text and "\nUntrained.\n" in text
     assert "--row a=" in text  # the command that made it
     # Run again, it re-renders from the saved reports and generates nothing.
     monkeypatch.setattr(two_objects, "evaluate_generation", lambda *a, **k: pytest.fail("measured again"))
@@ -351,8 +351,9 @@ def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeyp
     assert results.read_text() == text
     with pytest.raises(SystemExit, match="another measurement"):
         two_objects.main([*argv[:2], "--num-images", "16", "--out", str(tmp_path / "runs")])
-    with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL_FOLDER@GUIDANCE"):
-        two_objects.parse_row("runs/ldm")
+    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=MODEL_FOLDER@GUIDANCE\[@BINDING\]"):
+            two_objects.parse_row(bad)
 
 
 def test_generation_benchmark_compares_dpmpp_20_with_ddim_250():

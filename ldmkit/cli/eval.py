@@ -51,7 +51,7 @@ def cmd_eval_generate(args) -> None:
     model = args.model or shipped_model()
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed)
+    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding)
     _run(args, lambda networks, device: evaluate_generation(
         model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
 
@@ -87,5 +87,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
+                   help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
     _common(g, 1024)
     g.set_defaults(func=cmd_eval_generate)

@@ -11,8 +11,8 @@ averaged over the layers and the sampler's steps (the aggregation of Prompt-to-P
 2022, and DAAM, Tang et al. 2023), recorded from the conditional pass only (with guidance, the second
 half of each batch). Every latent pixel's maps still sum to 1 over the L tokens.
 
-The recording is read-only: forward hooks on the cross-attention modules recompute A from the same
-inputs, so the image is the one the pipeline draws without them.
+The recording is read-only (`ldmkit.nn.cross_attention_maps`): forward hooks on the cross-attention
+modules recompute A from the same inputs, so the image is the one the pipeline draws without them.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ldmkit.nn.attention import Attention
-from ldmkit.nn.transformer import BasicTransformerBlock
+from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, cross_attention_layers, recording
 
 
 @dataclass
@@ -43,56 +42,20 @@ class AttentionMaps:
         return self.maps.mean(dim=(1, 2))
 
 
-class _CrossAttentionRecorder:
-    """Forward hook on an `Attention` module used as cross-attention: adds its A (mean over heads,
-    the batch's last row, resized to ``latent_hw``) to a running sum."""
-
-    def __init__(self, latent_hw: tuple[int, int]):
-        self.latent_hw = latent_hw
-        self.total: torch.Tensor | None = None
-        self.count = 0
-
-    def __call__(self, module: Attention, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-        x = args[0]
-        context = args[1] if len(args) > 1 else kwargs.get("context")
-        mask = args[2] if len(args) > 2 else kwargs.get("mask")
-        x, context = x[-1:].float(), context[-1:].float()  # the conditional pass
-        q, k = F.linear(x, module.to_q.weight.float()), F.linear(context, module.to_k.weight.float())
-        if module.to_q.bias is not None:
-            q, k = q + module.to_q.bias.float(), k + module.to_k.bias.float()
-        heads = module.heads
-        q = q.view(1, q.shape[1], heads, -1).transpose(1, 2)
-        k = k.view(1, k.shape[1], heads, -1).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        if mask is not None:
-            logits = logits.masked_fill(~mask[-1:, None, None, :], float("-inf"))
-        a = logits.softmax(dim=-1).mean(dim=1)[0]  # [h_ℓ·w_ℓ, L]
-        h, w = self.latent_hw
-        scale = math.isqrt(h * w // a.shape[0])  # the layer's downsampling factor
-        per_token = a.T.reshape(1, a.shape[1], h // scale, w // scale)
-        resized = F.interpolate(per_token, size=(h, w), mode="bilinear", align_corners=False)[0]
-        self.total = resized if self.total is None else self.total + resized
-        self.count += 1
-
-
 def cross_attention_maps(pipe, prompt: str, steps: int = 25, guidance: float = 4.0, seed: int = 0,
                          sampler: str = "ddim", progress: bool = False) -> AttentionMaps:
     """Sample one image for ``prompt`` with a `TextToImagePipeline` and return it with its maps."""
     model = pipe.model
-    blocks = [m for m in model.unet.modules() if isinstance(m, BasicTransformerBlock)]
-    if not blocks or model.tokenizer is None:
+    if not cross_attention_layers(model.unet) or model.tokenizer is None:
         raise ValueError("this model has no cross-attention on a prompt (attention maps need a text model)")
     size = model.config.image_size
-    recorder = _CrossAttentionRecorder(pipe.latent_size(size, size))
-    handles = [b.attn2.register_forward_hook(recorder, with_kwargs=True) for b in blocks]
-    try:
+    # the batch's last row: the conditional pass (with guidance the batch is [unconditional; conditional])
+    recorder = CrossAttentionRecorder(pipe.latent_size(size, size), rows=slice(-1, None))
+    with recording(model.unet, recorder):
         image = pipe(prompt, steps=steps, guidance=guidance, seed=seed, num_images=1, sampler=sampler,
                      progress=progress)[0]
-    finally:
-        for handle in handles:
-            handle.remove()
     tokens, real = model.tokenizer.tokens(prompt)
-    maps = recorder.total / recorder.count
+    maps = recorder.mean()[0]
     if maps.shape[0] != len(tokens):
         raise ValueError(f"the context has {maps.shape[0]} positions but the tokenizer gave {len(tokens)} tokens")
     return AttentionMaps(image, tokens, maps.cpu(), real)

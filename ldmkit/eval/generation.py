@@ -31,9 +31,11 @@ class SamplerSettings:
     guidance: float = 4.0
     eta: float = 0.0
     seed: int = 0
+    binding: float = 0.0  # attribute-binding guidance λ (ldmkit.diffusion.binding); 0 = none
 
     def describe(self) -> str:
-        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}"
+        binding = f", binding {self.binding:g}" if self.binding else ""
+        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}{binding}"
 
 
 def generate_for_prompts(
@@ -48,7 +50,7 @@ def generate_for_prompts(
             batch = prompts[start:start + batch_size]
             out.append(pipe.generate_tensors(
                 batch, steps=settings.steps, guidance=settings.guidance, seed=settings.seed + k, num_images=1,
-                sampler=settings.sampler, eta=settings.eta,
+                sampler=settings.sampler, eta=settings.eta, binding=settings.binding,
             ))
             bar.update(len(batch))
     return torch.cat(out)
@@ -163,5 +165,5 @@ def evaluate_generation(
     report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
                        "steps": settings.steps,
                        "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
-                       "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+                       "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
     return report

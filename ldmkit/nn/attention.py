@@ -28,6 +28,23 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, query_dim)
 
+    def weights(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A = softmax(Q Kᵀ / √d) per head, float32[B, heads, N, L]: the weights `forward` uses (it gets
+        them fused inside `scaled_dot_product_attention` and never holds them)."""
+        context = x if context is None else context
+        b = x.shape[0]
+        q = F.linear(x.float(), self.to_q.weight.float(), None if self.to_q.bias is None else self.to_q.bias.float())
+        k = F.linear(context.float(), self.to_k.weight.float(),
+                     None if self.to_k.bias is None else self.to_k.bias.float())
+        q = q.view(b, -1, self.heads, q.shape[-1] // self.heads).transpose(1, 2)
+        k = k.view(b, -1, self.heads, k.shape[-1] // self.heads).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        return logits.softmax(dim=-1)
+
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ldmkit.condition import check_images, check_mask
 from ldmkit.data.images import image_to_tensor, tensor_to_pil
 from ldmkit.device import use_bf16
 from ldmkit.diffusion import guided_denoiser, sample, sample_from
+from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser
 from ldmkit.model import LatentDiffusion
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
@@ -98,6 +99,7 @@ class Pipeline:
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
+        binding: BindingGuidance | None = None,
     ) -> torch.Tensor:
         """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
 
@@ -108,7 +110,8 @@ class Pipeline:
         from a CPU generator seeded with ``seed``, so a seed gives the same image on every device.
         ``guidance_stop`` ∈ [0, 1): the steps at timesteps t < guidance_stop · T (about that fraction
         of the steps, at the end) run unguided, one UNet pass instead of two. ``spacing`` (ddim only):
-        trailing, or leading to reproduce the original LDM / Stable Diffusion DDIM timesteps.
+        trailing, or leading to reproduce the original LDM / Stable Diffusion DDIM timesteps. ``binding``:
+        attribute-binding guidance on top (`ldmkit.diffusion.binding`).
         """
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -123,6 +126,8 @@ class Pipeline:
             unet = _in_bf16(unet, self.device)
         denoise = guided_denoiser(unet, context, null_context, guidance, model.config.diffusion.prediction,
                                   model.schedule, unguided_below=round(guidance_stop * model.schedule.num_timesteps))
+        if binding is not None:
+            denoise = binding_denoiser(denoise, unet, model.unet, context, model.schedule, binding)
         bar = tqdm(total=steps, desc="sampling", leave=False, disable=not progress)
 
         def on_step(i: int, n: int) -> None:

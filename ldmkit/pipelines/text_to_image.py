@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ldmkit.data.images import tensor_to_pil
+from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.pipelines.base import Pipeline
 
 
@@ -49,10 +50,11 @@ class TextToImagePipeline(Pipeline):
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
+        binding: float = 0.0,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback, guidance_stop, spacing,
+            callback, guidance_stop, spacing, binding,
         )]
 
     @torch.inference_mode()
@@ -72,13 +74,16 @@ class TextToImagePipeline(Pipeline):
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
+        binding: float = 0.0,
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
         ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
         there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
         last fraction of the trajectory runs without guidance; ``spacing`` (ddim): trailing, or leading
-        as the original LDM and Stable Diffusion sample (see `Pipeline.sample_latents`).
+        as the original LDM and Stable Diffusion sample (see `Pipeline.sample_latents`). ``binding`` > 0:
+        attribute-binding guidance of that scale λ (`ldmkit.diffusion.binding`) on the shapes words
+        (each shape with the colours and sizes before it), over the first half of the steps.
         """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -88,12 +93,27 @@ class TextToImagePipeline(Pipeline):
             raise ValueError(f"steps must be at least 1, got {steps}")
         prompts = [p for p in prompts for _ in range(num_images)]
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
+        if binding < 0:
+            raise ValueError(f"binding = {binding}; must be ≥ 0")
         latents = self.sample_latents(
             model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
-            spacing=spacing,
+            spacing=spacing, binding=self.shapes_binding(prompts, binding) if binding > 0 else None,
         )
         return model.decode_latents(latents).float().cpu()
+
+
+    def shapes_binding(self, prompts: list[str], scale: float) -> BindingGuidance:
+        """Binding guidance of scale λ for ``prompts``, grouping each shape word with the colour and size
+        words before it, with the layout term of a two-object prompt's relation."""
+        from ldmkit.data.shapes import COLORS, SHAPES, SIZES, parse_prompt
+
+        if self.model.tokenizer is None:
+            raise ValueError("binding guidance needs a text model")
+        groups = [binding_groups(self.model.tokenizer.tokens(p)[0], set(SHAPES), set(COLORS) | set(SIZES))
+                  for p in prompts]
+        scenes = [parse_prompt(p) for p in prompts]
+        return BindingGuidance(scale, groups, [None if s is None else s.relation for s in scenes])
 
 
 def load_pipeline(
