@@ -51,7 +51,12 @@ def words_of(tokens: list[str]) -> list[tuple[str, list[int]]]:
             words.append((token, [i]))
             open_word = False
             continue
-        joins = token.startswith("##") or (open_word and (clip or token[:1] not in ("▁", "Ġ")) and (clip or marked))
+        if token.startswith("##"):  # WordPiece
+            joins = True
+        elif clip:  # a word goes on until a piece ends with </w>
+            joins = open_word
+        else:  # SentencePiece / byte-level: a piece without the start marker goes on the word before
+            joins = marked and open_word and token[:1] not in ("▁", "Ġ")
         piece = token.removeprefix("##").lstrip("▁Ġ").removesuffix("</w>")
         if joins and words:
             words[-1] = (words[-1][0] + piece, words[-1][1] + [i])
