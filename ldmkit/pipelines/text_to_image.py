@@ -102,7 +102,6 @@ class TextToImagePipeline(Pipeline):
         )
         return model.decode_latents(latents).float().cpu()
 
-
     def shapes_binding(self, prompts: list[str], scale: float) -> BindingGuidance:
         """Binding guidance of scale λ for ``prompts``, grouping each shape word with the colour and size
         words before it, with the layout term of a two-object prompt's relation."""
