@@ -3,9 +3,10 @@
 The comparison run uses the same global batch with ``grad_accum_steps: 2`` and one thread, so each
 forward pass sees the same 4 samples as one rank does and float sums round alike; the weights
 then agree to 1e-5 (in practice bit for bit). With one forward pass of all 8 samples instead, the
-losses still agree to 1e-5, but the weights of parameters whose true gradient is zero (biases right
+first loss agrees to 1e-5, but the weights of parameters whose true gradient is zero (biases right
 before a per-channel GroupNorm) drift apart by up to lr per step: Adam divides their float-noise
-gradients by their own size. That run is compared on its losses.
+gradients by their own size. That run is compared on its losses, the later ones to 1e-3 relative
+(measured: up to 2.6e-4 on a CI machine whose float sums round differently from this one's).
 """
 
 from __future__ import annotations
@@ -110,7 +111,10 @@ def test_one_forward_pass_of_the_global_batch_gives_the_same_losses(runs):
 
     out = tmp / "one_pass"
     train_diffusion(load_yaml(Preset, config(tmp, 1)), two / "ae", out, steps=STEPS, progress=False)
-    assert losses(out) == pytest.approx(losses(two / "ldm"), abs=1e-5)
+    first, *later = losses(out)
+    expected_first, *expected_later = losses(two / "ldm")
+    assert first == pytest.approx(expected_first, abs=1e-5)  # the same weights, the same batch
+    assert later == pytest.approx(expected_later, rel=1e-3)  # after Adam steps on float-noise gradients
 
 
 def test_only_rank_zero_writes(runs):

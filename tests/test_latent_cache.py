@@ -125,7 +125,10 @@ def test_training_from_the_cache_gives_the_loss_of_training_from_images(setup):
     from_cache = train_diffusion(tiny_preset(cached), ae, root / "ldm_cache", steps=2, progress=False)
     a, b = losses(from_images), losses(from_cache)
     assert len(a) == len(b) == 2
-    np.testing.assert_allclose(b, a, rtol=1e-4)  # measured: 3e-6 (fp16 rounding of μ, σ)
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-4)  # measured: 3e-6 (fp16 rounding of μ, σ)
+    # after one Adam step, parameters with a ~0 gradient move by ±lr on rounding noise:
+    # measured up to 1.7e-4 on a CI machine
+    np.testing.assert_allclose(b[1], a[1], rtol=1e-3)
     assert (from_cache / "unet.safetensors").is_file() and (from_cache / "tokenizer.json").is_file()
     assert (from_cache / "tokenizer.json").read_text() == (from_images / "tokenizer.json").read_text()
     # resuming from the cache continues the run
