@@ -44,6 +44,7 @@ def test_binding_loss_prefers_each_modifier_on_its_own_noun():
     bound = torch.stack([top, top, bottom, bottom])  # red where circle is, blue where square is
     swapped = torch.stack([bottom, top, top, bottom])  # red on the square, blue on the circle
     assert binding_loss(bound, groups) < binding_loss(swapped, groups)
+    assert binding_loss(swapped, groups[:1]) == 0  # one object: nothing to bind it against
     assert binding_loss(bound, [([], [1]), ([], [3])]) == 0  # nothing to bind
 
 
@@ -67,6 +68,8 @@ def test_tiny_model_binding_changes_only_what_it_should(tmp_path, capsys):
     assert torch.equal(pipe.generate_tensors(prompt, steps=4, seed=3, binding=0.0), plain)
     bound = pipe.generate_tensors(prompt, steps=4, seed=3, binding=500.0)
     assert bound.shape == plain.shape and torch.isfinite(bound).all() and not torch.equal(bound, plain)
+    one = "a small red circle on the left"  # one object: the guidance leaves it alone
+    assert torch.equal(pipe.generate_tensors(one, steps=4, seed=3, binding=500.0), pipe.generate_tensors(one, steps=4, seed=3))
     with pytest.raises(ValueError, match="binding = -1"):
         pipe.generate_tensors(prompt, steps=2, binding=-1.0)
     out = tmp_path / "b.png"

@@ -219,9 +219,10 @@ def test_inception_loads_a_file_in_the_pytorch_fid_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """An untrained autoencoder folder and an untrained text-to-image model folder (tiny preset)."""
+    """An untrained autoencoder folder and an untrained text-to-image model folder (tiny preset) whose
+    frozen autoencoder is that one."""
     from ldmkit.autoencoder import build_autoencoder
-    from ldmkit.autoencoder.folder import save_autoencoder
+    from ldmkit.autoencoder.folder import load_autoencoder, save_autoencoder
     from ldmkit.config import ModelConfig, load_preset
     from ldmkit.model import LatentDiffusion
     from ldmkit.text import PromptTokenizer
@@ -233,7 +234,7 @@ def folders(tmp_path_factory):
     config = ModelConfig(autoencoder=preset.autoencoder, text=preset.text, unet=preset.unet,
                          diffusion=preset.diffusion, image_size=preset.data.image_size)
     tokenizer = PromptTokenizer.train(heldout_shapes(200, 8).captions, preset.text.vocab_size, preset.text.max_length)
-    LatentDiffusion(config, tokenizer).save(root / "ldm")
+    LatentDiffusion(config, tokenizer, load_autoencoder(root / "ae")).save(root / "ldm")
     return root / "ae", root / "ldm"
 
 
@@ -267,14 +268,21 @@ def test_eval_generate_writes_table_and_json(folders, tmp_path, capsys):
     assert any("more than 256" in w for w in result["warnings"])
 
 
-@pytest.mark.parametrize("command, wrong, needs", [
-    ("generate", 0, "needs a text-to-image folder"),
-    ("autoencoder", 1, "needs an autoencoder folder"),
-])
-def test_wrong_kind_of_model_folder_is_one_line_error(folders, capsys, command, wrong, needs):
-    assert main(["eval", command, "--model", str(folders[wrong]), "--no-progress"]) == 2
+def test_eval_autoencoder_of_a_text_to_image_model_measures_its_frozen_autoencoder(folders, tmp_path):
+    reports = []
+    for folder in folders:
+        out = tmp_path / f"{folder.name}.json"
+        assert main(["eval", "autoencoder", "--model", str(folder), "--num-images", "16", "--image-size", "32",
+                     "--json", str(out), "--no-progress"]) == 0
+        reports.append(json.loads(out.read_text())["metrics"])
+    assert reports[0]["PSNR (dB)"] == reports[1]["PSNR (dB)"]
+    assert reports[0]["R-FID (shapes-cnn)"] == reports[1]["R-FID (shapes-cnn)"]
+
+
+def test_autoencoder_folder_given_to_eval_generate_is_one_line_error(folders, capsys):
+    assert main(["eval", "generate", "--model", str(folders[0]), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and needs in err
+    assert len(err.splitlines()) == 1 and "needs a text-to-image folder" in err
 
 
 def test_missing_inception_weights_is_one_line_error(folders, tmp_path, capsys):

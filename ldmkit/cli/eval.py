@@ -73,7 +73,8 @@ def add_parsers(sub) -> None:
     esub = p.add_subparsers(dest="eval_command", required=True)
 
     a = esub.add_parser("autoencoder", help="PSNR, SSIM, R-FID and R-IS of an autoencoder on held-out shapes")
-    a.add_argument("--model", required=True, help="an autoencoder folder written by `ldmkit train-autoencoder`")
+    a.add_argument("--model", required=True, help="an autoencoder folder written by `ldmkit train-autoencoder`, "
+                                                  "or a text-to-image model (its frozen autoencoder is measured)")
     a.add_argument("--image-size", type=positive_int, default=64,
                    help="size of the held-out shapes (default 64; an autoencoder folder does not record the "
                         "size it was trained at, so give it: 32 for the demo preset)")

@@ -9,7 +9,8 @@ S(P, Q) = ½ (KL(P‖Q) + KL(Q‖P)). The loss
     L(z_t) = mean_{g, m ∈ M_g} S(P_m, P_{n_g}) − mean_{g, m ∈ M_g, w ∈ words of the other objects} S(P_m, P_w)
 
 is small when every modifier attends where its own noun does and not where the other objects' words
-do. A prompt that relates two objects ("A above B", "A left of B", …) adds a layout term on the centres
+do. It is zero for a prompt with one object: binding is between objects, and the first term alone
+(pulling "red" onto "circle") cost one-object prompts 7 points of accuracy. A prompt that relates two objects ("A above B", "A left of B", …) adds a layout term on the centres
 of mass (x̄, ȳ) of the two nouns' maps (in [0, 1], y downwards), for "above"
 
     L_r = max(0, δ − (ȳ_B − ȳ_A))          (and alike for below, left of, right of),
@@ -87,19 +88,21 @@ def _symmetric_kl(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
 
 def binding_loss(maps: Tensor, groups: list[Group]) -> Tensor:
     """L for one image: ``maps`` float[L, h, w] (one per context token), ``groups`` from `binding_groups`.
-    Zero when no object has a modifier."""
+    Zero when the prompt names fewer than two objects or no object has a modifier."""
 
     def dist(indices: list[int]) -> Tensor:
         m = maps[indices].sum(dim=0).flatten()
         return m / m.sum()
 
+    loss = maps.new_zeros(())
+    if len(groups) < 2:
+        return loss
     positive, negative = [], []
     for g, (mods, noun) in enumerate(groups):
         others = [w for h, (other_mods, other_noun) in enumerate(groups) if h != g for w in [*other_mods, other_noun]]
         for m in mods:
             positive.append(_symmetric_kl(dist(m), dist(noun)))
             negative += [_symmetric_kl(dist(m), dist(w)) for w in others]
-    loss = maps.new_zeros(())
     if positive:
         loss = loss + torch.stack(positive).mean()
     if negative:

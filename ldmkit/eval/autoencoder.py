@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
-from ldmkit.eval.folders import AUTOENCODER, require_kind
+from ldmkit.eval.folders import AUTOENCODER, folder_kind
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, mean_std, psnr, ssim
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
@@ -52,16 +52,17 @@ def evaluate_autoencoder(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> EvalReport:
-    """PSNR, SSIM, R-FID and R-IS of an autoencoder (a folder written by `ldmkit train-autoencoder`,
-    or the module itself) on ``num_images`` held-out shapes of ``image_size`` pixels.
+    """PSNR, SSIM, R-FID and R-IS of an autoencoder on ``num_images`` held-out shapes of ``image_size``
+    pixels: a folder written by `ldmkit train-autoencoder`, the frozen autoencoder of a text-to-image
+    model (an ldmkit model folder, a Stable Diffusion file or a diffusers folder), or the module itself.
 
     ``networks``: the feature networks for R-FID and R-IS (default: the shapes CNN alone).
     """
     from ldmkit.autoencoder.folder import load_autoencoder
+    from ldmkit.model import LatentDiffusion
 
     if isinstance(model, (str, Path)):
-        require_kind(model, AUTOENCODER)
-        model = load_autoencoder(model)
+        model = load_autoencoder(model) if folder_kind(model) == AUTOENCODER else LatentDiffusion.load(model).autoencoder
     model = model.to(device).eval()
     f = model.downsample_factor
     if image_size % f:
