@@ -1,5 +1,5 @@
-"""Results of the shipped shapes64 model: prompt accuracy, FID/KID, a sample grid, the time of one
-image and the training time. Writes ``benchmarks/SHAPES64.md``, ``benchmarks/shapes64_grid.png``
+"""Results of the shipped shapes64 model: prompt accuracy (also with binding guidance), FID/KID, a
+sample grid, the time of one image and the training time. Writes ``benchmarks/SHAPES64.md``, ``benchmarks/shapes64_grid.png``
 and the results block of ``README.md`` (between its ``shapes64-results`` markers).
 
     make shapes64                        # trains both stages, packs the model, then runs this
@@ -13,6 +13,7 @@ earlier run) is reported as not timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import statistics
 import sys
@@ -54,12 +55,22 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     for i in range(repeats + 1):
         start = time.perf_counter()
         pipe("a red circle above a blue square", steps=settings.steps, guidance=settings.guidance,
-             sampler=settings.sampler, seed=i, num_images=1)
+             sampler=settings.sampler, seed=i, num_images=1, binding=settings.binding)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
-def markdown(report, settings: SamplerSettings, per_image: float, training: list[str], command: str, grid: str) -> str:
+def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
+    """One line on the same captions sampled with binding guidance (``settings.binding`` = λ)."""
+    acc = report.prompt_accuracy
+    return (f"- with binding guidance λ = {settings.binding:g} ([docs/binding.md](../docs/binding.md); it reads "
+            f"which words belong to which shape from the prompt): one object **{percent(acc['one object']['all'])}**, "
+            f"two objects **{percent(acc['two objects']['all'])}** all right; {failures_line(acc) or 'no failures'}; "
+            f"one image {per_image:.2f} s")
+
+
+def markdown(report, settings: SamplerSettings, per_image: float, training: list[str], command: str, grid: str,
+             guided: str = "") -> str:
     acc = report.prompt_accuracy
     rows = ["| prompts | count | all right | " + " | ".join(ATTRIBUTES) + " |",
             "|---|---:|---:|" + "---:|" * len(ATTRIBUTES)]
@@ -76,6 +87,7 @@ def markdown(report, settings: SamplerSettings, per_image: float, training: list
         *rows,
         "",
         f"- {failures_line(acc) or 'every two-object prompt all right'}",
+        *([guided] if guided else []),
         f"- FID (shapes-cnn features) {fid.formatted()}; real-vs-real floor at this count {floor.formatted()}; "
         f"KID {kid.formatted()}",
         f"- the judge on the real renders of the same captions: {percent(judge.value)} all right",
@@ -99,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--binding", type=float, default=300.0,
+                   help="also measure with binding guidance of this λ (default 300; 0: not)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "SHAPES64.md"))
     p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grid.png"))
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
@@ -119,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     per_image = seconds_per_image(pipe, settings)
     report = evaluate_generation(pipe, args.num_images, settings)
     print(report.format())
+    guided = ""
+    if args.binding:
+        bound = dataclasses.replace(settings, binding=args.binding)
+        guided = guided_line(evaluate_generation(pipe, args.num_images, bound), bound, seconds_per_image(pipe, bound))
+        print(guided)
 
     command = command_line(argv)
     grid_rel = Path(args.grid).name
-    body = markdown(report, settings, per_image, training, command, grid_rel)
+    body = markdown(report, settings, per_image, training, command, grid_rel, guided)
     header = (f"# shapes64: {args.title}\n\nColumns of the grid: {'; '.join(GRID_PROMPTS)} "
               f"(rows: seeds 0–3).\n\n")
     write_text_atomic(args.results, header + body)
@@ -130,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         readme = Path(args.readme)
         text = readme.read_text()
-        block = body.replace(f"]({grid_rel})", f"](benchmarks/{grid_rel})")
+        block = body.replace(f"]({grid_rel})", f"](benchmarks/{grid_rel})").replace("](../docs/", "](docs/")
         pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
         if not pattern.search(text):
             raise SystemExit(f"{readme} has no {README_START} … {README_END} block")

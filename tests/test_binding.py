@@ -3,6 +3,8 @@ sign of its losses, and that it fixes a swapped two-object image of the shipped 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,6 +86,23 @@ def test_shipped_model_binding_fixes_a_swapped_image():
     pipe, judge = load_pipeline(), AttributePredictor()
     prompt = "a red circle above a blue square"
     stated = parse_prompt(prompt)
-    plain, bound = (judge(pipe.generate_tensors(prompt, seed=0, binding=b))[0] for b in (0.0, 500.0))
+    plain, bound = (judge(pipe.generate_tensors(prompt, seed=0, binding=b))[0] for b in (0.0, 300.0))
     assert not prompt_matches_scene(stated, plain)
     assert prompt_matches_scene(stated, bound)
+
+
+def test_tuning_script_writes_a_row_per_setting(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "binding" / "tune.py"
+    spec = importlib.util.spec_from_file_location("binding_tune", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    results = tmp_path / "TUNING.md"
+    tune.main(["--model", str(build_tiny_model(tmp_path / "model")), "--items", "12", "--scales", "100,300",
+               "--stops", "0.5", "--steps", "2", "--results", str(results)])
+    table = results.read_text()
+    assert "| 0 | – |" in table and "| 100 | 0.5 |" in table and "| 300 | 0.5 |" in table
+    assert "python " in table and "--scales 100,300" in table
+    with pytest.raises(SystemExit):
+        tune.main(["--scales", "big"])

@@ -383,3 +383,19 @@ def test_autoencoder_zoo_benchmark_writes_table(tmp_path):
                                          "--out", str(tmp_path / "zoo"), "--table", str(table), "--no-progress"])
     text = table.read_text()
     assert "| VQ | 8 | 64 | 4 |" in text and "python benchmarks/autoencoder_zoo.py --steps 1" in text
+
+
+def test_shapes64_results_write_the_file_and_the_readme_block(folders, tmp_path):
+    _, ldm = folders
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- shapes64-results:start -->\nold\n<!-- shapes64-results:end -->\nrest\n")
+    results, grid = tmp_path / "SHAPES64.md", tmp_path / "grid.png"
+    _script("shapes64_results").main(["--model", str(ldm), "--runs", str(tmp_path / "none"), "--num-images", "6",
+                                      "--steps", "2", "--binding", "100", "--results", str(results),
+                                      "--grid", str(grid), "--readme", str(readme)])
+    text = results.read_text()
+    assert "| two objects |" in text and "with binding guidance λ = 100 ([docs/binding.md](../docs/binding.md)" in text
+    assert "training, LDM: not timed here" in text and grid.is_file()
+    block = readme.read_text()
+    assert block.startswith("intro\n") and block.endswith("rest\n") and "old" not in block
+    assert "](docs/binding.md)" in block and "](benchmarks/grid.png)" in block
