@@ -64,7 +64,7 @@ class FakePipeline:
         self.calls = 0
 
     def __call__(self, prompt, steps, guidance, seed, num_images, sampler, negative_prompt, height, width,
-                 callback):
+                 callback, binding):
         self.calls += 1
         self.running.set()
         for i in range(steps):
@@ -105,7 +105,7 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     r = tiny_client.post("/v1/generate", json=body)
     assert r.status_code == 200, r.text
     result = r.json()
-    assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim"}
+    assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
@@ -120,11 +120,12 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
 
 
 def test_the_reported_command_writes_the_same_image(tiny_client, tiny_model, tmp_path):
-    body = {"prompt": "-a red circle", "negative_prompt": "--blue", "steps": 2, "guidance": 2.5, "seed": 4,
-            "num_images": 2, "sampler": "euler", "height": 48}
+    body = {"prompt": "-a red circle above a blue square", "negative_prompt": "--blue", "steps": 2, "guidance": 2.5,
+            "seed": 4, "num_images": 2, "sampler": "euler", "height": 48, "binding": 200.0}
     image = tiny_client.post("/v1/generate", json=body).json()["images"][1]
     argv = shlex.split(image["command"])
-    assert argv[:2] == ["ldmkit", "generate"] and argv[-2:] == ["--", "-a red circle"]
+    assert argv[:2] == ["ldmkit", "generate"] and argv[-2:] == ["--", "-a red circle above a blue square"]
+    assert "--binding=200.0" in argv
     argv = [a.replace("--model=tiny", f"--model={tiny_model}").replace("--out=out/", f"--out={tmp_path}/")
             for a in argv[1:]]
     assert main([*argv[:-2], "--no-progress", *argv[-2:]]) == 0
@@ -197,6 +198,8 @@ INVALID = [
     ({"guidance": -0.5}, "guidance"),
     ({"guidance": 30.5}, "guidance"),
     ({"guidance": "high"}, "guidance"),
+    ({"binding": -1.0}, "binding"),
+    ({"binding": 2500.0}, "binding"),
     ({"sampler": "plms"}, "sampler"),
     ({"seed": -1}, "seed"),
     ({"seed": 2**32}, "seed"),

@@ -54,7 +54,7 @@ def pipeline_runner(pipe):
         return pipe(
             settings.prompt, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
             num_images=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
-            height=settings.height, width=settings.width, callback=on_step,
+            height=settings.height, width=settings.width, callback=on_step, binding=settings.binding,
         )
 
     return run
@@ -71,6 +71,8 @@ def reproduce_command(settings: Settings, model: str) -> str:
             f"--num-images={settings.num_images}", f"--height={settings.height}", f"--width={settings.width}"]
     if settings.negative_prompt:
         argv.append(f"--negative-prompt={settings.negative_prompt}")
+    if settings.binding:
+        argv.append(f"--binding={settings.binding!r}")
     return shlex.join([*argv, "--", settings.prompt])
 
 

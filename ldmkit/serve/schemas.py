@@ -19,6 +19,7 @@ from ldmkit.serve.limits import Limits
 MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
+MAX_BINDING = 2000.0
 MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
@@ -36,6 +37,9 @@ class GenerateRequest(BaseModel):
     steps: StrictInt = Field(25, ge=1, le=MAX_STEPS, description="sampler steps")
     guidance: StrictFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                   description="classifier-free guidance scale s")
+    binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
+                                 description="attribute-binding guidance λ (docs/binding.md; 300 for the shipped "
+                                             "model); 0: none")
     sampler: SamplerName = "ddim"
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
@@ -53,7 +57,7 @@ class GenerateRequest(BaseModel):
         """Fill in what the request left open (seed, size), so that the settings reproduce the images."""
         return Settings(
             prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-            guidance=self.guidance, sampler=self.sampler,
+            guidance=self.guidance, binding=self.binding, sampler=self.sampler,
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
@@ -70,6 +74,7 @@ class Settings(BaseModel):
     negative_prompt: str
     steps: int
     guidance: float
+    binding: float
     sampler: str
     seed: int
     num_images: int

@@ -88,6 +88,7 @@ function readForm() {
     negative_prompt: $("negative_prompt").value,
     steps: number("steps"),
     guidance: number("guidance"),
+    binding: number("binding"),
     sampler: $("sampler").value,
     seed: seed === "" ? null : Number(seed),
     num_images: number("num_images"),
@@ -97,7 +98,7 @@ function readForm() {
 }
 
 function writeForm(settings) {
-  for (const key of ["prompt", "negative_prompt", "steps", "guidance", "sampler", "seed", "num_images"]) {
+  for (const key of ["prompt", "negative_prompt", "steps", "guidance", "binding", "sampler", "seed", "num_images"]) {
     $(key).value = settings[key];
   }
   $("width").value = String(settings.width);
@@ -129,6 +130,7 @@ function settingsLine(s, image) {
   const parts = [`seed ${s.seed}`];
   if (s.num_images > 1) parts.push(`image ${image.index + 1} of ${s.num_images}`);
   parts.push(`${s.sampler} · ${s.steps} steps · guidance ${s.guidance}`, `${s.width}×${s.height}`);
+  if (s.binding) parts.push(`binding ${s.binding}`);
   if (s.negative_prompt) parts.push(`negative: “${s.negative_prompt}”`);
   return parts.join(" · ");
 }
