@@ -53,7 +53,7 @@ def parse_row(text: str) -> Row:
         values = []
     if not (eq and name and folder and 1 <= len(values) <= 2 and min(values) >= 0):
         raise argparse.ArgumentTypeError(
-            f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE[@BINDING], e.g. 8k=runs/ldm@4 or 8k=runs/ldm@4@500")
+            f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE[@BINDING], e.g. 8k=runs/ldm@4 or 8k=runs/ldm@4@0.3")
     return Row(name, Path(folder), *values)
 
 

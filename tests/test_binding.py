@@ -68,14 +68,14 @@ def test_tiny_model_binding_changes_only_what_it_should(tmp_path, capsys):
     prompt = "a red circle above a blue square"
     plain = pipe.generate_tensors(prompt, steps=4, seed=3)
     assert torch.equal(pipe.generate_tensors(prompt, steps=4, seed=3, binding=0.0), plain)
-    bound = pipe.generate_tensors(prompt, steps=4, seed=3, binding=500.0)
+    bound = pipe.generate_tensors(prompt, steps=4, seed=3, binding=0.3)
     assert bound.shape == plain.shape and torch.isfinite(bound).all() and not torch.equal(bound, plain)
     one = "a small red circle on the left"  # one object: the guidance leaves it alone
-    assert torch.equal(pipe.generate_tensors(one, steps=4, seed=3, binding=500.0), pipe.generate_tensors(one, steps=4, seed=3))
+    assert torch.equal(pipe.generate_tensors(one, steps=4, seed=3, binding=0.3), pipe.generate_tensors(one, steps=4, seed=3))
     with pytest.raises(ValueError, match="binding = -1"):
         pipe.generate_tensors(prompt, steps=2, binding=-1.0)
     out = tmp_path / "b.png"
-    assert main(["generate", prompt, "--model", str(folder), "--steps", "2", "--binding", "100", "--out", str(out),
+    assert main(["generate", prompt, "--model", str(folder), "--steps", "2", "--binding", "0.3", "--out", str(out),
                  "--no-progress"]) == 0 and out.is_file()
 
 
@@ -86,7 +86,7 @@ def test_shipped_model_binding_fixes_a_swapped_image():
     pipe, judge = load_pipeline(), AttributePredictor()
     prompt = "a red circle above a blue square"
     stated = parse_prompt(prompt)
-    plain, bound = (judge(pipe.generate_tensors(prompt, seed=0, binding=b))[0] for b in (0.0, 300.0))
+    plain, bound = (judge(pipe.generate_tensors(prompt, seed=0, binding=b))[0] for b in (0.0, 0.3))
     assert not prompt_matches_scene(stated, plain)
     assert prompt_matches_scene(stated, bound)
 
@@ -99,10 +99,29 @@ def test_tuning_script_writes_a_row_per_setting(tmp_path):
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
     results = tmp_path / "TUNING.md"
-    tune.main(["--model", str(build_tiny_model(tmp_path / "model")), "--items", "12", "--scales", "100,300",
-               "--stops", "0.5", "--steps", "2", "--results", str(results)])
+    tune.main(["--model", str(build_tiny_model(tmp_path / "model")), "--items", "12", "--scales", "0.1,0.3",
+               "--stops", "0.5", "--classifier-scales", "100", "--steps", "2", "--results", str(results)])
     table = results.read_text()
-    assert "| 0 | – |" in table and "| 100 | 0.5 |" in table and "| 300 | 0.5 |" in table
-    assert "python " in table and "--scales 100,300" in table
+    assert "| – | 0 | – |" in table and "| classifier | 100 | 0.5 |" in table
+    assert "| normalised | 0.1 | 0.5 |" in table and "| normalised | 0.3 | 0.5 |" in table
+    assert "python " in table and "--scales 0.1,0.3" in table
     with pytest.raises(SystemExit):
         tune.main(["--scales", "big"])
+
+
+def test_the_step_has_rms_lambda_and_leaves_one_object_prompts_alone(tmp_path):
+    from ldmkit.diffusion.binding import binding_denoiser
+
+    pipe = load_pipeline(build_tiny_model(tmp_path / "model"))
+    model = pipe.model
+    prompts = ["a red circle above a blue square", "a small red circle on the left"]
+    context = model.encode_prompts(prompts)
+    size = model.config.image_size // model.autoencoder.downsample_factor
+    z = torch.randn(2, model.config.unet.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), model.schedule.num_timesteps - 1)
+    for scale in (0.3, 1.0):
+        binding = pipe.shapes_binding(prompts, scale)
+        step = binding_denoiser(lambda z_t, t_: torch.zeros_like(z_t), model.unet, model.unet, context,
+                                model.schedule, binding)(z, t)
+        assert step[0].pow(2).mean().sqrt().item() == pytest.approx(scale, rel=1e-4)
+        assert torch.equal(step[1], torch.zeros_like(step[1]))

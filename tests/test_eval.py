@@ -344,13 +344,13 @@ def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp
 def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeypatch):
     _, ldm = folders
     results = tmp_path / "TWO.md"
-    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@100", "--num-images", "8", "--out", str(tmp_path / "runs"),
+    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@0.3", "--num-images", "8", "--out", str(tmp_path / "runs"),
             "--results", str(results), "--note", "Untrained."]
     two_objects = _script("two_objects")
     two_objects.main(argv)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b100.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b0.3.json"]
     text = results.read_text()
-    assert f"| a (`{ldm}`) | 4 | – | " in text and f"| b (`{ldm}`) | 1.5 | 100 | " in text and "\nUntrained.\n" in text
+    assert f"| a (`{ldm}`) | 4 | – | " in text and f"| b (`{ldm}`) | 1.5 | 0.3 | " in text and "\nUntrained.\n" in text
     assert "--row a=" in text  # the command that made it
     # Run again, it re-renders from the saved reports and generates nothing.
     monkeypatch.setattr(two_objects, "evaluate_generation", lambda *a, **k: pytest.fail("measured again"))
@@ -391,10 +391,10 @@ def test_shapes64_results_write_the_file_and_the_readme_block(folders, tmp_path)
     readme.write_text("intro\n<!-- shapes64-results:start -->\nold\n<!-- shapes64-results:end -->\nrest\n")
     results, grid = tmp_path / "SHAPES64.md", tmp_path / "grid.png"
     _script("shapes64_results").main(["--model", str(ldm), "--runs", str(tmp_path / "none"), "--num-images", "6",
-                                      "--steps", "2", "--binding", "100", "--results", str(results),
+                                      "--steps", "2", "--binding", "0.3", "--results", str(results),
                                       "--grid", str(grid), "--readme", str(readme)])
     text = results.read_text()
-    assert "| two objects |" in text and "with binding guidance λ = 100 ([docs/binding.md](../docs/binding.md)" in text
+    assert "| two objects |" in text and "with binding guidance λ = 0.3 ([docs/binding.md](../docs/binding.md)" in text
     assert "training, LDM: not timed here" in text and grid.is_file()
     block = readme.read_text()
     assert block.startswith("intro\n") and block.endswith("rest\n") and "old" not in block

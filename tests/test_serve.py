@@ -121,11 +121,11 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
 
 def test_the_reported_command_writes_the_same_image(tiny_client, tiny_model, tmp_path):
     body = {"prompt": "-a red circle above a blue square", "negative_prompt": "--blue", "steps": 2, "guidance": 2.5,
-            "seed": 4, "num_images": 2, "sampler": "euler", "height": 48, "binding": 200.0}
+            "seed": 4, "num_images": 2, "sampler": "euler", "height": 48, "binding": 0.3}
     image = tiny_client.post("/v1/generate", json=body).json()["images"][1]
     argv = shlex.split(image["command"])
     assert argv[:2] == ["ldmkit", "generate"] and argv[-2:] == ["--", "-a red circle above a blue square"]
-    assert "--binding=200.0" in argv
+    assert "--binding=0.3" in argv
     argv = [a.replace("--model=tiny", f"--model={tiny_model}").replace("--out=out/", f"--out={tmp_path}/")
             for a in argv[1:]]
     assert main([*argv[:-2], "--no-progress", *argv[-2:]]) == 0
@@ -199,7 +199,7 @@ INVALID = [
     ({"guidance": 30.5}, "guidance"),
     ({"guidance": "high"}, "guidance"),
     ({"binding": -1.0}, "binding"),
-    ({"binding": 2500.0}, "binding"),
+    ({"binding": 6.0}, "binding"),
     ({"sampler": "plms"}, "sampler"),
     ({"seed": -1}, "seed"),
     ({"seed": 2**32}, "seed"),

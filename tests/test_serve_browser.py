@@ -79,7 +79,7 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
             page.fill("#steps", "8")
             page.fill("#seed", "42")
             page.fill("#num_images", "2")
-            page.fill("#binding", "100")
+            page.fill("#binding", "0.2")
             page.select_option("#width", "48")
             page.click("#generate")
 
@@ -89,7 +89,7 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
             sizes = page.eval_on_selector_all("#gallery img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
             assert sizes == [[48, 32], [48, 32]]
             captions = page.locator("#gallery .settings").all_inner_texts()
-            assert all("seed 42" in c and "8 steps" in c and "48×32" in c and "binding 100" in c for c in captions), captions
+            assert all("seed 42" in c and "8 steps" in c and "48×32" in c and "binding 0.2" in c for c in captions), captions
             downloads = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.download)")
             assert sorted(downloads) == ["42_000.png", "42_001.png"]
             assert page.locator("#error").is_hidden()

@@ -1,10 +1,10 @@
-"""Tuning binding guidance (λ and t_stop) on captions the evaluation never uses.
+"""Tuning binding guidance (the step's form, λ and t_stop) on captions the evaluation never uses.
 
 The two-object captions among items 0 … ITEMS−1 of the shapes dataset at seed 2000003 (training uses
-seed 0, the shapes judge 7000001, evaluation 1000003) are drawn by the model with each λ × stop and
-judged; the table of all-right shares goes to --results. DDIM, 25 steps, guidance 4, batch k seeded k.
+seed 0, the shapes judge 7000001, evaluation 1000003) are drawn by the model with each λ × stop of the
+normalised step, and with each classifier-guidance λ (``normalized=False``) at stop 0.5, and judged; the table of all-right shares goes to --results. DDIM, 25 steps, guidance 4, batch k seeded k.
 
-    python benchmarks/binding/tune.py --results benchmarks/BINDING_TUNING.md   # ~5 min on 2 CPU cores
+    python benchmarks/binding/tune.py --results benchmarks/BINDING_TUNING.md   # ~9 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ def numbers(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
-    p.add_argument("--items", type=int, default=200, help="dataset items to take the two-object captions from")
-    p.add_argument("--scales", type=numbers, default=[200.0, 300.0, 500.0], help="λ values")
-    p.add_argument("--stops", type=numbers, default=[0.5, 0.3, 0.2], help="t_stop as fractions of T")
+    p.add_argument("--items", type=int, default=400, help="dataset items to take the two-object captions from")
+    p.add_argument("--scales", type=numbers, default=[0.1, 0.2, 0.3, 0.5], help="λ values of the normalised step")
+    p.add_argument("--stops", type=numbers, default=[0.5, 0.3], help="t_stop as fractions of T")
+    p.add_argument("--classifier-scales", type=numbers, default=[300.0],
+                   help="λ values of the classifier-guidance step λ √(1 − ᾱ_t) ∇L, at stop 0.5")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--results", default=None, help="markdown file for the table")
     args = p.parse_args(argv)
@@ -54,22 +56,26 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         raise SystemExit(f"no two-object captions among the first {args.items} items; give more --items")
     plain_binding = pipe.shapes_binding
-    header = ["λ", "t_stop / T", "2-object all right", *(f"not right: {f}" for f in FAILURES), "seconds"]
+    header = ["step", "λ", "t_stop / T", "2-object all right", *(f"not right: {f}" for f in FAILURES), "seconds"]
     rows = []
-    configs = [(0.0, 1.0)] + [(scale, stop) for stop in args.stops for scale in args.scales]
-    for scale, stop in configs:
-        pipe.shapes_binding = lambda ps, s, stop=stop: dataclasses.replace(plain_binding(ps, s), stop=stop)
+    configs = ([(0.0, 1.0, True)] + [(scale, 0.5, False) for scale in args.classifier_scales]
+               + [(scale, stop, True) for stop in args.stops for scale in args.scales])
+    for scale, stop, normalized in configs:
+        pipe.shapes_binding = lambda ps, s, stop=stop, normalized=normalized: dataclasses.replace(
+            plain_binding(ps, s), stop=stop, normalized=normalized)
         start = time.time()
         images = generate_for_prompts(pipe, prompts, SamplerSettings(steps=args.steps, binding=scale))
         accuracy = prompt_accuracy(prompts, judge(images))
         share = accuracy.all_right["two objects"].share
-        rows.append([f"{scale:g}", "–" if scale == 0 else f"{stop:g}", f"**{percent(share)}**",
+        form = "–" if scale == 0 else "normalised" if normalized else "classifier"
+        rows.append([form, f"{scale:g}", "–" if scale == 0 else f"{stop:g}", f"**{percent(share)}**",
                      *(str(accuracy.failures[f]) for f in FAILURES), f"{time.time() - start:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
     text = (f"# Tuning binding guidance\n\n{len(prompts)} two-object captions of the shapes dataset at seed "
             f"{TUNING_SEED} (items 0–{args.items - 1}; the evaluation uses seed 1000003), the shipped model unless "
-            f"another is named, DDIM {args.steps} steps, guidance 4, the same seeds in every row. Guidance acts at "
-            f"t ≥ t_stop.\n\n{markdown_table(header, rows)}\n\nRegenerate: `{command_line(argv)}`\n")
+            f"another is named, DDIM {args.steps} steps, guidance 4, the same seeds in every row. Binding guidance "
+            f"acts at t ≥ t_stop; its step is λ ∇L / rms(∇L) (normalised, the default) or λ √(1 − ᾱ_t) ∇L "
+            f"(classifier guidance), ldmkit/diffusion/binding.py.\n\n{markdown_table(header, rows)}\n\nRegenerate: `{command_line(argv)}`\n")
     if args.results:
         write_text_atomic(args.results, text)
         print(f"wrote {args.results}")

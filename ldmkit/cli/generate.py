@@ -112,7 +112,7 @@ def add_parsers(sub) -> None:
                    help="DDIM timesteps: trailing (default; starts at T−1) or leading (the original LDM's and "
                         "Stable Diffusion's: 981, 961, …, 1 for 50 steps), to reproduce their images")
     p.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
-                   help="attribute-binding guidance of scale λ (default 0: none; 300 for the shipped model): steers "
+                   help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
                         "shape word does, and a two-object prompt's nouns sit in the stated relation; about 2x "
                         "slower (docs/binding.md)")

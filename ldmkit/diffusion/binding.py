@@ -10,18 +10,28 @@ S(P, Q) = ½ (KL(P‖Q) + KL(Q‖P)). The loss
 
 is small when every modifier attends where its own noun does and not where the other objects' words
 do. It is zero for a prompt with one object: binding is between objects, and the first term alone
-(pulling "red" onto "circle") cost one-object prompts 7 points of accuracy. A prompt that relates two objects ("A above B", "A left of B", …) adds a layout term on the centres
-of mass (x̄, ȳ) of the two nouns' maps (in [0, 1], y downwards), for "above"
+(pulling "red" onto "circle") cost one-object prompts accuracy. A prompt that relates
+two objects ("A above B", "A left of B", …) adds a layout term on the centres of mass (x̄, ȳ) of the
+two nouns' maps (in [0, 1], y downwards), for "above"
 
     L_r = max(0, δ − (ȳ_B − ȳ_A))          (and alike for below, left of, right of),
 
-asking A's noun to sit at least δ (``margin``) above B's. Like classifier guidance with exp(−λ L) as the likelihood of the binding, each step's ε̂ becomes
+asking A's noun to sit at least δ (``margin``) above B's. Each step's ε̂ then moves along the gradient,
+rescaled per image to unit root-mean-square,
 
-    ε̃ = ε̂ + λ √(1 − ᾱ_t) ∇_{z_t} L(z_t)        for t ≥ t_stop,
+    ε̃ = ε̂ + λ ∇L / rms(∇L),   rms(g) = ‖g‖ / √(number of entries of z_t),      for t ≥ t_stop,
 
-which moves the sampler's estimate of z_0 along −∇L; the last, low-noise steps (t < t_stop) run
-without it, as SynGen leaves its latent updates to the first half of sampling. One extra conditional
-UNet pass with its backward per guided step.
+which moves the sampler's estimate of z_0 along −∇L by a step of λ in units of ε's own size (ε ~ N(0, I)
+has rms 1), the same for every prompt. With ``normalized=False`` it is classifier guidance with exp(−λL)
+as the likelihood of the binding instead,
+
+    ε̃ = ε̂ + λ √(1 − ᾱ_t) ∇L,
+
+whose step grows with the gradient: it pushed some images apart into the wrong number of objects while
+others barely moved (benchmarks/BINDING_TUNING.md compares the two). An image whose loss has no gradient
+(one object) is left as it is. The last, low-noise steps (t < t_stop) run without guidance, as SynGen
+leaves its latent updates to the first half of sampling. One extra conditional UNet pass with its
+backward per guided step.
 """
 
 from __future__ import annotations
@@ -131,12 +141,14 @@ def relation_loss(maps: Tensor, groups: list[Group], relation: str, margin: floa
 @dataclass(frozen=True)
 class BindingGuidance:
     """λ (``scale``), the groups of each batch item's prompt and its relation between the first two
-    groups (None: no layout term), and t_stop as a fraction of T (``stop``)."""
+    groups (None: no layout term), t_stop as a fraction of T (``stop``), and the form of the step
+    (``normalized``: ∇L at unit rms; else classifier guidance's λ √(1 − ᾱ_t) ∇L)."""
 
     scale: float
     groups: list[list[Group]]
     relations: list[str | None]
     stop: float = 0.5
+    normalized: bool = True
 
     def loss(self, maps: Tensor) -> Tensor:
         """The summed loss of a batch of maps float[B, L, h, w]."""
@@ -157,7 +169,6 @@ def binding_denoiser(
     if len(binding.groups) != context.shape[0]:
         raise ValueError(f"binding has groups for {len(binding.groups)} prompts, the batch has {context.shape[0]}")
     t_stop = round(binding.stop * schedule.num_timesteps)
-    alphas_cumprod = schedule.alphas_cumprod
 
     def guided(z_t: Tensor, t: Tensor) -> Tensor:
         eps = denoise(z_t, t)
@@ -173,7 +184,12 @@ def binding_denoiser(
             if not loss.requires_grad:  # nothing to bind in any prompt
                 return eps
             (grad,) = torch.autograd.grad(loss, z)
-        sigma = (1 - alphas_cumprod.to(z_t.device)[t]).sqrt().view(-1, *[1] * (z_t.dim() - 1))
-        return eps + binding.scale * sigma * grad.to(eps.dtype)
+        per_image = (-1, *[1] * (z_t.dim() - 1))
+        if binding.normalized:
+            rms = grad.flatten(1).pow(2).mean(dim=1).sqrt().view(per_image)
+            step = torch.where(rms > 0, grad / rms.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
+        else:
+            step = (1 - schedule.alphas_cumprod.to(z_t.device)[t]).sqrt().view(per_image) * grad
+        return eps + binding.scale * step.to(eps.dtype)
 
     return guided

@@ -19,7 +19,7 @@ from ldmkit.serve.limits import Limits
 MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
-MAX_BINDING = 2000.0
+MAX_BINDING = 5.0
 MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
@@ -38,7 +38,7 @@ class GenerateRequest(BaseModel):
     guidance: StrictFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                   description="classifier-free guidance scale s")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
-                                 description="attribute-binding guidance λ (docs/binding.md; 300 for the shipped "
+                                 description="attribute-binding guidance λ (docs/binding.md; 0.3 for the shipped "
                                              "model); 0: none")
     sampler: SamplerName = "ddim"
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
