@@ -28,7 +28,7 @@ test: setup
 # into ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md
 # and the README's results. 1 to 3 hours on a 2-core CPU, by the machine: the shipped model's run took
 # ~31 + ~136 min (benchmarks/SHAPES64.md), the retrain of `make shapes64-repro` 15 + 57 min
-# (benchmarks/SHAPES64_REPRO.md); measuring ~5-15 min more.
+# (benchmarks/SHAPES64_REPRO.md); measuring (with and without binding guidance) ~10-25 min more.
 RUNS64 := runs/shapes64-minilm-8k
 define train_shapes64
 	.venv/bin/ldmkit train-autoencoder --preset shapes64-minilm --out $(1)/autoencoder --resume --no-progress

@@ -114,7 +114,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
                    help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
-                        "shape word does, and a two-object prompt's nouns sit in the stated relation; about 2x "
+                        "shape word does, and a two-object prompt's nouns sit in the stated relation; about 2-2.5x "
                         "slower (docs/binding.md)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
