@@ -125,3 +125,20 @@ def test_the_step_has_rms_lambda_and_leaves_one_object_prompts_alone(tmp_path):
                                 model.schedule, binding)(z, t)
         assert step[0].pow(2).mean().sqrt().item() == pytest.approx(scale, rel=1e-4)
         assert torch.equal(step[1], torch.zeros_like(step[1]))
+
+
+def test_examples_script_draws_both_settings(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "binding" / "examples.py"
+    spec = importlib.util.spec_from_file_location("binding_examples", path)
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    folder = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "examples.png"
+    examples.main(["--model", str(folder), "--seeds", "1", "--out", str(out)])
+    size = load_pipeline(folder).model.config.image_size
+    width, height = Image.open(out).size
+    assert width >= len(examples.PROMPTS) * size and 2 * size <= height < 3 * size  # 6 columns, 2 rows
