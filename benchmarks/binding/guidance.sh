@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Binding guidance (benchmarks/BINDING_GUIDANCE.md): the shipped model with and without `--binding 0.3`, on the
-# 256 held-out captions of BINDING.md. No training; about 12 minutes on a 2-core CPU.
+# 1024 held-out captions of SHAPES64.md. No training; about 8 minutes on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/binding}
-$PY benchmarks/two_objects.py --out "$OUT/reports-guidance" --num-images 256 --title "Two-object prompts: binding guidance" \
+$PY benchmarks/two_objects.py --out "$OUT/reports-guidance-1024" --num-images 1024 --title "Two-object prompts: binding guidance" \
   --row shipped=ldmkit/pretrained/shapes64@4 --row shipped-binding=ldmkit/pretrained/shapes64@4@0.3 \
   --results benchmarks/BINDING_GUIDANCE.md --note "$(cat benchmarks/binding/NOTE_GUIDANCE.md)"
