@@ -1,6 +1,7 @@
 """Results of the shipped shapes64 model: prompt accuracy (also with binding guidance), FID/KID, a
-sample grid, the time of one image and the training time. Writes ``benchmarks/SHAPES64.md``, ``benchmarks/shapes64_grid.png``
-and the results block of ``README.md`` (between its ``shapes64-results`` markers).
+sample grid, the time of one image and the training time. Writes ``benchmarks/SHAPES64.md``,
+``benchmarks/shapes64_grid.png`` and the results block of ``README.md`` (between its
+``shapes64-results`` markers).
 
     make shapes64                        # trains both stages, packs the model, then runs this
     python benchmarks/shapes64_results.py --runs runs/shapes64-minilm-8k   # only this (the shipped model)

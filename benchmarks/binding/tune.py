@@ -2,7 +2,8 @@
 
 The two-object captions among items 0 … ITEMS−1 of the shapes dataset at seed 2000003 (training uses
 seed 0, the shapes judge 7000001, evaluation 1000003) are drawn by the model with each λ × stop of the
-normalised step, and with each classifier-guidance λ (``normalized=False``) at stop 0.5, and judged; the table of all-right shares goes to --results. DDIM, 25 steps, guidance 4, batch k seeded k.
+normalised step, and with each classifier-guidance λ (``normalized=False``) at the default stop, and
+judged; the table of all-right shares goes to --results. DDIM, 25 steps, guidance 4, batch k seeded k.
 
     python benchmarks/binding/tune.py --results benchmarks/BINDING_TUNING.md   # ~9 min on 2 CPU cores
 """
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.generation import SamplerSettings, generate_for_prompts
 from ldmkit.eval.heldout import heldout_shapes
@@ -33,7 +35,7 @@ def numbers(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 200,300,500") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0.1,0.3") from None
     return values
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scales", type=numbers, default=[0.1, 0.2, 0.3, 0.5], help="λ values of the normalised step")
     p.add_argument("--stops", type=numbers, default=[0.5, 0.3], help="t_stop as fractions of T")
     p.add_argument("--classifier-scales", type=numbers, default=[300.0],
-                   help="λ values of the classifier-guidance step λ √(1 − ᾱ_t) ∇L, at stop 0.5")
+                   help="λ values of the classifier-guidance step λ √(1 − ᾱ_t) ∇L, at the default stop")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--results", default=None, help="markdown file for the table")
     args = p.parse_args(argv)
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     plain_binding = pipe.shapes_binding
     header = ["step", "λ", "t_stop / T", "2-object all right", *(f"not right: {f}" for f in FAILURES), "seconds"]
     rows = []
-    configs = ([(0.0, 1.0, True)] + [(scale, 0.5, False) for scale in args.classifier_scales]
+    default_stop = BindingGuidance.stop
+    configs = ([(0.0, default_stop, True)] + [(scale, default_stop, False) for scale in args.classifier_scales]
                + [(scale, stop, True) for stop in args.stops for scale in args.scales])
     for scale, stop, normalized in configs:
         pipe.shapes_binding = lambda ps, s, stop=stop, normalized=normalized: dataclasses.replace(
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{TUNING_SEED} (items 0–{args.items - 1}; the evaluation uses seed 1000003), the shipped model unless "
             f"another is named, DDIM {args.steps} steps, guidance 4, the same seeds in every row. Binding guidance "
             f"acts at t ≥ t_stop; its step is λ ∇L / rms(∇L) (normalised, the default) or λ √(1 − ᾱ_t) ∇L "
-            f"(classifier guidance), ldmkit/diffusion/binding.py.\n\n{markdown_table(header, rows)}\n\nRegenerate: `{command_line(argv)}`\n")
+            f"(classifier guidance), ldmkit/diffusion/binding.py.\n\n{markdown_table(header, rows)}\n\n"
+            f"Regenerate: `{command_line(argv)}`\n")
     if args.results:
         write_text_atomic(args.results, text)
         print(f"wrote {args.results}")

@@ -10,9 +10,9 @@ S(P, Q) = ½ (KL(P‖Q) + KL(Q‖P)). The loss
 
 is small when every modifier attends where its own noun does and not where the other objects' words
 do. It is zero for a prompt with one object: binding is between objects, and the first term alone
-(pulling "red" onto "circle") cost one-object prompts accuracy. A prompt that relates
-two objects ("A above B", "A left of B", …) adds a layout term on the centres of mass (x̄, ȳ) of the
-two nouns' maps (in [0, 1], y downwards), for "above"
+(pulling "red" onto "circle") cost one-object prompts accuracy. A prompt that relates two objects
+("A above B", "A left of B", …) adds a layout term on the centres of mass (x̄, ȳ) of the two nouns'
+maps (in [0, 1], y downwards), for "above"
 
     L_r = max(0, δ − (ȳ_B − ȳ_A))          (and alike for below, left of, right of),
 
@@ -187,7 +187,7 @@ def binding_denoiser(
         per_image = (-1, *[1] * (z_t.dim() - 1))
         if binding.normalized:
             rms = grad.flatten(1).pow(2).mean(dim=1).sqrt().view(per_image)
-            step = torch.where(rms > 0, grad / rms.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
+            step = grad / rms.clamp_min(torch.finfo(grad.dtype).tiny)  # a zero gradient stays zero
         else:
             step = (1 - schedule.alphas_cumprod.to(z_t.device)[t]).sqrt().view(per_image) * grad
         return eps + binding.scale * step.to(eps.dtype)
