@@ -8,8 +8,10 @@ two-object prompts that are not all right sorted by why (`two_object_failure`).
         --row 8k=runs/shapes64-minilm-8k/model@8 --results benchmarks/TWO_OBJECTS.md
 
 Each row is ``NAME=MODEL_FOLDER@GUIDANCE`` (DDIM, 25 steps), or ``NAME=MODEL_FOLDER@GUIDANCE@BINDING``
-with attribute-binding guidance of scale BINDING (`ldmkit.diffusion.binding`). Its report is saved as
-``OUT/NAME-gGUIDANCE[-bBINDING].json`` (what ``ldmkit eval generate --json`` writes) and reused when the file
+with attribute-binding guidance of scale BINDING (`ldmkit.diffusion.binding`), each two-object prompt
+starting from the best of 2 noises, or ``…@BINDING@CANDIDATES`` for another number of them. Its report is
+saved as ``OUT/NAME-gGUIDANCE[-bBINDING-cCANDIDATES].json`` (what ``ldmkit eval generate --json`` writes) and
+reused when the file
 is there, so a stopped run goes on where it was and the table can be re-rendered without
 regenerating; delete the JSON files to measure again.
 """
@@ -37,35 +39,42 @@ class Row:
     model: Path
     guidance: float
     binding: float = 0.0
+    candidates: int = 2
 
     @property
     def stem(self) -> str:
-        return f"{self.name}-g{self.guidance:g}" + (f"-b{self.binding:g}" if self.binding else "")
+        return f"{self.name}-g{self.guidance:g}" + (f"-b{self.binding:g}-c{self.candidates}" if self.binding else "")
 
 
 def parse_row(text: str) -> Row:
-    """``NAME=FOLDER@GUIDANCE[@BINDING]`` → Row; anything else is an argparse error naming the form."""
+    """``NAME=FOLDER@GUIDANCE[@BINDING[@CANDIDATES]]`` → Row; anything else is an argparse error naming the form."""
     name, eq, rest = text.partition("=")
     folder, *numbers = rest.split("@")
     try:
         values = [float(v) for v in numbers]
     except ValueError:
         values = []
-    if not (eq and name and folder and 1 <= len(values) <= 2 and min(values) >= 0):
+    if len(values) == 3 and not (values[2].is_integer() and values[2] >= 1):
+        values = []
+    if not (eq and name and folder and 1 <= len(values) <= 3 and min(values) >= 0):
         raise argparse.ArgumentTypeError(
-            f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE[@BINDING], e.g. 8k=runs/ldm@4 or 8k=runs/ldm@4@0.3")
-    return Row(name, Path(folder), *values)
+            f"--row {text!r}: expected NAME=MODEL_FOLDER@GUIDANCE[@BINDING[@CANDIDATES]], e.g. 8k=runs/ldm@4, "
+            "8k=runs/ldm@4@0.3 or 8k=runs/ldm@4@0.3@1")
+    return Row(name, Path(folder), *values[:2], *(int(v) for v in values[2:]))
 
 
 def measure(row: Row, out: Path, num_images: int) -> dict:
     """The row's report as a dict: read from ``out`` when there, else measured and saved there."""
     path = out / f"{row.stem}.json"
-    settings = SamplerSettings("ddim", 25, row.guidance, binding=row.binding)
+    settings = SamplerSettings("ddim", 25, row.guidance, binding=row.binding, binding_candidates=row.candidates)
     if path.exists():
         report = json.loads(path.read_text())
         wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
                   "binding": settings.binding}
-        if any(report["settings"].get(k, 0.0 if k == "binding" else None) != v for k, v in wanted.items()):
+        if settings.binding:
+            wanted["binding_candidates"] = settings.binding_candidates
+        missing = {"binding": 0.0, "binding_candidates": 1}  # what reports from before these settings had
+        if any(report["settings"].get(k, missing.get(k)) != v for k, v in wanted.items()):
             raise SystemExit(f"{path} holds another measurement ({report['settings']}); delete it or change --out")
         return report
     report = evaluate_generation(row.model, num_images, settings, progress=True)
@@ -78,13 +87,14 @@ TITLE = "Two-object prompts: training steps and guidance"
 
 
 def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "", title: str = TITLE) -> str:
-    header = ["model", "guidance", "binding λ", "1-object all right", "2-object all right", "shape", "colour", "size",
+    header = ["model", "guidance", "binding λ", "starting noises", "1-object all right", "2-object all right", "shape", "colour", "size",
               "relation", *(f"not right: {f}" for f in FAILURES), "FID (shapes-cnn)"]
     body = []
     for row, report in zip(rows, reports):
         one, two = report["prompt_accuracy"]["one object"], report["prompt_accuracy"]["two objects"]
         failures = report["prompt_accuracy"]["two-object failures"]
         body.append([f"{row.name} (`{row.model}`)", f"{row.guidance:g}", f"{row.binding:g}" if row.binding else "–",
+                     f"best of {row.candidates}" if row.binding and row.candidates > 1 else "1",
                      percent(one["all"]),
                      f"**{percent(two['all'])}**",
                      percent(two["shape"]), percent(two["color"]), percent(two["size"]), percent(two["relation"]),
@@ -113,7 +123,7 @@ def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--row", type=parse_row, action="append", required=True,
-                   help="NAME=MODEL_FOLDER@GUIDANCE (repeat); NAME labels the row and its JSON file")
+                   help="NAME=MODEL_FOLDER@GUIDANCE[@BINDING[@CANDIDATES]] (repeat); NAME labels the row and its JSON file")
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--out", type=Path, required=True, help="folder for each row's JSON report")
     p.add_argument("--results", type=Path, default=None, help="write the markdown table here")

@@ -10,7 +10,9 @@ import torch
 
 from ldmkit.cli import main
 from ldmkit.data.shapes import parse_prompt
-from ldmkit.diffusion.binding import binding_groups, binding_loss, relation_loss, words_of
+from ldmkit.diffusion.binding import (
+    BindingGuidance, binding_groups, binding_loss, choose_candidates, relation_loss, words_of,
+)
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.prompt_accuracy import prompt_matches_scene
 from ldmkit.pipelines.text_to_image import load_pipeline
@@ -62,6 +64,42 @@ def test_relation_loss_is_zero_only_when_the_nouns_stand_as_stated(relation, hol
         relation_loss(a_over_b, groups, "near")
 
 
+
+def test_rival_starting_noises_only_for_prompts_with_objects_to_bind_and_the_smallest_loss_wins():
+    one, two = [([[0]], [1])], [([[0]], [1]), ([[2]], [3])]
+    guidance = BindingGuidance(0.3, [one, two, two], [None, "above", None], candidates=3)
+    rows = guidance.candidate_rows()
+    assert rows == [0, 1, 2, 1, 2, 1, 2]  # the batch's own z_T first, then two rivals each for items 1 and 2
+    assert guidance.rows(rows).groups == [one, two, two, two, two, two, two]
+    assert guidance.rows(rows).relations == [None, "above", None, "above", None, "above", None]
+    losses = torch.tensor([0.0, 0.5, 0.2, 0.1, 0.2, 0.7, -0.1])
+    assert choose_candidates(losses, rows, 3).tolist() == [0, 3, 6]
+    assert choose_candidates(torch.zeros(7), rows, 3).tolist() == [0, 1, 2]  # a tie keeps the item's own z_T
+    assert BindingGuidance(0.3, [two], [None]).candidate_rows() == [0, 0]
+    assert BindingGuidance(0.3, [two], [None], candidates=1).candidate_rows() == [0]
+    assert [guidance.select_step(n) for n in (1, 2, 10, 25)] == [0, 1, 2, 5]  # 0: too short to choose
+    with pytest.raises(ValueError, match="candidates = 0; must be at least 1"):
+        BindingGuidance(0.3, [two], [None], candidates=0)
+
+
+def test_the_pipeline_goes_on_from_the_chosen_noise_and_runs_each_step_once(tmp_path, monkeypatch):
+    import ldmkit.pipelines.base as base
+
+    pipe = load_pipeline(build_tiny_model(tmp_path / "model"))
+    prompts = ["a small red circle on the left", "a red circle above a blue square"]  # rows: 0, 1, then 1's rival
+    alone = pipe.generate_tensors(prompts, steps=5, seed=3, binding=0.3, binding_candidates=1)
+    calls = []
+    for losses, rival_wins in ((torch.tensor([0.0, 1.0, 0.5]), True), (torch.tensor([0.0, 0.5, 1.0]), False)):
+        monkeypatch.setattr(base, "binding_losses", lambda *args, losses=losses: losses)
+        calls.clear()
+        images = pipe.generate_tensors(prompts, steps=5, seed=3, binding=0.3, callback=lambda i, n: calls.append((i, n)))
+        assert calls == [(i, 5) for i in range(5)]  # the first step runs on three rows, the rest on two
+        torch.testing.assert_close(images[0], alone[0], rtol=0, atol=1e-4)  # one object: its own z_T
+        assert torch.allclose(images[1], alone[1], rtol=0, atol=1e-4) != rival_wins
+    with pytest.raises(ValueError, match="binding_candidates = 0"):
+        pipe.generate_tensors(prompts, steps=2, binding=0.3, binding_candidates=0)
+
+
 def test_tiny_model_binding_changes_only_what_it_should(tmp_path, capsys):
     folder = build_tiny_model(tmp_path / "model")
     pipe = load_pipeline(folder)
@@ -103,7 +141,8 @@ def test_tuning_script_writes_a_row_per_setting(tmp_path):
                "--stops", "0.5", "--classifier-scales", "100", "--steps", "2", "--results", str(results)])
     table = results.read_text()
     assert "| – | 0 | – |" in table and "| classifier | 100 | 0.5 |" in table
-    assert "| normalised | 0.1 | 0.5 |" in table and "| normalised | 0.3 | 0.5 |" in table
+    assert "| normalised | 0.1 | 0.5 | 1 |" in table and "| normalised | 0.3 | 0.5 | 1 |" in table
+    assert "| normalised | 0.3 | 0.5 | 2 |" in table and "| normalised | 0.3 | 0.5 | 3 |" in table
     assert "python " in table and "--scales 0.1,0.3" in table
     with pytest.raises(SystemExit):
         tune.main(["--scales", "big"])

@@ -344,13 +344,15 @@ def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp
 def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeypatch):
     _, ldm = folders
     results = tmp_path / "TWO.md"
-    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@0.3", "--num-images", "8", "--out", str(tmp_path / "runs"),
+    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@0.3", "--row", f"c={ldm}@1.5@0.3@1", "--num-images", "8",
+            "--out", str(tmp_path / "runs"),
             "--results", str(results), "--note", "Untrained."]
     two_objects = _script("two_objects")
     two_objects.main(argv)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b0.3.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b0.3-c2.json", "c-g1.5-b0.3-c1.json"]
     text = results.read_text()
-    assert f"| a (`{ldm}`) | 4 | – | " in text and f"| b (`{ldm}`) | 1.5 | 0.3 | " in text and "\nUntrained.\n" in text
+    assert f"| a (`{ldm}`) | 4 | – | 1 | " in text and f"| b (`{ldm}`) | 1.5 | 0.3 | best of 2 | " in text
+    assert f"| c (`{ldm}`) | 1.5 | 0.3 | 1 | " in text and "\nUntrained.\n" in text
     assert "--row a=" in text  # the command that made it
     # Run again, it re-renders from the saved reports and generates nothing.
     monkeypatch.setattr(two_objects, "evaluate_generation", lambda *a, **k: pytest.fail("measured again"))
@@ -359,8 +361,8 @@ def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeyp
     assert results.read_text() == text
     with pytest.raises(SystemExit, match="another measurement"):
         two_objects.main([*argv[:2], "--num-images", "16", "--out", str(tmp_path / "runs")])
-    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@2"):
-        with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=MODEL_FOLDER@GUIDANCE\[@BINDING\]"):
+    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@0", "a=runs/ldm@4@1@1.5", "a=runs/ldm@4@1@2@3"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=MODEL_FOLDER@GUIDANCE\[@BINDING\[@CANDIDATES\]\]"):
             two_objects.parse_row(bad)
 
 

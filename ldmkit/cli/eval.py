@@ -51,7 +51,8 @@ def cmd_eval_generate(args) -> None:
     model = args.model or shipped_model()
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding)
+    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding,
+                               args.binding_candidates)
     _run(args, lambda networks, device: evaluate_generation(
         model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
 
@@ -90,5 +91,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
+    g.add_argument("--binding-candidates", type=positive_int, default=2, metavar="N",
+                   help="with --binding: starting noises per two-object prompt to choose from (default 2)")
     _common(g, 1024)
     g.set_defaults(func=cmd_eval_generate)

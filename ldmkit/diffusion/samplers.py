@@ -97,6 +97,16 @@ def _check_start(start: int, n: int) -> int:
     return start
 
 
+def _check_stop(stop: int | None, start: int, n: int) -> int:
+    """The index after the last step to run: ``stop`` (None: all n). A sampler stopped there returns
+    z_t at timestep ``stop``, which a run with ``start = stop`` continues from."""
+    if stop is None:
+        return n
+    if not start < stop <= n:
+        raise ValueError(f"stop = {stop}; must be a step index {start + 1} … {n}")
+    return stop
+
+
 # --------------------------------------------------------------------------------------------------
 # VP space: DDPM and DDIM
 
@@ -110,6 +120,7 @@ def sample_ddpm(
     callback: Callback | None = None,
     num_steps: int | None = None,
     start: int = 0,
+    stop: int | None = None,
 ) -> Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), p_θ(z_{t−1} | z_t) = N(μ_θ, σ_t² I):
 
@@ -125,7 +136,7 @@ def sample_ddpm(
     ac = schedule.alphas_cumprod.double().tolist()
     z = z_T.float()
     ts = _timestep_tensor(timesteps, z.device)
-    for i in range(_check_start(start, n), n):
+    for i in range(_check_start(start, n), _check_stop(stop, start, n)):
         t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0  # the last step lands on clean data
@@ -151,6 +162,7 @@ def sample_ddim(
     callback: Callback | None = None,
     start: int = 0,
     spacing: str = "trailing",
+    stop: int | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (``spacing``, default trailing):
 
@@ -169,7 +181,7 @@ def sample_ddim(
     final = 1.0 if spacing == "trailing" else ac[0]
     z = z_T.float()
     ts = _timestep_tensor(timesteps, z.device)
-    for i in range(_check_start(start, n), n):
+    for i in range(_check_start(start, n), _check_stop(stop, start, n)):
         t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else final
@@ -231,6 +243,7 @@ def sample_euler(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     start: int = 0,
+    stop: int | None = None,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = ε̂ (Karras et al. 2022, Alg. 1):
 
@@ -243,12 +256,13 @@ def sample_euler(
     n = len(timesteps)
     x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
     ts = _timestep_tensor(timesteps, x.device)
-    for i in range(start, n):
+    end = _check_stop(stop, start, n)
+    for i in range(start, end):
         eps = denoise(x * (1 / math.sqrt(1 + sigmas[i] ** 2)), ts[i].expand(x.shape[0]))
         x = x + (sigmas[i + 1] - sigmas[i]) * eps
         if callback is not None:
             callback(i - start, n - start)
-    return x
+    return x * (1 / math.sqrt(1 + sigmas[end] ** 2))  # z_t of the VP form (σ_n = 0 at the end: x itself)
 
 
 @torch.no_grad()
@@ -260,6 +274,7 @@ def sample_dpmpp_2m(
     karras: bool = False,
     callback: Callback | None = None,
     start: int = 0,
+    stop: int | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in λ = −log σ.
 
@@ -275,7 +290,8 @@ def sample_dpmpp_2m(
     x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
     ts = _timestep_tensor(timesteps, x.device)
     old_denoised = None
-    for i in range(start, n):
+    end = _check_stop(stop, start, n)
+    for i in range(start, end):
         s, s_next = sigmas[i], sigmas[i + 1]
         eps = denoise(x * (1 / math.sqrt(1 + s**2)), ts[i].expand(x.shape[0]))
         denoised = x - s * eps
@@ -292,7 +308,7 @@ def sample_dpmpp_2m(
         old_denoised = denoised
         if callback is not None:
             callback(i - start, n - start)
-    return x
+    return x * (1 / math.sqrt(1 + sigmas[end] ** 2))  # z_t of the VP form (σ_n = 0 at the end: x itself)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,11 +334,14 @@ def sample(
     karras: bool = False,
     start: int = 0,
     spacing: str = "trailing",
+    stop: int | None = None,
 ) -> Tensor:
     """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` and ``spacing`` apply to ddim only, ``karras``
     to euler and dpmpp-2m only; setting one for a sampler that ignores it is an error rather than a
     silent no-op.
-    ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`)."""
+    ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`).
+    ``stop``: end before that index and return z_t at its timestep, for a later run with ``start = stop``
+    (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if eta != 0.0 and name != "ddim":
@@ -333,13 +352,15 @@ def sample(
         raise ValueError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
         return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
-                           start=start)
+                           start=start, stop=stop)
     if name == "ddim":
         return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback,
-                           start=start, spacing=spacing)
+                           start=start, spacing=spacing, stop=stop)
     if name == "euler":
-        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
-    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start)
+        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start,
+                            stop=stop)
+    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start,
+                           stop=stop)
 
 
 def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False,

@@ -32,9 +32,10 @@ class SamplerSettings:
     eta: float = 0.0
     seed: int = 0
     binding: float = 0.0  # attribute-binding guidance λ (ldmkit.diffusion.binding); 0 = none
+    binding_candidates: int = 2  # with binding: starting noises per two-object prompt to choose from
 
     def describe(self) -> str:
-        binding = f", binding {self.binding:g}" if self.binding else ""
+        binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""
         return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}{binding}"
 
 
@@ -51,6 +52,7 @@ def generate_for_prompts(
             out.append(pipe.generate_tensors(
                 batch, steps=settings.steps, guidance=settings.guidance, seed=settings.seed + k, num_images=1,
                 sampler=settings.sampler, eta=settings.eta, binding=settings.binding,
+                binding_candidates=settings.binding_candidates,
             ))
             bar.update(len(batch))
     return torch.cat(out)
@@ -165,5 +167,6 @@ def evaluate_generation(
     report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
                        "steps": settings.steps,
                        "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
-                       "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+                       "binding": settings.binding, "binding_candidates": settings.binding_candidates,
+                       "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
     return report

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from ldmkit.condition import check_images, check_mask
 from ldmkit.data.images import image_to_tensor, tensor_to_pil
 from ldmkit.device import use_bf16
-from ldmkit.diffusion import guided_denoiser, sample, sample_from
-from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser
+from ldmkit.diffusion import guided_denoiser, sample, sample_from, sampler_timesteps
+from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
@@ -124,10 +124,15 @@ class Pipeline:
         unet = model.unet if concat is None else _with_concat(model.unet, concat)
         if self.bf16:
             unet = _in_bf16(unet, self.device)
-        denoise = guided_denoiser(unet, context, null_context, guidance, model.config.diffusion.prediction,
-                                  model.schedule, unguided_below=round(guidance_stop * model.schedule.num_timesteps))
-        if binding is not None:
-            denoise = binding_denoiser(denoise, unet, model.unet, context, model.schedule, binding)
+        unguided_below = round(guidance_stop * model.schedule.num_timesteps)
+
+        def denoiser(context: torch.Tensor, binding: BindingGuidance | None):
+            denoise = guided_denoiser(unet, context, null_context, guidance, model.config.diffusion.prediction,
+                                      model.schedule, unguided_below=unguided_below)
+            if binding is None:
+                return denoise
+            return binding_denoiser(denoise, unet, model.unet, context, model.schedule, binding)
+
         bar = tqdm(total=steps, desc="sampling", leave=False, disable=not progress)
 
         def on_step(i: int, n: int) -> None:
@@ -135,12 +140,29 @@ class Pipeline:
             if callback is not None:
                 callback(i, n)
 
+        def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
+                stop: int | None = None) -> torch.Tensor:
+            return sample(sampler, denoiser(context, binding), z, model.schedule, num_steps=steps, eta=eta,
+                          generator=generator, callback=lambda i, n: on_step(start + i, start + n), spacing=spacing,
+                          start=start, stop=stop)
+
         try:
-            if init_latents is None:
-                return sample(sampler, denoise, z_T, model.schedule, num_steps=steps, eta=eta, generator=generator,
-                              callback=on_step, spacing=spacing)
-            return sample_from(sampler, denoise, init_latents, z_T, model.schedule, steps, strength, eta=eta,
-                               generator=generator, callback=on_step, spacing=spacing)
+            if init_latents is not None:
+                return sample_from(sampler, denoiser(context, binding), init_latents, z_T, model.schedule, steps,
+                                   strength, eta=eta, generator=generator, callback=on_step, spacing=spacing)
+            start = binding.select_step(steps) if binding is not None and concat is None else 0
+            rows = binding.candidate_rows() if start else []
+            if len(rows) > len(z_T):
+                # Selection of z_T: the prompts' own starting noises and the rival ones of prompts with objects
+                # to bind run the first `start` steps as one batch; each prompt goes on from its smallest L.
+                extra = torch.randn((len(rows) - len(z_T), *shape[1:]), generator=generator).to(self.device)
+                rows_context, rows_binding = context[torch.tensor(rows, device=context.device)], binding.rows(rows)
+                z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start)
+                t_k = sampler_timesteps(sampler, model.schedule, steps, spacing=spacing)[start]
+                losses = binding_losses(unet, model.unet, z_k, torch.full((len(rows),), t_k, device=self.device),
+                                        rows_context, rows_binding)
+                return run(z_k[choose_candidates(losses, rows, len(z_T))], context, binding, start=start)
+            return run(z_T, context, binding)
         finally:
             bar.close()
 
