@@ -7,8 +7,9 @@ sample grid, the time of one image and the training time. Writes ``benchmarks/SH
     python benchmarks/shapes64_results.py --runs runs/shapes64-minilm-8k   # only this (the shipped model)
 
 ``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
-the training time and the number of steps; a stage without its log (an autoencoder taken from an
-earlier run) is reported as not timed.
+the training time and the number of steps; a stage without its log keeps the training line of the
+results file this run replaces (marked as such), or, if that has none (an autoencoder taken from an
+earlier run), is reported as not timed.
 """
 
 from __future__ import annotations
@@ -61,10 +62,28 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
+KEPT = " (measured from a log that is no longer in --runs; kept from the file this one replaced)"
+
+
+def training_lines(runs: Path, earlier: Path) -> list[str]:
+    """A line per stage on its training time: from its log.csv in ``runs``, else the line of the
+    ``earlier`` results file (marked with `KEPT`), else "not timed here"."""
+    kept = {}
+    if earlier.is_file():
+        for line in earlier.read_text().splitlines():
+            stage = re.match(r"- training, (autoencoder|LDM): (?!not timed)", line)
+            if stage:
+                kept[stage[1]] = line if line.endswith(KEPT) else line + KEPT
+    return [describe_training(name, training_stretches(log)) if log.is_file()
+            else kept.get(name, f"- training, {name}: not timed here (no {log})")
+            for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
+
+
 def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
     """One line on the same captions sampled with binding guidance (``settings.binding`` = λ)."""
     acc = report.prompt_accuracy
-    return (f"- with binding guidance λ = {settings.binding:g} ([docs/binding.md](../docs/binding.md); it reads "
+    return (f"- with binding guidance λ = {settings.binding:g} and the best of {settings.binding_candidates} "
+            f"starting noises ([docs/binding.md](../docs/binding.md); it reads "
             f"which words belong to which shape from the prompt): one object **{percent(acc['one object']['all'])}**, "
             f"two objects **{percent(acc['two objects']['all'])}** all right; {failures_line(acc) or 'no failures'}; "
             f"one image {per_image:.2f} s")
@@ -122,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Path(args.model) if args.model else shipped_model()
     runs = Path(args.runs)
-    training = [describe_training(name, training_stretches(log)) if log.is_file()
-                else f"- training, {name}: not timed here (no {log})"
-                for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
+    training = training_lines(runs, Path(args.results))
 
     settings = SamplerSettings(args.sampler, args.steps, args.guidance)
     pipe = load_pipeline(model)

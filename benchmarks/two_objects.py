@@ -87,8 +87,8 @@ TITLE = "Two-object prompts: training steps and guidance"
 
 
 def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "", title: str = TITLE) -> str:
-    header = ["model", "guidance", "binding λ", "starting noises", "1-object all right", "2-object all right", "shape", "colour", "size",
-              "relation", *(f"not right: {f}" for f in FAILURES), "FID (shapes-cnn)"]
+    header = ["model", "guidance", "binding λ", "starting noises", "1-object all right", "2-object all right",
+              "shape", "colour", "size", "relation", *(f"not right: {f}" for f in FAILURES), "FID (shapes-cnn)"]
     body = []
     for row, report in zip(rows, reports):
         one, two = report["prompt_accuracy"]["one object"], report["prompt_accuracy"]["two objects"]
@@ -123,7 +123,8 @@ def markdown(rows: list[Row], reports: list[dict], command: str, note: str = "",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--row", type=parse_row, action="append", required=True,
-                   help="NAME=MODEL_FOLDER@GUIDANCE[@BINDING[@CANDIDATES]] (repeat); NAME labels the row and its JSON file")
+                   help="NAME=MODEL_FOLDER@GUIDANCE[@BINDING[@CANDIDATES]] (repeat); NAME labels the row and "
+                        "its JSON file")
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--out", type=Path, required=True, help="folder for each row's JSON report")
     p.add_argument("--results", type=Path, default=None, help="write the markdown table here")

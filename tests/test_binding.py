@@ -92,7 +92,8 @@ def test_the_pipeline_goes_on_from_the_chosen_noise_and_runs_each_step_once(tmp_
     for losses, rival_wins in ((torch.tensor([0.0, 1.0, 0.5]), True), (torch.tensor([0.0, 0.5, 1.0]), False)):
         monkeypatch.setattr(base, "binding_losses", lambda *args, losses=losses: losses)
         calls.clear()
-        images = pipe.generate_tensors(prompts, steps=5, seed=3, binding=0.3, callback=lambda i, n: calls.append((i, n)))
+        images = pipe.generate_tensors(prompts, steps=5, seed=3, binding=0.3,
+                                       callback=lambda i, n: calls.append((i, n)))
         assert calls == [(i, 5) for i in range(5)]  # the first step runs on three rows, the rest on two
         torch.testing.assert_close(images[0], alone[0], rtol=0, atol=1e-4)  # one object: its own z_T
         assert torch.allclose(images[1], alone[1], rtol=0, atol=1e-4) != rival_wins

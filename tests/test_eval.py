@@ -349,7 +349,8 @@ def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeyp
             "--results", str(results), "--note", "Untrained."]
     two_objects = _script("two_objects")
     two_objects.main(argv)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-g4.json", "b-g1.5-b0.3-c2.json", "c-g1.5-b0.3-c1.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == \
+        ["a-g4.json", "b-g1.5-b0.3-c2.json", "c-g1.5-b0.3-c1.json"]
     text = results.read_text()
     assert f"| a (`{ldm}`) | 4 | – | 1 | " in text and f"| b (`{ldm}`) | 1.5 | 0.3 | best of 2 | " in text
     assert f"| c (`{ldm}`) | 1.5 | 0.3 | 1 | " in text and "\nUntrained.\n" in text
@@ -361,7 +362,8 @@ def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeyp
     assert results.read_text() == text
     with pytest.raises(SystemExit, match="another measurement"):
         two_objects.main([*argv[:2], "--num-images", "16", "--out", str(tmp_path / "runs")])
-    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@0", "a=runs/ldm@4@1@1.5", "a=runs/ldm@4@1@2@3"):
+    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@0", "a=runs/ldm@4@1@1.5",
+                "a=runs/ldm@4@1@2@3"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=MODEL_FOLDER@GUIDANCE\[@BINDING\[@CANDIDATES\]\]"):
             two_objects.parse_row(bad)
 
@@ -396,8 +398,15 @@ def test_shapes64_results_write_the_file_and_the_readme_block(folders, tmp_path)
                                       "--steps", "2", "--binding", "0.3", "--results", str(results),
                                       "--grid", str(grid), "--readme", str(readme)])
     text = results.read_text()
-    assert "| two objects |" in text and "with binding guidance λ = 0.3 ([docs/binding.md](../docs/binding.md)" in text
+    assert "| two objects |" in text and "with binding guidance λ = 0.3 and the best of 2 starting noises" in text
     assert "training, LDM: not timed here" in text and grid.is_file()
+    shapes64_results = _script("shapes64_results")
+    results.write_text("- training, autoencoder: 10 steps in 1 min of wall time\n- training, LDM: not timed here\n")
+    kept = "- training, autoencoder: 10 steps in 1 min of wall time" + shapes64_results.KEPT
+    assert shapes64_results.training_lines(tmp_path / "none", results) == [
+        kept, f"- training, LDM: not timed here (no {tmp_path / 'none' / 'model' / 'log.csv'})"]
+    results.write_text(kept + "\n")  # kept again, marked once
+    assert shapes64_results.training_lines(tmp_path / "none", results)[0] == kept
     block = readme.read_text()
     assert block.startswith("intro\n") and block.endswith("rest\n") and "old" not in block
     assert "](docs/binding.md)" in block and "](benchmarks/grid.png)" in block

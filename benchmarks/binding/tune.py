@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         raise SystemExit(f"no two-object captions among the first {args.items} items; give more --items")
     plain_binding = pipe.shapes_binding
-    header = ["step", "λ", "t_stop / T", "starting noises", "2-object all right", *(f"not right: {f}" for f in FAILURES), "seconds"]
+    header = ["step", "λ", "t_stop / T", "starting noises", "2-object all right",
+              *(f"not right: {f}" for f in FAILURES), "seconds"]
     rows = []
     default_stop = BindingGuidance.stop
     configs = ([(0.0, default_stop, True, 1)] + [(scale, default_stop, False, 1) for scale in args.classifier_scales]
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{TUNING_SEED} (items 0–{args.items - 1}; the evaluation uses seed 1000003), the shipped model unless "
             f"another is named, DDIM {args.steps} steps, guidance 4, the same seeds in every row. Binding guidance "
             f"acts at t ≥ t_stop; its step is λ ∇L / rms(∇L) (normalised, the default) or λ √(1 − ᾱ_t) ∇L "
-            f"(classifier guidance); with more than one starting noise, the one with the smallest binding loss after the "
-            f"first fifth of the steps goes on (ldmkit/diffusion/binding.py).\n\n{markdown_table(header, rows)}\n\n"
+            f"(classifier guidance); with more than one starting noise, the one with the smallest binding loss "
+            f"after the first fifth of the steps goes on (ldmkit/diffusion/binding.py).\n\n{markdown_table(header, rows)}\n\n"
             f"Regenerate: `{command_line(argv)}`\n")
     if args.results:
         write_text_atomic(args.results, text)

@@ -119,7 +119,8 @@ class TextToImagePipeline(Pipeline):
         groups = [binding_groups(self.model.tokenizer.tokens(p)[0], set(SHAPES), set(COLORS) | set(SIZES))
                   for p in prompts]
         scenes = [parse_prompt(p) for p in prompts]
-        return BindingGuidance(scale, groups, [None if s is None else s.relation for s in scenes], candidates=candidates)
+        relations = [None if s is None else s.relation for s in scenes]
+        return BindingGuidance(scale, groups, relations, candidates=candidates)
 
 
 def load_pipeline(
