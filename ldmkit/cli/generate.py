@@ -114,9 +114,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
                    help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
-                        "shape word does, and a two-object prompt's nouns sit in the stated relation, and starts a "
-                        "two-object prompt from the best of --binding-candidates noises; about 3x slower "
-                        "(docs/binding.md)")
+                        "shape word does and a two-object prompt's nouns sit in the stated relation, and starts a "
+                        "two-object prompt from the best of --binding-candidates noises; a two-object image takes "
+                        "about 2.5x as long (docs/binding.md)")
     p.add_argument("--binding-candidates", type=positive_int, default=2, metavar="N",
                    help="with --binding: starting noises z_T per two-object prompt, run for the first fifth of the "
                         "steps, the one whose binding loss is smallest going on (default 2; 1: no selection)")

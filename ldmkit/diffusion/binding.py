@@ -39,7 +39,8 @@ objects out in a way the step cannot undo. So a prompt with two or more objects 
 first k = round(``select_after`` · steps) sampler steps, guided, as one batch, and the one with the
 smallest L(z_{t_k}) goes on (`choose_candidates`); the others are dropped. The first candidate is the
 z_T a run without selection draws, so a prompt with one object (L = 0 for every candidate) keeps it.
-This costs k guided steps per rival: about a third more time for a two-object image with two candidates.
+This costs k guided steps per rival: a quarter to a third more time for a two-object image with two
+candidates.
 """
 
 from __future__ import annotations

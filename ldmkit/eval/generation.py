@@ -167,6 +167,7 @@ def evaluate_generation(
     report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
                        "steps": settings.steps,
                        "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
-                       "binding": settings.binding, "binding_candidates": settings.binding_candidates,
-                       "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+                       "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+    if settings.binding:
+        report.settings["binding_candidates"] = settings.binding_candidates
     return report
