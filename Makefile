@@ -26,9 +26,8 @@ test: setup
 
 # The shipped model: train shapes64-minilm (both stages; --resume continues a stopped run), pack it
 # into ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md
-# and the README's results. 1 to 3 hours on a 2-core CPU, by the machine: the shipped model's run took
-# ~31 + ~136 min (benchmarks/SHAPES64.md), the retrain of `make shapes64-repro` 15 + 57 min
-# (benchmarks/SHAPES64_REPRO.md); measuring (with and without binding guidance) ~10-25 min more.
+# and the README's results. About 1 to 3 hours on a 2-core CPU, by the machine: the shipped model's run
+# took 15 + 57 min (benchmarks/SHAPES64.md); measuring (with and without binding guidance) ~15 min more.
 RUNS64 := runs/shapes64-minilm-8k
 define train_shapes64
 	.venv/bin/ldmkit train-autoencoder --preset shapes64-minilm --out $(1)/autoencoder --resume --no-progress
@@ -41,6 +40,7 @@ shapes64: setup
 
 # Does `make shapes64` reproduce the shipped model? The same training into runs/shapes64-repro, measured
 # the same way into benchmarks/SHAPES64_REPRO.md; the shipped model and the README are left as they are.
+# (The shipped model is such a run: runs/shapes64-repro, copied to runs/shapes64-minilm-8k and packed.)
 REPRO64 := runs/shapes64-repro
 shapes64-repro: setup
 	$(call train_shapes64,$(REPRO64))
