@@ -519,6 +519,16 @@ def machine_lines(info: dict[str, str], peaks: Peaks) -> list[str]:
     return lines
 
 
+def show_results(text: str, path: str | Path | None) -> None:
+    """Print a results file's text and, given a path, write it there (atomically)."""
+    from ldmkit.storage import write_text_atomic
+
+    print(text)
+    if path:
+        write_text_atomic(path, text)
+        print(f"wrote {path}")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]

@@ -27,10 +27,9 @@ from pathlib import Path
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
 from ldmkit.eval.report import percent
-from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, markdown_table  # noqa: E402
+from _bench_common import command_line, markdown_table, show_results  # noqa: E402
 
 
 @dataclass
@@ -134,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     reports = [measure(row, args.out, args.num_images) for row in args.row]
     text = markdown(args.row, reports, command_line(argv), args.note, args.title)
-    print(text)
-    if args.results:
-        write_text_atomic(args.results, text)
-        print(f"wrote {args.results}")
+    show_results(text, args.results)
     return 0
 
 
