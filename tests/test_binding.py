@@ -116,6 +116,13 @@ def test_tiny_model_binding_changes_only_what_it_should(tmp_path, capsys):
     out = tmp_path / "b.png"
     assert main(["generate", prompt, "--model", str(folder), "--steps", "2", "--binding", "0.3", "--out", str(out),
                  "--no-progress"]) == 0 and out.is_file()
+    assert main(["generate", prompt, "--model", str(folder), "--steps", "5", "--binding", "0.3", "--binding-candidates",
+                 "3", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # argparse's one-line error, exit status 2
+        main(["generate", prompt, "--model", str(folder), "--binding", "0.3", "--binding-candidates", "0",
+              "--out", str(out)])
+    assert exit_.value.code == 2 and "--binding-candidates: must be at least 1" in capsys.readouterr().err
 
 
 def test_shipped_model_binding_fixes_a_swapped_image():

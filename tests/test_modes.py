@@ -167,6 +167,8 @@ def test_class_model_generates_and_refuses_unknown_classes(models, tmp_path):
     assert main(["generate", "--class", "hexagon", "--model", str(models["class"]), "--out", str(out)]) == 2
     assert main(["generate", "a red star", "--model", str(models["class"]), "--out", str(out)]) == 2
     assert main(["generate", "--class", "star", "--model", str(models["text"]), "--out", str(out)]) == 2
+    for binding in (["--binding", "0.3"], ["--binding-candidates", "3"]):  # they bind a prompt's words
+        assert main(["generate", "--class", "star", "--model", str(models["class"]), "--out", str(out), *binding]) == 2
 
 
 def test_class_model_resumes(models, tmp_path):

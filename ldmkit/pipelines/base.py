@@ -111,7 +111,10 @@ class Pipeline:
         ``guidance_stop`` ∈ [0, 1): the steps at timesteps t < guidance_stop · T (about that fraction
         of the steps, at the end) run unguided, one UNet pass instead of two. ``spacing`` (ddim only):
         trailing, or leading to reproduce the original LDM / Stable Diffusion DDIM timesteps. ``binding``:
-        attribute-binding guidance on top (`ldmkit.diffusion.binding`).
+        attribute-binding guidance on top (`ldmkit.diffusion.binding`), and, sampling from noise without
+        ``concat``, each prompt with objects to bind goes on from the best of ``binding.candidates``
+        starting noises after the first ``binding.select_step(steps)`` steps (the callback still sees
+        each step once).
         """
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
