@@ -57,7 +57,8 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     for i in range(repeats + 1):
         start = time.perf_counter()
         pipe("a red circle above a blue square", steps=settings.steps, guidance=settings.guidance,
-             sampler=settings.sampler, seed=i, num_images=1, binding=settings.binding)
+             sampler=settings.sampler, seed=i, num_images=1, binding=settings.binding,
+             binding_candidates=settings.binding_candidates)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 

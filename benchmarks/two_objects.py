@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
 from ldmkit.eval.report import percent
@@ -38,7 +39,7 @@ class Row:
     model: Path
     guidance: float
     binding: float = 0.0
-    candidates: int = 2
+    candidates: int = BindingGuidance.candidates
 
     @property
     def stem(self) -> str:

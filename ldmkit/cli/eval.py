@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+from ldmkit.diffusion.binding import BindingGuidance
 
 
 def _networks(args) -> list:
@@ -91,7 +92,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
-    g.add_argument("--binding-candidates", type=positive_int, default=2, metavar="N",
-                   help="with --binding: starting noises per two-object prompt to choose from (default 2)")
+    g.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
+                   help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
     _common(g, 1024)
     g.set_defaults(func=cmd_eval_generate)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ldmkit.cli.common import UsageError, fraction, non_negative_float, positive_int
 from ldmkit.device import PRECISIONS
+from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.samplers import SPACINGS
 
 
@@ -41,7 +42,7 @@ def cmd_generate(args) -> None:
             )
         if args.negative_prompt:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
-        if args.binding or args.binding_candidates != 2:
+        if args.binding or args.binding_candidates != BindingGuidance.candidates:
             raise UsageError("--binding and --binding-candidates apply to text models only: they bind a prompt's words")
         images = pipe(args.class_name, **options)
     elif args.class_name is not None:
@@ -117,9 +118,9 @@ def add_parsers(sub) -> None:
                         "shape word does and a two-object prompt's nouns sit in the stated relation, and starts a "
                         "two-object prompt from the best of --binding-candidates noises; a two-object image takes "
                         "about 2.5x as long (docs/binding.md)")
-    p.add_argument("--binding-candidates", type=positive_int, default=2, metavar="N",
+    p.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises z_T per two-object prompt, run for the first fifth of the "
-                        "steps, the one whose binding loss is smallest going on (default 2; 1: no selection)")
+                        "steps, the one whose binding loss is smallest going on (default %(default)s; 1: no selection)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
                         "GPUs and AVX-512 CPUs)")

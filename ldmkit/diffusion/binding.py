@@ -179,12 +179,15 @@ class BindingGuidance:
             per_image.append(loss)
         return torch.stack(per_image)
 
+    def binds(self) -> list[int]:
+        """The batch items whose prompt names two or more objects: the only ones L can be non-zero for."""
+        return [b for b, groups in enumerate(self.groups) if len(groups) >= 2]
+
     def candidate_rows(self) -> list[int]:
         """The batch item each row of the selection batch draws: every item once (rows 0 … B−1, the
-        z_T a run without selection would use), then ``candidates`` − 1 more rows for each item whose
-        prompt has two or more objects (only those have an L to compare)."""
-        binds = [b for b, groups in enumerate(self.groups) if len(groups) >= 2]
-        return list(range(len(self.groups))) + binds * (self.candidates - 1)
+        z_T a run without selection would use), then ``candidates`` − 1 more rows for each item of
+        `binds` (only those have an L to compare)."""
+        return list(range(len(self.groups))) + self.binds() * (self.candidates - 1)
 
     def select_step(self, num_steps: int) -> int:
         """The sampler step index the candidates are compared at: round(``select_after`` · steps),
@@ -231,7 +234,7 @@ def binding_denoiser(
     the UNet as the sampler calls it (z_t, t, context), ``unet`` the module whose cross-attention is read."""
     if len(binding.groups) != context.shape[0]:
         raise ValueError(f"binding has groups for {len(binding.groups)} prompts, the batch has {context.shape[0]}")
-    if not any(len(groups) >= 2 for groups in binding.groups):
+    if not binding.binds():
         return denoise  # no prompt names two objects: L = 0, spare the extra pass
     t_stop = round(binding.stop * schedule.num_timesteps)
 

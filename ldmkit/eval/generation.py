@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
 from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
@@ -32,7 +33,7 @@ class SamplerSettings:
     eta: float = 0.0
     seed: int = 0
     binding: float = 0.0  # attribute-binding guidance λ (ldmkit.diffusion.binding); 0 = none
-    binding_candidates: int = 2  # with binding: starting noises per two-object prompt to choose from
+    binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
 
     def describe(self) -> str:
         binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""

@@ -51,7 +51,7 @@ class TextToImagePipeline(Pipeline):
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
         binding: float = 0.0,
-        binding_candidates: int = 2,
+        binding_candidates: int = BindingGuidance.candidates,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
@@ -76,7 +76,7 @@ class TextToImagePipeline(Pipeline):
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
         binding: float = 0.0,
-        binding_candidates: int = 2,
+        binding_candidates: int = BindingGuidance.candidates,
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
@@ -109,7 +109,8 @@ class TextToImagePipeline(Pipeline):
         )
         return model.decode_latents(latents).float().cpu()
 
-    def shapes_binding(self, prompts: list[str], scale: float, candidates: int = 2) -> BindingGuidance:
+    def shapes_binding(self, prompts: list[str], scale: float,
+                       candidates: int = BindingGuidance.candidates) -> BindingGuidance:
         """Binding guidance of scale λ for ``prompts``, grouping each shape word with the colour and size
         words before it, with the layout term of a two-object prompt's relation."""
         from ldmkit.data.shapes import COLORS, SHAPES, SIZES, parse_prompt
