@@ -17,8 +17,7 @@ from typing import Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration value a user wrote is wrong; the message names the field and what is allowed."""
+from ldmkit.errors import ConfigError  # noqa: F401  (re-exported: ldmkit.config.ConfigError)
 
 
 # --------------------------------------------------------------------------------------------------

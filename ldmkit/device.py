@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import torch
+from ldmkit.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available; use cpu or auto")
+        raise UsageError("--device cuda was asked for, but no CUDA device is available; use cpu or auto")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda")
+        raise UsageError(f"unknown device {name!r}; allowed: auto, cpu, cuda")
     return torch.device(name)
 
 
@@ -30,5 +31,5 @@ def bf16_pays(device: torch.device) -> bool:
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` (fp32, bf16, or auto: bf16 where `bf16_pays`) means bf16 on ``device``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and bf16_pays(device))

@@ -28,6 +28,7 @@ from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
 from ldmkit.text import PromptTokenizer, build_text_encoder, load_tokenizer, pretrained_tokenizer
+from ldmkit.errors import ConfigError, UsageError
 
 
 class LatentDiffusion(nn.Module):
@@ -45,7 +46,7 @@ class LatentDiffusion(nn.Module):
         super().__init__()
         uses_text = config.condition.uses_text
         if uses_text and config.text.width != config.unet.context_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"text.width ({config.text.width}) must equal unet.context_dim ({config.unet.context_dim})"
             )
         if not uses_text:
@@ -73,14 +74,14 @@ class LatentDiffusion(nn.Module):
     def check_image_size(self, height: int, width: int) -> None:
         k = self.latent_factor
         if height <= 0 or width <= 0 or height % k or width % k:
-            raise ValueError(
+            raise UsageError(
                 f"image size {height}x{width} is not allowed: height and width must be positive multiples "
                 f"of {k} (autoencoder f={self.autoencoder.downsample_factor} × UNet downsampling "
                 f"{self.unet.downsample_factor})"
             )
         f = self.autoencoder.downsample_factor
         if (height // f) * (width // f) < self.unet.min_latent_area:  # only k×k can fail, with 1 channel per group
-            raise ValueError(
+            raise UsageError(
                 f"image size {height}x{width} is too small for this model: its UNet's lowest level would be 1x1, "
                 f"one value per GroupNorm group; the smallest sizes allowed are {k}x{2 * k} and {2 * k}x{k}"
             )

@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save_file
 from ldmkit.config import ConfigError, load_yaml, save_yaml
 
 
-class CheckpointError(ValueError):
-    """A model folder or weights file is missing, incomplete or corrupt."""
+from ldmkit.errors import CheckpointError  # noqa: F401  (re-exported: ldmkit.storage.CheckpointError)
 
 
 MAX_NAMED = 5  # offending keys named in an error message

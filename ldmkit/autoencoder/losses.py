@@ -9,6 +9,7 @@ from torch import nn
 from ldmkit.autoencoder.discriminator import NLayerDiscriminator
 from ldmkit.autoencoder.perceptual import LPIPS
 from ldmkit.config import AutoencoderConfig
+from ldmkit.errors import ConfigError
 
 
 class AutoencoderLoss(nn.Module):
@@ -38,7 +39,7 @@ class AutoencoderLoss(nn.Module):
         self.perceptual = None
         if cfg.perceptual_weight > 0:
             if not cfg.perceptual_weights_path:
-                raise ValueError(
+                raise ConfigError(
                     "perceptual_weight > 0 needs perceptual_weights_path: a local LPIPS-VGG16 weights file"
                 )
             self.perceptual = LPIPS.from_file(cfg.perceptual_weights_path)

@@ -10,6 +10,7 @@ from torch import nn
 from ldmkit.config import AutoencoderConfig
 from ldmkit.nn.attention import SelfAttention2d
 from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm
+from ldmkit.errors import UsageError
 
 
 def _middle(channels: int, cfg: AutoencoderConfig) -> nn.Sequential:
@@ -119,7 +120,7 @@ class LatentAutoencoder(nn.Module):
         f = self.downsample_factor
         h, w = images.shape[-2:]
         if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} is not divisible by the autoencoder's downsample factor f={f}")
+            raise UsageError(f"image size {h}x{w} is not divisible by the autoencoder's downsample factor f={f}")
 
     def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """x̂ = D(post_quant_conv(z)) for a latent that is already quantised (VQ) or sampled (KL)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ldmkit.errors import CheckpointError, ConfigError
 
 # The 13 convolutions of VGG16 by their index in torchvision's `vgg16().features`, grouped into the
 # five LPIPS slices; each slice ends at the ReLU whose output LPIPS compares (relu1_2 … relu5_3).
@@ -59,10 +60,10 @@ class LPIPS(nn.Module):
         missing = [k for k in shapes if k not in weights]
         if missing:
             few = ", ".join(missing[:4]) + (", …" if len(missing) > 4 else "")
-            raise ValueError(f"LPIPS weights lack {len(missing)} of {len(shapes)} tensors: {few}")
+            raise CheckpointError(f"LPIPS weights lack {len(missing)} of {len(shapes)} tensors: {few}")
         for key, shape in shapes.items():
             if tuple(weights[key].shape) != shape:
-                raise ValueError(f"LPIPS weight {key} has shape {tuple(weights[key].shape)}, expected {shape}")
+                raise CheckpointError(f"LPIPS weight {key} has shape {tuple(weights[key].shape)}, expected {shape}")
             self.register_buffer(_buffer_name(key), weights[key].detach().float().clone(), persistent=False)
         self.register_buffer("shift_", torch.tensor(self.shift).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale_", torch.tensor(self.scale).view(1, 3, 1, 1), persistent=False)
@@ -102,10 +103,10 @@ class LPIPS(nn.Module):
 def load_lpips_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (safetensors or torch), with a one-line error if it is not there."""
     if not str(path):
-        raise ValueError("no LPIPS weights file given (perceptual_weights_path is empty; nothing is downloaded)")
+        raise ConfigError("no LPIPS weights file given (perceptual_weights_path is empty; nothing is downloaded)")
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights file not found: {path} (perceptual_weights_path; nothing is downloaded)")
+        raise ConfigError(f"LPIPS weights file not found: {path} (perceptual_weights_path; nothing is downloaded)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -114,7 +115,7 @@ def load_lpips_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__})")
     return state
 
 

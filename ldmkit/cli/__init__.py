@@ -1,8 +1,9 @@
 """`ldmkit …` subcommands: parse, call the library, report. Thin on purpose.
 
 Each module here adds its subcommands with ``add_parsers(sub)``. A user's mistake (bad option,
-missing file, wrong size) ends with one line on stderr and exit code 2, never a traceback;
-``LDMKIT_DEBUG=1`` shows the traceback instead.
+missing file, wrong size: an `ldmkit.errors.LdmkitError`) ends with one line on stderr and exit code 2,
+never a traceback; ``LDMKIT_DEBUG=1`` shows the traceback instead. Any other exception, a ``ValueError``
+included, is a bug: it keeps its traceback and exits with 1. docs/errors.md lists the messages.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import os
 import sys
 
 from ldmkit.cli import attention, convert, data, edit, eval, generate, serve, train
-from ldmkit.cli.common import UsageError
-from ldmkit.config import ConfigError
+from ldmkit.errors import LdmkitError
 
 EXIT_USAGE = 2
 COMMAND_MODULES = (train, generate, attention, edit, serve, data, convert, eval)
@@ -28,16 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ldmkit.data import DataError
-    from ldmkit.storage import CheckpointError
-
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, ConfigError, CheckpointError, DataError, FloatingPointError, ValueError) as e:
+    except LdmkitError as e:
         if os.environ.get("LDMKIT_DEBUG"):
             raise
-        print(f"ldmkit {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"ldmkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"ldmkit {args.command}: interrupted", file=sys.stderr)

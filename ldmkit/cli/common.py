@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ldmkit.config import Preset, load_preset, load_yaml, preset_names
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
+from ldmkit.errors import UsageError  # noqa: F401  (the CLI's one-line error; ldmkit.errors has the family)
 
 
 def _parsed(text: str, convert, kind: str, ok, rule: str):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ldmkit.config import ConditionConfig, DataConfig
+from ldmkit.errors import ConfigError, DataError, UsageError
 
 
 class ClassEmbedding(nn.Module):
@@ -22,7 +23,7 @@ class ClassEmbedding(nn.Module):
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
         if num_classes < 1:
-            raise ValueError("a class-conditional model needs at least one class")
+            raise ConfigError("a class-conditional model needs at least one class")
         self.num_classes = num_classes
         self.embedding = nn.Embedding(num_classes + 1, dim)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -40,7 +41,7 @@ def class_index(classes: Sequence[str], name: str) -> int:
     try:
         return list(classes).index(name)
     except ValueError:
-        raise ValueError(f"unknown class {name!r}; this model's classes: {', '.join(classes)}") from None
+        raise UsageError(f"unknown class {name!r}; this model's classes: {', '.join(classes)}") from None
 
 
 def data_classes(condition: ConditionConfig, data: DataConfig, dataset) -> tuple[str, ...]:
@@ -72,6 +73,6 @@ def class_labels(batch: dict, classes: Sequence[str], null_class: int) -> torch.
     elif "class_name" in batch:
         names = batch["class_name"]
     else:
-        raise ValueError("class-conditional training needs items with a scene (shapes) or a class_name (a folder)")
+        raise DataError("class-conditional training needs items with a scene (shapes) or a class_name (a folder)")
     lookup = {name: i for i, name in enumerate(classes)}
     return torch.tensor([lookup.get(name, null_class) for name in names], dtype=torch.int64)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmkit.config import ConditionConfig
+from ldmkit.errors import UsageError
 
 # ITU-R BT.601 luma, as PIL's convert("L") uses.
 LUMA = (0.299, 0.587, 0.114)
@@ -25,7 +26,7 @@ def check_images(images: torch.Tensor, what: str = "image") -> torch.Tensor:
         images = images[None]
     if images.ndim != 4 or images.shape[1] != 3:
         channels = images.shape[1] if images.ndim == 4 else "?"
-        raise ValueError(
+        raise UsageError(
             f"the {what} must have 3 channels (RGB, B×3×H×W or 3×H×W in [-1, 1]); got shape {tuple(images.shape)} "
             f"({channels} channels)"
         )
@@ -40,12 +41,12 @@ def check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     if mask.ndim == 3:
         mask = mask[None]
     if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(f"the mask must have 1 channel (H×W, 1×H×W or B×1×H×W); got shape {tuple(mask.shape)}")
+        raise UsageError(f"the mask must have 1 channel (H×W, 1×H×W or B×1×H×W); got shape {tuple(mask.shape)}")
     if mask.shape[-2:] != images.shape[-2:]:
         (mh, mw), (ih, iw) = mask.shape[-2:], images.shape[-2:]
-        raise ValueError(f"the mask is {mw}×{mh} pixels but the image is {iw}×{ih}; they must be the same size")
+        raise UsageError(f"the mask is {mw}×{mh} pixels but the image is {iw}×{ih}; they must be the same size")
     if mask.shape[0] not in (1, images.shape[0]):
-        raise ValueError(f"{mask.shape[0]} masks for {images.shape[0]} images; give one, or one per image")
+        raise UsageError(f"{mask.shape[0]} masks for {images.shape[0]} images; give one, or one per image")
     return mask.to(images.dtype).clamp(0, 1).expand(images.shape[0], -1, -1, -1)
 
 
@@ -68,7 +69,7 @@ def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     super-resolution model learns to undo; sides must be multiples of ``factor``)."""
     h, w = images.shape[-2:]
     if h % factor or w % factor:
-        raise ValueError(f"image size {w}×{h} is not a multiple of the super-resolution factor {factor}")
+        raise UsageError(f"image size {w}×{h} is not a multiple of the super-resolution factor {factor}")
     return resize_to(images, h // factor, w // factor).clamp(-1, 1)
 
 

@@ -13,6 +13,7 @@ import random
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from ldmkit.errors import UsageError
 
 SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
 
@@ -20,9 +21,9 @@ SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
 def side_mask(height: int, width: int, side: str, amount: float) -> torch.Tensor:
     """1×H×W: the strip of ``amount`` of the image along ``side`` is 1, the rest 0."""
     if side not in SIDES:
-        raise ValueError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
+        raise UsageError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
     if not 0 < amount < 1:
-        raise ValueError(f"amount = {amount}; must be between 0 and 1 (the share of the image to paint)")
+        raise UsageError(f"amount = {amount}; must be between 0 and 1 (the share of the image to paint)")
     mask = torch.zeros(1, height, width)
     across = width if side in ("left", "right") else height
     k = min(max(1, round(amount * across)), across - 1)

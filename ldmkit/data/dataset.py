@@ -10,11 +10,7 @@ from torch.utils.data import Dataset
 from ldmkit.config import DataConfig
 
 
-class DataError(ValueError):
-    """Training data that cannot be used: a missing or empty folder, a malformed caption file.
-
-    The message is one line naming the file or folder and what was expected.
-    """
+from ldmkit.errors import DataError  # noqa: F401  (re-exported: ldmkit.data.DataError)
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:

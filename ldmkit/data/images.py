@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ldmkit.storage import atomic_path
+from ldmkit.errors import UsageError
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -107,7 +108,7 @@ def save_grid(
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"save_grid: cannot tell an image format from the suffix of {path}")
+        raise UsageError(f"save_grid: cannot tell an image format from the suffix of {path}")
     grid = make_grid(images, nrow, padding)
     with atomic_path(path) as tmp:
         grid.save(tmp, format=fmt)  # tmp ends in .tmp, so the format has to be named

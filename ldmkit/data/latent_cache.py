@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from ldmkit.config import DataConfig, from_dict, to_dict
 from ldmkit.data.dataset import DataError, build_dataset, collate
 from ldmkit.storage import atomic_path, sha256_file
+from ldmkit.errors import UsageError
 
 MANIFEST = "cache.json"
 CAPTIONS = "captions.json"
@@ -88,7 +89,7 @@ def build_latent_cache(autoencoder_dir: str | Path, data: DataConfig, out: str |
     from ldmkit.device import resolve_device
 
     if dtype not in DTYPES:
-        raise ValueError(f"unknown cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        raise UsageError(f"unknown cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     out = Path(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out} already holds a latent cache; choose another folder or delete it")

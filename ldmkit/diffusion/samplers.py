@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.errors import UsageError
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, int], None]
@@ -75,13 +76,13 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailin
     which starts 18 steps short of T−1 and needs n < T.
     """
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
+        raise UsageError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
     if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
+        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
     if spacing == "leading":
         stride = num_timesteps // num_steps
         if (num_steps - 1) * stride + 1 > num_timesteps - 1:
-            raise ValueError(f"leading spacing needs num_steps < num_timesteps = {num_timesteps}, got {num_steps}")
+            raise UsageError(f"leading spacing needs num_steps < num_timesteps = {num_timesteps}, got {num_steps}")
         return [(num_steps - 1 - i) * stride + 1 for i in range(num_steps)]
     return [round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)]
 
@@ -221,7 +222,7 @@ def sigma_schedule(
     """
     T = schedule.num_timesteps
     if not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {T}")
+        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {T}")
     ac = schedule.alphas_cumprod.double().cpu()
     sigmas = ((1 - ac) / ac).sqrt()
     if karras and num_steps > 1:
@@ -343,11 +344,11 @@ def sample(
     ``stop``: end before that index and return z_t at its timestep, for a later run with ``start = stop``
     (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step)."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        raise UsageError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if eta != 0.0 and name != "ddim":
-        raise ValueError(f"eta = {eta} applies to the ddim sampler only, not {name!r}")
+        raise UsageError(f"eta = {eta} applies to the ddim sampler only, not {name!r}")
     if karras and name not in ("euler", "dpmpp-2m"):
-        raise ValueError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
+        raise UsageError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
     if spacing != "trailing" and name != "ddim":
         raise ValueError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
@@ -377,7 +378,7 @@ def start_index(num_steps: int, strength: float) -> int:
     """The first step SDEdit runs at ``strength`` s ∈ [0, 1]: n − round(s·n) of n steps, so that s = 1
     runs them all and s = 0 none (the input comes back unchanged)."""
     if not 0 <= strength <= 1:
-        raise ValueError(f"strength = {strength}; must be between 0 and 1")
+        raise UsageError(f"strength = {strength}; must be between 0 and 1")
     return num_steps - round(strength * num_steps)
 
 

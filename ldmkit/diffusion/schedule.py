@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ldmkit.config import DiffusionConfig
+from ldmkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def make_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
     """
     T = cfg.num_timesteps
     if T < 2:
-        raise ValueError(f"diffusion.num_timesteps = {T}; must be at least 2")
+        raise ConfigError(f"diffusion.num_timesteps = {T}; must be at least 2")
     if cfg.schedule == "linear":
         betas = torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float64)
     elif cfg.schedule == "scaled_linear":
@@ -92,16 +93,16 @@ def make_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
         alpha_bar = f / f[0]
         betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
     else:
-        raise ValueError(f"diffusion.schedule = {cfg.schedule!r}; allowed: linear, scaled_linear, cosine")
+        raise ConfigError(f"diffusion.schedule = {cfg.schedule!r}; allowed: linear, scaled_linear, cosine")
     if not (betas.min() > 0 and betas.max() < 1):
-        raise ValueError(
+        raise ConfigError(
             f"diffusion betas must lie in (0, 1); got [{betas.min().item():.3g}, {betas.max().item():.3g}] "
             f"from beta_start={cfg.beta_start}, beta_end={cfg.beta_end}"
         )
     alphas_cumprod = torch.cumprod(1 - betas, dim=0)
     if cfg.zero_terminal_snr:
         if cfg.prediction != "v":
-            raise ValueError("diffusion.zero_terminal_snr needs prediction: v (at SNR 0 the ε target is z_t itself)")
+            raise ConfigError("diffusion.zero_terminal_snr needs prediction: v (at SNR 0 the ε target is z_t itself)")
         a = alphas_cumprod.sqrt()
         a = (a - a[-1]) * a[0] / (a[0] - a[-1])
         alphas_cumprod = a**2

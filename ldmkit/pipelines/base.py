@@ -17,6 +17,7 @@ from ldmkit.device import use_bf16
 from ldmkit.diffusion import guided_denoiser, sample, sample_from, sampler_timesteps
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
+from ldmkit.errors import UsageError
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -33,7 +34,7 @@ class Pipeline:
         if kind not in self.kinds:
             wanted = self.kinds[0]
             preset = "shapes64" if wanted == "text" else f"shapes64-{wanted}"
-            raise ValueError(
+            raise UsageError(
                 f"this is a {kind!r} model (condition.kind); {type(self).__name__} needs a {wanted!r} model, "
                 f"as `ldmkit train --preset {preset}` trains"
             )
@@ -76,7 +77,7 @@ class Pipeline:
         """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch."""
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
         if len(prompts) != batch:
-            raise ValueError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
+            raise UsageError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
         return self.model.encode_prompts(prompts), self.model.null_context(negative_prompt)
 
     # ---------------------------------------------------------------------------------------------
@@ -117,9 +118,9 @@ class Pipeline:
         each step once).
         """
         if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+            raise UsageError(f"steps must be at least 1, got {steps}")
         if not 0.0 <= guidance_stop < 1.0:
-            raise ValueError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
+            raise UsageError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
         generator = torch.Generator().manual_seed(seed)

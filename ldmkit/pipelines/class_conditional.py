@@ -10,6 +10,7 @@ from PIL import Image
 
 from ldmkit.data.images import tensor_to_pil
 from ldmkit.pipelines.base import Pipeline
+from ldmkit.errors import UsageError
 
 
 class ClassConditionalPipeline(Pipeline):
@@ -40,7 +41,7 @@ class ClassConditionalPipeline(Pipeline):
         ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅]))."""
         names = [class_name] if isinstance(class_name, str) else list(class_name)
         if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
+            raise UsageError(f"num_images must be at least 1, got {num_images}")
         names = [n for n in names for _ in range(num_images)]
         model = self.model
         context = model.encode_classes(names)  # refuses an unknown class before any work

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ldmkit.data.images import tensor_to_pil
 from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.errors import UsageError
 
 
 class ImageToImagePipeline(Pipeline):
@@ -35,7 +36,7 @@ class ImageToImagePipeline(Pipeline):
                          callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε."""
         if not 0 <= strength <= 1:
-            raise ValueError(f"strength = {strength}; must be between 0 and 1")
+            raise UsageError(f"strength = {strength}; must be between 0 and 1")
         images = self.images(image)
         latent_size = self.latent_size(*images.shape[-2:])
         context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0])

@@ -24,6 +24,7 @@ from typing import Callable
 from PIL import Image
 
 from ldmkit.serve.schemas import JobState, Settings
+from ldmkit.errors import UsageError
 
 log = logging.getLogger("ldmkit.serve")
 
@@ -116,9 +117,9 @@ class JobQueue:
     def __init__(self, run: RunFn, max_queue: int = 8, timeout: float = 300.0, keep: int = 64,
                  on_done: Callable[[Job], None] | None = None, clock: Callable[[], float] = time.monotonic):
         if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+            raise UsageError(f"max_queue must be at least 1, got {max_queue}")
         if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise UsageError(f"timeout must be positive, got {timeout}")
         self.run = run
         self.max_queue = max_queue
         self.timeout = timeout

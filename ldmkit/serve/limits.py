@@ -9,6 +9,7 @@ the same shape as FastAPI's 422 so that a client sees one format.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ldmkit.errors import UsageError
 
 DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
 
@@ -37,7 +38,7 @@ class Limits:
         k = model.latent_factor
         cap = max_size if max_size is not None else max(size, min(4 * size, DEFAULT_MAX_SIDE))
         if cap < size:
-            raise ValueError(f"max size {cap} is below the model's trained size {size}")
+            raise UsageError(f"max size {cap} is below the model's trained size {size}")
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
                    num_timesteps=model.schedule.num_timesteps)
 

@@ -31,6 +31,7 @@ from torch import nn
 from ldmkit.config import TextEncoderConfig
 from ldmkit.text import missing_dependency, require
 from ldmkit.text.tokenizer import FixedLengthTokenizer
+from ldmkit.errors import CheckpointError
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 START_ID, END_ID = 49406, 49407
@@ -99,7 +100,7 @@ class ClipTokenizer(FixedLengthTokenizer):
         self.start_id = tokenizer.token_to_id(START)
         self.end_id = tokenizer.token_to_id(END)
         if self.start_id is None or self.end_id is None:
-            raise ValueError(f"a CLIP tokenizer needs the tokens {START} and {END}")
+            raise CheckpointError(f"a CLIP tokenizer needs the tokens {START} and {END}")
 
     @classmethod
     def build(
@@ -132,7 +133,7 @@ class ClipTokenizer(FixedLengthTokenizer):
         tok.enable_truncation(max_length)
         pad_token = next((t for t, i in vocab.items() if i == pad_id), None)
         if pad_token is None:
-            raise ValueError(f"pad id {pad_id} is not in the CLIP vocabulary")
+            raise CheckpointError(f"pad id {pad_id} is not in the CLIP vocabulary")
         tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
         return cls(tok)
 
@@ -155,7 +156,7 @@ class ClipTokenizer(FixedLengthTokenizer):
         else:
             model = json.loads((folder / FILE_NAME).read_text(encoding="utf-8"))["model"]
             if model.get("type") != "BPE":
-                raise ValueError(f"{folder / FILE_NAME} does not hold a BPE tokenizer")
+                raise CheckpointError(f"{folder / FILE_NAME} does not hold a BPE tokenizer")
             vocab = model["vocab"]
             merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         pad_token = END
@@ -169,7 +170,7 @@ class ClipTokenizer(FixedLengthTokenizer):
                     pad_token = value
                     break
         if pad_token not in vocab:
-            raise ValueError(f"{folder}: pad token {pad_token!r} is not in vocab.json")
+            raise CheckpointError(f"{folder}: pad token {pad_token!r} is not in vocab.json")
         return cls.build(vocab, merges, vocab[pad_token], max_length)
 
     def save_vocab_files(self, folder: str | Path) -> None:

@@ -29,6 +29,7 @@ from ldmkit.train.common import (
     step_generator, stream_readers,
 )
 from ldmkit.train.logs import RunLog
+from ldmkit.errors import ConfigError
 
 
 class Reconstruction(nn.Module):
@@ -78,7 +79,7 @@ def _train(preset: Preset, out: Path, steps: int | None, resume, ctx, progress: 
     micro = distributed.per_rank_batch(tcfg.batch_size, ctx, tcfg.grad_accum_steps)
     dataset = build_dataset(preset.data)
     if preset.data.image_size % cfg.downsample_factor:
-        raise ValueError(
+        raise ConfigError(
             f"data.image_size {preset.data.image_size} is not a multiple of the autoencoder's "
             f"downsampling factor f={cfg.downsample_factor}"
         )

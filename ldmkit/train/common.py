@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ldmkit.data import collate
 from ldmkit.data.shards import mix_seed
+from ldmkit.errors import ConfigError, TrainingDiverged
 from ldmkit.device import bf16_pays  # noqa: F401  (re-exported: the trainers and benchmarks read it here)
 from ldmkit.train.checkpoint import load_state, restore_rng  # noqa: F401  (callers read a run's state from here)
 from ldmkit.train.distributed import Distributed, gather_objects
@@ -33,7 +34,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int,
                  rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} does not split into {world_size} equal parts")
+            raise ConfigError(f"batch size {batch_size} does not split into {world_size} equal parts")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.total_steps = start_step, total_steps
         self.rank, self.world_size = rank, world_size
@@ -179,7 +180,7 @@ def check_finite(loss: torch.Tensor | float, step: int) -> None:
     """Stop on a NaN or infinite loss, before the optimizer step that would spread it to the weights."""
     value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(value):
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"loss became {value} at step {step}; training stopped, the last checkpoint is kept "
             "(try a lower learning rate or bf16: false)"
         )
@@ -190,7 +191,7 @@ def check_weights_finite(params: Iterable[torch.Tensor], step: int) -> None:
     infinite gradient), and a poisoned checkpoint would replace the last good one."""
     for p in params:
         if not torch.isfinite(p).all():
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"the weights hold NaN or inf at step {step}; training stopped without writing a checkpoint, "
                 "the last one is kept (try a lower learning rate or bf16: false)"
             )

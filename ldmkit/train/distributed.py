@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ldmkit.device import resolve_device
+from ldmkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,10 @@ def per_rank_batch(batch_size: int, ctx: Distributed, grad_accum_steps: int) -> 
     every step's global batch, and hence the result, independent of how many processes share it.
     """
     if grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps = {grad_accum_steps}; must be at least 1")
+        raise ConfigError(f"grad_accum_steps = {grad_accum_steps}; must be at least 1")
     parts = ctx.world_size * grad_accum_steps
     if batch_size % parts:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {batch_size} (the global batch) is not divisible by world size {ctx.world_size} "
             f"× grad_accum_steps {grad_accum_steps}; choose a multiple of {parts}"
         )
