@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,16 @@ class Attention(nn.Module):
     Self-attention when ``context`` is None (c = φ(z_t)); cross-attention otherwise, where c is
     τθ(y) of width ``context_dim``. ``mask`` (B×L, True = keep) hides padding tokens of c.
     ``qkv_bias`` adds biases to W_Q, W_K, W_V (the LDM autoencoder's attention has them; the UNet's not).
+
+    ``probs_hook``: None (the default: the fused `scaled_dot_product_attention`, whose weights are never
+    held), or a function ``hook(A) -> A'`` of the weights A = softmax(Q Kᵀ / √d), float32[B, heads, N, L],
+    returning weights of the same shape; the layer then computes them explicitly and returns
+    W_out (A' V). This is how attention is controlled while sampling (Prompt-to-Prompt,
+    `ldmkit.diffusion.prompt_to_prompt`); a hook that returns A unchanged gives the fused path's output
+    up to float rounding.
     """
+
+    probs_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(
         self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, qkv_bias: bool = False
@@ -53,7 +64,13 @@ class Attention(nn.Module):
         b = x.shape[0]
         q, k, v = (u.view(b, -1, self.heads, u.shape[-1] // self.heads).transpose(1, 2) for u in (q, k, v))
         attn_mask = None if mask is None else mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if self.probs_hook is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            logits = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+            if attn_mask is not None:
+                logits = logits.masked_fill(~attn_mask, float("-inf"))
+            out = self.probs_hook(logits.softmax(dim=-1)).to(v.dtype) @ v
         return self.to_out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]))
 
 

@@ -1,0 +1,267 @@
+"""Prompt-to-Prompt editing (Hertz et al. 2022) with a text model: the source prompt and the edited prompt
+sampled side by side from one z_T, the edit's attention taken from the source for the first steps
+(`ldmkit.diffusion.prompt_to_prompt`); or a real image, DDIM-inverted under its prompt (optionally with
+null-text inversion, `ldmkit.diffusion.inversion`), edited from its inverted z_T.
+
+Sampling is deterministic DDIM (η = 0), the sampler Prompt-to-Prompt and the inversion are defined for,
+one step at a time (`sample_ddim` with ``start``/``stop``) so that local blend can set the latents between steps.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ldmkit.data.images import tensor_to_pil
+from ldmkit.diffusion import guided_denoiser, sample_ddim
+from ldmkit.diffusion.inversion import ddim_inversion, null_text_optimization
+from ldmkit.diffusion.prompt_to_prompt import (
+    AttentionController,
+    PromptEditError,
+    align,
+    blend_selections,
+    controlling,
+    parse_weights,
+)
+from ldmkit.errors import UsageError
+from ldmkit.pipelines.base import ImageInput, Pipeline, _in_bf16
+
+LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
+
+
+@dataclass
+class Inversion:
+    """A real image's inversion under its prompt: ``latents`` z*_{t_0} (the z_T to sample from), float32[B, C, h, w];
+    ``null_contexts`` the per-step unconditional contexts ∅_0 … ∅_{n−1}, float32[n, B, L, d], or None
+    (plain DDIM inversion: τθ(""), the model's own); ``steps``, ``guidance`` and ``spacing`` it was made for."""
+
+    latents: torch.Tensor
+    null_contexts: torch.Tensor | None
+    steps: int
+    guidance: float
+    spacing: str
+
+
+@dataclass
+class EditOutput:
+    """``source_images`` (the source prompt's samples, or the inversion's reconstructions) and
+    ``edited_images``, one pair per row."""
+
+    source_images: list[Image.Image]
+    edited_images: list[Image.Image]
+
+
+class PromptToPromptPipeline(Pipeline):
+    """``pipe("a red circle", "a blue circle", mode="replace")`` → `EditOutput`.
+
+    ``mode``: replace (swap words one for one), refine (add words) or reweight (scale the attention of
+    the words weighted in the target prompt, "a red(2) circle"); ``cross_replace_steps`` and
+    ``self_replace_steps``: the fractions of the steps during which the edit takes the source's
+    cross- and self-attention; ``local_blend_words``: confine the change to where these words attend
+    (one list for every pair, or one list per pair). ``image``: edit a real image instead (one per
+    source prompt), inverted with null-text inversion unless ``null_text=False``.
+    """
+
+    kinds = ("text",)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True,
+                    prediction: str | None = None, precision: str = "fp32") -> "PromptToPromptPipeline":
+        """An ldmkit text model folder, a Stable Diffusion single file or a diffusers folder (`LatentDiffusion.load`)."""
+        return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
+
+    def __call__(self, source_prompt: str | list[str], target_prompt: str | list[str], mode: str = "replace",
+                 cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
+                 local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                 blend_threshold: float = 0.3, image: ImageInput | None = None, null_text: bool = True,
+                 steps: int = 25, guidance: float = 4.0, seed: int = 0, num_images: int = 1,
+                 spacing: str = "trailing", height: int | None = None, width: int | None = None,
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> EditOutput:
+        source, edited = self.edit_tensors(
+            source_prompt, target_prompt, mode, cross_replace_steps, self_replace_steps, local_blend_words,
+            blend_threshold, image, null_text, steps, guidance, seed, num_images, spacing, height, width, progress,
+            callback)
+        return EditOutput([tensor_to_pil(x) for x in source], [tensor_to_pil(x) for x in edited])
+
+    # ---------------------------------------------------------------------------------------------
+
+    def controller(self, source_prompts: list[str], target_prompts: list[str], mode: str, steps: int,
+                   cross_replace_steps: float, self_replace_steps: float,
+                   local_blend_words: list[Sequence[str]] | None, blend_threshold: float,
+                   latent_hw: tuple[int, int]) -> AttentionController:
+        """The `AttentionController` of the pairs (checks that every pair aligns for ``mode``)."""
+        tokenizer = self.model.tokenizer
+        if tokenizer is None:
+            raise UsageError("Prompt-to-Prompt needs a text model")
+        alignments = [align(tokenizer, s, t, mode) for s, t in zip(source_prompts, target_prompts)]
+        blend = None
+        if local_blend_words is not None:
+            selections = [blend_selections(tokenizer, s, t, list(w))
+                          for s, t, w in zip(source_prompts, target_prompts, local_blend_words)]
+            blend = (torch.stack([s for s, _ in selections]), torch.stack([t for _, t in selections]))
+        return AttentionController(alignments, steps, cross_replace_steps, self_replace_steps, blend=blend,
+                                   blend_threshold=blend_threshold, latent_hw=latent_hw)
+
+    @torch.no_grad()
+    def edit_tensors(self, source_prompt: str | list[str], target_prompt: str | list[str], mode: str = "replace",
+                     cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
+                     local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                     blend_threshold: float = 0.3, image: ImageInput | Inversion | None = None,
+                     null_text: bool = True, steps: int = 25, guidance: float = 4.0, seed: int = 0,
+                     num_images: int = 1, spacing: str = "trailing", height: int | None = None,
+                     width: int | None = None, progress: bool = False,
+                     callback: Callable[[int, int], None] | None = None,
+                     latents_callback: LatentsCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source images, edited images), each B×3×H×W in [-1, 1] with B = pairs × ``num_images``.
+
+        From noise, z_T is drawn as `TextToImagePipeline` draws it for the source prompts with the same
+        seed, so with equal prompts both rows are the plain sample. ``image`` (or an `Inversion` made
+        earlier by `invert` with the same steps, guidance and spacing) starts from its inverted z_T.
+        ``latents_callback(i, latents, mask)`` sees the [source; edited] latents after step i and the
+        local-blend mask B float32[pairs × num_images, 1, h, w] applied there (None without local blend).
+        """
+        sources = [source_prompt] if isinstance(source_prompt, str) else list(source_prompt)
+        targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
+        if len(sources) != len(targets):
+            raise UsageError(f"{len(sources)} source prompts but {len(targets)} target prompts; give one target per source")
+        if num_images < 1:
+            raise UsageError(f"num_images must be at least 1, got {num_images}")
+        if steps < 1:
+            raise UsageError(f"steps must be at least 1, got {steps}")
+        blend_words = _per_pair(local_blend_words, len(sources))
+        model = self.model
+        size = model.config.image_size
+        latent_hw = self.latent_size(height or size, width or size)
+        inversion = None
+        if image is not None:
+            if num_images != 1:
+                raise UsageError("a real image is edited once: num_images must be 1 with an image")
+            if isinstance(image, Inversion):
+                inversion = image
+                if (inversion.steps, inversion.guidance, inversion.spacing) != (steps, guidance, spacing):
+                    raise UsageError("the inversion was made for other steps, guidance or spacing than this edit's")
+            else:
+                images = self.checked_images(image, height or size, width or size)
+                if images.shape[0] != len(sources):
+                    raise UsageError(f"{images.shape[0]} images for {len(sources)} source prompts; give one image per prompt")
+                # alignment errors before the minutes an inversion takes
+                self.controller(sources, targets, mode, steps, cross_replace_steps, self_replace_steps,
+                                blend_words, blend_threshold, latent_hw)
+                inversion = self.invert(images, sources, steps, guidance, null_text, spacing, progress)
+            latent_hw = tuple(inversion.latents.shape[-2:])
+        sources = [p for p in sources for _ in range(num_images)]
+        targets = [p for p in targets for _ in range(num_images)]
+        if blend_words is not None:
+            blend_words = [w for w in blend_words for _ in range(num_images)]
+        control = self.controller(sources, targets, mode, steps, cross_replace_steps, self_replace_steps,
+                                  blend_words, blend_threshold, latent_hw)
+        if inversion is not None:
+            z_T = inversion.latents.to(self.device)
+        else:
+            shape = (len(sources), model.config.unet.out_channels, *latent_hw)
+            z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        context = model.encode_prompts(sources + [parse_weights(t)[0] for t in targets])
+        null_contexts = None if inversion is None or inversion.null_contexts is None else inversion.null_contexts
+        latents = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress,
+                                   callback, latents_callback)
+        images = model.decode_latents(latents).float().cpu()
+        return images[: len(sources)], images[len(sources):]
+
+    def sample_edit(self, z_T: torch.Tensor, context: torch.Tensor, control: AttentionController, steps: int,
+                    guidance: float, spacing: str, null_contexts: torch.Tensor | None = None,
+                    progress: bool = False, callback: Callable[[int, int], None] | None = None,
+                    latents_callback: LatentsCallback | None = None) -> torch.Tensor:
+        """z_0 of the [source; edited] batch (``context`` 2n×L×d) from z_T (n rows) under ``control``, with
+        local blend after every step; ``null_contexts`` [steps, n, L, d] replaces τθ("") step by step."""
+        model = self.model
+        unet = _in_bf16(model.unet, self.device) if self.bf16 else model.unet
+        null = model.null_context("")
+        z = torch.cat([z_T, z_T]).float()
+        from tqdm.auto import tqdm
+
+        with controlling(model.unet, control), tqdm(total=steps, desc="editing", leave=False,
+                                                     disable=not progress) as bar:
+            for i in range(steps):
+                step_null = null if null_contexts is None else null_contexts[i].to(self.device).repeat(2, 1, 1)
+                denoise = guided_denoiser(unet, context, step_null, guidance, model.config.diffusion.prediction,
+                                          model.schedule)
+                control.step = i
+                z = sample_ddim(denoise, z, model.schedule, steps, start=i, stop=i + 1, spacing=spacing)
+                z, mask = control.apply_blend(z)
+                bar.update(1)
+                if latents_callback is not None:
+                    latents_callback(i, z, mask)
+                if callback is not None:
+                    callback(i, steps)
+        return z
+
+    # ---------------------------------------------------------------------------------------------
+    # real images
+
+    def checked_images(self, image: ImageInput, height: int, width: int) -> torch.Tensor:
+        """The image(s) as B×3×H×W in [-1, 1], refused unless they are ``height`` × ``width`` pixels."""
+        images = self.images(image)
+        if tuple(images.shape[-2:]) != (height, width):
+            raise UsageError(f"the image is {images.shape[-1]}×{images.shape[-2]} pixels; this model edits "
+                             f"{width}×{height} images")
+        return images
+
+    @torch.no_grad()
+    def invert(self, image: ImageInput, prompt: str | list[str], steps: int = 25, guidance: float = 4.0,
+               null_text: bool = True, spacing: str = "trailing", progress: bool = False,
+               inner_steps: int = 10) -> Inversion:
+        """The `Inversion` of image(s) under their prompt(s): DDIM inversion of z_0 = E(x), then, with
+        ``null_text``, the per-step unconditional contexts (`null_text_optimization`)."""
+        model = self.model
+        images = image if isinstance(image, torch.Tensor) and image.ndim == 4 else self.images(image)
+        images = images.float().to(self.device)
+        self.latent_size(*images.shape[-2:])
+        prompts = [prompt] * images.shape[0] if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != images.shape[0]:
+            raise UsageError(f"{len(prompts)} prompts for {images.shape[0]} images; give one per image")
+        context = model.encode_prompts([parse_weights(p)[0] for p in prompts])
+        z_0 = model.encode_images(images)
+        prediction = model.config.diffusion.prediction
+        path = ddim_inversion(model.unet, z_0, context, model.schedule, steps, prediction, spacing)
+        if not null_text:
+            return Inversion(path[0], None, steps, guidance, spacing)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=steps, desc="null-text inversion", leave=False, disable=not progress) as bar, \
+                _frozen(model.unet):
+            nulls = null_text_optimization(model.unet, path, context, model.null_context(""), model.schedule,
+                                           guidance, prediction, spacing, inner_steps=inner_steps,
+                                           callback=lambda i, n: bar.update(1))
+        return Inversion(path[0], nulls, steps, guidance, spacing)
+
+
+@contextmanager
+def _frozen(module: torch.nn.Module):
+    """No parameter gradients inside (null-text inversion differentiates in the context only)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _per_pair(words: Sequence[str] | Sequence[Sequence[str]] | None, pairs: int) -> list[Sequence[str]] | None:
+    """Blend words as one list per pair: a lone string is split on spaces and commas, one list is shared."""
+    if words is None:
+        return None
+    if isinstance(words, str):
+        words = [w for w in words.replace(",", " ").split() if w]
+    if not words:
+        raise PromptEditError("local blend needs at least one word")
+    if all(isinstance(w, str) for w in words):
+        return [list(words)] * pairs
+    if len(words) != pairs:
+        raise UsageError(f"{len(words)} lists of blend words for {pairs} prompt pairs; give one list, or one per pair")
+    return [list(w) for w in words]
