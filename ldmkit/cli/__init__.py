@@ -12,11 +12,11 @@ import argparse
 import os
 import sys
 
-from ldmkit.cli import attention, convert, data, edit, eval, generate, serve, train
+from ldmkit.cli import attention, convert, data, edit, eval, generate, prompt_edit, serve, train
 from ldmkit.errors import LdmkitError
 
 EXIT_USAGE = 2
-COMMAND_MODULES = (train, generate, attention, edit, serve, data, convert, eval)
+COMMAND_MODULES = (train, generate, attention, edit, prompt_edit, serve, data, convert, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

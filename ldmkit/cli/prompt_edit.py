@@ -1,0 +1,119 @@
+"""`ldmkit edit`: Prompt-to-Prompt, an image edited by editing its prompt (docs/prompt_to_prompt.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ldmkit.cli.common import non_negative_float, positive_int, unit_interval
+from ldmkit.diffusion.prompt_to_prompt import MODES
+from ldmkit.errors import UsageError
+
+
+def _writable(path: Path, option: str) -> None:
+    """Refuse an output that cannot be written before any work is done."""
+    base = Path(os.path.abspath(path))
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"{option} {path}: {base} is a file, so nothing can be written under it")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {base} (permission denied or read-only)")
+
+
+def _outputs(args) -> tuple[Path | None, Path | None]:
+    if bool(args.out) == bool(args.out_dir):
+        raise UsageError("give exactly one of --out FILE (source and edit side by side) or --out-dir DIR")
+    if args.out:
+        out = Path(args.out)
+        if out.suffix.lower() != ".png":
+            raise UsageError(f"--out {out}: give a .png file")
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder; give a .png file, or use --out-dir")
+        _writable(out.parent if str(out.parent) else Path("."), "--out")
+        return out, None
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} is a file, not a folder")
+    _writable(out_dir, "--out-dir")
+    return None, out_dir
+
+
+def _read_image(path: str):
+    from PIL import Image
+
+    from ldmkit.data import load_image
+
+    try:
+        return load_image(path)
+    except FileNotFoundError:
+        raise UsageError(f"image not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UsageError(f"cannot read image {path}: {e}") from None
+
+
+def cmd_edit(args) -> None:
+    from ldmkit.data import save_grid
+    from ldmkit.device import resolve_device
+    from ldmkit.pipelines import PromptToPromptPipeline
+    from ldmkit.pretrained import shipped_model
+
+    out, out_dir = _outputs(args)
+    image = _read_image(args.image) if args.image else None
+    if image is not None and args.num_images != 1:
+        raise UsageError("--num-images applies to generated images; a real image (--image) is edited once")
+    blend = [w for w in args.blend.replace(",", " ").split() if w] if args.blend is not None else None
+    if blend is not None and not blend:
+        raise UsageError("--blend needs at least one word of the prompts")
+    pipe = PromptToPromptPipeline.from_folder(args.model or shipped_model(), resolve_device(args.device))
+    result = pipe(args.source_prompt, args.target_prompt, mode=args.mode, cross_replace_steps=args.cross_replace,
+                  self_replace_steps=args.self_replace, local_blend_words=blend,
+                  blend_threshold=args.blend_threshold, image=image, null_text=args.inversion == "null-text",
+                  steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
+                  progress=not args.no_progress)
+    pairs = list(zip(result.source_images, result.edited_images))
+    if out is not None:
+        save_grid([im for pair in pairs for im in pair], out, nrow=2)
+        print(f"wrote {out} (source | edit)")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, (source, edited) in enumerate(pairs):
+        suffix = "" if len(pairs) == 1 else f"_{k}"
+        save_grid([source], out_dir / f"source{suffix}.png")
+        save_grid([edited], out_dir / f"edit{suffix}.png")
+    print(f"wrote {2 * len(pairs)} images to {out_dir}")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("edit", help="Prompt-to-Prompt: edit a generated or real image by editing its prompt")
+    p.add_argument("source_prompt", help="the prompt of the image to edit")
+    p.add_argument("target_prompt", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
+    p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
+                                   "(default: the shapes64 model shipped with ldmkit)")
+    p.add_argument("--image", metavar="FILE",
+                   help="edit this image (of the model's size) instead of a generated one: it is inverted under "
+                        "SOURCE_PROMPT, and source.png is the reconstruction")
+    p.add_argument("--mode", choices=MODES, default="replace",
+                   help="replace: swap words one for one (default); refine: add words; reweight: scale the "
+                        "attention of the words weighted in TARGET_PROMPT, same words otherwise")
+    p.add_argument("--cross-replace", type=unit_interval, default=0.8, metavar="F",
+                   help="the first fraction F of the steps take the source's cross-attention (default 0.8)")
+    p.add_argument("--self-replace", type=unit_interval, default=0.4, metavar="F",
+                   help="the first fraction F of the steps take the source's self-attention (default 0.4)")
+    p.add_argument("--blend", metavar="WORDS",
+                   help="local blend: change only where these words (of either prompt; space- or comma-separated) "
+                        "attend; the rest of the latent is the source's")
+    p.add_argument("--blend-threshold", type=unit_interval, default=0.3, metavar="T",
+                   help="the local-blend mask is where the words' averaged map exceeds T times its maximum (default 0.3)")
+    p.add_argument("--inversion", choices=["null-text", "ddim"], default="null-text",
+                   help="with --image: null-text inversion (default; reconstructs closely, ~10x slower) or plain "
+                        "DDIM inversion")
+    p.add_argument("--out", help="one .png with source and edit side by side (one row per image)")
+    p.add_argument("--out-dir", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
+    p.add_argument("--num-images", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_edit)
