@@ -301,8 +301,26 @@ def to_dict(config) -> dict:
     return plain(config)
 
 
-def from_dict(cls, data: dict | None, where: str = ""):
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise `ConfigError`."""
+# The fields of a saved model's config that older ldmkit versions did not write: a saved folder may
+# lack these (they take their defaults, which are what those versions did); any other missing key
+# means a damaged config.yaml (`from_dict(strict=True)`). A field added to a saved config from now on,
+# with a default that reproduces the older behaviour, belongs here too.
+LATER_FIELDS = {
+    "AutoencoderConfig": {"attention_bias", "asymmetric_downsample", "l2_weight"},
+    "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers"},
+    "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels"},
+    "DiffusionConfig": {"zero_terminal_snr"},
+    "ModelConfig": {"condition"},
+}
+
+
+def from_dict(cls, data: dict | None, where: str = "", strict: bool = False):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise `ConfigError`.
+
+    Missing keys take their defaults (a user's training config), unless ``strict`` (a saved model's
+    config, which ldmkit wrote whole): then a missing key other than the `LATER_FIELDS` is an error."""
+    if data is None and strict:
+        raise ConfigError(f"{where or cls.__name__}: missing (empty)")
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
@@ -313,15 +331,22 @@ def from_dict(cls, data: dict | None, where: str = ""):
         raise ConfigError(
             f"unknown key {where + '.' if where else ''}{unknown[0]}; allowed: {', '.join(sorted(names))}"
         )
+    if strict:
+        later = LATER_FIELDS.get(cls.__name__, set())
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.name not in later]
+        if missing:
+            prefix = where + "." if where else ""
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise ConfigError(f"missing key {prefix}{missing[0]}{more}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where + '.' if where else ''}{name}")
+        kwargs[name] = _coerce(hints[name], value, f"{where + '.' if where else ''}{name}", strict)
     return cls(**kwargs)
 
 
-def _coerce(hint, value, where: str):
+def _coerce(hint, value, where: str, strict: bool = False):
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return from_dict(hint, value, where, strict)
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
@@ -346,7 +371,8 @@ def save_yaml(config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def load_yaml(cls, path: str | Path):
+def load_yaml(cls, path: str | Path, strict: bool = False):
+    """``cls`` from the YAML file ``path``; ``strict``: every key must be there (see `from_dict`)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -354,7 +380,7 @@ def load_yaml(cls, path: str | Path):
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return from_dict(cls, data, "")
+    return from_dict(cls, data, "", strict)
 
 
 PRESET_DIR = Path(__file__).parent / "configs"

@@ -6,6 +6,7 @@ Nothing here unpickles code: weights are safetensors, and training state is read
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -100,14 +101,43 @@ def save_config(config, path: str | Path) -> None:
 
 
 def load_config(cls, folder: str | Path):
-    """``folder/config.yaml`` as a ``cls``; a missing folder or file is a `CheckpointError`."""
+    """``folder/config.yaml`` as a ``cls``; a missing folder or file is a `CheckpointError`, and so is a
+    config with keys missing (ldmkit writes it whole: a file cut short is damage, not defaults) or of
+    the other kind of folder (an autoencoder folder where a model folder is wanted, or the reverse)."""
+    from ldmkit.config import AutoencoderConfig, ModelConfig
+
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"model folder not found: {folder}")
+        raise CheckpointError(f"{'model' if cls is ModelConfig else 'autoencoder'} folder not found: {folder}")
     path = folder / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{folder} is not an ldmkit model folder: it has no config.yaml")
     try:
-        return load_yaml(cls, path)
+        return load_yaml(cls, path, strict=True)
     except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        other = _folder_kind(path)
+        if cls is ModelConfig and other == "autoencoder":
+            raise CheckpointError(f"{folder} is an autoencoder folder (as `ldmkit train-autoencoder` writes it), "
+                                  "not a model folder; give a model folder written by `ldmkit train`") from None
+        if cls is AutoencoderConfig and other == "model":
+            raise CheckpointError(f"{folder} is a text-to-image model folder, not an autoencoder folder; give a "
+                                  "folder written by `ldmkit train-autoencoder`") from None
+        raise CheckpointError(f"corrupt model folder {folder}: {path.name}: {e}") from None
+
+
+def _folder_kind(path: Path) -> str | None:
+    """"model" or "autoencoder" by the top-level keys of the config file ``path``; None if neither."""
+    import yaml
+
+    from ldmkit.config import AutoencoderConfig, ModelConfig
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not data:
+        return None
+    for kind, cls in (("model", ModelConfig), ("autoencoder", AutoencoderConfig)):
+        if set(data) <= {f.name for f in dataclasses.fields(cls)}:
+            return kind
+    return None

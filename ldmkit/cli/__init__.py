@@ -13,6 +13,7 @@ import os
 import sys
 
 from ldmkit.cli import attention, convert, data, edit, eval, generate, prompt_edit, serve, train
+from ldmkit.cli.common import OneLineParser
 from ldmkit.errors import LdmkitError
 
 EXIT_USAGE = 2
@@ -20,8 +21,8 @@ COMMAND_MODULES = (train, generate, attention, edit, prompt_edit, serve, data, c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldmkit", description="Latent diffusion: train, sample, measure.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="ldmkit", description="Latent diffusion: train, sample, measure.")
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommands' parsers are OneLineParsers too
     for module in COMMAND_MODULES:
         module.add_parsers(sub)
     return parser

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+from ldmkit.cli.common import UsageError, check_text, non_negative_float, positive_int, seed_int
+from ldmkit.cli.outputs import check_output_file
 
 
 def cmd_attention(args) -> None:
@@ -16,9 +15,8 @@ def cmd_attention(args) -> None:
 
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out {out}: give a .png file for the figure")
+    check_text(args.prompt, "the prompt")
+    out = check_output_file(args.out, suffixes=(".png",), kind="figure file")
     pipe = load_pipeline(args.model, resolve_device(args.device))
     result = cross_attention_maps(pipe, args.prompt, args.steps, args.guidance, args.seed, args.sampler,
                                   progress=not args.no_progress)
@@ -39,7 +37,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_attention)

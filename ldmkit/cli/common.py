@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ldmkit.config import Preset, load_preset, load_yaml, preset_names
 from ldmkit.errors import UsageError  # noqa: F401  (the CLI's one-line error; ldmkit.errors has the family)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block above them), like every other error of
+    the CLI: ``ldmkit generate: error: argument --steps: …; see ldmkit generate --help``. Exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parsed(text: str, convert, kind: str, ok, rule: str):
@@ -24,7 +33,44 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
-    return _parsed(text, float, "a number", lambda v: v >= 0, "≥ 0")
+    """A finite number ≥ 0 (``inf`` and ``nan`` are refused: no guidance scale or η means them)."""
+    return _parsed(text, float, "a number", lambda v: 0 <= v < math.inf, "a finite number ≥ 0")
+
+
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    return _parsed(text, float, "a number", math.isfinite, "a finite number")
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer 0 … 2**64 − 1 (what torch's generators take)."""
+    return _parsed(text, int, "an integer seed", lambda v: 0 <= v <= MAX_SEED, f"0 … 2**64 − 1 ({MAX_SEED})")
+
+
+def bounded_int(low: int, high: int, why: str = ""):
+    """An argparse type: an integer in [low, high]; ``why`` says where the upper bound comes from."""
+
+    def parse(text: str) -> int:
+        rule = f"{low} … {high}" + (f" ({why})" if why else "")
+        return _parsed(text, int, "an integer", lambda v: low <= v <= high, rule)
+
+    return parse
+
+
+def check_text(value: str | None, what: str) -> None:
+    """Refuse text that is not UTF-8: bytes the shell passed that do not decode arrive in ``sys.argv``
+    as lone surrogates (Python's surrogateescape), which no tokenizer can read."""
+    if not value:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = value[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character U+{ord(bad):04X}"
+        raise UsageError(f"{what} is not UTF-8 text ({byte} at character {e.start + 1}); give it as UTF-8") from None
 
 
 def fraction(text: str) -> float:
@@ -38,7 +84,49 @@ def unit_interval(text: str) -> float:
 
 
 def load_training_config(args) -> Preset:
-    """The preset ``--preset NAME`` or the config file ``--config FILE`` (exactly one of them)."""
+    """The preset ``--preset NAME`` or the config file ``--config FILE`` (exactly one of them), with its
+    counts and rates checked (`check_training_values`)."""
     if bool(args.preset) == bool(args.config):
         raise UsageError(f"give exactly one of --preset NAME ({', '.join(preset_names())}) or --config FILE")
-    return load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)
+    preset = load_preset(args.preset) if args.preset else load_yaml(Preset, args.config)
+    check_training_values(preset)
+    return preset
+
+
+# Keys of a training config's data and training sections that count something (at least 1), that
+# may be 0 but not negative, that are a probability or share (0 … 1), or a rate (> 0).
+_AT_LEAST_1 = {"steps", "batch_size", "grad_accum_steps", "log_every", "sample_every", "checkpoint_every",
+               "checkpoint_keep", "scale_samples", "sample_steps", "num_samples", "max_objects"}
+_NOT_NEGATIVE = {"warmup_steps", "num_workers", "weight_decay", "shuffle_buffer", "sample_guidance", "grad_clip",
+                 "min_snr_gamma", "seed"}
+_SHARES = {"ema_decay", "cond_drop_prob", "two_object_share"}
+_RATES = {"lr"}
+
+
+def check_training_values(preset: Preset) -> None:
+    """A `ConfigError` naming the first value of the data and training sections that no run means: a
+    batch size or step count below 1, a negative count, a share outside 0 … 1, a learning rate ≤ 0,
+    any number that is NaN or infinite. (The model sections are checked where they are built.)"""
+    import dataclasses
+
+    from ldmkit.config import ConfigError
+
+    for section in ("data", "autoencoder_train", "train"):
+        config = getattr(preset, section, None)
+        if config is None:
+            continue
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            where = f"{section}.{f.name} = {value}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}; must be a finite number")
+            if f.name in _AT_LEAST_1 and value < 1:
+                raise ConfigError(f"{where}; must be at least 1")
+            if f.name in _NOT_NEGATIVE and value < 0:
+                raise ConfigError(f"{where}; must be ≥ 0")
+            if f.name in _SHARES and not 0 <= value <= 1:
+                raise ConfigError(f"{where}; must be between 0 and 1")
+            if f.name in _RATES and not value > 0:
+                raise ConfigError(f"{where}; must be > 0")

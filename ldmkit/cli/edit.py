@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+from ldmkit.cli.common import OneLineParser, UsageError, check_text, non_negative_float, positive_int, seed_int
+from ldmkit.cli.outputs import image_output
 
 
 def _read_image(path: str, what: str = "image"):
@@ -38,10 +39,12 @@ def _read_mask(path: str):
 
 
 def _out_path(args) -> Path:
+    """The output file, checked (with the prompts) before the model loads: an image suffix, a place
+    that can be written."""
+    check_text(getattr(args, "prompt", None), "the prompt")
+    check_text(getattr(args, "negative_prompt", None), "--negative-prompt")
     out = Path(args.out) if args.out else Path(f"{Path(args.input).stem}_{args.command}.png")
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out {out} must be a .png file")
-    return out
+    return image_output(out)[1]
 
 
 def _pipeline(cls, args):
@@ -120,13 +123,13 @@ def cmd_img2img(args) -> None:
 def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("input", help="the input image (PNG, JPEG, …)")
     p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what})")
-    p.add_argument("--out", help="the output .png (default: INPUT-STEM_COMMAND.png here)")
+    p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=non_negative_float, default=guidance,
                    help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -137,7 +140,7 @@ def _start_option(p: argparse.ArgumentParser) -> None:
                         "(the default, which keeps the layout the model expects in z_T)")
 
 
-class _TrailingPromptParser(argparse.ArgumentParser):
+class _TrailingPromptParser(OneLineParser):
     """Reads ``inpaint IN.png --mask M.png --model DIR PROMPT``: argparse matches every positional at the
     first run of them (IN.png), so a prompt after the options would be left over; it is taken here."""
 

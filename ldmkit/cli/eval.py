@@ -7,7 +7,8 @@ import argparse
 import sys
 import warnings
 
-from ldmkit.cli.common import UsageError, non_negative_float, positive_int
+from ldmkit.cli.common import UsageError, bounded_int, non_negative_float, positive_int, seed_int
+from ldmkit.cli.outputs import check_output_file
 from ldmkit.diffusion.binding import BindingGuidance
 
 
@@ -22,9 +23,19 @@ def _networks(args) -> list:
     return networks
 
 
+def _check_outputs(args) -> None:
+    """The JSON (and results) files, checked before any evaluation runs: a long evaluation whose result
+    cannot be written is lost."""
+    for option in ("json", "results"):
+        value = getattr(args, option, None)
+        if value:
+            check_output_file(value, f"--{option}")
+
+
 def _run(args, evaluate) -> None:
     from ldmkit.device import resolve_device
 
+    _check_outputs(args)
     device = resolve_device(args.device)
     networks = _networks(args)
     with warnings.catch_warnings():
@@ -37,8 +48,27 @@ def _run(args, evaluate) -> None:
         print(f"wrote {report.save_json(args.json)}")
 
 
+def _check_image_size(model: str, image_size: int) -> None:
+    """--image-size must be a multiple of the autoencoder's factor f (read from the folder's config)."""
+    from pathlib import Path
+
+    from ldmkit.config import AutoencoderConfig, ModelConfig
+    from ldmkit.storage import _folder_kind, load_config
+
+    config = Path(model) / "config.yaml"
+    kind = _folder_kind(config) if config.is_file() else None
+    if kind is None:
+        return  # a Stable Diffusion file or diffusers folder: the evaluation checks it after loading
+    loaded = load_config(AutoencoderConfig if kind == "autoencoder" else ModelConfig, model)
+    f = (loaded if kind == "autoencoder" else loaded.autoencoder).downsample_factor
+    if image_size % f:
+        raise UsageError(f"--image-size {image_size} is not a multiple of the autoencoder's factor f={f}")
+
+
 def cmd_eval_autoencoder(args) -> None:
     from ldmkit.eval.autoencoder import evaluate_autoencoder
+
+    _check_image_size(args.model, args.image_size)
 
     _run(args, lambda networks, device: evaluate_autoencoder(
         args.model, args.num_images, args.image_size, networks, args.batch_size, device, not args.no_progress))
@@ -59,7 +89,8 @@ def cmd_eval_generate(args) -> None:
 
 
 def _common(p: argparse.ArgumentParser, default_images: int) -> None:
-    p.add_argument("--num-images", type=positive_int, default=default_images,
+    p.add_argument("--num-images", type=bounded_int(2, 10**7, "FID and KID compare sets of at least 2"),
+                   default=default_images,
                    help=f"held-out images to evaluate on (default {default_images}; FID wants ≥ 1024 for shapes-cnn)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--inception-weights", metavar="FILE",
@@ -89,7 +120,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
     g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
     g.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",

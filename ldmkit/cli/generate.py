@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.cli.common import UsageError, fraction, non_negative_float, positive_int
+from ldmkit.bounds import MAX_IMAGES
+from ldmkit.cli.common import UsageError, bounded_int, check_text, fraction, non_negative_float, positive_int, seed_int
+from ldmkit.cli.outputs import image_output
 from ldmkit.device import PRECISIONS
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.samplers import SPACINGS
@@ -23,9 +25,11 @@ def cmd_generate(args) -> None:
         raise UsageError("give a prompt (a text model) or --class NAME (a class-conditional model)")
     if args.prompt is not None and args.class_name is not None:
         raise UsageError("give a prompt or --class NAME, not both: a model is conditioned on one of them")
-    out = Path(args.out)
-    if out.suffix.lower() != ".png" and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder or a .png file")
+    check_text(args.prompt, "the prompt")
+    check_text(args.negative_prompt, "--negative-prompt")
+    check_text(args.class_name, "--class")
+    # Checked before the model loads and samples: a result that cannot be written loses the run's work.
+    out_kind, out = image_output(args.out, allow_folder=True, overwrite=args.overwrite)
     model = args.model or shipped_model()
     kind = _condition_kind(model)
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
@@ -44,6 +48,7 @@ def cmd_generate(args) -> None:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
         if args.binding or args.binding_candidates != BindingGuidance.candidates:
             raise UsageError("--binding and --binding-candidates apply to text models only: they bind a prompt's words")
+        check_size(pipe.model, args.height, args.width)
         images = pipe(args.class_name, **options)
     elif args.class_name is not None:
         raise UsageError(
@@ -58,16 +63,31 @@ def cmd_generate(args) -> None:
             )
         pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
                              precision=args.precision)
+        check_size(pipe.model, args.height, args.width)
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, binding=args.binding,
                       binding_candidates=args.binding_candidates, **options)
-    if out.suffix.lower() == ".png":
-        save_grid(images, out)
+    if out_kind == "file":
+        save_grid(images, out)  # in the format the suffix names
         print(f"wrote {out}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
             save_grid([image], out / f"{args.seed}_{i:03d}.png")
         print(f"wrote {len(images)} images to {out}")
+
+
+def check_size(model, height: int | None, width: int | None) -> None:
+    """Refuse a --height/--width the model cannot take, or larger than the server allows (time and memory
+    grow with the pixel count): before any sampling."""
+    from ldmkit.bounds import max_side
+
+    size = model.config.image_size
+    largest = max_side(size)
+    for option, value in (("--height", height), ("--width", width)):
+        if value is not None and value > largest:
+            raise UsageError(f"{option} {value} is too large: at most {largest} for this model (trained at {size} px; "
+                             "as `ldmkit serve` allows)")
+    model.check_image_size(height or size, width or size)
 
 
 _COMMAND_OF_KIND = {"sr": "upscale", "inpaint": "inpaint", "colorize": "colorize"}
@@ -96,13 +116,17 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
     p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
-    p.add_argument("--out", required=True, help="a .png file (several images form a grid) or a folder")
-    p.add_argument("--num-images", type=positive_int, default=1)
+    p.add_argument("--out", required=True,
+                   help="an image file, .png, .jpg/.jpeg or .webp (several images form a grid), or a folder (one "
+                        "SEED_INDEX.png per image; it must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="write into a --out folder that already holds files")
+    p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES, "one batch; run again with another --seed for more"),
+                   default=1)
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--height", type=positive_int, help="default: the size the model was trained at")
     p.add_argument("--width", type=positive_int)

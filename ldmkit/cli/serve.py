@@ -54,11 +54,21 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _is_unspecified(host: str) -> bool:
+    """Whether ``host`` means every interface (0.0.0.0, ::)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def cmd_serve(args) -> None:
     try:
         import uvicorn
 
         from ldmkit.serve import Limits, create_app
+        from ldmkit.serve.app import SHIPPED
+        from ldmkit.serve.guard import allowed_hosts, guarded_protocol
     except ImportError as e:
         raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
                          f"pip install 'ldmkit[serve]'") from None
@@ -71,8 +81,10 @@ def cmd_serve(args) -> None:
     sock = bind(args.host, args.port)
     try:
         pipe = load_pipeline(model, resolve_device(args.device))
-        app = create_app(pipe, model_name=args.model or "shapes64 (shipped)", limits=Limits.from_pipeline(pipe, args.max_size),
-                         max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir)
+        hosts = allowed_hosts(args.host, args.allowed_host)
+        app = create_app(pipe, model_name=args.model or SHIPPED, limits=Limits.from_pipeline(pipe, args.max_size),
+                         max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir,
+                         allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
     except BaseException:
         sock.close()
         raise
@@ -84,7 +96,7 @@ def cmd_serve(args) -> None:
         print(f"ldmkit serve: note: listening on {args.host}, not loopback: anyone who can reach this "
               f"machine can use the model", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=5, http=guarded_protocol())
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -92,6 +104,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page for text-to-image")
     p.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "
+                        "the --host address and, on loopback, localhost: a page elsewhere cannot reach the server "
+                        "through a DNS name pointed at this machine (DNS rebinding)")
     p.add_argument("--port", type=port_number, default=7860, help="0 picks a free port (printed at start)")
     p.add_argument("--max-queue", type=positive_int, default=8,
                    help="jobs that may wait while one runs; more get 503 with Retry-After (default 8)")

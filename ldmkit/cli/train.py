@@ -10,11 +10,14 @@ import dataclasses
 import os
 
 from ldmkit.cli.common import load_training_config, positive_int
+from ldmkit.cli.outputs import check_output_dir
 from ldmkit.config import Preset, preset_names
 
 
 def _preset(args, section: str) -> Preset:
-    """The preset or config file, with the checkpoint flags written into its ``section`` (the train config)."""
+    """The preset or config file, with the checkpoint flags written into its ``section`` (the train config);
+    --out is checked first (a folder that can be created and written)."""
+    check_output_dir(args.out)
     preset = load_training_config(args)
     overrides = {}
     if args.checkpoint_every is not None:

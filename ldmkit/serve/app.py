@@ -32,6 +32,7 @@ from ldmkit import __version__
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve import schemas
 from ldmkit.serve.body_limit import BodyLimit
+from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
 from ldmkit.serve.jobs import Job, JobQueue, QueueFull
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.outputs import folder_saver, image_filename
@@ -60,13 +61,19 @@ def pipeline_runner(pipe):
     return run
 
 
+SHIPPED = "shapes64 (shipped)"  # the model name of the shipped model, whose command needs no --model
+
+
 def reproduce_command(settings: Settings, model: str) -> str:
-    """The `ldmkit generate` call that writes the same images (bit for bit) into ``out/``.
+    """The `ldmkit generate` call that writes the same images (bit for bit) into ``out/`` (which may
+    already hold other images: --overwrite). The shipped model (`SHIPPED`) is generate's default, so
+    its command has no --model.
 
     Text goes in as ``--option=value`` or after ``--`` so that a prompt starting with "-" is not
     read as an option.
     """
-    argv = ["ldmkit", "generate", f"--model={model}", "--out=out/", f"--steps={settings.steps}",
+    model_option = [] if model == SHIPPED else [f"--model={model}"]
+    argv = ["ldmkit", "generate", *model_option, "--out=out/", "--overwrite", f"--steps={settings.steps}",
             f"--guidance={settings.guidance!r}", f"--sampler={settings.sampler}", f"--seed={settings.seed}",
             f"--num-images={settings.num_images}", f"--height={settings.height}", f"--width={settings.width}"]
     if settings.negative_prompt:
@@ -85,6 +92,9 @@ def create_app(
     timeout: float = 300.0,
     output_dir: str | Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allowed_hosts: set[str] | None = None,
+    any_ip_host: bool = False,
+    body_timeout: float | None = BODY_TIMEOUT,
 ) -> FastAPI:
     """The app serving ``pipeline`` (a `TextToImagePipeline`, or anything called the same way).
 
@@ -92,6 +102,9 @@ def create_app(
     them). ``max_queue`` jobs may wait; each has ``timeout`` seconds from submission to finish.
     With ``output_dir`` every finished job's images and settings are also written there.
     The worker thread starts and stops with the app's lifespan (uvicorn, or ``with TestClient(app)``).
+    ``allowed_hosts``: answer only requests whose ``Host`` is one of these names (`ldmkit.serve.guard`;
+    None: any), and with ``any_ip_host`` any IP address too. ``body_timeout``: seconds a request body
+    may take to arrive (then 408).
     """
     limits = limits if limits is not None else Limits.from_pipeline(pipeline)
     queue = JobQueue(pipeline_runner(pipeline), max_queue=max_queue, timeout=timeout,
@@ -107,7 +120,9 @@ def create_app(
                   version=__version__, lifespan=lifespan)
     app.state.queue = queue
     app.state.limits = limits
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts, any_ip=any_ip_host)  # added last: runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

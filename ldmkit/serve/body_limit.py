@@ -8,15 +8,19 @@ buffered body to the app.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 
 class BodyLimit:
     """ASGI middleware: bodies over ``max_bytes`` get 413 and a FastAPI-style error naming ``body``."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout: float | None = None):
+        """``timeout``: seconds the whole body may take to arrive; a client that stops half way (or
+        trickles it) gets 408 and the connection closes, instead of holding it open for ever."""
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -25,8 +29,14 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(send)
         chunks, size = [], 0
+        deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await (receive() if deadline is None else
+                                 asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time())))
+            except asyncio.TimeoutError:
+                return await self._refuse(send, 408, "timeout", f"the request body did not arrive within "
+                                                                f"{self.timeout:g} s")
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -47,12 +57,12 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send):
+    async def _refuse(self, send, status: int = 413, kind: str = "too_large", message: str | None = None):
         payload = json.dumps({"detail": [{
-            "loc": ["body"], "type": "too_large",
-            "msg": f"the request body is larger than {self.max_bytes} bytes",
+            "loc": ["body"], "type": kind,
+            "msg": message or f"the request body is larger than {self.max_bytes} bytes",
         }]}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
             (b"connection", b"close"),
         ]})

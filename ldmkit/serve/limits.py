@@ -9,9 +9,9 @@ the same shape as FastAPI's 422 so that a client sees one format.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ldmkit.errors import UsageError
 
-DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
+from ldmkit.bounds import DEFAULT_MAX_SIDE, max_side  # noqa: F401  (DEFAULT_MAX_SIDE re-exported)
+from ldmkit.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Limits:
         model = pipe.model
         size = model.config.image_size
         k = model.latent_factor
-        cap = max_size if max_size is not None else max(size, min(4 * size, DEFAULT_MAX_SIDE))
+        cap = max_side(size, max_size)
         if cap < size:
             raise UsageError(f"max size {cap} is below the model's trained size {size}")
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from ldmkit.bounds import MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
 
@@ -20,7 +21,6 @@ MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_BINDING = 5.0
-MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
 SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers

@@ -92,7 +92,7 @@ def _train(preset: Preset, out: Path, steps: int | None, resume, ctx, progress: 
     disc_params = [p for p in loss_fn.parameters() if p.requires_grad]
     opt_d = torch.optim.AdamW(disc_params, lr=tcfg.lr, betas=(0.5, 0.9)) if disc_params else None
 
-    state = resume_state(resume, out, "autoencoder", ctx)
+    state = resume_state(resume, out, "autoencoder", ctx, preset=preset)
     start = 0
     if state is not None:
         try:

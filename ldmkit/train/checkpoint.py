@@ -66,8 +66,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(out: str | Path, state: dict, keep: int) -> Path:
-    """Write ``state`` (which holds ``"step"``) atomically as a new checkpoint; keep the newest ``keep``."""
+    """Write ``state`` (which holds ``"step"``) atomically as a new checkpoint; keep the newest ``keep``.
+
+    The run's settings, as `resume_state` was given them for ``out``, go in too (``"preset"``), so that
+    a resumed run can be compared with the one that wrote the checkpoint."""
     path = checkpoint_path(out, int(state["step"]))
+    settings = _RUN_SETTINGS.get(_run_key(out))
+    if settings is not None and "preset" not in state:
+        state = {**state, "preset": settings}
     with atomic_path(path) as tmp:
         torch.save({**state, "format": FORMAT}, tmp)
     # Hashed after the rename, from the file itself: the digest vouches for what is on disk.
@@ -140,8 +146,14 @@ def load_state(folder: str | Path, kind: str | None = None) -> dict:
     return found[1]
 
 
-def resume_state(resume: bool | str | Path | None, out: str | Path, kind: str, ctx: Distributed) -> dict | None:
+def resume_state(resume: bool | str | Path | None, out: str | Path, kind: str, ctx: Distributed,
+                 preset=None) -> dict | None:
     """The state a run continues from, or None for a fresh start.
+
+    ``preset``: the run's `Preset`. It is recorded for the checkpoints this run writes to ``out``, and
+    a checkpoint to resume from must have been trained with the same settings (`check_same_settings`):
+    resuming under another preset or config would continue the checkpoint's model with the new batch
+    size, learning rate and data, a mix of two runs, so it is refused with the differences listed.
 
     ``resume``: False/None: start fresh, refusing an ``out`` that already holds checkpoints (that
     would interleave two runs' checkpoints); True or "auto": the newest intact checkpoint in
@@ -172,11 +184,99 @@ def resume_state(resume: bool | str | Path | None, out: str | Path, kind: str, c
             found = Path(resume), read_checkpoint(resume, kind)
         if found is not None:
             choice, state = str(found[0]), found[1]
+            if preset is not None:
+                check_same_settings(state, preset, kind, found[0])
             discard_newer(out, int(state["step"]))
     choice = broadcast_object(choice, ctx)
     if choice is not None and state is None:  # the other ranks read the file rank 0 chose
         state = read_checkpoint(choice, kind)
+    if preset is not None:
+        _RUN_SETTINGS[_run_key(out)] = _settings(preset, kind)
     return state
+
+
+# --------------------------------------------------------------------------------------------------
+# the settings a resumed run must share with the run it continues
+
+_RUN_SETTINGS: dict[str, dict] = {}  # run folder -> the settings `save_checkpoint` records for it
+
+# The sections of a Preset each stage trains from (stage two reads its autoencoder from a folder), and
+# the keys that may change between the stretches of one run: how often it logs, samples and
+# checkpoints, how many loader workers it uses, and the step count it is aiming for (--steps).
+STAGE_SECTIONS = {"autoencoder": ("data", "autoencoder", "autoencoder_train")}
+FREE_KEYS = {"log_every", "sample_every", "checkpoint_every", "checkpoint_keep", "num_workers", "tensorboard",
+             "steps"}
+
+
+def _run_key(out: str | Path) -> str:
+    return os.path.abspath(out)
+
+
+def _settings(preset, kind: str) -> dict:
+    """The parts of ``preset`` that decide what a ``kind`` run computes, as a plain nested dict."""
+    from ldmkit.config import to_dict
+
+    full = to_dict(preset)
+    sections = STAGE_SECTIONS.get(kind) or [s for s in full if s not in STAGE_SECTIONS["autoencoder"][1:]]
+    return {s: {k: v for k, v in full[s].items() if k not in FREE_KEYS} if isinstance(full[s], dict) else full[s]
+            for s in sections if s in full}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _recorded_settings(state: dict, preset, kind: str) -> tuple[dict, dict]:
+    """(the checkpoint's settings, this run's) to compare: the recorded preset when the checkpoint has
+    one, else (checkpoints written before it was recorded) the model config every checkpoint holds."""
+    mine = _settings(preset, kind)
+    if isinstance(state.get("preset"), dict):
+        return state["preset"], mine
+    config = state.get("config")
+    if not isinstance(config, dict):
+        return {}, {}
+    if kind == "autoencoder":
+        return {"autoencoder": config}, {"autoencoder": mine.get("autoencoder", {})}
+    theirs, ours = {}, {}
+    for section in ("text", "unet", "diffusion"):
+        if isinstance(config.get(section), dict) and section in mine:
+            theirs[section], ours[section] = config[section], mine[section]
+    if "image_size" in config:
+        theirs["data"], ours["data"] = {"image_size": config["image_size"]}, {"image_size": mine["data"]["image_size"]}
+    if isinstance(config.get("condition"), dict) and "condition" in mine:
+        theirs["condition"] = {"kind": config["condition"].get("kind")}
+        ours["condition"] = {"kind": mine["condition"]["kind"]}
+    return theirs, ours
+
+
+def check_same_settings(state: dict, preset, kind: str, path: str | Path) -> None:
+    """`CheckpointError` listing the settings in which ``preset`` differs from the run that wrote
+    ``state`` (the keys in `FREE_KEYS` may differ)."""
+    theirs, ours = (_flatten(t) for t in _recorded_settings(state, preset, kind))
+    _MISSING = "(unset)"
+    differ = [k for k in sorted(set(theirs) | set(ours))
+              if k.rsplit(".", 1)[-1] not in FREE_KEYS and _plain(theirs.get(k, _MISSING)) != _plain(ours.get(k, _MISSING))]
+    if not differ:
+        return
+    shown = [f"{k} {theirs.get(k, _MISSING)!r} → {ours.get(k, _MISSING)!r}" for k in differ[:5]]
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    raise CheckpointError(
+        f"cannot resume from {Path(path).name}: it was trained with other settings than this --preset/--config "
+        f"({'; '.join(shown)}{more}); resume with the run's own preset or config, or train into another --out"
+    )
+
+
+def _plain(value):
+    """Lists and tuples compare alike (YAML and to_dict give lists), ints and equal floats too."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def discard_newer(out: str | Path, step: int) -> None:

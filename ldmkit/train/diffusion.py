@@ -245,7 +245,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     dataset = open_latent_cache(preset.data, autoencoder_dir, preset.condition.kind) if cached \
         else build_dataset(preset.data)
 
-    state = resume_state(resume, out, "diffusion", ctx)
+    state = resume_state(resume, out, "diffusion", ctx, preset=preset)
     source = LatentDiffusion.load(init) if init is not None and state is None else None
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")

@@ -1,0 +1,17 @@
+"""Bounds on what one sampling call may ask for, shared by `ldmkit generate` and `ldmkit serve`.
+
+Time and memory grow with the images drawn together (one batch) and with the pixel count (attention's
+with its square), so both the CLI and the server refuse more than these instead of running out of memory
+part way through. No heavy imports: the CLI reads these before it loads a model.
+"""
+
+from __future__ import annotations
+
+MAX_IMAGES = 8  # images drawn together as one batch
+DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
+
+
+def max_side(trained_size: int, max_size: int | None = None) -> int:
+    """The largest height or width for a model trained at ``trained_size``: ``max_size`` when given,
+    else 4× the trained size but no more than `DEFAULT_MAX_SIDE` (or the trained size, if larger)."""
+    return max_size if max_size is not None else max(trained_size, min(4 * trained_size, DEFAULT_MAX_SIDE))
