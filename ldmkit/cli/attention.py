@@ -11,6 +11,7 @@ def cmd_attention(args) -> None:
     from ldmkit.device import resolve_device
     from ldmkit.diffusion import SAMPLERS
     from ldmkit.eval.attention_maps import attention_figure, cross_attention_maps
+    from ldmkit.cli.generate import check_steps
     from ldmkit.pipelines.text_to_image import load_pipeline
 
     if args.sampler not in SAMPLERS:
@@ -18,6 +19,7 @@ def cmd_attention(args) -> None:
     check_text(args.prompt, "the prompt")
     out = check_output_file(args.out, suffixes=(".png",), kind="figure file")
     pipe = load_pipeline(args.model, resolve_device(args.device))
+    check_steps(pipe.model, args.steps)
     result = cross_attention_maps(pipe, args.prompt, args.steps, args.guidance, args.seed, args.sampler,
                                   progress=not args.no_progress)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,18 @@ def bounded_int(low: int, high: int, why: str = ""):
     return parse
 
 
+def check_sampler(sampler: str, eta: float = 0.0, spacing: str = "trailing") -> None:
+    """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only."""
+    from ldmkit.diffusion import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if eta and sampler != "ddim":
+        raise UsageError(f"--eta {eta:g} applies to the ddim sampler only, not {sampler!r}")
+    if spacing != "trailing" and sampler != "ddim":
+        raise UsageError(f"--spacing {spacing} applies to the ddim sampler only, not {sampler!r}")
+
+
 def check_text(value: str | None, what: str) -> None:
     """Refuse text that is not UTF-8: bytes the shell passed that do not decode arrive in ``sys.argv``
     as lone surrogates (Python's surrogateescape), which no tokenizer can read."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldmkit.cli.common import OneLineParser, UsageError, check_text, non_negative_float, positive_int, seed_int
+from ldmkit.cli.common import OneLineParser, UsageError, check_sampler, check_text, non_negative_float, positive_int, seed_int
 from ldmkit.cli.outputs import image_output
 
 
@@ -41,6 +41,7 @@ def _read_mask(path: str):
 def _out_path(args) -> Path:
     """The output file, checked (with the prompts) before the model loads: an image suffix, a place
     that can be written."""
+    check_sampler(args.sampler, args.eta)
     check_text(getattr(args, "prompt", None), "the prompt")
     check_text(getattr(args, "negative_prompt", None), "--negative-prompt")
     out = Path(args.out) if args.out else Path(f"{Path(args.input).stem}_{args.command}.png")
@@ -48,16 +49,16 @@ def _out_path(args) -> Path:
 
 
 def _pipeline(cls, args):
+    from ldmkit.cli.generate import check_steps
     from ldmkit.device import resolve_device
 
-    return cls.from_folder(args.model, resolve_device(args.device))
+    pipe = cls.from_folder(args.model, resolve_device(args.device))
+    check_steps(pipe.model, args.steps)
+    return pipe
 
 
 def _sampling(args) -> dict:
-    from ldmkit.diffusion import SAMPLERS
-
-    if args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    check_sampler(args.sampler, args.eta)
     return dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler, eta=args.eta,
                 progress=not args.no_progress)
 

@@ -7,9 +7,10 @@ import argparse
 import sys
 import warnings
 
-from ldmkit.cli.common import UsageError, bounded_int, non_negative_float, positive_int, seed_int
+from ldmkit.cli.common import UsageError, bounded_int, check_sampler, non_negative_float, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.diffusion.binding import BindingGuidance
+from ldmkit.eval.heldout import PHRASINGS
 
 
 def _networks(args) -> list:
@@ -75,17 +76,15 @@ def cmd_eval_autoencoder(args) -> None:
 
 
 def cmd_eval_generate(args) -> None:
-    from ldmkit.diffusion import SAMPLERS
     from ldmkit.eval.generation import SamplerSettings, evaluate_generation
     from ldmkit.pretrained import shipped_model
 
     model = args.model or shipped_model()
-    if args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    check_sampler(args.sampler, args.eta)
     settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding,
                                args.binding_candidates)
     _run(args, lambda networks, device: evaluate_generation(
-        model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress))
+        model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress, args.phrasing))
 
 
 def _common(p: argparse.ArgumentParser, default_images: int) -> None:
@@ -125,5 +124,8 @@ def add_parsers(sub) -> None:
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
     g.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
+    g.add_argument("--phrasing", choices=PHRASINGS, default="templates",
+                   help="how the held-out captions are worded: the dataset's templates (default), or the seen or "
+                        "unseen (never trained on) part of the broad caption grammar")
     _common(g, 1024)
     g.set_defaults(func=cmd_eval_generate)

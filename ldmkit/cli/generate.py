@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ldmkit.bounds import MAX_IMAGES
-from ldmkit.cli.common import UsageError, bounded_int, check_text, fraction, non_negative_float, positive_int, seed_int
+from ldmkit.cli.common import UsageError, bounded_int, check_sampler, check_text, fraction, non_negative_float, positive_int, seed_int
 from ldmkit.cli.outputs import image_output
 from ldmkit.device import PRECISIONS
 from ldmkit.diffusion.binding import BindingGuidance
@@ -14,13 +14,11 @@ from ldmkit.diffusion.samplers import SPACINGS
 
 def cmd_generate(args) -> None:
     from ldmkit.data import save_grid
-    from ldmkit.diffusion import SAMPLERS
     from ldmkit.pipelines.text_to_image import load_pipeline
     from ldmkit.device import resolve_device
     from ldmkit.pretrained import shipped_model
 
-    if args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    check_sampler(args.sampler, args.eta, args.spacing)
     if args.prompt is None and args.class_name is None:
         raise UsageError("give a prompt (a text model) or --class NAME (a class-conditional model)")
     if args.prompt is not None and args.class_name is not None:
@@ -48,7 +46,7 @@ def cmd_generate(args) -> None:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
         if args.binding or args.binding_candidates != BindingGuidance.candidates:
             raise UsageError("--binding and --binding-candidates apply to text models only: they bind a prompt's words")
-        check_size(pipe.model, args.height, args.width)
+        check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.class_name, **options)
     elif args.class_name is not None:
         raise UsageError(
@@ -63,7 +61,7 @@ def cmd_generate(args) -> None:
             )
         pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
                              precision=args.precision)
-        check_size(pipe.model, args.height, args.width)
+        check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, binding=args.binding,
                       binding_candidates=args.binding_candidates, **options)
     if out_kind == "file":
@@ -76,11 +74,20 @@ def cmd_generate(args) -> None:
         print(f"wrote {len(images)} images to {out}")
 
 
-def check_size(model, height: int | None, width: int | None) -> None:
+def check_steps(model, steps: int) -> None:
+    """Refuse more --steps than the model has timesteps, before sampling starts."""
+    total = model.schedule.num_timesteps
+    if steps > total:
+        raise UsageError(f"--steps {steps} is more than the model's {total} timesteps; allowed: 1 … {total}")
+
+
+def check_size(model, height: int | None, width: int | None, steps: int | None = None) -> None:
     """Refuse a --height/--width the model cannot take, or larger than the server allows (time and memory
-    grow with the pixel count): before any sampling."""
+    grow with the pixel count), and more --steps than it has timesteps: before any sampling."""
     from ldmkit.bounds import max_side
 
+    if steps is not None:
+        check_steps(model, steps)
     size = model.config.image_size
     largest = max_side(size)
     for option, value in (("--height", height), ("--width", width)):

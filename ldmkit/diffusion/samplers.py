@@ -350,7 +350,7 @@ def sample(
     if karras and name not in ("euler", "dpmpp-2m"):
         raise UsageError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
     if spacing != "trailing" and name != "ddim":
-        raise ValueError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
+        raise UsageError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
     if name == "ddpm":
         return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
                            start=start, stop=stop)
