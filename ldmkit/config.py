@@ -52,6 +52,8 @@ class DataConfig:
     coco_images: str = ""  # source "coco": the image folder ("" = train2017/val2017 beside annotations/)
     shuffle_buffer: int = 1000  # shards: samples mixed in a buffer on top of the shuffled shard order
     latent_cache: str = ""  # a folder made by `ldmkit data cache`: train on its latents ("" = encode images)
+    captions: Literal["templates", "varied"] = "templates"  # shapes: fixed templates, or the broad grammar's seen part
+    grounding: bool = False  # shapes (captions varied): items carry their objects' masks and naming words
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,20 @@ class AutoencoderTrainConfig:
 
 
 @dataclass(frozen=True)
+class GroundingConfig:
+    """Grounded training (`ldmkit.train.grounding`): L = L_LDM + weight_token L_token + weight_pixel L_pixel
+    on the items whose data carry grounding targets; both weights 0 (the default) turn it off."""
+
+    weight_token: float = 0.0
+    weight_pixel: float = 0.0
+    levels: tuple[int, ...] = ()  # UNet levels whose cross-attention is supervised; () = every level that has it
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight_token > 0 or self.weight_pixel > 0
+
+
+@dataclass(frozen=True)
 class DiffusionTrainConfig:
     """How stage two trains. ``batch_size`` is the GLOBAL batch, as in `AutoencoderTrainConfig`."""
 
@@ -255,6 +271,7 @@ class DiffusionTrainConfig:
     tensorboard: bool = True
     min_snr_gamma: float = 0.0  # > 0: weight each sample's loss by min(SNR(t), γ)/SNR(t) (Hang et al. 2023; γ = 5); 0: off
     fused_adamw: bool = True  # torch's fused AdamW kernel (one kernel for all parameters) where the device has it
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
 
 @dataclass(frozen=True)
@@ -362,9 +379,18 @@ def _coerce(hint, value, where: str, strict: bool = False):
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float:
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value) if isinstance(value, str) else _not_a_number(value, where)
+        except ValueError:
+            _not_a_number(value, where)
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _not_a_number(value, where: str):
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
 
 
 def save_yaml(config, path: str | Path) -> None:

@@ -29,11 +29,15 @@ def test_words_join_the_pieces_of_each_tokenizer():
         [("<|startoftext|>", [0]), ("red", [1, 2]), ("star", [3])]
 
 
-def test_groups_are_each_shape_with_the_modifiers_before_it():
-    tokens, _ = WordPieceTokenizer.from_package(24).tokens("a small red circle above a cyan square")
+def test_groups_are_each_noun_with_its_modifiers_in_the_tokenizers_tokens():
+    tokenizer = WordPieceTokenizer.from_package(24)
     # [CLS] a small red circle above a cy ##an square [SEP]
-    assert binding_groups(tokens, {"circle", "square"}, {"small", "red", "cyan"}) == \
-        [([[2], [3]], [4]), ([[7, 8]], [9])]
+    assert binding_groups("a small red circle above a cyan square", tokenizer) == \
+        ([([[2], [3]], [4]), ([[7, 8]], [9])], "above")
+    # no shapes vocabulary: any noun with its adjectives, any relation word
+    assert binding_groups("a fluffy cat below a brown dog", tokenizer) == ([([[2]], [3]), ([[6]], [7])], "below")
+    groups, relation = binding_groups("a red circle on the left", tokenizer)
+    assert groups == [([[2]], [3])] and relation is None  # one object: nothing to bind
 
 
 def _blob(row: int, col: int, size: int = 8) -> torch.Tensor:
@@ -167,7 +171,7 @@ def test_the_step_has_rms_lambda_and_leaves_one_object_prompts_alone(tmp_path):
     z = torch.randn(2, model.config.unet.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     t = torch.full((2,), model.schedule.num_timesteps - 1)
     for scale in (0.3, 1.0):
-        binding = pipe.shapes_binding(prompts, scale)
+        binding = pipe.prompt_binding(prompts, scale)
         step = binding_denoiser(lambda z_t, t_: torch.zeros_like(z_t), model.unet, model.unet, context,
                                 model.schedule, binding)(z, t)
         assert step[0].pow(2).mean().sqrt().item() == pytest.approx(scale, rel=1e-4)

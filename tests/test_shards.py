@@ -20,7 +20,7 @@ from ldmkit.cli import main
 from ldmkit.config import DataConfig, load_preset
 from ldmkit.data import DataError, build_dataset, image_to_tensor, shapes_sample
 from ldmkit.data.coco import CocoCaptions
-from ldmkit.data.shapes import ShapesDataset
+from ldmkit.data.shapes_dataset import ShapesDataset
 from ldmkit.data.shards import ShardDataset, expand_shards, is_shard_source
 from ldmkit.train.common import SkipReport, make_loader
 from ldmkit.train.distributed import Distributed

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [c for c, s in zip(tuning.captions, tuning.scenes) if len(s.objects) == 2]
     if not prompts:
         raise SystemExit(f"no two-object captions among the first {args.items} items; give more --items")
-    plain_binding = pipe.shapes_binding
+    plain_binding = pipe.prompt_binding
     header = ["step", "λ", "t_stop / T", "starting noises", "2-object all right",
               *(f"not right: {f}" for f in FAILURES), "seconds"]
     rows = []
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                + [(scale, stop, True, 1) for stop in args.stops for scale in args.scales]
                + [(args.default_scale, default_stop, True, round(n)) for n in args.candidates])
     for scale, stop, normalized, candidates in configs:
-        pipe.shapes_binding = lambda ps, s, _, stop=stop, normalized=normalized, candidates=candidates: (
+        pipe.prompt_binding = lambda ps, s, _, stop=stop, normalized=normalized, candidates=candidates: (
             dataclasses.replace(plain_binding(ps, s, candidates), stop=stop, normalized=normalized))
         start = time.time()
         images = generate_for_prompts(pipe, prompts, SamplerSettings(steps=args.steps, binding=scale))

@@ -14,15 +14,14 @@ from ldmkit.data.shapes import (
     SIZES,
     Scene,
     ShapeObject,
-    ShapesDataset,
     caption_scene,
     object_matches,
     parse_prompt,
     prompt_matches_scene,
     render_scene,
     sample_scene,
-    shapes_sample,
 )
+from ldmkit.data.shapes_dataset import ShapesDataset, shapes_sample
 
 __all__ = [
     "BACKGROUND",

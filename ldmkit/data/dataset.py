@@ -20,13 +20,14 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     # Imported here, not at the top, because those modules import DataError from this one.
     from ldmkit.data.coco import CocoCaptions
     from ldmkit.data.imagefolder import ImageFolderDataset
-    from ldmkit.data.shapes import ShapesDataset
+    from ldmkit.data.shapes_dataset import ShapesDataset
     from ldmkit.data.shards import ShardDataset, is_shard_source
 
     if cfg.source == "shapes":
         if cfg.hflip:
             raise DataError("data.hflip must be false for the shapes dataset: flips make 'left'/'right' captions false")
-        return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects, cfg.two_object_share)
+        return ShapesDataset(cfg.image_size, cfg.num_samples, cfg.seed, cfg.max_objects, cfg.two_object_share,
+                             cfg.captions, cfg.grounding)
     if cfg.source == "coco":
         if not cfg.coco_annotations:
             raise DataError("data.source coco needs data.coco_annotations (e.g. annotations/captions_train2017.json)")

@@ -35,9 +35,6 @@ from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
-
-from ldmkit.data.images import image_to_tensor
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
@@ -209,7 +206,7 @@ def sample_scene(rng: Rng, max_objects: int = 2, two_object_share: float = 0.5) 
 # Rendering
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     """Draw ``shape`` centred on (cx, cy) with "radius" r (half its extent), in pixels."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -280,12 +277,28 @@ def render_scene(scene: Scene, image_size: int = 64, rng: Rng | None = None) -> 
     ``rng`` jitters the size and placement of each object; None draws every object at the exact
     centre of its position, at its nominal size.
     """
+    return render_scene_masks(scene, image_size, rng, masks=False)[0]
+
+
+def render_scene_masks(scene: Scene, image_size: int = 64, rng: Rng | None = None,
+                       masks: bool = True) -> tuple[Image.Image, np.ndarray | None]:
+    """`render_scene`, and each object's coverage float32[n, S, S] in [0, 1] (the share of each pixel
+    it covers; None when ``masks`` is False). The same random draws as `render_scene`."""
     big = image_size * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for obj, (cx, cy, r) in zip(scene.objects, _placement(scene, rng)):
-        _draw_shape(draw, obj.shape, cx * big, cy * big, r * big, RGB[obj.color])
-    return image.reduce(_SUPERSAMPLE)  # box filter: each output pixel is the mean of a 4×4 block
+    placed = _placement(scene, rng)
+    for obj, (cx, cy, r) in zip(scene.objects, placed):
+        draw_shape(draw, obj.shape, cx * big, cy * big, r * big, RGB[obj.color])
+    coverage = None
+    if masks:
+        layers = []
+        for obj, (cx, cy, r) in zip(scene.objects, placed):
+            layer = Image.new("L", (big, big), 0)
+            draw_shape(ImageDraw.Draw(layer), obj.shape, cx * big, cy * big, r * big, 255)
+            layers.append(np.asarray(layer.reduce(_SUPERSAMPLE), dtype=np.float32) / 255.0)
+        coverage = np.stack(layers)
+    return image.reduce(_SUPERSAMPLE), coverage  # box filter: each output pixel is the mean of a 4×4 block
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,56 +446,3 @@ def parse_prompt(text: str) -> Scene | None:
         relation = None if match["relation"] == "and" else _RELATION_WORDS[match["relation"]]
         return Scene((_parsed_object(match, 0), _parsed_object(match, 1)), relation)
     return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Dataset
-
-
-def shapes_sample(seed: int, index: int, image_size: int = 64, max_objects: int = 2,
-                  two_object_share: float = 0.5) -> tuple[Image.Image, str, Scene]:
-    """(image, caption, scene) of item ``index`` of the shapes dataset: a function of its arguments."""
-    # A string seed is hashed with SHA-512 by `random.seed`: stable across processes and Python
-    # runs (unlike hash()), and distinct for every (seed, index) pair, negative ones included.
-    rng = random.Random(f"ldmkit.shapes:{seed}:{index}")
-    scene = sample_scene(rng, max_objects, two_object_share)
-    image = render_scene(scene, image_size, rng)
-    return image, caption_scene(scene, rng), scene
-
-
-class ShapesDataset(Dataset):
-    """``num_samples`` captioned shape scenes; item i is a function of (seed, i) only.
-
-    Item: ``{"images": FloatTensor 3×H×W in [-1, 1], "caption": str, "scene": Scene}``.
-    Nothing is cached: rendering a 64×64 item takes a fraction of a millisecond.
-    """
-
-    def __init__(self, image_size: int = 64, num_samples: int = 50_000, seed: int = 0, max_objects: int = 2,
-                 two_object_share: float = 0.5):
-        if image_size < 8:
-            raise ValueError(f"image_size = {image_size}; the shapes dataset needs at least 8 pixels")
-        if num_samples < 1:
-            raise ValueError(f"num_samples = {num_samples}; must be at least 1")
-        check_scene_options(max_objects, two_object_share)  # now, not at the first item
-        self.image_size = image_size
-        self.num_samples = num_samples
-        self.seed = seed
-        self.max_objects = max_objects
-        self.two_object_share = two_object_share
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        image, caption, scene = shapes_sample(self.seed, index, self.image_size, self.max_objects, self.two_object_share)
-        return {"images": image_to_tensor(image), "caption": caption, "scene": scene}
-
-    def __repr__(self) -> str:
-        return (
-            f"ShapesDataset(image_size={self.image_size}, num_samples={self.num_samples}, "
-            f"seed={self.seed}, max_objects={self.max_objects}, two_object_share={self.two_object_share})"
-        )

@@ -317,7 +317,8 @@ def shapes_samples(num_samples: int, image_size: int, seed: int = 0, max_objects
                    two_object_share: float = 0.5) -> Iterator[ShardSample]:
     """The built-in shapes scenes 0 … num_samples − 1 as PNG samples: the items of
     ``ShapesDataset(image_size, num_samples, seed, max_objects, two_object_share)``."""
-    from ldmkit.data.shapes import check_scene_options, shapes_sample
+    from ldmkit.data.shapes import check_scene_options
+    from ldmkit.data.shapes_dataset import shapes_sample
 
     check_scene_options(max_objects, two_object_share)  # now, not at the first sample
     for i in range(num_samples):

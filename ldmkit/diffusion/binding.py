@@ -53,6 +53,8 @@ from torch import Tensor
 
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
+from ldmkit.text.phrases import parse_phrases
+from ldmkit.text.tokenizer import FixedLengthTokenizer
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Group = tuple[list[list[int]], list[int]]  # (the modifiers' token indices, one list per word; the noun's)
@@ -86,18 +88,18 @@ def words_of(tokens: list[str]) -> list[tuple[str, list[int]]]:
     return words
 
 
-def binding_groups(tokens: list[str], nouns: set[str], modifiers: set[str]) -> list[Group]:
-    """One group per noun of ``tokens`` (the prompt's tokens): the modifier words between the previous
-    noun and it, and the noun itself."""
+def binding_groups(prompt: str, tokenizer: FixedLengthTokenizer) -> tuple[list[Group], str | None]:
+    """The groups of ``prompt`` as ``tokenizer`` splits it — each object's noun with the modifiers the
+    prompt gives it (`ldmkit.text.phrases.parse_phrases`), as token indices — and the relation of the
+    first object to the second (or None). Words cut off by truncation drop out."""
+    phrases = parse_phrases(prompt)
     groups: list[Group] = []
-    pending: list[list[int]] = []
-    for word, indices in words_of(tokens):
-        if word.lower() in modifiers:
-            pending.append(indices)
-        elif word.lower() in nouns:
-            groups.append((pending, indices))
-            pending = []
-    return groups
+    for obj in phrases.objects:
+        noun = tokenizer.token_indices(prompt, [obj.noun])
+        if noun:
+            mods = [tokenizer.token_indices(prompt, [m]) for m in obj.modifiers]
+            groups.append(([m for m in mods if m], noun))
+    return groups, phrases.relation if len(groups) >= 2 else None
 
 
 def _symmetric_kl(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:

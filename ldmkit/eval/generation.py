@@ -109,11 +109,14 @@ def score_generated(
         ]
         if (message := fid_sample_warning(n, net.feature_dim, net.recommended_images, net.name)):
             report.warnings.append(message)
-    captions = reference.heldout.captions
-    accuracy = prompt_accuracy(captions, predictor(images))
+    heldout = reference.heldout
+    readings = predictor.read(images)
+    accuracy = prompt_accuracy(heldout.captions, [r.scene for r in readings], heldout.stated,
+                               [r.malformed for r in readings])
     # The judge read on the real renders of the same captions: the ceiling it allows, and a check
     # that it is trustworthy at this image size.
-    judge = prompt_accuracy(captions, predictor(reference.heldout.images))
+    real = predictor.read(heldout.images)
+    judge = prompt_accuracy(heldout.captions, [r.scene for r in real], heldout.stated, [r.malformed for r in real])
     report.prompt_accuracy = accuracy.to_dict()
     report.metrics += [
         Metric("prompt accuracy, all attributes right", accuracy.all_right["all"].share, network="shapes judge",
@@ -131,9 +134,11 @@ def evaluate_generation(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    phrasing: str = "templates",
 ) -> EvalReport:
     """FID, KID, IS and prompt accuracy of a text-to-image model (a folder written by `ldmkit train`,
-    or a `TextToImagePipeline`) on ``num_images`` held-out shapes captions.
+    or a `TextToImagePipeline`) on ``num_images`` held-out shapes captions, phrased in the templates or
+    the seen or unseen part of the broad grammar (``phrasing``, see `heldout_shapes`).
 
     ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
     accuracy always uses the shapes judge.
@@ -159,7 +164,7 @@ def evaluate_generation(
             warnings.warn(message, stacklevel=2)
     predictor = AttributePredictor(next((n.module for n in networks if isinstance(n, ShapesFeatures)), shapes.module))
 
-    reference = RealReference(heldout_shapes(num_images, image_size), networks, batch_size, progress)
+    reference = RealReference(heldout_shapes(num_images, image_size, phrasing=phrasing), networks, batch_size, progress)
     start = time.time()
     images = generate_for_prompts(pipe, reference.heldout.captions, settings, batch_size, progress)
     seconds = time.time() - start
@@ -168,7 +173,8 @@ def evaluate_generation(
     report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
                        "steps": settings.steps,
                        "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
-                       "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "generation_seconds": round(seconds, 1)}
+                       "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "phrasing": phrasing,
+                       "generation_seconds": round(seconds, 1)}
     if settings.binding:
         report.settings["binding_candidates"] = settings.binding_candidates
     return report

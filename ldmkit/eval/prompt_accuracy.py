@@ -116,6 +116,7 @@ class PromptAccuracy:
     all_right: dict[str, Tally] = field(default_factory=lambda: {g: Tally() for g in GROUPS})
     unparsed: list[str] = field(default_factory=list)
     failures: Counter = field(default_factory=Counter)  # two-object prompts not all right, by `two_object_failure`
+    malformed: dict[str, Tally] = field(default_factory=lambda: {g: Tally() for g in GROUPS})  # per found object
 
     def add(self, score: PromptScore) -> None:
         group = "one object" if score.num_objects == 1 else "two objects"
@@ -126,28 +127,37 @@ class PromptAccuracy:
             self.all_right[g].add(score.all_right)
 
     def to_dict(self) -> dict:
-        """{group: {"prompts": n, "all": share, attribute: share or None}} (None: never stated), the
-        number of unparsed prompts, and {"two-object failures": {failure: count}} in `FAILURES` order."""
+        """{group: {"prompts": n, "all": share, attribute: share or None, "malformed": share of the found
+        objects that fit no clean shape, or None when not read}} (None: never stated), the number of
+        unparsed prompts, and {"two-object failures": {failure: count}} in `FAILURES` order."""
         return {
             g: {"prompts": self.all_right[g].scored, "all": self.all_right[g].share,
-                **{a: t.share for a, t in self.tallies[g].items()}}
+                **{a: t.share for a, t in self.tallies[g].items()}, "malformed": self.malformed[g].share}
             for g in GROUPS
         } | {"unparsed prompts": len(self.unparsed),
              "two-object failures": {f: self.failures[f] for f in FAILURES}}
 
 
-def prompt_accuracy(prompts: list[str], predicted: list[Scene | None]) -> PromptAccuracy:
-    """Score each prompt against the scene predicted for its image; prompts `parse_prompt` cannot
-    read are left out and listed in ``unparsed``."""
+def prompt_accuracy(prompts: list[str], predicted: list[Scene | None], stated: list[Scene | None] | None = None,
+                    malformed: list[int] | None = None) -> PromptAccuracy:
+    """Score each prompt against the scene predicted for its image. What a prompt states is ``stated``
+    (its scene, unstated attributes None) or, without it, what `parse_prompt` reads; prompts with
+    neither are left out and listed in ``unparsed``. ``malformed``: per image, how many of the
+    predicted objects fit no clean shape (`ldmkit.eval.attributes.Reading`)."""
     if len(prompts) != len(predicted):
         raise ValueError(f"{len(prompts)} prompts but {len(predicted)} predicted scenes")
     result = PromptAccuracy()
-    for text, scene in zip(prompts, predicted):
-        stated = parse_prompt(text)
-        if stated is None:
+    for k, (text, scene) in enumerate(zip(prompts, predicted)):
+        states = stated[k] if stated is not None else parse_prompt(text)
+        if states is None:
             result.unparsed.append(text)
             continue
-        result.add(score_prompt(stated, scene))
-        if (failure := two_object_failure(stated, scene)) is not None:
+        result.add(score_prompt(states, scene))
+        if malformed is not None and scene is not None:
+            group = "one object" if len(states.objects) == 1 else "two objects"
+            for g in (group, "all"):
+                result.malformed[g].right += malformed[k]
+                result.malformed[g].scored += len(scene.objects)
+        if (failure := two_object_failure(states, scene)) is not None:
             result.failures[failure] += 1
     return result

@@ -80,11 +80,12 @@ class EvalReport:
             lines.append(f"  {m.label:<{width}}{arrow} {m.formatted()}")
         if self.prompt_accuracy:
             lines += ["", "  prompt accuracy (shapes judge): share of stated attributes shown"]
-            header = ["", "prompts", "all right"] + list(ATTRIBUTES)
+            header = ["", "prompts", "all right"] + list(ATTRIBUTES) + ["malformed"]
             rows = [header]
             for g in GROUPS:
                 d = self.prompt_accuracy[g]
-                rows.append([g, str(d["prompts"]), percent(d["all"])] + [percent(d[a]) for a in ATTRIBUTES])
+                rows.append([g, str(d["prompts"]), percent(d["all"])] + [percent(d[a]) for a in ATTRIBUTES]
+                            + [percent(d.get("malformed"))])
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             for r in rows:
                 lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

@@ -23,12 +23,13 @@ from ldmkit.nn.transformer import BasicTransformerBlock
 
 class CrossAttentionRecorder:
     """A forward hook for cross-attention `Attention` modules: each call appends the layer's maps
-    float32[b, L, h, w] (mean over heads, resized to ``latent_hw``) for the batch rows ``rows``."""
+    float32[b, L, h_ℓ, w_ℓ] (mean over heads, at the layer's own resolution) for the batch rows
+    ``rows`` to ``layers``; `mean` resizes them to ``latent_hw`` and averages."""
 
     def __init__(self, latent_hw: tuple[int, int], rows: slice = slice(None)):
         self.latent_hw = latent_hw
         self.rows = rows
-        self.maps: list[torch.Tensor] = []
+        self.layers: list[torch.Tensor] = []
 
     def __call__(self, module: Attention, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
         x = args[0]
@@ -38,14 +39,15 @@ class CrossAttentionRecorder:
         a = module.weights(x[self.rows], context[self.rows], mask).mean(dim=1)  # [b, h_ℓ·w_ℓ, L]
         h, w = self.latent_hw
         scale = math.isqrt(h * w // a.shape[1])  # the layer's downsampling factor
-        per_token = a.transpose(1, 2).reshape(a.shape[0], a.shape[2], h // scale, w // scale)
-        self.maps.append(F.interpolate(per_token, size=(h, w), mode="bilinear", align_corners=False))
+        self.layers.append(a.transpose(1, 2).reshape(a.shape[0], a.shape[2], h // scale, w // scale))
 
     def mean(self) -> torch.Tensor:
-        """The recorded maps averaged over all calls (layers and steps): float32[b, L, h, w]."""
-        if not self.maps:
+        """The recorded maps resized bilinearly to ``latent_hw`` and averaged over all calls (layers and
+        steps): float32[b, L, h, w]."""
+        if not self.layers:
             raise ValueError("no cross-attention was recorded (the UNet has no cross-attention layers)")
-        return torch.stack(self.maps).mean(dim=0)
+        return torch.stack([F.interpolate(m, size=self.latent_hw, mode="bilinear", align_corners=False)
+                            for m in self.layers]).mean(dim=0)
 
 
 def cross_attention_layers(unet: nn.Module) -> list[Attention]:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ldmkit.data.images import tensor_to_pil
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
+from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import Pipeline
 
 
@@ -84,8 +85,8 @@ class TextToImagePipeline(Pipeline):
         there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
         last fraction of the trajectory runs without guidance; ``spacing`` (ddim): trailing, or leading
         as the original LDM and Stable Diffusion sample (see `Pipeline.sample_latents`). ``binding`` > 0:
-        attribute-binding guidance of that scale λ (`ldmkit.diffusion.binding`) on the shapes words
-        (each shape with the colours and sizes before it), over the first half of the steps, and each
+        attribute-binding guidance of that scale λ (`ldmkit.diffusion.binding`) on the prompt's
+        objects (each noun with its modifiers, `prompt_binding`), over the first half of the steps, and each
         prompt with two objects starts from the best of ``binding_candidates`` noises (its own z_T and
         rivals; 1: no selection), compared by the binding loss after the first fifth of the steps.
         """
@@ -105,22 +106,26 @@ class TextToImagePipeline(Pipeline):
             model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
-            binding=self.shapes_binding(prompts, binding, binding_candidates) if binding > 0 else None,
+            binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
         )
         return model.decode_latents(latents).float().cpu()
 
-    def shapes_binding(self, prompts: list[str], scale: float,
+    def prompt_binding(self, prompts: list[str], scale: float,
                        candidates: int = BindingGuidance.candidates) -> BindingGuidance:
-        """Binding guidance of scale λ for ``prompts``, grouping each shape word with the colour and size
-        words before it, with the layout term of a two-object prompt's relation."""
-        from ldmkit.data.shapes import COLORS, SHAPES, SIZES, parse_prompt
-
-        if self.model.tokenizer is None:
+        """Binding guidance of scale λ for ``prompts``: each noun with the modifiers the prompt gives it,
+        and the layout term of a stated relation between the first two (`binding_groups`), in this
+        model's tokens. UsageError naming a prompt in which no object can be found."""
+        tokenizer = self.model.tokenizer
+        if tokenizer is None:
             raise ValueError("binding guidance needs a text model")
-        groups = [binding_groups(self.model.tokenizer.tokens(p)[0], set(SHAPES), set(COLORS) | set(SIZES))
-                  for p in prompts]
-        scenes = [parse_prompt(p) for p in prompts]
-        relations = [None if s is None else s.relation for s in scenes]
+        groups, relations = [], []
+        for prompt in prompts:
+            found, relation = binding_groups(prompt, tokenizer)
+            if not found:
+                raise UsageError(f"binding guidance cannot find an object (a noun) in the prompt {prompt!r}; "
+                                 "write it as e.g. 'a red circle above a blue square', or leave --binding out")
+            groups.append(found)
+            relations.append(relation)
         return BindingGuidance(scale, groups, relations, candidates=candidates)
 
 

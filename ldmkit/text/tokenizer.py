@@ -118,6 +118,20 @@ class FixedLengthTokenizer:
         encoding = self._tok.encode(str(prompt))
         return list(encoding.tokens), sum(encoding.attention_mask)
 
+    def token_indices(self, prompt: str, spans) -> list[int]:
+        """The positions (in the ``max_length`` tokens of ``prompt``) of the tokens that the character
+        ``spans`` [(start, end), …] of the prompt become: every non-special token whose characters
+        overlap a span. A span cut off by truncation gives nothing."""
+        encoding = self._tok.encode(str(prompt))
+        special = encoding.special_tokens_mask
+        found = []
+        for i, (start, end) in enumerate(encoding.offsets):
+            if special[i] or not encoding.attention_mask[i] or end <= start:
+                continue
+            if any(start < e and s < end for s, e in spans):
+                found.append(i)
+        return found
+
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """The normalised text of each row of token_ids (special tokens and padding dropped)."""
         return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())

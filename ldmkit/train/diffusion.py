@@ -33,11 +33,12 @@ from torch import nn
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.condition import class_labels, data_classes, downsample, grayscale, random_masks
-from ldmkit.config import ConditionConfig, ModelConfig, Preset, from_dict, to_dict
+from ldmkit.config import ConditionConfig, GroundingConfig, ModelConfig, Preset, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.data.latent_cache import cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
+from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
 from ldmkit.pipelines import (
     ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline, TextToImagePipeline,
 )
@@ -50,6 +51,7 @@ from ldmkit.train.common import (
     step_generator, stream_readers,
 )
 from ldmkit.train.ema import EMA
+from ldmkit.train.grounding import GroundingTargets, grounding_losses, grounding_targets
 from ldmkit.train.logs import RunLog
 from ldmkit.train.warm_start import warm_start
 
@@ -153,7 +155,7 @@ class DenoisingLoss(nn.Module):
     same modules.
     """
 
-    def __init__(self, model: LatentDiffusion, min_snr_gamma: float = 0.0):
+    def __init__(self, model: LatentDiffusion, min_snr_gamma: float = 0.0, grounding: GroundingConfig | None = None):
         super().__init__()
         self.text_encoder = model.text_encoder
         self.class_embedding = model.class_embedding
@@ -162,18 +164,34 @@ class DenoisingLoss(nn.Module):
         self._schedule = model.schedule
         self._prediction = model.config.diffusion.prediction
         self._min_snr_gamma = min_snr_gamma if min_snr_gamma > 0 else None
+        self._grounding = grounding if grounding is not None and grounding.enabled else None
+        self.terms: dict[str, torch.Tensor] = {}  # the last forward's loss terms, detached, for the log
 
     def forward(self, latents: torch.Tensor, y: list[str] | torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                concat: torch.Tensor | None = None) -> torch.Tensor:
-        """y: captions, or class labels (int64 [B]); concat: c for εθ(cat(z_t, c), t, τθ(y)), or None."""
+                concat: torch.Tensor | None = None, grounding: GroundingTargets | None = None) -> torch.Tensor:
+        """y: captions, or class labels (int64 [B]); concat: c for εθ(cat(z_t, c), t, τθ(y)), or None;
+        grounding: the targets of `ldmkit.train.grounding` (used when the config weighs them), or None."""
         context = self._encode(y)
 
         def eps(z_t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
             z_in = z_t if concat is None else torch.cat([z_t, concat.to(z_t.dtype)], dim=1)
             return self.unet(z_in, tt, context)
 
-        return diffusion_loss(eps, latents, self._schedule, prediction=self._prediction,
-                              min_snr_gamma=self._min_snr_gamma, t=t, noise=noise)
+        def denoising() -> torch.Tensor:
+            return diffusion_loss(eps, latents, self._schedule, prediction=self._prediction,
+                                  min_snr_gamma=self._min_snr_gamma, t=t, noise=noise)
+
+        cfg = self._grounding
+        if cfg is None or grounding is None:
+            loss = denoising()
+            self.terms = {"loss": loss.detach()}
+            return loss
+        recorder = CrossAttentionRecorder(tuple(latents.shape[-2:]))
+        with recording(self.unet, recorder):
+            loss = denoising()
+        token, pixel = grounding_losses(recorder.layers, grounding, tuple(latents.shape[-2:]), cfg.levels)
+        self.terms = {"loss": loss.detach(), "grounding_token": token.detach(), "grounding_pixel": pixel.detach()}
+        return loss + cfg.weight_token * token + cfg.weight_pixel * pixel
 
 
 @torch.no_grad()
@@ -286,7 +304,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         warm_start(model, source, f"--init {init}")
         del source
     model.to(dev)
-    objective = DenoisingLoss(model, tcfg.min_snr_gamma)
+    objective = DenoisingLoss(model, tcfg.min_snr_gamma, tcfg.grounding)
     params = [p for p in objective.parameters() if p.requires_grad]
     opt = adamw(params, tcfg.lr, tcfg.weight_decay, tcfg.fused_adamw)
     ema = EMA(objective, tcfg.ema_decay) if ctx.is_main else None  # only rank 0 saves or samples
@@ -311,7 +329,9 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         sample_images = torch.stack([dataset[i]["images"] for i in range(8)]) \
             if not (cached or hasattr(dataset, "batches")) else None
         out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, ["loss", "lr"], start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
+    grounded = tcfg.grounding.enabled
+    log_fields = ["loss", "lr"] + (["grounding_token", "grounding_pixel"] if grounded else [])
+    log = RunLog(out, log_fields, start, enabled=ctx.is_main, tensorboard=tcfg.tensorboard)
 
     def checkpoint(step: int) -> None:
         check_weights_finite(params, step)  # on every rank, so that all stop together
@@ -352,6 +372,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=dev)
+            term_sums: dict[str, torch.Tensor] = {}
             for k, mb in enumerate(micro_batches(batch, accum)):
                 rows = slice(ctx.rank * share + k * micro, ctx.rank * share + (k + 1) * micro)
                 noise = draws.posterior_noise[rows].to(dev) if posterior else None
@@ -365,11 +386,16 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
                 y, concat = batch_condition(model, mb, draws.keep_caption[rows], images, mask, latent_shape[1:])
                 if isinstance(y, torch.Tensor):
                     y = y.to(dev)
+                targets = grounding_targets(mb["grounding"], y, model.tokenizer) \
+                    if grounded and "grounding" in mb else None
                 with distributed.sync_context(ddp, sync=k == accum - 1):
                     with autocast(dev, tcfg.bf16):
-                        loss = ddp(latents, y, draws.t[rows].to(dev), draws.noise[rows].to(dev), concat)
+                        loss = ddp(latents, y, draws.t[rows].to(dev), draws.noise[rows].to(dev), concat,
+                                   targets.to(dev) if targets is not None else None)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
+                for name, value in objective.terms.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value.float()
             loss_value = distributed.mean(loss_sum / accum, ctx).item()  # the global batch's loss
             check_finite(loss_value, step)
             if tcfg.grad_clip > 0:
@@ -381,7 +407,11 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
             bar.set_postfix(loss=f"{loss_value:.4f}")
             done = step + 1
             if done % tcfg.log_every == 0 or done == total:
-                log.write(done, {"loss": loss_value, "lr": lr})
+                values = {"loss": loss_value, "lr": lr}
+                if grounded:  # the denoising loss alone under "loss", the grounding terms beside it
+                    values |= {name: distributed.mean(torch.as_tensor(term_sums.get(name, 0.0), device=dev) / accum,
+                                                      ctx).item() for name in ("loss", "grounding_token", "grounding_pixel")}
+                log.write(done, values)
             if ctx.is_main and (done % tcfg.sample_every == 0 or done == total):
                 write_samples(done)
             if done % tcfg.checkpoint_every == 0 and done < total:

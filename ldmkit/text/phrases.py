@@ -1,0 +1,166 @@
+"""Which words of a prompt describe which object: a small rule-based chunker, no model and no vocabulary
+of objects.
+
+English keeps its function words in closed classes (articles, prepositions, conjunctions, pronouns, a
+few verbs of placing and seeing), so a prompt splits at them into runs of content words. Each run is a
+noun phrase: its last word is the noun (the object), the words before it its modifiers ("a small red
+circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
+"in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
+red", "a box that is small and blue"). Runs whose noun is a place ("on the left side", "at the top")
+or a medium ("a picture of …") name no object. The first relation word between (or before) the first
+two objects gives their relation: "A above B", "A to the left of B", "above B there is A".
+
+`parse_phrases` returns character spans, which a tokenizer maps to its own tokens
+(`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+Span = tuple[int, int]
+
+_DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
+                "every", "its", "his", "her", "their", "my", "your", "our", "any"}
+_FUNCTION = _DETERMINERS | {
+    # prepositions and particles
+    "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
+    "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
+    "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
+    "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please",
+    # conjunctions and pronouns
+    "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
+    "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
+    "there's", "here's", "it's",
+    # verbs of placing, showing and seeing
+    "sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
+    "located", "positioned", "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
+    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored",
+}  # fmt: skip
+# Nouns of place (a run ending in one names where, not what) and of media ("a picture of …").
+_PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
+           "back", "half", "part", "background", "foreground", "area", "region", "position", "place"}
+_MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
+          "rendering", "scene", "view", "sketch", "shot"}
+# After these (without an article), a run of words describes the noun before it.
+_POSTNOMINAL = {"in", "coloured", "colored", "is", "are"}
+# Relation words → relation (longest first when matching).
+_RELATIONS = {
+    "to the left of": "left of", "on the left of": "left of", "left of": "left of", "further left than": "left of",
+    "to the right of": "right of", "on the right of": "right of", "right of": "right of",
+    "further right than": "right of", "above": "above", "over": "above", "higher than": "above",
+    "on top of": "above", "below": "below", "under": "below", "beneath": "below", "underneath": "below",
+    "lower than": "below",
+}  # fmt: skip
+_RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
+_INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class NounPhrase:
+    """An object of the prompt: the spans of its modifiers and of its noun."""
+
+    modifiers: tuple[Span, ...]
+    noun: Span
+
+
+@dataclass(frozen=True)
+class PromptPhrases:
+    """The objects a prompt names, in order, and the relation of the first to the second (or None)."""
+
+    objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
+    relation: str | None = None
+
+
+def _items(text: str) -> list[tuple[str, str, Span]]:
+    """The prompt as (kind, word, span): kind "rel" (a relation phrase, word = the relation), "func"
+    (a function word or a punctuation mark) or "content"."""
+    words = [(m.group().lower(), m.span()) for m in _WORD.finditer(text)]
+    items, i = [], 0
+    while i < len(words):
+        for phrase in _RELATION_PHRASES:
+            parts = phrase.split()
+            if [w for w, _ in words[i:i + len(parts)]] == parts:
+                items.append(("rel", _RELATIONS[phrase], (words[i][1][0], words[i + len(parts) - 1][1][1])))
+                i += len(parts)
+                break
+        else:
+            word, span = words[i]
+            items.append(("func" if word in _FUNCTION or not word[0].isalnum() else "content", word, span))
+            i += 1
+    return items
+
+
+def parse_phrases(text: str) -> PromptPhrases:
+    """The noun phrases of ``text`` and the relation between the first two (see the module docstring)."""
+    # Runs of content words, each with the function words and relations before it (its lead).
+    runs: list[tuple[list[str], list[Span], str]] = []  # (lead, spans, the word right after)
+    lead: list[str] = []
+    relations: list[tuple[int, str]] = []  # (number of runs before it, relation)
+    spans: list[Span] = []
+    for kind, word, span in _items(text):
+        if kind == "content":
+            spans.append(span)
+            continue
+        if spans:
+            runs.append((lead, spans, word))
+            lead, spans = [], []
+        if kind == "rel":
+            relations.append((len(runs), word))
+        lead.append(word)
+    if spans:
+        runs.append((lead, spans, ""))
+
+    objects: list[NounPhrase] = []
+    mentions: list[tuple[int, int]] = []  # (run index, object index): every run that names an object
+    pending: tuple[Span, ...] = ()  # "a crimson, big square": modifiers carried to the next run
+    attached = False  # the last run described the object before it
+    for k, (lead, run, after) in enumerate(runs):
+        noun = text[run[-1][0]:run[-1][1]].lower()
+        determined = bool(lead) and lead[-1] in _DETERMINERS
+        if noun in _PLACES or (noun in _MEDIA and after == "of"):
+            pending, attached = (), False
+            continue
+        describes = objects and not determined and bool(lead) and (
+            any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ",")))
+        if describes:
+            last = objects[-1]
+            objects[-1] = NounPhrase(last.modifiers + tuple(run), last.noun)
+            attached = True
+            continue
+        attached = False
+        next_lead = runs[k + 1][0] if k + 1 < len(runs) else []
+        if determined and after == "," and next_lead == [","]:  # "a crimson, big square"
+            pending += tuple(run)
+            continue
+        words = [text[a:b].lower() for a, b in run[:-1]]
+        earlier = [g for g, o in enumerate(objects) if text[o.noun[0]:o.noun[1]].lower() == noun
+                   and set(words) <= {text[a:b].lower() for a, b in o.modifiers}]
+        if lead and lead[-1] == "the" and earlier:  # "…, the circle above the square": named again
+            mentions.append((k, earlier[-1]))
+        else:
+            objects.append(NounPhrase(pending + tuple(run[:-1]), run[-1]))
+            mentions.append((k, len(objects) - 1))
+        pending = ()
+    return PromptPhrases(tuple(objects), _relation(relations, mentions) if len(objects) >= 2 else None)
+
+
+def _relation(relations: list[tuple[int, str]], mentions: list[tuple[int, int]]) -> str | None:
+    """The relation of object 0 to object 1 stated by the first relation word between mentions of two
+    different objects ("A above B"), or before them ("above B there is A": A above B)."""
+    for position, found in relations:
+        before = [g for k, g in mentions if k < position]
+        after = [g for k, g in mentions if k >= position]
+        if before and after and before[-1] != after[0]:
+            pair = (before[-1], after[0])
+        elif not before and after and any(g != after[0] for g in after):
+            pair = (next(g for g in after if g != after[0]), after[0])
+        else:
+            continue
+        if pair == (0, 1):
+            return found
+        if pair == (1, 0):
+            return _INVERSE[found]
+    return None
