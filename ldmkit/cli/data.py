@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ldmkit.cli.common import UsageError, load_training_config, positive_int, unit_interval
+from ldmkit.cli.outputs import check_output_dir
 
 
 def cmd_pack(args) -> None:
@@ -20,7 +21,7 @@ def cmd_pack(args) -> None:
         samples = folder_samples(args.src, args.image_size, skipped)
     else:
         raise UsageError(f"SRC {args.src!r} is neither 'shapes' nor a folder of images")
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     if out.is_dir() and any(out.glob("*.tar")):
         raise UsageError(f"--out {out} already holds .tar shards; choose an empty folder")
     shards = write_shards(samples, out, args.shard_size)
@@ -32,6 +33,7 @@ def cmd_pack(args) -> None:
 def cmd_cache(args) -> None:
     from ldmkit.data.latent_cache import MANIFEST, build_latent_cache, check_condition
 
+    check_output_dir(args.out)
     preset = load_training_config(args)
     check_condition(preset.condition.kind)
     if (Path(args.out) / MANIFEST).exists():
