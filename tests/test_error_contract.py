@@ -103,6 +103,10 @@ ROWS = [
         "{tmp}/g.png"], ("autoencoder folder", "ldmkit train")),
     Row("a negative batch size", ["train", "--config", "{tmp}/negative.yaml", "--autoencoder", "{ae}", "--out",
         "{tmp}/neg_run"], ("train.batch_size = -4", "at least 1"), absent=("{tmp}/neg_run",)),
+    Row("a model size of 0 in a config", ["train-autoencoder", "--config", "{tmp}/zero.yaml", "--out",
+        "{tmp}/zero_run"], ("autoencoder.latent_channels = 0", "at least 1"), absent=("{tmp}/zero_run",)),
+    Row("a config file that is a folder", ["train-autoencoder", "--config", "{tmp}/full", "--out", "{tmp}/dir_run"],
+        ("is a folder",), absent=("{tmp}/dir_run",)),
     Row("an unknown option, in one line", ["generate", "a red circle", "--out", "{tmp}/g.png", "--bogus"],
         ("unrecognized arguments", "--bogus")),
 ]
@@ -146,6 +150,7 @@ def places(tmp_path_factory) -> dict:
     text = (tmp / "cut" / "config.yaml").read_text()
     (tmp / "cut" / "config.yaml").write_text(text[:text.index("\ndiffusion:") + 1])  # valid YAML, keys missing
     (tmp / "negative.yaml").write_text(yaml.safe_dump({"train": {"batch_size": -4}}))
+    (tmp / "zero.yaml").write_text(yaml.safe_dump({"autoencoder": {"latent_channels": 0}}))
     tiny_preset = load_preset("tiny")
     save_checkpoint(tmp / "ae_run", {"kind": "autoencoder", "step": 1, "model": {},
                                      "preset": _settings(tiny_preset, "autoencoder")}, keep=3)

@@ -17,7 +17,9 @@ def cmd_attention(args) -> None:
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     check_text(args.prompt, "the prompt")
-    out = check_output_file(args.out, suffixes=(".png",), kind="figure file")
+    if not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out {args.out}: give a .png file for the figure")
+    out = check_output_file(args.out, kind=".png file")
     pipe = load_pipeline(args.model, resolve_device(args.device))
     check_steps(pipe.model, args.steps)
     result = cross_attention_maps(pipe, args.prompt, args.steps, args.guidance, args.seed, args.sampler,

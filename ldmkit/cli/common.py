@@ -113,6 +113,11 @@ _NOT_NEGATIVE = {"warmup_steps", "num_workers", "weight_decay", "shuffle_buffer"
                  "min_snr_gamma", "seed"}
 _SHARES = {"ema_decay", "cond_drop_prob", "two_object_share"}
 _RATES = {"lr"}
+# The same for the model sections: widths and counts of layers, channels and tokens.
+_MODEL_AT_LEAST_1 = {"in_channels", "out_channels", "base_channels", "latent_channels", "codebook_size",
+                     "num_res_blocks", "vocab_size", "width", "heads", "model_channels", "transformer_depth",
+                     "sr_factor", "num_timesteps"}
+MIN_IMAGE_SIZE = 8  # pixels: the smallest images ldmkit trains on (the shapes dataset's floor)
 
 
 def check_training_values(preset: Preset) -> None:
@@ -123,10 +128,11 @@ def check_training_values(preset: Preset) -> None:
 
     from ldmkit.config import ConfigError
 
-    for section in ("data", "autoencoder_train", "train"):
+    for section in ("data", "autoencoder_train", "train", "autoencoder", "text", "unet", "diffusion", "condition"):
         config = getattr(preset, section, None)
         if config is None:
             continue
+        model = section not in ("data", "autoencoder_train", "train")
         for f in dataclasses.fields(config):
             value = getattr(config, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -134,6 +140,14 @@ def check_training_values(preset: Preset) -> None:
             where = f"{section}.{f.name} = {value}"
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}; must be a finite number")
+            if model:
+                if f.name in _MODEL_AT_LEAST_1 and value < 1:
+                    raise ConfigError(f"{where}; must be at least 1")
+                if f.name == "max_length" and value < 2:
+                    raise ConfigError(f"{where}; needs at least 2 for the start and end tokens")
+                continue
+            if section == "data" and f.name == "image_size" and value < MIN_IMAGE_SIZE:
+                raise ConfigError(f"{where}; must be at least {MIN_IMAGE_SIZE} pixels")
             if f.name in _AT_LEAST_1 and value < 1:
                 raise ConfigError(f"{where}; must be at least 1")
             if f.name in _NOT_NEGATIVE and value < 0:
@@ -142,3 +156,10 @@ def check_training_values(preset: Preset) -> None:
                 raise ConfigError(f"{where}; must be between 0 and 1")
             if f.name in _RATES and not value > 0:
                 raise ConfigError(f"{where}; must be > 0")
+    if preset.text.kind == "transformer" and preset.condition.uses_text:
+        from ldmkit.text.tokenizer import ALPHABET, SPECIAL_TOKENS
+
+        floor = len(SPECIAL_TOKENS) + len(ALPHABET)
+        if preset.text.vocab_size < floor:
+            raise ConfigError(f"text.vocab_size = {preset.text.vocab_size}; needs at least {floor} for the special "
+                              "tokens and the alphabet")

@@ -53,7 +53,7 @@ def _writable(folder: Path) -> bool:
 
 
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] | None = None,
-                      kind: str = "file") -> Path:
+                      kind: str = "file name") -> Path:
     """``path`` as a file to write (replacing an existing file of that name): refused when it is a
     folder, when its suffix is not one of ``suffixes`` (when given), or when its folder cannot be
     created or written."""
@@ -61,7 +61,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path}: give a {kind} ending in {', '.join(suffixes)}")
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a {kind} name"
+        raise UsageError(f"{option} {path} is a folder; give a {kind}"
                          + (f" ending in {', '.join(suffixes)}" if suffixes else ""))
     _check_creatable(path.parent, option, path)
     if path.exists() and not os.access(path, os.W_OK) and not _writable(path.parent):
