@@ -72,6 +72,17 @@ def check_sampler(sampler: str, eta: float = 0.0, spacing: str = "trailing") -> 
         raise UsageError(f"--spacing {spacing} applies to the ddim sampler only, not {sampler!r}")
 
 
+def check_finite_images(images) -> None:
+    """Refuse to write samples that hold NaN or inf: numbers that pass their checks can still overflow
+    the sampler (a guidance scale of 1e300), which would otherwise write black images and exit 0."""
+    import torch
+
+    tensor = images if isinstance(images, torch.Tensor) else None
+    if tensor is not None and not torch.isfinite(tensor).all():
+        raise UsageError("the samples hold NaN or infinite values (a guidance scale, η or strength too large "
+                         "for the sampler's numbers?); nothing was written")
+
+
 def check_text(value: str | None, what: str) -> None:
     """Refuse text that is not UTF-8: bytes the shell passed that do not decode arrive in ``sys.argv``
     as lone surrogates (Python's surrogateescape), which no tokenizer can read."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldmkit.cli.common import OneLineParser, UsageError, check_sampler, check_text, non_negative_float, positive_int, seed_int
+from ldmkit.cli.common import (
+    OneLineParser, UsageError, check_finite_images, check_sampler, check_text, non_negative_float, positive_int, seed_int,
+)
 from ldmkit.cli.outputs import image_output
 
 
@@ -66,6 +68,7 @@ def _sampling(args) -> dict:
 def _write(images, out: Path) -> None:
     from ldmkit.data import save_grid
 
+    check_finite_images(images)
     save_grid(images, out)
     print(f"wrote {out}")
 

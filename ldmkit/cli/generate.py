@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ldmkit.bounds import MAX_IMAGES
-from ldmkit.cli.common import UsageError, bounded_int, check_sampler, check_text, fraction, non_negative_float, positive_int, seed_int
+from ldmkit.cli.common import (
+    UsageError, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float, positive_int,
+    seed_int,
+)
 from ldmkit.cli.outputs import image_output
 from ldmkit.device import PRECISIONS
 from ldmkit.diffusion.binding import BindingGuidance
@@ -64,6 +67,7 @@ def cmd_generate(args) -> None:
         check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, binding=args.binding,
                       binding_candidates=args.binding_candidates, **options)
+    check_finite_images(images)
     if out_kind == "file":
         save_grid(images, out)  # in the format the suffix names
         print(f"wrote {out}")

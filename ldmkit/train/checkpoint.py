@@ -259,12 +259,12 @@ def check_same_settings(state: dict, preset, kind: str, path: str | Path) -> Non
     """`CheckpointError` listing the settings in which ``preset`` differs from the run that wrote
     ``state`` (the keys in `FREE_KEYS` may differ)."""
     theirs, ours = (_flatten(t) for t in _recorded_settings(state, preset, kind))
-    _MISSING = "(unset)"
-    differ = [k for k in sorted(set(theirs) | set(ours))
-              if k.rsplit(".", 1)[-1] not in FREE_KEYS and _plain(theirs.get(k, _MISSING)) != _plain(ours.get(k, _MISSING))]
+    unset = "(unset)"
+    differ = [k for k in sorted(set(theirs) | set(ours)) if k.rsplit(".", 1)[-1] not in FREE_KEYS
+              and _plain(theirs.get(k, unset)) != _plain(ours.get(k, unset))]
     if not differ:
         return
-    shown = [f"{k} {theirs.get(k, _MISSING)!r} → {ours.get(k, _MISSING)!r}" for k in differ[:5]]
+    shown = [f"{k} {theirs.get(k, unset)!r} → {ours.get(k, unset)!r}" for k in differ[:5]]
     more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
     raise CheckpointError(
         f"cannot resume from {Path(path).name}: it was trained with other settings than this --preset/--config "
