@@ -50,10 +50,12 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips; off for shapes, where "left"/"right" are in captions
     coco_annotations: str = ""  # source "coco": the captions JSON
     coco_images: str = ""  # source "coco": the image folder ("" = train2017/val2017 beside annotations/)
+    coco_instances: str = ""  # source "coco" with grounding: the instances JSON (masks of the categories a caption names)
     shuffle_buffer: int = 1000  # shards: samples mixed in a buffer on top of the shuffled shard order
     latent_cache: str = ""  # a folder made by `ldmkit data cache`: train on its latents ("" = encode images)
     captions: Literal["templates", "varied"] = "templates"  # shapes: fixed templates, or the broad grammar's seen part
-    grounding: bool = False  # shapes (captions varied): items carry their objects' masks and naming words
+    grounding: bool = False  # items carry their objects' masks and naming words (shapes with captions varied; an
+    # image folder's NAME.grounding.json sidecars; COCO with coco_instances): see ldmkit.data.grounding
 
 
 @dataclass(frozen=True)

@@ -225,3 +225,56 @@ def test_clean_renders_fit_and_deformed_shapes_do_not():
     assert shape_fit(oval, "circle") < MALFORMED_IOU
     assert shape_fit(trapezoid, "square") < MALFORMED_IOU
     assert shape_fit(stacked, "cross") < MALFORMED_IOU
+
+
+def test_an_image_folder_reads_grounding_from_sidecars(tmp_path):
+    import json
+
+    folder, masks = tmp_path / "images", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    image = Image.new("RGB", (80, 64), (0, 0, 0))
+    ImageDraw.Draw(image).rectangle((8, 8, 39, 39), fill=(255, 0, 0))
+    image.save(folder / "a.png")
+    (folder / "a.txt").write_text("A red box beside a dog")
+    box = Image.new("L", (80, 64), 0)
+    ImageDraw.Draw(box).rectangle((8, 8, 39, 39), fill=255)
+    box.save(masks / "a_box.png")
+    (folder / "a.grounding.json").write_text(json.dumps({"objects": [
+        {"words": ["red", "box"], "mask": "../masks/a_box.png"}, {"words": ["dog"], "polygon": [[56, 8, 72, 8, 72, 40]]}]}))
+    Image.new("RGB", (32, 32)).save(folder / "b.png")  # no sidecar: no targets
+    data = build_dataset(DataConfig(source=str(folder), image_size=32, grounding=True))
+    item = data[0]
+    target = item["grounding"]
+    assert [[item["caption"][a:b] for a, b in spans] for spans in target.spans] == [["red", "box"], ["dog"]]
+    # the mask is cropped and resized as the image is: the red pixels are the box's
+    red = (item["images"][0] > 0) & (item["images"][1] < 0)
+    assert ((target.masks[0] > 0.5) == red).float().mean() > 0.97
+    assert data[1]["grounding"] is None
+    (folder / "a.grounding.json").write_text(json.dumps({"objects": [{"words": ["cat"], "polygon": [[0, 0, 9, 0, 9, 9]]}]}))
+    with pytest.raises(ValueError, match="'cat' is not in the caption"):
+        data[0]
+
+
+def test_coco_instances_ground_the_categories_a_caption_names(tmp_path):
+    import json
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    Image.new("RGB", (40, 40)).save(root / "val2017" / "000000000001.jpg")
+    images = [{"id": 1, "file_name": "000000000001.jpg", "width": 40, "height": 40}]
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": [{"image_id": 1, "id": 1, "caption": "Two dogs on a sofa"}]}))
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "images": images, "categories": [{"id": 18, "name": "dog"}, {"id": 63, "name": "couch"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 18, "iscrowd": 0, "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]]},
+            {"image_id": 1, "category_id": 18, "iscrowd": 0, "segmentation": [[20, 20, 40, 20, 40, 40, 20, 40]]},
+            {"image_id": 1, "category_id": 63, "iscrowd": 0, "segmentation": [[0, 30, 40, 30, 40, 40, 0, 40]]}]}))
+    data = build_dataset(DataConfig(source="coco", coco_annotations=str(root / "annotations" / "captions_val2017.json"),
+                                    coco_instances=str(root / "annotations" / "instances_val2017.json"),
+                                    image_size=40, grounding=True))
+    target = data[0]["grounding"]
+    assert target.spans == (((4, 8),),)  # "dogs": the category named (as a plural); "couch" is not
+    assert target.masks.shape == (1, 40, 40) and target.masks[0].sum().item() == pytest.approx(800, rel=0.1)

@@ -3,7 +3,9 @@
 ``captions_train2017.json`` holds ``{"images": [{"id": 9, "file_name": "000000000009.jpg", …}],
 "annotations": [{"image_id": 9, "id": 1, "caption": "A plate of food…"}, …]}``: about five captions
 per image. The standard layout is ``coco/annotations/captions_train2017.json`` beside the image
-folder ``coco/train2017/``, which is where the images are looked for unless given.
+folder ``coco/train2017/``, which is where the images are looked for unless given. With the instances
+file (``data.coco_instances``: ``instances_train2017.json``) and ``data.grounding``, an item carries the
+masks of the categories its caption names (`ldmkit.data.grounding`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ldmkit.data.dataset import DataError
+from ldmkit.data.grounding import Grounding, mask_tensor, polygon_mask
 from ldmkit.data.imagefolder import first_readable
 
 
@@ -48,6 +53,31 @@ def read_annotations(path: Path) -> tuple[list[str], list[str]]:
     return [p[0] for p in pairs], [p[2] for p in pairs]
 
 
+def read_instances(path: Path) -> tuple[dict[int, str], dict[str, list[tuple[str, list]]]]:
+    """(category id → name, file name → [(category name, polygons), …]) from a COCO instances file
+    (``instances_train2017.json``); crowd regions (run-length masks) are left out."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        categories = {c["id"]: str(c["name"]) for c in data["categories"]}
+        files = {image["id"]: image["file_name"] for image in data["images"]}
+        regions: dict[str, list[tuple[str, list]]] = {}
+        for a in data["annotations"]:
+            if not a.get("iscrowd") and isinstance(a.get("segmentation"), list):
+                regions.setdefault(files[a["image_id"]], []).append((categories[a["category_id"]], a["segmentation"]))
+    except FileNotFoundError:
+        raise DataError(f"COCO instances not found: {path}") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not a COCO instances file ({type(e).__name__}: {e})") from None
+    return categories, regions
+
+
+def category_spans(caption: str, name: str) -> tuple[tuple[int, int], ...]:
+    """Where ``caption`` names the category ``name`` (its first whole-word mention, also as a plural): ()
+    when it does not."""
+    match = re.search(rf"(?<!\w){re.escape(name)}(?:s|es)?(?!\w)", caption, flags=re.IGNORECASE)
+    return (match.span(),) if match else ()
+
+
 class CocoCaptions(Dataset):
     """One item per (image, caption) pair: ``{"images": 3×H×W in [-1, 1], "caption": str}``.
 
@@ -56,7 +86,8 @@ class CocoCaptions(Dataset):
     pair, the file goes into ``self.skipped`` and one warning is issued per bad file.
     """
 
-    def __init__(self, annotations: str | Path, images: str | Path | None, image_size: int, hflip: bool = False):
+    def __init__(self, annotations: str | Path, images: str | Path | None, image_size: int, hflip: bool = False,
+                 instances: str | Path | None = None):
         self.annotations = Path(annotations).expanduser()
         self.root = Path(images).expanduser() if images else default_image_folder(self.annotations)
         if not self.root.is_dir():
@@ -67,6 +98,7 @@ class CocoCaptions(Dataset):
         self.paths = [self.root / name for name in names]
         self.image_size, self.hflip = image_size, hflip
         self.skipped: set[Path] = set()
+        self.regions = read_instances(Path(instances).expanduser())[1] if instances else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,8 +111,25 @@ class CocoCaptions(Dataset):
         found = first_readable(self.paths, index, self.skipped, self.image_size, self.hflip)
         if found is None:
             raise DataError(f"none of the images of {self.annotations} in {self.root} could be read")
-        i, images = found
-        return {"images": images, "caption": self.captions[i]}
+        i, images, flipped = found
+        item = {"images": images, "caption": self.captions[i]}
+        if self.regions is not None:
+            item["grounding"] = self._grounding(i, flipped)
+        return item
+
+    def _grounding(self, i: int, flipped: bool) -> Grounding | None:
+        """One object per category the caption names, its mask the union of the category's instances."""
+        by_name: dict[str, list] = {}
+        for name, polygons in self.regions.get(self.paths[i].name, []):
+            by_name.setdefault(name, []).extend(polygons)
+        named = [(spans, polygons) for name, polygons in by_name.items()
+                 if (spans := category_spans(self.captions[i], name))]
+        if not named:
+            return None
+        with Image.open(self.paths[i]) as image:
+            size = image.size
+        masks = torch.stack([mask_tensor(polygon_mask(polygons, size), self.image_size) for _, polygons in named])
+        return Grounding(masks.flip(-1) if flipped else masks, tuple(spans for spans, _ in named))
 
     def __repr__(self) -> str:
         return f"CocoCaptions({str(self.annotations)!r}, {str(self.root)!r}): {len(self.paths)} captions"

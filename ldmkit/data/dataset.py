@@ -31,10 +31,13 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source == "coco":
         if not cfg.coco_annotations:
             raise DataError("data.source coco needs data.coco_annotations (e.g. annotations/captions_train2017.json)")
-        return CocoCaptions(cfg.coco_annotations, cfg.coco_images or None, cfg.image_size, hflip=cfg.hflip)
+        if cfg.grounding and not cfg.coco_instances:
+            raise DataError("data.grounding on COCO needs data.coco_instances (e.g. annotations/instances_train2017.json)")
+        return CocoCaptions(cfg.coco_annotations, cfg.coco_images or None, cfg.image_size, hflip=cfg.hflip,
+                            instances=cfg.coco_instances if cfg.grounding else None)
     if is_shard_source(cfg.source):
         return ShardDataset(cfg.source, cfg.image_size, hflip=cfg.hflip, shuffle_buffer=cfg.shuffle_buffer)
-    return ImageFolderDataset(Path(cfg.source).expanduser(), cfg.image_size, hflip=cfg.hflip)
+    return ImageFolderDataset(Path(cfg.source).expanduser(), cfg.image_size, hflip=cfg.hflip, grounding=cfg.grounding)
 
 
 def collate(batch: list[dict]) -> dict:

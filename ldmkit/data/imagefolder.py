@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ldmkit.data.dataset import DataError
+from ldmkit.data.grounding import Grounding, read_sidecar
 from ldmkit.data.images import image_to_tensor, load_image
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
@@ -68,11 +69,11 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def first_readable(paths: list[Path], index: int, skipped: set[Path], image_size: int,
-                   hflip: bool) -> tuple[int, torch.Tensor] | None:
-    """(i, image 3×S×S in [-1, 1]) of the first readable image among paths[index], paths[index + 1], …
-    (wrapping around), or None if none is. An unreadable image is added to ``skipped`` (and skipped
-    from then on) with a warning. With ``hflip`` the image is mirrored with probability ½, drawn from
-    torch's RNG, which the training loader seeds per item."""
+                   hflip: bool) -> tuple[int, torch.Tensor, bool] | None:
+    """(i, image 3×S×S in [-1, 1], whether it was mirrored) of the first readable image among
+    paths[index], paths[index + 1], … (wrapping around), or None if none is. An unreadable image is added
+    to ``skipped`` (and skipped from then on) with a warning. With ``hflip`` the image is mirrored with
+    probability ½, drawn from torch's RNG, which the training loader seeds per item."""
     n = len(paths)
     for k in range(index, index + n):
         i = k % n
@@ -85,16 +86,16 @@ def first_readable(paths: list[Path], index: int, skipped: set[Path], image_size
             skipped.add(path)
             warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=3)
             continue
-        if hflip and torch.rand(()) < 0.5:
-            images = images.flip(-1)
-        return i, images
+        flipped = bool(hflip and torch.rand(()) < 0.5)
+        return i, images.flip(-1) if flipped else images, flipped
     return None
 
 
 class ImageFolderDataset(Dataset):
     """Every image under ``root`` (recursively), centre-cropped and resized to a square.
 
-    Item: ``{"images": FloatTensor 3×H×W in [-1, 1], "caption": str, "class_name": str}``, where
+    Item: ``{"images": FloatTensor 3×H×W in [-1, 1], "caption": str, "class_name": str}`` (and with
+    ``grounding`` the `Grounding` of the image's ``NAME.grounding.json`` sidecar, or None), where
     ``class_name`` is the first folder below ``root`` on the image's path ("cats" for
     ``root/cats/a.png`` and ``root/cats/x/b.png``; "" for files directly in ``root``).
 
@@ -103,10 +104,11 @@ class ImageFolderDataset(Dataset):
     workers each worker keeps its own ``skipped`` set.
     """
 
-    def __init__(self, root: str | Path, image_size: int, hflip: bool = False):
+    def __init__(self, root: str | Path, image_size: int, hflip: bool = False, grounding: bool = False):
         self.root = Path(root)
         self.image_size = image_size
         self.hflip = hflip
+        self.grounding = grounding
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
         self.paths = find_images(self.root)
@@ -147,8 +149,19 @@ class ImageFolderDataset(Dataset):
         found = first_readable(self.paths, index, self.skipped, self.image_size, self.hflip)
         if found is None:
             raise DataError(f"none of the {n} images in {self.root} could be read")
-        i, images = found
-        return {"images": images, "caption": self.captions[i], "class_name": self.class_names[i]}
+        i, images, flipped = found
+        item = {"images": images, "caption": self.captions[i], "class_name": self.class_names[i]}
+        if self.grounding:  # from NAME.grounding.json beside the image, when there is one
+            sidecar = self.paths[i].with_suffix(".grounding.json")
+            target = None
+            if sidecar.is_file():
+                with Image.open(self.paths[i]) as image:
+                    size = ImageOps.exif_transpose(image).size
+                target = read_sidecar(sidecar, self.captions[i], size, self.image_size)
+                if flipped:
+                    target = Grounding(target.masks.flip(-1), target.spans)
+            item["grounding"] = target
+        return item
 
     def __repr__(self) -> str:
         return (
