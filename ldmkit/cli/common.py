@@ -167,6 +167,8 @@ def check_training_values(preset: Preset) -> None:
                 raise ConfigError(f"{where}; must be between 0 and 1")
             if f.name in _RATES and not value > 0:
                 raise ConfigError(f"{where}; must be > 0")
+    if preset.data.source == "shapes" and preset.data.max_objects > 2:
+        raise ConfigError(f"data.max_objects = {preset.data.max_objects}; the shapes dataset draws 1 or 2 objects")
     if preset.text.kind == "transformer" and preset.condition.uses_text:
         from ldmkit.text.tokenizer import ALPHABET, SPECIAL_TOKENS
 

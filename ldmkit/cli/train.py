@@ -62,11 +62,29 @@ def cmd_train_autoencoder(args) -> None:
         print(f"autoencoder written to {out}")
 
 
+def _check_autoencoder_fits(preset: Preset, autoencoder: str) -> None:
+    """The UNet's input channels must be the autoencoder's latent channels plus the condition's: checked
+    from the folder's config before any data or model is built."""
+    from ldmkit.config import AutoencoderConfig, ConfigError
+    from ldmkit.storage import load_config
+
+    latent = load_config(AutoencoderConfig, autoencoder).latent_channels
+    extra = preset.condition.concat_channels(latent)
+    if preset.unet.in_channels != latent + extra:
+        raise ConfigError(
+            f"unet.in_channels = {preset.unet.in_channels}; must equal the autoencoder's latent channels ({latent})"
+            + (f" + the {extra} channels of the {preset.condition.kind!r} condition" if extra else "")
+            + f" = {latent + extra}"
+        )
+
+
 def cmd_train(args) -> None:
     from ldmkit.train.diffusion import train_diffusion
 
+    preset = _preset(args, "train")
+    _check_autoencoder_fits(preset, args.autoencoder)
     out = train_diffusion(
-        _preset(args, "train"), args.autoencoder, args.out, args.steps, _resume(args.resume), args.device,
+        preset, args.autoencoder, args.out, args.steps, _resume(args.resume), args.device,
         not args.no_progress, args.init,
     )
     if _is_main():
