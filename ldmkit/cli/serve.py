@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import socket
 import sys
 
 from ldmkit.cli.common import UsageError, positive_int
+from ldmkit.cli.outputs import check_output_dir
 
 
 def positive_float(text: str) -> float:
@@ -15,8 +17,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -77,6 +79,8 @@ def cmd_serve(args) -> None:
 
     from ldmkit.pretrained import shipped_model
 
+    if args.output_dir:
+        check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job
     model = args.model or shipped_model()
     sock = bind(args.host, args.port)
     try:
