@@ -89,6 +89,12 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in state.items()
+             if k in shapes and tuple(v.shape) != shapes[k]]
+    if wrong:  # load_state_dict would raise a RuntimeError per tensor: one line instead
+        raise CheckpointError(f"corrupt model folder {path.parent}: {path.name} does not fit the model in its "
+                              f"config.yaml: shapes differ for {first_keys(wrong)}")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         what = f"missing {first_keys(missing)}" if missing else f"unexpected {first_keys(unexpected)}"

@@ -89,6 +89,8 @@ ROWS = [
     # ---- a model folder damaged in a way that still parses
     Row("config.yaml cut off at a key boundary", ["generate", "a red circle", "--model", "{tmp}/cut", "--out",
         "{tmp}/g.png"], ("corrupt model folder", "missing key diffusion")),
+    Row("config.yaml with a damaged value", ["generate", "a red circle", "--model", "{tmp}/changed", "--out",
+        "{tmp}/g.png"], ("corrupt model folder", "unet.safetensors", "shapes differ")),
     # ---- prompts that are not text
     Row("a prompt that is not UTF-8", ["generate", b"a red \xff circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png"], ("prompt", "utf-8", "0xff")),
@@ -149,6 +151,9 @@ def places(tmp_path_factory) -> dict:
     shutil.copytree(tiny, tmp / "cut")
     text = (tmp / "cut" / "config.yaml").read_text()
     (tmp / "cut" / "config.yaml").write_text(text[:text.index("\ndiffusion:") + 1])  # valid YAML, keys missing
+    shutil.copytree(tiny, tmp / "changed")
+    text = (tmp / "changed" / "config.yaml").read_text()
+    (tmp / "changed" / "config.yaml").write_text(text.replace("  model_channels: 32\n", "  model_channels: 48\n"))
     (tmp / "negative.yaml").write_text(yaml.safe_dump({"train": {"batch_size": -4}}))
     (tmp / "zero.yaml").write_text(yaml.safe_dump({"autoencoder": {"latent_channels": 0}}))
     tiny_preset = load_preset("tiny")
