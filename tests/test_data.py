@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import warnings
 from pathlib import Path
 
@@ -182,15 +181,6 @@ def test_one_object_position_and_size():
         areas[obj.shape, obj.size].append(mask.sum())
     for shape in SHAPES:
         assert min(areas[shape, "large"]) > 1.8 * max(areas[shape, "small"]), shape
-
-
-def test_render_is_fast():
-    scenes = [sample_scene(random.Random(i)) for i in range(200)]
-    start = time.perf_counter()
-    for scene in scenes:
-        render_scene(scene, 64, random.Random(0))
-    per_image = (time.perf_counter() - start) / len(scenes)
-    assert per_image < 5e-3  # ~0.1 ms measured; generous for a busy CI machine
 
 
 def test_scene_validation():
