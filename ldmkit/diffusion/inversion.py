@@ -85,7 +85,7 @@ def null_text_optimization(model_fn: ModelFn, path: list[Tensor], context: Tenso
         t, a_t, a_next = timesteps[i], alphas[i], alphas[i + 1]
         with torch.no_grad():
             eps_cond = _eps(model_fn, z, t, context, prediction, schedule)
-        null = null.detach().requires_grad_(True)
+        null = null.detach().clone().requires_grad_(True)  # a new tensor: Adam's in-place steps must not reach ∅_{i−1}
         optimizer = torch.optim.Adam([null], lr=lr * (1 - i / (2 * num_steps)))
         for _ in range(inner_steps):
             with torch.enable_grad():
