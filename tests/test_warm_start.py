@@ -86,3 +86,17 @@ def test_a_model_that_does_not_fit_is_refused(trained, tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--autoencoder", str(other), "--init", str(trained["text"]),
                  "--out", str(tmp_path / "t"), "--steps", "1", "--no-progress"]) == 2
     assert "another autoencoder" in capsys.readouterr().err
+
+
+def test_a_fine_tune_of_a_minilm_model_resumes_with_its_vocabulary(trained, tmp_path):
+    from ldmkit.text.minilm import WordPieceTokenizer
+
+    tiny = load_preset("tiny")
+    preset = dataclasses.replace(
+        tiny, text=dataclasses.replace(tiny.text, kind="minilm", width=384),
+        unet=dataclasses.replace(tiny.unet, context_dim=384),
+        train=dataclasses.replace(tiny.train, checkpoint_every=2))
+    base = train_diffusion(preset, trained["ae"], tmp_path / "base", steps=2, progress=False)
+    tuned = train_diffusion(preset, trained["ae"], tmp_path / "tuned", steps=2, progress=False, init=base)
+    resumed = train_diffusion(preset, trained["ae"], tuned, steps=4, resume=True, progress=False)  # read it back
+    assert isinstance(LatentDiffusion.load(resumed).tokenizer, WordPieceTokenizer)

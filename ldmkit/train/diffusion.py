@@ -33,7 +33,9 @@ from torch import nn
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.condition import class_labels, data_classes, downsample, grayscale, random_masks
-from ldmkit.config import ConditionConfig, GroundingConfig, ModelConfig, Preset, from_dict, to_dict
+from ldmkit.config import (
+    ConditionConfig, GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict,
+)
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.data.latent_cache import cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
@@ -43,7 +45,7 @@ from ldmkit.pipelines import (
     ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline, TextToImagePipeline,
 )
 from ldmkit.storage import CheckpointError
-from ldmkit.text import PromptTokenizer
+from ldmkit.text import PromptTokenizer, load_tokenizer
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
@@ -227,11 +229,13 @@ def tokenizer_to_json(tokenizer: PromptTokenizer) -> str:
         return tokenizer.save(Path(tmp) / "tokenizer.json").read_text(encoding="utf-8")
 
 
-def tokenizer_from_json(text: str) -> PromptTokenizer:
+def tokenizer_from_json(text: str, cfg: TextEncoderConfig | None = None):
+    """The tokenizer of `tokenizer_to_json`'s text: of the kind a model of ``cfg`` saves (a fine-tune of a
+    MiniLM or CLIP model keeps that model's vocabulary), or a caption-trained `PromptTokenizer`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tokenizer.json"
         path.write_text(text, encoding="utf-8")
-        return PromptTokenizer.load(path)
+        return load_tokenizer(cfg, path) if cfg is not None else PromptTokenizer.load(path)
 
 
 def train_diffusion(
@@ -267,7 +271,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     source = LatentDiffusion.load(init) if init is not None and state is None else None
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
-        tokenizer = tokenizer_from_json(state["tokenizer"]) if config.condition.uses_text else None
+        tokenizer = tokenizer_from_json(state["tokenizer"], config.text) if config.condition.uses_text else None
     else:
         condition = preset.condition
         if condition.kind == "class":
