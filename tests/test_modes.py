@@ -135,12 +135,12 @@ def test_classes_come_from_shapes_or_the_folder_names():
 
     from ldmkit.condition import data_classes
     from ldmkit.config import ConditionConfig, DataConfig
-    from ldmkit.data import DataError
+    from ldmkit.data import DataError, build_dataset
 
     kind = ConditionConfig(kind="class")
-    assert data_classes(kind, DataConfig(max_objects=1), None) == SHAPES
+    assert data_classes(kind, DataConfig(max_objects=1), build_dataset(DataConfig(max_objects=1))) == SHAPES
     with pytest.raises(DataError, match="max_objects: 1"):
-        data_classes(kind, DataConfig(max_objects=2), None)
+        data_classes(kind, DataConfig(max_objects=2), build_dataset(DataConfig(max_objects=2)))
     folder = SimpleNamespace(classes=("cats", "dogs"))
     assert data_classes(kind, DataConfig(source="/some/folder"), folder) == ("cats", "dogs")
     with pytest.raises(DataError, match="one subfolder per class"):

@@ -45,16 +45,10 @@ def class_index(classes: Sequence[str], name: str) -> int:
 
 
 def data_classes(condition: ConditionConfig, data: DataConfig, dataset) -> tuple[str, ...]:
-    """The class names a model trains on: ``condition.classes`` when given, else the shape types for
-    the built-in shapes, else the dataset's own (an image folder: its subfolder names)."""
-    from ldmkit.data import SHAPES, DataError
-
+    """The class names a model trains on: ``condition.classes`` when given, else the dataset's own (the
+    built-in shapes: the shape types; an image folder: its subfolder names)."""
     if condition.classes:
         return tuple(condition.classes)
-    if data.source == "shapes":
-        if data.max_objects != 1:
-            raise DataError("class-conditional shapes need data.max_objects: 1 (the class is the one object's shape)")
-        return SHAPES
     classes = tuple(getattr(dataset, "classes", ()))
     if not classes:
         raise DataError(

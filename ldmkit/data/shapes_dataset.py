@@ -10,9 +10,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldmkit.config import ConfigError
+from ldmkit.errors import DataError
 from ldmkit.data.grounding import Grounding
 from ldmkit.data.images import image_to_tensor
-from ldmkit.data.shapes import Scene, caption_scene, check_scene_options, render_scene_masks, sample_scene
+from ldmkit.data.shapes import SHAPES, Scene, caption_scene, check_scene_options, render_scene_masks, sample_scene
 from ldmkit.data.shapes_captions import phrase_scene
 
 CAPTIONS: tuple[str, ...] = ("templates", "varied")
@@ -74,6 +75,13 @@ class ShapesDataset(Dataset):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of a class-conditional model: the shape types (of one-object scenes)."""
+        if self.max_objects != 1:
+            raise DataError("class-conditional shapes need data.max_objects: 1 (the class is the one object's shape)")
+        return SHAPES
 
     def __getitem__(self, index: int) -> dict:
         if index < 0:
