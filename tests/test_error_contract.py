@@ -82,6 +82,8 @@ ROWS = [
         "{tmp}/g.png", "--num-images", "100000"], ("--num-images", "1 … 8")),
     Row("--height over the size bound", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png",
         "--height", "100000"], ("--height", "at most 128")),
+    Row("an input image larger than the model allows", ["img2img", "{tmp}/big.png", "a blue square", "--model",
+        "{tiny}", "--out", "{tmp}/g.png"], ("1024×1024", "larger than 128")),
     Row("--steps over the model's timesteps", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--steps", "5000"], ("--steps 5000", "1 … 1000")),
     Row("--eta with a sampler other than ddim", ["generate", "a red circle", "--model", "{tiny}", "--out",
@@ -147,6 +149,7 @@ def places(tmp_path_factory) -> dict:
     Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp / "full" / "0_000.png")
     (tmp / "figure.png").mkdir()
     Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp / "in.png")
+    Image.new("RGB", (1024, 1024), (0, 0, 200)).save(tmp / "big.png")
     shutil.copytree(tiny, tmp / "other_model")
     shutil.copytree(tiny, tmp / "cut")
     text = (tmp / "cut" / "config.yaml").read_text()

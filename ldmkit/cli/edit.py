@@ -50,12 +50,25 @@ def _out_path(args) -> Path:
     return image_output(out)[1]
 
 
-def _pipeline(cls, args):
+def _pipeline(cls, args, image=None):
+    """The pipeline of --model, with --steps and the output's size (the input's, ×4 for upscale) checked
+    against the model before sampling: at most what `ldmkit generate` and the server allow."""
+    from ldmkit.bounds import max_side
     from ldmkit.cli.generate import check_steps
     from ldmkit.device import resolve_device
 
     pipe = cls.from_folder(args.model, resolve_device(args.device))
     check_steps(pipe.model, args.steps)
+    if image is not None:
+        config = pipe.model.config
+        scale = config.condition.sr_factor if config.condition.kind == "sr" else 1
+        largest = max_side(config.image_size)
+        if max(image.size) * scale > largest:
+            raise UsageError(
+                f"{args.input} is {image.size[0]}×{image.size[1]} pixels: the output would be "
+                f"{image.size[0] * scale}×{image.size[1] * scale}, larger than {largest} (this model was trained at "
+                f"{config.image_size} px); resize the input first"
+            )
     return pipe
 
 
@@ -77,7 +90,7 @@ def cmd_upscale(args) -> None:
     from ldmkit.pipelines import SuperResolutionPipeline
 
     out, image = _out_path(args), _read_image(args.input)
-    pipe = _pipeline(SuperResolutionPipeline, args)
+    pipe = _pipeline(SuperResolutionPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
@@ -90,7 +103,7 @@ def cmd_inpaint(args) -> None:
             f"the mask is {mask.size[0]}×{mask.size[1]} pixels but the image is {image.size[0]}×{image.size[1]}; "
             "they must be the same size"
         )
-    pipe = _pipeline(InpaintingPipeline, args)
+    pipe = _pipeline(InpaintingPipeline, args, image)
     _write(pipe(image, mask, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
@@ -100,7 +113,7 @@ def cmd_uncrop(args) -> None:
     if not 0 < args.amount < 1:
         raise UsageError(f"--amount {args.amount}: must be between 0 and 1 (the share of the image to paint)")
     out, image = _out_path(args), _read_image(args.input)
-    pipe = _pipeline(InpaintingPipeline, args)
+    pipe = _pipeline(InpaintingPipeline, args, image)
     _write(pipe.uncrop(image, args.side, args.amount, args.prompt, start_from_input=not args.noise_start,
                        **_sampling(args)), out)
 
@@ -109,7 +122,7 @@ def cmd_colorize(args) -> None:
     from ldmkit.pipelines import ColorizationPipeline
 
     out, image = _out_path(args), _read_image(args.input)
-    pipe = _pipeline(ColorizationPipeline, args)
+    pipe = _pipeline(ColorizationPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
@@ -119,7 +132,7 @@ def cmd_img2img(args) -> None:
     if not 0 < args.strength <= 1:
         raise UsageError(f"--strength {args.strength}: must be in (0, 1] (0 would return the input)")
     out, image = _out_path(args), _read_image(args.input)
-    pipe = _pipeline(ImageToImagePipeline, args)
+    pipe = _pipeline(ImageToImagePipeline, args, image)
     _write(pipe(image, args.prompt, strength=args.strength, negative_prompt=args.negative_prompt,
                 **_sampling(args)), out)
 
