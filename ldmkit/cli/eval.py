@@ -82,7 +82,7 @@ def cmd_eval_generate(args) -> None:
     model = args.model or shipped_model()
     check_sampler(args.sampler, args.eta)
     settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding,
-                               args.binding_candidates)
+                               args.binding_candidates, args.cache_interval)
     _run(args, lambda networks, device: evaluate_generation(
         model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress, args.phrasing))
 
@@ -124,6 +124,8 @@ def add_parsers(sub) -> None:
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
     g.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
+    g.add_argument("--cache-interval", type=positive_int, default=1, metavar="N",
+                   help="feature reuse: the whole UNet at every N-th step (default 1: off; see `ldmkit generate --help`)")
     g.add_argument("--phrasing", choices=PHRASINGS, default="templates",
                    help="how the held-out captions are worded: the dataset's templates (default), or the seen or "
                         "unseen (never trained on) part of the broad caption grammar")

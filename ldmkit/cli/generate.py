@@ -35,7 +35,8 @@ def cmd_generate(args) -> None:
     kind = _condition_kind(model)
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
                    sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
-                   progress=not args.no_progress, guidance_stop=args.guidance_stop)
+                   progress=not args.no_progress, guidance_stop=args.guidance_stop,
+                   cache_interval=args.cache_interval)
     if kind == "class":
         from ldmkit.pipelines import ClassConditionalPipeline
 
@@ -144,6 +145,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--guidance-stop", type=fraction, default=0.0, metavar="F",
                    help="run the last fraction F of the steps (t < F·T) without guidance: one UNet pass instead of "
                         "two there (default 0: guide every step)")
+    p.add_argument("--cache-interval", type=positive_int, default=1, metavar="N",
+                   help="feature reuse (DeepCache): the whole UNet at every N-th step, only its shallow branch "
+                        "on the reused deep features between (default 1: off; "
+                        "docs/performance.md)")
     p.add_argument("--spacing", choices=SPACINGS, default="trailing",
                    help="DDIM timesteps: trailing (default; starts at T−1) or leading (the original LDM's and "
                         "Stable Diffusion's: 981, 961, …, 1 for 50 steps), to reproduce their images")

@@ -34,10 +34,12 @@ class SamplerSettings:
     seed: int = 0
     binding: float = 0.0  # attribute-binding guidance λ (ldmkit.diffusion.binding); 0 = none
     binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
+    cache_interval: int = 1  # feature reuse (ldmkit.nn.feature_cache): the whole UNet every N-th step; 1 = off
 
     def describe(self) -> str:
         binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""
-        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}{binding}"
+        cache = f", cache interval {self.cache_interval}" if self.cache_interval != 1 else ""
+        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}{binding}{cache}"
 
 
 def generate_for_prompts(
@@ -53,7 +55,7 @@ def generate_for_prompts(
             out.append(pipe.generate_tensors(
                 batch, steps=settings.steps, guidance=settings.guidance, seed=settings.seed + k, num_images=1,
                 sampler=settings.sampler, eta=settings.eta, binding=settings.binding,
-                binding_candidates=settings.binding_candidates,
+                binding_candidates=settings.binding_candidates, cache_interval=settings.cache_interval,
             ))
             bar.update(len(batch))
     return torch.cat(out)
@@ -177,4 +179,6 @@ def evaluate_generation(
                        "generation_seconds": round(seconds, 1)}
     if settings.binding:
         report.settings["binding_candidates"] = settings.binding_candidates
+    if settings.cache_interval != 1:
+        report.settings["cache_interval"] = settings.cache_interval
     return report

@@ -24,9 +24,14 @@ class Attention(nn.Module):
     W_out (A' V). This is how attention is controlled while sampling (Prompt-to-Prompt,
     `ldmkit.diffusion.prompt_to_prompt`); a hook that returns A unchanged gives the fused path's output
     up to float rounding.
+
+    ``kv_cache``: None (the default), or a `ldmkit.nn.kv_cache.TextKVCache` that a cross-attention layer
+    asks for (W_K c, W_V c) instead of computing them, so that they are computed once per sampling call
+    rather than once per step (`ldmkit.nn.kv_cache.cached_text_kv`); the values are the same.
     """
 
     probs_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+    kv_cache: "TextKVCache | None" = None  # noqa: F821  (ldmkit.nn.kv_cache, which imports this module)
 
     def __init__(
         self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, qkv_bias: bool = False
@@ -59,8 +64,11 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if context is not None and self.kv_cache is not None:
+            q, (k, v) = self.to_q(x), self.kv_cache.lookup(self, context)
+        else:
+            context = x if context is None else context
+            q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         b = x.shape[0]
         q, k, v = (u.view(b, -1, self.heads, u.shape[-1] // self.heads).transpose(1, 2) for u in (q, k, v))
         attn_mask = None if mask is None else mask[:, None, None, :]

@@ -72,11 +72,15 @@ class EncoderLevel(nn.Module):
         )
         self.downsample = Downsample(out_channels) if downsample else None
 
-    def forward(self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor]) -> torch.Tensor:
-        for block in self.blocks:
+    def forward(
+        self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor], start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Blocks ``start`` … ``stop`` − 1 (default: all), then the downsample if ``stop`` is None; running
+        [0, k) and then [k, None) is the whole level (feature reuse splits the first level so)."""
+        for block in self.blocks[start:stop]:
             h = block(h, emb, context, mask)
             skips.append(h)
-        if self.downsample is not None:
+        if self.downsample is not None and stop is None:
             h = self.downsample(h)
             skips.append(h)
         return h
@@ -102,10 +106,13 @@ class DecoderLevel(nn.Module):
         )
         self.upsample = Upsample(out_channels) if upsample else None
 
-    def forward(self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor]) -> torch.Tensor:
-        for block in self.blocks:
+    def forward(
+        self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor], start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Blocks ``start`` … ``stop`` − 1 (default: all), then the upsample if ``stop`` is None."""
+        for block in self.blocks[start:stop]:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
-        if self.upsample is not None:
+        if self.upsample is not None and stop is None:
             h = self.upsample(h)
         return h
 
@@ -200,6 +207,62 @@ class UNet(nn.Module):
         tokenizer's start and end tokens always are), or that sample's attention is 0/0 = NaN.
         Returns ε̂: [B, out_channels, h, w].
         """
+        emb, h = self._embed(z_t, t, context)
+        skips = [h]
+        for level in self.encoder:
+            h = level(h, emb, context, context_mask, skips)
+        h = self.middle(h, emb, context, context_mask)
+        for level in self.decoder:
+            h = level(h, emb, context, context_mask, skips)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward_split(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None = None,
+        deep: torch.Tensor | None = None,
+        shallow_blocks: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` split at the skip branch of the first level, for feature reuse (DeepCache, Ma et al.
+        2023; `ldmkit.nn.feature_cache`). Returns (ε̂, D).
+
+        With k = ``shallow_blocks`` (0 … ``num_res_blocks``), the shallow branch S is conv_in, the first k
+        ResAttnBlocks of the first encoder level (their outputs and conv_in's are the skips it feeds), the
+        last k + 1 blocks of the last decoder level (the ones that take those skips) and the output head.
+        D is what enters the first of those decoder blocks: everything deeper (the rest of the first level,
+        the lower levels, the middle block and the decoder up to there). Then
+
+            ε̂ = S(z_t, t, c; D),   D = Deep(z_t, t, c)      (``deep`` None: D computed, ε̂ = `forward`'s,
+                                                              bit for bit)
+            ε̂ ≈ S(z_t, t, c; D')                            (``deep`` = D' from an earlier, nearby step)
+
+        Only S runs in the second form: D changes slowly from one sampling step to the next, the shallow
+        features with z_t. k = 1 is DeepCache's branch 0; larger k recomputes more, and is closer to `forward`.
+        """
+        nrb = self.cfg.num_res_blocks
+        if not 0 <= shallow_blocks <= nrb:
+            raise ValueError(f"shallow_blocks = {shallow_blocks}; must be 0 … num_res_blocks = {nrb}")
+        emb, h = self._embed(z_t, t, context)
+        skips = [h]
+        first, last = self.encoder[0], self.decoder[-1]
+        h = first(h, emb, context, context_mask, skips, stop=shallow_blocks)
+        if deep is None:
+            h = first(h, emb, context, context_mask, skips, start=shallow_blocks)
+            for level in self.encoder[1:]:
+                h = level(h, emb, context, context_mask, skips)
+            h = self.middle(h, emb, context, context_mask)
+            for level in self.decoder[:-1]:
+                h = level(h, emb, context, context_mask, skips)
+            deep = last(h, emb, context, context_mask, skips, stop=nrb - shallow_blocks)
+        elif deep.shape[0] != z_t.shape[0]:
+            raise ValueError(f"deep features of batch {deep.shape[0]} for z_t of batch {z_t.shape[0]}")
+        h = last(deep, emb, context, context_mask, skips, start=nrb - shallow_blocks)
+        return self.conv_out(F.silu(self.norm_out(h))), deep
+
+    def _embed(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emb, conv_in(z_t)) after checking the inputs: what every forward starts with."""
         b, _, height, width = z_t.shape
         f = self.downsample_factor
         if height % f or width % f:
@@ -216,14 +279,7 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
         if self.cfg.coordinate_channels:
             z_t = torch.cat([z_t, coordinate_maps(b, height, width, z_t)], dim=1)
-        h = self.conv_in(z_t)
-        skips = [h]
-        for level in self.encoder:
-            h = level(h, emb, context, context_mask, skips)
-        h = self.middle(h, emb, context, context_mask)
-        for level in self.decoder:
-            h = level(h, emb, context, context_mask, skips)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return emb, self.conv_in(z_t)
 
 
 def coordinate_maps(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:

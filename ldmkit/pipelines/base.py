@@ -18,6 +18,8 @@ from ldmkit.diffusion import guided_denoiser, sample, sample_from, sampler_times
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
 from ldmkit.errors import UsageError
+from ldmkit.nn.feature_cache import FeatureCache
+from ldmkit.nn.kv_cache import cached_text_kv
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -101,6 +103,7 @@ class Pipeline:
         guidance_stop: float = 0.0,
         spacing: str = "trailing",
         binding: BindingGuidance | None = None,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
 
@@ -115,23 +118,36 @@ class Pipeline:
         attribute-binding guidance on top (`ldmkit.diffusion.binding`), and, sampling from noise without
         ``concat``, each prompt with objects to bind goes on from the best of ``binding.candidates``
         starting noises after the first ``binding.select_step(steps)`` steps (the callback still sees
-        each step once).
+        each step once). ``cache_interval`` N: the whole UNet runs at every N-th step, the steps between
+        reuse its deep features and recompute only the shallow branch (`ldmkit.nn.feature_cache`; 1, the
+        default: every step in full); binding guidance's own passes always run the whole UNet.
+
+        The text keys and values of cross-attention are computed once per call, not once per step
+        (`ldmkit.nn.kv_cache`): the same numbers, fewer matrix products.
         """
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
+        check_cache_interval(cache_interval)
         if not 0.0 <= guidance_stop < 1.0:
             raise UsageError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
         generator = torch.Generator().manual_seed(seed)
         z_T = torch.randn(shape, generator=generator).to(self.device)
-        unet = model.unet if concat is None else _with_concat(model.unet, concat)
-        if self.bf16:
-            unet = _in_bf16(unet, self.device)
+
+        def model_fn(core):
+            """εθ as the sampler calls it: ``core`` (the UNet, or a FeatureCache over it) with the image
+            condition concatenated and under bf16 autocast where asked."""
+            fn = core if concat is None else _with_concat(core, concat)
+            return _in_bf16(fn, self.device) if self.bf16 else fn
+
+        unet = model_fn(model.unet)
         unguided_below = round(guidance_stop * model.schedule.num_timesteps)
 
         def denoiser(context: torch.Tensor, binding: BindingGuidance | None):
-            denoise = guided_denoiser(unet, context, null_context, guidance, model.config.diffusion.prediction,
+            # One FeatureCache per run: a run's first step is a full UNet pass.
+            reusing = unet if cache_interval == 1 else model_fn(FeatureCache(model.unet, cache_interval))
+            denoise = guided_denoiser(reusing, context, null_context, guidance, model.config.diffusion.prediction,
                                       model.schedule, unguided_below=unguided_below)
             if binding is None:
                 return denoise
@@ -151,22 +167,23 @@ class Pipeline:
                           start=start, stop=stop)
 
         try:
-            if init_latents is not None:
-                return sample_from(sampler, denoiser(context, binding), init_latents, z_T, model.schedule, steps,
-                                   strength, eta=eta, generator=generator, callback=on_step, spacing=spacing)
-            start = binding.select_step(steps) if binding is not None and concat is None else 0
-            rows = binding.candidate_rows() if start else []
-            if len(rows) > len(z_T):
-                # Selection of z_T: the prompts' own starting noises and the rival ones of prompts with objects
-                # to bind run the first `start` steps as one batch; each prompt goes on from its smallest L.
-                extra = torch.randn((len(rows) - len(z_T), *shape[1:]), generator=generator).to(self.device)
-                rows_context, rows_binding = context[torch.tensor(rows, device=context.device)], binding.rows(rows)
-                z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start)
-                t_k = sampler_timesteps(sampler, model.schedule, steps, spacing=spacing)[start]
-                losses = binding_losses(unet, model.unet, z_k, torch.full((len(rows),), t_k, device=self.device),
-                                        rows_context, rows_binding)
-                return run(z_k[choose_candidates(losses, rows, len(z_T))], context, binding, start=start)
-            return run(z_T, context, binding)
+            with cached_text_kv(model.unet):
+                if init_latents is not None:
+                    return sample_from(sampler, denoiser(context, binding), init_latents, z_T, model.schedule, steps,
+                                       strength, eta=eta, generator=generator, callback=on_step, spacing=spacing)
+                start = binding.select_step(steps) if binding is not None and concat is None else 0
+                rows = binding.candidate_rows() if start else []
+                if len(rows) > len(z_T):
+                    # Selection of z_T: the prompts' own starting noises and the rival ones of prompts with objects
+                    # to bind run the first `start` steps as one batch; each prompt goes on from its smallest L.
+                    extra = torch.randn((len(rows) - len(z_T), *shape[1:]), generator=generator).to(self.device)
+                    rows_context, rows_binding = context[torch.tensor(rows, device=context.device)], binding.rows(rows)
+                    z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start)
+                    t_k = sampler_timesteps(sampler, model.schedule, steps, spacing=spacing)[start]
+                    losses = binding_losses(unet, model.unet, z_k, torch.full((len(rows),), t_k, device=self.device),
+                                            rows_context, rows_binding)
+                    return run(z_k[choose_candidates(losses, rows, len(z_T))], context, binding, start=start)
+                return run(z_T, context, binding)
         finally:
             bar.close()
 
@@ -194,6 +211,12 @@ class ImageConditionedPipeline(Pipeline):
         return [tensor_to_pil(x) for x in self.generate_tensors(
             image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
             start_from_input=start_from_input)]
+
+
+def check_cache_interval(cache_interval: int) -> None:
+    """UsageError unless ``cache_interval`` is an integer ≥ 1 (1: no feature reuse)."""
+    if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
+        raise UsageError(f"cache_interval = {cache_interval!r}; must be an integer ≥ 1 (1: the whole UNet at every step)")
 
 
 def _in_bf16(unet, device: torch.device):

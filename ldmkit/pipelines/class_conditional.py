@@ -27,18 +27,21 @@ class ClassConditionalPipeline(Pipeline):
     def __call__(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
                  num_images: int = 1, sampler: str = "ddim", eta: float = 0.0, height: int | None = None,
                  width: int | None = None, progress: bool = False,
-                 callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0) -> list[Image.Image]:
+                 callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
+                 cache_interval: int = 1) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             class_name, steps, guidance, seed, num_images, sampler, eta, height, width, progress, callback,
-            guidance_stop)]
+            guidance_stop, cache_interval)]
 
     @torch.inference_mode()
     def generate_tensors(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
                          num_images: int = 1, sampler: str = "ddim", eta: float = 0.0, height: int | None = None,
                          width: int | None = None, progress: bool = False,
-                         callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0) -> torch.Tensor:
+                         callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
+                         cache_interval: int = 1) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1], ``num_images`` per class name given, with
-        ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅]))."""
+        ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅])); ``cache_interval``: feature reuse
+        (`Pipeline.sample_latents`)."""
         names = [class_name] if isinstance(class_name, str) else list(class_name)
         if num_images < 1:
             raise UsageError(f"num_images must be at least 1, got {num_images}")
@@ -47,5 +50,6 @@ class ClassConditionalPipeline(Pipeline):
         context = model.encode_classes(names)  # refuses an unknown class before any work
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         latents = self.sample_latents(context, model.null_context(), latent_size, steps, guidance, seed, sampler, eta,
-                                      progress=progress, callback=callback, guidance_stop=guidance_stop)
+                                      progress=progress, callback=callback, guidance_stop=guidance_stop,
+                                      cache_interval=cache_interval)
         return model.decode_latents(latents).float().cpu()

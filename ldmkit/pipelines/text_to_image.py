@@ -53,10 +53,11 @@ class TextToImagePipeline(Pipeline):
         spacing: str = "trailing",
         binding: float = 0.0,
         binding_candidates: int = BindingGuidance.candidates,
+        cache_interval: int = 1,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback, guidance_stop, spacing, binding, binding_candidates,
+            callback, guidance_stop, spacing, binding, binding_candidates, cache_interval,
         )]
 
     @torch.inference_mode()
@@ -78,6 +79,7 @@ class TextToImagePipeline(Pipeline):
         spacing: str = "trailing",
         binding: float = 0.0,
         binding_candidates: int = BindingGuidance.candidates,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
@@ -89,6 +91,8 @@ class TextToImagePipeline(Pipeline):
         objects (each noun with its modifiers, `prompt_binding`), over the first half of the steps, and each
         prompt with two objects starts from the best of ``binding_candidates`` noises (its own z_T and
         rivals; 1: no selection), compared by the binding loss after the first fifth of the steps.
+        ``cache_interval`` N > 1: feature reuse, the whole UNet at every N-th step and its shallow branch
+        alone between (`ldmkit.nn.feature_cache`).
         """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -107,6 +111,7 @@ class TextToImagePipeline(Pipeline):
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
+            cache_interval=cache_interval,
         )
         return model.decode_latents(latents).float().cpu()
 

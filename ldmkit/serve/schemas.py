@@ -21,6 +21,7 @@ MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_BINDING = 5.0
+MAX_CACHE_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
 SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers
@@ -40,6 +41,9 @@ class GenerateRequest(BaseModel):
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
                                  description="attribute-binding guidance λ (docs/binding.md; 0.3 for the shipped "
                                              "model); 0: none")
+    cache_interval: StrictInt = Field(1, ge=1, le=MAX_CACHE_INTERVAL,
+                                      description="feature reuse: the whole UNet at every N-th step, its shallow "
+                                                  "branch alone between (docs/performance.md); 1: off")
     sampler: SamplerName = "ddim"
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
@@ -57,7 +61,7 @@ class GenerateRequest(BaseModel):
         """Fill in what the request left open (seed, size), so that the settings reproduce the images."""
         return Settings(
             prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-            guidance=self.guidance, binding=self.binding, sampler=self.sampler,
+            guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval, sampler=self.sampler,
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
@@ -75,6 +79,7 @@ class Settings(BaseModel):
     steps: int
     guidance: float
     binding: float
+    cache_interval: int = 1
     sampler: str
     seed: int
     num_images: int

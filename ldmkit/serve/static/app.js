@@ -89,6 +89,7 @@ function readForm() {
     steps: number("steps"),
     guidance: number("guidance"),
     binding: number("binding"),
+    cache_interval: number("cache_interval"),
     sampler: $("sampler").value,
     seed: seed === "" ? null : Number(seed),
     num_images: number("num_images"),
@@ -98,7 +99,7 @@ function readForm() {
 }
 
 function writeForm(settings) {
-  for (const key of ["prompt", "negative_prompt", "steps", "guidance", "binding", "sampler", "seed", "num_images"]) {
+  for (const key of ["prompt", "negative_prompt", "steps", "guidance", "binding", "cache_interval", "sampler", "seed", "num_images"]) {
     $(key).value = settings[key];
   }
   $("width").value = String(settings.width);
@@ -131,6 +132,7 @@ function settingsLine(s, image) {
   if (s.num_images > 1) parts.push(`image ${image.index + 1} of ${s.num_images}`);
   parts.push(`${s.sampler} · ${s.steps} steps · guidance ${s.guidance}`, `${s.width}×${s.height}`);
   if (s.binding) parts.push(`binding ${s.binding}`);
+  if (s.cache_interval > 1) parts.push(`cache interval ${s.cache_interval}`);
   if (s.negative_prompt) parts.push(`negative: “${s.negative_prompt}”`);
   return parts.join(" · ");
 }
