@@ -5,7 +5,8 @@ skip branch of its first level — change slowly from one step to the next, whil
 writes the output follows z_t closely. `FeatureCache` runs the whole UNet at every N-th call and, in
 between, only the shallow branch on the deep features D of the last full call (`UNet.forward_split`):
 
-    call k = 0, 1, 2, …  of one sampling run, N = ``interval``:
+    call k = 0, 1, 2, …  of one sampling run, N = ``interval`` (a call whose inputs the stored D does not
+    fit also runs in full, and the count starts again from it):
         k mod N = 0:   ε̂_k, D = S(z_k, t_k, c; Deep(z_k, t_k, c))      (exact, D stored)
         otherwise:     ε̂_k    = S(z_k, t_k, c; D)                     (the shallow branch alone)
 
@@ -26,7 +27,7 @@ class FeatureCache:
     """``cache(z_t, t, context)`` → ε̂: ``unet`` with its deep features reused (see the module docstring).
 
     Contract: one instance per sampling run (it counts calls; `reset` starts over). ``interval`` N ≥ 1:
-    a full UNet evaluation every N-th call, the first call always. ``shallow_blocks`` k: how many
+    a full UNet evaluation at the first call and every N-th call after a full one. ``shallow_blocks`` k: how many
     blocks of the first encoder level the shallow branch recomputes (`UNet.forward_split`; 1, the
     default, is DeepCache's branch 0). A call whose batch, latent size, dtype or device differs from the
     stored D's (guidance switched off by ``guidance_stop``, a new set of starting noises) runs the full
@@ -48,6 +49,7 @@ class FeatureCache:
         """Forget the stored features and the count: the next call runs the whole UNet."""
         self.deep: torch.Tensor | None = None
         self._inputs: tuple | None = None
+        self._age = self.interval  # calls since the last full one
         self.calls = 0
         self.full_calls = 0
 
@@ -55,15 +57,16 @@ class FeatureCache:
         self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inputs = (tuple(z_t.shape), z_t.dtype, z_t.device, torch.is_autocast_enabled(z_t.device.type))
-        full = self.interval == 1 or self.calls % self.interval == 0 or inputs != self._inputs
         self.calls += 1
         if self.interval == 1:
             self.full_calls += 1
             return self.unet(z_t, t, context, context_mask)
+        inputs = (tuple(z_t.shape), z_t.dtype, z_t.device, torch.is_autocast_enabled(z_t.device.type))
+        full = self._age >= self.interval or inputs != self._inputs
         eps, deep = self.unet.forward_split(z_t, t, context, context_mask, deep=None if full else self.deep,
                                             shallow_blocks=self.shallow_blocks)
         if full:
             self.full_calls += 1
-            self.deep, self._inputs = deep, inputs
+            self.deep, self._inputs, self._age = deep, inputs, 0
+        self._age += 1
         return eps
