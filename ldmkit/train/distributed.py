@@ -86,6 +86,8 @@ def per_rank_batch(batch_size: int, ctx: Distributed, grad_accum_steps: int) -> 
     ``batch_size`` is the global batch of one optimizer step; refusing sizes that do not divide keeps
     every step's global batch, and hence the result, independent of how many processes share it.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size = {batch_size}; must be at least 1")
     if grad_accum_steps < 1:
         raise ConfigError(f"grad_accum_steps = {grad_accum_steps}; must be at least 1")
     parts = ctx.world_size * grad_accum_steps
