@@ -253,6 +253,30 @@ def test_user_errors_are_one_family_and_still_value_errors():
     assert issubclass(MissingDependencyError, LdmkitError) and issubclass(MissingDependencyError, ImportError)
 
 
+def test_saved_configs_load_strictly_but_older_folders_still_load(tmp_path):
+    """A saved model's config.yaml must hold every key, except the fields older versions did not write
+    (`LATER_FIELDS`): the shipped model loads, a folder without those fields loads, one without others is
+    a corrupt model folder. A field added to a saved config needs a LATER_FIELDS entry, or this fails."""
+    from ldmkit.config import LATER_FIELDS, ModelConfig, save_yaml
+    from ldmkit.pretrained import SHAPES64
+    from ldmkit.storage import CheckpointError, load_config
+
+    load_config(ModelConfig, SHAPES64)
+    save_yaml(ModelConfig(), tmp_path / "config.yaml")
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    sections = {"AutoencoderConfig": "autoencoder", "TextEncoderConfig": "text", "UNetConfig": "unet",
+                "DiffusionConfig": "diffusion"}
+    for cls, names in LATER_FIELDS.items():
+        for name in names:
+            (data[sections[cls]] if cls in sections else data).pop(name)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert load_config(ModelConfig, tmp_path) == ModelConfig()
+    del data["unet"]["model_channels"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match="corrupt model folder .*missing key unet.model_channels"):
+        load_config(ModelConfig, tmp_path)
+
+
 # --------------------------------------------------------------------------------------------------
 # running the README's main job again
 
