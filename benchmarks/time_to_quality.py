@@ -1,0 +1,538 @@
+"""Time to a good image: ldmkit with and without feature reuse against diffusers, on the same weights,
+measured in one run, with the quality each row reaches.
+
+    # the measurement (see docs/performance.md for its time on a 2-core CPU):
+    python benchmarks/time_to_quality.py --results benchmarks/TIME_TO_QUALITY.md
+    # a smoke run (minutes; the numbers mean nothing):
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/time_to_quality.py --quick
+
+Two models (``--models``, default both):
+
+- ``shipped``: the model shipped with ldmkit (`ldmkit.load_pipeline()`: 64×64 images, MiniLM prompts). Rows:
+  ldmkit plain, ldmkit with the text K/V computed at every step (what the plain row saves by
+  `ldmkit.nn.kv_cache`), ldmkit with feature reuse at each of ``--intervals`` (`ldmkit.nn.feature_cache`),
+  and diffusers: ``UNet2DConditionModel`` holding the same UNet weights (converted by ldmkit's key rules)
+  in ``StableDiffusionPipeline`` with each of ``--diffusers-samplers``, in its fastest stock CPU setting
+  (the fastest of fp32, channels_last, ``fuse_qkv_projections()`` and both, and their bf16-autocast
+  forms where bf16 matmul beats fp32 here). The prompt is encoded by ldmkit's MiniLM and the latents
+  decoded by ldmkit's autoencoder on both sides (diffusers has no counterpart of either), so the rows
+  differ in the denoising loop alone. Each row also generates one image for each of ``--num-images``
+  held-out captions and is scored as `ldmkit.eval.generation.evaluate_generation` scores a model
+  (`RealReference`, `generate_for_prompts`, `score_generated`, the real renders' features computed once
+  for all rows): prompt accuracy on one- and two-object prompts (the shapes judge) and FID (shapes-cnn).
+- ``sd-small``: Stable Diffusion v1's UNet shape at a CPU-sized width on seeded random weights
+  (`_bench_common.bench_models`, as bench_sampling.py), latents only: random z_T, prompt embedding and
+  null embedding, guided DDIM (ldmkit's pipeline loop: `guided_denoiser` over the UNet or a
+  `FeatureCache`, inside `cached_text_kv`) against diffusers' ``StableDiffusionPipeline`` from
+  ``prompt_embeds`` to ``output_type="latent"``. No prompt accuracy or FID (random weights draw
+  nothing); instead the PSNR of each row's z_0 against ldmkit plain's from the same z_T, over plain's
+  range, and the stricter PSNR of the UNet's share: z_0 minus the z_0 that ε̂ ≡ 0 would give, over
+  the range of plain's share (a random UNet's ε̂ does not cancel z_T, so most of z_0 is z_T itself).
+
+Timing: ``--repeats`` rounds; each round runs every row once on a batch of ``--batch`` images (a
+round of rows rather than one row's repeats in a row, so that a change in the load of a shared machine
+hits all rows alike); a row's time is its median round, after one untimed run per row (the one whose
+UNet evaluations are counted and whose output the PSNR compares). All
+rows run in this one process, with ``torch.get_num_threads()`` threads. UNet evaluations per image are
+counted with forward hooks: full ones (the middle block ran) and shallow ones (the shallow branch alone).
+Precision: ldmkit rows run with ``--precision`` (default auto: bf16 where `ldmkit.device.bf16_pays`,
+else fp32), diffusers in its probed best setting; the table says which each took and why.
+
+``--results FILE`` writes the markdown (machine, command, tables) to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import (  # noqa: E402
+    DIFFUSERS_SETTINGS, BenchModel, apply_diffusers_setting, bench_models, bf16_decision, bf16_settings,
+    command_line, diffusers_autocast, diffusers_configs, diffusers_schedule_kwargs, fmt, log,
+    machine_info, machine_lines, make_weights, markdown_table, measure_peaks, median, pick_fastest, show_results,
+)
+
+MODELS = ("shipped", "sd-small")
+INPUT_SEED = 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: shipped, sd-small")
+    p.add_argument("--intervals", default="2,3", help="feature-reuse intervals N, comma-separated")
+    p.add_argument("--num-images", type=int, default=512, help="held-out captions scored per row (shipped model)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
+    p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds; each row's median round counts")
+    p.add_argument("--diffusers-samplers", default="ddim", help="diffusers' schedulers: ddim, dpmpp-2m (comma-separated)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto", help="ldmkit's rows")
+    p.add_argument("--bf16", choices=("auto", "off"), default="auto",
+                   help="diffusers' bf16 autocast settings join its probe where bf16 matmul beats fp32 (auto) or never")
+    p.add_argument("--eval-batch", type=int, default=32, help="images per batch in the quality runs")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 16 images, 2 steps × 1 image per timed run, 1 round, diffusers in fp32, small probe")
+    p.add_argument("--results", help="write the markdown to this file (e.g. benchmarks/TIME_TO_QUALITY.md)")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models or any(m not in MODELS for m in args.models):
+        p.error(f"--models: choose from {', '.join(MODELS)}")
+    args.intervals = [int(n) for n in args.intervals.split(",") if n.strip()]
+    if any(n < 2 for n in args.intervals):
+        p.error("--intervals: each N must be at least 2 (1 is the plain row)")
+    args.diffusers_samplers = [s.strip() for s in args.diffusers_samplers.split(",") if s.strip()]
+    if not args.diffusers_samplers or any(s not in ("ddim", "dpmpp-2m") for s in args.diffusers_samplers):
+        p.error("--diffusers-samplers: choose from ddim, dpmpp-2m")
+    if args.quick:
+        args.num_images = min(args.num_images, 16)
+        args.steps = args.steps or 2
+        args.batch = args.batch or 1
+        args.repeats = 1
+    if args.num_images < 2:
+        p.error("--num-images: at least 2 (FID compares sets)")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass
+class Row:
+    """One way of sampling: ``run(batch_index)`` → images (or latents) of the timed batch;
+    ``generate`` (shipped model) is the pipe-like object the quality run draws from."""
+
+    name: str
+    precision: str
+    run: Callable[[int], torch.Tensor]
+    generate: object = None
+    cache_interval: int = 1
+    times: list[float] = field(default_factory=list)
+    evaluations: str = ""
+    result: dict = field(default_factory=dict)
+
+
+class EvaluationCounter:
+    """UNet evaluations (batch rows) while counting: full ones through ``deep`` and all through ``every``."""
+
+    def __init__(self, every: torch.nn.Module, deep: torch.nn.Module | None = None):
+        self.rows = {"every": 0, "deep": 0}
+        self.on = False
+        every.register_forward_pre_hook(lambda m, a, k: self._add("every", a, k), with_kwargs=True)
+        if deep is not None:
+            deep.register_forward_pre_hook(lambda m, a, k: self._add("deep", a, k), with_kwargs=True)
+
+    def _add(self, key, args, kwargs):
+        if self.on:
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.rows[key] += x.shape[0]
+
+    @contextlib.contextmanager
+    def counting(self):
+        self.rows = {"every": 0, "deep": 0}
+        self.on = True
+        try:
+            yield self
+        finally:
+            self.on = False
+
+    def describe(self, images: int, deep_known: bool) -> str:
+        every = self.rows["every"] / images
+        if not deep_known:
+            return f"{every:g}"
+        deep = self.rows["deep"] / images
+        return f"{every:g}" if deep == every else f"{deep:g} full + {every - deep:g} shallow"
+
+
+def precision_note(precision: str) -> tuple[bool, str]:
+    """(bf16?, why) for ldmkit's ``precision`` on this CPU."""
+    from ldmkit.device import bf16_pays, use_bf16
+
+    cpu = torch.device("cpu")
+    bf16 = use_bf16(precision, cpu)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if precision != "auto":
+        return bf16, f"{'bf16' if bf16 else 'fp32'} (--precision {precision})"
+    why = "AVX-512: bf16 is faster" if bf16_pays(cpu) else f"{capability}: bf16 far slower than fp32 here"
+    return bf16, f"{'bf16' if bf16 else 'fp32'} (auto; {why})"
+
+
+def diffusers_best_setting(unet_config: dict, weights: dict, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                           candidates: list[str]) -> tuple[str, dict[str, float]]:
+    """The fastest of ``candidates`` (diffusers settings) on one guided UNet call, a fresh UNet each."""
+    if len(candidates) == 1:
+        return candidates[0], {}
+    held: dict = {}
+
+    def time_one(setting: str) -> float:
+        if held.get("setting") != setting:
+            held.clear()
+            unet = build_unet(unet_config, weights)
+            apply_diffusers_setting(unet, setting)
+            held.update(setting=setting, unet=unet)
+        start = time.perf_counter()
+        with torch.no_grad(), diffusers_autocast(setting):
+            held["unet"](z, t, encoder_hidden_states=context)
+        return time.perf_counter() - start
+
+    best, probe = pick_fastest(candidates, time_one)
+    held.clear()
+    return best, probe
+
+
+def build_unet(config: dict, weights: dict):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(config)
+    unet.load_state_dict(weights, strict=True)
+    return unet.eval().requires_grad_(False)
+
+
+def diffusers_scheduler(sampler: str, diffusion):
+    """diffusers' scheduler for ``sampler`` on ldmkit's β schedule (DDIM on ldmkit's trailing timesteps)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    common = diffusers_schedule_kwargs(diffusion)
+    if sampler == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
+                             timestep_spacing="trailing")
+    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def diffusers_pipeline(unet, scheduler):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_latents(pipe, setting: str, z_T: torch.Tensor, context: torch.Tensor, null: torch.Tensor, guidance: float,
+                      steps: int) -> torch.Tensor:
+    """z_0 from diffusers' pipeline, from ``z_T`` and the embeddings (no text encoder, no decoder)."""
+    size = z_T.shape[-1] * pipe.vae_scale_factor
+    with diffusers_autocast(setting):
+        out = pipe(prompt_embeds=context, negative_prompt_embeds=null.expand_as(context), guidance_scale=guidance,
+                   num_inference_steps=steps, latents=z_T.clone(), height=size, width=size, output_type="latent")
+    return out.images.float()
+
+
+def diffusers_candidates(args, peaks) -> tuple[list[str], str]:
+    if args.quick:
+        return ["fp32"], "diffusers setting fixed to fp32 (--quick)"
+    mode, note = bf16_decision("auto" if args.bf16 == "auto" else "off", peaks)
+    return list(DIFFUSERS_SETTINGS) + (list(bf16_settings()) if mode == "full" else []), note
+
+
+def time_rounds(rows: list[Row], repeats: int, images: int) -> None:
+    """``repeats`` rounds of every row (each row has run once already, untimed); times in s per image."""
+    for r in range(repeats):
+        for row in rows:
+            start = time.perf_counter()
+            row.run(r)
+            row.times.append((time.perf_counter() - start) / images)
+            log(f"  round {r + 1}/{repeats}: {row.name} {row.times[-1]:.3f} s/image")
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped model
+
+
+class DiffusersShapes:
+    """diffusers' denoising loop between ldmkit's prompt encoder and decoder, pipe-like enough for
+    `generate_for_prompts`: ``generate_tensors(prompts, steps, guidance, seed, …)`` → images in [-1, 1].
+    z_T is drawn as ldmkit's pipelines draw it (a CPU generator seeded with ``seed``)."""
+
+    def __init__(self, model, pipe, setting: str, sampler: str):
+        self.model, self.pipe, self.setting, self.sampler = model, pipe, setting, sampler
+
+    @torch.inference_mode()
+    def generate_tensors(self, prompts: list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
+                         num_images: int = 1, **_) -> torch.Tensor:
+        prompts = [p for p in prompts for _ in range(num_images)]
+        model = self.model
+        context = model.encode_prompts(prompts)
+        size = model.config.image_size // model.autoencoder.downsample_factor
+        shape = (len(prompts), model.config.unet.out_channels, size, size)
+        z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        z_0 = diffusers_latents(self.pipe, self.setting, z_T, context, model.null_context(""), guidance, steps)
+        return model.decode_latents(z_0).float().cpu()
+
+
+def shipped(args, peaks) -> dict:
+    import ldmkit
+    from ldmkit.convert.rules import apply_to_other
+    from ldmkit.convert.unet import unet_rules
+    from ldmkit.eval.attributes import AttributePredictor
+    from ldmkit.eval.features import ShapesFeatures
+    from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
+    from ldmkit.eval.heldout import heldout_shapes
+
+    pipe = ldmkit.load_pipeline(precision=args.precision)
+    model = pipe.model
+    cfg = model.config
+    steps, batch, guidance = args.steps or 25, args.batch or 8, 4.0
+    latent = cfg.image_size // model.autoencoder.downsample_factor
+    bench = BenchModel("shipped", cfg.unet, cfg.autoencoder, cfg.diffusion, latent_size=latent,
+                       context_length=cfg.text.max_length, sample_steps=steps, sample_batch=batch, guidance=guidance,
+                       train_batch=0)
+    log(f"shipped: {batch} images × {steps} steps, guidance {guidance}, latent 4×{latent}×{latent}")
+    bf16, ldm_note = precision_note(args.precision)
+
+    # diffusers' UNet on the shipped weights, converted by ldmkit's own key rules
+    state = {f"unet.{k}": v.float() for k, v in model.unet.state_dict().items()}
+    converted = apply_to_other(unet_rules(cfg.unet, list(state), "diffusers"), state, "UNet → diffusers")
+    weights = {k.removeprefix("unet/"): v for k, v in converted.items()}
+    unet_config = diffusers_configs(bench)["unet"]
+    prompts = heldout_shapes(batch, cfg.image_size, start=10**7).captions  # timing prompts, apart from the scored ones
+    with torch.inference_mode():
+        context = model.encode_prompts(prompts)
+        null = model.null_context("").expand_as(context)
+    g = torch.Generator().manual_seed(INPUT_SEED)
+    z = torch.randn(2 * batch, cfg.unet.in_channels, latent, latent, generator=g)
+    t = torch.full((2 * batch,), 500)
+    both = torch.cat([null, context])
+    candidates, dif_note = diffusers_candidates(args, peaks)
+    best, probe = diffusers_best_setting(unet_config, weights, z, t, both, candidates)
+    dif_unet = build_unet(unet_config, weights)
+    apply_diffusers_setting(dif_unet, best)
+    with torch.no_grad():
+        parity = (dif_unet(z, t, encoder_hidden_states=both).sample - model.unet(z, t, both)).abs().max().item()
+
+    ldm_counter = EvaluationCounter(model.unet.conv_in, model.unet.middle)
+    dif_counter = EvaluationCounter(dif_unet)
+    rows = []
+
+    def ldmkit_row(name: str, interval: int, kv: bool = True) -> Row:
+        def run(r: int) -> torch.Tensor:
+            with contextlib.ExitStack() as stack:
+                if not kv:
+                    import ldmkit.pipelines.base as base
+
+                    stack.enter_context(_patched(base, "cached_text_kv", lambda unet: contextlib.nullcontext()))
+                return pipe.generate_tensors(prompts, steps=steps, guidance=guidance, seed=r, cache_interval=interval)
+
+        return Row(name, ldm_note, run, pipe, interval)
+
+    rows.append(ldmkit_row("ldmkit plain", 1))
+    rows.append(ldmkit_row("ldmkit plain, text K/V at every step", 1, kv=False))
+    rows += [ldmkit_row(f"ldmkit feature reuse, N = {n}", n) for n in args.intervals]
+    for sampler in args.diffusers_samplers:
+        adapter = DiffusersShapes(model, diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, cfg.diffusion)),
+                                  best, sampler)
+        rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
+                        lambda r, a=adapter: a.generate_tensors(prompts, steps, guidance, seed=r), adapter))
+    # UNet evaluations per image, counted on one run of each row
+    for row in rows:
+        counter = dif_counter if row.name.startswith("diffusers") else ldm_counter
+        with counter.counting():
+            row.result["images"] = row.run(0)
+        row.evaluations = counter.describe(batch, counter is ldm_counter)
+    plain = rows[0].result["images"]
+    for row in rows:
+        row.result["psnr"] = psnr(row.result["images"], plain, peak=2.0)
+    time_rounds(rows, args.repeats, batch)
+
+    # quality: one image per held-out caption
+    shapes = ShapesFeatures()
+    reference = RealReference(heldout_shapes(args.num_images, cfg.image_size), [shapes], args.eval_batch)
+    predictor = AttributePredictor(shapes.module)
+    seen = {}
+    for row in rows:
+        if row.generate is None:
+            continue
+        key = (type(row.generate).__name__, getattr(row.generate, "sampler", ""), row.cache_interval)
+        if key in seen:  # the K/V row draws the plain row's images bit for bit
+            row.result.update(seen[key])
+            continue
+        settings = SamplerSettings("ddim", steps, guidance, cache_interval=row.cache_interval)
+        log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
+        start = time.perf_counter()
+        images = generate_for_prompts(row.generate, reference.heldout.captions, settings, args.eval_batch)
+        seconds = (time.perf_counter() - start) / args.num_images
+        report = score_generated(images, reference, predictor, args.eval_batch)
+        acc = report.prompt_accuracy
+        seen[key] = {"one": acc["one object"]["all"], "two": acc["two objects"]["all"],
+                     "fid": report["FID (shapes-cnn)"].value, "eval_s": seconds}
+        row.result.update(seen[key])
+    return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
+            "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
+            "floor": reference.floor[shapes.name], "latent": latent}
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+# --------------------------------------------------------------------------------------------------
+# The SD-shaped model
+
+
+def sd_small(args, peaks) -> dict:
+    from ldmkit.diffusion import guided_denoiser, make_schedule, sample
+    from ldmkit.nn.feature_cache import FeatureCache
+    from ldmkit.nn.kv_cache import cached_text_kv
+    from ldmkit.nn.unet import UNet
+    from ldmkit.pipelines.base import _in_bf16
+
+    bench = bench_models()["sd-small"]
+    steps, batch, guidance = args.steps or bench.sample_steps, args.batch or 2, bench.guidance
+    log(f"sd-small: {batch} images × {steps} steps, guidance {guidance}, latent 4×{bench.latent_size}×{bench.latent_size}")
+    weights = make_weights(bench, autoencoder=False)
+    unet = UNet(bench.unet).eval().requires_grad_(False)
+    unet.load_state_dict(weights["ldmkit_unet"], strict=True)
+    g = torch.Generator().manual_seed(INPUT_SEED)
+    c, h, d = bench.unet.in_channels, bench.latent_size, bench.unet.context_dim
+    z_T = torch.randn(batch, c, h, h, generator=g)
+    context = torch.randn(batch, bench.context_length, d, generator=g)
+    null = torch.randn(1, bench.context_length, d, generator=g)
+    schedule = make_schedule(bench.diffusion)
+    bf16, ldm_note = precision_note(args.precision)
+
+    unet_config = diffusers_configs(bench)["unet"]
+    both = torch.cat([null.expand_as(context), context])
+    candidates, dif_note = diffusers_candidates(args, peaks)
+    best, probe = diffusers_best_setting(unet_config, weights["diffusers_unet"], torch.cat([z_T, z_T]),
+                                         torch.tensor(500), both, candidates)
+    dif_unet = build_unet(unet_config, weights["diffusers_unet"])
+    apply_diffusers_setting(dif_unet, best)
+
+    def ldmkit_run(interval: int, kv: bool = True) -> Callable[[int], torch.Tensor]:
+        def run(r: int) -> torch.Tensor:
+            core = unet if interval == 1 else FeatureCache(unet, interval)
+            model_fn = _in_bf16(core, torch.device("cpu")) if bf16 else core
+            denoise = guided_denoiser(model_fn, context, null, guidance, bench.diffusion.prediction, schedule)
+            with torch.inference_mode(), (cached_text_kv(unet) if kv else contextlib.nullcontext()):
+                return sample("ddim", denoise, z_T, schedule, num_steps=steps)
+
+        return run
+
+    rows = [Row("ldmkit plain", ldm_note, ldmkit_run(1)),
+            Row("ldmkit plain, text K/V at every step", ldm_note, ldmkit_run(1, kv=False))]
+    rows += [Row(f"ldmkit feature reuse, N = {n}", ldm_note, ldmkit_run(n), cache_interval=n) for n in args.intervals]
+    for sampler in args.diffusers_samplers:
+        dpipe = diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, bench.diffusion))
+        rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
+                        lambda r, p=dpipe: diffusers_latents(p, best, z_T, context, null, guidance, steps)))
+    ldm_counter = EvaluationCounter(unet.conv_in, unet.middle)
+    dif_counter = EvaluationCounter(dif_unet)
+    for row in rows:
+        counter = dif_counter if row.name.startswith("diffusers") else ldm_counter
+        with counter.counting():
+            row.result["z0"] = row.run(0)
+        row.evaluations = counter.describe(batch, counter is ldm_counter)
+    # the z_0 that ε̂ ≡ 0 gives from the same z_T: what of z_0 is not the UNet's doing
+    with torch.inference_mode():
+        no_model = sample("ddim", lambda z, t: torch.zeros_like(z), z_T, schedule, num_steps=steps)
+    plain = rows[0].result["z0"]
+    for row in rows:
+        z0 = row.result["z0"]
+        row.result["psnr"] = psnr(z0, plain)
+        row.result["psnr_share"] = psnr(z0 - no_model, plain - no_model)
+    time_rounds(rows, args.repeats, batch)
+    return {"name": "sd-small", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance, "setting": best,
+            "probe": probe, "notes": [ldm_note, dif_note], "latent": bench.latent_size}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float | None = None) -> float:
+    """PSNR in dB of ``a`` against ``b``: 10 log10(peak² / MSE), peak = b's range unless given."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    peak = (b.max() - b.min()).item() if peak is None else peak
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def section(res: dict) -> list[str]:
+    rows = res["rows"]
+    reference = next(r for r in rows if r.name.startswith("diffusers"))
+    ref_speed = 1 / median(reference.times)
+    shipped_model = res["name"] == "shipped"
+    header = ["row", "precision", "UNet evaluations / image", "s / image", "images/s", f"÷ {reference.name}"]
+    header += (["one object", "two objects", "FID ↓", "s / image (quality run)", "PSNR vs plain, dB"] if shipped_model
+               else ["PSNR of z_0 vs plain, dB", "PSNR of the UNet's share, dB"])
+    table = []
+    for r in rows:
+        seconds = median(r.times)
+        line = [r.name, r.precision, r.evaluations, fmt(seconds, 3), fmt(1 / seconds, 2), fmt((1 / seconds) / ref_speed)]
+        if shipped_model:
+            line += [pct(r.result.get("one")), pct(r.result.get("two")), fmt(r.result.get("fid"), 1),
+                     fmt(r.result.get("eval_s"), 3), db(r.result["psnr"])]
+        else:
+            line += [db(r.result["psnr"]), db(r.result["psnr_share"])]
+        table.append(line)
+    title = ("The shipped model (`ldmkit.load_pipeline()`)" if shipped_model
+             else "SD-v1-shaped UNet on random weights (`sd-small`)")
+    lines = [f"## {title}", "",
+             f"{res['batch']} image(s) per timed run, {res['steps']} steps, guidance {res['guidance']:g}, latent "
+             f"4×{res['latent']}×{res['latent']}; median of {len(rows[0].times)} round(s).", "",
+             markdown_table(header, table), ""]
+    lines += [f"- precision: ldmkit {res['notes'][0]}; {res['notes'][1]}"]
+    if res["probe"]:
+        lines.append("- diffusers settings probe (s per guided UNet call): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in res["probe"].items()))
+    if shipped_model:
+        lines.append(f"- diffusers' UNet against ldmkit's on one guided call of the shipped weights: max |difference| "
+                     f"{res['parity']:.1e}")
+        lines.append(f"- FID on shapes-cnn features; the real-vs-real floor at this count is {res['floor']:.1f}. "
+                     "PSNR vs plain: the timed batch's images against ldmkit plain's from the same seeds (range 2).")
+    return lines + [""]
+
+
+def pct(share) -> str:
+    return "–" if share is None else f"{100 * share:.1f}%"
+
+
+def db(value: float) -> str:
+    return "identical" if math.isinf(value) else f"{value:.1f}"
+
+
+def report(results: list[dict], args, info: dict, peaks) -> str:
+    quick = ["**Smoke run (--quick): these numbers measure nothing.**", ""] if args.quick else []
+    return "\n".join([
+        "# Time to quality: feature reuse and the text K/V cache against diffusers", "", *quick,
+        f"Command: `{command_line()}`", "",
+        *machine_lines(info, peaks), "",
+        "Every row of a table ran in this one process, on the same weights; see the script's docstring for "
+        "what each row runs. *UNet evaluations / image*: batch rows through the UNet per image (guidance: two per "
+        "step); *full + shallow* for feature reuse. *÷ diffusers*: images/s against the diffusers row in the same "
+        "run.", "",
+        *[line for res in results for line in section(res)],
+    ])
+
+
+def main(argv=None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = parse_args(argv)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise SystemExit("time_to_quality.py needs diffusers (pip install 'ldmkit[sd]')") from None
+    info = machine_info()
+    log(f"machine: {info['cpu']}, {info['torch CPU capability']}, {info['torch threads']} threads")
+    peaks = measure_peaks(quick=args.quick)
+    results = [shipped(args, peaks) if name == "shipped" else sd_small(args, peaks) for name in args.models]
+    show_results(report(results, args, info, peaks), args.results)
+
+
+if __name__ == "__main__":
+    main()
