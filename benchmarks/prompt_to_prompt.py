@@ -11,7 +11,9 @@ only in the size swap and the position change):
 - size swap (replace): one object goes small ↔ large;
 - position change (refine): "a small red circle" → "a small red circle on the left" (words added).
 
-Each edit is run twice from the same z_T: Prompt-to-Prompt (the source's attention for the first
+Each generated edit starts from the first of ``--candidates`` starting noises (default 4) whose source image
+the judge finds right, as one edits an image one likes (the first noise when none is; the table also gives
+success among the edits whose source is right). Each edit is run twice from that z_T: Prompt-to-Prompt (the source's attention for the first
 ``--cross-replace`` / ``--self-replace`` of the steps, local blend on the edited object's shape words) and
 the plain baseline (the target prompt sampled with the same seed, no control). Measured, for both:
 
@@ -193,24 +195,44 @@ def number(value: float, digits: int = 3) -> str:
 
 def run_generated(pipe: PromptToPromptPipeline, plain: TextToImagePipeline, judge: AttributePredictor,
                   edits: list[Edit], args, tallies: dict, examples: list, seconds: dict) -> None:
+    """Each edit starts from the first of ``args.candidates`` starting noises whose source image the judge finds
+    right (the first noise if none is), as one edits an image one likes; P2P and the plain baseline share it."""
+    k = args.candidates
     for start in range(0, len(edits), args.batch):
         batch = edits[start: start + args.batch]
-        kind = batch[0].kind
-        seed = args.seed + start
+        n, kind, seed = len(batch), batch[0].kind, args.seed + start
         t0 = time.perf_counter()
+        candidates = plain.generate_tensors([e.source for e in batch], steps=args.steps, guidance=args.guidance,
+                                            seed=seed, num_images=k)
+        f = pipe.model.autoencoder.downsample_factor  # z_T as TextToImagePipeline draws it for this seed
+        shape = (n * k, pipe.model.config.unet.out_channels, candidates.shape[-2] // f, candidates.shape[-1] // f)
+        noises = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        t1 = time.perf_counter()
+        scenes = judge(candidates)
+        chosen = []
+        for i, e in enumerate(batch):
+            rights = [j for j in range(k) if scenes[i * k + j] is not None
+                      and prompt_matches_scene(parse_prompt(e.source), scenes[i * k + j])]
+            chosen.append(i * k + (rights[0] if rights else 0))
+        z_T = noises[chosen]
+        t2 = time.perf_counter()
         source, edited = pipe.edit_tensors(
             [e.source for e in batch], [e.target for e in batch], mode=batch[0].mode,
             cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace,
             local_blend_words=None if args.no_blend else [e.blend for e in batch],
-            steps=args.steps, guidance=args.guidance, seed=seed)
-        t1 = time.perf_counter()
-        baseline = plain.generate_tensors([e.target for e in batch], steps=args.steps, guidance=args.guidance, seed=seed)
-        t2 = time.perf_counter()
-        seconds["p2p"] += t1 - t0
-        seconds["plain"] += t2 - t1
-        seconds["edits"] += len(batch)
+            steps=args.steps, guidance=args.guidance, latents=z_T)
+        t3 = time.perf_counter()
+        baseline, _ = pipe.edit_tensors([e.target for e in batch], [e.target for e in batch],
+                                        cross_replace_steps=0.0, self_replace_steps=0.0, steps=args.steps,
+                                        guidance=args.guidance, latents=z_T)
+        t4 = time.perf_counter()
+        # the P2P source branch is the plain sample of the chosen noise (to float rounding)
+        assert (source - candidates[chosen]).abs().max() < 1e-3, "z_T of the candidates was not reproduced"
+        seconds["candidates"] += t1 - t0
+        seconds["p2p"] += t3 - t2
+        seconds["plain"] += t4 - t3
+        seconds["edits"] += n
         scenes = judge(torch.cat([source, edited, baseline]))
-        n = len(batch)
         for i, e in enumerate(batch):
             measure(e, source[i], edited[i], scenes[i], scenes[n + i], tallies[kind, "p2p"])
             measure(e, source[i], baseline[i], scenes[i], scenes[2 * n + i], tallies[kind, "plain"])
@@ -275,7 +297,8 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv) -> str:
         f"DDIM {args.steps} steps, guidance {args.guidance:g}; Prompt-to-Prompt with cross-attention from the source "
         f"for the first {args.cross_replace:g} and self-attention for the first {args.self_replace:g} of the steps"
         + ("" if args.no_blend else ", local blend on the edited object's shape word(s) (threshold 0.3)")
-        + f"; the plain re-prompt is the target prompt from the same z_T. {args.count} edits per kind "
+        + f"; the plain re-prompt is the target prompt from the same z_T. {args.count} edits per kind, each from the "
+        f"first of {args.candidates} starting noises whose source image the judge finds right (the first if none is) "
         "(benchmarks/prompt_to_prompt.py's docstring defines each measure).",
         "",
         markdown_table(header, rows),
@@ -286,9 +309,9 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv) -> str:
                      f"(median {np.median(psnrs):.2f}, min {np.min(psnrs):.2f}) over {len(psnrs)} renders; "
                      f"{seconds['inversion'] / max(seconds['real'], 1):.1f} s per image to invert")
     if seconds["edits"]:
-        lines.append(f"- time per edit: Prompt-to-Prompt {seconds['p2p'] / seconds['edits']:.2f} s (source and edit), "
-                     f"plain target sample {seconds['plain'] / seconds['edits']:.2f} s, batches of {args.batch}, "
-                     f"{torch.get_num_threads()} CPU thread(s)")
+        lines.append(f"- time per edit: Prompt-to-Prompt {seconds['p2p'] / seconds['edits']:.2f} s (source and edit in one "
+                     f"batch), the {args.candidates} candidate sources {seconds['candidates'] / seconds['edits']:.2f} s, "
+                     f"batches of {args.batch}, {torch.get_num_threads()} CPU thread(s)")
     lines += ["", f"![examples]({Path(args.figure).name})" if args.figure else "", "",
               "Figure: rows of source | plain re-prompt | Prompt-to-Prompt edit, two of each kind "
               "(colour, shape, size, position, real renders).", "",
@@ -301,12 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="a text model (default: the shipped shapes64 model)")
     parser.add_argument("--count", type=int, default=200, help="edits per kind (default 200)")
     parser.add_argument("--real-count", type=int, help="real renders to invert and edit (default: --count)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"the generated edits to run (default {','.join(KINDS)})")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--cross-replace", type=float, default=0.8)
     parser.add_argument("--self-replace", type=float, default=0.4)
     parser.add_argument("--no-blend", action="store_true", help="Prompt-to-Prompt without local blend")
     parser.add_argument("--batch", type=int, default=8, help="edits per sampling batch")
+    parser.add_argument("--candidates", type=int, default=4,
+                        help="starting noises tried per generated edit; the first whose source the judge finds right "
+                             "is edited (default 4; 1: the seed's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--results", help="write the results markdown here")
@@ -324,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     tallies = {(k, m): Tally() for k in [*KINDS, "real"] for m in ("p2p", "plain")}
     examples: list = []
-    seconds = {"p2p": 0.0, "plain": 0.0, "edits": 0, "inversion": 0.0, "real": 0}
-    for kind in KINDS:
+    seconds = {"candidates": 0.0, "p2p": 0.0, "plain": 0.0, "edits": 0, "inversion": 0.0, "real": 0}
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds: choose from {', '.join(KINDS)}")
+    for kind in kinds:
         run_generated(pipe, plain, judge, [make_edit(kind, rng) for _ in range(args.count)], args, tallies, examples,
                       seconds)
     psnrs: list[float] = []

@@ -116,11 +116,13 @@ class PromptToPromptPipeline(Pipeline):
                      num_images: int = 1, spacing: str = "trailing", height: int | None = None,
                      width: int | None = None, progress: bool = False,
                      callback: Callable[[int, int], None] | None = None,
-                     latents_callback: LatentsCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     latents_callback: LatentsCallback | None = None,
+                     latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(source images, edited images), each B×3×H×W in [-1, 1] with B = pairs × ``num_images``.
 
         From noise, z_T is drawn as `TextToImagePipeline` draws it for the source prompts with the same
-        seed, so with equal prompts both rows are the plain sample. ``image`` (or an `Inversion` made
+        seed, so with equal prompts both rows are the plain sample; ``latents`` gives z_T instead (float32[B, C, h, w],
+        one row per pair and image, as diffusers' ``latents``). ``image`` (or an `Inversion` made
         earlier by `invert` with the same steps, guidance and spacing) starts from its inverted z_T.
         ``latents_callback(i, latents, mask)`` sees the [source; edited] latents after step i and the
         local-blend mask B float32[pairs × num_images, 1, h, w] applied there (None without local blend).
@@ -145,6 +147,9 @@ class PromptToPromptPipeline(Pipeline):
                 inversion = image
                 if (inversion.steps, inversion.guidance, inversion.spacing) != (steps, guidance, spacing):
                     raise UsageError("the inversion was made for other steps, guidance or spacing than this edit's")
+                if inversion.latents.shape[0] != len(sources):
+                    raise UsageError(f"the inversion holds {inversion.latents.shape[0]} images for {len(sources)} "
+                                     "source prompts; give one image per prompt")
             else:
                 images = self.checked_images(image, height or size, width or size)
                 if images.shape[0] != len(sources):
@@ -162,6 +167,11 @@ class PromptToPromptPipeline(Pipeline):
                                   blend_words, blend_threshold, latent_hw)
         if inversion is not None:
             z_T = inversion.latents.to(self.device)
+        elif latents is not None:
+            expected = (len(sources), model.config.unet.out_channels, *latent_hw)
+            if tuple(latents.shape) != expected:
+                raise UsageError(f"latents of shape {tuple(latents.shape)}; this edit needs {expected}")
+            z_T = latents.float().to(self.device)
         else:
             shape = (len(sources), model.config.unet.out_channels, *latent_hw)
             z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
@@ -218,8 +228,7 @@ class PromptToPromptPipeline(Pipeline):
         """The `Inversion` of image(s) under their prompt(s): DDIM inversion of z_0 = E(x), then, with
         ``null_text``, the per-step unconditional contexts (`null_text_optimization`)."""
         model = self.model
-        images = image if isinstance(image, torch.Tensor) and image.ndim == 4 else self.images(image)
-        images = images.float().to(self.device)
+        images = self.images(image)
         self.latent_size(*images.shape[-2:])
         prompts = [prompt] * images.shape[0] if isinstance(prompt, str) else list(prompt)
         if len(prompts) != images.shape[0]:
