@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ldmkit.data.images import tensor_to_pil
 from ldmkit.diffusion import guided_denoiser, sample_ddim
@@ -81,11 +82,12 @@ class PromptToPromptPipeline(Pipeline):
                  blend_threshold: float = 0.3, image: ImageInput | None = None, null_text: bool = True,
                  steps: int = 25, guidance: float = 4.0, seed: int = 0, num_images: int = 1,
                  spacing: str = "trailing", height: int | None = None, width: int | None = None,
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> EditOutput:
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None,
+                 latents: torch.Tensor | None = None) -> EditOutput:
         source, edited = self.edit_tensors(
             source_prompt, target_prompt, mode, cross_replace_steps, self_replace_steps, local_blend_words,
             blend_threshold, image, null_text, steps, guidance, seed, num_images, spacing, height, width, progress,
-            callback)
+            callback, latents=latents)
         return EditOutput([tensor_to_pil(x) for x in source], [tensor_to_pil(x) for x in edited])
 
     # ---------------------------------------------------------------------------------------------
@@ -177,9 +179,9 @@ class PromptToPromptPipeline(Pipeline):
             z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         context = model.encode_prompts(sources + [parse_weights(t)[0] for t in targets])
         null_contexts = None if inversion is None or inversion.null_contexts is None else inversion.null_contexts
-        latents = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress,
-                                   callback, latents_callback)
-        images = model.decode_latents(latents).float().cpu()
+        z_0 = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress, callback,
+                               latents_callback)
+        images = model.decode_latents(z_0).float().cpu()
         return images[: len(sources)], images[len(sources):]
 
     def sample_edit(self, z_T: torch.Tensor, context: torch.Tensor, control: AttentionController, steps: int,
@@ -192,8 +194,6 @@ class PromptToPromptPipeline(Pipeline):
         unet = _in_bf16(model.unet, self.device) if self.bf16 else model.unet
         null = model.null_context("")
         z = torch.cat([z_T, z_T]).float()
-        from tqdm.auto import tqdm
-
         with controlling(model.unet, control), tqdm(total=steps, desc="editing", leave=False,
                                                      disable=not progress) as bar:
             for i in range(steps):
@@ -239,8 +239,6 @@ class PromptToPromptPipeline(Pipeline):
         path = ddim_inversion(model.unet, z_0, context, model.schedule, steps, prediction, spacing)
         if not null_text:
             return Inversion(path[0], None, steps, guidance, spacing)
-        from tqdm.auto import tqdm
-
         with tqdm(total=steps, desc="null-text inversion", leave=False, disable=not progress) as bar, \
                 _frozen(model.unet):
             nulls = null_text_optimization(model.unet, path, context, model.null_context(""), model.schedule,
