@@ -64,7 +64,7 @@ class FakePipeline:
         self.calls = 0
 
     def __call__(self, prompt, steps, guidance, seed, num_images, sampler, negative_prompt, height, width,
-                 callback, binding):
+                 callback, binding, cache_interval):
         self.calls += 1
         self.running.set()
         for i in range(steps):
@@ -105,7 +105,8 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     r = tiny_client.post("/v1/generate", json=body)
     assert r.status_code == 200, r.text
     result = r.json()
-    assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0}
+    assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
+                                  "cache_interval": 1}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
