@@ -261,7 +261,9 @@ class UNet(nn.Module):
         h = last(deep, emb, context, context_mask, skips, start=nrb - shallow_blocks)
         return self.conv_out(F.silu(self.norm_out(h))), deep
 
-    def _embed(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed(
+        self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb, conv_in(z_t)) after checking the inputs: what every forward starts with."""
         b, _, height, width = z_t.shape
         f = self.downsample_factor

@@ -216,7 +216,9 @@ class ImageConditionedPipeline(Pipeline):
 def check_cache_interval(cache_interval: int) -> None:
     """UsageError unless ``cache_interval`` is an integer ≥ 1 (1: no feature reuse)."""
     if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
-        raise UsageError(f"cache_interval = {cache_interval!r}; must be an integer ≥ 1 (1: the whole UNet at every step)")
+        raise UsageError(
+            f"cache_interval = {cache_interval!r}; must be an integer ≥ 1 (1: the whole UNet at every step)"
+        )
 
 
 def _in_bf16(unet, device: torch.device):
