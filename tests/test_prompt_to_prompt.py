@@ -160,6 +160,15 @@ def test_equal_prompts_give_the_plain_sample(pipe, mode, target, blend):
     assert (edited - plain).abs().max() < 1e-5
 
 
+def test_given_latents_are_the_starting_noise(pipe):
+    seeded = pipe.edit_tensors("a red circle", "a green circle", steps=3, seed=5, num_images=2)
+    z_T = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    given = pipe.edit_tensors("a red circle", "a green circle", steps=3, seed=0, num_images=2, latents=z_T)
+    assert all(torch.equal(a, b) for a, b in zip(seeded, given))
+    with pytest.raises(ValueError, match="latents of shape"):
+        pipe.edit_tensors("a red circle", "a green circle", steps=3, num_images=2, latents=z_T[:1])
+
+
 class _Recording(AttentionController):
     """Keeps, for every controlled call, (step, cross?, weights in, weights out)."""
 

@@ -86,8 +86,8 @@ def cmd_edit(args) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("edit", help="Prompt-to-Prompt: edit a generated or real image by editing its prompt")
-    p.add_argument("source_prompt", help="the prompt of the image to edit")
-    p.add_argument("target_prompt", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
+    p.add_argument("source_prompt", metavar="SOURCE_PROMPT", help="the prompt of the image to edit")
+    p.add_argument("target_prompt", metavar="TARGET_PROMPT", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
                                    "(default: the shapes64 model shipped with ldmkit)")
     p.add_argument("--image", metavar="FILE",
@@ -108,12 +108,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--inversion", choices=["null-text", "ddim"], default="null-text",
                    help="with --image: null-text inversion (default; reconstructs closely, ~10x slower) or plain "
                         "DDIM inversion")
-    p.add_argument("--out", help="one .png with source and edit side by side (one row per image)")
-    p.add_argument("--out-dir", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
-    p.add_argument("--num-images", type=positive_int, default=1)
-    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--out", metavar="FILE", help="one .png with source and edit side by side (one row per image)")
+    p.add_argument("--out-dir", metavar="DIR", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
+    p.add_argument("--num-images", type=positive_int, default=1, metavar="N")
+    p.add_argument("--steps", type=positive_int, default=25, metavar="N")
     p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_edit)

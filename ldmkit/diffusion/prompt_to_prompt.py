@@ -243,7 +243,7 @@ class AttentionController:
 
     ``alignments``: one `TokenAlignment` per pair; the model batch holds the n pairs as [n source rows;
     n edited rows] (twice, [unconditional; conditional], under guidance). ``num_steps``: the sampler's
-    steps; set ``step`` to the index of the step about to run. ``blend``: (source selection, target
+    steps; `set_step` goes to the step about to run. ``blend``: (source selection, target
     selection) float32[n, L] each, for local blend on a latent grid ``latent_hw``.
     """
 
@@ -267,8 +267,19 @@ class AttentionController:
         self.blend_threshold = blend_threshold
         self.latent_hw = latent_hw
         self.step = 0
+        self.blocks: list[BasicTransformerBlock] = []  # set by `controlling`
         self._map_sum: Tensor | None = None  # Σ over layers and steps of the blend words' maps, [2n, 1, h, w]
         self._map_count = 0
+
+    def set_step(self, step: int) -> None:
+        """Go to sampler step ``step``: hooks on the layers whose weights that step edits (or records, for
+        local blend), the fused attention everywhere else (`controlling` must be active)."""
+        self.step = step
+        self_hook = self.hook(cross=False) if step < self.self_until else None
+        cross_hook = self.hook(cross=True) if step < self.cross_until or self.blend is not None else None
+        for block in self.blocks:
+            block.attn1.probs_hook = self_hook
+            block.attn2.probs_hook = cross_hook
 
     def _conditional(self, probs: Tensor) -> tuple[Tensor, Tensor]:
         rows = 2 * self.pairs
@@ -330,14 +341,14 @@ class AttentionController:
 
 @contextmanager
 def controlling(unet: nn.Module, controller: AttentionController) -> Iterator[AttentionController]:
-    """Set ``controller``'s hooks on every self- and cross-attention layer of ``unet`` for the ``with`` block."""
-    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
-    for block in blocks:
-        block.attn1.probs_hook = controller.hook(cross=False)
-        block.attn2.probs_hook = controller.hook(cross=True)
+    """Attach ``controller`` to every self- and cross-attention layer of ``unet`` for the ``with`` block;
+    `AttentionController.set_step` then sets the hooks each step needs."""
+    controller.blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    controller.set_step(controller.step)
     try:
         yield controller
     finally:
-        for block in blocks:
+        for block in controller.blocks:
             block.attn1.probs_hook = None
             block.attn2.probs_hook = None
+        controller.blocks = []

@@ -200,7 +200,7 @@ class PromptToPromptPipeline(Pipeline):
                 step_null = null if null_contexts is None else null_contexts[i].to(self.device).repeat(2, 1, 1)
                 denoise = guided_denoiser(unet, context, step_null, guidance, model.config.diffusion.prediction,
                                           model.schedule)
-                control.step = i
+                control.set_step(i)
                 z = sample_ddim(denoise, z, model.schedule, steps, start=i, stop=i + 1, spacing=spacing)
                 z, mask = control.apply_blend(z)
                 bar.update(1)
