@@ -1,7 +1,7 @@
 """Time to a good image: ldmkit with and without feature reuse against diffusers, on the same weights,
 measured in one run, with the quality each row reaches.
 
-    # the measurement (see docs/performance.md for its time on a 2-core CPU):
+    # the measurement (about 25 minutes on one thread of a busy 2-core CPU):
     python benchmarks/time_to_quality.py --results benchmarks/TIME_TO_QUALITY.md
     # a smoke run (minutes; the numbers mean nothing):
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/time_to_quality.py --quick
