@@ -27,9 +27,9 @@ class FeatureCache:
     """``cache(z_t, t, context)`` → ε̂: ``unet`` with its deep features reused (see the module docstring).
 
     Contract: one instance per sampling run (it counts calls; `reset` starts over). ``interval`` N ≥ 1:
-    a full UNet evaluation at the first call and every N-th call after a full one. ``shallow_blocks`` k: how many
-    blocks of the first encoder level the shallow branch recomputes (`UNet.forward_split`; 1, the
-    default, is DeepCache's branch 0). A call whose batch, latent size, dtype or device differs from the
+    a full UNet evaluation at the first call and at every N-th call after a full one. ``shallow_blocks``
+    k: how many blocks of the first encoder level the shallow branch recomputes (`UNet.forward_split`;
+    1, the default, is DeepCache's branch 0). A call whose batch, latent size, dtype or device differs from the
     stored D's (guidance switched off by ``guidance_stop``, a new set of starting noises) runs the full
     UNet and stores its D, so the cache is never read for inputs it was not made from.
     ``full_calls`` and ``calls`` count the evaluations.

@@ -10,9 +10,9 @@ run passes the same context tensor at every step (classifier-free guidance build
 
 What makes an entry reusable: the same tensor object c (held by the cache, so its id cannot be reused by
 another tensor), not modified in place since (its version counter; tensors made in inference mode keep
-none), and the same autocast state. Only
-computations without autograd are cached (no_grad or inference mode, as sampling runs): a step that
-needs gradients (binding guidance's pass, null-text optimisation) computes K, V as always.
+none), and the same autocast state. Only computations without autograd are cached (no_grad or inference
+mode, as sampling runs): a step that needs gradients (binding guidance's pass, null-text optimisation)
+computes K, V as always.
 """
 
 from __future__ import annotations
