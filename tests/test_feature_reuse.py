@@ -285,3 +285,15 @@ def test_kv_cache_object_holds_a_few_contexts_per_layer():
         for c in contexts:
             unet(z, t, c)
         assert all(len(entries) == 2 and entries[0][0] is contexts[-1] for entries in cache.entries.values())
+
+
+def test_feature_reuse_under_bf16_autocast(tiny_pipe):
+    """The deep features are kept in the dtype autocast gave them and reused under the same autocast."""
+    from ldmkit.pipelines.text_to_image import TextToImagePipeline
+
+    pipe = TextToImagePipeline(tiny_pipe.model, precision="bf16")
+    deep_calls = counting(pipe.model.unet.middle)
+    plain = pipe.generate_tensors("a red circle", steps=4, seed=1)
+    reused = pipe.generate_tensors("a red circle", steps=4, seed=1, cache_interval=2)
+    assert deep_calls[0] == 4 + 2 and torch.isfinite(reused).all()
+    assert psnr(reused, plain) > 20
