@@ -34,7 +34,9 @@ round of rows rather than one row's repeats in a row, so that a change in the lo
 hits all rows alike); a row's time is its median round, after one untimed run per row (the one whose
 UNet evaluations are counted and whose output the PSNR compares). All
 rows run in this one process, with ``torch.get_num_threads()`` threads. UNet evaluations per image are
-counted with forward hooks: full ones (the middle block ran) and shallow ones (the shallow branch alone).
+counted with forward hooks: full ones (the middle block ran) and shallow ones (the shallow branch alone);
+GFLOP / image by ``torch.utils.flop_counter`` on the same run (matmuls, convolutions, attention: the UNet's,
+and the text encoder's and decoder's for the shipped model).
 Precision: ldmkit rows run with ``--precision`` (default auto: bf16 where `ldmkit.device.bf16_pays`,
 else fp32), diffusers in its probed best setting; the table says which each took and why.
 
@@ -58,7 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
     DIFFUSERS_SETTINGS, BenchModel, apply_diffusers_setting, bench_models, bf16_decision, bf16_settings,
-    command_line, diffusers_autocast, diffusers_configs, diffusers_schedule_kwargs, fmt, log,
+    command_line, count_flops, diffusers_autocast, diffusers_configs, diffusers_schedule_kwargs, fmt, log,
     machine_info, machine_lines, make_weights, markdown_table, measure_peaks, median, pick_fastest, show_results,
 )
 
@@ -70,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: shipped, sd-small")
     p.add_argument("--intervals", default="2,3", help="feature-reuse intervals N, comma-separated")
+    p.add_argument("--shallow-blocks", type=int, default=1,
+                   help="sd-small's feature-reuse rows: blocks of the first level the shallow branch recomputes "
+                        "(0 … 2; default 1, DeepCache's branch 0; the shipped model's pipeline uses 1, its maximum)")
     p.add_argument("--num-images", type=int, default=512, help="held-out captions scored per row (shipped model)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
     p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
@@ -336,8 +341,9 @@ def shipped(args, peaks) -> dict:
     for row in rows:
         counter = dif_counter if row.name.startswith("diffusers") else ldm_counter
         with counter.counting():
-            row.result["images"] = row.run(0)
+            row.result["images"], flops = count_flops(lambda: row.run(0))
         row.evaluations = counter.describe(batch, counter is ldm_counter)
+        row.result["gflop"] = flops / batch / 1e9
     plain = rows[0].result["images"]
     for row in rows:
         row.result["psnr"] = psnr(row.result["images"], plain, peak=2.0)
@@ -392,6 +398,8 @@ def sd_small(args, peaks) -> dict:
     from ldmkit.pipelines.base import _in_bf16
 
     bench = bench_models()["sd-small"]
+    if not 0 <= args.shallow_blocks <= bench.unet.num_res_blocks:
+        raise SystemExit(f"--shallow-blocks {args.shallow_blocks}: 0 … {bench.unet.num_res_blocks} for sd-small")
     steps, batch, guidance = args.steps or bench.sample_steps, args.batch or 2, bench.guidance
     log(f"sd-small: {batch} images × {steps} steps, guidance {guidance}, latent 4×{bench.latent_size}×{bench.latent_size}")
     weights = make_weights(bench, autoencoder=False)
@@ -415,7 +423,7 @@ def sd_small(args, peaks) -> dict:
 
     def ldmkit_run(interval: int, kv: bool = True) -> Callable[[int], torch.Tensor]:
         def run(r: int) -> torch.Tensor:
-            core = unet if interval == 1 else FeatureCache(unet, interval)
+            core = unet if interval == 1 else FeatureCache(unet, interval, args.shallow_blocks)
             model_fn = _in_bf16(core, torch.device("cpu")) if bf16 else core
             denoise = guided_denoiser(model_fn, context, null, guidance, bench.diffusion.prediction, schedule)
             with torch.inference_mode(), (cached_text_kv(unet) if kv else contextlib.nullcontext()):
@@ -425,7 +433,8 @@ def sd_small(args, peaks) -> dict:
 
     rows = [Row("ldmkit plain", ldm_note, ldmkit_run(1)),
             Row("ldmkit plain, text K/V at every step", ldm_note, ldmkit_run(1, kv=False))]
-    rows += [Row(f"ldmkit feature reuse, N = {n}", ldm_note, ldmkit_run(n), cache_interval=n) for n in args.intervals]
+    rows += [Row(f"ldmkit feature reuse, N = {n}" + (f", k = {args.shallow_blocks}" if args.shallow_blocks != 1 else ""),
+                 ldm_note, ldmkit_run(n), cache_interval=n) for n in args.intervals]
     for sampler in args.diffusers_samplers:
         dpipe = diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, bench.diffusion))
         rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
@@ -435,8 +444,9 @@ def sd_small(args, peaks) -> dict:
     for row in rows:
         counter = dif_counter if row.name.startswith("diffusers") else ldm_counter
         with counter.counting():
-            row.result["z0"] = row.run(0)
+            row.result["z0"], flops = count_flops(lambda: row.run(0))
         row.evaluations = counter.describe(batch, counter is ldm_counter)
+        row.result["gflop"] = flops / batch / 1e9
     # the z_0 that ε̂ ≡ 0 gives from the same z_T: what of z_0 is not the UNet's doing
     with torch.inference_mode():
         no_model = sample("ddim", lambda z, t: torch.zeros_like(z), z_T, schedule, num_steps=steps)
@@ -466,13 +476,15 @@ def section(res: dict) -> list[str]:
     reference = next(r for r in rows if r.name.startswith("diffusers"))
     ref_speed = 1 / median(reference.times)
     shipped_model = res["name"] == "shipped"
-    header = ["row", "precision", "UNet evaluations / image", "s / image", "images/s", f"÷ {reference.name}"]
+    header = ["row", "precision", "UNet evaluations / image", "GFLOP / image", "s / image", "images/s",
+              f"÷ {reference.name}"]
     header += (["one object", "two objects", "FID ↓", "s / image (quality run)", "PSNR vs plain, dB"] if shipped_model
                else ["PSNR of z_0 vs plain, dB", "PSNR of the UNet's share, dB"])
     table = []
     for r in rows:
         seconds = median(r.times)
-        line = [r.name, r.precision, r.evaluations, fmt(seconds, 3), fmt(1 / seconds, 2), fmt((1 / seconds) / ref_speed)]
+        line = [r.name, r.precision, r.evaluations, fmt(r.result["gflop"], 1), fmt(seconds, 3), fmt(1 / seconds, 2),
+                fmt((1 / seconds) / ref_speed)]
         if shipped_model:
             line += [pct(r.result.get("one")), pct(r.result.get("two")), fmt(r.result.get("fid"), 1),
                      fmt(r.result.get("eval_s"), 3), db(r.result["psnr"])]
