@@ -355,9 +355,9 @@ def test_perceptual_term_in_generator_loss(lpips_file):
 
 def test_missing_lpips_file_or_keys_is_a_clear_error(tmp_path):
     missing = tmp_path / "nowhere" / "lpips.safetensors"
-    with pytest.raises(FileNotFoundError, match="nowhere/lpips.safetensors"):
+    with pytest.raises(ValueError, match="nowhere/lpips.safetensors"):
         LPIPS.from_file(missing)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ValueError, match="nowhere"):
         AutoencoderLoss(tiny("kl", perceptual_weight=1.0, perceptual_weights_path=str(missing)))
     with pytest.raises(ValueError, match="perceptual_weights_path"):
         AutoencoderLoss(tiny("kl", perceptual_weight=1.0))
