@@ -72,15 +72,12 @@ def training_lines(runs: Path, earlier: Path) -> list[str]:
     kept = {}
     if earlier.is_file():
         for line in earlier.read_text().splitlines():
-            stage = re.match(r"- training, (autoencoder|LDM|grounded fine-tune): (?!not timed)", line)
+            stage = re.match(r"- training, (autoencoder|LDM): (?!not timed)", line)
             if stage:
                 kept[stage[1]] = line if line.endswith(KEPT) else line + KEPT
-    stages = [("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv")]
-    if (runs / "grounded").is_dir():  # make shapes64's third stage, the grounded fine-tune
-        stages.append(("grounded fine-tune", runs / "grounded" / "log.csv"))
     return [describe_training(name, training_stretches(log)) if log.is_file()
             else kept.get(name, f"- training, {name}: not timed here (no {log})")
-            for name, log in stages]
+            for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
 
 
 def guided_line(report, settings: SamplerSettings, per_image: float) -> str:

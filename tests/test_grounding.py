@@ -278,3 +278,23 @@ def test_coco_instances_ground_the_categories_a_caption_names(tmp_path):
     target = data[0]["grounding"]
     assert target.spans == (((4, 8),),)  # "dogs": the category named (as a plural); "couch" is not
     assert target.masks.shape == (1, 40, 40) and target.masks[0].sum().item() == pytest.approx(800, rel=0.1)
+
+
+def test_the_general_rule_groups_template_captions_as_the_shapes_vocabulary_did():
+    """On the dataset's own templates the rule finds exactly the groups and relation that the shapes
+    vocabulary gave binding guidance before, so its images there are the same."""
+    from ldmkit.data import COLORS, SHAPES, SIZES, parse_prompt
+    from ldmkit.diffusion.binding import words_of
+
+    tokenizer = WordPieceTokenizer.from_package(24)
+    for caption in heldout_shapes(300).captions:
+        expected, pending = [], []
+        for word, indices in words_of(tokenizer.tokens(caption)[0]):
+            if word in set(COLORS) | set(SIZES):
+                pending.append(indices)
+            elif word in SHAPES:
+                expected.append((pending, indices))
+                pending = []
+        groups, relation = binding_groups(caption, tokenizer)
+        assert groups == expected, caption
+        assert relation == (parse_prompt(caption).relation if len(expected) >= 2 else None), caption
