@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ldmkit.cli.common import UsageError, check_text, non_negative_float, positive_int, seed_int
+from ldmkit.bounds import MAX_GUIDANCE
+from ldmkit.cli.common import UsageError, bounded_float, check_text, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_file
 
 
@@ -39,7 +40,8 @@ def add_parsers(sub) -> None:
                                    "(default: the shapes64 model shipped with ldmkit)")
     p.add_argument("--out", required=True, help="the figure, a .png file")
     p.add_argument("--steps", type=positive_int, default=25)
-    p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
+                   default=4.0, help="classifier-free guidance scale s")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")

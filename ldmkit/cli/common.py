@@ -37,6 +37,15 @@ def non_negative_float(text: str) -> float:
     return _parsed(text, float, "a number", lambda v: 0 <= v < math.inf, "a finite number ≥ 0")
 
 
+def bounded_float(high: float, what: str):
+    """An argparse type: a number in [0, ``high``] (the server's bound on ``what``)."""
+
+    def parse(text: str) -> float:
+        return _parsed(text, float, "a number", lambda v: 0 <= v <= high, f"a finite number 0 … {high:g} ({what})")
+
+    return parse
+
+
 def finite_float(text: str) -> float:
     """Any finite number."""
     return _parsed(text, float, "a number", math.isfinite, "a finite number")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import (
-    OneLineParser, UsageError, check_finite_images, check_sampler, check_text, non_negative_float, positive_int, seed_int,
+    OneLineParser, UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
+    positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 
@@ -142,7 +144,7 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what})")
     p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
     p.add_argument("--steps", type=positive_int, default=25)
-    p.add_argument("--guidance", type=non_negative_float, default=guidance,
+    p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,
                    help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")

@@ -7,7 +7,10 @@ import argparse
 import sys
 import warnings
 
-from ldmkit.cli.common import UsageError, bounded_int, check_sampler, non_negative_float, positive_int, seed_int
+from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE
+from ldmkit.cli.common import (
+    UsageError, bounded_float, bounded_int, check_sampler, non_negative_float, positive_int, seed_int,
+)
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.heldout import PHRASINGS
@@ -116,13 +119,15 @@ def add_parsers(sub) -> None:
     g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
     g.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
     g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (ddpm: give T for the full chain)")
-    g.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
+                   default=4.0, help="classifier-free guidance scale s")
     g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
     g.add_argument("--seed", type=seed_int, default=0)
-    g.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
+    g.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
-    g.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
+    g.add_argument("--binding-candidates", type=bounded_int(1, MAX_CANDIDATES, "starting noises"),
+                   default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
     g.add_argument("--cache-interval", type=positive_int, default=1, metavar="N",
                    help="feature reuse: the whole UNet at every N-th step (default 1: off; see `ldmkit generate --help`)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.bounds import MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.cli.common import (
-    UsageError, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float, positive_int,
-    seed_int,
+    UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
+    positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 from ldmkit.device import PRECISIONS
@@ -135,7 +135,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES, "one batch; run again with another --seed for more"),
                    default=1)
     p.add_argument("--steps", type=positive_int, default=25)
-    p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
+                   default=4.0, help="classifier-free guidance scale s")
     p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -152,13 +153,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--spacing", choices=SPACINGS, default="trailing",
                    help="DDIM timesteps: trailing (default; starts at T−1) or leading (the original LDM's and "
                         "Stable Diffusion's: 981, 961, …, 1 for 50 steps), to reproduce their images")
-    p.add_argument("--binding", type=non_negative_float, default=0.0, metavar="λ",
+    p.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
                    help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
                         "shape word does and a two-object prompt's nouns sit in the stated relation, and starts a "
                         "two-object prompt from the best of --binding-candidates noises; a two-object image takes "
                         "about 2.5x as long (docs/binding.md)")
-    p.add_argument("--binding-candidates", type=positive_int, default=BindingGuidance.candidates, metavar="N",
+    p.add_argument("--binding-candidates", type=bounded_int(1, MAX_CANDIDATES, "starting noises"),
+                   default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises z_T per two-object prompt, run for the first fifth of the "
                         "steps, the one whose binding loss is smallest going on (default %(default)s; 1: no selection)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",

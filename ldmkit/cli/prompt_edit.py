@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ldmkit.cli.common import non_negative_float, positive_int, unit_interval
+from ldmkit.bounds import MAX_GUIDANCE
+from ldmkit.cli.common import bounded_float, positive_int, unit_interval
 from ldmkit.diffusion.prompt_to_prompt import MODES
 from ldmkit.errors import UsageError
 
@@ -112,7 +113,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
     p.add_argument("--num-images", type=positive_int, default=1, metavar="N")
     p.add_argument("--steps", type=positive_int, default=25, metavar="N")
-    p.add_argument("--guidance", type=non_negative_float, default=4.0, help="classifier-free guidance scale s")
+    p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
+                   default=4.0, help="classifier-free guidance scale s")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

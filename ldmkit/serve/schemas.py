@@ -13,14 +13,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from ldmkit.bounds import MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
 
 MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
-MAX_BINDING = 5.0
 MAX_CACHE_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
