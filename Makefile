@@ -22,7 +22,7 @@ demo: setup
 	.venv/bin/ldmkit generate "a red circle above a blue square" --binding 0.3 --num-images 8 --out runs/demo/shipped.png --no-progress
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 # The shipped model: train shapes64-minilm (both stages; --resume continues a stopped run), pack it
 # into ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md

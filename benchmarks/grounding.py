@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "the dataset's templates, or in the seen or the unseen (never trained on) part of the broad grammar "
         "(`ldmkit.data.shapes_captions`; the same scenes and real images in every phrasing). The judge counts "
         "objects by connected regions; malformed = share of the objects it finds that fit no clean shape "
-        "(`ldmkit.eval.components`). FID on shapes-cnn features against the same held-out renders.",
+        "(`ldmkit.eval.components`). FID on shapes-cnn features against the same held-out renders. s / image: "
+        "the row's generation time divided by its images, on whatever else the machine ran at the time (rows "
+        "measured in separate runs are not comparable in time; `benchmarks/SHAPES64.md` times one image alone).",
         "",
         "| model | phrasing | binding | prompts | one object | two objects | two-object failures | malformed | "
         "FID | s / image |",
