@@ -126,7 +126,7 @@ def test_tiny_model_binding_changes_only_what_it_should(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's one-line error, exit status 2
         main(["generate", prompt, "--model", str(folder), "--binding", "0.3", "--binding-candidates", "0",
               "--out", str(out)])
-    assert exit_.value.code == 2 and "--binding-candidates: must be at least 1" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--binding-candidates: must be 1 … 8" in capsys.readouterr().err
 
 
 def test_shipped_model_binding_fixes_a_swapped_image():
