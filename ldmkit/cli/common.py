@@ -69,6 +69,20 @@ def bounded_int(low: int, high: int, why: str = ""):
     return parse
 
 
+def read_image(path: str, what: str = "image"):
+    """The image at ``path`` (upright, RGB); a missing or unreadable file is a one-line UsageError."""
+    from PIL import Image
+
+    from ldmkit.data import load_image
+
+    try:
+        return load_image(path)
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UsageError(f"cannot read {what} {path}: {e}") from None
+
+
 def check_sampler(sampler: str, eta: float = 0.0, spacing: str = "trailing") -> None:
     """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only."""
     from ldmkit.diffusion import SAMPLERS

@@ -11,22 +11,9 @@ from pathlib import Path
 from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import (
     OneLineParser, UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
-    positive_int, seed_int,
+    positive_int, read_image, seed_int,
 )
 from ldmkit.cli.outputs import image_output
-
-
-def _read_image(path: str, what: str = "image"):
-    from PIL import Image
-
-    from ldmkit.data import load_image
-
-    try:
-        return load_image(path)
-    except FileNotFoundError:
-        raise UsageError(f"{what} not found: {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot read {what} {path}: {e}") from None
 
 
 def _read_mask(path: str):
@@ -91,7 +78,7 @@ def _write(images, out: Path) -> None:
 def cmd_upscale(args) -> None:
     from ldmkit.pipelines import SuperResolutionPipeline
 
-    out, image = _out_path(args), _read_image(args.input)
+    out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(SuperResolutionPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
@@ -99,7 +86,7 @@ def cmd_upscale(args) -> None:
 def cmd_inpaint(args) -> None:
     from ldmkit.pipelines import InpaintingPipeline
 
-    out, image, mask = _out_path(args), _read_image(args.input), _read_mask(args.mask)
+    out, image, mask = _out_path(args), read_image(args.input), _read_mask(args.mask)
     if mask.size != image.size:
         raise UsageError(
             f"the mask is {mask.size[0]}×{mask.size[1]} pixels but the image is {image.size[0]}×{image.size[1]}; "
@@ -114,7 +101,7 @@ def cmd_uncrop(args) -> None:
 
     if not 0 < args.amount < 1:
         raise UsageError(f"--amount {args.amount}: must be between 0 and 1 (the share of the image to paint)")
-    out, image = _out_path(args), _read_image(args.input)
+    out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(InpaintingPipeline, args, image)
     _write(pipe.uncrop(image, args.side, args.amount, args.prompt, start_from_input=not args.noise_start,
                        **_sampling(args)), out)
@@ -123,7 +110,7 @@ def cmd_uncrop(args) -> None:
 def cmd_colorize(args) -> None:
     from ldmkit.pipelines import ColorizationPipeline
 
-    out, image = _out_path(args), _read_image(args.input)
+    out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(ColorizationPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
@@ -133,7 +120,7 @@ def cmd_img2img(args) -> None:
 
     if not 0 < args.strength <= 1:
         raise UsageError(f"--strength {args.strength}: must be in (0, 1] (0 would return the input)")
-    out, image = _out_path(args), _read_image(args.input)
+    out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(ImageToImagePipeline, args, image)
     _write(pipe(image, args.prompt, strength=args.strength, negative_prompt=args.negative_prompt,
                 **_sampling(args)), out)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ldmkit.bounds import MAX_GUIDANCE
-from ldmkit.cli.common import bounded_float, positive_int, unit_interval
+from ldmkit.cli.common import bounded_float, positive_int, read_image, unit_interval
 from ldmkit.diffusion.prompt_to_prompt import MODES
 from ldmkit.errors import UsageError
 
@@ -40,19 +40,6 @@ def _outputs(args) -> tuple[Path | None, Path | None]:
     return None, out_dir
 
 
-def _read_image(path: str):
-    from PIL import Image
-
-    from ldmkit.data import load_image
-
-    try:
-        return load_image(path)
-    except FileNotFoundError:
-        raise UsageError(f"image not found: {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot read image {path}: {e}") from None
-
-
 def cmd_edit(args) -> None:
     from ldmkit.data import save_grid
     from ldmkit.device import resolve_device
@@ -60,7 +47,7 @@ def cmd_edit(args) -> None:
     from ldmkit.pretrained import shipped_model
 
     out, out_dir = _outputs(args)
-    image = _read_image(args.image) if args.image else None
+    image = read_image(args.image) if args.image else None
     if image is not None and args.num_images != 1:
         raise UsageError("--num-images applies to generated images; a real image (--image) is edited once")
     blend = [w for w in args.blend.replace(",", " ").split() if w] if args.blend is not None else None
