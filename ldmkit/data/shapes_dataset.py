@@ -26,16 +26,22 @@ def shapes_sample(seed: int, index: int, image_size: int = 64, max_objects: int 
     return image, caption, scene
 
 
+def check_caption_options(captions: str, grounding: bool) -> None:
+    """ConfigError naming the option unless ``captions`` is one of `CAPTIONS` and grounding has "varied"."""
+    if captions not in CAPTIONS:
+        raise ConfigError(f"data.captions = {captions!r}; allowed: {', '.join(CAPTIONS)}")
+    if grounding and captions != "varied":
+        raise ConfigError("data.grounding needs data.captions: varied "
+                          "(the templates do not record which words name which object)")
+
+
 def shapes_item(seed: int, index: int, image_size: int = 64, max_objects: int = 2, two_object_share: float = 0.5,
                 captions: str = "templates", grounding: bool = False
                 ) -> tuple[Image.Image, str, Scene, Grounding | None]:
     """(image, caption, scene, grounding) of item ``index``: the caption from the templates
     (`caption_scene`) or from the seen part of the broad grammar (``captions`` "varied",
     `phrase_scene`); with ``grounding`` the objects' masks and naming words ("varied" only)."""
-    if captions not in CAPTIONS:
-        raise ConfigError(f"data.captions = {captions!r}; allowed: {', '.join(CAPTIONS)}")
-    if grounding and captions != "varied":
-        raise ConfigError("data.grounding needs data.captions: varied (the templates do not record which words name which object)")
+    check_caption_options(captions, grounding)
     # A string seed is hashed with SHA-512 by `random.seed`: stable across processes and Python
     # runs (unlike hash()), and distinct for every (seed, index) pair, negative ones included.
     rng = random.Random(f"ldmkit.shapes:{seed}:{index}")
@@ -64,7 +70,7 @@ class ShapesDataset(Dataset):
         if num_samples < 1:
             raise ValueError(f"num_samples = {num_samples}; must be at least 1")
         check_scene_options(max_objects, two_object_share)  # now, not at the first item
-        shapes_item(seed, 0, 8, max_objects, two_object_share, captions, grounding)  # checks captions/grounding
+        check_caption_options(captions, grounding)
         self.image_size = image_size
         self.num_samples = num_samples
         self.seed = seed
