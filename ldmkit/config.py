@@ -154,6 +154,9 @@ class UNetConfig:
     # that "on the left" can be drawn from pure noise on a small latent, where zero padding is the
     # network's only other clue to where a pixel is. Not in Stable Diffusion's UNet.
     coordinate_channels: bool = False
+    # The classifier-free guidance scale s as a second input beside t (a consistency student of
+    # `ldmkit distill`, Luo et al. 2023's w-embedding): emb = MLP(e(t) + W e(100 s)), W zero at the start.
+    guidance_embedding: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,9 @@ class DiffusionConfig:
     # Rescale ᾱ_t so that ᾱ_{T−1} ≈ 0 (Lin et al. 2024): z_{T−1} is pure noise, as sampling assumes.
     # Needs v-prediction (at SNR 0 the ε target is z_t itself and teaches nothing). See make_schedule.
     zero_terminal_snr: bool = False
+    # > 0: the UNet is a consistency student (`ldmkit distill`): it samples with the lcm sampler, this
+    # many steps by default, one pass per step with the guidance scale as an input (no second pass).
+    consistency_steps: int = 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +283,34 @@ class DiffusionTrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """How `ldmkit distill` trains a consistency student from a teacher (latent consistency
+    distillation, Luo et al. 2023; see `ldmkit.train.distill`). ``batch_size`` is the global batch."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    target_decay: float = 0.95  # the target network θ⁻ ← μ θ⁻ + (1 − μ) θ
+    skip: int = 20  # k: the teacher's solver step goes from t to t − k
+    guidance_min: float = 1.0  # the guidance scale s is drawn uniformly from [guidance_min, guidance_max]
+    guidance_max: float = 7.0
+    huber_c: float = 1e-3  # pseudo-Huber distance √(‖a − b‖² + c²) − c
+    student_steps: int = 4  # the student's default number of sampling steps (and its sample grids')
+    sample_guidance: float = 4.0
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+    checkpoint_keep: int = 3
+    seed: int = 0
+    num_workers: int = 0
+    bf16: bool = True
+    grad_clip: float = 1.0
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything one `ldmkit train-autoencoder` + `ldmkit train` run needs."""
 
@@ -288,6 +322,7 @@ class Preset:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     condition: ConditionConfig = field(default_factory=ConditionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass(frozen=True)
@@ -327,8 +362,8 @@ def to_dict(config) -> dict:
 LATER_FIELDS = {
     "AutoencoderConfig": {"attention_bias", "asymmetric_downsample", "l2_weight"},
     "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers"},
-    "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels"},
-    "DiffusionConfig": {"zero_terminal_snr"},
+    "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels", "guidance_embedding"},
+    "DiffusionConfig": {"zero_terminal_snr", "consistency_steps"},
     "ModelConfig": {"condition"},
 }
 

@@ -170,7 +170,8 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/models").json()["models"][0]
     assert model == {"id": "tiny", "default_size": 32, "latent_factor": 8, "max_size": 128,
-                     "samplers": ["ddpm", "ddim", "euler", "dpmpp-2m"], "max_steps": 200, "max_images": 8,
+                     "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m"], "default_steps": 25, "max_steps": 200,
+                     "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}
     health = tiny_client.get("/healthz").json()
     assert health["status"] == "ok" and health["max_queue"] == 8
@@ -388,7 +389,7 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
     def pipe(size, factor=8):
         model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor,
                                 schedule=SimpleNamespace(num_timesteps=1000))
-        return SimpleNamespace(model=model)
+        return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25))
 
     assert Limits.from_pipeline(pipe(32)).max_size == 128
     assert Limits.from_pipeline(pipe(512)).max_size == 1024

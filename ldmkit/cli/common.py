@@ -83,10 +83,13 @@ def read_image(path: str, what: str = "image"):
         raise UsageError(f"cannot read {what} {path}: {e}") from None
 
 
-def check_sampler(sampler: str, eta: float = 0.0, spacing: str = "trailing") -> None:
-    """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only."""
+def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str = "trailing") -> None:
+    """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only.
+    None (the model's own sampler) is checked once the model is known, when it samples."""
     from ldmkit.diffusion import SAMPLERS
 
+    if sampler is None:
+        return
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if eta and sampler != "ddim":
@@ -142,10 +145,11 @@ def load_training_config(args) -> Preset:
 # Keys of a training config's data and training sections that count something (at least 1), that
 # may be 0 but not negative, that are a probability or share (0 … 1), or a rate (> 0).
 _AT_LEAST_1 = {"steps", "batch_size", "grad_accum_steps", "log_every", "sample_every", "checkpoint_every",
-               "checkpoint_keep", "scale_samples", "sample_steps", "num_samples", "max_objects"}
+               "checkpoint_keep", "scale_samples", "sample_steps", "num_samples", "max_objects", "skip",
+               "student_steps"}
 _NOT_NEGATIVE = {"warmup_steps", "num_workers", "weight_decay", "shuffle_buffer", "sample_guidance", "grad_clip",
-                 "min_snr_gamma", "seed"}
-_SHARES = {"ema_decay", "cond_drop_prob", "two_object_share"}
+                 "min_snr_gamma", "seed", "guidance_min", "huber_c"}
+_SHARES = {"ema_decay", "cond_drop_prob", "two_object_share", "target_decay"}
 _RATES = {"lr"}
 # The same for the model sections: widths and counts of layers, channels and tokens.
 _MODEL_AT_LEAST_1 = {"in_channels", "out_channels", "base_channels", "latent_channels", "codebook_size",
@@ -162,11 +166,12 @@ def check_training_values(preset: Preset) -> None:
 
     from ldmkit.config import ConfigError
 
-    for section in ("data", "autoencoder_train", "train", "autoencoder", "text", "unet", "diffusion", "condition"):
+    for section in ("data", "autoencoder_train", "train", "distill", "autoencoder", "text", "unet", "diffusion",
+                    "condition"):
         config = getattr(preset, section, None)
         if config is None:
             continue
-        model = section not in ("data", "autoencoder_train", "train")
+        model = section not in ("data", "autoencoder_train", "train", "distill")
         for f in dataclasses.fields(config):
             value = getattr(config, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -190,6 +195,9 @@ def check_training_values(preset: Preset) -> None:
                 raise ConfigError(f"{where}; must be between 0 and 1")
             if f.name in _RATES and not value > 0:
                 raise ConfigError(f"{where}; must be > 0")
+    if preset.distill.guidance_max < preset.distill.guidance_min:
+        raise ConfigError(f"distill.guidance_max = {preset.distill.guidance_max} is below distill.guidance_min = "
+                          f"{preset.distill.guidance_min}")
     if preset.data.source == "shapes" and preset.data.max_objects > 2:
         raise ConfigError(f"data.max_objects = {preset.data.max_objects}; the shapes dataset draws 1 or 2 objects")
     if preset.text.kind == "transformer" and preset.condition.uses_text:

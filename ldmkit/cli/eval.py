@@ -118,10 +118,12 @@ def add_parsers(sub) -> None:
 
     g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
     g.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
-    g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (ddpm: give T for the full chain)")
+    g.add_argument("--steps", type=positive_int,
+                   help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    g.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    g.add_argument("--sampler", help="ddim (the default), ddpm, euler or dpmpp-2m; lcm for a consistency student "
+                                     "(its default)")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
     g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",

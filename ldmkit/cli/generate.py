@@ -134,10 +134,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a --out folder that already holds files")
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES, "one batch; run again with another --seed for more"),
                    default=1)
-    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: 25; a consistency student's own, 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    p.add_argument("--sampler", help="ddim (the default), ddpm, euler or dpmpp-2m; lcm, the only and default sampler "
+                                     "of a consistency student made by `ldmkit distill`")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--negative-prompt", default="")

@@ -1,4 +1,4 @@
-"""`ldmkit train-autoencoder` and `ldmkit train`.
+"""`ldmkit train-autoencoder`, `ldmkit train` and `ldmkit distill`.
 
 Both run unchanged under ``torchrun --nproc_per_node=N -m ldmkit.cli train …`` (see docs/distributed.md).
 """
@@ -91,6 +91,16 @@ def cmd_train(args) -> None:
         print(f"model written to {out} (samples in {out / 'samples'})")
 
 
+def cmd_distill(args) -> None:
+    from ldmkit.train.distill import distill
+
+    preset = _preset(args, "distill")
+    out = distill(preset, args.teacher, args.out, args.steps, args.student_steps, _resume(args.resume), args.device,
+                  not args.no_progress)
+    print(f"consistency student written to {out} (samples in {out / 'samples'}); "
+          f"sample it with `ldmkit generate --model {out} PROMPT`")
+
+
 def _is_main() -> bool:
     """Rank 0 of a torchrun launch (or a plain run): the one process that reports."""
     return os.environ.get("RANK", "0") == "0"
@@ -109,3 +119,12 @@ def add_parsers(sub) -> None:
                         "use --autoencoder; the preset may change the prediction, the schedule and add input "
                         "channels, which start at zero); a resumed run takes its checkpoint instead")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a text model into a few-step consistency student (LCM)")
+    _add_training_options(p)
+    p.add_argument("--teacher", required=True, metavar="MODEL",
+                   help="the text-to-image model to distil (a folder written by `ldmkit train`); the preset's data "
+                        "section should be the data it was trained on")
+    p.add_argument("--student-steps", type=positive_int, metavar="N",
+                   help="the student's default number of sampling steps (default: the config's distill.student_steps, 4)")
+    p.set_defaults(func=cmd_distill)

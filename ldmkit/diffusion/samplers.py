@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ldmkit.diffusion.consistency import consistency_output
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UsageError
 
@@ -313,6 +314,49 @@ def sample_dpmpp_2m(
 
 
 # --------------------------------------------------------------------------------------------------
+# Consistency students
+
+
+@torch.no_grad()
+def sample_lcm(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's Alg. 3) over `spaced_timesteps`
+    τ_0 > … > τ_{n−1} (trailing, from T−1):
+
+        ẑ_0 = f(z_{τ_i}, τ_i),   z_{τ_{i+1}} = √ᾱ_{τ_{i+1}} ẑ_0 + √(1 − ᾱ_{τ_{i+1}}) ξ,  ξ ~ N(0, I),
+
+    returning ẑ_0 of the last step. ``denoise(z_t, t) -> ε̂`` is the student with its guidance scale
+    bound (one UNet pass per step). ``stop`` returns z_t at that step's timestep (its fresh noise
+    drawn), ``start`` continues from one, as the other samplers do.
+    """
+    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
+    n = len(timesteps)
+    ac = schedule.alphas_cumprod.double().tolist()
+    z = z_T.float()
+    ts = _timestep_tensor(timesteps, z.device)
+    end = _check_stop(stop, start, n)
+    for i in range(_check_start(start, n), end):
+        t = ts[i].expand(z.shape[0])
+        z0 = consistency_output(z, denoise(z, t), t, schedule)
+        if i + 1 < n:
+            a_next = ac[timesteps[i + 1]]
+            z = math.sqrt(a_next) * z0 + math.sqrt(1 - a_next) * randn(z.shape, generator, z.device)
+        else:
+            z = z0
+        if callback is not None:
+            callback(i - start, n - start)
+    return z
+
+
+# --------------------------------------------------------------------------------------------------
 # By name (for the CLI and configs; the only string dispatch)
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
@@ -320,6 +364,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddim": sample_ddim,
     "euler": sample_euler,
     "dpmpp-2m": sample_dpmpp_2m,
+    "lcm": sample_lcm,
 }
 
 
@@ -357,6 +402,9 @@ def sample(
     if name == "ddim":
         return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback,
                            start=start, spacing=spacing, stop=stop)
+    if name == "lcm":
+        return sample_lcm(denoise, z_T, schedule, num_steps, generator=generator, callback=callback, start=start,
+                          stop=stop)
     if name == "euler":
         return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start,
                             stop=stop)
@@ -367,7 +415,7 @@ def sample(
 def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
                       spacing: str = "trailing") -> list[int]:
     """The timesteps sampler ``name`` visits with ``num_steps`` steps, first to last."""
-    if name in ("ddpm", "ddim"):
+    if name in ("ddpm", "ddim", "lcm"):
         return spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
     if name in SAMPLERS:
         return sigma_schedule(schedule, num_steps, karras)[0]

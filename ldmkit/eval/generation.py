@@ -4,6 +4,8 @@ spread (IS), and check each against its prompt with the shapes judge (prompt acc
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,8 +29,8 @@ class SamplerSettings:
     """How images are drawn: ``sampler`` is a name in `ldmkit.diffusion.SAMPLERS`; DDPM over the full
     chain needs ``steps`` = T (``num_timesteps``), fewer steps respace it."""
 
-    sampler: str = "ddim"
-    steps: int = 25
+    sampler: str | None = None  # None: the model's own (ddim; lcm for a consistency student)
+    steps: int | None = None  # None: the model's own (25; a consistency student's distilled count)
     guidance: float = 4.0
     eta: float = 0.0
     seed: int = 0
@@ -149,13 +151,15 @@ def evaluate_generation(
     from ldmkit.pipelines.text_to_image import load_pipeline
 
     settings = settings or SamplerSettings()
-    if settings.sampler not in SAMPLERS:
+    if settings.sampler is not None and settings.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {settings.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if isinstance(model, (str, Path)):
         require_kind(model, TEXT_TO_IMAGE)
         pipe = load_pipeline(model, device)
     else:
         pipe = model
+    sampler, steps = pipe.sampling_defaults(settings.sampler, settings.steps)
+    settings = dataclasses.replace(settings, sampler=sampler, steps=steps)
     image_size = pipe.model.config.image_size
     shapes = ShapesFeatures()
     networks = networks if networks is not None else [shapes]

@@ -149,6 +149,11 @@ class UNet(nn.Module):
         mc = cfg.model_channels
         emb_dim = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # A consistency student's guidance input (`UNetConfig.guidance_embedding`); zero, so that the
+        # student starts as the teacher it is copied from.
+        self.guidance_embed = nn.Linear(mc, mc, bias=False) if cfg.guidance_embedding else None
+        if self.guidance_embed is not None:
+            nn.init.zeros_(self.guidance_embed.weight)
         self.conv_in = nn.Conv2d(cfg.in_channels + 2 * cfg.coordinate_channels, mc, 3, padding=1)
 
         last = len(cfg.channel_mults) - 1
@@ -200,14 +205,17 @@ class UNet(nn.Module):
         t: torch.Tensor,
         context: torch.Tensor | None,
         context_mask: torch.Tensor | None = None,
+        guidance: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """z_t: [B, in_channels, h, w]; t: int64[B] in 0 … T−1 (a 0-d t is shared by the batch);
         context: τθ(y), [B, L, context_dim] (None only for a UNet without attention levels);
         context_mask: bool[B, L], True = real token, False = padding; every row needs one True (the
-        tokenizer's start and end tokens always are), or that sample's attention is 0/0 = NaN.
+        tokenizer's start and end tokens always are), or that sample's attention is 0/0 = NaN;
+        guidance: the guidance scale s ([B], 0-d or a number), for a UNet with ``guidance_embedding``
+        only (a consistency student), which needs it.
         Returns ε̂: [B, out_channels, h, w].
         """
-        emb, h = self._embed(z_t, t, context)
+        emb, h = self._embed(z_t, t, context, guidance)
         skips = [h]
         for level in self.encoder:
             h = level(h, emb, context, context_mask, skips)
@@ -224,6 +232,7 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
         deep: torch.Tensor | None = None,
         shallow_blocks: int = 1,
+        guidance: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` split at the skip branch of the first level, for feature reuse (DeepCache, Ma et al.
         2023; `ldmkit.nn.feature_cache`). Returns (ε̂, D).
@@ -244,7 +253,7 @@ class UNet(nn.Module):
         nrb = self.cfg.num_res_blocks
         if not 0 <= shallow_blocks <= nrb:
             raise ValueError(f"shallow_blocks = {shallow_blocks}; must be 0 … num_res_blocks = {nrb}")
-        emb, h = self._embed(z_t, t, context)
+        emb, h = self._embed(z_t, t, context, guidance)
         skips = [h]
         first, last = self.encoder[0], self.decoder[-1]
         h = first(h, emb, context, context_mask, skips, stop=shallow_blocks)
@@ -262,7 +271,8 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h))), deep
 
     def _embed(
-        self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None
+        self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None,
+        guidance: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb, conv_in(z_t)) after checking the inputs: what every forward starts with."""
         b, _, height, width = z_t.shape
@@ -278,7 +288,16 @@ class UNet(nn.Module):
 
         # A global condition could be added to emb here (LDM's label_emb); ldmkit's class models pass
         # their class embedding as a one-token context instead (ldmkit.condition.classes).
-        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
+        features = timestep_embedding(t, self.cfg.model_channels)
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this UNet takes the guidance scale as an input (guidance_embedding): pass guidance")
+            s = torch.as_tensor(guidance, dtype=torch.float32, device=z_t.device)
+            s = s.expand(b) if s.ndim == 0 else s
+            features = features + self.guidance_embed(timestep_embedding(100 * s, self.cfg.model_channels))
+        elif guidance is not None:
+            raise ValueError("this UNet has no guidance input (unet.guidance_embedding is false)")
+        emb = self.time_embed(features)
         if self.cfg.coordinate_channels:
             z_t = torch.cat([z_t, coordinate_maps(b, height, width, z_t)], dim=1)
         return emb, self.conv_in(z_t)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from functools import partial
+
 import numpy as np
 import torch
 from PIL import Image
@@ -90,10 +92,10 @@ class Pipeline:
         context: torch.Tensor,
         null_context: torch.Tensor,
         latent_size: tuple[int, int],
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float = 4.0,
         seed: int = 0,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         eta: float = 0.0,
         concat: torch.Tensor | None = None,
         init_latents: torch.Tensor | None = None,
@@ -122,12 +124,20 @@ class Pipeline:
         reuse its deep features and recompute only the shallow branch (`ldmkit.nn.feature_cache`; 1, the
         default: every step in full); binding guidance's own passes always run the whole UNet.
 
+        ``sampler`` and ``steps`` None: the model's own (`sampling_defaults`). A consistency student
+        (`ldmkit distill`) runs one pass per step with the guidance scale as the UNet's input,
+        ε̂ = εθ(z_t, t, τθ(y), s), and ``null_context`` unused.
+
         The text keys and values of cross-attention are computed once per call, not once per step
         (`ldmkit.nn.kv_cache`): the same numbers, fewer matrix products.
         """
+        sampler, steps = self.sampling_defaults(sampler, steps)
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
         check_cache_interval(cache_interval)
+        student = self.is_student
+        if student:
+            check_student_options(cache_interval, binding, guidance_stop)
         if not 0.0 <= guidance_stop < 1.0:
             raise UsageError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
         model = self.model
@@ -141,10 +151,13 @@ class Pipeline:
             fn = core if concat is None else _with_concat(core, concat)
             return _in_bf16(fn, self.device) if self.bf16 else fn
 
-        unet = model_fn(model.unet)
+        unet = model_fn(partial(model.unet, guidance=float(guidance)) if student else model.unet)
         unguided_below = round(guidance_stop * model.schedule.num_timesteps)
 
         def denoiser(context: torch.Tensor, binding: BindingGuidance | None):
+            if student:  # the guidance scale is the UNet's input: one conditional pass
+                return guided_denoiser(unet, context, null_context, 1.0, model.config.diffusion.prediction,
+                                       model.schedule)
             # One FeatureCache per run: a run's first step is a full UNet pass.
             reusing = unet if cache_interval == 1 else model_fn(FeatureCache(model.unet, cache_interval))
             denoise = guided_denoiser(reusing, context, null_context, guidance, model.config.diffusion.prediction,
@@ -187,6 +200,26 @@ class Pipeline:
         finally:
             bar.close()
 
+    @property
+    def is_student(self) -> bool:
+        """Whether the model is a consistency student of `ldmkit distill` (it samples with lcm only)."""
+        return self.model.config.diffusion.consistency_steps > 0
+
+    def sampling_defaults(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        """(sampler, steps) of a call: the given ones, or the model's own where None: lcm at its
+        ``consistency_steps`` for a consistency student, ddim at 25 steps otherwise. UsageError for a
+        sampler the model cannot run (a student runs lcm only; lcm needs a student)."""
+        student = self.is_student
+        sampler = sampler if sampler is not None else ("lcm" if student else "ddim")
+        steps = steps if steps is not None else (self.model.config.diffusion.consistency_steps if student else 25)
+        if student and sampler != "lcm":
+            raise UsageError(f"this model is a consistency student (made by `ldmkit distill`): it samples with the "
+                             f"lcm sampler only, not {sampler!r} (leave --sampler out, or give lcm)")
+        if not student and sampler == "lcm":
+            raise UsageError("the lcm sampler needs a consistency student made by `ldmkit distill`; this model is "
+                             "not one (allowed: ddim, ddpm, euler, dpmpp-2m)")
+        return sampler, steps
+
     def input_start(self, estimate: torch.Tensor, start_from_input: bool) -> torch.Tensor | None:
         """The z_0 whose q(z_T | z_0) an image-conditioned sample starts from: E(x̃) for the input's own
         estimate x̃ of the output (the upsampled low-resolution image, the grey image, the image with
@@ -219,6 +252,20 @@ def check_cache_interval(cache_interval: int) -> None:
         raise UsageError(
             f"cache_interval = {cache_interval!r}; must be an integer ≥ 1 (1: the whole UNet at every step)"
         )
+
+
+def check_student_options(cache_interval: int, binding, guidance_stop: float) -> None:
+    """UsageError for the options a consistency student does not take: feature reuse (its few steps are
+    far apart, so no step's deep features resemble the next's), binding guidance and guidance_stop (its
+    one pass per step has no unconditional half to steer or skip)."""
+    if cache_interval != 1:
+        raise UsageError(f"cache_interval = {cache_interval}: a consistency student runs every step in full "
+                         "(its steps are too far apart to reuse features); leave it at 1")
+    if binding is not None:
+        raise UsageError("binding guidance needs a model sampled with classifier-free guidance; a consistency "
+                         "student takes the guidance scale as an input (leave binding out)")
+    if guidance_stop:
+        raise UsageError("guidance_stop does not apply to a consistency student (one pass per step); leave it at 0")
 
 
 def _in_bf16(unet, device: torch.device):

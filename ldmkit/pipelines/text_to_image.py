@@ -38,11 +38,11 @@ class TextToImagePipeline(Pipeline):
     def __call__(
         self,
         prompt: str | list[str],
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float = 4.0,
         seed: int = 0,
         num_images: int = 1,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         negative_prompt: str = "",
         eta: float = 0.0,
         height: int | None = None,
@@ -64,11 +64,11 @@ class TextToImagePipeline(Pipeline):
     def generate_tensors(
         self,
         prompt: str | list[str],
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float = 4.0,
         seed: int = 0,
         num_images: int = 1,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         negative_prompt: str = "",
         eta: float = 0.0,
         height: int | None = None,
@@ -92,14 +92,19 @@ class TextToImagePipeline(Pipeline):
         prompt with two objects starts from the best of ``binding_candidates`` noises (its own z_T and
         rivals; 1: no selection), compared by the binding loss after the first fifth of the steps.
         ``cache_interval`` N > 1: feature reuse, the whole UNet at every N-th step and its shallow branch
-        alone between (`ldmkit.nn.feature_cache`).
+        alone between (`ldmkit.nn.feature_cache`). ``sampler``/``steps`` None: the model's own (ddim at 25
+        steps; lcm at its distilled step count for a consistency student of `ldmkit distill`).
         """
         model = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
+        sampler, steps = self.sampling_defaults(sampler, steps)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if self.is_student and negative_prompt:
+            raise UsageError("a consistency student takes the guidance scale as an input and has no negative prompt; "
+                             "leave it out")
         prompts = [p for p in prompts for _ in range(num_images)]
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         if binding < 0:

@@ -29,7 +29,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ldmkit import __version__
-from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve import schemas
 from ldmkit.serve.body_limit import BodyLimit
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
@@ -182,7 +181,7 @@ def create_app(
     def models() -> ModelList:
         return ModelList(models=[ModelInfo(
             id=model_name, default_size=limits.default_size, latent_factor=limits.latent_factor,
-            max_size=limits.max_size, samplers=list(SAMPLERS),
+            max_size=limits.max_size, samplers=list(limits.samplers), default_steps=limits.default_steps,
             max_steps=min(schemas.MAX_STEPS, limits.num_timesteps), max_images=schemas.MAX_IMAGES,
             max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,
         )])

@@ -24,12 +24,16 @@ class Limits:
     (or the trained size, if larger), because time and memory grow with the pixel count (attention's
     with its square) and a model draws poorly far from the size it was trained at.
     ``num_timesteps``: T, the most sampler steps a schedule has.
+    ``samplers``: the samplers the model runs, its default first (ddim; lcm alone for a consistency
+    student); ``default_steps``: the steps a request without any gets (25; a student's own).
     """
 
     latent_factor: int
     default_size: int
     max_size: int
     num_timesteps: int
+    samplers: tuple[str, ...] = ("ddim", "ddpm", "euler", "dpmpp-2m")
+    default_steps: int = 25
 
     @classmethod
     def from_pipeline(cls, pipe, max_size: int | None = None) -> "Limits":
@@ -39,8 +43,12 @@ class Limits:
         cap = max_side(size, max_size)
         if cap < size:
             raise UsageError(f"max size {cap} is below the model's trained size {size}")
+        from ldmkit.diffusion import SAMPLERS
+
+        sampler, steps = pipe.sampling_defaults(None, None)
+        runs = ("lcm",) if sampler == "lcm" else (sampler, *(n for n in SAMPLERS if n not in (sampler, "lcm")))
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
-                   num_timesteps=model.schedule.num_timesteps)
+                   num_timesteps=model.schedule.num_timesteps, samplers=runs, default_steps=steps)
 
     def size_errors(self, field: str, value: int | None) -> list[dict]:
         """FastAPI-style error entries for ``width`` or ``height``; empty when the value is allowed."""
@@ -55,8 +63,14 @@ class Limits:
             return []
         return [{"loc": ("body", field), "msg": msg, "type": "value_error"}]
 
-    def steps_errors(self, steps: int) -> list[dict]:
-        if steps <= self.num_timesteps:
+    def sampler_errors(self, sampler: str | None) -> list[dict]:
+        if sampler is None or sampler in self.samplers:
+            return []
+        msg = f"this model samples with {', '.join(self.samplers)}, not {sampler}"
+        return [{"loc": ("body", "sampler"), "msg": msg, "type": "value_error"}]
+
+    def steps_errors(self, steps: int | None) -> list[dict]:
+        if steps is None or steps <= self.num_timesteps:
             return []
         msg = f"steps must be at most the model's {self.num_timesteps} timesteps, got {steps}"
         return [{"loc": ("body", "steps"), "msg": msg, "type": "value_error"}]

@@ -33,7 +33,8 @@ class GenerateRequest(BaseModel):
     prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: StrictStr = Field("", max_length=MAX_PROMPT_CHARS,
                                        description="the prompt guidance steers away from (empty: unconditional)")
-    steps: StrictInt = Field(25, ge=1, le=MAX_STEPS, description="sampler steps")
+    steps: StrictInt | None = Field(None, ge=1, le=MAX_STEPS,
+                                    description="sampler steps; null: the model's default (GET /v1/models)")
     guidance: StrictFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                   description="classifier-free guidance scale s")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
@@ -42,7 +43,8 @@ class GenerateRequest(BaseModel):
     cache_interval: StrictInt = Field(1, ge=1, le=MAX_CACHE_INTERVAL,
                                       description="feature reuse: the whole UNet at every N-th step, its shallow "
                                                   "branch alone between (docs/performance.md); 1: off")
-    sampler: SamplerName = "ddim"
+    sampler: SamplerName | None = Field(None, description="null: the model's default, the first of its samplers "
+                                                           "(GET /v1/models)")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="images drawn together as one batch")
@@ -53,13 +55,15 @@ class GenerateRequest(BaseModel):
     def limit_errors(self, limits: Limits) -> list[dict]:
         """The checks that depend on the model, as FastAPI-style error entries."""
         return (limits.size_errors("width", self.width) + limits.size_errors("height", self.height)
-                + limits.steps_errors(self.steps))
+                + limits.steps_errors(self.steps) + limits.sampler_errors(self.sampler))
 
     def resolve(self, limits: Limits) -> "Settings":
         """Fill in what the request left open (seed, size), so that the settings reproduce the images."""
         return Settings(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-            guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval, sampler=self.sampler,
+            prompt=self.prompt, negative_prompt=self.negative_prompt,
+            steps=self.steps if self.steps is not None else limits.default_steps,
+            guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval,
+            sampler=self.sampler or limits.samplers[0],
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
@@ -134,7 +138,8 @@ class ModelInfo(BaseModel):
     default_size: int
     latent_factor: int
     max_size: int
-    samplers: list[str]
+    samplers: list[str] = Field(description="the samplers this model runs, its default first")
+    default_steps: int
     max_steps: int
     max_images: int
     max_prompt_chars: int

@@ -203,7 +203,7 @@ _RUN_SETTINGS: dict[str, dict] = {}  # run folder -> the settings `save_checkpoi
 # The sections of a Preset each stage trains from (stage two reads its autoencoder from a folder), and
 # the keys that may change between the stretches of one run: how often it logs, samples and
 # checkpoints, how many loader workers it uses, and the step count it is aiming for (--steps).
-STAGE_SECTIONS = {"autoencoder": ("data", "autoencoder", "autoencoder_train")}
+STAGE_SECTIONS = {"autoencoder": ("data", "autoencoder", "autoencoder_train"), "distill": ("data", "distill")}
 FREE_KEYS = {"log_every", "sample_every", "checkpoint_every", "checkpoint_keep", "num_workers", "tensorboard",
              "steps"}
 
@@ -217,7 +217,8 @@ def _settings(preset, kind: str) -> dict:
     from ldmkit.config import to_dict
 
     full = to_dict(preset)
-    sections = STAGE_SECTIONS.get(kind) or [s for s in full if s not in STAGE_SECTIONS["autoencoder"][1:]]
+    other_stages = ("autoencoder", "autoencoder_train", "distill")
+    sections = STAGE_SECTIONS.get(kind) or [s for s in full if s not in other_stages]
     return {s: {k: v for k, v in full[s].items() if k not in FREE_KEYS} if isinstance(full[s], dict) else full[s]
             for s in sections if s in full}
 

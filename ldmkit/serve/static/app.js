@@ -67,7 +67,8 @@ async function loadModel() {
     const model = models[0];
     $("model").textContent = `model: ${model.id} · trained at ${model.default_size}×${model.default_size}`;
     $("sampler").innerHTML = "";
-    for (const name of model.samplers) $("sampler").add(new Option(name, name, false, name === "ddim"));
+    for (const [i, name] of model.samplers.entries()) $("sampler").add(new Option(name, name, i === 0, i === 0));
+    $("steps").value = model.default_steps;
     fillSizes($("width"), model);
     fillSizes($("height"), model);
     $("steps").max = model.max_steps;
