@@ -155,6 +155,8 @@ class LatentDiffusion(nn.Module):
 
         ``ema``: use a single file's EMA weights when it has them (folders hold one set of weights).
         ``prediction`` ("epsilon"/"v") overrides what the model's config says or inference assumes.
+        Single files and diffusers folders load without a second copy of the weights, memory-mapped
+        from the file (see `ldmkit.convert.load_model`).
         """
         folder = Path(folder)
         if not (folder / "config.yaml").is_file() and folder.exists():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ldmkit.config import ConfigError, ModelConfig
@@ -23,7 +23,8 @@ class Checkpoint:
     """A latent diffusion model in ldmkit's layout, read from any format.
 
     ``weights`` holds ldmkit keys (``unet.*``, ``autoencoder.*`` including ``autoencoder.scale_factor``,
-    ``text_encoder.*``) in the dtype of the source file. ``extras`` holds the source's tensors that
+    ``text_encoder.*``) in the dtype of the source file unless the reader was asked to cast them; tensors
+    read from ``.safetensors`` files are views of the files' memory mappings. ``extras`` holds the source's tensors that
     ldmkit does not use (schedule buffers, the EMA or non-EMA copy not chosen, SD 2's unused last text
     block, …) under their source names, and ``source`` says how they fit back: ``layout`` ("original",
     "diffusers"), ``unet_weights`` ("model" or "model_ema"), ``scale_factor_key`` ("present"/"absent").
@@ -38,27 +39,131 @@ class Checkpoint:
     description: str = ""
 
 
-def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str], dict]:
-    """(state dict, safetensors metadata, other top-level entries) of one weights file.
+class _MappedFile:
+    """One ``.safetensors`` file, memory-mapped: `view` is a tensor over the file's pages (a private,
+    copy-on-write mapping: nothing is copied or read until the tensor is used, and writing into it never
+    reaches the file); `read` with another dtype reads the bytes with ``pread`` into a buffer of their
+    own, casts them and frees the buffer, so that the file's pages do not stay resident beside the cast
+    copy."""
 
-    ``.safetensors`` is read directly. ``.ckpt``/``.pt``/``.pth``/``.bin`` go through
-    ``torch.load(weights_only=True)``, which refuses pickles that would run code; a Lightning-style
-    ``{"state_dict": …}`` wrapper is unwrapped and its other entries (``global_step``, …) returned.
+    def __init__(self, path: Path):
+        self.path = path
+        self.mapped = safe_open(str(path), "pt")
+        self._pread = None
+
+    def keys(self) -> list[str]:
+        return list(self.mapped.keys())
+
+    def view(self, key: str) -> Tensor:
+        return self.mapped.get_tensor(key)
+
+    def read(self, key: str, dtype: torch.dtype) -> Tensor:
+        tensor = self.view(key)
+        if tensor.dtype == dtype:
+            return tensor
+        if self._pread is None:
+            try:
+                self._pread = safe_open(str(self.path), "pt", backend="pread")
+            except TypeError:  # safetensors before the pread backend: cast from the mapping
+                self._pread = self.mapped
+        return self._pread.get_tensor(key).to(dtype)
+
+
+class _LoadedTensors:
+    """Tensors ``torch.load`` returned (memory-mapped where the file allows it)."""
+
+    def __init__(self, tensors: dict[str, Tensor]):
+        self.tensors = tensors
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def view(self, key: str) -> Tensor:
+        return self.tensors[key]
+
+    def read(self, key: str, dtype: torch.dtype) -> Tensor:
+        tensor = self.tensors[key]
+        return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+class LazyTensors(Mapping[str, Tensor]):
+    """The named tensors of one or more weight files, each produced when it is asked for.
+
+    ``lazy[name]`` is the tensor as stored: for a ``.safetensors`` file a view of its memory mapping
+    (no bytes copied or read until used), for a ``.ckpt`` what ``torch.load`` returned. `read` gives
+    it in a given dtype, one tensor at a time (see `_MappedFile.read`). `renamed` and `union` rename and
+    combine sources without reading anything.
+    """
+
+    def __init__(self, index: dict[str, tuple[_MappedFile | _LoadedTensors, str]]):
+        self._index = index
+
+    @classmethod
+    def of(cls, source: _MappedFile | _LoadedTensors) -> "LazyTensors":
+        return cls({key: (source, key) for key in source.keys()})
+
+    def __getitem__(self, name: str) -> Tensor:
+        source, key = self._index[name]
+        return source.view(key)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def read(self, name: str, dtype: torch.dtype) -> Tensor:
+        """The tensor ``name`` as ``dtype``: the stored tensor itself when it has that dtype, else a cast
+        copy whose source bytes are not kept."""
+        source, key = self._index[name]
+        return source.read(key, dtype)
+
+    def renamed(self, rename: Callable[[str], str]) -> "LazyTensors":
+        return LazyTensors({rename(name): entry for name, entry in self._index.items()})
+
+    @staticmethod
+    def union(parts: Iterable["LazyTensors"]) -> "LazyTensors":
+        """All names of ``parts``; a later part's tensor wins a name two share."""
+        index: dict = {}
+        for part in parts:
+            index.update(part._index)
+        return LazyTensors(index)
+
+
+def read_as(source: Mapping[str, Tensor], name: str, dtype: torch.dtype) -> Tensor:
+    """``source[name]`` cast to ``dtype``, through `LazyTensors.read` when ``source`` is one."""
+    if isinstance(source, LazyTensors):
+        return source.read(name, dtype)
+    tensor = source[name]
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
+    """(tensors, safetensors metadata, other top-level entries) of one weights file.
+
+    ``.safetensors`` is memory-mapped (``safe_open``): the tensors are views of the file, read only when
+    used (see `LazyTensors`). ``.ckpt``/``.pt``/``.pth``/``.bin`` go through
+    ``torch.load(weights_only=True)``, which refuses pickles that would run code, memory-mapped
+    (``mmap=True``) unless the file predates torch's zip format; a Lightning-style ``{"state_dict": …}``
+    wrapper is unwrapped and its other entries (``global_step``, …) returned.
     """
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS:
         try:
-            with safe_open(str(path), "pt") as f:
-                metadata = dict(f.metadata() or {})
-            return load_file(str(path)), metadata, {}
+            mapped = _MappedFile(path)
+            metadata = dict(mapped.mapped.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        return LazyTensors.of(mapped), metadata, {}
     if suffix not in PICKLES:
         raise CheckpointError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or .ckpt")
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = _torch_load(path)
     except pickle.UnpicklingError as e:
         first = (str(e).splitlines() or [""])[0]
         raise CheckpointError(
@@ -77,7 +182,17 @@ def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str], dict]:
     tensors = {k: v for k, v in data.items() if isinstance(v, Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors")
-    return tensors, {}, top
+    return LazyTensors.of(_LoadedTensors(tensors)), {}, top
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``, memory-mapped when the file is in torch's zip format."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+    return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
 
 
 def with_prediction(config: ModelConfig, prediction: str) -> ModelConfig:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from ldmkit.config import ModelConfig
-from ldmkit.convert.checkpoint import Checkpoint, read_tensors, with_prediction
+from ldmkit.convert.checkpoint import Checkpoint, LazyTensors, read_tensors, with_prediction
 from ldmkit.convert.infer import autoencoder_from_diffusers, schedule_from_diffusers, text_from_diffusers, unet_from_diffusers
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
@@ -40,8 +40,9 @@ def _json(path: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
-def _component_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of one component folder: safetensors (whole, fp16 variant, or sharded), else .bin."""
+def _component_tensors(folder: Path) -> LazyTensors:
+    """The weights of one component folder: safetensors (whole, fp16 variant, or sharded), else .bin;
+    memory-mapped, nothing read yet (`read_tensors`)."""
     for stem in COMPONENTS[folder.name]:
         for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{stem}.bin", f"{stem}.fp16.bin"):
             if (folder / name).is_file():
@@ -49,10 +50,7 @@ def _component_tensors(folder: Path) -> dict[str, torch.Tensor]:
         for name in (f"{stem}.safetensors.index.json", f"{stem}.bin.index.json"):
             if (folder / name).is_file():
                 shards = sorted(set(_json(folder / name).get("weight_map", {}).values()))
-                tensors: dict[str, torch.Tensor] = {}
-                for shard in shards:
-                    tensors.update(read_tensors(folder / shard)[0])
-                return tensors
+                return LazyTensors.union(read_tensors(folder / shard)[0] for shard in shards)
     raise CheckpointError(f"{folder} has no weights file ({COMPONENTS[folder.name][0]}.safetensors)")
 
 
@@ -60,8 +58,10 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
-def read_diffusers(folder: str | Path, prediction: str | None = None) -> Checkpoint:
-    """Read a diffusers Stable Diffusion folder into ldmkit's layout."""
+def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torch.dtype | None = None) -> Checkpoint:
+    """Read a diffusers Stable Diffusion folder into ldmkit's layout. The weights are views of the files'
+    memory mappings where no cast is needed; ``cast`` reads floating-point weights as that dtype (see
+    `apply_to_ldmkit`)."""
     from ldmkit.text.clip import ClipTokenizer
 
     folder = Path(folder)
@@ -87,18 +87,19 @@ def read_diffusers(folder: str | Path, prediction: str | None = None) -> Checkpo
     )
     if prediction is not None:
         config = with_prediction(config, prediction)
-    source = {}
-    for component in COMPONENTS:
-        source.update({f"{component}/{k}": v for k, v in _component_tensors(folder / component).items()})
+    source = LazyTensors.union(
+        _component_tensors(folder / component).renamed(lambda k, c=component: f"{c}/{k}") for component in COMPONENTS
+    )
     # transformers 5 saves CLIPTextModel without the "text_model." prefix that Hub folders have
     bare = not any(k.startswith(TEXT_MODEL) for k in source)
     if bare:
-        source = {TEXT_MODEL + k.removeprefix("text_encoder/") if k.startswith("text_encoder/") else k: v
-                  for k, v in source.items()}
+        source = source.renamed(
+            lambda k: TEXT_MODEL + k.removeprefix("text_encoder/") if k.startswith("text_encoder/") else k
+        )
     shapes = expected_shapes(config)
     rules = layout_rules(config, shapes, "diffusers")
     weights, rest = apply_to_ldmkit(
-        rules, source, shapes, lambda key: key.endswith("embeddings.position_ids"), str(folder)
+        rules, source, shapes, lambda key: key.endswith("embeddings.position_ids"), str(folder), cast
     )
     weights[SCALE_FACTOR] = torch.tensor(scale, dtype=torch.float32)
     what = "Stable Diffusion 2.x" if text.kind == "openclip" else "Stable Diffusion 1.x"
@@ -214,7 +215,7 @@ def write_diffusers(ckpt: Checkpoint, folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"--out {folder} exists and is not a folder")
-    configs = _diffusers_configs(ckpt.config, float(ckpt.weights[SCALE_FACTOR]))
+    configs = _diffusers_configs(ckpt.config, float(ckpt.weights[SCALE_FACTOR]))  # refuses before writing
     tensors = to_diffusers(ckpt)
     files = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
              "text_encoder": "model.safetensors"}
@@ -223,9 +224,21 @@ def write_diffusers(ckpt: Checkpoint, folder: str | Path) -> Path:
         (folder / component).mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / component / name) as tmp:
             save_file(part, str(tmp), metadata={"format": "pt"})
+    return _write_configs(configs, ckpt.tokenizer, folder)
+
+
+def write_diffusers_configs(config: ModelConfig, tokenizer, scale: float, folder: str | Path) -> Path:
+    """The files of a diffusers ``StableDiffusionPipeline`` folder for ``config`` except the weights:
+    ``model_index.json``, each component's config, the scheduler config and the tokenizer's vocabulary
+    (what diffusers' ``from_single_file(..., config=folder)`` reads to load a single file offline)."""
+    return _write_configs(_diffusers_configs(config, scale), tokenizer, Path(folder))
+
+
+def _write_configs(configs: dict[str, dict], tokenizer, folder: Path) -> Path:
+    for component in ("unet", "vae", "text_encoder"):
         _write_json(folder / component / "config.json", configs[component])
     _write_json(folder / "scheduler" / "scheduler_config.json", configs["scheduler"])
-    ckpt.tokenizer.save_vocab_files(folder / "tokenizer")
+    tokenizer.save_vocab_files(folder / "tokenizer")
     _write_json(
         folder / "model_index.json",
         {

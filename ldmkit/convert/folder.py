@@ -38,7 +38,8 @@ def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint
         raise CheckpointError(f"{folder}: {e}") from None
     extras, source = {}, {}
     if (folder / EXTRAS).is_file():
-        extras, metadata, _ = read_tensors(folder / EXTRAS)
+        tensors, metadata, _ = read_tensors(folder / EXTRAS)
+        extras = dict(tensors)
         source = json.loads(metadata.get(SOURCE_KEY, "{}"))
     return Checkpoint(config, weights, tokenizer, extras, source, description="ldmkit model folder")
 

@@ -71,12 +71,18 @@ def _passthrough(config: ModelConfig, unet_ema: bool):
 
 
 def read_original(
-    path: str | Path, ema: bool = True, prediction: str | None = None, config: ModelConfig | None = None
+    path: str | Path,
+    ema: bool = True,
+    prediction: str | None = None,
+    config: ModelConfig | None = None,
+    cast: torch.dtype | None = None,
 ) -> Checkpoint:
     """Read a single ``.safetensors`` / ``.ckpt`` file in the original layout.
 
     The architecture comes from ``config``, else from the ``ldmkit_config`` metadata of files ldmkit
     wrote, else from the keys and shapes (`ldmkit.convert.infer`). ``prediction`` overrides ε/v.
+    The weights are views of the file's memory mapping where no cast is needed (`read_tensors`);
+    ``cast`` reads floating-point weights as that dtype (see `apply_to_ldmkit`).
     """
     path = Path(path)
     sd, metadata, top = read_tensors(path)
@@ -102,9 +108,10 @@ def read_original(
     first_unet = layout_rules(config, shapes, "original")[0].other[0]
     unet_ema = ema and ema_key(first_unet) in sd
     rules = layout_rules(config, shapes, "original", unet_ema)
-    weights, rest = apply_to_ldmkit(rules, sd, shapes, _passthrough(config, unet_ema), str(path))
+    weights, rest = apply_to_ldmkit(rules, sd, shapes, _passthrough(config, unet_ema), str(path), cast)
     if "scale_factor" in rest:
-        weights[SCALE_FACTOR] = rest.pop("scale_factor")
+        scale_tensor = rest.pop("scale_factor")
+        weights[SCALE_FACTOR] = scale_tensor if cast is None else scale_tensor.to(cast)
         scale_key = "present"
     else:
         # not in the weights: from inference or ldmkit's metadata, else SD's (every LDM KL-f8 model uses it)

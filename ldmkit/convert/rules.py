@@ -8,13 +8,14 @@ q/k/v matrix), so converting there and back returns bit-identical tensors in the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from ldmkit.convert.checkpoint import read_as
 from ldmkit.storage import CheckpointError, first_keys
 
 Op = Literal["rename", "conv1x1", "stack"]
@@ -60,10 +61,11 @@ class Rule:
 
 def apply_to_ldmkit(
     rules: list[Rule],
-    source: dict[str, Tensor],
+    source: Mapping[str, Tensor],
     expected: dict[str, tuple[int, ...]],
     passthrough: Callable[[str], bool],
     what: str,
+    cast: torch.dtype | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Map ``source`` (the other layout) to ldmkit keys through ``rules``.
 
@@ -71,6 +73,11 @@ def apply_to_ldmkit(
     gives the ldmkit shape of every key; ``passthrough(key)`` says whether an unused source key is a
     known extra (schedule buffers, the other EMA copy, …) rather than a mistake. Missing keys, unexpected
     keys and wrong shapes raise one `CheckpointError` naming the first offending keys of ``what``.
+
+    Renames and 1×1 reshapes are views of the source tensors (of the file's memory mapping, when
+    ``source`` is a `LazyTensors` of a ``.safetensors`` file), not copies. ``cast``: floating-point
+    weights of another dtype are read as ``cast``, one tensor at a time (`LazyTensors.read`); None keeps
+    the source's dtypes. ``rest`` is never cast.
     """
     weights: dict[str, Tensor] = {}
     missing: list[str] = []
@@ -88,6 +95,9 @@ def apply_to_ldmkit(
         if bad:
             wrong += bad
             continue
+        if cast is not None:
+            tensors = [read_as(source, k, cast) if t.is_floating_point() and t.dtype != cast else t
+                       for k, t in zip(rule.other, tensors)]
         weights.update(zip(rule.ldmkit, rule.to_ldmkit(tensors)))
     rest = {k: v for k, v in source.items() if k not in used}
     unexpected = [k for k in rest if not passthrough(k)]
