@@ -2,7 +2,8 @@
 
 One worker thread runs the model, one job at a time; requests wait in a bounded queue (a full queue
 answers 503 with Retry-After) and every job has a deadline. The page at ``/`` and the JSON API under
-``/v1`` are both thin shells over `JobQueue` and the `TextToImagePipeline`.
+``/v1`` are both thin shells over `JobQueue` and the `TextToImagePipeline` (and, for Prompt-to-Prompt
+edits under ``/v1/edit``, a `PromptToPromptPipeline` over the same model).
 
     app = create_app(load_pipeline("runs/ldm"), model_name="runs/ldm")
     # or: ldmkit serve --model runs/ldm

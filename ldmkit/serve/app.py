@@ -10,6 +10,7 @@ Routes (the OpenAPI schema at /openapi.json describes each):
     DELETE /v1/jobs/{id}                     cancel (a running job stops at its next step)
     GET    /v1/jobs/{id}/images/{k}.png      image k of a finished job
     POST   /v1/generate                      queue a job and wait: the images as base64 PNGs
+    …/v1/edit…                               Prompt-to-Prompt edits, on the same queue (`ldmkit.serve.edit`)
 
 Status codes a client should expect: 413 for a body over the limit, 422 naming the field for any
 invalid value, 503 with Retry-After when the queue is full, 504 when a job misses its deadline.
@@ -31,20 +32,19 @@ from fastapi.staticfiles import StaticFiles
 from ldmkit import __version__
 from ldmkit.serve import schemas
 from ldmkit.serve.body_limit import BodyLimit
+from ldmkit.serve.edit import add_edit_routes, by_kind, edit_pipeline_for, edit_runner, edit_saver
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
-from ldmkit.serve.jobs import Job, JobQueue, QueueFull
+from ldmkit.serve.handling import NOT_FOUND, QUEUE_FULL, WAIT_ERRORS, not_found, submit, wait_done
+from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.outputs import folder_saver, image_filename
 from ldmkit.serve.schemas import (
-    ErrorMessage, GeneratedImage, GenerateRequest, GenerateResponse, Health, ImageInfo, JobInfo, JobState,
+    GeneratedImage, GenerateRequest, GenerateResponse, Health, ImageInfo, JobInfo, JobState,
     ModelInfo, ModelList, Settings,
 )
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
-
-_QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full; the Retry-After header says when to retry"}}
-_NOT_FOUND = {404: {"model": ErrorMessage, "description": "no such job (or it was forgotten)"}}
 
 
 def pipeline_runner(pipe):
@@ -97,6 +97,7 @@ def create_app(
     allowed_hosts: set[str] | None = None,
     any_ip_host: bool = False,
     body_timeout: float | None = BODY_TIMEOUT,
+    edit_pipeline=None,
 ) -> FastAPI:
     """The app serving ``pipeline`` (a `TextToImagePipeline`, or anything called the same way).
 
@@ -106,11 +107,18 @@ def create_app(
     The worker thread starts and stops with the app's lifespan (uvicorn, or ``with TestClient(app)``).
     ``allowed_hosts``: answer only requests whose ``Host`` is one of these names (`ldmkit.serve.guard`;
     None: any), and with ``any_ip_host`` any IP address too. ``body_timeout``: seconds a request body
-    may take to arrive (then 408).
+    may take to arrive (then 408). ``edit_pipeline``: what runs edit jobs (called as
+    `PromptToPromptPipeline`, with its ``.model``); None: one over ``pipeline``'s model, where it can edit.
     """
     limits = limits if limits is not None else Limits.from_pipeline(pipeline)
-    queue = JobQueue(pipeline_runner(pipeline), max_queue=max_queue, timeout=timeout,
-                     on_done=folder_saver(output_dir) if output_dir is not None else None)
+    edit_reason = None
+    if edit_pipeline is None:
+        edit_pipeline, edit_reason = edit_pipeline_for(pipeline)
+    run = by_kind(pipeline_runner(pipeline), edit_runner(edit_pipeline) if edit_pipeline is not None else None)
+    on_done = None
+    if output_dir is not None:
+        on_done = by_kind(folder_saver(output_dir), edit_saver(output_dir), settings_of=lambda job: job.settings)
+    queue = JobQueue(run, max_queue=max_queue, timeout=timeout, on_done=on_done)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -137,17 +145,10 @@ def create_app(
             raise RequestValidationError(errors)
         return request.resolve(limits)
 
-    def submit(settings: Settings) -> Job:
-        try:
-            return queue.submit(settings)
-        except QueueFull as e:
-            raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
-
     def find(job_id: str) -> Job:
         job = queue.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id!r}: unknown, or one of the oldest finished jobs, "
-                                     f"which the server forgets")
+        if job is None or not isinstance(job.settings, Settings):
+            raise not_found(job_id, None if job is None else f"/v1/edit/jobs/{job_id}")
         return job
 
     def images_of(job: Job) -> list[ImageInfo]:
@@ -186,16 +187,16 @@ def create_app(
             max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,
         )])
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobInfo, responses=_QUEUE_FULL)
+    @app.post("/v1/jobs", status_code=202, response_model=JobInfo, responses=QUEUE_FULL)
     def create_job(request: GenerateRequest) -> JobInfo:
         """Queue a job and answer at once; follow it with GET /v1/jobs/{id}."""
-        return info(submit(settings_for(request)))
+        return info(submit(queue, settings_for(request)))
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=_NOT_FOUND)
+    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=NOT_FOUND)
     def get_job(job_id: str) -> JobInfo:
         return info(find(job_id))
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=_NOT_FOUND)
+    @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=NOT_FOUND)
     def cancel_job(job_id: str) -> JobInfo:
         """Cancel a job: a waiting one at once, a running one after its current sampler step."""
         job = find(job_id)
@@ -203,7 +204,7 @@ def create_app(
         return info(job)
 
     @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses={
-        200: {"content": {"image/png": {}}, "description": "the PNG"}, **_NOT_FOUND})
+        200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND})
     def get_image(job_id: str, index: int) -> Response:
         job = find(job_id)
         if job.state is not JobState.done:
@@ -216,35 +217,19 @@ def create_app(
             "Cache-Control": "private, max-age=3600, immutable",  # a job's images never change
         })
 
-    @app.post("/v1/generate", response_model=GenerateResponse, responses={
-        **_QUEUE_FULL,
-        504: {"model": ErrorMessage, "description": "the job did not finish within the server's timeout"},
-        409: {"model": ErrorMessage, "description": "the job was cancelled"},
-        500: {"model": ErrorMessage, "description": "the model failed"},
-    })
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=WAIT_ERRORS)
     async def generate(request: GenerateRequest, http: Request) -> GenerateResponse:
         """Queue a job and wait for its images (base64 PNGs, with the settings that reproduce them)."""
-        job = submit(settings_for(request))
-        while not job.state.finished:
-            left = job.deadline - queue.clock()
-            if left <= 0:
-                queue.cancel(job, JobState.timeout, queue.timeout_message())
-                await _wait_finished(job, 1.0)  # a running job stops at its next step; don't wait long
-                break
-            await _wait_finished(job, min(left, 0.5))
-            if not job.state.finished and await http.is_disconnected():
-                queue.cancel(job, message="the client went away")  # free the only worker for others
-                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        state = job.state
-        if state is JobState.done:
-            images = [GeneratedImage(**image.model_dump(), png_base64=base64.b64encode(job.images[image.index]).decode())
-                      for image in images_of(job)]
-            return GenerateResponse(id=job.id, settings=job.settings, images=images,
-                                    elapsed_s=round(job.elapsed(queue.clock()), 3))
-        if state is JobState.timeout or not state.finished:  # not finished: still in its last step
-            raise HTTPException(504, queue.timeout_message())
-        raise HTTPException(409 if state is JobState.cancelled else 500, job.error)
+        job = submit(queue, settings_for(request))
+        gone = await wait_done(queue, job, http)
+        if gone is not None:
+            return gone
+        images = [GeneratedImage(**image.model_dump(), png_base64=base64.b64encode(job.images[image.index]).decode())
+                  for image in images_of(job)]
+        return GenerateResponse(id=job.id, settings=job.settings, images=images,
+                                elapsed_s=round(job.elapsed(queue.clock()), 3))
 
+    add_edit_routes(app, queue, edit_pipeline, edit_reason, limits, None if model_name == SHIPPED else model_name)
     return app
 
 
@@ -254,23 +239,3 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
 
-
-async def _wait_finished(job: Job, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for ``job`` to finish without holding a thread; True if it did."""
-    loop = asyncio.get_running_loop()
-    finished = loop.create_future()
-
-    def wake() -> None:  # runs in the worker thread
-        try:
-            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
-
-    job.add_listener(wake)
-    try:
-        await asyncio.wait_for(finished, timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
-    finally:
-        job.remove_listener(wake)

@@ -1,10 +1,11 @@
 // The page: read the model's limits, queue a job (POST /v1/jobs), poll it for progress, show its images.
-// Plain JS on purpose: no build step, nothing fetched from elsewhere.
+// The edit tab (edit.js) queues its jobs through runJob here too. Plain JS on purpose: no build step,
+// nothing fetched from elsewhere.
 "use strict";
 
 const POLL_MS = 200;
 const $ = (id) => document.getElementById(id);
-let currentJob = null;   // the id of the job being followed, or null
+let currentJob = null;   // the URL of the job being followed, or null
 let cancelRequested = false;
 
 // ---------------------------------------------------------------------------------------------------
@@ -111,7 +112,10 @@ function writeForm(settings) {
 // a job: queue it, follow it, show it
 
 function setBusy(busy) {
-  $("generate").disabled = busy;
+  // One job at a time from this page, generate or edit.
+  for (const button of document.querySelectorAll("form button[type=submit]")) {
+    button.disabled = busy || button.dataset.unavailable === "true";
+  }
   $("cancel").hidden = !busy;
   $("progress-box").hidden = !busy && $("progress").value === 0;
 }
@@ -164,9 +168,9 @@ function addToGallery(job) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function follow(jobId) {
+async function follow(jobUrl) {
   for (;;) {
-    const job = await api("GET", `/v1/jobs/${jobId}`);
+    const job = await api("GET", jobUrl);
     showProgress(job);
     if (job.status === "done") return job;
     if (job.status === "cancelled" && cancelRequested) return null;  // asked for: not an error
@@ -177,8 +181,8 @@ async function follow(jobId) {
   }
 }
 
-async function generate(event) {
-  event.preventDefault();
+// POST payload to jobsUrl, follow the job at jobsUrl/{id} with the progress bar, then show(job).
+async function runJob(jobsUrl, payload, show) {
   showError("");
   cancelRequested = false;
   $("progress").value = 0;
@@ -186,10 +190,10 @@ async function generate(event) {
   $("progress-box").hidden = false;
   $("progress-text").textContent = "sending…";
   try {
-    const job = await api("POST", "/v1/jobs", readForm());
-    currentJob = job.id;
-    const finished = await follow(job.id);
-    if (finished) addToGallery(finished);
+    const job = await api("POST", jobsUrl, payload);
+    currentJob = `${jobsUrl}/${job.id}`;
+    const finished = await follow(currentJob);
+    if (finished) show(finished);
   } catch (e) {
     showError(e.message);
   } finally {
@@ -198,10 +202,15 @@ async function generate(event) {
   }
 }
 
+async function generate(event) {
+  event.preventDefault();
+  await runJob("/v1/jobs", readForm(), addToGallery);
+}
+
 async function cancel() {
   if (currentJob === null) return;
   cancelRequested = true;
-  try { await api("DELETE", `/v1/jobs/${currentJob}`); } catch (e) { showError(e.message); }
+  try { await api("DELETE", currentJob); } catch (e) { showError(e.message); }
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -1,0 +1,80 @@
+"""What the generate and edit routes share: queue a job (503 when the queue is full) and wait for it
+without holding a thread (504 past its deadline, 409 cancelled, 500 failed, 499 when the client left)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import HTTPException, Request, Response
+
+from ldmkit.serve.jobs import Job, JobQueue, QueueFull
+from ldmkit.serve.schemas import ErrorMessage, JobState
+
+QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full; the Retry-After header says when to retry"}}
+NOT_FOUND = {404: {"model": ErrorMessage, "description": "no such job (or it was forgotten)"}}
+WAIT_ERRORS = {
+    **QUEUE_FULL,
+    504: {"model": ErrorMessage, "description": "the job did not finish within the server's timeout"},
+    409: {"model": ErrorMessage, "description": "the job was cancelled"},
+    500: {"model": ErrorMessage, "description": "the model failed"},
+}
+
+
+def submit(queue: JobQueue, settings) -> Job:
+    """Queue a job for ``settings``; HTTP 503 with Retry-After when the queue is full."""
+    try:
+        return queue.submit(settings)
+    except QueueFull as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+
+
+def not_found(job_id: str, elsewhere: str | None = None) -> HTTPException:
+    """404 for an unknown job id, or (``elsewhere``: the route of its kind) one of the other kind of job."""
+    if elsewhere is not None:
+        return HTTPException(404, f"job {job_id!r} is followed at {elsewhere}, not here")
+    return HTTPException(404, f"no job {job_id!r}: unknown, or one of the oldest finished jobs, which the server "
+                              f"forgets")
+
+
+async def wait_done(queue: JobQueue, job: Job, http: Request) -> Response | None:
+    """Wait until ``job`` is done: None then. When the client hangs up first, the job is cancelled (the one
+    worker is freed for others) and the answer is a 499 `Response`, which nobody reads. Otherwise an
+    `HTTPException`: 504 past the deadline (a running job is stopped at its next step), 409 cancelled,
+    500 failed."""
+    while not job.state.finished:
+        left = job.deadline - queue.clock()
+        if left <= 0:
+            queue.cancel(job, JobState.timeout, queue.timeout_message())
+            await wait_finished(job, 1.0)  # a running job stops at its next step; don't wait long
+            break
+        await wait_finished(job, min(left, 0.5))
+        if not job.state.finished and await http.is_disconnected():
+            queue.cancel(job, message="the client went away")
+            return Response(status_code=499)  # nginx's "client closed request"
+    state = job.state
+    if state is JobState.done:
+        return None
+    if state is JobState.timeout or not state.finished:  # not finished: still in its last step
+        raise HTTPException(504, queue.timeout_message())
+    raise HTTPException(409 if state is JobState.cancelled else 500, job.error)
+
+
+async def wait_finished(job: Job, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``job`` to finish without holding a thread; True if it did."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def wake() -> None:  # runs in the worker thread
+        try:
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    job.add_listener(wake)
+    try:
+        await asyncio.wait_for(finished, timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        job.remove_listener(wake)
