@@ -42,7 +42,7 @@ shapes64: setup
 # grammar with the grounding loss (shapes64-grounded, ~40 min on 2 cores), then both measured into
 # benchmarks/GROUNDING.md (~1 h). It measured worse than the model it started from, so it is not shipped.
 shapes64-grounded: setup
-	bash benchmarks/binding/shipped_autoencoder.sh runs/shipped-ae
+	bash benchmarks/shipped_autoencoder.sh runs/shipped-ae
 	.venv/bin/ldmkit train --preset shapes64-grounded --autoencoder runs/shipped-ae --init ldmkit/pretrained/shapes64 \
 	  --out runs/shapes64-grounded --resume --no-progress
 	$(PY) benchmarks/grounding.py --model before=ldmkit/pretrained/shapes64 --model grounded=runs/shapes64-grounded

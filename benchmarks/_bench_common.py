@@ -17,7 +17,6 @@ Fairness rules both benchmarks follow:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -461,40 +460,6 @@ def write_result(spec: dict, result: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Training logs
-
-
-def training_stretches(log: Path) -> list[dict]:
-    """The stretches of a run from its ``log.csv`` (a resumed run restarts the clock), each as
-    {"from": first step, "to": last step, "wall": seconds, "rate": median seconds per step}.
-
-    The rates say how fast each stretch ran; a stretch that shared the CPU with other work shows as
-    slower, so the fastest one is the machine's speed with the CPU to itself.
-    """
-    stretches, last_time, last_step, rates, start = [], 0.0, 0, [], 0
-    with open(log) as f:
-        for row in csv.DictReader(f):
-            t, step = float(row["time"]), int(row["step"])
-            if t < last_time:  # a resumed stretch starts
-                stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
-                start, last_time, rates = last_step, 0.0, []
-            rates.append((t - last_time) / (step - last_step))
-            last_time, last_step = t, step
-    if rates:
-        stretches.append({"from": start, "to": last_step, "wall": last_time, "rate": statistics.median(rates)})
-    return stretches
-
-
-def describe_training(name: str, stretches: list[dict]) -> str:
-    """One markdown bullet: the run's steps, wall time per stretch and its time at the fastest rate."""
-    wall = sum(s["wall"] for s in stretches)
-    parts = "; ".join(f"steps {s['from']}–{s['to']} at {s['rate']:.2f} s/step" for s in stretches)
-    fastest = min(s["rate"] for s in stretches)
-    return (f"- training, {name}: {stretches[-1]['to']} steps in {wall / 60:.0f} min of wall time ({parts}); "
-            f"{stretches[-1]['to'] * fastest / 60:.0f} min at the fastest stretch's rate")
-
-
-# --------------------------------------------------------------------------------------------------
 # Results
 
 
@@ -530,9 +495,11 @@ def show_results(text: str, path: str | Path | None) -> None:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    """`ldmkit.eval.tables.markdown_table`, imported when called: the worker processes import this module,
+    and their peak memory is measured, so it imports no more of ldmkit than they need."""
+    from ldmkit.eval.tables import markdown_table
+
+    return markdown_table(header, rows)
 
 
 def write_results_section(path: str | Path, key: str, text: str) -> None:

@@ -37,6 +37,7 @@ from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import ShapesFeatures
 from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
+from ldmkit.eval.tables import quality_per_step
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.storage import write_text_atomic
 
@@ -68,20 +69,6 @@ def train_model(preset_name: str, out: Path, ae_steps: int | None, steps: int | 
 
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{100 * share:.1f}%"
-
-
-def quality_per_step(rows: list[dict], fast=("dpmpp-2m", 20), slow=("ddim", 250)) -> list[str]:
-    """A line comparing ``fast`` with ``slow`` (sampler, steps) at the main guidance, FID relative to slow's."""
-    found = {(r["sampler"], r["steps"]): r for r in rows if r["guidance"] == rows[0]["guidance"]}
-    if fast not in found or slow not in found:
-        return []
-    f, s = (found[k]["metrics"] for k in (fast, slow))
-    fid_f, fid_s = f["FID (shapes-cnn)"]["value"], s["FID (shapes-cnn)"]["value"]
-    return ["", f"Quality per step: {fast[0]} at {fast[1]} steps has FID {fid_f:.1f} against {slow[0]} at {slow[1]} "
-            f"steps' {fid_s:.1f} ({100 * (fid_f - fid_s) / fid_s:+.1f}%), KID {f['KID (shapes-cnn)']['value']:.2f} "
-            f"against {s['KID (shapes-cnn)']['value']:.2f}, at {slow[1] / fast[1]:.1f}× fewer UNet calls. At "
-            f"{found[slow]['settings']['images']} images FID's bias is large (real-vs-real floor "
-            f"{s['FID floor, real vs real (shapes-cnn)']['value']:.1f}); KID is unbiased, so it is the finer comparison."]
 
 
 def markdown(rows: list[dict], command: str, model: str, grid: Path, grid_rows: list[str]) -> str:

@@ -36,12 +36,13 @@ from ldmkit.config import load_preset
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import mean_std, psnr, ssim
+from ldmkit.eval.tables import describe_training, training_stretches
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
+from _bench_common import command_line, machine_info  # noqa: E402
 
 MODES = ("class", "sr", "inpaint", "colorize")
 MASK_SEED = 1234

@@ -26,14 +26,14 @@ import torch
 
 from ldmkit.data import save_grid
 from ldmkit.eval.generation import SamplerSettings, evaluate_generation
-from ldmkit.eval.prompt_accuracy import ATTRIBUTES
 from ldmkit.eval.report import failures_line, percent
+from ldmkit.eval.tables import prompt_accuracy_table, training_lines
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, describe_training, machine_info, training_stretches  # noqa: E402
+from _bench_common import command_line, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_PROMPTS = [
@@ -63,23 +63,6 @@ def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
-KEPT = " (measured from a log that is no longer in --runs; kept from the file this one replaced)"
-
-
-def training_lines(runs: Path, earlier: Path) -> list[str]:
-    """A line per stage on its training time: from its log.csv in ``runs``, else the line of the
-    ``earlier`` results file (marked with `KEPT`), else "not timed here"."""
-    kept = {}
-    if earlier.is_file():
-        for line in earlier.read_text().splitlines():
-            stage = re.match(r"- training, (autoencoder|LDM): (?!not timed)", line)
-            if stage:
-                kept[stage[1]] = line if line.endswith(KEPT) else line + KEPT
-    return [describe_training(name, training_stretches(log)) if log.is_file()
-            else kept.get(name, f"- training, {name}: not timed here (no {log})")
-            for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
-
-
 def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
     """One line on the same captions sampled with binding guidance (``settings.binding`` = λ)."""
     acc = report.prompt_accuracy
@@ -93,19 +76,13 @@ def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
 def markdown(report, settings: SamplerSettings, per_image: float, training: list[str], command: str, grid: str,
              guided: str = "") -> str:
     acc = report.prompt_accuracy
-    rows = ["| prompts | count | all right | " + " | ".join(ATTRIBUTES) + " |",
-            "|---|---:|---:|" + "---:|" * len(ATTRIBUTES)]
-    for group in ("one object", "two objects", "all"):
-        d = acc[group]
-        rows.append(f"| {group} | {d['prompts']} | **{percent(d['all'])}** | "
-                    + " | ".join(percent(d[a]) for a in ATTRIBUTES) + " |")
     fid, floor, kid = report["FID (shapes-cnn)"], report["FID floor, real vs real (shapes-cnn)"], report["KID (shapes-cnn)"]
     judge = report["same, on the real renders (shapes judge)"]
     lines = [
         f"Sampler: {settings.describe()}, on {report.settings['images']} held-out shapes captions "
         f"(seed {report.settings['heldout_seed']}).",
         "",
-        *rows,
+        prompt_accuracy_table(acc),
         "",
         f"- {failures_line(acc) or 'every two-object prompt all right'}",
         *([guided] if guided else []),

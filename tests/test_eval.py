@@ -1,9 +1,8 @@
 """Evaluation: metrics on known cases, the shapes judge on held-out renders, the two commands and
-their errors."""
+their errors, and the results tables the benchmarks write."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -21,6 +20,9 @@ from ldmkit.eval.metrics import (
 )
 from ldmkit.eval.prompt_accuracy import prompt_accuracy, score_prompt, two_object_failure
 from ldmkit.eval.report import failures_line
+from ldmkit.eval.tables import (
+    KEPT, describe_training, markdown_table, prompt_accuracy_table, quality_per_step, training_lines, training_stretches,
+)
 from ldmkit.data import Scene, ShapeObject, parse_prompt
 from ldmkit.storage import CheckpointError
 
@@ -300,113 +302,61 @@ def test_unknown_sampler_and_missing_folder_are_one_line_errors(folders, tmp_pat
 
 
 # --------------------------------------------------------------------------------------------------
-# the benchmark scripts, at toy sizes
+# results tables (ldmkit.eval.tables), as the benchmarks write them
 
 
-def _script(name: str):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def test_markdown_table_has_a_header_rule_and_a_line_per_row():
+    assert markdown_table(["a", "b"], [["1", "2"], ["3", "4"]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |"
 
 
-def test_generation_benchmark_writes_table_and_grid(folders, tmp_path):
-    _, ldm = folders
-    results, grid = tmp_path / "GEN.md", tmp_path / "grid.png"
-    _script("generation").main(["--model", str(ldm), "--out", str(tmp_path / "run"), "--num-images", "4",
-                                "--samplers", "ddim:2", "euler:1", "--sweep-sampler", "ddim:1", "--sweep-guidance", "1",
-                                "--results", str(results), "--grid", str(grid), "--no-progress"])
-    table = results.read_text()
-    assert "| ddim | 2 | 4 | 4 |" in table and "| euler | 1 | 4 | 4 |" in table and "| ddim | 1 | 1 | 4 |" in table
-    assert "python benchmarks/generation.py --model" in table
-    assert grid.is_file() and len(json.loads((tmp_path / "run" / "results.json").read_text())) == 3
+def test_prompt_accuracy_table_has_a_row_per_group():
+    prompts = ["a red circle above a blue square", "a red circle", "a small blue square on the left"]
+    shown = [Scene((ShapeObject("circle", "blue"), ShapeObject("square", "red")), "above"), parse_prompt(prompts[1]),
+             parse_prompt(prompts[2])]
+    lines = prompt_accuracy_table(prompt_accuracy(prompts, shown).to_dict()).splitlines()
+    assert lines[0] == "| prompts | count | all right | objects | shape | color | size | position | relation |"
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| one object | 2 | **100.0%** | 100.0% | 100.0% | 100.0% | 100.0% | 100.0% | – |"
+    assert lines[3] == "| two objects | 1 | **0.0%** | 100.0% | 100.0% | 0.0% | – | – | 100.0% |"
+    assert lines[4].startswith("| all | 3 | **66.7%** |") and len(lines) == 5
 
 
-def test_unseen_words_benchmark_writes_both_models_tables_and_grids(folders, tmp_path):
-    _, ldm = folders
-    results = tmp_path / "out" / "UNSEEN.md"
-    _script("unseen_words").main([str(ldm), str(ldm), "--names", "a", "b", "--num-images", "1", "--steps", "1",
-                                  "--results", str(results), "--grid-dir", str(tmp_path / "grids")])
-    text = results.read_text()
-    for name in ("a", "b"):
-        assert f"| {name} (transformer) | unseen words |" in text and f"| {name} | a crimson disc |" in text
-        assert f"![{name}, seen words](../grids/{name}_seen_words.png)" in text
-        assert (tmp_path / "grids" / f"{name}_unseen_words.png").is_file()
-    assert f"{ldm} {ldm} --names a b --num-images 1" in text  # the command that made it
-
-
-def test_two_objects_benchmark_measures_each_row_once(folders, tmp_path, monkeypatch):
-    _, ldm = folders
-    results = tmp_path / "TWO.md"
-    argv = ["--row", f"a={ldm}@4", "--row", f"b={ldm}@1.5@0.3", "--row", f"c={ldm}@1.5@0.3@1", "--num-images", "8",
-            "--out", str(tmp_path / "runs"),
-            "--results", str(results), "--note", "Untrained."]
-    two_objects = _script("two_objects")
-    two_objects.main(argv)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == \
-        ["a-g4.json", "b-g1.5-b0.3-c2.json", "c-g1.5-b0.3-c1.json"]
-    text = results.read_text()
-    assert f"| a (`{ldm}`) | 4 | – | 1 | " in text and f"| b (`{ldm}`) | 1.5 | 0.3 | best of 2 | " in text
-    assert f"| c (`{ldm}`) | 1.5 | 0.3 | 1 | " in text and "\nUntrained.\n" in text
-    assert "--row a=" in text  # the command that made it
-    # Run again, it re-renders from the saved reports and generates nothing.
-    monkeypatch.setattr(two_objects, "evaluate_generation", lambda *a, **k: pytest.fail("measured again"))
-    results.unlink()
-    two_objects.main(argv)
-    assert results.read_text() == text
-    with pytest.raises(SystemExit, match="another measurement"):
-        two_objects.main([*argv[:2], "--num-images", "16", "--out", str(tmp_path / "runs")])
-    for bad in ("runs/ldm", "a=runs/ldm@4@x", "a=runs/ldm@4@-1", "a=runs/ldm@4@1@0", "a=runs/ldm@4@1@1.5",
-                "a=runs/ldm@4@1@2@3"):
-        with pytest.raises(argparse.ArgumentTypeError, match=r"NAME=MODEL_FOLDER@GUIDANCE\[@BINDING\[@CANDIDATES\]\]"):
-            two_objects.parse_row(bad)
-
-
-def test_generation_benchmark_compares_dpmpp_20_with_ddim_250():
+def test_quality_per_step_compares_dpmpp_20_with_ddim_250():
     def row(sampler, steps, fid, guidance=4.0):
         metrics = {"FID (shapes-cnn)": {"value": fid}, "KID (shapes-cnn)": {"value": fid / 100},
                    "FID floor, real vs real (shapes-cnn)": {"value": 50.0}}
         return {"sampler": sampler, "steps": steps, "guidance": guidance, "settings": {"images": 256}, "metrics": metrics}
 
-    quality_per_step = _script("generation").quality_per_step
     line = quality_per_step([row("ddim", 250, 200.0), row("dpmpp-2m", 20, 210.0), row("dpmpp-2m", 20, 90.0, 1.0)])[-1]
     assert "FID 210.0 against ddim at 250 steps' 200.0 (+5.0%)" in line and "12.5× fewer" in line
+    assert "At 256 images" in line and "floor 50.0" in line
     assert quality_per_step([row("ddim", 50, 200.0), row("dpmpp-2m", 20, 210.0)]) == []
 
 
-def test_autoencoder_zoo_benchmark_writes_table(tmp_path):
-    table = tmp_path / "ZOO.md"
-    with pytest.warns(UserWarning, match="from 8 images"):
-        _script("autoencoder_zoo").main(["--steps", "1", "--only", "vq-f8-c4-z64", "--num-images", "8", "--width", "8",
-                                         "--out", str(tmp_path / "zoo"), "--table", str(table), "--no-progress"])
-    text = table.read_text()
-    assert "| VQ | 8 | 64 | 4 |" in text and "python benchmarks/autoencoder_zoo.py --steps 1" in text
+def _log(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("step,time,loss\n" + "".join(f"{step},{t},0.1\n" for step, t in rows))
 
 
-def test_shapes64_results_write_the_file_and_the_readme_block(folders, tmp_path):
-    _, ldm = folders
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- shapes64-results:start -->\nold\n<!-- shapes64-results:end -->\nrest\n")
-    results, grid = tmp_path / "SHAPES64.md", tmp_path / "grid.png"
-    _script("shapes64_results").main(["--model", str(ldm), "--runs", str(tmp_path / "none"), "--num-images", "6",
-                                      "--steps", "2", "--binding", "0.3", "--results", str(results),
-                                      "--grid", str(grid), "--readme", str(readme)])
-    text = results.read_text()
-    assert "| two objects |" in text and "with binding guidance λ = 0.3 and the best of 2 starting noises" in text
-    assert "training, LDM: not timed here" in text and grid.is_file()
-    shapes64_results = _script("shapes64_results")
+def test_training_time_is_read_per_stretch_of_a_resumed_run(tmp_path):
+    # steps 0-100 at 2 s/step, then the run resumed (its clock restarts) and ran steps 100-200 at 1 s/step
+    _log(tmp_path / "log.csv", [(50, 100.0), (100, 200.0), (150, 50.0), (200, 100.0)])
+    stretches = training_stretches(tmp_path / "log.csv")
+    assert stretches == [{"from": 0, "to": 100, "wall": 200.0, "rate": 2.0},
+                         {"from": 100, "to": 200, "wall": 100.0, "rate": 1.0}]
+    assert describe_training("LDM", stretches) == (
+        "- training, LDM: 200 steps in 5 min of wall time (steps 0–100 at 2.00 s/step; steps 100–200 at "
+        "1.00 s/step); 3 min at the fastest stretch's rate")
+
+
+def test_training_lines_keep_a_stage_whose_log_is_gone(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "SHAPES64.md"
+    assert training_lines(runs, results) == [
+        f"- training, autoencoder: not timed here (no {runs / 'autoencoder' / 'log.csv'})",
+        f"- training, LDM: not timed here (no {runs / 'model' / 'log.csv'})"]
     results.write_text("- training, autoencoder: 10 steps in 1 min of wall time\n- training, LDM: not timed here\n")
-    kept = "- training, autoencoder: 10 steps in 1 min of wall time" + shapes64_results.KEPT
-    assert shapes64_results.training_lines(tmp_path / "none", results) == [
-        kept, f"- training, LDM: not timed here (no {tmp_path / 'none' / 'model' / 'log.csv'})"]
+    kept = "- training, autoencoder: 10 steps in 1 min of wall time" + KEPT
+    _log(runs / "model" / "log.csv", [(60, 60.0)])
+    assert training_lines(runs, results) == [kept, describe_training("LDM", training_stretches(runs / "model" / "log.csv"))]
     results.write_text(kept + "\n")  # kept again, marked once
-    assert shapes64_results.training_lines(tmp_path / "none", results)[0] == kept
-    block = readme.read_text()
-    assert block.startswith("intro\n") and block.endswith("rest\n") and "old" not in block
-    assert "](docs/binding.md)" in block and "](benchmarks/grid.png)" in block
+    assert training_lines(runs, results)[0] == kept

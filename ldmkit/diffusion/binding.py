@@ -28,7 +28,7 @@ as the likelihood of the binding instead,
     ε̃ = ε̂ + λ √(1 − ᾱ_t) ∇L,
 
 whose step grows with the gradient: it pushed some images apart into the wrong number of objects while
-others barely moved (benchmarks/BINDING_TUNING.md compares the two). An image whose loss has no gradient
+others barely moved (experiments/BINDING_TUNING.md compares the two). An image whose loss has no gradient
 (one object) is left as it is. The last, low-noise steps (t < t_stop) run without guidance, as SynGen
 leaves its latent updates to the first half of sampling. One extra conditional UNet pass with its
 backward per guided step.

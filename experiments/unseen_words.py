@@ -15,8 +15,8 @@ the pixels (the dominant foreground colour, and the foreground's centroid for a 
     ldmkit train --preset shapes64-minilm --autoencoder runs/shapes64/autoencoder --out runs/shapes64-minilm/model \
         --steps 4000   # as many steps as shapes64 (the preset, and the shipped model, take 8000)
     # the comparison (minutes)
-    python benchmarks/unseen_words.py runs/shapes64/model runs/shapes64-minilm/model \
-        --names joint minilm --results benchmarks/UNSEEN_WORDS.md
+    python experiments/unseen_words.py runs/shapes64/model runs/shapes64-minilm/model \
+        --names joint minilm --results experiments/UNSEEN_WORDS.md
 
 Results: a markdown table per model and prompt set (unseen / seen words) with the share of images
 whose colour, shape, position (when stated) and everything at once are right, then per prompt.
@@ -39,7 +39,7 @@ from ldmkit.data import save_grid
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.storage import write_text_atomic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
 from _bench_common import command_line  # noqa: E402
 
 # (unseen-word prompt, the same prompt in the captions' words). None of the unseen words (crimson,
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", default="benchmarks/UNSEEN_WORDS.md")
-    parser.add_argument("--grid-dir", default="benchmarks/unseen_words", help="sample grids, one per model and prompt set")
+    parser.add_argument("--results", default="experiments/UNSEEN_WORDS.md")
+    parser.add_argument("--grid-dir", default="experiments/unseen_words", help="sample grids, one per model and prompt set")
     args = parser.parse_args(argv)
     names = args.names or [Path(m).name for m in args.models]
     judge = attribute_judge()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "# Unseen words: frozen MiniLM vs a jointly trained prompt model",
         "",
-        "Made by `benchmarks/unseen_words.py`:",
+        "Made by `experiments/unseen_words.py`:",
         "",
         "```bash",
         command,

@@ -1,7 +1,7 @@
 """Does the training command retrace a run? The first steps of both stages trained again from scratch,
 their logged losses compared with those of a reference run at the same steps.
 
-    python benchmarks/retrace.py --reference runs/shapes64-repro --results benchmarks/SHAPES64_RETRACE.md
+    python experiments/retrace.py --reference runs/shapes64-repro --results experiments/SHAPES64_RETRACE.md
 
 Training is seeded (initialisation, data order, augmentation, the noise of each step) and its learning
 rate depends on the step alone (warm-up, then constant), so the first N steps of a run are the same
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
 from _bench_common import command_line, markdown_table, show_results  # noqa: E402
 
 

@@ -3,8 +3,8 @@ circle" with each position phrase and report the centroid of the drawn object (x
 top left). A model that follows the prompt moves the object with the phrase; one that reads the layout
 from the starting noise draws it in the same place for every phrase of a seed.
 
-    python benchmarks/position_probe.py --model shipped=ldmkit/pretrained/shapes64 \\
-        --model shapes64-v=runs/shapes64-v/model --out benchmarks/POSITION_PROBE.md
+    python experiments/position_probe.py --model shipped=ldmkit/pretrained/shapes64 \\
+        --model shapes64-v=runs/shapes64-v/model --out experiments/POSITION_PROBE.md
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.storage import write_text_atomic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
 from _bench_common import command_line  # noqa: E402
 
 PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=6)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--out", default="benchmarks/POSITION_PROBE.md")
+    p.add_argument("--out", default="experiments/POSITION_PROBE.md")
     args = p.parse_args(argv)
     fmt = lambda c: "–" if c is None else f"({c[0]:.2f}, {c[1]:.2f})"  # noqa: E731
     lines = [

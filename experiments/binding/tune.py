@@ -8,7 +8,7 @@ one starting noise each, then at the default λ and stop with each number of can
 (`BindingGuidance.candidates`), and judged; the table of all-right shares goes to --results. DDIM, 25
 steps, guidance 4, batch k seeded k.
 
-    python benchmarks/binding/tune.py --results benchmarks/BINDING_TUNING.md   # ~9 min on 2 CPU cores
+    python experiments/binding/tune.py --results experiments/BINDING_TUNING.md   # ~9 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ldmkit.eval.report import percent
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.storage import write_text_atomic
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
 from _bench_common import command_line, markdown_table  # noqa: E402
 
 TUNING_SEED = 2000003

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Write the shipped model's autoencoder (ldmkit/pretrained/shapes64) out as an autoencoder folder, unless
-# the folder is there already: the binding experiments train their UNets on it.
+# the folder is there already: `make shapes64-grounded` and the binding experiments (experiments/binding/)
+# train their UNets on it. Usage: bash benchmarks/shipped_autoencoder.sh OUT_FOLDER
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 if [ ! -f "$1/config.yaml" ]; then

@@ -2,10 +2,10 @@
 models (or one model at several guidance scales) on the same held-out captions, with the
 two-object prompts that are not all right sorted by why (`two_object_failure`).
 
-    python benchmarks/two_objects.py --out runs/sweep --num-images 256 \\
+    python experiments/two_objects.py --out runs/sweep --num-images 256 \\
         --row 4k=runs/shapes64-minilm/model@4 --row 6k=runs/shapes64-minilm-6k@4 \\
         --row 8k=runs/shapes64-minilm-8k/model@4 --row 8k=runs/shapes64-minilm-8k/model@6 \\
-        --row 8k=runs/shapes64-minilm-8k/model@8 --results benchmarks/TWO_OBJECTS.md
+        --row 8k=runs/shapes64-minilm-8k/model@8 --results experiments/TWO_OBJECTS.md
 
 Each row is ``NAME=MODEL_FOLDER@GUIDANCE`` (DDIM, 25 steps), or ``NAME=MODEL_FOLDER@GUIDANCE@BINDING``
 with attribute-binding guidance of scale BINDING (`ldmkit.diffusion.binding`), each two-object prompt
@@ -29,7 +29,7 @@ from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
 from ldmkit.eval.report import percent
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
 from _bench_common import command_line, markdown_table, show_results  # noqa: E402
 
 

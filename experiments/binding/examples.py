@@ -1,7 +1,7 @@
 """A picture of binding guidance: the same prompts and seeds without it (top rows) and with it (bottom
 rows), the shipped model unless another is named.
 
-    python benchmarks/binding/examples.py --out benchmarks/binding_examples.png    # ~20 s on 2 CPU cores
+    python experiments/binding/examples.py --out experiments/binding_examples.png    # ~20 s on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
     p.add_argument("--binding", type=float, default=0.3, help="λ of the bottom rows (default 0.3)")
     p.add_argument("--seeds", type=int, default=2, help="rows per setting, seeds 0 … N−1")
-    p.add_argument("--out", default="benchmarks/binding_examples.png")
+    p.add_argument("--out", default="experiments/binding_examples.png")
     args = p.parse_args(argv)
 
     pipe = load_pipeline(args.model)
