@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup shapes64 shapes64-repro shapes64-grounded
+.PHONY: demo test setup shapes64 shapes64-repro shapes64-grounded shapes64-lcm
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -56,3 +56,11 @@ shapes64-repro: setup
 	$(PY) benchmarks/shapes64_results.py --runs $(REPRO64) --model $(REPRO64)/model --readme '' \
 	  --results benchmarks/SHAPES64_REPRO.md --grid benchmarks/shapes64_repro_grid.png \
 	  --title "a retrain of the shipped model's preset (make shapes64-repro)"
+
+# The shipped 4-step student: latent consistency distillation of the shipped model on its own data
+# (`ldmkit distill`, the preset's distill section: 3000 steps, ~55 min on 2 cores; --resume continues a
+# stopped run), packed into ldmkit/pretrained/shapes64-lcm. benchmarks/time_to_quality.py --student measures it.
+shapes64-lcm: setup
+	.venv/bin/ldmkit distill --preset shapes64-minilm --teacher ldmkit/pretrained/shapes64 --out runs/shapes64-lcm \
+	  --resume --no-progress
+	$(PY) -m ldmkit.pretrained pack runs/shapes64-lcm ldmkit/pretrained/shapes64-lcm

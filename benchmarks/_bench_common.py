@@ -283,6 +283,9 @@ def machine_info() -> dict[str, str]:
         "logical CPUs": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "torch CPU capability": torch.backends.cpu.get_cpu_capability(),
+        # set to run a lesser instruction set on this processor (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2:
+        # an AVX2-only machine's kernels, bf16 included)
+        **{name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ},
         "python": platform.python_version(),
         "torch": torch.__version__,
     }

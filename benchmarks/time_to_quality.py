@@ -75,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shallow-blocks", type=int, default=1,
                    help="sd-small's feature-reuse rows: blocks of the first level the shallow branch recomputes "
                         "(0 … 2; default 1, DeepCache's branch 0; the shipped model's pipeline uses 1, its maximum)")
+    p.add_argument("--student", metavar="DIR",
+                   help="a consistency student of the shipped model (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
+                        "runs/shapes64-lcm): its rows join the shipped model's table")
+    p.add_argument("--student-steps", default="4", help="the student's rows: sampling steps, comma-separated")
     p.add_argument("--num-images", type=int, default=512, help="held-out captions scored per row (shipped model)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
     p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
@@ -83,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto", help="ldmkit's rows")
     p.add_argument("--bf16", choices=("auto", "off"), default="auto",
                    help="diffusers' bf16 autocast settings join its probe where bf16 matmul beats fp32 (auto) or never")
+    p.add_argument("--speed-only", action="store_true",
+                   help="the speed columns alone: no quality runs (for a second kind of processor; quality does not "
+                        "depend on it beyond bf16 rounding)")
     p.add_argument("--eval-batch", type=int, default=32, help="images per batch in the quality runs")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 16 images, 2 steps × 1 image per timed run, 1 round, diffusers in fp32, small probe")
@@ -92,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.models or any(m not in MODELS for m in args.models):
         p.error(f"--models: choose from {', '.join(MODELS)}")
     args.intervals = [int(n) for n in args.intervals.split(",") if n.strip()]
+    args.student_steps = [int(n) for n in args.student_steps.split(",") if n.strip()]
+    if any(n < 1 for n in args.student_steps):
+        p.error("--student-steps: each must be at least 1")
     if any(n < 2 for n in args.intervals):
         p.error("--intervals: each N must be at least 2 (1 is the plain row)")
     args.diffusers_samplers = [s.strip() for s in args.diffusers_samplers.split(",") if s.strip()]
@@ -121,6 +131,8 @@ class Row:
     run: Callable[[int], torch.Tensor]
     generate: object = None
     cache_interval: int = 1
+    steps: int | None = None  # None: the table's steps
+    counter: object = None  # the EvaluationCounter of this row's UNet (None: ldmkit's or diffusers' by name)
     times: list[float] = field(default_factory=list)
     evaluations: str = ""
     result: dict = field(default_factory=dict)
@@ -337,18 +349,29 @@ def shipped(args, peaks) -> dict:
                                   best, sampler)
         rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
                         lambda r, a=adapter: a.generate_tensors(prompts, steps, guidance, seed=r), adapter))
+    if args.student:
+        student = ldmkit.load_pipeline(args.student, precision=args.precision)
+        student_counter = EvaluationCounter(student.model.unet.conv_in, student.model.unet.middle)
+        for n in args.student_steps:
+            rows.append(Row(f"ldmkit lcm student, {n} steps", ldm_note,
+                            lambda r, n=n: student.generate_tensors(prompts, steps=n, guidance=guidance, seed=r),
+                            student, steps=n, counter=student_counter))
     # UNet evaluations per image, counted on one run of each row
     for row in rows:
-        counter = dif_counter if row.name.startswith("diffusers") else ldm_counter
+        counter = row.counter or (dif_counter if row.name.startswith("diffusers") else ldm_counter)
         with counter.counting():
             row.result["images"], flops = count_flops(lambda: row.run(0))
-        row.evaluations = counter.describe(batch, counter is ldm_counter)
+        row.evaluations = counter.describe(batch, counter is not dif_counter)
         row.result["gflop"] = flops / batch / 1e9
     plain = rows[0].result["images"]
     for row in rows:
         row.result["psnr"] = psnr(row.result["images"], plain, peak=2.0)
     time_rounds(rows, args.repeats, batch)
 
+    if args.speed_only:
+        return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
+                "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
+                "floor": None, "latent": latent, "student": args.student}
     # quality: one image per held-out caption
     shapes = ShapesFeatures()
     reference = RealReference(heldout_shapes(args.num_images, cfg.image_size), [shapes], args.eval_batch)
@@ -357,11 +380,13 @@ def shipped(args, peaks) -> dict:
     for row in rows:
         if row.generate is None:
             continue
-        key = (type(row.generate).__name__, getattr(row.generate, "sampler", ""), row.cache_interval)
+        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.cache_interval, row.steps)
         if key in seen:  # the K/V row draws the plain row's images bit for bit
             row.result.update(seen[key])
             continue
-        settings = SamplerSettings("ddim", steps, guidance, cache_interval=row.cache_interval)
+        student_row = row.steps is not None
+        settings = SamplerSettings("lcm" if student_row else "ddim", row.steps or steps, guidance,
+                                   cache_interval=row.cache_interval)
         log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
         start = time.perf_counter()
         images = generate_for_prompts(row.generate, reference.heldout.captions, settings, args.eval_batch)
@@ -373,7 +398,7 @@ def shipped(args, peaks) -> dict:
         row.result.update(seen[key])
     return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
             "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
-            "floor": reference.floor[shapes.name], "latent": latent}
+            "floor": reference.floor[shapes.name], "latent": latent, "student": args.student}
 
 
 @contextlib.contextmanager
@@ -476,15 +501,16 @@ def section(res: dict) -> list[str]:
     reference = next(r for r in rows if r.name.startswith("diffusers"))
     ref_speed = 1 / median(reference.times)
     shipped_model = res["name"] == "shipped"
+    plain_speed = 1 / median(rows[0].times)
     header = ["row", "precision", "UNet evaluations / image", "GFLOP / image", "s / image", "images/s",
-              f"÷ {reference.name}"]
+              f"÷ {reference.name}", f"÷ {rows[0].name}"]
     header += (["one object", "two objects", "FID ↓", "s / image (quality run)", "PSNR vs plain, dB"] if shipped_model
                else ["PSNR of z_0 vs plain, dB", "PSNR of the UNet's share, dB"])
     table = []
     for r in rows:
         seconds = median(r.times)
         line = [r.name, r.precision, r.evaluations, fmt(r.result["gflop"], 1), fmt(seconds, 3), fmt(1 / seconds, 2),
-                fmt((1 / seconds) / ref_speed)]
+                fmt((1 / seconds) / ref_speed), fmt((1 / seconds) / plain_speed)]
         if shipped_model:
             line += [pct(r.result.get("one")), pct(r.result.get("two")), fmt(r.result.get("fid"), 1),
                      fmt(r.result.get("eval_s"), 3), db(r.result["psnr"])]
@@ -504,7 +530,12 @@ def section(res: dict) -> list[str]:
     if shipped_model:
         lines.append(f"- diffusers' UNet against ldmkit's on one guided call of the shipped weights: max |difference| "
                      f"{res['parity']:.1e}")
-        lines.append(f"- FID on shapes-cnn features; the real-vs-real floor at this count is {res['floor']:.1f}. "
+        if res.get("student"):
+            lines.append(f"- the lcm student rows: `{res['student']}` (a consistency student of the shipped model, "
+                         "`ldmkit distill`), one UNet pass per step with the guidance scale as its input")
+        floor = "no quality runs (--speed-only)" if res["floor"] is None else \
+            f"the real-vs-real floor at this count is {res['floor']:.1f}"
+        lines.append(f"- FID on shapes-cnn features; {floor}. "
                      "PSNR vs plain: the timed batch's images against ldmkit plain's from the same seeds (range 2).")
     return lines + [""]
 

@@ -19,7 +19,7 @@ def cmd_generate(args) -> None:
     from ldmkit.data import save_grid
     from ldmkit.pipelines.text_to_image import load_pipeline
     from ldmkit.device import resolve_device
-    from ldmkit.pretrained import shipped_model
+    from ldmkit.pretrained import resolve_model
 
     check_sampler(args.sampler, args.eta, args.spacing)
     if args.prompt is None and args.class_name is None:
@@ -31,7 +31,7 @@ def cmd_generate(args) -> None:
     check_text(args.class_name, "--class")
     # Checked before the model loads and samples: a result that cannot be written loses the run's work.
     out_kind, out = image_output(args.out, allow_folder=True, overwrite=args.overwrite)
-    model = args.model or shipped_model()
+    model = resolve_model(args.model)
     kind = _condition_kind(model)
     options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
                    sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
@@ -124,7 +124,8 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--model",
         help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers "
-             "folder (default: the shapes64 model shipped with ldmkit)",
+             "folder (default: the shapes64 model shipped with ldmkit; shapes64-lcm: its shipped "
+             "4-step student)",
     )
     p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
     p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")

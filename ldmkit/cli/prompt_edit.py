@@ -44,7 +44,7 @@ def cmd_edit(args) -> None:
     from ldmkit.data import save_grid
     from ldmkit.device import resolve_device
     from ldmkit.pipelines import PromptToPromptPipeline
-    from ldmkit.pretrained import shipped_model
+    from ldmkit.pretrained import resolve_model
 
     out, out_dir = _outputs(args)
     image = read_image(args.image) if args.image else None
@@ -53,7 +53,7 @@ def cmd_edit(args) -> None:
     blend = [w for w in args.blend.replace(",", " ").split() if w] if args.blend is not None else None
     if blend is not None and not blend:
         raise UsageError("--blend needs at least one word of the prompts")
-    pipe = PromptToPromptPipeline.from_folder(args.model or shipped_model(), resolve_device(args.device))
+    pipe = PromptToPromptPipeline.from_folder(resolve_model(args.model), resolve_device(args.device))
     result = pipe(args.source_prompt, args.target_prompt, mode=args.mode, cross_replace_steps=args.cross_replace,
                   self_replace_steps=args.self_replace, local_blend_words=blend,
                   blend_threshold=args.blend_threshold, image=image, null_text=args.inversion == "null-text",

@@ -77,11 +77,11 @@ def cmd_serve(args) -> None:
     from ldmkit.device import resolve_device
     from ldmkit.pipelines.text_to_image import load_pipeline
 
-    from ldmkit.pretrained import shipped_model
+    from ldmkit.pretrained import resolve_model
 
     if args.output_dir:
         check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job
-    model = args.model or shipped_model()
+    model = resolve_model(args.model)
     sock = bind(args.host, args.port)
     try:
         pipe = load_pipeline(model, resolve_device(args.device))
@@ -106,7 +106,8 @@ def cmd_serve(args) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page for text-to-image")
-    p.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model)")
+    p.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model; "
+                                             "shapes64-lcm: its 4-step student)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "

@@ -144,9 +144,9 @@ def load_pipeline(
     precision: str = "fp32",
 ) -> TextToImagePipeline:
     """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
-    file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model."""
-    if folder is None:
-        from ldmkit.pretrained import shipped_model
+    file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model,
+    and "shapes64-lcm" its shipped 4-step consistency student (`ldmkit.pretrained.resolve_model`)."""
+    from ldmkit.pretrained import resolve_model
 
-        folder = shipped_model()
+    folder = resolve_model(folder)
     return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)

@@ -1,7 +1,9 @@
-"""The model shipped inside the package: ``shapes64``, trained on the built-in shapes data.
+"""The models shipped inside the package, trained on the built-in shapes data: ``shapes64`` (the
+default) and ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`).
 
-``ldmkit generate PROMPT --out FILE`` uses it when no ``--model`` is given; so does
-``ldmkit.load_pipeline()`` with no folder. ``SHA256SUMS`` beside its files records their checksums;
+``ldmkit generate PROMPT --out FILE`` uses ``shapes64`` when no ``--model`` is given; so does
+``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``)
+names the student where no file or folder of that name exists (`resolve_model`). ``SHA256SUMS`` beside its files records their checksums;
 `verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
 with every large float tensor stored as float16 (loading casts back to float32), which halves the
 size to fit the package.
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 from ldmkit.storage import CheckpointError, atomic_path, save_weights, sha256_file
 
 SHAPES64 = Path(__file__).parent / "shapes64"
+SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes64-lcm"}
 CHECKSUMS = "SHA256SUMS"
 WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
 OTHER_FILES = ("config.yaml", "tokenizer.json")
@@ -29,6 +32,19 @@ def shipped_model() -> Path:
     if not (SHAPES64 / "config.yaml").is_file():
         raise CheckpointError(f"this install has no shipped model ({SHAPES64} is missing); pass --model DIR")
     return SHAPES64
+
+
+def resolve_model(model: str | Path | None) -> str | Path:
+    """What ``--model`` names: the shipped ``shapes64`` for None, a shipped model's folder for its name
+    (`SHIPPED`) when no file or folder of that name exists here, else ``model`` itself."""
+    if model is None:
+        return shipped_model()
+    name = str(model)
+    if name in SHIPPED and not Path(name).exists():
+        if not (SHIPPED[name] / "config.yaml").is_file():
+            raise CheckpointError(f"this install has no shipped model {name!r} ({SHIPPED[name]} is missing)")
+        return SHIPPED[name]
+    return model
 
 
 def recorded_checksums(folder: Path = SHAPES64) -> dict[str, str]:
