@@ -12,7 +12,7 @@ from ldmkit.cli.common import (
 from ldmkit.cli.outputs import image_output
 from ldmkit.device import PRECISIONS
 from ldmkit.diffusion.binding import BindingGuidance
-from ldmkit.diffusion.samplers import SPACINGS
+from ldmkit.diffusion.grids import SPACINGS
 
 
 def cmd_generate(args) -> None:

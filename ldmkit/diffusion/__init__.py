@@ -3,11 +3,12 @@
 Timesteps are integers 0 … T−1 and ``schedule.alphas_cumprod[t]`` is ᾱ_t (see schedule.py).
 """
 
+from ldmkit.diffusion.consistency import sample_lcm
+from ldmkit.diffusion.grids import randn, sigma_schedule, spaced_timesteps
 from ldmkit.diffusion.guidance import guided_denoiser
 from ldmkit.diffusion.objective import diffusion_loss, min_snr_weight
 from ldmkit.diffusion.samplers import (
     SAMPLERS,
-    randn,
     sample,
     sample_ddim,
     sample_ddpm,
@@ -15,8 +16,6 @@ from ldmkit.diffusion.samplers import (
     sample_euler,
     sample_from,
     sampler_timesteps,
-    sigma_schedule,
-    spaced_timesteps,
     start_index,
 )
 from ldmkit.diffusion.schedule import (
@@ -51,6 +50,7 @@ __all__ = [
     "sample_ddpm",
     "sample_dpmpp_2m",
     "sample_euler",
+    "sample_lcm",
     "sample_from",
     "sampler_timesteps",
     "sigma_schedule",

@@ -8,14 +8,17 @@ start. It is built from an ε-prediction UNet as
 
 so that f_θ(z, 0) = z (the boundary condition) whatever the network says; from t ≈ 1 on, c_skip is
 below 0.3% and f_θ is the network's ẑ_0. The same f serves the distillation loss
-(`ldmkit.train.distill`) and the lcm sampler (`ldmkit.diffusion.samplers.sample_lcm`).
+(`ldmkit.train.distill`) and the lcm sampler (`sample_lcm`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from ldmkit.diffusion.grids import Callback, Denoiser, check_start, check_stop, randn, spaced_timesteps, timestep_tensor
 from ldmkit.diffusion.schedule import NoiseSchedule
 
 SIGMA_DATA = 0.5
@@ -37,3 +40,42 @@ def consistency_output(z_t: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSched
     z0 = (z_t - (1 - ac).sqrt() * eps) / ac.sqrt()
     c_skip, c_out = (c.view_as(ac) for c in boundary_coefficients(t.to(z_t.device)))
     return c_skip * z_t + c_out * z0
+
+
+@torch.no_grad()
+def sample_lcm(
+    denoise: Denoiser,
+    z_T: Tensor,
+    schedule: NoiseSchedule,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's Alg. 3) over `spaced_timesteps`
+    τ_0 > … > τ_{n−1} (trailing, from T−1):
+
+        ẑ_0 = f(z_{τ_i}, τ_i),   z_{τ_{i+1}} = √ᾱ_{τ_{i+1}} ẑ_0 + √(1 − ᾱ_{τ_{i+1}}) ξ,  ξ ~ N(0, I),
+
+    returning ẑ_0 of the last step. ``denoise(z_t, t) -> ε̂`` is the student with its guidance scale
+    bound (one UNet pass per step). ``stop`` returns z_t at that step's timestep (its fresh noise
+    drawn), ``start`` continues from one, as the other samplers do.
+    """
+    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
+    n = len(timesteps)
+    ac = schedule.alphas_cumprod.double().tolist()
+    z = z_T.float()
+    ts = timestep_tensor(timesteps, z.device)
+    end = check_stop(stop, start, n)
+    for i in range(check_start(start, n), end):
+        t = ts[i].expand(z.shape[0])
+        z0 = consistency_output(z, denoise(z, t), t, schedule)
+        if i + 1 < n:
+            a_next = ac[timesteps[i + 1]]
+            z = math.sqrt(a_next) * z0 + math.sqrt(1 - a_next) * randn(z.shape, generator, z.device)
+        else:
+            z = z0
+        if callback is not None:
+            callback(i - start, n - start)
+    return z

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.samplers import spaced_timesteps
+from ldmkit.diffusion.grids import spaced_timesteps
 from ldmkit.diffusion.schedule import NoiseSchedule, eps_from_v
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]

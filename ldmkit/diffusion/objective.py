@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.samplers import randn
+from ldmkit.diffusion.grids import randn
 from ldmkit.diffusion.schedule import NoiseSchedule, q_sample, snr, v_target
 
 

@@ -20,6 +20,9 @@ Image-to-image (SDEdit, Meng et al. 2022) starts part-way: every sampler takes `
 of the step list at which it begins, and ``z_T`` is then z_t at that step's timestep, made from a
 clean z_0 by q(z_t | z_0) (`sample_from`); ``callback(i, n)`` then counts the n − start steps run.
 
+The grids themselves (timesteps, σ, the start/stop checks) are in `ldmkit.diffusion.grids`, and the
+consistency sampler `sample_lcm` in `ldmkit.diffusion.consistency`; `sample` runs any of them by name.
+
 The denoiser only accepts integer timesteps, so the σ grid of the σ-space samplers is snapped to the
 schedule: each σ is converted to a fractional timestep by interpolating log σ against the schedule's
 log σ_t (as k-diffusion's DiscreteSchedule.sigma_to_t does), rounded, and replaced by σ at that
@@ -34,79 +37,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.consistency import consistency_output
+from ldmkit.diffusion.consistency import sample_lcm
+from ldmkit.diffusion.grids import (
+    Callback, Denoiser, check_start, check_stop, randn, sigma_schedule, spaced_timesteps, timestep_tensor,
+)
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UsageError
-
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, int], None]
-
-
-def randn(
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """ε ~ N(0, I) of ``shape`` on ``device``.
-
-    With a generator the numbers are drawn on the generator's device and then moved, so that a CPU
-    generator seeded the same way gives the same image on CPU and GPU.
-    """
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-SPACINGS = ("trailing", "leading")
-
-
-def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
-    """``num_steps`` timesteps from high to low noise.
-
-    ``"trailing"`` (the default; Lin et al. 2024) spaces them evenly down from T−1:
-
-        t_i = round(T − i·T/n) − 1,  i = 0 … n−1   (T = 1000, n = 50: 999, 979, …, 19).
-
-    It always starts at T−1, where z_T ~ N(0, I) is the right distribution; for n = T it is T−1, …, 0.
-    ``"leading"`` is what the original LDM/Stable Diffusion DDIM sampler uses (CompVis "uniform";
-    diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``), needed to reproduce their images:
-
-        t_i = (n − 1 − i)·⌊T/n⌋ + 1   (T = 1000, n = 50: 981, 961, …, 1),
-
-    which starts 18 steps short of T−1 and needs n < T.
-    """
-    if spacing not in SPACINGS:
-        raise UsageError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
-    if not 1 <= num_steps <= num_timesteps:
-        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
-    if spacing == "leading":
-        stride = num_timesteps // num_steps
-        if (num_steps - 1) * stride + 1 > num_timesteps - 1:
-            raise UsageError(f"leading spacing needs num_steps < num_timesteps = {num_timesteps}, got {num_steps}")
-        return [(num_steps - 1 - i) * stride + 1 for i in range(num_steps)]
-    return [round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)]
-
-
-def _timestep_tensor(timesteps: list[int], device: torch.device) -> Tensor:
-    # One host-to-device copy for the whole run; each step takes a view with .expand(B).
-    return torch.tensor(timesteps, dtype=torch.int64, device=device)
-
-
-def _check_start(start: int, n: int) -> int:
-    if not 0 <= start < n:
-        raise ValueError(f"start = {start}; must be a step index 0 … {n - 1}")
-    return start
-
-
-def _check_stop(stop: int | None, start: int, n: int) -> int:
-    """The index after the last step to run: ``stop`` (None: all n). A sampler stopped there returns
-    z_t at timestep ``stop``, which a run with ``start = stop`` continues from."""
-    if stop is None:
-        return n
-    if not start < stop <= n:
-        raise ValueError(f"stop = {stop}; must be a step index {start + 1} … {n}")
-    return stop
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,8 +73,8 @@ def sample_ddpm(
     n = len(timesteps)
     ac = schedule.alphas_cumprod.double().tolist()
     z = z_T.float()
-    ts = _timestep_tensor(timesteps, z.device)
-    for i in range(_check_start(start, n), _check_stop(stop, start, n)):
+    ts = timestep_tensor(timesteps, z.device)
+    for i in range(check_start(start, n), check_stop(stop, start, n)):
         t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0  # the last step lands on clean data
@@ -182,8 +118,8 @@ def sample_ddim(
     ac = schedule.alphas_cumprod.double().tolist()
     final = 1.0 if spacing == "trailing" else ac[0]
     z = z_T.float()
-    ts = _timestep_tensor(timesteps, z.device)
-    for i in range(_check_start(start, n), _check_stop(stop, start, n)):
+    ts = timestep_tensor(timesteps, z.device)
+    for i in range(check_start(start, n), check_stop(stop, start, n)):
         t = timesteps[i]
         a_t = ac[t]
         a_prev = ac[timesteps[i + 1]] if i + 1 < n else final
@@ -202,37 +138,8 @@ def sample_ddim(
 # σ space: Euler and DPM-Solver++(2M)
 
 
-def _sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
-    """Fractional timestep of each σ: linear interpolation of log σ against the increasing log σ_t."""
-    log_sigma = sigma.log()
-    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
-    lo_value, hi_value = log_sigmas[hi - 1], log_sigmas[hi]
-    w = ((log_sigma - lo_value) / (hi_value - lo_value)).clamp(0, 1)
-    return (hi - 1) + w
-
-
-def sigma_schedule(
-    schedule: NoiseSchedule, num_steps: int, karras: bool = False, rho: float = 7.0
-) -> tuple[list[int], list[float]]:
-    """Timesteps t_0 > … > t_{n−1} and noise levels σ_0 > … > σ_{n−1} > σ_n = 0 for the σ-space samplers.
-
-    Without ``karras``: t_i = round(linspace(T−1, 0, n)), as k-diffusion's DiscreteSchedule.get_sigmas.
-    With ``karras``: σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (Karras et al. 2022,
-    eq. 5), σ_max = σ_{T−1}, σ_min = σ_0, then snapped to the nearest timestep in log σ; timesteps that
-    snap together are kept once (so with many steps there may be fewer than n).
-    """
-    T = schedule.num_timesteps
-    if not 1 <= num_steps <= T:
-        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {T}")
-    ac = schedule.alphas_cumprod.double().cpu()
-    sigmas = ((1 - ac) / ac).sqrt()
-    if karras and num_steps > 1:
-        ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-        lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
-        t = torch.unique_consecutive(_sigma_to_t(sigmas.log(), (hi + ramp * (lo - hi)) ** rho).round().long())
-    else:
-        t = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long()
-    return t.tolist(), sigmas[t].tolist() + [0.0]
+# --------------------------------------------------------------------------------------------------
+# σ space: Euler and DPM-Solver++(2M)
 
 
 @torch.no_grad()
@@ -256,9 +163,9 @@ def sample_euler(
     del generator
     timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
     n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
-    ts = _timestep_tensor(timesteps, x.device)
-    end = _check_stop(stop, start, n)
+    x = z_T.float() * math.sqrt(1 + sigmas[check_start(start, n)] ** 2)
+    ts = timestep_tensor(timesteps, x.device)
+    end = check_stop(stop, start, n)
     for i in range(start, end):
         eps = denoise(x * (1 / math.sqrt(1 + sigmas[i] ** 2)), ts[i].expand(x.shape[0]))
         x = x + (sigmas[i + 1] - sigmas[i]) * eps
@@ -289,10 +196,10 @@ def sample_dpmpp_2m(
     """
     timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
     n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[_check_start(start, n)] ** 2)
-    ts = _timestep_tensor(timesteps, x.device)
+    x = z_T.float() * math.sqrt(1 + sigmas[check_start(start, n)] ** 2)
+    ts = timestep_tensor(timesteps, x.device)
     old_denoised = None
-    end = _check_stop(stop, start, n)
+    end = check_stop(stop, start, n)
     for i in range(start, end):
         s, s_next = sigmas[i], sigmas[i + 1]
         eps = denoise(x * (1 / math.sqrt(1 + s**2)), ts[i].expand(x.shape[0]))
@@ -311,49 +218,6 @@ def sample_dpmpp_2m(
         if callback is not None:
             callback(i - start, n - start)
     return x * (1 / math.sqrt(1 + sigmas[end] ** 2))  # z_t of the VP form (σ_n = 0 at the end: x itself)
-
-
-# --------------------------------------------------------------------------------------------------
-# Consistency students
-
-
-@torch.no_grad()
-def sample_lcm(
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's Alg. 3) over `spaced_timesteps`
-    τ_0 > … > τ_{n−1} (trailing, from T−1):
-
-        ẑ_0 = f(z_{τ_i}, τ_i),   z_{τ_{i+1}} = √ᾱ_{τ_{i+1}} ẑ_0 + √(1 − ᾱ_{τ_{i+1}}) ξ,  ξ ~ N(0, I),
-
-    returning ẑ_0 of the last step. ``denoise(z_t, t) -> ε̂`` is the student with its guidance scale
-    bound (one UNet pass per step). ``stop`` returns z_t at that step's timestep (its fresh noise
-    drawn), ``start`` continues from one, as the other samplers do.
-    """
-    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
-    n = len(timesteps)
-    ac = schedule.alphas_cumprod.double().tolist()
-    z = z_T.float()
-    ts = _timestep_tensor(timesteps, z.device)
-    end = _check_stop(stop, start, n)
-    for i in range(_check_start(start, n), end):
-        t = ts[i].expand(z.shape[0])
-        z0 = consistency_output(z, denoise(z, t), t, schedule)
-        if i + 1 < n:
-            a_next = ac[timesteps[i + 1]]
-            z = math.sqrt(a_next) * z0 + math.sqrt(1 - a_next) * randn(z.shape, generator, z.device)
-        else:
-            z = z0
-        if callback is not None:
-            callback(i - start, n - start)
-    return z
 
 
 # --------------------------------------------------------------------------------------------------
