@@ -5,6 +5,7 @@ and the student through every entry point (Python, generate, eval, serve) with i
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from ldmkit.config import DiffusionConfig, UNetConfig, load_preset, to_dict
 from ldmkit.diffusion import make_schedule
 from ldmkit.diffusion.consistency import boundary_coefficients, consistency_output
 from ldmkit.errors import UsageError
+from ldmkit.storage import CheckpointError
 from ldmkit.nn.unet import UNet
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.checkpoint import load_state
@@ -86,6 +88,9 @@ def test_distillation_resumes_exactly_like_an_uninterrupted_run(teacher, student
     assert a["step"] == b["step"] == STEPS
     for key in ("model", "target"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    other = shutil.copytree(teacher, tmp_path / "other-teacher")
+    with pytest.raises(CheckpointError, match="distilled from --teacher"):
+        distill(preset, other, tmp_path / "two", steps=STEPS + 1, resume=True, progress=False)
     # the log has one row per step, once each, across the interruption
     rows = (tmp_path / "two" / "log.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, STEPS + 1))

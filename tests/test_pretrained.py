@@ -11,20 +11,41 @@ from safetensors.torch import load_file
 
 from ldmkit import load_pipeline
 from ldmkit.cli import main
-from ldmkit.pretrained import CHECKSUMS, OTHER_FILES, SHAPES64, WEIGHT_FILES, pack, recorded_checksums, verify
+from ldmkit.pretrained import (
+    CHECKSUMS, OTHER_FILES, SHAPES64, SHIPPED, WEIGHT_FILES, pack, recorded_checksums, resolve_model, verify,
+)
 from tests.tiny_models import build_tiny_model
 
 MAX_SHIPPED_BYTES = 25 * 10**6
 
 
-def test_shipped_weights_match_their_recorded_checksums():
-    assert set(recorded_checksums()) == set(WEIGHT_FILES + OTHER_FILES)
-    assert verify() == [], "a shipped file differs from SHA256SUMS (re-run `make shapes64` or restore it)"
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_match_their_recorded_checksums(name):
+    assert set(recorded_checksums(SHIPPED[name])) == set(WEIGHT_FILES + OTHER_FILES)
+    assert verify(SHIPPED[name]) == [], f"a file of {name} differs from SHA256SUMS (re-run `make {name}` or restore it)"
 
 
-def test_shipped_model_fits_the_size_budget():
-    total = sum(p.stat().st_size for p in SHAPES64.iterdir() if p.is_file())
-    assert total <= MAX_SHIPPED_BYTES, f"shipped model is {total / 1e6:.1f} MB"
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_fits_the_size_budget(name):
+    total = sum(p.stat().st_size for p in SHIPPED[name].iterdir() if p.is_file())
+    assert total <= MAX_SHIPPED_BYTES, f"{name} is {total / 1e6:.1f} MB"
+
+
+def test_model_names_resolve_to_shipped_folders_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    assert resolve_model(None) == SHAPES64
+    assert resolve_model("shapes64-lcm") == SHIPPED["shapes64-lcm"]
+    assert resolve_model("runs/some/model") == "runs/some/model"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes64-lcm").mkdir()  # a user's own folder of that name wins
+    assert resolve_model("shapes64-lcm") == "shapes64-lcm"
+
+
+def test_the_shipped_student_samples_in_its_own_few_steps(tmp_path):
+    pipe = load_pipeline("shapes64-lcm")
+    assert pipe.sampling_defaults(None, None) == ("lcm", 4)
+    steps = []
+    images = pipe("a red circle", seed=0, callback=lambda i, n: steps.append(n))
+    assert images[0].size == (64, 64) and steps == [4, 4, 4, 4]
 
 
 def test_generate_uses_the_shipped_model_without_model_flag(tmp_path, capsys):

@@ -92,10 +92,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_distill(args) -> None:
+    from ldmkit.pretrained import resolve_model
     from ldmkit.train.distill import distill
 
     preset = _preset(args, "distill")
-    out = distill(preset, args.teacher, args.out, args.steps, args.student_steps, _resume(args.resume), args.device,
+    out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps, _resume(args.resume), args.device,
                   not args.no_progress)
     print(f"consistency student written to {out} (samples in {out / 'samples'}); "
           f"sample it with `ldmkit generate --model {out} PROMPT`")
@@ -123,8 +124,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("distill", help="distil a text model into a few-step consistency student (LCM)")
     _add_training_options(p)
     p.add_argument("--teacher", required=True, metavar="MODEL",
-                   help="the text-to-image model to distil (a folder written by `ldmkit train`); the preset's data "
-                        "section should be the data it was trained on")
+                   help="the text-to-image model to distil (a folder written by `ldmkit train`, or shapes64, the "
+                        "shipped one); the preset's data section should be the data it was trained on")
     p.add_argument("--student-steps", type=positive_int, metavar="N",
                    help="the student's default number of sampling steps (default: the config's distill.student_steps, 4)")
     p.set_defaults(func=cmd_distill)

@@ -52,4 +52,4 @@ class ClassConditionalPipeline(Pipeline):
         latents = self.sample_latents(context, model.null_context(), latent_size, steps, guidance, seed, sampler, eta,
                                       progress=progress, callback=callback, guidance_stop=guidance_stop,
                                       cache_interval=cache_interval)
-        return model.decode_latents(latents).float().cpu()
+        return self.decode(latents)

@@ -31,4 +31,4 @@ class ColorizationPipeline(ImageConditionedPipeline):
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
                                       concat=concat, init_latents=concat if start_from_input else None,
                                       progress=progress, callback=callback)
-        return self.model.decode_latents(latents).float().cpu()
+        return self.decode(latents)

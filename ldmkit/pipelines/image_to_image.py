@@ -43,4 +43,4 @@ class ImageToImagePipeline(Pipeline):
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
                                       init_latents=self.model.encode_images(images), strength=strength,
                                       progress=progress, callback=callback)
-        return self.model.decode_latents(latents).float().cpu()
+        return self.decode(latents)

@@ -60,7 +60,7 @@ class InpaintingPipeline(Pipeline):
         start = self.input_start(mean_fill(images, mask), start_from_input)
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
                                       concat=concat, init_latents=start, progress=progress, callback=callback)
-        decoded = self.model.decode_latents(latents).float()
+        decoded = self.decode(latents).to(latents.device)
         if blend:
             decoded = mask * decoded + (1 - mask) * images.float()
         return decoded.cpu()

@@ -37,4 +37,4 @@ class SuperResolutionPipeline(ImageConditionedPipeline):
         start = self.input_start(resize_to(low_res, height, width).clamp(-1, 1), start_from_input)
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
                                       concat=concat, init_latents=start, progress=progress, callback=callback)
-        return self.model.decode_latents(latents).float().cpu()
+        return self.decode(latents)

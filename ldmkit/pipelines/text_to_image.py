@@ -112,13 +112,13 @@ class TextToImagePipeline(Pipeline):
         if binding_candidates < 1:
             raise ValueError(f"binding_candidates = {binding_candidates}; must be at least 1")
         latents = self.sample_latents(
-            model.encode_prompts(prompts), model.null_context(negative_prompt), latent_size, steps, guidance, seed,
+            self.encode(prompts), self.encode_null(negative_prompt), latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
             cache_interval=cache_interval,
         )
-        return model.decode_latents(latents).float().cpu()
+        return self.decode(latents)
 
     def prompt_binding(self, prompts: list[str], scale: float,
                        candidates: int = BindingGuidance.candidates) -> BindingGuidance:

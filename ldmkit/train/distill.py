@@ -148,6 +148,9 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
         raise UsageError(f"--teacher {teacher_path} is already a consistency student; give the model it was "
                          "distilled from")
     state = resume_state(resume, out, "distill", ctx, preset=preset)
+    if state is not None and Path(state.get("teacher", teacher_path)).resolve() != teacher_path.resolve():
+        raise CheckpointError(f"the checkpoint was distilled from --teacher {state['teacher']}, not {teacher_path}; "
+                              "give that teacher, or choose another --out")
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
     else:
