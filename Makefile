@@ -58,7 +58,7 @@ shapes64-repro: setup
 	  --title "a retrain of the shipped model's preset (make shapes64-repro)"
 
 # The shipped 4-step student: latent consistency distillation of the shipped model on its own data
-# (`ldmkit distill`, the preset's distill section: 3000 steps, ~55 min on 2 cores; --resume continues a
+# (`ldmkit distill`, the preset's distill section: 3000 steps, about an hour on 2 cores; --resume continues a
 # stopped run), packed into ldmkit/pretrained/shapes64-lcm. benchmarks/time_to_quality.py --student measures it.
 shapes64-lcm: setup
 	.venv/bin/ldmkit distill --preset shapes64-minilm --teacher ldmkit/pretrained/shapes64 --out runs/shapes64-lcm \

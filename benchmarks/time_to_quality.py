@@ -1,8 +1,12 @@
 """Time to a good image: ldmkit with and without feature reuse against diffusers, on the same weights,
 measured in one run, with the quality each row reaches.
 
-    # the measurement (about 25 minutes on one thread of a busy 2-core CPU):
-    python benchmarks/time_to_quality.py --results benchmarks/TIME_TO_QUALITY.md
+    # the measurement, with the shipped 4-step student (about 22 minutes on a quiet 2-core CPU):
+    python benchmarks/time_to_quality.py --student ldmkit/pretrained/shapes64-lcm --student-steps 2,4,8 \
+        --intervals 2,3,4 --results benchmarks/TIME_TO_QUALITY.md
+    # the speed columns on an AVX2 machine's kernels (this processor told to use AVX2 only):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_quality.py --speed-only \
+        --student ldmkit/pretrained/shapes64-lcm --intervals 3 --results benchmarks/TIME_TO_QUALITY_AVX2.md
     # a smoke run (minutes; the numbers mean nothing):
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/time_to_quality.py --quick
 
@@ -20,6 +24,8 @@ Two models (``--models``, default both):
   held-out captions and is scored as `ldmkit.eval.generation.evaluate_generation` scores a model
   (`RealReference`, `generate_for_prompts`, `score_generated`, the real renders' features computed once
   for all rows): prompt accuracy on one- and two-object prompts (the shapes judge) and FID (shapes-cnn).
+  With ``--student DIR``: rows of that consistency student (`ldmkit distill`) at each of ``--student-steps``,
+  its lcm sampler, one UNet pass per step.
 - ``sd-small``: Stable Diffusion v1's UNet shape at a CPU-sized width on seeded random weights
   (`_bench_common.bench_models`, as bench_sampling.py), latents only: random z_T, prompt embedding and
   null embedding, guided DDIM (ldmkit's pipeline loop: `guided_denoiser` over the UNet or a

@@ -7,6 +7,7 @@ import torch
 
 from ldmkit.autoencoder import build_autoencoder
 from ldmkit.config import ModelConfig
+from ldmkit.convert.meta import no_transformers_init
 from ldmkit.convert.rules import Rule
 from ldmkit.convert.text import text_rules
 from ldmkit.convert.unet import ema_key, unet_rules
@@ -22,7 +23,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     if config.autoencoder.kind != "kl":
         raise CheckpointError("only KL autoencoders have Stable Diffusion / diffusers layouts")
     parts = {}
-    with torch.device("meta"):
+    with torch.device("meta"), no_transformers_init():
         parts["unet"] = UNet(config.unet)
         parts["autoencoder"] = build_autoencoder(config.autoencoder)
         if config.text.kind != "minilm":  # the frozen MiniLM has no weights in the state dict

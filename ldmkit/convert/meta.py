@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import chain
 
 from torch import Tensor, nn
@@ -30,6 +30,19 @@ def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None
         module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
 
 
+def no_transformers_init():
+    """transformers' own switch that skips its models' weight initialisation (``post_init``), for models
+    whose weights are assigned afterwards or never used (meta); a no-op without transformers."""
+    for where in ("transformers.initialization", "transformers.modeling_utils"):  # transformers 5, then 4
+        try:
+            module = __import__(where, fromlist=["no_init_weights"])
+        except ImportError:
+            continue
+        if hasattr(module, "no_init_weights"):
+            return module.no_init_weights()
+    return nullcontext()
+
+
 @contextmanager
 def empty_parameters() -> Iterator[None]:
     """Modules built by this thread inside the block get their parameters on the meta device.
@@ -46,7 +59,8 @@ def empty_parameters() -> Iterator[None]:
         _users += 1
     _local.depth = getattr(_local, "depth", 0) + 1
     try:
-        yield
+        with no_transformers_init():
+            yield
     finally:
         _local.depth -= 1
         with _lock:

@@ -46,12 +46,17 @@ class Pipeline:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.bf16 = use_bf16(precision, self.device)
+        self.nhwc = False  # the autoencoder in channels-last layout (`from_folder` on a CPU)
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True,
                     prediction: str | None = None, precision: str = "fp32"):
         """The pipeline of a model folder written by `ldmkit train` (see `LatentDiffusion.load`)."""
-        return cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device, precision)
+        pipe = cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device, precision)
+        if pipe.device.type == "cpu":  # oneDNN runs the decoder's convolutions ~1.3-1.6x faster in NHWC
+            pipe.model.autoencoder.to(memory_format=torch.channels_last)
+            pipe.nhwc = True
+        return pipe
 
     # ---------------------------------------------------------------------------------------------
     # inputs
@@ -102,8 +107,10 @@ class Pipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z_0 / s) in [-1, 1] (`LatentDiffusion.decode_latents`), float32 on the CPU, in the pipeline's
         precision (bf16 decodes the shipped model's latents within ~59 dB PSNR of fp32, in half the time)."""
+        if self.nhwc:
+            latents = latents.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model.decode_latents(latents).float().cpu()
+            return self.model.decode_latents(latents).float().contiguous().cpu()
 
     # ---------------------------------------------------------------------------------------------
     # sampling

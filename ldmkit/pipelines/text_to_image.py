@@ -111,8 +111,11 @@ class TextToImagePipeline(Pipeline):
             raise ValueError(f"binding = {binding}; must be ≥ 0")
         if binding_candidates < 1:
             raise ValueError(f"binding_candidates = {binding_candidates}; must be at least 1")
+        context = self.encode(prompts)
+        # A consistency student has no unconditional pass: its null context is never read.
+        null_context = context[:1] if self.is_student else self.encode_null(negative_prompt)
         latents = self.sample_latents(
-            self.encode(prompts), self.encode_null(negative_prompt), latent_size, steps, guidance, seed,
+            context, null_context, latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
