@@ -96,8 +96,8 @@ def cmd_distill(args) -> None:
     from ldmkit.train.distill import distill
 
     preset = _preset(args, "distill")
-    out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps, _resume(args.resume), args.device,
-                  not args.no_progress)
+    out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
+                  _resume(args.resume), args.device, not args.no_progress)
     print(f"consistency student written to {out} (samples in {out / 'samples'}); "
           f"sample it with `ldmkit generate --model {out} PROMPT`")
 
@@ -127,5 +127,6 @@ def add_parsers(sub) -> None:
                    help="the text-to-image model to distil (a folder written by `ldmkit train`, or shapes64, the "
                         "shipped one); the preset's data section should be the data it was trained on")
     p.add_argument("--student-steps", type=positive_int, metavar="N",
-                   help="the student's default number of sampling steps (default: the config's distill.student_steps, 4)")
+                   help="the student's default number of sampling steps (default: the config's "
+                        "distill.student_steps, 4)")
     p.set_defaults(func=cmd_distill)

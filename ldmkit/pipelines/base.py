@@ -3,10 +3,9 @@ into tensors, and one guided sampling loop (z_T or SDEdit's noised z_0 → sampl
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
-
-from functools import partial
 
 import numpy as np
 import torch

@@ -22,16 +22,17 @@ class ImageToImagePipeline(Pipeline):
     kinds = ("text",)
 
     @torch.inference_mode()
-    def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6, steps: int | None = None,
-                 guidance: float = 4.0, seed: int = 0, sampler: str | None = None, eta: float = 0.0,
-                 negative_prompt: str = "", progress: bool = False,
+    def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
+                 steps: int | None = None, guidance: float = 4.0, seed: int = 0, sampler: str | None = None,
+                 eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             image, prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                         steps: int | None = None, guidance: float = 4.0, seed: int = 0, sampler: str | None = None, eta: float = 0.0,
+                         steps: int | None = None, guidance: float = 4.0, seed: int = 0,
+                         sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε."""

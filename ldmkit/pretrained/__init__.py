@@ -3,7 +3,8 @@ default) and ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`)
 
 ``ldmkit generate PROMPT --out FILE`` uses ``shapes64`` when no ``--model`` is given; so does
 ``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``)
-names the student where no file or folder of that name exists (`resolve_model`). ``SHA256SUMS`` beside its files records their checksums;
+names the student where no file or folder of that name exists (`resolve_model`).
+``SHA256SUMS`` beside its files records their checksums;
 `verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
 with every large float tensor stored as float16 (loading casts back to float32), which halves the
 size to fit the package.
