@@ -187,3 +187,12 @@ def test_unreadable_image_in_user_folder_is_skipped(tmp_path):
                 "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "bad.png" in r.stderr and "skipped" in (r.stderr + r.stdout).lower()
+
+
+def test_python_m_ldmkit_is_the_ldmkit_command():
+    result = subprocess.run([sys.executable, "-m", "ldmkit", "generate", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "usage: ldmkit generate" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "ldmkit", "generate", "a", "--out", "x.png", "--steps", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
