@@ -34,7 +34,9 @@ from ldmkit.serve import schemas
 from ldmkit.serve.body_limit import BodyLimit
 from ldmkit.serve.edit import add_edit_routes, by_kind, edit_pipeline_for, edit_runner, edit_saver
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
-from ldmkit.serve.handling import NOT_FOUND, QUEUE_FULL, WAIT_ERRORS, not_found, submit, wait_done
+from ldmkit.serve.handling import (
+    NOT_FOUND, PNG_RESPONSE, QUEUE_FULL, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
+)
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.outputs import folder_saver, image_filename
@@ -203,19 +205,13 @@ def create_app(
         queue.cancel(job)
         return info(job)
 
-    @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses={
-        200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND})
+    @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses=PNG_RESPONSE)
     def get_image(job_id: str, index: int) -> Response:
         job = find(job_id)
-        if job.state is not JobState.done:
-            raise HTTPException(404, f"job {job_id} has no images: it is {job.state.value}")
-        if not 0 <= index < len(job.images):
-            raise HTTPException(404, f"job {job_id} has images 0 … {len(job.images) - 1}, not {index}")
-        filename = image_filename(job.settings.seed, index)
-        return Response(job.images[index], media_type="image/png", headers={
-            "Content-Disposition": f'inline; filename="{filename}"',
-            "Cache-Control": "private, max-age=3600, immutable",  # a job's images never change
-        })
+        images = finished_images(job, job_id)
+        if not 0 <= index < len(images):
+            raise HTTPException(404, f"job {job_id} has images 0 … {len(images) - 1}, not {index}")
+        return png_response(images[index], image_filename(job.settings.seed, index))
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=WAIT_ERRORS)
     async def generate(request: GenerateRequest, http: Request) -> GenerateResponse:

@@ -29,7 +29,9 @@ from ldmkit.serve.edit_schemas import (
     EditImage, EditImageData, EditInfo, EditJobInfo, EditPair, EditPairData, EditRequest, EditResponse,
     EditSettings, pair_filenames,
 )
-from ldmkit.serve.handling import NOT_FOUND, QUEUE_FULL, WAIT_ERRORS, not_found, submit, wait_done
+from ldmkit.serve.handling import (
+    NOT_FOUND, PNG_RESPONSE, QUEUE_FULL, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
+)
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ErrorMessage, JobState
@@ -196,19 +198,14 @@ def add_edit_routes(app: FastAPI, queue: JobQueue, edit_pipe, reason: str | None
         queue.cancel(job)
         return info(job)
 
-    @app.get("/v1/edit/jobs/{job_id}/images/{name}", response_class=Response, responses={
-        200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND})
+    @app.get("/v1/edit/jobs/{job_id}/images/{name}", response_class=Response, responses=PNG_RESPONSE)
     def get_edit_image(job_id: str, name: str) -> Response:
         job = find(job_id)
-        if job.state is not JobState.done:
-            raise HTTPException(404, f"job {job_id} has no images: it is {job.state.value}")
+        images = finished_images(job, job_id)
         names = [n for pair in pair_filenames(job.settings.num_images) for n in pair]
         if name not in names:
             raise HTTPException(404, f"job {job_id} has images {', '.join(names)}, not {name!r}")
-        return Response(job.images[names.index(name)], media_type="image/png", headers={
-            "Content-Disposition": f'inline; filename="{name}"',
-            "Cache-Control": "private, max-age=3600, immutable",  # a job's images never change
-        })
+        return png_response(images[names.index(name)], name)
 
     @app.post("/v1/edit", response_model=EditResponse, responses={**WAIT_ERRORS, **_UNAVAILABLE})
     async def edit(request: EditRequest, http: Request) -> EditResponse:

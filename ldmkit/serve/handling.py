@@ -1,5 +1,6 @@
-"""What the generate and edit routes share: queue a job (503 when the queue is full) and wait for it
-without holding a thread (504 past its deadline, 409 cancelled, 500 failed, 499 when the client left)."""
+"""What the generate and edit routes share: queue a job (503 when the queue is full), wait for it
+without holding a thread (504 past its deadline, 409 cancelled, 500 failed, 499 when the client left),
+and serve one of a finished job's images."""
 
 from __future__ import annotations
 
@@ -34,6 +35,24 @@ def not_found(job_id: str, elsewhere: str | None = None) -> HTTPException:
         return HTTPException(404, f"job {job_id!r} is followed at {elsewhere}, not here")
     return HTTPException(404, f"no job {job_id!r}: unknown, or one of the oldest finished jobs, which the server "
                               f"forgets")
+
+
+PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND}
+
+
+def finished_images(job: Job, job_id: str) -> list[bytes]:
+    """The PNGs of a finished ``job``; 404 while it is not done."""
+    if job.state is not JobState.done:
+        raise HTTPException(404, f"job {job_id} has no images: it is {job.state.value}")
+    return job.images
+
+
+def png_response(png: bytes, filename: str) -> Response:
+    """One of a job's images as an inline PNG named ``filename``, cacheable (a job's images never change)."""
+    return Response(png, media_type="image/png", headers={
+        "Content-Disposition": f'inline; filename="{filename}"',
+        "Cache-Control": "private, max-age=3600, immutable",
+    })
 
 
 async def wait_done(queue: JobQueue, job: Job, http: Request) -> Response | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ldmkit.bounds import DEFAULT_MAX_SIDE, max_side  # noqa: F401  (DEFAULT_MAX_SIDE re-exported)
+from ldmkit.diffusion import SAMPLERS
 from ldmkit.errors import UsageError
 
 
@@ -43,8 +44,6 @@ class Limits:
         cap = max_side(size, max_size)
         if cap < size:
             raise UsageError(f"max size {cap} is below the model's trained size {size}")
-        from ldmkit.diffusion import SAMPLERS
-
         sampler, steps = pipe.sampling_defaults(None, None)
         runs = ("lcm",) if sampler == "lcm" else (sampler, *(n for n in SAMPLERS if n not in (sampler, "lcm")))
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
