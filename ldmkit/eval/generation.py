@@ -4,11 +4,9 @@ spread (IS), and check each against its prompt with the shapes judge (prompt acc
 
 from __future__ import annotations
 
-import dataclasses
-
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -159,7 +157,7 @@ def evaluate_generation(
     else:
         pipe = model
     sampler, steps = pipe.sampling_defaults(settings.sampler, settings.steps)
-    settings = dataclasses.replace(settings, sampler=sampler, steps=steps)
+    settings = replace(settings, sampler=sampler, steps=steps)
     image_size = pipe.model.config.image_size
     shapes = ShapesFeatures()
     networks = networks if networks is not None else [shapes]
