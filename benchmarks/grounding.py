@@ -36,13 +36,13 @@ def rows_to_run(args) -> list[tuple[str, str, str, float, int]]:
     return rows
 
 
-def measure(row, work: Path, progress: bool) -> dict:
+def measure(row, work: Path, progress: bool, device: str = "cpu") -> dict:
     name, folder, phrasing, binding, images = row
     path = work / f"{name}-{phrasing}-binding{binding:g}-{images}.json"
     if path.is_file():
         return json.loads(path.read_text())
     settings = SamplerSettings(binding=binding)
-    report = evaluate_generation(folder, images, settings, progress=progress, phrasing=phrasing)
+    report = evaluate_generation(folder, images, settings, device=device, progress=progress, phrasing=phrasing)
     result = report.to_dict()
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--binding", type=float, default=0.3, help="binding guidance λ of the guided rows (default 0.3)")
     p.add_argument("--work", default="runs/grounding-eval", help="where each row's JSON is kept")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "GROUNDING.md"))
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the images are drawn")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     lines = []
     for row in rows_to_run(args):
-        result = measure(row, Path(args.work), not args.no_progress)
+        result = measure(row, Path(args.work), not args.no_progress, args.device)
         lines.append(table_row(row, result))
         print(lines[-1], flush=True)
     models = ", ".join(f"{name} = `{folder}`" for name, folder in args.model)

@@ -113,6 +113,10 @@ class TextEncoderConfig:
     "clip" and "openclip"; "minilm" reads its own from the package (``width`` must be 384).
     ``adapter_layers`` (minilm only) puts that many Transformer blocks of ``heads`` heads, trained with the
     UNet, on top of the frozen MiniLM: τθ(y) = Adapter(MiniLM(y)).
+    ``zero_padding`` (any kind) sets the context vectors at padding positions to 0: their keys and values
+    in cross-attention are then 0 (the UNet's W_K, W_V have no bias), so a pixel can still put weight
+    there (an attention sink) but reads the prompt only from its words' tokens, not from the padding
+    vectors, which an encoder fills with the whole sentence.
     """
 
     kind: Literal["transformer", "clip", "openclip", "minilm", "ldm-bert"] = "transformer"
@@ -125,6 +129,7 @@ class TextEncoderConfig:
     ff_width: int = 0  # inner width of each MLP (clip/openclip); 0 means 4 * width
     activation: Literal["gelu", "quick_gelu"] = "gelu"  # clip/openclip MLP (OpenAI CLIP: quick_gelu)
     adapter_layers: int = 0  # minilm: trained blocks on the frozen token vectors; 0 = the frozen vectors as they are
+    zero_padding: bool = False  # context vectors at padding positions set to 0 (see above)
 
 
 @dataclass(frozen=True)
@@ -361,7 +366,7 @@ def to_dict(config) -> dict:
 # with a default that reproduces the older behaviour, belongs here too.
 LATER_FIELDS = {
     "AutoencoderConfig": {"attention_bias", "asymmetric_downsample", "l2_weight"},
-    "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers"},
+    "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers", "zero_padding"},
     "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels", "guidance_embedding"},
     "DiffusionConfig": {"zero_terminal_snr", "consistency_steps"},
     "ModelConfig": {"condition"},

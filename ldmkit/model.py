@@ -91,11 +91,14 @@ class LatentDiffusion(nn.Module):
 
         The text encoder masks padding among its own tokens; the UNet's cross-attention then sees
         all L positions, as in Stable Diffusion, so that a conditional and an unconditional context
-        batch together without masks.
+        batch together without masks. With ``text.zero_padding`` the padding positions' vectors are 0.
         """
         token_ids, mask = self.tokenizer(prompts)
         device = next(self.unet.parameters()).device  # the frozen MiniLM encoder has no parameters() of its own
-        return self.text_encoder(token_ids.to(device), mask.to(device))
+        context = self.text_encoder(token_ids.to(device), mask.to(device))
+        if self.config.text.zero_padding:
+            context = context * mask.to(device=device, dtype=context.dtype)[..., None]
+        return context
 
     def encode_classes(self, classes: list[str] | torch.Tensor) -> torch.Tensor:
         """τθ(y) = E[y] for class names (or indices, the null class ∅ being K): context B×1×d.

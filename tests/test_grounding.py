@@ -168,6 +168,8 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("a star in cyan beneath a box that is small and green", [(["cyan"], "star"), (["small", "green"], "box")],
      "below"),
     ("a picture of a crimson, big square at the bottom", [(["crimson", "big"], "square")], None),
+    ("a box of red colour atop a small disc", [(["red"], "box"), (["small"], "disc")], "above"),
+    ("a yellow little triangle, right in the middle", [(["yellow", "little"], "triangle")], None),
     ("a white rhombus and a purple circle, the rhombus below the circle",
      [(["white"], "rhombus"), (["purple"], "circle")], "below"),
 ])

@@ -98,5 +98,8 @@ def test_a_fine_tune_of_a_minilm_model_resumes_with_its_vocabulary(trained, tmp_
         train=dataclasses.replace(tiny.train, checkpoint_every=2))
     base = train_diffusion(preset, trained["ae"], tmp_path / "base", steps=2, progress=False)
     tuned = train_diffusion(preset, trained["ae"], tmp_path / "tuned", steps=2, progress=False, init=base)
-    resumed = train_diffusion(preset, trained["ae"], tuned, steps=4, resume=True, progress=False)  # read it back
-    assert isinstance(LatentDiffusion.load(resumed).tokenizer, WordPieceTokenizer)
+    for run in (base, tuned):  # a run from scratch and a fine-tune, each read back from its checkpoint
+        resumed = train_diffusion(preset, trained["ae"], run, steps=4, resume=True, progress=False)
+        tokenizer = LatentDiffusion.load(resumed).tokenizer
+        assert isinstance(tokenizer, WordPieceTokenizer)
+        assert tokenizer.tokens("a cyan circle")[0][:5] == ["[CLS]", "a", "cy", "##an", "circle"]  # BERT's words

@@ -33,31 +33,41 @@ Span = tuple[int, int]
 # Each value's words: the first of "seen" is the templates' own word, and is drawn half the time.
 _WORDS: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     "color": {
-        "seen": {"red": ("red", "crimson"), "orange": ("orange", "tangerine"), "yellow": ("yellow", "golden"),
-                 "green": ("green", "emerald"), "cyan": ("cyan", "turquoise"), "blue": ("blue", "cobalt"),
-                 "purple": ("purple", "violet"), "white": ("white", "snowy")},
+        "seen": {"red": ("red", "crimson", "ruby", "cherry"),
+                 "orange": ("orange", "tangerine", "apricot", "pumpkin"),
+                 "yellow": ("yellow", "golden", "canary", "mustard"),
+                 "green": ("green", "emerald", "jade", "grassy"),
+                 "cyan": ("cyan", "turquoise", "teal"),
+                 "blue": ("blue", "cobalt", "sapphire", "azure"),
+                 "purple": ("purple", "violet", "plum", "amethyst"),
+                 "white": ("white", "snowy", "pearly", "milky")},
         "unseen": {"red": ("scarlet",), "orange": ("amber",), "yellow": ("lemon",), "green": ("lime",),
                    "cyan": ("aqua",), "blue": ("navy",), "purple": ("lavender",), "white": ("ivory",)},
     },
     "shape": {
-        "seen": {"circle": ("circle", "disc"), "square": ("square", "box"), "triangle": ("triangle",),
-                 "star": ("star", "five-pointed star"), "diamond": ("diamond", "rhombus"),
-                 "cross": ("cross", "cross shape")},
+        "seen": {"circle": ("circle", "disc", "disk", "ball", "orb", "round shape"),
+                 "square": ("square", "box", "block", "square shape"),
+                 "triangle": ("triangle", "wedge", "triangular shape", "three-sided shape"),
+                 "star": ("star", "five-pointed star", "star shape", "five-point star"),
+                 "diamond": ("diamond", "rhombus", "diamond shape", "rhomb"),
+                 "cross": ("cross", "cross shape", "cross figure")},
         "unseen": {"circle": ("dot",), "square": ("tile",), "triangle": ("pyramid",), "star": ("pentagram",),
                    "diamond": ("lozenge",), "cross": ("plus sign",)},
     },
     "size": {
-        "seen": {"small": ("small", "little"), "large": ("large", "big")},
+        "seen": {"small": ("small", "little", "miniature", "petite", "smallish", "mini"),
+                 "large": ("large", "big", "giant", "massive", "enormous", "sizeable")},
         "unseen": {"small": ("tiny",), "large": ("huge",)},
     },
 }  # fmt: skip
 
 _POSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "seen": {"left": ("on the left", "on the left side", "at the left"),
-             "right": ("on the right", "on the right side", "at the right"),
-             "top": ("at the top", "near the top", "in the upper part"),
-             "bottom": ("at the bottom", "near the bottom", "in the lower part"),
-             "centre": ("in the centre", "in the middle", "in the center")},
+    "seen": {"left": ("on the left", "on the left side", "at the left", "to the left", "at the left edge"),
+             "right": ("on the right", "on the right side", "at the right", "to the right", "at the right edge"),
+             "top": ("at the top", "near the top", "in the upper part", "at the upper edge", "up top"),
+             "bottom": ("at the bottom", "near the bottom", "in the lower part", "at the lower edge",
+                        "down below"),
+             "centre": ("in the centre", "in the middle", "in the center", "centred", "right in the middle")},
     "unseen": {"left": ("in the left half", "on the left-hand side"),
                "right": ("in the right half", "on the right-hand side"),
                "top": ("in the top half", "up at the top"), "bottom": ("in the bottom half", "down at the bottom"),
@@ -65,8 +75,9 @@ _POSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 
 _RELATIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "seen": {"above": ("above", "over"), "below": ("below", "under"),
-             "left of": ("to the left of", "left of"), "right of": ("to the right of", "right of")},
+    "seen": {"above": ("above", "over", "on top of", "atop"), "below": ("below", "under", "underneath"),
+             "left of": ("to the left of", "left of", "at the left of"),
+             "right of": ("to the right of", "right of", "at the right of")},
     "unseen": {"above": ("higher than",), "below": ("beneath", "lower than"),
                "left of": ("on the left of", "further left than"),
                "right of": ("on the right of", "further right than")},
@@ -75,14 +86,18 @@ _RELATIONS: dict[str, dict[str, tuple[str, ...]]] = {
 # Noun phrases: {a} the article, {size} {color} {shape} the words (a form without {size} leaves it out).
 _NOUN_PHRASES: dict[str, tuple[str, ...]] = {
     "seen": ("{a} {size} {color} {shape}", "{a} {color} {shape}", "{a} {color} {size} {shape}",
-             "{a} {size} {shape} in {color}", "{a} {shape} in {color}", "{a} {color}, {size} {shape}"),
+             "{a} {size} {shape} in {color}", "{a} {shape} in {color}", "{a} {color}, {size} {shape}",
+             "{a} {size}, {color} {shape}", "{a} {shape} of {color} colour", "{a} {size} {shape} of {color} colour",
+             "one {color} {shape}", "one {size} {color} {shape}"),
     "unseen": ("{a} {size} {shape} coloured {color}", "{a} {shape} coloured {color}",
                "{a} {shape} that is {size} and {color}", "{a} {shape} that is {color}"),
 }
 # Sentence frames of one object: {S} the noun phrase, {P} the position phrase (frames without {P} state none).
 _ONE_OBJECT: dict[str, tuple[str, ...]] = {
     "seen": ("{S}", "there is {S}", "a picture of {S}", "an image of {S}", "{S} {P}", "there is {S} {P}",
-             "a picture of {S} {P}", "an image of {S} {P}", "{P}, {S}", "{P} there is {S}", "{S}, {P}"),
+             "a picture of {S} {P}", "an image of {S} {P}", "{P}, {S}", "{P} there is {S}", "{S}, {P}",
+             "a photo of {S}", "a photo of {S} {P}", "a render of {S}", "{S} is {P}", "{S} located {P}",
+             "here is {S}", "showing {S} {P}", "just {S}", "{S} on a dark background"),
     "unseen": ("i see {S}", "draw {S}", "a drawing of {S}", "i see {S} {P}", "draw {S} {P}",
                "{S} sitting {P}", "{P} you can see {S}", "a drawing of {S} {P}"),
 }
@@ -90,7 +105,8 @@ _ONE_OBJECT: dict[str, tuple[str, ...]] = {
 # (the layout the relation implies), {SA}/{SB} a second mention of each shape.
 _TWO_OBJECTS: dict[str, tuple[str, ...]] = {
     "seen": ("{A} {R} {B}", "there is {A} {R} {B}", "{A} is {R} {B}", "{A} {PA}, {B} {PB}",
-             "{A} and {B}, the {SA} {R} the {SB}"),
+             "{A} and {B}, the {SA} {R} the {SB}", "a picture of {A} {R} {B}", "{A} located {R} {B}",
+             "{A} {PA} and {B} {PB}", "a photo of {A} {R} {B}"),
     "unseen": ("{A} sits {R} {B}", "{R} {B} there is {A}", "we see {A} {R} {B}", "{PA} {A}, {PB} {B}",
                "{A} placed {R} {B}"),
 }
@@ -162,7 +178,7 @@ def _noun_phrase(rng: Rng, obj: ShapeObject, owner: int, part: str, with_size: b
     return (lambda b: _fill(b, form, slots)), stated, shape
 
 
-MAX_PIECES = 20  # words and punctuation marks: within 24 tokens with start and end, a few words split in two
+MAX_PIECES = 18  # words and punctuation marks: within 24 tokens with start and end, a few words split in two
 
 
 def phrase_scene(scene: Scene, rng: Rng, part: Part = "seen") -> Phrasing:

@@ -6,7 +6,7 @@ few verbs of placing and seeing), so a prompt splits at them into runs of conten
 noun phrase: its last word is the noun (the object), the words before it its modifiers ("a small red
 circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
-red", "a box that is small and blue"). Runs whose noun is a place ("on the left side", "at the top")
+red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left side", "at the top")
 or a medium ("a picture of …") name no object. The first relation word between (or before) the first
 two objects gives their relation: "A above B", "A to the left of B", "above B there is A".
 
@@ -45,12 +45,14 @@ _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "ill
           "rendering", "scene", "view", "sketch", "shot"}
 # After these (without an article), a run of words describes the noun before it.
 _POSTNOMINAL = {"in", "coloured", "colored", "is", "are"}
+# Nouns of a property: "of red colour", "of small size" describe the noun before them.
+_PROPERTIES = {"colour", "color", "hue", "shade", "tone", "size"}
 # Relation words → relation (longest first when matching).
 _RELATIONS = {
     "to the left of": "left of", "on the left of": "left of", "left of": "left of", "further left than": "left of",
     "to the right of": "right of", "on the right of": "right of", "right of": "right of",
     "further right than": "right of", "above": "above", "over": "above", "higher than": "above",
-    "on top of": "above", "below": "below", "under": "below", "beneath": "below", "underneath": "below",
+    "on top of": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below", "underneath": "below",
     "lower than": "below",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
@@ -124,15 +126,19 @@ def parse_phrases(text: str) -> PromptPhrases:
             pending, attached = (), False
             continue
         describes = objects and not determined and bool(lead) and (
-            any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ",")))
+            any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ","))
+            or (noun in _PROPERTIES and lead[-1] == "of"))
+        if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
+            run = run[:-1]
         if describes:
             last = objects[-1]
             objects[-1] = NounPhrase(last.modifiers + tuple(run), last.noun)
             attached = True
             continue
         attached = False
-        next_lead = runs[k + 1][0] if k + 1 < len(runs) else []
-        if determined and after == "," and next_lead == [","]:  # "a crimson, big square"
+        next_lead, next_run = runs[k + 1][:2] if k + 1 < len(runs) else ([], [])
+        next_noun = text[next_run[-1][0]:next_run[-1][1]].lower() if next_run else ""
+        if determined and after == "," and next_lead == [","] and next_noun not in _PLACES:  # "a crimson, big square"
             pending += tuple(run)
             continue
         words = [text[a:b].lower() for a, b in run[:-1]]

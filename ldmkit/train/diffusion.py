@@ -45,7 +45,7 @@ from ldmkit.pipelines import (
     ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline, TextToImagePipeline,
 )
 from ldmkit.storage import CheckpointError
-from ldmkit.text import PromptTokenizer, load_tokenizer
+from ldmkit.text import PromptTokenizer, load_tokenizer, uses_pretrained_tokenizer
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
@@ -271,7 +271,9 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
     source = LatentDiffusion.load(init) if init is not None and state is None else None
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
-        tokenizer = tokenizer_from_json(state["tokenizer"], config.text) if config.condition.uses_text else None
+        # a pretrained text kind reads prompts with its package's vocabulary (LatentDiffusion builds it)
+        tokenizer = tokenizer_from_json(state["tokenizer"], config.text) \
+            if config.condition.uses_text and not uses_pretrained_tokenizer(config.text) else None
     else:
         condition = preset.condition
         if condition.kind == "class":
@@ -346,7 +348,8 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
         save_checkpoint(out, {
             "kind": "diffusion", "step": step, "model": objective.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng_state(), "config": to_dict(config),
-            "tokenizer": tokenizer_to_json(tokenizer) if tokenizer is not None else "",
+            # the tokenizer the model reads prompts with (a pretrained kind's own, not the caption BPE)
+            "tokenizer": tokenizer_to_json(model.tokenizer) if model.tokenizer is not None else "",
             "samples_seen": step * tcfg.batch_size,
             "world_size": ctx.world_size, "readers": stream_readers(ctx, tcfg.num_workers),
         }, tcfg.checkpoint_keep)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Train the grounded shapes64 preset and two ablations side by side on one GPU, each for as many steps as
+# fit in TRAIN_S seconds (a run stopped at step K is the run with `--steps K`: the learning rate is
+# constant after warm-up and every step's data and noise depend only on the step), pack them, distil a
+# 4-step student from the grounded one, and measure each with benchmarks/grounding.py.
+#
+#   bash experiments/grounding_gpu/run.sh OUT TRAIN_S EVAL_S [DEVICE] [CHECKPOINT_EVERY] [EVAL_IMAGES]
+#
+# What comes back: OUT/summary.txt and OUT/runs.tar.* (15 MiB pieces; `cat runs.tar.* | tar x`).
+set -u
+OUT=$1; TRAIN_S=$2; EVAL_S=$3; DEV=${4:-cuda}; CKPT=${5:-500}; IMAGES=${6:-1024}
+PY=${PY:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+W=runs/gpu
+mkdir -p "$W" "$OUT"
+t0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t0 )); }
+say() { echo "[$(elapsed)s] $*" | tee -a "$W/summary.txt"; }
+declare -A CFG=([grounded]=ldmkit/configs/shapes64-grounded.yaml [light]=experiments/grounding_gpu/light.yaml
+                [ungrounded]=experiments/grounding_gpu/ungrounded.yaml)
+VARIANTS="grounded light ungrounded"
+
+PY=$PY bash benchmarks/shipped_autoencoder.sh "$W/ae" || { say "autoencoder export failed"; exit 1; }
+say "autoencoder ready; $($PY -c 'import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
+for v in $VARIANTS; do
+  $PY -m ldmkit train --config "${CFG[$v]}" --autoencoder "$W/ae" --out "$W/$v" --device "$DEV" --no-progress \
+    --checkpoint-every "$CKPT" --keep-checkpoints 2 > "$W/$v.log" 2>&1 &
+  echo $! > "$W/$v.pid"
+done
+alive() { kill -0 "$(cat "$W/$1.pid")" 2>/dev/null; }
+sleep 45
+for v in $VARIANTS; do
+  alive "$v" || { say "$v died early:"; tail -20 "$W/$v.log" | tee -a "$W/summary.txt"; }
+done
+if ! alive grounded && ! alive light && ! alive ungrounded; then say "all trainings failed"; cp "$W/summary.txt" "$OUT/"; exit 1; fi
+while [ "$(elapsed)" -lt "$TRAIN_S" ] && { alive grounded || alive light || alive ungrounded; }; do sleep 5; done
+for v in $VARIANTS; do alive "$v" && kill "$(cat "$W/$v.pid")"; done
+sleep 3
+finalize() {  # the model folder of the newest checkpoint, packed as the shipped model is
+  local v=$1 last k
+  last=$(ls "$W/$v/checkpoints" 2>/dev/null | grep -E '^step_[0-9]+\.pt$' | sort | tail -1)
+  [ -n "$last" ] || { say "$v: no checkpoint"; return; }
+  k=$((10#$(echo "$last" | tr -dc 0-9)))
+  $PY -m ldmkit train --config "${CFG[$v]}" --autoencoder "$W/ae" --out "$W/$v" --device "$DEV" --no-progress \
+    --resume --steps "$k" >> "$W/$v.log" 2>&1 && $PY -m ldmkit.pretrained pack "$W/$v" "$W/packed/$v" >> "$W/$v.log" 2>&1 \
+    && say "$v: $k steps, packed; last log line: $(tail -1 "$W/$v/log.csv")" || say "$v: finalize failed: $(tail -3 "$W/$v.log")"
+}
+for v in $VARIANTS; do finalize "$v" & done
+wait
+
+# a 4-step student of the grounded model, beside the measurements
+if [ -d "$W/packed/grounded" ]; then
+  $PY -m ldmkit distill --config ldmkit/configs/shapes64-grounded.yaml --teacher "$W/packed/grounded" --out "$W/lcm" \
+    --device "$DEV" --no-progress --checkpoint-every "$CKPT" > "$W/lcm.log" 2>&1 &
+  echo $! > "$W/lcm.pid"
+fi
+evals=""
+for m in before=ldmkit/pretrained/shapes64 grounded=$W/packed/grounded light=$W/packed/light ungrounded=$W/packed/ungrounded; do
+  [ -e "${m#*=}" ] || continue
+  $PY benchmarks/grounding.py --model "$m" --device "$DEV" --work "$W/eval" --images "$IMAGES" \
+    --phrasing-images $((IMAGES / 2)) --results "$W/GROUNDING-${m%%=*}.md" --no-progress > "$W/eval-${m%%=*}.log" 2>&1 &
+  evals="$evals $!"
+done
+t_eval=$(( $(elapsed) + EVAL_S ))
+while [ "$(elapsed)" -lt "$t_eval" ]; do
+  running=0; for p in $evals; do kill -0 "$p" 2>/dev/null && running=1; done
+  [ $running = 1 ] || { [ -f "$W/lcm.pid" ] && alive lcm || break; }
+  sleep 5
+done
+for p in $evals; do kill "$p" 2>/dev/null; done
+if [ -f "$W/lcm.pid" ] && alive lcm; then kill "$(cat "$W/lcm.pid")"; sleep 2; fi
+last=$(ls "$W/lcm/checkpoints" 2>/dev/null | grep -E '^step_[0-9]+\.pt$' | sort | tail -1)
+if [ -n "$last" ]; then
+  k=$((10#$(echo "$last" | tr -dc 0-9)))
+  $PY -m ldmkit distill --config ldmkit/configs/shapes64-grounded.yaml --teacher "$W/packed/grounded" --out "$W/lcm" \
+    --device "$DEV" --no-progress --resume --steps "$k" >> "$W/lcm.log" 2>&1 \
+    && $PY -m ldmkit.pretrained pack "$W/lcm" "$W/packed/lcm" >> "$W/lcm.log" 2>&1 && say "lcm: $k steps, packed"
+fi
+for f in "$W"/eval-*.log; do say "$f:"; grep '^|' "$f" | tee -a "$W/summary.txt" > /dev/null; done
+cat "$W"/eval-*.log | grep '^|' || true
+tar cf "$W/runs.tar" "$W/packed" "$W/eval" "$W"/*.log "$W"/GROUNDING-*.md $(for v in $VARIANTS lcm; do
+  echo "$W/$v/log.csv" "$W/$v/samples"; done) 2>/dev/null
+split -b 15M -d "$W/runs.tar" "$OUT/runs.tar."
+say "done; $(du -h "$W/runs.tar" | cut -f1) in $(ls "$OUT" | wc -l) pieces"
+cp "$W/summary.txt" "$OUT/"
