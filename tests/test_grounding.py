@@ -170,6 +170,9 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("a picture of a crimson, big square at the bottom", [(["crimson", "big"], "square")], None),
     ("a box of red colour atop a small disc", [(["red"], "box"), (["small"], "disc")], "above"),
     ("a yellow little triangle, right in the middle", [(["yellow", "little"], "triangle")], None),
+    ("a red circle at the top, a blue square at the bottom", [(["red"], "circle"), (["blue"], "square")], "above"),
+    ("on the right a black cat and on the left a dog", [(["black"], "cat"), ([], "dog")], "right of"),
+    ("a red circle on the left and a blue square on the left", [(["red"], "circle"), (["blue"], "square")], None),
     ("a white rhombus and a purple circle, the rhombus below the circle",
      [(["white"], "rhombus"), (["purple"], "circle")], "below"),
 ])

@@ -8,7 +8,8 @@ circle": modifiers small, red; noun circle; "red circle, blue square": two phras
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
 red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left side", "at the top")
 or a medium ("a picture of …") name no object. The first relation word between (or before) the first
-two objects gives their relation: "A above B", "A to the left of B", "above B there is A".
+two objects gives their relation: "A above B", "A to the left of B", "above B there is A"; without one,
+places at opposite sides in the two objects' own clauses give it ("A at the top, B at the bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest.
@@ -36,7 +37,7 @@ _FUNCTION = _DETERMINERS | {
     # verbs of placing, showing and seeing
     "sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
     "located", "positioned", "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
-    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored",
+    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "centred", "centered",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of media ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
@@ -119,10 +120,16 @@ def parse_phrases(text: str) -> PromptPhrases:
     mentions: list[tuple[int, int]] = []  # (run index, object index): every run that names an object
     pending: tuple[Span, ...] = ()  # "a crimson, big square": modifiers carried to the next run
     attached = False  # the last run described the object before it
+    clause = 0  # clauses are separated by a comma, "and" or ";" between runs
+    clauses: list[int] = []  # each object's clause
+    places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
+        clause += any(w in (",", "and", ";") for w in lead)
         if noun in _PLACES or (noun in _MEDIA and after == "of"):
+            if noun in _PLACES:
+                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
             pending, attached = (), False
             continue
         describes = objects and not determined and bool(lead) and (
@@ -149,8 +156,35 @@ def parse_phrases(text: str) -> PromptPhrases:
         else:
             objects.append(NounPhrase(pending + tuple(run[:-1]), run[-1]))
             mentions.append((k, len(objects) - 1))
+            clauses.append(clause)
         pending = ()
-    return PromptPhrases(tuple(objects), _relation(relations, mentions) if len(objects) >= 2 else None)
+    if len(objects) < 2:
+        return PromptPhrases(tuple(objects))
+    relation = _relation(relations, mentions) or _relation_of_places(places, clauses)
+    return PromptPhrases(tuple(objects), relation)
+
+
+# A place's words → (axis, side): axis 0 vertical, 1 horizontal; side −1 top/left, +1 bottom/right.
+_SIDES = {"top": (0, -1), "upper": (0, -1), "up": (0, -1), "bottom": (0, 1), "lower": (0, 1), "down": (0, 1),
+          "left": (1, -1), "left-hand": (1, -1), "right": (1, 1), "right-hand": (1, 1)}
+_SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
+
+
+def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[int]) -> str | None:
+    """The relation of object 0 to object 1 that their places state when each has its own clause with a
+    place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
+    (A above B), "on the left a cat and on the right a dog" (A left of B)."""
+    if clauses[0] == clauses[1]:
+        return None
+
+    def side(c: int) -> tuple[int, int] | None:
+        found = {_SIDES[w] for cl, words in places if cl == c for w in words if w in _SIDES}
+        return found.pop() if len(found) == 1 else None
+
+    a, b = side(clauses[0]), side(clauses[1])
+    if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
+        return None
+    return _SIDE_RELATIONS[a]
 
 
 def _relation(relations: list[tuple[int, str]], mentions: list[tuple[int, int]]) -> str | None:
