@@ -66,7 +66,7 @@ _POSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
              "right": ("on the right", "on the right side", "at the right", "to the right", "at the right edge"),
              "top": ("at the top", "near the top", "in the upper part", "at the upper edge", "up top"),
              "bottom": ("at the bottom", "near the bottom", "in the lower part", "at the lower edge",
-                        "along the bottom"),
+                        "down below"),
              "centre": ("in the centre", "in the middle", "in the center", "centred", "right in the middle")},
     "unseen": {"left": ("in the left half", "on the left-hand side"),
                "right": ("in the right half", "on the right-hand side"),
