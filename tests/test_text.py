@@ -204,3 +204,30 @@ def test_check_text_unet(tok):
         check_text_unet(encoder_cfg(max_length=MAX_LEN - 1), unet, tok)
     with pytest.raises(ConfigError, match="heads"):
         TextEncoder(encoder_cfg(heads=3))
+
+
+def test_zero_padding_leaves_words_and_zeroes_padding():
+    """text.zero_padding: the context at padding positions is 0 (so cross-attention reads nothing there),
+    the words' vectors are the encoder's own."""
+    import dataclasses
+
+    from ldmkit.config import ModelConfig, load_preset
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.text import PromptTokenizer
+
+    preset = load_preset("tiny")
+    tokenizer = PromptTokenizer.train(["a red circle on the left", "a blue square"] * 20, preset.text.vocab_size,
+                                      preset.text.max_length)
+    configs = [ModelConfig(autoencoder=preset.autoencoder, text=dataclasses.replace(preset.text, zero_padding=z),
+                           unet=preset.unet, diffusion=preset.diffusion, image_size=preset.data.image_size)
+               for z in (False, True)]
+    torch.manual_seed(0)
+    plain = LatentDiffusion(configs[0], tokenizer)
+    zeroed = LatentDiffusion(configs[1], tokenizer)
+    zeroed.load_state_dict(plain.state_dict())
+    prompts = ["a red circle", ""]
+    _, mask = tokenizer(prompts)
+    with torch.no_grad():
+        a, b = plain.encode_prompts(prompts), zeroed.encode_prompts(prompts)
+    assert torch.equal(b[mask], a[mask])
+    assert (b[~mask] == 0).all() and (a[~mask] != 0).any()
