@@ -6,8 +6,8 @@ few verbs of placing and seeing), so a prompt splits at them into runs of conten
 noun phrase: its last word is the noun (the object), the words before it its modifiers ("a small red
 circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
-red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left side", "at the top")
-or a medium ("a picture of …") name no object. The first relation word between (or before) the first
+red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left
+side", "at the top") or a medium ("a picture of …") name no object. The first relation word between (or before) the first
 two objects gives their relation: "A above B", "A to the left of B", "above B there is A"; without one,
 places at opposite sides in the two objects' own clauses give it ("A at the top, B at the bottom").
 
