@@ -7,9 +7,10 @@ noun phrase: its last word is the noun (the object), the words before it its mod
 circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
 red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left
-side", "at the top") or a medium ("a picture of …") name no object. The first relation word between (or before) the first
-two objects gives their relation: "A above B", "A to the left of B", "above B there is A"; without one,
-places at opposite sides in the two objects' own clauses give it ("A at the top, B at the bottom").
+side", "at the top") or a medium ("a picture of …") name no object. The first relation word between (or
+before) the first two objects gives their relation: "A above B", "A to the left of B", "above B there is
+A"; without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the
+bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest.
@@ -53,7 +54,8 @@ _RELATIONS = {
     "to the left of": "left of", "on the left of": "left of", "left of": "left of", "further left than": "left of",
     "to the right of": "right of", "on the right of": "right of", "right of": "right of",
     "further right than": "right of", "above": "above", "over": "above", "higher than": "above",
-    "on top of": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below", "underneath": "below",
+    "on top of": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below",
+    "underneath": "below",
     "lower than": "below",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
