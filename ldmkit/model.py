@@ -24,6 +24,9 @@ from torch import nn
 from ldmkit.autoencoder import build_autoencoder
 from ldmkit.condition import ClassEmbedding, class_index, concat_condition
 from ldmkit.config import ModelConfig
+from ldmkit.convert import detect_format, read_checkpoint
+from ldmkit.convert.checkpoint import with_prediction
+from ldmkit.convert.meta import assign_weights, empty_parameters
 from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
@@ -41,8 +44,7 @@ class LatentDiffusion(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer=None, autoencoder: nn.Module | None = None):
         """``tokenizer``: the `PromptTokenizer` of a "transformer" text encoder; the pretrained kinds
         (CLIP, MiniLM, LDM-BERT) bring their own vocabulary, built here when ``tokenizer`` is None or a
-        `PromptTokenizer` (which the training loop trains for every kind; the pretrained text encoder
-        could not read its ids). A class model needs none."""
+        `PromptTokenizer` (whose ids the pretrained text encoder could not read). A class model needs none."""
         super().__init__()
         uses_text = config.condition.uses_text
         if uses_text and config.text.width != config.unet.context_dim:
@@ -159,17 +161,13 @@ class LatentDiffusion(nn.Module):
         ``ema``: use a single file's EMA weights when it has them (folders hold one set of weights).
         ``prediction`` ("epsilon"/"v") overrides what the model's config says or inference assumes.
         Single files and diffusers folders load without a second copy of the weights, memory-mapped
-        from the file (see `ldmkit.convert.load_model`).
+        from the file (see `load_model`).
         """
         folder = Path(folder)
         if not (folder / "config.yaml").is_file() and folder.exists():
-            from ldmkit.convert import load_model
-
             return load_model(folder, ema=ema, prediction=prediction)
         config = load_config(ModelConfig, folder)
         if prediction is not None:
-            from ldmkit.convert.checkpoint import with_prediction
-
             config = with_prediction(config, prediction)
         tokenizer = None
         if config.condition.uses_text:
@@ -185,3 +183,36 @@ class LatentDiffusion(nn.Module):
             load_weights(model.text_encoder, folder / "text_encoder.safetensors")
         load_weights(model.unet, folder / "unet.safetensors")
         return model.eval()
+
+
+def load_model(path: str | Path, ema: bool = True, prediction: str | None = None) -> LatentDiffusion:
+    """The `LatentDiffusion` of a model in any format, in eval mode, weights in fp32.
+
+    A Stable Diffusion single file or diffusers folder loads without a second copy of its weights: the
+    model is built with its parameters on the meta device (`meta.empty_parameters`: no memory, no random
+    initialisation), and the file's tensors, converted key by key to ldmkit's names, become the model's
+    parameters (`meta.assign_weights`). The weights are bit-identical to those of copying the file into
+    a randomly initialised model.
+
+    Memory: an fp32 tensor of a ``.safetensors`` file (or of a ``.ckpt`` that torch can memory-map) stays
+    in the file's private, copy-on-write memory mapping, so the process grows by the pages of the weights
+    it uses as they are first read, to about the model's fp32 size, and never holds them twice. Writing
+    into a parameter copies the pages written; the file is never written. The file must stay unchanged
+    while the model is in use: replacing it by a rename (as ldmkit writes files) is safe, overwriting it
+    in place is not. An fp16/bf16 ``.safetensors`` tensor is read into a buffer of its own and cast to
+    fp32 one tensor at a time, so the peak is the fp32 model plus one tensor (a ``.ckpt``'s half-precision
+    tensors are cast from its mapping, whose pages stay resident until the load returns). An ldmkit
+    folder's model is built as usual and its weights copied in.
+    """
+    if detect_format(path) == "ldmkit":
+        ckpt = read_checkpoint(path, ema, prediction)
+        model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
+        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+        if missing or unexpected:  # read_checkpoint validated the keys; this guards the two against drifting
+            raise CheckpointError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return model.eval()
+    ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
+    with empty_parameters():
+        model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
+    assign_weights(model, ckpt.weights, str(path))
+    return model.eval()

@@ -21,8 +21,7 @@ from ldmkit.cli import main
 from ldmkit.config import load_preset, save_yaml
 from ldmkit.storage import CheckpointError
 from ldmkit.train.autoencoder import train_autoencoder
-from ldmkit.train.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
-from ldmkit.train.common import load_state
+from ldmkit.train.checkpoint import checkpoint_path, list_checkpoints, load_state, read_checkpoint
 from ldmkit.train.diffusion import train_diffusion
 
 

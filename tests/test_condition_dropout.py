@@ -4,7 +4,13 @@ the sampler's unconditional branch uses."""
 import torch
 
 from ldmkit.config import load_preset
-from ldmkit.train.diffusion import drop_captions
+from ldmkit.train.diffusion import caption_keep_mask
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """The captions as a training step sees them (`batch_condition`): "" where the keep mask is False."""
+    keep = caption_keep_mask(len(captions), p, generator)
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
 def test_dropout_produces_null_context_at_configured_rate():

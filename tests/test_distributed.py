@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from ldmkit.config import load_preset, save_yaml
 from ldmkit.train.autoencoder import train_autoencoder
-from ldmkit.train.common import ResumableBatchSampler, load_state
+from ldmkit.train.checkpoint import load_state
+from ldmkit.train.common import ResumableBatchSampler
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.distributed import Distributed, per_rank_batch
 

@@ -16,7 +16,7 @@ from ldmkit import load_pipeline
 from ldmkit.cli import main
 from ldmkit.config import load_preset
 from ldmkit.train.autoencoder import train_autoencoder
-from ldmkit.train.common import load_state
+from ldmkit.train.checkpoint import load_state
 from ldmkit.train.diffusion import train_diffusion
 
 STEPS = 40

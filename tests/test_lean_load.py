@@ -1,5 +1,5 @@
 """Loading Stable Diffusion single files and diffusers folders without a second copy of the weights
-(`ldmkit.convert.load_model`: modules built with meta parameters, the file's tensors assigned) gives
+(`ldmkit.model.load_model`: modules built with meta parameters, the file's tensors assigned) gives
 bit for bit the model the copying loader gives: a randomly initialised model with the file's tensors
 copied in (`copying_load` below). Checked on the tiny SD-1-like and SD-2-like files tests/test_sd_parity.py
 builds, in fp32, fp16 and bf16, as .safetensors, .ckpt (zip and legacy formats) and diffusers folders.
@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ldmkit.convert import load_model, read_checkpoint
+from ldmkit.convert import read_checkpoint
+from ldmkit.model import load_model
 from ldmkit.convert.meta import _original_register_parameter, assign_weights, empty_parameters
 from ldmkit.storage import CheckpointError
 

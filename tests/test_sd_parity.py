@@ -29,7 +29,8 @@ if importlib.util.find_spec("clip") is None:
 
 from safetensors.torch import save_file  # noqa: E402
 
-from ldmkit.convert import load_model, read_checkpoint  # noqa: E402
+from ldmkit.convert import read_checkpoint  # noqa: E402
+from ldmkit.model import load_model  # noqa: E402
 from ldmkit.convert.original import to_original  # noqa: E402
 from ldmkit.convert.unet import ema_key  # noqa: E402
 from ldmkit.diffusion import make_schedule  # noqa: E402

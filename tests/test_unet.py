@@ -10,7 +10,7 @@ import torch
 from ldmkit.config import ConfigError, UNetConfig
 from ldmkit.nn.embeddings import timestep_embedding
 from ldmkit.nn.transformer import BasicTransformerBlock, SpatialTransformer
-from ldmkit.nn.unet import UNet, count_parameters
+from ldmkit.nn.unet import UNet
 
 B, L, D = 2, 6, 32  # batch, context tokens, context_dim
 
@@ -237,13 +237,9 @@ def test_bf16_autocast_and_channels_last():
     out.float().sum().backward()  # and trains there too
 
 
-def test_count_parameters():
+def test_parameter_count():
     unet = make_unet(tiny())
-    assert count_parameters(unet) == sum(p.numel() for p in unet.parameters())
-    unet.conv_in.requires_grad_(False)
-    frozen = unet.conv_in.weight.numel() + unet.conv_in.bias.numel()
-    assert count_parameters(unet, trainable_only=True) == count_parameters(unet) - frozen
-    assert math.isclose(count_parameters(unet), 1_055_044, rel_tol=0.2)  # the size this config has today
+    assert math.isclose(sum(p.numel() for p in unet.parameters()), 1_055_044, rel_tol=0.2)  # the size this config has today
 
 
 def test_coordinate_maps_run_left_to_right_and_top_to_bottom():

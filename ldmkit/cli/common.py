@@ -46,11 +46,6 @@ def bounded_float(high: float, what: str):
     return parse
 
 
-def finite_float(text: str) -> float:
-    """Any finite number."""
-    return _parsed(text, float, "a number", math.isfinite, "a finite number")
-
-
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
 
 

@@ -7,8 +7,8 @@
 
 from ldmkit.condition.classes import ClassEmbedding, class_index, class_labels, data_classes
 from ldmkit.condition.images import (
-    check_images, check_mask, concat_condition, downsample, grayscale, mask_to_latent, masked_images,
-    mean_fill, resize_to,
+    check_images, check_mask, concat_condition, condition_source, downsample, grayscale, mask_to_latent,
+    masked_images, mean_fill, resize_to,
 )
 from ldmkit.condition.masks import SIDES, random_masks, uncrop_mask
 
@@ -20,6 +20,7 @@ __all__ = [
     "class_index",
     "class_labels",
     "concat_condition",
+    "condition_source",
     "data_classes",
     "downsample",
     "grayscale",

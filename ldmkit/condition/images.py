@@ -111,3 +111,13 @@ def concat_condition(
     if condition.kind == "colorize":
         return encode(source)
     return None
+
+
+def condition_source(condition: ConditionConfig, images: torch.Tensor) -> torch.Tensor:
+    """What a training sample's image condition is made from: x_LR = x shrunk ``sr_factor`` times (sr),
+    gray(x) (colorize), x itself (inpaint, masked later by `ldmkit.condition.concat_condition`)."""
+    if condition.kind == "sr":
+        return downsample(images, condition.sr_factor)
+    if condition.kind == "colorize":
+        return grayscale(images)
+    return images

@@ -8,7 +8,7 @@ Three formats hold the same model:
 - a **diffusers folder** (``model_index.json`` and one folder per part).
 
 `read_checkpoint` turns any of them into a `Checkpoint` (ldmkit's keys, the source's leftovers kept
-aside), `write_checkpoint` writes one in any format, `load_model` builds the `LatentDiffusion`. Key
+aside), `write_checkpoint` writes one in any format (`ldmkit.model.load_model` builds the `LatentDiffusion`). Key
 rules live in `unet`, `vae` and `text`; `infer` holds the architecture rules; `meta` builds models
 without memory for their weights.
 """
@@ -30,7 +30,7 @@ from ldmkit.storage import CheckpointError
 Format = Literal["ldmkit", "diffusers", "original"]
 FORMATS: tuple[str, ...] = ("ldmkit", "diffusers", "original")
 
-__all__ = ["Checkpoint", "FORMATS", "convert", "detect_format", "load_model", "read_checkpoint", "write_checkpoint"]
+__all__ = ["Checkpoint", "FORMATS", "convert", "detect_format", "read_checkpoint", "write_checkpoint"]
 
 
 def detect_format(path: str | Path) -> Format:
@@ -90,39 +90,3 @@ def convert(src: str | Path, to: Format, out: str | Path, ema: bool = True, pred
     ckpt = read_checkpoint(src, ema, prediction)
     write_checkpoint(ckpt, out, to)
     return ckpt
-
-
-def load_model(path: str | Path, ema: bool = True, prediction: str | None = None):
-    """The `LatentDiffusion` of a model in any format, in eval mode, weights in fp32.
-
-    A Stable Diffusion single file or diffusers folder loads without a second copy of its weights: the
-    model is built with its parameters on the meta device (`meta.empty_parameters`: no memory, no random
-    initialisation), and the file's tensors, converted key by key to ldmkit's names, become the model's
-    parameters (`meta.assign_weights`). The weights are bit-identical to those of copying the file into
-    a randomly initialised model.
-
-    Memory: an fp32 tensor of a ``.safetensors`` file (or of a ``.ckpt`` that torch can memory-map) stays
-    in the file's private, copy-on-write memory mapping, so the process grows by the pages of the weights
-    it uses as they are first read, to about the model's fp32 size, and never holds them twice. Writing
-    into a parameter copies the pages written; the file is never written. The file must stay unchanged
-    while the model is in use: replacing it by a rename (as ldmkit writes files) is safe, overwriting it
-    in place is not. An fp16/bf16 ``.safetensors`` tensor is read into a buffer of its own and cast to
-    fp32 one tensor at a time, so the peak is the fp32 model plus one tensor (a ``.ckpt``'s half-precision
-    tensors are cast from its mapping, whose pages stay resident until the load returns). An ldmkit
-    folder's model is built as usual and its weights copied in.
-    """
-    from ldmkit.convert.meta import assign_weights, empty_parameters
-    from ldmkit.model import LatentDiffusion
-
-    if detect_format(path) == "ldmkit":
-        ckpt = read_checkpoint(path, ema, prediction)
-        model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
-        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
-        if missing or unexpected:  # read_checkpoint validated the keys; this guards the two against drifting
-            raise CheckpointError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        return model.eval()
-    ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
-    with empty_parameters():
-        model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
-    assign_weights(model, ckpt.weights, str(path))
-    return model.eval()

@@ -2,7 +2,7 @@
 
 from ldmkit.data.dataset import DataError, build_dataset, collate
 from ldmkit.data.imagefolder import IMAGE_EXTENSIONS, ImageFolderDataset
-from ldmkit.data.images import image_to_tensor, load_image, make_grid, save_grid, tensor_to_pil
+from ldmkit.images import image_to_tensor, load_image, make_grid, save_grid, tensor_to_pil
 from ldmkit.data.shapes import (
     BACKGROUND,
     COLORS,

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ldmkit.errors import DataError
-from ldmkit.data.images import center_crop_resize
+from ldmkit.images import center_crop_resize
 
 Span = tuple[int, int]
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ldmkit.data.dataset import DataError
 from ldmkit.data.grounding import Grounding, read_sidecar
-from ldmkit.data.images import image_to_tensor, load_image
+from ldmkit.images import image_to_tensor, load_image
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 METADATA_FILE = "metadata.jsonl"

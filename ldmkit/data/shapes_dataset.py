@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ldmkit.config import ConfigError
 from ldmkit.errors import DataError
 from ldmkit.data.grounding import Grounding
-from ldmkit.data.images import image_to_tensor
+from ldmkit.images import image_to_tensor
 from ldmkit.data.shapes import SHAPES, Scene, caption_scene, check_scene_options, render_scene_masks, sample_scene
 from ldmkit.data.shapes_captions import phrase_scene
 

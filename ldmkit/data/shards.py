@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ldmkit.data.dataset import DataError, collate
-from ldmkit.data.images import image_to_tensor, load_image
+from ldmkit.images import image_to_tensor, load_image
 
 IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp")
 _URL_PREFIXES = ("http://", "https://", "pipe:", "gs://", "s3://", "ais://", "hf://")
@@ -346,7 +346,7 @@ def folder_samples(root: str | Path, image_size: int | None, skipped: list[str])
             ext = path.suffix.lower().lstrip(".")
             yield ShardSample(f"{i:08d}", path.read_bytes(), "jpg" if ext == "jpeg" else ext, caption)
         else:
-            from ldmkit.data.images import center_crop_resize
+            from ldmkit.images import center_crop_resize
 
             yield ShardSample(f"{i:08d}", encode_png(center_crop_resize(image, image_size)), "png", caption)
 

@@ -41,12 +41,6 @@ class NoiseSchedule:
         """ᾱ_{t−1}, with ᾱ_{−1} = 1 (clean data) for t = 0."""
         return torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
 
-    @property
-    def sigmas(self) -> Tensor:
-        """σ_t = √((1 − ᾱ_t) / ᾱ_t), the noise level of x = z_t / √ᾱ_t = z_0 + σ_t ε (k-diffusion's σ)."""
-        ac = self.alphas_cumprod.double()
-        return ((1 - ac) / ac).sqrt().float()
-
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """The same schedule with its tensors on ``device``."""
         return dataclasses.replace(

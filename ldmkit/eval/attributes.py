@@ -73,11 +73,6 @@ def present_colours(out: ShapesNetOutput, threshold: float = 0.5) -> list[list[i
             for i in range(probs.shape[0])]
 
 
-def scenes_from_output(out: ShapesNetOutput, threshold: float = 0.5) -> list[Scene | None]:
-    """One `Scene` per image of a `ShapesNet` output, one object per colour found; None where none is."""
-    return [scene_of([_object(out, i, c) for c in found]) for i, found in enumerate(present_colours(out, threshold))]
-
-
 @dataclass
 class Reading:
     """What the judge reads in one image: the scene (None: nothing found) and how many of its objects

@@ -18,11 +18,6 @@ from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm
 from ldmkit.nn.transformer import SpatialTransformer
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalars in ``module``'s parameters (only those with requires_grad if asked)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def attention_heads(cfg: UNetConfig, channels: int) -> tuple[int, int]:
     """(heads, head_dim) of a transformer block at a level of width ``channels``: a fixed head width
     ``head_dim`` (ldmkit, SD 2.x: 64), or a fixed count ``num_heads`` when it is set (SD 1.x: 8)."""

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
-from ldmkit.data.images import image_to_tensor, tensor_to_pil
+from ldmkit.images import image_to_tensor, tensor_to_pil
 from ldmkit.device import use_bf16
 from ldmkit.diffusion import guided_denoiser, sample, sample_from, sampler_timesteps
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates

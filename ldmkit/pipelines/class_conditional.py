@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ldmkit.data.images import tensor_to_pil
+from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import Pipeline
 from ldmkit.errors import UsageError
 

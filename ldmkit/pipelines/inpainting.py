@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ldmkit.condition import mean_fill, uncrop_mask
-from ldmkit.data.images import tensor_to_pil
+from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import ImageInput, Pipeline
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldmkit.data.images import tensor_to_pil
+from ldmkit.images import tensor_to_pil
 from ldmkit.diffusion import guided_denoiser, sample_ddim
 from ldmkit.diffusion.inversion import ddim_inversion, null_text_optimization
 from ldmkit.diffusion.prompt_to_prompt import (

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ldmkit.data.images import tensor_to_pil
+from ldmkit.images import tensor_to_pil
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import Pipeline

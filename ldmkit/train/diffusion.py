@@ -32,18 +32,14 @@ from torch import nn
 
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import load_autoencoder
-from ldmkit.condition import class_labels, data_classes, downsample, grayscale, random_masks
-from ldmkit.config import (
-    ConditionConfig, GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict,
-)
+from ldmkit.condition import class_labels, condition_source, data_classes, random_masks
+from ldmkit.config import GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.data.latent_cache import cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
-from ldmkit.pipelines import (
-    ClassConditionalPipeline, ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline, TextToImagePipeline,
-)
+from ldmkit.pipelines import preview_samples
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer, load_tokenizer, uses_pretrained_tokenizer
 from ldmkit.train import distributed
@@ -75,12 +71,6 @@ def caption_keep_mask(n: int, p: float, generator: torch.Generator) -> torch.Ten
     return torch.rand(n, generator=generator) >= p
 
 
-def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
-    """Replace each caption by the null prompt "" with probability p (for classifier-free guidance)."""
-    keep = caption_keep_mask(len(captions), p, generator)
-    return [c if k else "" for c, k in zip(captions, keep.tolist())]
-
-
 @dataclass
 class StepDraws:
     """Everything random in one step, for each of the B samples of the global batch.
@@ -107,16 +97,6 @@ def draw_step(generator: torch.Generator, batch_size: int, latent_shape: tuple[i
     noise = torch.randn((batch_size, *latent_shape), generator=generator)
     mask = random_masks(batch_size, *mask_size, generator) if mask_size is not None else None
     return StepDraws(keep, posterior_noise, t, noise, mask)
-
-
-def condition_source(condition: ConditionConfig, images: torch.Tensor) -> torch.Tensor:
-    """What a training sample's image condition is made from: x_LR = x shrunk ``sr_factor`` times (sr),
-    gray(x) (colorize), x itself (inpaint, masked later by `ldmkit.condition.concat_condition`)."""
-    if condition.kind == "sr":
-        return downsample(images, condition.sr_factor)
-    if condition.kind == "colorize":
-        return grayscale(images)
-    return images
 
 
 def batch_condition(model: LatentDiffusion, batch: dict, keep: torch.Tensor, images: torch.Tensor,
@@ -196,34 +176,6 @@ class DenoisingLoss(nn.Module):
         return loss + cfg.weight_token * token + cfg.weight_pixel * pixel
 
 
-@torch.no_grad()
-def preview(model: LatentDiffusion, device, prompts: list[str] | None, images: torch.Tensor | None, steps: int,
-            guidance: float) -> torch.Tensor | None:
-    """The sample grid's images: 8 prompts (text), two of each class (class), or for an image condition
-    a row of its inputs over a row of outputs, made from 8 training images (None for a stream)."""
-    kind = model.config.condition.kind
-    if kind == "text":
-        return TextToImagePipeline(model, device).generate_tensors(prompts, steps=steps, guidance=guidance, seed=0)
-    if kind == "class":
-        classes = list(model.config.condition.classes)[:4]
-        return ClassConditionalPipeline(model, device).generate_tensors(
-            classes, steps=steps, guidance=guidance, seed=0, num_images=2)
-    if images is None:
-        return None
-    images = images[:4]
-    source = condition_source(model.config.condition, images)
-    if kind == "sr":
-        out = SuperResolutionPipeline(model, device).generate_tensors(source, steps=steps, seed=0)
-        source = torch.nn.functional.interpolate(source, size=images.shape[-2:], mode="nearest")
-    elif kind == "inpaint":
-        masks = random_masks(len(images), *images.shape[-2:], torch.Generator().manual_seed(0))
-        out = InpaintingPipeline(model, device).generate_tensors(images, masks, steps=steps, seed=0)
-        source = images * (1 - masks)
-    else:
-        out = ColorizationPipeline(model, device).generate_tensors(source, steps=steps, seed=0)
-    return torch.cat([source.float().cpu(), out])
-
-
 def tokenizer_to_json(tokenizer: PromptTokenizer) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         return tokenizer.save(Path(tmp) / "tokenizer.json").read_text(encoding="utf-8")
@@ -290,9 +242,9 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
                 + (f" + the {extra} channels of the {condition.kind!r} condition" if extra else "")
             )
         tokenizer = source.tokenizer if source is not None else None
-        if condition.uses_text and tokenizer is None:
+        if condition.uses_text and tokenizer is None and not uses_pretrained_tokenizer(config.text):
             # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
-            # captions were split.
+            # captions were split. A pretrained kind's vocabulary comes with it (LatentDiffusion builds it).
             vocab = None
             if ctx.is_main:
                 vocab = tokenizer_to_json(PromptTokenizer.train(
@@ -356,7 +308,7 @@ def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, 
 
     def write_samples(step: int) -> None:
         ema.copy_to(ema_trainable)
-        images = preview(ema_model, dev, sample_prompts, sample_images, tcfg.sample_steps, tcfg.sample_guidance)
+        images = preview_samples(ema_model, dev, sample_prompts, sample_images, tcfg.sample_steps, tcfg.sample_guidance)
         if images is not None:
             save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
 

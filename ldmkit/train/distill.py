@@ -36,7 +36,7 @@ from ldmkit.diffusion.consistency import consistency_output
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import ConfigError, UsageError
 from ldmkit.model import LatentDiffusion
-from ldmkit.pipelines import TextToImagePipeline
+from ldmkit.pipelines import preview_samples
 from ldmkit.storage import CheckpointError
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
@@ -199,7 +199,7 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
         }, dcfg.checkpoint_keep)
 
     def write_samples(step: int) -> None:
-        images = TextToImagePipeline(saved, dev).generate_tensors(prompts, guidance=dcfg.sample_guidance, seed=0)
+        images = preview_samples(saved, dev, prompts, None, None, dcfg.sample_guidance)
         save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
         student.unet.train()
 
