@@ -133,6 +133,7 @@ def _tiny(tmp_path, **data):
     return dataclasses.replace(preset, data=dataclasses.replace(preset.data, **data))
 
 
+@pytest.mark.slow
 def test_grounding_weights_without_targets_train_bitwise_as_before(tmp_path):
     plain = _tiny(tmp_path)
     ae = train_autoencoder(plain, tmp_path / "ae", steps=4, progress=False)
@@ -145,6 +146,7 @@ def test_grounding_weights_without_targets_train_bitwise_as_before(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     preset = _tiny(tmp_path, captions="varied", grounding=True)
     preset = dataclasses.replace(preset, train=dataclasses.replace(
@@ -303,3 +305,13 @@ def test_the_general_rule_groups_template_captions_as_the_shapes_vocabulary_did(
         groups, relation = binding_groups(caption, tokenizer)
         assert groups == expected, caption
         assert relation == (parse_prompt(caption).relation if len(expected) >= 2 else None), caption
+
+
+@pytest.mark.parametrize("captions", ["templates", "varied"])
+def test_training_reads_the_shapes_captions_themselves(captions):
+    """The captions a training run trains its tokenizer on and draws its preview grids for are the items'
+    (once they were the letters of the caption style's name)."""
+    from ldmkit.train.diffusion import dataset_captions
+
+    data = build_dataset(DataConfig(captions=captions, num_samples=6))
+    assert dataset_captions(data, 4) == [data[i]["caption"] for i in range(4)]

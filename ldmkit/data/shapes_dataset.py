@@ -76,7 +76,7 @@ class ShapesDataset(Dataset):
         self.seed = seed
         self.max_objects = max_objects
         self.two_object_share = two_object_share
-        self.captions = captions
+        self.caption_style = captions  # "templates" or "varied" (not `captions`: that names a list of captions)
         self.grounding = grounding
 
     def __len__(self) -> int:
@@ -95,7 +95,7 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         image, caption, scene, grounding = shapes_item(self.seed, index, self.image_size, self.max_objects,
-                                                       self.two_object_share, self.captions, self.grounding)
+                                                       self.two_object_share, self.caption_style, self.grounding)
         item = {"images": image_to_tensor(image), "caption": caption, "scene": scene}
         if self.grounding:
             item["grounding"] = grounding
@@ -105,5 +105,5 @@ class ShapesDataset(Dataset):
         return (
             f"ShapesDataset(image_size={self.image_size}, num_samples={self.num_samples}, "
             f"seed={self.seed}, max_objects={self.max_objects}, two_object_share={self.two_object_share}, "
-            f"captions={self.captions!r}, grounding={self.grounding})"
+            f"captions={self.caption_style!r}, grounding={self.grounding})"
         )
