@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup shapes64 shapes64-repro shapes64-grounded shapes64-lcm
+.PHONY: demo test test-quick setup shapes64 shapes64-repro shapes64-grounded shapes64-lcm
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest --durations=15
+
+# The suite without the tests marked slow (those that train models for more than a few seconds).
+test-quick: setup
+	$(PY) -m pytest -m "not slow" --durations=15
 
 # The shipped model: train shapes64-minilm (both stages; --resume continues a stopped run), pack it
 # into ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measure it into benchmarks/SHAPES64.md

@@ -63,6 +63,7 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(s["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(autoencoder, tmp_path):
     steps, every = 16, 2
     preset = small_preset(checkpoint_every=every, log_every=1, sample_every=1000)
@@ -100,6 +101,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(autoencoder, tmp_path):
     assert logged == list(range(1, steps + 1)), "rows written after the checkpoint and lost must not repeat"
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     preset = small_preset(checkpoint_every=2)
     out = tmp_path / "ae"
@@ -115,6 +117,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert (out / "checkpoints" / "step_0000006.pt.discarded").exists()
 
 
+@pytest.mark.slow
 def test_damage_is_detected_with_and_without_the_checksum(tmp_path, autoencoder):
     path = list_checkpoints(autoencoder)[-1][1]
     good = path.read_bytes()
@@ -134,6 +137,7 @@ def test_damage_is_detected_with_and_without_the_checksum(tmp_path, autoencoder)
         read_checkpoint(copy)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(autoencoder, tmp_path, monkeypatch, capsys):
     real_loss = diffusion_module.diffusion_loss
     calls = []
@@ -156,6 +160,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(autoencoder, 
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_keeps_the_newest_k_and_refuses_to_mix_runs(autoencoder, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     save_yaml(small_preset(), config)
@@ -172,6 +177,7 @@ def test_keeps_the_newest_k_and_refuses_to_mix_runs(autoencoder, tmp_path, capsy
     assert (out / "checkpoints" / "step_0000005.pt.discarded").exists()
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_when_there_is_nothing_yet(autoencoder, tmp_path):
     out = train_diffusion(small_preset(), autoencoder, tmp_path / "ldm", steps=2, resume="auto", progress=False)
     assert load_state(out)["step"] == 2

@@ -80,6 +80,7 @@ def test_consistency_function_is_the_identity_at_t_0_and_the_x0_estimate_later()
     torch.testing.assert_close(consistency_output(z, eps, t, schedule), z0, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_distillation_resumes_exactly_like_an_uninterrupted_run(teacher, student, tmp_path):
     preset = tiny_distill_preset()
     distill(preset, teacher, tmp_path / "two", steps=2, student_steps=3, progress=False)
@@ -96,6 +97,7 @@ def test_distillation_resumes_exactly_like_an_uninterrupted_run(teacher, student
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_student_folder_holds_the_target_weights_and_its_own_config(student):
     config = yaml.safe_load((student / "config.yaml").read_text())
     assert config["unet"]["guidance_embedding"] is True and config["diffusion"]["consistency_steps"] == 3
@@ -148,6 +150,7 @@ def test_cli_generate_and_eval_run_the_student_by_default(student, tmp_path, cap
     assert settings["sampler"] == "lcm" and settings["steps"] == 3
 
 
+@pytest.mark.slow
 def test_distill_cli_refuses_a_student_as_teacher_and_bad_settings(student, tmp_path, capsys):
     assert main(["distill", "--preset", "tiny", "--teacher", str(student), "--out", str(tmp_path / "x"),
                  "--no-progress"]) == 2

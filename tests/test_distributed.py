@@ -90,6 +90,7 @@ def runs(tmp_path_factory):
     return tmp, one, two
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_autoencoder(runs):
     _, one, two = runs
     assert max_diff(load_state(one / "ae")["model"], load_state(two / "ae")["model"]) <= 1e-5
@@ -97,6 +98,7 @@ def test_two_processes_train_the_same_autoencoder(runs):
     assert max_diff(a, b) <= 1e-5  # the scale factor too, measured by rank 0
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_diffusion_model(runs):
     _, one, two = runs
     a, b = load_state(one / "ldm"), load_state(two / "ldm")
@@ -106,6 +108,7 @@ def test_two_processes_train_the_same_diffusion_model(runs):
     assert losses(one / "ldm") == pytest.approx(losses(two / "ldm"), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_one_forward_pass_of_the_global_batch_gives_the_same_losses(runs):
     tmp, _, two = runs
     from ldmkit.config import Preset, load_yaml
@@ -118,6 +121,7 @@ def test_one_forward_pass_of_the_global_batch_gives_the_same_losses(runs):
     assert later == pytest.approx(expected_later, rel=1e-3)  # after Adam steps on float-noise gradients
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(runs):
     _, _, two = runs
     ldm = two / "ldm"

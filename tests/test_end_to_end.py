@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
     return preset, ae, ldm
 
 
+@pytest.mark.slow
 def test_training_lowers_both_losses(trained):
     _, ae, ldm = trained
     for folder in (ae, ldm):
@@ -45,6 +46,7 @@ def test_training_lowers_both_losses(trained):
         assert np.mean(values[-2:]) < values[0], f"{folder.name} loss did not fall: {values}"
 
 
+@pytest.mark.slow
 def test_checkpoint_folders_are_complete(trained):
     _, ae, ldm = trained
     assert {"config.yaml", "autoencoder.safetensors", "checkpoints"} <= {p.name for p in ae.iterdir()}
@@ -57,6 +59,7 @@ def test_checkpoint_folders_are_complete(trained):
     assert scale > 0 and scale != 1.0, "scale_factor was not measured"
 
 
+@pytest.mark.slow
 def test_generate_cli_writes_png_of_right_size(trained, tmp_path):
     preset, _, ldm = trained
     out = tmp_path / "out.png"
@@ -73,6 +76,7 @@ def test_generate_cli_writes_png_of_right_size(trained, tmp_path):
     assert len(list(folder.glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_seeded_generation_is_bit_identical(trained):
     _, _, ldm = trained
     pipe = load_pipeline(ldm)
@@ -83,6 +87,7 @@ def test_seeded_generation_is_bit_identical(trained):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
 
 
+@pytest.mark.slow
 def test_resume_continues_from_saved_step(trained, tmp_path):
     preset, ae, _ = trained
     out = tmp_path / "ldm"
@@ -95,6 +100,7 @@ def test_resume_continues_from_saved_step(trained, tmp_path):
     assert steps[-1] == 8 and steps == sorted(steps)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(trained, tmp_path):
     """Stopping after k steps and resuming gives the same weights as one run (CPU, fixed seed)."""
     preset, ae, _ = trained
@@ -123,6 +129,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
         assert word.lower() in message, f"{word!r} not in {message!r}"
 
 
+@pytest.mark.slow
 def test_size_not_divisible_by_factor_is_refused(trained, tmp_path):
     _, _, ldm = trained
     r = run_cli("generate", "a red circle", "--model", str(ldm), "--out", str(tmp_path / "x.png"),
@@ -131,6 +138,7 @@ def test_size_not_divisible_by_factor_is_refused(trained, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_checkpoints_are_refused(trained, tmp_path):
     _, _, ldm = trained
     r = run_cli("generate", "a red circle", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png"))
@@ -150,6 +158,7 @@ def test_missing_and_corrupt_checkpoints_are_refused(trained, tmp_path):
     assert_one_line_error(r, "not found")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", ["0", "-3", "two"])
 def test_bad_step_counts_are_refused(trained, tmp_path, steps):
     _, _, ldm = trained
@@ -159,6 +168,7 @@ def test_bad_step_counts_are_refused(trained, tmp_path, steps):
     assert_one_line_error(r, "steps")
 
 
+@pytest.mark.slow
 def test_unknown_preset_and_sampler_are_refused(trained, tmp_path):
     _, _, ldm = trained
     r = run_cli("train-autoencoder", "--preset", "enormous", "--out", str(tmp_path / "ae"))
@@ -168,6 +178,7 @@ def test_unknown_preset_and_sampler_are_refused(trained, tmp_path):
     assert_one_line_error(r, "magic", "ddim")
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_user_folder_is_skipped(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

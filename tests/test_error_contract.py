@@ -185,6 +185,7 @@ def results(places) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 def test_bad_input_is_one_line_and_exit_2(row: Row, places, results):
     result, before, after = results[row.name]

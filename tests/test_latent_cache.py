@@ -118,6 +118,7 @@ def losses(folder: Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_gives_the_loss_of_training_from_images(setup):
     root, data, ae, _, cache = setup
     from_images = train_diffusion(tiny_preset(data), ae, root / "ldm_images", steps=2, progress=False)

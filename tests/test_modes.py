@@ -73,6 +73,7 @@ def test_mode_presets_give_the_unet_room_for_the_condition(base, mode):
     assert preset.unet.in_channels == {"class": c, "sr": c + 3, "inpaint": 2 * c + 1, "colorize": 2 * c}[mode]
 
 
+@pytest.mark.slow
 def test_unet_in_channels_that_do_not_fit_the_condition_are_refused(models, tmp_path):
     preset = load_preset("tiny-sr")
     preset = dataclasses.replace(preset, unet=dataclasses.replace(preset.unet, in_channels=4))
@@ -148,6 +149,7 @@ def test_classes_come_from_shapes_or_the_folder_names():
     assert data_classes(ConditionConfig(kind="class", classes=("a", "b")), DataConfig(), None) == ("a", "b")
 
 
+@pytest.mark.slow
 def test_class_model_generates_and_refuses_unknown_classes(models, tmp_path):
     model = LatentDiffusion.load(models["class"])
     assert model.text_encoder is None and model.config.condition.classes == SHAPES
@@ -171,6 +173,7 @@ def test_class_model_generates_and_refuses_unknown_classes(models, tmp_path):
         assert main(["generate", "--class", "star", "--model", str(models["class"]), "--out", str(out), *binding]) == 2
 
 
+@pytest.mark.slow
 def test_class_model_resumes(models, tmp_path):
     preset = load_preset("tiny-class")
     out = train_diffusion(preset, models["ae"], tmp_path / "c", steps=2, progress=False)
@@ -182,6 +185,7 @@ def test_class_model_resumes(models, tmp_path):
 # image conditions
 
 
+@pytest.mark.slow
 def test_condition_shapes(models, image):
     for mode, channels, source in (("sr", 3, image[..., ::4, ::4]), ("inpaint", 5, image), ("colorize", 4, image)):
         model = LatentDiffusion.load(models[mode])
@@ -191,6 +195,7 @@ def test_condition_shapes(models, image):
         assert model.unet.cfg.in_channels == 4 + channels
 
 
+@pytest.mark.slow
 def test_super_resolution(models, image, tmp_path, capsys):
     pipe = SuperResolutionPipeline.from_folder(models["sr"])
     low = image[..., ::4, ::4]  # 8×8
@@ -206,6 +211,7 @@ def test_super_resolution(models, image, tmp_path, capsys):
     assert "needs a 'sr' model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_inpainting_keeps_the_known_pixels(models, image, tmp_path):
     pipe = InpaintingPipeline.from_folder(models["inpaint"])
     mask = torch.zeros(1, 1, SIZE, SIZE)
@@ -240,6 +246,7 @@ def test_inpainting_keeps_the_known_pixels(models, image, tmp_path):
     assert main(["uncrop", str(src), "--side", "right", "--amount", "1", "--model", str(models["inpaint"])]) == 2
 
 
+@pytest.mark.slow
 def test_colorization_sees_only_the_grey_levels(models, image, tmp_path):
     pipe = ColorizationPipeline.from_folder(models["colorize"])
     out = pipe.generate_tensors(image, steps=2, seed=3)
@@ -256,6 +263,7 @@ def test_colorization_sees_only_the_grey_levels(models, image, tmp_path):
     assert Image.open(tmp_path / "c.png").mode == "RGB"
 
 
+@pytest.mark.slow
 def test_an_image_too_small_for_the_unet_is_refused_in_one_line(models, tmp_path, capsys):
     # tiny: f = 4 and two UNet levels, so 8 divides every allowed size, but an 8×8 image would leave the
     # UNet's lowest level 1×1, one value per GroupNorm group (PyTorch's own error says "when training")
@@ -272,6 +280,7 @@ def test_an_image_too_small_for_the_unet_is_refused_in_one_line(models, tmp_path
     assert Image.open(tmp_path / "c.png").size == (16, 8)
 
 
+@pytest.mark.slow
 def test_image_modes_start_from_their_input_noised_to_T(models, image, monkeypatch, tmp_path):
     # z_T ~ q(z_T | E(x̃)), x̃ the input's guess at the output; --noise-start / start_from_input=False: N(0, I)
     import ldmkit.pipelines.base as base
@@ -307,6 +316,7 @@ def test_image_modes_start_from_their_input_noised_to_T(models, image, monkeypat
         starts.clear()
 
 
+@pytest.mark.slow
 def test_img2img_strength_zero_returns_the_autoencoded_input(models, image, tmp_path):
     pipe = ImageToImagePipeline.from_folder(models["text"])
     model = pipe.model

@@ -24,6 +24,7 @@ def train(out, steps: int, autoencoder) -> None:
                  "--out", str(out / "model"), "--steps", str(steps), "--no-progress"]) == 0
 
 
+@pytest.mark.slow
 def test_a_rerun_of_the_first_steps_logs_the_reference_losses(tmp_path):
     reference, rerun = tmp_path / "reference", tmp_path / "rerun"
     train(reference, 30, None)  # the reference runs longer than the rerun

@@ -44,6 +44,7 @@ def fresh(preset, source: LatentDiffusion) -> LatentDiffusion:
     return model
 
 
+@pytest.mark.slow
 def test_new_input_channels_start_at_zero_so_the_network_computes_what_it_did(trained):
     source = LatentDiffusion.load(trained["text"])
     z, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
@@ -60,6 +61,7 @@ def test_new_input_channels_start_at_zero_so_the_network_computes_what_it_did(tr
             assert torch.allclose(model.unet(z_in, t, context), source.unet(z, t, context), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_init_trains_from_the_model_with_its_vocabulary(trained, tmp_path):
     out = train_diffusion(v_with_coordinates(), trained["ae"], tmp_path / "v", steps=2, progress=False,
                           init=trained["text"])
@@ -71,6 +73,7 @@ def test_init_trains_from_the_model_with_its_vocabulary(trained, tmp_path):
     assert not torch.equal(a, b) and (a - b).abs().max() < 0.05 * b.abs().max()
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_fit_is_refused(trained, tmp_path, capsys):
     source = LatentDiffusion.load(trained["text"])
     wider = load_preset("tiny")
@@ -88,6 +91,7 @@ def test_a_model_that_does_not_fit_is_refused(trained, tmp_path, capsys):
     assert "another autoencoder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_fine_tune_of_a_minilm_model_resumes_with_its_vocabulary(trained, tmp_path):
     from ldmkit.text.minilm import WordPieceTokenizer
 
