@@ -3,6 +3,10 @@
 A preset (``ldmkit/configs/NAME.yaml``) holds one `Preset`: the data, the autoencoder and its
 training, and the diffusion model (UNet, text encoder, schedule) and its training. A trained model
 folder stores the parts it needs next to its weights, so a checkpoint folder describes itself.
+
+`ldmkit.config.model` holds what a model folder stores (`ModelConfig` and its parts),
+`ldmkit.config.training` what a run needs besides (`Preset`), `ldmkit.config.loading` the reading,
+checking and writing; every name is re-exported here.
 """
 
 from ldmkit.config.loading import (
