@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ldmkit.config import ConfigError, load_yaml, save_yaml
+from ldmkit.config import AutoencoderConfig, ConfigError, ModelConfig, load_yaml, save_yaml
 
 
 from ldmkit.errors import CheckpointError  # noqa: F401  (re-exported: ldmkit.storage.CheckpointError)
@@ -110,8 +111,6 @@ def load_config(cls, folder: str | Path):
     """``folder/config.yaml`` as a ``cls``; a missing folder or file is a `CheckpointError`, and so is a
     config with keys missing (ldmkit writes it whole: a file cut short is damage, not defaults) or of
     the other kind of folder (an autoencoder folder where a model folder is wanted, or the reverse)."""
-    from ldmkit.config import AutoencoderConfig, ModelConfig
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{'model' if cls is ModelConfig else 'autoencoder'} folder not found: {folder}")
@@ -133,10 +132,6 @@ def load_config(cls, folder: str | Path):
 
 def _folder_kind(path: Path) -> str | None:
     """"model" or "autoencoder" by the top-level keys of the config file ``path``; None if neither."""
-    import yaml
-
-    from ldmkit.config import AutoencoderConfig, ModelConfig
-
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):

@@ -112,3 +112,37 @@ def test_training_builds_no_pipeline():
         for target, line, name in imports(path):
             if target.startswith("ldmkit.pipelines"):
                 assert (target, name) == ("ldmkit.pipelines", "preview_samples"), f"{path.relative_to(ROOT)}:{line}"
+
+
+# Function-local imports are for optional packages only (and for what needs them), so that a module's
+# dependencies are read at its top. The exceptions are listed with their reason.
+OPTIONAL = ("uvicorn", "fastapi", "webdataset", "braceexpand", "torch.utils.tensorboard", "transformers", "diffusers",
+            "ldmkit.serve")  # ldmkit.serve needs fastapi
+EXCEPTIONS = {
+    ("ldmkit/__init__.py", "ldmkit.pipelines.text_to_image"),  # `import ldmkit` stays cheap: no torch
+    ("ldmkit/serve/edit.py", "ldmkit.pipelines.prompt_to_prompt"),  # ldmkit/serve/ is being reworked
+    ("ldmkit/serve/edit.py", "ldmkit.diffusion.prompt_to_prompt"),
+}
+
+
+def local_imports(path: Path) -> list[tuple[str, int]]:
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [(alias.name, node.lineno) for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    found.append(("." * node.level + (node.module or ""), node.lineno))
+    return found
+
+
+def test_function_local_imports_are_for_optional_packages():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = str(path.relative_to(ROOT))
+        for module, line in local_imports(path):
+            optional = any(module == o or module.startswith(o + ".") for o in OPTIONAL)
+            if not optional and (where, module) not in EXCEPTIONS:
+                wrong.append(f"{where}:{line} imports {module}")
+    assert not wrong, "import these at the top of the module:\n  " + "\n  ".join(sorted(set(wrong)))

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import UsageError, bounded_float, check_text, positive_int, seed_int
+from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import check_output_file
+from ldmkit.device import resolve_device
+from ldmkit.diffusion import SAMPLERS
+from ldmkit.eval.attention_maps import attention_figure, cross_attention_maps
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.storage import atomic_path
 
 
 def cmd_attention(args) -> None:
-    from ldmkit.storage import atomic_path
-    from ldmkit.device import resolve_device
-    from ldmkit.diffusion import SAMPLERS
-    from ldmkit.eval.attention_maps import attention_figure, cross_attention_maps
-    from ldmkit.cli.generate import check_steps
-    from ldmkit.pipelines.text_to_image import load_pipeline
-
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     check_text(args.prompt, "the prompt")

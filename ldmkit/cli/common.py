@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
-from ldmkit.config import Preset, load_preset, load_yaml, preset_names
+import torch
+from PIL import Image
+
+from ldmkit.config import ConfigError, Preset, load_preset, load_yaml, preset_names
+from ldmkit.data import load_image
+from ldmkit.diffusion import SAMPLERS
 from ldmkit.errors import UsageError  # noqa: F401  (the CLI's one-line error; ldmkit.errors has the family)
+from ldmkit.text.tokenizer import ALPHABET, SPECIAL_TOKENS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -66,10 +73,6 @@ def bounded_int(low: int, high: int, why: str = ""):
 
 def read_image(path: str, what: str = "image"):
     """The image at ``path`` (upright, RGB); a missing or unreadable file is a one-line UsageError."""
-    from PIL import Image
-
-    from ldmkit.data import load_image
-
     try:
         return load_image(path)
     except FileNotFoundError:
@@ -81,8 +84,6 @@ def read_image(path: str, what: str = "image"):
 def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str = "trailing") -> None:
     """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only.
     None (the model's own sampler) is checked once the model is known, when it samples."""
-    from ldmkit.diffusion import SAMPLERS
-
     if sampler is None:
         return
     if sampler not in SAMPLERS:
@@ -96,8 +97,6 @@ def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str = "trailin
 def check_finite_images(images) -> None:
     """Refuse to write samples that hold NaN or inf: numbers that pass their checks can still overflow
     the sampler (a guidance scale of 1e300), which would otherwise write black images and exit 0."""
-    import torch
-
     tensor = images if isinstance(images, torch.Tensor) else None
     if tensor is not None and not torch.isfinite(tensor).all():
         raise UsageError("the samples hold NaN or infinite values (a guidance scale, η or strength too large "
@@ -157,10 +156,6 @@ def check_training_values(preset: Preset) -> None:
     """A `ConfigError` naming the first value of the data and training sections that no run means: a
     batch size or step count below 1, a negative count, a share outside 0 … 1, a learning rate ≤ 0,
     any number that is NaN or infinite. (The model sections are checked where they are built.)"""
-    import dataclasses
-
-    from ldmkit.config import ConfigError
-
     for section in ("data", "autoencoder_train", "train", "distill", "autoencoder", "text", "unet", "diffusion",
                     "condition"):
         config = getattr(preset, section, None)
@@ -196,8 +191,6 @@ def check_training_values(preset: Preset) -> None:
     if preset.data.source == "shapes" and preset.data.max_objects > 2:
         raise ConfigError(f"data.max_objects = {preset.data.max_objects}; the shapes dataset draws 1 or 2 objects")
     if preset.text.kind == "transformer" and preset.condition.uses_text:
-        from ldmkit.text.tokenizer import ALPHABET, SPECIAL_TOKENS
-
         floor = len(SPECIAL_TOKENS) + len(ALPHABET)
         if preset.text.vocab_size < floor:
             raise ConfigError(f"text.vocab_size = {preset.text.vocab_size}; needs at least {floor} for the special "

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ldmkit.cli.common import UsageError
 from ldmkit.cli.outputs import check_output_file, replacing_folder
+from ldmkit.convert import convert
 
 FORMATS = ("ldmkit", "diffusers", "original")
 
 
 def cmd_convert(args) -> None:
-    from pathlib import Path
 
-    from ldmkit.convert import convert
 
     if Path(args.out).resolve() == Path(args.input).resolve():
         raise UsageError("--out must differ from the input")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ldmkit.cli.common import UsageError, load_training_config, positive_int, unit_interval
 from ldmkit.cli.outputs import check_output_dir
+from ldmkit.data.latent_cache import MANIFEST, build_latent_cache, check_condition
+from ldmkit.data.shards import folder_samples, shapes_samples, write_shards
 
 
 def cmd_pack(args) -> None:
-    from ldmkit.data.shards import folder_samples, shapes_samples, write_shards
-
     skipped: list[str] = []
     if args.src == "shapes":
         samples = shapes_samples(args.num_samples, args.image_size or 64, args.seed, args.max_objects,
@@ -31,8 +31,6 @@ def cmd_pack(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from ldmkit.data.latent_cache import MANIFEST, build_latent_cache, check_condition
-
     check_output_dir(args.out)
     preset = load_training_config(args)
     check_condition(preset.condition.kind)

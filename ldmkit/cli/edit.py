@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from PIL import Image, ImageOps
 
-from ldmkit.bounds import MAX_GUIDANCE
+from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
     OneLineParser, UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
     positive_int, read_image, seed_int,
 )
+from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import image_output
+from ldmkit.data import save_grid
+from ldmkit.device import resolve_device
+from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
 
 
 def _read_mask(path: str):
-    from PIL import Image, ImageOps
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -42,10 +45,6 @@ def _out_path(args) -> Path:
 def _pipeline(cls, args, image=None):
     """The pipeline of --model, with --steps and the output's size (the input's, ×4 for upscale) checked
     against the model before sampling: at most what `ldmkit generate` and the server allow."""
-    from ldmkit.bounds import max_side
-    from ldmkit.cli.generate import check_steps
-    from ldmkit.device import resolve_device
-
     pipe = cls.from_folder(args.model, resolve_device(args.device))
     check_steps(pipe.model, args.steps)
     if image is not None:
@@ -68,24 +67,18 @@ def _sampling(args) -> dict:
 
 
 def _write(images, out: Path) -> None:
-    from ldmkit.data import save_grid
-
     check_finite_images(images)
     save_grid(images, out)
     print(f"wrote {out}")
 
 
 def cmd_upscale(args) -> None:
-    from ldmkit.pipelines import SuperResolutionPipeline
-
     out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(SuperResolutionPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
 def cmd_inpaint(args) -> None:
-    from ldmkit.pipelines import InpaintingPipeline
-
     out, image, mask = _out_path(args), read_image(args.input), _read_mask(args.mask)
     if mask.size != image.size:
         raise UsageError(
@@ -97,8 +90,6 @@ def cmd_inpaint(args) -> None:
 
 
 def cmd_uncrop(args) -> None:
-    from ldmkit.pipelines import InpaintingPipeline
-
     if not 0 < args.amount < 1:
         raise UsageError(f"--amount {args.amount}: must be between 0 and 1 (the share of the image to paint)")
     out, image = _out_path(args), read_image(args.input)
@@ -108,16 +99,12 @@ def cmd_uncrop(args) -> None:
 
 
 def cmd_colorize(args) -> None:
-    from ldmkit.pipelines import ColorizationPipeline
-
     out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(ColorizationPipeline, args, image)
     _write(pipe(image, args.prompt, start_from_input=not args.noise_start, **_sampling(args)), out)
 
 
 def cmd_img2img(args) -> None:
-    from ldmkit.pipelines import ImageToImagePipeline
-
     if not 0 < args.strength <= 1:
         raise UsageError(f"--strength {args.strength}: must be in (0, 1] (0 would return the input)")
     out, image = _out_path(args), read_image(args.input)

@@ -6,21 +6,27 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_sampler, non_negative_float, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import check_output_file
+from ldmkit.config import AutoencoderConfig, ModelConfig
+from ldmkit.device import resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
+from ldmkit.eval.autoencoder import evaluate_autoencoder
+from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
+from ldmkit.eval.generation import SamplerSettings, evaluate_generation
 from ldmkit.eval.heldout import PHRASINGS
+from ldmkit.pretrained import resolve_model
+from ldmkit.storage import _folder_kind, load_config
 
 
 def _networks(args) -> list:
     """The feature networks: the shapes CNN always, Inception-v3 when its weights are given.
     Built first, so that a bad weights file fails before any long work."""
-    from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
-
     networks = [ShapesFeatures()]
     if args.inception_weights:
         networks.append(InceptionV3Features(args.inception_weights))
@@ -37,8 +43,6 @@ def _check_outputs(args) -> None:
 
 
 def _run(args, evaluate) -> None:
-    from ldmkit.device import resolve_device
-
     _check_outputs(args)
     device = resolve_device(args.device)
     networks = _networks(args)
@@ -54,11 +58,6 @@ def _run(args, evaluate) -> None:
 
 def _check_image_size(model: str, image_size: int) -> None:
     """--image-size must be a multiple of the autoencoder's factor f (read from the folder's config)."""
-    from pathlib import Path
-
-    from ldmkit.config import AutoencoderConfig, ModelConfig
-    from ldmkit.storage import _folder_kind, load_config
-
     config = Path(model) / "config.yaml"
     kind = _folder_kind(config) if config.is_file() else None
     if kind is None:
@@ -70,8 +69,6 @@ def _check_image_size(model: str, image_size: int) -> None:
 
 
 def cmd_eval_autoencoder(args) -> None:
-    from ldmkit.eval.autoencoder import evaluate_autoencoder
-
     _check_image_size(args.model, args.image_size)
 
     _run(args, lambda networks, device: evaluate_autoencoder(
@@ -79,9 +76,6 @@ def cmd_eval_autoencoder(args) -> None:
 
 
 def cmd_eval_generate(args) -> None:
-    from ldmkit.eval.generation import SamplerSettings, evaluate_generation
-    from ldmkit.pretrained import resolve_model
-
     model = resolve_model(args.model)
     check_sampler(args.sampler, args.eta)
     settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding,

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
     positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
-from ldmkit.device import PRECISIONS
+from ldmkit.config import ModelConfig
+from ldmkit.data import save_grid
+from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
+from ldmkit.pipelines import ClassConditionalPipeline
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.pretrained import resolve_model
+from ldmkit.storage import load_config
 
 
 def cmd_generate(args) -> None:
-    from ldmkit.data import save_grid
-    from ldmkit.pipelines.text_to_image import load_pipeline
-    from ldmkit.device import resolve_device
-    from ldmkit.pretrained import resolve_model
-
     check_sampler(args.sampler, args.eta, args.spacing)
     if args.prompt is None and args.class_name is None:
         raise UsageError("give a prompt (a text model) or --class NAME (a class-conditional model)")
@@ -38,8 +39,6 @@ def cmd_generate(args) -> None:
                    progress=not args.no_progress, guidance_stop=args.guidance_stop,
                    cache_interval=args.cache_interval)
     if kind == "class":
-        from ldmkit.pipelines import ClassConditionalPipeline
-
         pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), precision=args.precision)
         if args.class_name is None:
             raise UsageError(
@@ -89,8 +88,6 @@ def check_steps(model, steps: int) -> None:
 def check_size(model, height: int | None, width: int | None, steps: int | None = None) -> None:
     """Refuse a --height/--width the model cannot take, or larger than the server allows (time and memory
     grow with the pixel count), and more --steps than it has timesteps: before any sampling."""
-    from ldmkit.bounds import max_side
-
     if steps is not None:
         check_steps(model, steps)
     size = model.config.image_size
@@ -107,9 +104,6 @@ _COMMAND_OF_KIND = {"sr": "upscale", "inpaint": "inpaint", "colorize": "colorize
 
 def _condition_kind(model) -> str:
     """The condition kind of a model folder's config ("text" for converted Stable Diffusion weights)."""
-    from ldmkit.config import ModelConfig
-    from ldmkit.storage import load_config
-
     folder = Path(model)
     if not (folder / "config.yaml").is_file():
         return "text"  # a single file or diffusers folder (LatentDiffusion.load reports what is missing)

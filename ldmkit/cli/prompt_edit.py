@@ -7,8 +7,12 @@ from pathlib import Path
 
 from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import bounded_float, positive_int, read_image, unit_interval
+from ldmkit.data import save_grid
+from ldmkit.device import resolve_device
 from ldmkit.diffusion.prompt_to_prompt import MODES
 from ldmkit.errors import UsageError
+from ldmkit.pipelines import PromptToPromptPipeline
+from ldmkit.pretrained import resolve_model
 
 
 def _writable(path: Path, option: str) -> None:
@@ -41,11 +45,6 @@ def _outputs(args) -> tuple[Path | None, Path | None]:
 
 
 def cmd_edit(args) -> None:
-    from ldmkit.data import save_grid
-    from ldmkit.device import resolve_device
-    from ldmkit.pipelines import PromptToPromptPipeline
-    from ldmkit.pretrained import resolve_model
-
     out, out_dir = _outputs(args)
     image = read_image(args.image) if args.image else None
     if image is not None and args.num_images != 1:

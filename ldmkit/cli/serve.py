@@ -10,6 +10,9 @@ import sys
 
 from ldmkit.cli.common import UsageError, positive_int
 from ldmkit.cli.outputs import check_output_dir
+from ldmkit.device import resolve_device
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.pretrained import resolve_model
 
 
 def positive_float(text: str) -> float:
@@ -74,10 +77,7 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
                          f"pip install 'ldmkit[serve]'") from None
-    from ldmkit.device import resolve_device
-    from ldmkit.pipelines.text_to_image import load_pipeline
 
-    from ldmkit.pretrained import resolve_model
 
     if args.output_dir:
         check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job

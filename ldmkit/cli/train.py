@@ -11,7 +11,12 @@ import os
 
 from ldmkit.cli.common import load_training_config, positive_int
 from ldmkit.cli.outputs import check_output_dir
-from ldmkit.config import Preset, preset_names
+from ldmkit.config import AutoencoderConfig, ConfigError, Preset, preset_names
+from ldmkit.pretrained import resolve_model
+from ldmkit.storage import load_config
+from ldmkit.train.autoencoder import train_autoencoder
+from ldmkit.train.diffusion import train_diffusion
+from ldmkit.train.distill import distill
 
 
 def _preset(args, section: str) -> Preset:
@@ -54,8 +59,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_autoencoder(args) -> None:
-    from ldmkit.train.autoencoder import train_autoencoder
-
     out = train_autoencoder(_preset(args, "autoencoder_train"), args.out, args.steps, _resume(args.resume),
                             args.device, not args.no_progress)
     if _is_main():
@@ -65,9 +68,6 @@ def cmd_train_autoencoder(args) -> None:
 def _check_autoencoder_fits(preset: Preset, autoencoder: str) -> None:
     """The UNet's input channels must be the autoencoder's latent channels plus the condition's: checked
     from the folder's config before any data or model is built."""
-    from ldmkit.config import AutoencoderConfig, ConfigError
-    from ldmkit.storage import load_config
-
     latent = load_config(AutoencoderConfig, autoencoder).latent_channels
     extra = preset.condition.concat_channels(latent)
     if preset.unet.in_channels != latent + extra:
@@ -79,8 +79,6 @@ def _check_autoencoder_fits(preset: Preset, autoencoder: str) -> None:
 
 
 def cmd_train(args) -> None:
-    from ldmkit.train.diffusion import train_diffusion
-
     preset = _preset(args, "train")
     _check_autoencoder_fits(preset, args.autoencoder)
     out = train_diffusion(
@@ -92,9 +90,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_distill(args) -> None:
-    from ldmkit.pretrained import resolve_model
-    from ldmkit.train.distill import distill
-
     preset = _preset(args, "distill")
     out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
                   _resume(args.resume), args.device, not args.no_progress)

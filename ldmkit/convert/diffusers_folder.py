@@ -21,6 +21,7 @@ from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
 from ldmkit.convert.vae import SCALE_FACTOR
 from ldmkit.storage import CheckpointError, atomic_path
+from ldmkit.text.clip import ClipTokenizer, clip_text_config
 
 COMPONENTS = {  # folder → weight file stems, preferred first
     "unet": ("diffusion_pytorch_model",),
@@ -62,8 +63,6 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
     """Read a diffusers Stable Diffusion folder into ldmkit's layout. The weights are views of the files'
     memory mappings where no cast is needed; ``cast`` reads floating-point weights as that dtype (see
     `apply_to_ldmkit`)."""
-    from ldmkit.text.clip import ClipTokenizer
-
     folder = Path(folder)
     index = _json(folder / "model_index.json")
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer") if c not in index or not (folder / c).is_dir()]
@@ -113,8 +112,6 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
 
 def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
     """The config.json of unet, vae and text_encoder, and the scheduler config, for ``config``."""
-    from ldmkit.text.clip import clip_text_config
-
     u, a = config.unet, config.autoencoder
     widths = [u.model_channels * m for m in u.channel_mults]
     ae_widths = [a.base_channels * m for m in a.channel_mults]

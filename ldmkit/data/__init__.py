@@ -1,6 +1,7 @@
 """Training data: the built-in ``shapes`` scenes, folders of captioned images, and image helpers."""
 
-from ldmkit.data.dataset import DataError, build_dataset, collate
+from ldmkit.data.collate import collate
+from ldmkit.data.dataset import DataError, build_dataset
 from ldmkit.data.imagefolder import IMAGE_EXTENSIONS, ImageFolderDataset
 from ldmkit.images import image_to_tensor, load_image, make_grid, save_grid, tensor_to_pil
 from ldmkit.data.shapes import (

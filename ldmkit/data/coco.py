@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldmkit.data.dataset import DataError
 from ldmkit.data.grounding import Grounding, mask_tensor, polygon_mask
 from ldmkit.data.imagefolder import first_readable
+from ldmkit.errors import DataError
 
 
 def default_image_folder(annotations: Path) -> Path:

@@ -19,8 +19,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from ldmkit.data.dataset import DataError
 from ldmkit.data.grounding import Grounding, read_sidecar
+from ldmkit.errors import DataError
 from ldmkit.images import image_to_tensor, load_image
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")

@@ -42,8 +42,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from ldmkit.autoencoder import KLAutoencoder
+from ldmkit.autoencoder.folder import WEIGHTS, load_autoencoder
 from ldmkit.config import DataConfig, from_dict, to_dict
-from ldmkit.data.dataset import DataError, build_dataset, collate
+from ldmkit.data.collate import collate
+from ldmkit.data.dataset import DataError, build_dataset
+from ldmkit.device import resolve_device
 from ldmkit.storage import atomic_path, sha256_file
 from ldmkit.errors import UsageError
 
@@ -56,8 +60,6 @@ DTYPES = ("float16", "float32")
 
 def autoencoder_checksum(autoencoder_dir: str | Path) -> str:
     """sha256 of the autoencoder folder's weights file (which also holds its scale_factor)."""
-    from ldmkit.autoencoder.folder import WEIGHTS
-
     return sha256_file(Path(autoencoder_dir) / WEIGHTS)
 
 
@@ -84,10 +86,6 @@ def build_latent_cache(autoencoder_dir: str | Path, data: DataConfig, out: str |
     Stores μ(x) and σ(x) of q(z | x) unscaled (see the module docstring); the manifest goes last, so an
     interrupted build leaves a folder that `LatentCache` refuses. ``out`` must not hold a finished cache.
     """
-    from ldmkit.autoencoder import KLAutoencoder
-    from ldmkit.autoencoder.folder import load_autoencoder
-    from ldmkit.device import resolve_device
-
     if dtype not in DTYPES:
         raise UsageError(f"unknown cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     out = Path(out)

@@ -39,8 +39,12 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ldmkit.data.dataset import DataError, collate
-from ldmkit.images import image_to_tensor, load_image
+from ldmkit.data.collate import collate
+from ldmkit.data.imagefolder import ImageFolderDataset
+from ldmkit.data.shapes import check_scene_options
+from ldmkit.data.shapes_dataset import shapes_sample
+from ldmkit.errors import DataError
+from ldmkit.images import center_crop_resize, image_to_tensor, load_image
 
 IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp")
 _URL_PREFIXES = ("http://", "https://", "pipe:", "gs://", "s3://", "ais://", "hf://")
@@ -317,9 +321,6 @@ def shapes_samples(num_samples: int, image_size: int, seed: int = 0, max_objects
                    two_object_share: float = 0.5) -> Iterator[ShardSample]:
     """The built-in shapes scenes 0 … num_samples − 1 as PNG samples: the items of
     ``ShapesDataset(image_size, num_samples, seed, max_objects, two_object_share)``."""
-    from ldmkit.data.shapes import check_scene_options
-    from ldmkit.data.shapes_dataset import shapes_sample
-
     check_scene_options(max_objects, two_object_share)  # now, not at the first sample
     for i in range(num_samples):
         image, caption, _ = shapes_sample(seed, i, image_size, max_objects, two_object_share)
@@ -333,8 +334,6 @@ def folder_samples(root: str | Path, image_size: int | None, skipped: list[str])
     centre-cropped, resized and stored as PNG. Files that do not decode are left out and named in
     ``skipped``.
     """
-    from ldmkit.data.imagefolder import ImageFolderDataset
-
     folder = ImageFolderDataset(root, image_size or 1)
     for i, (path, caption) in enumerate(zip(folder.paths, folder.captions)):
         try:
@@ -346,7 +345,5 @@ def folder_samples(root: str | Path, image_size: int | None, skipped: list[str])
             ext = path.suffix.lower().lstrip(".")
             yield ShardSample(f"{i:08d}", path.read_bytes(), "jpg" if ext == "jpeg" else ext, caption)
         else:
-            from ldmkit.images import center_crop_resize
-
             yield ShardSample(f"{i:08d}", encode_png(center_crop_resize(image, image_size)), "png", caption)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
 from ldmkit.eval.folders import AUTOENCODER, folder_kind
@@ -21,6 +22,7 @@ from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, mean_std, psnr, ssim
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
+from ldmkit.model import LatentDiffusion
 
 
 @torch.no_grad()
@@ -58,9 +60,6 @@ def evaluate_autoencoder(
 
     ``networks``: the feature networks for R-FID and R-IS (default: the shapes CNN alone).
     """
-    from ldmkit.autoencoder.folder import load_autoencoder
-    from ldmkit.model import LatentDiffusion
-
     if isinstance(model, (str, Path)):
         model = load_autoencoder(model) if folder_kind(model) == AUTOENCODER else LatentDiffusion.load(model).autoencoder
     model = model.to(device).eval()

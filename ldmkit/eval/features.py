@@ -17,6 +17,7 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ldmkit.eval.inception import FIDInceptionV3
@@ -106,8 +107,6 @@ def load_inception(path: str | Path) -> FIDInceptionV3:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ldmkit.diffusion import SAMPLERS
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
@@ -20,6 +21,7 @@ from ldmkit.eval.heldout import HELDOUT_SEED, HeldOut, heldout_shapes
 from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, kid
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
+from ldmkit.pipelines.text_to_image import load_pipeline
 
 
 @dataclass
@@ -145,9 +147,6 @@ def evaluate_generation(
     ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
     accuracy always uses the shapes judge.
     """
-    from ldmkit.diffusion import SAMPLERS
-    from ldmkit.pipelines.text_to_image import load_pipeline
-
     settings = settings or SamplerSettings()
     if settings.sampler is not None and settings.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {settings.sampler!r}; allowed: {', '.join(SAMPLERS)}")

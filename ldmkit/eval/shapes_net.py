@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.data import BACKGROUND, COLORS, RGB, SHAPES, SIZES
+from ldmkit.storage import CheckpointError, load_weights
 
 INPUT_SIZE = 64
 WINDOW = 32  # pixels of the 64×64 mask read around each object: half the side
@@ -157,8 +158,6 @@ class ShapesNet(nn.Module):
 
 def load_shapes_net(path: str | Path = WEIGHTS_PATH) -> ShapesNet:
     """The trained network shipped with ldmkit (or the one at ``path``), frozen, in eval mode."""
-    from ldmkit.storage import CheckpointError, load_weights
-
     if not Path(path).is_file():
         raise CheckpointError(
             f"shapes judge weights not found: {path} (train them with "

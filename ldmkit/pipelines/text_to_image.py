@@ -12,6 +12,7 @@ from ldmkit.images import tensor_to_pil
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import Pipeline
+from ldmkit.pretrained import resolve_model
 
 
 class TextToImagePipeline(Pipeline):
@@ -149,7 +150,5 @@ def load_pipeline(
     """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
     file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model,
     and "shapes64-lcm" its shipped 4-step consistency student (`ldmkit.pretrained.resolve_model`)."""
-    from ldmkit.pretrained import resolve_model
-
     folder = resolve_model(folder)
     return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)

