@@ -78,7 +78,6 @@ def cmd_serve(args) -> None:
         raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
                          f"pip install 'ldmkit[serve]'") from None
 
-
     if args.output_dir:
         check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job
     model = resolve_model(args.model)
