@@ -1,4 +1,5 @@
-"""Load test for `ldmkit serve`: N concurrent POST /v1/generate on loopback, counted and timed.
+"""Load test for `ldmkit serve`: N concurrent POST /v1/generate (or, --api a1111, /sdapi/v1/txt2img) on
+loopback, counted and timed.
 
 For each scenario (a queue length and a per-job timeout) this starts a fresh `ldmkit serve --port 0`
 in a subprocess, fires N requests at once (asyncio + httpx, one connection each, no retries), and sorts every request into
@@ -125,19 +126,32 @@ class Scenario:
         return [o.latency_s for o in self.outcomes if o.kind == kind]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, body: dict, start: float) -> Outcome:
+# The route each API's requests go to, its body, and where its answer keeps the base64 PNGs.
+ROUTES = {
+    "ldmkit": ("/v1/generate", lambda prompt, steps, seed, n: {"prompt": prompt, "steps": steps, "seed": seed,
+                                                                "num_images": n},
+               lambda answer: [image["png_base64"] for image in answer["images"]]),
+    "a1111": ("/sdapi/v1/txt2img", lambda prompt, steps, seed, n: {"prompt": prompt, "steps": steps, "seed": seed,
+                                                                    "batch_size": n, "sampler_name": "DDIM"},
+              lambda answer: answer["images"]),
+}
+
+
+async def one_request(client: httpx.AsyncClient, url: str, body: dict, start: float, api: str = "ldmkit") -> Outcome:
+    route, _, pngs_of = ROUTES[api]
     try:
-        r = await client.post(url + "/v1/generate", json=body)
+        r = await client.post(url + route, json=body)
     except httpx.HTTPError as e:
         return Outcome("lost", time.monotonic() - start, f"{type(e).__name__}: {e}")
     latency = time.monotonic() - start
     if r.status_code == 200:
-        images = r.json()["images"]
+        images = pngs_of(r.json())
         for image in images:  # a completed request must carry real PNGs of the asked number and size
-            png = Image.open(io.BytesIO(base64.b64decode(image["png_base64"])))
+            png = Image.open(io.BytesIO(base64.b64decode(image)))
             png.load()
-        if len(images) != body["num_images"]:
-            return Outcome("error", latency, f"{len(images)} images for num_images={body['num_images']}")
+        wanted = body.get("num_images", body.get("batch_size"))
+        if len(images) != wanted:
+            return Outcome("error", latency, f"{len(images)} images for {wanted} asked")
         return Outcome("completed", latency)
     if r.status_code == 503:
         retry = r.headers.get("retry-after")
@@ -148,14 +162,16 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict, start: fl
     return Outcome("error", latency, f"{r.status_code}: {r.text[:200]}")
 
 
-async def fire(url: str, n: int, steps: int, num_images: int, bound_s: float) -> tuple[list[Outcome], float]:
-    """N requests at once; whatever has no answer after ``bound_s`` seconds is lost."""
+async def fire(url: str, n: int, steps: int, num_images: int, bound_s: float,
+               api: str = "ldmkit") -> tuple[list[Outcome], float]:
+    """N requests at once through ``api`` (a key of `ROUTES`); whatever has no answer after ``bound_s``
+    seconds is lost."""
+    body_of = ROUTES[api][1]
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(bound_s)) as client:
         start = time.monotonic()
-        tasks = [asyncio.create_task(one_request(client, url, {
-            "prompt": PROMPTS[i % len(PROMPTS)], "steps": steps, "seed": i, "num_images": num_images,
-        }, start)) for i in range(n)]
+        tasks = [asyncio.create_task(one_request(client, url, body_of(PROMPTS[i % len(PROMPTS)], steps, i, num_images),
+                                                 start, api)) for i in range(n)]
         done, pending = await asyncio.wait(tasks, timeout=bound_s)
         for task in pending:
             task.cancel()
@@ -189,7 +205,7 @@ def report(scenarios: list[Scenario], args, command: str) -> str:
         command,
         "```",
         "",
-        f"{args.requests} concurrent `POST /v1/generate` requests on loopback (one connection each, no "
+        f"{args.requests} concurrent `POST {ROUTES[args.api][0]}` requests on loopback (one connection each, no "
         f"retries), {args.steps} steps, {args.num_images} image(s) of the model's default size each, "
         f"ddim; every request bounded by {args.bound:g} s. Model: {args.model_label}. Machine: "
         f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, fp32; load average "
@@ -236,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bound", type=float, default=300.0, help="seconds every request may take in all")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "SERVE_RESULTS.md"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--api", choices=sorted(ROUTES), default="ldmkit",
+                        help="ldmkit: POST /v1/generate (default); a1111: POST /sdapi/v1/txt2img (AUTOMATIC1111's API)")
     args = parser.parse_args(argv)
     args.scenario = [scenario_arg(s) if isinstance(s, str) else s for s in args.scenario]
     args.load_before = os.getloadavg()[0]
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         for max_queue, timeout in args.scenario:
             server = Server(model, max_queue, timeout)
             try:
-                outcomes, wall = asyncio.run(fire(server.url, args.requests, args.steps, args.num_images, args.bound))
+                outcomes, wall = asyncio.run(fire(server.url, args.requests, args.steps, args.num_images, args.bound,
+                                                 args.api))
                 health = httpx.get(server.url + "/healthz", timeout=10).json()
             finally:
                 server.stop()

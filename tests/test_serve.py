@@ -168,7 +168,7 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 
 
 def test_models_health_openapi_and_page(tiny_client):
-    model = tiny_client.get("/v1/models").json()["models"][0]
+    model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
     assert model == {"id": "tiny", "default_size": 32, "latent_factor": 8, "max_size": 128,
                      "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m"], "default_steps": 25, "max_steps": 200,
                      "max_images": 8,
@@ -176,7 +176,7 @@ def test_models_health_openapi_and_page(tiny_client):
     health = tiny_client.get("/healthz").json()
     assert health["status"] == "ok" and health["max_queue"] == 8
     paths = tiny_client.get("/openapi.json").json()["paths"]
-    assert {"/v1/generate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/models", "/healthz"} <= set(paths)
+    assert {"/v1/generate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/ldmkit/models", "/healthz"} <= set(paths)
     page = tiny_client.get("/")
     assert page.status_code == 200 and 'id="prompt"' in page.text and 'id="gallery"' in page.text
     assert tiny_client.get("/static/app.js").status_code == 200

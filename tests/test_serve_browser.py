@@ -71,7 +71,7 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
             failed = []
             page.on("requestfailed", lambda request: failed.append(request.url))
             page.goto(url)
-            # The form takes its choices from GET /v1/models.
+            # The form takes its choices from GET /v1/ldmkit/models.
             page.wait_for_function("document.querySelectorAll('#width option').length > 0")
             assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m"]
 

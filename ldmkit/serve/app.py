@@ -4,13 +4,15 @@ Routes (the OpenAPI schema at /openapi.json describes each):
 
     GET    /                                 the web page
     GET    /healthz                          liveness and queue length
-    GET    /v1/models                        the model served, and what a request may ask of it
+    GET    /v1/ldmkit/models                 the model served, and what a request may ask of it
     POST   /v1/jobs                          queue a job → 202 and its id (the page uses this)
     GET    /v1/jobs/{id}                     status, step of total, queue position, image URLs
     DELETE /v1/jobs/{id}                     cancel (a running job stops at its next step)
     GET    /v1/jobs/{id}/images/{k}.png      image k of a finished job
     POST   /v1/generate                      queue a job and wait: the images as base64 PNGs
     …/v1/edit…                               Prompt-to-Prompt edits, on the same queue (`ldmkit.serve.edit`)
+    …/sdapi/v1/…                             the AUTOMATIC1111 web UI's API (`ldmkit.serve.a1111`)
+    GET /v1/models, …/v1/images/…            OpenAI's models list and images API (`ldmkit.serve.openai_images`)
 
 Status codes a client should expect: 413 for a body over the limit, 422 naming the field for any
 invalid value, 503 with Retry-After when the queue is full, 504 when a job misses its deadline.
@@ -25,20 +27,28 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ldmkit import __version__
 from ldmkit.serve import schemas
+from ldmkit.serve.a1111 import add_a1111_routes
 from ldmkit.serve.body_limit import BodyLimit
-from ldmkit.serve.edit import add_edit_routes, by_kind, edit_pipeline_for, edit_runner, edit_saver
+from ldmkit.serve.dispatch import by_settings_type
+from ldmkit.serve.edit import add_edit_routes, edit_pipeline_for, edit_runner, edit_saver
+from ldmkit.serve.edit_schemas import EditSettings
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
 from ldmkit.serve.handling import (
     NOT_FOUND, PNG_RESPONSE, QUEUE_FULL, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
 )
+from ldmkit.serve.image_jobs import ImageSettings, image_pipelines_for, image_runner
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
+from ldmkit.serve.openai_images import (
+    add_openai_routes, http_error_response, is_openai_path, validation_error_response,
+)
 from ldmkit.serve.outputs import folder_saver, image_filename
 from ldmkit.serve.schemas import (
     GeneratedImage, GenerateRequest, GenerateResponse, Health, ImageInfo, JobInfo, JobState,
@@ -47,6 +57,9 @@ from ldmkit.serve.schemas import (
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
+# Routes whose bodies carry images (base64 or multipart): a 1024² PNG and its mask, with base64's 4/3.
+MAX_IMAGE_BODY_BYTES = 16 * 1024 * 1024
+IMAGE_ROUTES = ("/sdapi/v1/img2img", "/v1/images/edits")
 
 
 def pipeline_runner(pipe):
@@ -100,6 +113,8 @@ def create_app(
     any_ip_host: bool = False,
     body_timeout: float | None = BODY_TIMEOUT,
     edit_pipeline=None,
+    inpaint_pipeline=None,
+    max_image_body_bytes: int = MAX_IMAGE_BODY_BYTES,
 ) -> FastAPI:
     """The app serving ``pipeline`` (a `TextToImagePipeline`, or anything called the same way).
 
@@ -111,15 +126,25 @@ def create_app(
     None: any), and with ``any_ip_host`` any IP address too. ``body_timeout``: seconds a request body
     may take to arrive (then 408). ``edit_pipeline``: what runs edit jobs (called as
     `PromptToPromptPipeline`, with its ``.model``); None: one over ``pipeline``'s model, where it can edit.
+    ``inpaint_pipeline``: an `InpaintingPipeline` for A1111 img2img with a mask and OpenAI image edits (None:
+    a masked img2img is SDEdit with the unmasked pixels kept, and edits are refused). Bodies of the image
+    routes (`IMAGE_ROUTES`) may be ``max_image_body_bytes``, the others ``max_body_bytes``.
     """
     limits = limits if limits is not None else Limits.from_pipeline(pipeline)
     edit_reason = None
     if edit_pipeline is None:
         edit_pipeline, edit_reason = edit_pipeline_for(pipeline)
-    run = by_kind(pipeline_runner(pipeline), edit_runner(edit_pipeline) if edit_pipeline is not None else None)
+    img2img_pipeline, inpaint_pipeline = image_pipelines_for(pipeline, inpaint_pipeline)
+    run = by_settings_type({
+        Settings: pipeline_runner(pipeline),
+        EditSettings: edit_runner(edit_pipeline) if edit_pipeline is not None else None,
+        ImageSettings: image_runner(img2img_pipeline, inpaint_pipeline),
+    })
     on_done = None
     if output_dir is not None:
-        on_done = by_kind(folder_saver(output_dir), edit_saver(output_dir), settings_of=lambda job: job.settings)
+        saver = folder_saver(output_dir)
+        on_done = by_settings_type({Settings: saver, ImageSettings: saver, EditSettings: edit_saver(output_dir)},
+                                   settings_of=lambda job: job.settings)
     queue = JobQueue(run, max_queue=max_queue, timeout=timeout, on_done=on_done)
 
     @asynccontextmanager
@@ -132,10 +157,12 @@ def create_app(
                   version=__version__, lifespan=lifespan)
     app.state.queue = queue
     app.state.limits = limits
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout,
+                       larger={route: max_image_body_bytes for route in IMAGE_ROUTES})
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts, any_ip=any_ip_host)  # added last: runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # ---------------------------------------------------------------------------------------------
@@ -180,7 +207,7 @@ def create_app(
         queued, running = queue.load()
         return Health(queued=queued, running=running, max_queue=queue.max_queue)
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/ldmkit/models", response_model=ModelList)
     def models() -> ModelList:
         return ModelList(models=[ModelInfo(
             id=model_name, default_size=limits.default_size, latent_factor=limits.latent_factor,
@@ -226,12 +253,25 @@ def create_app(
                                 elapsed_s=round(job.elapsed(queue.clock()), 3))
 
     add_edit_routes(app, queue, edit_pipeline, edit_reason, limits, None if model_name == SHIPPED else model_name)
+    add_a1111_routes(app, queue, limits, model_name, lambda settings: reproduce_command(settings, model_name),
+                     img2img_pipeline, inpaint_pipeline)
+    add_openai_routes(app, queue, limits, model_name, inpaint_pipeline)
     return app
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """OpenAI's error shape under /v1/images (`ldmkit.serve.openai_images`), FastAPI's elsewhere."""
+    if is_openai_path(request.url.path):
+        return http_error_response(exc)
+    return await http_exception_handler(request, exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 without the echoed ``input``: echoing a rejected value back can fail (a NaN is not
-    JSON) and makes an over-long prompt travel twice. ``loc`` names the field, ``msg`` says why."""
+    JSON) and makes an over-long prompt travel twice. ``loc`` names the field, ``msg`` says why. Under
+    /v1/images, OpenAI's 400 instead."""
+    if is_openai_path(request.url.path):
+        return validation_error_response(exc.errors())
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
 

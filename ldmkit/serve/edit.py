@@ -71,20 +71,6 @@ def edit_runner(edit_pipe) -> Callable:
     return run
 
 
-def by_kind(generate: Callable, edit: Callable | None, settings_of: Callable = lambda x: x) -> Callable:
-    """One function that calls ``edit`` for an edit (``settings_of(first argument)`` is `EditSettings`)
-    and ``generate`` otherwise: the queue's ``run`` and ``on_done`` serve both kinds of job."""
-
-    def call(first, *rest):
-        if isinstance(settings_of(first), EditSettings):
-            if edit is None:
-                raise UsageError("this server cannot edit")
-            return edit(first, *rest)
-        return generate(first, *rest)
-
-    return call
-
-
 def edit_saver(folder: str | Path) -> Callable[[Job], None]:
     """``on_done`` for edit jobs: ``{job id}_source.png``, ``{job id}_edit.png`` (``_source_K``, ``_edit_K``
     for several pairs) and ``{job id}.json`` (the settings). Names come from the job id only."""

@@ -195,6 +195,11 @@ class JobQueue:
         """What a job that missed its deadline reports."""
         return f"the job did not finish within the server's timeout of {self.timeout:g} s"
 
+    def running(self) -> Job | None:
+        """The job the worker runs now, or None."""
+        with self._cond:
+            return self._running
+
     def load(self) -> tuple[int, bool]:
         """(jobs waiting, whether one is running)."""
         with self._cond:

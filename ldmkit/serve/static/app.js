@@ -64,7 +64,7 @@ function fillSizes(select, model) {
 
 async function loadModel() {
   try {
-    const { models } = await api("GET", "/v1/models");
+    const { models } = await api("GET", "/v1/ldmkit/models");
     const model = models[0];
     $("model").textContent = `model: ${model.id} · trained at ${model.default_size}×${model.default_size}`;
     $("sampler").innerHTML = "";

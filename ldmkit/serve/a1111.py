@@ -1,0 +1,199 @@
+"""AUTOMATIC1111-compatible routes, on the server's one queue with its limits and deadlines.
+
+    POST /sdapi/v1/txt2img      A1111's body → an ldmkit generate job; {"images": [base64 PNG], "parameters",
+                                "info": a JSON string with the seed(s), the ldmkit settings and command}
+    POST /sdapi/v1/img2img      init_images, denoising_strength, mask: inpainting with an inpainting model,
+                                else SDEdit (with a mask: only the masked pixels change)
+    GET  /sdapi/v1/sd-models    the model served
+    GET  /sdapi/v1/samplers     A1111's names of the samplers this model runs (`a1111_schemas.SAMPLER_NAMES`)
+    GET  /sdapi/v1/progress     the running job's progress
+    POST /sdapi/v1/interrupt    stop the running job at its next sampler step
+    GET  /sdapi/v1/options      sd_model_checkpoint and the few options ldmkit has
+    POST /sdapi/v1/options      sd_model_checkpoint must name the model served (one model per server)
+    GET  /sdapi/v1/scripts      none (clients such as webuiapi ask)
+
+A txt2img job is the same job as ``POST /v1/generate`` with the same settings, so ``seed``, ``steps``,
+``cfg_scale`` and ``sampler_name`` "DDIM" give the image `ldmkit generate --seed --steps --guidance
+--sampler ddim` writes, bit for bit. Errors are FastAPI's (A1111 is a FastAPI app too): 422 naming the
+field, 503 with Retry-After when the queue is full, 504 past the deadline, 409 when interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from typing import Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+
+from ldmkit import __version__
+from ldmkit.bounds import MAX_IMAGES
+from ldmkit.serve.a1111_schemas import (
+    SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, not_honoured, sampler_error, sampler_for, sampler_names, size_for,
+)
+from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
+from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image, png_bytes, white_mask
+from ldmkit.serve.jobs import Job, JobQueue
+from ldmkit.serve.limits import Limits
+from ldmkit.serve.schemas import MAX_SEED, JobState, Settings
+
+
+def _checkpoint_error(name, model_name: str) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", "sd_model_checkpoint"], "type": "value_error",
+                                "msg": f"this server serves one model, {model_name!r}, not {name!r}"}])
+
+
+def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: str,
+                     command_for: Callable[[Settings], str], img2img_pipe, inpaint_pipe) -> None:
+    """Add the ``/sdapi/v1`` routes to ``app``. ``command_for(settings)``: the `ldmkit generate` command of a
+    txt2img job. ``img2img_pipe`` / ``inpaint_pipe``: what runs image jobs (None: that mode is refused)."""
+    served = {model_name}
+
+    def checked(request: Txt2ImgRequest, errors: list[dict]) -> tuple[str, int, int, list[str]]:
+        sampler = sampler_for(request, limits)
+        if sampler is None:
+            errors.append(sampler_error(request, limits))
+        width, height, size_errors, notes = size_for(request, limits)
+        errors += size_errors + limits.steps_errors(request.steps)
+        if request.num_images() > MAX_IMAGES:
+            errors.append({"loc": ("body", "n_iter"), "type": "value_error",
+                           "msg": f"batch_size × n_iter must be at most {MAX_IMAGES}, got "
+                                  f"{request.batch_size} × {request.n_iter}"})
+        checkpoint = request.override_settings.get("sd_model_checkpoint")
+        if checkpoint is not None and checkpoint not in served:
+            errors.append({"loc": ("body", "override_settings", "sd_model_checkpoint"), "type": "value_error",
+                           "msg": f"this server serves one model, {model_name!r}, not {checkpoint!r}"})
+        if errors:
+            raise RequestValidationError(errors)
+        return sampler, width, height, notes
+
+    def seed_of(request: Txt2ImgRequest) -> int:
+        return request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+
+    def answer(job: Job, request: Txt2ImgRequest, settings, notes: list[str], extra: dict) -> dict:
+        s = settings
+        n = s.num_images
+        infotext = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: {s.steps}, Sampler: "
+                    f"{request.sampler_name or sampler_names(limits)[0]}, CFG scale: {s.guidance}, Seed: {s.seed}, "
+                    f"Size: {s.width}x{s.height}, Model: {model_name}, Version: ldmkit {__version__}")
+        info = {
+            "prompt": s.prompt, "all_prompts": [s.prompt] * n, "negative_prompt": s.negative_prompt,
+            "all_negative_prompts": [s.negative_prompt] * n, "seed": s.seed, "all_seeds": [s.seed] * n,
+            "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0, "width": s.width, "height": s.height,
+            "sampler_name": request.sampler_name or sampler_names(limits)[0], "cfg_scale": s.guidance,
+            "steps": s.steps, "batch_size": request.batch_size, "sd_model_name": model_name,
+            "denoising_strength": getattr(s, "strength", None), "index_of_first_image": 0,
+            "infotexts": [infotext] * n, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "version": f"ldmkit {__version__}",
+            "not_honoured": not_honoured(request, served),
+            "ldmkit": {"job": job.id, "sampler": s.sampler, "settings": s.model_dump(), "notes": notes,
+                       "batch": "image k is image k of one batch drawn from seed (as ldmkit generate "
+                                "--num-images draws them), not seed + k", **extra},
+        }
+        parameters = request.model_dump()
+        if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+            parameters["init_images"], parameters["mask"] = None, None
+        return {"images": [base64.b64encode(png).decode() for png in job.images], "parameters": parameters,
+                "info": json.dumps(info)}
+
+    @app.post("/sdapi/v1/txt2img", responses=WAIT_ERRORS, tags=["automatic1111"])
+    async def txt2img(request: Txt2ImgRequest, http: Request):
+        """Text to image with A1111's fields; the same job as POST /v1/generate."""
+        sampler, width, height, notes = checked(request, [])
+        settings = Settings(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                            guidance=request.cfg_scale, binding=0.0, cache_interval=1, sampler=sampler,
+                            seed=seed_of(request), num_images=request.num_images(), width=width, height=height)
+        job = submit(queue, settings)
+        gone = await wait_done(queue, job, http)
+        if gone is not None:
+            return gone
+        return answer(job, request, settings, notes, {"command": command_for(settings)})
+
+    @app.post("/sdapi/v1/img2img", responses=WAIT_ERRORS, tags=["automatic1111"])
+    async def img2img(request: Img2ImgRequest, http: Request):
+        """Image to image: with ``mask`` and an inpainting model, inpainting; otherwise SDEdit from
+        ``denoising_strength`` (with ``mask``, only the masked pixels change)."""
+        errors: list[dict] = []
+        try:
+            image = decode_image(request.init_images[0], "init_images", limits)
+            mask = None if request.mask is None else decode_image(request.mask, "mask", limits)
+        except ImageInputError as e:
+            raise RequestValidationError([{"loc": ("body", e.field), "msg": str(e), "type": "value_error"}]) from None
+        if mask is not None and mask.size != image.size:
+            errors.append({"loc": ("body", "mask"), "type": "value_error",
+                           "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
+        sampler, _, _, notes = checked(request, errors)
+        mode = "img2img" if mask is None else ("inpaint" if inpaint_pipe is not None else "img2img-masked")
+        if (inpaint_pipe if mode == "inpaint" else img2img_pipe) is None:
+            raise HTTPException(501, "the model served cannot draw from an image (img2img needs a text model, "
+                                     "not a consistency student)")
+        if mode == "inpaint":
+            notes.append("inpainted by the inpainting model: denoising_strength does not apply")
+        elif mode == "img2img-masked":
+            notes.append("the model is not an inpainting model: SDEdit over the whole image, then only the "
+                         "mask's pixels taken from it")
+        if len(request.init_images) > 1:
+            notes.append(f"only the first of {len(request.init_images)} init_images was used")
+        if (request.width, request.height) != image.size:
+            notes.append(f"drawn at the init image's size {image.size[0]}×{image.size[1]}, not width × height")
+        width, height = image.size
+        settings = ImageSettings(
+            mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            guidance=request.cfg_scale, sampler=sampler, seed=seed_of(request), num_images=request.num_images(),
+            strength=request.denoising_strength, width=width, height=height, image=png_bytes(image.convert("RGB")),
+            mask=None if mask is None else png_bytes(white_mask(mask, bool(request.inpainting_mask_invert))))
+        job = submit(queue, settings)
+        gone = await wait_done(queue, job, http)
+        if gone is not None:
+            return gone
+        return answer(job, request, settings, notes, {"mode": mode})
+
+    @app.get("/sdapi/v1/sd-models", tags=["automatic1111"])
+    def sd_models() -> list[dict]:
+        return [{"title": model_name, "model_name": model_name, "hash": None, "sha256": None,
+                 "filename": model_name, "config": None}]
+
+    @app.get("/sdapi/v1/samplers", tags=["automatic1111"])
+    def samplers() -> list[dict]:
+        return [{"name": name, "aliases": list(SAMPLER_NAMES[name][1]), "options": {}}
+                for name in sampler_names(limits)]
+
+    @app.get("/sdapi/v1/progress", tags=["automatic1111"])
+    def progress() -> dict:
+        job = queue.running()
+        queued, _ = queue.load()
+        fraction = 0.0 if job is None or not job.total else job.step / job.total
+        return {"progress": round(fraction, 4), "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                "state": {"skipped": False, "interrupted": job is not None and job.stop_request is not None,
+                          "job": "" if job is None else job.id, "job_count": queued + (job is not None),
+                          "job_timestamp": "0", "job_no": 0, "sampling_step": 0 if job is None else job.step,
+                          "sampling_steps": 0 if job is None else job.total}}
+
+    @app.post("/sdapi/v1/interrupt", tags=["automatic1111"])
+    def interrupt() -> dict:
+        """Stop the running job at its next sampler step (its request answers 409); waiting jobs stay."""
+        job = queue.running()
+        if job is not None:
+            queue.cancel(job, JobState.cancelled, "interrupted (POST /sdapi/v1/interrupt)")
+        return {}
+
+    @app.get("/sdapi/v1/options", tags=["automatic1111"])
+    def get_options() -> dict:
+        return {"sd_model_checkpoint": model_name, "samples_format": "png",
+                "sd_checkpoint_hash": None, "eta_ddim": 0.0}
+
+    @app.post("/sdapi/v1/options", tags=["automatic1111"])
+    def set_options(options: dict) -> dict:
+        """Only ``sd_model_checkpoint`` naming the served model is honoured; other options are listed back
+        under ``not_honoured``. Another checkpoint is a 422 (one model per server)."""
+        name = options.get("sd_model_checkpoint")
+        if name is not None and name not in served:
+            raise _checkpoint_error(name, model_name)
+        return {"not_honoured": sorted(k for k in options if k != "sd_model_checkpoint")}
+
+    @app.get("/sdapi/v1/scripts", tags=["automatic1111"])
+    def scripts() -> dict:
+        return {"txt2img": [], "img2img": []}

@@ -1,0 +1,146 @@
+"""The AUTOMATIC1111 web UI's request bodies (``/sdapi/v1/txt2img``, ``/sdapi/v1/img2img``), its sampler
+names, and which of a request's fields ldmkit cannot honour.
+
+Field names and defaults are A1111's (``StableDiffusionProcessingTxt2Img``/``…Img2Img``): ``cfg_scale``
+7, ``steps`` 50, ``seed`` -1 (random), ``batch_size`` × ``n_iter`` images, ``width``/``height`` 512. Any
+other field A1111 knows (``restore_faces``, ``enable_hr``, ``eta``, ``styles``, scripts, …) is accepted;
+those set to something other than A1111's neutral value are reported in the response's ``info`` as not
+honoured, never dropped unsaid. 512, A1111's default side, means the model's trained size when the model
+cannot draw 512 (a small ldmkit model); any other size is checked against the model's limits.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.serve.limits import Limits
+from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+
+A1111_DEFAULT_SIDE = 512
+
+# A1111's sampler name → ldmkit's sampler, and the other names A1111 accepts for it.
+SAMPLER_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "DDIM": ("ddim", ("ddim",)),
+    "DDPM": ("ddpm", ("ddpm",)),
+    "Euler": ("euler", ("k_euler",)),
+    "DPM++ 2M": ("dpmpp-2m", ("k_dpmpp_2m",)),
+    "LCM": ("lcm", ("lcm", "k_lcm")),
+}
+
+# Fields ldmkit does not act on, with the values that mean "off" in A1111 (and the webuiapi client's
+# defaults, which it sends on every call). Any other value is reported as not honoured.
+NEUTRAL: dict[str, tuple] = {
+    "styles": ([],), "subseed": (-1, 0), "subseed_strength": (0, 0.0), "seed_resize_from_h": (-1, 0),
+    "seed_resize_from_w": (-1, 0), "restore_faces": (False, None), "tiling": (False, None),
+    "do_not_save_samples": (False, True), "do_not_save_grid": (False, True), "eta": (None, 0, 0.0),
+    "s_min_uncond": (None, 0, 0.0), "s_churn": (None, 0, 0.0), "s_tmax": (None, 0, 0.0), "s_tmin": (None, 0, 0.0),
+    "s_noise": (None, 1, 1.0), "override_settings_restore_afterwards": (True, False, None),
+    "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0, 0.0), "disable_extra_networks": (False, None),
+    "comments": (None, {}), "enable_hr": (False, None), "firstphase_width": (0,), "firstphase_height": (0,),
+    "hr_scale": (2, 2.0), "hr_upscaler": (None, "Latent", ""), "hr_second_pass_steps": (0,), "hr_resize_x": (0,),
+    "hr_resize_y": (0,), "hr_checkpoint_name": (None, ""), "hr_sampler_name": (None, ""),
+    "hr_scheduler": (None, ""), "hr_prompt": ("",), "hr_negative_prompt": ("",), "script_name": (None, ""),
+    "script_args": ([],), "send_images": (True,), "save_images": (False,), "alwayson_scripts": ({},),
+    "infotext": (None, ""), "force_task_id": (None, ""), "scheduler": (None, "automatic", "Automatic"),
+    "sampler_index": (None, "Euler", "Euler a"), "include_init_images": (False, True), "resize_mode": (0,),
+    "image_cfg_scale": (None, 1.5, 0), "mask_blur": (None, 4, 0), "mask_blur_x": (4,), "mask_blur_y": (4,),
+    "inpainting_fill": (0, 1), "inpaint_full_res": (True, False, 0, 1), "inpaint_full_res_padding": (0, 32),
+    "initial_noise_multiplier": (None, 1, 1.0), "latent_mask": (None,), "denoising_strength": (None, 0.7, 0.75),
+    "override_settings": ({},), "user": (None, ""),
+}
+
+
+class Txt2ImgRequest(BaseModel):
+    """The body of ``POST /sdapi/v1/txt2img``: A1111's fields that ldmkit acts on; others are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1: random")
+    sampler_name: str | None = Field(None, description="an A1111 name (GET /sdapi/v1/samplers); null: the "
+                                                         "model's default")
+    sampler_index: str | None = Field(None, description="the old name of sampler_name, read when that is null")
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
+    width: int = Field(A1111_DEFAULT_SIDE, ge=1)
+    height: int = Field(A1111_DEFAULT_SIDE, ge=1)
+    override_settings: dict = Field(default_factory=dict)
+
+    def num_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def extra_fields(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """The body of ``POST /sdapi/v1/img2img``. ``init_images``: base64 images, the first is used (its size
+    is the output's); ``mask``: white repaints (``inpainting_mask_invert`` 1: black repaints)."""
+
+    init_images: list[str] = Field(min_length=1)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, allow_inf_nan=False)
+    mask: str | None = None
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    include_init_images: bool = False
+
+
+def sampler_for(request: Txt2ImgRequest, limits: Limits) -> str | None:
+    """ldmkit's sampler for the request's A1111 name (``sampler_name``, else ``sampler_index``; None:
+    the model's default), or None with nothing found: the caller reports `sampler_error`."""
+    name = request.sampler_name or request.sampler_index
+    if name is None:
+        return limits.samplers[0]
+    for a1111, (ours, aliases) in SAMPLER_NAMES.items():
+        if name == a1111 or name.lower() in aliases:
+            return ours if ours in limits.samplers else None
+    return None
+
+
+def sampler_names(limits: Limits) -> list[str]:
+    """The A1111 names of the samplers this model runs, its default first."""
+    by_ours = {ours: a1111 for a1111, (ours, _) in SAMPLER_NAMES.items()}
+    return [by_ours[s] for s in limits.samplers if s in by_ours]
+
+
+def sampler_error(request: Txt2ImgRequest, limits: Limits) -> dict:
+    field = "sampler_name" if request.sampler_name else "sampler_index"
+    name = request.sampler_name or request.sampler_index
+    msg = f"sampler {name!r} is not one this model runs; allowed: {', '.join(sampler_names(limits))}"
+    return {"loc": ("body", field), "msg": msg, "type": "value_error"}
+
+
+def size_for(request: Txt2ImgRequest, limits: Limits) -> tuple[int, int, list[dict], list[str]]:
+    """(width, height, error entries, notes): 512 that the model cannot draw becomes the trained size."""
+    sides, errors, notes = {}, [], []
+    for field in ("width", "height"):
+        value = getattr(request, field)
+        if value == A1111_DEFAULT_SIDE and value > limits.max_size:
+            notes.append(f"{field} 512 (A1111's default) is over this model's largest side {limits.max_size}: "
+                         f"drawn at the trained size {limits.default_size}")
+            value = limits.default_size
+        errors += limits.size_errors(field, value)
+        sides[field] = value
+    return sides["width"], sides["height"], errors, notes
+
+
+def not_honoured(request: Txt2ImgRequest, served: set[str]) -> dict:
+    """The fields given that ldmkit does not act on, with their values: those outside `NEUTRAL`'s off
+    values, any field A1111 does not know, and ``override_settings`` other than the served checkpoint."""
+    out = {}
+    given = request.extra_fields()
+    for name in ("include_init_images",):
+        given.pop(name, None)
+    if request.sampler_name:
+        given.pop("sampler_index", None)  # the deprecated twin, ignored when sampler_name is given
+    for name, value in given.items():
+        if value not in NEUTRAL.get(name, ()):
+            out[name] = value
+    overrides = {k: v for k, v in request.override_settings.items()
+                 if not (k == "sd_model_checkpoint" and v in served)}
+    if overrides:
+        out["override_settings"] = overrides
+    return out

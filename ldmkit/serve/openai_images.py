@@ -1,0 +1,206 @@
+"""OpenAI-compatible images routes, on the server's one queue with its limits and deadlines.
+
+    GET  /v1/models                      OpenAI's list: {"object": "list", "data": [{"id", "object", "created", "owned_by"}]}
+    POST /v1/images/generations          prompt, n, size "WxH", response_format b64_json | url, model
+    POST /v1/images/edits                multipart: image, mask (transparent = repaint), prompt, n, size, …;
+                                         needs an inpainting model
+    GET  /v1/images/files/{job}/{k}.png  the PNG a ``url`` answer points to (kept with the server's last jobs)
+
+Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt": null}], "ldmkit": {…}}``:
+``ldmkit`` carries the seed, the settings that reproduce the images and the fields given but not honoured
+(``quality``, ``style``, …). Every error, validation included, is OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}`` (`openai_error_response`), so the ``openai`` client
+raises its usual exceptions (400 `BadRequestError`, 404, 503 after its retries).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from ldmkit.bounds import MAX_IMAGES
+from ldmkit.serve.handling import finished_images, not_found, png_response, submit, wait_done
+from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image, mask_from_alpha, png_bytes, white_mask
+from ldmkit.serve.jobs import Job, JobQueue
+from ldmkit.serve.limits import Limits
+from ldmkit.serve.multipart_form import FormError, parse_form
+from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, Settings
+
+PREFIX = "/v1/images"
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+# Fields OpenAI defines that ldmkit does not act on, with the values that ask for nothing.
+NEUTRAL = {"quality": (None, "auto", "standard"), "style": (None,), "user": None, "background": (None, "auto"),
+           "moderation": (None, "auto"), "output_format": (None, "png"), "output_compression": (None, 100),
+           "input_fidelity": (None,), "partial_images": (None, 0), "stream": (None, False)}
+
+
+class OpenAIError(HTTPException):
+    """An error answered in OpenAI's shape: ``param`` names the field at fault, ``code`` a short kind."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(status, message, headers=headers)
+        self.param, self.code = param, code
+
+
+def openai_error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                          headers: dict | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def validation_error_response(errors: list[dict]) -> JSONResponse:
+    """The first of FastAPI's validation errors as OpenAI's 400: ``param`` is the field's name."""
+    first = errors[0]
+    loc = [str(part) for part in first["loc"] if part != "body"]
+    param = ".".join(loc) or None
+    message = first["msg"] if param is None or param in first["msg"] else f"{param}: {first['msg']}"
+    return openai_error_response(400, message, param, "invalid_value")
+
+
+def http_error_response(exc: HTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return openai_error_response(exc.status_code, detail, getattr(exc, "param", None), getattr(exc, "code", None),
+                                 headers=exc.headers)
+
+
+class GenerationRequest(BaseModel):
+    """The JSON body of ``POST /v1/images/generations``; other OpenAI fields are accepted (`NEUTRAL`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: StrictStr | None = None
+    n: StrictInt | None = Field(1, ge=1, le=MAX_IMAGES)
+    size: StrictStr | None = Field(None, description='"WxH" (multiples of the latent factor) or "auto"')
+    response_format: StrictStr | None = Field(None, pattern="^(url|b64_json)$")
+
+
+def not_honoured(extra: dict) -> dict:
+    return {k: v for k, v in extra.items() if NEUTRAL.get(k, ()) is not None and v not in NEUTRAL.get(k, ())}
+
+
+def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: str, inpaint_pipe) -> None:
+    """Add the OpenAI routes to ``app``. ``inpaint_pipe``: what runs edits (None: edits answer 400)."""
+    created = int(time.time())
+
+    def size_of(size: str | None) -> tuple[int, int]:
+        if size is None or size == "auto":
+            return limits.default_size, limits.default_size
+        match = _SIZE.match(size)
+        allowed = (f'"WxH" with sides multiples of {limits.latent_factor} up to {limits.max_size} '
+                   f'(trained at {limits.default_size}x{limits.default_size}), or "auto"')
+        if match is None:
+            raise OpenAIError(400, f"size {size!r} is not {allowed}", "size", "invalid_value")
+        width, height = int(match.group(1)), int(match.group(2))
+        if limits.size_errors("width", width) + limits.size_errors("height", height) or not width or not height:
+            raise OpenAIError(400, f"size {size!r} is not allowed: {allowed}", "size", "invalid_value")
+        return width, height
+
+    def check_model(model: str | None) -> None:
+        if model is not None and model != model_name:
+            raise OpenAIError(400, f"model {model!r} is not served here; this server serves {model_name!r} "
+                                   f"(GET /v1/models)", "model", "model_not_found")
+
+    async def answer(job: Job, http: Request, response_format: str | None, settings, ignored: dict):
+        gone = await wait_done(queue, job, http)
+        if gone is not None:
+            return gone
+        if response_format == "b64_json":
+            data = [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": None} for png in job.images]
+        else:
+            base = str(http.base_url).rstrip("/")
+            data = [{"url": f"{base}{PREFIX}/files/{job.id}/{k}.png", "revised_prompt": None}
+                    for k in range(len(job.images))]
+        return {"created": int(time.time()), "data": data,
+                "ldmkit": {"job": job.id, "seed": settings.seed, "settings": settings.model_dump(),
+                           "not_honoured": ignored}}
+
+    @app.get("/v1/models", tags=["openai"])
+    def models() -> dict:
+        """OpenAI's model list; ldmkit's own details of the model are at GET /v1/ldmkit/models."""
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "ldmkit"}]}
+
+    @app.post(f"{PREFIX}/generations", tags=["openai"])
+    async def generations(request: GenerationRequest, http: Request):
+        """Text to image: the same job as POST /v1/generate (ddim or the model's default sampler, its default
+        steps, guidance 4, a random seed reported under ``ldmkit``)."""
+        check_model(request.model)
+        width, height = size_of(request.size)
+        settings = Settings(prompt=request.prompt, negative_prompt="", steps=limits.default_steps, guidance=4.0,
+                            binding=0.0, cache_interval=1, sampler=limits.samplers[0],
+                            seed=secrets.randbelow(MAX_SEED + 1), num_images=request.n or 1, width=width,
+                            height=height)
+        job = submit(queue, settings)
+        return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
+
+    @app.post(f"{PREFIX}/edits", tags=["openai"])
+    async def edits(http: Request):
+        """Inpainting (multipart/form-data): ``image`` (PNG), ``mask`` (PNG whose transparent pixels are
+        repainted; without one, the image's own transparent pixels), ``prompt``, ``n``, ``size``,
+        ``response_format``, ``model``. Needs an inpainting model."""
+        try:
+            form = parse_form(await http.body(), http.headers.get("content-type", ""))
+            text = {name: parts[0].text() for name, parts in form.items() if parts[0].filename is None}
+        except FormError as e:
+            raise OpenAIError(400, str(e), None, "invalid_request") from None
+        if inpaint_pipe is None:
+            raise OpenAIError(400, f"the model served ({model_name!r}) is not an inpainting model; image edits need "
+                                   f"one (condition kind inpaint, e.g. `ldmkit train --preset shapes64-inpaint`)",
+                              "model", "model_not_supported")
+        images = form.get("image") or form.get("image[]")
+        if not images:
+            raise OpenAIError(400, "image is required: a PNG file field named image", "image", "missing_required")
+        fields = {k: v for k, v in text.items() if k not in ("image", "image[]", "mask")}
+        try:
+            request = GenerationRequest(**{k: (int(v) if k == "n" and v.isdigit() else v) for k, v in fields.items()})
+        except ValidationError as e:
+            return validation_error_response(e.errors())
+        check_model(request.model)
+        try:
+            image = decode_image(images[0].data, "image", limits)
+            mask_source = decode_image(form["mask"][0].data, "mask", limits) if "mask" in form else image
+        except ImageInputError as e:
+            raise OpenAIError(400, str(e), e.field, "invalid_image") from None
+        if mask_source.size != image.size:
+            raise OpenAIError(400, f"mask is {mask_source.size[0]}x{mask_source.size[1]}, the image "
+                                   f"{image.size[0]}x{image.size[1]}: they must match", "mask", "invalid_image")
+        mask = mask_from_alpha(mask_source)
+        if mask is None:
+            if "mask" not in form:
+                raise OpenAIError(400, "the image has no transparent pixels to edit; send a mask (transparent = "
+                                       "repaint)", "mask", "missing_required")
+            mask = white_mask(mask_source)  # no alpha channel: ldmkit's convention, white repaints
+        if request.size not in (None, "auto") and size_of(request.size) != image.size:
+            raise OpenAIError(400, f"size {request.size!r} differs from the image's {image.size[0]}x{image.size[1]}; "
+                                   f"edits keep the image's size", "size", "invalid_value")
+        settings = ImageSettings(mode="inpaint", prompt=request.prompt, negative_prompt="",
+                                 steps=limits.default_steps, guidance=4.0, sampler=limits.samplers[0],
+                                 seed=secrets.randbelow(MAX_SEED + 1), num_images=request.n or 1, strength=1.0,
+                                 width=image.size[0], height=image.size[1], image=png_bytes(image.convert("RGB")),
+                                 mask=png_bytes(mask))
+        job = submit(queue, settings)
+        return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
+
+    @app.get(f"{PREFIX}/files/{{job_id}}/{{index}}.png", response_class=Response, tags=["openai"])
+    def image_file(job_id: str, index: int) -> Response:
+        job = queue.get(job_id)
+        if job is None or not isinstance(job.settings, (Settings, ImageSettings)):
+            raise OpenAIError(404, not_found(job_id).detail, "job_id", "not_found")
+        images = finished_images(job, job_id)
+        if not 0 <= index < len(images):
+            raise OpenAIError(404, f"job {job_id} has images 0 … {len(images) - 1}, not {index}", "index", "not_found")
+        return png_response(images[index], f"{job.settings.seed}_{index:03d}.png")
+

@@ -1,0 +1,114 @@
+"""The OpenAI images routes driven by the real `openai` client over loopback, against tiny random-weight
+models: generations as base64 and as URLs, the model list, edits on an inpainting model (and the clear
+refusal from a text model), and bad requests raised as the client's ordinary exceptions."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+openai = pytest.importorskip("openai", reason="the test extra's openai is not installed")
+httpx = pytest.importorskip("httpx")
+
+from ldmkit import load_pipeline  # noqa: E402
+from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
+from tests.tiny_models import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory):
+    return load_pipeline(build_tiny_model(tmp_path_factory.getbasetemp() / "serve-tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def inpaint(tmp_path_factory):
+    return inpaint_pipeline(tmp_path_factory.getbasetemp() / "serve-tiny-inpaint")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_pipe, inpaint):
+    with live_server(tiny_pipe, model_name="tiny", inpaint_pipeline=inpaint) as port:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def text_only_client(tiny_pipe):
+    with live_server(tiny_pipe, model_name="tiny") as port:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def png_file(image: Image.Image) -> tuple[str, bytes, str]:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return ("image.png", buf.getvalue(), "image/png")
+
+
+def test_generate_b64_reproduces_with_the_reported_seed(client, tiny_pipe):
+    result = client.images.generate(prompt="a red circle on the left", n=2, size="48x32", response_format="b64_json")
+    assert len(result.data) == 2
+    images = [decode(d.b64_json) for d in result.data]
+    assert [im.size for im in images] == [(48, 32), (48, 32)]
+    settings = result.model_extra["ldmkit"]["settings"]
+    direct = tiny_pipe("a red circle on the left", steps=settings["steps"], guidance=settings["guidance"],
+                       seed=settings["seed"], num_images=2, sampler=settings["sampler"], width=48, height=32)
+    assert [im.tobytes() for im in images] == [im.convert("RGB").tobytes() for im in direct]
+
+
+def test_generate_url_points_at_a_png_served_by_the_server(client):
+    result = client.images.generate(prompt="a blue square", model="tiny", response_format="url", quality="hd")
+    url = result.data[0].url
+    png = httpx.get(url, timeout=30)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+    assert result.model_extra["ldmkit"]["not_honoured"] == {"quality": "hd"}
+
+
+def test_models_list_has_openai_shape(client):
+    models = client.models.list()
+    assert [(m.id, m.object, m.owned_by) for m in models.data] == [("tiny", "model", "ldmkit")]
+    assert isinstance(models.data[0].created, int)
+
+
+@pytest.mark.parametrize("kwargs, param", [({"size": "1024x1024"}, "size"), ({"size": "big"}, "size"),
+                                           ({"n": 9}, "n"), ({"model": "dall-e-3"}, "model"),
+                                           ({"prompt": ""}, "prompt"), ({"response_format": "jpeg"}, "response_format")])
+def test_a_bad_generation_is_a_bad_request_error_naming_the_param(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(**{"prompt": "a red circle", **kwargs})
+    error = e.value.body
+    assert e.value.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["message"]
+
+
+def test_edit_repaints_only_the_transparent_pixels_of_the_mask(client):
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    mask = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 16, 32, 32))  # transparent bottom half: repaint it
+    result = client.images.edit(image=png_file(source), mask=png_file(mask), prompt="a red circle", n=1,
+                                response_format="b64_json")
+    out = np.asarray(decode(result.data[0].b64_json).convert("RGB"))
+    src = np.asarray(source)
+    assert out.shape == src.shape and (out[:16] == src[:16]).all() and (out[16:] != src[16:]).any()
+
+
+def test_edit_on_a_text_model_is_a_clear_error(text_only_client):
+    source = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    with pytest.raises(openai.BadRequestError) as e:
+        text_only_client.images.edit(image=png_file(source), prompt="a red circle")
+    assert "not an inpainting model" in e.value.body["message"] and e.value.body["param"] == "model"
+
+
+def test_edit_refuses_a_mask_of_another_size(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(image=png_file(Image.new("RGB", (32, 32))), mask=png_file(Image.new("RGBA", (16, 16))),
+                           prompt="a")
+    assert e.value.body["param"] == "mask"
