@@ -52,12 +52,14 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
     txt2img job. ``img2img_pipe`` / ``inpaint_pipe``: what runs image jobs (None: that mode is refused)."""
     served = {model_name}
 
-    def checked(request: Txt2ImgRequest, errors: list[dict]) -> tuple[str, int, int, list[str]]:
+    def checked(request: Txt2ImgRequest, errors: list[dict], sized: bool = True) -> tuple[str, int, int, list[str]]:
+        """(sampler, width, height, notes), or a 422 with ``errors`` and the request's own. ``sized``: check
+        width and height (img2img draws at its image's size instead)."""
         sampler = sampler_for(request, limits)
         if sampler is None:
             errors.append(sampler_error(request, limits))
         width, height, size_errors, notes = size_for(request, limits)
-        errors += size_errors + limits.steps_errors(request.steps)
+        errors += (size_errors if sized else []) + limits.steps_errors(request.steps)
         if request.num_images() > MAX_IMAGES:
             errors.append({"loc": ("body", "n_iter"), "type": "value_error",
                            "msg": f"batch_size × n_iter must be at most {MAX_IMAGES}, got "
@@ -125,7 +127,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         if mask is not None and mask.size != image.size:
             errors.append({"loc": ("body", "mask"), "type": "value_error",
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
-        sampler, _, _, notes = checked(request, errors)
+        sampler, _, _, notes = checked(request, errors, sized=False)
+        notes = [note for note in notes if "512" not in note]
         mode = "img2img" if mask is None else ("inpaint" if inpaint_pipe is not None else "img2img-masked")
         if (inpaint_pipe if mode == "inpaint" else img2img_pipe) is None:
             raise HTTPException(501, "the model served cannot draw from an image (img2img needs a text model, "
