@@ -171,7 +171,7 @@ def test_serve_offers_the_student_its_own_sampler_and_steps(student):
     from ldmkit.serve import create_app
 
     with TestClient(create_app(load_pipeline(student), model_name="student")) as client:
-        info = client.get("/v1/models").json()["models"][0]
+        info = client.get("/v1/ldmkit/models").json()["models"][0]
         assert info["samplers"] == ["lcm"] and info["default_steps"] == 3
         answer = client.post("/v1/generate", json={"prompt": "a red circle", "seed": 1})
         assert answer.status_code == 200, answer.text
