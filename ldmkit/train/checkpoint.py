@@ -22,6 +22,7 @@ import torch
 
 from ldmkit.config import to_dict
 from ldmkit.storage import CheckpointError, atomic_path, sha256_file
+from ldmkit.text import uses_pretrained_tokenizer
 from ldmkit.train.distributed import Distributed, broadcast_object
 
 CHECKPOINT_DIR = "checkpoints"
@@ -260,8 +261,10 @@ def check_same_settings(state: dict, preset, kind: str, path: str | Path) -> Non
     ``state`` (the keys in `FREE_KEYS` may differ)."""
     theirs, ours = (_flatten(t) for t in _recorded_settings(state, preset, kind))
     unset = "(unset)"
+    # a pretrained text encoder brings its own vocabulary: text.vocab_size is not read (once presets set it)
+    unread = {"text.vocab_size"} if uses_pretrained_tokenizer(preset.text) else set()
     differ = [k for k in sorted(set(theirs) | set(ours)) if k.rsplit(".", 1)[-1] not in FREE_KEYS
-              and _plain(theirs.get(k, unset)) != _plain(ours.get(k, unset))]
+              and k not in unread and _plain(theirs.get(k, unset)) != _plain(ours.get(k, unset))]
     if not differ:
         return
     shown = [f"{k} {theirs.get(k, unset)!r} → {ours.get(k, unset)!r}" for k in differ[:5]]
