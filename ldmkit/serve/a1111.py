@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import time
 from typing import Callable
 
@@ -38,12 +37,12 @@ from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
 from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image, png_bytes, white_mask
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import MAX_SEED, JobState, Settings
+from ldmkit.serve.schemas import JobState, Settings, random_seed
 
 
-def _checkpoint_error(name, model_name: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", "sd_model_checkpoint"], "type": "value_error",
-                                "msg": f"this server serves one model, {model_name!r}, not {name!r}"}])
+def _checkpoint_issue(loc: tuple, name, model_name: str) -> dict:
+    """The validation error of a request naming a checkpoint other than the one served."""
+    return {"loc": loc, "type": "value_error", "msg": f"this server serves one model, {model_name!r}, not {name!r}"}
 
 
 def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: str,
@@ -66,26 +65,27 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
                                   f"{request.batch_size} × {request.n_iter}"})
         checkpoint = request.override_settings.get("sd_model_checkpoint")
         if checkpoint is not None and checkpoint not in served:
-            errors.append({"loc": ("body", "override_settings", "sd_model_checkpoint"), "type": "value_error",
-                           "msg": f"this server serves one model, {model_name!r}, not {checkpoint!r}"})
+            errors.append(_checkpoint_issue(("body", "override_settings", "sd_model_checkpoint"), checkpoint,
+                                            model_name))
         if errors:
             raise RequestValidationError(errors)
         return sampler, width, height, notes
 
     def seed_of(request: Txt2ImgRequest) -> int:
-        return request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        return request.seed if request.seed >= 0 else random_seed()
 
     def answer(job: Job, request: Txt2ImgRequest, settings, notes: list[str], extra: dict) -> dict:
         s = settings
         n = s.num_images
+        sampler_name = request.sampler_name or sampler_names(limits)[0]
         infotext = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: {s.steps}, Sampler: "
-                    f"{request.sampler_name or sampler_names(limits)[0]}, CFG scale: {s.guidance}, Seed: {s.seed}, "
+                    f"{sampler_name}, CFG scale: {s.guidance}, Seed: {s.seed}, "
                     f"Size: {s.width}x{s.height}, Model: {model_name}, Version: ldmkit {__version__}")
         info = {
             "prompt": s.prompt, "all_prompts": [s.prompt] * n, "negative_prompt": s.negative_prompt,
             "all_negative_prompts": [s.negative_prompt] * n, "seed": s.seed, "all_seeds": [s.seed] * n,
             "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0, "width": s.width, "height": s.height,
-            "sampler_name": request.sampler_name or sampler_names(limits)[0], "cfg_scale": s.guidance,
+            "sampler_name": sampler_name, "cfg_scale": s.guidance,
             "steps": s.steps, "batch_size": request.batch_size, "sd_model_name": model_name,
             "denoising_strength": getattr(s, "strength", None), "index_of_first_image": 0,
             "infotexts": [infotext] * n, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
@@ -194,7 +194,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         under ``not_honoured``. Another checkpoint is a 422 (one model per server)."""
         name = options.get("sd_model_checkpoint")
         if name is not None and name not in served:
-            raise _checkpoint_error(name, model_name)
+            raise HTTPException(422, [_checkpoint_issue(("body", "sd_model_checkpoint"), name, model_name)])
         return {"not_honoured": sorted(k for k in options if k != "sd_model_checkpoint")}
 
     @app.get("/sdapi/v1/scripts", tags=["automatic1111"])

@@ -9,14 +9,13 @@ is defined for. The field names are `ldmkit edit`'s options.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
 
 from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, JobState
+from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, JobState, random_seed
 
 MODES = ("replace", "refine", "reweight")  # ldmkit.diffusion.prompt_to_prompt.MODES, without importing torch
 MAX_EDIT_IMAGES = MAX_IMAGES // 2  # pairs: the batch holds a source and an edit for each, MAX_IMAGES in all
@@ -58,7 +57,7 @@ class EditRequest(BaseModel):
 
     def resolve(self) -> "EditSettings":
         """Fill in the seed, so that the settings reproduce the images."""
-        seed = self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        seed = self.seed if self.seed is not None else random_seed()
         return EditSettings(**self.model_dump(exclude={"seed"}), seed=seed)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import time
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -30,7 +29,7 @@ from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.multipart_form import FormError, parse_form
-from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, Settings
+from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, Settings, random_seed
 
 PREFIX = "/v1/images"
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -139,9 +138,9 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
         steps, guidance 4, a random seed reported under ``ldmkit``)."""
         check_model(request.model)
         width, height = size_of(request.size)
-        settings = Settings(prompt=request.prompt, negative_prompt="", steps=limits.default_steps, guidance=4.0,
-                            binding=0.0, cache_interval=1, sampler=limits.samplers[0],
-                            seed=secrets.randbelow(MAX_SEED + 1), num_images=request.n or 1, width=width,
+        settings = Settings(prompt=request.prompt, negative_prompt="", steps=limits.default_steps,
+                            guidance=DEFAULT_GUIDANCE, binding=0.0, cache_interval=1, sampler=limits.samplers[0],
+                            seed=random_seed(), num_images=request.n or 1, width=width,
                             height=height)
         job = submit(queue, settings)
         return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
@@ -187,8 +186,8 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
             raise OpenAIError(400, f"size {request.size!r} differs from the image's {image.size[0]}x{image.size[1]}; "
                                    f"edits keep the image's size", "size", "invalid_value")
         settings = ImageSettings(mode="inpaint", prompt=request.prompt, negative_prompt="",
-                                 steps=limits.default_steps, guidance=4.0, sampler=limits.samplers[0],
-                                 seed=secrets.randbelow(MAX_SEED + 1), num_images=request.n or 1, strength=1.0,
+                                 steps=limits.default_steps, guidance=DEFAULT_GUIDANCE, sampler=limits.samplers[0],
+                                 seed=random_seed(), num_images=request.n or 1, strength=1.0,
                                  width=image.size[0], height=image.size[1], image=png_bytes(image.convert("RGB")),
                                  mask=png_bytes(mask))
         job = submit(queue, settings)

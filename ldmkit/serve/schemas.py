@@ -21,6 +21,12 @@ MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_CACHE_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
+DEFAULT_GUIDANCE = 4.0  # the guidance scale of a request that gives none (the shapes models' setting)
+
+
+def random_seed() -> int:
+    """A seed drawn for a request that gave none: uniform over 0 … `MAX_SEED`."""
+    return secrets.randbelow(MAX_SEED + 1)
 
 SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers
 
@@ -35,7 +41,7 @@ class GenerateRequest(BaseModel):
                                        description="the prompt guidance steers away from (empty: unconditional)")
     steps: StrictInt | None = Field(None, ge=1, le=MAX_STEPS,
                                     description="sampler steps; null: the model's default (GET /v1/models)")
-    guidance: StrictFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
+    guidance: StrictFloat = Field(DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                   description="classifier-free guidance scale s")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
                                  description="attribute-binding guidance λ (docs/binding.md; 0.3 for the shipped "
@@ -64,7 +70,7 @@ class GenerateRequest(BaseModel):
             steps=self.steps if self.steps is not None else limits.default_steps,
             guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval,
             sampler=self.sampler or limits.samplers[0],
-            seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
         )
