@@ -33,3 +33,28 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and bf16_pays(device))
+
+
+AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d)
+
+
+def store_for_autocast(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store in ``dtype`` the weights and biases of the layers that ``torch.autocast(dtype=dtype)`` runs in
+    ``dtype`` (linear layers and convolutions, `AUTOCAST_LAYERS`); returns how many layers changed.
+
+    Under that autocast no output changes by a bit: autocast casts these tensors to ``dtype`` at every
+    call anyway (it caches casts only of tensors that require gradients, which inference weights do not).
+    Stored so, the cast happens once instead of once per call, and their memory halves. Outside autocast
+    such a layer then needs ``dtype`` inputs. Normalisation layers and embeddings keep their dtype. A
+    network that ``module`` holds outside its module tree (the frozen MiniLM) is reached through its
+    ``frozen_network()``.
+    """
+    changed = 0
+    for m in module.modules():
+        if isinstance(m, AUTOCAST_LAYERS) and m.weight.dtype != dtype:
+            m.to(dtype)
+            changed += 1
+        hidden = getattr(m, "frozen_network", None)
+        if callable(hidden):
+            changed += store_for_autocast(hidden(), dtype)
+    return changed

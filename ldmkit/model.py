@@ -27,6 +27,7 @@ from ldmkit.config import ModelConfig
 from ldmkit.convert import detect_format, read_checkpoint
 from ldmkit.convert.checkpoint import with_prediction
 from ldmkit.convert.meta import assign_weights, empty_parameters
+from ldmkit.device import store_for_autocast
 from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
@@ -67,6 +68,7 @@ class LatentDiffusion(nn.Module):
         )
         self.unet = UNet(config.unet)
         self.schedule: NoiseSchedule = make_schedule(config.diffusion)
+        self.autocast_dtype: torch.dtype | None = None  # set by `store_for_autocast`
 
     @property
     def latent_factor(self) -> int:
@@ -136,6 +138,17 @@ class LatentDiffusion(nn.Module):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z_0 / scale_factor), clamped to [-1, 1]."""
         return self.autoencoder.decode(latents / self.autoencoder.scale_factor).clamp(-1, 1)
+
+    def store_for_autocast(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        """Keep the linear and convolution weights of the UNet, τθ and the decoder D in ``dtype``
+        (`ldmkit.device.store_for_autocast`), for a model that from now on runs them only under autocast to
+        ``dtype`` (a bf16 pipeline): the same outputs bit for bit, without casting the weights at every call.
+        The encoder E stays float32 (images are encoded outside autocast). Sets ``autocast_dtype``."""
+        parts = (self.unet, self.text_encoder, self.autoencoder.decoder, self.autoencoder.post_quant_conv)
+        for part in parts:
+            if part is not None:
+                store_for_autocast(part, dtype)
+        self.autocast_dtype = dtype
 
     # ---------------------------------------------------------------------------------------------
     # folders

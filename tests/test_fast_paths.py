@@ -79,3 +79,42 @@ def test_generate_cli_takes_precision_and_guidance_stop(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "a red circle", "--model", str(tiny), "--out", str(out), "--guidance-stop", "1"])
     assert e.value.code == 2 and "in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_bf16_pipeline_stores_its_weights_in_bf16_with_the_same_images(tiny):
+    """from_folder with precision bf16 keeps the UNet's, τθ's and the decoder's linear and convolution
+    weights in bf16 (what autocast would cast them to at every call): bit for bit the same images as a
+    bf16 pipeline over the float32 weights, through the plain, feature-reuse and image-to-image paths."""
+    from ldmkit.pipelines import ImageToImagePipeline, TextToImagePipeline
+
+    stored = load_pipeline(tiny, precision="bf16")
+    model = stored.model
+    assert model.autocast_dtype == torch.bfloat16
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert model.autoencoder.decoder.conv_in.weight.dtype == torch.bfloat16
+    assert model.autoencoder.encoder.conv_in.weight.dtype == torch.float32  # E runs outside autocast
+    norms = [m for m in model.unet.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    cast = TextToImagePipeline(LatentDiffusion.load(tiny), precision="bf16")  # float32 weights, cast per call
+    assert cast.model.unet.conv_in.weight.dtype == torch.float32
+    cast.model.autoencoder.to(memory_format=torch.channels_last)  # the decoder layout from_folder chooses
+    cast.nhwc = stored.nhwc
+    for kwargs in ({}, {"cache_interval": 2}):
+        a = stored.generate_tensors("a red circle", steps=3, guidance=3.0, seed=0, **kwargs)
+        b = cast.generate_tensors("a red circle", steps=3, guidance=3.0, seed=0, **kwargs)
+        assert torch.equal(a, b)
+    source = a[:1]
+    derived = [ImageToImagePipeline(m, precision="bf16") for m in (model, cast.model)]
+    for pipe in derived:
+        pipe.nhwc = stored.nhwc
+    a, b = (pipe.generate_tensors(source, "a blue square", strength=0.6, steps=3, seed=1) for pipe in derived)
+    assert torch.equal(a, b)
+
+
+def test_a_model_stored_in_bf16_refuses_an_fp32_pipeline(tiny):
+    from ldmkit.pipelines import TextToImagePipeline
+
+    model = load_pipeline(tiny, precision="bf16").model
+    with pytest.raises(ValueError, match="stored in bf16 .* give precision 'bf16'"):
+        TextToImagePipeline(model)
+    assert load_pipeline(tiny).model.autocast_dtype is None  # fp32 pipelines keep float32 weights

@@ -166,3 +166,20 @@ def test_words_never_in_the_captions_land_near_their_synonyms(encoder):
     cos = torch.nn.functional.cosine_similarity
     assert cos(crimson, red, dim=0) > cos(crimson, blue, dim=0)
     assert cos(scarlet, red, dim=0) > cos(scarlet, blue, dim=0)
+
+
+def test_stored_in_bf16_minilm_gives_the_same_context_under_autocast(config):
+    """`store_for_autocast` reaches MiniLM, which is outside the module tree: its linear layers go to bf16
+    and the context under bf16 autocast stays the same bit for bit."""
+    from ldmkit.device import store_for_autocast
+    from ldmkit.text.minilm import MiniLMTextEncoder, WordPieceTokenizer
+
+    ids, mask = WordPieceTokenizer.from_package(config.text.max_length)(SENTENCES)
+    encoder = MiniLMTextEncoder(config.text)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = encoder(ids, mask)
+        assert store_for_autocast(encoder) == 36  # 6 layers × (q, k, v, attention out, two MLP layers)
+        after = encoder(ids, mask)
+    assert encoder.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert encoder.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert torch.equal(before, after)

@@ -33,7 +33,8 @@ class Pipeline:
     def __init__(self, model: LatentDiffusion, device: str | torch.device = "cpu", precision: str = "fp32"):
         """``precision``: fp32; bf16 (the UNet, the text encoder and the decoder under bf16 autocast, their
         outputs taken as float32; the sampler's state and the guidance combination stay float32); or auto
-        (bf16 where it runs faster, `bf16_pays`)."""
+        (bf16 where it runs faster, `bf16_pays`). A model whose weights `from_folder` stored in bf16
+        (`LatentDiffusion.store_for_autocast`) takes bf16 only."""
         kind = model.config.condition.kind
         if kind not in self.kinds:
             wanted = self.kinds[0]
@@ -42,9 +43,14 @@ class Pipeline:
                 f"this is a {kind!r} model (condition.kind); {type(self).__name__} needs a {wanted!r} model, "
                 f"as `ldmkit train --preset {preset}` trains"
             )
-        self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.bf16 = use_bf16(precision, self.device)
+        if model.autocast_dtype is not None and not self.bf16:
+            raise UsageError(
+                f"precision {precision!r}: this model's weights are stored in bf16 for a bf16 pipeline "
+                "(LatentDiffusion.store_for_autocast); give precision 'bf16', or load the model again for fp32"
+            )
+        self.model = model.to(device).eval()
         self.nhwc = False  # the autoencoder in channels-last layout (`from_folder` on a CPU)
 
     @classmethod
@@ -55,6 +61,8 @@ class Pipeline:
         if pipe.device.type == "cpu":  # oneDNN runs the decoder's convolutions ~1.3-1.6x faster in NHWC
             pipe.model.autoencoder.to(memory_format=torch.channels_last)
             pipe.nhwc = True
+        if pipe.bf16:  # the pipeline owns this model: weights cast once, not at every call (bit-identical)
+            pipe.model.store_for_autocast(torch.bfloat16)
         return pipe
 
     # ---------------------------------------------------------------------------------------------
@@ -92,6 +100,15 @@ class Pipeline:
     def _autocast(self):
         """bf16 autocast on the device where the pipeline runs in bf16, else nothing."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
+    def precision(self) -> str:
+        """"bf16" or "fp32": what this pipeline runs in (a pipeline sharing its model needs the same)."""
+        return "bf16" if self.bf16 else "fp32"
+
+    def unet_fn(self) -> Callable:
+        """εθ(z_t, t, context): the UNet, under bf16 autocast in a bf16 pipeline."""
+        return _in_bf16(self.model.unet, self.device) if self.bf16 else self.model.unet
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """τθ(y) of each prompt (`LatentDiffusion.encode_prompts`), float32, in the pipeline's precision."""

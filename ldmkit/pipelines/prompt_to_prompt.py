@@ -30,7 +30,7 @@ from ldmkit.diffusion.prompt_to_prompt import (
     parse_weights,
 )
 from ldmkit.errors import UsageError
-from ldmkit.pipelines.base import ImageInput, Pipeline, _in_bf16
+from ldmkit.pipelines.base import ImageInput, Pipeline
 
 LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
 
@@ -177,11 +177,11 @@ class PromptToPromptPipeline(Pipeline):
         else:
             shape = (len(sources), model.config.unet.out_channels, *latent_hw)
             z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        context = model.encode_prompts(sources + [parse_weights(t)[0] for t in targets])
+        context = self.encode(sources + [parse_weights(t)[0] for t in targets])
         null_contexts = None if inversion is None or inversion.null_contexts is None else inversion.null_contexts
         z_0 = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress, callback,
                                latents_callback)
-        images = model.decode_latents(z_0).float().cpu()
+        images = self.decode(z_0)
         return images[: len(sources)], images[len(sources):]
 
     def sample_edit(self, z_T: torch.Tensor, context: torch.Tensor, control: AttentionController, steps: int,
@@ -191,8 +191,8 @@ class PromptToPromptPipeline(Pipeline):
         """z_0 of the [source; edited] batch (``context`` 2n×L×d) from z_T (n rows) under ``control``, with
         local blend after every step; ``null_contexts`` [steps, n, L, d] replaces τθ("") step by step."""
         model = self.model
-        unet = _in_bf16(model.unet, self.device) if self.bf16 else model.unet
-        null = model.null_context("")
+        unet = self.unet_fn()
+        null = self.encode_null("")
         z = torch.cat([z_T, z_T]).float()
         with controlling(model.unet, control), tqdm(total=steps, desc="editing", leave=False,
                                                      disable=not progress) as bar:
@@ -233,15 +233,15 @@ class PromptToPromptPipeline(Pipeline):
         prompts = [prompt] * images.shape[0] if isinstance(prompt, str) else list(prompt)
         if len(prompts) != images.shape[0]:
             raise UsageError(f"{len(prompts)} prompts for {images.shape[0]} images; give one per image")
-        context = model.encode_prompts([parse_weights(p)[0] for p in prompts])
+        context = self.encode([parse_weights(p)[0] for p in prompts])
         z_0 = model.encode_images(images)
         prediction = model.config.diffusion.prediction
-        path = ddim_inversion(model.unet, z_0, context, model.schedule, steps, prediction, spacing)
+        path = ddim_inversion(self.unet_fn(), z_0, context, model.schedule, steps, prediction, spacing)
         if not null_text:
             return Inversion(path[0], None, steps, guidance, spacing)
         with tqdm(total=steps, desc="null-text inversion", leave=False, disable=not progress) as bar, \
                 _frozen(model.unet):
-            nulls = null_text_optimization(model.unet, path, context, model.null_context(""), model.schedule,
+            nulls = null_text_optimization(self.unet_fn(), path, context, self.encode_null(""), model.schedule,
                                            guidance, prediction, spacing, inner_steps=inner_steps,
                                            callback=lambda i, n: bar.update(1))
         return Inversion(path[0], nulls, steps, guidance, spacing)

@@ -52,8 +52,7 @@ def edit_pipeline_for(pipeline) -> tuple[object | None, str | None]:
                       "Prompt-to-Prompt samples with DDIM: serve its teacher to edit")
     from ldmkit.pipelines.prompt_to_prompt import PromptToPromptPipeline
 
-    edit = PromptToPromptPipeline(model, pipeline.device)
-    edit.bf16 = getattr(pipeline, "bf16", False)
+    edit = PromptToPromptPipeline(model, pipeline.device, precision=getattr(pipeline, "precision", "fp32"))
     return edit, None
 
 

@@ -137,6 +137,6 @@ def image_pipelines_for(pipeline, inpaint_pipeline=None) -> tuple[object | None,
     model = getattr(pipeline, "model", None)
     img2img = None
     if model is not None and model.config.condition.kind == "text" and not getattr(pipeline, "is_student", False):
-        img2img = ImageToImagePipeline(model, pipeline.device)
-        img2img.bf16 = getattr(pipeline, "bf16", False)
+        img2img = ImageToImagePipeline(model, pipeline.device, precision=getattr(pipeline, "precision", "fp32"))
     return img2img, inpaint_pipeline
+

@@ -114,6 +114,10 @@ class MiniLMTextEncoder(nn.Module):
             nn.init.zeros_(block.fc2.weight)
             nn.init.zeros_(block.fc2.bias)
 
+    def frozen_network(self) -> nn.Module:
+        """MiniLM itself, which is outside the module tree (see the class docstring)."""
+        return self.bert
+
     def _apply(self, fn, recurse: bool = True):
         self.bert._apply(fn, recurse)
         return super()._apply(fn, recurse)
