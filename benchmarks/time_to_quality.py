@@ -44,7 +44,9 @@ counted with forward hooks: full ones (the middle block ran) and shallow ones (t
 GFLOP / image by ``torch.utils.flop_counter`` on the same run (matmuls, convolutions, attention: the UNet's,
 and the text encoder's and decoder's for the shipped model).
 Precision: ldmkit rows run with ``--precision`` (default auto: bf16 where `ldmkit.device.bf16_pays`,
-else fp32), diffusers in its probed best setting; the table says which each took and why.
+else fp32; in bf16 with the weights stored in bf16 as a bf16 pipeline keeps them,
+`LatentDiffusion.store_for_autocast`), diffusers in its probed best setting; the table says which each took
+and why.
 
 ``--results FILE`` writes the markdown (machine, command, tables) to FILE.
 """
@@ -276,20 +278,20 @@ class DiffusersShapes:
     `generate_for_prompts`: ``generate_tensors(prompts, steps, guidance, seed, …)`` → images in [-1, 1].
     z_T is drawn as ldmkit's pipelines draw it (a CPU generator seeded with ``seed``)."""
 
-    def __init__(self, model, pipe, setting: str, sampler: str):
-        self.model, self.pipe, self.setting, self.sampler = model, pipe, setting, sampler
+    def __init__(self, ldmkit_pipe, pipe, setting: str, sampler: str):
+        self.ldmkit_pipe, self.pipe, self.setting, self.sampler = ldmkit_pipe, pipe, setting, sampler
 
     @torch.inference_mode()
     def generate_tensors(self, prompts: list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
                          num_images: int = 1, **_) -> torch.Tensor:
         prompts = [p for p in prompts for _ in range(num_images)]
-        model = self.model
-        context = model.encode_prompts(prompts)
+        ours, model = self.ldmkit_pipe, self.ldmkit_pipe.model
+        context = ours.encode(prompts)  # ldmkit's encoder and decoder, in the ldmkit rows' precision
         size = model.config.image_size // model.autoencoder.downsample_factor
         shape = (len(prompts), model.config.unet.out_channels, size, size)
         z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        z_0 = diffusers_latents(self.pipe, self.setting, z_T, context, model.null_context(""), guidance, steps)
-        return model.decode_latents(z_0).float().cpu()
+        z_0 = diffusers_latents(self.pipe, self.setting, z_T, context, ours.encode_null(""), guidance, steps)
+        return ours.decode(z_0)
 
 
 def shipped(args, peaks) -> dict:
@@ -300,9 +302,12 @@ def shipped(args, peaks) -> dict:
     from ldmkit.eval.features import ShapesFeatures
     from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
     from ldmkit.eval.heldout import heldout_shapes
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.pretrained import resolve_model
 
-    pipe = ldmkit.load_pipeline(precision=args.precision)
+    pipe = ldmkit.load_pipeline(precision=args.precision)  # a bf16 pipeline stores its weights in bf16
     model = pipe.model
+    fp32_unet = LatentDiffusion.load(resolve_model(None)).unet  # float32 weights: diffusers' copy, and parity
     cfg = model.config
     steps, batch, guidance = args.steps or 25, args.batch or 8, 4.0
     latent = cfg.image_size // model.autoencoder.downsample_factor
@@ -313,14 +318,14 @@ def shipped(args, peaks) -> dict:
     bf16, ldm_note = precision_note(args.precision)
 
     # diffusers' UNet on the shipped weights, converted by ldmkit's own key rules
-    state = {f"unet.{k}": v.float() for k, v in model.unet.state_dict().items()}
+    state = {f"unet.{k}": v for k, v in fp32_unet.state_dict().items()}
     converted = apply_to_other(unet_rules(cfg.unet, list(state), "diffusers"), state, "UNet → diffusers")
     weights = {k.removeprefix("unet/"): v for k, v in converted.items()}
     unet_config = diffusers_configs(bench)["unet"]
     prompts = heldout_shapes(batch, cfg.image_size, start=10**7).captions  # timing prompts, apart from the scored ones
     with torch.inference_mode():
-        context = model.encode_prompts(prompts)
-        null = model.null_context("").expand_as(context)
+        context = pipe.encode(prompts)
+        null = pipe.encode_null("").expand_as(context)
     g = torch.Generator().manual_seed(INPUT_SEED)
     z = torch.randn(2 * batch, cfg.unet.in_channels, latent, latent, generator=g)
     t = torch.full((2 * batch,), 500)
@@ -330,7 +335,8 @@ def shipped(args, peaks) -> dict:
     dif_unet = build_unet(unet_config, weights)
     apply_diffusers_setting(dif_unet, best)
     with torch.no_grad():
-        parity = (dif_unet(z, t, encoder_hidden_states=both).sample - model.unet(z, t, both)).abs().max().item()
+        parity = (dif_unet(z, t, encoder_hidden_states=both).sample - fp32_unet(z, t, both)).abs().max().item()
+    del fp32_unet
 
     ldm_counter = EvaluationCounter(model.unet.conv_in, model.unet.middle)
     dif_counter = EvaluationCounter(dif_unet)
@@ -351,7 +357,7 @@ def shipped(args, peaks) -> dict:
     rows.append(ldmkit_row("ldmkit plain, text K/V at every step", 1, kv=False))
     rows += [ldmkit_row(f"ldmkit feature reuse, N = {n}", n) for n in args.intervals]
     for sampler in args.diffusers_samplers:
-        adapter = DiffusersShapes(model, diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, cfg.diffusion)),
+        adapter = DiffusersShapes(pipe, diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, cfg.diffusion)),
                                   best, sampler)
         rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
                         lambda r, a=adapter: a.generate_tensors(prompts, steps, guidance, seed=r), adapter))
@@ -422,6 +428,7 @@ def _patched(module, name: str, value):
 
 
 def sd_small(args, peaks) -> dict:
+    from ldmkit.device import store_for_autocast
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
     from ldmkit.nn.feature_cache import FeatureCache
     from ldmkit.nn.kv_cache import cached_text_kv
@@ -436,13 +443,15 @@ def sd_small(args, peaks) -> dict:
     weights = make_weights(bench, autoencoder=False)
     unet = UNet(bench.unet).eval().requires_grad_(False)
     unet.load_state_dict(weights["ldmkit_unet"], strict=True)
+    bf16, ldm_note = precision_note(args.precision)
+    if bf16:  # as a bf16 pipeline loaded from a folder keeps them (`LatentDiffusion.store_for_autocast`)
+        store_for_autocast(unet, torch.bfloat16)
     g = torch.Generator().manual_seed(INPUT_SEED)
     c, h, d = bench.unet.in_channels, bench.latent_size, bench.unet.context_dim
     z_T = torch.randn(batch, c, h, h, generator=g)
     context = torch.randn(batch, bench.context_length, d, generator=g)
     null = torch.randn(1, bench.context_length, d, generator=g)
     schedule = make_schedule(bench.diffusion)
-    bf16, ldm_note = precision_note(args.precision)
 
     unet_config = diffusers_configs(bench)["unet"]
     both = torch.cat([null.expand_as(context), context])
