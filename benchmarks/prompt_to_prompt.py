@@ -11,11 +11,13 @@ only in the size swap and the position change):
 - size swap (replace): one object goes small ↔ large;
 - position change (refine): "a small red circle" → "a small red circle on the left" (words added).
 
-Each generated edit starts from the first of ``--candidates`` starting noises (default 4) whose source image
-the judge finds right, as one edits an image one likes (the first noise when none is; the table also gives
-success among the edits whose source is right). Each edit is run twice from that z_T: Prompt-to-Prompt (the source's attention for the first
-``--cross-replace`` / ``--self-replace`` of the steps, local blend on the edited object's shape words) and
-the plain baseline (the target prompt sampled with the same seed, no control). Measured, for both:
+Each generated edit starts from the first starting noise whose source image the judge finds right, as one
+edits an image one likes: ``--candidates`` noises at a time, in up to ``--rounds`` rounds for the edits still
+without one (the first noise when none is; the table also gives success among the edits whose source is
+right). Each edit is run twice from that z_T: Prompt-to-Prompt (the source's attention for the first
+``--cross-replace`` / ``--self-replace`` of the steps, local blend on the edited object's shape words with
+``--blend-threshold``; each a number, or a default then per-kind values: ``0.8,shape=0.4``) and the plain
+baseline (the target prompt sampled with the same seed, no control). Measured, for both:
 
 - success: the shapes judge (`AttributePredictor`) finds every attribute of the target prompt in the edit;
   also among the edits whose source image the judge finds right (an edit inherits a wrong source's layout);
@@ -176,6 +178,27 @@ def measure(edit: Edit, source: torch.Tensor, edited: torch.Tensor, source_scene
     tally.psnr.append(psnr_outside(source, edited, region))
 
 
+def per_kind(text: str) -> dict[str | None, float]:
+    """"0.8" (every kind) or "0.8,shape=0.4" (a default, then values for some kinds) → {kind or None: value}."""
+    values: dict[str | None, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, value = part.rpartition("=")
+        if kind and kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"{kind!r} is not a kind of edit; allowed: {', '.join(KINDS)}")
+        values[kind or None] = float(value)
+    if None not in values:
+        raise argparse.ArgumentTypeError(f"{text!r} gives no default value (a number before the kind=value pairs)")
+    return values
+
+
+def setting(values: dict[str | None, float], kind: str) -> float:
+    return values.get(kind, values[None])
+
+
+def describe(values: dict[str | None, float]) -> str:
+    return ", ".join([f"{values[None]:g}"] + [f"{k} {v:g}" for k, v in values.items() if k is not None])
+
+
 def mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -193,42 +216,74 @@ def number(value: float, digits: int = 3) -> str:
 # runs
 
 
+def choose_sources(pipe: PromptToPromptPipeline, plain: TextToImagePipeline, judge: AttributePredictor,
+                   batch: list[Edit], args, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_T, its source image) per edit: the first starting noise whose source image the judge finds right, as
+    one edits an image one likes. Noises are drawn ``args.candidates`` per edit at a time, in up to
+    ``args.rounds`` rounds, each round for the edits still without a right source only (round r: seed
+    ``seed + 100003 r``, z_T as `TextToImagePipeline` draws it); the first noise where none is right."""
+    k, n = args.candidates, len(batch)
+    found: list = [None] * n
+    first: list = [None] * n
+    pending = list(range(n))
+    for r in range(args.rounds):
+        if not pending:
+            break
+        round_seed = seed + 100003 * r
+        images = plain.generate_tensors([batch[i].source for i in pending], steps=args.steps,
+                                        guidance=args.guidance, seed=round_seed, num_images=k)
+        f = pipe.model.autoencoder.downsample_factor
+        shape = (len(pending) * k, pipe.model.config.unet.out_channels, images.shape[-2] // f, images.shape[-1] // f)
+        noises = torch.randn(shape, generator=torch.Generator().manual_seed(round_seed))
+        scenes = judge(images)
+        still = []
+        for j, i in enumerate(pending):
+            if first[i] is None:
+                first[i] = (noises[j * k], images[j * k])
+            rights = [c for c in range(k) if scenes[j * k + c] is not None
+                      and prompt_matches_scene(parse_prompt(batch[i].source), scenes[j * k + c])]
+            if rights:
+                found[i] = (noises[j * k + rights[0]], images[j * k + rights[0]])
+            else:
+                still.append(i)
+        pending = still
+    picks = [f if f is not None else d for f, d in zip(found, first)]
+    return torch.stack([p[0] for p in picks]), torch.stack([p[1] for p in picks])
+
+
 def run_generated(pipe: PromptToPromptPipeline, plain: TextToImagePipeline, judge: AttributePredictor,
                   edits: list[Edit], args, tallies: dict, examples: list, seconds: dict) -> None:
-    """Each edit starts from the first of ``args.candidates`` starting noises whose source image the judge finds
-    right (the first noise if none is), as one edits an image one likes; P2P and the plain baseline share it."""
-    k = args.candidates
+    """Each edit starts from a source image the judge finds right where one is found (`choose_sources`);
+    Prompt-to-Prompt and the plain baseline share its z_T."""
     for start in range(0, len(edits), args.batch):
         batch = edits[start: start + args.batch]
-        n, kind, seed = len(batch), batch[0].kind, args.seed + start
-        t0 = time.perf_counter()
-        candidates = plain.generate_tensors([e.source for e in batch], steps=args.steps, guidance=args.guidance,
-                                            seed=seed, num_images=k)
-        f = pipe.model.autoencoder.downsample_factor  # z_T as TextToImagePipeline draws it for this seed
-        shape = (n * k, pipe.model.config.unet.out_channels, candidates.shape[-2] // f, candidates.shape[-1] // f)
-        noises = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        n, kind = len(batch), batch[0].kind
         t1 = time.perf_counter()
-        scenes = judge(candidates)
-        chosen = []
-        for i, e in enumerate(batch):
-            rights = [j for j in range(k) if scenes[i * k + j] is not None
-                      and prompt_matches_scene(parse_prompt(e.source), scenes[i * k + j])]
-            chosen.append(i * k + (rights[0] if rights else 0))
-        z_T = noises[chosen]
+        key = f"{kind}:{args.seed + start}:{args.candidates}x{args.rounds}:{args.precision}"
+        if args.source_cache is not None and f"{key}:z" in args.source_cache:
+            z_T, chosen_sources = args.source_cache[f"{key}:z"], args.source_cache[f"{key}:x"]
+        else:
+            z_T, chosen_sources = choose_sources(pipe, plain, judge, batch, args, args.seed + start)
+            if args.source_cache is not None:
+                args.source_cache.update({f"{key}:z": z_T, f"{key}:x": chosen_sources})
         t2 = time.perf_counter()
         source, edited = pipe.edit_tensors(
             [e.source for e in batch], [e.target for e in batch], mode=batch[0].mode,
-            cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace,
+            cross_replace_steps=setting(args.cross_replace, kind), self_replace_steps=setting(args.self_replace, kind),
             local_blend_words=None if args.no_blend else [e.blend for e in batch],
-            steps=args.steps, guidance=args.guidance, latents=z_T)
+            blend_threshold=setting(args.blend_threshold, kind), steps=args.steps, guidance=args.guidance,
+            latents=z_T)
         t3 = time.perf_counter()
-        baseline, _ = pipe.edit_tensors([e.target for e in batch], [e.target for e in batch],
-                                        cross_replace_steps=0.0, self_replace_steps=0.0, steps=args.steps,
-                                        guidance=args.guidance, latents=z_T)
+        if args.no_baseline:  # scored as the edit itself (tuning runs leave the baseline rows out)
+            baseline = edited
+        else:
+            baseline, _ = pipe.edit_tensors([e.target for e in batch], [e.target for e in batch],
+                                            cross_replace_steps=0.0, self_replace_steps=0.0, steps=args.steps,
+                                            guidance=args.guidance, latents=z_T)
         t4 = time.perf_counter()
         # the P2P source branch is the plain sample of the chosen noise (to float rounding)
-        assert (source - candidates[chosen]).abs().max() < 1e-3, "z_T of the candidates was not reproduced"
-        seconds["candidates"] += t1 - t0
+        assert (source - chosen_sources).abs().max() < 1e-3, "z_T of the candidates was not reproduced"
+        seconds["candidates"] += t2 - t1
         seconds["p2p"] += t3 - t2
         seconds["plain"] += t4 - t3
         seconds["edits"] += n
@@ -256,10 +311,12 @@ def run_real(pipe: PromptToPromptPipeline, judge: AttributePredictor, count: int
         t1 = time.perf_counter()
         seconds["inversion"] += t1 - t0
         seconds["real"] += len(batch)
-        source, edited = pipe.edit_tensors(
-            [e.source for e in batch], [e.target for e in batch], cross_replace_steps=args.cross_replace,
-            self_replace_steps=args.self_replace, local_blend_words=None if args.no_blend else [e.blend for e in batch],
-            image=inversion, steps=args.steps, guidance=args.guidance)
+        source, edited = pipe.edit_tensors(  # colour swaps: the colour swap's settings
+            [e.source for e in batch], [e.target for e in batch], cross_replace_steps=setting(args.cross_replace, "colour"),
+            self_replace_steps=setting(args.self_replace, "colour"),
+            local_blend_words=None if args.no_blend else [e.blend for e in batch],
+            blend_threshold=setting(args.blend_threshold, "colour"), image=inversion, steps=args.steps,
+            guidance=args.guidance)
         _, baseline = pipe.edit_tensors(
             [e.source for e in batch], [e.target for e in batch], cross_replace_steps=0.0, self_replace_steps=0.0,
             image=inversion, steps=args.steps, guidance=args.guidance)
@@ -278,14 +335,14 @@ def run_real(pipe: PromptToPromptPipeline, judge: AttributePredictor, count: int
 # report
 
 
-def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv) -> str:
+def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv, pipe_precision: str) -> str:
     header = ["edit", "method", "success", "success, source right", "unchanged object IoU", "edited object IoU",
               "PSNR outside (dB)", "attributes kept"]
     names = {"colour": "colour swap", "shape": "shape swap", "size": "size swap", "position": "position (refine)",
              "real": "colour swap, real renders"}
     rows = []
     for kind in [*KINDS, "real"]:
-        for method, label in (("p2p", "Prompt-to-Prompt"), ("plain", "plain re-prompt")):
+        for method, label in (("p2p", "Prompt-to-Prompt"), ("plain", "plain re-prompt"))[:1 if args.no_baseline else 2]:
             t = tallies.get((kind, method))
             if t is None or not t.success:
                 continue
@@ -294,12 +351,15 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv) -> str:
     lines = [
         "# Prompt-to-Prompt on the shipped shapes64 model",
         "",
-        f"DDIM {args.steps} steps, guidance {args.guidance:g}; Prompt-to-Prompt with cross-attention from the source "
-        f"for the first {args.cross_replace:g} and self-attention for the first {args.self_replace:g} of the steps"
-        + ("" if args.no_blend else ", local blend on the edited object's shape word(s) (threshold 0.3)")
-        + f"; the plain re-prompt is the target prompt from the same z_T. {args.count} edits per kind, each from the "
-        f"first of {args.candidates} starting noises whose source image the judge finds right (the first if none is) "
-        "(benchmarks/prompt_to_prompt.py's docstring defines each measure).",
+        f"DDIM {args.steps} steps, guidance {args.guidance:g}, {pipe_precision}; Prompt-to-Prompt with cross-attention "
+        f"from the source for the first {describe(args.cross_replace)} and self-attention for the first "
+        f"{describe(args.self_replace)} of the steps"
+        + ("" if args.no_blend else f", local blend on the edited object's shape word(s) (threshold "
+           f"{describe(args.blend_threshold)})")
+        + f"; real renders take the colour swap's settings; the plain re-prompt is the target prompt from the same "
+        f"z_T. {args.count} edits per kind, each from the first of up to {args.candidates * args.rounds} starting "
+        f"noises ({args.rounds} round(s) of {args.candidates}) whose source image the judge finds right (the first "
+        "if none is) (benchmarks/prompt_to_prompt.py's docstring defines each measure).",
         "",
         markdown_table(header, rows),
         "",
@@ -310,7 +370,7 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv) -> str:
                      f"{seconds['inversion'] / max(seconds['real'], 1):.1f} s per image to invert")
     if seconds["edits"]:
         lines.append(f"- time per edit: Prompt-to-Prompt {seconds['p2p'] / seconds['edits']:.2f} s (source and edit in one "
-                     f"batch), the {args.candidates} candidate sources {seconds['candidates'] / seconds['edits']:.2f} s, "
+                     f"batch), choosing its source {seconds['candidates'] / seconds['edits']:.2f} s, "
                      f"batches of {args.batch}, {torch.get_num_threads()} CPU thread(s)")
     lines += ["", f"![examples]({Path(args.figure).name})" if args.figure else "", "",
               "Figure: rows of source | plain re-prompt | Prompt-to-Prompt edit, two of each kind "
@@ -327,13 +387,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"the generated edits to run (default {','.join(KINDS)})")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--cross-replace", type=float, default=0.8)
-    parser.add_argument("--self-replace", type=float, default=0.4)
+    parser.add_argument("--cross-replace", type=per_kind, default=per_kind("0.8"),
+                        help="a fraction, or a default then kind=fraction pairs: 0.8,shape=0.4 (default 0.8)")
+    parser.add_argument("--self-replace", type=per_kind, default=per_kind("0.4"), help="as --cross-replace (default 0.4)")
+    parser.add_argument("--blend-threshold", type=per_kind, default=per_kind("0.3"),
+                        help="local blend's threshold, as --cross-replace (default 0.3)")
     parser.add_argument("--no-blend", action="store_true", help="Prompt-to-Prompt without local blend")
     parser.add_argument("--batch", type=int, default=8, help="edits per sampling batch")
     parser.add_argument("--candidates", type=int, default=4,
                         help="starting noises tried per generated edit; the first whose source the judge finds right "
-                             "is edited (default 4; 1: the seed's own)")
+                             "is edited, drawn per round (default 4; 1: the seed's own)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of --candidates noises for the edits still without a right source (default 1)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="the pipelines' precision (default fp32, as `ldmkit edit`)")
+    parser.add_argument("--source-cache", metavar="FILE",
+                        help="keep each batch's chosen z_T and source image in FILE (torch tensors) and reuse them in "
+                             "later runs with the same seed, kinds, --candidates, --rounds and --precision")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain re-prompt (tuning runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--results", help="write the results markdown here")
@@ -341,12 +412,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cache_file = args.source_cache
+    args.source_cache = None
+    if cache_file is not None:
+        args.source_cache = torch.load(cache_file, weights_only=True) if Path(cache_file).is_file() else {}
     if args.model is None:
         from ldmkit.pretrained import shipped_model
 
         args.model = shipped_model()
-    pipe = PromptToPromptPipeline.from_folder(args.model)
-    plain = TextToImagePipeline(pipe.model)
+    pipe = PromptToPromptPipeline.from_folder(args.model, precision=args.precision)
+    plain = TextToImagePipeline(pipe.model, precision=pipe.precision)
+    plain.nhwc = pipe.nhwc  # decode as the edit pipeline does
     judge = AttributePredictor()
     rng = random.Random(args.seed)
     tallies = {(k, m): Tally() for k in [*KINDS, "real"] for m in ("p2p", "plain")}
@@ -358,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         run_generated(pipe, plain, judge, [make_edit(kind, rng) for _ in range(args.count)], args, tallies, examples,
                       seconds)
+    if cache_file is not None:
+        torch.save(args.source_cache, cache_file)
     psnrs: list[float] = []
     real_count = args.count if args.real_count is None else args.real_count
     if real_count:
@@ -367,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         big = F.interpolate(torch.stack(rows), scale_factor=2, mode="nearest")
         save_grid(big, args.figure, nrow=3)
         print(f"wrote {args.figure}")
-    show_results(report(tallies, psnrs, args, seconds, argv), args.results)
+    show_results(report(tallies, psnrs, args, seconds, argv, pipe.precision), args.results)
     return 0
 
 
