@@ -281,8 +281,9 @@ def run_generated(pipe: PromptToPromptPipeline, plain: TextToImagePipeline, judg
                                             cross_replace_steps=0.0, self_replace_steps=0.0, steps=args.steps,
                                             guidance=args.guidance, latents=z_T)
         t4 = time.perf_counter()
-        # the P2P source branch is the plain sample of the chosen noise (to float rounding)
-        assert (source - chosen_sources).abs().max() < 1e-3, "z_T of the candidates was not reproduced"
+        # the P2P source branch is the plain sample of the chosen noise, to float rounding (which 25 steps can
+        # grow to a few thousandths at a pixel; another z_T would differ by ~1)
+        assert (source - chosen_sources).abs().max() < 0.05, "z_T of the candidates was not reproduced"
         seconds["candidates"] += t2 - t1
         seconds["p2p"] += t3 - t2
         seconds["plain"] += t4 - t3
