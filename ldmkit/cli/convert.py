@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ldmkit.cli.common import UsageError
 from ldmkit.cli.outputs import check_output_file, replacing_folder
 from ldmkit.convert import convert
+from ldmkit.convert.lora import load_lora, parse_lora_spec
+from ldmkit.model import LatentDiffusion
+from ldmkit.nn import lora
 
 FORMATS = ("ldmkit", "diffusers", "original")
 
 
 def cmd_convert(args) -> None:
-
-
-    if Path(args.out).resolve() == Path(args.input).resolve():
+    source = args.input
+    if Path(args.out).resolve() == Path(source).resolve():
         raise UsageError("--out must differ from the input")
+    out = None
     if args.to == "original":
         if not args.out.lower().endswith(".safetensors"):
             raise UsageError(f"--out {args.out}: an original-layout file is written as .safetensors")
         out = check_output_file(args.out)
         if out.exists() and not args.overwrite:
             raise UsageError(f"--out {out} already exists; choose another name or pass --overwrite to replace it")
-        ckpt = convert(args.input, args.to, out, ema=not args.no_ema, prediction=args.prediction)
-    else:
-        # Written into a new folder that replaces --out only when the conversion succeeded: never a
-        # half-written folder, never an old model's files mixed with the new one's.
-        with replacing_folder(args.out, overwrite=args.overwrite) as tmp:
-            ckpt = convert(args.input, args.to, tmp, ema=not args.no_ema, prediction=args.prediction)
-    print(f"read {args.input}: {ckpt.description}")
+    with tempfile.TemporaryDirectory(prefix="ldmkit-merge-") as merged:
+        if args.merge_lora:  # the LoRAs folded in first; the merged model is then converted as any folder
+            source = merge_loras(source, args.merge_lora, Path(merged), not args.no_ema, args.prediction)
+        if out is not None:
+            ckpt = convert(source, args.to, out, ema=not args.no_ema, prediction=args.prediction)
+        else:
+            # Written into a new folder that replaces --out only when the conversion succeeded: never a
+            # half-written folder, never an old model's files mixed with the new one's.
+            with replacing_folder(args.out, overwrite=args.overwrite) as tmp:
+                ckpt = convert(source, args.to, tmp, ema=not args.no_ema, prediction=args.prediction)
+    merged_note = f" with {len(args.merge_lora)} LoRA(s) merged" if args.merge_lora else ""
+    print(f"read {args.input}: {ckpt.description}{merged_note}")
     print(f"wrote {args.to} model to {args.out}")
+
+
+def merge_loras(model: str, specs: list[str], folder: Path, ema: bool, prediction: str | None) -> str:
+    """The model at ``model`` with each LoRA ``FILE[:SCALE]`` of ``specs`` folded into its weights
+    (W ← W + s (α/r) B A, `ldmkit.nn.lora.merge`), saved as an ldmkit folder in ``folder``."""
+    loaded = LatentDiffusion.load(model, ema=ema, prediction=prediction)
+    for spec in specs:
+        path, scale = parse_lora_spec(spec)
+        load_lora(loaded, path, scale)
+    lora.merge(loaded)
+    loaded.save(folder)
+    return str(folder)
 
 
 def add_parsers(sub) -> None:
@@ -41,4 +62,6 @@ def add_parsers(sub) -> None:
                                                             "whole, not merged)")
     p.add_argument("--no-ema", action="store_true", help="take a single file's training weights, not its EMA copy")
     p.add_argument("--prediction", choices=["epsilon", "v"], help="set what the model predicts (SD 2.x: v for 768-v)")
+    p.add_argument("--merge-lora", action="append", metavar="FILE[:SCALE]",
+                   help="fold this LoRA (at strength SCALE, default 1) into the weights before writing; repeatable")
     p.set_defaults(func=cmd_convert)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.nn.layers import group_norm
+from ldmkit.nn.lora import effective_weight
 
 
 class Attention(nn.Module):
@@ -51,8 +52,10 @@ class Attention(nn.Module):
         them fused inside `scaled_dot_product_attention` and never holds them)."""
         context = x if context is None else context
         b = x.shape[0]
-        q = F.linear(x.float(), self.to_q.weight.float(), None if self.to_q.bias is None else self.to_q.bias.float())
-        k = F.linear(context.float(), self.to_k.weight.float(),
+        # effective_weight: W, plus the LoRA adapters' ΔW on a layer that has them (ldmkit.nn.lora)
+        q = F.linear(x.float(), effective_weight(self.to_q).float(),
+                     None if self.to_q.bias is None else self.to_q.bias.float())
+        k = F.linear(context.float(), effective_weight(self.to_k).float(),
                      None if self.to_k.bias is None else self.to_k.bias.float())
         q = q.view(b, -1, self.heads, q.shape[-1] // self.heads).transpose(1, 2)
         k = k.view(b, -1, self.heads, k.shape[-1] // self.heads).transpose(1, 2)

@@ -125,7 +125,10 @@ class MiniLMTextEncoder(nn.Module):
     def forward(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None:
             mask = torch.ones_like(token_ids, dtype=torch.bool)
-        with torch.no_grad():
+        # No graph through the frozen network, unless a part of it is trained (textual inversion's new token
+        # vectors, `ldmkit.text.inversion`).
+        trained = torch.is_grad_enabled() and any(p.requires_grad for p in self.bert.parameters())
+        with torch.set_grad_enabled(trained):
             out = self.bert(
                 input_ids=token_ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(token_ids)
             ).last_hidden_state

@@ -1,0 +1,308 @@
+"""LoRA files: ldmkit's adapters (`ldmkit.nn.lora`) ↔ the layouts diffusers, peft and kohya-ss write.
+
+A LoRA file holds, for each adapted layer, A (``down``, [r, in]) and B (``up``, [out, r]), and the layer's
+alpha α somewhere; the layer computes W x + s (α / r) B A x. The layouts, and how each carries α:
+
+- **diffusers / peft** (what ``pipe.save_lora_weights`` writes and ``pipe.load_lora_weights`` reads):
+  ``unet.<diffusers module>.lora_A.weight`` / ``.lora_B.weight`` (``text_encoder.<module>…`` for CLIP);
+  α in the safetensors metadata ``lora_adapter_metadata`` (JSON ``{"unet.r": r, "unet.lora_alpha": α,
+  "unet.target_modules": […]}``), else α = r. Keys without the ``unet.`` prefix (peft's
+  ``get_peft_model_state_dict`` of a UNet) and the older ``….processor.to_q_lora.down.weight`` /
+  ``….lora.down.weight`` spellings are read too.
+- **kohya-ss** (sd-scripts, A1111, ComfyUI): ``lora_unet_<module with _ for .>.lora_down.weight`` /
+  ``.lora_up.weight`` / ``.alpha`` (a scalar per layer), the module named as in diffusers (SD 1/2) or as in
+  the original LDM UNet (``lora_unet_input_blocks_4_1_…``, SDXL-style); ``lora_te_…`` / ``lora_te1_…`` for the
+  text encoder.
+
+ldmkit writes the diffusers/peft layout by default (``layout="kohya"`` for the other), with the metadata
+above and ``ldmkit.rank`` / ``ldmkit.alpha``. Module names come from `ldmkit.convert.unet.unet_key`: the same
+rules that convert whole checkpoints, so a LoRA trained on an ldmkit model has the diffusers names of its
+layers, and one trained on Stable Diffusion elsewhere finds its layers in ldmkit's converted model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ldmkit.convert.unet import unet_key
+from ldmkit.errors import UsageError
+from ldmkit.nn import lora
+from ldmkit.storage import atomic_path, first_keys
+
+METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+LAYOUTS = ("diffusers", "kohya")
+_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"),
+          (".lora.down.weight", ".lora.up.weight"))
+_ATTN_PROC = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
+TEXT_KINDS = ("clip", "openclip")  # text encoders whose layers have diffusers names (transformers' CLIPTextModel)
+
+
+@dataclass
+class LoRAFile:
+    """A file's adapters by the file's module name: {name: (A [r, in], B [out, r], α)}, and its metadata."""
+
+    path: Path
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> set[int]:
+        return {a.shape[0] for a, _, _ in self.modules.values()}
+
+
+def _unet_names(model) -> dict[str, str]:
+    names = {}
+    for path, module in model.unet.named_modules():
+        if not lora.can_wrap(module):
+            continue
+        try:
+            orig, diff = unet_key(path + ".weight", model.config.unet)
+        except KeyError:  # a layer the other layouts have no name for (a student's guidance input)
+            continue
+        diff, orig = diff.removesuffix(".weight"), orig.removesuffix(".weight")
+        for name in ("unet." + diff, "lora_unet_" + diff.replace(".", "_"), "lora_unet_" + orig.replace(".", "_")):
+            names[name] = "unet." + path
+    return names
+
+
+def _text_names(model) -> dict[str, str]:
+    if model.text_encoder is None or model.config.text.kind not in TEXT_KINDS:
+        return {}
+    # diffusers names the layers as the installed transformers does: CLIPTextModel's "text_model.encoder…" in
+    # transformers 4, "encoder…" in 5 (ldmkit keeps "text_model." either way); both spellings are read, the
+    # installed one is written. kohya always writes transformers 4's.
+    v5 = not hasattr(model.text_encoder.transformer, "config")
+    names = {}
+    for path, module in model.text_encoder.named_modules():
+        if isinstance(module, nn.Linear) and path.startswith("transformer.text_model."):
+            diff = path.removeprefix("transformer.")
+            short = diff.removeprefix("text_model.")
+            spellings = ("text_encoder." + short, "text_encoder." + diff) if v5 else \
+                ("text_encoder." + diff, "text_encoder." + short)
+            for name in (*spellings, "lora_te_" + diff.replace(".", "_"), "lora_te1_" + diff.replace(".", "_")):
+                names[name] = "text_encoder." + path
+    return names
+
+
+def module_names(model) -> dict[str, str]:
+    """{a layer's name in a LoRA file (any layout above) → its path in ``model``, a `LatentDiffusion`}."""
+    return {**_unet_names(model), **_text_names(model)}
+
+
+def file_name(model, path: str, layout: str = "diffusers") -> str:
+    """The name layer ``path`` of ``model`` gets in a ``layout`` file."""
+    for name, target in module_names(model).items():
+        if target == path and (name.startswith(("lora_unet_", "lora_te_")) == (layout == "kohya")):
+            return name
+    raise ValueError(f"{path} has no {layout} LoRA name")
+
+
+def training_targets(model, text_encoder: bool = False) -> list[str]:
+    """The layers `ldmkit finetune --method lora` adapts: W_Q, W_K, W_V, W_out of every UNet attention layer,
+    and with ``text_encoder`` the q/k/v/out projections of a CLIP text encoder; paths in ``model``."""
+    paths = ["unet." + p for p in lora.attention_projections(model.unet)]
+    if text_encoder:
+        if model.config.text.kind not in TEXT_KINDS:
+            raise UsageError(f"text-encoder LoRA needs a CLIP text encoder; this model's is {model.config.text.kind!r}")
+        paths += [p for p in _text_names(model).values() if re.search(r"self_attn\.(q|k|v|out)_proj$", p)]
+    return list(dict.fromkeys(paths))
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise UsageError(f"LoRA file not found: {path}")
+    if path.suffix.lower() in (".pt", ".bin", ".ckpt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 — torch raises several types for foreign or damaged files
+            raise UsageError(f"{path} is not a readable LoRA file ({type(e).__name__})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UsageError(f"{path} is not a LoRA file: it does not hold a flat dict of tensors")
+        return state, {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable safetensors LoRA file ({str(e).splitlines()[0]})") from None
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    """(module, "down" | "up" | "alpha") of a LoRA key, or None."""
+    key = key.removeprefix("base_model.model.")
+    if m := _ATTN_PROC.fullmatch(key):
+        return f"{m[1]}.{m[2] if m[2] != 'to_out' else 'to_out.0'}", m[3]
+    for down, up in _PAIRS:
+        if key.endswith(down):
+            return key[: -len(down)], "down"
+        if key.endswith(up):
+            return key[: -len(up)], "up"
+    if key.endswith(".alpha"):
+        return key[: -len(".alpha")], "alpha"
+    return None
+
+
+def read_lora(path: str | Path) -> LoRAFile:
+    """The adapters of a LoRA file in any layout of the module docstring. UsageError (one line) for a file that
+    is not a LoRA, DoRA/LoCon/LoHa variants, an A whose rank differs from its B's, or ranks that differ from
+    what the metadata states (a rank mismatch)."""
+    path = Path(path)
+    tensors, metadata = _tensors(path)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    other = []
+    for key, tensor in tensors.items():
+        split = _split(key)
+        if split is None:
+            other.append(key)
+            continue
+        parts.setdefault(split[0], {})[split[1]] = tensor
+    if other:
+        kind = "DoRA" if any("dora_scale" in k or "magnitude" in k for k in other) else "LoRA"
+        raise UsageError(f"{path}: keys that are not {'plain LoRA' if kind == 'DoRA' else 'LoRA'} weights "
+                         f"({first_keys(other)}); ldmkit reads LoRA A/B (down/up) pairs with optional alphas")
+    if not parts:
+        raise UsageError(f"{path} holds no LoRA weights")
+    info = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    modules, broken = {}, []
+    for name, p in parts.items():
+        if "down" not in p or "up" not in p:
+            broken.append(name)
+            continue
+        a, b = p["down"], p["up"]
+        if a.ndim == 4 and a.shape[2:] != (1, 1):
+            raise UsageError(f"{path}: {name} is a LoRA on a {a.shape[2]}×{a.shape[3]} convolution (LoCon); "
+                             "ldmkit takes LoRA on linear layers and 1×1 convolutions")
+        a, b = a.reshape(a.shape[0], -1).float(), b.reshape(b.shape[0], -1).float()
+        if b.shape[1] != a.shape[0]:
+            raise UsageError(f"{path}: rank mismatch in {name}: A (down) has rank {a.shape[0]}, B (up) rank {b.shape[1]}")
+        prefix = "text_encoder" if name.startswith(("text_encoder.", "lora_te")) else "unet"
+        alpha = p["alpha"].item() if "alpha" in p else info.get(f"{prefix}.lora_alpha", a.shape[0])
+        modules[name] = (a, b, float(alpha))
+    if broken:
+        raise UsageError(f"{path}: LoRA layers without both A and B (down and up): {first_keys(broken)}")
+    file = LoRAFile(path, modules, metadata)
+    stated = {int(info[k]) for k in ("unet.r", "text_encoder.r") if k in info and not info.get(k[:-1] + "rank_pattern")}
+    if "ldmkit.rank" in metadata:
+        stated.add(int(metadata["ldmkit.rank"]))
+    if stated and file.ranks - stated:
+        raise UsageError(f"{path}: rank mismatch: the metadata states rank {', '.join(map(str, sorted(stated)))}, "
+                         f"the tensors have rank {', '.join(map(str, sorted(file.ranks)))}")
+    return file
+
+
+def _fit(model, file: LoRAFile) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """{path in model: (A, B, α)}, after checking that every layer of ``file`` is one of ``model``'s, of its shape."""
+    names = module_names(model)
+    fitted, unknown, wrong = {}, [], []
+    for name, (a, b, alpha) in file.modules.items():
+        target = names.get(name) or names.get("unet." + name)
+        if target is None:
+            unknown.append(name)
+            continue
+        layer = model.get_submodule(target)
+        in_f, out_f = (layer.in_features, layer.out_features) if isinstance(layer, nn.Linear) else \
+            (layer.in_channels, layer.out_channels)
+        if a.shape[1] != in_f or b.shape[0] != out_f:
+            wrong.append(f"{name} {in_f}→{out_f} here, {a.shape[1]}→{b.shape[0]} in the file")
+            continue
+        fitted[target] = (a, b, alpha)
+    if unknown or wrong:
+        what = f"{len(unknown)} of its {len(file.modules)} layers are not in this model ({first_keys(unknown)})" \
+            if unknown else f"layer shapes differ ({first_keys(wrong)})"
+        raise UsageError(f"{file.path} does not fit this model: {what}; is it a LoRA for another architecture?")
+    return fitted
+
+
+def _adapter_name(model, path: Path) -> str:
+    base = re.sub(r"\W", "_", path.stem) or "lora"
+    taken = set(lora.adapter_names(model))
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def load_lora(model, path: str | Path, scale: float = 1.0, adapter: str | None = None) -> str:
+    """Add the adapters of LoRA file ``path`` (any layout) to ``model`` (a `LatentDiffusion`) at strength ``scale``;
+    returns the adapter's name (``adapter``, or one made from the file name). Everything is checked before the
+    model changes: a file that does not fit leaves it as it was."""
+    file = read_lora(path)
+    fitted = _fit(model, file)
+    name = adapter or _adapter_name(model, Path(path))
+    if name in lora.adapter_names(model):
+        raise UsageError(f"a LoRA adapter named {name!r} is loaded already")
+    for target, (a, b, alpha) in fitted.items():
+        lora.wrap(model, target).add_adapter(name, a.shape[0], alpha, (a, b), scale)
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+def lora_state(model, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float, bool]]:
+    """{path: (A, B, α, is_conv)} of ``adapter`` on ``model``'s layers."""
+    return {path: (layer.lora_A[adapter].detach(), layer.lora_B[adapter].detach(), layer.alpha[adapter],
+                   isinstance(layer, nn.Conv2d))
+            for path, layer in lora.lora_layers(model).items() if adapter in layer.lora_A}
+
+
+def save_lora(model, path: str | Path, adapter: str = "default", layout: str = "diffusers",
+              metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write adapter ``adapter`` of ``model`` as a LoRA file in ``layout`` (atomically; see the module docstring)."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"LoRA layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    state = lora_state(model, adapter)
+    if not state:
+        raise ValueError(f"the model has no LoRA adapter {adapter!r}")
+    tensors, info = {}, {}
+    ranks = {a.shape[0] for a, _, _, _ in state.values()}
+    alphas = {alpha for _, _, alpha, _ in state.values()}
+    for layer_path, (a, b, alpha, conv) in state.items():
+        name = file_name(model, layer_path, layout)
+        if conv:  # peft and kohya store a 1×1 convolution's A, B as 1×1 kernels
+            a, b = a[:, :, None, None], b[:, :, None, None]
+        a, b = a.to(dtype).contiguous().cpu(), b.to(dtype).contiguous().cpu()
+        if layout == "kohya":
+            tensors |= {f"{name}.lora_down.weight": a, f"{name}.lora_up.weight": b,
+                        f"{name}.alpha": torch.tensor(alpha, dtype=dtype)}
+        else:
+            tensors |= {f"{name}.lora_A.weight": a, f"{name}.lora_B.weight": b}
+            part, _, module = name.partition(".")
+            entry = info.setdefault(part, {"r": a.shape[0], "lora_alpha": alpha, "target_modules": []})
+            entry["target_modules"].append(module)
+            if a.shape[0] != entry["r"] or alpha != entry["lora_alpha"]:
+                entry.setdefault("rank_pattern", {})[module] = a.shape[0]
+                entry.setdefault("alpha_pattern", {})[module] = alpha
+    meta = {"format": "pt", "ldmkit.layout": layout}
+    if len(ranks) == 1 and len(alphas) == 1:
+        meta |= {"ldmkit.rank": str(ranks.pop()), "ldmkit.alpha": f"{alphas.pop():g}"}
+    if info:
+        meta[METADATA_KEY] = json.dumps({f"{part}.{k}": v for part, entry in info.items() for k, v in entry.items()},
+                                        sort_keys=True)
+    meta |= metadata or {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """``FILE[:SCALE]`` → (file, scale); a trailing ``:number`` is the scale (default 1)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0

@@ -1,0 +1,65 @@
+"""LoRA adapters and textual-inversion embeddings on a pipeline's model, in diffusers' method names:
+
+    pipe = ldmkit.load_pipeline("sd.safetensors")
+    pipe.load_lora_weights("style.safetensors", scale=0.8)      # diffusers/peft or kohya layout
+    pipe.load_textual_inversion("hexagon.safetensors", token="<hexagon>")
+    pipe.set_adapters(["style"], [0.5]);  pipe.fuse_lora();  pipe.unload_lora_weights()
+
+The UNet (and a CLIP text encoder) then compute W x + Σ s (α/r) B A x in each adapted layer
+(`ldmkit.nn.lora`); the files are read as `ldmkit.convert.lora` and `ldmkit.text.inversion` describe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ldmkit.convert.lora import load_lora, parse_lora_spec
+from ldmkit.errors import UsageError
+from ldmkit.nn import lora
+from ldmkit.text.inversion import load_embedding
+
+
+class AdapterMixin:
+    """The methods above, for a pipeline holding ``self.model`` (a `LatentDiffusion`)."""
+
+    def load_lora_weights(self, path: str | Path, scale: float = 1.0, adapter_name: str | None = None) -> str:
+        """Add the LoRA file ``path`` at strength ``scale``; returns the adapter's name (default: from the file
+        name). UsageError, with the model unchanged, for a file that does not fit the model."""
+        return load_lora(self.model, path, scale, adapter_name)
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
+        """Set the strength s of each named adapter (1 when ``adapter_weights`` is None); the others keep theirs."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = [1.0] * len(names) if adapter_weights is None else (
+            [adapter_weights] * len(names) if isinstance(adapter_weights, (int, float)) else list(adapter_weights))
+        known = lora.adapter_names(self.model)
+        for name, weight in zip(names, weights, strict=True):
+            if name not in known:
+                raise UsageError(f"no LoRA adapter named {name!r}; loaded: {', '.join(known) or 'none'}")
+            lora.set_scale(self.model, name, weight)
+
+    def get_active_adapters(self) -> list[str]:
+        return lora.adapter_names(self.model)
+
+    def fuse_lora(self) -> int:
+        """Fold every adapter, at its strength, into the weights (W ← W + Σ s (α/r) B A): sampling then costs what
+        it did without adapters. Returns the layers changed."""
+        return lora.merge(self.model)
+
+    def unload_lora_weights(self) -> None:
+        """Drop every adapter that is not fused; the weights are as before they were loaded."""
+        lora.remove(self.model)
+
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
+        """Add the embedding file ``path`` (diffusers' ``learned_embeds``, A1111's ``.safetensors``/``.pt``) as the
+        word ``token`` (default: the file's own token, else its name); returns the token to write in prompts."""
+        return load_embedding(self.model, path, token)
+
+
+def apply_adapters(pipe, loras: list[str] | None = None, embeddings: list[str] | None = None) -> None:
+    """``--lora FILE[:SCALE]`` (each) and ``--embedding FILE`` (each) on ``pipe``, as the CLI and the server take them."""
+    for spec in loras or []:
+        path, scale = parse_lora_spec(spec)
+        pipe.load_lora_weights(path, scale)
+    for path in embeddings or []:
+        pipe.load_textual_inversion(path)

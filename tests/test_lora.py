@@ -1,0 +1,219 @@
+"""LoRA adapters (`ldmkit.nn.lora`), their files (`ldmkit.convert.lora`) and textual-inversion embeddings
+(`ldmkit.text.inversion`) on a tiny random model: a fresh adapter is the identity, merging keeps the output,
+files round-trip in both layouts, and files that do not fit are refused in one line with the model unchanged."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ldmkit.cli import main
+from ldmkit.convert import lora as lora_files
+from ldmkit.errors import UsageError
+from ldmkit.model import LatentDiffusion
+from ldmkit.nn import lora
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.text import inversion
+from tests.tiny_models import build_attentive_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_attentive_tiny_model(tmp_path_factory.mktemp("lora") / "model")
+
+
+def unet_inputs(model, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config.unet
+    z = torch.randn(2, cfg.in_channels, 8, 8, generator=g)
+    context = torch.randn(2, 5, cfg.context_dim, generator=g)
+    return z, torch.tensor([10, 700]), context
+
+
+@torch.no_grad()
+def unet_out(model, seed: int = 0):
+    return model.unet(*unet_inputs(model, seed))
+
+
+def randomize(model, adapter: str = "default", seed: int = 1) -> None:
+    """Non-zero B everywhere, so that an adapter changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            if adapter in layer.lora_B:
+                layer.lora_B[adapter].copy_(torch.randn(layer.lora_B[adapter].shape, generator=g) * 0.1)
+
+
+def with_lora(tiny, rank: int = 4, alpha: float = 8.0):
+    model = LatentDiffusion.load(tiny)
+    lora.inject(model, lora_files.training_targets(model), rank, alpha)
+    return model
+
+
+def test_fresh_adapter_is_the_identity_and_targets_the_attention_projections(tiny):
+    model = LatentDiffusion.load(tiny)
+    before = unet_out(model)
+    targets = lora_files.training_targets(model)
+    assert targets and all(t.rsplit(".", 1)[-1] in lora.ATTENTION_PROJECTIONS for t in targets)
+    assert {re.search(r"attn(\d)\.to_", t)[1] for t in targets} == {"1", "2"}  # self- and cross-attention
+    lora.inject(model, targets, 4, 4)
+    assert torch.equal(unet_out(model), before)
+    params = lora.adapter_parameters(model)
+    assert len(params) == 2 * len(targets) and sum(p.numel() for p in params) < 0.2 * sum(
+        p.numel() for p in model.unet.parameters())
+    # the wrapped layers keep their weights' names: the model's own state dict is unchanged
+    assert set(LatentDiffusion.load(tiny).unet.state_dict()) <= set(model.unet.state_dict())
+
+
+def test_merge_gives_the_unmerged_output_and_remove_restores_the_model(tiny):
+    base = unet_out(LatentDiffusion.load(tiny))
+    model = with_lora(tiny)
+    randomize(model)
+    adapted = unet_out(model)
+    assert (adapted - base).abs().max() > 1e-3
+    lora.set_scale(model, "default", 0.0)
+    assert torch.allclose(unet_out(model), base, atol=1e-6)
+    lora.set_scale(model, "default", 1.0)
+    # the attention maps see the adapters too
+    layer = next(m for m in model.unet.modules() if hasattr(m, "to_q") and hasattr(m, "weights"))
+    x = torch.randn(1, 6, layer.to_q.in_features)
+    probs = layer.weights(x)
+    merged = copy.deepcopy(model)
+    assert lora.merge(merged) == len(lora_files.training_targets(merged))
+    assert not lora.lora_layers(merged)
+    assert torch.allclose(unet_out(merged), adapted, atol=1e-5)
+    layer_merged = next(m for m in merged.unet.modules() if hasattr(m, "to_q") and hasattr(m, "weights"))
+    assert torch.allclose(layer_merged.weights(x), probs, atol=1e-6)
+    lora.remove(model)
+    assert not lora.lora_layers(model) and torch.equal(unet_out(model), base)
+
+
+@pytest.mark.parametrize("layout", lora_files.LAYOUTS)
+def test_save_and_load_round_trip(tiny, tmp_path, layout):
+    model = with_lora(tiny, rank=4, alpha=2.0)
+    randomize(model)
+    path = lora_files.save_lora(model, tmp_path / "a.safetensors", layout=layout)
+    keys = list(load_file(str(path)))
+    if layout == "diffusers":
+        assert all(k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
+        assert any(".attn2.to_out.0.lora_A" in k for k in keys)  # diffusers' names, from the conversion rules
+    else:
+        assert all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    file = lora_files.read_lora(path)
+    assert file.ranks == {4} and file.metadata["ldmkit.alpha"] == "2"
+    fresh = LatentDiffusion.load(tiny)
+    name = lora_files.load_lora(fresh, path, scale=0.5)
+    assert name == "a"
+    lora.set_scale(model, "default", 0.5)
+    assert torch.allclose(unet_out(fresh), unet_out(model), atol=1e-6)
+    # a second file adds a second adapter; the two add up
+    second = lora_files.load_lora(fresh, path, scale=0.5)
+    lora.set_scale(model, "default", 1.0)
+    assert second == "a_2" and torch.allclose(unet_out(fresh), unet_out(model), atol=1e-5)
+
+
+def test_files_that_do_not_fit_are_refused_and_leave_the_model_unchanged(tiny, tmp_path):
+    model = with_lora(tiny, rank=4)
+    randomize(model)
+    good = load_file(str(lora_files.save_lora(model, tmp_path / "good.safetensors")))
+    key = next(k for k in good if k.endswith("lora_B.weight"))
+    cases = {
+        "rank mismatch": {**good, key: torch.zeros(good[key].shape[0], 3)},
+        "another architecture": {**good, key.replace("unet.", "unet.extra_blocks.", 1): good[key],
+                                 key.replace("lora_B", "lora_A").replace("unet.", "unet.extra_blocks.", 1): good[key]},
+        "layer shapes differ": {**good, key: torch.zeros(good[key].shape[0] + 1, 4)},
+        "without both": {k: v for k, v in good.items() if k != key},
+        "not LoRA": {**good, "unet.x.dora_scale": torch.ones(3)},
+    }
+    fresh = LatentDiffusion.load(tiny)
+    before = unet_out(fresh)
+    for what, tensors in cases.items():
+        path = tmp_path / f"{what.replace(' ', '_')}.safetensors"
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(path))
+        with pytest.raises(UsageError) as e:
+            lora_files.load_lora(fresh, path)
+        assert "\n" not in str(e.value)
+        assert not lora.lora_layers(fresh) and torch.equal(unet_out(fresh), before), what
+    meta = tmp_path / "meta.safetensors"
+    save_file({k: v.contiguous() for k, v in good.items()}, str(meta), metadata={"ldmkit.rank": "8"})
+    with pytest.raises(UsageError, match="rank mismatch"):
+        lora_files.read_lora(meta)
+
+
+def test_textual_inversion_token_round_trip_and_refusals(tiny, tmp_path):
+    model = LatentDiffusion.load(tiny)
+    prompt = ["a red circle on the left"]
+    base = model.encode_prompts(prompt)
+    vectors = torch.randn(2, model.config.text.width)
+    inversion.add_token(model, "<blob>", vectors)
+    ids, _ = model.tokenizer(["a <blob> circle"])
+    new = ids[0][ids[0] >= model.tokenizer.vocab_size - 2].tolist()
+    assert len(new) == 2  # "<blob>" reads as its two tokens
+    assert torch.equal(model.encode_prompts(prompt), base)  # other prompts are unchanged
+    written = inversion.save_embedding(tmp_path, "<blob>", vectors)
+    assert [p.name for p in written] == ["learned_embeds.safetensors", "blob.safetensors"]
+    assert set(load_file(str(written[1]))) == {"emb_params"}
+    other = LatentDiffusion.load(tiny)
+    assert inversion.load_embedding(other, written[0]) == "<blob>"
+    assert torch.allclose(other.encode_prompts(["a <blob> circle"]), model.encode_prompts(["a <blob> circle"]))
+    a1111 = tmp_path / "a1111.pt"  # A1111's pickled layout, read with weights_only=True
+    torch.save({"string_to_param": {"*": vectors}, "name": "blob2", "step": 10}, a1111)
+    assert inversion.read_embedding(a1111)[0] == "blob2"
+    with pytest.raises(UsageError, match="already in the model's vocabulary"):
+        inversion.add_token(other, "<blob>", vectors)
+    with pytest.raises(UsageError, match="already in the model's vocabulary"):
+        inversion.check_new_token(other, "circle")
+    with pytest.raises(UsageError, match="wide"):
+        inversion.add_token(other, "<wide>", torch.randn(1, 7))
+
+
+def test_pipeline_api_and_generate_cli_take_loras_and_embeddings(tiny, tmp_path, capsys):
+    model = with_lora(tiny)
+    randomize(model)
+    path = lora_files.save_lora(model, tmp_path / "style.safetensors")
+    pipe = load_pipeline(tiny)
+    base = pipe.generate_tensors("a red circle", steps=2, seed=0)
+    assert pipe.load_lora_weights(path, 0.7) == "style"
+    adapted = pipe.generate_tensors("a red circle", steps=2, seed=0)
+    assert not torch.equal(adapted, base)
+    pipe.set_adapters("style", 0.0)
+    assert torch.allclose(pipe.generate_tensors("a red circle", steps=2, seed=0), base, atol=1e-5)
+    pipe.set_adapters(["style"], [0.7])
+    pipe.fuse_lora()
+    assert torch.allclose(pipe.generate_tensors("a red circle", steps=2, seed=0), adapted, atol=1e-4)
+
+    out = tmp_path / "out.png"
+    assert main(["generate", "a red circle", "--model", str(tiny), "--steps", "2", "--out", str(out), "--no-progress",
+                 "--lora", f"{path}:0.7", "--lora", str(path)]) == 0
+    assert out.is_file()
+    bad = tmp_path / "bad.safetensors"
+    save_file({"unet.nowhere.lora_A.weight": torch.zeros(2, 3), "unet.nowhere.lora_B.weight": torch.zeros(3, 2)},
+              str(bad))
+    capsys.readouterr()
+    for option in (["--lora", str(bad)], ["--lora", str(tmp_path / "missing.safetensors")],
+                   ["--embedding", str(bad)]):
+        target = tmp_path / "never.png"
+        assert main(["generate", "a red circle", "--model", str(tiny), "--steps", "2", "--out", str(target),
+                     "--no-progress", *option]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ldmkit generate: error:") and "\n" not in err and not target.exists()
+
+
+def test_convert_merges_loras_into_a_model_folder(tiny, tmp_path, capsys):
+    model = with_lora(tiny)
+    randomize(model)
+    path = lora_files.save_lora(model, tmp_path / "style.safetensors")
+    lora.set_scale(model, "default", 0.5)
+    out = tmp_path / "merged"
+    assert main(["convert", str(tiny), "--to", "ldmkit", "--out", str(out), "--merge-lora", f"{path}:0.5"]) == 0
+    assert "1 LoRA(s) merged" in capsys.readouterr().out
+    merged = LatentDiffusion.load(out)
+    assert not lora.lora_layers(merged)
+    assert torch.allclose(unet_out(merged), unet_out(model), atol=1e-5)
+    assert main(["convert", str(tiny), "--to", "ldmkit", "--out", str(tmp_path / "no"), "--merge-lora",
+                 str(tmp_path / "missing.safetensors")]) == 2
+    assert not (tmp_path / "no").exists()
