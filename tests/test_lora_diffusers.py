@@ -1,0 +1,116 @@
+"""LoRA files between ldmkit and diffusers/peft on tiny random Stable Diffusion 1- and 2-like models
+(tests/test_sd_parity.py builds them): a LoRA that peft puts on diffusers' UNet and CLIP text encoder, saved by
+diffusers' ``save_lora_weights``, loads into ldmkit with the same UNet and text-encoder outputs to 1e-4; and
+ldmkit's files, in the diffusers/peft and kohya layouts (with LoRA on SD 1's 1×1-convolution projections too),
+load with diffusers' ``load_lora_weights`` and give ldmkit's outputs to 1e-4."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'ldmkit[test]')")
+peft = pytest.importorskip("peft", reason="peft is not installed (pip install 'ldmkit[test]')")
+if importlib.util.find_spec("clip") is None:
+    pytest.skip("clip-anytorch (the CLIP vocabulary) is not installed", allow_module_level=True)
+
+from ldmkit.convert import lora as lora_files  # noqa: E402
+from ldmkit.model import load_model  # noqa: E402
+from ldmkit.nn import lora  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def ref(request, tmp_path_factory):
+    from test_sd_parity import build  # the module pytest imported (tests/ is on sys.path): one build per session
+
+    return build(request.param, tmp_path_factory)
+
+
+def fresh_pipe(ref):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(ref["folder"]), safety_checker=None,
+                                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def inputs(ref, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    width = ref["text"].config.hidden_size
+    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([17, 901]), torch.randn(2, 77, width, generator=g)
+
+
+PROMPTS = ["a photo of a red circle on the left", ""]
+
+
+def outputs_diffusers(pipe, ref):
+    z, t, context = inputs(ref)
+    ids = ref["tokenizer"](PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.unet(z, t, context).sample, pipe.text_encoder(ids).last_hidden_state
+
+
+def outputs_ldmkit(model, ref):
+    z, t, context = inputs(ref)
+    with torch.no_grad():
+        return model.unet(z, t, context), model.encode_prompts(PROMPTS)
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    err = (a - b).abs().max().item()
+    assert err <= TOL, f"max |difference| {err:.2e} > {TOL:.0e}"
+
+
+def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path):
+    pipe = fresh_pipe(ref)
+    plain_unet, _ = outputs_diffusers(pipe, ref)
+    torch.manual_seed(0)
+    unet_config = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    text_config = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                                  target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    pipe.unet.add_adapter(unet_config)
+    peft.inject_adapter_in_model(text_config, pipe.text_encoder)  # transformers' add_adapter wants a newer peft
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        str(tmp_path), unet_lora_layers=peft.utils.get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=peft.utils.get_peft_model_state_dict(pipe.text_encoder),
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=text_config.to_dict(),
+    )
+    expected_unet, expected_text = outputs_diffusers(pipe, ref)
+    assert (expected_unet - plain_unet).abs().max() > 1e-2  # the adapter does something
+
+    model = load_model(ref["folder"])
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    assert lora_files.read_lora(path).ranks == {2, 4}
+    lora_files.load_lora(model, path)
+    ours_unet, ours_text = outputs_ldmkit(model, ref)
+    assert_close(ours_unet, expected_unet)
+    assert_close(ours_text, expected_text)
+
+
+@pytest.mark.parametrize("layout", lora_files.LAYOUTS)
+def test_ldmkit_lora_file_loads_into_diffusers(ref, tmp_path, layout):
+    model = load_model(ref["folder"])
+    plain_unet, _ = outputs_ldmkit(model, ref)
+    projections = [f"unet.{p}" for p, m in model.unet.named_modules() if p.endswith(("proj_in", "proj_out"))]
+    targets = lora_files.training_targets(model, text_encoder=True) + projections
+    lora.inject(model, targets, rank=4, alpha=2.0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.lora_B["default"].copy_(torch.randn(layer.lora_B["default"].shape, generator=g) * 0.2)
+    ours_unet, ours_text = outputs_ldmkit(model, ref)
+    assert (ours_unet - plain_unet).abs().max() > 1e-2
+    path = lora_files.save_lora(model, tmp_path / f"{layout}.safetensors", layout=layout)
+
+    pipe = fresh_pipe(ref)
+    pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
+    expected_unet, expected_text = outputs_diffusers(pipe, ref)
+    assert_close(ours_unet, expected_unet)
+    assert_close(ours_text, expected_text)
