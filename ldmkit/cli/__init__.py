@@ -12,12 +12,12 @@ import argparse
 import os
 import sys
 
-from ldmkit.cli import attention, convert, data, edit, eval, generate, prompt_edit, serve, train
+from ldmkit.cli import attention, convert, data, edit, eval, finetune, generate, prompt_edit, serve, train
 from ldmkit.cli.common import OneLineParser
 from ldmkit.errors import LdmkitError
 
 EXIT_USAGE = 2
-COMMAND_MODULES = (train, generate, attention, edit, prompt_edit, serve, data, convert, eval)
+COMMAND_MODULES = (train, finetune, generate, attention, edit, prompt_edit, serve, data, convert, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

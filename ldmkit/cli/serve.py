@@ -11,6 +11,7 @@ import sys
 from ldmkit.cli.common import UsageError, positive_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.device import resolve_device
+from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 
@@ -84,6 +85,7 @@ def cmd_serve(args) -> None:
     sock = bind(args.host, args.port)
     try:
         pipe = load_pipeline(model, resolve_device(args.device))
+        apply_adapters(pipe, args.lora, args.embedding)  # shared by the derived pipelines (same model)
         hosts = allowed_hosts(args.host, args.allowed_host)
         app = create_app(pipe, model_name=args.model or SHIPPED, limits=Limits.from_pipeline(pipe, args.max_size),
                          max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir,
@@ -120,6 +122,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-size", type=positive_int,
                    help="largest image height or width (default: 4× the size the model was trained at, "
                         "at most 1024)")
+    p.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                   help="serve the model with this LoRA adapter at strength SCALE (default 1); repeatable")
+    p.add_argument("--embedding", action="append", metavar="FILE", help="a textual-inversion embedding; repeatable")
     p.add_argument("--output-dir", help="also save every job's images and settings to this folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

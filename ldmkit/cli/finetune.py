@@ -1,0 +1,68 @@
+"""`ldmkit finetune`: LoRA, textual inversion or full fine-tuning of a text model on a few captioned images."""
+
+from __future__ import annotations
+
+from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, positive_int
+from ldmkit.cli.outputs import check_output_dir
+from ldmkit.pretrained import resolve_model
+from ldmkit.train.finetune import METHODS, FinetuneConfig, finetune, settings_from
+
+
+def cmd_finetune(args) -> None:
+    fresh = args.resume is None
+    # A fresh run needs a new or empty --out: the result files of two runs must not mix.
+    check_output_dir(args.out, empty=fresh, what="fine-tuning results")
+    if args.rank is not None and args.method != "lora":
+        raise UsageError(f"--rank applies to --method lora, not {args.method}")
+    if args.num_vectors is not None and args.method != "textual-inversion":
+        raise UsageError(f"--num-vectors applies to --method textual-inversion, not {args.method}")
+    cfg = settings_from(
+        FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
+        init_word=args.init_word, num_vectors=args.num_vectors, prompt=args.prompt, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every, layout=args.layout,
+        sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
+        text_encoder_lora=True if args.text_encoder else None,
+    )
+    written = finetune(resolve_model(args.model), args.images, args.out, cfg,
+                       resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
+    print(f"wrote {', '.join(str(p) for p in written)} (samples in {args.out}/samples)")
+    if args.method == "lora":
+        print(f"use it with `ldmkit generate --model {args.model or 'shapes64'} --lora {written[0]} PROMPT`")
+    elif args.method == "textual-inversion":
+        print(f"use it with `ldmkit generate --model {args.model or 'shapes64'} --embedding {written[0]} "
+              f"\"... {cfg.token} ...\"`")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("finetune", help="teach a text model a new concept: LoRA, textual inversion or full")
+    p.add_argument("--model", help="the text model to fine-tune (default: shapes64, the shipped one; a model folder, "
+                                   "an SD single file or a diffusers folder)")
+    p.add_argument("--images", required=True, help="a folder of images, each with a caption in a sidecar .txt "
+                                                   "(or metadata.jsonl); --prompt captions the others")
+    p.add_argument("--out", required=True, help="the output folder (new or empty, unless --resume)")
+    p.add_argument("--method", choices=METHODS, default="lora")
+    p.add_argument("--rank", type=positive_int, help="LoRA rank r (default 8)")
+    p.add_argument("--alpha", type=bounded_float(1e6, "LoRA alpha"), help="LoRA alpha α (default: r, so α/r = 1)")
+    p.add_argument("--text-encoder", action="store_true", help="LoRA on a CLIP text encoder's attention too")
+    p.add_argument("--token", help="textual inversion: the new word, e.g. \"<hexagon>\" (not in the vocabulary)")
+    p.add_argument("--init-word", help="textual inversion: start the token's vectors from this word's "
+                                       "(default: the token without brackets)")
+    p.add_argument("--num-vectors", type=positive_int, help="textual inversion: vectors per token (default 1)")
+    p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (default 500)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
+    p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "
+                                                         "full 2e-5)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--sample-prompt", action="append", metavar="PROMPT",
+                   help="a prompt of the sample grids (repeatable; default: the first 4 captions)")
+    p.add_argument("--sample-every", type=positive_int, metavar="N", help="a sample grid every N steps (default 100)")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="a checkpoint every N steps (default 100)")
+    p.add_argument("--layout", choices=("diffusers", "kohya"),
+                   help="the LoRA file's key layout (default diffusers: what diffusers' load_lora_weights and peft read)")
+    p.add_argument("--resume", nargs="?", const="auto", metavar="auto|PATH",
+                   help="continue a run in --out from its newest checkpoint (or PATH), exactly as if uninterrupted")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)

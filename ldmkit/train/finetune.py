@@ -1,0 +1,321 @@
+"""`ldmkit finetune`: teach a trained text-to-image model a new concept from a few captioned images.
+
+Each step draws, for a batch of the images' latents z_0 and captions y (y → "" at rate ``cond_drop_prob``),
+
+    t ~ U{0..T−1},  ε ~ N(0, I),  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε,   L = ‖ε − εθ(z_t, t, τθ(y))‖²
+
+(v as the target for a v-model) and trains only the part the method names, everything else frozen:
+
+- ``lora``: adapters B A on the UNet's attention projections W_Q, W_K, W_V, W_out (and with
+  ``text_encoder_lora`` on a CLIP text encoder's), W x + (α/r) B A x with B = 0 at the start
+  (`ldmkit.nn.lora`); written as ``OUT/lora.safetensors`` in diffusers' (or kohya's) layout;
+- ``textual-inversion``: the k vectors of a new word ``token`` (`ldmkit.text.inversion`), started from
+  ``init_word``'s; written as ``OUT/learned_embeds.safetensors`` (diffusers) and ``OUT/NAME.safetensors`` (A1111);
+- ``full``: every UNet weight; written as a model folder in ``OUT``.
+
+The images are encoded once, at the start (the posterior's μ, σ of each; z_0 = s (μ + σ ε) with the step's
+own ε, as `ldmkit.train.diffusion` draws it), so a step costs the UNet alone. The batch order and every
+random draw are functions of the step (`ResumableBatchSampler`, `step_generator`), and a checkpoint holds the
+trained tensors, the optimizer and the RNG: ``resume`` continues exactly as an uninterrupted run.
+``OUT`` also gets ``log.csv``, ``samples/step_XXXXXX.png`` (the sample prompts, seed 0; step 0 is the model
+before fine-tuning) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ldmkit.autoencoder import KLAutoencoder
+from ldmkit.config import to_dict
+from ldmkit.convert import lora as lora_files
+from ldmkit.data import save_grid
+from ldmkit.data.imagefolder import ImageFolderDataset
+from ldmkit.diffusion import diffusion_loss
+from ldmkit.errors import CheckpointError, UsageError
+from ldmkit.model import LatentDiffusion
+from ldmkit.nn import lora
+from ldmkit.pipelines import preview_samples
+from ldmkit.text import inversion
+from ldmkit.train import distributed
+from ldmkit.train.checkpoint import restore_rng, resume_state, rng_state, save_checkpoint
+from ldmkit.train.common import (
+    ResumableBatchSampler, adamw, autocast, check_finite, check_weights_finite, learning_rate, step_generator,
+)
+from ldmkit.train.diffusion import draw_step
+from ldmkit.train.logs import RunLog
+
+METHODS = ("lora", "textual-inversion", "full")
+DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
+ADAPTER = "default"
+# settings a resumed run may change (how long, how often it logs, samples and checkpoints)
+FREE_KEYS = {"steps", "log_every", "sample_every", "checkpoint_every", "checkpoint_keep"}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run. ``lr`` 0 and ``alpha`` 0 take the defaults (`DEFAULT_LR`; α = r)."""
+
+    method: Literal["lora", "textual-inversion", "full"] = "lora"
+    rank: int = 8
+    alpha: float = 0.0
+    text_encoder_lora: bool = False  # LoRA on a CLIP text encoder's attention too
+    token: str = ""  # textual inversion: the new word, e.g. "<hexagon>"
+    init_word: str = ""  # its vectors start from this word's ("" = the token without brackets)
+    num_vectors: int = 1
+    prompt: str = ""  # the caption of images without a sidecar .txt (or metadata.jsonl entry)
+    steps: int = 500
+    batch_size: int = 4
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    cond_drop_prob: float = 0.1  # captions → "" at this rate, so the unconditional branch keeps up
+    grad_clip: float = 1.0
+    seed: int = 0
+    bf16: bool = True
+    log_every: int = 10
+    sample_every: int = 100
+    checkpoint_every: int = 100
+    checkpoint_keep: int = 2
+    sample_prompts: tuple[str, ...] = ()  # () = the first 4 captions
+    sample_steps: int = 25
+    sample_guidance: float = 4.0
+    layout: Literal["diffusers", "kohya"] = "diffusers"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or DEFAULT_LR[self.method]
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """UsageError (one line) for values that cannot work together, before anything is loaded."""
+    if cfg.method not in METHODS:
+        raise UsageError(f"--method {cfg.method!r}; allowed: {', '.join(METHODS)}")
+    if cfg.method == "textual-inversion" and not cfg.token:
+        raise UsageError("--method textual-inversion needs --token, the new word to learn (e.g. \"<hexagon>\")")
+    if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha):
+        raise UsageError("--alpha and --text-encoder apply to --method lora only")
+    if cfg.rank < 1 or cfg.num_vectors < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+        raise UsageError("--rank, --num-vectors, --batch-size and --steps must be at least 1")
+    if cfg.layout not in lora_files.LAYOUTS:
+        raise UsageError(f"--layout {cfg.layout!r}; allowed: {', '.join(lora_files.LAYOUTS)}")
+
+
+@dataclass
+class Prepared:
+    """Everything checked and built before the first file is written."""
+
+    model: LatentDiffusion
+    captions: list[str]
+    moments: tuple[torch.Tensor, torch.Tensor | None]  # (μ, σ) of each image's posterior; (z, None) for VQ
+    params: list[nn.Parameter]
+
+
+def read_captions(images: Path, image_size: int, cfg: FinetuneConfig) -> tuple[ImageFolderDataset, list[str]]:
+    dataset = ImageFolderDataset(images, image_size)  # DataError for a missing or empty folder
+    captions = [c or cfg.prompt for c in dataset.captions]
+    if not all(captions):
+        first = dataset.paths[captions.index("")]
+        raise UsageError(f"{first} has no caption: give each image a sidecar .txt, or --prompt for all that have none")
+    if cfg.method == "textual-inversion":
+        missing = [p for p, c in zip(dataset.paths, captions) if cfg.token not in c]
+        if missing:
+            raise UsageError(f"the caption of {missing[0]} does not contain the token {cfg.token!r}; every caption "
+                             "must name it (or give --prompt \"a photo of " + cfg.token + "\")")
+    return dataset, captions
+
+
+@torch.no_grad()
+def encode_images(model: LatentDiffusion, dataset: ImageFolderDataset, device: torch.device):
+    """(μ, σ) of every image's posterior (a KL autoencoder), or (E(x), None) (VQ), on ``device``."""
+    means, stds = [], []
+    for start in range(0, len(dataset), 16):
+        images = torch.stack([dataset[i]["images"] for i in range(start, min(start + 16, len(dataset)))]).to(device)
+        if isinstance(model.autoencoder, KLAutoencoder):
+            posterior = model.autoencoder.posterior(images)
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        else:
+            means.append(model.autoencoder.encode(images))
+    return torch.cat(means), (torch.cat(stds) if stds else None)
+
+
+def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.device) -> Prepared:
+    """Load the model, read and check the images and captions, add what the method trains; writes nothing."""
+    check_config(cfg)
+    model = LatentDiffusion.load(model_path)
+    if model.config.condition.kind != "text":
+        raise UsageError(f"--model {model_path} is a {model.config.condition.kind!r} model; ldmkit finetune takes "
+                         "text-to-image models")
+    if model.config.diffusion.consistency_steps:
+        raise UsageError(f"--model {model_path} is a consistency student; fine-tune the model it was distilled from")
+    if cfg.method == "textual-inversion":
+        inversion.check_new_token(model, cfg.token)
+    dataset, captions = read_captions(images, model.config.image_size, cfg)
+    model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the adapters' initial A is part of what a seed reproduces
+    if cfg.method == "lora":
+        targets = lora_files.training_targets(model, cfg.text_encoder_lora)
+        lora.inject(model, targets, cfg.rank, cfg.alpha or cfg.rank, ADAPTER)
+        params = lora.adapter_parameters(model, ADAPTER)
+    elif cfg.method == "textual-inversion":
+        start = inversion.initial_vectors(model, cfg.token, cfg.init_word or None, cfg.num_vectors)
+        params = [inversion.add_token(model, cfg.token, start)]
+    else:
+        params = list(model.unet.parameters())
+        model.unet.requires_grad_(True)
+    model.to(device)
+    return Prepared(model, captions, encode_images(model, dataset, device), params)
+
+
+def _trained_state(prep: Prepared, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+    if cfg.method == "full":
+        return dict(prep.model.unet.state_dict())
+    return {str(i): p.detach() for i, p in enumerate(prep.params)}
+
+
+def _load_trained_state(prep: Prepared, cfg: FinetuneConfig, state: dict) -> None:
+    if cfg.method == "full":
+        prep.model.unet.load_state_dict(state)
+        return
+    if len(state) != len(prep.params) or any(state[str(i)].shape != p.shape for i, p in enumerate(prep.params)):
+        raise CheckpointError("the checkpoint's trained tensors do not fit this run (another model or rank?)")
+    with torch.no_grad():
+        for i, p in enumerate(prep.params):
+            p.copy_(state[str(i)])
+
+
+def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
+    """CheckpointError listing the settings in which this run differs from the one that wrote ``state``."""
+    theirs = state.get("settings", {})
+    ours = to_dict(cfg)
+    differ = [f"{k} {theirs.get(k)!r} → {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+              if k not in FREE_KEYS and _plain(theirs.get(k)) != _plain(ours.get(k))]
+    if str(state.get("base_model")) != str(model_path):
+        differ.insert(0, f"--model {state.get('base_model')} → {model_path}")
+    if differ:
+        raise CheckpointError(f"cannot resume: the checkpoint was fine-tuned with other settings ({'; '.join(differ[:4])}); "
+                              "resume with the same options, or choose another --out")
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def write_result(prep: Prepared, cfg: FinetuneConfig, out: Path, model_path: Path, step: int) -> list[Path]:
+    """The run's product: the LoRA file, the embedding files, or the model folder."""
+    model = prep.model
+    if cfg.method == "lora":
+        meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step)}
+        if cfg.token:
+            meta["ldmkit.token"] = cfg.token
+        return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta)]
+    if cfg.method == "textual-inversion":
+        return inversion.save_embedding(out, cfg.token, prep.params[0])
+    model.save(out)
+    return [out / "config.yaml"]
+
+
+def finetune(model_path: str | Path, images: str | Path, out: str | Path, cfg: FinetuneConfig,
+             resume: bool | str | Path = False, device: str = "auto", progress: bool = True) -> list[Path]:
+    """Fine-tune ``model_path`` on the captioned ``images`` into ``out`` (see the module docstring); returns the
+    files of the result. ``resume``: as `ldmkit.train.diffusion.train_diffusion`'s."""
+    model_path, images, out = Path(model_path), Path(images), Path(out)
+    with distributed.process_group(device) as ctx:
+        if ctx.world_size > 1:
+            raise UsageError("ldmkit finetune runs in one process; launch it without torchrun")
+        state = resume_state(resume, out, "finetune", ctx)
+        if state is not None:
+            check_resumable(state, cfg, model_path)
+        prep = prepare(model_path, images, cfg, ctx.device)
+        return _train(prep, cfg, model_path, out, state, ctx.device, progress)
+
+
+def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, state: dict | None,
+           dev: torch.device, progress: bool) -> list[Path]:
+    model = prep.model
+    total = cfg.steps
+    start = int(state["step"]) if state is not None else 0
+    if start > total:
+        raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
+    opt = adamw(prep.params, cfg.learning_rate, cfg.weight_decay)
+    if state is not None:
+        try:
+            _load_trained_state(prep, cfg, state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this run: {str(e).splitlines()[0]}") from None
+        restore_rng(state.get("rng", {}))
+    mean, std = prep.moments
+    posterior = std is not None
+    scale = model.autoencoder.scale_factor
+    prompts = list(cfg.sample_prompts) or list(dict.fromkeys(prep.captions))[:4]
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, ["loss", "lr"], start, enabled=True, tensorboard=False)
+    text_trained = cfg.method == "textual-inversion" or cfg.text_encoder_lora
+
+    def write_samples(step: int) -> None:
+        images = preview_samples(model, dev, prompts, None, cfg.sample_steps, cfg.sample_guidance)
+        save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
+
+    def checkpoint(step: int) -> list[Path]:
+        check_weights_finite(prep.params, step)
+        written = write_result(prep, cfg, out, model_path, step)
+        save_checkpoint(out, {"kind": "finetune", "step": step, "model": _trained_state(prep, cfg),
+                              "optimizer": opt.state_dict(), "rng": rng_state(), "settings": to_dict(cfg),
+                              "base_model": str(model_path)}, cfg.checkpoint_keep)
+        return written
+
+    if start == 0:
+        write_samples(0)  # the model before fine-tuning, for comparison
+    model.unet.train()
+    sampler = ResumableBatchSampler(len(prep.captions), cfg.batch_size, cfg.seed, start, total)
+    bar = tqdm(total=total, initial=start, desc=f"finetune ({cfg.method})", disable=not progress, dynamic_ncols=True)
+    latent_shape = tuple(mean.shape[1:])
+    try:
+        for step, items in zip(range(start, total), sampler):
+            index = torch.tensor([i for _, i in items], device=mean.device)
+            draws = draw_step(step_generator(cfg.seed, step), cfg.batch_size, latent_shape,
+                              model.config.diffusion.num_timesteps, cfg.cond_drop_prob, posterior)
+            lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            z = mean[index] + std[index] * draws.posterior_noise.to(dev) if posterior else mean[index]
+            captions = [prep.captions[i] if keep else "" for (_, i), keep in zip(items, draws.keep_caption.tolist())]
+            with autocast(dev, cfg.bf16):
+                with torch.set_grad_enabled(text_trained):
+                    context = model.encode_prompts(captions)
+                loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
+                                      model.config.diffusion.prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))
+            loss.backward()
+            loss_value = loss.item()
+            check_finite(loss_value, step)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(prep.params, cfg.grad_clip)
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                log.write(done, {"loss": loss_value, "lr": lr})
+            if done % cfg.sample_every == 0 or done == total:
+                write_samples(done)
+                model.unet.train()
+            if done % cfg.checkpoint_every == 0 and done < total:
+                checkpoint(done)
+        bar.close()
+        return checkpoint(total)
+    finally:
+        log.close()
+
+
+def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
+    """``cfg`` with ``changes`` (None values ignored): how the CLI applies its options."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})

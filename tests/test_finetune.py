@@ -1,0 +1,116 @@
+"""`ldmkit finetune` on a tiny random model and a folder of six captioned images: LoRA, textual inversion and
+full fine-tuning write files that generate reads; a run stopped and resumed ends bit-identical to an
+uninterrupted one; bad input ends in one line, exit 2, before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ldmkit.cli import main
+from ldmkit.convert import lora as lora_files
+from ldmkit.model import LatentDiffusion
+from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.train.finetune import FinetuneConfig, finetune
+from tests.tiny_models import build_attentive_tiny_model
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
+CONFIG = FinetuneConfig(steps=4, batch_size=2, checkpoint_every=2, sample_every=1000, sample_steps=2, log_every=1,
+                        rank=2, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_attentive_tiny_model(tmp_path_factory.mktemp("finetune") / "model")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for i, (name, rgb) in enumerate(list(COLORS.items()) * 2):
+        image = Image.new("RGB", (40, 40), (255, 255, 255))
+        image.paste(rgb, (5 + 10 * (i % 2), 8, 25 + 10 * (i % 2), 28))
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a {name} <blob>")
+    return folder
+
+
+def test_lora_run_resumes_exactly_and_its_file_loads(tiny, images, tmp_path):
+    whole = tmp_path / "whole"
+    [path] = finetune(tiny, images, whole, CONFIG, progress=False)
+    assert path == whole / "lora.safetensors"
+    assert sorted(p.name for p in (whole / "samples").iterdir()) == ["step_000000.png", "step_000004.png"]
+    with open(whole / "log.csv") as f:
+        assert [row["step"] for row in csv.DictReader(f)] == ["1", "2", "3", "4"]
+
+    part = tmp_path / "part"
+    finetune(tiny, images, part, dataclasses.replace(CONFIG, steps=2), progress=False)
+    finetune(tiny, images, part, CONFIG, resume=True, progress=False)
+    a, b = load_file(str(whole / "lora.safetensors")), load_file(str(part / "lora.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)  # it trained
+
+    pipe = load_pipeline(tiny)
+    base = pipe.generate_tensors("a red <blob>", steps=2, seed=0)
+    pipe.load_lora_weights(path)
+    assert not torch.equal(pipe.generate_tensors("a red <blob>", steps=2, seed=0), base)
+
+
+def test_textual_inversion_and_full_runs_write_what_generate_reads(tiny, images, tmp_path, capsys):
+    out = tmp_path / "ti"
+    cfg = dataclasses.replace(CONFIG, method="textual-inversion", token="<blob>", steps=2, num_vectors=2)
+    learned, a1111 = finetune(tiny, images, out, cfg, progress=False)
+    assert learned.name == "learned_embeds.safetensors" and a1111.name == "blob.safetensors"
+    assert load_file(str(learned))["<blob>"].shape == (2, LatentDiffusion.load(tiny).config.text.width)
+    assert main(["generate", "a red <blob>", "--model", str(tiny), "--embedding", str(learned), "--steps", "2",
+                 "--out", str(tmp_path / "ti.png"), "--no-progress"]) == 0
+
+    full = tmp_path / "full"
+    finetune(tiny, images, full, dataclasses.replace(CONFIG, method="full", steps=2), progress=False)
+    tuned, base = LatentDiffusion.load(full), LatentDiffusion.load(tiny)
+    assert any(not torch.equal(p, q) for p, q in zip(tuned.unet.parameters(), base.unet.parameters()))
+
+    assert main(["finetune", "--model", str(tiny), "--images", str(images), "--out", str(tmp_path / "cli"),
+                 "--steps", "2", "--rank", "2", "--sample-every", "1000", "--no-progress"]) == 0
+    assert "lora.safetensors" in capsys.readouterr().out
+    assert lora_files.read_lora(tmp_path / "cli" / "lora.safetensors").ranks == {2}
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    uncaptioned = tmp_path / "uncaptioned"
+    uncaptioned.mkdir()
+    Image.new("RGB", (32, 32)).save(uncaptioned / "a.png")
+    base = ["finetune", "--model", str(tiny), "--no-progress", "--steps", "2"]
+    cases = {
+        "no images in": ["--images", str(empty)],
+        "has no caption": ["--images", str(uncaptioned)],
+        "already in the model's vocabulary": ["--images", str(images), "--method", "textual-inversion",
+                                              "--token", "red"],
+        "does not contain the token": ["--images", str(images), "--method", "textual-inversion", "--token", "<zz>"],
+        "needs --token": ["--images", str(images), "--method", "textual-inversion"],
+        "--rank applies to --method lora": ["--images", str(images), "--method", "full", "--rank", "4"],
+    }
+    for message, options in cases.items():
+        out = tmp_path / "never"
+        assert main([*base, "--out", str(out), *options]) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ldmkit finetune: error:") and message in err and "\n" not in err, err
+        assert not out.exists(), message
+
+    run = tmp_path / "run"
+    assert main([*base, "--images", str(images), "--out", str(run), "--rank", "2", "--checkpoint-every", "1",
+                 "--sample-every", "1000"]) == 0
+    capsys.readouterr()
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty")):
+        assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
