@@ -47,6 +47,8 @@ class LatentDiffusion(nn.Module):
         (CLIP, MiniLM, LDM-BERT) bring their own vocabulary, built here when ``tokenizer`` is None or a
         `PromptTokenizer` (whose ids the pretrained text encoder could not read). A class model needs none."""
         super().__init__()
+        # A diffusers folder's timestep spacing and offset, which its samples default to (`grid_from_scheduler`).
+        self.scheduler_grid: dict = {}
         uses_text = config.condition.uses_text
         if uses_text and config.text.width != config.unet.context_dim:
             raise ConfigError(
@@ -228,4 +230,5 @@ def load_model(path: str | Path, ema: bool = True, prediction: str | None = None
     with empty_parameters():
         model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
     assign_weights(model, ckpt.weights, str(path))
+    model.scheduler_grid = dict(ckpt.scheduler_grid)
     return model.eval()

@@ -88,6 +88,8 @@ ROWS = [
         "{tmp}/g.png", "--steps", "5000"], ("--steps 5000", "1 … 1000")),
     Row("--eta with a sampler other than ddim", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--sampler", "euler", "--eta", "0.5"], ("eta", "ddim")),
+    Row("--steps-offset without leading spacing", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--spacing", "trailing", "--steps-offset", "1"], ("--steps-offset 1", "--spacing leading")),
     # ---- a model folder damaged in a way that still parses
     Row("config.yaml cut off at a key boundary", ["generate", "a red circle", "--model", "{tmp}/cut", "--out",
         "{tmp}/g.png"], ("corrupt model folder", "missing key diffusion")),

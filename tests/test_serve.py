@@ -106,7 +106,7 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
-                                  "cache_interval": 1}
+                                  "cache_interval": 1, "karras": False}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]

@@ -5,6 +5,7 @@ requests answered with the client's ordinary error."""
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 
@@ -17,17 +18,25 @@ webuiapi = pytest.importorskip("webuiapi", reason="the test extra's webuiapi is 
 requests = pytest.importorskip("requests")
 
 from ldmkit import load_pipeline  # noqa: E402
+from ldmkit.cli import main  # noqa: E402
 from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 PROMPT = "a red circle on the left"
-# A1111's names of the samplers a text model runs, and the ldmkit sampler each must be.
-EXPECTED_SAMPLERS = {"DDIM": "ddim", "DDPM": "ddpm", "Euler": "euler", "DPM++ 2M": "dpmpp-2m"}
+# A1111's names of the samplers a text model runs, and the ldmkit sampler options each must be.
+EXPECTED_SAMPLERS = {"DDIM": dict(sampler="ddim"), "DDPM": dict(sampler="ddpm"), "Euler": dict(sampler="euler"),
+                     "DPM++ 2M": dict(sampler="dpmpp-2m"), "Euler a": dict(sampler="euler-a"),
+                     "DPM++ 2M Karras": dict(sampler="dpmpp-2m", karras=True)}
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    return load_pipeline(build_tiny_model(tmp_path_factory.getbasetemp() / "serve-tiny-model"))
+def tiny_folder(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "serve-tiny-model")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_folder):
+    return load_pipeline(tiny_folder)
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +81,38 @@ def test_every_listed_sampler_name_runs_as_its_ldmkit_sampler(api, tiny_pipe):
     for name in listed:
         result = api.txt2img(prompt="a green triangle", seed=3, steps=3, cfg_scale=2.5, sampler_name=name,
                              width=48, height=32)
-        direct = tiny_pipe("a green triangle", steps=3, guidance=2.5, seed=3, sampler=EXPECTED_SAMPLERS[name],
-                           width=48, height=32)
+        direct = tiny_pipe("a green triangle", steps=3, guidance=2.5, seed=3, width=48, height=32,
+                           **EXPECTED_SAMPLERS[name])
         assert result.image.size == (48, 32)
         assert result.image.tobytes() == direct[0].tobytes(), name
+        assert result.info["ldmkit"]["sampler"] == EXPECTED_SAMPLERS[name]["sampler"]
+        assert ("--karras" in result.info["ldmkit"]["command"]) == ("Karras" in name)
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M Karras", "PLMS"])
+def test_euler_a_and_karras_are_bit_identical_to_ldmkit_generate(api, tiny_pipe, tiny_folder, tmp_path):
+    """The reported command, run, writes the route's image; A1111 ≥ 1.9's scheduler "Karras" works beside
+    a plain name."""
+    for request, options in ((dict(sampler_name="Euler a"), dict(sampler="euler-a")),
+                             (dict(sampler_name="DPM++ 2M Karras"), dict(sampler="dpmpp-2m", karras=True)),
+                             (dict(sampler_name="Euler", scheduler="Karras"), dict(sampler="euler", karras=True))):
+        result = api.txt2img(prompt=PROMPT, seed=5, steps=6, cfg_scale=3, **request)
+        direct = tiny_pipe(PROMPT, steps=6, guidance=3.0, seed=5, **options)
+        assert result.image.tobytes() == direct[0].tobytes(), request
+        assert "scheduler" not in result.info["not_honoured"]
+        # the reported command, with the model's folder for its served name and a folder of our own
+        out = tmp_path / options["sampler"] / str(options.get("karras", False))
+        argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={out}" if a == "--out=out/" else a
+                for a in shlex.split(result.info["ldmkit"]["command"])[1:]]
+        assert main(argv + ["--no-progress"]) == 0
+        assert Image.open(out / "5_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("sampler", ["PLMS", "Heun"])
 def test_a_sampler_it_cannot_run_is_refused_with_the_list(api, sampler):
     with pytest.raises(RuntimeError) as e:
         api.txt2img(prompt=PROMPT, steps=2, sampler_name=sampler)
     status, text = e.value.args
-    assert status == 422 and sampler in text and "DDIM, DDPM, Euler, DPM++ 2M" in text
+    assert status == 422 and sampler in text and "DDIM, DDPM, Euler, DPM++ 2M, Euler a, DPM++ 2M Karras" in text
 
 
 @pytest.mark.parametrize("change, field", [({"steps": 0}, "steps"), ({"width": 36}, "width"),

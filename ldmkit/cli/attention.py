@@ -41,7 +41,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler, euler-a or dpmpp-2m")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

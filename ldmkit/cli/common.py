@@ -39,6 +39,10 @@ def positive_int(text: str) -> int:
     return _parsed(text, int, "a positive integer", lambda v: v >= 1, "at least 1")
 
 
+def non_negative_int(text: str) -> int:
+    return _parsed(text, int, "an integer", lambda v: v >= 0, "≥ 0")
+
+
 def non_negative_float(text: str) -> float:
     """A finite number ≥ 0 (``inf`` and ``nan`` are refused: no guidance scale or η means them)."""
     return _parsed(text, float, "a number", lambda v: 0 <= v < math.inf, "a finite number ≥ 0")
@@ -81,17 +85,19 @@ def read_image(path: str, what: str = "image"):
         raise UsageError(f"cannot read {what} {path}: {e}") from None
 
 
-def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str = "trailing") -> None:
-    """The sampler's name and its options, checked before a model loads: η and --spacing apply to ddim only.
-    None (the model's own sampler) is checked once the model is known, when it samples."""
+def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str | None = None,
+                  steps_offset: int | None = None) -> None:
+    """The sampler's name and its options, checked before a model loads: η applies to ddim only, and
+    --steps-offset to --spacing leading only (the grid options --spacing and --karras apply to every
+    sampler). None (the model's own sampler) is checked once the model is known, when it samples."""
+    if steps_offset is not None and spacing != "leading":
+        raise UsageError(f"--steps-offset {steps_offset} applies to --spacing leading only (diffusers' rule)")
     if sampler is None:
         return
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if eta and sampler != "ddim":
         raise UsageError(f"--eta {eta:g} applies to the ddim sampler only, not {sampler!r}")
-    if spacing != "trailing" and sampler != "ddim":
-        raise UsageError(f"--spacing {spacing} applies to the ddim sampler only, not {sampler!r}")
 
 
 def check_finite_images(images) -> None:

@@ -120,7 +120,7 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,
                    help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
-    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler or dpmpp-2m")
+    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler, euler-a or dpmpp-2m")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")

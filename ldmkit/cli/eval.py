@@ -117,7 +117,7 @@ def add_parsers(sub) -> None:
                    help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    g.add_argument("--sampler", help="ddim (the default), ddpm, euler or dpmpp-2m; lcm for a consistency student "
+    g.add_argument("--sampler", help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a consistency student "
                                      "(its default)")
     g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
     g.add_argument("--seed", type=seed_int, default=0)

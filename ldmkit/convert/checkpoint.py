@@ -37,6 +37,7 @@ class Checkpoint:
     extras: dict[str, Tensor] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    scheduler_grid: dict = field(default_factory=dict)  # a diffusers folder's spacing (`grid_from_scheduler`)
 
 
 class _MappedFile:

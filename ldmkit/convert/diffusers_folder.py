@@ -16,7 +16,9 @@ from safetensors.torch import save_file
 
 from ldmkit.config import ModelConfig
 from ldmkit.convert.checkpoint import Checkpoint, LazyTensors, read_tensors, with_prediction
-from ldmkit.convert.infer import autoencoder_from_diffusers, schedule_from_diffusers, text_from_diffusers, unet_from_diffusers
+from ldmkit.convert.infer import (
+    autoencoder_from_diffusers, grid_from_scheduler, schedule_from_diffusers, text_from_diffusers, unet_from_diffusers,
+)
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
 from ldmkit.convert.vae import SCALE_FACTOR
@@ -71,7 +73,8 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
     unet = unet_from_diffusers(_json(folder / "unet" / "config.json"))
     autoencoder, scale = autoencoder_from_diffusers(_json(folder / "vae" / "config.json"))
     schedule_file = folder / "scheduler" / "scheduler_config.json"
-    diffusion = schedule_from_diffusers(_json(schedule_file) if schedule_file.is_file() else {})
+    scheduler = _json(schedule_file) if schedule_file.is_file() else {}
+    diffusion = schedule_from_diffusers(scheduler)
     text_config = _json(folder / "text_encoder" / "config.json")
     try:
         tokenizer = ClipTokenizer.from_vocab_files(folder / "tokenizer", text_config.get("max_position_embeddings", 77))
@@ -107,6 +110,7 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
         config=config, weights=weights, tokenizer=tokenizer, extras=rest,
         source={"layout": "diffusers", "text_encoder_keys": "bare" if bare else "text_model"},
         description=f"{what} (diffusers folder); {p}-prediction (scheduler config)",
+        scheduler_grid=grid_from_scheduler(scheduler),
     )
 
 

@@ -24,8 +24,8 @@ The rules live in `ldmkit.convert.infer_original` (single files) and `ldmkit.con
 """
 
 from ldmkit.convert.infer_diffusers import (
-    UNET_FIXED, VAE_FIXED, autoencoder_from_diffusers, schedule_from_diffusers, text_from_diffusers,
-    unet_from_diffusers,
+    UNET_FIXED, VAE_FIXED, autoencoder_from_diffusers, grid_from_scheduler, schedule_from_diffusers,
+    text_from_diffusers, unet_from_diffusers,
 )
 from ldmkit.convert.infer_original import (
     CLIP, LDM_BERT, OPENCLIP, SD_SCALE_FACTOR, UNET, VAE, infer_autoencoder, infer_original, infer_schedule,
@@ -34,7 +34,8 @@ from ldmkit.convert.infer_original import (
 
 __all__ = [
     "CLIP", "LDM_BERT", "OPENCLIP", "SD_SCALE_FACTOR", "UNET", "UNET_FIXED", "VAE", "VAE_FIXED",
-    "autoencoder_from_diffusers", "infer_autoencoder", "infer_original", "infer_schedule", "infer_text",
+    "autoencoder_from_diffusers", "grid_from_scheduler", "infer_autoencoder", "infer_original", "infer_schedule",
+    "infer_text",
     "infer_unet", "prediction_for", "read_sidecar", "schedule_from_diffusers", "text_from_diffusers", "text_heads",
     "unet_from_diffusers",
 ]

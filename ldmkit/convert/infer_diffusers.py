@@ -178,3 +178,21 @@ def schedule_from_diffusers(c: dict) -> DiffusionConfig:
         prediction="v" if prediction == "v_prediction" else "epsilon",
         zero_terminal_snr=bool(c.get("rescale_betas_zero_snr", False)),
     )
+
+
+SPACINGS = ("trailing", "leading", "linspace")  # diffusers' timestep_spacing values (ldmkit.diffusion.grids)
+
+
+def grid_from_scheduler(c: dict) -> dict:
+    """The sampling grid a diffusers scheduler config asks for: ``{"spacing": its timestep_spacing, or None
+    where it has none (each diffusers scheduler then takes its own default), "steps_offset": n}``; {} for
+    no config. `Pipeline.grid_options` samples with it, as diffusers does."""
+    if not c:
+        return {}
+    spacing = c.get("timestep_spacing")
+    if spacing is not None and spacing not in SPACINGS:
+        raise CheckpointError(f"scheduler: timestep_spacing {spacing!r} is not supported; allowed: {', '.join(SPACINGS)}")
+    offset = c.get("steps_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise CheckpointError(f"scheduler: steps_offset {offset!r} must be an integer ≥ 0")
+    return {"spacing": spacing, "steps_offset": offset}

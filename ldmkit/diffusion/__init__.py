@@ -4,16 +4,22 @@ Timesteps are integers 0 … T−1 and ``schedule.alphas_cumprod[t]`` is ᾱ_t (
 """
 
 from ldmkit.diffusion.consistency import sample_lcm
-from ldmkit.diffusion.grids import randn, sigma_schedule, spaced_timesteps
+from ldmkit.diffusion.grids import SPACINGS, Grid, randn, sigma_grid, sigma_schedule, spaced_timesteps
 from ldmkit.diffusion.guidance import guided_denoiser
 from ldmkit.diffusion.objective import diffusion_loss, min_snr_weight
 from ldmkit.diffusion.samplers import (
+    DEFAULT_SPACING,
+    DIFFUSERS_SPACING,
     SAMPLERS,
+    check_grid_options,
+    grid_for,
     sample,
+    sample_ancestral,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
     sample_euler,
+    sample_euler_ancestral,
     sample_from,
     sampler_timesteps,
     start_index,
@@ -32,8 +38,14 @@ from ldmkit.diffusion.schedule import (
 )
 
 __all__ = [
+    "DEFAULT_SPACING",
+    "DIFFUSERS_SPACING",
+    "Grid",
     "NoiseSchedule",
     "SAMPLERS",
+    "SPACINGS",
+    "check_grid_options",
+    "grid_for",
     "diffusion_loss",
     "eps_from_v",
     "guided_denoiser",
@@ -46,13 +58,16 @@ __all__ = [
     "q_sample",
     "randn",
     "sample",
+    "sample_ancestral",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
     "sample_euler",
+    "sample_euler_ancestral",
     "sample_lcm",
     "sample_from",
     "sampler_timesteps",
+    "sigma_grid",
     "sigma_schedule",
     "snr",
     "spaced_timesteps",

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.grids import Callback, Denoiser, check_start, check_stop, randn, spaced_timesteps, timestep_tensor
+from ldmkit.diffusion.grids import Callback, Denoiser, check_start, check_stop, randn, sigma_grid, timestep_tensor
 from ldmkit.diffusion.schedule import NoiseSchedule
 
 SIGMA_DATA = 0.5
@@ -52,9 +52,12 @@ def sample_lcm(
     callback: Callback | None = None,
     start: int = 0,
     stop: int | None = None,
+    spacing: str = "trailing",
+    steps_offset: int | None = None,
+    karras: bool = False,
 ) -> Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's Alg. 3) over `spaced_timesteps`
-    τ_0 > … > τ_{n−1} (trailing, from T−1):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's Alg. 3) over the timesteps
+    τ_0 > … > τ_{n−1} of `sigma_grid` (``spacing``, ``steps_offset``, ``karras``; trailing, from T−1):
 
         ẑ_0 = f(z_{τ_i}, τ_i),   z_{τ_{i+1}} = √ᾱ_{τ_{i+1}} ẑ_0 + √(1 − ᾱ_{τ_{i+1}}) ξ,  ξ ~ N(0, I),
 
@@ -62,7 +65,7 @@ def sample_lcm(
     bound (one UNet pass per step). ``stop`` returns z_t at that step's timestep (its fresh noise
     drawn), ``start`` continues from one, as the other samplers do.
     """
-    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps)
+    timesteps = list(sigma_grid(schedule, num_steps, spacing, steps_offset, karras).timesteps)
     n = len(timesteps)
     ac = schedule.alphas_cumprod.double().tolist()
     z = z_T.float()

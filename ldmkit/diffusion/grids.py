@@ -1,13 +1,22 @@
 """Where samplers step: the timestep and σ grids, the starting noise, and the step-range checks.
 
-Timesteps are integers 0 … T−1 of `ldmkit.diffusion.schedule`. The VP-space samplers (DDPM, DDIM) and
-the consistency sampler visit `spaced_timesteps`; the σ-space samplers (Euler, DPM-Solver++) visit
-`sigma_schedule`. A sampler run from ``start`` to ``stop`` covers a slice of its grid
-(`check_start`, `check_stop`), which is how image-to-image and "stop, then continue" work.
+Timesteps are integers 0 … T−1 of `ldmkit.diffusion.schedule`, and σ_t = √((1 − ᾱ_t)/ᾱ_t). A grid
+(`Grid`, built by `sigma_grid`) is the n timesteps t_0 > … > t_{n−1} at which a sampler calls the
+denoiser, their σ_i, and σ_n, the noise level the last step lands on (0: clean data). Every sampler takes
+the same grid options:
+
+- ``spacing`` (`spaced_timesteps`): "trailing", "leading" or "linspace", diffusers' ``timestep_spacing``;
+- ``steps_offset``: added to the leading grid (diffusers' ``steps_offset``; None: 1, as CompVis and
+  Stable Diffusion's scheduler config have it);
+- ``karras``: σ_i respaced after Karras et al. 2022 between the grid's first and last σ (`karras_sigmas`).
+
+A sampler run from ``start`` to ``stop`` covers a slice of its grid (``grid[start:stop]``; `check_start`,
+`check_stop`), which is how image-to-image and "stop, then continue" work.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -35,39 +44,111 @@ def randn(
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-SPACINGS = ("trailing", "leading")
+SPACINGS = ("trailing", "leading", "linspace")
 
 
-def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
-    """``num_steps`` timesteps from high to low noise.
+def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing", steps_offset: int | None = None,
+                     endpoint: bool = False) -> list[int]:
+    """``num_steps`` = n timesteps from high to low noise, T = ``num_timesteps`` (diffusers' rules):
 
-    ``"trailing"`` (the default; Lin et al. 2024) spaces them evenly down from T−1:
+        trailing  t_i = round(T − i·T/n) − 1           (Lin et al. 2024; T = 1000, n = 50: 999, 979, …, 19)
+        leading   t_i = (n − 1 − i)·⌊T/n⌋ + offset      (CompVis "uniform", SD: 981, 961, …, 1 with offset 1)
+        linspace  t_i = round((n − 1 − i)(T − 1)/(n − 1))   (k-diffusion: 999, …, 0)
 
-        t_i = round(T − i·T/n) − 1,  i = 0 … n−1   (T = 1000, n = 50: 999, 979, …, 19).
+    ``steps_offset`` shifts the leading grid only, as in diffusers (None: 1). Trailing always starts at
+    T−1, where z_T ~ N(0, I) is the right distribution; leading starts ⌊T/n⌋ − offset short of it.
 
-    It always starts at T−1, where z_T ~ N(0, I) is the right distribution; for n = T it is T−1, …, 0.
-    ``"leading"`` is what the original LDM/Stable Diffusion DDIM sampler uses (CompVis "uniform";
-    diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``), needed to reproduce their images:
-
-        t_i = (n − 1 − i)·⌊T/n⌋ + 1   (T = 1000, n = 50: 981, 961, …, 1),
-
-    which starts 18 steps short of T−1 and needs n < T.
+    ``endpoint``: DPM-Solver's layout (diffusers' DPMSolverMultistepScheduler): leading and linspace are laid
+    over n + 1 points and the last, where the solver lands, is dropped (the sampler lands on clean data
+    there); trailing is unchanged (its n + 1st point is already t = −1).
     """
     if spacing not in SPACINGS:
         raise UsageError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
-    if not 1 <= num_steps <= num_timesteps:
-        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {num_timesteps}")
-    if spacing == "leading":
-        stride = num_timesteps // num_steps
-        if (num_steps - 1) * stride + 1 > num_timesteps - 1:
-            raise UsageError(f"leading spacing needs num_steps < num_timesteps = {num_timesteps}, got {num_steps}")
-        return [(num_steps - 1 - i) * stride + 1 for i in range(num_steps)]
-    return [round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)]
+    T, n = num_timesteps, num_steps
+    if not 1 <= n <= T:
+        raise UsageError(f"num_steps = {n}; must be between 1 and num_timesteps = {T}")
+    points = n + 1 if endpoint else n
+    if spacing == "trailing":
+        return [round(T - i * T / n) - 1 for i in range(n)]
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, points, dtype=torch.float64).round().long().tolist()[:n]
+    offset = 1 if steps_offset is None else steps_offset
+    stride = T // points
+    timesteps = [(points - 1 - i) * stride + offset for i in range(n)]
+    if stride == 0 or offset < 0 or timesteps[0] > T - 1:
+        raise UsageError(f"leading spacing with steps_offset {offset} needs (num_steps − 1)·⌊T/num_steps⌋ + "
+                         f"steps_offset ≤ T − 1 = {T - 1}; {n} steps do not fit")
+    return timesteps
 
 
-def timestep_tensor(timesteps: list[int], device: torch.device) -> Tensor:
+@dataclass(frozen=True)
+class Grid:
+    """Timesteps t_0 > … > t_{n−1} the denoiser is called at, their noise levels σ_0 > … > σ_{n−1}, and
+    σ_n where the last step lands (0: clean data). ``grid[a:b]`` is steps a … b−1 (σ_a … σ_b)."""
+
+    timesteps: tuple[int, ...]
+    sigmas: tuple[float, ...]  # n + 1
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def __getitem__(self, steps: slice) -> "Grid":
+        start, stop, _ = steps.indices(len(self))
+        return Grid(self.timesteps[start:stop], self.sigmas[start:stop + 1])
+
+
+def schedule_sigmas(schedule: NoiseSchedule) -> Tensor:
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for t = 0 … T−1, float64 on the CPU (increasing)."""
+    ac = schedule.alphas_cumprod.double().cpu()
+    return ((1 - ac) / ac).sqrt()
+
+
+def sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
+    """Fractional timestep of each σ: linear interpolation of log σ against the increasing log σ_t."""
+    log_sigma = sigma.log()
+    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo_value, hi_value = log_sigmas[hi - 1], log_sigmas[hi]
+    w = ((log_sigma - lo_value) / (hi_value - lo_value)).clamp(0, 1)
+    return (hi - 1) + w
+
+
+def karras_timesteps(sigmas: Tensor, t_first: int, t_last: int, num_steps: int, rho: float = 7.0) -> list[int]:
+    """Karras et al. 2022, eq. 5, snapped to timesteps: σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} −
+    σ_max^{1/ρ}))^ρ with σ_max = σ_{t_first}, σ_min = σ_{t_last}, each turned into the nearest timestep in
+    log σ; timesteps that snap together are kept once (so with many steps there may be fewer than n)."""
+    if num_steps == 1:
+        return [t_first]
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    lo, hi = sigmas[t_last] ** (1 / rho), sigmas[t_first] ** (1 / rho)
+    return torch.unique_consecutive(sigma_to_t(sigmas.log(), (hi + ramp * (lo - hi)) ** rho).round().long()).tolist()
+
+
+def sigma_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "linspace", steps_offset: int | None = None,
+               karras: bool = False, final_sigma: float = 0.0, endpoint: bool = False) -> Grid:
+    """The `Grid` of ``num_steps`` steps: `spaced_timesteps` (``spacing``, ``steps_offset``, ``endpoint``),
+    respaced by `karras_timesteps` between its first and last timestep with ``karras`` (diffusers' rule),
+    σ_i = σ_{t_i}, and σ_n = ``final_sigma``.
+
+    The denoiser only takes integer timesteps, so a Karras σ is snapped to the nearest timestep and
+    replaced by σ there: the solver steps between noise levels the model was trained at.
+    """
+    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing, steps_offset, endpoint)
+    sigmas = schedule_sigmas(schedule)
+    if karras:
+        timesteps = karras_timesteps(sigmas, timesteps[0], timesteps[-1], num_steps)
+    return Grid(tuple(timesteps), tuple(sigmas[timesteps].tolist()) + (float(final_sigma),))
+
+
+def sigma_schedule(schedule: NoiseSchedule, num_steps: int, karras: bool = False) -> tuple[list[int], list[float]]:
+    """(timesteps, σ) of k-diffusion's grid: linspace from T−1 to 0 (Karras σ between σ_{T−1} and σ_0 with
+    ``karras``), σ_n = 0 — the grid euler and dpmpp-2m step over by default."""
+    grid = sigma_grid(schedule, num_steps, "linspace", karras=karras)
+    return list(grid.timesteps), list(grid.sigmas)
+
+
+def timestep_tensor(timesteps, device: torch.device) -> Tensor:
     # One host-to-device copy for the whole run; each step takes a view with .expand(B).
-    return torch.tensor(timesteps, dtype=torch.int64, device=device)
+    return torch.tensor(list(timesteps), dtype=torch.int64, device=device)
 
 
 def check_start(start: int, n: int) -> int:
@@ -84,36 +165,3 @@ def check_stop(stop: int | None, start: int, n: int) -> int:
     if not start < stop <= n:
         raise ValueError(f"stop = {stop}; must be a step index {start + 1} … {n}")
     return stop
-
-
-def sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
-    """Fractional timestep of each σ: linear interpolation of log σ against the increasing log σ_t."""
-    log_sigma = sigma.log()
-    hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
-    lo_value, hi_value = log_sigmas[hi - 1], log_sigmas[hi]
-    w = ((log_sigma - lo_value) / (hi_value - lo_value)).clamp(0, 1)
-    return (hi - 1) + w
-
-
-def sigma_schedule(
-    schedule: NoiseSchedule, num_steps: int, karras: bool = False, rho: float = 7.0
-) -> tuple[list[int], list[float]]:
-    """Timesteps t_0 > … > t_{n−1} and noise levels σ_0 > … > σ_{n−1} > σ_n = 0 for the σ-space samplers.
-
-    Without ``karras``: t_i = round(linspace(T−1, 0, n)), as k-diffusion's DiscreteSchedule.get_sigmas.
-    With ``karras``: σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (Karras et al. 2022,
-    eq. 5), σ_max = σ_{T−1}, σ_min = σ_0, then snapped to the nearest timestep in log σ; timesteps that
-    snap together are kept once (so with many steps there may be fewer than n).
-    """
-    T = schedule.num_timesteps
-    if not 1 <= num_steps <= T:
-        raise UsageError(f"num_steps = {num_steps}; must be between 1 and num_timesteps = {T}")
-    ac = schedule.alphas_cumprod.double().cpu()
-    sigmas = ((1 - ac) / ac).sqrt()
-    if karras and num_steps > 1:
-        ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-        lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
-        t = torch.unique_consecutive(sigma_to_t(sigmas.log(), (hi + ramp * (lo - hi)) ** rho).round().long())
-    else:
-        t = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long()
-    return t.tolist(), sigmas[t].tolist() + [0.0]

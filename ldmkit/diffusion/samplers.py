@@ -1,32 +1,31 @@
-"""Samplers: from z_T ~ N(0, I) back to z_0, one plain function each (after k-diffusion's sampling.py).
+"""Samplers: from z_T ~ N(0, I) back to z_0, one plain function each over a σ grid (after k-diffusion's
+sampling.py).
 
 Every sampler takes a denoiser ``denoise(z_t, t) -> ε̂`` (ε-space, guidance already applied, e.g. by
-`guided_denoiser`) where ``t`` is an int64 tensor [B] of timesteps in 0 … T−1 (see schedule.py for the
-convention). Samplers run under ``torch.no_grad``, compute in float32, return z_0 in float32, call
-``callback(i, n)`` after step i = 0 … n−1 of n, and draw any noise from ``generator`` (on the
-generator's own device, so a seed gives the same numbers on every device).
+`guided_denoiser`) where ``t`` is an int64 tensor [B] of timesteps in 0 … T−1, and a `Grid` of
+timesteps and noise levels (`ldmkit.diffusion.grids`). Samplers run under ``torch.no_grad``, compute in
+float32, return z in float32, call ``callback(i, n)`` after step i = 0 … n−1 of n, and draw any noise
+from ``generator`` (on the generator's own device, so a seed gives the same numbers on every device).
 
-Two spaces are used:
+They work in σ space: x = z_t / √ᾱ_t = z_0 + σ ε with σ = √((1 − ᾱ_t)/ᾱ_t) (Karras et al. 2022's
+variance-exploding form); going back, z_t = x / √(1 + σ²) because 1/ᾱ_t = 1 + σ². So a sampler starts
+from x = z_T √(1 + σ_0²) (z_T ~ N(0, I) has the variance of the VP process, x_T must have 1 + σ_0²),
+the denoiser sees x / √(1 + σ²), its data estimate is D(x; σ) = x − σ ε̂, and a sampler returns
+x / √(1 + σ_n²) (x itself where σ_n = 0).
 
-- VP space (DDPM, DDIM) works on z_t directly, with ᾱ_t from the schedule.
-- σ space (Euler, DPM-Solver++(2M)) works on x = z_t / √ᾱ_t = z_0 + σ ε with σ = √((1 − ᾱ_t)/ᾱ_t)
-  (Karras et al. 2022's variance-exploding form). Going back, z_t = x / √(1 + σ²) because
-  1/ᾱ_t = 1 + σ². In particular the start x_T = z_T √(1 + σ_max²): z_T ~ N(0, I) has the variance of
-  the VP process at T−1 (≈ 1), and x_T must have variance ≈ 1 + σ_max² (k-diffusion's z·σ_max is the
-  large-σ approximation of this). The denoiser's ε̂ gives the data estimate D(x; σ) = x − σ ε̂, and
-  σ = 0 is x = z_0.
+Two algorithms cover the five ε-samplers:
 
-Image-to-image (SDEdit, Meng et al. 2022) starts part-way: every sampler takes ``start``, the index
-of the step list at which it begins, and ``z_T`` is then z_t at that step's timestep, made from a
-clean z_0 by q(z_t | z_0) (`sample_from`); ``callback(i, n)`` then counts the n − start steps run.
+- `sample_ancestral`: Euler ancestral steps. η = 0 is Euler's method on the probability-flow ODE, which is
+  also deterministic DDIM (Song et al. 2021): x_{t'} = ẑ_0 + σ' ε̂ is DDIM's z_{t'} = √ᾱ' ẑ_0 + √(1 − ᾱ') ε̂
+  divided by √ᾱ'. DDIM's η > 0 adds noise of the same size in x space, which is k-diffusion's ancestral
+  step; η = 1 is the DDPM posterior (Ho et al. 2020), so "ddpm", "ddim", "euler" and "euler-a" are this
+  one function on their own grids (tests/test_diffusion.py checks it against the formulas in z space).
+- `sample_dpmpp_2m`: DPM-Solver++(2M) (Lu et al. 2022).
 
-The grids themselves (timesteps, σ, the start/stop checks) are in `ldmkit.diffusion.grids`, and the
-consistency sampler `sample_lcm` in `ldmkit.diffusion.consistency`; `sample` runs any of them by name.
-
-The denoiser only accepts integer timesteps, so the σ grid of the σ-space samplers is snapped to the
-schedule: each σ is converted to a fractional timestep by interpolating log σ against the schedule's
-log σ_t (as k-diffusion's DiscreteSchedule.sigma_to_t does), rounded, and replaced by σ at that
-timestep. The solver then steps between exactly the noise levels the model was trained at.
+Image-to-image (SDEdit, Meng et al. 2022) starts part-way: every sampler takes ``start``, the step index
+at which it begins (it runs ``grid[start:stop]``), and ``z_T`` is then z_t at that step's timestep,
+made from a clean z_0 by q(z_t | z_0) (`sample_from`); ``callback(i, n)`` then counts the n − start steps.
+The consistency sampler `sample_lcm` is in `ldmkit.diffusion.consistency`; `sample` runs any by name.
 """
 
 from __future__ import annotations
@@ -39,168 +38,87 @@ from torch import Tensor
 
 from ldmkit.diffusion.consistency import sample_lcm
 from ldmkit.diffusion.grids import (
-    Callback, Denoiser, check_start, check_stop, randn, sigma_schedule, spaced_timesteps, timestep_tensor,
+    Callback, Denoiser, Grid, check_start, check_stop, randn, schedule_sigmas, sigma_grid, timestep_tensor,
 )
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UsageError
 
+# The grid each sampler steps over when no spacing is given: trailing for the VP-space samplers
+# (from T−1, ending at clean data), k-diffusion's linspace for the σ-space ones.
+DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "lcm": "trailing", "euler": "linspace",
+                   "euler-a": "linspace", "dpmpp-2m": "linspace"}
+# The timestep_spacing default of the diffusers scheduler each sampler matches (DDIMScheduler, DDPMScheduler,
+# EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler), for a scheduler
+# config that names none.
+DIFFUSERS_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "euler-a": "linspace",
+                     "dpmpp-2m": "linspace"}
 
-# --------------------------------------------------------------------------------------------------
-# VP space: DDPM and DDIM
+
+def _run(grid: Grid, start: int, stop: int | None, callback: Callback | None) -> tuple[Grid, Callback | None]:
+    """Steps start … stop−1 of ``grid`` and a callback that counts them as i of n − start."""
+    n = len(grid)
+    end = check_stop(stop, check_start(start, n), n)
+    if callback is None:
+        return grid[start:end], None
+    return grid[start:end], lambda i, _: callback(i, n - start)
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(σ_down, σ_up) of an ancestral step σ → σ' (k-diffusion's get_ancestral_step):
+
+        σ_up = η √(σ'² (σ² − σ'²) / σ²),   σ_down = √(σ'² − σ_up²)  (0 where σ_up > σ', η > 1).
+
+    η = 0 is (σ', 0) exactly; σ_up/√(1 + σ'²) is DDIM's σ_η in z space (Song et al. 2021, eq. 16)."""
+    if eta == 0 or sigma_next == 0:
+        return sigma_next, 0.0
+    up = eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+    return math.sqrt(max(sigma_next**2 - up**2, 0.0)), up
 
 
 @torch.no_grad()
-def sample_ddpm(
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    num_steps: int | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> Tensor:
-    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), p_θ(z_{t−1} | z_t) = N(μ_θ, σ_t² I):
+def sample_ancestral(denoise: Denoiser, z_T: Tensor, grid: Grid, eta: float = 0.0,
+                     generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+    """Euler ancestral steps over ``grid`` (Karras et al. 2022, Alg. 1 with the noise of k-diffusion's
+    sample_euler_ancestral), x_0 = z_T √(1 + σ_0²):
 
-        μ_θ = 1/√α_t · (z_t − (1 − α_t)/√(1 − ᾱ_t) · ε̂),   σ_t² = (1 − ᾱ_{t−1})(1 − α_t)/(1 − ᾱ_t),
-        z_{t−1} = μ_θ + σ_t ξ,  ξ ~ N(0, I)  (no noise at the last step, which returns μ_θ = ẑ_0).
+        ε̂_i = ε̂(x_i / √(1 + σ_i²), t_i),   (σ_down, σ_up) = `ancestral_step`(σ_i, σ_{i+1}, η)
+        x_{i+1} = x_i + (σ_down − σ_i) ε̂_i + σ_up ξ_i,   ξ_i ~ N(0, I) drawn where σ_up > 0,
 
-    ``num_steps=None`` visits all T timesteps. A smaller ``num_steps`` visits `spaced_timesteps` and
-    treats each jump t → t' as one step of a respaced chain with α = ᾱ_t/ᾱ_{t'} (Nichol & Dhariwal 2021);
-    with every timestep visited this is exactly the formula above.
-    """
-    timesteps = spaced_timesteps(schedule.num_timesteps, schedule.num_timesteps if num_steps is None else num_steps)
-    n = len(timesteps)
-    ac = schedule.alphas_cumprod.double().tolist()
+    returning x_n / √(1 + σ_n²). η = 0: Euler = DDIM(0); η: DDIM(η); η = 1: DDPM's posterior, Euler a.
+
+    The state is held as z = x/√(1 + σ²), not x (whose size is σ_0 ≈ 10⁴ on a cosine or zero-terminal-SNR
+    schedule, too large for float32): x_{i+1} = D_i + σ_down ε̂_i + σ_up ξ_i with D_i = x_i − σ_i ε̂_i
+    = √(1 + σ_i²)(z_i − σ_i/√(1 + σ_i²) ε̂_i), the difference taken at the size of z, as DDIM takes it."""
+    sigmas = grid.sigmas
     z = z_T.float()
-    ts = timestep_tensor(timesteps, z.device)
-    for i in range(check_start(start, n), check_stop(stop, start, n)):
-        t = timesteps[i]
-        a_t = ac[t]
-        a_prev = ac[timesteps[i + 1]] if i + 1 < n else 1.0  # the last step lands on clean data
-        alpha = a_t / a_prev
+    ts = timestep_tensor(grid.timesteps, z.device)
+    for i in range(len(grid)):
+        s, s_next = sigmas[i], sigmas[i + 1]
         eps = denoise(z, ts[i].expand(z.shape[0]))
-        z = (z - ((1 - alpha) / math.sqrt(1 - a_t)) * eps) * (1 / math.sqrt(alpha))
-        if i + 1 < n:
-            variance = (1 - a_prev) * (1 - alpha) / (1 - a_t)
-            z = z + math.sqrt(variance) * randn(z.shape, generator, z.device)
+        down, up = ancestral_step(s, s_next, eta)
+        lands = 1 / math.sqrt(1 + s_next**2)  # z = x/√(1 + σ²) at σ_{i+1}
+        z = (z - (s / math.sqrt(1 + s**2)) * eps) * (math.sqrt(1 + s**2) * lands) + (down * lands) * eps
+        if up > 0:
+            z = z + (up * lands) * randn(z.shape, generator, z.device)
         if callback is not None:
-            callback(i - start, n - start)
+            callback(i, len(grid))
     return z
 
 
 @torch.no_grad()
-def sample_ddim(
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int = 50,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    start: int = 0,
-    spacing: str = "trailing",
-    stop: int | None = None,
-) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12) over `spaced_timesteps` t → t' (``spacing``, default trailing):
-
-        ẑ_0 = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
-        σ = η √((1 − ᾱ_t')/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_t')
-        z_t' = √ᾱ_t' ẑ_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ ξ,  ξ ~ N(0, I)
-
-    η = 0 is deterministic; η = 1 is the DDPM posterior variance (with all T steps it is `sample_ddpm`).
-    With trailing spacing the last step goes to ᾱ_t' = 1, so it returns ẑ_0 (diffusers'
-    ``set_alpha_to_one=True``); with leading spacing it goes to ᾱ_0, as the original LDM sampler and
-    Stable Diffusion's scheduler (``set_alpha_to_one=False``) do.
-    """
-    timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
-    n = len(timesteps)
-    ac = schedule.alphas_cumprod.double().tolist()
-    final = 1.0 if spacing == "trailing" else ac[0]
-    z = z_T.float()
-    ts = timestep_tensor(timesteps, z.device)
-    for i in range(check_start(start, n), check_stop(stop, start, n)):
-        t = timesteps[i]
-        a_t = ac[t]
-        a_prev = ac[timesteps[i + 1]] if i + 1 < n else final
-        eps = denoise(z, ts[i].expand(z.shape[0]))
-        z0 = (z - math.sqrt(1 - a_t) * eps) * (1 / math.sqrt(a_t))
-        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        z = math.sqrt(a_prev) * z0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            z = z + sigma * randn(z.shape, generator, z.device)
-        if callback is not None:
-            callback(i - start, n - start)
-    return z
-
-
-# --------------------------------------------------------------------------------------------------
-# σ space: Euler and DPM-Solver++(2M)
-
-
-# --------------------------------------------------------------------------------------------------
-# σ space: Euler and DPM-Solver++(2M)
-
-
-@torch.no_grad()
-def sample_euler(
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    karras: bool = False,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> Tensor:
-    """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = ε̂ (Karras et al. 2022, Alg. 1):
-
-        x_{i+1} = x_i + (σ_{i+1} − σ_i) ε̂(x_i/√(1 + σ_i²), t_i),   x_0 = z_T √(1 + σ_0²).
-
-    Deterministic (no churn); ``generator`` is accepted for a uniform signature and draws nothing.
-    """
-    del generator
-    timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
-    n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[check_start(start, n)] ** 2)
-    ts = timestep_tensor(timesteps, x.device)
-    end = check_stop(stop, start, n)
-    for i in range(start, end):
-        eps = denoise(x * (1 / math.sqrt(1 + sigmas[i] ** 2)), ts[i].expand(x.shape[0]))
-        x = x + (sigmas[i + 1] - sigmas[i]) * eps
-        if callback is not None:
-            callback(i - start, n - start)
-    return x * (1 / math.sqrt(1 + sigmas[end] ** 2))  # z_t of the VP form (σ_n = 0 at the end: x itself)
-
-
-@torch.no_grad()
-def sample_dpmpp_2m(
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    karras: bool = False,
-    callback: Callback | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> Tensor:
+def sample_dpmpp_2m_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callback | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in λ = −log σ.
-
     With D_i = x_i − σ_i ε̂_i, h_i = λ_{i+1} − λ_i and r_i = h_{i−1}/h_i:
 
         D'_i = (1 + 1/(2 r_i)) D_i − 1/(2 r_i) D_{i−1}   (D'_i = D_i at the first step)
         x_{i+1} = (σ_{i+1}/σ_i) x_i − (e^{−h_i} − 1) D'_i
 
-    and the last step (σ = 0) returns D_{n−1}, as k-diffusion does.
-    """
-    timesteps, sigmas = sigma_schedule(schedule, num_steps, karras)
-    n = len(timesteps)
-    x = z_T.float() * math.sqrt(1 + sigmas[check_start(start, n)] ** 2)
-    ts = timestep_tensor(timesteps, x.device)
+    and a step to σ = 0 returns D_i, as k-diffusion and diffusers (``final_sigmas_type="zero"``) do."""
+    sigmas = grid.sigmas
+    x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
+    ts = timestep_tensor(grid.timesteps, x.device)
     old_denoised = None
-    end = check_stop(stop, start, n)
-    for i in range(start, end):
+    for i in range(len(grid)):
         s, s_next = sigmas[i], sigmas[i + 1]
         eps = denoise(x * (1 / math.sqrt(1 + s**2)), ts[i].expand(x.shape[0]))
         denoised = x - s * eps
@@ -216,8 +134,97 @@ def sample_dpmpp_2m(
             x = (s_next / s) * x - math.expm1(-h) * d
         old_denoised = denoised
         if callback is not None:
-            callback(i - start, n - start)
-    return x * (1 / math.sqrt(1 + sigmas[end] ** 2))  # z_t of the VP form (σ_n = 0 at the end: x itself)
+            callback(i, len(grid))
+    return x * (1 / math.sqrt(1 + sigmas[-1] ** 2))
+
+
+def grid_for(name: str, schedule: NoiseSchedule, num_steps: int | None, spacing: str | None = None,
+             steps_offset: int | None = None, karras: bool = False) -> Grid:
+    """The grid sampler ``name`` steps over (`sigma_grid`): ``spacing`` None is its own (`DEFAULT_SPACING`).
+
+    ddpm and ddim land on clean data (σ_n = 0, ᾱ = 1; diffusers' ``set_alpha_to_one=True``), except on the
+    leading grid, where they land on ᾱ_0 as the original LDM sampler and Stable Diffusion's scheduler
+    (``set_alpha_to_one=False``) do. dpmpp-2m lays a given spacing out as diffusers' DPMSolverMultistepScheduler
+    (``endpoint``: leading and linspace over n + 1 points); without one it takes k-diffusion's grid.
+    ``num_steps`` None (ddpm): all T timesteps."""
+    n = schedule.num_timesteps if num_steps is None else num_steps
+    chosen = spacing or DEFAULT_SPACING[name]
+    final = 0.0
+    if name in ("ddpm", "ddim") and chosen == "leading":
+        final = float(schedule_sigmas(schedule)[0])
+    endpoint = name == "dpmpp-2m" and spacing is not None
+    return sigma_grid(schedule, n, chosen, steps_offset, karras, final, endpoint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Each sampler by itself: its grid, then one of the two algorithms.
+
+
+def sample_ddpm(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None,
+                callback: Callback | None = None, num_steps: int | None = None, start: int = 0,
+                stop: int | None = None, spacing: str = "trailing", steps_offset: int | None = None,
+                karras: bool = False) -> Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), p_θ(z_{t'} | z_t) = N(μ_θ, σ_t² I) over t → t':
+
+        μ_θ = 1/√α · (z_t − (1 − α)/√(1 − ᾱ_t) · ε̂),   σ_t² = (1 − ᾱ_t')(1 − α)/(1 − ᾱ_t),   α = ᾱ_t/ᾱ_t',
+
+    no noise at the last step (Nichol & Dhariwal 2021's respacing; with every timestep visited α = α_t).
+    It is DDIM with η = 1: `sample_ancestral` with η = 1. ``num_steps=None`` visits all T timesteps."""
+    grid, callback = _run(grid_for("ddpm", schedule, num_steps, spacing, steps_offset, karras), start, stop, callback)
+    return sample_ancestral(denoise, z_T, grid, 1.0, generator, callback)
+
+
+def sample_ddim(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, callback: Callback | None = None, start: int = 0,
+                spacing: str = "trailing", stop: int | None = None, steps_offset: int | None = None,
+                karras: bool = False) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) over the grid t → t' (`grid_for`; trailing by default):
+
+        ẑ_0 = (z_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+        σ = η √((1 − ᾱ_t')/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_t')
+        z_t' = √ᾱ_t' ẑ_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ ξ,  ξ ~ N(0, I)
+
+    computed as `sample_ancestral` with η (the same steps in x = z/√ᾱ). η = 0 is deterministic; η = 1 is DDPM."""
+    grid, callback = _run(grid_for("ddim", schedule, num_steps, spacing, steps_offset, karras), start, stop, callback)
+    return sample_ancestral(denoise, z_T, grid, eta, generator, callback)
+
+
+def sample_euler(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
+                 generator: torch.Generator | None = None, callback: Callback | None = None, start: int = 0,
+                 stop: int | None = None, spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+    """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = ε̂ (Karras et al. 2022, Alg. 1):
+
+        x_{i+1} = x_i + (σ_{i+1} − σ_i) ε̂(x_i/√(1 + σ_i²), t_i),   x_0 = z_T √(1 + σ_0²),
+
+    over k-diffusion's grid by default. Deterministic; ``generator`` draws nothing."""
+    del generator
+    grid, callback = _run(grid_for("euler", schedule, num_steps, spacing, steps_offset, karras), start, stop, callback)
+    return sample_ancestral(denoise, z_T, grid, 0.0, None, callback)
+
+
+def sample_euler_ancestral(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int,
+                           karras: bool = False, generator: torch.Generator | None = None,
+                           callback: Callback | None = None, start: int = 0, stop: int | None = None,
+                           spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+    """Euler ancestral ("Euler a"; k-diffusion ``sample_euler_ancestral``, diffusers'
+    EulerAncestralDiscreteScheduler): `sample_ancestral` with η = 1 over k-diffusion's grid by default,
+
+        x_{i+1} = x_i + (σ_down − σ_i) ε̂_i + σ_up ξ_i,   σ_up = √(σ_{i+1}²(σ_i² − σ_{i+1}²)/σ_i²),
+        σ_down = √(σ_{i+1}² − σ_up²)."""
+    grid, callback = _run(grid_for("euler-a", schedule, num_steps, spacing, steps_offset, karras), start, stop,
+                          callback)
+    return sample_ancestral(denoise, z_T, grid, 1.0, generator, callback)
+
+
+def sample_dpmpp_2m(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
+                    callback: Callback | None = None, start: int = 0, stop: int | None = None,
+                    spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+    """DPM-Solver++(2M) (`sample_dpmpp_2m_grid`) over k-diffusion's grid by default, or a given spacing laid
+    out as diffusers' DPMSolverMultistepScheduler does (`grid_for`). A run from ``start`` restarts the
+    two-step history (one first-order step)."""
+    grid, callback = _run(grid_for("dpmpp-2m", schedule, num_steps, spacing, steps_offset, karras), start, stop,
+                          callback)
+    return sample_dpmpp_2m_grid(denoise, z_T, grid, callback)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,62 +235,61 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddim": sample_ddim,
     "euler": sample_euler,
     "dpmpp-2m": sample_dpmpp_2m,
+    "euler-a": sample_euler_ancestral,
     "lcm": sample_lcm,
 }
 
 
-def sample(
-    name: str,
-    denoise: Denoiser,
-    z_T: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    karras: bool = False,
-    start: int = 0,
-    spacing: str = "trailing",
-    stop: int | None = None,
-) -> Tensor:
-    """Run sampler ``name`` (a key of `SAMPLERS`). ``eta`` and ``spacing`` apply to ddim only, ``karras``
-    to euler and dpmpp-2m only; setting one for a sampler that ignores it is an error rather than a
-    silent no-op.
-    ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`).
-    ``stop``: end before that index and return z_t at its timestep, for a later run with ``start = stop``
-    (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step)."""
+def check_grid_options(name: str, eta: float = 0.0, spacing: str | None = None, steps_offset: int | None = None) -> None:
+    """UsageError for sampler ``name``'s options that mean nothing: an unknown name, η for another sampler
+    than ddim, a steps offset without leading spacing."""
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if eta != 0.0 and name != "ddim":
         raise UsageError(f"eta = {eta} applies to the ddim sampler only, not {name!r}")
-    if karras and name not in ("euler", "dpmpp-2m"):
-        raise UsageError(f"karras sigmas apply to the euler and dpmpp-2m samplers only, not {name!r}")
-    if spacing != "trailing" and name != "ddim":
-        raise UsageError(f"spacing = {spacing!r} applies to the ddim sampler only, not {name!r}")
+    if steps_offset is not None and (spacing or DEFAULT_SPACING[name]) != "leading":
+        raise UsageError(f"steps_offset = {steps_offset} applies to leading spacing only (diffusers' rule), not "
+                         f"{spacing or DEFAULT_SPACING[name]!r}")
+
+
+def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0,
+           generator: torch.Generator | None = None, callback: Callback | None = None, karras: bool = False,
+           start: int = 0, spacing: str | None = None, stop: int | None = None,
+           steps_offset: int | None = None) -> Tensor:
+    """Run sampler ``name`` (a key of `SAMPLERS`) over `grid_for` (``spacing``, ``steps_offset``, ``karras``;
+    the same options for every sampler). ``eta`` applies to ddim only: setting it for another sampler is an
+    error rather than a silent no-op.
+    ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`).
+    ``stop``: end before that index and return z_t at its timestep, for a later run with ``start = stop``
+    (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step)."""
+    check_grid_options(name, eta, spacing, steps_offset)
+    grid_options = dict(spacing=spacing or DEFAULT_SPACING[name], steps_offset=steps_offset, karras=karras)
     if name == "ddpm":
         return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
-                           start=start, stop=stop)
+                           start=start, stop=stop, **grid_options)
     if name == "ddim":
         return sample_ddim(denoise, z_T, schedule, num_steps, eta=eta, generator=generator, callback=callback,
-                           start=start, spacing=spacing, stop=stop)
+                           start=start, stop=stop, **grid_options)
     if name == "lcm":
         return sample_lcm(denoise, z_T, schedule, num_steps, generator=generator, callback=callback, start=start,
-                          stop=stop)
+                          stop=stop, **grid_options)
+    grid_options["spacing"] = spacing  # None: k-diffusion's grid (dpmpp-2m lays a given spacing out its own way)
     if name == "euler":
-        return sample_euler(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start,
-                            stop=stop)
-    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, karras=karras, callback=callback, start=start,
-                           stop=stop)
+        return sample_euler(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
+                            **grid_options)
+    if name == "euler-a":
+        return sample_euler_ancestral(denoise, z_T, schedule, num_steps, generator=generator, callback=callback,
+                                      start=start, stop=stop, **grid_options)
+    return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
+                           **grid_options)
 
 
 def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
-                      spacing: str = "trailing") -> list[int]:
+                      spacing: str | None = None, steps_offset: int | None = None) -> list[int]:
     """The timesteps sampler ``name`` visits with ``num_steps`` steps, first to last."""
-    if name in ("ddpm", "ddim", "lcm"):
-        return spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
-    if name in SAMPLERS:
-        return sigma_schedule(schedule, num_steps, karras)[0]
-    raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    return list(grid_for(name, schedule, num_steps, spacing, steps_offset, karras).timesteps)
 
 
 def start_index(num_steps: int, strength: float) -> int:
@@ -294,29 +300,18 @@ def start_index(num_steps: int, strength: float) -> int:
     return num_steps - round(strength * num_steps)
 
 
-def sample_from(
-    name: str,
-    denoise: Denoiser,
-    z_0: Tensor,
-    noise: Tensor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    strength: float,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    karras: bool = False,
-    spacing: str = "trailing",
-) -> Tensor:
+def sample_from(name: str, denoise: Denoiser, z_0: Tensor, noise: Tensor, schedule: NoiseSchedule, num_steps: int,
+                strength: float, eta: float = 0.0, generator: torch.Generator | None = None,
+                callback: Callback | None = None, karras: bool = False, spacing: str | None = None,
+                steps_offset: int | None = None) -> Tensor:
     """SDEdit (Meng et al. 2022): noise a clean z_0 part-way and denoise from there.
 
         k = n − round(s·n),  t = t_k (the k-th timestep of the sampler's grid),
-        z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε  (q(z_t | z_0), ε = ``noise``),  then steps k … n−1.
+        z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε  (q(z_t | z_0), ε = ``noise``),  then steps k … n−1 (``grid[k:]``).
 
-    s = ``strength`` ∈ [0, 1]: s = 1 starts at the first timestep (T−1 for every sampler here, the
-    input then barely shows), s = 0 runs no step and returns z_0 itself.
+    s = ``strength`` ∈ [0, 1]: s = 1 starts at the first timestep, s = 0 runs no step and returns z_0.
     """
-    timesteps = sampler_timesteps(name, schedule, num_steps, karras, spacing)  # Karras grids may hold fewer than n
+    timesteps = sampler_timesteps(name, schedule, num_steps, karras, spacing, steps_offset)  # Karras: maybe < n
     start = start_index(len(timesteps), strength)
     if start == len(timesteps):
         return z_0.float()
@@ -324,4 +319,4 @@ def sample_from(
     ac = float(schedule.alphas_cumprod[t])
     z_t = math.sqrt(ac) * z_0.float() + math.sqrt(1 - ac) * noise.float()
     return sample(name, denoise, z_t, schedule, num_steps, eta=eta, generator=generator, callback=callback,
-                  karras=karras, start=start, spacing=spacing)
+                  karras=karras, start=start, spacing=spacing, steps_offset=steps_offset)

@@ -25,17 +25,21 @@ class ImageToImagePipeline(Pipeline):
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
                  steps: int | None = None, guidance: float = 4.0, seed: int = 0, sampler: str | None = None,
                  eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
-                 callback: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+                 callback: Callable[[int, int], None] | None = None, karras: bool = False,
+                 spacing: str | None = None) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
-            image, prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback)]
+            image, prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
+            karras, spacing)]
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
                          steps: int | None = None, guidance: float = 4.0, seed: int = 0,
                          sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str = "", progress: bool = False,
-                         callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε."""
+                         callback: Callable[[int, int], None] | None = None, karras: bool = False,
+                         spacing: str | None = None) -> torch.Tensor:
+        """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's
+        k-th timestep (``karras``, ``spacing``: the grid, as `Pipeline.sample_latents`)."""
         if not 0 <= strength <= 1:
             raise UsageError(f"strength = {strength}; must be between 0 and 1")
         images = self.images(image)
@@ -43,5 +47,5 @@ class ImageToImagePipeline(Pipeline):
         context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0])
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
                                       init_latents=self.model.encode_images(images), strength=strength,
-                                      progress=progress, callback=callback)
+                                      progress=progress, callback=callback, karras=karras, spacing=spacing)
         return self.decode(latents)

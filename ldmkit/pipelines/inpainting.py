@@ -23,11 +23,12 @@ class InpaintingPipeline(Pipeline):
     def __call__(self, image: ImageInput, mask: Image.Image | torch.Tensor, prompt: str | list[str] = "",
                  steps: int = 25, guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
                  negative_prompt: str = "", progress: bool = False,
-                 callback: Callable[[int, int], None] | None = None, start_from_input: bool = True) -> list[Image.Image]:
+                 callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
+                 karras: bool = False) -> list[Image.Image]:
         images = self.images(image)
         out = self.generate_tensors(images, self.mask(mask, images), prompt, steps, guidance, seed, sampler, eta,
                                     negative_prompt, progress=progress, callback=callback,
-                                    start_from_input=start_from_input)
+                                    start_from_input=start_from_input, karras=karras)
         return [tensor_to_pil(x) for x in out]
 
     @torch.inference_mode()
@@ -47,8 +48,9 @@ class InpaintingPipeline(Pipeline):
                          steps: int = 25, guidance: float = 1.0, seed: int = 0, sampler: str = "ddim",
                          eta: float = 0.0, negative_prompt: str = "", blend: bool = True, progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
-                         start_from_input: bool = True) -> torch.Tensor:
-        """B×3×H×W in [-1, 1] for ``images`` B×3×H×W and ``mask`` B×1×H×W (1 = repaint). ``blend``:
+                         start_from_input: bool = True, karras: bool = False) -> torch.Tensor:
+        """B×3×H×W in [-1, 1] for ``images`` B×3×H×W and ``mask`` B×1×H×W (1 = repaint). ``karras``: Karras σ
+        for the sampler's grid. ``blend``:
         out = m ⊙ x̂ + (1 − m) ⊙ x (default), else x̂ = D(z_0) everywhere. ``start_from_input``:
         z_T ~ q(z_T | E(the image with its hole filled with the known pixels' mean colour)) (default),
         else N(0, I) (see `input_start`)."""
@@ -59,7 +61,8 @@ class InpaintingPipeline(Pipeline):
         concat = self.model.image_condition(images, latent_size, mask)
         start = self.input_start(mean_fill(images, mask), start_from_input)
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
-                                      concat=concat, init_latents=start, progress=progress, callback=callback)
+                                      concat=concat, init_latents=start, progress=progress, callback=callback,
+                                      karras=karras)
         decoded = self.decode(latents).to(latents.device)
         if blend:
             decoded = mask * decoded + (1 - mask) * images.float()

@@ -51,14 +51,16 @@ class TextToImagePipeline(Pipeline):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
-        spacing: str = "trailing",
+        spacing: str | None = None,
         binding: float = 0.0,
         binding_candidates: int = BindingGuidance.candidates,
         cache_interval: int = 1,
+        karras: bool = False,
+        steps_offset: int | None = None,
     ) -> list[Image.Image]:
         return [tensor_to_pil(x) for x in self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback, guidance_stop, spacing, binding, binding_candidates, cache_interval,
+            callback, guidance_stop, spacing, binding, binding_candidates, cache_interval, karras, steps_offset,
         )]
 
     @torch.inference_mode()
@@ -77,17 +79,20 @@ class TextToImagePipeline(Pipeline):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
-        spacing: str = "trailing",
+        spacing: str | None = None,
         binding: float = 0.0,
         binding_candidates: int = BindingGuidance.candidates,
         cache_interval: int = 1,
+        karras: bool = False,
+        steps_offset: int | None = None,
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
         ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
         there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
-        last fraction of the trajectory runs without guidance; ``spacing`` (ddim): trailing, or leading
-        as the original LDM and Stable Diffusion sample (see `Pipeline.sample_latents`). ``binding`` > 0:
+        last fraction of the trajectory runs without guidance; ``spacing`` (trailing, leading, linspace),
+        ``steps_offset`` (leading) and ``karras`` (Karras σ): the sampler's grid, for every sampler; None:
+        the model's scheduler config, else the sampler's own (`Pipeline.grid_options`). ``binding`` > 0:
         attribute-binding guidance of that scale λ (`ldmkit.diffusion.binding`) on the prompt's
         objects (each noun with its modifiers, `prompt_binding`), over the first half of the steps, and each
         prompt with two objects starts from the best of ``binding_candidates`` noises (its own z_T and
@@ -120,7 +125,7 @@ class TextToImagePipeline(Pipeline):
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
-            cache_interval=cache_interval,
+            cache_interval=cache_interval, karras=karras, steps_offset=steps_offset,
         )
         return self.decode(latents)
 

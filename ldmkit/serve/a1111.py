@@ -14,7 +14,8 @@
 
 A txt2img job is the same job as ``POST /v1/generate`` with the same settings, so ``seed``, ``steps``,
 ``cfg_scale`` and ``sampler_name`` "DDIM" give the image `ldmkit generate --seed --steps --guidance
---sampler ddim` writes, bit for bit. Errors are FastAPI's (A1111 is a FastAPI app too): 422 naming the
+--sampler ddim` writes, bit for bit ("Euler a": --sampler euler-a; "DPM++ 2M Karras", or any name with
+``scheduler`` "Karras": --karras). Errors are FastAPI's (A1111 is a FastAPI app too): 422 naming the
 field, 503 with Retry-After when the queue is full, 504 past the deadline, 409 when interrupted.
 """
 
@@ -51,9 +52,10 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
     txt2img job. ``img2img_pipe`` / ``inpaint_pipe``: what runs image jobs (None: that mode is refused)."""
     served = {model_name}
 
-    def checked(request: Txt2ImgRequest, errors: list[dict], sized: bool = True) -> tuple[str, int, int, list[str]]:
-        """(sampler, width, height, notes), or a 422 with ``errors`` and the request's own. ``sized``: check
-        width and height (img2img draws at its image's size instead)."""
+    def checked(request: Txt2ImgRequest, errors: list[dict],
+                sized: bool = True) -> tuple[tuple[str, bool], int, int, list[str]]:
+        """((sampler, karras), width, height, notes), or a 422 with ``errors`` and the request's own.
+        ``sized``: check width and height (img2img draws at its image's size instead)."""
         sampler = sampler_for(request, limits)
         if sampler is None:
             errors.append(sampler_error(request, limits))
@@ -104,10 +106,11 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
     @app.post("/sdapi/v1/txt2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def txt2img(request: Txt2ImgRequest, http: Request):
         """Text to image with A1111's fields; the same job as POST /v1/generate."""
-        sampler, width, height, notes = checked(request, [])
+        (sampler, karras), width, height, notes = checked(request, [])
         settings = Settings(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                             guidance=request.cfg_scale, binding=0.0, cache_interval=1, sampler=sampler,
-                            seed=seed_of(request), num_images=request.num_images(), width=width, height=height)
+                            karras=karras, seed=seed_of(request), num_images=request.num_images(), width=width,
+                            height=height)
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
@@ -127,7 +130,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         if mask is not None and mask.size != image.size:
             errors.append({"loc": ("body", "mask"), "type": "value_error",
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
-        sampler, _, _, notes = checked(request, errors, sized=False)
+        (sampler, karras), _, _, notes = checked(request, errors, sized=False)
         notes = [note for note in notes if "512" not in note]
         mode = "img2img" if mask is None else ("inpaint" if inpaint_pipe is not None else "img2img-masked")
         if (inpaint_pipe if mode == "inpaint" else img2img_pipe) is None:
@@ -145,7 +148,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         width, height = image.size
         settings = ImageSettings(
             mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            guidance=request.cfg_scale, sampler=sampler, seed=seed_of(request), num_images=request.num_images(),
+            guidance=request.cfg_scale, sampler=sampler, karras=karras, seed=seed_of(request),
+            num_images=request.num_images(),
             strength=request.denoising_strength, width=width, height=height, image=png_bytes(image.convert("RGB")),
             mask=None if mask is None else png_bytes(white_mask(mask, bool(request.inpainting_mask_invert))))
         job = submit(queue, settings)
@@ -161,7 +165,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
 
     @app.get("/sdapi/v1/samplers", tags=["automatic1111"])
     def samplers() -> list[dict]:
-        return [{"name": name, "aliases": list(SAMPLER_NAMES[name][1]), "options": {}}
+        return [{"name": name, "aliases": list(SAMPLER_NAMES[name][2]),
+                 "options": {"scheduler": "karras"} if SAMPLER_NAMES[name][1] else {}}
                 for name in sampler_names(limits)]
 
     @app.get("/sdapi/v1/progress", tags=["automatic1111"])

@@ -19,13 +19,16 @@ from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 A1111_DEFAULT_SIDE = 512
 
-# A1111's sampler name → ldmkit's sampler, and the other names A1111 accepts for it.
-SAMPLER_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "DDIM": ("ddim", ("ddim",)),
-    "DDPM": ("ddpm", ("ddpm",)),
-    "Euler": ("euler", ("k_euler",)),
-    "DPM++ 2M": ("dpmpp-2m", ("k_dpmpp_2m",)),
-    "LCM": ("lcm", ("lcm", "k_lcm")),
+# A1111's sampler name → (ldmkit's sampler, Karras σ), and the other names A1111 accepts for it. A1111 ≥ 1.9
+# also takes ``scheduler: "Karras"`` beside a plain name, which gives any sampler Karras σ (`sampler_for`).
+SAMPLER_NAMES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    "DDIM": ("ddim", False, ("ddim",)),
+    "DDPM": ("ddpm", False, ("ddpm",)),
+    "Euler": ("euler", False, ("k_euler",)),
+    "DPM++ 2M": ("dpmpp-2m", False, ("k_dpmpp_2m",)),
+    "Euler a": ("euler-a", False, ("k_euler_a", "k_euler_ancestral")),
+    "DPM++ 2M Karras": ("dpmpp-2m", True, ("k_dpmpp_2m_ka",)),
+    "LCM": ("lcm", False, ("lcm", "k_lcm")),
 }
 
 # Fields ldmkit does not act on, with the values that mean "off" in A1111 (and the webuiapi client's
@@ -42,7 +45,7 @@ NEUTRAL: dict[str, tuple] = {
     "hr_resize_y": (0,), "hr_checkpoint_name": (None, ""), "hr_sampler_name": (None, ""),
     "hr_scheduler": (None, ""), "hr_prompt": ("",), "hr_negative_prompt": ("",), "script_name": (None, ""),
     "script_args": ([],), "send_images": (True,), "save_images": (False,), "alwayson_scripts": ({},),
-    "infotext": (None, ""), "force_task_id": (None, ""), "scheduler": (None, "automatic", "Automatic"),
+    "infotext": (None, ""), "force_task_id": (None, ""), "scheduler": (None, "automatic", "Automatic", "karras", "Karras"),
     "sampler_index": (None, "Euler", "Euler a"), "include_init_images": (False, True), "resize_mode": (0,),
     "image_cfg_scale": (None, 1.5, 0), "mask_blur": (None, 4, 0), "mask_blur_x": (4,), "mask_blur_y": (4,),
     "inpainting_fill": (0, 1), "inpaint_full_res": (True, False, 0, 1), "inpaint_full_res_padding": (0, 32),
@@ -88,22 +91,24 @@ class Img2ImgRequest(Txt2ImgRequest):
     include_init_images: bool = False
 
 
-def sampler_for(request: Txt2ImgRequest, limits: Limits) -> str | None:
-    """ldmkit's sampler for the request's A1111 name (``sampler_name``, else ``sampler_index``; None:
-    the model's default), or None with nothing found: the caller reports `sampler_error`."""
+def sampler_for(request: Txt2ImgRequest, limits: Limits) -> tuple[str, bool] | None:
+    """(ldmkit's sampler, Karras σ) for the request's A1111 name (``sampler_name``, else ``sampler_index``;
+    None: the model's default) and ``scheduler`` ("Karras": Karras σ for any sampler), or None with nothing
+    found: the caller reports `sampler_error`."""
     name = request.sampler_name or request.sampler_index
+    karras_scheduler = str(request.extra_fields().get("scheduler") or "").lower() == "karras"
     if name is None:
-        return limits.samplers[0]
-    for a1111, (ours, aliases) in SAMPLER_NAMES.items():
+        return limits.samplers[0], karras_scheduler
+    for a1111, (ours, karras, aliases) in SAMPLER_NAMES.items():
         if name == a1111 or name.lower() in aliases:
-            return ours if ours in limits.samplers else None
+            return (ours, karras or karras_scheduler) if ours in limits.samplers else None
     return None
 
 
 def sampler_names(limits: Limits) -> list[str]:
-    """The A1111 names of the samplers this model runs, its default first."""
-    by_ours = {ours: a1111 for a1111, (ours, _) in SAMPLER_NAMES.items()}
-    return [by_ours[s] for s in limits.samplers if s in by_ours]
+    """The A1111 names of the samplers this model runs, its default first, the Karras variants last."""
+    return [a1111 for with_karras in (False, True) for ours in limits.samplers
+            for a1111, (name, karras, _) in SAMPLER_NAMES.items() if name == ours and karras == with_karras]
 
 
 def sampler_error(request: Txt2ImgRequest, limits: Limits) -> dict:

@@ -70,7 +70,7 @@ def pipeline_runner(pipe):
             settings.prompt, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
             num_images=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
             height=settings.height, width=settings.width, callback=on_step, binding=settings.binding,
-            cache_interval=settings.cache_interval,
+            cache_interval=settings.cache_interval, karras=settings.karras,
         )
 
     return run
@@ -97,6 +97,8 @@ def reproduce_command(settings: Settings, model: str) -> str:
         argv.append(f"--binding={settings.binding!r}")
     if settings.cache_interval != 1:
         argv.append(f"--cache-interval={settings.cache_interval}")
+    if settings.karras:
+        argv.append("--karras")
     return shlex.join([*argv, "--", settings.prompt])
 
 

@@ -42,6 +42,7 @@ class ImageSettings(BaseModel):
     strength: float
     width: int
     height: int
+    karras: bool = False
     image: bytes = Field(exclude=True, repr=False)
     mask: bytes | None = Field(None, exclude=True, repr=False)
 
@@ -120,10 +121,10 @@ def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
         if settings.mode == "inpaint":
             return inpaint_pipe(batch, mask, settings.prompt, steps=settings.steps, guidance=settings.guidance,
                                 seed=settings.seed, sampler=settings.sampler,
-                                negative_prompt=settings.negative_prompt, callback=on_step)
+                                negative_prompt=settings.negative_prompt, callback=on_step, karras=settings.karras)
         images = img2img_pipe(batch, settings.prompt, strength=settings.strength, steps=settings.steps,
                               guidance=settings.guidance, seed=settings.seed, sampler=settings.sampler,
-                              negative_prompt=settings.negative_prompt, callback=on_step)
+                              negative_prompt=settings.negative_prompt, callback=on_step, karras=settings.karras)
         if settings.mode == "img2img-masked":
             images = [paste_masked(image, source, mask) for image in images]
         return images

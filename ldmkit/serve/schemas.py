@@ -11,7 +11,7 @@ import secrets
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ldmkit.bounds import MAX_BINDING, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
@@ -51,6 +51,8 @@ class GenerateRequest(BaseModel):
                                                   "branch alone between (docs/performance.md); 1: off")
     sampler: SamplerName | None = Field(None, description="null: the model's default, the first of its samplers "
                                                            "(GET /v1/models)")
+    karras: StrictBool = Field(False, description="Karras et al.'s noise levels for the sampler's grid (dpmpp-2m "
+                                                  "with karras is A1111's \"DPM++ 2M Karras\")")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="images drawn together as one batch")
@@ -69,7 +71,7 @@ class GenerateRequest(BaseModel):
             prompt=self.prompt, negative_prompt=self.negative_prompt,
             steps=self.steps if self.steps is not None else limits.default_steps,
             guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval,
-            sampler=self.sampler or limits.samplers[0],
+            sampler=self.sampler or limits.samplers[0], karras=self.karras,
             seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
@@ -93,6 +95,7 @@ class Settings(BaseModel):
     num_images: int
     width: int
     height: int
+    karras: bool = False
 
 
 class JobState(str, Enum):
