@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from ldmkit.cli import main
 from ldmkit.convert import lora as lora_files
+from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.finetune import FinetuneConfig, finetune
@@ -114,3 +115,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
         assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path):
+    cfg = dataclasses.replace(CONFIG, prior_images=3, prior_prompts=("a red circle", "a blue square"), steps=3,
+                              checkpoint_every=1)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    finetune(tiny, images, whole, cfg, progress=False)
+    assert sorted(p.name for p in (whole / "prior").iterdir()) == [
+        "00000.png", "00000.txt", "00001.png", "00001.txt", "00002.png", "00002.txt"]
+    assert (whole / "prior" / "00002.txt").read_text() == "a red circle"
+    finetune(tiny, images, part, dataclasses.replace(cfg, steps=1), progress=False)
+    finetune(tiny, images, part, cfg, resume=True, progress=False)
+    a, b = load_file(str(whole / "lora.safetensors")), load_file(str(part / "lora.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UsageError, match="--prior-prompt"):
+        finetune(tiny, images, tmp_path / "x", dataclasses.replace(cfg, prior_prompts=()), progress=False)
+    assert not (tmp_path / "x").exists()

@@ -22,7 +22,8 @@ def cmd_finetune(args) -> None:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, layout=args.layout,
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
-        text_encoder_lora=True if args.text_encoder else None,
+        text_encoder_lora=True if args.text_encoder else None, prior_images=args.prior_images,
+        prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -50,6 +51,11 @@ def add_parsers(sub) -> None:
                                        "(default: the token without brackets)")
     p.add_argument("--num-vectors", type=positive_int, help="textual inversion: vectors per token (default 1)")
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
+    p.add_argument("--prior-images", type=positive_int, metavar="N",
+                   help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt captions, "
+                        "then trains on them beside --images, so that it keeps drawing those as before")
+    p.add_argument("--prior-prompt", action="append", metavar="TEXT",
+                   help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when teaching a shape")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default 500)")
     p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "

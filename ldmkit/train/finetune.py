@@ -84,6 +84,8 @@ class FinetuneConfig:
     checkpoint_every: int = 100
     checkpoint_keep: int = 2
     sample_prompts: tuple[str, ...] = ()  # () = the first 4 captions
+    prior_images: int = 0  # prior preservation: this many images drawn by the model itself, trained on beside the data
+    prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -103,6 +105,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError("--alpha and --text-encoder apply to --method lora only")
     if cfg.rank < 1 or cfg.num_vectors < 1 or cfg.batch_size < 1 or cfg.steps < 1:
         raise UsageError("--rank, --num-vectors, --batch-size and --steps must be at least 1")
+    if cfg.prior_images < 0 or (cfg.prior_images and not cfg.prior_prompts):
+        raise UsageError("--prior-images N needs --prior-prompt (the captions of the images the model draws itself)")
     if cfg.layout not in lora_files.LAYOUTS:
         raise UsageError(f"--layout {cfg.layout!r}; allowed: {', '.join(lora_files.LAYOUTS)}")
 
@@ -252,6 +256,8 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint does not fit this run: {str(e).splitlines()[0]}") from None
         restore_rng(state.get("rng", {}))
+    if cfg.prior_images:  # before anything is trained: the images of the model as it was
+        prep.captions = prep.captions + prior_preservation(prep, cfg, out, state is None, dev)
     mean, std = prep.moments
     posterior = std is not None
     scale = model.autoencoder.scale_factor
@@ -319,3 +325,30 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
 def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
     """``cfg`` with ``changes`` (None values ignored): how the CLI applies its options."""
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRIOR_DIR = "prior"
+
+
+def prior_preservation(prep: Prepared, cfg: FinetuneConfig, out: Path, fresh: bool, dev: torch.device) -> list[str]:
+    """DreamBooth's prior preservation: ``cfg.prior_images`` images of ``cfg.prior_prompts`` (cycled) drawn by the
+    model before fine-tuning (in batches of 16, seed 0), written to ``OUT/prior/`` with sidecar captions by a fresh run
+    and read back from there by a resumed one (so both train on the same pixels), then encoded and appended to
+    ``prep.moments``; returns their captions. Training on them beside the new images keeps what the model drew
+    for those prompts (what it would otherwise forget)."""
+    folder = out / PRIOR_DIR
+    if fresh:
+        prompts = [cfg.prior_prompts[k % len(cfg.prior_prompts)] for k in range(cfg.prior_images)]
+        for start in range(0, len(prompts), 16):  # one batch of up to 16, its own noise per image
+            images = preview_samples(prep.model, dev, prompts[start:start + 16], None, cfg.sample_steps,
+                                     cfg.sample_guidance)
+            for k, image in enumerate(images, start):
+                save_grid(image[None], folder / f"{k:05d}.png", nrow=1, padding=0)
+                (folder / f"{k:05d}.txt").write_text(prompts[k], encoding="utf-8")
+    dataset = ImageFolderDataset(folder, prep.model.config.image_size)
+    if len(dataset) != cfg.prior_images:
+        raise CheckpointError(f"{folder} holds {len(dataset)} prior images, the run {cfg.prior_images}: it was changed")
+    mean, std = encode_images(prep.model, dataset, dev)
+    old_mean, old_std = prep.moments
+    prep.moments = (torch.cat([old_mean, mean]), None if old_std is None else torch.cat([old_std, std]))
+    return list(dataset.captions)
