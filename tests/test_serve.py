@@ -170,7 +170,7 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
     assert model == {"id": "tiny", "default_size": 32, "latent_factor": 8, "max_size": 128,
-                     "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m"], "default_steps": 25, "max_steps": 200,
+                     "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"], "default_steps": 25, "max_steps": 200,
                      "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}
     health = tiny_client.get("/healthz").json()

@@ -103,7 +103,7 @@ def test_euler_a_and_karras_are_bit_identical_to_ldmkit_generate(api, tiny_pipe,
         out = tmp_path / options["sampler"] / str(options.get("karras", False))
         argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={out}" if a == "--out=out/" else a
                 for a in shlex.split(result.info["ldmkit"]["command"])[1:]]
-        assert main(argv + ["--no-progress"]) == 0
+        assert main([argv[0], "--no-progress", *argv[1:]]) == 0
         assert Image.open(out / "5_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
 
 

@@ -73,7 +73,7 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
             page.goto(url)
             # The form takes its choices from GET /v1/ldmkit/models.
             page.wait_for_function("document.querySelectorAll('#width option').length > 0")
-            assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m"]
+            assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"]
 
             page.fill("#prompt", "a red circle on the left")
             page.fill("#steps", "8")

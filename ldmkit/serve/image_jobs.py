@@ -121,10 +121,12 @@ def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
         if settings.mode == "inpaint":
             return inpaint_pipe(batch, mask, settings.prompt, steps=settings.steps, guidance=settings.guidance,
                                 seed=settings.seed, sampler=settings.sampler,
-                                negative_prompt=settings.negative_prompt, callback=on_step, karras=settings.karras)
+                                negative_prompt=settings.negative_prompt, callback=on_step,
+                                **({"karras": True} if settings.karras else {}))
         images = img2img_pipe(batch, settings.prompt, strength=settings.strength, steps=settings.steps,
                               guidance=settings.guidance, seed=settings.seed, sampler=settings.sampler,
-                              negative_prompt=settings.negative_prompt, callback=on_step, karras=settings.karras)
+                              negative_prompt=settings.negative_prompt, callback=on_step,
+                              **({"karras": True} if settings.karras else {}))
         if settings.mode == "img2img-masked":
             images = [paste_masked(image, source, mask) for image in images]
         return images
