@@ -217,3 +217,34 @@ def test_convert_merges_loras_into_a_model_folder(tiny, tmp_path, capsys):
     assert main(["convert", str(tiny), "--to", "ldmkit", "--out", str(tmp_path / "no"), "--merge-lora",
                  str(tmp_path / "missing.safetensors")]) == 2
     assert not (tmp_path / "no").exists()
+
+
+def test_other_spellings_of_the_same_lora_load_alike(tiny, tmp_path):
+    """kohya names in the original LDM layout (as sd-scripts writes SDXL's), diffusers' older attention-processor
+    keys and peft's keys without the ``unet.`` prefix: the same adapter, the same output."""
+    model = with_lora(tiny, rank=4, alpha=4.0)
+    randomize(model)
+    expected = unet_out(model)
+    state = lora_files.lora_state(model)
+    names = {v: k for k, v in lora_files.module_names(model).items() if k.startswith("lora_unet_")}  # the last: original
+    variants = {
+        "original": {f"{names[p]}.{part}": t for p, (a, b, alpha, _) in state.items()
+                     for part, t in (("lora_down.weight", a), ("lora_up.weight", b), ("alpha", torch.tensor(alpha)))},
+        "processor": {},
+        "no_prefix": {},
+    }
+    assert any("input_blocks" in k for k in variants["original"])
+    for p, (a, b, _, _) in state.items():
+        name = lora_files.file_name(model, p).removeprefix("unet.")
+        variants["no_prefix"] |= {f"{name}.lora_A.weight": a, f"{name}.lora_B.weight": b}
+        module, _, proj = name.rpartition(".")
+        if proj == "0":  # to_out.0
+            module, proj = module.rpartition(".")[0], "to_out"
+        variants["processor"] |= {f"unet.{module}.processor.{proj}_lora.down.weight": a,
+                                  f"unet.{module}.processor.{proj}_lora.up.weight": b}
+    for what, tensors in variants.items():
+        path = tmp_path / f"{what}.safetensors"
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(path))
+        fresh = LatentDiffusion.load(tiny)
+        lora_files.load_lora(fresh, path)
+        assert torch.allclose(unet_out(fresh), expected, atol=1e-6), what
