@@ -198,9 +198,9 @@ def main() -> None:
     p.add_argument("--model", default="shapes64")
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--heldout", type=int, default=512, help="held-out captions (about half one-object)")
     p.add_argument("--prior", type=int, default=16,
                    help="prior preservation: the model first draws this many images of one-object training captions "
