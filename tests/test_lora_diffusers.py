@@ -2,7 +2,8 @@
 (tests/test_sd_parity.py builds them): a LoRA that peft puts on diffusers' UNet and CLIP text encoder, saved by
 diffusers' ``save_lora_weights``, loads into ldmkit with the same UNet and text-encoder outputs to 1e-4; and
 ldmkit's files, in the diffusers/peft and kohya layouts (with LoRA on SD 1's 1×1-convolution projections too),
-load with diffusers' ``load_lora_weights`` and give ldmkit's outputs to 1e-4."""
+load with diffusers' ``load_lora_weights`` and give ldmkit's outputs to 1e-4; and what `ldmkit finetune` trains on an SD
+folder (a UNet + text-encoder LoRA, a textual-inversion embedding) loads into diffusers with the same outputs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'ldmkit[test]')")
@@ -21,6 +23,8 @@ if importlib.util.find_spec("clip") is None:
 from ldmkit.convert import lora as lora_files  # noqa: E402
 from ldmkit.model import load_model  # noqa: E402
 from ldmkit.nn import lora  # noqa: E402
+from ldmkit.text.inversion import load_embedding  # noqa: E402
+from ldmkit.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
 TOL = 1e-4
 
@@ -114,3 +118,37 @@ def test_ldmkit_lora_file_loads_into_diffusers(ref, tmp_path, layout):
     expected_unet, expected_text = outputs_diffusers(pipe, ref)
     assert_close(ours_unet, expected_unet)
     assert_close(ours_text, expected_text)
+
+
+def test_finetuned_lora_and_embedding_of_an_sd_folder_load_into_diffusers(ref, tmp_path):
+    """`ldmkit finetune` on a diffusers folder: its LoRA (UNet and CLIP text encoder) and its textual-inversion
+    embedding load into diffusers (`load_lora_weights`, `load_textual_inversion`) and give ldmkit's outputs."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, rgb in enumerate([(220, 30, 30), (30, 60, 220), (30, 180, 60), (240, 240, 240)]):
+        image = Image.new("RGB", (32, 32), (20, 20, 20))
+        image.paste(rgb, (4 + 8 * (i % 2), 6, 20 + 8 * (i % 2), 22))
+        image.save(images / f"{i}.png")
+    cfg = FinetuneConfig(steps=2, batch_size=2, rank=2, text_encoder_lora=True, sample_every=1000, sample_steps=2,
+                         prompt="a photo of <blob>", bf16=False)
+    [lora_path] = finetune(ref["folder"], images, tmp_path / "lora", cfg, progress=False)
+    learned, _ = finetune(ref["folder"], images, tmp_path / "ti", FinetuneConfig(
+        method="textual-inversion", token="<blob>", steps=2, batch_size=2, sample_every=1000, sample_steps=2,
+        prompt="a photo of <blob>", bf16=False), progress=False)
+
+    model = load_model(ref["folder"])
+    lora_files.load_lora(model, lora_path)
+    pipe = fresh_pipe(ref)
+    pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
+    for ours, expected in zip(outputs_ldmkit(model, ref), outputs_diffusers(pipe, ref)):
+        assert_close(ours, expected)
+
+    model = load_model(ref["folder"])
+    assert load_embedding(model, learned) == "<blob>"
+    pipe = fresh_pipe(ref)
+    pipe.load_textual_inversion(str(learned))
+    prompts = ["a photo of <blob> on the left"]
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(model.tokenizer(prompts)[0], ids)
+    with torch.no_grad():
+        assert_close(model.encode_prompts(prompts), pipe.text_encoder(ids).last_hidden_state)
