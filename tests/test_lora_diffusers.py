@@ -23,7 +23,7 @@ if importlib.util.find_spec("clip") is None:
 from ldmkit.convert import lora as lora_files  # noqa: E402
 from ldmkit.model import load_model  # noqa: E402
 from ldmkit.nn import lora  # noqa: E402
-from ldmkit.text.inversion import load_embedding  # noqa: E402
+from ldmkit.text.inversion import load_embedding, save_embedding  # noqa: E402
 from ldmkit.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
 TOL = 1e-4
@@ -152,3 +152,19 @@ def test_finetuned_lora_and_embedding_of_an_sd_folder_load_into_diffusers(ref, t
     assert torch.equal(model.tokenizer(prompts)[0], ids)
     with torch.no_grad():
         assert_close(model.encode_prompts(prompts), pipe.text_encoder(ids).last_hidden_state)
+
+
+def test_multi_vector_embedding_reads_as_diffusers_expands_it(ref, tmp_path):
+    """A 3-vector embedding: diffusers reads "<two>" as "<two> <two>_1 <two>_2", ldmkit as three tokens of its own;
+    the text encoder sees the same vectors, so the prompt's context is the same."""
+    width = ref["text"].config.hidden_size
+    [learned, _] = save_embedding(tmp_path, "<two>", torch.randn(3, width, generator=torch.Generator().manual_seed(3)))
+    model = load_model(ref["folder"])
+    load_embedding(model, learned)
+    pipe = fresh_pipe(ref)
+    pipe.load_textual_inversion(str(learned))
+    prompt = "a <two> on the left"
+    expanded = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
+    ids = pipe.tokenizer([expanded], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert_close(model.encode_prompts([prompt]), pipe.text_encoder(ids).last_hidden_state)
