@@ -266,7 +266,8 @@ def write_markdown(path: Path, r: dict, grid: Path) -> None:
     lines = [
         "# Teaching shapes64 a hexagon with a LoRA",
         "",
-        "`python benchmarks/finetune_new_concept.py --out runs/finetune-hexagon --results benchmarks/FINETUNE_NEW_CONCEPT.md`",
+        "`python benchmarks/finetune_new_concept.py --out runs/finetune-hexagon "
+        "--results benchmarks/FINETUNE_NEW_CONCEPT.md`",
         "",
         f"Settings: {json.dumps(r['settings'])}",
         "",

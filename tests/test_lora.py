@@ -226,7 +226,8 @@ def test_other_spellings_of_the_same_lora_load_alike(tiny, tmp_path):
     randomize(model)
     expected = unet_out(model)
     state = lora_files.lora_state(model)
-    names = {v: k for k, v in lora_files.module_names(model).items() if k.startswith("lora_unet_")}  # the last: original
+    # kohya names of each layer; the last one per layer (what this dict keeps) is the original-layout one
+    names = {v: k for k, v in lora_files.module_names(model).items() if k.startswith("lora_unet_")}
     variants = {
         "original": {f"{names[p]}.{part}": t for p, (a, b, alpha, _) in state.items()
                      for part, t in (("lora_down.weight", a), ("lora_up.weight", b), ("alpha", torch.tensor(alpha)))},

@@ -165,6 +165,7 @@ def test_multi_vector_embedding_reads_as_diffusers_expands_it(ref, tmp_path):
     pipe.load_textual_inversion(str(learned))
     prompt = "a <two> on the left"
     expanded = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
-    ids = pipe.tokenizer([expanded], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = pipe.tokenizer([expanded], padding="max_length", max_length=77, truncation=True,
+                         return_tensors="pt").input_ids
     with torch.no_grad():
         assert_close(model.encode_prompts([prompt]), pipe.text_encoder(ids).last_hidden_state)

@@ -52,10 +52,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-vectors", type=positive_int, help="textual inversion: vectors per token (default 1)")
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
     p.add_argument("--prior-images", type=positive_int, metavar="N",
-                   help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt captions, "
-                        "then trains on them beside --images, so that it keeps drawing those as before")
+                   help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt "
+                        "captions, then trains on them beside --images, so that it keeps drawing those as before")
     p.add_argument("--prior-prompt", action="append", metavar="TEXT",
-                   help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when teaching a shape")
+                   help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
+                        "teaching a shape")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default 500)")
     p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "
@@ -64,9 +65,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--sample-prompt", action="append", metavar="PROMPT",
                    help="a prompt of the sample grids (repeatable; default: the first 4 captions)")
     p.add_argument("--sample-every", type=positive_int, metavar="N", help="a sample grid every N steps (default 100)")
-    p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="a checkpoint every N steps (default 100)")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="a checkpoint every N steps (default 100)")
     p.add_argument("--layout", choices=("diffusers", "kohya"),
-                   help="the LoRA file's key layout (default diffusers: what diffusers' load_lora_weights and peft read)")
+                   help="the LoRA file's key layout (default diffusers: what diffusers' load_lora_weights and "
+                        "peft read)")
     p.add_argument("--resume", nargs="?", const="auto", metavar="auto|PATH",
                    help="continue a run in --out from its newest checkpoint (or PATH), exactly as if uninterrupted")
     p.add_argument("--device", default="auto")

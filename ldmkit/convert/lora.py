@@ -184,7 +184,8 @@ def read_lora(path: str | Path) -> LoRAFile:
                              "ldmkit takes LoRA on linear layers and 1×1 convolutions")
         a, b = a.reshape(a.shape[0], -1).float(), b.reshape(b.shape[0], -1).float()
         if b.shape[1] != a.shape[0]:
-            raise UsageError(f"{path}: rank mismatch in {name}: A (down) has rank {a.shape[0]}, B (up) rank {b.shape[1]}")
+            raise UsageError(f"{path}: rank mismatch in {name}: A (down) has rank {a.shape[0]}, "
+                             f"B (up) rank {b.shape[1]}")
         prefix = "text_encoder" if name.startswith(("text_encoder.", "lora_te")) else "unet"
         alpha = p["alpha"].item() if "alpha" in p else info.get(f"{prefix}.lora_alpha", a.shape[0])
         modules[name] = (a, b, float(alpha))

@@ -119,7 +119,7 @@ class LoRAConv1x1(_LoRAMixin, nn.Conv2d):
     """The `LoRALinear` map over each pixel of a 1×1 convolution: y = W * x + b + Σ s (α/r) B * (A * x)."""
 
     def __init__(self, base: nn.Conv2d):
-        if base.kernel_size != (1, 1) or base.stride != (1, 1) or base.groups != 1 or base.padding not in ((0, 0), "valid"):
+        if not (isinstance(base, nn.Conv2d) and can_wrap(base)):
             raise ValueError("LoRA on convolutions takes plain 1×1 convolutions only")
         nn.Module.__init__(self)
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
@@ -237,7 +237,8 @@ def adapter_parameters(root: nn.Module, adapter: str = "default") -> list[nn.Par
 
 
 def remove(root: nn.Module, adapter: str | None = None) -> None:
-    """Drop adapter ``adapter`` (None: all) from ``root``; a layer left without adapters is unwrapped. W is untouched."""
+    """Drop adapter ``adapter`` (None: all) from ``root``; a layer left without adapters is unwrapped.
+    W is untouched."""
     for name, layer in lora_layers(root).items():
         for n in [adapter] if adapter is not None else list(layer.lora_A):
             if n in layer.lora_A:

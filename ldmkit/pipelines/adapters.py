@@ -57,7 +57,7 @@ class AdapterMixin:
 
 
 def apply_adapters(pipe, loras: list[str] | None = None, embeddings: list[str] | None = None) -> None:
-    """``--lora FILE[:SCALE]`` (each) and ``--embedding FILE`` (each) on ``pipe``, as the CLI and the server take them."""
+    """Each ``--lora FILE[:SCALE]`` and ``--embedding FILE`` on ``pipe``, as the CLI and the server take them."""
     for spec in loras or []:
         path, scale = parse_lora_spec(spec)
         pipe.load_lora_weights(path, scale)

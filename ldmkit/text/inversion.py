@@ -141,14 +141,16 @@ def initial_vectors(model, token: str, init_word: str | None = None, num_vectors
     brackets, e.g. "hexagon" for "<hexagon>"; its word pieces, if it is not one token), repeated k times."""
     word = init_word or re.sub(r"[^\w-]", " ", token).strip() or "object"
     ids, mask = model.tokenizer([word])
-    special = {model.tokenizer.pad_id, getattr(model.tokenizer, "start_id", None), getattr(model.tokenizer, "end_id", None)}
+    tokenizer = model.tokenizer
+    special = {tokenizer.pad_id, getattr(tokenizer, "start_id", None), getattr(tokenizer, "end_id", None)}
     special |= {model.tokenizer._tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
     keep = [i for i, m in zip(ids[0].tolist(), mask[0].tolist()) if m and i not in special]
     table = _table(model.text_encoder)[2]
     weight = table.weight
     if not keep:
         return weight.detach().float().mean(0, keepdim=True).repeat(num_vectors, 1).cpu()
-    return weight.detach()[torch.tensor(keep, device=weight.device)].float().mean(0, keepdim=True).repeat(num_vectors, 1).cpu()
+    rows = weight.detach()[torch.tensor(keep, device=weight.device)].float()
+    return rows.mean(0, keepdim=True).repeat(num_vectors, 1).cpu()
 
 
 def token_vectors(model, token: str) -> torch.Tensor:

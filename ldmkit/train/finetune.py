@@ -204,7 +204,8 @@ def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
     if str(state.get("base_model")) != str(model_path):
         differ.insert(0, f"--model {state.get('base_model')} → {model_path}")
     if differ:
-        raise CheckpointError(f"cannot resume: the checkpoint was fine-tuned with other settings ({'; '.join(differ[:4])}); "
+        shown = "; ".join(differ[:4])
+        raise CheckpointError(f"cannot resume: the checkpoint was fine-tuned with other settings ({shown}); "
                               "resume with the same options, or choose another --out")
 
 
