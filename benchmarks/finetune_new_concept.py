@@ -1,22 +1,27 @@
-"""Teach the shipped shapes64 model a seventh shape, "hexagon", from 16 images with a rank-8 LoRA, and measure
-what it learned, what it forgot, the adapter's size and the time (issue 25).
+"""Teach the shipped shapes64 model something it never saw from 16 images with a rank-8 LoRA — a seventh shape,
+"hexagon", or a ninth colour, "magenta" — and measure what it learned, what it forgot, the adapter's size and the
+time (issue 25).
 
-The hexagons are drawn here (`draw_hexagon`, in the shapes' style: flat colour on the dark background, the
-dataset's sizes and positions); the word is not in the dataset's vocabulary and the model never saw one.
+The training images are drawn here (`draw_object`, in the shapes' style: flat colour on the dark background, the
+dataset's sizes and positions); neither word is in the dataset's vocabulary and the model never saw either.
 
-- learned: for every colour × position ("a red hexagon on the left", 8 × 5 = 40 prompts, seeds 0 …), the share
-  of images drawn as a hexagon (`count_corners`: the peaks of the shape's radius around its centroid; 6 =
-  hexagon), and as a hexagon of the named colour and position too; the same judge on real renders of the same
-  prompts, and on the other six shapes, says how far it can be trusted;
+- learned, ``--concept hexagon``: for every colour × position ("a red hexagon on the left", 8 × 5 = 40 prompts,
+  seeds 0 …), the share of images drawn as a hexagon (`count_corners`: the peaks of the shape's radius around its
+  centroid; 6 = hexagon), and as a hexagon of the named colour and position too;
+  ``--concept magenta``: for every shape × position ("a magenta star at the top", 6 × 5 = 30 prompts), the share
+  drawn magenta (the nearest of the palette and magenta), and magenta with the named shape (ldmkit's shapes judge)
+  and position too; the same judges on real renders say how far they can be trusted;
 - forgot: one-object prompt accuracy (ldmkit's shapes judge, `ldmkit.eval`) on held-out captions before and
   after, with the same seeds;
 - the adapter's file size (KiB) and the fine-tuning wall time on this machine (with prior preservation: the model
-  first draws ``--prior`` images of one-object training captions, trained on beside the hexagons).
+  first draws ``--prior`` images of one-object training captions, trained on beside the new images).
 
-Run (the full measurement, ~20 min on 2 cores):
+Run (the full measurement, ~20 min each on 2 cores):
 
     OMP_NUM_THREADS=2 python benchmarks/finetune_new_concept.py --out runs/finetune-hexagon \
         --results benchmarks/FINETUNE_NEW_CONCEPT.md
+    OMP_NUM_THREADS=2 python benchmarks/finetune_new_concept.py --concept magenta --out runs/finetune-magenta \
+        --results benchmarks/FINETUNE_NEW_CONCEPT.md      # adds its section to the same file
 
 ``--smoke`` runs every stage on a handful of prompts and 2 steps (a minute), writing no results file.
 """
@@ -53,10 +58,14 @@ RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fra
 CENTRE = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75), "centre": (0.5, 0.5)}
 PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
           "centre": "in the centre"}
+PALETTE = {**RGB, "magenta": (240, 50, 190)}  # magenta: as far from red and purple as they are from their neighbours
+CONCEPTS = ("hexagon", "magenta")
+Cell = tuple[str, str, str]  # (shape, colour, position) a prompt names
 
 
-def draw_hexagon(color: str, position: str, size: str, rng: random.Random, shape: str = "hexagon") -> Image.Image:
-    """A ``shape`` (hexagon, or one of the dataset's) of ``color`` at ``position``, with the dataset's jitter."""
+def draw_object(shape: str, color: str, position: str, size: str, rng: random.Random) -> Image.Image:
+    """A ``shape`` (hexagon, or one of the dataset's) of ``color`` (magenta, or one of the dataset's) at ``position``,
+    with the dataset's jitter of size and place."""
     big = SIZE * 4
     image = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -67,23 +76,40 @@ def draw_hexagon(color: str, position: str, size: str, rng: random.Random, shape
     if shape == "hexagon":
         turn = rng.uniform(0, math.pi / 3)
         draw.polygon([(cx + r * big * math.cos(turn + k * math.pi / 3), cy + r * big * math.sin(turn + k * math.pi / 3))
-                      for k in range(6)], fill=RGB[color])
+                      for k in range(6)], fill=PALETTE[color])
     else:
-        draw_shape(draw, shape, cx, cy, r * big, RGB[color])
+        draw_shape(draw, shape, cx, cy, r * big, PALETTE[color])
     return image.resize((SIZE, SIZE), Image.BOX)
 
 
-def make_training_set(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` hexagon images with sidecar captions ("a small red hexagon on the left") in ``folder``."""
+def random_cell(concept: str, rng: random.Random) -> Cell:
+    """The new word with everything else drawn at random: a hexagon of a known colour, or a known shape in magenta."""
+    if concept == "hexagon":
+        return "hexagon", rng.choice(COLORS), rng.choice(POSITIONS)
+    return rng.choice(SHAPES), "magenta", rng.choice(POSITIONS)
+
+
+def test_cells(concept: str) -> list[Cell]:
+    if concept == "hexagon":
+        return [("hexagon", c, p) for c in COLORS for p in POSITIONS]
+    return [(s, "magenta", p) for s in SHAPES for p in POSITIONS]
+
+
+def prompt(cell: Cell, size: str | None = None) -> str:
+    shape, color, position = cell
+    return f"a {size + ' ' if size else ''}{color} {shape} {PHRASE[position]}"
+
+
+def make_training_set(folder: Path, count: int, concept: str, seed: int = 0) -> list[str]:
+    """``count`` images of ``concept`` with sidecar captions ("a small red hexagon on the left") in ``folder``."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     captions = []
     for i in range(count):
-        color, position, size = rng.choice(COLORS), rng.choice(POSITIONS), rng.choice(("small", "large"))
-        draw_hexagon(color, position, size, rng).save(folder / f"{i:03d}.png")
-        caption = f"a {size} {color} hexagon {PHRASE[position]}"
-        (folder / f"{i:03d}.txt").write_text(caption)
-        captions.append(caption)
+        cell, size = random_cell(concept, rng), rng.choice(("small", "large"))
+        draw_object(*cell, size, rng).save(folder / f"{i:03d}.png")
+        captions.append(prompt(cell, size))
+        (folder / f"{i:03d}.txt").write_text(captions[-1])
     return captions
 
 
@@ -134,36 +160,46 @@ def count_corners(region: np.ndarray, bins: int = 72, prominence: float = 0.05) 
 
 
 def judge(image: torch.Tensor) -> dict:
-    """shape ("hexagon" when 6 corners), colour (nearest of the palette) and position of one image in [-1, 1]."""
+    """hexagon (6 corners), colour (nearest of the palette and magenta) and position of one image in [-1, 1]."""
     array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     region = largest_region(array)
     if region is None:
         return {"hexagon": False, "color": None, "position": None}
     small = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize((SIZE, SIZE), Image.BOX)) > 127
     mean = array[small].mean(0) if small.any() else array.reshape(-1, 3).mean(0)
-    color = min(COLORS, key=lambda c: float(((np.array(RGB[c]) - mean) ** 2).sum()))
+    color = min(PALETTE, key=lambda c: float(((np.array(PALETTE[c]) - mean) ** 2).sum()))
     ys, xs = np.nonzero(region)
     x, y = xs.mean() / region.shape[1], ys.mean() / region.shape[0]
     position = min(CENTRE, key=lambda p: (CENTRE[p][0] - x) ** 2 + (CENTRE[p][1] - y) ** 2)
     return {"hexagon": count_corners(region) == 6, "color": color, "position": position}
 
 
-def score_hexagons(images: torch.Tensor, cells: list[tuple[str, str]]) -> dict:
+def score(images: torch.Tensor, cells: list[Cell], concept: str, predictor: AttributePredictor) -> dict:
+    """{"concept": share of images showing the new word, "all named": … with every other named attribute too}."""
     readings = [judge(im) for im in images]
-    hexagon = sum(r["hexagon"] for r in readings) / len(readings)
-    full = sum(r["hexagon"] and r["color"] == c and r["position"] == p for r, (c, p) in zip(readings, cells))
-    return {"hexagon": hexagon, "hexagon, colour and position": full / len(readings)}
+    if concept == "hexagon":
+        found = [r["hexagon"] for r in readings]
+        right = [f and r["color"] == c and r["position"] == p for f, r, (_, c, p) in zip(found, readings, cells)]
+    else:  # the shape from ldmkit's judge (trained on the eight colours; it reads shapes of any colour)
+        scenes = [r.scene for r in predictor.read(images)]
+        shapes = [s.objects[0].shape if s is not None and len(s.objects) == 1 else None for s in scenes]
+        found = [r["color"] == "magenta" for r in readings]
+        right = [f and shape == s and r["position"] == p
+                 for f, shape, r, (s, _, p) in zip(found, shapes, readings, cells)]
+    return {"concept": sum(found) / len(found), "all named": sum(right) / len(right)}
 
 
-def judge_on_real(count: int, seed: int = 1) -> dict:
-    """The judge on real renders: hexagons read as hexagons, and the dataset's shapes as not."""
+def judge_on_real(concept: str, count: int, predictor: AttributePredictor, seed: int = 1) -> dict:
+    """The judges on real renders of the concept, and (hexagon) on the dataset's own shapes, which must not count."""
     rng = random.Random(seed)
-    cells = [(rng.choice(COLORS), rng.choice(POSITIONS), rng.choice(("small", "large"))) for _ in range(count)]
-    hexes = torch.stack([image_to_tensor(draw_hexagon(c, p, s, rng)) for c, p, s in cells])
-    others = torch.stack([image_to_tensor(draw_hexagon(c, p, s, rng, shape=SHAPES[i % len(SHAPES)]))
-                         for i, (c, p, s) in enumerate(cells)])
-    return {"hexagons read as hexagons": score_hexagons(hexes, [(c, p) for c, p, _ in cells]),
-            "other shapes read as hexagons": sum(judge(im)["hexagon"] for im in others) / count}
+    cells = [random_cell(concept, rng) for _ in range(count)]
+    images = torch.stack([image_to_tensor(draw_object(*c, rng.choice(("small", "large")), rng)) for c in cells])
+    found = {"real renders": score(images, cells, concept, predictor)}
+    if concept == "hexagon":
+        others = torch.stack([image_to_tensor(draw_object(SHAPES[i % len(SHAPES)], c, p, "large", rng))
+                              for i, (_, c, p) in enumerate(cells)])
+        found["the six dataset shapes read as hexagons"] = sum(judge(im)["hexagon"] for im in others) / count
+    return found
 
 
 def prior_prompts(count: int) -> list[str]:
@@ -188,13 +224,10 @@ def one_object_accuracy(pipe, heldout, settings: SamplerSettings, predictor: Att
     return accuracy.all_right["one object"].share
 
 
-def hexagon_images(pipe, prompts: list[str], settings: SamplerSettings) -> torch.Tensor:
-    return generate_for_prompts(pipe, prompts, settings)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="work folder: images, the fine-tuning run, grids, results.json")
+    p.add_argument("--concept", choices=CONCEPTS, default="hexagon")
     p.add_argument("--model", default="shapes64")
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--rank", type=int, default=8)
@@ -204,8 +237,8 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=512, help="held-out captions (about half one-object)")
     p.add_argument("--prior", type=int, default=16,
                    help="prior preservation: the model first draws this many images of one-object training captions "
-                        "of the shapes dataset and trains on them beside the hexagons (0: none)")
-    p.add_argument("--results", help="write the results table (markdown) here")
+                        "of the shapes dataset and trains on them beside the new images (0: none)")
+    p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
     if args.smoke:
@@ -215,19 +248,18 @@ def main() -> None:
     torch.manual_seed(0)
     model = resolve_model(args.model)
     settings = SamplerSettings(sampler="ddim", steps=4 if args.smoke else 25, guidance=4.0, seed=0)
-    cells = [(c, pos) for c in COLORS for pos in POSITIONS]
-    if args.smoke:
-        cells = cells[::10]
-    prompts = [f"a {c} hexagon {PHRASE[pos]}" for c, pos in cells]
+    cells = test_cells(args.concept)[:: 10 if args.smoke else 1]
+    prompts = [prompt(c) for c in cells]
     heldout = heldout_shapes(args.heldout)
     predictor = AttributePredictor()
-    results = {"judge on real renders": judge_on_real(8 if args.smoke else 120)}
+    results = {"concept": args.concept,
+               "judges on real renders": judge_on_real(args.concept, 8 if args.smoke else 120, predictor)}
     print(json.dumps(results, indent=1), flush=True)
 
-    captions = make_training_set(out / "images", args.images)
+    captions = make_training_set(out / "images", args.images, args.concept)
     base = load_pipeline(model)
-    before = hexagon_images(base, prompts, settings)
-    results["before"] = score_hexagons(before, cells) | {
+    before = generate_for_prompts(base, prompts, settings)
+    results["before"] = score(before, cells, args.concept, predictor) | {
         "one-object accuracy": one_object_accuracy(base, heldout, settings, predictor)}
     print("before", results["before"], flush=True)
 
@@ -235,56 +267,66 @@ def main() -> None:
     cfg = FinetuneConfig(method="lora", rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          prior_images=len(prior), prior_prompts=tuple(prior),
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
-                         sample_prompts=tuple(prompts[:8]), sample_steps=settings.steps, log_every=10)
-    run = out / "run"
+                         sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
+                         sample_steps=settings.steps, log_every=10)
     start = time.perf_counter()
-    [adapter] = finetune(model, out / "images", run, cfg, resume="auto")
+    [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
     results["adapter size (KiB)"] = round(adapter.stat().st_size / 1024, 1)
     results["training captions"] = captions
 
     tuned = load_pipeline(model)
     tuned.load_lora_weights(adapter)
-    after = hexagon_images(tuned, prompts, settings)
-    results["after"] = score_hexagons(after, cells) | {
+    after = generate_for_prompts(tuned, prompts, settings)
+    results["after"] = score(after, cells, args.concept, predictor) | {
         "one-object accuracy": one_object_accuracy(tuned, heldout, settings, predictor)}
     print("after", results["after"], flush=True)
-    shown = min(8, len(prompts))
-    save_grid(torch.cat([before[:shown], after[:shown]]), out / "before_after.png", nrow=shown)
+    shown = list(range(0, len(prompts), max(1, len(prompts) // 8)))[:8]
+    save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
     results["settings"] = {"rank": args.rank, "prior images": args.prior, "steps": args.steps,
-                           "batch size": args.batch_size, "lr": args.lr,
-                           "images": args.images, "sampler": settings.describe(), "hexagon prompts": len(prompts),
+                           "batch size": args.batch_size, "lr": args.lr, "images": args.images,
+                           "sampler": settings.describe(), "test prompts": len(prompts),
                            "held-out captions": args.heldout}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "training captions"}, indent=1))
     if args.results and not args.smoke:
-        write_markdown(Path(args.results), results, out / "before_after.png")
+        write_markdown(Path(args.results), results, out / "before_after.png", [prompts[i] for i in shown])
 
 
-def write_markdown(path: Path, r: dict, grid: Path) -> None:
-    b, a = r["before"], r["after"]
-    lines = [
-        "# Teaching shapes64 a hexagon with a LoRA",
+def write_markdown(path: Path, r: dict, grid: Path, shown: list[str]) -> None:
+    """Write (or replace) this concept's section of the results file; the grid is copied beside it."""
+    concept, b, a = r["concept"], r["before"], r["after"]
+    named = "colour and position" if concept == "hexagon" else "shape and position"
+    image = f"finetune_{concept}.png"
+    section = "\n".join([
+        f"## {concept}",
         "",
-        "`python benchmarks/finetune_new_concept.py --out runs/finetune-hexagon "
-        "--results benchmarks/FINETUNE_NEW_CONCEPT.md`",
+        f"`python benchmarks/finetune_new_concept.py --concept {concept} --out runs/finetune-{concept} "
+        f"--results {path.as_posix()}`",
         "",
         f"Settings: {json.dumps(r['settings'])}",
         "",
         "| | before | after |",
         "|---|---:|---:|",
-        f"| hexagon prompts drawn as hexagons | {b['hexagon']:.1%} | {a['hexagon']:.1%} |",
-        f"| … with the named colour and position | {b['hexagon, colour and position']:.1%} | "
-        f"{a['hexagon, colour and position']:.1%} |",
+        f"| prompts drawn as {concept} | {b['concept']:.1%} | {a['concept']:.1%} |",
+        f"| … with the named {named} | {b['all named']:.1%} | {a['all named']:.1%} |",
         f"| held-out one-object accuracy | {b['one-object accuracy']:.1%} | {a['one-object accuracy']:.1%} |",
         "",
-        f"- adapter: {r['adapter size (KiB)']} KiB; fine-tuning: {r['fine-tuning wall time (s)']} s on this machine",
-        f"- the corner-count judge on real renders: {json.dumps(r['judge on real renders'])}",
+        f"- adapter: {r['adapter size (KiB)']} KiB; fine-tuning: {r['fine-tuning wall time (s)']} s on this machine "
+        "(model load, prior images, sample grids and checkpoints included)",
+        f"- the judges on real renders: {json.dumps(r['judges on real renders'])}",
         "",
-        f"![before (top) and after (bottom)]({grid.name})",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    Image.open(grid).save(path.parent / grid.name)
+        f"![before (top) and after (bottom): {'; '.join(shown)}]({image})",
+        "",
+    ])
+    sections = {}
+    if path.is_file():
+        for part in path.read_text().split("\n## ")[1:]:
+            sections[part.split("\n", 1)[0].strip()] = "## " + part.rstrip() + "\n"
+    sections[concept] = section
+    header = "# Teaching shapes64 a new word with a LoRA (issue 25)\n\n"
+    path.write_text(header + "\n".join(sections[k] for k in CONCEPTS if k in sections))
+    Image.open(grid).save(path.parent / image)
 
 
 if __name__ == "__main__":
