@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 
 import pytest
 import torch
@@ -249,3 +250,18 @@ def test_other_spellings_of_the_same_lora_load_alike(tiny, tmp_path):
         fresh = LatentDiffusion.load(tiny)
         lora_files.load_lora(fresh, path)
         assert torch.allclose(unet_out(fresh), expected, atol=1e-6), what
+
+
+def test_served_adapters_appear_in_the_command_that_reproduces_an_image():
+    pytest.importorskip("fastapi")
+    from ldmkit.cli import build_parser
+    from ldmkit.serve.app import reproduce_command
+    from ldmkit.serve.schemas import Settings
+
+    settings = Settings(prompt="a red hexagon", negative_prompt="", steps=25, guidance=4.0, binding=0.0,
+                        sampler="ddim", seed=7, num_images=1, width=64, height=64)
+    command = reproduce_command(settings, "model", ("--lora=hex.safetensors:0.5", "--embedding=e.safetensors"))
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.lora == ["hex.safetensors:0.5"] and args.embedding == ["e.safetensors"]
+    serve = build_parser().parse_args(["serve", "--lora", "a.safetensors", "--lora", "b.safetensors:2"])
+    assert serve.lora == ["a.safetensors", "b.safetensors:2"]

@@ -87,7 +87,10 @@ def cmd_serve(args) -> None:
         pipe = load_pipeline(model, resolve_device(args.device))
         apply_adapters(pipe, args.lora, args.embedding)  # shared by the derived pipelines (same model)
         hosts = allowed_hosts(args.host, args.allowed_host)
+        adapters = tuple(f"--lora={s}" for s in args.lora or ()) + tuple(
+            f"--embedding={e}" for e in args.embedding or ())  # repeated in the commands the page shows
         app = create_app(pipe, model_name=args.model or SHIPPED, limits=Limits.from_pipeline(pipe, args.max_size),
+                         adapters=adapters,
                          max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir,
                          allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
     except BaseException:

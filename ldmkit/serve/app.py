@@ -85,18 +85,19 @@ def _karras(settings) -> dict:
 SHIPPED = "shapes64 (shipped)"  # the model name of the shipped model, whose command needs no --model
 
 
-def reproduce_command(settings: Settings, model: str) -> str:
+def reproduce_command(settings: Settings, model: str, adapters: tuple[str, ...] = ()) -> str:
     """The `ldmkit generate` call that writes the same images (bit for bit) into ``out/`` (which may
     already hold other images: --overwrite). The shipped model (`SHIPPED`) is generate's default, so
-    its command has no --model.
+    its command has no --model. ``adapters``: the server's ``--lora=…`` / ``--embedding=…`` options.
 
     Text goes in as ``--option=value`` or after ``--`` so that a prompt starting with "-" is not
     read as an option.
     """
     model_option = [] if model == SHIPPED else [f"--model={model}"]
-    argv = ["ldmkit", "generate", *model_option, "--out=out/", "--overwrite", f"--steps={settings.steps}",
-            f"--guidance={settings.guidance!r}", f"--sampler={settings.sampler}", f"--seed={settings.seed}",
-            f"--num-images={settings.num_images}", f"--height={settings.height}", f"--width={settings.width}"]
+    argv = ["ldmkit", "generate", *model_option, *adapters, "--out=out/", "--overwrite",
+            f"--steps={settings.steps}", f"--guidance={settings.guidance!r}", f"--sampler={settings.sampler}",
+            f"--seed={settings.seed}", f"--num-images={settings.num_images}", f"--height={settings.height}",
+            f"--width={settings.width}"]
     if settings.negative_prompt:
         argv.append(f"--negative-prompt={settings.negative_prompt}")
     if settings.binding:
@@ -123,6 +124,7 @@ def create_app(
     edit_pipeline=None,
     inpaint_pipeline=None,
     max_image_body_bytes: int = MAX_IMAGE_BODY_BYTES,
+    adapters: tuple[str, ...] = (),
 ) -> FastAPI:
     """The app serving ``pipeline`` (a `TextToImagePipeline`, or anything called the same way).
 
@@ -137,6 +139,8 @@ def create_app(
     ``inpaint_pipeline``: an `InpaintingPipeline` for A1111 img2img with a mask and OpenAI image edits (None:
     a masked img2img is SDEdit with the unmasked pixels kept, and edits are refused). Bodies of the image
     routes (`IMAGE_ROUTES`) may be ``max_image_body_bytes``, the others ``max_body_bytes``.
+    ``adapters``: the ``--lora=…`` / ``--embedding=…`` options the model was loaded with, which the commands
+    shown to reproduce an image repeat.
     """
     limits = limits if limits is not None else Limits.from_pipeline(pipeline)
     edit_reason = None
@@ -191,7 +195,7 @@ def create_app(
     def images_of(job: Job) -> list[ImageInfo]:
         if job.state is not JobState.done:
             return []
-        command = reproduce_command(job.settings, model_name)
+        command = reproduce_command(job.settings, model_name, adapters)
         return [ImageInfo(index=k, seed=job.settings.seed, url=f"/v1/jobs/{job.id}/images/{k}.png",
                           filename=image_filename(job.settings.seed, k), command=command)
                 for k in range(len(job.images))]
@@ -261,7 +265,8 @@ def create_app(
                                 elapsed_s=round(job.elapsed(queue.clock()), 3))
 
     add_edit_routes(app, queue, edit_pipeline, edit_reason, limits, None if model_name == SHIPPED else model_name)
-    add_a1111_routes(app, queue, limits, model_name, lambda settings: reproduce_command(settings, model_name),
+    add_a1111_routes(app, queue, limits, model_name,
+                     lambda settings: reproduce_command(settings, model_name, adapters),
                      img2img_pipeline, inpaint_pipeline)
     add_openai_routes(app, queue, limits, model_name, inpaint_pipeline)
     return app
