@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ldmkit.cli import main
+from ldmkit.cli import build_parser, main
 from ldmkit.convert import lora as lora_files
 from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
@@ -254,7 +254,6 @@ def test_other_spellings_of_the_same_lora_load_alike(tiny, tmp_path):
 
 def test_served_adapters_appear_in_the_command_that_reproduces_an_image():
     pytest.importorskip("fastapi")
-    from ldmkit.cli import build_parser
     from ldmkit.serve.app import reproduce_command
     from ldmkit.serve.schemas import Settings
 
