@@ -7,7 +7,7 @@ from pathlib import Path
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
-    positive_int, seed_int,
+    non_negative_int, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 from ldmkit.config import ModelConfig
@@ -16,13 +16,14 @@ from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
 from ldmkit.pipelines import ClassConditionalPipeline
+from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.storage import load_config
 
 
 def cmd_generate(args) -> None:
-    check_sampler(args.sampler, args.eta, args.spacing)
+    check_sampler(args.sampler, args.eta, args.spacing, args.steps_offset)
     if args.prompt is None and args.class_name is None:
         raise UsageError("give a prompt (a text model) or --class NAME (a class-conditional model)")
     if args.prompt is not None and args.class_name is not None:
@@ -45,8 +46,12 @@ def cmd_generate(args) -> None:
                 f"{model} is a class-conditional model: give --class NAME instead of a prompt "
                 f"(classes: {', '.join(pipe.classes)})"
             )
+        if args.lora or args.embedding:
+            raise UsageError("--lora and --embedding apply to text models only")
         if args.negative_prompt:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
+        if args.spacing or args.karras or args.steps_offset is not None:
+            raise UsageError("--spacing, --steps-offset and --karras apply to text models only here")
         if args.binding or args.binding_candidates != BindingGuidance.candidates:
             raise UsageError("--binding and --binding-candidates apply to text models only: they bind a prompt's words")
         check_size(pipe.model, args.height, args.width, args.steps)
@@ -64,9 +69,11 @@ def cmd_generate(args) -> None:
             )
         pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
                              precision=args.precision)
+        apply_adapters(pipe, args.lora, args.embedding)
         check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, binding=args.binding,
-                      binding_candidates=args.binding_candidates, **options)
+                      binding_candidates=args.binding_candidates, karras=args.karras, steps_offset=args.steps_offset,
+                      **options)
     check_finite_images(images)
     if out_kind == "file":
         save_grid(images, out)  # in the format the suffix names
@@ -132,8 +139,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: 25; a consistency student's own, 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", help="ddim (the default), ddpm, euler or dpmpp-2m; lcm, the only and default sampler "
-                                     "of a consistency student made by `ldmkit distill`")
+    p.add_argument("--sampler", help="ddim (the default), ddpm, euler, euler-a (Euler ancestral) or dpmpp-2m; lcm, the "
+                                     "only and default sampler of a consistency student made by `ldmkit distill`")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--negative-prompt", default="")
@@ -146,9 +153,15 @@ def add_parsers(sub) -> None:
                    help="feature reuse (DeepCache): the whole UNet at every N-th step, only its shallow branch "
                         "on the reused deep features between (default 1: off; "
                         "docs/performance.md)")
-    p.add_argument("--spacing", choices=SPACINGS, default="trailing",
-                   help="DDIM timesteps: trailing (default; starts at T−1) or leading (the original LDM's and "
-                        "Stable Diffusion's: 981, 961, …, 1 for 50 steps), to reproduce their images")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="the sampler's timesteps: trailing (starts at T−1), leading (the original LDM's and Stable "
+                        "Diffusion's: 981, 961, …, 1 for 50 steps) or linspace (T−1 … 0); default: a diffusers "
+                        "folder's scheduler config, else trailing for ddim/ddpm and linspace for euler/euler-a/dpmpp-2m")
+    p.add_argument("--steps-offset", type=non_negative_int, metavar="K",
+                   help="with --spacing leading: added to its timesteps (default 1, as Stable Diffusion's config)")
+    p.add_argument("--karras", action="store_true",
+                   help="Karras et al.'s noise levels (denser at low noise) between the grid's first and last σ, "
+                        "for any sampler: --sampler dpmpp-2m --karras is A1111's \"DPM++ 2M Karras\"")
     p.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
                    help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
@@ -159,6 +172,12 @@ def add_parsers(sub) -> None:
                    default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises z_T per two-object prompt, run for the first fifth of the "
                         "steps, the one whose binding loss is smallest going on (default %(default)s; 1: no selection)")
+    p.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                   help="a LoRA adapter (diffusers/peft or kohya safetensors) at strength SCALE (default 1); repeatable "
+                        "(docs/finetune.md)")
+    p.add_argument("--embedding", action="append", metavar="FILE",
+                   help="a textual-inversion embedding (diffusers learned_embeds or A1111 .safetensors/.pt); its token "
+                        "is the file's own, else the file name; repeatable")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
                         "GPUs and AVX-512 CPUs)")

@@ -15,18 +15,22 @@ from tqdm.auto import tqdm
 from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor, tensor_to_pil
 from ldmkit.device import use_bf16
-from ldmkit.diffusion import guided_denoiser, sample, sample_from, sampler_timesteps
+from ldmkit.diffusion import (
+    DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps,
+)
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
 from ldmkit.errors import UsageError
 from ldmkit.nn.feature_cache import FeatureCache
 from ldmkit.nn.kv_cache import cached_text_kv
+from ldmkit.pipelines.adapters import AdapterMixin
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
 
-class Pipeline:
-    """A trained model of one of the condition ``kinds`` on ``device``; subclasses add ``__call__``."""
+class Pipeline(AdapterMixin):
+    """A trained model of one of the condition ``kinds`` on ``device``; subclasses add ``__call__``. LoRA files and
+    textual-inversion embeddings load onto its model as in diffusers (`AdapterMixin`: ``load_lora_weights`` …)."""
 
     kinds: tuple[str, ...] = ()
 
@@ -147,9 +151,11 @@ class Pipeline:
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
         guidance_stop: float = 0.0,
-        spacing: str = "trailing",
+        spacing: str | None = None,
         binding: BindingGuidance | None = None,
         cache_interval: int = 1,
+        karras: bool = False,
+        steps_offset: int | None = None,
     ) -> torch.Tensor:
         """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
 
@@ -159,8 +165,8 @@ class Pipeline:
         given ``init_latents`` z_0, from z_0 noised to ``strength`` (`sample_from`, SDEdit). ε is drawn
         from a CPU generator seeded with ``seed``, so a seed gives the same image on every device.
         ``guidance_stop`` ∈ [0, 1): the steps at timesteps t < guidance_stop · T (about that fraction
-        of the steps, at the end) run unguided, one UNet pass instead of two. ``spacing`` (ddim only):
-        trailing, or leading to reproduce the original LDM / Stable Diffusion DDIM timesteps. ``binding``:
+        of the steps, at the end) run unguided, one UNet pass instead of two. ``spacing``, ``steps_offset``,
+        ``karras``: the sampler's grid (`ldmkit.diffusion.grids`; `grid_options` fills in the model's own). ``binding``:
         attribute-binding guidance on top (`ldmkit.diffusion.binding`), and, sampling from noise without
         ``concat``, each prompt with objects to bind goes on from the best of ``binding.candidates``
         starting noises after the first ``binding.select_step(steps)`` steps (the callback still sees
@@ -178,6 +184,7 @@ class Pipeline:
         sampler, steps = self.sampling_defaults(sampler, steps)
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
+        grid = self.grid_options(sampler, spacing, steps_offset, karras)
         check_cache_interval(cache_interval)
         student = self.is_student
         if student:
@@ -220,14 +227,14 @@ class Pipeline:
         def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
                 stop: int | None = None) -> torch.Tensor:
             return sample(sampler, denoiser(context, binding), z, model.schedule, num_steps=steps, eta=eta,
-                          generator=generator, callback=lambda i, n: on_step(start + i, start + n), spacing=spacing,
-                          start=start, stop=stop)
+                          generator=generator, callback=lambda i, n: on_step(start + i, start + n), start=start,
+                          stop=stop, **grid)
 
         try:
             with cached_text_kv(model.unet):
                 if init_latents is not None:
                     return sample_from(sampler, denoiser(context, binding), init_latents, z_T, model.schedule, steps,
-                                       strength, eta=eta, generator=generator, callback=on_step, spacing=spacing)
+                                       strength, eta=eta, generator=generator, callback=on_step, **grid)
                 start = binding.select_step(steps) if binding is not None and concat is None else 0
                 rows = binding.candidate_rows() if start else []
                 if len(rows) > len(z_T):
@@ -236,7 +243,7 @@ class Pipeline:
                     extra = torch.randn((len(rows) - len(z_T), *shape[1:]), generator=generator).to(self.device)
                     rows_context, rows_binding = context[torch.tensor(rows, device=context.device)], binding.rows(rows)
                     z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start)
-                    t_k = sampler_timesteps(sampler, model.schedule, steps, spacing=spacing)[start]
+                    t_k = sampler_timesteps(sampler, model.schedule, steps, **grid)[start]
                     losses = binding_losses(unet, model.unet, z_k, torch.full((len(rows),), t_k, device=self.device),
                                             rows_context, rows_binding)
                     return run(z_k[choose_candidates(losses, rows, len(z_T))], context, binding, start=start)
@@ -261,8 +268,22 @@ class Pipeline:
                              f"lcm sampler only, not {sampler!r} (leave --sampler out, or give lcm)")
         if not student and sampler == "lcm":
             raise UsageError("the lcm sampler needs a consistency student made by `ldmkit distill`; this model is "
-                             "not one (allowed: ddim, ddpm, euler, dpmpp-2m)")
+                             "not one (allowed: ddim, ddpm, euler, euler-a, dpmpp-2m)")
         return sampler, steps
+
+    def grid_options(self, sampler: str, spacing: str | None = None, steps_offset: int | None = None,
+                     karras: bool = False) -> dict:
+        """The grid keywords of `ldmkit.diffusion.sample` for a call: the given ones; with no ``spacing``, what
+        the model's own scheduler config says (a diffusers folder's ``timestep_spacing`` and, for leading,
+        ``steps_offset``, as diffusers samples it; `LatentDiffusion.scheduler_grid`), else the sampler's
+        own grid. UsageError for options that mean nothing (`check_grid_options`)."""
+        own = getattr(self.model, "scheduler_grid", None) or {}
+        if spacing is None and own and sampler != "lcm":
+            spacing = own["spacing"] or DIFFUSERS_SPACING[sampler]
+            if steps_offset is None and spacing == "leading":
+                steps_offset = own["steps_offset"]
+        check_grid_options(sampler, 0.0, spacing, steps_offset)
+        return dict(spacing=spacing, steps_offset=steps_offset, karras=karras)
 
     def input_start(self, estimate: torch.Tensor, start_from_input: bool) -> torch.Tensor | None:
         """The z_0 whose q(z_T | z_0) an image-conditioned sample starts from: E(x̃) for the input's own
