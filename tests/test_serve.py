@@ -63,8 +63,9 @@ class FakePipeline:
         self.running = threading.Event()
         self.calls = 0
 
-    def __call__(self, prompt, steps, guidance, seed, num_images, sampler, negative_prompt, height, width,
-                 callback, binding, cache_interval):
+    def __call__(self, prompt, *, num_inference_steps, guidance_scale, generator, num_images_per_prompt, sampler,
+                 negative_prompt, height, width, callback, binding, cache_interval):
+        steps, seed, num_images = num_inference_steps, generator, num_images_per_prompt
         self.calls += 1
         self.running.set()
         for i in range(steps):

@@ -62,8 +62,8 @@ def _pipeline(cls, args, image=None):
 
 def _sampling(args) -> dict:
     check_sampler(args.sampler, args.eta)
-    return dict(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler, eta=args.eta,
-                progress=not args.no_progress)
+    return dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
+                sampler=args.sampler, eta=args.eta, progress=not args.no_progress)
 
 
 def _write(images, out: Path) -> None:

@@ -35,7 +35,8 @@ def cmd_generate(args) -> None:
     out_kind, out = image_output(args.out, allow_folder=True, overwrite=args.overwrite)
     model = resolve_model(args.model)
     kind = _condition_kind(model)
-    options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
+    options = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
+                   num_images_per_prompt=args.num_images,
                    sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
                    progress=not args.no_progress, guidance_stop=args.guidance_stop,
                    cache_interval=args.cache_interval)

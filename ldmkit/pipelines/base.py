@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
-from ldmkit.images import image_to_tensor, tensor_to_pil
+from ldmkit.images import image_to_tensor
 from ldmkit.device import use_bf16
 from ldmkit.diffusion import (
     DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps,
@@ -24,6 +24,7 @@ from ldmkit.errors import UsageError
 from ldmkit.nn.feature_cache import FeatureCache
 from ldmkit.nn.kv_cache import cached_text_kv
 from ldmkit.pipelines.adapters import AdapterMixin
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -193,7 +194,7 @@ class Pipeline(AdapterMixin):
             raise UsageError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
-        generator = torch.Generator().manual_seed(seed)
+        generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
         z_T = torch.randn(shape, generator=generator).to(self.device)
 
         def model_fn(core):
@@ -301,14 +302,15 @@ class ImageConditionedPipeline(Pipeline):
     """A pipeline whose condition is one input image (super-resolution, colorization):
     ``pipe(image, prompt="")`` → list of PIL images; subclasses define ``generate_tensors``."""
 
+    @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
-                 seed: int = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
+                 seed: int | torch.Generator = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 start_from_input: bool = True) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
+                 start_from_input: bool = True, output_type: str = "pil") -> ImagePipelineOutput:
+        return image_output(self.generate_tensors(
             image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
-            start_from_input=start_from_input)]
+            start_from_input=start_from_input), output_type)
 
 
 def check_cache_interval(cache_interval: int) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import Image
 
-from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import Pipeline
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.errors import UsageError
 
 
@@ -23,15 +22,16 @@ class ClassConditionalPipeline(Pipeline):
     def classes(self) -> tuple[str, ...]:
         return self.model.config.condition.classes
 
+    @diffusers_call(inputs=1)
     @torch.inference_mode()
-    def __call__(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
-                 num_images: int = 1, sampler: str = "ddim", eta: float = 0.0, height: int | None = None,
-                 width: int | None = None, progress: bool = False,
+    def __call__(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0,
+                 seed: int | torch.Generator = 0, num_images: int = 1, sampler: str = "ddim", eta: float = 0.0,
+                 height: int | None = None, width: int | None = None, progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
-                 cache_interval: int = 1) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
+                 cache_interval: int = 1, output_type: str = "pil") -> ImagePipelineOutput:
+        return image_output(self.generate_tensors(
             class_name, steps, guidance, seed, num_images, sampler, eta, height, width, progress, callback,
-            guidance_stop, cache_interval)]
+            guidance_stop, cache_interval), output_type)
 
     @torch.inference_mode()
     def generate_tensors(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,

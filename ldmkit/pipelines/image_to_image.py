@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import Image
 
-from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.errors import UsageError
 
 
@@ -21,15 +20,16 @@ class ImageToImagePipeline(Pipeline):
 
     kinds = ("text",)
 
+    @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                 steps: int | None = None, guidance: float = 4.0, seed: int = 0, sampler: str | None = None,
-                 eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
+                 steps: int | None = None, guidance: float = 4.0, seed: int | torch.Generator = 0,
+                 sampler: str | None = None, eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
-                 spacing: str | None = None) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
+                 spacing: str | None = None, output_type: str = "pil") -> ImagePipelineOutput:
+        return image_output(self.generate_tensors(
             image, prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
-            karras, spacing)]
+            karras, spacing), output_type)
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,

@@ -11,6 +11,7 @@ from PIL import Image
 from ldmkit.condition import mean_fill, uncrop_mask
 from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 
 
 class InpaintingPipeline(Pipeline):
@@ -19,17 +20,18 @@ class InpaintingPipeline(Pipeline):
 
     kinds = ("inpaint",)
 
+    @diffusers_call(inputs=3)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, mask: Image.Image | torch.Tensor, prompt: str | list[str] = "",
-                 steps: int = 25, guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
-                 negative_prompt: str = "", progress: bool = False,
+                 steps: int = 25, guidance: float = 1.0, seed: int | torch.Generator = 0, sampler: str = "ddim",
+                 eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
-                 karras: bool = False) -> list[Image.Image]:
+                 karras: bool = False, output_type: str = "pil") -> ImagePipelineOutput:
         images = self.images(image)
         out = self.generate_tensors(images, self.mask(mask, images), prompt, steps, guidance, seed, sampler, eta,
                                     negative_prompt, progress=progress, callback=callback,
                                     start_from_input=start_from_input, karras=karras)
-        return [tensor_to_pil(x) for x in out]
+        return image_output(out, output_type)
 
     @torch.inference_mode()
     def uncrop(self, image: ImageInput, side: str = "right", amount: float = 0.5, prompt: str | list[str] = "",

@@ -6,20 +6,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 
-from ldmkit.images import tensor_to_pil
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.pipelines.base import Pipeline
 from ldmkit.pretrained import resolve_model
 
 
 class TextToImagePipeline(Pipeline):
-    """``pipe(prompt, steps=…, guidance=…, seed=…, num_images=…)`` → list of PIL images.
+    """``pipe(prompt, num_inference_steps=…, guidance_scale=…, generator=…, num_images_per_prompt=…).images``
+    → PIL images (diffusers' call, `ldmkit.pipelines.calling`; the output is also that list).
 
     The same seed, settings and model give bit-identical images: z_T is drawn from a CPU generator
-    seeded with ``seed``, so the result does not depend on the device's random stream.
+    seeded with ``generator`` (or drawn from it, a CPU ``torch.Generator``), so the result does not depend
+    on the device's random stream.
     """
 
     kinds = ("text",)
@@ -35,13 +36,14 @@ class TextToImagePipeline(Pipeline):
         is fp32, bf16 or auto (see `Pipeline`)."""
         return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
 
+    @diffusers_call(inputs=1)
     @torch.inference_mode()
     def __call__(
         self,
         prompt: str | list[str],
         steps: int | None = None,
         guidance: float = 4.0,
-        seed: int = 0,
+        seed: int | torch.Generator = 0,
         num_images: int = 1,
         sampler: str | None = None,
         negative_prompt: str = "",
@@ -57,11 +59,14 @@ class TextToImagePipeline(Pipeline):
         cache_interval: int = 1,
         karras: bool = False,
         steps_offset: int | None = None,
-    ) -> list[Image.Image]:
-        return [tensor_to_pil(x) for x in self.generate_tensors(
+        output_type: str = "pil",
+    ) -> ImagePipelineOutput:
+        """`generate_tensors`'s images as ``output_type`` asks (`ldmkit.pipelines.calling`: diffusers' names
+        num_inference_steps, guidance_scale, num_images_per_prompt, generator; ``.images`` on the output)."""
+        return image_output(self.generate_tensors(
             prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
             callback, guidance_stop, spacing, binding, binding_candidates, cache_interval, karras, steps_offset,
-        )]
+        ), output_type)
 
     @torch.inference_mode()
     def generate_tensors(
@@ -69,7 +74,7 @@ class TextToImagePipeline(Pipeline):
         prompt: str | list[str],
         steps: int | None = None,
         guidance: float = 4.0,
-        seed: int = 0,
+        seed: int | torch.Generator = 0,
         num_images: int = 1,
         sampler: str | None = None,
         negative_prompt: str = "",

@@ -67,8 +67,8 @@ def pipeline_runner(pipe):
 
     def run(settings: Settings, on_step):
         return pipe(
-            settings.prompt, steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
-            num_images=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
+            settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+            generator=settings.seed, num_images_per_prompt=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
             height=settings.height, width=settings.width, callback=on_step, binding=settings.binding,
             cache_interval=settings.cache_interval, **_karras(settings),
         )

@@ -119,12 +119,12 @@ def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
         batch = [source] * settings.num_images
         mask = None if settings.mask is None else Image.open(io.BytesIO(settings.mask)).convert("L")
         if settings.mode == "inpaint":
-            return inpaint_pipe(batch, mask, settings.prompt, steps=settings.steps, guidance=settings.guidance,
-                                seed=settings.seed, sampler=settings.sampler,
+            return inpaint_pipe(batch, mask, settings.prompt, num_inference_steps=settings.steps,
+                                guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
                                 negative_prompt=settings.negative_prompt, callback=on_step,
                                 **({"karras": True} if settings.karras else {}))
-        images = img2img_pipe(batch, settings.prompt, strength=settings.strength, steps=settings.steps,
-                              guidance=settings.guidance, seed=settings.seed, sampler=settings.sampler,
+        images = img2img_pipe(batch, settings.prompt, strength=settings.strength, num_inference_steps=settings.steps,
+                              guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
                               negative_prompt=settings.negative_prompt, callback=on_step,
                               **({"karras": True} if settings.karras else {}))
         if settings.mode == "img2img-masked":

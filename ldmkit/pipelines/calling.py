@@ -1,0 +1,105 @@
+"""diffusers' calling convention for the pipelines' ``__call__``.
+
+    out = pipe("a red circle", num_inference_steps=25, guidance_scale=4.0, num_images_per_prompt=4,
+               generator=torch.Generator().manual_seed(0), output_type="pil")
+    out.images                      # four PIL images (``out`` is also that list)
+
+Options are keyword-only, under diffusers' names: ``num_inference_steps`` (ldmkit's ``steps``),
+``guidance_scale`` (``guidance``), ``num_images_per_prompt`` (``num_images``), ``generator`` (a CPU
+``torch.Generator``, or an int seed; ldmkit's ``seed``) and ``output_type`` ("pil", "pt": B×3×H×W float in
+[0, 1], "np": B×H×W×3 float in [0, 1]). ldmkit's own names still work, with a DeprecationWarning, until
+ldmkit 0.2. The other options (``negative_prompt``, ``height``, ``width``, ``sampler``, ``binding`` …) keep
+their names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ldmkit.errors import UsageError
+from ldmkit.images import tensor_to_pil
+
+DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num_images"}
+OWN_TO_DIFFUSERS = {own: name for name, own in DIFFUSERS_NAMES.items()}
+OUTPUT_TYPES = ("pil", "pt", "np")
+
+
+class ImagePipelineOutput(list):
+    """A call's images as ``.images`` (diffusers' output): PIL images, or for ``output_type`` "pt" / "np" a
+    B×3×H×W tensor / B×H×W×3 array in [0, 1]. With "pil" the output is also the list of images itself, what
+    ldmkit's calls returned before."""
+
+    def __init__(self, images):
+        super().__init__(images if isinstance(images, list) else [])
+        self.images = self if isinstance(images, list) else images
+
+
+def image_output(images: torch.Tensor, output_type: str = "pil") -> ImagePipelineOutput:
+    """``images`` (B×3×H×W in [−1, 1], as ``generate_tensors`` returns them) in the form ``output_type`` asks."""
+    if output_type == "pil":
+        return ImagePipelineOutput([tensor_to_pil(x) for x in images])
+    unit = ((images.float() + 1) / 2).clamp(0, 1)
+    return ImagePipelineOutput(unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy().astype(np.float32))
+
+
+def seed_or_generator(generator) -> int | torch.Generator:
+    """What the pipelines' ``seed`` takes: an int, or a CPU ``torch.Generator`` (z_T and every later noise drawn
+    from it; ldmkit draws noise on the CPU so that a seed gives the same image on every device)."""
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != "cpu":
+            raise UsageError(f"generator on {generator.device}: give a CPU torch.Generator (ldmkit draws noise on the "
+                             "CPU, so that a seed gives the same image on every device), or an int seed")
+        return generator
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise UsageError(f"generator={generator!r}: give a CPU torch.Generator or an int seed")
+    return generator
+
+
+def diffusers_call(inputs: int) -> Callable:
+    """Decorate a pipeline's ``__call__(self, <inputs positional>, *, steps, guidance, seed, num_images, …,
+    output_type)`` so that it takes diffusers' names (the module docstring) and its options by keyword only."""
+
+    def decorate(method: Callable) -> Callable:
+        parameters = inspect.signature(method).parameters
+
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            if len(args) > inputs:
+                names = ", ".join(list(parameters)[1: inputs + 1])
+                raise TypeError(f"{type(self).__name__}() takes {names} by position and every option by keyword "
+                                f"(diffusers' names: num_inference_steps=, guidance_scale=, …); got {len(args)} "
+                                "positional arguments")
+            for new, old in DIFFUSERS_NAMES.items():
+                if old in kwargs and old in parameters:
+                    if new in kwargs:
+                        raise TypeError(f"both {old}= and {new}= given; give {new}= only")
+                    warnings.warn(f"{old}= is deprecated: give diffusers' name {new}= (the old name works until "
+                                  "ldmkit 0.2)", DeprecationWarning, stacklevel=2)
+                elif new in kwargs:
+                    kwargs[old] = kwargs.pop(new)
+            if "generator" in kwargs:
+                if "seed" in kwargs:
+                    raise TypeError("both seed= and generator= given; give generator= only")
+                kwargs["seed"] = seed_or_generator(kwargs.pop("generator"))
+            elif "seed" in kwargs:
+                warnings.warn("seed= is deprecated: give diffusers' name generator= (an int seed or a CPU "
+                              "torch.Generator; the old name works until ldmkit 0.2)", DeprecationWarning, stacklevel=2)
+            output_type = kwargs.get("output_type", "pil")
+            if output_type not in OUTPUT_TYPES:
+                raise UsageError(f"output_type={output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
+            unknown = sorted(set(kwargs) - set(parameters))
+            if unknown:
+                options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n) for n in list(parameters)[1 + inputs:]]
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword {unknown[0]!r}; its options: "
+                                f"{', '.join(options)}")
+            return method(self, *args, **kwargs)
+
+        return call
+
+    return decorate

@@ -1,0 +1,85 @@
+"""diffusers' calling convention on the pipelines: its names give the images ldmkit's names give, the old names
+still work with a DeprecationWarning, ``generator`` takes an int or a CPU torch.Generator, ``output_type``
+gives PIL images, tensors or arrays, and a mistake in a call says what the call takes."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldmkit import load_pipeline
+from ldmkit.errors import UsageError
+from ldmkit.pipelines import ImageToImagePipeline
+from ldmkit.pipelines.calling import ImagePipelineOutput
+from tests.tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return load_pipeline(build_tiny_model(tmp_path_factory.getbasetemp() / "calling-tiny-model"))
+
+
+def arrays(images) -> np.ndarray:
+    return np.stack([np.asarray(im) for im in images])
+
+
+def test_diffusers_names_give_the_images_ldmkit_names_gave(pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the diffusers names warn about nothing
+        out = pipe("a red circle", num_inference_steps=3, guidance_scale=3.0, generator=7, num_images_per_prompt=2)
+    assert isinstance(out, ImagePipelineOutput) and isinstance(out, list)
+    assert out.images is out and len(out.images) == 2 and isinstance(out.images[0], Image.Image)
+    with pytest.warns(DeprecationWarning, match=r"steps= is deprecated: give diffusers' name num_inference_steps="):
+        old = pipe("a red circle", steps=3, guidance=3.0, seed=7, num_images=2)
+    assert np.array_equal(arrays(out.images), arrays(old))
+
+
+def test_generator_is_an_int_seed_or_a_cpu_generator(pipe):
+    seeded = pipe("a blue square", num_inference_steps=2, generator=5).images
+    drawn = pipe("a blue square", num_inference_steps=2, generator=torch.Generator().manual_seed(5)).images
+    assert np.array_equal(arrays(seeded), arrays(drawn))
+    g = torch.Generator().manual_seed(5)
+    first = pipe("a blue square", num_inference_steps=2, generator=g).images
+    second = pipe("a blue square", num_inference_steps=2, generator=g).images  # the generator has moved on
+    assert np.array_equal(arrays(first), arrays(seeded)) and not np.array_equal(arrays(second), arrays(first))
+    with pytest.raises(UsageError, match="give a CPU torch.Generator or an int seed"):
+        pipe("a blue square", num_inference_steps=2, generator="5")
+    if torch.cuda.is_available():
+        with pytest.raises(UsageError, match="give a CPU torch.Generator"):
+            pipe("a blue square", num_inference_steps=2, generator=torch.Generator("cuda"))
+
+
+def test_output_type_pt_and_np_are_the_images_in_zero_one(pipe):
+    pil = pipe("a red circle", num_inference_steps=2, generator=1, num_images_per_prompt=2).images
+    pt = pipe("a red circle", num_inference_steps=2, generator=1, num_images_per_prompt=2, output_type="pt").images
+    arr = pipe("a red circle", num_inference_steps=2, generator=1, num_images_per_prompt=2, output_type="np").images
+    assert isinstance(pt, torch.Tensor) and pt.shape == (2, 3, *pil[0].size[::-1]) and 0 <= pt.min() and pt.max() <= 1
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, *pil[0].size[::-1], 3) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr, pt.permute(0, 2, 3, 1).numpy())
+    assert np.abs(arr * 255 - arrays(pil)).max() <= 1  # PIL's are the same images in 8 bits
+    with pytest.raises(UsageError, match="output_type='latent'; allowed: pil, pt, np"):
+        pipe("a red circle", num_inference_steps=2, output_type="latent")
+
+
+def test_a_mistaken_call_says_what_the_call_takes(pipe):
+    with pytest.raises(TypeError, match="takes prompt by position and every option by keyword"):
+        pipe("a red circle", 3)
+    with pytest.raises(TypeError, match="unexpected keyword 'num_steps'.*num_inference_steps, guidance_scale, generator"):
+        pipe("a red circle", num_steps=3)
+    with pytest.raises(TypeError, match="both steps= and num_inference_steps= given"):
+        pipe("a red circle", steps=3, num_inference_steps=3)
+    with pytest.raises(TypeError, match="both seed= and generator= given"):
+        pipe("a red circle", seed=1, generator=1)
+
+
+def test_image_to_image_takes_the_same_names(pipe):
+    img2img = ImageToImagePipeline(pipe.model)
+    source = pipe("a red circle", num_inference_steps=2, generator=0).images[0]
+    new = img2img(source, "a blue circle", strength=0.5, num_inference_steps=4, guidance_scale=3.0, generator=2)
+    with pytest.warns(DeprecationWarning):
+        old = img2img(source, "a blue circle", strength=0.5, steps=4, guidance=3.0, seed=2)
+    assert np.array_equal(arrays(new.images), arrays(old))
