@@ -23,6 +23,16 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse, and for a command whose optional positional prompt may follow its options
+        (``set_defaults(prompt_may_trail=True)``: ``inpaint IN.png --mask M.png PROMPT``) the one word left
+        over after them is that prompt (argparse fills every positional at their first run, IN.png)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if (getattr(namespace, "prompt_may_trail", False) and len(extras) == 1 and not extras[0].startswith("-")
+                and not namespace.prompt):
+            namespace.prompt, extras = extras[0], []
+        return namespace, extras
+
 
 def _parsed(text: str, convert, kind: str, ok, rule: str):
     """``convert(text)`` if it parses and passes ``ok``; otherwise argparse's one-line error."""

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
-    OneLineParser, UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
+    UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
     positive_int, read_image, seed_int,
 )
 from ldmkit.cli.generate import check_steps
@@ -133,17 +133,6 @@ def _start_option(p: argparse.ArgumentParser) -> None:
                         "(the default, which keeps the layout the model expects in z_T)")
 
 
-class _TrailingPromptParser(OneLineParser):
-    """Reads ``inpaint IN.png --mask M.png --model DIR PROMPT``: argparse matches every positional at the
-    first run of them (IN.png), so a prompt after the options would be left over; it is taken here."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        if len(extras) == 1 and not extras[0].startswith("-") and not namespace.prompt:
-            namespace.prompt, extras = extras[0], []
-        return namespace, extras
-
-
 def _unit_float(text: str) -> float:
     try:
         return float(text)
@@ -163,8 +152,7 @@ def add_parsers(sub) -> None:
     _start_option(p)
     p.add_argument("--mask", required=True, help="a mask image of the input's size: white = repaint, black = keep")
     p.add_argument("prompt", nargs="?", default="", help="an optional caption of the result")
-    p.__class__ = _TrailingPromptParser  # the prompt may come after the options, as the usage line shows
-    p.set_defaults(func=cmd_inpaint)
+    p.set_defaults(func=cmd_inpaint, prompt_may_trail=True)  # the prompt may follow the options, as usage shows
 
     p = sub.add_parser("uncrop", help="paint beyond one border, with an 'inpaint' model")
     _common(p, 1.0, "preset *-inpaint")

@@ -54,36 +54,41 @@ LDM_BERT_LEAVES = {  # ldmkit TextTransformerBlock module → (layer offset, x-t
 }
 
 
-def _openclip_key(key: str) -> str:
-    """OpenCLIP name (under cond_stage_model.model.) of a CLIPTextModel key (under transformer.)."""
-    fixed = {
-        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-        "text_model.embeddings.position_embedding.weight": "positional_embedding",
-        "text_model.final_layer_norm.weight": "ln_final.weight",
-        "text_model.final_layer_norm.bias": "ln_final.bias",
-    }
+OPENCLIP_FIXED = {  # CLIPTextModel key (under transformer.) → OpenCLIP name (under cond_stage_model.model.)
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
+LDM_BERT_FIXED = {  # ldmkit text-encoder key → the LDM's x-transformers name
+    "token_embedding.weight": "token_emb.weight",
+    "position_embedding": "pos_emb.emb.weight",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+}
+
+
+def _layer_key(key: str, fixed: dict, pattern: str, leaves: dict, build, what: str) -> str:
+    """``fixed[key]``, or for a per-layer key matching ``pattern`` (layer index, module, weight|bias)
+    ``build(layer, leaves[module], kind)``; KeyError naming ``what`` otherwise."""
     if key in fixed:
         return fixed[key]
-    m = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
-    if not m or m[2] not in OPENCLIP_LEAVES:
-        raise KeyError(f"no OpenCLIP name for CLIP text key {key!r}")
-    return f"transformer.resblocks.{m[1]}.{OPENCLIP_LEAVES[m[2]]}.{m[3]}"
+    m = re.fullmatch(pattern, key)
+    if not m or m[2] not in leaves:
+        raise KeyError(f"no {what} name for text key {key!r}")
+    return build(int(m[1]), leaves[m[2]], m[3])
+
+
+def _openclip_key(key: str) -> str:
+    """OpenCLIP name (under cond_stage_model.model.) of a CLIPTextModel key (under transformer.)."""
+    return _layer_key(key, OPENCLIP_FIXED, r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", OPENCLIP_LEAVES,
+                      lambda i, leaf, kind: f"transformer.resblocks.{i}.{leaf}.{kind}", "OpenCLIP")
 
 
 def _ldm_bert_key(key: str) -> str:
-    fixed = {
-        "token_embedding.weight": "token_emb.weight",
-        "position_embedding": "pos_emb.emb.weight",
-        "norm.weight": "norm.weight",
-        "norm.bias": "norm.bias",
-    }
-    if key in fixed:
-        return fixed[key]
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
-    if not m or m[2] not in LDM_BERT_LEAVES:
-        raise KeyError(f"no LDM name for text key {key!r}")
-    offset, module = LDM_BERT_LEAVES[m[2]]
-    return f"attn_layers.layers.{2 * int(m[1]) + offset}.{module}.{m[3]}"
+    """The LDM's x-transformers name of an ldmkit text-encoder key (two x-transformers layers per block)."""
+    return _layer_key(key, LDM_BERT_FIXED, r"blocks\.(\d+)\.(.+)\.(weight|bias)", LDM_BERT_LEAVES,
+                      lambda i, leaf, kind: f"attn_layers.layers.{2 * i + leaf[0]}.{leaf[1]}.{kind}", "LDM")
 
 
 def text_rules(cfg: TextEncoderConfig, ldmkit_keys: list[str], layout: str) -> list[Rule]:

@@ -66,13 +66,21 @@ def diffusers_call(inputs: int) -> Callable:
     output_type)`` so that it takes diffusers' names (the module docstring) and its options by keyword only."""
 
     def decorate(method: Callable) -> Callable:
-        parameters = inspect.signature(method).parameters
+        own = inspect.signature(method).parameters
+        input_names = list(own)[1: inputs + 1]  # after self
+        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values())
+
+        def where(self) -> str:
+            return type(self).__name__ + ("()" if method.__name__ == "__call__" else f".{method.__name__}()")
 
         @functools.wraps(method)
         def call(self, *args, **kwargs):
+            # a __call__ that forwards **options to generate_tensors takes what generate_tensors takes
+            parameters = ({**inspect.signature(self.generate_tensors).parameters, **own} if forwards else own)
+            parameters = {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
             if len(args) > inputs:
-                names = ", ".join(list(parameters)[1: inputs + 1])
-                raise TypeError(f"{type(self).__name__}() takes {names} by position and every option by keyword "
+                names = ", ".join(input_names)
+                raise TypeError(f"{where(self)} takes {names} by position and every option by keyword "
                                 f"(diffusers' names: num_inference_steps=, guidance_scale=, …); got {len(args)} "
                                 "positional arguments")
             for new, old in DIFFUSERS_NAMES.items():
@@ -95,8 +103,9 @@ def diffusers_call(inputs: int) -> Callable:
                 raise UsageError(f"output_type={output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
             unknown = sorted(set(kwargs) - set(parameters))
             if unknown:
-                options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n) for n in list(parameters)[1 + inputs:]]
-                raise TypeError(f"{type(self).__name__}() got an unexpected keyword {unknown[0]!r}; its options: "
+                options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n)
+                           for n in parameters if n != "self" and n not in input_names]
+                raise TypeError(f"{where(self)} got an unexpected keyword {unknown[0]!r}; its options: "
                                 f"{', '.join(options)}")
             return method(self, *args, **kwargs)
 

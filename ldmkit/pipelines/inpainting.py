@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from ldmkit.condition import mean_fill, uncrop_mask
-from ldmkit.images import tensor_to_pil
 from ldmkit.pipelines.base import ImageInput, Pipeline
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 
@@ -33,17 +32,19 @@ class InpaintingPipeline(Pipeline):
                                     start_from_input=start_from_input, karras=karras)
         return image_output(out, output_type)
 
+    @diffusers_call(inputs=4)
     @torch.inference_mode()
     def uncrop(self, image: ImageInput, side: str = "right", amount: float = 0.5, prompt: str | list[str] = "",
-               steps: int = 25, guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
-               negative_prompt: str = "", progress: bool = False,
-               callback: Callable[[int, int], None] | None = None, start_from_input: bool = True) -> list[Image.Image]:
+               steps: int = 25, guidance: float = 1.0, seed: int | torch.Generator = 0, sampler: str = "ddim",
+               eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
+               callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
+               output_type: str = "pil") -> ImagePipelineOutput:
         """The view moved toward ``side`` by ``amount`` (0 < amount < 1) of the image, the uncovered strip
-        painted (see `ldmkit.condition.uncrop_mask`); the output has the input's size."""
+        painted (see `ldmkit.condition.uncrop_mask`); the output has the input's size. Options as ``__call__``."""
         canvas, mask = uncrop_mask(self.images(image), side, amount)
         out = self.generate_tensors(canvas, mask, prompt, steps, guidance, seed, sampler, eta, negative_prompt,
                                     progress=progress, callback=callback, start_from_input=start_from_input)
-        return [tensor_to_pil(x) for x in out]
+        return image_output(out, output_type)
 
     @torch.inference_mode()
     def generate_tensors(self, images: torch.Tensor, mask: torch.Tensor, prompt: str | list[str] = "",

@@ -37,36 +37,11 @@ class TextToImagePipeline(Pipeline):
         return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
 
     @diffusers_call(inputs=1)
-    @torch.inference_mode()
-    def __call__(
-        self,
-        prompt: str | list[str],
-        steps: int | None = None,
-        guidance: float = 4.0,
-        seed: int | torch.Generator = 0,
-        num_images: int = 1,
-        sampler: str | None = None,
-        negative_prompt: str = "",
-        eta: float = 0.0,
-        height: int | None = None,
-        width: int | None = None,
-        progress: bool = False,
-        callback: Callable[[int, int], None] | None = None,
-        guidance_stop: float = 0.0,
-        spacing: str | None = None,
-        binding: float = 0.0,
-        binding_candidates: int = BindingGuidance.candidates,
-        cache_interval: int = 1,
-        karras: bool = False,
-        steps_offset: int | None = None,
-        output_type: str = "pil",
-    ) -> ImagePipelineOutput:
-        """`generate_tensors`'s images as ``output_type`` asks (`ldmkit.pipelines.calling`: diffusers' names
-        num_inference_steps, guidance_scale, num_images_per_prompt, generator; ``.images`` on the output)."""
-        return image_output(self.generate_tensors(
-            prompt, steps, guidance, seed, num_images, sampler, negative_prompt, eta, height, width, progress,
-            callback, guidance_stop, spacing, binding, binding_candidates, cache_interval, karras, steps_offset,
-        ), output_type)
+    def __call__(self, prompt: str | list[str], output_type: str = "pil", **options) -> ImagePipelineOutput:
+        """`generate_tensors`'s images as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
+        num_inference_steps, guidance_scale, num_images_per_prompt, generator; ``.images`` on the output); the
+        other options are `generate_tensors`'s."""
+        return image_output(self.generate_tensors(prompt, **options), output_type)
 
     @torch.inference_mode()
     def generate_tensors(

@@ -41,9 +41,10 @@ from ldmkit.serve.edit import add_edit_routes, edit_pipeline_for, edit_runner, e
 from ldmkit.serve.edit_schemas import EditSettings
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
 from ldmkit.serve.handling import (
-    NOT_FOUND, PNG_RESPONSE, QUEUE_FULL, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
+    PNG_RESPONSE, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
 )
 from ldmkit.serve.image_jobs import ImageSettings, image_pipelines_for, image_runner
+from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.openai_images import (
@@ -228,21 +229,7 @@ def create_app(
             max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,
         )])
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobInfo, responses=QUEUE_FULL)
-    def create_job(request: GenerateRequest) -> JobInfo:
-        """Queue a job and answer at once; follow it with GET /v1/jobs/{id}."""
-        return info(submit(queue, settings_for(request)))
-
-    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=NOT_FOUND)
-    def get_job(job_id: str) -> JobInfo:
-        return info(find(job_id))
-
-    @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=NOT_FOUND)
-    def cancel_job(job_id: str) -> JobInfo:
-        """Cancel a job: a waiting one at once, a running one after its current sampler step."""
-        job = find(job_id)
-        queue.cancel(job)
-        return info(job)
+    add_job_routes(app, "/v1/jobs", "job", GenerateRequest, JobInfo, queue, settings_for, find, info)
 
     @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses=PNG_RESPONSE)
     def get_image(job_id: str, index: int) -> Response:

@@ -30,8 +30,9 @@ from ldmkit.serve.edit_schemas import (
     EditSettings, pair_filenames,
 )
 from ldmkit.serve.handling import (
-    NOT_FOUND, PNG_RESPONSE, QUEUE_FULL, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
+    PNG_RESPONSE, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
 )
+from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ErrorMessage, JobState
@@ -167,21 +168,8 @@ def add_edit_routes(app: FastAPI, queue: JobQueue, edit_pipe, reason: str | None
     def edit_info() -> EditInfo:
         return info_of_model
 
-    @app.post("/v1/edit/jobs", status_code=202, response_model=EditJobInfo, responses={**QUEUE_FULL, **_UNAVAILABLE})
-    def create_edit_job(request: EditRequest) -> EditJobInfo:
-        """Queue an edit and answer at once; follow it with GET /v1/edit/jobs/{id}."""
-        return info(submit(queue, settings_for(request)))
-
-    @app.get("/v1/edit/jobs/{job_id}", response_model=EditJobInfo, responses=NOT_FOUND)
-    def get_edit_job(job_id: str) -> EditJobInfo:
-        return info(find(job_id))
-
-    @app.delete("/v1/edit/jobs/{job_id}", response_model=EditJobInfo, responses=NOT_FOUND)
-    def cancel_edit_job(job_id: str) -> EditJobInfo:
-        """Cancel an edit: a waiting one at once, a running one after its current sampler step."""
-        job = find(job_id)
-        queue.cancel(job)
-        return info(job)
+    add_job_routes(app, "/v1/edit/jobs", "edit", EditRequest, EditJobInfo, queue, settings_for, find, info,
+                   responses=_UNAVAILABLE)
 
     @app.get("/v1/edit/jobs/{job_id}/images/{name}", response_class=Response, responses=PNG_RESPONSE)
     def get_edit_image(job_id: str, name: str) -> Response:
