@@ -3,7 +3,8 @@
 A model folder (written by `ldmkit train`) holds::
 
     config.yaml                 ModelConfig
-    autoencoder.safetensors     E, D and scale_factor (frozen)
+    autoencoder.safetensors     E, D and scale_factor (frozen); absent for a pixel-space model
+                                (``autoencoder.kind: identity``: z = x, no weights)
     text_encoder.safetensors    τθ (EMA weights; empty for the frozen MiniLM, which its package provides)
     unet.safetensors            εθ (EMA weights)
     tokenizer.json              the vocabulary (trained on the captions, or the pretrained encoder's)
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldmkit.autoencoder import build_autoencoder
+from ldmkit.autoencoder import build_autoencoder, has_weights
 from ldmkit.condition import ClassEmbedding, class_index, concat_condition
 from ldmkit.config import ModelConfig
 from ldmkit.convert import detect_format, read_checkpoint
@@ -159,7 +160,8 @@ class LatentDiffusion(nn.Module):
         """Write the model folder (every file atomically)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_weights(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
+        if has_weights(self.config.autoencoder):
+            save_weights(self.autoencoder.state_dict(), folder / "autoencoder.safetensors")
         if self.class_embedding is not None:
             save_weights(self.class_embedding.state_dict(), folder / "class_embedding.safetensors")
         else:
@@ -191,7 +193,8 @@ class LatentDiffusion(nn.Module):
             except (ValueError, OSError) as e:
                 raise CheckpointError(f"{folder}: {e}") from None
         model = cls(config, tokenizer)
-        load_weights(model.autoencoder, folder / "autoencoder.safetensors")
+        if has_weights(config.autoencoder):
+            load_weights(model.autoencoder, folder / "autoencoder.safetensors")
         if model.class_embedding is not None:
             load_weights(model.class_embedding, folder / "class_embedding.safetensors")
         else:

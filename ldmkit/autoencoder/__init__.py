@@ -1,8 +1,9 @@
 """The first stage: an autoencoder E, D that maps images x (H×W×3) to latents z (H/f × W/f × c) and back.
 
-Two kinds share one interface (`encode`, `decode`, `forward`, ``scale_factor``, ``downsample_factor``,
-``latent_channels``): `KLAutoencoder` (a Gaussian posterior, KL-regularised) and `VQAutoencoder`
-(a codebook, quantised inside `decode`). `encode` and `decode` work on *unscaled* latents; the diffusion
+Three kinds share one interface (`encode`, `decode`, `forward`, ``scale_factor``, ``downsample_factor``,
+``latent_channels``): `KLAutoencoder` (a Gaussian posterior, KL-regularised), `VQAutoencoder`
+(a codebook, quantised inside `decode`) and `IdentityAutoencoder` (z = x, f = 1: pixel-space diffusion,
+no weights). `encode` and `decode` work on *unscaled* latents; the diffusion
 side multiplies by ``scale_factor`` (see `measure_scale_factor`).
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from ldmkit.autoencoder.discriminator import NLayerDiscriminator
+from ldmkit.autoencoder.identity import IdentityAutoencoder
 from ldmkit.autoencoder.kl import DiagonalGaussian, KLAutoencoder
 from ldmkit.autoencoder.losses import AutoencoderLoss
 from ldmkit.autoencoder.networks import Decoder, Encoder
@@ -20,7 +22,7 @@ from ldmkit.autoencoder.perceptual import LPIPS
 from ldmkit.autoencoder.vq import VectorQuantizer, VQAutoencoder
 from ldmkit.config import AutoencoderConfig
 
-Autoencoder = KLAutoencoder | VQAutoencoder
+Autoencoder = KLAutoencoder | VQAutoencoder | IdentityAutoencoder
 
 __all__ = [
     "Autoencoder",
@@ -28,23 +30,32 @@ __all__ = [
     "Decoder",
     "DiagonalGaussian",
     "Encoder",
+    "IdentityAutoencoder",
     "KLAutoencoder",
     "LPIPS",
     "NLayerDiscriminator",
     "VQAutoencoder",
     "VectorQuantizer",
     "build_autoencoder",
+    "has_weights",
     "measure_scale_factor",
 ]
 
 
-def build_autoencoder(cfg: AutoencoderConfig) -> KLAutoencoder | VQAutoencoder:
+def build_autoencoder(cfg: AutoencoderConfig) -> Autoencoder:
     """The autoencoder ``cfg.kind`` names, with fresh weights."""
     if cfg.kind == "kl":
         return KLAutoencoder(cfg)
     if cfg.kind == "vq":
         return VQAutoencoder(cfg)
-    raise ValueError(f"unknown autoencoder kind {cfg.kind!r}; expected 'kl' or 'vq'")
+    if cfg.kind == "identity":
+        return IdentityAutoencoder(cfg)
+    raise ValueError(f"unknown autoencoder kind {cfg.kind!r}; expected 'kl', 'vq' or 'identity'")
+
+
+def has_weights(cfg: AutoencoderConfig) -> bool:
+    """Whether this kind of autoencoder has trained weights (a file in a model folder): all but the identity."""
+    return cfg.kind != "identity"
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from torch import nn
 
 from ldmkit.autoencoder import build_autoencoder
 from ldmkit.config import AutoencoderConfig
+from ldmkit.errors import UsageError
 from ldmkit.storage import load_config, load_weights, save_config, save_weights
 
 WEIGHTS = "autoencoder.safetensors"
@@ -26,3 +27,19 @@ def load_autoencoder(folder: str | Path) -> nn.Module:
     model = build_autoencoder(load_config(AutoencoderConfig, folder))
     load_weights(model, folder / WEIGHTS)
     return model.requires_grad_(False).eval()
+
+
+def first_stage(cfg: AutoencoderConfig, folder: str | Path | None) -> nn.Module:
+    """The frozen first stage a diffusion run trains on: the autoencoder of ``folder`` (written by
+    `ldmkit train-autoencoder`) for a latent preset, or, for a pixel preset (``cfg.kind`` identity, f = 1),
+    the identity built from ``cfg``, which has no folder. A folder given to a pixel preset, or none to a
+    latent one, is a `UsageError`."""
+    if cfg.kind == "identity":
+        if folder is not None:
+            raise UsageError(f"--autoencoder {folder}: this preset is pixel-space diffusion (autoencoder.kind "
+                             "identity, f = 1) and takes no autoencoder; leave --autoencoder out")
+        return build_autoencoder(cfg).requires_grad_(False).eval()
+    if folder is None:
+        raise UsageError(f"this preset is a latent diffusion model (autoencoder.kind {cfg.kind}) and needs "
+                         "--autoencoder, a folder written by `ldmkit train-autoencoder`")
+    return load_autoencoder(folder)

@@ -11,7 +11,9 @@ import os
 
 from ldmkit.cli.common import load_training_config, positive_int
 from ldmkit.cli.outputs import check_output_dir
+from ldmkit.autoencoder.folder import first_stage
 from ldmkit.config import AutoencoderConfig, ConfigError, Preset, preset_names
+from ldmkit.errors import UsageError
 from ldmkit.pretrained import resolve_model
 from ldmkit.storage import load_config
 from ldmkit.train.autoencoder import train_autoencoder
@@ -59,16 +61,25 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_autoencoder(args) -> None:
-    out = train_autoencoder(_preset(args, "autoencoder_train"), args.out, args.steps, _resume(args.resume),
+    preset = _preset(args, "autoencoder_train")
+    if preset.autoencoder.kind == "identity":
+        raise UsageError("this preset is pixel-space diffusion (autoencoder.kind identity, f = 1): it has no "
+                         "autoencoder to train; run `ldmkit train` on it without --autoencoder")
+    out = train_autoencoder(preset, args.out, args.steps, _resume(args.resume),
                             args.device, not args.no_progress)
     if _is_main():
         print(f"autoencoder written to {out}")
 
 
-def _check_autoencoder_fits(preset: Preset, autoencoder: str) -> None:
-    """The UNet's input channels must be the autoencoder's latent channels plus the condition's: checked
-    from the folder's config before any data or model is built."""
-    latent = load_config(AutoencoderConfig, autoencoder).latent_channels
+def _check_autoencoder_fits(preset: Preset, autoencoder: str | None) -> None:
+    """The UNet's input channels must be the latent channels (the autoencoder folder's config; a pixel preset's
+    image channels) plus the condition's; a pixel preset (autoencoder.kind identity) takes no --autoencoder and
+    a latent one needs it. Checked before any data or model is built."""
+    if preset.autoencoder.kind == "identity" or autoencoder is None:
+        first_stage(preset.autoencoder, autoencoder)  # refuses --autoencoder for a pixel preset, none for a latent one
+        latent = preset.autoencoder.in_channels
+    else:
+        latent = load_config(AutoencoderConfig, autoencoder).latent_channels
     extra = preset.condition.concat_channels(latent)
     if preset.unet.in_channels != latent + extra:
         raise ConfigError(
@@ -109,7 +120,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("train", help="stage 2: train the UNet and text encoder on frozen latents")
     _add_training_options(p)
-    p.add_argument("--autoencoder", required=True, help="folder written by `ldmkit train-autoencoder`")
+    p.add_argument("--autoencoder", help="folder written by `ldmkit train-autoencoder` (latent presets; a pixel "
+                                         "preset such as shapes64-pixel takes none)")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this trained model's prompt model, vocabulary and UNet (it must "
                         "use --autoencoder; the preset may change the prediction, the schedule and add input "

@@ -11,10 +11,11 @@ from typing import Literal
 class AutoencoderConfig:
     """Architecture and loss of the first stage E, D.
 
-    f = 2 ** (len(channel_mults) - 1); the latent is (H/f) x (W/f) x c.
+    f = 2 ** (len(channel_mults) - 1); the latent is (H/f) x (W/f) x c. ``kind: identity`` is pixel-space
+    diffusion: z = x, f = 1, c = in_channels (`ldmkit.autoencoder.IdentityAutoencoder`), nothing to train.
     """
 
-    kind: Literal["kl", "vq"] = "kl"
+    kind: Literal["kl", "vq", "identity"] = "kl"
     in_channels: int = 3
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 4)
@@ -40,7 +41,7 @@ class AutoencoderConfig:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        return 1 if self.kind == "identity" else 2 ** (len(self.channel_mults) - 1)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ldmkit.autoencoder import KLAutoencoder
-from ldmkit.autoencoder.folder import load_autoencoder
+from ldmkit.autoencoder.folder import first_stage
 from ldmkit.condition import class_labels, condition_source, data_classes, random_masks
 from ldmkit.config import GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
@@ -40,6 +40,7 @@ from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
 from ldmkit.pipelines import preview_samples
+from ldmkit.errors import ConfigError
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer, load_tokenizer, uses_pretrained_tokenizer
 from ldmkit.train import distributed
@@ -191,7 +192,7 @@ def tokenizer_from_json(text: str, cfg: TextEncoderConfig | None = None):
 
 
 def train_diffusion(
-    preset: Preset, autoencoder_dir: str | Path, out: str | Path, steps: int | None = None,
+    preset: Preset, autoencoder_dir: str | Path | None, out: str | Path, steps: int | None = None,
     resume: bool | str | Path = False, device: str = "auto", progress: bool = True,
     init: str | Path | None = None,
 ) -> Path:
@@ -201,21 +202,25 @@ def train_diffusion(
     checkpoint of ``out``, fresh if none), or a checkpoint file or folder. ``device``: auto, cpu or
     cuda. ``init``: a trained model to fine-tune, whose prompt model, vocabulary and UNet weights a
     fresh run starts from (`ldmkit.train.warm_start`; a resumed run takes its checkpoint's instead).
+    ``autoencoder_dir``: the frozen autoencoder's folder; None for a pixel preset (`first_stage`).
     Under torchrun every rank calls this; the return value is ``out`` on all of them.
     """
     with distributed.process_group(device) as ctx:
-        _train(preset, Path(autoencoder_dir), Path(out), steps, resume, ctx, progress, init)
+        ae_dir = Path(autoencoder_dir) if autoencoder_dir is not None else None
+        _train(preset, ae_dir, Path(out), steps, resume, ctx, progress, init)
     return Path(out)
 
 
-def _train(preset: Preset, autoencoder_dir: Path, out: Path, steps: int | None, resume, ctx, progress: bool,
+def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int | None, resume, ctx, progress: bool,
            init: str | Path | None = None) -> None:
     tcfg = preset.train
     total = steps if steps is not None else tcfg.steps
     dev = ctx.device
     micro = distributed.per_rank_batch(tcfg.batch_size, ctx, tcfg.grad_accum_steps)
-    autoencoder = load_autoencoder(autoencoder_dir)
+    autoencoder = first_stage(preset.autoencoder, autoencoder_dir)
     cached = bool(preset.data.latent_cache)
+    if cached and autoencoder_dir is None:
+        raise ConfigError("data.latent_cache: a pixel-space model (autoencoder.kind identity) trains on the images")
     dataset = open_latent_cache(preset.data, autoencoder_dir, preset.condition.kind) if cached \
         else build_dataset(preset.data)
 
