@@ -200,6 +200,8 @@ ALL_SAMPLERS = {
     "ddim-50-eta1": lambda d, z, s: sample_ddim(d, z, s, 50, eta=1.0, generator=gen(0)),
     "euler-20": lambda d, z, s: sample_euler(d, z, s, 20),
     "euler-20-karras": lambda d, z, s: sample_euler(d, z, s, 20, karras=True),
+    "euler-a-20": lambda d, z, s: sample("euler-a", d, z, s, 20, generator=gen(0)),
+    "euler-a-20-karras": lambda d, z, s: sample("euler-a", d, z, s, 20, generator=gen(0), karras=True),
     "dpmpp-2m-20": lambda d, z, s: sample_dpmpp_2m(d, z, s, 20),
     "dpmpp-2m-10-karras": lambda d, z, s: sample_dpmpp_2m(d, z, s, 10, karras=True),
 }
@@ -225,6 +227,7 @@ GAUSSIAN_SAMPLERS = {
     "ddim-50": lambda d, z, s: sample_ddim(d, z, s, 50),
     "ddim-200-eta1": lambda d, z, s: sample_ddim(d, z, s, 200, eta=1.0, generator=gen(0)),
     "euler-50-karras": lambda d, z, s: sample_euler(d, z, s, 50, karras=True),
+    "euler-a-200": lambda d, z, s: sample("euler-a", d, z, s, 200, generator=gen(0)),
     "dpmpp-2m-50": lambda d, z, s: sample_dpmpp_2m(d, z, s, 50),
     "dpmpp-2m-20-karras": lambda d, z, s: sample_dpmpp_2m(d, z, s, 20, karras=True),
 }
