@@ -32,7 +32,8 @@ from ldmkit.eval.features import ShapesFeatures
 from ldmkit.storage import write_text_atomic
 from ldmkit.train.autoencoder import train_autoencoder
 
-CHANNEL_MULTS = {4: (1, 2, 2), 8: (1, 2, 2, 4), 16: (1, 2, 2, 4, 4)}  # f = 2^(levels − 1)
+# f = 2^(levels − 1); f = 2 is not in the zoo, latent_vs_pixel.py trains it
+CHANNEL_MULTS = {2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 4), 16: (1, 2, 2, 4, 4)}
 
 
 @dataclass(frozen=True)
