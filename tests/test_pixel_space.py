@@ -107,6 +107,12 @@ def test_eval_generate_runs_on_the_pixel_model(pixel_model, capsys):
     assert "prompt accuracy" in capsys.readouterr().out
 
 
+def test_eval_autoencoder_of_a_pixel_model_says_there_is_none(pixel_model, capsys):
+    assert main(["eval", "autoencoder", "--model", str(pixel_model), "--num-images", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pixel-space model" in err[0] and "eval generate" in err[0]
+
+
 def test_the_server_serves_the_pixel_model(pixel_model):
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")

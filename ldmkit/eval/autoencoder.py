@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldmkit.autoencoder.folder import load_autoencoder
+from ldmkit.errors import UsageError
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
 from ldmkit.eval.folders import AUTOENCODER, folder_kind
@@ -62,6 +63,9 @@ def evaluate_autoencoder(
     """
     if isinstance(model, (str, Path)):
         model = load_autoencoder(model) if folder_kind(model) == AUTOENCODER else LatentDiffusion.load(model).autoencoder
+    if model.config.kind == "identity":
+        raise UsageError("this is a pixel-space model: its first stage is the identity (x̂ = x), there is no "
+                         "autoencoder to evaluate; `ldmkit eval generate` measures the model")
     model = model.to(device).eval()
     f = model.downsample_factor
     if image_size % f:
