@@ -113,6 +113,13 @@ def test_eval_autoencoder_of_a_pixel_model_says_there_is_none(pixel_model, capsy
     assert len(err) == 1 and "pixel-space model" in err[0] and "eval generate" in err[0]
 
 
+def test_convert_refuses_a_pixel_model_in_one_line(pixel_model, tmp_path, capsys):
+    assert main(["convert", str(pixel_model), "--to", "diffusers", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pixel-space model" in err[0]
+    assert not (tmp_path / "d").exists()
+
+
 def test_the_server_serves_the_pixel_model(pixel_model):
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")

@@ -26,6 +26,9 @@ def is_ldmkit_folder(path: Path) -> bool:
 def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint:
     folder = Path(folder)
     config = load_config(ModelConfig, folder)
+    if config.autoencoder.kind == "identity":
+        raise CheckpointError(f"{folder} is a pixel-space model (autoencoder.kind identity): conversion handles "
+                              "latent models, whose layouts have an autoencoder; use the folder as it is")
     if prediction is not None:
         config = with_prediction(config, prediction)
     weights = {}
