@@ -63,8 +63,7 @@ from ldmkit.pipelines import load_pipeline  # noqa: E402
 from ldmkit.storage import write_text_atomic  # noqa: E402
 from ldmkit.train.autoencoder import train_autoencoder  # noqa: E402
 from ldmkit.train.checkpoint import checkpoint_dir, list_checkpoints  # noqa: E402
-from ldmkit.train.diffusion import DenoisingLoss, encode_latents  # noqa: E402
-from ldmkit.train.diffusion import train_diffusion  # noqa: E402
+from ldmkit.train.diffusion import DenoisingLoss, encode_latents, train_diffusion  # noqa: E402
 
 FACTORS = (1, 2, 4, 8)
 LATENT_CHANNELS = {2: 3, 4: 3, 8: 4}  # the zoo's c at f = 4 and 8; f = 2 as f = 4
