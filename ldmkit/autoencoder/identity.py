@@ -42,7 +42,9 @@ class IdentityAutoencoder(nn.Module):
     def latent_channels(self) -> int:
         return self.config.in_channels
 
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """z = x, float32 (``sample`` and ``generator`` are accepted and unused: E is deterministic)."""
         return images.float()
 
