@@ -43,7 +43,7 @@ from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
 from ldmkit.serve.handling import (
     PNG_RESPONSE, WAIT_ERRORS, finished_images, not_found, png_response, submit, wait_done,
 )
-from ldmkit.serve.image_jobs import ImageSettings, image_pipelines_for, image_runner
+from ldmkit.serve.image_jobs import ImageSettings, image_pipelines_for, image_runner, karras_option
 from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
@@ -71,16 +71,10 @@ def pipeline_runner(pipe):
             settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
             generator=settings.seed, num_images_per_prompt=settings.num_images, sampler=settings.sampler, negative_prompt=settings.negative_prompt,
             height=settings.height, width=settings.width, callback=on_step, binding=settings.binding,
-            cache_interval=settings.cache_interval, **_karras(settings),
+            cache_interval=settings.cache_interval, **karras_option(settings),
         )
 
     return run
-
-
-def _karras(settings) -> dict:
-    """``karras=True`` where the settings ask for Karras σ; nothing otherwise, so that a pipeline without
-    the option (a stand-in in tests, an older subclass) still runs every other request."""
-    return {"karras": True} if settings.karras else {}
 
 
 SHIPPED = "shapes64 (shipped)"  # the model name of the shipped model, whose command needs no --model

@@ -109,6 +109,12 @@ def paste_masked(result: Image.Image, source: Image.Image, mask: Image.Image) ->
     return Image.fromarray(out.astype(np.uint8), mode="RGB")
 
 
+def karras_option(settings) -> dict:
+    """``karras=True`` where the settings ask for Karras σ; nothing otherwise, so that a pipeline without
+    the option (a stand-in in tests, an older subclass) still runs every other request."""
+    return {"karras": True} if settings.karras else {}
+
+
 def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
     """The queue's ``run`` for `ImageSettings`: a batch of ``num_images`` from one seed, as `ldmkit
     img2img` / `ldmkit inpaint` draw them. ``img2img_pipe`` or ``inpaint_pipe`` may be None when the
@@ -122,11 +128,11 @@ def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
             return inpaint_pipe(batch, mask, settings.prompt, num_inference_steps=settings.steps,
                                 guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
                                 negative_prompt=settings.negative_prompt, callback=on_step,
-                                **({"karras": True} if settings.karras else {}))
+                                **karras_option(settings))
         images = img2img_pipe(batch, settings.prompt, strength=settings.strength, num_inference_steps=settings.steps,
                               guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
                               negative_prompt=settings.negative_prompt, callback=on_step,
-                              **({"karras": True} if settings.karras else {}))
+                              **karras_option(settings))
         if settings.mode == "img2img-masked":
             images = [paste_masked(image, source, mask) for image in images]
         return images
