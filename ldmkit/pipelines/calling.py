@@ -73,11 +73,16 @@ def diffusers_call(inputs: int) -> Callable:
         def where(self) -> str:
             return type(self).__name__ + ("()" if method.__name__ == "__call__" else f".{method.__name__}()")
 
+        @functools.cache
+        def accepted(cls: type) -> dict:
+            """The keywords the call takes: a __call__ that forwards **options to generate_tensors takes
+            what generate_tensors takes (computed once per pipeline class)."""
+            parameters = ({**inspect.signature(cls.generate_tensors).parameters, **own} if forwards else own)
+            return {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
         @functools.wraps(method)
         def call(self, *args, **kwargs):
-            # a __call__ that forwards **options to generate_tensors takes what generate_tensors takes
-            parameters = ({**inspect.signature(self.generate_tensors).parameters, **own} if forwards else own)
-            parameters = {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+            parameters = accepted(type(self))
             if len(args) > inputs:
                 names = ", ".join(input_names)
                 raise TypeError(f"{where(self)} takes {names} by position and every option by keyword "
