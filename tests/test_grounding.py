@@ -119,6 +119,29 @@ def test_the_loss_is_zero_inside_the_mask_and_positive_outside():
         grounding_losses([inside], _targets(mask, 3), (8, 8), levels=(2,))
 
 
+def test_the_loss_is_computed_in_float32_under_autocast():
+    # a bfloat16 training step (the default on GPUs and fast-bf16 CPUs) must give the float32 loss: in
+    # bfloat16 a map lying wholly inside its mask rounds a_g(u) to 1 and the pixel term to infinity
+    mask = torch.zeros(8, 8)
+    mask[2:6, 2:6] = 1
+    maps = torch.full((2, 6, 8, 8), 0.2)  # each pixel's attention sums to 1 over the 6 tokens
+    maps[:, 3] = 0
+    maps[:, :, 2:6, 2:6] = 1e-5
+    maps[:, 3, 2:6, 2:6] = 1 - 5e-5  # token 3 takes (almost) all the attention inside its mask,
+    maps[:, :, 0, 0:2] = 1e-5
+    maps[:, 3, 0, 0:2] = 1 - 5e-5  # and at two pixels outside it: log(1 − a_g) must not round to log 0
+    targets = _targets(mask, 3)
+    targets = GroundingTargets(targets.tokens.expand(2, -1, -1), targets.masks.expand(2, -1, -1, -1),
+                               targets.valid.expand(2, -1))
+    maps = maps.bfloat16()  # as the attention of a bfloat16 step comes
+    reference = grounding_losses([maps.float()], targets, (8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = grounding_losses([maps], targets, (8, 8))
+    for ref, got in zip(reference, under_autocast):
+        assert got.dtype == torch.float32 and torch.isfinite(got)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-2, abs=1e-3)
+
+
 def test_dropped_captions_and_items_without_targets_carry_none():
     tokenizer = WordPieceTokenizer.from_package(24)
     item = build_dataset(DataConfig(captions="varied", grounding=True, num_samples=2))[0]

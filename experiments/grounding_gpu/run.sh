@@ -19,7 +19,7 @@ elapsed() { echo $(( $(date +%s) - t0 )); }
 say() { echo "[$(elapsed)s] $*" | tee -a "$W/summary.txt"; }
 G=experiments/grounding_gpu
 declare -A CFG=([grounded]=$G/grounded.yaml [strong]=$G/strong.yaml [ungrounded]=$G/ungrounded.yaml)
-VARIANTS="grounded strong ungrounded"
+VARIANTS=${VARIANTS:-grounded strong ungrounded}  # a subset, for a short run
 AE=${AE:-$W/ae}  # an autoencoder folder made beforehand, or the shipped model's, written here
 
 PY=$PY bash benchmarks/shipped_autoencoder.sh "$AE" || { say "autoencoder export failed"; exit 1; }
@@ -34,7 +34,7 @@ sleep 45
 for v in $VARIANTS; do
   alive "$v" || { say "$v died early:"; tail -20 "$W/$v.log" | tee -a "$W/summary.txt"; }
 done
-if ! alive grounded && ! alive strong && ! alive ungrounded; then say "all trainings failed"; cp "$W/summary.txt" "$OUT/"; exit 1; fi
+if ! alive grounded; then say "the grounded training failed"; cp "$W/summary.txt" "$OUT/"; exit 1; fi
 while [ "$(elapsed)" -lt "$TRAIN_S" ] && { alive grounded || alive strong || alive ungrounded; }; do sleep 5; done
 for v in $VARIANTS; do alive "$v" && kill "$(cat "$W/$v.pid")"; done
 sleep 3
@@ -51,7 +51,7 @@ for v in $VARIANTS; do finalize "$v" & done
 wait
 
 # a 4-step student of the grounded model, beside the measurements
-if [ -d "$W/packed/grounded" ]; then
+if [ -d "$W/packed/grounded" ] && [ "${DISTILL:-1}" = 1 ]; then
   $PY -m ldmkit distill --config $G/grounded.yaml --teacher "$W/packed/grounded" --out "$W/lcm" \
     --device "$DEV" --no-progress --checkpoint-every "$CKPT" > "$W/lcm.log" 2>&1 &
   echo $! > "$W/lcm.pid"

@@ -78,6 +78,14 @@ def grounding_losses(layers: list[Tensor], targets: GroundingTargets, latent_hw:
                      levels: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
     """(L_token, L_pixel) of the recorded maps ``layers`` (each float[B, L, h_ℓ, w_ℓ], as
     `ldmkit.nn.cross_attention_maps.CrossAttentionRecorder` keeps them) against ``targets``."""
+    # in float32 whatever autocast the training step runs under: in bfloat16, a_g(u) near 1 rounds to 1 and
+    # log(1 − a_g) to −inf (CUDA autocast also refuses F.binary_cross_entropy outright)
+    with torch.autocast(layers[0].device.type if layers else "cpu", enabled=False):
+        return _grounding_losses(layers, targets, latent_hw, levels)
+
+
+def _grounding_losses(layers: list[Tensor], targets: GroundingTargets, latent_hw: tuple[int, int],
+                      levels: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     token_terms, pixel_terms = [], []
     valid = targets.valid.float()  # [B, G]
     for maps in layers:
