@@ -9,28 +9,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 import uvicorn
 
-from ldmkit.config import ModelConfig, load_preset
-from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import InpaintingPipeline
 from ldmkit.serve import create_app
-from ldmkit.text import PromptTokenizer
-from tests.tiny_models import CAPTIONS
+from tests.tiny_models import build_tiny_model
 
 
 def build_tiny_inpaint_model(folder: Path) -> Path:
-    """As `tests.tiny_models.build_tiny_model`, on the `tiny-inpaint` preset (condition kind inpaint)."""
-    if (folder / "config.yaml").is_file():
-        return folder
-    preset = load_preset("tiny-inpaint")
-    config = ModelConfig(autoencoder=preset.autoencoder, text=preset.text, unet=preset.unet,
-                         diffusion=preset.diffusion, image_size=preset.data.image_size, condition=preset.condition)
-    tokenizer = PromptTokenizer.train(CAPTIONS * 20, preset.text.vocab_size, preset.text.max_length)
-    torch.manual_seed(0)
-    LatentDiffusion(config, tokenizer).save(folder)
-    return folder
+    """`tests.tiny_models.build_tiny_model` on the `tiny-inpaint` preset (condition kind inpaint)."""
+    return build_tiny_model(folder, "tiny-inpaint")
 
 
 def inpaint_pipeline(folder: Path) -> InpaintingPipeline:
@@ -38,8 +26,9 @@ def inpaint_pipeline(folder: Path) -> InpaintingPipeline:
 
 
 @contextmanager
-def live_server(pipeline, **kwargs):
-    """Serve ``create_app(pipeline, **kwargs)`` on 127.0.0.1 and yield its port; stopped on exit."""
+def live_server(pipeline=None, **kwargs):
+    """Serve ``create_app(pipeline, **kwargs)`` (or ``models=`` in ``kwargs``) on 127.0.0.1 and yield its
+    port; stopped on exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -107,7 +107,7 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
-                                  "cache_interval": 1, "karras": False}
+                                  "cache_interval": 1, "karras": False, "model": "tiny", "mode": "generate"}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
@@ -170,7 +170,15 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
-    assert model == {"id": "tiny", "default_size": 32, "latent_factor": 8, "max_size": 128,
+    text_fields = ["model", "mode", "prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images",
+                   "width", "height", "steps", "guidance", "sampler", "seed"]
+    img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "strength", "steps",
+                      "guidance", "sampler", "seed"]
+    assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
+                     "accepts": {"generate": text_fields, "img2img": img2img_fields},
+                     "required": {"generate": ["prompt"], "img2img": ["image", "prompt"]},
+                     "default_guidance": {"generate": 4.0, "img2img": 4.0}, "classes": [],
+                     "sr_factor": None, "can_edit": True, "default_size": 32, "latent_factor": 8, "max_size": 128,
                      "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"], "default_steps": 25, "max_steps": 200,
                      "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}

@@ -98,7 +98,8 @@ def test_edit_returns_each_pair_as_the_pipeline_draws_it(client, edit_pipe):
     r = client.post("/v1/edit", json=body)
     assert r.status_code == 200, r.text
     result = r.json()
-    assert result["settings"] == {**body, "mode": "replace", "self_replace": 0.4, "blend_threshold": 0.3}
+    assert result["settings"] == {**body, "mode": "replace", "self_replace": 0.4, "blend_threshold": 0.3,
+                                  "model": "tiny"}
     assert [(p["index"], p["source"]["filename"], p["edit"]["filename"]) for p in result["pairs"]] == [
         (0, "source_0.png", "edit_0.png"), (1, "source_1.png", "edit_1.png")]
     served = pngs(result)
@@ -400,7 +401,7 @@ def test_output_folder_gets_edit_images_under_generated_names(tiny_pipe, tmp_pat
 def test_info_openapi_and_page_have_the_edit_mode(client):
     info = client.get("/v1/edit/info").json()
     assert info == {
-        "available": True, "reason": None, "size": 32, "modes": ["replace", "refine", "reweight"],
+        "model": "tiny", "available": True, "reason": None, "size": 32, "modes": ["replace", "refine", "reweight"],
         "default_steps": 25, "max_steps": 200, "max_images": 4, "max_blend_words": 16, "max_prompt_chars": 500,
         "max_guidance": 30.0}
     paths = client.get("/openapi.json").json()["paths"]

@@ -6,7 +6,9 @@ Skipped, with the reason, where Playwright for Python or Debian's Chromium (/usr
 
 from __future__ import annotations
 
-from test_serve_browser import CHROMIUM, CHROMIUM_ARGS, playwright_sync, server  # noqa: F401  (skips as it does)
+from test_serve_browser import (  # noqa: F401  (fixtures; skips as it does)
+    CHROMIUM, CHROMIUM_ARGS, playwright_sync, server, sr_model,
+)
 from test_serve import tiny_model  # noqa: F401  (the session fixture the server serves)
 
 LOADED = "[...document.querySelectorAll('#gallery .edit-card img')].filter(i => i.complete && i.naturalWidth > 0).length"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -12,18 +13,24 @@ from ldmkit.text import PromptTokenizer
 
 CAPTIONS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle",
             "a small purple star on the right", "a large orange circle below a white square"]
+CLASSES = ("circle", "square", "triangle")  # a random class model's classes (no data to read them from)
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """A model folder on the `tiny` preset with random weights (seeded), written by the model's own save."""
+def build_tiny_model(folder: Path, preset: str = "tiny") -> Path:
+    """A model folder on a tiny preset (``tiny``; ``tiny-class``, ``tiny-sr``, ``tiny-inpaint``, ``tiny-colorize``
+    for the other condition kinds) with random weights (seeded), written by the model's own save."""
     if (folder / "config.yaml").is_file():  # built already by another test this session
         return folder
-    preset = load_preset("tiny")
-    config = ModelConfig(autoencoder=preset.autoencoder, text=preset.text, unet=preset.unet,
-                         diffusion=preset.diffusion, image_size=preset.data.image_size)
-    tokenizer = PromptTokenizer.train(CAPTIONS * 20, preset.text.vocab_size, preset.text.max_length)
+    config = load_preset(preset)
+    condition = config.condition
+    if condition.kind == "class" and not condition.classes:
+        condition = dataclasses.replace(condition, classes=CLASSES)
+    model_config = ModelConfig(autoencoder=config.autoencoder, text=config.text, unet=config.unet,
+                               diffusion=config.diffusion, image_size=config.data.image_size, condition=condition)
+    tokenizer = (PromptTokenizer.train(CAPTIONS * 20, config.text.vocab_size, config.text.max_length)
+                 if condition.uses_text else None)
     torch.manual_seed(0)
-    LatentDiffusion(config, tokenizer).save(folder)
+    LatentDiffusion(model_config, tokenizer).save(folder)
     return folder
 
 

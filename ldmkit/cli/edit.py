@@ -19,6 +19,7 @@ from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
 from ldmkit.device import resolve_device
 from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
+from ldmkit.pretrained import resolve_model
 
 
 def _read_mask(path: str):
@@ -45,7 +46,7 @@ def _out_path(args) -> Path:
 def _pipeline(cls, args, image=None):
     """The pipeline of --model, with --steps and the output's size (the input's, ×4 for upscale) checked
     against the model before sampling: at most what `ldmkit generate` and the server allow."""
-    pipe = cls.from_folder(args.model, resolve_device(args.device))
+    pipe = cls.from_folder(resolve_model(args.model), resolve_device(args.device))
     check_steps(pipe.model, args.steps)
     if image is not None:
         config = pipe.model.config
@@ -115,7 +116,8 @@ def cmd_img2img(args) -> None:
 
 def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("input", help="the input image (PNG, JPEG, …)")
-    p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what})")
+    p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what}); img2img also "
+                                                  "takes the shipped shapes64")
     p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,

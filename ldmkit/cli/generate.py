@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
     non_negative_int, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
-from ldmkit.config import ModelConfig
 from ldmkit.data import save_grid
 from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
 from ldmkit.pipelines import ClassConditionalPipeline
 from ldmkit.pipelines.adapters import apply_adapters
+from ldmkit.pipelines.by_kind import condition_kind
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
-from ldmkit.storage import load_config
 
 
 def cmd_generate(args) -> None:
@@ -34,7 +31,7 @@ def cmd_generate(args) -> None:
     # Checked before the model loads and samples: a result that cannot be written loses the run's work.
     out_kind, out = image_output(args.out, allow_folder=True, overwrite=args.overwrite)
     model = resolve_model(args.model)
-    kind = _condition_kind(model)
+    kind = condition_kind(model)
     options = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
                    num_images_per_prompt=args.num_images,
                    sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
@@ -108,14 +105,6 @@ def check_size(model, height: int | None, width: int | None, steps: int | None =
 
 
 _COMMAND_OF_KIND = {"sr": "upscale", "inpaint": "inpaint", "colorize": "colorize"}
-
-
-def _condition_kind(model) -> str:
-    """The condition kind of a model folder's config ("text" for converted Stable Diffusion weights)."""
-    folder = Path(model)
-    if not (folder / "config.yaml").is_file():
-        return "text"  # a single file or diffusers folder (LatentDiffusion.load reports what is missing)
-    return load_config(ModelConfig, folder).condition.kind
 
 
 def add_parsers(sub) -> None:

@@ -1,19 +1,30 @@
-"""`ldmkit serve`: the HTTP API and web page (ldmkit.serve) under uvicorn."""
+"""`ldmkit serve`: the HTTP API and web page (ldmkit.serve) under uvicorn, for one model or several.
+
+``--model NAME=DIR`` (repeatable) serves DIR as NAME; a bare ``--model DIR`` takes the folder's name (a
+file's without its suffix), and no ``--model`` serves the shipped shapes64 model. Every ``--model`` is
+checked (name, duplicates, the file or folder there) before anything loads, then every model loads,
+all before the server listens: a mistake is one line and exit code 2, not a failed request later.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import math
+import re
 import socket
 import sys
+from pathlib import Path
 
 from ldmkit.cli.common import UsageError, positive_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.device import resolve_device
 from ldmkit.pipelines.adapters import apply_adapters
-from ldmkit.pipelines.text_to_image import load_pipeline
-from ldmkit.pretrained import resolve_model
+from ldmkit.pipelines.by_kind import load_any_pipeline
+from ldmkit.pretrained import SHIPPED, resolve_model
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_NAME = "shapes64"  # the name the shipped model is served under when no --model is given
 
 
 def positive_float(text: str) -> float:
@@ -68,12 +79,59 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
+def model_specs(values: list[str] | None) -> list[tuple[str, str | None]]:
+    """(name, what --model named) for each ``--model NAME=DIR`` or ``--model DIR``; [(DEFAULT_NAME, None)]
+    for none. A one-line `UsageError` for a bad name, a name given twice, or nothing at DIR."""
+    if not values:
+        return [(DEFAULT_NAME, None)]
+    specs: dict[str, str] = {}
+    for value in values:
+        name, given, source = None, "=" in value, value
+        if given:
+            name, source = value.split("=", 1)
+        elif source in SHIPPED and not Path(source).exists():
+            name = source
+        else:
+            path = Path(source)
+            name = path.stem if path.is_file() else path.name
+        if not MODEL_NAME.match(name):
+            what = f"--model {value}: the name {name!r}" if given else f"--model {value}: its name {name!r}"
+            raise UsageError(f"{what} is not a model name: 1–64 letters, digits, '.', '_' or '-', starting with a "
+                             f"letter or digit{'' if given else '; name it: --model NAME=DIR'}")
+        if name in specs:
+            raise UsageError(f"--model {value}: the name {name!r} is given twice (to {specs[name]} too); give each "
+                             f"model its own name: --model NAME=DIR")
+        if not source or not Path(resolve_model(source)).exists():
+            raise UsageError(f"--model {value}: no model file or folder at {source!r}")
+        specs[name] = source
+    return list(specs.items())
+
+
+def load_models(args, specs: list[tuple[str, str | None]]) -> list:
+    """The served models of ``specs``, loaded on --device with --max-size; --lora and --embedding go on
+    the first, which must then be a text model (each model's commands repeat its own options)."""
+    from ldmkit.serve.served import served_model
+
+    device = resolve_device(args.device)
+    adapters = tuple(f"--lora={s}" for s in args.lora or ()) + tuple(f"--embedding={e}" for e in args.embedding or ())
+    models = []
+    for k, (name, source) in enumerate(specs):
+        pipe = load_any_pipeline(source, device)
+        if k == 0 and adapters:
+            if pipe.model.config.condition.kind != "text":
+                raise UsageError(f"--lora and --embedding apply to the first --model, which must be a text model; "
+                                 f"{name} is a {pipe.model.config.condition.kind!r} model")
+            apply_adapters(pipe, args.lora, args.embedding)  # shared by the derived pipelines (same model)
+        models.append(served_model(name, pipe, command_model=source, max_size=args.max_size,
+                                   adapters=adapters if k == 0 else ()))
+    return models
+
+
 def cmd_serve(args) -> None:
     try:
         import uvicorn
 
-        from ldmkit.serve import Limits, create_app
-        from ldmkit.serve.app import SHIPPED
+        from ldmkit.serve import create_app
         from ldmkit.serve.guard import allowed_hosts, guarded_protocol
     except ImportError as e:
         raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
@@ -81,25 +139,20 @@ def cmd_serve(args) -> None:
 
     if args.output_dir:
         check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job
-    model = resolve_model(args.model)
+    specs = model_specs(args.model)
     sock = bind(args.host, args.port)
     try:
-        pipe = load_pipeline(model, resolve_device(args.device))
-        apply_adapters(pipe, args.lora, args.embedding)  # shared by the derived pipelines (same model)
         hosts = allowed_hosts(args.host, args.allowed_host)
-        adapters = tuple(f"--lora={s}" for s in args.lora or ()) + tuple(
-            f"--embedding={e}" for e in args.embedding or ())  # repeated in the commands the page shows
-        app = create_app(pipe, model_name=args.model or SHIPPED, limits=Limits.from_pipeline(pipe, args.max_size),
-                         adapters=adapters,
-                         max_queue=args.max_queue, timeout=args.timeout, output_dir=args.output_dir,
-                         allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
+        app = create_app(models=load_models(args, specs), max_queue=args.max_queue, timeout=args.timeout,
+                         output_dir=args.output_dir, allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
     except BaseException:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    served = ", ".join(f"{name} ({resolve_model(source)})" for name, source in specs)
     # Flushed, and in this form, because the tests and benchmarks/load_serve.py read the port from it.
-    print(f"ldmkit serve: serving {model} at http://{shown}:{port}/ (API: /docs)", flush=True)
+    print(f"ldmkit serve: serving {served} at http://{shown}:{port}/ (API: /docs)", flush=True)
     if not _is_loopback(args.host):
         print(f"ldmkit serve: note: listening on {args.host}, not loopback: anyone who can reach this "
               f"machine can use the model", file=sys.stderr, flush=True)
@@ -109,9 +162,12 @@ def cmd_serve(args) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP API and web page for text-to-image")
-    p.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model; "
-                                             "shapes64-lcm: its 4-step student)")
+    p = sub.add_parser("serve", help="HTTP API and web page for one model or several, of any kind")
+    p.add_argument("--model", action="append", metavar="[NAME=]DIR",
+                   help="serve this model as NAME (without NAME=: the folder's name): a folder written by `ldmkit "
+                        "train` of any kind (text, class, sr, inpaint, colorize), a Stable Diffusion file or "
+                        "diffusers folder, or shapes64-lcm; repeatable, the first being the default of a request "
+                        "that names none. All load at start and stay in memory (default: the shipped shapes64)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "
@@ -126,8 +182,10 @@ def add_parsers(sub) -> None:
                    help="largest image height or width (default: 4× the size the model was trained at, "
                         "at most 1024)")
     p.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
-                   help="serve the model with this LoRA adapter at strength SCALE (default 1); repeatable")
-    p.add_argument("--embedding", action="append", metavar="FILE", help="a textual-inversion embedding; repeatable")
+                   help="serve the first model (a text model) with this LoRA adapter at strength SCALE (default 1); "
+                        "repeatable")
+    p.add_argument("--embedding", action="append", metavar="FILE",
+                   help="a textual-inversion embedding for the first model; repeatable")
     p.add_argument("--output-dir", help="also save every job's images and settings to this folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -4,19 +4,22 @@
                                 "info": a JSON string with the seed(s), the ldmkit settings and command}
     POST /sdapi/v1/img2img      init_images, denoising_strength, mask: inpainting with an inpainting model,
                                 else SDEdit (with a mask: only the masked pixels change)
-    GET  /sdapi/v1/sd-models    the model served
+    GET  /sdapi/v1/sd-models    every model served (`a1111_checkpoints`)
     GET  /sdapi/v1/samplers     A1111's names of the samplers this model runs (`a1111_schemas.SAMPLER_NAMES`)
     GET  /sdapi/v1/progress     the running job's progress
     POST /sdapi/v1/interrupt    stop the running job at its next sampler step
-    GET  /sdapi/v1/options      sd_model_checkpoint and the few options ldmkit has
-    POST /sdapi/v1/options      sd_model_checkpoint must name the model served (one model per server)
+    GET  /sdapi/v1/options      sd_model_checkpoint (the current model) and the few options ldmkit has
+    POST /sdapi/v1/options      sd_model_checkpoint switches the model txt2img and img2img use, server-wide
     GET  /sdapi/v1/scripts      none (clients such as webuiapi ask)
 
 A txt2img job is the same job as ``POST /v1/generate`` with the same settings, so ``seed``, ``steps``,
 ``cfg_scale`` and ``sampler_name`` "DDIM" give the image `ldmkit generate --seed --steps --guidance
 --sampler ddim` writes, bit for bit ("Euler a": --sampler euler-a; "DPM++ 2M Karras", or any name with
-``scheduler`` "Karras": --karras). Errors are FastAPI's (A1111 is a FastAPI app too): 422 naming the
-field, 503 with Retry-After when the queue is full, 504 past the deadline, 409 when interrupted.
+``scheduler`` "Karras": --karras). txt2img and img2img run on the current model, or on the one their
+``override_settings`` name for that request alone (`a1111_checkpoints`). Errors are FastAPI's (A1111 is a
+FastAPI app too): 422 naming the field, 503 with Retry-After when the queue is full, 504 past the deadline,
+409 when interrupted, 501 for a model that cannot do what is asked; an unknown checkpoint is A1111's own
+error shape.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,25 +36,26 @@ from ldmkit.bounds import MAX_IMAGES
 from ldmkit.serve.a1111_schemas import (
     SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, not_honoured, sampler_error, sampler_for, sampler_names, size_for,
 )
+from ldmkit.serve.a1111_checkpoints import Checkpoints, add_checkpoint_routes
 from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
-from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image, png_bytes, white_mask
+from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, white_mask
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import JobState, Settings, random_seed
+from ldmkit.serve.schemas import ImageSettings, JobState, Settings, random_seed
+from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
 
 
-def _checkpoint_issue(loc: tuple, name, model_name: str) -> dict:
-    """The validation error of a request naming a checkpoint other than the one served."""
-    return {"loc": loc, "type": "value_error", "msg": f"this server serves one model, {model_name!r}, not {name!r}"}
+def _cannot(served: ServedModel, what: str) -> HTTPException:
+    return HTTPException(501, f"model {served.name!r} ({KIND_NAMES[served.kind]}) cannot {what}; switch to a model "
+                              f"that can (GET /sdapi/v1/sd-models, POST /sdapi/v1/options)")
 
 
-def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: str,
-                     command_for: Callable[[Settings], str], img2img_pipe, inpaint_pipe) -> None:
-    """Add the ``/sdapi/v1`` routes to ``app``. ``command_for(settings)``: the `ldmkit generate` command of a
-    txt2img job. ``img2img_pipe`` / ``inpaint_pipe``: what runs image jobs (None: that mode is refused)."""
-    served = {model_name}
+def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None:
+    """Add the ``/sdapi/v1`` routes to ``app``, over ``models`` and A1111's current one."""
+    checkpoints = Checkpoints(models)
+    add_checkpoint_routes(app, checkpoints)
 
-    def checked(request: Txt2ImgRequest, errors: list[dict],
+    def checked(request: Txt2ImgRequest, limits: Limits, errors: list[dict],
                 sized: bool = True) -> tuple[tuple[str, bool], int, int, list[str]]:
         """((sampler, karras), width, height, notes), or a 422 with ``errors`` and the request's own.
         ``sized``: check width and height (img2img draws at its image's size instead)."""
@@ -65,10 +68,6 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
             errors.append({"loc": ("body", "n_iter"), "type": "value_error",
                            "msg": f"batch_size × n_iter must be at most {MAX_IMAGES}, got "
                                   f"{request.batch_size} × {request.n_iter}"})
-        checkpoint = request.override_settings.get("sd_model_checkpoint")
-        if checkpoint is not None and checkpoint not in served:
-            errors.append(_checkpoint_issue(("body", "override_settings", "sd_model_checkpoint"), checkpoint,
-                                            model_name))
         if errors:
             raise RequestValidationError(errors)
         return sampler, width, height, notes
@@ -76,23 +75,24 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
     def seed_of(request: Txt2ImgRequest) -> int:
         return request.seed if request.seed >= 0 else random_seed()
 
-    def answer(job: Job, request: Txt2ImgRequest, settings, notes: list[str], extra: dict) -> dict:
+    def answer(job: Job, request: Txt2ImgRequest, settings, notes: list[str], served: ServedModel,
+               extra: dict) -> dict:
         s = settings
         n = s.num_images
-        sampler_name = request.sampler_name or sampler_names(limits)[0]
+        sampler_name = request.sampler_name or sampler_names(served.limits)[0]
         infotext = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: {s.steps}, Sampler: "
                     f"{sampler_name}, CFG scale: {s.guidance}, Seed: {s.seed}, "
-                    f"Size: {s.width}x{s.height}, Model: {model_name}, Version: ldmkit {__version__}")
+                    f"Size: {s.width}x{s.height}, Model: {served.name}, Version: ldmkit {__version__}")
         info = {
             "prompt": s.prompt, "all_prompts": [s.prompt] * n, "negative_prompt": s.negative_prompt,
             "all_negative_prompts": [s.negative_prompt] * n, "seed": s.seed, "all_seeds": [s.seed] * n,
             "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0, "width": s.width, "height": s.height,
             "sampler_name": sampler_name, "cfg_scale": s.guidance,
-            "steps": s.steps, "batch_size": request.batch_size, "sd_model_name": model_name,
+            "steps": s.steps, "batch_size": request.batch_size, "sd_model_name": served.name,
             "denoising_strength": getattr(s, "strength", None), "index_of_first_image": 0,
             "infotexts": [infotext] * n, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "version": f"ldmkit {__version__}",
-            "not_honoured": not_honoured(request, served),
+            "not_honoured": not_honoured(request, set(models.names)),
             "ldmkit": {"job": job.id, "sampler": s.sampler, "settings": s.model_dump(), "notes": notes,
                        "batch": "image k is image k of one batch drawn from seed (as ldmkit generate "
                                 "--num-images draws them), not seed + k", **extra},
@@ -105,22 +105,29 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
 
     @app.post("/sdapi/v1/txt2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def txt2img(request: Txt2ImgRequest, http: Request):
-        """Text to image with A1111's fields; the same job as POST /v1/generate."""
-        (sampler, karras), width, height, notes = checked(request, [])
-        settings = Settings(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-                            guidance=request.cfg_scale, binding=0.0, cache_interval=1, sampler=sampler,
-                            karras=karras, seed=seed_of(request), num_images=request.num_images(), width=width,
-                            height=height)
+        """Text to image with A1111's fields, on the current model (or ``override_settings``'); the same job as
+        POST /v1/generate."""
+        served = checkpoints.for_request(request.override_settings)
+        if "generate" not in served.pipelines:
+            raise _cannot(served, "draw from text (txt2img needs a text model)")
+        (sampler, karras), width, height, notes = checked(request, served.limits, [])
+        settings = Settings(model=served.name, prompt=request.prompt, negative_prompt=request.negative_prompt,
+                            steps=request.steps, guidance=request.cfg_scale, binding=0.0, cache_interval=1,
+                            sampler=sampler, karras=karras, seed=seed_of(request), num_images=request.num_images(),
+                            width=width, height=height)
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
-        return answer(job, request, settings, notes, {"command": command_for(settings)})
+        return answer(job, request, settings, notes, served, {"command": served.command(settings)})
 
     @app.post("/sdapi/v1/img2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def img2img(request: Img2ImgRequest, http: Request):
-        """Image to image: with ``mask`` and an inpainting model, inpainting; otherwise SDEdit from
-        ``denoising_strength`` (with ``mask``, only the masked pixels change)."""
+        """Image to image on the current model (or ``override_settings``'): with ``mask`` and an inpainting
+        model, inpainting; otherwise SDEdit from ``denoising_strength`` (with ``mask``, only the masked pixels
+        change)."""
+        served = checkpoints.for_request(request.override_settings)
+        limits = served.limits
         errors: list[dict] = []
         try:
             image = decode_image(request.init_images[0], "init_images", limits)
@@ -130,12 +137,12 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         if mask is not None and mask.size != image.size:
             errors.append({"loc": ("body", "mask"), "type": "value_error",
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
-        (sampler, karras), _, _, notes = checked(request, errors, sized=False)
+        (sampler, karras), _, _, notes = checked(request, limits, errors, sized=False)
         notes = [note for note in notes if "512" not in note]
-        mode = "img2img" if mask is None else ("inpaint" if inpaint_pipe is not None else "img2img-masked")
-        if (inpaint_pipe if mode == "inpaint" else img2img_pipe) is None:
-            raise HTTPException(501, "the model served cannot draw from an image (img2img needs a text model, "
-                                     "not a consistency student)")
+        mode = "img2img" if mask is None else ("inpaint" if "inpaint" in served.pipelines else "img2img-masked")
+        if ("inpaint" if mode == "inpaint" else "img2img") not in served.pipelines:
+            raise _cannot(served, "draw from an image (img2img needs a text model that is not a consistency "
+                                  "student, or, with a mask, an inpainting model)")
         if mode == "inpaint":
             notes.append("inpainted by the inpainting model: denoising_strength does not apply")
         elif mode == "img2img-masked":
@@ -147,27 +154,23 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
             notes.append(f"drawn at the init image's size {image.size[0]}×{image.size[1]}, not width × height")
         width, height = image.size
         settings = ImageSettings(
-            mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            guidance=request.cfg_scale, sampler=sampler, karras=karras, seed=seed_of(request),
-            num_images=request.num_images(),
-            strength=request.denoising_strength, width=width, height=height, image=png_bytes(image.convert("RGB")),
+            model=served.name, mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt,
+            steps=request.steps, guidance=request.cfg_scale, sampler=sampler, karras=karras, seed=seed_of(request),
+            num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
+            image=png_bytes(image.convert("RGB")),
             mask=None if mask is None else png_bytes(white_mask(mask, bool(request.inpainting_mask_invert))))
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
-        return answer(job, request, settings, notes, {"mode": mode})
-
-    @app.get("/sdapi/v1/sd-models", tags=["automatic1111"])
-    def sd_models() -> list[dict]:
-        return [{"title": model_name, "model_name": model_name, "hash": None, "sha256": None,
-                 "filename": model_name, "config": None}]
+        return answer(job, request, settings, notes, served, {"mode": mode})
 
     @app.get("/sdapi/v1/samplers", tags=["automatic1111"])
     def samplers() -> list[dict]:
+        """The samplers of the current model."""
         return [{"name": name, "aliases": list(SAMPLER_NAMES[name][2]),
                  "options": {"scheduler": "karras"} if SAMPLER_NAMES[name][1] else {}}
-                for name in sampler_names(limits)]
+                for name in sampler_names(checkpoints.find(checkpoints.current).limits)]
 
     @app.get("/sdapi/v1/progress", tags=["automatic1111"])
     def progress() -> dict:
@@ -187,20 +190,6 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: 
         if job is not None:
             queue.cancel(job, JobState.cancelled, "interrupted (POST /sdapi/v1/interrupt)")
         return {}
-
-    @app.get("/sdapi/v1/options", tags=["automatic1111"])
-    def get_options() -> dict:
-        return {"sd_model_checkpoint": model_name, "samples_format": "png",
-                "sd_checkpoint_hash": None, "eta_ddim": 0.0}
-
-    @app.post("/sdapi/v1/options", tags=["automatic1111"])
-    def set_options(options: dict) -> dict:
-        """Only ``sd_model_checkpoint`` naming the served model is honoured; other options are listed back
-        under ``not_honoured``. Another checkpoint is a 422 (one model per server)."""
-        name = options.get("sd_model_checkpoint")
-        if name is not None and name not in served:
-            raise HTTPException(422, [_checkpoint_issue(("body", "sd_model_checkpoint"), name, model_name)])
-        return {"not_honoured": sorted(k for k in options if k != "sd_model_checkpoint")}
 
     @app.get("/sdapi/v1/scripts", tags=["automatic1111"])
     def scripts() -> dict:

@@ -134,7 +134,8 @@ def size_for(request: Txt2ImgRequest, limits: Limits) -> tuple[int, int, list[di
 
 def not_honoured(request: Txt2ImgRequest, served: set[str]) -> dict:
     """The fields given that ldmkit does not act on, with their values: those outside `NEUTRAL`'s off
-    values, any field A1111 does not know, and ``override_settings`` other than the served checkpoint."""
+    values, any field A1111 does not know, and ``override_settings`` other than a checkpoint of ``served``
+    (the names of the models served)."""
     out = {}
     given = request.extra_fields()
     for name in ("include_init_images",):

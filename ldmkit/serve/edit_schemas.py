@@ -31,6 +31,8 @@ class EditRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: StrictStr | None = Field(None, description="the id of a model served (GET /v1/ldmkit/models); null: "
+                                                      "the first")
     source_prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS,
                                      description="the prompt of the image to edit")
     target_prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS,
@@ -55,10 +57,11 @@ class EditRequest(BaseModel):
     num_images: StrictInt = Field(1, ge=1, le=MAX_EDIT_IMAGES,
                                   description="source/edit pairs drawn together as one batch")
 
-    def resolve(self) -> "EditSettings":
-        """Fill in the seed, so that the settings reproduce the images."""
+    def resolve(self, model: str | None = None) -> "EditSettings":
+        """Fill in the seed, so that the settings reproduce the images; ``model``: the name of the model
+        that runs them."""
         seed = self.seed if self.seed is not None else random_seed()
-        return EditSettings(**self.model_dump(exclude={"seed"}), seed=seed)
+        return EditSettings(**self.model_dump(exclude={"seed", "model"}), seed=seed, model=model)
 
 
 class EditSettings(BaseModel):
@@ -67,6 +70,7 @@ class EditSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    model: str | None = None
     source_prompt: str
     target_prompt: str
     mode: str
@@ -131,8 +135,9 @@ class EditResponse(BaseModel):
 
 
 class EditInfo(BaseModel):
-    """Whether the model served can edit, and what an edit request may ask of it."""
+    """Whether a model served can edit, and what an edit request may ask of it."""
 
+    model: str
     available: bool
     reason: str | None = Field(description="why the model cannot edit; null when it can")
     size: int = Field(description="the images' height and width (the model's trained size)")
@@ -145,8 +150,8 @@ class EditInfo(BaseModel):
     max_guidance: float
 
     @classmethod
-    def of(cls, limits: Limits, reason: str | None) -> "EditInfo":
-        return cls(available=reason is None, reason=reason, size=limits.default_size, modes=list(MODES),
+    def of(cls, model: str, limits: Limits, reason: str | None) -> "EditInfo":
+        return cls(model=model, available=reason is None, reason=reason, size=limits.default_size, modes=list(MODES),
                    default_steps=DEFAULT_STEPS, max_steps=min(MAX_STEPS, limits.num_timesteps),
                    max_images=MAX_EDIT_IMAGES, max_blend_words=MAX_BLEND_WORDS, max_prompt_chars=MAX_PROMPT_CHARS,
                    max_guidance=MAX_GUIDANCE)

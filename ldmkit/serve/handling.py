@@ -1,15 +1,17 @@
-"""What the generate and edit routes share: queue a job (503 when the queue is full), wait for it
-without holding a thread (504 past its deadline, 409 cancelled, 500 failed, 499 when the client left),
-and serve one of a finished job's images."""
+"""What the generate and edit routes share: find the model a request names (422 for one not served), queue
+a job (503 when the queue is full), wait for it without holding a thread (504 past its deadline, 409
+cancelled, 500 failed, 499 when the client left), and serve one of a finished job's images."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from ldmkit.serve.jobs import Job, JobQueue, QueueFull
 from ldmkit.serve.schemas import ErrorMessage, JobState
+from ldmkit.serve.served import ServedModel, ServedModels
 
 QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full; the Retry-After header says when to retry"}}
 NOT_FOUND = {404: {"model": ErrorMessage, "description": "no such job (or it was forgotten)"}}
@@ -19,6 +21,15 @@ WAIT_ERRORS = {
     409: {"model": ErrorMessage, "description": "the job was cancelled"},
     500: {"model": ErrorMessage, "description": "the model failed"},
 }
+
+
+def requested_model(models: ServedModels, name: str | None, loc: tuple = ("body", "model")) -> ServedModel:
+    """The model called ``name`` (None: the first served); a 422 naming the field ``loc`` and the allowed
+    names for one not served."""
+    served = models.get(name)
+    if served is None:
+        raise RequestValidationError([{"loc": loc, "msg": models.unknown(name), "type": "value_error"}])
+    return served
 
 
 def submit(queue: JobQueue, settings) -> Job:

@@ -1,10 +1,12 @@
-"""Jobs that start from an image: image-to-image (SDEdit) and inpainting, for the A1111 and OpenAI routes.
+"""Jobs that start from an image: image-to-image (SDEdit), inpainting, super-resolution and colorization,
+for ldmkit's own job routes and the A1111 and OpenAI ones.
 
-An `ImageSettings` job runs on the same queue as generate and edit jobs. Which pipeline runs it is
-decided by the model: with a mask and an inpainting pipeline, `InpaintingPipeline` (the masked region
-repainted, the rest kept); otherwise `ImageToImagePipeline` over the served text model (SDEdit), and with
-a mask its output is pasted into the input only where the mask is white, so that the unmasked pixels stay
-exactly the input's. The input image and mask travel as PNG bytes, excluded from the settings' JSON.
+An `ImageSettings` job runs on the same queue as generate and edit jobs, on the pipeline of its mode:
+`InpaintingPipeline` for inpaint (the masked region repainted, the rest kept), `SuperResolutionPipeline`
+for upscale, `ColorizationPipeline` for colorize, and `ImageToImagePipeline` over a text model (SDEdit)
+for img2img; img2img-masked is SDEdit whose output is pasted into the input only where the mask is white,
+so that the unmasked pixels stay exactly the input's. The input image and mask travel as PNG bytes,
+excluded from the settings' JSON.
 """
 
 from __future__ import annotations
@@ -12,40 +14,14 @@ from __future__ import annotations
 import binascii
 import base64
 import io
-from typing import Callable, Literal
+from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
 
 from ldmkit.pipelines.image_to_image import ImageToImagePipeline
 from ldmkit.serve.limits import Limits
-
-ImageMode = Literal["img2img", "img2img-masked", "inpaint"]
-
-
-class ImageSettings(BaseModel):
-    """An image job with every choice made. ``mode``: img2img (SDEdit over the whole image),
-    img2img-masked (SDEdit, then only the mask's white pixels taken from it) or inpaint (the inpainting
-    model). ``image`` and ``mask`` are PNGs of ``width`` × ``height`` (not written to JSON)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    mode: ImageMode
-    prompt: str
-    negative_prompt: str
-    steps: int
-    guidance: float
-    sampler: str
-    seed: int
-    num_images: int
-    strength: float
-    width: int
-    height: int
-    karras: bool = False
-    image: bytes = Field(exclude=True, repr=False)
-    mask: bytes | None = Field(None, exclude=True, repr=False)
-
+from ldmkit.serve.schemas import ImageSettings
 
 class ImageInputError(ValueError):
     """An input image that cannot be used; the message says why, for the field ``field``."""
@@ -55,10 +31,11 @@ class ImageInputError(ValueError):
         self.field = field
 
 
-def decode_image(data: bytes | str, field: str, limits: Limits) -> Image.Image:
+def decode_image(data: bytes | str, field: str, limits: Limits, scale: int = 1) -> Image.Image:
     """``data`` (PNG/JPEG/WebP bytes, or base64 of them, a ``data:image/…;base64,`` prefix allowed) as a
-    loaded PIL image whose sides are multiples of the latent factor and at most ``limits.max_size``.
-    The size is checked from the header, before the pixels are decoded."""
+    loaded PIL image whose sides, times ``scale`` (a super-resolution model's factor: the output's sides),
+    are multiples of the latent factor and at most ``limits.max_size``. The size is checked from the header,
+    before the pixels are decoded."""
     if isinstance(data, str):
         text = data.split(",", 1)[1] if data.startswith("data:") else data
         try:
@@ -71,9 +48,10 @@ def decode_image(data: bytes | str, field: str, limits: Limits) -> Image.Image:
         raise ImageInputError(field, f"{field} is not an image PIL can read (PNG, JPEG or WebP)") from None
     width, height = image.size
     k = limits.latent_factor
-    if width % k or height % k or max(width, height) > limits.max_size:
-        raise ImageInputError(field, f"{field} is {width}×{height}; each side must be a multiple of {k} and at most "
-                                     f"{limits.max_size}")
+    if (width * scale) % k or (height * scale) % k or max(width, height) * scale > limits.max_size:
+        times = "" if scale == 1 else f" times {scale} (the model's super-resolution factor)"
+        raise ImageInputError(field, f"{field} is {width}×{height}; each side{times} must be a multiple of {k} and "
+                                     f"at most {limits.max_size}")
     try:
         image.load()
     except (OSError, ValueError) as e:
@@ -115,24 +93,23 @@ def karras_option(settings) -> dict:
     return {"karras": True} if settings.karras else {}
 
 
-def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
-    """The queue's ``run`` for `ImageSettings`: a batch of ``num_images`` from one seed, as `ldmkit
-    img2img` / `ldmkit inpaint` draw them. ``img2img_pipe`` or ``inpaint_pipe`` may be None when the
-    server has none (the routes refuse such jobs before queueing them)."""
+def image_runner(pipelines: Mapping[str, object]) -> Callable:
+    """The queue's ``run`` for `ImageSettings`: a batch of ``num_images`` from one seed, as `ldmkit img2img`,
+    `inpaint`, `upscale` and `colorize` draw them, on ``pipelines[mode]`` (img2img-masked: the img2img one).
+    A mode without a pipeline never gets here: the routes refuse such jobs before they are queued."""
 
     def run(settings: ImageSettings, on_step):
         source = Image.open(io.BytesIO(settings.image)).convert("RGB")
         batch = [source] * settings.num_images
         mask = None if settings.mask is None else Image.open(io.BytesIO(settings.mask)).convert("L")
+        options = dict(num_inference_steps=settings.steps, guidance_scale=settings.guidance, generator=settings.seed,
+                       sampler=settings.sampler, negative_prompt=settings.negative_prompt, callback=on_step)
         if settings.mode == "inpaint":
-            return inpaint_pipe(batch, mask, settings.prompt, num_inference_steps=settings.steps,
-                                guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
-                                negative_prompt=settings.negative_prompt, callback=on_step,
-                                **karras_option(settings))
-        images = img2img_pipe(batch, settings.prompt, strength=settings.strength, num_inference_steps=settings.steps,
-                              guidance_scale=settings.guidance, generator=settings.seed, sampler=settings.sampler,
-                              negative_prompt=settings.negative_prompt, callback=on_step,
-                              **karras_option(settings))
+            return pipelines["inpaint"](batch, mask, settings.prompt, **options, **karras_option(settings))
+        if settings.mode in ("upscale", "colorize"):
+            return pipelines[settings.mode](batch, settings.prompt, **options)
+        images = pipelines["img2img"](batch, settings.prompt, strength=settings.strength, **options,
+                                      **karras_option(settings))
         if settings.mode == "img2img-masked":
             images = [paste_masked(image, source, mask) for image in images]
         return images
@@ -140,12 +117,10 @@ def image_runner(img2img_pipe, inpaint_pipe) -> Callable:
     return run
 
 
-def image_pipelines_for(pipeline, inpaint_pipeline=None) -> tuple[object | None, object | None]:
-    """(an `ImageToImagePipeline` over ``pipeline``'s text model, sharing it; None where the model is not
-    a text model), and the inpainting pipeline given (None: the server cannot inpaint)."""
+def img2img_pipeline_for(pipeline) -> object | None:
+    """An `ImageToImagePipeline` over ``pipeline``'s text model, sharing it (not a copy); None where the model
+    is not a text model, or is a consistency student (which samples with lcm only)."""
     model = getattr(pipeline, "model", None)
-    img2img = None
-    if model is not None and model.config.condition.kind == "text" and not getattr(pipeline, "is_student", False):
-        img2img = ImageToImagePipeline(model, pipeline.device, precision=getattr(pipeline, "precision", "fp32"))
-    return img2img, inpaint_pipeline
-
+    if model is None or model.config.condition.kind != "text" or getattr(pipeline, "is_student", False):
+        return None
+    return ImageToImagePipeline(model, pipeline.device, precision=getattr(pipeline, "precision", "fp32"))

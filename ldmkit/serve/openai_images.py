@@ -1,16 +1,18 @@
 """OpenAI-compatible images routes, on the server's one queue with its limits and deadlines.
 
-    GET  /v1/models                      OpenAI's list: {"object": "list", "data": [{"id", "object", "created", "owned_by"}]}
-    POST /v1/images/generations          prompt, n, size "WxH", response_format b64_json | url, model
-    POST /v1/images/edits                multipart: image, mask (transparent = repaint), prompt, n, size, …;
+    GET  /v1/models                      OpenAI's list of every model served: {"object": "list", "data": [{"id",
+                                         "object", "created", "owned_by"}]}
+    POST /v1/images/generations          prompt, n, size "WxH", response_format b64_json | url, model (a text model)
+    POST /v1/images/edits                multipart: image, mask (transparent = repaint), prompt, n, size, model, …;
                                          needs an inpainting model
     GET  /v1/images/files/{job}/{k}.png  the PNG a ``url`` answer points to (kept with the server's last jobs)
 
 Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt": null}], "ldmkit": {…}}``:
 ``ldmkit`` carries the seed, the settings that reproduce the images and the fields given but not honoured
-(``quality``, ``style``, …). Every error, validation included, is OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}`` (`openai_error_response`), so the ``openai`` client
-raises its usual exceptions (400 `BadRequestError`, 404, 503 after its retries).
+(``quality``, ``style``, …). ``model`` picks the model by its id; without one, the first model served. Every
+error, validation included, is OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``
+(`openai_error_response`), so the ``openai`` client raises its usual exceptions (400 `BadRequestError`, 404,
+503 after its retries).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.serve.handling import finished_images, not_found, png_response, submit, wait_done
-from ldmkit.serve.image_jobs import ImageInputError, ImageSettings, decode_image, mask_from_alpha, png_bytes, white_mask
+from ldmkit.serve.image_jobs import ImageInputError, decode_image, mask_from_alpha, png_bytes, white_mask
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.multipart_form import FormError, parse_form
-from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, Settings, random_seed
+from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, ClassSettings, ImageSettings, Settings, random_seed
+from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
 
 PREFIX = "/v1/images"
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -90,11 +93,12 @@ def not_honoured(extra: dict) -> dict:
     return {k: v for k, v in extra.items() if NEUTRAL.get(k, ()) is not None and v not in NEUTRAL.get(k, ())}
 
 
-def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name: str, inpaint_pipe) -> None:
-    """Add the OpenAI routes to ``app``. ``inpaint_pipe``: what runs edits (None: edits answer 400)."""
+def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None:
+    """Add the OpenAI routes to ``app``, over ``models``: generations on a text model, edits on an
+    inpainting one (any other answers 400 naming the models that can)."""
     created = int(time.time())
 
-    def size_of(size: str | None) -> tuple[int, int]:
+    def size_of(size: str | None, limits: Limits) -> tuple[int, int]:
         if size is None or size == "auto":
             return limits.default_size, limits.default_size
         match = _SIZE.match(size)
@@ -107,10 +111,18 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
             raise OpenAIError(400, f"size {size!r} is not allowed: {allowed}", "size", "invalid_value")
         return width, height
 
-    def check_model(model: str | None) -> None:
-        if model is not None and model != model_name:
-            raise OpenAIError(400, f"model {model!r} is not served here; this server serves {model_name!r} "
-                                   f"(GET /v1/models)", "model", "model_not_found")
+    def model_for(name: str | None, mode: str, what: str) -> ServedModel:
+        """The model a request names (None: the first), which must run ``mode`` (``what`` it is called)."""
+        served = models.get(name)
+        if served is None:
+            raise OpenAIError(400, f"model {name!r} is not served here; this server serves "
+                                   f"{', '.join(repr(n) for n in models.names)} (GET /v1/models)", "model",
+                              "model_not_found")
+        if mode not in served.pipelines:
+            can = ", ".join(repr(n) for n in models.having(mode)) or "none"
+            raise OpenAIError(400, f"model {served.name!r} ({KIND_NAMES[served.kind]}) is not {what}; models here "
+                                   f"that are: {can}", "model", "model_not_supported")
+        return served
 
     async def answer(job: Job, http: Request, response_format: str | None, settings, ignored: dict):
         gone = await wait_done(queue, job, http)
@@ -127,20 +139,21 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
                            "not_honoured": ignored}}
 
     @app.get("/v1/models", tags=["openai"])
-    def models() -> dict:
-        """OpenAI's model list; ldmkit's own details of the model are at GET /v1/ldmkit/models."""
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "ldmkit"}]}
+    def model_list() -> dict:
+        """OpenAI's model list; ldmkit's own details of each model are at GET /v1/ldmkit/models."""
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": created,
+                                            "owned_by": "ldmkit"} for model in models]}
 
     @app.post(f"{PREFIX}/generations", tags=["openai"])
     async def generations(request: GenerationRequest, http: Request):
         """Text to image: the same job as POST /v1/generate (ddim or the model's default sampler, its default
         steps, guidance 4, a random seed reported under ``ldmkit``)."""
-        check_model(request.model)
-        width, height = size_of(request.size)
-        settings = Settings(prompt=request.prompt, negative_prompt="", steps=limits.default_steps,
-                            guidance=DEFAULT_GUIDANCE, binding=0.0, cache_interval=1, sampler=limits.samplers[0],
-                            seed=random_seed(), num_images=request.n or 1, width=width,
+        served = model_for(request.model, "generate", "a text-to-image model")
+        limits = served.limits
+        width, height = size_of(request.size, limits)
+        settings = Settings(model=served.name, prompt=request.prompt, negative_prompt="",
+                            steps=limits.default_steps, guidance=DEFAULT_GUIDANCE, binding=0.0, cache_interval=1,
+                            sampler=limits.samplers[0], seed=random_seed(), num_images=request.n or 1, width=width,
                             height=height)
         job = submit(queue, settings)
         return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
@@ -155,19 +168,17 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
             text = {name: parts[0].text() for name, parts in form.items() if parts[0].filename is None}
         except FormError as e:
             raise OpenAIError(400, str(e), None, "invalid_request") from None
-        if inpaint_pipe is None:
-            raise OpenAIError(400, f"the model served ({model_name!r}) is not an inpainting model; image edits need "
-                                   f"one (condition kind inpaint, e.g. `ldmkit train --preset shapes64-inpaint`)",
-                              "model", "model_not_supported")
-        images = form.get("image") or form.get("image[]")
-        if not images:
-            raise OpenAIError(400, "image is required: a PNG file field named image", "image", "missing_required")
         fields = {k: v for k, v in text.items() if k not in ("image", "image[]", "mask")}
         try:
             request = GenerationRequest(**{k: (int(v) if k == "n" and v.isdigit() else v) for k, v in fields.items()})
         except ValidationError as e:
             return validation_error_response(e.errors())
-        check_model(request.model)
+        served = model_for(request.model, "inpaint", "an inpainting model, which image edits need (condition "
+                                                     "kind inpaint, e.g. `ldmkit train --preset shapes64-inpaint`)")
+        limits = served.limits
+        images = form.get("image") or form.get("image[]")
+        if not images:
+            raise OpenAIError(400, "image is required: a PNG file field named image", "image", "missing_required")
         try:
             image = decode_image(images[0].data, "image", limits)
             mask_source = decode_image(form["mask"][0].data, "mask", limits) if "mask" in form else image
@@ -182,10 +193,10 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
                 raise OpenAIError(400, "the image has no transparent pixels to edit; send a mask (transparent = "
                                        "repaint)", "mask", "missing_required")
             mask = white_mask(mask_source)  # no alpha channel: ldmkit's convention, white repaints
-        if request.size not in (None, "auto") and size_of(request.size) != image.size:
+        if request.size not in (None, "auto") and size_of(request.size, limits) != image.size:
             raise OpenAIError(400, f"size {request.size!r} differs from the image's {image.size[0]}x{image.size[1]}; "
                                    f"edits keep the image's size", "size", "invalid_value")
-        settings = ImageSettings(mode="inpaint", prompt=request.prompt, negative_prompt="",
+        settings = ImageSettings(model=served.name, mode="inpaint", prompt=request.prompt, negative_prompt="",
                                  steps=limits.default_steps, guidance=DEFAULT_GUIDANCE, sampler=limits.samplers[0],
                                  seed=random_seed(), num_images=request.n or 1, strength=1.0,
                                  width=image.size[0], height=image.size[1], image=png_bytes(image.convert("RGB")),
@@ -196,7 +207,7 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, limits: Limits, model_name:
     @app.get(f"{PREFIX}/files/{{job_id}}/{{index}}.png", response_class=Response, tags=["openai"])
     def image_file(job_id: str, index: int) -> Response:
         job = queue.get(job_id)
-        if job is None or not isinstance(job.settings, (Settings, ImageSettings)):
+        if job is None or not isinstance(job.settings, (Settings, ClassSettings, ImageSettings)):
             raise OpenAIError(404, not_found(job_id).detail, "job_id", "not_found")
         images = finished_images(job, job_id)
         if not 0 <= index < len(images):

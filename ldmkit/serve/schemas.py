@@ -3,13 +3,18 @@
 Numbers must be JSON numbers and text must be JSON strings (strict types): ``"steps": "25"`` or
 ``"steps": true`` is a 422 naming ``steps`` rather than a guess. Unknown fields are refused too, so a
 typo such as ``"step": 50`` is reported instead of silently running with the default.
+
+One request shape (`GenerateRequest`) serves every mode (`MODES`); which of its fields a mode takes, and
+their defaults there, are `ldmkit.serve.modes`'. A job's settings are one of `Settings` (text to image),
+`ClassSettings` or `ImageSettings` (the modes that start from an image), each with the ``model`` and
+``mode`` it ran with.
 """
 
 from __future__ import annotations
 
 import secrets
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -29,20 +34,44 @@ def random_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
 SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers
+# What a request may ask of a model: the names of the `ldmkit` commands that do the same (class: generate --class).
+MODES = ("generate", "class", "img2img", "upscale", "inpaint", "colorize")
+IMAGE_MODES = ("img2img", "upscale", "inpaint", "colorize")  # the modes that start from an input image
+ModeName = Literal[MODES]
+# A file name shown in a reproduce command only (never a path on the server): no folder, no control characters.
+FILE_NAME_PATTERN = r"^[^/\\\x00-\x1f]{1,100}$"
 
 
 class GenerateRequest(BaseModel):
-    """What to generate. Everything but ``prompt`` has a default."""
+    """What to generate, with which model and in which mode. Which fields a mode takes, and which it needs
+    (``prompt`` to generate, ``image`` to upscale, …), is listed per model by GET /v1/ldmkit/models."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: StrictStr | None = Field(None, description="the id of a model served (GET /v1/ldmkit/models); null: "
+                                                      "the first")
+    mode: ModeName | None = Field(None, description="what to do with the model; null: the model's first mode")
+    prompt: StrictStr | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                                     description="what to draw (optional for upscale, inpaint and colorize)")
     negative_prompt: StrictStr = Field("", max_length=MAX_PROMPT_CHARS,
                                        description="the prompt guidance steers away from (empty: unconditional)")
+    class_name: StrictStr | None = Field(None, min_length=1, max_length=100,
+                                         description="class: one of the model's classes (GET /v1/ldmkit/models)")
+    image: StrictStr | None = Field(None, description="img2img, upscale, inpaint, colorize: the input image, base64 "
+                                                      "of a PNG/JPEG/WebP file (a data: URL prefix allowed)")
+    mask: StrictStr | None = Field(None, description="inpaint: the mask, as image; white repaints, black keeps")
+    image_name: StrictStr | None = Field(None, pattern=FILE_NAME_PATTERN,
+                                         description="the input's file name, for the reproduce command only "
+                                                     "(default image.png)")
+    mask_name: StrictStr | None = Field(None, pattern=FILE_NAME_PATTERN,
+                                        description="the mask's file name, for the command only (default mask.png)")
+    strength: StrictFloat | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                         description="img2img: how far the input is noised (default 0.6)")
     steps: StrictInt | None = Field(None, ge=1, le=MAX_STEPS,
-                                    description="sampler steps; null: the model's default (GET /v1/models)")
-    guidance: StrictFloat = Field(DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
-                                  description="classifier-free guidance scale s")
+                                    description="sampler steps; null: the model's default (GET /v1/ldmkit/models)")
+    guidance: StrictFloat | None = Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
+                                         description="classifier-free guidance scale s; null: the mode's default "
+                                                     f"({DEFAULT_GUIDANCE:g}; 1 for upscale, inpaint, colorize)")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
                                  description="attribute-binding guidance λ (docs/binding.md; 0.3 for the shipped "
                                              "model); 0: none")
@@ -50,14 +79,14 @@ class GenerateRequest(BaseModel):
                                       description="feature reuse: the whole UNet at every N-th step, its shallow "
                                                   "branch alone between (docs/performance.md); 1: off")
     sampler: SamplerName | None = Field(None, description="null: the model's default, the first of its samplers "
-                                                           "(GET /v1/models)")
+                                                           "(GET /v1/ldmkit/models)")
     karras: StrictBool = Field(False, description="Karras et al.'s noise levels for the sampler's grid (dpmpp-2m "
                                                   "with karras is A1111's \"DPM++ 2M Karras\")")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="images drawn together as one batch")
     width: StrictInt | None = Field(None, ge=1, description="a multiple of the model's latent factor "
-                                    "(GET /v1/models); null: the size the model was trained at")
+                                    "(GET /v1/ldmkit/models); null: the size the model was trained at")
     height: StrictInt | None = Field(None, ge=1, description="as width")
 
     def limit_errors(self, limits: Limits) -> list[dict]:
@@ -65,12 +94,14 @@ class GenerateRequest(BaseModel):
         return (limits.size_errors("width", self.width) + limits.size_errors("height", self.height)
                 + limits.steps_errors(self.steps) + limits.sampler_errors(self.sampler))
 
-    def resolve(self, limits: Limits) -> "Settings":
-        """Fill in what the request left open (seed, size), so that the settings reproduce the images."""
+    def resolve(self, limits: Limits, model: str | None = None) -> "Settings":
+        """The text-to-image settings: what the request left open (seed, size, steps, sampler) filled in,
+        so that the settings reproduce the images. ``model``: the name of the model that runs them."""
         return Settings(
-            prompt=self.prompt, negative_prompt=self.negative_prompt,
+            model=model, prompt=self.prompt, negative_prompt=self.negative_prompt,
             steps=self.steps if self.steps is not None else limits.default_steps,
-            guidance=self.guidance, binding=self.binding, cache_interval=self.cache_interval,
+            guidance=self.guidance if self.guidance is not None else DEFAULT_GUIDANCE, binding=self.binding,
+            cache_interval=self.cache_interval,
             sampler=self.sampler or limits.samplers[0], karras=self.karras,
             seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
@@ -79,11 +110,14 @@ class GenerateRequest(BaseModel):
 
 
 class Settings(BaseModel):
-    """A request with every choice made. POSTing these to /v1/generate again gives the same images,
-    and `ldmkit generate` with the same options writes them as ``{seed}_{index:03d}.png``."""
+    """A text-to-image request with every choice made. POSTing these to /v1/generate again gives the same
+    images, and `ldmkit generate` with the same options writes them as ``{seed}_{index:03d}.png``.
+    ``model``: the served model's name (None: the server's first, for settings made outside a server)."""
 
     model_config = ConfigDict(frozen=True)
 
+    model: str | None = None
+    mode: Literal["generate"] = "generate"
     prompt: str
     negative_prompt: str
     steps: int
@@ -96,6 +130,60 @@ class Settings(BaseModel):
     width: int
     height: int
     karras: bool = False
+
+
+class ClassSettings(BaseModel):
+    """A class-conditional request with every choice made; `ldmkit generate --class` with the same options
+    writes the same images as ``{seed}_{index:03d}.png``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None = None
+    mode: Literal["class"] = "class"
+    class_name: str
+    steps: int
+    guidance: float
+    cache_interval: int = 1
+    sampler: str
+    seed: int
+    num_images: int
+    width: int
+    height: int
+
+
+ImageMode = Literal["img2img", "img2img-masked", "inpaint", "upscale", "colorize"]
+
+
+class ImageSettings(BaseModel):
+    """A job that starts from an image, with every choice made. ``mode``: img2img (SDEdit over the whole
+    image), img2img-masked (SDEdit, then only the mask's white pixels taken from it), inpaint (the
+    inpainting model), upscale or colorize. ``image`` and ``mask`` are PNGs (not written to JSON); ``width``
+    × ``height`` is the output's size (``image``'s, times the factor for upscale). ``image_name`` and
+    ``mask_name``: what the reproduce command calls the input files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None = None
+    mode: ImageMode
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    sampler: str
+    seed: int
+    num_images: int
+    strength: float
+    width: int
+    height: int
+    karras: bool = False
+    image_name: str = "image.png"
+    mask_name: str | None = None
+    image: bytes = Field(b"", exclude=True, repr=False)
+    mask: bytes | None = Field(None, exclude=True, repr=False)
+
+
+# The settings of a job of the /v1/jobs routes, told apart by their mode.
+JobSettings = Annotated[Settings | ClassSettings | ImageSettings, Field(discriminator="mode")]
 
 
 class JobState(str, Enum):
@@ -116,7 +204,8 @@ class ImageInfo(BaseModel):
     seed: int
     url: str
     filename: str = Field(description="the name `ldmkit generate --out DIR` gives this image")
-    command: str = Field(description="a shell command that writes this image again")
+    command: str | None = Field(description="a shell command that writes this image again (null where no command "
+                                            "does: an image job of several images, or with karras)")
 
 
 class JobInfo(BaseModel):
@@ -125,7 +214,7 @@ class JobInfo(BaseModel):
     step: int = Field(description="sampler steps done")
     total: int = Field(description="sampler steps in all")
     queue_position: int | None = Field(description="1: next to run; null once it has left the queue")
-    settings: Settings
+    settings: JobSettings
     images: list[ImageInfo]
     error: str | None
     elapsed_s: float = Field(description="seconds since the job was submitted (until it finished)")
@@ -137,13 +226,22 @@ class GeneratedImage(ImageInfo):
 
 class GenerateResponse(BaseModel):
     id: str
-    settings: Settings
+    settings: JobSettings
     images: list[GeneratedImage]
     elapsed_s: float
 
 
 class ModelInfo(BaseModel):
     id: str
+    kind: str = Field(description="the model's condition: text, class, sr (super-resolution), inpaint or colorize")
+    default: bool = Field(description="whether a request without a model gets this one (the first)")
+    modes: list[str] = Field(description="what a request may ask of it (mode), its default first")
+    accepts: dict[str, list[str]] = Field(description="mode → the request fields it takes (the others are refused)")
+    required: dict[str, list[str]] = Field(description="mode → the fields it needs")
+    default_guidance: dict[str, float] = Field(description="mode → the guidance scale of a request without one")
+    classes: list[str] = Field(description="class: the names class_name may take; empty for other kinds")
+    sr_factor: int | None = Field(description="upscale: output side / input side; null for other kinds")
+    can_edit: bool = Field(description="whether Prompt-to-Prompt edits (/v1/edit) run on it")
     default_size: int
     latent_factor: int
     max_size: int

@@ -1,12 +1,19 @@
-// The page: read the model's limits, queue a job (POST /v1/jobs), poll it for progress, show its images.
-// The edit tab (edit.js) queues its jobs through runJob here too. Plain JS on purpose: no build step,
-// nothing fetched from elsewhere.
+// The page: read the models served and what each mode takes (GET /v1/ldmkit/models), queue a job
+// (POST /v1/jobs) on the chosen model and mode, poll it for progress, show its images. The form shows the
+// fields of the chosen mode only, and sends only those: an image (and a mask) for the modes that start from
+// one. The edit tab (edit.js) queues its jobs through runJob here too, on the chosen model. Plain JS on
+// purpose: no build step, nothing fetched from elsewhere.
 "use strict";
 
 const POLL_MS = 200;
 const $ = (id) => document.getElementById(id);
 let currentJob = null;   // the URL of the job being followed, or null
 let cancelRequested = false;
+let models = [];         // GET /v1/ldmkit/models
+const MODE_LABELS = {
+  generate: "text to image", class: "class", img2img: "image to image", upscale: "super-resolution",
+  inpaint: "inpainting", colorize: "colorization",
+};
 
 // ---------------------------------------------------------------------------------------------------
 // errors: the API's 4xx/5xx bodies are {"detail": "text"} or FastAPI's {"detail": [{loc, msg}, …]}
@@ -52,7 +59,11 @@ async function api(method, url, payload) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// the form
+// the model and mode
+
+function currentModel() {
+  return models.find((m) => m.id === $("model_id").value) || models[0];
+}
 
 function fillSizes(select, model) {
   select.innerHTML = "";
@@ -62,32 +73,82 @@ function fillSizes(select, model) {
   }
 }
 
-async function loadModel() {
+function fillOptions(select, values, labels = {}) {
+  select.innerHTML = "";
+  for (const [i, value] of values.entries()) select.add(new Option(labels[value] || value, value, i === 0, i === 0));
+}
+
+// The fields of the chosen mode shown (and required where the mode needs them), the others hidden.
+function applyMode() {
+  const model = currentModel();
+  const mode = $("mode").value;
+  const accepts = model.accepts[mode];
+  const required = model.required[mode];
+  for (const element of document.querySelectorAll("#form [data-field]")) {
+    element.hidden = !accepts.includes(element.dataset.field);
+  }
+  $("prompt").required = required.includes("prompt");
+  $("prompt-optional").hidden = required.includes("prompt");
+  $("image").required = required.includes("image");
+  $("mask").required = required.includes("mask");
+  $("guidance").value = model.default_guidance[mode];
+  $("form").dataset.mode = mode;
+}
+
+function applyModel() {
+  const model = currentModel();
+  const size = `${model.default_size}×${model.default_size}`;
+  $("model").textContent = `model: ${model.id} · ${model.kind} · trained at ${size}`;
+  fillOptions($("mode"), model.modes, MODE_LABELS);
+  fillOptions($("sampler"), model.samplers);
+  fillOptions($("class_name"), model.classes);
+  $("steps").value = model.default_steps;
+  fillSizes($("width"), model);
+  fillSizes($("height"), model);
+  $("steps").max = model.max_steps;
+  $("num_images").max = model.max_images;
+  $("guidance").max = model.max_guidance;
+  $("prompt").maxLength = model.max_prompt_chars;
+  $("negative_prompt").maxLength = model.max_prompt_chars;
+  applyMode();
+  document.dispatchEvent(new CustomEvent("modelchange", { detail: model }));
+}
+
+async function loadModels() {
   try {
-    const { models } = await api("GET", "/v1/ldmkit/models");
-    const model = models[0];
-    $("model").textContent = `model: ${model.id} · trained at ${model.default_size}×${model.default_size}`;
-    $("sampler").innerHTML = "";
-    for (const [i, name] of model.samplers.entries()) $("sampler").add(new Option(name, name, i === 0, i === 0));
-    $("steps").value = model.default_steps;
-    fillSizes($("width"), model);
-    fillSizes($("height"), model);
-    $("steps").max = model.max_steps;
-    $("num_images").max = model.max_images;
-    $("guidance").max = model.max_guidance;
-    $("prompt").maxLength = model.max_prompt_chars;
-    $("negative_prompt").maxLength = model.max_prompt_chars;
+    ({ models } = await api("GET", "/v1/ldmkit/models"));
+    fillOptions($("model_id"), models.map((m) => m.id));
+    applyModel();
   } catch (e) {
     showError(e.message);
   }
 }
 
-function readForm() {
+// ---------------------------------------------------------------------------------------------------
+// the form
+
+function fileAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+// The request: the chosen model and mode, and the fields that mode takes (an optional prompt left empty is
+// left out). Input files travel as data: URLs, with their names for the reproduce command.
+async function readForm() {
+  const model = currentModel();
+  const mode = $("mode").value;
+  const accepts = model.accepts[mode];
   const number = (id) => Number($(id).value);
   const seed = $("seed").value.trim();
-  return {
+  const values = {
     prompt: $("prompt").value,
     negative_prompt: $("negative_prompt").value,
+    class_name: $("class_name").value,
+    strength: number("strength"),
     steps: number("steps"),
     guidance: number("guidance"),
     binding: number("binding"),
@@ -98,11 +159,33 @@ function readForm() {
     width: number("width"),
     height: number("height"),
   };
+  const payload = { model: model.id, mode };
+  for (const [key, value] of Object.entries(values)) {
+    if (accepts.includes(key)) payload[key] = value;
+  }
+  if (payload.prompt === "" && !model.required[mode].includes("prompt")) delete payload.prompt;
+  for (const field of ["image", "mask"]) {
+    const file = $(field).files[0];
+    if (accepts.includes(field) && file) {
+      payload[field] = await fileAsDataUrl(file);
+      payload[`${field}_name`] = file.name.slice(-100);
+    }
+  }
+  return payload;
 }
 
 function writeForm(settings) {
-  for (const key of ["prompt", "negative_prompt", "steps", "guidance", "binding", "cache_interval", "sampler", "seed", "num_images"]) {
-    $(key).value = settings[key];
+  if (settings.model && [...$("model_id").options].some((o) => o.value === settings.model)) {
+    $("model_id").value = settings.model;
+    applyModel();
+  }
+  if (currentModel().modes.includes(settings.mode)) {
+    $("mode").value = settings.mode;
+    applyMode();
+  }
+  for (const key of ["prompt", "negative_prompt", "class_name", "strength", "steps", "guidance", "binding",
+                     "cache_interval", "sampler", "seed", "num_images"]) {
+    if (settings[key] !== undefined) $(key).value = settings[key];
   }
   $("width").value = String(settings.width);
   $("height").value = String(settings.height);
@@ -133,9 +216,11 @@ function showProgress(job) {
 }
 
 function settingsLine(s, image) {
-  const parts = [`seed ${s.seed}`];
+  const parts = [`${s.model} · ${MODE_LABELS[s.mode] || s.mode}`, `seed ${s.seed}`];
   if (s.num_images > 1) parts.push(`image ${image.index + 1} of ${s.num_images}`);
   parts.push(`${s.sampler} · ${s.steps} steps · guidance ${s.guidance}`, `${s.width}×${s.height}`);
+  if (s.image_name) parts.push(`from ${s.image_name}` + (s.mask_name ? ` and ${s.mask_name}` : ""));
+  if (s.mode === "img2img") parts.push(`strength ${s.strength}`);
   if (s.binding) parts.push(`binding ${s.binding}`);
   if (s.cache_interval > 1) parts.push(`cache interval ${s.cache_interval}`);
   if (s.negative_prompt) parts.push(`negative: “${s.negative_prompt}”`);
@@ -145,23 +230,26 @@ function settingsLine(s, image) {
 function addToGallery(job) {
   const gallery = $("gallery");
   $("empty").hidden = true;
+  const s = job.settings;
+  const title = s.class_name || s.prompt || `${MODE_LABELS[s.mode] || s.mode} of ${s.image_name}`;
   // Images of one job keep their batch order; the newest job goes first.
   for (const image of [...job.images].reverse()) {
     const card = $("card").content.firstElementChild.cloneNode(true);
     const img = card.querySelector("img");
     img.src = image.url;
-    img.alt = job.settings.prompt;
-    img.width = job.settings.width;
-    img.height = job.settings.height;
-    card.querySelector(".prompt").textContent = job.settings.prompt;
-    card.querySelector(".settings").textContent = settingsLine(job.settings, image);
+    img.alt = title;
+    img.width = s.width;
+    img.height = s.height;
+    card.querySelector(".prompt").textContent = title;
+    card.querySelector(".settings").textContent = settingsLine(s, image);
     const download = card.querySelector(".download");
     download.href = image.url;
     download.download = image.filename;
-    card.querySelector(".command").textContent =
-      `${image.command}   # writes out/${image.filename}`;
-    card.querySelector(".reuse").addEventListener("click", () => writeForm(job.settings));
+    card.querySelector(".command").textContent = image.command
+      ? `${image.command}   # writes out/${image.filename}` : "no ldmkit command draws this image";
+    card.querySelector(".reuse").addEventListener("click", () => writeForm(s));
     card.dataset.seed = String(image.seed);
+    card.dataset.model = s.model;
     gallery.prepend(card);
   }
 }
@@ -181,7 +269,8 @@ async function follow(jobUrl) {
   }
 }
 
-// POST payload to jobsUrl, follow the job at jobsUrl/{id} with the progress bar, then show(job).
+// POST the payload (or what the async function payload() gives) to jobsUrl, follow the job at jobsUrl/{id}
+// with the progress bar, then show(job).
 async function runJob(jobsUrl, payload, show) {
   showError("");
   cancelRequested = false;
@@ -190,7 +279,8 @@ async function runJob(jobsUrl, payload, show) {
   $("progress-box").hidden = false;
   $("progress-text").textContent = "sending…";
   try {
-    const job = await api("POST", jobsUrl, payload);
+    const body = typeof payload === "function" ? await payload() : payload;
+    const job = await api("POST", jobsUrl, body);
     currentJob = `${jobsUrl}/${job.id}`;
     const finished = await follow(currentJob);
     if (finished) show(finished);
@@ -204,7 +294,7 @@ async function runJob(jobsUrl, payload, show) {
 
 async function generate(event) {
   event.preventDefault();
-  await runJob("/v1/jobs", readForm(), addToGallery);
+  await runJob("/v1/jobs", readForm, addToGallery);
 }
 
 async function cancel() {
@@ -216,5 +306,7 @@ async function cancel() {
 document.addEventListener("DOMContentLoaded", () => {
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
-  loadModel();
+  $("model_id").addEventListener("change", applyModel);
+  $("mode").addEventListener("change", applyMode);
+  loadModels();
 });

@@ -1,5 +1,6 @@
-// The edit tab: Prompt-to-Prompt (POST /v1/edit/jobs). Reads what the model allows from GET /v1/edit/info,
-// queues an edit through runJob (app.js) and shows each pair, source and edit side by side.
+// The edit tab: Prompt-to-Prompt (POST /v1/edit/jobs) on the model chosen above the tabs (app.js). Reads what
+// that model allows from GET /v1/edit/info?model=…, queues an edit through runJob (app.js) and shows each
+// pair, source and edit side by side.
 "use strict";
 
 function showTab(name) {
@@ -10,14 +11,16 @@ function showTab(name) {
   $("tab-edit").setAttribute("aria-selected", String(editing));
 }
 
-async function loadEditInfo() {
+async function loadEditInfo(model) {
   try {
-    const info = await api("GET", "/v1/edit/info");
+    const info = await api("GET", `/v1/edit/info?model=${encodeURIComponent(model.id)}`);
+    if (info.model !== currentModel().id) return;   // the choice moved on while this was asked
+    $("edit-unavailable").textContent = info.available ? "" : `This model cannot edit: ${info.reason}`;
+    $("edit-unavailable").hidden = info.available;
+    $("edit").dataset.unavailable = String(!info.available);
+    $("edit").disabled = !info.available || currentJob !== null;
     if (!info.available) {
-      $("edit-unavailable").textContent = `This model cannot edit: ${info.reason}`;
-      $("edit-unavailable").hidden = false;
-      $("edit").dataset.unavailable = "true";
-      $("edit").disabled = true;
+      delete $("edit-form").dataset.ready;
       return;
     }
     $("edit_steps").value = info.default_steps;
@@ -36,6 +39,7 @@ function readEditForm() {
   const number = (id) => Number($(id).value);
   const seed = $("edit_seed").value.trim();
   return {
+    model: currentModel().id,
     source_prompt: $("source_prompt").value,
     target_prompt: $("target_prompt").value,
     mode: $("edit_mode").value,
@@ -51,6 +55,10 @@ function readEditForm() {
 }
 
 function writeEditForm(s) {
+  if (s.model && s.model !== currentModel().id && models.some((m) => m.id === s.model)) {
+    $("model_id").value = s.model;
+    applyModel();
+  }
   $("source_prompt").value = s.source_prompt;
   $("target_prompt").value = s.target_prompt;
   $("edit_mode").value = s.mode;
@@ -65,7 +73,7 @@ function writeEditForm(s) {
 }
 
 function editSettingsLine(s, pair) {
-  const parts = [`seed ${s.seed}`];
+  const parts = [s.model, `seed ${s.seed}`];
   if (s.num_images > 1) parts.push(`pair ${pair.index + 1} of ${s.num_images}`);
   parts.push(s.mode, `${s.steps} steps · guidance ${s.guidance}`, `cross ${s.cross_replace} · self ${s.self_replace}`);
   if (s.blend_words.length) parts.push(`blend “${s.blend_words.join(" ")}” at ${s.blend_threshold}`);
@@ -106,5 +114,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-generate").addEventListener("click", () => showTab("generate"));
   $("tab-edit").addEventListener("click", () => showTab("edit"));
   $("edit-form").addEventListener("submit", submitEdit);
-  loadEditInfo();
+  document.addEventListener("modelchange", (event) => loadEditInfo(event.detail));
 });

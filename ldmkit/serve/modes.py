@@ -1,0 +1,122 @@
+"""What each mode of ldmkit's own job routes takes, and a request turned into the settings of one job.
+
+A request (`GenerateRequest`) names a model and a mode, or gets the first model and its first mode. Each
+mode takes the fields of the `ldmkit` command that does the same, and refuses the others, so that a field
+the mode would ignore is reported instead of dropped:
+
+    generate  prompt, negative_prompt, binding, cache_interval, karras, num_images, width, height  (`ldmkit generate`)
+    class     class_name, cache_interval, num_images, width, height                     (`ldmkit generate --class`)
+    img2img   image, prompt, negative_prompt, strength                                    (`ldmkit img2img`)
+    upscale   image, prompt                                                               (`ldmkit upscale`)
+    inpaint   image, mask, prompt                                                         (`ldmkit inpaint`)
+    colorize  image, prompt                                                               (`ldmkit colorize`)
+
+and all of them steps, guidance, sampler and seed. The image modes draw one image per job, as their
+commands do, at the input's size (upscale: ``sr_factor`` times it). Every error is a FastAPI-style entry
+naming the field, raised together as one 422.
+"""
+
+from __future__ import annotations
+
+from fastapi.exceptions import RequestValidationError
+
+from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, white_mask
+from ldmkit.serve.limits import Limits
+from ldmkit.serve.schemas import DEFAULT_GUIDANCE, ClassSettings, GenerateRequest, ImageSettings, random_seed
+from ldmkit.serve.served import KIND_NAMES, ServedModel
+
+SAMPLING = ("steps", "guidance", "sampler", "seed")
+FIELDS: dict[str, tuple[str, ...]] = {
+    "generate": ("prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images", "width", "height",
+                 *SAMPLING),
+    "class": ("class_name", "cache_interval", "num_images", "width", "height", *SAMPLING),
+    "img2img": ("image", "image_name", "prompt", "negative_prompt", "strength", *SAMPLING),
+    "upscale": ("image", "image_name", "prompt", *SAMPLING),
+    "inpaint": ("image", "image_name", "mask", "mask_name", "prompt", *SAMPLING),
+    "colorize": ("image", "image_name", "prompt", *SAMPLING),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "generate": ("prompt",), "class": ("class_name",), "img2img": ("image", "prompt"), "upscale": ("image",),
+    "inpaint": ("image", "mask"), "colorize": ("image",),
+}
+# The commands' defaults: the image-conditioned modes guide the (optional) prompt with s = 1.
+GUIDANCE = {"generate": DEFAULT_GUIDANCE, "class": DEFAULT_GUIDANCE, "img2img": DEFAULT_GUIDANCE, "upscale": 1.0,
+            "inpaint": 1.0, "colorize": 1.0}
+DEFAULT_STRENGTH = 0.6
+
+
+def _error(field: str, msg: str) -> dict:
+    return {"loc": ("body", field), "msg": msg, "type": "value_error"}
+
+
+def field_errors(request: GenerateRequest, mode: str) -> list[dict]:
+    """Entries for the fields given that ``mode`` does not take, and for those it needs that are missing."""
+    given = request.model_fields_set - {"model", "mode"}
+    takes = ", ".join(FIELDS[mode])
+    errors = [_error(name, f"{name} does not apply to mode {mode}, which takes {takes}")
+              for name in sorted(given - set(FIELDS[mode]))]
+    return errors + [_error(name, f"{name} is required for mode {mode}")
+                     for name in REQUIRED[mode] if getattr(request, name) is None]
+
+
+def resolve(request: GenerateRequest, served: ServedModel):
+    """The settings of the job ``request`` asks of ``served`` (`Settings`, `ClassSettings` or `ImageSettings`),
+    with everything the request left open filled in (mode, seed, size, steps, sampler, guidance); a 422
+    (`RequestValidationError`) listing every field at fault otherwise."""
+    mode = request.mode or served.modes[0]
+    if mode not in served.modes:
+        raise RequestValidationError([_error("mode", f"model {served.name!r} ({KIND_NAMES[served.kind]}) runs "
+                                                     f"{', '.join(served.modes)}, not {mode}")])
+    errors = field_errors(request, mode)
+    limits = served.limits
+    if mode == "generate":
+        errors += request.limit_errors(limits)
+        if errors:
+            raise RequestValidationError(errors)
+        return request.resolve(limits, served.name)
+    errors += limits.steps_errors(request.steps) + limits.sampler_errors(request.sampler)
+    common = dict(model=served.name, steps=request.steps if request.steps is not None else limits.default_steps,
+                  guidance=request.guidance if request.guidance is not None else GUIDANCE[mode],
+                  sampler=request.sampler or limits.samplers[0],
+                  seed=request.seed if request.seed is not None else random_seed())
+    if mode == "class":
+        errors += limits.size_errors("width", request.width) + limits.size_errors("height", request.height)
+        if request.class_name is not None and request.class_name not in served.classes:
+            errors.append(_error("class_name", f"class {request.class_name!r} is not one of this model's: "
+                                               f"{', '.join(served.classes)}"))
+        if errors:
+            raise RequestValidationError(errors)
+        return ClassSettings(class_name=request.class_name, cache_interval=request.cache_interval,
+                             num_images=request.num_images, width=request.width or limits.default_size,
+                             height=request.height or limits.default_size, **common)
+    scale = served.sr_factor if mode == "upscale" else 1
+    image, mask = _inputs(request, mode, served.limits, scale, errors)
+    if errors:
+        raise RequestValidationError(errors)
+    return ImageSettings(mode=mode, prompt=request.prompt or "", negative_prompt=request.negative_prompt,
+                         num_images=1, strength=(request.strength or DEFAULT_STRENGTH) if mode == "img2img" else 1.0,
+                         width=image.size[0] * scale, height=image.size[1] * scale,
+                         image=png_bytes(image.convert("RGB")), image_name=request.image_name or "image.png",
+                         mask=None if mask is None else png_bytes(white_mask(mask)),
+                         mask_name=None if mask is None else (request.mask_name or "mask.png"), **common)
+
+
+def _inputs(request: GenerateRequest, mode: str, limits: Limits, scale: int, errors: list[dict]):
+    """(image, mask) decoded and checked against ``limits`` (the sides times ``scale``), each None where
+    missing or at fault (its error appended to ``errors``)."""
+    decoded = {}
+    for field in ("image", "mask"):
+        data = getattr(request, field)
+        if data is None or field not in FIELDS[mode]:
+            decoded[field] = None
+            continue
+        try:
+            decoded[field] = decode_image(data, field, limits, scale)
+        except ImageInputError as e:
+            errors.append(_error(e.field, str(e)))
+            decoded[field] = None
+    image, mask = decoded["image"], decoded["mask"]
+    if image is not None and mask is not None and mask.size != image.size:
+        errors.append(_error("mask", f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×"
+                                     f"{image.size[1]}: they must match"))
+    return image, mask
