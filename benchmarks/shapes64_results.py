@@ -4,7 +4,7 @@ sample grid, the time of one image and the training time. Writes ``benchmarks/SH
 ``shapes64-results`` markers).
 
     make shapes64                        # trains both stages, packs the model, then runs this
-    python benchmarks/shapes64_results.py --runs runs/shapes64-minilm-8k   # only this (the shipped model)
+    python benchmarks/shapes64_results.py --runs runs/shapes64-varied   # only this (the shipped model)
 
 ``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
 the training time and the number of steps; a stage without its log keeps the training line of the
@@ -104,7 +104,7 @@ def markdown(report, settings: SamplerSettings, per_image: float, training: list
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
-    p.add_argument("--runs", default="runs/shapes64-minilm-8k", help="the training folder, for the training time")
+    p.add_argument("--runs", default="runs/shapes64-varied", help="the training folder, for the training time")
     p.add_argument("--num-images", type=int, default=1024)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=25)

@@ -2,12 +2,14 @@
 
 `render` draws them through the public API that existed before the samplers were rebuilt over one σ grid
 (`pipe(...)`, `ImageToImagePipeline`, `ldmkit.diffusion.sample` with karras), so the same function runs
-against the old and the new code. The PNGs in tests/data/sampler_reference/ were written by the code of
-commit 2845c4a (before the rebuild) with
+against the old and the new code (it did: the PNGs of commit 2845c4a, before the rebuild, were drawn again
+within 1/255 after it). When the shipped model changes, the PNGs in tests/data/sampler_reference/ are
+written again with
 
     python -m tests.sampler_reference --write tests/data/sampler_reference
 
-and tests/test_sampler_regression.py checks that today's code draws them within 1/255 per pixel.
+(last: the shipped model trained on varied captions, preset shapes64-varied), and
+tests/test_sampler_regression.py checks that today's code draws them within 1/255 per pixel.
 """
 
 from __future__ import annotations
