@@ -45,12 +45,13 @@ from ldmkit.data.shapes_dataset import shapes_sample
 from ldmkit.data.shapes_render import draw_shape
 from ldmkit.data.shapes_scene import BACKGROUND, COLORS, POSITIONS, RGB, SHAPES
 from ldmkit.eval.attributes import AttributePredictor
-from ldmkit.eval.generation import SamplerSettings, generate_for_prompts
+from ldmkit.eval.generation import generate_for_prompts
 from ldmkit.eval.heldout import heldout_shapes
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.images import image_to_tensor
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
+from ldmkit.settings import GenerationSettings
 from ldmkit.train.finetune import FinetuneConfig, finetune
 
 SIZE = 64
@@ -215,7 +216,7 @@ def prior_prompts(count: int) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 
-def one_object_accuracy(pipe, heldout, settings: SamplerSettings, predictor: AttributePredictor) -> float:
+def one_object_accuracy(pipe, heldout, settings: GenerationSettings, predictor: AttributePredictor) -> float:
     keep = [i for i, s in enumerate(heldout.stated) if len(s.objects) == 1]
     prompts = [heldout.captions[i] for i in keep]
     images = generate_for_prompts(pipe, prompts, settings)
@@ -247,7 +248,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = resolve_model(args.model)
-    settings = SamplerSettings(sampler="ddim", steps=4 if args.smoke else 25, guidance=4.0, seed=0)
+    settings = GenerationSettings(sampler="ddim", num_inference_steps=4 if args.smoke else 25, guidance_scale=4.0,
+                                  seed=0)
     cells = test_cells(args.concept)[:: 10 if args.smoke else 1]
     prompts = [prompt(c) for c in cells]
     heldout = heldout_shapes(args.heldout)
@@ -268,7 +270,7 @@ def main() -> None:
                          prior_images=len(prior), prior_prompts=tuple(prior),
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
-                         sample_steps=settings.steps, log_every=10)
+                         sample_steps=settings.num_inference_steps, log_every=10)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)

@@ -35,10 +35,11 @@ from ldmkit.data import save_grid
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import ShapesFeatures
-from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
+from ldmkit.eval.generation import RealReference, generate_for_prompts, score_generated
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.tables import quality_per_step
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
 DEFAULT_SAMPLERS = ("ddpm:T", "ddim:250", "ddim:50", "ddim:20", "ddim:10", "euler:20", "euler:10", "dpmpp-2m:20", "dpmpp-2m:10")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         if n not in references:
             references[n] = RealReference(heldout_shapes(n, image_size), [shapes], args.batch_size, progress)
         reference = references[n]
-        settings = SamplerSettings(name, steps, guidance, 0.0, args.seed)
+        settings = GenerationSettings(sampler=name, num_inference_steps=steps, guidance_scale=guidance, seed=args.seed)
         left = sum((args.ddpm_images if s == "ddpm" and args.ddpm_images else args.num_images) * st
                    for s, st, _ in plan[k:])
         eta = f", about {left * step_seconds / done_work / 3600:.1f} h of sampling left" if done_work else ""

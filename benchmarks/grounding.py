@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.report import percent
+from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +42,7 @@ def measure(row, work: Path, progress: bool, device: str = "cpu") -> dict:
     path = work / f"{name}-{phrasing}-binding{binding:g}-{images}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    settings = SamplerSettings(binding=binding)
+    settings = GenerationSettings(binding=binding)
     report = evaluate_generation(folder, images, settings, device=device, progress=progress, phrasing=phrasing)
     result = report.to_dict()
     work.mkdir(parents=True, exist_ok=True)

@@ -56,10 +56,11 @@ from autoencoder_zoo import ZooEntry, zoo_preset  # noqa: E402
 
 from ldmkit.config import Preset, UNetConfig, load_preset  # noqa: E402
 from ldmkit.eval import AttributePredictor, ShapesFeatures, evaluate_autoencoder, heldout_shapes  # noqa: E402
-from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated  # noqa: E402
+from ldmkit.eval.generation import RealReference, generate_for_prompts, score_generated  # noqa: E402
 from ldmkit.eval.tables import markdown_table  # noqa: E402
 from ldmkit.model import LatentDiffusion  # noqa: E402
 from ldmkit.pipelines import load_pipeline  # noqa: E402
+from ldmkit.settings import GenerationSettings  # noqa: E402
 from ldmkit.storage import write_text_atomic  # noqa: E402
 from ldmkit.train.autoencoder import train_autoencoder  # noqa: E402
 from ldmkit.train.checkpoint import checkpoint_dir, list_checkpoints  # noqa: E402
@@ -69,7 +70,7 @@ FACTORS = (1, 2, 4, 8)
 LATENT_CHANNELS = {2: 3, 4: 3, 8: 4}  # the zoo's c at f = 4 and 8; f = 2 as f = 4
 WIDTH_AT = {64: 32, 32: 64, 16: 64, 8: 128, 4: 128}  # UNet width at each resolution, shapes64's where it has one
 ATTENTION_AT = (8, 4)
-SAMPLER = SamplerSettings("ddim", 25, 4.0, seed=0)
+SAMPLER = GenerationSettings(sampler="ddim", num_inference_steps=25, guidance_scale=4.0, seed=0)
 COLOURS = {1: (200, 40, 40), 2: (230, 140, 0), 4: (30, 110, 200), 8: (40, 160, 70)}
 
 
@@ -229,7 +230,7 @@ def sampling_seconds(folder: Path, repeats: int) -> float:
 
     def run() -> float:
         start = time.perf_counter()
-        pipe.generate_tensors(prompts, steps=SAMPLER.steps, guidance=SAMPLER.guidance, seed=0, sampler=SAMPLER.sampler)
+        pipe.generate_tensors(prompts, **SAMPLER.generate_kwargs())
         return time.perf_counter() - start
 
     run()

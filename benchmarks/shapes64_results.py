@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 
 from ldmkit.data import save_grid
-from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.report import failures_line, percent
 from ldmkit.eval.tables import prompt_accuracy_table, training_lines
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
+from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,19 +52,17 @@ GRID_PROMPTS = [
 README_START, README_END = "<!-- shapes64-results:start -->", "<!-- shapes64-results:end -->"
 
 
-def seconds_per_image(pipe, settings: SamplerSettings, repeats: int = 5) -> float:
+def seconds_per_image(pipe, settings: GenerationSettings, repeats: int = 5) -> float:
     """Median wall time of generating one image (after one warm-up)."""
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        pipe("a red circle above a blue square", steps=settings.steps, guidance=settings.guidance,
-             sampler=settings.sampler, seed=i, num_images=1, binding=settings.binding,
-             binding_candidates=settings.binding_candidates)
+        pipe("a red circle above a blue square", settings=dataclasses.replace(settings, seed=i))
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
-def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
+def guided_line(report, settings: GenerationSettings, per_image: float) -> str:
     """One line on the same captions sampled with binding guidance (``settings.binding`` = λ)."""
     acc = report.prompt_accuracy
     return (f"- with binding guidance λ = {settings.binding:g} and the best of {settings.binding_candidates} "
@@ -73,7 +72,7 @@ def guided_line(report, settings: SamplerSettings, per_image: float) -> str:
             f"one image {per_image:.2f} s")
 
 
-def markdown(report, settings: SamplerSettings, per_image: float, training: list[str], command: str, grid: str,
+def markdown(report, settings: GenerationSettings, per_image: float, training: list[str], command: str, grid: str,
              guided: str = "") -> str:
     acc = report.prompt_accuracy
     fid, floor, kid = report["FID (shapes-cnn)"], report["FID floor, real vs real (shapes-cnn)"], report["KID (shapes-cnn)"]
@@ -121,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs)
     training = training_lines(runs, Path(args.results))
 
-    settings = SamplerSettings(args.sampler, args.steps, args.guidance)
+    settings = GenerationSettings(sampler=args.sampler, num_inference_steps=args.steps, guidance_scale=args.guidance)
     pipe = load_pipeline(model)
-    images = [pipe(prompt, steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, seed=s,
-                   num_images=1)[0] for s in range(4) for prompt in GRID_PROMPTS]
+    images = [pipe(prompt, settings=dataclasses.replace(settings, seed=s))[0]
+              for s in range(4) for prompt in GRID_PROMPTS]
     save_grid(images, args.grid, nrow=len(GRID_PROMPTS))
     per_image = seconds_per_image(pipe, settings)
     report = evaluate_generation(pipe, args.num_images, settings)

@@ -300,7 +300,8 @@ def shipped(args, peaks) -> dict:
     from ldmkit.convert.unet import unet_rules
     from ldmkit.eval.attributes import AttributePredictor
     from ldmkit.eval.features import ShapesFeatures
-    from ldmkit.eval.generation import RealReference, SamplerSettings, generate_for_prompts, score_generated
+    from ldmkit.eval.generation import RealReference, generate_for_prompts, score_generated
+    from ldmkit.settings import GenerationSettings
     from ldmkit.eval.heldout import heldout_shapes
     from ldmkit.model import LatentDiffusion
     from ldmkit.pretrained import resolve_model
@@ -397,8 +398,8 @@ def shipped(args, peaks) -> dict:
             row.result.update(seen[key])
             continue
         student_row = row.steps is not None
-        settings = SamplerSettings("lcm" if student_row else "ddim", row.steps or steps, guidance,
-                                   cache_interval=row.cache_interval)
+        settings = GenerationSettings(sampler="lcm" if student_row else "ddim", num_inference_steps=row.steps or steps,
+                                      guidance_scale=guidance, cache_interval=row.cache_interval)
         log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
         start = time.perf_counter()
         images = generate_for_prompts(row.generate, reference.heldout.captions, settings, args.eval_batch)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldmkit.diffusion.binding import BindingGuidance
-from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.prompt_accuracy import FAILURES
 from ldmkit.eval.report import percent
+from ldmkit.settings import GenerationSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
 from _bench_common import command_line, markdown_table, show_results  # noqa: E402
@@ -66,11 +67,12 @@ def parse_row(text: str) -> Row:
 def measure(row: Row, out: Path, num_images: int) -> dict:
     """The row's report as a dict: read from ``out`` when there, else measured and saved there."""
     path = out / f"{row.stem}.json"
-    settings = SamplerSettings("ddim", 25, row.guidance, binding=row.binding, binding_candidates=row.candidates)
+    settings = GenerationSettings(sampler="ddim", num_inference_steps=25, guidance_scale=row.guidance,
+                                  binding=row.binding, binding_candidates=row.candidates)
     if path.exists():
         report = json.loads(path.read_text())
-        wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
-                  "binding": settings.binding}
+        wanted = {"images": num_images, "sampler": settings.sampler, "steps": settings.num_inference_steps,
+                  "guidance": settings.guidance_scale, "binding": settings.binding}
         if settings.binding:
             wanted["binding_candidates"] = settings.binding_candidates
         missing = {"binding": 0.0, "binding_candidates": 1}  # what reports from before these settings had

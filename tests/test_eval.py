@@ -267,6 +267,10 @@ def test_eval_generate_writes_table_and_json(folders, tmp_path, capsys):
     assert {"FID (shapes-cnn)", "KID (shapes-cnn)", "IS (shapes-cnn)"} <= set(result["metrics"])
     assert result["prompt_accuracy"]["all"]["prompts"] == 6
     assert result["settings"]["sampler"] == "ddim" and result["settings"]["steps"] == 2
+    assert result["settings"]["guidance"] == 4.0 and set(result["settings"]) == {  # the keys results files have had
+        "images", "image_size", "sampler", "steps", "guidance", "eta", "seed", "binding", "heldout_seed", "phrasing",
+        "generation_seconds"}
+    assert result["title"] == "text-to-image: ddim, 2 steps, guidance 4"
     assert any("more than 256" in w for w in result["warnings"])
 
 

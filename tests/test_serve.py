@@ -48,7 +48,8 @@ def tiny_client(tiny_pipe):
 
 
 class FakePipeline:
-    """Called like `TextToImagePipeline`: solid-colour images of the asked size, ``step_s`` seconds a step.
+    """Called as the server calls `TextToImagePipeline` (``pipe(prompt, settings=…, callback=…)``): solid-colour
+    images of the asked size, ``step_s`` seconds a step.
 
     While ``gate`` is clear each step waits for it, so a test can hold the worker mid-job; ``running``
     is set once the first job has started.
@@ -63,9 +64,9 @@ class FakePipeline:
         self.running = threading.Event()
         self.calls = 0
 
-    def __call__(self, prompt, *, num_inference_steps, guidance_scale, generator, num_images_per_prompt, sampler,
-                 negative_prompt, height, width, callback, binding, cache_interval):
-        steps, seed, num_images = num_inference_steps, generator, num_images_per_prompt
+    def __call__(self, prompt, *, settings, callback):
+        steps, seed, num_images = settings.num_inference_steps, settings.seed, settings.num_images_per_prompt
+        width, height = settings.width, settings.height
         self.calls += 1
         self.running.set()
         for i in range(steps):

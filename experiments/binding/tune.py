@@ -21,11 +21,12 @@ from pathlib import Path
 
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.attributes import AttributePredictor
-from ldmkit.eval.generation import SamplerSettings, generate_for_prompts
+from ldmkit.eval.generation import generate_for_prompts
 from ldmkit.eval.heldout import heldout_shapes
 from ldmkit.eval.prompt_accuracy import FAILURES, prompt_accuracy
 from ldmkit.eval.report import percent
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe.prompt_binding = lambda ps, s, _, stop=stop, normalized=normalized, candidates=candidates: (
             dataclasses.replace(plain_binding(ps, s, candidates), stop=stop, normalized=normalized))
         start = time.time()
-        images = generate_for_prompts(pipe, prompts, SamplerSettings(steps=args.steps, binding=scale))
+        images = generate_for_prompts(pipe, prompts, GenerationSettings(num_inference_steps=args.steps, binding=scale))
         accuracy = prompt_accuracy(prompts, judge(images))
         share = accuracy.all_right["two objects"].share
         form = "–" if scale == 0 else "normalised" if normalized else "classifier"

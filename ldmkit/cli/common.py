@@ -9,6 +9,7 @@ import math
 import torch
 from PIL import Image
 
+from ldmkit.bounds import MAX_SEED
 from ldmkit.config import ConfigError, Preset, load_preset, load_yaml, preset_names
 from ldmkit.data import load_image
 from ldmkit.diffusion import SAMPLERS
@@ -65,9 +66,6 @@ def bounded_float(high: float, what: str):
         return _parsed(text, float, "a number", lambda v: 0 <= v <= high, f"a finite number 0 … {high:g} ({what})")
 
     return parse
-
-
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
 
 
 def seed_int(text: str) -> int:

@@ -20,6 +20,7 @@ from ldmkit.data import save_grid
 from ldmkit.device import resolve_device
 from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
 from ldmkit.pretrained import resolve_model
+from ldmkit.settings import GenerationSettings
 
 
 def _read_mask(path: str):
@@ -62,9 +63,9 @@ def _pipeline(cls, args, image=None):
 
 
 def _sampling(args) -> dict:
+    """The pipeline call's keywords: the settings of the command's options, and whether to show progress."""
     check_sampler(args.sampler, args.eta)
-    return dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
-                sampler=args.sampler, eta=args.eta, progress=not args.no_progress)
+    return dict(settings=GenerationSettings.from_args(args), progress=not args.no_progress)
 
 
 def _write(images, out: Path) -> None:
@@ -110,8 +111,7 @@ def cmd_img2img(args) -> None:
         raise UsageError(f"--strength {args.strength}: must be in (0, 1] (0 would return the input)")
     out, image = _out_path(args), read_image(args.input)
     pipe = _pipeline(ImageToImagePipeline, args, image)
-    _write(pipe(image, args.prompt, strength=args.strength, negative_prompt=args.negative_prompt,
-                **_sampling(args)), out)
+    _write(pipe(image, args.prompt, strength=args.strength, **_sampling(args)), out)
 
 
 def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:

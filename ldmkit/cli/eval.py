@@ -18,9 +18,10 @@ from ldmkit.device import resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.autoencoder import evaluate_autoencoder
 from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
-from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.heldout import PHRASINGS
 from ldmkit.pretrained import resolve_model
+from ldmkit.settings import GenerationSettings
 from ldmkit.storage import _folder_kind, load_config
 
 
@@ -78,8 +79,7 @@ def cmd_eval_autoencoder(args) -> None:
 def cmd_eval_generate(args) -> None:
     model = resolve_model(args.model)
     check_sampler(args.sampler, args.eta)
-    settings = SamplerSettings(args.sampler, args.steps, args.guidance, args.eta, args.seed, args.binding,
-                               args.binding_candidates, args.cache_interval)
+    settings = GenerationSettings.from_args(args, skip=("num_images",))  # --num-images: held-out images in all
     _run(args, lambda networks, device: evaluate_generation(
         model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress, args.phrasing))
 

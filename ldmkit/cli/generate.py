@@ -17,6 +17,7 @@ from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import condition_kind
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
+from ldmkit.settings import GenerationSettings
 
 
 def cmd_generate(args) -> None:
@@ -32,11 +33,7 @@ def cmd_generate(args) -> None:
     out_kind, out = image_output(args.out, allow_folder=True, overwrite=args.overwrite)
     model = resolve_model(args.model)
     kind = condition_kind(model)
-    options = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
-                   num_images_per_prompt=args.num_images,
-                   sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
-                   progress=not args.no_progress, guidance_stop=args.guidance_stop,
-                   cache_interval=args.cache_interval)
+    settings = GenerationSettings.from_args(args)
     if kind == "class":
         pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), precision=args.precision)
         if args.class_name is None:
@@ -53,7 +50,7 @@ def cmd_generate(args) -> None:
         if args.binding or args.binding_candidates != BindingGuidance.candidates:
             raise UsageError("--binding and --binding-candidates apply to text models only: they bind a prompt's words")
         check_size(pipe.model, args.height, args.width, args.steps)
-        images = pipe(args.class_name, **options)
+        images = pipe(args.class_name, settings=settings, progress=not args.no_progress)
     elif args.class_name is not None:
         raise UsageError(
             f"--class needs a class-conditional model (trained with --preset shapes64-class); {model} is a "
@@ -69,9 +66,7 @@ def cmd_generate(args) -> None:
                              precision=args.precision)
         apply_adapters(pipe, args.lora, args.embedding)
         check_size(pipe.model, args.height, args.width, args.steps)
-        images = pipe(args.prompt, negative_prompt=args.negative_prompt, spacing=args.spacing, binding=args.binding,
-                      binding_candidates=args.binding_candidates, karras=args.karras, steps_offset=args.steps_offset,
-                      **options)
+        images = pipe(args.prompt, settings=settings, progress=not args.no_progress)
     check_finite_images(images)
     if out_kind == "file":
         save_grid(images, out)  # in the format the suffix names

@@ -9,7 +9,7 @@ shipped in ``weights/``), Inception-v3 is used only from a local weights file.
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.autoencoder import evaluate_autoencoder
 from ldmkit.eval.features import FeatureNetwork, InceptionV3Features, ShapesFeatures, extract
-from ldmkit.eval.generation import SamplerSettings, evaluate_generation
+from ldmkit.eval.generation import GenerationSettings, SamplerSettings, evaluate_generation
 from ldmkit.eval.heldout import HELDOUT_SEED, heldout_shapes
 from ldmkit.eval.metrics import (
     MeanStd, feature_statistics, fid, fid_sample_warning, frechet_distance, inception_score, kid, psnr, ssim,
@@ -22,6 +22,7 @@ __all__ = [
     "AttributePredictor",
     "EvalReport",
     "FeatureNetwork",
+    "GenerationSettings",
     "HELDOUT_SEED",
     "InceptionV3Features",
     "MeanStd",

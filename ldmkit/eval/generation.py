@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ldmkit.diffusion import SAMPLERS
-from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
 from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
@@ -22,43 +20,21 @@ from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, kid
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
 from ldmkit.pipelines.text_to_image import load_pipeline
-
-
-@dataclass
-class SamplerSettings:
-    """How images are drawn: ``sampler`` is a name in `ldmkit.diffusion.SAMPLERS`; DDPM over the full
-    chain needs ``steps`` = T (``num_timesteps``), fewer steps respace it."""
-
-    sampler: str | None = None  # None: the model's own (ddim; lcm for a consistency student)
-    steps: int | None = None  # None: the model's own (25; a consistency student's distilled count)
-    guidance: float = 4.0
-    eta: float = 0.0
-    seed: int = 0
-    binding: float = 0.0  # attribute-binding guidance λ (ldmkit.diffusion.binding); 0 = none
-    binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
-    cache_interval: int = 1  # feature reuse (ldmkit.nn.feature_cache): the whole UNet every N-th step; 1 = off
-
-    def describe(self) -> str:
-        binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""
-        cache = f", cache interval {self.cache_interval}" if self.cache_interval != 1 else ""
-        return f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}{binding}{cache}"
+from ldmkit.settings import DEFAULT_GUIDANCE, GenerationSettings, SamplerSettings  # noqa: F401  (its earlier name)
 
 
 def generate_for_prompts(
-    pipe, prompts: list[str], settings: SamplerSettings, batch_size: int = 32, progress: bool = False
+    pipe, prompts: list[str], settings: GenerationSettings, batch_size: int = 32, progress: bool = False
 ) -> torch.Tensor:
-    """One image per prompt (N×3×H×W in [-1, 1]); batch k is seeded with ``settings.seed + k``, so
-    a run is reproducible for a given batch size."""
+    """One image per prompt (N×3×H×W in [-1, 1]; ``settings.num_images_per_prompt`` is not read); batch k is
+    seeded with ``settings.seed + k``, so a run is reproducible for a given batch size."""
     out = []
     with tqdm(total=len(prompts), desc=f"generating ({settings.describe()})", disable=not progress,
               unit="img", leave=False) as bar:
         for k, start in enumerate(range(0, len(prompts), batch_size)):
             batch = prompts[start:start + batch_size]
-            out.append(pipe.generate_tensors(
-                batch, steps=settings.steps, guidance=settings.guidance, seed=settings.seed + k, num_images=1,
-                sampler=settings.sampler, eta=settings.eta, binding=settings.binding,
-                binding_candidates=settings.binding_candidates, cache_interval=settings.cache_interval,
-            ))
+            options = replace(settings, seed=settings.seed + k, num_images_per_prompt=1).generate_kwargs()
+            out.append(pipe.generate_tensors(batch, **options))
             bar.update(len(batch))
     return torch.cat(out)
 
@@ -133,7 +109,7 @@ def score_generated(
 def evaluate_generation(
     model,
     num_images: int = 1024,
-    settings: SamplerSettings | None = None,
+    settings: GenerationSettings | None = None,
     networks: list[FeatureNetwork] | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
@@ -145,18 +121,18 @@ def evaluate_generation(
     the seen or unseen part of the broad grammar (``phrasing``, see `heldout_shapes`).
 
     ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
-    accuracy always uses the shapes judge.
+    accuracy always uses the shapes judge. ``settings``: how the images are drawn (default: the model's own
+    sampler and steps, guidance 4, seed 0); a guidance scale left None is 4, the text-to-image pipeline's.
     """
-    settings = settings or SamplerSettings()
-    if settings.sampler is not None and settings.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {settings.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    settings = settings or GenerationSettings()
     if isinstance(model, (str, Path)):
         require_kind(model, TEXT_TO_IMAGE)
         pipe = load_pipeline(model, device)
     else:
         pipe = model
-    sampler, steps = pipe.sampling_defaults(settings.sampler, settings.steps)
-    settings = replace(settings, sampler=sampler, steps=steps)
+    sampler, steps = pipe.sampling_defaults(settings.sampler, settings.num_inference_steps)
+    guidance = DEFAULT_GUIDANCE if settings.guidance_scale is None else settings.guidance_scale
+    settings = replace(settings, sampler=sampler, num_inference_steps=steps, guidance_scale=guidance)
     image_size = pipe.model.config.image_size
     shapes = ShapesFeatures()
     networks = networks if networks is not None else [shapes]
@@ -174,8 +150,8 @@ def evaluate_generation(
     report = score_generated(images, reference, predictor, batch_size, progress)
     report.title = f"text-to-image: {settings.describe()}"
     report.settings = {"images": num_images, "image_size": image_size, "sampler": settings.sampler,
-                       "steps": settings.steps,
-                       "guidance": settings.guidance, "eta": settings.eta, "seed": settings.seed,
+                       "steps": settings.num_inference_steps,
+                       "guidance": settings.guidance_scale, "eta": settings.eta, "seed": settings.seed,
                        "binding": settings.binding, "heldout_seed": HELDOUT_SEED, "phrasing": phrasing,
                        "generation_seconds": round(seconds, 1)}
     if settings.binding:

@@ -10,10 +10,17 @@ Options are keyword-only, under diffusers' names: ``num_inference_steps`` (ldmki
 [0, 1], "np": B×H×W×3 float in [0, 1]). ldmkit's own names still work, with a DeprecationWarning, until
 ldmkit 0.2. The other options (``negative_prompt``, ``height``, ``width``, ``sampler``, ``binding`` …) keep
 their names.
+
+The sampling options may instead come as one `ldmkit.settings.GenerationSettings`:
+``pipe("a red circle", settings=GenerationSettings(num_inference_steps=25, seed=0))`` draws what the same
+keywords draw. The keywords that only steer a call (``output_type``, ``callback``, ``progress``, img2img's
+``strength`` …) go beside it; a sampling option given both ways is a TypeError naming it, never a silent
+override.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import warnings
@@ -24,10 +31,14 @@ import torch
 
 from ldmkit.errors import UsageError
 from ldmkit.images import tensor_to_pil
+from ldmkit.settings import CALL_NAMES, OWN_NAMES, GenerationSettings
 
-DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num_images"}
+DIFFUSERS_NAMES = OWN_NAMES  # diffusers' name → ldmkit's earlier one
 OWN_TO_DIFFUSERS = {own: name for name, own in DIFFUSERS_NAMES.items()}
 OUTPUT_TYPES = ("pil", "pt", "np")
+# Every keyword that sets a field of `GenerationSettings` (diffusers', ldmkit's and the call's names) → the field.
+SETTINGS_KEYWORDS = {alias: f.name for f in dataclasses.fields(GenerationSettings)
+                     for alias in (f.name, OWN_NAMES.get(f.name, f.name), CALL_NAMES.get(f.name, f.name))}
 
 
 class ImagePipelineOutput(list):
@@ -81,8 +92,10 @@ def diffusers_call(inputs: int) -> Callable:
             return {n: p for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
 
         @functools.wraps(method)
-        def call(self, *args, **kwargs):
+        def call(self, *args, settings: GenerationSettings | None = None, **kwargs):
             parameters = accepted(type(self))
+            if settings is not None:
+                kwargs = {**settings_keywords(settings, kwargs, where(self)), **kwargs}
             if len(args) > inputs:
                 names = ", ".join(input_names)
                 raise TypeError(f"{where(self)} takes {names} by position and every option by keyword "
@@ -109,11 +122,26 @@ def diffusers_call(inputs: int) -> Callable:
             unknown = sorted(set(kwargs) - set(parameters))
             if unknown:
                 options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n)
-                           for n in parameters if n != "self" and n not in input_names]
-                raise TypeError(f"{where(self)} got an unexpected keyword {unknown[0]!r}; its options: "
-                                f"{', '.join(options)}")
+                           for n in parameters if n != "self" and n not in input_names] + ["settings"]
+                field = SETTINGS_KEYWORDS.get(unknown[0]) if settings is not None else None
+                given = (f"settings.{field} = {getattr(settings, field)!r}, which it does not take (leave it at its "
+                         "default)" if field else f"an unexpected keyword {unknown[0]!r}")
+                raise TypeError(f"{where(self)} got {given}; its options: {', '.join(options)}")
             return method(self, *args, **kwargs)
 
         return call
 
     return decorate
+
+
+def settings_keywords(settings: GenerationSettings, kwargs: dict, where: str) -> dict:
+    """The call keywords of ``settings`` (`GenerationSettings.pipeline_kwargs`), after checking that none of
+    its fields is also among the call's ``kwargs``: TypeError naming the first such keyword."""
+    if not isinstance(settings, GenerationSettings):
+        raise TypeError(f"{where}: settings={settings!r}; give an ldmkit.settings.GenerationSettings")
+    for name in kwargs:
+        if name in SETTINGS_KEYWORDS:
+            field = SETTINGS_KEYWORDS[name]
+            raise TypeError(f"{where} got {name}= beside settings=; give {field} in the settings "
+                            f"(dataclasses.replace(settings, {field}=…)) or as a keyword, not both")
+    return settings.pipeline_kwargs()

@@ -10,6 +10,7 @@ import torch
 from ldmkit.pipelines.base import Pipeline
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.errors import UsageError
+from ldmkit.settings import DEFAULT_GUIDANCE
 
 
 class ClassConditionalPipeline(Pipeline):
@@ -24,7 +25,7 @@ class ClassConditionalPipeline(Pipeline):
 
     @diffusers_call(inputs=1)
     @torch.inference_mode()
-    def __call__(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0,
+    def __call__(self, class_name: str | list[str], steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
                  seed: int | torch.Generator = 0, num_images: int = 1, sampler: str = "ddim", eta: float = 0.0,
                  height: int | None = None, width: int | None = None, progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
@@ -34,9 +35,9 @@ class ClassConditionalPipeline(Pipeline):
             guidance_stop, cache_interval), output_type)
 
     @torch.inference_mode()
-    def generate_tensors(self, class_name: str | list[str], steps: int = 25, guidance: float = 4.0, seed: int = 0,
-                         num_images: int = 1, sampler: str = "ddim", eta: float = 0.0, height: int | None = None,
-                         width: int | None = None, progress: bool = False,
+    def generate_tensors(self, class_name: str | list[str], steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
+                         seed: int = 0, num_images: int = 1, sampler: str = "ddim", eta: float = 0.0,
+                         height: int | None = None, width: int | None = None, progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
                          cache_interval: int = 1) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1], ``num_images`` per class name given, with

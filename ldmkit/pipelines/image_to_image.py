@@ -10,6 +10,7 @@ import torch
 from ldmkit.pipelines.base import ImageInput, Pipeline
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.errors import UsageError
+from ldmkit.settings import DEFAULT_GUIDANCE
 
 
 class ImageToImagePipeline(Pipeline):
@@ -23,7 +24,7 @@ class ImageToImagePipeline(Pipeline):
     @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                 steps: int | None = None, guidance: float = 4.0, seed: int | torch.Generator = 0,
+                 steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int | torch.Generator = 0,
                  sampler: str | None = None, eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
                  spacing: str | None = None, output_type: str = "pil") -> ImagePipelineOutput:
@@ -33,7 +34,7 @@ class ImageToImagePipeline(Pipeline):
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                         steps: int | None = None, guidance: float = 4.0, seed: int = 0,
+                         steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                          sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, karras: bool = False,

@@ -12,6 +12,7 @@ from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.pipelines.base import Pipeline
 from ldmkit.pretrained import resolve_model
+from ldmkit.settings import DEFAULT_GUIDANCE
 
 
 class TextToImagePipeline(Pipeline):
@@ -48,7 +49,7 @@ class TextToImagePipeline(Pipeline):
         self,
         prompt: str | list[str],
         steps: int | None = None,
-        guidance: float = 4.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int | torch.Generator = 0,
         num_images: int = 1,
         sampler: str | None = None,

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ldmkit.pipelines.image_to_image import ImageToImagePipeline
+from ldmkit.serve.job_settings import to_settings
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ImageSettings
 
@@ -87,12 +88,6 @@ def paste_masked(result: Image.Image, source: Image.Image, mask: Image.Image) ->
     return Image.fromarray(out.astype(np.uint8), mode="RGB")
 
 
-def karras_option(settings) -> dict:
-    """``karras=True`` where the settings ask for Karras σ; nothing otherwise, so that a pipeline without
-    the option (a stand-in in tests, an older subclass) still runs every other request."""
-    return {"karras": True} if settings.karras else {}
-
-
 def image_runner(pipelines: Mapping[str, object]) -> Callable:
     """The queue's ``run`` for `ImageSettings`: a batch of ``num_images`` from one seed, as `ldmkit img2img`,
     `inpaint`, `upscale` and `colorize` draw them, on ``pipelines[mode]`` (img2img-masked: the img2img one).
@@ -102,14 +97,12 @@ def image_runner(pipelines: Mapping[str, object]) -> Callable:
         source = Image.open(io.BytesIO(settings.image)).convert("RGB")
         batch = [source] * settings.num_images
         mask = None if settings.mask is None else Image.open(io.BytesIO(settings.mask)).convert("L")
-        options = dict(num_inference_steps=settings.steps, guidance_scale=settings.guidance, generator=settings.seed,
-                       sampler=settings.sampler, negative_prompt=settings.negative_prompt, callback=on_step)
+        options = dict(settings=to_settings(settings), callback=on_step)
         if settings.mode == "inpaint":
-            return pipelines["inpaint"](batch, mask, settings.prompt, **options, **karras_option(settings))
+            return pipelines["inpaint"](batch, mask, settings.prompt, **options)
         if settings.mode in ("upscale", "colorize"):
             return pipelines[settings.mode](batch, settings.prompt, **options)
-        images = pipelines["img2img"](batch, settings.prompt, strength=settings.strength, **options,
-                                      **karras_option(settings))
+        images = pipelines["img2img"](batch, settings.prompt, strength=settings.strength, **options)
         if settings.mode == "img2img-masked":
             images = [paste_masked(image, source, mask) for image in images]
         return images

@@ -21,12 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ldmkit.bounds import MAX_BINDING, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
+from ldmkit.settings import DEFAULT_GUIDANCE  # the guidance scale of a request that gives none
 
 MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
 MAX_CACHE_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
-DEFAULT_GUIDANCE = 4.0  # the guidance scale of a request that gives none (the shapes models' setting)
 
 
 def random_seed() -> int:

@@ -21,7 +21,8 @@ from ldmkit.serve.commands import job_command
 from ldmkit.serve.dispatch import by_settings_type
 from ldmkit.serve.edit import edit_pipeline_for, edit_runner
 from ldmkit.serve.edit_schemas import EditSettings
-from ldmkit.serve.image_jobs import image_runner, img2img_pipeline_for, karras_option
+from ldmkit.serve.image_jobs import image_runner, img2img_pipeline_for
+from ldmkit.serve.job_settings import to_settings
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ClassSettings, ImageSettings, Settings
 
@@ -35,12 +36,7 @@ def pipeline_runner(pipe) -> Callable:
     seed, as `ldmkit generate --num-images` draws them."""
 
     def run(settings: Settings, on_step):
-        return pipe(
-            settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-            generator=settings.seed, num_images_per_prompt=settings.num_images, sampler=settings.sampler,
-            negative_prompt=settings.negative_prompt, height=settings.height, width=settings.width, callback=on_step,
-            binding=settings.binding, cache_interval=settings.cache_interval, **karras_option(settings),
-        )
+        return pipe(settings.prompt, settings=to_settings(settings), callback=on_step)
 
     return run
 
@@ -49,10 +45,7 @@ def class_runner(pipe) -> Callable:
     """The queue's ``run`` for `ClassSettings`: one batch from one seed, as `ldmkit generate --class` draws it."""
 
     def run(settings: ClassSettings, on_step):
-        return pipe(settings.class_name, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                    generator=settings.seed, num_images_per_prompt=settings.num_images, sampler=settings.sampler,
-                    height=settings.height, width=settings.width, callback=on_step,
-                    cache_interval=settings.cache_interval)
+        return pipe(settings.class_name, settings=to_settings(settings), callback=on_step)
 
     return run
 

@@ -1,0 +1,150 @@
+"""The settings of one sampling run, the one type that the pipelines, the CLI, the server and the evaluation
+share: how many steps, which sampler, the guidance scale s, the seed, the size, … of one image request.
+
+    settings = GenerationSettings(num_inference_steps=25, guidance_scale=4.0, seed=0, sampler="dpmpp-2m")
+    images = pipe("a red circle", settings=settings).images        # what the same keywords draw
+    settings.describe()                                              # "dpmpp-2m, 25 steps, guidance 4"
+
+Fields take diffusers' names where diffusers has one (``num_inference_steps``, ``guidance_scale``,
+``num_images_per_prompt``, ``negative_prompt``, ``height``, ``width``, ``eta``; ``seed`` is the int a call's
+``generator`` takes) and ldmkit's elsewhere (``sampler``, ``karras``, ``spacing``, ``steps_offset``,
+``guidance_stop``, ``binding``, ``binding_candidates``, ``cache_interval``). Every default means "the
+pipeline's own" (None) or "off", the same in every pipeline, so a field left at its default is left out of
+the call (`pipeline_kwargs`), and a pipeline without that option (a class model has no negative prompt) still
+takes the settings. What belongs to one pipeline's input rather than to sampling (img2img's ``strength``,
+``start_from_input``) and what only observes a run (``callback``, ``progress``, ``output_type``) stay keywords
+of the call.
+
+The server's JSON (`ldmkit.serve.schemas`) and the CLI's options keep their own names (``steps``,
+``guidance``, ``num_images``): `OWN_NAMES` maps them, `from_args` reads a command's options, and
+`ldmkit.serve.job_settings.to_settings` converts a server job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ldmkit.bounds import MAX_SEED
+from ldmkit.diffusion.binding import BindingGuidance
+from ldmkit.diffusion.grids import SPACINGS
+from ldmkit.diffusion.samplers import SAMPLERS
+from ldmkit.errors import UsageError
+
+DEFAULT_GUIDANCE = 4.0  # the guidance scale s of the text-to-image and class pipelines when none is given
+# diffusers' name of a field → ldmkit's own (`generate_tensors`' parameters, the CLI's options, the server's JSON).
+OWN_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num_images"}
+CALL_NAMES = {"seed": "generator"}  # a field whose keyword in a pipeline call has another name
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSettings:
+    """How the images of one request are drawn (the module docstring); checked when made: a value no
+    pipeline takes is a `UsageError` (a ``ValueError``) of one line naming the field and what is allowed.
+    Checks that need the model (a sampler a consistency student cannot run, more steps than its
+    timesteps, a size that is not a multiple of its latent factor) happen when a pipeline samples."""
+
+    num_inference_steps: int | None = None  # None: the model's own (25; a consistency student's distilled count)
+    guidance_scale: float | None = None  # classifier-free guidance s; None: the pipeline's own (4; 1 for sr, …)
+    num_images_per_prompt: int = 1
+    negative_prompt: str = ""  # the prompt guidance steers away from ("": unconditional, ∅)
+    height: int | None = None  # None: the size the model was trained at
+    width: int | None = None
+    eta: float = 0.0  # DDIM η (0: deterministic)
+    seed: int = 0  # z_T and every later noise drawn from a CPU generator seeded with it
+    sampler: str | None = None  # a name of `ldmkit.diffusion.SAMPLERS`; None: the model's own (ddim; lcm)
+    karras: bool = False  # Karras et al.'s noise levels for the sampler's grid
+    spacing: str | None = None  # trailing, leading or linspace; None: the model's scheduler config or the sampler's
+    steps_offset: int | None = None  # with spacing leading: added to its timesteps; None: the config's, else 1
+    guidance_stop: float = 0.0  # the steps at t < guidance_stop · T run unguided
+    binding: float = 0.0  # attribute-binding guidance λ (`ldmkit.diffusion.binding`); 0: none
+    binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
+    cache_interval: int = 1  # feature reuse (`ldmkit.nn.feature_cache`): the whole UNet every N-th step; 1: off
+
+    def __post_init__(self):
+        _check_int("num_inference_steps", self.num_inference_steps, 1, optional=True)
+        _check_number("guidance_scale", self.guidance_scale, optional=True)
+        _check_int("num_images_per_prompt", self.num_images_per_prompt, 1)
+        if not isinstance(self.negative_prompt, str):
+            raise UsageError(f"negative_prompt = {self.negative_prompt!r}; must be a string ('' for none)")
+        _check_int("height", self.height, 1, optional=True)
+        _check_int("width", self.width, 1, optional=True)
+        _check_number("eta", self.eta)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        if not isinstance(self.karras, bool):
+            raise UsageError(f"karras = {self.karras!r}; must be True or False")
+        _check_choice("spacing", self.spacing, SPACINGS)
+        _check_int("steps_offset", self.steps_offset, 0, optional=True)
+        _check_number("guidance_stop", self.guidance_stop, below=1.0)
+        _check_number("binding", self.binding)
+        _check_int("binding_candidates", self.binding_candidates, 1)
+        _check_int("cache_interval", self.cache_interval, 1)
+
+    def describe(self) -> str:
+        """One line for a table or a progress bar: "ddim, 25 steps, guidance 4", then binding and feature reuse
+        where on (the wording of the evaluation's results files)."""
+        guidance = "the pipeline's own" if self.guidance_scale is None else f"{self.guidance_scale:g}"
+        binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""
+        cache = f", cache interval {self.cache_interval}" if self.cache_interval != 1 else ""
+        return f"{self.sampler}, {self.num_inference_steps} steps, guidance {guidance}{binding}{cache}"
+
+    def changed(self) -> dict:
+        """The fields that differ from their defaults, by field name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
+    def pipeline_kwargs(self) -> dict:
+        """The keywords of a pipeline call that draws what ``pipe(…, settings=self)`` draws, in diffusers'
+        names (``generator`` for ``seed``); fields at their defaults are left out (the module docstring)."""
+        return {CALL_NAMES.get(name, name): value for name, value in self.changed().items()}
+
+    def generate_kwargs(self) -> dict:
+        """The same keywords in ldmkit's own names (``steps``, ``guidance``, ``seed``, ``num_images``), for a
+        pipeline's ``generate_tensors``, which returns the images as a tensor in [-1, 1]."""
+        return {OWN_NAMES.get(name, name): value for name, value in self.changed().items()}
+
+    @classmethod
+    def from_args(cls, args, skip: tuple[str, ...] = ()) -> "GenerationSettings":
+        """The settings a command's parsed options ask for (an ``argparse.Namespace``): each field from the
+        option of its own name (``--steps``, ``--guidance``, ``--num-images``, ``--seed``, ``--sampler``, …);
+        a field the command has no option for, or whose option is in ``skip`` (an option of that name that
+        means something else, as `ldmkit eval`'s --num-images), keeps its default."""
+        given = {name: value for name, value in vars(args).items() if name not in skip}
+        return cls(**{f.name: given[own] for f in dataclasses.fields(cls)
+                      if (own := OWN_NAMES.get(f.name, f.name)) in given})
+
+
+def SamplerSettings(sampler: str | None = None, steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
+                    eta: float = 0.0, seed: int = 0, binding: float = 0.0,
+                    binding_candidates: int = BindingGuidance.candidates,
+                    cache_interval: int = 1) -> GenerationSettings:
+    """The `GenerationSettings` of ldmkit's earlier evaluation type, under its names and argument order
+    (``SamplerSettings("ddim", 25, 4.0, seed=0)``), so that scripts written against it keep running; its
+    guidance scale defaults to 4, the text-to-image pipeline's."""
+    return GenerationSettings(sampler=sampler, num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
+                              binding=binding, binding_candidates=binding_candidates, cache_interval=cache_interval)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        _refuse(name, value, f"an integer {low} … {high}" if high is not None else f"an integer ≥ {low}", optional)
+
+
+def _check_number(name: str, value, optional: bool = False, below: float = math.inf) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < below:
+        _refuse(name, value, "a finite number ≥ 0" if below == math.inf else f"a number in [0, {below:g})", optional)
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value is not None and value not in allowed:
+        raise UsageError(f"{name} = {value!r}; allowed: {', '.join(allowed)} or None (the model's own)")
+
+
+def _refuse(name: str, value, allowed: str, optional: bool) -> None:
+    raise UsageError(f"{name} = {value!r}; must be {allowed}" + (" or None (the pipeline's own)" if optional else ""))
