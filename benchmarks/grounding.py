@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/grounding-eval", help="where each row's JSON is kept")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "GROUNDING.md"))
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the images are drawn")
+    p.add_argument("--note", default="", help="what the models are, written under the heading")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     lines = []
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "# Prompt following: grounded training, binding guidance, phrasings",
         "",
+        *([args.note, ""] if args.note else []),
         f"Models: {models}. Sampler ddim, 25 steps, guidance 4; binding guidance λ = {args.binding:g} with the best "
         "of 2 starting noises where the row says so (its groups from the general noun-phrase rule, "
         "`ldmkit.text.phrases`). Captions: the held-out scenes of `ldmkit eval generate` (seed 1000003) told in "
