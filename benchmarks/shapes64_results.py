@@ -9,13 +9,16 @@ sample grid, the time of one image and the training time. Writes ``benchmarks/SH
 ``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
 the training time and the number of steps; a stage without its log keeps the training line of the
 results file this run replaces (marked as such), or, if that has none (an autoencoder taken from an
-earlier run), is reported as not timed.
+earlier run), is reported as not timed. The evaluations' reports are kept in ``--work``: a second run (on a
+quiet machine, for the times) reuses them and draws only the grid and the timed images again.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import re
 import statistics
 import sys
@@ -26,7 +29,7 @@ import torch
 
 from ldmkit.data import save_grid
 from ldmkit.eval.generation import evaluate_generation
-from ldmkit.eval.report import failures_line, percent
+from ldmkit.eval.report import EvalReport, failures_line, percent
 from ldmkit.eval.tables import prompt_accuracy_table, training_lines
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import shipped_model
@@ -60,6 +63,22 @@ def seconds_per_image(pipe, settings: GenerationSettings, repeats: int = 5) -> f
         pipe("a red circle above a blue square", settings=dataclasses.replace(settings, seed=i))
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def kept_evaluation(pipe, model: Path, images: int, settings: GenerationSettings, work: Path):
+    """`evaluate_generation` of ``pipe`` on ``images`` held-out captions, or the report an earlier run kept in
+    ``work`` for the same model files (their SHA256SUMS) and settings."""
+    sums = model / "SHA256SUMS"
+    key = hashlib.sha256((sums.read_text() if sums.is_file() else str(model.resolve())).encode()
+                         + f"{images} {settings!r}".encode()).hexdigest()[:16]
+    path = work / f"evaluation-{key}.json"
+    if path.is_file():
+        print(f"kept: {path}")
+        return EvalReport.from_dict(json.loads(path.read_text()))
+    report = evaluate_generation(pipe, images, settings)
+    work.mkdir(parents=True, exist_ok=True)
+    report.save_json(path)
+    return report
 
 
 def guided_line(report, settings: GenerationSettings, per_image: float) -> str:
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grid.png"))
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
     p.add_argument("--title", default="the shipped model", help="what the results file's heading calls the model")
+    p.add_argument("--work", default="runs/shapes64-results",
+                   help="where each evaluation's report is kept, and reused by the next run of the same model")
+    p.add_argument("--note", default="", help="a line written under the training lines (where the model trained)")
     args = p.parse_args(argv)
 
     model = Path(args.model) if args.model else shipped_model()
@@ -126,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
               for s in range(4) for prompt in GRID_PROMPTS]
     save_grid(images, args.grid, nrow=len(GRID_PROMPTS))
     per_image = seconds_per_image(pipe, settings)
-    report = evaluate_generation(pipe, args.num_images, settings)
+    report = kept_evaluation(pipe, model, args.num_images, settings, Path(args.work))
     print(report.format())
     guided = ""
     if args.binding:
         bound = dataclasses.replace(settings, binding=args.binding)
-        guided = guided_line(evaluate_generation(pipe, args.num_images, bound), bound, seconds_per_image(pipe, bound))
+        guided = guided_line(kept_evaluation(pipe, model, args.num_images, bound, Path(args.work)), bound,
+                             seconds_per_image(pipe, bound))
         print(guided)
+    if args.note:
+        training = [*training, f"- {args.note}"]
 
     command = command_line(argv)
     grid_rel = Path(args.grid).name

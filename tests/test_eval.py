@@ -19,7 +19,7 @@ from ldmkit.eval.metrics import (
     feature_statistics, fid, fid_sample_warning, frechet_distance, inception_score, kid, mmd2_unbiased, psnr, ssim,
 )
 from ldmkit.eval.prompt_accuracy import prompt_accuracy, score_prompt, two_object_failure
-from ldmkit.eval.report import failures_line
+from ldmkit.eval.report import EvalReport, failures_line
 from ldmkit.eval.tables import (
     KEPT, describe_training, markdown_table, prompt_accuracy_table, quality_per_step, training_lines, training_stretches,
 )
@@ -272,6 +272,9 @@ def test_eval_generate_writes_table_and_json(folders, tmp_path, capsys):
         "generation_seconds"}
     assert result["title"] == "text-to-image: ddim, 2 steps, guidance 4"
     assert any("more than 256" in w for w in result["warnings"])
+    # a kept report reads back as the report that wrote it (benchmarks reuse them)
+    report = EvalReport.from_dict(result)
+    assert report.to_dict() == result and report["FID (shapes-cnn)"].value == result["metrics"]["FID (shapes-cnn)"]["value"]
 
 
 def test_eval_autoencoder_of_a_text_to_image_model_measures_its_frozen_autoencoder(folders, tmp_path):

@@ -65,6 +65,14 @@ class EvalReport:
             "warnings": self.warnings,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvalReport":
+        """The report `to_dict` wrote."""
+        metrics = [Metric(name=label[:-len(f" ({m['network']})")] if m["network"] else label, value=m["value"],
+                          std=m["std"], network=m["network"], better=m["better"] or "")
+                   for label, m in data["metrics"].items()]
+        return cls(data["title"], metrics, data["settings"], data["prompt_accuracy"], data["warnings"])
+
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
         with atomic_path(path) as tmp:
