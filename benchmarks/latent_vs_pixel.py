@@ -57,7 +57,7 @@ from autoencoder_zoo import ZooEntry, zoo_preset  # noqa: E402
 from ldmkit.config import Preset, UNetConfig, load_preset  # noqa: E402
 from ldmkit.eval import AttributePredictor, ShapesFeatures, evaluate_autoencoder, heldout_shapes  # noqa: E402
 from ldmkit.eval.generation import RealReference, generate_for_prompts, score_generated  # noqa: E402
-from ldmkit.eval.tables import markdown_table  # noqa: E402
+from ldmkit.eval.tables import markdown_table, training_stretches  # noqa: E402
 from ldmkit.model import LatentDiffusion  # noqa: E402
 from ldmkit.pipelines import load_pipeline  # noqa: E402
 from ldmkit.settings import GenerationSettings  # noqa: E402
@@ -129,7 +129,9 @@ def autoencoder_folder(f: int, args, results: dict) -> Path:
         train_autoencoder(preset, folder, steps=args.ae_steps, resume="auto", device="cpu", progress=args.progress)
         record |= {"source": f"trained here ({args.ae_steps} steps, batch {args.ae_batch}, width {args.ae_width})",
                    "train_seconds": round(time.time() - start, 1)}
-        save_results(args, results)
+    if (folder / "log.csv").is_file():  # the training loop's own clock, over every stretch of a resumed run
+        record["train_seconds"] = round(sum(s["wall"] for s in training_stretches(folder / "log.csv")), 1)
+    save_results(args, results)
     return folder
 
 
