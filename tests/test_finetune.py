@@ -170,3 +170,17 @@ def test_conv_lora_run_writes_locon_that_generate_and_convert_take(tiny, images,
     expected = pipe.generate_tensors("a red <blob>", steps=2, seed=0)
     assert torch.allclose(load_pipeline(merged).generate_tensors("a red <blob>", steps=2, seed=0), expected,
                           atol=1e-4)
+
+
+def test_a_checkpoint_without_newer_settings_resumes_with_their_defaults(tmp_path):
+    """A run checkpointed before --lora-targets existed trained the attention projections: it resumes as such,
+    and not as a conv LoRA."""
+    from ldmkit.config import to_dict
+    from ldmkit.errors import CheckpointError
+    from ldmkit.train.finetune import check_resumable
+
+    older = {k: v for k, v in to_dict(CONFIG).items() if k not in ("lora_targets", "save_dtype")}
+    state = {"settings": older, "base_model": str(tmp_path)}
+    check_resumable(state, CONFIG, tmp_path)
+    with pytest.raises(CheckpointError, match="lora_targets 'attention' → 'attention\\+conv'"):
+        check_resumable(state, dataclasses.replace(CONFIG, lora_targets="attention+conv"), tmp_path)
