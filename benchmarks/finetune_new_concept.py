@@ -16,6 +16,10 @@ dataset's sizes and positions); neither word is in the dataset's vocabulary and 
 - the adapter's file size (KiB) and the fine-tuning wall time on this machine (with prior preservation: the model
   first draws ``--prior`` images of one-object training captions, trained on beside the new images).
 
+``--lora-targets attention+conv`` adds LoCon adapters on the UNet ResBlocks' 3×3 convolutions (where the shapes64
+UNet draws at 16×16, which has no attention); ``--save-dtype float16`` halves the file. Each section of the
+results file names the model it measured (the UNet file's SHA-256) and the exact command.
+
 Run (the full measurement, ~20 min each on 2 cores):
 
     OMP_NUM_THREADS=2 python benchmarks/finetune_new_concept.py --out runs/finetune-hexagon \
@@ -29,9 +33,12 @@ Run (the full measurement, ~20 min each on 2 cores):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +47,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ldmkit.convert.lora import TARGETS
 from ldmkit.data import save_grid
 from ldmkit.data.shapes_dataset import shapes_sample
 from ldmkit.data.shapes_render import draw_shape
@@ -52,7 +60,7 @@ from ldmkit.images import image_to_tensor
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
-from ldmkit.train.finetune import FinetuneConfig, finetune
+from ldmkit.train.finetune import SAVE_DTYPES, FinetuneConfig, finetune
 
 SIZE = 64
 RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fractions of the side)
@@ -216,6 +224,17 @@ def prior_prompts(count: int) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 
+def unet_digest(model: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of ``model``'s UNet weights: which model a section measured."""
+    sums = model / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name.strip() == "unet.safetensors":
+                return digest[:12]
+    return hashlib.sha256((model / "unet.safetensors").read_bytes()).hexdigest()[:12]
+
+
 def one_object_accuracy(pipe, heldout, settings: GenerationSettings, predictor: AttributePredictor) -> float:
     keep = [i for i, s in enumerate(heldout.stated) if len(s.objects) == 1]
     prompts = [heldout.captions[i] for i in keep]
@@ -235,6 +254,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-targets", choices=TARGETS, default="attention",
+                   help="attention: the attention projections; attention+conv: and the ResBlocks' 3×3 convolutions")
+    p.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES), default="float32", help="the LoRA file's tensors")
     p.add_argument("--heldout", type=int, default=512, help="held-out captions (about half one-object)")
     p.add_argument("--prior", type=int, default=16,
                    help="prior preservation: the model first draws this many images of one-object training captions "
@@ -255,6 +277,8 @@ def main() -> None:
     heldout = heldout_shapes(args.heldout)
     predictor = AttributePredictor()
     results = {"concept": args.concept,
+               "command": shlex.join(["python", "benchmarks/finetune_new_concept.py", *sys.argv[1:]]),
+               "model": f"{args.model} (UNet sha256 {unet_digest(Path(model))}…)",
                "judges on real renders": judge_on_real(args.concept, 8 if args.smoke else 120, predictor)}
     print(json.dumps(results, indent=1), flush=True)
 
@@ -267,6 +291,7 @@ def main() -> None:
 
     prior = prior_prompts(args.prior)
     cfg = FinetuneConfig(method="lora", rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         lora_targets=args.lora_targets, save_dtype=args.save_dtype,
                          prior_images=len(prior), prior_prompts=tuple(prior),
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
@@ -285,7 +310,8 @@ def main() -> None:
     print("after", results["after"], flush=True)
     shown = list(range(0, len(prompts), max(1, len(prompts) // 8)))[:8]
     save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
-    results["settings"] = {"rank": args.rank, "prior images": args.prior, "steps": args.steps,
+    results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
+                           "rank": args.rank, "prior images": args.prior, "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
                            "sampler": settings.describe(), "test prompts": len(prompts),
                            "held-out captions": args.heldout}
@@ -303,8 +329,9 @@ def write_markdown(path: Path, r: dict, grid: Path, shown: list[str]) -> None:
     section = "\n".join([
         f"## {concept}",
         "",
-        f"`python benchmarks/finetune_new_concept.py --concept {concept} --out runs/finetune-{concept} "
-        f"--results {path.as_posix()}`",
+        f"`{r['command']}`",
+        "",
+        f"Model: {r['model']}",
         "",
         f"Settings: {json.dumps(r['settings'])}",
         "",

@@ -16,6 +16,7 @@ from ldmkit.cli import main
 from ldmkit.convert import lora as lora_files
 from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
+from ldmkit.nn import lora
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.finetune import FinetuneConfig, finetune
 from tests.tiny_models import build_attentive_tiny_model
@@ -97,6 +98,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         "does not contain the token": ["--images", str(images), "--method", "textual-inversion", "--token", "<zz>"],
         "needs --token": ["--images", str(images), "--method", "textual-inversion"],
         "--rank applies to --method lora": ["--images", str(images), "--method", "full", "--rank", "4"],
+        "--lora-targets and --save-dtype apply to --method lora only": [
+            "--images", str(images), "--method", "full", "--lora-targets", "attention+conv"],
     }
     for message, options in cases.items():
         out = tmp_path / "never"
@@ -110,7 +113,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
                  "--sample-every", "1000"]) == 0
     capsys.readouterr()
     before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
-    for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty")):
+    for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty"),
+                             (["--rank", "2", "--lora-targets", "attention+conv", "--resume"],
+                              "lora_targets 'attention' → 'attention+conv'")):
         assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
@@ -132,3 +137,50 @@ def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, imag
     with pytest.raises(UsageError, match="--prior-prompt"):
         finetune(tiny, images, tmp_path / "x", dataclasses.replace(cfg, prior_prompts=()), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def _with_attention_lora(tiny):
+    model = LatentDiffusion.load(tiny)
+    lora.inject(model, lora_files.training_targets(model), 2, 2.0)
+    return model
+
+
+def test_conv_lora_run_writes_locon_that_generate_and_convert_take(tiny, images, tmp_path, capsys):
+    """--lora-targets attention+conv: the file has the ResBlocks' 3×3 LoCon A (float16 with --save-dtype), and
+    generate --lora and convert --merge-lora take it."""
+    out = tmp_path / "conv"
+    assert main(["finetune", "--model", str(tiny), "--images", str(images), "--out", str(out), "--steps", "2",
+                 "--rank", "2", "--sample-every", "1000", "--no-progress", "--lora-targets", "attention+conv",
+                 "--save-dtype", "float16"]) == 0
+    path = out / "lora.safetensors"
+    tensors = load_file(str(path))
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert any(".resnets." in k and t.shape[2:] == (3, 3) for k, t in tensors.items())
+    assert any(k.endswith("lora_B.weight") and ".resnets." in k and t.abs().max() > 0 for k, t in tensors.items())
+    attention_only = load_file(str(lora_files.save_lora(
+        _with_attention_lora(tiny), tmp_path / "attention.safetensors")))
+    assert {k for k in tensors if ".resnets." not in k} == set(attention_only)
+    assert main(["generate", "a red <blob>", "--model", str(tiny), "--lora", f"{path}:0.5", "--steps", "2",
+                 "--out", str(tmp_path / "conv.png"), "--no-progress"]) == 0
+    merged = tmp_path / "merged"
+    assert main(["convert", str(tiny), "--to", "ldmkit", "--out", str(merged), "--merge-lora", str(path)]) == 0
+    assert "1 LoRA(s) merged" in capsys.readouterr().out
+    pipe = load_pipeline(tiny)
+    pipe.load_lora_weights(path)
+    expected = pipe.generate_tensors("a red <blob>", steps=2, seed=0)
+    assert torch.allclose(load_pipeline(merged).generate_tensors("a red <blob>", steps=2, seed=0), expected,
+                          atol=1e-4)
+
+
+def test_a_checkpoint_without_newer_settings_resumes_with_their_defaults(tmp_path):
+    """A run checkpointed before --lora-targets existed trained the attention projections: it resumes as such,
+    and not as a conv LoRA."""
+    from ldmkit.config import to_dict
+    from ldmkit.errors import CheckpointError
+    from ldmkit.train.finetune import check_resumable
+
+    older = {k: v for k, v in to_dict(CONFIG).items() if k not in ("lora_targets", "save_dtype")}
+    state = {"settings": older, "base_model": str(tmp_path)}
+    check_resumable(state, CONFIG, tmp_path)
+    with pytest.raises(CheckpointError, match="lora_targets 'attention' → 'attention\\+conv'"):
+        check_resumable(state, dataclasses.replace(CONFIG, lora_targets="attention+conv"), tmp_path)

@@ -230,13 +230,13 @@ def test_other_spellings_of_the_same_lora_load_alike(tiny, tmp_path):
     # kohya names of each layer; the last one per layer (what this dict keeps) is the original-layout one
     names = {v: k for k, v in lora_files.module_names(model).items() if k.startswith("lora_unet_")}
     variants = {
-        "original": {f"{names[p]}.{part}": t for p, (a, b, alpha, _) in state.items()
+        "original": {f"{names[p]}.{part}": t for p, (a, b, alpha) in state.items()
                      for part, t in (("lora_down.weight", a), ("lora_up.weight", b), ("alpha", torch.tensor(alpha)))},
         "processor": {},
         "no_prefix": {},
     }
     assert any("input_blocks" in k for k in variants["original"])
-    for p, (a, b, _, _) in state.items():
+    for p, (a, b, _) in state.items():
         name = lora_files.file_name(model, p).removeprefix("unet.")
         variants["no_prefix"] |= {f"{name}.lora_A.weight": a, f"{name}.lora_B.weight": b}
         module, _, proj = name.rpartition(".")
@@ -264,3 +264,123 @@ def test_served_adapters_appear_in_the_command_that_reproduces_an_image():
     assert args.lora == ["hex.safetensors:0.5"] and args.embedding == ["e.safetensors"]
     serve = build_parser().parse_args(["serve", "--lora", "a.safetensors", "--lora", "b.safetensors:2"])
     assert serve.lora == ["a.safetensors", "b.safetensors:2"]
+
+
+def with_conv_lora(tiny, rank: int = 3, alpha: float = 6.0):
+    model = LatentDiffusion.load(tiny)
+    lora.inject(model, lora_files.training_targets(model, targets="attention+conv"), rank, alpha)
+    return model
+
+
+def merged_by_hand(tiny, state: dict, scale: float = 1.0):
+    """The base model with W ← W + s (α/r) B A written out per layer (A's kernel contracted with B over the rank),
+    not through `ldmkit.nn.lora`: what a conv LoRA must compute."""
+    model = LatentDiffusion.load(tiny)
+    with torch.no_grad():
+        for path, (a, b, alpha) in state.items():
+            weight = model.get_submodule(path).weight
+            delta = torch.einsum("or,r...->o...", b.reshape(b.shape[0], -1), a) * scale * alpha / a.shape[0]
+            weight.add_(delta.reshape(weight.shape))
+    return model
+
+
+def test_conv_lora_targets_the_resblock_convolutions_and_merges_exactly(tiny):
+    model = LatentDiffusion.load(tiny)
+    base = unet_out(model)
+    attention = lora_files.training_targets(model)
+    targets = lora_files.training_targets(model, targets="attention+conv")
+    convs = [t for t in targets if t not in attention]
+    assert convs and all(re.search(r"\.res\.conv[12]$|\.res2\.conv[12]$", t) for t in convs), convs
+    assert all(model.get_submodule(t).kernel_size == (3, 3) for t in convs)
+    lora.inject(model, targets, 3, 6.0)
+    assert torch.equal(unet_out(model), base)  # B = 0: a fresh conv adapter changes nothing
+    randomize(model)
+    adapted = unet_out(model)
+    assert (adapted - base).abs().max() > 1e-3
+    layer = model.get_submodule(convs[0])
+    a, b = layer.adapter_weights("default")
+    assert a.shape == (3, layer.in_channels, 3, 3) and b.shape == (layer.out_channels, 3, 1, 1)
+    # B ⋆ (A ⋆ x) is the convolution with the rank-3 kernel B A: the hand-merged model computes the same
+    assert torch.allclose(unet_out(merged_by_hand(tiny, lora_files.lora_state(model))), adapted, atol=1e-5)
+    merged = copy.deepcopy(model)
+    assert lora.merge(merged) == len(targets) and not lora.lora_layers(merged)
+    assert torch.allclose(unet_out(merged), adapted, atol=1e-5)
+    with pytest.raises(UsageError, match="--lora-targets"):
+        lora_files.training_targets(model, targets="everything")
+
+
+@pytest.mark.parametrize("layout", lora_files.LAYOUTS)
+def test_conv_lora_files_round_trip_exactly(tiny, tmp_path, layout):
+    model = with_conv_lora(tiny)
+    randomize(model)
+    path = lora_files.save_lora(model, tmp_path / "conv.safetensors", layout=layout)
+    tensors = load_file(str(path))
+    kernels = {tuple(t.shape[2:]) for k, t in tensors.items() if k.endswith((".lora_A.weight", ".lora_down.weight"))
+               and t.ndim == 4}
+    assert kernels == {(3, 3)}  # the ResBlocks' A: 3×3 kernels (the tiny model has no 1×1 projections)
+    assert all(t.shape[2:] == (1, 1) for k, t in tensors.items()
+               if k.endswith((".lora_B.weight", ".lora_up.weight")) and t.ndim == 4)
+    fresh = LatentDiffusion.load(tiny)
+    lora_files.load_lora(fresh, path, adapter="default")
+    ours, theirs = lora_files.lora_state(model), lora_files.lora_state(fresh)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[p][0], theirs[p][0]) and torch.equal(ours[p][1], theirs[p][1])
+               and ours[p][2] == theirs[p][2] for p in ours)
+    assert torch.equal(unet_out(fresh), unet_out(model))
+    lora.merge(fresh)
+    assert torch.allclose(unet_out(fresh), unet_out(model), atol=1e-5)
+
+
+def test_kohya_locon_keys_load(tiny, tmp_path):
+    """A LoCon file as kohya-ss / LyCORIS write it — ``lora_down`` a 3×3 kernel, ``lora_up`` 1×1, a scalar alpha —
+    in diffusers' module names and in the original LDM's (``input_blocks_1_0_in_layers_2``), with the stride-2
+    downsampling convolution and ``conv_in`` too: the same output as the adapters merged by hand."""
+    model = LatentDiffusion.load(tiny)
+    extra = [p for p in ("unet.conv_in", "unet.encoder.0.downsample.conv") if p in dict(model.named_modules())]
+    assert len(extra) == 2
+    targets = lora_files.training_targets(model, targets="attention+conv") + extra
+    lora.inject(model, targets, 2, 3.0)
+    randomize(model, seed=5)
+    state = lora_files.lora_state(model)
+    expected = unet_out(merged_by_hand(tiny, state, scale=0.7))
+    kohya = {}
+    for k, v in lora_files.module_names(model).items():
+        if k.startswith("lora_unet_") and v in state:
+            kohya.setdefault(v, []).append(k)
+    for spelling in (0, -1):  # diffusers' module names, then the original LDM's
+        names = {p: ks[spelling] for p, ks in kohya.items()}
+        assert any("resnets_0_conv1" in n or "in_layers_2" in n for n in names.values())
+        tensors = {}
+        for p, (a, b, alpha) in state.items():
+            tensors |= {f"{names[p]}.lora_down.weight": a.contiguous(), f"{names[p]}.lora_up.weight": b.contiguous(),
+                        f"{names[p]}.alpha": torch.tensor(alpha)}
+        path = tmp_path / f"locon{spelling}.safetensors"
+        save_file(tensors, str(path))
+        fresh = LatentDiffusion.load(tiny)
+        lora_files.load_lora(fresh, path, scale=0.7)
+        assert torch.allclose(unet_out(fresh), expected, atol=1e-5), spelling
+
+
+def test_conv_lora_files_that_do_not_fit_are_refused(tiny, tmp_path):
+    model = with_conv_lora(tiny, rank=4)
+    randomize(model)
+    good = load_file(str(lora_files.save_lora(model, tmp_path / "good.safetensors")))
+    down = next(k for k, t in good.items() if k.endswith("lora_A.weight") and t.shape[2:] == (3, 3))
+    up = down.replace("lora_A", "lora_B")
+    a, b = good[down], good[up]
+    cases = {
+        "rank mismatch": {**good, up: torch.zeros(b.shape[0], 3, 1, 1)},
+        "layer shapes differ": {**good, down: torch.zeros(4, a.shape[1], 5, 5)},  # a 5×5 LoCon for a 3×3 layer
+        "layer shapes differ ": {**good, down: torch.zeros(4, a.shape[1] + 1, 3, 3)},
+        "has A (down)": {**good, up: torch.zeros(b.shape[0], 4, 3, 3)},  # a k×k up: not LoRA as peft/kohya write it
+        "not LoRA weights": {**good, down.replace("lora_A", "lora_mid"): torch.zeros(4, 4, 3, 3)},  # LyCORIS Tucker
+    }
+    fresh = LatentDiffusion.load(tiny)
+    before = unet_out(fresh)
+    for i, (message, tensors) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.safetensors"
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(path))
+        with pytest.raises(UsageError, match=re.escape(message.strip())) as e:
+            lora_files.load_lora(fresh, path)
+        assert "\n" not in str(e.value)
+        assert not lora.lora_layers(fresh) and torch.equal(unet_out(fresh), before), message

@@ -1,18 +1,22 @@
 """LoRA files between ldmkit and diffusers/peft on tiny random Stable Diffusion 1- and 2-like models
 (tests/test_sd_parity.py builds them): a LoRA that peft puts on diffusers' UNet and CLIP text encoder, saved by
 diffusers' ``save_lora_weights``, loads into ldmkit with the same UNet and text-encoder outputs to 1e-4; and
-ldmkit's files, in the diffusers/peft and kohya layouts (with LoRA on SD 1's 1×1-convolution projections too),
-load with diffusers' ``load_lora_weights`` and give ldmkit's outputs to 1e-4; and what `ldmkit finetune` trains on an SD
-folder (a UNet + text-encoder LoRA, a textual-inversion embedding) loads into diffusers with the same outputs."""
+ldmkit's files, in the diffusers/peft and kohya layouts (with LoRA on SD 1's 1×1-convolution projections, and
+LoCon on the ResBlocks' 3×3 convolutions, too), load with diffusers' ``load_lora_weights`` and give ldmkit's
+outputs to 1e-4; peft's LoRA on the ResBlocks' 3×3 convolutions loads into ldmkit alike; and what
+`ldmkit finetune` trains on an SD folder (a UNet + text-encoder LoRA, a textual-inversion embedding) loads into
+diffusers with the same outputs."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'ldmkit[test]')")
@@ -70,12 +74,14 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert err <= TOL, f"max |difference| {err:.2e} > {TOL:.0e}"
 
 
-def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path):
+@pytest.mark.parametrize("convolutions", [False, True], ids=["attention", "attention+conv"])
+def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path, convolutions):
     pipe = fresh_pipe(ref)
     plain_unet, _ = outputs_diffusers(pipe, ref)
     torch.manual_seed(0)
+    conv = ["conv1", "conv2"] if convolutions else []  # peft's Conv2d LoRA: A a 3×3 conv, B a 1×1 one
     unet_config = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+                                  target_modules=["to_q", "to_k", "to_v", "to_out.0", *conv])
     text_config = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
                                   target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
     pipe.unet.add_adapter(unet_config)
@@ -91,19 +97,22 @@ def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path):
 
     model = load_model(ref["folder"])
     path = tmp_path / "pytorch_lora_weights.safetensors"
-    assert lora_files.read_lora(path).ranks == {2, 4}
+    file = lora_files.read_lora(path)
+    assert file.ranks == {2, 4}
+    assert any(a.shape[2:] == (3, 3) for a, _, _ in file.modules.values()) == convolutions
     lora_files.load_lora(model, path)
     ours_unet, ours_text = outputs_ldmkit(model, ref)
     assert_close(ours_unet, expected_unet)
     assert_close(ours_text, expected_text)
 
 
+@pytest.mark.parametrize("kind", lora_files.TARGETS)
 @pytest.mark.parametrize("layout", lora_files.LAYOUTS)
-def test_ldmkit_lora_file_loads_into_diffusers(ref, tmp_path, layout):
+def test_ldmkit_lora_file_loads_into_diffusers(ref, tmp_path, layout, kind):
     model = load_model(ref["folder"])
     plain_unet, _ = outputs_ldmkit(model, ref)
     projections = [f"unet.{p}" for p, m in model.unet.named_modules() if p.endswith(("proj_in", "proj_out"))]
-    targets = lora_files.training_targets(model, text_encoder=True) + projections
+    targets = lora_files.training_targets(model, text_encoder=True, targets=kind) + projections
     lora.inject(model, targets, rank=4, alpha=2.0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -112,6 +121,8 @@ def test_ldmkit_lora_file_loads_into_diffusers(ref, tmp_path, layout):
     ours_unet, ours_text = outputs_ldmkit(model, ref)
     assert (ours_unet - plain_unet).abs().max() > 1e-2
     path = lora_files.save_lora(model, tmp_path / f"{layout}.safetensors", layout=layout)
+    locon = [k for k in load_file(str(path)) if re.search(r"resnets[._]\d+[._]conv[12][._]lora", k)]
+    assert bool(locon) == (kind == "attention+conv")  # diffusers' module names (resnets.N.convK) in both layouts
 
     pipe = fresh_pipe(ref)
     pipe.load_lora_weights(str(tmp_path), weight_name=path.name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, positive_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
-from ldmkit.train.finetune import METHODS, FinetuneConfig, finetune, settings_from
+from ldmkit.convert.lora import TARGETS as LORA_TARGETS
+from ldmkit.train.finetune import METHODS, SAVE_DTYPES, FinetuneConfig, finetune, settings_from
 
 
 def cmd_finetune(args) -> None:
@@ -22,7 +23,8 @@ def cmd_finetune(args) -> None:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, layout=args.layout,
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
-        text_encoder_lora=True if args.text_encoder else None, prior_images=args.prior_images,
+        text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
+        save_dtype=args.save_dtype, prior_images=args.prior_images,
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
@@ -46,6 +48,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--rank", type=positive_int, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=bounded_float(1e6, "LoRA alpha"), help="LoRA alpha α (default: r, so α/r = 1)")
     p.add_argument("--text-encoder", action="store_true", help="LoRA on a CLIP text encoder's attention too")
+    p.add_argument("--lora-targets", choices=LORA_TARGETS,
+                   help="the UNet layers LoRA adapts: attention (default: W_Q, W_K, W_V, W_out of every attention "
+                        "layer) or attention+conv (and the two 3×3 convolutions of every ResBlock, as kohya's "
+                        "LoCon: for what the model draws, not only where)")
+    p.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES),
+                   help="the LoRA file's tensors (default float32; float16 halves the file)")
     p.add_argument("--token", help="textual inversion: the new word, e.g. \"<hexagon>\" (not in the vocabulary)")
     p.add_argument("--init-word", help="textual inversion: start the token's vectors from this word's "
                                        "(default: the token without brackets)")

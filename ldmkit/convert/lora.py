@@ -1,7 +1,9 @@
 """LoRA files: ldmkit's adapters (`ldmkit.nn.lora`) ↔ the layouts diffusers, peft and kohya-ss write.
 
 A LoRA file holds, for each adapted layer, A (``down``, [r, in]) and B (``up``, [out, r]), and the layer's
-alpha α somewhere; the layer computes W x + s (α / r) B A x. The layouts, and how each carries α:
+alpha α somewhere; the layer computes W x + s (α / r) B A x. On a k×k convolution (LoCon: kohya-ss' and
+LyCORIS' conv LoRA, peft's LoRA on a Conv2d) A is a k×k kernel, [r, in, k, k], and B a 1×1 one, [out, r, 1, 1],
+under the same key names; a 1×1 convolution's may be stored either way. The layouts, and how each carries α:
 
 - **diffusers / peft** (what ``pipe.save_lora_weights`` writes and ``pipe.load_lora_weights`` reads):
   ``unet.<diffusers module>.lora_A.weight`` / ``.lora_B.weight`` (``text_encoder.<module>…`` for CLIP);
@@ -15,9 +17,12 @@ alpha α somewhere; the layer computes W x + s (α / r) B A x. The layouts, and 
   text encoder.
 
 ldmkit writes the diffusers/peft layout by default (``layout="kohya"`` for the other), with the metadata
-above and ``ldmkit.rank`` / ``ldmkit.alpha``. Module names come from `ldmkit.convert.unet.unet_key`: the same
-rules that convert whole checkpoints, so a LoRA trained on an ldmkit model has the diffusers names of its
-layers, and one trained on Stable Diffusion elsewhere finds its layers in ldmkit's converted model.
+above and ``ldmkit.rank`` / ``ldmkit.alpha`` (when every layer has the same; diffusers' ``rank_pattern`` /
+``alpha_pattern`` otherwise). Which layers ``ldmkit finetune`` adapts is `TARGETS`'s; files with adapters on
+any Linear or ungrouped Conv2d of the UNet (kohya's ``conv_in``, down/upsampler convolutions…) load. Module
+names come from `ldmkit.convert.unet.unet_key`: the same rules that convert whole checkpoints, so a LoRA
+trained on an ldmkit model has the diffusers names of its layers, and one trained on Stable Diffusion elsewhere
+finds its layers in ldmkit's converted model.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ _PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.
           (".lora.down.weight", ".lora.up.weight"))
 _ATTN_PROC = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
 TEXT_KINDS = ("clip", "openclip")  # text encoders whose layers have diffusers names (transformers' CLIPTextModel)
+# what `ldmkit finetune --lora-targets` adapts: the attention projections, and LoCon's ResBlock 3×3 convolutions
+TARGETS = ("attention", "attention+conv")
 
 
 @dataclass
 class LoRAFile:
-    """A file's adapters by the file's module name: {name: (A [r, in], B [out, r], α)}, and its metadata."""
+    """A file's adapters by the file's module name: {name: (A, B [out, r], α)}, and its metadata; A is
+    [r, in], or [r, in, k_h, k_w] for a convolution with a kernel larger than 1×1."""
 
     path: Path
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
@@ -105,10 +113,15 @@ def file_name(model, path: str, layout: str = "diffusers") -> str:
     raise ValueError(f"{path} has no {layout} LoRA name")
 
 
-def training_targets(model, text_encoder: bool = False) -> list[str]:
-    """The layers `ldmkit finetune --method lora` adapts: W_Q, W_K, W_V, W_out of every UNet attention layer,
-    and with ``text_encoder`` the q/k/v/out projections of a CLIP text encoder; paths in ``model``."""
+def training_targets(model, text_encoder: bool = False, targets: str = "attention") -> list[str]:
+    """The layers `ldmkit finetune --method lora` adapts, paths in ``model``: W_Q, W_K, W_V, W_out of every UNet
+    attention layer; with ``targets`` "attention+conv" also the two 3×3 convolutions of every UNet ResBlock
+    (LoCon); with ``text_encoder`` the q/k/v/out projections of a CLIP text encoder."""
+    if targets not in TARGETS:
+        raise UsageError(f"--lora-targets {targets!r}; allowed: {', '.join(TARGETS)}")
     paths = ["unet." + p for p in lora.attention_projections(model.unet)]
+    if targets == "attention+conv":
+        paths += ["unet." + p for p in lora.resblock_convolutions(model.unet)]
     if text_encoder:
         if model.config.text.kind not in TEXT_KINDS:
             raise UsageError(f"text-encoder LoRA needs a CLIP text encoder; this model's is {model.config.text.kind!r}")
@@ -154,8 +167,9 @@ def _split(key: str) -> tuple[str, str] | None:
 
 def read_lora(path: str | Path) -> LoRAFile:
     """The adapters of a LoRA file in any layout of the module docstring. UsageError (one line) for a file that
-    is not a LoRA, DoRA/LoCon/LoHa variants, an A whose rank differs from its B's, or ranks that differ from
-    what the metadata states (a rank mismatch)."""
+    is not a LoRA, DoRA/LoHa/LoKr variants (and LyCORIS' Tucker ``lora_mid``), an up (B) with a kernel larger
+    than 1×1, an A whose rank differs from its B's, or ranks that differ from what the metadata states (a rank
+    mismatch)."""
     path = Path(path)
     tensors, metadata = _tensors(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -178,11 +192,12 @@ def read_lora(path: str | Path) -> LoRAFile:
         if "down" not in p or "up" not in p:
             broken.append(name)
             continue
-        a, b = p["down"], p["up"]
-        if a.ndim == 4 and a.shape[2:] != (1, 1):
-            raise UsageError(f"{path}: {name} is a LoRA on a {a.shape[2]}×{a.shape[3]} convolution (LoCon); "
-                             "ldmkit takes LoRA on linear layers and 1×1 convolutions")
-        a, b = a.reshape(a.shape[0], -1).float(), b.reshape(b.shape[0], -1).float()
+        a, b = p["down"].float(), p["up"].float()
+        if a.ndim not in (2, 4) or b.ndim not in (2, 4) or (b.ndim == 4 and b.shape[2:] != (1, 1)):
+            raise UsageError(f"{path}: {name} has A (down) {tuple(a.shape)}, B (up) {tuple(b.shape)}; ldmkit reads "
+                             "LoRA whose A is a matrix or a convolution kernel and whose B is a matrix or 1×1")
+        a = a if a.ndim == 4 and a.shape[2:] != (1, 1) else a.reshape(a.shape[0], -1)
+        b = b.reshape(b.shape[0], -1)
         if b.shape[1] != a.shape[0]:
             raise UsageError(f"{path}: rank mismatch in {name}: A (down) has rank {a.shape[0]}, "
                              f"B (up) rank {b.shape[1]}")
@@ -201,6 +216,17 @@ def read_lora(path: str | Path) -> LoRAFile:
     return file
 
 
+def _a_shape(layer: nn.Module) -> tuple[int, ...]:
+    """The shape of one row of A that fits ``layer``: (in,), or (in, k_h, k_w) for a convolution larger than 1×1."""
+    shape = tuple(layer.weight.shape[1:])
+    return shape[:1] if shape[1:] in ((), (1, 1)) else shape
+
+
+def _shape_text(a_row: tuple[int, ...], out: int) -> str:
+    kernel = f" ({a_row[1]}×{a_row[2]} conv)" if len(a_row) == 3 else ""
+    return f"{a_row[0]}→{out}{kernel}"
+
+
 def _fit(model, file: LoRAFile) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """{path in model: (A, B, α)}, after checking that every layer of ``file`` is one of ``model``'s, of its shape."""
     names = module_names(model)
@@ -211,10 +237,10 @@ def _fit(model, file: LoRAFile) -> dict[str, tuple[torch.Tensor, torch.Tensor, f
             unknown.append(name)
             continue
         layer = model.get_submodule(target)
-        in_f, out_f = (layer.in_features, layer.out_features) if isinstance(layer, nn.Linear) else \
-            (layer.in_channels, layer.out_channels)
-        if a.shape[1] != in_f or b.shape[0] != out_f:
-            wrong.append(f"{name} {in_f}→{out_f} here, {a.shape[1]}→{b.shape[0]} in the file")
+        wanted = _a_shape(layer)
+        if tuple(a.shape[1:]) != wanted or b.shape[0] != layer.weight.shape[0]:
+            wrong.append(f"{name} {_shape_text(wanted, layer.weight.shape[0])} here, "
+                         f"{_shape_text(tuple(a.shape[1:]), b.shape[0])} in the file")
             continue
         fitted[target] = (a, b, alpha)
     if unknown or wrong:
@@ -250,10 +276,10 @@ def load_lora(model, path: str | Path, scale: float = 1.0, adapter: str | None =
 # --------------------------------------------------------------------------------------------------
 # writing
 
-def lora_state(model, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float, bool]]:
-    """{path: (A, B, α, is_conv)} of ``adapter`` on ``model``'s layers."""
-    return {path: (layer.lora_A[adapter].detach(), layer.lora_B[adapter].detach(), layer.alpha[adapter],
-                   isinstance(layer, nn.Conv2d))
+def lora_state(model, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """{path: (A, B, α)} of ``adapter`` on ``model``'s layers, A and B in the files' shapes
+    (`ldmkit.nn.lora.LoRALinear.adapter_weights`: 4-D, B 1×1, on a convolution)."""
+    return {path: (*layer.adapter_weights(adapter), layer.alpha[adapter])
             for path, layer in lora.lora_layers(model).items() if adapter in layer.lora_A}
 
 
@@ -266,12 +292,10 @@ def save_lora(model, path: str | Path, adapter: str = "default", layout: str = "
     if not state:
         raise ValueError(f"the model has no LoRA adapter {adapter!r}")
     tensors, info = {}, {}
-    ranks = {a.shape[0] for a, _, _, _ in state.values()}
-    alphas = {alpha for _, _, alpha, _ in state.values()}
-    for layer_path, (a, b, alpha, conv) in state.items():
+    ranks = {a.shape[0] for a, _, _ in state.values()}
+    alphas = {alpha for _, _, alpha in state.values()}
+    for layer_path, (a, b, alpha) in state.items():
         name = file_name(model, layer_path, layout)
-        if conv:  # peft and kohya store a 1×1 convolution's A, B as 1×1 kernels
-            a, b = a[:, :, None, None], b[:, :, None, None]
         a, b = a.to(dtype).contiguous().cpu(), b.to(dtype).contiguous().cpu()
         if layout == "kohya":
             tensors |= {f"{name}.lora_down.weight": a, f"{name}.lora_up.weight": b,

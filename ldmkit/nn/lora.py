@@ -7,14 +7,24 @@ A layer y = W x + b with adapters n = 1 … N becomes
 where W, b stay frozen, A_n, B_n are trained, r_n is the rank, α_n the alpha the adapter was trained with
 (α / r is the fixed scale of the file; α = r gives 1) and s_n the strength chosen at run time (1 by default).
 B_n starts at zero (`add_adapter` with ``init="train"``), so a fresh adapter leaves the layer unchanged.
-A 1×1 convolution (Stable Diffusion 1's ``proj_in`` / ``proj_out``) is the same map over the pixels,
-with A_n, B_n as 1×1 convolutions.
 
-`inject` wraps the named ``nn.Linear`` / 1×1 ``nn.Conv2d`` modules of a network in place: a wrapped layer
-is a `LoRALinear` / `LoRAConv1x1`, still an ``nn.Linear`` / ``nn.Conv2d`` holding the very same W and b
-Parameters (their state-dict names do not change), plus ``lora_A.<adapter>`` / ``lora_B.<adapter>``.
-`merge` folds the adapters into W (W ← W + Σ s (α/r) B A) and unwraps; `remove` drops them and unwraps
-(W untouched). Which layers a model's adapters go on, and the file layouts, are `ldmkit.convert.lora`'s.
+A convolution W ∈ R^{out × in × k_h × k_w} (LoCon, as kohya-ss and LyCORIS put it on a UNet's ResBlocks) gets
+
+    y = W ⋆ x + b + Σ_n s_n (α_n / r_n) B_n ⋆ (A_n ⋆ x),
+    A_n ∈ R^{r_n × in × k_h × k_w},  B_n ∈ R^{out × r_n × 1 × 1}
+
+with A_n a k_h×k_w convolution of W's stride, padding and dilation into r_n channels and B_n a 1×1 one. Both
+are linear, so B ⋆ (A ⋆ x) = (B A) ⋆ x with (B A)[o, i, u, v] = Σ_j B[o, j] A[j, i, u, v]: the update is the
+rank-r_n matrix B_n A_n over W flattened to [out, in·k_h·k_w], which `merge` adds to W (exact up to float
+rounding). A 1×1 convolution (Stable Diffusion 1's ``proj_in`` / ``proj_out``) is the case k = 1, the
+`LoRALinear` map per pixel. Inside, A_n is kept flattened, [r_n, in·k_h·k_w]; `adapter_weights` gives it in
+the files' shape.
+
+`inject` wraps the named ``nn.Linear`` / ``nn.Conv2d`` modules of a network in place: a wrapped layer is a
+`LoRALinear` / `LoRAConv`, still an ``nn.Linear`` / ``nn.Conv2d`` holding the very same W and b Parameters
+(their state-dict names do not change), plus ``lora_A.<adapter>`` / ``lora_B.<adapter>``. `merge` folds the
+adapters into W (W ← W + Σ s (α/r) B A) and unwraps; `remove` drops them and unwraps (W untouched). Which
+layers a model's adapters go on, and the file layouts, are `ldmkit.convert.lora`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+RESBLOCK_CONVOLUTIONS = ("conv1", "conv2")
+_CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+               "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice")
 
 
 class _LoRAMixin:
@@ -43,7 +56,8 @@ class _LoRAMixin:
     def add_adapter(self, name: str, rank: int, alpha: float, init: str | tuple[torch.Tensor, torch.Tensor] = "train",
                     scale: float = 1.0) -> None:
         """Add adapter ``name`` of rank r: ``init`` "train" (A ~ Kaiming-uniform as peft draws it, B = 0) or
-        the tensors (A [r, in], B [out, r]) to copy. ValueError if ``name`` exists or the shapes do not fit."""
+        the tensors (A [r, in], B [out, r]; a convolution's A also [r, in, k_h, k_w], B [out, r, 1, 1]) to copy.
+        ValueError if ``name`` exists or the shapes do not fit."""
         if name in self.lora_A:
             raise ValueError(f"this layer already has a LoRA adapter named {name!r}")
         in_f, out_f = self._lora_features()
@@ -77,6 +91,14 @@ class _LoRAMixin:
         for name in self.lora_A:
             total += self.factor(name) * (self.lora_B[name].float() @ self.lora_A[name].float())
         return total
+
+    def adapter_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of adapter ``name`` as LoRA files store them: [r, in], [out, r] for a linear layer;
+        [r, in, k_h, k_w], [out, r, 1, 1] for a convolution (peft's and kohya's shapes)."""
+        a, b = self.lora_A[name].detach(), self.lora_B[name].detach()
+        if isinstance(self, nn.Conv2d):
+            return a.reshape(a.shape[0], *self.weight.shape[1:]), b[:, :, None, None]
+        return a, b
 
     def _lora_terms(self, x: torch.Tensor, down, up) -> torch.Tensor | None:
         out = None
@@ -115,39 +137,40 @@ class LoRALinear(_LoRAMixin, nn.Linear):
         return plain
 
 
-class LoRAConv1x1(_LoRAMixin, nn.Conv2d):
-    """The `LoRALinear` map over each pixel of a 1×1 convolution: y = W * x + b + Σ s (α/r) B * (A * x)."""
+class LoRAConv(_LoRAMixin, nn.Conv2d):
+    """y = W ⋆ x + b + Σ_n s_n (α_n / r_n) B_n ⋆ (A_n ⋆ x) on the W, b of the ``nn.Conv2d`` it wraps (shared):
+    A_n a k×k convolution with W's stride, padding and dilation, B_n a 1×1 one (the module docstring)."""
 
     def __init__(self, base: nn.Conv2d):
         if not (isinstance(base, nn.Conv2d) and can_wrap(base)):
-            raise ValueError("LoRA on convolutions takes plain 1×1 convolutions only")
+            raise ValueError("LoRA on convolutions takes plain (ungrouped) 2-D convolutions only")
         nn.Module.__init__(self)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
-                     "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        for attr in _CONV_ATTRS:
             setattr(self, attr, getattr(base, attr))
         self.weight, self.bias = base.weight, base.bias
         self._init_adapters()
 
     def _lora_features(self) -> tuple[int, int]:
-        return self.in_channels, self.out_channels
+        return self.weight[0].numel(), self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x, self.weight, self.bias)
-        extra = self._lora_terms(x, lambda h, w: F.conv2d(h, w[:, :, None, None]),
-                                 lambda h, w: F.conv2d(h, w[:, :, None, None]))
+        out = self._conv_forward(x, self.weight, self.bias)
+        extra = self._lora_terms(x, lambda h, a: self._conv_forward(h, a.view(a.shape[0], *self.weight.shape[1:]),
+                                                                    None),
+                                 lambda h, b: F.conv2d(h, b[:, :, None, None]))
         return out if extra is None else out + extra.to(out.dtype)
 
     def unwrapped(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding this layer's W and b."""
         plain = nn.Conv2d.__new__(nn.Conv2d)
         nn.Module.__init__(plain)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
-                     "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        for attr in _CONV_ATTRS:
             setattr(plain, attr, getattr(self, attr))
         plain.weight, plain.bias = self.weight, self.bias
         return plain
 
 
-LoRALayer = LoRALinear | LoRAConv1x1
+LoRALayer = LoRALinear | LoRAConv
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -158,11 +181,9 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
 
 
 def can_wrap(module: nn.Module) -> bool:
-    """Whether `inject` can put adapters on ``module``: a Linear or a plain 1×1 Conv2d."""
-    if isinstance(module, nn.Linear):
-        return True
-    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1)
-            and module.groups == 1 and module.padding in ((0, 0), "valid"))
+    """Whether `inject` can put adapters on ``module``: a Linear or an ungrouped Conv2d (any kernel, stride,
+    padding)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -173,11 +194,11 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def wrap(root: nn.Module, name: str) -> LoRALayer:
     """The module ``name`` of ``root``, wrapped (in place) to take adapters if it was not already."""
     module = root.get_submodule(name)
-    if isinstance(module, (LoRALinear, LoRAConv1x1)):
+    if isinstance(module, (LoRALinear, LoRAConv)):
         return module
     if not can_wrap(module):
-        raise ValueError(f"{name} is a {type(module).__name__}; LoRA goes on Linear layers and 1×1 convolutions")
-    wrapped = LoRALinear(module) if isinstance(module, nn.Linear) else LoRAConv1x1(module)
+        raise ValueError(f"{name} is a {type(module).__name__}; LoRA goes on Linear layers and ungrouped Conv2d")
+    wrapped = LoRALinear(module) if isinstance(module, nn.Linear) else LoRAConv(module)
     _set_submodule(root, name, wrapped)
     return wrapped
 
@@ -207,9 +228,20 @@ def attention_projections(root: nn.Module, targets: tuple[str, ...] = ATTENTION_
     return found
 
 
+def resblock_convolutions(root: nn.Module, targets: tuple[str, ...] = RESBLOCK_CONVOLUTIONS) -> list[str]:
+    """The names of ``root``'s Conv2d modules named one of ``targets`` inside a residual block (a module with
+    Conv2d ``conv1`` and ``conv2``: ldmkit's ``ResBlock``, diffusers' ``ResnetBlock2D``): the UNet's 3×3
+    convolutions, where LoCon puts its adapters."""
+    found = []
+    for name, module in root.named_modules():
+        if all(isinstance(getattr(module, c, None), nn.Conv2d) for c in RESBLOCK_CONVOLUTIONS):
+            found += [f"{name}.{t}" if name else t for t in targets if isinstance(getattr(module, t, None), nn.Conv2d)]
+    return found
+
+
 def lora_layers(root: nn.Module) -> dict[str, LoRALayer]:
     """{name: layer} of the wrapped layers of ``root``."""
-    return {n: m for n, m in root.named_modules() if isinstance(m, (LoRALinear, LoRAConv1x1))}
+    return {n: m for n, m in root.named_modules() if isinstance(m, (LoRALinear, LoRAConv))}
 
 
 def adapter_names(root: nn.Module) -> list[str]:

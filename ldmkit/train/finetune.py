@@ -6,9 +6,11 @@ Each step draws, for a batch of the images' latents z_0 and captions y (y → ""
 
 (v as the target for a v-model) and trains only the part the method names, everything else frozen:
 
-- ``lora``: adapters B A on the UNet's attention projections W_Q, W_K, W_V, W_out (and with
-  ``text_encoder_lora`` on a CLIP text encoder's), W x + (α/r) B A x with B = 0 at the start
-  (`ldmkit.nn.lora`); written as ``OUT/lora.safetensors`` in diffusers' (or kohya's) layout;
+- ``lora``: adapters B A on the UNet's attention projections W_Q, W_K, W_V, W_out (``lora_targets``
+  "attention+conv": and on the two 3×3 convolutions of every ResBlock, W ⋆ x + (α/r) B ⋆ (A ⋆ x), LoCon; with
+  ``text_encoder_lora`` on a CLIP text encoder's projections too), W x + (α/r) B A x with B = 0 at the start
+  (`ldmkit.nn.lora`); written as ``OUT/lora.safetensors`` in diffusers' (or kohya's) layout, in
+  ``save_dtype``;
 - ``textual-inversion``: the k vectors of a new word ``token`` (`ldmkit.text.inversion`), started from
   ``init_word``'s; written as ``OUT/learned_embeds.safetensors`` (diffusers) and ``OUT/NAME.safetensors`` (A1111);
 - ``full``: every UNet weight; written as a model folder in ``OUT``.
@@ -54,8 +56,9 @@ from ldmkit.train.logs import RunLog
 METHODS = ("lora", "textual-inversion", "full")
 DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
 ADAPTER = "default"
-# settings a resumed run may change (how long, how often it logs, samples and checkpoints)
-FREE_KEYS = {"steps", "log_every", "sample_every", "checkpoint_every", "checkpoint_keep"}
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# settings a resumed run may change (how long, how often it logs, samples and checkpoints, how it saves)
+FREE_KEYS = {"steps", "log_every", "sample_every", "checkpoint_every", "checkpoint_keep", "save_dtype"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class FinetuneConfig:
     rank: int = 8
     alpha: float = 0.0
     text_encoder_lora: bool = False  # LoRA on a CLIP text encoder's attention too
+    lora_targets: Literal["attention", "attention+conv"] = "attention"  # + the ResBlocks' 3×3 convolutions (LoCon)
+    save_dtype: Literal["float32", "float16"] = "float32"  # the LoRA file's tensors (float16: half the size)
     token: str = ""  # textual inversion: the new word, e.g. "<hexagon>"
     init_word: str = ""  # its vectors start from this word's ("" = the token without brackets)
     num_vectors: int = 1
@@ -101,8 +106,13 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     if cfg.method == "textual-inversion" and not cfg.token:
         raise UsageError("--method textual-inversion needs --token, the new word to learn (e.g. \"<hexagon>\")")
-    if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha):
-        raise UsageError("--alpha and --text-encoder apply to --method lora only")
+    if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha or cfg.lora_targets != "attention"
+                                 or cfg.save_dtype != "float32"):
+        raise UsageError("--alpha, --text-encoder, --lora-targets and --save-dtype apply to --method lora only")
+    if cfg.lora_targets not in lora_files.TARGETS:
+        raise UsageError(f"--lora-targets {cfg.lora_targets!r}; allowed: {', '.join(lora_files.TARGETS)}")
+    if cfg.save_dtype not in SAVE_DTYPES:
+        raise UsageError(f"--save-dtype {cfg.save_dtype!r}; allowed: {', '.join(SAVE_DTYPES)}")
     if cfg.rank < 1 or cfg.num_vectors < 1 or cfg.batch_size < 1 or cfg.steps < 1:
         raise UsageError("--rank, --num-vectors, --batch-size and --steps must be at least 1")
     if cfg.prior_images < 0 or (cfg.prior_images and not cfg.prior_prompts):
@@ -165,7 +175,7 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the adapters' initial A is part of what a seed reproduces
     if cfg.method == "lora":
-        targets = lora_files.training_targets(model, cfg.text_encoder_lora)
+        targets = lora_files.training_targets(model, cfg.text_encoder_lora, cfg.lora_targets)
         lora.inject(model, targets, cfg.rank, cfg.alpha or cfg.rank, ADAPTER)
         params = lora.adapter_parameters(model, ADAPTER)
     elif cfg.method == "textual-inversion":
@@ -197,8 +207,8 @@ def _load_trained_state(prep: Prepared, cfg: FinetuneConfig, state: dict) -> Non
 
 def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
     """CheckpointError listing the settings in which this run differs from the one that wrote ``state``."""
-    theirs = state.get("settings", {})
     ours = to_dict(cfg)
+    theirs = to_dict(FinetuneConfig(method=cfg.method)) | state.get("settings", {})  # older runs lack newer fields
     differ = [f"{k} {theirs.get(k)!r} → {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
               if k not in FREE_KEYS and _plain(theirs.get(k)) != _plain(ours.get(k))]
     if str(state.get("base_model")) != str(model_path):
@@ -220,7 +230,8 @@ def write_result(prep: Prepared, cfg: FinetuneConfig, out: Path, model_path: Pat
         meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step)}
         if cfg.token:
             meta["ldmkit.token"] = cfg.token
-        return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta)]
+        return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta,
+                                     SAVE_DTYPES[cfg.save_dtype])]
     if cfg.method == "textual-inversion":
         return inversion.save_embedding(out, cfg.token, prep.params[0])
     model.save(out)
