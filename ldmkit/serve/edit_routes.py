@@ -17,6 +17,7 @@ or a consistency student, which samples with lcm only) answers 501 on the POST r
 from __future__ import annotations
 
 import base64
+from functools import partial
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +28,7 @@ from ldmkit.serve.edit_schemas import (
     EditSettings, pair_filenames,
 )
 from ldmkit.serve.handling import (
-    PNG_RESPONSE, WAIT_ERRORS, finished_images, not_found, png_response, requested_model, submit, wait_done,
+    PNG_RESPONSE, WAIT_ERRORS, find_job, finished_images, png_response, requested_model, submit, wait_done,
 )
 from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
@@ -54,12 +55,6 @@ def add_edit_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None
     def command(settings: EditSettings) -> str:
         return edit_command(settings, models.get(settings.model).command_model)
 
-    def find(job_id: str) -> Job:
-        job = queue.get(job_id)
-        if job is None or not isinstance(job.settings, EditSettings):
-            raise not_found(job_id, None if job is None else f"/v1/jobs/{job_id}")
-        return job
-
     def pairs_of(job: Job) -> list[EditPair]:
         if job.state is not JobState.done:
             return []
@@ -81,6 +76,7 @@ def add_edit_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None
         served = requested_model(models, model, ("query", "model"))
         return EditInfo.of(served.name, served.limits, served.edit_reason)
 
+    find = partial(find_job, queue, kind=EditSettings, elsewhere="/v1/jobs")
     add_job_routes(app, "/v1/edit/jobs", "edit", EditRequest, EditJobInfo, queue, settings_for, find, info,
                    responses=_UNAVAILABLE)
 

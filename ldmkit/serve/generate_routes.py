@@ -15,12 +15,13 @@ names) and its ``mode`` what to do with it (default: the model's first mode). Ea
 from __future__ import annotations
 
 import base64
+from functools import partial
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
 from ldmkit.serve import schemas
 from ldmkit.serve.handling import (
-    PNG_RESPONSE, WAIT_ERRORS, finished_images, not_found, png_response, requested_model, submit, wait_done,
+    PNG_RESPONSE, WAIT_ERRORS, find_job, finished_images, png_response, requested_model, submit, wait_done,
 )
 from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
@@ -57,12 +58,6 @@ def add_generate_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> 
     def settings_for(request: GenerateRequest):
         return resolve(request, requested_model(models, request.model))
 
-    def find(job_id: str) -> Job:
-        job = queue.get(job_id)
-        if job is None or not isinstance(job.settings, JOB_SETTINGS):
-            raise not_found(job_id, None if job is None else f"/v1/edit/jobs/{job_id}")
-        return job
-
     def images_of(job: Job) -> list[ImageInfo]:
         if job.state is not JobState.done:
             return []
@@ -83,6 +78,7 @@ def add_generate_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> 
         """Every model served, the default first: its kind, its modes, the fields each mode takes, its limits."""
         return ModelList(models=[model_info(served, k == 0) for k, served in enumerate(models)])
 
+    find = partial(find_job, queue, kind=JOB_SETTINGS, elsewhere="/v1/edit/jobs")
     add_job_routes(app, "/v1/jobs", "job", GenerateRequest, JobInfo, queue, settings_for, find, info)
 
     @app.get("/v1/jobs/{job_id}/images/{index}.png", response_class=Response, responses=PNG_RESPONSE)

@@ -48,6 +48,15 @@ def not_found(job_id: str, elsewhere: str | None = None) -> HTTPException:
                               f"forgets")
 
 
+def find_job(queue, job_id: str, kind, elsewhere: str) -> Job:
+    """The job ``job_id`` of ``queue`` whose settings are of type(s) ``kind``; 404 otherwise, naming
+    ``elsewhere`` (the route prefix of the other kind, e.g. "/v1/jobs") when the job is of another kind."""
+    job = queue.get(job_id)
+    if job is None or not isinstance(job.settings, kind):
+        raise not_found(job_id, None if job is None else f"{elsewhere}/{job_id}")
+    return job
+
+
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND}
 
 
