@@ -4,36 +4,51 @@
 # same chosen sources (--source-cache); the table collects the Prompt-to-Prompt rows.
 #
 #     bash experiments/p2p_tuning.sh            # → experiments/P2P_TUNING.md (runs in runs/p2p-tuning/)
+#
+# GRID=colour tries only colour swaps, at cross 0.8 and 1.0 with self-attention from the source for longer
+# and two blend thresholds; OUT and TABLE name the run folder and the table (one folder per model: the
+# sources are cached there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-OUT=runs/p2p-tuning
+OUT=${OUT:-runs/p2p-tuning}
+TABLE=${TABLE:-experiments/P2P_TUNING.md}
 COUNT=${COUNT:-24}
+THREADS=${THREADS:-}
 mkdir -p "$OUT"
 common=(--count "$COUNT" --real-count 0 --seed 5000 --candidates 4 --rounds 2 --precision "${PRECISION:-fp32}"
-        --no-baseline --source-cache "$OUT/sources.pt")
+        --no-baseline --source-cache "$OUT/sources.pt" ${THREADS:+--threads "$THREADS"})
 run() {  # kind cross self threshold
     local file="$OUT/$1-c$2-s$3-t$4.md"
     [ -s "$file" ] || "$PY" benchmarks/prompt_to_prompt.py --kinds "$1" --cross-replace "$2" --self-replace "$3" \
         --blend-threshold "$4" "${common[@]}" --results "$file" > /dev/null
 }
-for c in 0.2 0.4 0.6 0.8; do
-    for s in 0.2 0.4; do
-        for t in 0.3 0.5; do run shape $c $s $t; done
+if [ "${GRID:-full}" = colour ]; then
+    for s in 0.4 0.6 0.8; do
+        for t in 0.3 0.5; do run colour 0.8 $s $t; done
     done
-    run colour $c 0.4 0.3; run colour $c 0.4 0.5
-    run size $c 0.4 0.3
-    run position $c 0.4 0.3
-done
-"$PY" - "$OUT" "$COUNT" > experiments/P2P_TUNING.md <<'PYEOF'
+    run colour 1.0 0.6 0.5
+else
+    for c in 0.2 0.4 0.6 0.8; do
+        for s in 0.2 0.4; do
+            for t in 0.3 0.5; do run shape $c $s $t; done
+        done
+        run colour $c 0.4 0.3; run colour $c 0.4 0.5
+        run size $c 0.4 0.3
+        run position $c 0.4 0.3
+    done
+fi
+CMD="bash experiments/p2p_tuning.sh"
+[ "${GRID:-full}" = full ] || CMD="GRID=$GRID OUT=$OUT TABLE=$TABLE COUNT=$COUNT $CMD"
+"$PY" - "$OUT" "$COUNT" "$CMD" > "$TABLE" <<'PYEOF'
 import re, sys
 from pathlib import Path
-out, count = Path(sys.argv[1]), sys.argv[2]
+out, count, command = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 print("# Prompt-to-Prompt settings per kind of edit (tuning edits, seed 5000)\n")
 print(f"{count} edits per kind and setting, on tuning edits that the measurement never uses (seed 5000; the "
       "measurement uses seed 0), each from the first of up to 8 starting noises whose source the judge finds "
       "right, the same sources for every setting. cross / self: the fractions of the steps with the source's "
-      "cross- / self-attention; threshold: local blend's. Regenerate: `bash experiments/p2p_tuning.sh`.\n")
+      "cross- / self-attention; threshold: local blend's. Regenerate: `" + command + "`.\n")
 print("| edit | cross | self | threshold | success | success, source right | unchanged object IoU | edited object IoU | PSNR outside (dB) | attributes kept |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for f in sorted(out.glob("*.md")):
@@ -43,4 +58,4 @@ for f in sorted(out.glob("*.md")):
             cells = [x.strip() for x in line.strip("|").split("|")]
             print(f"| {cells[0]} | {c} | {s} | {t} | " + " | ".join(cells[2:]) + " |")
 PYEOF
-echo "wrote experiments/P2P_TUNING.md"
+echo "wrote $TABLE"
