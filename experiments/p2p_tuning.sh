@@ -6,8 +6,9 @@
 #     bash experiments/p2p_tuning.sh            # → experiments/P2P_TUNING.md (runs in runs/p2p-tuning/)
 #
 # GRID=colour tries only colour swaps, at cross 0.8 and 1.0 with self-attention from the source for longer
-# and two blend thresholds; OUT and TABLE name the run folder and the table (one folder per model: the
-# sources are cached there).
+# and two blend thresholds; GRID=shape the shape swap's two thresholds at cross 0.6 and 0.8, and position at
+# cross 0.2. OUT and TABLE name the run folder and the table (one folder per model: the sources are cached
+# there; several grids may share one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -28,6 +29,11 @@ if [ "${GRID:-full}" = colour ]; then
         for t in 0.3 0.5; do run colour 0.8 $s $t; done
     done
     run colour 1.0 0.6 0.5
+elif [ "${GRID:-full}" = shape ]; then
+    for c in 0.6 0.8; do
+        for t in 0.3 0.5; do run shape $c 0.4 $t; done
+    done
+    run position 0.2 0.4 0.3
 else
     for c in 0.2 0.4 0.6 0.8; do
         for s in 0.2 0.4; do

@@ -184,3 +184,22 @@ def test_a_checkpoint_without_newer_settings_resumes_with_their_defaults(tmp_pat
     check_resumable(state, CONFIG, tmp_path)
     with pytest.raises(CheckpointError, match="lora_targets 'attention' → 'attention\\+conv'"):
         check_resumable(state, dataclasses.replace(CONFIG, lora_targets="attention+conv"), tmp_path)
+
+
+def test_prior_images_fill_half_of_every_batch_in_a_resumable_order():
+    """DreamBooth's split: half of each batch is prior images whatever their number, and a run resumed at step k
+    reads the batches the whole run reads from step k on."""
+    from ldmkit.train.finetune import batch_order
+
+    cfg = dataclasses.replace(CONFIG, batch_size=8, prior_images=48, prior_prompts=("a red square",))
+    whole = list(batch_order(16, cfg, 0, 12))
+    assert len(whole) == 12
+    for items in whole:
+        indices = [i for _, i in items]
+        assert sum(i < 16 for i in indices) == 4 and all(16 <= i < 64 for i in indices[4:])
+    assert {i for items in whole[:4] for _, i in items[:4]} == set(range(16))  # every new image before repeats
+    assert list(batch_order(16, cfg, 5, 12)) == whole[5:]
+    plain = list(batch_order(16, dataclasses.replace(cfg, prior_images=0), 0, 3))
+    assert all(i < 16 for items in plain for _, i in items)
+    with pytest.raises(UsageError, match="--batch-size"):
+        finetune("unused", "unused", "unused", dataclasses.replace(cfg, batch_size=1))

@@ -61,7 +61,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
     p.add_argument("--prior-images", type=positive_int, metavar="N",
                    help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt "
-                        "captions, then trains on them beside --images, so that it keeps drawing those as before")
+                        "captions, then trains on them beside --images (half of each batch), so that it keeps drawing those as "
+                        "before")
     p.add_argument("--prior-prompt", action="append", metavar="TEXT",
                    help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
                         "teaching a shape")

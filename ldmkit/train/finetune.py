@@ -89,7 +89,7 @@ class FinetuneConfig:
     checkpoint_every: int = 100
     checkpoint_keep: int = 2
     sample_prompts: tuple[str, ...] = ()  # () = the first 4 captions
-    prior_images: int = 0  # prior preservation: this many images drawn by the model itself, trained on beside the data
+    prior_images: int = 0  # prior preservation: this many images drawn by the model itself, half of each batch
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     sample_steps: int = 25
     sample_guidance: float = 4.0
@@ -117,6 +117,9 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError("--rank, --num-vectors, --batch-size and --steps must be at least 1")
     if cfg.prior_images < 0 or (cfg.prior_images and not cfg.prior_prompts):
         raise UsageError("--prior-images N needs --prior-prompt (the captions of the images the model draws itself)")
+    if cfg.prior_images and cfg.batch_size < 2:
+        raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
+                         f"got {cfg.batch_size}")
     if cfg.layout not in lora_files.LAYOUTS:
         raise UsageError(f"--layout {cfg.layout!r}; allowed: {', '.join(lora_files.LAYOUTS)}")
 
@@ -268,6 +271,7 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint does not fit this run: {str(e).splitlines()[0]}") from None
         restore_rng(state.get("rng", {}))
+    new_images = len(prep.captions)
     if cfg.prior_images:  # before anything is trained: the images of the model as it was
         prep.captions = prep.captions + prior_preservation(prep, cfg, out, state is None, dev)
     mean, std = prep.moments
@@ -293,7 +297,7 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     if start == 0:
         write_samples(0)  # the model before fine-tuning, for comparison
     model.unet.train()
-    sampler = ResumableBatchSampler(len(prep.captions), cfg.batch_size, cfg.seed, start, total)
+    sampler = batch_order(new_images, cfg, start, total)
     bar = tqdm(total=total, initial=start, desc=f"finetune ({cfg.method})", disable=not progress, dynamic_ncols=True)
     latent_shape = tuple(mean.shape[1:])
     try:
@@ -340,6 +344,19 @@ def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
 
 
 PRIOR_DIR = "prior"
+
+
+def batch_order(new_images: int, cfg: FinetuneConfig, start: int, total: int):
+    """The (position, index) items of steps ``start`` … ``total`` − 1. Without prior images, ``cfg.batch_size`` of the
+    images in a resumable order (`ResumableBatchSampler`). With them, DreamBooth's split: ⌈B/2⌉ new images and
+    ⌊B/2⌋ prior images (indices ``new_images`` …), each set in its own resumable order, so the loss weighs the
+    new images and the prior equally however many prior images there are (L = ½ L_new + ½ L_prior)."""
+    if not cfg.prior_images:
+        return ResumableBatchSampler(new_images, cfg.batch_size, cfg.seed, start, total)
+    half = cfg.batch_size // 2
+    new = ResumableBatchSampler(new_images, cfg.batch_size - half, cfg.seed, start, total)
+    prior = ResumableBatchSampler(cfg.prior_images, half, cfg.seed + 1, start, total)
+    return ([*a, *((pos, new_images + i) for pos, i in b)] for a, b in zip(new, prior))
 
 
 def prior_preservation(prep: Prepared, cfg: FinetuneConfig, out: Path, fresh: bool, dev: torch.device) -> list[str]:
