@@ -270,6 +270,8 @@ def main() -> None:
     p.add_argument("--prior", type=int, default=16,
                    help="prior preservation: the model first draws this many images of one-object training captions "
                         "of the shapes dataset and trains on them beside the new images (0: none)")
+    p.add_argument("--prior-loss", choices=("images", "model"), default="images",
+                   help="the prior images' target: the noise (DreamBooth) or the frozen model's prediction")
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
@@ -302,7 +304,7 @@ def main() -> None:
     prior = prior_prompts(args.prior)
     cfg = FinetuneConfig(method="lora", rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          lora_targets=args.lora_targets, save_dtype=args.save_dtype,
-                         prior_images=len(prior), prior_prompts=tuple(prior),
+                         prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
                          sample_steps=settings.num_inference_steps, log_every=10)
@@ -321,7 +323,8 @@ def main() -> None:
     shown = list(range(0, len(prompts), max(1, len(prompts) // 8)))[:8]
     save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
-                           "rank": args.rank, "prior images": args.prior, "steps": args.steps,
+                           "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
+                           "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
                            "sampler": settings.describe(), "test prompts": len(prompts),
                            "held-out captions": args.heldout}

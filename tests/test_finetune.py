@@ -122,9 +122,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
-def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path):
+@pytest.mark.parametrize("prior_loss", ["images", "model"])
+def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss):
     cfg = dataclasses.replace(CONFIG, prior_images=3, prior_prompts=("a red circle", "a blue square"), steps=3,
-                              checkpoint_every=1)
+                              checkpoint_every=1, prior_loss=prior_loss)
     whole, part = tmp_path / "whole", tmp_path / "part"
     finetune(tiny, images, whole, cfg, progress=False)
     assert sorted(p.name for p in (whole / "prior").iterdir()) == [
@@ -189,17 +190,47 @@ def test_a_checkpoint_without_newer_settings_resumes_with_their_defaults(tmp_pat
 def test_prior_images_fill_half_of_every_batch_in_a_resumable_order():
     """DreamBooth's split: half of each batch is prior images whatever their number, and a run resumed at step k
     reads the batches the whole run reads from step k on."""
-    from ldmkit.train.finetune import batch_order
+    from ldmkit.train.prior import batch_order
 
     cfg = dataclasses.replace(CONFIG, batch_size=8, prior_images=48, prior_prompts=("a red square",))
-    whole = list(batch_order(16, cfg, 0, 12))
+    whole = list(batch_order(16, 48, 8, 0, 0, 12))
     assert len(whole) == 12
     for items in whole:
         indices = [i for _, i in items]
         assert sum(i < 16 for i in indices) == 4 and all(16 <= i < 64 for i in indices[4:])
     assert {i for items in whole[:4] for _, i in items[:4]} == set(range(16))  # every new image before repeats
-    assert list(batch_order(16, cfg, 5, 12)) == whole[5:]
-    plain = list(batch_order(16, dataclasses.replace(cfg, prior_images=0), 0, 3))
+    assert list(batch_order(16, 48, 8, 0, 5, 12)) == whole[5:]
+    plain = list(batch_order(16, 0, 8, 0, 0, 3))
     assert all(i < 16 for items in plain for _, i in items)
     with pytest.raises(UsageError, match="--batch-size"):
         finetune("unused", "unused", "unused", dataclasses.replace(cfg, batch_size=1))
+
+
+def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predicts(tiny):
+    """--prior-loss model: ‖ε_θ' − ε_θ‖² with θ the LoRA switched off is 0 for fresh adapters (B = 0), positive once
+    they differ, leaves the adapters' scales as they were, and trains the adapters only."""
+    from ldmkit.train.prior import frozen_model_loss
+
+    torch.manual_seed(0)
+    model = LatentDiffusion.load(tiny)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora.inject(model.unet, lora.attention_projections(model.unet), 4, 4.0, "default")
+    with torch.no_grad():
+        z_0 = model.encode_images(torch.rand(2, 3, model.config.image_size, model.config.image_size) * 2 - 1)
+    t, noise = torch.tensor([10, 900]), torch.randn_like(z_0)
+    context = model.encode_prompts(["a red circle", "a blue square"])
+    fresh = frozen_model_loss(model.unet, "default", z_0, t, noise, context, model.schedule)
+    assert fresh.shape == (2,) and torch.equal(fresh, torch.zeros(2))
+    with torch.no_grad():
+        for layer in lora.lora_layers(model.unet).values():
+            layer.lora_B["default"].normal_(std=0.1)
+    changed = frozen_model_loss(model.unet, "default", z_0, t, noise, context, model.schedule)
+    assert (changed > 0).all()
+    assert all(layer.scale["default"] == 1.0 for layer in lora.lora_layers(model.unet).values())
+    changed.sum().backward()
+    trained = lora.adapter_parameters(model.unet)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))
+    with pytest.raises(UsageError, match="--prior-loss model"):
+        finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_loss="model"))

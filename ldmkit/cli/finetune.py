@@ -25,7 +25,7 @@ def cmd_finetune(args) -> None:
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
         save_dtype=args.save_dtype, prior_images=args.prior_images,
-        prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None,
+        prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -61,8 +61,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
     p.add_argument("--prior-images", type=positive_int, metavar="N",
                    help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt "
-                        "captions, then trains on them beside --images (half of each batch), so that it keeps drawing those as "
-                        "before")
+                        "captions, then trains on them beside --images (half of each batch), so that it keeps drawing "
+                        "those as before")
+    p.add_argument("--prior-loss", choices=("images", "model"),
+                   help="the prior half's target: images (DreamBooth: the noise, as for --images; the default) or "
+                        "model (the frozen model's own prediction, the LoRA switched off: it keeps what the model "
+                        "drew for the prior prompts at every noise level; --method lora)")
     p.add_argument("--prior-prompt", action="append", metavar="TEXT",
                    help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
                         "teaching a shape")

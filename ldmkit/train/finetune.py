@@ -17,10 +17,12 @@ Each step draws, for a batch of the images' latents z_0 and captions y (y → ""
 
 The images are encoded once, at the start (the posterior's μ, σ of each; z_0 = s (μ + σ ε) with the step's
 own ε, as `ldmkit.train.diffusion` draws it), so a step costs the UNet alone. The batch order and every
-random draw are functions of the step (`ResumableBatchSampler`, `step_generator`), and a checkpoint holds the
-trained tensors, the optimizer and the RNG: ``resume`` continues exactly as an uninterrupted run.
+random draw are functions of the step (`ldmkit.train.prior.batch_order`, `step_generator`), and a checkpoint holds
+the trained tensors, the optimizer and the RNG: ``resume`` continues exactly as an uninterrupted run.
 ``OUT`` also gets ``log.csv``, ``samples/step_XXXXXX.png`` (the sample prompts, seed 0; step 0 is the model
-before fine-tuning) and ``checkpoints/``.
+before fine-tuning) and ``checkpoints/``. Prior preservation (``prior_images``: half of each batch is the model's
+own drawings of ``prior_prompts``, trained toward the noise or toward the frozen model's prediction) is
+`ldmkit.train.prior`'s.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ from ldmkit.text import inversion
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import restore_rng, resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    ResumableBatchSampler, adamw, autocast, check_finite, check_weights_finite, learning_rate, step_generator,
+    adamw, autocast, check_finite, check_weights_finite, learning_rate, step_generator,
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
+from ldmkit.train.prior import PRIOR_LOSSES, batch_order, frozen_model_loss, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
@@ -91,6 +94,7 @@ class FinetuneConfig:
     sample_prompts: tuple[str, ...] = ()  # () = the first 4 captions
     prior_images: int = 0  # prior preservation: this many images drawn by the model itself, half of each batch
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
+    prior_loss: Literal["images", "model"] = "images"  # the prior half's target (`ldmkit.train.prior`)
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -117,6 +121,11 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError("--rank, --num-vectors, --batch-size and --steps must be at least 1")
     if cfg.prior_images < 0 or (cfg.prior_images and not cfg.prior_prompts):
         raise UsageError("--prior-images N needs --prior-prompt (the captions of the images the model draws itself)")
+    if cfg.prior_loss not in PRIOR_LOSSES:
+        raise UsageError(f"--prior-loss {cfg.prior_loss!r}; allowed: {', '.join(PRIOR_LOSSES)}")
+    if cfg.prior_loss == "model" and (cfg.method != "lora" or not cfg.prior_images):
+        raise UsageError("--prior-loss model needs --method lora and --prior-images (the frozen model is the LoRA "
+                         "switched off)")
     if cfg.prior_images and cfg.batch_size < 2:
         raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
                          f"got {cfg.batch_size}")
@@ -297,7 +306,12 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     if start == 0:
         write_samples(0)  # the model before fine-tuning, for comparison
     model.unet.train()
-    sampler = batch_order(new_images, cfg, start, total)
+    sampler = batch_order(new_images, cfg.prior_images, cfg.batch_size, cfg.seed, start, total)
+    new_rows = cfg.batch_size - cfg.batch_size // 2
+    prediction = model.config.diffusion.prediction
+
+    def frozen(z_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return frozen_model_loss(model.unet, ADAPTER, z_0, t, noise, context, model.schedule)
     bar = tqdm(total=total, initial=start, desc=f"finetune ({cfg.method})", disable=not progress, dynamic_ncols=True)
     latent_shape = tuple(mean.shape[1:])
     try:
@@ -314,8 +328,12 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
             with autocast(dev, cfg.bf16):
                 with torch.set_grad_enabled(text_trained):
                     context = model.encode_prompts(captions)
-                loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
-                                      model.config.diffusion.prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))
+                if cfg.prior_loss == "model":
+                    loss = split_loss(model.unet, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
+                                      model.schedule, prediction, new_rows, frozen)
+                else:
+                    loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
+                                          prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))
             loss.backward()
             loss_value = loss.item()
             check_finite(loss_value, step)
@@ -344,19 +362,6 @@ def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
 
 
 PRIOR_DIR = "prior"
-
-
-def batch_order(new_images: int, cfg: FinetuneConfig, start: int, total: int):
-    """The (position, index) items of steps ``start`` … ``total`` − 1. Without prior images, ``cfg.batch_size`` of the
-    images in a resumable order (`ResumableBatchSampler`). With them, DreamBooth's split: ⌈B/2⌉ new images and
-    ⌊B/2⌋ prior images (indices ``new_images`` …), each set in its own resumable order, so the loss weighs the
-    new images and the prior equally however many prior images there are (L = ½ L_new + ½ L_prior)."""
-    if not cfg.prior_images:
-        return ResumableBatchSampler(new_images, cfg.batch_size, cfg.seed, start, total)
-    half = cfg.batch_size // 2
-    new = ResumableBatchSampler(new_images, cfg.batch_size - half, cfg.seed, start, total)
-    prior = ResumableBatchSampler(cfg.prior_images, half, cfg.seed + 1, start, total)
-    return ([*a, *((pos, new_images + i) for pos, i in b)] for a, b in zip(new, prior))
 
 
 def prior_preservation(prep: Prepared, cfg: FinetuneConfig, out: Path, fresh: bool, dev: torch.device) -> list[str]:
