@@ -216,7 +216,8 @@ def judge_on_real(concept: str, count: int, predictor: AttributePredictor, model
         trip = trip.float().clamp(-1, 1).cpu()
         found["autoencoder round trips"] = score(trip[:count], cells, concept, predictor)
         if concept == "hexagon":
-            found["… of the six dataset shapes read as hexagons"] = sum(judge(im)["hexagon"] for im in trip[count:]) / count
+            read = sum(judge(im)["hexagon"] for im in trip[count:])
+            found["… of the six dataset shapes read as hexagons"] = read / count
     return found
 
 

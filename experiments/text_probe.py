@@ -76,7 +76,8 @@ def ridge(train: dict[str, list[np.ndarray]], test: np.ndarray, strength: float 
 
 
 def probe(model, kind: str, frames: tuple[str, ...]) -> tuple[dict, dict]:
-    """({feature: (unseen accuracy, … with the linear probe, leave-one-word-out accuracy)}, {held-out word: its readings at layer 6})."""
+    """({feature: (unseen accuracy, … with the linear probe, leave-one-word-out accuracy)},
+    {held-out word: (its colour or shape, its readings at layer 6)})."""
     seen = {label: {w: features(model, w, frames) for w in words} for label, words in _WORDS[kind]["seen"].items()}
     unseen = {label: {w: features(model, w, frames) for w in words} for label, words in _WORDS[kind]["unseen"].items()}
     names = [f"layer {k}" for k in range(7)] + ["sentence (mean-pooled)"]
@@ -115,7 +116,9 @@ def main() -> None:
              "Regenerate: `python experiments/text_probe.py` (the script's docstring says what it measures). "
              "A nearest-centroid probe (cosine) fitted on MiniLM's features of the seen words of each colour or "
              "shape, in 8 sentence frames, reads the held-out words (*unseen*) and each seen word with its own "
-             "word left out (*seen, left out*); a ridge-regression probe (linear, as the cross-attention's keys and values are) reads the held-out words too. Chance: 12.5% for colours, 16.7% for shapes. Layer 6 is what "
+             "word left out (*seen, left out*); a ridge-regression probe (linear, as the cross-attention's keys "
+             "and values are) reads the held-out words too. Chance: 12.5% for colours, 16.7% for shapes. "
+             "Layer 6 is what "
              "the UNet reads.", ""]
     for kind, frames in (("color", FRAMES), ("shape", SHAPE_FRAMES)):
         table, readings = probe(model, kind, frames)
