@@ -207,9 +207,11 @@ def test_prior_images_fill_half_of_every_batch_in_a_resumable_order():
 
 
 def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predicts(tiny):
-    """--prior-loss model: ‖ε_θ' − ε_θ‖² with θ the LoRA switched off is 0 for fresh adapters (B = 0), positive once
-    they differ, leaves the adapters' scales as they were, and trains the adapters only."""
-    from ldmkit.train.prior import frozen_model_loss
+    """--prior-loss model: the prior half's ‖ε_θ' − ε_θ‖², θ the LoRA switched off, is 0 for fresh adapters (B = 0),
+    so the loss is half the new rows' plain loss; positive once they differ; the adapters' scales stay as they
+    were, and only the adapters train."""
+    from ldmkit.diffusion.schedule import q_sample
+    from ldmkit.train.prior import split_loss
 
     torch.manual_seed(0)
     model = LatentDiffusion.load(tiny)
@@ -217,18 +219,24 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
         p.requires_grad_(False)
     lora.inject(model.unet, lora.attention_projections(model.unet), 4, 4.0, "default")
     with torch.no_grad():
-        z_0 = model.encode_images(torch.rand(2, 3, model.config.image_size, model.config.image_size) * 2 - 1)
-    t, noise = torch.tensor([10, 900]), torch.randn_like(z_0)
-    context = model.encode_prompts(["a red circle", "a blue square"])
-    fresh = frozen_model_loss(model.unet, "default", z_0, t, noise, context, model.schedule)
-    assert fresh.shape == (2,) and torch.equal(fresh, torch.zeros(2))
+        z_0 = model.encode_images(torch.rand(3, 3, model.config.image_size, model.config.image_size) * 2 - 1)
+    t, noise = torch.tensor([500, 10, 900]), torch.randn_like(z_0)
+    context = model.encode_prompts(["a red hexagon", "a red circle", "a blue square"])
+
+    def new_row_loss():
+        z_t = q_sample(model.schedule, z_0[:1], t[:1], noise[:1])
+        return (model.unet(z_t, t[:1], context[:1]).float() - noise[:1]).pow(2).mean()
+
+    fresh = split_loss(model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 1)
+    torch.testing.assert_close(fresh, 0.5 * new_row_loss())
     with torch.no_grad():
         for layer in lora.lora_layers(model.unet).values():
             layer.lora_B["default"].normal_(std=0.1)
-    changed = frozen_model_loss(model.unet, "default", z_0, t, noise, context, model.schedule)
-    assert (changed > 0).all()
+    changed = split_loss(model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 1)
+    with torch.no_grad():
+        assert changed > 0.5 * new_row_loss() + 1e-6
     assert all(layer.scale["default"] == 1.0 for layer in lora.lora_layers(model.unet).values())
-    changed.sum().backward()
+    changed.backward()
     trained = lora.adapter_parameters(model.unet)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
     assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))

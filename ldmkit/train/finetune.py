@@ -54,7 +54,7 @@ from ldmkit.train.common import (
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
-from ldmkit.train.prior import PRIOR_LOSSES, batch_order, frozen_model_loss, split_loss
+from ldmkit.train.prior import PRIOR_LOSSES, batch_order, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
@@ -309,9 +309,6 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     sampler = batch_order(new_images, cfg.prior_images, cfg.batch_size, cfg.seed, start, total)
     new_rows = cfg.batch_size - cfg.batch_size // 2
     prediction = model.config.diffusion.prediction
-
-    def frozen(z_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return frozen_model_loss(model.unet, ADAPTER, z_0, t, noise, context, model.schedule)
     bar = tqdm(total=total, initial=start, desc=f"finetune ({cfg.method})", disable=not progress, dynamic_ncols=True)
     latent_shape = tuple(mean.shape[1:])
     try:
@@ -329,8 +326,8 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                 with torch.set_grad_enabled(text_trained):
                     context = model.encode_prompts(captions)
                 if cfg.prior_loss == "model":
-                    loss = split_loss(model.unet, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
-                                      model.schedule, prediction, new_rows, frozen)
+                    loss = split_loss(model.unet, ADAPTER, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
+                                      model.schedule, prediction, new_rows)
                 else:
                     loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
                                           prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))

@@ -8,7 +8,7 @@ The prior half's target is, by ``prior_loss``:
 
 - ``"images"`` (DreamBooth): the noise, as for the new images, L_prior = ‖ε − ε_θ'(z_t, t, c)‖²;
 - ``"model"``: the frozen model's own prediction on the same z_t, L_prior = ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖²,
-  θ' the model with its LoRA adapters and θ without them (`frozen_model_loss`). At the start it is exactly 0
+  θ' the model with its LoRA adapters and θ without them (`frozen_prediction`). At the start it is exactly 0
   (B = 0) and it grows only where the adapters change what the model draws for the prior captions, at every
   noise level, not only along the few prior images' own noise.
 
@@ -18,7 +18,7 @@ With ``"model"`` the total is L = ½ (mean over the new half) + ½ (mean over th
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -42,32 +42,28 @@ def batch_order(new_images: int, prior_images: int, batch_size: int, seed: int, 
     return ([*a, *((pos, new_images + i) for pos, i in b)] for a, b in zip(new, prior))
 
 
-def frozen_model_loss(unet: nn.Module, adapter: str, z_0: Tensor, t: Tensor, noise: Tensor, context: Tensor,
-                      schedule: NoiseSchedule) -> Tensor:
-    """Per sample (float32[B]): the mean of (ε_θ'(z_t, t, c) − ε_θ(z_t, t, c))², z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε,
-    where θ' is ``unet`` with its LoRA ``adapter`` and θ the same with that adapter switched off (no gradient
-    through θ). The target is whatever the model predicts (ε or v), so it holds for either parameterisation."""
-    z_t = q_sample(schedule, z_0.float(), t, noise)
+def frozen_prediction(unet: nn.Module, adapter: str, z_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+    """ε_θ(z_t, t, c) (float32, no gradient): ``unet`` with its LoRA ``adapter`` switched off, its scales restored
+    afterwards. Whatever the model predicts (ε or v), so the prior holds for either parameterisation."""
     scales = {name: layer.scale[adapter] for name, layer in lora.lora_layers(unet).items() if adapter in layer.scale}
     with torch.no_grad():
         lora.set_scale(unet, adapter, 0.0)
         try:
-            target = unet(z_t, t, context).float()
+            return unet(z_t, t, context).float()
         finally:
             for name, layer in lora.lora_layers(unet).items():
                 if name in scales:
                     layer.scale[adapter] = scales[name]
-    error = (unet(z_t, t, context).float() - target).pow(2)
-    return error.mean(dim=tuple(range(1, error.ndim)))
 
 
-def split_loss(model_fn: Callable[[Tensor, Tensor, Tensor], Tensor], z_0: Tensor, t: Tensor, noise: Tensor,
-               context: Tensor, schedule: NoiseSchedule, prediction: str, new: int,
-               frozen: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> Tensor:
-    """L = ½ mean over the first ``new`` rows of ‖target − model_fn(z_t, t, c)‖² (target ε or v) + ½ mean over the
-    rest of ``frozen(z_0, t, noise, c)`` (`frozen_model_loss` with the UNet bound), the prior half."""
-    z_t = q_sample(schedule, z_0[:new].float(), t[:new], noise[:new])
+def split_loss(unet: nn.Module, adapter: str, z_0: Tensor, t: Tensor, noise: Tensor, context: Tensor,
+               schedule: NoiseSchedule, prediction: str, new: int) -> Tensor:
+    """L = ½ mean over the first ``new`` rows of ‖target − ε_θ'(z_t, t, c)‖² (target ε or v) + ½ mean over the rest
+    of ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
+    LoRA ``adapter``, θ the same with it off (`frozen_prediction`). One adapted pass over the whole batch, one frozen
+    pass over the prior rows."""
+    z_t = q_sample(schedule, z_0.float(), t, noise)
     target = noise[:new] if prediction == "epsilon" else v_target(schedule, z_0[:new].float(), t[:new], noise[:new])
-    new_loss = (model_fn(z_t, t[:new], context[:new]).float() - target).pow(2).mean()
-    prior_loss = frozen(z_0[new:], t[new:], noise[new:], context[new:]).mean()
-    return 0.5 * new_loss + 0.5 * prior_loss
+    target = torch.cat([target.float(), frozen_prediction(unet, adapter, z_t[new:], t[new:], context[new:])])
+    error = (unet(z_t, t, context).float() - target).pow(2)
+    return 0.5 * error[:new].mean() + 0.5 * error[new:].mean()
