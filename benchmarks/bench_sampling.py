@@ -10,7 +10,8 @@ and sampler (``--samplers``, default ``ddim``), both sides draw ``--batch`` imag
 steps at guidance ``--guidance`` from the same z_T, context τθ(y) and null context τθ(""), both random:
 
 - ldmkit: `ldmkit.diffusion.guided_denoiser` over `ldmkit.nn.unet.UNet` and `ldmkit.diffusion.sample`
-  under ``torch.inference_mode``, as ldmkit's pipelines run it (fp32; ldmkit has no other inference mode);
+  under ``torch.inference_mode``, as ldmkit's fp32 pipelines run it (the UNet channels-last on a CPU without
+  AVX-512, `ldmkit.device.unet_channels_last`);
 - diffusers: ``StableDiffusionPipeline`` (``prompt_embeds``/``negative_prompt_embeds``,
   ``output_type="latent"``, so no text encoder or decoder runs) over ``UNet2DConditionModel`` with
   ``DDIMScheduler`` (trailing spacing, ``set_alpha_to_one=True``: ldmkit's DDIM timesteps) or
@@ -129,9 +130,13 @@ def time_runs(spec: dict, side: str, run) -> dict:
 
 def ldmkit_side(spec: dict, model: BenchModel) -> dict:
     """ldmkit's sampling as its pipelines do it: guided_denoiser(UNet) into `sample`, inference mode."""
+    from ldmkit.device import unet_channels_last
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
 
     unet = build_ldmkit_unet(model, spec["weights"]).eval()
+    nhwc = unet_channels_last(torch.device("cpu"), bf16=False)  # as an fp32 pipeline on this CPU lays it out
+    if nhwc:
+        unet.to(memory_format=torch.channels_last)
     z_T, context, null = load_inputs(spec)
     schedule = make_schedule(model.diffusion)
     denoise = guided_denoiser(unet, context, null, spec["guidance"], model.diffusion.prediction, schedule)
@@ -143,7 +148,8 @@ def ldmkit_side(spec: dict, model: BenchModel) -> dict:
         with torch.inference_mode():
             return sample(sampler, denoise, z_T, schedule, num_steps=spec["steps"])
 
-    return {"setting": "fp32", "flops_per_step": flops, **time_runs(spec, "ldmkit", run)}
+    return {"setting": "fp32+channels_last (no AVX-512)" if nhwc else "fp32", "flops_per_step": flops,
+            **time_runs(spec, "ldmkit", run)}
 
 
 def diffusers_scheduler(sampler: str, model: BenchModel):

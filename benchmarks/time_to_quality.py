@@ -180,15 +180,16 @@ class EvaluationCounter:
 
 def precision_note(precision: str) -> tuple[bool, str]:
     """(bf16?, why) for ldmkit's ``precision`` on this CPU."""
-    from ldmkit.device import bf16_pays, use_bf16
+    from ldmkit.device import bf16_pays, unet_channels_last, use_bf16
 
     cpu = torch.device("cpu")
     bf16 = use_bf16(precision, cpu)
     capability = torch.backends.cpu.get_cpu_capability()
+    layout = ", UNet channels-last (no AVX-512)" if unet_channels_last(cpu, bf16) else ""
     if precision != "auto":
-        return bf16, f"{'bf16' if bf16 else 'fp32'} (--precision {precision})"
+        return bf16, f"{'bf16' if bf16 else 'fp32'} (--precision {precision}){layout}"
     why = "AVX-512: bf16 is faster" if bf16_pays(cpu) else f"{capability}: bf16 far slower than fp32 here"
-    return bf16, f"{'bf16' if bf16 else 'fp32'} (auto; {why})"
+    return bf16, f"{'bf16' if bf16 else 'fp32'} (auto; {why}){layout}"
 
 
 def diffusers_best_setting(unet_config: dict, weights: dict, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -429,7 +430,7 @@ def _patched(module, name: str, value):
 
 
 def sd_small(args, peaks) -> dict:
-    from ldmkit.device import store_for_autocast
+    from ldmkit.device import store_for_autocast, unet_channels_last
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
     from ldmkit.nn.feature_cache import FeatureCache
     from ldmkit.nn.kv_cache import cached_text_kv
@@ -447,6 +448,8 @@ def sd_small(args, peaks) -> dict:
     bf16, ldm_note = precision_note(args.precision)
     if bf16:  # as a bf16 pipeline loaded from a folder keeps them (`LatentDiffusion.store_for_autocast`)
         store_for_autocast(unet, torch.bfloat16)
+    if unet_channels_last(torch.device("cpu"), bf16):  # as a pipeline on this CPU lays it out
+        unet.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(INPUT_SEED)
     c, h, d = bench.unet.in_channels, bench.latent_size, bench.unet.context_dim
     z_T = torch.randn(batch, c, h, h, generator=g)

@@ -35,6 +35,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_pays(device))
 
 
+def unet_channels_last(device: torch.device, bf16: bool) -> bool:
+    """Whether the UNet runs faster in channels-last (NHWC) layout: on a CPU without AVX-512 running fp32, where
+    oneDNN's AVX2 convolutions take NHWC ~1.1× as fast (measured on the shipped UNet and an SD-v1-shaped one,
+    docs/performance.md). With AVX-512 NCHW is as fast in fp32 and faster in bf16 (the shipped UNet: NHWC 0.67×),
+    and on a GPU the layout is left as it is. The layout changes results only by rounding."""
+    if device.type != "cpu" or bf16:
+        return False
+    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d)
 
 

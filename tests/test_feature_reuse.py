@@ -297,3 +297,26 @@ def test_feature_reuse_under_bf16_autocast(tiny_pipe):
     reused = pipe.generate_tensors("a red circle", steps=4, seed=1, cache_interval=2)
     assert deep_calls[0] == 4 + 2 and torch.isfinite(reused).all()
     assert psnr(reused, plain) > 20
+
+
+def test_an_avx2_cpu_runs_the_unet_channels_last_with_the_same_images(tmp_path_factory, monkeypatch):
+    """Without AVX-512 an fp32 pipeline keeps its UNet in channels-last layout (`unet_channels_last`); the images of
+    every path (plain, cached text K/V, feature reuse, binding guidance's attention hooks) are those of NCHW up to
+    rounding, and interval 1 is still the plain run bit for bit. With AVX-512, or in bf16, the layout stays NCHW."""
+    from ldmkit.device import unet_channels_last
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("nhwc") / "model")
+    nchw = load_pipeline(folder)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    nhwc = load_pipeline(folder)
+    assert nhwc.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not unet_channels_last(torch.device("cpu"), bf16=True)
+    assert not unet_channels_last(torch.device("cuda"), bf16=False)
+    for options in ({}, {"cache_interval": 2}, {"binding": 0.5}):
+        a = nchw.generate_tensors("a red circle above a blue square", steps=4, seed=5, num_images=2, **options)
+        b = nhwc.generate_tensors("a red circle above a blue square", steps=4, seed=5, num_images=2, **options)
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=0)
+    plain = nhwc.generate_tensors("a red circle", steps=4, seed=1)
+    assert torch.equal(plain, nhwc.generate_tensors("a red circle", steps=4, seed=1, cache_interval=1))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not load_pipeline(folder).model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
