@@ -93,20 +93,21 @@ shapes64-repro: setup
 	  --title "a retrain of the shipped model's preset (make shapes64-repro)"
 
 # The 4-step student: latent consistency distillation of the shipped model on its own data (`ldmkit distill`,
-# the preset's distill section: 3000 steps, about an hour on 2 cores; --resume continues a stopped run),
-# packed into ldmkit/pretrained/shapes64-lcm. benchmarks/time_to_quality.py --student measures it. The
-# shipped shapes64-lcm is still the student of the model shipped before (shapes64-minilm, templates only).
+# the preset's distill section for 6000 steps: about 2.5 h on one core; --resume continues a stopped run; the
+# learning rate is constant after warm-up, so a 3000-step run resumed to 6000 is this run), packed into
+# ldmkit/pretrained/shapes64-lcm. benchmarks/time_to_quality.py --student measures it.
 shapes64-lcm: setup
 	.venv/bin/ldmkit distill --preset shapes64-varied --teacher ldmkit/pretrained/shapes64 --out runs/shapes64-lcm \
-	  --resume --no-progress
+	  --steps 6000 --resume --no-progress
 	$(PY) -m ldmkit.pretrained pack runs/shapes64-lcm ldmkit/pretrained/shapes64-lcm
 
 # The lecture's claim measured (issue 24, docs/latent_vs_pixel.md): pixel space against KL LDMs at f = 2, 4, 8,
 # each UNet trained for BUDGET minutes of its training loop on this machine, measured EVALS times along the way
-# on IMAGES held-out captions. ~1.5 h with the defaults below on a 2-core CPU; run again to resume.
-BUDGET ?= 8
+# on IMAGES held-out captions. ~3 h with the defaults below (one thread each, the CPU shared with one other job);
+# run again to resume. BUDGET=8 EVALS=3 IMAGES=128 is a ~1.5 h look that trains too little to read accuracy.
+BUDGET ?= 24
 EVALS ?= 3
-IMAGES ?= 128
+IMAGES ?= 256
 latent-vs-pixel: setup
 	$(PY) benchmarks/latent_vs_pixel.py --budget-min $(BUDGET) --evals $(EVALS) --num-images $(IMAGES) \
 	  --out runs/latent-vs-pixel --results benchmarks/LATENT_VS_PIXEL.md
