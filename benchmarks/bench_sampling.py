@@ -130,13 +130,11 @@ def time_runs(spec: dict, side: str, run) -> dict:
 
 def ldmkit_side(spec: dict, model: BenchModel) -> dict:
     """ldmkit's sampling as its pipelines do it: guided_denoiser(UNet) into `sample`, inference mode."""
-    from ldmkit.device import unet_channels_last
+    from ldmkit.device import lay_out_unet
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
 
     unet = build_ldmkit_unet(model, spec["weights"]).eval()
-    nhwc = unet_channels_last(torch.device("cpu"), bf16=False)  # as an fp32 pipeline on this CPU lays it out
-    if nhwc:
-        unet.to(memory_format=torch.channels_last)
+    nhwc = lay_out_unet(unet, torch.device("cpu"), bf16=False)  # as an fp32 pipeline on this CPU lays it out
     z_T, context, null = load_inputs(spec)
     schedule = make_schedule(model.diffusion)
     denoise = guided_denoiser(unet, context, null, spec["guidance"], model.diffusion.prediction, schedule)

@@ -430,7 +430,7 @@ def _patched(module, name: str, value):
 
 
 def sd_small(args, peaks) -> dict:
-    from ldmkit.device import store_for_autocast, unet_channels_last
+    from ldmkit.device import lay_out_unet, store_for_autocast
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
     from ldmkit.nn.feature_cache import FeatureCache
     from ldmkit.nn.kv_cache import cached_text_kv
@@ -448,8 +448,7 @@ def sd_small(args, peaks) -> dict:
     bf16, ldm_note = precision_note(args.precision)
     if bf16:  # as a bf16 pipeline loaded from a folder keeps them (`LatentDiffusion.store_for_autocast`)
         store_for_autocast(unet, torch.bfloat16)
-    if unet_channels_last(torch.device("cpu"), bf16):  # as a pipeline on this CPU lays it out
-        unet.to(memory_format=torch.channels_last)
+    lay_out_unet(unet, torch.device("cpu"), bf16)  # as a pipeline on this CPU lays it out
     g = torch.Generator().manual_seed(INPUT_SEED)
     c, h, d = bench.unet.in_channels, bench.latent_size, bench.unet.context_dim
     z_T = torch.randn(batch, c, h, h, generator=g)

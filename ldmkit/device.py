@@ -45,6 +45,14 @@ def unet_channels_last(device: torch.device, bf16: bool) -> bool:
     return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def lay_out_unet(unet: torch.nn.Module, device: torch.device, bf16: bool) -> bool:
+    """Put ``unet`` in channels-last layout where `unet_channels_last` says it runs faster; returns whether it did."""
+    nhwc = unet_channels_last(device, bf16)
+    if nhwc:
+        unet.to(memory_format=torch.channels_last)
+    return nhwc
+
+
 AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d)
 
 

@@ -211,7 +211,7 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     so the loss is half the new rows' plain loss; positive once they differ; the adapters' scales stay as they
     were, and only the adapters train."""
     from ldmkit.diffusion.schedule import q_sample
-    from ldmkit.train.prior import split_loss
+    from ldmkit.train.prior import frozen_prediction, split_loss
 
     torch.manual_seed(0)
     model = LatentDiffusion.load(tiny)
@@ -227,6 +227,9 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
         z_t = q_sample(model.schedule, z_0[:1], t[:1], noise[:1])
         return (model.unet(z_t, t[:1], context[:1]).float() - noise[:1]).pow(2).mean()
 
+    z_t = q_sample(model.schedule, z_0, t, noise)
+    with torch.no_grad():  # fresh adapters: the frozen model's prediction is the adapted one, bit for bit
+        assert torch.equal(frozen_prediction(model.unet, "default", z_t, t, context), model.unet(z_t, t, context))
     fresh = split_loss(model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 1)
     torch.testing.assert_close(fresh, 0.5 * new_row_loss())
     with torch.no_grad():

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor
-from ldmkit.device import unet_channels_last, use_bf16
+from ldmkit.device import lay_out_unet, use_bf16
 from ldmkit.diffusion import (
     DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps,
 )
@@ -66,8 +66,7 @@ class Pipeline(AdapterMixin):
         if pipe.device.type == "cpu":  # oneDNN runs the decoder's convolutions ~1.3-1.6x faster in NHWC
             pipe.model.autoencoder.to(memory_format=torch.channels_last)
             pipe.nhwc = True
-        if unet_channels_last(pipe.device, pipe.bf16):
-            pipe.model.unet.to(memory_format=torch.channels_last)
+        lay_out_unet(pipe.model.unet, pipe.device, pipe.bf16)
         if pipe.bf16:  # the pipeline owns this model: weights cast once, not at every call (bit-identical)
             pipe.model.store_for_autocast(torch.bfloat16)
         return pipe
