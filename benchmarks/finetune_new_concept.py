@@ -109,13 +109,22 @@ def prompt(cell: Cell, size: str | None = None) -> str:
     return f"a {size + ' ' if size else ''}{color} {shape} {PHRASE[position]}"
 
 
-def make_training_set(folder: Path, count: int, concept: str, seed: int = 0) -> list[str]:
-    """``count`` images of ``concept`` with sidecar captions ("a small red hexagon on the left") in ``folder``."""
+def make_training_set(folder: Path, count: int, concept: str, seed: int = 0, small_share: float | None = None
+                      ) -> list[str]:
+    """``count`` images of ``concept`` with sidecar captions ("a small red hexagon on the left") in ``folder``;
+    each drawn small or large at random, or exactly round(``small_share`` · count) of them small (shuffled)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
+    if small_share is None:
+        sizes = None
+    else:
+        small = round(small_share * count)
+        sizes = ["small"] * small + ["large"] * (count - small)
+        random.Random(seed + 1).shuffle(sizes)
     captions = []
     for i in range(count):
-        cell, size = random_cell(concept, rng), rng.choice(("small", "large"))
+        cell = random_cell(concept, rng)
+        size = rng.choice(("small", "large")) if sizes is None else sizes[i]
         draw_object(*cell, size, rng).save(folder / f"{i:03d}.png")
         captions.append(prompt(cell, size))
         (folder / f"{i:03d}.txt").write_text(captions[-1])
@@ -260,6 +269,8 @@ def main() -> None:
     p.add_argument("--concept", choices=CONCEPTS, default="hexagon")
     p.add_argument("--model", default="shapes64")
     p.add_argument("--images", type=int, default=16)
+    p.add_argument("--small-share", type=float, default=None,
+                   help="the share of the images drawn small (default: each small or large at random)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
@@ -295,7 +306,7 @@ def main() -> None:
                                                        load_pipeline(model, precision="fp32").model)}
     print(json.dumps(results, indent=1), flush=True)
 
-    captions = make_training_set(out / "images", args.images, args.concept)
+    captions = make_training_set(out / "images", args.images, args.concept, small_share=args.small_share)
     base = load_pipeline(model)
     before = generate_for_prompts(base, prompts, settings)
     results["before"] = score(before, cells, args.concept, predictor) | {
@@ -327,6 +338,7 @@ def main() -> None:
                            "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
+                           "small share": args.small_share,
                            "sampler": settings.describe(), "test prompts": len(prompts),
                            "held-out captions": args.heldout}
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -23,6 +23,7 @@ from ldmkit.model import LatentDiffusion
 from ldmkit.errors import UsageError
 from ldmkit.nn.feature_cache import FeatureCache
 from ldmkit.nn.kv_cache import cached_text_kv
+from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 
@@ -69,6 +70,8 @@ class Pipeline(AdapterMixin):
         lay_out_unet(pipe.model.unet, pipe.device, pipe.bf16)
         if pipe.bf16:  # the pipeline owns this model: weights cast once, not at every call (bit-identical)
             pipe.model.store_for_autocast(torch.bfloat16)
+            if pipe.device.type == "cpu":  # and convolution weights reordered once for oneDNN (bit-identical)
+                prepack(pipe.model)
         return pipe
 
     # ---------------------------------------------------------------------------------------------
