@@ -19,7 +19,7 @@ demo: setup
 	.venv/bin/ldmkit train-autoencoder --preset demo --out runs/demo/autoencoder --resume
 	.venv/bin/ldmkit train --preset demo --autoencoder runs/demo/autoencoder --out runs/demo/model --resume
 	.venv/bin/ldmkit generate "a red circle on the left" --model runs/demo/model --num-images 8 --out runs/demo/red_circle.png
-	.venv/bin/ldmkit generate "a red circle above a blue square" --binding 0.3 --num-images 8 --out runs/demo/shipped.png --no-progress
+	.venv/bin/ldmkit generate "a red circle above a blue square" --binding 0.2 --num-images 8 --out runs/demo/shipped.png --no-progress
 
 test: setup
 	$(PY) -m pytest --durations=15

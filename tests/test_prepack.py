@@ -80,3 +80,14 @@ def test_lora_wraps_a_packed_convolution_and_runs_it_plain():
     assert type(net[0]) is not PackedConv2d and isinstance(net[0], nn.Conv2d)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(net(x), before)  # a fresh adapter (B = 0) changes nothing
+
+
+def test_a_pipeline_packs_its_convolutions_again_after_unloading_or_fusing_a_lora(folder):
+    pipe = load_pipeline(folder, precision="bf16")
+    names = [n for n, m in pipe.model.named_modules() if type(m) is PackedConv2d][:2]
+    count = packed_layers(pipe.model)
+    for finish in (pipe.unload_lora_weights, pipe.fuse_lora):
+        inject(pipe.model, names, rank=2, alpha=2.0)
+        assert packed_layers(pipe.model) == count - 2
+        finish()
+        assert packed_layers(pipe.model) == count

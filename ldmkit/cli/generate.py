@@ -148,7 +148,7 @@ def add_parsers(sub) -> None:
                    help="Karras et al.'s noise levels (denser at low noise) between the grid's first and last σ, "
                         "for any sampler: --sampler dpmpp-2m --karras is A1111's \"DPM++ 2M Karras\"")
     p.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
-                   help="attribute-binding guidance of scale λ (default 0: none; 0.3 for the shipped model): steers "
+                   help="attribute-binding guidance of scale λ (default 0: none; 0.2 for the shipped model): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
                         "shape word does and a two-object prompt's nouns sit in the stated relation, and starts a "
                         "two-object prompt from the best of --binding-candidates noises; a two-object image takes "

@@ -17,7 +17,7 @@ names). Only inference takes the packed path: a bf16 W, a bf16 input (or an fp32
 as autocast would), on the CPU, without autograd; anything else (training, fp32, a GPU) runs the plain forward.
 A W changed in place (a merged LoRA, a loaded state dict) is reordered again: its version counter and storage
 are part of the key. Memory: one reordered copy per layer, the size of its bf16 weight. A layer that a LoRA
-wraps (`ldmkit.nn.lora`) runs the plain forward.
+wraps (`ldmkit.nn.lora`) runs the plain forward; a pipeline packs it again once the LoRA is unloaded or fused.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 from ldmkit.convert.lora import load_lora, parse_lora_spec
 from ldmkit.errors import UsageError
 from ldmkit.nn import lora
+from ldmkit.nn.prepack import prepack
 from ldmkit.text.inversion import load_embedding
 
 
@@ -44,11 +45,19 @@ class AdapterMixin:
     def fuse_lora(self) -> int:
         """Fold every adapter, at its strength, into the weights (W ← W + Σ s (α/r) B A): sampling then costs what
         it did without adapters. Returns the layers changed."""
-        return lora.merge(self.model)
+        changed = lora.merge(self.model)
+        self._repack()
+        return changed
 
     def unload_lora_weights(self) -> None:
         """Drop every adapter that is not fused; the weights are as before they were loaded."""
         lora.remove(self.model)
+        self._repack()
+
+    def _repack(self) -> None:
+        """Unwrapped layers are plain convolutions again: pack them where the pipeline packs (`ldmkit.nn.prepack`)."""
+        if getattr(self, "packed", False):
+            prepack(self.model)
 
     def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
         """Add the embedding file ``path`` (diffusers' ``learned_embeds``, A1111's ``.safetensors``/``.pt``) as the

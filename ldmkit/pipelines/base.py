@@ -58,6 +58,7 @@ class Pipeline(AdapterMixin):
             )
         self.model = model.to(device).eval()
         self.nhwc = False  # the autoencoder in channels-last layout (`from_folder` on a CPU)
+        self.packed = False  # convolution weights reordered once for oneDNN (`from_folder`, bf16 on a CPU)
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True,
@@ -71,7 +72,7 @@ class Pipeline(AdapterMixin):
         if pipe.bf16:  # the pipeline owns this model: weights cast once, not at every call (bit-identical)
             pipe.model.store_for_autocast(torch.bfloat16)
             if pipe.device.type == "cpu":  # and convolution weights reordered once for oneDNN (bit-identical)
-                prepack(pipe.model)
+                pipe.packed = prepack(pipe.model) > 0
         return pipe
 
     # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class GenerateRequest(BaseModel):
                                          description="classifier-free guidance scale s; null: the mode's default "
                                                      f"({DEFAULT_GUIDANCE:g}; 1 for upscale, inpaint, colorize)")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
-                                 description="attribute-binding guidance λ (docs/binding.md; 0.3 for the shipped "
+                                 description="attribute-binding guidance λ (docs/binding.md; 0.2 for the shipped "
                                              "model); 0: none")
     cache_interval: StrictInt = Field(1, ge=1, le=MAX_CACHE_INTERVAL,
                                       description="feature reuse: the whole UNet at every N-th step, its shallow "
