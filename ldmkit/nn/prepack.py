@@ -7,9 +7,9 @@ convolution on that copy:
 
     y = W ⋆ x + b      with W reordered once per (input shape, W) instead of once per call
 
-It is the kernel the plain call runs, so y is the same numbers, bit for bit (a test checks the shipped UNet).
-Measured on the shipped UNet in bf16 on an AVX-512 CPU, one thread: 1.2× at batch 1, no change from batch 8 on,
-where the convolutions' arithmetic hides the reorder (docs/performance.md). Linear maps gain nothing this way
+It is the kernel the plain call runs, so y is the same numbers, bit for bit (tests/test_prepack.py checks a
+pipeline's images; benchmarks/PREPACK.md the shipped models'). Measured on the shipped UNet in bf16 on an AVX-512
+CPU, one thread: 1.25× at batch 1, 1.03× at batch 16, where the convolutions' arithmetic hides the reorder. Linear maps gain nothing this way
 (oneDNN's packed matmul rounds differently and was no faster), so they stay plain.
 
 `prepack` swaps a network's exact ``nn.Conv2d`` layers for `PackedConv2d` (same Parameters, same state-dict
@@ -52,9 +52,11 @@ class PackedConv2d(nn.Conv2d):
         w = self.weight
         key = (tuple(xb.shape), w._version, w.data_ptr())
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_convolution_weight(w, *geometry, list(xb.shape)))
-        y = torch.ops.mkldnn._convolution_pointwise(xb, self._packed[1], self.bias, *geometry, "none", [], "")
+        packed = self._packed  # read once: another thread may replace it for another input shape meanwhile
+        if packed is None or packed[0] != key:
+            packed = (key, torch.ops.mkldnn._reorder_convolution_weight(w, *geometry, list(xb.shape)))
+            self._packed = packed
+        y = torch.ops.mkldnn._convolution_pointwise(xb, packed[1], self.bias, *geometry, "none", [], "")
         # oneDNN answers in channels-last; the plain call keeps an NCHW input's layout
         return y.contiguous() if xb.is_contiguous() else y
 
