@@ -45,8 +45,8 @@ GFLOP / image by ``torch.utils.flop_counter`` on the same run (matmuls, convolut
 and the text encoder's and decoder's for the shipped model).
 Precision: ldmkit rows run with ``--precision`` (default auto: bf16 where `ldmkit.device.bf16_pays`,
 else fp32; in bf16 with the weights stored in bf16 as a bf16 pipeline keeps them,
-`LatentDiffusion.store_for_autocast`), diffusers in its probed best setting; the table says which each took
-and why.
+`LatentDiffusion.store_for_autocast`, and their convolutions packed for oneDNN, `ldmkit.nn.prepack`), diffusers
+in its probed best setting; the table says which each took and why.
 
 ``--results FILE`` writes the markdown (machine, command, tables) to FILE.
 """
@@ -434,6 +434,7 @@ def sd_small(args, peaks) -> dict:
     from ldmkit.diffusion import guided_denoiser, make_schedule, sample
     from ldmkit.nn.feature_cache import FeatureCache
     from ldmkit.nn.kv_cache import cached_text_kv
+    from ldmkit.nn.prepack import prepack
     from ldmkit.nn.unet import UNet
     from ldmkit.pipelines.base import _in_bf16
 
@@ -446,8 +447,9 @@ def sd_small(args, peaks) -> dict:
     unet = UNet(bench.unet).eval().requires_grad_(False)
     unet.load_state_dict(weights["ldmkit_unet"], strict=True)
     bf16, ldm_note = precision_note(args.precision)
-    if bf16:  # as a bf16 pipeline loaded from a folder keeps them (`LatentDiffusion.store_for_autocast`)
+    if bf16:  # as `Pipeline.from_folder` keeps a bf16 pipeline's weights: stored in bf16, convolutions packed
         store_for_autocast(unet, torch.bfloat16)
+        prepack(unet)  # (a no-op where oneDNN has no bf16 convolutions, as in the pipeline)
     lay_out_unet(unet, torch.device("cpu"), bf16)  # as a pipeline on this CPU lays it out
     g = torch.Generator().manual_seed(INPUT_SEED)
     c, h, d = bench.unet.in_channels, bench.latent_size, bench.unet.context_dim

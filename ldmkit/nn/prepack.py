@@ -9,8 +9,8 @@ convolution on that copy:
 
 It is the kernel the plain call runs, so y is the same numbers, bit for bit (tests/test_prepack.py checks a
 pipeline's images; benchmarks/PREPACK.md the shipped models'). Measured on the shipped UNet in bf16 on an AVX-512
-CPU, one thread: 1.25× at batch 1, 1.03× at batch 16, where the convolutions' arithmetic hides the reorder. Linear maps gain nothing this way
-(oneDNN's packed matmul rounds differently and was no faster), so they stay plain.
+CPU, one thread: 1.25× at batch 1, 1.03× at batch 16, where the convolutions' arithmetic hides the reorder.
+Linear maps gain nothing this way (oneDNN's packed matmul rounds differently and was no faster): they stay plain.
 
 `prepack` swaps a network's exact ``nn.Conv2d`` layers for `PackedConv2d` (same Parameters, same state-dict
 names). Only inference takes the packed path: a bf16 W, a bf16 input (or an fp32 one under bf16 autocast, cast
