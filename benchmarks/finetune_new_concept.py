@@ -284,6 +284,10 @@ def main() -> None:
                         "of the shapes dataset and trains on them beside the new images (0: none)")
     p.add_argument("--prior-loss", choices=("images", "model"), default="images",
                    help="the prior images' target: the noise (DreamBooth) or the frozen model's prediction")
+    p.add_argument("--timestep-bias", choices=("none", "earlier", "later"), default="none",
+                   help="training timesteps drawn more often near t = 0 (earlier) or T (later)")
+    p.add_argument("--timestep-bias-multiplier", type=float, default=1.0)
+    p.add_argument("--timestep-bias-portion", type=float, default=0.25)
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
@@ -319,7 +323,9 @@ def main() -> None:
                          prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
-                         sample_steps=settings.num_inference_steps, log_every=10)
+                         sample_steps=settings.num_inference_steps, log_every=10,
+                         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
+                         timestep_bias_portion=args.timestep_bias_portion)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
@@ -339,6 +345,8 @@ def main() -> None:
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
                            "small share": args.small_share,
+                           "timestep bias": f"{args.timestep_bias} x{args.timestep_bias_multiplier:g} on "
+                                            f"{args.timestep_bias_portion:g} of T",
                            "sampler": settings.describe(), "test prompts": len(prompts),
                            "held-out captions": args.heldout}
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -150,6 +150,28 @@ def test_cli_generate_and_eval_run_the_student_by_default(student, tmp_path, cap
     assert settings["sampler"] == "lcm" and settings["steps"] == 3
 
 
+def test_distilling_on_from_a_student_starts_from_its_weights(teacher, student, tmp_path, capsys):
+    preset = tiny_distill_preset()
+    out = distill(preset, teacher, tmp_path / "on", steps=1, progress=False, init=student)
+    before, after = load_pipeline(student).model, load_pipeline(out).model
+    assert after.config.diffusion.consistency_steps == 3  # the student's own default, not the preset's
+    origin = load_pipeline(teacher).model.unet.state_dict()
+
+    def distance(a, b):
+        return sum((a[k].float() - b[k].float()).abs().sum().item() for k in origin)
+
+    now, was = after.unet.state_dict(), before.unet.state_dict()
+    assert 0 < distance(now, was) < distance(now, origin) / 2  # one step on from the student, not the teacher
+    # --seed: another data order and other noise than the student's own run, recorded in the checkpoint
+    assert main(["distill", "--preset", "tiny", "--teacher", str(teacher), "--init", str(student), "--seed", "3",
+                 "--steps", "1", "--out", str(tmp_path / "seeded"), "--no-progress"]) == 0
+    assert load_state(tmp_path / "seeded", "distill")["preset"]["distill"]["seed"] == 3
+    assert main(["distill", "--preset", "tiny", "--teacher", str(teacher), "--init", str(teacher),
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "is not a consistency student" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_distill_cli_refuses_a_student_as_teacher_and_bad_settings(student, tmp_path, capsys):
     assert main(["distill", "--preset", "tiny", "--teacher", str(student), "--out", str(tmp_path / "x"),

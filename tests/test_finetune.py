@@ -100,6 +100,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         "--rank applies to --method lora": ["--images", str(images), "--method", "full", "--rank", "4"],
         "--lora-targets and --save-dtype apply to --method lora only": [
             "--images", str(images), "--method", "full", "--lora-targets", "attention+conv"],
+        "--timestep-bias-multiplier must be > 0": ["--images", str(images), "--timestep-bias", "earlier",
+                                                   "--timestep-bias-multiplier", "0"],
     }
     for message, options in cases.items():
         out = tmp_path / "never"
@@ -245,3 +247,16 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))
     with pytest.raises(UsageError, match="--prior-loss model"):
         finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_loss="model"))
+
+
+def test_timestep_bias_weights_the_chosen_end():
+    from ldmkit.train.finetune import biased_timesteps
+
+    draws = {bias: biased_timesteps(torch.Generator().manual_seed(0), 40_000, 1000, bias, 3.0, 0.25)
+             for bias in ("earlier", "later", "none")}
+    # p(t in the biased quarter) = 3 · 0.25 / (3 · 0.25 + 0.75) = 1/2
+    assert abs((draws["earlier"] < 250).float().mean().item() - 0.5) < 0.02
+    assert abs((draws["later"] >= 750).float().mean().item() - 0.5) < 0.02
+    assert abs((draws["none"] < 250).float().mean().item() - 0.25) < 0.02
+    assert draws["earlier"].min() >= 0 and draws["later"].max() <= 999
+

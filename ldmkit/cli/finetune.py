@@ -6,7 +6,7 @@ from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, pos
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
-from ldmkit.train.finetune import METHODS, SAVE_DTYPES, FinetuneConfig, finetune, settings_from
+from ldmkit.train.finetune import METHODS, SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from
 
 
 def cmd_finetune(args) -> None:
@@ -26,6 +26,8 @@ def cmd_finetune(args) -> None:
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
         save_dtype=args.save_dtype, prior_images=args.prior_images,
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
+        timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
+        timestep_bias_portion=args.timestep_bias_portion,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -71,6 +73,13 @@ def add_parsers(sub) -> None:
                    help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
                         "teaching a shape")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default 500)")
+    p.add_argument("--timestep-bias", choices=TIMESTEP_BIASES,
+                   help="draw training timesteps more often near t = 0 (earlier: the low-noise steps that draw "
+                        "edges and corners) or near T (later: composition); default none (uniform)")
+    p.add_argument("--timestep-bias-multiplier", type=bounded_float(1e3, "--timestep-bias-multiplier"),
+                   metavar="X", help="how many times as likely the biased timesteps are (default 1)")
+    p.add_argument("--timestep-bias-portion", type=bounded_float(1.0, "--timestep-bias-portion"), metavar="P",
+                   help="the share of the timesteps the bias covers (default 0.25)")
     p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "
                                                          "full 2e-5)")

@@ -31,6 +31,8 @@ def _preset(args, section: str) -> Preset:
         overrides["checkpoint_every"] = args.checkpoint_every
     if args.keep_checkpoints is not None:
         overrides["checkpoint_keep"] = args.keep_checkpoints
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if overrides:
         preset = dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **overrides)})
     return preset
@@ -55,6 +57,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every N steps (overrides the config)")
     p.add_argument("--keep-checkpoints", type=positive_int, metavar="K",
                    help="keep the newest K checkpoints (default: the config's checkpoint_keep, 3)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="the run's seed: its data order, noise and timesteps (overrides the config; e.g. a run "
+                        "started with --init from a model trained on seed 0 sees other items with another)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda; under torchrun each rank takes "
                                                     "GPU LOCAL_RANK")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,7 +108,8 @@ def cmd_train(args) -> None:
 def cmd_distill(args) -> None:
     preset = _preset(args, "distill")
     out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
-                  _resume(args.resume), args.device, not args.no_progress)
+                  _resume(args.resume), args.device, not args.no_progress,
+                  None if args.init is None else resolve_model(args.init))
     print(f"consistency student written to {out} (samples in {out / 'samples'}); "
           f"sample it with `ldmkit generate --model {out} PROMPT`")
 
@@ -136,4 +142,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--student-steps", type=positive_int, metavar="N",
                    help="the student's default number of sampling steps (default: the config's "
                         "distill.student_steps, 4)")
+    p.add_argument("--init", metavar="STUDENT",
+                   help="distil on from a student of this teacher (e.g. shapes64-lcm, the shipped one): its "
+                        "weights start the student and its target, with a fresh optimizer; a resumed run takes "
+                        "its checkpoint instead")
     p.set_defaults(func=cmd_distill)

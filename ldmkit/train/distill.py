@@ -123,20 +123,37 @@ def update_target(target: nn.Module, online: nn.Module, decay: float) -> None:
 
 def distill(preset: Preset, teacher: str | Path, out: str | Path, steps: int | None = None,
             student_steps: int | None = None, resume: bool | str | Path = False, device: str = "auto",
-            progress: bool = True) -> Path:
+            progress: bool = True, init: str | Path | None = None) -> Path:
     """Train a consistency student of ``teacher`` (a text model) on ``preset.data`` for ``steps``
     (default ``preset.distill.steps``) optimizer steps into ``out``; ``student_steps`` (default
     ``preset.distill.student_steps``) is its default number of sampling steps. ``resume``: as
-    `ldmkit.train.diffusion.train_diffusion`'s (False: fresh, refusing an ``out`` with checkpoints)."""
+    `ldmkit.train.diffusion.train_diffusion`'s (False: fresh, refusing an ``out`` with checkpoints).
+    ``init``: a student of this teacher (a folder this function wrote, e.g. a shipped one whose
+    checkpoints are gone) whose UNet starts both θ and θ⁻, with a fresh optimizer; a resumed run takes
+    its checkpoint instead."""
     with distributed.process_group(device) as ctx:
         if ctx.world_size > 1:
             raise UsageError("ldmkit distill runs in one process; launch it without torchrun")
-        _distill(preset, Path(teacher), Path(out), steps, student_steps, resume, ctx, progress)
+        _distill(preset, Path(teacher), Path(out), steps, student_steps, resume, ctx, progress,
+                 None if init is None else Path(init))
     return Path(out)
 
 
+def _initial_student(init: Path, teacher: LatentDiffusion) -> LatentDiffusion:
+    """The student in ``init``, checked to be a consistency student of ``teacher``'s architecture."""
+    source = LatentDiffusion.load(init)
+    if not source.config.diffusion.consistency_steps:
+        raise UsageError(f"--init {init} is not a consistency student; give a folder `ldmkit distill` wrote "
+                         "(to distil a trained model, give it as --teacher)")
+    expected = student_config(teacher.config, source.config.diffusion.consistency_steps)
+    if source.config.unet != expected.unet or source.config.diffusion != expected.diffusion:
+        raise UsageError(f"--init {init} is a student of another architecture than --teacher; give a student "
+                         "distilled from this teacher")
+    return source
+
+
 def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, student_steps: int | None, resume,
-             ctx, progress: bool) -> None:
+             ctx, progress: bool, init: Path | None = None) -> None:
     dcfg = preset.distill
     total = steps if steps is not None else dcfg.steps
     dev = ctx.device
@@ -151,8 +168,11 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
     if state is not None and Path(state.get("teacher", teacher_path)).resolve() != teacher_path.resolve():
         raise CheckpointError(f"the checkpoint was distilled from --teacher {state['teacher']}, not {teacher_path}; "
                               "give that teacher, or choose another --out")
+    source = _initial_student(init, teacher) if init is not None and state is None else None
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
+    elif source is not None:
+        config = source.config
     else:
         config = student_config(teacher.config, student_steps or dcfg.student_steps)
     start = int(state["step"]) if state is not None else 0
@@ -165,6 +185,8 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
     missing, unexpected = student.unet.load_state_dict(teacher.unet.state_dict(), strict=False)
     if unexpected or any(not k.startswith("guidance_embed") for k in missing):
         raise ConfigError(f"the teacher's UNet does not fit the student: missing {missing}, unexpected {unexpected}")
+    if source is not None:
+        student.unet.load_state_dict(source.unet.state_dict())
     teacher.to(dev).eval().requires_grad_(False)
     student.to(dev)
     student.autoencoder.requires_grad_(False)

@@ -2,7 +2,11 @@
 
 Each step draws, for a batch of the images' latents z_0 and captions y (y → "" at rate ``cond_drop_prob``),
 
-    t ~ U{0..T−1},  ε ~ N(0, I),  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε,   L = ‖ε − εθ(z_t, t, τθ(y))‖²
+    t ~ p(t),  ε ~ N(0, I),  z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε,   L = ‖ε − εθ(z_t, t, τθ(y))‖²
+
+with p uniform on {0..T−1}, or (``timestep_bias``, diffusers' ``timestep_bias_strategy``) ``multiplier`` times
+as likely on the ``portion`` of the timesteps nearest t = 0 ("earlier": the low-noise steps that draw edges and
+corners) or nearest T ("later": the steps that place the composition), `biased_timesteps`,
 
 (v as the target for a v-model) and trains only the part the method names, everything else frozen:
 
@@ -28,6 +32,7 @@ own drawings of ``prior_prompts``, trained toward the noise or toward the frozen
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +62,7 @@ from ldmkit.train.logs import RunLog
 from ldmkit.train.prior import PRIOR_LOSSES, batch_order, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
+TIMESTEP_BIASES = ("none", "earlier", "later")
 DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
 ADAPTER = "default"
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -98,6 +104,9 @@ class FinetuneConfig:
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
+    timestep_bias: Literal["none", "earlier", "later"] = "none"  # p(t) weighted toward one end (module docstring)
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
 
     @property
     def learning_rate(self) -> float:
@@ -131,6 +140,24 @@ def check_config(cfg: FinetuneConfig) -> None:
                          f"got {cfg.batch_size}")
     if cfg.layout not in lora_files.LAYOUTS:
         raise UsageError(f"--layout {cfg.layout!r}; allowed: {', '.join(lora_files.LAYOUTS)}")
+    if cfg.timestep_bias not in TIMESTEP_BIASES:
+        raise UsageError(f"--timestep-bias {cfg.timestep_bias!r}; allowed: {', '.join(TIMESTEP_BIASES)}")
+    if not cfg.timestep_bias_multiplier > 0 or not 0 < cfg.timestep_bias_portion <= 1:
+        raise UsageError(f"--timestep-bias-multiplier must be > 0 and --timestep-bias-portion in (0, 1]; got "
+                         f"{cfg.timestep_bias_multiplier} and {cfg.timestep_bias_portion}")
+
+
+def biased_timesteps(generator: torch.Generator, batch_size: int, num_timesteps: int, bias: str,
+                     multiplier: float, portion: float) -> torch.Tensor:
+    """int64[batch_size] timesteps drawn with p(t) ∝ w(t): w = ``multiplier`` on the ⌈portion·T⌉ timesteps
+    nearest t = 0 (``bias`` "earlier") or nearest T − 1 ("later"), 1 elsewhere."""
+    weights = torch.ones(num_timesteps, dtype=torch.float64)
+    span = max(1, math.ceil(portion * num_timesteps))
+    if bias == "earlier":
+        weights[:span] = multiplier
+    elif bias == "later":
+        weights[-span:] = multiplier
+    return torch.multinomial(weights, batch_size, replacement=True, generator=generator)
 
 
 @dataclass
@@ -314,8 +341,13 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     try:
         for step, items in zip(range(start, total), sampler):
             index = torch.tensor([i for _, i in items], device=mean.device)
-            draws = draw_step(step_generator(cfg.seed, step), cfg.batch_size, latent_shape,
-                              model.config.diffusion.num_timesteps, cfg.cond_drop_prob, posterior)
+            generator = step_generator(cfg.seed, step)
+            draws = draw_step(generator, cfg.batch_size, latent_shape, model.config.diffusion.num_timesteps,
+                              cfg.cond_drop_prob, posterior)
+            if cfg.timestep_bias != "none":  # drawn after the others, which stay as an unbiased run's
+                draws = dataclasses.replace(draws, t=biased_timesteps(
+                    generator, cfg.batch_size, model.config.diffusion.num_timesteps, cfg.timestep_bias,
+                    cfg.timestep_bias_multiplier, cfg.timestep_bias_portion))
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
