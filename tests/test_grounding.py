@@ -151,6 +151,25 @@ def test_dropped_captions_and_items_without_targets_carry_none():
     assert targets.valid[0].all() and not targets.valid[1].any()
 
 
+def test_noun_grounding_keeps_only_each_object_s_head_noun():
+    from ldmkit.data.grounding import Grounding
+
+    tokenizer = WordPieceTokenizer.from_package(24)
+    caption = "a small crimson star above a big blue box"
+    spans = tuple(tuple(s for w in words for s in _span(caption, w))
+                  for words in (("small", "crimson", "star"), ("big", "blue", "box")))
+    grounding = Grounding(torch.ones(2, 8, 8), spans)
+    every = grounding_targets([grounding], [caption], tokenizer)
+    nouns = grounding_targets([grounding], [caption], tokenizer, words="nouns")
+    for k, (words, noun) in enumerate(((("small", "crimson", "star"), "star"), (("big", "blue", "box"), "box"))):
+        assert every.tokens[0, k].nonzero().flatten().tolist() == \
+            tokenizer.token_indices(caption, [s for w in words for s in _span(caption, w)])
+        assert nouns.tokens[0, k].nonzero().flatten().tolist() == tokenizer.token_indices(caption, _span(caption, noun))
+    # an object named by a modifier alone ("red" of "a red circle") is left out, not grounded on its adjective
+    alone = Grounding(torch.ones(1, 8, 8), (tuple(_span("a red circle", "red")),))
+    assert grounding_targets([alone], ["a red circle"], tokenizer, words="nouns") is None
+
+
 def _tiny(tmp_path, **data):
     preset = load_preset("tiny")
     return dataclasses.replace(preset, data=dataclasses.replace(preset.data, **data))

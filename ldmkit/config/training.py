@@ -77,6 +77,8 @@ class GroundingConfig:
     weight_token: float = 0.0
     weight_pixel: float = 0.0
     levels: tuple[int, ...] = ()  # UNet levels whose cross-attention is supervised; () = every level that has it
+    # "all": every word that names an object; "nouns": only the head nouns among them (TokenCompose's choice)
+    words: Literal["all", "nouns"] = "all"
 
     @property
     def enabled(self) -> bool:

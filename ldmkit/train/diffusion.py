@@ -350,7 +350,7 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
                 y, concat = batch_condition(model, mb, draws.keep_caption[rows], images, mask, latent_shape[1:])
                 if isinstance(y, torch.Tensor):
                     y = y.to(dev)
-                targets = grounding_targets(mb["grounding"], y, model.tokenizer) \
+                targets = grounding_targets(mb["grounding"], y, model.tokenizer, tcfg.grounding.words) \
                     if grounded and "grounding" in mb else None
                 with distributed.sync_context(ddp, sync=k == accum - 1):
                     with autocast(dev, tcfg.bf16):

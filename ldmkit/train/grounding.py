@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ldmkit.data.grounding import Grounding
 from ldmkit.errors import ConfigError
+from ldmkit.text.phrases import parse_phrases
 from ldmkit.text.tokenizer import FixedLengthTokenizer
 
 
@@ -48,9 +49,11 @@ class GroundingTargets:
 
 
 def grounding_targets(groundings: list[Grounding | None], captions: list[str],
-                      tokenizer: FixedLengthTokenizer) -> GroundingTargets | None:
+                      tokenizer: FixedLengthTokenizer, words: str = "all") -> GroundingTargets | None:
     """The targets of a micro-batch (None where an item has none: no grounding, or a dropped caption);
-    None when no object of any item has a token left (so the step trains as an ungrounded one)."""
+    None when no object of any item has a token left (so the step trains as an ungrounded one).
+    ``words``: "all" grounds every word the targets name; "nouns" only those of its words that are the head
+    nouns of the caption's noun phrases (`noun_spans`), as TokenCompose grounds noun tokens."""
     items = [(b, g) for b, g in enumerate(groundings) if g is not None and captions[b]]
     if not items:
         return None
@@ -60,13 +63,22 @@ def grounding_targets(groundings: list[Grounding | None], captions: list[str],
     masks = torch.zeros(len(captions), count, *size)
     valid = torch.zeros(len(captions), count, dtype=torch.bool)
     for b, g in items:
+        nouns = noun_spans(captions[b]) if words == "nouns" else None
         for k, spans in enumerate(g.spans):
-            indices = tokenizer.token_indices(captions[b], spans)
+            if nouns is not None:
+                spans = tuple(sp for sp in spans if any(sp[0] < end and start < sp[1] for start, end in nouns))
+            indices = tokenizer.token_indices(captions[b], spans) if spans else []
             if indices:
                 tokens[b, k, indices] = 1.0
                 masks[b, k] = g.masks[k]
                 valid[b, k] = True
     return GroundingTargets(tokens, masks, valid) if valid.any() else None
+
+
+def noun_spans(caption: str) -> list[tuple[int, int]]:
+    """The character spans of the head nouns of ``caption``'s noun phrases, by the general rule of
+    `ldmkit.text.phrases` (no vocabulary): "a small red circle above a big box" → circle, box."""
+    return [phrase.noun for phrase in parse_phrases(caption).objects]
 
 
 def layer_level(layer_hw: tuple[int, int], latent_hw: tuple[int, int]) -> int:
