@@ -172,7 +172,7 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
     elif source is not None:
-        config = source.config
+        config = student_config(teacher.config, student_steps or source.config.diffusion.consistency_steps)
     else:
         config = student_config(teacher.config, student_steps or dcfg.student_steps)
     start = int(state["step"]) if state is not None else 0
