@@ -6,9 +6,8 @@ Each step draws, for a batch of the images' latents z_0 and captions y (y → ""
 
 with p uniform on {0..T−1}, or (``timestep_bias``, diffusers' ``timestep_bias_strategy``) ``multiplier`` times
 as likely on the ``portion`` of the timesteps nearest t = 0 ("earlier": the low-noise steps that draw edges and
-corners) or nearest T ("later": the steps that place the composition), `biased_timesteps`,
-
-(v as the target for a v-model) and trains only the part the method names, everything else frozen:
+corners) or nearest T ("later": the steps that place the composition; `biased_timesteps`); v is the target
+for a v-model. It trains only the part the method names, everything else frozen:
 
 - ``lora``: adapters B A on the UNet's attention projections W_Q, W_K, W_V, W_out (``lora_targets``
   "attention+conv": and on the two 3×3 convolutions of every ResBlock, W ⋆ x + (α/r) B ⋆ (A ⋆ x), LoCon; with
