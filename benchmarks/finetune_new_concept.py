@@ -60,7 +60,7 @@ from ldmkit.images import image_to_tensor
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
-from ldmkit.train.finetune import SAVE_DTYPES, FinetuneConfig, finetune
+from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune
 
 SIZE = 64
 RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fractions of the side)
@@ -284,10 +284,10 @@ def main() -> None:
                         "of the shapes dataset and trains on them beside the new images (0: none)")
     p.add_argument("--prior-loss", choices=("images", "model"), default="images",
                    help="the prior images' target: the noise (DreamBooth) or the frozen model's prediction")
-    p.add_argument("--timestep-bias", choices=("none", "earlier", "later"), default="none",
+    p.add_argument("--timestep-bias", choices=TIMESTEP_BIASES, default=FinetuneConfig.timestep_bias,
                    help="training timesteps drawn more often near t = 0 (earlier) or T (later)")
-    p.add_argument("--timestep-bias-multiplier", type=float, default=1.0)
-    p.add_argument("--timestep-bias-portion", type=float, default=0.25)
+    p.add_argument("--timestep-bias-multiplier", type=float, default=FinetuneConfig.timestep_bias_multiplier)
+    p.add_argument("--timestep-bias-portion", type=float, default=FinetuneConfig.timestep_bias_portion)
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()

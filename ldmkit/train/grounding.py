@@ -67,7 +67,7 @@ def grounding_targets(groundings: list[Grounding | None], captions: list[str],
         for k, spans in enumerate(g.spans):
             if nouns is not None:
                 spans = tuple(sp for sp in spans if any(sp[0] < end and start < sp[1] for start, end in nouns))
-            indices = tokenizer.token_indices(captions[b], spans) if spans else []
+            indices = tokenizer.token_indices(captions[b], spans)
             if indices:
                 tokens[b, k, indices] = 1.0
                 masks[b, k] = g.masks[k]
