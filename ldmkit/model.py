@@ -33,6 +33,7 @@ from ldmkit.diffusion import NoiseSchedule, make_schedule
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
 from ldmkit.text import PromptTokenizer, build_text_encoder, load_tokenizer, pretrained_tokenizer
+from ldmkit.text.colour_words import colour_context
 from ldmkit.errors import ConfigError, UsageError
 
 
@@ -93,16 +94,25 @@ class LatentDiffusion(nn.Module):
                 f"one value per GroupNorm group; the smallest sizes allowed are {k}x{2 * k} and {2 * k}x{k}"
             )
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], neutral_colours: list[bool] | None = None) -> torch.Tensor:
         """τθ(y) for each prompt: context B×L×d.
 
         The text encoder masks padding among its own tokens; the UNet's cross-attention then sees
         all L positions, as in Stable Diffusion, so that a conditional and an unconditional context
-        batch together without masks. With ``text.zero_padding`` the padding positions' vectors are 0.
+        batch together without masks. With ``text.zero_padding`` the padding positions' vectors are 0;
+        with ``text.colour_lexicon`` colour names are read by their colour (`ldmkit.text.colour_words`), and
+        ``neutral_colours`` (per prompt; training's ``colour_word_dropout``) hides them from the text encoder.
         """
+        added = None
+        if self.config.text.colour_lexicon != "off":
+            prompts, added = colour_context(list(prompts), self.tokenizer, self.tokenizer.max_length,
+                                            self.config.unet.context_dim, self.config.text.colour_lexicon,
+                                            neutral_colours)
         token_ids, mask = self.tokenizer(prompts)
         device = next(self.unet.parameters()).device  # the frozen MiniLM encoder has no parameters() of its own
         context = self.text_encoder(token_ids.to(device), mask.to(device))
+        if added is not None:
+            context = context + added.to(device=device, dtype=context.dtype)
         if self.config.text.zero_padding:
             context = context * mask.to(device=device, dtype=context.dtype)[..., None]
         return context

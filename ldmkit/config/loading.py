@@ -34,7 +34,8 @@ def to_dict(config) -> dict:
 # with a default that reproduces the older behaviour, belongs here too.
 LATER_FIELDS = {
     "AutoencoderConfig": {"attention_bias", "asymmetric_downsample", "l2_weight"},
-    "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers", "zero_padding"},
+    "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers", "zero_padding",
+                          "colour_lexicon"},
     "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels", "guidance_embedding"},
     "DiffusionConfig": {"zero_terminal_snr", "consistency_steps"},
     "ModelConfig": {"condition"},

@@ -111,6 +111,9 @@ class DiffusionTrainConfig:
     min_snr_gamma: float = 0.0  # > 0: weight each sample's loss by min(SNR(t), γ)/SNR(t) (Hang et al. 2023; γ = 5); 0: off
     fused_adamw: bool = True  # torch's fused AdamW kernel (one kernel for all parameters) where the device has it
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    # text.colour_lexicon "add": the share of captions whose colour names the text encoder reads as the neutral
+    # word (their colour reaching the UNet through the lexicon alone), so that the UNet learns to read it there
+    colour_word_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,13 @@ def dataset_captions(dataset, limit: int) -> list[str]:
     return [dataset[i]["caption"] for i in range(n)]
 
 
+def check_colour_word_dropout(share: float, colour_lexicon: str) -> None:
+    """A ConfigError unless ``train.colour_word_dropout`` is 0, or a share in (0, 1] of an "add" lexicon model."""
+    if share and (colour_lexicon != "add" or not 0 < share <= 1):
+        raise ConfigError(f"train.colour_word_dropout = {share}: a share in (0, 1] with text.colour_lexicon: add "
+                          f"(this model has {colour_lexicon!r}), or 0")
+
+
 def caption_keep_mask(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """n booleans, each False (drop the caption) with probability p."""
     return torch.rand(n, generator=generator) >= p
@@ -85,19 +92,22 @@ class StepDraws:
     t: torch.Tensor  # int64 [B]
     noise: torch.Tensor  # ε, [B, c, h, w]
     mask: torch.Tensor | None = None  # inpainting: m, [B, 1, H, W] (1 = repaint)
+    neutral_colours: torch.Tensor | None = None  # bool [B]: colour names hidden from the text encoder
 
 
 def draw_step(generator: torch.Generator, batch_size: int, latent_shape: tuple[int, int, int],
               num_timesteps: int, drop_prob: float, posterior: bool,
-              mask_size: tuple[int, int] | None = None) -> StepDraws:
+              mask_size: tuple[int, int] | None = None, colour_dropout: float = 0.0) -> StepDraws:
     """``mask_size`` (H, W): draw inpainting masks too, after everything else, so that the draws of
-    the other kinds stay what they were."""
+    the other kinds stay what they were; ``colour_dropout`` > 0: then which captions' colour names the
+    text encoder does not read (`DiffusionTrainConfig.colour_word_dropout`)."""
     keep = caption_keep_mask(batch_size, drop_prob, generator)
     posterior_noise = torch.randn((batch_size, *latent_shape), generator=generator) if posterior else None
     t = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
     noise = torch.randn((batch_size, *latent_shape), generator=generator)
     mask = random_masks(batch_size, *mask_size, generator) if mask_size is not None else None
-    return StepDraws(keep, posterior_noise, t, noise, mask)
+    neutral = torch.rand(batch_size, generator=generator) < colour_dropout if colour_dropout > 0 else None
+    return StepDraws(keep, posterior_noise, t, noise, mask, neutral)
 
 
 def batch_condition(model: LatentDiffusion, batch: dict, keep: torch.Tensor, images: torch.Tensor,
@@ -151,10 +161,12 @@ class DenoisingLoss(nn.Module):
         self.terms: dict[str, torch.Tensor] = {}  # the last forward's loss terms, detached, for the log
 
     def forward(self, latents: torch.Tensor, y: list[str] | torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                concat: torch.Tensor | None = None, grounding: GroundingTargets | None = None) -> torch.Tensor:
+                concat: torch.Tensor | None = None, grounding: GroundingTargets | None = None,
+                neutral_colours: list[bool] | None = None) -> torch.Tensor:
         """y: captions, or class labels (int64 [B]); concat: c for εθ(cat(z_t, c), t, τθ(y)), or None;
-        grounding: the targets of `ldmkit.train.grounding` (used when the config weighs them), or None."""
-        context = self._encode(y)
+        grounding: the targets of `ldmkit.train.grounding` (used when the config weighs them), or None;
+        neutral_colours: per caption, its colour names hidden from the text encoder (`colour_word_dropout`)."""
+        context = self._encode(y) if neutral_colours is None else self._encode(y, neutral_colours)
 
         def eps(z_t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
             z_in = z_t if concat is None else torch.cat([z_t, concat.to(z_t.dtype)], dim=1)
@@ -221,6 +233,7 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     cached = bool(preset.data.latent_cache)
     if cached and autoencoder_dir is None:
         raise ConfigError("data.latent_cache: a pixel-space model (autoencoder.kind identity) trains on the images")
+    check_colour_word_dropout(tcfg.colour_word_dropout, preset.text.colour_lexicon)
     dataset = open_latent_cache(preset.data, autoencoder_dir, preset.condition.kind) if cached \
         else build_dataset(preset.data)
 
@@ -330,7 +343,8 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
         for step, batch in zip(range(start, total), loader):
             skips.take(batch)
             draws = draw_step(step_generator(tcfg.seed, step, ctx.rank), tcfg.batch_size, latent_shape,
-                              config.diffusion.num_timesteps, tcfg.cond_drop_prob, posterior, mask_size)
+                              config.diffusion.num_timesteps, tcfg.cond_drop_prob, posterior, mask_size,
+                              tcfg.colour_word_dropout)
             lr = learning_rate(step, tcfg.lr, tcfg.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -355,7 +369,8 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
                 with distributed.sync_context(ddp, sync=k == accum - 1):
                     with autocast(dev, tcfg.bf16):
                         loss = ddp(latents, y, draws.t[rows].to(dev), draws.noise[rows].to(dev), concat,
-                                   targets.to(dev) if targets is not None else None)
+                                   targets.to(dev) if targets is not None else None,
+                                   draws.neutral_colours[rows].tolist() if draws.neutral_colours is not None else None)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
                 for name, value in objective.terms.items():

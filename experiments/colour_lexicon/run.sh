@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Colour words read by their colour (text.colour_lexicon, ldmkit.text.colour_words): 1500-step fine-tunes of the
+# shipped model on the broad caption grammar with the lexicon in each mode (add.yaml, replace.yaml), against the
+# same fine-tune without it (experiments/grounded_finetune/control.yaml), each measured with the shipped model on
+# the same 512 held-out scenes told in the templates, the seen grammar and the unseen grammar (no binding
+# guidance). Resumable: training resumes from its newest checkpoint, and a measurement whose JSON exists is kept.
+#   bash experiments/colour_lexicon/run.sh        (runs/colour-lexicon-{add,replace}, runs/gft-control; ~1.5 h on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash benchmarks/shipped_autoencoder.sh runs/shipped-ae
+declare -A CONFIGS=([runs/gft-control]=experiments/grounded_finetune/control.yaml
+                    [runs/colour-lexicon-add]=experiments/colour_lexicon/add.yaml
+                    [runs/colour-lexicon-replace]=experiments/colour_lexicon/replace.yaml)
+for out in runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace; do
+  .venv/bin/ldmkit train --config "${CONFIGS[$out]}" --init ldmkit/pretrained/shapes64 --autoencoder runs/shipped-ae \
+    --out "$out" --resume --no-progress
+done
+for model in ldmkit/pretrained/shapes64 runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace; do
+  dir=$([ "$model" = ldmkit/pretrained/shapes64 ] && echo runs/colour-lexicon-shipped || echo "$model")
+  mkdir -p "$dir"
+  for phrasing in templates seen unseen; do
+    json="$dir/eval-$phrasing-512.json"
+    [ -f "$json" ] || { .venv/bin/ldmkit eval generate --model "$model" --num-images 512 --phrasing "$phrasing" \
+      --json "$json.part" --no-progress && mv "$json.part" "$json"; }
+  done
+done
+.venv/bin/python experiments/colour_lexicon/table.py --out experiments/COLOUR_LEXICON.md \
+  --note-file experiments/colour_lexicon/note.txt shipped=runs/colour-lexicon-shipped control=runs/gft-control \
+  add=runs/colour-lexicon-add replace=runs/colour-lexicon-replace

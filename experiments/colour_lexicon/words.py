@@ -1,0 +1,46 @@
+"""Each held-out colour word alone: the share of "a {word} {shape}" images (6 shapes × 4 seeds, DDIM 25, guidance 4)
+that the shapes judge reads as one object of the word's colour, per model.
+
+    python experiments/colour_lexicon/words.py runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+
+import ldmkit
+from ldmkit.data.shapes import SHAPES
+from ldmkit.data.shapes_captions import _WORDS
+from ldmkit.eval.attributes import AttributePredictor
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--part", default="unseen", choices=("seen", "unseen"))
+    args = p.parse_args()
+    judge = AttributePredictor()
+    header = "| word | means | " + " | ".join(args.models) + " |"
+    rows = {}
+    for model in args.models:
+        pipe = ldmkit.load_pipeline(model, precision="auto")
+        for colour, words in _WORDS["color"][args.part].items():
+            for word in words:
+                prompts = [f"a {word} {shape}" for shape in SHAPES for _ in range(4)]
+                with torch.inference_mode():
+                    images = pipe.generate_tensors(prompts, steps=25, guidance=4.0, seed=0)
+                read = [s.objects[0].color if s is not None and len(s.objects) == 1 else "none" for s in judge(images)]
+                others = ", ".join(f"{c} {n}" for c, n in Counter(read).most_common() if c != colour)
+                rows.setdefault((word, colour), []).append(
+                    f"{sum(r == colour for r in read)}/{len(read)}" + (f" ({others})" if others else ""))
+    print(header)
+    print("|" + "---|" * (2 + len(args.models)))
+    for (word, colour), cells in rows.items():
+        print(f"| {word} | {colour} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

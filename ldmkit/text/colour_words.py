@@ -1,0 +1,173 @@
+"""Colour words read by their colour: a colour-name lexicon on the tokens that name a colour.
+
+A frozen sentence encoder tells the colour words a UNet was trained on apart, but not the ones it never read:
+MiniLM's token states name the colour of "lemon" or "navy" barely above chance (experiments/TEXT_PROBE.md).
+What the prompt model does not know, the UNet cannot learn. A colour-name lexicon does know it: the xkcd colour
+survey's 949 names as people use them ("scarlet", "navy blue", "robin's egg") and CSS's named colours
+(``colour_names.tsv``, about a thousand in all). With ``text.colour_lexicon`` the model reads each colour word by
+the colour the lexicon gives it as well as by its spelling (``"add"``), or instead of it (``"replace"``):
+
+1. every colour name in the prompt is found (longest first, up to three words; a single word ending in "y"
+   also as the word without it: "grassy" → "grass"); in ``"replace"`` mode it is replaced, before the text
+   encoder reads the prompt, by the neutral word "colour" once per token the name had, so every other word
+   keeps its tokens and positions;
+2. the name's tokens get the colour's features added to their context vectors:
+
+       c_i ← c_i + s · R φ(x),   x = (L*/50 − 1, a*/100, b*/100)   (CIELAB, D65, of the name's sRGB colour),
+       φ(x) = (x, sin πkx/2, cos πkx/2 for k = 1, 2, 1)   ∈ ℝ¹⁶,
+
+   R ∈ ℝ^{d×16} a fixed matrix with orthonormal columns (seeded, a function of d alone) and s = 2, so that
+   ‖s R φ‖ ≈ 5.4, near the norm of a MiniLM token vector (6–10). No period is shorter than the range of x,
+   so the distance between two colours' φ grows with their distance in CIELAB (which follows perceived
+   difference): a UNet trained on some colour words reads the colour of one it never saw through the keys
+   and values of the colours near it.
+
+In ``"replace"`` mode the text encoder never sees a colour word, so the colour reaches the UNet only through φ
+(and no longer through the other words' contextual vectors: "circle" in "a red circle" stops knowing it is red,
+which is how a frozen encoder binds a colour to its object). In ``"add"`` mode the encoder reads the prompt as
+written and φ comes on top, so a held-out word reaches the UNet through both. Words that are also
+colour names elsewhere ("an orange on a plate", "the night sky") are read as colours too. A model trained with
+the lexicon must be sampled with it (the flag is part of its config); one trained without it is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+
+from ldmkit.config import ConfigError
+
+FEATURES = 16  # the width of φ
+SCALE = 2.0  # s
+MAX_WORDS = 3  # the longest names looked up
+MODES = ("add", "replace")  # text.colour_lexicon besides "off"
+NEUTRAL_WORDS = ("colour", "color")  # the first that is one token of the model's tokenizer replaces colour names
+_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
+
+
+@functools.lru_cache(maxsize=1)
+def lexicon() -> dict[str, tuple[float, float, float]]:
+    """Colour name (lower case, single spaces) → its sRGB colour in [0, 1]³, from ``colour_names.tsv``."""
+    names = {}
+    text = resources.files("ldmkit.text").joinpath("colour_names.tsv").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, hex_colour = line.split("\t")
+        names[name] = tuple(int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return names
+
+
+def srgb_to_lab(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
+    """CIELAB (D65 white) of an sRGB colour in [0, 1]³: linearise, XYZ, then L*, a*, b*."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    x = (0.4124 * lin[0] + 0.3576 * lin[1] + 0.1805 * lin[2]) / 0.95047
+    y = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    z = (0.0193 * lin[0] + 0.1192 * lin[1] + 0.9505 * lin[2]) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+
+    fx, fy, fz = f(x), f(y), f(z)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def colour_features(rgb: tuple[float, float, float]) -> torch.Tensor:
+    """φ(x) of the module docstring for one sRGB colour: float32[16]."""
+    lab = srgb_to_lab(rgb)
+    x = torch.tensor([lab[0] / 50 - 1, lab[1] / 100, lab[2] / 100], dtype=torch.float64)
+    parts = [x] + [f(math.pi * k * x / 2) for k in (1, 2) for f in (torch.sin, torch.cos)] + [torch.ones(1)]
+    return torch.cat(parts).float()
+
+
+@functools.lru_cache(maxsize=8)
+def projection(width: int) -> torch.Tensor:
+    """R: float32[width, 16] with orthonormal columns, the same for every model of this width."""
+    if width < FEATURES:
+        raise ConfigError(f"text.colour_lexicon needs a context width of at least {FEATURES}; this one is {width}")
+    gaussian = torch.randn(width, FEATURES, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q, _ = torch.linalg.qr(gaussian)
+    return q.float()
+
+
+@dataclass(frozen=True)
+class ColourName:
+    """A colour name found in a prompt: its character span, the name as the lexicon has it, its colour."""
+
+    span: tuple[int, int]
+    name: str
+    rgb: tuple[float, float, float]
+
+
+def find_colour_names(prompt: str) -> list[ColourName]:
+    """The colour names of ``prompt``, left to right, longest match first (see the module docstring); words
+    of a name are separated by spaces only."""
+    names = lexicon()
+    words = [(m.start(), m.end(), m.group().lower().replace("’", "'")) for m in _WORD.finditer(prompt)]
+    found, i = [], 0
+    while i < len(words):
+        for n in range(min(MAX_WORDS, len(words) - i), 0, -1):
+            group = words[i:i + n]
+            if any(prompt[a[1]:b[0]].strip(" ") for a, b in zip(group, group[1:])):
+                continue  # not separated by spaces alone
+            name = " ".join(w for _, _, w in group)
+            if n == 1 and name not in names and len(name) > 4 and name.endswith("y"):
+                name = name[:-1]
+            if name in names:
+                found.append(ColourName((group[0][0], group[-1][1]), name, names[name]))
+                i += n
+                break
+        else:
+            i += 1
+    return found
+
+
+def neutral_word(tokenizer) -> str:
+    """The first of `NEUTRAL_WORDS` that ``tokenizer`` keeps as one token; a ConfigError if none is."""
+    for word in NEUTRAL_WORDS:
+        if len(tokenizer.token_indices(word, [(0, len(word))])) == 1:
+            return word
+    raise ConfigError(f"text.colour_lexicon needs a tokenizer that keeps one of {', '.join(NEUTRAL_WORDS)} "
+                      "as a single token; this one splits both")
+
+
+def neutralise(prompt: str, tokenizer, word: str) -> tuple[str, list[tuple[list[int], tuple[float, float, float]]]]:
+    """(``prompt`` with each colour name replaced by ``word`` once per token the name had, [(the name's token
+    positions, its colour), …]). Positions are the same in both texts; a name cut off by truncation is
+    left as it is."""
+    pieces, colours, last = [], [], 0
+    for found in find_colour_names(prompt):
+        positions = tokenizer.token_indices(prompt, [found.span])
+        if not positions:
+            continue
+        pieces += [prompt[last:found.span[0]], " ".join([word] * len(positions))]
+        last = found.span[1]
+        colours.append((positions, found.rgb))
+    pieces.append(prompt[last:])
+    return "".join(pieces), colours
+
+
+def colour_context(prompts: list[str], tokenizer, length: int, width: int, mode: str = "replace",
+                   replace: list[bool] | None = None) -> tuple[list[str], torch.Tensor | None]:
+    """(the prompts for the text encoder — their colour names neutralised in ``"replace"`` mode, as they are in
+    ``"add"`` mode —, the s R φ to add to their context [B, length, width], or None when no prompt names a
+    colour). ``replace``: per prompt, True neutralises its names in ``"add"`` mode too (training's
+    ``colour_word_dropout``)."""
+    if mode not in MODES:
+        raise ConfigError(f"text.colour_lexicon = {mode!r}; allowed: off, {', '.join(MODES)}")
+    replace = [mode == "replace" or bool(r) for r in (replace if replace is not None else [False] * len(prompts))]
+    word = neutral_word(tokenizer) if any(replace) else ""
+    texts, added = [], None
+    for b, prompt in enumerate(prompts):
+        text, colours = neutralise(str(prompt), tokenizer, word or NEUTRAL_WORDS[0])
+        texts.append(text if replace[b] else str(prompt))
+        for positions, rgb in colours:
+            if added is None:
+                added = torch.zeros(len(prompts), length, width)
+            added[b, positions] += SCALE * (projection(width) @ colour_features(rgb))
+    return texts, added
