@@ -221,3 +221,19 @@ def test_written_files_get_the_umask_mode_not_the_temporary_files_0600(tmp_path)
         tmp.write_bytes(b"image")
     # what open(path, "w") would give: 0644 under the usual umask 022, so other users can read outputs
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~ldmkit.storage._UMASK
+
+
+def test_a_checkpoint_without_a_newer_setting_resumes_at_its_default(tmp_path):
+    """A run checkpointed before a setting existed (train.colour_word_dropout) trained as its default does:
+    it resumes under that default, and not under another value."""
+    from ldmkit.config import load_preset
+    from ldmkit.errors import CheckpointError
+    from ldmkit.train.checkpoint import _settings, check_same_settings
+
+    preset = load_preset("tiny")
+    older = _settings(preset, "diffusion")
+    del older["train"]["colour_word_dropout"]
+    check_same_settings({"preset": older}, preset, "diffusion", tmp_path / "step_0000001.pt")
+    other = dataclasses.replace(preset, train=dataclasses.replace(preset.train, colour_word_dropout=0.5))
+    with pytest.raises(CheckpointError, match="train.colour_word_dropout 0.0 → 0.5"):
+        check_same_settings({"preset": older}, other, "diffusion", tmp_path / "step_0000001.pt")

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Colour words read by their colour (text.colour_lexicon, ldmkit.text.colour_words): 1500-step fine-tunes of the
-# shipped model on the broad caption grammar with the lexicon in each mode (add.yaml, replace.yaml), against the
+# shipped model on the broad caption grammar with the lexicon in each mode (add.yaml, replace.yaml; dropout.yaml: add,
+# with half the training captions' colour names hidden from the text encoder), against the
 # same fine-tune without it (experiments/grounded_finetune/control.yaml), each measured with the shipped model on
 # the same 512 held-out scenes told in the templates, the seen grammar and the unseen grammar (no binding
 # guidance). Resumable: training resumes from its newest checkpoint, and a measurement whose JSON exists is kept.
-#   bash experiments/colour_lexicon/run.sh        (runs/colour-lexicon-{add,replace}, runs/gft-control; ~1.5 h on 2 cores)
+#   bash experiments/colour_lexicon/run.sh   (runs/colour-lexicon-{add,replace,dropout}, runs/gft-control; ~2 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash benchmarks/shipped_autoencoder.sh runs/shipped-ae
 declare -A CONFIGS=([runs/gft-control]=experiments/grounded_finetune/control.yaml
                     [runs/colour-lexicon-add]=experiments/colour_lexicon/add.yaml
-                    [runs/colour-lexicon-replace]=experiments/colour_lexicon/replace.yaml)
-for out in runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace; do
+                    [runs/colour-lexicon-replace]=experiments/colour_lexicon/replace.yaml
+                    [runs/colour-lexicon-dropout]=experiments/colour_lexicon/dropout.yaml)
+RUNS="runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace runs/colour-lexicon-dropout"
+for out in $RUNS; do
   .venv/bin/ldmkit train --config "${CONFIGS[$out]}" --init ldmkit/pretrained/shapes64 --autoencoder runs/shipped-ae \
     --out "$out" --resume --no-progress
 done
-for model in ldmkit/pretrained/shapes64 runs/gft-control runs/colour-lexicon-add runs/colour-lexicon-replace; do
+for model in ldmkit/pretrained/shapes64 $RUNS; do
   dir=$([ "$model" = ldmkit/pretrained/shapes64 ] && echo runs/colour-lexicon-shipped || echo "$model")
   mkdir -p "$dir"
   for phrasing in templates seen unseen; do
@@ -26,4 +29,5 @@ for model in ldmkit/pretrained/shapes64 runs/gft-control runs/colour-lexicon-add
 done
 .venv/bin/python experiments/colour_lexicon/table.py --out experiments/COLOUR_LEXICON.md \
   --note-file experiments/colour_lexicon/note.txt shipped=runs/colour-lexicon-shipped control=runs/gft-control \
-  add=runs/colour-lexicon-add replace=runs/colour-lexicon-replace
+  add=runs/colour-lexicon-add replace=runs/colour-lexicon-replace dropout=runs/colour-lexicon-dropout
+.venv/bin/python experiments/colour_lexicon/words.py $RUNS >> experiments/COLOUR_LEXICON.md

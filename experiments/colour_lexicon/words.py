@@ -7,7 +7,9 @@ that the shapes judge reads as one object of the word's colour, per model.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -15,6 +17,9 @@ import ldmkit
 from ldmkit.data.shapes import SHAPES
 from ldmkit.data.shapes_captions import _WORDS
 from ldmkit.eval.attributes import AttributePredictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
+from _bench_common import command_line  # noqa: E402
 
 
 def main() -> None:
@@ -36,6 +41,7 @@ def main() -> None:
                 others = ", ".join(f"{c} {n}" for c, n in Counter(read).most_common() if c != colour)
                 rows.setdefault((word, colour), []).append(
                     f"{sum(r == colour for r in read)}/{len(read)}" + (f" ({others})" if others else ""))
+    print(f"\n## Each {args.part} colour word alone\n\n{' '.join(__doc__.split(chr(10) * 2)[0].split())}\n\n`{command_line()}`\n")
     print(header)
     print("|" + "---|" * (2 + len(args.models)))
     for (word, colour), cells in rows.items():

@@ -258,9 +258,12 @@ def _recorded_settings(state: dict, preset, kind: str) -> tuple[dict, dict]:
 
 def check_same_settings(state: dict, preset, kind: str, path: str | Path) -> None:
     """`CheckpointError` listing the settings in which ``preset`` differs from the run that wrote
-    ``state`` (the keys in `FREE_KEYS` may differ)."""
+    ``state`` (the keys in `FREE_KEYS` may differ; a setting the checkpoint does not record, added to
+    ldmkit after it was written, matches its default)."""
     theirs, ours = (_flatten(t) for t in _recorded_settings(state, preset, kind))
     unset = "(unset)"
+    defaults = _flatten(_settings(type(preset)(), kind))
+    theirs.update({k: defaults[k] for k in ours if k not in theirs and k in defaults})
     # a pretrained text encoder brings its own vocabulary: text.vocab_size is not read (once presets set it)
     unread = {"text.vocab_size"} if uses_pretrained_tokenizer(preset.text) else set()
     differ = [k for k in sorted(set(theirs) | set(ours)) if k.rsplit(".", 1)[-1] not in FREE_KEYS
