@@ -25,9 +25,11 @@ the colour the lexicon gives it as well as by its spelling (``"add"``), or inste
 In ``"replace"`` mode the text encoder never sees a colour word, so the colour reaches the UNet only through φ
 (and no longer through the other words' contextual vectors: "circle" in "a red circle" stops knowing it is red,
 which is how a frozen encoder binds a colour to its object). In ``"add"`` mode the encoder reads the prompt as
-written and φ comes on top, so a held-out word reaches the UNet through both. Words that are also
-colour names elsewhere ("an orange on a plate", "the night sky") are read as colours too. A model trained with
-the lexicon must be sampled with it (the flag is part of its config); one trained without it is unchanged.
+written and φ comes on top, so a held-out word reaches the UNet through both; training's
+``colour_word_dropout`` hides the names from the encoder in a share of an "add" model's captions, so that its
+UNet learns to read φ too. Words that are also colour names elsewhere ("an orange on a plate", "the night sky")
+are read as colours too. A model samples in the mode it was trained in (the mode is part of its config); one
+trained without the lexicon is unchanged. Measured in experiments/COLOUR_LEXICON.md.
 """
 
 from __future__ import annotations
