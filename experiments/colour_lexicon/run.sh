@@ -5,7 +5,8 @@
 # same fine-tune without it (experiments/grounded_finetune/control.yaml), each measured with the shipped model on
 # the same 512 held-out scenes told in the templates, the seen grammar and the unseen grammar (no binding
 # guidance). Resumable: training resumes from its newest checkpoint, and a measurement whose JSON exists is kept.
-#   bash experiments/colour_lexicon/run.sh   (runs/colour-lexicon-{add,replace,dropout}, runs/gft-control; ~2 h on 2 cores)
+# The dropout run is also trained on to 3000 steps (runs/colour-lexicon-dropout-3000).
+#   bash experiments/colour_lexicon/run.sh   (runs/colour-lexicon-{add,replace,dropout}, runs/gft-control; ~2.5 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash benchmarks/shipped_autoencoder.sh runs/shipped-ae
@@ -18,6 +19,14 @@ for out in $RUNS; do
   .venv/bin/ldmkit train --config "${CONFIGS[$out]}" --init ldmkit/pretrained/shapes64 --autoencoder runs/shipped-ae \
     --out "$out" --resume --no-progress
 done
+# the dropout run trained on from its step 1500 to 3000, in a copy
+if [ ! -d runs/colour-lexicon-dropout-3000 ]; then
+  cp -r runs/colour-lexicon-dropout runs/colour-lexicon-dropout-3000
+  rm -f runs/colour-lexicon-dropout-3000/eval-*   # the 1500-step model's measurements
+fi
+.venv/bin/ldmkit train --config experiments/colour_lexicon/dropout.yaml --init ldmkit/pretrained/shapes64 \
+  --autoencoder runs/shipped-ae --out runs/colour-lexicon-dropout-3000 --resume --steps 3000 --no-progress
+RUNS="$RUNS runs/colour-lexicon-dropout-3000"
 for model in ldmkit/pretrained/shapes64 $RUNS; do
   dir=$([ "$model" = ldmkit/pretrained/shapes64 ] && echo runs/colour-lexicon-shipped || echo "$model")
   mkdir -p "$dir"
@@ -29,5 +38,6 @@ for model in ldmkit/pretrained/shapes64 $RUNS; do
 done
 .venv/bin/python experiments/colour_lexicon/table.py --out experiments/COLOUR_LEXICON.md \
   --note-file experiments/colour_lexicon/note.txt shipped=runs/colour-lexicon-shipped control=runs/gft-control \
-  add=runs/colour-lexicon-add replace=runs/colour-lexicon-replace dropout=runs/colour-lexicon-dropout
+  add=runs/colour-lexicon-add replace=runs/colour-lexicon-replace dropout=runs/colour-lexicon-dropout \
+  "dropout, 3000 steps=runs/colour-lexicon-dropout-3000"
 .venv/bin/python experiments/colour_lexicon/words.py $RUNS >> experiments/COLOUR_LEXICON.md
