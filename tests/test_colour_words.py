@@ -139,3 +139,16 @@ def test_colour_word_dropout_needs_an_add_model(share, mode):
         check_colour_word_dropout(share, mode)
     check_colour_word_dropout(0.0, mode)
     check_colour_word_dropout(0.5, "add")
+
+
+def test_a_bare_off_in_yaml_reads_as_the_off_mode(tmp_path):
+    """YAML 1.1 reads `colour_lexicon: off` as False; the config takes it as the mode it names."""
+    from ldmkit.config import load_yaml
+    from ldmkit.config.model import TextEncoderConfig
+
+    path = tmp_path / "text.yaml"
+    path.write_text("kind: minilm\nwidth: 384\ncolour_lexicon: off\n")
+    assert load_yaml(TextEncoderConfig, path).colour_lexicon == "off"
+    path.write_text("colour_lexicon: yes\n")
+    with pytest.raises(ConfigError, match="allowed: off, add, replace"):
+        load_yaml(TextEncoderConfig, path)

@@ -78,6 +78,8 @@ def _coerce(hint, value, where: str, strict: bool = False):
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
+        if isinstance(value, bool) and ("on" if value else "off") in allowed:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in allowed:
             raise ConfigError(f"{where} = {value!r}; allowed: {', '.join(map(str, allowed))}")
         return value
