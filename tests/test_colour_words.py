@@ -11,7 +11,7 @@ from ldmkit.config import ConfigError, ModelConfig, load_preset
 from ldmkit.model import LatentDiffusion
 from ldmkit.text import PromptTokenizer
 from ldmkit.text.colour_words import (
-    FEATURES, SCALE, colour_features, find_colour_names, lexicon, neutral_word, neutralise, projection,
+    FEATURES, SCALE, colour_features, find_colour_names, lexicon, named_colours, neutral_word, neutralise, projection,
 )
 
 
@@ -43,12 +43,14 @@ def minilm_tokenizer():
 def test_neutralise_keeps_every_other_token_in_place():
     tokenizer = minilm_tokenizer()
     prompt = "a lavender star of cyan colour to the left of a robin's egg blue box"
-    text, colours = neutralise(prompt, tokenizer, neutral_word(tokenizer))
+    colours = named_colours(prompt, tokenizer)
+    text = neutralise(prompt, colours, neutral_word(tokenizer))
     before, n = tokenizer.tokens(prompt)
     after, m = tokenizer.tokens(text)
     assert n == m
-    named = {i for positions, _ in colours for i in positions}
-    assert named == {i for i, tok in enumerate(before[:n]) if tok in {"lavender", "cy", "##an", "robin", "'", "s", "egg", "blue"}}
+    named = {i for _, positions, _ in colours for i in positions}
+    name_tokens = {"lavender", "cy", "##an", "robin", "'", "s", "egg", "blue"}
+    assert named == {i for i, tok in enumerate(before[:n]) if tok in name_tokens}
     assert all(after[i] == "colour" for i in named)
     assert all(after[i] == before[i] for i in range(len(before)) if i not in named)
 

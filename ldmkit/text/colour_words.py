@@ -138,20 +138,32 @@ def neutral_word(tokenizer) -> str:
                       "as a single token; this one splits both")
 
 
-def neutralise(prompt: str, tokenizer, word: str) -> tuple[str, list[tuple[list[int], tuple[float, float, float]]]]:
-    """(``prompt`` with each colour name replaced by ``word`` once per token the name had, [(the name's token
-    positions, its colour), …]). Positions are the same in both texts; a name cut off by truncation is
-    left as it is."""
-    pieces, colours, last = [], [], 0
+def named_colours(prompt: str, tokenizer) -> list[tuple[tuple[int, int], list[int], tuple[float, float, float]]]:
+    """[(span, token positions, colour)] of each colour name of ``prompt``; a name cut off by truncation is left
+    out."""
+    named = []
     for found in find_colour_names(prompt):
         positions = tokenizer.token_indices(prompt, [found.span])
-        if not positions:
-            continue
-        pieces += [prompt[last:found.span[0]], " ".join([word] * len(positions))]
-        last = found.span[1]
-        colours.append((positions, found.rgb))
+        if positions:
+            named.append((found.span, positions, found.rgb))
+    return named
+
+
+def neutralise(prompt: str, named, word: str) -> str:
+    """``prompt`` with each of its `named_colours` replaced by ``word`` once per token the name had, so that
+    every token keeps its position."""
+    pieces, last = [], 0
+    for span, positions, _ in named:
+        pieces += [prompt[last:span[0]], " ".join([word] * len(positions))]
+        last = span[1]
     pieces.append(prompt[last:])
-    return "".join(pieces), colours
+    return "".join(pieces)
+
+
+@functools.lru_cache(maxsize=4096)
+def colour_vector(rgb: tuple[float, float, float], width: int) -> torch.Tensor:
+    """s R φ(x) of one colour: float32[width] (read-only; cached, as the same few colours recur every step)."""
+    return SCALE * (projection(width) @ colour_features(rgb))
 
 
 def colour_context(prompts: list[str], tokenizer, length: int, width: int, mode: str = "replace",
@@ -163,13 +175,13 @@ def colour_context(prompts: list[str], tokenizer, length: int, width: int, mode:
     if mode not in MODES:
         raise ConfigError(f"text.colour_lexicon = {mode!r}; allowed: off, {', '.join(MODES)}")
     replace = [mode == "replace" or bool(r) for r in (replace if replace is not None else [False] * len(prompts))]
-    word = neutral_word(tokenizer) if any(replace) else ""
+    word = neutral_word(tokenizer) if any(replace) else None
     texts, added = [], None
-    for b, prompt in enumerate(prompts):
-        text, colours = neutralise(str(prompt), tokenizer, word or NEUTRAL_WORDS[0])
-        texts.append(text if replace[b] else str(prompt))
-        for positions, rgb in colours:
+    for b, prompt in enumerate(map(str, prompts)):
+        named = named_colours(prompt, tokenizer)
+        texts.append(neutralise(prompt, named, word) if replace[b] else prompt)
+        for _, positions, rgb in named:
             if added is None:
                 added = torch.zeros(len(prompts), length, width)
-            added[b, positions] += SCALE * (projection(width) @ colour_features(rgb))
+            added[b, positions] += colour_vector(rgb, width)
     return texts, added
