@@ -505,6 +505,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return markdown_table(header, rows)
 
 
+def write_noted_table(out: str | Path, title: str, note_file: str | None, header: list[str],
+                      rows: list[list[str]]) -> str:
+    """Write ``out``: ``# title``, the paragraphs of ``note_file`` (if given), the table, and the command that
+    made it (an experiment's results file); returns the text."""
+    from ldmkit.storage import write_text_atomic
+
+    note = Path(note_file).read_text().strip() if note_file else ""
+    text = "\n".join([f"# {title}", "", note, "", markdown_table(header, rows), "", f"Table: `{command_line()}`", ""])
+    write_text_atomic(out, text)
+    return text
+
+
 def write_results_section(path: str | Path, key: str, text: str) -> None:
     """Put ``text`` between ``<!-- KEY:start -->`` and ``<!-- KEY:end -->`` in ``path``, replacing that
     block if it is there and appending it otherwise, so both benchmarks can share one RESULTS.md."""

@@ -12,10 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.storage import write_text_atomic
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
-from _bench_common import command_line, markdown_table  # noqa: E402
+from _bench_common import write_noted_table  # noqa: E402
 
 PHRASINGS = ("templates", "seen", "unseen")
 
@@ -46,13 +44,10 @@ def main() -> None:
             if not name or not path.is_file():
                 p.error(f"{spec!r}: give NAME=DIR with {path.name} in DIR")
             rows.append(row(name, phrasing, json.loads(path.read_text())))
-    text = "\n".join([
-        "# Colour words read by their colour: a fine-tune of the shipped model with `text.colour_lexicon`", "",
-        Path(args.note_file).read_text().strip() if args.note_file else "", "",
-        markdown_table(["model", "captions", "one object", "colour", "shape", "size", "position", "two objects",
-                        "two-object colour", "malformed", "FID"], rows), "",
-        f"Table: `{command_line()}`", ""])
-    write_text_atomic(args.out, text)
+    text = write_noted_table(
+        args.out, "Colour words read by their colour: a fine-tune of the shipped model with `text.colour_lexicon`",
+        args.note_file, ["model", "captions", "one object", "colour", "shape", "size", "position", "two objects",
+                         "two-object colour", "malformed", "FID"], rows)
     print(text)
 
 

@@ -12,10 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ldmkit.storage import write_text_atomic
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
-from _bench_common import command_line, markdown_table  # noqa: E402
+from _bench_common import write_noted_table  # noqa: E402
 
 
 def row(name: str, report: dict) -> list[str]:
@@ -39,13 +37,10 @@ def main() -> None:
         if not name or not Path(path).is_file():
             p.error(f"{spec!r}: give NAME=JSON with an existing report file")
         rows.append(row(name, json.loads(Path(path).read_text())))
-    text = "\n".join([
-        "# A grounded fine-tune of the shipped model, against its ungrounded control", "",
-        Path(args.note_file).read_text().strip() if args.note_file else "", "",
-        markdown_table(["model", "sampling", "prompts", "one object", "two objects", "two-object failures",
-                        "malformed", "FID"], rows), "",
-        f"Table: `{command_line()}`", ""])
-    write_text_atomic(args.out, text)
+    text = write_noted_table(
+        args.out, "A grounded fine-tune of the shipped model, against its ungrounded control", args.note_file,
+        ["model", "sampling", "prompts", "one object", "two objects", "two-object failures", "malformed", "FID"],
+        rows)
     print(text)
 
 
