@@ -110,6 +110,24 @@ def test_replace_mode_reads_colour_names_by_colour_alone():
         assert torch.allclose(b[row, colour_tokens], neutral + colour_term(name, b.shape[-1]), atol=1e-5)
 
 
+def test_replace_noun_mode_also_puts_each_colour_on_its_own_noun():
+    tokenizer = PromptTokenizer.train(["a red circle on the left of a blue square, a colour star in"] * 20, 256, 24)
+    _, _, replaced, noun = tiny_models(tokenizer, ("off", "add", "replace", "replace-noun"))
+    prompts = ["a red circle left of a blue square", "a star in red", "a square on the left"]
+    with torch.no_grad():
+        a, b = replaced.encode_prompts(prompts), noun.encode_prompts(prompts)
+    width = a.shape[-1]
+    circle = tokenizer.token_indices(prompts[0], [(6, 12)])
+    square = tokenizer.token_indices(prompts[0], [(28, 34)])
+    assert torch.allclose(b[0, circle], a[0, circle] + colour_term("red", width), atol=1e-5)
+    assert torch.allclose(b[0, square], a[0, square] + colour_term("blue", width), atol=1e-5)
+    others = [i for i in range(a.shape[1]) if i not in circle + square]
+    assert torch.equal(b[0, others], a[0, others])  # the colour words themselves as in replace mode
+    star = tokenizer.token_indices(prompts[1], [(2, 6)])  # a colour after its noun ("in red") binds to it too
+    assert torch.allclose(b[1, star], a[1, star] + colour_term("red", width), atol=1e-5)
+    assert torch.equal(a[2], b[2])  # no colour name: nothing added
+
+
 def test_tokenizer_without_a_neutral_word_is_a_config_error():
     tokenizer = PromptTokenizer.train(["a red circle on the left of a blue square"] * 20, 64, 24)
     with pytest.raises(ConfigError, match="colour_lexicon needs a tokenizer"):
@@ -152,5 +170,5 @@ def test_a_bare_off_in_yaml_reads_as_the_off_mode(tmp_path):
     path.write_text("kind: minilm\nwidth: 384\ncolour_lexicon: off\n")
     assert load_yaml(TextEncoderConfig, path).colour_lexicon == "off"
     path.write_text("colour_lexicon: yes\n")
-    with pytest.raises(ConfigError, match="allowed: off, add, replace"):
+    with pytest.raises(ConfigError, match="allowed: off, add, replace, replace-noun"):
         load_yaml(TextEncoderConfig, path)

@@ -69,7 +69,8 @@ class TextEncoderConfig:
     vectors, which an encoder fills with the whole sentence.
     ``colour_lexicon`` (any kind): ``"add"`` adds each colour name's colour ("navy", "lemon yellow"; CIELAB
     features from a lexicon of about a thousand names) to its tokens' context vectors; ``"replace"`` also
-    replaces the name by a neutral word before the encoder reads the prompt; see `ldmkit.text.colour_words`.
+    replaces the name by a neutral word before the encoder reads the prompt; ``"replace-noun"`` also adds the
+    colour to the tokens of the noun it describes; see `ldmkit.text.colour_words`.
     """
 
     kind: Literal["transformer", "clip", "openclip", "minilm", "ldm-bert"] = "transformer"
@@ -83,7 +84,7 @@ class TextEncoderConfig:
     activation: Literal["gelu", "quick_gelu"] = "gelu"  # clip/openclip MLP (OpenAI CLIP: quick_gelu)
     adapter_layers: int = 0  # minilm: trained blocks on the frozen token vectors; 0 = the frozen vectors as they are
     zero_padding: bool = False  # context vectors at padding positions set to 0 (see above)
-    colour_lexicon: Literal["off", "add", "replace"] = "off"  # colour names read by their colour too (`ldmkit.text.colour_words`)
+    colour_lexicon: Literal["off", "add", "replace", "replace-noun"] = "off"  # colour names read by their colour too (`ldmkit.text.colour_words`)
 
 
 @dataclass(frozen=True)

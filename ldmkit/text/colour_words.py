@@ -24,7 +24,10 @@ the colour the lexicon gives it as well as by its spelling (``"add"``), or inste
 
 In ``"replace"`` mode the text encoder never sees a colour word, so the colour reaches the UNet only through φ
 (and no longer through the other words' contextual vectors: "circle" in "a red circle" stops knowing it is red,
-which is how a frozen encoder binds a colour to its object). In ``"add"`` mode the encoder reads the prompt as
+which is how a frozen encoder binds a colour to its object). ``"replace-noun"`` puts that binding back by rule:
+as in ``"replace"``, and s R φ is also added to the tokens of the noun whose phrase the colour name is in
+(`ldmkit.text.phrases`: "a small red circle", "a circle in red" → "circle"), so the word an object's pixels
+attend to carries its colour. In ``"add"`` mode the encoder reads the prompt as
 written and φ comes on top, so a held-out word reaches the UNet through both; training's
 ``colour_word_dropout`` hides the names from the encoder in a share of an "add" model's captions, so that its
 UNet learns to read φ too. Words that are also colour names elsewhere ("an orange on a plate", "the night sky")
@@ -43,11 +46,12 @@ from importlib import resources
 import torch
 
 from ldmkit.config import ConfigError
+from ldmkit.text.phrases import parse_phrases
 
 FEATURES = 16  # the width of φ
 SCALE = 2.0  # s
 MAX_WORDS = 3  # the longest names looked up
-MODES = ("add", "replace")  # text.colour_lexicon besides "off"
+MODES = ("add", "replace", "replace-noun")  # text.colour_lexicon besides "off"
 NEUTRAL_WORDS = ("colour", "color")  # the first that is one token of the model's tokenizer replaces colour names
 _WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
 
@@ -174,14 +178,29 @@ def colour_context(prompts: list[str], tokenizer, length: int, width: int, mode:
     ``colour_word_dropout``)."""
     if mode not in MODES:
         raise ConfigError(f"text.colour_lexicon = {mode!r}; allowed: off, {', '.join(MODES)}")
-    replace = [mode == "replace" or bool(r) for r in (replace if replace is not None else [False] * len(prompts))]
+    replace = [mode != "add" or bool(r) for r in (replace if replace is not None else [False] * len(prompts))]
     word = neutral_word(tokenizer) if any(replace) else None
     texts, added = [], None
     for b, prompt in enumerate(map(str, prompts)):
         named = named_colours(prompt, tokenizer)
         texts.append(neutralise(prompt, named, word) if replace[b] else prompt)
+        if mode == "replace-noun":
+            named = named + nouns_of(prompt, named, tokenizer)
         for _, positions, rgb in named:
             if added is None:
                 added = torch.zeros(len(prompts), length, width)
             added[b, positions] += colour_vector(rgb, width)
     return texts, added
+
+
+def nouns_of(prompt: str, named, tokenizer) -> list[tuple[tuple[int, int], list[int], tuple[float, float, float]]]:
+    """[(noun span, its token positions, colour)] for each of the `named_colours` that lies in a noun phrase of
+    ``prompt`` (among its modifiers; a colour name that is itself the noun, "a red", has none)."""
+    nouns = []
+    for phrase in parse_phrases(prompt).objects:
+        for span, _, rgb in named:
+            if any(m[0] <= span[0] and span[1] <= m[1] or span[0] <= m[0] < span[1] for m in phrase.modifiers):
+                positions = tokenizer.token_indices(prompt, [phrase.noun])
+                if positions:
+                    nouns.append((phrase.noun, positions, rgb))
+    return nouns
