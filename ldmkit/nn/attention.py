@@ -67,7 +67,8 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if context is not None and self.kv_cache is not None:
+        # while torch.compile traces (`ldmkit.nn.compiled`), K and V are computed in the compiled program
+        if not torch.compiler.is_compiling() and context is not None and self.kv_cache is not None:
             q, (k, v) = self.to_q(x), self.kv_cache.lookup(self, context)
         else:
             context = x if context is None else context

@@ -69,6 +69,8 @@ class PackedConv2d(nn.Conv2d):
     def _packable_input(self, x: torch.Tensor) -> torch.Tensor | None:
         """``x`` in bf16 when the packed path applies, else None."""
         w, b = self.weight, self.bias
+        if torch.compiler.is_compiling():  # TorchInductor lays out the weights itself (`ldmkit.nn.compiled`)
+            return None
         if (w.dtype != torch.bfloat16 or (b is not None and b.dtype != w.dtype) or x.device.type != "cpu"
                 or x.dim() != 4 or torch.is_grad_enabled() or self.padding_mode != "zeros"
                 or isinstance(self.padding, str)):
