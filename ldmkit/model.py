@@ -8,6 +8,7 @@ A model folder (written by `ldmkit train`) holds::
     text_encoder.safetensors    τθ (EMA weights; empty for the frozen MiniLM, which its package provides)
     unet.safetensors            εθ (EMA weights)
     tokenizer.json              the vocabulary (trained on the captions, or the pretrained encoder's)
+    known_words.json            the words of the training captions (`ldmkit.text.known_words`; optional)
 
 A class-conditional model (``condition.kind: class``) has ``class_embedding.safetensors`` (τθ: the
 class table, EMA weights) in place of the text encoder and tokenizer.
@@ -17,6 +18,7 @@ class table, EMA weights) in place of the text encoder and tokenizer.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +36,8 @@ from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError, load_config, load_weights, save_config, save_weights
 from ldmkit.text import PromptTokenizer, build_text_encoder, load_tokenizer, pretrained_tokenizer
 from ldmkit.text.colour_words import colour_context
+from ldmkit.text.known_words import FILE as KNOWN_WORDS, KnownWords
+from ldmkit.text.wordnet import default_wordnet
 from ldmkit.errors import ConfigError, UsageError
 
 
@@ -73,6 +77,9 @@ class LatentDiffusion(nn.Module):
         self.unet = UNet(config.unet)
         self.schedule: NoiseSchedule = make_schedule(config.diffusion)
         self.autocast_dtype: torch.dtype | None = None  # set by `store_for_autocast`
+        # the words of the training captions (`ldmkit.text.known_words`; `ldmkit train` records them)
+        self.known_words: KnownWords | None = None
+        self._warned_wordnet = False
 
     @property
     def latent_factor(self) -> int:
@@ -116,6 +123,21 @@ class LatentDiffusion(nn.Module):
         if self.config.text.zero_padding:
             context = context * mask.to(device=device, dtype=context.dtype)[..., None]
         return context
+
+    def in_known_words(self, prompts: list[str]) -> list[str]:
+        """The prompts as the pipelines read them: each word of a noun phrase that the training captions never held
+        replaced by the nearest word they did, by WordNet (`ldmkit.text.known_words`); as written for a model
+        without recorded words, or where WordNet is not installed (said once, as a warning)."""
+        if self.known_words is None or all(self.known_words.knows(p) for p in prompts):
+            return list(prompts)
+        wordnet = default_wordnet()
+        if wordnet is None:
+            if not self._warned_wordnet:
+                warnings.warn("this model records its training words, but WordNet is not installed, so words it "
+                              "never saw are read as written: pip install 'ldmkit[words]'", stacklevel=2)
+                self._warned_wordnet = True
+            return list(prompts)
+        return [self.known_words.rewrite(p, wordnet) for p in prompts]
 
     def encode_classes(self, classes: list[str] | torch.Tensor) -> torch.Tensor:
         """τθ(y) = E[y] for class names (or indices, the null class ∅ being K): context B×1×d.
@@ -177,6 +199,8 @@ class LatentDiffusion(nn.Module):
         else:
             save_weights(self.text_encoder.state_dict(), folder / "text_encoder.safetensors")
             self.tokenizer.save(folder / "tokenizer.json")
+            if self.known_words is not None:
+                self.known_words.save(folder / KNOWN_WORDS)
         save_weights(self.unet.state_dict(), folder / "unet.safetensors")
         save_config(self.config, folder / "config.yaml")
 
@@ -209,6 +233,11 @@ class LatentDiffusion(nn.Module):
             load_weights(model.class_embedding, folder / "class_embedding.safetensors")
         else:
             load_weights(model.text_encoder, folder / "text_encoder.safetensors")
+            if (folder / KNOWN_WORDS).is_file():
+                try:
+                    model.known_words = KnownWords.load(folder / KNOWN_WORDS)
+                except ValueError as e:
+                    raise CheckpointError(str(e)) from None
         load_weights(model.unet, folder / "unet.safetensors")
         return model.eval()
 

@@ -52,7 +52,7 @@ def test_checkpoint_folders_are_complete(trained):
     assert {"config.yaml", "autoencoder.safetensors", "checkpoints"} <= {p.name for p in ae.iterdir()}
     names = {p.name for p in ldm.iterdir()}
     assert {"config.yaml", "autoencoder.safetensors", "unet.safetensors", "text_encoder.safetensors",
-            "tokenizer.json", "checkpoints"} <= names
+            "tokenizer.json", "known_words.json", "checkpoints"} <= names
     assert list((ldm / "samples").glob("step_*.png")), "no sample grid written"
     assert load_state(ldm)["step"] == STEPS
     scale = load_pipeline(ldm).model.autoencoder.scale_factor.item()

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from ldmkit import load_pipeline
 from ldmkit.cli import main
 from ldmkit.pretrained import (
-    CHECKSUMS, OTHER_FILES, SHAPES64, SHIPPED, WEIGHT_FILES, pack, recorded_checksums, resolve_model, verify,
+    CHECKSUMS, OPTIONAL_FILES, OTHER_FILES, SHAPES64, SHIPPED, WEIGHT_FILES, pack, recorded_checksums, resolve_model,
+    verify,
 )
 from tests.tiny_models import build_tiny_model
 
@@ -21,7 +22,7 @@ MAX_SHIPPED_BYTES = 25 * 10**6
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_match_their_recorded_checksums(name):
-    assert set(recorded_checksums(SHIPPED[name])) == set(WEIGHT_FILES + OTHER_FILES)
+    assert set(recorded_checksums(SHIPPED[name])) == set(WEIGHT_FILES + OTHER_FILES + OPTIONAL_FILES)
     assert verify(SHIPPED[name]) == [], f"a file of {name} differs from SHA256SUMS (re-run `make {name}` or restore it)"
 
 
@@ -89,3 +90,26 @@ def test_pack_refuses_an_incomplete_folder(tmp_path):
 
     with pytest.raises(CheckpointError, match="missing"):
         pack(tmp_path, tmp_path / "out")
+
+
+def test_shipped_known_words_are_the_training_words_of_their_preset(tmp_path, capsys):
+    from ldmkit.pretrained.__main__ import main as pretrained
+
+    copy = tmp_path / "copy"
+    shutil.copytree(SHAPES64, copy)
+    (copy / "known_words.json").unlink()
+    assert pretrained(["known-words", "--preset", "shapes64-varied", str(copy)]) == 0
+    assert (copy / "known_words.json").read_bytes() == (SHAPES64 / "known_words.json").read_bytes()
+    assert verify(copy) == []
+
+
+def test_pack_keeps_a_models_known_words(tmp_path):
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.text.known_words import KnownWords
+
+    model = LatentDiffusion.load(build_tiny_model(tmp_path / "model"))
+    model.known_words = KnownWords.from_captions(["a red circle"])
+    model.save(tmp_path / "words")
+    packed = pack(tmp_path / "words", tmp_path / "packed")
+    assert "known_words.json" in recorded_checksums(packed) and verify(packed) == []
+    assert load_pipeline(packed).model.known_words.objects == {"red": 1, "circle": 1}

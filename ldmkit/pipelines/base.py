@@ -101,11 +101,12 @@ class Pipeline(AdapterMixin):
         return height // f, width // f
 
     def prompt_contexts(self, prompt: str | list[str], negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch."""
+        """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch, and read in the
+        words the model knows (`LatentDiffusion.in_known_words`)."""
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
         if len(prompts) != batch:
             raise UsageError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
-        return self.encode(prompts), self.encode_null(negative_prompt)
+        return self.encode(self.model.in_known_words(prompts)), self.encode_null(negative_prompt)
 
     def _autocast(self):
         """bf16 autocast on the device where the pipeline runs in bf16, else nothing."""

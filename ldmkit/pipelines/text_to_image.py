@@ -92,7 +92,8 @@ class TextToImagePipeline(Pipeline):
         if self.is_student and negative_prompt:
             raise UsageError("a consistency student takes the guidance scale as an input and has no negative prompt; "
                              "leave it out")
-        prompts = [p for p in prompts for _ in range(num_images)]
+        # words the model never saw read as the nearest it did (`LatentDiffusion.in_known_words`)
+        prompts = [p for p in model.in_known_words(prompts) for _ in range(num_images)]
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         if binding < 0:
             raise ValueError(f"binding = {binding}; must be ≥ 0")

@@ -25,6 +25,7 @@ SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes
 CHECKSUMS = "SHA256SUMS"
 WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
 OTHER_FILES = ("config.yaml", "tokenizer.json")
+OPTIONAL_FILES = ("known_words.json",)  # copied, and summed, where the folder has them
 HALF_MIN_NUMEL = 1024  # smaller tensors (norm scales, biases, scale_factor) stay float32
 
 
@@ -72,11 +73,17 @@ def pack(model_dir: str | Path, out: str | Path = SHAPES64) -> Path:
     if missing:
         raise CheckpointError(f"{model_dir} is not a complete model folder: missing {', '.join(missing)}")
     out.mkdir(parents=True, exist_ok=True)
-    for name in OTHER_FILES:
+    others = OTHER_FILES + tuple(n for n in OPTIONAL_FILES if (model_dir / n).is_file())
+    for name in others:
         with atomic_path(out / name) as tmp:
             shutil.copyfile(model_dir / name, tmp)
     for name in WEIGHT_FILES:
         save_weights(half_precision(load_file(str(model_dir / name))), out / name)
-    with atomic_path(out / CHECKSUMS) as tmp:
-        Path(tmp).write_text("".join(f"{sha256_file(out / n)}  {n}\n" for n in WEIGHT_FILES + OTHER_FILES))
+    write_checksums(out, WEIGHT_FILES + others)
     return out
+
+
+def write_checksums(folder: Path, names: tuple[str, ...]) -> None:
+    """``folder/SHA256SUMS`` for the files ``names`` of ``folder``."""
+    with atomic_path(folder / CHECKSUMS) as tmp:
+        Path(tmp).write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))

@@ -1,12 +1,28 @@
 """``python -m ldmkit.pretrained pack MODEL_DIR [OUT]``: write a model folder in the shipped form;
-``python -m ldmkit.pretrained verify [DIR]``: check the shipped files against SHA256SUMS."""
+``python -m ldmkit.pretrained verify [DIR]``: check the shipped files against SHA256SUMS;
+``python -m ldmkit.pretrained known-words --preset PRESET DIR…``: record the words of PRESET's training captions in
+each shipped folder DIR (`ldmkit.text.known_words`), as `ldmkit train` does for a new model."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from ldmkit.pretrained import SHAPES64, pack, verify
-from ldmkit.storage import CheckpointError
+from ldmkit.config import load_preset
+from ldmkit.data import build_dataset
+from ldmkit.pretrained import SHAPES64, pack, recorded_checksums, verify, write_checksums
+from ldmkit.storage import CheckpointError, atomic_path
+from ldmkit.text.known_words import FILE, KnownWords
+from ldmkit.train.diffusion import KNOWN_WORD_CAPTIONS, dataset_captions
+
+
+def record_known_words(folder: Path, preset: str) -> Path:
+    """Write ``folder/known_words.json`` from the captions of ``preset``'s dataset, as `ldmkit train` records them
+    (for a model trained before it did), and add it to ``folder``'s SHA256SUMS."""
+    words = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), KNOWN_WORD_CAPTIONS))
+    with atomic_path(folder / FILE) as tmp:
+        words.save(tmp)
+    write_checksums(folder, tuple(dict.fromkeys([*recorded_checksums(folder), FILE])))
+    return folder / FILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,12 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("out", nargs="?", default=str(SHAPES64))
     v = sub.add_parser("verify", help="check a shipped folder's files against its SHA256SUMS")
     v.add_argument("folder", nargs="?", default=str(SHAPES64))
+    k = sub.add_parser("known-words", help="record the words of a preset's training captions in shipped folders")
+    k.add_argument("--preset", required=True, help="the preset the models were trained with (shapes64-varied)")
+    k.add_argument("folders", nargs="+")
     args = p.parse_args(argv)
     try:
         if args.command == "pack":
             out = pack(args.model_dir, args.out)
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
             print(f"packed {args.model_dir} into {out} ({size:.1f} MiB)")
+        elif args.command == "known-words":
+            for folder in args.folders:
+                print(f"wrote {record_known_words(Path(folder), args.preset)}")
         else:
             bad = verify(Path(args.folder))
             if bad:

@@ -43,6 +43,7 @@ from ldmkit.pipelines import preview_samples
 from ldmkit.errors import ConfigError
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer, load_tokenizer, uses_pretrained_tokenizer
+from ldmkit.text.known_words import KnownWords
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
@@ -55,6 +56,7 @@ from ldmkit.train.logs import RunLog
 from ldmkit.train.warm_start import warm_start
 
 TOKENIZER_CAPTIONS = 5000  # captions the tokenizer's vocabulary is trained on
+KNOWN_WORD_CAPTIONS = 2000  # captions whose words the model folder records (known_words.json)
 
 
 def dataset_captions(dataset, limit: int) -> list[str]:
@@ -276,6 +278,10 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
+    if config.condition.uses_text:  # the words of the captions, which prompts are read in (ldmkit.text.known_words)
+        model.known_words = KnownWords.from_captions(dataset_captions(dataset, KNOWN_WORD_CAPTIONS))
+        if source is not None and source.known_words is not None:
+            model.known_words = model.known_words.union(source.known_words)
     if source is not None:
         warm_start(model, source, f"--init {init}")
         del source

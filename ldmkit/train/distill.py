@@ -208,6 +208,7 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
     prompts = dataset_captions(dataset, 8)
     saved = LatentDiffusion(config, teacher.tokenizer, teacher.autoencoder)  # what is written: θ⁻ as the UNet
     saved.text_encoder, saved.unet = teacher.text_encoder, target
+    saved.known_words = teacher.known_words  # the teacher's training words: the student learnt from its data
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, ["loss", "lr"], start, enabled=True, tensorboard=dcfg.tensorboard)
 

@@ -1,0 +1,115 @@
+"""The words a model was trained on, and prompts read in them: a word it never saw becomes the nearest one it did.
+
+A UNet learns what the words of its training captions look like; a word that never occurred there reaches it only
+through the prompt model's vector for it, and a frozen sentence encoder places many such words far from their
+meaning (MiniLM reads "navy" as orange: experiments/TEXT_PROBE.md). `KnownWords` records the words of the
+training captions (``known_words.json`` in the model folder, written by `ldmkit train`) and rewrites a prompt
+before it is encoded:
+
+- the prompt is split into noun phrases by the rule of `ldmkit.text.phrases` (a noun and its modifiers: "a small
+  navy tile", "a tile that is navy"); only their words are read, never relation or place words;
+- each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
+  a noun or modifier of the training captions' own noun phrases — by WordNet (`ldmkit.text.wordnet`: synonyms,
+  then more general words, at most two links up): "a small navy tile" → "a small blue block";
+- two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
+  left as written when no object word is near it;
+- a word WordNet does not know, or with no object word near it, is left as written.
+
+A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
+encode, so binding guidance's token groups and the images follow it. Without WordNet installed
+(``pip install 'ldmkit[words]'``) prompts are encoded as written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from ldmkit.text.phrases import parse_phrases
+from ldmkit.text.wordnet import WordNet
+
+FILE = "known_words.json"
+DEPTH = 2  # WordNet links walked up from a word never seen
+_WORD = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
+
+
+def _article(before: str, word: str) -> str:
+    """``before`` with an indefinite article right before the new word made to fit it ("an aqua" → "a teal")."""
+    match = re.search(r"(?:^|(?<=\s))([Aa]n?) $", before)
+    if match is None:
+        return before
+    article = "an" if word[:1] in "aeiou" else "a"
+    return before[:match.start(1)] + (article.capitalize() if match.group(1)[0] == "A" else article) + " "
+
+
+class KnownWords:
+    """``words``: every word of the training captions (lower case) → how many captions held it; ``objects``: the
+    nouns and modifiers of their noun phrases → the same count (the words a prompt may be rewritten into)."""
+
+    def __init__(self, words: dict[str, int], objects: dict[str, int]):
+        self.words = dict(words)
+        self.objects = dict(objects)
+        self._nearest: dict[str, str | None] = {}
+
+    @classmethod
+    def from_captions(cls, captions: list[str]) -> "KnownWords":
+        words, objects = Counter(), Counter()
+        for caption in captions:
+            words.update(set(_WORD.findall(caption.lower())))
+            objects.update({caption[a:b].lower() for phrase in parse_phrases(caption).objects
+                            for a, b in (*phrase.modifiers, phrase.noun)})
+        return cls(dict(words), dict(objects))
+
+    def union(self, other: "KnownWords") -> "KnownWords":
+        return KnownWords(Counter(self.words) + Counter(other.words), Counter(self.objects) + Counter(other.objects))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"words": dict(sorted(self.words.items())),
+                                          "objects": dict(sorted(self.objects.items()))}, indent=0) + "\n",
+                              encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KnownWords":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("words", "objects")):
+            raise ValueError(f"{path}: not a known-words file (a JSON object with 'words' and 'objects')")
+        return cls({str(k): int(v) for k, v in data["words"].items()}, {str(k): int(v) for k, v in data["objects"].items()})
+
+    def rewrite(self, prompt: str, wordnet: WordNet) -> str:
+        """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
+        docstring); the rest of the text as it was."""
+        replacements = []
+        for phrase in parse_phrases(prompt).objects:
+            spans = sorted((*phrase.modifiers, phrase.noun))
+            i = 0
+            while i < len(spans):
+                a, b = spans[i]
+                if i + 1 < len(spans) and prompt[b:spans[i + 1][0]] == " ":
+                    pair = prompt[a:spans[i + 1][1]]
+                    if wordnet.lemmas(pair) and not self._known(pair):  # a compound WordNet knows: one unit
+                        replacements.append((a, spans[i + 1][1], self._near(pair, wordnet)))
+                        i += 2
+                        continue
+                word = prompt[a:b]
+                if not self._known(word):
+                    replacements.append((a, b, self._near(word, wordnet)))
+                i += 1
+        for a, b, word in sorted(replacements, reverse=True):
+            if word is not None:
+                prompt = _article(prompt[:a], word) + word + prompt[b:]
+        return prompt
+
+    def knows(self, prompt: str) -> bool:
+        """Whether every word of ``prompt`` occurred in the training captions (then `rewrite` leaves it as it is)."""
+        return self._known(prompt)
+
+    def _known(self, text: str) -> bool:
+        return all(w in self.words for w in _WORD.findall(text.lower()))
+
+    def _near(self, text: str, wordnet: WordNet) -> str | None:
+        key = text.lower()
+        if key not in self._nearest:
+            self._nearest[key] = wordnet.nearest(key, self.objects, DEPTH)
+        return self._nearest[key]

@@ -1,0 +1,99 @@
+"""Prompts read in the words a model was trained on (`ldmkit.text.known_words`), by WordNet (`ldmkit.text.wordnet`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldmkit import load_pipeline
+from ldmkit.model import LatentDiffusion
+from ldmkit.text.known_words import FILE, KnownWords
+from ldmkit.text.wordnet import default_wordnet
+from tests.tiny_models import build_attentive_tiny_model
+
+wordnet = default_wordnet()
+needs_wordnet = pytest.mark.skipif(wordnet is None, reason="WordNet is not installed (pip install 'ldmkit[words]')")
+
+CAPTIONS = ["a red circle on the left", "a small blue square above a large star", "a crimson box at the top",
+            "there is a little white disc", "a big green block to the right of a yellow wedge",
+            "a purple triangle below a turquoise circle", "a picture of a star in red"]
+
+
+@needs_wordnet
+def test_wordnet_gives_a_synonym_or_a_more_general_word_never_a_sibling():
+    known = {"red": 5, "crimson": 1, "blue": 3, "large": 2, "big": 4, "star": 1, "disc": 1, "block": 1}
+    assert wordnet.nearest("scarlet", known) == "red"  # same synset; the word seen most often
+    assert wordnet.nearest("navy", known) == "blue"  # navy blue, a dark shade of blue: one link up
+    assert wordnet.nearest("huge", known) == "big"  # an adjective satellite → its head {large, big}
+    assert wordnet.nearest("dots", known) == "disc"  # an inflected form, by its base form
+    assert wordnet.nearest("blue", {"red": 1, "green": 1}) is None  # red is blue's sibling, not its hypernym
+    assert wordnet.nearest("navy", known, depth=0) is None
+    assert wordnet.nearest("qwertyuiop", known) is None
+    assert wordnet.lemmas("plus sign") and wordnet.lemmas("Plus  Sign") == wordnet.lemmas("plus_sign")
+
+
+def test_known_words_of_captions_keep_the_object_words_apart():
+    words = KnownWords.from_captions(CAPTIONS)
+    assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words
+    assert {"red", "circle", "small", "square", "wedge", "turquoise"} <= set(words.objects)
+    assert not {"left", "top", "picture", "above", "a"} & set(words.objects)  # places, media, function words
+
+
+@needs_wordnet
+def test_a_prompt_is_read_in_the_words_the_model_knows():
+    words = KnownWords.from_captions(CAPTIONS)
+    for caption in CAPTIONS:  # words it knows: unchanged, character for character
+        assert words.rewrite(caption, wordnet) == caption
+    assert words.rewrite("a small navy tile above a huge scarlet box", wordnet) == \
+        "a small blue block above a large red box"
+    # the word after the relation, the place and the frame words stay; the article follows its new noun
+    assert words.rewrite("I see an ivory dot higher than a wedge", wordnet) == "I see a white disc higher than a wedge"
+    # a compound WordNet knows is one unit: with no object word near it, it stays as written
+    assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
+
+
+def test_known_words_round_trip_and_a_bad_file(tmp_path):
+    words = KnownWords.from_captions(CAPTIONS)
+    words.save(tmp_path / FILE)
+    again = KnownWords.load(tmp_path / FILE)
+    assert again.words == words.words and again.objects == words.objects
+    (tmp_path / "bad.json").write_text(json.dumps(["red", "blue"]))
+    with pytest.raises(ValueError, match="not a known-words file"):
+        KnownWords.load(tmp_path / "bad.json")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny model folder that records the words of `CAPTIONS`."""
+    folder = build_attentive_tiny_model(tmp_path_factory.mktemp("known") / "attentive")
+    model = LatentDiffusion.load(folder)
+    model.known_words = KnownWords.from_captions(CAPTIONS)
+    model.save(folder.parent / "words")
+    return folder.parent / "words"
+
+
+@needs_wordnet
+def test_pipelines_draw_a_never_seen_word_as_the_word_it_becomes(folder):
+    pipe = load_pipeline(folder)
+    assert (folder / FILE).is_file() and pipe.model.known_words is not None
+    seen = pipe.generate_tensors("a scarlet circle on the left", steps=2, seed=0)
+    assert torch.equal(seen, pipe.generate_tensors("a red circle on the left", steps=2, seed=0))
+    pipe.model.known_words = None  # read as written
+    assert not torch.equal(seen, pipe.generate_tensors("a scarlet circle on the left", steps=2, seed=0))
+
+
+def test_without_wordnet_prompts_are_read_as_written_and_said_once(folder, monkeypatch):
+    import ldmkit.model
+
+    monkeypatch.setattr(ldmkit.model, "default_wordnet", lambda: None)
+    model = LatentDiffusion.load(folder)
+    with pytest.warns(UserWarning, match="WordNet is not installed"):
+        assert model.in_known_words(["a scarlet circle"]) == ["a scarlet circle"]
+    with pytest.warns() as caught:
+        import warnings
+        warnings.warn("marker")
+        model.in_known_words(["a scarlet circle"])
+    assert [str(w.message) for w in caught] == ["marker"]
+    assert model.in_known_words(["a red circle"]) == ["a red circle"]  # all known: WordNet not needed
