@@ -80,6 +80,8 @@ class LatentDiffusion(nn.Module):
         # the words of the training captions (`ldmkit.text.known_words`; `ldmkit train` records them)
         self.known_words: KnownWords | None = None
         self._warned_wordnet = False
+        # what adapters taught it ("lora", "fused", "embedding"; `ldmkit.pipelines.adapters`): words it may now know
+        self.taught: set[str] = set()
 
     @property
     def latent_factor(self) -> int:
@@ -127,8 +129,9 @@ class LatentDiffusion(nn.Module):
     def in_known_words(self, prompts: list[str]) -> list[str]:
         """The prompts as the pipelines read them: each word of a noun phrase that the training captions never held
         replaced by the nearest word they did, by WordNet (`ldmkit.text.known_words`); as written for a model
-        without recorded words, or where WordNet is not installed (said once, as a warning)."""
-        if self.known_words is None or all(self.known_words.knows(p) for p in prompts):
+        without recorded words, one that a LoRA or an embedding has taught words no file lists (``taught``), or
+        where WordNet is not installed (said once, as a warning)."""
+        if self.known_words is None or self.taught or all(self.known_words.knows(p) for p in prompts):
             return list(prompts)
         wordnet = default_wordnet()
         if wordnet is None:

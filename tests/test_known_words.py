@@ -84,6 +84,26 @@ def test_pipelines_draw_a_never_seen_word_as_the_word_it_becomes(folder):
     assert not torch.equal(seen, pipe.generate_tensors("a scarlet circle on the left", steps=2, seed=0))
 
 
+@needs_wordnet
+def test_while_an_adapter_may_have_taught_new_words_prompts_are_read_as_written(folder, tmp_path):
+    from ldmkit.convert import lora as lora_files
+    from ldmkit.nn import lora
+
+    model = LatentDiffusion.load(folder)
+    lora.inject(model, lora_files.training_targets(model), 2, 2)
+    path = lora_files.save_lora(model, tmp_path / "magenta.safetensors")
+    pipe = load_pipeline(folder)
+    assert pipe.model.in_known_words(["a scarlet circle"]) == ["a red circle"]
+    pipe.load_lora_weights(path)  # "scarlet" may be what it taught
+    assert pipe.model.in_known_words(["a scarlet circle"]) == ["a scarlet circle"]
+    pipe.unload_lora_weights()
+    assert pipe.model.in_known_words(["a scarlet circle"]) == ["a red circle"]
+    pipe.load_lora_weights(path)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # fused: it stays taught
+    assert pipe.model.in_known_words(["a scarlet circle"]) == ["a scarlet circle"]
+
+
 def test_without_wordnet_prompts_are_read_as_written_and_said_once(folder, monkeypatch):
     import ldmkit.model
 

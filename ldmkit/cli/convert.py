@@ -49,6 +49,7 @@ def merge_loras(model: str, specs: list[str], folder: Path, ema: bool, predictio
         path, scale = parse_lora_spec(spec)
         load_lora(loaded, path, scale)
     lora.merge(loaded)
+    loaded.known_words = None  # the LoRAs may have taught it words no file lists: prompts are read as written
     loaded.save(folder)
     return str(folder)
 

@@ -26,7 +26,9 @@ class AdapterMixin:
     def load_lora_weights(self, path: str | Path, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add the LoRA file ``path`` at strength ``scale``; returns the adapter's name (default: from the file
         name). UsageError, with the model unchanged, for a file that does not fit the model."""
-        return load_lora(self.model, path, scale, adapter_name)
+        name = load_lora(self.model, path, scale, adapter_name)
+        self.model.taught.add("lora")  # prompts are read as written while it is loaded (in_known_words)
+        return name
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
         """Set the strength s of each named adapter (1 when ``adapter_weights`` is None); the others keep theirs."""
@@ -46,12 +48,15 @@ class AdapterMixin:
         """Fold every adapter, at its strength, into the weights (W ← W + Σ s (α/r) B A): sampling then costs what
         it did without adapters. Returns the layers changed."""
         changed = lora.merge(self.model)
+        if changed:
+            self.model.taught.add("fused")
         self._repack()
         return changed
 
     def unload_lora_weights(self) -> None:
         """Drop every adapter that is not fused; the weights are as before they were loaded."""
         lora.remove(self.model)
+        self.model.taught.discard("lora")
         self._repack()
 
     def _repack(self) -> None:
@@ -62,7 +67,9 @@ class AdapterMixin:
     def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
         """Add the embedding file ``path`` (diffusers' ``learned_embeds``, A1111's ``.safetensors``/``.pt``) as the
         word ``token`` (default: the file's own token, else its name); returns the token to write in prompts."""
-        return load_embedding(self.model, path, token)
+        token = load_embedding(self.model, path, token)
+        self.model.taught.add("embedding")
+        return token
 
 
 def apply_adapters(pipe, loras: list[str] | None = None, embeddings: list[str] | None = None) -> None:

@@ -51,6 +51,7 @@ from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pipelines import preview_samples
 from ldmkit.text import inversion
+from ldmkit.text.known_words import KnownWords
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import restore_rng, resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
@@ -210,6 +211,8 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
     if cfg.method == "textual-inversion":
         inversion.check_new_token(model, cfg.token)
     dataset, captions = read_captions(images, model.config.image_size, cfg)
+    if model.known_words is not None:  # what it is taught it knows: its previews read the new words as written
+        model.known_words = model.known_words.union(KnownWords.from_captions(captions))
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the adapters' initial A is part of what a seed reproduces
     if cfg.method == "lora":
