@@ -117,3 +117,16 @@ def test_without_wordnet_prompts_are_read_as_written_and_said_once(folder, monke
         model.in_known_words(["a scarlet circle"])
     assert [str(w.message) for w in caught] == ["marker"]
     assert model.in_known_words(["a red circle"]) == ["a red circle"]  # all known: WordNet not needed
+
+
+@needs_wordnet
+def test_generate_says_how_it_read_the_prompt_and_as_written_reads_it_as_given(folder, tmp_path, capsys):
+    from ldmkit.cli import main
+
+    out = tmp_path / "out.png"
+    assert main(["generate", "a scarlet circle", "--model", str(folder), "--steps", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "note: read as 'a red circle'" in capsys.readouterr().err
+    assert main(["generate", "a scarlet circle", "--model", str(folder), "--steps", "1", "--out", str(out),
+                 "--no-progress", "--as-written", "--overwrite"]) == 0
+    assert "read as" not in capsys.readouterr().err

@@ -18,8 +18,10 @@ from ldmkit.device import resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.eval.autoencoder import evaluate_autoencoder
 from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
+from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
 from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.heldout import PHRASINGS
+from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.storage import _folder_kind, load_config
@@ -80,8 +82,17 @@ def cmd_eval_generate(args) -> None:
     model = resolve_model(args.model)
     check_sampler(args.sampler, args.eta)
     settings = GenerationSettings.from_args(args, skip=("num_images",))  # --num-images: held-out images in all
-    _run(args, lambda networks, device: evaluate_generation(
-        model, args.num_images, settings, networks, args.batch_size, device, not args.no_progress, args.phrasing))
+
+    def evaluate(networks, device):
+        target = model
+        if args.as_written:  # the model alone: prompts encoded as given (LatentDiffusion.in_known_words)
+            require_kind(model, TEXT_TO_IMAGE)
+            target = load_pipeline(model, device)
+            target.model.known_words = None
+        return evaluate_generation(target, args.num_images, settings, networks, args.batch_size, device,
+                                   not args.no_progress, args.phrasing)
+
+    _run(args, evaluate)
 
 
 def _common(p: argparse.ArgumentParser, default_images: int) -> None:
@@ -126,6 +137,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--binding-candidates", type=bounded_int(1, MAX_CANDIDATES, "starting noises"),
                    default=BindingGuidance.candidates, metavar="N",
                    help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
+    g.add_argument("--as-written", action="store_true",
+                   help="encode the captions as given, without reading never-seen words as the nearest known ones "
+                        "(the model alone; docs/prompt_following.md)")
     g.add_argument("--cache-interval", type=positive_int, default=1, metavar="N",
                    help="feature reuse: the whole UNet at every N-th step (default 1: off; see `ldmkit generate --help`)")
     g.add_argument("--phrasing", choices=PHRASINGS, default="templates",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
@@ -65,6 +67,12 @@ def cmd_generate(args) -> None:
         pipe = load_pipeline(model, resolve_device(args.device), ema=not args.no_ema, prediction=args.prediction,
                              precision=args.precision)
         apply_adapters(pipe, args.lora, args.embedding)
+        if args.as_written:
+            pipe.model.known_words = None
+        read = pipe.model.in_known_words([args.prompt])[0]
+        if read != args.prompt:
+            print(f"ldmkit generate: note: read as {read!r} (words the model never saw, as the nearest it knows; "
+                  "--as-written reads the prompt as given)", file=sys.stderr)
         check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, settings=settings, progress=not args.no_progress)
     check_finite_images(images)
@@ -163,6 +171,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--embedding", action="append", metavar="FILE",
                    help="a textual-inversion embedding (diffusers learned_embeds or A1111 .safetensors/.pt); its token "
                         "is the file's own, else the file name; repeatable")
+    p.add_argument("--as-written", action="store_true",
+                   help="encode the prompt as given: by default a word the model never saw in training is read as the "
+                        "nearest word it did, by WordNet (docs/prompt_following.md)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
                         "GPUs and AVX-512 CPUs)")

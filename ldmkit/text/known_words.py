@@ -16,8 +16,9 @@ before it is encoded:
 - a word WordNet does not know, or with no object word near it, is left as written.
 
 A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
-encode, so binding guidance's token groups and the images follow it. Without WordNet installed
-(``pip install 'ldmkit[words]'``) prompts are encoded as written.
+encode (`LatentDiffusion.in_known_words`; Prompt-to-Prompt excepted, whose edits name the prompts' own words), so
+binding guidance's token groups and the images follow it. Without WordNet installed (``pip install
+'ldmkit[words]'``) prompts are encoded as written.
 """
 
 from __future__ import annotations
