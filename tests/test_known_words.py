@@ -130,3 +130,21 @@ def test_generate_says_how_it_read_the_prompt_and_as_written_reads_it_as_given(f
     assert main(["generate", "a scarlet circle", "--model", str(folder), "--steps", "1", "--out", str(out),
                  "--no-progress", "--as-written", "--overwrite"]) == 0
     assert "read as" not in capsys.readouterr().err
+
+
+def test_eval_generate_as_written_measures_the_model_with_prompts_as_given(folder, monkeypatch):
+    import ldmkit.cli.eval
+    from ldmkit.cli import main
+
+    seen = []
+
+    def fake(target, *args, **kwargs):
+        seen.append(target)
+        raise SystemExit(0)  # nothing to measure: which model the evaluation would run is what is checked
+
+    monkeypatch.setattr(ldmkit.cli.eval, "evaluate_generation", fake)
+    with pytest.raises(SystemExit):
+        main(["eval", "generate", "--model", str(folder), "--as-written", "--no-progress"])
+    with pytest.raises(SystemExit):
+        main(["eval", "generate", "--model", str(folder), "--no-progress"])
+    assert seen[0].model.known_words is None and str(seen[1]) == str(folder)
