@@ -37,7 +37,7 @@ def test_wordnet_gives_a_synonym_or_a_more_general_word_never_a_sibling():
 def test_known_words_of_captions_keep_the_object_words_apart():
     words = KnownWords.from_captions(CAPTIONS)
     assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words
-    assert {"red", "circle", "small", "square", "wedge", "turquoise"} <= set(words.objects)
+    assert {"red", "circle", "small", "square", "wedge", "turquoise", "white disc"} <= set(words.objects)
     assert not {"left", "top", "picture", "above", "a"} & set(words.objects)  # places, media, function words
 
 

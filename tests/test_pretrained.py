@@ -112,4 +112,4 @@ def test_pack_keeps_a_models_known_words(tmp_path):
     model.save(tmp_path / "words")
     packed = pack(tmp_path / "words", tmp_path / "packed")
     assert "known_words.json" in recorded_checksums(packed) and verify(packed) == []
-    assert load_pipeline(packed).model.known_words.objects == {"red": 1, "circle": 1}
+    assert load_pipeline(packed).model.known_words.objects == {"red": 1, "circle": 1, "red circle": 1}

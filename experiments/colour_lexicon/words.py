@@ -32,6 +32,7 @@ def main() -> None:
     rows = {}
     for model in args.models:
         pipe = ldmkit.load_pipeline(model, precision="auto")
+        pipe.model.known_words = None  # the model alone: each held-out word as written
         for colour, words in _WORDS["color"][args.part].items():
             for word in words:
                 prompts = [f"a {word} {shape}" for shape in SHAPES for _ in range(4)]

@@ -47,7 +47,8 @@ def _article(before: str, word: str) -> str:
 
 class KnownWords:
     """``words``: every word of the training captions (lower case) → how many captions held it; ``objects``: the
-    nouns and modifiers of their noun phrases → the same count (the words a prompt may be rewritten into)."""
+    nouns and modifiers of their noun phrases, and each noun with the modifier right before it ("round shape") →
+    the same count (what a prompt's words may be rewritten into)."""
 
     def __init__(self, words: dict[str, int], objects: dict[str, int]):
         self.words = dict(words)
@@ -59,8 +60,13 @@ class KnownWords:
         words, objects = Counter(), Counter()
         for caption in captions:
             words.update(set(_WORD.findall(caption.lower())))
-            objects.update({caption[a:b].lower() for phrase in parse_phrases(caption).objects
-                            for a, b in (*phrase.modifiers, phrase.noun)})
+            found = set()
+            for phrase in parse_phrases(caption).objects:
+                spans = sorted((*phrase.modifiers, phrase.noun))
+                found |= {caption[a:b].lower() for a, b in spans}
+                # a modifier right before its noun, as one name too ("round shape", "five-pointed star")
+                found |= {caption[a:phrase.noun[1]].lower() for a, b in spans if caption[b:phrase.noun[0]] == " "}
+            objects.update(found)
         return cls(dict(words), dict(objects))
 
     def union(self, other: "KnownWords") -> "KnownWords":
