@@ -97,13 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Model: `{args.model or 'ldmkit/pretrained/shapes64'}` with its `known_words.json` (the words of its "
         "training captions). *known words*: each word of a noun phrase that the training captions never held "
         "replaced, before encoding, by the nearest noun or modifier they did hold, by WordNet (synonyms, then more "
-        f"general words, at most {DEPTH} links up; `ldmkit.text.known_words`), as every pipeline now reads "
-        "prompts; *as written*: the prompt encoded as given. The same held-out scenes of `ldmkit eval generate` "
+        f"general words, at most {DEPTH} links up; `ldmkit.text.known_words`), as the pipelines now read "
+        "prompts (`ldmkit generate`, `eval generate`, the server); *as written*: the prompt encoded as given "
+        "(`--as-written`). The same held-out scenes of `ldmkit eval generate` "
         "(seed 1000003) in each phrasing; ddim, 25 steps, guidance 4; binding guidance with the best of 2 starting "
         "noises where the row says so (its groups from the prompt as read). The judge and the malformed share as "
         "in benchmarks/GROUNDING.md; FID on shapes-cnn features (512 images bias it upwards: compare within a "
-        "phrasing). The unseen words and frames were never used to build or tune the rule: they are read like any "
-        "other word.",
+        "phrasing). The rule holds no word list — WordNet's own relations and the model's training words — but its "
+        "two settings (two links at most; only the words of noun phrases) were chosen while looking at what the "
+        "held-out words became, so read the unseen rows as this rule's result on them rather than a blind test; "
+        "the last table lists words from neither part.",
         "",
         markdown_table(["phrasing", "read", "binding", "prompts rewritten", "one object", "two objects", "malformed",
                         "FID"], rows),
