@@ -353,7 +353,7 @@ def test_the_general_rule_groups_template_captions_as_the_shapes_vocabulary_did(
 def test_training_reads_the_shapes_captions_themselves(captions):
     """The captions a training run trains its tokenizer on and draws its preview grids for are the items'
     (once they were the letters of the caption style's name)."""
-    from ldmkit.train.diffusion import dataset_captions
+    from ldmkit.data.dataset import dataset_captions
 
     data = build_dataset(DataConfig(captions=captions, num_samples=6))
     assert dataset_captions(data, 4) == [data[i]["caption"] for i in range(4)]

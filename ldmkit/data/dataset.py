@@ -34,3 +34,13 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if is_shard_source(cfg.source):
         return ShardDataset(cfg.source, cfg.image_size, hflip=cfg.hflip, shuffle_buffer=cfg.shuffle_buffer)
     return ImageFolderDataset(Path(cfg.source).expanduser(), cfg.image_size, hflip=cfg.hflip, grounding=cfg.grounding)
+
+
+def dataset_captions(dataset, limit: int) -> list[str]:
+    """Up to ``limit`` captions, without decoding images where the dataset allows it."""
+    if hasattr(dataset, "read_captions"):  # a stream of shards reads the text entries only
+        return dataset.read_captions(limit)
+    n = min(len(dataset), limit)
+    if hasattr(dataset, "captions"):  # an image folder knows its captions without decoding images
+        return list(dataset.captions[:n])
+    return [dataset[i]["caption"] for i in range(n)]

@@ -11,14 +11,14 @@ from ldmkit.config import load_preset
 from ldmkit.data import build_dataset
 from ldmkit.pretrained import SHAPES64, pack, recorded_checksums, verify, write_checksums
 from ldmkit.storage import CheckpointError, atomic_path
-from ldmkit.text.known_words import FILE, KnownWords
-from ldmkit.train.diffusion import KNOWN_WORD_CAPTIONS, dataset_captions
+from ldmkit.data.dataset import dataset_captions
+from ldmkit.text.known_words import CAPTIONS_READ, FILE, KnownWords
 
 
 def record_known_words(folder: Path, preset: str) -> Path:
     """Write ``folder/known_words.json`` from the captions of ``preset``'s dataset, as `ldmkit train` records them
     (for a model trained before it did), and add it to ``folder``'s SHA256SUMS."""
-    words = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), KNOWN_WORD_CAPTIONS))
+    words = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
     with atomic_path(folder / FILE) as tmp:
         words.save(tmp)
     write_checksums(folder, tuple(dict.fromkeys([*recorded_checksums(folder), FILE])))

@@ -35,6 +35,7 @@ from ldmkit.autoencoder.folder import first_stage
 from ldmkit.condition import class_labels, condition_source, data_classes, random_masks
 from ldmkit.config import GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
+from ldmkit.data.dataset import dataset_captions
 from ldmkit.data.latent_cache import cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
@@ -43,7 +44,7 @@ from ldmkit.pipelines import preview_samples
 from ldmkit.errors import ConfigError
 from ldmkit.storage import CheckpointError
 from ldmkit.text import PromptTokenizer, load_tokenizer, uses_pretrained_tokenizer
-from ldmkit.text.known_words import KnownWords
+from ldmkit.text.known_words import CAPTIONS_READ, KnownWords
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
@@ -56,17 +57,6 @@ from ldmkit.train.logs import RunLog
 from ldmkit.train.warm_start import warm_start
 
 TOKENIZER_CAPTIONS = 5000  # captions the tokenizer's vocabulary is trained on
-KNOWN_WORD_CAPTIONS = 2000  # captions whose words the model folder records (known_words.json)
-
-
-def dataset_captions(dataset, limit: int) -> list[str]:
-    """Up to ``limit`` captions, without decoding images where the dataset allows it."""
-    if hasattr(dataset, "read_captions"):  # a stream of shards reads the text entries only
-        return dataset.read_captions(limit)
-    n = min(len(dataset), limit)
-    if hasattr(dataset, "captions"):  # an image folder knows its captions without decoding images
-        return list(dataset.captions[:n])
-    return [dataset[i]["caption"] for i in range(n)]
 
 
 def check_colour_word_dropout(share: float, colour_lexicon: str) -> None:
@@ -279,7 +269,7 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
     if config.condition.uses_text:  # the words of the captions, which prompts are read in (ldmkit.text.known_words)
-        model.known_words = KnownWords.from_captions(dataset_captions(dataset, KNOWN_WORD_CAPTIONS))
+        model.known_words = KnownWords.from_captions(dataset_captions(dataset, CAPTIONS_READ))
         if source is not None and source.known_words is not None:
             model.known_words = model.known_words.union(source.known_words)
     if source is not None:

@@ -32,6 +32,7 @@ from torch import nn
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.config import DistillConfig, ModelConfig, Preset, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
+from ldmkit.data.dataset import dataset_captions
 from ldmkit.diffusion.consistency import consistency_output
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import ConfigError, UsageError
@@ -43,7 +44,7 @@ from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
     SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, resumed_loader, step_generator,
 )
-from ldmkit.train.diffusion import dataset_captions, encode_latents
+from ldmkit.train.diffusion import encode_latents
 from ldmkit.train.logs import RunLog
 
 
