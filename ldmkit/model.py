@@ -80,7 +80,9 @@ class LatentDiffusion(nn.Module):
         # the words of the training captions (`ldmkit.text.known_words`; `ldmkit train` records them)
         self.known_words: KnownWords | None = None
         self._warned_wordnet = False
-        # what adapters taught it ("lora", "fused", "embedding"; `ldmkit.pipelines.adapters`): words it may now know
+        # the words each loaded LoRA was trained on (None: its file does not say; `ldmkit.pipelines.adapters`), and
+        # what taught it words no file lists ("fused", "embedding")
+        self.adapter_words: dict[str, KnownWords | None] = {}
         self.taught: set[str] = set()
 
     @property
@@ -128,10 +130,16 @@ class LatentDiffusion(nn.Module):
 
     def in_known_words(self, prompts: list[str]) -> list[str]:
         """The prompts as the pipelines read them: each word of a noun phrase that the training captions never held
-        replaced by the nearest word they did, by WordNet (`ldmkit.text.known_words`); as written for a model
-        without recorded words, one that a LoRA or an embedding has taught words no file lists (``taught``), or
-        where WordNet is not installed (said once, as a warning)."""
-        if self.known_words is None or self.taught or all(self.known_words.knows(p) for p in prompts):
+        (nor those of a loaded LoRA that lists them) replaced by the nearest word they did, by WordNet
+        (`ldmkit.text.known_words`); as written for a model without recorded words, one that a LoRA or an embedding
+        has taught words no file lists (``adapter_words`` None, ``taught``), or where WordNet is not installed (said
+        once, as a warning)."""
+        known = self.known_words
+        if known is None or self.taught or None in self.adapter_words.values():
+            return list(prompts)
+        for words in self.adapter_words.values():
+            known = known.union(words)
+        if all(known.knows(p) for p in prompts):
             return list(prompts)
         wordnet = default_wordnet()
         if wordnet is None:
@@ -140,7 +148,7 @@ class LatentDiffusion(nn.Module):
                               "never saw are read as written: pip install 'ldmkit[words]'", stacklevel=2)
                 self._warned_wordnet = True
             return list(prompts)
-        return [self.known_words.rewrite(p, wordnet) for p in prompts]
+        return [known.rewrite(p, wordnet) for p in prompts]
 
     def encode_classes(self, classes: list[str] | torch.Tensor) -> torch.Tensor:
         """τθ(y) = E[y] for class names (or indices, the null class ∅ being K): context B×1×d.

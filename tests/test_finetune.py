@@ -57,6 +57,11 @@ def test_lora_run_resumes_exactly_and_its_file_loads(tiny, images, tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)  # it trained
 
+    from ldmkit.convert.lora import WORDS_KEY, lora_metadata
+    from ldmkit.text.known_words import KnownWords
+
+    listed = KnownWords.from_json(lora_metadata(path)[WORDS_KEY], "the LoRA")  # its captions' words, for loading
+    assert "red" in listed.objects
     pipe = load_pipeline(tiny)
     base = pipe.generate_tensors("a red <blob>", steps=2, seed=0)
     pipe.load_lora_weights(path)

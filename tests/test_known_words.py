@@ -60,7 +60,7 @@ def test_known_words_round_trip_and_a_bad_file(tmp_path):
     again = KnownWords.load(tmp_path / FILE)
     assert again.words == words.words and again.objects == words.objects
     (tmp_path / "bad.json").write_text(json.dumps(["red", "blue"]))
-    with pytest.raises(ValueError, match="not a known-words file"):
+    with pytest.raises(ValueError, match="bad.json: not a known-words list"):
         KnownWords.load(tmp_path / "bad.json")
 
 
@@ -102,6 +102,25 @@ def test_while_an_adapter_may_have_taught_new_words_prompts_are_read_as_written(
     pipe.fuse_lora()
     pipe.unload_lora_weights()  # fused: it stays taught
     assert pipe.model.in_known_words(["a scarlet circle"]) == ["a scarlet circle"]
+
+
+@needs_wordnet
+def test_a_lora_that_lists_its_training_words_keeps_them_and_the_rest_is_read_as_before(folder, tmp_path):
+    from ldmkit.convert import lora as lora_files
+    from ldmkit.nn import lora
+
+    model = LatentDiffusion.load(folder)
+    lora.inject(model, lora_files.training_targets(model), 2, 2)
+    taught = KnownWords.from_captions(["a magenta circle on the left"])  # WordNet alone would read magenta as red
+    path = lora_files.save_lora(model, tmp_path / "magenta.safetensors",
+                                metadata={lora_files.WORDS_KEY: taught.to_json()})
+    pipe = load_pipeline(folder)
+    assert pipe.model.in_known_words(["a magenta circle"]) == ["a red circle"]
+    pipe.load_lora_weights(path)
+    assert pipe.model.in_known_words(["a magenta circle", "a scarlet box"]) == ["a magenta circle", "a red box"]
+    pipe.fuse_lora()  # fused: its words stay known
+    pipe.unload_lora_weights()
+    assert pipe.model.in_known_words(["a magenta circle", "a scarlet box"]) == ["a magenta circle", "a red box"]
 
 
 def test_without_wordnet_prompts_are_read_as_written_and_said_once(folder, monkeypatch):

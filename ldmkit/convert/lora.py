@@ -43,6 +43,7 @@ from ldmkit.nn import lora
 from ldmkit.storage import atomic_path, first_keys
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+WORDS_KEY = "ldmkit.known_words"  # the words of the captions it was trained on (`ldmkit.text.known_words`)
 LAYOUTS = ("diffusers", "kohya")
 _PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"),
           (".lora.down.weight", ".lora.up.weight"))
@@ -131,6 +132,15 @@ def training_targets(model, text_encoder: bool = False, targets: str = "attentio
 
 # --------------------------------------------------------------------------------------------------
 # reading
+
+def lora_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a readable LoRA file ({} for a .pt/.bin/.ckpt file, which holds none)."""
+    path = Path(path)
+    if path.suffix.lower() in (".pt", ".bin", ".ckpt"):
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
 
 def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldmkit.convert.lora import load_lora, parse_lora_spec
+from ldmkit.convert.lora import WORDS_KEY, load_lora, lora_metadata, parse_lora_spec
 from ldmkit.errors import UsageError
 from ldmkit.nn import lora
 from ldmkit.nn.prepack import prepack
 from ldmkit.text.inversion import load_embedding
+from ldmkit.text.known_words import KnownWords
 
 
 class AdapterMixin:
@@ -27,7 +28,13 @@ class AdapterMixin:
         """Add the LoRA file ``path`` at strength ``scale``; returns the adapter's name (default: from the file
         name). UsageError, with the model unchanged, for a file that does not fit the model."""
         name = load_lora(self.model, path, scale, adapter_name)
-        self.model.taught.add("lora")  # prompts are read as written while it is loaded (in_known_words)
+        # the words it was trained on, where its file lists them (`ldmkit finetune` does): known while it is loaded;
+        # a file that does not has prompts read as written meanwhile (`LatentDiffusion.in_known_words`)
+        listed = lora_metadata(path).get(WORDS_KEY)
+        try:
+            self.model.adapter_words[name] = None if listed is None else KnownWords.from_json(listed, str(path))
+        except ValueError:
+            self.model.adapter_words[name] = None
         return name
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
@@ -48,15 +55,20 @@ class AdapterMixin:
         """Fold every adapter, at its strength, into the weights (W ← W + Σ s (α/r) B A): sampling then costs what
         it did without adapters. Returns the layers changed."""
         changed = lora.merge(self.model)
-        if changed:
+        words = self.model.adapter_words
+        if changed and None in words.values():
             self.model.taught.add("fused")
+        elif changed and self.model.known_words is not None:
+            for listed in words.values():
+                self.model.known_words = self.model.known_words.union(listed)
+        words.clear()
         self._repack()
         return changed
 
     def unload_lora_weights(self) -> None:
         """Drop every adapter that is not fused; the weights are as before they were loaded."""
         lora.remove(self.model)
-        self.model.taught.discard("lora")
+        self.model.adapter_words.clear()
         self._repack()
 
     def _repack(self) -> None:

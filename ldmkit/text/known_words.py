@@ -73,17 +73,27 @@ class KnownWords:
     def union(self, other: "KnownWords") -> "KnownWords":
         return KnownWords(Counter(self.words) + Counter(other.words), Counter(self.objects) + Counter(other.objects))
 
+    def to_json(self) -> str:
+        return json.dumps({"words": dict(sorted(self.words.items())), "objects": dict(sorted(self.objects.items()))},
+                          indent=0)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "KnownWords":
+        """The words `to_json` wrote; a ValueError naming ``where`` for anything else."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("words", "objects")):
+            raise ValueError(f"{where}: not a known-words list (a JSON object with 'words' and 'objects')")
+        return cls({str(k): int(v) for k, v in data["words"].items()}, {str(k): int(v) for k, v in data["objects"].items()})
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": dict(sorted(self.words.items())),
-                                          "objects": dict(sorted(self.objects.items()))}, indent=0) + "\n",
-                              encoding="utf-8")
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "KnownWords":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("words", "objects")):
-            raise ValueError(f"{path}: not a known-words file (a JSON object with 'words' and 'objects')")
-        return cls({str(k): int(v) for k, v in data["words"].items()}, {str(k): int(v) for k, v in data["objects"].items()})
+        return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
     def rewrite(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module

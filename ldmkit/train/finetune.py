@@ -268,7 +268,8 @@ def write_result(prep: Prepared, cfg: FinetuneConfig, out: Path, model_path: Pat
     """The run's product: the LoRA file, the embedding files, or the model folder."""
     model = prep.model
     if cfg.method == "lora":
-        meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step)}
+        meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step),
+                lora_files.WORDS_KEY: KnownWords.from_captions(prep.captions).to_json()}
         if cfg.token:
             meta["ldmkit.token"] = cfg.token
         return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta,
