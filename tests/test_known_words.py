@@ -167,3 +167,17 @@ def test_eval_generate_as_written_measures_the_model_with_prompts_as_given(folde
     with pytest.raises(SystemExit):
         main(["eval", "generate", "--model", str(folder), "--no-progress"])
     assert seen[0].model.known_words is None and str(seen[1]) == str(folder)
+
+
+@needs_wordnet
+def test_the_server_reports_how_it_read_a_prompt(folder):
+    pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+    from fastapi.testclient import TestClient
+
+    from ldmkit.serve import create_app
+
+    with TestClient(create_app(load_pipeline(folder), model_name="tiny")) as client:
+        for prompt, read_as in (("a scarlet circle", "a red circle"), ("a red circle", None)):
+            r = client.post("/v1/generate", json={"prompt": prompt, "steps": 1, "seed": 0})
+            assert r.status_code == 200, r.text
+            assert [image["read_as"] for image in r.json()["images"]] == [read_as]

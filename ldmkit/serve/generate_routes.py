@@ -61,9 +61,10 @@ def add_generate_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> 
     def images_of(job: Job) -> list[ImageInfo]:
         if job.state is not JobState.done:
             return []
-        command = models.get(job.settings.model).command(job.settings)
+        served = models.get(job.settings.model)
+        command, read_as = served.command(job.settings), served.read_as(job.settings)
         return [ImageInfo(index=k, seed=job.settings.seed, url=f"/v1/jobs/{job.id}/images/{k}.png",
-                          filename=image_filename(job.settings.seed, k), command=command)
+                          filename=image_filename(job.settings.seed, k), command=command, read_as=read_as)
                 for k in range(len(job.images))]
 
     def info(job: Job) -> JobInfo:

@@ -206,6 +206,8 @@ class ImageInfo(BaseModel):
     filename: str = Field(description="the name `ldmkit generate --out DIR` gives this image")
     command: str | None = Field(description="a shell command that writes this image again (null where no command "
                                             "does: an image job of several images, or with karras)")
+    read_as: str | None = Field(None, description="the prompt as the model read it, where it read a word it never "
+                                                  "saw in training as the nearest word it knows; null: as sent")
 
 
 class JobInfo(BaseModel):

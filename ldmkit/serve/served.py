@@ -99,6 +99,18 @@ class ServedModel:
         """Run one job of this model (the queue's ``run``): the pipeline of the settings' type and mode."""
         return self._run(settings, on_step)
 
+    def read_as(self, settings) -> str | None:
+        """The job's prompt as its pipeline read it, where that differs from the prompt sent (a word the model never
+        saw read as the nearest it knows: `LatentDiffusion.in_known_words`); None otherwise, and for jobs without
+        a prompt."""
+        prompt = getattr(settings, "prompt", None)
+        pipe = self.pipelines.get(getattr(settings, "mode", None) or "generate")
+        read_in = getattr(getattr(pipe, "model", None), "in_known_words", None)  # a stand-in pipeline may have none
+        if not prompt or read_in is None or getattr(settings, "mode", None) in self.borrowed:
+            return None
+        read = read_in([prompt])[0]
+        return read if read != prompt else None
+
     def command(self, settings) -> str | None:
         """The `ldmkit` command that draws the images of a job of this model (`job_command`), or None."""
         if getattr(settings, "mode", None) in self.borrowed:

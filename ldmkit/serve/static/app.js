@@ -241,6 +241,11 @@ function addToGallery(job) {
     img.width = s.width;
     img.height = s.height;
     card.querySelector(".prompt").textContent = title;
+    if (image.read_as) {  // words the model never saw, read as the nearest it knows
+      const readAs = card.querySelector(".read-as");
+      readAs.textContent = `read as: ${image.read_as}`;
+      readAs.hidden = false;
+    }
     card.querySelector(".settings").textContent = settingsLine(s, image);
     const download = card.querySelector(".download");
     download.href = image.url;
