@@ -181,3 +181,20 @@ def test_the_server_reports_how_it_read_a_prompt(folder):
             r = client.post("/v1/generate", json={"prompt": prompt, "steps": 1, "seed": 0})
             assert r.status_code == 200, r.text
             assert [image["read_as"] for image in r.json()["images"]] == [read_as]
+
+
+@needs_wordnet
+def test_an_evaluation_says_how_many_captions_it_read_in_known_words(folder):
+    from ldmkit.eval.generation import evaluate_generation
+    from ldmkit.eval.heldout import heldout_shapes
+    from ldmkit.settings import GenerationSettings
+
+    pipe = load_pipeline(folder)
+    size = pipe.model.config.image_size
+    pipe.model.known_words = KnownWords.from_captions(heldout_shapes(4, size).captions)  # the templates' words
+    unseen = heldout_shapes(4, size, phrasing="unseen").captions
+    expected = sum(pipe.model.in_known_words([c]) != [c] for c in unseen)
+    one_step = GenerationSettings(num_inference_steps=1)
+    assert expected > 0
+    assert evaluate_generation(pipe, 4, one_step, phrasing="unseen").settings["captions_read_in_known_words"] == expected
+    assert "captions_read_in_known_words" not in evaluate_generation(pipe, 4, one_step).settings

@@ -158,4 +158,8 @@ def evaluate_generation(
         report.settings["binding_candidates"] = settings.binding_candidates
     if settings.cache_interval != 1:
         report.settings["cache_interval"] = settings.cache_interval
+    captions = reference.heldout.captions
+    rewritten = sum(a != b for a, b in zip(pipe.model.in_known_words(captions), captions))
+    if rewritten:  # captions the pipeline read with never-seen words as known ones (ldmkit.text.known_words)
+        report.settings["captions_read_in_known_words"] = rewritten
     return report
