@@ -52,6 +52,8 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
     assert words.rewrite("I see an ivory dot higher than a wedge", wordnet) == "I see a white disc higher than a wedge"
     # a compound WordNet knows is one unit: with no object word near it, it stays as written
     assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
+    # an inflected form of a known word stays (not made singular); one of an unknown word is read by its base form
+    assert words.rewrite("two red circles and two navy boxes", wordnet) == "two red circles and two blue boxes"
 
 
 def test_known_words_round_trip_and_a_bad_file(tmp_path):

@@ -13,7 +13,8 @@ before it is encoded:
   then more general words, at most two links up): "a small navy tile" → "a small blue block";
 - two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
   left as written when no object word is near it;
-- a word WordNet does not know, or with no object word near it, is left as written.
+- a word WordNet does not know, or with no object word near it, is left as written, and so is an inflected
+  form of a known word ("circles" where the captions said "circle"), which the prompt model reads as it is.
 
 A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
 encode (`LatentDiffusion.in_known_words`; Prompt-to-Prompt excepted, whose edits name the prompts' own words), so
@@ -111,8 +112,8 @@ class KnownWords:
                         i += 2
                         continue
                 word = prompt[a:b]
-                if not self._known(word):
-                    replacements.append((a, b, self._near(word, wordnet)))
+                if not self._known(word) and not any(self._known(f) for f in wordnet.base_forms(word)):
+                    replacements.append((a, b, self._near(word, wordnet)))  # (an inflection of a known word stays)
                 i += 1
         for a, b, word in sorted(replacements, reverse=True):
             if word is not None:

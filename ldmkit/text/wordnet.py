@@ -67,13 +67,22 @@ class WordNet:
     def lemmas(self, word: str) -> list[tuple[str, str]]:
         """[(part of speech, synset offset)] of every sense of ``word`` (any case; spaces or underscores between
         the words of a compound), its base forms included ("dots" → "dot", "bigger" → "big"), nouns first."""
-        key = "_".join(word.lower().split())
         senses = []
         for pos in POS:
-            for form in dict.fromkeys([key, *self._exceptions[pos].get(key, ()), *(
-                    key[:-len(end)] + base for end, base in _SUFFIXES[pos] if key.endswith(end))]):
+            for form in self._forms(word, pos):
                 senses += [(pos, offset) for offset in self._index[pos].get(form, ())]
         return list(dict.fromkeys(senses))
+
+    def base_forms(self, word: str) -> list[str]:
+        """The forms of ``word`` WordNet lists, itself and its base forms ("circles" → circles?, circle), with
+        spaces between the words of a compound."""
+        return list(dict.fromkeys(form.replace("_", " ") for pos in POS for form in self._forms(word, pos)
+                                  if form in self._index[pos]))
+
+    def _forms(self, word: str, pos: str) -> list[str]:
+        key = "_".join(word.lower().split())
+        return list(dict.fromkeys([key, *self._exceptions[pos].get(key, ()), *(
+            key[:-len(end)] + base for end, base in _SUFFIXES[pos] if key.endswith(end))]))
 
     def nearest(self, word: str, known: dict[str, int], depth: int = 2) -> str | None:
         """The word of ``known`` (lower case, spaces between the words of a compound; value: how often the model
