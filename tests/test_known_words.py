@@ -50,6 +50,7 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
         "a small blue block above a large red box"
     # the word after the relation, the place and the frame words stay; the article follows its new noun
     assert words.rewrite("I see an ivory dot higher than a wedge", wordnet) == "I see a white disc higher than a wedge"
+    assert words.rewrite("Scarlet circle, an Aqua box", wordnet) == "Red circle, a Turquoise box"  # capitals kept
     # a compound WordNet knows is one unit: with no object word near it, it stays as written
     assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
     # an inflected form of a known word stays (not made singular); one of an unknown word is read by its base form

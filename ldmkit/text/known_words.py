@@ -43,7 +43,7 @@ def _article(before: str, word: str) -> str:
     match = re.search(r"(?:^|(?<=\s))([Aa]n?) $", before)
     if match is None:
         return before
-    article = "an" if word[:1] in "aeiou" else "a"
+    article = "an" if word[:1].lower() in "aeiou" else "a"
     return before[:match.start(1)] + (article.capitalize() if match.group(1)[0] == "A" else article) + " "
 
 
@@ -117,6 +117,7 @@ class KnownWords:
                 i += 1
         for a, b, word in sorted(replacements, reverse=True):
             if word is not None:
+                word = word[:1].upper() + word[1:] if prompt[a].isupper() else word  # "Scarlet circle" → "Red circle"
                 prompt = _article(prompt[:a], word) + word + prompt[b:]
         return prompt
 
