@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ldmkit.config import load_preset
 from ldmkit.data import build_dataset
+from ldmkit.data.dataset import dataset_captions
 from ldmkit.pretrained import SHAPES64, pack, recorded_checksums, verify, write_checksums
 from ldmkit.storage import CheckpointError, atomic_path
-from ldmkit.data.dataset import dataset_captions
 from ldmkit.text.known_words import CAPTIONS_READ, FILE, KnownWords
 
 

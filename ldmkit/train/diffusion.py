@@ -265,13 +265,16 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     if start > total:
         raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
 
+    # the words of the captions, which prompts are read in (ldmkit.text.known_words); read before the seed, as the
+    # tokenizer's captions are, so that no dataset's own random draws move what the seed reproduces
+    known = KnownWords.from_captions(dataset_captions(dataset, CAPTIONS_READ)) if config.condition.uses_text else None
+    if known is not None and source is not None and source.known_words is not None:
+        known = known.union(source.known_words)
+
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = LatentDiffusion(config, tokenizer, autoencoder)
     model.check_image_size(preset.data.image_size, preset.data.image_size)
-    if config.condition.uses_text:  # the words of the captions, which prompts are read in (ldmkit.text.known_words)
-        model.known_words = KnownWords.from_captions(dataset_captions(dataset, CAPTIONS_READ))
-        if source is not None and source.known_words is not None:
-            model.known_words = model.known_words.union(source.known_words)
+    model.known_words = known
     if source is not None:
         warm_start(model, source, f"--init {init}")
         del source
