@@ -472,6 +472,12 @@ def command_line(argv: list[str] | None = None) -> str:
     return "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])
 
 
+def results_footer(argv: list[str] | None = None) -> list[str]:
+    """The last lines of a results file: the machine on one line, then the command that regenerates it."""
+    return ["- machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()), "",
+            f"Regenerate: `{command_line(argv)}`", ""]
+
+
 def diffusers_schedule_kwargs(d) -> dict:
     """The keyword arguments that give a diffusers scheduler ldmkit's forward process ``d`` (a
     `DiffusionConfig` with a linear or scaled_linear schedule)."""

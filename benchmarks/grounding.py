@@ -21,7 +21,7 @@ from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, machine_info  # noqa: E402
+from _bench_common import results_footer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURE_KEYS = ("number of objects", "relation", "attributes swapped", "attribute missing")
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
         *lines,
         "",
-        "- machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()),
-        "",
-        f"Regenerate: `{command_line(argv)}`",
-        "",
+        *results_footer(argv),
     ])
     write_text_atomic(Path(args.results), text)
     print(f"wrote {args.results}")

@@ -29,7 +29,7 @@ from ldmkit.text.known_words import DEPTH
 from ldmkit.text.wordnet import default_wordnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import command_line, machine_info, markdown_table  # noqa: E402
+from _bench_common import markdown_table, results_footer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = ("templates", "seen", "unseen")
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(["word", "read as"], other),
         "",
-        "- machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()),
-        "",
-        f"Regenerate: `{command_line(argv)}`",
-        "",
+        *results_footer(argv),
     ])
     write_text_atomic(Path(args.results), text)
     print(text)
