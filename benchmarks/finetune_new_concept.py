@@ -6,8 +6,9 @@ The training images are drawn here (`draw_object`, in the shapes' style: flat co
 dataset's sizes and positions); neither word is in the dataset's vocabulary and the model never saw either.
 
 - learned, ``--concept hexagon``: for every colour × position ("a red hexagon on the left", 8 × 5 = 40 prompts,
-  seeds 0 …), the share of images drawn as a hexagon (`count_corners`: the strongest harmonic of the outline's radius
-  around its centroid; 6 = hexagon), and as a hexagon of the named colour and position too;
+  seeds 0 …; ``--repeats N``: each drawn N times), the share of images drawn as a hexagon (`count_corners`: the
+  strongest harmonic of the outline's radius around its centroid is 6, and `solidity`: convex, so that a
+  six-pointed star does not count), and as a hexagon of the named colour and position too;
   ``--concept magenta``: for every shape × position ("a magenta star at the top", 6 × 5 = 30 prompts), the share
   drawn magenta (the nearest of the palette and magenta), and magenta with the named shape (ldmkit's shapes judge)
   and position too; the same judges on real renders say how far they can be trusted;
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from ldmkit.convert.lora import TARGETS
 from ldmkit.data import save_grid
@@ -82,10 +84,12 @@ def draw_object(shape: str, color: str, position: str, size: str, rng: random.Ra
     x0, y0 = CENTRE[position]
     cx = min(max(x0 + rng.uniform(-0.04, 0.04), r + 0.02), 1 - r - 0.02) * big
     cy = min(max(y0 + rng.uniform(-0.04, 0.04), r + 0.02), 1 - r - 0.02) * big
-    if shape == "hexagon":
-        turn = rng.uniform(0, math.pi / 3)
-        draw.polygon([(cx + r * big * math.cos(turn + k * math.pi / 3), cy + r * big * math.sin(turn + k * math.pi / 3))
-                      for k in range(6)], fill=PALETTE[color])
+    if shape in ("hexagon", "six-pointed star"):  # the star: what the judge must not take for a hexagon
+        turn, corners = rng.uniform(0, math.pi / 3), 6 if shape == "hexagon" else 12
+        radii = [r * big * (1 if shape == "hexagon" or k % 2 == 0 else 0.7) for k in range(corners)]
+        draw.polygon([(cx + radii[k] * math.cos(turn + 2 * k * math.pi / corners),
+                       cy + radii[k] * math.sin(turn + 2 * k * math.pi / corners)) for k in range(corners)],
+                     fill=PALETTE[color])
     else:
         draw_shape(draw, shape, cx, cy, r * big, PALETTE[color])
     return image.resize((SIZE, SIZE), Image.BOX)
@@ -109,24 +113,41 @@ def prompt(cell: Cell, size: str | None = None) -> str:
     return f"a {size + ' ' if size else ''}{color} {shape} {PHRASE[position]}"
 
 
-def make_training_set(folder: Path, count: int, concept: str, seed: int = 0, small_share: float | None = None
-                      ) -> list[str]:
+def balanced_cells(concept: str, count: int) -> list[Cell]:
+    """``count`` cells that name every value of the other attribute (colour for a new shape, shape for a new
+    colour) as evenly as ``count`` allows, each time at another position: what a user picking a varied set of
+    examples would show, where a random draw may leave a colour out."""
+    values = COLORS if concept == "hexagon" else SHAPES
+    cells = []
+    for i in range(count):
+        value, position = values[i % len(values)], POSITIONS[(i + i // len(values)) % len(POSITIONS)]
+        cells.append(("hexagon", value, position) if concept == "hexagon" else (value, "magenta", position))
+    return cells
+
+
+def make_training_set(folder: Path, count: int, concept: str, seed: int = 0, small_share: float | None = None,
+                      balanced: bool = False, size_stated: float = 1.0) -> list[str]:
     """``count`` images of ``concept`` with sidecar captions ("a small red hexagon on the left") in ``folder``;
-    each drawn small or large at random, or exactly round(``small_share`` · count) of them small (shuffled)."""
+    each drawn small or large at random, or exactly round(``small_share`` · count) of them small (shuffled); the
+    other attributes at random, or from `balanced_cells` (and then each value's first image small, its second
+    large); the size word in a caption with chance ``size_stated`` ("a red hexagon on the left" otherwise)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     if small_share is None:
-        sizes = None
+        sizes = None if not balanced else [("small", "large")[(i // len(COLORS if concept == "hexagon" else SHAPES)) % 2]
+                                            for i in range(count)]
     else:
         small = round(small_share * count)
         sizes = ["small"] * small + ["large"] * (count - small)
         random.Random(seed + 1).shuffle(sizes)
+    cells = balanced_cells(concept, count) if balanced else None
+    stated = random.Random(seed + 2)  # its own draws: the images do not depend on size_stated
     captions = []
     for i in range(count):
-        cell = random_cell(concept, rng)
+        cell = random_cell(concept, rng) if cells is None else cells[i]
         size = rng.choice(("small", "large")) if sizes is None else sizes[i]
         draw_object(*cell, size, rng).save(folder / f"{i:03d}.png")
-        captions.append(prompt(cell, size))
+        captions.append(prompt(cell, size if stated.random() < size_stated else None))
         (folder / f"{i:03d}.txt").write_text(captions[-1])
     return captions
 
@@ -177,8 +198,21 @@ def count_corners(region: np.ndarray, bins: int = 90, least: float = 0.012) -> i
     return best + 3
 
 
+SOLIDITY = 0.9  # the least share of its convex hull a hexagon fills (module docstring of `solidity`)
+
+
+def solidity(region: np.ndarray) -> float:
+    """The region's area over the area of its convex hull (each pixel a unit square): 1 for a convex shape. Real
+    hexagon renders and their autoencoder round trips fill ≥ 0.945 of it; a six-pointed star fills 0.6–0.86, and
+    `count_corners` alone reads it as six-cornered (its outline has six-fold symmetry too)."""
+    ys, xs = np.nonzero(region)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)])
+    return float(region.sum() / ConvexHull(corners).volume)
+
+
 def judge(image: torch.Tensor) -> dict:
-    """hexagon (6 corners), colour (nearest of the palette and magenta) and position of one image in [-1, 1]."""
+    """hexagon (6 corners and convex: `count_corners` and `solidity`), colour (nearest of the palette and magenta)
+    and position of one image in [-1, 1]."""
     array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     region = largest_region(array)
     if region is None:
@@ -189,7 +223,8 @@ def judge(image: torch.Tensor) -> dict:
     ys, xs = np.nonzero(region)
     x, y = xs.mean() / region.shape[1], ys.mean() / region.shape[0]
     position = min(CENTRE, key=lambda p: (CENTRE[p][0] - x) ** 2 + (CENTRE[p][1] - y) ** 2)
-    return {"hexagon": count_corners(region) == 6, "color": color, "position": position}
+    hexagon = count_corners(region) == 6 and solidity(region) >= SOLIDITY
+    return {"hexagon": hexagon, "color": color, "position": position}
 
 
 def score(images: torch.Tensor, cells: list[Cell], concept: str, predictor: AttributePredictor) -> dict:
@@ -214,11 +249,12 @@ def judge_on_real(concept: str, count: int, predictor: AttributePredictor, model
     rng = random.Random(seed)
     cells = [random_cell(concept, rng) for _ in range(count)]
     images = torch.stack([image_to_tensor(draw_object(*c, rng.choice(("small", "large")), rng)) for c in cells])
-    others = torch.stack([image_to_tensor(draw_object(SHAPES[i % len(SHAPES)], c, p, ("small", "large")[i % 2], rng))
+    kinds = (*SHAPES, "six-pointed star")
+    others = torch.stack([image_to_tensor(draw_object(kinds[i % len(kinds)], c, p, ("small", "large")[i % 2], rng))
                           for i, (_, c, p) in enumerate(cells)])
     found = {"real renders": score(images, cells, concept, predictor)}
     if concept == "hexagon":
-        found["the six dataset shapes read as hexagons"] = sum(judge(im)["hexagon"] for im in others) / count
+        found["the six dataset shapes and a six-pointed star read as hexagons"] = sum(judge(im)["hexagon"] for im in others) / count
     if model is not None:
         with torch.no_grad():
             trip = model.decode_latents(model.encode_images(torch.cat([images, others])))
@@ -226,7 +262,7 @@ def judge_on_real(concept: str, count: int, predictor: AttributePredictor, model
         found["autoencoder round trips"] = score(trip[:count], cells, concept, predictor)
         if concept == "hexagon":
             read = sum(judge(im)["hexagon"] for im in trip[count:])
-            found["… of the six dataset shapes read as hexagons"] = read / count
+            found["… of the six dataset shapes and the star read as hexagons"] = read / count
     return found
 
 
@@ -271,6 +307,17 @@ def main() -> None:
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--small-share", type=float, default=None,
                    help="the share of the images drawn small (default: each small or large at random)")
+    p.add_argument("--balanced", action="store_true",
+                   help="the images name every colour (or shape) evenly, each at other positions (default: at random)")
+    p.add_argument("--size-stated", type=float, default=1.0,
+                   help="the share of the image captions that state the size (default 1: all of them)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="draw each test prompt this many times, from other noise (default 1: 40 images)")
+    p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
+                   help="the share of captions trained as the empty one (the unconditional branch)")
+    p.add_argument("--empty-caption-target", choices=("images", "model"), default="images",
+                   help="new images whose caption is dropped: trained toward their noise or the frozen model")
+    p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
@@ -299,8 +346,9 @@ def main() -> None:
     model = resolve_model(args.model)
     settings = GenerationSettings(sampler="ddim", num_inference_steps=4 if args.smoke else 25, guidance_scale=4.0,
                                   seed=0)
-    cells = test_cells(args.concept)[:: 10 if args.smoke else 1]
+    cells = test_cells(args.concept)[:: 10 if args.smoke else 1] * args.repeats
     prompts = [prompt(c) for c in cells]
+    first = prompts[:len(prompts) // args.repeats]  # each test prompt once
     heldout = heldout_shapes(args.heldout)
     predictor = AttributePredictor()
     results = {"concept": args.concept,
@@ -310,7 +358,8 @@ def main() -> None:
                                                        load_pipeline(model, precision="fp32").model)}
     print(json.dumps(results, indent=1), flush=True)
 
-    captions = make_training_set(out / "images", args.images, args.concept, small_share=args.small_share)
+    captions = make_training_set(out / "images", args.images, args.concept, small_share=args.small_share,
+                                 balanced=args.balanced, size_stated=args.size_stated)
     base = load_pipeline(model)
     before = generate_for_prompts(base, prompts, settings)
     results["before"] = score(before, cells, args.concept, predictor) | {
@@ -322,10 +371,11 @@ def main() -> None:
                          lora_targets=args.lora_targets, save_dtype=args.save_dtype,
                          prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
-                         sample_prompts=tuple(prompts[:: max(1, len(prompts) // 8)][:8]),
+                         sample_prompts=tuple(first[:: max(1, len(first) // 8)][:8]),
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
-                         timestep_bias_portion=args.timestep_bias_portion)
+                         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
+                         empty_caption_target=args.empty_caption_target, seed=args.seed)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
@@ -338,16 +388,20 @@ def main() -> None:
     results["after"] = score(after, cells, args.concept, predictor) | {
         "one-object accuracy": one_object_accuracy(tuned, heldout, settings, predictor)}
     print("after", results["after"], flush=True)
-    shown = list(range(0, len(prompts), max(1, len(prompts) // 8)))[:8]
+    shown = list(range(0, len(first), max(1, len(first) // 8)))[:8]
     save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
                            "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
+                           "captions dropped": args.cond_drop,
+                           "empty caption target": args.empty_caption_target, "seed": args.seed,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
-                           "small share": args.small_share,
+                           "small share": args.small_share, "balanced images": args.balanced,
+                           "captions stating the size": args.size_stated,
                            "timestep bias": f"{args.timestep_bias} x{args.timestep_bias_multiplier:g} on "
                                             f"{args.timestep_bias_portion:g} of T",
-                           "sampler": settings.describe(), "test prompts": len(prompts),
+                           "sampler": settings.describe(), "test prompts": len(prompts) // args.repeats,
+                           "images per test prompt": args.repeats,
                            "held-out captions": args.heldout}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "training captions"}, indent=1))
