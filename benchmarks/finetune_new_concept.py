@@ -315,8 +315,6 @@ def main() -> None:
                    help="draw each test prompt this many times, from other noise (default 1: 40 images)")
     p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
                    help="the share of captions trained as the empty one (the unconditional branch)")
-    p.add_argument("--empty-caption-target", choices=("images", "model"), default="images",
-                   help="new images whose caption is dropped: trained toward their noise or the frozen model")
     p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=2500)
@@ -375,7 +373,7 @@ def main() -> None:
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
                          timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
-                         empty_caption_target=args.empty_caption_target, seed=args.seed)
+                         seed=args.seed)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
@@ -393,7 +391,7 @@ def main() -> None:
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
                            "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
                            "captions dropped": args.cond_drop,
-                           "empty caption target": args.empty_caption_target, "seed": args.seed,
+                           "seed": args.seed,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr, "images": args.images,
                            "small share": args.small_share, "balanced images": args.balanced,

@@ -107,8 +107,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
             "--images", str(images), "--method", "full", "--lora-targets", "attention+conv"],
         "--timestep-bias-multiplier must be > 0": ["--images", str(images), "--timestep-bias", "earlier",
                                                    "--timestep-bias-multiplier", "0"],
-        "--empty-caption-target model needs --prior-loss model": ["--images", str(images),
-                                                                  "--empty-caption-target", "model"],
     }
     for message, options in cases.items():
         out = tmp_path / "never"
@@ -124,7 +122,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
     before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
     for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty"),
                              (["--rank", "2", "--lora-targets", "attention+conv", "--resume"],
-                              "lora_targets 'attention' → 'attention+conv'")):
+                              "lora_targets 'attention' → 'attention+conv'"),
+                             (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0")):
         assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
@@ -254,41 +253,6 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))
     with pytest.raises(UsageError, match="--prior-loss model"):
         finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_loss="model"))
-
-
-def test_new_rows_with_a_dropped_caption_can_train_toward_the_frozen_model(tiny):
-    """--empty-caption-target model: a new row whose caption was dropped joins the prior half (target: the frozen
-    model), so with fresh adapters it adds nothing; no row anchored is the plain split loss, bit for bit; and the
-    option needs --prior-loss model."""
-    from ldmkit.diffusion.schedule import q_sample
-    from ldmkit.train.prior import split_loss
-
-    torch.manual_seed(0)
-    model = LatentDiffusion.load(tiny)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    lora.inject(model.unet, lora.attention_projections(model.unet), 4, 4.0, "default")
-    with torch.no_grad():
-        z_0 = model.encode_images(torch.rand(4, 3, model.config.image_size, model.config.image_size) * 2 - 1)
-        for layer in lora.lora_layers(model.unet).values():  # adapters that change the prediction
-            layer.lora_B["default"].normal_(std=0.1)
-    t, noise = torch.tensor([500, 10, 900, 300]), torch.randn_like(z_0)
-    context = model.encode_prompts(["a red hexagon", "", "a red circle", "a blue square"])
-    args = (model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 2)
-    none = torch.zeros(4, dtype=torch.bool)
-    assert torch.equal(split_loss(*args, none), split_loss(*args))
-    with torch.no_grad():
-        anchored = split_loss(*args, torch.tensor([False, True, False, False]))
-        z_t = q_sample(model.schedule, z_0, t, noise)
-        adapted = model.unet(z_t, t, context).float()
-        lora.set_scale(model.unet, "default", 0.0)
-        frozen = model.unet(z_t, t, context).float()
-        lora.set_scale(model.unet, "default", 1.0)
-    fitted = (adapted[:1] - noise[:1]).pow(2).mean()
-    kept = (adapted[1:] - frozen[1:]).pow(2).mean()
-    torch.testing.assert_close(anchored, 0.5 * fitted + 0.5 * kept)
-    with pytest.raises(UsageError, match="--empty-caption-target model needs --prior-loss model"):
-        finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, empty_caption_target="model"))
 
 
 def test_timestep_bias_weights_the_chosen_end():

@@ -28,7 +28,6 @@ def cmd_finetune(args) -> None:
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
-        empty_caption_target=args.empty_caption_target,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -72,10 +71,6 @@ def add_parsers(sub) -> None:
                         "drew for the prior prompts at every noise level; --method lora)")
     p.add_argument("--caption-dropout-rate", type=bounded_float(1.0, "--caption-dropout-rate"), metavar="P",
                    help="the share of captions trained as the empty one, for classifier-free guidance (default 0.1)")
-    p.add_argument("--empty-caption-target", choices=("images", "model"),
-                   help="what a new image trained with the empty caption learns: images (its noise, the default) or "
-                        "model (the frozen model's prediction, as the prior half with --prior-loss model: the "
-                        "unconditional branch stays the model's own, and guidance carries what the captions teach)")
     p.add_argument("--prior-prompt", action="append", metavar="TEXT",
                    help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
                         "teaching a shape")

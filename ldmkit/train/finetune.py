@@ -101,8 +101,6 @@ class FinetuneConfig:
     prior_images: int = 0  # prior preservation: this many images drawn by the model itself, half of each batch
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     prior_loss: Literal["images", "model"] = "images"  # the prior half's target (`ldmkit.train.prior`)
-    empty_caption_target: Literal["images", "model"] = "images"  # new images whose caption is dropped: trained
-    # toward their noise, or ("model", with prior_loss "model") toward the frozen model's prediction
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -137,10 +135,6 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.prior_loss == "model" and (cfg.method != "lora" or not cfg.prior_images):
         raise UsageError("--prior-loss model needs --method lora and --prior-images (the frozen model is the LoRA "
                          "switched off)")
-    if cfg.empty_caption_target not in PRIOR_LOSSES:
-        raise UsageError(f"--empty-caption-target {cfg.empty_caption_target!r}; allowed: {', '.join(PRIOR_LOSSES)}")
-    if cfg.empty_caption_target == "model" and cfg.prior_loss != "model":
-        raise UsageError("--empty-caption-target model needs --prior-loss model (both train toward the frozen model)")
     if cfg.prior_images and cfg.batch_size < 2:
         raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
                          f"got {cfg.batch_size}")
@@ -367,9 +361,8 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                 with torch.set_grad_enabled(text_trained):
                     context = model.encode_prompts(captions)
                 if cfg.prior_loss == "model":
-                    anchored = ~draws.keep_caption.to(dev) if cfg.empty_caption_target == "model" else None
                     loss = split_loss(model.unet, ADAPTER, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
-                                      model.schedule, prediction, new_rows, anchored)
+                                      model.schedule, prediction, new_rows)
                 else:
                     loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
                                           prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))

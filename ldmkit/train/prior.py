@@ -57,25 +57,12 @@ def frozen_prediction(unet: nn.Module, adapter: str, z_t: Tensor, t: Tensor, con
 
 
 def split_loss(unet: nn.Module, adapter: str, z_0: Tensor, t: Tensor, noise: Tensor, context: Tensor,
-               schedule: NoiseSchedule, prediction: str, new: int, anchored: Tensor | None = None) -> Tensor:
+               schedule: NoiseSchedule, prediction: str, new: int) -> Tensor:
     """L = ½ mean over the first ``new`` rows of ‖target − ε_θ'(z_t, t, c)‖² (target ε or v) + ½ mean over the rest
     of ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
     LoRA ``adapter``, θ the same with it off (`frozen_prediction`). One adapted pass over the whole batch, one frozen
-    pass over the prior rows.
-
-    ``anchored`` (bool, one per row): new rows trained toward the frozen model as the prior half is (those whose
-    caption was dropped: the unconditional branch then keeps the frozen model's prediction on the new images too,
-    and guidance, ε_u + s (ε_c − ε_u), carries all the adapter learnt from their captions)."""
+    pass over the prior rows."""
     z_t = q_sample(schedule, z_0.float(), t, noise)
-    if anchored is not None and bool(anchored[:new].any()):
-        frozen = anchored.clone()
-        frozen[new:] = True
-        target = noise if prediction == "epsilon" else v_target(schedule, z_0.float(), t, noise)
-        target = target.float().clone()
-        target[frozen] = frozen_prediction(unet, adapter, z_t[frozen], t[frozen], context[frozen])
-        error = (unet(z_t, t, context).float() - target).pow(2)
-        fitted = error[~frozen]
-        return 0.5 * error[frozen].mean() + (0.5 * fitted.mean() if len(fitted) else 0.5 * error[frozen].mean())
     target = noise[:new] if prediction == "epsilon" else v_target(schedule, z_0[:new].float(), t[:new], noise[:new])
     target = torch.cat([target.float(), frozen_prediction(unet, adapter, z_t[new:], t[new:], context[new:])])
     error = (unet(z_t, t, context).float() - target).pow(2)
