@@ -314,7 +314,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="draw each test prompt this many times, from other noise (default 1: 40 images)")
     p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
-                   help="the share of captions trained as the empty one (the unconditional branch)")
+                   help="the share of captions trained as the empty one (ldmkit finetune --caption-dropout-rate)")
     p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=2500)
