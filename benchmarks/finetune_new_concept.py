@@ -113,11 +113,17 @@ def prompt(cell: Cell, size: str | None = None) -> str:
     return f"a {size + ' ' if size else ''}{color} {shape} {PHRASE[position]}"
 
 
+def other_values(concept: str) -> tuple[str, ...]:
+    """The values of the attribute a prompt names beside the new word: colours for a new shape, shapes for a new
+    colour."""
+    return COLORS if concept == "hexagon" else SHAPES
+
+
 def balanced_cells(concept: str, count: int) -> list[Cell]:
     """``count`` cells that name every value of the other attribute (colour for a new shape, shape for a new
     colour) as evenly as ``count`` allows, each time at another position: what a user picking a varied set of
     examples would show, where a random draw may leave a colour out."""
-    values = COLORS if concept == "hexagon" else SHAPES
+    values = other_values(concept)
     cells = []
     for i in range(count):
         value, position = values[i % len(values)], POSITIONS[(i + i // len(values)) % len(POSITIONS)]
@@ -134,8 +140,7 @@ def make_training_set(folder: Path, count: int, concept: str, seed: int = 0, sma
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     if small_share is None:
-        sizes = None if not balanced else [("small", "large")[(i // len(COLORS if concept == "hexagon" else SHAPES)) % 2]
-                                            for i in range(count)]
+        sizes = None if not balanced else [("small", "large")[i // len(other_values(concept)) % 2] for i in range(count)]
     else:
         small = round(small_share * count)
         sizes = ["small"] * small + ["large"] * (count - small)
