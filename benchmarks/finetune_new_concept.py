@@ -62,6 +62,7 @@ from ldmkit.images import image_to_tensor
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
+from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune
 
 SIZE = 64
@@ -325,6 +326,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-scheduler", choices=LR_SCHEDULES, default="constant",
+                   help="the learning rate over the run (`ldmkit finetune --lr-scheduler`)")
     p.add_argument("--lora-targets", choices=TARGETS, default="attention",
                    help="attention: the attention projections; attention+conv: and the ResBlocks' 3×3 convolutions")
     p.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES), default="float32", help="the LoRA file's tensors")
@@ -371,7 +374,7 @@ def main() -> None:
 
     prior = prior_prompts(args.prior)
     cfg = FinetuneConfig(method="lora", rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         lora_targets=args.lora_targets, save_dtype=args.save_dtype,
+                         lr_scheduler=args.lr_scheduler, lora_targets=args.lora_targets, save_dtype=args.save_dtype,
                          prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(first[:: max(1, len(first) // 8)][:8]),
@@ -398,7 +401,8 @@ def main() -> None:
                            "captions dropped": args.cond_drop,
                            "seed": args.seed,
                            "steps": args.steps,
-                           "batch size": args.batch_size, "lr": args.lr, "images": args.images,
+                           "batch size": args.batch_size, "lr": args.lr,
+                           "lr scheduler": args.lr_scheduler, "images": args.images,
                            "small share": args.small_share, "balanced images": args.balanced,
                            "captions stating the size": args.size_stated,
                            "timestep bias": f"{args.timestep_bias} x{args.timestep_bias_multiplier:g} on "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.train.common import learning_rate
 from ldmkit.train.finetune import FinetuneConfig, finetune
 from tests.tiny_models import build_attentive_tiny_model
 
@@ -66,6 +68,23 @@ def test_lora_run_resumes_exactly_and_its_file_loads(tiny, images, tmp_path):
     base = pipe.generate_tensors("a red <blob>", steps=2, seed=0)
     pipe.load_lora_weights(path)
     assert not torch.equal(pipe.generate_tensors("a red <blob>", steps=2, seed=0), base)
+
+
+def test_learning_rate_schedules_decay_to_zero_at_the_last_step():
+    assert [learning_rate(s, 1.0, 0, "constant", 4) for s in range(4)] == [1.0] * 4
+    assert [learning_rate(s, 1.0, 0, "linear", 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cosine = [learning_rate(s, 1.0, 2, "cosine", 6) for s in range(6)]
+    assert cosine[:2] == [0.5, 1.0] and cosine[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert cosine == sorted(cosine[:2]) + sorted(cosine[2:], reverse=True) and 0 < cosine[-1] < 0.15
+    with pytest.raises(ValueError, match="allowed: constant, linear, cosine"):
+        learning_rate(3, 1.0, 0, "step", 6)
+
+
+def test_a_decaying_schedule_reaches_the_optimizer_and_the_log(tiny, images, tmp_path):
+    out = tmp_path / "linear"
+    finetune(tiny, images, out, dataclasses.replace(CONFIG, lr=1e-3, lr_scheduler="linear"), progress=False)
+    with open(out / "log.csv") as f:
+        assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
 def test_textual_inversion_and_full_runs_write_what_generate_reads(tiny, images, tmp_path, capsys):
@@ -123,7 +142,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
     for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty"),
                              (["--rank", "2", "--lora-targets", "attention+conv", "--resume"],
                               "lora_targets 'attention' → 'attention+conv'"),
-                             (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0")):
+                             (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0"),
+                             (["--rank", "2", "--lr-scheduler", "cosine", "--resume"],
+                              "lr_scheduler 'constant' → 'cosine'")):
         assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err

@@ -6,6 +6,7 @@ from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, pos
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
+from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import METHODS, SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from
 
 
@@ -20,7 +21,7 @@ def cmd_finetune(args) -> None:
     cfg = settings_from(
         FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
         init_word=args.init_word, num_vectors=args.num_vectors, prompt=args.prompt, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, sample_every=args.sample_every,
+        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, seed=args.seed, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, layout=args.layout,
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
@@ -85,6 +86,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "
                                                          "full 2e-5)")
+    p.add_argument("--lr-scheduler", choices=LR_SCHEDULES,
+                   help="the learning rate over the run: constant (the default), linear or cosine (both decay "
+                        "to 0 at --steps; a resumed run with more --steps stretches the rest of the decay)")
     p.add_argument("--seed", type=int)
     p.add_argument("--sample-prompt", action="append", metavar="PROMPT",
                    help="a prompt of the sample grids (repeatable; default: the first 4 captions)")

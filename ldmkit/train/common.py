@@ -155,11 +155,27 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then constant (as the LDM trains)."""
+LR_SCHEDULES = ("constant", "linear", "cosine")  # diffusers' and kohya's --lr_scheduler names
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int, schedule: str = "constant",
+                  total_steps: int = 0) -> float:
+    """η at ``step`` (0-based): a linear warm-up to η₀ = ``base_lr`` over ``warmup_steps``, then
+
+        constant: η = η₀ (as the LDM trains);   linear: η = η₀ (1 − p);   cosine: η = η₀ · ½ (1 + cos π p),
+
+    p = (step − warmup) / (total_steps − warmup) ∈ [0, 1): the share of the steps after the warm-up done, so a
+    decaying schedule reaches 0 at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    return base_lr
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return base_lr
+    p = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    if schedule == "linear":
+        return base_lr * (1.0 - p)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"learning-rate schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
 def adamw(params: list[torch.Tensor], lr: float, weight_decay: float, fused: bool = True,

@@ -55,7 +55,7 @@ from ldmkit.text.known_words import KnownWords
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import restore_rng, resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    adamw, autocast, check_finite, check_weights_finite, learning_rate, step_generator,
+    LR_SCHEDULES, adamw, autocast, check_finite, check_weights_finite, learning_rate, step_generator,
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
@@ -89,6 +89,7 @@ class FinetuneConfig:
     lr: float = 0.0
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"  # η after the warm-up (`learning_rate`)
     cond_drop_prob: float = 0.1  # captions → "" at this rate, so the unconditional branch keeps up
     grad_clip: float = 1.0
     seed: int = 0
@@ -124,6 +125,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError("--alpha, --text-encoder, --lora-targets and --save-dtype apply to --method lora only")
     if cfg.lora_targets not in lora_files.TARGETS:
         raise UsageError(f"--lora-targets {cfg.lora_targets!r}; allowed: {', '.join(lora_files.TARGETS)}")
+    if cfg.lr_scheduler not in LR_SCHEDULES:
+        raise UsageError(f"--lr-scheduler {cfg.lr_scheduler!r}; allowed: {', '.join(LR_SCHEDULES)}")
     if cfg.save_dtype not in SAVE_DTYPES:
         raise UsageError(f"--save-dtype {cfg.save_dtype!r}; allowed: {', '.join(SAVE_DTYPES)}")
     if cfg.rank < 1 or cfg.num_vectors < 1 or cfg.batch_size < 1 or cfg.steps < 1:
@@ -351,7 +354,7 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                 draws = dataclasses.replace(draws, t=biased_timesteps(
                     generator, cfg.batch_size, model.config.diffusion.num_timesteps, cfg.timestep_bias,
                     cfg.timestep_bias_multiplier, cfg.timestep_bias_portion))
-            lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps)
+            lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
