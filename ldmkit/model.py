@@ -84,6 +84,7 @@ class LatentDiffusion(nn.Module):
         # what taught it words no file lists ("fused", "embedding")
         self.adapter_words: dict[str, KnownWords | None] = {}
         self.taught: set[str] = set()
+        self._known_with_adapters: tuple[tuple, KnownWords | None] = ((), None)
 
     @property
     def latent_factor(self) -> int:
@@ -137,8 +138,13 @@ class LatentDiffusion(nn.Module):
         known = self.known_words
         if known is None or self.taught or None in self.adapter_words.values():
             return list(prompts)
-        for words in self.adapter_words.values():
-            known = known.union(words)
+        if self.adapter_words:  # the union kept while the same lists are loaded, so its nearest words stay cached
+            key = tuple(sorted(self.adapter_words.items()))  # the lists themselves: equal only if the same objects
+            if self._known_with_adapters[0] != key:
+                for words in self.adapter_words.values():
+                    known = known.union(words)
+                self._known_with_adapters = (key, known)
+            known = self._known_with_adapters[1]
         if all(known.knows(p) for p in prompts):
             return list(prompts)
         wordnet = default_wordnet()

@@ -121,6 +121,13 @@ def test_a_lora_that_lists_its_training_words_keeps_them_and_the_rest_is_read_as
     assert pipe.model.in_known_words(["a magenta circle"]) == ["a red circle"]
     pipe.load_lora_weights(path)
     assert pipe.model.in_known_words(["a magenta circle", "a scarlet box"]) == ["a magenta circle", "a red box"]
+    other = lora_files.save_lora(model, tmp_path / "scarlet.safetensors", metadata={
+        lora_files.WORDS_KEY: KnownWords.from_captions(["a scarlet box"]).to_json()})
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(other)  # another list under the same adapter name: read by it, not the last one
+    assert pipe.model.in_known_words(["a magenta circle", "a scarlet box"]) == ["a red circle", "a scarlet box"]
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(path)
     pipe.fuse_lora()  # fused: its words stay known
     pipe.unload_lora_weights()
     assert pipe.model.in_known_words(["a magenta circle", "a scarlet box"]) == ["a magenta circle", "a red box"]
