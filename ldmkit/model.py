@@ -111,7 +111,9 @@ class LatentDiffusion(nn.Module):
 
         The text encoder masks padding among its own tokens; the UNet's cross-attention then sees
         all L positions, as in Stable Diffusion, so that a conditional and an unconditional context
-        batch together without masks. With ``text.zero_padding`` the padding positions' vectors are 0;
+        batch together without masks. With ``text.zero_padding`` the padding positions' vectors are 0 (and where
+        no real token's vector depends on the padding, ``sees_padding`` False, the encoder runs over the positions
+        up to the batch's longest prompt only: the same context, with less work);
         with ``text.colour_lexicon`` colour names are read by their colour (`ldmkit.text.colour_words`), and
         ``neutral_colours`` (per prompt; training's ``colour_word_dropout``) hides them from the text encoder.
         """
@@ -122,7 +124,13 @@ class LatentDiffusion(nn.Module):
                                             neutral_colours)
         token_ids, mask = self.tokenizer(prompts)
         device = next(self.unet.parameters()).device  # the frozen MiniLM encoder has no parameters() of its own
-        context = self.text_encoder(token_ids.to(device), mask.to(device))
+        if self.config.text.zero_padding and not getattr(self.text_encoder, "sees_padding", True):
+            # padding's vectors become 0 and no real token sees them: encode up to the longest prompt only
+            n = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+            context = self.text_encoder(token_ids[:, :n].to(device), mask[:, :n].to(device))
+            context = torch.nn.functional.pad(context, (0, 0, 0, token_ids.shape[1] - n))
+        else:
+            context = self.text_encoder(token_ids.to(device), mask.to(device))
         if added is not None:
             context = context + added.to(device=device, dtype=context.dtype)
         if self.config.text.zero_padding:

@@ -227,7 +227,12 @@ def test_zero_padding_leaves_words_and_zeroes_padding():
     zeroed.load_state_dict(plain.state_dict())
     prompts = ["a red circle", ""]
     _, mask = tokenizer(prompts)
+    seen = []
+    zeroed.text_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     with torch.no_grad():
         a, b = plain.encode_prompts(prompts), zeroed.encode_prompts(prompts)
-    assert torch.equal(b[mask], a[mask])
+    # the words' vectors are the encoder's own (to float reordering: with padding zeroed, it reads only the
+    # positions up to the longest prompt, which no real token's attention reached anyway)
+    assert b.shape == a.shape and seen == [int(mask.sum(1).max())] < [mask.shape[1]]
+    torch.testing.assert_close(b[mask], a[mask], rtol=1e-5, atol=1e-5)
     assert (b[~mask] == 0).all() and (a[~mask] != 0).any()

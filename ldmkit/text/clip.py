@@ -240,6 +240,8 @@ class ClipTextEncoder(nn.Module):
         # transformers 4's CLIPTextModel wraps the network as .text_model; transformers 5 dropped the wrapper
         self.transformer = model if hasattr(model, "text_model") else _TextModelSlot(model)
 
+    sees_padding = False  # causal: a token sees only those before it
+
     def forward(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` is accepted for the common interface and ignored: Stable Diffusion runs CLIP with its
         causal mask only, so the outputs at padding positions (which cross-attention sees) are those the

@@ -38,6 +38,10 @@ class TextEncoder(nn.Module):
     but meaningless; pass the same mask to the UNet so cross-attention ignores them.
     """
 
+    # whether a real token's vector depends on the padding after it (`LatentDiffusion.encode_prompts` then
+    # encodes every position); here the mask hides padding from every real token
+    sees_padding = False
+
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         if cfg.width % cfg.heads:

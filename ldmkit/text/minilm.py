@@ -91,6 +91,8 @@ class MiniLMTextEncoder(nn.Module):
     ``train()`` cannot switch its dropout on. `_apply` forwards ``.to(device)`` and dtype casts to it.
     """
 
+    sees_padding = False  # MiniLM and the adapter mask the padding out of every real token's attention
+
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         if cfg.width != WIDTH:
@@ -145,6 +147,8 @@ class LDMBertEncoder(TextEncoder):
     attends over all 77 positions, [PAD] included), and heads of ``head_dim`` channels whose total
     heads · head_dim may differ from the width (the 1.4B model: 8 heads of 64 on width 1280).
     """
+
+    sees_padding = True  # no mask: every token attends to the [PAD]s
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__(cfg)
