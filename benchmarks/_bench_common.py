@@ -398,9 +398,10 @@ def memory_report(mark: dict[str, float]) -> dict[str, float]:
 
 
 def _cpu_attention_formulas() -> dict:
-    """FLOP formulas for the CPU kernels of scaled_dot_product_attention, which FlopCounterMode (as of
-    torch 2.13) does not know: uncounted, the attention of every transformer block would be missing.
-    They are the formulas it uses for the CUDA flash kernels (QKᵀ and AV, and their backward)."""
+    """FLOP formulas for CPU kernels FlopCounterMode (as of torch 2.13) does not know: those of
+    scaled_dot_product_attention (uncounted, the attention of every transformer block would be missing; the
+    formulas it uses for the CUDA flash kernels, QKᵀ and AV, and their backward) and oneDNN's convolution on
+    prepacked weights (uncounted, a bf16 pipeline's convolutions would be missing)."""
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
@@ -415,6 +416,11 @@ def _cpu_attention_formulas() -> dict:
         op = getattr(aten, name, None)
         if op is not None and op not in fc.flop_registry:
             out[op] = formula
+    # oneDNN's convolution on weights reordered once (`ldmkit.nn.prepack`, a bf16 pipeline on an AVX-512 CPU):
+    # the same convolution, 2 · out elements · C_in/groups · kH · kW
+    pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+    if pointwise is not None:
+        out[pointwise] = lambda x, w, *args, out_shape=None, **kwargs: 2 * math.prod(out_shape) * math.prod(w[1:])
     return out
 
 
