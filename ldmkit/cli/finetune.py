@@ -21,8 +21,8 @@ def cmd_finetune(args) -> None:
     cfg = settings_from(
         FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
         init_word=args.init_word, num_vectors=args.num_vectors, prompt=args.prompt, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, seed=args.seed, sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every, layout=args.layout,
+        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, seed=args.seed,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, layout=args.layout,
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
         save_dtype=args.save_dtype, prior_images=args.prior_images,
