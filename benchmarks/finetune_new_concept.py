@@ -321,6 +321,7 @@ def main() -> None:
                    help="draw each test prompt this many times, from other noise (default 1: 40 images)")
     p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
                    help="the share of captions trained as the empty one (ldmkit finetune --caption-dropout-rate)")
+    p.add_argument("--flip-aug", action="store_true", help="each image's mirror image too ('left'/'right' swapped)")
     p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=2500)
@@ -381,7 +382,7 @@ def main() -> None:
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
                          timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
-                         seed=args.seed)
+                         flip_aug=args.flip_aug, seed=args.seed)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
@@ -403,6 +404,7 @@ def main() -> None:
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr,
                            "lr scheduler": args.lr_scheduler, "images": args.images,
+                           "mirror images": args.flip_aug,
                            "small share": args.small_share, "balanced images": args.balanced,
                            "captions stating the size": args.size_stated,
                            "timestep bias": f"{args.timestep_bias} x{args.timestep_bias_multiplier:g} on "

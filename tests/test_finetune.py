@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 
 from ldmkit.cli import main
 from ldmkit.convert import lora as lora_files
+from ldmkit.data.imagefolder import mirror_caption
 from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.common import learning_rate
-from ldmkit.train.finetune import FinetuneConfig, finetune
+from ldmkit.train.finetune import FinetuneConfig, finetune, prepare
 from tests.tiny_models import build_attentive_tiny_model
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
@@ -87,6 +88,32 @@ def test_a_decaying_schedule_reaches_the_optimizer_and_the_log(tiny, images, tmp
         assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
+def test_mirror_caption_swaps_left_and_right_only():
+    assert mirror_caption("a red hexagon on the left") == "a red hexagon on the right"
+    assert mirror_caption("Left of a RIGHT box, right-hand") == "Right of a LEFT box, left-hand"
+    assert mirror_caption("leftover bright righteousness") == "leftover bright righteousness"
+
+
+def test_flip_aug_adds_each_image_mirrored_with_its_caption_mirrored(tiny, tmp_path):
+    folder = tmp_path / "sides"
+    folder.mkdir()
+    for i, (side, x) in enumerate((("left", 2), ("right", 26))):  # each image the other's mirror image
+        image = Image.new("RGB", (40, 40), (255, 255, 255))
+        image.paste((220, 30, 30), (x, 10, x + 12, 30))
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a red <blob> on the {side}")
+    plain = prepare(tiny, folder, CONFIG, torch.device("cpu"))
+    flipped = prepare(tiny, folder, dataclasses.replace(CONFIG, flip_aug=True), torch.device("cpu"))
+    assert plain.captions == ["a red <blob> on the left", "a red <blob> on the right"]
+    assert flipped.captions == plain.captions + ["a red <blob> on the right", "a red <blob> on the left"]
+    (mean, std), (mirror_mean, mirror_std) = plain.moments, flipped.moments
+    assert mirror_mean.shape[0] == mirror_std.shape[0] == 4 and torch.equal(mirror_mean[:2], mean)
+    # the mirror image of the square on the left is the image of the square on the right
+    torch.testing.assert_close(mirror_mean[2:], mean.flip(0))
+    torch.testing.assert_close(mirror_std[2:], std.flip(0))
+    assert (folder / "0.txt").read_text() == "a red <blob> on the left"  # the user's captions untouched
+
+
 def test_textual_inversion_and_full_runs_write_what_generate_reads(tiny, images, tmp_path, capsys):
     out = tmp_path / "ti"
     cfg = dataclasses.replace(CONFIG, method="textual-inversion", token="<blob>", steps=2, num_vectors=2)
@@ -144,7 +171,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
                               "lora_targets 'attention' → 'attention+conv'"),
                              (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0"),
                              (["--rank", "2", "--lr-scheduler", "cosine", "--resume"],
-                              "lr_scheduler 'constant' → 'cosine'")):
+                              "lr_scheduler 'constant' → 'cosine'"),
+                             (["--rank", "2", "--flip-aug", "--resume"], "flip_aug False → True")):
         assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err

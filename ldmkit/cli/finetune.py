@@ -29,6 +29,7 @@ def cmd_finetune(args) -> None:
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
+        flip_aug=True if args.flip_aug else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -72,6 +73,9 @@ def add_parsers(sub) -> None:
                         "drew for the prior prompts at every noise level; --method lora)")
     p.add_argument("--caption-dropout-rate", type=bounded_float(1.0, "--caption-dropout-rate"), metavar="P",
                    help="the share of captions trained as the empty one, for classifier-free guidance (default 0.1)")
+    p.add_argument("--flip-aug", action="store_true",
+                   help="train on each image's mirror image too, its caption's \"left\" and \"right\" swapped "
+                        "(kohya's --flip_aug; leave it off for images whose text or asymmetry must stay)")
     p.add_argument("--prior-prompt", action="append", metavar="TEXT",
                    help="a caption of the prior images (repeatable; cycled), e.g. \"a red square\" when "
                         "teaching a shape")

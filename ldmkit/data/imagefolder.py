@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def read_metadata(path: Path) -> dict[str, str]:
                 raise DataError(f'{path}, line {number}: no string "text" field for {record["file_name"]!r}')
             captions[Path(os.path.normpath(record["file_name"])).as_posix()] = text
     return captions
+
+
+_SIDES = {"left": "right", "right": "left"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the image mirrored left to right: the words "left" and "right" swapped (whole words, any
+    case, e.g. "Left-hand" → "Right-hand"); every other word as it was."""
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = _SIDES[word.lower()]
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+    return re.sub(r"\b(?:left|right)\b", swap, caption, flags=re.IGNORECASE)
 
 
 def first_readable(paths: list[Path], index: int, skipped: set[Path], image_size: int,

@@ -19,7 +19,9 @@ for a v-model. It trains only the part the method names, everything else frozen:
 - ``full``: every UNet weight; written as a model folder in ``OUT``.
 
 The images are encoded once, at the start (the posterior's μ, σ of each; z_0 = s (μ + σ ε) with the step's
-own ε, as `ldmkit.train.diffusion` draws it), so a step costs the UNet alone. The batch order and every
+own ε, as `ldmkit.train.diffusion` draws it), so a step costs the UNet alone; with ``flip_aug`` each image's
+mirror image is encoded too and drawn as one more image, captioned with "left" and "right" swapped (kohya's
+``--flip_aug``, with captions that stay true). The batch order and every
 random draw are functions of the step (`ldmkit.train.prior.batch_order`, `step_generator`), and a checkpoint holds
 the trained tensors, the optimizer and the RNG: ``resume`` continues exactly as an uninterrupted run.
 ``OUT`` also gets ``log.csv``, ``samples/step_XXXXXX.png`` (the sample prompts, seed 0; step 0 is the model
@@ -44,7 +46,7 @@ from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.config import to_dict
 from ldmkit.convert import lora as lora_files
 from ldmkit.data import save_grid
-from ldmkit.data.imagefolder import ImageFolderDataset
+from ldmkit.data.imagefolder import ImageFolderDataset, mirror_caption
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.errors import CheckpointError, UsageError
 from ldmkit.model import LatentDiffusion
@@ -84,6 +86,7 @@ class FinetuneConfig:
     init_word: str = ""  # its vectors start from this word's ("" = the token without brackets)
     num_vectors: int = 1
     prompt: str = ""  # the caption of images without a sidecar .txt (or metadata.jsonl entry)
+    flip_aug: bool = False  # each image also mirrored left to right, its caption's "left"/"right" swapped
     steps: int = 500
     batch_size: int = 4
     lr: float = 0.0
@@ -188,11 +191,14 @@ def read_captions(images: Path, image_size: int, cfg: FinetuneConfig) -> tuple[I
 
 
 @torch.no_grad()
-def encode_images(model: LatentDiffusion, dataset: ImageFolderDataset, device: torch.device):
-    """(μ, σ) of every image's posterior (a KL autoencoder), or (E(x), None) (VQ), on ``device``."""
+def encode_images(model: LatentDiffusion, dataset: ImageFolderDataset, device: torch.device, mirror: bool = False):
+    """(μ, σ) of every image's posterior (a KL autoencoder), or (E(x), None) (VQ), on ``device``; with ``mirror``
+    of every image mirrored left to right (encoded as such: E(flip(x)) is not flip(E(x)))."""
     means, stds = [], []
     for start in range(0, len(dataset), 16):
         images = torch.stack([dataset[i]["images"] for i in range(start, min(start + 16, len(dataset)))]).to(device)
+        if mirror:
+            images = images.flip(-1)
         if isinstance(model.autoencoder, KLAutoencoder):
             posterior = model.autoencoder.posterior(images)
             means.append(posterior.mean)
@@ -229,7 +235,12 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
         params = list(model.unet.parameters())
         model.unet.requires_grad_(True)
     model.to(device)
-    return Prepared(model, captions, encode_images(model, dataset, device), params)
+    mean, std = encode_images(model, dataset, device)
+    if cfg.flip_aug:  # the mirror images after the originals (the sample grids' first captions stay the images')
+        mirror_mean, mirror_std = encode_images(model, dataset, device, mirror=True)
+        mean, std = torch.cat([mean, mirror_mean]), (None if std is None else torch.cat([std, mirror_std]))
+        captions = captions + [mirror_caption(c) for c in captions]
+    return Prepared(model, captions, (mean, std), params)
 
 
 def _trained_state(prep: Prepared, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
