@@ -321,6 +321,7 @@ def main() -> None:
                    help="draw each test prompt this many times, from other noise (default 1: 40 images)")
     p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
                    help="the share of captions trained as the empty one (ldmkit finetune --caption-dropout-rate)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="the rate raised from 0 over this many steps")
     p.add_argument("--flip-aug", action="store_true", help="each image's mirror image too ('left'/'right' swapped)")
     p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
     p.add_argument("--rank", type=int, default=8)
@@ -375,7 +376,8 @@ def main() -> None:
 
     prior = prior_prompts(args.prior)
     cfg = FinetuneConfig(method="lora", rank=args.rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         lr_scheduler=args.lr_scheduler, lora_targets=args.lora_targets, save_dtype=args.save_dtype,
+                         lr_scheduler=args.lr_scheduler, warmup_steps=args.lr_warmup_steps,
+                         lora_targets=args.lora_targets, save_dtype=args.save_dtype,
                          prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
                          sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(first[:: max(1, len(first) // 8)][:8]),
@@ -403,7 +405,8 @@ def main() -> None:
                            "seed": args.seed,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr,
-                           "lr scheduler": args.lr_scheduler, "images": args.images,
+                           "lr scheduler": args.lr_scheduler, "lr warm-up steps": args.lr_warmup_steps,
+                           "images": args.images,
                            "mirror images": args.flip_aug,
                            "small share": args.small_share, "balanced images": args.balanced,
                            "captions stating the size": args.size_stated,

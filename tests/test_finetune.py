@@ -86,6 +86,11 @@ def test_a_decaying_schedule_reaches_the_optimizer_and_the_log(tiny, images, tmp
     finetune(tiny, images, out, dataclasses.replace(CONFIG, lr=1e-3, lr_scheduler="linear"), progress=False)
     with open(out / "log.csv") as f:
         assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    out = tmp_path / "warm"  # warm-up over two steps up to η₀, then the decay over the other two
+    finetune(tiny, images, out, dataclasses.replace(CONFIG, lr=1e-3, lr_scheduler="linear", warmup_steps=2),
+             progress=False)
+    with open(out / "log.csv") as f:
+        assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
 
 
 def test_mirror_caption_swaps_left_and_right_only():
@@ -172,7 +177,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
                              (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0"),
                              (["--rank", "2", "--lr-scheduler", "cosine", "--resume"],
                               "lr_scheduler 'constant' → 'cosine'"),
-                             (["--rank", "2", "--flip-aug", "--resume"], "flip_aug False → True")):
+                             (["--rank", "2", "--flip-aug", "--resume"], "flip_aug False → True"),
+                             (["--rank", "2", "--lr-warmup-steps", "2", "--resume"], "warmup_steps 0 → 2")):
         assert main([*base, "--images", str(images), "--out", str(run), *options]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, positive_int
+from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, non_negative_int, positive_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
@@ -21,7 +21,8 @@ def cmd_finetune(args) -> None:
     cfg = settings_from(
         FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
         init_word=args.init_word, num_vectors=args.num_vectors, prompt=args.prompt, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, warmup_steps=args.lr_warmup_steps,
+        seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, layout=args.layout,
         sample_prompts=tuple(args.sample_prompt) if args.sample_prompt else None,
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
@@ -93,6 +94,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr-scheduler", choices=LR_SCHEDULES,
                    help="the learning rate over the run: constant (the default), linear or cosine (both decay "
                         "to 0 at --steps; a resumed run with more --steps stretches the rest of the decay)")
+    p.add_argument("--lr-warmup-steps", type=non_negative_int, metavar="N",
+                   help="raise the learning rate linearly from 0 over the first N steps (default 0), as diffusers' "
+                        "--lr_warmup_steps: the adapters' first steps from B = 0 at a high rate are the unsteady ones")
     p.add_argument("--seed", type=int)
     p.add_argument("--sample-prompt", action="append", metavar="PROMPT",
                    help="a prompt of the sample grids (repeatable; default: the first 4 captions)")
