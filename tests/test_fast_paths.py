@@ -10,6 +10,7 @@ import torch
 from ldmkit import load_pipeline
 from ldmkit.diffusion import diffusion_loss, min_snr_weight
 from ldmkit.model import LatentDiffusion
+from ldmkit.nn.prepack import unpack
 from ldmkit.train.common import adamw
 from ldmkit.train.diffusion import DenoisingLoss
 from tests.tiny_models import build_tiny_model
@@ -95,6 +96,7 @@ def test_a_bf16_pipeline_stores_its_weights_in_bf16_with_the_same_images(tiny):
     assert model.autoencoder.encoder.conv_in.weight.dtype == torch.float32  # E runs outside autocast
     norms = [m for m in model.unet.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))]
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    unpack(model)  # the storage alone here; the reordered convolutions are tests/test_prepack.py's
     cast = TextToImagePipeline(LatentDiffusion.load(tiny), precision="bf16")  # float32 weights, cast per call
     assert cast.model.unet.conv_in.weight.dtype == torch.float32
     cast.model.autoencoder.to(memory_format=torch.channels_last)  # the decoder layout from_folder chooses

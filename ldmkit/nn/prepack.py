@@ -7,8 +7,10 @@ convolution on that copy:
 
     y = W ⋆ x + b      with W reordered once per (input shape, W) instead of once per call
 
-It is the kernel the plain call runs, so y is the same numbers, bit for bit (tests/test_prepack.py checks a
-pipeline's images; benchmarks/PREPACK.md the shipped models'). Measured on the shipped UNet in bf16 on an AVX-512
+On most processors it is the kernel the plain call runs, so y is the same numbers, bit for bit
+(benchmarks/PREPACK.md checks the shipped models'); on some (an AMD EPYC with AVX-512 BF16, NCHW input) oneDNN
+picks another kernel for the reordered W, and a few outputs in 10⁴ round one bf16 ulp apart (tests/test_prepack.py
+checks a pipeline's images to that rounding). Measured on the shipped UNet in bf16 on an AVX-512
 CPU, one thread: 1.25× at batch 1, 1.03× at batch 16, where the convolutions' arithmetic hides the reorder.
 Linear maps gain nothing this way (oneDNN's packed matmul rounds differently and was no faster): they stay plain.
 

@@ -71,7 +71,7 @@ class Pipeline(AdapterMixin):
         lay_out_unet(pipe.model.unet, pipe.device, pipe.bf16)
         if pipe.bf16:  # the pipeline owns this model: weights cast once, not at every call (bit-identical)
             pipe.model.store_for_autocast(torch.bfloat16)
-            if pipe.device.type == "cpu":  # and convolution weights reordered once for oneDNN (bit-identical)
+            if pipe.device.type == "cpu":  # and convolution weights reordered once for oneDNN (`prepack`)
                 pipe.packed = prepack(pipe.model) > 0
         return pipe
 
