@@ -397,7 +397,7 @@ def memory_report(mark: dict[str, float]) -> dict[str, float]:
     return {"peak_rss_mib": max(mark["hwm_before"], hwm), "work_mib": hwm - mark["rss"]}
 
 
-def _cpu_attention_formulas() -> dict:
+def _cpu_kernel_formulas() -> dict:
     """FLOP formulas for CPU kernels FlopCounterMode (as of torch 2.13) does not know: those of
     scaled_dot_product_attention (uncounted, the attention of every transformer block would be missing; the
     formulas it uses for the CUDA flash kernels, QKᵀ and AV, and their backward) and oneDNN's convolution on
@@ -429,7 +429,7 @@ def count_flops(fn) -> tuple[object, int]:
     and backward if fn runs one)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_kernel_formulas()) as counter:
         result = fn()
     return result, counter.get_total_flops()
 

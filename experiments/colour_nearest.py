@@ -25,8 +25,8 @@ def main() -> None:
     print("| word | means here | nearest known colour words (ΔE) |\n|---|---|---|")
     for word in (*MEANS, *OTHERS):
         lab = srgb_to_lab(names[word])
-        near = sorted(known, key=lambda k: math.dist(lab, srgb_to_lab(names[k])))[:3]
-        shown = ", ".join(f"{k} ({math.dist(lab, srgb_to_lab(names[k])):.1f})" for k in near)
+        near = sorted((math.dist(lab, srgb_to_lab(names[k])), k) for k in known)[:3]
+        shown = ", ".join(f"{k} ({distance:.1f})" for distance, k in near)
         print(f"| {word} | {MEANS.get(word, '–')} | {shown} |")
 
 
