@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = ("templates", "seen", "unseen")
 # Words of neither part of the grammar, for the third table: what a user might write (not measured on images)
 OTHER_WORDS = ("vermilion", "maroon", "cerulean", "indigo", "saffron", "emerald", "olive", "beige", "sphere",
-               "cube", "rectangle", "oval", "gigantic", "minuscule")
+               "cube", "rectangle", "oval", "ellipse", "parallelogram", "gigantic", "minuscule")
+OTHER_NOUNS = {"sphere", "cube", "rectangle", "oval", "ellipse", "parallelogram"}  # read as a phrase's noun
 
 
 def measure(pipe, phrasing: str, binding: float, known: bool, images: int, work: Path, progress: bool) -> dict:
@@ -87,17 +88,18 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r['metrics']['FID (shapes-cnn)']['value']:.1f}"])
                 print(rows[-1], flush=True)
 
-    held = [[word, meaning, kind, wordnet.nearest(word, known.objects, DEPTH) or "(as written)"]
+    held = [[word, meaning, kind, known.reading(word, wordnet, noun=kind == "shape") or "(as written)"]
             for kind in ("color", "shape", "size") for meaning, words in _WORDS[kind]["unseen"].items()
             for word in words]
-    other = [[word, wordnet.nearest(word, known.objects, DEPTH) or "(as written)"] for word in OTHER_WORDS]
+    other = [[word, known.reading(word, wordnet, noun=word in OTHER_NOUNS) or "(as written)"] for word in OTHER_WORDS]
     text = "\n".join([
         "# Prompts read in the words the model knows",
         "",
         f"Model: `{args.model or 'ldmkit/pretrained/shapes64'}` with its `known_words.json` (the words of its "
         "training captions). *known words*: each word of a noun phrase that the training captions never held "
         "replaced, before encoding, by the nearest noun or modifier they did hold, by WordNet (synonyms, then more "
-        f"general words, at most {DEPTH} links up; `ldmkit.text.known_words`), as the pipelines now read "
+        f"general words, at most {DEPTH} links up; a noun with none there, a known noun naming a kind of it, one "
+        "link down; `ldmkit.text.known_words`), as the pipelines now read "
         "prompts (`ldmkit generate`, `eval generate`, the server); *as written*: the prompt encoded as given "
         "(`--as-written`). The same held-out scenes of `ldmkit eval generate` "
         "(seed 1000003) in each phrasing; ddim, 25 steps, guidance 4; binding guidance with the best of 2 starting "

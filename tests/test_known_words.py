@@ -34,6 +34,19 @@ def test_wordnet_gives_a_synonym_or_a_more_general_word_never_a_sibling():
     assert wordnet.lemmas("plus sign") and wordnet.lemmas("Plus  Sign") == wordnet.lemmas("plus_sign")
 
 
+@needs_wordnet
+def test_a_noun_with_nothing_known_above_it_is_read_as_a_kind_of_it_never_a_sibling():
+    assert wordnet.narrower("oval", {"circle": 1, "square": 1}) == "circle"  # {oval, ellipse} → circle, one link down
+    assert wordnet.narrower("rectangle", {"square": 1, "box": 3}) == "box"  # both kinds of it: the most seen
+    assert wordnet.narrower("circle", {"oval": 1}) is None  # a more general word is not a kind of it
+    assert wordnet.narrower("square", {"circle": 1, "triangle": 1}) is None  # siblings, never
+    words = KnownWords.from_captions(CAPTIONS)
+    # only the phrase's noun reads downward ("an" follows its new noun); a modifier keeps the upward rule alone
+    assert words.rewrite("an oval below a red rectangle", wordnet) == "a circle below a red square"
+    assert words.reading("oval", wordnet) is None and words.reading("oval", wordnet, noun=True) == "circle"
+    assert words.rewrite("a rectangle that is navy", wordnet) == "a square that is blue"
+
+
 def test_known_words_of_captions_keep_the_object_words_apart():
     words = KnownWords.from_captions(CAPTIONS)
     assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words

@@ -11,6 +11,8 @@ before it is encoded:
 - each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
   a noun or modifier of the training captions' own noun phrases — by WordNet (`ldmkit.text.wordnet`: synonyms,
   then more general words, at most two links up): "a small navy tile" → "a small blue block";
+- a phrase's noun with no object word above it is read as a noun of the captions that names a kind of it, one
+  WordNet link down (`WordNet.narrower`): "a red rectangle" → "a red square", "an oval" → "a circle";
 - two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
   left as written when no object word is near it;
 - a word WordNet does not know, or with no object word near it, is left as written, and so is an inflected
@@ -55,7 +57,7 @@ class KnownWords:
     def __init__(self, words: dict[str, int], objects: dict[str, int]):
         self.words = dict(words)
         self.objects = dict(objects)
-        self._nearest: dict[str, str | None] = {}
+        self._nearest: dict[tuple[str, bool], str | None] = {}
 
     @classmethod
     def from_captions(cls, captions: list[str]) -> "KnownWords":
@@ -108,12 +110,14 @@ class KnownWords:
                 if i + 1 < len(spans) and prompt[b:spans[i + 1][0]] == " ":
                     pair = prompt[a:spans[i + 1][1]]
                     if wordnet.lemmas(pair) and not self._known(pair):  # a compound WordNet knows: one unit
-                        replacements.append((a, spans[i + 1][1], self._near(pair, wordnet)))
+                        replacements.append((a, spans[i + 1][1],
+                                             self.reading(pair, wordnet, spans[i + 1] == phrase.noun)))
                         i += 2
                         continue
                 word = prompt[a:b]
                 if not self._known(word) and not any(self._known(f) for f in wordnet.base_forms(word)):
-                    replacements.append((a, b, self._near(word, wordnet)))  # (an inflection of a known word stays)
+                    # (an inflection of a known word stays)
+                    replacements.append((a, b, self.reading(word, wordnet, spans[i] == phrase.noun)))
                 i += 1
         for a, b, word in sorted(replacements, reverse=True):
             if word is not None:
@@ -128,8 +132,22 @@ class KnownWords:
     def _known(self, text: str) -> bool:
         return all(w in self.words for w in _WORD.findall(text.lower()))
 
-    def _near(self, text: str, wordnet: WordNet) -> str | None:
-        key = text.lower()
+    def reading(self, text: str, wordnet: WordNet, noun: bool = False) -> str | None:
+        """The object word a never-seen word (or compound) ``text`` is read as, None for as written: its nearest by
+        upward links; failing that, where it is the phrase's ``noun``, a known noun that names a kind of it
+        (`WordNet.narrower`: "rectangle" → "square")."""
+        key = (text.lower(), noun)
         if key not in self._nearest:
-            self._nearest[key] = wordnet.nearest(key, self.objects, DEPTH)
+            near = wordnet.nearest(key[0], self.objects, DEPTH)
+            if near is None and noun:
+                near = wordnet.narrower(key[0], self._nouns())
+            self._nearest[key] = near
         return self._nearest[key]
+
+    def _nouns(self) -> dict[str, int]:
+        """The object words seen as a phrase's noun: the last word of each modifier–noun name ("blue circle")."""
+        nouns: Counter = Counter()
+        for name, count in self.objects.items():
+            if " " in name:
+                nouns[name.rsplit(" ", 1)[1]] += count
+        return dict(nouns)

