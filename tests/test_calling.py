@@ -15,12 +15,18 @@ from ldmkit import load_pipeline
 from ldmkit.errors import UsageError
 from ldmkit.pipelines import ImageToImagePipeline
 from ldmkit.pipelines.calling import ImagePipelineOutput
-from tests.tiny_models import build_tiny_model
+from tests.tiny_models import build_attentive_tiny_model, build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     return load_pipeline(build_tiny_model(tmp_path_factory.getbasetemp() / "calling-tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def attentive(tmp_path_factory):
+    """A tiny model whose images follow its prompts (`build_attentive_tiny_model`)."""
+    return load_pipeline(build_attentive_tiny_model(tmp_path_factory.getbasetemp() / "calling-attentive-model"))
 
 
 def arrays(images) -> np.ndarray:
@@ -83,3 +89,84 @@ def test_image_to_image_takes_the_same_names(pipe):
     with pytest.warns(DeprecationWarning):
         old = img2img(source, "a blue circle", strength=0.5, steps=4, guidance=3.0, seed=2)
     assert np.array_equal(arrays(new.images), arrays(old))
+
+
+def test_a_list_of_negative_prompts_is_one_per_prompt(attentive):
+    pipe = attentive
+    prompts = ["a red circle", "a blue square"]
+    each = pipe(prompts, negative_prompt=["a blue circle", "a red square"], num_inference_steps=2, generator=3,
+                output_type="pt").images
+    first = pipe(prompts, negative_prompt="a blue circle", num_inference_steps=2, generator=3, output_type="pt").images
+    second = pipe(prompts, negative_prompt="a red square", num_inference_steps=2, generator=3, output_type="pt").images
+    torch.testing.assert_close(each[0], first[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(each[1], second[1], rtol=0, atol=1e-6)
+    assert (each[1] - first[1]).abs().max() > 1e-4  # the second negative was used for the second image
+    shared = pipe(prompts, negative_prompt=["a blue circle"], num_inference_steps=2, generator=3, output_type="pt")
+    torch.testing.assert_close(shared.images, first, rtol=0, atol=1e-6)  # a list of one is shared
+    # with num_images_per_prompt each negative follows its prompt's images
+    many = pipe(prompts, negative_prompt=["a blue circle", "a red square"], num_inference_steps=2, generator=3,
+                num_images_per_prompt=2, output_type="pt").images
+    assert many.shape[0] == 4
+    with pytest.raises(UsageError, match="3 negative prompts for 2 prompts; give one, or one per prompt"):
+        pipe(prompts, negative_prompt=["a", "b", "c"], num_inference_steps=2)
+    with pytest.raises(UsageError, match="negative_prompt = 5; give a string or a non-empty list of strings"):
+        pipe(prompts, negative_prompt=5, num_inference_steps=2)
+
+
+def test_a_wrong_value_is_named_before_any_work(pipe):
+    for keyword, value, allowed in [("num_inference_steps", 4.0, "an integer ≥ 1"),
+                                    ("height", 64.0, "an integer ≥ 1"), ("num_images_per_prompt", 0, "an integer ≥ 1"),
+                                    ("guidance_scale", "4", "a finite number ≥ 0")]:
+        with pytest.raises(UsageError, match=f"^{keyword} = {value!r}; must be {allowed}"):
+            pipe("a red circle", **{keyword: value})
+    with pytest.raises(UsageError, match="generator=18446744073709551616: give a CPU torch.Generator or an int seed 0"):
+        pipe("a red circle", generator=2**64)
+    for prompt in ([], None, [1, 2]):
+        with pytest.raises(UsageError, match="^prompt = .*; give a string or a non-empty list of strings"):
+            pipe(prompt, num_inference_steps=2)
+    # NumPy numbers are numbers
+    numpy_made = pipe("a red circle", num_inference_steps=np.int64(2), guidance_scale=np.float32(3.0),
+                      generator=np.int64(5), output_type="pt").images
+    plain = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, generator=5, output_type="pt").images
+    assert torch.equal(numpy_made, plain)
+
+
+def test_image_to_image_takes_diffusers_order_by_keyword_and_numpy_images(pipe):
+    img2img = ImageToImagePipeline(pipe.model)
+    source = pipe("a red circle", num_inference_steps=2, generator=0).images[0]
+    options = dict(strength=0.5, num_inference_steps=2, generator=2, output_type="pt")
+    ours = img2img(source, "a blue circle", **options).images
+    assert torch.equal(img2img("a blue circle", image=source, **options).images, ours)  # diffusers' call
+    assert torch.equal(img2img(np.asarray(source), "a blue circle", **options).images, ours)  # uint8 H×W×3
+    unit = np.asarray(source, dtype=np.float32)[None] / 255.0  # B×H×W×3 in [0, 1], diffusers' arrays
+    torch.testing.assert_close(img2img(unit, "a blue circle", **options).images, ours, rtol=0, atol=1e-5)
+    with pytest.raises(UsageError, match="the image is a str .*takes the image first: pass image= by keyword"):
+        img2img("a blue circle", source, **options)
+    with pytest.raises(TypeError, match="unexpected keyword 'num_images_per_prompt'"):  # the name the caller gave
+        img2img(source, "a blue circle", num_images_per_prompt=2)
+
+
+def test_an_attention_hook_set_in_one_thread_changes_nothing_in_another(attentive):
+    """Prompt-to-Prompt sets hooks on the model's attention layers; a call in another thread on the same model
+    must draw what it draws alone."""
+    import threading
+
+    pipe = attentive
+
+    from ldmkit.nn.transformer import BasicTransformerBlock
+
+    alone = pipe("a red circle", num_inference_steps=2, generator=4, output_type="pt").images
+    blocks = [m for m in pipe.model.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    for block in blocks:
+        block.attn2.probs_hook = torch.zeros_like  # in this thread: attention to nothing
+    try:
+        here = pipe("a red circle", num_inference_steps=2, generator=4, output_type="pt").images
+        there = []
+        worker = threading.Thread(target=lambda: there.append(
+            pipe("a red circle", num_inference_steps=2, generator=4, output_type="pt").images))
+        worker.start()
+        worker.join()
+    finally:
+        for block in blocks:
+            block.attn2.probs_hook = None
+    assert not torch.equal(here, alone) and torch.equal(there[0], alone)

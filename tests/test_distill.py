@@ -19,6 +19,7 @@ from ldmkit.diffusion.consistency import boundary_coefficients, consistency_outp
 from ldmkit.errors import UsageError
 from ldmkit.storage import CheckpointError
 from ldmkit.nn.unet import UNet
+from ldmkit.pipelines.prompt_to_prompt import PromptToPromptPipeline
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.checkpoint import load_state
 from ldmkit.train.distill import distill
@@ -127,9 +128,13 @@ def test_python_api_samples_the_student_with_lcm_one_pass_per_step(student):
 def test_student_refuses_what_it_cannot_do_and_teachers_refuse_lcm(student, teacher):
     pipe = load_pipeline(student)
     for kwargs, words in (({"sampler": "ddim"}, "lcm sampler only"), ({"cache_interval": 2}, "cache_interval"),
-                          ({"negative_prompt": "blue"}, "negative prompt"), ({"binding": 0.3}, "binding")):
+                          ({"negative_prompt": "blue"}, "negative prompt"), ({"negative_prompt": ["", "blue"]},
+                                                                              "negative prompt"),
+                          ({"binding": 0.3}, "binding")):
         with pytest.raises(UsageError, match=words):
-            pipe("a red circle above a blue square", **kwargs)
+            pipe(["a red circle above a blue square", "a blue circle"], **kwargs)
+    with pytest.raises(UsageError, match="Prompt-to-Prompt samples with DDIM .* edit with its teacher"):
+        PromptToPromptPipeline(pipe.model)("a red circle", "a blue circle")
     with pytest.raises(UsageError, match="consistency student made by `ldmkit distill`"):
         load_pipeline(teacher)("a red circle", sampler="lcm", steps=2)
 

@@ -16,6 +16,7 @@ from ldmkit.cli import main
 from ldmkit.config import ModelConfig, load_preset, load_yaml
 from ldmkit.diffusion.inversion import _alphas, ddim_inversion, ddim_step, null_text_optimization
 from ldmkit.diffusion.prompt_to_prompt import AttentionController, PromptEditError, align, parse_weights
+from ldmkit.errors import UsageError
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn.attention import Attention
 from ldmkit.nn.cross_attention_maps import cross_attention_layers
@@ -167,6 +168,21 @@ def test_given_latents_are_the_starting_noise(pipe):
     assert all(torch.equal(a, b) for a, b in zip(seeded, given))
     with pytest.raises(ValueError, match="latents of shape"):
         pipe.edit_tensors("a red circle", "a green circle", steps=3, num_images=2, latents=z_T[:1])
+
+
+def test_the_call_takes_diffusers_names_a_generator_and_an_output_type(pipe):
+    source, edited = pipe.edit_tensors("a red circle", "a green circle", steps=3, seed=5, num_images=2)
+    out = pipe("a red circle", "a green circle", num_inference_steps=3, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(5), num_images_per_prompt=2, output_type="pt")
+    assert torch.equal(out.source_images, ((source + 1) / 2).clamp(0, 1))
+    assert torch.equal(out.edited_images, ((edited + 1) / 2).clamp(0, 1))
+    assert torch.equal(out.images[1], out.edited_images[0]) and len(out.images) == 4  # each source, then its edit
+    pil = pipe("a red circle", "a green circle", num_inference_steps=3, generator=5)
+    assert len(pil.images) == 2 and all(isinstance(im, Image.Image) for im in pil.images)
+    with pytest.raises(TypeError, match="unexpected keyword 'num_steps'"):
+        pipe("a red circle", "a green circle", num_steps=3)
+    with pytest.raises(UsageError, match="^target_prompt = None; give a string or a non-empty list of strings"):
+        pipe("a red circle", None)
 
 
 class _Recording(AttentionController):

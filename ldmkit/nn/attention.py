@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Callable
 
 import torch
@@ -10,6 +12,33 @@ from torch import nn
 
 from ldmkit.nn.layers import group_norm
 from ldmkit.nn.lora import effective_weight
+
+
+class PerThread:
+    """A module attribute that each thread sets for itself: what one thread sets (a sampling call's hooks or cache on
+    a UNet shared by several) the others never see; unset, it reads None. Held per thread in a weak dictionary, so
+    a module freed takes its values with it."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __set_name__(self, owner: type, name: str):
+        self.name = name
+
+    def _values(self) -> weakref.WeakKeyDictionary:
+        values = getattr(self._local, "values", None)
+        if values is None:
+            values = self._local.values = weakref.WeakKeyDictionary()
+        return values
+
+    def __get__(self, module, owner=None):
+        return self if module is None else self._values().get(module)
+
+    def __set__(self, module, value) -> None:
+        if value is None:
+            self._values().pop(module, None)
+        else:
+            self._values()[module] = value
 
 
 class Attention(nn.Module):
@@ -28,11 +57,14 @@ class Attention(nn.Module):
 
     ``kv_cache``: None (the default), or a `ldmkit.nn.kv_cache.TextKVCache` that a cross-attention layer
     asks for (W_K c, W_V c) instead of computing them, so that they are computed once per sampling call
-    rather than once per step (`ldmkit.nn.kv_cache.cached_text_kv`); the values are the same.
+    rather than once per step (`ldmkit.nn.kv_cache.cached_text_kv`); the values are the same. Both are the
+    setting thread's own (`PerThread`): a hook set in one thread changes nothing in another's calls.
     """
 
-    probs_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
-    kv_cache: "TextKVCache | None" = None  # noqa: F821  (ldmkit.nn.kv_cache, which imports this module)
+    # set by a sampling call for its own thread (`PerThread`): two calls on one UNet from two threads never
+    # see each other's hooks or cache
+    probs_hook: Callable[[torch.Tensor], torch.Tensor] | None = PerThread()
+    kv_cache: "TextKVCache | None" = PerThread()  # noqa: F821  (ldmkit.nn.kv_cache, which imports this module)
 
     def __init__(
         self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, qkv_bias: bool = False
@@ -76,13 +108,14 @@ class Attention(nn.Module):
         b = x.shape[0]
         q, k, v = (u.view(b, -1, self.heads, u.shape[-1] // self.heads).transpose(1, 2) for u in (q, k, v))
         attn_mask = None if mask is None else mask[:, None, None, :]
-        if self.probs_hook is None:
+        hook = None if torch.compiler.is_compiling() else self.probs_hook
+        if hook is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         else:
             logits = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
             if attn_mask is not None:
                 logits = logits.masked_fill(~attn_mask, float("-inf"))
-            out = self.probs_hook(logits.softmax(dim=-1)).to(v.dtype) @ v
+            out = hook(logits.softmax(dim=-1)).to(v.dtype) @ v
         return self.to_out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]))
 
 

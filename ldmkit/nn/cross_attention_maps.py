@@ -10,6 +10,7 @@ so recording does not change what the UNet computes; with autograd on, the maps 
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -24,14 +25,18 @@ from ldmkit.nn.transformer import BasicTransformerBlock
 class CrossAttentionRecorder:
     """A forward hook for cross-attention `Attention` modules: each call appends the layer's maps
     float32[b, L, h_ℓ, w_ℓ] (mean over heads, at the layer's own resolution) for the batch rows
-    ``rows`` to ``layers``; `mean` resizes them to ``latent_hw`` and averages."""
+    ``rows`` to ``layers``; `mean` resizes them to ``latent_hw`` and averages. Only the calls of the thread
+    that made it are recorded: another thread's sampling on the same UNet is not this one's."""
 
     def __init__(self, latent_hw: tuple[int, int], rows: slice = slice(None)):
         self.latent_hw = latent_hw
         self.rows = rows
         self.layers: list[torch.Tensor] = []
+        self.thread = threading.get_ident()
 
     def __call__(self, module: Attention, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
         x = args[0]
         context = args[1] if len(args) > 1 else kwargs.get("context")
         mask = args[2] if len(args) > 2 else kwargs.get("mask")

@@ -27,7 +27,46 @@ from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 
-ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
+ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
+
+
+def prompt_list(prompt, what: str = "prompt") -> list[str]:
+    """A prompt or a non-empty list of them, as a list; a `UsageError` naming ``what`` for anything else."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    shown = repr(prompt) if len(repr(prompt)) <= 60 else repr(prompt)[:57] + "..."
+    raise UsageError(f"{what} = {shown}; give a string or a non-empty list of strings")
+
+
+def negative_list(negative_prompt, count: int) -> str | list[str]:
+    """``negative_prompt`` as the pipelines read it for ``count`` prompts: a string (shared by every prompt), or a
+    list of one (shared) or of one per prompt, as diffusers' ``negative_prompt``; a `UsageError` otherwise."""
+    if isinstance(negative_prompt, str):
+        return negative_prompt
+    negatives = prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        return negatives[0]
+    if len(negatives) != count:
+        raise UsageError(f"{len(negatives)} negative prompts for {count} prompts; give one, or one per prompt")
+    return negatives
+
+
+def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
+    """A NumPy image as diffusers takes one — H×W×3 or B×H×W×3, float in [0, 1] or uint8 — as B×3×H×W in [-1, 1]."""
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise UsageError(f"the {what} as a NumPy array must be H×W×3 or B×H×W×3 (RGB, channels last, as diffusers "
+                         f"takes it); got shape {array.shape}")
+    if array.dtype == np.uint8:
+        unit = torch.from_numpy(array.astype(np.float32) / 255.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        unit = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    else:
+        raise UsageError(f"the {what} as a NumPy array must be uint8 or float in [0, 1]; got {array.dtype}")
+    return unit.permute(0, 3, 1, 2) * 2 - 1
 
 
 class Pipeline(AdapterMixin):
@@ -79,18 +118,33 @@ class Pipeline(AdapterMixin):
     # inputs
 
     def images(self, image: ImageInput, what: str = "image") -> torch.Tensor:
-        """PIL image(s) or a tensor (3×H×W or B×3×H×W in [-1, 1]) as B×3×H×W on the device."""
+        """PIL image(s), a tensor (3×H×W or B×3×H×W in [-1, 1]) or a NumPy array as diffusers takes one (H×W×3 or
+        B×H×W×3 in [0, 1], or uint8) as B×3×H×W on the device; anything else is a one-line `UsageError`."""
         if isinstance(image, Image.Image):
             image = image_to_tensor(image)
-        elif not isinstance(image, torch.Tensor):
+        elif isinstance(image, np.ndarray):
+            image = _unit_array_to_tensor(image, what)
+        elif isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
             image = torch.stack([image_to_tensor(i) for i in image])
+        elif not isinstance(image, torch.Tensor):
+            order = f" ({type(self).__name__} takes the {what} first: pass {what}= by keyword)" \
+                if isinstance(image, str) else ""
+            raise UsageError(f"the {what} is a {type(image).__name__}{order}; give a PIL image, a list of them, a "
+                             "tensor B×3×H×W in [-1, 1] or a NumPy array B×H×W×3 in [0, 1]")
         return check_images(image, what).float().to(self.device)
 
-    def mask(self, mask: Image.Image | torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """A mask image (white = repaint; read as grey levels, > ½ repaints) or a tensor in [0, 1]
-        (H×W, 1×H×W or B×1×H×W) as B×1×H×W in {0, 1} matching ``images``."""
+    def mask(self, mask: Image.Image | torch.Tensor | np.ndarray, images: torch.Tensor) -> torch.Tensor:
+        """A mask image (white = repaint; read as grey levels, > ½ repaints), a tensor in [0, 1] (H×W, 1×H×W or
+        B×1×H×W) or such a NumPy array (uint8: 0 … 255) as B×1×H×W in {0, 1} matching ``images``."""
         if isinstance(mask, Image.Image):
             mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
+        elif isinstance(mask, np.ndarray) and (mask.dtype == np.uint8 or np.issubdtype(mask.dtype, np.floating)
+                                              or mask.dtype == bool):
+            scale = 255.0 if mask.dtype == np.uint8 else 1.0
+            mask = torch.from_numpy(mask.astype(np.float32) / scale)
+        elif not isinstance(mask, torch.Tensor):
+            raise UsageError(f"the mask is a {type(mask).__name__}; give a PIL image, a tensor in [0, 1] (H×W, 1×H×W or "
+                             "B×1×H×W) or such a NumPy array")
         mask = check_mask(mask.float().to(self.device), images)
         return (mask > 0.5).to(images.dtype)
 
@@ -100,13 +154,15 @@ class Pipeline(AdapterMixin):
         f = self.model.autoencoder.downsample_factor
         return height // f, width // f
 
-    def prompt_contexts(self, prompt: str | list[str], negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_contexts(self, prompt: str | list[str], negative_prompt: str | list[str],
+                        batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch, and read in the
         words the model knows (`LatentDiffusion.in_known_words`)."""
-        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        prompts = prompt_list(prompt)
+        prompts = prompts * batch if len(prompts) == 1 else prompts
         if len(prompts) != batch:
             raise UsageError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
-        return self.encode(self.model.in_known_words(prompts)), self.encode_null(negative_prompt)
+        return self.encode(self.model.in_known_words(prompts)), self.encode_null(negative_list(negative_prompt, batch))
 
     def _autocast(self):
         """bf16 autocast on the device where the pipeline runs in bf16, else nothing."""
@@ -126,9 +182,12 @@ class Pipeline(AdapterMixin):
         with self._autocast():
             return self.model.encode_prompts(prompts).float()
 
-    def encode_null(self, negative_prompt: str = "") -> torch.Tensor:
-        """τθ of the negative prompt, or ∅ (`LatentDiffusion.null_context`), float32, in the pipeline's precision."""
+    def encode_null(self, negative_prompt: str | list[str] = "") -> torch.Tensor:
+        """τθ of the negative prompt, or ∅ (`LatentDiffusion.null_context`), 1×L×d; of a list of them (one per image,
+        `negative_list`), B×L×d; float32, in the pipeline's precision."""
         with self._autocast():
+            if isinstance(negative_prompt, list):
+                return self.model.encode_prompts(negative_prompt).float()
             return self.model.null_context(negative_prompt).float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -212,7 +271,7 @@ class Pipeline(AdapterMixin):
         unet = model_fn(partial(model.unet, guidance=float(guidance)) if student else model.unet)
         unguided_below = round(guidance_stop * model.schedule.num_timesteps)
 
-        def denoiser(context: torch.Tensor, binding: BindingGuidance | None):
+        def denoiser(context: torch.Tensor, binding: BindingGuidance | None, null_context: torch.Tensor = null_context):
             if student:  # the guidance scale is the UNet's input: one conditional pass
                 return guided_denoiser(unet, context, null_context, 1.0, model.config.diffusion.prediction,
                                        model.schedule)
@@ -232,9 +291,9 @@ class Pipeline(AdapterMixin):
                 callback(i, n)
 
         def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
-                stop: int | None = None) -> torch.Tensor:
-            return sample(sampler, denoiser(context, binding), z, model.schedule, num_steps=steps, eta=eta,
-                          generator=generator, callback=lambda i, n: on_step(start + i, start + n), start=start,
+                stop: int | None = None, null_context: torch.Tensor = null_context) -> torch.Tensor:
+            return sample(sampler, denoiser(context, binding, null_context), z, model.schedule, num_steps=steps,
+                          eta=eta, generator=generator, callback=lambda i, n: on_step(start + i, start + n), start=start,
                           stop=stop, **grid)
 
         try:
@@ -248,8 +307,10 @@ class Pipeline(AdapterMixin):
                     # Selection of z_T: the prompts' own starting noises and the rival ones of prompts with objects
                     # to bind run the first `start` steps as one batch; each prompt goes on from its smallest L.
                     extra = torch.randn((len(rows) - len(z_T), *shape[1:]), generator=generator).to(self.device)
-                    rows_context, rows_binding = context[torch.tensor(rows, device=context.device)], binding.rows(rows)
-                    z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start)
+                    index = torch.tensor(rows, device=context.device)
+                    rows_context, rows_binding = context[index], binding.rows(rows)
+                    rows_null = null_context if len(null_context) == 1 else null_context[index]
+                    z_k = run(torch.cat([z_T, extra]), rows_context, rows_binding, stop=start, null_context=rows_null)
                     t_k = sampler_timesteps(sampler, model.schedule, steps, **grid)[start]
                     losses = binding_losses(unet, model.unet, z_k, torch.full((len(rows),), t_k, device=self.device),
                                             rows_context, rows_binding)
@@ -311,7 +372,8 @@ class ImageConditionedPipeline(Pipeline):
     @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25, guidance: float = 1.0,
-                 seed: int | torch.Generator = 0, sampler: str = "ddim", eta: float = 0.0, negative_prompt: str = "",
+                 seed: int | torch.Generator = 0, sampler: str = "ddim", eta: float = 0.0,
+                 negative_prompt: str | list[str] = "",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  start_from_input: bool = True, output_type: str = "pil") -> ImagePipelineOutput:
         return image_output(self.generate_tensors(

@@ -23,12 +23,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import numbers
 import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ldmkit.bounds import MAX_SEED
 from ldmkit.errors import UsageError
 from ldmkit.images import tensor_to_pil
 from ldmkit.settings import CALL_NAMES, OWN_NAMES, GenerationSettings
@@ -60,16 +62,36 @@ def image_output(images: torch.Tensor, output_type: str = "pil") -> ImagePipelin
 
 
 def seed_or_generator(generator) -> int | torch.Generator:
-    """What the pipelines' ``seed`` takes: an int, or a CPU ``torch.Generator`` (z_T and every later noise drawn
-    from it; ldmkit draws noise on the CPU so that a seed gives the same image on every device)."""
+    """What the pipelines' ``seed`` takes: an int 0 … `MAX_SEED` (a NumPy integer too), or a CPU
+    ``torch.Generator`` (z_T and every later noise drawn from it; ldmkit draws noise on the CPU so that a seed gives
+    the same image on every device)."""
     if isinstance(generator, torch.Generator):
         if generator.device.type != "cpu":
             raise UsageError(f"generator on {generator.device}: give a CPU torch.Generator (ldmkit draws noise on the "
                              "CPU, so that a seed gives the same image on every device), or an int seed")
         return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
-        raise UsageError(f"generator={generator!r}: give a CPU torch.Generator or an int seed")
-    return generator
+    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral) or not 0 <= generator <= MAX_SEED:
+        raise UsageError(f"generator={generator!r}: give a CPU torch.Generator or an int seed 0 … {MAX_SEED}")
+    return int(generator)
+
+
+def checked_options(kwargs: dict) -> dict:
+    """``kwargs`` (ldmkit's names) with each option that is a field of `GenerationSettings` checked as the settings
+    check it (a `UsageError` naming the option in diffusers' name and what it allows) and NumPy numbers made
+    Python ones; the seed (`seed_or_generator`) and the negative prompt (a list is allowed here) are checked
+    where they are read."""
+    checked = dict(kwargs)
+    for name, value in kwargs.items():
+        field = SETTINGS_KEYWORDS.get(OWN_TO_DIFFUSERS.get(name, name))
+        if field is None or field in ("seed", "negative_prompt"):
+            continue
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
+            value = float(value)
+        GenerationSettings(**{field: value})
+        checked[name] = value
+    return checked
 
 
 def diffusers_call(inputs: int) -> Callable:
@@ -101,6 +123,9 @@ def diffusers_call(inputs: int) -> Callable:
                 raise TypeError(f"{where(self)} takes {names} by position and every option by keyword "
                                 f"(diffusers' names: num_inference_steps=, guidance_scale=, …); got {len(args)} "
                                 "positional arguments")
+            kwargs = bind_inputs(args, kwargs, input_names, where(self))
+            args = ()
+            given = {}  # ldmkit's name → the name the caller used, for messages
             for new, old in DIFFUSERS_NAMES.items():
                 if old in kwargs and old in parameters:
                     if new in kwargs:
@@ -109,6 +134,7 @@ def diffusers_call(inputs: int) -> Callable:
                                   "ldmkit 0.2)", DeprecationWarning, stacklevel=2)
                 elif new in kwargs:
                     kwargs[old] = kwargs.pop(new)
+                    given[old] = new
             if "generator" in kwargs:
                 if "seed" in kwargs:
                     raise TypeError("both seed= and generator= given; give generator= only")
@@ -124,14 +150,25 @@ def diffusers_call(inputs: int) -> Callable:
                 options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n)
                            for n in parameters if n != "self" and n not in input_names] + ["settings"]
                 field = SETTINGS_KEYWORDS.get(unknown[0]) if settings is not None else None
-                given = (f"settings.{field} = {getattr(settings, field)!r}, which it does not take (leave it at its "
-                         "default)" if field else f"an unexpected keyword {unknown[0]!r}")
-                raise TypeError(f"{where(self)} got {given}; its options: {', '.join(options)}")
-            return method(self, *args, **kwargs)
+                what = (f"settings.{field} = {getattr(settings, field)!r}, which it does not take (leave it at its "
+                        "default)" if field else f"an unexpected keyword {given.get(unknown[0], unknown[0])!r}")
+                raise TypeError(f"{where(self)} got {what}; its options: {', '.join(options)}")
+            return method(self, **checked_options(kwargs))
 
         return call
 
     return decorate
+
+
+def bind_inputs(args: tuple, kwargs: dict, input_names: list[str], where: str) -> dict:
+    """``kwargs`` with the positional ``args`` bound to the inputs not given by keyword, in their order: diffusers
+    callers write ``img2img("a blue square", image=img)``, which binds the string to ``prompt``."""
+    free = [name for name in input_names if name not in kwargs]
+    if len(args) > len(free):
+        taken = ", ".join(f"{name}=" for name in input_names if name in kwargs)
+        raise TypeError(f"{where} got {len(args)} positional arguments beside {taken}; its inputs are "
+                        f"{', '.join(input_names)}, in that order")
+    return {**dict(zip(free, args)), **kwargs}
 
 
 def settings_keywords(settings: GenerationSettings, kwargs: dict, where: str) -> dict:

@@ -19,7 +19,7 @@ class ColorizationPipeline(ImageConditionedPipeline):
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25,
                          guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
-                         negative_prompt: str = "", progress: bool = False,
+                         negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
                          start_from_input: bool = True) -> torch.Tensor:
         """B×3×H×W in [-1, 1]; c = scale · E(gray(x)). ``start_from_input``: z_T ~ q(z_T | E(gray(x)))

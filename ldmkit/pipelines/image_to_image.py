@@ -25,7 +25,8 @@ class ImageToImagePipeline(Pipeline):
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
                  steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int | torch.Generator = 0,
-                 sampler: str | None = None, eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
+                 sampler: str | None = None, eta: float = 0.0, negative_prompt: str | list[str] = "",
+                 progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
                  spacing: str | None = None, output_type: str = "pil") -> ImagePipelineOutput:
         return image_output(self.generate_tensors(
@@ -36,7 +37,7 @@ class ImageToImagePipeline(Pipeline):
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
                          steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                          sampler: str | None = None, eta: float = 0.0,
-                         negative_prompt: str = "", progress: bool = False,
+                         negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, karras: bool = False,
                          spacing: str | None = None) -> torch.Tensor:
         """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's

@@ -23,7 +23,7 @@ class InpaintingPipeline(Pipeline):
     @torch.inference_mode()
     def __call__(self, image: ImageInput, mask: Image.Image | torch.Tensor, prompt: str | list[str] = "",
                  steps: int = 25, guidance: float = 1.0, seed: int | torch.Generator = 0, sampler: str = "ddim",
-                 eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
+                 eta: float = 0.0, negative_prompt: str | list[str] = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
                  karras: bool = False, output_type: str = "pil") -> ImagePipelineOutput:
         images = self.images(image)
@@ -36,7 +36,7 @@ class InpaintingPipeline(Pipeline):
     @torch.inference_mode()
     def uncrop(self, image: ImageInput, side: str = "right", amount: float = 0.5, prompt: str | list[str] = "",
                steps: int = 25, guidance: float = 1.0, seed: int | torch.Generator = 0, sampler: str = "ddim",
-               eta: float = 0.0, negative_prompt: str = "", progress: bool = False,
+               eta: float = 0.0, negative_prompt: str | list[str] = "", progress: bool = False,
                callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
                output_type: str = "pil") -> ImagePipelineOutput:
         """The view moved toward ``side`` by ``amount`` (0 < amount < 1) of the image, the uncovered strip
@@ -49,7 +49,8 @@ class InpaintingPipeline(Pipeline):
     @torch.inference_mode()
     def generate_tensors(self, images: torch.Tensor, mask: torch.Tensor, prompt: str | list[str] = "",
                          steps: int = 25, guidance: float = 1.0, seed: int = 0, sampler: str = "ddim",
-                         eta: float = 0.0, negative_prompt: str = "", blend: bool = True, progress: bool = False,
+                         eta: float = 0.0, negative_prompt: str | list[str] = "", blend: bool = True,
+                         progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
                          start_from_input: bool = True, karras: bool = False) -> torch.Tensor:
         """B×3×H×W in [-1, 1] for ``images`` B×3×H×W and ``mask`` B×1×H×W (1 = repaint). ``karras``: Karras σ

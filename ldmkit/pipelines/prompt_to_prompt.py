@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldmkit.images import tensor_to_pil
 from ldmkit.diffusion import guided_denoiser, sample_ddim
 from ldmkit.diffusion.inversion import ddim_inversion, null_text_optimization
 from ldmkit.diffusion.prompt_to_prompt import (
@@ -30,7 +30,8 @@ from ldmkit.diffusion.prompt_to_prompt import (
     parse_weights,
 )
 from ldmkit.errors import UsageError
-from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.base import ImageInput, Pipeline, prompt_list
+from ldmkit.pipelines.calling import diffusers_call, image_output
 
 LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
 
@@ -51,10 +52,20 @@ class Inversion:
 @dataclass
 class EditOutput:
     """``source_images`` (the source prompt's samples, or the inversion's reconstructions) and
-    ``edited_images``, one pair per row."""
+    ``edited_images``, one pair per row, in the call's ``output_type`` (`ldmkit.pipelines.calling.image_output`);
+    ``images``: each source followed by its edit, as diffusers' Prompt-to-Prompt pipeline lists one image per
+    prompt of ``[source, target]``."""
 
-    source_images: list[Image.Image]
-    edited_images: list[Image.Image]
+    source_images: list[Image.Image] | torch.Tensor | np.ndarray
+    edited_images: list[Image.Image] | torch.Tensor | np.ndarray
+
+    @property
+    def images(self) -> list[Image.Image] | torch.Tensor | np.ndarray:
+        pairs = list(zip(self.source_images, self.edited_images))
+        if isinstance(self.source_images, list):
+            return [image for pair in pairs for image in pair]
+        stack = torch.stack if isinstance(self.source_images, torch.Tensor) else np.stack
+        return stack([image for pair in pairs for image in pair])
 
 
 class PromptToPromptPipeline(Pipeline):
@@ -76,19 +87,22 @@ class PromptToPromptPipeline(Pipeline):
         """An ldmkit text model folder, a Stable Diffusion single file or a diffusers folder (`LatentDiffusion.load`)."""
         return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
 
+    @diffusers_call(inputs=2)
     def __call__(self, source_prompt: str | list[str], target_prompt: str | list[str], mode: str = "replace",
                  cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
                  local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                  blend_threshold: float = 0.3, image: ImageInput | None = None, null_text: bool = True,
-                 steps: int = 25, guidance: float = 4.0, seed: int = 0, num_images: int = 1,
+                 steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0, num_images: int = 1,
                  spacing: str = "trailing", height: int | None = None, width: int | None = None,
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 latents: torch.Tensor | None = None) -> EditOutput:
+                 latents: torch.Tensor | None = None, output_type: str = "pil") -> EditOutput:
+        """`edit_tensors`' pairs as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
+        num_inference_steps, guidance_scale, num_images_per_prompt, generator)."""
         source, edited = self.edit_tensors(
             source_prompt, target_prompt, mode, cross_replace_steps, self_replace_steps, local_blend_words,
             blend_threshold, image, null_text, steps, guidance, seed, num_images, spacing, height, width, progress,
             callback, latents=latents)
-        return EditOutput([tensor_to_pil(x) for x in source], [tensor_to_pil(x) for x in edited])
+        return EditOutput(image_output(source, output_type).images, image_output(edited, output_type).images)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -114,7 +128,7 @@ class PromptToPromptPipeline(Pipeline):
                      cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
                      local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                      blend_threshold: float = 0.3, image: ImageInput | Inversion | None = None,
-                     null_text: bool = True, steps: int = 25, guidance: float = 4.0, seed: int = 0,
+                     null_text: bool = True, steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0,
                      num_images: int = 1, spacing: str = "trailing", height: int | None = None,
                      width: int | None = None, progress: bool = False,
                      callback: Callable[[int, int], None] | None = None,
@@ -129,8 +143,10 @@ class PromptToPromptPipeline(Pipeline):
         ``latents_callback(i, latents, mask)`` sees the [source; edited] latents after step i and the
         local-blend mask B float32[pairs × num_images, 1, h, w] applied there (None without local blend).
         """
-        sources = [source_prompt] if isinstance(source_prompt, str) else list(source_prompt)
-        targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
+        if self.is_student:
+            raise UsageError("Prompt-to-Prompt samples with DDIM and classifier-free guidance; a consistency student "
+                             "(made by `ldmkit distill`) has neither: edit with its teacher")
+        sources, targets = prompt_list(source_prompt, "source_prompt"), prompt_list(target_prompt, "target_prompt")
         if len(sources) != len(targets):
             raise UsageError(f"{len(sources)} source prompts but {len(targets)} target prompts; give one target per source")
         if num_images < 1:
@@ -176,7 +192,8 @@ class PromptToPromptPipeline(Pipeline):
             z_T = latents.float().to(self.device)
         else:
             shape = (len(sources), model.config.unet.out_channels, *latent_hw)
-            z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+            generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+            z_T = torch.randn(shape, generator=generator).to(self.device)
         context = self.encode(sources + [parse_weights(t)[0] for t in targets])
         null_contexts = None if inversion is None or inversion.null_contexts is None else inversion.null_contexts
         z_0 = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress, callback,

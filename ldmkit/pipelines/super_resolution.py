@@ -23,7 +23,7 @@ class SuperResolutionPipeline(ImageConditionedPipeline):
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str] = "", steps: int = 25,
                          guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
-                         negative_prompt: str = "", progress: bool = False,
+                         negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
                          start_from_input: bool = True) -> torch.Tensor:
         """B×3×(factor·H)×(factor·W) in [-1, 1] for low-resolution ``image`` B×3×H×W; c = resize(x_LR, h×w).

@@ -10,7 +10,7 @@ import torch
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
-from ldmkit.pipelines.base import Pipeline
+from ldmkit.pipelines.base import Pipeline, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import DEFAULT_GUIDANCE
 
@@ -53,7 +53,7 @@ class TextToImagePipeline(Pipeline):
         seed: int | torch.Generator = 0,
         num_images: int = 1,
         sampler: str | None = None,
-        negative_prompt: str = "",
+        negative_prompt: str | list[str] = "",
         eta: float = 0.0,
         height: int | None = None,
         width: int | None = None,
@@ -83,13 +83,14 @@ class TextToImagePipeline(Pipeline):
         steps; lcm at its distilled step count for a consistency student of `ldmkit distill`).
         """
         model = self.model
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = prompt_list(prompt)
+        negatives = negative_list(negative_prompt, len(prompts))
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
         sampler, steps = self.sampling_defaults(sampler, steps)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if self.is_student and negative_prompt:
+        if self.is_student and any(negatives):
             raise UsageError("a consistency student takes the guidance scale as an input and has no negative prompt; "
                              "leave it out")
         # words the model never saw read as the nearest it did (`LatentDiffusion.in_known_words`)
@@ -101,7 +102,9 @@ class TextToImagePipeline(Pipeline):
             raise ValueError(f"binding_candidates = {binding_candidates}; must be at least 1")
         context = self.encode(prompts)
         # A consistency student has no unconditional pass: its null context is never read.
-        null_context = context[:1] if self.is_student else self.encode_null(negative_prompt)
+        if isinstance(negatives, list):  # one per prompt, repeated as the prompts are
+            negatives = [n for n in negatives for _ in range(num_images)]
+        null_context = context[:1] if self.is_student else self.encode_null(negatives)
         latents = self.sample_latents(
             context, null_context, latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
