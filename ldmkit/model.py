@@ -91,6 +91,12 @@ class LatentDiffusion(nn.Module):
         """Image sizes must be multiples of this: f times the UNet's own downsampling."""
         return self.autoencoder.downsample_factor * self.unet.downsample_factor
 
+    @property
+    def min_image_area(self) -> int:
+        """The fewest pixels, height × width, an image may have: the UNet's lowest level needs more than one value
+        per GroupNorm group (`UNet.min_latent_area`), which rules out k×k on a model with one channel per group."""
+        return self.unet.min_latent_area * self.autoencoder.downsample_factor ** 2
+
     def check_image_size(self, height: int, width: int) -> None:
         k = self.latent_factor
         if height <= 0 or width <= 0 or height % k or width % k:
@@ -99,8 +105,7 @@ class LatentDiffusion(nn.Module):
                 f"of {k} (autoencoder f={self.autoencoder.downsample_factor} × UNet downsampling "
                 f"{self.unet.downsample_factor})"
             )
-        f = self.autoencoder.downsample_factor
-        if (height // f) * (width // f) < self.unet.min_latent_area:  # only k×k can fail, with 1 channel per group
+        if height * width < self.min_image_area:  # only k×k can fail, with 1 channel per group
             raise UsageError(
                 f"image size {height}x{width} is too small for this model: its UNet's lowest level would be 1x1, "
                 f"one value per GroupNorm group; the smallest sizes allowed are {k}x{2 * k} and {2 * k}x{k}"

@@ -12,8 +12,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shlex
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +32,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ldmkit import load_pipeline  # noqa: E402
 from ldmkit.cli import main  # noqa: E402
+from ldmkit.errors import UsageError  # noqa: E402
 from ldmkit.serve import JobState, Limits, create_app  # noqa: E402
+from ldmkit.serve.app import begin_shutdown, closing_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 @pytest.fixture(scope="session")
@@ -55,7 +61,7 @@ class FakePipeline:
     is set once the first job has started.
     """
 
-    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=1000)
+    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=1000, min_area=128)
 
     def __init__(self, step_s: float = 0.0):
         self.step_s = step_s
@@ -180,6 +186,7 @@ def test_models_health_openapi_and_page(tiny_client):
                      "required": {"generate": ["prompt"], "img2img": ["image", "prompt"]},
                      "default_guidance": {"generate": 4.0, "img2img": 4.0}, "classes": [],
                      "sr_factor": None, "can_edit": True, "default_size": 32, "latent_factor": 8, "max_size": 128,
+                     "min_size": 16, "min_area": 128,  # 8x8 would leave the tiny UNet's lowest level 1x1
                      "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"], "default_steps": 25, "max_steps": 200,
                      "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}
@@ -199,6 +206,7 @@ def test_models_health_openapi_and_page(tiny_client):
 VALID = {"prompt": "a red circle"}
 INVALID = [
     ({"prompt": ""}, "prompt"),
+    ({"prompt": " \n\t "}, "prompt"),  # only whitespace: no more a prompt than ""
     ({"prompt": "x" * 501}, "prompt"),
     ({"prompt": 5}, "prompt"),
     ({"negative_prompt": "x" * 501}, "negative_prompt"),
@@ -221,6 +229,7 @@ INVALID = [
     ({"height": 12}, "height"),
     ({"width": 136}, "width"),     # a multiple, but over the cap (4 × 32)
     ({"height": 0}, "height"),
+    ({"width": 8, "height": 8}, "width"),  # each side allowed, but together under the stand-in's min_area
     ({"step": 50}, "step"),        # a typo is reported, not ignored
 ]
 
@@ -398,7 +407,7 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
 
     def pipe(size, factor=8):
         model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor,
-                                schedule=SimpleNamespace(num_timesteps=1000))
+                                schedule=SimpleNamespace(num_timesteps=1000), min_image_area=64)
         return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25))
 
     assert Limits.from_pipeline(pipe(32)).max_size == 128
@@ -407,3 +416,210 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
     assert Limits.from_pipeline(pipe(64), max_size=100).max_size == 96  # rounded down to the factor
     with pytest.raises(ValueError, match="below the model's trained size"):
         Limits.from_pipeline(pipe(64), max_size=32)
+
+
+# --------------------------------------------------------------------------------------------------
+# input images, and sizes the model cannot draw
+
+
+def png_b64(image: Image.Image, wrap: bool = False) -> str:
+    """base64 of ``image`` as a PNG: on one line, or (``wrap``) in lines of 76 characters, as `base64 FILE`
+    prints it."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return (base64.encodebytes if wrap else base64.b64encode)(buf.getvalue()).decode()
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=torch.Generator().manual_seed(seed),
+                                         dtype=torch.uint8).numpy())
+
+
+@pytest.mark.parametrize("data", ["data:", "data:image/png;base64", "not base64!"])
+@pytest.mark.parametrize("route", ["/v1/generate", "/v1/jobs"])
+def test_an_image_that_is_not_base64_is_a_422_naming_it(tiny_client, route, data):
+    """"data:" is what the page sends for a file of 0 bytes."""
+    r = tiny_client.post(route, json={"mode": "img2img", "prompt": "a", "image": data, "steps": 1})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "image"] and "image is not base64 of an image" in error["msg"], error
+
+
+def test_base64_in_lines_as_the_base64_command_prints_it_is_the_same_image(tiny_client):
+    source = noise_image(32, 32)
+    wrapped = png_b64(source, wrap=True)
+    assert wrapped.count("\n") > 2
+    body = {"mode": "img2img", "prompt": "a red circle", "steps": 1, "seed": 3, "strength": 0.5}
+    answers = [tiny_client.post("/v1/generate", json={**body, "image": image})
+               for image in (png_b64(source), wrapped, "data:image/png;base64," + wrapped)]
+    assert [r.status_code for r in answers] == [200, 200, 200], answers[-1].text
+    assert len({r.json()["images"][0]["png_base64"] for r in answers}) == 1
+
+
+def test_a_size_the_model_cannot_draw_is_a_422_before_it_runs(tiny_client):
+    """The tiny UNet's lowest level at 8x8 would be 1x1, one value per GroupNorm group: the pipeline refuses it,
+    so the request is refused first, naming both sides and the smallest sizes; 8x16 is drawn."""
+    r = tiny_client.post("/v1/generate", json={"prompt": "a", "width": 8, "height": 8, "steps": 1})
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert sorted(e["loc"][-1] for e in errors) == ["height", "width"]
+    assert all("too small" in e["msg"] and "smallest sizes allowed are 8x16 and 16x8" in e["msg"] for e in errors)
+    r = tiny_client.post("/v1/generate", json={"prompt": "a", "width": 8, "height": 16, "steps": 1})
+    assert r.status_code == 200, r.text
+    assert decode_png(base64.b64decode(r.json()["images"][0]["png_base64"])).size == (8, 16)
+    r = tiny_client.post("/v1/jobs", json={"mode": "img2img", "prompt": "a", "image": png_b64(noise_image(8, 8))})
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "image"] and "image is 8×8" in error["msg"] and "8x16 and 16x8" in error["msg"]
+
+
+REFUSAL = "image size 8x8 is too small for this model; the smallest sizes allowed are 8x16 and 16x8"
+
+
+class RefusingPipeline(FakePipeline):
+    """Raises what a pipeline raises for a request it cannot draw: a `UsageError`."""
+
+    def __call__(self, prompt, *, settings, callback):
+        raise UsageError(REFUSAL)
+
+
+def test_a_request_the_pipeline_refuses_is_the_clients_error_in_each_familys_shape(caplog):
+    with TestClient(create_app(RefusingPipeline(), limits=FakePipeline.limits, model_name="fake")) as client:
+        r = client.post("/v1/generate", json={"prompt": "a", "steps": 2})
+        assert r.status_code == 422
+        assert r.json() == {"detail": [{"loc": ["body"], "msg": REFUSAL, "type": "value_error"}]}
+        job = client.post("/v1/jobs", json={"prompt": "a", "steps": 2}).json()
+        job = wait_for(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+        assert (job["status"], job["error"]) == ("failed", REFUSAL)
+        r = client.post("/v1/images/generations", json={"prompt": "a"})
+        assert r.status_code == 400 and r.json()["error"]["message"] == REFUSAL, r.text
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2})
+        assert r.status_code == 422 and r.json()["detail"][0]["msg"] == REFUSAL, r.text
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")], "no traceback"
+
+
+# --------------------------------------------------------------------------------------------------
+# shutting down
+
+
+def test_a_server_shutting_down_answers_waiting_requests_503_in_each_familys_shape_at_once():
+    """What Ctrl-C does to `ldmkit serve` (whose uvicorn server is `closing_server`): the running job's request
+    and the queued ones get the queue's own answer, long before uvicorn's graceful-shutdown timeout would cancel
+    them (a bare 500 each)."""
+    import httpx
+    import uvicorn
+
+    pipe = FakePipeline()
+    pipe.gate.clear()  # the worker holds its first job mid-way
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = create_app(pipe, limits=FakePipeline.limits, model_name="fake")
+    server = closing_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20))
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    serving.start()
+    answers = {}
+
+    def call(route: str, body: dict) -> None:
+        answers[route] = httpx.post(base + route, json=body, timeout=60)
+
+    requests = {"/v1/generate": {"prompt": "running", "steps": 2},
+                "/v1/images/generations": {"prompt": "queued"}, "/sdapi/v1/txt2img": {"prompt": "queued", "steps": 2}}
+    callers = [threading.Thread(target=call, args=item) for item in requests.items()]
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert serving.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        callers[0].start()
+        assert pipe.running.wait(10)
+        for caller in callers[1:]:
+            caller.start()
+        while httpx.get(f"{base}/healthz").json()["queued"] < 2:
+            assert time.monotonic() < deadline, "the requests were not queued"
+            time.sleep(0.02)
+        start = time.monotonic()
+        server.should_exit = True
+        for caller in callers:
+            caller.join(15)
+        took = time.monotonic() - start
+    finally:
+        pipe.gate.set()
+        server.should_exit = True
+        serving.join(30)
+        sock.close()
+    assert took < 5, f"waited {took:.1f} s"
+    message = "the server is shutting down"
+    assert {route: r.status_code for route, r in answers.items()} == dict.fromkeys(requests, 503)
+    assert answers["/v1/generate"].json() == {"detail": message}
+    assert answers["/v1/images/generations"].json() == {
+        "error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    assert answers["/sdapi/v1/txt2img"].json() == {"error": "HTTPException", "detail": message, "body": "",
+                                                    "errors": message}
+    assert pipe.calls == 1
+
+
+def test_a_job_submitted_once_shutdown_began_is_refused_as_shutting_down_not_as_a_full_queue():
+    app = create_app(FakePipeline(), limits=FakePipeline.limits, model_name="fake")
+    with TestClient(app) as client:
+        begin_shutdown(app)
+        for route in ("/v1/jobs", "/v1/generate"):
+            r = client.post(route, json={"prompt": "a"})
+            assert r.status_code == 503 and r.json() == {"detail": "the server is shutting down"}, r.text
+            assert "retry-after" not in r.headers
+
+
+def test_ctrl_c_answers_the_waiting_request_503_at_once_without_a_traceback(tiny_model):
+    """`ldmkit serve` itself: SIGINT while a request waits for its (long) job."""
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "ldmkit.cli", "serve", "--model", str(tiny_model), "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        first = proc.stdout.readline()
+        assert " at http://" in first, first
+        url = first.split(" at ", 1)[1].split()[0]
+        answers = []
+        body = {"prompt": "a red circle", "steps": 200, "num_images": 8, "width": 128, "height": 128}
+        waiting = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}v1/generate", json=body,
+                                                                            timeout=60)))
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{url}healthz").json()["running"]:
+            assert time.monotonic() < deadline, "the job never ran"
+            time.sleep(0.05)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        waiting.join(30)
+        took = time.monotonic() - start
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert answers and answers[0].status_code == 503, answers and answers[0].text
+    assert answers[0].json() == {"detail": "the server is shutting down"}
+    assert took < 4, f"answered after {took:.1f} s"  # uvicorn's graceful shutdown would wait 5 s, then cancel it
+    assert "Traceback" not in output and "CancelledError" not in output, output
+
+
+def test_a_wait_the_server_cancels_cancels_its_job_too():
+    """Where the server does cancel a request that waits (a second Ctrl-C), its job does not run for nobody."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ldmkit.serve.handling import wait_done
+    from ldmkit.serve.jobs import JobQueue
+
+    queue = JobQueue(lambda settings, on_step: [], timeout=60)  # never started: the job stays queued
+    job = queue.submit(SimpleNamespace(steps=2))
+    connected = SimpleNamespace(is_disconnected=lambda: asyncio.sleep(0, result=False))
+
+    async def cancel_the_wait():
+        waiting = asyncio.create_task(wait_done(queue, job, connected))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancel_the_wait())
+    assert job.state is JobState.cancelled and queue.load() == (0, False)

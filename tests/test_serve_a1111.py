@@ -1,10 +1,14 @@
 """The AUTOMATIC1111 routes (/sdapi/v1) driven by the real `webuiapi` client over loopback, against a tiny
 random-weight model: txt2img bit-identical to the pipeline, every listed sampler, img2img with a mask
-(SDEdit on a text model, inpainting on an inpainting model), options, progress and interrupt, and bad
-requests answered with the client's ordinary error."""
+(SDEdit on a text model, inpainting on an inpainting model), options, progress and interrupt, the sampler
+that ran named in info, null fields read as A1111 reads them, and bad requests answered with the client's
+ordinary error."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import shlex
 import threading
 import time
@@ -204,3 +208,81 @@ def test_progress_follows_a_running_job_and_interrupt_stops_it(api):
     assert not thread.is_alive()
     assert outcome["error"][0] == 409 and "interrupted" in outcome["error"][1]
     assert api.get_progress()["state"]["job"] == ""
+
+
+def b64png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def txt2img(api, **body) -> tuple[dict, dict]:
+    """POST txt2img with exactly ``body`` (webuiapi would add its own defaults): (the answer, its info)."""
+    r = requests.post(f"{api.baseurl}/txt2img", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json(), json.loads(r.json()["info"])
+
+
+@pytest.mark.parametrize("request_fields, sampler, karras, named, infotext", [
+    ({"sampler_index": "Euler"}, "euler", False, "Euler", "Sampler: Euler, CFG scale"),
+    ({"sampler_index": "k_dpmpp_2m_ka"}, "dpmpp-2m", True, "DPM++ 2M Karras", "Sampler: DPM++ 2M Karras, CFG scale"),
+    ({"sampler_name": "DPM++ 2M", "scheduler": "Karras"}, "dpmpp-2m", True, "DPM++ 2M Karras",
+     "Sampler: DPM++ 2M Karras, CFG scale"),
+    ({"sampler_name": "Euler", "scheduler": "Karras"}, "euler", True, "Euler",
+     "Sampler: Euler, Schedule type: Karras, CFG scale"),  # A1111 ≥ 1.9's words: it has no "Euler Karras"
+    ({}, "ddim", False, "DDIM", "Sampler: DDIM, CFG scale"),
+])
+def test_info_names_the_sampler_that_ran_in_a1111s_words(api, request_fields, sampler, karras, named, infotext):
+    _, info = txt2img(api, prompt=PROMPT, steps=2, seed=1, **request_fields)
+    assert (info["ldmkit"]["settings"]["sampler"], info["ldmkit"]["settings"]["karras"]) == (sampler, karras)
+    assert info["sampler_name"] == named
+    assert infotext in info["infotexts"][0], info["infotexts"][0]
+
+
+def test_null_fields_take_their_defaults_as_in_a1111(api, tiny_pipe):
+    nulls = dict.fromkeys(["negative_prompt", "sampler_name", "sampler_index", "batch_size", "n_iter", "cfg_scale",
+                           "width", "height", "override_settings", "seed"])
+    answer, info = txt2img(api, prompt=PROMPT, steps=None, **nulls)
+    assert (info["steps"], info["cfg_scale"], info["batch_size"], info["sampler_name"]) == (50, 7.0, 1, "DDIM")
+    assert 0 <= info["seed"] < 2**32  # null: random, as -1
+    answer, info = txt2img(api, prompt=PROMPT, steps=3, seed=4, cfg_scale=None, sampler_name=None)
+    direct = tiny_pipe(PROMPT, steps=3, guidance=7.0, seed=4, sampler="ddim")
+    assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).tobytes() == direct[0].tobytes()
+
+
+def test_an_empty_mask_is_no_mask(api):
+    source = b64png(Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    for mask in ("", None):
+        r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [source], "mask": mask, "prompt": "a",
+                                                          "steps": 2, "seed": 1}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["ldmkit"]["mode"] == "img2img"
+
+
+def test_a_txt2img_body_carrying_an_image_is_read_and_its_field_listed_as_not_honoured(api):
+    control = {"controlnet": {"args": [{"image": "A" * 200_000, "module": "canny"}]}}
+    _, info = txt2img(api, prompt=PROMPT, steps=2, seed=1, alwayson_scripts=control)
+    assert info["not_honoured"] == {"alwayson_scripts": control}
+
+
+def test_a_size_the_model_cannot_draw_is_a_422_naming_it(api):
+    r = requests.post(f"{api.baseurl}/txt2img", json={"prompt": PROMPT, "steps": 2, "width": 8, "height": 8},
+                      timeout=30)
+    assert r.status_code == 422, r.text
+    assert sorted(e["loc"][-1] for e in r.json()["detail"]) == ["height", "width"]
+    assert "8x16 and 16x8" in r.json()["detail"][0]["msg"]
+    r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [b64png(Image.new("RGB", (8, 8)))],
+                                                      "prompt": PROMPT, "steps": 2}, timeout=30)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "init_images"], r.text
+    for data in ("data:", "data:image/png;base64"):
+        r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [data], "prompt": PROMPT}, timeout=30)
+        assert r.status_code == 422 and "not base64 of an image" in r.json()["detail"][0]["msg"], r.text
+
+
+def test_errors_other_than_validation_take_a1111s_shape(api):
+    r = requests.post(f"{api.baseurl}/options", data=b'{"x": "' + b"y" * 70_000 + b'"}',
+                      headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert set(r.json()) == {"error", "detail", "body", "errors"} and "larger than" in r.json()["detail"]
+    r = requests.get(f"{api.baseurl}/no-such-route", timeout=30)
+    assert r.status_code == 404 and set(r.json()) == {"error", "detail", "body", "errors"}

@@ -84,6 +84,8 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
             page.goto(url)
             # The form takes its choices from GET /v1/ldmkit/models: the first model served and its first mode.
             page.wait_for_function("document.querySelectorAll('#width option').length > 0")
+            # the sizes offered start at the smallest the model draws with any other side (8x8 is too small)
+            assert page.locator("#width option").all_inner_texts()[:2] == ["16", "24"]
             assert page.locator("#model_id option").all_inner_texts() == ["serve-tiny-model", "sr"]
             assert page.locator("#mode option").all_inner_texts() == ["text to image", "image to image"]
             assert page.locator("#image").is_hidden() and page.locator("#prompt").is_visible()

@@ -240,6 +240,8 @@ def test_edits_and_generate_jobs_share_one_bounded_queue(tiny_pipe, edit_pipe): 
 VALID = {"source_prompt": "a red circle", "target_prompt": "a blue circle", "steps": 2}
 INVALID = [
     ({"source_prompt": ""}, "source_prompt"),
+    ({"source_prompt": "   "}, "source_prompt"),  # only whitespace: no more a prompt than ""
+    ({"target_prompt": "\n\t"}, "target_prompt"),
     ({"source_prompt": "x" * 501}, "source_prompt"),
     ({"source_prompt": 5}, "source_prompt"),
     ({"source_prompt": None}, "source_prompt"),

@@ -1,6 +1,7 @@
 """The OpenAI images routes driven by the real `openai` client over loopback, against tiny random-weight
-models: generations as base64 and as URLs, the model list, edits on an inpainting model (and the clear
-refusal from a text model), and bad requests raised as the client's ordinary exceptions."""
+models: generations as base64 and as URLs, the model list and each model, edits on an inpainting model (and
+the clear refusal from a text model), and bad requests raised as the client's ordinary exceptions; and every
+error under /v1/images and /v1/models in OpenAI's shape, the router's and the body limit's included."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 openai = pytest.importorskip("openai", reason="the test extra's openai is not installed")
 httpx = pytest.importorskip("httpx")
 
+from fastapi.testclient import TestClient  # noqa: E402
+
 from ldmkit import load_pipeline  # noqa: E402
+from ldmkit.serve import create_app  # noqa: E402
+from test_serve import FakePipeline  # noqa: E402
 from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
@@ -78,7 +83,18 @@ def test_models_list_has_openai_shape(client):
     assert isinstance(models.data[0].created, int)
 
 
+def test_each_model_is_retrieved_and_an_unknown_one_is_not_found(client):
+    model = client.models.retrieve("tiny")
+    assert (model.id, model.object, model.owned_by) == ("tiny", "model", "ldmkit")
+    assert model.created == client.models.list().data[0].created
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("dall-e-3")
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    assert "'dall-e-3'" in e.value.body["message"] and "'tiny'" in e.value.body["message"]
+
+
 @pytest.mark.parametrize("kwargs, param", [({"size": "1024x1024"}, "size"), ({"size": "big"}, "size"),
+                                           ({"size": "8x8"}, "size"), ({"size": "0x32"}, "size"),
                                            ({"n": 9}, "n"), ({"model": "dall-e-3"}, "model"),
                                            ({"prompt": ""}, "prompt"), ({"response_format": "jpeg"}, "response_format")])
 def test_a_bad_generation_is_a_bad_request_error_naming_the_param(client, kwargs, param):
@@ -87,6 +103,8 @@ def test_a_bad_generation_is_a_bad_request_error_naming_the_param(client, kwargs
     error = e.value.body
     assert e.value.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
     assert error["message"]
+    if kwargs.get("size") == "8x8":  # too small for the tiny UNet: its lowest level would be 1x1
+        assert "8x16 and 16x8 the smallest" in error["message"]
 
 
 def test_edit_repaints_only_the_transparent_pixels_of_the_mask(client):
@@ -112,3 +130,62 @@ def test_edit_refuses_a_mask_of_another_size(client):
         client.images.edit(image=png_file(Image.new("RGB", (32, 32))), mask=png_file(Image.new("RGBA", (16, 16))),
                            prompt="a")
     assert e.value.body["param"] == "mask"
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI's error shape for every error under /v1/images and /v1/models
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with TestClient(create_app(FakePipeline(), limits=FakePipeline.limits, model_name="fake")) as client:
+        yield client
+
+
+def openai_error(r) -> dict:
+    """The error object of an answer in OpenAI's shape (and nothing else in the body)."""
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["type"] == ("invalid_request_error" if r.status_code < 500 else "server_error")
+    return body["error"]
+
+
+def test_no_route_and_a_method_not_allowed_are_openais_errors(fake):
+    r = fake.post("/v1/images/variations", json={"prompt": "a"})
+    assert r.status_code == 404 and "POST /v1/images/variations" in openai_error(r)["message"]
+    r = fake.put("/v1/images/generations", json={"prompt": "a"})
+    assert r.status_code == 405 and "POST" in openai_error(r)["message"] and r.headers["allow"] == "POST"
+    r = fake.get("/v1/models/fake/extra")
+    assert r.status_code == 404 and openai_error(r)["code"] == "model_not_found"
+    assert fake.get("/v1/nothing").json() == {"detail": "Not Found"}  # ldmkit's own routes keep FastAPI's shape
+
+
+def test_a_body_the_server_cannot_read_is_openais_400_or_413(fake):
+    json_type = {"content-type": "application/json"}
+    r = fake.post("/v1/images/generations", content=b'{"prompt": "a", ', headers=json_type)
+    error = openai_error(r)
+    assert r.status_code == 400 and error["param"] is None and error["message"].startswith(
+        "the request body is not valid JSON: "), error
+    nested = b'{"prompt": "a", "user": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = fake.post("/v1/images/generations", content=nested, headers=json_type)
+    assert r.status_code == 400 and openai_error(r)["message"]
+    r = fake.post("/v1/images/generations", content=b'{"prompt": "' + b"x" * 70_000 + b'"}', headers=json_type)
+    assert r.status_code == 413 and "larger than 65536 bytes" in openai_error(r)["message"]
+
+
+@pytest.mark.parametrize("n, says", [(0, "greater than or equal to 1"), (9, "less than or equal to 8"),
+                                     ("2", "valid integer")])
+def test_a_bad_n_names_n_in_param_and_message(fake, n, says):
+    r = fake.post("/v1/images/generations", json={"prompt": "a", "n": n})
+    error = openai_error(r)
+    assert r.status_code == 400 and error["param"] == "n" and error["message"].startswith("n: ") and says in error[
+        "message"], error
+
+
+@pytest.mark.parametrize("n, says", [("-1", "greater than or equal to 1"), ("0", "greater than or equal to 1"),
+                                     ("2.5", "valid integer"), ("two", "valid integer")])
+def test_an_edit_forms_bad_n_gets_validations_own_message(fake, n, says):
+    image = png_file(Image.new("RGBA", (32, 32)))
+    r = fake.post("/v1/images/edits", files={"image": image}, data={"prompt": "a", "n": n})
+    error = openai_error(r)
+    assert r.status_code == 400 and error["param"] == "n" and says in error["message"], error

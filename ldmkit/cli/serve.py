@@ -132,6 +132,7 @@ def cmd_serve(args) -> None:
         import uvicorn
 
         from ldmkit.serve import create_app
+        from ldmkit.serve.app import closing_server
         from ldmkit.serve.guard import allowed_hosts, guarded_protocol
     except ImportError as e:
         raise UsageError(f"`ldmkit serve` needs FastAPI and uvicorn ({e}); install them with "
@@ -158,7 +159,7 @@ def cmd_serve(args) -> None:
               f"machine can use the model", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                             timeout_graceful_shutdown=5, timeout_keep_alive=5, http=guarded_protocol())
-    uvicorn.Server(config).run(sockets=[sock])
+    closing_server(config).run(sockets=[sock])  # Ctrl-C answers waiting requests 503 at once
 
 
 def add_parsers(sub) -> None:

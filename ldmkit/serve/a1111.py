@@ -16,10 +16,12 @@ A txt2img job is the same job as ``POST /v1/generate`` with the same settings, s
 ``cfg_scale`` and ``sampler_name`` "DDIM" give the image `ldmkit generate --seed --steps --guidance
 --sampler ddim` writes, bit for bit ("Euler a": --sampler euler-a; "DPM++ 2M Karras", or any name with
 ``scheduler`` "Karras": --karras). txt2img and img2img run on the current model, or on the one their
-``override_settings`` name for that request alone (`a1111_checkpoints`). Errors are FastAPI's (A1111 is a
-FastAPI app too): 422 naming the field, 503 with Retry-After when the queue is full, 504 past the deadline,
-409 when interrupted, 501 for a model that cannot do what is asked; an unknown checkpoint is A1111's own
-error shape.
+``override_settings`` name for that request alone (`a1111_checkpoints`). ``info`` and ``infotexts`` name the
+sampler that ran in A1111's words (`a1111_sampler`). Validation errors are FastAPI's 422 naming the field,
+as A1111's are (it is a FastAPI app too), a size the model cannot draw and a request its pipeline refuses
+included; the other errors take A1111's shape ``{"error", "detail", "body", "errors"}``: 503 when the queue
+is full (with Retry-After) or the server is shutting down, 504 past the deadline, 409 when interrupted, 501
+for a model that cannot do what is asked, 422 for an unknown checkpoint, 413 for a body over 16 MiB.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from ldmkit import __version__
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.serve.a1111_schemas import (
-    SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, not_honoured, sampler_error, sampler_for, sampler_names, size_for,
+    SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, not_honoured, sampler_error, sampler_for,
+    sampler_names, size_for,
 )
 from ldmkit.serve.a1111_checkpoints import Checkpoints, add_checkpoint_routes
 from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
@@ -79,9 +82,10 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                extra: dict) -> dict:
         s = settings
         n = s.num_images
-        sampler_name = request.sampler_name or sampler_names(served.limits)[0]
+        sampler_name, schedule_type = a1111_sampler(s.sampler, s.karras)
+        sampler_text = sampler_name if schedule_type is None else f"{sampler_name}, Schedule type: {schedule_type}"
         infotext = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: {s.steps}, Sampler: "
-                    f"{sampler_name}, CFG scale: {s.guidance}, Seed: {s.seed}, "
+                    f"{sampler_text}, CFG scale: {s.guidance}, Seed: {s.seed}, "
                     f"Size: {s.width}x{s.height}, Model: {served.name}, Version: ldmkit {__version__}")
         info = {
             "prompt": s.prompt, "all_prompts": [s.prompt] * n, "negative_prompt": s.negative_prompt,

@@ -29,9 +29,26 @@ class A1111Error(HTTPException):
         self.kind = kind
 
 
-def a1111_error_response(exc: A1111Error) -> JSONResponse:
-    return JSONResponse({"error": exc.kind, "detail": exc.detail, "body": "", "errors": exc.detail},
-                        status_code=exc.status_code)
+A1111_PREFIX = "/sdapi/"
+
+
+def is_a1111_path(path: str) -> bool:
+    """Whether ``path`` is one of A1111's routes, whose errors other than validation take A1111's shape."""
+    return path.startswith(A1111_PREFIX)
+
+
+def a1111_error_body(message: str, kind: str = "HTTPException") -> dict:
+    """A1111's error object (its ``api_middleware``'s): ``error`` the exception's kind, ``detail`` and ``errors``
+    the message, ``body`` empty."""
+    return {"error": kind, "detail": message, "body": "", "errors": message}
+
+
+def a1111_error_response(exc: HTTPException) -> JSONResponse:
+    """``exc`` in A1111's shape: an `A1111Error` with its kind, any other HTTP error as A1111 answers an
+    ``HTTPException``."""
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return JSONResponse(a1111_error_body(detail, getattr(exc, "kind", "HTTPException")), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 class Checkpoints:

@@ -5,13 +5,14 @@ Field names and defaults are A1111's (``StableDiffusionProcessingTxt2Img``/``…
 7, ``steps`` 50, ``seed`` -1 (random), ``batch_size`` × ``n_iter`` images, ``width``/``height`` 512. Any
 other field A1111 knows (``restore_faces``, ``enable_hr``, ``eta``, ``styles``, scripts, …) is accepted;
 those set to something other than A1111's neutral value are reported in the response's ``info`` as not
-honoured, never dropped unsaid. 512, A1111's default side, means the model's trained size when the model
+honoured, never dropped unsaid. As in A1111, a field sent as null means its default (``seed`` null: random)
+and an empty ``mask`` means none. 512, A1111's default side, means the model's trained size when the model
 cannot draw 512 (a small ldmkit model); any other size is checked against the model's limits.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.serve.limits import Limits
@@ -73,6 +74,14 @@ class Txt2ImgRequest(BaseModel):
     height: int = Field(A1111_DEFAULT_SIDE, ge=1)
     override_settings: dict = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, body):
+        """The declared fields sent as null left out, so that they take their defaults, as A1111 reads them."""
+        if not isinstance(body, dict):
+            return body
+        return {name: value for name, value in body.items() if not (value is None and name in cls.model_fields)}
+
     def num_images(self) -> int:
         return self.batch_size * self.n_iter
 
@@ -90,6 +99,11 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     include_init_images: bool = False
 
+    @field_validator("mask")
+    @classmethod
+    def _empty_mask_is_none(cls, mask: str | None) -> str | None:
+        return mask or None
+
 
 def sampler_for(request: Txt2ImgRequest, limits: Limits) -> tuple[str, bool] | None:
     """(ldmkit's sampler, Karras σ) for the request's A1111 name (``sampler_name``, else ``sampler_index``;
@@ -103,6 +117,18 @@ def sampler_for(request: Txt2ImgRequest, limits: Limits) -> tuple[str, bool] | N
         if name == a1111 or name.lower() in aliases:
             return (ours, karras or karras_scheduler) if ours in limits.samplers else None
     return None
+
+
+def a1111_sampler(sampler: str, karras: bool) -> tuple[str, str | None]:
+    """(A1111's name of ldmkit's ``sampler`` with or without Karras σ, the schedule type to write beside it):
+    the one name A1111 has for the pair where it has one ("DPM++ 2M Karras", None), else the plain name with
+    "Karras" as A1111 ≥ 1.9 writes a scheduler ("Euler", "Karras"); ldmkit's name for a sampler A1111 lacks."""
+    for name, (ours, with_karras, _) in SAMPLER_NAMES.items():
+        if (ours, with_karras) == (sampler, karras):
+            return name, None
+    plain = next((name for name, (ours, with_karras, _) in SAMPLER_NAMES.items()
+                  if ours == sampler and not with_karras), sampler)
+    return plain, "Karras" if karras else None
 
 
 def sampler_names(limits: Limits) -> list[str]:
@@ -120,16 +146,15 @@ def sampler_error(request: Txt2ImgRequest, limits: Limits) -> dict:
 
 def size_for(request: Txt2ImgRequest, limits: Limits) -> tuple[int, int, list[dict], list[str]]:
     """(width, height, error entries, notes): 512 that the model cannot draw becomes the trained size."""
-    sides, errors, notes = {}, [], []
+    sides, notes = {}, []
     for field in ("width", "height"):
         value = getattr(request, field)
         if value == A1111_DEFAULT_SIDE and value > limits.max_size:
             notes.append(f"{field} 512 (A1111's default) is over this model's largest side {limits.max_size}: "
                          f"drawn at the trained size {limits.default_size}")
             value = limits.default_size
-        errors += limits.size_errors(field, value)
         sides[field] = value
-    return sides["width"], sides["height"], errors, notes
+    return sides["width"], sides["height"], limits.image_size_errors(sides["width"], sides["height"]), notes
 
 
 def not_honoured(request: Txt2ImgRequest, served: set[str]) -> dict:

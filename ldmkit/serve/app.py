@@ -12,8 +12,11 @@ Routes (the OpenAPI schema at /openapi.json describes each):
 
 One server serves one model or several (`ldmkit.serve.served`: all loaded at start, all in memory); every
 request route takes a model by name, the first being the default. Status codes a client should expect:
-413 for a body over the limit, 422 naming the field for any invalid value (an unknown model included),
-503 with Retry-After when the queue is full, 504 when a job misses its deadline.
+413 for a body over the limit, 422 naming the field for any invalid value (an unknown model included, and
+a request the pipeline refuses), 503 with Retry-After when the queue is full (without, once the server is
+shutting down), 504 when a job misses its deadline. Errors take each route family's shape: OpenAI's under
+/v1/images and /v1/models (400 for a 422), A1111's under /sdapi (its validation errors are FastAPI's, as in
+A1111), FastAPI's elsewhere.
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Sequence
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ldmkit import __version__
 from ldmkit.errors import UsageError
 from ldmkit.serve.a1111 import add_a1111_routes
-from ldmkit.serve.a1111_checkpoints import A1111Error, a1111_error_response
-from ldmkit.serve.body_limit import BodyLimit
+from ldmkit.serve.a1111_checkpoints import A1111Error, a1111_error_body, a1111_error_response, is_a1111_path
+from ldmkit.serve.body_limit import BodyLimit, fastapi_error_body
 from ldmkit.serve.commands import SHIPPED, reproduce_command  # noqa: F401  (here since the server began)
 from ldmkit.serve.dispatch import by_settings_type
 from ldmkit.serve.edit import edit_saver
@@ -44,7 +48,7 @@ from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
 from ldmkit.serve.jobs import JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.openai_images import (
-    add_openai_routes, http_error_response, is_openai_path, validation_error_response,
+    add_openai_routes, http_error_response, is_openai_path, openai_error_body, validation_error_response,
 )
 from ldmkit.serve.outputs import folder_saver
 from ldmkit.serve.schemas import IMAGE_MODES, ClassSettings, Health, ImageSettings, Settings
@@ -54,7 +58,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
 # Bodies that carry images (base64 or multipart): a 1024² PNG and its mask, with base64's 4/3.
 MAX_IMAGE_BODY_BYTES = 16 * 1024 * 1024
-IMAGE_ROUTES = ("/sdapi/v1/img2img", "/v1/images/edits")
+# txt2img too: A1111 clients send images in fields ldmkit lists as not honoured (alwayson_scripts' ControlNet).
+IMAGE_ROUTES = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/images/edits")
 JOB_ROUTES = ("/v1/jobs", "/v1/generate")  # image routes too where a model served has an image mode
 
 
@@ -124,11 +129,11 @@ def create_app(
     takes_images = any(mode in model.pipelines for model in served for mode in IMAGE_MODES)
     image_routes = IMAGE_ROUTES + (JOB_ROUTES if takes_images else ())
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout,
-                       larger={route: max_image_body_bytes for route in image_routes})
+                       larger={route: max_image_body_bytes for route in image_routes}, error_body=_refusal_body)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts, any_ip=any_ip_host)  # added last: runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # FastAPI's HTTPException is one too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -147,20 +152,63 @@ def create_app(
     return app
 
 
-async def _http_error(request: Request, exc: HTTPException) -> Response:
-    """OpenAI's error shape under /v1/images (`ldmkit.serve.openai_images`), A1111's for an `A1111Error`,
-    FastAPI's elsewhere."""
-    if isinstance(exc, A1111Error):
+def begin_shutdown(app: FastAPI) -> None:
+    """Answer the requests waiting for jobs of ``app`` (`create_app`'s) now: its queue takes no more jobs, the
+    waiting ones end and the running one stops at its next step, and their requests answer 503 "the server is
+    shutting down" in their family's shape. Returns at once; the lifespan's end waits for the worker."""
+    app.state.queue.close(wait=0)
+
+
+def closing_server(config):
+    """A uvicorn ``Server`` for ``config``, whose app is `create_app`'s, that begins its shutdown (Ctrl-C,
+    SIGTERM, ``should_exit``) with `begin_shutdown`: waiting clients get their 503 at once, instead of their
+    requests being cancelled when uvicorn's graceful-shutdown timeout runs out."""
+    import uvicorn
+
+    class ClosingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            begin_shutdown(self.config.app)
+            await super().shutdown(sockets)
+
+    return ClosingServer(config)
+
+
+def _refusal_body(path: str, status: int, kind: str, message: str) -> dict:
+    """The JSON of a body refused by `BodyLimit` (413, 408), in the shape of ``path``'s route family."""
+    if is_openai_path(path):
+        return openai_error_body(status, message, None, kind)
+    if is_a1111_path(path):
+        return a1111_error_body(message)
+    return fastapi_error_body(path, status, kind, message)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """The app's HTTP errors and the router's (404 for no route, 405), in OpenAI's shape under /v1/images and
+    /v1/models (`ldmkit.serve.openai_images`), A1111's under /sdapi, FastAPI's elsewhere."""
+    path = request.url.path
+    if isinstance(exc, A1111Error) or is_a1111_path(path):
         return a1111_error_response(exc)
-    if is_openai_path(request.url.path):
-        return http_error_response(exc)
+    if is_openai_path(path):
+        return http_error_response(_openai_route_error(request, exc))
     return await http_exception_handler(request, exc)
+
+
+def _openai_route_error(request: Request, exc: StarletteHTTPException) -> StarletteHTTPException:
+    """The router's 404 or 405 with OpenAI's message naming the method and path (and for 405 the methods
+    allowed); any other error as it is."""
+    if type(exc) is not StarletteHTTPException or exc.status_code not in (404, 405):
+        return exc
+    url = f"Invalid URL ({request.method} {request.url.path})"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return StarletteHTTPException(405, f"{url}: method not allowed; allowed: {allowed}", headers=exc.headers)
+    return StarletteHTTPException(404, f"{url}: no such route", headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 without the echoed ``input``: echoing a rejected value back can fail (a NaN is not
     JSON) and makes an over-long prompt travel twice. ``loc`` names the field, ``msg`` says why. Under
-    /v1/images, OpenAI's 400 instead."""
+    /v1/images and /v1/models, OpenAI's 400 instead."""
     if is_openai_path(request.url.path):
         return validation_error_response(exc.errors())
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints, field_validator
 
 from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, JobState, random_seed
+from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, JobState, not_blank, random_seed
 
 MODES = ("replace", "refine", "reweight")  # ldmkit.diffusion.prompt_to_prompt.MODES, without importing torch
 MAX_EDIT_IMAGES = MAX_IMAGES // 2  # pairs: the batch holds a source and an edit for each, MAX_IMAGES in all
@@ -56,6 +56,8 @@ class EditRequest(BaseModel):
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_EDIT_IMAGES,
                                   description="source/edit pairs drawn together as one batch")
+
+    _prompts_not_blank = field_validator("source_prompt", "target_prompt")(not_blank)
 
     def resolve(self, model: str | None = None) -> "EditSettings":
         """Fill in the seed, so that the settings reproduce the images; ``model``: the name of the model

@@ -1,6 +1,7 @@
-"""What the generate and edit routes share: find the model a request names (422 for one not served), queue
-a job (503 when the queue is full), wait for it without holding a thread (504 past its deadline, 409
-cancelled, 500 failed, 499 when the client left), and serve one of a finished job's images."""
+"""What the job routes of every family share: find the model a request names (422 for one not served), queue
+a job (503 when the queue is full or the server is shutting down), wait for it without holding a thread (504
+past its deadline, 409 cancelled, 422 refused by the pipeline as the request's mistake, 500 failed, 503 when
+the server shuts down, 499 when the client left), and serve one of a finished job's images."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import asyncio
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from ldmkit.serve.jobs import Job, JobQueue, QueueFull
+from ldmkit.serve.jobs import SHUTTING_DOWN, Job, JobQueue, QueueClosed, QueueFull
 from ldmkit.serve.schemas import ErrorMessage, JobState
 from ldmkit.serve.served import ServedModel, ServedModels
 
-QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full; the Retry-After header says when to retry"}}
+QUEUE_FULL = {503: {"model": ErrorMessage, "description": "queue full (the Retry-After header says when to retry), "
+                                                          "or the server is shutting down"}}
 NOT_FOUND = {404: {"model": ErrorMessage, "description": "no such job (or it was forgotten)"}}
 WAIT_ERRORS = {
     **QUEUE_FULL,
@@ -33,11 +35,14 @@ def requested_model(models: ServedModels, name: str | None, loc: tuple = ("body"
 
 
 def submit(queue: JobQueue, settings) -> Job:
-    """Queue a job for ``settings``; HTTP 503 with Retry-After when the queue is full."""
+    """Queue a job for ``settings``; HTTP 503 with Retry-After when the queue is full, without once the server
+    is shutting down."""
     try:
         return queue.submit(settings)
     except QueueFull as e:
         raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+    except QueueClosed:
+        raise HTTPException(503, SHUTTING_DOWN) from None
 
 
 def not_found(job_id: str, elsewhere: str | None = None) -> HTTPException:
@@ -78,21 +83,36 @@ def png_response(png: bytes, filename: str) -> Response:
 async def wait_done(queue: JobQueue, job: Job, http: Request) -> Response | None:
     """Wait until ``job`` is done: None then. When the client hangs up first, the job is cancelled (the one
     worker is freed for others) and the answer is a 499 `Response`, which nobody reads. Otherwise an
-    `HTTPException`: 504 past the deadline (a running job is stopped at its next step), 409 cancelled,
-    500 failed."""
-    while not job.state.finished:
-        left = job.deadline - queue.clock()
-        if left <= 0:
-            queue.cancel(job, JobState.timeout, queue.timeout_message())
-            await wait_finished(job, 1.0)  # a running job stops at its next step; don't wait long
-            break
-        await wait_finished(job, min(left, 0.5))
-        if not job.state.finished and await http.is_disconnected():
-            queue.cancel(job, message="the client went away")
-            return Response(status_code=499)  # nginx's "client closed request"
-    state = job.state
+    `HTTPException`: 503 once the queue closes (the server is shutting down: at once, not when the running
+    job stops), 504 past the deadline (a running job is stopped at its next step), 409 cancelled, 500 failed;
+    or a `RequestValidationError` (422) with the message of a job the pipeline refused as the request's
+    mistake (`Job.refused`). Cancelled itself (the server gave up waiting), it cancels the job too."""
+    try:
+        while not job.state.finished and not queue.closed:
+            left = job.deadline - queue.clock()
+            if left <= 0:
+                queue.cancel(job, JobState.timeout, queue.timeout_message())
+                await wait_finished(job, 1.0)  # a running job stops at its next step; don't wait long
+                break
+            await wait_finished(job, min(left, 0.5))
+            if not job.state.finished and await http.is_disconnected():
+                queue.cancel(job, message="the client went away")
+                return Response(status_code=499)  # nginx's "client closed request"
+    except asyncio.CancelledError:
+        queue.cancel(job, message="the request was cancelled")
+        raise
+    return _outcome(queue, job)
+
+
+def _outcome(queue: JobQueue, job: Job) -> None:
+    """None for a job done; the error its request answers otherwise (`wait_done`)."""
+    state = job.state  # read once: the worker may finish the job while this runs
     if state is JobState.done:
         return None
+    if queue.closed and state in (JobState.queued, JobState.running, JobState.cancelled):
+        raise HTTPException(503, SHUTTING_DOWN)
+    if job.refused:
+        raise RequestValidationError([{"loc": ("body",), "msg": job.error, "type": "value_error"}])
     if state is JobState.timeout or not state.finished:  # not finished: still in its last step
         raise HTTPException(504, queue.timeout_message())
     raise HTTPException(409 if state is JobState.cancelled else 500, job.error)

@@ -33,31 +33,51 @@ class ImageInputError(ValueError):
 
 
 def decode_image(data: bytes | str, field: str, limits: Limits, scale: int = 1) -> Image.Image:
-    """``data`` (PNG/JPEG/WebP bytes, or base64 of them, a ``data:image/…;base64,`` prefix allowed) as a
-    loaded PIL image whose sides, times ``scale`` (a super-resolution model's factor: the output's sides),
-    are multiples of the latent factor and at most ``limits.max_size``. The size is checked from the header,
-    before the pixels are decoded."""
+    """``data`` (PNG/JPEG/WebP bytes, or base64 of them: a ``data:image/…;base64,`` prefix and line breaks
+    allowed) as a loaded PIL image whose sides, times ``scale`` (a super-resolution model's factor: the
+    output's sides), are multiples of the latent factor, at most ``limits.max_size``, and together not
+    `Limits.too_small`. The size is checked from the header, before the pixels are decoded. Anything else
+    is an `ImageInputError` naming ``field``."""
     if isinstance(data, str):
-        text = data.split(",", 1)[1] if data.startswith("data:") else data
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageInputError(field, f"{field} is not base64 of an image") from None
+        data = _from_base64(data, field)
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError):
         raise ImageInputError(field, f"{field} is not an image PIL can read (PNG, JPEG or WebP)") from None
-    width, height = image.size
-    k = limits.latent_factor
-    if (width * scale) % k or (height * scale) % k or max(width, height) * scale > limits.max_size:
-        times = "" if scale == 1 else f" times {scale} (the model's super-resolution factor)"
-        raise ImageInputError(field, f"{field} is {width}×{height}; each side{times} must be a multiple of {k} and "
-                                     f"at most {limits.max_size}")
+    _check_size(image.size, field, limits, scale)
     try:
         image.load()
     except (OSError, ValueError) as e:
         raise ImageInputError(field, f"{field} could not be decoded: {e}") from None
     return image
+
+
+def _from_base64(text: str, field: str) -> bytes:
+    """The bytes of base64 ``text``, after any ``data:…,`` prefix, with whitespace (the line breaks of
+    ``base64 FILE``) ignored; `ImageInputError` for a data: URL without its comma or text that is not base64."""
+    if text.startswith("data:"):
+        _, comma, text = text.partition(",")
+        if not comma:
+            raise ImageInputError(field, f"{field} is not base64 of an image: a data: URL without its comma and "
+                                         f"data")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(field, f"{field} is not base64 of an image") from None
+
+
+def _check_size(size: tuple[int, int], field: str, limits: Limits, scale: int) -> None:
+    """`ImageInputError` naming ``field`` when an image of ``size`` (width, height), its sides times ``scale``,
+    is not one the model draws."""
+    width, height = size
+    k = limits.latent_factor
+    times = "" if scale == 1 else f" times {scale} (the model's super-resolution factor)"
+    if (width * scale) % k or (height * scale) % k or max(width, height) * scale > limits.max_size:
+        raise ImageInputError(field, f"{field} is {width}×{height}; each side{times} must be a multiple of {k} and "
+                                     f"at most {limits.max_size}")
+    reason = limits.too_small(width * scale, height * scale)
+    if reason is not None:
+        raise ImageInputError(field, f"{field} is {width}×{height}{times}: {reason}")
 
 
 def png_bytes(image: Image.Image) -> bytes:

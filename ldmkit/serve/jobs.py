@@ -7,7 +7,11 @@ rather than left to wait without bound.
 
 Every job has a deadline, ``timeout`` seconds after it was submitted, counting the wait in the queue
 and the run. A queued job past its deadline is dropped; a running one is stopped between two sampler
-steps: the step callback raises `JobStopped`, which unwinds the sampler. Cancelling works the same way.
+steps: the step callback raises `JobStopped`, which unwinds the sampler. Cancelling works the same way,
+and so does closing the queue when the server shuts down (`SHUTTING_DOWN`).
+
+A job whose pipeline raises `UsageError` asked for something the model cannot do: it fails as ``refused``,
+which the API answers as the request's mistake (422), not the model's (500).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ldmkit.errors import UsageError
 
 log = logging.getLogger("ldmkit.serve")
 
+SHUTTING_DOWN = "the server is shutting down"  # what a job ended by `JobQueue.close` reports
 StepCallback = Callable[[int, int], None]
 RunFn = Callable[[Settings, StepCallback], list[Image.Image]]
 
@@ -38,6 +43,13 @@ class QueueFull(Exception):
     def __init__(self, max_queue: int, retry_after: int):
         super().__init__(f"the queue is full ({max_queue} jobs waiting); retry in {retry_after} s")
         self.retry_after = retry_after
+
+
+class QueueClosed(Exception):
+    """The queue takes no more jobs: the server is shutting down."""
+
+    def __init__(self):
+        super().__init__(SHUTTING_DOWN)
 
 
 class JobStopped(Exception):
@@ -52,7 +64,8 @@ class Job:
     """One request: its settings, where it stands, and (once done) its images as PNG bytes.
 
     The worker thread writes the fields; request handlers read them. ``state`` is written last when a
-    job finishes, so a reader that sees a finished state also sees its images or error.
+    job finishes, so a reader that sees a finished state also sees its images or error. ``refused``: the
+    job failed on its request's own mistake (the pipeline's `UsageError`, whose message is ``error``).
     """
 
     def __init__(self, settings: Settings, timeout: float, now: float):
@@ -66,6 +79,7 @@ class Job:
         self.total = settings.steps
         self.images: list[bytes] = []
         self.error: str | None = None
+        self.refused = False
         self.stop_request: JobStopped | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -86,12 +100,14 @@ class Job:
             if fn in self._listeners:
                 self._listeners.remove(fn)
 
-    def _finish(self, state: JobState, now: float, images: list[bytes] = (), error: str | None = None) -> None:
+    def _finish(self, state: JobState, now: float, images: list[bytes] = (), error: str | None = None,
+                refused: bool = False) -> None:
         with self._lock:
             if self.state.finished:
                 return
             self.images = list(images)
             self.error = error
+            self.refused = refused
             self.finished_at = now
             self.state = state
             listeners, self._listeners = self._listeners, []
@@ -142,23 +158,30 @@ class JobQueue:
         self._thread.start()
 
     def close(self, wait: float = 10.0) -> None:
-        """Stop taking jobs, cancel the waiting ones, stop the running one at its next step."""
+        """Stop taking jobs, cancel the waiting ones (their error `SHUTTING_DOWN`), stop the running one at its
+        next step, and wait up to ``wait`` seconds for the worker to end (0: return at once). Closing twice is
+        closing once."""
         with self._cond:
             self._closed = True
             now = self.clock()
             while self._pending:
-                self._pending.popleft()._finish(JobState.cancelled, now, error="the server is shutting down")
+                self._pending.popleft()._finish(JobState.cancelled, now, error=SHUTTING_DOWN)
             if self._running is not None:
-                self._running.stop_request = JobStopped(JobState.cancelled, "the server is shutting down")
+                self._running.stop_request = JobStopped(JobState.cancelled, SHUTTING_DOWN)
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(wait)
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has begun: no job is taken, none will run."""
+        return self._closed
+
     def submit(self, settings: Settings) -> Job:
-        """Queue a job; `QueueFull` when ``max_queue`` jobs are waiting already."""
+        """Queue a job; `QueueFull` when ``max_queue`` jobs are waiting already, `QueueClosed` once closed."""
         with self._cond:
             if self._closed:
-                raise QueueFull(self.max_queue, self._retry_after())
+                raise QueueClosed()
             self._expire()
             if len(self._pending) >= self.max_queue:
                 raise QueueFull(self.max_queue, self._retry_after())
@@ -239,6 +262,7 @@ class JobQueue:
                 job.state = JobState.running
                 self._running = job
                 started = self.clock()
+            refused = False
             try:
                 images = [encode_png(im) for im in self.run(job.settings, lambda i, n: self._on_step(job, i, n))]
                 if self.on_done is not None:
@@ -247,6 +271,9 @@ class JobQueue:
                 state, error = JobState.done, None
             except JobStopped as e:
                 state, images, error = e.state, [], str(e)
+            except UsageError as e:  # the request asked what the model cannot do: its mistake, not a bug
+                log.info("job %s refused: %s", job.id, e)
+                state, images, error, refused = JobState.failed, [], str(e), True
             except Exception as e:  # a bug or an out-of-memory: report it on the job, keep serving
                 log.exception("job %s failed", job.id)
                 state, images, error = JobState.failed, [], f"{type(e).__name__}: {e}"
@@ -258,7 +285,7 @@ class JobQueue:
                     w = 1.0 if self._runs == 0 else 0.3
                     self._mean_run_s += w * (now - started - self._mean_run_s)
                     self._runs += 1
-                job._finish(state, now, images, error)
+                job._finish(state, now, images, error, refused)
                 self._forget_old()
 
     def _on_step(self, job: Job, i: int, n: int) -> None:

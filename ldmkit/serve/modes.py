@@ -80,7 +80,7 @@ def resolve(request: GenerateRequest, served: ServedModel):
                   sampler=request.sampler or limits.samplers[0],
                   seed=request.seed if request.seed is not None else random_seed())
     if mode == "class":
-        errors += limits.size_errors("width", request.width) + limits.size_errors("height", request.height)
+        errors += limits.image_size_errors(request.width, request.height)
         if request.class_name is not None and request.class_name not in served.classes:
             errors.append(_error("class_name", f"class {request.class_name!r} is not one of this model's: "
                                                f"{', '.join(served.classes)}"))

@@ -2,6 +2,7 @@
 
     GET  /v1/models                      OpenAI's list of every model served: {"object": "list", "data": [{"id",
                                          "object", "created", "owned_by"}]}
+    GET  /v1/models/{id}                 one model, OpenAI's model object (404 model_not_found for another id)
     POST /v1/images/generations          prompt, n, size "WxH", response_format b64_json | url, model (a text model)
     POST /v1/images/edits                multipart: image, mask (transparent = repaint), prompt, n, size, model, …;
                                          needs an inpainting model
@@ -10,9 +11,9 @@
 Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt": null}], "ldmkit": {…}}``:
 ``ldmkit`` carries the seed, the settings that reproduce the images and the fields given but not honoured
 (``quality``, ``style``, …). ``model`` picks the model by its id; without one, the first model served. Every
-error, validation included, is OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``
-(`openai_error_response`), so the ``openai`` client raises its usual exceptions (400 `BadRequestError`, 404,
-503 after its retries).
+error under /v1/images and /v1/models, validation included, is OpenAI's shape ``{"error": {"message", "type",
+"param", "code"}}`` (`openai_error_response`), so the ``openai`` client raises its usual exceptions (400
+`BadRequestError`, 404, 503 after its retries).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, ClassSettin
 from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
 
 PREFIX = "/v1/images"
+MODELS_PATH = "/v1/models"
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 # Fields OpenAI defines that ldmkit does not act on, with the values that ask for nothing.
 NEUTRAL = {"quality": (None, "auto", "standard"), "style": (None,), "user": None, "background": (None, "auto"),
@@ -51,27 +53,44 @@ class OpenAIError(HTTPException):
         self.param, self.code = param, code
 
 
+def openai_error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error object: ``type`` invalid_request_error for a 4xx, server_error for a 5xx."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def openai_error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                           headers: dict | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+    return JSONResponse(openai_error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def is_openai_path(path: str) -> bool:
-    return path.startswith(PREFIX)
+    """Whether ``path`` is one of OpenAI's routes (/v1/images…, /v1/models, /v1/models/…), answered in its shape."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in (PREFIX, MODELS_PATH))
 
 
 def validation_error_response(errors: list[dict]) -> JSONResponse:
-    """The first of FastAPI's validation errors as OpenAI's 400: ``param`` is the field's name."""
+    """The first of FastAPI's validation errors as OpenAI's 400: ``param`` is the field's name (None for the body
+    as a whole), and the message starts with it."""
     first = errors[0]
-    loc = [str(part) for part in first["loc"] if part != "body"]
-    param = ".".join(loc) or None
-    message = first["msg"] if param is None or param in first["msg"] else f"{param}: {first['msg']}"
+    if first.get("type") == "json_invalid":  # loc is ("body", the character offset)
+        return openai_error_response(400, f"the request body is not valid JSON: {_json_error(first)}", None,
+                                     "invalid_json")
+    loc = list(first["loc"])
+    param = ".".join(str(part) for part in (loc[1:] if loc[:1] == ["body"] else loc)) or None
+    message = first["msg"] if param is None or first["msg"].startswith(f"{param} ") else f"{param}: {first['msg']}"
     return openai_error_response(400, message, param, "invalid_value")
 
 
+def _json_error(error: dict) -> str:
+    """What the JSON parser said of a body it could not read, and where."""
+    reason = (error.get("ctx") or {}).get("error") or error["msg"]
+    offset = error["loc"][-1] if isinstance(error["loc"][-1], int) else None
+    return reason if offset is None else f"{reason} (at character {offset})"
+
+
 def http_error_response(exc: HTTPException) -> JSONResponse:
+    """``exc`` (FastAPI's or Starlette's `HTTPException`, an `OpenAIError`) in OpenAI's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return openai_error_response(exc.status_code, detail, getattr(exc, "param", None), getattr(exc, "code", None),
                                  headers=exc.headers)
@@ -89,6 +108,13 @@ class GenerationRequest(BaseModel):
     response_format: StrictStr | None = Field(None, pattern="^(url|b64_json)$")
 
 
+class EditForm(GenerationRequest):
+    """The text fields of ``POST /v1/images/edits``: a form's values are text, so ``n`` is read from its digits
+    ("2"), and what is not an integer of 1 … `MAX_IMAGES` ("-1", "2.5", "two") is refused as such."""
+
+    n: int | None = Field(1, ge=1, le=MAX_IMAGES)
+
+
 def not_honoured(extra: dict) -> dict:
     return {k: v for k, v in extra.items() if NEUTRAL.get(k, ()) is not None and v not in NEUTRAL.get(k, ())}
 
@@ -102,12 +128,13 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
         if size is None or size == "auto":
             return limits.default_size, limits.default_size
         match = _SIZE.match(size)
-        allowed = (f'"WxH" with sides multiples of {limits.latent_factor} up to {limits.max_size} '
-                   f'(trained at {limits.default_size}x{limits.default_size}), or "auto"')
+        allowed = (f'"WxH" with sides multiples of {limits.latent_factor} up to {limits.max_size}, '
+                   f'{limits.smallest_sizes()} the smallest (trained at {limits.default_size}x{limits.default_size}), '
+                   f'or "auto"')
         if match is None:
             raise OpenAIError(400, f"size {size!r} is not {allowed}", "size", "invalid_value")
         width, height = int(match.group(1)), int(match.group(2))
-        if limits.size_errors("width", width) + limits.size_errors("height", height) or not width or not height:
+        if limits.image_size_errors(width, height):
             raise OpenAIError(400, f"size {size!r} is not allowed: {allowed}", "size", "invalid_value")
         return width, height
 
@@ -138,11 +165,23 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
                 "ldmkit": {"job": job.id, "seed": settings.seed, "settings": settings.model_dump(),
                            "not_honoured": ignored}}
 
-    @app.get("/v1/models", tags=["openai"])
+    def model_object(model: ServedModel) -> dict:
+        return {"id": model.name, "object": "model", "created": created, "owned_by": "ldmkit"}
+
+    @app.get(MODELS_PATH, tags=["openai"])
     def model_list() -> dict:
         """OpenAI's model list; ldmkit's own details of each model are at GET /v1/ldmkit/models."""
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": created,
-                                            "owned_by": "ldmkit"} for model in models]}
+        return {"object": "list", "data": [model_object(model) for model in models]}
+
+    @app.get(MODELS_PATH + "/{model_id:path}", tags=["openai"])
+    def model_retrieve(model_id: str) -> dict:
+        """One model served, as OpenAI's model object; 404 ``model_not_found`` for an id not served."""
+        served = models.get(model_id)
+        if served is None:
+            raise OpenAIError(404, f"the model {model_id!r} does not exist here; this server serves "
+                                   f"{', '.join(repr(n) for n in models.names)} (GET /v1/models)", "model",
+                              "model_not_found")
+        return model_object(served)
 
     @app.post(f"{PREFIX}/generations", tags=["openai"])
     async def generations(request: GenerationRequest, http: Request):
@@ -170,7 +209,7 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
             raise OpenAIError(400, str(e), None, "invalid_request") from None
         fields = {k: v for k, v in text.items() if k not in ("image", "image[]", "mask")}
         try:
-            request = GenerationRequest(**{k: (int(v) if k == "n" and v.isdigit() else v) for k, v in fields.items()})
+            request = EditForm(**fields)
         except ValidationError as e:
             return validation_error_response(e.errors())
         served = model_for(request.model, "inpaint", "an inpainting model, which image edits need (condition "

@@ -16,7 +16,8 @@ import secrets
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from ldmkit.bounds import MAX_BINDING, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
@@ -32,6 +33,15 @@ MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.man
 def random_seed() -> int:
     """A seed drawn for a request that gave none: uniform over 0 … `MAX_SEED`."""
     return secrets.randbelow(MAX_SEED + 1)
+
+
+def not_blank(text: str | None) -> str | None:
+    """``text`` (None: not given) when it holds a character that is not whitespace: a prompt of spaces is
+    refused as an empty one is."""
+    if text is not None and not text.strip():
+        raise PydanticCustomError("string_blank", "String should hold a word, not only whitespace")
+    return text
+
 
 SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers
 # What a request may ask of a model: the names of the `ldmkit` commands that do the same (class: generate --class).
@@ -89,10 +99,12 @@ class GenerateRequest(BaseModel):
                                     "(GET /v1/ldmkit/models); null: the size the model was trained at")
     height: StrictInt | None = Field(None, ge=1, description="as width")
 
+    _prompt_not_blank = field_validator("prompt")(not_blank)
+
     def limit_errors(self, limits: Limits) -> list[dict]:
         """The checks that depend on the model, as FastAPI-style error entries."""
-        return (limits.size_errors("width", self.width) + limits.size_errors("height", self.height)
-                + limits.steps_errors(self.steps) + limits.sampler_errors(self.sampler))
+        return (limits.image_size_errors(self.width, self.height) + limits.steps_errors(self.steps)
+                + limits.sampler_errors(self.sampler))
 
     def resolve(self, limits: Limits, model: str | None = None) -> "Settings":
         """The text-to-image settings: what the request left open (seed, size, steps, sampler) filled in,
@@ -247,6 +259,9 @@ class ModelInfo(BaseModel):
     default_size: int
     latent_factor: int
     max_size: int
+    min_size: int = Field(description="the smallest width and height that go with any other allowed side")
+    min_area: int = Field(description="the fewest pixels width × height may have: a side below min_size is "
+                                      "allowed where the other makes up the area (8x16 where 8x8 is too small)")
     samplers: list[str] = Field(description="the samplers this model runs, its default first")
     default_steps: int
     max_steps: int

@@ -65,9 +65,11 @@ function currentModel() {
   return models.find((m) => m.id === $("model_id").value) || models[0];
 }
 
+// The sides offered start at min_size, from which any width goes with any height (a smaller side is allowed
+// only with a larger other one: the API takes it, the form keeps to what always works).
 function fillSizes(select, model) {
   select.innerHTML = "";
-  for (let size = model.latent_factor; size <= model.max_size; size += model.latent_factor) {
+  for (let size = model.min_size; size <= model.max_size; size += model.latent_factor) {
     const option = new Option(String(size), String(size), false, size === model.default_size);
     select.add(option);
   }
