@@ -170,3 +170,10 @@ def test_an_attention_hook_set_in_one_thread_changes_nothing_in_another(attentiv
         for block in blocks:
             block.attn2.probs_hook = None
     assert not torch.equal(here, alone) and torch.equal(there[0], alone)
+
+
+def test_a_scheduler_swap_as_in_diffusers_says_how_ldmkit_picks_a_sampler(pipe):
+    with pytest.raises(AttributeError, match="the sampler is chosen per call, e.g. pipe\\(prompt, sampler="):
+        pipe.scheduler.config
+    with pytest.raises(AttributeError, match="the sampler is chosen per call"):
+        pipe.scheduler = object()

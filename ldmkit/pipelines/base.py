@@ -30,6 +30,10 @@ from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
 
 
+_NO_SCHEDULER = ("ldmkit pipelines have no scheduler object: the sampler is chosen per call, e.g. pipe(prompt, "
+                 "sampler='dpmpp-2m', karras=True) (ddim, ddpm, euler, euler-a, dpmpp-2m; lcm for a student)")
+
+
 def prompt_list(prompt, what: str = "prompt") -> list[str]:
     """A prompt or a non-empty list of them, as a list; a `UsageError` naming ``what`` for anything else."""
     if isinstance(prompt, str):
@@ -318,6 +322,16 @@ class Pipeline(AdapterMixin):
                 return run(z_T, context, binding)
         finally:
             bar.close()
+
+    @property
+    def scheduler(self):
+        """diffusers swaps samplers by assigning ``pipe.scheduler``; ldmkit picks one per call. Reading or
+        assigning it says so, rather than an assignment being silently ignored."""
+        raise AttributeError(_NO_SCHEDULER)
+
+    @scheduler.setter
+    def scheduler(self, value) -> None:
+        raise AttributeError(_NO_SCHEDULER)
 
     @property
     def is_student(self) -> bool:
