@@ -14,12 +14,30 @@ from ldmkit.storage import atomic_path
 from ldmkit.errors import UsageError
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A grey image of more than 8 bits per pixel (PIL's modes I;16…, I, F: 16-bit PNGs and TIFFs) as 8-bit "L",
+    its range scaled: 0 … 65535 → 0 … 255 (an "I" image whose values all fit 8 bits kept as they are; "F" read
+    as 0 … 1 when it fits there, else 0 … 255). PIL's own ``convert`` clips these to 255, so that a 16-bit
+    grey image reads almost white. Other images are returned as they are."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    peak = values.max(initial=0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+        values = values / 257.0
+    elif image.mode == "F" and peak <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as RGB, transparent pixels composited over white.
+    """``image`` as RGB, transparent pixels composited over white, a grey image of more than 8 bits scaled
+    to 8 (`to_8bit`).
 
     Plain ``convert("RGB")`` drops alpha and keeps whatever colour the transparent pixels happen to
     hold (often black), which would put dark halos around cut-out objects.
     """
+    image = to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

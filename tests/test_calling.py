@@ -177,3 +177,8 @@ def test_a_scheduler_swap_as_in_diffusers_says_how_ldmkit_picks_a_sampler(pipe):
         pipe.scheduler.config
     with pytest.raises(AttributeError, match="the sampler is chosen per call"):
         pipe.scheduler = object()
+
+
+def test_samples_that_overflow_are_refused_not_turned_black(pipe):
+    with pytest.raises(UsageError, match="the samples hold NaN or infinite values"):
+        pipe("a red circle", num_inference_steps=2, guidance_scale=1e300)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ldmkit.config import DataConfig
+from ldmkit.images import to_8bit, to_rgb
 from ldmkit.data import (
     BACKGROUND,
     COLORS,
@@ -341,6 +342,17 @@ def test_tensor_image_round_trip():
     assert torch.allclose(image_to_tensor(wide, 10), torch.ones(3, 10, 10), atol=0.02)
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent: composited over white
     assert torch.allclose(image_to_tensor(rgba), torch.ones(3, 4, 4))
+
+
+def test_a_16_bit_grey_image_reads_at_its_own_brightness(tmp_path):
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)  # 16-bit grey, black to white
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")  # PIL reads it back in mode I;16 (or I)
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode.startswith("I")
+        rgb = np.asarray(to_rgb(image), dtype=np.float64)
+    expected = np.round(ramp / 257.0)
+    assert np.abs(rgb[..., 0] - expected).max() <= 1 and np.array_equal(rgb[..., 0], rgb[..., 2])
+    assert np.asarray(to_8bit(Image.fromarray(np.full((2, 2), 0.5, np.float32)))).max() == 128  # "F" in 0 … 1
 
 
 def test_save_grid(tmp_path):

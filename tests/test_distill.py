@@ -146,6 +146,15 @@ def test_cli_generate_and_eval_run_the_student_by_default(student, tmp_path, cap
     assert main(["generate", "a red circle", "--model", str(student), "--out", str(tmp_path / "b.png"),
                  "--sampler", "ddim", "--no-progress"]) == 2
     assert "lcm sampler only" in capsys.readouterr().err
+    # the image commands and the attention figure take the student's own sampler and steps when none is given
+    assert main(["img2img", str(tmp_path / "a.png"), "a blue circle", "--model", str(student), "--out",
+                 str(tmp_path / "c.png"), "--no-progress"]) == 0
+    assert main(["attention", "a red circle", "--model", str(student), "--out", str(tmp_path / "d.png"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "c.png").is_file() and (tmp_path / "d.png").is_file()
+    assert main(["edit", "a red circle", "a blue circle", "--model", str(student), "--out",
+                 str(tmp_path / "e.png"), "--no-progress"]) == 2
+    assert "edit with its teacher" in capsys.readouterr().err and not (tmp_path / "e.png").exists()
     report = tmp_path / "eval.json"
     assert main(["eval", "generate", "--model", str(student), "--num-images", "4", "--batch-size", "4",
                  "--json", str(report), "--no-progress"]) == 0

@@ -69,6 +69,12 @@ ROWS = [
         "{tmp}/other_model"], ("not empty", "--overwrite"), kept=("{tmp}/other_model/config.yaml",)),
     Row("train --out under a regular file", ["train-autoencoder", "--preset", "tiny", "--out",
         "{tmp}/file.txt/run"], ("is a file",), kept=("{tmp}/file.txt",)),
+    Row("edit --out where nothing can be written", ["edit", "a red circle", "a blue circle", "--model", "{tiny}",
+        "--out", "/proc/ldmkit-edit.png", "--steps", "1"], ("/proc", "cannot")),
+    Row("edit --out-dir where nothing can be written", ["edit", "a red circle", "a blue circle", "--model",
+        "{tiny}", "--out-dir", "/proc/ldmkit-edit", "--steps", "1"], ("/proc", "cannot")),
+    Row("finetune --out holding another run", ["finetune", "--model", "{tiny}", "--images", "{tmp}/full", "--out",
+        "{tmp}/full", "--steps", "1"], ("not empty", "--resume"), kept=("{tmp}/full/0_000.png",)),
     # ---- numbers that parse but that no user means
     Row("--guidance inf", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png",
         "--guidance", "inf"], ("--guidance", "finite"), absent=("{tmp}/g.png",)),
@@ -80,6 +86,23 @@ ROWS = [
         "--seed", str(2**64)], ("--seed", "2**64")),
     Row("--num-images over the batch bound", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--num-images", "100000"], ("--num-images", "1 … 8")),
+    Row("edit --seed beyond 2**64", ["edit", "a red circle", "a blue circle", "--model", "{tiny}", "--out",
+        "{tmp}/e.png", "--seed", str(2**64)], ("--seed", "2**64")),
+    Row("edit --num-images over the batch bound", ["edit", "a red circle", "a blue circle", "--model", "{tiny}",
+        "--out", "{tmp}/e.png", "--num-images", "100000"], ("--num-images", "1 … 8")),
+    Row("a LoRA scale that is not a number", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--lora", "{tmp}/file.txt:nan"], ("LoRA", "scale", "finite"), absent=("{tmp}/g.png",)),
+    Row("an embedding file that is not one", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--embedding", "{tmp}/bad.pt"], ("bad.pt", "not a readable embedding file"),
+        absent=("{tmp}/g.png",)),
+    Row("eval autoencoder --image-size below SSIM's window", ["eval", "autoencoder", "--model", "{ae}",
+        "--image-size", "4"], ("--image-size", "11 … 1024")),
+    Row("eval autoencoder --image-size over the bound", ["eval", "autoencoder", "--model", "{ae}",
+        "--image-size", "100000"], ("--image-size", "11 … 1024")),
+    Row("data pack --image-size over the bound", ["data", "pack", "shapes", "--out", "{tmp}/pack",
+        "--num-samples", "1", "--image-size", "100000"], ("--image-size", "8 … 4096"), absent=("{tmp}/pack",)),
+    Row("finetune --batch-size over the bound", ["finetune", "--model", "{tiny}", "--images", "{tmp}/full",
+        "--out", "{tmp}/ft", "--batch-size", "100000"], ("--batch-size", "1 … 256"), absent=("{tmp}/ft",)),
     Row("--height over the size bound", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png",
         "--height", "100000"], ("--height", "at most 128")),
     Row("an input image larger than the model allows", ["img2img", "{tmp}/big.png", "a blue square", "--model",
@@ -98,6 +121,8 @@ ROWS = [
     # ---- prompts that are not text
     Row("a prompt that is not UTF-8", ["generate", b"a red \xff circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png"], ("prompt", "utf-8", "0xff")),
+    Row("an edit prompt that is not UTF-8", ["edit", b"a red \xff circle", "a blue circle", "--model", "{tiny}",
+        "--out", "{tmp}/e.png"], ("SOURCE_PROMPT", "utf-8", "0xff"), absent=("{tmp}/e.png",)),
     # ---- resuming with other settings
     Row("--resume under another preset", ["train-autoencoder", "--preset", "demo", "--out", "{tmp}/ae_run",
         "--resume", "--no-progress"], ("other settings", "autoencoder_train.batch_size 8 → 16"),
@@ -147,6 +172,7 @@ def places(tmp_path_factory) -> dict:
     ae = tmp / "ae"
     save_autoencoder(LatentDiffusion.load(tiny).autoencoder, ae)
     (tmp / "file.txt").write_text("a regular file\n")
+    (tmp / "bad.pt").write_bytes(b"not a pickle, nor a zip archive")
     (tmp / "full").mkdir()
     Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp / "full" / "0_000.png")
     (tmp / "figure.png").mkdir()
@@ -208,7 +234,8 @@ def test_bad_input_is_one_line_and_exit_2(row: Row, places, results):
 def test_every_command_that_writes_has_a_row():
     """A new command that writes files gets its rows in the table."""
     commands = {r.argv[0] for r in ROWS}
-    assert {"generate", "attention", "img2img", "eval", "convert", "train-autoencoder", "train"} <= commands
+    assert {"generate", "attention", "img2img", "eval", "convert", "train-autoencoder", "train", "edit", "finetune",
+            "data"} <= commands
 
 
 # --------------------------------------------------------------------------------------------------

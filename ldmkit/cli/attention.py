@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from ldmkit.bounds import MAX_GUIDANCE
-from ldmkit.cli.common import UsageError, bounded_float, check_text, positive_int, seed_int
+from ldmkit.cli.common import UsageError, bounded_float, check_sampler, check_text, positive_int, seed_int
 from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.device import resolve_device
-from ldmkit.diffusion import SAMPLERS
 from ldmkit.eval.attention_maps import attention_figure, cross_attention_maps
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.storage import atomic_path
 
 
 def cmd_attention(args) -> None:
-    if args.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    check_sampler(args.sampler)
     check_text(args.prompt, "the prompt")
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out {args.out}: give a .png file for the figure")
@@ -38,10 +36,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
                                    "(default: the shapes64 model shipped with ldmkit)")
     p.add_argument("--out", required=True, help="the figure, a .png file")
-    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default 25; a consistency student's own 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler, euler-a or dpmpp-2m")
+    p.add_argument("--sampler", default=None, help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a "
+                                                   "consistency student (its default)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ldmkit.cli.common import UsageError, load_training_config, positive_int, unit_interval
+from ldmkit.cli.common import UsageError, bounded_int, load_training_config, positive_int, seed_int, unit_interval
 from ldmkit.cli.outputs import check_output_dir
+
+MAX_PACK_SIDE = 4096  # pixels: the largest side `data pack` resizes to
 from ldmkit.data.latent_cache import MANIFEST, build_latent_cache, check_condition
 from ldmkit.data.shards import folder_samples, shapes_samples, write_shards
 
@@ -48,11 +50,11 @@ def add_parsers(sub) -> None:
     pack.add_argument("src", help="'shapes' (the built-in dataset) or a folder of captioned images")
     pack.add_argument("--out", required=True, help="the folder for the shards 000000.tar, 000001.tar, …")
     pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
-    pack.add_argument("--image-size", type=positive_int,
+    pack.add_argument("--image-size", type=bounded_int(8, MAX_PACK_SIDE, "memory grows with the pixel count"),
                       help="centre-crop and resize to this size, stored as PNG (shapes: default 64; "
                            "a folder: default none, the files are stored as they are)")
     pack.add_argument("--num-samples", type=positive_int, default=10_000, help="shapes: how many scenes")
-    pack.add_argument("--seed", type=int, default=0, help="shapes: the dataset seed")
+    pack.add_argument("--seed", type=seed_int, default=0, help="shapes: the dataset seed")
     pack.add_argument("--max-objects", type=int, choices=(1, 2), default=2,
                       help="shapes: at most this many objects per scene (default 2; data.max_objects)")
     pack.add_argument("--two-object-share", type=unit_interval, default=0.5,

@@ -11,12 +11,13 @@ from PIL import Image, ImageOps
 
 from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
-    UsageError, bounded_float, check_finite_images, check_sampler, check_text, non_negative_float,
+    UsageError, bounded_float, check_sampler, check_text, non_negative_float,
     positive_int, read_image, seed_int,
 )
 from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
+from ldmkit.images import to_8bit
 from ldmkit.device import resolve_device
 from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
 from ldmkit.pretrained import resolve_model
@@ -27,7 +28,7 @@ def _read_mask(path: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image).convert("L")
+            return to_8bit(ImageOps.exif_transpose(image)).convert("L")
     except FileNotFoundError:
         raise UsageError(f"mask not found: {path}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -69,7 +70,6 @@ def _sampling(args) -> dict:
 
 
 def _write(images, out: Path) -> None:
-    check_finite_images(images)
     save_grid(images, out)
     print(f"wrote {out}")
 
@@ -119,10 +119,12 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
     p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what}); img2img also "
                                                   "takes the shipped shapes64")
     p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
-    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default 25; a consistency student's own 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,
                    help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
-    p.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler, euler-a or dpmpp-2m")
+    p.add_argument("--sampler", default=None, help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for "
+                                                   "a consistency student (its default)")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE
+from ldmkit.bounds import DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_sampler, non_negative_float, positive_int, seed_int,
 )
@@ -115,7 +115,8 @@ def add_parsers(sub) -> None:
     a = esub.add_parser("autoencoder", help="PSNR, SSIM, R-FID and R-IS of an autoencoder on held-out shapes")
     a.add_argument("--model", required=True, help="an autoencoder folder written by `ldmkit train-autoencoder`, "
                                                   "or a text-to-image model (its frozen autoencoder is measured)")
-    a.add_argument("--image-size", type=positive_int, default=64,
+    a.add_argument("--image-size", type=bounded_int(11, DEFAULT_MAX_SIDE, "SSIM's window is 11×11; memory grows with the "
+                                                                           "pixel count"), default=64,
                    help="size of the held-out shapes (default 64; an autoencoder folder does not record the "
                         "size it was trained at, so give it: 32 for the demo preset)")
     _common(a, 1024)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from ldmkit.cli.common import UsageError, bounded_float, non_negative_float, non_negative_int, positive_int
+from ldmkit.cli.common import (
+    UsageError, bounded_float, bounded_int, non_negative_float, non_negative_int, positive_int,
+)
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
 from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import METHODS, SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from
 
+MAX_BATCH = 256  # images per fine-tuning step: memory grows with it
+
 
 def cmd_finetune(args) -> None:
     fresh = args.resume is None
     # A fresh run needs a new or empty --out: the result files of two runs must not mix.
-    check_output_dir(args.out, empty=fresh, what="fine-tuning results")
+    check_output_dir(args.out, empty=fresh, what="fine-tuning results",
+                     remedy="choose a new folder, or continue the run there with --resume")
     if args.rank is not None and args.method != "lora":
         raise UsageError(f"--rank applies to --method lora, not {args.method}")
     if args.num_vectors is not None and args.method != "textual-inversion":
@@ -88,7 +93,8 @@ def add_parsers(sub) -> None:
                    metavar="X", help="how many times as likely the biased timesteps are (default 1)")
     p.add_argument("--timestep-bias-portion", type=bounded_float(1.0, "--timestep-bias-portion"), metavar="P",
                    help="the share of the timesteps the bias covers (default 0.25)")
-    p.add_argument("--batch-size", type=positive_int, help="images per step (default 4)")
+    p.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH, "memory grows with the batch"),
+                   help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "
                                                          "full 2e-5)")
     p.add_argument("--lr-scheduler", choices=LR_SCHEDULES,

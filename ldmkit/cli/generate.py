@@ -6,7 +6,7 @@ import sys
 
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
-    UsageError, bounded_float, bounded_int, check_finite_images, check_sampler, check_text, fraction, non_negative_float,
+    UsageError, bounded_float, bounded_int, check_sampler, check_text, fraction, non_negative_float,
     non_negative_int, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
@@ -75,7 +75,6 @@ def cmd_generate(args) -> None:
                   "--as-written reads the prompt as given)", file=sys.stderr)
         check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, settings=settings, progress=not args.no_progress)
-    check_finite_images(images)
     if out_kind == "file":
         save_grid(images, out)  # in the format the suffix names
         print(f"wrote {out}")
@@ -86,10 +85,10 @@ def cmd_generate(args) -> None:
         print(f"wrote {len(images)} images to {out}")
 
 
-def check_steps(model, steps: int) -> None:
-    """Refuse more --steps than the model has timesteps, before sampling starts."""
+def check_steps(model, steps: int | None) -> None:
+    """Refuse more --steps than the model has timesteps, before sampling starts (None: the model's own)."""
     total = model.schedule.num_timesteps
-    if steps > total:
+    if steps is not None and steps > total:
         raise UsageError(f"--steps {steps} is more than the model's {total} timesteps; allowed: 1 … {total}")
 
 

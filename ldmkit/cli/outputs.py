@@ -70,16 +70,16 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
 
 
 def check_output_dir(path: str | Path, option: str = "--out", empty: bool = False, overwrite: bool = False,
-                     what: str = "files") -> Path:
+                     what: str = "files", remedy: str = "choose a new folder or pass --overwrite") -> Path:
     """``path`` as a folder to write into: refused when it is a file or cannot be created or written;
-    with ``empty``, also when it already holds anything, unless ``overwrite``."""
+    with ``empty``, also when it already holds anything, unless ``overwrite`` (the refusal ends with ``remedy``,
+    what the command offers instead)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file, not a folder")
     _check_creatable(path, option, path)
     if empty and not overwrite and path.is_dir() and any(path.iterdir()):
-        raise UsageError(f"{option} {path} is not empty: it would mix two runs' {what}; "
-                         "choose a new folder or pass --overwrite")
+        raise UsageError(f"{option} {path} is not empty: it would mix two runs' {what}; {remedy}")
     return path
 
 

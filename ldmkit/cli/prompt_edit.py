@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ldmkit.bounds import MAX_GUIDANCE
-from ldmkit.cli.common import bounded_float, positive_int, read_image, unit_interval
+from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.cli.common import (
+    bounded_float, bounded_int, check_text, positive_int, read_image, seed_int, unit_interval,
+)
+from ldmkit.cli.outputs import check_output_dir, check_output_file
 from ldmkit.data import save_grid
 from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.diffusion.prompt_to_prompt import MODES
@@ -15,36 +17,18 @@ from ldmkit.pipelines import PromptToPromptPipeline
 from ldmkit.pretrained import resolve_model
 
 
-def _writable(path: Path, option: str) -> None:
-    """Refuse an output that cannot be written before any work is done."""
-    base = Path(os.path.abspath(path))
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise UsageError(f"{option} {path}: {base} is a file, so nothing can be written under it")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot write in {base} (permission denied or read-only)")
-
-
 def _outputs(args) -> tuple[Path | None, Path | None]:
+    """(--out, --out-dir), one of them None, each checked writable (tried, not guessed) before any work."""
     if bool(args.out) == bool(args.out_dir):
         raise UsageError("give exactly one of --out FILE (source and edit side by side) or --out-dir DIR")
     if args.out:
-        out = Path(args.out)
-        if out.suffix.lower() != ".png":
-            raise UsageError(f"--out {out}: give a .png file")
-        if out.is_dir():
-            raise UsageError(f"--out {out} is a folder; give a .png file, or use --out-dir")
-        _writable(out.parent if str(out.parent) else Path("."), "--out")
-        return out, None
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir {out_dir} is a file, not a folder")
-    _writable(out_dir, "--out-dir")
-    return None, out_dir
+        return check_output_file(args.out, "--out", suffixes=(".png",)), None
+    return None, check_output_dir(args.out_dir, "--out-dir")
 
 
 def cmd_edit(args) -> None:
+    check_text(args.source_prompt, "SOURCE_PROMPT")
+    check_text(args.target_prompt, "TARGET_PROMPT")
     out, out_dir = _outputs(args)
     image = read_image(args.image) if args.image else None
     if image is not None and args.num_images != 1:
@@ -57,7 +41,8 @@ def cmd_edit(args) -> None:
     result = pipe(args.source_prompt, args.target_prompt, mode=args.mode, cross_replace_steps=args.cross_replace,
                   self_replace_steps=args.self_replace, local_blend_words=blend,
                   blend_threshold=args.blend_threshold, image=image, null_text=args.inversion == "null-text",
-                  steps=args.steps, guidance=args.guidance, seed=args.seed, num_images=args.num_images,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed,
+                  num_images_per_prompt=args.num_images,
                   progress=not args.no_progress)
     pairs = list(zip(result.source_images, result.edited_images))
     if out is not None:
@@ -98,11 +83,12 @@ def add_parsers(sub) -> None:
                         "DDIM inversion")
     p.add_argument("--out", metavar="FILE", help="one .png with source and edit side by side (one row per image)")
     p.add_argument("--out-dir", metavar="DIR", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
-    p.add_argument("--num-images", type=positive_int, default=1, metavar="N")
+    p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES, "one batch; run again with another --seed for more"),
+                   default=1, metavar="N")
     p.add_argument("--steps", type=positive_int, default=25, metavar="N")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="S")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (UNet, text encoder and decoder under bf16 autocast) or auto (bf16 "
                         "where it runs faster: GPUs and AVX-512 CPUs)")

@@ -28,6 +28,7 @@ finds its layers in ldmkit's converted model.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,11 +334,15 @@ def save_lora(model, path: str | Path, adapter: str = "default", layout: str = "
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
-    """``FILE[:SCALE]`` → (file, scale); a trailing ``:number`` is the scale (default 1)."""
+    """``FILE[:SCALE]`` → (file, scale); a trailing ``:number`` is the scale (default 1). A scale that is not a
+    finite number ("nan", "inf") is a `UsageError`."""
     head, sep, tail = spec.rpartition(":")
     if sep and head:
         try:
-            return head, float(tail)
+            scale = float(tail)
         except ValueError:
-            pass
+            return spec, 1.0
+        if not math.isfinite(scale):
+            raise UsageError(f"LoRA {spec!r}: the scale after ':' must be a finite number (1: as trained), not {tail!r}")
+        return head, scale
     return spec, 1.0

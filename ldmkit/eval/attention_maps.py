@@ -42,9 +42,10 @@ class AttentionMaps:
         return self.maps.mean(dim=(1, 2))
 
 
-def cross_attention_maps(pipe, prompt: str, steps: int = 25, guidance: float = 4.0, seed: int = 0,
-                         sampler: str = "ddim", progress: bool = False) -> AttentionMaps:
-    """Sample one image for ``prompt`` with a `TextToImagePipeline` and return it with its maps."""
+def cross_attention_maps(pipe, prompt: str, steps: int | None = None, guidance: float = 4.0, seed: int = 0,
+                         sampler: str | None = None, progress: bool = False) -> AttentionMaps:
+    """Sample one image for ``prompt`` with a `TextToImagePipeline` and return it with its maps (``sampler``,
+    ``steps`` None: the model's own, `Pipeline.sampling_defaults`)."""
     model = pipe.model
     if not cross_attention_layers(model.unet) or model.tokenizer is None:
         raise ValueError("this model has no cross-attention on a prompt (attention maps need a text model)")
@@ -52,8 +53,8 @@ def cross_attention_maps(pipe, prompt: str, steps: int = 25, guidance: float = 4
     # the batch's last row: the conditional pass (with guidance the batch is [unconditional; conditional])
     recorder = CrossAttentionRecorder(pipe.latent_size(size, size), rows=slice(-1, None))
     with recording(model.unet, recorder):
-        image = pipe(prompt, steps=steps, guidance=guidance, seed=seed, num_images=1, sampler=sampler,
-                     progress=progress)[0]
+        image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=seed, sampler=sampler,
+                     progress=progress).images[0]
     tokens, real = model.tokenizer.tokens(prompt)
     maps = recorder.mean()[0]
     if maps.shape[0] != len(tokens):

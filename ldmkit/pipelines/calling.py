@@ -54,7 +54,12 @@ class ImagePipelineOutput(list):
 
 
 def image_output(images: torch.Tensor, output_type: str = "pil") -> ImagePipelineOutput:
-    """``images`` (B×3×H×W in [−1, 1], as ``generate_tensors`` returns them) in the form ``output_type`` asks."""
+    """``images`` (B×3×H×W in [−1, 1], as ``generate_tensors`` returns them) in the form ``output_type`` asks.
+    Samples that hold NaN or inf are a `UsageError`: numbers that pass their checks can still overflow the
+    sampler (a guidance scale of 1e300, a LoRA scale of 1e30), and 8-bit images would hide it as black."""
+    if not torch.isfinite(images).all():
+        raise UsageError("the samples hold NaN or infinite values (a guidance scale, LoRA scale, η or strength too "
+                         "large for the sampler's numbers?); nothing was made of them")
     if output_type == "pil":
         return ImagePipelineOutput([tensor_to_pil(x) for x in images])
     unit = ((images.float() + 1) / 2).clamp(0, 1)

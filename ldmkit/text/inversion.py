@@ -19,6 +19,7 @@ which runs no pickled code.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def read_embedding(path: str | Path, token: str | None = None) -> tuple[str, tor
     try:
         data = load_file(str(path)) if path.suffix.lower() == ".safetensors" else \
             torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise UsageError(f"{path} is not a readable embedding file ({type(e).__name__}); give a .safetensors or .pt "
                          "file from textual inversion") from None
     if not isinstance(data, dict):
