@@ -113,3 +113,9 @@ def test_pack_keeps_a_models_known_words(tmp_path):
     packed = pack(tmp_path / "words", tmp_path / "packed")
     assert "known_words.json" in recorded_checksums(packed) and verify(packed) == []
     assert load_pipeline(packed).model.known_words.objects == {"red": 1, "circle": 1, "red circle": 1}
+
+
+def test_commands_that_read_a_model_take_a_shipped_name(tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", "shapes64-lcm", "--to", "ldmkit", "--out", str(out)]) == 0
+    assert (out / "config.yaml").is_file() and "read shapes64-lcm" in capsys.readouterr().out

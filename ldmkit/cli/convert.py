@@ -11,12 +11,13 @@ from ldmkit.convert import convert
 from ldmkit.convert.lora import load_lora, parse_lora_spec
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
+from ldmkit.pretrained import resolve_model
 
 FORMATS = ("ldmkit", "diffusers", "original")
 
 
 def cmd_convert(args) -> None:
-    source = args.input
+    source = resolve_model(args.input)  # a shipped model by its name too
     if Path(args.out).resolve() == Path(source).resolve():
         raise UsageError("--out must differ from the input")
     out = None

@@ -72,10 +72,10 @@ def _check_image_size(model: str, image_size: int) -> None:
 
 
 def cmd_eval_autoencoder(args) -> None:
-    _check_image_size(args.model, args.image_size)
-
+    model = resolve_model(args.model)  # a shipped model by its name too
+    _check_image_size(model, args.image_size)
     _run(args, lambda networks, device: evaluate_autoencoder(
-        args.model, args.num_images, args.image_size, networks, args.batch_size, device, not args.no_progress))
+        model, args.num_images, args.image_size, networks, args.batch_size, device, not args.no_progress))
 
 
 def cmd_eval_generate(args) -> None:

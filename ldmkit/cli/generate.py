@@ -82,7 +82,7 @@ def cmd_generate(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
             save_grid([image], out / f"{args.seed}_{i:03d}.png")
-        print(f"wrote {len(images)} images to {out}")
+        print(f"wrote {len(images)} image{'s' if len(images) != 1 else ''} to {out}")
 
 
 def check_steps(model, steps: int | None) -> None:

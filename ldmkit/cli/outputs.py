@@ -90,7 +90,9 @@ def image_output(path: str | Path, option: str = "--out", allow_folder: bool = F
     path = Path(path)
     suffix = path.suffix.lower()
     if allow_folder and (path.is_dir() or not suffix):
-        return "folder", check_output_dir(path, option, empty=True, overwrite=overwrite, what="images")
+        return "folder", check_output_dir(path, option, empty=True, overwrite=overwrite, what="images",
+                                          remedy="choose a new folder, or pass --overwrite to write into it anyway "
+                                                 "(images of the same names are replaced, the others kept)")
     if suffix not in IMAGE_SUFFIXES:
         folder = " or a folder name without a suffix" if allow_folder else ""
         raise UsageError(f"{option} {path}: unknown image suffix {path.suffix or '(none)'!r}; "

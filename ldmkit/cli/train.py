@@ -99,7 +99,7 @@ def cmd_train(args) -> None:
     _check_autoencoder_fits(preset, args.autoencoder)
     out = train_diffusion(
         preset, args.autoencoder, args.out, args.steps, _resume(args.resume), args.device,
-        not args.no_progress, args.init,
+        not args.no_progress, None if args.init is None else resolve_model(args.init),
     )
     if _is_main():
         print(f"model written to {out} (samples in {out / 'samples'})")

@@ -34,6 +34,11 @@ _NO_SCHEDULER = ("ldmkit pipelines have no scheduler object: the sampler is chos
                  "sampler='dpmpp-2m', karras=True) (ddim, ddpm, euler, euler-a, dpmpp-2m; lcm for a student)")
 
 
+def _a(word: str) -> str:
+    """The indefinite article before ``word``."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def prompt_list(prompt, what: str = "prompt") -> list[str]:
     """A prompt or a non-empty list of them, as a list; a `UsageError` naming ``what`` for anything else."""
     if isinstance(prompt, str):
@@ -89,7 +94,8 @@ class Pipeline(AdapterMixin):
             wanted = self.kinds[0]
             preset = "shapes64" if wanted == "text" else f"shapes64-{wanted}"
             raise UsageError(
-                f"this is a {kind!r} model (condition.kind); {type(self).__name__} needs a {wanted!r} model, "
+                f"this is {_a(kind)} {kind!r} model (condition.kind); {type(self).__name__} needs {_a(wanted)} "
+                f"{wanted!r} model, "
                 f"as `ldmkit train --preset {preset}` trains"
             )
         self.device = torch.device(device)
