@@ -231,6 +231,15 @@ def test_bad_input_is_one_line_and_exit_2(row: Row, places, results):
     assert after == before, "an earlier output was changed"
 
 
+def test_a_warning_is_one_line_naming_the_command(places, tmp_path, capsys):
+    long_prompt = " ".join(["a red circle"] * 40)  # longer than the tiny model's prompt length
+    assert main(["generate", long_prompt, "--model", str(places["tiny"]), "--out", str(tmp_path / "w.png"),
+                 "--steps", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "warning" in line] == [line for line in err if line.startswith(
+        "ldmkit generate: warning: a prompt is longer than")] != []
+
+
 def test_every_command_that_writes_has_a_row():
     """A new command that writes files gets its rows in the table."""
     commands = {r.argv[0] for r in ROWS}

@@ -3,7 +3,8 @@
 Each module here adds its subcommands with ``add_parsers(sub)``. A user's mistake (bad option,
 missing file, wrong size: an `ldmkit.errors.LdmkitError`) ends with one line on stderr and exit code 2,
 never a traceback; ``LDMKIT_DEBUG=1`` shows the traceback instead. Any other exception, a ``ValueError``
-included, is a bug: it keeps its traceback and exits with 1. docs/errors.md lists the messages.
+included, is a bug: it keeps its traceback and exits with 1. docs/errors.md lists the messages. A warning
+(a prompt cut to the model's length, an unreadable image skipped) is one line too, ``ldmkit CMD: warning: …``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from ldmkit.cli import attention, convert, data, edit, eval, finetune, generate, prompt_edit, serve, train
 from ldmkit.cli.common import OneLineParser
@@ -31,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            if not os.environ.get("LDMKIT_DEBUG"):  # one plain line, like the errors, not Python's file:line form
+                warnings.showwarning = lambda message, *rest, **kw: print(
+                    f"ldmkit {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            args.func(args)
     except LdmkitError as e:
         if os.environ.get("LDMKIT_DEBUG"):
             raise

@@ -4,7 +4,6 @@ optionally write JSON."""
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -50,9 +49,7 @@ def _run(args, evaluate) -> None:
     device = resolve_device(args.device)
     networks = _networks(args)
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        # One plain line per warning, like the errors, instead of Python's file:line format.
-        warnings.showwarning = lambda message, *a, **k: print(f"ldmkit eval: warning: {message}", file=sys.stderr)
+        warnings.simplefilter("always")  # each warning of the evaluation, one line each (`ldmkit.cli.main`)
         report = evaluate(networks, device)
     print(report.format())
     if args.json:
