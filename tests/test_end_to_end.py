@@ -200,6 +200,34 @@ def test_unreadable_image_in_user_folder_is_skipped(tmp_path):
     assert "bad.png" in r.stderr and "skipped" in (r.stderr + r.stdout).lower()
 
 
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-sr"])
+def test_a_folder_of_fewer_images_than_the_preview_grid_trains(tmp_path, preset_name):
+    """4 captioned images (3 for an image condition, fewer than its row of 4 inputs): training runs, saves the model
+    and draws its preview grid from the images there are (it used to index image 4..7 of them)."""
+    import dataclasses
+
+    from ldmkit.autoencoder import build_autoencoder
+    from ldmkit.autoencoder.folder import save_autoencoder
+    from ldmkit.data import shapes_sample
+
+    preset = load_preset(preset_name)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    count = 4 if preset_name == "tiny" else 3
+    for i in range(count):
+        image, caption, _ = shapes_sample(0, i, preset.data.image_size, 2)
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    torch.manual_seed(0)
+    save_autoencoder(build_autoencoder(preset.autoencoder), tmp_path / "ae")
+    preset = dataclasses.replace(
+        preset, data=dataclasses.replace(preset.data, source=str(folder)),
+        train=dataclasses.replace(preset.train, sample_every=2, sample_steps=2, tensorboard=False))
+    out = train_diffusion(preset, tmp_path / "ae", tmp_path / "ldm", steps=2, device="cpu", progress=False)
+    assert (out / "unet.safetensors").is_file()
+    assert (out / "samples" / "step_000002.png").is_file()
+
+
 def test_python_m_ldmkit_is_the_ldmkit_command():
     result = subprocess.run([sys.executable, "-m", "ldmkit", "generate", "--help"], capture_output=True, text=True,
                             timeout=120)

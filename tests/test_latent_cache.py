@@ -210,3 +210,44 @@ def test_shards_are_refused(setup, tmp_path, capsys):
     with pytest.raises(DataError, match="stream of shards"):
         build_latent_cache(ae, DataConfig(source=str(tmp_path / "shards"), image_size=SIZE), tmp_path / "c",
                            progress=False)
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_build_leaves_the_folder_as_it_was_and_a_rerun_succeeds(setup, tmp_path, monkeypatch,
+                                                                               interruption):
+    """Ctrl-C (or an error) after the first batch: no partial arrays in --out (absent, or a folder of the user's
+    untouched), no temporary folder left beside it; building again then gives the whole cache."""
+    import ldmkit.data.latent_cache as latent_cache
+
+    _, data, ae, _, cache = setup
+    encode = latent_cache.encode_moments
+    calls = []
+
+    def interrupted(autoencoder, images):
+        calls.append(len(images))
+        if len(calls) > 2:  # the first batch (image and mirror image) went through
+            raise interruption("stop")
+        return encode(autoencoder, images)
+
+    user = tmp_path / "mine"  # a folder of the user's, with an older unfinished build's array in it
+    user.mkdir()
+    (user / "notes.txt").write_text("the user's own file")
+    (user / "mean.npy").write_bytes(b"cut short")
+    for out in (tmp_path / "latents", user):
+        calls.clear()
+        monkeypatch.setattr(latent_cache, "encode_moments", interrupted)
+        with pytest.raises(interruption):
+            build_latent_cache(ae, data, out, batch_size=5, device="cpu", progress=False)
+        assert len(calls) == 3
+        assert sorted(p.name for p in tmp_path.iterdir()) == (["latents", "mine"] if out == user else ["mine"])
+        if out == user:
+            assert sorted(p.name for p in user.iterdir()) == ["mean.npy", "notes.txt"]
+            assert (user / "mean.npy").read_bytes() == b"cut short"
+        monkeypatch.setattr(latent_cache, "encode_moments", encode)
+        build_latent_cache(ae, data, out, batch_size=5, device="cpu", progress=False)
+        rebuilt, reference = LatentCache(out), LatentCache(cache)
+        assert rebuilt.count == NUM_IMAGES and rebuilt.captions == reference.captions
+        for name in ("mean.npy", "std.npy"):
+            assert np.array_equal(np.load(out / name), np.load(cache / name))
+    assert (user / "notes.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latents", "mine"]  # no temporary folder left

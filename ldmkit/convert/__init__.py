@@ -2,7 +2,9 @@
 
 Three formats hold the same model:
 
-- an **ldmkit folder** (``config.yaml``, ``unet/autoencoder/text_encoder.safetensors``, ``tokenizer.json``);
+- an **ldmkit folder** (``config.yaml``, ``unet/autoencoder/text_encoder.safetensors``, ``tokenizer.json``,
+  ``known_words.json``; a class-conditional model's ``class_embedding.safetensors`` in place of the text encoder
+  and tokenizer, which only this format holds);
 - an **original single file** (``.safetensors``, or ``.ckpt`` read with ``torch.load(weights_only=True)``)
   in the CompVis/Stability layout, whose architecture is inferred from its keys and shapes;
 - a **diffusers folder** (``model_index.json`` and one folder per part).
@@ -74,6 +76,14 @@ def read_checkpoint(
 
 
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, to: Format) -> Path:
+    """Write ``ckpt`` at ``out`` in format ``to``. A class-conditional model (``condition.kind: class``) is
+    written as an ldmkit folder only: Stable Diffusion files and diffusers folders hold text-conditioned models,
+    and there is no layout of theirs for a class table in place of the text encoder (a `CheckpointError`,
+    before anything is written)."""
+    if to in ("diffusers", "original") and not ckpt.config.condition.uses_text:
+        layout = "diffusers layout" if to == "diffusers" else "Stable Diffusion single-file layout"
+        raise CheckpointError(f"a class-conditional model (condition.kind class) has no {layout}: Stable Diffusion "
+                              "files and diffusers folders hold text-conditioned models; convert it --to ldmkit")
     if to == "ldmkit":
         return write_folder(ckpt, out)
     if to == "diffusers":

@@ -6,6 +6,7 @@ import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -13,6 +14,9 @@ from torch import Tensor
 
 from ldmkit.config import ConfigError, ModelConfig
 from ldmkit.storage import CheckpointError
+
+if TYPE_CHECKING:
+    from ldmkit.text.known_words import KnownWords
 
 SAFETENSORS = (".safetensors",)
 PICKLES = (".ckpt", ".pt", ".pth", ".bin")
@@ -29,6 +33,11 @@ class Checkpoint:
     block, …) under their source names, and ``source`` says how they fit back: ``layout`` ("original",
     "diffusers"), ``unet_weights`` ("model" or "model_ema"), ``scale_factor_key`` ("present"/"absent").
     Writing back to the source layout restores the file's key set and tensors bit for bit.
+
+    ``tokenizer`` is None for a class-conditional model (``condition.kind: class``), whose weights hold
+    ``class_embedding.*`` in place of ``text_encoder.*``. ``known_words``: the `ldmkit.text.known_words.KnownWords`
+    of the training captions (a model folder's ``known_words.json``, an ldmkit-written single file's metadata), None
+    where the source records none.
     """
 
     config: ModelConfig
@@ -38,6 +47,7 @@ class Checkpoint:
     source: dict[str, str] = field(default_factory=dict)
     description: str = ""
     scheduler_grid: dict = field(default_factory=dict)  # a diffusers folder's spacing (`grid_from_scheduler`)
+    known_words: KnownWords | None = None
 
 
 class _MappedFile:

@@ -1,6 +1,13 @@
 """ldmkit model folders as `Checkpoint`s (the layout `ldmkit.model.LatentDiffusion.save` writes), plus
 ``extras.safetensors``: what a converted model's source file held beyond ldmkit's weights, so that
-converting back restores that file exactly. `LatentDiffusion.load` ignores it."""
+converting back restores that file exactly. `LatentDiffusion.load` ignores it.
+
+Every file of the folder that `LatentDiffusion.load` reads travels: the config, the weights of each part
+(``text_encoder`` and ``tokenizer.json``, or ``class_embedding`` for a class-conditional model) and
+``known_words.json`` (the training captions' words, with which the pipelines read words the model never
+saw; `ldmkit.text.known_words`). ``SHA256SUMS`` (the shipped models' checksums) does not: it would not
+match the files written.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,10 @@ from ldmkit.config import ModelConfig
 from ldmkit.convert.checkpoint import Checkpoint, read_tensors, with_prediction
 from ldmkit.storage import CheckpointError, atomic_path, load_config, save_config, save_weights
 from ldmkit.text import load_tokenizer
+from ldmkit.text.known_words import FILE as KNOWN_WORDS, KnownWords
 
 PARTS = ("autoencoder", "text_encoder", "unet")
+CLASS_PARTS = ("autoencoder", "class_embedding", "unet")  # condition.kind class: τθ is the class table
 EXTRAS = "extras.safetensors"
 SOURCE_KEY = "ldmkit_source"
 
@@ -23,7 +32,15 @@ def is_ldmkit_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").is_file()
 
 
+def model_parts(config: ModelConfig) -> tuple[str, ...]:
+    """The weight files (without ``.safetensors``) of a model folder with ``config``; each part's keys are
+    ``part.`` + its state-dict keys in a `Checkpoint`."""
+    return PARTS if config.condition.uses_text else CLASS_PARTS
+
+
 def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint:
+    """The model folder at ``folder`` (text-conditioned or class-conditional; not a pixel-space model, which
+    no other layout holds) as a `Checkpoint`, with its ``known_words.json`` when it has one."""
     folder = Path(folder)
     config = load_config(ModelConfig, folder)
     if config.autoencoder.kind == "identity":
@@ -32,35 +49,59 @@ def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint
     if prediction is not None:
         config = with_prediction(config, prediction)
     weights = {}
-    for part in PARTS:
+    for part in model_parts(config):
         tensors, _, _ = read_tensors(folder / f"{part}.safetensors")
         weights.update({f"{part}.{k}": v for k, v in tensors.items()})
-    try:
-        tokenizer = load_tokenizer(config.text, folder / "tokenizer.json")
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{folder}: {e}") from None
+    tokenizer = known_words = None
+    if config.condition.uses_text:
+        try:
+            tokenizer = load_tokenizer(config.text, folder / "tokenizer.json")
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"{folder}: {e}") from None
+        if (folder / KNOWN_WORDS).is_file():  # as `LatentDiffusion.load` reads it
+            try:
+                known_words = KnownWords.load(folder / KNOWN_WORDS)
+            except (ValueError, OSError) as e:
+                raise CheckpointError(f"{folder / KNOWN_WORDS}: {e}") from None
     extras, source = {}, {}
     if (folder / EXTRAS).is_file():
         tensors, metadata, _ = read_tensors(folder / EXTRAS)
         extras = dict(tensors)
         source = json.loads(metadata.get(SOURCE_KEY, "{}"))
-    return Checkpoint(config, weights, tokenizer, extras, source, description="ldmkit model folder")
+    return Checkpoint(config, weights, tokenizer, extras, source, description="ldmkit model folder",
+                      known_words=known_words)
 
 
 def write_folder(ckpt: Checkpoint, folder: str | Path) -> Path:
+    """Write ``ckpt`` as a model folder that `LatentDiffusion.load` reads, each file atomically. Files a model of
+    another kind would have, or that ``ckpt`` has no content for (``known_words.json``, ``extras.safetensors``),
+    are removed from an existing ``folder``: the loader would read them as this model's."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"--out {folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    for part in PARTS:
+    parts = model_parts(ckpt.config)
+    for part in parts:
         save_weights({k.split(".", 1)[1]: v for k, v in ckpt.weights.items() if k.startswith(part + ".")},
                      folder / f"{part}.safetensors")
-    ckpt.tokenizer.save(folder / "tokenizer.json")
-    save_config(ckpt.config, folder / "config.yaml")
+    stale = [f"{part}.safetensors" for part in (*PARTS, *CLASS_PARTS) if part not in parts]
+    if ckpt.config.condition.uses_text:
+        with atomic_path(folder / "tokenizer.json") as tmp:
+            ckpt.tokenizer.save(tmp)
+    else:
+        stale.append("tokenizer.json")
+    if ckpt.known_words is not None:
+        with atomic_path(folder / KNOWN_WORDS) as tmp:
+            ckpt.known_words.save(tmp)
+    else:
+        stale.append(KNOWN_WORDS)
     if ckpt.extras or ckpt.source:
         tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.extras.items()}
         with atomic_path(folder / EXTRAS) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", SOURCE_KEY: json.dumps(ckpt.source)})
-    elif (folder / EXTRAS).exists():
-        (folder / EXTRAS).unlink()  # a stale one would be written back into a later conversion
+    else:
+        stale.append(EXTRAS)  # a stale one would be written back into a later conversion
+    for name in stale:
+        (folder / name).unlink(missing_ok=True)
+    save_config(ckpt.config, folder / "config.yaml")  # last: a folder without it is no model
     return folder

@@ -4,9 +4,10 @@ original or diffusers layout."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ldmkit.autoencoder import build_autoencoder
-from ldmkit.config import ModelConfig
+from ldmkit.config import ModelConfig, TextEncoderConfig
 from ldmkit.convert.meta import no_transformers_init
 from ldmkit.convert.rules import Rule
 from ldmkit.convert.text import text_rules
@@ -15,6 +16,8 @@ from ldmkit.convert.vae import SCALE_FACTOR, vae_rules
 from ldmkit.nn.unet import UNet
 from ldmkit.storage import CheckpointError
 from ldmkit.text import build_text_encoder
+from ldmkit.text.encoder import TextTransformerBlock
+from ldmkit.text.minilm import WIDTH as MINILM_WIDTH
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -26,9 +29,18 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"), no_transformers_init():
         parts["unet"] = UNet(config.unet)
         parts["autoencoder"] = build_autoencoder(config.autoencoder)
-        if config.text.kind != "minilm":  # the frozen MiniLM has no weights in the state dict
-            parts["text_encoder"] = build_text_encoder(config.text)
+        # the frozen MiniLM has no weights in the state dict (its package provides them); its trained adapter does
+        parts["text_encoder"] = minilm_adapter(config.text) if config.text.kind == "minilm" \
+            else build_text_encoder(config.text)
     return {f"{name}.{k}": tuple(v.shape) for name, module in parts.items() for k, v in module.state_dict().items()}
+
+
+def minilm_adapter(cfg: TextEncoderConfig) -> nn.Module:
+    """A module with the state-dict keys of a MiniLM text encoder (``adapter.*``: `MiniLMTextEncoder`'s trained
+    blocks; none by default), without building MiniLM itself."""
+    module = nn.Module()
+    module.adapter = nn.ModuleList(TextTransformerBlock(MINILM_WIDTH, cfg.heads) for _ in range(cfg.adapter_layers))
+    return module
 
 
 def layout_rules(

@@ -76,7 +76,9 @@ def assign_weights(model: nn.Module, weights: dict[str, Tensor], what: str) -> N
     dtype of the model's tensor is used as it is, not copied (for a memory-mapped file: the mapping's
     pages); one of another dtype is cast first, one at a time, as ``load_state_dict``'s copy would. A
     tensor sharing memory with one assigned before it is copied, so that no two parameters alias.
-    Parameters keep their ``requires_grad``. Afterwards no tensor of ``model`` is left on the meta device.
+    Parameters keep their ``requires_grad``. Afterwards no tensor of ``model`` is left on the meta device, nor of
+    a network held outside its module tree (a submodule's ``frozen_network()``, which no file holds: its
+    constructor must load it whole, as `ldmkit.text.minilm` does, or it stays empty).
     """
     targets = model.state_dict(keep_vars=True)
     missing = [k for k in targets if k not in weights]
@@ -102,5 +104,10 @@ def assign_weights(model: nn.Module, weights: dict[str, Tensor], what: str) -> N
         state[key] = tensor
     model.load_state_dict(state, strict=True, assign=True)
     left = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    for name, module in model.named_modules():
+        if hasattr(module, "frozen_network"):
+            frozen = module.frozen_network()
+            left += [f"{name}.frozen_network().{key}" for key, t in chain(frozen.named_parameters(),
+                                                                      frozen.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"{what}: no weights for {first_keys(left)}")

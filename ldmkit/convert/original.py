@@ -8,7 +8,9 @@
 
 Reading picks the EMA weights when the file has them (``ema=False`` takes the training weights);
 the rest of the file travels in `Checkpoint.extras`. Files written here carry the ldmkit config in
-their safetensors metadata (``ldmkit_config``), so reading them back needs no inference.
+their safetensors metadata (``ldmkit_config``), so reading them back needs no inference, and the words of
+the training captions when the model records them (``ldmkit_known_words``: its folder's ``known_words.json``,
+`ldmkit.text.known_words`), so that converting back to a folder keeps them.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from ldmkit.convert.unet import ema_key
 from ldmkit.convert.vae import SCALE_FACTOR
 from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text import pretrained_tokenizer
+from ldmkit.text.known_words import KnownWords
 
 METADATA_KEY = "ldmkit_config"
 SCALE_KEY = "ldmkit_scale_factor"  # metadata: the scale factor when the file has no scale_factor tensor
+KNOWN_WORDS_KEY = "ldmkit_known_words"  # metadata: the training captions' words (known_words.json)
 # Buffers of the original LatentDiffusion that ldmkit recomputes from the config.
 SCHEDULE_BUFFERS = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -104,6 +108,13 @@ def read_original(
         config = with_prediction(config, prediction)
         description += f"; prediction {prediction} (given)"
 
+    known_words = None
+    if KNOWN_WORDS_KEY in metadata:
+        try:
+            known_words = KnownWords.from_json(metadata[KNOWN_WORDS_KEY], f"{path}: its {KNOWN_WORDS_KEY} metadata")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+
     shapes = expected_shapes(config)
     first_unet = layout_rules(config, shapes, "original")[0].other[0]
     unet_ema = ema and ema_key(first_unet) in sd
@@ -126,6 +137,7 @@ def read_original(
         extras=rest,
         source={"layout": "original", "unet_weights": "model_ema" if unet_ema else "model", "scale_factor_key": scale_key},
         description=description,
+        known_words=known_words,
     )
 
 
@@ -148,7 +160,8 @@ def to_original(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def write_original(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` as one original-layout ``.safetensors`` file, its ldmkit config in the metadata."""
+    """Write ``ckpt`` as one original-layout ``.safetensors`` file, its ldmkit config (and known words) in the
+    metadata."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"--out {path}: original-layout files are written as .safetensors")
@@ -158,6 +171,8 @@ def write_original(ckpt: Checkpoint, path: str | Path) -> Path:
         METADATA_KEY: yaml.safe_dump(to_dict(ckpt.config), sort_keys=False),
         SCALE_KEY: repr(float(ckpt.weights[SCALE_FACTOR])),
     }
+    if ckpt.known_words is not None:
+        metadata[KNOWN_WORDS_KEY] = ckpt.known_words.to_json()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path

@@ -19,7 +19,9 @@
   ``TransformerWrapper``: ``token_emb``, ``pos_emb.emb``, ``attn_layers.layers.{2i}`` = [LayerNorm,
   Attention], ``attn_layers.layers.{2i+1}`` = [LayerNorm, FeedForward (net.0.0, net.2)], ``norm``; its
   ``to_logits`` head is unused (an extra). There is no diffusers layout for it here.
-- "minilm": no weights (the frozen encoder comes from its package).
+- "minilm": the frozen encoder has no weights here (its package provides them); the trained adapter blocks on
+  top of it (``text.adapter_layers``), ldmkit's own, are ``cond_stage_model.adapter.*`` in a single file (which
+  only ldmkit reads: its config is in the file's metadata). There is no diffusers layout for it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ldmkit.storage import CheckpointError
 
 CLIP_ORIGINAL = "cond_stage_model.transformer."
 OPENCLIP_ORIGINAL = "cond_stage_model.model."
+MINILM_ORIGINAL = "cond_stage_model."  # + adapter.*
 DIFFUSERS = "text_encoder/"
 PREFIX = "text_encoder."
 
@@ -95,7 +98,9 @@ def text_rules(cfg: TextEncoderConfig, ldmkit_keys: list[str], layout: str) -> l
     """Rules for the ldmkit text-encoder keys (with their ``text_encoder.`` prefix) to ``layout``."""
     keys = [k.removeprefix(PREFIX) for k in ldmkit_keys]
     if cfg.kind == "minilm":
-        return []
+        if layout == "diffusers":
+            raise CheckpointError("a 'minilm' text encoder has no diffusers layout; convert to ldmkit or original")
+        return [Rule((PREFIX + k,), (MINILM_ORIGINAL + k,)) for k in keys]
     if layout == "diffusers":
         if cfg.kind not in ("clip", "openclip"):
             raise CheckpointError(f"a {cfg.kind!r} text encoder has no diffusers layout; convert to ldmkit or original")

@@ -22,6 +22,12 @@ A cache folder holds
   the autoencoder's weights and the `DataConfig` the cache was made from. A folder without it is an
   unfinished build and is refused, as is a cache of another autoencoder or other data.
 
+A build writes into a hidden temporary folder (``.NAME.*.partial`` beside the cache folder, or
+``.cache.*.partial`` inside it when the folder exists already) and moves the finished files into place at the
+end, the manifest last, so an interrupted build (Ctrl-C, an error) leaves the cache folder as it was — absent,
+or as the user left it — and its temporary folder removed; running it again starts afresh (a build has nothing
+to resume: it is one pass of the encoder).
+
 `LatentCache` reads a cache as a map-style dataset with the same index order as the images it came
 from. Inside `ldmkit.train.common.TrainingItems` the torch RNG is seeded per item before
 ``__getitem__``, and the cache draws its flip as the image datasets do (one ``torch.rand(()) < 0.5``
@@ -35,6 +41,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +92,19 @@ def build_latent_cache(autoencoder_dir: str | Path, data: DataConfig, out: str |
                        device: str = "auto", dtype: str = "float16", progress: bool = True) -> Path:
     """Encode every item of ``build_dataset(data)`` (and its mirror image if ``data.hflip``) into ``out``.
 
-    Stores μ(x) and σ(x) of q(z | x) unscaled (see the module docstring); the manifest goes last, so an
-    interrupted build leaves a folder that `LatentCache` refuses. ``out`` must not hold a finished cache.
+    Stores μ(x) and σ(x) of q(z | x) unscaled (see the module docstring). Built in a temporary folder and
+    moved into place at the end: an interrupted or failed build leaves ``out`` as it was and no temporary
+    folder behind. ``out`` is created (renamed from the temporary folder beside it), or an existing folder is
+    used (the files built in a hidden folder inside it are moved in, replacing those of an unfinished build,
+    the manifest last; other files stay). ``out`` must not hold a finished cache, nor be a file.
     """
     if dtype not in DTYPES:
         raise UsageError(f"unknown cache dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     out = Path(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out} already holds a latent cache; choose another folder or delete it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder; a latent cache is a folder")
     key = cache_key(data)
     dataset = build_dataset(dataclasses.replace(key, hflip=False))  # the mirror image is encoded beside each item
     if isinstance(dataset, IterableDataset):
@@ -103,11 +117,31 @@ def build_latent_cache(autoencoder_dir: str | Path, data: DataConfig, out: str |
     n, flips = len(dataset), 2 if data.hflip else 1
     shape = (n, flips, autoencoder.latent_channels, data.image_size // f, data.image_size // f)
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():  # the user's folder: the build goes in a hidden folder inside it (its parent may be read-only)
+        work = Path(tempfile.mkdtemp(dir=out, prefix=".cache.", suffix=".partial"))
+    else:
+        parent = Path(os.path.abspath(out)).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(work, 0o777 & ~umask)  # a plain mkdir's mode, not mkdtemp's private 0700
+        _encode(autoencoder, autoencoder_dir, dataset, key, shape, flips, batch_size, dev, dtype, progress, work)
+        _move_into_place(work, out, kl)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _encode(autoencoder, autoencoder_dir, dataset, key: DataConfig, shape: tuple, flips: int, batch_size: int,
+            dev, dtype: str, progress: bool, out: Path) -> None:
+    """Write the arrays, the captions and the manifest of a cache into the (new, empty) folder ``out``."""
+    kl = isinstance(autoencoder, KLAutoencoder)
+    n = shape[0]
     mean = np.lib.format.open_memmap(out / MEAN, mode="w+", dtype=dtype, shape=shape)
     std = np.lib.format.open_memmap(out / STD, mode="w+", dtype=dtype, shape=shape) if kl else None
-    if not kl:
-        (out / STD).unlink(missing_ok=True)  # left by an interrupted build with a KL autoencoder
     captions: list[str] = []
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     with tqdm(total=n, desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar:
@@ -141,7 +175,27 @@ def build_latent_cache(autoencoder_dir: str | Path, data: DataConfig, out: str |
     }
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return out
+
+
+def _move_into_place(work: Path, out: Path, kl: bool) -> None:
+    """Make the finished cache in ``work`` the folder ``out``: one rename where ``out`` does not exist, else
+    each file moved into the existing folder (an unfinished build's arrays replaced, a VQ cache's stale std.npy
+    removed), the manifest last, so that ``out`` is never taken for a finished cache before it is one."""
+    if (out / MANIFEST).exists():  # finished by another build meanwhile
+        raise DataError(f"{out} already holds a latent cache; choose another folder or delete it")
+    if not out.exists():
+        try:
+            os.replace(work, out)  # the whole cache appears at once
+            return
+        except OSError:
+            if not out.is_dir():  # (created meanwhile: moved in file by file below)
+                raise
+    for name in (MEAN, STD, CAPTIONS):
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    if not kl:
+        (out / STD).unlink(missing_ok=True)  # left by an unfinished build with a KL autoencoder
+    os.replace(work / MANIFEST, out / MANIFEST)
 
 
 @torch.no_grad()

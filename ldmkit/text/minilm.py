@@ -64,15 +64,31 @@ class WordPieceTokenizer(FixedLengthTokenizer):
 
 
 def _load_bert(transformers) -> nn.Module:
-    """MiniLM's BertModel from the package files (config.json + model.safetensors), without its pooler."""
+    """MiniLM's BertModel from the package files (config.json + model.safetensors), without its pooler.
+
+    The file's tensors become the parameters and buffers themselves, set directly rather than through
+    ``register_parameter``: where the model around MiniLM is built with its parameters on the meta device
+    (`ldmkit.convert.meta.empty_parameters`, the lean loading of single files), that would move them to the meta
+    device too, and no model file holds these weights to fill them in afterwards."""
     folder = minilm_dir()
     bert = transformers.BertModel(transformers.BertConfig.from_json_file(str(folder / "config.json")), add_pooling_layer=False)
     state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = bert.load_state_dict(state, strict=False)
+    targets = bert.state_dict(keep_vars=True)
+    missing = [k for k in targets if k not in state]
     # the sentence-transformers export keeps the unused pooler and an index buffer; nothing else may differ
-    unexpected = [k for k in unexpected if not k.startswith("pooler.") and k != "embeddings.position_ids"]
-    if missing or unexpected:
-        raise ValueError(f"{folder}: MiniLM weights do not fit BertModel (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    unexpected = [k for k in state if k not in targets and not k.startswith("pooler.") and k != "embeddings.position_ids"]
+    misshapen = [k for k, target in targets.items() if k in state and state[k].shape != target.shape]
+    if missing or unexpected or misshapen:
+        raise ValueError(f"{folder}: MiniLM weights do not fit BertModel (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, other shapes {misshapen[:3]})")
+    for key, target in targets.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = bert.get_submodule(owner_name)
+        tensor = state[key].to(target.dtype)
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=target.requires_grad)
+        else:
+            owner._buffers[leaf] = tensor
     return bert
 
 

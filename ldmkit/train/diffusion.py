@@ -57,6 +57,7 @@ from ldmkit.train.logs import RunLog
 from ldmkit.train.warm_start import warm_start
 
 TOKENIZER_CAPTIONS = 5000  # captions the tokenizer's vocabulary is trained on
+PREVIEW_ITEMS = 8  # items of the data set the preview grids show (prompts, or image conditions' inputs)
 
 
 def check_colour_word_dropout(share: float, colour_lexicon: str) -> None:
@@ -300,8 +301,9 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
         trained = {"text_encoder": ema_model.text_encoder, "class_embedding": ema_model.class_embedding,
                    "unet": ema_model.unet}
         ema_trainable = nn.ModuleDict({k: m for k, m in trained.items() if m is not None})
-        sample_prompts = dataset_captions(dataset, 8) if config.condition.uses_text else None
-        sample_images = torch.stack([dataset[i]["images"] for i in range(8)]) \
+        # the preview grid: the first 8 items, or all of a smaller data set
+        sample_prompts = dataset_captions(dataset, PREVIEW_ITEMS) if config.condition.uses_text else None
+        sample_images = torch.stack([dataset[i]["images"] for i in range(min(PREVIEW_ITEMS, len(dataset)))]) \
             if not (cached or hasattr(dataset, "batches")) else None
         out.mkdir(parents=True, exist_ok=True)
     grounded = tcfg.grounding.enabled
