@@ -182,3 +182,28 @@ def test_a_scheduler_swap_as_in_diffusers_says_how_ldmkit_picks_a_sampler(pipe):
 def test_samples_that_overflow_are_refused_not_turned_black(pipe):
     with pytest.raises(UsageError, match="the samples hold NaN or infinite values"):
         pipe("a red circle", num_inference_steps=2, guidance_scale=1e300)
+
+
+def test_the_output_is_the_list_of_its_images_whatever_their_type(pipe):
+    arr = pipe("a red circle", num_inference_steps=2, generator=1, num_images_per_prompt=2, output_type="np")
+    assert len(arr) == 2 and np.array_equal(arr[1], arr.images[1]) and arr[0].shape == arr.images.shape[1:]
+    pt = pipe("a red circle", num_inference_steps=2, generator=1, num_images_per_prompt=2, output_type="pt")
+    assert len(pt) == 2 and torch.equal(pt[0], pt.images[0])
+
+
+def test_a_generator_goes_beside_settings_that_leave_the_seed_unset(pipe):
+    from ldmkit.settings import GenerationSettings
+
+    settings = GenerationSettings(num_inference_steps=2)
+    beside = pipe("a red circle", settings=settings, generator=torch.Generator().manual_seed(6), output_type="pt")
+    assert torch.equal(beside.images, pipe("a red circle", num_inference_steps=2, generator=6, output_type="pt").images)
+    with pytest.raises(TypeError, match="generator= beside settings="):
+        pipe("a red circle", settings=GenerationSettings(seed=3), generator=torch.Generator())
+
+
+def test_a_callback_of_diffusers_old_shape_is_refused_before_any_work(pipe):
+    steps = []
+    pipe("a red circle", num_inference_steps=2, callback=lambda i, n: steps.append((i, n)))
+    assert steps == [(0, 2), (1, 2)]
+    with pytest.raises(UsageError, match=r"callback must take \(i, n\)"):
+        pipe("a red circle", num_inference_steps=2, callback=lambda step, timestep, latents: None)

@@ -14,8 +14,8 @@ their names.
 The sampling options may instead come as one `ldmkit.settings.GenerationSettings`:
 ``pipe("a red circle", settings=GenerationSettings(num_inference_steps=25, seed=0))`` draws what the same
 keywords draw. The keywords that only steer a call (``output_type``, ``callback``, ``progress``, img2img's
-``strength`` …) go beside it; a sampling option given both ways is a TypeError naming it, never a silent
-override.
+``strength`` …) go beside it, and so does a ``generator=torch.Generator(…)`` where the settings leave their
+seed unset; a sampling option given both ways is a TypeError naming it, never a silent override.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ SETTINGS_KEYWORDS = {alias: f.name for f in dataclasses.fields(GenerationSetting
 
 class ImagePipelineOutput(list):
     """A call's images as ``.images`` (diffusers' output): PIL images, or for ``output_type`` "pt" / "np" a
-    B×3×H×W tensor / B×H×W×3 array in [0, 1]. With "pil" the output is also the list of images itself, what
-    ldmkit's calls returned before."""
+    B×3×H×W tensor / B×H×W×3 array in [0, 1]. The output is also the list of its images, one entry per image
+    (``out[0]`` the first: a PIL image, a 3×H×W tensor or an H×W×3 array), what ldmkit's calls returned before."""
 
     def __init__(self, images):
-        super().__init__(images if isinstance(images, list) else [])
+        super().__init__(images if isinstance(images, list) else list(images))
         self.images = self if isinstance(images, list) else images
 
 
@@ -80,12 +80,29 @@ def seed_or_generator(generator) -> int | torch.Generator:
     return int(generator)
 
 
+def check_callback(callback) -> None:
+    """``callback`` must take (i, n), ldmkit's step callback; diffusers' old ``callback(step, timestep, latents)``
+    is a `UsageError` saying so, before any work."""
+    if callback is None:
+        return
+    if not callable(callback):
+        raise UsageError(f"callback = {callback!r}; give a function callback(i, n) called after step i of n")
+    try:
+        inspect.signature(callback).bind(0, 1)
+    except TypeError:
+        raise UsageError("callback must take (i, n), called after sampler step i of n; diffusers' "
+                         "callback(step, timestep, latents) is not supported") from None
+    except ValueError:  # a builtin without a signature: it is called as it is
+        pass
+
+
 def checked_options(kwargs: dict) -> dict:
     """``kwargs`` (ldmkit's names) with each option that is a field of `GenerationSettings` checked as the settings
     check it (a `UsageError` naming the option in diffusers' name and what it allows) and NumPy numbers made
     Python ones; the seed (`seed_or_generator`) and the negative prompt (a list is allowed here) are checked
     where they are read."""
     checked = dict(kwargs)
+    check_callback(kwargs.get("callback"))
     for name, value in kwargs.items():
         field = SETTINGS_KEYWORDS.get(OWN_TO_DIFFUSERS.get(name, name))
         if field is None or field in ("seed", "negative_prompt"):
@@ -182,6 +199,8 @@ def settings_keywords(settings: GenerationSettings, kwargs: dict, where: str) ->
     if not isinstance(settings, GenerationSettings):
         raise TypeError(f"{where}: settings={settings!r}; give an ldmkit.settings.GenerationSettings")
     for name in kwargs:
+        if name == "generator" and isinstance(kwargs[name], torch.Generator) and settings.seed == 0:
+            continue  # a torch.Generator has no place in the settings: it goes beside them, their seed left unset
         if name in SETTINGS_KEYWORDS:
             field = SETTINGS_KEYWORDS[name]
             raise TypeError(f"{where} got {name}= beside settings=; give {field} in the settings "
