@@ -327,7 +327,7 @@ def test_cli_errors_are_one_line_before_any_work(tiny_folder, tmp_path, capsys):
         (["a red circle", "a blue circle", "--image", str(small), *out], "this model edits 32×32 images"),
         (["a red circle", "a blue circle", "--image", str(tmp_path / "none.png"), *out], "image not found"),
         (["a red circle", "a blue circle", "--out", str(blocker / "o.png")], "is a file"),
-        (["a red circle", "a blue circle", "--out", str(tmp_path / "o.jpg")], "give a .png file"),
+        (["a red circle", "a blue circle", "--out", str(tmp_path / "o.jpg")], "give a file name ending in .png"),
         (["a red circle", "a blue circle"], "give exactly one of --out"),
         (["a red circle", "a blue circle", "--image", str(small), "--num-images", "2", *out], "edited once"),
         (["a red circle", "a red circle", "--mode", "reweight", *out], "reweight needs a weight"),

@@ -161,8 +161,8 @@ def test_from_args_skips_an_option_that_means_something_else():
     assert (GenerationSettings.from_args(args, skip=("num_images",))
             == GenerationSettings(num_inference_steps=4, guidance_scale=4.0, binding=0.3))
     img2img = build_parser().parse_args(["img2img", "in.png", "a star", "--model", "m", "--negative-prompt", "a box"])
-    assert GenerationSettings.from_args(img2img) == GenerationSettings(
-        num_inference_steps=25, guidance_scale=4.0, sampler="ddim", negative_prompt="a box")
+    assert GenerationSettings.from_args(img2img) == GenerationSettings(  # steps and sampler: the model's own
+        guidance_scale=4.0, negative_prompt="a box")
 
 
 CALLS = [TextToImagePipeline.generate_tensors, ClassConditionalPipeline.__call__, ImageToImagePipeline.__call__,
