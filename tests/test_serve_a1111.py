@@ -286,3 +286,8 @@ def test_errors_other_than_validation_take_a1111s_shape(api):
     assert set(r.json()) == {"error", "detail", "body", "errors"} and "larger than" in r.json()["detail"]
     r = requests.get(f"{api.baseurl}/no-such-route", timeout=30)
     assert r.status_code == 404 and set(r.json()) == {"error", "detail", "body", "errors"}
+
+
+def test_send_images_false_answers_no_images_as_a1111_does(api):
+    result = api.txt2img(prompt=PROMPT, seed=2, steps=2, sampler_name="DDIM", send_images=False)
+    assert result.images == [] and result.info["seed"] == 2 and "send_images" not in result.info["not_honoured"]

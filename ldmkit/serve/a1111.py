@@ -104,8 +104,9 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         parameters = request.model_dump()
         if isinstance(request, Img2ImgRequest) and not request.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
-        return {"images": [base64.b64encode(png).decode() for png in job.images], "parameters": parameters,
-                "info": json.dumps(info)}
+        sent = request.extra_fields().get("send_images", True) is not False  # A1111: false answers no images
+        return {"images": [base64.b64encode(png).decode() for png in job.images] if sent else [],
+                "parameters": parameters, "info": json.dumps(info)}
 
     @app.post("/sdapi/v1/txt2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def txt2img(request: Txt2ImgRequest, http: Request):

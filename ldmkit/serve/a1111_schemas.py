@@ -45,7 +45,7 @@ NEUTRAL: dict[str, tuple] = {
     "hr_scale": (2, 2.0), "hr_upscaler": (None, "Latent", ""), "hr_second_pass_steps": (0,), "hr_resize_x": (0,),
     "hr_resize_y": (0,), "hr_checkpoint_name": (None, ""), "hr_sampler_name": (None, ""),
     "hr_scheduler": (None, ""), "hr_prompt": ("",), "hr_negative_prompt": ("",), "script_name": (None, ""),
-    "script_args": ([],), "send_images": (True,), "save_images": (False,), "alwayson_scripts": ({},),
+    "script_args": ([],), "send_images": (True, False), "save_images": (False,), "alwayson_scripts": ({},),
     "infotext": (None, ""), "force_task_id": (None, ""), "scheduler": (None, "automatic", "Automatic", "karras", "Karras"),
     "sampler_index": (None, "Euler", "Euler a"), "include_init_images": (False, True), "resize_mode": (0,),
     "image_cfg_scale": (None, 1.5, 0), "mask_blur": (None, 4, 0), "mask_blur_x": (4,), "mask_blur_y": (4,),
