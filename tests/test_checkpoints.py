@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +238,22 @@ def test_a_checkpoint_without_a_newer_setting_resumes_at_its_default(tmp_path):
     other = dataclasses.replace(preset, train=dataclasses.replace(preset.train, colour_word_dropout=0.5))
     with pytest.raises(CheckpointError, match="train.colour_word_dropout 0.0 → 0.5"):
         check_same_settings({"preset": older}, other, "diffusion", tmp_path / "step_0000001.pt")
+
+
+def test_resuming_with_another_autoencoder_is_refused(autoencoder, tmp_path):
+    """The UNet learnt the latents of one frozen autoencoder: another one (other weights, or another
+    architecture) on resume is a one-line refusal, not a silently mixed or unloadable model."""
+    from safetensors.torch import load_file
+
+    from ldmkit.storage import save_weights
+
+    preset = small_preset(checkpoint_every=1, sample_every=1000)
+    train_diffusion(preset, autoencoder, tmp_path / "ldm", steps=1, progress=False)
+    other = tmp_path / "other_ae"
+    shutil.copytree(autoencoder, other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    save_weights({k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, weights)
+    with pytest.raises(CheckpointError, match="holds other weights than the autoencoder the checkpoint's UNet"):
+        train_diffusion(preset, other, tmp_path / "ldm", steps=2, resume="auto", progress=False)
+    train_diffusion(preset, autoencoder, tmp_path / "ldm", steps=2, resume="auto", progress=False)  # its own: fine

@@ -240,6 +240,16 @@ def test_imagefolder_with_metadata(tmp_path):
     assert torch.allclose(images[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]), atol=0.02)
 
 
+def test_metadata_entries_that_name_no_image_are_said_and_a_bom_is_read(tmp_path):
+    for name in ("0.png", "1.png"):
+        write_png(tmp_path / name)
+    lines = [{"file_name": "images/0.png", "text": "red"}, {"file_name": "1.png", "text": "blue"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8-sig")
+    with pytest.warns(UserWarning, match=r"1 of its 2 entries name no image .* first: 'images/0.png'"):
+        ds = ImageFolderDataset(tmp_path, image_size=16)
+    assert ds.captions == ["", "blue"]
+
+
 def test_imagefolder_with_sidecar_txt(tmp_path):
     write_png(tmp_path / "x.png")
     (tmp_path / "x.txt").write_text("a red thing\n")

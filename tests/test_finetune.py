@@ -171,7 +171,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
                  "--sample-every", "1000"]) == 0
     capsys.readouterr()
     before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    fewer = tmp_path / "fewer"  # the same kind of images, not the same set
+    fewer.mkdir()
+    for name in ("0.png", "0.txt", "1.png", "1.txt"):
+        (fewer / name).write_bytes((images / name).read_bytes())
     for options, message in ((["--rank", "4", "--resume"], "rank 2 → 4"), (["--rank", "2"], "not empty"),
+                             (["--rank", "2", "--images", str(fewer), "--resume"], "holds other images or captions"),
+                             (["--rank", "2", "--model", f"{tiny}/.", "--resume", "--images", str(fewer)],
+                              "holds other images or captions"),  # the same model however written: only images
                              (["--rank", "2", "--lora-targets", "attention+conv", "--resume"],
                               "lora_targets 'attention' → 'attention+conv'"),
                              (["--rank", "2", "--caption-dropout-rate", "0", "--resume"], "cond_drop_prob 0.1 → 0.0"),

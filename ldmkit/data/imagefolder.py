@@ -52,7 +52,7 @@ def read_metadata(path: Path) -> dict[str, str]:
     The caption field is "text" (or "caption", another common name); other fields are ignored.
     """
     captions = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (as some editors write) is not JSON
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -146,6 +146,11 @@ class ImageFolderDataset(Dataset):
         self.classes: tuple[str, ...] = tuple(sorted(set(self.class_names) - {""}))
         self.skipped: set[Path] = set()
 
+        unmatched = sorted(set(metadata) - {rel.as_posix() for rel in relative})
+        if unmatched:  # a typo or a path prefix ("images/0.png" with the folder itself as the root)
+            warnings.warn(f"{metadata_path}: {len(unmatched)} of its {len(metadata)} entries name no image in "
+                          f"{self.root} (file_name is relative to the folder holding it, e.g. "
+                          f"{relative[0].as_posix()!r}); first: {unmatched[0]!r}", stacklevel=2)
         if self.num_uncaptioned:
             # Some captioned and some not is likely a mistake; none captioned is likely on purpose.
             level = logging.WARNING if self.num_uncaptioned < len(self.paths) else logging.INFO

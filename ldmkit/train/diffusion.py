@@ -36,7 +36,7 @@ from ldmkit.condition import class_labels, condition_source, data_classes, rando
 from ldmkit.config import GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
 from ldmkit.data.dataset import dataset_captions
-from ldmkit.data.latent_cache import cached_latents, open_latent_cache
+from ldmkit.data.latent_cache import autoencoder_checksum, cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
@@ -216,6 +216,24 @@ def train_diffusion(
     return Path(out)
 
 
+def check_same_autoencoder(state: dict, config: ModelConfig, autoencoder, digest: str,
+                           autoencoder_dir: Path | None) -> None:
+    """`CheckpointError` when a resumed run is given another frozen autoencoder than the one its UNet was trained
+    on: another architecture (the model folder would not load), or other weights (another latent space) where
+    the checkpoint records its autoencoder's sha256 (checkpoints written before it was recorded are not checked
+    for weights)."""
+    where = f"--autoencoder {autoencoder_dir}" if autoencoder_dir is not None else "the pixel-space first stage"
+    if to_dict(autoencoder.config) != to_dict(config.autoencoder):
+        raise CheckpointError(f"cannot resume: the checkpoint's UNet was trained on another autoencoder than {where} "
+                              "(another architecture); resume with the run's own --autoencoder, or train into "
+                              "another --out")
+    recorded = state.get("autoencoder_sha256")
+    if recorded and recorded != digest:
+        raise CheckpointError(f"cannot resume: {where} holds other weights than the autoencoder the checkpoint's UNet "
+                              "was trained on (its latents differ); resume with the run's own --autoencoder, or "
+                              "train into another --out")
+
+
 def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int | None, resume, ctx, progress: bool,
            init: str | Path | None = None) -> None:
     tcfg = preset.train
@@ -232,8 +250,10 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
 
     state = resume_state(resume, out, "diffusion", ctx, preset=preset)
     source = LatentDiffusion.load(init) if init is not None and state is None else None
+    ae_digest = autoencoder_checksum(autoencoder_dir) if autoencoder_dir is not None else ""
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
+        check_same_autoencoder(state, config, autoencoder, ae_digest, autoencoder_dir)
         # a pretrained text kind reads prompts with its package's vocabulary (LatentDiffusion builds it)
         tokenizer = tokenizer_from_json(state["tokenizer"], config.text) \
             if config.condition.uses_text and not uses_pretrained_tokenizer(config.text) else None
@@ -319,6 +339,7 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
         save_checkpoint(out, {
             "kind": "diffusion", "step": step, "model": objective.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng_state(), "config": to_dict(config),
+            "autoencoder_sha256": ae_digest,  # the frozen E and D the latents came from (checked on resume)
             # the tokenizer the model reads prompts with (a pretrained kind's own, not the caption BPE)
             "tokenizer": tokenizer_to_json(model.tokenizer) if model.tokenizer is not None else "",
             "samples_seen": step * tcfg.batch_size,

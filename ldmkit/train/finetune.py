@@ -33,6 +33,7 @@ own drawings of ``prior_prompts``, trained toward the noise or toward the frozen
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from ldmkit.data import save_grid
 from ldmkit.data.imagefolder import ImageFolderDataset, mirror_caption
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.errors import CheckpointError, UsageError
+from ldmkit.storage import sha256_file
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pipelines import preview_samples
@@ -174,6 +176,16 @@ class Prepared:
     captions: list[str]
     moments: tuple[torch.Tensor, torch.Tensor | None]  # (μ, σ) of each image's posterior; (z, None) for VQ
     params: list[nn.Parameter]
+    images_sha256: str = ""  # the images and captions trained on (`images_digest`), checked on resume
+
+
+def images_digest(paths: list[Path], captions: list[str]) -> str:
+    """sha256 of the training set as read: each image file's bytes and its caption, in the dataset's order."""
+    digest = hashlib.sha256()
+    for path, caption in zip(paths, captions):
+        digest.update(sha256_file(path).encode())
+        digest.update(hashlib.sha256(caption.encode("utf-8")).hexdigest().encode())
+    return digest.hexdigest()
 
 
 def read_captions(images: Path, image_size: int, cfg: FinetuneConfig) -> tuple[ImageFolderDataset, list[str]]:
@@ -181,12 +193,16 @@ def read_captions(images: Path, image_size: int, cfg: FinetuneConfig) -> tuple[I
     captions = [c or cfg.prompt for c in dataset.captions]
     if not all(captions):
         first = dataset.paths[captions.index("")]
-        raise UsageError(f"{first} has no caption: give each image a sidecar .txt, or --prompt for all that have none")
+        raise UsageError(f"{first} has no caption (no sidecar .txt, or an empty one): give each image a caption, "
+                         "or --prompt for all that have none")
     if cfg.method == "textual-inversion":
-        missing = [p for p, c in zip(dataset.paths, captions) if cfg.token not in c]
+        missing = [(p, own) for p, c, own in zip(dataset.paths, captions, dataset.captions) if cfg.token not in c]
         if missing:
-            raise UsageError(f"the caption of {missing[0]} does not contain the token {cfg.token!r}; every caption "
-                             "must name it (or give --prompt \"a photo of " + cfg.token + "\")")
+            path, own = missing[0]
+            remedy = (f"write the token into its caption ({own!r}: --prompt captions only images that have none)"
+                      if own else f"give --prompt \"a photo of {cfg.token}\"")
+            raise UsageError(f"the caption of {path} does not contain the token {cfg.token!r}; every caption must "
+                             f"name it: {remedy}")
     return dataset, captions
 
 
@@ -240,7 +256,7 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
         mirror_mean, mirror_std = encode_images(model, dataset, device, mirror=True)
         mean, std = torch.cat([mean, mirror_mean]), (None if std is None else torch.cat([std, mirror_std]))
         captions = captions + [mirror_caption(c) for c in captions]
-    return Prepared(model, captions, (mean, std), params)
+    return Prepared(model, captions, (mean, std), params, images_digest(dataset.paths, captions))
 
 
 def _trained_state(prep: Prepared, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
@@ -266,7 +282,7 @@ def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
     theirs = to_dict(FinetuneConfig(method=cfg.method)) | state.get("settings", {})  # older runs lack newer fields
     differ = [f"{k} {theirs.get(k)!r} → {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
               if k not in FREE_KEYS and _plain(theirs.get(k)) != _plain(ours.get(k))]
-    if str(state.get("base_model")) != str(model_path):
+    if Path(str(state.get("base_model"))).resolve() != model_path.resolve():  # the same folder, however written
         differ.insert(0, f"--model {state.get('base_model')} → {model_path}")
     if differ:
         shown = "; ".join(differ[:4])
@@ -306,6 +322,9 @@ def finetune(model_path: str | Path, images: str | Path, out: str | Path, cfg: F
         if state is not None:
             check_resumable(state, cfg, model_path)
         prep = prepare(model_path, images, cfg, ctx.device)
+        if state is not None and state.get("images_sha256", prep.images_sha256) != prep.images_sha256:
+            raise CheckpointError(f"cannot resume: --images {images} holds other images or captions than the run "
+                                  "was fine-tuned on; resume with the same images, or choose another --out")
         return _train(prep, cfg, model_path, out, state, ctx.device, progress)
 
 
@@ -344,7 +363,8 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
         written = write_result(prep, cfg, out, model_path, step)
         save_checkpoint(out, {"kind": "finetune", "step": step, "model": _trained_state(prep, cfg),
                               "optimizer": opt.state_dict(), "rng": rng_state(), "settings": to_dict(cfg),
-                              "base_model": str(model_path)}, cfg.checkpoint_keep)
+                              "base_model": str(model_path), "images_sha256": prep.images_sha256},
+                        cfg.checkpoint_keep)
         return written
 
     if start == 0:
