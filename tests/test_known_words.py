@@ -52,6 +52,8 @@ def test_known_words_of_captions_keep_the_object_words_apart():
     assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words
     assert {"red", "circle", "small", "square", "wedge", "turquoise", "white disc"} <= set(words.objects)
     assert not {"left", "top", "picture", "above", "a"} & set(words.objects)  # places, media, function words
+    accented = KnownWords.from_captions(["a café sign", "a naïve star"])
+    assert {"café", "naïve"} <= set(accented.words) and accented.knows("a naïve café")  # whole words, any script
 
 
 @needs_wordnet

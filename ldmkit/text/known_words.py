@@ -37,7 +37,7 @@ from ldmkit.text.wordnet import WordNet
 FILE = "known_words.json"
 DEPTH = 2  # WordNet links walked up from a word never seen
 CAPTIONS_READ = 2000  # training captions whose words a model folder records (`ldmkit train`)
-_WORD = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
 
 
 def _article(before: str, word: str) -> str:
