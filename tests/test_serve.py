@@ -199,6 +199,26 @@ def test_models_health_openapi_and_page(tiny_client):
     assert tiny_client.get("/static/app.js").status_code == 200
 
 
+def test_a_consistency_student_accepts_only_the_fields_it_takes(tiny_model, tmp_path):
+    """A student of `ldmkit distill` refuses a negative prompt, binding guidance and feature reuse: the model
+    list leaves them out of what it accepts (the page shows only those), and a job of the rest runs."""
+    from ldmkit.train.distill import distill
+    from test_distill import tiny_distill_preset
+
+    student = tmp_path / "lcm"
+    distill(tiny_distill_preset(), tiny_model, student, student_steps=3, progress=False)
+    with TestClient(create_app(load_pipeline(student), model_name="lcm")) as client:
+        model = client.get("/v1/ldmkit/models").json()["models"][0]
+        assert model["modes"] == ["generate"] and model["samplers"] == ["lcm"] and model["default_steps"] == 3
+        assert model["accepts"]["generate"] == ["model", "mode", "prompt", "karras", "num_images", "width", "height",
+                                                "steps", "guidance", "sampler", "seed"]
+        body = {"prompt": "a red circle", "karras": False, "num_images": 1, "width": 32, "height": 32, "steps": 3,
+                "guidance": 4.0, "sampler": "lcm", "seed": 1}
+        assert set(body) | {"model", "mode"} == set(model["accepts"]["generate"])
+        r = client.post("/v1/generate", json=body)
+        assert r.status_code == 200, r.text
+
+
 # --------------------------------------------------------------------------------------------------
 # validation: every invalid request is a 4xx naming the field
 

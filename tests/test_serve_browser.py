@@ -1,6 +1,8 @@
 """End to end: `ldmkit serve` in a subprocess with two models (a text model and a super-resolution one), the
 page in headless Chromium (Playwright), a prompt typed, Generate clicked, and a rendered image found in the
-gallery; then the other model and its mode chosen, an image uploaded and its upscaled image found.
+gallery; then the other model and its mode chosen, an image uploaded and its upscaled image found. Then the
+page on a phone-sized screen, a reload in the middle of a job, a mode whose hidden fields hold values out of
+bounds, and the page's own messages.
 
 Skipped, with the reason, where Playwright for Python or Debian's Chromium (/usr/bin/chromium) is
 missing; CI installs both (`apt-get install -y chromium`, and the serve test extra).
@@ -8,12 +10,16 @@ missing; CI installs both (`apt-get install -y chromium`, and the serve test ext
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shlex
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +39,34 @@ pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not
 
 from test_serve import tiny_model  # noqa: E402,F401  (the session fixture: one model for both files)
 from tests.tiny_models import build_tiny_model  # noqa: E402
+
+LONG_STEPS = 200  # a job the tiny model takes tens of seconds over on a CPU: it is cancelled, never waited for
+WIDTH_OPTIONS = "document.querySelectorAll('#width option').length > 0"  # GET /v1/ldmkit/models answered
+LOADED = "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length"
+
+
+def call(url: str, path: str, method: str = "GET", body: dict | None = None) -> dict:
+    """The JSON answer of the server at ``url`` to ``method path`` (with a JSON ``body``)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def cancel_all(url: str, job_ids: list[str]) -> None:
+    """Cancel the jobs a test left behind, so that the next test's jobs do not wait for them."""
+    for job_id in job_ids:
+        try:
+            call(url, f"/v1/jobs/{job_id}", "DELETE")
+        except urllib.error.URLError:
+            pass
+
+
+def posting_a_job(exchange) -> bool:
+    """Whether a request (or the response to one) queues a job: POST /v1/jobs."""
+    request = getattr(exchange, "request", exchange)
+    return request.method == "POST" and request.url.endswith("/v1/jobs")
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +97,12 @@ def server(tiny_model, sr_model, tmp_path_factory):  # noqa: F811
     except queue.Empty:
         proc.kill()
         pytest.fail("the server did not start within 60 s:\n" + "".join(seen))
+    for _ in range(100):  # the URL is printed as it binds: wait until it answers
+        try:
+            call(url, "/healthz")
+            break
+        except urllib.error.URLError:
+            time.sleep(0.1)
     yield url, out
     proc.terminate()
     try:
@@ -175,3 +215,179 @@ def test_page_switches_to_the_sr_model_and_upscales_an_uploaded_image(server, sr
     assert main([argv[0], "--no-progress", *argv[1:]]) == 0
     (tmp_path / "served.png").write_bytes(bytes(png))
     assert Image.open(tmp_path / "out.png").tobytes() == Image.open(tmp_path / "served.png").tobytes()
+
+
+def fits(page, width: int) -> None:
+    """The page no wider than a ``width``-px screen, and Cancel within it."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, page.inner_text("#progress-box")
+    box = page.locator("#cancel").bounding_box()
+    assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width, (box, width)
+
+
+def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_and_runs(server):
+    """At 360–414 px the progress bar, its text and Cancel share the width instead of widening the page."""
+    url, _ = server
+    jobs = [call(url, "/v1/jobs", "POST", {"prompt": "a red circle", "steps": LONG_STEPS})["id"]]  # runs first
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 800})
+            page.goto(url)
+            page.wait_for_function(WIDTH_OPTIONS)
+            page.fill("#prompt", "a large orange circle below a white square")
+            page.fill("#steps", str(LONG_STEPS))
+            with page.expect_response(posting_a_job) as posted:
+                page.click("#generate")
+            jobs.append(posted.value.json()["id"])
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('queued')",
+                                   timeout=60_000)
+            for width in (390, 360, 414):
+                page.set_viewport_size({"width": width, "height": 800})
+                fits(page, width)
+            call(url, f"/v1/jobs/{jobs[0]}", "DELETE")  # the page's job runs next
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('step')",
+                                   timeout=60_000)
+            for width in (414, 360, 390):
+                page.set_viewport_size({"width": width, "height": 800})
+                fits(page, width)
+            page.click("#cancel")
+            page.wait_for_selector("#cancel", state="hidden", timeout=60_000)
+            assert call(url, f"/v1/jobs/{jobs[1]}")["status"] == "cancelled"
+            assert page.locator("#error").is_hidden()
+        finally:
+            browser.close()
+            cancel_all(url, jobs)
+
+
+def test_a_reload_follows_the_running_job_again_and_keeps_the_gallery(server):
+    """A reload in the middle of a job shows its progress again, with a Cancel that cancels it, and the
+    images shown before the reload (the server still has them)."""
+    url, _ = server
+    jobs = []
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_function(WIDTH_OPTIONS)
+            page.fill("#prompt", "a green triangle")
+            page.fill("#steps", "2")
+            page.fill("#seed", "5")
+            page.click("#generate")
+            page.wait_for_selector("#gallery .card img", timeout=60_000)
+            page.wait_for_function("!document.getElementById('generate').disabled")
+
+            page.fill("#steps", str(LONG_STEPS))
+            with page.expect_response(posting_a_job) as posted:
+                page.click("#generate")
+            job_id = posted.value.json()["id"]
+            jobs.append(job_id)
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('step')",
+                                   timeout=60_000)
+            page.reload()
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('step')",
+                                   timeout=20_000)  # the job runs on meanwhile
+            assert page.locator("#cancel").is_visible() and page.locator("#generate").is_disabled()
+            # the image of before, again, and only it
+            page.wait_for_function(f"{LOADED} == 1")
+            assert page.locator("#gallery .card").count() == 1 and page.locator("#empty").is_hidden()
+            assert "seed 5" in page.inner_text("#gallery .settings")
+            page.click("#cancel")
+            page.wait_for_selector("#cancel", state="hidden", timeout=60_000)
+            assert call(url, f"/v1/jobs/{job_id}")["status"] == "cancelled"
+            assert page.locator("#error").is_hidden() and page.locator("#generate").is_enabled()
+            page.reload()  # nothing to follow now
+            page.wait_for_function(WIDTH_OPTIONS)
+            page.wait_for_selector("#gallery .card img")
+            assert page.locator("#progress-box").is_hidden() and page.locator("#generate").is_enabled()
+            assert not errors, errors
+        finally:
+            browser.close()
+            cancel_all(url, jobs)
+
+
+def test_a_hidden_field_out_of_bounds_neither_blocks_generate_nor_is_sent(server, tmp_path):
+    """Images = 20 typed in text to image, then image to image chosen: Generate still runs (the hidden field is
+    disabled, not a control the browser refuses to submit). Guidance and strength take any value the API does."""
+    url, _ = server
+    upload = tmp_path / "input.png"
+    Image.new("RGB", (32, 32), (40, 200, 40)).save(upload)
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function(WIDTH_OPTIONS)
+            page.fill("#num_images", "20")
+            page.select_option("#mode", "img2img")
+            assert page.locator("#num_images").is_hidden()
+            page.set_input_files("#image", str(upload))
+            page.fill("#prompt", "a red circle")
+            page.fill("#steps", "2")
+            page.fill("#seed", "3")
+            page.fill("#guidance", "4.25")
+            page.fill("#strength", "0.33")
+            for field in ("guidance", "strength"):
+                assert page.eval_on_selector(f"#{field}", "i => i.validity.valid"), field
+            with page.expect_request(posting_a_job, timeout=5_000) as sent:
+                page.click("#generate")
+            body = json.loads(sent.value.post_data)
+            assert page.locator("#num_images").is_disabled()  # what let it through
+            assert "num_images" not in body and (body["guidance"], body["strength"]) == (4.25, 0.33)
+            page.wait_for_selector("#gallery .card img", timeout=60_000)
+            caption = page.inner_text("#gallery .settings")
+            assert "guidance 4.25" in caption and "strength 0.33" in caption, caption
+            assert page.locator("#error").is_hidden()
+
+            page.select_option("#mode", "generate")  # shown again, and the form's to check again
+            assert page.locator("#num_images").is_enabled() and page.input_value("#num_images") == "20"
+            assert not page.eval_on_selector("#num_images", "i => i.validity.valid")
+            # "Use settings" with the Edit tab open goes back to the Generate tab, with the settings
+            page.click("#tab-edit")
+            page.click("#gallery .card .reuse")
+            assert page.locator("#form").is_visible() and page.locator("#edit-form").is_hidden()
+            assert page.get_attribute("#tab-generate", "aria-selected") == "true"
+            assert page.input_value("#mode") == "img2img" and page.input_value("#strength") == "0.33"
+        finally:
+            browser.close()
+
+
+def test_the_pages_own_messages_names_and_icon(server):
+    """A full queue's 503 says when to retry once; the progress bar and each Download have their own names;
+    the page names its icon (a data: URL), so that a browser's GET /favicon.ico does not answer 404."""
+    url, _ = server
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            missing = []
+            page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+            page.goto(url)
+            page.wait_for_function(WIDTH_OPTIONS)
+            assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg+xml,")
+            assert page.get_attribute("#progress", "aria-label")
+
+            full = "the queue is full (8 jobs waiting); retry in 2 s"
+            for detail, shown in ((full, full), ("busy", "busy (try again in 2 s)")):
+                answer = json.dumps({"detail": detail})
+                page.route("**/v1/jobs", lambda route, _, answer=answer: route.fulfill(
+                    status=503, headers={"Retry-After": "2"}, content_type="application/json", body=answer))
+                page.fill("#prompt", "a red circle")
+                page.click("#generate")
+                page.wait_for_selector("#error:not([hidden])")
+                assert page.inner_text("#error") == shown
+                page.unroute("**/v1/jobs")
+
+            page.fill("#steps", "2")
+            page.fill("#num_images", "2")
+            page.fill("#seed", "8")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#gallery .card img').length == 2", timeout=60_000)
+            labels = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.getAttribute('aria-label'))")
+            assert len(set(labels)) == 2 and all("seed 8" in label for label in labels), labels
+            page.wait_for_timeout(300)  # any request for an icon is answered by now
+            assert not missing, missing
+        finally:
+            browser.close()

@@ -59,6 +59,9 @@ def test_page_edits_and_shows_source_and_edit_side_by_side(server, tmp_path):  #
                 assert "ldmkit edit" in command and "'--blend=circle blue'" in command and "--seed=7" in command
             downloads = page.eval_on_selector_all("#gallery .edit-card a[download]", "as => as.map(a => a.download)")
             assert sorted(downloads) == ["edit_0.png", "edit_1.png", "source_0.png", "source_1.png"]
+            labels = page.eval_on_selector_all("#gallery .edit-card a[download]",
+                                               "as => as.map(a => a.getAttribute('aria-label'))")
+            assert len(set(labels)) == 4 and all("seed 7" in label for label in labels), labels
             assert page.locator("#error").is_hidden()
             assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [6, 6]
             page.screenshot(path=str(tmp_path / "edit-page.png"), full_page=True)
@@ -68,6 +71,16 @@ def test_page_edits_and_shows_source_and_edit_side_by_side(server, tmp_path):  #
             cards.nth(0).locator(".reuse").click()
             assert page.input_value("#edit_seed") == "7" and page.input_value("#blend_words") == "circle blue"
 
+            # …also from another model: the edit's model comes back with the edit's steps, not its default 25
+            # (the model's edit info, asked for as it comes back, arrives after the settings are written).
+            page.select_option("#model_id", "sr")
+            page.wait_for_selector("#edit-form:not([data-ready])", state="attached")  # sr cannot edit
+            page.fill("#edit_steps", "9")
+            cards.nth(0).locator(".reuse").click()
+            page.wait_for_selector("#edit-form[data-ready]", state="attached")  # the text model's info is in
+            assert page.input_value("#model_id") == "serve-tiny-model"
+            assert page.input_value("#edit_steps") == "6" and page.input_value("#edit_seed") == "7"
+
             # A server-side refusal is shown on the page: a target prompt that adds a word cannot be a replace.
             page.fill("#target_prompt", "a big blue circle on the left")
             page.click("#edit")
@@ -75,6 +88,10 @@ def test_page_edits_and_shows_source_and_edit_side_by_side(server, tmp_path):  #
             error = page.inner_text("#error")
             assert error.startswith("target_prompt:") and "mode refine" in error, error
             assert page.locator("#gallery .edit-card").count() == 2
+            page.reload()  # the pairs come back, from the server's job
+            page.wait_for_function(f"{LOADED} == 4")
+            assert page.locator("#gallery .edit-card .prompt").all_inner_texts() == [
+                "a red circle on the left → a blue circle on the left"] * 2
             assert not failed, failed
         finally:
             browser.close()

@@ -34,6 +34,16 @@ from ldmkit.serve.schemas import (
 from ldmkit.serve.served import ServedModel, ServedModels
 
 JOB_SETTINGS = (Settings, ClassSettings, ImageSettings)  # the jobs of these routes (edits have their own)
+# What a consistency student (`ldmkit distill`) refuses: it has no unconditional pass for a negative prompt or
+# binding guidance to steer, and its few steps are too far apart to reuse features (`check_student_options`).
+STUDENT_REFUSES = ("negative_prompt", "binding", "cache_interval")
+
+
+def accepted_fields(served: ServedModel, mode: str) -> list[str]:
+    """The request fields ``mode`` of ``served`` takes: the mode's own (`FIELDS`), less those a consistency
+    student refuses where the model is one (the page shows only these, so that it offers nothing that fails)."""
+    student = getattr(served.pipelines.get(mode), "is_student", False) is True
+    return ["model", "mode", *(f for f in FIELDS[mode] if not (student and f in STUDENT_REFUSES))]
 
 
 def model_info(served: ServedModel, default: bool) -> ModelInfo:
@@ -41,7 +51,7 @@ def model_info(served: ServedModel, default: bool) -> ModelInfo:
     limits = served.limits
     return ModelInfo(
         id=served.name, kind=served.kind, default=default, modes=list(served.modes),
-        accepts={mode: ["model", "mode", *FIELDS[mode]] for mode in served.modes},
+        accepts={mode: accepted_fields(served, mode) for mode in served.modes},
         required={mode: list(REQUIRED[mode]) for mode in served.modes},
         default_guidance={mode: GUIDANCE[mode] for mode in served.modes}, classes=list(served.classes),
         sr_factor=served.sr_factor, can_edit=served.edit_pipeline is not None,

@@ -1,15 +1,21 @@
 // The page: read the models served and what each mode takes (GET /v1/ldmkit/models), queue a job
 // (POST /v1/jobs) on the chosen model and mode, poll it for progress, show its images. The form shows the
 // fields of the chosen mode only, and sends only those: an image (and a mask) for the modes that start from
-// one. The edit tab (edit.js) queues its jobs through runJob here too, on the chosen model. Plain JS on
-// purpose: no build step, nothing fetched from elsewhere.
+// one. The edit tab (edit.js) queues its jobs through runJob here too, on the chosen model. The job being
+// followed and the jobs shown are kept in sessionStorage, so that a reload follows the one (progress, Cancel)
+// and shows the others again, while the server still has them. Plain JS on purpose: no build step, nothing
+// fetched from elsewhere.
 "use strict";
 
 const POLL_MS = 200;
 const $ = (id) => document.getElementById(id);
 let currentJob = null;   // the URL of the job being followed, or null
 let cancelRequested = false;
+let leaving = false;     // the page is being unloaded (a reload): its job goes on, to be followed again
 let models = [];         // GET /v1/ldmkit/models
+const RUNNING_KEY = "ldmkit.running";   // sessionStorage: {jobs, url, cancelled} of the job being followed
+const SHOWN_KEY = "ldmkit.shown";       // sessionStorage: [{jobs, url}] of the finished jobs shown, oldest first
+const MAX_SHOWN = 64;                   // the server keeps the last 64 jobs; older ones are gone anyway
 const MODE_LABELS = {
   generate: "text to image", class: "class", img2img: "image to image", upscale: "super-resolution",
   inpaint: "inpainting", colorize: "colorization",
@@ -35,7 +41,8 @@ function describeError(status, body, headers) {
   } else {
     text = typeof detail === "string" ? detail : `the server answered ${status}`;
   }
-  if (status === 503 && headers && headers.get("Retry-After")) {
+  // The server's own text may say when already ("… retry in 1 s"): say it once.
+  if (status === 503 && headers && headers.get("Retry-After") && !/\b(retry|try again) in\b/i.test(text)) {
     text += ` (try again in ${headers.get("Retry-After")} s)`;
   }
   return text;
@@ -54,8 +61,23 @@ async function api(method, url, payload) {
   }
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON: described by the status alone */ }
-  if (!response.ok) throw new Error(describeError(response.status, body, response.headers));
+  if (!response.ok) {
+    const error = new Error(describeError(response.status, body, response.headers));
+    error.status = response.status;
+    throw error;
+  }
   return body;
+}
+
+// sessionStorage, where it works (it may be off): JSON values, null for none.
+function loadSession(key) {
+  try { return JSON.parse(sessionStorage.getItem(key)); } catch (e) { return null; }
+}
+
+function storeSession(key, value) {
+  try {
+    if (value === null) sessionStorage.removeItem(key); else sessionStorage.setItem(key, JSON.stringify(value));
+  } catch (e) { /* storage off or full: a reload then forgets, as it did before */ }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -80,14 +102,18 @@ function fillOptions(select, values, labels = {}) {
   for (const [i, value] of values.entries()) select.add(new Option(labels[value] || value, value, i === 0, i === 0));
 }
 
-// The fields of the chosen mode shown (and required where the mode needs them), the others hidden.
+// The fields of the chosen mode shown (and required where the mode needs them), the others hidden and their
+// controls disabled: a hidden field with a value out of bounds must not block Generate (the browser cannot
+// show it to be fixed), and is not sent.
 function applyMode() {
   const model = currentModel();
   const mode = $("mode").value;
   const accepts = model.accepts[mode];
   const required = model.required[mode];
   for (const element of document.querySelectorAll("#form [data-field]")) {
-    element.hidden = !accepts.includes(element.dataset.field);
+    const shown = accepts.includes(element.dataset.field);
+    element.hidden = !shown;
+    for (const control of element.querySelectorAll("input, select, textarea")) control.disabled = !shown;
   }
   $("prompt").required = required.includes("prompt");
   $("prompt-optional").hidden = required.includes("prompt");
@@ -252,9 +278,10 @@ function addToGallery(job) {
     const download = card.querySelector(".download");
     download.href = image.url;
     download.download = image.filename;
+    download.setAttribute("aria-label", `Download ${title} (seed ${image.seed}, image ${image.index + 1})`);
     card.querySelector(".command").textContent = image.command
       ? `${image.command}   # writes out/${image.filename}` : "no ldmkit command draws this image";
-    card.querySelector(".reuse").addEventListener("click", () => writeForm(s));
+    card.querySelector(".reuse").addEventListener("click", () => { writeForm(s); showTab("generate"); });
     card.dataset.seed = String(image.seed);
     card.dataset.model = s.model;
     gallery.prepend(card);
@@ -276,44 +303,119 @@ async function follow(jobUrl) {
   }
 }
 
-// POST the payload (or what the async function payload() gives) to jobsUrl, follow the job at jobsUrl/{id}
-// with the progress bar, then show(job).
-async function runJob(jobsUrl, payload, show) {
+// What shows a finished job of each jobs URL in the gallery (addEditToGallery: edit.js).
+const SHOW = { "/v1/jobs": (job) => addToGallery(job), "/v1/edit/jobs": (job) => addEditToGallery(job) };
+// A {jobs, url} kept in sessionStorage, as this page wrote it (anything else there is ignored).
+const isJobEntry = (entry) => entry !== null && typeof entry === "object" && Object.hasOwn(SHOW, entry.jobs)
+  && typeof entry.url === "string";
+
+function shownJobs() {
+  const shown = loadSession(SHOWN_KEY);
+  return Array.isArray(shown) ? shown.filter(isJobEntry) : [];
+}
+
+function beginJob(text) {
   showError("");
-  cancelRequested = false;
   $("progress").value = 0;
   setBusy(true);
   $("progress-box").hidden = false;
-  $("progress-text").textContent = "sending…";
+  $("progress-text").textContent = text;
+}
+
+function endJob() {
+  currentJob = null;
+  if (!leaving) storeSession(RUNNING_KEY, null);   // a reload follows it again
+  setBusy(false);
+}
+
+// Follow the job at jobUrl (of jobsUrl) with the progress bar, kept in sessionStorage while it runs, then show
+// it and remember it among the jobs shown.
+async function followJob(jobsUrl, jobUrl) {
+  currentJob = jobUrl;
+  storeSession(RUNNING_KEY, { jobs: jobsUrl, url: jobUrl, cancelled: cancelRequested });
+  const finished = await follow(jobUrl);
+  if (!finished) return;
+  SHOW[jobsUrl](finished);
+  const shown = shownJobs().filter((entry) => entry.url !== jobUrl);
+  storeSession(SHOWN_KEY, [...shown, { jobs: jobsUrl, url: jobUrl }].slice(-MAX_SHOWN));
+}
+
+// POST the payload (or what the async function payload() gives) to jobsUrl, follow the job at jobsUrl/{id}
+// with the progress bar, then show it in the gallery.
+async function runJob(jobsUrl, payload) {
+  cancelRequested = false;
+  beginJob("sending…");
   try {
     const body = typeof payload === "function" ? await payload() : payload;
     const job = await api("POST", jobsUrl, body);
-    currentJob = `${jobsUrl}/${job.id}`;
-    const finished = await follow(currentJob);
-    if (finished) show(finished);
+    await followJob(jobsUrl, `${jobsUrl}/${job.id}`);
   } catch (e) {
-    showError(e.message);
+    if (!leaving) showError(e.message);
   } finally {
-    currentJob = null;
-    setBusy(false);
+    endJob();
   }
+}
+
+// After a reload: the job this page followed, busy at once (no second job before it is followed again, and
+// Cancel works), or null where there is none.
+function resumingJob() {
+  const saved = loadSession(RUNNING_KEY);
+  if (!isJobEntry(saved)) return null;
+  cancelRequested = Boolean(saved.cancelled);
+  beginJob("resuming…");
+  currentJob = saved.url;
+  return saved;
+}
+
+// Follow that job again (its progress, Cancel, its images when done). One the server no longer has (it
+// restarted) is dropped without a word.
+async function resumeJob(saved) {
+  if (saved === null) return;
+  try {
+    await followJob(saved.jobs, saved.url);
+  } catch (e) {
+    if (!leaving && e.status !== 404) showError(e.message);
+  } finally {
+    endJob();
+  }
+}
+
+// After a reload: the finished jobs shown before, in their order, those the server still has (it keeps the
+// last 64); the others are forgotten.
+async function restoreGallery() {
+  const shown = shownJobs();
+  const jobs = await Promise.all(shown.map((entry) => api("GET", entry.url).catch(() => null)));
+  const kept = [];
+  for (const [k, job] of jobs.entries()) {
+    if (job === null || job.status !== "done") continue;
+    SHOW[shown[k].jobs](job);
+    kept.push(shown[k]);
+  }
+  storeSession(SHOWN_KEY, kept);
 }
 
 async function generate(event) {
   event.preventDefault();
-  await runJob("/v1/jobs", readForm, addToGallery);
+  await runJob("/v1/jobs", readForm);
 }
 
 async function cancel() {
   if (currentJob === null) return;
   cancelRequested = true;
+  const saved = loadSession(RUNNING_KEY);
+  if (saved && saved.url === currentJob) storeSession(RUNNING_KEY, { ...saved, cancelled: true });
   try { await api("DELETE", currentJob); } catch (e) { showError(e.message); }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
   $("model_id").addEventListener("change", applyModel);
   $("mode").addEventListener("change", applyMode);
-  loadModels();
+  window.addEventListener("pagehide", () => { leaving = true; });
+  window.addEventListener("pageshow", () => { leaving = false; });   // back from the back/forward cache
+  const resuming = resumingJob();
+  await loadModels();
+  await restoreGallery();   // before the resumed job's images, which are newer
+  await resumeJob(resuming);
 });

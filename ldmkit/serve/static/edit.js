@@ -3,6 +3,10 @@
 // pair, source and edit side by side.
 "use strict";
 
+// "Use settings" of an edit on another model than the chosen one: the steps to keep once that model's edit
+// info arrives ({model, steps}), which would otherwise reset them to its default. null: none.
+let keptEditSteps = null;
+
 function showTab(name) {
   const editing = name === "edit";
   $("form").hidden = editing;
@@ -19,12 +23,14 @@ async function loadEditInfo(model) {
     $("edit-unavailable").hidden = info.available;
     $("edit").dataset.unavailable = String(!info.available);
     $("edit").disabled = !info.available || currentJob !== null;
+    const kept = keptEditSteps;
+    keptEditSteps = null;
     if (!info.available) {
       delete $("edit-form").dataset.ready;
       return;
     }
-    $("edit_steps").value = info.default_steps;
     $("edit_steps").max = info.max_steps;
+    $("edit_steps").value = kept !== null && kept.model === info.model ? kept.steps : info.default_steps;
     $("edit_num_images").max = info.max_images;
     $("edit_guidance").max = info.max_guidance;
     $("source_prompt").maxLength = info.max_prompt_chars;
@@ -57,6 +63,7 @@ function readEditForm() {
 function writeEditForm(s) {
   if (s.model && s.model !== currentModel().id && models.some((m) => m.id === s.model)) {
     $("model_id").value = s.model;
+    keptEditSteps = { model: s.model, steps: s.steps };   // applyModel asks for its edit info, which resets steps
     applyModel();
   }
   $("source_prompt").value = s.source_prompt;
@@ -92,10 +99,13 @@ function addEditToGallery(job) {
     }
     card.querySelector(".prompt").textContent = `${s.source_prompt} → ${s.target_prompt}`;
     card.querySelector(".settings").textContent = editSettingsLine(s, pair);
-    for (const [cls, image] of [["download-source", pair.source], ["download-edit", pair.edit]]) {
+    const links = [["download-source", pair.source, "source"], ["download-edit", pair.edit, "edit"]];
+    for (const [cls, image, what] of links) {
       const link = card.querySelector(`.${cls}`);
       link.href = image.url;
       link.download = image.filename;
+      link.setAttribute("aria-label", `Download the ${what} of ${s.source_prompt} → ${s.target_prompt} ` +
+                                      `(seed ${s.seed}, pair ${pair.index + 1})`);
     }
     card.querySelector(".command").textContent =
       `${job.command}   # writes out/${pair.source.filename} and out/${pair.edit.filename}`;
@@ -107,7 +117,7 @@ function addEditToGallery(job) {
 
 async function submitEdit(event) {
   event.preventDefault();
-  await runJob("/v1/edit/jobs", readEditForm(), addEditToGallery);
+  await runJob("/v1/edit/jobs", readEditForm());
 }
 
 document.addEventListener("DOMContentLoaded", () => {
