@@ -100,13 +100,16 @@ def test_ssim_agrees_with_scikit_image():
     x = heldout_shapes(3, 48).images
     y = (x + 0.15 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
     ours = ssim(x, y)
-    for i in range(3):
+    for i in range(3):  # as papers compute it: the images in [0, 1], R = 1
         ref = metrics.structural_similarity(
-            x[i].permute(1, 2, 0).numpy(), y[i].permute(1, 2, 0).numpy(), channel_axis=2, data_range=2.0,
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            (x[i].permute(1, 2, 0).numpy() + 1) / 2, (y[i].permute(1, 2, 0).numpy() + 1) / 2, channel_axis=2,
+            data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
         )
         assert ours[i].item() == pytest.approx(float(ref), abs=1e-5)
     assert ssim(x, x).tolist() == pytest.approx([1.0] * 3)
+    # where zero lies matters to SSIM's luminance term: a uniform brightening of mid-grey images is mild
+    grey = torch.rand(2, 3, 24, 24, generator=g) * 0.2 - 0.1
+    assert ssim(grey, grey + 0.1).min() > 0.99
 
 
 def test_fid_warning_says_how_many_images_are_needed():

@@ -1,7 +1,9 @@
 """Image-quality metrics: FID, KID, IS on features of a feature network; PSNR and SSIM on pixels.
 
-Pixel metrics take ``images`` in [-1, 1] (NCHW), so the data range is R = 2 (the same numbers as
-[0, 1] images with R = 1, or uint8 images with R = 255, up to rounding). Feature metrics take
+Pixel metrics take ``images`` in [-1, 1] (NCHW), so the data range is R = 2; they give the numbers of the
+same images in [0, 1] with R = 1, or as uint8 with R = 255 (up to rounding), as papers report them: PSNR
+depends on differences only, and SSIM, whose luminance term depends on where zero is, reads the images
+shifted to [0, R] first. Feature metrics take
 N×d feature matrices and N×K class logits from a network in `ldmkit.eval.features`; they know
 nothing of which network made them, so the caller names it next to every number it reports.
 """
@@ -36,6 +38,8 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray,
     x = _numpy(features)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"feature_statistics needs an N×d matrix with N ≥ 2, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("feature_statistics: the features hold NaN or infinite values (images that were NaN?)")
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
@@ -160,7 +164,7 @@ def _numpy(features: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def inception_score(logits: torch.Tensor, splits: int = 10, min_split_size: int = 50) -> MeanStd:
     """IS = exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) over the split; mean ± std over
-    ``splits`` equal splits, as Salimans et al. (2016) report it.
+    ``splits`` equal splits (sizes differing by at most one image), as Salimans et al. (2016) report it.
 
     ``logits``: N×K class logits (p(y|x) = softmax). The score lies in [1, K]: 1 when every image
     gets the same distribution, K when each is sure of one class and the classes are balanced.
@@ -172,7 +176,8 @@ def inception_score(logits: torch.Tensor, splits: int = 10, min_split_size: int 
     log_p = F.log_softmax(logits.double(), dim=1)
     splits = max(1, min(splits, logits.shape[0] // min_split_size))
     scores = []
-    for part in log_p.chunk(splits):
+    n = log_p.shape[0]
+    for part in (log_p[k * n // splits:(k + 1) * n // splits] for k in range(splits)):
         log_marginal = torch.logsumexp(part, dim=0) - math.log(part.shape[0])
         kl = (part.exp() * (part - log_marginal)).sum(dim=1)
         scores.append(math.exp(kl.mean().item()))
@@ -216,9 +221,11 @@ def ssim(
         C₁ = (k₁R)², C₂ = (k₂R)²,
 
     with local statistics under an 11×11 Gaussian window of σ = 1.5 (population variances), taken
-    only where the window fits inside the image. This is scikit-image's `structural_similarity`
-    with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False`` and the channels averaged
-    (a test checks the agreement).
+    only where the window fits inside the image. ``x`` and ``y`` lie in [−R/2, R/2] (images in [-1, 1] for
+    R = 2) and are read shifted by R/2 to [0, R]: the numbers of the same images in [0, 1] with R = 1 or as
+    uint8 with R = 255, as papers report SSIM (μ enters the luminance term, so the shift matters). This is
+    scikit-image's `structural_similarity` on those images with ``gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False`` and the channels averaged (a test checks the agreement).
     """
     _check_pair(x, y)
     if min(x.shape[-2:]) < window:
@@ -234,7 +241,7 @@ def ssim(
     def local_mean(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.conv2d(t, kernel_h, groups=channels), kernel_v, groups=channels)
 
-    x, y = x.float(), y.float()
+    x, y = x.float() + data_range / 2, y.float() + data_range / 2  # [−R/2, R/2] → [0, R]
     mu_x, mu_y = local_mean(x), local_mean(y)
     var_x = local_mean(x * x) - mu_x**2
     var_y = local_mean(y * y) - mu_y**2
