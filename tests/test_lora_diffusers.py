@@ -74,16 +74,22 @@ def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert err <= TOL, f"max |difference| {err:.2e} > {TOL:.0e}"
 
 
-@pytest.mark.parametrize("convolutions", [False, True], ids=["attention", "attention+conv"])
-def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path, convolutions):
+@pytest.mark.parametrize("convolutions, patterns", [(False, False), (True, False), (False, True)],
+                         ids=["attention", "attention+conv", "rank and alpha patterns"])
+def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path, convolutions, patterns):
     pipe = fresh_pipe(ref)
     plain_unet, _ = outputs_diffusers(pipe, ref)
     torch.manual_seed(0)
     conv = ["conv1", "conv2"] if convolutions else []  # peft's Conv2d LoRA: A a 3×3 conv, B a 1×1 one
+    # peft's per-layer exceptions, matched against the end of a layer's name: an alpha for the UNet's
+    # cross-attention values, a rank and an alpha for two of the text encoder's projections
+    unet_patterns = {"alpha_pattern": {"attn2.to_v": 1.0}} if patterns else {}
+    text_patterns = {"rank_pattern": {"layers.0.self_attn.q_proj": 5},
+                     "alpha_pattern": {"layers.0.self_attn.k_proj": 7.0}} if patterns else {}
     unet_config = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                  target_modules=["to_q", "to_k", "to_v", "to_out.0", *conv])
+                                  target_modules=["to_q", "to_k", "to_v", "to_out.0", *conv], **unet_patterns)
     text_config = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
-                                  target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+                                  target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], **text_patterns)
     pipe.unet.add_adapter(unet_config)
     peft.inject_adapter_in_model(text_config, pipe.text_encoder)  # transformers' add_adapter wants a newer peft
     diffusers.StableDiffusionPipeline.save_lora_weights(
@@ -98,7 +104,7 @@ def test_peft_lora_saved_by_diffusers_loads_into_ldmkit(ref, tmp_path, convoluti
     model = load_model(ref["folder"])
     path = tmp_path / "pytorch_lora_weights.safetensors"
     file = lora_files.read_lora(path)
-    assert file.ranks == {2, 4}
+    assert file.ranks == ({2, 4, 5} if patterns else {2, 4})
     assert any(a.shape[2:] == (3, 3) for a, _, _ in file.modules.values()) == convolutions
     lora_files.load_lora(model, path)
     ours_unet, ours_text = outputs_ldmkit(model, ref)

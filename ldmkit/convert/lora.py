@@ -212,19 +212,37 @@ def read_lora(path: str | Path) -> LoRAFile:
         if b.shape[1] != a.shape[0]:
             raise UsageError(f"{path}: rank mismatch in {name}: A (down) has rank {a.shape[0]}, "
                              f"B (up) rank {b.shape[1]}")
-        prefix = "text_encoder" if name.startswith(("text_encoder.", "lora_te")) else "unet"
-        alpha = p["alpha"].item() if "alpha" in p else info.get(f"{prefix}.lora_alpha", a.shape[0])
+        prefix = _component(name)
+        alpha = p["alpha"].item() if "alpha" in p else _stated_alpha(info, prefix, name, a.shape[0])
         modules[name] = (a, b, float(alpha))
     if broken:
         raise UsageError(f"{path}: LoRA layers without both A and B (down and up): {first_keys(broken)}")
     file = LoRAFile(path, modules, metadata)
-    stated = {int(info[k]) for k in ("unet.r", "text_encoder.r") if k in info and not info.get(k[:-1] + "rank_pattern")}
-    if "ldmkit.rank" in metadata:
-        stated.add(int(metadata["ldmkit.rank"]))
-    if stated and file.ranks - stated:
-        raise UsageError(f"{path}: rank mismatch: the metadata states rank {', '.join(map(str, sorted(stated)))}, "
-                         f"the tensors have rank {', '.join(map(str, sorted(file.ranks)))}")
+    for prefix in ("unet", "text_encoder"):  # each component against its own metadata (peft's config per part)
+        stated = set() if info.get(f"{prefix}.rank_pattern") or f"{prefix}.r" not in info else {int(info[f"{prefix}.r"])}
+        if "ldmkit.rank" in metadata:
+            stated.add(int(metadata["ldmkit.rank"]))
+        ranks = {a.shape[0] for name, (a, _, _) in modules.items() if _component(name) == prefix}
+        if stated and ranks - stated:
+            raise UsageError(f"{path}: rank mismatch: the metadata states rank {', '.join(map(str, sorted(stated)))} "
+                             f"for the {prefix}, its tensors have rank {', '.join(map(str, sorted(ranks)))}")
     return file
+
+
+def _component(name: str) -> str:
+    """Which model part a LoRA layer's name adapts: "text_encoder" or "unet"."""
+    return "text_encoder" if name.startswith(("text_encoder.", "lora_te")) else "unet"
+
+
+def _stated_alpha(info: dict, prefix: str, name: str, rank: int) -> float:
+    """The alpha peft's config (diffusers' metadata) gives the layer ``name`` of ``prefix``: its
+    ``alpha_pattern`` entry where one matches the end of the layer's name (as peft matches it), else the
+    component's ``lora_alpha``, else the rank (α = r: scale 1)."""
+    module = name.split(".", 1)[1] if name.startswith(prefix + ".") else name
+    for pattern, alpha in (info.get(f"{prefix}.alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(?:.*\.)?(?:{pattern})", module):
+            return float(alpha)
+    return float(info.get(f"{prefix}.lora_alpha", rank))
 
 
 def _a_shape(layer: nn.Module) -> tuple[int, ...]:
