@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,18 @@ from tests.tiny_models import build_tiny_model  # noqa: E402
 LONG_STEPS = 200  # a job the tiny model takes tens of seconds over on a CPU: it is cancelled, never waited for
 WIDTH_OPTIONS = "document.querySelectorAll('#width option').length > 0"  # GET /v1/ldmkit/models answered
 LOADED = "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length"
+
+
+@contextmanager
+def chromium_page(**options):
+    """A page of headless Debian Chromium (``options``: Playwright's ``new_page``'s, e.g. a viewport), the
+    browser closed after the ``with`` block."""
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(**options)
+        finally:
+            browser.close()
 
 
 def call(url: str, path: str, method: str = "GET", body: dict | None = None) -> dict:
@@ -114,53 +127,48 @@ def server(tiny_model, sr_model, tmp_path_factory):  # noqa: F811
 def test_page_generates_and_shows_an_image(server, tmp_path):
     url, out = server
     assert url.startswith("http://127.0.0.1:"), "the server must bind loopback unless told otherwise"
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            failed, errors = [], []
-            page.on("requestfailed", lambda request: failed.append(request.url))
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
-            # The form takes its choices from GET /v1/ldmkit/models: the first model served and its first mode.
-            page.wait_for_function("document.querySelectorAll('#width option').length > 0")
-            # the sizes offered start at the smallest the model draws with any other side (8x8 is too small)
-            assert page.locator("#width option").all_inner_texts()[:2] == ["16", "24"]
-            assert page.locator("#model_id option").all_inner_texts() == ["serve-tiny-model", "sr"]
-            assert page.locator("#mode option").all_inner_texts() == ["text to image", "image to image"]
-            assert page.locator("#image").is_hidden() and page.locator("#prompt").is_visible()
-            assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"]
+    with chromium_page() as page:
+        failed, errors = [], []
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        # The form takes its choices from GET /v1/ldmkit/models: the first model served and its first mode.
+        page.wait_for_function("document.querySelectorAll('#width option').length > 0")
+        # the sizes offered start at the smallest the model draws with any other side (8x8 is too small)
+        assert page.locator("#width option").all_inner_texts()[:2] == ["16", "24"]
+        assert page.locator("#model_id option").all_inner_texts() == ["serve-tiny-model", "sr"]
+        assert page.locator("#mode option").all_inner_texts() == ["text to image", "image to image"]
+        assert page.locator("#image").is_hidden() and page.locator("#prompt").is_visible()
+        assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"]
 
-            page.fill("#prompt", "a red circle on the left")
-            page.fill("#steps", "8")
-            page.fill("#seed", "42")
-            page.fill("#num_images", "2")
-            page.fill("#binding", "0.2")
-            page.select_option("#width", "48")
-            page.click("#generate")
+        page.fill("#prompt", "a red circle on the left")
+        page.fill("#steps", "8")
+        page.fill("#seed", "42")
+        page.fill("#num_images", "2")
+        page.fill("#binding", "0.2")
+        page.select_option("#width", "48")
+        page.click("#generate")
 
-            page.wait_for_function(
-                "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length == 2",
-                timeout=60_000)
-            sizes = page.eval_on_selector_all("#gallery img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
-            assert sizes == [[48, 32], [48, 32]]
-            captions = page.locator("#gallery .settings").all_inner_texts()
-            assert all("seed 42" in c and "8 steps" in c and "48×32" in c and "binding 0.2" in c for c in captions), captions
-            downloads = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.download)")
-            assert sorted(downloads) == ["42_000.png", "42_001.png"]
-            assert page.locator("#error").is_hidden()
-            assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [8, 8]
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.wait_for_function(
+            "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length == 2",
+            timeout=60_000)
+        sizes = page.eval_on_selector_all("#gallery img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert sizes == [[48, 32], [48, 32]]
+        captions = page.locator("#gallery .settings").all_inner_texts()
+        assert all("seed 42" in c and "8 steps" in c and "48×32" in c and "binding 0.2" in c for c in captions), captions
+        downloads = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.download)")
+        assert sorted(downloads) == ["42_000.png", "42_001.png"]
+        assert page.locator("#error").is_hidden()
+        assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [8, 8]
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
-            # A server-side refusal is shown on the page: bypass the form's own limits to provoke one.
-            page.eval_on_selector("#steps", "s => { s.removeAttribute('max'); s.value = '500'; }")
-            page.click("#generate")
-            page.wait_for_selector("#error:not([hidden])")
-            assert "steps" in page.inner_text("#error")
-            assert not failed, failed
-            assert not errors, errors
-        finally:
-            browser.close()
+        # A server-side refusal is shown on the page: bypass the form's own limits to provoke one.
+        page.eval_on_selector("#steps", "s => { s.removeAttribute('max'); s.value = '500'; }")
+        page.click("#generate")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "steps" in page.inner_text("#error")
+        assert not failed, failed
+        assert not errors, errors
     assert len(list(out.glob("*.png"))) == 2  # the server also kept them, under generated names
 
 
@@ -171,40 +179,35 @@ def test_page_switches_to_the_sr_model_and_upscales_an_uploaded_image(server, sr
     url, _ = server
     upload = tmp_path / "small input.png"
     Image.new("RGB", (8, 8), (200, 40, 40)).save(upload)
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#model_id option').length == 2")
-            page.select_option("#model_id", "sr")
-            assert page.locator("#mode option").all_inner_texts() == ["super-resolution"]
-            assert page.locator("#image").is_visible() and page.locator("#mask").is_hidden()
-            assert page.locator("#binding").is_hidden() and page.locator("#width").is_hidden()
-            assert page.input_value("#guidance") == "1"  # the mode's default guidance
-            assert "sr" in page.inner_text("#model")
-            page.set_input_files("#image", str(upload))
-            page.fill("#steps", "3")
-            page.fill("#seed", "9")
-            page.click("#generate")
+    with chromium_page() as page:
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        page.wait_for_function("document.querySelectorAll('#model_id option').length == 2")
+        page.select_option("#model_id", "sr")
+        assert page.locator("#mode option").all_inner_texts() == ["super-resolution"]
+        assert page.locator("#image").is_visible() and page.locator("#mask").is_hidden()
+        assert page.locator("#binding").is_hidden() and page.locator("#width").is_hidden()
+        assert page.input_value("#guidance") == "1"  # the mode's default guidance
+        assert "sr" in page.inner_text("#model")
+        page.set_input_files("#image", str(upload))
+        page.fill("#steps", "3")
+        page.fill("#seed", "9")
+        page.click("#generate")
 
-            page.wait_for_function(
-                "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth).length == 1",
-                timeout=60_000)
-            size = page.eval_on_selector("#gallery img", "i => [i.naturalWidth, i.naturalHeight]")
-            assert size == [32, 32]  # 8 px × the model's factor 4
-            caption = page.inner_text("#gallery .settings")
-            assert "sr · super-resolution" in caption and "seed 9" in caption and "small input.png" in caption
-            assert page.get_attribute("#gallery a.download", "download") == "9_000.png"
-            command = page.text_content("#gallery .command").split("   #")[0]
-            assert page.locator("#error").is_hidden()
-            png = page.evaluate("url => fetch(url).then(r => r.arrayBuffer()).then(b => [...new Uint8Array(b)])",
-                                page.get_attribute("#gallery img", "src"))
-            assert not errors, errors
-        finally:
-            browser.close()
+        page.wait_for_function(
+            "[...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth).length == 1",
+            timeout=60_000)
+        size = page.eval_on_selector("#gallery img", "i => [i.naturalWidth, i.naturalHeight]")
+        assert size == [32, 32]  # 8 px × the model's factor 4
+        caption = page.inner_text("#gallery .settings")
+        assert "sr · super-resolution" in caption and "seed 9" in caption and "small input.png" in caption
+        assert page.get_attribute("#gallery a.download", "download") == "9_000.png"
+        command = page.text_content("#gallery .command").split("   #")[0]
+        assert page.locator("#error").is_hidden()
+        png = page.evaluate("url => fetch(url).then(r => r.arrayBuffer()).then(b => [...new Uint8Array(b)])",
+                            page.get_attribute("#gallery img", "src"))
+        assert not errors, errors
     argv = shlex.split(command)
     assert argv[:2] == ["ldmkit", "upscale"] and "--model=sr" not in argv and f"--model={sr_model}" in argv
     assert argv[-2:] == ["--", "small input.png"]
@@ -228,10 +231,8 @@ def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_an
     """At 360–414 px the progress bar, its text and Cancel share the width instead of widening the page."""
     url, _ = server
     jobs = [call(url, "/v1/jobs", "POST", {"prompt": "a red circle", "steps": LONG_STEPS})["id"]]  # runs first
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 390, "height": 800})
+    try:
+        with chromium_page(viewport={"width": 390, "height": 800}) as page:
             page.goto(url)
             page.wait_for_function(WIDTH_OPTIONS)
             page.fill("#prompt", "a large orange circle below a white square")
@@ -254,9 +255,8 @@ def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_an
             page.wait_for_selector("#cancel", state="hidden", timeout=60_000)
             assert call(url, f"/v1/jobs/{jobs[1]}")["status"] == "cancelled"
             assert page.locator("#error").is_hidden()
-        finally:
-            browser.close()
-            cancel_all(url, jobs)
+    finally:
+        cancel_all(url, jobs)
 
 
 def test_a_reload_follows_the_running_job_again_and_keeps_the_gallery(server):
@@ -264,10 +264,8 @@ def test_a_reload_follows_the_running_job_again_and_keeps_the_gallery(server):
     images shown before the reload (the server still has them)."""
     url, _ = server
     jobs = []
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
+    try:
+        with chromium_page() as page:
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)
@@ -303,9 +301,8 @@ def test_a_reload_follows_the_running_job_again_and_keeps_the_gallery(server):
             page.wait_for_selector("#gallery .card img")
             assert page.locator("#progress-box").is_hidden() and page.locator("#generate").is_enabled()
             assert not errors, errors
-        finally:
-            browser.close()
-            cancel_all(url, jobs)
+    finally:
+        cancel_all(url, jobs)
 
 
 def test_a_hidden_field_out_of_bounds_neither_blocks_generate_nor_is_sent(server, tmp_path):
@@ -314,80 +311,70 @@ def test_a_hidden_field_out_of_bounds_neither_blocks_generate_nor_is_sent(server
     url, _ = server
     upload = tmp_path / "input.png"
     Image.new("RGB", (32, 32), (40, 200, 40)).save(upload)
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_function(WIDTH_OPTIONS)
-            page.fill("#num_images", "20")
-            page.select_option("#mode", "img2img")
-            assert page.locator("#num_images").is_hidden()
-            page.set_input_files("#image", str(upload))
-            page.fill("#prompt", "a red circle")
-            page.fill("#steps", "2")
-            page.fill("#seed", "3")
-            page.fill("#guidance", "4.25")
-            page.fill("#strength", "0.33")
-            for field in ("guidance", "strength"):
-                assert page.eval_on_selector(f"#{field}", "i => i.validity.valid"), field
-            with page.expect_request(posting_a_job, timeout=5_000) as sent:
-                page.click("#generate")
-            body = json.loads(sent.value.post_data)
-            assert page.locator("#num_images").is_disabled()  # what let it through
-            assert "num_images" not in body and (body["guidance"], body["strength"]) == (4.25, 0.33)
-            page.wait_for_selector("#gallery .card img", timeout=60_000)
-            caption = page.inner_text("#gallery .settings")
-            assert "guidance 4.25" in caption and "strength 0.33" in caption, caption
-            assert page.locator("#error").is_hidden()
+    with chromium_page() as page:
+        page.goto(url)
+        page.wait_for_function(WIDTH_OPTIONS)
+        page.fill("#num_images", "20")
+        page.select_option("#mode", "img2img")
+        assert page.locator("#num_images").is_hidden()
+        page.set_input_files("#image", str(upload))
+        page.fill("#prompt", "a red circle")
+        page.fill("#steps", "2")
+        page.fill("#seed", "3")
+        page.fill("#guidance", "4.25")
+        page.fill("#strength", "0.33")
+        for field in ("guidance", "strength"):
+            assert page.eval_on_selector(f"#{field}", "i => i.validity.valid"), field
+        with page.expect_request(posting_a_job, timeout=5_000) as sent:
+            page.click("#generate")
+        body = json.loads(sent.value.post_data)
+        assert page.locator("#num_images").is_disabled()  # what let it through
+        assert "num_images" not in body and (body["guidance"], body["strength"]) == (4.25, 0.33)
+        page.wait_for_selector("#gallery .card img", timeout=60_000)
+        caption = page.inner_text("#gallery .settings")
+        assert "guidance 4.25" in caption and "strength 0.33" in caption, caption
+        assert page.locator("#error").is_hidden()
 
-            page.select_option("#mode", "generate")  # shown again, and the form's to check again
-            assert page.locator("#num_images").is_enabled() and page.input_value("#num_images") == "20"
-            assert not page.eval_on_selector("#num_images", "i => i.validity.valid")
-            # "Use settings" with the Edit tab open goes back to the Generate tab, with the settings
-            page.click("#tab-edit")
-            page.click("#gallery .card .reuse")
-            assert page.locator("#form").is_visible() and page.locator("#edit-form").is_hidden()
-            assert page.get_attribute("#tab-generate", "aria-selected") == "true"
-            assert page.input_value("#mode") == "img2img" and page.input_value("#strength") == "0.33"
-        finally:
-            browser.close()
+        page.select_option("#mode", "generate")  # shown again, and the form's to check again
+        assert page.locator("#num_images").is_enabled() and page.input_value("#num_images") == "20"
+        assert not page.eval_on_selector("#num_images", "i => i.validity.valid")
+        # "Use settings" with the Edit tab open goes back to the Generate tab, with the settings
+        page.click("#tab-edit")
+        page.click("#gallery .card .reuse")
+        assert page.locator("#form").is_visible() and page.locator("#edit-form").is_hidden()
+        assert page.get_attribute("#tab-generate", "aria-selected") == "true"
+        assert page.input_value("#mode") == "img2img" and page.input_value("#strength") == "0.33"
 
 
 def test_the_pages_own_messages_names_and_icon(server):
     """A full queue's 503 says when to retry once; the progress bar and each Download have their own names;
     the page names its icon (a data: URL), so that a browser's GET /favicon.ico does not answer 404."""
     url, _ = server
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            missing = []
-            page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
-            page.goto(url)
-            page.wait_for_function(WIDTH_OPTIONS)
-            assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg+xml,")
-            assert page.get_attribute("#progress", "aria-label")
+    with chromium_page() as page:
+        missing = []
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+        page.goto(url)
+        page.wait_for_function(WIDTH_OPTIONS)
+        assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg+xml,")
+        assert page.get_attribute("#progress", "aria-label")
 
-            full = "the queue is full (8 jobs waiting); retry in 2 s"
-            for detail, shown in ((full, full), ("busy", "busy (try again in 2 s)")):
-                answer = json.dumps({"detail": detail})
-                page.route("**/v1/jobs", lambda route, _, answer=answer: route.fulfill(
-                    status=503, headers={"Retry-After": "2"}, content_type="application/json", body=answer))
-                page.fill("#prompt", "a red circle")
-                page.click("#generate")
-                page.wait_for_selector("#error:not([hidden])")
-                assert page.inner_text("#error") == shown
-                page.unroute("**/v1/jobs")
-
-            page.fill("#steps", "2")
-            page.fill("#num_images", "2")
-            page.fill("#seed", "8")
+        full = "the queue is full (8 jobs waiting); retry in 2 s"
+        for detail, shown in ((full, full), ("busy", "busy (try again in 2 s)")):
+            answer = json.dumps({"detail": detail})
+            page.route("**/v1/jobs", lambda route, _, answer=answer: route.fulfill(
+                status=503, headers={"Retry-After": "2"}, content_type="application/json", body=answer))
+            page.fill("#prompt", "a red circle")
             page.click("#generate")
-            page.wait_for_function("document.querySelectorAll('#gallery .card img').length == 2", timeout=60_000)
-            labels = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.getAttribute('aria-label'))")
-            assert len(set(labels)) == 2 and all("seed 8" in label for label in labels), labels
-            page.wait_for_timeout(300)  # any request for an icon is answered by now
-            assert not missing, missing
-        finally:
-            browser.close()
+            page.wait_for_selector("#error:not([hidden])")
+            assert page.inner_text("#error") == shown
+            page.unroute("**/v1/jobs")
+
+        page.fill("#steps", "2")
+        page.fill("#num_images", "2")
+        page.fill("#seed", "8")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery .card img').length == 2", timeout=60_000)
+        labels = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.getAttribute('aria-label'))")
+        assert len(set(labels)) == 2 and all("seed 8" in label for label in labels), labels
+        page.wait_for_timeout(300)  # any request for an icon is answered by now
+        assert not missing, missing
