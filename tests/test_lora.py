@@ -384,3 +384,16 @@ def test_conv_lora_files_that_do_not_fit_are_refused(tiny, tmp_path):
             lora_files.load_lora(fresh, path)
         assert "\n" not in str(e.value)
         assert not lora.lora_layers(fresh) and torch.equal(unet_out(fresh), before), message
+
+
+def test_a_lora_spec_reads_its_scale_and_names_a_bad_one(tmp_path):
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(b"")
+    assert lora_files.parse_lora_spec(f"{path}:0.8") == (str(path), 0.8)
+    assert lora_files.parse_lora_spec(str(path)) == (str(path), 1.0)
+    weird = tmp_path / "a:b.safetensors"  # a colon in the name, no scale
+    weird.write_bytes(b"")
+    assert lora_files.parse_lora_spec(str(weird)) == (str(weird), 1.0)
+    for bad, words in ((f"{path}:abc", "must be a number"), (f"{path}:nan", "must be a finite number")):
+        with pytest.raises(UsageError, match=words):
+            lora_files.parse_lora_spec(bad)

@@ -353,12 +353,16 @@ def save_lora(model, path: str | Path, adapter: str = "default", layout: str = "
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """``FILE[:SCALE]`` → (file, scale); a trailing ``:number`` is the scale (default 1). A scale that is not a
-    finite number ("nan", "inf") is a `UsageError`."""
+    finite number ("nan", "inf"), or not a number after an existing FILE ("style.safetensors:abc"), is a
+    `UsageError`."""
     head, sep, tail = spec.rpartition(":")
     if sep and head:
         try:
             scale = float(tail)
         except ValueError:
+            if Path(head).is_file() and not Path(spec).exists():
+                raise UsageError(f"LoRA {spec!r}: the scale after ':' must be a number (1: as trained), not "
+                                 f"{tail!r}") from None
             return spec, 1.0
         if not math.isfinite(scale):
             raise UsageError(f"LoRA {spec!r}: the scale after ':' must be a finite number (1: as trained), not {tail!r}")
