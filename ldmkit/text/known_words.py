@@ -26,6 +26,7 @@ binding guidance's token groups and the images follow it. Without WordNet instal
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -140,10 +141,11 @@ class KnownWords:
         if key not in self._nearest:
             near = wordnet.nearest(key[0], self.objects, DEPTH)
             if near is None and noun:
-                near = wordnet.narrower(key[0], self._nouns())
+                near = wordnet.narrower(key[0], self._nouns)
             self._nearest[key] = near
         return self._nearest[key]
 
+    @functools.cached_property
     def _nouns(self) -> dict[str, int]:
         """The object words seen as a phrase's noun: the last word of each modifier–noun name ("blue circle")."""
         nouns: Counter = Counter()
