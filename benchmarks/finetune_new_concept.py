@@ -339,6 +339,8 @@ def main() -> None:
                         "of the shapes dataset and trains on them beside the new images (0: none)")
     p.add_argument("--prior-loss", choices=("images", "model"), default="images",
                    help="the prior images' target: the noise (DreamBooth) or the frozen model's prediction")
+    p.add_argument("--prior-loss-weight", type=float, default=FinetuneConfig.prior_loss_weight,
+                   help="the prior half's weight in the loss")
     p.add_argument("--timestep-bias", choices=TIMESTEP_BIASES, default=FinetuneConfig.timestep_bias,
                    help="training timesteps drawn more often near t = 0 (earlier) or T (later)")
     p.add_argument("--timestep-bias-multiplier", type=float, default=FinetuneConfig.timestep_bias_multiplier)
@@ -379,7 +381,7 @@ def main() -> None:
                          lr_scheduler=args.lr_scheduler, warmup_steps=args.lr_warmup_steps,
                          lora_targets=args.lora_targets, save_dtype=args.save_dtype,
                          prior_images=len(prior), prior_prompts=tuple(prior), prior_loss=args.prior_loss,
-                         sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
+                         prior_loss_weight=args.prior_loss_weight, sample_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
                          sample_prompts=tuple(first[:: max(1, len(first) // 8)][:8]),
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
@@ -401,6 +403,7 @@ def main() -> None:
     save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
                            "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
+                           "prior loss weight": args.prior_loss_weight,
                            "captions dropped": args.cond_drop,
                            "seed": args.seed,
                            "steps": args.steps,

@@ -156,6 +156,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         "--rank applies to --method lora": ["--images", str(images), "--method", "full", "--rank", "4"],
         "--lora-targets and --save-dtype apply to --method lora only": [
             "--images", str(images), "--method", "full", "--lora-targets", "attention+conv"],
+        "--prior-loss-weight weighs the prior images": ["--images", str(images), "--prior-loss-weight", "2"],
         "--timestep-bias-multiplier must be > 0": ["--images", str(images), "--timestep-bias", "earlier",
                                                    "--timestep-bias-multiplier", "0"],
     }
@@ -192,10 +193,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
-@pytest.mark.parametrize("prior_loss", ["images", "model"])
-def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss):
+@pytest.mark.parametrize("prior_loss,weight", [("images", 1.0), ("model", 1.0), ("images", 2.5)])
+def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss, weight):
     cfg = dataclasses.replace(CONFIG, prior_images=3, prior_prompts=("a red circle", "a blue square"), steps=3,
-                              checkpoint_every=1, prior_loss=prior_loss)
+                              checkpoint_every=1, prior_loss=prior_loss, prior_loss_weight=weight)
     whole, part = tmp_path / "whole", tmp_path / "part"
     finetune(tiny, images, whole, cfg, progress=False)
     assert sorted(p.name for p in (whole / "prior").iterdir()) == [
@@ -308,6 +309,10 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     changed = split_loss(model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 1)
     with torch.no_grad():
         assert changed > 0.5 * new_row_loss() + 1e-6
+        # λ = --prior-loss-weight scales the prior half alone: L(λ) = ½ L_new + ½ λ L_prior
+        prior_half = changed - 0.5 * new_row_loss()
+        heavier = split_loss(model.unet, "default", z_0, t, noise, context, model.schedule, "epsilon", 1, 3.0)
+        torch.testing.assert_close(heavier, 0.5 * new_row_loss() + 3.0 * prior_half)
     assert all(layer.scale["default"] == 1.0 for layer in lora.lora_layers(model.unet).values())
     changed.backward()
     trained = lora.adapter_parameters(model.unet)

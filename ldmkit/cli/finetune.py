@@ -33,6 +33,7 @@ def cmd_finetune(args) -> None:
         text_encoder_lora=True if args.text_encoder else None, lora_targets=args.lora_targets,
         save_dtype=args.save_dtype, prior_images=args.prior_images,
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
+        prior_loss_weight=args.prior_loss_weight,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
         flip_aug=True if args.flip_aug else None,
@@ -77,6 +78,9 @@ def add_parsers(sub) -> None:
                    help="the prior half's target: images (DreamBooth: the noise, as for --images; the default) or "
                         "model (the frozen model's own prediction, the LoRA switched off: it keeps what the model "
                         "drew for the prior prompts at every noise level; --method lora)")
+    p.add_argument("--prior-loss-weight", type=bounded_float(1e3, "--prior-loss-weight"), metavar="λ",
+                   help="the prior half's weight in the loss (DreamBooth's prior_loss_weight; default 1): more keeps "
+                        "what the model drew for the prior prompts, less learns the new images faster")
     p.add_argument("--caption-dropout-rate", type=bounded_float(1.0, "--caption-dropout-rate"), metavar="P",
                    help="the share of captions trained as the empty one, for classifier-free guidance (default 0.1)")
     p.add_argument("--flip-aug", action="store_true",

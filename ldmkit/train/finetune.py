@@ -63,7 +63,7 @@ from ldmkit.train.common import (
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
-from ldmkit.train.prior import PRIOR_LOSSES, batch_order, split_loss
+from ldmkit.train.prior import PRIOR_LOSSES, batch_order, halves, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 TIMESTEP_BIASES = ("none", "earlier", "later")
@@ -107,6 +107,7 @@ class FinetuneConfig:
     prior_images: int = 0  # prior preservation: this many images drawn by the model itself, half of each batch
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     prior_loss: Literal["images", "model"] = "images"  # the prior half's target (`ldmkit.train.prior`)
+    prior_loss_weight: float = 1.0  # λ, the prior half's weight in the loss (`ldmkit.train.prior.halves`)
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -143,6 +144,10 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.prior_loss == "model" and (cfg.method != "lora" or not cfg.prior_images):
         raise UsageError("--prior-loss model needs --method lora and --prior-images (the frozen model is the LoRA "
                          "switched off)")
+    if not (math.isfinite(cfg.prior_loss_weight) and cfg.prior_loss_weight >= 0):
+        raise UsageError(f"--prior-loss-weight {cfg.prior_loss_weight}: give a number of 0 or more (default 1)")
+    if cfg.prior_loss_weight != 1.0 and not cfg.prior_images:
+        raise UsageError("--prior-loss-weight weighs the prior images: it needs --prior-images")
     if cfg.prior_images and cfg.batch_size < 2:
         raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
                          f"got {cfg.batch_size}")
@@ -396,10 +401,14 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                     context = model.encode_prompts(captions)
                 if cfg.prior_loss == "model":
                     loss = split_loss(model.unet, ADAPTER, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
-                                      model.schedule, prediction, new_rows)
+                                      model.schedule, prediction, new_rows, cfg.prior_loss_weight)
                 else:
+                    weighted = cfg.prior_loss_weight != 1.0
                     loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
-                                          prediction, t=draws.t.to(dev), noise=draws.noise.to(dev))
+                                          prediction, t=draws.t.to(dev), noise=draws.noise.to(dev),
+                                          reduction="none" if weighted else "mean")
+                    if weighted:
+                        loss = halves(loss, new_rows, cfg.prior_loss_weight)
             loss.backward()
             loss_value = loss.item()
             check_finite(loss_value, step)

@@ -12,8 +12,10 @@ The prior half's target is, by ``prior_loss``:
   (B = 0) and it grows only where the adapters change what the model draws for the prior captions, at every
   noise level, not only along the few prior images' own noise.
 
-With ``"model"`` the total is L = ½ (mean over the new half) + ½ (mean over the prior half) (`split_loss`); with
-``"images"`` the plain mean over the batch, the same for an even B.
+With ``"model"`` the total is L = ½ (mean over the new half) + ½ λ (mean over the prior half) (`split_loss`); with
+``"images"`` the plain mean over the batch (the same for an even B and λ = 1), or the same split where λ ≠ 1
+(`halves`). λ is ``prior_loss_weight`` (DreamBooth's and diffusers' name; default 1): above 1 the prior pulls harder
+against forgetting, below 1 the new images weigh more.
 """
 
 from __future__ import annotations
@@ -56,14 +58,20 @@ def frozen_prediction(unet: nn.Module, adapter: str, z_t: Tensor, t: Tensor, con
                     layer.scale[adapter] = scales[name]
 
 
+def halves(row_loss: Tensor, new: int, prior_weight: float = 1.0) -> Tensor:
+    """L = ½ mean(row_loss[:new]) + ½ λ mean(row_loss[new:]), λ = ``prior_weight``: the new half and the prior half
+    of a batch weighed as DreamBooth weighs them, whatever their sizes."""
+    return 0.5 * row_loss[:new].mean() + 0.5 * prior_weight * row_loss[new:].mean()
+
+
 def split_loss(unet: nn.Module, adapter: str, z_0: Tensor, t: Tensor, noise: Tensor, context: Tensor,
-               schedule: NoiseSchedule, prediction: str, new: int) -> Tensor:
-    """L = ½ mean over the first ``new`` rows of ‖target − ε_θ'(z_t, t, c)‖² (target ε or v) + ½ mean over the rest
-    of ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
+               schedule: NoiseSchedule, prediction: str, new: int, prior_weight: float = 1.0) -> Tensor:
+    """L = ½ mean over the first ``new`` rows of ‖target − ε_θ'(z_t, t, c)‖² (target ε or v) + ½ λ mean over the
+    rest of ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half, λ = ``prior_weight``), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
     LoRA ``adapter``, θ the same with it off (`frozen_prediction`). One adapted pass over the whole batch, one frozen
     pass over the prior rows."""
     z_t = q_sample(schedule, z_0.float(), t, noise)
     target = noise[:new] if prediction == "epsilon" else v_target(schedule, z_0[:new].float(), t[:new], noise[:new])
     target = torch.cat([target.float(), frozen_prediction(unet, adapter, z_t[new:], t[new:], context[new:])])
     error = (unet(z_t, t, context).float() - target).pow(2)
-    return 0.5 * error[:new].mean() + 0.5 * error[new:].mean()
+    return halves(error.flatten(1).mean(1), new, prior_weight)
