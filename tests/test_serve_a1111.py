@@ -143,11 +143,42 @@ def test_img2img_with_a_mask_on_a_text_model_changes_only_the_masked_pixels(api)
     assert (out[inside] != src[inside]).any()
     assert result.info["ldmkit"]["mode"] == "img2img-masked" and result.info["denoising_strength"] == 0.8
     assert result.parameters["init_images"] is None  # A1111 leaves the images out of the echo
+    # webuiapi sends A1111's mask_blur 4; ldmkit takes the mask as sent, unblurred, and says so
+    assert result.info["not_honoured"] == {"eta": 1.0, "mask_blur": 4}
     # the same request without a mask changes the whole image (SDEdit), from the same seed
     whole = api.img2img(images=[source], prompt="a blue square", seed=5, steps=6, denoising_strength=0.8,
                         sampler_name="DDIM", cfg_scale=3)
-    assert whole.info["ldmkit"]["mode"] == "img2img"
+    assert whole.info["ldmkit"]["mode"] == "img2img" and whole.info["not_honoured"] == {"eta": 1.0}
     assert (pixels(whole.image)[inside] == out[inside]).all()
+
+
+def test_img2img_reads_strokes_on_a_transparent_layer_as_a1111_does(api):
+    """A1111's create_binary_mask: a mask whose alpha channel is not fully opaque repaints where it is opaque,
+    whatever its colour (black strokes here); inpainting_mask_invert swaps the two."""
+    source = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    strokes = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    strokes.paste((0, 0, 0, 255), (8, 8, 24, 24))
+    inside = np.zeros((32, 32), bool)
+    inside[8:24, 8:24] = True
+    for invert, repainted in ((0, inside), (1, ~inside)):
+        result = api.img2img(images=[source], mask_image=strokes, inpainting_mask_invert=invert, prompt="a",
+                             seed=5, steps=2, sampler_name="DDIM", mask_blur=0)
+        out, src = pixels(result.image), pixels(source)
+        assert (out[~repainted] == src[~repainted]).all() and (out[repainted] != src[repainted]).any(), invert
+        assert result.info["ldmkit"]["mode"] == "img2img-masked" and "mask_blur" not in result.info["not_honoured"]
+
+
+def test_a_mask_that_selects_no_pixel_is_no_mask(api):
+    """As an empty mask: img2img over the whole image, with a note saying why."""
+    source = b64png(Image.fromarray(np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    for mask in (Image.new("L", (32, 32), 0), Image.new("RGBA", (32, 32), (255, 255, 255, 0))):
+        r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [source], "mask": b64png(mask),
+                                                          "prompt": "a", "steps": 2, "seed": 1, "mask_blur": 4},
+                          timeout=60)
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert info["ldmkit"]["mode"] == "img2img" and "mask_blur" not in info["not_honoured"], mask.mode
+        assert any("selects no pixel" in note for note in info["ldmkit"]["notes"])
 
 
 def test_img2img_with_a_mask_inpaints_with_an_inpainting_model(tiny_pipe, tmp_path_factory):

@@ -14,7 +14,9 @@ import base64
 import io
 import shlex
 import socket
+import struct
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -89,11 +91,11 @@ def draw(base: str, body: dict) -> dict:
 
 
 def run_command(command: str, folder, inputs: dict) -> None:
-    """Run a reported `ldmkit` command in ``folder`` (its ``out/``), with ``inputs`` written there under the
-    names the command reads."""
+    """Run a reported `ldmkit` command in ``folder`` (its ``out/``), with ``inputs`` (images, or a file's bytes)
+    written there under the names the command reads."""
     folder.mkdir(parents=True)
     for name, image in inputs.items():
-        image.save(folder / name)
+        (folder / name).write_bytes(image) if isinstance(image, bytes) else image.save(folder / name)
     argv = [a.replace("--out=out/", f"--out={folder}/") for a in shlex.split(command)[1:]]
     argv = [str(folder / a) if a in inputs else a.replace("--mask=", f"--mask={folder}/") for a in argv]
     assert main([argv[0], "--no-progress", *argv[1:]]) == 0
@@ -166,6 +168,87 @@ def test_each_mode_runs_its_model_and_its_command_writes_the_same_image(base, pi
     assert "--mask=mask.png" in shlex.split(inpainted["images"][0]["command"])
     run_command(inpainted["images"][0]["command"], tmp_path / "inp", {"image.png": source, "mask.png": mask})
     assert Image.open(tmp_path / "inp" / "3_000.png").convert("RGB").tobytes() == served.tobytes()
+
+
+def file_bytes(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def awkward_file(name: str) -> bytes:
+    """A file that PIL's plain ``convert("RGB")`` reads otherwise than `ldmkit.images.load_image`: transparent
+    pixels whose colour is black (RGBA, LA), a 16-bit grey PNG, a JPEG stored 48×32 with EXIF orientation 6
+    (upright 32×48), and a 16-bit grey mask whose left half is 30000 (keep: 117 in 8 bits) and right half
+    40000 (repaint: 156; PIL's convert clips both to 255)."""
+    rng = np.random.default_rng(7)
+    if name == "rgba.png":
+        pixels = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+        pixels[:, :16] = 0
+        return file_bytes(Image.fromarray(pixels, "RGBA"))
+    if name == "la.png":
+        pixels = rng.integers(0, 256, (32, 32, 2), dtype=np.uint8)
+        pixels[:16] = 0
+        return file_bytes(Image.fromarray(pixels, "LA"))
+    if name == "grey16.png":
+        return file_bytes(Image.fromarray(rng.integers(0, 65536, (32, 32), dtype=np.uint16)))
+    if name == "mask16.png":
+        levels = np.full((32, 32), 40000, dtype=np.uint16)
+        levels[:, :16] = 30000
+        return file_bytes(Image.fromarray(levels))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    return file_bytes(noise(48, 7).crop((0, 0, 48, 32)), "JPEG", exif=exif, quality=95)
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "la.png", "grey16.png", "exif6.jpg"])
+def test_an_uploaded_image_is_read_as_the_cli_reads_its_file(base, tmp_path, name):
+    """/v1/generate and A1111's img2img draw from an upload what the reported command draws from the file:
+    transparency over white, 16 bits scaled to 8, EXIF orientation applied."""
+    data = base64.b64encode(awkward_file(name)).decode()
+    result = draw(base, {"mode": "img2img", "image": data, "image_name": name, "prompt": PROMPT, "steps": 2,
+                         "seed": 3})
+    served = decoded(result["images"][0]["png_base64"])
+    assert served.size == ((32, 48) if name == "exif6.jpg" else (32, 32))
+    run_command(result["images"][0]["command"], tmp_path / "cli", {name: awkward_file(name)})
+    assert Image.open(tmp_path / "cli" / "3_000.png").convert("RGB").tobytes() == served.tobytes()
+    r = requests.post(f"{base}/sdapi/v1/img2img", json={
+        "init_images": [data], "prompt": PROMPT, "steps": 2, "seed": 3, "cfg_scale": 4, "denoising_strength": 0.6,
+        "sampler_name": "DDIM", "override_settings": {"sd_model_checkpoint": "txt"}}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert decoded(r.json()["images"][0]).tobytes() == served.tobytes()
+
+
+def test_an_uploaded_mask_is_read_as_ldmkit_inpaint_reads_its_file(base, tmp_path):
+    image, mask = awkward_file("rgba.png"), awkward_file("mask16.png")
+    result = draw(base, {"model": "inp", "image": base64.b64encode(image).decode(), "prompt": "a blue square",
+                         "mask": base64.b64encode(mask).decode(), "steps": 2, "seed": 4})
+    served = np.asarray(decoded(result["images"][0]["png_base64"]))
+    run_command(result["images"][0]["command"], tmp_path / "cli", {"image.png": image, "mask.png": mask})
+    assert (np.asarray(Image.open(tmp_path / "cli" / "4_000.png").convert("RGB")) == served).all()
+    assert (served[:, :16] == 255).all()  # the kept left half: transparent, so white, as the CLI reads it
+
+
+def bomb_png() -> bytes:
+    """A 1×1 PNG whose header says 20000×20000: more pixels than PIL opens (its DecompressionBombError)."""
+    data = bytearray(file_bytes(Image.new("RGB", (1, 1))))
+    header = struct.pack(">II", 20000, 20000) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return bytes(data)
+
+
+def test_an_image_too_large_for_pil_to_open_is_each_apis_4xx(base):
+    data = base64.b64encode(bomb_png()).decode()
+    r = requests.post(f"{base}/v1/generate", json={"mode": "img2img", "image": data, "prompt": PROMPT}, timeout=10)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image"], r.text
+    assert "at most" in r.json()["detail"][0]["msg"]
+    r = requests.post(f"{base}/sdapi/v1/img2img", json={"init_images": [data], "prompt": PROMPT}, timeout=10)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "init_images"], r.text
+    r = requests.post(f"{base}/v1/images/edits", files={"image": ("i.png", bomb_png())},
+                      data={"prompt": PROMPT, "model": "inp"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "image", r.text
+    assert r.json()["error"]["code"] == "invalid_image"
 
 
 def test_jobs_of_several_models_follow_and_serve_their_images(base):
@@ -296,6 +379,18 @@ def test_a1111_unknown_checkpoint_gets_a1111s_error_shape_and_changes_nothing(ba
     assert "'nope' not found" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("model", ["sr", "cls"])
+def test_a1111_img2img_on_a_model_that_cannot_is_501_before_the_image_is_checked(base, model):
+    """A super-resolution model answers as a class model does, whatever the image's size (an 8×8 image is
+    too small for the tiny models' img2img, but no img2img runs here)."""
+    for side in (8, 32):
+        r = requests.post(f"{base}/sdapi/v1/img2img", json={
+            "init_images": [b64png(noise(side, 0))], "prompt": PROMPT,
+            "override_settings": {"sd_model_checkpoint": model}}, timeout=10)
+        assert r.status_code == 501 and set(r.json()) == {"error", "detail", "body", "errors"}, r.text
+        assert f"model '{model}'" in r.json()["detail"] and "cannot draw from an image" in r.json()["detail"]
+
+
 # --------------------------------------------------------------------------------------------------
 # OpenAI
 
@@ -329,6 +424,27 @@ def test_openai_routes_use_their_model_field(base, pipes):
     with pytest.raises(openai.BadRequestError) as e:  # the default model, a text model, cannot edit
         client.images.edit(image=("in.png", buf.getvalue(), "image/png"), prompt="a red circle")
     assert "not an inpainting model" in e.value.body["message"] and "'inp'" in e.value.body["message"]
+
+
+def test_an_openai_edit_is_the_inpaint_of_v1_generate_and_the_pipeline_from_its_seed(base, pipes):
+    """/v1/images/edits draws with ldmkit inpaint's guidance 1, so its reported seed gives the same image from
+    /v1/generate and from the pipeline; an opaque RGBA mask (as editors save one) repaints where it is white."""
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+    source, mask = noise(32, 8), Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 32, 16))
+    edited = client.images.edit(image=("in.png", file_bytes(source), "image/png"), prompt="a blue square",
+                                mask=("mask.png", file_bytes(mask.convert("RGBA")), "image/png"), model="inp",
+                                response_format="b64_json")
+    s = edited.model_extra["ldmkit"]["settings"]
+    assert s["guidance"] == 1.0
+    served = decoded(edited.data[0].b64_json)
+    again = draw(base, {"model": "inp", "image": b64png(source), "mask": b64png(mask), "prompt": "a blue square",
+                        "steps": s["steps"], "seed": s["seed"]})
+    assert decoded(again["images"][0]["png_base64"]).tobytes() == served.tobytes()
+    direct = pipes["inp"](source, mask, "a blue square", num_inference_steps=s["steps"], generator=s["seed"])
+    assert rgb(direct) == [served.tobytes()]
+    out, src = np.asarray(served), np.asarray(source)
+    assert (out[16:] == src[16:]).all() and (out[:16] != src[:16]).any()
 
 
 # --------------------------------------------------------------------------------------------------

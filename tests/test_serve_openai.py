@@ -118,6 +118,32 @@ def test_edit_repaints_only_the_transparent_pixels_of_the_mask(client):
     assert out.shape == src.shape and (out[:16] == src[:16]).all() and (out[16:] != src[16:]).any()
 
 
+def test_edit_reads_an_opaque_mask_as_ldmkit_does_white_repaints(client):
+    """A mask without transparency (here RGBA, fully opaque, as editors often save one) repaints where white."""
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    mask = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+    mask.paste((255, 255, 255, 255), (8, 8, 24, 24))
+    result = client.images.edit(image=png_file(source), mask=png_file(mask), prompt="a red circle",
+                                response_format="b64_json")
+    out, src = np.asarray(decode(result.data[0].b64_json).convert("RGB")), np.asarray(source)
+    inside = np.zeros((32, 32), bool)
+    inside[8:24, 8:24] = True
+    assert (out[~inside] == src[~inside]).all() and (out[inside] != src[inside]).any()
+    assert result.model_extra["ldmkit"]["settings"]["guidance"] == 1.0  # ldmkit inpaint's default
+
+
+@pytest.mark.parametrize("mask", [Image.new("RGBA", (32, 32), (0, 0, 0, 255)),      # opaque, black: nothing white
+                                  Image.new("L", (32, 32), 0),
+                                  Image.new("RGBA", (32, 32), (0, 0, 0, 128)),      # no fully transparent pixel
+                                  None])                                            # an opaque image, no mask
+def test_edit_with_a_mask_that_selects_no_pixel_is_a_400_naming_mask(client, mask):
+    source = Image.new("RGBA", (32, 32), (0, 200, 0, 255))
+    extra = {} if mask is None else {"mask": png_file(mask)}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(image=png_file(source), prompt="a red circle", **extra)
+    assert e.value.body["param"] == "mask" and "pixel" in e.value.body["message"], e.value.body
+
+
 def test_edit_on_a_text_model_is_a_clear_error(text_only_client):
     source = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     with pytest.raises(openai.BadRequestError) as e:

@@ -35,13 +35,14 @@ from fastapi.exceptions import RequestValidationError
 
 from ldmkit import __version__
 from ldmkit.bounds import MAX_IMAGES
+from ldmkit.images import to_rgb
 from ldmkit.serve.a1111_schemas import (
     SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, not_honoured, sampler_error, sampler_for,
     sampler_names, size_for,
 )
 from ldmkit.serve.a1111_checkpoints import Checkpoints, add_checkpoint_routes
 from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
-from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, white_mask
+from ldmkit.serve.image_jobs import ImageInputError, a1111_mask, decode_image, png_bytes, selects_nothing
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ImageSettings, JobState, Settings, random_seed
@@ -51,6 +52,27 @@ from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
 def _cannot(served: ServedModel, what: str) -> HTTPException:
     return HTTPException(501, f"model {served.name!r} ({KIND_NAMES[served.kind]}) cannot {what}; switch to a model "
                               f"that can (GET /sdapi/v1/sd-models, POST /sdapi/v1/options)")
+
+
+def image_mode(served: ServedModel, masked: bool, blank_mask: bool = False) -> str:
+    """The mode an img2img request runs on ``served``: with a mask, inpaint on an inpainting model, else
+    img2img-masked (SDEdit pasted into the mask); without, img2img. A 501 where ``served`` has no pipeline for
+    it (a super-resolution or colorization model; a consistency student; an inpainting model without a
+    mask, ``blank_mask``: the mask sent selects no pixel, and so is none)."""
+    mode = "img2img" if not masked else ("inpaint" if "inpaint" in served.pipelines else "img2img-masked")
+    if ("inpaint" if mode == "inpaint" else "img2img") not in served.pipelines:
+        blank = " without a mask (the mask selects no pixel, so it is none, as an empty one)" if blank_mask else ""
+        raise _cannot(served, f"draw from an image{blank} (img2img needs a text model that is not a consistency "
+                              f"student, or, with a mask, an inpainting model)")
+    return mode
+
+
+def mask_blur_not_honoured(request: Img2ImgRequest) -> dict:
+    """The mask blurs given that are not 0 (``mask_blur``, ``mask_blur_x``, ``mask_blur_y``; webuiapi sends
+    A1111's ``mask_blur`` 4 on every call): ldmkit uses the mask as sent, unblurred, so with a mask they are
+    not honoured."""
+    given = request.extra_fields()
+    return {name: given[name] for name in ("mask_blur", "mask_blur_x", "mask_blur_y") if given.get(name)}
 
 
 def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None:
@@ -79,7 +101,9 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         return request.seed if request.seed >= 0 else random_seed()
 
     def answer(job: Job, request: Txt2ImgRequest, settings, notes: list[str], served: ServedModel,
-               extra: dict) -> dict:
+               extra: dict, unused: dict | None = None) -> dict:
+        """A1111's answer: the job's images, the request echoed, and ``info`` (``not_honoured``: `not_honoured`'s
+        fields and ``unused``, those the route found it does not act on)."""
         s = settings
         n = s.num_images
         sampler_name, schedule_type = a1111_sampler(s.sampler, s.karras)
@@ -96,7 +120,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             "denoising_strength": getattr(s, "strength", None), "index_of_first_image": 0,
             "infotexts": [infotext] * n, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "version": f"ldmkit {__version__}",
-            "not_honoured": not_honoured(request, set(models.names)),
+            "not_honoured": {**not_honoured(request, set(models.names)), **(unused or {})},
             "ldmkit": {"job": job.id, "sampler": s.sampler, "settings": s.model_dump(), "notes": notes,
                        "batch": "image k is image k of one batch drawn from seed (as ldmkit generate "
                                 "--num-images draws them), not seed + k", **extra},
@@ -130,9 +154,11 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
     async def img2img(request: Img2ImgRequest, http: Request):
         """Image to image on the current model (or ``override_settings``'): with ``mask`` and an inpainting
         model, inpainting; otherwise SDEdit from ``denoising_strength`` (with ``mask``, only the masked pixels
-        change)."""
+        change). The images are read as the CLI reads its files (`decode_image`, `to_rgb`), the mask as A1111
+        reads it (`a1111_mask`); a mask that selects no pixel is no mask, as an empty one."""
         served = checkpoints.for_request(request.override_settings)
         limits = served.limits
+        image_mode(served, request.mask is not None)  # a model that cannot: 501 before the images are read
         errors: list[dict] = []
         try:
             image = decode_image(request.init_images[0], "init_images", limits)
@@ -144,10 +170,14 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
         (sampler, karras), _, _, notes = checked(request, limits, errors, sized=False)
         notes = [note for note in notes if "512" not in note]
-        mode = "img2img" if mask is None else ("inpaint" if "inpaint" in served.pipelines else "img2img-masked")
-        if ("inpaint" if mode == "inpaint" else "img2img") not in served.pipelines:
-            raise _cannot(served, "draw from an image (img2img needs a text model that is not a consistency "
-                                  "student, or, with a mask, an inpainting model)")
+        mask = None if mask is None else a1111_mask(mask, bool(request.inpainting_mask_invert))
+        blank = mask is not None and selects_nothing(mask)
+        if blank:
+            mask = None
+            notes.append("the mask selects no pixel: img2img without a mask, as for an empty mask (A1111 too "
+                         "switches to img2img on a blank mask)")
+        mode = image_mode(served, mask is not None, blank)
+        unused = {} if mask is None else mask_blur_not_honoured(request)
         if mode == "inpaint":
             notes.append("inpainted by the inpainting model: denoising_strength does not apply")
         elif mode == "img2img-masked":
@@ -162,13 +192,12 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             model=served.name, mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt,
             steps=request.steps, guidance=request.cfg_scale, sampler=sampler, karras=karras, seed=seed_of(request),
             num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
-            image=png_bytes(image.convert("RGB")),
-            mask=None if mask is None else png_bytes(white_mask(mask, bool(request.inpainting_mask_invert))))
+            image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask))
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
-        return answer(job, request, settings, notes, served, {"mode": mode})
+        return answer(job, request, settings, notes, served, {"mode": mode}, unused)
 
     @app.get("/sdapi/v1/samplers", tags=["automatic1111"])
     def samplers() -> list[dict]:

@@ -6,7 +6,9 @@ An `ImageSettings` job runs on the same queue as generate and edit jobs, on the 
 for upscale, `ColorizationPipeline` for colorize, and `ImageToImagePipeline` over a text model (SDEdit)
 for img2img; img2img-masked is SDEdit whose output is pasted into the input only where the mask is white,
 so that the unmasked pixels stay exactly the input's. The input image and mask travel as PNG bytes,
-excluded from the settings' JSON.
+excluded from the settings' JSON. An upload is read as the CLI reads a file (`decode_image`, then
+`ldmkit.images.to_rgb` for an image), so that the same file gives the same image whichever entry point reads
+it; a mask by its client's convention (`white_mask`: ldmkit's, `a1111_mask`, `mask_from_alpha`: OpenAI's).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import io
 from typing import Callable, Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from ldmkit.images import to_8bit
 from ldmkit.pipelines.image_to_image import ImageToImagePipeline
 from ldmkit.serve.job_settings import to_settings
 from ldmkit.serve.limits import Limits
@@ -34,22 +37,29 @@ class ImageInputError(ValueError):
 
 def decode_image(data: bytes | str, field: str, limits: Limits, scale: int = 1) -> Image.Image:
     """``data`` (PNG/JPEG/WebP bytes, or base64 of them: a ``data:image/…;base64,`` prefix and line breaks
-    allowed) as a loaded PIL image whose sides, times ``scale`` (a super-resolution model's factor: the
-    output's sides), are multiples of the latent factor, at most ``limits.max_size``, and together not
-    `Limits.too_small`. The size is checked from the header, before the pixels are decoded. Anything else
-    is an `ImageInputError` naming ``field``."""
+    allowed) as a loaded PIL image, upright per its EXIF orientation and in its own mode (alpha and bit depth
+    kept), as `ldmkit.images.load_image` reads a file before its `to_rgb`: callers take `to_rgb` of an input
+    image, and read a mask by their client's convention (`white_mask`, `a1111_mask`, `mask_from_alpha`). Its
+    sides, times ``scale`` (a super-resolution model's factor: the output's sides), are multiples of the
+    latent factor, at most ``limits.max_size``, and together not `Limits.too_small`; the size is checked from
+    the header, before the pixels are decoded (the checks do not depend on which side is which, so a
+    rotation by EXIF changes nothing). Anything else, an image too large for PIL to open (a decompression
+    bomb) included, is an `ImageInputError` naming ``field``."""
     if isinstance(data, str):
         data = _from_base64(data, field)
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(field, f"{field} cannot be read: {str(e).rstrip('.')}; each side may be at most "
+                                     f"{limits.max_size}") from None
+    except (OSError, SyntaxError, ValueError):
         raise ImageInputError(field, f"{field} is not an image PIL can read (PNG, JPEG or WebP)") from None
     _check_size(image.size, field, limits, scale)
     try:
         image.load()
-    except (OSError, ValueError) as e:
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageInputError(field, f"{field} could not be decoded: {e}") from None
-    return image
 
 
 def _from_base64(text: str, field: str) -> bytes:
@@ -86,19 +96,41 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def mask_from_alpha(image: Image.Image) -> Image.Image | None:
-    """OpenAI's convention: the fully transparent pixels of ``image`` are the ones to repaint. As an
-    L mask (white = repaint), or None when ``image`` has no alpha channel."""
+def alpha_channel(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel of ``image`` (H×W, 0 … 255) where it has one (RGBA, LA, PA, a palette with a
+    transparent colour) that is not fully opaque; None otherwise."""
     if "A" not in image.getbands() and not (image.mode == "P" and "transparency" in image.info):
         return None
     alpha = np.asarray(image.convert("RGBA"))[..., 3]
-    return Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), mode="L")
+    return None if alpha.min() == 255 else alpha
+
+
+def mask_from_alpha(image: Image.Image) -> Image.Image | None:
+    """OpenAI's convention: the fully transparent pixels of ``image`` are the ones to repaint. As an
+    L mask (white = repaint), or None when ``image`` has no alpha channel or a fully opaque one."""
+    alpha = alpha_channel(image)
+    return None if alpha is None else Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), mode="L")
 
 
 def white_mask(mask: Image.Image, invert: bool = False) -> Image.Image:
-    """``mask`` as an L image in {0, 255}: white (grey level > ½) repaints; ``invert`` swaps the two."""
-    grey = np.asarray(mask.convert("L")) > 127
+    """``mask`` as an L image in {0, 255}, read as `ldmkit inpaint --mask` reads a file: its grey levels (a
+    grey image of more than 8 bits scaled to 8, `to_8bit`; alpha ignored), white (> ½) repaints; ``invert``
+    swaps the two."""
+    grey = np.asarray(to_8bit(mask).convert("L")) > 127
     return Image.fromarray(np.where(grey != invert, 255, 0).astype(np.uint8), mode="L")
+
+
+def a1111_mask(mask: Image.Image, invert: bool = False) -> Image.Image:
+    """``mask`` read as A1111 reads an img2img mask (``create_binary_mask``): where it has an alpha channel that
+    is not fully opaque (strokes on a transparent layer), its opaque pixels (alpha > ½) repaint; otherwise
+    `white_mask`'s grey levels, white repaints. ``invert`` (``inpainting_mask_invert``) swaps the two."""
+    alpha = alpha_channel(mask)
+    return white_mask(mask if alpha is None else Image.fromarray(alpha, mode="L"), invert)
+
+
+def selects_nothing(mask: Image.Image) -> bool:
+    """Whether the L ``mask`` (white = repaint) has no pixel to repaint."""
+    return mask.getbbox() is None
 
 
 def paste_masked(result: Image.Image, source: Image.Image, mask: Image.Image) -> Image.Image:

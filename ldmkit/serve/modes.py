@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
+from ldmkit.images import to_rgb
 from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, white_mask
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import DEFAULT_GUIDANCE, ClassSettings, GenerateRequest, ImageSettings, random_seed
@@ -96,14 +97,15 @@ def resolve(request: GenerateRequest, served: ServedModel):
     return ImageSettings(mode=mode, prompt=request.prompt or "", negative_prompt=request.negative_prompt,
                          num_images=1, strength=(request.strength or DEFAULT_STRENGTH) if mode == "img2img" else 1.0,
                          width=image.size[0] * scale, height=image.size[1] * scale,
-                         image=png_bytes(image.convert("RGB")), image_name=request.image_name or "image.png",
+                         image=png_bytes(to_rgb(image)), image_name=request.image_name or "image.png",
                          mask=None if mask is None else png_bytes(white_mask(mask)),
                          mask_name=None if mask is None else (request.mask_name or "mask.png"), **common)
 
 
 def _inputs(request: GenerateRequest, mode: str, limits: Limits, scale: int, errors: list[dict]):
-    """(image, mask) decoded and checked against ``limits`` (the sides times ``scale``), each None where
-    missing or at fault (its error appended to ``errors``)."""
+    """(image, mask) decoded (`decode_image`: as the mode's command reads its files) and checked against
+    ``limits`` (the sides times ``scale``), each None where missing or at fault (its error appended to
+    ``errors``)."""
     decoded = {}
     for field in ("image", "mask"):
         data = getattr(request, field)

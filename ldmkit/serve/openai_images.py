@@ -24,13 +24,18 @@ import time
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ldmkit.bounds import MAX_IMAGES
+from ldmkit.images import to_rgb
 from ldmkit.serve.handling import finished_images, not_found, png_response, submit, wait_done
-from ldmkit.serve.image_jobs import ImageInputError, decode_image, mask_from_alpha, png_bytes, white_mask
+from ldmkit.serve.image_jobs import (
+    ImageInputError, decode_image, mask_from_alpha, png_bytes, selects_nothing, white_mask,
+)
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
+from ldmkit.serve.modes import GUIDANCE
 from ldmkit.serve.multipart_form import FormError, parse_form
 from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, ClassSettings, ImageSettings, Settings, random_seed
 from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
@@ -113,6 +118,30 @@ class EditForm(GenerationRequest):
     ("2"), and what is not an integer of 1 … `MAX_IMAGES` ("-1", "2.5", "two") is refused as such."""
 
     n: int | None = Field(1, ge=1, le=MAX_IMAGES)
+
+
+def edit_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image:
+    """The L mask (white = repaint) of an edit of ``image`` with ``mask`` (None: none sent). OpenAI's convention:
+    the fully transparent pixels of the mask, or without one of the image, are repainted; a mask without
+    transparency (no alpha channel, or a fully opaque one) follows ldmkit's, white repaints (`white_mask`).
+    An image without a mask or transparent pixels, a mask of another size, and a mask that selects no pixel
+    are OpenAI's 400 naming ``mask``."""
+    if mask is None:
+        selected = mask_from_alpha(image)
+        if selected is None or selects_nothing(selected):
+            raise OpenAIError(400, "the image has no fully transparent pixel to edit; send a mask: its fully "
+                                   "transparent pixels are repainted, or, in a mask without transparency, its white "
+                                   "ones", "mask", "missing_required")
+        return selected
+    if mask.size != image.size:
+        raise OpenAIError(400, f"mask is {mask.size[0]}x{mask.size[1]}, the image {image.size[0]}x{image.size[1]}: "
+                               f"they must match", "mask", "invalid_image")
+    selected = mask_from_alpha(mask)
+    selected = white_mask(mask) if selected is None else selected
+    if selects_nothing(selected):
+        raise OpenAIError(400, "the mask selects no pixel to edit: repainted are its fully transparent pixels, or, "
+                               "in a mask without transparency, its white ones", "mask", "invalid_image")
+    return selected
 
 
 def not_honoured(extra: dict) -> dict:
@@ -199,9 +228,11 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
 
     @app.post(f"{PREFIX}/edits", tags=["openai"])
     async def edits(http: Request):
-        """Inpainting (multipart/form-data): ``image`` (PNG), ``mask`` (PNG whose transparent pixels are
-        repainted; without one, the image's own transparent pixels), ``prompt``, ``n``, ``size``,
-        ``response_format``, ``model``. Needs an inpainting model."""
+        """Inpainting (multipart/form-data): ``image`` (PNG), ``mask`` (`edit_mask`: PNG whose transparent pixels
+        are repainted, or white ones in a mask without transparency; without one, the image's own transparent
+        pixels), ``prompt``, ``n``, ``size``, ``response_format``, ``model``. Needs an inpainting model; drawn
+        as `ldmkit inpaint` draws with the model's default steps and sampler, guidance 1 (its default) and the
+        seed reported. The image is read as the CLI reads a file (`decode_image`, `to_rgb`)."""
         try:
             form = parse_form(await http.body(), http.headers.get("content-type", ""))
             text = {name: parts[0].text() for name, parts in form.items() if parts[0].filename is None}
@@ -220,25 +251,17 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
             raise OpenAIError(400, "image is required: a PNG file field named image", "image", "missing_required")
         try:
             image = decode_image(images[0].data, "image", limits)
-            mask_source = decode_image(form["mask"][0].data, "mask", limits) if "mask" in form else image
+            mask_source = decode_image(form["mask"][0].data, "mask", limits) if "mask" in form else None
         except ImageInputError as e:
             raise OpenAIError(400, str(e), e.field, "invalid_image") from None
-        if mask_source.size != image.size:
-            raise OpenAIError(400, f"mask is {mask_source.size[0]}x{mask_source.size[1]}, the image "
-                                   f"{image.size[0]}x{image.size[1]}: they must match", "mask", "invalid_image")
-        mask = mask_from_alpha(mask_source)
-        if mask is None:
-            if "mask" not in form:
-                raise OpenAIError(400, "the image has no transparent pixels to edit; send a mask (transparent = "
-                                       "repaint)", "mask", "missing_required")
-            mask = white_mask(mask_source)  # no alpha channel: ldmkit's convention, white repaints
+        mask = edit_mask(image, mask_source)
         if request.size not in (None, "auto") and size_of(request.size, limits) != image.size:
             raise OpenAIError(400, f"size {request.size!r} differs from the image's {image.size[0]}x{image.size[1]}; "
                                    f"edits keep the image's size", "size", "invalid_value")
         settings = ImageSettings(model=served.name, mode="inpaint", prompt=request.prompt, negative_prompt="",
-                                 steps=limits.default_steps, guidance=DEFAULT_GUIDANCE, sampler=limits.samplers[0],
+                                 steps=limits.default_steps, guidance=GUIDANCE["inpaint"], sampler=limits.samplers[0],
                                  seed=random_seed(), num_images=request.n or 1, strength=1.0,
-                                 width=image.size[0], height=image.size[1], image=png_bytes(image.convert("RGB")),
+                                 width=image.size[0], height=image.size[1], image=png_bytes(to_rgb(image)),
                                  mask=png_bytes(mask))
         job = submit(queue, settings)
         return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
