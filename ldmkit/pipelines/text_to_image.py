@@ -13,6 +13,10 @@ from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_
 from ldmkit.pipelines.base import Pipeline, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import DEFAULT_GUIDANCE
+from ldmkit.text.emphasis import parse
+from ldmkit.text.weighted import emphasis_contexts
+
+PROMPT_SYNTAXES = ("plain", "a1111")  # how a prompt's brackets and BREAK are read (`generate_tensors`)
 
 
 class TextToImagePipeline(Pipeline):
@@ -66,6 +70,7 @@ class TextToImagePipeline(Pipeline):
         cache_interval: int = 1,
         karras: bool = False,
         steps_offset: int | None = None,
+        prompt_syntax: str = "plain",
     ) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
 
@@ -81,8 +86,13 @@ class TextToImagePipeline(Pipeline):
         ``cache_interval`` N > 1: feature reuse, the whole UNet at every N-th step and its shallow branch
         alone between (`ldmkit.nn.feature_cache`). ``sampler``/``steps`` None: the model's own (ddim at 25
         steps; lcm at its distilled step count for a consistency student of `ldmkit distill`).
+        ``prompt_syntax``: "plain" reads the prompts as written (diffusers); "a1111" reads AUTOMATIC1111's
+        emphasis, ``(word:1.3)``, ``(word)``, ``[word]``, ``BREAK``, and a prompt longer than the tokenizer's
+        length in chunks instead of cut (`ldmkit.text.weighted`), the prompts and the negative prompts alike.
         """
         model = self.model
+        if prompt_syntax not in PROMPT_SYNTAXES:
+            raise UsageError(f"prompt_syntax = {prompt_syntax!r}; allowed: {', '.join(PROMPT_SYNTAXES)}")
         prompts = prompt_list(prompt)
         negatives = negative_list(negative_prompt, len(prompts))
         if num_images < 1:
@@ -93,18 +103,26 @@ class TextToImagePipeline(Pipeline):
         if self.is_student and any(negatives):
             raise UsageError("a consistency student takes the guidance scale as an input and has no negative prompt; "
                              "leave it out")
-        # words the model never saw read as the nearest it did (`LatentDiffusion.in_known_words`)
-        prompts = [p for p in model.in_known_words(prompts) for _ in range(num_images)]
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         if binding < 0:
             raise ValueError(f"binding = {binding}; must be ≥ 0")
         if binding_candidates < 1:
             raise ValueError(f"binding_candidates = {binding_candidates}; must be at least 1")
-        context = self.encode(prompts)
-        # A consistency student has no unconditional pass: its null context is never read.
         if isinstance(negatives, list):  # one per prompt, repeated as the prompts are
             negatives = [n for n in negatives for _ in range(num_images)]
-        null_context = context[:1] if self.is_student else self.encode_null(negatives)
+        if prompt_syntax == "a1111":
+            context, null_context = self.emphasis_contexts(prompts, negatives, num_images)
+            prompts = [parse(p).text for p in prompts for _ in range(num_images)]  # what binding reads
+            if binding > 0 and context.shape[1] > model.tokenizer.max_length:
+                raise UsageError(f"binding guidance reads one chunk of {model.tokenizer.max_length} tokens; this "
+                                 "prompt has more (or BREAK): shorten it, or leave --binding out")
+        else:
+            # words the model never saw read as the nearest it did (`LatentDiffusion.in_known_words`)
+            prompts = [p for p in model.in_known_words(prompts) for _ in range(num_images)]
+            context = self.encode(prompts)
+            null_context = None if self.is_student else self.encode_null(negatives)
+        # A consistency student has no unconditional pass: its null context is never read.
+        null_context = context[:1] if self.is_student else null_context
         latents = self.sample_latents(
             context, null_context, latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
@@ -113,6 +131,16 @@ class TextToImagePipeline(Pipeline):
             cache_interval=cache_interval, karras=karras, steps_offset=steps_offset,
         )
         return self.decode(latents)
+
+    def emphasis_contexts(self, prompts: list[str], negatives: str | list[str],
+                          num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(τθ(prompts), τθ(negatives)) in A1111's emphasis syntax (`ldmkit.text.weighted.emphasis_contexts`),
+        each prompt ``num_images`` times; ``negatives``: one shared, or one per row. Both in one call, so that a
+        prompt and its negative prompt have as many chunks (the shorter padded with the empty prompt's)."""
+        rows = [p for p in prompts for _ in range(num_images)]
+        negatives = negatives if isinstance(negatives, list) else [negatives]
+        both = emphasis_contexts(rows + negatives, self.encode, self.model.tokenizer, self.model.in_known_words)
+        return both[:len(rows)], both[len(rows):]
 
     def prompt_binding(self, prompts: list[str], scale: float,
                        candidates: int = BindingGuidance.candidates) -> BindingGuidance:

@@ -132,6 +132,19 @@ class FixedLengthTokenizer:
                 found.append(i)
         return found
 
+    def pieces(self, text: str) -> list[str]:
+        """``text`` cut, between tokens, into pieces that each fit the ``max_length`` tokens whole (its special
+        tokens included): A1111's chunks of 75 CLIP tokens for a long prompt. One piece when it fits."""
+        whole = Tokenizer.from_str(self._tok.to_str())
+        whole.no_truncation()
+        whole.no_padding()
+        room = self.max_length - len(whole.encode("").ids)  # the special tokens every piece carries
+        offsets = whole.encode(str(text), add_special_tokens=False).offsets
+        if len(offsets) <= room:
+            return [text]
+        starts = [offsets[i][0] for i in range(0, len(offsets), room)]
+        return [text[a:b].strip() for a, b in zip(starts, starts[1:] + [len(text)])]
+
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """The normalised text of each row of token_ids (special tokens and padding dropped)."""
         return self._tok.decode_batch(token_ids.reshape(-1, token_ids.shape[-1]).tolist())
