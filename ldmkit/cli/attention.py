@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import UsageError, bounded_float, check_sampler, check_text, positive_int, seed_int
 from ldmkit.cli.generate import check_steps
@@ -19,7 +21,10 @@ def cmd_attention(args) -> None:
         raise UsageError(f"--out {args.out}: give a .png file for the figure")
     out = check_output_file(args.out, kind=".png file")
     pipe = load_pipeline(args.model, resolve_device(args.device))
+    if args.as_written:
+        pipe.model.known_words = None
     check_steps(pipe.model, args.steps)
+    note_reading("attention", pipe.model, args.prompt)
     result = cross_attention_maps(pipe, args.prompt, args.steps, args.guidance, args.seed, args.sampler,
                                   progress=not args.no_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +33,15 @@ def cmd_attention(args) -> None:
     shares = result.share()
     listing = ", ".join(f"{result.tokens[j]} {100 * float(shares[j]):.0f}%" for j in range(result.real_tokens))
     print(f"wrote {out}; attention shares: {listing}, padding {100 * float(shares[result.real_tokens:].sum()):.0f}%")
+
+
+def note_reading(command: str, model, prompt: str) -> None:
+    """Say on stderr, as `ldmkit generate` does, how the model reads ``prompt`` when that is not as written
+    (words it never saw, as the nearest it knows: `LatentDiffusion.in_known_words`)."""
+    read = model.in_known_words([prompt])[0]
+    if read != prompt:
+        print(f"ldmkit {command}: note: read as {read!r} (words the model never saw, as the nearest it knows; "
+              "--as-written reads the prompt as given)", file=sys.stderr)
 
 
 def add_parsers(sub) -> None:
@@ -43,6 +57,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--sampler", default=None, help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a "
                                                    "consistency student (its default)")
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--as-written", action="store_true",
+                   help="encode the prompt as given: by default a word the model never saw in training is read as the "
+                        "nearest word it did, by WordNet, and the maps are those of the words read "
+                        "(docs/prompt_following.md)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_attention)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.cli.common import (
-    bounded_float, bounded_int, check_text, positive_int, read_image, seed_int, unit_interval,
+    bounded_float, bounded_int, check_text, fraction, positive_int, read_image, seed_int, unit_interval,
 )
 from ldmkit.cli.outputs import check_output_dir, check_output_file
 from ldmkit.data import save_grid
@@ -14,22 +14,27 @@ from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.diffusion.prompt_to_prompt import MODES
 from ldmkit.errors import UsageError
 from ldmkit.pipelines import PromptToPromptPipeline
+from ldmkit.pipelines.prompt_to_prompt import check_edit_guidance
 from ldmkit.pretrained import resolve_model
 
 
 def _outputs(args) -> tuple[Path | None, Path | None]:
-    """(--out, --out-dir), one of them None, each checked writable (tried, not guessed) before any work."""
+    """(--out, --out-dir), one of them None, each checked writable (tried, not guessed) before any work; --out-dir
+    must be new or empty unless --overwrite (two runs' images would mix), as `ldmkit generate --out DIR`."""
     if bool(args.out) == bool(args.out_dir):
         raise UsageError("give exactly one of --out FILE (source and edit side by side) or --out-dir DIR")
     if args.out:
         return check_output_file(args.out, "--out", suffixes=(".png",)), None
-    return None, check_output_dir(args.out_dir, "--out-dir")
+    return None, check_output_dir(args.out_dir, "--out-dir", empty=True, overwrite=args.overwrite, what="images",
+                                  remedy="choose a new folder, or pass --overwrite to write into it anyway (images of "
+                                         "the same names are replaced, the others kept)")
 
 
 def cmd_edit(args) -> None:
     check_text(args.source_prompt, "SOURCE_PROMPT")
     check_text(args.target_prompt, "TARGET_PROMPT")
     out, out_dir = _outputs(args)
+    check_edit_guidance(args.guidance, "--guidance")
     image = read_image(args.image) if args.image else None
     if image is not None and args.num_images != 1:
         raise UsageError("--num-images applies to generated images; a real image (--image) is edited once")
@@ -76,18 +81,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--blend", metavar="WORDS",
                    help="local blend: change only where these words (of either prompt; space- or comma-separated) "
                         "attend; the rest of the latent is the source's")
-    p.add_argument("--blend-threshold", type=unit_interval, default=0.3, metavar="T",
-                   help="the local-blend mask is where the words' averaged map exceeds T times its maximum (default 0.3)")
+    p.add_argument("--blend-threshold", type=fraction, default=0.3, metavar="T",
+                   help="the local-blend mask is where the words' averaged map exceeds T times its maximum, "
+                        "T in [0, 1) (default 0.3)")
     p.add_argument("--inversion", choices=["null-text", "ddim"], default="null-text",
                    help="with --image: null-text inversion (default; reconstructs closely, ~10x slower) or plain "
                         "DDIM inversion")
     p.add_argument("--out", metavar="FILE", help="one .png with source and edit side by side (one row per image)")
-    p.add_argument("--out-dir", metavar="DIR", help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1)")
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="a folder for source.png and edit.png (source_K.png, edit_K.png with --num-images > 1); it "
+                        "must be new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="write into a --out-dir folder that already holds files")
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES, "one batch; run again with another --seed for more"),
                    default=1, metavar="N")
     p.add_argument("--steps", type=positive_int, default=25, metavar="N")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
-                   default=4.0, help="classifier-free guidance scale s")
+                   default=4.0, help="classifier-free guidance scale s > 0 (at 0 neither prompt acts)")
     p.add_argument("--seed", type=seed_int, default=0, metavar="S")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), bf16 (UNet, text encoder and decoder under bf16 autocast) or auto (bf16 "

@@ -163,6 +163,7 @@ def align(tokenizer, source_prompt: str, target_prompt: str, mode: str) -> Token
     if parse_weights(source_prompt)[1]:
         raise PromptEditError("weights such as red(2) go in the target prompt, not the source")
     plain_target, weighted = parse_weights(target_prompt)
+    check_within_limit(tokenizer, source_prompt, plain_target, weighted)
     source, target = PromptWords.of(tokenizer, source_prompt), PromptWords.of(tokenizer, plain_target)
     if len(source.tokens) != len(target.tokens):
         raise PromptEditError("the two prompts tokenize to different lengths")
@@ -202,6 +203,45 @@ def align(tokenizer, source_prompt: str, target_prompt: str, mode: str) -> Token
     return TokenAlignment(mapper, alphas, weights)
 
 
+def seen_words(tokenizer, prompt: str) -> int:
+    """How many of ``prompt``'s space-separated words the text encoder sees (at least one token of each): the
+    words after them lie past the tokenizer's length limit (``max_length``) and are cut off."""
+    spans = [m.span() for m in re.finditer(r"\S+", prompt)]
+    seen = len(spans)
+    if tokenizer.tokens(prompt)[1] < tokenizer.max_length:  # room to spare: nothing was cut
+        return seen
+    while seen and not tokenizer.token_indices(prompt, [spans[seen - 1]]):
+        seen -= 1
+    return seen
+
+
+def _past_limit(tokenizer, word: str, what: str) -> PromptEditError:
+    """The refusal of a ``what`` word (changed, weighted, blend) that the tokenizer cuts off."""
+    return PromptEditError(f"the {what} word {word!r} lies past the text encoder's limit ({tokenizer.limit()}), "
+                           "where the prompt is cut off, so the edit could not act on it; shorten the prompt so that "
+                           "the word comes within the limit")
+
+
+def check_within_limit(tokenizer, source_prompt: str, plain_target: str,
+                       weighted: Sequence[tuple[str, int, float]] = ()) -> None:
+    """A `PromptEditError` naming the first changed word (swapped, added or removed: `difflib` on the prompts'
+    space-separated words) or ``weighted`` word (`parse_weights`; ``plain_target`` is the target without its
+    weights) that lies past the tokenizer's length limit (`seen_words`): the text encoder never sees it, so the
+    edit would silently give back the source."""
+    source_words, target_words = source_prompt.split(), plain_target.split()
+    source_seen, target_seen = seen_words(tokenizer, source_prompt), seen_words(tokenizer, plain_target)
+    matcher = difflib.SequenceMatcher(None, [_normal(w) or w for w in source_words],
+                                      [_normal(w) or w for w in target_words], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        cut = source_words[max(i1, source_seen):i2] + target_words[max(j1, target_seen):j2]
+        if tag != "equal" and cut:
+            raise _past_limit(tokenizer, cut[0], "changed")
+    for word, occurrence, _ in weighted:
+        index = [k for k, w in enumerate(target_words) if _normal(w) == word][occurrence]
+        if index >= target_seen:
+            raise _past_limit(tokenizer, target_words[index], "weighted")
+
+
 def _special(word: str) -> bool:
     return (word[:1], word[-1:]) in (("[", "]"), ("<", ">"))
 
@@ -230,8 +270,19 @@ def blend_selections(tokenizer, source_prompt: str, target_prompt: str, words: S
     target, in_target = blend_selection(tokenizer, target_prompt, words)
     missing = [w for w in words if w not in in_source and w not in in_target]
     if missing:
+        prompts = f"{source_prompt} {parse_weights(target_prompt)[0]}".split()
+        if any(_normal(w) == _normal(missing[0]) for w in prompts):  # a word of the text, cut off by the tokenizer
+            raise _past_limit(tokenizer, missing[0], "blend")
         raise PromptEditError(f"blend word {missing[0]!r} is not a word of the source or the target prompt")
     return source, target
+
+
+def check_blend_threshold(threshold: float) -> None:
+    """A `PromptEditError` unless local blend's threshold T is in [0, 1): the mask is where the words' map,
+    divided by its maximum, exceeds T, so at T ≥ 1 it is empty and the edit would be the source."""
+    if not 0.0 <= threshold < 1.0:
+        raise PromptEditError(f"blend_threshold = {threshold}; must be in [0, 1) (the mask is where the blend words' map "
+                              "exceeds that fraction of its maximum: from 1 on it is empty, and the edit the source)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,6 +305,7 @@ class AttentionController:
         for name, value in (("cross_replace_steps", cross_replace_steps), ("self_replace_steps", self_replace_steps)):
             if not 0.0 <= value <= 1.0:
                 raise PromptEditError(f"{name} = {value}; must be in [0, 1]")
+        check_blend_threshold(blend_threshold)
         if blend is not None and latent_hw is None:
             raise ValueError("local blend needs the latent grid size latent_hw")
         self.pairs = len(alignments)

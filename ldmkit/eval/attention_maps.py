@@ -33,9 +33,10 @@ class AttentionMaps:
     """An image and, for each of its prompt's L context tokens, the cross-attention map on the latent grid."""
 
     image: Image.Image
-    tokens: list[str]  # the L context positions: the tokenizer's tokens, special ones and padding included
+    tokens: list[str]  # the L context positions: the tokens of ``prompt``, special ones and padding included
     maps: torch.Tensor  # float32[L, h, w]: Ā (see the module docstring); each pixel sums to 1 over L
     real_tokens: int  # the first real_tokens positions are the prompt's; the rest are padding
+    prompt: str  # the prompt as encoded: in the words the model knows (`LatentDiffusion.in_known_words`)
 
     def share(self) -> torch.Tensor:
         """float32[L]: each token's share of the attention, averaged over the latent pixels (sums to 1)."""
@@ -45,7 +46,9 @@ class AttentionMaps:
 def cross_attention_maps(pipe, prompt: str, steps: int | None = None, guidance: float = 4.0, seed: int = 0,
                          sampler: str | None = None, progress: bool = False) -> AttentionMaps:
     """Sample one image for ``prompt`` with a `TextToImagePipeline` and return it with its maps (``sampler``,
-    ``steps`` None: the model's own, `Pipeline.sampling_defaults`)."""
+    ``steps`` None: the model's own, `Pipeline.sampling_defaults`). The maps are labelled with the tokens the
+    pipeline encodes: those of the prompt read in the words the model knows (`LatentDiffusion.in_known_words`,
+    ``AttentionMaps.prompt``), which may differ from the prompt as written."""
     model = pipe.model
     if not cross_attention_layers(model.unet) or model.tokenizer is None:
         raise ValueError("this model has no cross-attention on a prompt (attention maps need a text model)")
@@ -55,11 +58,12 @@ def cross_attention_maps(pipe, prompt: str, steps: int | None = None, guidance: 
     with recording(model.unet, recorder):
         image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=seed, sampler=sampler,
                      progress=progress).images[0]
-    tokens, real = model.tokenizer.tokens(prompt)
+    read = model.in_known_words([prompt])[0]  # what the pipeline encoded
+    tokens, real = model.tokenizer.tokens(read)
     maps = recorder.mean()[0]
     if maps.shape[0] != len(tokens):
         raise ValueError(f"the context has {maps.shape[0]} positions but the tokenizer gave {len(tokens)} tokens")
-    return AttentionMaps(image, tokens, maps.cpu(), real)
+    return AttentionMaps(image, tokens, maps.cpu(), real, read)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ one step at a time (`sample_ddim` with ``start``/``stop``) so that local blend c
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldmkit.diffusion import guided_denoiser, sample_ddim
+from ldmkit.diffusion import DEFAULT_SPACING, guided_denoiser, sample_ddim
 from ldmkit.diffusion.inversion import ddim_inversion, null_text_optimization
 from ldmkit.diffusion.prompt_to_prompt import (
     AttentionController,
@@ -76,7 +77,8 @@ class PromptToPromptPipeline(Pipeline):
     ``self_replace_steps``: the fractions of the steps during which the edit takes the source's
     cross- and self-attention; ``local_blend_words``: confine the change to where these words attend
     (one list for every pair, or one list per pair). ``image``: edit a real image instead (one per
-    source prompt), inverted with null-text inversion unless ``null_text=False``.
+    source prompt), inverted with null-text inversion unless ``null_text=False``. ``spacing`` None: the DDIM grid
+    `TextToImagePipeline` samples this model on (`ddim_grid`), so that equal prompts give its image.
     """
 
     kinds = ("text",)
@@ -93,7 +95,7 @@ class PromptToPromptPipeline(Pipeline):
                  local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                  blend_threshold: float = 0.3, image: ImageInput | None = None, null_text: bool = True,
                  steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0, num_images: int = 1,
-                 spacing: str = "trailing", height: int | None = None, width: int | None = None,
+                 spacing: str | None = None, height: int | None = None, width: int | None = None,
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil") -> EditOutput:
         """`edit_tensors`' pairs as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
@@ -129,7 +131,7 @@ class PromptToPromptPipeline(Pipeline):
                      local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                      blend_threshold: float = 0.3, image: ImageInput | Inversion | None = None,
                      null_text: bool = True, steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0,
-                     num_images: int = 1, spacing: str = "trailing", height: int | None = None,
+                     num_images: int = 1, spacing: str | None = None, height: int | None = None,
                      width: int | None = None, progress: bool = False,
                      callback: Callable[[int, int], None] | None = None,
                      latents_callback: LatentsCallback | None = None,
@@ -137,7 +139,8 @@ class PromptToPromptPipeline(Pipeline):
         """(source images, edited images), each B×3×H×W in [-1, 1] with B = pairs × ``num_images``.
 
         From noise, z_T is drawn as `TextToImagePipeline` draws it for the source prompts with the same
-        seed, so with equal prompts both rows are the plain sample; ``latents`` gives z_T instead (float32[B, C, h, w],
+        seed, and the steps run on the grid it samples with by default (`ddim_grid`), so with equal prompts both
+        rows are its plain sample; ``latents`` gives z_T instead (float32[B, C, h, w],
         one row per pair and image, as diffusers' ``latents``). ``image`` (or an `Inversion` made
         earlier by `invert` with the same steps, guidance and spacing) starts from its inverted z_T.
         ``latents_callback(i, latents, mask)`` sees the [source; edited] latents after step i and the
@@ -153,6 +156,8 @@ class PromptToPromptPipeline(Pipeline):
             raise UsageError(f"num_images must be at least 1, got {num_images}")
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
+        check_edit_guidance(guidance)
+        grid = self.ddim_grid(spacing)
         blend_words = _per_pair(local_blend_words, len(sources))
         model = self.model
         size = model.config.image_size
@@ -163,7 +168,7 @@ class PromptToPromptPipeline(Pipeline):
                 raise UsageError("a real image is edited once: num_images must be 1 with an image")
             if isinstance(image, Inversion):
                 inversion = image
-                if (inversion.steps, inversion.guidance, inversion.spacing) != (steps, guidance, spacing):
+                if (inversion.steps, inversion.guidance, inversion.spacing) != (steps, guidance, grid["spacing"]):
                     raise UsageError("the inversion was made for other steps, guidance or spacing than this edit's")
                 if inversion.latents.shape[0] != len(sources):
                     raise UsageError(f"the inversion holds {inversion.latents.shape[0]} images for {len(sources)} "
@@ -177,6 +182,7 @@ class PromptToPromptPipeline(Pipeline):
                                 blend_words, blend_threshold, latent_hw)
                 inversion = self.invert(images, sources, steps, guidance, null_text, spacing, progress)
             latent_hw = tuple(inversion.latents.shape[-2:])
+            grid = {**grid, "steps_offset": None}  # the grid the inversion stepped on (`ddim_inversion`: offset 1)
         sources = [p for p in sources for _ in range(num_images)]
         targets = [p for p in targets for _ in range(num_images)]
         if blend_words is not None:
@@ -196,17 +202,18 @@ class PromptToPromptPipeline(Pipeline):
             z_T = torch.randn(shape, generator=generator).to(self.device)
         context = self.encode(sources + [parse_weights(t)[0] for t in targets])
         null_contexts = None if inversion is None or inversion.null_contexts is None else inversion.null_contexts
-        z_0 = self.sample_edit(z_T, context, control, steps, guidance, spacing, null_contexts, progress, callback,
+        z_0 = self.sample_edit(z_T, context, control, steps, guidance, grid, null_contexts, progress, callback,
                                latents_callback)
         images = self.decode(z_0)
         return images[: len(sources)], images[len(sources):]
 
     def sample_edit(self, z_T: torch.Tensor, context: torch.Tensor, control: AttentionController, steps: int,
-                    guidance: float, spacing: str, null_contexts: torch.Tensor | None = None,
+                    guidance: float, grid: dict, null_contexts: torch.Tensor | None = None,
                     progress: bool = False, callback: Callable[[int, int], None] | None = None,
                     latents_callback: LatentsCallback | None = None) -> torch.Tensor:
         """z_0 of the [source; edited] batch (``context`` 2n×L×d) from z_T (n rows) under ``control``, with
-        local blend after every step; ``null_contexts`` [steps, n, L, d] replaces τθ("") step by step."""
+        local blend after every step, on the DDIM grid ``grid`` (`ddim_grid`); ``null_contexts`` [steps, n, L, d]
+        replaces τθ("") step by step."""
         model = self.model
         unet = self.unet_fn()
         null = self.encode_null("")
@@ -218,7 +225,7 @@ class PromptToPromptPipeline(Pipeline):
                 denoise = guided_denoiser(unet, context, step_null, guidance, model.config.diffusion.prediction,
                                           model.schedule)
                 control.set_step(i)
-                z = sample_ddim(denoise, z, model.schedule, steps, start=i, stop=i + 1, spacing=spacing)
+                z = sample_ddim(denoise, z, model.schedule, steps, start=i, stop=i + 1, **grid)
                 z, mask = control.apply_blend(z)
                 bar.update(1)
                 if latents_callback is not None:
@@ -226,6 +233,13 @@ class PromptToPromptPipeline(Pipeline):
                 if callback is not None:
                     callback(i, steps)
         return z
+
+    def ddim_grid(self, spacing: str | None = None) -> dict:
+        """`sample_ddim`'s grid keywords for an edit: ``spacing`` as given; None: the grid `TextToImagePipeline`
+        samples this model on with DDIM, its default (`Pipeline.grid_options`: a diffusers folder's scheduler config,
+        else DDIM's trailing), so that equal prompts give exactly the image it draws with the same seed and steps."""
+        grid = self.grid_options("ddim", spacing)
+        return {**grid, "spacing": grid["spacing"] or DEFAULT_SPACING["ddim"]}
 
     # ---------------------------------------------------------------------------------------------
     # real images
@@ -240,10 +254,13 @@ class PromptToPromptPipeline(Pipeline):
 
     @torch.no_grad()
     def invert(self, image: ImageInput, prompt: str | list[str], steps: int = 25, guidance: float = 4.0,
-               null_text: bool = True, spacing: str = "trailing", progress: bool = False,
+               null_text: bool = True, spacing: str | None = None, progress: bool = False,
                inner_steps: int = 10) -> Inversion:
         """The `Inversion` of image(s) under their prompt(s): DDIM inversion of z_0 = E(x), then, with
-        ``null_text``, the per-step unconditional contexts (`null_text_optimization`)."""
+        ``null_text``, the per-step unconditional contexts (`null_text_optimization`); ``spacing`` None: the
+        edit's own (`ddim_grid`; a leading grid with the inversion's steps_offset 1, which the edit then takes)."""
+        check_edit_guidance(guidance)
+        spacing = self.ddim_grid(spacing)["spacing"]
         model = self.model
         images = self.images(image)
         self.latent_size(*images.shape[-2:])
@@ -274,6 +291,15 @@ def _frozen(module: torch.nn.Module):
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
+
+
+def check_edit_guidance(guidance: float, name: str = "guidance_scale") -> None:
+    """A `UsageError` unless the guidance scale s is a finite number > 0. The edit acts through the prompts, in the
+    conditional branch ε_c of classifier-free guidance ε̂ = ε_u + s (ε_c − ε_u) (`guided_denoiser`): at s = 0 ε̂ is
+    the unconditional ε_u, which neither prompt reaches, and the edit would be the source."""
+    if not (math.isfinite(guidance) and guidance > 0):
+        raise UsageError(f"{name} = {guidance}; an edit needs a guidance scale s > 0 (finite): classifier-free "
+                         "guidance ε_u + s (ε_c − ε_u) ignores both prompts at s = 0, so the edit would be the source")
 
 
 def _per_pair(words: Sequence[str] | Sequence[Sequence[str]] | None, pairs: int) -> list[Sequence[str]] | None:
