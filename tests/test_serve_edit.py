@@ -265,6 +265,8 @@ INVALID = [
     ({"blend_words": ["circle"] * 17}, "blend_words"),
     ({"blend_threshold": -0.5}, "blend_threshold"),
     ({"blend_threshold": 1.01}, "blend_threshold"),
+    ({"blend_threshold": 1.0}, "blend_threshold"),  # an empty mask: the edit would be the source
+    ({"guidance": 0.0}, "guidance"),  # the prompts have no effect
     ({"steps": 0}, "steps"),
     ({"steps": 201}, "steps"),
     ({"steps": 2.5}, "steps"),

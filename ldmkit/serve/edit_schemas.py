@@ -47,11 +47,13 @@ class EditRequest(BaseModel):
     blend_words: list[BlendWord] = Field(default_factory=list, max_length=MAX_BLEND_WORDS,
                                          description="local blend: change only where these words (of either "
                                                      "prompt) attend; empty: no local blend")
-    blend_threshold: Fraction = Field(0.3, description="the local-blend mask is where the words' averaged map "
-                                                       "exceeds this fraction of its maximum")
+    blend_threshold: StrictFloat = Field(0.3, ge=0.0, lt=1.0, allow_inf_nan=False,
+                                         description="the local-blend mask is where the words' averaged map exceeds "
+                                                     "this fraction of its maximum (below 1: at 1 the mask is empty)")
     steps: StrictInt = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="DDIM steps")
-    guidance: StrictFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
-                                  description="classifier-free guidance scale s")
+    guidance: StrictFloat = Field(4.0, gt=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
+                                  description="classifier-free guidance scale s (above 0: at 0 the prompts have "
+                                              "no effect, so nothing is edited)")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_EDIT_IMAGES,
