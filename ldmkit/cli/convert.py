@@ -62,7 +62,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (ldmkit, diffusers) or .safetensors file (original)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (a folder is replaced "
                                                             "whole, not merged)")
-    p.add_argument("--no-ema", action="store_true", help="take a single file's training weights, not its EMA copy")
+    p.add_argument("--no-ema", action="store_true",
+                   help="take the training weights, not the EMA copy: of a single file that holds both, or of a folder "
+                        "converted from one")
     p.add_argument("--prediction", choices=["epsilon", "v"], help="set what the model predicts (SD 2.x: v for 768-v)")
     p.add_argument("--merge-lora", action="append", metavar="FILE[:SCALE]",
                    help="fold this LoRA (at strength SCALE, default 1) into the weights before writing; repeatable")

@@ -61,17 +61,18 @@ def read_checkpoint(
     cast: torch.dtype | None = None,
 ) -> Checkpoint:
     """Any of the three formats as a `Checkpoint`. ``ema`` picks an original file's EMA weights when it
-    has them (folders hold one set); ``prediction`` ("epsilon"/"v") overrides what the source says or
-    inference assumes; ``config`` overrides inference for original files.
+    has them; ``ema=False`` takes its training weights, also from a model folder converted from such a file, and
+    is refused for a model that holds none (`read_folder`, `read_diffusers`); ``prediction`` ("epsilon"/"v")
+    overrides what the source says or inference assumes; ``config`` overrides inference for original files.
 
     ``.safetensors`` tensors are views of the files' memory mappings, read only when used. ``cast``
     (single files and diffusers folders): floating-point weights of another dtype are read as ``cast``,
     one tensor at a time; None keeps the source's dtypes (what converting between formats needs)."""
     fmt = detect_format(path)
     if fmt == "ldmkit":
-        return read_folder(path, prediction)
+        return read_folder(path, prediction, ema)
     if fmt == "diffusers":
-        return read_diffusers(path, prediction, cast)
+        return read_diffusers(path, prediction, cast, ema)
     return read_original(path, ema, prediction, config, cast)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +15,8 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ldmkit.config import ConfigError, ModelConfig
+from ldmkit.convert.infer_diffusers import grid_from_scheduler
+from ldmkit.errors import LdmkitError
 from ldmkit.storage import CheckpointError
 
 if TYPE_CHECKING:
@@ -37,7 +41,10 @@ class Checkpoint:
     ``tokenizer`` is None for a class-conditional model (``condition.kind: class``), whose weights hold
     ``class_embedding.*`` in place of ``text_encoder.*``. ``known_words``: the `ldmkit.text.known_words.KnownWords`
     of the training captions (a model folder's ``known_words.json``, an ldmkit-written single file's metadata), None
-    where the source records none.
+    where the source records none. ``scheduler_grid``: the grid its samples default to, ``{"spacing", "steps_offset"}``
+    (`ldmkit.convert.infer.grid_from_scheduler`: a diffusers folder's scheduler config, a model folder's
+    ``scheduler.json``, an ldmkit-written single file's metadata); {} where the source names none, so that each
+    sampler takes its own. Every writer carries it (`scheduler_fields`).
     """
 
     config: ModelConfig
@@ -46,7 +53,7 @@ class Checkpoint:
     extras: dict[str, Tensor] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
     description: str = ""
-    scheduler_grid: dict = field(default_factory=dict)  # a diffusers folder's spacing (`grid_from_scheduler`)
+    scheduler_grid: dict = field(default_factory=dict)
     known_words: KnownWords | None = None
 
 
@@ -157,9 +164,9 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
 
     ``.safetensors`` is memory-mapped (``safe_open``): the tensors are views of the file, read only when
     used (see `LazyTensors`). ``.ckpt``/``.pt``/``.pth``/``.bin`` go through
-    ``torch.load(weights_only=True)``, which refuses pickles that would run code, memory-mapped
-    (``mmap=True``) unless the file predates torch's zip format; a Lightning-style ``{"state_dict": …}``
-    wrapper is unwrapped and its other entries (``global_step``, …) returned.
+    ``torch.load(weights_only=True)`` (`load_pickle`: a file that holds code, or a damaged one, is a one-line
+    `CheckpointError`), memory-mapped (``mmap=True``) unless the file predates torch's zip format; a
+    Lightning-style ``{"state_dict": …}`` wrapper is unwrapped and its other entries (``global_step``, …) returned.
     """
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -173,17 +180,7 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
         return LazyTensors.of(mapped), metadata, {}
     if suffix not in PICKLES:
         raise CheckpointError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or .ckpt")
-    try:
-        data = _torch_load(path)
-    except pickle.UnpicklingError as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path} needs to unpickle code objects to load, which ldmkit refuses (a pickle can run any "
-            f"code). Get the .safetensors version of this model, or convert it where you trust the file. "
-            f"({first})"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    data = load_pickle(path, "checkpoint", mmap=True)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict")
     top: dict = {}
@@ -196,14 +193,80 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
     return LazyTensors.of(_LoadedTensors(tensors)), {}, top
 
 
-def _torch_load(path: Path):
-    """``torch.load(weights_only=True)``, memory-mapped when the file is in torch's zip format."""
+def load_pickle(path: Path, what: str, error: type[LdmkitError] = CheckpointError, mmap: bool = False):
+    """What ``torch.load(path, weights_only=True)`` returns: tensors and plain containers, no pickled code run.
+    ``mmap``: memory-mapped when the file is in torch's zip format (the legacy format cannot be mapped).
+
+    A file it cannot read raises ``error`` (one line; ``what`` names the kind of file: "checkpoint", "embedding
+    file", "LoRA file"). Two cases are told apart (`_unpickling_refusal`): a file that holds pickled objects
+    other than tensors — classes or functions to import, which ldmkit never unpickles, so only a .safetensors
+    version of it can be used — and a file that is damaged or was not written by ``torch.save`` (cut short, an
+    HTML page, random bytes, a plain pickle), which torch's unpickler fails on with one of several exception
+    types."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-    return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and "mmap" in str(e)):
+                raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch raises KeyError, EOFError, RuntimeError, … for damaged files
+        raise error(_unpickling_refusal(path, what, e)) from None
+
+
+# how torch's weights_only unpickler names a class or function it refused to import (garbage bytes fail elsewhere)
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) (?:was not an allowed|whose module)")
+# lines of torch's message that advise on torch.load itself (among them: load with weights_only=False), never repeated
+_TORCH_ADVICE = re.compile(r"weights_only|torch\.load|torch\.serialization|"
+                           r"Please file an issue|Check the documentation")
+
+
+def _unpickling_refusal(path: Path, what: str, e: Exception) -> str:
+    """The one-line message for a pickle ``torch.load(weights_only=True)`` refused with ``e`` (see `load_pickle`).
+    It never repeats torch's advice to load the file with ``weights_only=False``, which would run its code."""
+    message = str(e)
+    found = _REFUSED_GLOBAL.search(message) if isinstance(e, pickle.UnpicklingError) else None
+    if found:
+        return (f"{path} holds pickled Python objects besides tensors ({found[1]}), which ldmkit will "
+                f"not unpickle: loading them could run any code; a .safetensors version of this {what} is needed")
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not _TORCH_ADVICE.search(line)]
+    detail = type(e).__name__ + (f": {lines[0].split('. ')[0]}" if lines else "")
+    return (f"{path} is not a readable {what} ({detail}): the file is damaged or was not written by torch.save; "
+            f"ldmkit reads .safetensors files and torch.save's {'/'.join(PICKLES)} files")
+
+
+def scheduler_fields(grid: dict) -> dict:
+    """A sampling grid (`Checkpoint.scheduler_grid`) in a diffusers scheduler config's names: ``steps_offset``, and
+    ``timestep_spacing`` where the grid names one; {} for {}. `grid_from_fields` reads them back as the same grid."""
+    if not grid:
+        return {}
+    fields = {"steps_offset": grid["steps_offset"]}
+    if grid["spacing"] is not None:
+        fields["timestep_spacing"] = grid["spacing"]
+    return fields
+
+
+def grid_from_fields(text: str, where: str) -> dict:
+    """The sampling grid of `scheduler_fields` written as JSON ``text`` (a model folder's ``scheduler.json``, a
+    single file's metadata); `CheckpointError` naming ``where`` for text that is not such a grid."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where} is not valid JSON ({e})") from None
+    if not isinstance(fields, dict) or not fields:
+        raise CheckpointError(f"{where}: expected {{\"timestep_spacing\": …, \"steps_offset\": …}}, "
+                              f"got {text[:80]!r}")
+    try:
+        return grid_from_scheduler(fields)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def no_training_weights(where: str, why: str) -> CheckpointError:
+    """The error for ``ema=False`` (``--no-ema``, take the training weights rather than the EMA copy) on a model
+    that holds no training weights beside the weights it has; ``why`` says why it has none."""
+    return CheckpointError(f"--no-ema: {where} has no training weights to take in place of an EMA copy ({why}); "
+                           "leave --no-ema out")
 
 
 def with_prediction(config: ModelConfig, prediction: str) -> ModelConfig:

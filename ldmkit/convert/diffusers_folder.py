@@ -3,7 +3,9 @@
 safetensors (``.bin`` files go through ``torch.load(weights_only=True)``).
 
 Only the Stable Diffusion text-to-image pipeline's parts are read; a safety checker or feature extractor
-in the folder is ignored and not written.
+in the folder is ignored and not written. The scheduler config's sampling grid (``timestep_spacing``,
+``steps_offset``) is the model's `Checkpoint.scheduler_grid`, and a folder written here states the grid of the model
+it was written from (`scheduler_config`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import torch
 from safetensors.torch import save_file
 
 from ldmkit.config import ModelConfig
-from ldmkit.convert.checkpoint import Checkpoint, LazyTensors, read_tensors, with_prediction
+from ldmkit.convert.checkpoint import (
+    Checkpoint, LazyTensors, no_training_weights, read_tensors, scheduler_fields, with_prediction,
+)
 from ldmkit.convert.infer import (
     autoencoder_from_diffusers, grid_from_scheduler, schedule_from_diffusers, text_from_diffusers, unet_from_diffusers,
 )
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
 from ldmkit.convert.vae import SCALE_FACTOR
+from ldmkit.diffusion import DEFAULT_SPACING, DIFFUSERS_SPACING
 from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text.clip import ClipTokenizer, clip_text_config
 
@@ -61,11 +66,15 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
-def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torch.dtype | None = None) -> Checkpoint:
+def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torch.dtype | None = None,
+                   ema: bool = True) -> Checkpoint:
     """Read a diffusers Stable Diffusion folder into ldmkit's layout. The weights are views of the files'
     memory mappings where no cast is needed; ``cast`` reads floating-point weights as that dtype (see
-    `apply_to_ldmkit`)."""
+    `apply_to_ldmkit`). ``ema=False`` (take training weights rather than EMA ones) is a `CheckpointError`:
+    a diffusers folder holds one set of UNet weights."""
     folder = Path(folder)
+    if not ema:
+        raise no_training_weights(str(folder), "a diffusers folder holds one set of UNet weights")
     index = _json(folder / "model_index.json")
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer") if c not in index or not (folder / c).is_dir()]
     if missing:
@@ -114,8 +123,9 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
     )
 
 
-def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
-    """The config.json of unet, vae and text_encoder, and the scheduler config, for ``config``."""
+def _diffusers_configs(config: ModelConfig, scale: float, grid: dict | None = None) -> dict[str, dict]:
+    """The config.json of unet, vae and text_encoder, and the scheduler config, for ``config`` and the sampling
+    grid ``grid`` (`Checkpoint.scheduler_grid`; see `scheduler_config`)."""
     u, a = config.unet, config.autoencoder
     widths = [u.model_channels * m for m in u.channel_mults]
     ae_widths = [a.base_channels * m for m in a.channel_mults]
@@ -178,8 +188,22 @@ def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
     text_cfg.architectures = ["CLIPTextModel"]
     text = text_cfg.to_dict()
     d = config.diffusion
-    scheduler = {
-        # Stable Diffusion's customary DDIM settings; ldmkit's own sampler uses trailing spacing
+    if d.schedule not in ("linear", "scaled_linear"):
+        raise CheckpointError(f"cannot write a diffusers folder: schedule {d.schedule!r} has no diffusers name here")
+    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": scheduler_config(config, grid or {})}
+
+
+def scheduler_config(config: ModelConfig, grid: dict) -> dict:
+    """The DDIMScheduler config of a model with ``config`` that samples on ``grid`` (`Checkpoint.scheduler_grid`),
+    so that diffusers, and ldmkit reading the folder back, sample where the model does: ``grid``'s spacing and
+    offset (none named: DDIMScheduler's own default, as the source's config had it). {} (each sampler's own grid: a
+    model trained by ldmkit, a single file) has no diffusers name; DDIM's own is written, trailing, ldmkit's
+    default sampler's grid. DDIM lands on ᾱ = 1 (``set_alpha_to_one``) except on the leading grid, where it lands on
+    ᾱ_0 (`ldmkit.diffusion.samplers.grid_for`)."""
+    d = config.diffusion
+    fields = scheduler_fields(grid) or {"timestep_spacing": DEFAULT_SPACING["ddim"], "steps_offset": 0}
+    spacing = fields.get("timestep_spacing", DIFFUSERS_SPACING["ddim"])
+    return {
         "_class_name": "DDIMScheduler",
         "_diffusers_version": DIFFUSERS_VERSION,
         "num_train_timesteps": d.num_timesteps,
@@ -188,14 +212,10 @@ def _diffusers_configs(config: ModelConfig, scale: float) -> dict[str, dict]:
         "beta_end": d.beta_end,
         "prediction_type": "v_prediction" if d.prediction == "v" else "epsilon",
         "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "timestep_spacing": "leading",
+        "set_alpha_to_one": spacing != "leading",
+        **fields,
         "rescale_betas_zero_snr": d.zero_terminal_snr,
     }
-    if d.schedule not in ("linear", "scaled_linear"):
-        raise CheckpointError(f"cannot write a diffusers folder: schedule {d.schedule!r} has no diffusers name here")
-    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": scheduler}
 
 
 def to_diffusers(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -216,7 +236,7 @@ def write_diffusers(ckpt: Checkpoint, folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"--out {folder} exists and is not a folder")
-    configs = _diffusers_configs(ckpt.config, float(ckpt.weights[SCALE_FACTOR]))  # refuses before writing
+    configs = _diffusers_configs(ckpt.config, float(ckpt.weights[SCALE_FACTOR]), ckpt.scheduler_grid)  # refuses first
     tensors = to_diffusers(ckpt)
     files = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
              "text_encoder": "model.safetensors"}
@@ -228,11 +248,13 @@ def write_diffusers(ckpt: Checkpoint, folder: str | Path) -> Path:
     return _write_configs(configs, ckpt.tokenizer, folder)
 
 
-def write_diffusers_configs(config: ModelConfig, tokenizer, scale: float, folder: str | Path) -> Path:
+def write_diffusers_configs(config: ModelConfig, tokenizer, scale: float, folder: str | Path,
+                            grid: dict | None = None) -> Path:
     """The files of a diffusers ``StableDiffusionPipeline`` folder for ``config`` except the weights:
-    ``model_index.json``, each component's config, the scheduler config and the tokenizer's vocabulary
-    (what diffusers' ``from_single_file(..., config=folder)`` reads to load a single file offline)."""
-    return _write_configs(_diffusers_configs(config, scale), tokenizer, Path(folder))
+    ``model_index.json``, each component's config, the scheduler config (for the sampling grid ``grid``, see
+    `scheduler_config`) and the tokenizer's vocabulary (what diffusers' ``from_single_file(..., config=folder)``
+    reads to load a single file offline)."""
+    return _write_configs(_diffusers_configs(config, scale, grid), tokenizer, Path(folder))
 
 
 def _write_configs(configs: dict[str, dict], tokenizer, folder: Path) -> Path:

@@ -1,12 +1,18 @@
 """ldmkit model folders as `Checkpoint`s (the layout `ldmkit.model.LatentDiffusion.save` writes), plus
 ``extras.safetensors``: what a converted model's source file held beyond ldmkit's weights, so that
-converting back restores that file exactly. `LatentDiffusion.load` ignores it.
+converting back restores that file exactly. Loading reads it only for ``ema=False`` (below).
 
 Every file of the folder that `LatentDiffusion.load` reads travels: the config, the weights of each part
-(``text_encoder`` and ``tokenizer.json``, or ``class_embedding`` for a class-conditional model) and
+(``text_encoder`` and ``tokenizer.json``, or ``class_embedding`` for a class-conditional model),
 ``known_words.json`` (the training captions' words, with which the pipelines read words the model never
-saw; `ldmkit.text.known_words`). ``SHA256SUMS`` (the shipped models' checksums) does not: it would not
-match the files written.
+saw; `ldmkit.text.known_words`) and ``scheduler.json`` (`read_scheduler_grid`: the sampling grid of a model
+converted from a diffusers folder, ``{"timestep_spacing": …, "steps_offset": …}`` in diffusers' names, which its
+samples default to; absent for a model that samples on each sampler's own grid). ``SHA256SUMS`` (the shipped
+models' checksums) does not: it would not match the files written.
+
+With ``ema=False`` (``--no-ema``) a folder converted from an original single file that held EMA and training
+weights gives the training weights, which it keeps in ``extras.safetensors`` (`with_training_unet`); any other
+folder holds no training weights and refuses it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ldmkit.config import ModelConfig
-from ldmkit.convert.checkpoint import Checkpoint, read_tensors, with_prediction
+from ldmkit.convert.checkpoint import (
+    Checkpoint, grid_from_fields, no_training_weights, read_tensors, scheduler_fields, with_prediction,
+)
+from ldmkit.convert.original import EMA_ONLY, with_training_unet
 from ldmkit.storage import CheckpointError, atomic_path, load_config, save_config, save_weights
 from ldmkit.text import load_tokenizer
 from ldmkit.text.known_words import FILE as KNOWN_WORDS, KnownWords
@@ -26,6 +35,7 @@ PARTS = ("autoencoder", "text_encoder", "unet")
 CLASS_PARTS = ("autoencoder", "class_embedding", "unet")  # condition.kind class: τθ is the class table
 EXTRAS = "extras.safetensors"
 SOURCE_KEY = "ldmkit_source"
+SCHEDULER = "scheduler.json"  # the sampling grid (`read_scheduler_grid`)
 
 
 def is_ldmkit_folder(path: Path) -> bool:
@@ -38,12 +48,41 @@ def model_parts(config: ModelConfig) -> tuple[str, ...]:
     return PARTS if config.condition.uses_text else CLASS_PARTS
 
 
-def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint:
+def read_scheduler_grid(folder: str | Path) -> dict:
+    """The sampling grid of the model folder at ``folder`` (`Checkpoint.scheduler_grid`, as
+    `ldmkit.convert.infer.grid_from_scheduler` gives it) from its ``scheduler.json``; {} without one (each
+    sampler's own grid). `CheckpointError` for a file that is not such a grid."""
+    path = Path(folder) / SCHEDULER
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable ({e})") from None
+    return grid_from_fields(text, str(path))
+
+
+def write_scheduler_grid(folder: str | Path, grid: dict) -> None:
+    """Write ``grid`` (`Checkpoint.scheduler_grid`) as the ``scheduler.json`` of the model folder at ``folder``,
+    which `read_scheduler_grid` reads back; remove the file for {} (a stale one would be read as this model's)."""
+    path = Path(folder) / SCHEDULER
+    if not grid:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(scheduler_fields(grid), indent=2) + "\n", encoding="utf-8")
+
+
+def read_folder(folder: str | Path, prediction: str | None = None, ema: bool = True) -> Checkpoint:
     """The model folder at ``folder`` (text-conditioned or class-conditional; not a pixel-space model, which
-    no other layout holds) as a `Checkpoint`, with its ``known_words.json`` when it has one."""
+    no other layout holds) as a `Checkpoint`, with its ``known_words.json`` and ``scheduler.json`` when it has them.
+    ``ema=False``: the training weights of the single file it was converted from (`with_training_unet`;
+    `CheckpointError` for a folder that holds none)."""
     folder = Path(folder)
     config = load_config(ModelConfig, folder)
     if config.autoencoder.kind == "identity":
+        if not ema:  # ldmkit trains pixel-space models; none is converted from a file with training weights
+            raise no_training_weights(str(folder), EMA_ONLY)
         raise CheckpointError(f"{folder} is a pixel-space model (autoencoder.kind identity): conversion handles "
                               "latent models, whose layouts have an autoencoder; use the folder as it is")
     if prediction is not None:
@@ -68,14 +107,15 @@ def read_folder(folder: str | Path, prediction: str | None = None) -> Checkpoint
         tensors, metadata, _ = read_tensors(folder / EXTRAS)
         extras = dict(tensors)
         source = json.loads(metadata.get(SOURCE_KEY, "{}"))
-    return Checkpoint(config, weights, tokenizer, extras, source, description="ldmkit model folder",
-                      known_words=known_words)
+    ckpt = Checkpoint(config, weights, tokenizer, extras, source, description="ldmkit model folder",
+                      scheduler_grid=read_scheduler_grid(folder), known_words=known_words)
+    return ckpt if ema else with_training_unet(ckpt, str(folder))
 
 
 def write_folder(ckpt: Checkpoint, folder: str | Path) -> Path:
     """Write ``ckpt`` as a model folder that `LatentDiffusion.load` reads, each file atomically. Files a model of
-    another kind would have, or that ``ckpt`` has no content for (``known_words.json``, ``extras.safetensors``),
-    are removed from an existing ``folder``: the loader would read them as this model's."""
+    another kind would have, or that ``ckpt`` has no content for (``known_words.json``, ``scheduler.json``,
+    ``extras.safetensors``), are removed from an existing ``folder``: the loader would read them as this model's."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"--out {folder} exists and is not a folder")
@@ -95,6 +135,7 @@ def write_folder(ckpt: Checkpoint, folder: str | Path) -> Path:
             ckpt.known_words.save(tmp)
     else:
         stale.append(KNOWN_WORDS)
+    write_scheduler_grid(folder, ckpt.scheduler_grid)
     if ckpt.extras or ckpt.source:
         tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.extras.items()}
         with atomic_path(folder / EXTRAS) as tmp:

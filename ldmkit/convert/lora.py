@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ldmkit.convert.checkpoint import load_pickle
 from ldmkit.convert.unet import unet_key
 from ldmkit.errors import UsageError
 from ldmkit.nn import lora
@@ -147,10 +148,7 @@ def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise UsageError(f"LoRA file not found: {path}")
     if path.suffix.lower() in (".pt", ".bin", ".ckpt"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 — torch raises several types for foreign or damaged files
-            raise UsageError(f"{path} is not a readable LoRA file ({type(e).__name__})") from None
+        state = load_pickle(path, "LoRA file", UsageError)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UsageError(f"{path} is not a LoRA file: it does not hold a flat dict of tensors")
         return state, {}

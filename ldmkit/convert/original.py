@@ -7,15 +7,21 @@
     betas, alphas_cumprod, …    the schedule's buffers; scale_factor in some LDM files
 
 Reading picks the EMA weights when the file has them (``ema=False`` takes the training weights);
-the rest of the file travels in `Checkpoint.extras`. Files written here carry the ldmkit config in
-their safetensors metadata (``ldmkit_config``), so reading them back needs no inference, and the words of
+the rest of the file travels in `Checkpoint.extras`, so that a model folder converted from the file can still
+give the training weights (`with_training_unet`). Files written here carry the ldmkit config in
+their safetensors metadata (``ldmkit_config``), so reading them back needs no inference, the words of
 the training captions when the model records them (``ldmkit_known_words``: its folder's ``known_words.json``,
-`ldmkit.text.known_words`), so that converting back to a folder keeps them.
+`ldmkit.text.known_words`), so that converting back to a folder keeps them, and the sampling grid of a model
+that has one (``ldmkit_scheduler``: `Checkpoint.scheduler_grid`, from a diffusers folder's scheduler config),
+so that the file draws the images its source draws.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +29,9 @@ import yaml
 from safetensors.torch import save_file
 
 from ldmkit.config import ConfigError, ModelConfig, from_dict, to_dict
-from ldmkit.convert.checkpoint import Checkpoint, read_tensors, with_prediction
+from ldmkit.convert.checkpoint import (
+    Checkpoint, grid_from_fields, no_training_weights, read_tensors, scheduler_fields, with_prediction,
+)
 from ldmkit.convert.infer import SD_SCALE_FACTOR, infer_original
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
@@ -37,6 +45,10 @@ from ldmkit.text.known_words import KnownWords
 METADATA_KEY = "ldmkit_config"
 SCALE_KEY = "ldmkit_scale_factor"  # metadata: the scale factor when the file has no scale_factor tensor
 KNOWN_WORDS_KEY = "ldmkit_known_words"  # metadata: the training captions' words (known_words.json)
+# why a model folder `ldmkit train` wrote has no training weights for --no-ema (`with_training_unet`)
+EMA_ONLY = "it holds the UNet's EMA weights only, as `ldmkit train` writes a model folder (the training weights stay " \
+    "in the run's checkpoints)"
+SCHEDULER_KEY = "ldmkit_scheduler"  # metadata: the sampling grid (`scheduler_fields`), where the model has one
 # Buffers of the original LatentDiffusion that ldmkit recomputes from the config.
 SCHEDULE_BUFFERS = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -114,12 +126,35 @@ def read_original(
             known_words = KnownWords.from_json(metadata[KNOWN_WORDS_KEY], f"{path}: its {KNOWN_WORDS_KEY} metadata")
         except ValueError as e:
             raise CheckpointError(str(e)) from None
+    grid = {}
+    if SCHEDULER_KEY in metadata:
+        grid = grid_from_fields(metadata[SCHEDULER_KEY], f"{path}: its {SCHEDULER_KEY} metadata")
 
+    weights, rest, source = _from_original(sd, config, ema, scale, str(path), cast)
+    if source["unet_weights"] == "model_ema":
+        description += "; EMA weights"
+    return Checkpoint(
+        config=config,
+        weights=weights,
+        tokenizer=pretrained_tokenizer(config.text),
+        extras=rest,
+        source=source,
+        description=description,
+        scheduler_grid=grid,
+        known_words=known_words,
+    )
+
+
+def _from_original(sd: Mapping[str, torch.Tensor], config: ModelConfig, ema: bool, scale: float | None, where: str,
+                   cast: torch.dtype | None) -> tuple[dict, dict, dict]:
+    """(weights, extras, source) of `Checkpoint` for the original-layout tensors ``sd`` of a model with ``config``:
+    the UNet from its EMA copy when ``ema`` and ``sd`` has one, else from the training weights; the scale factor
+    from ``sd``, else ``scale``, else SD's."""
     shapes = expected_shapes(config)
     first_unet = layout_rules(config, shapes, "original")[0].other[0]
     unet_ema = ema and ema_key(first_unet) in sd
     rules = layout_rules(config, shapes, "original", unet_ema)
-    weights, rest = apply_to_ldmkit(rules, sd, shapes, _passthrough(config, unet_ema), str(path), cast)
+    weights, rest = apply_to_ldmkit(rules, sd, shapes, _passthrough(config, unet_ema), where, cast)
     if "scale_factor" in rest:
         scale_tensor = rest.pop("scale_factor")
         weights[SCALE_FACTOR] = scale_tensor if cast is None else scale_tensor.to(cast)
@@ -128,17 +163,26 @@ def read_original(
         # not in the weights: from inference or ldmkit's metadata, else SD's (every LDM KL-f8 model uses it)
         weights[SCALE_FACTOR] = torch.tensor(scale if scale is not None else SD_SCALE_FACTOR, dtype=torch.float32)
         scale_key = "absent"
-    if unet_ema:
-        description += "; EMA weights"
-    return Checkpoint(
-        config=config,
-        weights=weights,
-        tokenizer=pretrained_tokenizer(config.text),
-        extras=rest,
-        source={"layout": "original", "unet_weights": "model_ema" if unet_ema else "model", "scale_factor_key": scale_key},
-        description=description,
-        known_words=known_words,
-    )
+    source = {"layout": "original", "unet_weights": "model_ema" if unet_ema else "model", "scale_factor_key": scale_key}
+    return weights, rest, source
+
+
+def with_training_unet(ckpt: Checkpoint, where: str) -> Checkpoint:
+    """``ckpt`` (a model folder's, `ldmkit.convert.folder.read_folder`) with the UNet's training weights instead
+    of its EMA weights (``ema=False``, ``--no-ema``): what `read_original` with ``ema=False`` reads from the
+    original single file the folder was converted from, whose training copy the folder keeps in its extras. A
+    folder that already holds that file's training weights is returned as it is. `CheckpointError` for a folder
+    with no training weights: one converted from elsewhere, or written by `ldmkit train` (its EMA weights only)."""
+    if ckpt.source.get("layout") != "original":
+        why = ("it was converted from a diffusers folder, which holds one set of UNet weights"
+               if ckpt.source.get("layout") == "diffusers" else EMA_ONLY)
+        raise no_training_weights(where, why)
+    if ckpt.source.get("unet_weights") != "model_ema":
+        return ckpt
+    weights, rest, source = _from_original(to_original(ckpt), ckpt.config, False,
+                                           float(ckpt.weights[SCALE_FACTOR]), where, None)
+    return replace(ckpt, weights=weights, extras=rest, source=source,
+                   description=ckpt.description + "; training weights, not the EMA copy")
 
 
 def to_original(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -160,8 +204,8 @@ def to_original(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def write_original(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` as one original-layout ``.safetensors`` file, its ldmkit config (and known words) in the
-    metadata."""
+    """Write ``ckpt`` as one original-layout ``.safetensors`` file, its ldmkit config (and known words, and sampling
+    grid, where it has them) in the metadata."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"--out {path}: original-layout files are written as .safetensors")
@@ -173,6 +217,8 @@ def write_original(ckpt: Checkpoint, path: str | Path) -> Path:
     }
     if ckpt.known_words is not None:
         metadata[KNOWN_WORDS_KEY] = ckpt.known_words.to_json()
+    if ckpt.scheduler_grid:
+        metadata[SCHEDULER_KEY] = json.dumps(scheduler_fields(ckpt.scheduler_grid))
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path

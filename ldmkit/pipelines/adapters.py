@@ -11,6 +11,7 @@ The UNet (and a CLIP text encoder) then compute W x + Σ s (α/r) B A x in each 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ldmkit.convert.lora import WORDS_KEY, load_lora, lora_metadata, parse_lora_spec
@@ -85,9 +86,22 @@ class AdapterMixin:
 
 
 def apply_adapters(pipe, loras: list[str] | None = None, embeddings: list[str] | None = None) -> None:
-    """Each ``--lora FILE[:SCALE]`` and ``--embedding FILE`` on ``pipe``, as the CLI and the server take them."""
+    """Each ``--lora FILE[:SCALE]`` and ``--embedding FILE`` on ``pipe``, as the CLI and the server take them. An
+    embedding whose token is not its file's name is said in a one-line warning (`embedding_note`), which the CLI
+    prints as ``ldmkit CMD: warning: …``."""
     for spec in loras or []:
         path, scale = parse_lora_spec(spec)
         pipe.load_lora_weights(path, scale)
     for path in embeddings or []:
-        pipe.load_textual_inversion(path)
+        token = pipe.load_textual_inversion(path)
+        if token != Path(path).stem:
+            warnings.warn(embedding_note(path, token), stacklevel=2)
+
+
+def embedding_note(path: str | Path, token: str) -> str:
+    """The line that names the token an embedding file was loaded as, when that is not the file's name: the token
+    the file itself names (diffusers' key, A1111's ``name``), which ldmkit and diffusers write in prompts, while
+    A1111 triggers an embedding by its file name."""
+    path = Path(path)
+    return (f"embedding {path.name}: token \"{token}\" (the name inside the file, as diffusers reads it; A1111 would "
+            f"use the file name \"{path.stem}\")")

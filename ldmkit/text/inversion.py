@@ -19,7 +19,6 @@ which runs no pickled code.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, normalizers
 from torch import nn
 
+from ldmkit.convert.checkpoint import load_pickle
 from ldmkit.errors import UsageError
 from ldmkit.storage import atomic_path
 
@@ -183,16 +183,20 @@ def save_embedding(folder: str | Path, token: str, vectors: torch.Tensor) -> lis
 
 def read_embedding(path: str | Path, token: str | None = None) -> tuple[str, torch.Tensor]:
     """(token, vectors [k, d]) of an embedding file in any format of the module docstring. The token is
-    ``token`` if given, else the file's own (diffusers' key, A1111's ``name``), else the file name."""
+    ``token`` if given, else the file's own (diffusers' key, A1111's ``name``: a renamed A1111 ``.pt`` keeps its
+    token, as diffusers reads it, while A1111 triggers it by the file name), else the file name. A damaged file, or
+    a pickle holding more than tensors, is a one-line `UsageError` (`ldmkit.convert.checkpoint.load_pickle`)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"embedding file not found: {path}")
-    try:
-        data = load_file(str(path)) if path.suffix.lower() == ".safetensors" else \
-            torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise UsageError(f"{path} is not a readable embedding file ({type(e).__name__}); give a .safetensors or .pt "
-                         "file from textual inversion") from None
+    if path.suffix.lower() == ".safetensors":
+        try:
+            data = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UsageError(f"{path} is not a readable embedding file ({type(e).__name__}); give a .safetensors or "
+                             ".pt file from textual inversion") from None
+    else:
+        data = load_pickle(path, "embedding file", UsageError)
     if not isinstance(data, dict):
         raise UsageError(f"{path} is not an embedding file")
     if isinstance(data.get("string_to_param"), dict) and "*" in data["string_to_param"]:
