@@ -18,6 +18,7 @@ class table, EMA weights) in place of the text encoder and tokenizer.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from ldmkit.condition import ClassEmbedding, class_index, concat_condition
 from ldmkit.config import ModelConfig
 from ldmkit.convert import detect_format, read_checkpoint
 from ldmkit.convert.checkpoint import with_prediction
+from ldmkit.convert.folder import read_scheduler_grid, write_scheduler_grid
+from ldmkit.convert.infer_original import unet_condition
 from ldmkit.convert.meta import assign_weights, empty_parameters
 from ldmkit.device import store_for_autocast
 from ldmkit.diffusion import NoiseSchedule, make_schedule
@@ -97,18 +100,25 @@ class LatentDiffusion(nn.Module):
         per GroupNorm group (`UNet.min_latent_area`), which rules out k×k on a model with one channel per group."""
         return self.unet.min_latent_area * self.autoencoder.downsample_factor ** 2
 
-    def check_image_size(self, height: int, width: int) -> None:
+    def check_image_size(self, height: int, width: int, factor: int = 1) -> None:
+        """UsageError unless the model draws an image of ``factor`` · ``height`` × ``factor`` · ``width`` pixels
+        (super-resolution's output of an H×W input; 1: the H×W image itself): sides that are positive multiples
+        of `latent_factor`, and at least `min_image_area` pixels. The message names the size given, width ×
+        height, as every other message does."""
         k = self.latent_factor
-        if height <= 0 or width <= 0 or height % k or width % k:
+        step = k // math.gcd(k, factor)  # the input sides whose output sides are multiples of k
+        given = f"image size {width}x{height}"
+        output = f" (×{factor}: {width * factor}x{height * factor}, the output)" if factor > 1 else ""
+        if height <= 0 or width <= 0 or height % step or width % step:
             raise UsageError(
-                f"image size {height}x{width} is not allowed: height and width must be positive multiples "
-                f"of {k} (autoencoder f={self.autoencoder.downsample_factor} × UNet downsampling "
-                f"{self.unet.downsample_factor})"
+                f"{given}{output} is not allowed: height and width must be positive multiples of {step} "
+                + (f"(the output's of {k}: " if factor > 1 else "(") + f"autoencoder f="
+                f"{self.autoencoder.downsample_factor} × UNet downsampling {self.unet.downsample_factor})"
             )
-        if height * width < self.min_image_area:  # only k×k can fail, with 1 channel per group
+        if height * width * factor**2 < self.min_image_area:  # only k×k can fail, with 1 channel per group
             raise UsageError(
-                f"image size {height}x{width} is too small for this model: its UNet's lowest level would be 1x1, "
-                f"one value per GroupNorm group; the smallest sizes allowed are {k}x{2 * k} and {2 * k}x{k}"
+                f"{given}{output} is too small for this model: its UNet's lowest level would be 1x1, one value per "
+                f"GroupNorm group; the smallest sizes allowed are {step}x{2 * step} and {2 * step}x{step}"
             )
 
     def encode_prompts(self, prompts: list[str], neutral_colours: list[bool] | None = None) -> torch.Tensor:
@@ -232,6 +242,7 @@ class LatentDiffusion(nn.Module):
             if self.known_words is not None:
                 self.known_words.save(folder / KNOWN_WORDS)
         save_weights(self.unet.state_dict(), folder / "unet.safetensors")
+        write_scheduler_grid(folder, self.scheduler_grid)
         save_config(self.config, folder / "config.yaml")
 
     @classmethod
@@ -239,15 +250,17 @@ class LatentDiffusion(nn.Module):
         """The model at ``folder``: an ldmkit model folder, a Stable Diffusion single file
         (``.safetensors``/``.ckpt``, architecture inferred) or a diffusers folder.
 
-        ``ema``: use a single file's EMA weights when it has them (folders hold one set of weights).
+        ``ema``: use a single file's EMA weights when it has them; ``ema=False`` takes its training weights, also
+        from a folder converted from such a file (`ldmkit.convert.folder.read_folder`; refused for a model without).
         ``prediction`` ("epsilon"/"v") overrides what the model's config says or inference assumes.
         Single files and diffusers folders load without a second copy of the weights, memory-mapped
         from the file (see `load_model`).
         """
         folder = Path(folder)
-        if not (folder / "config.yaml").is_file() and folder.exists():
+        if folder.exists() and (not ema or not (folder / "config.yaml").is_file()):
             return load_model(folder, ema=ema, prediction=prediction)
         config = load_config(ModelConfig, folder)
+        check_unet_inputs(config, folder)
         if prediction is not None:
             config = with_prediction(config, prediction)
         tokenizer = None
@@ -269,7 +282,33 @@ class LatentDiffusion(nn.Module):
                 except ValueError as e:
                     raise CheckpointError(str(e)) from None
         load_weights(model.unet, folder / "unet.safetensors")
+        model.scheduler_grid = read_scheduler_grid(folder)
         return model.eval()
+
+
+def check_unet_inputs(config: ModelConfig, where: str | Path) -> None:
+    """CheckpointError, before any weights are read, unless the UNet takes the input channels ldmkit gives it for
+    the model's condition kind: the latent's c, plus the image condition's (`ConditionConfig.concat_channels`).
+    A text model whose UNet takes more is a Stable Diffusion inpainting (2c + 1) or other image-conditioned
+    model, which `ldmkit convert` converts but no ldmkit pipeline runs (`unet_condition`): it would fail
+    mid-sampling."""
+    c, got = config.autoencoder.latent_channels, config.unet.in_channels
+    kind = config.condition.kind
+    expected = c + config.condition.concat_channels(c)
+    if got == expected:
+        return
+    if kind == "text" and unet_condition(got, c) == "inpainting":
+        raise CheckpointError(
+            f"{where} is a Stable Diffusion inpainting model (its UNet takes {got} input channels: the latent's {c}, "
+            f"the masked image's latent's {c} and the mask), which ldmkit does not run (`ldmkit convert` converts it; "
+            f"docs/stable_diffusion.md); ldmkit runs text-to-image models, whose UNet takes the latent's {c} channels, "
+            "and its own inpainting models (`ldmkit train --preset shapes64-inpaint`)"
+        )
+    takes = f"the latent's {c}" + (f" + {expected - c} of the condition" if expected > c else " alone")
+    more = ("; a UNet that takes more is conditioned on an image, as Stable Diffusion's depth model, which ldmkit "
+            "does not run") if kind == "text" and got > c else ""
+    raise CheckpointError(f"{where}: its UNet takes {got} input channels, but the UNet of a {kind!r} model takes "
+                          f"{expected} ({takes}){more}")
 
 
 def load_model(path: str | Path, ema: bool = True, prediction: str | None = None) -> LatentDiffusion:
@@ -293,13 +332,16 @@ def load_model(path: str | Path, ema: bool = True, prediction: str | None = None
     """
     if detect_format(path) == "ldmkit":
         ckpt = read_checkpoint(path, ema, prediction)
+        check_unet_inputs(ckpt.config, path)
         model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
         missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
         if missing or unexpected:  # read_checkpoint validated the keys; this guards the two against drifting
             raise CheckpointError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.known_words = ckpt.known_words
+        model.scheduler_grid = dict(ckpt.scheduler_grid)
         return model.eval()
     ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
+    check_unet_inputs(ckpt.config, path)
     with empty_parameters():
         model = LatentDiffusion(ckpt.config, ckpt.tokenizer)
     assign_weights(model, ckpt.weights, str(path))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ldmkit import load_pipeline
 from ldmkit.errors import UsageError
-from ldmkit.pipelines import ImageToImagePipeline
+from ldmkit.pipelines import ImageToImagePipeline, InpaintingPipeline
 from ldmkit.pipelines.calling import ImagePipelineOutput
 from tests.tiny_models import build_attentive_tiny_model, build_tiny_model
 
@@ -142,8 +142,14 @@ def test_image_to_image_takes_diffusers_order_by_keyword_and_numpy_images(pipe):
     torch.testing.assert_close(img2img(unit, "a blue circle", **options).images, ours, rtol=0, atol=1e-5)
     with pytest.raises(UsageError, match="the image is a str .*takes the image first: pass image= by keyword"):
         img2img("a blue circle", source, **options)
+    assert img2img(source, "a blue circle", num_images_per_prompt=2, **options).images.shape[0] == 2
+
+
+def test_a_diffusers_name_a_call_does_not_take_is_named_as_given(tmp_path_factory):
+    inpainting = InpaintingPipeline.from_folder(
+        build_tiny_model(tmp_path_factory.getbasetemp() / "calling-tiny-inpaint", "tiny-inpaint"))
     with pytest.raises(TypeError, match="unexpected keyword 'num_images_per_prompt'"):  # the name the caller gave
-        img2img(source, "a blue circle", num_images_per_prompt=2)
+        inpainting.uncrop(Image.new("RGB", (32, 32)), num_images_per_prompt=2)
 
 
 def test_an_attention_hook_set_in_one_thread_changes_nothing_in_another(attentive):

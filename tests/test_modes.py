@@ -7,6 +7,8 @@ not image quality (that is benchmarks/modes.py's job)."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from ldmkit.config import ModelConfig, load_preset, save_yaml
 from ldmkit.data import SHAPES, Scene, ShapeObject, shapes_sample
 from ldmkit.data.images import image_to_tensor
 from ldmkit.diffusion import make_schedule, sample, sample_from, start_index
+from ldmkit.errors import UsageError
 from ldmkit.config import DiffusionConfig
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import (
@@ -28,6 +31,7 @@ from ldmkit.pipelines import (
 )
 from ldmkit.train.autoencoder import train_autoencoder
 from ldmkit.train.diffusion import train_diffusion
+from tests.tiny_models import build_tiny_model
 
 MODES = ("class", "sr", "inpaint", "colorize")
 SIZE = 32  # the tiny presets' image size
@@ -111,9 +115,21 @@ def test_sampling_from_strength():
     z_0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     denoise = lambda z, t: 0.1 * z  # noqa: E731
-    assert start_index(10, 0.0) == 10 and start_index(10, 0.6) == 4 and start_index(10, 1.0) == 0
+    # of n steps the last int(s·n) run, diffusers' and A1111's rule (round(s·n) ran 18 of 25 at 0.7, 2 of 3 at 0.5)
+    assert start_index(10, 0.6) == 4 and start_index(10, 1.0) == 0 and start_index(25, 0.7) == 8
+    assert start_index(3, 0.5) == 2 and start_index(25, 0.04) == 24 and start_index(49, 1 / 49 + 1e-12) == 48
+    for strength in (0.0, -0.5, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(UsageError, match=r"^strength = .*; must be a number in \(0, 1\]"):
+            start_index(10, strength)
+    # a strength with which no step runs is refused, naming the smallest that runs one
+    for steps, strength, smallest in ((25, 0.01, "0.04"), (3, 0.3, "0.334"), (7, 0.1, "0.143"),
+                                      (1000, 0.0009, "0.001")):
+        with pytest.raises(UsageError, match=f"runs none of the {steps} steps.* is {smallest}, or give more steps$"):
+            start_index(steps, strength)
+        start_index(steps, float(smallest))  # and that one runs a step
     for name in ("ddim", "ddpm", "euler", "dpmpp-2m"):
-        assert torch.equal(sample_from(name, denoise, z_0, noise, schedule, 10, 0.0), z_0)
+        with pytest.raises(UsageError, match="strength = 0.0"):
+            sample_from(name, denoise, z_0, noise, schedule, 10, 0.0)
         half = sample_from(name, denoise, z_0, noise, schedule, 10, 0.5, generator=torch.Generator().manual_seed(2))
         assert half.shape == z_0.shape and torch.isfinite(half).all()
     # start = 0 is the plain sampler
@@ -317,17 +333,17 @@ def test_image_modes_start_from_their_input_noised_to_T(models, image, monkeypat
 
 
 @pytest.mark.slow
-def test_img2img_strength_zero_returns_the_autoencoded_input(models, image, tmp_path):
+def test_img2img_strength(models, image, tmp_path):
     pipe = ImageToImagePipeline.from_folder(models["text"])
     model = pipe.model
-    same = pipe.generate_tensors(image, "a blue star", strength=0.0, steps=4)
-    assert torch.equal(same, model.decode_latents(model.encode_images(image)).float())
     full = pipe.generate_tensors(image, "a blue star", strength=1.0, steps=4)
     half = pipe.generate_tensors(image, "a blue star", strength=0.5, steps=4)
+    same = model.decode_latents(model.encode_images(image)).float()
     assert full.shape == half.shape == image.shape
     assert (half - same).abs().mean() < (full - same).abs().mean() + 0.5  # finite, and nearer the input
-    with pytest.raises(ValueError, match="strength = 1.5"):
-        pipe.generate_tensors(image, "a blue star", strength=1.5)
+    for strength in (0.0, 1.5):  # 0 ran no step and returned D(E(x)); it is refused, as --strength 0 is
+        with pytest.raises(ValueError, match=f"strength = {strength}"):
+            pipe.generate_tensors(image, "a blue star", strength=strength)
     with pytest.raises(ValueError, match="needs a 'text' model"):
         ImageToImagePipeline.from_folder(models["sr"])
     # the text pipeline still refuses nothing it used to accept, and image models are refused
@@ -337,3 +353,229 @@ def test_img2img_strength_zero_returns_the_autoencoded_input(models, image, tmp_
     assert main(["img2img", str(src), "a blue star", "--strength", "0.6", "--model", str(models["text"]), "--out",
                  str(tmp_path / "o.png"), "--steps", "3", "--no-progress"]) == 0
     assert main(["img2img", str(src), "a blue star", "--strength", "0", "--model", str(models["text"])]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers' calling convention on the image pipelines (random-weight tiny models: no training)
+
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory):
+    """A random-weight tiny model of each kind (`build_tiny_model`)."""
+    root = tmp_path_factory.getbasetemp()
+    return {kind: build_tiny_model(root / f"modes-random-{kind}", "tiny" if kind == "text" else f"tiny-{kind}")
+            for kind in ("text", "class", "sr", "inpaint", "colorize")}
+
+
+def _unit(image: torch.Tensor) -> torch.Tensor:
+    """ldmkit's [-1, 1] image as diffusers' [0, 1] tensor."""
+    return (image + 1) / 2
+
+
+def test_image_tensors_are_read_in_zero_one_as_diffusers_reads_them(random_models, image):
+    """A "pt" output given back as image= is the same image: __call__ reads tensors in [0, 1], as diffusers does
+    (one with values below 0 as [-1, 1], with diffusers' FutureWarning); generate_tensors keeps [-1, 1]."""
+    colorize = ColorizationPipeline.from_folder(random_models["colorize"])
+    inpaint = InpaintingPipeline.from_folder(random_models["inpaint"])
+    first = colorize(image=_unit(image), num_inference_steps=2, generator=0, output_type="pt").images
+    assert first.min() >= 0 and first.max() <= 1
+    nothing = torch.zeros(1, 1, SIZE, SIZE)  # repaint nothing: the output is the input
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a [0, 1] tensor warns about nothing
+        again = inpaint(first, nothing, num_inference_steps=2, generator=0, output_type="pt").images
+    torch.testing.assert_close(again, first, rtol=0, atol=1e-6)
+    # the same image as a PIL image, a [0, 1] tensor, a [0, 1] array and (deprecated) a [-1, 1] tensor or array
+    pil = Image.fromarray(((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    read = _unit(image_to_tensor(pil)[None])
+    options = dict(num_inference_steps=2, generator=1, output_type="pt")
+    ours = colorize(pil, **options).images
+    torch.testing.assert_close(colorize(read, **options).images, ours, rtol=0, atol=1e-5)
+    torch.testing.assert_close(colorize(read[0].permute(1, 2, 0).numpy(), **options).images, ours, rtol=0, atol=1e-5)
+    for signed in (read * 2 - 1, (read * 2 - 1)[0].permute(1, 2, 0).numpy()):
+        with pytest.warns(FutureWarning, match=r"below 0, so it is read as in \[-1, 1\]"):
+            torch.testing.assert_close(colorize(signed, **options).images, ours, rtol=0, atol=1e-5)
+    # ldmkit's tensor API stays in [-1, 1] both ways
+    torch.testing.assert_close(colorize.generate_tensors(image_to_tensor(pil)[None], steps=2, seed=1),
+                               ours * 2 - 1, rtol=0, atol=2e-5)
+
+
+def test_image_pipelines_take_num_images_per_prompt(random_models, image):
+    """num_images_per_prompt images per input image, an input's images together; the first is the single call's."""
+    low = image[..., ::4, ::4]
+    img2img = ImageToImagePipeline.from_folder(random_models["text"])
+    calls = [
+        (img2img, (_unit(image), "a blue star"), dict(strength=0.5)),
+        (SuperResolutionPipeline.from_folder(random_models["sr"]), (_unit(low),), {}),
+        (ColorizationPipeline.from_folder(random_models["colorize"]), (_unit(image),), {}),
+        (InpaintingPipeline.from_folder(random_models["inpaint"]), (_unit(image), torch.ones(1, 1, SIZE, SIZE)), {}),
+    ]
+    for pipe, inputs, extra in calls:
+        options = dict(num_inference_steps=2, generator=3, output_type="pt", **extra)
+        one = pipe(*inputs, **options).images
+        three = pipe(*inputs, num_images_per_prompt=3, **options).images
+        assert three.shape == (3, *one.shape[1:]), type(pipe).__name__
+        torch.testing.assert_close(three[:1], one, rtol=0, atol=1e-5)
+        assert (three[1] - three[0]).abs().max() > 1e-4, type(pipe).__name__  # each its own noise
+        with pytest.raises(UsageError, match="num_images_per_prompt = 0; must be an integer ≥ 1"):
+            pipe(*inputs, num_images_per_prompt=0, **options)
+    # two inputs with a prompt each: an input's images come together, the first input's first
+    pair = torch.cat([_unit(image), _unit(image).flip(-1)])
+    both = img2img(pair, ["a blue star", "a red circle"], strength=0.5, num_images_per_prompt=2,
+                   num_inference_steps=2, generator=3, output_type="pt").images
+    first = img2img(pair[:1], "a blue star", strength=0.5, num_images_per_prompt=2, num_inference_steps=2,
+                    generator=3, output_type="pt").images
+    assert both.shape[0] == 4
+    torch.testing.assert_close(both[:2], first, rtol=0, atol=1e-5)
+    # the same images through ldmkit's tensor API, in [-1, 1]
+    torch.testing.assert_close(img2img.generate_tensors(pair * 2 - 1, ["a blue star", "a red circle"], strength=0.5,
+                                                        steps=2, seed=3, num_images=2), both * 2 - 1,
+                               rtol=0, atol=2e-5)
+
+
+def test_img2img_runs_int_strength_times_steps_as_diffusers(random_models, image, tmp_path, capsys, monkeypatch):
+    """Of n steps the last int(s·n) run (diffusers' and A1111's rule); a strength with which none runs, or one that
+    is not a number in (0, 1], is refused in one line before any work, in Python and on the command line."""
+    pipe = ImageToImagePipeline.from_folder(random_models["text"])
+    for strength, steps, runs in ((0.7, 5, 3), (0.5, 3, 1), (0.6, 25, 15), (1.0, 4, 4)):  # round(): 4, 2, 15, 4
+        seen = []
+        pipe(image=_unit(image), prompt="a blue star", strength=strength, num_inference_steps=steps,
+             callback=lambda i, n: seen.append(n))
+        assert seen == [runs] * runs, (strength, steps)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the image was encoded before the strength was checked")
+
+    monkeypatch.setattr(pipe.model, "encode_images", no_work)
+    with pytest.raises(UsageError, match="^strength = '0.5'; must be a number in \\(0, 1\\]"):
+        pipe(_unit(image), "a blue star", strength="0.5")
+    with pytest.raises(UsageError, match="runs none of the 25 steps.*the smallest strength that runs one at 25 "
+                                         "steps is 0.04"):
+        pipe(_unit(image), "a blue star", strength=0.01)
+    with pytest.raises(UsageError, match="runs none of the 4 steps.* is 0.25"):
+        pipe(_unit(image), "a blue star", strength=0.2, num_inference_steps=4)
+    monkeypatch.undo()
+    src = tmp_path / "in.png"
+    Image.new("RGB", (SIZE, SIZE), (0, 0, 200)).save(src)
+    capsys.readouterr()
+    assert main(["img2img", str(src), "a blue star", "--strength", "0.01", "--model", str(random_models["text"]),
+                 "--out", str(tmp_path / "o.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the smallest strength that runs one at 25 steps is 0.04" in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_inpainting_takes_diffusers_names_and_strength(random_models, image, monkeypatch):
+    """pipe(prompt, image=…, mask_image=…), as diffusers (mask= still works, deprecated); strength < 1 starts,
+    as diffusers' inpainting does, from the input itself noised part-way and runs int(s·n) steps."""
+    import ldmkit.pipelines.base as base
+
+    pipe = InpaintingPipeline.from_folder(random_models["inpaint"])
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 8:24, 4:20] = 1
+    options = dict(num_inference_steps=4, generator=2, output_type="pt")
+    ours = pipe(_unit(image), mask, "a red circle", **options).images
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        theirs = pipe("a red circle", image=_unit(image), mask_image=mask, **options).images
+    assert torch.equal(theirs, ours)
+    with pytest.warns(DeprecationWarning, match="mask= is deprecated: give diffusers' name mask_image="):
+        assert torch.equal(pipe("a red circle", image=_unit(image), mask=mask, **options).images, ours)
+    with pytest.raises(TypeError, match="both mask= and mask_image= given; give mask_image= only"):
+        pipe(_unit(image), mask=mask, mask_image=mask)
+
+    starts, real = [], base.sample_from
+
+    def spy(name, denoise, z_0, noise, schedule, steps, strength, **kw):
+        starts.append((z_0, strength))
+        return real(name, denoise, z_0, noise, schedule, steps, strength, **kw)
+
+    monkeypatch.setattr(base, "sample_from", spy)
+    seen = []
+    partial = pipe(_unit(image), mask, strength=0.5, callback=lambda i, n: seen.append(n), **options).images
+    (z_0, strength), = starts
+    assert strength == 0.5 and torch.equal(z_0, pipe.model.encode_images(image)) and seen == [2, 2]
+    keep = mask.expand_as(partial) == 0
+    torch.testing.assert_close(partial[keep], _unit(image)[keep], rtol=0, atol=1e-6)  # still blended back
+    assert not torch.allclose(partial, ours)
+    with pytest.raises(UsageError, match="start_from_input=False .* needs strength 1"):
+        pipe(_unit(image), mask, strength=0.5, start_from_input=False, **options)
+    with pytest.raises(UsageError, match="runs none of the 4 steps"):
+        pipe(_unit(image), mask, strength=0.1, **options)
+
+
+def test_sizes_are_named_width_by_height_and_as_given(random_models, tmp_path, capsys):
+    model = LatentDiffusion.load(random_models["text"])
+    with pytest.raises(UsageError, match="^image size 28x32 is not allowed: height and width must be positive "
+                                         "multiples of 8"):
+        model.check_image_size(32, 28)  # height 32, width 28
+    sr = SuperResolutionPipeline.from_folder(random_models["sr"])
+    with pytest.raises(UsageError, match=r"^image size 31x30 \(×4: 124x120, the output\) is not allowed: height and "
+                                         r"width must be positive multiples of 2 \(the output's of 8"):
+        sr(torch.rand(1, 3, 30, 31), num_inference_steps=1)
+    with pytest.raises(UsageError, match=r"^image size 2x2 \(×4: 8x8, the output\) is too small .* the smallest "
+                                         "sizes allowed are 2x4 and 4x2"):
+        sr(torch.rand(1, 3, 2, 2), num_inference_steps=1)
+    assert sr(torch.rand(1, 3, 2, 4), num_inference_steps=1).images[0].size == (16, 8)
+    Image.new("RGB", (31, 31)).save(tmp_path / "odd.png")
+    capsys.readouterr()
+    assert main(["upscale", str(tmp_path / "odd.png"), "--model", str(random_models["sr"]), "--out",
+                 str(tmp_path / "up.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image size 31x31 (×4: 124x124, the output)" in err, err
+
+
+def test_generate_class_passes_prediction_on_and_refuses_as_written(random_models, tmp_path, capsys):
+    model = str(random_models["class"])
+    drawn = {}
+    for flags in ([], ["--prediction", "epsilon"], ["--prediction", "v"]):
+        out = tmp_path / f"c{len(drawn)}.png"
+        assert main(["generate", "--class", "circle", "--model", model, "--out", str(out), "--steps", "2",
+                     "--no-progress", *flags]) == 0
+        drawn[tuple(flags)] = np.asarray(Image.open(out))
+    assert np.array_equal(drawn[()], drawn[("--prediction", "epsilon")])
+    assert not np.array_equal(drawn[()], drawn[("--prediction", "v")])  # v read as v, not silently ignored
+    capsys.readouterr()
+    assert main(["generate", "--class", "circle", "--model", model, "--out", str(tmp_path / "w.png"),
+                 "--as-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--as-written applies to text models only" in err, err
+    assert not (tmp_path / "w.png").exists()
+
+
+def test_a_text_model_whose_unet_takes_more_than_the_latent_is_refused_at_load(random_models, tmp_path, capsys):
+    """A UNet with 2c + 1 input channels is Stable Diffusion's inpainting layout; any other count that is not the
+    latent's (+ the condition's) is refused too: each would fail mid-sampling."""
+    from ldmkit.pipelines.by_kind import load_any_pipeline
+    from ldmkit.storage import CheckpointError
+
+    base_model = LatentDiffusion.load(random_models["text"])
+    folders = {}
+    for channels in (9, 5):
+        config = dataclasses.replace(base_model.config,
+                                     unet=dataclasses.replace(base_model.config.unet, in_channels=channels))
+        folders[channels] = tmp_path / f"unet-{channels}"
+        LatentDiffusion(config, base_model.tokenizer).save(folders[channels])
+    inpainting = f"{folders[9]} is a Stable Diffusion inpainting model (its UNet takes 9 input channels"
+    for load in (LatentDiffusion.load, load_any_pipeline, TextToImagePipeline.from_folder,
+                 InpaintingPipeline.from_folder):
+        with pytest.raises(CheckpointError, match=re.escape(inpainting) + ".*which ldmkit does not run"):
+            load(folders[9])
+    with pytest.raises(CheckpointError, match=re.escape(f"{folders[5]}: its UNet takes 5 input channels, but the UNet "
+                                                        "of a 'text' model takes 4 (the latent's 4 alone)")):
+        LatentDiffusion.load(folders[5])
+    src = tmp_path / "in.png"
+    Image.new("RGB", (SIZE, SIZE)).save(src)
+    for argv in (["generate", "a red circle"], ["img2img", str(src), "a red circle"],
+                 ["inpaint", str(src), "--mask", str(src)]):
+        capsys.readouterr()
+        assert main([*argv, "--model", str(folders[9]), "--out", str(tmp_path / "o.png"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is a Stable Diffusion inpainting model" in err, err
+    # and a model of an image kind whose config does not fit its condition
+    config = LatentDiffusion.load(random_models["sr"]).config
+    bad = dataclasses.replace(config, unet=dataclasses.replace(config.unet, in_channels=4))
+    (tmp_path / "sr").mkdir()
+    save_yaml(bad, tmp_path / "sr" / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"takes 4 input channels, but the UNet of a 'sr' model takes 7 \(the "
+                                              r"latent's 4 \+ 3 of the condition\)"):
+        LatentDiffusion.load(tmp_path / "sr")

@@ -27,11 +27,6 @@ from tests.tiny_models import build_tiny_model
 
 HAVE_SD = all(importlib.util.find_spec(m) for m in ("diffusers", "transformers", "clip"))
 needs_sd = pytest.mark.skipif(not HAVE_SD, reason="diffusers, transformers and clip-anytorch are needed (pip install 'ldmkit[sd]')")
-# ldmkit.model (LatentDiffusion.load, load_model) and ldmkit.convert.read_checkpoint must read a model folder's
-# scheduler.json and pass ema on to read_folder/read_diffusers; until they do, these tests fail (strict: an XPASS
-# fails too, so the marker goes once they pass).
-needs_loader = pytest.mark.xfail(strict=True, reason="needs ldmkit/model.py and ldmkit/convert/__init__.py to "
-                                                     "read scheduler.json and pass ema to the folder readers")
 SD_IMAGE = dict(steps=3, seed=1, height=32, width=32)
 
 
@@ -175,7 +170,6 @@ def test_converted_files_draw_the_image_their_source_draws(v1, tmp_path):
 
 
 @needs_sd
-@needs_loader
 def test_a_converted_model_folder_draws_the_image_its_source_draws(v1, tmp_path):
     from ldmkit.pipelines.text_to_image import load_pipeline
 
@@ -224,7 +218,6 @@ def test_a_model_without_training_weights_refuses_no_ema_in_one_line(v1, tiny, t
 
 
 @needs_sd
-@needs_loader
 def test_no_ema_on_the_command_line_is_honoured_or_refused_for_folders(v1, tiny, tmp_path, capsys):
     convert(v1["original"], "ldmkit", tmp_path / "ldm")
     draw = ["generate", "a cat", "--steps", "2", "--height", "32", "--width", "32", "--no-progress"]

@@ -265,3 +265,54 @@ def test_inferred_architecture_equals_the_diffusers_config(ref):
     # what the weights cannot say: SD 1 and SD 2 "768-v" files are taken as 512 and 768 px models
     assert from_file.image_size == (768 if from_file.text.kind == "openclip" else 512)
     assert from_folder.image_size == IMAGE
+
+
+def test_a_stable_diffusion_inpainting_model_converts_but_is_refused_at_load(tmp_path, capsys):
+    """diffusers' StableDiffusionInpaintPipeline (a UNet of 9 input channels: the latent, the masked image's latent,
+    the mask): `ldmkit convert` converts it and says what it is; loading it to sample is refused in one line, before
+    any work, where it used to load as a text model and fail mid-sampling."""
+    from ldmkit.cli import main
+    from ldmkit.pipelines.by_kind import load_any_pipeline
+    from ldmkit.pipelines.text_to_image import load_pipeline
+    from ldmkit.storage import CheckpointError
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=IMAGE // 4, in_channels=9, out_channels=4, layers_per_block=1, norm_num_groups=32,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, cross_attention_dim=32)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, sample_size=IMAGE)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=49408, num_hidden_layers=1, max_position_embeddings=77, hidden_size=32, intermediate_size=64,
+        num_attention_heads=1, hidden_act="quick_gelu"))
+    ClipTokenizer.from_clip_package(pad_id=END_ID).save_vocab_files(tmp_path / "vocab")
+    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    diffusers.StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text, tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "vocab")),
+        unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(str(tmp_path / "folder"))
+    single = tmp_path / "sd-inpainting.safetensors"  # as SD files come: no ldmkit config in the metadata
+    sd = dict(to_original(read_checkpoint(tmp_path / "folder")))
+    del sd["scale_factor"]
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(single))
+    assert main(["convert", str(tmp_path / "folder"), "--to", "original", "--out", str(tmp_path / "x.safetensors")]) \
+        == 0
+    assert main(["convert", str(single), "--to", "ldmkit", "--out", str(tmp_path / "ldmkit")]) == 0
+    assert "Stable Diffusion 1.x inpainting UNet, 9 input channels (CLIP text encoder)" in capsys.readouterr().out
+    from PIL import Image
+
+    Image.new("RGB", (IMAGE, IMAGE)).save(tmp_path / "in.png")
+    for path in (tmp_path / "folder", single, tmp_path / "ldmkit"):
+        for load in (load_model, load_pipeline, load_any_pipeline):
+            with pytest.raises(CheckpointError, match=f"^{path} is a Stable Diffusion inpainting model .*9 input "
+                                                      "channels.*which ldmkit does not run"):
+                load(path)
+        image = str(tmp_path / "in.png")
+        for argv in (["generate", "a red circle"], ["inpaint", image, "--mask", image]):
+            capsys.readouterr()
+            assert main([*argv, "--model", str(path), "--out", str(tmp_path / "o.png"), "--steps", "1"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "is a Stable Diffusion inpainting model" in err, err

@@ -178,6 +178,7 @@ def add_parsers(sub) -> None:
     _common(p, 4.0, "a text-to-image model")
     p.add_argument("prompt", help="what the result should show")
     p.add_argument("--strength", type=_unit_float, default=0.6,
-                   help="how far the input is noised, in (0, 1]: 1 keeps little of it (default 0.6)")
+                   help="how far the input is noised, in (0, 1]: the last int(strength × steps) of the steps run, as "
+                        "in diffusers; 1 keeps little of it (default 0.6)")
     p.add_argument("--negative-prompt", default="")
     p.set_defaults(func=cmd_img2img)

@@ -37,7 +37,8 @@ def cmd_generate(args) -> None:
     kind = condition_kind(model)
     settings = GenerationSettings.from_args(args)
     if kind == "class":
-        pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), precision=args.precision)
+        pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), ema=not args.no_ema,
+                                                    prediction=args.prediction, precision=args.precision)
         if args.class_name is None:
             raise UsageError(
                 f"{model} is a class-conditional model: give --class NAME instead of a prompt "
@@ -45,6 +46,8 @@ def cmd_generate(args) -> None:
             )
         if args.lora or args.embedding:
             raise UsageError("--lora and --embedding apply to text models only")
+        if args.as_written:
+            raise UsageError("--as-written applies to text models only: a class model reads no prompt words")
         if args.negative_prompt:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
         if args.spacing or args.karras or args.steps_offset is not None:

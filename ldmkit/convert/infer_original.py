@@ -198,6 +198,16 @@ def prediction_for(kind: str, name: str, global_step: int | None) -> tuple[str, 
     return "v", "SD 2.x: assumed v-prediction (pass --prediction epsilon for a 512-base model)"
 
 
+def unet_condition(unet_channels: int, latent_channels: int) -> str:
+    """What a text model's UNet takes beside the latent's c channels, from its input channels: "" (nothing, a
+    text-to-image UNet), "inpainting" (2c + 1: the masked image's latent and the mask, Stable Diffusion's
+    inpainting layout) or "image-conditioned" (more, as SD's depth model). ldmkit converts such a model but does
+    not run it (`ldmkit.model.check_unet_inputs`)."""
+    if unet_channels <= latent_channels:
+        return ""
+    return "inpainting" if unet_channels == 2 * latent_channels + 1 else "image-conditioned"
+
+
 def read_sidecar(path: Path) -> dict:
     """The ``model.params`` of an original-repo YAML config next to ``path``, or {}."""
     for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
@@ -246,6 +256,9 @@ def infer_original(sd: dict, path: Path, global_step: int | None = None) -> tupl
         name, size = "Stable Diffusion 2.x (OpenCLIP text encoder)", 768 if prediction == "v" else 512
     else:
         name, size = "Stable Diffusion 1.x (CLIP text encoder)", 512
+    condition = unet_condition(unet.in_channels, autoencoder.latent_channels)
+    if condition:  # converts, but no ldmkit pipeline runs it
+        name = name.replace(" (", f" {condition} UNet, {unet.in_channels} input channels (", 1)
     scale = float(params.get("scale_factor", SD_SCALE_FACTOR))
     config = ModelConfig(autoencoder=autoencoder, text=text, unet=unet, diffusion=diffusion, image_size=size)
     return config, scale, f"{name}; {'v' if prediction == 'v' else 'ε'}-prediction ({why})"

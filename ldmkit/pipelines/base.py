@@ -3,6 +3,7 @@ into tensors, and one guided sampling loop (z_T or SDEdit's noised z_0 → sampl
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +17,7 @@ from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor
 from ldmkit.device import lay_out_unet, use_bf16
 from ldmkit.diffusion import (
-    DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps,
+    DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps, start_index,
 )
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
@@ -62,8 +63,26 @@ def negative_list(negative_prompt, count: int) -> str | list[str]:
     return negatives
 
 
+def from_unit_range(unit: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """An image tensor as diffusers' ``VaeImageProcessor`` reads one, in ldmkit's [-1, 1]: values in [0, 1] become
+    2x − 1; a tensor with a value below 0 is taken to be in [-1, 1] already, with a FutureWarning, as diffusers
+    does (it deprecates that range)."""
+    if unit.numel() and float(unit.min()) < 0:
+        warnings.warn(f"the {what} holds values below 0, so it is read as in [-1, 1] (as diffusers reads it, which "
+                      "deprecates that range); give image tensors and arrays in [0, 1]", FutureWarning, stacklevel=3)
+        return unit
+    return unit * 2 - 1
+
+
+def diffusers_image(image, what: str = "image"):
+    """A pipeline ``__call__``'s image input as its ``generate_tensors`` reads it: a tensor, which diffusers' calls
+    read in [0, 1], made [-1, 1] (`from_unit_range`); anything else as given."""
+    return from_unit_range(image.float(), what) if isinstance(image, torch.Tensor) else image
+
+
 def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
-    """A NumPy image as diffusers takes one — H×W×3 or B×H×W×3, float in [0, 1] or uint8 — as B×3×H×W in [-1, 1]."""
+    """A NumPy image as diffusers takes one — H×W×3 or B×H×W×3, float in [0, 1] or uint8 — as B×3×H×W in
+    [-1, 1] (a float array with a value below 0 is read as in [-1, 1], as diffusers reads it: `from_unit_range`)."""
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3:
@@ -75,7 +94,14 @@ def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
         unit = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     else:
         raise UsageError(f"the {what} as a NumPy array must be uint8 or float in [0, 1]; got {array.dtype}")
-    return unit.permute(0, 3, 1, 2) * 2 - 1
+    return from_unit_range(unit.permute(0, 3, 1, 2), what)
+
+
+def per_image(inputs: torch.Tensor, num_images: int) -> torch.Tensor:
+    """``inputs`` (B×…) with each row repeated ``num_images`` times in a row: the inputs of ``num_images`` images
+    per input image (diffusers' ``num_images_per_prompt``: an input's images come together, as
+    `Pipeline.prompt_contexts` orders their prompts)."""
+    return inputs if num_images == 1 else inputs.repeat_interleave(num_images, dim=0)
 
 
 class Pipeline(AdapterMixin):
@@ -128,8 +154,10 @@ class Pipeline(AdapterMixin):
     # inputs
 
     def images(self, image: ImageInput, what: str = "image") -> torch.Tensor:
-        """PIL image(s), a tensor (3×H×W or B×3×H×W in [-1, 1]) or a NumPy array as diffusers takes one (H×W×3 or
-        B×H×W×3 in [0, 1], or uint8) as B×3×H×W on the device; anything else is a one-line `UsageError`."""
+        """PIL image(s), a tensor (3×H×W or B×3×H×W in [-1, 1], as ``generate_tensors`` takes and returns images;
+        a ``__call__`` reads tensors in [0, 1], as diffusers does: `diffusers_image`) or a NumPy array as diffusers
+        takes one (H×W×3 or B×H×W×3 in [0, 1], or uint8) as B×3×H×W in [-1, 1] on the device; anything else is a
+        one-line `UsageError`."""
         if isinstance(image, Image.Image):
             image = image_to_tensor(image)
         elif isinstance(image, np.ndarray):
@@ -140,7 +168,7 @@ class Pipeline(AdapterMixin):
             order = f" ({type(self).__name__} takes the {what} first: pass {what}= by keyword)" \
                 if isinstance(image, str) else ""
             raise UsageError(f"the {what} is a {type(image).__name__}{order}; give a PIL image, a list of them, a "
-                             "tensor B×3×H×W in [-1, 1] or a NumPy array B×H×W×3 in [0, 1]")
+                             "tensor B×3×H×W or a NumPy array B×H×W×3 in [0, 1]")
         return check_images(image, what).float().to(self.device)
 
     def mask(self, mask: Image.Image | torch.Tensor | np.ndarray, images: torch.Tensor) -> torch.Tensor:
@@ -158,21 +186,39 @@ class Pipeline(AdapterMixin):
         mask = check_mask(mask.float().to(self.device), images)
         return (mask > 0.5).to(images.dtype)
 
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of z_0 for an H×W image, after checking H and W are multiples of the latent factor."""
-        self.model.check_image_size(height, width)
+    def latent_size(self, height: int, width: int, factor: int = 1) -> tuple[int, int]:
+        """(h, w) of z_0 for an image of ``factor`` · H × ``factor`` · W pixels (super-resolution's output of an
+        H×W input; 1: the H×W image itself), after checking the model takes that size
+        (`LatentDiffusion.check_image_size`, whose message names the H×W given)."""
+        self.model.check_image_size(height, width, factor)
         f = self.model.autoencoder.downsample_factor
-        return height // f, width // f
+        return height * factor // f, width * factor // f
 
-    def prompt_contexts(self, prompt: str | list[str], negative_prompt: str | list[str],
-                        batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(τθ(y) for ``batch`` images, τθ(negative prompt)); one prompt is shared by the batch, and read in the
-        words the model knows (`LatentDiffusion.in_known_words`)."""
+    def prompt_contexts(self, prompt: str | list[str], negative_prompt: str | list[str], batch: int,
+                        num_images: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(τθ(y), τθ(negative prompt)) for ``batch`` input images, each drawn ``num_images`` times in a row (as
+        `per_image` repeats the inputs): one prompt is shared by the batch, a list gives one per image; read in
+        the words the model knows (`LatentDiffusion.in_known_words`). UsageError for a ``num_images`` that is not
+        an integer ≥ 1 (a ``__call__`` checks it first, `checked_options`)."""
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise UsageError(f"num_images_per_prompt = {num_images!r}; must be an integer ≥ 1")
         prompts = prompt_list(prompt)
         prompts = prompts * batch if len(prompts) == 1 else prompts
         if len(prompts) != batch:
             raise UsageError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
-        return self.encode(self.model.in_known_words(prompts)), self.encode_null(negative_list(negative_prompt, batch))
+        negatives = negative_list(negative_prompt, batch)
+        prompts = [p for p in self.model.in_known_words(prompts) for _ in range(num_images)]
+        if isinstance(negatives, list):
+            negatives = [n for n in negatives for _ in range(num_images)]
+        return self.encode(prompts), self.encode_null(negatives)
+
+    def check_strength(self, strength: float, sampler: str | None = None, steps: int | None = None,
+                       karras: bool = False, spacing: str | None = None, steps_offset: int | None = None) -> None:
+        """UsageError, before any work, unless ``strength`` is a number in (0, 1] with which SDEdit runs at
+        least one step of the grid the call samples on (`start_index`: int(strength · n) of its n steps run)."""
+        sampler, steps = self.sampling_defaults(sampler, steps)
+        grid = self.grid_options(sampler, spacing, steps_offset, karras)
+        start_index(len(sampler_timesteps(sampler, self.model.schedule, steps, **grid)), strength)
 
     def _autocast(self):
         """bf16 autocast on the device where the pipeline runs in bf16, else nothing."""
@@ -387,7 +433,8 @@ class Pipeline(AdapterMixin):
 
 class ImageConditionedPipeline(Pipeline):
     """A pipeline whose condition is one input image (super-resolution, colorization):
-    ``pipe(image, prompt="")`` → list of PIL images; subclasses define ``generate_tensors``."""
+    ``pipe(image, prompt="")`` → list of PIL images, ``num_images_per_prompt`` per input image; a tensor input is
+    read in [0, 1], as diffusers reads it (`diffusers_image`); subclasses define ``generate_tensors``."""
 
     @diffusers_call(inputs=2)
     @torch.inference_mode()
@@ -395,10 +442,10 @@ class ImageConditionedPipeline(Pipeline):
                  seed: int | torch.Generator = 0, sampler: str = "ddim", eta: float = 0.0,
                  negative_prompt: str | list[str] = "",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 start_from_input: bool = True, output_type: str = "pil") -> ImagePipelineOutput:
+                 start_from_input: bool = True, num_images: int = 1, output_type: str = "pil") -> ImagePipelineOutput:
         return image_output(self.generate_tensors(
-            image, prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
-            start_from_input=start_from_input), output_type)
+            diffusers_image(image), prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
+            start_from_input=start_from_input, num_images=num_images), output_type)
 
 
 def check_cache_interval(cache_interval: int) -> None:

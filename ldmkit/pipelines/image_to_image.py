@@ -7,17 +7,18 @@ from typing import Callable
 
 import torch
 
-from ldmkit.pipelines.base import ImageInput, Pipeline
+from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, per_image
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
-from ldmkit.errors import UsageError
 from ldmkit.settings import DEFAULT_GUIDANCE
 
 
 class ImageToImagePipeline(Pipeline):
-    """``pipe(image, "a blue star", strength=0.6)`` → list of PIL images of the input's size.
+    """``pipe(image, "a blue star", strength=0.6)`` → list of PIL images of the input's size,
+    ``num_images_per_prompt`` per input image; a tensor input is read in [0, 1], as diffusers reads it
+    (`diffusers_image`).
 
-    strength s ∈ [0, 1]: the share of the sampler's steps that run, from t_k with k = n − round(s·n);
-    s = 0 returns D(E(x)) (the input up to the autoencoder), s = 1 samples from the noisiest step."""
+    strength s ∈ (0, 1]: the share of the sampler's steps that run, the last int(s·n) of n (diffusers' rule,
+    `start_index`), so s = 1 samples from the noisiest step; an s with which no step runs is refused."""
 
     kinds = ("text",)
 
@@ -28,10 +29,10 @@ class ImageToImagePipeline(Pipeline):
                  sampler: str | None = None, eta: float = 0.0, negative_prompt: str | list[str] = "",
                  progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
-                 spacing: str | None = None, output_type: str = "pil") -> ImagePipelineOutput:
+                 spacing: str | None = None, num_images: int = 1, output_type: str = "pil") -> ImagePipelineOutput:
         return image_output(self.generate_tensors(
-            image, prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
-            karras, spacing), output_type)
+            diffusers_image(image), prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress,
+            callback, karras, spacing, num_images), output_type)
 
     @torch.inference_mode()
     def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
@@ -39,15 +40,17 @@ class ImageToImagePipeline(Pipeline):
                          sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, karras: bool = False,
-                         spacing: str | None = None) -> torch.Tensor:
-        """B×3×H×W in [-1, 1]: D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's
-        k-th timestep (``karras``, ``spacing``: the grid, as `Pipeline.sample_latents`)."""
-        if not 0 <= strength <= 1:
-            raise UsageError(f"strength = {strength}; must be between 0 and 1")
+                         spacing: str | None = None, num_images: int = 1) -> torch.Tensor:
+        """(B·num_images)×3×H×W in [-1, 1] for ``image`` B×3×H×W (a tensor in [-1, 1]), ``num_images`` per input
+        in a row (`per_image`): D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's
+        k-th timestep, k = n − int(s·n) (``karras``, ``spacing``: the grid, as `Pipeline.sample_latents`).
+        ``strength`` is checked first (`Pipeline.check_strength`)."""
+        self.check_strength(strength, sampler, steps, karras, spacing)
         images = self.images(image)
         latent_size = self.latent_size(*images.shape[-2:])
-        context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0])
+        context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0], num_images)
         latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
-                                      init_latents=self.model.encode_images(images), strength=strength,
-                                      progress=progress, callback=callback, karras=karras, spacing=spacing)
+                                      init_latents=per_image(self.model.encode_images(images), num_images),
+                                      strength=strength, progress=progress, callback=callback, karras=karras,
+                                      spacing=spacing)
         return self.decode(latents)
