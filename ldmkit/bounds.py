@@ -12,6 +12,8 @@ MAX_GUIDANCE = 30.0  # classifier-free guidance scale s: beyond it images satura
 MAX_BINDING = 5.0  # binding guidance λ (0.2 for the shipped model)
 MAX_CANDIDATES = 8  # binding guidance's starting noises per two-object prompt
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
+MAX_ETA = 1.0  # DDIM η is defined on [0, 1]: 0 deterministic, 1 DDPM's posterior noise
+MAX_CACHE_INTERVAL = 10  # feature reuse: the whole UNet at every N-th step; beyond it the deep features go stale
 DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
 
 

@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ldmkit.bounds import MAX_SEED
+from ldmkit.bounds import MAX_CACHE_INTERVAL, MAX_ETA, MAX_SEED
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
 from ldmkit.diffusion.samplers import SAMPLERS
@@ -51,7 +51,7 @@ class GenerationSettings:
     negative_prompt: str = ""  # the prompt guidance steers away from ("": unconditional, ∅)
     height: int | None = None  # None: the size the model was trained at
     width: int | None = None
-    eta: float = 0.0  # DDIM η (0: deterministic)
+    eta: float = 0.0  # DDIM η ∈ [0, 1] (0: deterministic, 1: DDPM's posterior noise)
     seed: int = 0  # z_T and every later noise drawn from a CPU generator seeded with it
     sampler: str | None = None  # a name of `ldmkit.diffusion.SAMPLERS`; None: the model's own (ddim; lcm)
     karras: bool = False  # Karras et al.'s noise levels for the sampler's grid
@@ -60,7 +60,8 @@ class GenerationSettings:
     guidance_stop: float = 0.0  # the steps at t < guidance_stop · T run unguided
     binding: float = 0.0  # attribute-binding guidance λ (`ldmkit.diffusion.binding`); 0: none
     binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
-    cache_interval: int = 1  # feature reuse (`ldmkit.nn.feature_cache`): the whole UNet every N-th step; 1: off
+    cache_interval: int = 1  # feature reuse (`ldmkit.nn.feature_cache`): the whole UNet every N-th step; 1: off;
+    # at most MAX_CACHE_INTERVAL and below the steps run (`check_cache_interval`)
 
     def __post_init__(self):
         _check_int("num_inference_steps", self.num_inference_steps, 1, optional=True)
@@ -70,7 +71,7 @@ class GenerationSettings:
             raise UsageError(f"negative_prompt = {self.negative_prompt!r}; must be a string ('' for none)")
         _check_int("height", self.height, 1, optional=True)
         _check_int("width", self.width, 1, optional=True)
-        _check_number("eta", self.eta)
+        _check_number("eta", self.eta, at_most=MAX_ETA, why="DDIM's η: 0 deterministic, 1 DDPM's noise")
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("sampler", self.sampler, SAMPLERS)
         if not isinstance(self.karras, bool):
@@ -80,7 +81,7 @@ class GenerationSettings:
         _check_number("guidance_stop", self.guidance_stop, below=1.0)
         _check_number("binding", self.binding)
         _check_int("binding_candidates", self.binding_candidates, 1)
-        _check_int("cache_interval", self.cache_interval, 1)
+        check_cache_interval(self.cache_interval, self.num_inference_steps)
 
     def describe(self) -> str:
         """One line for a table or a progress bar: "ddim, 25 steps, guidance 4", then binding and feature reuse
@@ -127,6 +128,26 @@ def SamplerSettings(sampler: str | None = None, steps: int | None = None, guidan
                               binding=binding, binding_candidates=binding_candidates, cache_interval=cache_interval)
 
 
+def check_cache_interval(cache_interval, steps: int | None) -> None:
+    """UsageError unless the feature-reuse interval N is an integer 1 … `MAX_CACHE_INTERVAL` (the server's bound)
+    and, with reuse on (N > 1), below the n steps that run (``steps``; None: the model's own, checked once known).
+    The whole UNet runs at steps 0, N, 2N, … (`ldmkit.nn.feature_cache`): with N ≥ n only step 0 would run it,
+    and every later step would reuse the deep features of the noisiest one."""
+    _check_int("cache_interval", cache_interval, 1, MAX_CACHE_INTERVAL)
+    if cache_interval > 1 and steps is not None and cache_interval >= steps:
+        allowed = "1 (off)" if steps <= 2 else f"1 … {min(steps - 1, MAX_CACHE_INTERVAL)} (1: off)"
+        raise UsageError(f"cache_interval = {cache_interval} with {steps} steps: the whole UNet would run at the "
+                         f"first step only; must be below the steps, allowed: {allowed}")
+
+
+def check_steps(steps: int | None, num_timesteps: int) -> None:
+    """UsageError for more sampling steps than the model's T = ``num_timesteps`` (every step is at a timestep of its
+    own, 0 … T−1); None: the model's own count."""
+    if steps is not None and steps > num_timesteps:
+        raise UsageError(f"num_inference_steps = {steps} is more than the model's {num_timesteps} timesteps; "
+                         f"allowed: 1 … {num_timesteps}")
+
+
 def _check_int(name: str, value, low: int, high: int | None = None, optional: bool = False) -> None:
     if optional and value is None:
         return
@@ -134,11 +155,19 @@ def _check_int(name: str, value, low: int, high: int | None = None, optional: bo
         _refuse(name, value, f"an integer {low} … {high}" if high is not None else f"an integer ≥ {low}", optional)
 
 
-def _check_number(name: str, value, optional: bool = False, below: float = math.inf) -> None:
+def _check_number(name: str, value, optional: bool = False, below: float = math.inf,
+                  at_most: float = math.inf, why: str = "") -> None:
+    """UsageError unless ``value`` is a number with 0 ≤ value < ``below`` and value ≤ ``at_most`` (finite); ``why``:
+    what the range means, said after it."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < below:
-        _refuse(name, value, "a finite number ≥ 0" if below == math.inf else f"a number in [0, {below:g})", optional)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < below and value <= at_most):
+        allowed = "a finite number ≥ 0"
+        if below != math.inf:
+            allowed = f"a number in [0, {below:g})"
+        elif at_most != math.inf:
+            allowed = f"a number in [0, {at_most:g}]"
+        _refuse(name, value, allowed + (f" ({why})" if why else ""), optional)
 
 
 def _check_choice(name: str, value, allowed) -> None:

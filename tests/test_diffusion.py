@@ -311,14 +311,20 @@ def test_timestep_grids(sched):
     for bad in ((1000, 1000, "leading"), (1000, 10, "uniform")):
         with pytest.raises(ValueError):
             spaced_timesteps(*bad)
+    schedule_sigmas = np.sqrt((1 - alpha_bar64(sched)) / alpha_bar64(sched))
     for karras in (False, True):
         ts, sigmas = sigma_schedule(sched, 10, karras=karras)
         assert ts[0] == 999 and ts[-1] == 0 and len(sigmas) == len(ts) + 1 and sigmas[-1] == 0.0
         assert all(a > b for a, b in zip(sigmas, sigmas[1:]))
-        # σ_i is the schedule's σ at the integer timestep the model sees.
-        np.testing.assert_allclose(sigmas[:-1], np.sqrt((1 - alpha_bar64(sched)) / alpha_bar64(sched))[ts], rtol=1e-4)
-    ts, _ = sigma_schedule(sched, 500, karras=True)  # steps that snap to one timestep are merged
-    assert len(set(ts)) == len(ts) < 500
+        if not karras:  # σ_i is the schedule's σ at the integer timestep the model sees
+            np.testing.assert_allclose(sigmas[:-1], schedule_sigmas[ts], rtol=1e-4)
+    # Karras: σ_i between σ_{T−1} and σ_0 (eq. 5, ρ = 7), the model at the timestep nearest in log σ
+    ts, sigmas = sigma_schedule(sched, 500, karras=True)
+    ramp = np.linspace(0, 1, 500)
+    expected = (schedule_sigmas[999] ** (1 / 7) + ramp * (schedule_sigmas[0] ** (1 / 7) - schedule_sigmas[999] ** (1 / 7))) ** 7
+    np.testing.assert_allclose(sigmas[:-1], expected, rtol=1e-4)
+    nearest = np.abs(np.log(schedule_sigmas)[None, :] - np.log(expected)[:, None]).argmin(axis=1)
+    assert np.abs(np.array(ts) - nearest).max() <= 1 and len(ts) == 500 > len(set(ts))  # steps may share a timestep
 
 
 def test_callback_and_no_grad(sched):

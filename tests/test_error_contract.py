@@ -12,6 +12,7 @@ at once; and the server's guards (Host header, request timeouts, the shipped mod
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shlex
@@ -73,6 +74,8 @@ ROWS = [
         "--out", "/proc/ldmkit-edit.png", "--steps", "1"], ("/proc", "cannot")),
     Row("edit --out-dir where nothing can be written", ["edit", "a red circle", "a blue circle", "--model",
         "{tiny}", "--out-dir", "/proc/ldmkit-edit", "--steps", "1"], ("/proc", "cannot")),
+    Row("edit --out-dir into a non-empty folder", ["edit", "a red circle", "a blue circle", "--model", "{tiny}",
+        "--out-dir", "{tmp}/full", "--steps", "1"], ("not empty", "--overwrite"), kept=("{tmp}/full/0_000.png",)),
     Row("finetune --out holding another run", ["finetune", "--model", "{tiny}", "--images", "{tmp}/full", "--out",
         "{tmp}/full", "--steps", "1"], ("not empty", "--resume"), kept=("{tmp}/full/0_000.png",)),
     # ---- numbers that parse but that no user means
@@ -90,6 +93,11 @@ ROWS = [
         "{tmp}/e.png", "--seed", str(2**64)], ("--seed", "2**64")),
     Row("edit --num-images over the batch bound", ["edit", "a red circle", "a blue circle", "--model", "{tiny}",
         "--out", "{tmp}/e.png", "--num-images", "100000"], ("--num-images", "1 … 8")),
+    Row("edit --guidance 0, at which neither prompt acts", ["edit", "a red circle", "a blue circle", "--model",
+        "{tiny}", "--out", "{tmp}/e.png", "--guidance", "0"], ("--guidance", "s > 0"), absent=("{tmp}/e.png",)),
+    Row("edit --blend-threshold 1, an empty mask", ["edit", "a red circle", "a blue circle", "--model", "{tiny}",
+        "--out", "{tmp}/e.png", "--blend", "circle", "--blend-threshold", "1"], ("--blend-threshold", "[0, 1)"),
+        absent=("{tmp}/e.png",)),
     Row("a LoRA scale that is not a number", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--lora", "{tmp}/file.txt:nan"], ("LoRA", "scale", "finite"), absent=("{tmp}/g.png",)),
     Row("an embedding file that is not one", ["generate", "a red circle", "--model", "{tiny}", "--out",
@@ -105,10 +113,28 @@ ROWS = [
         "--out", "{tmp}/ft", "--batch-size", "100000"], ("--batch-size", "1 … 256"), absent=("{tmp}/ft",)),
     Row("--height over the size bound", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png",
         "--height", "100000"], ("--height", "at most 128")),
+    Row("a --strength with which no step runs", ["img2img", "{tmp}/in.png", "a blue square", "--model", "{tiny}",
+        "--out", "{tmp}/s0.png", "--strength", "0.01"], ("strength", "runs none of the 25 steps", "0.04"),
+        absent=("{tmp}/s0.png",)),
+    Row("a size the model cannot take, named width x height", ["generate", "a red circle", "--model", "{tiny}",
+        "--out", "{tmp}/g.png", "--height", "28"], ("image size 32x28", "multiples of 8")),
+    Row("an upscale input whose output the model cannot take, named as given", ["upscale", "{tmp}/odd.png",
+        "--model", "{sr}", "--out", "{tmp}/u.png"], ("image size 31x31", "124x124", "multiples of 2"),
+        absent=("{tmp}/u.png",)),
     Row("an input image larger than the model allows", ["img2img", "{tmp}/big.png", "a blue square", "--model",
         "{tiny}", "--out", "{tmp}/g.png"], ("1024×1024", "larger than 128")),
     Row("--steps over the model's timesteps", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--steps", "5000"], ("--steps 5000", "1 … 1000")),
+    Row("--cache-interval over the server's bound", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--cache-interval", "25"], ("cache", "25", "1 … 10")),
+    Row("--cache-interval not below --steps", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--steps", "5", "--cache-interval", "5"], ("cache_interval = 5 with 5 steps", "1 … 4")),
+    Row("--eta above 1", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png", "--eta", "5"],
+        ("eta", "5", "1")),
+    Row("eval generate --steps over the model's timesteps", ["eval", "generate", "--model", "{tiny}",
+        "--num-images", "2", "--steps", "5000"], ("5000", "1 … 1000")),
+    Row("data pack of a folder whose images are all unreadable", ["data", "pack", "{tmp}/junk", "--out",
+        "{tmp}/junk_shards"], ("none of the 1 images", "could be read"), absent=("{tmp}/junk_shards",)),
     Row("--eta with a sampler other than ddim", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--sampler", "euler", "--eta", "0.5"], ("eta", "ddim")),
     Row("--steps-offset without leading spacing", ["generate", "a red circle", "--model", "{tiny}", "--out",
@@ -130,6 +156,10 @@ ROWS = [
     Row("--resume of an older checkpoint under another preset", ["train-autoencoder", "--preset", "demo",
         "--out", "{tmp}/old_run", "--resume", "--no-progress"], ("other settings", "autoencoder.l2_weight")),
     # ---- messages that name the right thing
+    Row("--as-written with a class model", ["generate", "--class", "circle", "--model", "{cls}", "--out",
+        "{tmp}/g.png", "--as-written"], ("--as-written", "text models only")),
+    Row("a Stable Diffusion inpainting model (UNet inputs 2c + 1)", ["generate", "a red circle", "--model",
+        "{tmp}/sd_inpaint", "--out", "{tmp}/g.png"], ("sd_inpaint", "inpainting model", "does not run")),
     Row("an autoencoder folder as --model", ["generate", "a red circle", "--model", "{ae}", "--out",
         "{tmp}/g.png"], ("autoencoder folder", "ldmkit train")),
     Row("a negative batch size", ["train", "--config", "{tmp}/negative.yaml", "--autoencoder", "{ae}", "--out",
@@ -176,8 +206,15 @@ def places(tmp_path_factory) -> dict:
     (tmp / "full").mkdir()
     Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp / "full" / "0_000.png")
     (tmp / "figure.png").mkdir()
+    (tmp / "junk").mkdir()
+    (tmp / "junk" / "a.png").write_bytes(b"not a png")
     Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp / "in.png")
     Image.new("RGB", (1024, 1024), (0, 0, 200)).save(tmp / "big.png")
+    Image.new("RGB", (31, 31), (0, 0, 200)).save(tmp / "odd.png")
+    model = LatentDiffusion.load(tiny)  # with Stable Diffusion's inpainting UNet inputs: latent, masked latent, mask
+    c = model.config.autoencoder.latent_channels
+    inpaint_unet = dataclasses.replace(model.config.unet, in_channels=2 * c + 1)
+    LatentDiffusion(dataclasses.replace(model.config, unet=inpaint_unet), model.tokenizer).save(tmp / "sd_inpaint")
     shutil.copytree(tiny, tmp / "other_model")
     shutil.copytree(tiny, tmp / "cut")
     text = (tmp / "cut" / "config.yaml").read_text()
@@ -192,7 +229,8 @@ def places(tmp_path_factory) -> dict:
                                      "preset": _settings(tiny_preset, "autoencoder")}, keep=3)
     save_checkpoint(tmp / "old_run", {"kind": "autoencoder", "step": 1, "model": {},
                                       "config": to_dict(tiny_preset.autoencoder)}, keep=3)
-    return {"tmp": tmp, "tiny": tiny, "ae": ae}
+    return {"tmp": tmp, "tiny": tiny, "ae": ae, "sr": build_tiny_model(tmp_path_factory.mktemp("sr") / "model", "tiny-sr"),
+            "cls": build_tiny_model(tmp_path_factory.mktemp("cls") / "model", "tiny-class")}
 
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,66 @@ def test_unknown_sampler_and_missing_folder_are_one_line_errors(folders, tmp_pat
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_eval_generate_refuses_what_the_model_cannot_sample_before_the_reference(folders, monkeypatch, capsys):
+    """Options that need the model (steps beyond T, η or binding where the sampler or a consistency student takes
+    none) are one line right after the model loads, not after the held-out reference is rendered and featurised."""
+    import dataclasses
+
+    from ldmkit.eval import generation
+    from ldmkit.pipelines.text_to_image import TextToImagePipeline
+    from ldmkit.settings import GenerationSettings
+    from ldmkit.errors import UsageError
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the held-out reference was rendered before the options were checked")
+
+    monkeypatch.setattr(generation, "RealReference", no_reference)
+    _, ldm = folders
+    assert main(["eval", "generate", "--model", str(ldm), "--num-images", "2", "--steps", "1001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1001 is more than the model's 1000 timesteps; allowed: 1 … 1000" in err
+    pipe = TextToImagePipeline.from_folder(ldm)
+    with pytest.raises(UsageError, match="eta = 0.5 applies to the ddim sampler only"):
+        generation.evaluate_generation(pipe, 2, GenerationSettings(sampler="euler", eta=0.5))
+    student = dataclasses.replace(pipe.model.config, diffusion=dataclasses.replace(pipe.model.config.diffusion,
+                                                                                    consistency_steps=2))
+    monkeypatch.setattr(pipe.model, "config", student)
+    with pytest.raises(UsageError, match="binding guidance needs a model sampled with classifier-free guidance"):
+        generation.evaluate_generation(pipe, 2, GenerationSettings(binding=0.2))
+
+
+def test_eval_generate_as_written_is_recorded_and_the_known_words_come_back(folders, tmp_path, monkeypatch):
+    from ldmkit.eval import generation
+    from ldmkit.pipelines.text_to_image import TextToImagePipeline
+    from ldmkit.settings import GenerationSettings
+
+    _, ldm = folders
+    out = tmp_path / "gen.json"
+    assert main(["eval", "generate", "--model", str(ldm), "--num-images", "2", "--steps", "1", "--as-written",
+                 "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["settings"]["as_written"] is True  # not read as "nothing needed rewriting"
+    pipe = TextToImagePipeline.from_folder(ldm)
+    known, seen = object(), []
+    pipe.model.known_words = known
+    generate = generation.generate_for_prompts
+    monkeypatch.setattr(generation, "generate_for_prompts",
+                        lambda pipe, *a, **k: seen.append(pipe.model.known_words) or generate(pipe, *a, **k))
+    report = generation.evaluate_generation(pipe, 2, GenerationSettings(num_inference_steps=1), as_written=True)
+    assert report.settings["as_written"] is True and seen == [None] and pipe.model.known_words is known
+
+
+def test_an_image_size_the_autoencoder_cannot_take_is_a_usage_error_before_any_work(folders, monkeypatch):
+    """As a Stable Diffusion file or diffusers folder reaches it: the size is checked once the model is loaded
+    (the CLI reads an ldmkit folder's factor from its config before that), before the held-out images are made."""
+    from ldmkit.autoencoder.folder import load_autoencoder
+    from ldmkit.errors import UsageError
+    from ldmkit.eval import autoencoder
+
+    monkeypatch.setattr(autoencoder, "heldout_shapes", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(UsageError, match="^--image-size 30 is not a multiple of the autoencoder's factor f=4$"):
+        autoencoder.evaluate_autoencoder(load_autoencoder(folders[0]), num_images=2, image_size=30)
+
+
 # --------------------------------------------------------------------------------------------------
 # results tables (ldmkit.eval.tables), as the benchmarks write them
 

@@ -212,3 +212,56 @@ def test_steps_match_diffusers_schedulers(sched, name, spacing, offset):
         ours = sample(name, d, start if name != "dpmpp-2m" else z_T, sched, steps, generator=gen(12), spacing=spacing,
                       steps_offset=offset_option, stop=k)
         close(ours, theirs[k - 1], 1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Karras σ as diffusers runs them: n steps at any n, the continuous σ for the update
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp-2m"])
+def test_karras_runs_every_step_as_diffusers_does(name):
+    """diffusers' EulerDiscreteScheduler and DPMSolverMultistepScheduler with use_karras_sigmas=True, on the tiny
+    preset's schedule at 50 steps: the same n Karras σ (not snapped to timesteps, so none is lost), the UNet at the
+    nearest timestep, and every step of the solver equal on the same model output."""
+    from ldmkit.config import load_preset
+
+    diffusion = load_preset("tiny").diffusion
+    sched = make_schedule(diffusion)
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "dpmpp-2m": diffusers.DPMSolverMultistepScheduler}[name]
+    betas = dict(beta_schedule=diffusion.schedule, beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
+                 num_train_timesteps=diffusion.num_timesteps)
+    scheduler = cls(**betas, use_karras_sigmas=True)
+    steps = 50
+    scheduler.set_timesteps(steps)
+    grid = grid_for(name, sched, steps, karras=True)
+    assert len(grid) == len(scheduler.timesteps) == steps  # the snapped grid ran 49
+    np.testing.assert_allclose(grid.sigmas, scheduler.sigmas.numpy(), rtol=1e-5)
+    assert list(grid.timesteps) == scheduler.timesteps.double().round().long().tolist()  # Euler's t is fractional
+    for n in (150, 1000):  # many steps near σ_min share a timestep, each still a step of its own
+        assert len(grid_for(name, sched, n, karras=True)) == n
+    d = gaussian_oracle(sched, 0.5, 0.6)
+    z_T = torch.randn(2, 4, 8, 8, generator=gen(13))
+    theirs = diffusers_run(scheduler, d, z_T, steps)
+    start = z_T * float(scheduler.init_noise_sigma) / math.sqrt(1 + float(scheduler.sigmas[0]) ** 2)
+    for k in (1, 2, 25, 48, 49, 50):
+        ours = sample(name, d, start if name == "euler" else z_T, sched, steps, karras=True, stop=k)
+        close(ours, theirs[k - 1], 1e-4)
+
+
+def test_image_to_image_with_karras_starts_from_the_karras_noise_level(sched):
+    """SDEdit noises z_0 to σ_k of the grid the solver then steps from: z = (z_0 + σ_k ε)/√(1 + σ_k²)."""
+    from ldmkit.diffusion import sample_from
+
+    z_0 = torch.randn(1, 4, 8, 8, generator=gen(14))
+    noise = torch.randn(1, 4, 8, 8, generator=gen(15))
+    seen = []
+
+    def denoise(z, t):
+        seen.append(z.clone())
+        return torch.zeros_like(z)
+
+    grid = grid_for("euler", sched, 50, karras=True)
+    sample_from("euler", denoise, z_0, noise, sched, 50, strength=0.5, karras=True)
+    sigma = grid.sigmas[25]
+    assert len(seen) == 25
+    close(seen[0], (z_0 + sigma * noise) / math.sqrt(1 + sigma**2), 1e-6)

@@ -128,20 +128,37 @@ def test_describe_keeps_the_wording_of_the_results_files():
     ("guidance_scale", -1.0, "a finite number ≥ 0"),
     ("num_images_per_prompt", 2.0, "an integer ≥ 1"),
     ("height", True, "an integer ≥ 1 or None"),
-    ("eta", float("inf"), "a finite number ≥ 0"),
+    ("eta", float("inf"), r"a number in \[0, 1\]"),
+    ("eta", 1.5, r"a number in \[0, 1\] \(DDIM's η: 0 deterministic, 1 DDPM's noise\)"),
     ("seed", -1, "an integer 0 … 18446744073709551615"),
     ("sampler", "heun", "allowed: ddpm, ddim, euler, dpmpp-2m, euler-a, lcm"),
     ("spacing", "even", "allowed: trailing, leading, linspace"),
     ("karras", 1, "True or False"),
     ("guidance_stop", 1.0, r"a number in \[0, 1\)"),
     ("binding_candidates", 0, "an integer ≥ 1"),
-    ("cache_interval", 0, "an integer ≥ 1"),
+    ("cache_interval", 0, "an integer 1 … 10"),
+    ("cache_interval", 11, "an integer 1 … 10"),
     ("negative_prompt", None, "a string"),
 ])
 def test_a_value_no_pipeline_takes_is_one_line_naming_the_field(field, value, allowed):
     with pytest.raises(UsageError, match=f"^{field} = .*{allowed}") as caught:
         GenerationSettings(**{field: value})
     assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+
+
+def test_a_cache_interval_must_be_below_the_steps_it_runs_over(pipe):
+    """With N ≥ n only step 0 would run the whole UNet: refused in one line, by the settings and the call."""
+    assert GenerationSettings(num_inference_steps=4, cache_interval=3).cache_interval == 3
+    assert GenerationSettings(num_inference_steps=1).cache_interval == 1  # 1 is off at any step count
+    for steps, interval, allowed in ((25, 25, "1 … 10"), (5, 5, "1 … 4"), (2, 2, "1 \\(off\\)")):
+        with pytest.raises(UsageError, match=f"cache_interval = {interval}"
+                                             f"{'' if interval > 10 else f' with {steps} steps'}.*{allowed}") as caught:
+            GenerationSettings(num_inference_steps=steps, cache_interval=interval)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="cache_interval = 11; must be an integer 1 … 10"):
+        pipe(PROMPT, cache_interval=11)
+    with pytest.raises(UsageError, match="cache_interval = 3 with 3 steps"):
+        pipe(PROMPT, settings=GenerationSettings(num_inference_steps=3, cache_interval=3))
 
 
 def test_an_option_given_twice_is_a_type_error_naming_it(pipe):
@@ -151,9 +168,9 @@ def test_an_option_given_twice_is_a_type_error_naming_it(pipe):
     with pytest.raises(TypeError, match="give an ldmkit.settings.GenerationSettings"):
         pipe(PROMPT, settings=KEYWORDS)
     # A field the pipeline has no option for is named as the settings' field, not silently dropped.
-    with pytest.raises(TypeError, match="settings.num_images_per_prompt = 2, which it does not take"):
+    with pytest.raises(TypeError, match="settings.binding = 0.2, which it does not take"):
         ImageToImagePipeline(pipe.model)(Image.new("RGB", (32, 32)), PROMPT,
-                                         settings=GenerationSettings(num_images_per_prompt=2))
+                                         settings=GenerationSettings(binding=0.2))
 
 
 def test_from_args_skips_an_option_that_means_something_else():

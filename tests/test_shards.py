@@ -7,6 +7,7 @@ import dataclasses
 import io
 import itertools
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -102,6 +103,22 @@ def test_pack_folder_leaves_out_unreadable_files(tmp_path, capsys):
     assert [it["caption"] for it in items] == [f"picture {i}" for i in range(4)]
 
 
+@pytest.mark.parametrize("files, message", [
+    ({"a.png": b"not a png", "b.jpg": b"nor a jpeg"}, "none of the 2 images in .* could be read \\(a.png, b.jpg\\)"),
+    ({"notes.txt": b"no image here"}, "no images in "),
+])
+def test_pack_of_a_folder_with_nothing_to_pack_is_one_line_and_writes_nothing(tmp_path, capsys, files, message):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    out = tmp_path / "new" / "shards"
+    assert main(["data", "pack", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "new").exists()  # not even the --out folder
+
+
 def test_ranks_read_disjoint_parts_and_workers_keep_the_order(tmp_path):
     out = pack_shapes(tmp_path / "shards", num=24, shard_size=4)  # 6 shards
     shards = ShardDataset(str(out), image_size=16, shuffle_buffer=5)
@@ -176,6 +193,21 @@ def test_coco_captions(tmp_path):
         item = ds[4]  # image 99 is missing: falls through to the next readable pair
     assert item["caption"] == "photo 7 take 0"
     assert {p.name for p in ds.skipped} == {"000000000099.jpg"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"caption": None}, r'the annotation of id 1 \(image_id 42\): no string "caption" field \(got None\)'),
+    ({"image_id": 5}, r'the annotation of id 1 \(image_id 5\): no record of the "images" list has id 5'),
+])
+def test_a_coco_record_that_is_not_one_is_named(tmp_path, change, message):
+    """A null caption would train as the text "None"; an image_id no image has read "(missing 5)"."""
+    annotations = coco_layout(tmp_path / "coco")
+    data = json.loads(annotations.read_text())
+    record = next(a for a in data["annotations"] if a["id"] == 1)
+    record.update(change)
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=f"^{re.escape(str(annotations))}: {message}$"):
+        build_dataset(DataConfig(source="coco", coco_annotations=str(annotations), image_size=16))
 
 
 def test_skips_found_by_dataloader_workers_reach_the_report(tmp_path, capsys):

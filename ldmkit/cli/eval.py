@@ -7,20 +7,16 @@ import argparse
 import warnings
 from pathlib import Path
 
-from ldmkit.bounds import DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE
-from ldmkit.cli.common import (
-    UsageError, bounded_float, bounded_int, check_sampler, non_negative_float, positive_int, seed_int,
-)
+from ldmkit.bounds import DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CACHE_INTERVAL, MAX_CANDIDATES, MAX_ETA, MAX_GUIDANCE
+from ldmkit.cli.common import bounded_float, bounded_int, check_sampler, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.config import AutoencoderConfig, ModelConfig
 from ldmkit.device import resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
-from ldmkit.eval.autoencoder import evaluate_autoencoder
+from ldmkit.eval.autoencoder import check_image_size, evaluate_autoencoder
 from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
-from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
 from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.heldout import PHRASINGS
-from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.storage import _folder_kind, load_config
@@ -57,15 +53,14 @@ def _run(args, evaluate) -> None:
 
 
 def _check_image_size(model: str, image_size: int) -> None:
-    """--image-size must be a multiple of the autoencoder's factor f (read from the folder's config)."""
+    """--image-size must be a multiple of the autoencoder's factor f (`check_image_size`), read here from an
+    ldmkit folder's config before any weights load."""
     config = Path(model) / "config.yaml"
     kind = _folder_kind(config) if config.is_file() else None
     if kind is None:
-        return  # a Stable Diffusion file or diffusers folder: the evaluation checks it after loading
+        return  # a Stable Diffusion file or diffusers folder: the evaluation checks it once loaded, before its work
     loaded = load_config(AutoencoderConfig if kind == "autoencoder" else ModelConfig, model)
-    f = (loaded if kind == "autoencoder" else loaded.autoencoder).downsample_factor
-    if image_size % f:
-        raise UsageError(f"--image-size {image_size} is not a multiple of the autoencoder's factor f={f}")
+    check_image_size(image_size, (loaded if kind == "autoencoder" else loaded.autoencoder).downsample_factor)
 
 
 def cmd_eval_autoencoder(args) -> None:
@@ -81,13 +76,9 @@ def cmd_eval_generate(args) -> None:
     settings = GenerationSettings.from_args(args, skip=("num_images",))  # --num-images: held-out images in all
 
     def evaluate(networks, device):
-        target = model
-        if args.as_written:  # the model alone: prompts encoded as given (LatentDiffusion.in_known_words)
-            require_kind(model, TEXT_TO_IMAGE)
-            target = load_pipeline(model, device)
-            target.model.known_words = None
-        return evaluate_generation(target, args.num_images, settings, networks, args.batch_size, device,
-                                   not args.no_progress, args.phrasing)
+        # --as-written: the model alone, prompts encoded as given (LatentDiffusion.in_known_words)
+        return evaluate_generation(model, args.num_images, settings, networks, args.batch_size, device,
+                                   not args.no_progress, args.phrasing, as_written=args.as_written)
 
     _run(args, evaluate)
 
@@ -128,7 +119,8 @@ def add_parsers(sub) -> None:
                    default=4.0, help="classifier-free guidance scale s")
     g.add_argument("--sampler", help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a consistency student "
                                      "(its default)")
-    g.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η")
+    g.add_argument("--eta", type=bounded_float(MAX_ETA, "DDIM η: 0 deterministic, 1 DDPM's noise"), default=0.0,
+                   help="DDIM η (0: deterministic, the default; 1: DDPM's noise)")
     g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
                    help="attribute-binding guidance of this scale (default 0: none; see `ldmkit generate --help`)")
@@ -138,8 +130,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--as-written", action="store_true",
                    help="encode the captions as given, without reading never-seen words as the nearest known ones "
                         "(the model alone; docs/prompt_following.md)")
-    g.add_argument("--cache-interval", type=positive_int, default=1, metavar="N",
-                   help="feature reuse: the whole UNet at every N-th step (default 1: off; see `ldmkit generate --help`)")
+    g.add_argument("--cache-interval", type=bounded_int(1, MAX_CACHE_INTERVAL, "as `ldmkit serve` allows"), default=1,
+                   metavar="N", help="feature reuse: the whole UNet at every N-th step, N below the steps (default 1: "
+                                     "off; see `ldmkit generate --help`)")
     g.add_argument("--phrasing", choices=PHRASINGS, default="templates",
                    help="how the held-out captions are worded: the dataset's templates (default), or the seen or "
                         "unseen (never trained on) part of the broad caption grammar")

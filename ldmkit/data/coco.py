@@ -33,7 +33,8 @@ def default_image_folder(annotations: Path) -> Path:
 
 def read_annotations(path: Path) -> tuple[list[str], list[str]]:
     """(file name, caption) of every caption in a COCO captions file, sorted by file name then
-    annotation id, so the item order does not depend on the order inside the JSON."""
+    annotation id, so the item order does not depend on the order inside the JSON. A record that is not
+    one (`caption_record`) is a DataError naming it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -45,12 +46,34 @@ def read_annotations(path: Path) -> tuple[list[str], list[str]]:
         raise DataError(f'{path} is not a COCO captions file: expected "images" and "annotations" lists')
     try:
         files = {image["id"]: image["file_name"] for image in data["images"]}
-        pairs = sorted(
-            (files[a["image_id"]], a.get("id", 0), str(a["caption"]).strip()) for a in data["annotations"]
-        )
     except (KeyError, TypeError) as e:
-        raise DataError(f"{path}: a malformed image or annotation record (missing {e})") from None
+        raise DataError(f'{path}: an "images" record without an "id" and a "file_name" ({type(e).__name__}: '
+                        f'{e})') from None
+    records = [caption_record(path, a, files) for a in data["annotations"]]
+    try:
+        pairs = sorted(records)
+    except TypeError:  # ids of several types: "1" beside 2
+        raise DataError(f'{path}: the annotations\' "id" fields are not all numbers') from None
     return [p[0] for p in pairs], [p[2] for p in pairs]
+
+
+def caption_record(path: Path, annotation, files: dict) -> tuple[str, int, str]:
+    """(file name, annotation id, caption) of one record of a captions file's "annotations" list,
+    ``{"image_id": 9, "id": 1, "caption": "A plate of food…"}`` with ``files`` the "images" list as {id: file name};
+    a DataError naming the record for one whose image_id no image record has or whose caption is not a string
+    (as `read_metadata` refuses a non-string "text": None would train as the text "None")."""
+    if not isinstance(annotation, dict) or "image_id" not in annotation:
+        raise DataError(f'{path}: an "annotations" record without an "image_id": {str(annotation)[:80]}')
+    image_id = annotation["image_id"]
+    where = f"{path}: the annotation of id {annotation.get('id')!r} (image_id {image_id!r})"
+    try:
+        file_name = files[image_id]
+    except (KeyError, TypeError):
+        raise DataError(f'{where}: no record of the "images" list has id {image_id!r}') from None
+    caption = annotation.get("caption")
+    if not isinstance(caption, str):
+        raise DataError(f'{where}: no string "caption" field (got {caption!r})')
+    return file_name, annotation.get("id", 0), caption.strip()
 
 
 def read_instances(path: Path) -> tuple[dict[int, str], dict[str, list[tuple[str, list]]]]:

@@ -284,20 +284,21 @@ def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: in
     """Write ``samples`` into ``out/000000.tar``, ``out/000001.tar``, … of ``shard_size`` samples each.
 
     Each shard is written to a temporary file and renamed into place when complete, so an
-    interrupted pack leaves whole shards only.
+    interrupted pack leaves whole shards only. ``out`` is created once the first shard's samples are
+    made, so a source that yields none (a DataError) leaves nothing behind; no samples at all is a DataError too.
     """
     TarWriter = _webdataset().TarWriter
 
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size}; must be at least 1")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     samples = iter(samples)
-    while True:
-        chunk = list(itertools.islice(samples, shard_size))
-        if not chunk:
-            return written
+    chunk = list(itertools.islice(samples, shard_size))
+    if not chunk:
+        raise DataError(f"no samples to write into {out}; nothing was written")
+    out.mkdir(parents=True, exist_ok=True)
+    while chunk:
         path = out / f"{len(written):06d}.tar"
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as f:
@@ -309,6 +310,8 @@ def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: in
             os.fsync(f.fileno())
         os.replace(tmp, path)
         written.append(path)
+        chunk = list(itertools.islice(samples, shard_size))
+    return written
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -332,18 +335,30 @@ def folder_samples(root: str | Path, image_size: int | None, skipped: list[str])
 
     Without ``image_size`` the files go in as they are (no re-encoding); with it they are
     centre-cropped, resized and stored as PNG. Files that do not decode are left out and named in
-    ``skipped``.
+    ``skipped``. The folder is listed now (a DataError for one without images); the samples are made as they
+    are drawn, and a folder none of whose images decodes is a DataError once that is known, before a sample.
     """
     folder = ImageFolderDataset(root, image_size or 1)
+    return _decoded_samples(folder, image_size, skipped)
+
+
+def _decoded_samples(folder: ImageFolderDataset, image_size: int | None, skipped: list[str]) -> Iterator[ShardSample]:
+    """`folder_samples`' samples, made one by one; DataError when none of the folder's images decodes."""
+    made = 0
     for i, (path, caption) in enumerate(zip(folder.paths, folder.captions)):
         try:
             image = load_image(path)  # decoded even when stored as is: a broken file stays out
         except _UNREADABLE:
             skipped.append(str(path))
             continue
+        made += 1
         if image_size is None:
             ext = path.suffix.lower().lstrip(".")
             yield ShardSample(f"{i:08d}", path.read_bytes(), "jpg" if ext == "jpeg" else ext, caption)
         else:
             yield ShardSample(f"{i:08d}", encode_png(center_crop_resize(image, image_size)), "png", caption)
+    if not made:
+        shown = ", ".join(Path(p).name for p in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+        raise DataError(f"none of the {len(folder.paths)} images in {folder.root} could be read ({shown}); "
+                        "nothing to pack")
 

@@ -1,14 +1,15 @@
 """Where samplers step: the timestep and σ grids, the starting noise, and the step-range checks.
 
 Timesteps are integers 0 … T−1 of `ldmkit.diffusion.schedule`, and σ_t = √((1 − ᾱ_t)/ᾱ_t). A grid
-(`Grid`, built by `sigma_grid`) is the n timesteps t_0 > … > t_{n−1} at which a sampler calls the
-denoiser, their σ_i, and σ_n, the noise level the last step lands on (0: clean data). Every sampler takes
-the same grid options:
+(`Grid`, built by `sigma_grid`) is the n timesteps t_0 ≥ … ≥ t_{n−1} at which a sampler calls the
+denoiser, the σ_i it steps between, and σ_n, the noise level the last step lands on (0: clean data).
+Every sampler takes the same grid options:
 
 - ``spacing`` (`spaced_timesteps`): "trailing", "leading" or "linspace", diffusers' ``timestep_spacing``;
 - ``steps_offset``: added to the leading grid (diffusers' ``steps_offset``; None: 1, as CompVis and
   Stable Diffusion's scheduler config have it);
-- ``karras``: σ_i respaced after Karras et al. 2022 between the grid's first and last σ (`karras_sigmas`).
+- ``karras``: σ_i respaced after Karras et al. 2022 between the grid's first and last σ (`karras_sigmas`); the
+  solver steps between those σ, the denoiser is called at the nearest timesteps.
 
 A sampler run from ``start`` to ``stop`` covers a slice of its grid (``grid[start:stop]``; `check_start`,
 `check_stop`), which is how image-to-image and "stop, then continue" work.
@@ -83,8 +84,9 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailin
 
 @dataclass(frozen=True)
 class Grid:
-    """Timesteps t_0 > … > t_{n−1} the denoiser is called at, their noise levels σ_0 > … > σ_{n−1}, and
-    σ_n where the last step lands (0: clean data). ``grid[a:b]`` is steps a … b−1 (σ_a … σ_b)."""
+    """Timesteps t_0 ≥ … ≥ t_{n−1} the denoiser is called at, the noise levels σ_0 > … > σ_{n−1} the solver steps
+    between (σ_{t_i}, or Karras' levels, whose t_i is the nearest timestep and may repeat), and σ_n where the last
+    step lands (0: clean data). ``grid[a:b]`` is steps a … b−1 (σ_a … σ_b)."""
 
     timesteps: tuple[int, ...]
     sigmas: tuple[float, ...]  # n + 1
@@ -112,31 +114,38 @@ def sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
     return (hi - 1) + w
 
 
-def karras_timesteps(sigmas: Tensor, t_first: int, t_last: int, num_steps: int, rho: float = 7.0) -> list[int]:
-    """Karras et al. 2022, eq. 5, snapped to timesteps: σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} −
-    σ_max^{1/ρ}))^ρ with σ_max = σ_{t_first}, σ_min = σ_{t_last}, each turned into the nearest timestep in
-    log σ; timesteps that snap together are kept once (so with many steps there may be fewer than n)."""
-    if num_steps == 1:
-        return [t_first]
+def karras_sigmas(sigmas: Tensor, t_first: int, t_last: int, num_steps: int, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022, eq. 5: the n = ``num_steps`` noise levels
+
+        σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,   i = 0 … n−1,
+
+    with σ_max = σ_{t_first}, σ_min = σ_{t_last} of the schedule's ``sigmas`` (float64; σ_0 = σ_max for n = 1).
+    They are continuous: n distinct levels for any n, most of them between two timesteps."""
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     lo, hi = sigmas[t_last] ** (1 / rho), sigmas[t_first] ** (1 / rho)
-    return torch.unique_consecutive(sigma_to_t(sigmas.log(), (hi + ramp * (lo - hi)) ** rho).round().long()).tolist()
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def sigma_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "linspace", steps_offset: int | None = None,
                karras: bool = False, final_sigma: float = 0.0, endpoint: bool = False) -> Grid:
-    """The `Grid` of ``num_steps`` steps: `spaced_timesteps` (``spacing``, ``steps_offset``, ``endpoint``),
-    respaced by `karras_timesteps` between its first and last timestep with ``karras`` (diffusers' rule),
+    """The `Grid` of ``num_steps`` = n steps: `spaced_timesteps` (``spacing``, ``steps_offset``, ``endpoint``) with
     σ_i = σ_{t_i}, and σ_n = ``final_sigma``.
 
-    The denoiser only takes integer timesteps, so a Karras σ is snapped to the nearest timestep and
-    replaced by σ there: the solver steps between noise levels the model was trained at.
+    With ``karras`` the σ_i are `karras_sigmas` between the spaced grid's first and last σ, kept as they are for the
+    solver's update, and the denoiser is called at t_i = round(`sigma_to_t`(σ_i)), the timestep nearest in log σ (its
+    input is still scaled by σ_i): exactly n steps, as diffusers' EulerDiscreteScheduler and
+    DPMSolverMultistepScheduler with ``use_karras_sigmas=True`` run them (the latter rounds t_i the same way; the
+    former hands the UNet the fractional t, which ldmkit's integer-timestep denoiser rounds). Near σ_min several
+    σ_i may share a timestep.
     """
     timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing, steps_offset, endpoint)
     sigmas = schedule_sigmas(schedule)
     if karras:
-        timesteps = karras_timesteps(sigmas, timesteps[0], timesteps[-1], num_steps)
-    return Grid(tuple(timesteps), tuple(sigmas[timesteps].tolist()) + (float(final_sigma),))
+        levels = karras_sigmas(sigmas, timesteps[0], timesteps[-1], num_steps)
+        timesteps = sigma_to_t(sigmas.log(), levels).round().long().tolist()
+    else:
+        levels = sigmas[timesteps]
+    return Grid(tuple(timesteps), tuple(levels.tolist()) + (float(final_sigma),))
 
 
 def sigma_schedule(schedule: NoiseSchedule, num_steps: int, karras: bool = False) -> tuple[list[int], list[float]]:

@@ -31,6 +31,7 @@ The consistency sampler `sample_lcm` is in `ldmkit.diffusion.consistency`; `samp
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -292,12 +293,33 @@ def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras
     return list(grid_for(name, schedule, num_steps, spacing, steps_offset, karras).timesteps)
 
 
+def _smallest_strength(num_steps: int) -> float:
+    """The smallest strength, to three significant digits, with which SDEdit runs one of ``num_steps`` steps:
+    the first s ≥ 1/n at that precision with int(s·n) ≥ 1."""
+    scale = 10 ** (2 + math.ceil(math.log10(num_steps)))
+    units = math.ceil(scale / num_steps)
+    while int(units / scale * num_steps) < 1:
+        units += 1
+    return units / scale
+
+
 def start_index(num_steps: int, strength: float) -> int:
-    """The first step SDEdit runs at ``strength`` s ∈ [0, 1]: n − round(s·n) of n steps, so that s = 1
-    runs them all and s = 0 none (the input comes back unchanged)."""
-    if not 0 <= strength <= 1:
-        raise UsageError(f"strength = {strength}; must be between 0 and 1")
-    return num_steps - round(strength * num_steps)
+    """The first step SDEdit runs at ``strength`` s ∈ (0, 1]: of n steps the last int(s·n) run, from
+    k = n − int(s·n) (diffusers' rule, ``min(int(n · s), n)``, as A1111's), so s = 1 runs them all.
+
+    UsageError for an s that is not a number in (0, 1], or one so small that no step would run
+    (int(s·n) = 0), naming the smallest strength that runs one at n steps."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        shown = float(strength) if isinstance(strength, numbers.Real) and not isinstance(strength, bool) \
+            else repr(strength)
+        raise UsageError(f"strength = {shown}; must be a number in (0, 1] (the share of the sampler's steps "
+                         "that run; 0 would return the input)")
+    runs = min(int(num_steps * strength), num_steps)
+    if runs < 1:
+        raise UsageError(f"strength = {float(strength)} runs none of the {num_steps} steps (int(strength × steps) "
+                         f"of them run, diffusers' rule); the smallest strength that runs one at {num_steps} steps "
+                         f"is {_smallest_strength(num_steps)}, or give more steps")
+    return num_steps - runs
 
 
 def sample_from(name: str, denoise: Denoiser, z_0: Tensor, noise: Tensor, schedule: NoiseSchedule, num_steps: int,
@@ -306,17 +328,19 @@ def sample_from(name: str, denoise: Denoiser, z_0: Tensor, noise: Tensor, schedu
                 steps_offset: int | None = None) -> Tensor:
     """SDEdit (Meng et al. 2022): noise a clean z_0 part-way and denoise from there.
 
-        k = n − round(s·n),  t = t_k (the k-th timestep of the sampler's grid),
-        z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε  (q(z_t | z_0), ε = ``noise``),  then steps k … n−1 (``grid[k:]``).
+        k = n − int(s·n),  σ = σ_k (the k-th noise level of the sampler's grid, `grid_for`),
+        z = (z_0 + σ ε)/√(1 + σ²)  (q(z_t | z_0) = √ᾱ z_0 + √(1 − ᾱ) ε with ᾱ = 1/(1 + σ²), ε = ``noise``),
+        then steps k … n−1 (``grid[k:]``).
 
-    s = ``strength`` ∈ [0, 1]: s = 1 starts at the first timestep, s = 0 runs no step and returns z_0.
+    σ_k is σ_{t_k}, or Karras' level between timesteps, the one step k's update starts from.
+    s = ``strength`` ∈ (0, 1]: s = 1 starts at the first step; an s with which no step runs is a UsageError
+    (`start_index`).
     """
-    timesteps = sampler_timesteps(name, schedule, num_steps, karras, spacing, steps_offset)  # Karras: maybe < n
-    start = start_index(len(timesteps), strength)
-    if start == len(timesteps):
-        return z_0.float()
-    t = timesteps[start]
-    ac = float(schedule.alphas_cumprod[t])
-    z_t = math.sqrt(ac) * z_0.float() + math.sqrt(1 - ac) * noise.float()
+    check_grid_options(name, eta, spacing, steps_offset)
+    grid = grid_for(name, schedule, num_steps, spacing, steps_offset, karras)
+    start = start_index(len(grid), strength)
+    sigma = grid.sigmas[start]
+    scale = 1 / math.sqrt(1 + sigma**2)
+    z_t = scale * z_0.float() + (sigma * scale) * noise.float()
     return sample(name, denoise, z_t, schedule, num_steps, eta=eta, generator=generator, callback=callback,
                   karras=karras, start=start, spacing=spacing, steps_offset=steps_offset)

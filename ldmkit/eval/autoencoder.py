@@ -46,6 +46,13 @@ def _warn_if_too_few(num_images: int, networks: list[FeatureNetwork]) -> list[st
     return messages
 
 
+def check_image_size(image_size: int, factor: int) -> None:
+    """UsageError unless ``image_size`` S is a multiple of the autoencoder's downsampling factor f (an S×S image
+    has an S/f × S/f latent; the CLI's option is named in the message)."""
+    if image_size % factor:
+        raise UsageError(f"--image-size {image_size} is not a multiple of the autoencoder's factor f={factor}")
+
+
 def evaluate_autoencoder(
     model: str | Path | nn.Module,
     num_images: int = 1024,
@@ -59,17 +66,17 @@ def evaluate_autoencoder(
     pixels: a folder written by `ldmkit train-autoencoder`, the frozen autoencoder of a text-to-image
     model (an ldmkit model folder, a Stable Diffusion file or a diffusers folder), or the module itself.
 
-    ``networks``: the feature networks for R-FID and R-IS (default: the shapes CNN alone).
+    ``networks``: the feature networks for R-FID and R-IS (default: the shapes CNN alone). An ``image_size`` the
+    autoencoder cannot take is a UsageError once it is loaded, before any work (`check_image_size`).
     """
     if isinstance(model, (str, Path)):
         model = load_autoencoder(model) if folder_kind(model) == AUTOENCODER else LatentDiffusion.load(model).autoencoder
     if model.config.kind == "identity":
         raise UsageError("this is a pixel-space model: its first stage is the identity (x̂ = x), there is no "
                          "autoencoder to evaluate; `ldmkit eval generate` measures the model")
-    model = model.to(device).eval()
     f = model.downsample_factor
-    if image_size % f:
-        raise ValueError(f"--image-size {image_size} is not a multiple of the autoencoder's factor f={f}")
+    check_image_size(image_size, f)
+    model = model.to(device).eval()
     networks = networks if networks is not None else [ShapesFeatures()]
     sample_warnings = _warn_if_too_few(num_images, networks)
 

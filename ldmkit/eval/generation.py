@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ldmkit.diffusion.samplers import check_grid_options
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.eval.features import FeatureNetwork, ShapesFeatures, extract
 from ldmkit.eval.folders import TEXT_TO_IMAGE, require_kind
@@ -19,8 +21,11 @@ from ldmkit.eval.heldout import HELDOUT_SEED, HeldOut, heldout_shapes
 from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, kid
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
+from ldmkit.pipelines.base import check_student_options
 from ldmkit.pipelines.text_to_image import load_pipeline
-from ldmkit.settings import DEFAULT_GUIDANCE, GenerationSettings, SamplerSettings  # noqa: F401  (its earlier name)
+from ldmkit.settings import (  # noqa: F401  (SamplerSettings: its earlier name)
+    DEFAULT_GUIDANCE, GenerationSettings, SamplerSettings, check_cache_interval, check_steps,
+)
 
 
 def generate_for_prompts(
@@ -37,6 +42,34 @@ def generate_for_prompts(
             out.append(pipe.generate_tensors(batch, **options))
             bar.update(len(batch))
     return torch.cat(out)
+
+
+def check_sampling(pipe, settings: GenerationSettings) -> None:
+    """UsageError for what sampling with ``settings`` (sampler and steps filled in, `Pipeline.sampling_defaults`)
+    on ``pipe``'s model would refuse only once it starts, so that it is said before the held-out reference is
+    rendered: more steps than the model's timesteps (`check_steps`), a grid option or an η its sampler does not
+    take (`Pipeline.grid_options`, `check_grid_options`), a cache interval not below the steps
+    (`check_cache_interval`), and what a consistency student does not take (`check_student_options`)."""
+    steps = settings.num_inference_steps
+    check_steps(steps, pipe.model.schedule.num_timesteps)
+    pipe.grid_options(settings.sampler, settings.spacing, settings.steps_offset, settings.karras)
+    check_grid_options(settings.sampler, settings.eta)
+    check_cache_interval(settings.cache_interval, steps)
+    if pipe.is_student:
+        check_student_options(settings.cache_interval, settings.binding or None, settings.guidance_stop)
+
+
+@contextmanager
+def read_as_written(pipe, as_written: bool):
+    """Inside, with ``as_written``, ``pipe`` encodes prompts as given: its model's known words set aside, so that no
+    never-seen word is read as the nearest known one (`LatentDiffusion.in_known_words`); after, as before."""
+    known = pipe.model.known_words
+    if as_written:
+        pipe.model.known_words = None
+    try:
+        yield
+    finally:
+        pipe.model.known_words = known
 
 
 class RealReference:
@@ -115,6 +148,7 @@ def evaluate_generation(
     device: str | torch.device = "cpu",
     progress: bool = False,
     phrasing: str = "templates",
+    as_written: bool = False,
 ) -> EvalReport:
     """FID, KID, IS and prompt accuracy of a text-to-image model (a folder written by `ldmkit train`,
     or a `TextToImagePipeline`) on ``num_images`` held-out shapes captions, phrased in the templates or
@@ -122,7 +156,9 @@ def evaluate_generation(
 
     ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
     accuracy always uses the shapes judge. ``settings``: how the images are drawn (default: the model's own
-    sampler and steps, guidance 4, seed 0); a guidance scale left None is 4, the text-to-image pipeline's.
+    sampler and steps, guidance 4, seed 0); a guidance scale left None is 4, the text-to-image pipeline's; what
+    the model cannot sample with is a UsageError before any work (`check_sampling`). ``as_written``: the captions
+    encoded as given (`read_as_written`), recorded in the report's settings.
     """
     settings = settings or GenerationSettings()
     if isinstance(model, (str, Path)):
@@ -133,6 +169,7 @@ def evaluate_generation(
     sampler, steps = pipe.sampling_defaults(settings.sampler, settings.num_inference_steps)
     guidance = DEFAULT_GUIDANCE if settings.guidance_scale is None else settings.guidance_scale
     settings = replace(settings, sampler=sampler, num_inference_steps=steps, guidance_scale=guidance)
+    check_sampling(pipe, settings)
     image_size = pipe.model.config.image_size
     shapes = ShapesFeatures()
     networks = networks if networks is not None else [shapes]
@@ -145,7 +182,8 @@ def evaluate_generation(
 
     reference = RealReference(heldout_shapes(num_images, image_size, phrasing=phrasing), networks, batch_size, progress)
     start = time.time()
-    images = generate_for_prompts(pipe, reference.heldout.captions, settings, batch_size, progress)
+    with read_as_written(pipe, as_written):
+        images = generate_for_prompts(pipe, reference.heldout.captions, settings, batch_size, progress)
     seconds = time.time() - start
     report = score_generated(images, reference, predictor, batch_size, progress)
     report.title = f"text-to-image: {settings.describe()}"
@@ -158,8 +196,11 @@ def evaluate_generation(
         report.settings["binding_candidates"] = settings.binding_candidates
     if settings.cache_interval != 1:
         report.settings["cache_interval"] = settings.cache_interval
-    captions = reference.heldout.captions
-    rewritten = sum(a != b for a, b in zip(pipe.model.in_known_words(captions), captions))
-    if rewritten:  # captions the pipeline read with never-seen words as known ones (ldmkit.text.known_words)
-        report.settings["captions_read_in_known_words"] = rewritten
+    if as_written:  # said, so that no captions_read_in_known_words does not read as "nothing needed rewriting"
+        report.settings["as_written"] = True
+    else:
+        captions = reference.heldout.captions
+        rewritten = sum(a != b for a, b in zip(pipe.model.in_known_words(captions), captions))
+        if rewritten:  # captions the pipeline read with never-seen words as known ones (ldmkit.text.known_words)
+            report.settings["captions_read_in_known_words"] = rewritten
     return report
