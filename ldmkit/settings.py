@@ -8,7 +8,7 @@ share: how many steps, which sampler, the guidance scale s, the seed, the size, 
 Fields take diffusers' names where diffusers has one (``num_inference_steps``, ``guidance_scale``,
 ``num_images_per_prompt``, ``negative_prompt``, ``height``, ``width``, ``eta``; ``seed`` is the int a call's
 ``generator`` takes) and ldmkit's elsewhere (``sampler``, ``karras``, ``spacing``, ``steps_offset``,
-``guidance_stop``, ``binding``, ``binding_candidates``, ``cache_interval``). Every default means "the
+``guidance_stop``, ``binding``, ``binding_candidates``, ``cache_interval``, ``prompt_syntax``). Every default means "the
 pipeline's own" (None) or "off", the same in every pipeline, so a field left at its default is left out of
 the call (`pipeline_kwargs`), and a pipeline without that option (a class model has no negative prompt) still
 takes the settings. What belongs to one pipeline's input rather than to sampling (img2img's ``strength``,
@@ -36,6 +36,7 @@ DEFAULT_GUIDANCE = 4.0  # the guidance scale s of the text-to-image and class pi
 # diffusers' name of a field → ldmkit's own (`generate_tensors`' parameters, the CLI's options, the server's JSON).
 OWN_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num_images"}
 CALL_NAMES = {"seed": "generator"}  # a field whose keyword in a pipeline call has another name
+PROMPT_SYNTAXES = ("plain", "a1111")  # how a prompt's brackets and BREAK are read (`ldmkit.text.weighted`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +63,7 @@ class GenerationSettings:
     binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
     cache_interval: int = 1  # feature reuse (`ldmkit.nn.feature_cache`): the whole UNet every N-th step; 1: off;
     # at most MAX_CACHE_INTERVAL and below the steps run (`check_cache_interval`)
+    prompt_syntax: str = "plain"  # "a1111": AUTOMATIC1111's (word:1.3), [word], BREAK and long prompts in chunks
 
     def __post_init__(self):
         _check_int("num_inference_steps", self.num_inference_steps, 1, optional=True)
@@ -82,6 +84,7 @@ class GenerationSettings:
         _check_number("binding", self.binding)
         _check_int("binding_candidates", self.binding_candidates, 1)
         check_cache_interval(self.cache_interval, self.num_inference_steps)
+        _check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
 
     def describe(self) -> str:
         """One line for a table or a progress bar: "ddim, 25 steps, guidance 4", then binding and feature reuse

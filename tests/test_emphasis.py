@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ldmkit import load_pipeline
 from ldmkit.errors import UsageError
@@ -15,8 +16,13 @@ from tests.tiny_models import build_attentive_tiny_model
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    return load_pipeline(build_attentive_tiny_model(tmp_path_factory.getbasetemp() / "emphasis-tiny-model"))
+def folder(tmp_path_factory):
+    return build_attentive_tiny_model(tmp_path_factory.getbasetemp() / "emphasis-tiny-model")
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return load_pipeline(folder)
 
 
 @pytest.mark.parametrize("prompt,expected", [
@@ -95,3 +101,15 @@ def test_the_pipeline_reads_a1111_syntax_only_when_asked(pipe):
         image("a red circle", prompt_syntax="compel")
     with pytest.raises(UsageError, match="one chunk"):
         image("a red circle BREAK a blue square", prompt_syntax="a1111", binding=0.2)
+
+
+def test_generate_reads_a1111_syntax_with_prompt_syntax_and_says_when_it_does_not(folder, tmp_path, capsys):
+    from ldmkit.cli import main
+
+    base = ["generate", "a (red:1.8) circle", "--model", str(folder), "--steps", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "plain.png")]) == 0
+    assert "--prompt-syntax a1111" in capsys.readouterr().err  # read as written, and said
+    assert main([*base, "--prompt-syntax", "a1111", "--out", str(tmp_path / "a1111.png")]) == 0
+    assert "--prompt-syntax a1111" not in capsys.readouterr().err
+    plain, weighted = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "a1111"))
+    assert not np.array_equal(plain, weighted)

@@ -70,6 +70,9 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
     assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
     # an inflected form of a known word stays (not made singular); one of an unknown word is read by its base form
     assert words.rewrite("two red circles and two navy boxes", wordnet) == "two red circles and two blue boxes"
+    # numbers stay numbers (WordNet holds "3" as a noun, a kind of "figure"), in words or in weights
+    assert words.rewrite("3 navy boxes, 2nd from the left, (red:1.3)", wordnet) == \
+        "3 blue boxes, 2nd from the left, (red:1.3)"
 
 
 def test_known_words_round_trip_and_a_bad_file(tmp_path):
@@ -183,7 +186,7 @@ def test_eval_generate_as_written_measures_the_model_with_prompts_as_given(folde
     seen = []
 
     def fake(target, *args, **kwargs):
-        seen.append(target)
+        seen.append((target, kwargs.get("as_written", False)))
         raise SystemExit(0)  # nothing to measure: which model the evaluation would run is what is checked
 
     monkeypatch.setattr(ldmkit.cli.eval, "evaluate_generation", fake)
@@ -191,7 +194,7 @@ def test_eval_generate_as_written_measures_the_model_with_prompts_as_given(folde
         main(["eval", "generate", "--model", str(folder), "--as-written", "--no-progress"])
     with pytest.raises(SystemExit):
         main(["eval", "generate", "--model", str(folder), "--no-progress"])
-    assert seen[0].model.known_words is None and str(seen[1]) == str(folder)
+    assert seen == [(str(folder), True), (str(folder), False)]
 
 
 @needs_wordnet

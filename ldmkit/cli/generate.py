@@ -19,7 +19,8 @@ from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import condition_kind
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import GenerationSettings
+from ldmkit.settings import PROMPT_SYNTAXES, GenerationSettings
+from ldmkit.text.emphasis import uses_syntax
 
 
 def cmd_generate(args) -> None:
@@ -48,6 +49,8 @@ def cmd_generate(args) -> None:
             raise UsageError("--lora and --embedding apply to text models only")
         if args.as_written:
             raise UsageError("--as-written applies to text models only: a class model reads no prompt words")
+        if args.prompt_syntax != "plain":
+            raise UsageError("--prompt-syntax applies to text models only: a class model reads no prompt")
         if args.negative_prompt:
             raise UsageError("--negative-prompt applies to text models only; a class model guides against the null class")
         if args.spacing or args.karras or args.steps_offset is not None:
@@ -72,8 +75,11 @@ def cmd_generate(args) -> None:
         apply_adapters(pipe, args.lora, args.embedding)
         if args.as_written:
             pipe.model.known_words = None
+        if args.prompt_syntax == "plain" and (uses_syntax(args.prompt) or uses_syntax(args.negative_prompt)):
+            print("ldmkit generate: note: brackets and BREAK read as written, as diffusers reads them; "
+                  "--prompt-syntax a1111 reads AUTOMATIC1111's emphasis, (word:1.3), [word], BREAK", file=sys.stderr)
         read = pipe.model.in_known_words([args.prompt])[0]
-        if read != args.prompt:
+        if read != args.prompt and args.prompt_syntax == "plain":
             print(f"ldmkit generate: note: read as {read!r} (words the model never saw, as the nearest it knows; "
                   "--as-written reads the prompt as given)", file=sys.stderr)
         check_size(pipe.model, args.height, args.width, args.steps)
@@ -139,6 +145,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--negative-prompt", default="")
+    p.add_argument("--prompt-syntax", choices=PROMPT_SYNTAXES, default="plain",
+                   help="plain (the default: every character read as written, as diffusers reads a prompt) or a1111 "
+                        "(AUTOMATIC1111's emphasis: (word) ×1.1, [word] ÷1.1, (word:1.3), BREAK, and a prompt longer "
+                        "than the text encoder's 75 tokens read in chunks instead of cut)")
     p.add_argument("--height", type=positive_int, help="default: the size the model was trained at")
     p.add_argument("--width", type=positive_int)
     p.add_argument("--guidance-stop", type=fraction, default=0.0, metavar="F",

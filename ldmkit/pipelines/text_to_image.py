@@ -12,11 +12,9 @@ from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.pipelines.base import Pipeline, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import DEFAULT_GUIDANCE
+from ldmkit.settings import DEFAULT_GUIDANCE, PROMPT_SYNTAXES
 from ldmkit.text.emphasis import parse
 from ldmkit.text.weighted import emphasis_contexts
-
-PROMPT_SYNTAXES = ("plain", "a1111")  # how a prompt's brackets and BREAK are read (`generate_tensors`)
 
 
 class TextToImagePipeline(Pipeline):

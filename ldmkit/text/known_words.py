@@ -136,7 +136,10 @@ class KnownWords:
     def reading(self, text: str, wordnet: WordNet, noun: bool = False) -> str | None:
         """The object word a never-seen word (or compound) ``text`` is read as, None for as written: its nearest by
         upward links; failing that, where it is the phrase's ``noun``, a known noun that names a kind of it
-        (`WordNet.narrower`: "rectangle" → "square")."""
+        (`WordNet.narrower`: "rectangle" → "square"). A number ("3", "1.5", "2nd") is read as written: WordNet
+        holds digits as nouns ("3" → "figure"), but a number says how many or which, not what."""
+        if any(c.isdigit() for c in text):
+            return None
         key = (text.lower(), noun)
         if key not in self._nearest:
             near = wordnet.nearest(key[0], self.objects, DEPTH)
