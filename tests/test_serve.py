@@ -114,7 +114,8 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
-                                  "cache_interval": 1, "karras": False, "model": "tiny", "mode": "generate"}
+                                  "cache_interval": 1, "karras": False, "eta": 0.0, "model": "tiny",
+                                  "mode": "generate"}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
@@ -140,6 +141,43 @@ def test_the_reported_command_writes_the_same_image(tiny_client, tiny_model, tmp
     assert main([*argv[:-2], "--no-progress", *argv[-2:]]) == 0
     written = Image.open(tmp_path / image["filename"])
     assert written.tobytes() == decode_png(base64.b64decode(image["png_base64"])).tobytes()
+
+
+def test_ddim_eta_runs_and_its_command_carries_it(tiny_client, tiny_pipe, tiny_model, tmp_path):
+    """DDIM's η, as ldmkit generate --eta: the job runs with it, reports it, and its command writes the same
+    image; for img2img too, whose command (ldmkit img2img) takes --eta as well."""
+    body = {"prompt": "a red circle", "steps": 3, "seed": 9, "eta": 0.7}
+    result = tiny_client.post("/v1/generate", json=body).json()
+    assert result["settings"]["eta"] == 0.7
+    expected = tiny_pipe("a red circle", num_inference_steps=3, generator=9, eta=0.7)[0]
+    assert decode_png(base64.b64decode(result["images"][0]["png_base64"])).tobytes() == expected.tobytes()
+    assert expected.tobytes() != tiny_pipe("a red circle", num_inference_steps=3, generator=9)[0].tobytes()
+    source = noise_image(32, 32, seed=2)
+    source.save(tmp_path / "in.png")
+    img2img = tiny_client.post("/v1/generate", json={**body, "mode": "img2img", "image": png_b64(source),
+                                                     "image_name": "in.png"}).json()
+    for k, image in enumerate((result["images"][0], img2img["images"][0])):
+        assert "--eta=0.7" in shlex.split(image["command"])
+        argv = [a.replace("--model=tiny", f"--model={tiny_model}").replace("--out=out/", f"--out={tmp_path}/{k}/")
+                for a in shlex.split(image["command"])[1:]]
+        argv = [str(tmp_path / a) if a == "in.png" else a for a in argv]
+        assert main([argv[0], "--no-progress", *argv[1:]]) == 0
+        written = Image.open(tmp_path / str(k) / image["filename"]).convert("RGB")
+        assert written.tobytes() == decode_png(base64.b64decode(image["png_base64"])).convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("route", ["/v1/generate", "/v1/jobs"])
+def test_an_img2img_strength_that_runs_no_step_is_a_422_naming_it_before_a_job(tiny_client, route):
+    """int(0.03 · 25) = 0 of the steps would run: refused up front, naming strength and the smallest one that
+    runs a step, not by a job the pipeline refuses (whose 422 names only the body)."""
+    body = {"mode": "img2img", "prompt": "a", "image": png_b64(noise_image(32, 32)), "strength": 0.03}
+    r = tiny_client.post(route, json=body)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "strength"], error
+    assert error["msg"].startswith("strength = 0.03 runs none of the 25 steps") and "is 0.04" in error["msg"], error
+    r = tiny_client.post(route, json={**body, "strength": 0.04})
+    assert r.status_code in (200, 202), r.text
 
 
 def test_a_request_without_seed_or_size_gets_them_filled_in_and_reported(tiny_client):
@@ -178,9 +216,9 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
     text_fields = ["model", "mode", "prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images",
-                   "width", "height", "steps", "guidance", "sampler", "seed"]
+                   "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
     img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "strength", "steps",
-                      "guidance", "sampler", "seed"]
+                      "guidance", "sampler", "eta", "seed"]
     assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
                      "accepts": {"generate": text_fields, "img2img": img2img_fields},
                      "required": {"generate": ["prompt"], "img2img": ["image", "prompt"]},
@@ -241,6 +279,9 @@ INVALID = [
     ({"binding": -1.0}, "binding"),
     ({"binding": 6.0}, "binding"),
     ({"sampler": "plms"}, "sampler"),
+    ({"eta": 1.5}, "eta"),         # DDIM's η is defined on [0, 1]
+    ({"eta": -0.1}, "eta"),
+    ({"eta": 0.5, "sampler": "euler"}, "eta"),  # η is DDIM's alone, as ldmkit generate --eta refuses it
     ({"seed": -1}, "seed"),
     ({"seed": 2**32}, "seed"),
     ({"num_images": 0}, "num_images"),
@@ -459,7 +500,7 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.mark.parametrize("route", ["/v1/generate", "/v1/jobs"])
 def test_an_image_that_is_not_base64_is_a_422_naming_it(tiny_client, route, data):
     """"data:" is what the page sends for a file of 0 bytes."""
-    r = tiny_client.post(route, json={"mode": "img2img", "prompt": "a", "image": data, "steps": 1})
+    r = tiny_client.post(route, json={"mode": "img2img", "prompt": "a", "image": data, "steps": 2})
     assert r.status_code == 422, r.text
     (error,) = r.json()["detail"]
     assert error["loc"] == ["body", "image"] and "image is not base64 of an image" in error["msg"], error

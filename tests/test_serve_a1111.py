@@ -27,8 +27,10 @@ from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 PROMPT = "a red circle on the left"
-# A1111's names of the samplers a text model runs, and the ldmkit sampler options each must be.
-EXPECTED_SAMPLERS = {"DDIM": dict(sampler="ddim"), "DDPM": dict(sampler="ddpm"), "Euler": dict(sampler="euler"),
+# A1111's names of the samplers a text model runs, and the ldmkit sampler options each must be under webuiapi,
+# which sends eta=1.0 on every call: A1111 gives it to DDIM.
+EXPECTED_SAMPLERS = {"DDIM": dict(sampler="ddim", eta=1.0), "DDPM": dict(sampler="ddpm"),
+                     "Euler": dict(sampler="euler"),
                      "DPM++ 2M": dict(sampler="dpmpp-2m"), "Euler a": dict(sampler="euler-a"),
                      "DPM++ 2M Karras": dict(sampler="dpmpp-2m", karras=True)}
 
@@ -59,7 +61,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_txt2img_is_bit_identical_to_ldmkit_generate(api, tiny_pipe):
-    result = api.txt2img(prompt=PROMPT, seed=7, steps=10, cfg_scale=4, sampler_name="DDIM")
+    result = api.txt2img(prompt=PROMPT, seed=7, steps=10, cfg_scale=4, sampler_name="DDIM", eta=0)
     direct = tiny_pipe(PROMPT, steps=10, guidance=4.0, seed=7, sampler="ddim")
     assert len(result.images) == 1
     assert result.image.tobytes() == direct[0].tobytes()
@@ -67,9 +69,35 @@ def test_txt2img_is_bit_identical_to_ldmkit_generate(api, tiny_pipe):
     assert (result.info["width"], result.info["height"]) == (32, 32)  # 512, A1111's default, is too large here
     assert result.info["ldmkit"]["sampler"] == "ddim"
     assert "--seed=7" in result.info["ldmkit"]["command"] and "--sampler=ddim" in result.info["ldmkit"]["command"]
-    # webuiapi always sends eta=1.0, which ldmkit's DDIM does not take: reported, not silently dropped.
-    assert result.info["not_honoured"] == {"eta": 1.0}
+    assert "--eta" not in result.info["ldmkit"]["command"] and result.info["not_honoured"] == {}
     assert result.parameters["prompt"] == PROMPT and result.parameters["seed"] == 7
+
+
+def test_eta_is_ddims_eta_as_in_a1111_and_its_command_carries_it(api, tiny_pipe, tiny_folder, tmp_path):
+    """A1111 gives a request's eta to DDIM (its eta_ddim): webuiapi's eta=1.0, sent on every call, runs DDIM with
+    η = 1, and the reported command (--eta=1.0) writes the same image; Euler a runs η = 1 whatever eta says, so
+    another eta is listed as not honoured; one DDIM cannot take is a 422 naming eta."""
+    result = api.txt2img(prompt=PROMPT, seed=7, steps=4, cfg_scale=4, sampler_name="DDIM")  # webuiapi: eta=1.0
+    direct = tiny_pipe(PROMPT, steps=4, guidance=4.0, seed=7, sampler="ddim", eta=1.0)
+    assert result.image.tobytes() == direct[0].tobytes()
+    assert result.info["not_honoured"] == {} and result.info["ldmkit"]["settings"]["eta"] == 1.0
+    assert "Eta DDIM: 1.0" in result.info["infotexts"][0]
+    command = result.info["ldmkit"]["command"]
+    assert "--eta=1.0" in command
+    argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={tmp_path}" if a == "--out=out/" else a
+            for a in shlex.split(command)[1:]]
+    assert main([argv[0], "--no-progress", *argv[1:]]) == 0
+    assert Image.open(tmp_path / "7_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+    half = api.txt2img(prompt=PROMPT, seed=7, steps=4, cfg_scale=4, sampler_name="DDIM", eta=0.5)
+    assert half.image.tobytes() == tiny_pipe(PROMPT, steps=4, guidance=4.0, seed=7, sampler="ddim",
+                                             eta=0.5)[0].tobytes()
+    for sampler, eta, listed in (("Euler a", 1.0, {}), ("Euler a", 0.0, {"eta": 0.0}), ("Euler", 1.0, {})):
+        _, info = txt2img(api, prompt=PROMPT, steps=2, seed=1, sampler_name=sampler, eta=eta)
+        assert info["not_honoured"] == listed and info["ldmkit"]["settings"]["eta"] == 0.0, (sampler, eta)
+    r = requests.post(f"{api.baseurl}/txt2img", json={"prompt": PROMPT, "steps": 2, "sampler_name": "DDIM",
+                                                      "eta": 1.5}, timeout=30)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "eta"], r.text
+    assert "0 … 1" in r.json()["detail"][0]["msg"]
 
 
 def test_fields_ldmkit_cannot_honour_are_listed_in_info(api):
@@ -144,11 +172,11 @@ def test_img2img_with_a_mask_on_a_text_model_changes_only_the_masked_pixels(api)
     assert result.info["ldmkit"]["mode"] == "img2img-masked" and result.info["denoising_strength"] == 0.8
     assert result.parameters["init_images"] is None  # A1111 leaves the images out of the echo
     # webuiapi sends A1111's mask_blur 4; ldmkit takes the mask as sent, unblurred, and says so
-    assert result.info["not_honoured"] == {"eta": 1.0, "mask_blur": 4}
+    assert result.info["not_honoured"] == {"mask_blur": 4}
     # the same request without a mask changes the whole image (SDEdit), from the same seed
     whole = api.img2img(images=[source], prompt="a blue square", seed=5, steps=6, denoising_strength=0.8,
                         sampler_name="DDIM", cfg_scale=3)
-    assert whole.info["ldmkit"]["mode"] == "img2img" and whole.info["not_honoured"] == {"eta": 1.0}
+    assert whole.info["ldmkit"]["mode"] == "img2img" and whole.info["not_honoured"] == {}
     assert (pixels(whole.image)[inside] == out[inside]).all()
 
 
@@ -182,19 +210,43 @@ def test_a_mask_that_selects_no_pixel_is_no_mask(api):
 
 
 def test_img2img_with_a_mask_inpaints_with_an_inpainting_model(tiny_pipe, tmp_path_factory):
+    """From the image noised to denoising_strength (webuiapi's 0.7), as A1111 inpaints with an inpainting
+    model; at 1 from noise, the inpainting model's own start."""
     inpaint = inpaint_pipeline(tmp_path_factory.getbasetemp() / "serve-tiny-inpaint")
     source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     mask = Image.new("L", (32, 32), 255)
     mask.paste(0, (0, 0, 32, 16))  # repaint the bottom half; invert: the top half
+    results = {}
     with live_server(tiny_pipe, model_name="tiny", inpaint_pipeline=inpaint) as port:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
-        result = api.img2img(images=[source], mask_image=mask, inpainting_mask_invert=1, prompt="a red circle",
-                             seed=2, steps=3, sampler_name="DDIM", cfg_scale=1)
-    assert result.info["ldmkit"]["mode"] == "inpaint"
-    expected = inpaint(source, Image.eval(mask, lambda v: 255 - v), "a red circle", steps=3, guidance=1.0, seed=2,
-                       sampler="ddim")
-    assert result.image.tobytes() == expected[0].tobytes()
-    assert (pixels(result.image)[16:] == pixels(source)[16:]).all()  # the kept half, pixel for pixel
+        for strength in (0.7, 1.0):
+            results[strength] = api.img2img(images=[source], mask_image=mask, inpainting_mask_invert=1,
+                                            prompt="a red circle", seed=2, steps=3, sampler_name="DDIM", cfg_scale=1,
+                                            eta=0, denoising_strength=strength)
+    for strength, result in results.items():
+        assert result.info["ldmkit"]["mode"] == "inpaint"
+        assert not any("denoising_strength" in note for note in result.info["ldmkit"]["notes"])
+        expected = inpaint(source, Image.eval(mask, lambda v: 255 - v), "a red circle", steps=3, guidance=1.0,
+                           seed=2, sampler="ddim", strength=strength)
+        assert result.image.tobytes() == expected[0].tobytes(), strength
+        assert (pixels(result.image)[16:] == pixels(source)[16:]).all()  # the kept half, pixel for pixel
+    assert results[0.7].image.tobytes() != results[1.0].image.tobytes()
+
+
+@pytest.mark.parametrize("strength, says", [(0.01, "denoising_strength = 0.01 runs none of the 50 steps"),
+                                            (0.0, "denoising_strength = 0.0; must be a number in (0, 1]")])
+def test_a_denoising_strength_that_runs_no_step_is_a_422_naming_it_before_any_job(api, strength, says):
+    """int(0.01 · 50) = 0 steps: refused at once with the smallest strength that runs one (0.02); 0, which in
+    A1111 returns the input, is refused too. Nothing is queued: the answer comes before any sampling."""
+    source = b64png(Image.new("RGB", (32, 32), (200, 30, 30)))
+    start = time.monotonic()
+    r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [source], "prompt": "a", "seed": 1,
+                                                      "denoising_strength": strength}, timeout=30)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "denoising_strength"] and says in error["msg"], error
+    assert strength == 0 or "smallest strength that runs one at 50 steps is 0.02" in error["msg"]
+    assert api.get_progress()["state"]["job_count"] == 0 and time.monotonic() - start < 5
 
 
 def test_img2img_refuses_an_unreadable_or_misfit_image(api):
@@ -322,3 +374,17 @@ def test_errors_other_than_validation_take_a1111s_shape(api):
 def test_send_images_false_answers_no_images_as_a1111_does(api):
     result = api.txt2img(prompt=PROMPT, seed=2, steps=2, sampler_name="DDIM", send_images=False)
     assert result.images == [] and result.info["seed"] == 2 and "send_images" not in result.info["not_honoured"]
+
+
+def test_long_prompts_are_taken_as_a1111_takes_them_up_to_a_generous_bound(api):
+    """A1111 bounds no prompt, and long negative prompts are pasted in routinely: thousands of characters run
+    (the tokenizer reads what fits the model); only a body-sized one, past 20 000 characters, is a 422."""
+    negative = ", ".join(["lowres", "bad anatomy", "bad hands", "text", "error", "missing fingers"] * 60)
+    assert len(negative) > 2000
+    answer, info = txt2img(api, prompt=PROMPT + ", masterpiece" * 100, negative_prompt=negative, steps=2, seed=1)
+    assert info["negative_prompt"] == negative and len(answer["images"]) == 1
+    for field in ("prompt", "negative_prompt"):
+        r = requests.post(f"{api.baseurl}/txt2img", json={"prompt": PROMPT, "steps": 2, field: "a" * 20_001},
+                          timeout=30)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+        assert "20000" in r.json()["detail"][0]["msg"]

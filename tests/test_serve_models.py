@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shlex
 import socket
 import struct
@@ -28,8 +29,8 @@ openai = pytest.importorskip("openai", reason="the test extra's openai is not in
 requests = pytest.importorskip("requests")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ldmkit.cli import main  # noqa: E402
-from ldmkit.cli.serve import model_specs  # noqa: E402
+from ldmkit.cli import build_parser, main  # noqa: E402
+from ldmkit.cli.serve import load_models, model_specs  # noqa: E402
 from ldmkit.errors import UsageError  # noqa: E402
 from ldmkit.pipelines.by_kind import load_any_pipeline  # noqa: E402
 from ldmkit.serve import create_app  # noqa: E402
@@ -325,7 +326,7 @@ def test_edits_run_on_the_model_they_name(base, folders):
 
 def test_a1111_options_switch_the_model_txt2img_uses_and_override_settings_one_request(base, pipes):
     api = webuiapi.WebUIApi(baseurl=f"{base}/sdapi/v1")
-    options = dict(prompt=PROMPT, seed=7, steps=3, cfg_scale=4, sampler_name="DDIM")
+    options = dict(prompt=PROMPT, seed=7, steps=3, cfg_scale=4, sampler_name="DDIM", eta=0)
     try:
         assert api.get_options()["sd_model_checkpoint"] == "txt"
         first = api.txt2img(**options)
@@ -389,6 +390,25 @@ def test_a1111_img2img_on_a_model_that_cannot_is_501_before_the_image_is_checked
             "override_settings": {"sd_model_checkpoint": model}}, timeout=10)
         assert r.status_code == 501 and set(r.json()) == {"error", "detail", "body", "errors"}, r.text
         assert f"model '{model}'" in r.json()["detail"] and "cannot draw from an image" in r.json()["detail"]
+
+
+def test_a1111_inpainting_starts_from_the_image_noised_to_denoising_strength(base, pipes):
+    """An inpainting model served on its own takes A1111's denoising_strength as diffusers' inpainting strength;
+    `ldmkit inpaint` has no --strength, so its job reports no command rather than one that draws another image."""
+    source, mask = noise(32, 4), Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 16, 32, 32))
+    r = requests.post(f"{base}/sdapi/v1/img2img", json={
+        "init_images": [b64png(source)], "mask": b64png(mask), "prompt": "a blue square", "steps": 4, "seed": 6,
+        "cfg_scale": 1, "sampler_name": "DDIM", "denoising_strength": 0.5,
+        "override_settings": {"sd_model_checkpoint": "inp"}}, timeout=60)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["ldmkit"]["mode"] == "inpaint" and info["ldmkit"]["settings"]["strength"] == 0.5
+    direct = pipes["inp"](source, mask, "a blue square", num_inference_steps=4, guidance_scale=1.0, generator=6,
+                          strength=0.5)
+    assert decoded(r.json()["images"][0]).tobytes() == rgb(direct)[0]
+    job = requests.get(f"{base}/v1/jobs/{info['ldmkit']['job']}", timeout=10).json()
+    assert job["images"][0]["command"] is None, job
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,6 +521,91 @@ def test_a_bad_model_argument_is_one_line_and_exit_2_before_listening(folders, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("ldmkit serve: error: --model") and "\n" not in err and says in err, err
     assert "cannot listen" not in err
+
+
+def served_by_command(*args: str) -> list:
+    """The models `ldmkit serve ARGS` serves, loaded as the command loads them (on the CPU)."""
+    parsed = build_parser().parse_args(["serve", *args, "--device", "cpu"])
+    return load_models(parsed, model_specs(parsed.model))
+
+
+def test_load_options_apply_to_the_model_named_and_its_commands_repeat_them(folders, tmp_path):
+    """--prediction, --precision (and --no-ema) as `ldmkit generate`'s: NAME=VALUE for the model served as NAME,
+    bare for every model; each model's image is its pipeline's under those options, and its reported command,
+    which repeats them, writes it again; the image commands take none, so their jobs report none."""
+    txt = str(folders["txt"])
+    models = served_by_command("--model", f"a={txt}", "--model", f"b={txt}", "--prediction", "a=v",
+                               "--precision", "b=bf16")
+    a, b = (model.pipelines["generate"] for model in models)
+    assert (a.model.config.diffusion.prediction, a.precision) == ("v", "fp32")
+    assert (b.model.config.diffusion.prediction, b.precision) == ("epsilon", "bf16")
+    assert models[0].load_options == ("--prediction=v",) and models[1].load_options == ("--precision=bf16",)
+    with TestClient(create_app(models=models)) as client:
+        for model, direct in (("a", load_any_pipeline(txt, prediction="v")),
+                              ("b", load_any_pipeline(txt, precision="bf16"))):
+            body = {"model": model, "prompt": PROMPT, "steps": 2, "seed": 3}
+            r = client.post("/v1/generate", json=body)
+            assert r.status_code == 200, r.text
+            image = r.json()["images"][0]
+            expected = direct(PROMPT, num_inference_steps=2, generator=3)
+            assert decoded(image["png_base64"]).tobytes() == rgb(expected)[0], model
+            assert models[model == "b"].load_options[0] in shlex.split(image["command"])
+            run_command(image["command"], tmp_path / model, {})
+            assert Image.open(tmp_path / model / "3_000.png").convert("RGB").tobytes() == rgb(expected)[0], model
+            img2img = client.post("/v1/generate", json={**body, "mode": "img2img", "image": b64png(noise(32, 1))})
+            assert img2img.status_code == 200 and img2img.json()["images"][0]["command"] is None, img2img.text
+        edit = client.post("/v1/edit", json={"model": "b", "source_prompt": PROMPT, "target_prompt": PROMPT,
+                                             "steps": 2, "seed": 1})
+        assert edit.status_code == 200 and "--precision=bf16" in shlex.split(edit.json()["command"]), edit.text
+    both = served_by_command("--model", f"a={txt}", "--model", f"b={txt}", "--prediction", "v",
+                             "--prediction", "b=epsilon")
+    assert [m.pipelines["generate"].model.config.diffusion.prediction for m in both] == ["v", "epsilon"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--prediction", "c=v"], "--prediction c=v: no model is served as 'c'; served: a, b"),
+    (["--prediction", "a=x"], "--prediction a=x: 'x' is not one of epsilon, v"),
+    (["--prediction", "v", "--prediction", "epsilon"], "every model is given --prediction twice"),
+    (["--precision", "a=fp16"], "'fp16' is not one of fp32, bf16, auto"),
+    (["--no-ema", "c"], "--no-ema c: no model is served as 'c'"),
+])
+def test_a_bad_load_option_is_one_line_and_exit_2_before_listening(folders, capsys, args, says):
+    txt = str(folders["txt"])
+    with socket.socket() as busy:  # checked before the port: a busy port is not what is reported
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--model", f"a={txt}", "--model", f"b={txt}", *args,
+                     "--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ldmkit serve: error: {args[-2]}") and "\n" not in err and says in err, err
+
+
+def test_no_ema_serves_a_files_training_weights_and_its_command_says_so(tmp_path_factory, tmp_path, capsys):
+    """--no-ema NAME takes that Stable Diffusion file's training weights (the other model keeps the EMA copy), and
+    the command reported for its images carries --no-ema; an ldmkit folder, which has no training weights,
+    refuses it in one line."""
+    pytest.importorskip("diffusers")
+    from test_sd_parity import build
+
+    sd_file = str(build("v1", tmp_path_factory)["original"])
+    models = served_by_command("--model", f"ema={sd_file}", "--model", f"train={sd_file}", "--no-ema", "train")
+    assert [m.load_options for m in models] == [(), ("--no-ema",)]
+    body = {"prompt": "a cat", "steps": 2, "seed": 5, "width": 32, "height": 32}
+    with TestClient(create_app(models=models)) as client:
+        images = {name: client.post("/v1/generate", json={**body, "model": name}).json()["images"][0]
+                  for name in ("ema", "train")}
+    for name, ema in (("ema", True), ("train", False)):
+        expected = load_any_pipeline(sd_file, ema=ema)("a cat", num_inference_steps=2, generator=5, width=32,
+                                                       height=32)
+        assert decoded(images[name]["png_base64"]).tobytes() == rgb(expected)[0], name
+    assert images["ema"]["png_base64"] != images["train"]["png_base64"]
+    run_command(images["train"]["command"], tmp_path / "train", {})
+    assert Image.open(tmp_path / "train" / "5_000.png").convert("RGB").tobytes() == \
+        decoded(images["train"]["png_base64"]).tobytes()
+    capsys.readouterr()  # what building the file printed
+    assert main(["serve", "--model", str(build_tiny_model(tmp_path / "tiny")), "--no-ema", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ldmkit serve: error:") and "\n" not in err and "training weights" in err, err
 
 
 def test_usage_error_for_no_model_or_a_name_twice_in_create_app():

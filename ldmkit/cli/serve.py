@@ -4,6 +4,11 @@
 file's without its suffix), and no ``--model`` serves the shipped shapes64 model. Every ``--model`` is
 checked (name, duplicates, the file or folder there) before anything loads, then every model loads,
 all before the server listens: a mistake is one line and exit code 2, not a failed request later.
+
+``--prediction``, ``--no-ema`` and ``--precision`` load a model as `ldmkit generate`'s options of those names
+do. Given bare (``--prediction epsilon``, ``--no-ema``) they apply to every model; given with a model's name
+(``--prediction sd2=epsilon``, ``--no-ema sd2``) to that model alone, over a bare one. A model's reported
+commands repeat the options it was loaded with, so that they draw its images again.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from pathlib import Path
 
 from ldmkit.cli.common import UsageError, positive_int
 from ldmkit.cli.outputs import check_output_dir
-from ldmkit.device import resolve_device
+from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import load_any_pipeline
 from ldmkit.pretrained import SHIPPED, resolve_model
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_NAME = "shapes64"  # the name the shipped model is served under when no --model is given
+PREDICTIONS = ("epsilon", "v")  # --prediction's values, as `ldmkit generate`'s
 
 
 def positive_float(text: str) -> float:
@@ -107,23 +113,78 @@ def model_specs(values: list[str] | None) -> list[tuple[str, str | None]]:
     return list(specs.items())
 
 
-def load_models(args, specs: list[tuple[str, str | None]]) -> list:
-    """The served models of ``specs``, loaded on --device with --max-size; --lora and --embedding go on
-    the first, which must then be a text model (each model's commands repeat its own options)."""
+def per_model(values: list[str] | None, option: str, names: list[str], choices: tuple[str, ...]) -> dict[str, str]:
+    """The value of ``option`` (--prediction, --precision) for each model of ``names`` given one: a bare VALUE
+    applies to every model, NAME=VALUE to the model served as NAME, over a bare one. A one-line `UsageError`
+    for a value not among ``choices``, a name not served, or a model (or the bare form) given twice."""
+    given: dict[str | None, str] = {}
+    for value in values or ():
+        name, _, choice = value.rpartition("=") if "=" in value else (None, "", value)
+        if choice not in choices:
+            raise UsageError(f"{option} {value}: {choice!r} is not one of {', '.join(choices)} (give {option} "
+                             f"VALUE for every model, or {option} NAME=VALUE for one)")
+        _check_served(option, value, name, names)
+        if name in given:
+            which = "every model" if name is None else f"model {name!r}"
+            raise UsageError(f"{option} {value}: {which} is given {option} twice ({given[name]} too); give it once")
+        given[name] = choice
+    return {name: given.get(name, given.get(None)) for name in names if name in given or None in given}
+
+
+def no_ema_models(values: list[str | None] | None, names: list[str]) -> set[str]:
+    """The names of the models --no-ema applies to: every model for a bare --no-ema, the models named by
+    ``--no-ema NAME`` otherwise; a one-line `UsageError` for a name not served."""
+    values = values or []
+    for name in values:
+        _check_served("--no-ema", name, name, names)
+    return set(names) if None in values else set(values)
+
+
+def _check_served(option: str, value: str | None, name: str | None, names: list[str]) -> None:
+    if name is not None and name not in names:
+        raise UsageError(f"{option} {value}: no model is served as {name!r}; served: {', '.join(names)} "
+                         f"(the names --model gives)")
+
+
+def load_options(args, names: list[str]) -> dict[str, dict]:
+    """Each served model's keywords of `load_any_pipeline` (``precision``, ``ema``, ``prediction``), from
+    --precision, --no-ema and --prediction (`per_model`, `no_ema_models`); checked before anything loads."""
+    precision = per_model(args.precision, "--precision", names, PRECISIONS)
+    prediction = per_model(args.prediction, "--prediction", names, PREDICTIONS)
+    no_ema = no_ema_models(args.no_ema, names)
+    return {name: dict(precision=precision.get(name, "fp32"), ema=name not in no_ema,
+                       prediction=prediction.get(name)) for name in names}
+
+
+def command_options(pipe, ema: bool, prediction: str | None) -> tuple[str, ...]:
+    """The `ldmkit generate` options that load a model as ``pipe`` was loaded, for its reproduce commands:
+    --prediction and --no-ema where given, and --precision=bf16 where the pipeline runs in bf16 (a --precision
+    auto resolved on this machine, so that the command draws what the server drew)."""
+    return ((f"--prediction={prediction}",) if prediction else ()) + (() if ema else ("--no-ema",)) + \
+        (("--precision=bf16",) if pipe.precision == "bf16" else ())
+
+
+def load_models(args, specs: list[tuple[str, str | None]], options: dict[str, dict] | None = None) -> list:
+    """The served models of ``specs``, loaded on --device with --max-size and each with its ``options``
+    (`load_options`; default: those of ``args``); --lora and --embedding go on the first, which must then be
+    a text model (each model's commands repeat its own options)."""
     from ldmkit.serve.served import served_model
 
     device = resolve_device(args.device)
+    options = options if options is not None else load_options(args, [name for name, _ in specs])
     adapters = tuple(f"--lora={s}" for s in args.lora or ()) + tuple(f"--embedding={e}" for e in args.embedding or ())
     models = []
     for k, (name, source) in enumerate(specs):
-        pipe = load_any_pipeline(source, device)
+        pipe = load_any_pipeline(source, device, **options[name])
         if k == 0 and adapters:
             if pipe.model.config.condition.kind != "text":
                 raise UsageError(f"--lora and --embedding apply to the first --model, which must be a text model; "
                                  f"{name} is a {pipe.model.config.condition.kind!r} model")
             apply_adapters(pipe, args.lora, args.embedding)  # shared by the derived pipelines (same model)
         models.append(served_model(name, pipe, command_model=source, max_size=args.max_size,
-                                   adapters=adapters if k == 0 else ()))
+                                   adapters=adapters if k == 0 else (),
+                                   load_options=command_options(pipe, options[name]["ema"],
+                                                                options[name]["prediction"])))
     return models
 
 
@@ -141,10 +202,11 @@ def cmd_serve(args) -> None:
     if args.output_dir:
         check_output_dir(args.output_dir, "--output-dir")  # before serving: not at the first finished job
     specs = model_specs(args.model)
+    options = load_options(args, [name for name, _ in specs])
     sock = bind(args.host, args.port)
     try:
         hosts = allowed_hosts(args.host, args.allowed_host)
-        app = create_app(models=load_models(args, specs), max_queue=args.max_queue, timeout=args.timeout,
+        app = create_app(models=load_models(args, specs, options), max_queue=args.max_queue, timeout=args.timeout,
                          output_dir=args.output_dir, allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
     except BaseException:
         sock.close()
@@ -187,6 +249,16 @@ def add_parsers(sub) -> None:
                         "repeatable")
     p.add_argument("--embedding", action="append", metavar="FILE",
                    help="a textual-inversion embedding for the first model; repeatable")
+    p.add_argument("--prediction", action="append", metavar="[NAME=]{epsilon,v}",
+                   help="override what a model predicts, as `ldmkit generate --prediction` (SD 2.x: v for 768-v, "
+                        "epsilon for a 512/base file whose name does not say so): bare for every model, NAME=… for "
+                        "the model served as NAME; repeatable")
+    p.add_argument("--no-ema", action="append", nargs="?", const=None, metavar="NAME",
+                   help="use a single file's training weights, not its EMA copy, as `ldmkit generate --no-ema`: bare "
+                        "for every model, --no-ema NAME for the model served as NAME; repeatable")
+    p.add_argument("--precision", action="append", metavar="[NAME=]{fp32,bf16,auto}",
+                   help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster), as "
+                        "`ldmkit generate --precision`: bare for every model, NAME=… for one; repeatable")
     p.add_argument("--output-dir", help="also save every job's images and settings to this folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

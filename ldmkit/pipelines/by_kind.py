@@ -33,13 +33,17 @@ def condition_kind(model: str | Path) -> str:
     return load_config(ModelConfig, folder).condition.kind
 
 
-def load_any_pipeline(model: str | Path | None, device: str | torch.device = "cpu",
-                      precision: str = "fp32") -> Pipeline:
+def load_any_pipeline(model: str | Path | None, device: str | torch.device = "cpu", precision: str = "fp32",
+                      ema: bool = True, prediction: str | None = None) -> Pipeline:
     """The pipeline of ``model`` (a folder, a shipped model's name, a Stable Diffusion file; None: the
     shipped model) for its condition kind: a text model's through `load_pipeline`, so that Stable
-    Diffusion files and diffusers folders load as they do for `ldmkit generate`."""
+    Diffusion files and diffusers folders load as they do for `ldmkit generate`. ``precision``, ``ema`` and
+    ``prediction`` mean what `ldmkit generate`'s --precision, --no-ema and --prediction do, for every kind
+    (`Pipeline.from_folder`): a single file's training weights instead of its EMA copy, what the model
+    predicts instead of what its config says or its file's name suggests."""
     model = resolve_model(model)
     kind = condition_kind(model)
+    options = dict(precision=precision, ema=ema, prediction=prediction)
     if kind == "text":
-        return load_pipeline(model, device, precision=precision)
-    return PIPELINE_OF_KIND[kind].from_folder(model, device, precision=precision)
+        return load_pipeline(model, device, **options)
+    return PIPELINE_OF_KIND[kind].from_folder(model, device, **options)

@@ -13,11 +13,14 @@
     GET  /sdapi/v1/scripts      none (clients such as webuiapi ask)
 
 A txt2img job is the same job as ``POST /v1/generate`` with the same settings, so ``seed``, ``steps``,
-``cfg_scale`` and ``sampler_name`` "DDIM" give the image `ldmkit generate --seed --steps --guidance
---sampler ddim` writes, bit for bit ("Euler a": --sampler euler-a; "DPM++ 2M Karras", or any name with
-``scheduler`` "Karras": --karras). txt2img and img2img run on the current model, or on the one their
-``override_settings`` name for that request alone (`a1111_checkpoints`). ``info`` and ``infotexts`` name the
-sampler that ran in A1111's words (`a1111_sampler`). Validation errors are FastAPI's 422 naming the field,
+``cfg_scale``, ``sampler_name`` "DDIM" and ``eta`` give the image `ldmkit generate --seed --steps --guidance
+--sampler ddim --eta` writes, bit for bit ("Euler a": --sampler euler-a; "DPM++ 2M Karras", or any name with
+``scheduler`` "Karras": --karras). As in A1111, ``eta`` is DDIM's η (null: 0, A1111's ``eta_ddim``); img2img's
+``denoising_strength`` noises the init image part-way, for SDEdit and for an inpainting model alike, and one
+with which no step would run (0, A1111's "return the input", included) is a 422 naming it before any job.
+txt2img and img2img run on the current model, or on the one their ``override_settings`` name for that
+request alone (`a1111_checkpoints`). ``info`` and ``infotexts`` name the sampler that ran in A1111's words
+(`a1111_sampler`). Validation errors are FastAPI's 422 naming the field,
 as A1111's are (it is a FastAPI app too), a size the model cannot draw and a request its pipeline refuses
 included; the other errors take A1111's shape ``{"error", "detail", "body", "errors"}``: 503 when the queue
 is full (with Retry-After) or the server is shutting down, 504 past the deadline, 409 when interrupted, 501
@@ -37,12 +40,14 @@ from ldmkit import __version__
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.images import to_rgb
 from ldmkit.serve.a1111_schemas import (
-    SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, not_honoured, sampler_error, sampler_for,
-    sampler_names, size_for,
+    SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, eta_errors, eta_for, not_honoured, sampler_error,
+    sampler_for, sampler_names, size_for,
 )
 from ldmkit.serve.a1111_checkpoints import Checkpoints, add_checkpoint_routes
 from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
-from ldmkit.serve.image_jobs import ImageInputError, a1111_mask, decode_image, png_bytes, selects_nothing
+from ldmkit.serve.image_jobs import (
+    ImageInputError, a1111_mask, decode_image, png_bytes, selects_nothing, strength_errors,
+)
 from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import ImageSettings, JobState, Settings, random_seed
@@ -60,11 +65,16 @@ def image_mode(served: ServedModel, masked: bool, blank_mask: bool = False) -> s
     it (a super-resolution or colorization model; a consistency student; an inpainting model without a
     mask, ``blank_mask``: the mask sent selects no pixel, and so is none)."""
     mode = "img2img" if not masked else ("inpaint" if "inpaint" in served.pipelines else "img2img-masked")
-    if ("inpaint" if mode == "inpaint" else "img2img") not in served.pipelines:
+    if pipeline_mode(mode) not in served.pipelines:
         blank = " without a mask (the mask selects no pixel, so it is none, as an empty one)" if blank_mask else ""
         raise _cannot(served, f"draw from an image{blank} (img2img needs a text model that is not a consistency "
                               f"student, or, with a mask, an inpainting model)")
     return mode
+
+
+def pipeline_mode(mode: str) -> str:
+    """The mode whose pipeline runs an img2img request's ``mode`` (`image_mode`): img2img-masked is SDEdit."""
+    return "inpaint" if mode == "inpaint" else "img2img"
 
 
 def mask_blur_not_honoured(request: Img2ImgRequest) -> dict:
@@ -87,6 +97,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         sampler = sampler_for(request, limits)
         if sampler is None:
             errors.append(sampler_error(request, limits))
+        else:
+            errors += eta_errors(request, sampler[0])
         width, height, size_errors, notes = size_for(request, limits)
         errors += (size_errors if sized else []) + limits.steps_errors(request.steps)
         if request.num_images() > MAX_IMAGES:
@@ -108,9 +120,10 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         n = s.num_images
         sampler_name, schedule_type = a1111_sampler(s.sampler, s.karras)
         sampler_text = sampler_name if schedule_type is None else f"{sampler_name}, Schedule type: {schedule_type}"
+        eta = f"Eta DDIM: {s.eta}, " if s.eta else ""  # as A1111 writes an η other than its default
         infotext = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: {s.steps}, Sampler: "
                     f"{sampler_text}, CFG scale: {s.guidance}, Seed: {s.seed}, "
-                    f"Size: {s.width}x{s.height}, Model: {served.name}, Version: ldmkit {__version__}")
+                    f"Size: {s.width}x{s.height}, Model: {served.name}, {eta}Version: ldmkit {__version__}")
         info = {
             "prompt": s.prompt, "all_prompts": [s.prompt] * n, "negative_prompt": s.negative_prompt,
             "all_negative_prompts": [s.negative_prompt] * n, "seed": s.seed, "all_seeds": [s.seed] * n,
@@ -120,7 +133,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             "denoising_strength": getattr(s, "strength", None), "index_of_first_image": 0,
             "infotexts": [infotext] * n, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "version": f"ldmkit {__version__}",
-            "not_honoured": {**not_honoured(request, set(models.names)), **(unused or {})},
+            "not_honoured": {**not_honoured(request, set(models.names), s.sampler), **(unused or {})},
             "ldmkit": {"job": job.id, "sampler": s.sampler, "settings": s.model_dump(), "notes": notes,
                        "batch": "image k is image k of one batch drawn from seed (as ldmkit generate "
                                 "--num-images draws them), not seed + k", **extra},
@@ -142,8 +155,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         (sampler, karras), width, height, notes = checked(request, served.limits, [])
         settings = Settings(model=served.name, prompt=request.prompt, negative_prompt=request.negative_prompt,
                             steps=request.steps, guidance=request.cfg_scale, binding=0.0, cache_interval=1,
-                            sampler=sampler, karras=karras, seed=seed_of(request), num_images=request.num_images(),
-                            width=width, height=height)
+                            sampler=sampler, karras=karras, eta=eta_for(request, sampler), seed=seed_of(request),
+                            num_images=request.num_images(), width=width, height=height)
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
@@ -153,9 +166,11 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
     @app.post("/sdapi/v1/img2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def img2img(request: Img2ImgRequest, http: Request):
         """Image to image on the current model (or ``override_settings``'): with ``mask`` and an inpainting
-        model, inpainting; otherwise SDEdit from ``denoising_strength`` (with ``mask``, only the masked pixels
-        change). The images are read as the CLI reads its files (`decode_image`, `to_rgb`), the mask as A1111
-        reads it (`a1111_mask`); a mask that selects no pixel is no mask, as an empty one."""
+        model, inpainting; otherwise SDEdit (with ``mask``, only the masked pixels change); both from the image
+        noised to ``denoising_strength`` (an inpainting model from noise, its own start, at 1). The images are
+        read as the CLI reads its files (`decode_image`, `to_rgb`), the mask as A1111 reads it (`a1111_mask`); a
+        mask that selects no pixel is no mask, as an empty one. A strength that runs no step is a 422 naming
+        ``denoising_strength`` before the job is queued (`strength_errors`)."""
         served = checkpoints.for_request(request.override_settings)
         limits = served.limits
         image_mode(served, request.mask is not None)  # a model that cannot: 501 before the images are read
@@ -177,10 +192,12 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             notes.append("the mask selects no pixel: img2img without a mask, as for an empty mask (A1111 too "
                          "switches to img2img on a blank mask)")
         mode = image_mode(served, mask is not None, blank)
+        strength = strength_errors(served.pipelines[pipeline_mode(mode)], "denoising_strength",
+                                   request.denoising_strength, request.steps, sampler, karras)
+        if strength:
+            raise RequestValidationError(strength)
         unused = {} if mask is None else mask_blur_not_honoured(request)
-        if mode == "inpaint":
-            notes.append("inpainted by the inpainting model: denoising_strength does not apply")
-        elif mode == "img2img-masked":
+        if mode == "img2img-masked":
             notes.append("the model is not an inpainting model: SDEdit over the whole image, then only the "
                          "mask's pixels taken from it")
         if len(request.init_images) > 1:
@@ -190,7 +207,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         width, height = image.size
         settings = ImageSettings(
             model=served.name, mode=mode, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            steps=request.steps, guidance=request.cfg_scale, sampler=sampler, karras=karras, seed=seed_of(request),
+            steps=request.steps, guidance=request.cfg_scale, sampler=sampler, karras=karras,
+            eta=eta_for(request, sampler), seed=seed_of(request),
             num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
             image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask))
         job = submit(queue, settings)

@@ -2,23 +2,29 @@
 names, and which of a request's fields ldmkit cannot honour.
 
 Field names and defaults are A1111's (``StableDiffusionProcessingTxt2Img``/``…Img2Img``): ``cfg_scale``
-7, ``steps`` 50, ``seed`` -1 (random), ``batch_size`` × ``n_iter`` images, ``width``/``height`` 512. Any
-other field A1111 knows (``restore_faces``, ``enable_hr``, ``eta``, ``styles``, scripts, …) is accepted;
-those set to something other than A1111's neutral value are reported in the response's ``info`` as not
-honoured, never dropped unsaid. As in A1111, a field sent as null means its default (``seed`` null: random)
-and an empty ``mask`` means none. 512, A1111's default side, means the model's trained size when the model
-cannot draw 512 (a small ldmkit model); any other size is checked against the model's limits.
+7, ``steps`` 50, ``seed`` -1 (random), ``batch_size`` × ``n_iter`` images, ``width``/``height`` 512, ``eta``
+null (A1111's ``eta_ddim`` option, 0, for DDIM: `eta_for`). Prompts may be long, as in A1111, which has no
+bound: up to `A1111_MAX_PROMPT_CHARS` characters. Any other field A1111 knows (``restore_faces``,
+``enable_hr``, ``styles``, scripts, …) is accepted; those set to something other than A1111's neutral value
+are reported in the response's ``info`` as not honoured, never dropped unsaid (``eta`` where the sampler
+runs with another η than A1111 would: `eta_not_honoured`). As in A1111, a field sent as null means its
+default (``seed`` null: random) and an empty ``mask`` means none. 512, A1111's default side, means the
+model's trained size when the model cannot draw 512 (a small ldmkit model); any other size is checked
+against the model's limits.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.bounds import MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from ldmkit.serve.schemas import MAX_SEED, MAX_STEPS
 
 A1111_DEFAULT_SIDE = 512
+# A1111 bounds no prompt, and long negative prompts are pasted in routinely; this bound only keeps a request's
+# text (and its echo in ``info``) far below the 16 MiB body limit. The tokenizer reads what fits the model.
+A1111_MAX_PROMPT_CHARS = 20_000
 
 # A1111's sampler name → (ldmkit's sampler, Karras σ), and the other names A1111 accepts for it. A1111 ≥ 1.9
 # also takes ``scheduler: "Karras"`` beside a plain name, which gives any sampler Karras σ (`sampler_for`).
@@ -32,12 +38,17 @@ SAMPLER_NAMES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "LCM": ("lcm", False, ("lcm", "k_lcm")),
 }
 
+# The η of ldmkit's samplers that A1111 gives a request's ``eta`` to: DDIM (A1111's ``eta_ddim``) runs with the
+# request's (None here), Euler a (``eta_ancestral``) with η = 1 always. A1111 gives no η to the others (Euler,
+# DPM++ 2M, LCM; it has no DDPM), so their ``eta`` is not acted on there either.
+SAMPLER_ETA: dict[str, float | None] = {"ddim": None, "euler-a": 1.0}
+
 # Fields ldmkit does not act on, with the values that mean "off" in A1111 (and the webuiapi client's
 # defaults, which it sends on every call). Any other value is reported as not honoured.
 NEUTRAL: dict[str, tuple] = {
     "styles": ([],), "subseed": (-1, 0), "subseed_strength": (0, 0.0), "seed_resize_from_h": (-1, 0),
     "seed_resize_from_w": (-1, 0), "restore_faces": (False, None), "tiling": (False, None),
-    "do_not_save_samples": (False, True), "do_not_save_grid": (False, True), "eta": (None, 0, 0.0),
+    "do_not_save_samples": (False, True), "do_not_save_grid": (False, True),
     "s_min_uncond": (None, 0, 0.0), "s_churn": (None, 0, 0.0), "s_tmax": (None, 0, 0.0), "s_tmin": (None, 0, 0.0),
     "s_noise": (None, 1, 1.0), "override_settings_restore_afterwards": (True, False, None),
     "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0, 0.0), "disable_extra_networks": (False, None),
@@ -60,8 +71,8 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field("", max_length=A1111_MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=A1111_MAX_PROMPT_CHARS)
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1: random")
     sampler_name: str | None = Field(None, description="an A1111 name (GET /sdapi/v1/samplers); null: the "
                                                          "model's default")
@@ -70,6 +81,8 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
+    eta: float | None = Field(None, allow_inf_nan=False, description="DDIM's η (0 … 1); null: 0, A1111's "
+                                                                         "eta_ddim default")
     width: int = Field(A1111_DEFAULT_SIDE, ge=1)
     height: int = Field(A1111_DEFAULT_SIDE, ge=1)
     override_settings: dict = Field(default_factory=dict)
@@ -157,11 +170,36 @@ def size_for(request: Txt2ImgRequest, limits: Limits) -> tuple[int, int, list[di
     return sides["width"], sides["height"], limits.image_size_errors(sides["width"], sides["height"]), notes
 
 
-def not_honoured(request: Txt2ImgRequest, served: set[str]) -> dict:
+def eta_for(request: Txt2ImgRequest, sampler: str) -> float:
+    """The DDIM η a job of ``request`` runs with on ``sampler``: the request's ``eta`` for ddim (null: 0, A1111's
+    ``eta_ddim`` default), 0 for every other sampler, which takes none (`eta_not_honoured`)."""
+    return request.eta if sampler == "ddim" and request.eta is not None else 0.0
+
+
+def eta_errors(request: Txt2ImgRequest, sampler: str) -> list[dict]:
+    """An entry for an ``eta`` DDIM cannot run with (outside 0 … `MAX_ETA`), on ``sampler`` ddim; empty
+    otherwise (another sampler does not run the request's η: `eta_not_honoured`)."""
+    eta = eta_for(request, sampler)
+    if 0 <= eta <= MAX_ETA:
+        return []
+    return [{"loc": ("body", "eta"), "type": "value_error",
+             "msg": f"eta must be 0 … {MAX_ETA:g} for DDIM (0: deterministic, 1: DDPM's noise), got {eta}"}]
+
+
+def eta_not_honoured(request: Txt2ImgRequest, sampler: str) -> dict:
+    """``{"eta": value}`` where A1111 would sample with the request's ``eta`` and ldmkit's ``sampler`` runs with
+    another η (Euler a: 1 always, `SAMPLER_ETA`); empty for DDIM, which runs the request's, and for the samplers
+    A1111 gives no η to."""
+    if request.eta is None or SAMPLER_ETA.get(sampler, request.eta) in (None, request.eta):
+        return {}
+    return {"eta": request.eta}
+
+
+def not_honoured(request: Txt2ImgRequest, served: set[str], sampler: str) -> dict:
     """The fields given that ldmkit does not act on, with their values: those outside `NEUTRAL`'s off
-    values, any field A1111 does not know, and ``override_settings`` other than a checkpoint of ``served``
-    (the names of the models served)."""
-    out = {}
+    values, any field A1111 does not know, ``override_settings`` other than a checkpoint of ``served``
+    (the names of the models served), and an ``eta`` that ``sampler`` does not run with (`eta_not_honoured`)."""
+    out = eta_not_honoured(request, sampler)
     given = request.extra_fields()
     for name in ("include_init_images",):
         given.pop(name, None)

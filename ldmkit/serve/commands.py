@@ -4,7 +4,8 @@ Text goes in as ``--option=value`` or after ``--`` so that a prompt or file name
 read as an option. Every command writes into ``out/``: `ldmkit generate` one ``{seed}_{index:03d}.png`` per
 image (``--overwrite``: the folder may hold other images), the image commands (`img2img`, `upscale`,
 `inpaint`, `colorize`) the one file ``out/{seed}_000.png``, reading the input under the name the request
-gave it (``image_name``, ``mask_name``).
+gave it (``image_name``, ``mask_name``). A model loaded with `ldmkit generate`'s --prediction, --no-ema or
+--precision (``load_options``, `ldmkit.cli.serve.command_options`) has them in its `ldmkit generate` commands.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ def _model_option(model: str | None) -> list[str]:
 
 
 def _sampling(settings) -> list[str]:
+    """The options every command takes: steps, guidance, sampler, seed, and DDIM's η where it is not 0."""
+    eta = [f"--eta={settings.eta!r}"] if settings.eta else []
     return [f"--steps={settings.steps}", f"--guidance={settings.guidance!r}", f"--sampler={settings.sampler}",
-            f"--seed={settings.seed}"]
+            *eta, f"--seed={settings.seed}"]
 
 
-def reproduce_command(settings: Settings, model: str | None, adapters: tuple[str, ...] = ()) -> str:
+def reproduce_command(settings: Settings, model: str | None, adapters: tuple[str, ...] = (),
+                      load_options: tuple[str, ...] = ()) -> str:
     """The `ldmkit generate` call that writes the same images into ``out/``. ``model``: its ``--model``
     (None or `SHIPPED`: none, the shipped model being generate's default). ``adapters``: the server's
-    ``--lora=…`` / ``--embedding=…`` options."""
-    argv = ["ldmkit", "generate", *_model_option(model), *adapters, "--out=out/", "--overwrite", *_sampling(settings),
+    ``--lora=…`` / ``--embedding=…`` options; ``load_options``: the model's --prediction, --no-ema, --precision."""
+    argv = ["ldmkit", "generate", *_model_option(model), *load_options, *adapters, "--out=out/", "--overwrite",
+            *_sampling(settings),
             f"--num-images={settings.num_images}", f"--height={settings.height}", f"--width={settings.width}"]
     if settings.negative_prompt:
         argv.append(f"--negative-prompt={settings.negative_prompt}")
@@ -44,9 +49,10 @@ def reproduce_command(settings: Settings, model: str | None, adapters: tuple[str
     return shlex.join([*argv, "--", settings.prompt])
 
 
-def class_command(settings: ClassSettings, model: str | None) -> str:
-    """The `ldmkit generate --class` call that writes the same images into ``out/``."""
-    argv = ["ldmkit", "generate", *_model_option(model), f"--class={settings.class_name}", "--out=out/",
+def class_command(settings: ClassSettings, model: str | None, load_options: tuple[str, ...] = ()) -> str:
+    """The `ldmkit generate --class` call that writes the same images into ``out/`` (``load_options``: as
+    `reproduce_command`'s)."""
+    argv = ["ldmkit", "generate", *_model_option(model), *load_options, f"--class={settings.class_name}", "--out=out/",
             "--overwrite", *_sampling(settings), f"--num-images={settings.num_images}",
             f"--height={settings.height}", f"--width={settings.width}"]
     if settings.cache_interval != 1:
@@ -54,11 +60,15 @@ def class_command(settings: ClassSettings, model: str | None) -> str:
     return shlex.join(argv)
 
 
-def image_command(settings: ImageSettings, model: str | None, adapters: tuple[str, ...] = ()) -> str | None:
+def image_command(settings: ImageSettings, model: str | None, adapters: tuple[str, ...] = (),
+                  load_options: tuple[str, ...] = ()) -> str | None:
     """The `ldmkit img2img | upscale | inpaint | colorize` call that writes the same image as
     ``out/{seed}_000.png``; None where no command draws it: several images in one batch (the commands
-    draw one), Karras σ, a model served with ``adapters`` (LoRA, embeddings), or A1111's masked img2img."""
-    if settings.mode not in IMAGE_MODES or settings.num_images != 1 or settings.karras or adapters:
+    draw one), Karras σ, a model served with ``adapters`` (LoRA, embeddings) or ``load_options`` (these
+    commands take neither), an inpainting from the image noised part-way (A1111's ``denoising_strength``
+    below 1: `ldmkit inpaint` has no --strength), or A1111's masked img2img."""
+    if (settings.mode not in IMAGE_MODES or settings.num_images != 1 or settings.karras or adapters or load_options
+            or (settings.mode == "inpaint" and settings.strength < 1)):
         return None
     s = settings
     argv = ["ldmkit", s.mode, f"--model={SHIPPED_MODEL if model in (None, SHIPPED) else model}",
@@ -77,11 +87,12 @@ def image_command(settings: ImageSettings, model: str | None, adapters: tuple[st
     return shlex.join([*argv, "--", *inputs])
 
 
-def job_command(settings, model: str | None, adapters: tuple[str, ...] = ()) -> str | None:
+def job_command(settings, model: str | None, adapters: tuple[str, ...] = (),
+                load_options: tuple[str, ...] = ()) -> str | None:
     """The command of any job of the /v1/jobs routes (`Settings`, `ClassSettings`, `ImageSettings`), or None
     where no command draws its images (`image_command`)."""
     if isinstance(settings, ClassSettings):
-        return class_command(settings, model)
+        return class_command(settings, model, load_options)
     if isinstance(settings, ImageSettings):
-        return image_command(settings, model, adapters)
-    return reproduce_command(settings, model, adapters)
+        return image_command(settings, model, adapters, load_options)
+    return reproduce_command(settings, model, adapters, load_options)

@@ -61,12 +61,14 @@ def edit_saver(folder: str | Path) -> Callable[[Job], None]:
     return save
 
 
-def edit_command(settings: EditSettings, model: str | None) -> str:
+def edit_command(settings: EditSettings, model: str | None, load_options: tuple[str, ...] = ()) -> str:
     """The `ldmkit edit` call that writes the same images (bit for bit) into ``out/`` as source.png and
     edit.png (source_K.png, edit_K.png for several pairs); ``model`` None: the shipped model (no --model).
-    Text goes in as ``--option=value`` or after ``--``, so that a prompt starting with "-" is no option."""
+    ``load_options``: the options the model was loaded with (--prediction, --no-ema, --precision), repeated so
+    that the command loads the model the server ran. Text goes in as ``--option=value`` or after ``--``, so
+    that a prompt starting with "-" is no option."""
     s = settings
-    argv = ["ldmkit", "edit", *([] if model is None else [f"--model={model}"]), "--out-dir=out/",
+    argv = ["ldmkit", "edit", *([] if model is None else [f"--model={model}"]), *load_options, "--out-dir=out/",
             f"--mode={s.mode}", f"--cross-replace={s.cross_replace!r}", f"--self-replace={s.self_replace!r}"]
     if s.blend_words:
         argv += [f"--blend={' '.join(s.blend_words)}", f"--blend-threshold={s.blend_threshold!r}"]

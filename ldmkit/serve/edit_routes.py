@@ -53,7 +53,8 @@ def add_edit_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> None
         return request.resolve(served.name)
 
     def command(settings: EditSettings) -> str:
-        return edit_command(settings, models.get(settings.model).command_model)
+        served = models.get(settings.model)
+        return edit_command(settings, served.command_model, served.load_options)
 
     def pairs_of(job: Job) -> list[EditPair]:
         if job.state is not JobState.done:

@@ -41,9 +41,11 @@ STUDENT_REFUSES = ("negative_prompt", "binding", "cache_interval")
 
 def accepted_fields(served: ServedModel, mode: str) -> list[str]:
     """The request fields ``mode`` of ``served`` takes: the mode's own (`FIELDS`), less those a consistency
-    student refuses where the model is one (the page shows only these, so that it offers nothing that fails)."""
+    student refuses where the model is one, and ``eta`` (DDIM's η) where the model does not sample with ddim
+    (the page shows only these, so that it offers nothing that fails)."""
     student = getattr(served.pipelines.get(mode), "is_student", False) is True
-    return ["model", "mode", *(f for f in FIELDS[mode] if not (student and f in STUDENT_REFUSES))]
+    refused = (STUDENT_REFUSES if student else ()) + (() if "ddim" in served.limits.samplers else ("eta",))
+    return ["model", "mode", *(f for f in FIELDS[mode] if f not in refused)]
 
 
 def model_info(served: ServedModel, default: bool) -> ModelInfo:

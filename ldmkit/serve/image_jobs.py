@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 from PIL import Image, ImageOps
 
+from ldmkit.errors import UsageError
 from ldmkit.images import to_8bit
 from ldmkit.pipelines.image_to_image import ImageToImagePipeline
 from ldmkit.serve.job_settings import to_settings
@@ -90,6 +91,21 @@ def _check_size(size: tuple[int, int], field: str, limits: Limits, scale: int) -
         raise ImageInputError(field, f"{field} is {width}×{height}{times}: {reason}")
 
 
+def strength_errors(pipe, field: str, strength: float, steps: int, sampler: str, karras: bool) -> list[dict]:
+    """A FastAPI-style entry naming ``field`` (``strength``, A1111's ``denoising_strength``) for a ``strength``
+    with which ``pipe`` (an img2img or inpainting pipeline) would run none of the ``steps`` (int(strength ·
+    steps) = 0, 0 itself included: `Pipeline.check_strength`, whose message names the smallest strength that
+    runs one); empty otherwise. The routes check it before a job is queued, so that the request is answered
+    at once, in the client's own shape, rather than by a job the pipeline refuses."""
+    try:
+        pipe.check_strength(strength, sampler, steps, karras)
+    except UsageError as e:
+        msg = str(e)  # "strength = 0.01 runs none of the 50 steps …", said in the request's name of the field
+        return [{"loc": ("body", field), "type": "value_error",
+                 "msg": field + msg.removeprefix("strength") if msg.startswith("strength =") else msg}]
+    return []
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -150,8 +166,8 @@ def image_runner(pipelines: Mapping[str, object]) -> Callable:
         batch = [source] * settings.num_images
         mask = None if settings.mask is None else Image.open(io.BytesIO(settings.mask)).convert("L")
         options = dict(settings=to_settings(settings), callback=on_step)
-        if settings.mode == "inpaint":
-            return pipelines["inpaint"](batch, mask, settings.prompt, **options)
+        if settings.mode == "inpaint":  # strength 1 (ldmkit's routes): from noise; below (A1111's): part-way
+            return pipelines["inpaint"](batch, mask, settings.prompt, strength=settings.strength, **options)
         if settings.mode in ("upscale", "colorize"):
             return pipelines[settings.mode](batch, settings.prompt, **options)
         images = pipelines["img2img"](batch, settings.prompt, strength=settings.strength, **options)

@@ -11,22 +11,25 @@ the mode would ignore is reported instead of dropped:
     inpaint   image, mask, prompt                                                         (`ldmkit inpaint`)
     colorize  image, prompt                                                               (`ldmkit colorize`)
 
-and all of them steps, guidance, sampler and seed. The image modes draw one image per job, as their
-commands do, at the input's size (upscale: ``sr_factor`` times it). Every error is a FastAPI-style entry
-naming the field, raised together as one 422.
+and all of them steps, guidance, sampler, eta (DDIM's η, with sampler ddim only) and seed. The image modes
+draw one image per job, as their commands do, at the input's size (upscale: ``sr_factor`` times it). Every
+error is a FastAPI-style entry naming the field, raised together as one 422, before a job is queued: an
+img2img ``strength`` with which no step would run among them (`strength_errors`).
 """
 
 from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
+from ldmkit.diffusion.samplers import check_grid_options
+from ldmkit.errors import UsageError
 from ldmkit.images import to_rgb
-from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, white_mask
+from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, strength_errors, white_mask
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import DEFAULT_GUIDANCE, ClassSettings, GenerateRequest, ImageSettings, random_seed
 from ldmkit.serve.served import KIND_NAMES, ServedModel
 
-SAMPLING = ("steps", "guidance", "sampler", "seed")
+SAMPLING = ("steps", "guidance", "sampler", "eta", "seed")
 FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images", "width", "height",
                  *SAMPLING),
@@ -60,6 +63,16 @@ def field_errors(request: GenerateRequest, mode: str) -> list[dict]:
                      for name in REQUIRED[mode] if getattr(request, name) is None]
 
 
+def eta_errors(eta: float, sampler: str) -> list[dict]:
+    """An entry for a DDIM η given with another ``sampler`` (the library's rule, `check_grid_options`, as
+    `ldmkit generate --eta` refuses it); empty otherwise."""
+    try:
+        check_grid_options(sampler, eta)
+    except UsageError as e:
+        return [_error("eta", str(e))]
+    return []
+
+
 def resolve(request: GenerateRequest, served: ServedModel):
     """The settings of the job ``request`` asks of ``served`` (`Settings`, `ClassSettings` or `ImageSettings`),
     with everything the request left open filled in (mode, seed, size, steps, sampler, guidance); a 422
@@ -70,16 +83,18 @@ def resolve(request: GenerateRequest, served: ServedModel):
                                                      f"{', '.join(served.modes)}, not {mode}")])
     errors = field_errors(request, mode)
     limits = served.limits
+    sampler = request.sampler or limits.samplers[0]
     if mode == "generate":
-        errors += request.limit_errors(limits)
+        errors += request.limit_errors(limits) + eta_errors(request.eta, sampler)
         if errors:
             raise RequestValidationError(errors)
         return request.resolve(limits, served.name)
-    errors += limits.steps_errors(request.steps) + limits.sampler_errors(request.sampler)
+    grid_errors = limits.steps_errors(request.steps) + limits.sampler_errors(request.sampler)
+    errors += grid_errors
     common = dict(model=served.name, steps=request.steps if request.steps is not None else limits.default_steps,
                   guidance=request.guidance if request.guidance is not None else GUIDANCE[mode],
-                  sampler=request.sampler or limits.samplers[0],
-                  seed=request.seed if request.seed is not None else random_seed())
+                  sampler=sampler, eta=request.eta, seed=request.seed if request.seed is not None else random_seed())
+    errors += eta_errors(request.eta, sampler)
     if mode == "class":
         errors += limits.image_size_errors(request.width, request.height)
         if request.class_name is not None and request.class_name not in served.classes:
@@ -92,10 +107,13 @@ def resolve(request: GenerateRequest, served: ServedModel):
                              height=request.height or limits.default_size, **common)
     scale = served.sr_factor if mode == "upscale" else 1
     image, mask = _inputs(request, mode, served.limits, scale, errors)
+    strength = (request.strength or DEFAULT_STRENGTH) if mode == "img2img" else 1.0
+    if mode == "img2img" and not grid_errors:  # the sampler's grid needs steps and a sampler it runs
+        errors += strength_errors(served.pipelines[mode], "strength", strength, common["steps"], sampler, False)
     if errors:
         raise RequestValidationError(errors)
     return ImageSettings(mode=mode, prompt=request.prompt or "", negative_prompt=request.negative_prompt,
-                         num_images=1, strength=(request.strength or DEFAULT_STRENGTH) if mode == "img2img" else 1.0,
+                         num_images=1, strength=strength,
                          width=image.size[0] * scale, height=image.size[1] * scale,
                          image=png_bytes(to_rgb(image)), image_name=request.image_name or "image.png",
                          mask=None if mask is None else png_bytes(white_mask(mask)),

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from ldmkit.bounds import MAX_BINDING, MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
 from ldmkit.settings import DEFAULT_GUIDANCE  # the guidance scale of a request that gives none
@@ -90,6 +90,9 @@ class GenerateRequest(BaseModel):
                                                   "branch alone between (docs/performance.md); 1: off")
     sampler: SamplerName | None = Field(None, description="null: the model's default, the first of its samplers "
                                                            "(GET /v1/ldmkit/models)")
+    eta: StrictFloat = Field(0.0, ge=0.0, le=MAX_ETA, allow_inf_nan=False,
+                             description="DDIM η, ddim only (0: deterministic, 1: DDPM's noise), as ldmkit generate "
+                                         "--eta")
     karras: StrictBool = Field(False, description="Karras et al.'s noise levels for the sampler's grid (dpmpp-2m "
                                                   "with karras is A1111's \"DPM++ 2M Karras\")")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
@@ -114,7 +117,7 @@ class GenerateRequest(BaseModel):
             steps=self.steps if self.steps is not None else limits.default_steps,
             guidance=self.guidance if self.guidance is not None else DEFAULT_GUIDANCE, binding=self.binding,
             cache_interval=self.cache_interval,
-            sampler=self.sampler or limits.samplers[0], karras=self.karras,
+            sampler=self.sampler or limits.samplers[0], karras=self.karras, eta=self.eta,
             seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
@@ -142,6 +145,7 @@ class Settings(BaseModel):
     width: int
     height: int
     karras: bool = False
+    eta: float = 0.0  # DDIM η (ddim only)
 
 
 class ClassSettings(BaseModel):
@@ -161,6 +165,7 @@ class ClassSettings(BaseModel):
     num_images: int
     width: int
     height: int
+    eta: float = 0.0
 
 
 ImageMode = Literal["img2img", "img2img-masked", "inpaint", "upscale", "colorize"]
@@ -170,7 +175,8 @@ class ImageSettings(BaseModel):
     """A job that starts from an image, with every choice made. ``mode``: img2img (SDEdit over the whole
     image), img2img-masked (SDEdit, then only the mask's white pixels taken from it), inpaint (the
     inpainting model), upscale or colorize. ``image`` and ``mask`` are PNGs (not written to JSON); ``width``
-    × ``height`` is the output's size (``image``'s, times the factor for upscale). ``image_name`` and
+    × ``height`` is the output's size (``image``'s, times the factor for upscale). ``strength``: img2img's (and
+    inpaint's, from A1111's ``denoising_strength``; 1: from noise, the inpainting model's own start). ``image_name`` and
     ``mask_name``: what the reproduce command calls the input files."""
 
     model_config = ConfigDict(frozen=True)
@@ -188,6 +194,7 @@ class ImageSettings(BaseModel):
     width: int
     height: int
     karras: bool = False
+    eta: float = 0.0
     image_name: str = "image.png"
     mask_name: str | None = None
     image: bytes = Field(b"", exclude=True, repr=False)

@@ -57,6 +57,8 @@ class ServedModel:
     ``--model`` of the commands that reproduce its images (None: the shipped model, which `ldmkit generate`
     takes without one). ``edit_pipeline``: what runs its Prompt-to-Prompt edits, or None for ``edit_reason``.
     ``adapters``: the ``--lora=…``/``--embedding=…`` options it was loaded with, which its commands repeat.
+    ``load_options``: the `ldmkit generate` options it was loaded with (``--prediction=…``, ``--no-ema``,
+    ``--precision=bf16``: `ldmkit.cli.serve.command_options`), which its commands repeat too.
     ``borrowed``: modes run by another model's pipeline (a text model's ``inpaint_pipeline``), whose images
     no command over this model draws."""
 
@@ -68,6 +70,7 @@ class ServedModel:
     edit_pipeline: object | None = None
     edit_reason: str | None = None
     adapters: tuple[str, ...] = ()
+    load_options: tuple[str, ...] = ()
     borrowed: tuple[str, ...] = ()
     _run: Callable = field(init=False, repr=False, compare=False)
 
@@ -115,7 +118,7 @@ class ServedModel:
         """The `ldmkit` command that draws the images of a job of this model (`job_command`), or None."""
         if getattr(settings, "mode", None) in self.borrowed:
             return None
-        return job_command(settings, self.command_model, self.adapters)
+        return job_command(settings, self.command_model, self.adapters, self.load_options)
 
 
 def _runner(make: Callable, pipe) -> Callable | None:
@@ -124,12 +127,13 @@ def _runner(make: Callable, pipe) -> Callable | None:
 
 def served_model(name: str, pipeline, *, command_model: str | None = None, limits: Limits | None = None,
                  max_size: int | None = None, edit_pipeline=None, inpaint_pipeline=None,
-                 adapters: tuple[str, ...] = ()) -> ServedModel:
+                 adapters: tuple[str, ...] = (), load_options: tuple[str, ...] = ()) -> ServedModel:
     """``pipeline`` (any ldmkit pipeline, or a stand-in called as `TextToImagePipeline`, which has no
     ``.model`` and is taken for a text model) served as ``name``, with the pipelines of its modes built over
     the same model (shared, not copied). ``limits``: default `Limits.from_pipeline` with ``max_size``.
     ``edit_pipeline``: None: a `PromptToPromptPipeline` over a text model. ``inpaint_pipeline``: an inpainting
-    pipeline a text model also offers (its masked A1111 img2img and OpenAI edits then inpaint)."""
+    pipeline a text model also offers (its masked A1111 img2img and OpenAI edits then inpaint). ``adapters``,
+    ``load_options``: the options it was loaded with, which its commands repeat (`ServedModel`)."""
     model = getattr(pipeline, "model", None)
     kind = model.config.condition.kind if model is not None else "text"
     limits = limits if limits is not None else Limits.from_pipeline(pipeline, max_size)
@@ -143,6 +147,7 @@ def served_model(name: str, pipeline, *, command_model: str | None = None, limit
         edit_pipeline, edit_reason = edit_pipeline_for(pipeline)
     return ServedModel(name=name, kind=kind, limits=limits, pipelines=pipelines, command_model=command_model,
                        edit_pipeline=edit_pipeline, edit_reason=edit_reason, adapters=tuple(adapters),
+                       load_options=tuple(load_options),
                        borrowed=("inpaint",) if kind == "text" and inpaint_pipeline is not None else ())
 
 
