@@ -115,7 +115,7 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     result = r.json()
     assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
                                   "cache_interval": 1, "karras": False, "eta": 0.0, "model": "tiny",
-                                  "mode": "generate"}
+                                  "mode": "generate", "prompt_syntax": "plain"}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
     served = [decode_png(base64.b64decode(im["png_base64"])) for im in result["images"]]
@@ -215,8 +215,8 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
-    text_fields = ["model", "mode", "prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images",
-                   "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
+    text_fields = ["model", "mode", "prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras",
+                   "num_images", "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
     img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "strength", "steps",
                       "guidance", "sampler", "eta", "seed"]
     assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
@@ -248,10 +248,10 @@ def test_a_consistency_student_accepts_only_the_fields_it_takes(tiny_model, tmp_
     with TestClient(create_app(load_pipeline(student), model_name="lcm")) as client:
         model = client.get("/v1/ldmkit/models").json()["models"][0]
         assert model["modes"] == ["generate"] and model["samplers"] == ["lcm"] and model["default_steps"] == 3
-        assert model["accepts"]["generate"] == ["model", "mode", "prompt", "karras", "num_images", "width", "height",
-                                                "steps", "guidance", "sampler", "seed"]
-        body = {"prompt": "a red circle", "karras": False, "num_images": 1, "width": 32, "height": 32, "steps": 3,
-                "guidance": 4.0, "sampler": "lcm", "seed": 1}
+        assert model["accepts"]["generate"] == ["model", "mode", "prompt", "prompt_syntax", "karras", "num_images",
+                                                "width", "height", "steps", "guidance", "sampler", "seed"]
+        body = {"prompt": "a red circle", "prompt_syntax": "a1111", "karras": False, "num_images": 1, "width": 32,
+                "height": 32, "steps": 3, "guidance": 4.0, "sampler": "lcm", "seed": 1}
         assert set(body) | {"model", "mode"} == set(model["accepts"]["generate"])
         r = client.post("/v1/generate", json=body)
         assert r.status_code == 200, r.text

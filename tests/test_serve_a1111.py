@@ -388,3 +388,27 @@ def test_long_prompts_are_taken_as_a1111_takes_them_up_to_a_generous_bound(api):
                           timeout=30)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
         assert "20000" in r.json()["detail"][0]["msg"]
+
+
+def test_txt2img_reads_a1111s_prompt_syntax_and_its_command_does_too(api, tiny_pipe, tiny_folder, tmp_path):
+    """A1111's emphasis ((word:1.5), [word], BREAK) and long prompts are read as A1111 reads them (the pipeline's
+    prompt_syntax a1111), and the reported command (--prompt-syntax=a1111) writes the same image; img2img, which reads
+    prompts as written, says so."""
+    prompt = "a (red:1.5) circle BREAK [on the left]"
+    result = api.txt2img(prompt=prompt, seed=3, steps=3, cfg_scale=4, sampler_name="Euler")
+    direct = tiny_pipe(prompt, steps=3, guidance=4.0, seed=3, sampler="euler", prompt_syntax="a1111")
+    assert result.image.tobytes() == direct[0].tobytes()
+    assert result.info["ldmkit"]["settings"]["prompt_syntax"] == "a1111"  # (this tiny model's image ignores prompts)
+    command = result.info["ldmkit"]["command"]
+    assert "--prompt-syntax=a1111" in command
+    argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={tmp_path}" if a == "--out=out/" else a
+            for a in shlex.split(command)[1:]]
+    assert main([argv[0], "--no-progress", *argv[1:]]) == 0
+    assert Image.open(tmp_path / "3_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+    long = ", ".join(["a red circle on the left"] * 30)  # far past the tokenizer's length: read in chunks, not cut
+    assert len(api.txt2img(prompt=long, negative_prompt="blue", seed=1, steps=2, sampler_name="Euler").images) == 1
+    source = b64png(Image.new("RGB", (32, 32), "white"))
+    r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [source], "prompt": prompt, "steps": 4,
+                                                      "denoising_strength": 0.5}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert any("as written" in note for note in json.loads(r.json()["info"])["ldmkit"]["notes"])

@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from ldmkit import __version__
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.images import to_rgb
+from ldmkit.text.emphasis import uses_syntax
 from ldmkit.serve.a1111_schemas import (
     SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, eta_errors, eta_for, not_honoured, sampler_error,
     sampler_for, sampler_names, size_for,
@@ -148,7 +149,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
     @app.post("/sdapi/v1/txt2img", responses=WAIT_ERRORS, tags=["automatic1111"])
     async def txt2img(request: Txt2ImgRequest, http: Request):
         """Text to image with A1111's fields, on the current model (or ``override_settings``'); the same job as
-        POST /v1/generate."""
+        POST /v1/generate, the prompts read in A1111's syntax (``prompt_syntax`` a1111: emphasis, BREAK, chunks)."""
         served = checkpoints.for_request(request.override_settings)
         if "generate" not in served.pipelines:
             raise _cannot(served, "draw from text (txt2img needs a text model)")
@@ -156,7 +157,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         settings = Settings(model=served.name, prompt=request.prompt, negative_prompt=request.negative_prompt,
                             steps=request.steps, guidance=request.cfg_scale, binding=0.0, cache_interval=1,
                             sampler=sampler, karras=karras, eta=eta_for(request, sampler), seed=seed_of(request),
-                            num_images=request.num_images(), width=width, height=height)
+                            num_images=request.num_images(), width=width, height=height, prompt_syntax="a1111")
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
@@ -185,6 +186,9 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
         (sampler, karras), _, _, notes = checked(request, limits, errors, sized=False)
         notes = [note for note in notes if "512" not in note]
+        if uses_syntax(request.prompt) or uses_syntax(request.negative_prompt):
+            notes.append("img2img reads the prompt as written: A1111's (word:1.3), [word] and BREAK are read as "
+                         "emphasis by txt2img only")
         mask = None if mask is None else a1111_mask(mask, bool(request.inpainting_mask_invert))
         blank = mask is not None and selects_nothing(mask)
         if blank:

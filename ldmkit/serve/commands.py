@@ -46,6 +46,8 @@ def reproduce_command(settings: Settings, model: str | None, adapters: tuple[str
         argv.append(f"--cache-interval={settings.cache_interval}")
     if settings.karras:
         argv.append("--karras")
+    if settings.prompt_syntax != "plain":
+        argv.append(f"--prompt-syntax={settings.prompt_syntax}")
     return shlex.join([*argv, "--", settings.prompt])
 
 

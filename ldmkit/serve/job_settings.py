@@ -20,4 +20,5 @@ def to_settings(job: Settings | ClassSettings | ImageSettings) -> GenerationSett
         height=None if image_job else job.height, width=None if image_job else job.width,
         negative_prompt=getattr(job, "negative_prompt", ""), karras=getattr(job, "karras", False),
         binding=getattr(job, "binding", 0.0), cache_interval=getattr(job, "cache_interval", 1), eta=job.eta,
+        prompt_syntax=getattr(job, "prompt_syntax", "plain"),
     )

@@ -4,7 +4,8 @@ A request (`GenerateRequest`) names a model and a mode, or gets the first model 
 mode takes the fields of the `ldmkit` command that does the same, and refuses the others, so that a field
 the mode would ignore is reported instead of dropped:
 
-    generate  prompt, negative_prompt, binding, cache_interval, karras, num_images, width, height  (`ldmkit generate`)
+    generate  prompt, negative_prompt, prompt_syntax, binding, cache_interval, karras, num_images, width, height
+                                                                                        (`ldmkit generate`)
     class     class_name, cache_interval, num_images, width, height                     (`ldmkit generate --class`)
     img2img   image, prompt, negative_prompt, strength                                    (`ldmkit img2img`)
     upscale   image, prompt                                                               (`ldmkit upscale`)
@@ -31,8 +32,8 @@ from ldmkit.serve.served import KIND_NAMES, ServedModel
 
 SAMPLING = ("steps", "guidance", "sampler", "eta", "seed")
 FIELDS: dict[str, tuple[str, ...]] = {
-    "generate": ("prompt", "negative_prompt", "binding", "cache_interval", "karras", "num_images", "width", "height",
-                 *SAMPLING),
+    "generate": ("prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras", "num_images",
+                 "width", "height", *SAMPLING),
     "class": ("class_name", "cache_interval", "num_images", "width", "height", *SAMPLING),
     "img2img": ("image", "image_name", "prompt", "negative_prompt", "strength", *SAMPLING),
     "upscale": ("image", "image_name", "prompt", *SAMPLING),

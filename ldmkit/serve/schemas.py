@@ -19,14 +19,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from ldmkit.bounds import MAX_BINDING, MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_CACHE_INTERVAL, MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
-from ldmkit.settings import DEFAULT_GUIDANCE  # the guidance scale of a request that gives none
+from ldmkit.settings import DEFAULT_GUIDANCE, PROMPT_SYNTAXES  # DEFAULT_GUIDANCE: a request's that gives none
 
 MAX_PROMPT_CHARS = 500
 MAX_STEPS = 200
-MAX_CACHE_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # fits a JavaScript number exactly and torch.Generator.manual_seed
 
 
@@ -43,7 +42,8 @@ def not_blank(text: str | None) -> str | None:
     return text
 
 
-SamplerName = Literal[tuple(SAMPLERS)]  # the enum in the OpenAPI schema follows the library's samplers
+SamplerName = Literal[tuple(SAMPLERS)]
+PromptSyntax = Literal[PROMPT_SYNTAXES]  # the enum in the OpenAPI schema follows the library's samplers
 # What a request may ask of a model: the names of the `ldmkit` commands that do the same (class: generate --class).
 MODES = ("generate", "class", "img2img", "upscale", "inpaint", "colorize")
 IMAGE_MODES = ("img2img", "upscale", "inpaint", "colorize")  # the modes that start from an input image
@@ -95,6 +95,9 @@ class GenerateRequest(BaseModel):
                                          "--eta")
     karras: StrictBool = Field(False, description="Karras et al.'s noise levels for the sampler's grid (dpmpp-2m "
                                                   "with karras is A1111's \"DPM++ 2M Karras\")")
+    prompt_syntax: PromptSyntax = Field("plain", description="plain: the prompt read as written; a1111: "
+                                                             "AUTOMATIC1111's (word:1.3), [word], BREAK and long "
+                                                             "prompts in chunks, as ldmkit generate --prompt-syntax")
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED,
                                    description="null: the server picks one and reports it with the images")
     num_images: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="images drawn together as one batch")
@@ -118,7 +121,7 @@ class GenerateRequest(BaseModel):
             guidance=self.guidance if self.guidance is not None else DEFAULT_GUIDANCE, binding=self.binding,
             cache_interval=self.cache_interval,
             sampler=self.sampler or limits.samplers[0], karras=self.karras, eta=self.eta,
-            seed=self.seed if self.seed is not None else random_seed(),
+            prompt_syntax=self.prompt_syntax, seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
             width=self.width or limits.default_size, height=self.height or limits.default_size,
         )
@@ -146,6 +149,7 @@ class Settings(BaseModel):
     height: int
     karras: bool = False
     eta: float = 0.0  # DDIM η (ddim only)
+    prompt_syntax: PromptSyntax = "plain"  # "a1111": A1111's emphasis and chunks (`ldmkit.text.weighted`)
 
 
 class ClassSettings(BaseModel):
