@@ -6,14 +6,26 @@ import torch
 from ldmkit.errors import UsageError
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(name: str | torch.device, what: str = "--device") -> torch.device:
+    """The device ``name`` means: auto (cuda where available, else cpu), cpu, cuda or cuda:N, or such a
+    ``torch.device``. A CUDA device that is not here and any other name ("mps", "gpu") are a one-line
+    `UsageError` naming ``what`` (the command line's --device; the Python API's "device"), to be raised before
+    a model loads."""
+    shown = f"{what} {name}" if what.startswith("--") else f"{what}={str(name)!r}"
+    if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA device is available; use cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; allowed: auto, cpu, cuda")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"{shown} is not a device ldmkit runs on; allowed: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{shown} was asked for, but no CUDA device is available; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"{shown} was asked for, but there are {torch.cuda.device_count()} CUDA devices "
+                         f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 PRECISIONS = ("fp32", "bf16", "auto")

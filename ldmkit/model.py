@@ -91,34 +91,44 @@ class LatentDiffusion(nn.Module):
 
     @property
     def latent_factor(self) -> int:
-        """Image sizes must be multiples of this: f times the UNet's own downsampling."""
+        """f times the UNet's own downsampling: an image side over its UNet's lowest level's side, for sides that
+        are multiples of it (`size_multiple` is what sides must be multiples of)."""
         return self.autoencoder.downsample_factor * self.unet.downsample_factor
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the autoencoder's factor f. The UNet takes a latent of any size
+        (each level going up is upsampled to its skip's size, as diffusers' UNet is), so, as in diffusers and
+        A1111, a side need not be a multiple of `latent_factor` (SD: 8, not 64)."""
+        return self.autoencoder.downsample_factor
+
+    @property
     def min_image_area(self) -> int:
-        """The fewest pixels, height × width, an image may have: the UNet's lowest level needs more than one value
-        per GroupNorm group (`UNet.min_latent_area`), which rules out k×k on a model with one channel per group."""
+        """The fewest pixels, height × width, of an image whose sides are multiples of `latent_factor` (as the
+        server asks): the UNet's lowest level needs more than one value per GroupNorm group
+        (`UNet.min_latent_area`), which rules out k×k on a model with one channel per group."""
         return self.unet.min_latent_area * self.autoencoder.downsample_factor ** 2
 
     def check_image_size(self, height: int, width: int, factor: int = 1) -> None:
         """UsageError unless the model draws an image of ``factor`` · ``height`` × ``factor`` · ``width`` pixels
         (super-resolution's output of an H×W input; 1: the H×W image itself): sides that are positive multiples
-        of `latent_factor`, and at least `min_image_area` pixels. The message names the size given, width ×
-        height, as every other message does."""
-        k = self.latent_factor
-        step = k // math.gcd(k, factor)  # the input sides whose output sides are multiples of k
+        of `size_multiple`, not so small that the UNet's lowest level is 1×1 with one value per GroupNorm group
+        (`UNet.too_small`). The message names the size given, width × height, as every other message does."""
+        f = self.size_multiple
+        step = f // math.gcd(f, factor)  # the input sides whose output sides are multiples of f
         given = f"image size {width}x{height}"
         output = f" (×{factor}: {width * factor}x{height * factor}, the output)" if factor > 1 else ""
         if height <= 0 or width <= 0 or height % step or width % step:
             raise UsageError(
                 f"{given}{output} is not allowed: height and width must be positive multiples of {step} "
-                + (f"(the output's of {k}: " if factor > 1 else "(") + f"autoencoder f="
-                f"{self.autoencoder.downsample_factor} × UNet downsampling {self.unet.downsample_factor})"
+                + (f"(the output's of {f}: " if factor > 1 else "(") + f"the autoencoder's factor f={f})"
             )
-        if height * width * factor**2 < self.min_image_area:  # only k×k can fail, with 1 channel per group
+        if self.unet.too_small(height * factor // f, width * factor // f):
+            k = self.latent_factor
+            larger = step * (k // (step * factor) + 1)  # the least input side whose output side is above k
             raise UsageError(
                 f"{given}{output} is too small for this model: its UNet's lowest level would be 1x1, one value per "
-                f"GroupNorm group; the smallest sizes allowed are {step}x{2 * step} and {2 * step}x{step}"
+                f"GroupNorm group; the smallest sizes allowed are {step}x{larger} and {larger}x{step}"
             )
 
     def encode_prompts(self, prompts: list[str], neutral_colours: list[bool] | None = None) -> torch.Tensor:
@@ -286,17 +296,23 @@ class LatentDiffusion(nn.Module):
         return model.eval()
 
 
-def check_unet_inputs(config: ModelConfig, where: str | Path) -> None:
-    """CheckpointError, before any weights are read, unless the UNet takes the input channels ldmkit gives it for
-    the model's condition kind: the latent's c, plus the image condition's (`ConditionConfig.concat_channels`).
-    A text model whose UNet takes more is a Stable Diffusion inpainting (2c + 1) or other image-conditioned
-    model, which `ldmkit convert` converts but no ldmkit pipeline runs (`unet_condition`): it would fail
-    mid-sampling."""
+def check_unet_inputs(config: ModelConfig, where: str | Path | None = None) -> None:
+    """Unless the UNet takes the input channels ldmkit gives it for the model's condition kind — the latent's c,
+    plus the image condition's (`ConditionConfig.concat_channels`) — a one-line error before any weights are read
+    or any training starts. ``where``: the model file or folder being loaded (a CheckpointError naming it; a text
+    model whose UNet takes more is a Stable Diffusion inpainting (2c + 1) or other image-conditioned model, which
+    `ldmkit convert` converts but no ldmkit pipeline runs, `unet_condition`: it would fail mid-sampling); None: a
+    config about to be trained (a ConfigError naming ``unet.in_channels``, as `ldmkit train` says it)."""
     c, got = config.autoencoder.latent_channels, config.unet.in_channels
     kind = config.condition.kind
     expected = c + config.condition.concat_channels(c)
     if got == expected:
         return
+    if where is None:
+        raise ConfigError(
+            f"unet.in_channels = {got}; must equal the autoencoder's latent channels ({c})"
+            + (f" + the {expected - c} channels of the {kind!r} condition" if expected > c else "") + f" = {expected}"
+        )
     if kind == "text" and unet_condition(got, c) == "inpainting":
         raise CheckpointError(
             f"{where} is a Stable Diffusion inpainting model (its UNet takes {got} input channels: the latent's {c}, "

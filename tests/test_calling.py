@@ -213,3 +213,42 @@ def test_a_callback_of_diffusers_old_shape_is_refused_before_any_work(pipe):
     assert steps == [(0, 2), (1, 2)]
     with pytest.raises(UsageError, match=r"callback must take \(i, n\)"):
         pipe("a red circle", num_inference_steps=2, callback=lambda step, timestep, latents: None)
+
+
+def test_a_device_that_is_not_here_is_refused_before_the_model_loads(tmp_path_factory, monkeypatch):
+    """load_pipeline(…, device=…) checks the device as the command line's --device does, before any loading: a CUDA
+    device on a machine without one, and names torch has no device for ("gpu") or ldmkit does not run on ("mps"),
+    are one line each (were torch's AssertionError after the load, and RuntimeErrors)."""
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.pipelines import TextToImagePipeline
+
+    folder = build_tiny_model(tmp_path_factory.getbasetemp() / "calling-tiny-model")
+    loads, real_load = [], LatentDiffusion.load.__func__
+    monkeypatch.setattr(LatentDiffusion, "load",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    refused = ["gpu", "mps", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", torch.device("cuda")])
+    for device in refused:
+        with pytest.raises(UsageError, match=r"^device='(gpu|mps|cuda(:99)?)' (is not a device ldmkit runs on; "
+                                             r"allowed: auto, cpu, cuda, cuda:N|was asked for, but)"):
+            load_pipeline(folder, device=device)
+    assert loads == []
+    with pytest.raises(UsageError, match="^device='mps' is not a device"):
+        TextToImagePipeline(load_pipeline(folder).model, device="mps")
+    assert load_pipeline(folder, device=torch.device("cpu")).device == torch.device("cpu")
+
+
+def test_to_moves_the_pipeline_and_returns_it_as_in_diffusers(pipe):
+    before = pipe("a red circle", num_inference_steps=2, generator=3, output_type="np").images
+    assert pipe.to("cpu") is pipe and pipe.to(torch.device("cpu")) is pipe and pipe.device == torch.device("cpu")
+    assert np.array_equal(pipe("a red circle", num_inference_steps=2, generator=3, output_type="np").images, before)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="^device='cuda' was asked for, but no CUDA device is available"):
+            pipe.to("cuda")
+        assert pipe.device == torch.device("cpu") and next(pipe.model.parameters()).device.type == "cpu"
+    else:
+        assert pipe.to("cuda").device.type == "cuda" and next(pipe.model.parameters()).device.type == "cuda"
+        cuda = pipe("a red circle", num_inference_steps=2, generator=3, output_type="np").images
+        assert np.abs(cuda - before).max() < 0.05  # the same z_T (a CPU generator): the same image but for rounding
+        pipe.to("cpu")
+    with pytest.raises(UsageError, match="^device='gpu' is not a device"):
+        pipe.to("gpu")

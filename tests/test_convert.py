@@ -160,6 +160,56 @@ def test_ckpt_that_needs_code_is_refused_and_state_dict_wrapper_is_unwrapped(v1,
         read_checkpoint(evil)
 
 
+@needs_sd
+def test_sdxl_sd3_and_lora_files_given_as_a_model_say_what_they_are(v1, tmp_path, capsys):
+    """Files and folders of models ldmkit does not run, and LoRA files, are recognised by their keys or configs and
+    named in one line (they said "cannot infer the text encoder …", or named an unsupported option)."""
+    import json
+    import shutil
+
+    from ldmkit.cli import main
+
+    sd = load_file(str(v1["original"]))
+    clip = "cond_stage_model.transformer."
+    files = {
+        "sdxl.safetensors": ({k.replace(clip, "conditioner.embedders.0.transformer."): v for k, v in sd.items()},
+                             "this is an SDXL model"),
+        "sd3.safetensors": ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(96, 32),
+                             "first_stage_model.decoder.conv_in.weight": torch.zeros(8, 16, 3, 3)},
+                            "this is a Stable Diffusion 3 model"),
+        "kohya.safetensors": ({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 64),
+                               "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 4),
+                               "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(4.0)},
+                              "this is a LoRA file, not a model: give it with --lora"),
+        "peft.safetensors": ({"unet.mid_block.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 64),
+                              "unet.mid_block.attentions.0.proj_in.lora_B.weight": torch.zeros(64, 4)},
+                             "this is a LoRA file, not a model: give it with --lora"),
+    }
+    for name, (state, message) in files.items():
+        save_file(state, str(tmp_path / name))
+        with pytest.raises(CheckpointError, match=f"^{tmp_path / name}: {message}"):
+            read_checkpoint(tmp_path / name)
+    xl = tmp_path / "sdxl-diffusers"
+    shutil.copytree(v1["folder"], xl)
+    config = json.loads((xl / "unet" / "config.json").read_text())
+    (xl / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    with pytest.raises(CheckpointError, match=r"^unet/config.json: this is an SDXL model .*which ldmkit does not run"):
+        read_checkpoint(xl)
+    sd3 = tmp_path / "sd3-diffusers"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline",
+                                                      "transformer": ["diffusers", "SD3Transformer2DModel"],
+                                                      "vae": ["diffusers", "AutoencoderKL"]}))
+    with pytest.raises(CheckpointError, match=f"^{sd3}: this is a Stable Diffusion 3 or another diffusion-transformer "
+                                              r"model \(StableDiffusion3Pipeline has a transformer in place of a UNet\)"):
+        read_checkpoint(sd3)
+    capsys.readouterr()
+    assert main(["generate", "a cat", "--model", str(tmp_path / "kohya.safetensors"), "--out",
+                 str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "this is a LoRA file" in err, err
+
+
 def test_unknown_paths_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         detect_format(tmp_path / "nope.safetensors")

@@ -22,7 +22,7 @@ from ldmkit.config import ModelConfig, load_preset, save_yaml
 from ldmkit.data import SHAPES, Scene, ShapeObject, shapes_sample
 from ldmkit.data.images import image_to_tensor
 from ldmkit.diffusion import make_schedule, sample, sample_from, start_index
-from ldmkit.errors import UsageError
+from ldmkit.errors import ConfigError, UsageError
 from ldmkit.config import DiffusionConfig
 from ldmkit.model import LatentDiffusion
 from ldmkit.pipelines import (
@@ -81,8 +81,14 @@ def test_mode_presets_give_the_unet_room_for_the_condition(base, mode):
 def test_unet_in_channels_that_do_not_fit_the_condition_are_refused(models, tmp_path):
     preset = load_preset("tiny-sr")
     preset = dataclasses.replace(preset, unet=dataclasses.replace(preset.unet, in_channels=4))
-    with pytest.raises(ValueError, match=r"in_channels \(4\).*\+ the 3 channels of the 'sr' condition"):
+    with pytest.raises(ConfigError, match=r"^unet.in_channels = 4; must equal the autoencoder's latent channels "
+                                          r"\(4\) \+ the 3 channels of the 'sr' condition = 7$"):
         train_diffusion(preset, models["ae"], tmp_path / "bad", steps=1, progress=False)
+    text = load_preset("tiny")  # a text config whose UNet takes 2c + 1 is no "Stable Diffusion inpainting model"
+    text = dataclasses.replace(text, unet=dataclasses.replace(text.unet, in_channels=9))
+    with pytest.raises(ConfigError, match=r"^unet.in_channels = 9; must equal the autoencoder's latent channels "
+                                          r"\(4\) = 4$"):
+        train_diffusion(text, models["ae"], tmp_path / "bad-text", steps=1, progress=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,8 +222,10 @@ def test_super_resolution(models, image, tmp_path, capsys):
     pipe = SuperResolutionPipeline.from_folder(models["sr"])
     low = image[..., ::4, ::4]  # 8×8
     assert pipe.generate_tensors(low, steps=2).shape == (1, 3, SIZE, SIZE)
-    with pytest.raises(ValueError, match="must have 3 channels.*4 channels"):
-        pipe.generate_tensors(torch.zeros(1, 4, 8, 8), steps=2)
+    for call in (pipe.generate_tensors, pipe):  # [-1, 1] and [0, 1]: the message claims no range
+        with pytest.raises(UsageError, match=r"^the low-resolution image must have 3 channels \(RGB: B×3×H×W or "
+                                             r"3×H×W\); got shape \(1, 4, 8, 8\) \(4 channels\)$"):
+            call(torch.zeros(1, 4, 8, 8), steps=2)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "low.png")
     out = tmp_path / "up.png"
     assert main(["upscale", str(tmp_path / "low.png"), "--model", str(models["sr"]), "--out", str(out),
@@ -281,14 +289,14 @@ def test_colorization_sees_only_the_grey_levels(models, image, tmp_path):
 
 @pytest.mark.slow
 def test_an_image_too_small_for_the_unet_is_refused_in_one_line(models, tmp_path, capsys):
-    # tiny: f = 4 and two UNet levels, so 8 divides every allowed size, but an 8×8 image would leave the
-    # UNet's lowest level 1×1, one value per GroupNorm group (PyTorch's own error says "when training")
+    # tiny: f = 4 and two UNet levels, so an image no larger than 8×8 would leave the UNet's lowest level
+    # 1×1, one value per GroupNorm group (PyTorch's own error says "when training")
     Image.new("L", (8, 8)).save(tmp_path / "small.png")
     capsys.readouterr()
     assert main(["colorize", str(tmp_path / "small.png"), "--model", str(models["colorize"]),
                  "--out", str(tmp_path / "c.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "too small" in err and "8x16 and 16x8" in err and len(err.splitlines()) == 1
+    assert "too small" in err and "4x12 and 12x4" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c.png").exists()
     Image.new("L", (16, 8)).save(tmp_path / "wide.png")
     assert main(["colorize", str(tmp_path / "wide.png"), "--model", str(models["colorize"]),
@@ -504,24 +512,27 @@ def test_inpainting_takes_diffusers_names_and_strength(random_models, image, mon
 
 
 def test_sizes_are_named_width_by_height_and_as_given(random_models, tmp_path, capsys):
+    """Sides must be multiples of the autoencoder's factor (4), not of the latent factor (8): the UNet takes odd
+    latents (each level upsampled to its skip's size), as diffusers' takes multiples of 8 for SD's 64."""
     model = LatentDiffusion.load(random_models["text"])
-    with pytest.raises(UsageError, match="^image size 28x32 is not allowed: height and width must be positive "
-                                         "multiples of 8"):
-        model.check_image_size(32, 28)  # height 32, width 28
+    with pytest.raises(UsageError, match=r"^image size 30x32 is not allowed: height and width must be positive "
+                                         r"multiples of 4 \(the autoencoder's factor f=4\)$"):
+        model.check_image_size(32, 30)  # height 32, width 30
+    model.check_image_size(32, 28)
+    assert TextToImagePipeline(model)("a red circle", height=20, width=28, num_inference_steps=1).images[0].size \
+        == (28, 20)
     sr = SuperResolutionPipeline.from_folder(random_models["sr"])
-    with pytest.raises(UsageError, match=r"^image size 31x30 \(×4: 124x120, the output\) is not allowed: height and "
-                                         r"width must be positive multiples of 2 \(the output's of 8"):
-        sr(torch.rand(1, 3, 30, 31), num_inference_steps=1)
     with pytest.raises(UsageError, match=r"^image size 2x2 \(×4: 8x8, the output\) is too small .* the smallest "
-                                         "sizes allowed are 2x4 and 4x2"):
+                                         "sizes allowed are 1x3 and 3x1"):
         sr(torch.rand(1, 3, 2, 2), num_inference_steps=1)
-    assert sr(torch.rand(1, 3, 2, 4), num_inference_steps=1).images[0].size == (16, 8)
-    Image.new("RGB", (31, 31)).save(tmp_path / "odd.png")
+    assert sr(torch.rand(1, 3, 2, 3), num_inference_steps=1).images[0].size == (12, 8)
+    assert sr(torch.rand(1, 3, 5, 3), num_inference_steps=1).images[0].size == (12, 20)
+    Image.new("RGB", (2, 2)).save(tmp_path / "small.png")
     capsys.readouterr()
-    assert main(["upscale", str(tmp_path / "odd.png"), "--model", str(random_models["sr"]), "--out",
+    assert main(["upscale", str(tmp_path / "small.png"), "--model", str(random_models["sr"]), "--out",
                  str(tmp_path / "up.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "image size 31x31 (×4: 124x124, the output)" in err, err
+    assert len(err.splitlines()) == 1 and "image size 2x2 (×4: 8x8, the output)" in err, err
 
 
 def test_generate_class_passes_prediction_on_and_refuses_as_written(random_models, tmp_path, capsys):
@@ -579,3 +590,27 @@ def test_a_text_model_whose_unet_takes_more_than_the_latent_is_refused_at_load(r
     with pytest.raises(CheckpointError, match=r"takes 4 input channels, but the UNet of a 'sr' model takes 7 \(the "
                                               r"latent's 4 \+ 3 of the condition\)"):
         LatentDiffusion.load(tmp_path / "sr")
+
+
+def test_pil_inputs_are_read_as_the_command_line_reads_files(random_models, image, tmp_path):
+    """A PIL image with an EXIF orientation is read upright, and a 16-bit grey PIL mask by its scaled grey levels, as
+    `ldmkit img2img`/`inpaint` read files (`load_image`, `to_8bit`): the same image from a file and from Python."""
+    from ldmkit.images import load_image
+
+    pil = Image.fromarray(((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).resize((48, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 48 wide, 32 high; upright (rotated 90°) 32 wide, 48 high
+    pil.save(tmp_path / "exif6.png", exif=exif)
+    img2img = ImageToImagePipeline.from_folder(random_models["text"])
+    options = dict(strength=0.5, num_inference_steps=2, generator=0, output_type="np")
+    ours = img2img("a red circle", image=Image.open(tmp_path / "exif6.png"), **options).images
+    assert ours.shape == (1, 48, 32, 3)
+    assert np.array_equal(ours, img2img("a red circle", image=load_image(tmp_path / "exif6.png"), **options).images)
+    inpaint = InpaintingPipeline.from_folder(random_models["inpaint"])
+    grey = np.zeros((SIZE, SIZE), np.uint16)
+    grey[:, SIZE // 2:] = 65535  # repaint the right half
+    mask16 = Image.fromarray(grey)
+    assert mask16.mode.startswith("I;16")
+    expected = torch.zeros(1, 1, SIZE, SIZE)
+    expected[..., SIZE // 2:] = 1
+    assert torch.equal(inpaint.mask(mask16, image), expected)  # convert("L") clipped: every pixel white

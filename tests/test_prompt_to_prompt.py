@@ -226,6 +226,21 @@ def test_the_call_takes_diffusers_names_a_generator_and_an_output_type(pipe):
         pipe("a red circle", None)
 
 
+def test_the_call_reads_an_image_tensor_in_zero_one_as_the_other_pipelines_do(pipe):
+    """image= given to the call as a tensor is read in [0, 1] (diffusers' range, what output_type="pt" returns):
+    the same edit as the PIL image; `edit_tensors` keeps ldmkit's [-1, 1]."""
+    size = pipe.model.config.image_size
+    pil = Image.new("RGB", (size, size), (230, 200, 40))  # bright: every value ≥ 0 in [-1, 1] as well
+    unit = torch.tensor([230, 200, 40]).view(1, 3, 1, 1).expand(1, 3, size, size) / 255
+    options = dict(num_inference_steps=1, null_text=False, output_type="pt")
+    expected = pipe("a yellow square", "a blue square", image=pil, **options)
+    out = pipe("a yellow square", "a blue square", image=unit, **options)
+    assert torch.equal(out.source_images, expected.source_images)
+    assert torch.equal(out.edited_images, expected.edited_images)
+    source, _ = pipe.edit_tensors("a yellow square", "a blue square", image=unit * 2 - 1, steps=1, null_text=False)
+    assert torch.equal(((source + 1) / 2).clamp(0, 1), expected.source_images)
+
+
 class _Recording(AttentionController):
     """Keeps, for every controlled call, (step, cross?, weights in, weights out)."""
 

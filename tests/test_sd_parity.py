@@ -243,6 +243,32 @@ def test_ddim_sampling_matches_diffusers_pipeline(ref, spacing):
     assert_close((ours + 1) / 2, expected, 1e-3)
 
 
+def test_the_unet_takes_latents_its_levels_do_not_halve_exactly(ref):
+    """A latent side that is not a multiple of the UNet's downsampling (9, 11: halved to 5, 6 and 3, 3) runs as in
+    diffusers' UNet, each level upsampled to its skip's size (diffusers' ``upsample_size``)."""
+    model = ldmkit_model(ref, "diffusers")
+    x = inputs(ref, seed=2)
+    z = torch.randn(2, 4, 9, 11, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(model.unet(z, x["t"], x["context"]), ref["unet"](z, x["t"], x["context"]).sample)
+
+
+def test_sizes_that_are_multiples_of_8_but_not_of_the_latent_factor_sample_as_diffusers_does(ref):
+    """40×56 (diffusers takes multiples of 8; v1's latent factor is 16: a 10×14 latent halved to 5×7, then 3×4)
+    is allowed, and the guided DDIM loop gives diffusers' pipeline's image."""
+    model = ldmkit_model(ref, "diffusers")
+    pipe = ref["pipe"]
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading",
+                                                         set_alpha_to_one=False, steps_offset=1)
+    height, width, steps, guidance, seed = 40, 56, 3, 4.0, 1
+    expected = pipe("a red circle", height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(seed), output_type="pt").images
+    ours = TextToImagePipeline(model).generate_tensors("a red circle", steps=steps, guidance=guidance, seed=seed,
+                                                       height=height, width=width, sampler="ddim", spacing="leading")
+    assert ours.shape == (1, 3, height, width)
+    assert_close((ours + 1) / 2, expected, 1e-3)
+
+
 def test_original_file_uses_ema_weights_unless_told_not_to(ref):
     if "model_ema.decay" not in read_checkpoint(ref["original"]).extras:
         pytest.skip("this file has no EMA copy (like the released SD 2 files)")
@@ -300,6 +326,7 @@ def test_a_stable_diffusion_inpainting_model_converts_but_is_refused_at_load(tmp
     save_file({k: v.contiguous() for k, v in sd.items()}, str(single))
     assert main(["convert", str(tmp_path / "folder"), "--to", "original", "--out", str(tmp_path / "x.safetensors")]) \
         == 0
+    assert "Stable Diffusion 1.x inpainting UNet, 9 input channels (diffusers folder)" in capsys.readouterr().out
     assert main(["convert", str(single), "--to", "ldmkit", "--out", str(tmp_path / "ldmkit")]) == 0
     assert "Stable Diffusion 1.x inpainting UNet, 9 input channels (CLIP text encoder)" in capsys.readouterr().out
     from PIL import Image

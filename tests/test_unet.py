@@ -10,7 +10,8 @@ import torch
 from ldmkit.config import ConfigError, UNetConfig
 from ldmkit.nn.embeddings import timestep_embedding
 from ldmkit.nn.transformer import BasicTransformerBlock, SpatialTransformer
-from ldmkit.nn.unet import UNet
+from ldmkit.nn.layers import Upsample
+from ldmkit.nn.unet import UNet, level_hw
 
 B, L, D = 2, 6, 32  # batch, context tokens, context_dim
 
@@ -190,13 +191,36 @@ def test_padding_mask_hides_padded_context_tokens():
     assert not torch.allclose(unet(z, t, c), unet(z, t, altered), atol=1e-4)  # without the mask it shows
 
 
-def test_latent_size_must_be_divisible():
+def test_a_latent_of_any_size_runs_each_level_upsampled_to_its_skip():
+    """Sides that the levels do not halve exactly (10 → 5 → 3 going down, 3 → 5 → 10 going up; diffusers'
+    ``upsample_size``) run; the FeatureCache split gives the same ε̂; double sizes take `Upsample`'s own path."""
     cfg = tiny(channel_mults=(1, 2, 2))
     unet = make_unet(cfg)
+    for block in transformers(unet):
+        wake(block[1])
     assert unet.downsample_factor == 4
-    z, t, c = inputs(cfg, 8, 10)
-    with pytest.raises(ValueError, match="divisible by .* 4"):
-        unet(z, t, c)
+    z, t, c = inputs(cfg, 9, 10)
+    with torch.no_grad():
+        out = unet(z, t, c)
+        assert out.shape == z.shape and torch.isfinite(out).all()
+        assert torch.equal(unet.forward_split(z, t, c)[0], out)
+        up = unet.decoder[0].upsample
+        x = torch.randn(1, up.conv.in_channels, 3, 5)
+        assert torch.equal(up(x, (6, 10)), Upsample.forward(up, x))
+        assert up(x, (5, 9)).shape[-2:] == (5, 9)
+
+
+def test_lowest_level_sizes_and_the_smallest_latents():
+    """⌈s / 2^(levels − 1)⌉ at the lowest level; a 1×1 lowest level is too small only with one channel per group;
+    `level_hw` finds a level's grid from its number of positions."""
+    deep = make_unet(tiny(channel_mults=(1, 2, 2)))
+    assert deep.lowest_level_size(9, 10) == (3, 3) and deep.lowest_level_size(8, 8) == (2, 2)
+    narrow, wide = make_unet(tiny()), make_unet(tiny(model_channels=64))  # 1 and 2 channels per group at the bottom
+    assert narrow.too_small(2, 2) and not narrow.too_small(2, 3) and not narrow.too_small(3, 1)
+    assert not wide.too_small(1, 1) and (narrow.min_latent_area, wide.min_latent_area) == (8, 4)
+    assert [level_hw((9, 10), n) for n in (90, 25, 9)] == [(9, 10), (5, 5), (3, 3)]
+    with pytest.raises(ValueError, match="holds 24 positions"):
+        level_hw((9, 10), 24)
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,15 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 def check_images(images: torch.Tensor, what: str = "image") -> torch.Tensor:
-    """``images`` as B×3×H×W (a 3×H×W image gets a batch axis); other shapes are a one-line ValueError."""
+    """``images`` as B×3×H×W (a 3×H×W image gets a batch axis); other shapes are a one-line `UsageError`. It
+    names the shape only: the range depends on the caller (a pipeline call reads [0, 1], as diffusers does;
+    ``generate_tensors`` and training read [-1, 1])."""
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[1] != 3:
         channels = images.shape[1] if images.ndim == 4 else "?"
         raise UsageError(
-            f"the {what} must have 3 channels (RGB, B×3×H×W or 3×H×W in [-1, 1]); got shape {tuple(images.shape)} "
+            f"the {what} must have 3 channels (RGB: B×3×H×W or 3×H×W); got shape {tuple(images.shape)} "
             f"({channels} channels)"
         )
     return images

@@ -23,6 +23,7 @@ from ldmkit.convert.checkpoint import (
 from ldmkit.convert.infer import (
     autoencoder_from_diffusers, grid_from_scheduler, schedule_from_diffusers, text_from_diffusers, unet_from_diffusers,
 )
+from ldmkit.convert.infer_original import SUPPORTED, with_condition
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
 from ldmkit.convert.vae import SCALE_FACTOR
@@ -76,6 +77,10 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
     if not ema:
         raise no_training_weights(str(folder), "a diffusers folder holds one set of UNet weights")
     index = _json(folder / "model_index.json")
+    if "transformer" in index and "unet" not in index:
+        raise CheckpointError(f"{folder}: this is a Stable Diffusion 3 or another diffusion-transformer model "
+                              f"({index.get('_class_name', 'its pipeline')} has a transformer in place of a UNet), "
+                              f"which ldmkit does not run; {SUPPORTED}")
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer") if c not in index or not (folder / c).is_dir()]
     if missing:
         raise CheckpointError(f"{folder}: the diffusers pipeline has no {', '.join(missing)} (a text-to-image SD folder has)")
@@ -114,11 +119,12 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
     )
     weights[SCALE_FACTOR] = torch.tensor(scale, dtype=torch.float32)
     what = "Stable Diffusion 2.x" if text.kind == "openclip" else "Stable Diffusion 1.x"
+    what = with_condition(f"{what} (diffusers folder)", unet, autoencoder.latent_channels)
     p = "v" if config.diffusion.prediction == "v" else "ε"
     return Checkpoint(
         config=config, weights=weights, tokenizer=tokenizer, extras=rest,
         source={"layout": "diffusers", "text_encoder_keys": "bare" if bare else "text_model"},
-        description=f"{what} (diffusers folder); {p}-prediction (scheduler config)",
+        description=f"{what}; {p}-prediction (scheduler config)",
         scheduler_grid=grid_from_scheduler(scheduler),
     )
 

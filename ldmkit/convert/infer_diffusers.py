@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ldmkit.config import AutoencoderConfig, DiffusionConfig, TextEncoderConfig, UNetConfig
-from ldmkit.convert.infer_original import SD_SCALE_FACTOR
+from ldmkit.convert.infer_original import SD_SCALE_FACTOR, SUPPORTED
 from ldmkit.storage import CheckpointError
 
 
@@ -48,9 +48,20 @@ VAE_FIXED = {
 }
 
 
+MARKS = {  # option values that say which model, one ldmkit does not run, a config belongs to
+    ("addition_embed_type", "text_time"): "an SDXL model (addition_embed_type = 'text_time': SDXL's image-size and "
+                                          "pooled-text conditioning)",
+}
+
+
 def _check_fixed(config: dict, fixed: dict, what: str) -> None:
+    """A one-line CheckpointError naming the first option of ``config`` (the config.json ``what``) that is not at
+    the value ``fixed`` gives it, or, where that value marks a model ldmkit does not run (`MARKS`), saying which."""
     for key, value in fixed.items():
         if key in config and config[key] != value and not (value is None and config[key] in (None, False)):
+            mark = MARKS.get((key, config[key])) if isinstance(config[key], str) else None
+            if mark is not None:
+                raise CheckpointError(f"{what}: this is {mark}, which ldmkit does not run; {SUPPORTED}")
             raise CheckpointError(f"{what}: {key} = {config[key]!r} is not supported (ldmkit implements {value!r})")
 
 

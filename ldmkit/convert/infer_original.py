@@ -198,6 +198,27 @@ def prediction_for(kind: str, name: str, global_step: int | None) -> tuple[str, 
     return "v", "SD 2.x: assumed v-prediction (pass --prediction epsilon for a 512-base model)"
 
 
+SUPPORTED = "ldmkit runs Stable Diffusion 1.x and 2.x and the LDM text-to-image model (docs/stable_diffusion.md)"
+
+
+def refuse_other_models(sd: dict, path: Path) -> None:
+    """A one-line CheckpointError saying what ``sd``, a single file ldmkit does not run, is, from its keys: a LoRA
+    (``lora_down``/``lora_up`` or ``lora_A``/``lora_B`` pairs, as `ldmkit.convert.lora` reads them), an SDXL model
+    (``conditioner.embedders.*``: its two text encoders) or a Stable Diffusion 3 model (an MMDiT transformer:
+    ``model.diffusion_model.joint_blocks.*``); nothing for any other file."""
+    from ldmkit.convert.lora import _split  # here: ldmkit.convert.lora imports this module's package
+
+    if any((part := _split(key)) is not None and part[1] != "alpha" for key in sd):
+        raise CheckpointError(f"{path}: this is a LoRA file, not a model: give it with --lora (in Python: "
+                              "pipe.load_lora_weights), and the model it adapts as --model")
+    if any(key.startswith("conditioner.embedders.") for key in sd):
+        raise CheckpointError(f"{path}: this is an SDXL model (conditioner.embedders.* keys: two text encoders), "
+                              f"which ldmkit does not run; {SUPPORTED}")
+    if any(key.startswith(UNET + "joint_blocks.") for key in sd):
+        raise CheckpointError(f"{path}: this is a Stable Diffusion 3 model (an MMDiT transformer: "
+                              f"{UNET}joint_blocks.* keys), which ldmkit does not run; {SUPPORTED}")
+
+
 def unet_condition(unet_channels: int, latent_channels: int) -> str:
     """What a text model's UNet takes beside the latent's c channels, from its input channels: "" (nothing, a
     text-to-image UNet), "inpainting" (2c + 1: the masked image's latent and the mask, Stable Diffusion's
@@ -206,6 +227,14 @@ def unet_condition(unet_channels: int, latent_channels: int) -> str:
     if unet_channels <= latent_channels:
         return ""
     return "inpainting" if unet_channels == 2 * latent_channels + 1 else "image-conditioned"
+
+
+def with_condition(name: str, unet: UNetConfig, latent_channels: int) -> str:
+    """``name`` ("Stable Diffusion 1.x (CLIP text encoder)") saying, before its first parenthesis, what its UNet
+    takes beside the latent where it takes more (`unet_condition`): "Stable Diffusion 1.x inpainting UNet, 9 input
+    channels (CLIP text encoder)", a model that converts but that no ldmkit pipeline runs."""
+    condition = unet_condition(unet.in_channels, latent_channels)
+    return name.replace(" (", f" {condition} UNet, {unet.in_channels} input channels (", 1) if condition else name
 
 
 def read_sidecar(path: Path) -> dict:
@@ -223,6 +252,7 @@ def read_sidecar(path: Path) -> dict:
 
 def infer_original(sd: dict, path: Path, global_step: int | None = None) -> tuple[ModelConfig, float, str]:
     """(config, scale_factor, description) of an original-layout state dict read from ``path``."""
+    refuse_other_models(sd, path)
     params = read_sidecar(path)
     text = infer_text(sd)
     unet_yaml = ((params.get("unet_config") or {}).get("params")) or {}
@@ -256,9 +286,7 @@ def infer_original(sd: dict, path: Path, global_step: int | None = None) -> tupl
         name, size = "Stable Diffusion 2.x (OpenCLIP text encoder)", 768 if prediction == "v" else 512
     else:
         name, size = "Stable Diffusion 1.x (CLIP text encoder)", 512
-    condition = unet_condition(unet.in_channels, autoencoder.latent_channels)
-    if condition:  # converts, but no ldmkit pipeline runs it
-        name = name.replace(" (", f" {condition} UNet, {unet.in_channels} input channels (", 1)
+    name = with_condition(name, unet, autoencoder.latent_channels)
     scale = float(params.get("scale_factor", SD_SCALE_FACTOR))
     config = ModelConfig(autoencoder=autoencoder, text=text, unet=unet, diffusion=diffusion, image_size=size)
     return config, scale, f"{name}; {'v' if prediction == 'v' else 'ε'}-prediction ({why})"

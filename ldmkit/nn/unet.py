@@ -4,6 +4,10 @@ Layout (LDM ``openaimodel``): an encoder of resolution levels, each ``num_res_bl
 (each followed by a `SpatialTransformer` on attention levels) and a stride-2 Downsample between
 levels; a middle ResBlock–SpatialTransformer–ResBlock; a decoder mirroring the encoder with
 ``num_res_blocks + 1`` ResBlocks per level, each taking one encoder activation by concatenation.
+
+A latent of any size runs: each Downsample takes a side s to ⌈s/2⌉, and each Upsample goes back to
+the size of the skip connection it meets (2s, or 2s − 1 after an odd side), as diffusers'
+``UNet2DConditionModel`` does (its ``upsample_size``), so SD sizes need only be multiples of 8.
 """
 
 from __future__ import annotations
@@ -81,8 +85,21 @@ class EncoderLevel(nn.Module):
         return h
 
 
+class SkipUpsample(Upsample):
+    """`Upsample` to a given size: the size of the skip connection the next level concatenates, which is
+    one less than double after an odd side was halved (diffusers' ``Upsample2D`` with ``output_size``)."""
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Double H and W (``size`` None or double: `Upsample`'s own computation, bit for bit), or
+        nearest-neighbour upsampling to ``size`` (h, w), then the 3×3 convolution."""
+        if size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+            return super().forward(x)
+        return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
+
+
 class DecoderLevel(nn.Module):
-    """One resolution level going up: block j sees cat(h, skip_j), skips popped last-in first-out."""
+    """One resolution level going up: block j sees cat(h, skip_j), skips popped last-in first-out; the
+    upsample at its end goes to the size of the next level's first skip (`SkipUpsample`)."""
 
     def __init__(
         self,
@@ -99,16 +116,17 @@ class DecoderLevel(nn.Module):
             ResAttnBlock((in_channels if j == 0 else out_channels) + s, out_channels, emb_dim, cfg, attention)
             for j, s in enumerate(skip_channels)
         )
-        self.upsample = Upsample(out_channels) if upsample else None
+        self.upsample = SkipUpsample(out_channels) if upsample else None
 
     def forward(
         self, h: torch.Tensor, emb, context, mask, skips: list[torch.Tensor], start: int = 0, stop: int | None = None
     ) -> torch.Tensor:
-        """Blocks ``start`` … ``stop`` − 1 (default: all), then the upsample if ``stop`` is None."""
+        """Blocks ``start`` … ``stop`` − 1 (default: all), then the upsample if ``stop`` is None, to the size
+        of the skip the next level takes first."""
         for block in self.blocks[start:stop]:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
         if self.upsample is not None and stop is None:
-            h = self.upsample(h)
+            h = self.upsample(h, skips[-1].shape[-2:])
         return h
 
 
@@ -177,18 +195,35 @@ class UNet(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        """Latent height and width must be multiples of this: 2^(number of levels − 1)."""
+        """2^(number of levels − 1): a latent side over its lowest level's side (when the side is a multiple of it;
+        any side runs, `lowest_level_size`)."""
         return 2 ** (len(self.cfg.channel_mults) - 1)
+
+    def lowest_level_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the lowest level for a latent of ``height`` × ``width``: each Downsample (a stride-2 3×3
+        convolution, padding 1) takes a side s to ⌈s/2⌉, so the lowest level's side is ⌈s / d⌉,
+        d = `downsample_factor`."""
+        d = self.downsample_factor
+        return -(-height // d), -(-width // d)
+
+    @property
+    def _one_value_per_group(self) -> bool:
+        """Whether the narrowest GroupNorm at the lowest level has one channel per group (the tiny presets), so
+        that a 1×1 lowest level would leave one value per group, and every output the same."""
+        bottom = (self.encoder[-1], self.middle, self.decoder[0])
+        return min(m.num_channels // m.num_groups for part in bottom for m in part.modules()
+                   if isinstance(m, nn.GroupNorm)) == 1
+
+    def too_small(self, height: int, width: int) -> bool:
+        """Whether a latent of ``height`` × ``width`` is too small for this UNet: GroupNorm needs more than one
+        value per group, which a 1×1 lowest level (`lowest_level_size`) leaves only where a group has one channel."""
+        return self._one_value_per_group and self.lowest_level_size(height, width) == (1, 1)
 
     @property
     def min_latent_area(self) -> int:
-        """The least h·w of a latent this UNet can take. GroupNorm needs more than one value per group;
-        at the lowest level, h·w / 4^(levels−1) pixels, the narrowest norm has C/G channels per group
-        (1 in the tiny presets, where a 1×1 lowest level would leave one value per group)."""
-        bottom = (self.encoder[-1], self.middle, self.decoder[0])
-        per_group = min(m.num_channels // m.num_groups for part in bottom for m in part.modules()
-                        if isinstance(m, nn.GroupNorm))
-        return (1 if per_group > 1 else 2) * self.downsample_factor ** 2
+        """The least h·w of a latent whose sides are multiples of `downsample_factor` that this UNet takes
+        (`too_small`): d² for d = `downsample_factor`, or 2d² where a 1×1 lowest level is too small."""
+        return (2 if self._one_value_per_group else 1) * self.downsample_factor ** 2
 
     @property
     def context_dim(self) -> int:
@@ -271,9 +306,6 @@ class UNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb, conv_in(z_t)) after checking the inputs: what every forward starts with."""
         b, _, height, width = z_t.shape
-        f = self.downsample_factor
-        if height % f or width % f:
-            raise ValueError(f"latent size {height}x{width} is not divisible by the UNet's downsample factor {f}")
         if context is None and self.cfg.attention_levels:
             raise ValueError("this UNet has cross-attention (attention_levels is not empty): pass a context")
         if context is not None and context.shape[-1] != self.cfg.context_dim:
@@ -296,6 +328,18 @@ class UNet(nn.Module):
         if self.cfg.coordinate_channels:
             z_t = torch.cat([z_t, coordinate_maps(b, height, width, z_t)], dim=1)
         return emb, self.conv_in(z_t)
+
+
+def level_hw(latent_hw: tuple[int, int], positions: int) -> tuple[int, int]:
+    """(h, w) of the UNet level whose features hold ``positions`` = h·w values, on a latent of ``latent_hw``:
+    the latent's own sides halved, rounding up (`UNet.lowest_level_size`), until they hold that many. What a hook on an
+    attention layer, which sees h·w tokens, reshapes them to; a ValueError where no level holds that many."""
+    h, w = latent_hw
+    while h * w > positions and (h, w) != (1, 1):
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != positions:
+        raise ValueError(f"no UNet level of a {latent_hw[0]}x{latent_hw[1]} latent holds {positions} positions")
+    return h, w
 
 
 def coordinate_maps(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
-from ldmkit.images import image_to_tensor
-from ldmkit.device import lay_out_unet, use_bf16
+from ldmkit.images import image_to_tensor, to_8bit
+from ldmkit.device import lay_out_unet, resolve_device, use_bf16
 from ldmkit.diffusion import (
     DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps, start_index,
 )
@@ -80,6 +80,20 @@ def diffusers_image(image, what: str = "image"):
     return from_unit_range(image.float(), what) if isinstance(image, torch.Tensor) else image
 
 
+def pil_image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as 3×H×W in [-1, 1], read as the command line and the server read a file
+    (`ldmkit.images.load_image`): upright per its EXIF orientation, then `image_to_tensor` (transparent pixels
+    over white, a grey image of more than 8 bits scaled to 8)."""
+    return image_to_tensor(ImageOps.exif_transpose(image))
+
+
+def pil_mask_tensor(mask: Image.Image) -> torch.Tensor:
+    """A PIL mask as H×W grey levels in [0, 1], read as `ldmkit inpaint --mask` reads a file: upright per its EXIF
+    orientation, a grey image of more than 8 bits (a 16-bit PNG) scaled to 8 (`to_8bit`), alpha ignored."""
+    grey = to_8bit(ImageOps.exif_transpose(mask)).convert("L")
+    return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
+
+
 def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
     """A NumPy image as diffusers takes one — H×W×3 or B×H×W×3, float in [0, 1] or uint8 — as B×3×H×W in
     [-1, 1] (a float array with a value below 0 is read as in [-1, 1], as diffusers reads it: `from_unit_range`)."""
@@ -111,10 +125,12 @@ class Pipeline(AdapterMixin):
     kinds: tuple[str, ...] = ()
 
     def __init__(self, model: LatentDiffusion, device: str | torch.device = "cpu", precision: str = "fp32"):
-        """``precision``: fp32; bf16 (the UNet, the text encoder and the decoder under bf16 autocast, their
-        outputs taken as float32; the sampler's state and the guidance combination stay float32); or auto
-        (bf16 where it runs faster, `bf16_pays`). A model whose weights `from_folder` stored in bf16
-        (`LatentDiffusion.store_for_autocast`) takes bf16 only."""
+        """``device``: auto, cpu, cuda or cuda:N (`resolve_device`: any other, or a CUDA device that is not
+        here, is a one-line UsageError). ``precision``: fp32; bf16 (the UNet, the text encoder and the decoder
+        under bf16 autocast, their outputs taken as float32; the sampler's state and the guidance combination stay
+        float32); or auto (bf16 where it runs faster, `bf16_pays`). A model whose weights `from_folder` stored in
+        bf16 (`LatentDiffusion.store_for_autocast`) takes bf16 only."""
+        self.device = resolve_device(device, "device")
         kind = model.config.condition.kind
         if kind not in self.kinds:
             wanted = self.kinds[0]
@@ -124,7 +140,6 @@ class Pipeline(AdapterMixin):
                 f"{wanted!r} model, "
                 f"as `ldmkit train --preset {preset}` trains"
             )
-        self.device = torch.device(device)
         self.bf16 = use_bf16(precision, self.device)
         if model.autocast_dtype is not None and not self.bf16:
             raise UsageError(
@@ -138,7 +153,10 @@ class Pipeline(AdapterMixin):
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", ema: bool = True,
                     prediction: str | None = None, precision: str = "fp32"):
-        """The pipeline of a model folder written by `ldmkit train` (see `LatentDiffusion.load`)."""
+        """The pipeline of a model folder written by `ldmkit train` (see `LatentDiffusion.load`). ``device`` and
+        ``precision`` are checked before the model loads (as `__init__` reads them)."""
+        device = resolve_device(device, "device")
+        use_bf16(precision, device)
         pipe = cls(LatentDiffusion.load(folder, ema=ema, prediction=prediction), device, precision)
         if pipe.device.type == "cpu":  # oneDNN runs the decoder's convolutions ~1.3-1.6x faster in NHWC
             pipe.model.autoencoder.to(memory_format=torch.channels_last)
@@ -150,20 +168,29 @@ class Pipeline(AdapterMixin):
                 pipe.packed = prepack(pipe.model) > 0
         return pipe
 
+    def to(self, device: str | torch.device) -> "Pipeline":
+        """The pipeline, moved to ``device`` (diffusers' ``pipe.to("cuda")``): its model, and the device its
+        inputs and latents go to. A device that is not here is a one-line UsageError (`resolve_device`), before
+        anything moves. The precision stays; layouts chosen for the first device (channels-last, prepacked
+        convolutions: `from_folder`) change results only by rounding, and run anywhere."""
+        self.device = resolve_device(device, "device")
+        self.model.to(self.device)
+        return self
+
     # ---------------------------------------------------------------------------------------------
     # inputs
 
     def images(self, image: ImageInput, what: str = "image") -> torch.Tensor:
-        """PIL image(s), a tensor (3×H×W or B×3×H×W in [-1, 1], as ``generate_tensors`` takes and returns images;
-        a ``__call__`` reads tensors in [0, 1], as diffusers does: `diffusers_image`) or a NumPy array as diffusers
-        takes one (H×W×3 or B×H×W×3 in [0, 1], or uint8) as B×3×H×W in [-1, 1] on the device; anything else is a
-        one-line `UsageError`."""
+        """PIL image(s) (read as the command line reads a file: `pil_image_tensor`), a tensor (3×H×W or B×3×H×W in
+        [-1, 1], as ``generate_tensors`` takes and returns images; a ``__call__`` reads tensors in [0, 1], as
+        diffusers does: `diffusers_image`) or a NumPy array as diffusers takes one (H×W×3 or B×H×W×3 in [0, 1], or
+        uint8) as B×3×H×W in [-1, 1] on the device; anything else is a one-line `UsageError`."""
         if isinstance(image, Image.Image):
-            image = image_to_tensor(image)
+            image = pil_image_tensor(image)
         elif isinstance(image, np.ndarray):
             image = _unit_array_to_tensor(image, what)
         elif isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
-            image = torch.stack([image_to_tensor(i) for i in image])
+            image = torch.stack([pil_image_tensor(i) for i in image])
         elif not isinstance(image, torch.Tensor):
             order = f" ({type(self).__name__} takes the {what} first: pass {what}= by keyword)" \
                 if isinstance(image, str) else ""
@@ -172,10 +199,11 @@ class Pipeline(AdapterMixin):
         return check_images(image, what).float().to(self.device)
 
     def mask(self, mask: Image.Image | torch.Tensor | np.ndarray, images: torch.Tensor) -> torch.Tensor:
-        """A mask image (white = repaint; read as grey levels, > ½ repaints), a tensor in [0, 1] (H×W, 1×H×W or
-        B×1×H×W) or such a NumPy array (uint8: 0 … 255) as B×1×H×W in {0, 1} matching ``images``."""
+        """A mask image (white = repaint; read as grey levels, > ½ repaints, as the command line reads a file:
+        `pil_mask_tensor`), a tensor in [0, 1] (H×W, 1×H×W or B×1×H×W) or such a NumPy array (uint8: 0 … 255) as
+        B×1×H×W in {0, 1} matching ``images``."""
         if isinstance(mask, Image.Image):
-            mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
+            mask = pil_mask_tensor(mask)
         elif isinstance(mask, np.ndarray) and (mask.dtype == np.uint8 or np.issubdtype(mask.dtype, np.floating)
                                               or mask.dtype == bool):
             scale = 255.0 if mask.dtype == np.uint8 else 1.0

@@ -31,7 +31,7 @@ from ldmkit.diffusion.prompt_to_prompt import (
     parse_weights,
 )
 from ldmkit.errors import UsageError
-from ldmkit.pipelines.base import ImageInput, Pipeline, prompt_list
+from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, prompt_list
 from ldmkit.pipelines.calling import diffusers_call, image_output
 
 LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
@@ -99,11 +99,13 @@ class PromptToPromptPipeline(Pipeline):
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil") -> EditOutput:
         """`edit_tensors`' pairs as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
-        num_inference_steps, guidance_scale, num_images_per_prompt, generator)."""
+        num_inference_steps, guidance_scale, num_images_per_prompt, generator); an ``image`` tensor is read in
+        [0, 1], as diffusers reads it and ``output_type="pt"`` returns it (`diffusers_image`; `edit_tensors` and
+        `invert` read [-1, 1])."""
         source, edited = self.edit_tensors(
             source_prompt, target_prompt, mode, cross_replace_steps, self_replace_steps, local_blend_words,
-            blend_threshold, image, null_text, steps, guidance, seed, num_images, spacing, height, width, progress,
-            callback, latents=latents)
+            blend_threshold, diffusers_image(image), null_text, steps, guidance, seed, num_images, spacing, height,
+            width, progress, callback, latents=latents)
         return EditOutput(image_output(source, output_type).images, image_output(edited, output_type).images)
 
     # ---------------------------------------------------------------------------------------------

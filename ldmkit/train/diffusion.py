@@ -38,7 +38,7 @@ from ldmkit.data import build_dataset, save_grid
 from ldmkit.data.dataset import dataset_captions
 from ldmkit.data.latent_cache import autoencoder_checksum, cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
-from ldmkit.model import LatentDiffusion
+from ldmkit.model import LatentDiffusion, check_unet_inputs
 from ldmkit.nn.cross_attention_maps import CrossAttentionRecorder, recording
 from ldmkit.pipelines import preview_samples
 from ldmkit.errors import ConfigError
@@ -265,13 +265,7 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
             autoencoder=autoencoder.config, text=preset.text, unet=preset.unet,
             diffusion=preset.diffusion, image_size=preset.data.image_size, condition=condition,
         )
-        extra = condition.concat_channels(autoencoder.latent_channels)
-        if config.unet.in_channels != autoencoder.latent_channels + extra:
-            raise ValueError(
-                f"unet.in_channels ({config.unet.in_channels}) must equal the autoencoder's latent "
-                f"channels ({autoencoder.latent_channels})"
-                + (f" + the {extra} channels of the {condition.kind!r} condition" if extra else "")
-            )
+        check_unet_inputs(config)
         tokenizer = source.tokenizer if source is not None else None
         if condition.uses_text and tokenizer is None and not uses_pretrained_tokenizer(config.text):
             # Rank 0 trains the vocabulary and hands it to the others: one tokenizer, however the
