@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ldmkit import load_pipeline
 from ldmkit.cli import main
 from ldmkit.eval.attention_maps import cross_attention_maps
 from ldmkit.model import LatentDiffusion
@@ -125,3 +126,25 @@ def test_shipped_model_attends_where_it_draws():
     top, bottom = share("a blue square at the top", rows=True), share("a blue square at the bottom", rows=True)
     assert left > 0.5 > right and left - right > 0.1
     assert top > 0.5 > bottom and top - bottom > 0.1
+
+
+def test_maps_binding_and_local_blend_at_a_size_whose_levels_do_not_halve_exactly(tmp_path):
+    """Sizes that are a multiple of the autoencoder's factor only (the UNet's levels round up: 9×7 → 5×4 → 3×2):
+    attention maps are read at each level's own size, so binding guidance, local blend and the grounding levels
+    work there as at the trained size."""
+    from ldmkit.pipelines.prompt_to_prompt import PromptToPromptPipeline
+    from ldmkit.train.grounding import layer_level
+    from tests.tiny_models import build_attentive_tiny_model
+
+    folder = build_attentive_tiny_model(tmp_path / "odd")
+    pipe = load_pipeline(folder)
+    f = pipe.model.autoencoder.downsample_factor
+    height, width = 9 * f, 7 * f
+    image = pipe("a red circle above a blue square", num_inference_steps=2, generator=0, height=height, width=width,
+                 binding=0.2, output_type="np").images[0]
+    assert image.shape == (height, width, 3)
+    edit = PromptToPromptPipeline.from_folder(folder)
+    source, edited = edit.edit_tensors("a red circle", "a blue circle", steps=2, height=height, width=width,
+                                       local_blend_words=["circle"])
+    assert source.shape == edited.shape == (1, 3, height, width)
+    assert [layer_level(hw, (9, 7)) for hw in ((9, 7), (5, 4), (3, 2), (2, 1))] == [0, 1, 2, 3]

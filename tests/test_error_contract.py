@@ -117,9 +117,9 @@ ROWS = [
         "--out", "{tmp}/s0.png", "--strength", "0.01"], ("strength", "runs none of the 25 steps", "0.04"),
         absent=("{tmp}/s0.png",)),
     Row("a size the model cannot take, named width x height", ["generate", "a red circle", "--model", "{tiny}",
-        "--out", "{tmp}/g.png", "--height", "28"], ("image size 32x28", "multiples of 8")),
-    Row("an upscale input whose output the model cannot take, named as given", ["upscale", "{tmp}/odd.png",
-        "--model", "{sr}", "--out", "{tmp}/u.png"], ("image size 31x31", "124x124", "multiples of 2"),
+        "--out", "{tmp}/g.png", "--height", "30"], ("image size 32x30", "multiples of 4")),
+    Row("an upscale input whose output the model cannot take, named as given", ["upscale", "{tmp}/speck.png",
+        "--model", "{sr}", "--out", "{tmp}/u.png"], ("image size 2x2", "8x8", "too small"),
         absent=("{tmp}/u.png",)),
     Row("an input image larger than the model allows", ["img2img", "{tmp}/big.png", "a blue square", "--model",
         "{tiny}", "--out", "{tmp}/g.png"], ("1024×1024", "larger than 128")),
@@ -210,7 +210,7 @@ def places(tmp_path_factory) -> dict:
     (tmp / "junk" / "a.png").write_bytes(b"not a png")
     Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp / "in.png")
     Image.new("RGB", (1024, 1024), (0, 0, 200)).save(tmp / "big.png")
-    Image.new("RGB", (31, 31), (0, 0, 200)).save(tmp / "odd.png")
+    Image.new("RGB", (2, 2), (0, 0, 200)).save(tmp / "speck.png")
     model = LatentDiffusion.load(tiny)  # with Stable Diffusion's inpainting UNet inputs: latent, masked latent, mask
     c = model.config.autoencoder.latent_channels
     inpaint_unet = dataclasses.replace(model.config.unet, in_channels=2 * c + 1)

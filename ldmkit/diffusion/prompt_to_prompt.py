@@ -40,7 +40,6 @@ and after every step z*_t ← z_t + B_pair ⊙ (z*_t − z_t): outside the mask 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 
 from ldmkit.diffusion.binding import words_of
 from ldmkit.errors import UsageError
+from ldmkit.nn.unet import level_hw
 from ldmkit.nn.transformer import BasicTransformerBlock
 
 MODES = ("replace", "refine", "reweight")
@@ -366,8 +366,7 @@ class AttentionController:
     def _record_blend(self, cond: Tensor) -> None:
         h, w = self.latent_hw
         maps = (cond.mean(dim=1) * self.blend.to(cond.device)[:, None, :]).sum(-1)  # [2n, N]
-        scale = math.isqrt(h * w // maps.shape[1])
-        maps = maps.reshape(maps.shape[0], 1, h // scale, w // scale)
+        maps = maps.reshape(maps.shape[0], 1, *level_hw((h, w), maps.shape[1]))
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
         self._map_sum = maps if self._map_sum is None else self._map_sum + maps
         self._map_count += 1

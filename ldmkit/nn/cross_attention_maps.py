@@ -9,7 +9,6 @@ so recording does not change what the UNet computes; with autograd on, the maps 
 
 from __future__ import annotations
 
-import math
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -20,6 +19,7 @@ from torch import nn
 
 from ldmkit.nn.attention import Attention
 from ldmkit.nn.transformer import BasicTransformerBlock
+from ldmkit.nn.unet import level_hw
 
 
 class CrossAttentionRecorder:
@@ -42,9 +42,8 @@ class CrossAttentionRecorder:
         mask = args[2] if len(args) > 2 else kwargs.get("mask")
         mask = None if mask is None else mask[self.rows]
         a = module.weights(x[self.rows], context[self.rows], mask).mean(dim=1)  # [b, h_ℓ·w_ℓ, L]
-        h, w = self.latent_hw
-        scale = math.isqrt(h * w // a.shape[1])  # the layer's downsampling factor
-        self.layers.append(a.transpose(1, 2).reshape(a.shape[0], a.shape[2], h // scale, w // scale))
+        # the layer's level: the latent's sides halved, rounding up, as the UNet's downsampling does
+        self.layers.append(a.transpose(1, 2).reshape(a.shape[0], a.shape[2], *level_hw(self.latent_hw, a.shape[1])))
 
     def mean(self) -> torch.Tensor:
         """The recorded maps resized bilinearly to ``latent_hw`` and averaged over all calls (layers and

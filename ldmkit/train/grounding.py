@@ -22,7 +22,6 @@ cross-attention layers count (level k works at 1/2^k of the latent's side; () = 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -82,8 +81,12 @@ def noun_spans(caption: str) -> list[tuple[int, int]]:
 
 
 def layer_level(layer_hw: tuple[int, int], latent_hw: tuple[int, int]) -> int:
-    """The UNet level of a layer working at ``layer_hw`` on a latent of ``latent_hw``: log2 of the factor."""
-    return round(math.log2(latent_hw[0] / layer_hw[0]))
+    """The UNet level of a layer working at ``layer_hw`` on a latent of ``latent_hw``: how many times the latent's
+    sides are halved, rounding up as the UNet's downsampling does, to reach it (9 → 5 → 3 → 2: level 3)."""
+    level, hw = 0, tuple(latent_hw)
+    while hw != tuple(layer_hw) and hw != (1, 1):
+        hw, level = (-(-hw[0] // 2), -(-hw[1] // 2)), level + 1
+    return level
 
 
 def grounding_losses(layers: list[Tensor], targets: GroundingTargets, latent_hw: tuple[int, int],
