@@ -61,7 +61,7 @@ class FakePipeline:
     is set once the first job has started.
     """
 
-    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=1000, min_area=128)
+    limits = Limits(latent_factor=8, default_size=32, max_size=128, num_timesteps=1000, lowest_side=8)
 
     def __init__(self, step_s: float = 0.0):
         self.step_s = step_s
@@ -223,8 +223,8 @@ def test_models_health_openapi_and_page(tiny_client):
                      "accepts": {"generate": text_fields, "img2img": img2img_fields},
                      "required": {"generate": ["prompt"], "img2img": ["image", "prompt"]},
                      "default_guidance": {"generate": 4.0, "img2img": 4.0}, "classes": [],
-                     "sr_factor": None, "can_edit": True, "default_size": 32, "latent_factor": 8, "max_size": 128,
-                     "min_size": 16, "min_area": 128,  # 8x8 would leave the tiny UNet's lowest level 1x1
+                     "sr_factor": None, "can_edit": True, "default_size": 32, "latent_factor": 4, "max_size": 128,
+                     "min_size": 12, "lowest_side": 8,  # 8x8 would leave the tiny UNet's lowest level 1x1
                      "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"], "default_steps": 25, "max_steps": 200,
                      "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}
@@ -290,7 +290,7 @@ INVALID = [
     ({"height": 12}, "height"),
     ({"width": 136}, "width"),     # a multiple, but over the cap (4 × 32)
     ({"height": 0}, "height"),
-    ({"width": 8, "height": 8}, "width"),  # each side allowed, but together under the stand-in's min_area
+    ({"width": 8, "height": 8}, "width"),  # each side allowed, but together the stand-in's lowest level is 1x1
     ({"step": 50}, "step"),        # a typo is reported, not ignored
 ]
 
@@ -467,8 +467,9 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
     from types import SimpleNamespace
 
     def pipe(size, factor=8):
-        model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor,
-                                schedule=SimpleNamespace(num_timesteps=1000), min_image_area=64)
+        model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor, size_multiple=factor,
+                                schedule=SimpleNamespace(num_timesteps=1000),
+                                unet=SimpleNamespace(too_small=lambda h, w: False))
         return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25))
 
     assert Limits.from_pipeline(pipe(32)).max_size == 128
@@ -524,17 +525,17 @@ def test_a_size_the_model_cannot_draw_is_a_422_before_it_runs(tiny_client):
     assert r.status_code == 422, r.text
     errors = r.json()["detail"]
     assert sorted(e["loc"][-1] for e in errors) == ["height", "width"]
-    assert all("too small" in e["msg"] and "smallest sizes allowed are 8x16 and 16x8" in e["msg"] for e in errors)
+    assert all("too small" in e["msg"] and "smallest sizes allowed are 4x12 and 12x4" in e["msg"] for e in errors)
     r = tiny_client.post("/v1/generate", json={"prompt": "a", "width": 8, "height": 16, "steps": 1})
     assert r.status_code == 200, r.text
     assert decode_png(base64.b64decode(r.json()["images"][0]["png_base64"])).size == (8, 16)
     r = tiny_client.post("/v1/jobs", json={"mode": "img2img", "prompt": "a", "image": png_b64(noise_image(8, 8))})
     assert r.status_code == 422
     (error,) = r.json()["detail"]
-    assert error["loc"] == ["body", "image"] and "image is 8×8" in error["msg"] and "8x16 and 16x8" in error["msg"]
+    assert error["loc"] == ["body", "image"] and "image is 8×8" in error["msg"] and "4x12 and 12x4" in error["msg"]
 
 
-REFUSAL = "image size 8x8 is too small for this model; the smallest sizes allowed are 8x16 and 16x8"
+REFUSAL = "image size 8x8 is too small for this model; the smallest sizes allowed are 4x12 and 12x4"
 
 
 class RefusingPipeline(FakePipeline):

@@ -291,7 +291,7 @@ def test_an_unknown_model_is_a_422_naming_the_field_and_the_models(base, route):
     ({"model": "cls", "class_name": "hexagon"}, ["class_name"]),                 # not one of its classes
     ({"model": "cls", "prompt": PROMPT}, ["class_name", "prompt"]),
     ({"model": "inp", "image": "AAAA", "mask": "not base64!"}, ["image", "mask"]),
-    ({"model": "sr", "image": "__SMALL__"}, ["image"]),                          # 5 px × 4: not a multiple of 8
+    ({"model": "sr", "image": "__BIG__"}, ["image"]),                            # 40 px × 4: over the largest side
     ({"mode": "img2img", "prompt": PROMPT}, ["image"]),
     # sizes each model's pipeline would refuse: 8x8 leaves the tiny UNets' lowest level 1x1
     ({"model": "cls", "class_name": "circle", "width": 8, "height": 8}, ["height", "width"]),
@@ -300,7 +300,7 @@ def test_an_unknown_model_is_a_422_naming_the_field_and_the_models(base, route):
     ({"model": "sr", "image": "data:"}, ["image"]),                              # the page's 0-byte file
 ])
 def test_what_a_mode_cannot_take_is_a_422_naming_each_field(base, body, fields):
-    sides = {"__SMALL__": 5, "__8PX__": 8, "__2PX__": 2}
+    sides = {"__BIG__": 40, "__8PX__": 8, "__2PX__": 2}
     body = {k: b64png(noise(sides[v], 0)) if v in sides else v for k, v in body.items()}
     r = requests.post(f"{base}/v1/generate", json=body, timeout=10)
     assert r.status_code == 422, r.text

@@ -104,7 +104,7 @@ def test_a_bad_generation_is_a_bad_request_error_naming_the_param(client, kwargs
     assert e.value.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
     assert error["message"]
     if kwargs.get("size") == "8x8":  # too small for the tiny UNet: its lowest level would be 1x1
-        assert "8x16 and 16x8 the smallest" in error["message"]
+        assert "4x12 and 12x4 the smallest" in error["message"]
 
 
 def test_edit_repaints_only_the_transparent_pixels_of_the_mask(client):

@@ -58,7 +58,7 @@ def model_info(served: ServedModel, default: bool) -> ModelInfo:
         default_guidance={mode: GUIDANCE[mode] for mode in served.modes}, classes=list(served.classes),
         sr_factor=served.sr_factor, can_edit=served.edit_pipeline is not None,
         default_size=limits.default_size, latent_factor=limits.latent_factor, max_size=limits.max_size,
-        min_size=limits.min_size, min_area=limits.min_area,
+        min_size=limits.min_size, lowest_side=limits.lowest_side,
         samplers=list(limits.samplers), default_steps=limits.default_steps,
         max_steps=min(schemas.MAX_STEPS, limits.num_timesteps), max_images=schemas.MAX_IMAGES,
         max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,

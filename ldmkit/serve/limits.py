@@ -8,7 +8,6 @@ parsing, with errors in the same shape as FastAPI's 422 so that a client sees on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ldmkit.bounds import DEFAULT_MAX_SIDE, max_side  # noqa: F401  (DEFAULT_MAX_SIDE re-exported)
@@ -20,9 +19,10 @@ from ldmkit.errors import UsageError
 class Limits:
     """Model-dependent bounds on a request.
 
-    ``latent_factor``: height and width must be multiples of it (autoencoder f × UNet downsampling).
-    ``min_area``: the fewest pixels, height × width, an image may have (`LatentDiffusion.min_image_area`;
-    0: no bound but the latent factor).
+    ``latent_factor``: height and width must be multiples of it: the autoencoder's factor f
+    (`LatentDiffusion.size_multiple`; the UNet takes a latent of any size).
+    ``lowest_side``: an image whose sides are both at most this is too small, its UNet's lowest level 1×1 with
+    one value per GroupNorm group (`LatentDiffusion.check_image_size`; the tiny presets); 0: none is.
     ``default_size``: the size the model was trained at, used when a request gives none.
     ``max_size``: the largest height or width; by default 4× the trained size but no more than 1024
     (or the trained size, if larger), because time and memory grow with the pixel count (attention's
@@ -38,13 +38,13 @@ class Limits:
     num_timesteps: int
     samplers: tuple[str, ...] = ("ddim", "ddpm", "euler", "dpmpp-2m")
     default_steps: int = 25
-    min_area: int = 0
+    lowest_side: int = 0
 
     @classmethod
     def from_pipeline(cls, pipe, max_size: int | None = None) -> "Limits":
         model = pipe.model
         size = model.config.image_size
-        k = model.latent_factor
+        k = model.size_multiple
         cap = max_side(size, max_size)
         if cap < size:
             raise UsageError(f"max size {cap} is below the model's trained size {size}")
@@ -52,30 +52,27 @@ class Limits:
         runs = ("lcm",) if sampler == "lcm" else (sampler, *(n for n in SAMPLERS if n not in (sampler, "lcm")))
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
                    num_timesteps=model.schedule.num_timesteps, samplers=runs, default_steps=steps,
-                   min_area=model.min_image_area)
+                   lowest_side=model.latent_factor if model.unet.too_small(1, 1) else 0)
 
     @property
     def min_size(self) -> int:
         """The smallest side from which any width and height (multiples of the latent factor, up to
-        ``max_size``) go together: the least multiple of the latent factor whose square holds ``min_area`` pixels."""
-        side = self.latent_factor
-        while side * side < self.min_area:
-            side += self.latent_factor
-        return side
+        ``max_size``) go together: the least multiple of the latent factor above ``lowest_side``."""
+        k = self.latent_factor
+        return k * (self.lowest_side // k + 1)
 
     def smallest_sizes(self) -> str:
-        """The smallest images allowed, as "WxH": "8x16 and 16x8" where 8x8 is too small, else "8x8"."""
+        """The smallest images allowed, as "WxH": "4x12 and 12x4" where 8x8 is too small, else "4x4"."""
         k = self.latent_factor
-        other = k * max(1, math.ceil(self.min_area / (k * k)))
-        return f"{k}x{k}" if other == k else f"{k}x{other} and {other}x{k}"
+        return f"{k}x{k}" if not self.lowest_side else f"{k}x{self.min_size} and {self.min_size}x{k}"
 
     def too_small(self, width: int, height: int) -> str | None:
         """Why a ``width`` × ``height`` image (each side allowed on its own) is too small for the model, as a
         clause ("too small for this model: …"); None when it is not."""
-        if width * height >= self.min_area:
+        if not self.lowest_side or max(width, height) > self.lowest_side:
             return None
-        return (f"too small for this model: width × height must be at least {self.min_area} pixels (its UNet's "
-                f"lowest level would be 1x1); the smallest sizes allowed are {self.smallest_sizes()}")
+        return (f"too small for this model: its UNet's lowest level would be 1x1, one value per GroupNorm group; "
+                f"the smallest sizes allowed are {self.smallest_sizes()}")
 
     def size_errors(self, field: str, value: int | None) -> list[dict]:
         """FastAPI-style error entries for ``width`` or ``height`` on its own; empty when the value is allowed

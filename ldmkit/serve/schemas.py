@@ -268,11 +268,12 @@ class ModelInfo(BaseModel):
     sr_factor: int | None = Field(description="upscale: output side / input side; null for other kinds")
     can_edit: bool = Field(description="whether Prompt-to-Prompt edits (/v1/edit) run on it")
     default_size: int
-    latent_factor: int
+    latent_factor: int = Field(description="width and height are multiples of it: the autoencoder's factor f")
     max_size: int
     min_size: int = Field(description="the smallest width and height that go with any other allowed side")
-    min_area: int = Field(description="the fewest pixels width × height may have: a side below min_size is "
-                                      "allowed where the other makes up the area (8x16 where 8x8 is too small)")
+    lowest_side: int = Field(description="an image whose sides are both at most this is too small (its UNet's "
+                                         "lowest level would be 1x1); 0: none is. A side below min_size is allowed "
+                                         "where the other is above it (4x12 where 8x8 is too small)")
     samplers: list[str] = Field(description="the samplers this model runs, its default first")
     default_steps: int
     max_steps: int
