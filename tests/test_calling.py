@@ -252,3 +252,9 @@ def test_to_moves_the_pipeline_and_returns_it_as_in_diffusers(pipe):
         pipe.to("cpu")
     with pytest.raises(UsageError, match="^device='gpu' is not a device"):
         pipe.to("gpu")
+
+
+def test_a_cache_interval_not_below_the_steps_is_refused_in_a_keyword_call(pipe):
+    """The settings check sees one option at a time; the call checks the interval against the steps it runs."""
+    with pytest.raises(UsageError, match="cache_interval = 5 with 5 steps"):
+        pipe("a red circle", num_inference_steps=5, cache_interval=5)

@@ -27,6 +27,7 @@ from ldmkit.nn.kv_cache import cached_text_kv
 from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.settings import check_cache_interval
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
 
@@ -335,7 +336,7 @@ class Pipeline(AdapterMixin):
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
         grid = self.grid_options(sampler, spacing, steps_offset, karras)
-        check_cache_interval(cache_interval)
+        check_cache_interval(cache_interval, steps)
         student = self.is_student
         if student:
             check_student_options(cache_interval, binding, guidance_stop)
@@ -474,14 +475,6 @@ class ImageConditionedPipeline(Pipeline):
         return image_output(self.generate_tensors(
             diffusers_image(image), prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
             start_from_input=start_from_input, num_images=num_images), output_type)
-
-
-def check_cache_interval(cache_interval: int) -> None:
-    """UsageError unless ``cache_interval`` is an integer ≥ 1 (1: no feature reuse)."""
-    if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
-        raise UsageError(
-            f"cache_interval = {cache_interval!r}; must be an integer ≥ 1 (1: the whole UNet at every step)"
-        )
 
 
 def check_student_options(cache_interval: int, binding, guidance_stop: float) -> None:
