@@ -389,6 +389,17 @@ def test_cli_out_dir_must_be_new_or_empty_unless_overwrite(tiny_folder, tmp_path
                                                                    "source.png", "source_0.png", "source_1.png"]
 
 
+def test_cli_takes_the_load_options_generate_takes(tiny_folder, tmp_path):
+    """--prediction and --no-ema as `ldmkit generate` reads them (the server's edit commands carry them): v changes
+    what the same seed draws; --no-ema on a folder without training weights is refused in one line."""
+    base = ["edit", "a red circle", "a blue circle", "--model", str(tiny_folder), "--steps", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "eps.png"), "--prediction", "epsilon"]) == 0
+    assert main([*base, "--out", str(tmp_path / "v.png"), "--prediction", "v"]) == 0
+    assert Image.open(tmp_path / "eps.png").tobytes() != Image.open(tmp_path / "v.png").tobytes()
+    assert main([*base, "--out", str(tmp_path / "x.png"), "--no-ema"]) == 2
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_cli_errors_are_one_line_before_any_work(tiny_folder, tmp_path, capsys):
     small = tmp_path / "small.png"
     Image.new("RGB", (20, 20)).save(small)

@@ -42,6 +42,7 @@ def cmd_edit(args) -> None:
     if blend is not None and not blend:
         raise UsageError("--blend needs at least one word of the prompts")
     pipe = PromptToPromptPipeline.from_folder(resolve_model(args.model), resolve_device(args.device),
+                                              ema=not args.no_ema, prediction=args.prediction,
                                               precision=args.precision)
     result = pipe(args.source_prompt, args.target_prompt, mode=args.mode, cross_replace_steps=args.cross_replace,
                   self_replace_steps=args.self_replace, local_blend_words=blend,
@@ -68,6 +69,8 @@ def add_parsers(sub) -> None:
     p.add_argument("target_prompt", metavar="TARGET_PROMPT", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
                                    "(default: the shapes64 model shipped with ldmkit)")
+    p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
+    p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
     p.add_argument("--image", metavar="FILE",
                    help="edit this image (of the model's size) instead of a generated one: it is inverted under "
                         "SOURCE_PROMPT, and source.png is the reconstruction")
