@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from ldmkit.config import AutoencoderConfig, ConfigError, ModelConfig, load_yaml, save_yaml
 
 
-from ldmkit.errors import CheckpointError  # noqa: F401  (re-exported: ldmkit.storage.CheckpointError)
+from ldmkit.errors import CheckpointError, LdmkitError  # CheckpointError also re-exported: ldmkit.storage.CheckpointError
 
 
 MAX_NAMED = 5  # offending keys named in an error message
@@ -142,3 +144,48 @@ def _folder_kind(path: Path) -> str | None:
         if set(data) <= {f.name for f in dataclasses.fields(cls)}:
             return kind
     return None
+
+
+PICKLES = (".ckpt", ".pt", ".pth", ".bin")  # the suffixes of torch.save files ldmkit reads
+
+
+def load_pickle(path: Path, what: str, error: type[LdmkitError] = CheckpointError, mmap: bool = False):
+    """What ``torch.load(path, weights_only=True)`` returns: tensors and plain containers, no pickled code run.
+    ``mmap``: memory-mapped when the file is in torch's zip format (the legacy format cannot be mapped).
+
+    A file it cannot read raises ``error`` (one line; ``what`` names the kind of file: "checkpoint", "embedding
+    file", "LoRA file"). Two cases are told apart (`_unpickling_refusal`): a file that holds pickled objects
+    other than tensors — classes or functions to import, which ldmkit never unpickles, so only a .safetensors
+    version of it can be used — and a file that is damaged or was not written by ``torch.save`` (cut short, an
+    HTML page, random bytes, a plain pickle), which torch's unpickler fails on with one of several exception
+    types."""
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and "mmap" in str(e)):
+                raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch raises KeyError, EOFError, RuntimeError, … for damaged files
+        raise error(_unpickling_refusal(path, what, e)) from None
+
+
+# how torch's weights_only unpickler names a class or function it refused to import (garbage bytes fail elsewhere)
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) (?:was not an allowed|whose module)")
+# lines of torch's message that advise on torch.load itself (among them: load with weights_only=False), never repeated
+_TORCH_ADVICE = re.compile(r"weights_only|torch\.load|torch\.serialization|"
+                           r"Please file an issue|Check the documentation")
+
+
+def _unpickling_refusal(path: Path, what: str, e: Exception) -> str:
+    """The one-line message for a pickle ``torch.load(weights_only=True)`` refused with ``e`` (see `load_pickle`).
+    It never repeats torch's advice to load the file with ``weights_only=False``, which would run its code."""
+    message = str(e)
+    found = _REFUSED_GLOBAL.search(message) if isinstance(e, pickle.UnpicklingError) else None
+    if found:
+        return (f"{path} holds pickled Python objects besides tensors ({found[1]}), which ldmkit will "
+                f"not unpickle: loading them could run any code; a .safetensors version of this {what} is needed")
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not _TORCH_ADVICE.search(line)]
+    detail = type(e).__name__ + (f": {lines[0].split('. ')[0]}" if lines else "")
+    return (f"{path} is not a readable {what} ({detail}): the file is damaged or was not written by torch.save; "
+            f"ldmkit reads .safetensors files and torch.save's {'/'.join(PICKLES)} files")

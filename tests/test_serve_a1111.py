@@ -56,6 +56,15 @@ def api(server):
     return webuiapi.WebUIApi(host="127.0.0.1", port=server)
 
 
+def drawn_by(command: str, folder, out, name: str) -> bytes:
+    """The RGB bytes of image ``name`` that the reported ``command`` writes, run with the served model's folder for
+    its name ("tiny") and ``out`` for its output folder."""
+    argv = [f"--model={folder}" if a == "--model=tiny" else f"--out={out}" if a == "--out=out/" else a
+            for a in shlex.split(command)[1:]]
+    assert main([argv[0], "--no-progress", *argv[1:]]) == 0
+    return Image.open(out / name).convert("RGB").tobytes()
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
@@ -84,10 +93,7 @@ def test_eta_is_ddims_eta_as_in_a1111_and_its_command_carries_it(api, tiny_pipe,
     assert "Eta DDIM: 1.0" in result.info["infotexts"][0]
     command = result.info["ldmkit"]["command"]
     assert "--eta=1.0" in command
-    argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={tmp_path}" if a == "--out=out/" else a
-            for a in shlex.split(command)[1:]]
-    assert main([argv[0], "--no-progress", *argv[1:]]) == 0
-    assert Image.open(tmp_path / "7_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+    assert drawn_by(command, tiny_folder, tmp_path, "7_000.png") == result.image.convert("RGB").tobytes()
     half = api.txt2img(prompt=PROMPT, seed=7, steps=4, cfg_scale=4, sampler_name="DDIM", eta=0.5)
     assert half.image.tobytes() == tiny_pipe(PROMPT, steps=4, guidance=4.0, seed=7, sampler="ddim",
                                              eta=0.5)[0].tobytes()
@@ -133,10 +139,8 @@ def test_euler_a_and_karras_are_bit_identical_to_ldmkit_generate(api, tiny_pipe,
         assert "scheduler" not in result.info["not_honoured"]
         # the reported command, with the model's folder for its served name and a folder of our own
         out = tmp_path / options["sampler"] / str(options.get("karras", False))
-        argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={out}" if a == "--out=out/" else a
-                for a in shlex.split(result.info["ldmkit"]["command"])[1:]]
-        assert main([argv[0], "--no-progress", *argv[1:]]) == 0
-        assert Image.open(out / "5_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+        assert drawn_by(result.info["ldmkit"]["command"], tiny_folder, out, "5_000.png") == \
+            result.image.convert("RGB").tobytes()
 
 
 @pytest.mark.parametrize("sampler", ["PLMS", "Heun"])
@@ -401,10 +405,7 @@ def test_txt2img_reads_a1111s_prompt_syntax_and_its_command_does_too(api, tiny_p
     assert result.info["ldmkit"]["settings"]["prompt_syntax"] == "a1111"  # (this tiny model's image ignores prompts)
     command = result.info["ldmkit"]["command"]
     assert "--prompt-syntax=a1111" in command
-    argv = [f"--model={tiny_folder}" if a == "--model=tiny" else f"--out={tmp_path}" if a == "--out=out/" else a
-            for a in shlex.split(command)[1:]]
-    assert main([argv[0], "--no-progress", *argv[1:]]) == 0
-    assert Image.open(tmp_path / "3_000.png").convert("RGB").tobytes() == result.image.convert("RGB").tobytes()
+    assert drawn_by(command, tiny_folder, tmp_path, "3_000.png") == result.image.convert("RGB").tobytes()
     long = ", ".join(["a red circle on the left"] * 30)  # far past the tokenizer's length: read in chunks, not cut
     assert len(api.txt2img(prompt=long, negative_prompt="blue", seed=1, steps=2, sampler_name="Euler").images) == 1
     source = b64png(Image.new("RGB", (32, 32), "white"))

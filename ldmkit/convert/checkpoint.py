@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,14 +14,12 @@ from torch import Tensor
 
 from ldmkit.config import ConfigError, ModelConfig
 from ldmkit.convert.infer_diffusers import grid_from_scheduler
-from ldmkit.errors import LdmkitError
-from ldmkit.storage import CheckpointError
+from ldmkit.storage import PICKLES, CheckpointError, load_pickle  # noqa: F401  (PICKLES re-exported)
 
 if TYPE_CHECKING:
     from ldmkit.text.known_words import KnownWords
 
 SAFETENSORS = (".safetensors",)
-PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass
@@ -191,48 +187,6 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors")
     return LazyTensors.of(_LoadedTensors(tensors)), {}, top
-
-
-def load_pickle(path: Path, what: str, error: type[LdmkitError] = CheckpointError, mmap: bool = False):
-    """What ``torch.load(path, weights_only=True)`` returns: tensors and plain containers, no pickled code run.
-    ``mmap``: memory-mapped when the file is in torch's zip format (the legacy format cannot be mapped).
-
-    A file it cannot read raises ``error`` (one line; ``what`` names the kind of file: "checkpoint", "embedding
-    file", "LoRA file"). Two cases are told apart (`_unpickling_refusal`): a file that holds pickled objects
-    other than tensors — classes or functions to import, which ldmkit never unpickles, so only a .safetensors
-    version of it can be used — and a file that is damaged or was not written by ``torch.save`` (cut short, an
-    HTML page, random bytes, a plain pickle), which torch's unpickler fails on with one of several exception
-    types."""
-    try:
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as e:
-            if not (mmap and "mmap" in str(e)):
-                raise
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch raises KeyError, EOFError, RuntimeError, … for damaged files
-        raise error(_unpickling_refusal(path, what, e)) from None
-
-
-# how torch's weights_only unpickler names a class or function it refused to import (garbage bytes fail elsewhere)
-_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) (?:was not an allowed|whose module)")
-# lines of torch's message that advise on torch.load itself (among them: load with weights_only=False), never repeated
-_TORCH_ADVICE = re.compile(r"weights_only|torch\.load|torch\.serialization|"
-                           r"Please file an issue|Check the documentation")
-
-
-def _unpickling_refusal(path: Path, what: str, e: Exception) -> str:
-    """The one-line message for a pickle ``torch.load(weights_only=True)`` refused with ``e`` (see `load_pickle`).
-    It never repeats torch's advice to load the file with ``weights_only=False``, which would run its code."""
-    message = str(e)
-    found = _REFUSED_GLOBAL.search(message) if isinstance(e, pickle.UnpicklingError) else None
-    if found:
-        return (f"{path} holds pickled Python objects besides tensors ({found[1]}), which ldmkit will "
-                f"not unpickle: loading them could run any code; a .safetensors version of this {what} is needed")
-    lines = [line.strip() for line in message.splitlines() if line.strip() and not _TORCH_ADVICE.search(line)]
-    detail = type(e).__name__ + (f": {lines[0].split('. ')[0]}" if lines else "")
-    return (f"{path} is not a readable {what} ({detail}): the file is damaged or was not written by torch.save; "
-            f"ldmkit reads .safetensors files and torch.save's {'/'.join(PICKLES)} files")
 
 
 def scheduler_fields(grid: dict) -> dict:

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from ldmkit.config import AutoencoderConfig, DiffusionConfig, ModelConfig, TextEncoderConfig, UNetConfig
+from ldmkit.convert.lora_keys import split_key
 from ldmkit.storage import CheckpointError
 
 SD_SCALE_FACTOR = 0.18215
@@ -206,9 +207,7 @@ def refuse_other_models(sd: dict, path: Path) -> None:
     (``lora_down``/``lora_up`` or ``lora_A``/``lora_B`` pairs, as `ldmkit.convert.lora` reads them), an SDXL model
     (``conditioner.embedders.*``: its two text encoders) or a Stable Diffusion 3 model (an MMDiT transformer:
     ``model.diffusion_model.joint_blocks.*``); nothing for any other file."""
-    from ldmkit.convert.lora import _split  # here: ldmkit.convert.lora imports this module's package
-
-    if any((part := _split(key)) is not None and part[1] != "alpha" for key in sd):
+    if any((part := split_key(key)) is not None and part[1] != "alpha" for key in sd):
         raise CheckpointError(f"{path}: this is a LoRA file, not a model: give it with --lora (in Python: "
                               "pipe.load_lora_weights), and the model it adapts as --model")
     if any(key.startswith("conditioner.embedders.") for key in sd):

@@ -38,18 +38,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ldmkit.convert.checkpoint import load_pickle
+from ldmkit.convert.lora_keys import split_key
 from ldmkit.convert.unet import unet_key
 from ldmkit.errors import UsageError
 from ldmkit.nn import lora
-from ldmkit.storage import atomic_path, first_keys
+from ldmkit.storage import atomic_path, first_keys, load_pickle
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 WORDS_KEY = "ldmkit.known_words"  # the words of the captions it was trained on (`ldmkit.text.known_words`)
 LAYOUTS = ("diffusers", "kohya")
-_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"),
-          (".lora.down.weight", ".lora.up.weight"))
-_ATTN_PROC = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
 TEXT_KINDS = ("clip", "openclip")  # text encoders whose layers have diffusers names (transformers' CLIPTextModel)
 # what `ldmkit finetune --lora-targets` adapts: the attention projections, and LoCon's ResBlock 3×3 convolutions
 TARGETS = ("attention", "attention+conv")
@@ -159,21 +156,6 @@ def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise UsageError(f"{path} is not a readable safetensors LoRA file ({str(e).splitlines()[0]})") from None
 
 
-def _split(key: str) -> tuple[str, str] | None:
-    """(module, "down" | "up" | "alpha") of a LoRA key, or None."""
-    key = key.removeprefix("base_model.model.")
-    if m := _ATTN_PROC.fullmatch(key):
-        return f"{m[1]}.{m[2] if m[2] != 'to_out' else 'to_out.0'}", m[3]
-    for down, up in _PAIRS:
-        if key.endswith(down):
-            return key[: -len(down)], "down"
-        if key.endswith(up):
-            return key[: -len(up)], "up"
-    if key.endswith(".alpha"):
-        return key[: -len(".alpha")], "alpha"
-    return None
-
-
 def read_lora(path: str | Path) -> LoRAFile:
     """The adapters of a LoRA file in any layout of the module docstring. UsageError (one line) for a file that
     is not a LoRA, DoRA/LoHa/LoKr variants (and LyCORIS' Tucker ``lora_mid``), an up (B) with a kernel larger
@@ -184,7 +166,7 @@ def read_lora(path: str | Path) -> LoRAFile:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     other = []
     for key, tensor in tensors.items():
-        split = _split(key)
+        split = split_key(key)
         if split is None:
             other.append(key)
             continue

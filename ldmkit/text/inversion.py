@@ -28,9 +28,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, normalizers
 from torch import nn
 
-from ldmkit.convert.checkpoint import load_pickle
 from ldmkit.errors import UsageError
-from ldmkit.storage import atomic_path
+from ldmkit.storage import atomic_path, load_pickle
 
 TABLE_NAMES = ("token_embedding", "word_embeddings")
 
@@ -185,7 +184,7 @@ def read_embedding(path: str | Path, token: str | None = None) -> tuple[str, tor
     """(token, vectors [k, d]) of an embedding file in any format of the module docstring. The token is
     ``token`` if given, else the file's own (diffusers' key, A1111's ``name``: a renamed A1111 ``.pt`` keeps its
     token, as diffusers reads it, while A1111 triggers it by the file name), else the file name. A damaged file, or
-    a pickle holding more than tensors, is a one-line `UsageError` (`ldmkit.convert.checkpoint.load_pickle`)."""
+    a pickle holding more than tensors, is a one-line `UsageError` (`ldmkit.storage.load_pickle`)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"embedding file not found: {path}")
