@@ -102,13 +102,6 @@ class LatentDiffusion(nn.Module):
         A1111, a side need not be a multiple of `latent_factor` (SD: 8, not 64)."""
         return self.autoencoder.downsample_factor
 
-    @property
-    def min_image_area(self) -> int:
-        """The fewest pixels, height × width, of an image whose sides are multiples of `latent_factor` (as the
-        server asks): the UNet's lowest level needs more than one value per GroupNorm group
-        (`UNet.min_latent_area`), which rules out k×k on a model with one channel per group."""
-        return self.unet.min_latent_area * self.autoencoder.downsample_factor ** 2
-
     def check_image_size(self, height: int, width: int, factor: int = 1) -> None:
         """UsageError unless the model draws an image of ``factor`` · ``height`` × ``factor`` · ``width`` pixels
         (super-resolution's output of an H×W input; 1: the H×W image itself): sides that are positive multiples

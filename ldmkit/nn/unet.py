@@ -220,12 +220,6 @@ class UNet(nn.Module):
         return self._one_value_per_group and self.lowest_level_size(height, width) == (1, 1)
 
     @property
-    def min_latent_area(self) -> int:
-        """The least h·w of a latent whose sides are multiples of `downsample_factor` that this UNet takes
-        (`too_small`): d² for d = `downsample_factor`, or 2d² where a 1×1 lowest level is too small."""
-        return (2 if self._one_value_per_group else 1) * self.downsample_factor ** 2
-
-    @property
     def context_dim(self) -> int:
         return self.cfg.context_dim
 
