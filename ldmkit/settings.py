@@ -84,7 +84,7 @@ class GenerationSettings:
         _check_number("binding", self.binding)
         _check_int("binding_candidates", self.binding_candidates, 1)
         check_cache_interval(self.cache_interval, self.num_inference_steps)
-        _check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
+        check_prompt_syntax(self.prompt_syntax)
 
     def describe(self) -> str:
         """One line for a table or a progress bar: "ddim, 25 steps, guidance 4", then binding and feature reuse
@@ -129,6 +129,13 @@ def SamplerSettings(sampler: str | None = None, steps: int | None = None, guidan
     guidance scale defaults to 4, the text-to-image pipeline's."""
     return GenerationSettings(sampler=sampler, num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
                               binding=binding, binding_candidates=binding_candidates, cache_interval=cache_interval)
+
+
+def check_prompt_syntax(prompt_syntax) -> str:
+    """``prompt_syntax`` if it is one of `PROMPT_SYNTAXES`; a UsageError naming the allowed ones otherwise."""
+    if prompt_syntax not in PROMPT_SYNTAXES:
+        raise UsageError(f"prompt_syntax = {prompt_syntax!r}; allowed: {', '.join(PROMPT_SYNTAXES)}")
+    return prompt_syntax
 
 
 def check_cache_interval(cache_interval, steps: int | None) -> None:

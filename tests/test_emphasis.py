@@ -113,3 +113,15 @@ def test_generate_reads_a1111_syntax_with_prompt_syntax_and_says_when_it_does_no
     assert "--prompt-syntax a1111" not in capsys.readouterr().err
     plain, weighted = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "a1111"))
     assert not np.array_equal(plain, weighted)
+
+
+def test_img2img_reads_a1111_syntax_when_asked(folder, tmp_path):
+    from ldmkit.cli import main
+
+    Image.new("RGB", (32, 32), (250, 250, 250)).save(tmp_path / "in.png")
+    base = ["img2img", str(tmp_path / "in.png"), "a (red:1.8) circle", "--model", str(folder), "--steps", "4",
+            "--strength", "0.75", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "--prompt-syntax", "a1111", "--out", str(tmp_path / "a1111.png")]) == 0
+    plain, weighted = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "a1111"))
+    assert not np.array_equal(plain, weighted)

@@ -22,6 +22,7 @@ webuiapi = pytest.importorskip("webuiapi", reason="the test extra's webuiapi is 
 requests = pytest.importorskip("requests")
 
 from ldmkit import load_pipeline  # noqa: E402
+from ldmkit.pipelines import ImageToImagePipeline  # noqa: E402
 from ldmkit.cli import main  # noqa: E402
 from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
@@ -396,8 +397,7 @@ def test_long_prompts_are_taken_as_a1111_takes_them_up_to_a_generous_bound(api):
 
 def test_txt2img_reads_a1111s_prompt_syntax_and_its_command_does_too(api, tiny_pipe, tiny_folder, tmp_path):
     """A1111's emphasis ((word:1.5), [word], BREAK) and long prompts are read as A1111 reads them (the pipeline's
-    prompt_syntax a1111), and the reported command (--prompt-syntax=a1111) writes the same image; img2img, which reads
-    prompts as written, says so."""
+    prompt_syntax a1111), and the reported command (--prompt-syntax=a1111) writes the same image; img2img as well."""
     prompt = "a (red:1.5) circle BREAK [on the left]"
     result = api.txt2img(prompt=prompt, seed=3, steps=3, cfg_scale=4, sampler_name="Euler")
     direct = tiny_pipe(prompt, steps=3, guidance=4.0, seed=3, sampler="euler", prompt_syntax="a1111")
@@ -410,6 +410,11 @@ def test_txt2img_reads_a1111s_prompt_syntax_and_its_command_does_too(api, tiny_p
     assert len(api.txt2img(prompt=long, negative_prompt="blue", seed=1, steps=2, sampler_name="Euler").images) == 1
     source = b64png(Image.new("RGB", (32, 32), "white"))
     r = requests.post(f"{api.baseurl}/img2img", json={"init_images": [source], "prompt": prompt, "steps": 4,
-                                                      "denoising_strength": 0.5}, timeout=60)
+                                                      "denoising_strength": 0.5, "seed": 2}, timeout=60)
     assert r.status_code == 200, r.text
-    assert any("as written" in note for note in json.loads(r.json()["info"])["ldmkit"]["notes"])
+    info = json.loads(r.json()["info"])
+    assert info["ldmkit"]["settings"]["prompt_syntax"] == "a1111"
+    direct = ImageToImagePipeline.from_folder(tiny_folder)(Image.new("RGB", (32, 32), "white"), prompt, strength=0.5,
+                                                           num_inference_steps=4, generator=2, prompt_syntax="a1111")
+    served = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB")
+    assert served.tobytes() == direct.images[0].convert("RGB").tobytes()

@@ -21,7 +21,7 @@ from ldmkit.images import to_8bit
 from ldmkit.device import resolve_device
 from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import GenerationSettings
+from ldmkit.settings import PROMPT_SYNTAXES, GenerationSettings
 
 
 def _read_mask(path: str):
@@ -181,4 +181,7 @@ def add_parsers(sub) -> None:
                    help="how far the input is noised, in (0, 1]: the last int(strength × steps) of the steps run, as "
                         "in diffusers; 1 keeps little of it (default 0.6)")
     p.add_argument("--negative-prompt", default="")
+    p.add_argument("--prompt-syntax", choices=PROMPT_SYNTAXES, default="plain",
+                   help="plain (as written, the default) or a1111 (AUTOMATIC1111's emphasis and BREAK; as "
+                        "ldmkit generate --prompt-syntax)")
     p.set_defaults(func=cmd_img2img)

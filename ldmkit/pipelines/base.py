@@ -28,6 +28,7 @@ from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.settings import check_cache_interval
+from ldmkit.text.weighted import emphasis_contexts
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
 
@@ -224,10 +225,11 @@ class Pipeline(AdapterMixin):
         return height * factor // f, width * factor // f
 
     def prompt_contexts(self, prompt: str | list[str], negative_prompt: str | list[str], batch: int,
-                        num_images: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                        num_images: int = 1, prompt_syntax: str = "plain") -> tuple[torch.Tensor, torch.Tensor]:
         """(τθ(y), τθ(negative prompt)) for ``batch`` input images, each drawn ``num_images`` times in a row (as
         `per_image` repeats the inputs): one prompt is shared by the batch, a list gives one per image; read in
-        the words the model knows (`LatentDiffusion.in_known_words`). UsageError for a ``num_images`` that is not
+        the words the model knows (`LatentDiffusion.in_known_words`), and in A1111's emphasis syntax with
+        ``prompt_syntax`` "a1111" (`emphasis_contexts`). UsageError for a ``num_images`` that is not
         an integer ≥ 1 (a ``__call__`` checks it first, `checked_options`)."""
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise UsageError(f"num_images_per_prompt = {num_images!r}; must be an integer ≥ 1")
@@ -236,10 +238,22 @@ class Pipeline(AdapterMixin):
         if len(prompts) != batch:
             raise UsageError(f"{len(prompts)} prompts for {batch} images; give one, or one per image")
         negatives = negative_list(negative_prompt, batch)
-        prompts = [p for p in self.model.in_known_words(prompts) for _ in range(num_images)]
         if isinstance(negatives, list):
             negatives = [n for n in negatives for _ in range(num_images)]
+        if prompt_syntax == "a1111":
+            return self.emphasis_contexts(prompts, negatives, num_images)
+        prompts = [p for p in self.model.in_known_words(prompts) for _ in range(num_images)]
         return self.encode(prompts), self.encode_null(negatives)
+
+    def emphasis_contexts(self, prompts: list[str], negatives: str | list[str],
+                          num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(τθ(prompts), τθ(negatives)) in A1111's emphasis syntax (`ldmkit.text.weighted.emphasis_contexts`),
+        each prompt ``num_images`` times; ``negatives``: one shared, or one per row. Both in one call, so that a
+        prompt and its negative prompt have as many chunks (the shorter padded with the empty prompt's)."""
+        rows = [p for p in prompts for _ in range(num_images)]
+        negatives = negatives if isinstance(negatives, list) else [negatives]
+        both = emphasis_contexts(rows + negatives, self.encode, self.model.tokenizer, self.model.in_known_words)
+        return both[:len(rows)], both[len(rows):]
 
     def check_strength(self, strength: float, sampler: str | None = None, steps: int | None = None,
                        karras: bool = False, spacing: str | None = None, steps_offset: int | None = None) -> None:

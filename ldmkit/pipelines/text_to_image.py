@@ -12,9 +12,8 @@ from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.pipelines.base import Pipeline, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import DEFAULT_GUIDANCE, PROMPT_SYNTAXES
+from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
 from ldmkit.text.emphasis import parse
-from ldmkit.text.weighted import emphasis_contexts
 
 
 class TextToImagePipeline(Pipeline):
@@ -89,8 +88,7 @@ class TextToImagePipeline(Pipeline):
         length in chunks instead of cut (`ldmkit.text.weighted`), the prompts and the negative prompts alike.
         """
         model = self.model
-        if prompt_syntax not in PROMPT_SYNTAXES:
-            raise UsageError(f"prompt_syntax = {prompt_syntax!r}; allowed: {', '.join(PROMPT_SYNTAXES)}")
+        check_prompt_syntax(prompt_syntax)
         prompts = prompt_list(prompt)
         negatives = negative_list(negative_prompt, len(prompts))
         if num_images < 1:
@@ -129,16 +127,6 @@ class TextToImagePipeline(Pipeline):
             cache_interval=cache_interval, karras=karras, steps_offset=steps_offset,
         )
         return self.decode(latents)
-
-    def emphasis_contexts(self, prompts: list[str], negatives: str | list[str],
-                          num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(τθ(prompts), τθ(negatives)) in A1111's emphasis syntax (`ldmkit.text.weighted.emphasis_contexts`),
-        each prompt ``num_images`` times; ``negatives``: one shared, or one per row. Both in one call, so that a
-        prompt and its negative prompt have as many chunks (the shorter padded with the empty prompt's)."""
-        rows = [p for p in prompts for _ in range(num_images)]
-        negatives = negatives if isinstance(negatives, list) else [negatives]
-        both = emphasis_contexts(rows + negatives, self.encode, self.model.tokenizer, self.model.in_known_words)
-        return both[:len(rows)], both[len(rows):]
 
     def prompt_binding(self, prompts: list[str], scale: float,
                        candidates: int = BindingGuidance.candidates) -> BindingGuidance:

@@ -186,9 +186,6 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                            "msg": f"mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}"})
         (sampler, karras), _, _, notes = checked(request, limits, errors, sized=False)
         notes = [note for note in notes if "512" not in note]
-        if uses_syntax(request.prompt) or uses_syntax(request.negative_prompt):
-            notes.append("img2img reads the prompt as written: A1111's (word:1.3), [word] and BREAK are read as "
-                         "emphasis by txt2img only")
         mask = None if mask is None else a1111_mask(mask, bool(request.inpainting_mask_invert))
         blank = mask is not None and selects_nothing(mask)
         if blank:
@@ -214,7 +211,11 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             steps=request.steps, guidance=request.cfg_scale, sampler=sampler, karras=karras,
             eta=eta_for(request, sampler), seed=seed_of(request),
             num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
-            image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask))
+            image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask),
+            prompt_syntax="plain" if mode == "inpaint" else "a1111")
+        if mode == "inpaint" and (uses_syntax(request.prompt) or uses_syntax(request.negative_prompt)):
+            notes.append("the inpainting model reads the prompt as written: A1111's (word:1.3), [word] and BREAK "
+                         "are read as emphasis by txt2img and img2img only")
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
