@@ -47,6 +47,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def mask_grey(mask: Image.Image) -> Image.Image:
+    """A mask's grey levels as an "L" image, read as every entry point reads a mask (`ldmkit inpaint --mask`, the
+    server, a PIL mask in Python): upright per its EXIF orientation, a grey image of more than 8 bits scaled to 8
+    (`to_8bit`), alpha ignored."""
+    return to_8bit(ImageOps.exif_transpose(mask)).convert("L")
+
+
 def center_crop_resize(image: Image.Image, image_size: int) -> Image.Image:
     """The largest centred square of ``image``, resized to ``image_size`` × ``image_size``.
 

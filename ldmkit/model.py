@@ -289,6 +289,17 @@ class LatentDiffusion(nn.Module):
         return model.eval()
 
 
+def check_unet_in_channels(in_channels: int, latent: int, condition) -> None:
+    """A ConfigError naming ``unet.in_channels`` unless it is ``latent`` channels plus those of ``condition`` (a
+    `ConditionConfig`; `ConditionConfig.concat_channels`): what `ldmkit train` says of a config before it trains."""
+    extra = condition.concat_channels(latent)
+    if in_channels != latent + extra:
+        raise ConfigError(
+            f"unet.in_channels = {in_channels}; must equal the autoencoder's latent channels ({latent})"
+            + (f" + the {extra} channels of the {condition.kind!r} condition" if extra else "") + f" = {latent + extra}"
+        )
+
+
 def check_unet_inputs(config: ModelConfig, where: str | Path | None = None) -> None:
     """Unless the UNet takes the input channels ldmkit gives it for the model's condition kind — the latent's c,
     plus the image condition's (`ConditionConfig.concat_channels`) — a one-line error before any weights are read
@@ -302,10 +313,7 @@ def check_unet_inputs(config: ModelConfig, where: str | Path | None = None) -> N
     if got == expected:
         return
     if where is None:
-        raise ConfigError(
-            f"unet.in_channels = {got}; must equal the autoencoder's latent channels ({c})"
-            + (f" + the {expected - c} channels of the {kind!r} condition" if expected > c else "") + f" = {expected}"
-        )
+        check_unet_in_channels(got, c, config.condition)
     if kind == "text" and unet_condition(got, c) == "inpainting":
         raise CheckpointError(
             f"{where} is a Stable Diffusion inpainting model (its UNet takes {got} input channels: the latent's {c}, "

@@ -150,11 +150,12 @@ def check_cache_interval(cache_interval, steps: int | None) -> None:
                          f"first step only; must be below the steps, allowed: {allowed}")
 
 
-def check_steps(steps: int | None, num_timesteps: int) -> None:
+def check_steps(steps: int | None, num_timesteps: int, name: str = "num_inference_steps =") -> None:
     """UsageError for more sampling steps than the model's T = ``num_timesteps`` (every step is at a timestep of its
-    own, 0 … T−1); None: the model's own count."""
+    own, 0 … T−1); None: the model's own count. ``name``: how the message names the value ("--steps" on the
+    command line)."""
     if steps is not None and steps > num_timesteps:
-        raise UsageError(f"num_inference_steps = {steps} is more than the model's {num_timesteps} timesteps; "
+        raise UsageError(f"{name} {steps} is more than the model's {num_timesteps} timesteps; "
                          f"allowed: 1 … {num_timesteps}")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from ldmkit.bounds import MAX_GUIDANCE
-from ldmkit.cli.common import UsageError, bounded_float, check_sampler, check_text, positive_int, seed_int
+from ldmkit.cli.common import (
+    UsageError, bounded_float, check_sampler, check_text, note_reading, positive_int, seed_int,
+)
 from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.device import resolve_device
@@ -33,15 +33,6 @@ def cmd_attention(args) -> None:
     shares = result.share()
     listing = ", ".join(f"{result.tokens[j]} {100 * float(shares[j]):.0f}%" for j in range(result.real_tokens))
     print(f"wrote {out}; attention shares: {listing}, padding {100 * float(shares[result.real_tokens:].sum()):.0f}%")
-
-
-def note_reading(command: str, model, prompt: str) -> None:
-    """Say on stderr, as `ldmkit generate` does, how the model reads ``prompt`` when that is not as written
-    (words it never saw, as the nearest it knows: `LatentDiffusion.in_known_words`)."""
-    read = model.in_known_words([prompt])[0]
-    if read != prompt:
-        print(f"ldmkit {command}: note: read as {read!r} (words the model never saw, as the nearest it knows; "
-              "--as-written reads the prompt as given)", file=sys.stderr)
 
 
 def add_parsers(sub) -> None:

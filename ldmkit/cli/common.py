@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 
 from PIL import Image
 
@@ -199,3 +200,12 @@ def check_training_values(preset: Preset) -> None:
         if preset.text.vocab_size < floor:
             raise ConfigError(f"text.vocab_size = {preset.text.vocab_size}; needs at least {floor} for the special "
                               "tokens and the alphabet")
+
+
+def note_reading(command: str, model, prompt: str) -> None:
+    """Say on stderr, as `ldmkit generate` does, how the model reads ``prompt`` when that is not as written
+    (words it never saw, as the nearest it knows: `LatentDiffusion.in_known_words`)."""
+    read = model.in_known_words([prompt])[0]
+    if read != prompt:
+        print(f"ldmkit {command}: note: read as {read!r} (words the model never saw, as the nearest it knows; "
+              "--as-written reads the prompt as given)", file=sys.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
@@ -17,7 +17,7 @@ from ldmkit.cli.common import (
 from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
-from ldmkit.images import to_8bit
+from ldmkit.images import mask_grey
 from ldmkit.device import resolve_device
 from ldmkit.pipelines import ColorizationPipeline, ImageToImagePipeline, InpaintingPipeline, SuperResolutionPipeline
 from ldmkit.pretrained import resolve_model
@@ -28,7 +28,7 @@ def _read_mask(path: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return to_8bit(ImageOps.exif_transpose(image)).convert("L")
+            return mask_grey(image)
     except FileNotFoundError:
         raise UsageError(f"mask not found: {path}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -7,7 +7,7 @@ import sys
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, check_sampler, check_text, fraction, non_negative_float,
-    non_negative_int, positive_int, seed_int,
+    non_negative_int, note_reading, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
@@ -19,7 +19,7 @@ from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import condition_kind
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import PROMPT_SYNTAXES, GenerationSettings
+from ldmkit.settings import PROMPT_SYNTAXES, GenerationSettings, check_steps as check_step_count
 from ldmkit.text.emphasis import uses_syntax
 
 
@@ -78,10 +78,8 @@ def cmd_generate(args) -> None:
         if args.prompt_syntax == "plain" and (uses_syntax(args.prompt) or uses_syntax(args.negative_prompt)):
             print("ldmkit generate: note: brackets and BREAK read as written, as diffusers reads them; "
                   "--prompt-syntax a1111 reads AUTOMATIC1111's emphasis, (word:1.3), [word], BREAK", file=sys.stderr)
-        read = pipe.model.in_known_words([args.prompt])[0]
-        if read != args.prompt and args.prompt_syntax == "plain":
-            print(f"ldmkit generate: note: read as {read!r} (words the model never saw, as the nearest it knows; "
-                  "--as-written reads the prompt as given)", file=sys.stderr)
+        if args.prompt_syntax == "plain":
+            note_reading("generate", pipe.model, args.prompt)
         check_size(pipe.model, args.height, args.width, args.steps)
         images = pipe(args.prompt, settings=settings, progress=not args.no_progress)
     if out_kind == "file":
@@ -96,9 +94,7 @@ def cmd_generate(args) -> None:
 
 def check_steps(model, steps: int | None) -> None:
     """Refuse more --steps than the model has timesteps, before sampling starts (None: the model's own)."""
-    total = model.schedule.num_timesteps
-    if steps is not None and steps > total:
-        raise UsageError(f"--steps {steps} is more than the model's {total} timesteps; allowed: 1 … {total}")
+    check_step_count(steps, model.schedule.num_timesteps, "--steps")
 
 
 def check_size(model, height: int | None, width: int | None, steps: int | None = None) -> None:

@@ -12,8 +12,9 @@ import os
 from ldmkit.cli.common import load_training_config, positive_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.autoencoder.folder import first_stage
-from ldmkit.config import AutoencoderConfig, ConfigError, Preset, preset_names
+from ldmkit.config import AutoencoderConfig, Preset, preset_names
 from ldmkit.errors import UsageError
+from ldmkit.model import check_unet_in_channels
 from ldmkit.pretrained import resolve_model
 from ldmkit.storage import load_config
 from ldmkit.train.autoencoder import train_autoencoder
@@ -85,13 +86,7 @@ def _check_autoencoder_fits(preset: Preset, autoencoder: str | None) -> None:
         latent = preset.autoencoder.in_channels
     else:
         latent = load_config(AutoencoderConfig, autoencoder).latent_channels
-    extra = preset.condition.concat_channels(latent)
-    if preset.unet.in_channels != latent + extra:
-        raise ConfigError(
-            f"unet.in_channels = {preset.unet.in_channels}; must equal the autoencoder's latent channels ({latent})"
-            + (f" + the {extra} channels of the {preset.condition.kind!r} condition" if extra else "")
-            + f" = {latent + extra}"
-        )
+    check_unet_in_channels(preset.unet.in_channels, latent, preset.condition)
 
 
 def cmd_train(args) -> None:

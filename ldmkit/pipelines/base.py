@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
-from ldmkit.images import image_to_tensor, to_8bit
+from ldmkit.images import image_to_tensor, mask_grey
 from ldmkit.device import lay_out_unet, resolve_device, use_bf16
 from ldmkit.diffusion import (
     DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps, start_index,
@@ -92,8 +92,7 @@ def pil_image_tensor(image: Image.Image) -> torch.Tensor:
 def pil_mask_tensor(mask: Image.Image) -> torch.Tensor:
     """A PIL mask as H×W grey levels in [0, 1], read as `ldmkit inpaint --mask` reads a file: upright per its EXIF
     orientation, a grey image of more than 8 bits (a 16-bit PNG) scaled to 8 (`to_8bit`), alpha ignored."""
-    grey = to_8bit(ImageOps.exif_transpose(mask)).convert("L")
-    return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.asarray(mask_grey(mask), dtype=np.float32) / 255.0)
 
 
 def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:

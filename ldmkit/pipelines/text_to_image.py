@@ -109,8 +109,9 @@ class TextToImagePipeline(Pipeline):
         if prompt_syntax == "a1111":
             context, null_context = self.emphasis_contexts(prompts, negatives, num_images)
             # what binding reads: the text the context encodes (a piece without weights read in known words)
-            prompts = [model.in_known_words([parse(p).text])[0] if parse(p).plain else parse(p).text
-                       for p in prompts for _ in range(num_images)]
+            parsed = [parse(p) for p in prompts]
+            prompts = [model.in_known_words([e.text])[0] if e.plain else e.text for e in parsed
+                       for _ in range(num_images)]
             if binding > 0 and context.shape[1] > model.tokenizer.max_length:
                 raise UsageError(f"binding guidance reads one chunk of {model.tokenizer.max_length} tokens; this "
                                  "prompt has more (or BREAK): shorten it, or leave --binding out")

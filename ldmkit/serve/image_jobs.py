@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ldmkit.errors import UsageError
-from ldmkit.images import to_8bit
+from ldmkit.images import mask_grey
 from ldmkit.pipelines.image_to_image import ImageToImagePipeline
 from ldmkit.serve.job_settings import to_settings
 from ldmkit.serve.limits import Limits
@@ -132,7 +132,7 @@ def white_mask(mask: Image.Image, invert: bool = False) -> Image.Image:
     """``mask`` as an L image in {0, 255}, read as `ldmkit inpaint --mask` reads a file: its grey levels (a
     grey image of more than 8 bits scaled to 8, `to_8bit`; alpha ignored), white (> ½) repaints; ``invert``
     swaps the two."""
-    grey = np.asarray(to_8bit(mask).convert("L")) > 127
+    grey = np.asarray(mask_grey(mask)) > 127
     return Image.fromarray(np.where(grey != invert, 255, 0).astype(np.uint8), mode="L")
 
 
