@@ -155,3 +155,30 @@ def test_no_process_group_without_torchrun(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.active) == (0, 1, True, False)
     assert not torch.distributed.is_initialized()
     assert os.environ.get("WORLD_SIZE") is None
+
+
+ENDED_GROUP = """
+import os, sys, torch
+from ldmkit.train import distributed
+with distributed.process_group("cpu") as ctx:
+    model = distributed.wrap(torch.nn.Linear(3, 3), ctx)
+    model(torch.ones(2, 3)).sum().backward()
+    del model
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("rank", ctx.rank, "threads after the run:", " ".join(names))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process's threads from /proc")
+def test_the_process_group_ends_with_the_run(tmp_path):
+    """Once a DDP run's process group is destroyed, none of gloo's threads are left to race the
+    interpreter's exit (a rank then aborted now and then with exit status 1 after the model was
+    written)."""
+    script = tmp_path / "run.py"
+    script.write_text(ENDED_GROUP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if "threads after the run" in line]
+    assert len(lines) == 2, r.stdout
+    assert not any("gloo" in line for line in lines), lines

@@ -66,6 +66,7 @@ def setup(device: str = "auto") -> Distributed:
         torch.cuda.set_device(dev)
     owns = False
     if not dist.is_initialized():
+        import_dynamo()
         # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, which torchrun sets.
         dist.init_process_group(
             backend="nccl" if dev.type == "cuda" else "gloo",
@@ -73,6 +74,17 @@ def setup(device: str = "auto") -> Distributed:
         )
         owns = True
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns_group=owns)
+
+
+def import_dynamo() -> None:
+    """Import ``torch._dynamo`` before the process group exists.
+
+    DDP's constructor imports it; imported after ``init_process_group``, it keeps a reference to the
+    group that ``destroy_process_group`` cannot drop (torch 2.13), so gloo's threads outlive the run
+    and can abort a rank at interpreter exit ("terminate called without an active exception": exit
+    status 1 after the model was written).
+    """
+    import torch._dynamo  # noqa: F401
 
 
 def teardown(ctx: Distributed) -> None:
