@@ -614,3 +614,29 @@ def test_pil_inputs_are_read_as_the_command_line_reads_files(random_models, imag
     expected = torch.zeros(1, 1, SIZE, SIZE)
     expected[..., SIZE // 2:] = 1
     assert torch.equal(inpaint.mask(mask16, image), expected)  # convert("L") clipped: every pixel white
+
+
+@pytest.mark.parametrize("command", ["img2img", "upscale", "colorize"])
+def test_image_commands_take_generates_load_options(random_models, tmp_path, capsys, command):
+    """--precision, --prediction and --no-ema load the model as `ldmkit generate`'s do: the written image is the
+    pipeline's under them, and --no-ema on a folder without training weights is one line, exit 2, nothing written."""
+    kind = {"img2img": "text", "upscale": "sr", "colorize": "colorize"}[command]
+    cls = {"img2img": ImageToImagePipeline, "upscale": SuperResolutionPipeline, "colorize": ColorizationPipeline}[command]
+    side = SIZE // 4 if command == "upscale" else SIZE
+    src = tmp_path / "in.png"
+    Image.new("RGB", (side, side), (0, 0, 200)).save(src)
+    prompt = ["a blue star"] if command == "img2img" else []
+    run = ["--model", str(random_models[kind]), "--steps", "2", "--seed", "3", "--no-progress"]
+    assert main([command, str(src), *prompt, *run, "--precision", "bf16", "--prediction", "v",
+                 "--out", str(tmp_path / "o.png")]) == 0
+    pipe = cls.from_folder(random_models[kind], precision="bf16", prediction="v")
+    assert (pipe.precision, pipe.model.config.diffusion.prediction) == ("bf16", "v")
+    source = Image.open(src).convert("RGB")
+    expected = (pipe(source, "a blue star", num_inference_steps=2, generator=3) if command == "img2img"
+                else pipe(source, num_inference_steps=2, generator=3)).images[0]
+    assert Image.open(tmp_path / "o.png").convert("RGB").tobytes() == expected.convert("RGB").tobytes()
+    capsys.readouterr()
+    assert main([command, str(src), *prompt, *run, "--no-ema", "--out", str(tmp_path / "n.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-ema" in err and "no training weights" in err, err
+    assert not (tmp_path / "n.png").exists()

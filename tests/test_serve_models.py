@@ -532,7 +532,7 @@ def served_by_command(*args: str) -> list:
 def test_load_options_apply_to_the_model_named_and_its_commands_repeat_them(folders, tmp_path):
     """--prediction, --precision (and --no-ema) as `ldmkit generate`'s: NAME=VALUE for the model served as NAME,
     bare for every model; each model's image is its pipeline's under those options, and its reported command,
-    which repeats them, writes it again; the image commands take none, so their jobs report none."""
+    which repeats them, writes it again; so do the image commands'."""
     txt = str(folders["txt"])
     models = served_by_command("--model", f"a={txt}", "--model", f"b={txt}", "--prediction", "a=v",
                                "--precision", "b=bf16")
@@ -552,8 +552,14 @@ def test_load_options_apply_to_the_model_named_and_its_commands_repeat_them(fold
             assert models[model == "b"].load_options[0] in shlex.split(image["command"])
             run_command(image["command"], tmp_path / model, {})
             assert Image.open(tmp_path / model / "3_000.png").convert("RGB").tobytes() == rgb(expected)[0], model
-            img2img = client.post("/v1/generate", json={**body, "mode": "img2img", "image": b64png(noise(32, 1))})
-            assert img2img.status_code == 200 and img2img.json()["images"][0]["command"] is None, img2img.text
+            source = noise(32, 1)
+            r = client.post("/v1/generate", json={**body, "mode": "img2img", "image": b64png(source)})
+            assert r.status_code == 200, r.text
+            image = r.json()["images"][0]
+            assert models[model == "b"].load_options[0] in shlex.split(image["command"])
+            run_command(image["command"], tmp_path / f"{model}-img2img", {"image.png": source})
+            written = Image.open(tmp_path / f"{model}-img2img" / "3_000.png").convert("RGB")
+            assert written.tobytes() == decoded(image["png_base64"]).tobytes(), model
         edit = client.post("/v1/edit", json={"model": "b", "source_prompt": PROMPT, "target_prompt": PROMPT,
                                              "steps": 2, "seed": 1})
         assert edit.status_code == 200 and "--precision=bf16" in shlex.split(edit.json()["command"]), edit.text

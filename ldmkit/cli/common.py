@@ -12,6 +12,7 @@ from PIL import Image
 from ldmkit.bounds import MAX_SEED
 from ldmkit.config import ConfigError, Preset, load_preset, load_yaml, preset_names
 from ldmkit.data import load_image
+from ldmkit.device import PRECISIONS
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.errors import UsageError  # noqa: F401  (the CLI's one-line error; ldmkit.errors has the family)
 from ldmkit.text.tokenizer import ALPHABET, SPECIAL_TOKENS
@@ -209,3 +210,13 @@ def note_reading(command: str, model, prompt: str) -> None:
     if read != prompt:
         print(f"ldmkit {command}: note: read as {read!r} (words the model never saw, as the nearest it knows; "
               "--as-written reads the prompt as given)", file=sys.stderr)
+
+
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """--no-ema, --prediction and --precision: how a command loads its model (`Pipeline.from_folder`'s ``ema``,
+    ``prediction`` and ``precision``), the same options on every command that samples."""
+    p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
+    p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), bf16 (UNet, text encoder and decoder under bf16 autocast) or auto (bf16 "
+                        "where it runs faster: GPUs and AVX-512 CPUs)")

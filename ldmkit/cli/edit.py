@@ -11,7 +11,7 @@ from PIL import Image
 
 from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
-    UsageError, bounded_float, check_sampler, check_text, non_negative_float,
+    UsageError, add_load_options, bounded_float, check_sampler, check_text, non_negative_float,
     positive_int, read_image, seed_int,
 )
 from ldmkit.cli.generate import check_steps
@@ -48,7 +48,8 @@ def _out_path(args) -> Path:
 def _pipeline(cls, args, image=None):
     """The pipeline of --model, with --steps and the output's size (the input's, ×4 for upscale) checked
     against the model before sampling: at most what `ldmkit generate` and the server allow."""
-    pipe = cls.from_folder(resolve_model(args.model), resolve_device(args.device))
+    pipe = cls.from_folder(resolve_model(args.model), resolve_device(args.device), ema=not args.no_ema,
+                           prediction=args.prediction, precision=args.precision)
     check_steps(pipe.model, args.steps)
     if image is not None:
         config = pipe.model.config
@@ -127,6 +128,7 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
                                                    "a consistency student (its default)")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
+    add_load_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 

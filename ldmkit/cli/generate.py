@@ -6,12 +6,12 @@ import sys
 
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
-    UsageError, bounded_float, bounded_int, check_sampler, check_text, fraction, non_negative_float,
+    UsageError, add_load_options, bounded_float, bounded_int, check_sampler, check_text, fraction, non_negative_float,
     non_negative_int, note_reading, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
-from ldmkit.device import PRECISIONS, resolve_device
+from ldmkit.device import resolve_device
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
 from ldmkit.pipelines import ClassConditionalPipeline
@@ -125,8 +125,7 @@ def add_parsers(sub) -> None:
              "folder (default: the shapes64 model shipped with ldmkit; shapes64-lcm: its shipped "
              "4-step student)",
     )
-    p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
-    p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
+    add_load_options(p)
     p.add_argument("--out", required=True,
                    help="an image file, .png, .jpg/.jpeg or .webp (several images form a grid), or a folder (one "
                         "SEED_INDEX.png per image; it must be new or empty unless --overwrite)")
@@ -182,9 +181,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--as-written", action="store_true",
                    help="encode the prompt as given: by default a word the model never saw in training is read as the "
                         "nearest word it did, by WordNet (docs/prompt_following.md)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default), bf16 (the UNet under bf16 autocast) or auto (bf16 where it runs faster: "
-                        "GPUs and AVX-512 CPUs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from ldmkit.bounds import MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.cli.common import (
-    bounded_float, bounded_int, check_text, fraction, positive_int, read_image, seed_int, unit_interval,
+    add_load_options, bounded_float, bounded_int, check_text, fraction, positive_int, read_image, seed_int, unit_interval,
 )
 from ldmkit.cli.outputs import check_output_dir, check_output_file
 from ldmkit.data import save_grid
-from ldmkit.device import PRECISIONS, resolve_device
+from ldmkit.device import resolve_device
 from ldmkit.diffusion.prompt_to_prompt import MODES
 from ldmkit.errors import UsageError
 from ldmkit.pipelines import PromptToPromptPipeline
@@ -69,8 +69,7 @@ def add_parsers(sub) -> None:
     p.add_argument("target_prompt", metavar="TARGET_PROMPT", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
                                    "(default: the shapes64 model shipped with ldmkit)")
-    p.add_argument("--no-ema", action="store_true", help="use a single file's training weights, not its EMA copy")
-    p.add_argument("--prediction", choices=["epsilon", "v"], help="override what the model predicts (SD 2.x: v for 768-v)")
+    add_load_options(p)
     p.add_argument("--image", metavar="FILE",
                    help="edit this image (of the model's size) instead of a generated one: it is inverted under "
                         "SOURCE_PROMPT, and source.png is the reconstruction")
@@ -101,9 +100,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s > 0 (at 0 neither prompt acts)")
     p.add_argument("--seed", type=seed_int, default=0, metavar="S")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default), bf16 (UNet, text encoder and decoder under bf16 autocast) or auto (bf16 "
-                        "where it runs faster: GPUs and AVX-512 CPUs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_edit)

@@ -4,8 +4,8 @@ Text goes in as ``--option=value`` or after ``--`` so that a prompt or file name
 read as an option. Every command writes into ``out/``: `ldmkit generate` one ``{seed}_{index:03d}.png`` per
 image (``--overwrite``: the folder may hold other images), the image commands (`img2img`, `upscale`,
 `inpaint`, `colorize`) the one file ``out/{seed}_000.png``, reading the input under the name the request
-gave it (``image_name``, ``mask_name``). A model loaded with `ldmkit generate`'s --prediction, --no-ema or
---precision (``load_options``, `ldmkit.cli.serve.command_options`) has them in its `ldmkit generate` commands.
+gave it (``image_name``, ``mask_name``). A model loaded with --prediction, --no-ema or --precision
+(``load_options``, `ldmkit.cli.serve.command_options`) has them in each of its commands.
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ def class_command(settings: ClassSettings, model: str | None, load_options: tupl
 def image_command(settings: ImageSettings, model: str | None, adapters: tuple[str, ...] = (),
                   load_options: tuple[str, ...] = ()) -> str | None:
     """The `ldmkit img2img | upscale | inpaint | colorize` call that writes the same image as
-    ``out/{seed}_000.png``; None where no command draws it: several images in one batch (the commands
-    draw one), Karras σ, a model served with ``adapters`` (LoRA, embeddings) or ``load_options`` (these
-    commands take neither), an inpainting from the image noised part-way (A1111's ``denoising_strength``
+    ``out/{seed}_000.png`` (with the model's ``load_options``); None where no command draws it: several images
+    in one batch (the commands draw one), Karras σ, a model served with ``adapters`` (LoRA, embeddings: these
+    commands take none), an inpainting from the image noised part-way (A1111's ``denoising_strength``
     below 1: `ldmkit inpaint` has no --strength), or A1111's masked img2img."""
-    if (settings.mode not in IMAGE_MODES or settings.num_images != 1 or settings.karras or adapters or load_options
+    if (settings.mode not in IMAGE_MODES or settings.num_images != 1 or settings.karras or adapters
             or (settings.mode == "inpaint" and settings.strength < 1)):
         return None
     s = settings
-    argv = ["ldmkit", s.mode, f"--model={SHIPPED_MODEL if model in (None, SHIPPED) else model}",
+    argv = ["ldmkit", s.mode, f"--model={SHIPPED_MODEL if model in (None, SHIPPED) else model}", *load_options,
             f"--out=out/{image_filename(s.seed, 0)}", *_sampling(s)]
     inputs = [s.image_name]
     if s.mode == "img2img":
