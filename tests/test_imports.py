@@ -122,6 +122,7 @@ EXCEPTIONS = {
     ("ldmkit/__init__.py", "ldmkit.pipelines.text_to_image"),  # `import ldmkit` stays cheap: no torch
     ("ldmkit/serve/edit.py", "ldmkit.pipelines.prompt_to_prompt"),  # ldmkit/serve/ is being reworked
     ("ldmkit/serve/edit.py", "ldmkit.diffusion.prompt_to_prompt"),
+    ("ldmkit/train/distributed.py", "torch._dynamo"),  # 1 s to import: only where a process group starts
 }
 
 
