@@ -125,3 +125,30 @@ def test_img2img_reads_a1111_syntax_when_asked(folder, tmp_path):
     assert main([*base, "--prompt-syntax", "a1111", "--out", str(tmp_path / "a1111.png")]) == 0
     plain, weighted = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "a1111"))
     assert not np.array_equal(plain, weighted)
+
+
+@pytest.mark.parametrize("preset", ["tiny-inpaint", "tiny-sr", "tiny-colorize"])
+def test_image_conditioned_pipelines_read_a1111_syntax_when_asked(tmp_path_factory, preset):
+    """Inpainting (and uncropping), super-resolution and colorization take prompt_syntax as text-to-image does: the
+    weights change the image, and a prompt without the syntax draws the same image either way."""
+    from ldmkit.pipelines import ColorizationPipeline, InpaintingPipeline, SuperResolutionPipeline
+
+    cls = {"tiny-inpaint": InpaintingPipeline, "tiny-sr": SuperResolutionPipeline,
+           "tiny-colorize": ColorizationPipeline}[preset]
+    pipe = cls.from_folder(build_attentive_tiny_model(tmp_path_factory.getbasetemp() / f"emphasis-{preset}", preset))
+    side = 8 if preset == "tiny-sr" else 32
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    inputs = (image, Image.new("L", (32, 32), 255)) if preset == "tiny-inpaint" else (image,)
+
+    def draw(prompt, syntax):
+        return pipe(*inputs, prompt=prompt, num_inference_steps=2, guidance_scale=3.0, generator=1,
+                    output_type="pt", prompt_syntax=syntax).images
+
+    assert not torch.equal(draw("a (red:1.8) circle", "plain"), draw("a (red:1.8) circle", "a1111"))
+    assert torch.equal(draw("a red circle", "plain"), draw("a red circle", "a1111"))
+    if preset == "tiny-inpaint":
+        uncropped = [pipe.uncrop(image, "right", 0.5, "a (red:1.8) circle", steps=2, guidance=3.0, seed=1,
+                                 output_type="pt", prompt_syntax=syntax).images for syntax in ("plain", "a1111")]
+        assert not torch.equal(*uncropped)
+    with pytest.raises(UsageError, match="prompt_syntax"):
+        draw("a red circle", "comfy")

@@ -217,7 +217,7 @@ def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
     text_fields = ["model", "mode", "prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras",
                    "num_images", "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
-    img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "strength", "steps",
+    img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", "steps",
                       "guidance", "sampler", "eta", "seed"]
     assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
                      "accepts": {"generate": text_fields, "img2img": img2img_fields},

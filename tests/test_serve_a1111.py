@@ -216,7 +216,7 @@ def test_a_mask_that_selects_no_pixel_is_no_mask(api):
 
 def test_img2img_with_a_mask_inpaints_with_an_inpainting_model(tiny_pipe, tmp_path_factory):
     """From the image noised to denoising_strength (webuiapi's 0.7), as A1111 inpaints with an inpainting
-    model; at 1 from noise, the inpainting model's own start."""
+    model; at 1 from noise, the inpainting model's own start; the prompt read in A1111's syntax, as txt2img's."""
     inpaint = inpaint_pipeline(tmp_path_factory.getbasetemp() / "serve-tiny-inpaint")
     source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     mask = Image.new("L", (32, 32), 255)
@@ -226,13 +226,14 @@ def test_img2img_with_a_mask_inpaints_with_an_inpainting_model(tiny_pipe, tmp_pa
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
         for strength in (0.7, 1.0):
             results[strength] = api.img2img(images=[source], mask_image=mask, inpainting_mask_invert=1,
-                                            prompt="a red circle", seed=2, steps=3, sampler_name="DDIM", cfg_scale=1,
+                                            prompt="a (red:1.5) circle", seed=2, steps=3, sampler_name="DDIM", cfg_scale=1,
                                             eta=0, denoising_strength=strength)
     for strength, result in results.items():
         assert result.info["ldmkit"]["mode"] == "inpaint"
-        assert not any("denoising_strength" in note for note in result.info["ldmkit"]["notes"])
-        expected = inpaint(source, Image.eval(mask, lambda v: 255 - v), "a red circle", steps=3, guidance=1.0,
-                           seed=2, sampler="ddim", strength=strength)
+        assert not any("denoising_strength" in note or "as written" in note for note in result.info["ldmkit"]["notes"])
+        assert result.info["ldmkit"]["settings"]["prompt_syntax"] == "a1111"
+        expected = inpaint(source, Image.eval(mask, lambda v: 255 - v), "a (red:1.5) circle", steps=3, guidance=1.0,
+                           seed=2, sampler="ddim", strength=strength, prompt_syntax="a1111")
         assert result.image.tobytes() == expected[0].tobytes(), strength
         assert (pixels(result.image)[16:] == pixels(source)[16:]).all()  # the kept half, pixel for pixel
     assert results[0.7].image.tobytes() != results[1.0].image.tobytes()

@@ -408,7 +408,27 @@ def test_a1111_inpainting_starts_from_the_image_noised_to_denoising_strength(bas
                           strength=0.5)
     assert decoded(r.json()["images"][0]).tobytes() == rgb(direct)[0]
     job = requests.get(f"{base}/v1/jobs/{info['ldmkit']['job']}", timeout=10).json()
-    assert job["images"][0]["command"] is None, job
+    assert job["images"][0]["command"] is None and info["ldmkit"]["command"] is None, job
+
+
+def test_a1111_img2img_reports_the_command_that_redraws_it(base, folders, tmp_path):
+    """The A1111 img2img answer's info carries the `ldmkit inpaint` / `ldmkit img2img` call that writes the same
+    image from the init image saved as image.png (and the mask as mask.png), the prompt read in A1111's syntax."""
+    source, mask = noise(32, 5), Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 16, 32, 32))
+    bodies = {"inp": {"mask": b64png(mask), "denoising_strength": 1.0, "cfg_scale": 1},
+              "txt2": {"denoising_strength": 0.75, "cfg_scale": 4}}
+    for model, extra in bodies.items():
+        r = requests.post(f"{base}/sdapi/v1/img2img", json={
+            "init_images": [b64png(source)], "prompt": "a (blue:1.4) square", "steps": 4, "seed": 6,
+            "sampler_name": "DDIM", "eta": 0, "override_settings": {"sd_model_checkpoint": model}, **extra}, timeout=60)
+        assert r.status_code == 200, r.text
+        command = json.loads(r.json()["info"])["ldmkit"]["command"]
+        assert f"ldmkit {'inpaint' if model == 'inp' else 'img2img'} " in command
+        assert "--prompt-syntax=a1111" in shlex.split(command), command
+        run_command(command, tmp_path / model, {"image.png": source, **({"mask.png": mask} if model == "inp" else {})})
+        written = Image.open(tmp_path / model / "6_000.png").convert("RGB").tobytes()
+        assert written == decoded(r.json()["images"][0]).tobytes(), model
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,13 +34,13 @@ def build_tiny_model(folder: Path, preset: str = "tiny") -> Path:
     return folder
 
 
-def build_attentive_tiny_model(folder: Path) -> Path:
-    """`build_tiny_model` with every UNet weight moved by N(0, 0.05²) noise (seeded): a fresh UNet's
+def build_attentive_tiny_model(folder: Path, preset: str = "tiny") -> Path:
+    """`build_tiny_model` (of ``preset``) with every UNet weight moved by N(0, 0.05²) noise (seeded): a fresh UNet's
     spatial-transformer output projections are zero, so its attention layers (where LoRA adapters go)
     would not reach the output at all."""
     if (folder / "config.yaml").is_file():
         return folder
-    model = LatentDiffusion.load(build_tiny_model(folder.parent / (folder.name + "-plain")))
+    model = LatentDiffusion.load(build_tiny_model(folder.parent / (folder.name + "-plain"), preset))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.unet.parameters():

@@ -128,6 +128,9 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
                                                    "a consistency student (its default)")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--prompt-syntax", choices=PROMPT_SYNTAXES, default="plain",
+                   help="plain (as written, the default) or a1111 (AUTOMATIC1111's emphasis and BREAK; as "
+                        "ldmkit generate --prompt-syntax)")
     add_load_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -183,7 +186,4 @@ def add_parsers(sub) -> None:
                    help="how far the input is noised, in (0, 1]: the last int(strength × steps) of the steps run, as "
                         "in diffusers; 1 keeps little of it (default 0.6)")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--prompt-syntax", choices=PROMPT_SYNTAXES, default="plain",
-                   help="plain (as written, the default) or a1111 (AUTOMATIC1111's emphasis and BREAK; as "
-                        "ldmkit generate --prompt-syntax)")
     p.set_defaults(func=cmd_img2img)

@@ -476,7 +476,8 @@ class Pipeline(AdapterMixin):
 class ImageConditionedPipeline(Pipeline):
     """A pipeline whose condition is one input image (super-resolution, colorization):
     ``pipe(image, prompt="")`` → list of PIL images, ``num_images_per_prompt`` per input image; a tensor input is
-    read in [0, 1], as diffusers reads it (`diffusers_image`); subclasses define ``generate_tensors``."""
+    read in [0, 1], as diffusers reads it (`diffusers_image`); ``prompt_syntax`` as text-to-image's; subclasses
+    define ``generate_tensors``."""
 
     @diffusers_call(inputs=2)
     @torch.inference_mode()
@@ -484,10 +485,11 @@ class ImageConditionedPipeline(Pipeline):
                  seed: int | torch.Generator = 0, sampler: str = "ddim", eta: float = 0.0,
                  negative_prompt: str | list[str] = "",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 start_from_input: bool = True, num_images: int = 1, output_type: str = "pil") -> ImagePipelineOutput:
+                 start_from_input: bool = True, num_images: int = 1, output_type: str = "pil",
+                 prompt_syntax: str = "plain") -> ImagePipelineOutput:
         return image_output(self.generate_tensors(
             diffusers_image(image), prompt, steps, guidance, seed, sampler, eta, negative_prompt, progress, callback,
-            start_from_input=start_from_input, num_images=num_images), output_type)
+            start_from_input=start_from_input, num_images=num_images, prompt_syntax=prompt_syntax), output_type)
 
 
 def check_student_options(cache_interval: int, binding, guidance_stop: float) -> None:

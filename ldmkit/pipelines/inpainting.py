@@ -14,6 +14,7 @@ from ldmkit.condition import mean_fill, uncrop_mask
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, per_image
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.settings import check_prompt_syntax
 
 
 def _old_mask_keyword(call: Callable) -> Callable:
@@ -49,11 +50,11 @@ class InpaintingPipeline(Pipeline):
                  eta: float = 0.0, negative_prompt: str | list[str] = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
                  karras: bool = False, strength: float = 1.0, num_images: int = 1,
-                 output_type: str = "pil") -> ImagePipelineOutput:
+                 output_type: str = "pil", prompt_syntax: str = "plain") -> ImagePipelineOutput:
         out = self.generate_tensors(diffusers_image(image), mask_image, prompt, steps, guidance, seed, sampler, eta,
                                     negative_prompt, progress=progress, callback=callback,
                                     start_from_input=start_from_input, karras=karras, strength=strength,
-                                    num_images=num_images)
+                                    num_images=num_images, prompt_syntax=prompt_syntax)
         return image_output(out, output_type)
 
     @diffusers_call(inputs=4)
@@ -62,12 +63,13 @@ class InpaintingPipeline(Pipeline):
                steps: int = 25, guidance: float = 1.0, seed: int | torch.Generator = 0, sampler: str = "ddim",
                eta: float = 0.0, negative_prompt: str | list[str] = "", progress: bool = False,
                callback: Callable[[int, int], None] | None = None, start_from_input: bool = True,
-               output_type: str = "pil") -> ImagePipelineOutput:
+               output_type: str = "pil", prompt_syntax: str = "plain") -> ImagePipelineOutput:
         """The view moved toward ``side`` by ``amount`` (0 < amount < 1) of the image, the uncovered strip
         painted (see `ldmkit.condition.uncrop_mask`); the output has the input's size. Options as ``__call__``."""
         canvas, mask = uncrop_mask(self.images(diffusers_image(image)), side, amount)
         out = self.generate_tensors(canvas, mask, prompt, steps, guidance, seed, sampler, eta, negative_prompt,
-                                    progress=progress, callback=callback, start_from_input=start_from_input)
+                                    progress=progress, callback=callback, start_from_input=start_from_input,
+                                    prompt_syntax=prompt_syntax)
         return image_output(out, output_type)
 
     @torch.inference_mode()
@@ -77,7 +79,7 @@ class InpaintingPipeline(Pipeline):
                          progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
                          start_from_input: bool = True, karras: bool = False, strength: float = 1.0,
-                         num_images: int = 1) -> torch.Tensor:
+                         num_images: int = 1, prompt_syntax: str = "plain") -> torch.Tensor:
         """(B·num_images)×3×H×W in [-1, 1] for ``images`` B×3×H×W (a tensor in [-1, 1]) and ``mask`` B×1×H×W
         (1 = repaint), ``num_images`` per input in a row (`per_image`). ``karras``: Karras σ for the sampler's grid.
         ``blend``: out = m ⊙ x̂ + (1 − m) ⊙ x (default), else x̂ = D(z_0) everywhere. ``start_from_input``:
@@ -85,7 +87,7 @@ class InpaintingPipeline(Pipeline):
         (see `input_start`). ``strength`` s < 1, as diffusers' inpainting: sampling starts from E(x), the input
         itself (what the masked pixels show too), noised to the grid's k-th step, k = n − int(s·n), so the
         repainted pixels keep more of what was there as s → 0 (`Pipeline.check_strength`; it needs
-        ``start_from_input``)."""
+        ``start_from_input``). ``prompt_syntax``: as text-to-image's."""
         self.check_strength(strength, sampler, steps, karras)
         if strength < 1 and not start_from_input:
             raise UsageError(f"strength = {strength} starts from the input image noised part-way; "
@@ -93,7 +95,8 @@ class InpaintingPipeline(Pipeline):
         images = self.images(images)
         mask = self.mask(mask, images)
         latent_size = self.latent_size(*images.shape[-2:])
-        context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0], num_images)
+        context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0], num_images,
+                                                     check_prompt_syntax(prompt_syntax))
         concat = per_image(self.model.image_condition(images, latent_size, mask), num_images)
         start = self.input_start(mean_fill(images, mask) if strength == 1 else images, start_from_input)
         init_latents = None if start is None else per_image(start, num_images)

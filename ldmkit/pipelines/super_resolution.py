@@ -9,6 +9,7 @@ import torch
 
 from ldmkit.condition import resize_to
 from ldmkit.pipelines.base import ImageConditionedPipeline, ImageInput, per_image
+from ldmkit.settings import check_prompt_syntax
 
 
 class SuperResolutionPipeline(ImageConditionedPipeline):
@@ -25,15 +26,18 @@ class SuperResolutionPipeline(ImageConditionedPipeline):
                          guidance: float = 1.0, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
                          negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None,
-                         start_from_input: bool = True, num_images: int = 1) -> torch.Tensor:
+                         start_from_input: bool = True, num_images: int = 1,
+                         prompt_syntax: str = "plain") -> torch.Tensor:
         """(B·num_images)×3×(factor·H)×(factor·W) in [-1, 1] for low-resolution ``image`` B×3×H×W (a tensor in
         [-1, 1]), ``num_images`` per input in a row (`per_image`); c = resize(x_LR, h×w).
         The prompt (a caption, optional) is guided with scale ``guidance``; with s = 1 only c guides.
-        ``start_from_input``: z_T ~ q(z_T | E(bicubic(x_LR))) (default), else N(0, I) (see `input_start`)."""
+        ``start_from_input``: z_T ~ q(z_T | E(bicubic(x_LR))) (default), else N(0, I) (see `input_start`).
+        ``prompt_syntax``: as text-to-image's."""
         low_res = self.images(image, "low-resolution image")
         latent_size = self.latent_size(*low_res.shape[-2:], self.factor)  # its message names the input's size
         height, width = low_res.shape[-2] * self.factor, low_res.shape[-1] * self.factor
-        context, null_context = self.prompt_contexts(prompt, negative_prompt, low_res.shape[0], num_images)
+        context, null_context = self.prompt_contexts(prompt, negative_prompt, low_res.shape[0], num_images,
+                                                     check_prompt_syntax(prompt_syntax))
         low_res = per_image(low_res, num_images)
         concat = self.model.image_condition(low_res, latent_size)
         start = self.input_start(resize_to(low_res, height, width).clamp(-1, 1), start_from_input)

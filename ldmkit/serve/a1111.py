@@ -39,7 +39,6 @@ from fastapi.exceptions import RequestValidationError
 from ldmkit import __version__
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.images import to_rgb
-from ldmkit.text.emphasis import uses_syntax
 from ldmkit.serve.a1111_schemas import (
     SAMPLER_NAMES, Img2ImgRequest, Txt2ImgRequest, a1111_sampler, eta_errors, eta_for, not_honoured, sampler_error,
     sampler_for, sampler_names, size_for,
@@ -212,15 +211,13 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             eta=eta_for(request, sampler), seed=seed_of(request),
             num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
             image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask),
-            prompt_syntax="plain" if mode == "inpaint" else "a1111")
-        if mode == "inpaint" and (uses_syntax(request.prompt) or uses_syntax(request.negative_prompt)):
-            notes.append("the inpainting model reads the prompt as written: A1111's (word:1.3), [word] and BREAK "
-                         "are read as emphasis by txt2img and img2img only")
+            prompt_syntax="a1111")
         job = submit(queue, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
-        return answer(job, request, settings, notes, served, {"mode": mode}, unused)
+        return answer(job, request, settings, notes, served, {"mode": mode, "command": served.command(settings)},
+                      unused)
 
     @app.get("/sdapi/v1/samplers", tags=["automatic1111"])
     def samplers() -> list[dict]:

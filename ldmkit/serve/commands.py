@@ -80,14 +80,14 @@ def image_command(settings: ImageSettings, model: str | None, adapters: tuple[st
         argv.append(f"--strength={s.strength!r}")
         if s.negative_prompt:
             argv.append(f"--negative-prompt={s.negative_prompt}")
-        if s.prompt_syntax != "plain":
-            argv.append(f"--prompt-syntax={s.prompt_syntax}")
         inputs.append(s.prompt)
     elif s.mode == "inpaint":
         argv.append(f"--mask={s.mask_name or 'mask.png'}")
         inputs += [s.prompt] if s.prompt else []
     elif s.prompt:
         argv.append(f"--prompt={s.prompt}")
+    if s.prompt_syntax != "plain":
+        argv.append(f"--prompt-syntax={s.prompt_syntax}")
     return shlex.join([*argv, "--", *inputs])
 
 

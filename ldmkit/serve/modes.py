@@ -35,10 +35,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras", "num_images",
                  "width", "height", *SAMPLING),
     "class": ("class_name", "cache_interval", "num_images", "width", "height", *SAMPLING),
-    "img2img": ("image", "image_name", "prompt", "negative_prompt", "strength", *SAMPLING),
-    "upscale": ("image", "image_name", "prompt", *SAMPLING),
-    "inpaint": ("image", "image_name", "mask", "mask_name", "prompt", *SAMPLING),
-    "colorize": ("image", "image_name", "prompt", *SAMPLING),
+    "img2img": ("image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", *SAMPLING),
+    "upscale": ("image", "image_name", "prompt", "prompt_syntax", *SAMPLING),
+    "inpaint": ("image", "image_name", "mask", "mask_name", "prompt", "prompt_syntax", *SAMPLING),
+    "colorize": ("image", "image_name", "prompt", "prompt_syntax", *SAMPLING),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "generate": ("prompt",), "class": ("class_name",), "img2img": ("image", "prompt"), "upscale": ("image",),
@@ -114,7 +114,7 @@ def resolve(request: GenerateRequest, served: ServedModel):
     if errors:
         raise RequestValidationError(errors)
     return ImageSettings(mode=mode, prompt=request.prompt or "", negative_prompt=request.negative_prompt,
-                         num_images=1, strength=strength,
+                         prompt_syntax=request.prompt_syntax, num_images=1, strength=strength,
                          width=image.size[0] * scale, height=image.size[1] * scale,
                          image=png_bytes(to_rgb(image)), image_name=request.image_name or "image.png",
                          mask=None if mask is None else png_bytes(white_mask(mask)),

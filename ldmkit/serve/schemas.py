@@ -199,7 +199,7 @@ class ImageSettings(BaseModel):
     height: int
     karras: bool = False
     eta: float = 0.0
-    prompt_syntax: PromptSyntax = "plain"  # img2img: "a1111" reads A1111's emphasis (the A1111 route's)
+    prompt_syntax: PromptSyntax = "plain"  # "a1111" reads A1111's emphasis (the A1111 route's)
     image_name: str = "image.png"
     mask_name: str | None = None
     image: bytes = Field(b"", exclude=True, repr=False)
