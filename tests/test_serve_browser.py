@@ -147,6 +147,9 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
         page.fill("#num_images", "2")
         page.fill("#binding", "0.2")
         page.select_option("#width", "48")
+        page.select_option("#prompt_syntax", "a1111")
+        posted = []
+        page.on("request", lambda r: posted.append(r.post_data_json) if r.method == "POST" else None)
         page.click("#generate")
 
         page.wait_for_function(
@@ -158,6 +161,7 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
         assert all("seed 42" in c and "8 steps" in c and "48×32" in c and "binding 0.2" in c for c in captions), captions
         downloads = page.eval_on_selector_all("#gallery a.download", "as => as.map(a => a.download)")
         assert sorted(downloads) == ["42_000.png", "42_001.png"]
+        assert posted and posted[0]["prompt_syntax"] == "a1111", posted  # A1111's emphasis, as chosen
         assert page.locator("#error").is_hidden()
         assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [8, 8]
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)

@@ -182,6 +182,7 @@ async function readForm() {
     binding: number("binding"),
     cache_interval: number("cache_interval"),
     sampler: $("sampler").value,
+    prompt_syntax: $("prompt_syntax").value,
     seed: seed === "" ? null : Number(seed),
     num_images: number("num_images"),
     width: number("width"),
@@ -212,7 +213,7 @@ function writeForm(settings) {
     applyMode();
   }
   for (const key of ["prompt", "negative_prompt", "class_name", "strength", "steps", "guidance", "binding",
-                     "cache_interval", "sampler", "seed", "num_images"]) {
+                     "cache_interval", "sampler", "prompt_syntax", "seed", "num_images"]) {
     if (settings[key] !== undefined) $(key).value = settings[key];
   }
   $("width").value = String(settings.width);
