@@ -303,7 +303,9 @@ def test_ddim_eta1_all_steps_is_ddpm(sched):
 def test_timestep_grids(sched):
     assert spaced_timesteps(1000, 50)[:2] == [999, 979] and spaced_timesteps(1000, 50)[-1] == 19
     assert spaced_timesteps(1000, 1000) == list(range(999, -1, -1))
-    with pytest.raises(ValueError):
+    # named as the Python caller gave it (a pipeline's num_inference_steps), not by this function's parameter
+    with pytest.raises(ValueError, match=r"^steps = 1001 \(num_inference_steps\); must be between 1 and the "
+                                         r"model's 1000 timesteps$"):
         spaced_timesteps(1000, 1001)
     # the original LDM's / Stable Diffusion's DDIM grid
     assert spaced_timesteps(1000, 50, "leading")[:2] == [981, 961] and spaced_timesteps(1000, 50, "leading")[-1] == 1

@@ -204,6 +204,44 @@ def test_pipeline_api_and_generate_cli_take_loras_and_embeddings(tiny, tmp_path,
         assert err.startswith("ldmkit generate: error:") and "\n" not in err and not target.exists()
 
 
+def test_set_adapters_checks_everything_before_changing_anything(tiny, tmp_path):
+    """Adapter names and weights are checked first: a refused call leaves every strength as it was. A weight is a
+    finite real number (a NumPy scalar too, as diffusers takes it); a string, NaN, inf or a list of another length
+    is a one-line `UsageError`, and so is a NaN or infinite load_lora_weights scale (nothing is loaded)."""
+    import numpy as np
+
+    model = with_lora(tiny)
+    randomize(model)
+    path = lora_files.save_lora(model, tmp_path / "style.safetensors")
+    pipe = load_pipeline(tiny)
+    pipe.load_lora_weights(path, 0.7)
+
+    def scales() -> set[float]:
+        return {layer.scale["style"] for layer in lora.lora_layers(pipe.model).values()}
+
+    assert scales() == {0.7}
+    refusals = [
+        ((["style", "nope"], [0.0, 0.5]), r"no LoRA adapter named 'nope'; loaded: style"),
+        ((["style"], [1.0, 2.0]), r"2 adapter_weights for 1 adapter_names; give one weight per name"),
+        (("style", "0.5"), r"adapter_weights = '0.5'; an adapter's strength must be a finite real number"),
+        (("style", float("nan")), r"adapter_weights = nan; an adapter's strength must be a finite real number"),
+        ((["style"], [float("inf")]), r"adapter_weights = inf; an adapter's strength must be a finite real number"),
+        (("style", True), r"adapter_weights = True; "),
+    ]
+    for args, message in refusals:
+        with pytest.raises(UsageError, match="^" + message):
+            pipe.set_adapters(*args)
+        assert scales() == {0.7}, args
+    pipe.set_adapters("style", np.float32(0.5))
+    assert scales() == {0.5}
+    pipe.set_adapters(["style"], [np.float64(-0.25)])
+    assert scales() == {-0.25}
+    for scale in (float("nan"), float("inf"), "1"):
+        with pytest.raises(UsageError, match=r"^scale = .*; an adapter's strength must be a finite real number"):
+            pipe.load_lora_weights(path, scale, adapter_name="other")
+    assert lora.adapter_names(pipe.model) == ["style"]
+
+
 def test_convert_merges_loras_into_a_model_folder(tiny, tmp_path, capsys):
     model = with_lora(tiny)
     randomize(model)

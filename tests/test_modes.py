@@ -640,3 +640,17 @@ def test_image_commands_take_generates_load_options(random_models, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--no-ema" in err and "no training weights" in err, err
     assert not (tmp_path / "n.png").exists()
+
+
+def test_a_class_or_an_uncrop_amount_of_the_wrong_type_is_one_line_naming_what_is_allowed(random_models, image):
+    """A class that is not a name (an int, None, an empty list) and an uncrop amount that is not a number are
+    `UsageError`s saying what is allowed, before any work, not errors from inside the model."""
+    pipe = ClassConditionalPipeline.from_folder(random_models["class"])
+    for bad in (3, None, [], ["circle", 2]):
+        with pytest.raises(UsageError, match=r"^class_name = .*; give a class name or a non-empty list of them "
+                                             r"\(this model's: circle, square"):
+            pipe(bad, num_inference_steps=1)
+    inpaint = InpaintingPipeline.from_folder(random_models["inpaint"])
+    for amount in ("0.5", None, True, 2, float("nan")):
+        with pytest.raises(UsageError, match=r"^amount = .*; must be a number between 0 and 1"):
+            inpaint.uncrop(_unit(image), side="left", amount=amount, num_inference_steps=1)

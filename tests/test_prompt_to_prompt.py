@@ -137,7 +137,7 @@ def test_alignment_of_each_mode(pipe):
 
 
 @pytest.mark.parametrize("source, target, mode, message", [
-    ("a red circle", "a small red circle", "replace", "use --mode refine"),
+    ("a red circle", "a small red circle", "replace", r'use mode="refine" \(--mode refine\) to add words'),
     ("a red circle", "a blue circle", "reweight", "reweight keeps the source prompt's words"),
     ("a red circle", "a red circle", "reweight", "reweight needs a weight"),
     ("a red circle", "two blue squares", "refine", "shares no word"),
@@ -180,7 +180,8 @@ def test_settings_at_which_the_edit_cannot_act_are_refused(pipe, options, messag
         pipe("a red circle", "a blue circle", num_inference_steps=1, **options)
     if "guidance_scale" in options:
         with pytest.raises(UsageError, match=f"^{message}"):
-            pipe.invert(Image.new("RGB", (32, 32)), "a red circle", steps=1, guidance=options["guidance_scale"])
+            pipe.invert(Image.new("RGB", (32, 32)), "a red circle", num_inference_steps=1,
+                        guidance_scale=options["guidance_scale"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +240,53 @@ def test_the_call_reads_an_image_tensor_in_zero_one_as_the_other_pipelines_do(pi
     assert torch.equal(out.edited_images, expected.edited_images)
     source, _ = pipe.edit_tensors("a yellow square", "a blue square", image=unit * 2 - 1, steps=1, null_text=False)
     assert torch.equal(((source + 1) / 2).clamp(0, 1), expected.source_images)
+
+
+def test_steps_and_guidance_none_are_the_defaults(pipe):
+    """None means the default, as in text-to-image: 25 DDIM steps and guidance 4, for the edit and the inversion."""
+    options = dict(seed=3, num_images=1)
+    given = pipe.edit_tensors("a red circle", "a blue circle", steps=25, guidance=4.0, **options)
+    none = pipe.edit_tensors("a red circle", "a blue circle", steps=None, guidance=None, **options)
+    assert all(torch.equal(a, b) for a, b in zip(given, none))
+    out = pipe("a red circle", "a blue circle", num_inference_steps=None, guidance_scale=None, generator=3,
+               output_type="pt")
+    assert torch.equal(out.edited_images, ((given[1] + 1) / 2).clamp(0, 1))
+    inversion = pipe.invert(Image.new("RGB", (32, 32)), "a red circle", num_inference_steps=None,
+                            guidance_scale=None, null_text=False)
+    assert (inversion.steps, inversion.guidance) == (25, 4.0)
+
+
+def test_invert_takes_diffusers_names_and_a_mismatch_names_the_values(pipe):
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    inversion = pipe.invert(image, "a red circle", num_inference_steps=2, guidance_scale=3.0, null_text=False)
+    assert (inversion.steps, inversion.guidance) == (2, 3.0)
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated: give diffusers' name num_inference_steps="):
+        old = pipe.invert(image, "a red circle", steps=2, guidance_scale=3.0, null_text=False)
+    assert torch.equal(old.latents, inversion.latents)
+    with pytest.raises(TypeError, match="takes image, prompt by position"):
+        pipe.invert(image, "a red circle", 2)
+    with pytest.raises(UsageError, match=r"^the inversion was made for num_inference_steps=2, but this edit has "
+                                         r"num_inference_steps=3; "):
+        pipe("a red circle", "a blue circle", image=inversion, num_inference_steps=3, guidance_scale=3.0)
+    with pytest.raises(UsageError, match=r"^the inversion was made for num_inference_steps=2, guidance_scale=3.0, "
+                                         r"but this edit has num_inference_steps=4, guidance_scale=4.0; "):
+        pipe("a red circle", "a blue circle", image=inversion, num_inference_steps=4)
+    with pytest.raises(UsageError, match=r"^num_images_per_prompt = 2 with an image; a real image is edited once"):
+        pipe("a red circle", "a blue circle", image=inversion, num_inference_steps=2, guidance_scale=3.0,
+             num_images_per_prompt=2)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "pt", "np"])
+def test_the_output_is_the_list_of_its_images(pipe, output_type):
+    """As every pipeline's output, an `EditOutput` is also the list of its ``images``: each source, then its edit."""
+    out = pipe(["a red circle", "a red square"], ["a blue circle", "a blue square"], num_inference_steps=2,
+               output_type=output_type)
+    assert len(out) == 4 and len(list(out)) == 4
+    pairs = [(out.source_images[k], out.edited_images[k]) for k in range(2)]
+    for k, image in enumerate(out):
+        expected = pairs[k // 2][k % 2]
+        assert image is expected if output_type == "pil" else (image == expected).all()
+    assert out[0] is out.images[0] if output_type == "pil" else (out[1] == out.edited_images[0]).all()
 
 
 class _Recording(AttentionController):
@@ -407,7 +455,7 @@ def test_cli_errors_are_one_line_before_any_work(tiny_folder, tmp_path, capsys):
     blocker.write_text("x")
     out = ["--out", str(tmp_path / "o.png")]
     cases = [
-        (["a red circle", "a small red circle", *out], "use --mode refine"),
+        (["a red circle", "a small red circle", *out], "(--mode refine) to add words"),
         (["a red circle", "a blue circle", "--blend", "star", *out], "blend word 'star'"),
         (["a red circle", "a blue circle", "--image", str(small), *out], "this model edits 32×32 images"),
         (["a red circle", "a blue circle", "--image", str(tmp_path / "none.png"), *out], "image not found"),

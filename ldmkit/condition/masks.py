@@ -8,6 +8,7 @@ lines), and a half-image strip along one side (a quarter to three quarters of it
 
 from __future__ import annotations
 
+import numbers
 import random
 
 import numpy as np
@@ -22,8 +23,8 @@ def side_mask(height: int, width: int, side: str, amount: float) -> torch.Tensor
     """1×H×W: the strip of ``amount`` of the image along ``side`` is 1, the rest 0."""
     if side not in SIDES:
         raise UsageError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
-    if not 0 < amount < 1:
-        raise UsageError(f"amount = {amount}; must be between 0 and 1 (the share of the image to paint)")
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real) or not 0 < amount < 1:
+        raise UsageError(f"amount = {amount!r}; must be a number between 0 and 1 (the share of the image to paint)")
     mask = torch.zeros(1, height, width)
     across = width if side in ("left", "right") else height
     k = min(max(1, round(amount * across)), across - 1)

@@ -67,7 +67,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailin
         raise UsageError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
     T, n = num_timesteps, num_steps
     if not 1 <= n <= T:
-        raise UsageError(f"num_steps = {n}; must be between 1 and num_timesteps = {T}")
+        raise UsageError(f"steps = {n} (num_inference_steps); must be between 1 and the model's {T} timesteps")
     points = n + 1 if endpoint else n
     if spacing == "trailing":
         return [round(T - i * T / n) - 1 for i in range(n)]

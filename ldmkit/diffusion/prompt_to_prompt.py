@@ -171,7 +171,8 @@ def align(tokenizer, source_prompt: str, target_prompt: str, mode: str) -> Token
     mapper, alphas, weights = torch.zeros(length, length), torch.zeros(length), torch.ones(length)
     if mode in ("replace", "reweight"):
         if len(source.words) != len(target.words):
-            fix = "use --mode refine to add words" if mode == "replace" else "reweight keeps the source's words"
+            fix = ('use mode="refine" (--mode refine) to add words' if mode == "replace"
+                   else "reweight keeps the source's words")
             raise PromptEditError(
                 f"{mode} needs the same number of words in both prompts (the source has {len(source.words)}, "
                 f"the target {len(target.words)}, counting the tokenizer's special tokens); {fix}"
@@ -179,7 +180,7 @@ def align(tokenizer, source_prompt: str, target_prompt: str, mode: str) -> Token
         if mode == "reweight" and source.texts != target.texts:
             changed = next(b for a, b in zip(source.texts, target.texts) if a != b)
             raise PromptEditError(f"reweight keeps the source prompt's words, but the target changes one ({changed!r}); "
-                                  "use --mode replace to swap words")
+                                  'use mode="replace" (--mode replace) to swap words')
         for (_, s), (_, t) in zip(source.words, target.words):
             _map_word(mapper, alphas, s, t)
     else:

@@ -11,6 +11,8 @@ The UNet (and a CLIP text encoder) then compute W x + Σ s (α/r) B A x in each 
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from pathlib import Path
 
@@ -27,7 +29,9 @@ class AdapterMixin:
 
     def load_lora_weights(self, path: str | Path, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add the LoRA file ``path`` at strength ``scale``; returns the adapter's name (default: from the file
-        name). UsageError, with the model unchanged, for a file that does not fit the model."""
+        name). UsageError, with the model unchanged, for a file that does not fit the model or a ``scale`` that is
+        not a finite real number (`adapter_weight`)."""
+        scale = adapter_weight(scale, "scale")
         name = load_lora(self.model, path, scale, adapter_name)
         # the words it was trained on, where its file lists them (`ldmkit finetune` does): known while it is loaded;
         # a file that does not has prompts read as written meanwhile (`LatentDiffusion.in_known_words`)
@@ -39,14 +43,23 @@ class AdapterMixin:
         return name
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
-        """Set the strength s of each named adapter (1 when ``adapter_weights`` is None); the others keep theirs."""
+        """Set the strength s of each named adapter (1 when ``adapter_weights`` is None; one real number for all, or
+        one per name); the others keep theirs. Names and weights are checked first: a `UsageError` changes nothing."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        weights = [1.0] * len(names) if adapter_weights is None else (
-            [adapter_weights] * len(names) if isinstance(adapter_weights, (int, float)) else list(adapter_weights))
+        if adapter_weights is None:
+            weights = [1.0] * len(names)
+        elif isinstance(adapter_weights, (str, bytes)) or not hasattr(adapter_weights, "__iter__"):
+            weights = [adapter_weight(adapter_weights)] * len(names)
+        else:
+            weights = [adapter_weight(w) for w in adapter_weights]
+            if len(weights) != len(names):
+                raise UsageError(f"{len(weights)} adapter_weights for {len(names)} adapter_names; give one weight per "
+                                 "name, or one number for all")
         known = lora.adapter_names(self.model)
-        for name, weight in zip(names, weights, strict=True):
+        for name in names:
             if name not in known:
                 raise UsageError(f"no LoRA adapter named {name!r}; loaded: {', '.join(known) or 'none'}")
+        for name, weight in zip(names, weights):
             lora.set_scale(self.model, name, weight)
 
     def get_active_adapters(self) -> list[str]:
@@ -83,6 +96,15 @@ class AdapterMixin:
         token = load_embedding(self.model, path, token)
         self.model.taught.add("embedding")
         return token
+
+
+def adapter_weight(weight, what: str = "adapter_weights") -> float:
+    """``weight`` as a float: a finite real number (a NumPy scalar too, as diffusers takes it; negative turns the
+    adapter's change around); a `UsageError` naming ``what`` for a string, a bool, NaN or ±inf."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        raise UsageError(f"{what} = {weight!r}; an adapter's strength must be a finite real number (1: as trained, "
+                         "0: off)")
+    return float(weight)
 
 
 def apply_adapters(pipe, loras: list[str] | None = None, embeddings: list[str] | None = None) -> None:

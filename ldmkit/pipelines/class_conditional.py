@@ -43,7 +43,7 @@ class ClassConditionalPipeline(Pipeline):
         """Images B×3×H×W in [-1, 1], ``num_images`` per class name given, with
         ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅])); ``cache_interval``: feature reuse
         (`Pipeline.sample_latents`)."""
-        names = [class_name] if isinstance(class_name, str) else list(class_name)
+        names = self.class_names(class_name)
         if num_images < 1:
             raise UsageError(f"num_images must be at least 1, got {num_images}")
         names = [n for n in names for _ in range(num_images)]
@@ -54,3 +54,14 @@ class ClassConditionalPipeline(Pipeline):
                                       progress=progress, callback=callback, guidance_stop=guidance_stop,
                                       cache_interval=cache_interval)
         return self.decode(latents)
+
+    def class_names(self, class_name) -> list[str]:
+        """A class name or a non-empty list of them, as a list; a `UsageError` saying what is allowed otherwise (an
+        unknown name is refused by `LatentDiffusion.encode_classes`, naming the known ones)."""
+        if isinstance(class_name, str):
+            return [class_name]
+        if isinstance(class_name, (list, tuple)) and class_name and all(isinstance(n, str) for n in class_name):
+            return list(class_name)
+        shown = repr(class_name) if len(repr(class_name)) <= 60 else repr(class_name)[:57] + "..."
+        raise UsageError(f"class_name = {shown}; give a class name or a non-empty list of them (this model's: "
+                         f"{', '.join(self.classes)})")

@@ -32,9 +32,11 @@ from ldmkit.diffusion.prompt_to_prompt import (
 )
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, prompt_list
-from ldmkit.pipelines.calling import diffusers_call, image_output
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.settings import DEFAULT_GUIDANCE, check_steps
 
 LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
+DEFAULT_STEPS = 25  # an edit's DDIM steps when none are given, text-to-image's
 
 
 @dataclass
@@ -50,23 +52,20 @@ class Inversion:
     spacing: str
 
 
-@dataclass
-class EditOutput:
+class EditOutput(ImagePipelineOutput):
     """``source_images`` (the source prompt's samples, or the inversion's reconstructions) and
     ``edited_images``, one pair per row, in the call's ``output_type`` (`ldmkit.pipelines.calling.image_output`);
     ``images``: each source followed by its edit, as diffusers' Prompt-to-Prompt pipeline lists one image per
-    prompt of ``[source, target]``."""
+    prompt of ``[source, target]``. As every pipeline's output (`ImagePipelineOutput`), the output is also the
+    list of its ``images``: ``out[0]`` the first source, ``out[1]`` its edit."""
 
-    source_images: list[Image.Image] | torch.Tensor | np.ndarray
-    edited_images: list[Image.Image] | torch.Tensor | np.ndarray
-
-    @property
-    def images(self) -> list[Image.Image] | torch.Tensor | np.ndarray:
-        pairs = list(zip(self.source_images, self.edited_images))
-        if isinstance(self.source_images, list):
-            return [image for pair in pairs for image in pair]
-        stack = torch.stack if isinstance(self.source_images, torch.Tensor) else np.stack
-        return stack([image for pair in pairs for image in pair])
+    def __init__(self, source_images: list[Image.Image] | torch.Tensor | np.ndarray,
+                 edited_images: list[Image.Image] | torch.Tensor | np.ndarray):
+        self.source_images, self.edited_images = source_images, edited_images
+        pairs = [image for pair in zip(source_images, edited_images) for image in pair]
+        if not isinstance(source_images, list):
+            pairs = (torch.stack if isinstance(source_images, torch.Tensor) else np.stack)(pairs)
+        super().__init__(pairs)
 
 
 class PromptToPromptPipeline(Pipeline):
@@ -78,7 +77,8 @@ class PromptToPromptPipeline(Pipeline):
     cross- and self-attention; ``local_blend_words``: confine the change to where these words attend
     (one list for every pair, or one list per pair). ``image``: edit a real image instead (one per
     source prompt), inverted with null-text inversion unless ``null_text=False``. ``spacing`` None: the DDIM grid
-    `TextToImagePipeline` samples this model on (`ddim_grid`), so that equal prompts give its image.
+    `TextToImagePipeline` samples this model on (`ddim_grid`), so that equal prompts give its image (up to float
+    rounding). The output is an `EditOutput`.
     """
 
     kinds = ("text",)
@@ -94,14 +94,14 @@ class PromptToPromptPipeline(Pipeline):
                  cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
                  local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                  blend_threshold: float = 0.3, image: ImageInput | None = None, null_text: bool = True,
-                 steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0, num_images: int = 1,
-                 spacing: str | None = None, height: int | None = None, width: int | None = None,
+                 steps: int | None = None, guidance: float | None = None, seed: int | torch.Generator = 0,
+                 num_images: int = 1, spacing: str | None = None, height: int | None = None, width: int | None = None,
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil") -> EditOutput:
         """`edit_tensors`' pairs as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
-        num_inference_steps, guidance_scale, num_images_per_prompt, generator); an ``image`` tensor is read in
-        [0, 1], as diffusers reads it and ``output_type="pt"`` returns it (`diffusers_image`; `edit_tensors` and
-        `invert` read [-1, 1])."""
+        num_inference_steps, guidance_scale, num_images_per_prompt, generator; None: 25 steps, guidance 4, as
+        text-to-image's); an ``image`` tensor is read in [0, 1], as diffusers reads it and ``output_type="pt"``
+        returns it (`diffusers_image`; `edit_tensors` and `invert` read [-1, 1])."""
         source, edited = self.edit_tensors(
             source_prompt, target_prompt, mode, cross_replace_steps, self_replace_steps, local_blend_words,
             blend_threshold, diffusers_image(image), null_text, steps, guidance, seed, num_images, spacing, height,
@@ -132,19 +132,21 @@ class PromptToPromptPipeline(Pipeline):
                      cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4,
                      local_blend_words: Sequence[str] | Sequence[Sequence[str]] | None = None,
                      blend_threshold: float = 0.3, image: ImageInput | Inversion | None = None,
-                     null_text: bool = True, steps: int = 25, guidance: float = 4.0, seed: int | torch.Generator = 0,
-                     num_images: int = 1, spacing: str | None = None, height: int | None = None,
-                     width: int | None = None, progress: bool = False,
+                     null_text: bool = True, steps: int | None = None, guidance: float | None = None,
+                     seed: int | torch.Generator = 0, num_images: int = 1, spacing: str | None = None,
+                     height: int | None = None, width: int | None = None, progress: bool = False,
                      callback: Callable[[int, int], None] | None = None,
                      latents_callback: LatentsCallback | None = None,
                      latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source images, edited images), each B×3×H×W in [-1, 1] with B = pairs × ``num_images``.
+        """(source images, edited images), each B×3×H×W in [-1, 1] with B = pairs × ``num_images``; ``steps`` and
+        ``guidance`` None: `DEFAULT_STEPS` and `DEFAULT_GUIDANCE`.
 
         From noise, z_T is drawn as `TextToImagePipeline` draws it for the source prompts with the same
         seed, and the steps run on the grid it samples with by default (`ddim_grid`), so with equal prompts both
-        rows are its plain sample; ``latents`` gives z_T instead (float32[B, C, h, w],
-        one row per pair and image, as diffusers' ``latents``). ``image`` (or an `Inversion` made
-        earlier by `invert` with the same steps, guidance and spacing) starts from its inverted z_T.
+        rows are its plain sample up to float rounding (the batch differs, and a controlled attention layer
+        computes softmax(Q Kᵀ / √d) itself rather than with the fused kernel); ``latents`` gives z_T instead
+        (float32[B, C, h, w], one row per pair and image, as diffusers' ``latents``). ``image`` (or an `Inversion`
+        made earlier by `invert` with the same steps, guidance and spacing) starts from its inverted z_T.
         ``latents_callback(i, latents, mask)`` sees the [source; edited] latents after step i and the
         local-blend mask B float32[pairs × num_images, 1, h, w] applied there (None without local blend).
         """
@@ -156,8 +158,10 @@ class PromptToPromptPipeline(Pipeline):
             raise UsageError(f"{len(sources)} source prompts but {len(targets)} target prompts; give one target per source")
         if num_images < 1:
             raise UsageError(f"num_images must be at least 1, got {num_images}")
+        steps, guidance = edit_defaults(steps, guidance)
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
+        check_steps(steps, self.model.schedule.num_timesteps)
         check_edit_guidance(guidance)
         grid = self.ddim_grid(spacing)
         blend_words = _per_pair(local_blend_words, len(sources))
@@ -167,11 +171,11 @@ class PromptToPromptPipeline(Pipeline):
         inversion = None
         if image is not None:
             if num_images != 1:
-                raise UsageError("a real image is edited once: num_images must be 1 with an image")
+                raise UsageError(f"num_images_per_prompt = {num_images} with an image; a real image is edited "
+                                 "once: num_images_per_prompt must be 1")
             if isinstance(image, Inversion):
                 inversion = image
-                if (inversion.steps, inversion.guidance, inversion.spacing) != (steps, guidance, grid["spacing"]):
-                    raise UsageError("the inversion was made for other steps, guidance or spacing than this edit's")
+                check_inversion_fits(inversion, steps, guidance, grid["spacing"])
                 if inversion.latents.shape[0] != len(sources):
                     raise UsageError(f"the inversion holds {inversion.latents.shape[0]} images for {len(sources)} "
                                      "source prompts; give one image per prompt")
@@ -182,7 +186,8 @@ class PromptToPromptPipeline(Pipeline):
                 # alignment errors before the minutes an inversion takes
                 self.controller(sources, targets, mode, steps, cross_replace_steps, self_replace_steps,
                                 blend_words, blend_threshold, latent_hw)
-                inversion = self.invert(images, sources, steps, guidance, null_text, spacing, progress)
+                inversion = self.invert(images, sources, num_inference_steps=steps, guidance_scale=guidance,
+                                        null_text=null_text, spacing=spacing, progress=progress)
             latent_hw = tuple(inversion.latents.shape[-2:])
             grid = {**grid, "steps_offset": None}  # the grid the inversion stepped on (`ddim_inversion`: offset 1)
         sources = [p for p in sources for _ in range(num_images)]
@@ -239,7 +244,8 @@ class PromptToPromptPipeline(Pipeline):
     def ddim_grid(self, spacing: str | None = None) -> dict:
         """`sample_ddim`'s grid keywords for an edit: ``spacing`` as given; None: the grid `TextToImagePipeline`
         samples this model on with DDIM, its default (`Pipeline.grid_options`: a diffusers folder's scheduler config,
-        else DDIM's trailing), so that equal prompts give exactly the image it draws with the same seed and steps."""
+        else DDIM's trailing), so that equal prompts give the image it draws with the same seed and steps (up to
+        float rounding)."""
         grid = self.grid_options("ddim", spacing)
         return {**grid, "spacing": grid["spacing"] or DEFAULT_SPACING["ddim"]}
 
@@ -254,13 +260,19 @@ class PromptToPromptPipeline(Pipeline):
                              f"{width}×{height} images")
         return images
 
+    @diffusers_call(inputs=2)
     @torch.no_grad()
-    def invert(self, image: ImageInput, prompt: str | list[str], steps: int = 25, guidance: float = 4.0,
-               null_text: bool = True, spacing: str | None = None, progress: bool = False,
-               inner_steps: int = 10) -> Inversion:
+    def invert(self, image: ImageInput, prompt: str | list[str], steps: int | None = None,
+               guidance: float | None = None, null_text: bool = True, spacing: str | None = None,
+               progress: bool = False, inner_steps: int = 10) -> Inversion:
         """The `Inversion` of image(s) under their prompt(s): DDIM inversion of z_0 = E(x), then, with
         ``null_text``, the per-step unconditional contexts (`null_text_optimization`); ``spacing`` None: the
-        edit's own (`ddim_grid`; a leading grid with the inversion's steps_offset 1, which the edit then takes)."""
+        edit's own (`ddim_grid`; a leading grid with the inversion's steps_offset 1, which the edit then takes).
+        Options by keyword, under diffusers' names as the call's: ``num_inference_steps`` and ``guidance_scale``
+        (None: `DEFAULT_STEPS`, `DEFAULT_GUIDANCE`), the edit's own; ``steps=`` and ``guidance=`` still work,
+        deprecated (`ldmkit.pipelines.calling`)."""
+        steps, guidance = edit_defaults(steps, guidance)
+        check_steps(steps, self.model.schedule.num_timesteps)
         check_edit_guidance(guidance)
         spacing = self.ddim_grid(spacing)["spacing"]
         model = self.model
@@ -293,6 +305,24 @@ def _frozen(module: torch.nn.Module):
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
+
+
+def edit_defaults(steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """(steps, guidance) of an edit or an inversion: each as given, or where None text-to-image's default
+    (`DEFAULT_STEPS`, `DEFAULT_GUIDANCE`)."""
+    return (DEFAULT_STEPS if steps is None else steps), (DEFAULT_GUIDANCE if guidance is None else guidance)
+
+
+def check_inversion_fits(inversion: Inversion, steps: int, guidance: float, spacing: str) -> None:
+    """A `UsageError` naming each of steps, guidance and spacing in which ``inversion`` differs from the edit's:
+    the edit must step back along the grid and with the guidance the inversion was made on."""
+    made = {"num_inference_steps": inversion.steps, "guidance_scale": inversion.guidance, "spacing": inversion.spacing}
+    asked = {"num_inference_steps": steps, "guidance_scale": guidance, "spacing": spacing}
+    differ = [name for name in made if made[name] != asked[name]]
+    if differ:
+        raise UsageError(f"the inversion was made for {', '.join(f'{n}={made[n]!r}' for n in differ)}, but this edit "
+                         f"has {', '.join(f'{n}={asked[n]!r}' for n in differ)}; edit with the inversion's, or invert "
+                         "again with the edit's")
 
 
 def check_edit_guidance(guidance: float, name: str = "guidance_scale") -> None:
