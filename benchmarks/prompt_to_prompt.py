@@ -308,7 +308,8 @@ def run_real(pipe: PromptToPromptPipeline, judge: AttributePredictor, count: int
     for start in range(0, count, args.batch):
         batch, x = edits[start: start + args.batch], torch.stack(images[start: start + args.batch])
         t0 = time.perf_counter()
-        inversion = pipe.invert(x, [e.source for e in batch], steps=args.steps, guidance=args.guidance)
+        inversion = pipe.invert(x, [e.source for e in batch], num_inference_steps=args.steps,
+                                 guidance_scale=args.guidance)
         t1 = time.perf_counter()
         seconds["inversion"] += t1 - t0
         seconds["real"] += len(batch)
