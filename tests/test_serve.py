@@ -31,7 +31,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ldmkit import load_pipeline  # noqa: E402
-from ldmkit.cli import main  # noqa: E402
+from ldmkit.cli import build_parser, main  # noqa: E402
 from ldmkit.errors import UsageError  # noqa: E402
 from ldmkit.serve import JobState, Limits, create_app  # noqa: E402
 from ldmkit.serve.app import begin_shutdown, closing_server  # noqa: E402
@@ -217,8 +217,8 @@ def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
     text_fields = ["model", "mode", "prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras",
                    "num_images", "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
-    img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", "steps",
-                      "guidance", "sampler", "eta", "seed"]
+    img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength",
+                      "karras", "steps", "guidance", "sampler", "eta", "seed"]
     assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
                      "accepts": {"generate": text_fields, "img2img": img2img_fields},
                      "required": {"generate": ["prompt"], "img2img": ["image", "prompt"]},
@@ -685,3 +685,132 @@ def test_a_wait_the_server_cancels_cancels_its_job_too():
 
     asyncio.run(cancel_the_wait())
     assert job.state is JobState.cancelled and queue.load() == (0, False)
+
+
+# --------------------------------------------------------------------------------------------------
+# what an answer could not echo, HEAD, a body sent without its content type, CORS
+
+
+DEEP = "[" * 960 + "]" * 960  # the JSON parser reads it; an answer echoing it could not be written
+UNECHOABLE = [  # (route, body as JSON text (Python's json.dumps writes NaN and Infinity), the field at fault)
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "steps": 2, "subseed_strength": NaN}', ["body", "subseed_strength"]),
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "steps": 2, "override_settings": {"CLIP_stop_at_last_layers": Infinity}}',
+     ["body", "override_settings", "CLIP_stop_at_last_layers"]),
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "steps": 2, "styles": ["\\ud800"]}', ["body", "styles", 0]),
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "steps": 2, "comments": ' + DEEP + "}", ["body", "comments"]),
+    ("/sdapi/v1/img2img", '{"prompt": "a", "steps": 2, "init_images": ["__IMAGE__"], "mask_blur": -Infinity}',
+     ["body", "mask_blur"]),
+    ("/sdapi/v1/options", '{"sd_model_checkpoint": NaN}', ["body", "sd_model_checkpoint"]),
+    ("/v1/images/generations", '{"prompt": "a", "size": "32x32", "quality": NaN}', "quality"),
+    ("/v1/images/generations", '{"prompt": "a", "output_compression": Infinity}', "output_compression"),
+    ("/v1/images/generations", '{"prompt": "a", "user": ' + DEEP + "}", "user"),
+]
+
+
+@pytest.mark.parametrize("route, body, field", UNECHOABLE, ids=[f"{r}-{str(f)[:40]}" for r, _, f in UNECHOABLE])
+def test_a_field_an_answer_could_not_echo_is_a_4xx_naming_it_before_any_job(tmp_path, route, body, field):
+    """A NaN, an Infinity, a lone surrogate or nesting ~960 deep in a field the server accepts without reading it
+    (and echoes in its answer) is each family's 4xx naming the field, at once: no job runs, no file is written."""
+    pipe = FakePipeline()
+    body = body.replace("__IMAGE__", png_b64(noise_image(32, 32)))
+    with fake_client(pipe, output_dir=tmp_path / "out") as client:
+        r = client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+        if route.startswith("/v1/images"):
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["param"] == field and error["message"].startswith(field), r.text
+        else:
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == field, r.text
+        message = json.dumps(r.json())
+        assert "JSON number" in message or "nested more than 32" in message or "surrogate" in message, message
+        assert client.get("/healthz").json()["queued"] == 0
+    assert pipe.calls == 0 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_body_nested_too_deep_for_the_parser_is_a_400_saying_so_in_each_familys_shape():
+    body = b'{"prompt": "a", "steps": 2, "foo": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    pipe = FakePipeline()
+    with fake_client(pipe) as client:
+        for route in ("/v1/generate", "/sdapi/v1/txt2img", "/v1/images/generations"):
+            r = client.post(route, content=body, headers={"content-type": "application/json"})
+            answer = r.json()
+            message = (answer["error"]["message"] if route.startswith("/v1/images") else answer["detail"])
+            assert r.status_code == 400 and "too deep for the JSON parser" in message, (route, r.text)
+    assert pipe.calls == 0
+
+
+def test_fields_an_answer_can_echo_are_still_taken_and_listed():
+    nested = {"controlnet": {"args": [{"enabled": True, "weight": 0.5, "guidance": [0.0, 1.0]}]}}
+    with fake_client(FakePipeline()) as client:
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2, "alwayson_scripts": nested,
+                                                   "subseed_strength": 0.5})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["not_honoured"] == {"alwayson_scripts": nested, "subseed_strength": 0.5}
+        r = client.post("/v1/images/generations", json={"prompt": "a", "quality": "hd", "response_format": "b64_json"})
+        assert r.status_code == 200 and r.json()["ldmkit"]["not_honoured"] == {"quality": "hd"}, r.text
+
+
+def test_head_answers_as_get_without_a_body():
+    with fake_client(FakePipeline()) as client:
+        job = client.post("/v1/generate", json={"prompt": "a", "steps": 1}).json()["id"]
+        openai_url = client.post("/v1/images/generations", json={"prompt": "a"}).json()["data"][0]["url"]
+        for path in ("/", "/healthz", "/v1/models", "/v1/ldmkit/models", f"/v1/jobs/{job}/images/0.png",
+                     openai_url.removeprefix("http://testserver"), "/static/app.js", "/openapi.json"):
+            get, head = client.get(path), client.head(path)
+            assert (head.status_code, head.content) == (200, b""), (path, head.status_code)
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            assert head.headers["content-length"] == str(len(get.content)), path
+        assert client.head(f"/v1/jobs/{job}/images/5.png").status_code == 404
+        r = client.head("/v1/generate")  # a POST route: as GET, 405 naming POST
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain; charset=utf-8"])
+def test_a_json_body_sent_as_another_type_is_told_to_send_it_as_json_in_each_familys_shape(content_type):
+    """curl -d sends a JSON body as a form: the answer says which Content-Type is expected, not that the body
+    is no object."""
+    says = "the body must be JSON sent with Content-Type: application/json"
+    pipe = FakePipeline()
+    with fake_client(pipe) as client:
+        body = b'{"prompt": "a", "steps": 2}'
+        for route in ("/v1/generate", "/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/options", "/v1/edit"):
+            r = client.post(route, content=body, headers={"content-type": content_type})
+            assert r.status_code == 422, (route, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body"] and r.json()["detail"][0]["msg"].startswith(says), r.text
+        r = client.post("/v1/images/generations", content=body, headers={"content-type": content_type})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith(says), r.text
+        assert r.json()["error"]["param"] is None
+        # still JSON: application/json with a charset, or no Content-Type at all (FastAPI reads it as JSON)
+        assert client.post("/v1/generate", content=body, headers={"content-type": "application/json; charset=utf-8"}
+                           ).status_code == 200
+    assert pipe.calls == 1
+
+
+def test_cors_is_off_by_default_and_lets_the_origins_given_read_answers():
+    origin = {"origin": "http://localhost:3000"}
+    preflight = {**origin, "access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+    with fake_client(FakePipeline()) as client:
+        assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
+        assert client.options("/v1/generate", headers=preflight).status_code == 405
+    with fake_client(FakePipeline(), cors_allow_origins=["http://localhost:3000"],
+                     allowed_hosts={"testserver"}) as client:
+        r = client.options("/v1/generate", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        r = client.post("/v1/generate", json={"prompt": "a", "steps": 1}, headers=origin)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        r = client.post("/v1/generate", content=b"x" * 70_000, headers=origin)  # BodyLimit's 413 readable too
+        assert r.status_code == 413 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        other = client.get("/healthz", headers={"origin": "http://evil.example"})
+        assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+        # the Host check still comes first: a rebinding page's Host is refused whatever its origin
+        assert client.get("/healthz", headers={**origin, "host": "evil.example"}).status_code == 400
+
+
+def test_cors_allow_origins_takes_a1111s_comma_separated_origins_and_refuses_a_path(capsys):
+    args = build_parser().parse_args(["serve", "--cors-allow-origins", "http://localhost:3000, https://app.example"])
+    assert args.cors_allow_origins == ["http://localhost:3000", "https://app.example"]
+    assert build_parser().parse_args(["serve"]).cors_allow_origins is None
+    for bad in ("http://localhost:3000/", "localhost:3000", ","):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["serve", "--cors-allow-origins", bad])
+        assert e.value.code == 2 and "--cors-allow-origins" in capsys.readouterr().err

@@ -21,9 +21,13 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 webuiapi = pytest.importorskip("webuiapi", reason="the test extra's webuiapi is not installed")
 requests = pytest.importorskip("requests")
 
+from fastapi.testclient import TestClient  # noqa: E402
+
 from ldmkit import load_pipeline  # noqa: E402
 from ldmkit.pipelines import ImageToImagePipeline  # noqa: E402
 from ldmkit.cli import main  # noqa: E402
+from ldmkit.serve import create_app  # noqa: E402
+from test_serve import FakePipeline  # noqa: E402
 from tests.serve_live import inpaint_pipeline, live_server  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
@@ -419,3 +423,28 @@ def test_txt2img_reads_a1111s_prompt_syntax_and_its_command_does_too(api, tiny_p
                                                            num_inference_steps=4, generator=2, prompt_syntax="a1111")
     served = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB")
     assert served.tobytes() == direct.images[0].convert("RGB").tobytes()
+
+
+def test_progress_estimates_the_time_left_from_the_running_jobs_step_rate():
+    """eta_relative (A1111: seconds left) is the running job's time so far per step times the steps left, and
+    job_timestamp when it started, as A1111 writes it; both 0 / "0" with no job running."""
+    pipe = FakePipeline(step_s=0.05)
+    with TestClient(create_app(pipe, limits=FakePipeline.limits, model_name="fake")) as client:
+        idle = client.get("/sdapi/v1/progress").json()
+        assert (idle["eta_relative"], idle["state"]["job_timestamp"]) == (0.0, "0")
+        before = time.strftime("%Y%m%d%H%M%S")
+        answer = {}
+        thread = threading.Thread(target=lambda: answer.update(r=client.post(
+            "/sdapi/v1/txt2img", json={"prompt": "a", "steps": 40, "sampler_name": "DDIM"})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while (progress := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] < 4:
+            assert time.monotonic() < deadline, progress
+            time.sleep(0.02)
+        step = progress["state"]["sampling_step"]
+        # at least the 0.05 s each step sleeps, for each step left (the measured rate includes the sleeps)
+        assert 0.05 * (40 - step) * 0.9 <= progress["eta_relative"] < 60, progress
+        assert before <= progress["state"]["job_timestamp"] <= time.strftime("%Y%m%d%H%M%S"), progress
+        client.post("/sdapi/v1/interrupt")
+        thread.join(30)
+        assert answer["r"].status_code == 409

@@ -32,6 +32,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from ldmkit.cli import build_parser, main  # noqa: E402
 from ldmkit.cli.serve import load_models, model_specs  # noqa: E402
 from ldmkit.errors import UsageError  # noqa: E402
+from ldmkit.pipelines import ImageToImagePipeline  # noqa: E402
 from ldmkit.pipelines.by_kind import load_any_pipeline  # noqa: E402
 from ldmkit.serve import create_app  # noqa: E402
 from ldmkit.serve.served import served_model  # noqa: E402
@@ -642,3 +643,62 @@ def test_usage_error_for_no_model_or_a_name_twice_in_create_app():
         create_app(models=[served_model("a", pipe, limits=FakePipeline.limits)] * 2)
     with pytest.raises(UsageError):
         create_app(pipe, models=[served_model("a", pipe, limits=FakePipeline.limits)])
+
+
+def test_a1111_override_settings_not_restored_afterwards_switches_the_current_model():
+    """override_settings_restore_afterwards: false keeps the request's checkpoint for later requests, as A1111
+    keeps the override (and as POST /sdapi/v1/options switches it); true, its default, restores it; a request
+    refused before its job switches nothing."""
+    models = [served_model(name, FakePipeline(), limits=FakePipeline.limits) for name in ("a", "b", "c")]
+    with TestClient(create_app(models=models)) as client:
+        def txt2img(**body):
+            r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, **body})
+            assert r.status_code == 200, r.text
+            return json.loads(r.json()["info"])
+
+        current = lambda: client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]  # noqa: E731
+        once = txt2img(override_settings={"sd_model_checkpoint": "b"}, override_settings_restore_afterwards=True)
+        assert once["sd_model_name"] == "b" and current() == "a"
+        kept = txt2img(override_settings={"sd_model_checkpoint": "b"}, override_settings_restore_afterwards=False)
+        assert kept["sd_model_name"] == "b" and kept["not_honoured"] == {} and current() == "b"
+        assert txt2img()["sd_model_name"] == "b"
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "sampler_name": "nope",
+                                                   "override_settings": {"sd_model_checkpoint": "c"},
+                                                   "override_settings_restore_afterwards": False})
+        assert r.status_code == 422 and current() == "b"
+        assert txt2img(override_settings_restore_afterwards=False)["sd_model_name"] == "b" and current() == "b"
+    assert [pipe.calls for pipe in (m.pipelines["generate"] for m in models)] == [0, 4, 0]
+
+
+def test_an_image_jobs_settings_post_back_to_v1_generate_and_draw_the_same_image(base, pipes):
+    """The settings a /v1 image job reports (its size, num_images 1, mask_name, strength, karras, …) are taken
+    back by /v1/generate with the inputs, as the generate mode's are, and draw the same image; karras runs where
+    the mode's pipeline takes it (img2img, inpaint: A1111's img2img reports karras true); a value the job could
+    not have is refused naming the field, since it would change nothing but mislead."""
+    source, small, mask = noise(32, 11), noise(8, 12), Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))
+    inputs = {"img2img": {"model": "txt", "mode": "img2img", "image": b64png(source), "prompt": PROMPT,
+                          "karras": True, "sampler": "dpmpp-2m"},
+              "upscale": {"model": "sr", "image": b64png(small)},
+              "inpaint": {"model": "inp", "image": b64png(source), "mask": b64png(mask), "karras": True}}
+    for mode, body in inputs.items():
+        first = draw(base, {**body, "steps": 4, "seed": 9})
+        settings = first["settings"]
+        assert settings["mode"] == mode and settings["karras"] == (mode != "upscale"), settings
+        again = draw(base, {**settings, **{k: v for k, v in body.items() if k in ("image", "mask")}})
+        assert again["settings"] == settings, mode
+        assert again["images"][0]["png_base64"] == first["images"][0]["png_base64"], mode
+        if mode == "img2img":
+            direct = ImageToImagePipeline(pipes["txt"].model)(source, PROMPT, strength=settings["strength"],
+                                                              num_inference_steps=4, generator=9,
+                                                              sampler="dpmpp-2m", karras=True)
+            assert decoded(first["images"][0]["png_base64"]).tobytes() == rgb(direct)[0]
+    misleading = [({**inputs["img2img"], "width": 64}, "width"), ({**inputs["img2img"], "num_images": 2}, "num_images"),
+                  ({**inputs["img2img"], "mask_name": "mask.png"}, "mask_name"),
+                  ({**inputs["upscale"], "karras": True}, "karras"), ({**inputs["upscale"], "height": 8}, "height"),
+                  ({**inputs["inpaint"], "strength": 0.5}, "strength"),
+                  ({**inputs["inpaint"], "negative_prompt": "blurry"}, "negative_prompt")]
+    for body, field in misleading:
+        r = requests.post(f"{base}/v1/generate", json=body, timeout=10)
+        assert r.status_code == 422 and [e["loc"][-1] for e in r.json()["detail"]] == [field], r.text
+        assert "leave it out or send" in r.json()["detail"][0]["msg"], r.text

@@ -215,3 +215,25 @@ def test_an_edit_forms_bad_n_gets_validations_own_message(fake, n, says):
     r = fake.post("/v1/images/edits", files={"image": image}, data={"prompt": "a", "n": n})
     error = openai_error(r)
     assert r.status_code == 400 and error["param"] == "n" and says in error["message"], error
+
+
+def test_an_edit_of_several_images_says_that_its_settings_redraw_image_0_only(client, inpaint):
+    """An edit's n images are one batch from one seed; /v1/generate's inpaint mode and `ldmkit inpaint` draw one
+    image a call, so the answer's ldmkit notes say that the settings redraw image 0 only (n=1 needs no note)."""
+    source = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    mask = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 16, 32))  # transparent left half: repaint it
+    result = client.images.edit(image=png_file(source), mask=png_file(mask), prompt="a red circle", n=2,
+                                response_format="b64_json")
+    extra = result.model_extra["ldmkit"]
+    assert len(result.data) == 2 and len(extra["notes"]) == 1, extra
+    assert "redraw image 0 only" in extra["notes"][0] and "one batch" in extra["notes"][0]
+    s, white = extra["settings"], Image.new("L", (32, 32), 0)
+    white.paste(255, (0, 0, 16, 32))
+    alone = inpaint(source, white, "a red circle", num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+                    generator=s["seed"])
+    images = [decode(d.b64_json).convert("RGB").tobytes() for d in result.data]
+    assert images[0] == alone[0].convert("RGB").tobytes() and images[1] != images[0]
+    single = client.images.edit(image=png_file(source), mask=png_file(mask), prompt="a red circle", n=1,
+                                response_format="b64_json")
+    assert single.model_extra["ldmkit"]["notes"] == []

@@ -31,6 +31,7 @@ from ldmkit.pretrained import SHIPPED, resolve_model
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_NAME = "shapes64"  # the name the shipped model is served under when no --model is given
 PREDICTIONS = ("epsilon", "v")  # --prediction's values, as `ldmkit generate`'s
+CORS_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")  # what a browser sends in Origin: no path, no trailing "/"
 
 
 def positive_float(text: str) -> float:
@@ -41,6 +42,19 @@ def positive_float(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def cors_origins(text: str) -> list[str]:
+    """--cors-allow-origins' comma-separated origins (A1111's form): each ``*`` or ``scheme://host[:port]`` as a
+    browser sends it in ``Origin``, with no path (a trailing "/" would never match)."""
+    origins = [origin.strip() for origin in text.split(",") if origin.strip()]
+    if not origins:
+        raise argparse.ArgumentTypeError("expected origins separated by commas, e.g. http://localhost:3000")
+    for origin in origins:
+        if origin != "*" and not CORS_ORIGIN.match(origin):
+            raise argparse.ArgumentTypeError(f"{origin!r} is not an origin: http:// or https://, a host and an "
+                                             f"optional :port, nothing after (e.g. http://localhost:3000), or *")
+    return origins
 
 
 def port_number(text: str) -> int:
@@ -207,7 +221,8 @@ def cmd_serve(args) -> None:
     try:
         hosts = allowed_hosts(args.host, args.allowed_host)
         app = create_app(models=load_models(args, specs, options), max_queue=args.max_queue, timeout=args.timeout,
-                         output_dir=args.output_dir, allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host))
+                         output_dir=args.output_dir, allowed_hosts=hosts, any_ip_host=_is_unspecified(args.host),
+                         cors_allow_origins=args.cors_allow_origins or ())
     except BaseException:
         sock.close()
         raise
@@ -236,6 +251,11 @@ def add_parsers(sub) -> None:
                    help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "
                         "the --host address and, on loopback, localhost: a page elsewhere cannot reach the server "
                         "through a DNS name pointed at this machine (DNS rebinding)")
+    p.add_argument("--cors-allow-origins", type=cors_origins, metavar="ORIGINS",
+                   help="let pages from these origins read the answers in a browser (CORS), as A1111's option of "
+                        "this name: comma-separated, e.g. http://localhost:3000,https://app.example; '*': any page "
+                        "anywhere. Default: none (the browser's same-origin rule). The Host check (--allowed-host) "
+                        "still applies")
     p.add_argument("--port", type=port_number, default=7860, help="0 picks a free port (printed at start)")
     p.add_argument("--max-queue", type=positive_int, default=8,
                    help="jobs that may wait while one runs; more get 503 with Retry-After (default 8)")

@@ -19,12 +19,14 @@ A txt2img job is the same job as ``POST /v1/generate`` with the same settings, s
 ``denoising_strength`` noises the init image part-way, for SDEdit and for an inpainting model alike, and one
 with which no step would run (0, A1111's "return the input", included) is a 422 naming it before any job.
 txt2img and img2img run on the current model, or on the one their ``override_settings`` name for that
-request alone (`a1111_checkpoints`). ``info`` and ``infotexts`` name the sampler that ran in A1111's words
-(`a1111_sampler`). Validation errors are FastAPI's 422 naming the field,
-as A1111's are (it is a FastAPI app too), a size the model cannot draw and a request its pipeline refuses
-included; the other errors take A1111's shape ``{"error", "detail", "body", "errors"}``: 503 when the queue
-is full (with Retry-After) or the server is shutting down, 504 past the deadline, 409 when interrupted, 501
-for a model that cannot do what is asked, 422 for an unknown checkpoint, 413 for a body over 16 MiB.
+request alone (with ``override_settings_restore_afterwards: false``, from then on: `a1111_checkpoints`).
+``info`` and ``infotexts`` name the sampler that ran in A1111's words (`a1111_sampler`). Validation errors are
+FastAPI's 422 naming the field, as A1111's are (it is a FastAPI app too), a size the model cannot draw, a
+request its pipeline refuses and a field ldmkit does not read but echoes that JSON cannot write back (NaN,
+Infinity, nesting over 32 deep: `echo_errors`) included; the other errors take A1111's shape ``{"error",
+"detail", "body", "errors"}``: 503 when the queue is full (with Retry-After) or the server is shutting down,
+504 past the deadline, 409 when interrupted, 501 for a model that cannot do what is asked, 422 for an unknown
+checkpoint, 413 for a body over 16 MiB.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ldmkit.serve.a1111_schemas import (
     sampler_for, sampler_names, size_for,
 )
 from ldmkit.serve.a1111_checkpoints import Checkpoints, add_checkpoint_routes
-from ldmkit.serve.handling import WAIT_ERRORS, submit, wait_done
+from ldmkit.serve.handling import WAIT_ERRORS, echo_errors, submit, wait_done
 from ldmkit.serve.image_jobs import (
     ImageInputError, a1111_mask, decode_image, png_bytes, selects_nothing, strength_errors,
 )
@@ -109,6 +111,13 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             raise RequestValidationError(errors)
         return sampler, width, height, notes
 
+    def check_echo(request: Txt2ImgRequest) -> None:
+        """A 422 for what the answer, which echoes the fields ldmkit does not read, could not write as JSON
+        (`echo_errors`), before anything else is done with the request."""
+        errors = echo_errors({**request.extra_fields(), "override_settings": request.override_settings})
+        if errors:
+            raise RequestValidationError(errors)
+
     def seed_of(request: Txt2ImgRequest) -> int:
         return request.seed if request.seed >= 0 else random_seed()
 
@@ -149,6 +158,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
     async def txt2img(request: Txt2ImgRequest, http: Request):
         """Text to image with A1111's fields, on the current model (or ``override_settings``'); the same job as
         POST /v1/generate, the prompts read in A1111's syntax (``prompt_syntax`` a1111: emphasis, BREAK, chunks)."""
+        check_echo(request)
         served = checkpoints.for_request(request.override_settings)
         if "generate" not in served.pipelines:
             raise _cannot(served, "draw from text (txt2img needs a text model)")
@@ -158,6 +168,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                             sampler=sampler, karras=karras, eta=eta_for(request, sampler), seed=seed_of(request),
                             num_images=request.num_images(), width=width, height=height, prompt_syntax="a1111")
         job = submit(queue, settings)
+        checkpoints.keep_override(request.override_settings,
+                                  request.extra_fields().get("override_settings_restore_afterwards"))
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
@@ -171,6 +183,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         read as the CLI reads its files (`decode_image`, `to_rgb`), the mask as A1111 reads it (`a1111_mask`); a
         mask that selects no pixel is no mask, as an empty one. A strength that runs no step is a 422 naming
         ``denoising_strength`` before the job is queued (`strength_errors`)."""
+        check_echo(request)
         served = checkpoints.for_request(request.override_settings)
         limits = served.limits
         image_mode(served, request.mask is not None)  # a model that cannot: 501 before the images are read
@@ -213,6 +226,8 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask),
             prompt_syntax="a1111")
         job = submit(queue, settings)
+        checkpoints.keep_override(request.override_settings,
+                                  request.extra_fields().get("override_settings_restore_afterwards"))
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
@@ -228,13 +243,20 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
 
     @app.get("/sdapi/v1/progress", tags=["automatic1111"])
     def progress() -> dict:
+        """The running job's progress: ``eta_relative`` the seconds it has left at its rate so far (time since it
+        started / steps done × steps left; 0 before its first step), ``job_timestamp`` when it started."""
         job = queue.running()
         queued, _ = queue.load()
         fraction = 0.0 if job is None or not job.total else job.step / job.total
-        return {"progress": round(fraction, 4), "eta_relative": 0.0, "current_image": None, "textinfo": None,
+        started = None if job is None else job.started
+        spent = 0.0 if started is None else queue.clock() - started
+        eta = spent / job.step * (job.total - job.step) if started is not None and job.step else 0.0
+        timestamp = "0" if started is None else time.strftime("%Y%m%d%H%M%S", time.localtime(time.time() - spent))
+        return {"progress": round(fraction, 4), "eta_relative": round(max(eta, 0.0), 2), "current_image": None,
+                "textinfo": None,
                 "state": {"skipped": False, "interrupted": job is not None and job.stop_request is not None,
                           "job": "" if job is None else job.id, "job_count": queued + (job is not None),
-                          "job_timestamp": "0", "job_no": 0, "sampling_step": 0 if job is None else job.step,
+                          "job_timestamp": timestamp, "job_no": 0, "sampling_step": 0 if job is None else job.step,
                           "sampling_steps": 0 if job is None else job.total}}
 
     @app.post("/sdapi/v1/interrupt", tags=["automatic1111"])

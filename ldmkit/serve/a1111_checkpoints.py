@@ -6,7 +6,10 @@
 
 As in A1111 the current model is the server's, not a client's: a switch holds for every later request
 from anyone until the next switch, and starts as the first model served. ``override_settings:
-{"sd_model_checkpoint": NAME}`` in a txt2img or img2img body uses NAME for that request alone. Nothing is
+{"sd_model_checkpoint": NAME}`` in a txt2img or img2img body uses NAME for that request alone, or, with
+``override_settings_restore_afterwards: false``, makes NAME the current model from that request on (as
+POST /sdapi/v1/options would, once the request is valid and its job queued; A1111 keeps the override
+so). Nothing is
 loaded by a switch: every model is in memory from the start (`ldmkit.serve.served`). A name not served is
 answered in A1111's error shape, ``{"error", "detail", "body", "errors"}`` (`A1111Error`), with status 422
 (A1111 itself answers an unknown checkpoint in POST options with 500).
@@ -15,8 +18,10 @@ answered in A1111's error shape, ``{"error", "detail", "body", "errors"}`` (`A11
 from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from ldmkit.serve.handling import echo_errors
 from ldmkit.serve.served import ServedModel, ServedModels
 
 
@@ -71,6 +76,13 @@ class Checkpoints:
         name = override_settings.get("sd_model_checkpoint")
         return self.find(self.current if name is None else name)
 
+    def keep_override(self, override_settings: dict, restore_afterwards) -> None:
+        """After a request's job is queued: its ``override_settings``' checkpoint becomes the current model where
+        the request said ``override_settings_restore_afterwards: false`` (A1111 keeps the override then)."""
+        name = override_settings.get("sd_model_checkpoint")
+        if restore_afterwards is False and name is not None:
+            self.current = self.find(name).name
+
 
 def add_checkpoint_routes(app: FastAPI, checkpoints: Checkpoints) -> None:
     """Add A1111's model list and options routes to ``app``."""
@@ -89,6 +101,9 @@ def add_checkpoint_routes(app: FastAPI, checkpoints: Checkpoints) -> None:
     def set_options(options: dict) -> dict:
         """``sd_model_checkpoint`` switches the model txt2img and img2img use, for every later request (A1111's
         semantics); other options are listed back under ``not_honoured``."""
+        errors = echo_errors(options)
+        if errors:
+            raise RequestValidationError(errors)
         name = options.get("sd_model_checkpoint")
         if name is not None:
             checkpoints.current = checkpoints.find(name).name

@@ -45,6 +45,8 @@ SAMPLER_ETA: dict[str, float | None] = {"ddim": None, "euler-a": 1.0}
 
 # Fields ldmkit does not act on, with the values that mean "off" in A1111 (and the webuiapi client's
 # defaults, which it sends on every call). Any other value is reported as not honoured.
+# (override_settings_restore_afterwards false is acted on: the request's checkpoint stays the current model,
+# `Checkpoints.keep_override`; without a checkpoint in override_settings it changes nothing.)
 NEUTRAL: dict[str, tuple] = {
     "styles": ([],), "subseed": (-1, 0), "subseed_strength": (0, 0.0), "seed_resize_from_h": (-1, 0),
     "seed_resize_from_w": (-1, 0), "restore_faces": (False, None), "tiling": (False, None),

@@ -13,10 +13,10 @@ Routes (the OpenAPI schema at /openapi.json describes each):
 One server serves one model or several (`ldmkit.serve.served`: all loaded at start, all in memory); every
 request route takes a model by name, the first being the default. Status codes a client should expect:
 413 for a body over the limit, 422 naming the field for any invalid value (an unknown model included, and
-a request the pipeline refuses), 503 with Retry-After when the queue is full (without, once the server is
-shutting down), 504 when a job misses its deadline. Errors take each route family's shape: OpenAI's under
-/v1/images and /v1/models (400 for a 422), A1111's under /sdapi (its validation errors are FastAPI's, as in
-A1111), FastAPI's elsewhere.
+a request the pipeline refuses; a JSON body sent with another Content-Type than application/json is told
+so), 503 with Retry-After when the queue is full (without, once the server is shutting down), 504 when a job
+misses its deadline. Errors take each route family's shape: OpenAI's under /v1/images and /v1/models (400 for
+a 422), A1111's under /sdapi (its validation errors are FastAPI's, as in A1111), FastAPI's elsewhere.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Sequence
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +46,7 @@ from ldmkit.serve.edit_routes import add_edit_routes
 from ldmkit.serve.edit_schemas import EditSettings
 from ldmkit.serve.generate_routes import add_generate_routes
 from ldmkit.serve.guard import BODY_TIMEOUT, HostCheck
+from ldmkit.serve.head import HeadAsGet
 from ldmkit.serve.jobs import JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.openai_images import (
@@ -80,6 +82,7 @@ def create_app(
     any_ip_host: bool = False,
     body_timeout: float | None = BODY_TIMEOUT,
     max_image_body_bytes: int = MAX_IMAGE_BODY_BYTES,
+    cors_allow_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The app serving one ``pipeline`` (a `TextToImagePipeline`, any ldmkit pipeline, or anything called as
     `TextToImagePipeline`) as ``model_name``, or several ``models`` (`served_model`; the first is the default
@@ -99,7 +102,10 @@ def create_app(
     ``allowed_hosts``: answer only requests whose ``Host`` is one of these names (`ldmkit.serve.guard`; None:
     any), and with ``any_ip_host`` any IP address too. ``body_timeout``: seconds a request body may take to
     arrive (then 408). Bodies of the routes that carry images (`IMAGE_ROUTES`, and `JOB_ROUTES` where a model
-    has an image mode) may be ``max_image_body_bytes``, the others ``max_body_bytes``.
+    has an image mode) may be ``max_image_body_bytes``, the others ``max_body_bytes``. ``cors_allow_origins``:
+    the origins (``"http://localhost:3000"``; ``"*"``: any) whose pages a browser lets read the answers, as
+    A1111's ``--cors-allow-origins`` (Starlette's `CORSMiddleware`, behind the ``Host`` check; none: no CORS
+    headers, the browser's same-origin rule alone). HEAD is answered as GET without the body on every route.
     """
     if (pipeline is None) == (models is None):
         raise UsageError("create_app: give a pipeline or models=, not both or neither")
@@ -128,8 +134,12 @@ def create_app(
     app.state.models = served
     takes_images = any(mode in model.pipelines for model in served for mode in IMAGE_MODES)
     image_routes = IMAGE_ROUTES + (JOB_ROUTES if takes_images else ())
+    app.add_middleware(HeadAsGet)  # added first: runs last, on the request the routes see
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout,
                        larger={route: max_image_body_bytes for route in image_routes}, error_body=_refusal_body)
+    if cors_allow_origins:  # outside BodyLimit, so that its 413 and 408 carry the CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_allow_origins), allow_methods=["*"],
+                           allow_headers=["*"])
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts, any_ip=any_ip_host)  # added last: runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -184,8 +194,12 @@ def _refusal_body(path: str, status: int, kind: str, message: str) -> dict:
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """The app's HTTP errors and the router's (404 for no route, 405), in OpenAI's shape under /v1/images and
-    /v1/models (`ldmkit.serve.openai_images`), A1111's under /sdapi, FastAPI's elsewhere."""
+    /v1/models (`ldmkit.serve.openai_images`), A1111's under /sdapi, FastAPI's elsewhere; a body nested too deep
+    for the JSON parser (FastAPI's 400 "error parsing the body" from a RecursionError) says so."""
     path = request.url.path
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body"
+        exc = StarletteHTTPException(400, "the request body nests lists and objects too deep for the JSON parser; "
+                                          "no field ldmkit reads nests more than a few levels")
     if isinstance(exc, A1111Error) or is_a1111_path(path):
         return a1111_error_response(exc)
     if is_openai_path(path):
@@ -209,8 +223,24 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     """FastAPI's 422 without the echoed ``input``: echoing a rejected value back can fail (a NaN is not
     JSON) and makes an over-long prompt travel twice. ``loc`` names the field, ``msg`` says why. Under
     /v1/images and /v1/models, OpenAI's 400 instead."""
+    errors = _not_json_errors(request, exc.errors())
     if is_openai_path(request.url.path):
-        return validation_error_response(exc.errors())
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return validation_error_response(errors)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _not_json_errors(request: Request, errors: Sequence[dict]) -> list[dict]:
+    """``errors``, where a JSON route's body was refused as no object because it came with another
+    ``Content-Type`` (FastAPI reads a body as JSON only as application/json or without one; curl -d sends
+    application/x-www-form-urlencoded), saying that JSON with Content-Type: application/json is expected."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if not media or media == "application/json" or media.endswith("+json"):
+        return list(errors)
+    msg = (f"the body must be JSON sent with Content-Type: application/json, not {media} (curl: -H 'Content-Type: "
+           f"application/json')")
+    return [{**e, "msg": msg, "type": "content_type"}
+            if tuple(e["loc"]) == ("body",) and e["type"] in ("model_attributes_type", "dict_type") else e
+            for e in errors]
 

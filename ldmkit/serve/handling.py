@@ -1,11 +1,13 @@
 """What the job routes of every family share: find the model a request names (422 for one not served), queue
 a job (503 when the queue is full or the server is shutting down), wait for it without holding a thread (504
 past its deadline, 409 cancelled, 422 refused by the pipeline as the request's mistake, 500 failed, 503 when
-the server shuts down, 499 when the client left), and serve one of a finished job's images."""
+the server shuts down, 499 when the client left), and serve one of a finished job's images; and refuse, before
+any job, what an answer could not echo (`echo_errors`)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -60,6 +62,55 @@ def find_job(queue, job_id: str, kind, elsewhere: str) -> Job:
     if job is None or not isinstance(job.settings, kind):
         raise not_found(job_id, None if job is None else f"{elsewhere}/{job_id}")
     return job
+
+
+# How deep the lists and objects of a field ldmkit echoes but does not read may nest (A1111's deepest, a
+# ControlNet unit in alwayson_scripts, nests 5); the JSON parser reads far deeper than an answer can write.
+MAX_ECHO_DEPTH = 32
+
+
+def echo_errors(fields: dict, loc: tuple = ("body",)) -> list[dict]:
+    """FastAPI-style entries (``loc`` + the path to the value) for what the answer that echoes ``fields`` (the
+    fields a route accepts without reading them: A1111's and OpenAI's extra fields, ``override_settings``)
+    could not write as JSON: a non-finite number (NaN, Infinity: Python's ``json.dumps`` writes them, the
+    parser reads them, JSON has none), text holding a lone surrogate (not UTF-8), and lists and objects
+    nested deeper than `MAX_ECHO_DEPTH`. At most one entry per field; checked before a job is queued, so that
+    such a request is a 4xx at once instead of a job whose answer fails."""
+    errors = []
+    for name, value in fields.items():
+        field = (*loc, name)
+        stack = [(value, field, 1)]
+        while stack:
+            value, where, depth = stack.pop()
+            msg = None
+            if isinstance(value, float) and not math.isfinite(value):
+                spelt = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+                msg = (f"{spelt} is not a JSON number (Python's json.dumps writes it unless allow_nan=False); "
+                       f"send a finite number")
+            elif isinstance(value, str) and not _is_utf8(value):
+                msg = "text holding a lone surrogate (\\ud800 … \\udfff) is not UTF-8"
+            elif isinstance(value, (dict, list)) and depth > MAX_ECHO_DEPTH:
+                msg = f"lists and objects nested more than {MAX_ECHO_DEPTH} deep are not taken"
+                where = field  # the field, not a path 32 deep
+            elif isinstance(value, dict):
+                bad_key = next((key for key in value if not _is_utf8(key)), None)
+                if bad_key is not None:
+                    msg = "a key holding a lone surrogate (\\ud800 … \\udfff) is not UTF-8"
+                stack += [(item, (*where, key), depth + 1) for key, item in value.items()]
+            elif isinstance(value, list):
+                stack += [(item, (*where, k), depth + 1) for k, item in enumerate(value)]
+            if msg is not None:
+                errors.append({"loc": where, "msg": msg, "type": "value_error"})
+                break
+    return errors
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the PNG"}, **NOT_FOUND}

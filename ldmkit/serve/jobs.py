@@ -73,6 +73,7 @@ class Job:
         self.settings = settings
         self.created = now
         self.deadline = now + timeout
+        self.started: float | None = None  # when the worker took it (the queue's clock)
         self.finished_at: float | None = None
         self.state = JobState.queued
         self.step = 0
@@ -261,7 +262,7 @@ class JobQueue:
                 job = self._pending.popleft()
                 job.state = JobState.running
                 self._running = job
-                started = self.clock()
+                started = job.started = self.clock()
             refused = False
             try:
                 images = [encode_png(im) for im in self.run(job.settings, lambda i, n: self._on_step(job, i, n))]

@@ -7,18 +7,25 @@ the mode would ignore is reported instead of dropped:
     generate  prompt, negative_prompt, prompt_syntax, binding, cache_interval, karras, num_images, width, height
                                                                                         (`ldmkit generate`)
     class     class_name, cache_interval, num_images, width, height                     (`ldmkit generate --class`)
-    img2img   image, prompt, negative_prompt, strength                                    (`ldmkit img2img`)
+    img2img   image, prompt, negative_prompt, strength, karras                            (`ldmkit img2img`)
     upscale   image, prompt                                                               (`ldmkit upscale`)
-    inpaint   image, mask, prompt                                                         (`ldmkit inpaint`)
+    inpaint   image, mask, prompt, karras                                                 (`ldmkit inpaint`)
     colorize  image, prompt                                                               (`ldmkit colorize`)
 
-and all of them steps, guidance, sampler, eta (DDIM's η, with sampler ddim only) and seed. The image modes
-draw one image per job, as their commands do, at the input's size (upscale: ``sr_factor`` times it). Every
-error is a FastAPI-style entry naming the field, raised together as one 422, before a job is queued: an
-img2img ``strength`` with which no step would run among them (`strength_errors`).
+and all of them steps, guidance, sampler, eta (DDIM's η, with sampler ddim only) and seed (the image modes
+prompt_syntax and the input files' names too). The image modes draw one image per job, as their commands do,
+at the input's size (upscale: ``sr_factor`` times it). So that a job's settings (GET /v1/jobs/ID) can be sent
+back, an image mode also takes the fields of its settings that it does not read (`IMPLIED`) where they hold
+what the job has anyway: ``width`` × ``height`` the output's size, ``num_images`` 1, ``strength`` 1 (not
+img2img), ``negative_prompt`` "" and ``karras`` false where the mode takes none, ``mask_name`` null (not
+inpaint), and ``prompt`` "" where the prompt is optional; any other value is refused, as a field sent as null
+is ignored. Every error is a FastAPI-style entry naming the field, raised together as one 422, before a job
+is queued: an img2img ``strength`` with which no step would run among them (`strength_errors`).
 """
 
 from __future__ import annotations
+
+import json
 
 from fastapi.exceptions import RequestValidationError
 
@@ -27,7 +34,9 @@ from ldmkit.errors import UsageError
 from ldmkit.images import to_rgb
 from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, strength_errors, white_mask
 from ldmkit.serve.limits import Limits
-from ldmkit.serve.schemas import DEFAULT_GUIDANCE, ClassSettings, GenerateRequest, ImageSettings, random_seed
+from ldmkit.serve.schemas import (
+    DEFAULT_GUIDANCE, IMAGE_MODES, ClassSettings, GenerateRequest, ImageSettings, random_seed,
+)
 from ldmkit.serve.served import KIND_NAMES, ServedModel
 
 SAMPLING = ("steps", "guidance", "sampler", "eta", "seed")
@@ -35,9 +44,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "generate": ("prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras", "num_images",
                  "width", "height", *SAMPLING),
     "class": ("class_name", "cache_interval", "num_images", "width", "height", *SAMPLING),
-    "img2img": ("image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", *SAMPLING),
+    "img2img": ("image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", "karras",
+                *SAMPLING),
     "upscale": ("image", "image_name", "prompt", "prompt_syntax", *SAMPLING),
-    "inpaint": ("image", "image_name", "mask", "mask_name", "prompt", "prompt_syntax", *SAMPLING),
+    "inpaint": ("image", "image_name", "mask", "mask_name", "prompt", "prompt_syntax", "karras", *SAMPLING),
     "colorize": ("image", "image_name", "prompt", "prompt_syntax", *SAMPLING),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -48,6 +58,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 GUIDANCE = {"generate": DEFAULT_GUIDANCE, "class": DEFAULT_GUIDANCE, "img2img": DEFAULT_GUIDANCE, "upscale": 1.0,
             "inpaint": 1.0, "colorize": 1.0}
 DEFAULT_STRENGTH = 0.6
+# The fields of an image job's settings (`ImageSettings`) that a mode may not read, taken back only with the
+# value the job has anyway (`implied_errors`), so that the settings a job reports can be POSTed again.
+IMPLIED = ("width", "height", "num_images", "strength", "negative_prompt", "karras", "mask_name")
 
 
 def _error(field: str, msg: str) -> dict:
@@ -55,13 +68,41 @@ def _error(field: str, msg: str) -> dict:
 
 
 def field_errors(request: GenerateRequest, mode: str) -> list[dict]:
-    """Entries for the fields given that ``mode`` does not take, and for those it needs that are missing."""
-    given = request.model_fields_set - {"model", "mode"}
+    """Entries for the fields given (not null) that ``mode`` does not take, and for those it needs that are
+    missing. An image mode's `IMPLIED` fields are `implied_errors`' to check."""
+    given = {name for name in request.model_fields_set - {"model", "mode"} if getattr(request, name) is not None}
+    if mode in IMAGE_MODES:
+        given -= set(IMPLIED)
     takes = ", ".join(FIELDS[mode])
     errors = [_error(name, f"{name} does not apply to mode {mode}, which takes {takes}")
               for name in sorted(given - set(FIELDS[mode]))]
-    return errors + [_error(name, f"{name} is required for mode {mode}")
+    empty = " (an empty prompt is none)" if "prompt" in request.model_fields_set else ""
+    return errors + [_error(name, f"{name} is required for mode {mode}{empty if name == 'prompt' else ''}")
                      for name in REQUIRED[mode] if getattr(request, name) is None]
+
+
+def implied_errors(request: GenerateRequest, mode: str, size: tuple[int, int] | None) -> list[dict]:
+    """Entries for the `IMPLIED` fields given (not null) that image ``mode`` does not read, holding another value
+    than the job has anyway; ``size``: the output's (width, height), None where the image is missing or at
+    fault (then width and height are not checked)."""
+    held = {"num_images": (1, "draws one image a job, as its command does"),
+            "strength": (1.0, "runs every step"),
+            "negative_prompt": ("", "takes no negative prompt"),
+            "karras": (False, "samples without Karras σ"),
+            "mask_name": (None, "takes no mask")}
+    if size is not None:
+        why = "draws at the input image's size" + (" times the model's factor" if mode == "upscale" else "")
+        held |= {"width": (size[0], why), "height": (size[1], why)}
+    errors = []
+    for name in IMPLIED:
+        value = getattr(request, name)
+        if name in FIELDS[mode] or name not in request.model_fields_set or value is None or name not in held:
+            continue
+        implied, why = held[name]
+        if value != implied:
+            errors.append(_error(name, f"{name} {value!r} does not apply to mode {mode}, which {why}: leave it "
+                                       f"out or send {json.dumps(implied)}"))
+    return errors
 
 
 def eta_errors(eta: float, sampler: str) -> list[dict]:
@@ -108,13 +149,15 @@ def resolve(request: GenerateRequest, served: ServedModel):
                              height=request.height or limits.default_size, **common)
     scale = served.sr_factor if mode == "upscale" else 1
     image, mask = _inputs(request, mode, served.limits, scale, errors)
+    errors += implied_errors(request, mode, None if image is None else (image.size[0] * scale, image.size[1] * scale))
     strength = (request.strength or DEFAULT_STRENGTH) if mode == "img2img" else 1.0
+    karras = request.karras if "karras" in FIELDS[mode] else False
     if mode == "img2img" and not grid_errors:  # the sampler's grid needs steps and a sampler it runs
-        errors += strength_errors(served.pipelines[mode], "strength", strength, common["steps"], sampler, False)
+        errors += strength_errors(served.pipelines[mode], "strength", strength, common["steps"], sampler, karras)
     if errors:
         raise RequestValidationError(errors)
     return ImageSettings(mode=mode, prompt=request.prompt or "", negative_prompt=request.negative_prompt,
-                         prompt_syntax=request.prompt_syntax, num_images=1, strength=strength,
+                         prompt_syntax=request.prompt_syntax, num_images=1, strength=strength, karras=karras,
                          width=image.size[0] * scale, height=image.size[1] * scale,
                          image=png_bytes(to_rgb(image)), image_name=request.image_name or "image.png",
                          mask=None if mask is None else png_bytes(white_mask(mask)),

@@ -9,8 +9,9 @@
     GET  /v1/images/files/{job}/{k}.png  the PNG a ``url`` answer points to (kept with the server's last jobs)
 
 Answers are ``{"created", "data": [{"b64_json" | "url", "revised_prompt": null}], "ldmkit": {…}}``:
-``ldmkit`` carries the seed, the settings that reproduce the images and the fields given but not honoured
-(``quality``, ``style``, …). ``model`` picks the model by its id; without one, the first model served. Every
+``ldmkit`` carries the seed, the settings that reproduce the images, the fields given but not honoured
+(``quality``, ``style``, …) and ``notes`` (an edit of n > 1 images: only image 0 is redrawn from the settings,
+`EDIT_BATCH_NOTE`). ``model`` picks the model by its id; without one, the first model served. Every
 error under /v1/images and /v1/models, validation included, is OpenAI's shape ``{"error": {"message", "type",
 "param", "code"}}`` (`openai_error_response`), so the ``openai`` client raises its usual exceptions (400
 `BadRequestError`, 404, 503 after its retries).
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ldmkit.bounds import MAX_IMAGES
 from ldmkit.images import to_rgb
-from ldmkit.serve.handling import finished_images, not_found, png_response, submit, wait_done
+from ldmkit.serve.handling import echo_errors, finished_images, not_found, png_response, submit, wait_done
 from ldmkit.serve.image_jobs import (
     ImageInputError, decode_image, mask_from_alpha, png_bytes, selects_nothing, white_mask,
 )
@@ -47,6 +48,10 @@ _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 NEUTRAL = {"quality": (None, "auto", "standard"), "style": (None,), "user": None, "background": (None, "auto"),
            "moderation": (None, "auto"), "output_format": (None, "png"), "output_compression": (None, 100),
            "input_fidelity": (None,), "partial_images": (None, 0), "stream": (None, False)}
+# What an edit of n > 1 images says of them: they are one batch, which no single-image call draws again.
+EDIT_BATCH_NOTE = ("the {n} images are one batch drawn from seed: these settings redraw image 0 only, since "
+                   "POST /v1/generate (mode inpaint) and `ldmkit inpaint` draw one image a call; ask n=1 for "
+                   "each image you mean to redraw")
 
 
 class OpenAIError(HTTPException):
@@ -180,7 +185,8 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
                                    f"that are: {can}", "model", "model_not_supported")
         return served
 
-    async def answer(job: Job, http: Request, response_format: str | None, settings, ignored: dict):
+    async def answer(job: Job, http: Request, response_format: str | None, settings, ignored: dict,
+                     notes: list[str] = ()):
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
@@ -192,7 +198,7 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
                     for k in range(len(job.images))]
         return {"created": int(time.time()), "data": data,
                 "ldmkit": {"job": job.id, "seed": settings.seed, "settings": settings.model_dump(),
-                           "not_honoured": ignored}}
+                           "not_honoured": ignored, "notes": list(notes)}}
 
     def model_object(model: ServedModel) -> dict:
         return {"id": model.name, "object": "model", "created": created, "owned_by": "ldmkit"}
@@ -215,7 +221,11 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
     @app.post(f"{PREFIX}/generations", tags=["openai"])
     async def generations(request: GenerationRequest, http: Request):
         """Text to image: the same job as POST /v1/generate (ddim or the model's default sampler, its default
-        steps, guidance 4, a random seed reported under ``ldmkit``)."""
+        steps, guidance 4, a random seed reported under ``ldmkit``). A field given that ldmkit does not read, which
+        the answer echoes, is a 400 naming it where JSON cannot write it back (`echo_errors`: NaN, Infinity, …)."""
+        errors = echo_errors(request.model_extra or {})
+        if errors:
+            return validation_error_response(errors)
         served = model_for(request.model, "generate", "a text-to-image model")
         limits = served.limits
         width, height = size_of(request.size, limits)
@@ -264,7 +274,9 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
                                  width=image.size[0], height=image.size[1], image=png_bytes(to_rgb(image)),
                                  mask=png_bytes(mask))
         job = submit(queue, settings)
-        return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}))
+        notes = [] if settings.num_images == 1 else [EDIT_BATCH_NOTE.format(n=settings.num_images)]
+        return await answer(job, http, request.response_format, settings, not_honoured(request.model_extra or {}),
+                            notes)
 
     @app.get(f"{PREFIX}/files/{{job_id}}/{{index}}.png", response_class=Response, tags=["openai"])
     def image_file(job_id: str, index: int) -> Response:

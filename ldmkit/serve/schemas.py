@@ -107,6 +107,13 @@ class GenerateRequest(BaseModel):
 
     _prompt_not_blank = field_validator("prompt")(not_blank)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _empty_prompt_is_none(cls, prompt):
+        """An empty prompt is none, as an image job's settings write the prompt it was not given; a mode that
+        needs one says so (`ldmkit.serve.modes.field_errors`)."""
+        return None if prompt == "" else prompt
+
     def limit_errors(self, limits: Limits) -> list[dict]:
         """The checks that depend on the model, as FastAPI-style error entries."""
         return (limits.image_size_errors(self.width, self.height) + limits.steps_errors(self.steps)
