@@ -37,9 +37,10 @@ def edit_runner(edit_pipe) -> Callable:
         out = edit_pipe(settings.source_prompt, settings.target_prompt, mode=settings.mode,
                         cross_replace_steps=settings.cross_replace, self_replace_steps=settings.self_replace,
                         local_blend_words=list(settings.blend_words) or None,
-                        blend_threshold=settings.blend_threshold, steps=settings.steps, guidance=settings.guidance,
-                        seed=settings.seed, num_images=settings.num_images, callback=on_step)
-        return [image for pair in zip(out.source_images, out.edited_images) for image in pair]
+                        blend_threshold=settings.blend_threshold, num_inference_steps=settings.steps,
+                        guidance_scale=settings.guidance, generator=settings.seed,
+                        num_images_per_prompt=settings.num_images, callback=on_step)
+        return list(out.images)
 
     return run
 
