@@ -4,6 +4,7 @@ gives PIL images, tensors or arrays, and a mistake in a call says what the call 
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -67,8 +68,8 @@ def test_output_type_pt_and_np_are_the_images_in_zero_one(pipe):
     assert isinstance(arr, np.ndarray) and arr.shape == (2, *pil[0].size[::-1], 3) and arr.dtype == np.float32
     np.testing.assert_allclose(arr, pt.permute(0, 2, 3, 1).numpy())
     assert np.abs(arr * 255 - arrays(pil)).max() <= 1  # PIL's are the same images in 8 bits
-    with pytest.raises(UsageError, match="output_type='latent'; allowed: pil, pt, np"):
-        pipe("a red circle", num_inference_steps=2, output_type="latent")
+    with pytest.raises(UsageError, match="output_type='jpg'; allowed: pil, pt, np, latent"):
+        pipe("a red circle", num_inference_steps=2, output_type="jpg")
 
 
 def test_a_mistaken_call_says_what_the_call_takes(pipe):
@@ -258,3 +259,157 @@ def test_a_cache_interval_not_below_the_steps_is_refused_in_a_keyword_call(pipe)
     """The settings check sees one option at a time; the call checks the interval against the steps it runs."""
     with pytest.raises(UsageError, match="cache_interval = 5 with 5 steps"):
         pipe("a red circle", num_inference_steps=5, cache_interval=5)
+
+
+def test_none_for_an_option_whose_default_is_none_is_the_pipelines_own(pipe, tmp_path_factory):
+    """guidance_scale=None (and num_inference_steps, height, sampler … = None) is the pipeline's own default, as the
+    settings read None and the error message for a bad value promises (was a TypeError in the guidance)."""
+    own = pipe("a red circle", num_inference_steps=2, generator=3, output_type="pt").images
+    nones = pipe("a red circle", num_inference_steps=2, generator=3, output_type="pt", guidance_scale=None,
+                 height=None, width=None, sampler=None, spacing=None, steps_offset=None).images
+    assert torch.equal(nones, own)
+    img2img = ImageToImagePipeline(pipe.model)
+    source = pipe("a red circle", num_inference_steps=2, generator=0).images[0]
+    options = dict(strength=0.5, num_inference_steps=2, generator=2, output_type="pt")
+    assert torch.equal(img2img(source, "a blue circle", guidance_scale=None, **options).images,
+                       img2img(source, "a blue circle", **options).images)
+    inpainting = InpaintingPipeline.from_folder(
+        build_tiny_model(tmp_path_factory.getbasetemp() / "calling-tiny-inpaint", "tiny-inpaint"))
+    image, mask = Image.new("RGB", (32, 32), "red"), Image.new("L", (32, 32), 255)
+    assert torch.equal(inpainting(image, mask, guidance_scale=None, num_inference_steps=None, generator=1,
+                                  output_type="pt").images,
+                       inpainting(image, mask, generator=1, output_type="pt").images)
+
+
+def test_negative_prompt_none_is_no_negative_prompt(pipe):
+    """diffusers' default negative_prompt=None means none, as ""."""
+    none = pipe("a red circle", negative_prompt=None, num_inference_steps=2, generator=3, output_type="pt").images
+    assert torch.equal(none, pipe("a red circle", num_inference_steps=2, generator=3, output_type="pt").images)
+    img2img = ImageToImagePipeline(pipe.model)
+    source = pipe("a red circle", num_inference_steps=2, generator=0).images[0]
+    options = dict(strength=0.5, num_inference_steps=2, generator=2, output_type="pt")
+    assert torch.equal(img2img(source, "a blue circle", negative_prompt=None, **options).images,
+                       img2img(source, "a blue circle", **options).images)
+
+
+def test_an_image_list_of_mixed_sizes_or_none_is_one_line_saying_so(pipe):
+    img2img = ImageToImagePipeline(pipe.model)
+    big, small = Image.new("RGB", (32, 32)), Image.new("RGB", (16, 16))
+    with pytest.raises(UsageError, match=r"^the image list holds images of different sizes, 32×32, 16×16 "
+                                         r"\(width×height\); give images of one size$"):
+        img2img([big, small], "a blue star", num_inference_steps=2)
+    with pytest.raises(UsageError, match="^the image is an empty list; give a PIL image, a non-empty list"):
+        img2img([], "a blue star", num_inference_steps=2)
+
+
+def test_return_dict_false_is_diffusers_tuple(pipe):
+    images, nsfw = pipe("a red circle", num_inference_steps=2, generator=3, output_type="pt", return_dict=False)
+    assert nsfw is None
+    assert torch.equal(images, pipe("a red circle", num_inference_steps=2, generator=3, output_type="pt").images)
+    img2img = ImageToImagePipeline(pipe.model)
+    out = img2img(Image.new("RGB", (32, 32)), "a blue star", num_inference_steps=2, return_dict=False)
+    assert isinstance(out, tuple) and len(out) == 2 and isinstance(out[0][0], Image.Image) and out[1] is None
+    with pytest.raises(UsageError, match="^return_dict='no'; give True"):
+        pipe("a red circle", num_inference_steps=2, return_dict="no")
+
+
+def test_output_type_latent_is_z0_before_the_decoder(pipe):
+    """z_0 as diffusers returns it: what D reads after its 1/scaling_factor, so decoding it gives the image."""
+    latents = pipe("a red circle", num_inference_steps=2, generator=3, num_images_per_prompt=2,
+                   output_type="latent").images
+    f = pipe.model.autoencoder.downsample_factor
+    size = pipe.model.config.image_size
+    assert latents.shape == (2, pipe.model.config.unet.out_channels, size // f, size // f)
+    pt = pipe("a red circle", num_inference_steps=2, generator=3, num_images_per_prompt=2, output_type="pt").images
+    torch.testing.assert_close(((pipe.decode(latents) + 1) / 2).clamp(0, 1), pt, rtol=0, atol=1e-6)
+    img2img = ImageToImagePipeline(pipe.model)
+    options = dict(strength=0.5, num_inference_steps=2, generator=2)
+    z = img2img(Image.new("RGB", (32, 32)), "a blue star", output_type="latent", **options).images
+    pt = img2img(Image.new("RGB", (32, 32)), "a blue star", output_type="pt", **options).images
+    torch.testing.assert_close(((img2img.decode(z) + 1) / 2).clamp(0, 1), pt, rtol=0, atol=1e-6)
+
+
+def z_T_shape(pipe, batch: int = 1) -> tuple[int, ...]:
+    f = pipe.model.autoencoder.downsample_factor
+    return (batch, pipe.model.config.unet.out_channels, pipe.model.config.image_size // f,
+            pipe.model.config.image_size // f)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_latents_is_z_T_as_diffusers_takes_it(pipe, sampler):
+    """latents=torch.randn(…) starts the sampling there with no scaling (diffusers multiplies by the scheduler's
+    init_noise_sigma, σ-space Euler's √(1 + σ_max²); ldmkit's samplers hold z_t at unit variance): the image of the
+    same noise drawn from a seed."""
+    shape = z_T_shape(pipe, 2)
+    z_T = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    given = pipe("a red circle", latents=z_T, num_inference_steps=3, num_images_per_prompt=2, sampler=sampler,
+                 output_type="pt").images
+    drawn = pipe("a red circle", generator=5, num_inference_steps=3, num_images_per_prompt=2, sampler=sampler,
+                 output_type="pt").images
+    torch.testing.assert_close(given, drawn, rtol=0, atol=1e-6)
+    with pytest.raises(UsageError, match=r"^latents of shape \(1, .*\); give z_T as a float tensor of shape "
+                                         + re.escape(str(shape))):
+        pipe("a red circle", latents=z_T[:1], num_images_per_prompt=2, num_inference_steps=2)
+    with pytest.raises(UsageError, match="binding_candidates = 4 picks z_T among several starting noises"):
+        pipe("a red circle above a blue square", latents=z_T[:1], binding=1.0, binding_candidates=4,
+             num_inference_steps=2)
+
+
+def test_callback_on_step_end_sees_and_replaces_the_latents(pipe):
+    from ldmkit.diffusion import sampler_timesteps
+
+    seen = []
+
+    def record(p, i, t, kwargs):
+        seen.append((p, i, int(t), tuple(kwargs["latents"].shape)))
+        return kwargs
+
+    for sampler, options in [("ddim", {}), ("euler-a", {}), ("ddim", {"cache_interval": 2})]:
+        plain = pipe("a red circle", num_inference_steps=4, generator=3, sampler=sampler, output_type="pt",
+                     **options).images
+        seen.clear()
+        stepped = pipe("a red circle", num_inference_steps=4, generator=3, sampler=sampler, output_type="pt",
+                       callback_on_step_end=record, **options).images
+        assert torch.equal(stepped, plain), sampler  # running it step by step draws the same image
+        grid = pipe.grid_options(sampler)
+        assert seen == [(pipe, i, t, z_T_shape(pipe)) for i, t in
+                        enumerate(sampler_timesteps(sampler, pipe.model.schedule, 4, **grid))]
+
+    def zero_at_last(p, i, t, kwargs):  # the returned "latents" replace them, as in diffusers
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 3 else {}
+
+    assert torch.equal(pipe("a red circle", num_inference_steps=4, output_type="latent",
+                            callback_on_step_end=zero_at_last).images, torch.zeros(z_T_shape(pipe)))
+    steps = []
+    pipe("a red circle", num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k,
+         callback_on_step_end_tensor_inputs=[], callback=lambda i, n: steps.append((i, n)))
+    assert steps == [(0, 2), (1, 2)]  # ldmkit's callback(i, n) beside it
+    for bad, message in [(dict(callback_on_step_end=lambda i, t: None), "must take four arguments"),
+                         (dict(callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"]),
+                          r"callback_on_step_end_tensor_inputs = \['prompt_embeds'\]; give a list of names from: "
+                          "'latents'"),
+                         (dict(callback_on_step_end=lambda p, i, t, k: None), "returned NoneType; it must return a dict"),
+                         (dict(callback_on_step_end=record, sampler="dpmpp-2m"), "dpmpp-2m's multistep update")]:
+        with pytest.raises(UsageError, match=message):
+            pipe("a red circle", num_inference_steps=2, **bad)
+
+
+def test_a_list_of_generators_draws_each_image_from_its_own(pipe):
+    """diffusers' generator=[g_0, g_1, …]: image i's z_T from g_i, so each image is the one its generator draws
+    alone."""
+    one = [pipe("a red circle", num_inference_steps=2, generator=seed, output_type="pt").images[0] for seed in (4, 9)]
+    both = pipe("a red circle", num_inference_steps=2, num_images_per_prompt=2, output_type="pt",
+                generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(9)]).images
+    torch.testing.assert_close(both, torch.stack(one), rtol=0, atol=1e-6)
+    with pytest.raises(UsageError, match="^generator is a list of 1 torch.Generators for 2 images"):
+        pipe("a red circle", num_inference_steps=2, num_images_per_prompt=2, generator=[torch.Generator()])
+    with pytest.raises(UsageError, match="^generator is a list: the euler-a sampler draws noise at every step"):
+        pipe("a red circle", num_inference_steps=2, sampler="euler-a", generator=[torch.Generator()])
+    with pytest.raises(UsageError, match="^generator is a list holding 3"):
+        pipe("a red circle", num_inference_steps=2, generator=[3])
+    img2img = ImageToImagePipeline(pipe.model)
+    source = Image.new("RGB", (32, 32), "red")
+    alone = img2img(source, "a blue star", num_inference_steps=2, generator=4, output_type="pt").images
+    listed = img2img(source, "a blue star", num_inference_steps=2, generator=[torch.Generator().manual_seed(4)],
+                     output_type="pt").images
+    assert torch.equal(listed, alone)

@@ -3,6 +3,7 @@ into tensors, and one guided sampling loop (z_T or SDEdit's noised z_0 → sampl
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ from ldmkit.nn.feature_cache import FeatureCache
 from ldmkit.nn.kv_cache import cached_text_kv
 from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
-from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.pipelines.calling import OUTPUT_TYPES, ImagePipelineOutput, diffusers_call, image_output, step_end
 from ldmkit.settings import check_cache_interval
 from ldmkit.text.weighted import emphasis_contexts
 
@@ -54,7 +55,10 @@ def prompt_list(prompt, what: str = "prompt") -> list[str]:
 
 def negative_list(negative_prompt, count: int) -> str | list[str]:
     """``negative_prompt`` as the pipelines read it for ``count`` prompts: a string (shared by every prompt), or a
-    list of one (shared) or of one per prompt, as diffusers' ``negative_prompt``; a `UsageError` otherwise."""
+    list of one (shared) or of one per prompt, as diffusers' ``negative_prompt``; None (diffusers' default) is "",
+    no negative prompt; a `UsageError` otherwise."""
+    if negative_prompt is None:
+        return ""
     if isinstance(negative_prompt, str):
         return negative_prompt
     negatives = prompt_list(negative_prompt, "negative_prompt")
@@ -112,6 +116,28 @@ def _unit_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
     return from_unit_range(unit.permute(0, 3, 1, 2), what)
 
 
+def images_of(generate_latents: Callable) -> Callable:
+    """A pipeline's ``generate_tensors`` made of its ``generate_latents``: x = D(z_0) (`Pipeline.decode`) of the z_0
+    it samples, B×3×H×W in [-1, 1], taking the same arguments (its signature, which `diffusers_call` reads)."""
+
+    @torch.inference_mode()
+    def generate_tensors(self, *args, **options) -> torch.Tensor:
+        return self.decode(generate_latents(self, *args, **options))
+
+    generate_tensors.__signature__ = inspect.signature(generate_latents)
+    generate_tensors.__module__ = generate_latents.__module__
+    generate_tensors.__qualname__ = generate_latents.__qualname__.replace("generate_latents", "generate_tensors")
+    generate_tensors.__doc__ = ("Images B×3×H×W in [-1, 1]: D(z_0) of `generate_latents`' z_0, which takes the "
+                                "same arguments.")
+    return generate_tensors
+
+
+def noise_after_start(sampler: str, eta: float, steps: int) -> bool:
+    """Whether ``sampler`` draws fresh noise after z_T: ddpm and euler-a at every step, ddim with η > 0, lcm
+    between its steps."""
+    return sampler in ("ddpm", "euler-a") or (sampler == "ddim" and eta > 0) or (sampler == "lcm" and steps > 1)
+
+
 def per_image(inputs: torch.Tensor, num_images: int) -> torch.Tensor:
     """``inputs`` (B×…) with each row repeated ``num_images`` times in a row: the inputs of ``num_images`` images
     per input image (diffusers' ``num_images_per_prompt``: an input's images come together, as
@@ -124,6 +150,8 @@ class Pipeline(AdapterMixin):
     textual-inversion embeddings load onto its model as in diffusers (`AdapterMixin`: ``load_lora_weights`` …)."""
 
     kinds: tuple[str, ...] = ()
+    output_types: tuple[str, ...] = OUTPUT_TYPES  # what ``__call__``'s output_type takes ("latent" where it can)
+    generator_lists = False  # whether ``generator`` may be a list of torch.Generators, one per image
 
     def __init__(self, model: LatentDiffusion, device: str | torch.device = "cpu", precision: str = "fp32"):
         """``device``: auto, cpu, cuda or cuda:N (`resolve_device`: any other, or a CUDA device that is not
@@ -191,7 +219,17 @@ class Pipeline(AdapterMixin):
         elif isinstance(image, np.ndarray):
             image = _unit_array_to_tensor(image, what)
         elif isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
-            image = torch.stack([pil_image_tensor(i) for i in image])
+            tensors = [pil_image_tensor(i) for i in image]
+            sizes = list(dict.fromkeys(f"{t.shape[-1]}×{t.shape[-2]}" for t in tensors))
+            if len(sizes) > 1:
+                raise UsageError(f"the {what} list holds images of different sizes, {', '.join(sizes)} "
+                                 "(width×height); give images of one size")
+            image = torch.stack(tensors)
+        elif isinstance(image, (list, tuple)):
+            held = next((type(i).__name__ for i in image if not isinstance(i, Image.Image)), None)
+            what_list = f"a list holding a {held}" if held else "an empty list"
+            raise UsageError(f"the {what} is {what_list}; give a PIL image, a non-empty list of PIL images, a tensor "
+                             "B×3×H×W or a NumPy array B×H×W×3 in [0, 1]")
         elif not isinstance(image, torch.Tensor):
             order = f" ({type(self).__name__} takes the {what} first: pass {what}= by keyword)" \
                 if isinstance(image, str) else ""
@@ -306,7 +344,7 @@ class Pipeline(AdapterMixin):
         latent_size: tuple[int, int],
         steps: int | None = None,
         guidance: float = 4.0,
-        seed: int = 0,
+        seed: int | torch.Generator | list[torch.Generator] = 0,
         sampler: str | None = None,
         eta: float = 0.0,
         concat: torch.Tensor | None = None,
@@ -320,6 +358,9 @@ class Pipeline(AdapterMixin):
         cache_interval: int = 1,
         karras: bool = False,
         steps_offset: int | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> torch.Tensor:
         """z_0 for a batch of ``context``'s size, sampled with guidance scale ``guidance``:
 
@@ -338,6 +379,14 @@ class Pipeline(AdapterMixin):
         reuse its deep features and recompute only the shallow branch (`ldmkit.nn.feature_cache`; 1, the
         default: every step in full); binding guidance's own passes always run the whole UNet.
 
+        ``seed`` may be a list of CPU generators, one per row (diffusers' list): row i's z_T drawn from the i-th
+        (a UsageError for a sampler that draws noise after z_T, which ldmkit draws from one generator).
+        ``latents``: z_T itself, B×C×h×w ~ N(0, I) as diffusers' ``latents`` (ldmkit's samplers hold z_t at unit
+        variance, so z_T needs no scaling by diffusers' ``init_noise_sigma``); later noise is drawn from ``seed``.
+        ``callback_on_step_end(self, i, t, {"latents": z_t})``: diffusers' step-end callback (`step_end`), after
+        each step i at timestep t, with z after the step; the latents it returns replace z. The sampler then runs
+        one step at a time (the same numbers); dpmpp-2m's multistep update cannot, and is refused with it.
+
         ``sampler`` and ``steps`` None: the model's own (`sampling_defaults`). A consistency student
         (`ldmkit distill`) runs one pass per step with the guidance scale as the UNet's input,
         ε̂ = εθ(z_t, t, τθ(y), s), and ``null_context`` unused.
@@ -355,10 +404,43 @@ class Pipeline(AdapterMixin):
             check_student_options(cache_interval, binding, guidance_stop)
         if not 0.0 <= guidance_stop < 1.0:
             raise UsageError(f"guidance_stop = {guidance_stop}; must be in [0, 1)")
+        fixed = "latents=" if latents is not None else "a generator list" if isinstance(seed, list) else \
+            "callback_on_step_end" if callback_on_step_end is not None else None
+        if fixed and binding is not None and binding.candidates > 1 and concat is None:
+            raise UsageError(f"binding_candidates = {binding.candidates} picks z_T among several starting noises, "
+                             f"which {fixed} does not allow; give binding_candidates=1 with it")
+        if callback_on_step_end is not None and init_latents is not None:
+            raise UsageError("callback_on_step_end is taken when sampling from noise (text-to-image), not from an "
+                             "input image")
+        if callback_on_step_end is not None and sampler == "dpmpp-2m":
+            raise UsageError("callback_on_step_end runs the sampler one step at a time, which dpmpp-2m's multistep "
+                             "update does not allow in ldmkit; give another sampler (ddim, euler, euler-a, ddpm)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
-        generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
-        z_T = torch.randn(shape, generator=generator).to(self.device)
+        if isinstance(seed, list):
+            if len(seed) != shape[0]:
+                raise UsageError(f"generator is a list of {len(seed)} torch.Generators for {shape[0]} images "
+                                 "(inputs × num_images_per_prompt); give one per image, or one generator")
+            if noise_after_start(sampler, eta, steps):
+                noisy = f"{sampler} sampler" + (" with eta > 0" if sampler == "ddim" else "")
+                raise UsageError(f"generator is a list: the {noisy} draws noise at every step, which ldmkit draws "
+                                 "from one generator; give one "
+                                 "generator or int seed, or a sampler without (ddim with eta=0, euler, dpmpp-2m)")
+            generator = None  # no noise is drawn after z_T
+            z_T = torch.stack([torch.randn(shape[1:], generator=g) for g in seed]).to(self.device)
+        else:
+            generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point() \
+                    or tuple(latents.shape) != shape:
+                shown = f"of shape {tuple(latents.shape)}" if isinstance(latents, torch.Tensor) else \
+                    f"a {type(latents).__name__}"
+                raise UsageError(f"latents {shown}; give z_T as a float tensor of shape {shape} (images × latent "
+                                 f"channels × height/{model.autoencoder.downsample_factor} × "
+                                 f"width/{model.autoencoder.downsample_factor}), e.g. torch.randn{shape}")
+            z_T = latents.float().to(self.device)
+        elif generator is not None:
+            z_T = torch.randn(shape, generator=generator).to(self.device)
 
         def model_fn(core):
             """εθ as the sampler calls it: ``core`` (the UNet, or a FeatureCache over it) with the image
@@ -390,9 +472,17 @@ class Pipeline(AdapterMixin):
 
         def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
                 stop: int | None = None, null_context: torch.Tensor = null_context) -> torch.Tensor:
-            return sample(sampler, denoiser(context, binding, null_context), z, model.schedule, num_steps=steps,
-                          eta=eta, generator=generator, callback=lambda i, n: on_step(start + i, start + n), start=start,
-                          stop=stop, **grid)
+            denoise = denoiser(context, binding, null_context)
+            if callback_on_step_end is None:
+                return sample(sampler, denoise, z, model.schedule, num_steps=steps, eta=eta, generator=generator,
+                              callback=lambda i, n: on_step(start + i, start + n), start=start, stop=stop, **grid)
+            timesteps = sampler_timesteps(sampler, model.schedule, steps, **grid)
+            for i in range(start, steps if stop is None else stop):  # one denoiser: its feature cache counts on
+                z = sample(sampler, denoise, z, model.schedule, num_steps=steps, eta=eta, generator=generator,
+                           start=i, stop=i + 1, **grid)
+                z = step_end(self, callback_on_step_end, callback_on_step_end_tensor_inputs, i, timesteps[i], z)
+                on_step(i, steps)
+            return z
 
         try:
             with cached_text_kv(model.unet):
@@ -476,8 +566,11 @@ class Pipeline(AdapterMixin):
 class ImageConditionedPipeline(Pipeline):
     """A pipeline whose condition is one input image (super-resolution, colorization):
     ``pipe(image, prompt="")`` → list of PIL images, ``num_images_per_prompt`` per input image; a tensor input is
-    read in [0, 1], as diffusers reads it (`diffusers_image`); ``prompt_syntax`` as text-to-image's; subclasses
-    define ``generate_tensors``."""
+    read in [0, 1], as diffusers reads it (`diffusers_image`); ``prompt_syntax`` as text-to-image's; ``generator``
+    may be a list, one per image (diffusers'); subclasses define ``generate_tensors``, which draws with
+    `Pipeline.sample_latents`."""
+
+    generator_lists = True
 
     @diffusers_call(inputs=2)
     @torch.inference_mode()

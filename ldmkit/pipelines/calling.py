@@ -7,9 +7,11 @@
 Options are keyword-only, under diffusers' names: ``num_inference_steps`` (ldmkit's ``steps``),
 ``guidance_scale`` (``guidance``), ``num_images_per_prompt`` (``num_images``), ``generator`` (a CPU
 ``torch.Generator``, or an int seed; ldmkit's ``seed``) and ``output_type`` ("pil", "pt": B×3×H×W float in
-[0, 1], "np": B×H×W×3 float in [0, 1]). ldmkit's own names still work, with a DeprecationWarning, until
-ldmkit 0.2. The other options (``negative_prompt``, ``height``, ``width``, ``sampler``, ``binding`` …) keep
-their names.
+[0, 1], "np": B×H×W×3 float in [0, 1]; "latent": z_0, where the pipeline's ``output_types`` has it). ldmkit's
+own names still work, with a DeprecationWarning, until ldmkit 0.2. The other options (``negative_prompt``,
+``height``, ``width``, ``sampler``, ``binding`` …) keep their names. An option whose settings field defaults to
+None (``num_inference_steps``, ``guidance_scale``, ``height``, ``sampler`` …) given as None is the pipeline's
+own, as left out; ``return_dict=False`` makes ``__call__`` return diffusers' tuple ``(images, None)``.
 
 The sampling options may instead come as one `ldmkit.settings.GenerationSettings`:
 ``pipe("a red circle", settings=GenerationSettings(num_inference_steps=25, seed=0))`` draws what the same
@@ -37,7 +39,10 @@ from ldmkit.settings import CALL_NAMES, OWN_NAMES, GenerationSettings
 
 DIFFUSERS_NAMES = OWN_NAMES  # diffusers' name → ldmkit's earlier one
 OWN_TO_DIFFUSERS = {own: name for name, own in DIFFUSERS_NAMES.items()}
-OUTPUT_TYPES = ("pil", "pt", "np")
+OUTPUT_TYPES = ("pil", "pt", "np")  # every pipeline's; "latent" too where its ``output_types`` says so
+# The `GenerationSettings` fields whose default is None, "the pipeline's own": None in a call means the same.
+OWN_DEFAULT_FIELDS = {f.name for f in dataclasses.fields(GenerationSettings) if f.default is None}
+STEP_END_TENSOR_INPUTS = ("latents",)  # what ``callback_on_step_end_tensor_inputs`` may name
 # Every keyword that sets a field of `GenerationSettings` (diffusers', ldmkit's and the call's names) → the field.
 SETTINGS_KEYWORDS = {alias: f.name for f in dataclasses.fields(GenerationSettings)
                      for alias in (f.name, OWN_NAMES.get(f.name, f.name), CALL_NAMES.get(f.name, f.name))}
@@ -60,16 +65,31 @@ def image_output(images: torch.Tensor, output_type: str = "pil") -> ImagePipelin
     if not torch.isfinite(images).all():
         raise UsageError("the samples hold NaN or infinite values (a guidance scale, LoRA scale, η or strength too "
                          "large for the sampler's numbers?); nothing was made of them")
+    if output_type == "latent":  # z_0 itself (B×C×h×w, as the sampler returns it: D reads z_0 / scaling factor)
+        return ImagePipelineOutput(images.float().cpu())
     if output_type == "pil":
         return ImagePipelineOutput([tensor_to_pil(x) for x in images])
     unit = ((images.float() + 1) / 2).clamp(0, 1)
     return ImagePipelineOutput(unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy().astype(np.float32))
 
 
-def seed_or_generator(generator) -> int | torch.Generator:
+def seed_or_generator(generator, lists: bool = False,
+                      where: str = "this call") -> int | torch.Generator | list[torch.Generator]:
     """What the pipelines' ``seed`` takes: an int 0 … `MAX_SEED` (a NumPy integer too), or a CPU
     ``torch.Generator`` (z_T and every later noise drawn from it; ldmkit draws noise on the CPU so that a seed gives
-    the same image on every device)."""
+    the same image on every device); with ``lists``, also a non-empty list of CPU generators, one per image
+    (`Pipeline.sample_latents` checks their number). ``where``: the call, named in messages."""
+    if isinstance(generator, (list, tuple)):
+        if not lists:
+            raise UsageError(f"generator is a list: {where} takes one CPU torch.Generator or an int seed")
+        if not generator:
+            raise UsageError("generator is an empty list; give one CPU torch.Generator per image, or one generator")
+        for g in generator:
+            if not isinstance(g, torch.Generator):
+                raise UsageError(f"generator is a list holding {g!r}; give a list of CPU torch.Generators, one per "
+                                 "image, or one generator or int seed")
+            seed_or_generator(g)
+        return list(generator)
     if isinstance(generator, torch.Generator):
         if generator.device.type != "cpu":
             raise UsageError(f"generator on {generator.device}: give a CPU torch.Generator (ldmkit draws noise on the "
@@ -96,16 +116,64 @@ def check_callback(callback) -> None:
         pass
 
 
+def check_step_end(callback_on_step_end, tensor_inputs) -> None:
+    """diffusers' ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict`` must be a function
+    taking those four arguments, and ``tensor_inputs`` a list of names of `STEP_END_TENSOR_INPUTS`; a
+    `UsageError` otherwise, before any work."""
+    allowed = ", ".join(repr(n) for n in STEP_END_TENSOR_INPUTS)
+    if isinstance(tensor_inputs, str) or not isinstance(tensor_inputs, (list, tuple)) \
+            or any(n not in STEP_END_TENSOR_INPUTS for n in tensor_inputs):
+        raise UsageError(f"callback_on_step_end_tensor_inputs = {tensor_inputs!r}; give a list of names from: "
+                         f"{allowed}")
+    if callback_on_step_end is None:
+        return
+    shape = "callback_on_step_end(pipe, step_index, timestep, callback_kwargs) returning a dict"
+    if not callable(callback_on_step_end):
+        raise UsageError(f"callback_on_step_end = {callback_on_step_end!r}; give a function {shape}")
+    try:
+        inspect.signature(callback_on_step_end).bind(None, 0, 0, {})
+    except TypeError:
+        raise UsageError(f"callback_on_step_end must take four arguments: {shape} (diffusers' "
+                         "PipelineCallback objects are not supported)") from None
+    except ValueError:  # a builtin without a signature: it is called as it is
+        pass
+
+
+def step_end(pipe, callback_on_step_end: Callable, tensor_inputs, step_index: int, timestep: int,
+             latents: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``callback_on_step_end`` after sampler step ``step_index`` (at ``timestep``, given as a 0-d int64
+    tensor): called with ``{"latents": z}`` where ``tensor_inputs`` names them (z after the step, B×C×h×w); the
+    dict it returns may replace them (``"latents"``), as in diffusers. The latents the sampling goes on from."""
+    kwargs = {"latents": latents} if "latents" in tensor_inputs else {}
+    outputs = callback_on_step_end(pipe, step_index, torch.tensor(timestep), kwargs)
+    if not isinstance(outputs, dict):
+        raise UsageError(f"callback_on_step_end returned {type(outputs).__name__}; it must return a dict (the "
+                         "callback_kwargs it was given, with \"latents\" replaced to change them)")
+    new = outputs.get("latents", latents)
+    if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
+        shown = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        raise UsageError(f"callback_on_step_end returned latents of {shown}; they must be a tensor of the shape it "
+                         f"was given, {tuple(latents.shape)}")
+    return new.float().to(latents.device)
+
+
 def checked_options(kwargs: dict) -> dict:
     """``kwargs`` (ldmkit's names) with each option that is a field of `GenerationSettings` checked as the settings
     check it (a `UsageError` naming the option in diffusers' name and what it allows) and NumPy numbers made
-    Python ones; the seed (`seed_or_generator`) and the negative prompt (a list is allowed here) are checked
-    where they are read."""
+    Python ones; an option given as None whose field defaults to None (`OWN_DEFAULT_FIELDS`) is left out, so that
+    the pipeline's own default applies, as the settings read None. The seed (`seed_or_generator`) and the
+    negative prompt (a list, or None for none, is allowed here) are checked where they are read."""
     checked = dict(kwargs)
     check_callback(kwargs.get("callback"))
+    if "callback_on_step_end" in kwargs or "callback_on_step_end_tensor_inputs" in kwargs:
+        check_step_end(kwargs.get("callback_on_step_end"), kwargs.get("callback_on_step_end_tensor_inputs",
+                                                                      list(STEP_END_TENSOR_INPUTS)))
     for name, value in kwargs.items():
         field = SETTINGS_KEYWORDS.get(OWN_TO_DIFFUSERS.get(name, name))
         if field is None or field in ("seed", "negative_prompt"):
+            continue
+        if value is None and field in OWN_DEFAULT_FIELDS:
+            del checked[name]
             continue
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             value = int(value)
@@ -157,16 +225,22 @@ def diffusers_call(inputs: int) -> Callable:
                 elif new in kwargs:
                     kwargs[old] = kwargs.pop(new)
                     given[old] = new
+            return_dict = kwargs.pop("return_dict", True) if method.__name__ == "__call__" else True
+            if not isinstance(return_dict, bool):
+                raise UsageError(f"return_dict={return_dict!r}; give True (the output) or False (diffusers' tuple "
+                                 "(images, None))")
+            lists = getattr(self, "generator_lists", False)
             if "generator" in kwargs:
                 if "seed" in kwargs:
                     raise TypeError("both seed= and generator= given; give generator= only")
-                kwargs["seed"] = seed_or_generator(kwargs.pop("generator"))
+                kwargs["seed"] = seed_or_generator(kwargs.pop("generator"), lists, where(self))
             elif "seed" in kwargs:
                 warnings.warn("seed= is deprecated: give diffusers' name generator= (an int seed or a CPU "
                               "torch.Generator; the old name works until ldmkit 0.2)", DeprecationWarning, stacklevel=2)
             output_type = kwargs.get("output_type", "pil")
-            if output_type not in OUTPUT_TYPES:
-                raise UsageError(f"output_type={output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
+            output_types = getattr(self, "output_types", OUTPUT_TYPES)
+            if output_type not in output_types:
+                raise UsageError(f"output_type={output_type!r}; allowed: {', '.join(output_types)}")
             unknown = sorted(set(kwargs) - set(parameters))
             if unknown:
                 options = ["generator" if n == "seed" else OWN_TO_DIFFUSERS.get(n, n)
@@ -175,7 +249,8 @@ def diffusers_call(inputs: int) -> Callable:
                 what = (f"settings.{field} = {getattr(settings, field)!r}, which it does not take (leave it at its "
                         "default)" if field else f"an unexpected keyword {given.get(unknown[0], unknown[0])!r}")
                 raise TypeError(f"{where(self)} got {what}; its options: {', '.join(options)}")
-            return method(self, **checked_options(kwargs))
+            out = method(self, **checked_options(kwargs))
+            return out if return_dict else (out.images, None)  # diffusers': (images, nsfw_content_detected)
 
         return call
 
@@ -199,8 +274,9 @@ def settings_keywords(settings: GenerationSettings, kwargs: dict, where: str) ->
     if not isinstance(settings, GenerationSettings):
         raise TypeError(f"{where}: settings={settings!r}; give an ldmkit.settings.GenerationSettings")
     for name in kwargs:
-        if name == "generator" and isinstance(kwargs[name], torch.Generator) and settings.seed == 0:
-            continue  # a torch.Generator has no place in the settings: it goes beside them, their seed left unset
+        if name == "generator" and isinstance(kwargs[name], (torch.Generator, list)) and settings.seed == 0:
+            continue  # a torch.Generator (or a list of them) has no place in the settings: it goes beside them,
+            # their seed left unset
         if name in SETTINGS_KEYWORDS:
             field = SETTINGS_KEYWORDS[name]
             raise TypeError(f"{where} got {name}= beside settings=; give {field} in the settings "

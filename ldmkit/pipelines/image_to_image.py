@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, per_image
+from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, images_of, per_image
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
 from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
 
@@ -18,42 +18,49 @@ class ImageToImagePipeline(Pipeline):
     (`diffusers_image`).
 
     strength s ∈ (0, 1]: the share of the sampler's steps that run, the last int(s·n) of n (diffusers' rule,
-    `start_index`), so s = 1 samples from the noisiest step; an s with which no step runs is refused."""
+    `start_index`), so s = 1 samples from the noisiest step; an s with which no step runs is refused.
+    ``output_type="latent"`` returns z_0 itself; ``generator`` may be a list, one per image (diffusers')."""
 
     kinds = ("text",)
+    output_types = ("pil", "pt", "np", "latent")
+    generator_lists = True
 
     @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                 steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int | torch.Generator = 0,
-                 sampler: str | None = None, eta: float = 0.0, negative_prompt: str | list[str] = "",
-                 progress: bool = False,
+                 steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
+                 seed: int | torch.Generator | list[torch.Generator] = 0, sampler: str | None = None,
+                 eta: float = 0.0, negative_prompt: str | list[str] | None = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
                  spacing: str | None = None, num_images: int = 1, output_type: str = "pil",
                  prompt_syntax: str = "plain") -> ImagePipelineOutput:
-        return image_output(self.generate_tensors(
+        latents = self.generate_latents(
             diffusers_image(image), prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress,
-            callback, karras, spacing, num_images, prompt_syntax), output_type)
+            callback, karras, spacing, num_images, prompt_syntax)
+        return image_output(latents if output_type == "latent" else self.decode(latents), output_type)
 
     @torch.inference_mode()
-    def generate_tensors(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                         steps: int | None = None, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+    def generate_latents(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
+                         steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
+                         seed: int | torch.Generator | list[torch.Generator] = 0,
                          sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str | list[str] = "", progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, karras: bool = False,
                          spacing: str | None = None, num_images: int = 1,
                          prompt_syntax: str = "plain") -> torch.Tensor:
-        """(B·num_images)×3×H×W in [-1, 1] for ``image`` B×3×H×W (a tensor in [-1, 1]), ``num_images`` per input
-        in a row (`per_image`): D(z_0') with z_0' sampled from z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's
-        k-th timestep, k = n − int(s·n) (``karras``, ``spacing``: the grid, as `Pipeline.sample_latents`).
+        """z_0' (B·num_images)×C×h×w for ``image`` B×3×H×W (a tensor in [-1, 1]), ``num_images`` per input in a
+        row (`per_image`; `generate_tensors` gives D(z_0') in [-1, 1]), sampled from
+        z_t = √ᾱ_t E(x) + √(1 − ᾱ_t) ε, t the grid's k-th timestep, k = n − int(s·n) (``karras``, ``spacing``:
+        the grid, as `Pipeline.sample_latents`).
         ``strength`` is checked first (`Pipeline.check_strength`); ``prompt_syntax``: as text-to-image's."""
         self.check_strength(strength, sampler, steps, karras, spacing)
         images = self.images(image)
         latent_size = self.latent_size(*images.shape[-2:])
         context, null_context = self.prompt_contexts(prompt, negative_prompt, images.shape[0], num_images,
                                                      check_prompt_syntax(prompt_syntax))
-        latents = self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
-                                      init_latents=per_image(self.model.encode_images(images), num_images),
-                                      strength=strength, progress=progress, callback=callback, karras=karras,
-                                      spacing=spacing)
-        return self.decode(latents)
+        return self.sample_latents(context, null_context, latent_size, steps, guidance, seed, sampler, eta,
+                                   init_latents=per_image(self.model.encode_images(images), num_images),
+                                   strength=strength, progress=progress, callback=callback, karras=karras,
+                                   spacing=spacing)
+
+    generate_tensors = images_of(generate_latents)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
-from ldmkit.pipelines.base import Pipeline, negative_list, prompt_list
+from ldmkit.pipelines.base import Pipeline, images_of, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
 from ldmkit.text.emphasis import parse
@@ -26,6 +26,8 @@ class TextToImagePipeline(Pipeline):
     """
 
     kinds = ("text",)
+    output_types = ("pil", "pt", "np", "latent")
+    generator_lists = True
 
     @classmethod
     def from_folder(
@@ -39,14 +41,16 @@ class TextToImagePipeline(Pipeline):
         return super().from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)
 
     @diffusers_call(inputs=1)
+    @torch.inference_mode()
     def __call__(self, prompt: str | list[str], output_type: str = "pil", **options) -> ImagePipelineOutput:
-        """`generate_tensors`'s images as ``output_type`` asks, under diffusers' names (`ldmkit.pipelines.calling`:
-        num_inference_steps, guidance_scale, num_images_per_prompt, generator; ``.images`` on the output); the
-        other options are `generate_tensors`'s."""
-        return image_output(self.generate_tensors(prompt, **options), output_type)
+        """`generate_latents`' z_0 decoded, as ``output_type`` asks ("latent": z_0 itself), under diffusers' names
+        (`ldmkit.pipelines.calling`: num_inference_steps, guidance_scale, num_images_per_prompt, generator;
+        ``.images`` on the output); the other options are `generate_latents`'."""
+        latents = self.generate_latents(prompt, **options)
+        return image_output(latents if output_type == "latent" else self.decode(latents), output_type)
 
     @torch.inference_mode()
-    def generate_tensors(
+    def generate_latents(
         self,
         prompt: str | list[str],
         steps: int | None = None,
@@ -68,8 +72,15 @@ class TextToImagePipeline(Pipeline):
         karras: bool = False,
         steps_offset: int | None = None,
         prompt_syntax: str = "plain",
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> torch.Tensor:
-        """Images B×3×H×W in [-1, 1]; a list of prompts gives one image per prompt per ``num_images``.
+        """z_0 B×C×h×w (x = D(z_0): `generate_tensors`); a list of prompts gives one image per prompt per
+        ``num_images``. ``seed``: an int, a CPU torch.Generator, or a list of them, one per image (diffusers');
+        ``latents``: the starting z_T ~ N(0, I), B×C×h×w, instead of one drawn; ``callback_on_step_end(self, i, t,
+        {"latents": z})``: diffusers' step-end callback, whose returned "latents" replace z
+        (`Pipeline.sample_latents`).
 
         ``callback(i, n)`` runs after sampler step i = 0 … n−1; an exception it raises stops sampling
         there (the server cancels a job this way) and propagates to the caller. ``guidance_stop``: the
@@ -122,14 +133,17 @@ class TextToImagePipeline(Pipeline):
             null_context = None if self.is_student else self.encode_null(negatives)
         # A consistency student has no unconditional pass: its null context is never read.
         null_context = context[:1] if self.is_student else null_context
-        latents = self.sample_latents(
+        return self.sample_latents(
             context, null_context, latent_size, steps, guidance, seed,
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
-            cache_interval=cache_interval, karras=karras, steps_offset=steps_offset,
+            cache_interval=cache_interval, karras=karras, steps_offset=steps_offset, latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        return self.decode(latents)
+
+    generate_tensors = images_of(generate_latents)
 
     def prompt_binding(self, prompts: list[str], scale: float,
                        candidates: int = BindingGuidance.candidates) -> BindingGuidance:
