@@ -328,6 +328,34 @@ def check_unet_inputs(config: ModelConfig, where: str | Path | None = None) -> N
                           f"{expected} ({takes}){more}")
 
 
+# what a run folder holds for each kind of training state (``OUT/checkpoints/step_XXXXXXX.pt``, `ldmkit.train`)
+_RUN_PRODUCTS = {
+    "diffusion": "the model `ldmkit train` wrote there (load the folder)",
+    "distill": "the student `ldmkit distill` wrote there (load the folder)",
+    "finetune": "what `ldmkit finetune` wrote there (a LoRA or embedding file: load its --model, then the file; "
+                "--method full: load the folder)",
+    "autoencoder": "an autoencoder, not a text-to-image model (give the folder to `ldmkit train --autoencoder`)",
+}
+
+
+def check_not_training_state(path: str | Path) -> None:
+    """A CheckpointError when ``path`` is a training checkpoint (``RUN/checkpoints/step_XXXXXXX.pt``: a run's
+    weights, optimizer and RNG, which ``--resume`` reads), naming the run folder and what it holds instead."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file, or not loadable as weights: not ldmkit's
+        return
+    if not (isinstance(state, dict) and "step" in state and "model" in state and isinstance(state.get("kind"), str)):
+        return
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    product = _RUN_PRODUCTS.get(state["kind"], "what the run wrote there")
+    raise CheckpointError(f"{path} is a training checkpoint (the {state['kind']} run's state at step "
+                          f"{state['step']}, for --resume), not a model: its run folder {run} holds {product}")
+
+
 def load_model(path: str | Path, ema: bool = True, prediction: str | None = None) -> LatentDiffusion:
     """The `LatentDiffusion` of a model in any format, in eval mode, weights in fp32.
 
@@ -357,7 +385,11 @@ def load_model(path: str | Path, ema: bool = True, prediction: str | None = None
         model.known_words = ckpt.known_words
         model.scheduler_grid = dict(ckpt.scheduler_grid)
         return model.eval()
-    ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
+    try:
+        ckpt = read_checkpoint(path, ema, prediction, cast=torch.float32)
+    except CheckpointError:
+        check_not_training_state(path)
+        raise
     check_unet_inputs(ckpt.config, path)
     with empty_parameters():
         model = LatentDiffusion(ckpt.config, ckpt.tokenizer)

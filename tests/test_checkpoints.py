@@ -4,6 +4,7 @@ the logs of a resumed run read as one run."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -257,3 +259,94 @@ def test_resuming_with_another_autoencoder_is_refused(autoencoder, tmp_path):
     with pytest.raises(CheckpointError, match="holds other weights than the autoencoder the checkpoint's UNet"):
         train_diffusion(preset, other, tmp_path / "ldm", steps=2, resume="auto", progress=False)
     train_diffusion(preset, autoencoder, tmp_path / "ldm", steps=2, resume="auto", progress=False)  # its own: fine
+
+
+def _model_files(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("a finished model's config\n")
+    (folder / "unet.safetensors").write_bytes(b"its weights")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("command", [["train-autoencoder"], ["train", "--autoencoder", "ae"],
+                                     ["distill", "--teacher", "teacher"]])
+def test_training_refuses_an_out_that_holds_files_but_no_checkpoints(command, tmp_path, capsys):
+    import argparse
+
+    from ldmkit.cli.train import check_run_folder
+
+    out = tmp_path / "model"  # e.g. a finished run whose checkpoints/ was deleted
+    before = _model_files(out)
+    for resume in ([], ["--resume"]):
+        assert main([*command, "--preset", "tiny", "--out", str(out), "--no-progress", *resume]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out {out} is not empty" in err and "no checkpoints" in err and "\n" not in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    started = tmp_path / "started"  # a run stopped before its first checkpoint: --resume starts it over
+    (started / "samples").mkdir(parents=True)
+    (started / "log.csv").write_text("step,time,loss,lr\n")
+    assert main([*command, "--preset", "tiny", "--out", str(started), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    check_run_folder(argparse.Namespace(out=str(started), resume="auto"))
+    with_checkpoints = tmp_path / "run"  # a run of its own: the fresh start is refused later, --resume continues
+    torch.save({}, tmp_path / "x.pt")
+    (with_checkpoints / "checkpoints").mkdir(parents=True)
+    (with_checkpoints / "config.yaml").write_text("")
+    shutil.copy(tmp_path / "x.pt", checkpoint_path(with_checkpoints, 3))
+    check_run_folder(argparse.Namespace(out=str(with_checkpoints), resume="auto"))
+    check_run_folder(argparse.Namespace(out=str(tmp_path / "new"), resume=None))
+
+
+def test_a_negative_seed_is_refused_as_generate_refuses_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-autoencoder", "--preset", "tiny", "--out", str(tmp_path / "run"), "--seed", "-1"])
+    assert exit_info.value.code == 2 and "--seed: must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_with_nothing_readable_is_refused_before_the_run_folder_is_made(tmp_path):
+    from ldmkit.data.shards import ShardSample, write_shards
+    from ldmkit.errors import DataError
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    (junk / "a.txt").write_text("a red circle")
+    shards = tmp_path / "shards"
+    write_shards([ShardSample("00000000", b"not a png", "png", "a red circle")], shards, 1)
+    for source, message in ((junk, "none of the 1 images"), (shards, "no readable samples")):
+        preset = small_preset()
+        preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, source=str(source)))
+        out = tmp_path / f"run_{source.name}"
+        with pytest.warns(UserWarning) if source is junk else contextlib.nullcontext():
+            with pytest.raises(DataError, match=message):
+                train_autoencoder(preset, out, steps=1, progress=False)
+        assert not out.exists()
+
+
+def test_loading_a_training_checkpoint_as_a_model_names_the_run_folder(tmp_path):
+    from ldmkit.model import LatentDiffusion
+    from ldmkit.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    path = save_checkpoint(run, {"kind": "diffusion", "step": 20, "model": {"w": torch.zeros(1)}}, keep=1)
+    with pytest.raises(CheckpointError, match=f"is a training checkpoint .* step 20.*its run folder {run} holds "
+                                              "the model `ldmkit train` wrote"):
+        LatentDiffusion.load(path)
+
+
+@pytest.mark.slow
+def test_a_text_model_on_images_without_captions_is_warned_of(autoencoder, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "uncaptioned"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(folder / f"{i}.png")
+    preset = small_preset()
+    preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, source=str(folder)))
+    with pytest.warns(UserWarning, match="none of the 4 images .* has a caption"):
+        train_diffusion(preset, autoencoder, tmp_path / "ldm", steps=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the autoencoder trains on images alone: nothing to say
+        train_autoencoder(preset, tmp_path / "ae", steps=1, progress=False)

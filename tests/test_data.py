@@ -375,3 +375,28 @@ def test_save_grid(tmp_path):
     with Image.open(save_grid(pils, tmp_path / "g.png", padding=0)) as grid:
         assert grid.size == (24, 32)
         assert np.array_equal(np.asarray(grid)[:16, :12], np.asarray(pils[0]))
+
+
+def test_an_interrupted_pack_leaves_no_shards_and_a_rerun_writes_them_all(tmp_path, capsys):
+    from ldmkit.cli import main
+    from ldmkit.data.shards import ShardDataset, ShardSample, write_shards
+
+    def samples(stop_after=None):
+        for i in range(5):
+            if i == stop_after:
+                raise KeyboardInterrupt  # Ctrl-C, two shards in
+            yield ShardSample(f"{i:08d}", write_png(tmp_path / "x.png").read_bytes(), "png", f"caption {i}")
+
+    out = tmp_path / "shards"
+    out.mkdir()  # an empty --out, as a user may make it first
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(samples(stop_after=4), out, shard_size=2)
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["shards", "x.png"]
+    assert [p.name for p in write_shards(samples(), out, shard_size=2)] == ["000000.tar", "000001.tar", "000002.tar"]
+    assert len(list(ShardDataset(str(out), 8))) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards", "x.png"]  # no temporary folder left
+
+    assert main(["data", "pack", "shapes", "--out", str(tmp_path / "bar"), "--num-samples", "3",
+                 "--image-size", "8"]) == 0
+    err = capsys.readouterr().err  # the progress bar, as `data cache` has
+    assert "packing" in err and "3/3" in err

@@ -475,3 +475,24 @@ def test_the_shipped_model_command_runs_as_shown():
     assert argv[:2] == ["ldmkit", "generate"] and not any(a.startswith("--model") for a in argv)
     args = build_parser().parse_args(argv[1:])
     assert args.model is None and args.prompt == settings.prompt and args.overwrite
+
+
+@pytest.mark.slow
+def test_training_and_finetune_refusals_are_one_line_and_keep_what_was_there(places, tmp_path):
+    """A --out holding a finished model (its checkpoints/ deleted), an --lr of 0, a --token without textual
+    inversion: exit 2, one line, before any work, the folder's files untouched."""
+    model = tmp_path / "model"
+    shutil.copytree(places["tiny"], model)
+    before = {p: _digest(p) for p in model.rglob("*") if p.is_file()}
+    rows = [(["train", "--preset", "tiny", "--autoencoder", str(places["ae"]), "--out", str(model)], "not empty"),
+            (["train-autoencoder", "--preset", "tiny", "--out", str(model), "--resume"], "no checkpoints"),
+            (["finetune", "--model", str(places["tiny"]), "--images", str(places["tmp"] / "full"), "--out",
+              str(tmp_path / "ft"), "--lr", "0"], "--lr 0.0 trains nothing"),
+            (["finetune", "--model", str(places["tiny"]), "--images", str(places["tmp"] / "full"), "--out",
+              str(tmp_path / "ft"), "--token", "<q>"], "--token applies to --method textual-inversion")]
+    for argv, words in rows:
+        result = _run(argv)
+        err = result.stderr.decode("utf-8", "replace").strip()
+        assert result.returncode == 2 and "\n" not in err and words in err and err.startswith("ldmkit"), err
+    assert {p: _digest(p) for p in model.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "ft").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -333,3 +334,55 @@ def test_timestep_bias_weights_the_chosen_end():
     assert abs((draws["none"] < 250).float().mean().item() - 0.25) < 0.02
     assert draws["earlier"].min() >= 0 and draws["later"].max() <= 999
 
+
+
+def test_an_unreadable_image_is_left_out_of_the_training_set_and_its_digest(tiny, images, tmp_path):
+    from ldmkit.train.finetune import images_digest
+
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "9.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link: listed, never readable
+    (folder / "9.txt").write_text("a red <blob>")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        prep = prepare(tiny, folder, CONFIG, torch.device("cpu"))
+    readable = sorted(p for p in folder.glob("*.png") if p.name != "9.png")
+    assert len(prep.captions) == len(prep.moments[0]) == len(readable) == 6
+    assert prep.images_sha256 == images_digest(readable, [(p.with_suffix(".txt")).read_text() for p in readable])
+    (folder / "0.txt").write_text("a blue <blob>")  # a changed folder is still told apart on resume
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert prepare(tiny, folder, CONFIG, torch.device("cpu")).images_sha256 != prep.images_sha256
+
+
+def test_lr_and_alpha_0_and_a_token_without_textual_inversion_are_refused(tiny, images, tmp_path, capsys):
+    base = ["finetune", "--model", str(tiny), "--images", str(images), "--no-progress", "--steps", "1"]
+    for options, message in ((["--lr", "0"], "--lr 0.0 trains nothing"),
+                             (["--alpha", "0"], "--alpha 0.0 scales the LoRA"),
+                             (["--token", "<q>"], "--token applies to --method textual-inversion, not lora"),
+                             (["--method", "full", "--token", "<q>"], "--token applies to --method textual-inversion")):
+        out = tmp_path / "never"
+        assert main([*base, "--out", str(out), *options]) == 2, options
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:  # the seed check `ldmkit generate` makes
+        main([*base, "--out", str(tmp_path / "never"), "--seed", "-1"])
+    assert exit_info.value.code == 2 and "--seed: must be 0" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--lr 0"):
+        finetune(tiny, images, tmp_path / "api", dataclasses.replace(CONFIG, lr=0.0), progress=False)
+    assert not (tmp_path / "api").exists()
+
+
+def test_resume_compares_the_learning_rate_and_alpha_used_not_how_they_were_given(tiny, images, tmp_path):
+    from ldmkit.config import to_dict
+    from ldmkit.errors import CheckpointError
+    from ldmkit.train.finetune import DEFAULT_LR, check_resumable
+
+    run = tmp_path / "run"
+    finetune(tiny, images, run, dataclasses.replace(CONFIG, steps=2), progress=False)  # --lr, --alpha left out
+    written_out = dataclasses.replace(CONFIG, lr=DEFAULT_LR["lora"], alpha=float(CONFIG.rank))
+    finetune(tiny, images, run, written_out, resume=True, progress=False)  # the same values, given
+    older = {"settings": {**to_dict(CONFIG), "lr": 0.0, "alpha": 0.0}, "base_model": str(tiny)}  # 0 meant default
+    check_resumable(older, written_out, tiny)
+    check_resumable(older, CONFIG, tiny)
+    with pytest.raises(CheckpointError, match="lr 0.0005 → 0.001"):
+        check_resumable(older, dataclasses.replace(CONFIG, lr=1e-3), tiny)

@@ -10,6 +10,7 @@ from ldmkit.cli.common import UsageError, bounded_int, load_training_config, pos
 from ldmkit.cli.outputs import check_output_dir
 
 MAX_PACK_SIDE = 4096  # pixels: the largest side `data pack` resizes to
+from ldmkit.data.imagefolder import find_images
 from ldmkit.data.latent_cache import MANIFEST, build_latent_cache, check_condition
 from ldmkit.data.shards import folder_samples, shapes_samples, write_shards
 
@@ -19,14 +20,16 @@ def cmd_pack(args) -> None:
     if args.src == "shapes":
         samples = shapes_samples(args.num_samples, args.image_size or 64, args.seed, args.max_objects,
                                  args.two_object_share)
+        total = args.num_samples
     elif Path(args.src).is_dir():
         samples = folder_samples(args.src, args.image_size, skipped)
+        total = len(find_images(Path(args.src)))  # the bar's end: the unreadable ones are left out as met
     else:
         raise UsageError(f"SRC {args.src!r} is neither 'shapes' nor a folder of images")
     out = check_output_dir(args.out)
     if out.is_dir() and any(out.glob("*.tar")):
         raise UsageError(f"--out {out} already holds .tar shards; choose an empty folder")
-    shards = write_shards(samples, out, args.shard_size)
+    shards = write_shards(samples, out, args.shard_size, total, progress=not args.no_progress)
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", file=sys.stderr)
     print(f"wrote {len(shards)} shard(s) to {out}; train on them with data.source: {out}")
@@ -60,6 +63,7 @@ def add_parsers(sub) -> None:
     pack.add_argument("--two-object-share", type=unit_interval, default=0.5,
                       help="shapes: the share of two-object scenes when --max-objects is 2 "
                            "(default 0.5; data.two_object_share)")
+    pack.add_argument("--no-progress", action="store_true", help="no progress bar")
     pack.set_defaults(func=cmd_pack)
 
     cache = data_sub.add_parser("cache", help="encode the training data once with the frozen autoencoder "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ldmkit.cli.common import (
-    UsageError, bounded_float, bounded_int, non_negative_float, non_negative_int, positive_int,
+    UsageError, bounded_float, bounded_int, non_negative_float, non_negative_int, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
@@ -107,7 +107,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr-warmup-steps", type=non_negative_int, metavar="N",
                    help="raise the learning rate linearly from 0 over the first N steps (default 0), as diffusers' "
                         "--lr_warmup_steps: the adapters' first steps from B = 0 at a high rate are the unsteady ones")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int, help="the run's seed: the adapters' start, the batch order and the noise "
+                                                 "(default 0)")
     p.add_argument("--sample-prompt", action="append", metavar="PROMPT",
                    help="a prompt of the sample grids (repeatable; default: the first 4 captions)")
     p.add_argument("--sample-every", type=positive_int, metavar="N", help="a sample grid every N steps (default 100)")

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import os
 
-from ldmkit.cli.common import load_training_config, positive_int
+from ldmkit.cli.common import load_training_config, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.autoencoder.folder import first_stage
 from ldmkit.config import AutoencoderConfig, Preset, preset_names
@@ -18,14 +18,36 @@ from ldmkit.model import check_unet_in_channels
 from ldmkit.pretrained import resolve_model
 from ldmkit.storage import load_config
 from ldmkit.train.autoencoder import train_autoencoder
+from ldmkit.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.distill import distill
 
 
+# what a run has written before its first checkpoint (`ldmkit.train.logs`, the sample grids)
+RUN_START = frozenset({"log.csv", "tensorboard", "samples", CHECKPOINT_DIR})
+
+
+def check_run_folder(args) -> None:
+    """--out as the folder of this run: new, empty, or holding checkpoints (which a fresh run refuses and
+    ``--resume`` continues, `ldmkit.train.checkpoint.resume_state`). With ``--resume``, also a folder holding only
+    what a run writes before its first checkpoint (`RUN_START`: the run starts over). Any other files are another
+    run's or a finished model's, which training would overwrite: refused, in one line, before any work."""
+    out = check_output_dir(args.out)
+    if not out.is_dir() or list_checkpoints(out):
+        return
+    started = all(p.name in RUN_START for p in out.iterdir())
+    if args.resume is not None and started:
+        return
+    remedy = ("choose a new folder, or pass --resume to start that run over (it wrote no checkpoint)" if started
+              else "it holds no checkpoints to --resume from, and training would overwrite its files; choose a new "
+                   "folder")
+    check_output_dir(out, empty=True, remedy=remedy)
+
+
 def _preset(args, section: str) -> Preset:
     """The preset or config file, with the checkpoint flags written into its ``section`` (the train config);
-    --out is checked first (a folder that can be created and written)."""
-    check_output_dir(args.out)
+    --out is checked first (a folder that can be created and written, `check_run_folder`)."""
+    check_run_folder(args)
     preset = load_training_config(args)
     overrides = {}
     if args.checkpoint_every is not None:
@@ -58,7 +80,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every N steps (overrides the config)")
     p.add_argument("--keep-checkpoints", type=positive_int, metavar="K",
                    help="keep the newest K checkpoints (default: the config's checkpoint_keep, 3)")
-    p.add_argument("--seed", type=int, metavar="N",
+    p.add_argument("--seed", type=seed_int, metavar="N",
                    help="the run's seed: its data order, noise and timesteps (overrides the config; e.g. a run "
                         "started with --init from a model trained on seed 0 sees other items with another)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda; under torchrun each rank takes "

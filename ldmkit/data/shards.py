@@ -30,6 +30,8 @@ import itertools
 import json
 import os
 import random
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
 from ldmkit.data.collate import collate
 from ldmkit.data.imagefolder import ImageFolderDataset
@@ -187,6 +190,19 @@ class ShardDataset(IterableDataset):
                 self.skipped.add(_name(sample))
                 warnings.warn(f"skipping unreadable image {e}")
 
+    def check_readable(self) -> None:
+        """`DataError` unless a sample of the shards decodes (read in file order up to the first that does), naming
+        the first thing that did not: what a run checks before it writes anything."""
+        errors: list[str] = []
+        for url in self.urls:
+            for sample in _raw_samples(url, errors):
+                try:
+                    self.decode(sample)
+                    return
+                except DataError as e:
+                    errors.append(str(e))
+        raise DataError(f"no readable samples in {self.source}" + (f": {errors[0]}" if errors else " (empty shards)"))
+
     def read_captions(self, limit: int) -> list[str]:
         """The first ``limit`` captions, read without decoding images."""
         return [_caption(s) for s in itertools.islice(self.raw(), limit)]
@@ -280,38 +296,52 @@ class ShardSample:
     caption: str
 
 
-def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: int) -> list[Path]:
+def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: int, total: int | None = None,
+                 progress: bool = False) -> list[Path]:
     """Write ``samples`` into ``out/000000.tar``, ``out/000001.tar``, … of ``shard_size`` samples each.
 
-    Each shard is written to a temporary file and renamed into place when complete, so an
-    interrupted pack leaves whole shards only. ``out`` is created once the first shard's samples are
-    made, so a source that yields none (a DataError) leaves nothing behind; no samples at all is a DataError too.
-    """
+    The shards are written into a temporary folder beside ``out`` and moved into ``out`` once the last is
+    complete (the folder renamed as a whole where ``out`` is new or empty), so an interrupted pack (Ctrl-C, an
+    error) leaves no shard in ``out``: a set of shards there is always the whole pack. ``out`` is created only
+    then, so a source that yields none (a DataError) leaves nothing behind; no samples at all is a DataError
+    too. ``total``: the number of samples expected, for the progress bar (``progress``)."""
     TarWriter = _webdataset().TarWriter
 
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size}; must be at least 1")
     out = Path(out)
-    written: list[Path] = []
     samples = iter(samples)
     chunk = list(itertools.islice(samples, shard_size))
     if not chunk:
         raise DataError(f"no samples to write into {out}; nothing was written")
-    out.mkdir(parents=True, exist_ok=True)
-    while chunk:
-        path = out / f"{len(written):06d}.tar"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            # mtime fixed: the same samples give byte-identical shards
-            with TarWriter(f, encoder=False, mtime=0.0) as writer:
-                for s in chunk:
-                    writer.write({"__key__": s.key, s.ext: s.image, "txt": s.caption.encode("utf-8")})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        written.append(path)
-        chunk = list(itertools.islice(samples, shard_size))
-    return written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".packing"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a plain mkdir's mode, not mkdtemp's private 0700
+    names: list[str] = []
+    try:
+        with tqdm(total=total, desc="packing", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            while chunk:
+                name = f"{len(names):06d}.tar"
+                with open(tmp / name, "wb") as f:
+                    # mtime fixed: the same samples give byte-identical shards
+                    with TarWriter(f, encoder=False, mtime=0.0) as writer:
+                        for s in chunk:
+                            writer.write({"__key__": s.key, s.ext: s.image, "txt": s.caption.encode("utf-8")})
+                    f.flush()
+                    os.fsync(f.fileno())
+                names.append(name)
+                bar.update(len(chunk))
+                chunk = list(itertools.islice(samples, shard_size))
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            os.replace(tmp, out)  # all shards appear at once
+        else:  # a folder holding other files (no shards: `ldmkit data pack` refuses those)
+            for name in names:
+                os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in names]
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -25,8 +25,8 @@ from ldmkit.storage import CheckpointError
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, autocast, check_finite, check_weights_finite, learning_rate, micro_batches, resumed_loader,
-    step_generator, stream_readers,
+    SkipReport, autocast, check_finite, check_readable, check_weights_finite, learning_rate, micro_batches,
+    resumed_loader, step_generator, stream_readers,
 )
 from ldmkit.train.logs import RunLog
 from ldmkit.errors import ConfigError
@@ -83,6 +83,7 @@ def _train(preset: Preset, out: Path, steps: int | None, resume, ctx, progress: 
             f"data.image_size {preset.data.image_size} is not a multiple of the autoencoder's "
             f"downsampling factor f={cfg.downsample_factor}"
         )
+    check_readable(dataset)  # before the run's folder is made
 
     torch.manual_seed(tcfg.seed)  # the initial weights are part of what a seed reproduces
     model = build_autoencoder(cfg).to(dev)

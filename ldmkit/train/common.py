@@ -86,6 +86,16 @@ class TrainingItems(Dataset):
         return item
 
 
+def check_readable(dataset) -> None:
+    """`DataError` when the training data yields nothing to train on, said before a run creates its folder: a stream
+    of shards needs one sample that decodes (`ShardDataset.check_readable`), a map-style dataset its first readable
+    item (an image folder reads on past unreadable files, warning of each)."""
+    if hasattr(dataset, "check_readable"):
+        dataset.check_readable()
+    elif len(dataset):
+        dataset[0]
+
+
 def make_loader(dataset, batch_size: int, seed: int, start_step: int, total_steps: int, num_workers: int,
                 ctx: Distributed) -> Iterable[dict]:
     """Batches of this rank's share (``batch_size`` / world size items) of every step's global

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,8 @@ from ldmkit.text.known_words import CAPTIONS_READ, KnownWords
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, micro_batches, resumed_loader,
-    step_generator, stream_readers,
+    SkipReport, adamw, autocast, check_finite, check_readable, check_weights_finite, learning_rate, micro_batches,
+    resumed_loader, step_generator, stream_readers,
 )
 from ldmkit.train.ema import EMA
 from ldmkit.train.grounding import GroundingTargets, grounding_losses, grounding_targets
@@ -65,6 +66,16 @@ def check_colour_word_dropout(share: float, colour_lexicon: str) -> None:
     if share and (colour_lexicon != "add" or not 0 < share <= 1):
         raise ConfigError(f"train.colour_word_dropout = {share}: a share in (0, 1] with text.colour_lexicon: add "
                           f"(this model has {colour_lexicon!r}), or 0")
+
+
+def warn_if_uncaptioned(captions: list[str], source: str) -> None:
+    """A one-line warning when none of a text model's training captions (those read, up to `CAPTIONS_READ`) holds
+    text: every item would train the empty caption, a model that ignores its prompts."""
+    if captions and not any(c.strip() for c in captions):
+        shown = f"none of the {len(captions)} images" if len(captions) < CAPTIONS_READ else \
+            f"none of the first {len(captions)} images"
+        warnings.warn(f"{shown} in {source} has a caption: the text model learns to ignore prompts; give each "
+                      "image a caption (a sidecar .txt or metadata.jsonl, see docs/usage.md)", stacklevel=2)
 
 
 def caption_keep_mask(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -247,6 +258,8 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     check_colour_word_dropout(tcfg.colour_word_dropout, preset.text.colour_lexicon)
     dataset = open_latent_cache(preset.data, autoencoder_dir, preset.condition.kind) if cached \
         else build_dataset(preset.data)
+    if not cached:
+        check_readable(dataset)  # before the run's folder is made
 
     state = resume_state(resume, out, "diffusion", ctx, preset=preset)
     source = LatentDiffusion.load(init) if init is not None and state is None else None
@@ -282,7 +295,10 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
 
     # the words of the captions, which prompts are read in (ldmkit.text.known_words); read before the seed, as the
     # tokenizer's captions are, so that no dataset's own random draws move what the seed reproduces
-    known = KnownWords.from_captions(dataset_captions(dataset, CAPTIONS_READ)) if config.condition.uses_text else None
+    captions = dataset_captions(dataset, CAPTIONS_READ) if config.condition.uses_text else None
+    if ctx.is_main and config.condition.kind == "text":
+        warn_if_uncaptioned(captions, preset.data.source)
+    known = KnownWords.from_captions(captions) if captions is not None else None
     if known is not None and source is not None and source.known_words is not None:
         known = known.union(source.known_words)
 

@@ -42,7 +42,8 @@ from ldmkit.storage import CheckpointError
 from ldmkit.train import distributed
 from ldmkit.train.checkpoint import resume_state, rng_state, save_checkpoint
 from ldmkit.train.common import (
-    SkipReport, adamw, autocast, check_finite, check_weights_finite, learning_rate, resumed_loader, step_generator,
+    SkipReport, adamw, autocast, check_finite, check_readable, check_weights_finite, learning_rate, resumed_loader,
+    step_generator,
 )
 from ldmkit.train.diffusion import encode_latents
 from ldmkit.train.logs import RunLog
@@ -206,6 +207,7 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
             raise CheckpointError(f"the checkpoint does not fit this student: {str(e).splitlines()[0]}") from None
 
     dataset = build_dataset(preset.data)
+    check_readable(dataset)  # before the run's folder is made
     prompts = dataset_captions(dataset, 8)
     saved = LatentDiffusion(config, teacher.tokenizer, teacher.autoencoder)  # what is written: θ⁻ as the UNet
     saved.text_encoder, saved.unet = teacher.text_encoder, target

@@ -76,11 +76,12 @@ FREE_KEYS = {"steps", "log_every", "sample_every", "checkpoint_every", "checkpoi
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One fine-tuning run. ``lr`` 0 and ``alpha`` 0 take the defaults (`DEFAULT_LR`; α = r)."""
+    """One fine-tuning run. ``lr`` None and ``alpha`` None take the defaults (`DEFAULT_LR`; α = r); 0 is refused
+    (`check_config`: η = 0 trains nothing, α = 0 scales the LoRA's (α/r) B A to nothing)."""
 
     method: Literal["lora", "textual-inversion", "full"] = "lora"
     rank: int = 8
-    alpha: float = 0.0
+    alpha: float | None = None
     text_encoder_lora: bool = False  # LoRA on a CLIP text encoder's attention too
     lora_targets: Literal["attention", "attention+conv"] = "attention"  # + the ResBlocks' 3×3 convolutions (LoCon)
     save_dtype: Literal["float32", "float16"] = "float32"  # the LoRA file's tensors (float16: half the size)
@@ -91,7 +92,7 @@ class FinetuneConfig:
     flip_aug: bool = False  # each image also mirrored left to right, its caption's "left"/"right" swapped
     steps: int = 500
     batch_size: int = 4
-    lr: float = 0.0
+    lr: float | None = None
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"  # η after the warm-up (`learning_rate`)
@@ -117,7 +118,13 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr or DEFAULT_LR[self.method]
+        """η₀: ``lr``, or the method's default (`DEFAULT_LR`)."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def lora_alpha(self) -> float:
+        """α: ``alpha``, or the rank r (α/r = 1)."""
+        return self.alpha if self.alpha is not None else self.rank
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -126,9 +133,18 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     if cfg.method == "textual-inversion" and not cfg.token:
         raise UsageError("--method textual-inversion needs --token, the new word to learn (e.g. \"<hexagon>\")")
-    if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha or cfg.lora_targets != "attention"
+    if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha is not None or cfg.lora_targets != "attention"
                                  or cfg.save_dtype != "float32"):
         raise UsageError("--alpha, --text-encoder, --lora-targets and --save-dtype apply to --method lora only")
+    if cfg.token and cfg.method != "textual-inversion":
+        raise UsageError(f"--token applies to --method textual-inversion, not {cfg.method} (a {cfg.method} run "
+                         "learns from the captions as written: put the new word in them, or in --prompt)")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UsageError(f"--lr {cfg.lr} trains nothing: give a learning rate above 0 (default for {cfg.method}: "
+                         f"{DEFAULT_LR.get(cfg.method, DEFAULT_LR['lora']):g})")
+    if cfg.alpha is not None and not (math.isfinite(cfg.alpha) and cfg.alpha > 0):
+        raise UsageError(f"--alpha {cfg.alpha} scales the LoRA (α/r) B A to nothing: give α above 0 (default: the "
+                         "rank r, so α/r = 1)")
     if cfg.lora_targets not in lora_files.TARGETS:
         raise UsageError(f"--lora-targets {cfg.lora_targets!r}; allowed: {', '.join(lora_files.TARGETS)}")
     if cfg.lr_scheduler not in LR_SCHEDULES:
@@ -185,7 +201,8 @@ class Prepared:
 
 
 def images_digest(paths: list[Path], captions: list[str]) -> str:
-    """sha256 of the training set as read: each image file's bytes and its caption, in the dataset's order."""
+    """sha256 of the training set as read: each image file's bytes and its caption, in the dataset's order (the
+    images trained on: `prepare` leaves out those it could not read)."""
     digest = hashlib.sha256()
     for path, caption in zip(paths, captions):
         digest.update(sha256_file(path).encode())
@@ -247,7 +264,7 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
     torch.manual_seed(cfg.seed)  # the adapters' initial A is part of what a seed reproduces
     if cfg.method == "lora":
         targets = lora_files.training_targets(model, cfg.text_encoder_lora, cfg.lora_targets)
-        lora.inject(model, targets, cfg.rank, cfg.alpha or cfg.rank, ADAPTER)
+        lora.inject(model, targets, cfg.rank, cfg.lora_alpha, ADAPTER)
         params = lora.adapter_parameters(model, ADAPTER)
     elif cfg.method == "textual-inversion":
         start = inversion.initial_vectors(model, cfg.token, cfg.init_word or None, cfg.num_vectors)
@@ -259,9 +276,15 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
     mean, std = encode_images(model, dataset, device)
     if cfg.flip_aug:  # the mirror images after the originals (the sample grids' first captions stay the images')
         mirror_mean, mirror_std = encode_images(model, dataset, device, mirror=True)
-        mean, std = torch.cat([mean, mirror_mean]), (None if std is None else torch.cat([std, mirror_std]))
+    # an unreadable image (warned of as it was met) is left out: its row holds the next readable image
+    readable = [i for i, path in enumerate(dataset.paths) if path not in dataset.skipped]
+    paths, captions = [dataset.paths[i] for i in readable], [captions[i] for i in readable]
+    mean, std = mean[readable], (None if std is None else std[readable])
+    if cfg.flip_aug:
+        mean = torch.cat([mean, mirror_mean[readable]])
+        std = None if std is None else torch.cat([std, mirror_std[readable]])
         captions = captions + [mirror_caption(c) for c in captions]
-    return Prepared(model, captions, (mean, std), params, images_digest(dataset.paths, captions))
+    return Prepared(model, captions, (mean, std), params, images_digest(paths, captions))
 
 
 def _trained_state(prep: Prepared, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
@@ -283,8 +306,9 @@ def _load_trained_state(prep: Prepared, cfg: FinetuneConfig, state: dict) -> Non
 
 def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
     """CheckpointError listing the settings in which this run differs from the one that wrote ``state``."""
-    ours = to_dict(cfg)
-    theirs = to_dict(FinetuneConfig(method=cfg.method)) | state.get("settings", {})  # older runs lack newer fields
+    ours = _used(to_dict(cfg))
+    # older runs lack newer fields: those take their defaults
+    theirs = _used(to_dict(FinetuneConfig(method=cfg.method)) | state.get("settings", {}))
     differ = [f"{k} {theirs.get(k)!r} → {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
               if k not in FREE_KEYS and _plain(theirs.get(k)) != _plain(ours.get(k))]
     if Path(str(state.get("base_model"))).resolve() != model_path.resolve():  # the same folder, however written
@@ -293,6 +317,15 @@ def check_resumable(state: dict, cfg: FinetuneConfig, model_path: Path) -> None:
         shown = "; ".join(differ[:4])
         raise CheckpointError(f"cannot resume: the checkpoint was fine-tuned with other settings ({shown}); "
                               "resume with the same options, or choose another --out")
+
+
+def _used(settings: dict) -> dict:
+    """``settings`` with ``lr`` and ``alpha`` as the values the run trains with: a default (None, or 0 in
+    checkpoints of older versions, which meant the default) is written out (`DEFAULT_LR`; α = r for LoRA)."""
+    method = settings.get("method", "lora")
+    lr, alpha = settings.get("lr") or DEFAULT_LR.get(method), settings.get("alpha")
+    alpha = (alpha or settings.get("rank", 8)) if method == "lora" else None
+    return {**settings, "lr": None if lr is None else float(lr), "alpha": None if alpha is None else float(alpha)}
 
 
 def _plain(value):
@@ -305,8 +338,6 @@ def write_result(prep: Prepared, cfg: FinetuneConfig, out: Path, model_path: Pat
     if cfg.method == "lora":
         meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step),
                 lora_files.WORDS_KEY: KnownWords.from_captions(prep.captions).to_json()}
-        if cfg.token:
-            meta["ldmkit.token"] = cfg.token
         return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta,
                                      SAVE_DTYPES[cfg.save_dtype])]
     if cfg.method == "textual-inversion":
@@ -320,6 +351,7 @@ def finetune(model_path: str | Path, images: str | Path, out: str | Path, cfg: F
     """Fine-tune ``model_path`` on the captioned ``images`` into ``out`` (see the module docstring); returns the
     files of the result. ``resume``: as `ldmkit.train.diffusion.train_diffusion`'s."""
     model_path, images, out = Path(model_path), Path(images), Path(out)
+    check_config(cfg)
     with distributed.process_group(device) as ctx:
         if ctx.world_size > 1:
             raise UsageError("ldmkit finetune runs in one process; launch it without torchrun")
