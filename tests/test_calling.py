@@ -413,3 +413,27 @@ def test_a_list_of_generators_draws_each_image_from_its_own(pipe):
     listed = img2img(source, "a blue star", num_inference_steps=2, generator=[torch.Generator().manual_seed(4)],
                      output_type="pt").images
     assert torch.equal(listed, alone)
+
+
+@pytest.mark.parametrize("preset", ["tiny-class", "tiny-inpaint"])
+def test_class_and_inpainting_pipelines_take_a_list_of_generators(tmp_path_factory, preset):
+    """generator=[g_0, g_1]: image i is the one g_i draws alone, as in text-to-image (inpainting from the image
+    noised part-way too: the noise it is noised with is g_i's)."""
+    from ldmkit.pipelines import ClassConditionalPipeline
+
+    folder = build_tiny_model(tmp_path_factory.getbasetemp() / f"calling-{preset}", preset)
+    if preset == "tiny-class":
+        pipe = ClassConditionalPipeline.from_folder(folder)
+        inputs, options = (pipe.classes[0],), {}
+    else:
+        pipe = InpaintingPipeline.from_folder(folder)
+        image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        inputs, options = (image, Image.new("L", (32, 32), 255)), {"strength": 0.75}
+
+    def draw(generator, n=1):
+        return pipe(*inputs, num_inference_steps=4, generator=generator, num_images_per_prompt=n,
+                    output_type="pt", **options).images
+
+    both = draw([torch.Generator().manual_seed(4), torch.Generator().manual_seed(9)], n=2)
+    torch.testing.assert_close(both, torch.cat([draw(4), draw(9)]), rtol=0, atol=1e-5)  # a batch of 2 rounds apart
+    assert (both[0] - both[1]).abs().max() > 0.01  # two generators, two images

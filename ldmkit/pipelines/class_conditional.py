@@ -18,6 +18,7 @@ class ClassConditionalPipeline(Pipeline):
     the names the model knows (any other is a ValueError naming them)."""
 
     kinds = ("class",)
+    generator_lists = True  # diffusers' generator=[…]: image i's z_T from the i-th (`Pipeline.sample_latents`)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ class InpaintingPipeline(Pipeline):
     [0, 1], as diffusers reads it (`diffusers_image`); ``num_images_per_prompt`` images per input image."""
 
     kinds = ("inpaint",)
+    generator_lists = True  # diffusers' generator=[…]: image i's z_T from the i-th (`Pipeline.sample_latents`)
 
     @_old_mask_keyword
     @diffusers_call(inputs=3)
