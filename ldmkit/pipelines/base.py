@@ -334,6 +334,11 @@ class Pipeline(AdapterMixin):
         with self._autocast():
             return self.model.decode_latents(latents).float().contiguous().cpu()
 
+    def latents_output(self, latents: torch.Tensor, output_type: str) -> ImagePipelineOutput:
+        """A call's output of sampled z_0: z_0 itself for ``output_type`` "latent", else x = D(z_0) (`decode`) as
+        ``output_type`` asks (`image_output`)."""
+        return image_output(latents if output_type == "latent" else self.decode(latents), output_type)
+
     # ---------------------------------------------------------------------------------------------
     # sampling
 

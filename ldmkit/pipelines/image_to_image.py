@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, images_of, per_image
-from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call
 from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
 
 
@@ -37,7 +37,7 @@ class ImageToImagePipeline(Pipeline):
         latents = self.generate_latents(
             diffusers_image(image), prompt, strength, steps, guidance, seed, sampler, eta, negative_prompt, progress,
             callback, karras, spacing, num_images, prompt_syntax)
-        return image_output(latents if output_type == "latent" else self.decode(latents), output_type)
+        return self.latents_output(latents, output_type)
 
     @torch.inference_mode()
     def generate_latents(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,

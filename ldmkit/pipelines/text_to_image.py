@@ -9,7 +9,7 @@ import torch
 
 from ldmkit.diffusion.binding import BindingGuidance, binding_groups
 from ldmkit.errors import UsageError
-from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call
 from ldmkit.pipelines.base import Pipeline, images_of, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
@@ -47,7 +47,7 @@ class TextToImagePipeline(Pipeline):
         (`ldmkit.pipelines.calling`: num_inference_steps, guidance_scale, num_images_per_prompt, generator;
         ``.images`` on the output); the other options are `generate_latents`'."""
         latents = self.generate_latents(prompt, **options)
-        return image_output(latents if output_type == "latent" else self.decode(latents), output_type)
+        return self.latents_output(latents, output_type)
 
     @torch.inference_mode()
     def generate_latents(

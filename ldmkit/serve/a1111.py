@@ -118,6 +118,14 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
         if errors:
             raise RequestValidationError(errors)
 
+    def queued(request: Txt2ImgRequest, settings):
+        """The job of ``settings``, queued (`submit`); then the request's checkpoint kept as the current model where
+        it asked so (``override_settings_restore_afterwards: false``, `Checkpoints.keep_override`)."""
+        job = submit(queue, settings)
+        checkpoints.keep_override(request.override_settings,
+                                  request.extra_fields().get("override_settings_restore_afterwards"))
+        return job
+
     def seed_of(request: Txt2ImgRequest) -> int:
         return request.seed if request.seed >= 0 else random_seed()
 
@@ -167,9 +175,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
                             steps=request.steps, guidance=request.cfg_scale, binding=0.0, cache_interval=1,
                             sampler=sampler, karras=karras, eta=eta_for(request, sampler), seed=seed_of(request),
                             num_images=request.num_images(), width=width, height=height, prompt_syntax="a1111")
-        job = submit(queue, settings)
-        checkpoints.keep_override(request.override_settings,
-                                  request.extra_fields().get("override_settings_restore_afterwards"))
+        job = queued(request, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
@@ -225,9 +231,7 @@ def add_a1111_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> Non
             num_images=request.num_images(), strength=request.denoising_strength, width=width, height=height,
             image=png_bytes(to_rgb(image)), mask=None if mask is None else png_bytes(mask),
             prompt_syntax="a1111")
-        job = submit(queue, settings)
-        checkpoints.keep_override(request.override_settings,
-                                  request.extra_fields().get("override_settings_restore_afterwards"))
+        job = queued(request, settings)
         gone = await wait_done(queue, job, http)
         if gone is not None:
             return gone
