@@ -13,6 +13,7 @@ import torch
 
 from ldmkit.config import DiffusionConfig
 from ldmkit.diffusion import (
+    MULTISTEP,
     SAMPLERS,
     diffusion_loss,
     eps_from_v,
@@ -204,6 +205,9 @@ ALL_SAMPLERS = {
     "euler-a-20-karras": lambda d, z, s: sample("euler-a", d, z, s, 20, generator=gen(0), karras=True),
     "dpmpp-2m-20": lambda d, z, s: sample_dpmpp_2m(d, z, s, 20),
     "dpmpp-2m-10-karras": lambda d, z, s: sample_dpmpp_2m(d, z, s, 10, karras=True),
+    "plms-20": lambda d, z, s: sample("plms", d, z, s, 20),
+    "unipc-10": lambda d, z, s: sample("unipc", d, z, s, 10),
+    "unipc-10-karras": lambda d, z, s: sample("unipc", d, z, s, 10, karras=True),
 }
 
 
@@ -215,7 +219,10 @@ def test_samplers_recover_single_point(sampler, schedule_name):
     z_T = torch.randn(2, 4, 8, 8, generator=gen(6))
     out = ALL_SAMPLERS[sampler](point_oracle(s, c), z_T, s)
     assert out.shape == c.shape and out.dtype == torch.float32
-    torch.testing.assert_close(out, c, rtol=0, atol=1e-4)
+    # ε̂ is the same at every step of the exact path; PLMS' weights (55, −59, 37, −9)/24 add float32's rounding
+    # of it up almost sevenfold, which the cosine schedule's first step (σ ≈ 10⁴ → 10²) multiplies
+    atol = 1e-3 if sampler.startswith("plms") and schedule_name == "cosine" else 1e-4
+    torch.testing.assert_close(out, c, rtol=0, atol=atol)
 
 
 # Enough steps that each sampler's discretisation error is small for this distribution (which changes
@@ -230,6 +237,8 @@ GAUSSIAN_SAMPLERS = {
     "euler-a-200": lambda d, z, s: sample("euler-a", d, z, s, 200, generator=gen(0)),
     "dpmpp-2m-50": lambda d, z, s: sample_dpmpp_2m(d, z, s, 50),
     "dpmpp-2m-20-karras": lambda d, z, s: sample_dpmpp_2m(d, z, s, 20, karras=True),
+    "plms-50": lambda d, z, s: sample("plms", d, z, s, 50),
+    "unipc-20-karras": lambda d, z, s: sample("unipc", d, z, s, 20, karras=True),
 }
 
 
@@ -349,18 +358,19 @@ def test_sample_by_name(sched):
     for name in SAMPLERS:
         out = sample(name, point_oracle(sched, c), z_T, sched, 10, generator=gen(0))
         torch.testing.assert_close(out, c, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match=r"unknown sampler 'plms'; allowed: ddpm, ddim, euler, dpmpp-2m"):
-        sample("plms", point_oracle(sched, c), z_T, sched, 10)
+    with pytest.raises(ValueError, match=r"unknown sampler 'heun'; allowed: ddpm, ddim, euler, dpmpp-2m, euler-a, "
+                                         r"plms, unipc, lcm"):
+        sample("heun", point_oracle(sched, c), z_T, sched, 10)
     with pytest.raises(ValueError, match="eta"):
         sample("euler", point_oracle(sched, c), z_T, sched, 10, eta=1.0)
 
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "dpmpp-2m"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "dpmpp-2m", "plms", "unipc"])
 def test_a_run_stopped_and_continued_is_the_whole_run(sched, name):
     """stop = k returns z_t at step k's timestep, and start = k goes on from it to the same z_0 (binding's
-    selection of z_T runs the first k steps of several starting noises this way); dpmpp-2m restarts its
-    two-step history there, so it only lands close."""
+    selection of z_T runs the first k steps of several starting noises this way); the multistep samplers
+    (dpmpp-2m, plms, unipc) restart their history there, so they only land close."""
     c = torch.randn(2, 4, 4, 4, generator=gen(15))
     denoise = gaussian_oracle(sched, 0.5, 0.7)
     z_T = torch.randn(2, 4, 4, 4, generator=gen(16))
@@ -368,7 +378,7 @@ def test_a_run_stopped_and_continued_is_the_whole_run(sched, name):
     g = gen(0)
     z_k = sample(name, denoise, z_T, sched, 10, eta=0.5 if name == "ddim" else 0.0, generator=g, stop=4)
     joined = sample(name, denoise, z_k, sched, 10, eta=0.5 if name == "ddim" else 0.0, generator=g, start=4)
-    if name == "dpmpp-2m":
+    if name in MULTISTEP:
         assert (joined - whole).abs().max() < 0.05 * whole.abs().max()
     else:
         torch.testing.assert_close(joined, whole, rtol=0, atol=1e-5)

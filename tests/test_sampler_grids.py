@@ -265,3 +265,58 @@ def test_image_to_image_with_karras_starts_from_the_karras_noise_level(sched):
     sigma = grid.sigmas[25]
     assert len(seen) == 25
     close(seen[0], (z_0 + sigma * noise) / math.sqrt(1 + sigma**2), 1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# PLMS and UniPC sample as diffusers' PNDMScheduler (skip_prk_steps, Stable Diffusion 1.x's) and
+# UniPCMultistepScheduler (its defaults) do
+
+
+def diffusers_final(scheduler, denoise, z_T, steps):
+    """diffusers' own loop from z_T (these schedulers hold the VP latent z itself); z_0."""
+    scheduler.set_timesteps(steps)
+    z = z_T * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        z = scheduler.step(denoise(scheduler.scale_model_input(z, t), int(t)), t, z).prev_sample
+    return z
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 25])
+@pytest.mark.parametrize("spacing, offset", SPACING_CASES)
+def test_plms_and_unipc_match_diffusers_schedulers(sched, spacing, offset, steps):
+    d = gaussian_oracle(sched, 0.5, 0.6)
+    z_T = torch.randn(2, 4, 8, 8, generator=gen(21))
+    offset_option = offset if spacing == "leading" else None
+    unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=offset)
+    close(sample("unipc", d, z_T, sched, steps, spacing=spacing, steps_offset=offset_option),
+          diffusers_final(unipc, d, z_T, steps), 1e-4)
+    if spacing == "leading" or (spacing == "trailing" and 1000 % steps == 0):
+        # PNDMScheduler steps t → t − ⌊T/n⌋, which leaves its own grid unless T/n is a whole number (linspace;
+        # trailing at 3 steps: 666 → 333, not 332): ldmkit's plms steps to the grid's next timestep
+        # ldmkit's plms lands on ᾱ_0 on the leading grid, clean data (ᾱ = 1) otherwise, as its ddim
+        pndm = diffusers.PNDMScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=offset,
+                                       skip_prk_steps=True, set_alpha_to_one=spacing != "leading")
+        close(sample("plms", d, z_T, sched, steps, spacing=spacing, steps_offset=offset_option),
+              diffusers_final(pndm, d, z_T, steps), 1e-4)
+
+
+@pytest.mark.parametrize("steps", [5, 20])
+def test_unipc_with_karras_sigmas_matches_diffusers(sched, steps):
+    d = gaussian_oracle(sched, 0.5, 0.6)
+    z_T = torch.randn(2, 4, 8, 8, generator=gen(22))
+    unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS, use_karras_sigmas=True)
+    close(sample("unipc", d, z_T, sched, steps, karras=True), diffusers_final(unipc, d, z_T, steps), 1e-4)
+
+
+def test_plms_calls_the_denoiser_once_more_than_its_steps_and_unipc_once_per_step(sched):
+    """PLMS' first step is Heun's (a second call at t_1); UniPC's corrector reuses the next step's call."""
+    d = gaussian_oracle(sched, 0.5, 0.6)
+    z_T = torch.randn(1, 4, 8, 8, generator=gen(23))
+    for name, calls in (("plms", {1: 1, 4: 5, 10: 11}), ("unipc", {1: 1, 4: 4, 10: 10})):
+        for steps, expected in calls.items():
+            seen = []
+            sample(name, lambda z, t: seen.append(int(t[0])) or d(z, t), z_T, sched, steps, spacing="leading")
+            assert len(seen) == expected, (name, steps, seen)
+    seen = []
+    sample("plms", lambda z, t: seen.append(int(t[0])) or d(z, t), z_T, sched, 4, spacing="leading")
+    assert seen == [751, 501, 501, 251, 1]  # diffusers' PNDM (skip_prk_steps) calls at these, SD's grid

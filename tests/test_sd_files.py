@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import shutil
 import random
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ldmkit.convert.diffusers_folder import read_diffusers
 from ldmkit.convert.folder import read_folder
 from ldmkit.errors import CheckpointError, UsageError
 from ldmkit.text.inversion import read_embedding
-from tests.tiny_models import build_tiny_model
+from tests.tiny_models import SD15_SCHEDULER, build_tiny_model
 
 HAVE_SD = all(importlib.util.find_spec(m) for m in ("diffusers", "transformers", "clip"))
 needs_sd = pytest.mark.skipif(not HAVE_SD, reason="diffusers, transformers and clip-anytorch are needed (pip install 'ldmkit[sd]')")
@@ -122,17 +123,33 @@ def scheduler_config(folder: Path) -> dict:
 
 @needs_sd
 def test_the_scheduler_grid_travels_through_every_conversion(v1, tmp_path):
-    leading = {"spacing": "leading", "steps_offset": 1}  # the diffusers folder's scheduler config
+    # the diffusers folder's scheduler config
+    leading = {"spacing": "leading", "steps_offset": 1, "scheduler": "DDIMScheduler"}
     convert(v1["folder"], "ldmkit", tmp_path / "ldm")
-    assert json.loads((tmp_path / "ldm" / "scheduler.json").read_text()) == {"steps_offset": 1,
-                                                                             "timestep_spacing": "leading"}
+    assert json.loads((tmp_path / "ldm" / "scheduler.json").read_text()) == {
+        "_class_name": "DDIMScheduler", "steps_offset": 1, "timestep_spacing": "leading"}
     assert read_checkpoint(tmp_path / "ldm").scheduler_grid == leading
     convert(tmp_path / "ldm", "original", tmp_path / "m.safetensors")
     assert read_checkpoint(tmp_path / "m.safetensors").scheduler_grid == leading
     convert(tmp_path / "m.safetensors", "diffusers", tmp_path / "sd")
     written = scheduler_config(tmp_path / "sd")
     assert (written["timestep_spacing"], written["steps_offset"], written["set_alpha_to_one"]) == ("leading", 1, False)
+    assert written["_class_name"] == "DDIMScheduler"
     assert read_checkpoint(tmp_path / "sd").scheduler_grid == leading
+
+    # Stable Diffusion 1.x's PNDMScheduler (PLMS) travels too, and is written as diffusers runs it
+    pndm = tmp_path / "pndm"
+    shutil.copytree(v1["folder"], pndm)
+    (pndm / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER))
+    index = json.loads((pndm / "model_index.json").read_text())
+    (pndm / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
+    convert(pndm, "ldmkit", tmp_path / "ldm-pndm")
+    convert(tmp_path / "ldm-pndm", "original", tmp_path / "pndm.safetensors")
+    convert(tmp_path / "pndm.safetensors", "diffusers", tmp_path / "sd-pndm")
+    written = scheduler_config(tmp_path / "sd-pndm")
+    assert (written["_class_name"], written["skip_prk_steps"], written["steps_offset"]) == ("PNDMScheduler", True, 1)
+    assert read_checkpoint(tmp_path / "sd-pndm").scheduler_grid == {"spacing": None, "steps_offset": 1,
+                                                                    "scheduler": "PNDMScheduler"}
 
     # a single file names no grid: each sampler takes its own, DDIM trailing to ᾱ = 1, and the folder says so
     convert(v1["original"], "diffusers", tmp_path / "own")

@@ -1,12 +1,16 @@
 """A Stable Diffusion diffusers folder samples with what its own scheduler config says (timestep_spacing
-"leading", steps_offset 1, as SD's), as diffusers does: ldmkit's default DDIM, Euler, Euler ancestral and
-DPM++(2M) on a tiny random-weight SD folder equal diffusers' StableDiffusionPipeline with the folder's
-scheduler config (that scheduler class `from_config`) within 1/255 per pixel, same seed, 10 steps, CFG 7.5."""
+"leading", steps_offset 1, as SD's), as diffusers does: ldmkit's DDIM, PLMS, Euler, Euler ancestral, DPM++(2M)
+and UniPC on a tiny random-weight SD folder equal diffusers' StableDiffusionPipeline with the folder's
+scheduler config (that scheduler class `from_config`) within 1/255 per pixel, same seed, 10 steps, CFG 7.5;
+and with no sampler given, a folder samples with the sampler its scheduler class names (SD 1.5's PNDMScheduler:
+PLMS), as diffusers' pipeline does."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -21,10 +25,11 @@ from ldmkit.convert.infer import grid_from_scheduler  # noqa: E402
 from ldmkit.errors import UsageError  # noqa: E402
 from ldmkit.model import load_model  # noqa: E402
 from ldmkit.pipelines.text_to_image import TextToImagePipeline  # noqa: E402
+from tests.tiny_models import SD15_SCHEDULER  # noqa: E402
 
 IMAGE = 32
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
-              "dpmpp-2m": "DPMSolverMultistepScheduler"}
+              "dpmpp-2m": "DPMSolverMultistepScheduler", "plms": "PNDMScheduler", "unipc": "UniPCMultistepScheduler"}
 
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
@@ -40,7 +45,7 @@ def ours(ref):
 
 
 def test_the_folder_says_leading_with_offset_1(ours):
-    assert ours.model.scheduler_grid == {"spacing": "leading", "steps_offset": 1}
+    assert ours.model.scheduler_grid == {"spacing": "leading", "steps_offset": 1, "scheduler": "DDIMScheduler"}
     assert ours.grid_options("ddim") == {"spacing": "leading", "steps_offset": 1, "karras": False}
     # given options win over the folder's
     assert ours.grid_options("euler", "trailing") == {"spacing": "trailing", "steps_offset": None, "karras": False}
@@ -50,7 +55,10 @@ def test_the_folder_says_leading_with_offset_1(ours):
 def test_default_sampling_matches_diffusers_pipeline_with_the_folder_scheduler_config(ref, ours, sampler):
     pipe = ref["pipe"]
     config = diffusers.DDIMScheduler.load_config(str(ref["folder"] / "scheduler"))
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(config)
+    if sampler == "plms" and config["prediction_type"] == "v_prediction":
+        pytest.skip("diffusers' PNDMScheduler combines a v-model's raw outputs and turns the sum into ε at the "
+                    "current step; ldmkit's PLMS combines each step's ε (docs/stable_diffusion.md)")
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(config, skip_prk_steps=True)
     prompt, steps, guidance, seed = "a blue square above a yellow star", 10, 7.5, 3
     expected = pipe(prompt, height=IMAGE, width=IMAGE, num_inference_steps=steps, guidance_scale=guidance,
                     negative_prompt="", generator=torch.Generator().manual_seed(seed), output_type="pt").images
@@ -60,10 +68,31 @@ def test_default_sampling_matches_diffusers_pipeline_with_the_folder_scheduler_c
     assert err <= 1 / 255, f"{sampler}: max |difference| {err * 255:.2f}/255"
 
 
+def test_a_folder_samples_by_default_as_diffusers_samples_it(ref, tmp_path):
+    """SD 1.5's scheduler config (PNDMScheduler): `ldmkit generate` with no --sampler draws diffusers' default
+    image of the folder (`StableDiffusionPipeline.from_pretrained(folder)(prompt)` at the same steps)."""
+    folder = tmp_path / "sd15"
+    shutil.copytree(ref["folder"], folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None,
+                                                             requires_safety_checker=False)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    prompt, steps, guidance, seed = "a red circle on the left", 10, 7.5, 5
+    expected = pipe(prompt, height=IMAGE, width=IMAGE, num_inference_steps=steps, guidance_scale=guidance,
+                    negative_prompt="", generator=torch.Generator().manual_seed(seed), output_type="pt").images
+    ours = TextToImagePipeline(load_model(folder))
+    assert ours.sampling_defaults(None, None) == ("plms", 25)
+    images = ours.generate_tensors(prompt, steps=steps, guidance=guidance, seed=seed, height=IMAGE, width=IMAGE)
+    err = ((images + 1) / 2 - expected).abs().max().item()
+    assert err <= 1 / 255, f"max |difference| {err * 255:.2f}/255"
+
+
 def test_scheduler_configs_read_as_diffusers_reads_them():
     assert grid_from_scheduler({}) == {}
-    assert grid_from_scheduler({"_class_name": "PNDMScheduler", "steps_offset": 1}) == {"spacing": None,
-                                                                                        "steps_offset": 1}
+    assert grid_from_scheduler({"_class_name": "PNDMScheduler", "steps_offset": 1}) == {
+        "spacing": None, "steps_offset": 1, "scheduler": "PNDMScheduler"}
     assert grid_from_scheduler({"timestep_spacing": "trailing"}) == {"spacing": "trailing", "steps_offset": 0}
     with pytest.raises(ValueError, match="timestep_spacing 'uniform' is not supported"):
         grid_from_scheduler({"timestep_spacing": "uniform"})

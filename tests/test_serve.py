@@ -225,8 +225,8 @@ def test_models_health_openapi_and_page(tiny_client):
                      "default_guidance": {"generate": 4.0, "img2img": 4.0}, "classes": [],
                      "sr_factor": None, "can_edit": True, "default_size": 32, "latent_factor": 4, "max_size": 128,
                      "min_size": 12, "lowest_side": 8,  # 8x8 would leave the tiny UNet's lowest level 1x1
-                     "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"], "default_steps": 25, "max_steps": 200,
-                     "max_images": 8,
+                     "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a", "plms", "unipc"], "default_steps": 25,
+                     "max_steps": 200, "max_images": 8,
                      "max_prompt_chars": 500, "max_guidance": 30.0}
     health = tiny_client.get("/healthz").json()
     assert health["status"] == "ok" and health["max_queue"] == 8

@@ -139,7 +139,8 @@ def test_page_generates_and_shows_an_image(server, tmp_path):
         assert page.locator("#model_id option").all_inner_texts() == ["serve-tiny-model", "sr"]
         assert page.locator("#mode option").all_inner_texts() == ["text to image", "image to image"]
         assert page.locator("#image").is_hidden() and page.locator("#prompt").is_visible()
-        assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a"]
+        assert page.locator("#sampler option").all_inner_texts() == ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a",
+                                                                     "plms", "unipc"]
 
         page.fill("#prompt", "a red circle on the left")
         page.fill("#steps", "8")

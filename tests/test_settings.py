@@ -131,7 +131,7 @@ def test_describe_keeps_the_wording_of_the_results_files():
     ("eta", float("inf"), r"a number in \[0, 1\]"),
     ("eta", 1.5, r"a number in \[0, 1\] \(DDIM's η: 0 deterministic, 1 DDPM's noise\)"),
     ("seed", -1, "an integer 0 … 18446744073709551615"),
-    ("sampler", "heun", "allowed: ddpm, ddim, euler, dpmpp-2m, euler-a, lcm"),
+    ("sampler", "heun", "allowed: ddpm, ddim, euler, dpmpp-2m, euler-a, plms, unipc, lcm"),
     ("spacing", "even", "allowed: trailing, leading, linspace"),
     ("karras", 1, "True or False"),
     ("guidance_stop", 1.0, r"a number in \[0, 1\)"),

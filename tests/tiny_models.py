@@ -14,6 +14,11 @@ from ldmkit.text import PromptTokenizer
 CAPTIONS = ["a red circle on the left", "a blue square above a yellow star", "a green triangle",
             "a small purple star on the right", "a large orange circle below a white square"]
 CLASSES = ("circle", "square", "triangle")  # a random class model's classes (no data to read them from)
+# Stable Diffusion 1.5's scheduler/scheduler_config.json: PLMS (PNDMScheduler with skip_prk_steps) on the leading grid
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+                  "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+                  "clip_sample": False}
 
 
 def build_tiny_model(folder: Path, preset: str = "tiny") -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.cli.common import (
-    UsageError, bounded_float, check_sampler, check_text, note_reading, positive_int, seed_int,
+    SAMPLER_HELP, UsageError, bounded_float, check_sampler, check_text, note_reading, positive_int, seed_int,
 )
 from ldmkit.cli.generate import check_steps
 from ldmkit.cli.outputs import check_output_file
@@ -45,8 +45,7 @@ def add_parsers(sub) -> None:
                    help="sampling steps (default 25; a consistency student's own 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", default=None, help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a "
-                                                   "consistency student (its default)")
+    p.add_argument("--sampler", default=None, help=SAMPLER_HELP)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--as-written", action="store_true",
                    help="encode the prompt as given: by default a word the model never saw in training is read as the "

@@ -94,6 +94,11 @@ def read_image(path: str, what: str = "image"):
         raise UsageError(f"cannot read {what} {path}: {e}") from None
 
 
+SAMPLER_HELP = ("the model's own by default (ddim; what a diffusers folder's scheduler names; lcm for a consistency "
+                "student made by `ldmkit distill`, its only sampler); ddpm, ddim, plms, euler, euler-a (Euler "
+                "ancestral), dpmpp-2m or unipc")
+
+
 def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str | None = None,
                   steps_offset: int | None = None) -> None:
     """The sampler's name and its options, checked before a model loads: η applies to ddim only, and

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ldmkit.bounds import MAX_GUIDANCE, max_side
 from ldmkit.cli.common import (
-    UsageError, add_load_options, bounded_float, check_sampler, check_text, non_negative_float,
+    SAMPLER_HELP, UsageError, add_load_options, bounded_float, check_sampler, check_text, non_negative_float,
     positive_int, read_image, seed_int,
 )
 from ldmkit.cli.generate import check_steps
@@ -124,8 +124,7 @@ def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
                    help="sampling steps (default 25; a consistency student's own 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,
                    help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
-    p.add_argument("--sampler", default=None, help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for "
-                                                   "a consistency student (its default)")
+    p.add_argument("--sampler", default=None, help=SAMPLER_HELP)
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--prompt-syntax", choices=PROMPT_SYNTAXES, default="plain",

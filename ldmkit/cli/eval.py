@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from ldmkit.bounds import DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CACHE_INTERVAL, MAX_CANDIDATES, MAX_ETA, MAX_GUIDANCE
-from ldmkit.cli.common import bounded_float, bounded_int, check_sampler, positive_int, seed_int
+from ldmkit.cli.common import SAMPLER_HELP, bounded_float, bounded_int, check_sampler, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.config import AutoencoderConfig, ModelConfig
 from ldmkit.device import resolve_device
@@ -117,8 +117,7 @@ def add_parsers(sub) -> None:
                    help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    g.add_argument("--sampler", help="ddim (the default), ddpm, euler, euler-a or dpmpp-2m; lcm for a consistency student "
-                                     "(its default)")
+    g.add_argument("--sampler", help=SAMPLER_HELP)
     g.add_argument("--eta", type=bounded_float(MAX_ETA, "DDIM η: 0 deterministic, 1 DDPM's noise"), default=0.0,
                    help="DDIM η (0: deterministic, the default; 1: DDPM's noise)")
     g.add_argument("--seed", type=seed_int, default=0)

@@ -6,8 +6,8 @@ import sys
 
 from ldmkit.bounds import MAX_BINDING, MAX_CANDIDATES, MAX_GUIDANCE, MAX_IMAGES, max_side
 from ldmkit.cli.common import (
-    UsageError, add_load_options, bounded_float, bounded_int, check_sampler, check_text, fraction, non_negative_float,
-    non_negative_int, note_reading, positive_int, seed_int,
+    SAMPLER_HELP, UsageError, add_load_options, bounded_float, bounded_int, check_sampler, check_text, fraction,
+    non_negative_float, non_negative_int, note_reading, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import image_output
 from ldmkit.data import save_grid
@@ -135,8 +135,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: 25; a consistency student's own, 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
                    default=4.0, help="classifier-free guidance scale s")
-    p.add_argument("--sampler", help="ddim (the default), ddpm, euler, euler-a (Euler ancestral) or dpmpp-2m; lcm, the "
-                                     "only and default sampler of a consistency student made by `ldmkit distill`")
+    p.add_argument("--sampler", help=SAMPLER_HELP)
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--negative-prompt", default="")

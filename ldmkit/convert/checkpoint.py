@@ -191,10 +191,12 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
 
 def scheduler_fields(grid: dict) -> dict:
     """A sampling grid (`Checkpoint.scheduler_grid`) in a diffusers scheduler config's names: ``steps_offset``, and
-    ``timestep_spacing`` where the grid names one; {} for {}. `grid_from_fields` reads them back as the same grid."""
+    ``timestep_spacing`` and ``_class_name`` where the grid names them; {} for {}. `grid_from_fields` reads them
+    back as the same grid."""
     if not grid:
         return {}
-    fields = {"steps_offset": grid["steps_offset"]}
+    fields = {"_class_name": grid["scheduler"]} if grid.get("scheduler") else {}
+    fields["steps_offset"] = grid["steps_offset"]
     if grid["spacing"] is not None:
         fields["timestep_spacing"] = grid["spacing"]
     return fields

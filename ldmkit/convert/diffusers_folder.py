@@ -27,7 +27,7 @@ from ldmkit.convert.infer_original import SUPPORTED, with_condition
 from ldmkit.convert.layout import expected_shapes, layout_rules
 from ldmkit.convert.rules import apply_to_ldmkit, apply_to_other
 from ldmkit.convert.vae import SCALE_FACTOR
-from ldmkit.diffusion import DEFAULT_SPACING, DIFFUSERS_SPACING
+from ldmkit.diffusion import DEFAULT_SPACING, DIFFUSERS_SCHEDULERS, DIFFUSERS_SPACING
 from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text.clip import ClipTokenizer, clip_text_config
 
@@ -125,7 +125,7 @@ def read_diffusers(folder: str | Path, prediction: str | None = None, cast: torc
         config=config, weights=weights, tokenizer=tokenizer, extras=rest,
         source={"layout": "diffusers", "text_encoder_keys": "bare" if bare else "text_model"},
         description=f"{what}; {p}-prediction (scheduler config)",
-        scheduler_grid=grid_from_scheduler(scheduler),
+        scheduler_grid=grid_from_scheduler(_with_index_class(scheduler, index)),
     )
 
 
@@ -199,18 +199,29 @@ def _diffusers_configs(config: ModelConfig, scale: float, grid: dict | None = No
     return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": scheduler_config(config, grid or {})}
 
 
+def _with_index_class(scheduler: dict, index: dict) -> dict:
+    """The scheduler config with the class that ``model_index.json`` names for it (``"scheduler": ["diffusers",
+    "PNDMScheduler"]``), which is the one diffusers' pipeline builds, over the config's own ``_class_name``."""
+    entry = index.get("scheduler")
+    if scheduler and isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+        return {**scheduler, "_class_name": entry[1]}
+    return scheduler
+
+
 def scheduler_config(config: ModelConfig, grid: dict) -> dict:
-    """The DDIMScheduler config of a model with ``config`` that samples on ``grid`` (`Checkpoint.scheduler_grid`),
-    so that diffusers, and ldmkit reading the folder back, sample where the model does: ``grid``'s spacing and
-    offset (none named: DDIMScheduler's own default, as the source's config had it). {} (each sampler's own grid: a
-    model trained by ldmkit, a single file) has no diffusers name; DDIM's own is written, trailing, ldmkit's
-    default sampler's grid. DDIM lands on ᾱ = 1 (``set_alpha_to_one``) except on the leading grid, where it lands on
-    ᾱ_0 (`ldmkit.diffusion.samplers.grid_for`)."""
+    """The scheduler config of a model with ``config`` that samples on ``grid`` (`Checkpoint.scheduler_grid`),
+    so that diffusers, and ldmkit reading the folder back, sample where and with what the model does: ``grid``'s
+    scheduler class (DDIMScheduler where it names none), spacing and offset (none named: the class's own default,
+    as the source's config had it). {} (each sampler's own grid: a model trained by ldmkit, a single file) has no
+    diffusers name; DDIM's own is written, trailing, ldmkit's default sampler's grid. DDIM and PLMS land on ᾱ = 1
+    (``set_alpha_to_one``) except on the leading grid, where they land on ᾱ_0 (`ldmkit.diffusion.samplers.grid_for`);
+    PNDMScheduler is PLMS with ``skip_prk_steps``."""
     d = config.diffusion
     fields = scheduler_fields(grid) or {"timestep_spacing": DEFAULT_SPACING["ddim"], "steps_offset": 0}
-    spacing = fields.get("timestep_spacing", DIFFUSERS_SPACING["ddim"])
+    name = fields.pop("_class_name", "DDIMScheduler")
+    spacing = fields.get("timestep_spacing", DIFFUSERS_SPACING.get(DIFFUSERS_SCHEDULERS.get(name), "leading"))
     return {
-        "_class_name": "DDIMScheduler",
+        "_class_name": name,
         "_diffusers_version": DIFFUSERS_VERSION,
         "num_train_timesteps": d.num_timesteps,
         "beta_schedule": d.schedule,
@@ -219,6 +230,7 @@ def scheduler_config(config: ModelConfig, grid: dict) -> dict:
         "prediction_type": "v_prediction" if d.prediction == "v" else "epsilon",
         "clip_sample": False,
         "set_alpha_to_one": spacing != "leading",
+        **({"skip_prk_steps": True} if name == "PNDMScheduler" else {}),
         **fields,
         "rescale_betas_zero_snr": d.zero_terminal_snr,
     }
@@ -277,7 +289,7 @@ def _write_configs(configs: dict[str, dict], tokenizer, folder: Path) -> Path:
             "vae": ["diffusers", "AutoencoderKL"],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
+            "scheduler": ["diffusers", configs["scheduler"]["_class_name"]],
             "safety_checker": [None, None],
             "feature_extractor": [None, None],
             "requires_safety_checker": False,

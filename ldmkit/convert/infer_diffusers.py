@@ -196,8 +196,9 @@ SPACINGS = ("trailing", "leading", "linspace")  # diffusers' timestep_spacing va
 
 def grid_from_scheduler(c: dict) -> dict:
     """The sampling grid a diffusers scheduler config asks for: ``{"spacing": its timestep_spacing, or None
-    where it has none (each diffusers scheduler then takes its own default), "steps_offset": n}``; {} for
-    no config. `Pipeline.grid_options` samples with it, as diffusers does."""
+    where it has none (each diffusers scheduler then takes its own default), "steps_offset": n}``, and
+    ``"scheduler"``: its ``_class_name`` where it names one; {} for no config. `Pipeline.grid_options` samples
+    with it, and `Pipeline.sampling_defaults` with the class's sampler, as diffusers does."""
     if not c:
         return {}
     spacing = c.get("timestep_spacing")
@@ -206,4 +207,8 @@ def grid_from_scheduler(c: dict) -> dict:
     offset = c.get("steps_offset", 0)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise CheckpointError(f"scheduler: steps_offset {offset!r} must be an integer ≥ 0")
-    return {"spacing": spacing, "steps_offset": offset}
+    grid = {"spacing": spacing, "steps_offset": offset}
+    name = c.get("_class_name")
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"scheduler: _class_name {name!r} must be a string")
+    return {**grid, "scheduler": name} if name else grid

@@ -9,7 +9,9 @@ from ldmkit.diffusion.guidance import guided_denoiser
 from ldmkit.diffusion.objective import diffusion_loss, min_snr_weight
 from ldmkit.diffusion.samplers import (
     DEFAULT_SPACING,
+    DIFFUSERS_SCHEDULERS,
     DIFFUSERS_SPACING,
+    MULTISTEP,
     SAMPLERS,
     check_grid_options,
     grid_for,
@@ -21,6 +23,8 @@ from ldmkit.diffusion.samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_from,
+    sample_plms,
+    sample_unipc,
     sampler_timesteps,
     start_index,
 )
@@ -39,8 +43,10 @@ from ldmkit.diffusion.schedule import (
 
 __all__ = [
     "DEFAULT_SPACING",
+    "DIFFUSERS_SCHEDULERS",
     "DIFFUSERS_SPACING",
     "Grid",
+    "MULTISTEP",
     "NoiseSchedule",
     "SAMPLERS",
     "SPACINGS",
@@ -66,6 +72,8 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_lcm",
     "sample_from",
+    "sample_plms",
+    "sample_unipc",
     "sampler_timesteps",
     "sigma_grid",
     "sigma_schedule",

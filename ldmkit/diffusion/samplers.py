@@ -22,6 +22,8 @@ Two algorithms cover the five ε-samplers:
   one function on their own grids (tests/test_diffusion.py checks it against the formulas in z space).
 - `sample_dpmpp_2m`: DPM-Solver++(2M) (Lu et al. 2022).
 
+PLMS and UniPC, which combine the denoiser's earlier outputs, are in `ldmkit.diffusion.multistep`.
+
 Image-to-image (SDEdit, Meng et al. 2022) starts part-way: every sampler takes ``start``, the step index
 at which it begins (it runs ``grid[start:stop]``), and ``z_T`` is then z_t at that step's timestep,
 made from a clean z_0 by q(z_t | z_0) (`sample_from`); ``callback(i, n)`` then counts the n − start steps.
@@ -41,18 +43,28 @@ from ldmkit.diffusion.consistency import sample_lcm
 from ldmkit.diffusion.grids import (
     Callback, Denoiser, Grid, check_start, check_stop, randn, schedule_sigmas, sigma_grid, timestep_tensor,
 )
+from ldmkit.diffusion.multistep import sample_plms_grid, sample_unipc_grid
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UsageError
 
 # The grid each sampler steps over when no spacing is given: trailing for the VP-space samplers
 # (from T−1, ending at clean data), k-diffusion's linspace for the σ-space ones.
-DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "lcm": "trailing", "euler": "linspace",
-                   "euler-a": "linspace", "dpmpp-2m": "linspace"}
+DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "lcm": "trailing", "plms": "trailing",
+                   "euler": "linspace", "euler-a": "linspace", "dpmpp-2m": "linspace", "unipc": "linspace"}
 # The timestep_spacing default of the diffusers scheduler each sampler matches (DDIMScheduler, DDPMScheduler,
-# EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler), for a scheduler
-# config that names none.
-DIFFUSERS_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "euler-a": "linspace",
-                     "dpmpp-2m": "linspace"}
+# PNDMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler,
+# UniPCMultistepScheduler), for a scheduler config that names none.
+DIFFUSERS_SPACING = {"ddpm": "leading", "ddim": "leading", "plms": "leading", "euler": "linspace",
+                     "euler-a": "linspace", "dpmpp-2m": "linspace", "unipc": "linspace"}
+# The samplers whose update combines earlier steps' outputs: a run from ``start`` restarts their history, so
+# they cannot be run one step at a time.
+MULTISTEP = ("plms", "dpmpp-2m", "unipc")
+# The diffusers scheduler class of each sampler: a diffusers folder that names one of these samples with it
+# by default (`Pipeline.sampling_defaults`), as diffusers' pipeline does. (LCMScheduler is not here: ldmkit's
+# lcm sampler runs its own consistency students, which say so in their config.)
+DIFFUSERS_SCHEDULERS = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "PNDMScheduler": "plms",
+                        "EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler-a",
+                        "DPMSolverMultistepScheduler": "dpmpp-2m", "UniPCMultistepScheduler": "unipc"}
 
 
 def _run(grid: Grid, start: int, stop: int | None, callback: Callback | None) -> tuple[Grid, Callback | None]:
@@ -143,17 +155,18 @@ def grid_for(name: str, schedule: NoiseSchedule, num_steps: int | None, spacing:
              steps_offset: int | None = None, karras: bool = False) -> Grid:
     """The grid sampler ``name`` steps over (`sigma_grid`): ``spacing`` None is its own (`DEFAULT_SPACING`).
 
-    ddpm and ddim land on clean data (σ_n = 0, ᾱ = 1; diffusers' ``set_alpha_to_one=True``), except on the
-    leading grid, where they land on ᾱ_0 as the original LDM sampler and Stable Diffusion's scheduler
-    (``set_alpha_to_one=False``) do. dpmpp-2m lays a given spacing out as diffusers' DPMSolverMultistepScheduler
-    (``endpoint``: leading and linspace over n + 1 points); without one it takes k-diffusion's grid.
+    ddpm, ddim and plms land on clean data (σ_n = 0, ᾱ = 1; diffusers' ``set_alpha_to_one=True``), except on
+    the leading grid, where they land on ᾱ_0 as the original LDM sampler and Stable Diffusion's scheduler
+    (``set_alpha_to_one=False``) do. dpmpp-2m and unipc lay a given spacing out as diffusers'
+    DPMSolverMultistepScheduler and UniPCMultistepScheduler do (``endpoint``: leading and linspace over n + 1
+    points); without one they take k-diffusion's grid.
     ``num_steps`` None (ddpm): all T timesteps."""
     n = schedule.num_timesteps if num_steps is None else num_steps
     chosen = spacing or DEFAULT_SPACING[name]
     final = 0.0
-    if name in ("ddpm", "ddim") and chosen == "leading":
+    if name in ("ddpm", "ddim", "plms") and chosen == "leading":
         final = float(schedule_sigmas(schedule)[0])
-    endpoint = name == "dpmpp-2m" and spacing is not None
+    endpoint = name in ("dpmpp-2m", "unipc") and spacing is not None
     return sigma_grid(schedule, n, chosen, steps_offset, karras, final, endpoint)
 
 
@@ -228,6 +241,27 @@ def sample_dpmpp_2m(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num
     return sample_dpmpp_2m_grid(denoise, z_T, grid, callback)
 
 
+def sample_plms(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
+                callback: Callback | None = None, start: int = 0, stop: int | None = None,
+                spacing: str = "trailing", steps_offset: int | None = None) -> Tensor:
+    """PLMS (`ldmkit.diffusion.multistep.sample_plms_grid`: DDIM's step with Adams–Bashforth noise estimates;
+    n + 1 denoiser calls for n steps) over the trailing grid by default, or a given spacing (Stable Diffusion's
+    folders: leading, offset 1, landing on ᾱ_0, as diffusers' PNDMScheduler)."""
+    grid, callback = _run(grid_for("plms", schedule, num_steps, spacing, steps_offset, karras), start, stop,
+                          callback)
+    return sample_plms_grid(denoise, z_T, grid, callback)
+
+
+def sample_unipc(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
+                 callback: Callback | None = None, start: int = 0, stop: int | None = None,
+                 spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+    """UniPC of order 2 (`ldmkit.diffusion.multistep.sample_unipc_grid`; one denoiser call per step) over
+    k-diffusion's grid by default, or a given spacing laid out as diffusers' UniPCMultistepScheduler does."""
+    grid, callback = _run(grid_for("unipc", schedule, num_steps, spacing, steps_offset, karras), start, stop,
+                          callback)
+    return sample_unipc_grid(denoise, z_T, grid, callback=callback)
+
+
 # --------------------------------------------------------------------------------------------------
 # By name (for the CLI and configs; the only string dispatch)
 
@@ -237,6 +271,8 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "dpmpp-2m": sample_dpmpp_2m,
     "euler-a": sample_euler_ancestral,
+    "plms": sample_plms,
+    "unipc": sample_unipc,
     "lcm": sample_lcm,
 }
 
@@ -274,6 +310,9 @@ def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, n
     if name == "lcm":
         return sample_lcm(denoise, z_T, schedule, num_steps, generator=generator, callback=callback, start=start,
                           stop=stop, **grid_options)
+    if name == "plms":
+        return sample_plms(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
+                           **grid_options)
     grid_options["spacing"] = spacing  # None: k-diffusion's grid (dpmpp-2m lays a given spacing out its own way)
     if name == "euler":
         return sample_euler(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
@@ -281,6 +320,9 @@ def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, n
     if name == "euler-a":
         return sample_euler_ancestral(denoise, z_T, schedule, num_steps, generator=generator, callback=callback,
                                       start=start, stop=stop, **grid_options)
+    if name == "unipc":
+        return sample_unipc(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
+                            **grid_options)
     return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
                            **grid_options)
 

@@ -18,7 +18,8 @@ from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor, mask_grey
 from ldmkit.device import lay_out_unet, resolve_device, use_bf16
 from ldmkit.diffusion import (
-    DIFFUSERS_SPACING, check_grid_options, guided_denoiser, sample, sample_from, sampler_timesteps, start_index,
+    DIFFUSERS_SCHEDULERS, DIFFUSERS_SPACING, MULTISTEP, SAMPLERS, check_grid_options, guided_denoiser, sample,
+    sample_from, sampler_timesteps, start_index,
 )
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
@@ -35,7 +36,7 @@ ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
 
 
 _NO_SCHEDULER = ("ldmkit pipelines have no scheduler object: the sampler is chosen per call, e.g. pipe(prompt, "
-                 "sampler='dpmpp-2m', karras=True) (ddim, ddpm, euler, euler-a, dpmpp-2m; lcm for a student)")
+                 "sampler='dpmpp-2m', karras=True) (ddpm, ddim, plms, euler, euler-a, dpmpp-2m, unipc; lcm for a student)")
 
 
 def _a(word: str) -> str:
@@ -417,8 +418,8 @@ class Pipeline(AdapterMixin):
         if callback_on_step_end is not None and init_latents is not None:
             raise UsageError("callback_on_step_end is taken when sampling from noise (text-to-image), not from an "
                              "input image")
-        if callback_on_step_end is not None and sampler == "dpmpp-2m":
-            raise UsageError("callback_on_step_end runs the sampler one step at a time, which dpmpp-2m's multistep "
+        if callback_on_step_end is not None and sampler in MULTISTEP:
+            raise UsageError(f"callback_on_step_end runs the sampler one step at a time, which {sampler}'s multistep "
                              "update does not allow in ldmkit; give another sampler (ddim, euler, euler-a, ddpm)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
@@ -430,7 +431,7 @@ class Pipeline(AdapterMixin):
                 noisy = f"{sampler} sampler" + (" with eta > 0" if sampler == "ddim" else "")
                 raise UsageError(f"generator is a list: the {noisy} draws noise at every step, which ldmkit draws "
                                  "from one generator; give one "
-                                 "generator or int seed, or a sampler without (ddim with eta=0, euler, dpmpp-2m)")
+                                 "generator or int seed, or a sampler without (ddim with eta=0, plms, euler, dpmpp-2m, unipc)")
             generator = None  # no noise is drawn after z_T
             z_T = torch.stack([torch.randn(shape[1:], generator=g) for g in seed]).to(self.device)
         else:
@@ -529,17 +530,20 @@ class Pipeline(AdapterMixin):
 
     def sampling_defaults(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
         """(sampler, steps) of a call: the given ones, or the model's own where None: lcm at its
-        ``consistency_steps`` for a consistency student, ddim at 25 steps otherwise. UsageError for a
-        sampler the model cannot run (a student runs lcm only; lcm needs a student)."""
+        ``consistency_steps`` for a consistency student; otherwise 25 steps of the sampler the model's diffusers
+        scheduler config names (`LatentDiffusion.scheduler_grid`'s ``scheduler``, `DIFFUSERS_SCHEDULERS`: plms for Stable Diffusion 1.x's
+        PNDMScheduler, as diffusers samples it), else ddim. UsageError for a sampler the model cannot run (a
+        student runs lcm only; lcm needs a student)."""
         student = self.is_student
-        sampler = sampler if sampler is not None else ("lcm" if student else "ddim")
+        own = DIFFUSERS_SCHEDULERS.get((getattr(self.model, "scheduler_grid", None) or {}).get("scheduler"))
+        sampler = sampler if sampler is not None else ("lcm" if student else own or "ddim")
         steps = steps if steps is not None else (self.model.config.diffusion.consistency_steps if student else 25)
         if student and sampler != "lcm":
             raise UsageError(f"this model is a consistency student (made by `ldmkit distill`): it samples with the "
                              f"lcm sampler only, not {sampler!r} (leave --sampler out, or give lcm)")
         if not student and sampler == "lcm":
             raise UsageError("the lcm sampler needs a consistency student made by `ldmkit distill`; this model is "
-                             "not one (allowed: ddim, ddpm, euler, euler-a, dpmpp-2m)")
+                             f"not one (allowed: {', '.join(n for n in SAMPLERS if n != 'lcm')})")
         return sampler, steps
 
     def grid_options(self, sampler: str, spacing: str | None = None, steps_offset: int | None = None,

@@ -35,12 +35,14 @@ SAMPLER_NAMES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "DPM++ 2M": ("dpmpp-2m", False, ("k_dpmpp_2m",)),
     "Euler a": ("euler-a", False, ("k_euler_a", "k_euler_ancestral")),
     "DPM++ 2M Karras": ("dpmpp-2m", True, ("k_dpmpp_2m_ka",)),
+    "PLMS": ("plms", False, ("plms",)),
+    "UniPC": ("unipc", False, ("unipc",)),
     "LCM": ("lcm", False, ("lcm", "k_lcm")),
 }
 
 # The η of ldmkit's samplers that A1111 gives a request's ``eta`` to: DDIM (A1111's ``eta_ddim``) runs with the
 # request's (None here), Euler a (``eta_ancestral``) with η = 1 always. A1111 gives no η to the others (Euler,
-# DPM++ 2M, LCM; it has no DDPM), so their ``eta`` is not acted on there either.
+# DPM++ 2M, PLMS, UniPC, LCM; it has no DDPM), so their ``eta`` is not acted on there either.
 SAMPLER_ETA: dict[str, float | None] = {"ddim": None, "euler-a": 1.0}
 
 # Fields ldmkit does not act on, with the values that mean "off" in A1111 (and the webuiapi client's
