@@ -25,7 +25,9 @@ Two models (``--models``, default both):
   (`RealReference`, `generate_for_prompts`, `score_generated`, the real renders' features computed once
   for all rows): prompt accuracy on one- and two-object prompts (the shapes judge) and FID (shapes-cnn).
   With ``--student DIR``: rows of that consistency student (`ldmkit distill`) at each of ``--student-steps``,
-  its lcm sampler, one UNet pass per step.
+  its lcm sampler, one UNet pass per step. With ``--solvers NAME:STEPS,…`` (e.g. ``unipc:10``): training-free
+  fewer-step rows, ldmkit's sampler NAME at STEPS and diffusers' scheduler of the same name (DPMSolverMultistep,
+  UniPCMultistep at their defaults) at the same steps, each with guidance.
 - ``sd-small``: Stable Diffusion v1's UNet shape at a CPU-sized width on seeded random weights
   (`_bench_common.bench_models`, as bench_sampling.py), latents only: random z_T, prompt embedding and
   null embedding, guided DDIM (ldmkit's pipeline loop: `guided_denoiser` over the UNet or a
@@ -92,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; each row's median round counts")
     p.add_argument("--diffusers-samplers", default="ddim", help="diffusers' schedulers: ddim, dpmpp-2m (comma-separated)")
+    p.add_argument("--solvers", default="", metavar="NAME:STEPS,…",
+                   help="shipped model: ldmkit's and diffusers' NAME (dpmpp-2m, unipc) at STEPS, e.g. unipc:10,dpmpp-2m:10")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto", help="ldmkit's rows")
     p.add_argument("--bf16", choices=("auto", "off"), default="auto",
                    help="diffusers' bf16 autocast settings join its probe where bf16 matmul beats fp32 (auto) or never")
@@ -115,6 +119,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.diffusers_samplers = [s.strip() for s in args.diffusers_samplers.split(",") if s.strip()]
     if not args.diffusers_samplers or any(s not in ("ddim", "dpmpp-2m") for s in args.diffusers_samplers):
         p.error("--diffusers-samplers: choose from ddim, dpmpp-2m")
+    args.solvers = [s.strip().partition(":") for s in args.solvers.split(",") if s.strip()]
+    if any(name not in ("dpmpp-2m", "unipc") or not steps.isdigit() or int(steps) < 1 for name, _, steps in args.solvers):
+        p.error("--solvers: NAME:STEPS, NAME one of dpmpp-2m, unipc and STEPS a positive integer")
+    args.solvers = [(name, int(steps)) for name, _, steps in args.solvers]
     if args.quick:
         args.num_images = min(args.num_images, 16)
         args.steps = args.steps or 2
@@ -140,6 +148,7 @@ class Row:
     generate: object = None
     cache_interval: int = 1
     steps: int | None = None  # None: the table's steps
+    sampler: str = "ddim"  # the ldmkit sampler of its quality run (lcm for a student)
     counter: object = None  # the EvaluationCounter of this row's UNet (None: ldmkit's or diffusers' by name)
     times: list[float] = field(default_factory=list)
     evaluations: str = ""
@@ -224,13 +233,16 @@ def build_unet(config: dict, weights: dict):
 
 
 def diffusers_scheduler(sampler: str, diffusion):
-    """diffusers' scheduler for ``sampler`` on ldmkit's β schedule (DDIM on ldmkit's trailing timesteps)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    """diffusers' scheduler for ``sampler`` on ldmkit's β schedule (DDIM on ldmkit's trailing timesteps; DPM-Solver++
+    and UniPC at their defaults)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     common = diffusers_schedule_kwargs(diffusion)
     if sampler == "ddim":
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
                              timestep_spacing="trailing")
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(**common)
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
 
 
@@ -363,13 +375,22 @@ def shipped(args, peaks) -> dict:
                                   best, sampler)
         rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
                         lambda r, a=adapter: a.generate_tensors(prompts, steps, guidance, seed=r), adapter))
+    for sampler, n in args.solvers:
+        rows.append(Row(f"ldmkit {sampler}, {n} steps", ldm_note,
+                        lambda r, s=sampler, n=n: pipe.generate_tensors(prompts, steps=n, guidance=guidance, seed=r,
+                                                                        sampler=s),
+                        pipe, steps=n, sampler=sampler))
+        adapter = DiffusersShapes(pipe, diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, cfg.diffusion)),
+                                  best, sampler)
+        rows.append(Row(f"diffusers {sampler}, {n} steps", f"{best} (probed fastest)",
+                        lambda r, a=adapter, n=n: a.generate_tensors(prompts, n, guidance, seed=r), adapter, steps=n))
     if args.student:
         student = ldmkit.load_pipeline(args.student, precision=args.precision)
         student_counter = EvaluationCounter(student.model.unet.conv_in, student.model.unet.middle)
         for n in args.student_steps:
             rows.append(Row(f"ldmkit lcm student, {n} steps", ldm_note,
                             lambda r, n=n: student.generate_tensors(prompts, steps=n, guidance=guidance, seed=r),
-                            student, steps=n, counter=student_counter))
+                            student, steps=n, counter=student_counter, sampler="lcm"))
     # UNet evaluations per image, counted on one run of each row
     for row in rows:
         counter = row.counter or (dif_counter if row.name.startswith("diffusers") else ldm_counter)
@@ -394,12 +415,11 @@ def shipped(args, peaks) -> dict:
     for row in rows:
         if row.generate is None:
             continue
-        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.cache_interval, row.steps)
+        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.sampler, row.cache_interval, row.steps)
         if key in seen:  # the K/V row draws the plain row's images bit for bit
             row.result.update(seen[key])
             continue
-        student_row = row.steps is not None
-        settings = GenerationSettings(sampler="lcm" if student_row else "ddim", num_inference_steps=row.steps or steps,
+        settings = GenerationSettings(sampler=row.sampler, num_inference_steps=row.steps or steps,
                                       guidance_scale=guidance, cache_interval=row.cache_interval)
         log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
         start = time.perf_counter()

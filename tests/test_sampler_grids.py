@@ -300,10 +300,12 @@ def test_plms_and_unipc_match_diffusers_schedulers(sched, spacing, offset, steps
               diffusers_final(pndm, d, z_T, steps), 1e-4)
 
 
-@pytest.mark.parametrize("steps", [5, 20])
-def test_unipc_with_karras_sigmas_matches_diffusers(sched, steps):
+@pytest.mark.parametrize("steps", [3, 5, 20])
+def test_unipc_by_default_and_with_karras_sigmas_matches_diffusers(sched, steps):
     d = gaussian_oracle(sched, 0.5, 0.6)
     z_T = torch.randn(2, 4, 8, 8, generator=gen(22))
+    unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS)
+    close(sample("unipc", d, z_T, sched, steps), diffusers_final(unipc, d, z_T, steps), 1e-4)
     unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS, use_karras_sigmas=True)
     close(sample("unipc", d, z_T, sched, steps, karras=True), diffusers_final(unipc, d, z_T, steps), 1e-4)
 

@@ -159,14 +159,16 @@ def grid_for(name: str, schedule: NoiseSchedule, num_steps: int | None, spacing:
     the leading grid, where they land on ᾱ_0 as the original LDM sampler and Stable Diffusion's scheduler
     (``set_alpha_to_one=False``) do. dpmpp-2m and unipc lay a given spacing out as diffusers'
     DPMSolverMultistepScheduler and UniPCMultistepScheduler do (``endpoint``: leading and linspace over n + 1
-    points); without one they take k-diffusion's grid.
+    points); without one dpmpp-2m takes k-diffusion's grid and unipc diffusers' linspace over n + 1 points (whose
+    last step is not spent at t = 0, which costs a step of few), or with ``karras`` the schedule's whole σ range,
+    as diffusers' Karras σ span it.
     ``num_steps`` None (ddpm): all T timesteps."""
     n = schedule.num_timesteps if num_steps is None else num_steps
     chosen = spacing or DEFAULT_SPACING[name]
     final = 0.0
     if name in ("ddpm", "ddim", "plms") and chosen == "leading":
         final = float(schedule_sigmas(schedule)[0])
-    endpoint = name in ("dpmpp-2m", "unipc") and spacing is not None
+    endpoint = (name in ("dpmpp-2m", "unipc") and spacing is not None) or (name == "unipc" and not karras)
     return sigma_grid(schedule, n, chosen, steps_offset, karras, final, endpoint)
 
 
