@@ -364,7 +364,8 @@ def test_callback_on_step_end_sees_and_replaces_the_latents(pipe):
         seen.append((p, i, int(t), tuple(kwargs["latents"].shape)))
         return kwargs
 
-    for sampler, options in [("ddim", {}), ("euler-a", {}), ("ddim", {"cache_interval": 2})]:
+    for sampler, options in [("ddim", {}), ("euler-a", {}), ("ddim", {"cache_interval": 2}), ("plms", {}),
+                             ("dpmpp-2m", {}), ("unipc", {})]:
         plain = pipe("a red circle", num_inference_steps=4, generator=3, sampler=sampler, output_type="pt",
                      **options).images
         seen.clear()
@@ -378,8 +379,9 @@ def test_callback_on_step_end_sees_and_replaces_the_latents(pipe):
     def zero_at_last(p, i, t, kwargs):  # the returned "latents" replace them, as in diffusers
         return {"latents": torch.zeros_like(kwargs["latents"])} if i == 3 else {}
 
-    assert torch.equal(pipe("a red circle", num_inference_steps=4, output_type="latent",
-                            callback_on_step_end=zero_at_last).images, torch.zeros(z_T_shape(pipe)))
+    for sampler in ("ddim", "plms", "dpmpp-2m", "unipc"):
+        assert torch.equal(pipe("a red circle", num_inference_steps=4, output_type="latent", sampler=sampler,
+                                callback_on_step_end=zero_at_last).images, torch.zeros(z_T_shape(pipe))), sampler
     steps = []
     pipe("a red circle", num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k,
          callback_on_step_end_tensor_inputs=[], callback=lambda i, n: steps.append((i, n)))
@@ -389,7 +391,8 @@ def test_callback_on_step_end_sees_and_replaces_the_latents(pipe):
                           r"callback_on_step_end_tensor_inputs = \['prompt_embeds'\]; give a list of names from: "
                           "'latents'"),
                          (dict(callback_on_step_end=lambda p, i, t, k: None), "returned NoneType; it must return a dict"),
-                         (dict(callback_on_step_end=record, sampler="dpmpp-2m"), "dpmpp-2m's multistep update")]:
+                         (dict(callback_on_step_end=lambda p, i, t, k: None, sampler="unipc"),
+                          "returned NoneType; it must return a dict")]:
         with pytest.raises(UsageError, match=message):
             pipe("a red circle", num_inference_steps=2, **bad)
 

@@ -3,7 +3,9 @@
 The conventions are `ldmkit.diffusion.samplers`' (σ space, x = z/√ᾱ = z_0 + σ ε, a denoiser ``denoise(z_t, t)
 -> ε̂`` with guidance applied, ``callback(i, n)`` after step i of n, float32, no noise drawn). A run over a slice
 of the grid (image-to-image, "stop, then continue") starts a fresh history: its first step is the one-step
-start of the method, as diffusers' schedulers do from their first ``step``.
+start of the method, as diffusers' schedulers do from their first ``step``. ``on_step_end(i, z) -> z`` (diffusers'
+``callback_on_step_end``, which these samplers cannot take one step at a time) sees z_{i+1} after step i at unit
+variance, and what it returns goes on in its place, the history of earlier outputs kept.
 
 - `sample_plms_grid`: pseudo linear multistep (Liu et al. 2022, PNDM's F-PLMS), Stable Diffusion v1's own
   sampler (CompVis' ``--plms``; diffusers' PNDMScheduler with ``skip_prk_steps``, the class SD 1.x folders name).
@@ -15,14 +17,25 @@ start of the method, as diffusers' schedulers do from their first ``step``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ldmkit.diffusion.grids import Callback, Denoiser, Grid, timestep_tensor
 
+StepEnd = Callable[[int, Tensor], Tensor]  # on_step_end(i, z_{i+1}) -> the z to go on from
+
 # PLMS' Adams–Bashforth weights for 1 … 4 outputs ε̂_i, ε̂_{i−1}, … (newest first), over their sum's divisor.
 _ADAMS_BASHFORTH = {1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24)}
+
+
+def hand_over(on_step_end: StepEnd, i: int, x: Tensor, sigma: float) -> Tensor:
+    """x at noise level σ after step i, through ``on_step_end`` as z = x/√(1 + σ²): x itself where the hook
+    returns the z it was given (bit for bit), else the returned z as x."""
+    z = x * (1 / math.sqrt(1 + sigma**2))
+    returned = on_step_end(i, z)
+    return x if returned is z else returned * math.sqrt(1 + sigma**2)
 
 
 def ddim_transfer(z: Tensor, sigma: float, sigma_next: float, eps: Tensor) -> Tensor:
@@ -36,7 +49,8 @@ def ddim_transfer(z: Tensor, sigma: float, sigma_next: float, eps: Tensor) -> Te
 
 
 @torch.no_grad()
-def sample_plms_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callback | None = None) -> Tensor:
+def sample_plms_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callback | None = None,
+                     on_step_end: StepEnd | None = None) -> Tensor:
     """PLMS over ``grid``: DDIM's transfer φ (`ddim_transfer`) with an Adams–Bashforth combination of the
     denoiser's last outputs ε̂_i = ε̂(z_i, t_i),
 
@@ -62,6 +76,8 @@ def sample_plms_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callb
             weights, divisor = _ADAMS_BASHFORTH[len(outputs)]
             combined = sum(w * e for w, e in zip(weights, outputs)) * (1 / divisor)
         z = ddim_transfer(z, s, s_next, combined)
+        if on_step_end is not None:
+            z = on_step_end(i, z)
         if callback is not None:
             callback(i, len(grid))
     return z
@@ -114,7 +130,7 @@ def _unipc_update(x: Tensor, sigma: float, sigma_next: float, history: list[Tens
 
 @torch.no_grad()
 def sample_unipc_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, order: int = 2,
-                      callback: Callback | None = None) -> Tensor:
+                      callback: Callback | None = None, on_step_end: StepEnd | None = None) -> Tensor:
     """UniPC over ``grid`` in x = z √(1 + σ²), data estimates D_i = x_i − σ_i ε̂(z_i, t_i), λ = −log σ:
 
         x_i ← UniC(x_{i−1}, D_{i−1}, D_{i−2}, …; D_i)   for i ≥ 1 (the corrector, of the previous step's order)
@@ -139,6 +155,8 @@ def sample_unipc_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, order: int = 2
         used = min(order, len(history), n - i)
         x_before = x
         x = denoised if s_next == 0 else _unipc_update(x, s, s_next, history, lambdas, used)
+        if on_step_end is not None:
+            x = hand_over(on_step_end, i, x, s_next)
         if callback is not None:
             callback(i, n)
     return x * (1 / math.sqrt(1 + sigmas[-1] ** 2))

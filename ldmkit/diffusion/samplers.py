@@ -43,7 +43,7 @@ from ldmkit.diffusion.consistency import sample_lcm
 from ldmkit.diffusion.grids import (
     Callback, Denoiser, Grid, check_start, check_stop, randn, schedule_sigmas, sigma_grid, timestep_tensor,
 )
-from ldmkit.diffusion.multistep import sample_plms_grid, sample_unipc_grid
+from ldmkit.diffusion.multistep import StepEnd, hand_over, sample_plms_grid, sample_unipc_grid
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UsageError
 
@@ -119,14 +119,16 @@ def sample_ancestral(denoise: Denoiser, z_T: Tensor, grid: Grid, eta: float = 0.
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callback | None = None) -> Tensor:
+def sample_dpmpp_2m_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callback | None = None,
+                         on_step_end: StepEnd | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in λ = −log σ.
     With D_i = x_i − σ_i ε̂_i, h_i = λ_{i+1} − λ_i and r_i = h_{i−1}/h_i:
 
         D'_i = (1 + 1/(2 r_i)) D_i − 1/(2 r_i) D_{i−1}   (D'_i = D_i at the first step)
         x_{i+1} = (σ_{i+1}/σ_i) x_i − (e^{−h_i} − 1) D'_i
 
-    and a step to σ = 0 returns D_i, as k-diffusion and diffusers (``final_sigmas_type="zero"``) do."""
+    and a step to σ = 0 returns D_i, as k-diffusion and diffusers (``final_sigmas_type="zero"``) do.
+    ``on_step_end``: as `ldmkit.diffusion.multistep`'s samplers take it."""
     sigmas = grid.sigmas
     x = z_T.float() * math.sqrt(1 + sigmas[0] ** 2)
     ts = timestep_tensor(grid.timesteps, x.device)
@@ -146,6 +148,8 @@ def sample_dpmpp_2m_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: C
                 d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = (s_next / s) * x - math.expm1(-h) * d
         old_denoised = denoised
+        if on_step_end is not None:
+            x = hand_over(on_step_end, i, x, s_next)
         if callback is not None:
             callback(i, len(grid))
     return x * (1 / math.sqrt(1 + sigmas[-1] ** 2))
@@ -234,34 +238,37 @@ def sample_euler_ancestral(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedu
 
 def sample_dpmpp_2m(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
                     callback: Callback | None = None, start: int = 0, stop: int | None = None,
-                    spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+                    spacing: str | None = None, steps_offset: int | None = None,
+                    on_step_end: StepEnd | None = None) -> Tensor:
     """DPM-Solver++(2M) (`sample_dpmpp_2m_grid`) over k-diffusion's grid by default, or a given spacing laid
     out as diffusers' DPMSolverMultistepScheduler does (`grid_for`). A run from ``start`` restarts the
     two-step history (one first-order step)."""
     grid, callback = _run(grid_for("dpmpp-2m", schedule, num_steps, spacing, steps_offset, karras), start, stop,
                           callback)
-    return sample_dpmpp_2m_grid(denoise, z_T, grid, callback)
+    return sample_dpmpp_2m_grid(denoise, z_T, grid, callback, on_step_end)
 
 
 def sample_plms(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
                 callback: Callback | None = None, start: int = 0, stop: int | None = None,
-                spacing: str = "trailing", steps_offset: int | None = None) -> Tensor:
+                spacing: str = "trailing", steps_offset: int | None = None,
+                on_step_end: StepEnd | None = None) -> Tensor:
     """PLMS (`ldmkit.diffusion.multistep.sample_plms_grid`: DDIM's step with Adams–Bashforth noise estimates;
     n + 1 denoiser calls for n steps) over the trailing grid by default, or a given spacing (Stable Diffusion's
     folders: leading, offset 1, landing on ᾱ_0, as diffusers' PNDMScheduler)."""
     grid, callback = _run(grid_for("plms", schedule, num_steps, spacing, steps_offset, karras), start, stop,
                           callback)
-    return sample_plms_grid(denoise, z_T, grid, callback)
+    return sample_plms_grid(denoise, z_T, grid, callback, on_step_end)
 
 
 def sample_unipc(denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, karras: bool = False,
                  callback: Callback | None = None, start: int = 0, stop: int | None = None,
-                 spacing: str | None = None, steps_offset: int | None = None) -> Tensor:
+                 spacing: str | None = None, steps_offset: int | None = None,
+                 on_step_end: StepEnd | None = None) -> Tensor:
     """UniPC of order 2 (`ldmkit.diffusion.multistep.sample_unipc_grid`; one denoiser call per step) over
     k-diffusion's grid by default, or a given spacing laid out as diffusers' UniPCMultistepScheduler does."""
     grid, callback = _run(grid_for("unipc", schedule, num_steps, spacing, steps_offset, karras), start, stop,
                           callback)
-    return sample_unipc_grid(denoise, z_T, grid, callback=callback)
+    return sample_unipc_grid(denoise, z_T, grid, callback=callback, on_step_end=on_step_end)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,14 +301,19 @@ def check_grid_options(name: str, eta: float = 0.0, spacing: str | None = None, 
 def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0,
            generator: torch.Generator | None = None, callback: Callback | None = None, karras: bool = False,
            start: int = 0, spacing: str | None = None, stop: int | None = None,
-           steps_offset: int | None = None) -> Tensor:
+           steps_offset: int | None = None, on_step_end: StepEnd | None = None) -> Tensor:
     """Run sampler ``name`` (a key of `SAMPLERS`) over `grid_for` (``spacing``, ``steps_offset``, ``karras``;
     the same options for every sampler). ``eta`` applies to ddim only: setting it for another sampler is an
     error rather than a silent no-op.
     ``start``: begin at that index of the step list, ``z_T`` being z_t at its timestep (`sample_from`).
     ``stop``: end before that index and return z_t at its timestep, for a later run with ``start = stop``
-    (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step)."""
+    (a multistep sampler such as dpmpp-2m then restarts its history: one first-order step).
+    ``on_step_end(i, z) -> z``: a multistep sampler's (`MULTISTEP`) hook after each step, whose result goes on in
+    z's place (diffusers' callback_on_step_end); the others take it by running one step at a time instead."""
     check_grid_options(name, eta, spacing, steps_offset)
+    if on_step_end is not None and name not in MULTISTEP:
+        raise ValueError(f"on_step_end is for the multistep samplers ({', '.join(MULTISTEP)}), not {name!r}")
+    multistep = {"on_step_end": on_step_end} if on_step_end is not None else {}
     grid_options = dict(spacing=spacing or DEFAULT_SPACING[name], steps_offset=steps_offset, karras=karras)
     if name == "ddpm":
         return sample_ddpm(denoise, z_T, schedule, generator=generator, callback=callback, num_steps=num_steps,
@@ -314,7 +326,7 @@ def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, n
                           stop=stop, **grid_options)
     if name == "plms":
         return sample_plms(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
-                           **grid_options)
+                           **grid_options, **multistep)
     grid_options["spacing"] = spacing  # None: k-diffusion's grid (dpmpp-2m lays a given spacing out its own way)
     if name == "euler":
         return sample_euler(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
@@ -324,9 +336,9 @@ def sample(name: str, denoise: Denoiser, z_T: Tensor, schedule: NoiseSchedule, n
                                       start=start, stop=stop, **grid_options)
     if name == "unipc":
         return sample_unipc(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
-                            **grid_options)
+                            **grid_options, **multistep)
     return sample_dpmpp_2m(denoise, z_T, schedule, num_steps, callback=callback, start=start, stop=stop,
-                           **grid_options)
+                           **grid_options, **multistep)
 
 
 def sampler_timesteps(name: str, schedule: NoiseSchedule, num_steps: int, karras: bool = False,

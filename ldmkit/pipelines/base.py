@@ -391,7 +391,8 @@ class Pipeline(AdapterMixin):
         variance, so z_T needs no scaling by diffusers' ``init_noise_sigma``); later noise is drawn from ``seed``.
         ``callback_on_step_end(self, i, t, {"latents": z_t})``: diffusers' step-end callback (`step_end`), after
         each step i at timestep t, with z after the step; the latents it returns replace z. The sampler then runs
-        one step at a time (the same numbers); dpmpp-2m's multistep update cannot, and is refused with it.
+        one step at a time (the same numbers), or, a multistep one (plms, dpmpp-2m, unipc), hands it z through its
+        ``on_step_end`` hook, its history of earlier outputs kept (as diffusers' schedulers keep theirs).
 
         ``sampler`` and ``steps`` None: the model's own (`sampling_defaults`). A consistency student
         (`ldmkit distill`) runs one pass per step with the guidance scale as the UNet's input,
@@ -418,9 +419,6 @@ class Pipeline(AdapterMixin):
         if callback_on_step_end is not None and init_latents is not None:
             raise UsageError("callback_on_step_end is taken when sampling from noise (text-to-image), not from an "
                              "input image")
-        if callback_on_step_end is not None and sampler in MULTISTEP:
-            raise UsageError(f"callback_on_step_end runs the sampler one step at a time, which {sampler}'s multistep "
-                             "update does not allow in ldmkit; give another sampler (ddim, euler, euler-a, ddpm)")
         model = self.model
         shape = (context.shape[0], model.config.unet.out_channels, *latent_size)
         if isinstance(seed, list):
@@ -479,10 +477,13 @@ class Pipeline(AdapterMixin):
         def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
                 stop: int | None = None, null_context: torch.Tensor = null_context) -> torch.Tensor:
             denoise = denoiser(context, binding, null_context)
-            if callback_on_step_end is None:
-                return sample(sampler, denoise, z, model.schedule, num_steps=steps, eta=eta, generator=generator,
-                              callback=lambda i, n: on_step(start + i, start + n), start=start, stop=stop, **grid)
             timesteps = sampler_timesteps(sampler, model.schedule, steps, **grid)
+            if callback_on_step_end is None or sampler in MULTISTEP:
+                hook = {} if callback_on_step_end is None else {"on_step_end": lambda i, z: step_end(
+                    self, callback_on_step_end, callback_on_step_end_tensor_inputs, start + i, timesteps[start + i], z)}
+                return sample(sampler, denoise, z, model.schedule, num_steps=steps, eta=eta, generator=generator,
+                              callback=lambda i, n: on_step(start + i, start + n), start=start, stop=stop, **grid,
+                              **hook)
             for i in range(start, steps if stop is None else stop):  # one denoiser: its feature cache counts on
                 z = sample(sampler, denoise, z, model.schedule, num_steps=steps, eta=eta, generator=generator,
                            start=i, stop=i + 1, **grid)
