@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 
 from PIL import Image
@@ -114,17 +115,40 @@ def check_sampler(sampler: str | None, eta: float = 0.0, spacing: str | None = N
         raise UsageError(f"--eta {eta:g} applies to the ddim sampler only, not {sampler!r}")
 
 
-def check_text(value: str | None, what: str) -> None:
-    """Refuse text that is not UTF-8: bytes the shell passed that do not decode arrive in ``sys.argv``
-    as lone surrogates (Python's surrogateescape), which no tokenizer can read."""
+TEXT_OPTIONS = ("prompt", "negative_prompt", "class_name", "source_prompt", "target_prompt")  # text, not paths
+
+
+def utf8_text(value: str) -> str:
+    """``value`` as the UTF-8 text it was typed as. Under a locale whose encoding is not UTF-8 (LC_ALL=C without
+    Python's UTF-8 mode) ``sys.argv`` holds each non-ASCII byte as a lone surrogate (surrogateescape);
+    ``os.fsencode`` gives the bytes back, decoded here as UTF-8. Unchanged when they are not UTF-8."""
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def recover_text(args: argparse.Namespace) -> None:
+    """The text options of ``args`` (`TEXT_OPTIONS`; paths stay as the file system gave them) as `utf8_text`."""
+    for name in TEXT_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, utf8_text(value))
+
+
+def check_text(value: str | None, what: str) -> str | None:
+    """``value`` as UTF-8 text (`utf8_text`), refused when it is not: bytes the shell passed that do not decode
+    as UTF-8 arrive in ``sys.argv`` as lone surrogates (Python's surrogateescape), which no tokenizer can read."""
     if not value:
-        return
+        return value
+    value = utf8_text(value)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         bad = value[e.start]
         byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character U+{ord(bad):04X}"
         raise UsageError(f"{what} is not UTF-8 text ({byte} at character {e.start + 1}); give it as UTF-8") from None
+    return value
 
 
 def fraction(text: str) -> float:

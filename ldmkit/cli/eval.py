@@ -47,9 +47,10 @@ def _run(args, evaluate) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # each warning of the evaluation, one line each (`ldmkit.cli.main`)
         report = evaluate(networks, device)
+    written = report.save_json(args.json) if args.json else None  # before printing: a closed pipe loses no file
     print(report.format())
-    if args.json:
-        print(f"wrote {report.save_json(args.json)}")
+    if written:
+        print(f"wrote {written}")
 
 
 def _check_image_size(model: str, image_size: int) -> None:

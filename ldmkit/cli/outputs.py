@@ -104,14 +104,16 @@ def image_output(path: str | Path, option: str = "--out", allow_folder: bool = F
 def replacing_folder(path: str | Path, option: str = "--out", overwrite: bool = False):
     """Yield a new temporary folder next to ``path``; when the block succeeds it becomes ``path``
     (an existing ``path``, allowed only with ``overwrite``, is removed first), so the result never
-    mixes old and new files and a failed run leaves ``path`` as it was."""
+    mixes old and new files and a failed run leaves ``path`` as it was. A ``path`` that is a symbolic link
+    is written through: its target is replaced, the link stays."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file, not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UsageError(f"{option} {path} already exists and is not empty; choose a new folder or pass "
                          "--overwrite to replace it")
-    _check_creatable(path.parent, option, path)
+    shown, path = path, Path(os.path.realpath(path))  # a link's target: renaming would move the link itself
+    _check_creatable(path.parent, option, shown)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     umask = os.umask(0o022)

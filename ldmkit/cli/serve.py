@@ -101,12 +101,13 @@ def _is_unspecified(host: str) -> bool:
 
 def model_specs(values: list[str] | None) -> list[tuple[str, str | None]]:
     """(name, what --model named) for each ``--model NAME=DIR`` or ``--model DIR``; [(DEFAULT_NAME, None)]
-    for none. A one-line `UsageError` for a bad name, a name given twice, or nothing at DIR."""
+    for none. A value that exists as a path is that path, '=' in it or not. A one-line `UsageError` for a bad
+    name, a name given twice, or nothing at DIR."""
     if not values:
         return [(DEFAULT_NAME, None)]
     specs: dict[str, str] = {}
     for value in values:
-        name, given, source = None, "=" in value, value
+        name, given, source = None, "=" in value and not Path(value).exists(), value
         if given:
             name, source = value.split("=", 1)
         elif source in SHIPPED and not Path(source).exists():
@@ -116,8 +117,10 @@ def model_specs(values: list[str] | None) -> list[tuple[str, str | None]]:
             name = path.stem if path.is_file() else path.name
         if not MODEL_NAME.match(name):
             what = f"--model {value}: the name {name!r}" if given else f"--model {value}: its name {name!r}"
+            remedy = (f"; nor is there a file or folder at {value!r}: give --model NAME=PATH or an existing path"
+                      if given else "; name it: --model NAME=DIR")
             raise UsageError(f"{what} is not a model name: 1–64 letters, digits, '.', '_' or '-', starting with a "
-                             f"letter or digit{'' if given else '; name it: --model NAME=DIR'}")
+                             f"letter or digit{remedy}")
         if name in specs:
             raise UsageError(f"--model {value}: the name {name!r} is given twice (to {specs[name]} too); give each "
                              f"model its own name: --model NAME=DIR")

@@ -304,7 +304,8 @@ def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: in
     complete (the folder renamed as a whole where ``out`` is new or empty), so an interrupted pack (Ctrl-C, an
     error) leaves no shard in ``out``: a set of shards there is always the whole pack. ``out`` is created only
     then, so a source that yields none (a DataError) leaves nothing behind; no samples at all is a DataError
-    too. ``total``: the number of samples expected, for the progress bar (``progress``)."""
+    too. An ``out`` that is a symbolic link is written through: the shards go into its target, the link stays.
+    ``total``: the number of samples expected, for the progress bar (``progress``)."""
     TarWriter = _webdataset().TarWriter
 
     if shard_size < 1:
@@ -314,8 +315,9 @@ def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: in
     chunk = list(itertools.islice(samples, shard_size))
     if not chunk:
         raise DataError(f"no samples to write into {out}; nothing was written")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".packing"))
+    dest = Path(os.path.realpath(out))  # a link's target: a folder cannot be renamed onto a link
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".packing"))
     umask = os.umask(0o022)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # a plain mkdir's mode, not mkdtemp's private 0700
@@ -334,11 +336,11 @@ def write_shards(samples: Iterable[ShardSample], out: str | Path, shard_size: in
                 names.append(name)
                 bar.update(len(chunk))
                 chunk = list(itertools.islice(samples, shard_size))
-        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-            os.replace(tmp, out)  # all shards appear at once
+        if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+            os.replace(tmp, dest)  # all shards appear at once
         else:  # a folder holding other files (no shards: `ldmkit data pack` refuses those)
             for name in names:
-                os.replace(tmp / name, out / name)
+                os.replace(tmp / name, dest / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out / name for name in names]
