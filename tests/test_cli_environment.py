@@ -118,3 +118,10 @@ def test_serve_model_takes_an_existing_path_with_an_equals_sign_as_a_path(tmp_pa
     assert model_specs([str(folder)]) == [("model", str(folder))]
     with pytest.raises(UsageError, match=r"--model NAME=PATH"):  # neither a path nor a valid NAME=PATH
         model_specs([str(tmp_path / "lr=1e-4" / "model")])
+
+
+def test_an_error_of_a_subcommand_names_it_as_typed(tmp_path, capsys):
+    """`ldmkit eval generate` and `ldmkit data cache` say so in their errors, as argparse's own do."""
+    assert main(["eval", "generate", "--model", str(tmp_path / "nope"), "--num-images", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ldmkit eval generate: error:") and "nope" in err, err

@@ -43,6 +43,13 @@ def _tolerant_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed, with its subcommand where it has one ("eval generate", "data pack"), as argparse
+    names it in its own errors."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: list[str] | None = None) -> int:
     _tolerant_output()
     try:
@@ -60,16 +67,16 @@ def _main(argv: list[str] | None) -> int:
         with warnings.catch_warnings():
             if not os.environ.get("LDMKIT_DEBUG"):  # one plain line, like the errors, not Python's file:line form
                 warnings.showwarning = lambda message, *rest, **kw: print(
-                    f"ldmkit {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+                    f"ldmkit {command_name(args)}: warning: {' '.join(str(message).split())}", file=sys.stderr)
             args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
     except LdmkitError as e:
         if os.environ.get("LDMKIT_DEBUG"):
             raise
         message = " ".join(str(e).split())  # one line, whatever the message holds
-        print(f"ldmkit {args.command}: error: {message}", file=sys.stderr)
+        print(f"ldmkit {command_name(args)}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"ldmkit {args.command}: interrupted", file=sys.stderr)
+        print(f"ldmkit {command_name(args)}: interrupted", file=sys.stderr)
         return 130
     return 0
