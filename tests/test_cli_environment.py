@@ -3,6 +3,7 @@ piped into a reader that stops early, model paths holding '='."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from ldmkit.cli import main
 from ldmkit.cli.common import check_text
 from ldmkit.cli.serve import model_specs
 from ldmkit.errors import UsageError
+from ldmkit.progress import NOT_A_TERMINAL_INTERVAL, tqdm
 from tests.tiny_models import build_tiny_model
 
 PY = [sys.executable, "-m", "ldmkit.cli"]
@@ -125,3 +127,20 @@ def test_an_error_of_a_subcommand_names_it_as_typed(tmp_path, capsys):
     assert main(["eval", "generate", "--model", str(tmp_path / "nope"), "--num-images", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ldmkit eval generate: error:") and "nope" in err, err
+
+
+def test_a_progress_bar_into_a_file_redraws_twice_a_minute_at_most():
+    """A long run's log (stderr to a file) gets a bar line per half minute, not ten a second; on a terminal the
+    bar is tqdm's own."""
+    log = io.StringIO()
+    with tqdm(total=1000, file=log, desc="training") as bar:
+        for _ in range(1000):
+            bar.update(1)
+    assert bar.mininterval == NOT_A_TERMINAL_INTERVAL == 30.0
+    assert log.getvalue().count("\r") <= 3 and "1000/1000" in log.getvalue()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert tqdm(total=1, file=Terminal()).mininterval == 0.1

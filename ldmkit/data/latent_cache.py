@@ -49,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.autoencoder.folder import WEIGHTS, load_autoencoder
@@ -57,6 +56,7 @@ from ldmkit.config import DataConfig, from_dict, to_dict
 from ldmkit.data.collate import collate
 from ldmkit.data.dataset import DataError, build_dataset
 from ldmkit.device import resolve_device
+from ldmkit.progress import tqdm
 from ldmkit.storage import atomic_path, sha256_file
 from ldmkit.errors import UsageError
 

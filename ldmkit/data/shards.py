@@ -40,7 +40,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from ldmkit.data.collate import collate
 from ldmkit.data.imagefolder import ImageFolderDataset
@@ -48,6 +47,7 @@ from ldmkit.data.shapes import check_scene_options
 from ldmkit.data.shapes_dataset import shapes_sample
 from ldmkit.errors import DataError
 from ldmkit.images import center_crop_resize, image_to_tensor, load_image
+from ldmkit.progress import tqdm
 
 IMAGE_KEYS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp")
 _URL_PREFIXES = ("http://", "https://", "pipe:", "gs://", "s3://", "ais://", "hf://")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ldmkit.autoencoder.folder import load_autoencoder
 from ldmkit.errors import UsageError
@@ -24,6 +23,7 @@ from ldmkit.eval.metrics import fid, fid_sample_warning, inception_score, mean_s
 from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
 from ldmkit.model import LatentDiffusion
+from ldmkit.progress import tqdm
 
 
 @torch.no_grad()

@@ -18,10 +18,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from ldmkit.eval.inception import FIDInceptionV3
 from ldmkit.eval.shapes_net import FEATURE_DIM, NUM_CLASSES, ShapesNet, load_shapes_net
+from ldmkit.progress import tqdm
 from ldmkit.storage import CheckpointError
 
 

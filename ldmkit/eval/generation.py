@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ldmkit.diffusion.samplers import check_grid_options
 from ldmkit.eval.attributes import AttributePredictor
@@ -23,6 +22,7 @@ from ldmkit.eval.prompt_accuracy import prompt_accuracy
 from ldmkit.eval.report import EvalReport, Metric
 from ldmkit.pipelines.base import check_student_options
 from ldmkit.pipelines.text_to_image import load_pipeline
+from ldmkit.progress import tqdm
 from ldmkit.settings import (  # noqa: F401  (SamplerSettings: its earlier name)
     DEFAULT_GUIDANCE, GenerationSettings, SamplerSettings, check_cache_interval, check_steps,
 )

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ldmkit.data import COLORS, SHAPES, SIZES, image_to_tensor, shapes_sample
 from ldmkit.eval.shapes_net import INPUT_SIZE, WEIGHTS_PATH, ShapesNet
+from ldmkit.progress import tqdm
 from ldmkit.storage import save_weights
 
 TRAIN_SEED = 7_000_001

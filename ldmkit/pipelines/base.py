@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor, mask_grey
@@ -29,6 +28,7 @@ from ldmkit.nn.kv_cache import cached_text_kv
 from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import OUTPUT_TYPES, ImagePipelineOutput, diffusers_call, image_output, step_end
+from ldmkit.progress import tqdm
 from ldmkit.settings import check_cache_interval
 from ldmkit.text.weighted import emphasis_contexts
 

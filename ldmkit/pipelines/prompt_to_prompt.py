@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ldmkit.diffusion import DEFAULT_SPACING, guided_denoiser, sample_ddim
 from ldmkit.diffusion.inversion import ddim_inversion, null_text_optimization
@@ -33,6 +32,7 @@ from ldmkit.diffusion.prompt_to_prompt import (
 from ldmkit.errors import UsageError
 from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, prompt_list
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call, image_output
+from ldmkit.progress import tqdm
 from ldmkit.settings import DEFAULT_GUIDANCE, check_steps
 
 LatentsCallback = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]

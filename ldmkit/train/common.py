@@ -10,12 +10,12 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from ldmkit.data import collate
 from ldmkit.data.shards import mix_seed
 from ldmkit.device import bf16_pays
 from ldmkit.errors import ConfigError, TrainingDiverged
+from ldmkit.progress import tqdm
 from ldmkit.train.checkpoint import restore_rng
 from ldmkit.train.distributed import Distributed, gather_objects
 

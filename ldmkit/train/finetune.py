@@ -41,7 +41,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ldmkit.autoencoder import KLAutoencoder
 from ldmkit.config import to_dict
@@ -50,6 +49,7 @@ from ldmkit.data import save_grid
 from ldmkit.data.imagefolder import ImageFolderDataset, mirror_caption
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.errors import CheckpointError, UsageError
+from ldmkit.progress import tqdm
 from ldmkit.storage import sha256_file
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora

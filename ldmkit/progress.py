@@ -1,0 +1,23 @@
+"""Progress bars: tqdm's (`tqdm.auto`), redrawn at most every ``NOT_A_TERMINAL_INTERVAL`` seconds when they
+write to a file or a pipe rather than a terminal, so that a long run's log (``ldmkit train … 2> log``) gets a
+line per half minute instead of ten a second. On a terminal, and in a notebook, they are tqdm's own."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm as _auto_tqdm
+
+NOT_A_TERMINAL_INTERVAL = 30.0  # seconds between redraws into a file or pipe
+
+
+class tqdm(_auto_tqdm):  # noqa: N801 (tqdm's own name, so that it stands in where tqdm was imported)
+    """`tqdm.auto.tqdm`, with ``mininterval`` = `NOT_A_TERMINAL_INTERVAL` where its stream is not a terminal
+    and none was given."""
+
+    def __init__(self, *args, **kwargs):
+        stream = kwargs.get("file") or sys.stderr
+        on_terminal = getattr(stream, "isatty", lambda: False)()
+        if "mininterval" not in kwargs and not on_terminal and "notebook" not in _auto_tqdm.__module__:
+            kwargs["mininterval"] = NOT_A_TERMINAL_INTERVAL
+        super().__init__(*args, **kwargs)
