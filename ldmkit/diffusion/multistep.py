@@ -67,11 +67,11 @@ def sample_plms_grid(denoise: Denoiser, z_T: Tensor, grid: Grid, callback: Callb
     outputs: list[Tensor] = []
     for i in range(len(grid)):
         s, s_next = sigmas[i], sigmas[i + 1]
-        eps = denoise(z, ts[i].expand(z.shape[0]))
+        eps = denoise(z, ts[i].expand(z.shape[0])).float()  # float32: the weights cancel, bf16 ε̂ would not
         outputs = [eps, *outputs[:3]]
         if i == 0 and len(grid) > 1:
             ahead = ddim_transfer(z, s, s_next, eps)
-            combined = 0.5 * (eps + denoise(ahead, ts[1].expand(z.shape[0])))
+            combined = 0.5 * (eps + denoise(ahead, ts[1].expand(z.shape[0])).float())
         else:
             weights, divisor = _ADAMS_BASHFORTH[len(outputs)]
             combined = sum(w * e for w, e in zip(weights, outputs)) * (1 / divisor)
