@@ -305,7 +305,7 @@ def test_missing_inception_weights_is_one_line_error(folders, tmp_path, capsys):
 
 
 def test_unknown_sampler_and_missing_folder_are_one_line_errors(folders, tmp_path, capsys):
-    assert main(["eval", "generate", "--model", str(folders[1]), "--sampler", "plms"]) == 2
+    assert main(["eval", "generate", "--model", str(folders[1]), "--sampler", "heun"]) == 2
     assert "unknown sampler" in capsys.readouterr().err
     assert main(["eval", "autoencoder", "--model", str(tmp_path / "none")]) == 2
     assert "model folder not found" in capsys.readouterr().err

@@ -278,7 +278,7 @@ INVALID = [
     ({"guidance": "high"}, "guidance"),
     ({"binding": -1.0}, "binding"),
     ({"binding": 6.0}, "binding"),
-    ({"sampler": "plms"}, "sampler"),
+    ({"sampler": "heun"}, "sampler"),
     ({"eta": 1.5}, "eta"),         # DDIM's η is defined on [0, 1]
     ({"eta": -0.1}, "eta"),
     ({"eta": 0.5, "sampler": "euler"}, "eta"),  # η is DDIM's alone, as ldmkit generate --eta refuses it
