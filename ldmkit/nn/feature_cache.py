@@ -12,9 +12,8 @@ between, only the shallow branch on the deep features D of the last full call (`
 
 so a run of n steps makes ⌈n / N⌉ full UNet evaluations, and n − ⌈n / N⌉ shallow ones. N = 1 is the
 plain UNet. The samplers (`ldmkit.diffusion.samplers`) call the denoiser once per step (PLMS once more at its
-first step), and classifier-free
-guidance (`guided_denoiser`) calls the UNet once per step on [unconditional; conditional], so a call is
-a step and the cache holds both halves of the guided batch.
+first step), and classifier-free guidance (`guided_denoiser`) calls the UNet once per step on
+[unconditional; conditional], so a call is a step and the cache holds both halves of the guided batch.
 """
 
 from __future__ import annotations
