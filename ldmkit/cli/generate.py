@@ -155,7 +155,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--spacing", choices=SPACINGS,
                    help="the sampler's timesteps: trailing (starts at T−1), leading (the original LDM's and Stable "
                         "Diffusion's: 981, 961, …, 1 for 50 steps) or linspace (T−1 … 0); default: a diffusers "
-                        "folder's scheduler config, else trailing for ddim/ddpm and linspace for euler/euler-a/dpmpp-2m")
+                        "folder's scheduler config, else trailing for ddim/ddpm/plms and linspace for euler/euler-a/dpmpp-2m/unipc")
     p.add_argument("--steps-offset", type=non_negative_int, metavar="K",
                    help="with --spacing leading: added to its timesteps (default 1, as Stable Diffusion's config)")
     p.add_argument("--karras", action="store_true",

@@ -191,7 +191,7 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
 
 def scheduler_fields(grid: dict) -> dict:
     """A sampling grid (`Checkpoint.scheduler_grid`) in a diffusers scheduler config's names: ``steps_offset``, and
-    ``timestep_spacing`` and ``_class_name`` where the grid names them; {} for {}. `grid_from_fields` reads them
+    ``timestep_spacing``, ``_class_name`` and ``use_karras_sigmas`` where the grid names them; {} for {}. `grid_from_fields` reads them
     back as the same grid."""
     if not grid:
         return {}
@@ -199,6 +199,8 @@ def scheduler_fields(grid: dict) -> dict:
     fields["steps_offset"] = grid["steps_offset"]
     if grid["spacing"] is not None:
         fields["timestep_spacing"] = grid["spacing"]
+    if grid.get("karras"):
+        fields["use_karras_sigmas"] = True
     return fields
 
 

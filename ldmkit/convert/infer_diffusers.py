@@ -3,7 +3,9 @@ to an ldmkit setting or must have the one value ldmkit implements (`UNET_FIXED`,
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 from ldmkit.config import AutoencoderConfig, DiffusionConfig, TextEncoderConfig, UNetConfig
 from ldmkit.convert.infer_original import SD_SCALE_FACTOR, SUPPORTED
@@ -197,8 +199,10 @@ SPACINGS = ("trailing", "leading", "linspace")  # diffusers' timestep_spacing va
 def grid_from_scheduler(c: dict) -> dict:
     """The sampling grid a diffusers scheduler config asks for: ``{"spacing": its timestep_spacing, or None
     where it has none (each diffusers scheduler then takes its own default), "steps_offset": n}``, and
-    ``"scheduler"``: its ``_class_name`` where it names one; {} for no config. `Pipeline.grid_options` samples
-    with it, and `Pipeline.sampling_defaults` with the class's sampler, as diffusers does."""
+    ``"scheduler"``: its ``_class_name`` where it names one, ``"karras": True`` for ``use_karras_sigmas``; {} for
+    no config. `Pipeline.grid_options` samples with it, and `Pipeline.sampling_defaults` with the class's sampler,
+    as diffusers does. A setting of the config that ldmkit's sampler for the class does not follow (PNDM's PRK
+    warm-up, another solver order or type) is warned of: the images then differ from diffusers' default."""
     if not c:
         return {}
     spacing = c.get("timestep_spacing")
@@ -211,4 +215,26 @@ def grid_from_scheduler(c: dict) -> dict:
     name = c.get("_class_name")
     if name is not None and not isinstance(name, str):
         raise CheckpointError(f"scheduler: _class_name {name!r} must be a string")
-    return {**grid, "scheduler": name} if name else grid
+    followed = FOLLOWED.get(name, {})
+    unfollowed = {key: c.get(key, CLASS_DEFAULTS.get(key, value)) for key, value in followed.items()}
+    unfollowed = {key: value for key, value in unfollowed.items() if value != followed[key]}
+    if unfollowed:
+        ours, said = (", ".join(f"{key} {json.dumps(value)}" for key, value in settings.items())
+                      for settings in (followed, unfollowed))
+        warnings.warn(f"scheduler: ldmkit samples {name} with {ours}, not this config's {said}, so its images "
+                      "differ from diffusers' default ones")
+    if name:
+        grid["scheduler"] = name
+    if c.get("use_karras_sigmas"):
+        grid["karras"] = True
+    return grid
+
+
+# The settings of a diffusers scheduler class that ldmkit's sampler for it takes as they are here (another value,
+# or a class default that differs where the config names none, is warned of by `grid_from_scheduler`).
+CLASS_DEFAULTS = {"skip_prk_steps": False}  # PNDMScheduler's, which SD 1.x's config overrides
+FOLLOWED = {
+    "PNDMScheduler": {"skip_prk_steps": True},
+    "DPMSolverMultistepScheduler": {"solver_order": 2, "algorithm_type": "dpmsolver++"},
+    "UniPCMultistepScheduler": {"solver_order": 2, "solver_type": "bh2", "predict_x0": True},
+}

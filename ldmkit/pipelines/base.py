@@ -36,7 +36,8 @@ ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
 
 
 _NO_SCHEDULER = ("ldmkit pipelines have no scheduler object: the sampler is chosen per call, e.g. pipe(prompt, "
-                 "sampler='dpmpp-2m', karras=True) (ddpm, ddim, plms, euler, euler-a, dpmpp-2m, unipc; lcm for a student)")
+                 "sampler='dpmpp-2m', karras=True) (ddpm, ddim, plms, euler, euler-a, dpmpp-2m, unipc; lcm for a "
+                 "student)")
 
 
 def _a(word: str) -> str:
@@ -552,9 +553,12 @@ class Pipeline(AdapterMixin):
         """The grid keywords of `ldmkit.diffusion.sample` for a call: the given ones; with no ``spacing``, what
         the model's own scheduler config says (a diffusers folder's ``timestep_spacing`` and, for leading,
         ``steps_offset``, as diffusers samples it; `LatentDiffusion.scheduler_grid`), else the sampler's
-        own grid. UsageError for options that mean nothing (`check_grid_options`)."""
+        own grid. Karras σ (given, or the config's ``use_karras_sigmas``) take the sampler's own grid unless a
+        spacing is given: diffusers' Karras σ span the schedule's whole range whatever its config's spacing.
+        UsageError for options that mean nothing (`check_grid_options`)."""
         own = getattr(self.model, "scheduler_grid", None) or {}
-        if spacing is None and own and sampler != "lcm":
+        karras = karras or bool(own.get("karras")) and sampler != "lcm"
+        if spacing is None and own and sampler != "lcm" and not karras:
             spacing = own["spacing"] or DIFFUSERS_SPACING[sampler]
             if steps_offset is None and spacing == "leading":
                 steps_offset = own["steps_offset"]
