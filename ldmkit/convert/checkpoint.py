@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ldmkit.config import ConfigError, ModelConfig
-from ldmkit.convert.infer_diffusers import grid_from_scheduler
+from ldmkit.convert.infer_diffusers import FOLLOWED, grid_from_scheduler
 from ldmkit.storage import PICKLES, CheckpointError, load_pickle  # noqa: F401  (PICKLES re-exported)
 
 if TYPE_CHECKING:
@@ -191,7 +191,8 @@ def read_tensors(path: Path) -> tuple[LazyTensors, dict[str, str], dict]:
 
 def scheduler_fields(grid: dict) -> dict:
     """A sampling grid (`Checkpoint.scheduler_grid`) in a diffusers scheduler config's names: ``steps_offset``, and
-    ``timestep_spacing``, ``_class_name`` and ``use_karras_sigmas`` where the grid names them; {} for {}. `grid_from_fields` reads them
+    ``timestep_spacing``, ``_class_name`` and ``use_karras_sigmas`` where the grid names them, and the class's settings
+    as ldmkit samples it (`FOLLOWED`: PNDM's ``skip_prk_steps``); {} for {}. `grid_from_fields` reads them
     back as the same grid."""
     if not grid:
         return {}
@@ -201,6 +202,7 @@ def scheduler_fields(grid: dict) -> dict:
         fields["timestep_spacing"] = grid["spacing"]
     if grid.get("karras"):
         fields["use_karras_sigmas"] = True
+    fields.update(FOLLOWED.get(grid.get("scheduler"), {}))  # how ldmkit samples the class, stated for diffusers too
     return fields
 
 

@@ -215,7 +215,7 @@ def scheduler_config(config: ModelConfig, grid: dict) -> dict:
     as the source's config had it). {} (each sampler's own grid: a model trained by ldmkit, a single file) has no
     diffusers name; DDIM's own is written, trailing, ldmkit's default sampler's grid. DDIM and PLMS land on ᾱ = 1
     (``set_alpha_to_one``) except on the leading grid, where they land on ᾱ_0 (`ldmkit.diffusion.samplers.grid_for`);
-    PNDMScheduler is PLMS with ``skip_prk_steps``."""
+    PNDMScheduler is PLMS with ``skip_prk_steps`` (`scheduler_fields` states it)."""
     d = config.diffusion
     fields = scheduler_fields(grid) or {"timestep_spacing": DEFAULT_SPACING["ddim"], "steps_offset": 0}
     name = fields.pop("_class_name", "DDIMScheduler")
@@ -230,7 +230,6 @@ def scheduler_config(config: ModelConfig, grid: dict) -> dict:
         "prediction_type": "v_prediction" if d.prediction == "v" else "epsilon",
         "clip_sample": False,
         "set_alpha_to_one": spacing != "leading",
-        **({"skip_prk_steps": True} if name == "PNDMScheduler" else {}),
         **fields,
         "rescale_betas_zero_snr": d.zero_terminal_snr,
     }
