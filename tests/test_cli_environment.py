@@ -134,8 +134,9 @@ def test_a_progress_bar_into_a_file_redraws_twice_a_minute_at_most():
     bar is tqdm's own."""
     log = io.StringIO()
     with tqdm(total=1000, file=log, desc="training") as bar:
-        for _ in range(1000):
+        for step in range(1000):
             bar.update(1)
+            bar.set_postfix(loss=1 / (step + 1))  # as training shows its loss at every step
     assert bar.mininterval == NOT_A_TERMINAL_INTERVAL == 30.0
     assert log.getvalue().count("\r") <= 3 and "1000/1000" in log.getvalue()
 
