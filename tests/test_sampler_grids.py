@@ -179,6 +179,10 @@ def test_linspace_is_k_diffusions_grid(sched):
 # Step by step against diffusers' schedulers on the same model output
 
 
+# diffusers' schedulers that hold the VP latent z itself
+HOLD_Z = (diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler, diffusers.PNDMScheduler)
+
+
 def diffusers_run(scheduler, denoise, z_T, steps, generator=None):
     """diffusers' own loop; z (the VP latent) after each step."""
     scheduler.set_timesteps(steps)
@@ -188,9 +192,10 @@ def diffusers_run(scheduler, denoise, z_T, steps, generator=None):
         eps = denoise(scheduler.scale_model_input(x, t), int(round(float(t))))
         extra = {} if generator is None else {"generator": generator}
         x = scheduler.step(eps, t, x, **extra).prev_sample
-        sigma = float(scheduler.sigmas[k + 1]) if hasattr(scheduler, "sigmas") else 0.0
-        # Euler schedulers hold x = z/√ᾱ; DPM-Solver holds z itself
-        out.append(x if isinstance(scheduler, diffusers.DPMSolverMultistepScheduler) else x / math.sqrt(1 + sigma**2))
+        if isinstance(scheduler, HOLD_Z):
+            out.append(x)
+        else:  # Euler schedulers hold x = z/√ᾱ
+            out.append(x / math.sqrt(1 + float(scheduler.sigmas[k + 1]) ** 2))
     return out
 
 
@@ -272,15 +277,6 @@ def test_image_to_image_with_karras_starts_from_the_karras_noise_level(sched):
 # UniPCMultistepScheduler (its defaults) do
 
 
-def diffusers_final(scheduler, denoise, z_T, steps):
-    """diffusers' own loop from z_T (these schedulers hold the VP latent z itself); z_0."""
-    scheduler.set_timesteps(steps)
-    z = z_T * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        z = scheduler.step(denoise(scheduler.scale_model_input(z, t), int(t)), t, z).prev_sample
-    return z
-
-
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 25])
 @pytest.mark.parametrize("spacing, offset", SPACING_CASES)
 def test_plms_and_unipc_match_diffusers_schedulers(sched, spacing, offset, steps):
@@ -289,7 +285,7 @@ def test_plms_and_unipc_match_diffusers_schedulers(sched, spacing, offset, steps
     offset_option = offset if spacing == "leading" else None
     unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=offset)
     close(sample("unipc", d, z_T, sched, steps, spacing=spacing, steps_offset=offset_option),
-          diffusers_final(unipc, d, z_T, steps), 1e-4)
+          diffusers_run(unipc, d, z_T, steps)[-1], 1e-4)
     if spacing == "leading" or (spacing == "trailing" and 1000 % steps == 0):
         # PNDMScheduler steps t → t − ⌊T/n⌋, which leaves its own grid unless T/n is a whole number (linspace;
         # trailing at 3 steps: 666 → 333, not 332): ldmkit's plms steps to the grid's next timestep
@@ -297,7 +293,7 @@ def test_plms_and_unipc_match_diffusers_schedulers(sched, spacing, offset, steps
         pndm = diffusers.PNDMScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=offset,
                                        skip_prk_steps=True, set_alpha_to_one=spacing != "leading")
         close(sample("plms", d, z_T, sched, steps, spacing=spacing, steps_offset=offset_option),
-              diffusers_final(pndm, d, z_T, steps), 1e-4)
+              diffusers_run(pndm, d, z_T, steps)[-1], 1e-4)
 
 
 @pytest.mark.parametrize("steps", [3, 5, 20])
@@ -305,9 +301,9 @@ def test_unipc_by_default_and_with_karras_sigmas_matches_diffusers(sched, steps)
     d = gaussian_oracle(sched, 0.5, 0.6)
     z_T = torch.randn(2, 4, 8, 8, generator=gen(22))
     unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS)
-    close(sample("unipc", d, z_T, sched, steps), diffusers_final(unipc, d, z_T, steps), 1e-4)
+    close(sample("unipc", d, z_T, sched, steps), diffusers_run(unipc, d, z_T, steps)[-1], 1e-4)
     unipc = diffusers.UniPCMultistepScheduler(**SD_BETAS, use_karras_sigmas=True)
-    close(sample("unipc", d, z_T, sched, steps, karras=True), diffusers_final(unipc, d, z_T, steps), 1e-4)
+    close(sample("unipc", d, z_T, sched, steps, karras=True), diffusers_run(unipc, d, z_T, steps)[-1], 1e-4)
 
 
 def test_plms_calls_the_denoiser_once_more_than_its_steps_and_unipc_once_per_step(sched):

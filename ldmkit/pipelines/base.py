@@ -478,7 +478,8 @@ class Pipeline(AdapterMixin):
         def run(z: torch.Tensor, context: torch.Tensor, binding: BindingGuidance | None, start: int = 0,
                 stop: int | None = None, null_context: torch.Tensor = null_context) -> torch.Tensor:
             denoise = denoiser(context, binding, null_context)
-            timesteps = sampler_timesteps(sampler, model.schedule, steps, **grid)
+            if callback_on_step_end is not None:  # the timesteps it is told
+                timesteps = sampler_timesteps(sampler, model.schedule, steps, **grid)
             if callback_on_step_end is None or sampler in MULTISTEP:
                 hook = {} if callback_on_step_end is None else {"on_step_end": lambda i, z: step_end(
                     self, callback_on_step_end, callback_on_step_end_tensor_inputs, start + i, timesteps[start + i], z)}
