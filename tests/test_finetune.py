@@ -194,10 +194,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
-@pytest.mark.parametrize("prior_loss,weight", [("images", 1.0), ("model", 1.0), ("images", 2.5)])
-def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss, weight):
+@pytest.mark.parametrize("prior_loss,weight,prior_drop", [("images", 1.0, None), ("model", 1.0, None),
+                                                         ("images", 2.5, None), ("model", 1.0, 0.5)])
+def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss, weight,
+                                                                      prior_drop):
     cfg = dataclasses.replace(CONFIG, prior_images=3, prior_prompts=("a red circle", "a blue square"), steps=3,
-                              checkpoint_every=1, prior_loss=prior_loss, prior_loss_weight=weight)
+                              checkpoint_every=1, prior_loss=prior_loss, prior_loss_weight=weight,
+                              prior_cond_drop_prob=prior_drop)
     whole, part = tmp_path / "whole", tmp_path / "part"
     finetune(tiny, images, whole, cfg, progress=False)
     assert sorted(p.name for p in (whole / "prior").iterdir()) == [
@@ -321,6 +324,20 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))
     with pytest.raises(UsageError, match="--prior-loss model"):
         finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_loss="model"))
+
+
+def test_the_prior_half_drops_its_captions_at_its_own_rate():
+    """--prior-caption-dropout-rate: the prior rows' captions are dropped at their rate, the new rows' keep theirs."""
+    from ldmkit.train.prior import prior_keep
+
+    keep = torch.ones(40_000, dtype=torch.bool)
+    keep[:100] = False
+    drawn = prior_keep(torch.Generator().manual_seed(0), keep, 20_000, 0.25)
+    assert torch.equal(drawn[:20_000], keep[:20_000]) and keep.sum() == 40_000 - 100  # the input is left as it was
+    assert abs((~drawn[20_000:]).float().mean().item() - 0.25) < 0.01
+    assert prior_keep(torch.Generator(), keep, 20_000, 0.0)[20_000:].all()
+    with pytest.raises(UsageError, match="--prior-caption-dropout-rate"):
+        finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_cond_drop_prob=0.2))
 
 
 def test_timestep_bias_weights_the_chosen_end():

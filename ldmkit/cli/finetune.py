@@ -36,7 +36,7 @@ def cmd_finetune(args) -> None:
         prior_loss_weight=args.prior_loss_weight,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
-        flip_aug=True if args.flip_aug else None,
+        prior_cond_drop_prob=args.prior_caption_dropout_rate, flip_aug=True if args.flip_aug else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -83,6 +83,10 @@ def add_parsers(sub) -> None:
                         "what the model drew for the prior prompts, less learns the new images faster")
     p.add_argument("--caption-dropout-rate", type=bounded_float(1.0, "--caption-dropout-rate"), metavar="P",
                    help="the share of captions trained as the empty one, for classifier-free guidance (default 0.1)")
+    p.add_argument("--prior-caption-dropout-rate", type=bounded_float(1.0, "--prior-caption-dropout-rate"),
+                   metavar="P", help="the prior images' own caption dropout rate (default: --caption-dropout-rate): "
+                                     "with --prior-loss model a dropped prior caption holds the unconditional "
+                                     "prediction, which guidance amplifies, at the frozen model's")
     p.add_argument("--flip-aug", action="store_true",
                    help="train on each image's mirror image too, its caption's \"left\" and \"right\" swapped "
                         "(kohya's --flip_aug; leave it off for images whose text or asymmetry must stay)")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ldmkit.diffusion.schedule import NoiseSchedule, q_sample, v_target
 from ldmkit.nn import lora
 from ldmkit.train.common import ResumableBatchSampler
+from ldmkit.train.diffusion import caption_keep_mask
 
 PRIOR_LOSSES = ("images", "model")
 
@@ -42,6 +43,16 @@ def batch_order(new_images: int, prior_images: int, batch_size: int, seed: int, 
     new = ResumableBatchSampler(new_images, batch_size - half, seed, start, total)
     prior = ResumableBatchSampler(prior_images, half, seed + 1, start, total)
     return ([*a, *((pos, new_images + i) for pos, i in b)] for a, b in zip(new, prior))
+
+
+def prior_keep(generator: torch.Generator, keep: Tensor, new: int, drop_prob: float) -> Tensor:
+    """``keep`` (which captions stay, [B] bool) with the prior half's rows (``new`` …) drawn again from ``generator``,
+    each dropped to "" with probability ``drop_prob``: with ``"model"`` as the target, a dropped prior row holds the
+    unconditional prediction ε_θ(z_t, t, ∅) at the frozen model's, the branch that classifier-free guidance
+    ε_∅ + s (ε_c − ε_∅) subtracts s − 1 times, while the new images' captions keep their own rate."""
+    keep = keep.clone()
+    keep[new:] = caption_keep_mask(len(keep) - new, drop_prob, generator)
+    return keep
 
 
 def frozen_prediction(unet: nn.Module, adapter: str, z_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
