@@ -63,7 +63,7 @@ from ldmkit.train.common import (
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
-from ldmkit.train.prior import PRIOR_LOSSES, batch_order, halves, prior_keep, split_loss
+from ldmkit.train.prior import PRIOR_LOSSES, PRIOR_WEIGHTINGS, batch_order, halves, prior_row_weights, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 TIMESTEP_BIASES = ("none", "earlier", "later")
@@ -109,7 +109,7 @@ class FinetuneConfig:
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     prior_loss: Literal["images", "model"] = "images"  # the prior half's target (`ldmkit.train.prior`)
     prior_loss_weight: float = 1.0  # λ, the prior half's weight in the loss (`ldmkit.train.prior.halves`)
-    prior_cond_drop_prob: float | None = None  # the prior half's captions → "" at this rate (None: cond_drop_prob)
+    prior_weighting: Literal["none", "truncated-snr"] = "none"  # w(t) of the prior rows (`ldmkit.train.prior`)
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -165,9 +165,10 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--prior-loss-weight {cfg.prior_loss_weight}: give a number of 0 or more (default 1)")
     if cfg.prior_loss_weight != 1.0 and not cfg.prior_images:
         raise UsageError("--prior-loss-weight weighs the prior images: it needs --prior-images")
-    if cfg.prior_cond_drop_prob is not None and not (cfg.prior_images and 0 <= cfg.prior_cond_drop_prob <= 1):
-        raise UsageError(f"--prior-caption-dropout-rate {cfg.prior_cond_drop_prob}: give a share in [0, 1], with "
-                         "--prior-images (it drops the prior images' captions)")
+    if cfg.prior_weighting not in PRIOR_WEIGHTINGS:
+        raise UsageError(f"--prior-loss-weighting {cfg.prior_weighting!r}; allowed: {', '.join(PRIOR_WEIGHTINGS)}")
+    if cfg.prior_weighting != "none" and not cfg.prior_images:
+        raise UsageError("--prior-loss-weighting weighs the prior images: it needs --prior-images")
     if cfg.prior_images and cfg.batch_size < 2:
         raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
                          f"got {cfg.batch_size}")
@@ -426,9 +427,6 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                 draws = dataclasses.replace(draws, t=biased_timesteps(
                     generator, cfg.batch_size, model.config.diffusion.num_timesteps, cfg.timestep_bias,
                     cfg.timestep_bias_multiplier, cfg.timestep_bias_portion))
-            if cfg.prior_images and cfg.prior_cond_drop_prob is not None:  # drawn last, as the bias is
-                draws = dataclasses.replace(draws, keep_caption=prior_keep(
-                    generator, draws.keep_caption, new_rows, cfg.prior_cond_drop_prob))
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler, total)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -440,12 +438,16 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                     context = model.encode_prompts(captions)
                 if cfg.prior_loss == "model":
                     loss = split_loss(model.unet, ADAPTER, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
-                                      model.schedule, prediction, new_rows, cfg.prior_loss_weight)
+                                      model.schedule, prediction, new_rows, cfg.prior_loss_weight, cfg.prior_weighting)
                 else:
-                    weighted = cfg.prior_loss_weight != 1.0
+                    weights = prior_row_weights(model.schedule, draws.t[new_rows:].to(dev), prediction,
+                                                cfg.prior_weighting) if cfg.prior_images else None
+                    weighted = cfg.prior_loss_weight != 1.0 or weights is not None
                     loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
                                           prediction, t=draws.t.to(dev), noise=draws.noise.to(dev),
                                           reduction="none" if weighted else "mean")
+                    if weights is not None:
+                        loss = torch.cat([loss[:new_rows], loss[new_rows:] * weights])
                     if weighted:
                         loss = halves(loss, new_rows, cfg.prior_loss_weight)
             loss.backward()
