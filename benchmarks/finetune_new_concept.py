@@ -64,7 +64,6 @@ from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune
-from ldmkit.train.prior import PRIOR_WEIGHTINGS
 
 SIZE = 64
 RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fractions of the side)
@@ -322,8 +321,6 @@ def main() -> None:
                    help="draw each test prompt this many times, from other noise (default 1: 40 images)")
     p.add_argument("--cond-drop", type=float, default=FinetuneConfig.cond_drop_prob,
                    help="the share of captions trained as the empty one (ldmkit finetune --caption-dropout-rate)")
-    p.add_argument("--prior-weighting", choices=PRIOR_WEIGHTINGS, default=FinetuneConfig.prior_weighting,
-                   help="the prior images' weight over the noise levels (ldmkit finetune --prior-loss-weighting)")
     p.add_argument("--lr-warmup-steps", type=int, default=0, help="the rate raised from 0 over this many steps")
     p.add_argument("--flip-aug", action="store_true", help="each image's mirror image too ('left'/'right' swapped)")
     p.add_argument("--seed", type=int, default=FinetuneConfig.seed, help="the fine-tune's seed (batches, noise, t)")
@@ -389,7 +386,6 @@ def main() -> None:
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
                          timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
-                         prior_weighting=args.prior_weighting,
                          flip_aug=args.flip_aug, seed=args.seed)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
@@ -409,8 +405,6 @@ def main() -> None:
                            "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
                            "prior loss weight": args.prior_loss_weight,
                            "captions dropped": args.cond_drop,
-                           **({"prior loss weighting": args.prior_weighting}
-                              if args.prior_weighting != "none" else {}),
                            "seed": args.seed,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr,

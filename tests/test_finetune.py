@@ -194,14 +194,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
-@pytest.mark.parametrize("prior_loss,weight,weighting", [("images", 1.0, "none"), ("model", 1.0, "none"),
-                                                         ("images", 2.5, "none"), ("model", 1.0, "truncated-snr"),
-                                                         ("images", 1.0, "truncated-snr")])
-def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss, weight,
-                                                                      weighting):
+@pytest.mark.parametrize("prior_loss,weight", [("images", 1.0), ("model", 1.0), ("images", 2.5)])
+def test_prior_preservation_draws_its_images_once_and_resumes_exactly(tiny, images, tmp_path, prior_loss, weight):
     cfg = dataclasses.replace(CONFIG, prior_images=3, prior_prompts=("a red circle", "a blue square"), steps=3,
-                              checkpoint_every=1, prior_loss=prior_loss, prior_loss_weight=weight,
-                              prior_weighting=weighting)
+                              checkpoint_every=1, prior_loss=prior_loss, prior_loss_weight=weight)
     whole, part = tmp_path / "whole", tmp_path / "part"
     finetune(tiny, images, whole, cfg, progress=False)
     assert sorted(p.name for p in (whole / "prior").iterdir()) == [
@@ -325,52 +321,6 @@ def test_the_model_prior_is_zero_until_the_adapters_change_what_the_model_predic
     assert all(p.grad is None for p in model.unet.parameters() if all(p is not q for q in trained))
     with pytest.raises(UsageError, match="--prior-loss model"):
         finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_loss="model"))
-
-
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
-def test_truncated_snr_weighs_the_prior_by_its_z0_error_where_the_noise_is_high(tiny, prediction):
-    """--prior-loss-weighting truncated-snr: w(t) ‖ε̂' − ε̂‖² (or of v) = max(SNR_t, 1) ‖ẑ_0' − ẑ_0‖², which is the plain
-    loss where SNR_t ≥ 1; the prior rows alone are weighted; fresh adapters still give a prior term of exactly 0."""
-    from ldmkit.diffusion import snr, truncated_snr_weight
-    from ldmkit.diffusion.schedule import q_sample
-    from ldmkit.train.prior import frozen_prediction, split_loss
-
-    torch.manual_seed(0)
-    model = LatentDiffusion.load(tiny)
-    schedule, t = model.schedule, torch.tensor([5, 300, 600, 999])
-    ac = schedule.alphas_cumprod[t].view(-1, 1)
-    z_t, a, b = torch.randn(3, 4, 16).double().unbind(0)
-    ac = ac.double()
-    if prediction == "epsilon":  # ẑ_0 = (z_t − √(1 − ᾱ) ε̂) / √ᾱ
-        z0_error = ((z_t - (1 - ac).sqrt() * a) / ac.sqrt() - (z_t - (1 - ac).sqrt() * b) / ac.sqrt()).pow(2).sum(1)
-    else:  # ẑ_0 = √ᾱ z_t − √(1 − ᾱ) v̂
-        z0_error = ((1 - ac).sqrt() * (a - b)).pow(2).sum(1)
-    ratio = snr(schedule, t).double()
-    torch.testing.assert_close(truncated_snr_weight(schedule, t, prediction).double() * (a - b).pow(2).sum(1),
-                               ratio.clamp(min=1) * z0_error)
-    assert truncated_snr_weight(schedule, t[:1], prediction).item() == pytest.approx(
-        1.0 if prediction == "epsilon" else ratio[0].item() / (ratio[0].item() + 1), rel=1e-5)
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    lora.inject(model.unet, lora.attention_projections(model.unet), 4, 4.0, "default")
-    with torch.no_grad():
-        z_0 = model.encode_images(torch.rand(4, 3, model.config.image_size, model.config.image_size) * 2 - 1)
-        noise, context = torch.randn_like(z_0), model.encode_prompts(["a red hexagon", "a", "b", "c"])
-        args = (model.unet, "default", z_0, t, noise, context, schedule, "epsilon", 1)
-        assert split_loss(*args, 1.0, "truncated-snr") == split_loss(*args)  # B = 0: the prior term is 0
-        for layer in lora.lora_layers(model.unet).values():
-            layer.lora_B["default"].normal_(std=0.1)
-        z_t = q_sample(schedule, z_0, t, noise)
-        rows = (model.unet(z_t, t, context).float() - torch.cat(
-            [noise[:1], frozen_prediction(model.unet, "default", z_t[1:], t[1:], context[1:])])).pow(2).mean((1, 2, 3))
-        plain, weighted = split_loss(*args), split_loss(*args, 1.0, "truncated-snr")
-        torch.testing.assert_close(weighted, 0.5 * rows[0] + 0.5 * (
-            rows[1:] * truncated_snr_weight(schedule, t[1:], "epsilon")).mean())
-        new_half = 0.5 * rows[0]
-        assert weighted > plain > new_half  # t = 999's weight is far above 1
-    with pytest.raises(UsageError, match="--prior-loss-weighting"):
-        finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, prior_weighting="truncated-snr"))
 
 
 def test_timestep_bias_weights_the_chosen_end():

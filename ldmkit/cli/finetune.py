@@ -10,7 +10,6 @@ from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
 from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import METHODS, SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from
-from ldmkit.train.prior import PRIOR_WEIGHTINGS
 
 MAX_BATCH = 256  # images per fine-tuning step: memory grows with it
 
@@ -37,7 +36,7 @@ def cmd_finetune(args) -> None:
         prior_loss_weight=args.prior_loss_weight,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
         timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
-        prior_weighting=args.prior_loss_weighting, flip_aug=True if args.flip_aug else None,
+        flip_aug=True if args.flip_aug else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
@@ -82,11 +81,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--prior-loss-weight", type=bounded_float(1e3, "--prior-loss-weight"), metavar="λ",
                    help="the prior half's weight in the loss (DreamBooth's prior_loss_weight; default 1): more keeps "
                         "what the model drew for the prior prompts, less learns the new images faster")
-    p.add_argument("--prior-loss-weighting", choices=PRIOR_WEIGHTINGS,
-                   help="the prior half's weight over the noise levels: none (the default: the loss as is) or "
-                        "truncated-snr (max(SNR, 1) on the z_0 error, Salimans & Ho 2022: at high noise a change of "
-                        "where the model puts things costs as much as it changes the image, not the little it "
-                        "changes ε)")
     p.add_argument("--caption-dropout-rate", type=bounded_float(1.0, "--caption-dropout-rate"), metavar="P",
                    help="the share of captions trained as the empty one, for classifier-free guidance (default 0.1)")
     p.add_argument("--flip-aug", action="store_true",

@@ -6,7 +6,7 @@ Timesteps are integers 0 … T−1 and ``schedule.alphas_cumprod[t]`` is ᾱ_t (
 from ldmkit.diffusion.consistency import sample_lcm
 from ldmkit.diffusion.grids import SPACINGS, Grid, randn, sigma_grid, sigma_schedule, spaced_timesteps
 from ldmkit.diffusion.guidance import guided_denoiser
-from ldmkit.diffusion.objective import diffusion_loss, min_snr_weight, truncated_snr_weight
+from ldmkit.diffusion.objective import diffusion_loss, min_snr_weight
 from ldmkit.diffusion.samplers import (
     DEFAULT_SPACING,
     DIFFUSERS_SCHEDULERS,
@@ -57,7 +57,6 @@ __all__ = [
     "guided_denoiser",
     "make_schedule",
     "min_snr_weight",
-    "truncated_snr_weight",
     "posterior_mean_from_eps",
     "posterior_mean_variance",
     "predict_z0_from_eps",

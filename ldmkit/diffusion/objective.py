@@ -28,24 +28,6 @@ def min_snr_weight(schedule: NoiseSchedule, t: Tensor, gamma: float, prediction:
     raise ValueError(f"prediction = {prediction!r}; allowed: epsilon, v")
 
 
-def truncated_snr_weight(schedule: NoiseSchedule, t: Tensor, prediction: str = "epsilon") -> Tensor:
-    """Per-sample loss weight of truncated-SNR weighting (Salimans & Ho 2022), shape [B]: max(SNR_t, 1) weighting
-    of the z_0 error, which as an ε or v error is
-
-        ε-prediction: max(SNR_t, 1) / SNR_t,   v-prediction: max(SNR_t, 1) / (SNR_t + 1).
-
-    It is the plain loss where SNR_t ≥ 1 and the z_0 error below, so that at high noise, where a change of what the
-    model would draw (its composition) is a small change of ε, that change still costs what it costs in z_0.
-    """
-    ratio = snr(schedule, t)
-    kept = ratio.clamp(min=1.0)
-    if prediction == "epsilon":
-        return kept / ratio
-    if prediction == "v":
-        return kept / (ratio + 1)
-    raise ValueError(f"prediction = {prediction!r}; allowed: epsilon, v")
-
-
 def diffusion_loss(
     model_fn: Callable[[Tensor, Tensor], Tensor],
     latents: Tensor,

@@ -63,7 +63,7 @@ from ldmkit.train.common import (
 )
 from ldmkit.train.diffusion import draw_step
 from ldmkit.train.logs import RunLog
-from ldmkit.train.prior import PRIOR_LOSSES, PRIOR_WEIGHTINGS, batch_order, halves, prior_row_weights, split_loss
+from ldmkit.train.prior import PRIOR_LOSSES, batch_order, halves, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 TIMESTEP_BIASES = ("none", "earlier", "later")
@@ -109,7 +109,6 @@ class FinetuneConfig:
     prior_prompts: tuple[str, ...] = ()  # their captions (cycled), e.g. "a red square" for a new shape
     prior_loss: Literal["images", "model"] = "images"  # the prior half's target (`ldmkit.train.prior`)
     prior_loss_weight: float = 1.0  # λ, the prior half's weight in the loss (`ldmkit.train.prior.halves`)
-    prior_weighting: Literal["none", "truncated-snr"] = "none"  # w(t) of the prior rows (`ldmkit.train.prior`)
     sample_steps: int = 25
     sample_guidance: float = 4.0
     layout: Literal["diffusers", "kohya"] = "diffusers"
@@ -165,10 +164,6 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--prior-loss-weight {cfg.prior_loss_weight}: give a number of 0 or more (default 1)")
     if cfg.prior_loss_weight != 1.0 and not cfg.prior_images:
         raise UsageError("--prior-loss-weight weighs the prior images: it needs --prior-images")
-    if cfg.prior_weighting not in PRIOR_WEIGHTINGS:
-        raise UsageError(f"--prior-loss-weighting {cfg.prior_weighting!r}; allowed: {', '.join(PRIOR_WEIGHTINGS)}")
-    if cfg.prior_weighting != "none" and not cfg.prior_images:
-        raise UsageError("--prior-loss-weighting weighs the prior images: it needs --prior-images")
     if cfg.prior_images and cfg.batch_size < 2:
         raise UsageError(f"--prior-images needs --batch-size of at least 2 (half of each batch is prior images), "
                          f"got {cfg.batch_size}")
@@ -438,16 +433,12 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                     context = model.encode_prompts(captions)
                 if cfg.prior_loss == "model":
                     loss = split_loss(model.unet, ADAPTER, z * scale, draws.t.to(dev), draws.noise.to(dev), context,
-                                      model.schedule, prediction, new_rows, cfg.prior_loss_weight, cfg.prior_weighting)
+                                      model.schedule, prediction, new_rows, cfg.prior_loss_weight)
                 else:
-                    weights = prior_row_weights(model.schedule, draws.t[new_rows:].to(dev), prediction,
-                                                cfg.prior_weighting) if cfg.prior_images else None
-                    weighted = cfg.prior_loss_weight != 1.0 or weights is not None
+                    weighted = cfg.prior_loss_weight != 1.0
                     loss = diffusion_loss(lambda z_t, t: model.unet(z_t, t, context), z * scale, model.schedule,
                                           prediction, t=draws.t.to(dev), noise=draws.noise.to(dev),
                                           reduction="none" if weighted else "mean")
-                    if weights is not None:
-                        loss = torch.cat([loss[:new_rows], loss[new_rows:] * weights])
                     if weighted:
                         loss = halves(loss, new_rows, cfg.prior_loss_weight)
             loss.backward()

@@ -25,13 +25,11 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ldmkit.diffusion.objective import truncated_snr_weight
 from ldmkit.diffusion.schedule import NoiseSchedule, q_sample, v_target
 from ldmkit.nn import lora
 from ldmkit.train.common import ResumableBatchSampler
 
 PRIOR_LOSSES = ("images", "model")
-PRIOR_WEIGHTINGS = ("none", "truncated-snr")
 
 
 def batch_order(new_images: int, prior_images: int, batch_size: int, seed: int, start: int,
@@ -66,29 +64,14 @@ def halves(row_loss: Tensor, new: int, prior_weight: float = 1.0) -> Tensor:
     return 0.5 * row_loss[:new].mean() + 0.5 * prior_weight * row_loss[new:].mean()
 
 
-def prior_row_weights(schedule: NoiseSchedule, t: Tensor, prediction: str, weighting: str) -> Tensor | None:
-    """The prior rows' loss weights w(t) by ``weighting`` (`PRIOR_WEIGHTINGS`): None for "none" (w = 1);
-    "truncated-snr": max(SNR_t, 1) on the z_0 error (`ldmkit.diffusion.truncated_snr_weight`), so that where the
-    noise is high and a change of the prior images' composition is a small change of ε, it still costs as in z_0."""
-    if weighting == "none":
-        return None
-    if weighting == "truncated-snr":
-        return truncated_snr_weight(schedule, t, prediction)
-    raise ValueError(f"prior weighting {weighting!r}; allowed: {', '.join(PRIOR_WEIGHTINGS)}")
-
-
 def split_loss(unet: nn.Module, adapter: str, z_0: Tensor, t: Tensor, noise: Tensor, context: Tensor,
-               schedule: NoiseSchedule, prediction: str, new: int, prior_weight: float = 1.0,
-               prior_weighting: str = "none") -> Tensor:
+               schedule: NoiseSchedule, prediction: str, new: int, prior_weight: float = 1.0) -> Tensor:
     """L = ½ mean over the first ``new`` rows of ‖target − ε_θ'(z_t, t, c)‖² (target ε or v) + ½ λ mean over the
-    rest of w(t) ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half, λ = ``prior_weight``, w by
-    ``prior_weighting``, `prior_row_weights`), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
+    rest of ‖ε_θ(z_t, t, c) − ε_θ'(z_t, t, c)‖² (the prior half, λ = ``prior_weight``), z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε; θ' is ``unet`` with its
     LoRA ``adapter``, θ the same with it off (`frozen_prediction`). One adapted pass over the whole batch, one frozen
     pass over the prior rows."""
     z_t = q_sample(schedule, z_0.float(), t, noise)
     target = noise[:new] if prediction == "epsilon" else v_target(schedule, z_0[:new].float(), t[:new], noise[:new])
     target = torch.cat([target.float(), frozen_prediction(unet, adapter, z_t[new:], t[new:], context[new:])])
-    rows = (unet(z_t, t, context).float() - target).pow(2).flatten(1).mean(1)
-    if (weights := prior_row_weights(schedule, t[new:], prediction, prior_weighting)) is not None:
-        rows = torch.cat([rows[:new], rows[new:] * weights])
-    return halves(rows, new, prior_weight)
+    error = (unet(z_t, t, context).float() - target).pow(2)
+    return halves(error.flatten(1).mean(1), new, prior_weight)
