@@ -63,7 +63,7 @@ from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.train.common import LR_SCHEDULES
-from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune
+from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIAS_SCOPES, TIMESTEP_BIASES, FinetuneConfig, finetune
 
 SIZE = 64
 RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fractions of the side)
@@ -345,6 +345,8 @@ def main() -> None:
                    help="training timesteps drawn more often near t = 0 (earlier) or T (later)")
     p.add_argument("--timestep-bias-multiplier", type=float, default=FinetuneConfig.timestep_bias_multiplier)
     p.add_argument("--timestep-bias-portion", type=float, default=FinetuneConfig.timestep_bias_portion)
+    p.add_argument("--timestep-bias-scope", choices=TIMESTEP_BIAS_SCOPES, default=FinetuneConfig.timestep_bias_scope,
+                   help="the rows the bias draws: all, or the new images only (the prior images' t uniform)")
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
@@ -386,6 +388,7 @@ def main() -> None:
                          sample_steps=settings.num_inference_steps, log_every=10,
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
                          timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
+                         timestep_bias_scope=args.timestep_bias_scope,
                          flip_aug=args.flip_aug, seed=args.seed)
     start = time.perf_counter()
     [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
@@ -414,7 +417,8 @@ def main() -> None:
                            "small share": args.small_share, "balanced images": args.balanced,
                            "captions stating the size": args.size_stated,
                            "timestep bias": f"{args.timestep_bias} x{args.timestep_bias_multiplier:g} on "
-                                            f"{args.timestep_bias_portion:g} of T",
+                                            f"{args.timestep_bias_portion:g} of T"
+                                            + (", new images only" if args.timestep_bias_scope == "new" else ""),
                            "sampler": settings.describe(), "test prompts": len(prompts) // args.repeats,
                            "images per test prompt": args.repeats,
                            "held-out captions": args.heldout}

@@ -335,6 +335,32 @@ def test_timestep_bias_weights_the_chosen_end():
     assert draws["earlier"].min() >= 0 and draws["later"].max() <= 999
 
 
+def test_the_timestep_bias_can_leave_the_prior_images_uniform(tiny, images, tmp_path, monkeypatch):
+    """--timestep-bias-scope new: the new rows' t are drawn with the bias, the prior rows' t as a run without it
+    draws them; all (the default) biases every row."""
+    from ldmkit.train import prior
+
+    seen = []
+    split_loss = prior.split_loss
+    monkeypatch.setattr("ldmkit.train.finetune.split_loss", lambda unet, a, z, t, *rest: (
+        seen.append(t.clone()), split_loss(unet, a, z, t, *rest))[1])
+    cfg = dataclasses.replace(CONFIG, prior_images=2, prior_prompts=("a red circle",), prior_loss="model",
+                              batch_size=4, steps=2, timestep_bias="earlier", timestep_bias_multiplier=1000.0)
+    runs = {}
+    for scope, bias in (("all", "earlier"), ("new", "earlier"), ("all", "none")):
+        seen.clear()
+        finetune(tiny, images, tmp_path / f"{scope}-{bias}", dataclasses.replace(
+            cfg, timestep_bias=bias, timestep_bias_scope=scope), progress=False)
+        runs[scope, bias] = torch.stack(seen)
+    num_timesteps = LatentDiffusion.load(tiny).config.diffusion.num_timesteps
+    quarter = num_timesteps // 4
+    assert (runs["all", "earlier"] < quarter).all()  # × 1000 on the first quarter: every row there
+    assert (runs["new", "earlier"][:, :2] < quarter).all()
+    assert torch.equal(runs["new", "earlier"][:, 2:], runs["all", "none"][:, 2:])
+    with pytest.raises(UsageError, match="--timestep-bias-scope"):
+        finetune("unused", "unused", "unused", dataclasses.replace(CONFIG, timestep_bias_scope="prior"))
+
+
 
 def test_an_unreadable_image_is_left_out_of_the_training_set_and_its_digest(tiny, images, tmp_path):
     from ldmkit.train.finetune import images_digest

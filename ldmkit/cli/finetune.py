@@ -9,7 +9,9 @@ from ldmkit.cli.outputs import check_output_dir
 from ldmkit.pretrained import resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
 from ldmkit.train.common import LR_SCHEDULES
-from ldmkit.train.finetune import METHODS, SAVE_DTYPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from
+from ldmkit.train.finetune import (
+    METHODS, SAVE_DTYPES, TIMESTEP_BIAS_SCOPES, TIMESTEP_BIASES, FinetuneConfig, finetune, settings_from,
+)
 
 MAX_BATCH = 256  # images per fine-tuning step: memory grows with it
 
@@ -35,7 +37,8 @@ def cmd_finetune(args) -> None:
         prior_prompts=tuple(args.prior_prompt) if args.prior_prompt else None, prior_loss=args.prior_loss,
         prior_loss_weight=args.prior_loss_weight,
         timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
-        timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.caption_dropout_rate,
+        timestep_bias_portion=args.timestep_bias_portion, timestep_bias_scope=args.timestep_bias_scope,
+        cond_drop_prob=args.caption_dropout_rate,
         flip_aug=True if args.flip_aug else None,
     )
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
@@ -97,6 +100,9 @@ def add_parsers(sub) -> None:
                    metavar="X", help="how many times as likely the biased timesteps are (default 1)")
     p.add_argument("--timestep-bias-portion", type=bounded_float(1.0, "--timestep-bias-portion"), metavar="P",
                    help="the share of the timesteps the bias covers (default 0.25)")
+    p.add_argument("--timestep-bias-scope", choices=TIMESTEP_BIAS_SCOPES,
+                   help="the rows the bias draws: all (the default) or new (the --images only; the prior images "
+                        "keep uniform timesteps, so that they hold the model at every noise level alike)")
     p.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH, "memory grows with the batch"),
                    help="images per step (default 4)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default: lora 5e-4, textual-inversion 5e-3, "

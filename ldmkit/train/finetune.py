@@ -67,6 +67,7 @@ from ldmkit.train.prior import PRIOR_LOSSES, batch_order, halves, split_loss
 
 METHODS = ("lora", "textual-inversion", "full")
 TIMESTEP_BIASES = ("none", "earlier", "later")
+TIMESTEP_BIAS_SCOPES = ("all", "new")  # which rows the bias draws: every row, or the new images' (prior rows uniform)
 DEFAULT_LR = {"lora": 5e-4, "textual-inversion": 5e-3, "full": 2e-5}
 ADAPTER = "default"
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -115,6 +116,7 @@ class FinetuneConfig:
     timestep_bias: Literal["none", "earlier", "later"] = "none"  # p(t) weighted toward one end (module docstring)
     timestep_bias_multiplier: float = 1.0
     timestep_bias_portion: float = 0.25
+    timestep_bias_scope: Literal["all", "new"] = "all"  # "new": the prior half keeps uniform t (`ldmkit.train.prior`)
 
     @property
     def learning_rate(self) -> float:
@@ -171,6 +173,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--layout {cfg.layout!r}; allowed: {', '.join(lora_files.LAYOUTS)}")
     if cfg.timestep_bias not in TIMESTEP_BIASES:
         raise UsageError(f"--timestep-bias {cfg.timestep_bias!r}; allowed: {', '.join(TIMESTEP_BIASES)}")
+    if cfg.timestep_bias_scope not in TIMESTEP_BIAS_SCOPES:
+        raise UsageError(f"--timestep-bias-scope {cfg.timestep_bias_scope!r}; allowed: {', '.join(TIMESTEP_BIAS_SCOPES)}")
     if not cfg.timestep_bias_multiplier > 0 or not 0 < cfg.timestep_bias_portion <= 1:
         raise UsageError(f"--timestep-bias-multiplier must be > 0 and --timestep-bias-portion in (0, 1]; got "
                          f"{cfg.timestep_bias_multiplier} and {cfg.timestep_bias_portion}")
@@ -419,9 +423,11 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
             draws = draw_step(generator, cfg.batch_size, latent_shape, model.config.diffusion.num_timesteps,
                               cfg.cond_drop_prob, posterior)
             if cfg.timestep_bias != "none":  # drawn after the others, which stay as an unbiased run's
-                draws = dataclasses.replace(draws, t=biased_timesteps(
-                    generator, cfg.batch_size, model.config.diffusion.num_timesteps, cfg.timestep_bias,
-                    cfg.timestep_bias_multiplier, cfg.timestep_bias_portion))
+                biased = biased_timesteps(generator, cfg.batch_size, model.config.diffusion.num_timesteps,
+                                          cfg.timestep_bias, cfg.timestep_bias_multiplier, cfg.timestep_bias_portion)
+                if cfg.timestep_bias_scope == "new" and cfg.prior_images:
+                    biased = torch.cat([biased[:new_rows], draws.t[new_rows:]])
+                draws = dataclasses.replace(draws, t=biased)
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler, total)
             for group in opt.param_groups:
                 group["lr"] = lr
