@@ -6,7 +6,8 @@ Each step draws, for a batch of the images' latents z_0 and captions y (y → ""
 
 with p uniform on {0..T−1}, or (``timestep_bias``, diffusers' ``timestep_bias_strategy``) ``multiplier`` times
 as likely on the ``portion`` of the timesteps nearest t = 0 ("earlier": the low-noise steps that draw edges and
-corners) or nearest T ("later": the steps that place the composition; `biased_timesteps`); v is the target
+corners) or nearest T ("later": the steps that place the composition; `biased_timesteps`) — for every row, or
+(``timestep_bias_scope`` "new") for the new images' rows only, the prior half's t staying uniform; v is the target
 for a v-model. It trains only the part the method names, everything else frozen:
 
 - ``lora``: adapters B A on the UNet's attention projections W_Q, W_K, W_V, W_out (``lora_targets``
@@ -174,7 +175,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.timestep_bias not in TIMESTEP_BIASES:
         raise UsageError(f"--timestep-bias {cfg.timestep_bias!r}; allowed: {', '.join(TIMESTEP_BIASES)}")
     if cfg.timestep_bias_scope not in TIMESTEP_BIAS_SCOPES:
-        raise UsageError(f"--timestep-bias-scope {cfg.timestep_bias_scope!r}; allowed: {', '.join(TIMESTEP_BIAS_SCOPES)}")
+        raise UsageError(f"--timestep-bias-scope {cfg.timestep_bias_scope!r}; allowed: "
+                         f"{', '.join(TIMESTEP_BIAS_SCOPES)}")
     if not cfg.timestep_bias_multiplier > 0 or not 0 < cfg.timestep_bias_portion <= 1:
         raise UsageError(f"--timestep-bias-multiplier must be > 0 and --timestep-bias-portion in (0, 1]; got "
                          f"{cfg.timestep_bias_multiplier} and {cfg.timestep_bias_portion}")
