@@ -341,9 +341,12 @@ def test_the_timestep_bias_can_leave_the_prior_images_uniform(tiny, images, tmp_
     from ldmkit.train import prior
 
     seen = []
-    split_loss = prior.split_loss
-    monkeypatch.setattr("ldmkit.train.finetune.split_loss", lambda unet, a, z, t, *rest: (
-        seen.append(t.clone()), split_loss(unet, a, z, t, *rest))[1])
+
+    def recording_split_loss(unet, adapter, z_0, t, *rest):  # the step's t, then the loss as before
+        seen.append(t.clone())
+        return prior.split_loss(unet, adapter, z_0, t, *rest)
+
+    monkeypatch.setattr("ldmkit.train.finetune.split_loss", recording_split_loss)
     cfg = dataclasses.replace(CONFIG, prior_images=2, prior_prompts=("a red circle",), prior_loss="model",
                               batch_size=4, steps=2, timestep_bias="earlier", timestep_bias_multiplier=1000.0)
     runs = {}
