@@ -347,6 +347,12 @@ def main() -> None:
     p.add_argument("--timestep-bias-portion", type=float, default=FinetuneConfig.timestep_bias_portion)
     p.add_argument("--timestep-bias-scope", choices=TIMESTEP_BIAS_SCOPES, default=FinetuneConfig.timestep_bias_scope,
                    help="the rows the bias draws: all, or the new images only (the prior images' t uniform)")
+    p.add_argument("--token", action="store_true",
+                   help="pivotal tuning: the concept's word learns its own vectors beside the adapters "
+                        "(`ldmkit finetune --token`), loaded with them for the test prompts")
+    p.add_argument("--init-word", default="", help="--token: its vectors start from this word's (default: its own "
+                                                   "word pieces')")
+    p.add_argument("--embedding-lr", type=float, help="--token: the vectors' learning rate (default 5e-3)")
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
@@ -389,15 +395,20 @@ def main() -> None:
                          timestep_bias=args.timestep_bias, timestep_bias_multiplier=args.timestep_bias_multiplier,
                          timestep_bias_portion=args.timestep_bias_portion, cond_drop_prob=args.cond_drop,
                          timestep_bias_scope=args.timestep_bias_scope,
-                         flip_aug=args.flip_aug, seed=args.seed)
+                         flip_aug=args.flip_aug, seed=args.seed,
+                         token=args.concept if args.token else "", init_word=args.init_word,
+                         embedding_lr=args.embedding_lr if args.token else None)
     start = time.perf_counter()
-    [adapter] = finetune(model, out / "images", out / "run", cfg, resume="auto")
+    adapter, *embedding = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
-    results["adapter size (KiB)"] = round(adapter.stat().st_size / 1024, 1)
+    files = [adapter, *embedding[:1]]  # the LoRA and, with --token, its word's vectors (diffusers' file)
+    results["adapter size (KiB)"] = round(sum(p.stat().st_size for p in files) / 1024, 1)
     results["training captions"] = captions
 
     tuned = load_pipeline(model)
     tuned.load_lora_weights(adapter)
+    if embedding:
+        tuned.load_textual_inversion(embedding[0])
     after = generate_for_prompts(tuned, prompts, settings)
     results["after"] = score(after, cells, args.concept, predictor) | {
         "one-object accuracy": one_object_accuracy(tuned, heldout, settings, predictor)}
@@ -405,7 +416,9 @@ def main() -> None:
     shown = list(range(0, len(first), max(1, len(first) // 8)))[:8]
     save_grid(torch.cat([before[shown], after[shown]]), out / "before_after.png", nrow=len(shown))
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
-                           "rank": args.rank, "prior images": args.prior, "prior loss": args.prior_loss,
+                           "rank": args.rank, "prior images": args.prior,
+                           "pivotal tuning": (f"the word's vectors learnt too (from {args.init_word or 'its pieces'}, "
+                                              f"lr {cfg.token_learning_rate:g})" if args.token else "off"), "prior loss": args.prior_loss,
                            "prior loss weight": args.prior_loss_weight,
                            "captions dropped": args.cond_drop,
                            "seed": args.seed,

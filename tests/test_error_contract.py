@@ -479,8 +479,8 @@ def test_the_shipped_model_command_runs_as_shown():
 
 @pytest.mark.slow
 def test_training_and_finetune_refusals_are_one_line_and_keep_what_was_there(places, tmp_path):
-    """A --out holding a finished model (its checkpoints/ deleted), an --lr of 0, a --token without textual
-    inversion: exit 2, one line, before any work, the folder's files untouched."""
+    """A --out holding a finished model (its checkpoints/ deleted), an --lr of 0, a --token with a full
+    fine-tune: exit 2, one line, before any work, the folder's files untouched."""
     model = tmp_path / "model"
     shutil.copytree(places["tiny"], model)
     before = {p: _digest(p) for p in model.rglob("*") if p.is_file()}
@@ -489,7 +489,8 @@ def test_training_and_finetune_refusals_are_one_line_and_keep_what_was_there(pla
             (["finetune", "--model", str(places["tiny"]), "--images", str(places["tmp"] / "full"), "--out",
               str(tmp_path / "ft"), "--lr", "0"], "--lr 0.0 trains nothing"),
             (["finetune", "--model", str(places["tiny"]), "--images", str(places["tmp"] / "full"), "--out",
-              str(tmp_path / "ft"), "--token", "<q>"], "--token applies to --method textual-inversion")]
+              str(tmp_path / "ft"), "--method", "full", "--token", "<q>"],
+             "--token applies to --method textual-inversion")]
     for argv, words in rows:
         result = _run(argv)
         err = result.stderr.decode("utf-8", "replace").strip()

@@ -22,7 +22,8 @@ from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.train.common import learning_rate
-from ldmkit.train.finetune import FinetuneConfig, finetune, prepare
+from ldmkit.text import inversion
+from ldmkit.train.finetune import FinetuneConfig, finetune, param_groups, prepare
 from tests.tiny_models import build_attentive_tiny_model
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
@@ -140,6 +141,46 @@ def test_textual_inversion_and_full_runs_write_what_generate_reads(tiny, images,
     assert lora_files.read_lora(tmp_path / "cli" / "lora.safetensors").ranks == {2}
 
 
+def test_pivotal_tuning_trains_the_adapters_and_the_token_and_generate_reads_both(tiny, images, tmp_path):
+    """--method lora --token: the adapters and the new word's vectors learn together, the vectors at their own
+    rate; generate loads the LoRA and the embedding files together; a run stopped and resumed ends
+    bit-identical."""
+    cfg = dataclasses.replace(CONFIG, token="<blob>", init_word="red", embedding_lr=2e-2)
+    whole = tmp_path / "whole"
+    written = finetune(tiny, images, whole, cfg, progress=False)
+    assert [p.name for p in written] == ["lora.safetensors", "learned_embeds.safetensors", "blob.safetensors"]
+    base = LatentDiffusion.load(tiny)
+    start = inversion.initial_vectors(base, "<blob>", "red")
+    learned = load_file(str(whole / "learned_embeds.safetensors"))["<blob>"]
+    assert learned.shape == start.shape and not torch.allclose(learned, start)
+    assert any(v.abs().max() > 0 for k, v in load_file(str(whole / "lora.safetensors")).items() if "up" in k)
+
+    part = tmp_path / "part"
+    finetune(tiny, images, part, dataclasses.replace(cfg, steps=2), progress=False)
+    finetune(tiny, images, part, cfg, resume=True, progress=False)
+    for name in ("lora.safetensors", "learned_embeds.safetensors"):
+        a, b = load_file(str(whole / name)), load_file(str(part / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    pipes = [load_pipeline(tiny, precision="fp32") for _ in range(2)]
+    pipes[0].load_lora_weights(whole / "lora.safetensors")
+    pipes[0].load_textual_inversion(whole / "learned_embeds.safetensors")
+    pipes[1].load_textual_inversion(whole / "learned_embeds.safetensors")  # the word alone, no adapters
+    images_of = [pipe("a red <blob>", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                      output_type="pt").images for pipe in pipes]
+    assert not torch.allclose(images_of[0], images_of[1])  # the adapters draw beside the word
+
+
+def test_the_token_rate_is_its_own_under_the_shared_schedule(tiny, images):
+    prep = prepare(tiny, images, dataclasses.replace(CONFIG, token="<blob>", embedding_lr=3e-2, lr=1e-3),
+                   torch.device("cpu"))
+    groups = param_groups(prep.params, dataclasses.replace(CONFIG, token="<blob>", embedding_lr=3e-2, lr=1e-3))
+    assert [g["lr_ratio"] for g in groups] == [1.0, pytest.approx(30.0)]
+    assert groups[1]["params"][0].shape == (1, LatentDiffusion.load(tiny).config.text.width)
+    assert sum(len(g["params"]) for g in groups) == len(prep.params)
+    assert [g["lr_ratio"] for g in param_groups(prep.params, CONFIG)] == [1.0]  # no token: one rate
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -158,6 +199,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path,
         "--lora-targets and --save-dtype apply to --method lora only": [
             "--images", str(images), "--method", "full", "--lora-targets", "attention+conv"],
         "--prior-loss-weight weighs the prior images": ["--images", str(images), "--prior-loss-weight", "2"],
+        "--timestep-bias-scope new biases the new images' t apart": ["--images", str(images), "--timestep-bias",
+                                                                    "earlier", "--timestep-bias-scope", "new"],
         "--timestep-bias-multiplier must be > 0": ["--images", str(images), "--timestep-bias", "earlier",
                                                    "--timestep-bias-multiplier", "0"],
     }
@@ -382,12 +425,14 @@ def test_an_unreadable_image_is_left_out_of_the_training_set_and_its_digest(tiny
         assert prepare(tiny, folder, CONFIG, torch.device("cpu")).images_sha256 != prep.images_sha256
 
 
-def test_lr_and_alpha_0_and_a_token_without_textual_inversion_are_refused(tiny, images, tmp_path, capsys):
+def test_lr_and_alpha_0_and_a_token_the_method_cannot_train_are_refused(tiny, images, tmp_path, capsys):
     base = ["finetune", "--model", str(tiny), "--images", str(images), "--no-progress", "--steps", "1"]
     for options, message in ((["--lr", "0"], "--lr 0.0 trains nothing"),
                              (["--alpha", "0"], "--alpha 0.0 scales the LoRA"),
-                             (["--token", "<q>"], "--token applies to --method textual-inversion, not lora"),
-                             (["--method", "full", "--token", "<q>"], "--token applies to --method textual-inversion")):
+                             (["--method", "full", "--token", "<q>"], "--token applies to --method textual-inversion"),
+                             (["--embedding-lr", "1e-3"], "--embedding-lr is the rate of a LoRA run's --token"),
+                             (["--token", "<blob>", "--embedding-lr", "0"], "--embedding-lr 0.0 trains nothing"),
+                             (["--init-word", "red"], "they need --token")):
         out = tmp_path / "never"
         assert main([*base, "--out", str(out), *options]) == 2, options
         err = capsys.readouterr().err.strip()

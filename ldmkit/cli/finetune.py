@@ -23,11 +23,12 @@ def cmd_finetune(args) -> None:
                      remedy="choose a new folder, or continue the run there with --resume")
     if args.rank is not None and args.method != "lora":
         raise UsageError(f"--rank applies to --method lora, not {args.method}")
-    if args.num_vectors is not None and args.method != "textual-inversion":
-        raise UsageError(f"--num-vectors applies to --method textual-inversion, not {args.method}")
+    if (args.num_vectors is not None or args.init_word is not None) and not args.token:
+        raise UsageError("--num-vectors and --init-word shape the vectors of a new word: they need --token")
     cfg = settings_from(
         FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
-        init_word=args.init_word, num_vectors=args.num_vectors, prompt=args.prompt, steps=args.steps,
+        init_word=args.init_word, num_vectors=args.num_vectors, embedding_lr=args.embedding_lr, prompt=args.prompt,
+        steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, warmup_steps=args.lr_warmup_steps,
         seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, layout=args.layout,
@@ -44,11 +45,14 @@ def cmd_finetune(args) -> None:
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
     print(f"wrote {', '.join(str(p) for p in written)} (samples in {args.out}/samples)")
-    if args.method == "lora":
-        print(f"use it with `ldmkit generate --model {args.model or 'shapes64'} --lora {written[0]} PROMPT`")
-    elif args.method == "textual-inversion":
-        print(f"use it with `ldmkit generate --model {args.model or 'shapes64'} --embedding {written[0]} "
+    model = args.model or "shapes64"
+    if args.method == "lora" and cfg.token:
+        print(f"use them together with `ldmkit generate --model {model} --lora {written[0]} --embedding {written[1]} "
               f"\"... {cfg.token} ...\"`")
+    elif args.method == "lora":
+        print(f"use it with `ldmkit generate --model {model} --lora {written[0]} PROMPT`")
+    elif args.method == "textual-inversion":
+        print(f"use it with `ldmkit generate --model {model} --embedding {written[0]} \"... {cfg.token} ...\"`")
 
 
 def add_parsers(sub) -> None:
@@ -68,10 +72,15 @@ def add_parsers(sub) -> None:
                         "LoCon: for what the model draws, not only where)")
     p.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES),
                    help="the LoRA file's tensors (default float32; float16 halves the file)")
-    p.add_argument("--token", help="textual inversion: the new word, e.g. \"<hexagon>\" (not in the vocabulary)")
-    p.add_argument("--init-word", help="textual inversion: start the token's vectors from this word's "
+    p.add_argument("--token", help="the new word, e.g. \"<hexagon>\" (not in the vocabulary), whose vectors are "
+                                   "learned: textual inversion's, or with --method lora pivotal tuning (the word's "
+                                   "vectors and the adapters together, saved as an embedding beside the LoRA)")
+    p.add_argument("--init-word", help="--token: start the token's vectors from this word's "
                                        "(default: the token without brackets)")
-    p.add_argument("--num-vectors", type=positive_int, help="textual inversion: vectors per token (default 1)")
+    p.add_argument("--num-vectors", type=positive_int, help="--token: vectors per token (default 1)")
+    p.add_argument("--embedding-lr", type=non_negative_float, metavar="LR",
+                   help="pivotal tuning (--method lora --token): the token vectors' learning rate (default 5e-3, "
+                        "textual inversion's); the --lr-scheduler shapes it as --lr")
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
     p.add_argument("--prior-images", type=positive_int, metavar="N",
                    help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt "

@@ -188,12 +188,13 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, schedule: str = 
     raise ValueError(f"learning-rate schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
-def adamw(params: list[torch.Tensor], lr: float, weight_decay: float, fused: bool = True,
+def adamw(params: list[torch.Tensor] | list[dict], lr: float, weight_decay: float, fused: bool = True,
           betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW; with ``fused`` the update of all parameters runs as one kernel (torch's fused
-    implementation, on CPU and CUDA) instead of a loop of per-tensor ops. The update is the same
-    AdamW; only the order of floating-point operations differs."""
-    fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    """AdamW over ``params`` (tensors, or torch's parameter groups: dicts with "params"); with ``fused`` the update
+    of all parameters runs as one kernel (torch's fused implementation, on CPU and CUDA) instead of a loop of
+    per-tensor ops. The update is the same AdamW; only the order of floating-point operations differs."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 

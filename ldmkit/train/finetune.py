@@ -14,7 +14,9 @@ for a v-model. It trains only the part the method names, everything else frozen:
   "attention+conv": and on the two 3×3 convolutions of every ResBlock, W ⋆ x + (α/r) B ⋆ (A ⋆ x), LoCon; with
   ``text_encoder_lora`` on a CLIP text encoder's projections too), W x + (α/r) B A x with B = 0 at the start
   (`ldmkit.nn.lora`); written as ``OUT/lora.safetensors`` in diffusers' (or kohya's) layout, in
-  ``save_dtype``;
+  ``save_dtype``; with a ``token`` too, pivotal tuning: the new word's vectors (as textual inversion's) are
+  trained with the adapters, at their own rate ``embedding_lr``, and written beside them as textual inversion
+  writes them, so the concept has a word of its own for the adapters to read;
 - ``textual-inversion``: the k vectors of a new word ``token`` (`ldmkit.text.inversion`), started from
   ``init_word``'s; written as ``OUT/learned_embeds.safetensors`` (diffusers) and ``OUT/NAME.safetensors`` (A1111);
 - ``full``: every UNet weight; written as a model folder in ``OUT``.
@@ -87,7 +89,8 @@ class FinetuneConfig:
     text_encoder_lora: bool = False  # LoRA on a CLIP text encoder's attention too
     lora_targets: Literal["attention", "attention+conv"] = "attention"  # + the ResBlocks' 3×3 convolutions (LoCon)
     save_dtype: Literal["float32", "float16"] = "float32"  # the LoRA file's tensors (float16: half the size)
-    token: str = ""  # textual inversion: the new word, e.g. "<hexagon>"
+    token: str = ""  # textual inversion (and LoRA's pivotal tuning): the new word, e.g. "<hexagon>"
+    embedding_lr: float | None = None  # pivotal tuning: the token vectors' rate (None: textual inversion's default)
     init_word: str = ""  # its vectors start from this word's ("" = the token without brackets)
     num_vectors: int = 1
     prompt: str = ""  # the caption of images without a sidecar .txt (or metadata.jsonl entry)
@@ -125,6 +128,14 @@ class FinetuneConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     @property
+    def token_learning_rate(self) -> float:
+        """η₀ of the token's vectors: ``lr`` for textual inversion; for LoRA's pivotal tuning ``embedding_lr``, or
+        textual inversion's default."""
+        if self.method == "textual-inversion":
+            return self.learning_rate
+        return self.embedding_lr if self.embedding_lr is not None else DEFAULT_LR["textual-inversion"]
+
+    @property
     def lora_alpha(self) -> float:
         """α: ``alpha``, or the rank r (α/r = 1)."""
         return self.alpha if self.alpha is not None else self.rank
@@ -139,9 +150,15 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.method != "lora" and (cfg.text_encoder_lora or cfg.alpha is not None or cfg.lora_targets != "attention"
                                  or cfg.save_dtype != "float32"):
         raise UsageError("--alpha, --text-encoder, --lora-targets and --save-dtype apply to --method lora only")
-    if cfg.token and cfg.method != "textual-inversion":
-        raise UsageError(f"--token applies to --method textual-inversion, not {cfg.method} (a {cfg.method} run "
-                         "learns from the captions as written: put the new word in them, or in --prompt)")
+    if cfg.token and cfg.method == "full":
+        raise UsageError("--token applies to --method textual-inversion and lora (pivotal tuning), not full (a full "
+                         "run learns from the captions as written: put the new word in them, or in --prompt)")
+    if cfg.embedding_lr is not None and not (cfg.method == "lora" and cfg.token):
+        raise UsageError("--embedding-lr is the rate of a LoRA run's --token vectors (pivotal tuning): it needs "
+                         "--method lora and --token (textual inversion's rate is --lr)")
+    if cfg.embedding_lr is not None and not (math.isfinite(cfg.embedding_lr) and cfg.embedding_lr > 0):
+        raise UsageError(f"--embedding-lr {cfg.embedding_lr} trains nothing: give a rate above 0 (default "
+                         f"{DEFAULT_LR['textual-inversion']:g})")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UsageError(f"--lr {cfg.lr} trains nothing: give a learning rate above 0 (default for {cfg.method}: "
                          f"{DEFAULT_LR.get(cfg.method, DEFAULT_LR['lora']):g})")
@@ -177,6 +194,9 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.timestep_bias_scope not in TIMESTEP_BIAS_SCOPES:
         raise UsageError(f"--timestep-bias-scope {cfg.timestep_bias_scope!r}; allowed: "
                          f"{', '.join(TIMESTEP_BIAS_SCOPES)}")
+    if cfg.timestep_bias_scope == "new" and (not cfg.prior_images or cfg.timestep_bias == "none"):
+        raise UsageError("--timestep-bias-scope new biases the new images' t apart from the prior images': it needs "
+                         "--timestep-bias and --prior-images")
     if not cfg.timestep_bias_multiplier > 0 or not 0 < cfg.timestep_bias_portion <= 1:
         raise UsageError(f"--timestep-bias-multiplier must be > 0 and --timestep-bias-portion in (0, 1]; got "
                          f"{cfg.timestep_bias_multiplier} and {cfg.timestep_bias_portion}")
@@ -223,7 +243,7 @@ def read_captions(images: Path, image_size: int, cfg: FinetuneConfig) -> tuple[I
         first = dataset.paths[captions.index("")]
         raise UsageError(f"{first} has no caption (no sidecar .txt, or an empty one): give each image a caption, "
                          "or --prompt for all that have none")
-    if cfg.method == "textual-inversion":
+    if cfg.token:
         missing = [(p, own) for p, c, own in zip(dataset.paths, captions, dataset.captions) if cfg.token not in c]
         if missing:
             path, own = missing[0]
@@ -261,7 +281,7 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
                          "text-to-image models")
     if model.config.diffusion.consistency_steps:
         raise UsageError(f"--model {model_path} is a consistency student; fine-tune the model it was distilled from")
-    if cfg.method == "textual-inversion":
+    if cfg.token:
         inversion.check_new_token(model, cfg.token)
     dataset, captions = read_captions(images, model.config.image_size, cfg)
     if model.known_words is not None:  # what it is taught it knows: its previews read the new words as written
@@ -273,11 +293,13 @@ def prepare(model_path: Path, images: Path, cfg: FinetuneConfig, device: torch.d
         lora.inject(model, targets, cfg.rank, cfg.lora_alpha, ADAPTER)
         params = lora.adapter_parameters(model, ADAPTER)
     elif cfg.method == "textual-inversion":
-        start = inversion.initial_vectors(model, cfg.token, cfg.init_word or None, cfg.num_vectors)
-        params = [inversion.add_token(model, cfg.token, start)]
+        params = []
     else:
         params = list(model.unet.parameters())
         model.unet.requires_grad_(True)
+    if cfg.token:  # the token's vectors last: `write_result` and `param_groups` find them there
+        start = inversion.initial_vectors(model, cfg.token, cfg.init_word or None, cfg.num_vectors)
+        params.append(inversion.add_token(model, cfg.token, start))
     model.to(device)
     mean, std = encode_images(model, dataset, device)
     if cfg.flip_aug:  # the mirror images after the originals (the sample grids' first captions stay the images')
@@ -341,13 +363,14 @@ def _plain(value):
 def write_result(prep: Prepared, cfg: FinetuneConfig, out: Path, model_path: Path, step: int) -> list[Path]:
     """The run's product: the LoRA file, the embedding files, or the model folder."""
     model = prep.model
+    embeddings = inversion.save_embedding(out, cfg.token, prep.params[-1]) if cfg.token else []
     if cfg.method == "lora":
         meta = {"ldmkit.base_model": str(model_path), "ldmkit.steps": str(step),
                 lora_files.WORDS_KEY: KnownWords.from_captions(prep.captions).to_json()}
         return [lora_files.save_lora(model, out / "lora.safetensors", ADAPTER, cfg.layout, meta,
-                                     SAVE_DTYPES[cfg.save_dtype])]
+                                     SAVE_DTYPES[cfg.save_dtype]), *embeddings]
     if cfg.method == "textual-inversion":
-        return inversion.save_embedding(out, cfg.token, prep.params[0])
+        return embeddings
     model.save(out)
     return [out / "config.yaml"]
 
@@ -378,7 +401,9 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     start = int(state["step"]) if state is not None else 0
     if start > total:
         raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
-    opt = adamw(prep.params, cfg.learning_rate, cfg.weight_decay)
+    groups = param_groups(prep.params, cfg)
+    ratios = [group["lr_ratio"] for group in groups]  # kept here: a checkpoint's groups replace the optimizer's
+    opt = adamw(groups, cfg.learning_rate, cfg.weight_decay)
     if state is not None:
         try:
             _load_trained_state(prep, cfg, state["model"])
@@ -395,7 +420,7 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
     prompts = list(cfg.sample_prompts) or list(dict.fromkeys(prep.captions))[:4]
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, ["loss", "lr"], start, enabled=True, tensorboard=False)
-    text_trained = cfg.method == "textual-inversion" or cfg.text_encoder_lora
+    text_trained = bool(cfg.token) or cfg.text_encoder_lora
 
     def write_samples(step: int) -> None:
         images = preview_samples(model, dev, prompts, None, cfg.sample_steps, cfg.sample_guidance)
@@ -431,8 +456,8 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
                     biased = torch.cat([biased[:new_rows], draws.t[new_rows:]])
                 draws = dataclasses.replace(draws, t=biased)
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group, ratio in zip(opt.param_groups, ratios):
+                group["lr"] = lr * ratio
             opt.zero_grad(set_to_none=True)
             z = mean[index] + std[index] * draws.posterior_noise.to(dev) if posterior else mean[index]
             captions = [prep.captions[i] if keep else "" for (_, i), keep in zip(items, draws.keep_caption.tolist())]
@@ -469,6 +494,16 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
         return checkpoint(total)
     finally:
         log.close()
+
+
+def param_groups(params: list[nn.Parameter], cfg: FinetuneConfig) -> list[dict]:
+    """The optimizer's groups, each with ``lr_ratio``, its rate over ``cfg.learning_rate`` (the schedule scales
+    both alike): a pivotal-tuning run's token vectors (``params[-1]``) at ``cfg.token_learning_rate``, the rest
+    at the run's rate."""
+    if cfg.method != "lora" or not cfg.token:
+        return [{"params": params, "lr_ratio": 1.0}]
+    return [{"params": params[:-1], "lr_ratio": 1.0},
+            {"params": params[-1:], "lr_ratio": cfg.token_learning_rate / cfg.learning_rate}]
 
 
 def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
