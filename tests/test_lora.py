@@ -435,3 +435,47 @@ def test_a_lora_spec_reads_its_scale_and_names_a_bad_one(tmp_path):
     for bad, words in ((f"{path}:abc", "must be a number"), (f"{path}:nan", "must be a finite number")):
         with pytest.raises(UsageError, match=words):
             lora_files.parse_lora_spec(bad)
+
+
+def test_a_lora_file_with_bundled_embeddings_teaches_their_words_as_a1111_reads_them(tiny, tmp_path, capsys):
+    """A1111's pivotal-tuning LoRAs: ``bundle_emb.NAME.string_to_param.*`` beside the kohya keys loads the adapters
+    and the word NAME, which then reads as the same vectors loaded from an embedding file; an SDXL pair or a
+    wrong width is refused before the model changes; a merge into a folder leaves the word out, with a warning."""
+    model = with_lora(tiny, rank=4)
+    randomize(model)
+    kohya = load_file(str(lora_files.save_lora(model, tmp_path / "k.safetensors", layout="kohya")))
+    width = inversion.token_width(model)
+    vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(3)) * 0.1
+    bundled = tmp_path / "pivotal.safetensors"
+    save_file({**kohya, "bundle_emb.hexa.string_to_param.*": vectors}, str(bundled))
+    assert lora_files.read_lora(bundled).embeddings.keys() == {"hexa"}
+
+    pipe, reference = load_pipeline(tiny, precision="fp32"), load_pipeline(tiny, precision="fp32")
+    pipe.load_lora_weights(bundled)
+    reference.load_lora_weights(tmp_path / "k.safetensors")
+    save_file({"emb_params": vectors}, str(tmp_path / "hexa.safetensors"))
+    assert reference.load_textual_inversion(tmp_path / "hexa.safetensors") == "hexa"
+    draw = [p("a red hexa", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+              output_type="pt").images for p in (pipe, reference)]
+    torch.testing.assert_close(draw[0], draw[1])
+    assert "embedding" in pipe.model.taught  # a word no list names: prompts are read as written
+
+    fresh = LatentDiffusion.load(tiny)
+    before = unet_out(fresh)
+    for name, extra, message in (("sdxl", {"bundle_emb.hexa.clip_l": vectors, "bundle_emb.hexa.clip_g": vectors.clone()},
+                                  "SDXL embedding"),
+                                 ("wide", {"bundle_emb.hexa.emb_params": torch.zeros(1, width + 1)}, "-wide vectors"),
+                                 ("known", {"bundle_emb.red.emb_params": vectors}, "already in the model's vocabulary")):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({**kohya, **extra}, str(path))
+        with pytest.raises(UsageError, match=message) as e:
+            lora_files.load_lora(fresh, path)
+        assert "\n" not in str(e.value)
+        assert not lora.lora_layers(fresh) and torch.equal(unet_out(fresh), before), name
+
+    assert main(["convert", str(tiny), "--to", "ldmkit", "--out", str(tmp_path / "merged"),
+                 "--merge-lora", str(bundled)]) == 0
+    err = capsys.readouterr().err
+    assert "ldmkit convert: warning: " in err and "bundles the embedding(s) hexa" in err
+    merged = LatentDiffusion.load(tmp_path / "merged")
+    assert "hexa" not in merged.tokenizer._tok.get_vocab(with_added_tokens=True)

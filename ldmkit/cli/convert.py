@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from ldmkit.cli.common import UsageError
 from ldmkit.cli.outputs import check_output_file, replacing_folder
 from ldmkit.convert import convert
-from ldmkit.convert.lora import load_lora, parse_lora_spec
+from ldmkit.convert.lora import load_lora, parse_lora_spec, read_lora
 from ldmkit.model import LatentDiffusion
 from ldmkit.nn import lora
 from ldmkit.pretrained import resolve_model
@@ -48,7 +49,11 @@ def merge_loras(model: str, specs: list[str], folder: Path, ema: bool, predictio
     loaded = LatentDiffusion.load(model, ema=ema, prediction=prediction)
     for spec in specs:
         path, scale = parse_lora_spec(spec)
-        load_lora(loaded, path, scale)
+        load_lora(loaded, path, scale, embeddings=False)
+        bundled = read_lora(path).embeddings
+        if bundled:
+            warnings.warn(f"{path} bundles the embedding(s) {', '.join(bundled)}, which a model folder does not hold: "
+                          "merged without them (load the LoRA file itself for them)", stacklevel=2)
     lora.merge(loaded)
     loaded.known_words = None  # the LoRAs may have taught it words no file lists: prompts are read as written
     loaded.save(folder)

@@ -16,6 +16,10 @@ under the same key names; a 1×1 convolution's may be stored either way. The lay
   the original LDM UNet (``lora_unet_input_blocks_4_1_…``, SDXL-style); ``lora_te_…`` / ``lora_te1_…`` for the
   text encoder.
 
+A kohya-layout file may also bundle textual-inversion embeddings, as A1111 reads them (its pivotal-tuning LoRAs):
+``bundle_emb.NAME.string_to_param.*`` or ``bundle_emb.NAME.emb_params`` ([k, width]); `load_lora` adds each as the
+word NAME, as A1111 does (diffusers' loader refuses such files, so ldmkit writes embeddings to files of their own).
+
 ldmkit writes the diffusers/peft layout by default (``layout="kohya"`` for the other), with the metadata
 above and ``ldmkit.rank`` / ``ldmkit.alpha`` (when every layer has the same; diffusers' ``rank_pattern`` /
 ``alpha_pattern`` otherwise). Which layers ``ldmkit finetune`` adapts is `TARGETS`'s; files with adapters on
@@ -43,10 +47,12 @@ from ldmkit.convert.unet import unet_key
 from ldmkit.errors import UsageError
 from ldmkit.nn import lora
 from ldmkit.storage import atomic_path, first_keys, load_pickle
+from ldmkit.text import inversion
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 WORDS_KEY = "ldmkit.known_words"  # the words of the captions it was trained on (`ldmkit.text.known_words`)
 LAYOUTS = ("diffusers", "kohya")
+BUNDLE_PREFIX = "bundle_emb."  # A1111's embeddings bundled in a LoRA file: bundle_emb.NAME.<key>
 TEXT_KINDS = ("clip", "openclip")  # text encoders whose layers have diffusers names (transformers' CLIPTextModel)
 # what `ldmkit finetune --lora-targets` adapts: the attention projections, and LoCon's ResBlock 3×3 convolutions
 TARGETS = ("attention", "attention+conv")
@@ -54,12 +60,14 @@ TARGETS = ("attention", "attention+conv")
 
 @dataclass
 class LoRAFile:
-    """A file's adapters by the file's module name: {name: (A, B [out, r], α)}, and its metadata; A is
-    [r, in], or [r, in, k_h, k_w] for a convolution with a kernel larger than 1×1."""
+    """A file's adapters by the file's module name: {name: (A, B [out, r], α)}, its metadata, and the embeddings
+    it bundles, {word: [k, width]}; A is [r, in], or [r, in, k_h, k_w] for a convolution with a kernel larger than
+    1×1."""
 
     path: Path
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
     metadata: dict[str, str] = field(default_factory=dict)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def ranks(self) -> set[int]:
@@ -163,6 +171,8 @@ def read_lora(path: str | Path) -> LoRAFile:
     mismatch)."""
     path = Path(path)
     tensors, metadata = _tensors(path)
+    embeddings = bundled_embeddings(tensors, path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(BUNDLE_PREFIX)}
     parts: dict[str, dict[str, torch.Tensor]] = {}
     other = []
     for key, tensor in tensors.items():
@@ -197,7 +207,7 @@ def read_lora(path: str | Path) -> LoRAFile:
         modules[name] = (a, b, float(alpha))
     if broken:
         raise UsageError(f"{path}: LoRA layers without both A and B (down and up): {first_keys(broken)}")
-    file = LoRAFile(path, modules, metadata)
+    file = LoRAFile(path, modules, metadata, embeddings)
     for prefix in ("unet", "text_encoder"):  # each component against its own metadata (peft's config per part)
         stated = set() if info.get(f"{prefix}.rank_pattern") or f"{prefix}.r" not in info else {int(info[f"{prefix}.r"])}
         if "ldmkit.rank" in metadata:
@@ -207,6 +217,27 @@ def read_lora(path: str | Path) -> LoRAFile:
             raise UsageError(f"{path}: rank mismatch: the metadata states rank {', '.join(map(str, sorted(stated)))} "
                              f"for the {prefix}, its tensors have rank {', '.join(map(str, sorted(ranks)))}")
     return file
+
+
+def bundled_embeddings(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """{NAME: [k, width]} of the ``bundle_emb.NAME.…`` tensors (A1111's layout: one per name, ``string_to_param.*``
+    or ``emb_params``). UsageError for an SDXL pair (``clip_l``/``clip_g``) or a name with several tensors."""
+    found: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(BUNDLE_PREFIX):
+            name, _, rest = key[len(BUNDLE_PREFIX):].partition(".")
+            found.setdefault(name, []).append((rest, tensor))
+    embeddings = {}
+    for name, entries in found.items():
+        if any(rest in ("clip_l", "clip_g") for rest, _ in entries):
+            raise UsageError(f"{path} bundles an SDXL embedding ({name}: clip_l/clip_g); ldmkit's models have one "
+                             "text encoder")
+        if len(entries) != 1 or entries[0][1].ndim not in (1, 2) or not entries[0][1].is_floating_point():
+            raise UsageError(f"{path}: the bundled embedding {name!r} is not one [vectors, width] float tensor "
+                             f"({', '.join(BUNDLE_PREFIX + name + '.' + rest for rest, _ in entries[:3])})")
+        vectors = entries[0][1].float()
+        embeddings[name] = vectors.reshape(-1, vectors.shape[-1])
+    return embeddings
 
 
 def _component(name: str) -> str:
@@ -268,17 +299,29 @@ def _adapter_name(model, path: Path) -> str:
     return name
 
 
-def load_lora(model, path: str | Path, scale: float = 1.0, adapter: str | None = None) -> str:
+def load_lora(model, path: str | Path, scale: float = 1.0, adapter: str | None = None,
+              embeddings: bool = True) -> str:
     """Add the adapters of LoRA file ``path`` (any layout) to ``model`` (a `LatentDiffusion`) at strength ``scale``;
-    returns the adapter's name (``adapter``, or one made from the file name). Everything is checked before the
-    model changes: a file that does not fit leaves it as it was."""
+    returns the adapter's name (``adapter``, or one made from the file name). With ``embeddings``, each embedding
+    the file bundles becomes the word NAME (`ldmkit.text.inversion.add_token`, as A1111 reads them; the scale does
+    not apply to a word). Everything is checked before the model changes: a file that does not fit leaves it as
+    it was."""
     file = read_lora(path)
     fitted = _fit(model, file)
     name = adapter or _adapter_name(model, Path(path))
     if name in lora.adapter_names(model):
         raise UsageError(f"a LoRA adapter named {name!r} is loaded already")
+    words = file.embeddings if embeddings else {}
+    for word, vectors in words.items():
+        inversion.check_new_token(model, word)
+        if vectors.shape[-1] != inversion.token_width(model):
+            raise UsageError(f"{path} bundles the embedding {word!r} of {vectors.shape[-1]}-wide vectors; this "
+                             f"model's text encoder takes {inversion.token_width(model)}-wide ones")
     for target, (a, b, alpha) in fitted.items():
         lora.wrap(model, target).add_adapter(name, a.shape[0], alpha, (a, b), scale)
+    for word, vectors in words.items():
+        inversion.add_token(model, word, vectors).requires_grad_(False)
+        model.taught.add("embedding")  # a word no file's list of known words names
     return name
 
 
