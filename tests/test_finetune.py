@@ -171,14 +171,19 @@ def test_pivotal_tuning_trains_the_adapters_and_the_token_and_generate_reads_bot
     assert not torch.allclose(images_of[0], images_of[1])  # the adapters draw beside the word
 
 
-def test_the_token_rate_is_its_own_under_the_shared_schedule(tiny, images):
-    prep = prepare(tiny, images, dataclasses.replace(CONFIG, token="<blob>", embedding_lr=3e-2, lr=1e-3),
-                   torch.device("cpu"))
-    groups = param_groups(prep.params, dataclasses.replace(CONFIG, token="<blob>", embedding_lr=3e-2, lr=1e-3))
+def test_the_token_vectors_step_at_their_own_rate(tiny, images, tmp_path):
+    """Adam's first step moves every coordinate by its group's rate (m̂/√v̂ = ±1): the token's vectors by
+    --embedding-lr, the adapters' B (zero at the start) by --lr."""
+    cfg = dataclasses.replace(CONFIG, token="<blob>", embedding_lr=3e-2, lr=1e-3, steps=1)
+    groups = param_groups(prepare(tiny, images, cfg, torch.device("cpu")).params, cfg)
     assert [g["lr_ratio"] for g in groups] == [1.0, pytest.approx(30.0)]
-    assert groups[1]["params"][0].shape == (1, LatentDiffusion.load(tiny).config.text.width)
-    assert sum(len(g["params"]) for g in groups) == len(prep.params)
-    assert [g["lr_ratio"] for g in param_groups(prep.params, CONFIG)] == [1.0]  # no token: one rate
+    assert [g["lr_ratio"] for g in param_groups(groups[0]["params"], CONFIG)] == [1.0]  # no token: one rate
+    finetune(tiny, images, tmp_path / "run", cfg, progress=False)
+    start = inversion.initial_vectors(LatentDiffusion.load(tiny), "<blob>")
+    step = (load_file(str(tmp_path / "run" / "learned_embeds.safetensors"))["<blob>"] - start).abs().max()
+    assert step.item() == pytest.approx(3e-2, rel=1e-3)
+    up = max(v.abs().max() for k, v in load_file(str(tmp_path / "run" / "lora.safetensors")).items() if "lora_B" in k)
+    assert up.item() == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path, capsys):
