@@ -418,7 +418,8 @@ def main() -> None:
     results["settings"] = {"LoRA targets": args.lora_targets, "save dtype": args.save_dtype,
                            "rank": args.rank, "prior images": args.prior,
                            "pivotal tuning": (f"the word's vectors learnt too (from {args.init_word or 'its pieces'}, "
-                                              f"lr {cfg.token_learning_rate:g})" if args.token else "off"), "prior loss": args.prior_loss,
+                                              f"lr {cfg.token_learning_rate:g})" if args.token else "off"),
+                           "prior loss": args.prior_loss,
                            "prior loss weight": args.prior_loss_weight,
                            "captions dropped": args.cond_drop,
                            "seed": args.seed,
