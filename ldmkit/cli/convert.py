@@ -49,11 +49,11 @@ def merge_loras(model: str, specs: list[str], folder: Path, ema: bool, predictio
     loaded = LatentDiffusion.load(model, ema=ema, prediction=prediction)
     for spec in specs:
         path, scale = parse_lora_spec(spec)
-        load_lora(loaded, path, scale, embeddings=False)
-        bundled = read_lora(path).embeddings
-        if bundled:
-            warnings.warn(f"{path} bundles the embedding(s) {', '.join(bundled)}, which a model folder does not hold: "
-                          "merged without them (load the LoRA file itself for them)", stacklevel=2)
+        file = read_lora(path)
+        load_lora(loaded, file, scale, embeddings=False)
+        if file.embeddings:
+            warnings.warn(f"{path} bundles the embedding(s) {', '.join(file.embeddings)}, which a model folder does "
+                          "not hold: merged without them (load the LoRA file itself for them)", stacklevel=2)
     lora.merge(loaded)
     loaded.known_words = None  # the LoRAs may have taught it words no file lists: prompts are read as written
     loaded.save(folder)

@@ -299,29 +299,30 @@ def _adapter_name(model, path: Path) -> str:
     return name
 
 
-def load_lora(model, path: str | Path, scale: float = 1.0, adapter: str | None = None,
+def load_lora(model, path: str | Path | LoRAFile, scale: float = 1.0, adapter: str | None = None,
               embeddings: bool = True) -> str:
-    """Add the adapters of LoRA file ``path`` (any layout) to ``model`` (a `LatentDiffusion`) at strength ``scale``;
-    returns the adapter's name (``adapter``, or one made from the file name). With ``embeddings``, each embedding
-    the file bundles becomes the word NAME (`ldmkit.text.inversion.add_token`, as A1111 reads them; the scale does
-    not apply to a word). Everything is checked before the model changes: a file that does not fit leaves it as
-    it was."""
-    file = read_lora(path)
+    """Add the adapters of LoRA file ``path`` (any layout; or the file as `read_lora` read it) to ``model`` (a
+    `LatentDiffusion`) at strength ``scale``; returns the adapter's name (``adapter``, or one made from the file
+    name). With ``embeddings``, each embedding the file bundles becomes the word NAME
+    (`ldmkit.text.inversion.add_token`, as A1111 reads them; the scale does not apply to a word). Everything is
+    checked before the model changes: a file that does not fit leaves it as it was."""
+    file = path if isinstance(path, LoRAFile) else read_lora(path)
     fitted = _fit(model, file)
-    name = adapter or _adapter_name(model, Path(path))
+    name = adapter or _adapter_name(model, file.path)
     if name in lora.adapter_names(model):
         raise UsageError(f"a LoRA adapter named {name!r} is loaded already")
     words = file.embeddings if embeddings else {}
     for word, vectors in words.items():
         inversion.check_new_token(model, word)
         if vectors.shape[-1] != inversion.token_width(model):
-            raise UsageError(f"{path} bundles the embedding {word!r} of {vectors.shape[-1]}-wide vectors; this "
+            raise UsageError(f"{file.path} bundles the embedding {word!r} of {vectors.shape[-1]}-wide vectors; this "
                              f"model's text encoder takes {inversion.token_width(model)}-wide ones")
     for target, (a, b, alpha) in fitted.items():
         lora.wrap(model, target).add_adapter(name, a.shape[0], alpha, (a, b), scale)
     for word, vectors in words.items():
         inversion.add_token(model, word, vectors).requires_grad_(False)
-        model.taught.add("embedding")  # a word no file's list of known words names
+    if words:
+        model.taught.add("embedding")  # words no file's list of known words names
     return name
 
 

@@ -452,7 +452,7 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
             if cfg.timestep_bias != "none":  # drawn after the others, which stay as an unbiased run's
                 biased = biased_timesteps(generator, cfg.batch_size, model.config.diffusion.num_timesteps,
                                           cfg.timestep_bias, cfg.timestep_bias_multiplier, cfg.timestep_bias_portion)
-                if cfg.timestep_bias_scope == "new" and cfg.prior_images:
+                if cfg.timestep_bias_scope == "new":  # `check_config`: only with prior images
                     biased = torch.cat([biased[:new_rows], draws.t[new_rows:]])
                 draws = dataclasses.replace(draws, t=biased)
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler, total)
