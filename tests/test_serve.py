@@ -447,6 +447,18 @@ def test_output_folder_gets_generated_names_only(tmp_path):
 # the command
 
 
+def test_the_printed_address_takes_connections_before_the_server_starts():
+    """A client that connects the moment `ldmkit serve` prints its address waits in the backlog: the
+    socket listens from the bind, not from uvicorn's start (before, such a client was refused)."""
+    from ldmkit.cli.serve import bind
+
+    with bind("127.0.0.1", 0) as sock, socket.socket() as client:
+        client.settimeout(5)
+        client.connect(sock.getsockname())  # nothing accepts yet: refused unless the socket listens
+        accepted, _ = sock.accept()
+        accepted.close()
+
+
 def test_serve_command_reports_a_busy_port_and_a_bad_model_in_one_line(tiny_model, tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

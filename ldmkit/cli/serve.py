@@ -68,16 +68,19 @@ def port_number(text: str) -> int:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: any free port), or a one-line error.
+    """A socket bound to ``host:port`` (port 0: any free port) and listening, or a one-line error.
 
     Binding here, before the model loads, makes a busy port fail at once with a clear message, and
     lets the caller print the real port when it asked for 0 (the tests and the load benchmark do).
+    Listening at once means a client that connects as soon as the address is printed waits in the
+    backlog until the server accepts, instead of being refused while uvicorn starts.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog; its own listen() on this socket keeps it
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
