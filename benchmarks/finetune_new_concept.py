@@ -353,6 +353,8 @@ def main() -> None:
     p.add_argument("--init-word", default="", help="--token: its vectors start from this word's (default: its own "
                                                    "word pieces')")
     p.add_argument("--embedding-lr", type=float, help="--token: the vectors' learning rate (default 5e-3)")
+    p.add_argument("--loraplus-lr-ratio", type=float, default=1.0,
+                   help="LoRA+: the B matrices at this multiple of --lr (`ldmkit finetune --loraplus-lr-ratio`)")
     p.add_argument("--results", help="add the results (markdown) to this file, one section per concept")
     p.add_argument("--smoke", action="store_true", help="every stage, tiny: 2 steps, few prompts")
     args = p.parse_args()
@@ -397,7 +399,8 @@ def main() -> None:
                          timestep_bias_scope=args.timestep_bias_scope,
                          flip_aug=args.flip_aug, seed=args.seed,
                          token=args.concept if args.token else "", init_word=args.init_word,
-                         embedding_lr=args.embedding_lr if args.token else None)
+                         embedding_lr=args.embedding_lr if args.token else None,
+                         loraplus_lr_ratio=args.loraplus_lr_ratio)
     start = time.perf_counter()
     adapter, *embedding = finetune(model, out / "images", out / "run", cfg, resume="auto")
     results["fine-tuning wall time (s)"] = round(time.perf_counter() - start, 1)
@@ -425,6 +428,7 @@ def main() -> None:
                            "seed": args.seed,
                            "steps": args.steps,
                            "batch size": args.batch_size, "lr": args.lr,
+                           "LoRA+ ratio (B's lr / A's)": args.loraplus_lr_ratio,
                            "lr scheduler": args.lr_scheduler, "lr warm-up steps": args.lr_warmup_steps,
                            "images": args.images,
                            "mirror images": args.flip_aug,

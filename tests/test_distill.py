@@ -98,6 +98,35 @@ def test_distillation_resumes_exactly_like_an_uninterrupted_run(teacher, student
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, STEPS + 1))
 
 
+def test_an_ema_student_is_saved_as_the_average_and_resumes_exactly(teacher, student, tmp_path, capsys):
+    """distill.ema_decay > 0: the folder's UNet is the slow EMA of θ (neither θ nor the target θ⁻), and an
+    interrupted run ends with the same EMA as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    preset = tiny_distill_preset()
+    preset = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, ema_decay=0.9))
+    distill(preset, teacher, tmp_path / "one", student_steps=3, progress=False)
+    distill(preset, teacher, tmp_path / "two", steps=2, student_steps=3, progress=False)
+    distill(preset, teacher, tmp_path / "two", steps=STEPS, student_steps=3, resume=True, progress=False)
+    a, b = load_state(tmp_path / "one", "distill"), load_state(tmp_path / "two", "distill")
+    assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == STEPS
+    assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"])
+    saved = load_file(tmp_path / "one" / "unet.safetensors")
+    shadow, target = a["ema"]["shadow"], a["target"]
+    assert all(torch.equal(saved[k].float(), shadow[k]) for k in saved)
+    assert any(not torch.equal(saved[k], target[k]) for k in saved)
+    # the same run without the EMA saves its target, and a checkpoint without an EMA does not resume with one
+    assert "ema" not in load_state(student, "distill")
+    with pytest.raises(CheckpointError, match=r"distill.ema_decay 0.0 → 0.9"):
+        distill(preset, teacher, shutil.copytree(student, tmp_path / "plain"), steps=STEPS + 1, resume=True,
+                progress=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "--preset", "tiny", "--teacher", str(teacher), "--ema-decay", "1.5",
+              "--out", str(tmp_path / "x"), "--no-progress"])
+    assert exit_.value.code == 2
+    assert "--ema-decay" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_student_folder_holds_the_target_weights_and_its_own_config(student):
     config = yaml.safe_load((student / "config.yaml").read_text())

@@ -186,6 +186,22 @@ def test_the_token_vectors_step_at_their_own_rate(tiny, images, tmp_path):
     assert up.item() == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_loraplus_steps_the_b_matrices_at_their_multiple_of_the_rate(tiny, images, tmp_path):
+    """--loraplus-lr-ratio: the A's in one group at --lr, the B's in another at ratio · --lr (a pivotal run's
+    token vectors keep their own); Adam's first step moves each B (zero at the start) by exactly its rate."""
+    cfg = dataclasses.replace(CONFIG, loraplus_lr_ratio=4.0, lr=1e-3, steps=1)
+    params = prepare(tiny, images, cfg, torch.device("cpu")).params
+    a, b = param_groups(params, cfg)
+    assert (a["lr_ratio"], b["lr_ratio"]) == (1.0, 4.0) and len(a["params"]) == len(b["params"]) == len(params) // 2
+    assert all(p.shape[0] == cfg.rank for p in a["params"]) and all(p.shape[1] == cfg.rank for p in b["params"])
+    pivotal = dataclasses.replace(cfg, token="<blob>", embedding_lr=3e-2)
+    groups = param_groups(prepare(tiny, images, pivotal, torch.device("cpu")).params, pivotal)
+    assert [g["lr_ratio"] for g in groups] == [1.0, 4.0, pytest.approx(30.0)]
+    finetune(tiny, images, tmp_path / "run", cfg, progress=False)
+    up = max(v.abs().max() for k, v in load_file(str(tmp_path / "run" / "lora.safetensors")).items() if "lora_B" in k)
+    assert up.item() == pytest.approx(4e-3, rel=1e-3)
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, images, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -437,7 +453,9 @@ def test_lr_and_alpha_0_and_a_token_the_method_cannot_train_are_refused(tiny, im
                              (["--method", "full", "--token", "<q>"], "--token applies to --method textual-inversion"),
                              (["--embedding-lr", "1e-3"], "--embedding-lr is the rate of a LoRA run's --token"),
                              (["--token", "<blob>", "--embedding-lr", "0"], "--embedding-lr 0.0 trains nothing"),
-                             (["--init-word", "red"], "they need --token")):
+                             (["--init-word", "red"], "they need --token"),
+                             (["--loraplus-lr-ratio", "0"], "--loraplus-lr-ratio 0.0: give a number above 0"),
+                             (["--method", "full", "--loraplus-lr-ratio", "16"], "it needs --method lora")):
         out = tmp_path / "never"
         assert main([*base, "--out", str(out), *options]) == 2, options
         err = capsys.readouterr().err.strip()

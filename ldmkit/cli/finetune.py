@@ -28,6 +28,7 @@ def cmd_finetune(args) -> None:
     cfg = settings_from(
         FinetuneConfig(method=args.method), rank=args.rank, alpha=args.alpha, token=args.token,
         init_word=args.init_word, num_vectors=args.num_vectors, embedding_lr=args.embedding_lr, prompt=args.prompt,
+        loraplus_lr_ratio=args.loraplus_lr_ratio,
         steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, warmup_steps=args.lr_warmup_steps,
         seed=args.seed,
@@ -81,6 +82,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--embedding-lr", type=non_negative_float, metavar="LR",
                    help="pivotal tuning (--method lora --token): the token vectors' learning rate (default 5e-3, "
                         "textual inversion's); the --lr-scheduler shapes it as --lr")
+    p.add_argument("--loraplus-lr-ratio", type=non_negative_float, metavar="RATIO",
+                   help="--method lora: train each adapter's B at RATIO times --lr, its A at --lr (LoRA+, as peft's "
+                        "and kohya's loraplus_lr_ratio; default 1)")
     p.add_argument("--prompt", help="the caption of every image without one, e.g. \"a photo of <hexagon>\"")
     p.add_argument("--prior-images", type=positive_int, metavar="N",
                    help="prior preservation (DreamBooth): the model first draws N images of the --prior-prompt "

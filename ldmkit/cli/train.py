@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import os
 
-from ldmkit.cli.common import load_training_config, positive_int, seed_int
+from ldmkit.cli.common import fraction, load_training_config, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.autoencoder.folder import first_stage
 from ldmkit.config import AutoencoderConfig, Preset, preset_names
@@ -124,6 +124,8 @@ def cmd_train(args) -> None:
 
 def cmd_distill(args) -> None:
     preset = _preset(args, "distill")
+    if args.ema_decay is not None:
+        preset = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, ema_decay=args.ema_decay))
     out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
                   _resume(args.resume), args.device, not args.no_progress,
                   None if args.init is None else resolve_model(args.init))
@@ -163,4 +165,7 @@ def add_parsers(sub) -> None:
                    help="distil on from a student of this teacher (e.g. shapes64-lcm, the shipped one): its "
                         "weights start the student and its target, with a fresh optimizer; a resumed run takes "
                         "its checkpoint instead")
+    p.add_argument("--ema-decay", type=fraction, metavar="NU",
+                   help="save (and sample the grids with) a slow EMA of the student's weights with this decay, "
+                        "e.g. 0.999, instead of its target network (overrides distill.ema_decay; 0: the target)")
     p.set_defaults(func=cmd_distill)

@@ -127,6 +127,8 @@ class DistillConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     target_decay: float = 0.95  # the target network θ⁻ ← μ θ⁻ + (1 − μ) θ
+    # > 0: the student saved (and sampled in the grids) is a slow EMA of θ with this decay, not θ⁻
+    ema_decay: float = 0.0
     skip: int = 20  # k: the teacher's solver step goes from t to t − k
     guidance_min: float = 1.0  # the guidance scale s is drawn uniformly from [guidance_min, guidance_max]
     guidance_max: float = 7.0

@@ -12,8 +12,11 @@ the teacher's data and their captions y:
     L    = d(f_θ(z_t, t, y, s), f_θ⁻(z_t', t', y, s)),   d(a, b) = mean(√((a − b)² + c²) − c)
 
 with f the consistency function of `ldmkit.diffusion.consistency` and θ⁻ ← μ θ⁻ + (1 − μ) θ after each
-optimizer step (the target network; its weights are the student that is saved). The skipping step
-k (``distill.skip``, LCM's 20) makes each solver step span k timesteps.
+optimizer step (the target network; with ``distill.ema_decay`` 0 its weights are the student that is
+saved, LCM's choice). The skipping step k (``distill.skip``, LCM's 20) makes each solver step span k
+timesteps. With ``distill.ema_decay`` = ν > 0 the saved student is instead a slow average
+θ_ema ← ν θ_ema + (1 − ν) θ (`ldmkit.train.ema.EMA`, as the consistency-model papers evaluate): μ is
+short (a target that keeps up with θ), ν long (weights that average out the last steps' noise).
 
 The output folder is a model folder (the student: `generate`, `eval generate`, `serve` and the Python
 API run it with the lcm sampler) plus ``checkpoints/`` (for ``--resume``: the same step, weights,
@@ -46,6 +49,7 @@ from ldmkit.train.common import (
     step_generator,
 )
 from ldmkit.train.diffusion import encode_latents
+from ldmkit.train.ema import EMA
 from ldmkit.train.logs import RunLog
 
 
@@ -198,33 +202,43 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
                                 teacher.config.diffusion.prediction, dcfg.skip, dcfg.huber_c)
     params = [p for p in student.unet.parameters() if p.requires_grad]
     opt = adamw(params, dcfg.lr, dcfg.weight_decay)
+    ema = EMA(student.unet, dcfg.ema_decay) if dcfg.ema_decay > 0 else None
     if state is not None:
         try:
             student.unet.load_state_dict(state["model"])
             target.load_state_dict(state["target"])
             opt.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint does not fit this student: {str(e).splitlines()[0]}") from None
 
     dataset = build_dataset(preset.data)
     check_readable(dataset)  # before the run's folder is made
     prompts = dataset_captions(dataset, 8)
-    saved = LatentDiffusion(config, teacher.tokenizer, teacher.autoencoder)  # what is written: θ⁻ as the UNet
-    saved.text_encoder, saved.unet = teacher.text_encoder, target
+    saved = LatentDiffusion(config, teacher.tokenizer, teacher.autoencoder)  # what is written: θ⁻ or θ_ema
+    saved.text_encoder = teacher.text_encoder
+    saved.unet = target if ema is None else copy.deepcopy(target)
     saved.known_words = teacher.known_words  # the teacher's training words: the student learnt from its data
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, ["loss", "lr"], start, enabled=True, tensorboard=dcfg.tensorboard)
 
+    def refresh_saved() -> None:
+        if ema is not None:
+            ema.copy_to(saved.unet)
+
     def checkpoint(step: int) -> None:
         check_weights_finite(params, step)
+        refresh_saved()
         saved.save(out)
         save_checkpoint(out, {
             "kind": "distill", "step": step, "model": student.unet.state_dict(), "target": target.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng_state(), "config": to_dict(config),
-            "teacher": str(teacher_path),
+            "teacher": str(teacher_path), **({} if ema is None else {"ema": ema.state_dict()}),
         }, dcfg.checkpoint_keep)
 
     def write_samples(step: int) -> None:
+        refresh_saved()
         images = preview_samples(saved, dev, prompts, None, None, dcfg.sample_guidance)
         save_grid(images, out / "samples" / f"step_{step:06d}.png", nrow=4)
         student.unet.train()
@@ -262,6 +276,8 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
                 nn.utils.clip_grad_norm_(params, dcfg.grad_clip)
             opt.step()
             update_target(target, student.unet, dcfg.target_decay)
+            if ema is not None:
+                ema.update(student.unet)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             done = step + 1

@@ -91,6 +91,7 @@ class FinetuneConfig:
     save_dtype: Literal["float32", "float16"] = "float32"  # the LoRA file's tensors (float16: half the size)
     token: str = ""  # textual inversion (and LoRA's pivotal tuning): the new word, e.g. "<hexagon>"
     embedding_lr: float | None = None  # pivotal tuning: the token vectors' rate (None: textual inversion's default)
+    loraplus_lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): the B matrices train at this multiple of the A's rate
     init_word: str = ""  # its vectors start from this word's ("" = the token without brackets)
     num_vectors: int = 1
     prompt: str = ""  # the caption of images without a sidecar .txt (or metadata.jsonl entry)
@@ -159,6 +160,11 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.embedding_lr is not None and not (math.isfinite(cfg.embedding_lr) and cfg.embedding_lr > 0):
         raise UsageError(f"--embedding-lr {cfg.embedding_lr} trains nothing: give a rate above 0 (default "
                          f"{DEFAULT_LR['textual-inversion']:g})")
+    if cfg.loraplus_lr_ratio != 1.0 and cfg.method != "lora":
+        raise UsageError("--loraplus-lr-ratio sets the rate of a LoRA's B matrices: it needs --method lora")
+    if not (math.isfinite(cfg.loraplus_lr_ratio) and cfg.loraplus_lr_ratio > 0):
+        raise UsageError(f"--loraplus-lr-ratio {cfg.loraplus_lr_ratio}: give a number above 0 (1: B at A's rate, "
+                         "the default; LoRA+ suggests 16)")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UsageError(f"--lr {cfg.lr} trains nothing: give a learning rate above 0 (default for {cfg.method}: "
                          f"{DEFAULT_LR.get(cfg.method, DEFAULT_LR['lora']):g})")
@@ -498,12 +504,20 @@ def _train(prep: Prepared, cfg: FinetuneConfig, model_path: Path, out: Path, sta
 
 def param_groups(params: list[nn.Parameter], cfg: FinetuneConfig) -> list[dict]:
     """The optimizer's groups, each with ``lr_ratio``, its rate over ``cfg.learning_rate`` (the schedule scales
-    both alike): a pivotal-tuning run's token vectors (``params[-1]``) at ``cfg.token_learning_rate``, the rest
-    at the run's rate."""
-    if cfg.method != "lora" or not cfg.token:
+    them alike). A LoRA run's ``params`` are A₁, B₁, A₂, B₂, … (`lora.adapter_parameters`), then a pivotal-tuning
+    run's token vectors: the A's train at the run's rate η, the B's at ``cfg.loraplus_lr_ratio`` · η (LoRA+;
+    1 by default), the token vectors at ``cfg.token_learning_rate``."""
+    if cfg.method != "lora":
         return [{"params": params, "lr_ratio": 1.0}]
-    return [{"params": params[:-1], "lr_ratio": 1.0},
-            {"params": params[-1:], "lr_ratio": cfg.token_learning_rate / cfg.learning_rate}]
+    adapters = params[:-1] if cfg.token else params
+    if cfg.loraplus_lr_ratio == 1.0:
+        groups = [{"params": adapters, "lr_ratio": 1.0}]
+    else:
+        groups = [{"params": adapters[0::2], "lr_ratio": 1.0},
+                  {"params": adapters[1::2], "lr_ratio": cfg.loraplus_lr_ratio}]
+    if cfg.token:
+        groups.append({"params": params[-1:], "lr_ratio": cfg.token_learning_rate / cfg.learning_rate})
+    return groups
 
 
 def settings_from(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
