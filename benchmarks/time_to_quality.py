@@ -1,9 +1,10 @@
 """Time to a good image: ldmkit with and without feature reuse against diffusers, on the same weights,
 measured in one run, with the quality each row reaches.
 
-    # the measurement, with the shipped 4-step student (about 22 minutes on a quiet 2-core CPU):
+    # the measurement, with the shipped 4-step student, on 1024 held-out captions (512 leave about ±3 points of
+    # noise on a two-object gap; about 40 minutes on a quiet 2-core CPU):
     python benchmarks/time_to_quality.py --student ldmkit/pretrained/shapes64-lcm --student-steps 2,4,8 \
-        --intervals 2,3,4 --results benchmarks/TIME_TO_QUALITY.md
+        --intervals 2,3,4 --solvers unipc:10,dpmpp-2m:10 --num-images 1024 --results benchmarks/TIME_TO_QUALITY.md
     # the speed columns on an AVX2 machine's kernels (this processor told to use AVX2 only):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_quality.py --speed-only \
         --student ldmkit/pretrained/shapes64-lcm --intervals 3 --results benchmarks/TIME_TO_QUALITY_AVX2.md
@@ -25,7 +26,7 @@ Two models (``--models``, default both):
   (`RealReference`, `generate_for_prompts`, `score_generated`, the real renders' features computed once
   for all rows): prompt accuracy on one- and two-object prompts (the shapes judge) and FID (shapes-cnn).
   With ``--student DIR``: rows of that consistency student (`ldmkit distill`) at each of ``--student-steps``,
-  its lcm sampler, one UNet pass per step. With ``--solvers NAME:STEPS,…`` (e.g. ``unipc:10``): training-free
+  its lcm sampler at its own guidance scale (`Pipeline.default_guidance`), one UNet pass per step. With ``--solvers NAME:STEPS,…`` (e.g. ``unipc:10``): training-free
   fewer-step rows, ldmkit's sampler NAME at STEPS and diffusers' scheduler of the same name (DPMSolverMultistep,
   UniPCMultistep at their defaults) at the same steps, each with guidance.
 - ``sd-small``: Stable Diffusion v1's UNet shape at a CPU-sized width on seeded random weights
@@ -149,6 +150,7 @@ class Row:
     cache_interval: int = 1
     steps: int | None = None  # None: the table's steps
     sampler: str = "ddim"  # the ldmkit sampler of its quality run (lcm for a student)
+    guidance: float | None = None  # None: the table's guidance scale; a student's own otherwise
     counter: object = None  # the EvaluationCounter of this row's UNet (None: ldmkit's or diffusers' by name)
     times: list[float] = field(default_factory=list)
     evaluations: str = ""
@@ -387,10 +389,11 @@ def shipped(args, peaks) -> dict:
     if args.student:
         student = ldmkit.load_pipeline(args.student, precision=args.precision)
         student_counter = EvaluationCounter(student.model.unet.conv_in, student.model.unet.middle)
+        own = student.default_guidance  # the student's own scale, what a call without one samples at
         for n in args.student_steps:
-            rows.append(Row(f"ldmkit lcm student, {n} steps", ldm_note,
-                            lambda r, n=n: student.generate_tensors(prompts, steps=n, guidance=guidance, seed=r),
-                            student, steps=n, counter=student_counter, sampler="lcm"))
+            rows.append(Row(f"ldmkit lcm student, {n} steps, s = {own:g}", ldm_note,
+                            lambda r, n=n: student.generate_tensors(prompts, steps=n, guidance=own, seed=r),
+                            student, steps=n, counter=student_counter, sampler="lcm", guidance=own))
     # UNet evaluations per image, counted on one run of each row
     for row in rows:
         counter = row.counter or (dif_counter if row.name.startswith("diffusers") else ldm_counter)
@@ -415,12 +418,13 @@ def shipped(args, peaks) -> dict:
     for row in rows:
         if row.generate is None:
             continue
-        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.sampler, row.cache_interval, row.steps)
+        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.sampler, row.cache_interval, row.steps,
+               row.guidance)
         if key in seen:  # the K/V row draws the plain row's images bit for bit
             row.result.update(seen[key])
             continue
         settings = GenerationSettings(sampler=row.sampler, num_inference_steps=row.steps or steps,
-                                      guidance_scale=guidance, cache_interval=row.cache_interval)
+                                      guidance_scale=row.guidance or guidance, cache_interval=row.cache_interval)
         log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
         start = time.perf_counter()
         images = generate_for_prompts(row.generate, reference.heldout.captions, settings, args.eval_batch)
@@ -572,7 +576,9 @@ def section(res: dict) -> list[str]:
                      f"{res['parity']:.1e}")
         if res.get("student"):
             lines.append(f"- the lcm student rows: `{res['student']}` (a consistency student of the shipped model, "
-                         "`ldmkit distill`), one UNet pass per step with the guidance scale as its input")
+                         "`ldmkit distill`), one UNet pass per step with the guidance scale as its input, at its own "
+                         "scale s (its config's `consistency_guidance`, chosen on validation captions; "
+                         "experiments/STUDENT_SETTINGS.md)")
         floor = "no quality runs (--speed-only)" if res["floor"] is None else \
             f"the real-vs-real floor at this count is {res['floor']:.1f}"
         lines.append(f"- FID on shapes-cnn features; {floor}. "

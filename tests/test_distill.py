@@ -243,3 +243,51 @@ def test_serve_offers_the_student_its_own_sampler_and_steps(student):
         assert answer.json()["settings"]["sampler"] == "lcm" and answer.json()["settings"]["steps"] == 3
         refused = client.post("/v1/generate", json={"prompt": "a red circle", "sampler": "ddim"})
         assert refused.status_code == 422 and "lcm" in refused.text
+
+
+def test_a_students_own_guidance_scale_is_what_every_entry_point_samples_at(teacher, tmp_path, capsys):
+    pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+    from fastapi.testclient import TestClient
+
+    from ldmkit.serve import create_app
+
+    out = tmp_path / "own"
+    assert main(["distill", "--preset", "tiny", "--teacher", str(teacher), "--student-guidance", "2.5", "--steps", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["diffusion"]["consistency_guidance"] == 2.5
+    pipe = load_pipeline(out)
+    assert pipe.default_guidance == 2.5 and load_pipeline(teacher).default_guidance == 4.0
+    seen = []
+    pipe.model.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("guidance")),
+                                              with_kwargs=True)
+    pipe("a red circle", seed=0)
+    pipe("a red circle", guidance=6.0, seed=0)
+    n = pipe.sampling_defaults(None, None)[1]
+    assert seen == [2.5] * n + [6.0] * n  # no guidance given: the student's own, at each of its steps
+    report = tmp_path / "eval.json"
+    assert main(["eval", "generate", "--model", str(out), "--num-images", "2", "--batch-size", "2",
+                 "--json", str(report), "--no-progress"]) == 0
+    import json
+
+    assert json.loads(report.read_text())["settings"]["guidance"] == 2.5
+    with TestClient(create_app(pipe, model_name="student")) as client:
+        info = client.get("/v1/ldmkit/models").json()["models"][0]
+        assert info["default_guidance"]["generate"] == 2.5
+        answer = client.post("/v1/generate", json={"prompt": "a red circle", "seed": 1})
+        assert answer.status_code == 200 and answer.json()["settings"]["guidance"] == 2.5
+    # distilling on from it keeps its own scale unless another is given
+    on = distill(tiny_distill_preset(), teacher, tmp_path / "on", steps=1, progress=False, init=out)
+    assert load_pipeline(on).default_guidance == 2.5
+    # a scale out of bounds: one line, exit 2, nothing written
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "--preset", "tiny", "--teacher", str(teacher), "--student-guidance", "-1",
+              "--out", str(tmp_path / "x"), "--no-progress"])
+    assert exit_.value.code == 2
+    assert "--student-guidance" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["diffusion"]["consistency_guidance"] = -1.0
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["generate", "a red circle", "--model", str(out), "--out", str(tmp_path / "y.png"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "consistency_guidance = -1.0" in err and len(err.splitlines()) == 1 and not (tmp_path / "y.png").exists()

@@ -482,7 +482,7 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
         model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor, size_multiple=factor,
                                 schedule=SimpleNamespace(num_timesteps=1000),
                                 unet=SimpleNamespace(too_small=lambda h, w: False))
-        return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25))
+        return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25), default_guidance=4.0)
 
     assert Limits.from_pipeline(pipe(32)).max_size == 128
     assert Limits.from_pipeline(pipe(512)).max_size == 1024

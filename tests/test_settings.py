@@ -176,10 +176,10 @@ def test_an_option_given_twice_is_a_type_error_naming_it(pipe):
 def test_from_args_skips_an_option_that_means_something_else():
     args = build_parser().parse_args(["eval", "generate", "--num-images", "64", "--steps", "4", "--binding", "0.3"])
     assert (GenerationSettings.from_args(args, skip=("num_images",))
-            == GenerationSettings(num_inference_steps=4, guidance_scale=4.0, binding=0.3))
+            == GenerationSettings(num_inference_steps=4, binding=0.3))  # guidance: the model's own
     img2img = build_parser().parse_args(["img2img", "in.png", "a star", "--model", "m", "--negative-prompt", "a box"])
-    assert GenerationSettings.from_args(img2img) == GenerationSettings(  # steps and sampler: the model's own
-        guidance_scale=4.0, negative_prompt="a box")
+    assert GenerationSettings.from_args(img2img) == GenerationSettings(  # steps, sampler, guidance: the model's own
+        negative_prompt="a box")
 
 
 CALLS = [TextToImagePipeline.generate_tensors, ClassConditionalPipeline.__call__, ImageToImagePipeline.__call__,

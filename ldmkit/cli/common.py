@@ -177,7 +177,7 @@ _AT_LEAST_1 = {"steps", "batch_size", "grad_accum_steps", "log_every", "sample_e
                "checkpoint_keep", "scale_samples", "sample_steps", "num_samples", "max_objects", "skip",
                "student_steps"}
 _NOT_NEGATIVE = {"warmup_steps", "num_workers", "weight_decay", "shuffle_buffer", "sample_guidance", "grad_clip",
-                 "min_snr_gamma", "seed", "guidance_min", "huber_c"}
+                 "min_snr_gamma", "seed", "guidance_min", "huber_c", "student_guidance"}
 _SHARES = {"ema_decay", "cond_drop_prob", "two_object_share", "target_decay"}
 _RATES = {"lr"}
 # The same for the model sections: widths and counts of layers, channels and tokens.

@@ -115,15 +115,16 @@ def cmd_img2img(args) -> None:
     _write(pipe(image, args.prompt, strength=args.strength, **_sampling(args)), out)
 
 
-def _common(p: argparse.ArgumentParser, guidance: float, what: str) -> None:
+def _common(p: argparse.ArgumentParser, guidance: float | None, what: str) -> None:
     p.add_argument("input", help="the input image (PNG, JPEG, …)")
     p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what}); img2img also "
                                                   "takes the shipped shapes64")
     p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default 25; a consistency student's own 4)")
+    own = "4; a consistency student's own" if guidance is None else f"{guidance:g}"
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), default=guidance,
-                   help=f"classifier-free guidance scale s on the prompt (default {guidance:g})")
+                   help=f"classifier-free guidance scale s on the prompt (default {own})")
     p.add_argument("--sampler", default=None, help=SAMPLER_HELP)
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -179,7 +180,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_colorize)
 
     p = sub.add_parser("img2img", help="SDEdit: redraw an image with a new prompt, with a text model")
-    _common(p, 4.0, "a text-to-image model")
+    _common(p, None, "a text-to-image model")
     p.add_argument("prompt", help="what the result should show")
     p.add_argument("--strength", type=_unit_float, default=0.6,
                    help="how far the input is noised, in (0, 1]: the last int(strength × steps) of the steps run, as "

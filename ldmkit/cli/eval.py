@@ -117,7 +117,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--steps", type=positive_int,
                    help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
-                   default=4.0, help="classifier-free guidance scale s")
+                   help="classifier-free guidance scale s (default 4; a consistency student's own)")
     g.add_argument("--sampler", help=SAMPLER_HELP)
     g.add_argument("--eta", type=bounded_float(MAX_ETA, "DDIM η: 0 deterministic, 1 DDPM's noise"), default=0.0,
                    help="DDIM η (0: deterministic, the default; 1: DDPM's noise)")

@@ -134,7 +134,7 @@ def add_parsers(sub) -> None:
                    default=1)
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: 25; a consistency student's own, 4)")
     p.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),
-                   default=4.0, help="classifier-free guidance scale s")
+                   help="classifier-free guidance scale s (default 4; a consistency student's own)")
     p.add_argument("--sampler", help=SAMPLER_HELP)
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--seed", type=seed_int, default=0)

@@ -9,7 +9,8 @@ import argparse
 import dataclasses
 import os
 
-from ldmkit.cli.common import fraction, load_training_config, positive_int, seed_int
+from ldmkit.bounds import MAX_GUIDANCE
+from ldmkit.cli.common import bounded_float, fraction, load_training_config, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.autoencoder.folder import first_stage
 from ldmkit.config import AutoencoderConfig, Preset, preset_names
@@ -124,8 +125,10 @@ def cmd_train(args) -> None:
 
 def cmd_distill(args) -> None:
     preset = _preset(args, "distill")
-    if args.ema_decay is not None:
-        preset = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, ema_decay=args.ema_decay))
+    given = {k: v for k, v in (("ema_decay", args.ema_decay), ("student_guidance", args.student_guidance))
+             if v is not None}
+    if given:
+        preset = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, **given))
     out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
                   _resume(args.resume), args.device, not args.no_progress,
                   None if args.init is None else resolve_model(args.init))
@@ -161,6 +164,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--student-steps", type=positive_int, metavar="N",
                    help="the student's default number of sampling steps (default: the config's "
                         "distill.student_steps, 4)")
+    p.add_argument("--student-guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"), metavar="S",
+                   help="the student's own guidance scale, used where a call gives none (default: the config's "
+                        "distill.student_guidance; 0: the pipelines' 4); choose it on validation captions, e.g. "
+                        "with experiments/student_settings.py")
     p.add_argument("--init", metavar="STUDENT",
                    help="distil on from a student of this teacher (e.g. shapes64-lcm, the shipped one): its "
                         "weights start the student and its target, with a fresh optimizer; a resumed run takes "

@@ -37,7 +37,7 @@ LATER_FIELDS = {
     "TextEncoderConfig": {"kind", "head_dim", "ff_width", "activation", "adapter_layers", "zero_padding",
                           "colour_lexicon"},
     "UNetConfig": {"num_heads", "linear_projection", "norm_eps", "coordinate_channels", "guidance_embedding"},
-    "DiffusionConfig": {"zero_terminal_snr", "consistency_steps"},
+    "DiffusionConfig": {"zero_terminal_snr", "consistency_steps", "consistency_guidance"},
     "ModelConfig": {"condition"},
 }
 

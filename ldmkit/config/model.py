@@ -170,6 +170,9 @@ class DiffusionConfig:
     # > 0: the UNet is a consistency student (`ldmkit distill`): it samples with the lcm sampler, this
     # many steps by default, one pass per step with the guidance scale as an input (no second pass).
     consistency_steps: int = 0
+    # > 0: a consistency student's own guidance scale s, the one a call without any samples at (chosen on
+    # validation captions after distillation); 0: DEFAULT_GUIDANCE, as for every other model.
+    consistency_guidance: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,9 @@ class DistillConfig:
     guidance_max: float = 7.0
     huber_c: float = 1e-3  # pseudo-Huber distance √(‖a − b‖² + c²) − c
     student_steps: int = 4  # the student's default number of sampling steps (and its sample grids')
+    # > 0: the student's own guidance scale s, written to its config (diffusion.consistency_guidance) for calls
+    # that give none; 0: the pipelines' default (4)
+    student_guidance: float = 0.0
     sample_guidance: float = 4.0
     log_every: int = 50
     sample_every: int = 500

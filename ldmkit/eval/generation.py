@@ -24,7 +24,7 @@ from ldmkit.pipelines.base import check_student_options
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.progress import tqdm
 from ldmkit.settings import (  # noqa: F401  (SamplerSettings: its earlier name)
-    DEFAULT_GUIDANCE, GenerationSettings, SamplerSettings, check_cache_interval, check_steps,
+    GenerationSettings, SamplerSettings, check_cache_interval, check_steps,
 )
 
 
@@ -156,7 +156,8 @@ def evaluate_generation(
 
     ``networks``: the feature networks for FID/KID/IS (default: the shapes CNN alone); prompt
     accuracy always uses the shapes judge. ``settings``: how the images are drawn (default: the model's own
-    sampler and steps, guidance 4, seed 0); a guidance scale left None is 4, the text-to-image pipeline's; what
+    sampler, steps and guidance, seed 0); a guidance scale left None is the model's (`Pipeline.default_guidance`:
+    4, or a consistency student's own); what
     the model cannot sample with is a UsageError before any work (`check_sampling`). ``as_written``: the captions
     encoded as given (`read_as_written`), recorded in the report's settings.
     """
@@ -167,7 +168,7 @@ def evaluate_generation(
     else:
         pipe = model
     sampler, steps = pipe.sampling_defaults(settings.sampler, settings.num_inference_steps)
-    guidance = DEFAULT_GUIDANCE if settings.guidance_scale is None else settings.guidance_scale
+    guidance = pipe.default_guidance if settings.guidance_scale is None else settings.guidance_scale
     settings = replace(settings, sampler=sampler, num_inference_steps=steps, guidance_scale=guidance)
     check_sampling(pipe, settings)
     image_size = pipe.model.config.image_size

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ldmkit.bounds import MAX_GUIDANCE
 from ldmkit.condition import check_images, check_mask
 from ldmkit.images import image_to_tensor, mask_grey
 from ldmkit.device import lay_out_unet, resolve_device, use_bf16
@@ -22,14 +23,14 @@ from ldmkit.diffusion import (
 )
 from ldmkit.diffusion.binding import BindingGuidance, binding_denoiser, binding_losses, choose_candidates
 from ldmkit.model import LatentDiffusion
-from ldmkit.errors import UsageError
+from ldmkit.errors import ConfigError, UsageError
 from ldmkit.nn.feature_cache import FeatureCache
 from ldmkit.nn.kv_cache import cached_text_kv
 from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import OUTPUT_TYPES, ImagePipelineOutput, diffusers_call, image_output, step_end
 from ldmkit.progress import tqdm
-from ldmkit.settings import check_cache_interval
+from ldmkit.settings import DEFAULT_GUIDANCE, check_cache_interval
 from ldmkit.text.weighted import emphasis_contexts
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
@@ -350,7 +351,7 @@ class Pipeline(AdapterMixin):
         null_context: torch.Tensor,
         latent_size: tuple[int, int],
         steps: int | None = None,
-        guidance: float = 4.0,
+        guidance: float | None = None,
         seed: int | torch.Generator | list[torch.Generator] = 0,
         sampler: str | None = None,
         eta: float = 0.0,
@@ -395,7 +396,8 @@ class Pipeline(AdapterMixin):
         one step at a time (the same numbers), or, a multistep one (plms, dpmpp-2m, unipc), hands it z through its
         ``on_step_end`` hook, its history of earlier outputs kept (as diffusers' schedulers keep theirs).
 
-        ``sampler`` and ``steps`` None: the model's own (`sampling_defaults`). A consistency student
+        ``sampler`` and ``steps`` None: the model's own (`sampling_defaults`); ``guidance`` None: the model's own
+        (`default_guidance`: 4, or a consistency student's). A consistency student
         (`ldmkit distill`) runs one pass per step with the guidance scale as the UNet's input,
         ε̂ = εθ(z_t, t, τθ(y), s), and ``null_context`` unused.
 
@@ -403,6 +405,7 @@ class Pipeline(AdapterMixin):
         (`ldmkit.nn.kv_cache`): the same numbers, fewer matrix products.
         """
         sampler, steps = self.sampling_defaults(sampler, steps)
+        guidance = self.default_guidance if guidance is None else guidance
         if steps < 1:
             raise UsageError(f"steps must be at least 1, got {steps}")
         grid = self.grid_options(sampler, spacing, steps_offset, karras)
@@ -530,6 +533,16 @@ class Pipeline(AdapterMixin):
     def is_student(self) -> bool:
         """Whether the model is a consistency student of `ldmkit distill` (it samples with lcm only)."""
         return self.model.config.diffusion.consistency_steps > 0
+
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale s of a call that gives none: a consistency student's own (its config's
+        ``consistency_guidance``, chosen on validation captions when it was distilled), else `DEFAULT_GUIDANCE`."""
+        own = self.model.config.diffusion.consistency_guidance
+        if not 0 <= own <= MAX_GUIDANCE:
+            raise ConfigError(f"diffusion.consistency_guidance = {own} in the model's config.yaml; must be "
+                              f"0 … {MAX_GUIDANCE:g} (0: the default {DEFAULT_GUIDANCE:g})")
+        return own if self.is_student and own > 0 else DEFAULT_GUIDANCE
 
     def sampling_defaults(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
         """(sampler, steps) of a call: the given ones, or the model's own where None: lcm at its

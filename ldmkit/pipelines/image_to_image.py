@@ -9,7 +9,7 @@ import torch
 
 from ldmkit.pipelines.base import ImageInput, Pipeline, diffusers_image, images_of, per_image
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call
-from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
+from ldmkit.settings import check_prompt_syntax
 
 
 class ImageToImagePipeline(Pipeline):
@@ -28,7 +28,7 @@ class ImageToImagePipeline(Pipeline):
     @diffusers_call(inputs=2)
     @torch.inference_mode()
     def __call__(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                 steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
+                 steps: int | None = None, guidance: float | None = None,
                  seed: int | torch.Generator | list[torch.Generator] = 0, sampler: str | None = None,
                  eta: float = 0.0, negative_prompt: str | list[str] | None = "", progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, karras: bool = False,
@@ -41,7 +41,7 @@ class ImageToImagePipeline(Pipeline):
 
     @torch.inference_mode()
     def generate_latents(self, image: ImageInput, prompt: str | list[str], strength: float = 0.6,
-                         steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
+                         steps: int | None = None, guidance: float | None = None,
                          seed: int | torch.Generator | list[torch.Generator] = 0,
                          sampler: str | None = None, eta: float = 0.0,
                          negative_prompt: str | list[str] = "", progress: bool = False,

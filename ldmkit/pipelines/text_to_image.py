@@ -12,7 +12,7 @@ from ldmkit.errors import UsageError
 from ldmkit.pipelines.calling import ImagePipelineOutput, diffusers_call
 from ldmkit.pipelines.base import Pipeline, images_of, negative_list, prompt_list
 from ldmkit.pretrained import resolve_model
-from ldmkit.settings import DEFAULT_GUIDANCE, check_prompt_syntax
+from ldmkit.settings import check_prompt_syntax
 from ldmkit.text.emphasis import parse
 
 
@@ -54,7 +54,7 @@ class TextToImagePipeline(Pipeline):
         self,
         prompt: str | list[str],
         steps: int | None = None,
-        guidance: float = DEFAULT_GUIDANCE,
+        guidance: float | None = None,
         seed: int | torch.Generator = 0,
         num_images: int = 1,
         sampler: str | None = None,
@@ -93,7 +93,8 @@ class TextToImagePipeline(Pipeline):
         rivals; 1: no selection), compared by the binding loss after the first fifth of the steps.
         ``cache_interval`` N > 1: feature reuse, the whole UNet at every N-th step and its shallow branch
         alone between (`ldmkit.nn.feature_cache`). ``sampler``/``steps`` None: the model's own (ddim at 25
-        steps; lcm at its distilled step count for a consistency student of `ldmkit distill`).
+        steps; lcm at its distilled step count for a consistency student of `ldmkit distill`); ``guidance`` None:
+        the model's own (`Pipeline.default_guidance`: 4, or the student's).
         ``prompt_syntax``: "plain" reads the prompts as written (diffusers); "a1111" reads AUTOMATIC1111's
         emphasis, ``(word:1.3)``, ``(word)``, ``[word]``, ``BREAK``, and a prompt longer than the tokenizer's
         length in chunks instead of cut (`ldmkit.text.weighted`), the prompts and the negative prompts alike.

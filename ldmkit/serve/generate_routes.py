@@ -25,7 +25,7 @@ from ldmkit.serve.handling import (
 )
 from ldmkit.serve.job_routes import add_job_routes
 from ldmkit.serve.jobs import Job, JobQueue
-from ldmkit.serve.modes import FIELDS, GUIDANCE, REQUIRED, resolve
+from ldmkit.serve.modes import FIELDS, REQUIRED, mode_guidance, resolve
 from ldmkit.serve.outputs import image_filename
 from ldmkit.serve.schemas import (
     ClassSettings, GeneratedImage, GenerateRequest, GenerateResponse, ImageInfo, ImageSettings, JobInfo, JobState,
@@ -55,7 +55,7 @@ def model_info(served: ServedModel, default: bool) -> ModelInfo:
         id=served.name, kind=served.kind, default=default, modes=list(served.modes),
         accepts={mode: accepted_fields(served, mode) for mode in served.modes},
         required={mode: list(REQUIRED[mode]) for mode in served.modes},
-        default_guidance={mode: GUIDANCE[mode] for mode in served.modes}, classes=list(served.classes),
+        default_guidance={mode: mode_guidance(mode, limits) for mode in served.modes}, classes=list(served.classes),
         sr_factor=served.sr_factor, can_edit=served.edit_pipeline is not None,
         default_size=limits.default_size, latent_factor=limits.latent_factor, max_size=limits.max_size,
         min_size=limits.min_size, lowest_side=limits.lowest_side,

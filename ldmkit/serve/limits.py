@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ldmkit.bounds import DEFAULT_MAX_SIDE, max_side  # noqa: F401  (DEFAULT_MAX_SIDE re-exported)
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.errors import UsageError
+from ldmkit.settings import DEFAULT_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ class Limits:
     with its square) and a model draws poorly far from the size it was trained at.
     ``num_timesteps``: T, the most sampler steps a schedule has.
     ``samplers``: the samplers the model runs, its default first (ddim; lcm alone for a consistency
-    student); ``default_steps``: the steps a request without any gets (25; a student's own).
+    student); ``default_steps``: the steps a request without any gets (25; a student's own);
+    ``default_guidance``: the guidance scale of a text-to-image request without any (4; a student's own,
+    `Pipeline.default_guidance`).
     """
 
     latent_factor: int
@@ -39,6 +42,7 @@ class Limits:
     samplers: tuple[str, ...] = ("ddim", "ddpm", "euler", "dpmpp-2m")
     default_steps: int = 25
     lowest_side: int = 0
+    default_guidance: float = DEFAULT_GUIDANCE
 
     @classmethod
     def from_pipeline(cls, pipe, max_size: int | None = None) -> "Limits":
@@ -52,7 +56,8 @@ class Limits:
         runs = ("lcm",) if sampler == "lcm" else (sampler, *(n for n in SAMPLERS if n not in (sampler, "lcm")))
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
                    num_timesteps=model.schedule.num_timesteps, samplers=runs, default_steps=steps,
-                   lowest_side=model.latent_factor if model.unet.too_small(1, 1) else 0)
+                   lowest_side=model.latent_factor if model.unet.too_small(1, 1) else 0,
+                   default_guidance=pipe.default_guidance)
 
     @property
     def min_size(self) -> int:

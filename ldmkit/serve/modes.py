@@ -54,13 +54,20 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "generate": ("prompt",), "class": ("class_name",), "img2img": ("image", "prompt"), "upscale": ("image",),
     "inpaint": ("image", "mask"), "colorize": ("image",),
 }
-# The commands' defaults: the image-conditioned modes guide the (optional) prompt with s = 1.
+# The commands' defaults: the image-conditioned modes guide the (optional) prompt with s = 1; the prompt modes
+# take the model's own (`mode_guidance`: 4, or a consistency student's).
 GUIDANCE = {"generate": DEFAULT_GUIDANCE, "class": DEFAULT_GUIDANCE, "img2img": DEFAULT_GUIDANCE, "upscale": 1.0,
             "inpaint": 1.0, "colorize": 1.0}
 DEFAULT_STRENGTH = 0.6
 # The fields of an image job's settings (`ImageSettings`) that a mode may not read, taken back only with the
 # value the job has anyway (`implied_errors`), so that the settings a job reports can be POSTed again.
 IMPLIED = ("width", "height", "num_images", "strength", "negative_prompt", "karras", "mask_name")
+
+
+def mode_guidance(mode: str, limits: Limits) -> float:
+    """The guidance scale of a ``mode`` request that gives none: the model's own (``limits.default_guidance``)
+    where the mode's default is `DEFAULT_GUIDANCE`, else the mode's (1 for the image-conditioned ones)."""
+    return limits.default_guidance if GUIDANCE[mode] == DEFAULT_GUIDANCE else GUIDANCE[mode]
 
 
 def _error(field: str, msg: str) -> dict:
@@ -134,7 +141,7 @@ def resolve(request: GenerateRequest, served: ServedModel):
     grid_errors = limits.steps_errors(request.steps) + limits.sampler_errors(request.sampler)
     errors += grid_errors
     common = dict(model=served.name, steps=request.steps if request.steps is not None else limits.default_steps,
-                  guidance=request.guidance if request.guidance is not None else GUIDANCE[mode],
+                  guidance=request.guidance if request.guidance is not None else mode_guidance(mode, limits),
                   sampler=sampler, eta=request.eta, seed=request.seed if request.seed is not None else random_seed())
     errors += eta_errors(request.eta, sampler)
     if mode == "class":

@@ -38,7 +38,7 @@ from ldmkit.serve.jobs import Job, JobQueue
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.modes import GUIDANCE
 from ldmkit.serve.multipart_form import FormError, parse_form
-from ldmkit.serve.schemas import DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, ClassSettings, ImageSettings, Settings, random_seed
+from ldmkit.serve.schemas import MAX_PROMPT_CHARS, ClassSettings, ImageSettings, Settings, random_seed
 from ldmkit.serve.served import KIND_NAMES, ServedModel, ServedModels
 
 PREFIX = "/v1/images"
@@ -221,7 +221,7 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
     @app.post(f"{PREFIX}/generations", tags=["openai"])
     async def generations(request: GenerationRequest, http: Request):
         """Text to image: the same job as POST /v1/generate (ddim or the model's default sampler, its default
-        steps, guidance 4, a random seed reported under ``ldmkit``). A field given that ldmkit does not read, which
+        steps and guidance (4, or a consistency student's own), a random seed reported under ``ldmkit``). A field given that ldmkit does not read, which
         the answer echoes, is a 400 naming it where JSON cannot write it back (`echo_errors`: NaN, Infinity, …)."""
         errors = echo_errors(request.model_extra or {})
         if errors:
@@ -230,7 +230,7 @@ def add_openai_routes(app: FastAPI, queue: JobQueue, models: ServedModels) -> No
         limits = served.limits
         width, height = size_of(request.size, limits)
         settings = Settings(model=served.name, prompt=request.prompt, negative_prompt="",
-                            steps=limits.default_steps, guidance=DEFAULT_GUIDANCE, binding=0.0, cache_interval=1,
+                            steps=limits.default_steps, guidance=limits.default_guidance, binding=0.0, cache_interval=1,
                             sampler=limits.samplers[0], seed=random_seed(), num_images=request.n or 1, width=width,
                             height=height)
         job = submit(queue, settings)

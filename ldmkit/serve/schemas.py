@@ -81,7 +81,8 @@ class GenerateRequest(BaseModel):
                                     description="sampler steps; null: the model's default (GET /v1/ldmkit/models)")
     guidance: StrictFloat | None = Field(None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
                                          description="classifier-free guidance scale s; null: the mode's default "
-                                                     f"({DEFAULT_GUIDANCE:g}; 1 for upscale, inpaint, colorize)")
+                                                     f"(GET /v1/ldmkit/models: {DEFAULT_GUIDANCE:g}, or a consistency "
+                                                     "student's own; 1 for upscale, inpaint, colorize)")
     binding: StrictFloat = Field(0.0, ge=0.0, le=MAX_BINDING, allow_inf_nan=False,
                                  description="attribute-binding guidance λ (docs/binding.md; 0.2 for the shipped "
                                              "model); 0: none")
@@ -125,7 +126,7 @@ class GenerateRequest(BaseModel):
         return Settings(
             model=model, prompt=self.prompt, negative_prompt=self.negative_prompt,
             steps=self.steps if self.steps is not None else limits.default_steps,
-            guidance=self.guidance if self.guidance is not None else DEFAULT_GUIDANCE, binding=self.binding,
+            guidance=self.guidance if self.guidance is not None else limits.default_guidance, binding=self.binding,
             cache_interval=self.cache_interval,
             sampler=self.sampler or limits.samplers[0], karras=self.karras, eta=self.eta,
             prompt_syntax=self.prompt_syntax, seed=self.seed if self.seed is not None else random_seed(),

@@ -53,12 +53,14 @@ from ldmkit.train.ema import EMA
 from ldmkit.train.logs import RunLog
 
 
-def student_config(teacher: ModelConfig, student_steps: int) -> ModelConfig:
-    """The teacher's config with a guidance input on the UNet and ``consistency_steps`` set."""
+def student_config(teacher: ModelConfig, student_steps: int, student_guidance: float = 0.0) -> ModelConfig:
+    """The teacher's config with a guidance input on the UNet, ``consistency_steps`` and ``consistency_guidance``
+    (the student's own guidance scale; 0: the pipelines' default) set."""
     return dataclasses.replace(
         teacher,
         unet=dataclasses.replace(teacher.unet, guidance_embedding=True),
-        diffusion=dataclasses.replace(teacher.diffusion, consistency_steps=student_steps),
+        diffusion=dataclasses.replace(teacher.diffusion, consistency_steps=student_steps,
+                                      consistency_guidance=student_guidance),
     )
 
 
@@ -151,7 +153,8 @@ def _initial_student(init: Path, teacher: LatentDiffusion) -> LatentDiffusion:
     if not source.config.diffusion.consistency_steps:
         raise UsageError(f"--init {init} is not a consistency student; give a folder `ldmkit distill` wrote "
                          "(to distil a trained model, give it as --teacher)")
-    expected = student_config(teacher.config, source.config.diffusion.consistency_steps)
+    own = source.config.diffusion
+    expected = student_config(teacher.config, own.consistency_steps, own.consistency_guidance)
     if source.config.unet != expected.unet or source.config.diffusion != expected.diffusion:
         raise UsageError(f"--init {init} is a student of another architecture than --teacher; give a student "
                          "distilled from this teacher")
@@ -178,9 +181,11 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
     if state is not None:
         config = from_dict(ModelConfig, state["config"], "config")
     elif source is not None:
-        config = student_config(teacher.config, student_steps or source.config.diffusion.consistency_steps)
+        own = source.config.diffusion
+        config = student_config(teacher.config, student_steps or own.consistency_steps,
+                                dcfg.student_guidance or own.consistency_guidance)
     else:
-        config = student_config(teacher.config, student_steps or dcfg.student_steps)
+        config = student_config(teacher.config, student_steps or dcfg.student_steps, dcfg.student_guidance)
     start = int(state["step"]) if state is not None else 0
     if start > total:
         raise CheckpointError(f"the checkpoint is at step {start}, beyond --steps {total}")
