@@ -1,10 +1,10 @@
 """Time to a good image: ldmkit with and without feature reuse against diffusers, on the same weights,
 measured in one run, with the quality each row reaches.
 
-    # the measurement, with the shipped 4-step student, on 1024 held-out captions (512 leave about ±3 points of
-    # noise on a two-object gap; about 40 minutes on a quiet 2-core CPU):
+    # the measurement, with the shipped 4-step student, on 1024 held-out captions (--num-images; 512 leave about
+    # ±3 points of noise on a two-object gap; about 25 minutes on a quiet 2-core CPU):
     python benchmarks/time_to_quality.py --student ldmkit/pretrained/shapes64-lcm --student-steps 2,4,8 \
-        --intervals 2,3,4 --solvers unipc:10,dpmpp-2m:10 --num-images 1024 --results benchmarks/TIME_TO_QUALITY.md
+        --intervals 2,3,4 --solvers unipc:10,dpmpp-2m:10 --results benchmarks/TIME_TO_QUALITY.md
     # the speed columns on an AVX2 machine's kernels (this processor told to use AVX2 only):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_quality.py --speed-only \
         --student ldmkit/pretrained/shapes64-lcm --intervals 3 --results benchmarks/TIME_TO_QUALITY_AVX2.md
@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a consistency student of the shipped model (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
                         "runs/shapes64-lcm): its rows join the shipped model's table")
     p.add_argument("--student-steps", default="4", help="the student's rows: sampling steps, comma-separated")
-    p.add_argument("--num-images", type=int, default=512, help="held-out captions scored per row (shipped model)")
+    p.add_argument("--num-images", type=int, default=1024, help="held-out captions scored per row (shipped model)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
     p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; each row's median round counts")

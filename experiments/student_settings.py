@@ -6,7 +6,9 @@ read items 0 … 1023), one image per caption, prompt accuracy and FID as `ldmki
         --guidance 3,4,5,6,7 --spacing trailing,linspace --num-images 512 --results experiments/STUDENT_SETTINGS.md
 
 With ``--teacher MODEL`` the teacher's row (DDIM 25 steps, guidance ``--teacher-guidance``) is measured on the
-same captions, so the student's gaps are read against it.
+same captions, so the student's gaps are read against it. ``--step-guidance "1,3.5,3.5,3.5;2,4,4,4"`` adds rows
+that give the student another guidance scale at each of its steps (a forward hook on its UNet, keyed by the grid's
+timesteps; trailing spacing), to see which steps the scale matters at.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 import ldmkit
+from ldmkit.diffusion.grids import sigma_grid
 from ldmkit.eval import AttributePredictor, ShapesFeatures, heldout_shapes
 from ldmkit.eval.generation import RealReference, generate_for_prompts, score_generated
 from ldmkit.settings import GenerationSettings
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--guidance", default="4", help="comma-separated guidance scales")
     p.add_argument("--spacing", default="trailing", help="comma-separated grid spacings (trailing, linspace, leading)")
+    p.add_argument("--step-guidance", default="",
+                   help="semicolon-separated schedules, each a comma-separated scale per step (trailing grid)")
     p.add_argument("--teacher", help="a teacher model folder to measure on the same captions")
     p.add_argument("--teacher-guidance", type=float, default=4.0)
     p.add_argument("--num-images", type=int, default=512)
@@ -73,6 +78,19 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append([f"`{folder}`, {args.steps} steps", spacing, f"{g:g}",
                              measure(student, settings, reference, predictor, args.batch)])
                 print(rows[-1], flush=True)
+        for schedule in [s for s in args.step_guidance.split(";") if s.strip()]:
+            scales = [float(g) for g in schedule.split(",")]
+            if len(scales) != args.steps:
+                raise SystemExit(f"--step-guidance {schedule!r}: one scale per step ({args.steps}) needed")
+            timesteps = sigma_grid(student.model.schedule, args.steps, "trailing").timesteps
+            per_t = dict(zip(timesteps, scales))
+            hook = student.model.unet.register_forward_pre_hook(
+                lambda m, a, k: (a, {**k, "guidance": per_t[int(a[1].reshape(-1)[0])]}), with_kwargs=True)
+            settings = GenerationSettings(sampler="lcm", num_inference_steps=args.steps, guidance_scale=scales[0])
+            rows.append([f"`{folder}`, {args.steps} steps, per step", "trailing", schedule.replace(",", " / "),
+                         measure(student, settings, reference, predictor, args.batch)])
+            hook.remove()
+            print(rows[-1], flush=True)
     table = markdown_table(
         ["row", "spacing", "guidance", "one object", "two objects", "FID", "s / image"],
         [[name, spacing, g, f"{r['one']:.1%}", f"{r['two']:.1%}", f"{r['fid']:.1f}", f"{r['s']:.3f}"]
