@@ -65,7 +65,7 @@ def render() -> dict[str, np.ndarray]:
         out[f"img2img-{name}"] = img2img(out["ddim"], "a green triangle", strength=0.6, steps=STEPS, seed=SEED,
                                          sampler=name)
     student = load_pipeline("shapes64-lcm")
-    out["lcm"] = student(PROMPT, seed=SEED, num_images=2)
+    out["lcm"] = student(PROMPT, seed=SEED, num_images=2, guidance=4.0)  # the scale the reference was drawn at
     return {name: np.concatenate([np.asarray(i.convert("RGB")) for i in images], axis=1)
             for name, images in out.items()}
 
