@@ -35,7 +35,7 @@ from ldmkit.images import to_rgb
 from ldmkit.serve.image_jobs import ImageInputError, decode_image, png_bytes, strength_errors, white_mask
 from ldmkit.serve.limits import Limits
 from ldmkit.serve.schemas import (
-    DEFAULT_GUIDANCE, IMAGE_MODES, ClassSettings, GenerateRequest, ImageSettings, random_seed,
+    IMAGE_MODES, ClassSettings, GenerateRequest, ImageSettings, random_seed,
 )
 from ldmkit.serve.served import KIND_NAMES, ServedModel
 
@@ -54,10 +54,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "generate": ("prompt",), "class": ("class_name",), "img2img": ("image", "prompt"), "upscale": ("image",),
     "inpaint": ("image", "mask"), "colorize": ("image",),
 }
-# The commands' defaults: the image-conditioned modes guide the (optional) prompt with s = 1; the prompt modes
-# take the model's own (`mode_guidance`: 4, or a consistency student's).
-GUIDANCE = {"generate": DEFAULT_GUIDANCE, "class": DEFAULT_GUIDANCE, "img2img": DEFAULT_GUIDANCE, "upscale": 1.0,
-            "inpaint": 1.0, "colorize": 1.0}
+# The commands' defaults: the image-conditioned modes guide the (optional) prompt with s = 1; the others take the
+# model's own (`mode_guidance`: 4, or a consistency student's).
+GUIDANCE = {"upscale": 1.0, "inpaint": 1.0, "colorize": 1.0}
 DEFAULT_STRENGTH = 0.6
 # The fields of an image job's settings (`ImageSettings`) that a mode may not read, taken back only with the
 # value the job has anyway (`implied_errors`), so that the settings a job reports can be POSTed again.
@@ -65,9 +64,9 @@ IMPLIED = ("width", "height", "num_images", "strength", "negative_prompt", "karr
 
 
 def mode_guidance(mode: str, limits: Limits) -> float:
-    """The guidance scale of a ``mode`` request that gives none: the model's own (``limits.default_guidance``)
-    where the mode's default is `DEFAULT_GUIDANCE`, else the mode's (1 for the image-conditioned ones)."""
-    return limits.default_guidance if GUIDANCE[mode] == DEFAULT_GUIDANCE else GUIDANCE[mode]
+    """The guidance scale of a ``mode`` request that gives none: the image-conditioned mode's own (`GUIDANCE`),
+    else the model's (``limits.default_guidance``)."""
+    return GUIDANCE.get(mode, limits.default_guidance)
 
 
 def _error(field: str, msg: str) -> dict:
