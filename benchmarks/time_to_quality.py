@@ -189,14 +189,17 @@ class EvaluationCounter:
         return f"{every:g}" if deep == every else f"{deep:g} full + {every - deep:g} shallow"
 
 
-def precision_note(precision: str) -> tuple[bool, str]:
-    """(bf16?, why) for ldmkit's ``precision`` on this CPU."""
-    from ldmkit.device import bf16_pays, unet_channels_last, use_bf16
+def precision_note(precision: str, unet: torch.nn.Module) -> tuple[bool, str]:
+    """(bf16?, why) for ldmkit's ``precision`` on this CPU, and ``unet``'s layout where it is channels-last."""
+    from ldmkit.device import NHWC_MIN_GROUP_WIDTH, bf16_pays, unet_channels_last, use_bf16
 
     cpu = torch.device("cpu")
     bf16 = use_bf16(precision, cpu)
     capability = torch.backends.cpu.get_cpu_capability()
-    layout = ", UNet channels-last (no AVX-512)" if unet_channels_last(cpu, bf16) else ""
+    layout = ""
+    if unet_channels_last(cpu, bf16, unet):
+        why = (f"bf16, ≥ {NHWC_MIN_GROUP_WIDTH} channels per GroupNorm group" if bf16 else "fp32 without AVX-512")
+        layout = f", UNet channels-last ({why})"
     if precision != "auto":
         return bf16, f"{'bf16' if bf16 else 'fp32'} (--precision {precision}){layout}"
     why = "AVX-512: bf16 is faster" if bf16_pays(cpu) else f"{capability}: bf16 far slower than fp32 here"
@@ -331,7 +334,7 @@ def shipped(args, peaks) -> dict:
                        context_length=cfg.text.max_length, sample_steps=steps, sample_batch=batch, guidance=guidance,
                        train_batch=0)
     log(f"shipped: {batch} images × {steps} steps, guidance {guidance}, latent 4×{latent}×{latent}")
-    bf16, ldm_note = precision_note(args.precision)
+    bf16, ldm_note = precision_note(args.precision, model.unet)
 
     # diffusers' UNet on the shipped weights, converted by ldmkit's own key rules
     state = {f"unet.{k}": v for k, v in fp32_unet.state_dict().items()}
@@ -470,7 +473,7 @@ def sd_small(args, peaks) -> dict:
     weights = make_weights(bench, autoencoder=False)
     unet = UNet(bench.unet).eval().requires_grad_(False)
     unet.load_state_dict(weights["ldmkit_unet"], strict=True)
-    bf16, ldm_note = precision_note(args.precision)
+    bf16, ldm_note = precision_note(args.precision, unet)
     if bf16:  # as `Pipeline.from_folder` keeps a bf16 pipeline's weights: stored in bf16, convolutions packed
         store_for_autocast(unet, torch.bfloat16)
         prepack(unet)  # (a no-op where oneDNN has no bf16 convolutions, as in the pipeline)

@@ -47,19 +47,40 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_pays(device))
 
 
-def unet_channels_last(device: torch.device, bf16: bool) -> bool:
-    """Whether the UNet runs faster in channels-last (NHWC) layout: on a CPU without AVX-512 running fp32, where
-    oneDNN's AVX2 convolutions take NHWC ~1.1× as fast (measured on the shipped UNet and an SD-v1-shaped one,
-    docs/performance.md). With AVX-512 NCHW is as fast in fp32 and faster in bf16 (the shipped UNet: NHWC 0.67×),
-    and on a GPU the layout is left as it is. The layout changes results only by rounding."""
-    if device.type != "cpu" or bf16:
+NHWC_MIN_GROUP_WIDTH = 4  # channels per GroupNorm group from which PyTorch's channels-last GroupNorm keeps pace
+
+
+def narrowest_group(module: torch.nn.Module) -> int | None:
+    """The fewest channels per group of any ``nn.GroupNorm`` in ``module`` (C / G), or None where it has none."""
+    widths = [m.num_channels // m.num_groups for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
+    return min(widths, default=None)
+
+
+def unet_channels_last(device: torch.device, bf16: bool, unet: torch.nn.Module | None = None) -> bool:
+    """Whether ``unet`` runs faster in channels-last (NHWC) layout here (measured, docs/performance.md):
+
+    - a CPU without AVX-512 running fp32: yes, oneDNN's AVX2 convolutions take NHWC ~1.1× as fast (the shipped
+      UNet and an SD-v1-shaped one);
+    - a CPU with AVX-512 in bf16: yes where every GroupNorm of ``unet`` has at least `NHWC_MIN_GROUP_WIDTH`
+      channels per group (Stable Diffusion's widths: 10 and more). oneDNN's bf16 convolutions answer in NHWC, so
+      an NCHW UNet copies every convolution's output back, and its Transformer blocks' token reshapes are copies
+      too (the SD-shaped benchmark UNet: ~1.09× in NHWC, docs/performance.md). PyTorch's
+      channels-last GroupNorm runs one short loop per group, far slower on narrower groups: the shipped UNet (2
+      per group) runs 0.67× in NHWC, and stays NCHW, as does a UNet not given;
+    - fp32 with AVX-512 (as fast either way) and a GPU: no, the layout is left as it is.
+
+    The layout changes results only by rounding."""
+    if device.type != "cpu":
         return False
-    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return not bf16
+    narrowest = narrowest_group(unet) if (bf16 and unet is not None) else None
+    return narrowest is not None and narrowest >= NHWC_MIN_GROUP_WIDTH
 
 
 def lay_out_unet(unet: torch.nn.Module, device: torch.device, bf16: bool) -> bool:
     """Put ``unet`` in channels-last layout where `unet_channels_last` says it runs faster; returns whether it did."""
-    nhwc = unet_channels_last(device, bf16)
+    nhwc = unet_channels_last(device, bf16, unet)
     if nhwc:
         unet.to(memory_format=torch.channels_last)
     return nhwc

@@ -6,6 +6,7 @@ converted from diffusers."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import pytest
@@ -320,3 +321,42 @@ def test_an_avx2_cpu_runs_the_unet_channels_last_with_the_same_images(tmp_path_f
     assert torch.equal(plain, nhwc.generate_tensors("a red circle", steps=4, seed=1, cache_interval=1))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert not load_pipeline(folder).model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_bf16_unet_of_stable_diffusions_group_widths_runs_channels_last_on_avx512(monkeypatch):
+    """In bf16 on an AVX-512 CPU a UNet whose every GroupNorm has ≥ 4 channels per group (Stable Diffusion's widths)
+    is laid out channels-last, from its first convolution on though z_t comes in NCHW, with the NCHW UNet's ε̂ up to
+    bf16 rounding and its text K/V cache and feature reuse intact; a narrower one (the shipped UNet's 2 per group)
+    stays NCHW, as does any UNet in fp32 there."""
+    from ldmkit.device import lay_out_unet, narrowest_group, store_for_autocast
+    from ldmkit.nn.prepack import prepack
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    cpu = torch.device("cpu")
+    wide = UNetConfig(in_channels=4, out_channels=4, model_channels=128, channel_mults=(1, 2), num_res_blocks=1,
+                      attention_levels=(0, 1), num_heads=4, context_dim=24, linear_projection=False)
+    torch.manual_seed(0)
+    nchw = UNet(wide).eval()
+    with torch.no_grad():  # a trained UNet's output projections are not zero: make ε̂ depend on every block
+        for p in nchw.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    assert narrowest_group(nchw) == 4
+    assert not lay_out_unet(UNet(CONFIGS["ldmkit"]), cpu, bf16=True)  # 32 channels in 32 groups: 1 per group
+    assert not lay_out_unet(UNet(wide), cpu, bf16=False)
+    store_for_autocast(nchw)  # as a bf16 pipeline keeps it: weights in bf16, convolutions packed for oneDNN
+    prepack(nchw)
+    nhwc = copy.deepcopy(nchw)
+    assert lay_out_unet(nhwc, cpu, bf16=True)
+    z = torch.randn(2, 4, 8, 8)
+    t, context = torch.tensor([500, 20]), torch.randn(2, 6, 24)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = []
+        hook = nhwc.conv_out.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        out = nhwc(z, t, context)
+        hook.remove()
+        assert seen[0].is_contiguous(memory_format=torch.channels_last)  # it ran channels-last to the end
+        reference = nchw(z, t, context).float()
+        torch.testing.assert_close(out.float(), reference, atol=0.05 * reference.abs().max().item(), rtol=0)
+        with cached_text_kv(nhwc):
+            torch.testing.assert_close(nhwc(z, t, context), out, atol=0, rtol=0)

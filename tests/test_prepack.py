@@ -57,6 +57,12 @@ def test_a_weight_changed_in_place_is_reordered_again_and_training_runs_plain():
         assert conv(xl).is_contiguous(memory_format=torch.channels_last) and torch.equal(conv(xl), plain(xl))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 input under autocast: cast as autocast would
             assert torch.equal(conv(x.float()), plain(x.float()))
+    # a channels-last W answers in channels-last even for an NCHW input, as plain does (a channels-last UNet fed
+    # NCHW z_t runs channels-last from its first convolution on)
+    conv_l, plain_l = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (conv, plain))
+    with torch.inference_mode():
+        assert plain_l(x).is_contiguous(memory_format=torch.channels_last)
+        assert conv_l(x).is_contiguous(memory_format=torch.channels_last) and torch.equal(conv_l(x), plain_l(x))
     with torch.no_grad():  # a merged LoRA or a loaded state dict changes W in place
         conv.weight.mul_(-2.0)
         plain.weight.mul_(-2.0)

@@ -59,8 +59,9 @@ class PackedConv2d(nn.Conv2d):
             packed = (key, torch.ops.mkldnn._reorder_convolution_weight(w, *geometry, list(xb.shape)))
             self._packed = packed
         y = torch.ops.mkldnn._convolution_pointwise(xb, packed[1], self.bias, *geometry, "none", [], "")
-        # oneDNN answers in channels-last; the plain call keeps an NCHW input's layout
-        return y.contiguous() if xb.is_contiguous() else y
+        # oneDNN answers in channels-last; the plain call does so where the input or W is channels-last, and keeps
+        # an NCHW input's layout where W is NCHW too (PyTorch's rule)
+        return y.contiguous() if xb.is_contiguous() and w.is_contiguous() else y
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the reordered W out (an opaque oneDNN tensor); they reorder on first use."""
