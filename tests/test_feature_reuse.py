@@ -360,3 +360,10 @@ def test_a_bf16_unet_of_stable_diffusions_group_widths_runs_channels_last_on_avx
         torch.testing.assert_close(out.float(), reference, atol=0.05 * reference.abs().max().item(), rtol=0)
         with cached_text_kv(nhwc):
             torch.testing.assert_close(nhwc(z, t, context), out, atol=0, rtol=0)
+        assert torch.equal(FeatureCache(nhwc, 1)(z, t, context), out)
+        reuse, reuse_nchw = FeatureCache(nhwc, 2), FeatureCache(nchw, 2)
+        for step in (500, 480):  # the second call runs the shallow branch on the stored deep features
+            t = torch.tensor([step, step])
+            got, want = reuse(z, t, context).float(), reuse_nchw(z, t, context).float()
+        assert reuse.full_calls == 1 and reuse.calls == 2
+        torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0)

@@ -321,6 +321,8 @@ class UNet(nn.Module):
         emb = self.time_embed(features)
         if self.cfg.coordinate_channels:
             z_t = torch.cat([z_t, coordinate_maps(b, height, width, z_t)], dim=1)
+        if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            z_t = z_t.contiguous(memory_format=torch.channels_last)  # a channels-last UNet runs so from its input on
         return emb, self.conv_in(z_t)
 
 
