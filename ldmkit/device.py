@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from ldmkit.errors import UsageError
+from ldmkit.nn.layers import narrowest_group
 
 
 def resolve_device(name: str | torch.device, what: str = "--device") -> torch.device:
@@ -48,12 +49,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 NHWC_MIN_GROUP_WIDTH = 4  # channels per GroupNorm group from which PyTorch's channels-last GroupNorm keeps pace
-
-
-def narrowest_group(module: torch.nn.Module) -> int | None:
-    """The fewest channels per group of any ``nn.GroupNorm`` in ``module`` (C / G), or None where it has none."""
-    widths = [m.num_channels // m.num_groups for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
-    return min(widths, default=None)
 
 
 def unet_channels_last(device: torch.device, bf16: bool, unet: torch.nn.Module | None = None) -> bool:

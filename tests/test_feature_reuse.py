@@ -328,7 +328,8 @@ def test_a_bf16_unet_of_stable_diffusions_group_widths_runs_channels_last_on_avx
     is laid out channels-last, from its first convolution on though z_t comes in NCHW, with the NCHW UNet's ε̂ up to
     bf16 rounding and its text K/V cache and feature reuse intact; a narrower one (the shipped UNet's 2 per group)
     stays NCHW, as does any UNet in fp32 there."""
-    from ldmkit.device import lay_out_unet, narrowest_group, store_for_autocast
+    from ldmkit.device import lay_out_unet, store_for_autocast
+    from ldmkit.nn.layers import narrowest_group
     from ldmkit.nn.prepack import prepack
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")

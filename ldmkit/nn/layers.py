@@ -20,6 +20,11 @@ def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=eps)
 
 
+def narrowest_group(module: nn.Module) -> int | None:
+    """The fewest channels per group of any ``nn.GroupNorm`` in ``module`` (C / G), or None where it has none."""
+    return min((m.num_channels // m.num_groups for m in module.modules() if isinstance(m, nn.GroupNorm)), default=None)
+
+
 class ResBlock(nn.Module):
     """h = x + F(x, emb): GroupNorm → SiLU → conv3×3, (+ projected embedding), GroupNorm → SiLU →
     dropout → conv3×3, with a 1×1 skip projection when the width changes.

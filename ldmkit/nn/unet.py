@@ -18,7 +18,7 @@ from torch import nn
 
 from ldmkit.config import ConfigError, UNetConfig
 from ldmkit.nn.embeddings import timestep_embedding
-from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm
+from ldmkit.nn.layers import Downsample, ResBlock, Upsample, group_norm, narrowest_group
 from ldmkit.nn.transformer import SpatialTransformer
 
 
@@ -211,8 +211,7 @@ class UNet(nn.Module):
         """Whether the narrowest GroupNorm at the lowest level has one channel per group (the tiny presets), so
         that a 1×1 lowest level would leave one value per group, and every output the same."""
         bottom = (self.encoder[-1], self.middle, self.decoder[0])
-        return min(m.num_channels // m.num_groups for part in bottom for m in part.modules()
-                   if isinstance(m, nn.GroupNorm)) == 1
+        return min(narrowest_group(part) for part in bottom) == 1
 
     def too_small(self, height: int, width: int) -> bool:
         """Whether a latent of ``height`` × ``width`` is too small for this UNet: GroupNorm needs more than one
