@@ -229,6 +229,29 @@ def test_distill_cli_refuses_a_student_as_teacher_and_bad_settings(student, tmp_
     assert "distill.guidance_max" in capsys.readouterr().err
 
 
+def test_a_decaying_learning_rate_reaches_zero_at_the_last_step_and_is_part_of_the_run(teacher, tmp_path, capsys):
+    """--lr-scheduler cosine: η = η₀ · ½(1 + cos π step/steps) after the (here empty) warm-up, as log.csv records;
+    a run resumed under another schedule is refused, and a schedule that does not exist exits 2."""
+    config = to_dict(tiny_distill_preset())
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "cosine"
+    assert main(["distill", "--config", str(path), "--teacher", str(teacher), "--out", str(out), "--lr", "2e-3",
+                 "--lr-scheduler", "cosine", "--no-progress"]) == 0
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()[1:]]
+    expected = [2e-3 * 0.5 * (1 + np.cos(np.pi * step / STEPS)) for step in range(STEPS)]
+    np.testing.assert_allclose([float(r[3]) for r in rows], expected, rtol=1e-6)
+    capsys.readouterr()
+    assert main(["distill", "--config", str(path), "--teacher", str(teacher), "--out", str(out), "--lr", "2e-3",
+                 "--steps", str(STEPS + 2), "--resume", "--no-progress"]) == 2
+    assert "lr_scheduler" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "--config", str(path), "--teacher", str(teacher), "--out", str(tmp_path / "x"),
+              "--lr-scheduler", "step", "--no-progress"])
+    assert exit_.value.code == 2
+    assert "--lr-scheduler" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_serve_offers_the_student_its_own_sampler_and_steps(student):
     pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
     from fastapi.testclient import TestClient

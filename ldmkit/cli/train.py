@@ -10,7 +10,9 @@ import dataclasses
 import os
 
 from ldmkit.bounds import MAX_GUIDANCE
-from ldmkit.cli.common import bounded_float, fraction, load_training_config, positive_int, seed_int
+from ldmkit.cli.common import (
+    bounded_float, fraction, load_training_config, non_negative_float, positive_int, seed_int,
+)
 from ldmkit.cli.outputs import check_output_dir
 from ldmkit.autoencoder.folder import first_stage
 from ldmkit.config import AutoencoderConfig, Preset, preset_names
@@ -20,6 +22,7 @@ from ldmkit.pretrained import resolve_model
 from ldmkit.storage import load_config
 from ldmkit.train.autoencoder import train_autoencoder
 from ldmkit.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.diffusion import train_diffusion
 from ldmkit.train.distill import distill
 
@@ -125,8 +128,8 @@ def cmd_train(args) -> None:
 
 def cmd_distill(args) -> None:
     preset = _preset(args, "distill")
-    given = {k: v for k, v in (("ema_decay", args.ema_decay), ("student_guidance", args.student_guidance))
-             if v is not None}
+    given = {k: v for k, v in (("ema_decay", args.ema_decay), ("student_guidance", args.student_guidance),
+                               ("lr", args.lr), ("lr_scheduler", args.lr_scheduler)) if v is not None}
     if given:
         preset = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, **given))
     out = distill(preset, resolve_model(args.teacher), args.out, args.steps, args.student_steps,
@@ -175,4 +178,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--ema-decay", type=fraction, metavar="NU",
                    help="save (and sample the grids with) a slow EMA of the student's weights with this decay, "
                         "e.g. 0.999, instead of its target network (overrides distill.ema_decay; 0: the target)")
+    p.add_argument("--lr", type=non_negative_float, help="the student's learning rate (default: the config's "
+                                                         "distill.lr, 1e-4)")
+    p.add_argument("--lr-scheduler", choices=LR_SCHEDULES,
+                   help="the learning rate after the warm-up: constant (the default, LCM's), linear or cosine "
+                        "(both decay to 0 at --steps)")
     p.set_defaults(func=cmd_distill)

@@ -124,6 +124,8 @@ class DistillConfig:
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-4
+    # η after the warm-up: constant (LCM's), or linear / cosine decay to 0 at the run's last step
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = 0.0
     warmup_steps: int = 100
     target_decay: float = 0.95  # the target network θ⁻ ← μ θ⁻ + (1 − μ) θ

@@ -262,7 +262,7 @@ def _distill(preset: Preset, teacher_path: Path, out: Path, steps: int | None, s
             skips.take(batch)
             draws = draw_distill_step(step_generator(dcfg.seed, step), dcfg.batch_size, latent_shape,
                                       teacher.schedule.num_timesteps, dcfg, posterior)
-            lr = learning_rate(step, dcfg.lr, dcfg.warmup_steps)
+            lr = learning_rate(step, dcfg.lr, dcfg.warmup_steps, dcfg.lr_scheduler, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
