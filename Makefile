@@ -93,14 +93,14 @@ shapes64-repro: setup
 	  --title "a retrain of the shipped model's preset (make shapes64-repro)"
 
 # The 4-step student: latent consistency distillation of the shipped model on its own data (`ldmkit distill`,
-# the preset's distill section for 6000 steps: about 2.5 h on one core; --resume continues a stopped run; the
-# learning rate is constant after warm-up, so a 3000-step run resumed to 6000 is this run), packed into
+# the preset's distill section for 6000 steps with the learning rate decaying to 0 on a cosine: about 1.5 h on two
+# threads; --resume continues a stopped run exactly), packed into
 # ldmkit/pretrained/shapes64-lcm. Its own guidance scale 3.5 (what a call without one samples at) was chosen after
 # distillation on validation captions (experiments/STUDENT_SETTINGS.md). benchmarks/time_to_quality.py --student
 # measures it.
 shapes64-lcm: setup
 	.venv/bin/ldmkit distill --preset shapes64-varied --teacher ldmkit/pretrained/shapes64 --out runs/shapes64-lcm \
-	  --steps 6000 --student-guidance 3.5 --resume --no-progress
+	  --steps 6000 --lr-scheduler cosine --student-guidance 3.5 --resume --no-progress
 	$(PY) -m ldmkit.pretrained pack runs/shapes64-lcm ldmkit/pretrained/shapes64-lcm
 
 # The lecture's claim measured (issue 24, docs/latent_vs_pixel.md): pixel space against KL LDMs at f = 2, 4, 8,
