@@ -232,8 +232,11 @@ def test_an_edit_of_several_images_says_that_its_settings_redraw_image_0_only(cl
     white.paste(255, (0, 0, 16, 32))
     alone = inpaint(source, white, "a red circle", num_inference_steps=s["steps"], guidance_scale=s["guidance"],
                     generator=s["seed"])
-    images = [decode(d.b64_json).convert("RGB").tobytes() for d in result.data]
-    assert images[0] == alone[0].convert("RGB").tobytes() and images[1] != images[0]
+    images = [np.asarray(decode(d.b64_json).convert("RGB"), dtype=np.float64) for d in result.data]
+    # image 0 of the batch of 2 is image 0 drawn alone, up to the float rounding that a batch's size may change
+    # in the kernels (one full test run here differed; alone it never did); image 1 is another image
+    redraw = np.asarray(alone[0].convert("RGB"), dtype=np.float64)
+    assert np.abs(images[0] - redraw).mean() < 1.0 and np.abs(images[1] - images[0]).mean() > 4.0
     single = client.images.edit(image=png_file(source), mask=png_file(mask), prompt="a red circle", n=1,
                                 response_format="b64_json")
     assert single.model_extra["ldmkit"]["notes"] == []
