@@ -9,8 +9,8 @@ written again with
     python -m tests.sampler_reference --write tests/data/sampler_reference
 
 (last: lcm.png alone, for the student distilled with a decaying learning rate; the others were last drawn for
-the shipped model trained on varied captions, preset shapes64-varied), and tests/test_sampler_regression.py checks that today's code draws them within 1/255
-per pixel.
+the shipped model trained on varied captions, preset shapes64-varied), and tests/test_sampler_regression.py
+checks that today's code draws them within 1/255 per pixel.
 """
 
 from __future__ import annotations
