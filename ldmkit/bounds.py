@@ -14,6 +14,8 @@ MAX_CANDIDATES = 8  # binding guidance's starting noises per two-object prompt
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
 MAX_ETA = 1.0  # DDIM η is defined on [0, 1]: 0 deterministic, 1 DDPM's posterior noise
 MAX_CACHE_INTERVAL = 10  # feature reuse: the whole UNet at every N-th step; beyond it the deep features go stale
+MAX_CACHE_DEPTH = 4  # feature reuse: first-level blocks the shallow branch recomputes (the UNet's num_res_blocks is
+# the real bound: 1 shipped, 2 Stable Diffusion)
 DEFAULT_MAX_SIDE = 1024  # pixels; 4× a 512-px Stable Diffusion model would be 2048² images
 
 

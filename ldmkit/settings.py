@@ -8,12 +8,12 @@ share: how many steps, which sampler, the guidance scale s, the seed, the size, 
 Fields take diffusers' names where diffusers has one (``num_inference_steps``, ``guidance_scale``,
 ``num_images_per_prompt``, ``negative_prompt``, ``height``, ``width``, ``eta``; ``seed`` is the int a call's
 ``generator`` takes) and ldmkit's elsewhere (``sampler``, ``karras``, ``spacing``, ``steps_offset``,
-``guidance_stop``, ``binding``, ``binding_candidates``, ``cache_interval``, ``prompt_syntax``). Every default means "the
-pipeline's own" (None) or "off", the same in every pipeline, so a field left at its default is left out of
-the call (`pipeline_kwargs`), and a pipeline without that option (a class model has no negative prompt) still
-takes the settings. What belongs to one pipeline's input rather than to sampling (img2img's ``strength``,
-``start_from_input``) and what only observes a run (``callback``, ``progress``, ``output_type``) stay keywords
-of the call.
+``guidance_stop``, ``binding``, ``binding_candidates``, ``cache_interval``, ``cache_depth``, ``prompt_syntax``).
+Every default means "the pipeline's own" (None) or "off", the same in every pipeline, so a field left at its
+default is left out of the call (`pipeline_kwargs`), and a pipeline without that option (a class model has no
+negative prompt) still takes the settings. What belongs to one pipeline's input rather than to sampling (img2img's
+``strength``, ``start_from_input``) and what only observes a run (``callback``, ``progress``, ``output_type``) stay
+keywords of the call.
 
 The server's JSON (`ldmkit.serve.schemas`) and the CLI's options keep their own names (``steps``,
 ``guidance``, ``num_images``): `OWN_NAMES` maps them, `from_args` reads a command's options, and
@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ldmkit.bounds import MAX_CACHE_INTERVAL, MAX_ETA, MAX_SEED
+from ldmkit.bounds import MAX_CACHE_DEPTH, MAX_CACHE_INTERVAL, MAX_ETA, MAX_SEED
 from ldmkit.diffusion.binding import BindingGuidance
 from ldmkit.diffusion.grids import SPACINGS
 from ldmkit.diffusion.samplers import SAMPLERS
@@ -63,6 +63,8 @@ class GenerationSettings:
     binding_candidates: int = BindingGuidance.candidates  # with binding: starting noises per two-object prompt
     cache_interval: int = 1  # feature reuse (`ldmkit.nn.feature_cache`): the whole UNet every N-th step; 1: off;
     # at most MAX_CACHE_INTERVAL and below the steps run (`check_cache_interval`)
+    cache_depth: int = 1  # with feature reuse: the first-level blocks its shallow branch recomputes, 0 … the UNet's
+    # num_res_blocks (`check_cache_depth`); 1: DeepCache's branch 0; 0: shallower, faster, further from the full UNet
     prompt_syntax: str = "plain"  # "a1111": AUTOMATIC1111's (word:1.3), [word], BREAK and long prompts in chunks
 
     def __post_init__(self):
@@ -84,6 +86,7 @@ class GenerationSettings:
         _check_number("binding", self.binding)
         _check_int("binding_candidates", self.binding_candidates, 1)
         check_cache_interval(self.cache_interval, self.num_inference_steps)
+        check_cache_depth(self.cache_depth)
         check_prompt_syntax(self.prompt_syntax)
 
     def describe(self) -> str:
@@ -92,6 +95,7 @@ class GenerationSettings:
         guidance = "the pipeline's own" if self.guidance_scale is None else f"{self.guidance_scale:g}"
         binding = f", binding {self.binding:g} (best of {self.binding_candidates})" if self.binding else ""
         cache = f", cache interval {self.cache_interval}" if self.cache_interval != 1 else ""
+        cache += f" at depth {self.cache_depth}" if cache and self.cache_depth != 1 else ""
         return f"{self.sampler}, {self.num_inference_steps} steps, guidance {guidance}{binding}{cache}"
 
     def changed(self) -> dict:
@@ -123,12 +127,13 @@ class GenerationSettings:
 def SamplerSettings(sampler: str | None = None, steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
                     eta: float = 0.0, seed: int = 0, binding: float = 0.0,
                     binding_candidates: int = BindingGuidance.candidates,
-                    cache_interval: int = 1) -> GenerationSettings:
+                    cache_interval: int = 1, cache_depth: int = 1) -> GenerationSettings:
     """The `GenerationSettings` of ldmkit's earlier evaluation type, under its names and argument order
     (``SamplerSettings("ddim", 25, 4.0, seed=0)``), so that scripts written against it keep running; its
     guidance scale defaults to 4, the text-to-image pipeline's."""
     return GenerationSettings(sampler=sampler, num_inference_steps=steps, guidance_scale=guidance, eta=eta, seed=seed,
-                              binding=binding, binding_candidates=binding_candidates, cache_interval=cache_interval)
+                              binding=binding, binding_candidates=binding_candidates, cache_interval=cache_interval,
+                              cache_depth=cache_depth)
 
 
 def check_prompt_syntax(prompt_syntax) -> str:
@@ -148,6 +153,19 @@ def check_cache_interval(cache_interval, steps: int | None) -> None:
         allowed = "1 (off)" if steps <= 2 else f"1 … {min(steps - 1, MAX_CACHE_INTERVAL)} (1: off)"
         raise UsageError(f"cache_interval = {cache_interval} with {steps} steps: the whole UNet would run at the "
                          f"first step only; must be below the steps, allowed: {allowed}")
+
+
+def check_cache_depth(cache_depth, num_res_blocks: int | None = None) -> None:
+    """UsageError unless the feature-reuse depth k is an integer 0 … the UNet's blocks per level (``num_res_blocks``;
+    None: `MAX_CACHE_DEPTH`, checked against the model once known). The shallow branch that runs between full
+    steps is conv_in, the first k blocks of the first encoder level and the last k + 1 of the last decoder level
+    (`UNet.forward_split`): k = 1 is DeepCache's branch 0, k = 0 the shallowest (fastest) one."""
+    top = MAX_CACHE_DEPTH if num_res_blocks is None else num_res_blocks
+    if isinstance(cache_depth, bool) or not isinstance(cache_depth, int) or not 0 <= cache_depth <= top:
+        what = f"this UNet has {top} block{'s' * (top != 1)} per level" if num_res_blocks is not None else \
+            "at most the UNet's blocks per level"
+        raise UsageError(f"cache_depth = {cache_depth!r}; allowed: an integer 0 … {top} ({what}; 1: DeepCache's "
+                         "branch 0, the default; 0: the shallowest branch)")
 
 
 def check_steps(steps: int | None, num_timesteps: int, name: str = "num_inference_steps =") -> None:

@@ -129,6 +129,8 @@ ROWS = [
         "{tmp}/g.png", "--cache-interval", "25"], ("cache", "25", "1 … 10")),
     Row("--cache-interval not below --steps", ["generate", "a red circle", "--model", "{tiny}", "--out",
         "{tmp}/g.png", "--steps", "5", "--cache-interval", "5"], ("cache_interval = 5 with 5 steps", "1 … 4")),
+    Row("--cache-depth beyond the UNet's blocks per level", ["generate", "a red circle", "--model", "{tiny}", "--out",
+        "{tmp}/g.png", "--steps", "5", "--cache-interval", "2", "--cache-depth", "2"], ("cache_depth = 2", "0 … 1")),
     Row("--eta above 1", ["generate", "a red circle", "--model", "{tiny}", "--out", "{tmp}/g.png", "--eta", "5"],
         ("eta", "5", "1")),
     Row("eval generate --steps over the model's timesteps", ["eval", "generate", "--model", "{tiny}",

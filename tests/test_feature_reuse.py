@@ -217,6 +217,31 @@ def test_pipeline_cache_interval(tiny_pipe):
             tiny_pipe("a red circle", steps=2, cache_interval=bad)
 
 
+def test_pipeline_cache_depth(tiny_pipe):
+    """cache_depth k picks the shallow branch: k = 0 recomputes less than the default k = 1 (the first level's
+    ResAttnBlock is reused, not run), so its images differ from k = 1's and stay near the plain run's; with reuse
+    off (interval 1) the depth changes nothing; beyond the UNet's blocks per level it is one line, before any
+    sampling."""
+    unet = tiny_pipe.model.unet
+    run = dict(steps=6, seed=1, num_images=2)
+    plain = tiny_pipe.generate_tensors("a red circle", **run)
+    assert torch.equal(plain, tiny_pipe.generate_tensors("a red circle", cache_depth=0, **run))
+    first_block = counting(unet.encoder[0].blocks[0])
+    k1 = tiny_pipe.generate_tensors("a red circle", cache_interval=3, **run)
+    runs_k1 = first_block[0]
+    k0 = tiny_pipe.generate_tensors("a red circle", cache_interval=3, cache_depth=0, **run)
+    assert runs_k1 == 6 and first_block[0] - runs_k1 == 2  # k = 0: only at the 2 full steps
+    assert not torch.equal(k0, k1)
+    other = tiny_pipe.generate_tensors("a red circle", steps=6, seed=2, num_images=2)
+    assert (k0 - plain).abs().mean() < 0.3 * (other - plain).abs().mean()
+    calls = counting(unet.conv_in)
+    for bad, allowed in ((2, "0 … 1 \\(this UNet has 1 block per level"), (-1, "0 … 4"), (True, "0 … 4")):
+        with pytest.raises(UsageError, match=f"cache_depth = {bad!r}; allowed: an integer {allowed}") as caught:
+            tiny_pipe("a red circle", steps=4, cache_interval=2, cache_depth=bad)
+        assert "\n" not in str(caught.value)
+    assert calls[0] == 0
+
+
 def test_stable_diffusion_model(tmp_path_factory):
     """A tiny random SD 1-like model from diffusers, converted: interval 1 is the plain run, interval 2
     runs the whole UNet every other step, and the K/V cache changes nothing."""
@@ -261,6 +286,23 @@ def test_cli_generates_with_feature_reuse(tmp_path, capsys):
     assert out.is_file()
 
 
+def test_cli_cache_depth(tmp_path, capsys):
+    """--cache-depth runs with --cache-interval; one beyond the UNet's blocks per level exits 2 in one line, and
+    nothing is written."""
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "g.png"
+    assert main(["generate", "a red circle", "--model", str(model), "--out", str(out), "--steps", "3",
+                 "--cache-interval", "2", "--cache-depth", "0", "--no-progress"]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad.png"
+    assert main(["generate", "a red circle", "--model", str(model), "--out", str(bad), "--steps", "3",
+                 "--cache-interval", "2", "--cache-depth", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "cache_depth = 3" in err and "0 … 1" in err and not bad.exists()
+
+
 def test_server_settings_carry_the_cache_interval():
     pydantic = pytest.importorskip("pydantic")
     pytest.importorskip("fastapi")
@@ -275,6 +317,16 @@ def test_server_settings_carry_the_cache_interval():
     assert settings.cache_interval == 3
     assert "--cache-interval=3" in reproduce_command(settings, "m")
     assert "--cache-interval" not in reproduce_command(settings.model_copy(update={"cache_interval": 1}), "m")
+    assert "--cache-depth" not in reproduce_command(settings, "m")  # the default depth
+    deeper = GenerateRequest(prompt="a red circle", cache_interval=3, cache_depth=0, seed=1)
+    limits = Limits(latent_factor=4, default_size=64, max_size=256, num_timesteps=1000, blocks_per_level=2)
+    assert deeper.limit_errors(limits) == []
+    assert "--cache-interval=3 --cache-depth=0" in reproduce_command(deeper.resolve(limits), "m")
+    too_deep = GenerateRequest(prompt="a red circle", cache_interval=3, cache_depth=3)
+    [error] = too_deep.limit_errors(limits)
+    assert error["loc"] == ("body", "cache_depth") and "at most this UNet's 2 blocks per level" in error["msg"]
+    with pytest.raises(pydantic.ValidationError, match="cache_depth"):
+        GenerateRequest(prompt="a red circle", cache_depth=-1)
 
 
 def test_kv_cache_object_holds_a_few_contexts_per_layer():

@@ -114,7 +114,7 @@ def test_generate_returns_pngs_of_the_asked_size_that_the_pipeline_reproduces(ti
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["settings"] == {**body, "negative_prompt": "", "sampler": "ddim", "binding": 0.0,
-                                  "cache_interval": 1, "karras": False, "eta": 0.0, "model": "tiny",
+                                  "cache_interval": 1, "cache_depth": 1, "karras": False, "eta": 0.0, "model": "tiny",
                                   "mode": "generate", "prompt_syntax": "plain"}
     assert [im["index"] for im in result["images"]] == [0, 1]
     assert [im["filename"] for im in result["images"]] == ["11_000.png", "11_001.png"]
@@ -215,8 +215,8 @@ def test_the_real_pipeline_stops_between_steps_at_the_deadline(tiny_pipe):
 
 def test_models_health_openapi_and_page(tiny_client):
     model = tiny_client.get("/v1/ldmkit/models").json()["models"][0]
-    text_fields = ["model", "mode", "prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras",
-                   "num_images", "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
+    text_fields = ["model", "mode", "prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval",
+                   "cache_depth", "karras", "num_images", "width", "height", "steps", "guidance", "sampler", "eta", "seed"]
     img2img_fields = ["model", "mode", "image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength",
                       "karras", "steps", "guidance", "sampler", "eta", "seed"]
     assert model == {"id": "tiny", "kind": "text", "default": True, "modes": ["generate", "img2img"],
@@ -227,7 +227,7 @@ def test_models_health_openapi_and_page(tiny_client):
                      "min_size": 12, "lowest_side": 8,  # 8x8 would leave the tiny UNet's lowest level 1x1
                      "samplers": ["ddim", "ddpm", "euler", "dpmpp-2m", "euler-a", "plms", "unipc"], "default_steps": 25,
                      "max_steps": 200, "max_images": 8,
-                     "max_prompt_chars": 500, "max_guidance": 30.0}
+                     "max_prompt_chars": 500, "max_guidance": 30.0, "max_cache_depth": 1}
     health = tiny_client.get("/healthz").json()
     assert health["status"] == "ok" and health["max_queue"] == 8
     paths = tiny_client.get("/openapi.json").json()["paths"]
@@ -479,7 +479,8 @@ def test_default_size_cap_is_4x_the_trained_size_up_to_1024():
     from types import SimpleNamespace
 
     def pipe(size, factor=8):
-        model = SimpleNamespace(config=SimpleNamespace(image_size=size), latent_factor=factor, size_multiple=factor,
+        config = SimpleNamespace(image_size=size, unet=SimpleNamespace(num_res_blocks=2))
+        model = SimpleNamespace(config=config, latent_factor=factor, size_multiple=factor,
                                 schedule=SimpleNamespace(num_timesteps=1000),
                                 unet=SimpleNamespace(too_small=lambda h, w: False))
         return SimpleNamespace(model=model, sampling_defaults=lambda sampler, steps: ("ddim", 25), default_guidance=4.0)

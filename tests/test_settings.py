@@ -120,6 +120,9 @@ def test_describe_keeps_the_wording_of_the_results_files():
     assert (GenerationSettings(sampler="euler", num_inference_steps=10, guidance_scale=7.5, binding=0.3,
                                cache_interval=3).describe()
             == "euler, 10 steps, guidance 7.5, binding 0.3 (best of 2), cache interval 3")
+    assert GenerationSettings(sampler="ddim", num_inference_steps=20, guidance_scale=4.0, cache_interval=3,
+                              cache_depth=0).describe() == "ddim, 20 steps, guidance 4, cache interval 3 at depth 0"
+    assert "depth" not in GenerationSettings(cache_depth=0).describe()  # no reuse: the depth does nothing
 
 
 @pytest.mark.parametrize("field, value, allowed", [
@@ -138,6 +141,8 @@ def test_describe_keeps_the_wording_of_the_results_files():
     ("binding_candidates", 0, "an integer ≥ 1"),
     ("cache_interval", 0, "an integer 1 … 10"),
     ("cache_interval", 11, "an integer 1 … 10"),
+    ("cache_depth", -1, "an integer 0 … 4"),
+    ("cache_depth", 5, "an integer 0 … 4"),
     ("negative_prompt", None, "a string"),
 ])
 def test_a_value_no_pipeline_takes_is_one_line_naming_the_field(field, value, allowed):

@@ -7,7 +7,9 @@ import argparse
 import warnings
 from pathlib import Path
 
-from ldmkit.bounds import DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CACHE_INTERVAL, MAX_CANDIDATES, MAX_ETA, MAX_GUIDANCE
+from ldmkit.bounds import (
+    DEFAULT_MAX_SIDE, MAX_BINDING, MAX_CACHE_DEPTH, MAX_CACHE_INTERVAL, MAX_CANDIDATES, MAX_ETA, MAX_GUIDANCE,
+)
 from ldmkit.cli.common import SAMPLER_HELP, bounded_float, bounded_int, check_sampler, positive_int, seed_int
 from ldmkit.cli.outputs import check_output_file
 from ldmkit.config import AutoencoderConfig, ModelConfig
@@ -133,6 +135,10 @@ def add_parsers(sub) -> None:
     g.add_argument("--cache-interval", type=bounded_int(1, MAX_CACHE_INTERVAL, "as `ldmkit serve` allows"), default=1,
                    metavar="N", help="feature reuse: the whole UNet at every N-th step, N below the steps (default 1: "
                                      "off; see `ldmkit generate --help`)")
+    g.add_argument("--cache-depth", type=bounded_int(0, MAX_CACHE_DEPTH, "at most the UNet's blocks per level"),
+                   default=1, metavar="K",
+                   help="with --cache-interval: first-level blocks the shallow branch recomputes (default 1; see "
+                        "`ldmkit generate --help`)")
     g.add_argument("--phrasing", choices=PHRASINGS, default="templates",
                    help="how the held-out captions are worded: the dataset's templates (default), or the seen or "
                         "unseen (never trained on) part of the broad caption grammar")

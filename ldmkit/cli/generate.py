@@ -152,6 +152,10 @@ def add_parsers(sub) -> None:
                    help="feature reuse (DeepCache): the whole UNet at every N-th step, only its shallow branch "
                         "on the reused deep features between (default 1: off; "
                         "docs/performance.md)")
+    p.add_argument("--cache-depth", type=non_negative_int, default=1, metavar="K",
+                   help="with --cache-interval: blocks of the UNet's first level that the shallow branch recomputes, "
+                        "0 … its blocks per level (default 1: DeepCache's branch 0; 0: the shallowest branch, faster "
+                        "where the first level has attention, as Stable Diffusion's)")
     p.add_argument("--spacing", choices=SPACINGS,
                    help="the sampler's timesteps: trailing (starts at T−1), leading (the original LDM's and Stable "
                         "Diffusion's: 981, 961, …, 1 for 50 steps) or linspace (T−1 … 0); default: a diffusers "

@@ -24,7 +24,7 @@ from ldmkit.pipelines.base import check_student_options
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.progress import tqdm
 from ldmkit.settings import (  # noqa: F401  (SamplerSettings: its earlier name)
-    GenerationSettings, SamplerSettings, check_cache_interval, check_steps,
+    GenerationSettings, SamplerSettings, check_cache_depth, check_cache_interval, check_steps,
 )
 
 
@@ -49,12 +49,14 @@ def check_sampling(pipe, settings: GenerationSettings) -> None:
     on ``pipe``'s model would refuse only once it starts, so that it is said before the held-out reference is
     rendered: more steps than the model's timesteps (`check_steps`), a grid option or an η its sampler does not
     take (`Pipeline.grid_options`, `check_grid_options`), a cache interval not below the steps
-    (`check_cache_interval`), and what a consistency student does not take (`check_student_options`)."""
+    (`check_cache_interval`), a cache depth beyond the UNet's blocks per level (`check_cache_depth`), and what a
+    consistency student does not take (`check_student_options`)."""
     steps = settings.num_inference_steps
     check_steps(steps, pipe.model.schedule.num_timesteps)
     pipe.grid_options(settings.sampler, settings.spacing, settings.steps_offset, settings.karras)
     check_grid_options(settings.sampler, settings.eta)
     check_cache_interval(settings.cache_interval, steps)
+    check_cache_depth(settings.cache_depth, pipe.model.config.unet.num_res_blocks)
     if pipe.is_student:
         check_student_options(settings.cache_interval, settings.binding or None, settings.guidance_stop)
 
@@ -197,6 +199,7 @@ def evaluate_generation(
         report.settings["binding_candidates"] = settings.binding_candidates
     if settings.cache_interval != 1:
         report.settings["cache_interval"] = settings.cache_interval
+        report.settings["cache_depth"] = settings.cache_depth
     if as_written:  # said, so that no captions_read_in_known_words does not read as "nothing needed rewriting"
         report.settings["as_written"] = True
     else:

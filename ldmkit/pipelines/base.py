@@ -30,7 +30,7 @@ from ldmkit.nn.prepack import prepack
 from ldmkit.pipelines.adapters import AdapterMixin
 from ldmkit.pipelines.calling import OUTPUT_TYPES, ImagePipelineOutput, diffusers_call, image_output, step_end
 from ldmkit.progress import tqdm
-from ldmkit.settings import DEFAULT_GUIDANCE, check_cache_interval
+from ldmkit.settings import DEFAULT_GUIDANCE, check_cache_depth, check_cache_interval
 from ldmkit.text.weighted import emphasis_contexts
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor | np.ndarray
@@ -364,6 +364,7 @@ class Pipeline(AdapterMixin):
         spacing: str | None = None,
         binding: BindingGuidance | None = None,
         cache_interval: int = 1,
+        cache_depth: int = 1,
         karras: bool = False,
         steps_offset: int | None = None,
         latents: torch.Tensor | None = None,
@@ -385,7 +386,9 @@ class Pipeline(AdapterMixin):
         starting noises after the first ``binding.select_step(steps)`` steps (the callback still sees
         each step once). ``cache_interval`` N: the whole UNet runs at every N-th step, the steps between
         reuse its deep features and recompute only the shallow branch (`ldmkit.nn.feature_cache`; 1, the
-        default: every step in full); binding guidance's own passes always run the whole UNet.
+        default: every step in full); binding guidance's own passes always run the whole UNet. ``cache_depth`` k:
+        the first-level blocks that branch recomputes (`check_cache_depth`: 0 … num_res_blocks; 1, DeepCache's
+        branch 0, the default; 0 the shallowest, fastest branch).
 
         ``seed`` may be a list of CPU generators, one per row (diffusers' list): row i's z_T drawn from the i-th
         (a UsageError for a sampler that draws noise after z_T, which ldmkit draws from one generator).
@@ -410,6 +413,7 @@ class Pipeline(AdapterMixin):
             raise UsageError(f"steps must be at least 1, got {steps}")
         grid = self.grid_options(sampler, spacing, steps_offset, karras)
         check_cache_interval(cache_interval, steps)
+        check_cache_depth(cache_depth, self.model.config.unet.num_res_blocks)
         student = self.is_student
         if student:
             check_student_options(cache_interval, binding, guidance_stop)
@@ -464,7 +468,7 @@ class Pipeline(AdapterMixin):
                 return guided_denoiser(unet, context, null_context, 1.0, model.config.diffusion.prediction,
                                        model.schedule)
             # One FeatureCache per run: a run's first step is a full UNet pass.
-            reusing = unet if cache_interval == 1 else model_fn(FeatureCache(model.unet, cache_interval))
+            reusing = unet if cache_interval == 1 else model_fn(FeatureCache(model.unet, cache_interval, cache_depth))
             denoise = guided_denoiser(reusing, context, null_context, guidance, model.config.diffusion.prediction,
                                       model.schedule, unguided_below=unguided_below)
             if binding is None:

@@ -30,20 +30,20 @@ class ClassConditionalPipeline(Pipeline):
                  seed: int | torch.Generator = 0, num_images: int = 1, sampler: str = "ddim", eta: float = 0.0,
                  height: int | None = None, width: int | None = None, progress: bool = False,
                  callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
-                 cache_interval: int = 1, output_type: str = "pil") -> ImagePipelineOutput:
+                 cache_interval: int = 1, output_type: str = "pil", cache_depth: int = 1) -> ImagePipelineOutput:
         return image_output(self.generate_tensors(
             class_name, steps, guidance, seed, num_images, sampler, eta, height, width, progress, callback,
-            guidance_stop, cache_interval), output_type)
+            guidance_stop, cache_interval, cache_depth), output_type)
 
     @torch.inference_mode()
     def generate_tensors(self, class_name: str | list[str], steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
                          seed: int = 0, num_images: int = 1, sampler: str = "ddim", eta: float = 0.0,
                          height: int | None = None, width: int | None = None, progress: bool = False,
                          callback: Callable[[int, int], None] | None = None, guidance_stop: float = 0.0,
-                         cache_interval: int = 1) -> torch.Tensor:
+                         cache_interval: int = 1, cache_depth: int = 1) -> torch.Tensor:
         """Images B×3×H×W in [-1, 1], ``num_images`` per class name given, with
-        ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅])); ``cache_interval``: feature reuse
-        (`Pipeline.sample_latents`)."""
+        ε̂ = εθ(z_t, t, E[∅]) + s (εθ(z_t, t, E[y]) − εθ(z_t, t, E[∅])); ``cache_interval``, ``cache_depth``: feature
+        reuse (`Pipeline.sample_latents`)."""
         names = self.class_names(class_name)
         if num_images < 1:
             raise UsageError(f"num_images must be at least 1, got {num_images}")
@@ -53,7 +53,7 @@ class ClassConditionalPipeline(Pipeline):
         latent_size = self.latent_size(height or model.config.image_size, width or model.config.image_size)
         latents = self.sample_latents(context, model.null_context(), latent_size, steps, guidance, seed, sampler, eta,
                                       progress=progress, callback=callback, guidance_stop=guidance_stop,
-                                      cache_interval=cache_interval)
+                                      cache_interval=cache_interval, cache_depth=cache_depth)
         return self.decode(latents)
 
     def class_names(self, class_name) -> list[str]:

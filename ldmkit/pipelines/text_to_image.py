@@ -69,6 +69,7 @@ class TextToImagePipeline(Pipeline):
         binding: float = 0.0,
         binding_candidates: int = BindingGuidance.candidates,
         cache_interval: int = 1,
+        cache_depth: int = 1,
         karras: bool = False,
         steps_offset: int | None = None,
         prompt_syntax: str = "plain",
@@ -92,7 +93,8 @@ class TextToImagePipeline(Pipeline):
         prompt with two objects starts from the best of ``binding_candidates`` noises (its own z_T and
         rivals; 1: no selection), compared by the binding loss after the first fifth of the steps.
         ``cache_interval`` N > 1: feature reuse, the whole UNet at every N-th step and its shallow branch
-        alone between (`ldmkit.nn.feature_cache`). ``sampler``/``steps`` None: the model's own (ddim at 25
+        alone between (`ldmkit.nn.feature_cache`), that branch recomputing ``cache_depth`` blocks of the first
+        level (1: DeepCache's branch 0; 0: the shallowest). ``sampler``/``steps`` None: the model's own (ddim at 25
         steps; lcm at its distilled step count for a consistency student of `ldmkit distill`); ``guidance`` None:
         the model's own (`Pipeline.default_guidance`: 4, or the student's).
         ``prompt_syntax``: "plain" reads the prompts as written (diffusers); "a1111" reads AUTOMATIC1111's
@@ -139,7 +141,8 @@ class TextToImagePipeline(Pipeline):
             sampler, eta, progress=progress, callback=callback, guidance_stop=guidance_stop,
             spacing=spacing,
             binding=self.prompt_binding(prompts, binding, binding_candidates) if binding > 0 else None,
-            cache_interval=cache_interval, karras=karras, steps_offset=steps_offset, latents=latents,
+            cache_interval=cache_interval, cache_depth=cache_depth, karras=karras, steps_offset=steps_offset,
+            latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )

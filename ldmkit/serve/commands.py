@@ -42,8 +42,7 @@ def reproduce_command(settings: Settings, model: str | None, adapters: tuple[str
         argv.append(f"--negative-prompt={settings.negative_prompt}")
     if settings.binding:
         argv.append(f"--binding={settings.binding!r}")
-    if settings.cache_interval != 1:
-        argv.append(f"--cache-interval={settings.cache_interval}")
+    argv += _reuse(settings)
     if settings.karras:
         argv.append("--karras")
     if settings.prompt_syntax != "plain":
@@ -57,8 +56,7 @@ def class_command(settings: ClassSettings, model: str | None, load_options: tupl
     argv = ["ldmkit", "generate", *_model_option(model), *load_options, f"--class={settings.class_name}", "--out=out/",
             "--overwrite", *_sampling(settings), f"--num-images={settings.num_images}",
             f"--height={settings.height}", f"--width={settings.width}"]
-    if settings.cache_interval != 1:
-        argv.append(f"--cache-interval={settings.cache_interval}")
+    argv += _reuse(settings)
     return shlex.join(argv)
 
 
@@ -100,3 +98,11 @@ def job_command(settings, model: str | None, adapters: tuple[str, ...] = (),
     if isinstance(settings, ImageSettings):
         return image_command(settings, model, adapters, load_options)
     return reproduce_command(settings, model, adapters, load_options)
+
+
+def _reuse(settings) -> list[str]:
+    """The feature-reuse options of ``settings`` that differ from generate's defaults."""
+    if settings.cache_interval == 1:
+        return []
+    depth = [f"--cache-depth={settings.cache_depth}"] if settings.cache_depth != 1 else []
+    return [f"--cache-interval={settings.cache_interval}", *depth]

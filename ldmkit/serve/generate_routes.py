@@ -36,7 +36,7 @@ from ldmkit.serve.served import ServedModel, ServedModels
 JOB_SETTINGS = (Settings, ClassSettings, ImageSettings)  # the jobs of these routes (edits have their own)
 # What a consistency student (`ldmkit distill`) refuses: it has no unconditional pass for a negative prompt or
 # binding guidance to steer, and its few steps are too far apart to reuse features (`check_student_options`).
-STUDENT_REFUSES = ("negative_prompt", "binding", "cache_interval")
+STUDENT_REFUSES = ("negative_prompt", "binding", "cache_interval", "cache_depth")
 
 
 def accepted_fields(served: ServedModel, mode: str) -> list[str]:
@@ -62,6 +62,7 @@ def model_info(served: ServedModel, default: bool) -> ModelInfo:
         samplers=list(limits.samplers), default_steps=limits.default_steps,
         max_steps=min(schemas.MAX_STEPS, limits.num_timesteps), max_images=schemas.MAX_IMAGES,
         max_prompt_chars=schemas.MAX_PROMPT_CHARS, max_guidance=schemas.MAX_GUIDANCE,
+        max_cache_depth=limits.blocks_per_level,
     )
 
 

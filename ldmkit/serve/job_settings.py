@@ -19,6 +19,7 @@ def to_settings(job: Settings | ClassSettings | ImageSettings) -> GenerationSett
         num_images_per_prompt=1 if image_job else job.num_images,
         height=None if image_job else job.height, width=None if image_job else job.width,
         negative_prompt=getattr(job, "negative_prompt", ""), karras=getattr(job, "karras", False),
-        binding=getattr(job, "binding", 0.0), cache_interval=getattr(job, "cache_interval", 1), eta=job.eta,
+        binding=getattr(job, "binding", 0.0), cache_interval=getattr(job, "cache_interval", 1),
+        cache_depth=getattr(job, "cache_depth", 1), eta=job.eta,
         prompt_syntax=getattr(job, "prompt_syntax", "plain"),
     )

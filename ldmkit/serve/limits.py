@@ -32,7 +32,8 @@ class Limits:
     ``samplers``: the samplers the model runs, its default first (ddim; lcm alone for a consistency
     student); ``default_steps``: the steps a request without any gets (25; a student's own);
     ``default_guidance``: the guidance scale of a text-to-image request without any (4; a student's own,
-    `Pipeline.default_guidance`).
+    `Pipeline.default_guidance`). ``blocks_per_level``: the UNet's num_res_blocks, the largest feature-reuse
+    ``cache_depth``.
     """
 
     latent_factor: int
@@ -43,6 +44,7 @@ class Limits:
     default_steps: int = 25
     lowest_side: int = 0
     default_guidance: float = DEFAULT_GUIDANCE
+    blocks_per_level: int = 2
 
     @classmethod
     def from_pipeline(cls, pipe, max_size: int | None = None) -> "Limits":
@@ -57,7 +59,7 @@ class Limits:
         return cls(latent_factor=k, default_size=size, max_size=cap - cap % k,
                    num_timesteps=model.schedule.num_timesteps, samplers=runs, default_steps=steps,
                    lowest_side=model.latent_factor if model.unet.too_small(1, 1) else 0,
-                   default_guidance=pipe.default_guidance)
+                   default_guidance=pipe.default_guidance, blocks_per_level=model.config.unet.num_res_blocks)
 
     @property
     def min_size(self) -> int:
@@ -111,6 +113,15 @@ class Limits:
             return []
         msg = f"this model samples with {', '.join(self.samplers)}, not {sampler}"
         return [{"loc": ("body", "sampler"), "msg": msg, "type": "value_error"}]
+
+    def cache_depth_errors(self, cache_depth: int) -> list[dict]:
+        """An entry for a feature-reuse depth beyond the UNet's blocks per level (`check_cache_depth`)."""
+        if cache_depth <= self.blocks_per_level:
+            return []
+        blocks = f"{self.blocks_per_level} block{'s' * (self.blocks_per_level != 1)}"
+        msg = (f"cache_depth must be at most this UNet's {blocks} per level (1: DeepCache's "
+               f"branch 0; 0: the shallowest), got {cache_depth}")
+        return [{"loc": ("body", "cache_depth"), "msg": msg, "type": "value_error"}]
 
     def steps_errors(self, steps: int | None) -> list[dict]:
         if steps is None or steps <= self.num_timesteps:

@@ -4,9 +4,9 @@ A request (`GenerateRequest`) names a model and a mode, or gets the first model 
 mode takes the fields of the `ldmkit` command that does the same, and refuses the others, so that a field
 the mode would ignore is reported instead of dropped:
 
-    generate  prompt, negative_prompt, prompt_syntax, binding, cache_interval, karras, num_images, width, height
-                                                                                        (`ldmkit generate`)
-    class     class_name, cache_interval, num_images, width, height                     (`ldmkit generate --class`)
+    generate  prompt, negative_prompt, prompt_syntax, binding, cache_interval, cache_depth, karras,
+              num_images, width, height                                                   (`ldmkit generate`)
+    class     class_name, cache_interval, cache_depth, num_images, width, height        (`ldmkit generate --class`)
     img2img   image, prompt, negative_prompt, strength, karras                            (`ldmkit img2img`)
     upscale   image, prompt                                                               (`ldmkit upscale`)
     inpaint   image, mask, prompt, karras                                                 (`ldmkit inpaint`)
@@ -41,9 +41,9 @@ from ldmkit.serve.served import KIND_NAMES, ServedModel
 
 SAMPLING = ("steps", "guidance", "sampler", "eta", "seed")
 FIELDS: dict[str, tuple[str, ...]] = {
-    "generate": ("prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "karras", "num_images",
-                 "width", "height", *SAMPLING),
-    "class": ("class_name", "cache_interval", "num_images", "width", "height", *SAMPLING),
+    "generate": ("prompt", "negative_prompt", "prompt_syntax", "binding", "cache_interval", "cache_depth", "karras",
+                 "num_images", "width", "height", *SAMPLING),
+    "class": ("class_name", "cache_interval", "cache_depth", "num_images", "width", "height", *SAMPLING),
     "img2img": ("image", "image_name", "prompt", "negative_prompt", "prompt_syntax", "strength", "karras",
                 *SAMPLING),
     "upscale": ("image", "image_name", "prompt", "prompt_syntax", *SAMPLING),
@@ -145,12 +145,14 @@ def resolve(request: GenerateRequest, served: ServedModel):
     errors += eta_errors(request.eta, sampler)
     if mode == "class":
         errors += limits.image_size_errors(request.width, request.height)
+        errors += limits.cache_depth_errors(request.cache_depth)
         if request.class_name is not None and request.class_name not in served.classes:
             errors.append(_error("class_name", f"class {request.class_name!r} is not one of this model's: "
                                                f"{', '.join(served.classes)}"))
         if errors:
             raise RequestValidationError(errors)
         return ClassSettings(class_name=request.class_name, cache_interval=request.cache_interval,
+                             cache_depth=request.cache_depth,
                              num_images=request.num_images, width=request.width or limits.default_size,
                              height=request.height or limits.default_size, **common)
     scale = served.sr_factor if mode == "upscale" else 1

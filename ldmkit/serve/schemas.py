@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from ldmkit.bounds import MAX_BINDING, MAX_CACHE_INTERVAL, MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
+from ldmkit.bounds import MAX_BINDING, MAX_CACHE_DEPTH, MAX_CACHE_INTERVAL, MAX_ETA, MAX_GUIDANCE, MAX_IMAGES
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.serve.limits import Limits
 from ldmkit.settings import DEFAULT_GUIDANCE, PROMPT_SYNTAXES  # DEFAULT_GUIDANCE: a request's that gives none
@@ -89,6 +89,10 @@ class GenerateRequest(BaseModel):
     cache_interval: StrictInt = Field(1, ge=1, le=MAX_CACHE_INTERVAL,
                                       description="feature reuse: the whole UNet at every N-th step, its shallow "
                                                   "branch alone between (docs/performance.md); 1: off")
+    cache_depth: StrictInt = Field(1, ge=0, le=MAX_CACHE_DEPTH,
+                                   description="with cache_interval > 1: blocks of the UNet's first level that the "
+                                               "shallow branch recomputes, 0 … its blocks per level (GET "
+                                               "/v1/ldmkit/models); 1: DeepCache's branch 0; 0: the shallowest")
     sampler: SamplerName | None = Field(None, description="null: the model's default, the first of its samplers "
                                                            "(GET /v1/ldmkit/models)")
     eta: StrictFloat = Field(0.0, ge=0.0, le=MAX_ETA, allow_inf_nan=False,
@@ -118,7 +122,7 @@ class GenerateRequest(BaseModel):
     def limit_errors(self, limits: Limits) -> list[dict]:
         """The checks that depend on the model, as FastAPI-style error entries."""
         return (limits.image_size_errors(self.width, self.height) + limits.steps_errors(self.steps)
-                + limits.sampler_errors(self.sampler))
+                + limits.sampler_errors(self.sampler) + limits.cache_depth_errors(self.cache_depth))
 
     def resolve(self, limits: Limits, model: str | None = None) -> "Settings":
         """The text-to-image settings: what the request left open (seed, size, steps, sampler) filled in,
@@ -127,7 +131,7 @@ class GenerateRequest(BaseModel):
             model=model, prompt=self.prompt, negative_prompt=self.negative_prompt,
             steps=self.steps if self.steps is not None else limits.default_steps,
             guidance=self.guidance if self.guidance is not None else limits.default_guidance, binding=self.binding,
-            cache_interval=self.cache_interval,
+            cache_interval=self.cache_interval, cache_depth=self.cache_depth,
             sampler=self.sampler or limits.samplers[0], karras=self.karras, eta=self.eta,
             prompt_syntax=self.prompt_syntax, seed=self.seed if self.seed is not None else random_seed(),
             num_images=self.num_images,
@@ -150,6 +154,7 @@ class Settings(BaseModel):
     guidance: float
     binding: float
     cache_interval: int = 1
+    cache_depth: int = 1
     sampler: str
     seed: int
     num_images: int
@@ -172,6 +177,7 @@ class ClassSettings(BaseModel):
     steps: int
     guidance: float
     cache_interval: int = 1
+    cache_depth: int = 1
     sampler: str
     seed: int
     num_images: int
@@ -289,6 +295,7 @@ class ModelInfo(BaseModel):
     max_images: int
     max_prompt_chars: int
     max_guidance: float
+    max_cache_depth: int = Field(description="the largest cache_depth: the UNet's blocks per level")
 
 
 class ModelList(BaseModel):

@@ -136,6 +136,7 @@ function applyModel() {
   $("steps").max = model.max_steps;
   $("num_images").max = model.max_images;
   $("guidance").max = model.max_guidance;
+  $("cache_depth").max = model.max_cache_depth;
   $("prompt").maxLength = model.max_prompt_chars;
   $("negative_prompt").maxLength = model.max_prompt_chars;
   applyMode();
@@ -181,6 +182,7 @@ async function readForm() {
     guidance: number("guidance"),
     binding: number("binding"),
     cache_interval: number("cache_interval"),
+    cache_depth: number("cache_depth"),
     sampler: $("sampler").value,
     prompt_syntax: $("prompt_syntax").value,
     seed: seed === "" ? null : Number(seed),
@@ -213,7 +215,7 @@ function writeForm(settings) {
     applyMode();
   }
   for (const key of ["prompt", "negative_prompt", "class_name", "strength", "steps", "guidance", "binding",
-                     "cache_interval", "sampler", "prompt_syntax", "seed", "num_images"]) {
+                     "cache_interval", "cache_depth", "sampler", "prompt_syntax", "seed", "num_images"]) {
     if (settings[key] !== undefined) $(key).value = settings[key];
   }
   $("width").value = String(settings.width);
@@ -251,7 +253,9 @@ function settingsLine(s, image) {
   if (s.image_name) parts.push(`from ${s.image_name}` + (s.mask_name ? ` and ${s.mask_name}` : ""));
   if (s.mode === "img2img") parts.push(`strength ${s.strength}`);
   if (s.binding) parts.push(`binding ${s.binding}`);
-  if (s.cache_interval > 1) parts.push(`cache interval ${s.cache_interval}`);
+  if (s.cache_interval > 1) {
+    parts.push(`cache interval ${s.cache_interval}` + (s.cache_depth !== 1 ? ` at depth ${s.cache_depth}` : ""));
+  }
   if (s.negative_prompt) parts.push(`negative: “${s.negative_prompt}”`);
   return parts.join(" · ");
 }
