@@ -4,7 +4,7 @@ measured in one run, with the quality each row reaches.
     # the measurement, with the shipped 4-step student, on 1024 held-out captions (--num-images; 512 leave about
     # ±3 points of noise on a two-object gap; about 25 minutes on a quiet 2-core CPU):
     python benchmarks/time_to_quality.py --student ldmkit/pretrained/shapes64-lcm --student-steps 2,4,8 \
-        --intervals 2,3,4 --solvers unipc:10,dpmpp-2m:10 --results benchmarks/TIME_TO_QUALITY.md
+        --intervals 2,3,4 --cache-depths 1,0 --solvers unipc:10,dpmpp-2m:10 --results benchmarks/TIME_TO_QUALITY.md
     # the speed columns on an AVX2 machine's kernels (this processor told to use AVX2 only):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_quality.py --speed-only \
         --student ldmkit/pretrained/shapes64-lcm --intervals 3 --results benchmarks/TIME_TO_QUALITY_AVX2.md
@@ -15,7 +15,8 @@ Two models (``--models``, default both):
 
 - ``shipped``: the model shipped with ldmkit (`ldmkit.load_pipeline()`: 64×64 images, MiniLM prompts). Rows:
   ldmkit plain, ldmkit with the text K/V computed at every step (what the plain row saves by
-  `ldmkit.nn.kv_cache`), ldmkit with feature reuse at each of ``--intervals`` (`ldmkit.nn.feature_cache`),
+  `ldmkit.nn.kv_cache`), ldmkit with feature reuse at each of ``--intervals`` (`ldmkit.nn.feature_cache`) and each
+  of ``--cache-depths`` (the shallow branch's depth k, `ldmkit.settings.check_cache_depth`; 1 is DeepCache's branch 0),
   and diffusers: ``UNet2DConditionModel`` holding the same UNet weights (converted by ldmkit's key rules)
   in ``StableDiffusionPipeline`` with each of ``--diffusers-samplers``, in its fastest stock CPU setting
   (the fastest of fp32, channels_last, ``fuse_qkv_projections()`` and both, and their bf16-autocast
@@ -32,7 +33,7 @@ Two models (``--models``, default both):
 - ``sd-small``: Stable Diffusion v1's UNet shape at a CPU-sized width on seeded random weights
   (`_bench_common.bench_models`, as bench_sampling.py), latents only: random z_T, prompt embedding and
   null embedding, guided DDIM (ldmkit's pipeline loop: `guided_denoiser` over the UNet or a
-  `FeatureCache`, inside `cached_text_kv`) against diffusers' ``StableDiffusionPipeline`` from
+  `FeatureCache` at each interval and depth, inside `cached_text_kv`) against diffusers' ``StableDiffusionPipeline`` from
   ``prompt_embeds`` to ``output_type="latent"``. No prompt accuracy or FID (random weights draw
   nothing); instead the PSNR of each row's z_0 against ldmkit plain's from the same z_T, over plain's
   range, and the stricter PSNR of the UNet's share: z_0 minus the z_0 that ε̂ ≡ 0 would give, over
@@ -83,9 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: shipped, sd-small")
     p.add_argument("--intervals", default="2,3", help="feature-reuse intervals N, comma-separated")
-    p.add_argument("--shallow-blocks", type=int, default=1,
-                   help="sd-small's feature-reuse rows: blocks of the first level the shallow branch recomputes "
-                        "(0 … 2; default 1, DeepCache's branch 0; the shipped model's pipeline uses 1, its maximum)")
+    p.add_argument("--cache-depths", default="1",
+                   help="feature-reuse rows at each of these depths k, comma-separated: blocks of the first level "
+                        "the shallow branch recomputes (ldmkit generate --cache-depth; 1, DeepCache's branch 0, is "
+                        "the default; 0 … 1 for the shipped model, 0 … 2 for sd-small)")
     p.add_argument("--student", metavar="DIR",
                    help="a consistency student of the shipped model (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
                         "runs/shapes64-lcm): its rows join the shipped model's table")
@@ -112,6 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.models or any(m not in MODELS for m in args.models):
         p.error(f"--models: choose from {', '.join(MODELS)}")
     args.intervals = [int(n) for n in args.intervals.split(",") if n.strip()]
+    args.cache_depths = [int(k) for k in args.cache_depths.split(",") if k.strip()]
+    if not args.cache_depths or any(k < 0 for k in args.cache_depths):
+        p.error("--cache-depths: one or more integers ≥ 0")
     args.student_steps = [int(n) for n in args.student_steps.split(",") if n.strip()]
     if any(n < 1 for n in args.student_steps):
         p.error("--student-steps: each must be at least 1")
@@ -148,6 +153,7 @@ class Row:
     run: Callable[[int], torch.Tensor]
     generate: object = None
     cache_interval: int = 1
+    cache_depth: int = 1
     steps: int | None = None  # None: the table's steps
     sampler: str = "ddim"  # the ldmkit sampler of its quality run (lcm for a student)
     guidance: float | None = None  # None: the table's guidance scale; a student's own otherwise
@@ -361,20 +367,21 @@ def shipped(args, peaks) -> dict:
     dif_counter = EvaluationCounter(dif_unet)
     rows = []
 
-    def ldmkit_row(name: str, interval: int, kv: bool = True) -> Row:
+    def ldmkit_row(name: str, interval: int, kv: bool = True, depth: int = 1) -> Row:
         def run(r: int) -> torch.Tensor:
             with contextlib.ExitStack() as stack:
                 if not kv:
                     import ldmkit.pipelines.base as base
 
                     stack.enter_context(_patched(base, "cached_text_kv", lambda unet: contextlib.nullcontext()))
-                return pipe.generate_tensors(prompts, steps=steps, guidance=guidance, seed=r, cache_interval=interval)
+                return pipe.generate_tensors(prompts, steps=steps, guidance=guidance, seed=r, cache_interval=interval,
+                                             cache_depth=depth)
 
-        return Row(name, ldm_note, run, pipe, interval)
+        return Row(name, ldm_note, run, pipe, interval, depth)
 
     rows.append(ldmkit_row("ldmkit plain", 1))
     rows.append(ldmkit_row("ldmkit plain, text K/V at every step", 1, kv=False))
-    rows += [ldmkit_row(f"ldmkit feature reuse, N = {n}", n) for n in args.intervals]
+    rows += [ldmkit_row(reuse_name(n, k), n, depth=k) for k in args.cache_depths for n in args.intervals]
     for sampler in args.diffusers_samplers:
         adapter = DiffusersShapes(pipe, diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, cfg.diffusion)),
                                   best, sampler)
@@ -421,13 +428,14 @@ def shipped(args, peaks) -> dict:
     for row in rows:
         if row.generate is None:
             continue
-        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.sampler, row.cache_interval, row.steps,
-               row.guidance)
+        key = (id(row.generate), getattr(row.generate, "sampler", ""), row.sampler, row.cache_interval,
+               row.cache_depth, row.steps, row.guidance)
         if key in seen:  # the K/V row draws the plain row's images bit for bit
             row.result.update(seen[key])
             continue
         settings = GenerationSettings(sampler=row.sampler, num_inference_steps=row.steps or steps,
-                                      guidance_scale=row.guidance or guidance, cache_interval=row.cache_interval)
+                                      guidance_scale=row.guidance or guidance, cache_interval=row.cache_interval,
+                                      cache_depth=row.cache_depth)
         log(f"shipped: quality of {row.name} on {args.num_images} held-out captions")
         start = time.perf_counter()
         images = generate_for_prompts(row.generate, reference.heldout.captions, settings, args.eval_batch)
@@ -466,8 +474,8 @@ def sd_small(args, peaks) -> dict:
     from ldmkit.pipelines.base import _in_bf16
 
     bench = bench_models()["sd-small"]
-    if not 0 <= args.shallow_blocks <= bench.unet.num_res_blocks:
-        raise SystemExit(f"--shallow-blocks {args.shallow_blocks}: 0 … {bench.unet.num_res_blocks} for sd-small")
+    if any(k > bench.unet.num_res_blocks for k in args.cache_depths):
+        raise SystemExit(f"--cache-depths {args.cache_depths}: 0 … {bench.unet.num_res_blocks} for sd-small")
     steps, batch, guidance = args.steps or bench.sample_steps, args.batch or 2, bench.guidance
     log(f"sd-small: {batch} images × {steps} steps, guidance {guidance}, latent 4×{bench.latent_size}×{bench.latent_size}")
     weights = make_weights(bench, autoencoder=False)
@@ -493,9 +501,9 @@ def sd_small(args, peaks) -> dict:
     dif_unet = build_unet(unet_config, weights["diffusers_unet"])
     apply_diffusers_setting(dif_unet, best)
 
-    def ldmkit_run(interval: int, kv: bool = True) -> Callable[[int], torch.Tensor]:
+    def ldmkit_run(interval: int, kv: bool = True, depth: int = 1) -> Callable[[int], torch.Tensor]:
         def run(r: int) -> torch.Tensor:
-            core = unet if interval == 1 else FeatureCache(unet, interval, args.shallow_blocks)
+            core = unet if interval == 1 else FeatureCache(unet, interval, depth)
             model_fn = _in_bf16(core, torch.device("cpu")) if bf16 else core
             denoise = guided_denoiser(model_fn, context, null, guidance, bench.diffusion.prediction, schedule)
             with torch.inference_mode(), (cached_text_kv(unet) if kv else contextlib.nullcontext()):
@@ -505,8 +513,8 @@ def sd_small(args, peaks) -> dict:
 
     rows = [Row("ldmkit plain", ldm_note, ldmkit_run(1)),
             Row("ldmkit plain, text K/V at every step", ldm_note, ldmkit_run(1, kv=False))]
-    rows += [Row(f"ldmkit feature reuse, N = {n}" + (f", k = {args.shallow_blocks}" if args.shallow_blocks != 1 else ""),
-                 ldm_note, ldmkit_run(n), cache_interval=n) for n in args.intervals]
+    rows += [Row(reuse_name(n, k), ldm_note, ldmkit_run(n, depth=k), cache_interval=n, cache_depth=k)
+             for k in args.cache_depths for n in args.intervals]
     for sampler in args.diffusers_samplers:
         dpipe = diffusers_pipeline(dif_unet, diffusers_scheduler(sampler, bench.diffusion))
         rows.append(Row(f"diffusers {sampler}", f"{best} (probed fastest)",
@@ -530,6 +538,11 @@ def sd_small(args, peaks) -> dict:
     time_rounds(rows, args.repeats, batch)
     return {"name": "sd-small", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance, "setting": best,
             "probe": probe, "notes": [ldm_note, dif_note], "latent": bench.latent_size}
+
+
+def reuse_name(interval: int, depth: int) -> str:
+    """A feature-reuse row's name: its interval N, and its depth k where it is not the default 1."""
+    return f"ldmkit feature reuse, N = {interval}" + (f", k = {depth}" if depth != 1 else "")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float | None = None) -> float:
@@ -605,8 +618,9 @@ def report(results: list[dict], args, info: dict, peaks) -> str:
         *machine_lines(info, peaks), "",
         "Every row of a table ran in this one process, on the same weights; see the script's docstring for "
         "what each row runs. *UNet evaluations / image*: batch rows through the UNet per image (guidance: two per "
-        "step); *full + shallow* for feature reuse. *÷ diffusers*: images/s against the diffusers row in the same "
-        "run.", "",
+        "step); *full + shallow* for feature reuse, whose rows recompute DeepCache's branch 0 between full steps "
+        "(cache depth k = 1, the default) unless they say *k = 0* (`--cache-depth 0`: conv_in and the last decoder "
+        "block alone). *÷ diffusers*: images/s against the diffusers row in the same run.", "",
         *[line for res in results for line in section(res)],
     ])
 
