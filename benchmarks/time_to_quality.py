@@ -7,7 +7,8 @@ measured in one run, with the quality each row reaches.
         --intervals 2,3,4 --cache-depths 1,0 --solvers unipc:10,dpmpp-2m:10 --results benchmarks/TIME_TO_QUALITY.md
     # the speed columns on an AVX2 machine's kernels (this processor told to use AVX2 only):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_quality.py --speed-only \
-        --student ldmkit/pretrained/shapes64-lcm --intervals 3 --results benchmarks/TIME_TO_QUALITY_AVX2.md
+        --student ldmkit/pretrained/shapes64-lcm --intervals 3 --cache-depths 1,0 --solvers unipc:10 \
+        --results benchmarks/TIME_TO_QUALITY_AVX2.md
     # a smoke run (minutes; the numbers mean nothing):
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/time_to_quality.py --quick
 
