@@ -287,14 +287,17 @@ def test_cli_generates_with_feature_reuse(tmp_path, capsys):
 
 
 def test_cli_cache_depth(tmp_path, capsys):
-    """--cache-depth runs with --cache-interval; one beyond the UNet's blocks per level exits 2 in one line, and
-    nothing is written."""
+    """--cache-depth runs with --cache-interval (alone it does nothing, and generate notes so); one beyond the UNet's
+    blocks per level exits 2 in one line, and nothing is written."""
     model = build_tiny_model(tmp_path / "model")
     out = tmp_path / "g.png"
     assert main(["generate", "a red circle", "--model", str(model), "--out", str(out), "--steps", "3",
                  "--cache-interval", "2", "--cache-depth", "0", "--no-progress"]) == 0
-    assert out.is_file()
-    capsys.readouterr()
+    assert out.is_file() and "note" not in capsys.readouterr().err
+    alone = tmp_path / "alone.png"  # without reuse the depth does nothing, and generate says so
+    assert main(["generate", "a red circle", "--model", str(model), "--out", str(alone), "--steps", "3",
+                 "--cache-depth", "0", "--no-progress"]) == 0
+    assert "--cache-depth applies with --cache-interval" in capsys.readouterr().err and alone.is_file()
     bad = tmp_path / "bad.png"
     assert main(["generate", "a red circle", "--model", str(model), "--out", str(bad), "--steps", "3",
                  "--cache-interval", "2", "--cache-depth", "3", "--no-progress"]) == 2

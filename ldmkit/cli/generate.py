@@ -37,6 +37,9 @@ def cmd_generate(args) -> None:
     model = resolve_model(args.model)
     kind = condition_kind(model)
     settings = GenerationSettings.from_args(args)
+    if args.cache_depth != 1 and args.cache_interval == 1:
+        print("ldmkit generate: note: --cache-depth applies with --cache-interval N > 1 (feature reuse); every step "
+              "runs the whole UNet here", file=sys.stderr)
     if kind == "class":
         pipe = ClassConditionalPipeline.from_folder(model, resolve_device(args.device), ema=not args.no_ema,
                                                     prediction=args.prediction, precision=args.precision)
