@@ -327,7 +327,7 @@ def test_server_settings_carry_the_cache_interval():
     assert "--cache-interval=3 --cache-depth=0" in reproduce_command(deeper.resolve(limits), "m")
     too_deep = GenerateRequest(prompt="a red circle", cache_interval=3, cache_depth=3)
     [error] = too_deep.limit_errors(limits)
-    assert error["loc"] == ("body", "cache_depth") and "at most this UNet's 2 blocks per level" in error["msg"]
+    assert error["loc"] == ("body", "cache_depth") and "0 … 2 (this UNet has 2 blocks per level" in error["msg"]
     with pytest.raises(pydantic.ValidationError, match="cache_depth"):
         GenerateRequest(prompt="a red circle", cache_depth=-1)
 

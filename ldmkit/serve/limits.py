@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ldmkit.bounds import DEFAULT_MAX_SIDE, max_side  # noqa: F401  (DEFAULT_MAX_SIDE re-exported)
 from ldmkit.diffusion import SAMPLERS
 from ldmkit.errors import UsageError
-from ldmkit.settings import DEFAULT_GUIDANCE
+from ldmkit.settings import DEFAULT_GUIDANCE, check_cache_depth
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,13 @@ class Limits:
         return [{"loc": ("body", "sampler"), "msg": msg, "type": "value_error"}]
 
     def cache_depth_errors(self, cache_depth: int) -> list[dict]:
-        """An entry for a feature-reuse depth beyond the UNet's blocks per level (`check_cache_depth`)."""
-        if cache_depth <= self.blocks_per_level:
-            return []
-        blocks = f"{self.blocks_per_level} block{'s' * (self.blocks_per_level != 1)}"
-        msg = (f"cache_depth must be at most this UNet's {blocks} per level (1: DeepCache's "
-               f"branch 0; 0: the shallowest), got {cache_depth}")
-        return [{"loc": ("body", "cache_depth"), "msg": msg, "type": "value_error"}]
+        """An entry for a feature-reuse depth beyond the UNet's blocks per level: the library's rule and words
+        (`check_cache_depth`, as the pipelines and `ldmkit generate --cache-depth` refuse it); empty otherwise."""
+        try:
+            check_cache_depth(cache_depth, self.blocks_per_level)
+        except UsageError as e:
+            return [{"loc": ("body", "cache_depth"), "msg": str(e), "type": "value_error"}]
+        return []
 
     def steps_errors(self, steps: int | None) -> list[dict]:
         if steps is None or steps <= self.num_timesteps:
