@@ -1,9 +1,11 @@
 """The models shipped inside the package, trained on the built-in shapes data: ``shapes64`` (the
-default) and ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`).
+default), ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`), and ``shapes64-grounded``, the same
+networks trained with the grounding loss (`ldmkit.train.grounding`; `make shapes64-grounded-model`), which draws
+two-object prompts right far more often (experiments/GROUNDED_CPU.md).
 
 ``ldmkit generate PROMPT --out FILE`` uses ``shapes64`` when no ``--model`` is given; so does
-``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``)
-names the student where no file or folder of that name exists (`resolve_model`).
+``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``), and
+likewise ``shapes64-grounded``, name a shipped model where no file or folder of that name exists (`resolve_model`).
 ``SHA256SUMS`` beside its files records their checksums;
 `verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
 with every large float tensor stored as float16 (loading casts back to float32), which halves the
@@ -21,7 +23,8 @@ from safetensors.torch import load_file
 from ldmkit.storage import CheckpointError, atomic_path, save_weights, sha256_file
 
 SHAPES64 = Path(__file__).parent / "shapes64"
-SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes64-lcm"}
+SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes64-lcm",
+           "shapes64-grounded": Path(__file__).parent / "shapes64-grounded"}
 CHECKSUMS = "SHA256SUMS"
 WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
 OTHER_FILES = ("config.yaml", "tokenizer.json")
