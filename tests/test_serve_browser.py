@@ -235,13 +235,17 @@ def fits(page, width: int) -> None:
 def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_and_runs(server):
     """At 360–414 px the progress bar, its text and Cancel share the width instead of widening the page."""
     url, _ = server
-    jobs = [call(url, "/v1/jobs", "POST", {"prompt": "a red circle", "steps": LONG_STEPS})["id"]]  # runs first
+    # jobs ahead of the page's, one after another (the tiny model draws 200 steps in ~1 s on a fast processor: each
+    # holds 8 images): the page's job still waits when it is posted
+    ahead = {"prompt": "a red circle", "steps": LONG_STEPS, "num_images": 8}
+    jobs = [call(url, "/v1/jobs", "POST", ahead)["id"] for _ in range(6)]
     try:
         with chromium_page(viewport={"width": 390, "height": 800}) as page:
             page.goto(url)
             page.wait_for_function(WIDTH_OPTIONS)
             page.fill("#prompt", "a large orange circle below a white square")
             page.fill("#steps", str(LONG_STEPS))
+            page.fill("#binding", "0.5")  # slower steps: the job still runs when Cancel is clicked
             with page.expect_response(posting_a_job) as posted:
                 page.click("#generate")
             jobs.append(posted.value.json()["id"])
@@ -250,7 +254,8 @@ def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_an
             for width in (390, 360, 414):
                 page.set_viewport_size({"width": width, "height": 800})
                 fits(page, width)
-            call(url, f"/v1/jobs/{jobs[0]}", "DELETE")  # the page's job runs next
+            for job in jobs[:-1]:  # the page's job runs next
+                call(url, f"/v1/jobs/{job}", "DELETE")
             page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('step')",
                                    timeout=60_000)
             for width in (414, 360, 390):
@@ -258,7 +263,7 @@ def test_a_phone_screen_keeps_the_page_and_cancel_within_it_while_a_job_waits_an
                 fits(page, width)
             page.click("#cancel")
             page.wait_for_selector("#cancel", state="hidden", timeout=60_000)
-            assert call(url, f"/v1/jobs/{jobs[1]}")["status"] == "cancelled"
+            assert call(url, f"/v1/jobs/{jobs[-1]}")["status"] == "cancelled"
             assert page.locator("#error").is_hidden()
     finally:
         cancel_all(url, jobs)
@@ -282,7 +287,9 @@ def test_a_reload_follows_the_running_job_again_and_keeps_the_gallery(server):
             page.wait_for_selector("#gallery .card img", timeout=60_000)
             page.wait_for_function("!document.getElementById('generate').disabled")
 
+            page.fill("#prompt", "a red circle above a blue square")
             page.fill("#steps", str(LONG_STEPS))
+            page.fill("#binding", "0.5")  # slower steps: the job still runs after the reload on a fast processor
             with page.expect_response(posting_a_job) as posted:
                 page.click("#generate")
             job_id = posted.value.json()["id"]
