@@ -157,10 +157,10 @@ class LatentDiffusion(nn.Module):
 
     def in_known_words(self, prompts: list[str]) -> list[str]:
         """The prompts as the pipelines read them: each word of a noun phrase that the training captions never held
-        (nor those of a loaded LoRA that lists them) replaced by the nearest word they did, by WordNet
-        (`ldmkit.text.known_words`); as written for a model without recorded words, one that a LoRA or an embedding
-        has taught words no file lists (``adapter_words`` None, ``taught``), or where WordNet is not installed (said
-        once, as a warning)."""
+        (nor those of a loaded LoRA that lists them) replaced by the nearest word they did, by WordNet, and a prompt
+        whose other words hold one they never did said again in their phrasing (`ldmkit.text.known_words`); as
+        written for a model without recorded words, one that a LoRA or an embedding has taught words no file lists
+        (``adapter_words`` None, ``taught``), or where WordNet is not installed (said once, as a warning)."""
         known = self.known_words
         if known is None or self.taught or None in self.adapter_words.values():
             return list(prompts)

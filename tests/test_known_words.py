@@ -10,6 +10,7 @@ import torch
 from ldmkit import load_pipeline
 from ldmkit.model import LatentDiffusion
 from ldmkit.text.known_words import FILE, KnownWords
+from ldmkit.text.phrases import is_function_word, parse_phrases
 from ldmkit.text.wordnet import default_wordnet
 from tests.tiny_models import build_attentive_tiny_model
 
@@ -44,7 +45,7 @@ def test_a_noun_with_nothing_known_above_it_is_read_as_a_kind_of_it_never_a_sibl
     # only the phrase's noun reads downward ("an" follows its new noun); a modifier keeps the upward rule alone
     assert words.rewrite("an oval below a red rectangle", wordnet) == "a circle below a red square"
     assert words.reading("oval", wordnet) is None and words.reading("oval", wordnet, noun=True) == "circle"
-    assert words.rewrite("a rectangle that is navy", wordnet) == "a square that is blue"
+    assert words.read_words("a rectangle that is navy", wordnet) == "a square that is blue"
 
 
 def test_known_words_of_captions_keep_the_object_words_apart():
@@ -63,8 +64,11 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
         assert words.rewrite(caption, wordnet) == caption
     assert words.rewrite("a small navy tile above a huge scarlet box", wordnet) == \
         "a small blue block above a large red box"
-    # the word after the relation, the place and the frame words stay; the article follows its new noun
-    assert words.rewrite("I see an ivory dot higher than a wedge", wordnet) == "I see a white disc higher than a wedge"
+    # the words of noun phrases alone: relation, place and frame words stay; the article follows its new noun
+    assert words.read_words("I see an ivory dot higher than a wedge", wordnet) == \
+        "I see a white disc higher than a wedge"
+    # ... and then, its frame and relation words never seen, said again in the captions' phrasing
+    assert words.rewrite("I see an ivory dot higher than a wedge", wordnet) == "a white disc above a wedge"
     assert words.rewrite("Scarlet circle, an Aqua box", wordnet) == "Red circle, a Turquoise box"  # capitals kept
     # a compound WordNet knows is one unit: with no object word near it, it stays as written
     assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
@@ -75,11 +79,78 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
         "3 blue boxes, 2nd from the left, (red:1.3)"
 
 
+def test_the_chunker_reads_relation_and_place_phrases_and_what_they_say():
+    text = "up at the top a red circle, further right than it a box in the top left corner"
+    parsed = parse_phrases(text)
+    assert [(s.meaning, text[s.span[0]:s.span[1]]) for s in parsed.relations] == [("right of", "further right than")]
+    assert [(s.meaning, text[s.span[0]:s.span[1]]) for s in parsed.places] == \
+        [("top", "up at the top"), (None, "in the top left corner")]  # two sides: none
+    assert [s.meaning for s in parse_phrases("a star in the very middle, on the left-hand side a dot").places] == \
+        ["centre", "left"]
+    assert is_function_word("sits") and is_function_word(",") and not is_function_word("watercolour")
+    for prompt, relation in (("a red circle directly above a blue square", "above"), ("a ball farther down than a box",
+                             "below"), ("a cat to the left side of a dog", "left of")):
+        parsed = parse_phrases(prompt)  # an adverb of degree is no object; relations said otherwise
+        assert (len(parsed.objects), parsed.relation) == (2, relation), prompt
+
+
+def test_captions_record_their_phrases_for_each_relation_and_place():
+    words = KnownWords.from_captions(CAPTIONS + ["a red circle over a box", "a star above a disc"])
+    assert words.relations == {"above": {"above": 2, "over": 1}, "below": {"below": 1},
+                               "right of": {"to the right of": 1}}
+    assert words.places == {"left": {"on the left": 1}, "top": {"at the top": 1}}
+    both = words.union(KnownWords.from_captions(["a disc over a star", "a disc over a box"]))
+    assert both.relations["above"] == {"above": 2, "over": 3} and both.places == words.places
+    assert KnownWords(words.words, words.objects).union(words).relations == words.relations
+
+
+def test_a_prompt_in_unseen_phrasing_is_said_again_in_the_captions_phrasing():
+    words = KnownWords.from_captions(CAPTIONS)
+    said = {
+        # frame and relation words never seen: the objects joined by the captions' phrase for the relation read
+        "we see a red circle sitting higher than a blue square": "a red circle above a blue square",
+        "further right than a star there is a small box": "a star left of a small box",  # relation first
+        # the modifiers said after the noun come first; the determiner stays, "a"/"an" made to fit
+        "a box that is small and red placed beneath an orange triangle": "a small red box below an orange triangle",
+        "a star of red colour sits lower than a small big wedge": "a red star below a small big wedge",
+        # one object: its place in the captions' phrase for that side; without one, the object alone
+        "i see two red circles in the top half": "two red circles at the top",
+        "draw a small star coloured red": "a red small star",
+        # places on opposite sides of two objects give their relation
+        "in the left half a red circle, in the right half a box": "a red circle left of a box",
+    }
+    words.relations["left of"] = {"left of": 1}  # as if a caption had said it
+    for prompt, expected in said.items():
+        assert words.resay(prompt) == expected, prompt
+    unchanged = [
+        *CAPTIONS,  # every word known
+        "a red circle beside a blue square, watercolour painting of it",  # a content word outside the objects
+        "we see a red circle, a blue square and a star",  # three objects
+        "we see a red circle and a blue square",  # two objects, no relation
+        "we see a red circle in the top left corner",  # a place on two sides
+        "we see a red circle in the bottom half",  # no phrase of the captions for that side
+        "we see a red circle to the left of a box",  # ... nor for that relation (before it is recorded)
+    ]
+    del words.relations["left of"]
+    for prompt in unchanged:
+        assert words.resay(prompt) == prompt, prompt
+    assert KnownWords(words.words, words.objects).resay("we see a red circle above a box") == \
+        "we see a red circle above a box"  # a file recorded before phrases were: never said again
+
+
 def test_known_words_round_trip_and_a_bad_file(tmp_path):
     words = KnownWords.from_captions(CAPTIONS)
     words.save(tmp_path / FILE)
     again = KnownWords.load(tmp_path / FILE)
     assert again.words == words.words and again.objects == words.objects
+    assert again.relations == words.relations and again.places == words.places
+    older = json.loads((tmp_path / FILE).read_text())
+    del older["relations"], older["places"]  # a file written before phrases were recorded
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert KnownWords.load(tmp_path / "older.json").relations is None
+    (tmp_path / "bad.json").write_text(json.dumps({"words": {}, "objects": {}, "relations": {"above": 3}}))
+    with pytest.raises(ValueError, match="bad.json: not a known-words list"):
+        KnownWords.load(tmp_path / "bad.json")
     (tmp_path / "bad.json").write_text(json.dumps(["red", "blue"]))
     with pytest.raises(ValueError, match="bad.json: not a known-words list"):
         KnownWords.load(tmp_path / "bad.json")

@@ -49,7 +49,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--as-written", action="store_true",
                    help="encode the prompt as given: by default a word the model never saw in training is read as the "
-                        "nearest word it did, by WordNet, and the maps are those of the words read "
+                        "nearest word it did, by WordNet, a phrasing it never saw said in its own, and the maps are "
+                        "those of the words read "
                         "(docs/prompt_following.md)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

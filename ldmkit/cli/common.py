@@ -234,10 +234,11 @@ def check_training_values(preset: Preset) -> None:
 
 def note_reading(command: str, model, prompt: str) -> None:
     """Say on stderr, as `ldmkit generate` does, how the model reads ``prompt`` when that is not as written
-    (words it never saw, as the nearest it knows: `LatentDiffusion.in_known_words`)."""
+    (words it never saw, as the nearest it knows, and a phrasing it never saw in its own:
+    `LatentDiffusion.in_known_words`)."""
     read = model.in_known_words([prompt])[0]
     if read != prompt:
-        print(f"ldmkit {command}: note: read as {read!r} (words the model never saw, as the nearest it knows; "
+        print(f"ldmkit {command}: note: read as {read!r} (in the words and phrasing the model knows; "
               "--as-written reads the prompt as given)", file=sys.stderr)
 
 

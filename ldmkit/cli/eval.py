@@ -131,7 +131,8 @@ def add_parsers(sub) -> None:
                    help="with --binding: starting noises per two-object prompt to choose from (default %(default)s)")
     g.add_argument("--as-written", action="store_true",
                    help="encode the captions as given, without reading never-seen words as the nearest known ones "
-                        "(the model alone; docs/prompt_following.md)")
+                        "nor saying a never-seen phrasing in the model's own (the model alone; "
+                        "docs/prompt_following.md)")
     g.add_argument("--cache-interval", type=bounded_int(1, MAX_CACHE_INTERVAL, "as `ldmkit serve` allows"), default=1,
                    metavar="N", help="feature reuse: the whole UNet at every N-th step, N below the steps (default 1: "
                                      "off; see `ldmkit generate --help`)")

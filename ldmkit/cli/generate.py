@@ -186,7 +186,8 @@ def add_parsers(sub) -> None:
                         "is the file's own, else the file name; repeatable")
     p.add_argument("--as-written", action="store_true",
                    help="encode the prompt as given: by default a word the model never saw in training is read as the "
-                        "nearest word it did, by WordNet (docs/prompt_following.md)")
+                        "nearest word it did, by WordNet, and a phrasing it never saw is said in its own "
+                        "(docs/prompt_following.md)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -1,7 +1,8 @@
 """``python -m ldmkit.pretrained pack MODEL_DIR [OUT]``: write a model folder in the shipped form;
 ``python -m ldmkit.pretrained verify [DIR]``: check the shipped files against SHA256SUMS;
-``python -m ldmkit.pretrained known-words --preset PRESET DIR…``: record the words of PRESET's training captions in
-each shipped folder DIR (`ldmkit.text.known_words`), as `ldmkit train` does for a new model."""
+``python -m ldmkit.pretrained known-words --preset PRESET [--preset PRESET2 …] DIR…``: record the words and phrases
+of the presets' training captions in each shipped folder DIR (`ldmkit.text.known_words`), as `ldmkit train` does for
+a new model (and for a model fine-tuned with ``--init`` from one, the union of both)."""
 
 import argparse
 import sys
@@ -15,10 +16,15 @@ from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text.known_words import CAPTIONS_READ, FILE, KnownWords
 
 
-def record_known_words(folder: Path, preset: str) -> Path:
-    """Write ``folder/known_words.json`` from the captions of ``preset``'s dataset, as `ldmkit train` records them
-    (for a model trained before it did), and add it to ``folder``'s SHA256SUMS."""
-    words = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
+def record_known_words(folder: Path, presets: list[str]) -> Path:
+    """Write ``folder/known_words.json`` from the captions of each of ``presets``' datasets, as `ldmkit train`
+    records them (for a model trained before it did, or before it recorded phrases; a model trained in stages
+    holds the union of its stages'), and add it to ``folder``'s SHA256SUMS."""
+    words = None
+    for preset in presets:
+        found = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
+        words = found if words is None else words.union(found)
+    assert words is not None
     with atomic_path(folder / FILE) as tmp:
         words.save(tmp)
     write_checksums(folder, tuple(dict.fromkeys([*recorded_checksums(folder), FILE])))
@@ -34,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="check a shipped folder's files against its SHA256SUMS")
     v.add_argument("folder", nargs="?", default=str(SHAPES64))
     k = sub.add_parser("known-words", help="record the words of a preset's training captions in shipped folders")
-    k.add_argument("--preset", required=True, help="the preset the models were trained with (shapes64-varied)")
+    k.add_argument("--preset", required=True, action="append",
+                   help="the preset the models were trained with (shapes64-varied); again for each stage of a model "
+                        "trained in stages (shapes64-grounded-b128, then shapes64-grounded-polish)")
     k.add_argument("folders", nargs="+")
     args = p.parse_args(argv)
     try:

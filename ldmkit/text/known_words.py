@@ -16,7 +16,13 @@ before it is encoded:
 - two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
   left as written when no object word is near it;
 - a word WordNet does not know, or with no object word near it, is left as written, and so is an inflected
-  form of a known word ("circles" where the captions said "circle"), which the prompt model reads as it is.
+  form of a known word ("circles" where the captions said "circle"), which the prompt model reads as it is;
+- then, where a word outside the noun phrases is one the captions never held (a frame, a relation or a place said
+  otherwise: "we see …", "… sits higher than …", "in the top half"), the prompt is said again in the captions' own
+  phrasing from the chunker's parse — its objects as determiner, modifiers and noun, two of them joined by the
+  captions' most used phrase for the relation read between them ("A above B"), one followed by theirs for its place
+  ("A at the top") — as long as only closed-class words are lost (`KnownWords.resay`). ``known_words.json``
+  records those phrases (``relations``, ``places``); a file written before it did is never said again.
 
 A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
 encode (`LatentDiffusion.in_known_words`; Prompt-to-Prompt excepted, whose edits name the prompts' own words), so
@@ -32,7 +38,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ldmkit.text.phrases import parse_phrases
+from ldmkit.text.phrases import is_determiner, is_function_word, parse_phrases
 from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
@@ -50,36 +56,61 @@ def _article(before: str, word: str) -> str:
     return before[:match.start(1)] + (article.capitalize() if match.group(1)[0] == "A" else article) + " "
 
 
+Phrases = dict[str, dict[str, int]]  # what a phrase says ("above", "top") → the phrases saying it → count
+
+
 class KnownWords:
     """``words``: every word of the training captions (lower case) → how many captions held it; ``objects``: the
     nouns and modifiers of their noun phrases, and each noun with the modifier right before it ("round shape") →
-    the same count (what a prompt's words may be rewritten into)."""
+    the same count (what a prompt's words may be rewritten into); ``relations`` and ``places``: the captions'
+    relation phrases by relation ({"above": {"above": 310, "over": 95, …}}) and place phrases by side
+    ({"top": {"at the top": 120, …}}), what `resay` says a prompt's relation and place in (None: not recorded, as
+    in files written before they were, and then prompts are not re-said)."""
 
-    def __init__(self, words: dict[str, int], objects: dict[str, int]):
+    def __init__(self, words: dict[str, int], objects: dict[str, int], relations: Phrases | None = None,
+                 places: Phrases | None = None):
         self.words = dict(words)
         self.objects = dict(objects)
+        self.relations = relations
+        self.places = places
         self._nearest: dict[tuple[str, bool], str | None] = {}
 
     @classmethod
     def from_captions(cls, captions: list[str]) -> "KnownWords":
         words, objects = Counter(), Counter()
+        relations: dict[str, Counter] = {}
+        places: dict[str, Counter] = {}
         for caption in captions:
             words.update(set(_WORD.findall(caption.lower())))
             found = set()
-            for phrase in parse_phrases(caption).objects:
+            parsed = parse_phrases(caption)
+            for phrase in parsed.objects:
                 spans = sorted((*phrase.modifiers, phrase.noun))
                 found |= {caption[a:b].lower() for a, b in spans}
                 # a modifier right before its noun, as one name too ("round shape", "five-pointed star")
                 found |= {caption[a:phrase.noun[1]].lower() for a, b in spans if caption[b:phrase.noun[0]] == " "}
             objects.update(found)
-        return cls(dict(words), dict(objects))
+            for said, into in ((parsed.relations, relations), (parsed.places, places)):
+                for s in said:
+                    if s.meaning is not None:
+                        into.setdefault(s.meaning, Counter())[caption[s.span[0]:s.span[1]].lower()] += 1
+        return cls(dict(words), dict(objects), _plain(relations), _plain(places))
 
     def union(self, other: "KnownWords") -> "KnownWords":
-        return KnownWords(Counter(self.words) + Counter(other.words), Counter(self.objects) + Counter(other.objects))
+        def merged(a: Phrases | None, b: Phrases | None) -> Phrases | None:
+            if a is None or b is None:
+                return a if b is None else b
+            return _plain({k: Counter(a.get(k, {})) + Counter(b.get(k, {})) for k in {*a, *b}})
+
+        return KnownWords(Counter(self.words) + Counter(other.words), Counter(self.objects) + Counter(other.objects),
+                          merged(self.relations, other.relations), merged(self.places, other.places))
 
     def to_json(self) -> str:
-        return json.dumps({"words": dict(sorted(self.words.items())), "objects": dict(sorted(self.objects.items()))},
-                          indent=0)
+        data: dict = {"words": dict(sorted(self.words.items())), "objects": dict(sorted(self.objects.items()))}
+        for key, phrases in (("relations", self.relations), ("places", self.places)):
+            if phrases is not None:
+                data[key] = {k: dict(sorted(v.items())) for k, v in sorted(phrases.items())}
+        return json.dumps(data, indent=0)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "KnownWords":
@@ -88,9 +119,19 @@ class KnownWords:
             data = json.loads(text)
         except json.JSONDecodeError:
             data = None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("words", "objects")):
-            raise ValueError(f"{where}: not a known-words list (a JSON object with 'words' and 'objects')")
-        return cls({str(k): int(v) for k, v in data["words"].items()}, {str(k): int(v) for k, v in data["objects"].items()})
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("words", "objects")) or \
+                not all(isinstance(data.get(k, {}), dict) and all(isinstance(v, dict) for v in data.get(k, {}).values())
+                        for k in ("relations", "places")):
+            raise ValueError(f"{where}: not a known-words list (a JSON object with 'words' and 'objects', and "
+                             "optionally 'relations' and 'places' of phrases)")
+
+        def phrases(key: str) -> Phrases | None:
+            if key not in data:
+                return None
+            return {str(k): {str(p): int(n) for p, n in v.items()} for k, v in data[key].items()}
+
+        words = {str(k): int(v) for k, v in data["words"].items()}
+        return cls(words, {str(k): int(v) for k, v in data["objects"].items()}, phrases("relations"), phrases("places"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
@@ -100,6 +141,12 @@ class KnownWords:
         return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
     def rewrite(self, prompt: str, wordnet: WordNet) -> str:
+        """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word, then
+        re-said in the captions' own phrasing where its other words hold one they never did (`resay`; module
+        docstring)."""
+        return self.resay(self.read_words(prompt, wordnet))
+
+    def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
         docstring); the rest of the text as it was."""
         replacements = []
@@ -125,6 +172,59 @@ class KnownWords:
                 word = word[:1].upper() + word[1:] if prompt[a].isupper() else word  # "Scarlet circle" → "Red circle"
                 prompt = _article(prompt[:a], word) + word + prompt[b:]
         return prompt
+
+    def resay(self, prompt: str) -> str:
+        """``prompt`` said again in the training captions' phrasing when a word outside its noun phrases is one they
+        never held ("we see a red circle sitting higher than a square that is blue" → "a red circle above a blue
+        square"), as it was otherwise.
+
+        It is said again only when nothing but structure is lost: one object, or two with the relation the chunker
+        reads between them (`ldmkit.text.phrases`); every word outside the objects and their place phrases of a
+        closed class (`is_function_word`: articles, prepositions, verbs of placing and seeing …); each place on
+        one side; and the captions holding a phrase for the relation or the place. Each object is said as its
+        determiner, modifiers and noun in that order ("a square that is blue" → "a blue square"); two objects as
+        "A {relation} B", one as "A {place}", in the phrase the captions used most for that relation or side."""
+        if self.relations is None or self.places is None:
+            return prompt
+        parsed = parse_phrases(prompt)
+        if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
+            return prompt
+        in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)]
+        in_places = [p.span for p in parsed.places]
+        outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
+        if all(m.group().lower() in self.words for m in outside):
+            return prompt
+        if not all(is_function_word(m.group().lower()) for m in outside if not _within(m.span(), in_places)):
+            return prompt
+        if len(parsed.objects) == 2:
+            link = _most(self.relations.get(parsed.relation or "", {}))
+            if link is None:
+                return prompt
+            return f"{self._said(prompt, parsed.objects[0])} {link} {self._said(prompt, parsed.objects[1])}"
+        sides = {p.meaning for p in parsed.places}
+        if None in sides or len(sides) > 1:
+            return prompt
+        if not sides:
+            return self._said(prompt, parsed.objects[0])
+        place = _most(self.places.get(sides.pop() or "", {}))
+        return prompt if place is None else f"{self._said(prompt, parsed.objects[0])} {place}"
+
+    @staticmethod
+    def _said(prompt: str, phrase) -> str:
+        """A noun phrase as its determiner (the word right before it, if one), modifiers and noun; the modifiers said
+        after the noun come first ("a petite plus sign of red colour" → "a red petite plus sign"), so that those
+        before it keep their place, a compound's first word next to its noun."""
+        first = min(a for a, _ in (*phrase.modifiers, phrase.noun))
+        after = sorted(m for m in phrase.modifiers if m[0] > phrase.noun[0])
+        before = sorted(m for m in phrase.modifiers if m[0] < phrase.noun[0])
+        words = [prompt[a:b] for a, b in (*after, *before, phrase.noun)]
+        lead = re.search(r"(\S+)\s+$", prompt[:first])
+        if lead is None or not is_determiner(lead.group(1).lower()):
+            return " ".join(words)
+        article = lead.group(1)
+        if article.lower() in ("a", "an"):
+            article = "an" if words[0][:1].lower() in "aeiou" else "a"
+        return " ".join([article, *words])
 
     def knows(self, prompt: str) -> bool:
         """Whether every word of ``prompt`` occurred in the training captions (then `rewrite` leaves it as it is)."""
@@ -156,3 +256,16 @@ class KnownWords:
             if " " in name:
                 nouns[name.rsplit(" ", 1)[1]] += count
         return dict(nouns)
+
+
+def _within(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    return any(a <= span[0] and span[1] <= b for a, b in spans)
+
+
+def _most(phrases: dict[str, int]) -> str | None:
+    """The phrase seen most often (the shorter, then the first in order, on a tie); None for none."""
+    return min(phrases, key=lambda p: (-phrases[p], len(p), p)) if phrases else None
+
+
+def _plain(phrases: dict[str, Counter]) -> Phrases:
+    return {k: dict(v) for k, v in phrases.items()}

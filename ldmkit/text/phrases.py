@@ -13,7 +13,9 @@ A"; without one, places at opposite sides in the two objects' own clauses give i
 bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
-(`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest.
+(`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
+what each says, the spans of the relation phrases ("further left than": left of) and place phrases ("up at the
+top": top), which `ldmkit.text.known_words` records from training captions and says prompts again in.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ Span = tuple[int, int]
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
                 "every", "its", "his", "her", "their", "my", "your", "our", "any"}
-_FUNCTION = _DETERMINERS | {
-    # prepositions and particles
+# Prepositions, particles and adverbs of degree: the words that lead a place phrase ("up at the very top").
+_PREPOSITIONS = {
     "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
     "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
-    "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please",
+    "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
+    "slightly", "somewhat", "immediately", "far", "well", "straight",
+}  # fmt: skip
+_FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
@@ -57,8 +62,19 @@ _RELATIONS = {
     "on top of": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below",
     "underneath": "below",
     "lower than": "below",
+    # the same said otherwise
+    "to the left side of": "left of", "on the left side of": "left of",
+    "farther left than": "left of", "to the right side of": "right of", "on the right side of": "right of",
+    "farther right than": "right of", "higher up than": "above",
+    "further up than": "above", "farther up than": "above", "lower down than": "below", "further down than": "below",
+    "farther down than": "below",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
+# A place's words → the side it names.
+_PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "lower": "bottom", "down": "bottom",
+                "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
+                "centre": "centre", "center": "centre", "central": "centre"}
+_CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
@@ -72,11 +88,35 @@ class NounPhrase:
 
 
 @dataclass(frozen=True)
+class Said:
+    """A phrase that says a relation or a place: what it says ("above"; "top", "left", "centre", or None for a
+    place on no one side, "the top left corner") and its span ("higher than"; "in the top half")."""
+
+    meaning: str | None
+    span: Span
+
+
+@dataclass(frozen=True)
 class PromptPhrases:
-    """The objects a prompt names, in order, and the relation of the first to the second (or None)."""
+    """The objects a prompt names, in order, and the relation of the first to the second (or None); every relation
+    phrase and place phrase it holds, in order."""
 
     objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
     relation: str | None = None
+    relations: tuple[Said, ...] = ()
+    places: tuple[Said, ...] = ()
+
+
+def is_determiner(word: str) -> bool:
+    """Whether ``word`` (lower case) is an article or another determiner ("a", "the", "one", "two", "each" …)."""
+    return word in _DETERMINERS
+
+
+def is_function_word(word: str) -> bool:
+    """Whether ``word`` (lower case) is of a closed class the chunker reads as structure, never as an object: an
+    article, preposition, conjunction, pronoun, verb of placing or seeing, a noun of place, medium or property, a
+    word of a relation phrase, or a punctuation mark."""
+    return word in _CLOSED or not word[:1].isalnum()
 
 
 def _items(text: str) -> list[tuple[str, str, Span]]:
@@ -102,8 +142,11 @@ def parse_phrases(text: str) -> PromptPhrases:
     """The noun phrases of ``text`` and the relation between the first two (see the module docstring)."""
     # Runs of content words, each with the function words and relations before it (its lead).
     runs: list[tuple[list[str], list[Span], str]] = []  # (lead, spans, the word right after)
+    leads: list[list[Span]] = []  # the spans of each run's lead
     lead: list[str] = []
+    lead_spans: list[Span] = []
     relations: list[tuple[int, str]] = []  # (number of runs before it, relation)
+    said: list[Said] = []
     spans: list[Span] = []
     for kind, word, span in _items(text):
         if kind == "content":
@@ -111,12 +154,16 @@ def parse_phrases(text: str) -> PromptPhrases:
             continue
         if spans:
             runs.append((lead, spans, word))
-            lead, spans = [], []
+            leads.append(lead_spans)
+            lead, lead_spans, spans = [], [], []
         if kind == "rel":
             relations.append((len(runs), word))
+            said.append(Said(word, span))
         lead.append(word)
+        lead_spans.append(span)
     if spans:
         runs.append((lead, spans, ""))
+        leads.append(lead_spans)
 
     objects: list[NounPhrase] = []
     mentions: list[tuple[int, int]] = []  # (run index, object index): every run that names an object
@@ -125,6 +172,7 @@ def parse_phrases(text: str) -> PromptPhrases:
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[int] = []  # each object's clause
     places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
+    said_places: list[Said] = []
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
@@ -132,6 +180,7 @@ def parse_phrases(text: str) -> PromptPhrases:
         if noun in _PLACES or (noun in _MEDIA and after == "of"):
             if noun in _PLACES:
                 places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
+                said_places.append(_place(text, lead, leads[k], run))
             pending, attached = (), False
             continue
         describes = objects and not determined and bool(lead) and (
@@ -160,10 +209,22 @@ def parse_phrases(text: str) -> PromptPhrases:
             mentions.append((k, len(objects) - 1))
             clauses.append(clause)
         pending = ()
-    if len(objects) < 2:
-        return PromptPhrases(tuple(objects))
-    relation = _relation(relations, mentions) or _relation_of_places(places, clauses)
-    return PromptPhrases(tuple(objects), relation)
+    relation = None
+    if len(objects) >= 2:
+        relation = _relation(relations, mentions) or _relation_of_places(places, clauses)
+    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places))
+
+
+def _place(text: str, lead: list[str], lead_spans: list[Span], run: list[Span]) -> Said:
+    """The place phrase of a run that names a place: the run with the prepositions and articles right before it
+    ("up at the top", "in the very middle"), and the one side its words name (None for none or several)."""
+    start = len(lead)
+    while start > 0 and lead[start - 1] in _PREPOSITIONS | _DETERMINERS:
+        start -= 1
+    begin = lead_spans[start][0] if start < len(lead) else run[0][0]
+    words = lead[start:] + [text[a:b].lower() for a, b in run]
+    sides = {_PLACE_SIDES[w] for w in words if w in _PLACE_SIDES}
+    return Said(sides.pop() if len(sides) == 1 else None, (begin, run[-1][1]))
 
 
 # A place's words → (axis, side): axis 0 vertical, 1 horizontal; side −1 top/left, +1 bottom/right.
