@@ -172,6 +172,8 @@ def test_pipelines_draw_a_never_seen_word_as_the_word_it_becomes(folder):
     assert (folder / FILE).is_file() and pipe.model.known_words is not None
     seen = pipe.generate_tensors("a scarlet circle on the left", steps=2, seed=0)
     assert torch.equal(seen, pipe.generate_tensors("a red circle on the left", steps=2, seed=0))
+    resaid = pipe.generate_tensors("we see a scarlet circle sitting higher than a box", steps=2, seed=0)
+    assert torch.equal(resaid, pipe.generate_tensors("a red circle above a box", steps=2, seed=0))
     pipe.model.known_words = None  # read as written
     assert not torch.equal(seen, pipe.generate_tensors("a scarlet circle on the left", steps=2, seed=0))
 

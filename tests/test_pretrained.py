@@ -53,7 +53,7 @@ def test_the_shipped_student_samples_in_its_own_few_steps_at_its_own_guidance(tm
 
 
 def test_the_shipped_grounded_model_gives_each_of_two_objects_its_own_attributes():
-    """What `shapes64-grounded` is shipped for (experiments/GROUNDED_CPU.md: 93% of held-out two-object prompts
+    """What `shapes64-grounded` is shipped for (experiments/GROUNDED_CPU.md: 96% of held-out two-object prompts
     all right, the default model 38%): colour, size and shape words land on their own object, without guidance."""
     pipe = load_pipeline("shapes64-grounded")
     prompts = [p for p in ("a red circle above a blue square", "a small yellow star left of a large green triangle",
@@ -107,14 +107,17 @@ def test_pack_refuses_an_incomplete_folder(tmp_path):
         pack(tmp_path, tmp_path / "out")
 
 
-def test_shipped_known_words_are_the_training_words_of_their_preset(tmp_path, capsys):
+@pytest.mark.parametrize("name, presets", [("shapes64", ["shapes64-varied"]),
+                                           ("shapes64-grounded", ["shapes64-grounded-b128", "shapes64-grounded-polish",
+                                                                  "shapes64-grounded-polish"])])  # its three stages
+def test_shipped_known_words_are_the_training_words_of_their_presets(tmp_path, capsys, name, presets):
     from ldmkit.pretrained.__main__ import main as pretrained
 
     copy = tmp_path / "copy"
-    shutil.copytree(SHAPES64, copy)
+    shutil.copytree(SHIPPED[name], copy)
     (copy / "known_words.json").unlink()
-    assert pretrained(["known-words", "--preset", "shapes64-varied", str(copy)]) == 0
-    assert (copy / "known_words.json").read_bytes() == (SHAPES64 / "known_words.json").read_bytes()
+    assert pretrained(["known-words", *[a for p in presets for a in ("--preset", p)], str(copy)]) == 0
+    assert (copy / "known_words.json").read_bytes() == (SHIPPED[name] / "known_words.json").read_bytes()
     assert verify(copy) == []
 
 
