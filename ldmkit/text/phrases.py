@@ -33,7 +33,7 @@ _PREPOSITIONS = {
     "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
-    "slightly", "somewhat", "immediately", "far", "well", "straight",
+    "slightly", "somewhat", "immediately", "far",
 }  # fmt: skip
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     # conjunctions and pronouns
