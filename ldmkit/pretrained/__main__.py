@@ -5,6 +5,7 @@ of the presets' training captions in each shipped folder DIR (`ldmkit.text.known
 a new model (and for a model fine-tuned with ``--init`` from one, the union of both)."""
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -20,11 +21,9 @@ def record_known_words(folder: Path, presets: list[str]) -> Path:
     """Write ``folder/known_words.json`` from the captions of each of ``presets``' datasets, as `ldmkit train`
     records them (for a model trained before it did, or before it recorded phrases; a model trained in stages
     holds the union of its stages'), and add it to ``folder``'s SHA256SUMS."""
-    words = None
-    for preset in presets:
-        found = KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
-        words = found if words is None else words.union(found)
-    assert words is not None
+    words = functools.reduce(KnownWords.union, [
+        KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
+        for preset in presets])
     with atomic_path(folder / FILE) as tmp:
         words.save(tmp)
     write_checksums(folder, tuple(dict.fromkeys([*recorded_checksums(folder), FILE])))

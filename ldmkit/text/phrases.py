@@ -228,8 +228,8 @@ def _place(text: str, lead: list[str], lead_spans: list[Span], run: list[Span]) 
 
 
 # A place's words → (axis, side): axis 0 vertical, 1 horizontal; side −1 top/left, +1 bottom/right.
-_SIDES = {"top": (0, -1), "upper": (0, -1), "up": (0, -1), "bottom": (0, 1), "lower": (0, 1), "down": (0, 1),
-          "left": (1, -1), "left-hand": (1, -1), "right": (1, 1), "right-hand": (1, 1)}
+_SIDES = {w: {"top": (0, -1), "bottom": (0, 1), "left": (1, -1), "right": (1, 1)}[side]
+          for w, side in _PLACE_SIDES.items() if side != "centre"}
 _SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
 
 
