@@ -14,7 +14,8 @@ measured in one run, with the quality each row reaches.
 
 Two models (``--models``, default both):
 
-- ``shipped``: the model shipped with ldmkit (`ldmkit.load_pipeline()`: 64×64 images, MiniLM prompts). Rows:
+- ``shipped``: a model shipped with ldmkit, ``--teacher`` (default shapes64, `ldmkit.load_pipeline()`'s: 64×64
+  images, MiniLM prompts; or another folder of the shipped kind, e.g. shapes64-grounded). Rows:
   ldmkit plain, ldmkit with the text K/V computed at every step (what the plain row saves by
   `ldmkit.nn.kv_cache`), ldmkit with feature reuse at each of ``--intervals`` (`ldmkit.nn.feature_cache`) and each
   of ``--cache-depths`` (the shallow branch's depth k, `ldmkit.settings.check_cache_depth`; 1 is DeepCache's branch 0),
@@ -89,9 +90,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="feature-reuse rows at each of these depths k, comma-separated: blocks of the first level "
                         "the shallow branch recomputes (ldmkit generate --cache-depth; 1, DeepCache's branch 0, is "
                         "the default; 0 … 1 for the shipped model, 0 … 2 for sd-small)")
+    p.add_argument("--teacher", metavar="MODEL", default="shapes64",
+                   help="the text-to-image model of the first table (a folder or a shipped name; default shapes64, "
+                        "what `ldmkit.load_pipeline()` loads; e.g. shapes64-grounded)")
     p.add_argument("--student", metavar="DIR",
-                   help="a consistency student of the shipped model (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
-                        "runs/shapes64-lcm): its rows join the shipped model's table")
+                   help="a consistency student of --teacher (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
+                        "runs/shapes64-lcm or the shipped shapes64-lcm): its rows join the teacher's table")
     p.add_argument("--student-steps", default="4", help="the student's rows: sampling steps, comma-separated")
     p.add_argument("--num-images", type=int, default=1024, help="held-out captions scored per row (shipped model)")
     p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
@@ -331,9 +335,9 @@ def shipped(args, peaks) -> dict:
     from ldmkit.model import LatentDiffusion
     from ldmkit.pretrained import resolve_model
 
-    pipe = ldmkit.load_pipeline(precision=args.precision)  # a bf16 pipeline stores its weights in bf16
+    pipe = ldmkit.load_pipeline(args.teacher, precision=args.precision)  # a bf16 pipeline stores its weights in bf16
     model = pipe.model
-    fp32_unet = LatentDiffusion.load(resolve_model(None)).unet  # float32 weights: diffusers' copy, and parity
+    fp32_unet = LatentDiffusion.load(resolve_model(args.teacher)).unet  # float32 weights: diffusers' copy, and parity
     cfg = model.config
     steps, batch, guidance = args.steps or 25, args.batch or 8, 4.0
     latent = cfg.image_size // model.autoencoder.downsample_factor
@@ -420,7 +424,7 @@ def shipped(args, peaks) -> dict:
     if args.speed_only:
         return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
                 "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
-                "floor": None, "latent": latent, "student": args.student}
+                "floor": None, "latent": latent, "student": args.student, "teacher": args.teacher}
     # quality: one image per held-out caption
     shapes = ShapesFeatures()
     reference = RealReference(heldout_shapes(args.num_images, cfg.image_size), [shapes], args.eval_batch)
@@ -448,7 +452,8 @@ def shipped(args, peaks) -> dict:
         row.result.update(seen[key])
     return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
             "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
-            "floor": reference.floor[shapes.name], "latent": latent, "student": args.student}
+            "floor": reference.floor[shapes.name], "latent": latent, "student": args.student,
+            "teacher": args.teacher}
 
 
 @contextlib.contextmanager
@@ -578,8 +583,11 @@ def section(res: dict) -> list[str]:
         else:
             line += [db(r.result["psnr"]), db(r.result["psnr_share"])]
         table.append(line)
-    title = ("The shipped model (`ldmkit.load_pipeline()`)" if shipped_model
-             else "SD-v1-shaped UNet on random weights (`sd-small`)")
+    if shipped_model:
+        default = " (`ldmkit.load_pipeline()`)" if res["teacher"] == "shapes64" else ""
+        title = f"The shipped model `{res['teacher']}`{default}"
+    else:
+        title = "SD-v1-shaped UNet on random weights (`sd-small`)"
     lines = [f"## {title}", "",
              f"{res['batch']} image(s) per timed run, {res['steps']} steps, guidance {res['guidance']:g}, latent "
              f"4×{res['latent']}×{res['latent']}; median of {len(rows[0].times)} round(s).", "",
@@ -592,7 +600,7 @@ def section(res: dict) -> list[str]:
         lines.append(f"- diffusers' UNet against ldmkit's on one guided call of the shipped weights: max |difference| "
                      f"{res['parity']:.1e}")
         if res.get("student"):
-            lines.append(f"- the lcm student rows: `{res['student']}` (a consistency student of the shipped model, "
+            lines.append(f"- the lcm student rows: `{res['student']}` (a consistency student of `{res['teacher']}`, "
                          "`ldmkit distill`), one UNet pass per step with the guidance scale as its input, at its own "
                          "scale s (its config's `consistency_guidance`, chosen on validation captions; "
                          "experiments/STUDENT_SETTINGS.md)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,12 +22,20 @@ from ldmkit.pretrained import (
 from tests.tiny_models import build_tiny_model
 
 MAX_SHIPPED_BYTES = 25 * 10**6
+GROUNDED_STAGES = ["shapes64-grounded-b128", "shapes64-grounded-polish", "shapes64-grounded-polish"]  # its 3 stages
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_match_their_recorded_checksums(name):
     assert set(recorded_checksums(SHIPPED[name])) == set(WEIGHT_FILES + OTHER_FILES + OPTIONAL_FILES)
     assert verify(SHIPPED[name]) == [], f"a file of {name} differs from SHA256SUMS (re-run `make {name}` or restore it)"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_installed_with_the_package(name):
+    """`pip install .` copies only the package data pyproject.toml lists: a shipped folder left out is missing there."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert f"pretrained/{name}/*" in pyproject["tool"]["setuptools"]["package-data"]["ldmkit"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -43,22 +53,26 @@ def test_model_names_resolve_to_shipped_folders_unless_a_path_of_that_name_exist
     assert resolve_model("shapes64-lcm") == "shapes64-lcm"
 
 
-def test_the_shipped_student_samples_in_its_own_few_steps_at_its_own_guidance(tmp_path):
-    pipe = load_pipeline("shapes64-lcm")
+# each scale chosen on validation captions (experiments/STUDENT_SETTINGS.md, STUDENT_SETTINGS_GROUNDED.md)
+@pytest.mark.parametrize("name, guidance", [("shapes64-lcm", 3.5), ("shapes64-grounded-lcm", 2.0)])
+def test_the_shipped_students_sample_in_their_own_few_steps_at_their_own_guidance(name, guidance):
+    pipe = load_pipeline(name)
     assert pipe.sampling_defaults(None, None) == ("lcm", 4)
-    assert pipe.default_guidance == 3.5  # chosen on validation captions (experiments/STUDENT_SETTINGS.md)
+    assert pipe.default_guidance == guidance
     steps = []
     images = pipe("a red circle", seed=0, callback=lambda i, n: steps.append(n))
     assert images[0].size == (64, 64) and steps == [4, 4, 4, 4]
 
 
-def test_the_shipped_grounded_model_gives_each_of_two_objects_its_own_attributes():
-    """What `shapes64-grounded` is shipped for (experiments/GROUNDED_CPU.md: 96% of held-out two-object prompts
-    all right, the default model 38%): colour, size and shape words land on their own object, without guidance."""
-    pipe = load_pipeline("shapes64-grounded")
+@pytest.mark.parametrize("name", ["shapes64-grounded", "shapes64-grounded-lcm"])
+def test_the_shipped_grounded_models_give_each_of_two_objects_its_own_attributes(name):
+    """What `shapes64-grounded` and its student are shipped for (experiments/GROUNDED_CPU.md: 96% of held-out
+    two-object prompts all right, the default model 38%; benchmarks/TIME_TO_QUALITY_GROUNDED.md): colour, size and
+    shape words land on their own object, without guidance, each model at its own steps and scale."""
+    pipe = load_pipeline(name)
     prompts = [p for p in ("a red circle above a blue square", "a small yellow star left of a large green triangle",
                            "a large purple diamond below a small white cross") for _ in range(4)]
-    images = pipe.generate_tensors(prompts, steps=25, guidance=4.0, seed=0)
+    images = pipe.generate_tensors(prompts, seed=0)
     accuracy = prompt_accuracy(prompts, AttributePredictor()(images)).to_dict()
     assert accuracy["two objects"]["prompts"] == 12
     assert accuracy["two objects"]["all"] >= 9 / 12, accuracy
@@ -108,8 +122,8 @@ def test_pack_refuses_an_incomplete_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name, presets", [("shapes64", ["shapes64-varied"]),
-                                           ("shapes64-grounded", ["shapes64-grounded-b128", "shapes64-grounded-polish",
-                                                                  "shapes64-grounded-polish"])])  # its three stages
+                                           ("shapes64-grounded", GROUNDED_STAGES),
+                                           ("shapes64-grounded-lcm", GROUNDED_STAGES)])  # a student: its teacher's
 def test_shipped_known_words_are_the_training_words_of_their_presets(tmp_path, capsys, name, presets):
     from ldmkit.pretrained.__main__ import main as pretrained
 

@@ -115,7 +115,8 @@ def add_parsers(sub) -> None:
 
     g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
     g.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model; "
-                                             "shapes64-lcm: its 4-step student; shapes64-grounded: the grounded one)")
+                                             "shapes64-lcm: its 4-step student; shapes64-grounded: the grounded one; "
+                                             "shapes64-grounded-lcm: that one's 4-step student)")
     g.add_argument("--steps", type=positive_int,
                    help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),

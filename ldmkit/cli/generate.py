@@ -126,7 +126,8 @@ def add_parsers(sub) -> None:
         "--model",
         help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers "
              "folder (default: the shapes64 model shipped with ldmkit; shapes64-lcm: its shipped "
-             "4-step student; shapes64-grounded: the shipped grounded model, which follows two-object prompts best)",
+             "4-step student; shapes64-grounded: the shipped grounded model, which follows two-object prompts best; "
+             "shapes64-grounded-lcm: its 4-step student)",
     )
     add_load_options(p)
     p.add_argument("--out", required=True,

@@ -250,8 +250,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", action="append", metavar="[NAME=]DIR",
                    help="serve this model as NAME (without NAME=: the folder's name): a folder written by `ldmkit "
                         "train` of any kind (text, class, sr, inpaint, colorize), a Stable Diffusion file or "
-                        "diffusers folder, or shapes64-lcm or shapes64-grounded; repeatable, the first being the default of a request "
-                        "that names none. All load at start and stay in memory (default: the shipped shapes64)")
+                        "diffusers folder, or shapes64-lcm, shapes64-grounded or shapes64-grounded-lcm; repeatable, "
+                        "the first being the default of a request that names none. All load at start and stay in "
+                        "memory (default: the shipped shapes64)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "

@@ -1,13 +1,13 @@
 """The models shipped inside the package, trained on the built-in shapes data: ``shapes64`` (the
-default), ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`), and ``shapes64-grounded``, the same
+default), ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`), ``shapes64-grounded``, the same
 networks trained with the grounding loss (`ldmkit.train.grounding`; `make shapes64-grounded-model`), which draws
-two-object prompts right far more often (experiments/GROUNDED_CPU.md).
+two-object prompts right far more often (experiments/GROUNDED_CPU.md), and ``shapes64-grounded-lcm``, its 4-step
+student (`make shapes64-grounded-lcm`).
 
 ``ldmkit generate PROMPT --out FILE`` uses ``shapes64`` when no ``--model`` is given; so does
 ``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``), and
-likewise ``shapes64-grounded``, name a shipped model where no file or folder of that name exists (`resolve_model`).
-``SHA256SUMS`` beside its files records their checksums;
-`verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
+likewise the other names of `SHIPPED`, name a shipped model where no file or folder of that name exists
+(`resolve_model`). ``SHA256SUMS`` beside its files records their checksums; `verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
 with every large float tensor stored as float16 (loading casts back to float32), which halves the
 size to fit the package.
 """
@@ -24,7 +24,8 @@ from ldmkit.storage import CheckpointError, atomic_path, save_weights, sha256_fi
 
 SHAPES64 = Path(__file__).parent / "shapes64"
 SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes64-lcm",
-           "shapes64-grounded": Path(__file__).parent / "shapes64-grounded"}
+           "shapes64-grounded": Path(__file__).parent / "shapes64-grounded",
+           "shapes64-grounded-lcm": Path(__file__).parent / "shapes64-grounded-lcm"}
 CHECKSUMS = "SHA256SUMS"
 WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
 OTHER_FILES = ("config.yaml", "tokenizer.json")
