@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from pathlib import Path
 
 from ldmkit.data.shapes_captions import _NOUN_PHRASES, _ONE_OBJECT, _WORDS
 from ldmkit.eval.attributes import AttributePredictor
@@ -20,6 +22,9 @@ from ldmkit.eval.heldout import heldout_shapes
 from ldmkit.eval.prompt_accuracy import score_prompt
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.settings import GenerationSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
+from _bench_common import show_results  # noqa: E402
 
 
 def fixed_words(frame: str) -> list[str]:
@@ -65,11 +70,8 @@ def main() -> None:
                f"{', '.join(left_out)}: {sum(right[i] for i in rest) / max(1, len(rest)):.1%}")
     report = "\n".join(lines + ["", summary, "", "Command: `python experiments/unseen_failures.py "
                                 f"--images {args.images} --without '{args.without}'`"])
-    print(report)
-    if args.results:
-        with open(args.results, "w", encoding="utf-8") as f:
-            f.write("# The unseen wording's one-object failures, word by word and frame by frame (issue 21)\n\n"
-                    + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n")
+    show_results("# The unseen wording's one-object failures, word by word and frame by frame (issue 21)\n\n" + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n",
+                 args.results)
 
 
 if __name__ == "__main__":

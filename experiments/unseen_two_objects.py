@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import Counter
+from pathlib import Path
 
 from ldmkit.data.shapes_captions import _POSITIONS, _RELATIONS, _TWO_OBJECTS, _WORDS
 from ldmkit.eval.attributes import AttributePredictor
@@ -24,6 +26,9 @@ from ldmkit.eval.prompt_accuracy import score_prompt, two_object_failure
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.settings import GenerationSettings
 from ldmkit.text.known_words import KnownWords
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
+from _bench_common import show_results  # noqa: E402
 
 
 def pattern(words: list[str]) -> str:
@@ -99,11 +104,8 @@ def main() -> None:
                 for i in two if scores["unseen"][i] is not None][:args.examples]
     report = "\n".join(lines + ["", summary, "", "Failed captions, the first few:", ""] + examples + [
         "", f"Command: `python experiments/unseen_two_objects.py --model {args.model} --images {args.images}`"])
-    print(report)
-    if args.results:
-        with open(args.results, "w", encoding="utf-8") as f:
-            f.write("# The unseen wording's two-object failures, by frame, phrase and word (issue 21)\n\n"
-                    + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n")
+    show_results("# The unseen wording's two-object failures, by frame, phrase and word (issue 21)\n\n" + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n",
+                 args.results)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ background colour in any channel), as a share of the image and against the real 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,9 @@ from ldmkit.eval.generation import generate_for_prompts
 from ldmkit.eval.heldout import heldout_shapes
 from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.settings import GenerationSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _bench_common
+from _bench_common import show_results  # noqa: E402
 
 
 def object_area(images: torch.Tensor) -> torch.Tensor:
@@ -63,11 +68,8 @@ def main() -> None:
     command = " ".join(["python experiments/grounded_cpu/sizes.py", *(f"--model {n}={f}" for n, f in args.model),
                         f"--images {args.images}"])
     report = "\n".join(lines + ["", f"Command: `{command}`"])
-    print(report)
-    if args.results:
-        with open(args.results, "w", encoding="utf-8") as f:
-            f.write("# How large the grounded models draw stated sizes (issue 21)\n\n"
-                    + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n")
+    show_results("# How large the grounded models draw stated sizes (issue 21)\n\n" + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n",
+                 args.results)
 
 
 if __name__ == "__main__":
