@@ -222,8 +222,8 @@ class KnownWords:
         if lead is None or not is_determiner(lead.group(1).lower()):
             return " ".join(words)
         article = lead.group(1)
-        if article.lower() in ("a", "an"):
-            article = "an" if words[0][:1].lower() in "aeiou" else "a"
+        if article.lower() in ("a", "an"):  # fitted to the first word said, lower case (the prompt's start moved)
+            article = _article(article.lower() + " ", words[0]).rstrip()
         return " ".join([article, *words])
 
     def knows(self, prompt: str) -> bool:
