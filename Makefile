@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-quick check-install setup shapes64 shapes64-repro shapes64-grounded shapes64-grounded-model shapes64-lcm shapes64-grounded-lcm latent-vs-pixel previous-shapes64
+.PHONY: demo test test-quick check-install setup shapes64 shapes64-varied shapes64-repro shapes64-grounded grounded-tables shapes64-lcm shapes64-grounded-lcm latent-vs-pixel previous-shapes64
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -19,7 +19,7 @@ demo: setup
 	.venv/bin/ldmkit train-autoencoder --preset demo --out runs/demo/autoencoder --resume
 	.venv/bin/ldmkit train --preset demo --autoencoder runs/demo/autoencoder --out runs/demo/model --resume
 	.venv/bin/ldmkit generate "a red circle on the left" --model runs/demo/model --num-images 8 --out runs/demo/red_circle.png
-	.venv/bin/ldmkit generate "a red circle above a blue square" --binding 0.2 --num-images 8 --out runs/demo/shipped.png --no-progress
+	.venv/bin/ldmkit generate "a red circle above a blue square" --num-images 8 --out runs/demo/shipped.png --no-progress
 
 test: setup
 	$(PY) -m pytest --durations=15
@@ -40,23 +40,44 @@ check-install:
 test-quick: setup
 	$(PY) -m pytest -m "not slow" --durations=15
 
-# The shipped model: shapes64-minilm's autoencoder stage, then the UNet of preset shapes64-varied (captions as
-# people write them, batch 128, 3000 steps; --resume continues a stopped run), packed into
-# ldmkit/pretrained/shapes64 (float16, SHA256SUMS), then measured into benchmarks/SHAPES64.md and the
-# README's results. The shipped UNet was trained on one H200 GPU in 4 min (`make shapes64 DEVICE=cuda`); on a
-# 2-core CPU the autoencoder takes ~15 min and the UNet ~1.5 s a step (~75 min); measuring ~30 min more.
+# The default model, shapes64-grounded: shapes64-minilm's autoencoder stage, then the UNet in three stages: preset
+# shapes64-grounded-b128 (captions as people write them, the grounding loss, batch 128, 3000 steps, ~65 min on 2
+# cores), then twice 500 steps without the loss (preset shapes64-grounded-polish, ~10-20 min each; the second from
+# the first's packed float16 weights); --resume continues a stopped stage. Packed into
+# ldmkit/pretrained/shapes64-grounded (float16, SHA256SUMS), then measured into benchmarks/SHAPES64_GROUNDED.md and
+# the README's results (~40 min). On a 2-core CPU the autoencoder takes ~15 min.
 DEVICE ?= auto
-RUNS64 := runs/shapes64-varied
-define train_shapes64
+RUNS64 := runs/shapes64-grounded
+define train_default
 	.venv/bin/ldmkit train-autoencoder --preset shapes64-minilm --out $(1)/autoencoder --resume --no-progress \
 	  --device $(DEVICE)
-	.venv/bin/ldmkit train --preset shapes64-varied --autoencoder $(1)/autoencoder --out $(1)/model --resume \
-	  --no-progress --device $(DEVICE)
+	.venv/bin/ldmkit train --preset shapes64-grounded-b128 --autoencoder $(1)/autoencoder --out $(1)/grounded \
+	  --resume --no-progress --device $(DEVICE)
+	.venv/bin/ldmkit train --preset shapes64-grounded-polish --autoencoder $(1)/autoencoder --init $(1)/grounded \
+	  --seed 1 --out $(1)/polish --resume --no-progress --device $(DEVICE)
+	$(PY) -m ldmkit.pretrained pack $(1)/polish $(1)/polish-packed
+	.venv/bin/ldmkit train --preset shapes64-grounded-polish --autoencoder $(1)/autoencoder \
+	  --init $(1)/polish-packed --seed 2 --out $(1)/model --resume --no-progress --device $(DEVICE)
 endef
 shapes64: setup
-	$(call train_shapes64,$(RUNS64))
-	$(PY) -m ldmkit.pretrained pack $(RUNS64)/model
+	$(call train_default,$(RUNS64))
+	$(PY) -m ldmkit.pretrained pack $(RUNS64)/model ldmkit/pretrained/shapes64-grounded
 	$(PY) benchmarks/shapes64_results.py --runs $(RUNS64)
+
+# shapes64, the default until 2026-12-07 (shipped beside it): the same autoencoder stage, then the UNet of preset
+# shapes64-varied (the same captions without the grounding loss, batch 128, 3000 steps; trained on one H200 GPU in
+# 4 min, `make shapes64-varied DEVICE=cuda`; ~75 min on a 2-core CPU), packed into ldmkit/pretrained/shapes64 and
+# measured into benchmarks/SHAPES64.md.
+RUNS64V := runs/shapes64-varied
+shapes64-varied: setup
+	.venv/bin/ldmkit train-autoencoder --preset shapes64-minilm --out $(RUNS64V)/autoencoder --resume --no-progress \
+	  --device $(DEVICE)
+	.venv/bin/ldmkit train --preset shapes64-varied --autoencoder $(RUNS64V)/autoencoder --out $(RUNS64V)/model \
+	  --resume --no-progress --device $(DEVICE)
+	$(PY) -m ldmkit.pretrained pack $(RUNS64V)/model ldmkit/pretrained/shapes64
+	$(PY) benchmarks/shapes64_results.py --model ldmkit/pretrained/shapes64 --runs $(RUNS64V) --stage autoencoder=autoencoder \
+	  --stage LDM=model --readme '' --results benchmarks/SHAPES64.md --grid benchmarks/shapes64_grid.png \
+	  --title 'trained without the grounding loss (the default until 2026-12-07)' --work runs/shapes64-results
 
 # Grounded training from scratch (preset shapes64-grounded: the broad caption grammar, the grounding loss,
 # zero padding vectors; the shipped model's autoencoder; 6500 steps, ~80 min on 2 cores, --resume continues a
@@ -79,24 +100,12 @@ SECOND_POLISH_NOTE := shapes64-grounded as shipped since 2026-12-07 (session 36)
 before (grounded stage + 500 steps without the loss) polished 500 steps more (preset shapes64-grounded-polish, \
 --init, --seed 2); experiments/GROUNDED_CPU.md. Prompts are read as the pipelines read them (known words and \
 phrasing, ldmkit.text.known_words).
-# The grounded model shipped beside the default (ldmkit/pretrained/shapes64-grounded): preset shapes64-grounded-b128
-# (the shipped preset with the grounding loss, batch 128, 3000 steps, ~65 min on 2 cores), then twice 500 steps
-# without it (preset shapes64-grounded-polish, ~10-20 min each; the second from the first's packed float16 weights);
-# --resume continues a stopped stage. Then measured beside the default into experiments/GROUNDED_CPU_TABLE.md and
-# alone into experiments/GROUNDED_SECOND_POLISH_TABLE.md (~25 and ~35 min; rows already measured are kept).
-shapes64-grounded-model: setup
-	bash benchmarks/shipped_autoencoder.sh runs/shipped-ae
-	.venv/bin/ldmkit train --preset shapes64-grounded-b128 --autoencoder runs/shipped-ae --out runs/grounded-cpu \
-	  --resume --no-progress
-	.venv/bin/ldmkit train --preset shapes64-grounded-polish --autoencoder runs/shipped-ae --init runs/grounded-cpu \
-	  --seed 1 --out runs/grounded-polish --resume --no-progress
-	$(PY) -m ldmkit.pretrained pack runs/grounded-polish runs/packed/grounded-polish
-	.venv/bin/ldmkit train --preset shapes64-grounded-polish --autoencoder runs/shipped-ae \
-	  --init runs/packed/grounded-polish --seed 2 --out runs/grounded-polish2 --resume --no-progress
-	$(PY) -m ldmkit.pretrained pack runs/grounded-polish2 ldmkit/pretrained/shapes64-grounded
-	$(PY) -m ldmkit.pretrained pack runs/grounded-cpu runs/packed/grounded-cpu
+# The default model's stages measured beside shapes64 into experiments/GROUNDED_CPU_TABLE.md and alone into
+# experiments/GROUNDED_SECOND_POLISH_TABLE.md (~25 and ~35 min; rows already measured are kept), after `make shapes64`.
+grounded-tables: setup
+	$(PY) -m ldmkit.pretrained pack $(RUNS64)/grounded runs/packed/grounded-cpu
 	$(PY) benchmarks/grounding.py --model shipped=ldmkit/pretrained/shapes64 --model grounded=runs/packed/grounded-cpu \
-	  --model polished=runs/packed/grounded-polish --binding 0.2 --work runs/grounding-eval-cpu \
+	  --model polished=$(RUNS64)/polish-packed --binding 0.2 --work runs/grounding-eval-cpu \
 	  --results experiments/GROUNDED_CPU_TABLE.md --no-progress
 	$(PY) benchmarks/grounding.py --model shapes64-grounded=ldmkit/pretrained/shapes64-grounded --binding 0.2 \
 	  --work runs/grounding-eval-p2 --results experiments/GROUNDED_SECOND_POLISH_TABLE.md --no-progress \
@@ -109,15 +118,15 @@ previous-shapes64:
 	  git show 1577008:$$f > runs/shapes64-previous/$$(basename $$f); done
 	cd runs/shapes64-previous && sha256sum --quiet -c SHA256SUMS
 
-# Does `make shapes64` reproduce the shipped model? The same training into runs/shapes64-repro, measured
+# Does `make shapes64` reproduce the default model? The same training into runs/shapes64-repro, measured
 # the same way into benchmarks/SHAPES64_REPRO.md; the shipped model and the README are left as they are.
-# (benchmarks/SHAPES64_REPRO.md is such a retrain of the preset shipped before, shapes64-minilm, 8000 steps.)
+# (benchmarks/SHAPES64_REPRO.md is such a retrain of a preset shipped before, shapes64-minilm, 8000 steps.)
 REPRO64 := runs/shapes64-repro
 shapes64-repro: setup
-	$(call train_shapes64,$(REPRO64))
+	$(call train_default,$(REPRO64))
 	$(PY) benchmarks/shapes64_results.py --runs $(REPRO64) --model $(REPRO64)/model --readme '' \
 	  --results benchmarks/SHAPES64_REPRO.md --grid benchmarks/shapes64_repro_grid.png \
-	  --title "a retrain of the shipped model's preset (make shapes64-repro)"
+	  --title "a retrain of the default model's recipe (make shapes64-repro)"
 
 # The 4-step student: latent consistency distillation of the shipped model on its own data (`ldmkit distill`,
 # the preset's distill section for 6000 steps with the learning rate decaying to 0 on a cosine: about 1.5 h on two

@@ -17,6 +17,7 @@ Fairness rules both benchmarks follow:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -476,6 +477,18 @@ def command_line(argv: list[str] | None = None) -> str:
     """The command that ran this script, quoted for a shell: ``python SCRIPT ARGS`` (``argv``: the
     arguments a ``main(argv)`` was called with, default ``sys.argv[1:]``)."""
     return "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])
+
+
+def unet_digest(model: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of the model folder ``model``'s UNet weights (from its SHA256SUMS
+    where it has one): which model a result measured, and the key of results kept for it."""
+    sums = model / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name.strip() == "unet.safetensors":
+                return digest[:12]
+    return hashlib.sha256((model / "unet.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def results_footer(argv: list[str] | None = None) -> list[str]:

@@ -34,7 +34,6 @@ Run (the full measurement, ~20 min each on 2 cores):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -64,6 +63,9 @@ from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import SAVE_DTYPES, TIMESTEP_BIAS_SCOPES, TIMESTEP_BIASES, FinetuneConfig, finetune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import unet_digest  # noqa: E402
 
 SIZE = 64
 RADIUS = {"small": 0.11, "large": 0.19}  # as the shapes dataset draws them (fractions of the side)
@@ -284,17 +286,6 @@ def prior_prompts(count: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-
-def unet_digest(model: Path) -> str:
-    """The first 12 hex digits of the SHA-256 of ``model``'s UNet weights: which model a section measured."""
-    sums = model / "SHA256SUMS"
-    if sums.is_file():
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            if name.strip() == "unet.safetensors":
-                return digest[:12]
-    return hashlib.sha256((model / "unet.safetensors").read_bytes()).hexdigest()[:12]
-
 
 def one_object_accuracy(pipe, heldout, settings: GenerationSettings, predictor: AttributePredictor) -> float:
     keep = [i for i, s in enumerate(heldout.stated) if len(s.objects) == 1]

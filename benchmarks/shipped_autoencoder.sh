@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Write the shipped model's autoencoder (ldmkit/pretrained/shapes64) out as an autoencoder folder, unless
+# Write the shipped models' autoencoder (shapes64's and the default's are the same) out as an autoencoder folder, unless
 # the folder is there already: `make shapes64-grounded` and the binding experiments (experiments/binding/)
 # train their UNets on it. Usage: bash benchmarks/shipped_autoencoder.sh OUT_FOLDER
 set -euo pipefail

@@ -14,8 +14,8 @@ measured in one run, with the quality each row reaches.
 
 Two models (``--models``, default both):
 
-- ``shipped``: a model shipped with ldmkit, ``--teacher`` (default shapes64, `ldmkit.load_pipeline()`'s: 64×64
-  images, MiniLM prompts; or another folder of the shipped kind, e.g. shapes64-grounded). Rows:
+- ``shipped``: a model shipped with ldmkit, ``--teacher`` (default shapes64, the default until 2026-12-07: 64×64
+  images, MiniLM prompts; or another folder of the shipped kind, e.g. shapes64-grounded, the default now). Rows:
   ldmkit plain, ldmkit with the text K/V computed at every step (what the plain row saves by
   `ldmkit.nn.kv_cache`), ldmkit with feature reuse at each of ``--intervals`` (`ldmkit.nn.feature_cache`) and each
   of ``--cache-depths`` (the shallow branch's depth k, `ldmkit.settings.check_cache_depth`; 1 is DeepCache's branch 0),
@@ -71,6 +71,8 @@ from typing import Callable
 
 import torch
 
+from ldmkit.pretrained import DEFAULT
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
     DIFFUSERS_SETTINGS, BenchModel, apply_diffusers_setting, bench_models, bf16_decision, bf16_settings,
@@ -89,10 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-depths", default="1",
                    help="feature-reuse rows at each of these depths k, comma-separated: blocks of the first level "
                         "the shallow branch recomputes (ldmkit generate --cache-depth; 1, DeepCache's branch 0, is "
-                        "the default; 0 … 1 for the shipped model, 0 … 2 for sd-small)")
+                        "the default; 0 … 1 for the shipped models, 0 … 2 for sd-small)")
     p.add_argument("--teacher", metavar="MODEL", default="shapes64",
                    help="the text-to-image model of the first table (a folder or a shipped name; default shapes64, "
-                        "what `ldmkit.load_pipeline()` loads; e.g. shapes64-grounded)")
+                        f"whose results file TIME_TO_QUALITY.md is; {DEFAULT}: what `ldmkit.load_pipeline()` loads)")
     p.add_argument("--student", metavar="DIR",
                    help="a consistency student of --teacher (`ldmkit distill`, e.g. `make shapes64-lcm`'s "
                         "runs/shapes64-lcm or the shipped shapes64-lcm): its rows join the teacher's table")
@@ -584,7 +586,7 @@ def section(res: dict) -> list[str]:
             line += [db(r.result["psnr"]), db(r.result["psnr_share"])]
         table.append(line)
     if shipped_model:
-        default = " (`ldmkit.load_pipeline()`)" if res["teacher"] == "shapes64" else ""
+        default = " (`ldmkit.load_pipeline()`)" if res["teacher"] == DEFAULT else ""
         title = f"The shipped model `{res['teacher']}`{default}"
     else:
         title = "SD-v1-shaped UNet on random weights (`sd-small`)"

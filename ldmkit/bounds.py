@@ -9,7 +9,7 @@ from __future__ import annotations
 
 MAX_IMAGES = 8  # images drawn together as one batch
 MAX_GUIDANCE = 30.0  # classifier-free guidance scale s: beyond it images saturate (SD uses 7.5, shapes 4)
-MAX_BINDING = 5.0  # binding guidance λ (0.2 for the shipped model)
+MAX_BINDING = 5.0  # binding guidance λ (0.2 for the shipped models)
 MAX_CANDIDATES = 8  # binding guidance's starting noises per two-object prompt
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 … 2**64 − 1
 MAX_ETA = 1.0  # DDIM η is defined on [0, 1]: 0 deterministic, 1 DDPM's posterior noise

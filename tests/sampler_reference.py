@@ -1,9 +1,10 @@
-"""The shipped model's samples for fixed seeds, one per sampler setting, as a regression reference.
+"""The shipped model ``shapes64``'s samples for fixed seeds, one per sampler setting, as a regression reference
+(named, not the default, so that the reference outlives a change of default model).
 
 `render` draws them through the public API that existed before the samplers were rebuilt over one σ grid
 (`pipe(...)`, `ImageToImagePipeline`, `ldmkit.diffusion.sample` with karras), so the same function runs
 against the old and the new code (it did: the PNGs of commit 2845c4a, before the rebuild, were drawn again
-within 1/255 after it). When the shipped model changes, the PNGs in tests/data/sampler_reference/ are
+within 1/255 after it). When that model changes, the PNGs in tests/data/sampler_reference/ are
 written again with
 
     python -m tests.sampler_reference --write tests/data/sampler_reference
@@ -47,7 +48,7 @@ IMG2IMG_CASES = ("ddim", "euler", "dpmpp-2m")  # strength 0.6 from the "ddim" im
 
 def render() -> dict[str, np.ndarray]:
     """name -> uint8 H×W×3 array of every reference image (two images side by side per setting)."""
-    pipe = load_pipeline()
+    pipe = load_pipeline("shapes64")
     out: dict[str, list] = {}
     for name, kwargs in PIPELINE_CASES.items():
         out[name] = pipe(PROMPT, steps=STEPS, guidance=4.0, seed=SEED, num_images=2, **kwargs)

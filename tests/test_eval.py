@@ -430,3 +430,19 @@ def test_training_lines_keep_a_stage_whose_log_is_gone(tmp_path):
     assert training_lines(runs, results) == [kept, describe_training("LDM", training_stretches(runs / "model" / "log.csv"))]
     results.write_text(kept + "\n")  # kept again, marked once
     assert training_lines(runs, results)[0] == kept
+
+
+def test_training_lines_time_each_stage_of_a_run_trained_in_stages(tmp_path):
+    runs = tmp_path / "runs"
+    _log(runs / "grounded" / "log.csv", [(100, 200.0)])
+    _log(runs / "model" / "log.csv", [(10, 30.0)])
+    stages = (("autoencoder", "autoencoder"), ("LDM, grounding", "grounded"), ("LDM, polish", "polish"),
+              ("LDM, polish 2", "model"))
+    lines = training_lines(runs, tmp_path / "none.md", stages)
+    assert lines == [f"- training, autoencoder: not timed here (no {runs / 'autoencoder' / 'log.csv'})",
+                     describe_training("LDM, grounding", training_stretches(runs / "grounded" / "log.csv")),
+                     f"- training, LDM, polish: not timed here (no {runs / 'polish' / 'log.csv'})",
+                     describe_training("LDM, polish 2", training_stretches(runs / "model" / "log.csv"))]
+    (tmp_path / "earlier.md").write_text(lines[1] + "\n")  # a stage's line is kept under its own name
+    (runs / "grounded" / "log.csv").unlink()
+    assert training_lines(runs, tmp_path / "earlier.md", stages)[1] == lines[1] + KEPT

@@ -45,7 +45,7 @@ def test_shipped_model_fits_the_size_budget(name):
 
 
 def test_model_names_resolve_to_shipped_folders_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
-    assert resolve_model(None) == SHAPES64
+    assert resolve_model(None) == SHIPPED["shapes64-grounded"]  # the default: the model that binds two objects
     assert resolve_model("shapes64-lcm") == SHIPPED["shapes64-lcm"]
     assert resolve_model("runs/some/model") == "runs/some/model"
     monkeypatch.chdir(tmp_path)
@@ -85,6 +85,9 @@ def test_generate_uses_the_shipped_model_without_model_flag(tmp_path, capsys):
     assert Image.open(out).size == (64, 64)
     pipe = load_pipeline()  # the Python API's default is the same model
     assert pipe.model.config.image_size == 64 and pipe.model.unet.training is False
+    grounded = load_pipeline("shapes64-grounded")  # the default: the model that binds each object's words to it
+    assert all(torch.equal(a, b) for a, b in zip(pipe.model.unet.state_dict().values(),
+                                                   grounded.model.unet.state_dict().values()))
 
 
 def test_pack_halves_large_tensors_and_loads_back_close(tmp_path):

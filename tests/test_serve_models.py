@@ -514,7 +514,7 @@ def test_one_queue_and_its_limit_serve_every_model():
 
 
 def test_model_arguments_name_the_models(folders, tmp_path):
-    assert model_specs(None) == [("shapes64", None)]
+    assert model_specs(None) == [("shapes64-grounded", None)]  # the default model, by its name
     assert model_specs([str(folders["txt"]), f"up={folders['sr']}", "shapes64-lcm"]) == [
         ("serve-tiny-model", str(folders["txt"])), ("up", str(folders["sr"])), ("shapes64-lcm", "shapes64-lcm")]
     weights = tmp_path / "sd-v1.safetensors"

@@ -23,7 +23,7 @@ PROMPTS = [
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes64)")
+    p.add_argument("--model", default=None, help="model folder or shipped name (default: the default shipped model)")
     p.add_argument("--binding", type=float, default=0.3, help="λ of the bottom rows (default 0.3)")
     p.add_argument("--seeds", type=int, default=2, help="rows per setting, seeds 0 … N−1")
     p.add_argument("--out", default="experiments/binding_examples.png")

@@ -39,7 +39,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("attention", help="sample one image and show each prompt token's cross-attention map")
     p.add_argument("prompt", help="what to draw")
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
-                                   "(default: the shapes64 model shipped with ldmkit)")
+                                   "(default: shapes64-grounded, shipped with ldmkit)")
     p.add_argument("--out", required=True, help="the figure, a .png file")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default 25; a consistency student's own 4)")

@@ -118,7 +118,7 @@ def cmd_img2img(args) -> None:
 def _common(p: argparse.ArgumentParser, guidance: float | None, what: str) -> None:
     p.add_argument("input", help="the input image (PNG, JPEG, …)")
     p.add_argument("--model", required=True, help=f"a model folder written by `ldmkit train` ({what}); img2img also "
-                                                  "takes the shipped shapes64")
+                                                  "takes a shipped text model: shapes64-grounded, shapes64")
     p.add_argument("--out", help="the output image, .png, .jpg/.jpeg or .webp (default: INPUT-STEM_COMMAND.png here)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampling steps (default 25; a consistency student's own 4)")

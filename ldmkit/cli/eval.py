@@ -19,7 +19,7 @@ from ldmkit.eval.autoencoder import check_image_size, evaluate_autoencoder
 from ldmkit.eval.features import InceptionV3Features, ShapesFeatures
 from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.heldout import PHRASINGS
-from ldmkit.pretrained import resolve_model
+from ldmkit.pretrained import NAMES_HELP, resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.storage import _folder_kind, load_config
 
@@ -114,9 +114,7 @@ def add_parsers(sub) -> None:
     a.set_defaults(func=cmd_eval_autoencoder)
 
     g = esub.add_parser("generate", help="FID, KID, IS and prompt accuracy of a text-to-image model")
-    g.add_argument("--model", help="a model folder written by `ldmkit train` (default: the shipped shapes64 model; "
-                                             "shapes64-lcm: its 4-step student; shapes64-grounded: the grounded one; "
-                                             "shapes64-grounded-lcm: that one's 4-step student)")
+    g.add_argument("--model", help=f"a model folder written by `ldmkit train`, or a shipped model's name: {NAMES_HELP}")
     g.add_argument("--steps", type=positive_int,
                    help="sampling steps (default 25, a consistency student's own 4; ddpm: give T for the full chain)")
     g.add_argument("--guidance", type=bounded_float(MAX_GUIDANCE, "guidance scale"),

@@ -6,7 +6,7 @@ from ldmkit.cli.common import (
     UsageError, bounded_float, bounded_int, non_negative_float, non_negative_int, positive_int, seed_int,
 )
 from ldmkit.cli.outputs import check_output_dir
-from ldmkit.pretrained import resolve_model
+from ldmkit.pretrained import DEFAULT, resolve_model
 from ldmkit.convert.lora import TARGETS as LORA_TARGETS
 from ldmkit.train.common import LR_SCHEDULES
 from ldmkit.train.finetune import (
@@ -46,7 +46,7 @@ def cmd_finetune(args) -> None:
     written = finetune(resolve_model(args.model), args.images, args.out, cfg,
                        resume=False if fresh else args.resume, device=args.device, progress=not args.no_progress)
     print(f"wrote {', '.join(str(p) for p in written)} (samples in {args.out}/samples)")
-    model = args.model or "shapes64"
+    model = args.model or DEFAULT
     if args.method == "lora" and cfg.token:
         print(f"use them together with `ldmkit generate --model {model} --lora {written[0]} --embedding {written[1]} "
               f"\"... {cfg.token} ...\"`")
@@ -58,7 +58,7 @@ def cmd_finetune(args) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("finetune", help="teach a text model a new concept: LoRA, textual inversion or full")
-    p.add_argument("--model", help="the text model to fine-tune (default: shapes64, the shipped one; a model folder, "
+    p.add_argument("--model", help="the text model to fine-tune (default: shapes64-grounded, the shipped one; a model folder, "
                                    "an SD single file or a diffusers folder)")
     p.add_argument("--images", required=True, help="a folder of images, each with a caption in a sidecar .txt "
                                                    "(or metadata.jsonl); --prompt captions the others")

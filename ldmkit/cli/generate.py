@@ -18,7 +18,7 @@ from ldmkit.pipelines import ClassConditionalPipeline
 from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import condition_kind
 from ldmkit.pipelines.text_to_image import load_pipeline
-from ldmkit.pretrained import resolve_model
+from ldmkit.pretrained import NAMES_HELP, resolve_model
 from ldmkit.settings import PROMPT_SYNTAXES, GenerationSettings, check_steps as check_step_count
 from ldmkit.text.emphasis import uses_syntax
 
@@ -125,9 +125,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--model",
         help="a model folder written by `ldmkit train`, a Stable Diffusion .safetensors/.ckpt file, or a diffusers "
-             "folder (default: the shapes64 model shipped with ldmkit; shapes64-lcm: its shipped "
-             "4-step student; shapes64-grounded: the shipped grounded model, which follows two-object prompts best; "
-             "shapes64-grounded-lcm: its 4-step student)",
+             f"folder, or a shipped model's name: {NAMES_HELP}",
     )
     add_load_options(p)
     p.add_argument("--out", required=True,
@@ -170,7 +168,7 @@ def add_parsers(sub) -> None:
                    help="Karras et al.'s noise levels (denser at low noise) between the grid's first and last σ, "
                         "for any sampler: --sampler dpmpp-2m --karras is A1111's \"DPM++ 2M Karras\"")
     p.add_argument("--binding", type=bounded_float(MAX_BINDING, "binding λ"), default=0.0, metavar="λ",
-                   help="attribute-binding guidance of scale λ (default 0: none; 0.2 for the shipped model): steers "
+                   help="attribute-binding guidance of scale λ (default 0: none; 0.2 for the shipped models): steers "
                         "the first half of sampling so that each shape's colour and size words attend where the "
                         "shape word does and a two-object prompt's nouns sit in the stated relation, and starts a "
                         "two-object prompt from the best of --binding-candidates noises; a two-object image takes "

@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
     p.add_argument("source_prompt", metavar="SOURCE_PROMPT", help="the prompt of the image to edit")
     p.add_argument("target_prompt", metavar="TARGET_PROMPT", help="the edited prompt; a weight after a word scales its attention: 'a red(2) circle'")
     p.add_argument("--model", help="a text model folder, a Stable Diffusion file or a diffusers folder "
-                                   "(default: the shapes64 model shipped with ldmkit)")
+                                   "(default: shapes64-grounded, shipped with ldmkit)")
     add_load_options(p)
     p.add_argument("--image", metavar="FILE",
                    help="edit this image (of the model's size) instead of a generated one: it is inverted under "

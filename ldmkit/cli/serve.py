@@ -1,8 +1,8 @@
 """`ldmkit serve`: the HTTP API and web page (ldmkit.serve) under uvicorn, for one model or several.
 
 ``--model NAME=DIR`` (repeatable) serves DIR as NAME; a bare ``--model DIR`` takes the folder's name (a
-file's without its suffix), and no ``--model`` serves the shipped shapes64 model. Every ``--model`` is
-checked (name, duplicates, the file or folder there) before anything loads, then every model loads,
+file's without its suffix), and no ``--model`` serves the default shipped model (``shapes64-grounded``).
+Every ``--model`` is checked (name, duplicates, the file or folder there) before anything loads, then every model loads,
 all before the server listens: a mistake is one line and exit code 2, not a failed request later.
 
 ``--prediction``, ``--no-ema`` and ``--precision`` load a model as `ldmkit generate`'s options of those names
@@ -26,10 +26,10 @@ from ldmkit.cli.outputs import check_output_dir
 from ldmkit.device import PRECISIONS, resolve_device
 from ldmkit.pipelines.adapters import apply_adapters
 from ldmkit.pipelines.by_kind import load_any_pipeline
-from ldmkit.pretrained import SHIPPED, resolve_model
+from ldmkit.pretrained import DEFAULT, NAMES_HELP, SHIPPED, resolve_model
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-DEFAULT_NAME = "shapes64"  # the name the shipped model is served under when no --model is given
+DEFAULT_NAME = DEFAULT  # the name the default shipped model is served under when no --model is given
 PREDICTIONS = ("epsilon", "v")  # --prediction's values, as `ldmkit generate`'s
 CORS_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")  # what a browser sends in Origin: no path, no trailing "/"
 
@@ -250,9 +250,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", action="append", metavar="[NAME=]DIR",
                    help="serve this model as NAME (without NAME=: the folder's name): a folder written by `ldmkit "
                         "train` of any kind (text, class, sr, inpaint, colorize), a Stable Diffusion file or "
-                        "diffusers folder, or shapes64-lcm, shapes64-grounded or shapes64-grounded-lcm; repeatable, "
-                        "the first being the default of a request that names none. All load at start and stay in "
-                        "memory (default: the shipped shapes64)")
+                        f"diffusers folder, or a shipped model's name ({NAMES_HELP}); repeatable, the first being the "
+                        "default of a request that names none. All load at start and stay in memory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only "

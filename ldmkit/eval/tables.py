@@ -9,7 +9,7 @@ plain data and returns text; nothing here runs a model or writes a file:
 - `quality_per_step`: generation rows (sampler, steps, guidance and an `EvalReport.to_dict()`) → the line
   comparing a few-step sampler's FID and KID with a many-step one's at the first row's guidance;
 - `training_stretches`, `describe_training`, `training_lines`: a run's ``log.csv`` → its stretches (a
-  resumed run restarts the clock) → one bullet per stage on its steps and wall time.
+  resumed run restarts the clock) → one bullet per stage (autoencoder, each UNet stage) on its steps and wall time.
 """
 
 from __future__ import annotations
@@ -94,17 +94,22 @@ def describe_training(name: str, stretches: list[dict]) -> str:
 KEPT = " (measured from a log that is no longer in --runs; kept from the file this one replaced)"
 
 
-def training_lines(runs: str | Path, earlier: str | Path) -> list[str]:
-    """A bullet per stage of the training folder ``runs`` (``autoencoder/`` and ``model/``) on its
-    training time: `describe_training` of its ``log.csv``; without the log, the stage's bullet in the
-    ``earlier`` results file (marked with `KEPT`, once); else "not timed here"."""
+STAGES = (("autoencoder", "autoencoder"), ("LDM", "model"))  # (name, sub-folder) of a two-stage run
+
+
+def training_lines(runs: str | Path, earlier: str | Path, stages: tuple[tuple[str, str], ...] = STAGES) -> list[str]:
+    """A bullet per stage of the training folder ``runs`` on its training time: ``stages`` lists each stage as
+    (name, its sub-folder), by default ``autoencoder/`` and ``model/``. Each bullet is `describe_training` of
+    the stage's ``log.csv``; without the log, the stage's bullet in the ``earlier`` results file (marked with
+    `KEPT`, once); else "not timed here"."""
     runs, earlier = Path(runs), Path(earlier)
+    names = "|".join(re.escape(name) for name, _ in stages)
     kept = {}
     if earlier.is_file():
         for line in earlier.read_text().splitlines():
-            stage = re.match(r"- training, (autoencoder|LDM): (?!not timed)", line)
+            stage = re.match(rf"- training, ({names}): (?!not timed)", line)
             if stage:
                 kept[stage[1]] = line if line.endswith(KEPT) else line + KEPT
+    logs = [(name, runs / folder / "log.csv") for name, folder in stages]
     return [describe_training(name, training_stretches(log)) if log.is_file()
-            else kept.get(name, f"- training, {name}: not timed here (no {log})")
-            for name, log in (("autoencoder", runs / "autoencoder" / "log.csv"), ("LDM", runs / "model" / "log.csv"))]
+            else kept.get(name, f"- training, {name}: not timed here (no {log})") for name, log in logs]

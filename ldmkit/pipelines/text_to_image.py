@@ -173,8 +173,8 @@ def load_pipeline(
     precision: str = "fp32",
 ) -> TextToImagePipeline:
     """The text-to-image pipeline of a model folder written by `ldmkit train`, a Stable Diffusion single
-    file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64 model,
-    "shapes64-lcm" its shipped 4-step consistency student, "shapes64-grounded" the shipped grounded model,
-    "shapes64-grounded-lcm" that one's student (`ldmkit.pretrained.resolve_model`)."""
+    file or a diffusers folder (see `TextToImagePipeline.from_folder`); by default the shipped shapes64-grounded model;
+    a shipped model's name (`ldmkit.pretrained.SHIPPED`, e.g. "shapes64-grounded-lcm", its 4-step consistency student)
+    names that model (`ldmkit.pretrained.resolve_model`)."""
     folder = resolve_model(folder)
     return TextToImagePipeline.from_folder(folder, device, ema=ema, prediction=prediction, precision=precision)

@@ -1,10 +1,10 @@
-"""The models shipped inside the package, trained on the built-in shapes data: ``shapes64`` (the
-default), ``shapes64-lcm``, its 4-step consistency student (`ldmkit distill`), ``shapes64-grounded``, the same
-networks trained with the grounding loss (`ldmkit.train.grounding`; `make shapes64-grounded-model`), which draws
-two-object prompts right far more often (experiments/GROUNDED_CPU.md), and ``shapes64-grounded-lcm``, its 4-step
-student (`make shapes64-grounded-lcm`).
+"""The models shipped inside the package, trained on the built-in shapes data: ``shapes64-grounded`` (the
+default, `DEFAULT`), trained with the grounding loss (`ldmkit.train.grounding`; `make shapes64`), which draws
+two-object prompts right far more often, ``shapes64-grounded-lcm``, its 4-step consistency student
+(`ldmkit distill`; `make shapes64-grounded-lcm`), ``shapes64``, the same networks trained without the grounding
+loss (the default until 2026-12-07; `make shapes64-varied`), and ``shapes64-lcm``, that one's 4-step student.
 
-``ldmkit generate PROMPT --out FILE`` uses ``shapes64`` when no ``--model`` is given; so does
+``ldmkit generate PROMPT --out FILE`` uses `DEFAULT` when no ``--model`` is given; so does
 ``ldmkit.load_pipeline()`` with no folder. ``--model shapes64-lcm`` (or ``load_pipeline("shapes64-lcm")``), and
 likewise the other names of `SHIPPED`, name a shipped model where no file or folder of that name exists
 (`resolve_model`). ``SHA256SUMS`` beside its files records their checksums; `verify` checks them. `pack` writes a trained model folder in the shipped form: the same files,
@@ -26,6 +26,9 @@ SHAPES64 = Path(__file__).parent / "shapes64"
 SHIPPED = {"shapes64": SHAPES64, "shapes64-lcm": Path(__file__).parent / "shapes64-lcm",
            "shapes64-grounded": Path(__file__).parent / "shapes64-grounded",
            "shapes64-grounded-lcm": Path(__file__).parent / "shapes64-grounded-lcm"}
+DEFAULT = "shapes64-grounded"  # the model a call without --model (or folder) gets
+NAMES_HELP = ("shapes64-grounded, the default shipped with ldmkit; shapes64-grounded-lcm, its 4-step student; shapes64, "
+              "trained without the grounding loss; shapes64-lcm, that one's student")  # for --model's help
 CHECKSUMS = "SHA256SUMS"
 WEIGHT_FILES = ("autoencoder.safetensors", "text_encoder.safetensors", "unet.safetensors")
 OTHER_FILES = ("config.yaml", "tokenizer.json")
@@ -34,14 +37,15 @@ HALF_MIN_NUMEL = 1024  # smaller tensors (norm scales, biases, scale_factor) sta
 
 
 def shipped_model() -> Path:
-    """The folder of the shipped ``shapes64`` model, or a `CheckpointError` if this install lacks it."""
-    if not (SHAPES64 / "config.yaml").is_file():
-        raise CheckpointError(f"this install has no shipped model ({SHAPES64} is missing); pass --model DIR")
-    return SHAPES64
+    """The folder of the default shipped model (`DEFAULT`), or a `CheckpointError` if this install lacks it."""
+    folder = SHIPPED[DEFAULT]
+    if not (folder / "config.yaml").is_file():
+        raise CheckpointError(f"this install has no shipped model ({folder} is missing); pass --model DIR")
+    return folder
 
 
 def resolve_model(model: str | Path | None) -> str | Path:
-    """What ``--model`` names: the shipped ``shapes64`` for None, a shipped model's folder for its name
+    """What ``--model`` names: the default shipped model (`DEFAULT`) for None, a shipped model's folder for its name
     (`SHIPPED`) when no file or folder of that name exists here, else ``model`` itself."""
     if model is None:
         return shipped_model()
@@ -53,13 +57,13 @@ def resolve_model(model: str | Path | None) -> str | Path:
     return model
 
 
-def recorded_checksums(folder: Path = SHAPES64) -> dict[str, str]:
+def recorded_checksums(folder: Path = SHIPPED[DEFAULT]) -> dict[str, str]:
     """``file name -> sha256`` as written in ``folder/SHA256SUMS`` (the ``sha256sum`` format)."""
     lines = (folder / CHECKSUMS).read_text().splitlines()
     return {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in lines if line.strip())}
 
 
-def verify(folder: Path = SHAPES64) -> list[str]:
+def verify(folder: Path = SHIPPED[DEFAULT]) -> list[str]:
     """The files of ``folder`` whose checksum differs from the recorded one (empty: all intact)."""
     return [name for name, digest in recorded_checksums(folder).items()
             if not (folder / name).is_file() or sha256_file(folder / name) != digest]
@@ -70,7 +74,7 @@ def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v for k, v in state.items()}
 
 
-def pack(model_dir: str | Path, out: str | Path = SHAPES64) -> Path:
+def pack(model_dir: str | Path, out: str | Path = SHIPPED[DEFAULT]) -> Path:
     """Write the model folder ``model_dir`` to ``out`` in the shipped form, with ``SHA256SUMS``."""
     model_dir, out = Path(model_dir), Path(out)
     missing = [n for n in WEIGHT_FILES + OTHER_FILES if not (model_dir / n).is_file()]

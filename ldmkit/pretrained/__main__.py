@@ -12,7 +12,7 @@ from pathlib import Path
 from ldmkit.config import load_preset
 from ldmkit.data import build_dataset
 from ldmkit.data.dataset import dataset_captions
-from ldmkit.pretrained import SHAPES64, pack, recorded_checksums, verify, write_checksums
+from ldmkit.pretrained import DEFAULT, SHIPPED, pack, recorded_checksums, verify, write_checksums
 from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text.known_words import CAPTIONS_READ, FILE, KnownWords
 
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("pack", help="write MODEL_DIR (written by `ldmkit train`) in the shipped form")
     a.add_argument("model_dir")
-    a.add_argument("out", nargs="?", default=str(SHAPES64))
+    a.add_argument("out", nargs="?", default=str(SHIPPED[DEFAULT]))
     v = sub.add_parser("verify", help="check a shipped folder's files against its SHA256SUMS")
-    v.add_argument("folder", nargs="?", default=str(SHAPES64))
+    v.add_argument("folder", nargs="?", default=str(SHIPPED[DEFAULT]))
     k = sub.add_parser("known-words", help="record the words of a preset's training captions in shipped folders")
     k.add_argument("--preset", required=True, action="append",
                    help="the preset the models were trained with (shapes64-varied); again for each stage of a model "

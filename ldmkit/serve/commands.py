@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import shlex
 
+from ldmkit.pretrained import DEFAULT
 from ldmkit.serve.outputs import image_filename
 from ldmkit.serve.schemas import IMAGE_MODES, ClassSettings, ImageSettings, Settings
 
-SHIPPED = "shapes64 (shipped)"  # a model name whose generate command needs no --model: generate's default
-SHIPPED_MODEL = "shapes64"  # what the image commands, which need a --model, call the shipped model
+SHIPPED = f"{DEFAULT} (shipped)"  # a model name whose generate command needs no --model: generate's default
+SHIPPED_MODEL = DEFAULT  # what the image commands, which need a --model, call the default shipped model
 
 
 def _model_option(model: str | None) -> list[str]:
