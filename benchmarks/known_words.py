@@ -1,14 +1,15 @@
-"""Prompts read in the words the model knows (`ldmkit.text.known_words`): a shipped model (the default unless --model) on the held-out scenes
-of `ldmkit eval generate`, told in the templates, the seen and the unseen (never trained on) part of the caption
-grammar, each as written and as the pipelines now read it, without and with binding guidance. Writes
-``benchmarks/KNOWN_WORDS.md``.
+"""Prompts read in the words the model knows (`ldmkit.text.known_words`): a shipped model (the default unless
+--model) on the held-out scenes of `ldmkit eval generate`, told in the templates, the seen and the unseen (never
+trained on) part of the caption grammar, each as written and as the pipelines now read it, without and with binding
+guidance. Writes ``benchmarks/KNOWN_WORDS.md``.
 
     python benchmarks/known_words.py [--model DIR] [--images 512] [--binding 0.3]
 
 A phrasing whose prompts all stay as written (every word known) draws the same images either way, so only its
 count of rewritten prompts is reported. Each measured row is one evaluation (ddim, 25 steps, guidance 4), kept as
-JSON under ``--work``/the model's UNet digest: a stopped run goes on where it stopped (delete a JSON to redo its row). A second table gives
-what each word of the grammar's held-out part becomes, and a third a few colour and shape words from neither part.
+JSON under ``--work``/the model's UNet digest: a stopped run goes on where it stopped (delete a JSON to redo its
+row). A second table gives what each word of the grammar's held-out part becomes, and a third a few colour and
+shape words from neither part.
 """
 
 from __future__ import annotations

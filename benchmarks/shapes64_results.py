@@ -33,7 +33,7 @@ from ldmkit.eval.generation import evaluate_generation
 from ldmkit.eval.report import EvalReport, failures_line, percent
 from ldmkit.eval.tables import prompt_accuracy_table, training_lines
 from ldmkit.pipelines.text_to_image import load_pipeline
-from ldmkit.pretrained import shipped_model
+from ldmkit.pretrained import resolve_model
 from ldmkit.settings import GenerationSettings
 from ldmkit.storage import write_text_atomic
 
@@ -125,7 +125,7 @@ def markdown(report, settings: GenerationSettings, per_image: float, training: l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model folder (default: the default shipped model)")
+    p.add_argument("--model", default=None, help="model folder or shipped name (default: the default shipped model)")
     p.add_argument("--runs", default="runs/shapes64-grounded", help="the training folder, for the training time")
     p.add_argument("--stage", action="append", metavar="NAME=FOLDER",
                    help="a training stage and its sub-folder of --runs, in order (repeatable; default: "
@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="a line written under the training lines (where the model trained)")
     args = p.parse_args(argv)
 
-    model = Path(args.model) if args.model else shipped_model()
+    bad = [s for s in args.stage or [] if "=" not in s]
+    if bad:
+        p.error(f"--stage {bad[0]}: give NAME=FOLDER, e.g. LDM=model")
+    model = Path(resolve_model(args.model))
     runs = Path(args.runs)
     stages = tuple(tuple(s.split("=", 1)) for s in args.stage) if args.stage else DEFAULT_STAGES
     training = training_lines(runs, Path(args.results), stages)

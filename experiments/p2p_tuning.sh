@@ -7,8 +7,9 @@
 #
 # GRID=colour tries only colour swaps, at cross 0.8 and 1.0 with self-attention from the source for longer
 # and two blend thresholds; GRID=shape the shape swap's two thresholds at cross 0.6 and 0.8, and position at
-# cross 0.2. OUT and TABLE name the run folder and the table (one folder per model: the sources are cached
-# there; several grids may share one).
+# cross 0.2; GRID=size the size swap at cross 0.2 … 0.8 with self 0.2 and 0.4, and position at cross 0.1 … 0.4.
+# MODEL names the model (default: the default shipped one); OUT and TABLE name the run folder and the table
+# (one folder per model: the sources are cached there; several grids may share one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -18,7 +19,7 @@ COUNT=${COUNT:-24}
 THREADS=${THREADS:-}
 mkdir -p "$OUT"
 common=(--count "$COUNT" --real-count 0 --seed 5000 --candidates 4 --rounds 2 --precision "${PRECISION:-fp32}"
-        --no-baseline --source-cache "$OUT/sources.pt" ${THREADS:+--threads "$THREADS"})
+        --no-baseline --source-cache "$OUT/sources.pt" ${THREADS:+--threads "$THREADS"} ${MODEL:+--model "$MODEL"})
 run() {  # kind cross self threshold
     local file="$OUT/$1-c$2-s$3-t$4.md"
     [ -s "$file" ] || "$PY" benchmarks/prompt_to_prompt.py --kinds "$1" --cross-replace "$2" --self-replace "$3" \
@@ -34,6 +35,12 @@ elif [ "${GRID:-full}" = shape ]; then
         for t in 0.3 0.5; do run shape $c 0.4 $t; done
     done
     run position 0.2 0.4 0.3
+elif [ "${GRID:-full}" = size ]; then
+    for c in 0.2 0.4 0.6 0.8; do
+        for s in 0.2 0.4; do run size $c $s 0.3; done
+    done
+    for c in 0.1 0.4; do run position $c 0.4 0.3; done
+    run position 0.2 0.4 0.3
 else
     for c in 0.2 0.4 0.6 0.8; do
         for s in 0.2 0.4; do
@@ -46,6 +53,7 @@ else
 fi
 CMD="bash experiments/p2p_tuning.sh"
 [ "${GRID:-full}" = full ] || CMD="GRID=$GRID OUT=$OUT TABLE=$TABLE COUNT=$COUNT $CMD"
+[ -z "${MODEL:-}" ] || CMD="MODEL=$MODEL $CMD"
 "$PY" - "$OUT" "$COUNT" "$CMD" > "$TABLE" <<'PYEOF'
 import re, sys
 from pathlib import Path
