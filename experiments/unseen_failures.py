@@ -1,4 +1,4 @@
-"""Which words and frames the one-object failures of the unseen wording hold: the shipped model on the one-object
+"""Which words and frames the one-object failures of the unseen wording hold: a shipped model (--model) on the one-object
 captions among the held-out scenes of `ldmkit eval generate` told in the grammar's unseen part, read as the pipelines
 read them (`ldmkit.text.known_words`), ddim 25 steps, guidance 4, seed 0 (the images of benchmarks/KNOWN_WORDS.md's
 "unseen, known words" row). For each held-out word and unseen frame: how many captions hold it and how many of those
@@ -24,7 +24,7 @@ from ldmkit.pipelines.text_to_image import load_pipeline
 from ldmkit.settings import GenerationSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # _bench_common
-from _bench_common import show_results  # noqa: E402
+from _bench_common import command_line, show_results  # noqa: E402
 
 
 def fixed_words(frame: str) -> list[str]:
@@ -68,10 +68,9 @@ def main() -> None:
     total = sum(right[i] for i in one) / len(one)
     summary = (f"- one-object captions: {len(one)}, drawn right {total:.1%}; the {len(rest)} holding none of "
                f"{', '.join(left_out)}: {sum(right[i] for i in rest) / max(1, len(rest)):.1%}")
-    report = "\n".join(lines + ["", summary, "", "Command: `python experiments/unseen_failures.py "
-                                f"--images {args.images} --without '{args.without}'`"])
-    show_results("# The unseen wording's one-object failures, word by word and frame by frame (issue 21)\n\n" + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n",
-                 args.results)
+    report = "\n".join(lines + ["", summary, "", f"Model: `{args.model}`. Command: `{command_line()}`"])
+    show_results("# The unseen wording's one-object failures, word by word and frame by frame (issue 21)\n\n"
+                 + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n", args.results)
 
 
 if __name__ == "__main__":
