@@ -29,7 +29,6 @@ from ldmkit.pipelines.by_kind import load_any_pipeline
 from ldmkit.pretrained import DEFAULT, NAMES_HELP, SHIPPED, resolve_model
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-DEFAULT_NAME = DEFAULT  # the name the default shipped model is served under when no --model is given
 PREDICTIONS = ("epsilon", "v")  # --prediction's values, as `ldmkit generate`'s
 CORS_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")  # what a browser sends in Origin: no path, no trailing "/"
 
@@ -103,11 +102,11 @@ def _is_unspecified(host: str) -> bool:
 
 
 def model_specs(values: list[str] | None) -> list[tuple[str, str | None]]:
-    """(name, what --model named) for each ``--model NAME=DIR`` or ``--model DIR``; [(DEFAULT_NAME, None)]
+    """(name, what --model named) for each ``--model NAME=DIR`` or ``--model DIR``; [(DEFAULT, None)]
     for none. A value that exists as a path is that path, '=' in it or not. A one-line `UsageError` for a bad
     name, a name given twice, or nothing at DIR."""
     if not values:
-        return [(DEFAULT_NAME, None)]
+        return [(DEFAULT, None)]
     specs: dict[str, str] = {}
     for value in values:
         name, given, source = None, "=" in value and not Path(value).exists(), value

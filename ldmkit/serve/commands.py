@@ -17,7 +17,6 @@ from ldmkit.serve.outputs import image_filename
 from ldmkit.serve.schemas import IMAGE_MODES, ClassSettings, ImageSettings, Settings
 
 SHIPPED = f"{DEFAULT} (shipped)"  # a model name whose generate command needs no --model: generate's default
-SHIPPED_MODEL = DEFAULT  # what the image commands, which need a --model, call the default shipped model
 
 
 def _model_option(model: str | None) -> list[str]:
@@ -72,7 +71,7 @@ def image_command(settings: ImageSettings, model: str | None, adapters: tuple[st
             or (settings.mode == "inpaint" and settings.strength < 1)):
         return None
     s = settings
-    argv = ["ldmkit", s.mode, f"--model={SHIPPED_MODEL if model in (None, SHIPPED) else model}", *load_options,
+    argv = ["ldmkit", s.mode, f"--model={DEFAULT if model in (None, SHIPPED) else model}", *load_options,
             f"--out=out/{image_filename(s.seed, 0)}", *_sampling(s)]
     inputs = [s.image_name]
     if s.mode == "img2img":
