@@ -219,6 +219,13 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("a red circle on the left and a blue square on the left", [(["red"], "circle"), (["blue"], "square")], None),
     ("a white rhombus and a purple circle, the rhombus below the circle",
      [(["white"], "rhombus"), (["purple"], "circle")], "below"),
+    # a relation that points back places the other object against the one named before it
+    ("a red circle and, beneath it, a blue square", [(["red"], "circle"), (["blue"], "square")], "above"),
+    ("a red circle with a blue square beneath it", [(["red"], "circle"), (["blue"], "square")], "above"),
+    ("a blue square, and above it a red circle", [(["blue"], "square"), (["red"], "circle")], "below"),
+    ("a red circle, below which is a blue square", [(["red"], "circle"), (["blue"], "square")], "above"),
+    ("a cat that has a dog to the left of it", [([], "cat"), ([], "dog")], "right of"),
+    ("a red circle beneath it", [(["red"], "circle")], None),
 ])
 def test_the_general_rule_finds_each_noun_with_its_modifiers(prompt, objects, relation):
     parsed = parse_phrases(prompt)

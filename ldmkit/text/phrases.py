@@ -9,8 +9,9 @@ circle": modifiers small, red; noun circle; "red circle, blue square": two phras
 red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left
 side", "at the top") or a medium ("a picture of …") name no object. The first relation word between (or
 before) the first two objects gives their relation: "A above B", "A to the left of B", "above B there is
-A"; without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the
-bottom").
+A"; one followed by a word that points back ("it", "which", "them") places the other object against the one
+named before it ("A and, beneath it, B", "A with B beneath it", "A, below which is B": B below A); without
+one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
@@ -76,6 +77,8 @@ _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "
                 "centre": "centre", "center": "centre", "central": "centre"}
 _CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+# Words right after a relation phrase that point back to an object named before it ("beneath it").
+_BACK = {"it", "which", "them", "whom"}
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
 
@@ -145,10 +148,11 @@ def parse_phrases(text: str) -> PromptPhrases:
     leads: list[list[Span]] = []  # the spans of each run's lead
     lead: list[str] = []
     lead_spans: list[Span] = []
-    relations: list[tuple[int, str]] = []  # (number of runs before it, relation)
+    relations: list[tuple[int, str, bool]] = []  # (number of runs before it, relation, whether it points back)
     said: list[Said] = []
     spans: list[Span] = []
-    for kind, word, span in _items(text):
+    items = _items(text)
+    for i, (kind, word, span) in enumerate(items):
         if kind == "content":
             spans.append(span)
             continue
@@ -157,7 +161,7 @@ def parse_phrases(text: str) -> PromptPhrases:
             leads.append(lead_spans)
             lead, lead_spans, spans = [], [], []
         if kind == "rel":
-            relations.append((len(runs), word))
+            relations.append((len(runs), word, i + 1 < len(items) and items[i + 1][1] in _BACK))
             said.append(Said(word, span))
         lead.append(word)
         lead_spans.append(span)
@@ -250,13 +254,21 @@ def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[int]) 
     return _SIDE_RELATIONS[a]
 
 
-def _relation(relations: list[tuple[int, str]], mentions: list[tuple[int, int]]) -> str | None:
+def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, int]]) -> str | None:
     """The relation of object 0 to object 1 stated by the first relation word between mentions of two
-    different objects ("A above B"), or before them ("above B there is A": A above B)."""
-    for position, found in relations:
+    different objects ("A above B"), or before them ("above B there is A": A above B). A relation word that
+    points back ("beneath it") says where the object named next, or else the one named last, lies against the
+    one named before that ("A and, beneath it, B" and "A with B beneath it": B below A)."""
+    for position, found, back in relations:
         before = [g for k, g in mentions if k < position]
         after = [g for k, g in mentions if k >= position]
-        if before and after and before[-1] != after[0]:
+        if back:
+            subject = after[0] if after else (before[-1] if before else None)
+            ref = next((g for g in reversed(before) if g != subject), None)
+            if subject is None or ref is None:
+                continue
+            pair = (subject, ref)
+        elif before and after and before[-1] != after[0]:
             pair = (before[-1], after[0])
         elif not before and after and any(g != after[0] for g in after):
             pair = (next(g for g in after if g != after[0]), after[0])
