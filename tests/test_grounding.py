@@ -226,6 +226,16 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("a red circle, below which is a blue square", [(["red"], "circle"), (["blue"], "square")], "above"),
     ("a cat that has a dog to the left of it", [([], "cat"), ([], "dog")], "right of"),
     ("a red circle beneath it", [(["red"], "circle")], None),
+    # a relation said after both objects, of the one named last
+    ("a small red circle and a big blue square, the circle above",
+     [(["small", "red"], "circle"), (["big", "blue"], "square")], "above"),
+    # the picture is the frame, not an object: after "of"/"in", before "with"/"showing", or as a relation's end
+    ("an image with a red circle in it", [(["red"], "circle")], None),
+    ("a red circle at the top of the picture, a blue square at the bottom",
+     [(["red"], "circle"), (["blue"], "square")], "above"),
+    ("a red circle to the left of the image and a blue square", [(["red"], "circle"), (["blue"], "square")], None),
+    # verbs of placing and painting are no objects
+    ("a red circle stacked on top of a square painted blue", [(["red"], "circle"), (["blue"], "square")], "above"),
 ])
 def test_the_general_rule_finds_each_noun_with_its_modifiers(prompt, objects, relation):
     parsed = parse_phrases(prompt)

@@ -111,6 +111,7 @@ def test_a_prompt_in_unseen_phrasing_is_said_again_in_the_captions_phrasing():
         "we see a red circle sitting higher than a blue square": "a red circle above a blue square",
         "further right than a star there is a small box": "a star left of a small box",  # relation first
         "a red circle and, beneath it, a blue square": "a red circle above a blue square",  # "it": the circle
+        "we see a red circle to the left of the image": "a red circle on the left",  # a relation to the frame
         # the modifiers said after the noun come first; the determiner stays, "a"/"an" made to fit
         "a box that is small and red placed beneath an orange triangle": "a small red box below an orange triangle",
         "a star of red colour sits lower than a small big wedge": "a red star below a small big wedge",

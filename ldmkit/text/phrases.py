@@ -7,11 +7,14 @@ noun phrase: its last word is the noun (the object), the words before it its mod
 circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
 red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left
-side", "at the top") or a medium ("a picture of …") name no object. The first relation word between (or
-before) the first two objects gives their relation: "A above B", "A to the left of B", "above B there is
-A"; one followed by a word that points back ("it", "which", "them") places the other object against the one
-named before it ("A and, beneath it, B", "A with B beneath it", "A, below which is B": B below A); without
-one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the bottom").
+side", "at the top") or the picture itself ("a picture of …", "an image with …", "… in the picture", "at the
+top of the image") name no object, and a relation to the picture is a place ("to the left of the image": on
+the left). The first relation word between (or before) the first two objects gives their relation: "A above
+B", "A to the left of B", "above B there is A"; one followed by a word that points back ("it", "which",
+"them") places the other object against the one named before it ("A and, beneath it, B", "A with B beneath
+it", "A, below which is B": B below A); one after both places the object named last ("A and B, the A above":
+A above B); without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at
+the bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
@@ -45,14 +48,21 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     "sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
     "located", "positioned", "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
     "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "centred", "centered",
+    "stacked", "rests", "resting", "floats", "floating", "hovers", "hovering", "perched", "situated", "appears",
+    "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
+    "only", "could", "would", "please",
 }  # fmt: skip
-# Nouns of place (a run ending in one names where, not what) and of media ("a picture of …").
+# Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot"}
 # After these (without an article), a run of words describes the noun before it.
-_POSTNOMINAL = {"in", "coloured", "colored", "is", "are"}
+_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are"}
+# A medium ("image", "picture") names the frame, not an object, before these words or after these prepositions
+# ("a picture of …", "an image with …", "at the top of the image", "in the picture").
+_FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which"}
+_FRAME_LEAD = {"of", "in", "on", "inside", "within"}
 # Nouns of a property: "of red colour", "of small size" describe the noun before them.
 _PROPERTIES = {"colour", "color", "hue", "shade", "tone", "size"}
 # Relation words → relation (longest first when matching).
@@ -77,6 +87,7 @@ _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "
                 "centre": "centre", "center": "centre", "central": "centre"}
 _CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+_RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
@@ -181,10 +192,22 @@ def parse_phrases(text: str) -> PromptPhrases:
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
         clause += any(w in (",", "and", ";") for w in lead)
-        if noun in _PLACES or (noun in _MEDIA and after == "of"):
-            if noun in _PLACES:
-                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
-                said_places.append(_place(text, lead, leads[k], run))
+        to_frame = len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES
+        frame = noun in _MEDIA and len(run) == 1 and (
+            after in _FRAME_AFTER or bool(_FRAME_LEAD & set(lead)) or to_frame)
+        if frame and to_frame:
+            # a relation to the frame is a place: "to the left of the image" = on the left
+            side = _RELATION_SIDES[lead[-2]]
+            relations = [r for r in relations if r[0] != k]
+            phrase = max((x for x in said if x.span[1] <= run[0][0]), key=lambda x: x.span)
+            said.remove(phrase)
+            begin = phrase.span[0]
+            places.append((clause, {side}))
+            said_places.append(Said(side, (begin, run[-1][1])))
+        elif noun in _PLACES:
+            places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
+            said_places.append(_place(text, lead, leads[k], run))
+        if noun in _PLACES or frame:
             pending, attached = (), False
             continue
         describes = objects and not determined and bool(lead) and (
@@ -272,6 +295,8 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
             pair = (before[-1], after[0])
         elif not before and after and any(g != after[0] for g in after):
             pair = (next(g for g in after if g != after[0]), after[0])
+        elif before and not after and any(g != before[-1] for g in before):  # "A and B, the A above"
+            pair = (before[-1], next(g for g in reversed(before) if g != before[-1]))
         else:
             continue
         if pair == (0, 1):
