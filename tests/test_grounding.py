@@ -236,6 +236,19 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("a red circle to the left of the image and a blue square", [(["red"], "circle"), (["blue"], "square")], None),
     # verbs of placing and painting are no objects
     ("a red circle stacked on top of a square painted blue", [(["red"], "circle"), (["blue"], "square")], "above"),
+    # a place of the object named before ("its") is a relation to it
+    ("draw a blue square and put a red circle to its left", [(["blue"], "square"), (["red"], "circle")], "right of"),
+    ("next to a red star, on its right-hand side, is a green circle",
+     [(["red"], "star"), (["green"], "circle")], "left of"),
+    # a clause's last words naming a side are a place; a word set off by commas describes the object before it
+    ("yellow square right, orange cross left", [(["yellow"], "square"), (["orange"], "cross")], "right of"),
+    ("there's a square, red, sitting right in the centre", [(["red"], "square")], None),
+    ("a blue star up high and a red cross down low beneath it", [(["blue"], "star"), (["red"], "cross")], "above"),
+    # words of asking and imperatives that are nouns elsewhere name no object
+    ("Can I get a purple diamond with a green triangle below it?",
+     [(["purple"], "diamond"), (["green"], "triangle")], "above"),
+    ("Render a large purple cross against the left side", [(["large", "purple"], "cross")], None),
+    ("A simple image: a green cross and nothing more.", [(["green"], "cross")], None),
 ])
 def test_the_general_rule_finds_each_noun_with_its_modifiers(prompt, objects, relation):
     parsed = parse_phrases(prompt)

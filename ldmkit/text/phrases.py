@@ -6,15 +6,20 @@ few verbs of placing and seeing), so a prompt splits at them into runs of conten
 noun phrase: its last word is the noun (the object), the words before it its modifiers ("a small red
 circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
 "in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
-red", "a box that is small and blue", "a box of red colour"). Runs whose noun is a place ("on the left
+red", "a box that is small and blue", "a box of red colour"), and so does one word set off by commas after
+an object named with its article ("a square, red, at the top"); words naming a side at the end of a clause
+are a place of their own ("yellow square right, orange cross left"). Runs whose noun is a place ("on the left
 side", "at the top") or the picture itself ("a picture of …", "an image with …", "… in the picture", "at the
-top of the image") name no object, and a relation to the picture is a place ("to the left of the image": on
-the left). The first relation word between (or before) the first two objects gives their relation: "A above
-B", "A to the left of B", "above B there is A"; one followed by a word that points back ("it", "which",
-"them") places the other object against the one named before it ("A and, beneath it, B", "A with B beneath
-it", "A, below which is B": B below A); one after both places the object named last ("A and B, the A above":
-A above B); without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at
-the bottom").
+top of the image") name no object, nor does an imperative that opens the prompt ("Render a …", "Place a …"); a
+relation to the picture is a place ("to the left of the image": on the left), and a place of "its" a relation
+to the object named before ("put A to its left": A left of it).
+
+The first relation word between (or before) the first two objects gives their relation: "A above B", "A to
+the left of B", "above B there is A"; one followed by a word that points back ("it", "which", "them") places
+the other object against the one named before it ("A and, beneath it, B", "A with B beneath it", "A, below
+which is B": B below A); one after both places the object named last ("A and B, the A above": A above B);
+without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the
+bottom").
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
@@ -37,7 +42,7 @@ _PREPOSITIONS = {
     "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
-    "slightly", "somewhat", "immediately", "far",
+    "slightly", "somewhat", "immediately", "far", "close",
 }  # fmt: skip
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     # conjunctions and pronouns
@@ -51,14 +56,17 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     "stacked", "rests", "resting", "floats", "floating", "hovers", "hovering", "perched", "situated", "appears",
     "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
     "only", "could", "would", "please",
+    # verbs and words of asking
+    "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
+    "might", "then", "nothing", "else", "more", "pls", "plz", "thanks", "i'd", "i'm", "let's", "that's", "what's",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
-           "back", "half", "part", "background", "foreground", "area", "region", "position", "place"}
+           "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
-          "rendering", "scene", "view", "sketch", "shot"}
+          "rendering", "scene", "view", "sketch", "shot", "frame", "canvas"}
 # After these (without an article), a run of words describes the noun before it.
-_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are"}
+_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "that's"}
 # A medium ("image", "picture") names the frame, not an object, before these words or after these prepositions
 # ("a picture of …", "an image with …", "at the top of the image", "in the picture").
 _FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which"}
@@ -84,12 +92,14 @@ _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=Tru
 # A place's words → the side it names.
 _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "lower": "bottom", "down": "bottom",
                 "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
-                "centre": "centre", "center": "centre", "central": "centre"}
+                "centre": "centre", "center": "centre", "central": "centre", "high": "top", "low": "bottom"}
 _CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
+_SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
+_CLAUSE_ENDS = {"", ",", ";", ".", "!", "?"}  # what follows the last word of a clause ("" the prompt's end)
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
 
@@ -147,7 +157,9 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
                 break
         else:
             word, span = words[i]
-            items.append(("func" if word in _FUNCTION or not word[0].isalnum() else "content", word, span))
+            function = word in _FUNCTION or not word[0].isalnum() or (  # "right in the middle": "right" = exactly
+                word == "right" and i + 1 < len(words) and words[i + 1][0] in _PREPOSITIONS - {"of"})
+            items.append(("func" if function else "content", word, span))
             i += 1
     return items
 
@@ -168,8 +180,7 @@ def parse_phrases(text: str) -> PromptPhrases:
             spans.append(span)
             continue
         if spans:
-            runs.append((lead, spans, word))
-            leads.append(lead_spans)
+            _close_run(text, runs, leads, lead, lead_spans, spans, word)
             lead, lead_spans, spans = [], [], []
         if kind == "rel":
             relations.append((len(runs), word, i + 1 < len(items) and items[i + 1][1] in _BACK))
@@ -177,13 +188,13 @@ def parse_phrases(text: str) -> PromptPhrases:
         lead.append(word)
         lead_spans.append(span)
     if spans:
-        runs.append((lead, spans, ""))
-        leads.append(lead_spans)
+        _close_run(text, runs, leads, lead, lead_spans, spans, "")
 
     objects: list[NounPhrase] = []
     mentions: list[tuple[int, int]] = []  # (run index, object index): every run that names an object
     pending: tuple[Span, ...] = ()  # "a crimson, big square": modifiers carried to the next run
     attached = False  # the last run described the object before it
+    introduced = False  # the last object named came with its determiner ("a square")
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[int] = []  # each object's clause
     places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
@@ -192,9 +203,11 @@ def parse_phrases(text: str) -> PromptPhrases:
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
         clause += any(w in (",", "and", ";") for w in lead)
+        if k == 0 and not lead and len(run) == 1 and after in _DETERMINERS and noun in _PLACES | _MEDIA:
+            continue  # an imperative: "Place a …", "Render a …", "Picture a …"
         to_frame = len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES
-        frame = noun in _MEDIA and len(run) == 1 and (
-            after in _FRAME_AFTER or bool(_FRAME_LEAD & set(lead)) or to_frame)
+        frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
+                                                                                or to_frame)))
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
             side = _RELATION_SIDES[lead[-2]]
@@ -204,6 +217,11 @@ def parse_phrases(text: str) -> PromptPhrases:
             begin = phrase.span[0]
             places.append((clause, {side}))
             said_places.append(Said(side, (begin, run[-1][1])))
+        elif noun in _PLACES and "its" in lead and _place(text, lead, leads[k], run).meaning in _SIDE_RELATION:
+            # a place of the object named before: "put A to its left" = A left of it
+            place = _place(text, lead, leads[k], run)
+            relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True)], key=lambda r: r[0])
+            said.append(Said(_SIDE_RELATION[place.meaning], place.span))
         elif noun in _PLACES:
             places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
             said_places.append(_place(text, lead, leads[k], run))
@@ -212,7 +230,9 @@ def parse_phrases(text: str) -> PromptPhrases:
             continue
         describes = objects and not determined and bool(lead) and (
             any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ","))
-            or (noun in _PROPERTIES and lead[-1] == "of"))
+            or (noun in _PROPERTIES and lead[-1] == "of")
+            # one word set off by commas after an object named with its article: "a square, red, at the top"
+            or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS))
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
         if describes:
@@ -221,9 +241,11 @@ def parse_phrases(text: str) -> PromptPhrases:
             attached = True
             continue
         attached = False
-        next_lead, next_run = runs[k + 1][:2] if k + 1 < len(runs) else ([], [])
+        next_lead, next_run, next_after = runs[k + 1] if k + 1 < len(runs) else ([], [], "")
         next_noun = text[next_run[-1][0]:next_run[-1][1]].lower() if next_run else ""
-        if determined and after == "," and next_lead == [","] and next_noun not in _PLACES:  # "a crimson, big square"
+        set_off = len(next_run) == 1 and next_after in _CLAUSE_ENDS  # "a square, red, …": red describes it
+        if determined and after == "," and next_lead == [","] and next_noun not in _PLACES and not set_off:
+            # "a crimson, big square": crimson describes the square
             pending += tuple(run)
             continue
         words = [text[a:b].lower() for a, b in run[:-1]]
@@ -234,12 +256,30 @@ def parse_phrases(text: str) -> PromptPhrases:
         else:
             objects.append(NounPhrase(pending + tuple(run[:-1]), run[-1]))
             mentions.append((k, len(objects) - 1))
+            introduced = determined
             clauses.append(clause)
         pending = ()
     relation = None
     if len(objects) >= 2:
         relation = _relation(relations, mentions) or _relation_of_places(places, clauses)
     return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places))
+
+
+def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
+               after: str) -> None:
+    """Add a run of content words to ``runs`` (with its ``lead``), as two where it ends a clause in words of a side
+    after others ("a yellow square right, …": the square, then the place "right"; not "… right in the middle")."""
+    words = [text[a:b].lower() for a, b in spans]
+    split = len(words)
+    while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES):
+        split -= 1
+    if (0 < split < len(words) and words[-1] in _PLACES and words[-1] in _PLACE_SIDES
+            and words[split - 1] not in _PROPERTIES and after in _CLAUSE_ENDS | {"and"}):
+        runs.append((lead, spans[:split], ""))
+        leads.append(lead_spans)
+        lead, lead_spans, spans = [], [], spans[split:]
+    runs.append((lead, spans, after))
+    leads.append(lead_spans)
 
 
 def _place(text: str, lead: list[str], lead_spans: list[Span], run: list[Span]) -> Said:
