@@ -48,6 +48,15 @@ def test_a_noun_with_nothing_known_above_it_is_read_as_a_kind_of_it_never_a_sibl
     assert words.read_words("a rectangle that is navy", wordnet) == "a square that is blue"
 
 
+@needs_wordnet
+def test_a_word_is_read_only_as_a_word_seen_in_its_role():
+    words = KnownWords.from_captions(["a red figure on the left", "a big box at the top", "a small apartment"])
+    # "single" is one, a kind of figure (a digit), and "flat" an apartment: nouns, never what a modifier becomes
+    assert words.read_words("a single flat box", wordnet) == "a single flat box"
+    # as a phrase's noun, "flat" may be read as a noun seen in the captions
+    assert words.read_words("a huge flat", wordnet) == "a big apartment"
+
+
 def test_known_words_of_captions_keep_the_object_words_apart():
     words = KnownWords.from_captions(CAPTIONS)
     assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words

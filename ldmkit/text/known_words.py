@@ -9,7 +9,7 @@ before it is encoded:
 - the prompt is split into noun phrases by the rule of `ldmkit.text.phrases` (a noun and its modifiers: "a small
   navy tile", "a tile that is navy"); only their words are read, never relation or place words;
 - each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
-  a noun or modifier of the training captions' own noun phrases — by WordNet (`ldmkit.text.wordnet`: synonyms,
+  a noun of the training captions' own noun phrases for a noun, one of their modifiers for a modifier — by WordNet (`ldmkit.text.wordnet`: synonyms,
   then more general words, at most two links up): "a small navy tile" → "a small blue block";
 - a phrase's noun with no object word above it is read as a noun of the captions that names a kind of it, one
   WordNet link down (`WordNet.narrower`): "a red rectangle" → "a red square", "an oval" → "a circle";
@@ -235,14 +235,15 @@ class KnownWords:
 
     def reading(self, text: str, wordnet: WordNet, noun: bool = False) -> str | None:
         """The object word a never-seen word (or compound) ``text`` is read as, None for as written: its nearest by
-        upward links; failing that, where it is the phrase's ``noun``, a known noun that names a kind of it
-        (`WordNet.narrower`: "rectangle" → "square"). A number ("3", "1.5", "2nd") is read as written: WordNet
+        upward links among the words seen in its role — a known noun for the phrase's ``noun``, a known modifier
+        for a modifier ("single" is never read as the noun "figure", nor "flat" as "box"); failing that, where it is
+        the phrase's noun, a known noun that names a kind of it (`WordNet.narrower`: "rectangle" → "square"). A number ("3", "1.5", "2nd") is read as written: WordNet
         holds digits as nouns ("3" → "figure"), but a number says how many or which, not what."""
         if any(c.isdigit() for c in text):
             return None
         key = (text.lower(), noun)
         if key not in self._nearest:
-            near = wordnet.nearest(key[0], self.objects, DEPTH)
+            near = wordnet.nearest(key[0], self._noun_names if noun else self._modifiers, DEPTH)
             if near is None and noun:
                 near = wordnet.narrower(key[0], self._nouns)
             self._nearest[key] = near
@@ -256,6 +257,21 @@ class KnownWords:
             if " " in name:
                 nouns[name.rsplit(" ", 1)[1]] += count
         return dict(nouns)
+
+    @functools.cached_property
+    def _noun_names(self) -> dict[str, int]:
+        """What a phrase's noun may be read as: every object word and name but those seen only as a modifier."""
+        nouns, modifiers = self._nouns, self._modifiers
+        return {name: count for name, count in self.objects.items() if name in nouns or name not in modifiers}
+
+    @functools.cached_property
+    def _modifiers(self) -> dict[str, int]:
+        """The object words seen as a modifier: what comes before the noun in each modifier–noun name."""
+        modifiers: Counter = Counter()
+        for name, count in self.objects.items():
+            if " " in name:
+                modifiers[name.rsplit(" ", 1)[0]] += count
+        return dict(modifiers)
 
 
 def _within(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 Span = tuple[int, int]
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
-                "every", "its", "his", "her", "their", "my", "your", "our", "any"}
+                "every", "its", "his", "her", "their", "my", "your", "our", "any", "all"}
 # Prepositions, particles and adverbs of degree: the words that lead a place phrase ("up at the very top").
 _PREPOSITIONS = {
     "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
@@ -52,24 +52,26 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     # verbs of placing, showing and seeing
     "sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
     "located", "positioned", "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
-    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "centred", "centered",
+    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "aligned", "anchored",
     "stacked", "rests", "resting", "floats", "floating", "hovers", "hovering", "perched", "situated", "appears",
     "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
     "only", "could", "would", "please",
     # verbs and words of asking
     "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
-    "might", "then", "nothing", "else", "more", "pls", "plz", "thanks", "i'd", "i'm", "let's", "that's", "what's",
+    "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz", "thanks", "i'd", "i'm", "let's", "that's", "what's",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
-           "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low"}
+           "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
+           "margin", "centred", "centered"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas"}
 # After these (without an article), a run of words describes the noun before it.
 _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "that's"}
 # A medium ("image", "picture") names the frame, not an object, before these words or after these prepositions
 # ("a picture of …", "an image with …", "at the top of the image", "in the picture").
-_FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which"}
+_FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which",
+                "has", "have", "shows", "contains", "features"}
 _FRAME_LEAD = {"of", "in", "on", "inside", "within"}
 # Nouns of a property: "of red colour", "of small size" describe the noun before them.
 _PROPERTIES = {"colour", "color", "hue", "shade", "tone", "size"}
@@ -92,7 +94,8 @@ _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=Tru
 # A place's words → the side it names.
 _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "lower": "bottom", "down": "bottom",
                 "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
-                "centre": "centre", "center": "centre", "central": "centre", "high": "top", "low": "bottom"}
+                "centre": "centre", "center": "centre", "central": "centre", "centred": "centre", "centered": "centre",
+                "high": "top", "low": "bottom"}
 _CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
@@ -100,6 +103,7 @@ _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()} 
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?"}  # what follows the last word of a clause ("" the prompt's end)
+_CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
 
@@ -202,15 +206,19 @@ def parse_phrases(text: str) -> PromptPhrases:
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
-        clause += any(w in (",", "and", ";") for w in lead)
-        if k == 0 and not lead and len(run) == 1 and after in _DETERMINERS and noun in _PLACES | _MEDIA:
-            continue  # an imperative: "Place a …", "Render a …", "Picture a …"
-        to_frame = len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES
+        clause += any(w in _CLAUSE_MARKS for w in lead)
+        if len(run) == 1 and after in _DETERMINERS and noun in _MEDIA | {"place"} and (
+                not lead or lead[-1] not in _DETERMINERS):
+            continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …"
+        if after == ":" and noun not in _PLACES | _MEDIA:
+            continue  # a label: "Brief: …", "obj1: …"
+        to_frame = bool(lead) and (lead[-1] in _RELATION_SIDES or (
+            len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
         frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
                                                                                 or to_frame)))
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
-            side = _RELATION_SIDES[lead[-2]]
+            side = _RELATION_SIDES[lead[-1] if lead[-1] in _RELATION_SIDES else lead[-2]]
             relations = [r for r in relations if r[0] != k]
             phrase = max((x for x in said if x.span[1] <= run[0][0]), key=lambda x: x.span)
             said.remove(phrase)
