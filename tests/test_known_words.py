@@ -57,6 +57,20 @@ def test_a_word_is_read_only_as_a_word_seen_in_its_role():
     assert words.read_words("a huge flat", wordnet) == "a big apartment"
 
 
+@needs_wordnet
+def test_what_names_no_object_is_left_as_written():
+    words = KnownWords.from_captions(CAPTIONS + ["a square figure", "a round shape"])
+    # a relation said before both objects is said again even in known words; a verb taken for a noun never is
+    assert words.rewrite("below a turquoise circle there is a purple triangle", wordnet) == \
+        "a turquoise circle above a purple triangle"
+    assert words.rewrite("I remember a red circle below a blue square", wordnet) == \
+        "I remember a red circle below a blue square"
+    # style words: a lone adjective is not read through its noun senses, nor a noun as a word above most nouns
+    assert words.rewrite("a red circle, simple, flat colors", wordnet) == "a red circle, simple, flat colors"
+    assert words.reading("sphere", wordnet, noun=True) == "round shape" and \
+        words.reading("colors", wordnet, noun=True) is None
+
+
 def test_known_words_of_captions_keep_the_object_words_apart():
     words = KnownWords.from_captions(CAPTIONS)
     assert words.words["a"] == 7 and words.words["red"] == 2 and "left" in words.words

@@ -43,6 +43,8 @@ from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
 DEPTH = 2  # WordNet links walked up from a word never seen
+GENERAL_DEPTH = 5  # links up from a known noun within which another known noun counts as more general
+GENERAL_SHARE = 0.25  # a known noun more general than this share of the known nouns is not a reading
 CAPTIONS_READ = 2000  # training captions whose words a model folder records (`ldmkit train`)
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
 
@@ -74,6 +76,7 @@ class KnownWords:
         self.relations = relations
         self.places = places
         self._nearest: dict[tuple[str, bool], str | None] = {}
+        self._targets: tuple[WordNet, dict[str, int]] | None = None
 
     @classmethod
     def from_captions(cls, captions: list[str]) -> "KnownWords":
@@ -144,13 +147,15 @@ class KnownWords:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word, then
         re-said in the captions' own phrasing where its other words hold one they never did (`resay`; module
         docstring)."""
-        return self.resay(self.read_words(prompt, wordnet))
+        return self.resay(self.read_words(prompt, wordnet), wordnet)
 
     def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
         docstring); the rest of the text as it was."""
         replacements = []
         for phrase in parse_phrases(prompt).objects:
+            if not self._names_an_object(prompt, phrase, wordnet):
+                continue
             spans = sorted((*phrase.modifiers, phrase.noun))
             i = 0
             while i < len(spans):
@@ -173,15 +178,31 @@ class KnownWords:
                 prompt = _article(prompt[:a], word) + word + prompt[b:]
         return prompt
 
-    def resay(self, prompt: str) -> str:
+    def _names_an_object(self, prompt: str, phrase, wordnet: WordNet) -> bool:
+        """Whether a noun phrase names something, so that its words are read: its noun is a word the captions held
+        (or an inflection of one), or a noun WordNet knows — not a verb the chunker took for one ("… where a
+        square sat way over …": "remember"), nor a lone word without an article that WordNet also knows as an
+        adjective, as in a list of style words ("…, simple, vector"), whose noun senses are rarely the ones meant
+        ("simple" → "square"; "an oval" is read)."""
+        noun = prompt[phrase.noun[0]:phrase.noun[1]]
+        if self._known(noun) or any(self._known(f) for f in wordnet.base_forms(noun)):
+            return True
+        lead = re.search(r"(\S+)\s+$", prompt[:phrase.noun[0]])
+        if not phrase.modifiers and not (lead and is_determiner(lead.group(1).lower())) and wordnet.is_adjective(noun):
+            return False
+        return wordnet.is_noun(noun)
+
+    def resay(self, prompt: str, wordnet: WordNet | None = None) -> str:
         """``prompt`` said again in the training captions' phrasing when a word outside its noun phrases is one they
         never held ("we see a red circle sitting higher than a square that is blue" → "a red circle above a blue
-        square"), as it was otherwise.
+        square"), or its relation is said in an order they never use (before both objects, pointing back: "over
+        the circle there is a square", "a square with a circle above it"), as it was otherwise.
 
         It is said again only when nothing but structure is lost: one object, or two with the relation the chunker
         reads between them (`ldmkit.text.phrases`); every word outside the objects and their place phrases of a
         closed class (`is_function_word`: articles, prepositions, verbs of placing and seeing …); each place on
-        one side; and the captions holding a phrase for the relation or the place. Each object is said as its
+        one side; the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
+        object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each object is said as its
         determiner, modifiers and noun in that order ("a square that is blue" → "a blue square"); two objects as
         "A {relation} B", one as "A {place}", in the phrase the captions used most for that relation or side."""
         if self.relations is None or self.places is None:
@@ -192,9 +213,11 @@ class KnownWords:
         in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)]
         in_places = [p.span for p in parsed.places]
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
-        if all(m.group().lower() in self.words for m in outside):
+        if all(m.group().lower() in self.words for m in outside) and parsed.plain:
             return prompt
         if not all(is_function_word(m.group().lower()) for m in outside if not _within(m.span(), in_places)):
+            return prompt
+        if wordnet is not None and not all(self._names_an_object(prompt, o, wordnet) for o in parsed.objects):
             return prompt
         if len(parsed.objects) == 2:
             link = _most(self.relations.get(parsed.relation or "", {}))
@@ -243,7 +266,7 @@ class KnownWords:
             return None
         key = (text.lower(), noun)
         if key not in self._nearest:
-            near = wordnet.nearest(key[0], self._noun_names if noun else self._modifiers, DEPTH)
+            near = wordnet.nearest(key[0], self._noun_targets(wordnet) if noun else self._modifiers, DEPTH)
             if near is None and noun:
                 near = wordnet.narrower(key[0], self._nouns)
             self._nearest[key] = near
@@ -257,6 +280,20 @@ class KnownWords:
             if " " in name:
                 nouns[name.rsplit(" ", 1)[1]] += count
         return dict(nouns)
+
+    def _noun_targets(self, wordnet: WordNet) -> dict[str, int]:
+        """The noun names a phrase's noun may be read as (`_noun_names`), less those WordNet places above more than
+        `GENERAL_SHARE` of the known nouns ("figure", "shape": above "circle", "square", "star" …), which name no
+        object in particular ("colors" would become "figure")."""
+        if self._targets is None or self._targets[0] is not wordnet:
+            nouns = self._noun_names
+
+            def above(n: str) -> int:
+                return sum(m != n and wordnet.nearest(m, {n: 1}, 0) is None
+                           and wordnet.nearest(m, {n: 1}, GENERAL_DEPTH) == n for m in self._nouns)
+            general = {n for n in nouns if above(n) > GENERAL_SHARE * len(self._nouns)}
+            self._targets = (wordnet, {n: c for n, c in nouns.items() if n not in general})
+        return self._targets[1]
 
     @functools.cached_property
     def _noun_names(self) -> dict[str, int]:

@@ -102,6 +102,8 @@ _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right 
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
+# A comparative without "than" places its object against the one named before it ("…, and higher up, A").
+_COMPARATIVES = {"higher": "above", "lower": "below"}
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?"}  # what follows the last word of a clause ("" the prompt's end)
 _CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
@@ -127,12 +129,14 @@ class Said:
 @dataclass(frozen=True)
 class PromptPhrases:
     """The objects a prompt names, in order, and the relation of the first to the second (or None); every relation
-    phrase and place phrase it holds, in order."""
+    phrase and place phrase it holds, in order; whether the relation was said plainly (``plain``: False where it
+    came before both objects, pointed back or came after both)."""
 
     objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
     relation: str | None = None
     relations: tuple[Said, ...] = ()
     places: tuple[Said, ...] = ()
+    plain: bool = True  # the relation said as training captions say it: between the two ("A above B") or by places
 
 
 def is_determiner(word: str) -> bool:
@@ -163,7 +167,12 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
             word, span = words[i]
             function = word in _FUNCTION or not word[0].isalnum() or (  # "right in the middle": "right" = exactly
                 word == "right" and i + 1 < len(words) and words[i + 1][0] in _PREPOSITIONS - {"of"})
-            items.append(("func" if function else "content", word, span))
+            if word in _COMPARATIVES and (i == 0 or words[i - 1][0] not in _DETERMINERS) and (
+                    i + 1 == len(words) or words[i + 1][0] not in _PLACES):
+                # "B, and higher up, A": a relation to the object named before (not "the lower edge")
+                items.append(("rel", _COMPARATIVES[word], span))
+            else:
+                items.append(("func" if function else "content", word, span))
             i += 1
     return items
 
@@ -187,7 +196,8 @@ def parse_phrases(text: str) -> PromptPhrases:
             _close_run(text, runs, leads, lead, lead_spans, spans, word)
             lead, lead_spans, spans = [], [], []
         if kind == "rel":
-            relations.append((len(runs), word, i + 1 < len(items) and items[i + 1][1] in _BACK))
+            back = (i + 1 < len(items) and items[i + 1][1] in _BACK) or text[span[0]:span[1]].lower() in _COMPARATIVES
+            relations.append((len(runs), word, back))
             said.append(Said(word, span))
         lead.append(word)
         lead_spans.append(span)
@@ -267,10 +277,12 @@ def parse_phrases(text: str) -> PromptPhrases:
             introduced = determined
             clauses.append(clause)
         pending = ()
-    relation = None
+    relation, plain = None, True
     if len(objects) >= 2:
-        relation = _relation(relations, mentions) or _relation_of_places(places, clauses)
-    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places))
+        relation, plain = _relation(relations, mentions)
+        if relation is None:
+            relation, plain = _relation_of_places(places, clauses), True
+    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain)
 
 
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
@@ -325,11 +337,12 @@ def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[int]) 
     return _SIDE_RELATIONS[a]
 
 
-def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, int]]) -> str | None:
+def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, int]]) -> tuple[str | None, bool]:
     """The relation of object 0 to object 1 stated by the first relation word between mentions of two
     different objects ("A above B"), or before them ("above B there is A": A above B). A relation word that
     points back ("beneath it") says where the object named next, or else the one named last, lies against the
-    one named before that ("A and, beneath it, B" and "A with B beneath it": B below A)."""
+    one named before that ("A and, beneath it, B" and "A with B beneath it": B below A). With it, whether it
+    was said between the two (None, True when none is)."""
     for position, found, back in relations:
         before = [g for k, g in mentions if k < position]
         after = [g for k, g in mentions if k >= position]
@@ -341,6 +354,8 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
             pair = (subject, ref)
         elif before and after and before[-1] != after[0]:
             pair = (before[-1], after[0])
+            if pair in ((0, 1), (1, 0)):
+                return (found if pair == (0, 1) else _INVERSE[found]), True
         elif not before and after and any(g != after[0] for g in after):
             pair = (next(g for g in after if g != after[0]), after[0])
         elif before and not after and any(g != before[-1] for g in before):  # "A and B, the A above"
@@ -348,7 +363,7 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
         else:
             continue
         if pair == (0, 1):
-            return found
+            return found, False
         if pair == (1, 0):
-            return _INVERSE[found]
-    return None
+            return _INVERSE[found], False
+    return None, True

@@ -78,6 +78,14 @@ class WordNet:
                 senses += [(pos, offset) for offset in self._index[pos].get(form, ())]
         return list(dict.fromkeys(senses))
 
+    def is_adjective(self, word: str) -> bool:
+        """Whether WordNet knows ``word`` (or a base form of it) as an adjective."""
+        return any(pos == "a" for pos, _ in self.lemmas(word))
+
+    def is_noun(self, word: str) -> bool:
+        """Whether WordNet knows ``word`` (or a base form of it) as a noun."""
+        return any(pos == "n" for pos, _ in self.lemmas(word))
+
     def base_forms(self, word: str) -> list[str]:
         """The forms of ``word`` WordNet lists, itself and its base forms ("circles" → circles?, circle), with
         spaces between the words of a compound."""
