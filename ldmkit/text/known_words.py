@@ -9,19 +9,24 @@ before it is encoded:
 - the prompt is split into noun phrases by the rule of `ldmkit.text.phrases` (a noun and its modifiers: "a small
   navy tile", "a tile that is navy"); only their words are read, never relation or place words;
 - each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
-  a noun of the training captions' own noun phrases for a noun, one of their modifiers for a modifier — by WordNet (`ldmkit.text.wordnet`: synonyms,
-  then more general words, at most two links up): "a small navy tile" → "a small blue block";
+  a noun of the training captions' own noun phrases for a noun, one of their modifiers for a modifier — by
+  WordNet (`ldmkit.text.wordnet`: synonyms, then more general words, at most two links up): "a small navy tile"
+  → "a small blue block";
 - a phrase's noun with no object word above it is read as a noun of the captions that names a kind of it, one
   WordNet link down (`WordNet.narrower`): "a red rectangle" → "a red square", "an oval" → "a circle";
 - two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
   left as written when no object word is near it;
 - a word WordNet does not know, or with no object word near it, is left as written, and so is an inflected
   form of a known word ("circles" where the captions said "circle"), which the prompt model reads as it is;
+- a phrase that names no object is left as written: its noun no noun at all (a verb the chunker took for one), or
+  a lone adjective without an article among style words ("…, simple, vector"); and no noun is read as one that
+  WordNet places above most of the known nouns ("figure", "shape": `KnownWords._noun_targets`);
 - then, where a word outside the noun phrases is one the captions never held (a frame, a relation or a place said
-  otherwise: "we see …", "… sits higher than …", "in the top half"), the prompt is said again in the captions' own
-  phrasing from the chunker's parse — its objects as determiner, modifiers and noun, two of them joined by the
-  captions' most used phrase for the relation read between them ("A above B"), one followed by theirs for its place
-  ("A at the top") — as long as only closed-class words are lost (`KnownWords.resay`). ``known_words.json``
+  otherwise: "we see …", "… sits higher than …", "in the top half"), or the relation is said in an order they
+  never use ("over the circle there is a square", "a square with a circle above it"), the prompt is said again
+  in the captions' own phrasing from the chunker's parse — its objects as determiner, modifiers and noun, two of
+  them joined by the captions' most used phrase for the relation read between them ("A above B"), one followed by
+  theirs for its place ("A at the top") — as long as only closed-class words are lost (`KnownWords.resay`). ``known_words.json``
   records those phrases (``relations``, ``places``); a file written before it did is never said again.
 
 A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
@@ -202,9 +207,10 @@ class KnownWords:
         reads between them (`ldmkit.text.phrases`); every word outside the objects and their place phrases of a
         closed class (`is_function_word`: articles, prepositions, verbs of placing and seeing …); each place on
         one side; the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
-        object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each object is said as its
-        determiner, modifiers and noun in that order ("a square that is blue" → "a blue square"); two objects as
-        "A {relation} B", one as "A {place}", in the phrase the captions used most for that relation or side."""
+        object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each
+        object is said as its determiner, modifiers and noun in that order ("a square that is blue" → "a blue
+        square"); two objects as "A {relation} B", one as "A {place}", in the phrase the captions used most for
+        that relation or side."""
         if self.relations is None or self.places is None:
             return prompt
         parsed = parse_phrases(prompt)
@@ -260,8 +266,9 @@ class KnownWords:
         """The object word a never-seen word (or compound) ``text`` is read as, None for as written: its nearest by
         upward links among the words seen in its role — a known noun for the phrase's ``noun``, a known modifier
         for a modifier ("single" is never read as the noun "figure", nor "flat" as "box"); failing that, where it is
-        the phrase's noun, a known noun that names a kind of it (`WordNet.narrower`: "rectangle" → "square"). A number ("3", "1.5", "2nd") is read as written: WordNet
-        holds digits as nouns ("3" → "figure"), but a number says how many or which, not what."""
+        the phrase's noun, a known noun that names a kind of it (`WordNet.narrower`: "rectangle" → "square"). A
+        number ("3", "1.5", "2nd") is read as written: WordNet holds digits as nouns ("3" → "figure"), but a number
+        says how many or which, not what."""
         if any(c.isdigit() for c in text):
             return None
         key = (text.lower(), noun)

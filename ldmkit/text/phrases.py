@@ -58,7 +58,8 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     "only", "could", "would", "please",
     # verbs and words of asking
     "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
-    "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz", "thanks", "i'd", "i'm", "let's", "that's", "what's",
+    "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
+    "thanks", "i'd", "i'm", "let's", "that's", "what's",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
