@@ -280,13 +280,27 @@ class KnownWords:
         return self._nearest[key]
 
     @functools.cached_property
-    def _nouns(self) -> dict[str, int]:
-        """The object words seen as a phrase's noun: the last word of each modifier–noun name ("blue circle")."""
+    def _parts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The object words seen as a modifier and as a phrase's noun: the two parts of each modifier–noun name
+        ("blue circle": blue, circle), with their counts."""
+        modifiers: Counter = Counter()
         nouns: Counter = Counter()
         for name, count in self.objects.items():
             if " " in name:
-                nouns[name.rsplit(" ", 1)[1]] += count
-        return dict(nouns)
+                modifier, noun = name.rsplit(" ", 1)
+                modifiers[modifier] += count
+                nouns[noun] += count
+        return dict(modifiers), dict(nouns)
+
+    @property
+    def _nouns(self) -> dict[str, int]:
+        """The object words seen as a phrase's noun."""
+        return self._parts[1]
+
+    @property
+    def _modifiers(self) -> dict[str, int]:
+        """The object words seen as a modifier."""
+        return self._parts[0]
 
     def _noun_targets(self, wordnet: WordNet) -> dict[str, int]:
         """The noun names a phrase's noun may be read as (`_noun_names`), less those WordNet places above more than
@@ -307,15 +321,6 @@ class KnownWords:
         """What a phrase's noun may be read as: every object word and name but those seen only as a modifier."""
         nouns, modifiers = self._nouns, self._modifiers
         return {name: count for name, count in self.objects.items() if name in nouns or name not in modifiers}
-
-    @functools.cached_property
-    def _modifiers(self) -> dict[str, int]:
-        """The object words seen as a modifier: what comes before the noun in each modifier–noun name."""
-        modifiers: Counter = Counter()
-        for name, count in self.objects.items():
-            if " " in name:
-                modifiers[name.rsplit(" ", 1)[0]] += count
-        return dict(modifiers)
 
 
 def _within(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
