@@ -81,7 +81,7 @@ class KnownWords:
         self.relations = relations
         self.places = places
         self._nearest: dict[tuple[str, bool], str | None] = {}
-        self._targets: tuple[WordNet, dict[str, int]] | None = None
+        self._targets: dict[str, int] | None = None  # `_noun_targets`, read once (as `_nearest`, for one WordNet)
 
     @classmethod
     def from_captions(cls, captions: list[str]) -> "KnownWords":
@@ -306,15 +306,15 @@ class KnownWords:
         """The noun names a phrase's noun may be read as (`_noun_names`), less those WordNet places above more than
         `GENERAL_SHARE` of the known nouns ("figure", "shape": above "circle", "square", "star" …), which name no
         object in particular ("colors" would become "figure")."""
-        if self._targets is None or self._targets[0] is not wordnet:
+        if self._targets is None:
             nouns = self._noun_names
 
             def above(n: str) -> int:
                 return sum(m != n and wordnet.nearest(m, {n: 1}, 0) is None
                            and wordnet.nearest(m, {n: 1}, GENERAL_DEPTH) == n for m in self._nouns)
             general = {n for n in nouns if above(n) > GENERAL_SHARE * len(self._nouns)}
-            self._targets = (wordnet, {n: c for n, c in nouns.items() if n not in general})
-        return self._targets[1]
+            self._targets = {n: c for n, c in nouns.items() if n not in general}
+        return self._targets
 
     @functools.cached_property
     def _noun_names(self) -> dict[str, int]:

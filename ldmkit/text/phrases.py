@@ -55,7 +55,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
     "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "aligned", "anchored",
     "stacked", "rests", "resting", "floats", "floating", "hovers", "hovering", "perched", "situated", "appears",
     "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
-    "only", "could", "would", "please",
+    "only", "could", "would",
     # verbs and words of asking
     "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
     "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
@@ -236,14 +236,15 @@ def parse_phrases(text: str) -> PromptPhrases:
             begin = phrase.span[0]
             places.append((clause, {side}))
             said_places.append(Said(side, (begin, run[-1][1])))
-        elif noun in _PLACES and "its" in lead and _place(text, lead, leads[k], run).meaning in _SIDE_RELATION:
-            # a place of the object named before: "put A to its left" = A left of it
-            place = _place(text, lead, leads[k], run)
-            relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True)], key=lambda r: r[0])
-            said.append(Said(_SIDE_RELATION[place.meaning], place.span))
         elif noun in _PLACES:
-            places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
-            said_places.append(_place(text, lead, leads[k], run))
+            place = _place(text, lead, leads[k], run)
+            if "its" in lead and place.meaning in _SIDE_RELATION:
+                # a place of the object named before: "put A to its left" = A left of it
+                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True)], key=lambda r: r[0])
+                said.append(Said(_SIDE_RELATION[place.meaning], place.span))
+            else:
+                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
+                said_places.append(place)
         if noun in _PLACES or frame:
             pending, attached = (), False
             continue
@@ -347,6 +348,7 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
     for position, found, back in relations:
         before = [g for k, g in mentions if k < position]
         after = [g for k, g in mentions if k >= position]
+        plain = False
         if back:
             subject = after[0] if after else (before[-1] if before else None)
             ref = next((g for g in reversed(before) if g != subject), None)
@@ -354,9 +356,7 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
                 continue
             pair = (subject, ref)
         elif before and after and before[-1] != after[0]:
-            pair = (before[-1], after[0])
-            if pair in ((0, 1), (1, 0)):
-                return (found if pair == (0, 1) else _INVERSE[found]), True
+            pair, plain = (before[-1], after[0]), True
         elif not before and after and any(g != after[0] for g in after):
             pair = (next(g for g in after if g != after[0]), after[0])
         elif before and not after and any(g != before[-1] for g in before):  # "A and B, the A above"
@@ -364,7 +364,7 @@ def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, 
         else:
             continue
         if pair == (0, 1):
-            return found, False
+            return found, plain
         if pair == (1, 0):
-            return _INVERSE[found], False
+            return _INVERSE[found], plain
     return None, True
