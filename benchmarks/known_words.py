@@ -51,7 +51,8 @@ def measure(pipe, phrasing: str, binding: float, read: str, images: int, work: P
     if path.is_file():
         return json.loads(path.read_text())
     words = pipe.model.known_words
-    pipe.model.known_words = {"written": None, "words": KnownWords(words.words, words.objects), "known": words}[read]
+    pipe.model.known_words = {"written": None, "words": KnownWords(words.words, words.objects, colours=words.colours),
+                              "known": words}[read]
     try:
         report = evaluate_generation(pipe, images, GenerationSettings(binding=binding), progress=progress,
                                      phrasing=phrasing)

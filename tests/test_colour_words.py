@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -11,7 +13,8 @@ from ldmkit.config import ConfigError, ModelConfig, load_preset
 from ldmkit.model import LatentDiffusion
 from ldmkit.text import PromptTokenizer
 from ldmkit.text.colour_words import (
-    FEATURES, SCALE, colour_features, find_colour_names, lexicon, named_colours, neutral_word, neutralise, projection,
+    FEATURES, SCALE, colour_difference, colour_features, find_colour_names, lexicon, named_colours, neutral_word,
+    neutralise, projection,
 )
 
 
@@ -172,3 +175,24 @@ def test_a_bare_off_in_yaml_reads_as_the_off_mode(tmp_path):
     path.write_text("colour_lexicon: yes\n")
     with pytest.raises(ConfigError, match="allowed: off, add, replace, replace-noun"):
         load_yaml(TextEncoderConfig, path)
+
+
+def test_ciede2000_matches_the_published_test_pairs_and_scikit_image():
+    skimage = pytest.importorskip("skimage.color")
+    # pairs of Sharma, Wu and Dalal's table of CIEDE2000 test data (ΔE₀₀ to 4 places)
+    published = [((50.0, 2.6772, -79.7751), (50.0, 0.0, -82.7485), 2.0425),
+                 ((50.0, 2.5, 0.0), (73.0, 25.0, -18.0), 27.1492),
+                 ((50.0, 2.5, 0.0), (50.0, 3.1736, 0.5854), 1.0),
+                 ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+                 ((2.0776, 0.0795, -1.135), (0.9033, -0.0636, -0.5514), 0.9082)]
+    for lab1, lab2, expected in published:
+        assert colour_difference(lab1, lab2) == pytest.approx(expected, abs=1e-4)
+        assert colour_difference(lab2, lab1) == pytest.approx(expected, abs=1e-4)  # symmetric
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lab1, lab2 = rng.uniform([0, -100, -100], [100, 100, 100], (2, 3))
+        for k_l in (1.0, 2.0):
+            assert colour_difference(tuple(lab1), tuple(lab2), k_l) == pytest.approx(
+                float(skimage.deltaE_ciede2000(lab1, lab2, kL=k_l)), abs=1e-9)
+    # k_L = 2 counts a difference in lightness alone half
+    assert colour_difference((40, 0, 0), (60, 0, 0), 2.0) == pytest.approx(colour_difference((40, 0, 0), (60, 0, 0)) / 2)

@@ -249,6 +249,10 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
      [(["purple"], "diamond"), (["green"], "triangle")], "above"),
     ("Render a large purple cross against the left side", [(["large", "purple"], "cross")], None),
     ("A simple image: a green cross and nothing more.", [(["green"], "cross")], None),
+    # a predicate after "be", or one word after "it" ending its clause, describes the object it is said of
+    ("Can you make me a diamond? It should be purple.", [(["purple"], "diamond")], None),
+    ("the dog should be brown, and there should be a cat above it", [(["brown"], "dog"), ([], "cat")], "below"),
+    ("draw a cat and colour it grey.", [(["grey"], "cat")], None),
 ])
 def test_the_general_rule_finds_each_noun_with_its_modifiers(prompt, objects, relation):
     parsed = parse_phrases(prompt)

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from ldmkit import load_pipeline
+from ldmkit.data.dataset import dataset_word_colours
+from ldmkit.data.shapes_dataset import ShapesDataset
+from ldmkit.data.shapes_scene import RGB
 from ldmkit.model import LatentDiffusion
 from ldmkit.text.known_words import FILE, KnownWords
 from ldmkit.text.phrases import is_function_word, parse_phrases
@@ -58,15 +61,16 @@ def test_a_word_is_read_only_as_a_word_seen_in_its_role():
 
 
 @needs_wordnet
-def test_what_names_no_object_is_left_as_written():
+def test_what_names_no_object_is_never_read_as_one():
     words = KnownWords.from_captions(CAPTIONS + ["a square figure", "a round shape"])
-    # a relation said before both objects is said again even in known words; a verb taken for a noun never is
+    # a relation said before both objects is said again even in known words; a verb taken for a noun is no object
     assert words.rewrite("below a turquoise circle there is a purple triangle", wordnet) == \
         "a turquoise circle above a purple triangle"
-    assert words.rewrite("I remember a red circle below a blue square", wordnet) == \
-        "I remember a red circle below a blue square"
+    assert words.rewrite("I remember a red circle below a blue square", wordnet) == "a red circle below a blue square"
+    assert words.rewrite("I remember a picture where a square sat way over a circle", wordnet) == \
+        "a square above a circle"
     # style words: a lone adjective is not read through its noun senses, nor a noun as a word above most nouns
-    assert words.rewrite("a red circle, simple, flat colors", wordnet) == "a red circle, simple, flat colors"
+    assert words.read_words("a red circle, simple, flat colors", wordnet) == "a red circle, simple, flat colors"
     assert words.reading("sphere", wordnet, noun=True) == "round shape" and \
         words.reading("colors", wordnet, noun=True) is None
 
@@ -324,3 +328,64 @@ def test_an_evaluation_says_how_many_captions_it_read_in_known_words(folder):
     assert expected > 0
     assert evaluate_generation(pipe, 4, one_step, phrasing="unseen").settings["captions_read_in_known_words"] == expected
     assert "captions_read_in_known_words" not in evaluate_generation(pipe, 4, one_step).settings
+
+
+SHAPES_COLOURS = {name: tuple(c / 255 for c in rgb) for name, rgb in RGB.items()}  # as the images draw them
+
+
+def test_the_colours_a_dataset_draws_its_colour_words_in_are_read_from_its_grounding_targets():
+    colours = dataset_word_colours(ShapesDataset(32, 300, captions="varied", grounding=True), 300)
+    assert {"red", "blue", "crimson", "white"} <= set(colours)  # colour words, synonyms too
+    assert not {"small", "large", "circle", "square", "box"} & set(colours)  # they name objects of every colour
+    for word in ("red", "crimson", "blue", "white"):
+        drawn = SHAPES_COLOURS["red" if word == "crimson" else word]
+        assert max(abs(a - b) for a, b in zip(colours[word], drawn)) < 2 / 255
+    assert dataset_word_colours(ShapesDataset(32, 50), 50) == {}  # no grounding targets: no colours
+
+
+@needs_wordnet
+def test_a_colour_name_never_seen_is_read_as_the_colour_the_images_drew_nearest():
+    words = KnownWords.from_captions(CAPTIONS, {w: SHAPES_COLOURS[w] for w in ("red", "blue", "green", "yellow",
+                                                                              "white", "purple")}
+                                     | {"crimson": SHAPES_COLOURS["red"], "turquoise": SHAPES_COLOURS["cyan"]})
+    # WordNet holds no colour sense of "lime", and reads "amber" as a yellow; the colours say green and orange-ish
+    assert words.read_words("a lime circle", wordnet) == "a green circle"
+    assert words.read_words("a circle coloured lime and a navy box", wordnet) == "a circle coloured green and a blue box"
+    # a name of several words is read whole; of the words drawn in one colour, the one the captions held most
+    assert words.read_words("a sky blue star above a scarlet wedge", wordnet) == "a turquoise star above a red wedge"
+    assert words.read_words("a black circle", wordnet) == "a black circle"  # nothing drawn is near black
+    assert words.read_words("a lime", wordnet) != "a green"  # a noun is an object, not a colour
+    without = KnownWords.from_captions(CAPTIONS)  # a model whose data drew no colours reads by WordNet alone
+    assert without.read_words("a lime circle", wordnet) == "a lime circle"
+    again = KnownWords.from_json(words.to_json(), "here")
+    assert again.read_words("a lime circle and a sky blue star", wordnet) == "a green circle and a turquoise star"
+    assert KnownWords.from_captions(["a red circle"]).union(words).colours.keys() == words.colours.keys()
+
+
+def test_known_words_colours_must_be_written_as_hex(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"words": {}, "objects": {}, "colours": {"red": [1, 0, 0]}}))
+    with pytest.raises(ValueError, match="bad.json: 'colours' must map words to colours written #rrggbb"):
+        KnownWords.load(tmp_path / "bad.json")
+
+
+@needs_wordnet
+def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again():
+    words = KnownWords.from_captions(CAPTIONS)
+    # tags of style, labels and asides: parts between clause marks that hold no object word and say no place
+    assert words.rewrite("a red circle on the left, minimal, flat design, 8k, trending on artstation", wordnet) == \
+        "a red circle on the left"
+    assert words.rewrite("Alt text: a small red circle above a large star.", wordnet) == "a small red circle above a large star"
+    assert words.rewrite("For the poster, put a red circle at the top. Can you make one for her?", wordnet) == \
+        "a red circle at the top"
+    # noun phrases with no object word, with their determiners ("the designer", "my daughter")
+    assert words.rewrite("my daughter wants a picture of a small blue square", wordnet) == "a small blue square"
+    # a lone colour word set off by a comma describes the object before it, even without its article
+    assert words.rewrite("square, red, top of the picture, plain backdrop", wordnet) == "red square at the top"
+    # a word seen only as a modifier after a noun: "make the square blue" names a blue square
+    assert words.rewrite("make the square blue and move it to the top", wordnet) == "the blue square at the top"
+    # where what is left needs no saying again, it is kept as it is; nothing is dropped from a prompt in known words
+    assert words.rewrite("a red circle, a blue square, minimal", wordnet) == "a red circle, a blue square"
+    assert words.rewrite("a red circle on the left, the square", wordnet) == "a red circle on the left, the square"
+    # nor one of the two objects a relation joins, nor the only object, where the model cannot read them
+    assert words.rewrite("a tall pentagon above a red circle", wordnet) == "a tall pentagon above a red circle"
+    assert words.rewrite("a pentagon on the left, 8k", wordnet) == "a pentagon on the left"  # the tag alone goes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from ldmkit.config import DataConfig
@@ -44,3 +45,43 @@ def dataset_captions(dataset, limit: int) -> list[str]:
     if hasattr(dataset, "captions"):  # an image folder knows its captions without decoding images
         return list(dataset.captions[:n])
     return [dataset[i]["caption"] for i in range(n)]
+
+
+COLOUR_SPREAD = 0.1  # a word names a colour if its objects' colours spread less than this share of all objects'
+INSIDE = 0.9  # mask coverage from which a pixel is an object's own (not an edge blended with the background)
+
+
+def dataset_word_colours(dataset, limit: int) -> dict[str, tuple[float, float, float]]:
+    """The colour each caption word names, from the grounding targets of up to ``limit`` items: every object's colour
+    is the mean sRGB (in [0, 1]³) of its image's pixels inside its mask, and a word naming objects (three or more)
+    whose colours spread, as mean squared distance from their mean, less than `COLOUR_SPREAD` of all objects'
+    spread names their mean: "red", "crimson" do; "small", "circle", which name objects of every colour, do not.
+    Empty for a dataset whose items carry no grounding targets (a stream of shards is not read)."""
+    if hasattr(dataset, "read_captions") or len(dataset) == 0 or dataset[0].get("grounding") is None:
+        return {}
+    named: dict[str, list[torch.Tensor]] = {}
+    colours = []
+    for i in range(min(len(dataset), limit)):
+        item = dataset[i]
+        target = item.get("grounding")
+        if target is None:
+            continue
+        pixels = (item["images"].float().clamp(-1, 1) + 1) / 2
+        for mask, spans in zip(target.masks, target.spans):
+            inside = mask >= INSIDE
+            if not inside.any():
+                continue
+            colour = pixels[:, inside].mean(1)
+            colours.append(colour)
+            for a, b in spans:
+                named.setdefault(item["caption"][a:b].lower(), []).append(colour)
+    if len(colours) < 2:
+        return {}
+    everything = torch.stack(colours)
+    spread = (everything - everything.mean(0)).pow(2).sum(1).mean()
+    found = {}
+    for word, seen in sorted(named.items()):
+        seen = torch.stack(seen)
+        if len(seen) >= 3 and (seen - seen.mean(0)).pow(2).sum(1).mean() < COLOUR_SPREAD * spread:
+            found[word] = tuple(float(c) for c in seen.mean(0))
+    return found

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ldmkit.config import load_preset
 from ldmkit.data import build_dataset
-from ldmkit.data.dataset import dataset_captions
+from ldmkit.data.dataset import dataset_captions, dataset_word_colours
 from ldmkit.pretrained import DEFAULT, SHIPPED, pack, recorded_checksums, verify, write_checksums
 from ldmkit.storage import CheckpointError, atomic_path
 from ldmkit.text.known_words import CAPTIONS_READ, FILE, KnownWords
@@ -21,9 +21,10 @@ def record_known_words(folder: Path, presets: list[str]) -> Path:
     """Write ``folder/known_words.json`` from the captions of each of ``presets``' datasets, as `ldmkit train`
     records them (for a model trained before it did, or before it recorded phrases; a model trained in stages
     holds the union of its stages'), and add it to ``folder``'s SHA256SUMS."""
+    datasets = [build_dataset(load_preset(preset).data) for preset in presets]
     words = functools.reduce(KnownWords.union, [
-        KnownWords.from_captions(dataset_captions(build_dataset(load_preset(preset).data), CAPTIONS_READ))
-        for preset in presets])
+        KnownWords.from_captions(dataset_captions(data, CAPTIONS_READ), dataset_word_colours(data, CAPTIONS_READ))
+        for data in datasets])
     with atomic_path(folder / FILE) as tmp:
         words.save(tmp)
     write_checksums(folder, tuple(dict.fromkeys([*recorded_checksums(folder), FILE])))

@@ -83,6 +83,42 @@ def srgb_to_lab(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
     return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
 
 
+def colour_difference(lab1: tuple[float, float, float], lab2: tuple[float, float, float],
+                      lightness_weight: float = 1.0) -> float:
+    """ΔE₀₀, the CIEDE2000 difference of two CIELAB colours (Sharma, Wu and Dalal's statement of the formula):
+
+        ΔE₀₀ = √[(ΔL′/k_L S_L)² + (ΔC′/S_C)² + (ΔH′/S_H)² + R_T (ΔC′/S_C)(ΔH′/S_H)],
+
+    a* scaled by 1 + G for near-neutral colours, S_L, S_C, S_H weighting lightness, chroma and hue by where
+    the pair lies, R_T turning the blue region's ellipses. ``lightness_weight`` is k_L (1 the reference
+    conditions; 2 the CIE's factor for textiles, where a difference in lightness counts half)."""
+    (l1, a1, b1), (l2, a2, b2) = lab1, lab2
+    c_mean = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - math.sqrt(c_mean ** 7 / (c_mean ** 7 + 25 ** 7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
+    h1 = math.degrees(math.atan2(b1, a1)) % 360 if c1 else 0.0
+    h2 = math.degrees(math.atan2(b2, a2)) % 360 if c2 else 0.0
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    d_hue = 2 * math.sqrt(c1 * c2) * math.sin(math.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    if c1 * c2 == 0:
+        h_mean = h1 + h2
+    elif abs(h1 - h2) <= 180:
+        h_mean = (h1 + h2) / 2
+    else:
+        h_mean = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
+    t = (1 - 0.17 * math.cos(math.radians(h_mean - 30)) + 0.24 * math.cos(math.radians(2 * h_mean))
+         + 0.32 * math.cos(math.radians(3 * h_mean + 6)) - 0.20 * math.cos(math.radians(4 * h_mean - 63)))
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / math.sqrt(20 + (l_mean - 50) ** 2)
+    s_c = 1 + 0.045 * c_mean
+    s_h = 1 + 0.015 * c_mean * t
+    r_t = -2 * math.sqrt(c_mean ** 7 / (c_mean ** 7 + 25 ** 7)) * math.sin(
+        math.radians(60 * math.exp(-(((h_mean - 275) / 25) ** 2))))
+    dl, dc, dh_ = (l2 - l1) / (lightness_weight * s_l), (c2 - c1) / s_c, d_hue / s_h
+    return math.sqrt(dl ** 2 + dc ** 2 + dh_ ** 2 + r_t * dc * dh_)
+
+
 def colour_features(rgb: tuple[float, float, float]) -> torch.Tensor:
     """φ(x) of the module docstring for one sRGB colour: float32[16]."""
     lab = srgb_to_lab(rgb)

@@ -16,6 +16,11 @@ before it is encoded:
   WordNet link down (`WordNet.narrower`): "a red rectangle" → "a red square", "an oval" → "a circle";
 - two neighbouring words that WordNet knows as one compound ("plus sign", "navy blue") are read as one, and
   left as written when no object word is near it;
+- first of all, where the training images showed which colour each colour word names (``colours``: grounding
+  targets, `ldmkit.data.dataset.dataset_word_colours`), a colour name of a phrase's modifiers that the captions
+  never held, found in the colour lexicon of `ldmkit.text.colour_words` ("lime", "sky blue", "amber"), is read
+  as the word they drew nearest to its colour (`KnownWords.colour_reading`), not by WordNet, which knows few
+  colours as colours ("lime" is a fruit there, "amber" a yellow);
 - a word WordNet does not know, or with no object word near it, is left as written, and so is an inflected
   form of a known word ("circles" where the captions said "circle"), which the prompt model reads as it is;
 - a phrase that names no object is left as written: its noun no noun at all (a verb the chunker took for one), or
@@ -27,7 +32,12 @@ before it is encoded:
   in the captions' own phrasing from the chunker's parse — its objects as determiner, modifiers and noun, two of
   them joined by the captions' most used phrase for the relation read between them ("A above B"), one followed by
   theirs for its place ("A at the top") — as long as only closed-class words are lost (`KnownWords.resay`). ``known_words.json``
-  records those phrases (``relations``, ``places``); a file written before it did is never said again.
+  records those phrases (``relations``, ``places``); a file written before it did is never said again;
+- a prompt with words the captions never held that cannot be said again so is said again, if it then can be,
+  without what names nothing the model draws (`KnownWords._drawn_part`): parts between clause marks with no
+  object word and no place ("…, minimal, flat design, 8k", "Alt text: …", "for the poster, …"), and, among more
+  than two objects or two without a relation, noun phrases with no object word ("my daughter wants a picture of
+  …"); never one of two objects a relation joins.
 
 A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
 encode (`LatentDiffusion.in_known_words`; Prompt-to-Prompt excepted, whose edits name the prompts' own words), so
@@ -37,13 +47,15 @@ binding guidance's token groups and the images follow it. Without WordNet instal
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
-from ldmkit.text.phrases import is_determiner, is_function_word, parse_phrases
+from ldmkit.text.colour_words import colour_difference, find_colour_names, srgb_to_lab
+from ldmkit.text.phrases import NounPhrase, is_determiner, is_function_word, parse_phrases
 from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
@@ -51,7 +63,12 @@ DEPTH = 2  # WordNet links walked up from a word never seen
 GENERAL_DEPTH = 5  # links up from a known noun within which another known noun counts as more general
 GENERAL_SHARE = 0.25  # a known noun more general than this share of the known nouns is not a reading
 CAPTIONS_READ = 2000  # training captions whose words a model folder records (`ldmkit train`)
+LIGHTNESS_WEIGHT = 2.0  # k_L of the CIEDE2000 difference by which a colour name is read (`KnownWords.colour_reading`)
+FARTHEST_COLOUR = 25.0  # ΔE₀₀ beyond which no colour the model draws stands for a colour name ("black", here)
+SAME_COLOUR = 2.3  # ΔE₀₀ within which two drawn colours are one (about a just-noticeable difference)
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+_PARTS = re.compile(r"[,;:!?|/—–]|\.(?!\d)|\s-\s")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
 
 def _article(before: str, word: str) -> str:
@@ -72,19 +89,25 @@ class KnownWords:
     the same count (what a prompt's words may be rewritten into); ``relations`` and ``places``: the captions'
     relation phrases by relation ({"above": {"above": 310, "over": 95, …}}) and place phrases by side
     ({"top": {"at the top": 120, …}}), what `resay` says a prompt's relation and place in (None: not recorded, as
-    in files written before they were, and then prompts are not re-said)."""
+    in files written before they were, and then prompts are not re-said); ``colours``: the words that name a
+    colour in the training images → that colour, sRGB in [0, 1]³ (`ldmkit.data.dataset.dataset_word_colours`; empty
+    where the data has no grounding targets), what `colour_reading` reads a never-seen colour name as."""
 
     def __init__(self, words: dict[str, int], objects: dict[str, int], relations: Phrases | None = None,
-                 places: Phrases | None = None):
+                 places: Phrases | None = None, colours: dict[str, tuple[float, float, float]] | None = None):
         self.words = dict(words)
         self.objects = dict(objects)
         self.relations = relations
         self.places = places
+        self.colours = dict(colours or {})
         self._nearest: dict[tuple[str, bool], str | None] = {}
         self._targets: dict[str, int] | None = None  # `_noun_targets`, read once (as `_nearest`, for one WordNet)
 
     @classmethod
-    def from_captions(cls, captions: list[str]) -> "KnownWords":
+    def from_captions(cls, captions: list[str], colours: dict[str, tuple[float, float, float]] | None = None
+                      ) -> "KnownWords":
+        """The words of ``captions``, their object words and relation and place phrases, and ``colours`` (the
+        colours the words name in their images, `ldmkit.data.dataset.dataset_word_colours`)."""
         words, objects = Counter(), Counter()
         relations: dict[str, Counter] = {}
         places: dict[str, Counter] = {}
@@ -102,7 +125,7 @@ class KnownWords:
                 for s in said:
                     if s.meaning is not None:
                         into.setdefault(s.meaning, Counter())[caption[s.span[0]:s.span[1]].lower()] += 1
-        return cls(dict(words), dict(objects), _plain(relations), _plain(places))
+        return cls(dict(words), dict(objects), _plain(relations), _plain(places), colours)
 
     def union(self, other: "KnownWords") -> "KnownWords":
         def merged(a: Phrases | None, b: Phrases | None) -> Phrases | None:
@@ -111,13 +134,17 @@ class KnownWords:
             return _plain({k: Counter(a.get(k, {})) + Counter(b.get(k, {})) for k in {*a, *b}})
 
         return KnownWords(Counter(self.words) + Counter(other.words), Counter(self.objects) + Counter(other.objects),
-                          merged(self.relations, other.relations), merged(self.places, other.places))
+                          merged(self.relations, other.relations), merged(self.places, other.places),
+                          {**other.colours, **self.colours})
 
     def to_json(self) -> str:
         data: dict = {"words": dict(sorted(self.words.items())), "objects": dict(sorted(self.objects.items()))}
         for key, phrases in (("relations", self.relations), ("places", self.places)):
             if phrases is not None:
                 data[key] = {k: dict(sorted(v.items())) for k, v in sorted(phrases.items())}
+        if self.colours:
+            data["colours"] = {w: "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
+                               for w, rgb in sorted(self.colours.items())}
         return json.dumps(data, indent=0)
 
     @classmethod
@@ -131,7 +158,10 @@ class KnownWords:
                 not all(isinstance(data.get(k, {}), dict) and all(isinstance(v, dict) for v in data.get(k, {}).values())
                         for k in ("relations", "places")):
             raise ValueError(f"{where}: not a known-words list (a JSON object with 'words' and 'objects', and "
-                             "optionally 'relations' and 'places' of phrases)")
+                             "optionally 'relations' and 'places' of phrases and 'colours')")
+        colours = data.get("colours", {})
+        if not isinstance(colours, dict) or not all(isinstance(v, str) and _HEX.fullmatch(v) for v in colours.values()):
+            raise ValueError(f"{where}: 'colours' must map words to colours written #rrggbb")
 
         def phrases(key: str) -> Phrases | None:
             if key not in data:
@@ -139,7 +169,8 @@ class KnownWords:
             return {str(k): {str(p): int(n) for p, n in v.items()} for k, v in data[key].items()}
 
         words = {str(k): int(v) for k, v in data["words"].items()}
-        return cls(words, {str(k): int(v) for k, v in data["objects"].items()}, phrases("relations"), phrases("places"))
+        return cls(words, {str(k): int(v) for k, v in data["objects"].items()}, phrases("relations"), phrases("places"),
+                   {str(w): tuple(int(v[i:i + 2], 16) / 255 for i in (1, 3, 5)) for w, v in colours.items()})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
@@ -158,10 +189,13 @@ class KnownWords:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
         docstring); the rest of the text as it was."""
         replacements = []
+        names = find_colour_names(prompt) if self.colours else []
         for phrase in parse_phrases(prompt).objects:
             if not self._names_an_object(prompt, phrase, wordnet):
                 continue
-            spans = sorted((*phrase.modifiers, phrase.noun))
+            coloured = self._colour_names(prompt, names, phrase.modifiers)
+            replacements += coloured
+            spans = [s for s in sorted((*phrase.modifiers, phrase.noun)) if not _within(s, [c[:2] for c in coloured])]
             i = 0
             while i < len(spans):
                 a, b = spans[i]
@@ -182,6 +216,33 @@ class KnownWords:
                 word = word[:1].upper() + word[1:] if prompt[a].isupper() else word  # "Scarlet circle" → "Red circle"
                 prompt = _article(prompt[:a], word) + word + prompt[b:]
         return prompt
+
+    def _colour_names(self, prompt: str, names, modifiers) -> list[tuple[int, int, str | None]]:
+        """(start, end, reading) of each colour name of ``names`` (`find_colour_names`) that a phrase's
+        ``modifiers`` say, all its words among them ("navy", "sky blue"), and the captions never held whole."""
+        found = []
+        for name in names:
+            words = [m.span() for m in _WORD.finditer(prompt, *name.span)]
+            if all(_within(w, modifiers) for w in words) and not self._known(prompt[name.span[0]:name.span[1]]):
+                found.append((*name.span, self.colour_reading(name.rgb)))
+        return found
+
+    def colour_reading(self, rgb: tuple[float, float, float]) -> str | None:
+        """The word the training images drew nearest to the sRGB colour ``rgb`` (a colour name's, from the lexicon
+        of `ldmkit.text.colour_words`): the least CIEDE2000 difference ΔE₀₀ with lightness counted half (k_L =
+        `LIGHTNESS_WEIGHT`, as for textiles: a name says a hue before a lightness; "navy" → "blue", "lime" →
+        "green", "pink" → "purple" for the shapes colours); of the words drawn in that colour (within `SAME_COLOUR`:
+        "red", "crimson", "ruby") the one the captions held most. None (as written) where no drawn colour is within
+        `FARTHEST_COLOUR`, or no colours were recorded."""
+        if not self.colours:
+            return None
+        drawn = {w: srgb_to_lab(c) for w, c in self.colours.items()}
+        lab = srgb_to_lab(rgb)
+        nearest = min(drawn, key=lambda w: (colour_difference(lab, drawn[w], LIGHTNESS_WEIGHT), w))
+        if colour_difference(lab, drawn[nearest], LIGHTNESS_WEIGHT) > FARTHEST_COLOUR:
+            return None
+        same = [w for w in drawn if colour_difference(drawn[nearest], drawn[w]) <= SAME_COLOUR]
+        return max(same, key=lambda w: (self.words.get(w, 0), w))
 
     def _names_an_object(self, prompt: str, phrase, wordnet: WordNet) -> bool:
         """Whether a noun phrase names something, so that its words are read: its noun is a word the captions held
@@ -210,39 +271,125 @@ class KnownWords:
         object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each
         object is said as its determiner, modifiers and noun in that order ("a square that is blue" → "a blue
         square"); two objects as "A {relation} B", one as "A {place}", in the phrase the captions used most for
-        that relation or side."""
+        that relation or side.
+
+        A prompt holding words the captions never held that cannot be said again so, or need not be, is tried once
+        more without what names nothing the model draws (`_drawn_part`: "a red circle on the left, minimal, 8k" →
+        "a red circle on the left"); where noun phrases were left out, only a prompt then said again is taken."""
         if self.relations is None or self.places is None:
             return prompt
+        said = self._said_again(prompt, wordnet)
+        if said in (None, prompt) and not self._known(prompt):  # words it never held: what does it draw of it?
+            drawn, phrases_left_out = self._drawn_part(prompt, wordnet)
+            again = self._said_again(drawn, wordnet, shortened=True) if drawn != prompt else None
+            if again is not None and not (phrases_left_out and again == drawn):  # without nouns: said again only
+                said = again
+        return prompt if said is None else said
+
+    def _said_again(self, prompt: str, wordnet: WordNet | None, shortened: bool = False) -> str | None:
+        """`resay` of ``prompt`` itself: None where it cannot be said again; ``prompt`` as it is where it need not be,
+        its words all the captions' and its objects and relation as the chunker reads them, unless ``shortened``
+        (`_drawn_part` took words out) or the chunker took a word describing an object for one (`_described`), where
+        it is said again if it can be."""
         parsed = parse_phrases(prompt)
-        if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
-            return prompt
+        if not parsed.objects:
+            return None
+        objects = self._described(prompt, parsed.objects)
+        if len(objects) < len(parsed.objects):  # "square, cyan, right side": one object
+            parsed = dataclasses.replace(parsed, objects=objects, relation=None)
         in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)]
         in_places = [p.span for p in parsed.places]
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
-        if all(m.group().lower() in self.words for m in outside) and parsed.plain:
+        as_it_is = prompt if all(m.group().lower() in self.words for m in outside) and parsed.plain else None
+        if as_it_is is not None and not shortened and len(objects) == len(parsed.objects):
             return prompt
+        if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
+            return as_it_is
         if not all(is_function_word(m.group().lower()) for m in outside if not _within(m.span(), in_places)):
-            return prompt
+            return as_it_is
         if wordnet is not None and not all(self._names_an_object(prompt, o, wordnet) for o in parsed.objects):
-            return prompt
+            return as_it_is
         if len(parsed.objects) == 2:
             link = _most(self.relations.get(parsed.relation or "", {}))
             if link is None:
-                return prompt
+                return as_it_is
             return f"{self._said(prompt, parsed.objects[0])} {link} {self._said(prompt, parsed.objects[1])}"
         sides = {p.meaning for p in parsed.places}
         if None in sides or len(sides) > 1:
-            return prompt
+            return as_it_is
         if not sides:
             return self._said(prompt, parsed.objects[0])
         place = _most(self.places.get(sides.pop() or "", {}))
-        return prompt if place is None else f"{self._said(prompt, parsed.objects[0])} {place}"
+        return as_it_is if place is None else f"{self._said(prompt, parsed.objects[0])} {place}"
 
-    @staticmethod
-    def _said(prompt: str, phrase) -> str:
+    def _drawn_part(self, prompt: str, wordnet: WordNet | None) -> tuple[str, bool]:
+        """``prompt`` less what names nothing the model draws: each part between clause marks (commas, stops,
+        colons, dashes …) that holds no object word (`_object_word`) and says no place or relation — a tag
+        ("…, minimal, flat design, 8k", "trending on artstation"), a label ("Alt text: …"), an aside ("for the
+        poster, …", "Can you make one for her?"); then, where more than two objects are left or two without a
+        relation between them, each noun phrase with no object word ("the designer should set …", "my daughter
+        wants …"), with its determiner — never one of the two a relation joins ("a plus sign above a red circle").
+        The parts kept are joined by commas; the second value says whether noun phrases were left out."""
+        kept = []
+        for part in _PARTS.split(prompt):
+            said = parse_phrases(part)
+            if any(self._object_word(w.group(), wordnet) for w in _WORD.finditer(part)) or said.relations or any(
+                    p.meaning is not None for p in said.places):
+                kept.append(part.strip())
+        text = ", ".join(k for k in kept if k)
+        parsed = parse_phrases(text)
+        if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None):
+            return text, False  # its objects are what the prompt asks for, whether or not the model can draw them
+        left_out = False
+        for phrase in sorted(parsed.objects, key=lambda o: o.noun, reverse=True):
+            spans = sorted((*phrase.modifiers, phrase.noun))
+            if any(self._object_word(text[a:b], wordnet) for a, b in spans):
+                continue
+            start, end = spans[0][0], spans[-1][1]
+            lead = re.search(r"(\S+)\s+$", text[:start])
+            if lead is not None and is_determiner(lead.group(1).lower()):
+                start = lead.start(1)
+            text = text[:start] + text[end:]
+            left_out = True
+        return re.sub(r"\s+", " ", text).strip(), left_out
+
+    def _object_word(self, text: str, wordnet: WordNet | None) -> bool:
+        """Whether ``text`` holds a word of the captions' objects that names something drawn: a modifier ("red",
+        "small") or a noun that is no general word above most (`_noun_targets`: "circle", not "shape"), or an
+        inflection of one."""
+        nouns = self._noun_targets(wordnet) if wordnet is not None else self._nouns
+        for word in _WORD.findall(text.lower()):
+            forms = [word, *(wordnet.base_forms(word) if wordnet is not None else ())]
+            if any(f in self._modifiers or f in nouns for f in forms):
+                return True
+        return False
+
+    def _described(self, prompt: str, objects: tuple[NounPhrase, ...]) -> tuple[NounPhrase, ...]:
+        """``objects`` with each that is one word the captions held only as a modifier, set off by a comma after the
+        object before it, made a modifier of that object: "square, cyan, right side" names one cyan square (the
+        chunker, which knows no words, takes "cyan" for an object where no article introduced the square)."""
+        merged: list[NounPhrase] = []
+        for o in objects:
+            word = prompt[o.noun[0]:o.noun[1]].lower()
+            if merged and not o.modifiers and word in self._modifiers and word not in self._noun_names and \
+                    prompt[merged[-1].noun[1]:o.noun[0]].strip() == ",":
+                merged[-1] = NounPhrase((*merged[-1].modifiers, o.noun), merged[-1].noun)
+            else:
+                merged.append(o)
+        return tuple(merged)
+
+    def _said(self, prompt: str, phrase: NounPhrase) -> str:
         """A noun phrase as its determiner (the word right before it, if one), modifiers and noun; the modifiers said
         after the noun come first ("a petite plus sign of red colour" → "a red petite plus sign"), so that those
-        before it keep their place, a compound's first word next to its noun."""
+        before it keep their place, a compound's first word next to its noun. After a word the captions held as a
+        noun, a "noun" they held only as a modifier trades places with it ("make the triangle green" → "the green
+        triangle"), and one they never held ends nothing (a verb: "a square sat way over …" → "a square")."""
+        noun_word = prompt[phrase.noun[0]:phrase.noun[1]].lower()
+        last_noun = max((m for m in phrase.modifiers if prompt[m[0]:m[1]].lower() in self._noun_names), default=None)
+        if last_noun is not None and noun_word not in self._noun_names:
+            before = tuple(m for m in phrase.modifiers if m[0] < last_noun[0])
+            is_modifier = noun_word in self._modifiers
+            phrase = NounPhrase((*before, phrase.noun) if is_modifier else before, last_noun)
         first = min(a for a, _ in (*phrase.modifiers, phrase.noun))
         after = sorted(m for m in phrase.modifiers if m[0] > phrase.noun[0])
         before = sorted(m for m in phrase.modifiers if m[0] < phrase.noun[0])

@@ -67,8 +67,9 @@ _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side
            "margin", "centred", "centered"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas"}
-# After these (without an article), a run of words describes the noun before it.
-_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "that's"}
+# After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
+# diamond should be purple").
+_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "that's"}
 # A medium ("image", "picture") names the frame, not an object, before these words or after these prepositions
 # ("a picture of …", "an image with …", "at the top of the image", "in the picture").
 _FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which",
@@ -105,6 +106,7 @@ _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()} 
 _BACK = {"it", "which", "them", "whom"}
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
+_ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?"}  # what follows the last word of a clause ("" the prompt's end)
 _CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
@@ -160,6 +162,8 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
     while i < len(words):
         for phrase in _RELATION_PHRASES:
             parts = phrase.split()
+            if phrase == "over" and i + 1 < len(words) and words[i + 1][0] in _ADVERB_OVER:
+                continue  # an adverb: "a square over on the right", "over to the left of the circle"
             if [w for w, _ in words[i:i + len(parts)]] == parts:
                 items.append(("rel", _RELATIONS[phrase], (words[i][1][0], words[i + len(parts) - 1][1][1])))
                 i += len(parts)
@@ -218,9 +222,9 @@ def parse_phrases(text: str) -> PromptPhrases:
         noun = text[run[-1][0]:run[-1][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
         clause += any(w in _CLAUSE_MARKS for w in lead)
-        if len(run) == 1 and after in _DETERMINERS and noun in _MEDIA | {"place"} and (
+        if len(run) == 1 and after in _DETERMINERS | {"it", "them"} and noun in _MEDIA | _PROPERTIES | {"place"} and (
                 not lead or lead[-1] not in _DETERMINERS):
-            continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …"
+            continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …", "colour it blue"
         if after == ":" and noun not in _PLACES | _MEDIA:
             continue  # a label: "Brief: …", "obj1: …"
         to_frame = bool(lead) and (lead[-1] in _RELATION_SIDES or (
@@ -252,7 +256,9 @@ def parse_phrases(text: str) -> PromptPhrases:
             any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ","))
             or (noun in _PROPERTIES and lead[-1] == "of")
             # one word set off by commas after an object named with its article: "a square, red, at the top"
-            or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS))
+            or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS)
+            # one word ending a clause after "it", which names the object before: "… and colour it blue."
+            or (lead[-1] == "it" and len(run) == 1 and after in _CLAUSE_ENDS))
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
         if describes:

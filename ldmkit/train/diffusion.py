@@ -36,7 +36,7 @@ from ldmkit.autoencoder.folder import first_stage
 from ldmkit.condition import class_labels, condition_source, data_classes, random_masks
 from ldmkit.config import GroundingConfig, ModelConfig, Preset, TextEncoderConfig, from_dict, to_dict
 from ldmkit.data import build_dataset, save_grid
-from ldmkit.data.dataset import dataset_captions
+from ldmkit.data.dataset import dataset_captions, dataset_word_colours
 from ldmkit.data.latent_cache import autoencoder_checksum, cached_latents, open_latent_cache
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.model import LatentDiffusion, check_unet_inputs
@@ -298,7 +298,9 @@ def _train(preset: Preset, autoencoder_dir: Path | None, out: Path, steps: int |
     captions = dataset_captions(dataset, CAPTIONS_READ) if config.condition.uses_text else None
     if ctx.is_main and config.condition.kind == "text":
         warn_if_uncaptioned(captions, preset.data.source)
-    known = KnownWords.from_captions(captions) if captions is not None else None
+    known = None
+    if captions is not None:  # and the colours their words name in the images, where the data has grounding targets
+        known = KnownWords.from_captions(captions, dataset_word_colours(dataset, CAPTIONS_READ))
     if known is not None and source is not None and source.known_words is not None:
         known = known.union(source.known_words)
 
