@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,9 +37,21 @@ from _bench_common import markdown_table, results_footer, unet_digest  # noqa: E
 ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = ("templates", "seen", "unseen")
 # Words of neither part of the grammar, for the third table: what a user might write (not measured on images)
-OTHER_WORDS = ("vermilion", "maroon", "cerulean", "indigo", "saffron", "emerald", "olive", "beige", "sphere",
+OTHER_WORDS = ("vermilion", "maroon", "cerulean", "indigo", "saffron", "magenta", "olive", "beige", "sphere",
                "cube", "rectangle", "oval", "ellipse", "parallelogram", "gigantic", "minuscule")
 OTHER_NOUNS = {"sphere", "cube", "rectangle", "oval", "ellipse", "parallelogram"}  # read as a phrase's noun
+OTHER_SIZES = {"gigantic", "minuscule"}
+SLOTS = {"color": ("a ", " circle"), "shape": ("a red ", ""), "size": ("a ", " red circle")}  # a word in a phrase
+
+
+def read_as(known: KnownWords, word: str, kind: str, wordnet) -> str:
+    """What the pipelines read ``word`` (a colour, shape or size word) as in a noun phrase (`KnownWords.read_words`:
+    a colour name by its colour where the model recorded colours, else by WordNet)."""
+    before, after = SLOTS[kind]
+    read = re.sub(r"^an? ", "", known.read_words(before + word + after, wordnet))
+    before = re.sub(r"^an? ", "", before)
+    got = read[len(before):len(read) - len(after)] if read.startswith(before) and read.endswith(after) else read
+    return "(as written)" if got == word else got
 
 
 READS = {"written": "as written", "words": "known words", "known": "known words and phrasing"}
@@ -105,24 +118,27 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r['metrics']['FID (shapes-cnn)']['value']:.1f}"])
                 print(rows[-1], flush=True)
 
-    held = [[word, meaning, kind, known.reading(word, wordnet, noun=kind == "shape") or "(as written)"]
+    held = [[word, meaning, kind, read_as(known, word, kind, wordnet)]
             for kind in ("color", "shape", "size") for meaning, words in _WORDS[kind]["unseen"].items()
             for word in words]
-    other = [[word, known.reading(word, wordnet, noun=word in OTHER_NOUNS) or "(as written)"] for word in OTHER_WORDS]
+    other = [[word, read_as(known, word, "shape" if word in OTHER_NOUNS else "size" if word in OTHER_SIZES else "color",
+                            wordnet)] for word in OTHER_WORDS]
     text = "\n".join([
         "# Prompts read in the words the model knows",
         "",
         (f"Model: `{args.model}`" if args.model else f"Model: `ldmkit/pretrained/{DEFAULT}` (the default)")
         + " with its `known_words.json` (the words of its "
         "training captions). *known words*: each word of a noun phrase that the training captions never held "
-        "replaced, before encoding, by the nearest noun or modifier they did hold, by WordNet (synonyms, then more "
-        f"general words, at most {DEPTH} links up; a noun with none there, a known noun naming a kind of it, one "
-        "link down; `ldmkit.text.known_words`), and nothing else; *known words and phrasing*: as the pipelines "
+        "replaced, before encoding, by the nearest noun or modifier they did hold: a colour name by its colour "
+        "(where the model recorded the colours its training images drew), any other word by WordNet (synonyms, then "
+        f"more general words, at most {DEPTH} links up; a noun with none there, a known noun naming a kind of it, "
+        "one link down; `ldmkit.text.known_words`), and nothing else; *known words and phrasing*: as the pipelines "
         "now read prompts (`ldmkit generate`, `eval generate`, the server): the same, then a prompt whose words "
         "outside its noun phrases hold one the captions never did is said again in their phrasing, from the "
         "chunker's parse (each object as determiner, modifiers, noun; two objects joined by the captions' most "
         "used phrase for the relation read between them, one object followed by theirs for its place: "
-        "`KnownWords.resay`), where only closed-class words would be lost; *as written*: the prompt encoded as given "
+        "`KnownWords.resay`), where only closed-class words would be lost, or where it can be said so once what "
+        "names nothing the model draws is left out (tags, labels, asides); *as written*: the prompt encoded as given "
         "(`--as-written`). The same held-out scenes of `ldmkit eval generate` "
         "(seed 1000003) in each phrasing; ddim, 25 steps, guidance 4; binding guidance with the best of 2 starting "
         "noises where the row says so (its groups from the prompt as read). The judge and the malformed share as "
@@ -138,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## What each held-out word becomes",
         "",
-        "The grammar's unseen part, word by word (the dataset's meaning beside WordNet's nearest known word). "
-        "A word with no known word within reach stays as written, and the model reads it through the prompt model "
-        "alone. WordNet and the dataset need not agree: its \"amber\" is a yellow, the grammar's an orange.",
+        "The grammar's unseen part, word by word: the dataset's meaning beside what the pipelines read the word as "
+        "in a noun phrase — a colour name the model never read by its colour (the lexicon's colour against the "
+        "colours the training images drew its colour words in, `KnownWords.colour_reading`), any other word by "
+        "WordNet's nearest known word. A word with neither stays as written, and the model reads it through the "
+        "prompt model alone: WordNet holds \"lozenge\" only as a pill and \"plus sign\" as an arithmetic sign.",
         "",
         markdown_table(["word", "means here", "kind", "read as"], held),
         "",
