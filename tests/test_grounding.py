@@ -253,6 +253,11 @@ def test_grounded_training_logs_its_terms_and_fine_tunes(tmp_path):
     ("Can you make me a diamond? It should be purple.", [(["purple"], "diamond")], None),
     ("the dog should be brown, and there should be a cat above it", [(["brown"], "dog"), ([], "cat")], "below"),
     ("draw a cat and colour it grey.", [(["grey"], "cat")], None),
+    # "over" before a place is an adverb; "its" side with no object named before it is a place; "lots of" counts
+    ("a red square over on the right with a blue star to the left of it",
+     [(["red"], "square"), (["blue"], "star")], "right of"),
+    ("on its far right there floats a small orange cross", [(["small", "orange"], "cross")], None),
+    ("lots of blue circles", [(["blue"], "circles")], None),
 ])
 def test_the_general_rule_finds_each_noun_with_its_modifiers(prompt, objects, relation):
     parsed = parse_phrases(prompt)

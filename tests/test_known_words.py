@@ -383,6 +383,11 @@ def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again():
     assert words.rewrite("square, red, top of the picture, plain backdrop", wordnet) == "red square at the top"
     # a word seen only as a modifier after a noun: "make the square blue" names a blue square
     assert words.rewrite("make the square blue and move it to the top", wordnet) == "the blue square at the top"
+    # a part that says where is kept, and a phrase holding or following a word that says where is no aside
+    assert words.rewrite("a red circle, centered composition, flat vector, 4k", wordnet) == \
+        "a red circle, centered composition"
+    assert words.rewrite("Poster idea: a red circle pushed over to the left, lots of empty space around it.",
+                         wordnet) == "a red circle on the left"
     # where what is left needs no saying again, it is kept as it is; nothing is dropped from a prompt in known words
     assert words.rewrite("a red circle, a blue square, minimal", wordnet) == "a red circle, a blue square"
     assert words.rewrite("a red circle on the left, the square", wordnet) == "a red circle on the left, the square"

@@ -55,7 +55,7 @@ from collections import Counter
 from pathlib import Path
 
 from ldmkit.text.colour_words import colour_difference, find_colour_names, srgb_to_lab
-from ldmkit.text.phrases import NounPhrase, is_determiner, is_function_word, parse_phrases
+from ldmkit.text.phrases import NounPhrase, is_determiner, is_function_word, parse_phrases, says_where
 from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
@@ -309,6 +309,11 @@ class KnownWords:
             return as_it_is
         if wordnet is not None and not all(self._names_an_object(prompt, o, wordnet) for o in parsed.objects):
             return as_it_is
+        for o in parsed.objects:  # no word saying where is lost with the words after an object's noun
+            kept = self._object(prompt, o)
+            lost = {*o.modifiers, o.noun} - {*kept.modifiers, kept.noun}
+            if any(says_where(prompt[a:b].lower()) for a, b in lost):
+                return as_it_is
         if len(parsed.objects) == 2:
             link = _most(self.relations.get(parsed.relation or "", {}))
             if link is None:
@@ -324,18 +329,17 @@ class KnownWords:
 
     def _drawn_part(self, prompt: str, wordnet: WordNet | None) -> tuple[str, bool]:
         """``prompt`` less what names nothing the model draws: each part between clause marks (commas, stops,
-        colons, dashes …) that holds no object word (`_object_word`) and says no place or relation — a tag
+        colons, dashes …) that holds no object word (`_object_word`) and no word saying where (`says_where`: a side,
+        a relation, a verb of placing: "centered composition", "positioned hugging the floor") — a tag
         ("…, minimal, flat design, 8k", "trending on artstation"), a label ("Alt text: …"), an aside ("for the
         poster, …", "Can you make one for her?"); then, where more than two objects are left or two without a
         relation between them, each noun phrase with no object word ("the designer should set …", "my daughter
-        wants …"), with its determiner — never one of the two a relation joins ("a plus sign above a red circle").
-        The parts kept are joined by commas; the second value says whether noun phrases were left out."""
-        kept = []
-        for part in _PARTS.split(prompt):
-            said = parse_phrases(part)
-            if any(self._object_word(w.group(), wordnet) for w in _WORD.finditer(part)) or said.relations or any(
-                    p.meaning is not None for p in said.places):
-                kept.append(part.strip())
+        wants …"), with its determiner — never one of the two a relation joins ("a plus sign above a red circle"),
+        nor a place the chunker took for an object, which holds or follows a word saying where ("…, centered
+        composition", "positioned hugging the floor"). The parts kept are joined by commas; the second value says whether noun
+        phrases were left out."""
+        kept = [part.strip() for part in _PARTS.split(prompt)
+                if any(self._object_word(w, wordnet) or says_where(w.lower()) for w in _WORD.findall(part))]
         text = ", ".join(k for k in kept if k)
         parsed = parse_phrases(text)
         if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None):
@@ -343,8 +347,12 @@ class KnownWords:
         left_out = False
         for phrase in sorted(parsed.objects, key=lambda o: o.noun, reverse=True):
             spans = sorted((*phrase.modifiers, phrase.noun))
-            if any(self._object_word(text[a:b], wordnet) for a, b in spans):
-                continue
+            before = [w.lower() for w in _WORD.findall(text[:spans[0][0]])]
+            while before and is_determiner(before[-1]):
+                before.pop()
+            if any(self._object_word(text[a:b], wordnet) or says_where(text[a:b].lower()) for a, b in spans) or (
+                    before and says_where(before[-1])):
+                continue  # an object, or a place: "…, centered composition", "positioned hugging the floor"
             start, end = spans[0][0], spans[-1][1]
             lead = re.search(r"(\S+)\s+$", text[:start])
             if lead is not None and is_determiner(lead.group(1).lower()):
@@ -378,18 +386,23 @@ class KnownWords:
                 merged.append(o)
         return tuple(merged)
 
-    def _said(self, prompt: str, phrase: NounPhrase) -> str:
-        """A noun phrase as its determiner (the word right before it, if one), modifiers and noun; the modifiers said
-        after the noun come first ("a petite plus sign of red colour" → "a red petite plus sign"), so that those
-        before it keep their place, a compound's first word next to its noun. After a word the captions held as a
-        noun, a "noun" they held only as a modifier trades places with it ("make the triangle green" → "the green
-        triangle"), and one they never held ends nothing (a verb: "a square sat way over …" → "a square")."""
+    def _object(self, prompt: str, phrase: NounPhrase) -> NounPhrase:
+        """The object a noun phrase names: after a word the captions held as a noun, a "noun" they held only as a
+        modifier trades places with it ("make the triangle green" → "the green triangle"), and one they never held
+        ends nothing (a verb: "a square sat way over …" → "a square")."""
         noun_word = prompt[phrase.noun[0]:phrase.noun[1]].lower()
         last_noun = max((m for m in phrase.modifiers if prompt[m[0]:m[1]].lower() in self._noun_names), default=None)
-        if last_noun is not None and noun_word not in self._noun_names:
-            before = tuple(m for m in phrase.modifiers if m[0] < last_noun[0])
-            is_modifier = noun_word in self._modifiers
-            phrase = NounPhrase((*before, phrase.noun) if is_modifier else before, last_noun)
+        if last_noun is None or noun_word in self._noun_names:
+            return phrase
+        before = tuple(m for m in phrase.modifiers if m[0] < last_noun[0])
+        return NounPhrase((*before, phrase.noun) if noun_word in self._modifiers else before, last_noun)
+
+    def _said(self, prompt: str, phrase: NounPhrase) -> str:
+        """A noun phrase as its determiner (the word right before it, if one), modifiers and noun, of the object it
+        names (`_object`); the modifiers said after the noun come first ("a petite plus sign of red colour" → "a
+        red petite plus sign"), so that those before it keep their place, a compound's first word next to its
+        noun."""
+        phrase = self._object(prompt, phrase)
         first = min(a for a, _ in (*phrase.modifiers, phrase.noun))
         after = sorted(m for m in phrase.modifiers if m[0] > phrase.noun[0])
         before = sorted(m for m in phrase.modifiers if m[0] < phrase.noun[0])

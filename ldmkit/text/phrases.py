@@ -35,25 +35,28 @@ from dataclasses import dataclass, field
 Span = tuple[int, int]
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
-                "every", "its", "his", "her", "their", "my", "your", "our", "any", "all"}
+                "every", "its", "his", "her", "their", "my", "your", "our", "any", "all", "both", "many", "several",
+                "few", "lots", "lot", "plenty"}
 # Prepositions, particles and adverbs of degree: the words that lead a place phrase ("up at the very top").
 _PREPOSITIONS = {
     "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
     "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
-    "slightly", "somewhat", "immediately", "far", "close",
+    "slightly", "somewhat", "immediately", "far", "close", "way",
 }  # fmt: skip
-_FUNCTION = _DETERMINERS | _PREPOSITIONS | {
+# Verbs of placing: they say where an object is ("placed near the top", "pushed to the left").
+_PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
+            "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
+            "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted"}
+_FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
     "there's", "here's", "it's",
-    # verbs of placing, showing and seeing
-    "sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
-    "located", "positioned", "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
-    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "aligned", "anchored",
-    "stacked", "rests", "resting", "floats", "floating", "hovers", "hovering", "perched", "situated", "appears",
+    # verbs of showing and seeing
+    "see", "sees", "seen", "draw", "drawn", "show", "shows", "showing", "shown",
+    "depicting", "featuring", "containing", "make", "made", "can", "coloured", "colored", "appears",
     "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
     "only", "could", "would",
     # verbs and words of asking
@@ -64,7 +67,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | {
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
-           "margin", "centred", "centered"}
+           "margin", "centred", "centered", "space"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
@@ -98,6 +101,9 @@ _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "
                 "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
                 "centre": "centre", "center": "centre", "central": "centre", "centred": "centre", "centered": "centre",
                 "high": "top", "low": "bottom"}
+_LOOSE_SIDES = {"up", "down", "high", "low"}
+_RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
+                                                                                "side", "further", "farther"}
 _CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
@@ -145,6 +151,13 @@ class PromptPhrases:
 def is_determiner(word: str) -> bool:
     """Whether ``word`` (lower case) is an article or another determiner ("a", "the", "one", "two", "each" …)."""
     return word in _DETERMINERS
+
+
+def says_where(word: str) -> bool:
+    """Whether ``word`` (lower case) says where an object is: a word naming a side ("top", "left-hand",
+    "centered"; not "up", "down", "high" or "low", which say other things as often: "high quality"), a word of a
+    relation phrase ("above", "beneath") or a verb of placing ("positioned", "pushed")."""
+    return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING
 
 
 def is_function_word(word: str) -> bool:
@@ -242,7 +255,7 @@ def parse_phrases(text: str) -> PromptPhrases:
             said_places.append(Said(side, (begin, run[-1][1])))
         elif noun in _PLACES:
             place = _place(text, lead, leads[k], run)
-            if "its" in lead and place.meaning in _SIDE_RELATION:
+            if "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it
                 relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True)], key=lambda r: r[0])
                 said.append(Said(_SIDE_RELATION[place.meaning], place.span))
