@@ -369,28 +369,26 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
 
 
 @needs_wordnet
-def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again():
-    words = KnownWords.from_captions(CAPTIONS)
+@pytest.mark.parametrize("prompt, read", [
     # tags of style, labels and asides: parts between clause marks that hold no object word and say no place
-    assert words.rewrite("a red circle on the left, minimal, flat design, 8k, trending on artstation", wordnet) == \
-        "a red circle on the left"
-    assert words.rewrite("Alt text: a small red circle above a large star.", wordnet) == "a small red circle above a large star"
-    assert words.rewrite("For the poster, put a red circle at the top. Can you make one for her?", wordnet) == \
-        "a red circle at the top"
+    ("a red circle on the left, minimal, flat design, 8k, trending on artstation", "a red circle on the left"),
+    ("Alt text: a small red circle above a large star.", "a small red circle above a large star"),
+    ("For the poster, put a red circle at the top. Can you make one for her?", "a red circle at the top"),
     # noun phrases with no object word, with their determiners ("the designer", "my daughter")
-    assert words.rewrite("my daughter wants a picture of a small blue square", wordnet) == "a small blue square"
+    ("my daughter wants a picture of a small blue square", "a small blue square"),
     # a lone colour word set off by a comma describes the object before it, even without its article
-    assert words.rewrite("square, red, top of the picture, plain backdrop", wordnet) == "red square at the top"
+    ("square, red, top of the picture, plain backdrop", "red square at the top"),
     # a word seen only as a modifier after a noun: "make the square blue" names a blue square
-    assert words.rewrite("make the square blue and move it to the top", wordnet) == "the blue square at the top"
+    ("make the square blue and move it to the top", "the blue square at the top"),
     # a part that says where is kept, and a phrase holding or following a word that says where is no aside
-    assert words.rewrite("a red circle, centered composition, flat vector, 4k", wordnet) == \
-        "a red circle, centered composition"
-    assert words.rewrite("Poster idea: a red circle pushed over to the left, lots of empty space around it.",
-                         wordnet) == "a red circle on the left"
+    ("a red circle, centered composition, flat vector, 4k", "a red circle, centered composition"),
+    ("Poster idea: a red circle pushed over to the left, lots of empty space around it.", "a red circle on the left"),
     # where what is left needs no saying again, it is kept as it is; nothing is dropped from a prompt in known words
-    assert words.rewrite("a red circle, a blue square, minimal", wordnet) == "a red circle, a blue square"
-    assert words.rewrite("a red circle on the left, the square", wordnet) == "a red circle on the left, the square"
+    ("a red circle, a blue square, minimal", "a red circle, a blue square"),
+    ("a red circle on the left, the square", "a red circle on the left, the square"),
     # nor one of the two objects a relation joins, nor the only object, where the model cannot read them
-    assert words.rewrite("a tall pentagon above a red circle", wordnet) == "a tall pentagon above a red circle"
-    assert words.rewrite("a pentagon on the left, 8k", wordnet) == "a pentagon on the left"  # the tag alone goes
+    ("a tall pentagon above a red circle", "a tall pentagon above a red circle"),
+    ("a pentagon on the left, 8k", "a pentagon on the left"),  # the tag alone goes
+])
+def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
+    assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read
