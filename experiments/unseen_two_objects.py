@@ -103,7 +103,8 @@ def main() -> None:
     examples = [f"- \"{captions[i]}\" → read as \"{read[i]}\": {scores['unseen'][i]}"
                 for i in two if scores["unseen"][i] is not None][:args.examples]
     report = "\n".join(lines + ["", summary, "", "Failed captions, the first few:", ""] + examples + [
-        "", f"Command: `python experiments/unseen_two_objects.py --model {args.model} --images {args.images}`"])
+        "", f"Command: `python experiments/unseen_two_objects.py --model {args.model} --images {args.images} "
+            f"--without '{args.without}'`"])
     show_results("# The unseen wording's two-object failures, by frame, phrase and word (issue 21)\n\n" + __doc__.split("\n\n")[0].replace("\n", " ") + "\n\n" + report + "\n",
                  args.results)
 
