@@ -80,6 +80,12 @@ def _article(before: str, word: str) -> str:
     return before[:match.start(1)] + (article.capitalize() if match.group(1)[0] == "A" else article) + " "
 
 
+def _determiner_before(text: str, start: int) -> re.Match | None:
+    """The word right before ``start`` in ``text`` (group 1) where it is a determiner ("a", "the", "my" …), else None."""
+    lead = re.search(r"(\S+)\s+$", text[:start])
+    return lead if lead is not None and is_determiner(lead.group(1).lower()) else None
+
+
 Phrases = dict[str, dict[str, int]]  # what a phrase says ("above", "top") → the phrases saying it → count
 
 
@@ -234,9 +240,9 @@ class KnownWords:
         "green", "pink" → "purple" for the shapes colours); of the words drawn in that colour (within `SAME_COLOUR`:
         "red", "crimson", "ruby") the one the captions held most. None (as written) where no drawn colour is within
         `FARTHEST_COLOUR`, or no colours were recorded."""
-        if not self.colours:
+        drawn = self._drawn_lab
+        if not drawn:
             return None
-        drawn = {w: srgb_to_lab(c) for w, c in self.colours.items()}
         lab = srgb_to_lab(rgb)
         nearest = min(drawn, key=lambda w: (colour_difference(lab, drawn[w], LIGHTNESS_WEIGHT), w))
         if colour_difference(lab, drawn[nearest], LIGHTNESS_WEIGHT) > FARTHEST_COLOUR:
@@ -253,8 +259,7 @@ class KnownWords:
         noun = prompt[phrase.noun[0]:phrase.noun[1]]
         if self._known(noun) or any(self._known(f) for f in wordnet.base_forms(noun)):
             return True
-        lead = re.search(r"(\S+)\s+$", prompt[:phrase.noun[0]])
-        if not phrase.modifiers and not (lead and is_determiner(lead.group(1).lower())) and wordnet.is_adjective(noun):
+        if not phrase.modifiers and not _determiner_before(prompt, phrase.noun[0]) and wordnet.is_adjective(noun):
             return False
         return wordnet.is_noun(noun)
 
@@ -288,9 +293,9 @@ class KnownWords:
 
     def _said_again(self, prompt: str, wordnet: WordNet | None, shortened: bool = False) -> str | None:
         """`resay` of ``prompt`` itself: None where it cannot be said again; ``prompt`` as it is where it need not be,
-        its words all the captions' and its objects and relation as the chunker reads them, unless ``shortened``
-        (`_drawn_part` took words out) or the chunker took a word describing an object for one (`_described`), where
-        it is said again if it can be."""
+        its words outside its objects all the captions' and its relation plain, unless ``shortened`` (`_drawn_part`
+        took words out), where it is said again if it can be. A word the chunker took for an object that describes
+        the one before it is read as that object's (`_described`)."""
         parsed = parse_phrases(prompt)
         if not parsed.objects:
             return None
@@ -301,7 +306,7 @@ class KnownWords:
         in_places = [p.span for p in parsed.places]
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
         as_it_is = prompt if all(m.group().lower() in self.words for m in outside) and parsed.plain else None
-        if as_it_is is not None and not shortened and len(objects) == len(parsed.objects):
+        if as_it_is is not None and not shortened:
             return prompt
         if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
             return as_it_is
@@ -354,8 +359,8 @@ class KnownWords:
                     before and says_where(before[-1])):
                 continue  # an object, or a place: "…, centered composition", "positioned hugging the floor"
             start, end = spans[0][0], spans[-1][1]
-            lead = re.search(r"(\S+)\s+$", text[:start])
-            if lead is not None and is_determiner(lead.group(1).lower()):
+            lead = _determiner_before(text, start)
+            if lead is not None:
                 start = lead.start(1)
             text = text[:start] + text[end:]
             left_out = True
@@ -407,8 +412,8 @@ class KnownWords:
         after = sorted(m for m in phrase.modifiers if m[0] > phrase.noun[0])
         before = sorted(m for m in phrase.modifiers if m[0] < phrase.noun[0])
         words = [prompt[a:b] for a, b in (*after, *before, phrase.noun)]
-        lead = re.search(r"(\S+)\s+$", prompt[:first])
-        if lead is None or not is_determiner(lead.group(1).lower()):
+        lead = _determiner_before(prompt, first)
+        if lead is None:
             return " ".join(words)
         article = lead.group(1)
         if article.lower() in ("a", "an"):  # fitted to the first word said, lower case (the prompt's start moved)
@@ -475,6 +480,11 @@ class KnownWords:
             general = {n for n in nouns if above(n) > GENERAL_SHARE * len(self._nouns)}
             self._targets = {n: c for n, c in nouns.items() if n not in general}
         return self._targets
+
+    @functools.cached_property
+    def _drawn_lab(self) -> dict[str, tuple[float, float, float]]:
+        """``colours`` in CIELAB, what `colour_reading` compares."""
+        return {w: srgb_to_lab(c) for w, c in self.colours.items()}
 
     @functools.cached_property
     def _noun_names(self) -> dict[str, int]:
