@@ -6,6 +6,9 @@ meaning (MiniLM reads "navy" as orange: experiments/TEXT_PROBE.md). `KnownWords`
 training captions (``known_words.json`` in the model folder, written by `ldmkit train`) and rewrites a prompt
 before it is encoded:
 
+- first, a misspelt word — one that neither the captions, nor WordNet, nor the closed-class words, nor the colour
+  lexicon hold — is read as the word it was meant as, one edit away (`KnownWords.meant`: "a red cirlce abvoe
+  a blue sqaure" → "a red circle above a blue square");
 - the prompt is split into noun phrases by the rule of `ldmkit.text.phrases` (a noun and its modifiers: "a small
   navy tile", "a tile that is navy"); only their words are read, never relation or place words;
 - each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
@@ -54,8 +57,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ldmkit.text.colour_words import colour_difference, find_colour_names, srgb_to_lab
+from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import NounPhrase, is_determiner, is_function_word, parse_phrases, says_where
+from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
@@ -66,7 +70,10 @@ CAPTIONS_READ = 2000  # training captions whose words a model folder records (`l
 LIGHTNESS_WEIGHT = 2.0  # k_L of the CIEDE2000 difference by which a colour name is read (`KnownWords.colour_reading`)
 FARTHEST_COLOUR = 25.0  # ΔE₀₀ beyond which no colour the model draws stands for a colour name ("black", here)
 SAME_COLOUR = 2.3  # ΔE₀₀ within which two drawn colours are one (about a just-noticeable difference)
-_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
+SHORTEST_MISSPELT = 3  # letters of the shortest word read as misspelt (`KnownWords.meant`)
+TWO_EDITS = 7  # letters from which a word may be two edits from a caption word it was meant as
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+_LOWER = re.compile(r"[a-z]+")  # letters of any script ("café", not "caf"), digits
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 _PARTS = re.compile(r"[,;:!?|/—–]|\.(?!\d)|\s-\s")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
@@ -107,6 +114,7 @@ class KnownWords:
         self.places = places
         self.colours = dict(colours or {})
         self._nearest: dict[tuple[str, bool], str | None] = {}
+        self._meant: dict[str, str | None] = {}  # `meant`, read once per word
         self._targets: dict[str, int] | None = None  # `_noun_targets`, read once (as `_nearest`, for one WordNet)
 
     @classmethod
@@ -189,7 +197,57 @@ class KnownWords:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word, then
         re-said in the captions' own phrasing where its other words hold one they never did (`resay`; module
         docstring)."""
-        return self.resay(self.read_words(prompt, wordnet), wordnet)
+        return self.resay(self.read_words(self.spelled(prompt, wordnet), wordnet), wordnet)
+
+    def spelled(self, prompt: str, wordnet: WordNet) -> str:
+        """``prompt`` with each misspelt word replaced by the word it was meant as (`meant`: "a red cirlce abvoe
+        a blue sqaure" → "a red circle above a blue square"), a capital first letter kept; the rest as written."""
+        text, end = "", 0
+        for match in _WORD.finditer(prompt):
+            word = match.group()
+            fixed = None if len(word) > 1 and word.isupper() else self.meant(word.lower(), wordnet)  # not "HDR"
+            if fixed is not None:
+                fixed = fixed[:1].upper() + fixed[1:] if word[0].isupper() else fixed
+                text, end = _article(text + prompt[end:match.start()], fixed) + fixed, match.end()
+        return text + prompt[end:]
+
+    def meant(self, word: str, wordnet: WordNet) -> str | None:
+        """The word a misspelt ``word`` (lower case) was meant as, None where it is spelt right or no one word is
+        near enough. Spelt right: a word of the training captions, a word the chunker reads as structure, an English
+        word (WordNet's, in any part of speech, or a closed-class one: `ldmkit.text.spelling.CLOSED_CLASS`) or a
+        colour name of the lexicon; only words of `SHORTEST_MISSPELT` or more plain letters a–z are read. Meant,
+        in this order:
+
+        1. the caption word (or an inflection of one) or structure word one edit away (`ldmkit.text.spelling.
+           edits`: "cirlce" → "circle", "circels" → "circles", "abvoe" → "above"), the one the captions held most where several are; for a word of three letters a
+           caption word only ("blu" → "blue"; "hdr" is left as written, not read as "her");
+        2. for a word of `TWO_EDITS` letters or more, the caption word of five or more two edits away, the one the
+           captions held most ("trinagel" → "triangle");
+        3. the one English word one edit away, where it is the only one ("turqoise" → "turquoise", then read by
+           its colour); two or more ("magneta": magenta, magnet) leave it as written.
+        """
+        if len(word) < SHORTEST_MISSPELT or not _LOWER.fullmatch(word) or self._spelt_right(word, wordnet):
+            return None
+        if word not in self._meant:
+            near = edits(word)
+            counts = self.words
+            seen = {w: max((counts.get(f, 0) for f in (w, *wordnet.base_forms(w))), default=0) for w in near}
+            structure = [w for w in near if seen[w] or len(word) > SHORTEST_MISSPELT
+                         and (is_function_word(w) or w in CLOSED_CLASS)]  # "hdr" is not "her"
+            meant = max(structure, key=lambda w: (seen[w], w)) if structure else None
+            if meant is None and len(word) >= TWO_EDITS:
+                two = [w for w in counts if len(w) >= 5 and _LOWER.fullmatch(w) and distance(word, w) <= 2]
+                meant = max(two, key=lambda w: (counts[w], w)) if two else None
+            if meant is None and len(word) > SHORTEST_MISSPELT:
+                english = [w for w in near if wordnet.is_word(w) or w in lexicon()]
+                meant = english[0] if len(english) == 1 else None
+            self._meant[word] = meant
+        return self._meant[word]
+
+    def _spelt_right(self, word: str, wordnet: WordNet) -> bool:
+        """Whether ``word`` (lower case) is a word `meant` leaves as it is (its docstring)."""
+        return (word in self.words or is_function_word(word) or word in CLOSED_CLASS or word in lexicon()
+                or wordnet.is_word(word))
 
     def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module

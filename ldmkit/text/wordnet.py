@@ -33,12 +33,16 @@ import os
 from pathlib import Path
 
 POS = {"n": "noun", "a": "adj"}  # the parts of speech read: nouns and adjectives (satellites are adjectives)
+OTHER_POS = {"v": "verb", "r": "adv"}  # whose lemmas only `is_word` reads (from index.verb, index.adv where present)
 UPWARD = {"@", "@i"}  # hypernym, instance hypernym; "&" (similar to) only from a satellite to its head
 DOWNWARD = {"~", "~i"}  # hyponym, instance hyponym
 # WordNet's detachment rules (morphy) for the forms its exception lists do not hold
 _SUFFIXES = {"n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
                    ("men", "man"), ("ies", "y")),
-             "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e"))}
+             "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+             "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
+                   ("ing", "")),
+             "r": ()}
 
 
 def find_wordnet() -> Path | None:
@@ -86,6 +90,23 @@ class WordNet:
         """Whether WordNet knows ``word`` (or a base form of it) as a noun."""
         return any(pos == "n" for pos, _ in self.lemmas(word))
 
+    def is_word(self, word: str) -> bool:
+        """Whether WordNet holds ``word`` (or a base form of it) in any part of speech: noun, adjective, verb or
+        adverb ("placed", "quickly", "circles"); what `ldmkit.text.spelling` counts as spelt right."""
+        return any(form in self._index[pos] for pos in POS for form in self._forms(word, pos)) or any(
+            form in lemmas for pos, (lemmas, _) in self._other_words.items() for form in self._forms(word, pos))
+
+    @functools.cached_property
+    def _other_words(self) -> dict[str, tuple[frozenset[str], dict[str, tuple[str, ...]]]]:
+        """For verbs and adverbs: (their lemmas, their exception list), read at first use; empty where a folder
+        lacks the files."""
+        words = {}
+        for pos, name in OTHER_POS.items():
+            index = self.folder / f"index.{name}"
+            words[pos] = (frozenset(_read_index(index)) if index.is_file() else frozenset(),
+                          _read_exceptions(self.folder / f"{name}.exc"))
+        return words
+
     def base_forms(self, word: str) -> list[str]:
         """The forms of ``word`` WordNet lists, itself and its base forms ("circles" → circles?, circle), with
         spaces between the words of a compound."""
@@ -94,7 +115,8 @@ class WordNet:
 
     def _forms(self, word: str, pos: str) -> list[str]:
         key = "_".join(word.lower().split())
-        return list(dict.fromkeys([key, *self._exceptions[pos].get(key, ()), *(
+        exceptions = self._exceptions[pos] if pos in POS else self._other_words[pos][1]
+        return list(dict.fromkeys([key, *exceptions.get(key, ()), *(
             key[:-len(end)] + base for end, base in _SUFFIXES[pos] if key.endswith(end))]))
 
     def nearest(self, word: str, known: dict[str, int], depth: int = 2) -> str | None:
