@@ -13,7 +13,7 @@ from ldmkit.data.shapes_dataset import ShapesDataset
 from ldmkit.data.shapes_scene import RGB
 from ldmkit.model import LatentDiffusion
 from ldmkit.text.known_words import FILE, KnownWords
-from ldmkit.text.phrases import is_function_word, parse_phrases
+from ldmkit.text.phrases import is_function_word, parse_phrases, resolve_references
 from ldmkit.text.wordnet import default_wordnet
 from tests.tiny_models import build_attentive_tiny_model
 
@@ -119,6 +119,46 @@ def test_the_chunker_reads_relation_and_place_phrases_and_what_they_say():
                              "below"), ("a cat to the left side of a dog", "left of")):
         parsed = parse_phrases(prompt)  # an adverb of degree is no object; relations said otherwise
         assert (len(parsed.objects), parsed.relation) == (2, relation), prompt
+
+
+@pytest.mark.parametrize("prompt, resolved", [
+    ("There should be a red circle and a blue square. The first one needs to sit higher up than the second one.",
+     "There should be a red circle and a blue square. The red circle needs to sit higher up than the blue square."),
+    ("make a red circle and a blue square, the first one goes on the right and the other on the left",
+     "make a red circle and a blue square, the red circle goes on the right and the blue square on the left"),
+    ("hi! a cat, a red circle and a blue square; the former is big, the latter is small",  # the last two named
+     "hi! a cat, a red circle and a blue square; the red circle is big, the blue square is small"),
+    ("Put a diamond below a square. The lower one is purple and the upper one is red.",  # by the side they are on
+     "Put a diamond below a square. The diamond is purple and the square is red."),
+    ("a red star next to a purple cross, with the red one on the left", "a red star next to a purple cross, with "
+     "the red star on the left"),  # by the modifier one of them alone holds
+])
+def test_an_object_named_by_order_modifier_or_side_is_named_by_its_own_words(prompt, resolved):
+    assert resolve_references(prompt) == resolved
+
+
+@pytest.mark.parametrize("prompt", [
+    "the first red circle above a blue square",  # an ordinal before a content word
+    "a red circle, the other one a blue square",  # "other" with one object before it: a second object
+    "a red circle and a blue circle, the circle one on the left",  # a noun, not a modifier
+    "a red circle and a red square, the red one at the top",  # a modifier both hold
+    "a red circle and a blue square, the lower one is big",  # a side, but no relation between them
+])
+def test_a_reference_that_names_no_one_object_stays(prompt):
+    assert resolve_references(prompt) == prompt
+
+
+def test_words_after_an_object_named_again_describe_it_and_its_clause_places_it():
+    text = "a circle and a square. The circle is red and the square is blue."
+    objects = parse_phrases(text).objects
+    assert [[text[a:b] for a, b in o.modifiers] for o in objects] == [["red"], ["blue"]]
+    assert parse_phrases("a circle and a square, the circle on the right and the square on the left").relation == \
+        "right of"
+    words = KnownWords.from_captions(CAPTIONS)
+    unread = "put a circle below a square; the lower one is red and the upper one is blue"
+    assert words.resay(unread) == unread  # resay alone reads no references: "one" is no object of it
+    assert words.rewrite("put a box below a square. the lower one is red and the upper one is blue", wordnet) == \
+        "a red box below a blue square"
 
 
 def test_captions_record_their_phrases_for_each_relation_and_place():

@@ -9,6 +9,8 @@ before it is encoded:
 - first, a misspelt word — one that neither the captions, nor WordNet, nor the closed-class words, nor the colour
   lexicon hold — is read as the word it was meant as, one edit away (`KnownWords.meant`: "a red cirlce abvoe
   a blue sqaure" → "a red circle above a blue square");
+- an object named by order, by a modifier or by its side ("the first one", "the latter", "the red one", "the
+  lower one") is named by its own words (`ldmkit.text.phrases.resolve_references`);
 - the prompt is split into noun phrases by the rule of `ldmkit.text.phrases` (a noun and its modifiers: "a small
   navy tile", "a tile that is navy"); only their words are read, never relation or place words;
 - each word of a phrase that the training captions never contained is replaced by its nearest *object word* —
@@ -58,7 +60,8 @@ from collections import Counter
 from pathlib import Path
 
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
-from ldmkit.text.phrases import NounPhrase, is_determiner, is_function_word, parse_phrases, says_where
+from ldmkit.text.phrases import (NounPhrase, is_determiner, is_function_word, parse_phrases, resolve_references,
+                                 says_where)
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
@@ -194,10 +197,11 @@ class KnownWords:
         return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
     def rewrite(self, prompt: str, wordnet: WordNet) -> str:
-        """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word, then
-        re-said in the captions' own phrasing where its other words hold one they never did (`resay`; module
-        docstring)."""
-        return self.resay(self.read_words(self.spelled(prompt, wordnet), wordnet), wordnet)
+        """``prompt`` with its misspelt words read as the words meant (`spelled`), an object named by order, modifier
+        or side named by its own words (`ldmkit.text.phrases.resolve_references`: "the first one" → "the red
+        circle"), each never-seen word of its noun phrases replaced by its nearest object word, then re-said in the
+        captions' own phrasing where its other words hold one they never did (`resay`; module docstring)."""
+        return self.resay(self.read_words(resolve_references(self.spelled(prompt, wordnet)), wordnet), wordnet)
 
     def spelled(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each misspelt word replaced by the word it was meant as (`meant`: "a red cirlce abvoe
@@ -360,7 +364,7 @@ class KnownWords:
         objects = self._described(prompt, parsed.objects)
         if len(objects) < len(parsed.objects):  # "square, cyan, right side": one object
             parsed = dataclasses.replace(parsed, objects=objects, relation=None)
-        in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)]
+        in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)] + list(parsed.again)
         in_places = [p.span for p in parsed.places]
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
         as_it_is = prompt if all(m.group().lower() in self.words for m in outside) and parsed.plain else None

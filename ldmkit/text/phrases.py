@@ -48,7 +48,7 @@ _PREPOSITIONS = {
 # Verbs of placing: they say where an object is ("placed near the top", "pushed to the left").
 _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
-            "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted"}
+            "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going"}
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
@@ -110,6 +110,12 @@ _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right 
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
+# "the first one", "the latter": which of the two objects named before (`resolve_references`)
+_ORDINAL_REFERENCES = {"first": 0, "former": 0, "second": 1, "latter": 1}
+_REFERENCE_NOUNS = {"one", "shape", "object", "item", "thing", "figure"}  # "the red one", "the lower shape"
+_SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bottom", "bottom": "bottom",
+                    "left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
+_OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
@@ -139,13 +145,15 @@ class Said:
 class PromptPhrases:
     """The objects a prompt names, in order, and the relation of the first to the second (or None); every relation
     phrase and place phrase it holds, in order; whether the relation was said plainly (``plain``: False where it
-    came before both objects, pointed back or came after both)."""
+    came before both objects, pointed back or came after both); the spans of the words that name an object again
+    (``again``: "the circle" after "a red circle")."""
 
     objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
     relation: str | None = None
     relations: tuple[Said, ...] = ()
     places: tuple[Said, ...] = ()
     plain: bool = True  # the relation said as training captions say it: between the two ("A above B") or by places
+    again: tuple[Span, ...] = ()  # the words of objects named again ("…, the circle at the top": circle)
 
 
 def is_determiner(word: str) -> bool:
@@ -227,8 +235,10 @@ def parse_phrases(text: str) -> PromptPhrases:
     pending: tuple[Span, ...] = ()  # "a crimson, big square": modifiers carried to the next run
     attached = False  # the last run described the object before it
     introduced = False  # the last object named came with its determiner ("a square")
+    named = -1  # the object named last, introduced or named again ("…; the circle is red": the circle)
+    again: list[Span] = []
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
-    clauses: list[int] = []  # each object's clause
+    clauses: list[set[int]] = []  # the clauses that name each object (introduced, or named again)
     places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
     said_places: list[Said] = []
     for k, (lead, run, after) in enumerate(runs):
@@ -275,8 +285,8 @@ def parse_phrases(text: str) -> PromptPhrases:
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
         if describes:
-            last = objects[-1]
-            objects[-1] = NounPhrase(last.modifiers + tuple(run), last.noun)
+            last = objects[named]
+            objects[named] = NounPhrase(last.modifiers + tuple(run), last.noun)
             attached = True
             continue
         attached = False
@@ -292,18 +302,70 @@ def parse_phrases(text: str) -> PromptPhrases:
                    and set(words) <= {text[a:b].lower() for a, b in o.modifiers}]
         if lead and lead[-1] == "the" and earlier:  # "…, the circle above the square": named again
             mentions.append((k, earlier[-1]))
+            named = earlier[-1]
+            clauses[named].add(clause)
+            again += run
         else:
             objects.append(NounPhrase(pending + tuple(run[:-1]), run[-1]))
             mentions.append((k, len(objects) - 1))
+            named = len(objects) - 1
             introduced = determined
-            clauses.append(clause)
+            clauses.append({clause})
         pending = ()
     relation, plain = None, True
     if len(objects) >= 2:
         relation, plain = _relation(relations, mentions)
         if relation is None:
             relation, plain = _relation_of_places(places, clauses), True
-    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain)
+    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again))
+
+
+def resolve_references(text: str) -> str:
+    """``text`` with each phrase that names an object named before it by order, by one of its modifiers or by its
+    side — "the first one", "the former", "the second one", "the latter", "the other (one)", "the red one", "the
+    lower shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as that object
+    named again: "There should be a red circle and a blue square. The first one needs to sit higher up than the
+    second one" → "… The red circle needs to sit higher up than the blue square"; "Put a diamond below a square.
+    The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one object:
+    an order or "other" names one of the last two named (the other of the two than the reference before it), a
+    side one of exactly two, on the side their relation puts it; a modifier, the one object holding it. An
+    ordinal before a content word ("the first red circle") is no reference; the rest of the text stays."""
+    start, last = 0, None
+    while True:
+        words = [m for m in _WORD.finditer(text) if m.start() >= start]
+        for i, the in enumerate(words[:-1]):
+            if the.group().lower() != "the":
+                continue
+            word = words[i + 1].group().lower()
+            after = words[i + 2].group().lower() if i + 2 < len(words) else ""
+            end = words[i + 2] if after in _REFERENCE_NOUNS else words[i + 1]
+            alone = after in _REFERENCE_NOUNS or not after or is_function_word(after)
+            parsed = parse_phrases(text[:the.start()])
+            objects = parsed.objects
+            target = None
+            pair = (len(objects) - 2, len(objects) - 1)  # the last two named: "the first one" is the former
+            if word in _ORDINAL_REFERENCES and alone and len(objects) >= 2:
+                target = pair[_ORDINAL_REFERENCES[word]]
+            elif word == "other" and alone and len(objects) >= 2 and last in pair:
+                target = pair[1 - pair.index(last)]
+            elif after in _REFERENCE_NOUNS:
+                holding = [g for g, o in enumerate(objects)
+                           if word in {text[a:b].lower() for a, b in o.modifiers}]
+                if len(holding) == 1:
+                    target = holding[0]
+                elif word in _SIDE_REFERENCES and len(objects) == 2 and parsed.relation is not None:
+                    side = _RELATION_SIDES[parsed.relation]  # where the relation puts object 0
+                    target = {side: 0, _OPPOSITE[side]: 1}.get(_SIDE_REFERENCES[word])
+            if target is None:
+                continue
+            named = objects[target]
+            said = " ".join(text[a:b] for a, b in (*named.modifiers, named.noun))
+            replacement = the.group() + " " + said
+            text = text[:the.start()] + replacement + text[end.end():]
+            start, last = the.start() + len(replacement), target
+            break
+        else:
+            return text
 
 
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
@@ -341,18 +403,17 @@ _SIDES = {w: {"top": (0, -1), "bottom": (0, 1), "left": (1, -1), "right": (1, 1)
 _SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
 
 
-def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[int]) -> str | None:
-    """The relation of object 0 to object 1 that their places state when each has its own clause with a
-    place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
-    (A above B), "on the left a cat and on the right a dog" (A left of B)."""
-    if clauses[0] == clauses[1]:
-        return None
+def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[int]]) -> str | None:
+    """The relation of object 0 to object 1 that their places state when each is named in clauses of its own
+    with a place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
+    (A above B), "on the left a cat and on the right a dog" (A left of B), "A and B, the A on the right and the
+    B on the left" (A right of B)."""
 
-    def side(c: int) -> tuple[int, int] | None:
-        found = {_SIDES[w] for cl, words in places if cl == c for w in words if w in _SIDES}
+    def side(own: set[int]) -> tuple[int, int] | None:
+        found = {_SIDES[w] for cl, words in places if cl in own for w in words if w in _SIDES}
         return found.pop() if len(found) == 1 else None
 
-    a, b = side(clauses[0]), side(clauses[1])
+    a, b = side(clauses[0] - clauses[1]), side(clauses[1] - clauses[0])
     if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
         return None
     return _SIDE_RELATIONS[a]
