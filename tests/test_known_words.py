@@ -154,6 +154,12 @@ def test_words_after_an_object_named_again_describe_it_and_its_clause_places_it(
     assert [[text[a:b] for a, b in o.modifiers] for o in objects] == [["red"], ["blue"]]
     assert parse_phrases("a circle and a square, the circle on the right and the square on the left").relation == \
         "right of"
+    # side by side, a left or right side of one of them puts the other opposite
+    assert parse_phrases("a red star next to a purple cross, with the red star on the left").relation == "left of"
+    assert parse_phrases("a red star beside a purple cross, keeping the cross on the left").relation == "right of"
+    assert parse_phrases("a red star and a purple cross, with the red star on the left").relation is None
+    keep = "a star above a white square, keep it bold"  # a verb of keeping: "bold" is how it looks, not the square
+    assert [keep[a:b] for a, b in parse_phrases(keep).objects[1].modifiers] == ["white"]
     words = KnownWords.from_captions(CAPTIONS)
     unread = "put a circle below a square; the lower one is red and the upper one is blue"
     assert words.resay(unread) == unread  # resay alone reads no references: "one" is no object of it

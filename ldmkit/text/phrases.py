@@ -49,6 +49,7 @@ _PREPOSITIONS = {
 _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
             "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going"}
+_KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
@@ -62,7 +63,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # verbs and words of asking
     "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
     "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
-    "thanks", "i'd", "i'm", "let's", "that's", "what's",
+    "thanks", "i'd", "i'm", "let's", "that's", "what's", *_KEEPING,
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
@@ -116,6 +117,8 @@ _REFERENCE_NOUNS = {"one", "shape", "object", "item", "thing", "figure"}  # "the
 _SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bottom", "bottom": "bottom",
                     "left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
 _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
+# Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
+_BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\b")
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
@@ -280,8 +283,10 @@ def parse_phrases(text: str) -> PromptPhrases:
             or (noun in _PROPERTIES and lead[-1] == "of")
             # one word set off by commas after an object named with its article: "a square, red, at the top"
             or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS)
-            # one word ending a clause after "it", which names the object before: "… and colour it blue."
-            or (lead[-1] == "it" and len(run) == 1 and after in _CLAUSE_ENDS))
+            # one word ending a clause after "it", which names the object before: "… and colour it blue." (not
+            # after a verb of placing or keeping: "keep it bold" says how the picture looks)
+            or (lead[-1] == "it" and len(run) == 1 and after in _CLAUSE_ENDS
+                and not (len(lead) >= 2 and lead[-2] in _PLACING | _KEEPING)))
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
         if describes:
@@ -316,7 +321,8 @@ def parse_phrases(text: str) -> PromptPhrases:
     if len(objects) >= 2:
         relation, plain = _relation(relations, mentions)
         if relation is None:
-            relation, plain = _relation_of_places(places, clauses), True
+            beside = bool(_BESIDE.search(text.lower()))
+            relation, plain = _relation_of_places(places, clauses, beside), True
     return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again))
 
 
@@ -403,17 +409,21 @@ _SIDES = {w: {"top": (0, -1), "bottom": (0, 1), "left": (1, -1), "right": (1, 1)
 _SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
 
 
-def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[int]]) -> str | None:
+def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[int]], beside: bool = False
+                        ) -> str | None:
     """The relation of object 0 to object 1 that their places state when each is named in clauses of its own
     with a place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
     (A above B), "on the left a cat and on the right a dog" (A left of B), "A and B, the A on the right and the
-    B on the left" (A right of B)."""
+    B on the left" (A right of B); with ``beside`` (the prompt puts them side by side: "next to", "beside"), a
+    left or right side of one of them alone: "A next to B, with A on the left" (A left of B)."""
 
     def side(own: set[int]) -> tuple[int, int] | None:
         found = {_SIDES[w] for cl, words in places if cl in own for w in words if w in _SIDES}
         return found.pop() if len(found) == 1 else None
 
     a, b = side(clauses[0] - clauses[1]), side(clauses[1] - clauses[0])
+    if beside and (a is None) != (b is None) and (a or b)[0] == 1:  # one side, left or right
+        a, b = (a, (1, -a[1])) if a is not None else ((1, -b[1]), b)
     if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
         return None
     return _SIDE_RELATIONS[a]
