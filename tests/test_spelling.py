@@ -43,6 +43,7 @@ def test_wordnet_knows_words_of_every_part_of_speech_and_their_inflections():
     ("two circels", "two circles"),  # an inflection of a caption word
     ("a trinagel", "a triangle"),  # two edits from a long caption word
     ("a blu star", "a blue star"),  # three letters: a caption word one edit away
+    ("a smalll star", "a small star"),  # the caption word itself before its plural ("smalls")
 ])
 def test_misspelt_words_are_read_as_the_words_they_were_meant_as(prompt, read):
     known = KnownWords.from_captions(CAPTIONS)
@@ -56,6 +57,7 @@ def test_misspelt_words_are_read_as_the_words_they_were_meant_as(prompt, read):
     "a star, 8k, HDR, hdr, artstation, octane render",  # numbers, capitals, names and tags no word is near
     "a magneta circle",  # two English words one edit away (magenta, magnet): which one is not known
     "a lavender hexagon",  # a colour name of the lexicon
+    "a star, manga style, figma, pixar, dribbble",  # short names and words near no word the model draws
 ])
 def test_words_spelt_right_or_with_no_one_word_near_stay_as_written(prompt):
     known = KnownWords.from_captions(CAPTIONS)

@@ -75,6 +75,7 @@ FARTHEST_COLOUR = 25.0  # ΔE₀₀ beyond which no colour the model draws stand
 SAME_COLOUR = 2.3  # ΔE₀₀ within which two drawn colours are one (about a just-noticeable difference)
 SHORTEST_MISSPELT = 3  # letters of the shortest word read as misspelt (`KnownWords.meant`)
 TWO_EDITS = 7  # letters from which a word may be two edits from a caption word it was meant as
+OTHER_ENGLISH = 6  # letters from which a word may be meant as an English word the captions never held
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 _LOWER = re.compile(r"[a-z]+")  # letters of any script ("café", not "caf"), digits
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
@@ -222,29 +223,35 @@ class KnownWords:
         colour name of the lexicon; only words of `SHORTEST_MISSPELT` or more plain letters a–z are read. Meant,
         in this order:
 
-        1. the caption word (or an inflection of one) or structure word one edit away (`ldmkit.text.spelling.
-           edits`: "cirlce" → "circle", "circels" → "circles", "abvoe" → "above"), the one the captions held most where several are; for a word of three letters a
-           caption word only ("blu" → "blue"; "hdr" is left as written, not read as "her");
+        1. the caption word (or the plural of one) or structure word one edit away (`ldmkit.text.spelling.
+           edits`: "cirlce" → "circle", "circels" → "circles", "abvoe" → "above"), the one the captions held most
+           where several are, a caption word itself before an inflection ("smalll": small, not smalls); for a word
+           of three letters a caption word only ("blu" → "blue"; "hdr" is left as written, not read as "her");
         2. for a word of `TWO_EDITS` letters or more, the caption word of five or more two edits away, the one the
            captions held most ("trinagel" → "triangle");
-        3. the one English word one edit away, where it is the only one ("turqoise" → "turquoise", then read by
-           its colour); two or more ("magneta": magenta, magnet) leave it as written.
+        3. for a word of `OTHER_ENGLISH` letters or more, the one English word one edit away where it is the only
+           one and the model can draw it — a colour name of the lexicon, or a word `reading` reads as a caption
+           word ("turqoise" → "turquoise", then read by its colour); two or more ("magneta": magenta, magnet) or
+           one it cannot draw ("dribbble": dribble) leave it as written, as do shorter words ("manga" is not a
+           misspelt "mango", nor "figma" "sigma").
         """
         if len(word) < SHORTEST_MISSPELT or not _LOWER.fullmatch(word) or self._spelt_right(word, wordnet):
             return None
         if word not in self._meant:
             near = edits(word)
             counts = self.words
-            seen = {w: max((counts.get(f, 0) for f in (w, *wordnet.base_forms(w))), default=0) for w in near}
+            seen = {w: max(counts.get(f, 0) for f in (w, *_plural_of(w, wordnet))) for w in near}
             structure = [w for w in near if seen[w] or len(word) > SHORTEST_MISSPELT
                          and (is_function_word(w) or w in CLOSED_CLASS)]  # "hdr" is not "her"
-            meant = max(structure, key=lambda w: (seen[w], w)) if structure else None
+            meant = max(structure, key=lambda w: (seen[w], w in counts, w)) if structure else None
             if meant is None and len(word) >= TWO_EDITS:
                 two = [w for w in counts if len(w) >= 5 and _LOWER.fullmatch(w) and distance(word, w) <= 2]
                 meant = max(two, key=lambda w: (counts[w], w)) if two else None
-            if meant is None and len(word) > SHORTEST_MISSPELT:
+            if meant is None and len(word) >= OTHER_ENGLISH:
                 english = [w for w in near if wordnet.is_word(w) or w in lexicon()]
-                meant = english[0] if len(english) == 1 else None
+                drawn = [w for w in english if w in lexicon() or self.reading(w, wordnet, True) is not None
+                         or self.reading(w, wordnet) is not None]
+                meant = drawn[0] if len(english) == 1 and drawn else None
             self._meant[word] = meant
         return self._meant[word]
 
@@ -553,6 +560,12 @@ class KnownWords:
         """What a phrase's noun may be read as: every object word and name but those seen only as a modifier."""
         nouns, modifiers = self._nouns, self._modifiers
         return {name: count for name, count in self.objects.items() if name in nouns or name not in modifiers}
+
+
+def _plural_of(word: str, wordnet: WordNet) -> list[str]:
+    """The nouns ``word`` is the plural of by WordNet ("circles" → circle, "boxes" → box), not other base forms,
+    which its detachment rules also make of words no one writes ("biger" → big)."""
+    return [f for f in wordnet.base_forms(word) if word in (f + "s", f + "es", f[:-1] + "ies") and wordnet.is_noun(f)]
 
 
 def _within(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:

@@ -19,7 +19,11 @@ the left of B", "above B there is A"; one followed by a word that points back ("
 the other object against the one named before it ("A and, beneath it, B", "A with B beneath it", "A, below
 which is B": B below A); one after both places the object named last ("A and B, the A above": A above B);
 without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the
-bottom").
+bottom"; "A and B, the A on the right and the B on the left"), or, side by side ("A next to B"), a left or right
+side of one of them ("…, with A on the left"). An object named again ("the circle" after "a red circle") is a
+mention of it: words after it describe it ("… The circle is red"), its clause places it.
+`resolve_references` names objects referred to by order, modifier or side ("the first one", "the red one", "the
+lower one") by their own words first, so that they are mentions too.
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
