@@ -445,6 +445,22 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def alternating(switch, call, rounds: int) -> tuple[float, float, object, object]:
+    """A/B timing on one machine state: ``rounds`` rounds of ``switch(False)`` then ``switch(True)``, each side
+    timed on its second ``call()`` after the switch (the first pays what the switch defers: weights reordered or
+    rebuilt); returns (median s off, median s on, last output off, last output on). Leaves the switch on."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    outputs = {}
+    for _ in range(rounds):
+        for on in (False, True):
+            switch(on)
+            call()  # untimed, as a first call after the switch would be
+            outputs[on], seconds = timed(call)
+            times[on].append(seconds)
+    switch(True)
+    return median(times[False]), median(times[True]), outputs[False], outputs[True]
+
+
 # --------------------------------------------------------------------------------------------------
 # Worker processes
 

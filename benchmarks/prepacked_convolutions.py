@@ -14,12 +14,10 @@ says so and stops.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from _bench_common import command_line, machine_info, markdown_table, show_results
+from _bench_common import alternating, command_line, machine_info, markdown_table, show_results
 from ldmkit import load_pipeline
 from ldmkit.nn.prepack import available, prepack, unpack
 
@@ -54,17 +52,8 @@ def rows(teacher, student) -> list[tuple[str, object, object]]:
 @torch.inference_mode()
 def measure(pipe, call, rounds: int) -> tuple[float, float, bool]:
     """(median s plain, median s packed, equal bit for bit)."""
-    times = {False: [], True: []}
-    outputs = {}
-    for _ in range(rounds):
-        for packed in (False, True):
-            (prepack if packed else unpack)(pipe.model)
-            call()  # untimed: the packed side reorders its weights for this input here, as a first call would
-            start = time.perf_counter()
-            outputs[packed] = call()
-            times[packed].append(time.perf_counter() - start)
-    prepack(pipe.model)
-    return statistics.median(times[False]), statistics.median(times[True]), torch.equal(outputs[False], outputs[True])
+    plain_s, packed_s, plain, packed = alternating(lambda on: (prepack if on else unpack)(pipe.model), call, rounds)
+    return plain_s, packed_s, torch.equal(plain, packed)
 
 
 def main() -> None:

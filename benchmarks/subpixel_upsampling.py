@@ -16,13 +16,12 @@ and one guided call of the CPU-sized SD-shaped UNet of the other benchmarks (``s
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from _bench_common import (bench_models, command_line, machine_info, make_weights, markdown_table, show_results)
+from _bench_common import (alternating, bench_models, command_line, machine_info, make_weights, markdown_table,
+                           show_results)
 from ldmkit import load_pipeline
 from ldmkit.autoencoder import build_autoencoder
 from ldmkit.config import ModelConfig, load_yaml
@@ -40,7 +39,8 @@ def shipped_rows(teacher, student) -> list[tuple[str, str, torch.nn.Module, obje
     """(row, precision, network switched, call)."""
     z = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     return [
-        ("default model: decoder D(z), 8 latents 4×16×16", teacher.precision, teacher.model, lambda: teacher.decode(z)),
+        ("default model: decoder D(z), 8 latents 4×16×16", teacher.precision, teacher.model,
+         lambda: teacher.decode(z)),
         ("default model: 8 images, DDIM 25, CFG 4", teacher.precision, teacher.model,
          lambda: teacher.generate_tensors(PROMPTS, steps=25, guidance=4.0, seed=0)),
         ("its student: 8 images, 4 steps", student.precision, student.model,
@@ -51,7 +51,8 @@ def shipped_rows(teacher, student) -> list[tuple[str, str, torch.nn.Module, obje
 def sd_vae_rows() -> list[tuple[str, str, torch.nn.Module, object]]:
     """SD v1's decoder on a 64×64 latent: fp32 (channels-last, as a CPU pipeline lays it out), and bf16 with the
     weights stored and packed as a bf16 pipeline keeps them, where oneDNN has bf16 convolutions."""
-    config = load_yaml(ModelConfig, Path(__file__).resolve().parents[1] / "ldmkit/configs/models/sd-v1.yaml").autoencoder
+    root = Path(__file__).resolve().parents[1]
+    config = load_yaml(ModelConfig, root / "ldmkit" / "configs" / "models" / "sd-v1.yaml").autoencoder
     torch.manual_seed(0)
     z = torch.randn(1, 4, 64, 64)
     rows = []
@@ -85,20 +86,10 @@ def sd_small_row() -> tuple[str, str, torch.nn.Module, object]:
 @torch.inference_mode()
 def measure(network, call, rounds: int) -> tuple[float, float, float]:
     """(median s plain, median s sub-pixel, max |difference| / range of the plain output)."""
-    times = {False: [], True: []}
-    outputs = {}
-    for _ in range(rounds):
-        for subpixel in (False, True):
-            use_subpixel(network, subpixel)
-            call()  # untimed: the sub-pixel side builds its 2×2 convolutions here, as a first call would
-            start = time.perf_counter()
-            outputs[subpixel] = call().float()
-            times[subpixel].append(time.perf_counter() - start)
-    use_subpixel(network, True)
-    plain = outputs[False]
+    plain_s, subpixel_s, plain, subpixel = alternating(lambda on: use_subpixel(network, on), call, rounds)
+    plain, subpixel = plain.float(), subpixel.float()
     spread = (plain.max() - plain.min()).item() or 1.0
-    return statistics.median(times[False]), statistics.median(times[True]), \
-        (outputs[True] - plain).abs().max().item() / spread
+    return plain_s, subpixel_s, (subpixel - plain).abs().max().item() / spread
 
 
 def main() -> None:
