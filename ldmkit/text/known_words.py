@@ -76,8 +76,8 @@ SAME_COLOUR = 2.3  # ΔE₀₀ within which two drawn colours are one (about a j
 SHORTEST_MISSPELT = 3  # letters of the shortest word read as misspelt (`KnownWords.meant`)
 TWO_EDITS = 7  # letters from which a word may be two edits from a caption word it was meant as
 OTHER_ENGLISH = 6  # letters from which a word may be meant as an English word the captions never held
-_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
-_LOWER = re.compile(r"[a-z]+")  # letters of any script ("café", not "caf"), digits
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
+_LOWER = re.compile(r"[a-z]+")  # a word of plain letters, the only kind `KnownWords.meant` reads
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 _PARTS = re.compile(r"[,;:!?|/—–]|\.(?!\d)|\s-\s")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
