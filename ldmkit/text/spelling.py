@@ -2,7 +2,7 @@
 
 Most misspellings are one edit away from the word meant — a letter left out, one added, one changed, or two
 neighbours swapped (Damerau 1964 found about 80% so) — and a prompt written in a hurry holds them ("a red cirlce
-abvoe a bleu square"). A text encoder splits such a word into pieces that mean something else; `ldmkit.text.
+abvoe a blue sqaure"). A text encoder splits such a word into pieces that mean something else; `ldmkit.text.
 known_words` reads it as the word it was meant as instead, using these two questions:
 
 - `edits`: every string one edit away from a word (Damerau–Levenshtein distance 1); `distance`: the optimal string
