@@ -445,6 +445,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def results_head(title: str, note: str = "") -> list[str]:
+    """The opening lines of a results page: its title, the command that wrote it, the machine, and ``note`` (a line
+    on the conditions of the run) where given."""
+    return [f"# {title}", "", f"Command: `{command_line()}`", "",
+            *(f"- {k}: {v}" for k, v in machine_info().items()), *([f"- {note}"] if note else []), ""]
+
+
 def alternating(switch, call, rounds: int) -> tuple[float, float, object, object]:
     """A/B timing on one machine state: ``rounds`` rounds of ``switch(False)`` then ``switch(True)``, each side
     timed on its second ``call()`` after the switch (the first pays what the switch defers: weights reordered or

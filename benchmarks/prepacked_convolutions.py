@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from _bench_common import alternating, command_line, machine_info, markdown_table, show_results
+from _bench_common import alternating, markdown_table, results_head, show_results
 from ldmkit import load_pipeline
 from ldmkit.nn.prepack import available, prepack, unpack
 
@@ -76,11 +76,8 @@ def main() -> None:
         table.append([name, f"{plain * 1e3:.1f}", f"{packed * 1e3:.1f}", f"{plain / packed:.2f}",
                       "yes" if equal else "NO"])
         print(" | ".join(table[-1]), flush=True)
-    info = machine_info()
     text = "\n".join([
-        "# Convolution weights reordered once (bf16 on the CPU)", "",
-        f"Command: `{command_line()}`", "",
-        *(f"- {k}: {v}" for k, v in info.items()), *([f"- {args.note}"] if args.note else []), "",
+        *results_head("Convolution weights reordered once (bf16 on the CPU)", args.note),
         f"Median of {args.rounds} alternating rounds, each side timed on its second call after the switch (the first "
         "reorders the weights for that input); plain = the same pipeline with `ldmkit.nn.prepack.unpack`.", "",
         markdown_table(["call", "plain, ms", "packed, ms", "speed-up", "same output bit for bit"], table), ""])

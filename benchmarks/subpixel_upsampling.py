@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _bench_common import (alternating, bench_models, command_line, machine_info, make_weights, markdown_table,
-                           show_results)
+from _bench_common import alternating, bench_models, make_weights, markdown_table, results_head, show_results
 from ldmkit import load_pipeline
 from ldmkit.autoencoder import build_autoencoder
 from ldmkit.config import ModelConfig, load_yaml
@@ -112,11 +111,8 @@ def main() -> None:
         table.append([name, precision, f"{plain * 1e3:.1f}", f"{subpixel * 1e3:.1f}", f"{plain / subpixel:.2f}",
                       f"{difference:.1e}"])
         print(" | ".join(table[-1]), flush=True)
-    info = machine_info()
     text = "\n".join([
-        "# Upsampling as one 2×2 convolution at the input's resolution", "",
-        f"Command: `{command_line()}`", "",
-        *(f"- {k}: {v}" for k, v in info.items()), *([f"- {args.note}"] if args.note else []), "",
+        *results_head("Upsampling as one 2×2 convolution at the input's resolution", args.note),
         f"Median of {args.rounds} alternating rounds on the same weights, each side timed on its second call after "
         "the switch; plain = nearest-neighbour doubling then the 3×3 convolution (`use_subpixel(network, False)`), "
         "sub-pixel = the same map as one 2×2 convolution with four outputs per channel at the input's resolution "
