@@ -123,10 +123,10 @@ class Upsample(nn.Module):
 
     Inference (autograd off) runs the same map as one 2×2 convolution at the input's resolution
     (`subpixel_convolution`; equal up to float rounding, 4/9 of the arithmetic: Stable Diffusion v1's decoder runs
-    1.16× faster in fp32 on the CPU, benchmarks/SUBPIXEL_UPSAMPLING.md), built from ``conv`` at first use and again whenever its weights change (their
-    version counter, storage and dtype, and the dtype autocast computes in, are the key; memory: 16/9 of
-    ``conv``'s weight). Training, a LoRA on
-    ``conv``, a traced graph and ``subpixel`` False (`use_subpixel`) take the plain path.
+    1.16× faster in fp32 on the CPU, benchmarks/SUBPIXEL_UPSAMPLING.md), built from ``conv`` at first use and
+    again whenever its weights change (their version counter, storage and dtype, and the dtype autocast computes
+    in, are the key; memory: 16/9 of ``conv``'s weight). Training, a LoRA on ``conv``, a traced graph and
+    ``subpixel`` False (`use_subpixel`) take the plain path.
     """
 
     subpixel = True  # inference through `subpixel_convolution`; False: always the plain path
