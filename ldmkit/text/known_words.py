@@ -242,7 +242,7 @@ class KnownWords:
             counts = self.words
             seen = {w: max(counts.get(f, 0) for f in (w, *_plural_of(w, wordnet))) for w in near}
             structure = [w for w in near if seen[w] or len(word) > SHORTEST_MISSPELT
-                         and (is_function_word(w) or w in CLOSED_CLASS)]  # "hdr" is not "her"
+                         and _structure_word(w)]  # "hdr" is not "her"
             meant = max(structure, key=lambda w: (seen[w], w in counts, w)) if structure else None
             if meant is None and len(word) >= TWO_EDITS:
                 two = [w for w in counts if len(w) >= 5 and _LOWER.fullmatch(w) and distance(word, w) <= 2]
@@ -257,8 +257,7 @@ class KnownWords:
 
     def _spelt_right(self, word: str, wordnet: WordNet) -> bool:
         """Whether ``word`` (lower case) is a word `meant` leaves as it is (its docstring)."""
-        return (word in self.words or is_function_word(word) or word in CLOSED_CLASS or word in lexicon()
-                or wordnet.is_word(word))
+        return word in self.words or _structure_word(word) or word in lexicon() or wordnet.is_word(word)
 
     def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
@@ -560,6 +559,12 @@ class KnownWords:
         """What a phrase's noun may be read as: every object word and name but those seen only as a modifier."""
         nouns, modifiers = self._nouns, self._modifiers
         return {name: count for name, count in self.objects.items() if name in nouns or name not in modifiers}
+
+
+def _structure_word(word: str) -> bool:
+    """Whether ``word`` (lower case) is a word of a closed class: one the chunker reads as structure, or one of the
+    closed-class words WordNet leaves out (`ldmkit.text.spelling.CLOSED_CLASS`)."""
+    return is_function_word(word) or word in CLOSED_CLASS
 
 
 def _plural_of(word: str, wordnet: WordNet) -> list[str]:

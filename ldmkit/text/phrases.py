@@ -350,6 +350,8 @@ def resolve_references(text: str) -> str:
             after = words[i + 2].group().lower() if i + 2 < len(words) else ""
             end = words[i + 2] if after in _REFERENCE_NOUNS else words[i + 1]
             alone = after in _REFERENCE_NOUNS or not after or is_function_word(after)
+            if not ((word in _ORDINAL_REFERENCES or word == "other") and alone or after in _REFERENCE_NOUNS):
+                continue  # no reference ("the circle", "the top"): the text before it need not be parsed
             parsed = parse_phrases(text[:the.start()])
             objects = parsed.objects
             target = None
