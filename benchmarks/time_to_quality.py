@@ -41,9 +41,11 @@ Two models (``--models``, default both):
   range, and the stricter PSNR of the UNet's share: z_0 minus the z_0 that ε̂ ≡ 0 would give, over
   the range of plain's share (a random UNet's ε̂ does not cancel z_T, so most of z_0 is z_T itself).
 
-Timing: ``--repeats`` rounds; each round runs every row once on a batch of ``--batch`` images (a
-round of rows rather than one row's repeats in a row, so that a change in the load of a shared machine
-hits all rows alike); a row's time is its median round, after one untimed run per row (the one whose
+Timing: ``--repeats`` rounds; each round runs every row on a batch of ``--batch`` images, repeating the row's
+call until ``--min-time`` seconds have passed (timeit's autorange: a 4-step row's sample is several calls, not one
+0.2 s call that one pause of a shared machine can double), a round of rows rather than one row's repeats in a row,
+so that a change in the load of a shared machine hits all rows alike; a row's time is its median round, after one
+untimed run per row (the one whose
 UNet evaluations are counted and whose output the PSNR compares). All
 rows run in this one process, with ``torch.get_num_threads()`` threads. UNet evaluations per image are
 counted with forward hooks: full ones (the middle block ran) and shallow ones (the shallow branch alone);
@@ -103,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="sampling steps (default: 25 shipped, 20 sd-small)")
     p.add_argument("--batch", type=int, help="images per timed run (default: 8 shipped, 2 sd-small)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; each row's median round counts")
+    p.add_argument("--min-time", type=float, default=1.0, metavar="SECONDS",
+                   help="a row's sample in a round: its call repeated until this long has passed (0: one call)")
     p.add_argument("--diffusers-samplers", default="ddim", help="diffusers' schedulers: ddim, dpmpp-2m (comma-separated)")
     p.add_argument("--solvers", default="", metavar="NAME:STEPS,…",
                    help="shipped model: ldmkit's and diffusers' NAME (dpmpp-2m, unipc) at STEPS, e.g. unipc:10,dpmpp-2m:10")
@@ -114,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "depend on it beyond bf16 rounding)")
     p.add_argument("--eval-batch", type=int, default=32, help="images per batch in the quality runs")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 16 images, 2 steps × 1 image per timed run, 1 round, diffusers in fp32, small probe")
+                   help="smoke run: 16 images, a few steps × 1 image per timed run, 1 round, diffusers in fp32, small probe")
     p.add_argument("--results", help="write the markdown to this file (e.g. benchmarks/TIME_TO_QUALITY.md)")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -138,9 +142,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.solvers = [(name, int(steps)) for name, _, steps in args.solvers]
     if args.quick:
         args.num_images = min(args.num_images, 16)
-        args.steps = args.steps or 2
+        args.steps = args.steps or max(args.intervals, default=1) + 1  # reuse needs more steps than its interval
         args.batch = args.batch or 1
         args.repeats = 1
+        args.min_time = 0.0
+    if args.min_time < 0:
+        p.error("--min-time: seconds, at least 0")
     if args.num_images < 2:
         p.error("--num-images: at least 2 (FID compares sets)")
     return args
@@ -290,14 +297,21 @@ def diffusers_candidates(args, peaks) -> tuple[list[str], str]:
     return list(DIFFUSERS_SETTINGS) + (list(bf16_settings()) if mode == "full" else []), note
 
 
-def time_rounds(rows: list[Row], repeats: int, images: int) -> None:
-    """``repeats`` rounds of every row (each row has run once already, untimed); times in s per image."""
+def time_rounds(rows: list[Row], repeats: int, images: int, min_time: float = 0.0) -> None:
+    """``repeats`` rounds of every row (each row has run once already, untimed); times in s per image. A row's
+    sample in a round is its call repeated until ``min_time`` seconds have passed (as timeit's autorange does), so
+    a fast row's sample is not one short call that one pause of a shared machine can double."""
     for r in range(repeats):
         for row in rows:
-            start = time.perf_counter()
-            row.run(r)
-            row.times.append((time.perf_counter() - start) / images)
-            log(f"  round {r + 1}/{repeats}: {row.name} {row.times[-1]:.3f} s/image")
+            calls, start = 0, time.perf_counter()
+            while True:
+                row.run(r)
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_time:
+                    break
+            row.times.append(elapsed / (images * calls))
+            log(f"  round {r + 1}/{repeats}: {row.name} {row.times[-1]:.3f} s/image ({calls} call(s))")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,12 +435,12 @@ def shipped(args, peaks) -> dict:
     plain = rows[0].result["images"]
     for row in rows:
         row.result["psnr"] = psnr(row.result["images"], plain, peak=2.0)
-    time_rounds(rows, args.repeats, batch)
+    time_rounds(rows, args.repeats, batch, args.min_time)
 
     if args.speed_only:
         return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
                 "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
-                "floor": None, "latent": latent, "student": args.student, "teacher": args.teacher}
+                "min_time": args.min_time, "floor": None, "latent": latent, "student": args.student, "teacher": args.teacher}
     # quality: one image per held-out caption
     shapes = ShapesFeatures()
     reference = RealReference(heldout_shapes(args.num_images, cfg.image_size), [shapes], args.eval_batch)
@@ -454,7 +468,7 @@ def shipped(args, peaks) -> dict:
         row.result.update(seen[key])
     return {"name": "shipped", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance,
             "setting": best, "probe": probe, "parity": parity, "notes": [ldm_note, dif_note],
-            "floor": reference.floor[shapes.name], "latent": latent, "student": args.student,
+            "min_time": args.min_time, "floor": reference.floor[shapes.name], "latent": latent, "student": args.student,
             "teacher": args.teacher}
 
 
@@ -543,9 +557,10 @@ def sd_small(args, peaks) -> dict:
         z0 = row.result["z0"]
         row.result["psnr"] = psnr(z0, plain)
         row.result["psnr_share"] = psnr(z0 - no_model, plain - no_model)
-    time_rounds(rows, args.repeats, batch)
+    time_rounds(rows, args.repeats, batch, args.min_time)
     return {"name": "sd-small", "rows": rows, "steps": steps, "batch": batch, "guidance": guidance, "setting": best,
-            "probe": probe, "notes": [ldm_note, dif_note], "latent": bench.latent_size}
+            "probe": probe, "notes": [ldm_note, dif_note], "latent": bench.latent_size,
+            "min_time": args.min_time}
 
 
 def reuse_name(interval: int, depth: int) -> str:
@@ -590,9 +605,10 @@ def section(res: dict) -> list[str]:
         title = f"The shipped model `{res['teacher']}`{default}"
     else:
         title = "SD-v1-shaped UNet on random weights (`sd-small`)"
+    autorange = f", each row's call repeated in a round until {res['min_time']:g} s had passed" if res["min_time"] else ""
     lines = [f"## {title}", "",
              f"{res['batch']} image(s) per timed run, {res['steps']} steps, guidance {res['guidance']:g}, latent "
-             f"4×{res['latent']}×{res['latent']}; median of {len(rows[0].times)} round(s).", "",
+             f"4×{res['latent']}×{res['latent']}; median of {len(rows[0].times)} round(s){autorange}.", "",
              markdown_table(header, table), ""]
     lines += [f"- precision: ldmkit {res['notes'][0]}; {res['notes'][1]}"]
     if res["probe"]:
