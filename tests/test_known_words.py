@@ -52,6 +52,18 @@ def test_a_noun_with_nothing_known_above_it_is_read_as_a_kind_of_it_never_a_sibl
 
 
 @needs_wordnet
+@needs_wordnet
+def test_a_modifier_is_never_read_as_a_noun_of_the_captions_nor_by_wordnet_as_a_colour_the_images_drew():
+    captions = [*CAPTIONS, "a square shape"]  # "square": a noun, and a modifier of "shape"
+    assert wordnet.nearest("solid", {"square": 1}) == "square" and wordnet.nearest("clean", {"white": 1}) == "white"
+    plain = KnownWords.from_captions(captions)
+    assert plain.reading("solid", wordnet) is None  # a hearty meal, not a square: no noun of the captions
+    assert plain.reading("clean", wordnet) == "white"  # without recorded colours, WordNet's synonym
+    drawn = KnownWords.from_captions(captions, colours={"red": (1, 0, 0), "white": (1, 1, 1), "blue": (0, 0, 1)})
+    assert drawn.reading("clean", wordnet) is None  # a colour is read by its colour, not "clean" as "white"
+    assert drawn.reading("huge", wordnet) == "large"
+
+
 def test_a_word_is_read_only_as_a_word_seen_in_its_role():
     words = KnownWords.from_captions(["a red figure on the left", "a big box at the top", "a small apartment"])
     # "single" is one, a kind of figure (a digit), and "flat" an apartment: nouns, never what a modifier becomes
@@ -435,6 +447,22 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     # nor one of the two objects a relation joins, nor the only object, where the model cannot read them
     ("a tall pentagon above a red circle", "a tall pentagon above a red circle"),
     ("a pentagon on the left, 8k", "a pentagon on the left"),  # the tag alone goes
+    # the picture itself is no object, however many words come before it
+    ("a red circle above a box, minimalist vector illustration", "a red circle above a box"),
+    # "it" and a modifier before "and"; a property and its value; a label's value
+    ("Draw one star. Make it red and put it at the top.", "one red star at the top"),
+    ("Draw a red star. Make it look bold and graphic.", "a red star"),
+    ("a star, colour red, at the top", "a red star at the top"),
+    ("Shape: star. Colour: red. Position: top.", "red star at the top"),
+    # parts set apart by "|" stay apart: "circle, red" is one object
+    ("circle, red | square, blue | the red circle sits above the blue square | clean, geometric",
+     "red circle above blue square"),
+    # a relation pointing back from the object named right before it; "that one"; a comparative with its "than"
+    ("a red circle on top, a blue square below it, stacked vertically", "a red circle above a blue square"),
+    ("There's a blue square. Below that one, add a red circle.", "a blue square above a red circle"),
+    ("a red circle sits higher in the picture than a blue square", "a red circle above a blue square"),
+    # a part of the frame with its side ("the foot", "the head" of the image) is a place
+    ("a red star at the head of the image", "a red star at the top"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

@@ -52,7 +52,6 @@ binding guidance's token groups and the images follow it. Without WordNet instal
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
@@ -79,7 +78,7 @@ OTHER_ENGLISH = 6  # letters from which a word may be meant as an English word t
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
 _LOWER = re.compile(r"[a-z]+")  # a word of plain letters, the only kind `KnownWords.meant` reads
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
-_PARTS = re.compile(r"[,;:!?|/—–]|\.(?!\d)|\s-\s")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
+_PARTS = re.compile(r"([,;:!?|/—–]|\.(?!\d)|\s-\s)")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
 
 def _article(before: str, word: str) -> str:
@@ -323,10 +322,13 @@ class KnownWords:
         (or an inflection of one), or a noun WordNet knows — not a verb the chunker took for one ("… where a
         square sat way over …": "remember"), nor a lone word without an article that WordNet also knows as an
         adjective, as in a list of style words ("…, simple, vector"), whose noun senses are rarely the ones meant
-        ("simple" → "square"; "an oval" is read)."""
+        ("simple" → "square"; "an oval" is read), nor a word of the chunker's closed classes that it read as a noun
+        after others ("minimalist vector illustration": the picture itself)."""
         noun = prompt[phrase.noun[0]:phrase.noun[1]]
         if self._known(noun) or any(self._known(f) for f in wordnet.base_forms(noun)):
             return True
+        if is_function_word(noun.lower()):  # the picture, a place or a property: "…, vector illustration"
+            return False
         if not phrase.modifiers and not _determiner_before(prompt, phrase.noun[0]) and wordnet.is_adjective(noun):
             return False
         return wordnet.is_noun(noun)
@@ -362,14 +364,11 @@ class KnownWords:
     def _said_again(self, prompt: str, wordnet: WordNet | None, shortened: bool = False) -> str | None:
         """`resay` of ``prompt`` itself: None where it cannot be said again; ``prompt`` as it is where it need not be,
         its words outside its objects all the captions' and its relation plain, unless ``shortened`` (`_drawn_part`
-        took words out), where it is said again if it can be. A word the chunker took for an object that describes
-        the one before it is read as that object's (`_described`)."""
-        parsed = parse_phrases(prompt)
+        took words out), where it is said again if it can be. A word the captions held as a modifier only, set off
+        by a comma after an object, describes it ("square, cyan, right side": `_only_modifier`)."""
+        parsed = parse_phrases(prompt, self._only_modifier)
         if not parsed.objects:
             return None
-        objects = self._described(prompt, parsed.objects)
-        if len(objects) < len(parsed.objects):  # "square, cyan, right side": one object
-            parsed = dataclasses.replace(parsed, objects=objects, relation=None)
         in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)] + list(parsed.again)
         in_places = [p.span for p in parsed.places]
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
@@ -409,12 +408,19 @@ class KnownWords:
         relation between them, each noun phrase with no object word ("the designer should set …", "my daughter
         wants …"), with its determiner — never one of the two a relation joins ("a plus sign above a red circle"),
         nor a place the chunker took for an object, which holds or follows a word saying where ("…, centered
-        composition", "positioned hugging the floor"). The parts kept are joined by commas; the second value says whether noun
+        composition", "positioned hugging the floor"; a noun, not an adverb: "stacked vertically"). A part kept
+        follows the one kept before it after the mark that came before it; the second value says whether noun
         phrases were left out."""
-        kept = [part.strip() for part in _PARTS.split(prompt)
-                if any(self._object_word(w, wordnet) or says_where(w.lower()) for w in _WORD.findall(part))]
-        text = ", ".join(k for k in kept if k)
-        parsed = parse_phrases(text)
+        pieces = _PARTS.split(prompt)  # part, mark, part, …
+        text, mark = "", ""
+        for i in range(0, len(pieces), 2):
+            part = pieces[i].strip()
+            if part and any(self._object_word(w, wordnet) or says_where(w.lower()) for w in _WORD.findall(part)):
+                text += f"{' ' if mark in '|/—–-' else ''}{mark} {part}" if text else part
+                mark = ""
+            if not mark and i + 1 < len(pieces):  # the mark that ended the part kept last: "a | b" stays two clauses
+                mark = pieces[i + 1].strip() or "-"
+        parsed = parse_phrases(text, self._only_modifier)
         if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None):
             return text, False  # its objects are what the prompt asks for, whether or not the model can draw them
         left_out = False
@@ -423,9 +429,11 @@ class KnownWords:
             before = [w.lower() for w in _WORD.findall(text[:spans[0][0]])]
             while before and is_determiner(before[-1]):
                 before.pop()
+            noun = text[phrase.noun[0]:phrase.noun[1]]
             if any(self._object_word(text[a:b], wordnet) or says_where(text[a:b].lower()) for a, b in spans) or (
-                    before and says_where(before[-1])):
-                continue  # an object, or a place: "…, centered composition", "positioned hugging the floor"
+                    before and says_where(before[-1]) and (wordnet is None or wordnet.is_noun(noun))):
+                continue  # an object, or a place: "…, centered composition", "positioned hugging the floor" (not
+                # an adverb: "stacked vertically")
             start, end = spans[0][0], spans[-1][1]
             lead = _determiner_before(text, start)
             if lead is not None:
@@ -445,19 +453,10 @@ class KnownWords:
                 return True
         return False
 
-    def _described(self, prompt: str, objects: tuple[NounPhrase, ...]) -> tuple[NounPhrase, ...]:
-        """``objects`` with each that is one word the captions held only as a modifier, set off by a comma after the
-        object before it, made a modifier of that object: "square, cyan, right side" names one cyan square (the
-        chunker, which knows no words, takes "cyan" for an object where no article introduced the square)."""
-        merged: list[NounPhrase] = []
-        for o in objects:
-            word = prompt[o.noun[0]:o.noun[1]].lower()
-            if merged and not o.modifiers and word in self._modifiers and word not in self._noun_names and \
-                    prompt[merged[-1].noun[1]:o.noun[0]].strip() == ",":
-                merged[-1] = NounPhrase((*merged[-1].modifiers, o.noun), merged[-1].noun)
-            else:
-                merged.append(o)
-        return tuple(merged)
+    def _only_modifier(self, word: str) -> bool:
+        """Whether the captions held ``word`` (lower case) as a modifier and never as a noun ("cyan", "small"; not
+        "cross", "cross figure"'s modifier), what `parse_phrases` lets describe the object before it."""
+        return word in self._modifiers and word not in self._noun_names
 
     def _object(self, prompt: str, phrase: NounPhrase) -> NounPhrase:
         """The object a noun phrase names: after a word the captions held as a noun, a "noun" they held only as a
@@ -498,15 +497,18 @@ class KnownWords:
     def reading(self, text: str, wordnet: WordNet, noun: bool = False) -> str | None:
         """The object word a never-seen word (or compound) ``text`` is read as, None for as written: its nearest by
         upward links among the words seen in its role — a known noun for the phrase's ``noun``, a known modifier
-        for a modifier ("single" is never read as the noun "figure", nor "flat" as "box"); failing that, where it is
-        the phrase's noun, a known noun that names a kind of it (`WordNet.narrower`: "rectangle" → "square"). A
+        for a modifier ("single" is never read as the noun "figure", nor "flat" as "box"), but never a modifier the
+        captions also held as a noun ("solid" is not "square", as in "square shape"), nor, where the training images
+        recorded which colour each colour word draws (``colours``), a colour word (a colour name is read by its
+        colour, `colour_reading`; "clean" and "blank" are not "white"); failing that, where it is the phrase's noun,
+        a known noun that names a kind of it (`WordNet.narrower`: "rectangle" → "square"). A
         number ("3", "1.5", "2nd") is read as written: WordNet holds digits as nouns ("3" → "figure"), but a number
         says how many or which, not what."""
         if any(c.isdigit() for c in text):
             return None
         key = (text.lower(), noun)
         if key not in self._nearest:
-            near = wordnet.nearest(key[0], self._noun_targets(wordnet) if noun else self._modifiers, DEPTH)
+            near = wordnet.nearest(key[0], self._noun_targets(wordnet) if noun else self._modifier_targets, DEPTH)
             if near is None and noun:
                 near = wordnet.narrower(key[0], self._nouns)
             self._nearest[key] = near
@@ -534,6 +536,13 @@ class KnownWords:
     def _modifiers(self) -> dict[str, int]:
         """The object words seen as a modifier."""
         return self._parts[0]
+
+    @functools.cached_property
+    def _modifier_targets(self) -> dict[str, int]:
+        """The modifiers a phrase's modifier may be read as (`reading`): those the captions never held as a noun, and
+        no colour word where ``colours`` records them."""
+        nouns = self._noun_names
+        return {w: c for w, c in self._modifiers.items() if w not in nouns and w not in self.colours}
 
     def _noun_targets(self, wordnet: WordNet) -> dict[str, int]:
         """The noun names a phrase's noun may be read as (`_noun_names`), less those WordNet places above more than

@@ -1,29 +1,29 @@
 """Which words of a prompt describe which object: a small rule-based chunker, no model and no vocabulary
 of objects.
 
-English keeps its function words in closed classes (articles, prepositions, conjunctions, pronouns, a
-few verbs of placing and seeing), so a prompt splits at them into runs of content words. Each run is a
-noun phrase: its last word is the noun (the object), the words before it its modifiers ("a small red
-circle": modifiers small, red; noun circle; "red circle, blue square": two phrases). A run that follows
-"in", "coloured", "that is" … without an article of its own describes the noun before it ("a star in
-red", "a box that is small and blue", "a box of red colour"), and so does one word set off by commas after
-an object named with its article ("a square, red, at the top"); words naming a side at the end of a clause
-are a place of their own ("yellow square right, orange cross left"). Runs whose noun is a place ("on the left
-side", "at the top") or the picture itself ("a picture of …", "an image with …", "… in the picture", "at the
-top of the image") name no object, nor does an imperative that opens the prompt ("Render a …", "Place a …"); a
-relation to the picture is a place ("to the left of the image": on the left), and a place of "its" a relation
-to the object named before ("put A to its left": A left of it).
+English keeps its function words in closed classes (articles, prepositions, conjunctions, pronouns, a few verbs of
+placing and seeing), so a prompt splits at them into runs of content words. Each run is a noun phrase: its last word
+is the noun (the object), the words before it its modifiers ("a small red circle": modifiers small, red; noun
+circle; "red circle, blue square": two phrases). A run that follows "in", "coloured", "that is" … without an article
+of its own describes the noun before it ("a star in red", "a box that is small and blue", "a box of red colour"),
+and so does one word set off by commas after an object named with its article ("a square, red, at the top"); words
+naming a side at the end of a clause are a place of their own ("yellow square right, orange cross left"). Runs whose
+noun is a place ("on the left side", "at the top", "at the foot of the page") or the picture itself ("a picture of
+…", "an image with …", "… in the picture", "at the top of the image") name no object, nor does an imperative that
+opens the prompt ("Render a …", "Place a …"); a relation to the picture is a place ("to the left of the image": on
+the left), and a place of "its" a relation to the object named before ("put A to its left": A left of it).
 
-The first relation word between (or before) the first two objects gives their relation: "A above B", "A to
-the left of B", "above B there is A"; one followed by a word that points back ("it", "which", "them") places
-the other object against the one named before it ("A and, beneath it, B", "A with B beneath it", "A, below
-which is B": B below A); one after both places the object named last ("A and B, the A above": A above B);
-without one, places at opposite sides in the two objects' own clauses give it ("A at the top, B at the
-bottom"; "A and B, the A on the right and the B on the left"), or, side by side ("A next to B"), a left or right
-side of one of them ("…, with A on the left"). An object named again ("the circle" after "a red circle") is a
-mention of it: words after it describe it ("… The circle is red"), its clause places it.
-`resolve_references` names objects referred to by order, modifier or side ("the first one", "the red one", "the
-lower one") by their own words first, so that they are mentions too.
+The first relation word between (or before) the first two objects gives their relation: "A above B", "A to the left
+of B", "above B there is A"; one followed by a word that points back ("it", "which", "them", "that one") places the
+other object against the one named before it ("A and, beneath it, B", "A with B beneath it", "A, below which is B",
+"A on top, B below it", "There's A. Below that one, add B": B below A); one after both places the object named last
+("A and B, the A above": A above B); without one, places at opposite sides in the two objects' own clauses give it
+("A at the top, B at the bottom"; "A and B, the A on the right and the B on the left"), or, side by side ("A next to
+B"), a left or right side of one of them ("…, with A on the left"). An object named again ("the circle" after "a red
+circle") is a mention of it: words after it describe it ("… The circle is red"), its clause places it. A comparative
+with its "than" relates the two it stands between ("A should be higher in the picture than B"). `resolve_references`
+names objects referred to by order, modifier or side ("the first one", "the red one", "the lower one") by their own
+words first, so that they are mentions too.
 
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
@@ -34,6 +34,7 @@ top": top), which `ldmkit.text.known_words` records from training captions and s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Span = tuple[int, int]
@@ -52,7 +53,8 @@ _PREPOSITIONS = {
 # Verbs of placing: they say where an object is ("placed near the top", "pushed to the left").
 _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
-            "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going"}
+            "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going",
+            "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs"}
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # conjunctions and pronouns
@@ -74,7 +76,7 @@ _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
            "margin", "centred", "centered", "space"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
-          "rendering", "scene", "view", "sketch", "shot", "frame", "canvas"}
+          "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
 # diamond should be purple").
 _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "that's"}
@@ -83,6 +85,8 @@ _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "that
 _FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which",
                 "has", "have", "shows", "contains", "features"}
 _FRAME_LEAD = {"of", "in", "on", "inside", "within"}
+# Parts of the frame that name a side where "of" and the frame follow ("at the foot of the page": at the bottom).
+_FRAME_PARTS = {"foot": "bottom", "base": "bottom", "floor": "bottom", "head": "top", "ceiling": "top"}
 # Nouns of a property: "of red colour", "of small size" describe the noun before them.
 _PROPERTIES = {"colour", "color", "hue", "shade", "tone", "size"}
 # Relation words → relation (longest first when matching).
@@ -115,6 +119,7 @@ _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right 
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
+_BACK_DEMONSTRATIVES = {"that", "this"}  # … followed by "one" or a clause's end: "below that one, add B"
 # "the first one", "the latter": which of the two objects named before (`resolve_references`)
 _ORDINAL_REFERENCES = {"first": 0, "former": 0, "second": 1, "latter": 1}
 _REFERENCE_NOUNS = {"one", "shape", "object", "item", "thing", "figure"}  # "the red one", "the lower shape"
@@ -126,7 +131,7 @@ _BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
-_CLAUSE_ENDS = {"", ",", ";", ".", "!", "?"}  # what follows the last word of a clause ("" the prompt's end)
+_CLAUSE_ENDS = {"", ",", ";", ".", "!", "?", "|", "—", "–"}  # what follows a clause's last word ("": the end)
 _CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
@@ -210,14 +215,19 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
     return items
 
 
-def parse_phrases(text: str) -> PromptPhrases:
-    """The noun phrases of ``text`` and the relation between the first two (see the module docstring)."""
+def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> PromptPhrases:
+    """The noun phrases of ``text`` and the relation between the first two (see the module docstring). Given
+    ``modifier`` (lower-case word → whether a vocabulary holds it as a modifier only, never as a noun), one such
+    word set off by a comma right after an object describes it, with or without an article before the object:
+    "square, cyan, right side", "diamond, orange | star, yellow" (the chunker alone knows no words)."""
     # Runs of content words, each with the function words and relations before it (its lead).
     runs: list[tuple[list[str], list[Span], str]] = []  # (lead, spans, the word right after)
     leads: list[list[Span]] = []  # the spans of each run's lead
     lead: list[str] = []
     lead_spans: list[Span] = []
-    relations: list[tuple[int, str, bool]] = []  # (number of runs before it, relation, whether it points back)
+    # (number of runs before it, relation, whether it points back, whether it follows the run before it in its
+    # clause: "A with B beneath it" against "A, and beneath it B")
+    relations: list[tuple[int, str, bool, bool]] = []
     said: list[Said] = []
     spans: list[Span] = []
     items = _items(text)
@@ -229,8 +239,11 @@ def parse_phrases(text: str) -> PromptPhrases:
             _close_run(text, runs, leads, lead, lead_spans, spans, word)
             lead, lead_spans, spans = [], [], []
         if kind == "rel":
-            back = (i + 1 < len(items) and items[i + 1][1] in _BACK) or text[span[0]:span[1]].lower() in _COMPARATIVES
-            relations.append((len(runs), word, back))
+            after = [w for _, w, _ in items[i + 1:i + 3]] + ["", ""]
+            back = after[0] in _BACK or (after[0] in _BACK_DEMONSTRATIVES and (after[1] == "one" or after[1] in
+                                                                               _CLAUSE_ENDS))
+            back = back or (text[span[0]:span[1]].lower() in _COMPARATIVES and not _than_follows(items, i))
+            relations.append((len(runs), word, back, not any(w in _CLAUSE_MARKS for w in lead)))
             said.append(Said(word, span))
         lead.append(word)
         lead_spans.append(span)
@@ -250,6 +263,7 @@ def parse_phrases(text: str) -> PromptPhrases:
     said_places: list[Said] = []
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
+        first = text[run[0][0]:run[0][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
         clause += any(w in _CLAUSE_MARKS for w in lead)
         if len(run) == 1 and after in _DETERMINERS | {"it", "them"} and noun in _MEDIA | _PROPERTIES | {"place"} and (
@@ -261,6 +275,8 @@ def parse_phrases(text: str) -> PromptPhrases:
             len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
         frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
                                                                                 or to_frame)))
+        part_of_frame = noun in _FRAME_PARTS and after == "of" and k + 1 < len(runs) and (
+            text[runs[k + 1][1][-1][0]:runs[k + 1][1][-1][1]].lower() in _MEDIA)
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
             side = _RELATION_SIDES[lead[-1] if lead[-1] in _RELATION_SIDES else lead[-2]]
@@ -270,16 +286,20 @@ def parse_phrases(text: str) -> PromptPhrases:
             begin = phrase.span[0]
             places.append((clause, {side}))
             said_places.append(Said(side, (begin, run[-1][1])))
+        elif part_of_frame:  # "at the foot of the page": at the bottom
+            side = _FRAME_PARTS[noun]
+            places.append((clause, {side}))
+            said_places.append(Said(side, _place(text, lead, leads[k], run).span))
         elif noun in _PLACES:
             place = _place(text, lead, leads[k], run)
             if "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it
-                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True)], key=lambda r: r[0])
+                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, False)], key=lambda r: r[0])
                 said.append(Said(_SIDE_RELATION[place.meaning], place.span))
             else:
                 places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
                 said_places.append(place)
-        if noun in _PLACES or frame:
+        if noun in _PLACES or frame or part_of_frame:
             pending, attached = (), False
             continue
         describes = objects and not determined and bool(lead) and (
@@ -289,10 +309,20 @@ def parse_phrases(text: str) -> PromptPhrases:
             or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS)
             # one word ending a clause after "it", which names the object before: "… and colour it blue." (not
             # after a verb of placing or keeping: "keep it bold" says how the picture looks)
-            or (lead[-1] == "it" and len(run) == 1 and after in _CLAUSE_ENDS
-                and not (len(lead) >= 2 and lead[-2] in _PLACING | _KEEPING)))
+            or (lead[-1] == "it" and not (len(lead) >= 2 and lead[-2] in _PLACING | _KEEPING) and (
+                (len(run) == 1 and after in _CLAUSE_ENDS)
+                # … or before "and", words the vocabulary holds as modifiers: "make it yellow and put it …"
+                or (modifier is not None and after == "and" and all(modifier(text[a:b].lower()) for a, b in run))))
+            # a property and its value after a clause mark: "a star, colour orange", "a circle; size: large"
+            or (first in _PROPERTIES and len(run) > 1 and lead[-1] in _CLAUSE_ENDS)
+            # a word the vocabulary holds as a modifier only, right after an object (or a word describing it) and
+            # one clause mark: "square, cyan", "Shape: diamond. Colour: green."
+            or (modifier is not None and len(lead) == 1 and lead[0] in _CLAUSE_ENDS and len(run) == 1
+                and (attached or mentions[-1][0] == k - 1) and modifier(noun)))
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
+        elif describes and first in _PROPERTIES and len(run) > 1:  # "…, colour orange": orange describes it
+            run = run[1:]
         if describes:
             last = objects[named]
             objects[named] = NounPhrase(last.modifiers + tuple(run), last.noun)
@@ -302,8 +332,10 @@ def parse_phrases(text: str) -> PromptPhrases:
         next_lead, next_run, next_after = runs[k + 1] if k + 1 < len(runs) else ([], [], "")
         next_noun = text[next_run[-1][0]:next_run[-1][1]].lower() if next_run else ""
         set_off = len(next_run) == 1 and next_after in _CLAUSE_ENDS  # "a square, red, …": red describes it
-        if determined and after == "," and next_lead == [","] and next_noun not in _PLACES and not set_off:
-            # "a crimson, big square": crimson describes the square
+        next_first = text[next_run[0][0]:next_run[0][1]].lower() if next_run else ""
+        if determined and len(run) == 1 and after == "," and next_lead == [","] and next_noun not in _PLACES \
+                and next_first not in _PROPERTIES and not set_off:
+            # "a crimson, big square": crimson describes the square (not "a purple star, vector illustration")
             pending += tuple(run)
             continue
         words = [text[a:b].lower() for a, b in run[:-1]]
@@ -380,6 +412,17 @@ def resolve_references(text: str) -> str:
             return text
 
 
+def _than_follows(items: list[tuple[str, str, Span]], i: int) -> bool:
+    """Whether "than" follows the comparative at ``items[i]`` in its clause before any content word but the picture
+    ("A should be higher in the picture than B": a relation between A and B, not one pointing back)."""
+    for kind, word, _ in items[i + 1:]:
+        if word == "than":
+            return True
+        if word in _CLAUSE_MARKS or (kind == "content" and word not in _MEDIA):
+            return False
+    return False
+
+
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
                after: str) -> None:
     """Add a run of content words to ``runs`` (with its ``lead``), as two where it ends a clause in words of a side
@@ -435,18 +478,21 @@ def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[in
     return _SIDE_RELATIONS[a]
 
 
-def _relation(relations: list[tuple[int, str, bool]], mentions: list[tuple[int, int]]) -> tuple[str | None, bool]:
+def _relation(relations: list[tuple[int, str, bool, bool]], mentions: list[tuple[int, int]]
+              ) -> tuple[str | None, bool]:
     """The relation of object 0 to object 1 stated by the first relation word between mentions of two
     different objects ("A above B"), or before them ("above B there is A": A above B). A relation word that
-    points back ("beneath it") says where the object named next, or else the one named last, lies against the
-    one named before that ("A and, beneath it, B" and "A with B beneath it": B below A). With it, whether it
-    was said between the two (None, True when none is)."""
-    for position, found, back in relations:
+    points back ("beneath it", "below that one") says where the object named right before it in its clause
+    lies against the one named before that ("A with B beneath it", "A on top, B below it": B below A), or
+    else the object named next, or else the one named last ("A and, beneath it, B", "There's A. Below that one,
+    add B": B below A). With it, whether it was said between the two (None, True when none is)."""
+    for position, found, back, close in relations:
         before = [g for k, g in mentions if k < position]
         after = [g for k, g in mentions if k >= position]
         plain = False
         if back:
-            subject = after[0] if after else (before[-1] if before else None)
+            in_clause = close and before and position - 1 in {k for k, _ in mentions}
+            subject = before[-1] if in_clause else after[0] if after else (before[-1] if before else None)
             ref = next((g for g in reversed(before) if g != subject), None)
             if subject is None or ref is None:
                 continue
