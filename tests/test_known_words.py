@@ -113,9 +113,12 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
     assert words.rewrite("a plus sign on the left", wordnet) == "a plus sign on the left"
     # an inflected form of a known word stays (not made singular); one of an unknown word is read by its base form
     assert words.rewrite("two red circles and two navy boxes", wordnet) == "two red circles and two blue boxes"
-    # numbers stay numbers (WordNet holds "3" as a noun, a kind of "figure"), in words or in weights
+    # numbers stay numbers (WordNet holds "3" as a noun, a kind of "figure"); A1111's emphasis, which a prompt read
+    # as written takes as text, is read without its brackets and weights; brackets of prose stay
     assert words.rewrite("3 navy boxes, 2nd from the left, (red:1.3)", wordnet) == \
-        "3 blue boxes, 2nd from the left, (red:1.3)"
+        "3 blue boxes, 2nd from the left, red"
+    assert words.rewrite("((navy box)) above [a circle]", wordnet) == "blue box above a circle"
+    assert words.rewrite("a navy box (big)", wordnet) == "a blue box (big)"
 
 
 def test_the_chunker_reads_relation_and_place_phrases_and_what_they_say():
@@ -463,6 +466,15 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("a red circle sits higher in the picture than a blue square", "a red circle above a blue square"),
     # a part of the frame with its side ("the foot", "the head" of the image) is a place
     ("a red star at the head of the image", "a red star at the top"),
+    # keys and values, emphasis weights, sides in brackets, a side joined to its verb, words of hedging and asking
+    ("shape=star color=red pos=top", "red star at the top"),
+    ("masterpiece, best quality, (red circle:1.3), placed at top of frame, no text", "red circle at the top"),
+    ("Stacked layout: small red circle (upper), large blue square (lower).",
+     "small red circle above large blue square"),
+    ("Left-aligned element: a small red star", "a small red star on the left"),
+    ("There was this red star over on the left, and I'm sure it was small.", "this small red star on the left"),
+    ("put a red circle on the left side ok", "a red circle on the left"),
+    ("a red circle is in right from a blue square", "a red circle to the right of a blue square"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

@@ -79,7 +79,7 @@ def cmd_generate(args) -> None:
         if args.as_written:
             pipe.model.known_words = None
         if args.prompt_syntax == "plain" and (uses_syntax(args.prompt) or uses_syntax(args.negative_prompt)):
-            print("ldmkit generate: note: brackets and BREAK read as written, as diffusers reads them; "
+            print("ldmkit generate: note: brackets and BREAK weigh nothing here, as in diffusers; "
                   "--prompt-syntax a1111 reads AUTOMATIC1111's emphasis, (word:1.3), [word], BREAK", file=sys.stderr)
         if args.prompt_syntax == "plain":
             note_reading("generate", pipe.model, args.prompt)

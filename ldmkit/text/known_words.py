@@ -78,6 +78,8 @@ OTHER_ENGLISH = 6  # letters from which a word may be meant as an English word t
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters of any script ("café", not "caf"), digits
 _LOWER = re.compile(r"[a-z]+")  # a word of plain letters, the only kind `KnownWords.meant` reads
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
+# A1111's emphasis, innermost first (`KnownWords.rewrite`): "(words:1.3)", "((words))", "[words]"
+_EMPHASIS = re.compile(r"\(([^()]*?)\s*:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)|\(\(([^()]*)\)\)|\[([^\[\]]*)\]")
 _PARTS = re.compile(r"([,;:!?|/—–]|\.(?!\d)|\s-\s)")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
 
@@ -200,7 +202,13 @@ class KnownWords:
         """``prompt`` with its misspelt words read as the words meant (`spelled`), an object named by order, modifier
         or side named by its own words (`ldmkit.text.phrases.resolve_references`: "the first one" → "the red
         circle"), each never-seen word of its noun phrases replaced by its nearest object word, then re-said in the
-        captions' own phrasing where its other words hold one they never did (`resay`; module docstring)."""
+        captions' own phrasing where its other words hold one they never did (`resay`; module docstring).
+        AUTOMATIC1111's emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]":
+        `ldmkit.text.emphasis`), which a prompt read as written takes as text, is read without its brackets and
+        weights; a pair of round brackets as prose uses them stays ("a square (lower)")."""
+        before = None
+        while before != prompt:
+            before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
         return self.resay(self.read_words(resolve_references(self.spelled(prompt, wordnet)), wordnet), wordnet)
 
     def spelled(self, prompt: str, wordnet: WordNet) -> str:
@@ -340,8 +348,9 @@ class KnownWords:
         the circle there is a square", "a square with a circle above it"), as it was otherwise.
 
         It is said again only when nothing but structure is lost: one object, or two with the relation the chunker
-        reads between them (`ldmkit.text.phrases`); every word outside the objects and their place phrases of a
-        closed class (`is_function_word`: articles, prepositions, verbs of placing and seeing …); each place on
+        reads between them (`ldmkit.text.phrases`); every word outside the objects, their place phrases and labels
+        ("Layout:", "color=") of a closed class (`is_function_word`: articles, prepositions, verbs of placing and
+        seeing …); each place on
         one side; the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
         object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each
         object is said as its determiner, modifiers and noun in that order ("a square that is blue" → "a blue
@@ -370,14 +379,18 @@ class KnownWords:
         if not parsed.objects:
             return None
         in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)] + list(parsed.again)
-        in_places = [p.span for p in parsed.places]
+        in_places = [p.span for p in parsed.places] + list(parsed.labels)  # a label's words are structure
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
-        as_it_is = prompt if all(m.group().lower() in self.words for m in outside) and parsed.plain else None
+        # as it is: the words outside its objects all the captions' (shortened: but for its places' words, which a
+        # place the captions have no phrase for keeps: "a red circle, centered composition")
+        as_it_is = prompt if parsed.plain and all(m.group().lower() in self.words or (
+            shortened and _within(m.span(), in_places)) for m in outside) else None
         if as_it_is is not None and not shortened:
             return prompt
         if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
             return as_it_is
-        if not all(is_function_word(m.group().lower()) for m in outside if not _within(m.span(), in_places)):
+        if not all(is_function_word(word.lower()) or _within(span, in_places) for m in outside
+                   for word, span in _hyphen_parts(m)):  # "Left-aligned": a place, and a verb of placing
             return as_it_is
         if wordnet is not None and not all(self._names_an_object(prompt, o, wordnet) for o in parsed.objects):
             return as_it_is
@@ -580,6 +593,15 @@ def _plural_of(word: str, wordnet: WordNet) -> list[str]:
     """The nouns ``word`` is the plural of by WordNet ("circles" → circle, "boxes" → box), not other base forms,
     which its detachment rules also make of words no one writes ("biger" → big)."""
     return [f for f in wordnet.base_forms(word) if word in (f + "s", f + "es", f[:-1] + "ies") and wordnet.is_noun(f)]
+
+
+def _hyphen_parts(match: re.Match) -> list[tuple[str, tuple[int, int]]]:
+    """The parts of a word matched in a prompt between its hyphens, with their spans ("left-aligned": left, aligned)."""
+    parts, start = [], match.start()
+    for part in match.group().split("-"):
+        parts.append((part, (start, start + len(part))))
+        start += len(part) + 1
+    return parts
 
 
 def _within(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:

@@ -54,7 +54,8 @@ _PREPOSITIONS = {
 _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
             "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going",
-            "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs"}
+            "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs", "sat",
+            "staying"}  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # conjunctions and pronouns
@@ -69,17 +70,22 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # verbs and words of asking
     "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
     "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
-    "thanks", "i'd", "i'm", "let's", "that's", "what's", *_KEEPING,
+    "thanks", "i'd", "i'm", "let's", "that's", "what's", "ok", "okay", "now", "so", "too", "again", *_KEEPING,
+    # words of remembering and hedging: "I remember …", "I'm sure it was small"
+    "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
            "margin", "centred", "centered", "space"}
+# Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
+# what they say ("a red point"): `_is_place`
+_SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
 # diamond should be purple").
-_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "that's"}
+_POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "was", "were", "that's"}
 # A medium ("image", "picture") names the frame, not an object, before these words or after these prepositions
 # ("a picture of …", "an image with …", "at the top of the image", "in the picture").
 _FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring", ":", "where", "that", "which",
@@ -102,7 +108,8 @@ _RELATIONS = {
     "farther left than": "left of", "to the right side of": "right of", "on the right side of": "right of",
     "farther right than": "right of", "higher up than": "above",
     "further up than": "above", "farther up than": "above", "lower down than": "below", "further down than": "below",
-    "farther down than": "below",
+    "farther down than": "below", "to the left from": "left of", "left from": "left of",
+    "to the right from": "right of", "right from": "right of",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
 # A place's words → the side it names.
@@ -130,6 +137,7 @@ _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 _BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\b")
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
+_THERE = {"there", "here", "now", "away"}  # "right there": exactly there, no side
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?", "|", "—", "–"}  # what follows a clause's last word ("": the end)
 _CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
@@ -158,7 +166,7 @@ class PromptPhrases:
     """The objects a prompt names, in order, and the relation of the first to the second (or None); every relation
     phrase and place phrase it holds, in order; whether the relation was said plainly (``plain``: False where it
     came before both objects, pointed back or came after both); the spans of the words that name an object again
-    (``again``: "the circle" after "a red circle")."""
+    (``again``: "the circle" after "a red circle"), and of the words of labels (``labels``: "Brief:", "color=")."""
 
     objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
     relation: str | None = None
@@ -166,6 +174,7 @@ class PromptPhrases:
     places: tuple[Said, ...] = ()
     plain: bool = True  # the relation said as training captions say it: between the two ("A above B") or by places
     again: tuple[Span, ...] = ()  # the words of objects named again ("…, the circle at the top": circle)
+    labels: tuple[Span, ...] = ()  # the words of labels ("Brief: …", "color=red": Brief, color)
 
 
 def is_determiner(word: str) -> bool:
@@ -176,8 +185,11 @@ def is_determiner(word: str) -> bool:
 def says_where(word: str) -> bool:
     """Whether ``word`` (lower case) says where an object is: a word naming a side ("top", "left-hand",
     "centered"; not "up", "down", "high" or "low", which say other things as often: "high quality"), a word of a
-    relation phrase ("above", "beneath") or a verb of placing ("positioned", "pushed")."""
-    return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING
+    relation phrase ("above", "beneath") or a verb of placing ("positioned", "pushed"), or a side joined to one
+    ("right-aligned")."""
+    side, _, verb = word.partition("-")
+    return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING or (
+        side in _PLACE_SIDES and verb in _PLACING)
 
 
 def is_function_word(word: str) -> bool:
@@ -204,7 +216,14 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
         else:
             word, span = words[i]
             function = word in _FUNCTION or not word[0].isalnum() or (  # "right in the middle": "right" = exactly
-                word == "right" and i + 1 < len(words) and words[i + 1][0] in _PREPOSITIONS - {"of"})
+                word == "right" and i + 1 < len(words) and (words[i + 1][0] in _PREPOSITIONS - {"of"} or (
+                    words[i + 1][0] in _THERE and (i == 0 or words[i - 1][0] not in _DETERMINERS | {"far"}))))
+            side, _, verb = word.partition("-")
+            if side in _PLACE_SIDES and verb in _PLACING:  # "right-aligned": the side, then the verb of placing
+                cut = span[0] + len(side)
+                items += [("content", side, (span[0], cut)), ("func", verb, (cut + 1, span[1]))]
+                i += 1
+                continue
             if word in _COMPARATIVES and (i == 0 or words[i - 1][0] not in _DETERMINERS) and (
                     i + 1 == len(words) or words[i + 1][0] not in _PLACES):
                 # "B, and higher up, A": a relation to the object named before (not "the lower edge")
@@ -254,9 +273,11 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     mentions: list[tuple[int, int]] = []  # (run index, object index): every run that names an object
     pending: tuple[Span, ...] = ()  # "a crimson, big square": modifiers carried to the next run
     attached = False  # the last run described the object before it
+    touching = False  # since the last object named or described, only labels and marks ("square. Colour: red")
     introduced = False  # the last object named came with its determiner ("a square")
     named = -1  # the object named last, introduced or named again ("…; the circle is red": the circle)
     again: list[Span] = []
+    labels: list[Span] = []
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[set[int]] = []  # the clauses that name each object (introduced, or named again)
     places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
@@ -268,15 +289,19 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         clause += any(w in _CLAUSE_MARKS for w in lead)
         if len(run) == 1 and after in _DETERMINERS | {"it", "them"} and noun in _MEDIA | _PROPERTIES | {"place"} and (
                 not lead or lead[-1] not in _DETERMINERS):
+            touching = False
             continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …", "colour it blue"
-        if after == ":" and noun not in _PLACES | _MEDIA:
-            continue  # a label: "Brief: …", "obj1: …"
+        if (after == ":" or (after == "=" and len(run) == 1)) and noun not in _PLACES | _MEDIA:
+            touching = touching and all(not w[:1].isalnum() for w in lead)
+            labels += run
+            continue  # a label: "Brief: …", "obj1: …", "color=red"
         to_frame = bool(lead) and (lead[-1] in _RELATION_SIDES or (
             len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
         frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
                                                                                 or to_frame)))
         part_of_frame = noun in _FRAME_PARTS and after == "of" and k + 1 < len(runs) and (
             text[runs[k + 1][1][-1][0]:runs[k + 1][1][-1][1]].lower() in _MEDIA)
+        is_place = _is_place([text[a:b].lower() for a, b in run], after)
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
             side = _RELATION_SIDES[lead[-1] if lead[-1] in _RELATION_SIDES else lead[-2]]
@@ -290,7 +315,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             side = _FRAME_PARTS[noun]
             places.append((clause, {side}))
             said_places.append(Said(side, _place(text, lead, leads[k], run).span))
-        elif noun in _PLACES:
+        elif is_place:
             place = _place(text, lead, leads[k], run)
             if "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it
@@ -299,8 +324,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             else:
                 places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
                 said_places.append(place)
-        if noun in _PLACES or frame or part_of_frame:
-            pending, attached = (), False
+        if is_place or frame or part_of_frame:
+            pending, attached, touching = (), False, False
             continue
         describes = objects and not determined and bool(lead) and (
             any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ","))
@@ -313,12 +338,12 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 (len(run) == 1 and after in _CLAUSE_ENDS)
                 # … or before "and", words the vocabulary holds as modifiers: "make it yellow and put it …"
                 or (modifier is not None and after == "and" and all(modifier(text[a:b].lower()) for a, b in run))))
-            # a property and its value after a clause mark: "a star, colour orange", "a circle; size: large"
-            or (first in _PROPERTIES and len(run) > 1 and lead[-1] in _CLAUSE_ENDS)
-            # a word the vocabulary holds as a modifier only, right after an object (or a word describing it) and
-            # one clause mark: "square, cyan", "Shape: diamond. Colour: green."
-            or (modifier is not None and len(lead) == 1 and lead[0] in _CLAUSE_ENDS and len(run) == 1
-                and (attached or mentions[-1][0] == k - 1) and modifier(noun)))
+            # a property and its value after a mark: "a star, colour orange", "a circle; size: large"
+            or (first in _PROPERTIES and len(run) > 1 and not lead[-1][:1].isalnum())
+            # a word the vocabulary holds as a modifier only, after an object (or a word describing it) and marks
+            # or labels alone: "square, cyan", "Shape: diamond. Colour: green.", "shape=star, color=red"
+            or (modifier is not None and len(run) == 1 and touching and all(not w[:1].isalnum() for w in lead)
+                and modifier(noun)))
         if describes and noun in _PROPERTIES:  # "a box of red colour": red describes the box
             run = run[:-1]
         elif describes and first in _PROPERTIES and len(run) > 1:  # "…, colour orange": orange describes it
@@ -326,7 +351,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         if describes:
             last = objects[named]
             objects[named] = NounPhrase(last.modifiers + tuple(run), last.noun)
-            attached = True
+            attached = touching = True
             continue
         attached = False
         next_lead, next_run, next_after = runs[k + 1] if k + 1 < len(runs) else ([], [], "")
@@ -337,6 +362,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 and next_first not in _PROPERTIES and not set_off:
             # "a crimson, big square": crimson describes the square (not "a purple star, vector illustration")
             pending += tuple(run)
+            touching = False
             continue
         words = [text[a:b].lower() for a, b in run[:-1]]
         earlier = [g for g, o in enumerate(objects) if text[o.noun[0]:o.noun[1]].lower() == noun
@@ -352,14 +378,15 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             named = len(objects) - 1
             introduced = determined
             clauses.append({clause})
-        pending = ()
+        pending, touching = (), True
     relation, plain = None, True
     if len(objects) >= 2:
         relation, plain = _relation(relations, mentions)
         if relation is None:
             beside = bool(_BESIDE.search(text.lower()))
             relation, plain = _relation_of_places(places, clauses, beside), True
-    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again))
+    return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again),
+                         tuple(labels))
 
 
 def resolve_references(text: str) -> str:
@@ -426,18 +453,33 @@ def _than_follows(items: list[tuple[str, str, Span]], i: int) -> bool:
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
                after: str) -> None:
     """Add a run of content words to ``runs`` (with its ``lead``), as two where it ends a clause in words of a side
-    after others ("a yellow square right, …": the square, then the place "right"; not "… right in the middle")."""
+    after others ("a yellow square right, …": the square, then the place "right"; not "… right in the middle"), or
+    ends in a key before "=" ("shape=star color=red": the star, then the key "color")."""
     words = [text[a:b].lower() for a, b in spans]
     split = len(words)
     while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES):
         split -= 1
-    if (0 < split < len(words) and words[-1] in _PLACES and words[-1] in _PLACE_SIDES
+    if (0 < split < len(words) and words[-1] in _PLACE_SIDES and words[-1] not in _LOOSE_SIDES
             and words[split - 1] not in _PROPERTIES and after in _CLAUSE_ENDS | {"and"}):
         runs.append((lead, spans[:split], ""))
         leads.append(lead_spans)
         lead, lead_spans, spans = [], [], spans[split:]
+    elif after == "=" and len(spans) > 1:  # "star color=orange": the star, then the key "color"
+        runs.append((lead, spans[:-1], ""))
+        leads.append(lead_spans)
+        lead, lead_spans, spans = [], [], spans[-1:]
     runs.append((lead, spans, after))
     leads.append(lead_spans)
+
+
+def _is_place(words: list[str], after: str) -> bool:
+    """Whether a run of content words (lower case), followed by ``after``, names a place, not an object: its noun a
+    noun of place ("the left side", "the top"), or a word of a side with a noun that names a place with one ("its
+    middle point") or the picture ("centered composition"), or words of a side alone ("… (upper)"; not "the lower
+    one")."""
+    sided = any(w in _PLACE_SIDES for w in words[:-1])
+    return words[-1] in _PLACES or (sided and words[-1] in _SIDED_PLACES | _MEDIA) or (
+        all(w in _PLACE_SIDES for w in words) and after not in _REFERENCE_NOUNS)
 
 
 def _place(text: str, lead: list[str], lead_spans: list[Span], run: list[Span]) -> Said:
