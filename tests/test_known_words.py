@@ -475,6 +475,11 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("There was this red star over on the left, and I'm sure it was small.", "this small red star on the left"),
     ("put a red circle on the left side ok", "a red circle on the left"),
     ("a red circle is in right from a blue square", "a red circle to the right of a blue square"),
+    # the order two objects are listed in, said outright; "that" pointing back before a copula; a place of no side
+    ("row: [red circle, blue square] // top to bottom", "red circle above blue square"),
+    ("objects=[red circle, blue square]; layout=vertical; order=top-to-bottom", "red circle above blue square"),
+    ("It had a large star, and above that was a red circle.", "a large star below a red circle"),
+    ("Left-aligned element: a small red star on a dark background.", "a small red star on the left"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

@@ -350,8 +350,8 @@ class KnownWords:
         It is said again only when nothing but structure is lost: one object, or two with the relation the chunker
         reads between them (`ldmkit.text.phrases`); every word outside the objects, their place phrases and labels
         ("Layout:", "color=") of a closed class (`is_function_word`: articles, prepositions, verbs of placing and
-        seeing …); each place on
-        one side; the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
+        seeing …); each place on one side (a place that names none, "on a dark background", is lost with the
+        structure); the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
         object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each
         object is said as its determiner, modifiers and noun in that order ("a square that is blue" → "a blue
         square"); two objects as "A {relation} B", one as "A {place}", in the phrase the captions used most for
@@ -404,7 +404,8 @@ class KnownWords:
             if link is None:
                 return as_it_is
             return f"{self._said(prompt, parsed.objects[0])} {link} {self._said(prompt, parsed.objects[1])}"
-        sides = {p.meaning for p in parsed.places}
+        sides = {p.meaning for p in parsed.places if p.meaning is not None or any(  # "on a dark background": none
+            says_where(w.lower()) for w in _WORD.findall(prompt[p.span[0]:p.span[1]]))}
         if None in sides or len(sides) > 1:
             return as_it_is
         if not sides:

@@ -10,8 +10,9 @@ and so does one word set off by commas after an object named with its article ("
 naming a side at the end of a clause are a place of their own ("yellow square right, orange cross left"). Runs whose
 noun is a place ("on the left side", "at the top", "at the foot of the page") or the picture itself ("a picture of
 …", "an image with …", "… in the picture", "at the top of the image") name no object, nor does an imperative that
-opens the prompt ("Render a …", "Place a …"); a relation to the picture is a place ("to the left of the image": on
-the left), and a place of "its" a relation to the object named before ("put A to its left": A left of it).
+opens the prompt ("Render a …", "Place a …") or a label ("Brief: …", "color=red"); a relation to the picture is a
+place ("to the left of the image": on the left), and a place of "its" a relation to the object named before ("put A
+to its left": A left of it).
 
 The first relation word between (or before) the first two objects gives their relation: "A above B", "A to the left
 of B", "above B there is A"; one followed by a word that points back ("it", "which", "them", "that one") places the
@@ -19,7 +20,8 @@ other object against the one named before it ("A and, beneath it, B", "A with B 
 "A on top, B below it", "There's A. Below that one, add B": B below A); one after both places the object named last
 ("A and B, the A above": A above B); without one, places at opposite sides in the two objects' own clauses give it
 ("A at the top, B at the bottom"; "A and B, the A on the right and the B on the left"), or, side by side ("A next to
-B"), a left or right side of one of them ("…, with A on the left"). An object named again ("the circle" after "a red
+B"), a left or right side of one of them ("…, with A on the left"), or, failing those, an order said outright that
+lists them ("row: A, B // left to right", "order=top-to-bottom"). An object named again ("the circle" after "a red
 circle") is a mention of it: words after it describe it ("… The circle is red"), its clause places it. A comparative
 with its "than" relates the two it stands between ("A should be higher in the picture than B"). `resolve_references`
 names objects referred to by order, modifier or side ("the first one", "the red one", "the lower one") by their own
@@ -126,7 +128,8 @@ _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right 
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
 _BACK = {"it", "which", "them", "whom"}
-_BACK_DEMONSTRATIVES = {"that", "this"}  # … followed by "one" or a clause's end: "below that one, add B"
+_BACK_DEMONSTRATIVES = {"that", "this"}  # … followed by "one", a copula or a clause's end: "below that one, add B"
+_COPULAS = {"is", "was", "are", "were", "sits", "sat", "lies", "stands"}
 # "the first one", "the latter": which of the two objects named before (`resolve_references`)
 _ORDINAL_REFERENCES = {"first": 0, "former": 0, "second": 1, "latter": 1}
 _REFERENCE_NOUNS = {"one", "shape", "object", "item", "thing", "figure"}  # "the red one", "the lower shape"
@@ -135,6 +138,10 @@ _SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bot
 _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
 _BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\b")
+# The order two objects are listed in, said outright: "row: A, B (left to right)", "order=top-to-bottom"
+_READING_ORDER = re.compile(r"\b(left|right|top|bottom)[\s-]+to[\s-]+(?:the[\s-]+)?(left|right|top|bottom)\b")
+_ORDER_RELATION = {("left", "right"): "left of", ("right", "left"): "right of", ("top", "bottom"): "above",
+                   ("bottom", "top"): "below"}
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _THERE = {"there", "here", "now", "away"}  # "right there": exactly there, no side
@@ -185,11 +192,11 @@ def is_determiner(word: str) -> bool:
 def says_where(word: str) -> bool:
     """Whether ``word`` (lower case) says where an object is: a word naming a side ("top", "left-hand",
     "centered"; not "up", "down", "high" or "low", which say other things as often: "high quality"), a word of a
-    relation phrase ("above", "beneath") or a verb of placing ("positioned", "pushed"), or a side joined to one
-    ("right-aligned")."""
-    side, _, verb = word.partition("-")
-    return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING or (
-        side in _PLACE_SIDES and verb in _PLACING)
+    relation phrase ("above", "beneath") or a verb of placing ("positioned", "pushed"), or a word joined by hyphens
+    that holds a side ("right-aligned", "top-to-bottom")."""
+    if "-" in word and word not in _PLACE_SIDES:
+        return any(says_where(part) for part in word.split("-") if part in _PLACE_SIDES)
+    return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING
 
 
 def is_function_word(word: str) -> bool:
@@ -215,7 +222,8 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
                 break
         else:
             word, span = words[i]
-            function = word in _FUNCTION or not word[0].isalnum() or (  # "right in the middle": "right" = exactly
+            # "right in the middle", "right there": "right" = exactly; "top-to-bottom": an order (`_READING_ORDER`)
+            function = word in _FUNCTION or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word)) or (
                 word == "right" and i + 1 < len(words) and (words[i + 1][0] in _PREPOSITIONS - {"of"} or (
                     words[i + 1][0] in _THERE and (i == 0 or words[i - 1][0] not in _DETERMINERS | {"far"}))))
             side, _, verb = word.partition("-")
@@ -259,8 +267,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             lead, lead_spans, spans = [], [], []
         if kind == "rel":
             after = [w for _, w, _ in items[i + 1:i + 3]] + ["", ""]
-            back = after[0] in _BACK or (after[0] in _BACK_DEMONSTRATIVES and (after[1] == "one" or after[1] in
-                                                                               _CLAUSE_ENDS))
+            back = after[0] in _BACK or (after[0] in _BACK_DEMONSTRATIVES and (
+                after[1] == "one" or after[1] in _CLAUSE_ENDS | _COPULAS))  # "to the left of that was B"
             back = back or (text[span[0]:span[1]].lower() in _COMPARATIVES and not _than_follows(items, i))
             relations.append((len(runs), word, back, not any(w in _CLAUSE_MARKS for w in lead)))
             said.append(Said(word, span))
@@ -385,6 +393,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         if relation is None:
             beside = bool(_BESIDE.search(text.lower()))
             relation, plain = _relation_of_places(places, clauses, beside), True
+        if relation is None and len(objects) == 2 and len(reading := _READING_ORDER.findall(text.lower())) == 1:
+            relation, plain = _ORDER_RELATION[reading[0]], False  # "row: [A, B] // left to right": A left of B
     return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again),
                          tuple(labels))
 
