@@ -437,8 +437,10 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("For the poster, put a red circle at the top. Can you make one for her?", "a red circle at the top"),
     # noun phrases with no object word, with their determiners ("the designer", "my daughter")
     ("my daughter wants a picture of a small blue square", "a small blue square"),
-    # a lone colour word set off by a comma describes the object before it, even without its article
-    ("square, red, top of the picture, plain backdrop", "red square at the top"),
+    # a lone colour word set off by a comma describes the object before it, even without its article; said again,
+    # an object gets "a" as in the captions, unless its noun is none of theirs in the singular
+    ("square, red, top of the picture, plain backdrop", "a red square at the top"),
+    ("red circles on the left, plain backdrop", "red circles on the left"),
     # a word seen only as a modifier after a noun: "make the square blue" names a blue square
     ("make the square blue and move it to the top", "the blue square at the top"),
     # a part that says where is kept, and a phrase holding or following a word that says where is no aside
@@ -456,10 +458,10 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("Draw one star. Make it red and put it at the top.", "one red star at the top"),
     ("Draw a red star. Make it look bold and graphic.", "a red star"),
     ("a star, colour red, at the top", "a red star at the top"),
-    ("Shape: star. Colour: red. Position: top.", "red star at the top"),
+    ("Shape: star. Colour: red. Position: top.", "a red star at the top"),
     # parts set apart by "|" stay apart: "circle, red" is one object
     ("circle, red | square, blue | the red circle sits above the blue square | clean, geometric",
-     "red circle above blue square"),
+     "a red circle above a blue square"),
     # a relation pointing back from the object named right before it; "that one"; a comparative with its "than"
     ("a red circle on top, a blue square below it, stacked vertically", "a red circle above a blue square"),
     ("There's a blue square. Below that one, add a red circle.", "a blue square above a red circle"),
@@ -467,17 +469,17 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     # a part of the frame with its side ("the foot", "the head" of the image) is a place
     ("a red star at the head of the image", "a red star at the top"),
     # keys and values, emphasis weights, sides in brackets, a side joined to its verb, words of hedging and asking
-    ("shape=star color=red pos=top", "red star at the top"),
-    ("masterpiece, best quality, (red circle:1.3), placed at top of frame, no text", "red circle at the top"),
+    ("shape=star color=red pos=top", "a red star at the top"),
+    ("masterpiece, best quality, (red circle:1.3), placed at top of frame, no text", "a red circle at the top"),
     ("Stacked layout: small red circle (upper), large blue square (lower).",
-     "small red circle above large blue square"),
+     "a small red circle above a large blue square"),
     ("Left-aligned element: a small red star", "a small red star on the left"),
     ("There was this red star over on the left, and I'm sure it was small.", "this small red star on the left"),
     ("put a red circle on the left side ok", "a red circle on the left"),
     ("a red circle is in right from a blue square", "a red circle to the right of a blue square"),
     # the order two objects are listed in, said outright; "that" pointing back before a copula; a place of no side
-    ("row: [red circle, blue square] // top to bottom", "red circle above blue square"),
-    ("objects=[red circle, blue square]; layout=vertical; order=top-to-bottom", "red circle above blue square"),
+    ("row: [red circle, blue square] // top to bottom", "a red circle above a blue square"),
+    ("objects=[red circle, blue square]; layout=vertical; order=top-to-bottom", "a red circle above a blue square"),
     ("It had a large star, and above that was a red circle.", "a large star below a red circle"),
     ("Left-aligned element: a small red star on a dark background.", "a small red star on the left"),
 ])

@@ -484,10 +484,12 @@ class KnownWords:
         return NounPhrase((*before, phrase.noun) if noun_word in self._modifiers else before, last_noun)
 
     def _said(self, prompt: str, phrase: NounPhrase) -> str:
-        """A noun phrase as its determiner (the word right before it, if one), modifiers and noun, of the object it
-        names (`_object`); the modifiers said after the noun come first ("a petite plus sign of red colour" → "a
-        red petite plus sign"), so that those before it keep their place, a compound's first word next to its
-        noun."""
+        """A noun phrase as its determiner (the word right before it; "a"/"an" where it has none and its noun is one
+        the captions held, singular, as theirs do: "red circle, blue square below it" → "a red circle above a blue
+        square", which the default model draws right 96% of the time against 79% without the articles,
+        experiments/NOVEL_PHRASINGS.md), modifiers and noun, of the object it names (`_object`); the modifiers said
+        after the noun come first ("a petite plus sign of red colour" → "a red petite plus sign"), so that those
+        before it keep their place, a compound's first word next to its noun."""
         phrase = self._object(prompt, phrase)
         first = min(a for a, _ in (*phrase.modifiers, phrase.noun))
         after = sorted(m for m in phrase.modifiers if m[0] > phrase.noun[0])
@@ -495,7 +497,9 @@ class KnownWords:
         words = [prompt[a:b] for a, b in (*after, *before, phrase.noun)]
         lead = _determiner_before(prompt, first)
         if lead is None:
-            return " ".join(words)
+            if prompt[phrase.noun[0]:phrase.noun[1]].lower() not in self._noun_names:  # "circles", "plus sign"
+                return " ".join(words)
+            return _article("a ", words[0].lower()) + " ".join([words[0].lower(), *words[1:]])
         article = lead.group(1)
         if article.lower() in ("a", "an"):  # fitted to the first word said, lower case (the prompt's start moved)
             article = _article(article.lower() + " ", words[0]).rstrip()
