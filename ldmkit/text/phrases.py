@@ -469,15 +469,13 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
     split = len(words)
     while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES):
         split -= 1
-    if (0 < split < len(words) and words[-1] in _PLACE_SIDES and words[-1] not in _LOOSE_SIDES
+    if not (0 < split < len(words) and words[-1] in _PLACE_SIDES and words[-1] not in _LOOSE_SIDES
             and words[split - 1] not in _PROPERTIES and after in _CLAUSE_ENDS | {"and"}):
+        split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
+    if split > 0:
         runs.append((lead, spans[:split], ""))
         leads.append(lead_spans)
         lead, lead_spans, spans = [], [], spans[split:]
-    elif after == "=" and len(spans) > 1:  # "star color=orange": the star, then the key "color"
-        runs.append((lead, spans[:-1], ""))
-        leads.append(lead_spans)
-        lead, lead_spans, spans = [], [], spans[-1:]
     runs.append((lead, spans, after))
     leads.append(lead_spans)
 
