@@ -59,8 +59,8 @@ from collections import Counter
 from pathlib import Path
 
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
-from ldmkit.text.phrases import (NounPhrase, is_determiner, is_function_word, parse_phrases, resolve_references,
-                                 says_where)
+from ldmkit.text.phrases import (NounPhrase, drop_corrections, is_determiner, is_function_word, parse_phrases,
+                                 resolve_references, says_where)
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
@@ -209,7 +209,8 @@ class KnownWords:
         before = None
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
-        return self.resay(self.read_words(resolve_references(self.spelled(prompt, wordnet)), wordnet), wordnet)
+        prompt = resolve_references(drop_corrections(self.spelled(prompt, wordnet)))
+        return self.resay(self.read_words(prompt, wordnet), wordnet)
 
     def spelled(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each misspelt word replaced by the word it was meant as (`meant`: "a red cirlce abvoe
@@ -379,7 +380,8 @@ class KnownWords:
         if not parsed.objects:
             return None
         in_objects = [span for o in parsed.objects for span in (*o.modifiers, o.noun)] + list(parsed.again)
-        in_places = [p.span for p in parsed.places] + list(parsed.labels)  # a label's words are structure
+        # a label's words are structure, and so are those of a place said not to hold ("not in the middle")
+        in_places = [p.span for p in parsed.places] + list(parsed.labels) + list(parsed.denied)
         outside = [m for m in _WORD.finditer(prompt) if not _within(m.span(), in_objects)]
         # as it is: the words outside its objects all the captions' (shortened: but for its places' words, which a
         # place the captions have no phrase for keeps: "a red circle, centered composition")

@@ -74,17 +74,30 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
     "thanks", "i'd", "i'm", "let's", "that's", "what's", "ok", "okay", "now", "so", "too", "again", *_KEEPING,
     # words of remembering and hedging: "I remember …", "I'm sure it was small"
-    "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably",
+    "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably", "when", "whenever",
+    # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
+    "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "thank", "sorry", "wait",
+    "actually", "really", "kinda", "basically", "literally",
 }  # fmt: skip
+# A place or relation said not to hold: after one of these in its clause ("not in the middle", "I don't want it
+# centred"), or said empty ("negative space to the right", "the left half stays empty": `_denied`)
+_NEGATIONS = {"not", "never", "nor"}  # and every word ending in "n't"
+_NONE = {"no", "without"}  # what follows names nothing drawn: "no gradients", "without a border"
+_EMPTY_BEFORE = {"empty", "blank", "negative", "space", "room", "gap"}  # before the place, no object between
+_EMPTY_AFTER = {"empty", "blank", "bare", "vacant", "open", "clear", "free", "unused"}  # ending its clause
+_BEING = {"stays", "stay", "remains", "remain", "is", "are", "be", "kept", "keep", "left", "should", "will", "must",
+          "to", "as", "fully", "completely", "totally", "entirely", "mostly", "otherwise", "still"}
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
            "margin", "centred", "centered", "space"}
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
-_SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter"}
+_SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
+                 "row", "column", "line", "register", "lane"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
-          "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard"}
+          "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard",
+          "screen", "paper", "sheet", "backdrop", "poster", "display"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
 # diamond should be purple").
 _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "was", "were", "that's"}
@@ -112,17 +125,21 @@ _RELATIONS = {
     "further up than": "above", "farther up than": "above", "lower down than": "below", "further down than": "below",
     "farther down than": "below", "to the left from": "left of", "left from": "left of",
     "to the right from": "right of", "right from": "right of",
+    # a flat picture's compass: north up
+    "north of": "above", "south of": "below", "to the west of": "left of", "west of": "left of",
+    "to the east of": "right of", "east of": "right of", "to the north of": "above", "to the south of": "below",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
 # A place's words → the side it names.
 _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "lower": "bottom", "down": "bottom",
                 "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
                 "centre": "centre", "center": "centre", "central": "centre", "centred": "centre", "centered": "centre",
-                "high": "top", "low": "bottom"}
+                "high": "top", "low": "bottom", "north": "top", "south": "bottom", "west": "left", "east": "right"}
 _LOOSE_SIDES = {"up", "down", "high", "low"}
 _RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
                                                                                 "side", "further", "farther"}
-_CLOSED = _FUNCTION | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
+
+_CLOSED = _FUNCTION | _NEGATIONS | _NONE | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
@@ -137,6 +154,10 @@ _SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bot
                     "left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
 _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
+# Words that take back the place or relation right before them for the one right after ("on the left no wait
+# the right": `drop_corrections`)
+_CORRECTION = re.compile(r"[\s,;:.!—–-]*\b(?:no,?\s+wait|wait,?\s+no|no\s+no|sorry|i\s+mean|or\s+rather|scratch\s+that|"
+                         r"make\s+that|correction)\b[\s,;:.!—–-]*", re.IGNORECASE)
 _BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\b")
 # The order two objects are listed in, said outright: "row: A, B (left to right)", "order=top-to-bottom"
 _READING_ORDER = re.compile(r"\b(left|right|top|bottom)[\s-]+to[\s-]+(?:the[\s-]+)?(left|right|top|bottom)\b")
@@ -173,7 +194,10 @@ class PromptPhrases:
     """The objects a prompt names, in order, and the relation of the first to the second (or None); every relation
     phrase and place phrase it holds, in order; whether the relation was said plainly (``plain``: False where it
     came before both objects, pointed back or came after both); the spans of the words that name an object again
-    (``again``: "the circle" after "a red circle"), and of the words of labels (``labels``: "Brief:", "color=")."""
+    (``again``: "the circle" after "a red circle"), of the words of labels (``labels``: "Brief:", "color="), and of
+    the places and relations said not to hold (``denied``: "not in the middle", "negative space to the right"),
+    which are in neither ``relations`` nor ``places``, and of what is said not to be there ("no text", "without a
+    border"), which names no object."""
 
     objects: tuple[NounPhrase, ...] = field(default_factory=tuple)
     relation: str | None = None
@@ -182,6 +206,7 @@ class PromptPhrases:
     plain: bool = True  # the relation said as training captions say it: between the two ("A above B") or by places
     again: tuple[Span, ...] = ()  # the words of objects named again ("…, the circle at the top": circle)
     labels: tuple[Span, ...] = ()  # the words of labels ("Brief: …", "color=red": Brief, color)
+    denied: tuple[Span, ...] = ()  # places and relations said not to hold, things said absent ("no text")
 
 
 def is_determiner(word: str) -> bool:
@@ -203,7 +228,7 @@ def is_function_word(word: str) -> bool:
     """Whether ``word`` (lower case) is of a closed class the chunker reads as structure, never as an object: an
     article, preposition, conjunction, pronoun, verb of placing or seeing, a noun of place, medium or property, a
     word of a relation phrase, or a punctuation mark."""
-    return word in _CLOSED or not word[:1].isalnum()
+    return word in _CLOSED or not word[:1].isalnum() or word.endswith(("n't", "n’t"))
 
 
 def _items(text: str) -> list[tuple[str, str, Span]]:
@@ -223,7 +248,8 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
         else:
             word, span = words[i]
             # "right in the middle", "right there": "right" = exactly; "top-to-bottom": an order (`_READING_ORDER`)
-            function = word in _FUNCTION or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word)) or (
+            function = word in _FUNCTION | _NEGATIONS | _NONE or word.endswith(("n't", "n’t")) or not word[0].isalnum() or (
+                bool(_READING_ORDER.fullmatch(word))) or (
                 word == "right" and i + 1 < len(words) and (words[i + 1][0] in _PREPOSITIONS - {"of"} or (
                     words[i + 1][0] in _THERE and (i == 0 or words[i - 1][0] not in _DETERMINERS | {"far"}))))
             side, _, verb = word.partition("-")
@@ -253,8 +279,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     lead: list[str] = []
     lead_spans: list[Span] = []
     # (number of runs before it, relation, whether it points back, whether it follows the run before it in its
-    # clause: "A with B beneath it" against "A, and beneath it B")
-    relations: list[tuple[int, str, bool, bool]] = []
+    # clause: "A with B beneath it" against "A, and beneath it B", its span)
+    relations: list[tuple[int, str, bool, bool, Span]] = []
     said: list[Said] = []
     spans: list[Span] = []
     items = _items(text)
@@ -270,7 +296,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             back = after[0] in _BACK or (after[0] in _BACK_DEMONSTRATIVES and (
                 after[1] == "one" or after[1] in _CLAUSE_ENDS | _COPULAS))  # "to the left of that was B"
             back = back or (text[span[0]:span[1]].lower() in _COMPARATIVES and not _than_follows(items, i))
-            relations.append((len(runs), word, back, not any(w in _CLAUSE_MARKS for w in lead)))
+            relations.append((len(runs), word, back, not any(w in _CLAUSE_MARKS for w in lead), span))
             said.append(Said(word, span))
         lead.append(word)
         lead_spans.append(span)
@@ -286,9 +312,10 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     named = -1  # the object named last, introduced or named again ("…; the circle is red": the circle)
     again: list[Span] = []
     labels: list[Span] = []
+    unsaid: list[Span] = []  # the words of what is said not to be there ("no text")
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[set[int]] = []  # the clauses that name each object (introduced, or named again)
-    places: list[tuple[int, set[str]]] = []  # (clause, words) of each run that names a place
+    places: list[tuple[int, set[str], Span]] = []  # (clause, words, span) of each run that names a place
     said_places: list[Said] = []
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
@@ -303,6 +330,10 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             touching = touching and all(not w[:1].isalnum() for w in lead)
             labels += run
             continue  # a label: "Brief: …", "obj1: …", "color=red"
+        if [w for w in lead if w not in _DETERMINERS][-1:] in (["no"], ["without"]):
+            unsaid += run  # "no gradients", "without a border": nothing drawn
+            pending, attached, touching = (), False, False
+            continue
         to_frame = bool(lead) and (lead[-1] in _RELATION_SIDES or (
             len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
         frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
@@ -317,20 +348,21 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             phrase = max((x for x in said if x.span[1] <= run[0][0]), key=lambda x: x.span)
             said.remove(phrase)
             begin = phrase.span[0]
-            places.append((clause, {side}))
+            places.append((clause, {side}, (begin, run[-1][1])))
             said_places.append(Said(side, (begin, run[-1][1])))
         elif part_of_frame:  # "at the foot of the page": at the bottom
             side = _FRAME_PARTS[noun]
-            places.append((clause, {side}))
-            said_places.append(Said(side, _place(text, lead, leads[k], run).span))
+            places.append((clause, {side}, _place(text, lead, leads[k], run).span))
+            said_places.append(Said(side, places[-1][2]))
         elif is_place:
             place = _place(text, lead, leads[k], run)
             if "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it
-                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, False)], key=lambda r: r[0])
+                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, False, place.span)],
+                                   key=lambda r: r[0])
                 said.append(Said(_SIDE_RELATION[place.meaning], place.span))
             else:
-                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead)))
+                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead), place.span))
                 said_places.append(place)
         if is_place or frame or part_of_frame:
             pending, attached, touching = (), False, False
@@ -387,6 +419,12 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             introduced = determined
             clauses.append({clause})
         pending, touching = (), True
+    nouns = [o.noun for o in objects] + again
+    denied = sorted(x.span for x in (*said, *said_places) if _denied(text, x.span, nouns))
+    relations = [r for r in relations if r[4] not in denied]
+    places = [p for p in places if p[2] not in denied]
+    said = [x for x in said if x.span not in denied]
+    said_places = [x for x in said_places if x.span not in denied]
     relation, plain = None, True
     if len(objects) >= 2:
         relation, plain = _relation(relations, mentions)
@@ -396,18 +434,19 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         if relation is None and len(objects) == 2 and len(reading := _READING_ORDER.findall(text.lower())) == 1:
             relation, plain = _ORDER_RELATION[reading[0]], False  # "row: [A, B] // left to right": A left of B
     return PromptPhrases(tuple(objects), relation, tuple(said), tuple(said_places), plain, tuple(again),
-                         tuple(labels))
+                         tuple(labels), tuple(sorted(denied + unsaid)))
 
 
 def resolve_references(text: str) -> str:
     """``text`` with each phrase that names an object named before it by order, by one of its modifiers or by its
     side — "the first one", "the former", "the second one", "the latter", "the other (one)", "the red one", "the
-    lower shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as that object
+    lower shape", "the shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as that object
     named again: "There should be a red circle and a blue square. The first one needs to sit higher up than the
     second one" → "… The red circle needs to sit higher up than the blue square"; "Put a diamond below a square.
     The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one object:
     an order or "other" names one of the last two named (the other of the two than the reference before it), a
-    side one of exactly two, on the side their relation puts it; a modifier, the one object holding it. An
+    side one of exactly two, on the side their relation puts it; a modifier, the one object holding it; a general
+    noun alone ("the shape", "the object"), the one object named before. An
     ordinal before a content word ("the first red circle") is no reference; the rest of the text stays."""
     start, last = 0, None
     while True:
@@ -419,13 +458,17 @@ def resolve_references(text: str) -> str:
             after = words[i + 2].group().lower() if i + 2 < len(words) else ""
             end = words[i + 2] if after in _REFERENCE_NOUNS else words[i + 1]
             alone = after in _REFERENCE_NOUNS or not after or is_function_word(after)
-            if not ((word in _ORDINAL_REFERENCES or word == "other") and alone or after in _REFERENCE_NOUNS):
+            general = word in _REFERENCE_NOUNS - {"one"} and (not after or is_function_word(after))  # "the shape"
+            if not ((word in _ORDINAL_REFERENCES or word == "other") and alone or after in _REFERENCE_NOUNS
+                    or general):
                 continue  # no reference ("the circle", "the top"): the text before it need not be parsed
             parsed = parse_phrases(text[:the.start()])
             objects = parsed.objects
             target = None
             pair = (len(objects) - 2, len(objects) - 1)  # the last two named: "the first one" is the former
-            if word in _ORDINAL_REFERENCES and alone and len(objects) >= 2:
+            if general:
+                target = 0 if len(objects) == 1 else None
+            elif word in _ORDINAL_REFERENCES and alone and len(objects) >= 2:
                 target = pair[_ORDINAL_REFERENCES[word]]
             elif word == "other" and alone and len(objects) >= 2 and last in pair:
                 target = pair[1 - pair.index(last)]
@@ -449,6 +492,48 @@ def resolve_references(text: str) -> str:
             return text
 
 
+def drop_corrections(text: str) -> str:
+    """``text`` without each place or relation that the words right after it take back for another ("no wait",
+    "sorry", "I mean", "or rather" …): "a blue triangle on the left no wait the right side" → "a blue triangle the
+    right side"; "a square on top of, sorry, underneath a cross" → "a square underneath a cross". Only where the
+    words taken back end right before them and a place or relation starts right after them ("…, sorry for the
+    trouble" takes nothing back)."""
+    start = 0
+    while (m := _CORRECTION.search(text, start)) is not None:
+        start = m.end()
+        before = parse_phrases(text[:m.start()])
+        taken = max((x.span for x in (*before.relations, *before.places)), default=None)
+        after = parse_phrases(text[m.end():])
+        instead = min((x.span for x in (*after.relations, *after.places)), default=None)
+        if taken is None or instead is None or text[taken[1]:m.start()].strip(" ,;:.!—–-") or not all(
+                is_function_word(w.lower()) for w in _WORD.findall(text[m.end():m.end() + instead[0]])):
+            continue
+        text = text[:taken[0]] + text[m.end():]
+        start = taken[0]
+    return text
+
+
+def _denied(text: str, span: Span, nouns: list[Span]) -> bool:
+    """Whether the place or relation at ``span`` is said not to hold: a negation before it in its clause ("not in
+    the middle", "I don't want it centred"), a word of emptiness before it with no object between ("negative space
+    to the right", "lots of room above it"), or one ending its clause after it ("the left half stays empty",
+    "leaving the left open")."""
+    words = [(m.group().lower(), m.span()) for m in _WORD.finditer(text)]
+    before = [(w, s) for w, s in words if s[1] <= span[0]]
+    after = [(w, s) for w, s in words if s[0] >= span[1]]
+    cut = max((i + 1 for i, (w, _) in enumerate(before) if w in _CLAUSE_MARKS | {"—", "–", ":"}), default=0)
+    before = before[cut:]
+    end = next((i for i, (w, _) in enumerate(after) if w in _CLAUSE_ENDS | _CLAUSE_MARKS), len(after))
+    after = [w for w, _ in after[:end]]
+    if any(w in _NEGATIONS or w.endswith("n't") for w, _ in before):
+        return True
+    if any(w in _EMPTY_BEFORE and not any(s[1] <= a < span[0] for a, _ in nouns) for w, s in before):
+        return True
+    while after and after[0] in _BEING | _DETERMINERS:
+        after.pop(0)
+    return len(after) == 1 and after[0] in _EMPTY_AFTER
+
+
 def _than_follows(items: list[tuple[str, str, Span]], i: int) -> bool:
     """Whether "than" follows the comparative at ``items[i]`` in its clause before any content word but the picture
     ("A should be higher in the picture than B": a relation between A and B, not one pointing back)."""
@@ -463,15 +548,22 @@ def _than_follows(items: list[tuple[str, str, Span]], i: int) -> bool:
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
                after: str) -> None:
     """Add a run of content words to ``runs`` (with its ``lead``), as two where it ends a clause in words of a side
-    after others ("a yellow square right, …": the square, then the place "right"; not "… right in the middle"), or
-    ends in a key before "=" ("shape=star color=red": the star, then the key "color")."""
+    after others ("a yellow square right, …", "a blue cross top row, …": the square, then the place "right"; not
+    "… right in the middle"), starts with a side after "on" or "at" ("… on top cyan diamond …": the place "top",
+    then the diamond), or ends in a key before "=" ("shape=star color=red": the star, then the key "color")."""
     words = [text[a:b].lower() for a, b in spans]
+    firm = set(_PLACE_SIDES) - _LOOSE_SIDES
     split = len(words)
-    while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES):
+    while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES:
         split -= 1
-    if not (0 < split < len(words) and words[-1] in _PLACE_SIDES and words[-1] not in _LOOSE_SIDES
-            and words[split - 1] not in _PROPERTIES and after in _CLAUSE_ENDS | {"and"}):
+    tail = words[split:]
+    sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
+    if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES
+            and after in _CLAUSE_ENDS | {"and"}):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
+    if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"]) and words[0] in firm and not any(
+            w in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA for w in words[1:]):
+        split = 1  # "red square on top cyan diamond on the bottom"
     if split > 0:
         runs.append((lead, spans[:split], ""))
         leads.append(lead_spans)
@@ -508,7 +600,7 @@ _SIDES = {w: {"top": (0, -1), "bottom": (0, 1), "left": (1, -1), "right": (1, 1)
 _SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
 
 
-def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[int]], beside: bool = False
+def _relation_of_places(places: list[tuple[int, set[str], Span]], clauses: list[set[int]], beside: bool = False
                         ) -> str | None:
     """The relation of object 0 to object 1 that their places state when each is named in clauses of its own
     with a place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
@@ -517,7 +609,7 @@ def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[in
     left or right side of one of them alone: "A next to B, with A on the left" (A left of B)."""
 
     def side(own: set[int]) -> tuple[int, int] | None:
-        found = {_SIDES[w] for cl, words in places if cl in own for w in words if w in _SIDES}
+        found = {_SIDES[w] for cl, words, _ in places if cl in own for w in words if w in _SIDES}
         return found.pop() if len(found) == 1 else None
 
     a, b = side(clauses[0] - clauses[1]), side(clauses[1] - clauses[0])
@@ -528,7 +620,7 @@ def _relation_of_places(places: list[tuple[int, set[str]]], clauses: list[set[in
     return _SIDE_RELATIONS[a]
 
 
-def _relation(relations: list[tuple[int, str, bool, bool]], mentions: list[tuple[int, int]]
+def _relation(relations: list[tuple[int, str, bool, bool, Span]], mentions: list[tuple[int, int]]
               ) -> tuple[str | None, bool]:
     """The relation of object 0 to object 1 stated by the first relation word between mentions of two
     different objects ("A above B"), or before them ("above B there is A": A above B). A relation word that
@@ -536,7 +628,7 @@ def _relation(relations: list[tuple[int, str, bool, bool]], mentions: list[tuple
     lies against the one named before that ("A with B beneath it", "A on top, B below it": B below A), or
     else the object named next, or else the one named last ("A and, beneath it, B", "There's A. Below that one,
     add B": B below A). With it, whether it was said between the two (None, True when none is)."""
-    for position, found, back, close in relations:
+    for position, found, back, close, _ in relations:
         before = [g for k, g in mentions if k < position]
         after = [g for k, g in mentions if k >= position]
         plain = False

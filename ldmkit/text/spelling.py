@@ -31,6 +31,7 @@ of in on at to by for from with without within into onto upon about above below 
 among amongst through throughout during against toward towards along across around behind beside besides beneath
 underneath beyond near inside outside via per amid
 not no yes please thanks pls plz
+when whenever where wherever why how once till um uh er erm hmm ok okay
 """.split())
 
 _LETTERS = string.ascii_lowercase
