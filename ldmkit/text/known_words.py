@@ -269,12 +269,31 @@ class KnownWords:
 
     def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
-        docstring); the rest of the text as it was."""
+        docstring); the rest of the text as it was. A noun never seen is not read where the prompt names two objects
+        in words the captions held, nor where it names one so and the noun has no modifier the captions held nor a
+        colour name, as no phrase of that noun with one does: it tells where they are, not what ("Exercise 4 (2
+        marks): draw a cyan square", "spawn player (small yellow diamond)"; "a navy tile above a red circle" reads
+        "tile")."""
         replacements = []
         names = find_colour_names(prompt) if self.colours else []
-        for phrase in parse_phrases(prompt).objects:
+        phrases = parse_phrases(prompt).objects
+
+        def known(span: tuple[int, int]) -> bool:
+            word = prompt[span[0]:span[1]]
+            return self._known(word) or any(self._known(f) for f in wordnet.base_forms(word))
+
+        def described(o: NounPhrase) -> bool:
+            return any(prompt[a:b].lower() in self._modifiers for a, b in o.modifiers) or bool(
+                find_colour_names(" ".join(prompt[a:b] for a, b in o.modifiers)))
+
+        drawn = [o for o in phrases if known(o.noun)]
+        kinds = {prompt[o.noun[0]:o.noun[1]].lower() for o in phrases if described(o)}
+        for phrase in phrases:
             if not self._names_an_object(prompt, phrase, wordnet):
                 continue
+            if not known(phrase.noun) and (len(drawn) >= 2 or (drawn and not described(phrase) and (
+                    prompt[phrase.noun[0]:phrase.noun[1]].lower() not in kinds))):
+                continue  # the setting of objects it draws: "(2 marks)", "the player piece", "… deep black field"
             coloured = self._colour_names(prompt, names, phrase.modifiers)
             replacements += coloured
             spans = [s for s in sorted((*phrase.modifiers, phrase.noun)) if not _within(s, [c[:2] for c in coloured])]

@@ -90,14 +90,14 @@ _BEING = {"stays", "stay", "remains", "remain", "is", "are", "be", "kept", "keep
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
-           "margin", "centred", "centered", "space"}
+           "margin", "centred", "centered", "space", "backdrop"}
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
 _SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
                  "row", "column", "line", "register", "lane"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard",
-          "screen", "paper", "sheet", "backdrop", "poster", "display"}
+          "screen", "paper", "sheet", "poster", "display"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
 # diamond should be purple").
 _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "was", "were", "that's"}
@@ -248,8 +248,13 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
         else:
             word, span = words[i]
             # "right in the middle", "right there": "right" = exactly; "top-to-bottom": an order (`_READING_ORDER`)
-            function = word in _FUNCTION | _NEGATIONS | _NONE or word.endswith(("n't", "n’t")) or not word[0].isalnum() or (
-                bool(_READING_ORDER.fullmatch(word))) or (
+            placed = word in _PLACE_SIDES and word not in _LOOSE_SIDES and i + 1 < len(words) and (
+                words[i + 1][0] in _PLACES | _SIDED_PLACES)
+            function = (word in _FUNCTION | _NEGATIONS | _NONE and not placed) or (  # "the lower third": a place
+                word == "other" and i > 0 and words[i - 1][0] == "each") or (  # "next to each other"
+                i == 0 and word == "right" and len(words) > 2 and words[1][0] == ","  # "Right, so I'd like …"
+                and words[2][0] in _FUNCTION) or (
+                word.endswith(("n't", "n’t")) or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word))) or (
                 word == "right" and i + 1 < len(words) and (words[i + 1][0] in _PREPOSITIONS - {"of"} or (
                     words[i + 1][0] in _THERE and (i == 0 or words[i - 1][0] not in _DETERMINERS | {"far"}))))
             side, _, verb = word.partition("-")
@@ -294,7 +299,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         if kind == "rel":
             after = [w for _, w, _ in items[i + 1:i + 3]] + ["", ""]
             back = after[0] in _BACK or (after[0] in _BACK_DEMONSTRATIVES and (
-                after[1] == "one" or after[1] in _CLAUSE_ENDS | _COPULAS))  # "to the left of that was B"
+                after[1] == "one" or after[1] in _CLAUSE_ENDS | _COPULAS | _DETERMINERS))  # "… of that was B"
             back = back or (text[span[0]:span[1]].lower() in _COMPARATIVES and not _than_follows(items, i))
             relations.append((len(runs), word, back, not any(w in _CLAUSE_MARKS for w in lead), span))
             said.append(Said(word, span))
@@ -322,7 +327,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         first = text[run[0][0]:run[0][1]].lower()
         determined = bool(lead) and lead[-1] in _DETERMINERS
         clause += any(w in _CLAUSE_MARKS for w in lead)
-        if len(run) == 1 and after in _DETERMINERS | {"it", "them"} and noun in _MEDIA | _PROPERTIES | {"place"} and (
+        if len(run) == 1 and after in _DETERMINERS | {"it", "them"} and noun in _MEDIA | _PROPERTIES | {
+                "place", "position"} and (
                 not lead or lead[-1] not in _DETERMINERS):
             touching = False
             continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …", "colour it blue"
@@ -394,6 +400,10 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             attached = touching = True
             continue
         attached = False
+        if modifier is not None and not objects and len(run) == 1 and lead[-1:] and lead[-1] in _COPULAS and (
+                modifier(noun)):
+            unsaid += run  # "When I was little, …": no object yet to describe, and none named
+            continue
         next_lead, next_run, next_after = runs[k + 1] if k + 1 < len(runs) else ([], [], "")
         next_noun = text[next_run[-1][0]:next_run[-1][1]].lower() if next_run else ""
         set_off = len(next_run) == 1 and next_after in _CLAUSE_ENDS  # "a square, red, …": red describes it
@@ -558,8 +568,8 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
         split -= 1
     tail = words[split:]
     sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
-    if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES
-            and after in _CLAUSE_ENDS | {"and"}):
+    if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES and (
+            after in _CLAUSE_ENDS | {"and"} or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
     if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"]) and words[0] in firm and not any(
             w in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA for w in words[1:]):
