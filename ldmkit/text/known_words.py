@@ -80,6 +80,9 @@ _LOWER = re.compile(r"[a-z]+")  # a word of plain letters, the only kind `KnownW
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 # A1111's emphasis, innermost first (`KnownWords.rewrite`): "(words:1.3)", "((words))", "[words]"
 _EMPHASIS = re.compile(r"\(([^()]*?)\s*:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)|\(\(([^()]*)\)\)|\[([^\[\]]*)\]")
+# A side, then "of" at the end of a text: the place that an object of no object word left out followed
+_SIDE_OF = re.compile(r"\b(?:left|right|top|bottom|middle|centre|center)(?:\s+(?:side|half|edge|part|corner|end))?"
+                      r"(\s+of\s*)$", re.IGNORECASE)
 _PARTS = re.compile(r"([,;:!?|/—–]|\.(?!\d)|\s-\s)")  # what sets a prompt's parts apart (`KnownWords._drawn_part`)
 
 
@@ -459,6 +462,8 @@ class KnownWords:
         if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None):
             return text, False  # its objects are what the prompt asks for, whether or not the model can draw them
         left_out = False
+        drawn = sum(any(self._object_word(text[a:b], wordnet) for a, b in (*o.modifiers, o.noun))
+                    for o in parsed.objects)
         for phrase in sorted(parsed.objects, key=lambda o: o.noun, reverse=True):
             spans = sorted((*phrase.modifiers, phrase.noun))
             before = [w.lower() for w in _WORD.findall(text[:spans[0][0]])]
@@ -473,6 +478,9 @@ class KnownWords:
             lead = _determiner_before(text, start)
             if lead is not None:
                 start = lead.start(1)
+            side = _SIDE_OF.search(text[:start])  # "a circle on the left side of [an endless dark sky]": a place
+            if side is not None and drawn == 1 and not text[end:].strip()[:1].isalnum():
+                start = side.start(1)
             text = text[:start] + text[end:]
             left_out = True
         return re.sub(r"\s+", " ", text).strip(), left_out

@@ -52,6 +52,14 @@ _PREPOSITIONS = {
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
     "slightly", "somewhat", "immediately", "far", "close", "way",
 }  # fmt: skip
+# A place or relation said not to hold: after one of these in its clause ("not in the middle", "I don't want it
+# centred"), or said empty ("negative space to the right", "the left half stays empty": `_denied`)
+_NEGATIONS = {"not", "never", "nor"}  # and every word ending in "n't"
+_NONE = {"no", "without"}  # what follows names nothing drawn: "no gradients", "without a border"
+_EMPTY_BEFORE = {"empty", "blank", "negative", "space", "room", "gap"}  # before the place, no object between
+_EMPTY_AFTER = {"empty", "blank", "bare", "vacant", "open", "clear", "free", "unused"}  # ending its clause
+_BEING = {"stays", "stay", "remains", "remain", "is", "are", "be", "kept", "keep", "left", "should", "will", "must",
+          "to", "as", "fully", "completely", "totally", "entirely", "mostly", "otherwise", "still"}
 # Verbs of placing: they say where an object is ("placed near the top", "pushed to the left").
 _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "lie", "lying", "placed", "put", "set",
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
@@ -59,7 +67,7 @@ _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "li
             "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs", "sat",
             "staying"}  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
-_FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
+_FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
@@ -78,19 +86,13 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | {
     # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "thank", "sorry", "wait",
     "actually", "really", "kinda", "basically", "literally",
+    # staying as it is: "the left half stays empty", "leaving the left open"
+    "remains", "remain", "leaving", "leave", "horizontally", "vertically",
 }  # fmt: skip
-# A place or relation said not to hold: after one of these in its clause ("not in the middle", "I don't want it
-# centred"), or said empty ("negative space to the right", "the left half stays empty": `_denied`)
-_NEGATIONS = {"not", "never", "nor"}  # and every word ending in "n't"
-_NONE = {"no", "without"}  # what follows names nothing drawn: "no gradients", "without a border"
-_EMPTY_BEFORE = {"empty", "blank", "negative", "space", "room", "gap"}  # before the place, no object between
-_EMPTY_AFTER = {"empty", "blank", "bare", "vacant", "open", "clear", "free", "unused"}  # ending its clause
-_BEING = {"stays", "stay", "remains", "remain", "is", "are", "be", "kept", "keep", "left", "should", "will", "must",
-          "to", "as", "fully", "completely", "totally", "entirely", "mostly", "otherwise", "still"}
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
-           "margin", "centred", "centered", "space", "backdrop"}
+           "margin", "centred", "centered", "space", "backdrop", "edges", "sides", "corners", "margins"}
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
 _SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
@@ -139,7 +141,6 @@ _LOOSE_SIDES = {"up", "down", "high", "low"}
 _RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
                                                                                 "side", "further", "farther"}
 
-_CLOSED = _FUNCTION | _NEGATIONS | _NONE | _PLACES | _MEDIA | _PROPERTIES | {w for p in _RELATIONS for w in p.split()}
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
@@ -156,8 +157,8 @@ _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
 # Words that take back the place or relation right before them for the one right after ("on the left no wait
 # the right": `drop_corrections`)
-_CORRECTION = re.compile(r"[\s,;:.!—–-]*\b(?:no,?\s+wait|wait,?\s+no|no\s+no|sorry|i\s+mean|or\s+rather|scratch\s+that|"
-                         r"make\s+that|correction)\b[\s,;:.!—–-]*", re.IGNORECASE)
+_CORRECTION = re.compile(r"[\s,;:.!—–-]*\b(?:no,?\s+wait|wait,?\s+no|no\s+no|sorry|i\s+mean|or\s+rather|"
+                         r"scratch\s+that|make\s+that|correction)\b[\s,;:.!—–-]*", re.IGNORECASE)
 _BESIDE = re.compile(r"\b(?:next to|beside|alongside|side by side|side-by-side)\b")
 # The order two objects are listed in, said outright: "row: A, B (left to right)", "order=top-to-bottom"
 _READING_ORDER = re.compile(r"\b(left|right|top|bottom)[\s-]+to[\s-]+(?:the[\s-]+)?(left|right|top|bottom)\b")
@@ -166,9 +167,12 @@ _ORDER_RELATION = {("left", "right"): "left of", ("right", "left"): "right of", 
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _THERE = {"there", "here", "now", "away"}  # "right there": exactly there, no side
+_EXACTLY = {"dead", "smack", "slap", "bang", "dab", "squarely", "exactly", "perfectly", "plumb"}  # "dead centre"
+_CLOSED = _FUNCTION | _NEGATIONS | _NONE | _EXACTLY | _PLACES | _MEDIA | _PROPERTIES | {
+    w for p in _RELATIONS for w in p.split()}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?", "|", "—", "–"}  # what follows a clause's last word ("": the end)
-_CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|"}  # what separates two clauses
+_CLAUSE_MARKS = {",", "and", ";", ".", "!", "?", "/", "|", "while", "whereas", "but"}  # what separates two clauses
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
 
@@ -255,6 +259,8 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
                 i == 0 and word == "right" and len(words) > 2 and words[1][0] == ","  # "Right, so I'd like …"
                 and words[2][0] in _FUNCTION) or (
                 word.endswith(("n't", "n’t")) or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word))) or (
+                word in _EXACTLY and i + 1 < len(words) and (  # "dead centre", "slap bang in the middle"
+                    words[i + 1][0] in _PREPOSITIONS | _EXACTLY | _PLACES | set(_PLACE_SIDES))) or (
                 word == "right" and i + 1 < len(words) and (words[i + 1][0] in _PREPOSITIONS - {"of"} or (
                     words[i + 1][0] in _THERE and (i == 0 or words[i - 1][0] not in _DETERMINERS | {"far"}))))
             side, _, verb = word.partition("-")
@@ -417,6 +423,9 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         words = [text[a:b].lower() for a, b in run[:-1]]
         earlier = [g for g, o in enumerate(objects) if text[o.noun[0]:o.noun[1]].lower() == noun
                    and set(words) <= {text[a:b].lower() for a, b in o.modifiers}]
+        if lead and lead[-1] == "the" and not earlier and len(objects) == 1 and len(run) == 1 and (
+                noun in _REFERENCE_NOUNS - {"one"}):
+            earlier = [0]  # "…, lots of room above the shape": the one object named before
         if lead and lead[-1] == "the" and earlier:  # "…, the circle above the square": named again
             mentions.append((k, earlier[-1]))
             named = earlier[-1]
@@ -450,13 +459,14 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
 def resolve_references(text: str) -> str:
     """``text`` with each phrase that names an object named before it by order, by one of its modifiers or by its
     side — "the first one", "the former", "the second one", "the latter", "the other (one)", "the red one", "the
-    lower shape", "the shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as that object
-    named again: "There should be a red circle and a blue square. The first one needs to sit higher up than the
-    second one" → "… The red circle needs to sit higher up than the blue square"; "Put a diamond below a square.
-    The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one object:
+    lower shape", "the shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as
+    that object named again: "There should be a red circle and a blue square. The first one needs to sit higher up
+    than the second one" → "… The red circle needs to sit higher up than the blue square"; "Put a diamond below a
+    square. The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one object:
     an order or "other" names one of the last two named (the other of the two than the reference before it), a
     side one of exactly two, on the side their relation puts it; a modifier, the one object holding it; a general
-    noun alone ("the shape", "the object"), the one object named before. An
+    noun alone ("the shape", "the object"), the one object named before. A side one before any object, followed by
+    "is" or a colon, is the place of what follows ("the lower one is a triangle" → "at the bottom is a triangle"). An
     ordinal before a content word ("the first red circle") is no reference; the rest of the text stays."""
     start, last = 0, None
     while True:
@@ -490,6 +500,14 @@ def resolve_references(text: str) -> str:
                 elif word in _SIDE_REFERENCES and len(objects) == 2 and parsed.relation is not None:
                     side = _RELATION_SIDES[parsed.relation]  # where the relation puts object 0
                     target = {side: 0, _OPPOSITE[side]: 1}.get(_SIDE_REFERENCES[word])
+            if target is None and not objects and word in _SIDE_REFERENCES and after in _REFERENCE_NOUNS and (
+                    words[i + 3].group().lower() in _COPULAS | {":"} if i + 3 < len(words) else False):
+                # "the lower one is a white triangle, and the upper one is a red square": at the bottom is …
+                side = _SIDE_REFERENCES[word]
+                replacement = ("on the " if side in ("left", "right") else "at the ") + side
+                text = text[:the.start()] + replacement + text[end.end():]
+                start = the.start() + len(replacement)
+                break
             if target is None:
                 continue
             named = objects[target]
@@ -539,7 +557,7 @@ def _denied(text: str, span: Span, nouns: list[Span]) -> bool:
         return True
     if any(w in _EMPTY_BEFORE and not any(s[1] <= a < span[0] for a, _ in nouns) for w, s in before):
         return True
-    while after and after[0] in _BEING | _DETERMINERS:
+    while after and after[0] in _BEING | _DETERMINERS | _MEDIA | {"of"}:  # "… of the frame stays empty"
         after.pop(0)
     return len(after) == 1 and after[0] in _EMPTY_AFTER
 
@@ -569,7 +587,8 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
     tail = words[split:]
     sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
     if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES and (
-            after in _CLAUSE_ENDS | {"and"} or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
+            after in _CLAUSE_ENDS | {"and", "horizontally", "vertically"}
+            or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
     if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"]) and words[0] in firm and not any(
             w in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA for w in words[1:]):
