@@ -462,9 +462,9 @@ def resolve_references(text: str) -> str:
     lower shape", "the shape" — replaced by "the" and that object's own words, so that `parse_phrases` reads it as
     that object named again: "There should be a red circle and a blue square. The first one needs to sit higher up
     than the second one" → "… The red circle needs to sit higher up than the blue square"; "Put a diamond below a
-    square. The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one object:
-    an order or "other" names one of the last two named (the other of the two than the reference before it), a
-    side one of exactly two, on the side their relation puts it; a modifier, the one object holding it; a general
+    square. The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one
+    object: an order or "other" names one of the last two named (the other of the two than the reference before
+    it), a side one of exactly two, on the side their relation puts it; a modifier, the one object holding it; a general
     noun alone ("the shape", "the object"), the one object named before. A side one before any object, followed by
     "is" or a colon, is the place of what follows ("the lower one is a triangle" → "at the bottom is a triangle"). An
     ordinal before a content word ("the first red circle") is no reference; the rest of the text stays."""
