@@ -285,11 +285,14 @@ class KnownWords:
             word = prompt[span[0]:span[1]]
             return self._known(word) or any(self._known(f) for f in wordnet.base_forms(word))
 
+        def names_known(o: NounPhrase) -> bool:  # "the cyan triangle key": a triangle
+            return known(o.noun) or any(prompt[a:b].lower() in self._noun_names for a, b in o.modifiers)
+
         def described(o: NounPhrase) -> bool:
             return any(prompt[a:b].lower() in self._modifiers for a, b in o.modifiers) or bool(
                 find_colour_names(" ".join(prompt[a:b] for a, b in o.modifiers)))
 
-        drawn = [o for o in phrases if known(o.noun)]
+        drawn = [o for o in phrases if names_known(o)]
         kinds = {prompt[o.noun[0]:o.noun[1]].lower() for o in phrases if described(o)}
         for phrase in phrases:
             if not self._names_an_object(prompt, phrase, wordnet):
@@ -357,6 +360,8 @@ class KnownWords:
         after others ("minimalist vector illustration": the picture itself)."""
         noun = prompt[phrase.noun[0]:phrase.noun[1]]
         if self._known(noun) or any(self._known(f) for f in wordnet.base_forms(noun)):
+            return True
+        if self._object(prompt, phrase).noun != phrase.noun:  # "a small cyan cross weighted to the left": a cross
             return True
         if is_function_word(noun.lower()):  # the picture, a place or a property: "…, vector illustration"
             return False

@@ -65,7 +65,8 @@ _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "li
             "located", "positioned", "aligned", "anchored", "stacked", "rests", "resting", "floats", "floating",
             "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going",
             "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs", "sat",
-            "staying"}  # (not "stay": "the background should stay dark")
+            "staying", "grounded", "holds", "hold", "holding", "occupies", "occupy", "occupied", "occupying",
+            }  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     # conjunctions and pronouns
@@ -110,6 +111,8 @@ _FRAME_AFTER = {"of", "with", "showing", "containing", "depicting", "featuring",
 _FRAME_LEAD = {"of", "in", "on", "inside", "within"}
 # Parts of the frame that name a side where "of" and the frame follow ("at the foot of the page": at the bottom).
 _FRAME_PARTS = {"foot": "bottom", "base": "bottom", "floor": "bottom", "head": "top", "ceiling": "top"}
+# Parts of a place inside something: what follows "of" names the frame ("in the top half of the box")
+_INSIDE = {"half", "third", "quarter", "part", "portion", "section", "corner", "area", "region", "zone"}
 # Nouns of a property: "of red colour", "of small size" describe the noun before them.
 _PROPERTIES = {"colour", "color", "hue", "shade", "tone", "size"}
 # Relation words → relation (longest first when matching).
@@ -167,7 +170,8 @@ _ORDER_RELATION = {("left", "right"): "left of", ("right", "left"): "right of", 
 # A comparative without "than" places its object against the one named before it ("…, and higher up, A").
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _THERE = {"there", "here", "now", "away"}  # "right there": exactly there, no side
-_EXACTLY = {"dead", "smack", "slap", "bang", "dab", "squarely", "exactly", "perfectly", "plumb"}  # "dead centre"
+# Words of exactness before a place ("dead centre", "slap bang in the middle"): structure there
+_EXACTLY = {"dead", "smack", "slap", "bang", "dab", "squarely", "exactly", "perfectly", "plumb", "exact"}
 _CLOSED = _FUNCTION | _NEGATIONS | _NONE | _EXACTLY | _PLACES | _MEDIA | _PROPERTIES | {
     w for p in _RELATIONS for w in p.split()}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
@@ -324,6 +328,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     again: list[Span] = []
     labels: list[Span] = []
     unsaid: list[Span] = []  # the words of what is said not to be there ("no text")
+    inside = False  # the run before named a part of what follows ("the top half of …")
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[set[int]] = []  # the clauses that name each object (introduced, or named again)
     places: list[tuple[int, set[str], Span]] = []  # (clause, words, span) of each run that names a place
@@ -338,7 +343,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 not lead or lead[-1] not in _DETERMINERS):
             touching = False
             continue  # a verb: "Place a …", "Render a …", "would you mind drawing a …", "colour it blue"
-        if (after == ":" or (after == "=" and len(run) == 1)) and noun not in _PLACES | _MEDIA:
+        if (after == ":" or (after == "=" and len(run) == 1)) and noun not in _PLACES | _MEDIA | set(_PLACE_SIDES):
             touching = touching and all(not w[:1].isalnum() for w in lead)
             labels += run
             continue  # a label: "Brief: …", "obj1: …", "color=red"
@@ -350,8 +355,15 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
         frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
                                                                                 or to_frame)))
-        part_of_frame = noun in _FRAME_PARTS and after == "of" and k + 1 < len(runs) and (
-            text[runs[k + 1][1][-1][0]:runs[k + 1][1][-1][1]].lower() in _MEDIA)
+        part_of_frame = noun in _FRAME_PARTS and ((after == "of" and k + 1 < len(runs) and (
+            text[runs[k + 1][1][-1][0]:runs[k + 1][1][-1][1]].lower() in _MEDIA)) or (  # "at the foot of the page"
+            len(run) == 1 and lead[-2:] in (["at", "the"], ["on", "the"]) and after in _CLAUSE_ENDS))  # "at the base"
+        if inside and len(run) == 1 and lead in (["of", "the"], ["of"]):
+            inside = False
+            unsaid += run
+            continue  # "in the top half of the box": the frame it is in
+        inside = _is_place([text[a:b].lower() for a, b in run], after) and after == "of" and (
+            text[run[-1][0]:run[-1][1]].lower() in _INSIDE)
         is_place = _is_place([text[a:b].lower() for a, b in run], after)
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
