@@ -297,7 +297,8 @@ class KnownWords:
         for phrase in phrases:
             if not self._names_an_object(prompt, phrase, wordnet):
                 continue
-            if not known(phrase.noun) and (len(drawn) >= 2 or (drawn and not described(phrase) and (
+            others = [o for o in drawn if o is not phrase]
+            if not known(phrase.noun) and (len(others) >= 2 or (others and not described(phrase) and (
                     prompt[phrase.noun[0]:phrase.noun[1]].lower() not in kinds))):
                 continue  # the setting of objects it draws: "(2 marks)", "the player piece", "… deep black field"
             coloured = self._colour_names(prompt, names, phrase.modifiers)
