@@ -117,7 +117,7 @@ def test_a_prompt_is_read_in_the_words_the_model_knows():
     # as written takes as text, is read without its brackets and weights; brackets of prose stay
     assert words.rewrite("3 navy boxes, 2nd from the left, (red:1.3)", wordnet) == \
         "3 blue boxes, 2nd from the left, red"
-    assert words.rewrite("((navy box)) above [a circle]", wordnet) == "blue box above a circle"
+    assert words.rewrite("((navy box)) above [a circle]", wordnet) == "a blue box above a circle"  # its article
     assert words.rewrite("a navy box (big)", wordnet) == "a blue box (big)"
 
 
@@ -482,6 +482,28 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("objects=[red circle, blue square]; layout=vertical; order=top-to-bottom", "a red circle above a blue square"),
     ("It had a large star, and above that was a red circle.", "a large star below a red circle"),
     ("Left-aligned element: a small red star on a dark background.", "a small red star on the left"),
+    # a place or relation taken back for another; one said not to hold, or said empty; what is said absent
+    ("a red circle on the left no wait at the top", "a red circle at the top"),
+    ("a red circle on top of, sorry, below a star", "a red circle below a star"),
+    ("not on the left — put a red circle at the top", "a red circle at the top"),
+    ("a red circle, I don't want it on the left, it should sit at the top", "a red circle at the top"),
+    ("a red circle at the top, negative space on the left", "a red circle at the top"),
+    ("a red circle at the top; the left half stays empty", "a red circle at the top"),
+    ("um so like a red circle at the top, no gradients, no text, ta", "a red circle at the top"),
+    # "the shape" after one object; sides of rows; a side before an object; a flat picture's compass
+    ("At the top rests a red circle, lots of room above the shape.", "a red circle at the top"),
+    ("red circle top row, star bottom row", "a red circle above a star"),
+    ("red circle on top star on the bottom", "a red circle above a star"),
+    ("a red circle due north of a star", "a red circle above a star"),
+    # never-seen nouns beside named objects are their setting; a side left by one is a place; a side one first
+    ("Exercise 4 (2 marks): draw a red circle at the top", "a red circle at the top"),
+    ("I dreamt of a red circle glowing on the left side of an endless sky", "a red circle on the left"),
+    ("Two forms: the lower one is a red circle, and the upper one is a star.", "a red circle below a star"),
+    ("Draw a red circle in the top half of the box.", "a red circle at the top"),
+    ("When I was young I had a poster with nothing on it but a red circle up at the very top.",
+     "a red circle at the top"),
+    # objects without an article, in words the captions hold, are said with one
+    ("red circle above star", "a red circle above a star"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

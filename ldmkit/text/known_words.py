@@ -415,7 +415,9 @@ class KnownWords:
         # place the captions have no phrase for keeps: "a red circle, centered composition")
         as_it_is = prompt if parsed.plain and all(m.group().lower() in self.words or (
             shortened and _within(m.span(), in_places)) for m in outside) else None
-        if as_it_is is not None and not shortened:
+        bare = any(_determiner_before(prompt, min(a for a, _ in (*o.modifiers, o.noun))) is None
+                   and prompt[o.noun[0]:o.noun[1]].lower() in self._noun_names for o in parsed.objects)
+        if as_it_is is not None and not shortened and not bare:  # (a bare object is said with its article)
             return prompt
         if not 1 <= len(parsed.objects) <= 2 or (len(parsed.objects) == 2 and parsed.relation is None):
             return as_it_is

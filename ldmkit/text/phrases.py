@@ -88,7 +88,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "thank", "sorry", "wait",
     "actually", "really", "kinda", "basically", "literally",
     # staying as it is: "the left half stays empty", "leaving the left open"
-    "remains", "remain", "leaving", "leave", "horizontally", "vertically",
+    "remains", "remain", "stays", "stay", "stayed", "leaving", "leave", "horizontally", "vertically",
 }  # fmt: skip
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
@@ -331,7 +331,12 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     inside = False  # the run before named a part of what follows ("the top half of …")
     clause = 0  # clauses are separated by a comma, "and" or ";" between runs
     clauses: list[set[int]] = []  # the clauses that name each object (introduced, or named again)
-    places: list[tuple[int, set[str], Span]] = []  # (clause, words, span) of each run that names a place
+    # (clause, words, span, the object named last before it in its clause or -1) of each run that names a place
+    places: list[tuple[int, set[str], Span, int]] = []
+
+    def owner(clause: int) -> int:
+        return named if named >= 0 and clause in clauses[named] else -1
+
     said_places: list[Said] = []
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
@@ -372,11 +377,11 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             phrase = max((x for x in said if x.span[1] <= run[0][0]), key=lambda x: x.span)
             said.remove(phrase)
             begin = phrase.span[0]
-            places.append((clause, {side}, (begin, run[-1][1])))
+            places.append((clause, {side}, (begin, run[-1][1]), owner(clause)))
             said_places.append(Said(side, (begin, run[-1][1])))
         elif part_of_frame:  # "at the foot of the page": at the bottom
             side = _FRAME_PARTS[noun]
-            places.append((clause, {side}, _place(text, lead, leads[k], run).span))
+            places.append((clause, {side}, _place(text, lead, leads[k], run).span, owner(clause)))
             said_places.append(Said(side, places[-1][2]))
         elif is_place:
             place = _place(text, lead, leads[k], run)
@@ -386,7 +391,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                                    key=lambda r: r[0])
                 said.append(Said(_SIDE_RELATION[place.meaning], place.span))
             else:
-                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead), place.span))
+                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead), place.span, owner(clause)))
                 said_places.append(place)
         if is_place or frame or part_of_frame:
             pending, attached, touching = (), False, False
@@ -477,8 +482,8 @@ def resolve_references(text: str) -> str:
     square. The lower one is purple" → "… The diamond is purple". Only where the objects before it make it one
     object: an order or "other" names one of the last two named (the other of the two than the reference before
     it), a side one of exactly two, on the side their relation puts it; a modifier, the one object holding it; a general
-    noun alone ("the shape", "the object"), the one object named before. A side one before any object, followed by
-    "is" or a colon, is the place of what follows ("the lower one is a triangle" → "at the bottom is a triangle"). An
+    noun alone ("the shape", "the object"), the one object named before. A side one followed by "is" or a colon and
+    a new object is the place of that object ("the lower one is a triangle" → "at the bottom is a triangle"). An
     ordinal before a content word ("the first red circle") is no reference; the rest of the text stays."""
     start, last = 0, None
     while True:
@@ -494,6 +499,15 @@ def resolve_references(text: str) -> str:
             if not ((word in _ORDINAL_REFERENCES or word == "other") and alone or after in _REFERENCE_NOUNS
                     or general):
                 continue  # no reference ("the circle", "the top"): the text before it need not be parsed
+            then = [w.group().lower() for w in words[i + 3:i + 5]] + ["", ""]
+            if word in _SIDE_REFERENCES and after in _REFERENCE_NOUNS and then[0] in _COPULAS | {":"} and (
+                    then[1] in ("a", "an", "one")):
+                # "the lower one is a white triangle, and the upper one is a red square": at the bottom is …
+                side = _SIDE_REFERENCES[word]
+                replacement = ("on the " if side in ("left", "right") else "at the ") + side
+                text = text[:the.start()] + replacement + text[end.end():]
+                start = the.start() + len(replacement)
+                break
             parsed = parse_phrases(text[:the.start()])
             objects = parsed.objects
             target = None
@@ -512,14 +526,6 @@ def resolve_references(text: str) -> str:
                 elif word in _SIDE_REFERENCES and len(objects) == 2 and parsed.relation is not None:
                     side = _RELATION_SIDES[parsed.relation]  # where the relation puts object 0
                     target = {side: 0, _OPPOSITE[side]: 1}.get(_SIDE_REFERENCES[word])
-            if target is None and not objects and word in _SIDE_REFERENCES and after in _REFERENCE_NOUNS and (
-                    words[i + 3].group().lower() in _COPULAS | {":"} if i + 3 < len(words) else False):
-                # "the lower one is a white triangle, and the upper one is a red square": at the bottom is …
-                side = _SIDE_REFERENCES[word]
-                replacement = ("on the " if side in ("left", "right") else "at the ") + side
-                text = text[:the.start()] + replacement + text[end.end():]
-                start = the.start() + len(replacement)
-                break
             if target is None:
                 continue
             named = objects[target]
@@ -641,24 +647,29 @@ _SIDES = {w: {"top": (0, -1), "bottom": (0, 1), "left": (1, -1), "right": (1, 1)
 _SIDE_RELATIONS = {(0, -1): "above", (0, 1): "below", (1, -1): "left of", (1, 1): "right of"}
 
 
-def _relation_of_places(places: list[tuple[int, set[str], Span]], clauses: list[set[int]], beside: bool = False
+def _relation_of_places(places: list[tuple[int, set[str], Span, int]], clauses: list[set[int]], beside: bool = False
                         ) -> str | None:
     """The relation of object 0 to object 1 that their places state when each is named in clauses of its own
     with a place on the same axis at opposite sides: "a red circle at the top, a blue square at the bottom"
     (A above B), "on the left a cat and on the right a dog" (A left of B), "A and B, the A on the right and the
     B on the left" (A right of B); with ``beside`` (the prompt puts them side by side: "next to", "beside"), a
-    left or right side of one of them alone: "A next to B, with A on the left" (A left of B)."""
+    left or right side of one of them alone: "A next to B, with A on the left" (A left of B). Failing those, the
+    places each object is followed by within a clause they share: "red circle on top blue square on the bottom"."""
 
-    def side(own: set[int]) -> tuple[int, int] | None:
-        found = {_SIDES[w] for cl, words, _ in places if cl in own for w in words if w in _SIDES}
+    def side(chosen: list[set[str]]) -> tuple[int, int] | None:
+        found = {_SIDES[w] for words in chosen for w in words if w in _SIDES}
         return found.pop() if len(found) == 1 else None
 
-    a, b = side(clauses[0] - clauses[1]), side(clauses[1] - clauses[0])
-    if beside and (a is None) != (b is None) and (a or b)[0] == 1:  # one side, left or right
-        a, b = (a, (1, -a[1])) if a is not None else ((1, -b[1]), b)
-    if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
-        return None
-    return _SIDE_RELATIONS[a]
+    def opposite(a: tuple[int, int] | None, b: tuple[int, int] | None) -> str | None:
+        if beside and (a is None) != (b is None) and (a or b)[0] == 1:  # one side, left or right
+            a, b = (a, (1, -a[1])) if a is not None else ((1, -b[1]), b)
+        if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
+            return None
+        return _SIDE_RELATIONS[a]
+
+    by_clause = opposite(*(side([words for cl, words, _, _ in places if cl in own])
+                           for own in (clauses[0] - clauses[1], clauses[1] - clauses[0])))
+    return by_clause or opposite(*(side([words for _, words, _, g in places if g == own]) for own in (0, 1)))
 
 
 def _relation(relations: list[tuple[int, str, bool, bool, Span]], mentions: list[tuple[int, int]]
