@@ -273,10 +273,10 @@ class KnownWords:
     def read_words(self, prompt: str, wordnet: WordNet) -> str:
         """``prompt`` with each never-seen word of its noun phrases replaced by its nearest object word (module
         docstring); the rest of the text as it was. A noun never seen is not read where the prompt names two objects
-        in words the captions held, nor where it names one so and the noun has no modifier the captions held nor a
-        colour name, as no phrase of that noun with one does: it tells where they are, not what ("Exercise 4 (2
-        marks): draw a cyan square", "spawn player (small yellow diamond)"; "a navy tile above a red circle" reads
-        "tile")."""
+        in words the captions held, nor where it names one so and the noun has no modifier the captions held, nor one
+        read as such, nor a colour name, nor a word that is no English word (a misspelt colour), as no phrase of that
+        noun with one does: it tells where they are, not what ("Exercise 4 (2 marks): draw a cyan square", "spawn
+        player (small yellow diamond)"; "a navy tile above a red circle" reads "tile")."""
         replacements = []
         names = find_colour_names(prompt) if self.colours else []
         phrases = parse_phrases(prompt).objects
@@ -288,9 +288,10 @@ class KnownWords:
         def names_known(o: NounPhrase) -> bool:  # "the cyan triangle key": a triangle
             return known(o.noun) or any(prompt[a:b].lower() in self._noun_names for a, b in o.modifiers)
 
-        def described(o: NounPhrase) -> bool:
-            return any(prompt[a:b].lower() in self._modifiers for a, b in o.modifiers) or bool(
-                find_colour_names(" ".join(prompt[a:b] for a, b in o.modifiers)))
+        def described(o: NounPhrase) -> bool:  # a modifier the captions held, or one read so, or a colour name
+            words = [prompt[a:b].lower() for a, b in o.modifiers]
+            return any(w in self._modifiers or self.reading(w, wordnet) is not None or (
+                w.isalpha() and not wordnet.is_word(w)) for w in words) or bool(find_colour_names(" ".join(words)))
 
         drawn = [o for o in phrases if names_known(o)]
         kinds = {prompt[o.noun[0]:o.noun[1]].lower() for o in phrases if described(o)}

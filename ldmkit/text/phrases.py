@@ -85,7 +85,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     # words of remembering and hedging: "I remember …", "I'm sure it was small"
     "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably", "when", "whenever",
     # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
-    "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "thank", "sorry", "wait",
+    "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "sorry", "wait",
     "actually", "really", "kinda", "basically", "literally",
     # staying as it is: "the left half stays empty", "leaving the left open"
     "remains", "remain", "stays", "stay", "stayed", "leaving", "leave", "horizontally", "vertically",
