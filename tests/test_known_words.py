@@ -182,6 +182,17 @@ def test_words_after_an_object_named_again_describe_it_and_its_clause_places_it(
         "a red box below a blue square"
 
 
+@pytest.mark.parametrize("prompt, relation", [
+    ("um a red circle and a blue square next to each other like the first one on the left", "left of"),
+    ("red circle on top blue square on the bottom", "above"),
+    ("a red circle to the west of a blue square", "left of"),
+    ("The red circle should not be on the left of the blue square, it should be on its right.", "right of"),
+    ("a red circle top row, a blue square bottom row", "above"),
+])
+def test_the_chunker_reads_relations_said_in_other_ways(prompt, relation):
+    assert parse_phrases(resolve_references(prompt)).relation == relation
+
+
 def test_captions_record_their_phrases_for_each_relation_and_place():
     words = KnownWords.from_captions(CAPTIONS + ["a red circle over a box", "a star above a disc"])
     assert words.relations == {"above": {"above": 2, "over": 1}, "below": {"below": 1},
@@ -504,6 +515,16 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
      "a red circle at the top"),
     # objects without an article, in words the captions hold, are said with one
     ("red circle above star", "a red circle above a star"),
+    # "it … its left": "it" the other one; a place said wrong; a clock's hour; a side after "its" before a verb
+    ("A red circle shouldn't be on the left of the star, it should be on its right.",
+     "a red circle to the right of the star"),
+    ("the red circle came out on the left, that's wrong, I need it at the top", "the red circle at the top"),
+    ("Put a red circle at twelve o'clock, please", "a red circle at the top"),
+    ("I followed a red circle through the dark, and just to its left drifted a star",
+     "a red circle to the right of a star"),
+    # the picture's own words; a setting beside two named objects
+    ("A minimalist flat design illustration featuring a red circle at the top.", "a red circle at the top"),
+    ("Draw a red circle. Below it, draw a star, leaving a large gap between them.", "a red circle above a star"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

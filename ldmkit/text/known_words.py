@@ -59,8 +59,8 @@ from collections import Counter
 from pathlib import Path
 
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
-from ldmkit.text.phrases import (NounPhrase, drop_corrections, is_determiner, is_function_word, parse_phrases,
-                                 resolve_references, says_where)
+from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
+                                 parse_phrases, resolve_references, says_where)
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
@@ -202,9 +202,10 @@ class KnownWords:
         return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
     def rewrite(self, prompt: str, wordnet: WordNet) -> str:
-        """``prompt`` with its misspelt words read as the words meant (`spelled`), an object named by order, modifier
-        or side named by its own words (`ldmkit.text.phrases.resolve_references`: "the first one" → "the red
-        circle"), each never-seen word of its noun phrases replaced by its nearest object word, then re-said in the
+        """``prompt`` with its misspelt words read as the words meant (`spelled`), a clock's hour said as its side
+        ("at six o'clock" → "at the bottom": `ldmkit.text.phrases.clock_places`), a place or relation taken back
+        dropped ("on the left no wait the right" → "the right": `drop_corrections`), an object named by order,
+        modifier or side named by its own words (`resolve_references`: "the first one" → "the red circle"), each never-seen word of its noun phrases replaced by its nearest object word, then re-said in the
         captions' own phrasing where its other words hold one they never did (`resay`; module docstring).
         AUTOMATIC1111's emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]":
         `ldmkit.text.emphasis`), which a prompt read as written takes as text, is read without its brackets and
@@ -212,7 +213,7 @@ class KnownWords:
         before = None
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
-        prompt = resolve_references(drop_corrections(self.spelled(prompt, wordnet)))
+        prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 
     def spelled(self, prompt: str, wordnet: WordNet) -> str:
@@ -285,15 +286,12 @@ class KnownWords:
             word = prompt[span[0]:span[1]]
             return self._known(word) or any(self._known(f) for f in wordnet.base_forms(word))
 
-        def names_known(o: NounPhrase) -> bool:  # "the cyan triangle key": a triangle
-            return known(o.noun) or any(prompt[a:b].lower() in self._noun_names for a, b in o.modifiers)
-
         def described(o: NounPhrase) -> bool:  # a modifier the captions held, or one read so, or a colour name
             words = [prompt[a:b].lower() for a, b in o.modifiers]
             return any(w in self._modifiers or self.reading(w, wordnet) is not None or (
                 w.isalpha() and not wordnet.is_word(w)) for w in words) or bool(find_colour_names(" ".join(words)))
 
-        drawn = [o for o in phrases if names_known(o)]
+        drawn = [o for o in phrases if self._names_a_caption_object(prompt, o, wordnet)]
         kinds = {prompt[o.noun[0]:o.noun[1]].lower() for o in phrases if described(o)}
         for phrase in phrases:
             if not self._names_an_object(prompt, phrase, wordnet):
@@ -352,6 +350,13 @@ class KnownWords:
             return None
         same = [w for w in drawn if colour_difference(drawn[nearest], drawn[w]) <= SAME_COLOUR]
         return max(same, key=lambda w: (self.words.get(w, 0), w))
+
+    def _names_a_caption_object(self, prompt: str, phrase: NounPhrase, wordnet: WordNet | None) -> bool:
+        """Whether a noun phrase names an object in the captions' words: its noun one of theirs (or an inflection of
+        one), or a modifier one of their nouns ("the cyan triangle key": a triangle)."""
+        noun = prompt[phrase.noun[0]:phrase.noun[1]]
+        return self._known(noun) or any(self._known(f) for f in (wordnet.base_forms(noun) if wordnet else ())) or any(
+            prompt[a:b].lower() in self._noun_names for a, b in phrase.modifiers)
 
     def _names_an_object(self, prompt: str, phrase, wordnet: WordNet) -> bool:
         """Whether a noun phrase names something, so that its words are read: its noun is a word the captions held
@@ -453,9 +458,10 @@ class KnownWords:
         ("…, minimal, flat design, 8k", "trending on artstation"), a label ("Alt text: …"), an aside ("for the
         poster, …", "Can you make one for her?"); then, where more than two objects are left or two without a
         relation between them, each noun phrase with no object word ("the designer should set …", "my daughter
-        wants …"), with its determiner — never one of the two a relation joins ("a plus sign above a red circle"),
-        nor a place the chunker took for an object, which holds or follows a word saying where ("…, centered
-        composition", "positioned hugging the floor"; a noun, not an adverb: "stacked vertically"). A part kept
+        wants …") or, beside two that name objects in the captions' words, none among its nouns ("…, leaving a
+        small gap between them"), with its determiner — never one of the two a relation joins ("a plus sign above a
+        red circle"), nor a place the chunker took for an object, which holds or follows a word saying where ("…,
+        centered composition", "positioned hugging the floor"; a noun, not an adverb: "stacked vertically"). A part kept
         follows the one kept before it after the mark that came before it; the second value says whether noun
         phrases were left out."""
         pieces = _PARTS.split(prompt)  # part, mark, part, …
@@ -473,13 +479,16 @@ class KnownWords:
         left_out = False
         drawn = sum(any(self._object_word(text[a:b], wordnet) for a, b in (*o.modifiers, o.noun))
                     for o in parsed.objects)
+        named = [o for o in parsed.objects if self._names_a_caption_object(text, o, wordnet)]
         for phrase in sorted(parsed.objects, key=lambda o: o.noun, reverse=True):
             spans = sorted((*phrase.modifiers, phrase.noun))
             before = [w.lower() for w in _WORD.findall(text[:spans[0][0]])]
             while before and is_determiner(before[-1]):
                 before.pop()
             noun = text[phrase.noun[0]:phrase.noun[1]]
-            if any(self._object_word(text[a:b], wordnet) or says_where(text[a:b].lower()) for a, b in spans) or (
+            setting = phrase not in named and len(named) >= 2  # "…, leaving a small gap between them"
+            if not setting and any(self._object_word(text[a:b], wordnet) for a, b in spans) or any(
+                    says_where(text[a:b].lower()) for a, b in spans) or (
                     before and says_where(before[-1]) and (wordnet is None or wordnet.is_noun(noun))):
                 continue  # an object, or a place: "…, centered composition", "positioned hugging the floor" (not
                 # an adverb: "stacked vertically")

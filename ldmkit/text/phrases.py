@@ -86,7 +86,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably", "when", "whenever",
     # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "sorry", "wait",
-    "actually", "really", "kinda", "basically", "literally",
+    "actually", "really", "kinda", "basically", "literally", "other",
     # staying as it is: "the left half stays empty", "leaving the left open"
     "remains", "remain", "stays", "stay", "stayed", "leaving", "leave", "horizontally", "vertically",
 }  # fmt: skip
@@ -158,6 +158,10 @@ _SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bot
                     "left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
 _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
+# A clock's hours on one side of the picture ("at six o'clock": at the bottom), `clock_places`
+_CLOCK_SIDES = {"twelve": "at the top", "12": "at the top", "three": "on the right", "3": "on the right",
+                "six": "at the bottom", "6": "at the bottom", "nine": "on the left", "9": "on the left"}
+_CLOCK = re.compile(r"\b(?:at\s+)?(twelve|12|three|3|six|6|nine|9)\s*o['’]?\s?clock\b", re.IGNORECASE)
 # Words that take back the place or relation right before them for the one right after ("on the left no wait
 # the right": `drop_corrections`)
 _CORRECTION = re.compile(r"[\s,;:.!—–-]*\b(?:no,?\s+wait|wait,?\s+no|no\s+no|sorry|i\s+mean|or\s+rather|"
@@ -259,7 +263,6 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
             placed = word in _PLACE_SIDES and word not in _LOOSE_SIDES and i + 1 < len(words) and (
                 words[i + 1][0] in _PLACES | _SIDED_PLACES)
             function = (word in _FUNCTION | _NEGATIONS | _NONE and not placed) or (  # "the lower third": a place
-                word == "other" and i > 0 and words[i - 1][0] == "each") or (  # "next to each other"
                 i == 0 and word == "right" and len(words) > 2 and words[1][0] == ","  # "Right, so I'd like …"
                 and words[2][0] in _FUNCTION) or (
                 word.endswith(("n't", "n’t")) or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word))) or (
@@ -370,6 +373,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         inside = _is_place([text[a:b].lower() for a, b in run], after) and after == "of" and (
             text[run[-1][0]:run[-1][1]].lower() in _INSIDE)
         is_place = _is_place([text[a:b].lower() for a, b in run], after)
+        if frame:
+            unsaid += run  # the picture and the words describing it ("a minimalist flat design illustration")
         if frame and to_frame:
             # a relation to the frame is a place: "to the left of the image" = on the left
             side = _RELATION_SIDES[lead[-1] if lead[-1] in _RELATION_SIDES else lead[-2]]
@@ -386,10 +391,15 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         elif is_place:
             place = _place(text, lead, leads[k], run)
             if "its" in lead and place.meaning in _SIDE_RELATION and objects:
-                # a place of the object named before: "put A to its left" = A left of it
-                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, False, place.span)],
-                                   key=lambda r: r[0])
-                said.append(Said(_SIDE_RELATION[place.meaning], place.span))
+                # a place of the object named before: "put A to its left" = A left of it; with "it" before "its"
+                # in the clause, "it" names the other one: "A shouldn't be right of B, it should be on its left"
+                meaning = _SIDE_RELATION[place.meaning]
+                clause_lead = lead[max((i + 1 for i, w in enumerate(lead) if w in _CLAUSE_MARKS), default=0):]
+                subject = clause_lead[:clause_lead.index("its")] if "its" in clause_lead else []
+                if any(w == "it" and (i == 0 or subject[i - 1] not in _PREPOSITIONS) for i, w in enumerate(subject)):
+                    meaning = _INVERSE[meaning]
+                relations = sorted([*relations, (k, meaning, True, False, place.span)], key=lambda r: r[0])
+                said.append(Said(meaning, place.span))
             else:
                 places.append((clause, {text[a:b].lower() for a, b in run} | set(lead), place.span, owner(clause)))
                 said_places.append(place)
@@ -538,6 +548,13 @@ def resolve_references(text: str) -> str:
             return text
 
 
+def clock_places(text: str) -> str:
+    """``text`` with each place said as a clock's hour on one side said as that side: "at twelve o'clock" → "at the
+    top", "at 3 o'clock" → "on the right", "at six o'clock" → "at the bottom", "at nine o'clock" → "on the left"
+    (hours between two sides stay as written)."""
+    return _CLOCK.sub(lambda m: _CLOCK_SIDES[m.group(1).lower()], text)
+
+
 def drop_corrections(text: str) -> str:
     """``text`` without each place or relation that the words right after it take back for another ("no wait",
     "sorry", "I mean", "or rather" …): "a blue triangle on the left no wait the right side" → "a blue triangle the
@@ -562,19 +579,25 @@ def drop_corrections(text: str) -> str:
 def _denied(text: str, span: Span, nouns: list[Span]) -> bool:
     """Whether the place or relation at ``span`` is said not to hold: a negation before it in its clause ("not in
     the middle", "I don't want it centred"), a word of emptiness before it with no object between ("negative space
-    to the right", "lots of room above it"), or one ending its clause after it ("the left half stays empty",
-    "leaving the left open")."""
+    to the right", "lots of room above it"), one ending its clause after it ("the left half stays empty",
+    "leaving the left open"), or a clause right after it that says it is wrong ("… at the top, that's wrong")."""
     words = [(m.group().lower(), m.span()) for m in _WORD.finditer(text)]
     before = [(w, s) for w, s in words if s[1] <= span[0]]
     after = [(w, s) for w, s in words if s[0] >= span[1]]
     cut = max((i + 1 for i, (w, _) in enumerate(before) if w in _CLAUSE_MARKS | {"—", "–", ":"}), default=0)
     before = before[cut:]
     end = next((i for i, (w, _) in enumerate(after) if w in _CLAUSE_ENDS | _CLAUSE_MARKS), len(after))
+    following = [w for w, _ in after[end + 1:]]  # the clause after its own: "…, that's wrong"
+    following = following[:next((i for i, w in enumerate(following) if w in _CLAUSE_ENDS | _CLAUSE_MARKS),
+                                len(following))]
     after = [w for w, _ in after[:end]]
     if any(w in _NEGATIONS or w.endswith("n't") for w, _ in before):
         return True
     if any(w in _EMPTY_BEFORE and not any(s[1] <= a < span[0] for a, _ in nouns) for w, s in before):
         return True
+    if [w for w in following if w not in {"that", "that's", "this", "it", "it's", "is", "was", "all"}] in (
+            ["wrong"], ["incorrect"], ["not", "right"], ["not", "what", "i", "want"]):
+        return True  # "the last one came out at the top, that's wrong"
     while after and after[0] in _BEING | _DETERMINERS | _MEDIA | {"of"}:  # "… of the frame stays empty"
         after.pop(0)
     return len(after) == 1 and after[0] in _EMPTY_AFTER
@@ -608,9 +631,9 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
             after in _CLAUSE_ENDS | {"and", "horizontally", "vertically"}
             or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
-    if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"]) and words[0] in firm and not any(
+    if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"], ["its"]) and words[0] in firm and not any(
             w in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA for w in words[1:]):
-        split = 1  # "red square on top cyan diamond on the bottom"
+        split = 1  # "red square on top cyan diamond on the bottom", "… and to its right drifted a red diamond"
     if split > 0:
         runs.append((lead, spans[:split], ""))
         leads.append(lead_spans)
