@@ -525,6 +525,18 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     # the picture's own words; a setting beside two named objects
     ("A minimalist flat design illustration featuring a red circle at the top.", "a red circle at the top"),
     ("Draw a red circle. Below it, draw a star, leaving a large gap between them.", "a red circle above a star"),
+    # a post's hashtags and chat words; a place run on into other words; the picture however described
+    ("ok so i need a red circle on the LEFT side lol #art #minimal", "a red circle on the left"),
+    ("red circle top pls 🙏✨", "a red circle at the top"),
+    ("On the left side of an otherwise plain dark image sits a red circle.", "a red circle on the left"),
+    # directions: a side to move to between two objects places the one ahead against the one before
+    ("Find the star, then go a bit to the left and you'll see a red circle.", "the star to the right of a red circle"),
+    ("Start at the star and head straight up; first thing you'll bump into is a red circle.",
+     "the star below a red circle"),
+    ("Keep going left till you nearly hit the wall, and there's a red circle.", "a red circle on the left"),
+    # formal words; "the former", "the latter"
+    ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
+     "a red circle above a star"),
 ])
 def test_what_the_model_cannot_draw_is_left_out_when_a_prompt_is_said_again(prompt, read):
     assert KnownWords.from_captions(CAPTIONS).rewrite(prompt, wordnet) == read

@@ -60,7 +60,7 @@ from pathlib import Path
 
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
-                                 parse_phrases, resolve_references, says_where)
+                                 names_a_side, parse_phrases, resolve_references, says_where)
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
@@ -80,6 +80,7 @@ _LOWER = re.compile(r"[a-z]+")  # a word of plain letters, the only kind `KnownW
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 # A1111's emphasis, innermost first (`KnownWords.rewrite`): "(words:1.3)", "((words))", "[words]"
 _EMPHASIS = re.compile(r"\(([^()]*?)\s*:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)|\(\(([^()]*)\)\)|\[([^\[\]]*)\]")
+_HASHTAG = re.compile(r"(?<![\w#])#(?![0-9a-fA-F]{6}\b)[^\W\d_]\w*")  # a hashtag; not a colour ("#ff0000")
 # A side, then "of" at the end of a text: the place that an object of no object word left out followed
 _SIDE_OF = re.compile(r"\b(?:left|right|top|bottom|middle|centre|center)(?:\s+(?:side|half|edge|part|corner|end))?"
                       r"(\s+of\s*)$", re.IGNORECASE)
@@ -205,14 +206,16 @@ class KnownWords:
         """``prompt`` with its misspelt words read as the words meant (`spelled`), a clock's hour said as its side
         ("at six o'clock" → "at the bottom": `ldmkit.text.phrases.clock_places`), a place or relation taken back
         dropped ("on the left no wait the right" → "the right": `drop_corrections`), an object named by order,
-        modifier or side named by its own words (`resolve_references`: "the first one" → "the red circle"), each never-seen word of its noun phrases replaced by its nearest object word, then re-said in the
-        captions' own phrasing where its other words hold one they never did (`resay`; module docstring).
-        AUTOMATIC1111's emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]":
-        `ldmkit.text.emphasis`), which a prompt read as written takes as text, is read without its brackets and
-        weights; a pair of round brackets as prose uses them stays ("a square (lower)")."""
+        modifier or side named by its own words (`resolve_references`: "the first one" → "the red circle"), each
+        never-seen word of its noun phrases replaced by its nearest object word, then re-said in the captions' own
+        phrasing where its other words hold one they never did (`resay`; module docstring). AUTOMATIC1111's
+        emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]": `ldmkit.text.emphasis`), which a
+        prompt read as written takes as text, is read without its brackets and weights; a pair of round brackets
+        as prose uses them stays ("a square (lower)"); hashtags ("#aiart") name a post's topics and are left out."""
         before = None
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
+        prompt = _HASHTAG.sub("", prompt).strip() or prompt  # "#aiart", "#minimal": a post's topics, not its objects
         prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 
@@ -483,13 +486,16 @@ class KnownWords:
         for phrase in sorted(parsed.objects, key=lambda o: o.noun, reverse=True):
             spans = sorted((*phrase.modifiers, phrase.noun))
             before = [w.lower() for w in _WORD.findall(text[:spans[0][0]])]
+            counted = False  # a side, then a determiner: how far ("… to the right a few steps"), not a place
             while before and is_determiner(before[-1]):
+                counted = True
                 before.pop()
             noun = text[phrase.noun[0]:phrase.noun[1]]
             setting = phrase not in named and len(named) >= 2  # "…, leaving a small gap between them"
             if not setting and any(self._object_word(text[a:b], wordnet) for a, b in spans) or any(
                     says_where(text[a:b].lower()) for a, b in spans) or (
-                    before and says_where(before[-1]) and (wordnet is None or wordnet.is_noun(noun))):
+                    before and says_where(before[-1]) and not (counted and names_a_side(before[-1])) and (
+                        wordnet is None or wordnet.is_noun(noun))):
                 continue  # an object, or a place: "…, centered composition", "positioned hugging the floor" (not
                 # an adverb: "stacked vertically")
             start, end = spans[0][0], spans[-1][1]

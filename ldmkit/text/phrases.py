@@ -68,7 +68,11 @@ _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "li
             "staying", "grounded", "holds", "hold", "holding", "occupies", "occupy", "occupied", "occupying",
             }  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
-_FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
+# Verbs of moving, in directions: a side after one, before any object of its clause, places the object named next
+# against the one named before ("Find A, then go a bit to the left and you'll see B": B left of A)
+_MOTION = {"go", "goes", "going", "head", "heads", "heading", "drop", "move", "moving", "walk", "walking", "keep",
+           "keeps", "keeping", "continue", "turn", "step", "travel", "pass", "climb", "climbing"}
+_FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - {"head"}) | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
@@ -86,7 +90,11 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | {
     "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably", "when", "whenever",
     # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "sorry", "wait",
-    "actually", "really", "kinda", "basically", "literally", "other",
+    "actually", "really", "kinda", "basically", "literally", "other", "shall", "do", "does", "did", "thereof",
+    # chat: "can u make …", "… rn lol"
+    "u", "ur", "rn", "lol", "omg", "ngl", "btw", "tbh", "imo", "thx", "you'll", "you're", "i'll", "we'll",
+    # directions: "go a bit to the left till you …"
+    "till", "until", "nearly", "almost", "bit",
     # staying as it is: "the left half stays empty", "leaving the left open"
     "remains", "remain", "stays", "stay", "stayed", "leaving", "leave", "horizontally", "vertically",
 }  # fmt: skip
@@ -175,8 +183,8 @@ _ORDER_RELATION = {("left", "right"): "left of", ("right", "left"): "right of", 
 _COMPARATIVES = {"higher": "above", "lower": "below"}
 _THERE = {"there", "here", "now", "away"}  # "right there": exactly there, no side
 # Words of exactness before a place ("dead centre", "slap bang in the middle"): structure there
-_EXACTLY = {"dead", "smack", "slap", "bang", "dab", "squarely", "exactly", "perfectly", "plumb", "exact"}
-_CLOSED = _FUNCTION | _NEGATIONS | _NONE | _EXACTLY | _PLACES | _MEDIA | _PROPERTIES | {
+_EXACTLY = {"dead", "smack", "slap", "bang", "dab", "squarely", "exactly", "perfectly", "plumb", "exact", "straight"}
+_CLOSED = _FUNCTION | _NEGATIONS | _NONE | _EXACTLY | _MOTION | _PLACES | _MEDIA | _PROPERTIES | {
     w for p in _RELATIONS for w in p.split()}
 _ADVERB_OVER = {"on", "to", "at", "in", "by", "toward", "towards", "there", "here"}  # "over" before these: no relation
 _CLAUSE_ENDS = {"", ",", ";", ".", "!", "?", "|", "—", "–"}  # what follows a clause's last word ("": the end)
@@ -236,6 +244,11 @@ def says_where(word: str) -> bool:
     return (word in _PLACE_SIDES and word not in _LOOSE_SIDES) or word in _RELATION_WORDS or word in _PLACING
 
 
+def names_a_side(word: str) -> bool:
+    """Whether ``word`` (lower case) names a side of the picture ("left", "upper", "centred", "north")."""
+    return word in _PLACE_SIDES
+
+
 def is_function_word(word: str) -> bool:
     """Whether ``word`` (lower case) is of a closed class the chunker reads as structure, never as an object: an
     article, preposition, conjunction, pronoun, verb of placing or seeing, a noun of place, medium or property, a
@@ -262,7 +275,10 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
             # "right in the middle", "right there": "right" = exactly; "top-to-bottom": an order (`_READING_ORDER`)
             placed = word in _PLACE_SIDES and word not in _LOOSE_SIDES and i + 1 < len(words) and (
                 words[i + 1][0] in _PLACES | _SIDED_PLACES)
-            function = (word in _FUNCTION | _NEGATIONS | _NONE and not placed) or (  # "the lower third": a place
+            placed = placed or (word in ("up", "down") and i > 0 and words[i - 1][0] in _MOTION | {"straight"})
+            function = word == "head" and i + 1 < len(words) and (  # "head straight up", not "the head of …"
+                words[i + 1][0] in (_PREPOSITIONS - {"of"}) | _EXACTLY | set(_PLACE_SIDES))
+            function = function or (word in _FUNCTION | _NEGATIONS | _NONE and not placed) or (  # "the lower third"
                 i == 0 and word == "right" and len(words) > 2 and words[1][0] == ","  # "Right, so I'd like …"
                 and words[2][0] in _FUNCTION) or (
                 word.endswith(("n't", "n’t")) or not word[0].isalnum() or bool(_READING_ORDER.fullmatch(word))) or (
@@ -298,7 +314,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
     lead_spans: list[Span] = []
     # (number of runs before it, relation, whether it points back, whether it follows the run before it in its
     # clause: "A with B beneath it" against "A, and beneath it B", its span)
-    relations: list[tuple[int, str, bool, bool, Span]] = []
+    relations: list[tuple[int, str, bool, bool | None, Span]] = []
     said: list[Said] = []
     spans: list[Span] = []
     items = _items(text)
@@ -361,8 +377,8 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             continue
         to_frame = bool(lead) and (lead[-1] in _RELATION_SIDES or (
             len(lead) >= 2 and lead[-1] in _DETERMINERS and lead[-2] in _RELATION_SIDES))
-        frame = noun in _MEDIA and (after in _FRAME_AFTER or (len(run) == 1 and (bool(_FRAME_LEAD & set(lead))
-                                                                                or to_frame)))
+        frame = noun in _MEDIA and (after in _FRAME_AFTER or to_frame or (
+            len(run) == 1 and bool(_FRAME_LEAD & set(lead))))
         part_of_frame = noun in _FRAME_PARTS and ((after == "of" and k + 1 < len(runs) and (
             text[runs[k + 1][1][-1][0]:runs[k + 1][1][-1][1]].lower() in _MEDIA)) or (  # "at the foot of the page"
             len(run) == 1 and lead[-2:] in (["at", "the"], ["on", "the"]) and after in _CLAUSE_ENDS))  # "at the base"
@@ -390,7 +406,14 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             said_places.append(Said(side, places[-1][2]))
         elif is_place:
             place = _place(text, lead, leads[k], run)
-            if "its" in lead and place.meaning in _SIDE_RELATION and objects:
+            moving = [w for w in lead if w in _MOTION]
+            if place.meaning in _SIDE_RELATION and objects and moving and all(clause not in own for own in clauses) \
+                    and not {"it", "them"} & set(lead[lead.index(moving[-1]):]):  # (not "move it to the top")
+                # directions: "Find A, then go a bit to the left and you'll see B": B left of A
+                relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, None, place.span)],
+                                   key=lambda r: r[0])
+                said.append(Said(_SIDE_RELATION[place.meaning], place.span))
+            elif "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it; with "it" before "its"
                 # in the clause, "it" names the other one: "A shouldn't be right of B, it should be on its left"
                 meaning = _SIDE_RELATION[place.meaning]
@@ -628,12 +651,17 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
     tail = words[split:]
     sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
     if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES and (
-            after in _CLAUSE_ENDS | {"and", "horizontally", "vertically"}
+            after in _CLAUSE_ENDS | {"and", "horizontally", "vertically", "please", "pls", "plz"}
+            or (after[:1] and not after[0].isalnum() and after not in "([{=:'\"-")
             or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
     if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"], ["its"]) and words[0] in firm and not any(
             w in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA for w in words[1:]):
         split = 1  # "red square on top cyan diamond on the bottom", "… and to its right drifted a red diamond"
+    if split == 0 and [w for w in lead if w not in _DETERMINERS][-1:] in (["on"], ["at"], ["in"], ["to"]):
+        ends = [j for j, w in enumerate(words[:-1]) if w in _PLACES | _SIDED_PLACES and (firm & set(words[:j + 1]))
+                and words[j + 1] not in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES | _MEDIA]
+        split = ends[0] + 1 if ends else 0  # "on the LEFT side lol": the place, then the rest
     if split > 0:
         runs.append((lead, spans[:split], ""))
         leads.append(lead_spans)
@@ -695,7 +723,7 @@ def _relation_of_places(places: list[tuple[int, set[str], Span, int]], clauses: 
     return by_clause or opposite(*(side([words for _, words, _, g in places if g == own]) for own in (0, 1)))
 
 
-def _relation(relations: list[tuple[int, str, bool, bool, Span]], mentions: list[tuple[int, int]]
+def _relation(relations: list[tuple[int, str, bool, bool | None, Span]], mentions: list[tuple[int, int]]
               ) -> tuple[str | None, bool]:
     """The relation of object 0 to object 1 stated by the first relation word between mentions of two
     different objects ("A above B"), or before them ("above B there is A": A above B). A relation word that
@@ -709,7 +737,8 @@ def _relation(relations: list[tuple[int, str, bool, bool, Span]], mentions: list
         plain = False
         if back:
             in_clause = close and before and position - 1 in {k for k, _ in mentions}
-            subject = before[-1] if in_clause else after[0] if after else (before[-1] if before else None)
+            subject = before[-1] if in_clause else after[0] if after else (
+                before[-1] if before and close is not None else None)  # (None: directions, to the object ahead)
             ref = next((g for g in reversed(before) if g != subject), None)
             if subject is None or ref is None:
                 continue
