@@ -108,8 +108,9 @@ def main() -> None:
     k = 0
     for (kind, text, texts, _), entry in zip(rows, frames["one"] + frames["two"]):
         states = entry.get("place") or entry.get("relation") or "–"
-        lines.append(f"| `{text}` | {states} | {share(None, 'read', text)} | {share(None, 'written', text)} | "
-                     f"{share(None, 'templates', text)} | {read_as[k]} |")
+        cell = " ".join(text.split())  # a frame of several lines, on one row of the table
+        lines.append(f"| `{cell}` | {states} | {share(None, 'read', text)} | {share(None, 'written', text)} | "
+                     f"{share(None, 'templates', text)} | {' '.join(read_as[k].split())} |")
         k += len(texts)
     head = (f"Model: `{args.model}`; frames `{args.frames.name}`, {args.per_frame} scenes per frame "
             f"({len(prompts)} prompts). "
