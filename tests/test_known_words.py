@@ -534,6 +534,15 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("Start at the star and head straight up; first thing you'll bump into is a red circle.",
      "the star below a red circle"),
     ("Keep going left till you nearly hit the wall, and there's a red circle.", "a red circle on the left"),
+    # never a place lost: a question and its answer, a side before a preposition, a relation to a setting said
+    # after both, a side word with no place ("… way down the image": as written)
+    ("Where did the red circle go? Oh! It's all the way up at the top, sweetie.", "the red circle at the top"),
+    ("As a user I want to see a red circle placed left in the canvas, with equal space on every side.",
+     "a red circle on the left"),
+    ("Place the subject, a red circle, in the upper third of the frame, minimal headroom above it.",
+     "a red circle at the top"),
+    ("Put a red circle about nine tenths of the way down the image.",
+     "Put a red circle about nine tenths of the way down the image."),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

@@ -449,8 +449,11 @@ class KnownWords:
             says_where(w.lower()) for w in _WORD.findall(prompt[p.span[0]:p.span[1]]))}
         if None in sides or len(sides) > 1:
             return as_it_is
-        if not sides:
-            return self._said(prompt, parsed.objects[0])
+        if not sides:  # (a side word outside its places would be lost: "… nine tenths of the way down the image")
+            left = [m for m in outside if not _within(m.span(), list(parsed.denied))]
+            lost = any(names_a_side(m.group().lower()) and prompt[m.end():].split()[:1] in (
+                ["the"], ["to"], ["toward"], ["towards"], ["near"]) for m in left)  # "… way down the image"
+            return as_it_is if lost else self._said(prompt, parsed.objects[0])
         place = _most(self.places.get(sides.pop() or "", {}))
         return as_it_is if place is None else f"{self._said(prompt, parsed.objects[0])} {place}"
 
@@ -477,8 +480,11 @@ class KnownWords:
             if not mark and i + 1 < len(pieces):  # the mark that ended the part kept last: "a | b" stays two clauses
                 mark = pieces[i + 1].strip() or "-"
         parsed = parse_phrases(text, self._only_modifier)
-        if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None):
+        if len(parsed.objects) < 2 or (len(parsed.objects) == 2 and parsed.relation is not None and (
+                parsed.plain or all(self._object_word(text[o.noun[0]:o.noun[1]], wordnet) or any(
+                    self._object_word(text[a:b], wordnet) for a, b in o.modifiers) for o in parsed.objects))):
             return text, False  # its objects are what the prompt asks for, whether or not the model can draw them
+            # (not a relation said after both to a phrase of no object word: "…, minimal headroom above")
         left_out = False
         drawn = sum(any(self._object_word(text[a:b], wordnet) for a, b in (*o.modifiers, o.noun))
                     for o in parsed.objects)

@@ -50,7 +50,7 @@ _PREPOSITIONS = {
     "over", "under", "below", "beneath", "underneath", "between", "into", "onto", "inside", "outside", "around",
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
-    "slightly", "somewhat", "immediately", "far", "close", "way",
+    "slightly", "somewhat", "immediately", "far", "close", "way", "about", "around", "roughly", "approximately",
 }  # fmt: skip
 # A place or relation said not to hold: after one of these in its clause ("not in the middle", "I don't want it
 # centred"), or said empty ("negative space to the right", "the left half stays empty": `_denied`)
@@ -92,7 +92,8 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - 
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "sorry", "wait",
     "actually", "really", "kinda", "basically", "literally", "other", "shall", "do", "does", "did", "thereof",
     # chat: "can u make …", "… rn lol"
-    "u", "ur", "rn", "lol", "omg", "ngl", "btw", "tbh", "imo", "thx", "you'll", "you're", "i'll", "we'll",
+    "u", "ur", "rn", "lol", "omg", "ngl", "btw", "tbh", "imo", "thx", "bruh", "fr", "yo", "gg", "ez", "idk", "smh",
+    "you'll", "you're", "i'll", "we'll",
     # directions: "go a bit to the left till you …"
     "till", "until", "nearly", "almost", "bit",
     # staying as it is: "the left half stays empty", "leaving the left open"
@@ -406,13 +407,16 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             said_places.append(Said(side, places[-1][2]))
         elif is_place:
             place = _place(text, lead, leads[k], run)
-            moving = [w for w in lead if w in _MOTION]
+            own_lead = lead[max((i + 1 for i, w in enumerate(lead) if w in _CLAUSE_MARKS), default=0):]
+            moving = [w for w in own_lead if w in _MOTION]
             if place.meaning in _SIDE_RELATION and objects and moving and all(clause not in own for own in clauses) \
-                    and not {"it", "them"} & set(lead[lead.index(moving[-1]):]):  # (not "move it to the top")
-                # directions: "Find A, then go a bit to the left and you'll see B": B left of A
+                    and not {"it", "them"} & set(own_lead[own_lead.index(moving[-1]):]):  # (not "move it to the top")
+                # directions: "Find A, then go a bit to the left and you'll see B": B left of A (and, with no
+                # object ahead, a place: "Where did A go? It's all the way down at the bottom")
                 relations = sorted([*relations, (k, _SIDE_RELATION[place.meaning], True, None, place.span)],
                                    key=lambda r: r[0])
-                said.append(Said(_SIDE_RELATION[place.meaning], place.span))
+                places.append((clause, {text[a:b].lower() for a, b in run} | set(lead), place.span, -1))
+                said_places.append(place)
             elif "its" in lead and place.meaning in _SIDE_RELATION and objects:
                 # a place of the object named before: "put A to its left" = A left of it; with "it" before "its"
                 # in the clause, "it" names the other one: "A shouldn't be right of B, it should be on its left"
@@ -637,6 +641,10 @@ def _than_follows(items: list[tuple[str, str, Span]], i: int) -> bool:
     return False
 
 
+# Words after which a side ends a run, as at a clause's end ("a red star centered in the canvas", "… top pls")
+_RUN_ENDS = (_PREPOSITIONS - {"of"}) | {"and", "horizontally", "vertically", "please", "pls", "plz"}
+
+
 def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: list[Span], spans: list[Span],
                after: str) -> None:
     """Add a run of content words to ``runs`` (with its ``lead``), as two where it ends a clause in words of a side
@@ -650,9 +658,8 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
         split -= 1
     tail = words[split:]
     sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
-    if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES and (
-            after in _CLAUSE_ENDS | {"and", "horizontally", "vertically", "please", "pls", "plz"}
-            or (after[:1] and not after[0].isalnum() and after not in "([{=:'\"-")
+    if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES | _MEDIA and (
+            after in _CLAUSE_ENDS | _RUN_ENDS or (after[:1] and not after[0].isalnum() and after not in "([{=:'\"-")
             or (after == "of" and len(tail) > 1 and tail[-1] in _PLACES | _SIDED_PLACES))):
         split = len(words) - 1 if after == "=" else 0  # "star color=orange": the star, then the key "color"
     if split == 0 and len(words) > 1 and lead[-1:] in (["on"], ["at"], ["its"]) and words[0] in firm and not any(
