@@ -389,11 +389,14 @@ class KnownWords:
         reads between them (`ldmkit.text.phrases`); every word outside the objects, their place phrases and labels
         ("Layout:", "color=") of a closed class (`is_function_word`: articles, prepositions, verbs of placing and
         seeing …); each place on one side (a place that names none, "on a dark background", is lost with the
-        structure); the captions holding a phrase for the relation or the place; and, given ``wordnet``, each
-        object's noun a word they held or a noun WordNet knows (not a verb read as a noun: "I remember …"). Each
-        object is said as its determiner, modifiers and noun in that order ("a square that is blue" → "a blue
-        square"); two objects as "A {relation} B", one as "A {place}", in the phrase the captions used most for
-        that relation or side.
+        structure, and so is one said not to hold: "not in the middle"); the captions holding a phrase for the
+        relation or the place; given ``wordnet``, each object's noun a word they held or a noun WordNet knows (not a
+        verb read as a noun: "I remember …"); and, for one object with no place, no side word left outside every
+        place ("… nine tenths of the way down the image"). Each object is said as its determiner, modifiers and
+        noun in that order ("a square that is blue" → "a blue square"); two objects as "A {relation} B", one as "A
+        {place}", in the phrase the captions used most for that relation or side. A prompt in their words is said
+        again too where an object of theirs has no article ("red circle above blue square" → "a red circle above a
+        blue square"), as the captions always give one.
 
         A prompt holding words the captions never held that cannot be said again so, or need not be, is tried once
         more without what names nothing the model draws (`_drawn_part`: "a red circle on the left, minimal, 8k" →
@@ -462,14 +465,16 @@ class KnownWords:
         colons, dashes …) that holds no object word (`_object_word`) and no word saying where (`says_where`: a side,
         a relation, a verb of placing: "centered composition", "positioned hugging the floor") — a tag
         ("…, minimal, flat design, 8k", "trending on artstation"), a label ("Alt text: …"), an aside ("for the
-        poster, …", "Can you make one for her?"); then, where more than two objects are left or two without a
-        relation between them, each noun phrase with no object word ("the designer should set …", "my daughter
+        poster, …", "Can you make one for her?"); then, where more than two objects are left, or two without a
+        relation between them or with one said after both to a phrase of no object word ("…, minimal headroom above
+        it"), each noun phrase with no object word ("the designer should set …", "my daughter
         wants …") or, beside two that name objects in the captions' words, none among its nouns ("…, leaving a
         small gap between them"), with its determiner — never one of the two a relation joins ("a plus sign above a
         red circle"), nor a place the chunker took for an object, which holds or follows a word saying where ("…,
-        centered composition", "positioned hugging the floor"; a noun, not an adverb: "stacked vertically"). A part kept
-        follows the one kept before it after the mark that came before it; the second value says whether noun
-        phrases were left out."""
+        centered composition", "positioned hugging the floor"; a noun, not an adverb: "stacked vertically"); a side
+        left dangling by the phrase left out of one object is its place ("on the left side of [an endless dark
+        sky]"). A part kept follows the one kept before it after the mark that came before it; the second value says
+        whether noun phrases were left out."""
         pieces = _PARTS.split(prompt)  # part, mark, part, …
         text, mark = "", ""
         for i in range(0, len(pieces), 2):
@@ -484,7 +489,6 @@ class KnownWords:
                 parsed.plain or all(self._object_word(text[o.noun[0]:o.noun[1]], wordnet) or any(
                     self._object_word(text[a:b], wordnet) for a, b in o.modifiers) for o in parsed.objects))):
             return text, False  # its objects are what the prompt asks for, whether or not the model can draw them
-            # (not a relation said after both to a phrase of no object word: "…, minimal headroom above")
         left_out = False
         drawn = sum(any(self._object_word(text[a:b], wordnet) for a, b in (*o.modifiers, o.noun))
                     for o in parsed.objects)

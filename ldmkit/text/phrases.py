@@ -27,6 +27,13 @@ with its "than" relates the two it stands between ("A should be higher in the pi
 names objects referred to by order, modifier or side ("the first one", "the red one", "the lower one") by their own
 words first, so that they are mentions too.
 
+A place or relation in a clause that negates it ("not in the middle", "I don't want it centred"), or said empty
+("negative space to the right", "the left half stays empty"), or called wrong in the clause after it, holds
+nothing (``denied``), and neither does what follows "no" or "without". Directions name a side to move to between
+two objects ("Find A, then go a bit to the left and you'll see B": B left of A). `drop_corrections` drops a place
+or relation taken back for another ("on the left no wait the right"), `clock_places` says a clock's hour as its
+side ("at six o'clock": at the bottom).
+
 `parse_phrases` returns character spans, which a tokenizer maps to its own tokens
 (`FixedLengthTokenizer.token_indices`), so the same parse serves WordPiece, CLIP's BPE and the rest; and, with
 what each says, the spans of the relation phrases ("further left than": left of) and place phrases ("up at the
