@@ -285,10 +285,6 @@ class KnownWords:
         names = find_colour_names(prompt) if self.colours else []
         phrases = parse_phrases(prompt).objects
 
-        def known(span: tuple[int, int]) -> bool:
-            word = prompt[span[0]:span[1]]
-            return self._known(word) or any(self._known(f) for f in wordnet.base_forms(word))
-
         def described(o: NounPhrase) -> bool:  # a modifier the captions held, or one read so, or a colour name
             words = [prompt[a:b].lower() for a, b in o.modifiers]
             return any(w in self._modifiers or self.reading(w, wordnet) is not None or (
@@ -300,8 +296,9 @@ class KnownWords:
             if not self._names_an_object(prompt, phrase, wordnet):
                 continue
             others = [o for o in drawn if o is not phrase]
-            if not known(phrase.noun) and (len(others) >= 2 or (others and not described(phrase) and (
-                    prompt[phrase.noun[0]:phrase.noun[1]].lower() not in kinds))):
+            noun = prompt[phrase.noun[0]:phrase.noun[1]]
+            if not self._known_form(noun, wordnet) and (len(others) >= 2 or (
+                    others and not described(phrase) and noun.lower() not in kinds)):
                 continue  # the setting of objects it draws: "(2 marks)", "the player piece", "… deep black field"
             coloured = self._colour_names(prompt, names, phrase.modifiers)
             replacements += coloured
@@ -357,9 +354,12 @@ class KnownWords:
     def _names_a_caption_object(self, prompt: str, phrase: NounPhrase, wordnet: WordNet | None) -> bool:
         """Whether a noun phrase names an object in the captions' words: its noun one of theirs (or an inflection of
         one), or a modifier one of their nouns ("the cyan triangle key": a triangle)."""
-        noun = prompt[phrase.noun[0]:phrase.noun[1]]
-        return self._known(noun) or any(self._known(f) for f in (wordnet.base_forms(noun) if wordnet else ())) or any(
+        return self._known_form(prompt[phrase.noun[0]:phrase.noun[1]], wordnet) or any(
             prompt[a:b].lower() in self._noun_names for a, b in phrase.modifiers)
+
+    def _known_form(self, word: str, wordnet: WordNet | None) -> bool:
+        """Whether ``word`` is a word the captions held, or an inflection of one ("circles")."""
+        return self._known(word) or any(self._known(f) for f in (wordnet.base_forms(word) if wordnet else ()))
 
     def _names_an_object(self, prompt: str, phrase, wordnet: WordNet) -> bool:
         """Whether a noun phrase names something, so that its words are read: its noun is a word the captions held
@@ -369,7 +369,7 @@ class KnownWords:
         ("simple" → "square"; "an oval" is read), nor a word of the chunker's closed classes that it read as a noun
         after others ("minimalist vector illustration": the picture itself)."""
         noun = prompt[phrase.noun[0]:phrase.noun[1]]
-        if self._known(noun) or any(self._known(f) for f in wordnet.base_forms(noun)):
+        if self._known_form(noun, wordnet):
             return True
         if self._object(prompt, phrase).noun != phrase.noun:  # "a small cyan cross weighted to the left": a cross
             return True
