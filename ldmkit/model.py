@@ -158,7 +158,8 @@ class LatentDiffusion(nn.Module):
     def in_known_words(self, prompts: list[str]) -> list[str]:
         """The prompts as the pipelines read them: each word of a noun phrase that the training captions never held
         (nor those of a loaded LoRA that lists them) replaced by the nearest word they did, by WordNet, and a prompt
-        whose other words hold one they never did said again in their phrasing (`ldmkit.text.known_words`); as
+        whose other words hold one they never did, or whose objects have no article, said again in their phrasing
+        (`ldmkit.text.known_words`), each prompt on its own whatever the others of the batch are; as
         written for a model without recorded words, one that a LoRA or an embedding has taught words no file lists
         (``adapter_words`` None, ``taught``), or where WordNet is not installed (said once, as a warning)."""
         known = self.known_words
@@ -171,10 +172,10 @@ class LatentDiffusion(nn.Module):
                     known = known.union(words)
                 self._known_with_adapters = (key, known)
             known = self._known_with_adapters[1]
-        if all(known.knows(p) for p in prompts):
-            return list(prompts)
-        wordnet = default_wordnet()
+        wordnet = default_wordnet()  # its files are read at the first word it is asked about
         if wordnet is None:
+            if all(known.knows(p) for p in prompts):
+                return list(prompts)
             if not self._warned_wordnet:
                 warnings.warn("this model records its training words, but WordNet is not installed, so words it "
                               "never saw are read as written: pip install 'ldmkit[words]'", stacklevel=2)

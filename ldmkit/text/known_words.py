@@ -61,6 +61,7 @@ from pathlib import Path
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
                                  names_a_side, parse_phrases, resolve_references, says_where)
+from ldmkit.text.positions import file_words, number_places, without_symbols
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.wordnet import WordNet
 
@@ -211,11 +212,14 @@ class KnownWords:
         phrasing where its other words hold one they never did (`resay`; module docstring). AUTOMATIC1111's
         emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]": `ldmkit.text.emphasis`), which a
         prompt read as written takes as text, is read without its brackets and weights; a pair of round brackets
-        as prose uses them stays ("a square (lower)"); hashtags ("#aiart") name a post's topics and are left out."""
+        as prose uses them stays ("a square (lower)"); hashtags ("#aiart") name a post's topics and are left out,
+        as are pictographs ("✨", "👉"); a file name is read as words ("red_star_left.png") and a position in numbers
+        as its place ("at x=0.15, y=0.5" → "on the left": `ldmkit.text.positions`)."""
         before = None
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
         prompt = _HASHTAG.sub("", prompt).strip() or prompt  # "#aiart", "#minimal": a post's topics, not its objects
+        prompt = number_places(file_words(without_symbols(prompt)))
         prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 
@@ -569,7 +573,8 @@ class KnownWords:
         return " ".join([article, *words])
 
     def knows(self, prompt: str) -> bool:
-        """Whether every word of ``prompt`` occurred in the training captions (then `rewrite` leaves it as it is)."""
+        """Whether every word of ``prompt`` occurred in the training captions (`rewrite` may still say it again in
+        their phrasing: "red square top" → "a red square near the top")."""
         return self._known(prompt)
 
     def _known(self, text: str) -> bool:

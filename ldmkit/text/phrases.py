@@ -82,6 +82,7 @@ _MOTION = {"go", "goes", "going", "head", "heads", "heading", "drop", "move", "m
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - {"head"}) | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
+    "him", "her",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
     "there's", "here's", "it's",
     # verbs of showing and seeing
@@ -164,7 +165,7 @@ _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of
 _RELATION_SIDES = {"above": "top", "below": "bottom", "left of": "left", "right of": "right"}  # "… of the image"
 _SIDE_RELATION = {side: relation for relation, side in _RELATION_SIDES.items()}  # "… to its left": left of
 # Words right after a relation phrase that point back to an object named before it ("beneath it").
-_BACK = {"it", "which", "them", "whom"}
+_BACK = {"it", "which", "them", "whom", "him", "her"}
 _BACK_DEMONSTRATIVES = {"that", "this"}  # … followed by "one", a copula or a clause's end: "below that one, add B"
 _COPULAS = {"is", "was", "are", "were", "sits", "sat", "lies", "stands"}
 # "the first one", "the latter": which of the two objects named before (`resolve_references`)
@@ -573,7 +574,9 @@ def resolve_references(text: str) -> str:
             if target is None:
                 continue
             named = objects[target]
-            said = " ".join(text[a:b] for a, b in (*named.modifiers, named.noun))
+            after_noun = [m for m in named.modifiers if m[0] > named.noun[0]]  # "a cross figure in purple"
+            said = " ".join(text[a:b] for a, b in (*after_noun, *(m for m in named.modifiers if m not in after_noun),
+                                                   named.noun))  # "the purple cross figure", not "cross purple"
             replacement = the.group() + " " + said
             text = text[:the.start()] + replacement + text[end.end():]
             start, last = the.start() + len(replacement), target

@@ -68,10 +68,16 @@ class WordNet:
                    if not (self.folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.folder} is not a WordNet database folder: no {', '.join(missing)}")
-        self._index = {pos: _read_index(self.folder / f"index.{name}") for pos, name in POS.items()}
-        self._exceptions = {pos: _read_exceptions(self.folder / f"{name}.exc") for pos, name in POS.items()}
         self._synset = functools.lru_cache(maxsize=65536)(self._read_synset)
         self._data: dict[str, dict[str, str]] = {}
+
+    @functools.cached_property
+    def _index(self) -> dict[str, dict[str, tuple[str, ...]]]:  # read at first use: a prompt in known words never asks
+        return {pos: _read_index(self.folder / f"index.{name}") for pos, name in POS.items()}
+
+    @functools.cached_property
+    def _exceptions(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        return {pos: _read_exceptions(self.folder / f"{name}.exc") for pos, name in POS.items()}
 
     def lemmas(self, word: str) -> list[tuple[str, str]]:
         """[(part of speech, synset offset)] of every sense of ``word`` (any case; spaces or underscores between
