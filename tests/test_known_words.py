@@ -268,6 +268,15 @@ def folder(tmp_path_factory):
 
 
 @needs_wordnet
+def test_each_prompt_is_read_on_its_own_whatever_the_batch(folder):
+    model = load_pipeline(folder).model
+    alone = model.in_known_words(["red circle top"])
+    assert alone == ["a red circle at the top"]  # every word known, and still said with its article and place
+    assert model.in_known_words(["red circle top", "a scarlet circle"]) == [*alone, "a red circle"]
+    assert model.in_known_words(["a red circle on the left"]) == ["a red circle on the left"]
+
+
+@needs_wordnet
 def test_pipelines_draw_a_never_seen_word_as_the_word_it_becomes(folder):
     pipe = load_pipeline(folder)
     assert (folder / FILE).is_file() and pipe.model.known_words is not None
@@ -541,8 +550,14 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
      "a red circle on the left"),
     ("Place the subject, a red circle, in the upper third of the frame, minimal headroom above it.",
      "a red circle at the top"),
-    ("Put a red circle about nine tenths of the way down the image.",
-     "Put a red circle about nine tenths of the way down the image."),
+    ("Put a red circle most of the way down the image.", "Put a red circle most of the way down the image."),
+    # positions in numbers, file names, pictographs (`ldmkit.text.positions`); a pronoun of a person points back
+    ("Put a red circle nine tenths of the way up the image.", "a red circle at the top"),
+    ("a red circle at x=0.1, y=0.5", "a red circle on the left"),
+    ("a star at (400, 256) and a red circle at (100, 256) on a 512 px canvas", "a star to the right of a red circle"),
+    ("red_circle_left.png", "a red circle on the left"),
+    ("👉 red circle on the left ✨", "a red circle on the left"),
+    ("a star is at the top, and under him is a red circle", "a star above a red circle"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

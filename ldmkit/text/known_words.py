@@ -6,6 +6,8 @@ meaning (MiniLM reads "navy" as orange: experiments/TEXT_PROBE.md). `KnownWords`
 training captions (``known_words.json`` in the model folder, written by `ldmkit train`) and rewrites a prompt
 before it is encoded:
 
+- before all, pictographs are left out, a file name is read as its words and a position in numbers as its place
+  (`ldmkit.text.positions`: "red_star_left.png", "at x=0.15, y=0.5" → "on the left");
 - first, a misspelt word — one that neither the captions, nor WordNet, nor the closed-class words, nor the colour
   lexicon hold — is read as the word it was meant as, one edit away (`KnownWords.meant`: "a red cirlce abvoe
   a blue sqaure" → "a red circle above a blue square");
@@ -44,7 +46,8 @@ before it is encoded:
   than two objects or two without a relation, noun phrases with no object word ("my daughter wants a picture of
   …"); never one of two objects a relation joins.
 
-A prompt in words the model knows is unchanged, character for character. The rewrite is what the pipelines
+A prompt in the captions' words and phrasing is unchanged, character for character (one in their words but not
+their phrasing, "red square top", is said again: `KnownWords.resay`). The rewrite is what the pipelines
 encode (`LatentDiffusion.in_known_words`; Prompt-to-Prompt excepted, whose edits name the prompts' own words), so
 binding guidance's token groups and the images follow it. Without WordNet installed (``pip install
 'ldmkit[words]'``) prompts are encoded as written.

@@ -37,15 +37,18 @@ import unicodedata
 CENTRE = 0.15  # offsets from the centre under this on both axes: the centre
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
-_SHARE_WORDS = {"half": 0.5, "a third": 1 / 3, "one third": 1 / 3, "two thirds": 2 / 3, "a quarter": 0.25,
-                "one quarter": 0.25, "three quarters": 0.75, "a fifth": 0.2, "one fifth": 0.2, "four fifths": 0.8}
-_SHARE = (r"(?:(?P<pct>\d+(?:\.\d+)?)\s*%|(?P<frac>\d+)\s*/\s*(?P<den>\d+)|(?P<word>"
-          + "|".join(sorted(_SHARE_WORDS, key=len, reverse=True)) + r"))")
+_COUNTS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+           "nine": 9}
+_PARTS_OF = {"half": 2, "halves": 2, "third": 3, "quarter": 4, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+             "eighth": 8, "ninth": 9, "tenth": 10}
+# "85%", "3/4", "two thirds", "nine tenths", "half"
+_SHARE = (r"(?:(?P<pct>\d+(?:\.\d+)?)\s*%|(?P<frac>\d+)\s*/\s*(?P<den>\d+)|(?:(?P<count>"
+          + "|".join(_COUNTS) + r")[\s-]+)?(?P<part>" + "|".join(_PARTS_OF) + r")s?(?=\b|way))")
 _FROM = r"(?:(?:measured|counted)\s+)?from\s+the\s+(?P<edge>left|right|top|bottom)(?:\s+edge)?"
 # "85% of the way down", "one third of the way from the left", "30% across", "at 50% width"
 _ALONG = re.compile(
     r"(?:\b(?:about|around|roughly|approximately|some|at|exactly)\s+)*" + _SHARE
-    + r"\s*(?:of\s+the\s+way\s+)?(?:(?P<dir>down|up|across|along)\b(?:\s+(?:the|this)\s+(?:image|picture|canvas|"
+    + r"\s*(?:of\s+the\s+way\s+|way\s+)?(?:(?P<dir>down|up|across|along)\b(?:\s+(?:the|this)\s+(?:image|picture|canvas|"
     r"frame|page))?|" + _FROM + r"|(?:of\s+(?:the\s+)?)?(?P<dim>width|height)\b)", re.IGNORECASE)
 # "x=0.15", "cy = 96", "left: 10%", "y = 20% from the top"
 _AXIS = re.compile(r"\b(?P<axis>c?x|c?y|left|top)\s*[:=]\s*" + _NUMBER + r"\s*(?P<unit>%|px)?(?:\s+" + _FROM + ")?",
@@ -88,7 +91,7 @@ def _share(m: re.Match) -> float:
         return float(m.group("pct")) / 100
     if m.group("frac") is not None:
         return int(m.group("frac")) / max(int(m.group("den")), 1)
-    return _SHARE_WORDS[m.group("word").lower()]
+    return _COUNTS[(m.group("count") or "one").lower()] / _PARTS_OF[m.group("part").lower()]
 
 
 def _canvas(text: str) -> tuple[float, float] | None:
