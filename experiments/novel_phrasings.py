@@ -42,9 +42,14 @@ def fill(frame: str, objects: list[ShapeObject]) -> str:
     for n, obj in enumerate(objects, 1):
         text = text.replace(f"{{color{n}}}", obj.color).replace(f"{{shape{n}}}", obj.shape)
         text = text.replace(f"{{size{n}}}", obj.size or "")
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"[ \t]+", " ", text).strip()  # lines kept: a frame of several lines is sent as written
     return re.sub(r"\{a\d\}(\s+)(\w)", lambda m: ("an" if m.group(2) in "aeiou" else "a") + m.group(1) + m.group(2),
                   text)
+
+
+def _cell(text: str) -> str:
+    """``text`` on one line of a markdown table: its lines joined, its pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def scenes_for(entry: dict, kind: str, count: int, rng: random.Random) -> list[Scene]:
@@ -108,9 +113,9 @@ def main() -> None:
     k = 0
     for (kind, text, texts, _), entry in zip(rows, frames["one"] + frames["two"]):
         states = entry.get("place") or entry.get("relation") or "–"
-        cell = " ".join(text.split())  # a frame of several lines, on one row of the table
+        cell = _cell(text)  # a frame of several lines, on one row of the table
         lines.append(f"| `{cell}` | {states} | {share(None, 'read', text)} | {share(None, 'written', text)} | "
-                     f"{share(None, 'templates', text)} | {' '.join(read_as[k].split())} |")
+                     f"{share(None, 'templates', text)} | {_cell(read_as[k])} |")
         k += len(texts)
     head = (f"Model: `{args.model}`; frames `{args.frames.name}`, {args.per_frame} scenes per frame "
             f"({len(prompts)} prompts). "

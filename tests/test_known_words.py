@@ -558,6 +558,12 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("red_circle_left.png", "a red circle on the left"),
     ("👉 red circle on the left ✨", "a red circle on the left"),
     ("a star is at the top, and under him is a red circle", "a star above a red circle"),
+    # shorthand, a compass's adjectives, prompts written as data (`ldmkit.text.structured`)
+    ("need a red circle @ lft edge, dk bg", "a red circle on the left"),
+    ("a red circle in the northern hemisphere of the image", "a red circle at the top"),
+    ("a red circle due north of a star", "a red circle above a star"),
+    ("shape: circle\ncolor: red\nposition: left", "a red circle on the left"),
+    ("| item | where |\n|---|---|\n| red circle | top |", "a red circle at the top"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

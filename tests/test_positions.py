@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ldmkit.text.positions import file_words, number_places, place, without_symbols
+from ldmkit.text.positions import file_words, number_places, place, shorthand, without_symbols
 
 
 @pytest.mark.parametrize("u, v, said", [
@@ -67,8 +67,29 @@ def test_file_names_and_underscored_words_are_read_as_words():
 
 def test_pictographs_are_left_out_and_part_the_words_between_them():
     assert without_symbols("👇👇 yellow star at the bottom 👇👇") == "yellow star at the bottom"
-    assert without_symbols("⬆️ red cross on top, ⬇️ blue square underneath") == "red cross on top, blue square underneath"
+    said = "red cross on top, blue square underneath"
+    assert without_symbols("⬆️ red cross on top, ⬇️ blue square underneath") == said
     assert without_symbols("yellow diamond ➡️ cyan circle") == "yellow diamond, cyan circle"
     assert without_symbols("orange star 👉🏽 right side pls 🙏") == "orange star, right side pls"
     assert without_symbols("a red circle → a blue square") == "a red circle → a blue square"  # an arrow of text: Sm
     assert without_symbols("a red circle") == "a red circle"
+
+
+@pytest.mark.parametrize("text, said", [
+    ("red square lft", "red square left"), ("a star @ btm pls", "a star at bottom pls"),
+    ("green triangle abv blue star", "green triangle above blue star"),
+    ("a circle in ctr w/ dark bg", "a circle in center with dark bg"),
+    ("red circle up top + blue triangle blw it", "red circle up top and blue triangle below it"),
+    ("a diamond nxt to it on its rt side", "a diamond next to it on its right side"),
+    ("Red square Lft", "Red square Left"),
+])
+def test_shorthand_for_where_is_written_in_full(text, said):
+    assert shorthand(text) == said
+
+
+@pytest.mark.parametrize("text", [
+    "by my sky, try it", "thx pls hmm", "bt", "HDR", "a&b", "cnr",  # no where-word, or two (corner, center)
+    "a red circle on the left",
+])
+def test_words_that_abbreviate_no_one_where_word_stay(text):
+    assert shorthand(text) == text

@@ -7,7 +7,9 @@ training captions (``known_words.json`` in the model folder, written by `ldmkit 
 before it is encoded:
 
 - before all, pictographs are left out, a file name is read as its words and a position in numbers as its place
-  (`ldmkit.text.positions`: "red_star_left.png", "at x=0.15, y=0.5" → "on the left");
+  and shorthand in full (`ldmkit.text.positions`: "red_star_left.png", "at x=0.15, y=0.5" → "on the left",
+  "@ btm" → "at bottom"), and a prompt written as data (JSON, YAML, a markdown table) as a sentence
+  (`ldmkit.text.structured`: "shape: circle, color: red, position: top" → "a red circle at the top");
 - first, a misspelt word — one that neither the captions, nor WordNet, nor the closed-class words, nor the colour
   lexicon hold — is read as the word it was meant as, one edit away (`KnownWords.meant`: "a red cirlce abvoe
   a blue sqaure" → "a red circle above a blue square");
@@ -64,8 +66,9 @@ from pathlib import Path
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
                                  names_a_side, parse_phrases, resolve_references, says_where)
-from ldmkit.text.positions import file_words, number_places, without_symbols
+from ldmkit.text.positions import file_words, number_places, shorthand, without_symbols
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
+from ldmkit.text.structured import as_sentence
 from ldmkit.text.wordnet import WordNet
 
 FILE = "known_words.json"
@@ -222,7 +225,7 @@ class KnownWords:
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
         prompt = _HASHTAG.sub("", prompt).strip() or prompt  # "#aiart", "#minimal": a post's topics, not its objects
-        prompt = number_places(file_words(without_symbols(prompt)))
+        prompt = number_places(file_words(as_sentence(shorthand(without_symbols(prompt)))))
         prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 

@@ -50,7 +50,7 @@ Span = tuple[int, int]
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
                 "every", "its", "his", "her", "their", "my", "your", "our", "any", "all", "both", "many", "several",
-                "few", "lots", "lot", "plenty"}
+                "few", "lots", "lot", "plenty", "1", "2"}  # "just 1 blue square"
 # Prepositions, particles and adverbs of degree: the words that lead a place phrase ("up at the very top").
 _PREPOSITIONS = {
     "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
@@ -110,7 +110,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - 
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
-           "margin", "centred", "centered", "space", "backdrop", "edges", "sides", "corners", "margins"}
+           "margin", "centred", "centered", "space", "backdrop", "edges", "sides", "corners", "margins", "hemisphere"}
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
 _SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
@@ -150,13 +150,19 @@ _RELATIONS = {
     # a flat picture's compass: north up
     "north of": "above", "south of": "below", "to the west of": "left of", "west of": "left of",
     "to the east of": "right of", "east of": "right of", "to the north of": "above", "to the south of": "below",
+    "due north of": "above", "due south of": "below", "due west of": "left of", "due east of": "right of",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
 # A place's words → the side it names.
 _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "lower": "bottom", "down": "bottom",
                 "left": "left", "left-hand": "left", "right": "right", "right-hand": "right", "middle": "centre",
                 "centre": "centre", "center": "centre", "central": "centre", "centred": "centre", "centered": "centre",
-                "high": "top", "low": "bottom", "north": "top", "south": "bottom", "west": "left", "east": "right"}
+                "high": "top", "low": "bottom", "north": "top", "south": "bottom", "west": "left", "east": "right",
+                **{f"{compass}{ending}": side for compass, side in (("north", "top"), ("south", "bottom"),
+                                                                    ("west", "left"), ("east", "right"))
+                   for ending in ("ern", "ernmost")},  # "the northern half", "the southernmost part"
+                **{f"{side}most": side for side in ("left", "right", "top", "bottom")},
+                "uppermost": "top", "lowermost": "bottom"}
 _LOOSE_SIDES = {"up", "down", "high", "low"}
 _RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
                                                                                 "side", "further", "farther"}

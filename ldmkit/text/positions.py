@@ -24,7 +24,8 @@ convention ("(normalised coordinates, x from the left)", "with y measured from t
 are left out once the positions are read, since they would read as places of their own; "y measured from the
 bottom" turns v over.
 
-`file_words` reads a file name as words ("red_star_left.png" → "red star left"), and `without_symbols` leaves
+`shorthand` writes a note-taker's shorthand for where in full ("@ btm", "lft", "abv"), `file_words` reads a file
+name as words ("red_star_left.png" → "red star left"), and `without_symbols` leaves
 out pictographs and other symbols ("✨", "👉", "⬆️"), which a prompt read as written takes as tokens the captions
 never held; the words beside them say the same.
 """
@@ -74,6 +75,10 @@ _CANVAS = re.compile(r"\s*\b(?:on|in)\s+(?:a|an|the)\s+\d+\s*(?:px\s*)?(?:[x×]\
 _FILE = re.compile(r"\b([A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+)(?:\.(?:png|jpe?g|webp|gif|bmp|svg|tiff?))?\b"
                    r"|\b([A-Za-z0-9]+)\.(?:png|jpe?g|webp|gif|bmp|svg|tiff?)\b", re.IGNORECASE)
 _SKIN_AND_JOINERS = {"\u200d", "\ufe0f", "\ufe0e", "\u20e3"}
+# where-words that shorthand may drop the vowels of (`shorthand`)
+WHERE = ("left", "right", "top", "bottom", "centre", "center", "middle", "above", "below", "under", "over", "next",
+         "beside", "upper", "lower", "corner", "edge")
+_SAME_WHERE = {"centre": "center"}
 
 
 def place(u: float, v: float) -> str:
@@ -193,6 +198,35 @@ def file_words(text: str) -> str:
         name = m.group(1) or m.group(2)
         return name.replace("_", " ") if "_" in name or m.group(0) != name else m.group(0)
     return _FILE.sub(words, text)
+
+
+def shorthand(text: str) -> str:
+    """``text`` with a note-taker's shorthand for where said in full: "@" → "at", "w/" → "with", "&" and a lone
+    "+" → "and", and a word of `WHERE` written without its vowels, as in texting ("lft", "rt", "btm", "ctr",
+    "abv", "blw", "nxt"): a token of plain letters with no vowel after its first, which begins with a where-word's
+    first letter, ends with its last consonant and keeps its letters in order — of two letters, its first and last
+    letters — and fits one where-word only (centre and center are one)."""
+    text = re.sub(r"(?<=\s)@(?=\s*\w)|^@(?=\s*\w)", "at", text)
+    text = re.sub(r"\bw/\s*(?=\w)", "with ", text)
+    text = re.sub(r"(?<=\w)\s+[&+]\s+(?=\w)", " and ", text)
+    return re.sub(r"\b[A-Za-z][b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]{1,3}\b", _where_word, text)
+
+
+def _where_word(m: re.Match) -> str:
+    token = m.group().lower()
+    fits = {_SAME_WHERE.get(w, w) for w in WHERE if w != token and _abbreviates(token, w)}
+    if len(fits) != 1:
+        return m.group()
+    word = fits.pop()
+    return word.capitalize() if m.group()[0].isupper() else word
+
+
+def _abbreviates(token: str, word: str) -> bool:
+    last = re.sub(r"[aeiou]+$", "", word)[-1:]
+    if token[0] != word[0] or token[-1] != last or (len(token) == 2 and word[-1] != last):
+        return False
+    rest = iter(word[1:])
+    return all(c in rest for c in token[1:])
 
 
 def without_symbols(text: str) -> str:
