@@ -564,6 +564,11 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("a red circle due north of a star", "a red circle above a star"),
     ("shape: circle\ncolor: red\nposition: left", "a red circle on the left"),
     ("| item | where |\n|---|---|\n| red circle | top |", "a red circle at the top"),
+    # a specification's words; a predicate of the picture describes no object
+    ("wherein a red circle is disposed at the superior edge of the image area", "a red circle at the top"),
+    ("A composition wherein said red circle is disposed inferior to said star.", "the red circle below the star"),
+    ("The red circle shall be positioned adjacent to the left-hand boundary of the canvas. The background shall be "
+     "dark.", "The red circle on the left"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

@@ -573,7 +573,7 @@ class KnownWords:
             if prompt[phrase.noun[0]:phrase.noun[1]].lower() not in self._noun_names:  # "circles", "plus sign"
                 return " ".join(words)
             return _article("a ", words[0].lower()) + " ".join([words[0].lower(), *words[1:]])
-        article = lead.group(1)
+        article = {"said": "the"}.get(lead.group(1).lower(), lead.group(1))  # a specification's "said circle"
         if article.lower() in ("a", "an"):  # fitted to the first word said, lower case (the prompt's start moved)
             article = _article(article.lower() + " ", words[0]).rstrip()
         return " ".join([article, *words])

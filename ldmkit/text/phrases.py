@@ -50,7 +50,7 @@ Span = tuple[int, int]
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that", "these", "those", "another", "each",
                 "every", "its", "his", "her", "their", "my", "your", "our", "any", "all", "both", "many", "several",
-                "few", "lots", "lot", "plenty", "1", "2"}  # "just 1 blue square"
+                "few", "lots", "lot", "plenty", "1", "2", "said"}  # "just 1 blue square"; a patent's "said circle"
 # Prepositions, particles and adverbs of degree: the words that lead a place phrase ("up at the very top").
 _PREPOSITIONS = {
     "of", "in", "on", "at", "to", "with", "by", "from", "near", "next", "beside", "besides", "behind", "above",
@@ -58,6 +58,7 @@ _PREPOSITIONS = {
     "across", "against", "along", "among", "beyond", "upon", "toward", "towards", "through", "than", "up", "down",
     "off", "for", "as", "further", "farther", "higher", "lower", "very", "just", "also", "please", "directly",
     "slightly", "somewhat", "immediately", "far", "close", "way", "about", "around", "roughly", "approximately",
+    "adjacent", "proximal", "laterally",  # a specification's: "disposed proximal to the left margin"
 }  # fmt: skip
 # A place or relation said not to hold: after one of these in its clause ("not in the middle", "I don't want it
 # centred"), or said empty ("negative space to the right", "the left half stays empty": `_denied`)
@@ -73,6 +74,7 @@ _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "li
             "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going",
             "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs", "sat",
             "staying", "grounded", "holds", "hold", "holding", "occupies", "occupy", "occupied", "occupying",
+            "disposed", "arranged",
             }  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 # Verbs of moving, in directions: a side after one, before any object of its clause, places the object named next
@@ -110,7 +112,8 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - 
 # Nouns of place (a run ending in one names where, not what) and of the picture itself ("a picture of …").
 _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side", "corner", "edge", "front",
            "back", "half", "part", "background", "foreground", "area", "region", "position", "place", "high", "low",
-           "margin", "centred", "centered", "space", "backdrop", "edges", "sides", "corners", "margins", "hemisphere"}
+           "margin", "centred", "centered", "space", "backdrop", "edges", "sides", "corners", "margins", "hemisphere",
+           "boundary"}
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
 _SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
@@ -151,6 +154,8 @@ _RELATIONS = {
     "north of": "above", "south of": "below", "to the west of": "left of", "west of": "left of",
     "to the east of": "right of", "east of": "right of", "to the north of": "above", "to the south of": "below",
     "due north of": "above", "due south of": "below", "due west of": "left of", "due east of": "right of",
+    # anatomy's and a specification's
+    "superior to": "above", "inferior to": "below",
 }  # fmt: skip
 _RELATION_PHRASES = sorted(_RELATIONS, key=lambda p: len(p.split()), reverse=True)
 # A place's words → the side it names.
@@ -162,7 +167,7 @@ _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "
                                                                     ("west", "left"), ("east", "right"))
                    for ending in ("ern", "ernmost")},  # "the northern half", "the southernmost part"
                 **{f"{side}most": side for side in ("left", "right", "top", "bottom")},
-                "uppermost": "top", "lowermost": "bottom"}
+                "uppermost": "top", "lowermost": "bottom", "superior": "top", "inferior": "bottom"}  # anatomy's
 _LOOSE_SIDES = {"up", "down", "high", "low"}
 _RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
                                                                                 "side", "further", "farther"}
@@ -372,6 +377,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
         return named if named >= 0 and clause in clauses[named] else -1
 
     said_places: list[Said] = []
+    place_subject = False  # the run before was a place or the picture as a clause's subject: "The background is …"
     for k, (lead, run, after) in enumerate(runs):
         noun = text[run[-1][0]:run[-1][1]].lower()
         first = text[run[0][0]:run[0][1]].lower()
@@ -446,8 +452,10 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 said_places.append(place)
         if is_place or frame or part_of_frame:
             pending, attached, touching = (), False, False
+            place_subject = all(w in _DETERMINERS or w in _CLAUSE_MARKS or w == ":" for w in lead)
             continue
-        describes = objects and not determined and bool(lead) and (
+        subject_before, place_subject = place_subject, False
+        describes = objects and not determined and bool(lead) and not subject_before and (
             any(w in _POSTNOMINAL for w in lead) or (attached and lead[-1] in ("and", ","))
             or (noun in _PROPERTIES and lead[-1] == "of")
             # one word set off by commas after an object named with its article: "a square, red, at the top"
