@@ -569,6 +569,11 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("A composition wherein said red circle is disposed inferior to said star.", "the red circle below the star"),
     ("The red circle shall be positioned adjacent to the left-hand boundary of the canvas. The background shall be "
      "dark.", "The red circle on the left"),
+    # a wall's words; a setting's colour name among many phrases; a verb after the object's noun
+    ("Elevation view, facing the wall: mount a red circle up at ceiling height.", "a red circle at the top"),
+    ("In a moody setting of pure midnight darkness, a red circle rests at the top of the frame. Its surface is "
+     "smooth, catching a hint of light.", "a red circle at the top"),
+    ("a red circle in the centre-left of the image", "a red circle on the left"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

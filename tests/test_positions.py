@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ldmkit.text.positions import file_words, number_places, place, shorthand, without_symbols
+from ldmkit.text.positions import file_words, number_places, place, shorthand, side_compounds, without_symbols
 
 
 @pytest.mark.parametrize("u, v, said", [
@@ -93,3 +93,11 @@ def test_shorthand_for_where_is_written_in_full(text, said):
 ])
 def test_words_that_abbreviate_no_one_where_word_stay(text):
     assert shorthand(text) == text
+
+
+@pytest.mark.parametrize("text, said", [
+    ("the bottom-middle square", "the bottom square"), ("in the centre-left of the image", "in the left of the image"),
+    ("top center", "top"), ("Middle Right", "Right"), ("a top-left circle", "a top-left circle"),
+])
+def test_a_side_said_with_the_middle_is_that_side(text, said):
+    assert side_compounds(text) == said

@@ -66,7 +66,7 @@ from pathlib import Path
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
                                  names_a_side, parse_phrases, resolve_references, says_where)
-from ldmkit.text.positions import file_words, number_places, shorthand, without_symbols
+from ldmkit.text.positions import file_words, number_places, shorthand, side_compounds, without_symbols
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.structured import as_sentence
 from ldmkit.text.wordnet import WordNet
@@ -225,7 +225,7 @@ class KnownWords:
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
         prompt = _HASHTAG.sub("", prompt).strip() or prompt  # "#aiart", "#minimal": a post's topics, not its objects
-        prompt = number_places(file_words(as_sentence(shorthand(without_symbols(prompt)))))
+        prompt = number_places(file_words(as_sentence(side_compounds(shorthand(without_symbols(prompt))))))
         prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 
@@ -289,8 +289,9 @@ class KnownWords:
         docstring); the rest of the text as it was. A noun never seen is not read where the prompt names two objects
         in words the captions held, nor where it names one so and the noun has no modifier the captions held, nor one
         read as such, nor a colour name, nor a word that is no English word (a misspelt colour), as no phrase of that
-        noun with one does: it tells where they are, not what ("Exercise 4 (2 marks): draw a cyan square", "spawn
-        player (small yellow diamond)"; "a navy tile above a red circle" reads "tile")."""
+        noun with one does, nor, among more than two phrases, one with no reading beside an object the captions named,
+        modifiers and all: it tells where they are, not what ("Exercise 4 (2 marks): draw a cyan square", "spawn player (small yellow diamond)",
+        "in a setting of pure midnight darkness, a large star"; "a navy tile above a red circle" reads "tile")."""
         replacements = []
         names = find_colour_names(prompt) if self.colours else []
         phrases = parse_phrases(prompt).objects
@@ -307,9 +308,13 @@ class KnownWords:
                 continue
             others = [o for o in drawn if o is not phrase]
             noun = prompt[phrase.noun[0]:phrase.noun[1]]
-            if not self._known_form(noun, wordnet) and (len(others) >= 2 or (
-                    others and not described(phrase) and noun.lower() not in kinds)):
-                continue  # the setting of objects it draws: "(2 marks)", "the player piece", "… deep black field"
+            if not self._known_form(noun, wordnet) and (len(others) >= 2 or (others and (
+                    not described(phrase) and noun.lower() not in kinds
+                    or len(phrases) > 2 and self.reading(noun.lower(), wordnet, True) is None))):
+                # the setting of objects it draws: "(2 marks)", "the player piece", "… deep black field", and, among
+                # more phrases than two, "a setting of pure midnight darkness" (a noun naming nothing drawn: its
+                # colour name is no object's either)
+                continue
             coloured = self._colour_names(prompt, names, phrase.modifiers)
             replacements += coloured
             spans = [s for s in sorted((*phrase.modifiers, phrase.noun)) if not _within(s, [c[:2] for c in coloured])]

@@ -74,7 +74,7 @@ _PLACING = {"sits", "sit", "sitting", "stands", "stand", "standing", "lies", "li
             "hovers", "hovering", "perched", "situated", "pushed", "moved", "shifted", "go", "goes", "going",
             "hugging", "hugs", "nestled", "tucked", "pinned", "docked", "touching", "hanging", "hangs", "sat",
             "staying", "grounded", "holds", "hold", "holding", "occupies", "occupy", "occupied", "occupying",
-            "disposed", "arranged",
+            "disposed", "arranged", "mount", "mounted", "hung",
             }  # (not "stay": "the background should stay dark")
 _KEEPING = {"keep", "keeps", "keeping"}  # "keeping A on the left", "keep it simple": no object, no place of its own
 # Verbs of moving, in directions: a side after one, before any object of its clause, places the object named next
@@ -117,10 +117,10 @@ _PLACES = {"left", "right", "top", "bottom", "middle", "centre", "center", "side
 # Nouns that name a place where a side word comes with them ("its middle point", "the upper section"), and else
 # what they say ("a red point"): `_is_place`
 _SIDED_PLACES = {"point", "spot", "location", "zone", "section", "portion", "strip", "band", "third", "quarter",
-                 "row", "column", "line", "register", "lane"}
+                 "row", "column", "line", "register", "lane", "rank", "end", "level", "height"}
 _MEDIA = {"picture", "image", "photo", "photograph", "drawing", "painting", "illustration", "render",
           "rendering", "scene", "view", "sketch", "shot", "frame", "canvas", "composition", "page", "artboard",
-          "screen", "paper", "sheet", "poster", "display"}
+          "screen", "paper", "sheet", "poster", "display", "wall", "board", "map", "plan", "grid"}
 # After these (without an article), a run of words describes the noun before it ("a square that is blue", "the
 # diamond should be purple").
 _POSTNOMINAL = {"in", "coloured", "colored", "painted", "is", "are", "be", "was", "were", "that's"}
@@ -167,7 +167,8 @@ _PLACE_SIDES = {"top": "top", "upper": "top", "up": "top", "bottom": "bottom", "
                                                                     ("west", "left"), ("east", "right"))
                    for ending in ("ern", "ernmost")},  # "the northern half", "the southernmost part"
                 **{f"{side}most": side for side in ("left", "right", "top", "bottom")},
-                "uppermost": "top", "lowermost": "bottom", "superior": "top", "inferior": "bottom"}  # anatomy's
+                "uppermost": "top", "lowermost": "bottom", "superior": "top", "inferior": "bottom",  # anatomy's
+                "ceiling": "top", "floor": "bottom"}  # a wall's: "at ceiling height", "down at the floor line"
 _LOOSE_SIDES = {"up", "down", "high", "low"}
 _RELATION_WORDS = {w for p in _RELATIONS for w in p.split()} - _LOOSE_SIDES - {"of", "on", "the", "to", "than",
                                                                                 "side", "further", "farther"}

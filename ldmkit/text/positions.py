@@ -24,7 +24,8 @@ convention ("(normalised coordinates, x from the left)", "with y measured from t
 are left out once the positions are read, since they would read as places of their own; "y measured from the
 bottom" turns v over.
 
-`shorthand` writes a note-taker's shorthand for where in full ("@ btm", "lft", "abv"), `file_words` reads a file
+`side_compounds` reads a side said with the middle as that side ("bottom-middle", "centre-left"), `shorthand`
+writes a note-taker's shorthand for where in full ("@ btm", "lft", "abv"), `file_words` reads a file
 name as words ("red_star_left.png" → "red star left"), and `without_symbols` leaves
 out pictographs and other symbols ("✨", "👉", "⬆️"), which a prompt read as written takes as tokens the captions
 never held; the words beside them say the same.
@@ -79,6 +80,9 @@ _SKIN_AND_JOINERS = {"\u200d", "\ufe0f", "\ufe0e", "\u20e3"}
 WHERE = ("left", "right", "top", "bottom", "centre", "center", "middle", "above", "below", "under", "over", "next",
          "beside", "upper", "lower", "corner", "edge")
 _SAME_WHERE = {"centre": "center"}
+_MIDDLE = r"(?:middle|centre|center|central)"
+_SIDE_COMPOUND = re.compile(rf"\b(top|bottom|left|right|upper|lower)[- ]{_MIDDLE}\b|\b{_MIDDLE}[- ](top|bottom|left|right)\b",
+                            re.IGNORECASE)
 
 
 def place(u: float, v: float) -> str:
@@ -210,6 +214,12 @@ def shorthand(text: str) -> str:
     text = re.sub(r"\bw/\s*(?=\w)", "with ", text)
     text = re.sub(r"(?<=\w)\s+[&+]\s+(?=\w)", " and ", text)
     return re.sub(r"\b[A-Za-z][b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]{1,3}\b", _where_word, text)
+
+
+def side_compounds(text: str) -> str:
+    """``text`` with each side said with the middle as that side: "the bottom-middle square" → "the bottom square",
+    "centre-left" → "left", "top center" → "top" (the picture has one middle; a corner, "top-left", stays)."""
+    return _SIDE_COMPOUND.sub(lambda m: m.group(1) or m.group(2), text)
 
 
 def _where_word(m: re.Match) -> str:
