@@ -574,6 +574,9 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("In a moody setting of pure midnight darkness, a red circle rests at the top of the frame. Its surface is "
      "smooth, catching a hint of light.", "a red circle at the top"),
     ("a red circle in the centre-left of the image", "a red circle on the left"),
+    ("Map, north up: red circle marks a spot on the west edge.", "a red circle on the left"),
+    ("Close, but the circle needs to be at the top. Keep it red.", "the red circle at the top"),
+    ("PANEL 3: a red circle frame left, nothing else.", "a red circle on the left"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
      "a red circle above a star"),

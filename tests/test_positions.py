@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ldmkit.text.positions import file_words, number_places, place, shorthand, side_compounds, without_symbols
+from ldmkit.text.positions import (file_words, number_places, place, shorthand, side_compounds, without_north_up,
+                                   without_symbols)
 
 
 @pytest.mark.parametrize("u, v, said", [
@@ -101,3 +102,13 @@ def test_words_that_abbreviate_no_one_where_word_stay(text):
 ])
 def test_a_side_said_with_the_middle_is_that_side(text, said):
     assert side_compounds(text) == said
+
+
+@pytest.mark.parametrize("text, said", [
+    ("Map, north up: a star on the east edge.", "Map: a star on the east edge."),
+    ("Floor plan, north arrow pointing up. A star in the south.", "Floor plan. A star in the south."),
+    ("On the east side (north up) put a star", "On the east side put a star"),
+    ("a star north of a circle", "a star north of a circle"),
+])
+def test_a_maps_north_up_is_left_out(text, said):
+    assert without_north_up(text) == said

@@ -66,7 +66,8 @@ from pathlib import Path
 from ldmkit.text.colour_words import colour_difference, find_colour_names, lexicon, srgb_to_lab
 from ldmkit.text.phrases import (NounPhrase, clock_places, drop_corrections, is_determiner, is_function_word,
                                  names_a_side, parse_phrases, resolve_references, says_where)
-from ldmkit.text.positions import file_words, number_places, shorthand, side_compounds, without_symbols
+from ldmkit.text.positions import (file_words, number_places, shorthand, side_compounds, without_north_up,
+                                   without_symbols)
 from ldmkit.text.spelling import CLOSED_CLASS, distance, edits
 from ldmkit.text.structured import as_sentence
 from ldmkit.text.wordnet import WordNet
@@ -225,7 +226,8 @@ class KnownWords:
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
         prompt = _HASHTAG.sub("", prompt).strip() or prompt  # "#aiart", "#minimal": a post's topics, not its objects
-        prompt = number_places(file_words(as_sentence(side_compounds(shorthand(without_symbols(prompt))))))
+        prompt = as_sentence(side_compounds(without_north_up(shorthand(without_symbols(prompt)))))
+        prompt = number_places(file_words(prompt))
         prompt = resolve_references(drop_corrections(clock_places(self.spelled(prompt, wordnet))))
         return self.resay(self.read_words(prompt, wordnet), wordnet)
 
@@ -318,6 +320,10 @@ class KnownWords:
             coloured = self._colour_names(prompt, names, phrase.modifiers)
             replacements += coloured
             spans = [s for s in sorted((*phrase.modifiers, phrase.noun)) if not _within(s, [c[:2] for c in coloured])]
+            follows = re.match(r"\s+(\w+)", prompt[phrase.noun[1]:])
+            if phrase.modifiers and prompt[slice(*max(phrase.modifiers))].lower() in self._noun_names and not \
+                    self._known_form(noun, wordnet) and follows and is_function_word(follows.group(1).lower()):
+                spans.remove(phrase.noun)  # a verb after the object's noun: "a cyan cross marks a spot", not "cross"
             i = 0
             while i < len(spans):
                 a, b = spans[i]

@@ -462,8 +462,10 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
             # one word set off by commas after an object named with its article: "a square, red, at the top"
             or (lead == [","] and len(run) == 1 and introduced and after in _CLAUSE_ENDS)
             # one word ending a clause after "it", which names the object before: "… and colour it blue." (not
-            # after a verb of placing or keeping: "keep it bold" says how the picture looks)
-            or (lead[-1] == "it" and not (len(lead) >= 2 and lead[-2] in _PLACING | _KEEPING) and (
+            # after a verb of placing or keeping: "keep it bold" says how the picture looks, unless the vocabulary
+            # holds the word as a modifier: "… Keep it orange.")
+            or (lead[-1] == "it" and not (len(lead) >= 2 and lead[-2] in _PLACING | _KEEPING and not (
+                lead[-2] in _KEEPING and modifier is not None and len(run) == 1 and modifier(noun))) and (
                 (len(run) == 1 and after in _CLAUSE_ENDS)
                 # … or before "and", words the vocabulary holds as modifiers: "make it yellow and put it …"
                 or (modifier is not None and after == "and" and all(modifier(text[a:b].lower()) for a, b in run))))
@@ -681,6 +683,8 @@ def _close_run(text: str, runs: list, leads: list, lead: list[str], lead_spans: 
     split = len(words)
     while split > 0 and words[split - 1] in _PLACES | set(_PLACE_SIDES) | _SIDED_PLACES:
         split -= 1
+    if 1 < split < len(words) and words[split - 1] in _MEDIA and words[split] in _PLACE_SIDES:
+        split -= 1  # "a cyan star frame left": the star, then the place "frame left"
     tail = words[split:]
     sided = bool(tail) and (tail[-1] in firm or (tail[-1] in _PLACES | _SIDED_PLACES and bool(firm & set(tail))))
     if not (0 < split < len(words) and sided and words[split - 1] not in _PROPERTIES | _MEDIA and (

@@ -24,7 +24,7 @@ convention ("(normalised coordinates, x from the left)", "with y measured from t
 are left out once the positions are read, since they would read as places of their own; "y measured from the
 bottom" turns v over.
 
-`side_compounds` reads a side said with the middle as that side ("bottom-middle", "centre-left"), `shorthand`
+`without_north_up` leaves out a map's "north up", `side_compounds` reads a side said with the middle as that side ("bottom-middle", "centre-left"), `shorthand`
 writes a note-taker's shorthand for where in full ("@ btm", "lft", "abv"), `file_words` reads a file
 name as words ("red_star_left.png" → "red star left"), and `without_symbols` leaves
 out pictographs and other symbols ("✨", "👉", "⬆️"), which a prompt read as written takes as tokens the captions
@@ -81,6 +81,9 @@ WHERE = ("left", "right", "top", "bottom", "centre", "center", "middle", "above"
          "beside", "upper", "lower", "corner", "edge")
 _SAME_WHERE = {"centre": "center"}
 _MIDDLE = r"(?:middle|centre|center|central)"
+_NORTH_UP = re.compile(r"[,;]?\s*\(\s*north(?:\s+arrow)?(?:\s+(?:is|pointing|points|facing))?\s+(?:up|upwards|at\s+the\s+top)"
+                       r"\s*\)|\b(?:with\s+)?(?:the\s+)?north(?:\s+arrow)?(?:\s+(?:is|pointing|points|facing))?\s+"
+                       r"(?:up|upwards|at\s+the\s+top)\b", re.IGNORECASE)
 _SIDE_COMPOUND = re.compile(rf"\b(top|bottom|left|right|upper|lower)[- ]{_MIDDLE}\b|\b{_MIDDLE}[- ](top|bottom|left|right)\b",
                             re.IGNORECASE)
 
@@ -214,6 +217,15 @@ def shorthand(text: str) -> str:
     text = re.sub(r"\bw/\s*(?=\w)", "with ", text)
     text = re.sub(r"(?<=\w)\s+[&+]\s+(?=\w)", " and ", text)
     return re.sub(r"\b[A-Za-z][b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]{1,3}\b", _where_word, text)
+
+
+def without_north_up(text: str) -> str:
+    """``text`` without a map's statement of which way is north ("north up", "(north arrow pointing up)", "with
+    north at the top"), which says how to read the compass words, not where anything is."""
+    if "north" not in text.lower():
+        return text
+    text = re.sub(r"\s+([,.;:])", r"\1", re.sub(r"\s{2,}", " ", _NORTH_UP.sub("", text)))
+    return re.sub(r",([.;:])", r"\1", text).strip()
 
 
 def side_compounds(text: str) -> str:
