@@ -576,6 +576,8 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     ("a red circle in the centre-left of the image", "a red circle on the left"),
     ("Map, north up: red circle marks a spot on the west edge.", "a red circle on the left"),
     ("Close, but the circle needs to be at the top. Keep it red.", "the red circle at the top"),
+    ("One more try: leave the star alone, but move the red circle so it sits directly above the star.",
+     "the star below the red circle"),
     ("PANEL 3: a red circle frame left, nothing else.", "a red circle on the left"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",
