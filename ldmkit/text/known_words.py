@@ -6,7 +6,7 @@ meaning (MiniLM reads "navy" as orange: experiments/TEXT_PROBE.md). `KnownWords`
 training captions (``known_words.json`` in the model folder, written by `ldmkit train`) and rewrites a prompt
 before it is encoded:
 
-- before all, pictographs are left out, a file name is read as its words and a position in numbers as its place
+- before all, pictographs are left out, and a file name is read as its words, a position in numbers as its place
   and shorthand in full (`ldmkit.text.positions`: "red_star_left.png", "at x=0.15, y=0.5" → "on the left",
   "@ btm" → "at bottom"), and a prompt written as data (JSON, YAML, a markdown table) as a sentence
   (`ldmkit.text.structured`: "shape: circle, color: red, position: top" → "a red circle at the top");
@@ -220,8 +220,10 @@ class KnownWords:
         emphasis syntax ("(red circle:1.3)", "((red circle))", "[red circle]": `ldmkit.text.emphasis`), which a
         prompt read as written takes as text, is read without its brackets and weights; a pair of round brackets
         as prose uses them stays ("a square (lower)"); hashtags ("#aiart") name a post's topics and are left out,
-        as are pictographs ("✨", "👉"); a file name is read as words ("red_star_left.png") and a position in numbers
-        as its place ("at x=0.15, y=0.5" → "on the left": `ldmkit.text.positions`)."""
+        as are pictographs ("✨", "👉") and a map's "north up"; a file name is read as words ("red_star_left.png"), a
+        position in numbers as its place ("at x=0.15, y=0.5" → "on the left"), shorthand in full ("@ btm"), a side
+        with the middle as that side ("bottom-middle": `ldmkit.text.positions`), and a prompt written as data as a
+        sentence (`ldmkit.text.structured`)."""
         before = None
         while before != prompt:
             before, prompt = prompt, _EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), prompt)
@@ -292,8 +294,10 @@ class KnownWords:
         in words the captions held, nor where it names one so and the noun has no modifier the captions held, nor one
         read as such, nor a colour name, nor a word that is no English word (a misspelt colour), as no phrase of that
         noun with one does, nor, among more than two phrases, one with no reading beside an object the captions named,
-        modifiers and all: it tells where they are, not what ("Exercise 4 (2 marks): draw a cyan square", "spawn player (small yellow diamond)",
-        "in a setting of pure midnight darkness, a large star"; "a navy tile above a red circle" reads "tile")."""
+        modifiers and all: it tells where they are, not what ("Exercise 4 (2 marks): draw a cyan square", "spawn
+        player (small yellow diamond)", "in a setting of pure midnight darkness, a large star"; "a navy tile above a
+        red circle" reads "tile"). Nor is a never-seen word after an object's caption noun and before a function
+        word, a verb ("a cyan cross marks a spot")."""
         replacements = []
         names = find_colour_names(prompt) if self.colours else []
         phrases = parse_phrases(prompt).objects

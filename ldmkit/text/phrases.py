@@ -100,7 +100,8 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - 
     "remember", "recall", "think", "guess", "believe", "sure", "maybe", "perhaps", "probably", "when", "whenever",
     # fillers and greetings of speech: "um, like, put a …", "hey can you …", "…, ta", "cheers"
     "um", "uh", "er", "erm", "hmm", "hey", "hi", "hello", "ta", "mate", "cheers", "sorry", "wait",
-    "actually", "really", "kinda", "alone", "basically", "literally", "other", "shall", "do", "does", "did", "thereof",
+    "actually", "really", "kinda", "basically", "literally", "other", "shall", "do", "does", "did", "thereof",
+    "alone",
     # chat: "can u make …", "… rn lol"
     "u", "ur", "rn", "lol", "omg", "ngl", "btw", "tbh", "imo", "thx", "bruh", "fr", "yo", "gg", "ez", "idk", "smh",
     "you'll", "you're", "i'll", "we'll",

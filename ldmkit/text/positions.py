@@ -24,11 +24,11 @@ convention ("(normalised coordinates, x from the left)", "with y measured from t
 are left out once the positions are read, since they would read as places of their own; "y measured from the
 bottom" turns v over.
 
-`without_north_up` leaves out a map's "north up", `side_compounds` reads a side said with the middle as that side ("bottom-middle", "centre-left"), `shorthand`
-writes a note-taker's shorthand for where in full ("@ btm", "lft", "abv"), `file_words` reads a file
-name as words ("red_star_left.png" → "red star left"), and `without_symbols` leaves
-out pictographs and other symbols ("✨", "👉", "⬆️"), which a prompt read as written takes as tokens the captions
-never held; the words beside them say the same.
+`without_north_up` leaves out a map's "north up"; `side_compounds` reads a side said with the middle as that side
+("bottom-middle", "centre-left"); `shorthand` writes a note-taker's shorthand for where in full ("@ btm", "lft",
+"abv"); `file_words` reads a file name as words ("red_star_left.png" → "red star left"); and `without_symbols`
+leaves out pictographs and other symbols ("✨", "👉", "⬆️"), which a prompt read as written takes as tokens the
+captions never held; the words beside them say the same.
 """
 
 from __future__ import annotations
@@ -81,11 +81,10 @@ WHERE = ("left", "right", "top", "bottom", "centre", "center", "middle", "above"
          "beside", "upper", "lower", "corner", "edge")
 _SAME_WHERE = {"centre": "center"}
 _MIDDLE = r"(?:middle|centre|center|central)"
-_NORTH_UP = re.compile(r"[,;]?\s*\(\s*north(?:\s+arrow)?(?:\s+(?:is|pointing|points|facing))?\s+(?:up|upwards|at\s+the\s+top)"
-                       r"\s*\)|\b(?:with\s+)?(?:the\s+)?north(?:\s+arrow)?(?:\s+(?:is|pointing|points|facing))?\s+"
-                       r"(?:up|upwards|at\s+the\s+top)\b", re.IGNORECASE)
-_SIDE_COMPOUND = re.compile(rf"\b(top|bottom|left|right|upper|lower)[- ]{_MIDDLE}\b|\b{_MIDDLE}[- ](top|bottom|left|right)\b",
-                            re.IGNORECASE)
+_NORTH = r"north(?:\s+arrow)?(?:\s+(?:is|pointing|points|facing))?\s+(?:up|upwards|at\s+the\s+top)"
+_NORTH_UP = re.compile(rf"[,;]?\s*\(\s*{_NORTH}\s*\)|\b(?:with\s+)?(?:the\s+)?{_NORTH}\b", re.IGNORECASE)
+_SIDE_COMPOUND = re.compile(rf"\b(top|bottom|left|right|upper|lower)[- ]{_MIDDLE}\b|"
+                            rf"\b{_MIDDLE}[- ](top|bottom|left|right)\b", re.IGNORECASE)
 
 
 def place(u: float, v: float) -> str:
