@@ -13,6 +13,7 @@ from ldmkit.text.structured import as_sentence
     ("- shape: circle\n- color: orange\n- size: small\n- position: right side\n- background: dark",
      "a small orange circle on the right"),
     ("shape=star, color=red, pos=top", "a red star at the top"),
+    ("shape: star color: dark red size: large", "a large dark red star"),  # each value up to the next key
     ("Shape: diamond. Colour: green.", "a green diamond"),
     # an attribute said again starts the next object
     ("objects:\n  - color: orange\n    shape: triangle\n    position: top\n  - color: white\n    shape: diamond\n"

@@ -29,7 +29,7 @@ _KIND = {**{k: "noun" for k in NOUN_KEYS}, **{k: "colour" for k in COLOUR_KEYS},
          **{k: "place" for k in PLACE_KEYS}}
 
 _PAIR = re.compile(r"[\"']?([A-Za-z_][\w ]{0,20}?)[\"']?[ \t]*[:=][ \t]*(?:\"([^\"]*)\"|'([^']*)'|"
-                   r"((?:[^,;.\n{}\[\]|\"]|\.(?=\d))+))")
+                   r"((?:(?!(?<!\w)[A-Za-z_]\w*[ \t]*[:=])(?:[^,;.\n{}\[\]|\"]|\.(?=\d)))+))")  # up to the next key
 _ROW = re.compile(r"^\s*\|(.*)\|\s*$")
 _RULE = re.compile(r"^[\s|:\-]+$")
 _SIDES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
