@@ -93,7 +93,7 @@ _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - 
     "appearing", "displayed", "rendered", "painted", "depicted", "generate", "create", "paint", "give", "me", "us",
     "only", "could", "would",
     # verbs and words of asking
-    "get", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
+    "get", "got", "want", "wants", "need", "needs", "like", "let", "add", "include", "should", "will", "must", "may",
     "might", "then", "nothing", "else", "more", "mind", "first", "second", "last", "finally", "pls", "plz",
     "thanks", "i'd", "i'm", "let's", "that's", "what's", "ok", "okay", "now", "so", "too", "again", *_KEEPING,
     # words of remembering and hedging: "I remember …", "I'm sure it was small"
@@ -150,6 +150,8 @@ _RELATIONS = {
     "farther right than": "right of", "higher up than": "above",
     "further up than": "above", "farther up than": "above", "lower down than": "below", "further down than": "below",
     "farther down than": "below", "to the left from": "left of", "left from": "left of",
+    "further to the left than": "left of", "farther to the left than": "left of",
+    "further to the right than": "right of", "farther to the right than": "right of",
     "to the right from": "right of", "right from": "right of",
     # a flat picture's compass: north up
     "north of": "above", "south of": "below", "to the west of": "left of", "west of": "left of",
@@ -289,6 +291,9 @@ def _items(text: str) -> list[tuple[str, str, Span]]:
             if phrase == "over" and i + 1 < len(words) and words[i + 1][0] in _ADVERB_OVER:
                 continue  # an adverb: "a square over on the right", "over to the left of the circle"
             if [w for w, _ in words[i:i + len(parts)]] == parts:
+                if i > 0 and words[i - 1][0] == "one" and [w for w, _ in words[i + len(parts):i + len(parts) + 2]] in (
+                        ["the", "other"], ["another"]):
+                    continue  # "one over the other": how they stand, not which is where
                 items.append(("rel", _RELATIONS[phrase], (words[i][1][0], words[i + len(parts) - 1][1][1])))
                 i += len(parts)
                 break
