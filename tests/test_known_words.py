@@ -581,6 +581,8 @@ def test_known_words_colours_must_be_written_as_hex(tmp_path):
     # "one over the other" says how they stand, not which is where; a comparative said in full
     ("Two shapes, one over the other: red circle upper, star lower.", "a red circle above a star"),
     ("Put a star in the picture, and a red circle farther to the left than it.", "a star to the right of a red circle"),
+    # "its" after both, in a clause of its own, is the one named last: the other is placed
+    ("red circle beside a star, to its right", "a red circle to the right of a star"),
     ("PANEL 3: a red circle frame left, nothing else.", "a red circle on the left"),
     # formal words; "the former", "the latter"
     ("The image shall contain a red circle and a star, whereby the former shall be above the latter.",

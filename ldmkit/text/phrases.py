@@ -450,7 +450,18 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 meaning = _SIDE_RELATION[place.meaning]
                 clause_lead = lead[max((i + 1 for i, w in enumerate(lead) if w in _CLAUSE_MARKS), default=0):]
                 subject = clause_lead[:clause_lead.index("its")] if "its" in clause_lead else []
-                if any(w == "it" and (i == 0 or subject[i - 1] not in _PREPOSITIONS) for i, w in enumerate(subject)):
+                it_subject = any(w == "it" and (i == 0 or subject[i - 1] not in _PREPOSITIONS)
+                                 for i, w in enumerate(subject))
+                if it_subject:
+                    meaning = _INVERSE[meaning]
+                ahead = []  # the runs after it to the sentence's end
+                for later_lead, later_run, _ in runs[k + 1:]:
+                    if any(w in (".", "!", "?", ";") for w in later_lead):
+                        break
+                    ahead.append([text[a:b].lower() for a, b in later_run])
+                # "A beside B, to its right": in a clause of its own after both, "its" is the one named last
+                if not it_subject and len(objects) >= 2 and clause not in clauses[named] and _BESIDE.search(
+                        text[:place.span[0]]) and all(_is_place(r, "") for r in ahead):
                     meaning = _INVERSE[meaning]
                 relations = sorted([*relations, (k, meaning, True, False, place.span)], key=lambda r: r[0])
                 said.append(Said(meaning, place.span))
