@@ -26,7 +26,8 @@ def test_a_point_is_placed_by_its_larger_offset_from_the_centre(u, v, said):
     ("a star a quarter of the way from the right", "a star on the right"),
     ("Put a red circle about nine tenths of the way down the image.", "Put a red circle at the bottom."),
     ("a circle two thirds across", "a circle on the right"),
-    ("a square half way down", "a square in the centre"),
+    ("a square three quarters of the way up", "a square at the top"),
+    ("a star at y=0.2, then drag it up", "a star at the top, then drag it up"),  # "up" turns no axis over
     # pixels, only on a canvas the prompt gives; y down from the top unless it says otherwise
     ("Place a blue triangle at pixel (256, 460) on a 512x512 canvas, with y measured from the top.",
      "Place a blue triangle at the bottom."),
@@ -54,6 +55,7 @@ def test_a_position_in_numbers_is_said_as_its_place(text, read):
     "a red square at x=1.7",  # out of the picture
     "a 3x3 grid of squares", "a third circle", "the top half of the image", "a square (lower)",
     "two red circles and 3 blue squares", "a small red circle above a large blue square",
+    "a star halfway up the left side",  # the middle of one axis alone says no side
 ])
 def test_numbers_that_say_no_position_stay(text):
     assert number_places(text) == text

@@ -2,7 +2,7 @@
 
 A position in numbers names a point (u, v) of the picture, u across from its left edge and v down from its top,
 each in [0, 1]; its place is the side its larger offset from the centre points to, or the centre where both
-offsets are under `CENTRE`:
+offsets are under `CENTRE` (one axis alone at its middle, "halfway up", says no side and stays as written):
 
     place(u, v) = centre                               if max(|u − ½|, |v − ½|) < CENTRE
                   left / right  (u < ½ / u > ½)        if |u − ½| ≥ |v − ½|
@@ -60,7 +60,8 @@ _PAIR = re.compile(r"\(\s*" + _NUMBER + r"\s*(?:px)?\s*,\s*" + _NUMBER + r"\s*(?
 _CELL = re.compile(r"\bcell\s+([A-Za-z])\s*(\d+)\b", re.IGNORECASE)
 _GRID = re.compile(r"\b(\d+)\s*[x×]\s*(\d+)\s+grid\b", re.IGNORECASE)
 _SIZE = re.compile(r"\b(\d{2,5})\s*(?:px\s*)?[x×]\s*(\d{2,5})\b|\b(\d{2,5})\s*(?:px|pixels?)\b", re.IGNORECASE)
-_Y_UP = re.compile(r"\by\b[^.;()]*?\b(?:from|at)\s+the\s+bottom\b|\by\b[^.;()]*?\bup(?:wards)?\b", re.IGNORECASE)
+_Y_UP = re.compile(r"\by\b[^.;()]*?\b(?:from|at)\s+the\s+bottom\b|\by(?:[\s-]+axis)?\s+(?:increas\w*|goes|going|grows|"
+                   r"growing|points|pointing|runs|running)\s+up(?:wards)?\b", re.IGNORECASE)
 # what joins two parts of one point: "x=0.15, y=0.5", "50% width and 50% height"
 _JOIN = re.compile(r"\s*(?:,|and|,\s*and|/)?\s*", re.IGNORECASE)
 _LEAD = re.compile(r"(?:\b(?:centred|centered|positioned|placed|located|sitting|sits)\s+)?"
@@ -184,6 +185,10 @@ def number_places(text: str) -> str:
             points[-1] = (s, end, pu if u is None else u, pv if v is None else v)
         else:
             points.append((start, end, u, v))
+    # the middle of one axis alone says no side ("halfway up the left side"): left as written
+    points = [p for p in points if None not in p[2:] or abs(next(c for c in p[2:] if c is not None) - 0.5) >= CENTRE]
+    if not points:
+        return text
     out, last = "", 0
     for start, end, u, v in points:
         lead = _LEAD.search(text[last:start])
