@@ -84,7 +84,7 @@ _MOTION = {"go", "goes", "going", "head", "heads", "heading", "drop", "move", "m
 _FUNCTION = _DETERMINERS | _PREPOSITIONS | _PLACING | _EMPTY_AFTER | (_MOTION - {"head"}) | {
     # conjunctions and pronouns
     "and", "or", "but", "while", "whereas", "it", "they", "them", "there", "here", "i", "you", "we", "he", "she",
-    "him", "her",
+    "him",
     "which", "who", "where", "what", "is", "are", "was", "were", "be", "being", "been", "has", "have", "had",
     "there's", "here's", "it's",
     # verbs of showing and seeing
@@ -191,8 +191,11 @@ _SIDE_REFERENCES = {"upper": "top", "top": "top", "higher": "top", "lower": "bot
 _OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
 # Two objects side by side: a side given to one of them puts the other on the opposite side (`_relation_of_places`)
 # A clock's hours on one side of the picture ("at six o'clock": at the bottom), `clock_places`
-_CLOCK_SIDES = {"twelve": "at the top", "12": "at the top", "three": "on the right", "3": "on the right",
-                "six": "at the bottom", "6": "at the bottom", "nine": "on the left", "9": "on the left"}
+_CLOCK_SIDES = {"twelve": "top", "12": "top", "three": "right", "3": "right", "six": "bottom", "6": "bottom",
+                "nine": "left", "9": "left"}
+# Each side said as a place phrase, as the prompts said again by `ldmkit.text.known_words` say it
+SIDE_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+                "centre": "in the centre"}
 _CLOCK = re.compile(r"\b(?:at\s+)?(twelve|12|three|3|six|6|nine|9)\s*o['’]?\s?clock\b", re.IGNORECASE)
 # Words that take back the place or relation right before them for the one right after ("on the left no wait
 # the right": `drop_corrections`)
@@ -448,8 +451,7 @@ def parse_phrases(text: str, modifier: Callable[[str], bool] | None = None) -> P
                 # a place of the object named before: "put A to its left" = A left of it; with "it" before "its"
                 # in the clause, "it" names the other one: "A shouldn't be right of B, it should be on its left"
                 meaning = _SIDE_RELATION[place.meaning]
-                clause_lead = lead[max((i + 1 for i, w in enumerate(lead) if w in _CLAUSE_MARKS), default=0):]
-                subject = clause_lead[:clause_lead.index("its")] if "its" in clause_lead else []
+                subject = own_lead[:own_lead.index("its")] if "its" in own_lead else []
                 it_subject = any(w == "it" and (i == 0 or subject[i - 1] not in _PREPOSITIONS)
                                  for i, w in enumerate(subject))
                 if it_subject:
@@ -623,7 +625,7 @@ def clock_places(text: str) -> str:
     """``text`` with each place said as a clock's hour on one side said as that side: "at twelve o'clock" → "at the
     top", "at 3 o'clock" → "on the right", "at six o'clock" → "at the bottom", "at nine o'clock" → "on the left"
     (hours between two sides stay as written)."""
-    return _CLOCK.sub(lambda m: _CLOCK_SIDES[m.group(1).lower()], text)
+    return _CLOCK.sub(lambda m: SIDE_PHRASES[_CLOCK_SIDES[m.group(1).lower()]], text)
 
 
 def drop_corrections(text: str) -> str:

@@ -36,6 +36,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ldmkit.text.phrases import SIDE_PHRASES
+
 CENTRE = 0.15  # offsets from the centre under this on both axes: the centre
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -92,10 +94,10 @@ def place(u: float, v: float) -> str:
     """The place phrase of the point (u, v) (module docstring): "on the left", "at the top", "in the centre" …"""
     du, dv = u - 0.5, v - 0.5
     if max(abs(du), abs(dv)) < CENTRE:
-        return "in the centre"
+        return SIDE_PHRASES["centre"]
     if abs(du) >= abs(dv):
-        return "on the left" if du < 0 else "on the right"
-    return "at the top" if dv < 0 else "at the bottom"
+        return SIDE_PHRASES["left" if du < 0 else "right"]
+    return SIDE_PHRASES["top" if dv < 0 else "bottom"]
 
 
 def _share(m: re.Match) -> float:

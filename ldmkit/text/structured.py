@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from ldmkit.text.phrases import SIDE_PHRASES
+
 NOUN_KEYS = {"shape", "object", "item", "type", "kind", "element", "thing", "subject", "figure", "icon"}
 COLOUR_KEYS = {"color", "colour", "fill", "hue"}
 SIZE_KEYS = {"size", "scale"}
@@ -32,9 +34,8 @@ _PAIR = re.compile(r"[\"']?([A-Za-z_][\w ]{0,20}?)[\"']?[ \t]*[:=][ \t]*(?:\"([^
                    r"((?:(?!(?<!\w)[A-Za-z_]\w*[ \t]*[:=])(?:[^,;.\n{}\[\]|\"]|\.(?=\d)))+))")  # up to the next key
 _ROW = re.compile(r"^\s*\|(.*)\|\s*$")
 _RULE = re.compile(r"^[\s|:\-]+$")
-_SIDES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-          "centre": "in the centre", "center": "in the centre", "middle": "in the centre", "upper": "at the top",
-          "lower": "at the bottom"}
+_SIDES = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre", "center": "centre",
+          "middle": "centre", "upper": "top", "lower": "bottom"}  # the words of a place value, and their sides
 
 
 def _pairs(text: str) -> list[tuple[str, str, int]]:
@@ -65,7 +66,7 @@ def _pairs(text: str) -> list[tuple[str, str, int]]:
 def _place(value: str) -> str:
     words = re.findall(r"[a-z]+", value.lower())
     side = next((w for w in words if w in _SIDES), None)
-    return _SIDES[side] if side is not None else ""
+    return SIDE_PHRASES[_SIDES[side]] if side is not None else ""
 
 
 def as_sentence(text: str) -> str:
